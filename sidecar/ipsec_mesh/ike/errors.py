@@ -1,0 +1,82 @@
+"""Typed errors of the IKE core.
+
+Everything that comes off the network is hostile: a parser or a check that
+rejects input raises one of these, never a bare ValueError/IndexError/KeyError.
+The state machine catches `IkeError` at its boundary, answers with the notify
+the error carries where RFC 7296 says to answer, and otherwise drops.
+"""
+
+from __future__ import annotations
+
+from .constants import NotifyType
+
+
+class IkeError(Exception):
+    """Base of every error the IKE core raises on purpose."""
+
+    #: Notify to send back where the protocol says to answer this error.
+    notify: NotifyType | None = None
+
+    def __init__(self, message: str, *, notify: NotifyType | None = None):
+        super().__init__(message)
+        if notify is not None:
+            self.notify = notify
+
+
+class ParseError(IkeError):
+    """A message or payload is malformed: truncated, bad lengths, bad values."""
+
+    notify = NotifyType.INVALID_SYNTAX
+
+
+class UnsupportedCriticalPayload(ParseError):
+    """A payload we do not know arrived with the critical bit set."""
+
+    notify = NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD
+
+    def __init__(self, message: str, payload_type: int):
+        super().__init__(message)
+        self.payload_type = payload_type
+
+
+class IntegrityError(IkeError):
+    """An encrypted payload failed authentication (bad ICV or bad padding).
+
+    Never answered: RFC 7296 section 2.21.2 says to drop silently.
+    """
+
+
+class CryptoError(IkeError):
+    """A key exchange value or a key is unusable (RFC 6989 checks, bad KEM ciphertext)."""
+
+    notify = NotifyType.INVALID_SYNTAX
+
+
+class NoProposalChosen(IkeError):
+    notify = NotifyType.NO_PROPOSAL_CHOSEN
+
+
+class InvalidKePayload(IkeError):
+    """The peer's KE group is not the one we selected; carries the group we want."""
+
+    notify = NotifyType.INVALID_KE_PAYLOAD
+
+    def __init__(self, message: str, wanted_group: int):
+        super().__init__(message)
+        self.wanted_group = wanted_group
+
+
+class AuthenticationFailed(IkeError):
+    notify = NotifyType.AUTHENTICATION_FAILED
+
+
+class CertificateError(AuthenticationFailed):
+    """A certificate chain is untrusted, expired, or does not match the IKE identity."""
+
+
+class TsUnacceptable(IkeError):
+    notify = NotifyType.TS_UNACCEPTABLE
+
+
+class FragmentError(IkeError):
+    """Reassembly failed: too many fragments, inconsistent totals, too large."""

@@ -1,0 +1,276 @@
+"""IKEv2 payloads as plain data (RFC 7296 section 3).
+
+These classes are the vocabulary shared by the codec (`message.py`, which turns
+them into bytes and back) and the state machine. They hold decoded values only;
+no crypto, no behaviour beyond small helpers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .constants import (
+    CertEncoding,
+    IdType,
+    NotifyType,
+    PayloadType,
+    ProtocolId,
+    TransformType,
+    TsType,
+)
+
+
+@dataclass(frozen=True)
+class Transform:
+    type: TransformType
+    id: int
+    key_length: int | None = None  # the KEY_LENGTH attribute, in bits, when present
+
+
+@dataclass(frozen=True)
+class Proposal:
+    number: int  # 1-based, as on the wire
+    protocol: ProtocolId
+    spi: bytes  # empty for IKE in IKE_SA_INIT, 8 bytes for IKE rekey, 4 for ESP/AH
+    transforms: tuple[Transform, ...]
+
+    def of_type(self, ttype: TransformType) -> tuple[Transform, ...]:
+        return tuple(t for t in self.transforms if t.type == ttype)
+
+
+@dataclass
+class SaPayload:
+    proposals: list[Proposal]
+
+
+@dataclass
+class KePayload:
+    group: int  # a KeId value; unknown values are kept as int
+    data: bytes
+
+
+@dataclass
+class IdPayload:
+    """IDi or IDr. `data` is the identification data as on the wire."""
+
+    id_type: int  # an IdType value; unknown values are kept as int
+    data: bytes
+
+    def body(self) -> bytes:
+        """ID type + 3 reserved bytes + data: what RFC 7296 section 2.15 signs (RestOfIDPayload)."""
+        return bytes([self.id_type, 0, 0, 0]) + self.data
+
+
+@dataclass
+class CertPayload:
+    encoding: int  # CertEncoding
+    data: bytes
+
+
+@dataclass
+class CertReqPayload:
+    encoding: int
+    data: bytes  # concatenated SHA-1 hashes of trusted CA SubjectPublicKeyInfo
+
+
+@dataclass
+class AuthPayload:
+    method: int  # AuthMethod
+    data: bytes
+
+
+@dataclass
+class NoncePayload:
+    data: bytes  # 16..256 bytes (checked by the codec)
+
+
+@dataclass
+class NotifyPayload:
+    type: int  # NotifyType; unknown values kept as int
+    protocol: ProtocolId = ProtocolId.NONE
+    spi: bytes = b""
+    data: bytes = b""
+
+    @property
+    def is_error(self) -> bool:
+        return self.type < 16384
+
+
+@dataclass
+class DeletePayload:
+    protocol: ProtocolId
+    spis: list[bytes]  # empty for IKE; 4-byte SPIs for ESP/AH
+
+
+@dataclass
+class VendorIdPayload:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TrafficSelector:
+    ts_type: TsType
+    ip_protocol: int  # 0 = any
+    start_port: int
+    end_port: int
+    start_addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+    end_addr: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+    @classmethod
+    def for_network(cls, network: str | ipaddress.IPv4Network | ipaddress.IPv6Network,
+                    ip_protocol: int = 0, start_port: int = 0, end_port: int = 65535
+                    ) -> "TrafficSelector":
+        net = ipaddress.ip_network(network, strict=False)
+        ts_type = TsType.TS_IPV4_ADDR_RANGE if net.version == 4 else TsType.TS_IPV6_ADDR_RANGE
+        return cls(ts_type, ip_protocol, start_port, end_port,
+                   net.network_address, net.broadcast_address)
+
+    @classmethod
+    def for_address(cls, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+                    ip_protocol: int = 0, start_port: int = 0, end_port: int = 65535
+                    ) -> "TrafficSelector":
+        addr = ipaddress.ip_address(address)
+        return cls.for_network(ipaddress.ip_network(addr), ip_protocol, start_port, end_port)
+
+
+@dataclass
+class TsPayload:
+    """TSi or TSr."""
+
+    selectors: list[TrafficSelector]
+
+
+@dataclass
+class ConfigAttribute:
+    type: int
+    value: bytes
+
+
+@dataclass
+class CpPayload:
+    cfg_type: int  # 1 REQUEST, 2 REPLY, 3 SET, 4 ACK
+    attributes: list[ConfigAttribute]
+
+
+@dataclass
+class EapPayload:
+    data: bytes
+
+
+@dataclass
+class EncryptedPayload:
+    """SK as received: still encrypted. `first_inner` is the Next Payload of the SK header."""
+
+    first_inner: int
+    raw: bytes  # IV || ciphertext || ICV
+
+
+@dataclass
+class EncryptedFragment:
+    """SKF (RFC 7383) as received: still encrypted."""
+
+    first_inner: int  # 0 except in fragment 1
+    number: int
+    total: int
+    raw: bytes  # IV || ciphertext || ICV
+
+
+@dataclass
+class UnknownPayload:
+    """A non-critical payload type we do not understand: kept so it can be skipped."""
+
+    type: int
+    critical: bool
+    data: bytes
+
+
+
+
+@dataclass
+class Message:
+    """One IKE message. For a protected message, `payloads` are the inner (decrypted) payloads."""
+
+    spi_i: bytes
+    spi_r: bytes
+    exchange: int  # ExchangeType; unknown values kept as int
+    is_initiator: bool  # the I flag: sender is the original initiator of the IKE SA
+    is_response: bool  # the R flag
+    message_id: int
+    payloads: list = field(default_factory=list)
+
+    # -- small lookup helpers used everywhere by the state machine ---------------
+    def first(self, cls):  # exact class or subclass
+        for p in self.payloads:
+            if isinstance(p, cls):
+                return p
+        return None
+
+    def all(self, cls) -> list:
+        return [p for p in self.payloads if isinstance(p, cls)]
+
+    def notify(self, ntype: NotifyType) -> NotifyPayload | None:
+        for p in self.payloads:
+            if isinstance(p, NotifyPayload) and p.type == ntype:
+                return p
+        return None
+
+    def notifies(self, ntype: NotifyType) -> list[NotifyPayload]:
+        return [p for p in self.payloads if isinstance(p, NotifyPayload) and p.type == ntype]
+
+
+
+class IdiPayload(IdPayload):
+    """IDi: the initiator's identity."""
+
+
+class IdrPayload(IdPayload):
+    """IDr: the responder's identity."""
+
+
+class TsiPayload(TsPayload):
+    """TSi: the initiator's traffic selectors."""
+
+
+class TsrPayload(TsPayload):
+    """TSr: the responder's traffic selectors."""
+
+
+Payload = (
+    SaPayload | KePayload | IdiPayload | IdrPayload | CertPayload | CertReqPayload | AuthPayload
+    | NoncePayload | NotifyPayload | DeletePayload | VendorIdPayload | TsiPayload | TsrPayload
+    | CpPayload | EapPayload | EncryptedPayload | EncryptedFragment | UnknownPayload
+)
+
+
+_TYPE_OF_CLASS = {
+    IdiPayload: PayloadType.IDi,
+    IdrPayload: PayloadType.IDr,
+    TsiPayload: PayloadType.TSi,
+    TsrPayload: PayloadType.TSr,
+    SaPayload: PayloadType.SA,
+    KePayload: PayloadType.KE,
+    CertPayload: PayloadType.CERT,
+    CertReqPayload: PayloadType.CERTREQ,
+    AuthPayload: PayloadType.AUTH,
+    NoncePayload: PayloadType.NONCE,
+    NotifyPayload: PayloadType.NOTIFY,
+    DeletePayload: PayloadType.DELETE,
+    VendorIdPayload: PayloadType.VENDOR_ID,
+    CpPayload: PayloadType.CP,
+    EapPayload: PayloadType.EAP,
+    EncryptedPayload: PayloadType.SK,
+    EncryptedFragment: PayloadType.SKF,
+}
+
+
+def payload_type_of(payload) -> int:
+    """The wire payload type of a payload object."""
+    if isinstance(payload, UnknownPayload):
+        return payload.type
+    try:
+        return _TYPE_OF_CLASS[type(payload)]
+    except KeyError:
+        raise TypeError(f"not a payload: {type(payload).__name__}") from None
+
+
