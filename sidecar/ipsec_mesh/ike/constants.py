@@ -248,3 +248,11 @@ AEAD_ENCR = frozenset(
         EncrId.CHACHA20_POLY1305,
     }
 )
+
+
+def notify_name(value: int) -> str:
+    """NotifyType name for logs, also for values we do not know."""
+    try:
+        return NotifyType(value).name
+    except ValueError:
+        return f"notify {value}"

@@ -198,6 +198,9 @@ class Message:
     is_response: bool  # the R flag
     message_id: int
     payloads: list = field(default_factory=list)
+    # The decrypted inner payload chain as received (RFC 9242 IntAuth needs the exact bytes).
+    inner_plain: bytes = field(default=b"", repr=False, compare=False)
+    inner_first: int = field(default=0, repr=False, compare=False)
 
     # -- small lookup helpers used everywhere by the state machine ---------------
     def first(self, cls):  # exact class or subclass

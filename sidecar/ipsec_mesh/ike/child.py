@@ -1,0 +1,174 @@
+"""CHILD_SA records and the negotiation steps shared by IKE_AUTH and CREATE_CHILD_SA."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+from .config import ChildConfig
+from .constants import NotifyType, ProtocolId
+from .crypto import aead_keymat_len
+from .errors import IkeError, NoProposalChosen, TsUnacceptable
+from .events import ChildSaInfo, ChildSaKeys, UdpEncap
+from .keymat import derive_child_keys
+from .payloads import (
+    Message,
+    NotifyPayload,
+    SaPayload,
+    TrafficSelector,
+    TsiPayload,
+    TsrPayload,
+)
+from .proposals import Selected, select
+from .selectors import narrow
+
+
+class ChildState(enum.Enum):
+    INSTALLED = "installed"  # both halves in use
+    INBOUND_ONLY = "inbound-only"  # new SA from a rekey we answered; outbound waits for the old one to go
+    REKEYING = "rekeying"  # our rekey of it is under way
+    REKEYED = "rekeyed"  # replaced; waiting for its delete exchange
+    DELETING = "deleting"  # our delete of it is under way
+    DELETED = "deleted"
+
+
+@dataclass
+class ChildSa:
+    config: ChildConfig
+    info: ChildSaInfo
+    state: ChildState
+    created_at: float
+    rekey_at: float | None
+    expire_at: float | None
+    nonces: tuple[bytes, bytes]  # (Ni, Nr) of the exchange that created it: RFC 7296 §2.8.1 collisions
+    initiated_by_us: bool
+    # Rekey bookkeeping
+    replaces: int | None = None  # inbound SPI of the SA this one replaces
+    replaced_by: int | None = None  # inbound SPI of its successor
+    peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def inbound_spi(self) -> int:
+        return self.info.inbound_spi
+
+    @property
+    def outbound_spi(self) -> int:
+        return self.info.outbound_spi
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def transport_mode_requested(msg: Message) -> bool:
+    return msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
+
+
+def child_keys(prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
+               shared_secrets: tuple[bytes, ...] = ()) -> ChildSaKeys:
+    """ESP keys for one CHILD_SA, oriented inbound/outbound for our side.
+
+    `we_are_initiator` is our role in the exchange that created the CHILD_SA: its
+    initiator's outbound key is KEYMAT's first half (RFC 7296 §2.17).
+    """
+    length = aead_keymat_len(selected.encr, selected.key_bits)
+    keys = derive_child_keys(prf, sk_d, ni, nr, length, 0, shared_secrets)
+    if we_are_initiator:
+        return ChildSaKeys(inbound=keys.encr_r, outbound=keys.encr_i)
+    return ChildSaKeys(inbound=keys.encr_i, outbound=keys.encr_r)
+
+
+@dataclass
+class ChildRequest:
+    """What a CREATE_CHILD_SA or IKE_AUTH request asks for, after validation (responder side)."""
+
+    config: ChildConfig
+    selected: Selected
+    ts_i: list[TrafficSelector]  # narrowed, initiator's side (= the peer's, remote for us)
+    ts_r: list[TrafficSelector]  # narrowed, responder's side (local for us)
+
+
+def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke: bool) -> ChildRequest:
+    """Pick the child config, ESP proposal and narrowed selectors for a request we answer.
+
+    Raises NoProposalChosen / TsUnacceptable with a message naming what was offered.
+    """
+    sa = msg.first(SaPayload)
+    tsi = msg.first(TsiPayload)
+    tsr = msg.first(TsrPayload)
+    if sa is None or tsi is None or tsr is None:
+        raise IkeError("CHILD_SA request lacks SA, TSi or TSr", notify=NotifyType.INVALID_SYNTAX)
+    if not configs:
+        raise NoProposalChosen("no CHILD_SA is configured for this peer")
+    transport = transport_mode_requested(msg)
+    last_error: IkeError | None = None
+    for config in configs:
+        if (config.mode == "transport") != transport:
+            last_error = NoProposalChosen(
+                f"peer asked for {'transport' if transport else 'tunnel'} mode, {config.name} uses {config.mode}")
+            continue
+        ts_i = narrow(tsi.selectors, config.remote_ts)
+        ts_r = narrow(tsr.selectors, config.local_ts)
+        if not ts_i or not ts_r:
+            last_error = TsUnacceptable(f"traffic selectors do not match {config.name}")
+            continue
+        proposals = config.esp_proposals if with_ke else tuple(p.without_ke() for p in config.esp_proposals)
+        try:
+            selected = select(sa.proposals, list(proposals))
+        except NoProposalChosen as exc:
+            last_error = exc
+            continue
+        if len(selected.spi) != 4:
+            raise IkeError("ESP proposal SPI must be 4 bytes", notify=NotifyType.INVALID_SYNTAX)
+        return ChildRequest(config, selected, ts_i, ts_r)
+    assert last_error is not None
+    raise last_error
+
+
+def build_info(*, ike_label: str, config: ChildConfig, selected: Selected, keys: ChildSaKeys,
+               inbound_spi: int, outbound_spi: int, local_addr: str, remote_addr: str,
+               local_ts, remote_ts, encap: UdpEncap | None, rekey_time: float) -> ChildSaInfo:
+    lt = config.lifetime
+    return ChildSaInfo(
+        ike_sa=ike_label,
+        name=config.name,
+        mode=config.mode,
+        inbound_spi=inbound_spi,
+        outbound_spi=outbound_spi,
+        encr=selected.encr,
+        key_bits=selected.key_bits,
+        esn=selected.esn,
+        keys=keys,
+        local_addr=local_addr,
+        remote_addr=remote_addr,
+        local_ts=tuple(local_ts),
+        remote_ts=tuple(remote_ts),
+        encap=encap,
+        rekey_time=rekey_time,
+        life_time=lt.life_time,
+        rekey_bytes=lt.rekey_bytes,
+        life_bytes=lt.life_bytes,
+        rekey_packets=lt.rekey_packets,
+        life_packets=lt.life_packets,
+        tfc_padding=config.tfc_padding,
+        algorithm=selected.describe(),
+    )
+
+
+def child_notifies(config: ChildConfig) -> list[NotifyPayload]:
+    out = []
+    if config.mode == "transport":
+        out.append(NotifyPayload(NotifyType.USE_TRANSPORT_MODE))
+    if not config.tfc_padding:
+        # We do not pad: tell the peer it need not either (RFC 7296 §3.10.1).
+        out.append(NotifyPayload(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED))
+    return out
+
+
+def rekey_notify(inbound_spi: int) -> NotifyPayload:
+    return NotifyPayload(NotifyType.REKEY_SA, ProtocolId.ESP, inbound_spi.to_bytes(4, "big"))
+
+
+def moved(info: ChildSaInfo, **changes) -> ChildSaInfo:
+    return replace(info, **changes)

@@ -1,0 +1,329 @@
+"""The IKE endpoint: all IKE SAs of one sidecar, sans-IO.
+
+Feed it every IKE datagram (`receive`), call `tick` when `next_timer()` is due, and
+after each call handle `events()` BEFORE sending `datagrams()`: a CHILD_SA's inbound
+half must be in the kernel before the message that lets the peer use it leaves.
+
+It routes datagrams to IKE SAs by SPI, answers new IKE_SA_INITs (with stateless
+cookies above a half-open threshold and hard limits on half-open SAs), keeps one IKE
+SA per peer when both sides initiate at once, and cleans up after a peer's restart
+(INITIAL_CONTACT).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Callable
+
+from . import message as codec
+from .config import ChildConfig, ConfigLookup, PeerConfig
+from .constants import ExchangeType, NotifyType
+from .cookies import CookieJar
+from .errors import IkeError
+from .events import Event
+from .payloads import Message, NoncePayload, NotifyPayload
+from .sa import Datagram, IkeSa, IkeState
+
+log = logging.getLogger("ipsec_mesh.ike")
+
+
+class IkeEndpoint:
+    def __init__(self, lookup: ConfigLookup, *,
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 cookie_threshold: int = 50,
+                 cookie_threshold_per_source: int = 5,
+                 half_open_limit: int = 1000,
+                 half_open_limit_per_source: int = 20):
+        self.lookup = lookup
+        self._random = random_bytes
+        self._wall_clock = wall_clock
+        self.cookie_threshold = cookie_threshold
+        self.cookie_threshold_per_source = cookie_threshold_per_source
+        self.half_open_limit = half_open_limit
+        self.half_open_limit_per_source = half_open_limit_per_source
+        self.cookies = CookieJar(random_bytes=random_bytes)
+        self.sas: dict[bytes, IkeSa] = {}  # by our SPI
+        self._init_requests: dict[tuple[str, bytes], IkeSa] = {}  # (peer address, SPIi) -> responder SA
+        self._child_spis: set[int] = set()
+        self._outbox: list[Datagram] = []
+        self._events: list[Event] = []
+        self.counters: Counter = Counter()
+
+    # -- Services for IkeSa -------------------------------------------------------------
+    def random_bytes(self, n: int) -> bytes:
+        return self._random(n)
+
+    def wall_time(self) -> datetime:
+        return self._wall_clock()
+
+    def allocate_child_spi(self) -> int:
+        while True:
+            spi = int.from_bytes(self._random(4), "big")
+            if spi >= 256 and spi not in self._child_spis:  # 1-255 are reserved (RFC 4303)
+                self._child_spis.add(spi)
+                return spi
+
+    def release_child_spi(self, spi: int) -> None:
+        self._child_spis.discard(spi)
+
+    def allocate_ike_spi(self) -> bytes:
+        while True:
+            spi = self._random(8)
+            if spi != bytes(8) and spi not in self.sas:
+                return spi
+
+    def adopt(self, sa: IkeSa) -> None:
+        self.sas[sa.our_spi] = sa
+
+    def has_other_sa(self, sa: IkeSa) -> bool:
+        return any(o is not sa and o.remote[0] == sa.remote[0] and o.state != IkeState.CLOSED
+                   for o in self.sas.values())
+
+    def established(self, sa: IkeSa, now: float) -> None:
+        """Two IKE SAs with one peer (both sides initiated at once): keep one, deterministically.
+
+        Both ends know all four nonces; the SA whose IKE_SA_INIT had the lowest nonce is
+        closed by its initiator (the rule RFC 7296 §2.8.1 uses for rekey collisions).
+        """
+        from .exchanges.informational import IkeDeleteTask
+
+        for other in list(self.sas.values()):
+            if other is sa or other.state != IkeState.ESTABLISHED or other.remote[0] != sa.remote[0]:
+                continue
+            if other.remote_id != sa.remote_id or other.rekeyed_from or sa.rekeyed_from:
+                continue
+            loser = sa if min(sa.ni, sa.nr) < min(other.ni, other.nr) else other
+            winner = other if loser is sa else sa
+            log.info("duplicate IKE SAs with %s: keeping %s, %s goes", sa.remote[0], winner.label, loser.label)
+            if loser.initiator:
+                loser.queue(IkeDeleteTask("superseded"), now)
+
+    def initial_contact(self, sa: IkeSa, now: float) -> None:
+        """The peer says it has no other SA with us (it restarted): forget older ones, silently."""
+        for other in list(self.sas.values()):
+            if other is sa or other.remote_id != sa.remote_id or other.remote[0] != sa.remote[0]:
+                continue
+            # Only SAs that were up before this one began: a simultaneous one is resolved
+            # by `established`, not thrown away here.
+            if other.established_at is not None and other.established_at <= sa.created_at:
+                log.info("INITIAL_CONTACT from %s: dropping stale IKE SA %s", sa.remote[0], other.label)
+                other.close("stale", now)
+
+    # -- Inputs --------------------------------------------------------------------------
+    def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
+                 child: ChildConfig | None = None) -> IkeSa:
+        """Start a new IKE SA (and its first CHILD_SA unless `child` is None)."""
+        from .exchanges.ike_init import IkeInitTask
+
+        sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
+                   spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
+        self.sas[sa.our_spi] = sa
+        sa.queue(IkeInitTask(child), now)
+        self._collect()
+        return sa
+
+    def acquire(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
+                child: ChildConfig, local_ts=None, remote_ts=None) -> IkeSa:
+        """A packet wants protection (kernel ACQUIRE): reuse the peer's IKE SA or start one."""
+        from .exchanges.create_child import ChildCreateTask
+
+        for sa in self.sas.values():
+            if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
+                continue
+            if sa.state == IkeState.CONNECTING:
+                return sa  # its IKE_AUTH (or the peer's) brings the CHILD_SA
+            if any(c.name == child.name for c in sa.children.values()):
+                return sa
+            if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks):
+                sa.queue(ChildCreateTask(child, local_ts=local_ts, remote_ts=remote_ts), now)
+                self._collect()
+            return sa
+        return self.initiate(config, local, remote, now, child)
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
+        """One IKE datagram (the non-ESP marker already stripped by the caller)."""
+        self.counters["datagrams_in"] += 1
+        try:
+            msg = codec.decode(data)
+        except IkeError as exc:
+            self.counters["malformed"] += 1
+            log.debug("malformed datagram from %s: %s", remote[0], exc)
+            return
+        try:
+            if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response and msg.spi_r == bytes(8):
+                self._receive_init_request(data, msg, local, remote, now)
+            else:
+                our_spi = msg.spi_r if msg.is_initiator else msg.spi_i
+                sa = self.sas.get(our_spi)
+                if sa is None:
+                    self.counters["unknown_spi"] += 1
+                    return
+                sa.receive(data, msg, local, remote, now)
+        except IkeError as exc:
+            # Anything typed that escaped an SA: drop the datagram, keep every SA.
+            self.counters["dropped"] += 1
+            log.info("dropped datagram from %s: %s", remote[0], exc)
+        self._collect()
+
+    def _half_open(self) -> tuple[int, Counter]:
+        per_source: Counter = Counter()
+        total = 0
+        for sa in self.sas.values():
+            if not sa.initiator and sa.state == IkeState.CONNECTING:
+                total += 1
+                per_source[sa.remote[0]] += 1
+        return total, per_source
+
+    def _receive_init_request(self, data: bytes, msg: Message, local, remote, now: float) -> None:
+        existing = self._init_requests.get((remote[0], msg.spi_i))
+        if existing is not None and existing.state != IkeState.CLOSED:
+            existing.receive(data, msg, local, remote, now)  # a retransmission: answered from cache
+            return
+        config = self.lookup(local[0], remote[0])
+        if config is None:
+            self.counters["refused_unknown_peer"] += 1
+            log.info("IKE_SA_INIT from %s refused: not a configured peer", remote[0])
+            return
+        total, per_source = self._half_open()
+        if total >= self.half_open_limit or per_source[remote[0]] >= self.half_open_limit_per_source:
+            self.counters["refused_half_open_limit"] += 1
+            return
+        if total >= self.cookie_threshold or per_source[remote[0]] >= self.cookie_threshold_per_source:
+            if not self._cookie_ok(msg, remote, now):
+                self._send_cookie(data, msg, local, remote, now)
+                return
+        sa = IkeSa(self, config, initiator=False, local=local, remote=remote,
+                   spi_i=msg.spi_i, spi_r=self.allocate_ike_spi(), now=now)
+        self.sas[sa.our_spi] = sa
+        self._init_requests[(remote[0], msg.spi_i)] = sa
+        sa.receive(data, msg, local, remote, now)
+
+    def _cookie_ok(self, msg: Message, remote, now: float) -> bool:
+        first = msg.payloads[0] if msg.payloads else None
+        nonce = msg.first(NoncePayload)
+        if not isinstance(first, NotifyPayload) or first.type != NotifyType.COOKIE or nonce is None:
+            return False
+        ok = self.cookies.check(first.data, nonce.data, remote[0], msg.spi_i, now)
+        self.counters["cookie_valid" if ok else "cookie_invalid"] += 1
+        return ok
+
+    def _send_cookie(self, data: bytes, msg: Message, local, remote, now: float) -> None:
+        nonce = msg.first(NoncePayload)
+        if nonce is None:
+            return
+        cookie = self.cookies.make(nonce.data, remote[0], msg.spi_i, now)
+        reply = Message(msg.spi_i, bytes(8), ExchangeType.IKE_SA_INIT, False, True, 0,
+                        [NotifyPayload(NotifyType.COOKIE, data=cookie)])
+        self.counters["cookies_sent"] += 1
+        self._outbox.append(Datagram(codec.encode(reply), local, remote))
+
+    def tick(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            sa.tick(now)
+        self._collect()
+
+    def next_timer(self) -> float | None:
+        times = [t for t in (sa.next_timer() for sa in self.sas.values()) if t is not None]
+        return min(times) if times else None
+
+    # -- Commands from the layer above -----------------------------------------------------
+    def _find_child(self, inbound_spi: int):
+        for sa in self.sas.values():
+            child = sa.children.get(inbound_spi)
+            if child is not None:
+                return sa, child
+        return None, None
+
+    def rekey_child(self, inbound_spi: int, now: float) -> bool:
+        """Rekey a CHILD_SA now (e.g. the kernel's soft EXPIRE); False if unknown."""
+        from .child import ChildState
+        from .exchanges.create_child import ChildCreateTask
+
+        sa, child = self._find_child(inbound_spi)
+        if child is None or child.state != ChildState.INSTALLED or sa.state != IkeState.ESTABLISHED:
+            return False
+        child.rekey_at = None
+        sa.queue(ChildCreateTask(child.config, rekey_of=child), now)
+        self._collect()
+        return True
+
+    def delete_child(self, inbound_spi: int, now: float, reason: str = "deleted") -> bool:
+        from .exchanges.informational import DeleteChildTask
+
+        sa, child = self._find_child(inbound_spi)
+        if child is None:
+            return False
+        if sa.state == IkeState.ESTABLISHED:
+            sa.queue(DeleteChildTask(child, reason), now)
+        else:
+            sa.drop_child(child, reason)
+        self._collect()
+        return True
+
+    def rekey_ike(self, label: str, now: float) -> bool:
+        from .exchanges.ike_rekey import IkeRekeyTask
+
+        sa = self._by_label(label)
+        if sa is None or sa.state != IkeState.ESTABLISHED:
+            return False
+        sa.rekey_at = None
+        sa.queue(IkeRekeyTask(), now)
+        self._collect()
+        return True
+
+    def delete_ike(self, label: str, now: float, reason: str = "deleted") -> bool:
+        from .exchanges.informational import IkeDeleteTask
+
+        sa = self._by_label(label)
+        if sa is None:
+            return False
+        if sa.state == IkeState.ESTABLISHED:
+            sa.tasks.clear()
+            sa.queue(IkeDeleteTask(reason), now)
+        else:
+            sa.close(reason, now)
+        self._collect()
+        return True
+
+    def shutdown(self, now: float) -> None:
+        """Delete every IKE SA, telling the peers (one attempt each; the caller need not wait)."""
+        for sa in list(self.sas.values()):
+            self.delete_ike(sa.label, now, "shutdown")
+
+    def _by_label(self, label: str) -> IkeSa | None:
+        for sa in self.sas.values():
+            if sa.label == label:
+                return sa
+        return None
+
+    # -- Outputs -------------------------------------------------------------------------
+    def _collect(self) -> None:
+        for spi, sa in list(self.sas.items()):
+            if sa.events:
+                self._events.extend(sa.events)
+                sa.events.clear()
+            if sa.outbox:
+                self._outbox.extend(sa.outbox)
+                sa.outbox.clear()
+            if sa.state == IkeState.CLOSED:
+                del self.sas[spi]
+                if not sa.initiator:
+                    self._init_requests.pop((sa.remote[0], sa.spi_i), None)
+        for key, sa in list(self._init_requests.items()):
+            if sa.state == IkeState.CLOSED:
+                del self._init_requests[key]
+
+    def datagrams(self) -> list[Datagram]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def status(self) -> list[dict]:
+        return [sa.status() for sa in self.sas.values() if sa.state != IkeState.CLOSED]

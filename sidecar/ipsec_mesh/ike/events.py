@@ -1,0 +1,139 @@
+"""Events the IKE core hands to the layer above (data plane, logs, metrics, status).
+
+Key material appears only in `ChildSaKeys`, whose repr hides it; nothing in an
+event's repr is secret, so events can be logged as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .payloads import TrafficSelector
+
+
+@dataclass(frozen=True)
+class ChildSaKeys:
+    """ESP keying material for one CHILD_SA: key || salt per direction (AEAD)."""
+
+    inbound: bytes = field(repr=False)
+    outbound: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"ChildSaKeys(<{len(self.inbound)}+{len(self.outbound)} bytes hidden>)"
+
+
+@dataclass(frozen=True)
+class UdpEncap:
+    """ESP must travel in UDP (RFC 3948) between these ports."""
+
+    local_port: int
+    remote_port: int
+
+
+@dataclass(frozen=True)
+class ChildSaInfo:
+    """Everything the data plane needs to install one CHILD_SA (both directions)."""
+
+    ike_sa: str  # the owning IKE SA's label (SPIs, hex)
+    name: str  # ChildConfig.name
+    mode: str  # transport | tunnel
+    inbound_spi: int
+    outbound_spi: int
+    encr: int  # EncrId
+    key_bits: int | None
+    esn: bool
+    keys: ChildSaKeys
+    local_addr: str
+    remote_addr: str
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    encap: UdpEncap | None
+    rekey_time: float
+    life_time: float
+    rekey_bytes: int = 0
+    life_bytes: int = 0
+    rekey_packets: int = 0
+    life_packets: int = 0
+    tfc_padding: int = 0
+    algorithm: str = ""  # human label, e.g. aes256gcm16-esn
+
+
+@dataclass(frozen=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True)
+class IkeSaEstablished(Event):
+    ike_sa: str
+    local_addr: str
+    remote_addr: str
+    local_id: str
+    remote_id: str
+    algorithm: str
+    initiator: bool
+    nat_local: bool  # we are behind a NAT
+    nat_remote: bool  # the peer is behind a NAT
+    rekeyed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class IkeSaClosed(Event):
+    ike_sa: str
+    remote_addr: str
+    reason: str  # deleted-by-peer | deleted | rekeyed | dead-peer | timeout | auth-failed | failed | expired | superseded
+
+
+@dataclass(frozen=True)
+class ChildSaInstallInbound(Event):
+    """Install the inbound half now; the outbound half follows in ChildSaInstallOutbound.
+
+    RFC 7296 §2.8 and zero loss: an endpoint must be able to receive on a new SA before
+    its peer can send on it, and must not send on it before the peer can receive.
+    """
+
+    child: ChildSaInfo
+    rekey_of: int | None = None  # inbound SPI of the CHILD_SA this one replaces
+
+
+@dataclass(frozen=True)
+class ChildSaInstallOutbound(Event):
+    child: ChildSaInfo
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted(Event):
+    """Remove both halves. After a rekey the data plane may keep the inbound half for a grace period."""
+
+    ike_sa: str
+    name: str
+    inbound_spi: int
+    outbound_spi: int
+    local_addr: str
+    remote_addr: str
+    reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired
+
+
+@dataclass(frozen=True)
+class ChildSaFailed(Event):
+    ike_sa: str
+    name: str
+    reason: str
+    notify: int | None = None
+
+
+@dataclass(frozen=True)
+class NegotiationFailed(Event):
+    """The IKE SA could not be set up (no proposal, auth failure, timeout)."""
+
+    remote_addr: str
+    reason: str
+    notify: int | None = None
+    ike_sa: str | None = None
+
+
+@dataclass(frozen=True)
+class PeerIdentityMismatch(Event):
+    remote_addr: str
+    remote_id: str
+    reason: str

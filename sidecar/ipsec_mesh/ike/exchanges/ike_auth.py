@@ -1,0 +1,267 @@
+"""IKE_AUTH (RFC 7296 §1.2, §2.15): identities, certificates, AUTH, and the first CHILD_SA."""
+
+from __future__ import annotations
+
+import logging
+
+from ..auth import (
+    CertCredential,
+    make_auth,
+    signed_octets,
+    verify_auth,
+)
+from ..certs import certificate_payloads, identity_matches_certificate, parse_cert_payloads
+from ..child import (
+    ChildSa,
+    ChildState,
+    build_info,
+    child_keys,
+    child_notifies,
+    match_child_request,
+    transport_mode_requested,
+)
+from ..constants import AuthMethod, ExchangeType, NotifyType, notify_name
+from ..errors import AuthenticationFailed, CertificateError, IkeError, ParseError
+from ..events import (
+    ChildSaFailed,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    IkeSaEstablished,
+    NegotiationFailed,
+    UdpEncap,
+)
+from ..identity import Identity
+from ..payloads import (
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    IdiPayload,
+    IdrPayload,
+    Message,
+    NotifyPayload,
+    SaPayload,
+    TsiPayload,
+    TsrPayload,
+)
+from ..proposals import check_answer
+from ..sa import IkeSa, IkeState, Reply
+from ..selectors import check_subset
+from .ike_init import intermediate_auth_data
+
+log = logging.getLogger("ipsec_mesh.ike")
+
+
+def encap_of(sa: IkeSa) -> UdpEncap | None:
+    """ESP goes in UDP when either side is behind a NAT (or encapsulation is forced)."""
+    if sa.nat_local or sa.nat_remote:
+        return UdpEncap(sa.local[1], sa.remote[1])
+    return None
+
+
+def _our_auth_payloads(sa: IkeSa, id_payload, peer_nonce: bytes, init_message: bytes, mid: int) -> list:
+    cred = sa.config.credential
+    octets = signed_octets(init_message, peer_nonce, sa.prf, sa.sk_p_own, id_payload,
+                           intermediate_auth_data(sa, mid))
+    payloads: list = [id_payload]
+    if isinstance(cred, CertCredential):
+        payloads += certificate_payloads(cred.chain)
+    return payloads, make_auth(cred, octets, sa.prf, sa.peer_hash_algs)
+
+
+def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes, our_nonce: bytes,
+                       now: float) -> Identity:
+    """Check the peer's identity, certificate chain and AUTH; raise AuthenticationFailed."""
+    auth = msg.first(AuthPayload)
+    if id_payload is None or auth is None:
+        raise AuthenticationFailed("IKE_AUTH lacks the peer's ID or AUTH payload")
+    identity = Identity.from_payload(id_payload)
+    cfg = sa.config
+    if cfg.remote_ids and not any(identity.matches(p) for p in cfg.remote_ids):
+        raise AuthenticationFailed(f"peer identity {identity} is not one we accept from {sa.remote[0]}")
+    octets = signed_octets(init_message, our_nonce, sa.prf, sa.sk_p_peer, id_payload,
+                           intermediate_auth_data(sa, msg.message_id))
+    if auth.method == AuthMethod.SHARED_KEY_MIC:
+        if not cfg.psks:
+            raise AuthenticationFailed(f"peer {identity} used a pre-shared key; we expect certificates")
+        verify_auth(auth, octets, sa.prf, psks=cfg.psks)
+        return identity
+    if cfg.trust is None:
+        raise AuthenticationFailed(f"peer {identity} used a signature; we expect a pre-shared key")
+    chain = parse_cert_payloads(msg.all(CertPayload))
+    if not chain:
+        raise CertificateError(f"peer {identity} sent no certificate")
+    leaf = cfg.trust.validate(chain, sa.services.wall_time())
+    if not identity_matches_certificate(identity, leaf):
+        raise CertificateError(f"peer identity {identity} does not match its certificate")
+    verify_auth(auth, octets, sa.prf, peer_public_key=leaf.public_key())
+    sa.peer_chain = chain
+    return identity
+
+
+def _establish(sa: IkeSa, identity: Identity, now: float) -> None:
+    sa.remote_id = identity
+    sa.state = IkeState.ESTABLISHED
+    sa.established_at = now
+    sa.schedule_rekey(now)
+    log.info("IKE SA %s established with %s (%s) as %s, %s%s", sa.label, identity, sa.remote[0],
+             "initiator" if sa.initiator else "responder", sa.selected.describe(),
+             ", NAT-T" if (sa.nat_local or sa.nat_remote) else "")
+    sa.emit(IkeSaEstablished(sa.label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
+                             sa.selected.describe(), sa.initiator, sa.nat_local, sa.nat_remote))
+    sa.services.established(sa, now)
+
+
+def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi: int, local_ts, remote_ts,
+              nonces: tuple[bytes, bytes], initiated_by_us: bool, now: float, *,
+              state: ChildState = ChildState.INSTALLED, replaces: int | None = None) -> ChildSa:
+    """Record a new CHILD_SA and tell the data plane (inbound first; outbound unless told to wait)."""
+    lt = config.lifetime
+    jitter = sa.services.random_bytes(2)
+    rekey_time = lt.rekey_time - (int.from_bytes(jitter, "big") / 65535.0) * lt.jitter if lt.rekey_time else 0
+    info = build_info(ike_label=sa.label, config=config, selected=selected, keys=keys,
+                      inbound_spi=inbound_spi, outbound_spi=outbound_spi,
+                      local_addr=sa.local[0], remote_addr=sa.remote[0], local_ts=local_ts,
+                      remote_ts=remote_ts, encap=encap_of(sa), rekey_time=rekey_time)
+    child = ChildSa(config=config, info=info, state=state, created_at=now,
+                    rekey_at=now + rekey_time if rekey_time else None,
+                    expire_at=now + lt.life_time if lt.life_time else None,
+                    nonces=nonces, initiated_by_us=initiated_by_us, replaces=replaces)
+    sa.children[inbound_spi] = child
+    sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
+    if state == ChildState.INSTALLED:
+        sa.emit(ChildSaInstallOutbound(info))
+    log.info("CHILD_SA %s %08x_i %08x_o with %s: %s%s", config.name, inbound_spi, outbound_spi,
+             sa.remote[0], info.algorithm, " (rekey)" if replaces else "")
+    return child
+
+
+class IkeAuthTask:
+    exchange = ExchangeType.IKE_AUTH
+
+    def __init__(self, child=None):
+        self.child = child
+        self.inbound_spi: int | None = None
+        self.child_proposals = ()
+
+    def start(self, sa: IkeSa, now: float) -> None:
+        cfg = sa.config
+        id_payload = sa.local_id.to_payload(initiator=True)
+        payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.next_mid)
+        if cfg.initial_contact and not sa.services.has_other_sa(sa):
+            payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
+        if cfg.trust is not None and cfg.send_certreq:
+            payloads.append(CertReqPayload(4, cfg.trust.certreq_data()))
+        payloads.append(auth)
+        wants_child = self.child is not None and not (cfg.childless == "force" and sa.peer_childless)
+        if wants_child:
+            self.inbound_spi = sa.services.allocate_child_spi()
+            self.child_proposals = tuple(p.without_ke() for p in self.child.esp_proposals)
+            spi = self.inbound_spi.to_bytes(4, "big")
+            payloads.append(SaPayload([p.to_payload(i + 1, spi) for i, p in enumerate(self.child_proposals)]))
+            payloads += [TsiPayload(list(self.child.local_ts)), TsrPayload(list(self.child.remote_ts))]
+            payloads += child_notifies(self.child)
+        sa.send_request(self, self.exchange, payloads, now)
+
+    def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        for n in msg.all(NotifyPayload):
+            if n.type == NotifyType.AUTHENTICATION_FAILED or (n.is_error and msg.first(AuthPayload) is None):
+                self._release(sa)
+                reason = f"peer refused IKE_AUTH: {notify_name(n.type)}"
+                log.warning("IKE SA with %s: %s", sa.remote[0], reason)
+                sa.emit(NegotiationFailed(sa.remote[0], reason, n.type, sa.label))
+                sa.close("auth-failed", now)
+                return
+        try:
+            identity = _authenticate_peer(sa, msg, msg.first(IdrPayload), sa.init_response, sa.ni, now)
+        except (AuthenticationFailed, ParseError) as exc:
+            self._release(sa)
+            log.warning("IKE SA with %s: authentication of the peer failed: %s", sa.remote[0], exc)
+            sa.emit(NegotiationFailed(sa.remote[0], f"peer authentication failed: {exc}",
+                                      NotifyType.AUTHENTICATION_FAILED, sa.label))
+            # RFC 7296 §2.21.2: tell the responder, then forget the SA.
+            from .informational import NotifyTask
+
+            sa.tasks.clear()
+            sa.queue(NotifyTask(NotifyType.AUTHENTICATION_FAILED, then_close="auth-failed"), now)
+            return
+        _establish(sa, identity, now)
+        if self.inbound_spi is not None:
+            self._child_from_response(sa, msg, now)
+
+    def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> None:
+        errors = [n for n in msg.all(NotifyPayload) if n.is_error]
+        sa_payload, tsi, tsr = msg.first(SaPayload), msg.first(TsiPayload), msg.first(TsrPayload)
+        try:
+            if errors or sa_payload is None or tsi is None or tsr is None or len(sa_payload.proposals) != 1:
+                name = notify_name(errors[0].type) if errors else "no CHILD_SA in response"
+                raise IkeError(f"CHILD_SA {self.child.name} refused: {name}",
+                               notify=errors[0].type if errors else None)
+            selected = check_answer(sa_payload.proposals[0], list(self.child_proposals))
+            if len(selected.spi) != 4:
+                raise ParseError("ESP SPI must be 4 bytes")
+            check_subset(tsi.selectors, self.child.local_ts, "TSi")
+            check_subset(tsr.selectors, self.child.remote_ts, "TSr")
+            if (self.child.mode == "transport") != transport_mode_requested(msg):
+                raise IkeError(f"peer did not agree to {self.child.mode} mode")
+        except IkeError as exc:
+            self._release(sa)
+            log.warning("CHILD_SA with %s failed: %s", sa.remote[0], exc)
+            sa.emit(ChildSaFailed(sa.label, self.child.name, str(exc), exc.notify))
+            return
+        keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=True)
+        add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
+                  tsi.selectors, tsr.selectors, (sa.ni, sa.nr), True, now)
+
+    def _release(self, sa: IkeSa) -> None:
+        if self.inbound_spi is not None:
+            sa.services.release_child_spi(self.inbound_spi)
+            self.inbound_spi = None
+
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        self._release(sa)
+        sa.emit(NegotiationFailed(sa.remote[0], f"IKE_AUTH failed: {exc}", exc.notify, sa.label))
+        sa.close("failed", now)
+
+    def on_timeout(self, sa: IkeSa, now: float) -> None:
+        self._release(sa)
+        sa.emit(NegotiationFailed(sa.remote[0], "no response to IKE_AUTH", None, sa.label))
+        sa.close("timeout", now)
+
+
+def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+    try:
+        identity = _authenticate_peer(sa, msg, msg.first(IdiPayload), sa.init_request, sa.nr, now)
+    except AuthenticationFailed as exc:
+        log.warning("IKE_AUTH from %s refused: %s", sa.remote[0], exc)
+        sa.emit(NegotiationFailed(sa.remote[0], f"authentication failed: {exc}",
+                                  NotifyType.AUTHENTICATION_FAILED, sa.label))
+        raise
+    id_payload = sa.local_id.to_payload(initiator=False)
+    payloads, auth = _our_auth_payloads(sa, id_payload, sa.ni, sa.init_response, msg.message_id)
+    payloads.append(auth)
+    initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
+    _establish(sa, identity, now)
+    if initial_contact:
+        sa.services.initial_contact(sa, now)
+    if msg.first(SaPayload) is not None:
+        payloads += _respond_child(sa, msg, now)
+    return Reply(payloads)
+
+
+def _respond_child(sa: IkeSa, msg: Message, now: float) -> list:
+    try:
+        request = match_child_request(msg, sa.config.children, with_ke=False)
+    except IkeError as exc:
+        log.warning("CHILD_SA from %s refused: %s", sa.remote[0], exc)
+        sa.emit(ChildSaFailed(sa.label, "", str(exc), exc.notify))
+        return [NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN)]
+    selected = request.selected
+    inbound = sa.services.allocate_child_spi()
+    keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
+    add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
+              request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now)
+    return [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
+            TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config)
+
+
+__all__ = ["IkeAuthTask", "respond", "add_child", "encap_of"]

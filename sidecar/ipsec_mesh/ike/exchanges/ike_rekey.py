@@ -1,0 +1,182 @@
+"""CREATE_CHILD_SA rekeying the IKE SA itself (RFC 7296 §1.3.2, §2.18), with collisions (§2.8.2).
+
+Additional key exchanges (RFC 9370 IKE_FOLLOWUP_KE) are not run on rekey: the new
+SKEYSEED is derived from the old SK_d, which already carries the ML-KEM secret of the
+initial exchange, plus a fresh classic key exchange.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from ..constants import ExchangeType, NotifyType
+from ..crypto import aead_keymat_len, prf_for
+from ..errors import IkeError, InvalidKePayload, ParseError
+from ..events import IkeSaEstablished
+from ..keyexchange import respond_key_exchange, start_key_exchange
+from ..keymat import derive_ike_keys, rekey_skeyseed
+from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
+from ..proposals import ProposalSpec, check_answer, select
+from ..sa import IkeSa, IkeState, Reply
+
+log = logging.getLogger("ipsec_mesh.ike")
+
+NONCE_LEN = 32
+OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
+
+
+def _rekey_proposals(sa: IkeSa) -> list[ProposalSpec]:
+    specs = []
+    for spec in sa.config.ike_proposals:
+        plain = ProposalSpec(spec.protocol, spec.encr, spec.prf, spec.ke, spec.esn, ())
+        if plain not in specs:
+            specs.append(plain)
+    return specs
+
+
+def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selected, shared: bytes,
+               ni: bytes, nr: bytes, now: float) -> IkeSa:
+    new = IkeSa(old.services, old.config, initiator=initiator, local=old.local, remote=old.remote,
+                spi_i=spi_i, spi_r=spi_r, now=now)
+    new.selected = selected
+    seed = rekey_skeyseed(old.prf, old.keys.sk_d, shared, ni, nr)
+    new.prf = prf_for(selected.prf)
+    new.ni, new.nr = ni, nr
+    new.install_keys(derive_ike_keys(new.prf, seed, ni, nr, spi_i, spi_r,
+                                     aead_keymat_len(selected.encr, selected.key_bits)))
+    for attr in ("peer_fragmentation", "peer_hash_algs", "peer_childless", "nat_local", "nat_remote",
+                 "local_id", "remote_id", "peer_chain", "last_received"):
+        setattr(new, attr, getattr(old, attr))
+    new.state = IkeState.ESTABLISHED
+    new.established_at = now
+    new.rekeyed_from = old.label
+    new.rekey_nonces = (ni, nr)
+    new.schedule_rekey(now)
+    old.services.adopt(new)
+    old.emit(IkeSaEstablished(new.label, new.local[0], new.remote[0], str(new.local_id), str(new.remote_id),
+                              selected.describe(), initiator, new.nat_local, new.nat_remote,
+                              rekeyed_from=old.label))
+    return new
+
+
+def move_children(source: IkeSa, target: IkeSa) -> None:
+    for spi, child in list(source.children.items()):
+        child.info = replace(child.info, ike_sa=target.label)
+        target.children[spi] = child
+    source.children.clear()
+
+
+def _retire(old: IkeSa, new: IkeSa, now: float) -> None:
+    old.state = IkeState.REKEYED
+    old.successor = new
+    old.rekey_at = None
+    old.expire_at = now + OLD_SA_GRACE
+
+
+class IkeRekeyTask:
+    exchange = ExchangeType.CREATE_CHILD_SA
+
+    def __init__(self):
+        self.spi = b""
+        self.ni = b""
+        self.ke = None
+        self.group: int | None = None
+        self.ke_retries = 0
+
+    def obsolete(self, sa: IkeSa) -> bool:
+        return sa.state != IkeState.ESTABLISHED
+
+    def start(self, sa: IkeSa, now: float) -> None:
+        self.proposals = _rekey_proposals(sa)
+        if self.group is None:
+            self.group = sa.selected.ke if any(sa.selected.ke in p.ke for p in self.proposals) \
+                else self.proposals[0].ke[0]
+        if not self.spi:
+            self.spi = sa.services.allocate_ike_spi()
+        self.ni = sa.random_bytes(NONCE_LEN)
+        self.ke = start_key_exchange(self.group)
+        payloads = [SaPayload([p.to_payload(i + 1, self.spi) for i, p in enumerate(self.proposals)]),
+                    NoncePayload(self.ni), KePayload(self.group, self.ke.public_data)]
+        sa.send_request(self, self.exchange, payloads, now)
+
+    def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        errors = [n for n in msg.all(NotifyPayload) if n.is_error]
+        if errors:
+            self._refused(sa, errors[0], now)
+            return
+        sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
+        if sa_payload is None or nonce is None or ke is None or len(sa_payload.proposals) != 1:
+            raise ParseError("IKE rekey response lacks SA, Nonce or KE")
+        selected = check_answer(sa_payload.proposals[0], self.proposals)
+        if len(selected.spi) != 8 or selected.ke != self.group or ke.group != self.group:
+            raise ParseError("IKE rekey response has a bad SPI or key exchange")
+        shared = self.ke.finish(ke.data)
+        new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=selected.spi, selected=selected,
+                         shared=shared, ni=self.ni, nr=nonce.data, now=now)
+        from .informational import IkeDeleteTask
+
+        theirs = sa.peer_rekey
+        if theirs is not None and theirs.state == IkeState.ESTABLISHED and \
+                min(self.ni, nonce.data) < min(theirs.rekey_nonces):
+            # Collision lost (lowest nonce is ours): close our redundant SA; the peer deletes the old.
+            log.info("IKE rekey collision with %s: closing our redundant %s", sa.remote[0], new.label)
+            _retire(sa, theirs, now)
+            new.queue(IkeDeleteTask("superseded", children_reason="rekeyed"), now)
+            return
+        if theirs is not None:
+            # Collision won: the children move to our successor; the peer closes its own.
+            move_children(theirs, new)
+        else:
+            move_children(sa, new)
+        _retire(sa, new, now)
+        sa.tasks.clear()
+        sa.queue(IkeDeleteTask("rekeyed"), now)
+
+    def _refused(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
+        if notify.type == NotifyType.INVALID_KE_PAYLOAD and len(notify.data) >= 2 and self.ke_retries < 2:
+            wanted = int.from_bytes(notify.data[:2], "big")
+            if any(wanted in p.ke for p in self.proposals):
+                self.ke_retries += 1
+                self.group = wanted
+                sa.tasks.appendleft(self)
+                return
+        # TEMPORARY_FAILURE (peer busy or rekeying itself) or a refusal: try again later;
+        # the SA lives on until its hard lifetime.
+        delay = 2.0 + 8.0 * sa.random_bytes(1)[0] / 255.0
+        if notify.type != NotifyType.TEMPORARY_FAILURE:
+            log.warning("IKE rekey with %s refused: %s", sa.remote[0], notify.type)
+            delay *= 10
+        sa.rekey_at = now + delay
+
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        log.warning("IKE rekey with %s failed: %s", sa.remote[0], exc)
+        sa.rekey_at = now + 30.0
+
+
+def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+    own_rekey = isinstance(getattr(sa.outstanding, "task", None), IkeRekeyTask)
+    if sa.outstanding is not None and not own_rekey:
+        raise IkeError("an exchange is under way; rekey the IKE SA later", notify=NotifyType.TEMPORARY_FAILURE)
+    sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
+    if sa_payload is None or nonce is None or ke is None:
+        raise ParseError("IKE rekey request lacks SA, Nonce or KE")
+    selected = select(sa_payload.proposals, _rekey_proposals(sa))
+    if len(selected.spi) != 8:
+        raise IkeError("IKE rekey SPI must be 8 bytes", notify=NotifyType.INVALID_SYNTAX)
+    if ke.group != selected.ke:
+        raise InvalidKePayload(f"IKE rekey needs KE for group {selected.ke}", selected.ke)
+    our_data, shared = respond_key_exchange(selected.ke, ke.data)
+    nr = sa.random_bytes(NONCE_LEN)
+    spi = sa.services.allocate_ike_spi()
+    new = _successor(sa, initiator=False, spi_i=selected.spi, spi_r=spi, selected=selected, shared=shared,
+                     ni=nonce.data, nr=nr, now=now)
+    move_children(sa, new)
+    sa.peer_rekey = new
+    if not own_rekey:
+        _retire(sa, new, now)
+    # else: our own rekey is in flight, and its response settles the collision (§2.8.2).
+    return Reply([SaPayload([selected.to_payload(spi)]), NoncePayload(nr), KePayload(selected.ke, our_data)])
+
+
+__all__ = ["IkeRekeyTask", "respond", "move_children"]

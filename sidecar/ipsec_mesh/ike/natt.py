@@ -1,0 +1,47 @@
+"""NAT detection (RFC 7296 §2.23): hashes of SPIs, address and port."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+from .constants import NotifyType
+from .payloads import NotifyPayload
+
+
+def nat_hash(spi_i: bytes, spi_r: bytes, address: str, port: int) -> bytes:
+    # SHA-1 is what the RFC specifies here; it is an address fingerprint, not a MAC.
+    packed = ipaddress.ip_address(address).packed
+    return hashlib.sha1(spi_i + spi_r + packed + port.to_bytes(2, "big")).digest()
+
+
+def nat_notifies(spi_i: bytes, spi_r: bytes, local: tuple[str, int], remote: tuple[str, int],
+                 fake_source: bool = False, random_bytes=None) -> list[NotifyPayload]:
+    """NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for a message from `local` to `remote`.
+
+    `fake_source` sends a source hash that cannot match, so the peer believes we are
+    behind a NAT and both sides encapsulate ESP in UDP (forced encapsulation).
+    """
+    if fake_source:
+        source = random_bytes(20)
+    else:
+        source = nat_hash(spi_i, spi_r, *local)
+    return [
+        NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=source),
+        NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, data=nat_hash(spi_i, spi_r, *remote)),
+    ]
+
+
+def detect(spi_i: bytes, spi_r: bytes, notifies_source: list[bytes], notify_destination: bytes | None,
+           local: tuple[str, int], remote: tuple[str, int]) -> tuple[bool, bool] | None:
+    """(we are behind a NAT, the peer is behind a NAT), or None if the peer sent no NAT notifies.
+
+    `local`/`remote` are the addresses the message was received on/from.
+    """
+    if notify_destination is None or not notifies_source:
+        return None
+    remote_hash = nat_hash(spi_i, spi_r, *remote)
+    peer_natted = not any(hmac.compare_digest(h, remote_hash) for h in notifies_source)
+    local_natted = not hmac.compare_digest(notify_destination, nat_hash(spi_i, spi_r, *local))
+    return local_natted, peer_natted

@@ -1,0 +1,208 @@
+"""An in-memory network of IKE endpoints with a fake clock: drops, duplicates, reordering, NAT.
+
+Test helper (not a test module): ties several `IkeEndpoint`s together and runs them
+to quiescence deterministically. Every loop is bounded in steps and simulated time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ipsec_mesh.ike.auth import CertCredential, PskCredential
+from ipsec_mesh.ike.certs import TrustStore
+from ipsec_mesh.ike.config import ChildConfig, Lifetime, PeerConfig, Retransmit
+from ipsec_mesh.ike.constants import ProtocolId
+from ipsec_mesh.ike.endpoint import IkeEndpoint
+from ipsec_mesh.ike.events import (
+    ChildSaDeleted,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    IkeSaClosed,
+    IkeSaEstablished,
+)
+from ipsec_mesh.ike.identity import Identity
+from ipsec_mesh.ike.payloads import TrafficSelector
+from ipsec_mesh.ike.proposals import parse_proposal
+from ipsec_mesh.ike.sa import Datagram
+
+PSK = b"correct horse battery staple, 32b"
+
+
+def child_config(local: str, remote: str, *, name: str = "mesh", esp: str | None = None,
+                 rekey: float = 3600, life: float = 3960, jitter: float = 0.0, mode: str = "transport") -> ChildConfig:
+    kwargs = {}
+    if esp:
+        kwargs["esp_proposals"] = tuple(parse_proposal(p, ProtocolId.ESP) for p in esp.split(","))
+    return ChildConfig(name, (TrafficSelector.for_address(local),), (TrafficSelector.for_address(remote),),
+                       mode=mode, lifetime=Lifetime(rekey, life, jitter), **kwargs)
+
+
+def psk_config(name: str, local_id: str, remote_id: str, child: ChildConfig | None, *,
+               psk: bytes = PSK, peer_psks: tuple[bytes, ...] | None = None, ike: str | None = None,
+               **kwargs) -> PeerConfig:
+    if ike:
+        kwargs["ike_proposals"] = tuple(parse_proposal(p, ProtocolId.IKE) for p in ike.split(","))
+    kwargs.setdefault("retransmit", Retransmit(timeout=1.0, base=2.0, tries=3))
+    return PeerConfig(name, Identity.parse(local_id), PskCredential(psk), remote_ids=(remote_id,),
+                      psks=peer_psks if peer_psks is not None else (psk,),
+                      children=(child,) if child else (), **kwargs)
+
+
+def cert_config(name: str, issued, pki, remote_id: str, child: ChildConfig | None, *, local_id: str,
+                **kwargs) -> PeerConfig:
+    kwargs.setdefault("retransmit", Retransmit(timeout=1.0, base=2.0, tries=3))
+    return PeerConfig(name, Identity.parse(local_id), CertCredential(issued.key, issued.chain),
+                      remote_ids=(remote_id,), trust=TrustStore([pki.root.cert]),
+                      children=(child,) if child else (), **kwargs)
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    endpoint: IkeEndpoint
+    events: list = field(default_factory=list)
+    # The data plane as the events describe it: inbound/outbound SPI -> ChildSaInfo
+    inbound: dict = field(default_factory=dict)
+    outbound: dict = field(default_factory=dict)
+
+    def of(self, cls) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def apply(self, event) -> None:
+        self.events.append(event)
+        if isinstance(event, ChildSaInstallInbound):
+            self.inbound[event.child.inbound_spi] = event.child
+        elif isinstance(event, ChildSaInstallOutbound):
+            self.outbound[event.child.outbound_spi] = event.child
+        elif isinstance(event, ChildSaDeleted):
+            self.inbound.pop(event.inbound_spi, None)
+            self.outbound.pop(event.outbound_spi, None)
+
+    @property
+    def established(self) -> list:
+        return [sa for sa in self.endpoint.sas.values() if sa.is_established]
+
+    def closed_reasons(self) -> list[str]:
+        return [e.reason for e in self.of(IkeSaClosed)]
+
+    def up_count(self) -> int:
+        return len(self.of(IkeSaEstablished))
+
+
+class Network:
+    """Delivers datagrams between nodes. Hooks decide per datagram: deliver, drop, duplicate."""
+
+    def __init__(self, seed: int = 1):
+        self.now = 1000.0
+        self.nodes: dict[str, Node] = {}
+        self.in_flight: list[tuple[float, Datagram, str]] = []
+        self.rng = random.Random(seed)
+        self.drop: Callable[[Datagram], bool] = lambda d: False
+        self.duplicate: Callable[[Datagram], bool] = lambda d: False
+        self.reorder = False
+        self.nat: dict[str, tuple[str, int]] = {}  # private address -> public (address, port base)
+        self.delivered: list[Datagram] = []
+        self.latency = 0.01
+
+    def add(self, name: str, address: str, lookup, **endpoint_kwargs) -> Node:
+        rng = random.Random(f"{name}-{len(self.nodes)}")
+        endpoint = IkeEndpoint(lookup, random_bytes=lambda n: rng.randbytes(n), **endpoint_kwargs)
+        node = Node(name, address, endpoint)
+        self.nodes[address] = node
+        return node
+
+    def _node_for(self, address: str) -> Node | None:
+        node = self.nodes.get(address)
+        if node is None:
+            for private, (public, _) in self.nat.items():
+                if public == address:
+                    return self.nodes.get(private)
+        return node
+
+    def _translate(self, d: Datagram) -> Datagram:
+        """Source NAT for nodes behind a NAT: their address and port are rewritten outbound."""
+        public = self.nat.get(d.local[0])
+        if public is None:
+            return d
+        return Datagram(d.data, (public[0], public[1] + d.local[1]), d.remote)
+
+    def collect(self, node: Node) -> None:
+        for event in node.endpoint.events():
+            node.apply(event)
+        for d in node.endpoint.datagrams():
+            if self.drop(d):
+                continue
+            copies = 2 if self.duplicate(d) else 1
+            for _ in range(copies):
+                delay = self.latency + (self.rng.random() * 0.05 if self.reorder else 0)
+                self.in_flight.append((self.now + delay, d, node.address))
+
+    def step(self) -> bool:
+        """Deliver the next datagram or fire the next timer; False when nothing is left to do."""
+        for node in self.nodes.values():
+            self.collect(node)
+        timers = [(t, node) for node in self.nodes.values() if (t := node.endpoint.next_timer()) is not None]
+        next_delivery = min((f[0] for f in self.in_flight), default=None)
+        next_timer = min(timers, key=lambda x: x[0], default=None)
+        if next_delivery is None and next_timer is None:
+            return False
+        if next_delivery is not None and (next_timer is None or next_delivery <= next_timer[0]):
+            self.in_flight.sort(key=lambda f: f[0])
+            at, d, sender = self.in_flight.pop(0)
+            self.now = max(self.now, at)
+            sent = self._translate(d)
+            target = self._node_for(d.remote[0])
+            if target is not None:
+                self.delivered.append(sent)
+                # The receiver sees the translated source; a NATed receiver sees its private address and port.
+                local = d.remote
+                if d.remote[0] != target.address:
+                    local = (target.address, d.remote[1] - self.nat[target.address][1])
+                target.endpoint.receive(sent.data, local, sent.local, self.now)
+                self.collect(target)
+            return True
+        self.now = max(self.now, next_timer[0])
+        next_timer[1].endpoint.tick(self.now)
+        self.collect(next_timer[1])
+        return True
+
+    def run(self, seconds: float = 60.0, max_steps: int = 20000) -> None:
+        """Run until nothing is pending, or `seconds` of simulated time, bounded in steps."""
+        end = self.now + seconds
+        for _ in range(max_steps):
+            if self.in_flight:
+                pending = min(f[0] for f in self.in_flight)
+            else:
+                timers = [t for n in self.nodes.values() if (t := n.endpoint.next_timer()) is not None]
+                pending = min(timers, default=None)
+            if pending is None or pending > end:
+                self.now = max(self.now, end) if pending is not None else self.now
+                return
+            self.step()
+        raise AssertionError("simulation did not settle within its step bound")
+
+    def settle(self, max_steps: int = 5000) -> None:
+        """Deliver everything in flight (and timers due before the last delivery)."""
+        for _ in range(max_steps):
+            for node in self.nodes.values():
+                self.collect(node)
+            if not self.in_flight:
+                return
+            self.step()
+        raise AssertionError("network did not settle")
+
+
+def keys_match(a: Node, b: Node) -> bool:
+    """Every outbound SA of `a` is an inbound SA of `b` with the same key, and vice versa."""
+    for spi, info in a.outbound.items():
+        peer = b.inbound.get(spi)
+        if peer is None or peer.keys.inbound != info.keys.outbound:
+            return False
+    for spi, info in b.outbound.items():
+        peer = a.inbound.get(spi)
+        if peer is None or peer.keys.inbound != info.keys.outbound:
+            return False
+    return True
