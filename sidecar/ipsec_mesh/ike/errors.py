@@ -39,6 +39,16 @@ class UnsupportedCriticalPayload(ParseError):
         self.payload_type = payload_type
 
 
+class InvalidMajorVersion(ParseError):
+    """The IKE header carries a major version other than 2 (RFC 7296 section 2.5)."""
+
+    notify = NotifyType.INVALID_MAJOR_VERSION
+
+    def __init__(self, message: str, version: int):
+        super().__init__(message)
+        self.version = version
+
+
 class IntegrityError(IkeError):
     """An encrypted payload failed authentication (bad ICV or bad padding).
 

@@ -1,0 +1,250 @@
+"""IKEv2 messages to bytes and back (RFC 7296 section 3), sans-IO.
+
+`decode` parses the header and the clear payload chain; an SK payload stays an
+`EncryptedPayload` until `decrypt` authenticates and opens it with a
+`Protector` (the SK_e/SK_a keys of one direction, AEAD only, RFC 5282).
+Fragmentation (RFC 7383) is in `fragment.py`, built on the helpers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import payloads as p
+from .constants import (
+    IKE_HEADER_LEN,
+    IKE_VERSION,
+    NON_ESP_MARKER,
+    ExchangeType,
+    HeaderFlag,
+    PayloadType,
+)
+from .errors import IntegrityError, InvalidMajorVersion, ParseError, UnsupportedCriticalPayload
+from .payload_codec import decode_body, encode_body, has_body_decoder, known
+from .wire import Reader, u16, u32
+
+MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever parsed or built
+MAX_PAYLOADS = 64  # per message, clear and inner together
+_CRITICAL = 0x80
+_ENCRYPTED_TYPES = (PayloadType.SK, PayloadType.SKF)
+
+
+class Protector(Protocol):
+    """What the codec needs from the SK crypto of one direction (AEAD)."""
+
+    iv_len: int
+    icv_len: int
+
+    def next_iv(self) -> bytes: ...
+
+    def seal(self, iv: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        """Returns ciphertext || ICV."""
+
+    def open(self, iv: bytes, aad: bytes, ciphertext_and_icv: bytes) -> bytes:
+        """Returns the plaintext; raises errors.IntegrityError on a bad ICV."""
+
+
+@dataclass
+class Header:
+    spi_i: bytes
+    spi_r: bytes
+    next_payload: int
+    version: int
+    exchange: int
+    flags: int
+    message_id: int
+    length: int
+
+    @property
+    def is_initiator(self) -> bool:
+        return bool(self.flags & HeaderFlag.INITIATOR)
+
+    @property
+    def is_response(self) -> bool:
+        return bool(self.flags & HeaderFlag.RESPONSE)
+
+    def pack(self) -> bytes:
+        return (self.spi_i + self.spi_r
+                + bytes([self.next_payload, self.version, self.exchange, self.flags])
+                + u32(self.message_id) + u32(self.length))
+
+
+def peek_header(data: bytes) -> Header:
+    """The IKE header of a datagram, checked: length field == datagram size, major version 2."""
+    if len(data) < IKE_HEADER_LEN:
+        raise ParseError(f"datagram of {len(data)} bytes is shorter than an IKE header")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise ParseError(f"datagram of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    r = Reader(data, "IKE header")
+    spi_i, spi_r = r.take(8), r.take(8)
+    next_payload, version, exchange, flags = r.u8(), r.u8(), r.u8(), r.u8()
+    message_id, length = r.u32(), r.u32()
+    if version >> 4 != IKE_VERSION >> 4:  # the minor version is ignored on receipt
+        raise InvalidMajorVersion(f"IKE major version {version >> 4}", version)
+    if length != len(data):
+        raise ParseError(f"IKE header says {length} bytes, datagram has {len(data)}")
+    return Header(spi_i, spi_r, next_payload, version, exchange, flags, message_id, length)
+
+
+def decode(data: bytes) -> p.Message:
+    """Header and clear payload chain; SK/SKF are kept encrypted (and must come last)."""
+    header = peek_header(data)
+    reader = Reader(data, "IKE message")
+    reader.skip(IKE_HEADER_LEN)
+    payloads = decode_chain(header.next_payload, reader, MAX_PAYLOADS, outer=True)
+    return _message_like(header, payloads)
+
+
+def _message_like(header: Header, payloads: list) -> p.Message:
+    return p.Message(header.spi_i, header.spi_r, known(ExchangeType, header.exchange),
+                     header.is_initiator, header.is_response, header.message_id, payloads)
+
+
+def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list:
+    """A payload chain filling all of `r`. Only an outer chain may end in SK/SKF."""
+    payloads: list = []
+    ptype = first_type
+    while ptype != PayloadType.NONE:
+        if len(payloads) >= limit:
+            raise ParseError(f"more than {limit} payloads")
+        next_type, flags, length = r.u8(), r.u8(), r.u16()
+        if length < 4:
+            raise ParseError(f"payload {ptype}: length {length} < 4")
+        body = r.take(length - 4)
+        if ptype in _ENCRYPTED_TYPES:
+            if not outer:
+                raise ParseError(f"payload {ptype} nested inside an encrypted payload")
+            if r.remaining:
+                raise ParseError(f"payload {ptype} is not the last payload")
+            payloads.append(_decode_encrypted(ptype, next_type, body))
+            return payloads
+        payloads.append(_decode_plain(ptype, bool(flags & _CRITICAL), body))
+        ptype = next_type
+    r.expect_end()
+    return payloads
+
+
+def _decode_plain(ptype: int, critical: bool, body: bytes):
+    if has_body_decoder(ptype):
+        return decode_body(ptype, body)  # known payloads ignore the critical bit
+    if critical:
+        raise UnsupportedCriticalPayload(f"unsupported critical payload {ptype}", ptype)
+    return p.UnknownPayload(ptype, critical, body)
+
+
+def _decode_encrypted(ptype: int, first_inner: int, body: bytes):
+    if ptype == PayloadType.SK:
+        return p.EncryptedPayload(first_inner, body)
+    r = Reader(body, "SKF")
+    number, total = r.u16(), r.u16()
+    if not 1 <= number <= total:
+        raise ParseError(f"SKF: fragment {number} of {total}")
+    return p.EncryptedFragment(first_inner, number, total, r.rest())
+
+
+# -- encoding -----------------------------------------------------------------
+
+def encode_chain(payloads: list) -> tuple[int, bytes]:
+    """(type of the first payload, the chain's bytes). SK/SKF objects go out as received."""
+    if len(payloads) > MAX_PAYLOADS:
+        raise ValueError(f"{len(payloads)} payloads, at most {MAX_PAYLOADS}")
+    out = bytearray()
+    types = [p.payload_type_of(payload) for payload in payloads]
+    for i, payload in enumerate(payloads):
+        following = types[i + 1] if i + 1 < len(types) else PayloadType.NONE
+        if types[i] in _ENCRYPTED_TYPES:
+            if i != len(payloads) - 1:
+                raise ValueError("SK/SKF must be the last payload")
+            following = payload.first_inner
+            body = payload.raw if types[i] == PayloadType.SK else (
+                u16(payload.number) + u16(payload.total) + payload.raw)
+        else:
+            body = encode_body(payload)
+        flags = _CRITICAL if isinstance(payload, p.UnknownPayload) and payload.critical else 0
+        out += bytes([following, flags]) + u16(4 + len(body)) + body
+    return (types[0] if types else PayloadType.NONE), bytes(out)
+
+
+def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:
+    if length > MAX_MESSAGE_SIZE:
+        raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
+    flags = ((HeaderFlag.INITIATOR if msg.is_initiator else 0)
+             | (HeaderFlag.RESPONSE if msg.is_response else 0))
+    return Header(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
+                  msg.message_id, length).pack()
+
+
+def encode(msg: p.Message, protector: Protector | None = None) -> bytes:
+    """The datagram for `msg`: payloads in clear, or all inside one SK payload."""
+    if len(msg.spi_i) != 8 or len(msg.spi_r) != 8:
+        raise ValueError("IKE SPIs must be 8 bytes each")
+    first, chain = encode_chain(msg.payloads)
+    if protector is None:
+        return header_for(msg, first, IKE_HEADER_LEN + len(chain)) + chain
+    return seal_payload(msg, PayloadType.SK, first, b"", chain, protector)
+
+
+def seal_payload(msg: p.Message, ptype: int, first_inner: int, fields: bytes, content: bytes,
+                 protector: Protector) -> bytes:
+    """A datagram holding one SK or SKF payload (with `fields` after its generic header).
+
+    Plaintext = content || pad length 0: AEAD needs no block alignment (RFC 5282), and
+    the AAD is every byte before the IV (header, generic header, SKF fields).
+    """
+    plaintext = content + b"\x00"
+    iv = protector.next_iv()
+    if len(iv) != protector.iv_len:
+        raise ValueError(f"protector gave a {len(iv)}-byte IV, expected {protector.iv_len}")
+    payload_len = 4 + len(fields) + len(iv) + len(plaintext) + protector.icv_len
+    aad = (header_for(msg, ptype, IKE_HEADER_LEN + payload_len)
+           + bytes([first_inner, 0]) + u16(payload_len) + fields)
+    sealed = protector.seal(iv, aad, plaintext)
+    if len(sealed) != len(plaintext) + protector.icv_len:
+        raise ValueError("protector output length is not plaintext + ICV")
+    return aad + iv + sealed
+
+
+# -- decryption ---------------------------------------------------------------
+
+def open_payload(data: bytes, raw: bytes, protector: Protector) -> bytes:
+    """Authenticate and decrypt the trailing SK/SKF content `raw` of `data`; padding removed.
+
+    Too short to hold IV, ICV and a pad length byte means it cannot authenticate:
+    IntegrityError (dropped silently). Bad padding after authentication: ParseError.
+    """
+    if len(raw) < protector.iv_len + protector.icv_len + 1:
+        raise IntegrityError("encrypted payload too short to authenticate")
+    if not data.endswith(raw):
+        raise ParseError("encrypted payload is not the tail of the datagram")
+    aad = data[:len(data) - len(raw)]
+    plaintext = protector.open(raw[:protector.iv_len], aad, raw[protector.iv_len:])
+    pad_length = plaintext[-1] if plaintext else 0
+    if not plaintext or pad_length + 1 > len(plaintext):
+        raise ParseError(f"pad length {pad_length} exceeds the {len(plaintext)}-byte plaintext")
+    return plaintext[:len(plaintext) - 1 - pad_length]
+
+
+def decrypt(data: bytes, msg: p.Message, protector: Protector) -> p.Message:
+    """`msg` (decoded from `data`, ending in SK) with the SK payload replaced by its contents."""
+    if not msg.payloads or not isinstance(msg.payloads[-1], p.EncryptedPayload):
+        raise ParseError("message has no SK payload to decrypt")
+    clear, sk = msg.payloads[:-1], msg.payloads[-1]
+    inner = open_payload(data, sk.raw, protector)
+    return with_inner(msg, clear, sk.first_inner, inner)
+
+
+def with_inner(msg: p.Message, clear: list, first_inner: int, inner: bytes) -> p.Message:
+    """A copy of `msg` whose payloads are `clear` followed by the chain parsed from `inner`."""
+    payloads = decode_chain(first_inner, Reader(inner, "inner payloads"),
+                            MAX_PAYLOADS - len(clear), outer=False)
+    return p.Message(msg.spi_i, msg.spi_r, msg.exchange, msg.is_initiator, msg.is_response,
+                     msg.message_id, list(clear) + payloads)
+
+
+def strip_non_esp_marker(data: bytes) -> bytes | None:
+    """For a datagram on port 4500: the IKE message after the non-ESP marker (RFC 3948),
+    or None when it is not IKE (ESP has a non-zero SPI there; a 1-byte NAT keepalive)."""
+    if len(data) >= len(NON_ESP_MARKER) and data[:len(NON_ESP_MARKER)] == NON_ESP_MARKER:
+        return data[len(NON_ESP_MARKER):]
+    return None

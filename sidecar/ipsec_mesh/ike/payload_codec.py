@@ -1,0 +1,366 @@
+"""Payload bodies (RFC 7296 sections 3.3-3.16) to bytes and back.
+
+A "body" is a payload without its 4-byte generic header; the chain of generic
+headers, SK and SKF live in `message.py`. Decoders get hostile bytes and raise
+only `ParseError`; encoders get our own objects and raise ValueError for ones
+that cannot be put on the wire (a programming error, not an attack).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Callable
+
+from . import payloads as p
+from .constants import PayloadType, ProtocolId, TransformAttr, TransformType, TsType, NotifyType
+from .errors import ParseError
+from .wire import Reader, u16
+
+# Limits against hostile input (far above anything a sane peer sends).
+MAX_PROPOSALS = 64
+MAX_TRANSFORMS = 64
+MAX_TRANSFORM_ATTRIBUTES = 16
+MAX_TRAFFIC_SELECTORS = 32
+MAX_DELETE_SPIS = 512
+MAX_CONFIG_ATTRIBUTES = 64
+NONCE_MIN, NONCE_MAX = 16, 256
+
+_LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
+_ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
+_TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
+_CHILD_SPI_SIZE = 4
+_IKE_SPI_SIZE = 8
+
+
+def known(enum_cls: type[enum.IntEnum], value: int) -> int:
+    """The enum member for a known wire value, else the bare int (kept, not rejected)."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        return value
+
+
+# -- SA (3.3) -----------------------------------------------------------------
+
+def _encode_sa(sa: p.SaPayload) -> bytes:
+    if not sa.proposals or len(sa.proposals) > MAX_PROPOSALS:
+        raise ValueError(f"SA needs 1..{MAX_PROPOSALS} proposals, has {len(sa.proposals)}")
+    out = bytearray()
+    for i, prop in enumerate(sa.proposals):
+        body = _encode_proposal(prop)
+        more = _LAST if i == len(sa.proposals) - 1 else _MORE_PROPOSALS
+        out += bytes([more, 0]) + u16(4 + len(body)) + body
+    return bytes(out)
+
+
+def _encode_proposal(prop: p.Proposal) -> bytes:
+    if not 1 <= len(prop.transforms) <= min(MAX_TRANSFORMS, 255):
+        raise ValueError(f"proposal needs 1..{MAX_TRANSFORMS} transforms")
+    out = bytearray([prop.number, prop.protocol, len(prop.spi), len(prop.transforms)])
+    out += prop.spi
+    for i, tr in enumerate(prop.transforms):
+        attrs = b""
+        if tr.key_length is not None:
+            attrs = u16(_ATTR_TV | TransformAttr.KEY_LENGTH) + u16(tr.key_length)
+        more = _LAST if i == len(prop.transforms) - 1 else _MORE_TRANSFORMS
+        out += bytes([more, 0]) + u16(8 + len(attrs)) + bytes([tr.type, 0]) + u16(tr.id) + attrs
+    return bytes(out)
+
+
+def _decode_sa(body: bytes) -> p.SaPayload:
+    r = Reader(body, "SA")
+    proposals: list[tuple[p.Proposal, bool]] = []
+    more = _MORE_PROPOSALS
+    while more != _LAST:
+        if len(proposals) == MAX_PROPOSALS:
+            raise ParseError(f"SA: more than {MAX_PROPOSALS} proposals")
+        more = r.u8()
+        if more not in (_LAST, _MORE_PROPOSALS):
+            raise ParseError(f"SA: bad last-substructure value {more}")
+        r.skip(1)
+        length = r.u16()
+        if length < 8:
+            raise ParseError(f"SA: proposal length {length} < 8")
+        proposals.append(_decode_proposal(r.sub(length - 4, "proposal")))
+    r.expect_end()
+    numbers = [prop.number for prop, _ in proposals]
+    # RFC 7296 3.3.1: an offer numbers its proposals 1, 2, ...; an answer holds the chosen one.
+    if len(numbers) > 1 and numbers != list(range(1, len(numbers) + 1)):
+        raise ParseError(f"SA: proposals numbered {numbers}, expected 1..{len(numbers)}")
+    if numbers[0] == 0:
+        raise ParseError("SA: proposal number 0")
+    # A proposal with an attribute we do not understand is unacceptable (3.3.6):
+    # it is dropped here, so the state machine can never choose it.
+    return p.SaPayload([prop for prop, acceptable in proposals if acceptable])
+
+
+def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
+    number, protocol, spi_size, count = r.u8(), known(ProtocolId, r.u8()), r.u8(), r.u8()
+    expected_spi = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHILD_SPI_SIZE,),
+                    ProtocolId.AH: (_CHILD_SPI_SIZE,)}.get(protocol)
+    if expected_spi is not None and spi_size not in expected_spi:
+        raise ParseError(f"proposal: SPI size {spi_size} invalid for protocol {protocol}")
+    if not 1 <= count <= MAX_TRANSFORMS:
+        raise ParseError(f"proposal: {count} transforms, allowed 1..{MAX_TRANSFORMS}")
+    spi = r.take(spi_size)
+    transforms, acceptable = [], True
+    for i in range(count):
+        more = r.u8()
+        if more != (_LAST if i == count - 1 else _MORE_TRANSFORMS):
+            raise ParseError(f"proposal: last-substructure {more} disagrees with count {count}")
+        r.skip(1)
+        length = r.u16()
+        if length < 8:
+            raise ParseError(f"transform length {length} < 8")
+        transform, understood = _decode_transform(r.sub(length - 4, "transform"))
+        transforms.append(transform)
+        acceptable = acceptable and understood
+    r.expect_end()
+    return p.Proposal(number, protocol, spi, tuple(transforms)), acceptable
+
+
+def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
+    ttype = known(TransformType, r.u8())
+    r.skip(1)
+    tid = r.u16()
+    key_length, understood, count = None, True, 0
+    while r.remaining:
+        count += 1
+        if count > MAX_TRANSFORM_ATTRIBUTES:
+            raise ParseError(f"transform: more than {MAX_TRANSFORM_ATTRIBUTES} attributes")
+        word = r.u16()
+        attr_type, is_tv = word & ~_ATTR_TV, bool(word & _ATTR_TV)
+        value = r.u16() if is_tv else r.take(r.u16())
+        if attr_type != TransformAttr.KEY_LENGTH:
+            understood = False
+        elif not is_tv:
+            raise ParseError("transform: KEY_LENGTH must use the TV format")
+        elif key_length is not None:
+            raise ParseError("transform: KEY_LENGTH given twice")
+        else:
+            key_length = value
+    return p.Transform(ttype, tid, key_length), understood
+
+
+# -- simple "type + reserved + data" payloads ---------------------------------
+
+def _decode_ke(body: bytes) -> p.KePayload:
+    r = Reader(body, "KE")
+    group = r.u16()
+    r.skip(2)
+    return p.KePayload(group, r.rest())
+
+
+def _encode_ke(ke: p.KePayload) -> bytes:
+    return u16(ke.group) + b"\0\0" + ke.data
+
+
+def _typed_decoder(cls: type, what: str, reserved: int) -> Callable[[bytes], object]:
+    """Decoder for payloads made of a 1-byte type, `reserved` zero bytes, then data."""
+
+    def decode(body: bytes):
+        r = Reader(body, what)
+        kind = r.u8()
+        r.skip(reserved)
+        return cls(kind, r.rest())
+
+    return decode
+
+
+def _encode_id(payload: p.IdPayload) -> bytes:
+    return payload.body()
+
+
+def _encode_auth(auth: p.AuthPayload) -> bytes:
+    return bytes([auth.method, 0, 0, 0]) + auth.data
+
+
+def _encode_cert(cert: p.CertPayload | p.CertReqPayload) -> bytes:
+    return bytes([cert.encoding]) + cert.data
+
+
+def _decode_nonce(body: bytes) -> p.NoncePayload:
+    if not NONCE_MIN <= len(body) <= NONCE_MAX:
+        raise ParseError(f"nonce of {len(body)} bytes, allowed {NONCE_MIN}..{NONCE_MAX}")
+    return p.NoncePayload(body)
+
+
+def _encode_nonce(nonce: p.NoncePayload) -> bytes:
+    if not NONCE_MIN <= len(nonce.data) <= NONCE_MAX:
+        raise ValueError(f"nonce of {len(nonce.data)} bytes, allowed {NONCE_MIN}..{NONCE_MAX}")
+    return nonce.data
+
+
+# -- NOTIFY (3.10) and DELETE (3.11) ------------------------------------------
+
+def _decode_notify(body: bytes) -> p.NotifyPayload:
+    r = Reader(body, "NOTIFY")
+    protocol, spi_size, ntype = known(ProtocolId, r.u8()), r.u8(), known(NotifyType, r.u16())
+    spi = r.take(spi_size)
+    return p.NotifyPayload(ntype, protocol, spi, r.rest())
+
+
+def _encode_notify(n: p.NotifyPayload) -> bytes:
+    return bytes([n.protocol, len(n.spi)]) + u16(n.type) + n.spi + n.data
+
+
+def _delete_spi_size(protocol: int) -> int:
+    if protocol == ProtocolId.IKE:
+        return 0
+    if protocol in (ProtocolId.ESP, ProtocolId.AH):
+        return _CHILD_SPI_SIZE
+    raise ParseError(f"DELETE: protocol {protocol} is not IKE, ESP or AH")
+
+
+def _decode_delete(body: bytes) -> p.DeletePayload:
+    r = Reader(body, "DELETE")
+    protocol, spi_size, count = known(ProtocolId, r.u8()), r.u8(), r.u16()
+    if spi_size != _delete_spi_size(protocol):
+        raise ParseError(f"DELETE: SPI size {spi_size} invalid for protocol {protocol}")
+    if count > MAX_DELETE_SPIS or (protocol == ProtocolId.IKE and count):
+        raise ParseError(f"DELETE: {count} SPIs not allowed for protocol {protocol}")
+    spis = [r.take(spi_size) for _ in range(count)]
+    r.expect_end()
+    return p.DeletePayload(protocol, spis)
+
+
+def _encode_delete(d: p.DeletePayload) -> bytes:
+    try:
+        size = _delete_spi_size(d.protocol)
+    except ParseError as exc:
+        raise ValueError(str(exc)) from None
+    if any(len(spi) != size for spi in d.spis) or len(d.spis) > MAX_DELETE_SPIS:
+        raise ValueError(f"DELETE {d.protocol}: SPIs must be {size} bytes, at most {MAX_DELETE_SPIS}")
+    return bytes([d.protocol, size]) + u16(len(d.spis)) + b"".join(d.spis)
+
+
+# -- TS (3.13) ----------------------------------------------------------------
+
+def _decode_ts(cls: type) -> Callable[[bytes], p.TsPayload]:
+    def decode(body: bytes) -> p.TsPayload:
+        r = Reader(body, "TS")
+        count = r.u8()
+        r.skip(3)
+        if count > MAX_TRAFFIC_SELECTORS:
+            raise ParseError(f"TS: {count} selectors, at most {MAX_TRAFFIC_SELECTORS}")
+        selectors = [_decode_selector(r) for _ in range(count)]
+        r.expect_end()
+        return cls(selectors)
+
+    return decode
+
+
+def _decode_selector(r: Reader) -> p.TrafficSelector:
+    ts_type, ip_protocol, length = r.u8(), r.u8(), r.u16()
+    if ts_type not in _TS_LAYOUT:
+        raise ParseError(f"TS: unsupported selector type {ts_type}")
+    expected_length, addr_len = _TS_LAYOUT[TsType(ts_type)]
+    if length != expected_length:
+        raise ParseError(f"TS: type {ts_type} selector of length {length}, expected {expected_length}")
+    start_port, end_port = r.u16(), r.u16()
+    start, end = (ipaddress.ip_address(r.take(addr_len)) for _ in range(2))
+    return p.TrafficSelector(TsType(ts_type), ip_protocol, start_port, end_port, start, end)
+
+
+def _encode_ts(ts: p.TsPayload) -> bytes:
+    if len(ts.selectors) > MAX_TRAFFIC_SELECTORS:
+        raise ValueError(f"TS: at most {MAX_TRAFFIC_SELECTORS} selectors")
+    out = bytearray([len(ts.selectors), 0, 0, 0])
+    for sel in ts.selectors:
+        length, addr_len = _TS_LAYOUT[TsType(sel.ts_type)]
+        start, end = sel.start_addr.packed, sel.end_addr.packed
+        if len(start) != addr_len or len(end) != addr_len:
+            raise ValueError(f"TS type {sel.ts_type} with addresses {sel.start_addr}-{sel.end_addr}")
+        out += bytes([sel.ts_type, sel.ip_protocol]) + u16(length)
+        out += u16(sel.start_port) + u16(sel.end_port) + start + end
+    return bytes(out)
+
+
+# -- CP (3.15) ----------------------------------------------------------------
+
+def _decode_cp(body: bytes) -> p.CpPayload:
+    r = Reader(body, "CP")
+    cfg_type = r.u8()
+    r.skip(3)
+    attributes = []
+    while r.remaining:
+        if len(attributes) == MAX_CONFIG_ATTRIBUTES:
+            raise ParseError(f"CP: more than {MAX_CONFIG_ATTRIBUTES} attributes")
+        attr_type = r.u16() & 0x7FFF  # the top bit is reserved, ignored on receipt
+        attributes.append(p.ConfigAttribute(attr_type, r.take(r.u16())))
+    return p.CpPayload(cfg_type, attributes)
+
+
+def _encode_cp(cp: p.CpPayload) -> bytes:
+    out = bytearray([cp.cfg_type, 0, 0, 0])
+    for attr in cp.attributes:
+        if not 0 <= attr.type <= 0x7FFF:
+            raise ValueError(f"CP attribute type {attr.type} does not fit 15 bits")
+        out += u16(attr.type) + u16(len(attr.value)) + attr.value
+    return bytes(out)
+
+
+def _data_of(payload) -> bytes:
+    return payload.data
+
+
+# -- dispatch -----------------------------------------------------------------
+
+_DECODERS: dict[int, Callable[[bytes], object]] = {
+    PayloadType.SA: _decode_sa,
+    PayloadType.KE: _decode_ke,
+    PayloadType.IDi: _typed_decoder(p.IdiPayload, "IDi", 3),
+    PayloadType.IDr: _typed_decoder(p.IdrPayload, "IDr", 3),
+    PayloadType.CERT: _typed_decoder(p.CertPayload, "CERT", 0),
+    PayloadType.CERTREQ: _typed_decoder(p.CertReqPayload, "CERTREQ", 0),
+    PayloadType.AUTH: _typed_decoder(p.AuthPayload, "AUTH", 3),
+    PayloadType.NONCE: _decode_nonce,
+    PayloadType.NOTIFY: _decode_notify,
+    PayloadType.DELETE: _decode_delete,
+    PayloadType.VENDOR_ID: p.VendorIdPayload,
+    PayloadType.TSi: _decode_ts(p.TsiPayload),
+    PayloadType.TSr: _decode_ts(p.TsrPayload),
+    PayloadType.CP: _decode_cp,
+    PayloadType.EAP: p.EapPayload,
+}
+
+_ENCODERS: dict[type, Callable] = {
+    p.SaPayload: _encode_sa,
+    p.KePayload: _encode_ke,
+    p.IdiPayload: _encode_id,
+    p.IdrPayload: _encode_id,
+    p.CertPayload: _encode_cert,
+    p.CertReqPayload: _encode_cert,
+    p.AuthPayload: _encode_auth,
+    p.NoncePayload: _encode_nonce,
+    p.NotifyPayload: _encode_notify,
+    p.DeletePayload: _encode_delete,
+    p.VendorIdPayload: _data_of,
+    p.TsiPayload: _encode_ts,
+    p.TsrPayload: _encode_ts,
+    p.CpPayload: _encode_cp,
+    p.EapPayload: _data_of,
+    p.UnknownPayload: _data_of,
+}
+
+
+def has_body_decoder(ptype: int) -> bool:
+    return ptype in _DECODERS
+
+
+def decode_body(ptype: int, body: bytes):
+    """The payload object for a known plain (not SK/SKF) payload type."""
+    return _DECODERS[ptype](body)
+
+
+def encode_body(payload) -> bytes:
+    """The wire body of a plain payload object (not SK/SKF)."""
+    try:
+        encoder = _ENCODERS[type(payload)]
+    except KeyError:
+        raise ValueError(f"cannot encode {type(payload).__name__} as a plain payload") from None
+    try:
+        return encoder(payload)
+    except (OverflowError, TypeError) as exc:  # a field out of range for its wire width
+        raise ValueError(f"{type(payload).__name__}: {exc}") from None

@@ -1,0 +1,66 @@
+"""Bounds-checked reading of network bytes.
+
+Every read checks the remaining length and raises `ParseError`, so no
+IndexError or struct.error can escape a parser built on this reader.
+"""
+
+from __future__ import annotations
+
+from .errors import ParseError
+
+
+class Reader:
+    """A cursor over bytes; `what` names the structure in error messages."""
+
+    __slots__ = ("_data", "_pos", "what")
+
+    def __init__(self, data: bytes, what: str):
+        self._data = bytes(data)
+        self._pos = 0
+        self.what = what
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or n > self.remaining:
+            raise ParseError(f"{self.what}: needs {n} bytes, {self.remaining} left")
+        chunk = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return chunk
+
+    def skip(self, n: int) -> None:
+        self.take(n)
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def rest(self) -> bytes:
+        return self.take(self.remaining)
+
+    def sub(self, n: int, what: str) -> "Reader":
+        """A reader over the next n bytes (a nested structure), consumed from this one."""
+        return Reader(self.take(n), what)
+
+    def expect_end(self) -> None:
+        if self.remaining:
+            raise ParseError(f"{self.what}: {self.remaining} unexpected trailing bytes")
+
+
+def u16(value: int) -> bytes:
+    return value.to_bytes(2, "big")
+
+
+def u32(value: int) -> bytes:
+    return value.to_bytes(4, "big")
