@@ -14,6 +14,8 @@ from .crypto import Prf
 from .errors import CryptoError
 
 IKE_SPI_LEN = 8
+NONCE_LEN = 32  # what we send: >= 16 octets and >= half of every supported PRF's key
+NONCE_MIN_LEN, NONCE_MAX_LEN = 16, 256  # RFC 7296 section 3.9
 
 
 class _SecretRepr:
@@ -48,6 +50,16 @@ class ChildKeys(_SecretRepr):
     integ_i: bytes
     encr_r: bytes
     integ_r: bytes
+
+
+def check_nonce(prf: Prf, nonce: bytes) -> None:
+    """Refuse a peer nonce that RFC 7296 forbids: 16..256 octets (section 3.9)
+    and at least half the negotiated PRF's key size (section 2.10)."""
+    minimum = max(NONCE_MIN_LEN, -(-prf.preferred_key_len // 2))
+    if not minimum <= len(nonce) <= NONCE_MAX_LEN:
+        raise CryptoError(
+            f"nonce of {len(nonce)} octets; {prf.prf_id.name} needs {minimum} to {NONCE_MAX_LEN}"
+        )
 
 
 def skeyseed(prf: Prf, ni: bytes, nr: bytes, shared: bytes) -> bytes:

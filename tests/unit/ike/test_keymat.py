@@ -11,9 +11,11 @@ from ipsec_mesh.ike.crypto import AeadProtector, Prf, aead_keymat_len, prf_for
 from ipsec_mesh.ike.errors import CryptoError
 from ipsec_mesh.ike.keyexchange import respond_key_exchange, start_key_exchange
 from ipsec_mesh.ike.keymat import (
+    NONCE_LEN,
     ChildKeys,
     IkeKeys,
     addke_skeyseed,
+    check_nonce,
     derive_child_keys,
     derive_ike_keys,
     rekey_skeyseed,
@@ -195,3 +197,13 @@ def test_initiator_and_responder_derive_matching_sk_ciphers(encr_id, key_bits):
     iv = sender.next_iv()
     assert receiver.open(iv, b"hdr", sender.seal(iv, b"hdr", b"IKE_AUTH body")) == b"IKE_AUTH body"
     assert initiator_keys.sk_ei != initiator_keys.sk_er  # directions use different keys
+
+
+@pytest.mark.parametrize("prf_id, shortest", [(PrfId.HMAC_SHA2_256, 16), (PrfId.HMAC_SHA2_512, 32)])
+def test_nonce_length_rules(prf_id, shortest):
+    prf = prf_for(prf_id)
+    for good in (shortest, NONCE_LEN, 256):
+        check_nonce(prf, bytes(good))
+    for bad in (0, shortest - 1, 257):
+        with pytest.raises(CryptoError):
+            check_nonce(prf, bytes(bad))
