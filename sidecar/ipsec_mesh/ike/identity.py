@@ -275,6 +275,8 @@ def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network |
 # -- matching helpers -------------------------------------------------------------------
 def _fqdn_matches(name: str, pattern: str) -> bool:
     name, pattern = name.lower(), pattern.lower()
+    if pattern == "*":
+        return True
     if pattern.startswith("*."):
         suffix = pattern[1:]
         return name.endswith(suffix) and len(name) > len(suffix)

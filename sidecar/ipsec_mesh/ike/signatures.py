@@ -212,7 +212,8 @@ def hash_preference(key) -> list[HashAlgorithm]:
     if family is Family.ECDSA:
         own = {256: HashAlgorithm.SHA2_256, 384: HashAlgorithm.SHA2_384}.get(
             key.curve.key_size, HashAlgorithm.SHA2_512)
-        return [own] + [h for h in sha2 if h != own]
+        # the curve's own hash, then stronger ones, then weaker ones
+        return sorted(sha2, key=lambda h: (h < own, abs(h - own)))
     return sha2
 
 
