@@ -118,13 +118,14 @@ def _spki_sha1(cert: x509.Certificate) -> bytes:
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate, reasons: list[str]) -> bool:
     if cert.issuer != issuer.subject:
         return False
+    subject = cert.subject.rfc4514_string()
     try:
+        if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
+            reasons.append(f"{subject!r} is signed with a weak hash")
+            return False
         cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        reasons.append(f"bad signature on {cert.subject.rfc4514_string()!r}")
-        return False
-    if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
-        reasons.append(f"{cert.subject.rfc4514_string()!r} is signed with a weak hash")
+        reasons.append(f"bad signature on {subject!r}")
         return False
     return True
 
