@@ -242,3 +242,19 @@ def parse_cert_payloads(payloads: list[CertPayload]) -> list[x509.Certificate]:
         except ValueError as exc:
             raise CertificateError(f"undecodable certificate: {exc}") from None
     return certs
+
+
+def certificate_service_account(cert: x509.Certificate, trust_domain: str) -> tuple[str, str] | None:
+    """(namespace, service account) from the certificate's spiffe:// URI SAN, if it has exactly one."""
+    try:
+        san = _extension(cert, x509.SubjectAlternativeName)
+    except CertificateError:
+        return None
+    prefix = f"spiffe://{trust_domain}/ns/"
+    found = set()
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
+        if uri.startswith(prefix):
+            parts = uri[len(prefix):].split("/")  # <ns>/sa/<sa>
+            if len(parts) == 3 and parts[1] == "sa" and parts[0] and parts[2]:
+                found.add((parts[0], parts[2]))
+    return found.pop() if len(found) == 1 else None

@@ -14,12 +14,13 @@ from ipsec_mesh.ike.certs import (
     MAX_CERT_PAYLOADS,
     TrustStore,
     certificate_payloads,
+    certificate_service_account,
     identity_matches_certificate,
     parse_cert_payloads,
 )
 from ipsec_mesh.ike.constants import CertEncoding
 from ipsec_mesh.ike.errors import CertificateError
-from ipsec_mesh.ike.identity import Identity
+from ipsec_mesh.ike.identity import Identity, service_account_uri
 from ipsec_mesh.ike.payloads import CertPayload
 from tests.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key
 
@@ -335,3 +336,15 @@ def test_write_swanctl_layout(tmp_path, pki):
     assert x509.load_pem_x509_certificate(paths["ca"].read_bytes()) == pki.root.cert
     assert paths["key"].stat().st_mode & 0o077 == 0
     assert b"BEGIN PRIVATE KEY" in paths["key"].read_bytes()
+
+
+def test_certificate_service_account(pki):
+    uri = service_account_uri("shop", "web", "mesh.test")
+    cert = pki.issue("web-0", dns=["web-0.shop.pod.mesh.test"], uris=[uri, "https://example.org/x"]).cert
+    assert certificate_service_account(cert, "mesh.test") == ("shop", "web")
+    assert certificate_service_account(cert, "other.test") is None
+    two = pki.issue("two", uris=[uri, service_account_uri("shop", "db", "mesh.test")]).cert
+    assert certificate_service_account(two, "mesh.test") is None  # ambiguous
+    odd = pki.issue("odd", uris=["spiffe://mesh.test/ns/shop/sa/web/extra"]).cert
+    assert certificate_service_account(odd, "mesh.test") is None
+    assert certificate_service_account(pki.issue("none").cert, "mesh.test") is None
