@@ -84,6 +84,10 @@ class CertificateError(AuthenticationFailed):
     """A certificate chain is untrusted, expired, or does not match the IKE identity."""
 
 
+class IdentityError(ParseError):
+    """An identity (ID payload or configured text) is malformed or of an unsupported type."""
+
+
 class TsUnacceptable(IkeError):
     notify = NotifyType.TS_UNACCEPTABLE
 

@@ -1,0 +1,260 @@
+"""Certificates for IKEv2: CERT/CERTREQ payloads, chain validation, identity binding.
+
+Chain validation is our own, not `cryptography.x509.verification`: that module
+implements the CA/Browser-Forum Web PKI profile (server/client verifiers with
+their EKU, SAN and algorithm rules), and IKE certificates follow RFC 4945
+instead (no EKU requirement, Ed25519 leaf keys, DN identities). What is
+checked here, at the caller's `now`:
+
+- a path leaf -> intermediates (from the peer, any order) -> one of our roots,
+  each link by issuer name and signature (SHA-1/MD5-signed certificates refused);
+- every certificate in the path (roots included) valid at `now`;
+- issuers: basicConstraints cA=TRUE, pathLenConstraint, keyUsage keyCertSign
+  when keyUsage is present; the leaf: keyUsage digitalSignature when present;
+- a critical extension we do not process rejects the certificate.
+Revocation (CRL/OCSP) is not checked: mesh certificates are short-lived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtensionOID
+
+from .constants import CertEncoding, IdType
+from .errors import CertificateError, IdentityError
+from .identity import Identity, dn_equal
+from .payloads import CertPayload, CertReqPayload
+from .signatures import MIN_RSA_BITS
+
+MAX_CERT_PAYLOADS = 8  # leaf + intermediates a peer may send
+MAX_CERT_BYTES = 16 * 1024
+MAX_PATH_LENGTH = 6  # certificates in a path, root included
+
+# Extensions we understand well enough to accept when marked critical.
+PROCESSED_EXTENSIONS = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS,
+    ExtensionOID.KEY_USAGE,
+    ExtensionOID.EXTENDED_KEY_USAGE,  # accepted whatever its content (RFC 4945 5.1.3.12)
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+})
+WEAK_SIGNATURE_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+class TrustStore:
+    """The CA certificates we trust (the mesh CA; others for cross-cluster peerings)."""
+
+    def __init__(self, roots: list[x509.Certificate]):
+        if not roots:
+            raise ValueError("a trust store needs at least one root certificate")
+        self.roots = list(roots)
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> "TrustStore":
+        try:
+            return cls(x509.load_pem_x509_certificates(pem))
+        except ValueError as exc:
+            raise CertificateError(f"bad PEM trust bundle: {exc}") from None
+
+    def validate(self, chain: list[x509.Certificate], now: datetime) -> x509.Certificate:
+        """Check that `chain` (leaf first) leads to one of our roots; return the leaf."""
+        if not chain:
+            raise CertificateError("the peer sent no certificate")
+        if len(chain) > MAX_CERT_PAYLOADS:
+            raise CertificateError(f"more than {MAX_CERT_PAYLOADS} certificates")
+        now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        leaf = chain[0]
+        _check_certificate(leaf, now, as_issuer=False)
+        if any(leaf == root for root in self.roots):
+            return leaf  # a trusted end-entity certificate itself
+        reasons: list[str] = []
+        if self._build(leaf, chain[1:], now, depth=0, reasons=reasons):
+            return leaf
+        raise CertificateError("untrusted certificate chain: " + "; ".join(dict.fromkeys(reasons)))
+
+    def _build(self, cert: x509.Certificate, pool: list[x509.Certificate], now: datetime,
+               depth: int, reasons: list[str]) -> bool:
+        """Depth-first search for a verified path from `cert` to a root (bounded by MAX_PATH_LENGTH)."""
+        if depth + 2 > MAX_PATH_LENGTH:
+            reasons.append("path too long")
+            return False
+        for issuer in self.roots:
+            if _issued_by(cert, issuer, reasons) and _issuer_ok(issuer, depth, now, reasons):
+                return True
+        for i, issuer in enumerate(pool):
+            if (_issued_by(cert, issuer, reasons) and _issuer_ok(issuer, depth, now, reasons)
+                    and self._build(issuer, pool[:i] + pool[i + 1:], now, depth + 1, reasons)):
+                return True
+        if not reasons:
+            reasons.append(f"no issuer found for {cert.issuer.rfc4514_string()!r}")
+        return False
+
+    def certreq_data(self) -> bytes:
+        """SHA-1 of each root's SubjectPublicKeyInfo, concatenated (RFC 7296 section 3.7)."""
+        return b"".join(_spki_sha1(root) for root in self.roots)
+
+    def certreq_payload(self) -> CertReqPayload:
+        return CertReqPayload(CertEncoding.X509_SIGNATURE, self.certreq_data())
+
+    def requested_by(self, certreq_data: bytes) -> bool:
+        """Whether a peer's CERTREQ names one of our roots (so our chain will satisfy it)."""
+        wanted = {certreq_data[i:i + 20] for i in range(0, len(certreq_data) - 19, 20)}
+        return any(_spki_sha1(root) in wanted for root in self.roots)
+
+
+def _spki_sha1(cert: x509.Certificate) -> bytes:
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha1(spki).digest()  # protocol-mandated hash, not a security use
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate, reasons: list[str]) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    subject = cert.subject.rfc4514_string()
+    try:
+        if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
+            reasons.append(f"{subject!r} is signed with a weak hash")
+            return False
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        reasons.append(f"bad signature on {subject!r}")
+        return False
+    return True
+
+
+def _issuer_ok(issuer: x509.Certificate, below: int, now: datetime, reasons: list[str]) -> bool:
+    """`issuer` may sign: a CA, valid now, allowed `below` intermediate CAs beneath it."""
+    try:
+        _check_certificate(issuer, now, as_issuer=True)
+        constraints = _extension(issuer, x509.BasicConstraints)
+        if constraints is None or not constraints.ca:
+            raise CertificateError(f"{issuer.subject.rfc4514_string()!r} is not a CA")
+        if constraints.path_length is not None and below > constraints.path_length:
+            raise CertificateError(
+                f"path length constraint of {issuer.subject.rfc4514_string()!r} exceeded")
+    except CertificateError as exc:
+        reasons.append(str(exc))
+        return False
+    return True
+
+
+def _check_certificate(cert: x509.Certificate, now: datetime, as_issuer: bool) -> None:
+    """Validity period, critical extensions, key usage and key size of one certificate."""
+    name = cert.subject.rfc4514_string()
+    if now < cert.not_valid_before_utc:
+        raise CertificateError(f"{name!r} is not valid before {cert.not_valid_before_utc}")
+    if now > cert.not_valid_after_utc:
+        raise CertificateError(f"{name!r} expired at {cert.not_valid_after_utc}")
+    try:
+        extensions = cert.extensions
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise CertificateError(f"{name!r} has malformed extensions: {exc}") from None
+    for ext in extensions:
+        if ext.critical and ext.oid not in PROCESSED_EXTENSIONS:
+            raise CertificateError(f"{name!r} has an unsupported critical extension {ext.oid.dotted_string}")
+    usage = _extension(cert, x509.KeyUsage)
+    if usage is not None:
+        if as_issuer and not usage.key_cert_sign:
+            raise CertificateError(f"{name!r} keyUsage lacks keyCertSign")
+        if not as_issuer and not usage.digital_signature:
+            raise CertificateError(f"{name!r} keyUsage lacks digitalSignature")
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"{name!r} has an unusable public key: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise CertificateError(f"{name!r} has a {key.key_size}-bit RSA key")
+
+
+def _extension(cert: x509.Certificate, ext_type):
+    try:
+        return cert.extensions.get_extension_for_class(ext_type).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:
+        raise CertificateError(f"malformed extensions: {exc}") from None
+
+
+def identity_matches_certificate(identity: Identity, cert: x509.Certificate) -> bool:
+    """Whether the certificate vouches for `identity` (RFC 4945 section 3.1).
+
+    FQDN -> SAN dNSName, RFC822 -> SAN rfc822Name, IPv4/IPv6 -> SAN iPAddress
+    (case-insensitive for names; no wildcard SANs); DER_ASN1_DN -> subject DN;
+    KEY_ID -> subjectKeyIdentifier.
+    """
+    try:
+        if identity.id_type == IdType.ID_DER_ASN1_DN:
+            return dn_equal(cert.subject.public_bytes(), identity.data)
+        if identity.id_type == IdType.ID_KEY_ID:
+            ski = _extension(cert, x509.SubjectKeyIdentifier)
+            return ski is not None and ski.digest == identity.data
+        san = _extension(cert, x509.SubjectAlternativeName)
+    except (CertificateError, ValueError):
+        return False
+    if san is None:
+        return False
+    if identity.id_type == IdType.ID_FQDN:
+        wanted = identity.value_text().lower()
+        return any(name.lower() == wanted for name in san.get_values_for_type(x509.DNSName))
+    if identity.id_type == IdType.ID_RFC822_ADDR:
+        return any(_san_email_is(name, identity) for name in san.get_values_for_type(x509.RFC822Name))
+    if identity.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        return any(addr.packed == identity.data for addr in san.get_values_for_type(x509.IPAddress))
+    return False
+
+
+def _san_email_is(name: str, identity: Identity) -> bool:
+    """An rfc822Name SAN equals the identity (exact local part, any-case domain; no wildcards)."""
+    if "*" in name or not name.isascii():
+        return False
+    try:
+        san_identity = Identity.validated(IdType.ID_RFC822_ADDR, name.encode("ascii"))
+    except IdentityError:
+        return False
+    return identity.matches(san_identity)
+
+
+def certificate_payloads(chain: list[x509.Certificate]) -> list[CertPayload]:
+    """CERT payloads for our chain (leaf first), X.509 DER encoded."""
+    return [CertPayload(CertEncoding.X509_SIGNATURE, cert.public_bytes(Encoding.DER)) for cert in chain]
+
+
+def parse_cert_payloads(payloads: list[CertPayload]) -> list[x509.Certificate]:
+    """Certificates from received CERT payloads, in order; CertificateError on anything odd."""
+    if len(payloads) > MAX_CERT_PAYLOADS:
+        raise CertificateError(f"more than {MAX_CERT_PAYLOADS} CERT payloads")
+    certs = []
+    for payload in payloads:
+        if payload.encoding != CertEncoding.X509_SIGNATURE:
+            raise CertificateError(f"unsupported certificate encoding {payload.encoding}")
+        if not 0 < len(payload.data) <= MAX_CERT_BYTES:
+            raise CertificateError(f"certificate of {len(payload.data)} bytes refused")
+        try:
+            certs.append(x509.load_der_x509_certificate(payload.data))
+        except ValueError as exc:
+            raise CertificateError(f"undecodable certificate: {exc}") from None
+    return certs
+
+
+def certificate_service_account(cert: x509.Certificate, trust_domain: str) -> tuple[str, str] | None:
+    """(namespace, service account) from the certificate's spiffe:// URI SAN, if it has exactly one."""
+    try:
+        san = _extension(cert, x509.SubjectAlternativeName)
+    except CertificateError:
+        return None
+    prefix = f"spiffe://{trust_domain}/ns/"
+    found = set()
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
+        if uri.startswith(prefix):
+            parts = uri[len(prefix):].split("/")  # <ns>/sa/<sa>
+            if len(parts) == 3 and parts[1] == "sa" and parts[0] and parts[2]:
+                found.add((parts[0], parts[2]))
+    return found.pop() if len(found) == 1 else None

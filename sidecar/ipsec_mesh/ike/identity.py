@@ -1,0 +1,405 @@
+"""IKEv2 identities (RFC 7296 section 3.5): parse, validate, print and match.
+
+Text syntax (shared by `Identity.parse`, `str(identity)` and patterns):
+
+    fqdn:pod.ns.pod.mesh     email:a@b.example     ipv4:10.0.0.1    ipv6:fd00::1
+    dn:CN=x,O=y (RFC 4514)   keyid:0a1b2c (hex)
+
+Without a prefix: an IP address is ID_IPV4/IPV6_ADDR, text containing "@" is
+ID_RFC822_ADDR, text containing "=" is a DN, anything else is ID_FQDN.
+See docs/identity.md for which type a pod uses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from . import der
+from .constants import IdType
+from .errors import IdentityError
+from .payloads import IdiPayload, IdPayload, IdrPayload
+
+MAX_FQDN_LEN = 253
+MAX_EMAIL_LEN = 254
+MAX_DN_LEN = 1024
+MAX_KEY_ID_LEN = 64
+
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
+_EMAIL_LOCAL = re.compile(r"^[!-~]+$")  # printable ASCII, no space
+
+_PREFIXES = {
+    "fqdn": IdType.ID_FQDN,
+    "email": IdType.ID_RFC822_ADDR,
+    "rfc822": IdType.ID_RFC822_ADDR,
+    "ipv4": IdType.ID_IPV4_ADDR,
+    "ipv6": IdType.ID_IPV6_ADDR,
+    "dn": IdType.ID_DER_ASN1_DN,
+    "keyid": IdType.ID_KEY_ID,
+}
+_PRINT_PREFIX = {
+    IdType.ID_FQDN: "fqdn",
+    IdType.ID_RFC822_ADDR: "email",
+    IdType.ID_IPV4_ADDR: "ipv4",
+    IdType.ID_IPV6_ADDR: "ipv6",
+    IdType.ID_DER_ASN1_DN: "dn",
+    IdType.ID_KEY_ID: "keyid",
+}
+_IP_LENGTH = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
+
+# Directory string tags and how to decode them (X.520 / RFC 5280 DirectoryString).
+_STRING_CODECS = {
+    0x0C: "utf-8",  # UTF8String
+    0x13: "ascii",  # PrintableString
+    0x14: "latin-1",  # TeletexString (T61): latin-1 is what everyone means in practice
+    0x16: "ascii",  # IA5String
+    0x1A: "ascii",  # VisibleString
+    0x1C: "utf-32-be",  # UniversalString
+    0x1E: "utf-16-be",  # BMPString
+}
+
+DnAttribute = tuple[str, str]  # (dotted OID, normalized value)
+DnKey = tuple[frozenset[DnAttribute], ...]  # one frozenset per RDN, in order
+
+
+@dataclass(frozen=True)
+class Identity:
+    id_type: IdType
+    data: bytes
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def parse(cls, text: str) -> "Identity":
+        """An identity from its text form; raises IdentityError on anything malformed."""
+        if not isinstance(text, str) or not text.strip():
+            raise IdentityError("empty identity")
+        text = text.strip()
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix.lower() in _PREFIXES:
+            return cls._from_typed_text(_PREFIXES[prefix.lower()], rest.strip())
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            return cls._from_address(addr)
+        if "@" in text:
+            return cls._from_typed_text(IdType.ID_RFC822_ADDR, text)
+        if "=" in text:
+            return cls._from_typed_text(IdType.ID_DER_ASN1_DN, text)
+        return cls._from_typed_text(IdType.ID_FQDN, text)
+
+    @classmethod
+    def _from_typed_text(cls, id_type: IdType, text: str) -> "Identity":
+        if id_type in _IP_LENGTH:
+            try:
+                addr = ipaddress.ip_address(text)
+            except ValueError:
+                raise IdentityError(f"not an IP address: {text!r}") from None
+            identity = cls._from_address(addr)
+            if identity.id_type != id_type:
+                raise IdentityError(f"{text!r} is not an {_PRINT_PREFIX[id_type]} address")
+            return identity
+        if id_type == IdType.ID_DER_ASN1_DN:
+            try:
+                name = x509.Name.from_rfc4514_string(text)
+            except ValueError as exc:
+                reason = str(exc) or "not RFC 4514 syntax"
+                raise IdentityError(f"bad distinguished name {text!r}: {reason}") from None
+            return cls(IdType.ID_DER_ASN1_DN, name.public_bytes())
+        if id_type == IdType.ID_KEY_ID:
+            try:
+                data = bytes.fromhex(text)
+            except ValueError:
+                raise IdentityError(f"key id must be hex: {text!r}") from None
+            return cls.validated(IdType.ID_KEY_ID, data)
+        try:
+            data = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise IdentityError(f"identity must be ASCII: {text!r}") from None
+        return cls.validated(id_type, data)
+
+    @classmethod
+    def _from_address(cls, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> "Identity":
+        id_type = IdType.ID_IPV4_ADDR if addr.version == 4 else IdType.ID_IPV6_ADDR
+        return cls(id_type, addr.packed)
+
+    @classmethod
+    def from_payload(cls, p: IdPayload) -> "Identity":
+        """Validate a received IDi/IDr payload."""
+        try:
+            id_type = IdType(p.id_type)
+        except ValueError:
+            raise IdentityError(f"unsupported ID type {p.id_type}") from None
+        identity = cls.validated(id_type, bytes(p.data))
+        if identity.is_pattern():
+            raise IdentityError("a wildcard is not an identity")
+        return identity
+
+    @classmethod
+    def validated(cls, id_type: IdType, data: bytes) -> "Identity":
+        """An Identity whose data has been checked against the rules of its type."""
+        _VALIDATORS.get(id_type, _reject_type)(id_type, data)
+        return cls(id_type, data)
+
+    # -- output ----------------------------------------------------------------------
+    def to_payload(self, initiator: bool) -> IdiPayload | IdrPayload:
+        cls = IdiPayload if initiator else IdrPayload
+        return cls(int(self.id_type), self.data)
+
+    def __str__(self) -> str:
+        return f"{_PRINT_PREFIX[self.id_type]}:{self.value_text()}"
+
+    def value_text(self) -> str:
+        """The value without its type prefix."""
+        if self.id_type in _IP_LENGTH:
+            return str(ipaddress.ip_address(self.data))
+        if self.id_type == IdType.ID_DER_ASN1_DN:
+            return dn_to_name(self.data).rfc4514_string()
+        if self.id_type == IdType.ID_KEY_ID:
+            return self.data.hex()
+        return self.data.decode("ascii")
+
+    # -- matching ----------------------------------------------------------------------
+    def is_pattern(self) -> bool:
+        """Whether this identity holds a wildcard (allowed in configuration, not on the wire)."""
+        if self.id_type in (IdType.ID_FQDN, IdType.ID_RFC822_ADDR):
+            return b"*" in self.data
+        if self.id_type == IdType.ID_DER_ASN1_DN:
+            return any(value == "*" for rdn in dn_key(self.data) for _, value in rdn)
+        return False
+
+    def matches(self, pattern: "Identity | str") -> bool:
+        """Whether this (peer) identity satisfies a configured pattern.
+
+        Exact match of type and value, plus: "*" or "%any" matches anything; an FQDN
+        pattern "*.ns.mesh" matches any name with at least one label before
+        ".ns.mesh"; an email pattern "*@domain" matches any mailbox at that domain;
+        an IP pattern may be a network ("ipv4:10.0.0.0/8"); DNs compare RDN by RDN
+        (case- and whitespace-insensitive), and an attribute value "*" matches any
+        value. FQDNs and email domains compare case-insensitively.
+        """
+        if isinstance(pattern, str):
+            text = pattern.strip()
+            if text in ("*", "%any"):
+                return True
+            network = _parse_network(text)
+            if network is not None:
+                return self.id_type in _IP_LENGTH and ipaddress.ip_address(self.data) in network
+            try:
+                pattern = Identity.parse(text)
+            except IdentityError:
+                return False
+        if pattern.id_type != self.id_type:
+            return False
+        if self.id_type == IdType.ID_FQDN:
+            return _fqdn_matches(self.data.decode("ascii"), pattern.data.decode("ascii"))
+        if self.id_type == IdType.ID_RFC822_ADDR:
+            return _email_matches(self.data.decode("ascii"), pattern.data.decode("ascii"))
+        if self.id_type == IdType.ID_DER_ASN1_DN:
+            return dn_matches(self.data, pattern.data)
+        return self.data == pattern.data
+
+
+# -- validation -------------------------------------------------------------------------
+def _check_fqdn(_: IdType, data: bytes) -> None:
+    text = _ascii(data, "FQDN")
+    if not 0 < len(data) <= MAX_FQDN_LEN:
+        raise IdentityError(f"FQDN length {len(data)} outside 1..{MAX_FQDN_LEN}")
+    labels = text.split(".")
+    for i, label in enumerate(labels):
+        if i == 0 and label == "*":
+            continue  # wildcard pattern
+        if len(label) > 63 or not _LABEL.match(label):
+            raise IdentityError(f"bad FQDN label {label!r}")
+
+
+def _check_email(_: IdType, data: bytes) -> None:
+    text = _ascii(data, "RFC822 address")
+    local, at, domain = text.rpartition("@")
+    if not at or not local or len(data) > MAX_EMAIL_LEN or not _EMAIL_LOCAL.match(local):
+        raise IdentityError(f"bad RFC822 address {text!r}")
+    _check_fqdn(IdType.ID_FQDN, domain.encode("ascii"))
+
+
+def _check_ip(id_type: IdType, data: bytes) -> None:
+    if len(data) != _IP_LENGTH[id_type]:
+        raise IdentityError(f"{id_type.name} must be {_IP_LENGTH[id_type]} bytes, got {len(data)}")
+
+
+def _check_dn(_: IdType, data: bytes) -> None:
+    if len(data) > MAX_DN_LEN:
+        raise IdentityError("distinguished name too long")
+    dn_to_name(data)
+
+
+def _check_key_id(_: IdType, data: bytes) -> None:
+    if not 0 < len(data) <= MAX_KEY_ID_LEN:
+        raise IdentityError(f"key id length {len(data)} outside 1..{MAX_KEY_ID_LEN}")
+
+
+def _reject_type(id_type: IdType, _: bytes) -> None:
+    raise IdentityError(f"unsupported ID type {id_type.name}")
+
+
+_VALIDATORS = {
+    IdType.ID_FQDN: _check_fqdn,
+    IdType.ID_RFC822_ADDR: _check_email,
+    IdType.ID_IPV4_ADDR: _check_ip,
+    IdType.ID_IPV6_ADDR: _check_ip,
+    IdType.ID_DER_ASN1_DN: _check_dn,
+    IdType.ID_KEY_ID: _check_key_id,
+}
+
+
+def _ascii(data: bytes, what: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IdentityError(f"{what} must be ASCII") from None
+
+
+def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    _, _, value = text.rpartition(":") if text.split(":", 1)[0] in ("ipv4", "ipv6") else ("", "", text)
+    if "/" not in value:
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+
+
+# -- matching helpers -------------------------------------------------------------------
+def _fqdn_matches(name: str, pattern: str) -> bool:
+    name, pattern = name.lower(), pattern.lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return name.endswith(suffix) and len(name) > len(suffix)
+    return name == pattern
+
+
+def _email_matches(address: str, pattern: str) -> bool:
+    local, _, domain = address.rpartition("@")
+    p_local, _, p_domain = pattern.rpartition("@")
+    if not _fqdn_matches(domain, p_domain):
+        return False
+    return p_local == "*" or local == p_local
+
+
+def _parse_dn(data: bytes) -> list[list[tuple[str, str]]]:
+    """RDNs of a DER Name as lists of (dotted OID, decoded value). Values must be strings."""
+    try:
+        rdns = []
+        for rdn in der.children(der.read_single(data, der.SEQUENCE).value):
+            if rdn.tag != der.SET:
+                raise IdentityError("RDN is not a SET")
+            attributes = [_attribute(a) for a in der.children(rdn.value)]
+            if not attributes:
+                raise IdentityError("empty RDN")
+            rdns.append(attributes)
+        return rdns
+    except der.DerError as exc:
+        raise IdentityError(f"bad DER distinguished name: {exc}") from None
+
+
+def _attribute(tlv: der.Tlv) -> tuple[str, str]:
+    if tlv.tag != der.SEQUENCE:
+        raise IdentityError("attribute is not a SEQUENCE")
+    parts = der.children(tlv.value)
+    if len(parts) != 2 or parts[0].tag != der.OBJECT_IDENTIFIER:
+        raise IdentityError("attribute is not (OID, value)")
+    codec = _STRING_CODECS.get(parts[1].tag)
+    if codec is None:
+        raise IdentityError(f"unsupported DN attribute value type 0x{parts[1].tag:02x}")
+    try:
+        return der.oid_to_dotted(parts[0].value), parts[1].value.decode(codec)
+    except UnicodeDecodeError:
+        raise IdentityError("undecodable string in distinguished name") from None
+
+
+def dn_key(data: bytes) -> DnKey:
+    """A comparable form of a DER Name: RDNs in order, values normalized (RFC 5280 7.1, simplified)."""
+    return tuple(
+        frozenset((oid, " ".join(value.split()).casefold()) for oid, value in rdn)
+        for rdn in _parse_dn(data)
+    )
+
+
+def dn_to_name(data: bytes) -> x509.Name:
+    """A cryptography Name for a DER Name (for printing: string types are not kept)."""
+    try:
+        return x509.Name([
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(x509.ObjectIdentifier(oid), value) for oid, value in rdn])
+            for rdn in _parse_dn(data)
+        ])
+    except ValueError as exc:  # e.g. a countryName that is not 2 letters
+        raise IdentityError(f"bad distinguished name attribute: {exc}") from None
+
+
+def dn_equal(a: bytes, b: bytes) -> bool:
+    """Two DER Names are equal RDN by RDN (normalized values); malformed names are never equal."""
+    try:
+        return dn_key(a) == dn_key(b)
+    except IdentityError:
+        return False
+
+
+def dn_matches(data: bytes, pattern: bytes) -> bool:
+    """DER Name `data` equals `pattern` RDN by RDN; a pattern value "*" matches anything."""
+    try:
+        have, want = dn_key(data), dn_key(pattern)
+    except IdentityError:
+        return False
+    if len(have) != len(want):
+        return False
+    for have_rdn, want_rdn in zip(have, want):
+        if have_rdn == want_rdn:
+            continue
+        wild = {oid for oid, value in want_rdn if value == "*"}
+        exact = {(oid, value) for oid, value in want_rdn if oid not in wild}
+        if {oid for oid, _ in have_rdn} != {oid for oid, _ in want_rdn}:
+            return False
+        if not exact <= have_rdn:
+            return False
+    return True
+
+
+# -- pod identities (docs/identity.md) ----------------------------------------------------------
+POD_LABEL = "pod"
+
+
+def pod_identity(pod_name: str, namespace: str, trust_domain: str, pod_uid: str | None = None) -> Identity:
+    """ID_FQDN `<pod-name>.<namespace>.pod.<trust-domain>`.
+
+    When that name would not be a valid FQDN (over 253 octets), the pod UID takes
+    the place of the pod name; `pod_uid` is then required.
+    """
+    identity = _try_fqdn(f"{pod_name}.{namespace}.{POD_LABEL}.{trust_domain}")
+    if identity is None and pod_uid:
+        identity = _try_fqdn(f"{pod_uid}.{namespace}.{POD_LABEL}.{trust_domain}")
+    if identity is None or identity.is_pattern() or "." in namespace:
+        raise IdentityError(f"no valid pod identity for {namespace}/{pod_name} in {trust_domain!r}")
+    return identity
+
+
+def namespace_pattern(namespace: str, trust_domain: str) -> str:
+    """The pattern that matches every pod identity of a namespace."""
+    return f"fqdn:*.{namespace}.{POD_LABEL}.{trust_domain}"
+
+
+def _try_fqdn(text: str) -> Identity | None:
+    try:
+        return Identity.validated(IdType.ID_FQDN, text.encode("ascii"))
+    except (IdentityError, UnicodeEncodeError):
+        return None
+
+
+def service_account_uri(namespace: str, service_account: str, trust_domain: str) -> str:
+    """The SPIFFE-style URI SAN naming a pod's ServiceAccount: spiffe://<td>/ns/<ns>/sa/<sa>."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"

@@ -1,0 +1,180 @@
+import ipaddress
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipsec_mesh.ike.constants import IdType
+from ipsec_mesh.ike.errors import IdentityError
+from ipsec_mesh.ike.identity import Identity, namespace_pattern, pod_identity, service_account_uri
+from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
+
+
+@pytest.mark.parametrize("text, id_type, data", [
+    ("fqdn:web-0.shop.pod.mesh.test", IdType.ID_FQDN, b"web-0.shop.pod.mesh.test"),
+    ("email:alice@mesh.test", IdType.ID_RFC822_ADDR, b"alice@mesh.test"),
+    ("ipv4:10.0.0.1", IdType.ID_IPV4_ADDR, bytes([10, 0, 0, 1])),
+    ("ipv6:fd00::1", IdType.ID_IPV6_ADDR, ipaddress.IPv6Address("fd00::1").packed),
+    ("keyid:0a0b0c", IdType.ID_KEY_ID, b"\x0a\x0b\x0c"),
+])
+def test_parse_typed_and_print_round_trip(text, id_type, data):
+    identity = Identity.parse(text)
+    assert (identity.id_type, identity.data) == (id_type, data)
+    assert str(identity) == text
+    assert Identity.parse(str(identity)) == identity
+
+
+@pytest.mark.parametrize("text, id_type", [
+    ("a.b.c", IdType.ID_FQDN),
+    ("bob@example.org", IdType.ID_RFC822_ADDR),
+    ("192.0.2.7", IdType.ID_IPV4_ADDR),
+    ("2001:db8::7", IdType.ID_IPV6_ADDR),
+    ("CN=moon,O=strongSwan", IdType.ID_DER_ASN1_DN),
+])
+def test_parse_infers_type_without_prefix(text, id_type):
+    assert Identity.parse(text).id_type == id_type
+
+
+def test_dn_parses_rfc4514_to_der_name():
+    identity = Identity.parse("dn:CN=moon,O=strongSwan,C=CH")
+    expected = x509.Name([
+        x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "strongSwan"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "moon"),
+    ])
+    assert identity.data == expected.public_bytes()
+    assert str(identity) == "dn:CN=moon,O=strongSwan,C=CH"
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", "ipv4:300.1.1.1", "ipv4:fd00::1", "ipv6:10.0.0.1", "fqdn:bad..name", "fqdn:-bad.name",
+    "fqdn:ünïcode.example", "fqdn:" + "a" * 64 + ".example", "fqdn:" + ".".join(["abcdefgh"] * 30),
+    "dn:not a dn", "dn:C=TooLong", "keyid:zz", "keyid:", "email:@mesh.test", "email:a b@mesh.test",
+    "email:alice@", "x@bad..domain",
+])
+def test_parse_rejects_junk_with_typed_error(text):
+    with pytest.raises(IdentityError):
+        Identity.parse(text)
+
+
+def test_to_payload_direction_and_body():
+    identity = Identity.parse("ipv4:10.1.2.3")
+    idi, idr = identity.to_payload(True), identity.to_payload(False)
+    assert type(idi) is IdiPayload and type(idr) is IdrPayload
+    assert idi.body() == bytes([1, 0, 0, 0, 10, 1, 2, 3])
+    assert Identity.from_payload(idr) == identity
+
+
+@pytest.mark.parametrize("id_type, data", [
+    (IdType.ID_IPV4_ADDR, b"\x0a\x00\x00"),
+    (IdType.ID_IPV6_ADDR, b"\x00" * 4),
+    (IdType.ID_FQDN, "é.example".encode()),
+    (IdType.ID_FQDN, b""),
+    (IdType.ID_FQDN, b"*.ns.mesh"),  # wildcards are patterns, never identities on the wire
+    (IdType.ID_RFC822_ADDR, b"*@mesh.test"),
+    (IdType.ID_DER_ASN1_DN, b"\x30\x05\x31\x03\x30\x01"),
+    (IdType.ID_DER_ASN1_DN, b"\x30\x84\xff\xff\xff\xff"),
+    (IdType.ID_DER_ASN1_DN, b"garbage"),
+    (IdType.ID_DER_ASN1_DN, Identity.parse("dn:CN=*,O=x").data),
+    (IdType.ID_DER_ASN1_GN, b"\x82\x03a.b"),
+    (IdType.ID_KEY_ID, b""),
+    (99, b"x"),
+])
+def test_from_payload_validates(id_type, data):
+    with pytest.raises(IdentityError):
+        Identity.from_payload(IdPayload(id_type, data))
+
+
+def test_from_payload_accepts_printable_string_dn():
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "moon", _type=x509.name._ASN1Type.PrintableString)])
+    identity = Identity.from_payload(IdPayload(IdType.ID_DER_ASN1_DN, name.public_bytes()))
+    assert identity.data == name.public_bytes()
+    assert identity.matches("dn:CN=MOON")  # same DN although the string types differ
+
+
+@pytest.mark.parametrize("identity, pattern, expected", [
+    ("fqdn:web-0.shop.pod.mesh.test", "fqdn:web-0.shop.pod.mesh.test", True),
+    ("fqdn:Web-0.Shop.pod.mesh.test", "web-0.shop.pod.mesh.test", True),
+    ("fqdn:web-0.shop.pod.mesh.test", "*.shop.pod.mesh.test", True),
+    ("fqdn:a.b.shop.pod.mesh.test", "*.shop.pod.mesh.test", True),
+    ("fqdn:shop.pod.mesh.test", "*.shop.pod.mesh.test", False),
+    ("fqdn:web-0.evilshop.pod.mesh.test", "*.shop.pod.mesh.test", False),
+    ("fqdn:web-0.shop.pod.mesh.test", "web-1.shop.pod.mesh.test", False),
+    ("email:alice@Mesh.Test", "*@mesh.test", True),
+    ("email:alice@mesh.test", "alice@mesh.test", True),
+    ("email:Alice@mesh.test", "alice@mesh.test", False),  # local parts are case-sensitive
+    ("email:alice@other.test", "*@mesh.test", False),
+    ("email:alice@a.mesh.test", "*@*.mesh.test", True),
+    ("ipv4:10.1.2.3", "10.1.2.3", True),
+    ("ipv4:10.1.2.3", "10.0.0.0/8", True),
+    ("ipv4:10.1.2.3", "ipv4:11.0.0.0/8", False),
+    ("ipv6:fd00::5", "fd00::/64", True),
+    ("ipv4:10.1.2.3", "10.1.2.4", False),
+    ("ipv4:10.1.2.3", "fqdn:a.b", False),
+    ("fqdn:a.b", "*", True),
+    ("ipv6:fd00::5", "%any", True),
+    ("dn:CN=moon,O=strongSwan", "dn:CN=Moon,  O=strongswan", False),  # not RFC 4514 syntax -> no match
+    ("dn:CN=moon,O=strongSwan", "dn:CN=MOON,O=strongswan", True),
+    ("dn:CN=moon,O=strongSwan", "dn:CN=*,O=strongSwan", True),
+    ("dn:CN=moon,O=strongSwan", "dn:CN=*,O=other", False),
+    ("dn:CN=moon,O=strongSwan", "dn:O=strongSwan,CN=moon", False),  # RDN order matters
+    ("dn:CN=moon+OU=x,O=s", "dn:OU=x+CN=moon,O=s", True),  # inside an RDN it does not
+    ("dn:CN=moon,O=strongSwan", "dn:CN=moon", False),
+    ("keyid:0102", "keyid:0102", True),
+])
+def test_matches(identity, pattern, expected):
+    assert Identity.parse(identity).matches(pattern) is expected
+    try:
+        as_identity = Identity.parse(pattern)
+    except IdentityError:
+        return
+    assert Identity.parse(identity).matches(as_identity) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(id_type=st.sampled_from([1, 2, 3, 5, 9, 10, 11, 0, 255]), data=st.binary(max_size=80))
+def test_from_payload_never_leaks_untyped_errors(id_type, data):
+    try:
+        identity = Identity.from_payload(IdPayload(id_type, data))
+    except IdentityError:
+        return
+    assert Identity.from_payload(identity.to_payload(True)) == identity
+    str(identity)  # printable
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_parse_never_leaks_untyped_errors(text):
+    try:
+        identity = Identity.parse(text)
+    except IdentityError:
+        return
+    assert identity.matches(identity) or identity.is_pattern()
+
+
+def test_pod_identity():
+    identity = pod_identity("web-0", "shop", "mesh.test")
+    assert str(identity) == "fqdn:web-0.shop.pod.mesh.test"
+    assert identity.matches(namespace_pattern("shop", "mesh.test"))
+    assert not identity.matches(namespace_pattern("other", "mesh.test"))
+    dotted = pod_identity("web.v2", "shop", "mesh.test")  # pod names are DNS subdomains
+    assert dotted.matches(namespace_pattern("shop", "mesh.test"))
+
+
+def test_pod_identity_falls_back_to_uid_when_too_long():
+    long_name = ".".join(["a" * 60] * 4)  # a valid 243-character pod name
+    uid = "0f8f2a4e-3b0c-4bd6-9a55-2f1f7d3c9e10"
+    identity = pod_identity(long_name, "shop", "mesh.test", pod_uid=uid)
+    assert str(identity) == f"fqdn:{uid}.shop.pod.mesh.test"
+    with pytest.raises(IdentityError):
+        pod_identity(long_name, "shop", "mesh.test")
+    with pytest.raises(IdentityError):
+        pod_identity("*", "shop", "mesh.test")
+    with pytest.raises(IdentityError):
+        pod_identity("web-0", "sh.op", "mesh.test")
+
+
+def test_service_account_uri():
+    assert service_account_uri("shop", "web", "mesh.test") == "spiffe://mesh.test/ns/shop/sa/web"
