@@ -239,7 +239,7 @@ def with_inner(msg: p.Message, clear: list, first_inner: int, inner: bytes) -> p
     payloads = decode_chain(first_inner, Reader(inner, "inner payloads"),
                             MAX_PAYLOADS - len(clear), outer=False)
     return p.Message(msg.spi_i, msg.spi_r, msg.exchange, msg.is_initiator, msg.is_response,
-                     msg.message_id, list(clear) + payloads)
+                     msg.message_id, list(clear) + payloads, inner_plain=inner, inner_first=first_inner)
 
 
 def strip_non_esp_marker(data: bytes) -> bytes | None:

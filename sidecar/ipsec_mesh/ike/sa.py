@@ -300,10 +300,10 @@ class IkeSa:
         if whole is None:
             return
         self.last_received = now
-        if self.state == IkeState.ESTABLISHED:
-            # The peer may have moved (NAT rebinding): answer where the request came from.
-            self.remote = remote
-            self.local = local
+        # Answer where the (authenticated) request came from: the initiator moves to port
+        # 4500 after NAT detection, and a NAT may rebind the peer's address or port.
+        self.remote = remote
+        self.local = local
         from .exchanges import dispatch_request  # exchanges import this module
 
         try:
@@ -342,15 +342,22 @@ class IkeSa:
 
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
-        times = [t for t in (self.rekey_at, self.expire_at, self.keepalive_at) if t is not None]
+        """When `tick` next has something to do; every time listed here is consumed by it."""
+        times = []
         if self.outstanding is not None:
             times.append(self.outstanding.next_at)
         if self.state == IkeState.CONNECTING and not self.initiator:
             times.append(self.created_at + self.config.half_open_timeout)
-        if self.is_established and self.config.dpd_delay:
-            times.append(self.last_received + self.config.dpd_delay)
-        for child in self.children.values():
-            times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
+        if self.state == IkeState.REKEYED and self.expire_at is not None:
+            times.append(self.expire_at)
+        if self.state == IkeState.ESTABLISHED:
+            times += [t for t in (self.rekey_at, self.expire_at, self.keepalive_at) if t is not None]
+            if self.config.dpd_delay and self.outstanding is None and not self.tasks:
+                times.append(self.last_received + self.config.dpd_delay)
+            for child in self.children.values():
+                times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
+                if child.state.value == "inbound-only":
+                    times.append(child.created_at + sum(self.config.retransmit.delays()))
         return min(times) if times else None
 
     def tick(self, now: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from codec_helpers import AesGcmProtector, flip, load_capture, protector
+from .codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import (

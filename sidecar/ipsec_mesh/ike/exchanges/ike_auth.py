@@ -103,6 +103,8 @@ def _establish(sa: IkeSa, identity: Identity, now: float) -> None:
     sa.state = IkeState.ESTABLISHED
     sa.established_at = now
     sa.schedule_rekey(now)
+    if sa.nat_local and sa.config.keepalive_interval:
+        sa.keepalive_at = now + sa.config.keepalive_interval
     log.info("IKE SA %s established with %s (%s) as %s, %s%s", sa.label, identity, sa.remote[0],
              "initiator" if sa.initiator else "responder", sa.selected.describe(),
              ", NAT-T" if (sa.nat_local or sa.nat_remote) else "")

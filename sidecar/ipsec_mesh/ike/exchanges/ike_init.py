@@ -19,7 +19,7 @@ from ..errors import IkeError, InvalidKePayload, NoProposalChosen, ParseError
 from ..events import NegotiationFailed
 from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..keymat import addke_skeyseed, derive_ike_keys, skeyseed
-from ..message import encode_payload_chain
+from ..message import encode_chain
 from ..natt import detect, nat_notifies
 from ..payloads import (
     CertReqPayload,
@@ -225,8 +225,9 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
 
 def _int_auth_chunk(sa: IkeSa, exchange: int, response: bool, mid: int, first: int, plain: bytes) -> bytes:
     """IntAuth_[i/r]A | IntAuth_[i/r]P: header and SK header with lengths as if P alone were inside."""
-    sender_is_initiator = sa.initiator != response
-    flags = (0x08 if sender_is_initiator else 0) | (0x20 if response else 0)
+    # IKE_INTERMEDIATE requests always come from the original initiator (I flag), responses
+    # from the responder (R flag), whichever side computes this.
+    flags = 0x20 if response else 0x08
     length = IKE_HEADER_LEN + 4 + len(plain)
     header = struct.pack("!8s8sBBBBII", sa.spi_i, sa.spi_r, PayloadType.SK, IKE_VERSION, exchange,
                          flags, mid, length)
@@ -259,7 +260,7 @@ class IntermediateTask:
     def start(self, sa: IkeSa, now: float) -> None:
         self.ke = start_key_exchange(self.method)
         payloads = [KePayload(self.method, self.ke.public_data)]
-        first, plain = encode_payload_chain(payloads)
+        first, plain = encode_chain(payloads)
         self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.next_mid, first, plain)
         sa.send_request(self, self.exchange, payloads, now)
 
@@ -290,7 +291,7 @@ def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
     our_data, shared = respond_key_exchange(method, ke.data)
     payloads = [KePayload(method, our_data)]
     request_chunk = _int_auth_chunk(sa, msg.exchange, False, msg.message_id, msg.inner_first, msg.inner_plain)
-    first, plain = encode_payload_chain(payloads)
+    first, plain = encode_chain(payloads)
     response_chunk = _int_auth_chunk(sa, msg.exchange, True, msg.message_id, first, plain)
 
     def rekey_after_send(now: float) -> None:

@@ -46,7 +46,7 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
     new.install_keys(derive_ike_keys(new.prf, seed, ni, nr, spi_i, spi_r,
                                      aead_keymat_len(selected.encr, selected.key_bits)))
     for attr in ("peer_fragmentation", "peer_hash_algs", "peer_childless", "nat_local", "nat_remote",
-                 "local_id", "remote_id", "peer_chain", "last_received"):
+                 "local_id", "remote_id", "peer_chain", "last_received", "keepalive_at"):
         setattr(new, attr, getattr(old, attr))
     new.state = IkeState.ESTABLISHED
     new.established_at = now

@@ -54,8 +54,8 @@ class DeleteChildTask:
         sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        activate_successor(sa, self.child)  # new outbound first: never a moment without one
         sa.drop_child(self.child, self.reason)
-        activate_successor(sa, self.child)
 
     def on_error(self, sa: IkeSa, exc, now: float) -> None:
         self.on_response(sa, None, b"", now)
@@ -120,9 +120,10 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
             if child.state != ChildState.DELETING:
                 # RFC 7296 §1.4.1: when both sides delete at once, neither lists it in the response.
                 ours.append(child.inbound_spi.to_bytes(4, "big"))
-            reason = "rekeyed" if child.state == ChildState.REKEYED or child.replaced_by else "deleted-by-peer"
+            replaced = child.state == ChildState.REKEYED or child.replaced_by or child.peer_rekey in sa.children
+            reason = "rekeyed" if replaced else "deleted-by-peer"
+            activate_successor(sa, child)  # new outbound first: never a moment without one
             sa.drop_child(child, reason)
-            activate_successor(sa, child)
     return Reply([DeletePayload(ProtocolId.ESP, ours)] if ours else [])
 
 
