@@ -109,7 +109,7 @@ class Identity:
             except ValueError as exc:
                 reason = str(exc) or "not RFC 4514 syntax"
                 raise IdentityError(f"bad distinguished name {text!r}: {reason}") from None
-            return cls(IdType.ID_DER_ASN1_DN, name.public_bytes())
+            return cls.validated(IdType.ID_DER_ASN1_DN, name.public_bytes())
         if id_type == IdType.ID_KEY_ID:
             try:
                 data = bytes.fromhex(text)
