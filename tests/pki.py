@@ -47,6 +47,12 @@ def _rsa_key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def key_pem(key) -> bytes:
+    """An unencrypted PKCS#8 PEM private key (what swanctl's private/ and `pki --in` read)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def _signing_hash(issuer_key):
     return None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
@@ -64,8 +70,7 @@ class Issued:
         return [self.cert, *self.intermediates]
 
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        return key_pem(self.key)
 
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)

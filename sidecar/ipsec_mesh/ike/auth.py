@@ -128,7 +128,12 @@ def make_auth(credential: PskCredential | CertCredential, octets: bytes, prf: Pr
 
 def verify_auth(auth: AuthPayload, octets: bytes, prf: Prf, *, psks: Sequence[bytes] = (),
                 peer_public_key=None) -> None:
-    """Raise AuthenticationFailed unless `auth` proves the peer signed/MACed `octets`."""
+    """Raise AuthenticationFailed unless `auth` proves the peer signed/MACed `octets`.
+
+    `psks`: the PSKs configured for this peer (several during a rotation); each must
+    be at least MIN_PSK_LEN bytes, a shorter one is a configuration error (ValueError).
+    `peer_public_key`: the key of the peer's validated certificate (TrustStore.validate).
+    """
     if auth.method == AuthMethod.SHARED_KEY_MIC:
         _verify_psk(auth.data, octets, prf, psks)
         return

@@ -36,6 +36,7 @@ from .signatures import MIN_RSA_BITS
 MAX_CERT_PAYLOADS = 8  # leaf + intermediates a peer may send
 MAX_CERT_BYTES = 16 * 1024
 MAX_PATH_LENGTH = 6  # certificates in a path, root included
+MAX_SIGNATURE_CHECKS = 32  # per validation, whatever the peer sent
 
 # Extensions we understand well enough to accept when marked critical.
 PROCESSED_EXTENSIONS = frozenset({
@@ -75,27 +76,10 @@ class TrustStore:
         _check_certificate(leaf, now, as_issuer=False)
         if any(leaf == root for root in self.roots):
             return leaf  # a trusted end-entity certificate itself
-        reasons: list[str] = []
-        if self._build(leaf, chain[1:], now, depth=0, reasons=reasons):
+        search = _PathSearch(self.roots, now)
+        if search.reaches_root(leaf, chain[1:], depth=0):
             return leaf
-        raise CertificateError("untrusted certificate chain: " + "; ".join(dict.fromkeys(reasons)))
-
-    def _build(self, cert: x509.Certificate, pool: list[x509.Certificate], now: datetime,
-               depth: int, reasons: list[str]) -> bool:
-        """Depth-first search for a verified path from `cert` to a root (bounded by MAX_PATH_LENGTH)."""
-        if depth + 2 > MAX_PATH_LENGTH:
-            reasons.append("path too long")
-            return False
-        for issuer in self.roots:
-            if _issued_by(cert, issuer, reasons) and _issuer_ok(issuer, depth, now, reasons):
-                return True
-        for i, issuer in enumerate(pool):
-            if (_issued_by(cert, issuer, reasons) and _issuer_ok(issuer, depth, now, reasons)
-                    and self._build(issuer, pool[:i] + pool[i + 1:], now, depth + 1, reasons)):
-                return True
-        if not reasons:
-            reasons.append(f"no issuer found for {cert.issuer.rfc4514_string()!r}")
-        return False
+        raise CertificateError("untrusted certificate chain: " + "; ".join(dict.fromkeys(search.reasons)))
 
     def certreq_data(self) -> bytes:
         """SHA-1 of each root's SubjectPublicKeyInfo, concatenated (RFC 7296 section 3.7)."""
@@ -115,35 +99,66 @@ def _spki_sha1(cert: x509.Certificate) -> bytes:
     return hashlib.sha1(spki).digest()  # protocol-mandated hash, not a security use
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate, reasons: list[str]) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    subject = cert.subject.rfc4514_string()
-    try:
-        if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
-            reasons.append(f"{subject!r} is signed with a weak hash")
+class _PathSearch:
+    """Depth-first search for a verified path to a root, bounded in depth and in work.
+
+    The budget caps signature checks: a peer can send certificates that all
+    certify each other, and trying every ordering must not cost unbounded CPU.
+    """
+
+    def __init__(self, roots: list[x509.Certificate], now: datetime):
+        self.roots = roots
+        self.now = now
+        self.reasons: list[str] = []
+        self.signature_budget = MAX_SIGNATURE_CHECKS
+
+    def reaches_root(self, cert: x509.Certificate, pool: list[x509.Certificate], depth: int) -> bool:
+        if depth + 2 > MAX_PATH_LENGTH:
+            self.reasons.append("path too long")
             return False
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        reasons.append(f"bad signature on {subject!r}")
+        for issuer in self.roots:
+            if self.issued_by(cert, issuer) and self.may_issue(issuer, depth):
+                return True
+        for i, issuer in enumerate(pool):
+            if (self.issued_by(cert, issuer) and self.may_issue(issuer, depth)
+                    and self.reaches_root(issuer, pool[:i] + pool[i + 1:], depth + 1)):
+                return True
+        if not self.reasons:
+            self.reasons.append(f"no issuer found for {cert.issuer.rfc4514_string()!r}")
         return False
-    return True
 
+    def issued_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        if cert.issuer != issuer.subject:
+            return False
+        if self.signature_budget <= 0:
+            self.reasons.append("too many candidate paths")
+            return False
+        self.signature_budget -= 1
+        subject = cert.subject.rfc4514_string()
+        try:
+            if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
+                self.reasons.append(f"{subject!r} is signed with a weak hash")
+                return False
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            self.reasons.append(f"bad signature on {subject!r}")
+            return False
+        return True
 
-def _issuer_ok(issuer: x509.Certificate, below: int, now: datetime, reasons: list[str]) -> bool:
-    """`issuer` may sign: a CA, valid now, allowed `below` intermediate CAs beneath it."""
-    try:
-        _check_certificate(issuer, now, as_issuer=True)
-        constraints = _extension(issuer, x509.BasicConstraints)
-        if constraints is None or not constraints.ca:
-            raise CertificateError(f"{issuer.subject.rfc4514_string()!r} is not a CA")
-        if constraints.path_length is not None and below > constraints.path_length:
-            raise CertificateError(
-                f"path length constraint of {issuer.subject.rfc4514_string()!r} exceeded")
-    except CertificateError as exc:
-        reasons.append(str(exc))
-        return False
-    return True
+    def may_issue(self, issuer: x509.Certificate, below: int) -> bool:
+        """`issuer` is a CA, valid now, allowed `below` intermediate CAs beneath it."""
+        name = issuer.subject.rfc4514_string()
+        try:
+            _check_certificate(issuer, self.now, as_issuer=True)
+            constraints = _extension(issuer, x509.BasicConstraints)
+            if constraints is None or not constraints.ca:
+                raise CertificateError(f"{name!r} is not a CA")
+            if constraints.path_length is not None and below > constraints.path_length:
+                raise CertificateError(f"path length constraint of {name!r} exceeded")
+        except CertificateError as exc:
+            self.reasons.append(str(exc))
+            return False
+        return True
 
 
 def _check_certificate(cert: x509.Certificate, now: datetime, as_issuer: bool) -> None:

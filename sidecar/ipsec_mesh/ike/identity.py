@@ -109,7 +109,7 @@ class Identity:
             except ValueError as exc:
                 reason = str(exc) or "not RFC 4514 syntax"
                 raise IdentityError(f"bad distinguished name {text!r}: {reason}") from None
-            return cls(IdType.ID_DER_ASN1_DN, name.public_bytes())
+            return cls.validated(IdType.ID_DER_ASN1_DN, name.public_bytes())
         if id_type == IdType.ID_KEY_ID:
             try:
                 data = bytes.fromhex(text)
@@ -263,7 +263,9 @@ def _ascii(data: bytes, what: str) -> str:
 
 
 def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    _, _, value = text.rpartition(":") if text.split(":", 1)[0] in ("ipv4", "ipv6") else ("", "", text)
+    """A network pattern ("10.0.0.0/8", "ipv6:fd00::/64"), or None when `text` is not one."""
+    prefix, sep, rest = text.partition(":")
+    value = rest if sep and prefix.lower() in ("ipv4", "ipv6") else text
     if "/" not in value:
         return None
     try:

@@ -154,8 +154,9 @@ class SignatureAlgorithm:
 
 def _pss_from_params(value: bytes) -> SignatureAlgorithm:
     """RSASSA-PSS-params (RFC 4055): SHA-2 hash, MGF1 with the same hash, trailer 1."""
-    fields = {tlv.tag: der.read_single(tlv.value) for tlv in der.children(value)}
-    if set(fields) - {0xA0, 0xA1, 0xA2, 0xA3}:
+    items = der.children(value)
+    fields = {tlv.tag: der.read_single(tlv.value) for tlv in items}
+    if len(fields) != len(items) or set(fields) - {0xA0, 0xA1, 0xA2, 0xA3}:
         raise AuthenticationFailed("unexpected field in RSASSA-PSS parameters")
     if 0xA0 not in fields or 0xA1 not in fields:
         raise AuthenticationFailed("RSASSA-PSS with default SHA-1 hash or MGF refused")

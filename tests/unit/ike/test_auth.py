@@ -3,6 +3,8 @@ import hmac
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -327,3 +329,26 @@ def test_our_hash_algorithms():
     assert our_hash_algorithms() == {HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384,
                                      HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY}
     assert HashAlgorithm.SHA1 not in our_hash_algorithms()
+
+
+@pytest.fixture(scope="module")
+def fuzz_keys():
+    return [new_key(t).public_key() for t in KEY_TYPES]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from([1, 2, 9, 10, 11, 14, 255]), data=st.binary(max_size=300),
+       key_index=st.integers(0, len(KEY_TYPES) - 1))
+def test_garbage_auth_only_raises_authentication_failed(fuzz_keys, method, data, key_index):
+    with pytest.raises(AuthenticationFailed):
+        verify_auth(AuthPayload(method, data), OCTETS, prf, psks=[PSK], peer_public_key=fuzz_keys[key_index])
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.sampled_from([unhex(RFC7427_RSASSA_PSS_SHA256)[:n] for n in (0, 2, 13, 17, 40)]),
+       tail=st.binary(max_size=80))
+def test_garbage_algorithm_identifiers_only_raise_authentication_failed(prefix, tail):
+    try:
+        SignatureAlgorithm.from_identifier(prefix + tail)
+    except AuthenticationFailed:
+        pass

@@ -13,6 +13,7 @@ from ipsec_mesh.ike import der
 from ipsec_mesh.ike.certs import (
     MAX_CERT_PAYLOADS,
     TrustStore,
+    _PathSearch,
     certificate_payloads,
     certificate_service_account,
     identity_matches_certificate,
@@ -348,3 +349,17 @@ def test_certificate_service_account(pki):
     odd = pki.issue("odd", uris=["spiffe://mesh.test/ns/shop/sa/web/extra"]).cert
     assert certificate_service_account(odd, "mesh.test") is None
     assert certificate_service_account(pki.issue("none").cert, "mesh.test") is None
+
+
+def test_mutually_certifying_certificates_cost_bounded_work(store):
+    """Certificates that all certify each other: path search stops at its signature budget."""
+    key = new_key("p256")
+    same = name("hall of mirrors")
+    mirrors = [build_certificate(subject=same, public_key=key.public_key(), issuer_name=same, issuer_key=key,
+                                 not_before=NOW - timedelta(hours=1), not_after=NOW + timedelta(hours=1),
+                                 ca=True, key_usage=key_usage(key_cert_sign=True)) for _ in range(6)]
+    leaf = sign_with(Issued(key, mirrors[0]), "leaf")
+    assert_rejected(store, [leaf.cert, *mirrors], "untrusted", "too many candidate paths")
+    search = _PathSearch(store.roots, NOW)
+    assert not search.reaches_root(leaf.cert, mirrors, 0)
+    assert search.signature_budget == 0
