@@ -415,3 +415,59 @@ def test_nat_between_peers_is_detected_and_keepalives_flow():
     assert next(iter(b.inbound.values())).encap.remote_port == 14500
     net.run(30)
     assert any(d.data == b"\xff" for d in net.delivered)
+
+
+# -- certificates ---------------------------------------------------------------------
+
+def cert_pair(net, key_type="p256", *, b_pki=None, b_dns=None, **kwargs):
+    from tests.ikesim import cert_config
+    from tests.pki import MeshPki
+    pki = MeshPki()
+    leaf_a = pki.issue("a", key_type=key_type, dns=["a.pod.mesh.test"])
+    other = b_pki or pki
+    leaf_b = other.issue("b", key_type=key_type, dns=[b_dns or "b.pod.mesh.test"])
+    a_cfg = cert_config("to-b", leaf_a, pki, "b.pod.mesh.test", child_config(A, B), local_id="a.pod.mesh.test",
+                        **kwargs)
+    b_cfg = cert_config("to-a", leaf_b, pki, "a.pod.mesh.test", child_config(B, A), local_id="b.pod.mesh.test",
+                        **kwargs)
+    a = net.add("a", A, single_peer_lookup(a_cfg))
+    b = net.add("b", B, single_peer_lookup(b_cfg))
+    return a, b, a_cfg
+
+
+@pytest.mark.parametrize("key_type", ["p256", "p384", "ed25519", "rsa"])
+def test_certificate_auth_every_key_type(key_type):
+    net = Network()
+    a, b, a_cfg = cert_pair(net, key_type)
+    establish(net, a, a_cfg)
+    assert a.established and b.established and keys_match(a, b)
+    assert a.established[0].remote_id is not None and "b.pod.mesh.test" in str(a.established[0].remote_id)
+
+
+def test_untrusted_certificate_is_refused():
+    from tests.pki import MeshPki
+    net = Network()
+    a, b, a_cfg = cert_pair(net, b_pki=MeshPki(trust_domain="evil.test"))
+    establish(net, a, a_cfg)
+    assert not a.established
+    assert a.of(NegotiationFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
+    # a told b (INFORMATIONAL AUTHENTICATION_FAILED), so b does not keep a half-trusted SA.
+    net.run(10)
+    assert not b.established and "auth-failed" in b.closed_reasons()
+
+
+def test_certificate_not_matching_the_identity_is_refused():
+    net = Network()
+    a, b, a_cfg = cert_pair(net, b_dns="someone-else.pod.mesh.test")
+    establish(net, a, a_cfg)
+    assert not a.established
+    assert "does not match" in a.of(NegotiationFailed)[0].reason
+
+
+def test_certificates_with_fragmentation():
+    net = Network()
+    a, b, a_cfg = cert_pair(net, "rsa", fragment_size=700)
+    establish(net, a, a_cfg)
+    assert a.established and b.established
+    auth = [d for d in net.delivered if codec.peek_header(d.data).exchange == ExchangeType.IKE_AUTH]
+    assert len(auth) > 2

@@ -74,7 +74,10 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
     auth = msg.first(AuthPayload)
     if id_payload is None or auth is None:
         raise AuthenticationFailed("IKE_AUTH lacks the peer's ID or AUTH payload")
-    identity = Identity.from_payload(id_payload)
+    try:
+        identity = Identity.from_payload(id_payload)
+    except ParseError as exc:
+        raise AuthenticationFailed(f"peer sent an unusable identity: {exc}") from None
     cfg = sa.config
     if cfg.remote_ids and not any(identity.matches(p) for p in cfg.remote_ids):
         raise AuthenticationFailed(f"peer identity {identity} is not one we accept from {sa.remote[0]}")
