@@ -9,6 +9,7 @@ refused: no CBC, no SHA-1, no MODP below 2048.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ipsec_mesh.ike.constants import EncrId, KeId, PrfId
@@ -102,6 +103,19 @@ def _parse_addke(token: str) -> tuple[int, KeId] | None:
 
 def parse_ike(text: object) -> IkeProposal:
     """Parse and check an IKE proposal string; raises ProposalError."""
+    if isinstance(text, str):
+        return _parse_ike_cached(text)
+    return _parse_ike(text)
+
+
+def parse_esp(text: object) -> EspProposal:
+    """Parse and check an ESP proposal string; raises ProposalError."""
+    if isinstance(text, str):
+        return _parse_esp_cached(text)
+    return _parse_esp(text)
+
+
+def _parse_ike(text: object) -> IkeProposal:
     ciphers: list[Cipher] = []
     prfs: list[PrfId] = []
     groups: list[KeId] = []
@@ -131,8 +145,7 @@ def parse_ike(text: object) -> IkeProposal:
     )
 
 
-def parse_esp(text: object) -> EspProposal:
-    """Parse and check an ESP proposal string; raises ProposalError."""
+def _parse_esp(text: object) -> EspProposal:
     ciphers: list[Cipher] = []
     groups: list[KeId] = []
     esn: list[bool] = []
@@ -153,3 +166,8 @@ def parse_esp(text: object) -> EspProposal:
         groups=tuple(groups),
         esn=tuple(esn) or (False,),
     )
+
+
+# Peer maps repeat the same few strings thousands of times; parse each once.
+_parse_ike_cached = functools.lru_cache(maxsize=256)(_parse_ike)
+_parse_esp_cached = functools.lru_cache(maxsize=256)(_parse_esp)
