@@ -1,0 +1,471 @@
+"""The mesh index: injected pods against peerings, and every pod's peer map.
+
+Kept up to date incrementally: each change (a pod, a namespace's labels, a
+peering, a key) works out which pods' peer maps it touches, bumps their
+versions and tells the listeners (the mesh API's watchers). Peer maps are
+built lazily on request and cached until the next change that touches them.
+
+Symmetry: a pod selected by a peering's `selector` gets the peering's peers,
+and a pod matched by one of its peer selectors gets the peering's members, so
+both ends hold a policy for each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PskKey
+from ipsec_mesh.meshapi.identity import check_dns_name
+from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
+
+from .peering import PeeringSpec, PodPeers
+from .selectors import LabelSelector
+
+PodKey = tuple[str, str]  # (namespace, name)
+PeeringKey = tuple[str, str]
+Listener = Callable[[set[PodKey]], None]
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _parse_ip(text: str) -> IpAddress:
+    """ipaddress.ip_address, but through inet_pton: peer maps parse thousands of these."""
+    for family, cls in ((socket.AF_INET, ipaddress.IPv4Address), (socket.AF_INET6, ipaddress.IPv6Address)):
+        try:
+            return cls(int.from_bytes(socket.inet_pton(family, text), "big"))
+        except OSError:
+            continue
+    raise ValueError(f"{text!r} is not an IP address")
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    uid: str
+    service_account: str
+    labels: Mapping[str, str]
+    ips: tuple[str, ...]
+
+    @property
+    def key(self) -> PodKey:
+        return self.namespace, self.name
+
+    @functools.cached_property
+    def addresses(self) -> tuple[IpAddress, ...]:
+        return tuple(_parse_ip(ip) for ip in self.ips)
+
+    @functools.cached_property
+    def host_networks(self) -> tuple[IpNetwork, ...]:
+        return tuple(
+            ipaddress.IPv4Network((int(a), 32)) if a.version == 4 else ipaddress.IPv6Network((int(a), 128))
+            for a in self.addresses
+        )
+
+    def identity(self, trust_domain: str) -> str | None:
+        """The pod's ID_FQDN, or None if its names cannot form one."""
+        if not _DNS_LABEL.match(self.name) or not _DNS_LABEL.match(self.namespace):
+            return None
+        name = f"{self.name}.{self.namespace}.pod.{trust_domain}"
+        return name if len(name) <= 253 else None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        ips = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, Mapping)]
+        if not ips and status.get("podIP"):
+            ips = [status["podIP"]]
+        if status.get("phase") in ("Succeeded", "Failed"):
+            ips = []  # the addresses are released and may already belong to another pod
+        valid = []
+        for ip in ips:
+            try:
+                valid.append(str(_parse_ip(ip)))
+            except (ValueError, TypeError):
+                continue
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            service_account=spec.get("serviceAccountName") or "default",
+            labels=dict(meta.get("labels") or {}),
+            ips=tuple(valid),
+        )
+
+
+class MeshIndex:
+    def __init__(self, trust_domain: str = "cluster.local"):
+        self.trust_domain = check_dns_name(trust_domain, "trust domain")
+        self.listeners: list[Listener] = []
+        self._pods: dict[PodKey, PodInfo] = {}
+        self._pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
+        self._pods_by_label: dict[tuple[str, str], set[PodKey]] = defaultdict(set)
+        self._namespace_labels: dict[str, Mapping[str, str]] = {}
+        self._peerings: dict[PeeringKey, PeeringSpec] = {}
+        self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)
+        #: Peerings with a namespaceSelector: any pod anywhere may be their peer.
+        self._cross_namespace: set[PeeringKey] = set()
+        self._members: dict[PeeringKey, set[PodKey]] = {}
+        self._peer_pods: dict[PeeringKey, set[PodKey]] = {}
+        self._member_of: dict[PodKey, set[PeeringKey]] = defaultdict(set)
+        self._peer_of: dict[PodKey, set[PeeringKey]] = defaultdict(set)
+        self._psk_keys: dict[PeeringKey, tuple[PskKey, ...]] = {}
+        self._remote_psk_keys: dict[tuple[PeeringKey, str], tuple[PskKey, ...]] = {}
+        self._remote_bundles: dict[tuple[PeeringKey, str], tuple[str, ...]] = {}
+        self._trust_bundle: tuple[str, ...] = ()
+        self._generation = 0
+        self._versions: dict[PodKey, int] = {}
+        self._maps: dict[PodKey, PeerMap] = {}
+        self._peer_entries: dict[PodKey, Peer | None] = {}
+
+    # ---- queries -----------------------------------------------------------
+
+    def pod(self, key: PodKey) -> PodInfo | None:
+        return self._pods.get(key)
+
+    def pods(self) -> Iterable[PodInfo]:
+        return self._pods.values()
+
+    def peering(self, key: PeeringKey) -> PeeringSpec | None:
+        return self._peerings.get(key)
+
+    def members(self, key: PeeringKey) -> frozenset[PodKey]:
+        return frozenset(self._members.get(key, ()))
+
+    def peer_pods(self, key: PeeringKey) -> frozenset[PodKey]:
+        return frozenset(self._peer_pods.get(key, ()))
+
+    def peerings_of(self, pod: PodKey) -> frozenset[PeeringKey]:
+        return frozenset(self._member_of.get(pod, set()) | self._peer_of.get(pod, set()))
+
+    def version(self, pod: PodKey) -> int:
+        return self._versions.get(pod, 0)
+
+    @property
+    def trust_bundle(self) -> tuple[str, ...]:
+        return self._trust_bundle
+
+    def peer_map(self, pod: PodKey) -> PeerMap | None:
+        """The pod's current peer map, or None if the pod is unknown or has no usable identity."""
+        cached = self._maps.get(pod)
+        if cached is not None:
+            return cached
+        info = self._pods.get(pod)
+        identity = info.identity(self.trust_domain) if info is not None else None
+        if identity is None:
+            return None
+        local = LocalIdentity(
+            identity=identity,
+            pod=info.name,
+            namespace=info.namespace,
+            service_account=info.service_account,
+            addresses=info.addresses,
+        )
+        policies: list[PeeringPolicy] = []
+        for peering_key in sorted(self.peerings_of(pod)):
+            policies.extend(self._policies_for(pod, peering_key))
+        built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle)
+        self._maps[pod] = built
+        return built
+
+    # ---- pods --------------------------------------------------------------
+
+    def upsert_pod(self, info: PodInfo) -> set[PodKey]:
+        key = info.key
+        old = self._pods.get(key)
+        if old == info:
+            return set()
+        old_member, old_peer = set(self._member_of.get(key, ())), set(self._peer_of.get(key, ()))
+        if old is not None:
+            self._unindex_pod(old)
+        self._pods[key] = info
+        self._pods_by_namespace[info.namespace].add(key)
+        for label in info.labels.items():
+            self._pods_by_label[label].add(key)
+        self._peer_entries.pop(key, None)
+        new_member, new_peer = self._memberships(info)
+        self._set_memberships(key, new_member, new_peer)
+        addresses_changed = old is None or old.ips != info.ips
+        if addresses_changed:
+            touched_peerings = (old_member | new_member, old_peer | new_peer)
+        else:
+            touched_peerings = (old_member ^ new_member, old_peer ^ new_peer)
+        changed = self._counterparts(key, *touched_peerings)
+        self_changed = (
+            addresses_changed or old.service_account != info.service_account
+            or old_member != new_member or old_peer != new_peer
+        )
+        if self_changed:
+            changed.add(key)
+        return self._mark(changed)
+
+    def remove_pod(self, key: PodKey) -> set[PodKey]:
+        info = self._pods.pop(key, None)
+        if info is None:
+            return set()
+        self._unindex_pod(info)
+        changed = self._counterparts(key, self._member_of.pop(key, set()), self._peer_of.pop(key, set()))
+        for peering_key in self._peerings:
+            self._members[peering_key].discard(key)
+            self._peer_pods[peering_key].discard(key)
+        self._versions.pop(key, None)
+        self._maps.pop(key, None)
+        self._peer_entries.pop(key, None)
+        return self._mark(changed)
+
+    def _unindex_pod(self, info: PodInfo) -> None:
+        self._pods_by_namespace[info.namespace].discard(info.key)
+        for label in info.labels.items():
+            bucket = self._pods_by_label.get(label)
+            if bucket is not None:
+                bucket.discard(info.key)
+                if not bucket:
+                    del self._pods_by_label[label]
+
+    def _memberships(self, info: PodInfo) -> tuple[set[PeeringKey], set[PeeringKey]]:
+        member: set[PeeringKey] = set()
+        peer: set[PeeringKey] = set()
+        for peering_key in self._peerings_by_namespace.get(info.namespace, ()):
+            spec = self._peerings[peering_key]
+            if spec.selector.matches(info.labels):
+                member.add(peering_key)
+        for peering_key in self._peerings_by_namespace.get(info.namespace, set()) | self._cross_namespace:
+            spec = self._peerings[peering_key]
+            if any(self._pod_matches(spec, peers, info) for peers in spec.pod_peers):
+                peer.add(peering_key)
+        return member, peer
+
+    def _pod_matches(self, spec: PeeringSpec, peers: PodPeers, info: PodInfo) -> bool:
+        if peers.namespaces is None:
+            in_namespace = info.namespace == spec.namespace
+        else:
+            in_namespace = peers.namespaces.matches(self._labels_of_namespace(info.namespace))
+        return in_namespace and peers.pods.matches(info.labels)
+
+    def _set_memberships(self, key: PodKey, member: set[PeeringKey], peer: set[PeeringKey]) -> None:
+        for peering_key in self._member_of.get(key, set()) - member:
+            self._members[peering_key].discard(key)
+        for peering_key in self._peer_of.get(key, set()) - peer:
+            self._peer_pods[peering_key].discard(key)
+        for peering_key in member:
+            self._members[peering_key].add(key)
+        for peering_key in peer:
+            self._peer_pods[peering_key].add(key)
+        self._member_of[key] = member
+        self._peer_of[key] = peer
+
+    def _counterparts(self, key: PodKey, member_of: Iterable[PeeringKey], peer_of: Iterable[PeeringKey]) -> set[PodKey]:
+        """Pods whose peer maps list `key` through the given peerings."""
+        out: set[PodKey] = set()
+        for peering_key in member_of:
+            out |= self._peer_pods.get(peering_key, set())
+        for peering_key in peer_of:
+            out |= self._members.get(peering_key, set())
+        out.discard(key)
+        return out
+
+    # ---- namespaces --------------------------------------------------------
+
+    def set_namespace_labels(self, namespace: str, labels: Mapping[str, str]) -> set[PodKey]:
+        if self._namespace_labels.get(namespace) == labels:
+            return set()
+        self._namespace_labels[namespace] = dict(labels)
+        return self._reselect(self._cross_namespace)
+
+    def remove_namespace(self, namespace: str) -> set[PodKey]:
+        if self._namespace_labels.pop(namespace, None) is None:
+            return set()
+        return self._reselect(self._cross_namespace)
+
+    def _labels_of_namespace(self, namespace: str) -> Mapping[str, str]:
+        labels = self._namespace_labels.get(namespace)
+        if labels is None:
+            return {NAMESPACE_NAME_LABEL: namespace}
+        return labels
+
+    # ---- peerings ----------------------------------------------------------
+
+    def upsert_peering(self, spec: PeeringSpec) -> set[PodKey]:
+        key = spec.key
+        if self._peerings.get(key) == spec:
+            return set()
+        self._drop_peering_from_indexes(key)
+        self._peerings[key] = spec
+        self._peerings_by_namespace[spec.namespace].add(key)
+        if any(peers.namespaces is not None for peers in spec.pod_peers):
+            self._cross_namespace.add(key)
+        self._members.setdefault(key, set())
+        self._peer_pods.setdefault(key, set())
+        return self._reselect({key}, settings_changed=True)
+
+    def remove_peering(self, key: PeeringKey) -> set[PodKey]:
+        if key not in self._peerings:
+            return set()
+        affected = self._members.get(key, set()) | self._peer_pods.get(key, set())
+        for pod in self._members.pop(key, set()):
+            self._member_of[pod].discard(key)
+        for pod in self._peer_pods.pop(key, set()):
+            self._peer_of[pod].discard(key)
+        self._drop_peering_from_indexes(key)
+        del self._peerings[key]
+        self._psk_keys.pop(key, None)
+        for store in (self._remote_psk_keys, self._remote_bundles):
+            for remote_key in [k for k in store if k[0] == key]:
+                del store[remote_key]
+        return self._mark(set(affected))
+
+    def _drop_peering_from_indexes(self, key: PeeringKey) -> None:
+        self._peerings_by_namespace[key[0]].discard(key)
+        self._cross_namespace.discard(key)
+
+    def _reselect(self, peering_keys: Iterable[PeeringKey], settings_changed: bool = False) -> set[PodKey]:
+        """Recompute members and peer pods of the given peerings; mark the pods that changed."""
+        changed: set[PodKey] = set()
+        for key in list(peering_keys):
+            spec = self._peerings[key]
+            old_members, old_peers = self._members[key], self._peer_pods[key]
+            members = self._select(spec.selector, {spec.namespace})
+            peers: set[PodKey] = set()
+            for pod_peers in spec.pod_peers:
+                peers |= self._select(pod_peers.pods, self._namespaces_for(spec, pod_peers))
+            for pod in old_members - members:
+                self._member_of[pod].discard(key)
+            for pod in members - old_members:
+                self._member_of[pod].add(key)
+            for pod in old_peers - peers:
+                self._peer_of[pod].discard(key)
+            for pod in peers - old_peers:
+                self._peer_of[pod].add(key)
+            self._members[key], self._peer_pods[key] = members, peers
+            if settings_changed:
+                changed |= old_members | members | old_peers | peers
+            elif old_members != members or old_peers != peers:
+                # Every pod in the peering sees a different set of counterparts.
+                changed |= old_members | members | old_peers | peers
+        return self._mark(changed)
+
+    def _namespaces_for(self, spec: PeeringSpec, peers: PodPeers) -> set[str] | None:
+        if peers.namespaces is None:
+            return {spec.namespace}
+        known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
+        return {ns for ns in known if peers.namespaces.matches(self._labels_of_namespace(ns))}
+
+    def _select(self, selector: LabelSelector, namespaces: set[str] | None) -> set[PodKey]:
+        if selector.match_labels:
+            buckets = sorted((self._pods_by_label.get(label, set()) for label in selector.match_labels), key=len)
+            candidates = set(buckets[0]).intersection(*buckets[1:])
+            if namespaces is not None:
+                candidates = {pod for pod in candidates if pod[0] in namespaces}
+        else:
+            candidates = set()
+            for namespace in namespaces if namespaces is not None else list(self._pods_by_namespace):
+                candidates |= self._pods_by_namespace.get(namespace, set())
+        if not selector.expressions:
+            return candidates
+        return {pod for pod in candidates if selector.matches(self._pods[pod].labels)}
+
+    # ---- keys and trust ----------------------------------------------------
+
+    def set_psk_keys(self, peering: PeeringKey, keys: tuple[PskKey, ...]) -> set[PodKey]:
+        return self._set_keyed(self._psk_keys, peering, peering, keys)
+
+    def set_remote_psk_keys(self, peering: PeeringKey, remote: str, keys: tuple[PskKey, ...]) -> set[PodKey]:
+        return self._set_keyed(self._remote_psk_keys, (peering, remote), peering, keys)
+
+    def set_remote_trust_bundle(self, peering: PeeringKey, remote: str, pems: tuple[str, ...]) -> set[PodKey]:
+        return self._set_keyed(self._remote_bundles, (peering, remote), peering, pems)
+
+    def _set_keyed(self, store: dict, store_key: Any, peering: PeeringKey, value: tuple) -> set[PodKey]:
+        if store.get(store_key) == value:
+            return set()
+        store[store_key] = value
+        return self._mark(set(self._members.get(peering, ())) | self._peer_pods.get(peering, set()))
+
+    def set_trust_bundle(self, pems: tuple[str, ...]) -> set[PodKey]:
+        if pems == self._trust_bundle:
+            return set()
+        self._trust_bundle = pems
+        return self._mark(set(self._pods))
+
+    # ---- building ----------------------------------------------------------
+
+    def _mark(self, pods: set[PodKey]) -> set[PodKey]:
+        if not pods:
+            return pods
+        self._generation += 1
+        for pod in pods:
+            self._versions[pod] = self._generation
+            self._maps.pop(pod, None)
+        for listener in list(self.listeners):
+            listener(pods)
+        return pods
+
+    def _peer_entry(self, pod: PodKey) -> Peer | None:
+        """How other pods see `pod`: its addresses and identity; None if it has none yet."""
+        if pod in self._peer_entries:
+            return self._peer_entries[pod]
+        info = self._pods[pod]
+        identity = info.identity(self.trust_domain)
+        entry = None
+        if info.ips and identity is not None:
+            entry = Peer(name=f"{info.namespace}/{info.name}", addresses=info.host_networks, identities=(identity,))
+        self._peer_entries[pod] = entry
+        return entry
+
+    def _policies_for(self, pod: PodKey, peering_key: PeeringKey) -> list[PeeringPolicy]:
+        spec = self._peerings[peering_key]
+        counterparts: set[PodKey] = set()
+        is_member = pod in self._members[peering_key]
+        if is_member:
+            counterparts |= self._peer_pods[peering_key]
+        if pod in self._peer_pods[peering_key]:
+            counterparts |= self._members[peering_key]
+        counterparts.discard(pod)
+        peers = tuple(entry for other in sorted(counterparts) if (entry := self._peer_entry(other)) is not None)
+        name = f"{spec.namespace}/{spec.name}"
+        policies = []
+        own_keys = self._psk_keys.get(peering_key, ())
+        # A PSK peering without its key yet gets no policy: nothing could authenticate.
+        if peers and (spec.auth is AuthKind.CERTIFICATE or own_keys):
+            policies.append(_policy(spec, name, peers, own_keys if spec.auth is AuthKind.PSK else ()))
+        if is_member:
+            for remote in spec.remotes:
+                policy = self._remote_policy(spec, name, remote)
+                if policy is not None:
+                    policies.append(policy)
+        return policies
+
+    def _remote_policy(self, spec: PeeringSpec, name: str, remote: Any) -> PeeringPolicy | None:
+        store_key = (spec.key, remote.name)
+        keys: tuple[PskKey, ...] = ()
+        bundle: tuple[str, ...] = ()
+        if spec.auth is AuthKind.PSK:
+            keys = self._remote_psk_keys.get(store_key, ())
+            if not keys:
+                return None
+        else:
+            bundle = self._remote_bundles.get(store_key, ())
+            if not bundle:
+                return None
+        peer = Peer(name=f"remote/{remote.name}", addresses=remote.cidrs, identities=remote.identities,
+                    trust_bundle=bundle)
+        return _policy(spec, f"{name}/{remote.name}", (peer,), keys)
+
+
+def _policy(spec: PeeringSpec, name: str, peers: tuple[Peer, ...], keys: tuple[PskKey, ...]) -> PeeringPolicy:
+    return PeeringPolicy(
+        name=name, peers=peers, auth=spec.auth, psk_keys=keys,
+        ike_proposals=spec.ike_proposals, esp_proposals=spec.esp_proposals, lifetimes=spec.lifetimes,
+        enforcement=spec.enforcement, tfc_padding=spec.tfc_padding,
+    )
+

@@ -1,0 +1,29 @@
+"""The peer-map model shared by the operator and the sidecar, and the sidecar's mesh API client.
+
+The operator computes a `PeerMap` per pod and serves it as JSON; the sidecar
+reads it from the mesh API (`MeshApiClient`) or, without Kubernetes, from a
+YAML file (`load_peer_map_file`). Both paths end in the same validated
+`PeerMap` structure.
+"""
+
+from .errors import MeshApiError, MeshApiRequestError, PeerMapError, ProposalError
+from .identity import pod_fqdn, service_account_uri
+from .model import (
+    AuthKind,
+    Enforcement,
+    Lifetimes,
+    LocalIdentity,
+    Peer,
+    PeeringPolicy,
+    PeerMap,
+    PskKey,
+    load_peer_map_file,
+)
+from .proposals import DEFAULT_ESP, DEFAULT_IKE, EspProposal, IkeProposal, parse_esp, parse_ike
+
+__all__ = [
+    "AuthKind", "DEFAULT_ESP", "DEFAULT_IKE", "Enforcement", "EspProposal", "IkeProposal",
+    "Lifetimes", "LocalIdentity", "MeshApiError", "MeshApiRequestError", "Peer", "PeerMap",
+    "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",
+    "pod_fqdn", "service_account_uri",
+]

@@ -1,0 +1,343 @@
+"""The peer map: what one pod's sidecar needs to know to protect its traffic.
+
+One document per pod, versioned by the operator. It names the pod itself
+(`LocalIdentity`), the CA certificates it trusts, and one `PeeringPolicy` per
+IPsecPeering the pod takes part in, each with the peers it covers. The same
+structure is read from the operator's JSON (`PeerMap.from_json`) and from a
+standalone YAML file (`load_peer_map_file`), so the agent has one input type.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import fields
+from .errors import PeerMapError
+from .identity import check_dns_name
+from .proposals import DEFAULT_ESP, DEFAULT_IKE, parse_esp, parse_ike
+
+API_VERSION = "ipsec-mesh.io/peermap/v1"
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+MAX_PEERINGS = 4096
+MAX_PEERS = 65536
+MAX_ADDRESSES = 64
+MAX_IDENTITIES = 256
+MAX_CA_CERTS = 16
+MAX_PSK_KEYS = 4
+MIN_PSK_BYTES = 32
+MAX_PSK_BYTES = 256
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AuthKind(str, enum.Enum):
+    CERTIFICATE = "certificate"
+    PSK = "psk"
+
+
+class Enforcement(str, enum.Enum):
+    #: Traffic to a peer is blocked until an SA exists (fail closed).
+    REQUIRE = "require"
+    #: Traffic to a peer flows in plaintext while no SA exists.
+    PREFER = "prefer"
+
+
+@dataclass(frozen=True)
+class PskKey:
+    """One generation of a peering's pre-shared key."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    #: Only keys marked initiate are used to authenticate ourselves; all are accepted.
+    initiate: bool = True
+    #: Unix time after which the key is no longer accepted; None: until replaced.
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    ike_seconds: int = 4 * 3600
+    child_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One peer: a pod (one address per IP family) or a remote cluster (its pod CIDRs)."""
+
+    name: str
+    addresses: tuple[IpNetwork, ...]
+    #: ID_FQDN values the peer may authenticate as; ``*.domain`` matches a domain.
+    identities: tuple[str, ...]
+    #: CA certificates for this peer only (remote clusters); empty: the map's trust bundle.
+    trust_bundle: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeeringPolicy:
+    """The settings of one IPsecPeering and the peers it gives this pod."""
+
+    name: str
+    peers: tuple[Peer, ...]
+    auth: AuthKind = AuthKind.CERTIFICATE
+    psk_keys: tuple[PskKey, ...] = ()
+    ike_proposals: tuple[str, ...] = (DEFAULT_IKE,)
+    esp_proposals: tuple[str, ...] = (DEFAULT_ESP,)
+    lifetimes: Lifetimes = Lifetimes()
+    enforcement: Enforcement = Enforcement.REQUIRE
+    tfc_padding: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.auth is AuthKind.PSK) != bool(self.psk_keys):
+            raise PeerMapError(self.name, "psk keys are needed exactly when authentication is psk")
+        if self.psk_keys and not any(key.initiate for key in self.psk_keys):
+            raise PeerMapError(self.name, "no psk key is marked for initiating")
+        for proposal in self.ike_proposals:
+            parse_ike(proposal)
+        for proposal in self.esp_proposals:
+            parse_esp(proposal)
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """The pod the map is for."""
+
+    #: ID_FQDN and certificate dNSName, ``<pod>.<namespace>.pod.<trust-domain>``.
+    identity: str
+    pod: str = ""
+    namespace: str = ""
+    service_account: str = ""
+    addresses: tuple[IpAddress, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerMap:
+    version: int
+    local: LocalIdentity
+    policies: tuple[PeeringPolicy, ...]
+    #: The mesh CA certificates (PEM), newest first, during a CA rotation more than one.
+    trust_bundle: tuple[str, ...] = ()
+
+    # ---- JSON / dict form -------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "version": self.version,
+            "local": _local_to_dict(self.local),
+            "trustBundle": list(self.trust_bundle),
+            "peerings": [_policy_to_dict(policy) for policy in self.policies],
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> PeerMap:
+        """Parse the operator's JSON; no file references are allowed in it."""
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise PeerMapError("", "document too large")
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise PeerMapError("", f"not JSON: {exc}") from None
+        return cls.from_dict(document)
+
+    @classmethod
+    def from_dict(cls, document: Any, base_dir: Path | None = None) -> PeerMap:
+        """Validate a decoded document.
+
+        `base_dir` allows ``valueFile`` for pre-shared keys (standalone YAML
+        files only); without it, file references are refused.
+        """
+        doc = fields.obj(document, "", {"local", "peerings"}, {"apiVersion", "version", "trustBundle"})
+        if doc.get("apiVersion", API_VERSION) != API_VERSION:
+            raise PeerMapError("apiVersion", f"expected {API_VERSION}")
+        peerings = fields.array(
+            doc["peerings"], "peerings", lambda v, p: _policy_from_dict(v, p, base_dir), MAX_PEERINGS
+        )
+        names = [policy.name for policy in peerings]
+        if len(set(names)) != len(names):
+            raise PeerMapError("peerings", "peering names must be unique")
+        return cls(
+            version=fields.integer(doc.get("version", 0), "version", 0, 2**63 - 1),
+            local=_local_from_dict(doc["local"], "local"),
+            policies=peerings,
+            trust_bundle=fields.array(doc.get("trustBundle", []), "trustBundle", fields.pem_certificate, MAX_CA_CERTS),
+        )
+
+
+def load_peer_map_file(path: str | Path) -> PeerMap:
+    """Read a standalone YAML (or JSON) peer map; PSK ``valueFile`` paths are relative to it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PeerMapError(str(path), f"cannot read: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PeerMapError(str(path), f"not YAML: {exc}") from None
+    return PeerMap.from_dict(document, base_dir=path.parent)
+
+
+# ---- helpers ---------------------------------------------------------------
+
+
+def _local_to_dict(local: LocalIdentity) -> dict[str, Any]:
+    return {
+        "identity": local.identity,
+        "pod": local.pod,
+        "namespace": local.namespace,
+        "serviceAccount": local.service_account,
+        "addresses": [str(address) for address in local.addresses],
+    }
+
+
+def _local_from_dict(value: Any, path: str) -> LocalIdentity:
+    doc = fields.obj(value, path, {"identity"}, {"pod", "namespace", "serviceAccount", "addresses"})
+    return LocalIdentity(
+        identity=check_dns_name(doc["identity"], f"{path}.identity"),
+        pod=fields.string(doc.get("pod", ""), f"{path}.pod", 253, 0),
+        namespace=fields.string(doc.get("namespace", ""), f"{path}.namespace", 63, 0),
+        service_account=fields.string(doc.get("serviceAccount", ""), f"{path}.serviceAccount", 253, 0),
+        addresses=fields.array(doc.get("addresses", []), f"{path}.addresses", fields.address, 2),
+    )
+
+
+def _policy_to_dict(policy: PeeringPolicy) -> dict[str, Any]:
+    return {
+        "name": policy.name,
+        "authentication": policy.auth.value,
+        "psk": [
+            {
+                "id": key.id,
+                "value": base64.b64encode(key.secret).decode(),
+                "initiate": key.initiate,
+                "expiresAt": key.expires_at,
+            }
+            for key in policy.psk_keys
+        ],
+        "proposals": {"ike": list(policy.ike_proposals), "esp": list(policy.esp_proposals)},
+        "lifetimes": {"ike": policy.lifetimes.ike_seconds, "child": policy.lifetimes.child_seconds},
+        "enforcement": policy.enforcement.value,
+        "tfcPadding": policy.tfc_padding,
+        "peers": [_peer_to_dict(peer) for peer in policy.peers],
+    }
+
+
+def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPolicy:
+    doc = fields.obj(
+        value, path, {"name", "peers"},
+        {"authentication", "psk", "proposals", "lifetimes", "enforcement", "tfcPadding"},
+    )
+    proposals = fields.obj(doc.get("proposals", {}), f"{path}.proposals", set(), {"ike", "esp"})
+    lifetimes = fields.obj(doc.get("lifetimes", {}), f"{path}.lifetimes", set(), {"ike", "child"})
+    defaults = Lifetimes()
+    psk_keys = fields.array(doc.get("psk", []), f"{path}.psk", lambda v, p: _psk_from_dict(v, p, base_dir), MAX_PSK_KEYS)
+    if len({key.id for key in psk_keys}) != len(psk_keys):
+        raise PeerMapError(f"{path}.psk", "key ids must be unique")
+    try:
+        return PeeringPolicy(
+            name=fields.string(doc["name"], f"{path}.name"),
+            peers=fields.array(doc["peers"], f"{path}.peers", _peer_from_dict, MAX_PEERS),
+            auth=fields.choice(doc.get("authentication", "certificate"), f"{path}.authentication", AuthKind),
+            psk_keys=psk_keys,
+            ike_proposals=_proposals(proposals.get("ike", [DEFAULT_IKE]), f"{path}.proposals.ike", parse_ike),
+            esp_proposals=_proposals(proposals.get("esp", [DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
+            lifetimes=Lifetimes(
+                ike_seconds=fields.duration(lifetimes.get("ike", defaults.ike_seconds), f"{path}.lifetimes.ike"),
+                child_seconds=fields.duration(lifetimes.get("child", defaults.child_seconds), f"{path}.lifetimes.child"),
+            ),
+            enforcement=fields.choice(doc.get("enforcement", "require"), f"{path}.enforcement", Enforcement),
+            tfc_padding=fields.boolean(doc.get("tfcPadding", False), f"{path}.tfcPadding"),
+        )
+    except PeerMapError as exc:
+        if exc.path.startswith(path):
+            raise
+        raise PeerMapError(path, str(exc)) from None
+
+
+def _proposals(value: Any, path: str, parse: Any) -> tuple[str, ...]:
+    def one(item: Any, item_path: str) -> str:
+        try:
+            return parse(item).text
+        except PeerMapError as exc:
+            raise PeerMapError(item_path, str(exc)) from None
+
+    return fields.array(value, path, one, 8, 1)
+
+
+def _psk_from_dict(value: Any, path: str, base_dir: Path | None) -> PskKey:
+    doc = fields.obj(value, path, {"id"}, {"value", "valueFile", "initiate", "expiresAt"})
+    if ("value" in doc) == ("valueFile" in doc):
+        raise PeerMapError(path, "needs exactly one of value or valueFile")
+    if "valueFile" in doc:
+        if base_dir is None:
+            raise PeerMapError(f"{path}.valueFile", "file references are only allowed in local files")
+        secret = _read_key_file(base_dir / fields.string(doc["valueFile"], f"{path}.valueFile", 4096), path)
+    else:
+        try:
+            secret = base64.b64decode(fields.string(doc["value"], f"{path}.value", 4 * MAX_PSK_BYTES), validate=True)
+        except binascii.Error:
+            raise PeerMapError(f"{path}.value", "is not base64") from None
+    if not MIN_PSK_BYTES <= len(secret) <= MAX_PSK_BYTES:
+        raise PeerMapError(path, f"key must be {MIN_PSK_BYTES}..{MAX_PSK_BYTES} bytes")
+    expires = doc.get("expiresAt")
+    return PskKey(
+        id=fields.string(doc["id"], f"{path}.id", 64),
+        secret=secret,
+        initiate=fields.boolean(doc.get("initiate", True), f"{path}.initiate"),
+        expires_at=None if expires is None else fields.integer(expires, f"{path}.expiresAt", 0, 2**63 - 1),
+    )
+
+
+def _read_key_file(path: Path, field_path: str) -> bytes:
+    """A key file holds the raw key, or its base64 form on one line."""
+    try:
+        raw = path.read_bytes()[: 4 * MAX_PSK_BYTES + 2]
+    except OSError as exc:
+        raise PeerMapError(f"{field_path}.valueFile", f"cannot read {path}: {exc.strerror}") from None
+    stripped = raw.strip()
+    try:
+        decoded = base64.b64decode(stripped, validate=True)
+        if len(decoded) >= MIN_PSK_BYTES:
+            return decoded
+    except binascii.Error:
+        pass
+    return raw
+
+
+def _peer_to_dict(peer: Peer) -> dict[str, Any]:
+    return {
+        "name": peer.name,
+        "addresses": [str(address) for address in peer.addresses],
+        "identities": list(peer.identities),
+        "trustBundle": list(peer.trust_bundle),
+    }
+
+
+def _identity_pattern(value: Any, path: str) -> str:
+    text = fields.string(value, path)
+    check_dns_name(text[2:] if text.startswith("*.") else text, path)
+    return text
+
+
+def _peer_from_dict(value: Any, path: str) -> Peer:
+    doc = fields.obj(value, path, {"name", "addresses"}, {"identities", "trustBundle"})
+    return Peer(
+        name=fields.string(doc["name"], f"{path}.name"),
+        addresses=fields.array(doc["addresses"], f"{path}.addresses", fields.network, MAX_ADDRESSES, 1),
+        identities=fields.array(doc.get("identities", []), f"{path}.identities", _identity_pattern, MAX_IDENTITIES),
+        trust_bundle=fields.array(doc.get("trustBundle", []), f"{path}.trustBundle", fields.pem_certificate, MAX_CA_CERTS),
+    )

@@ -1,0 +1,172 @@
+"""The shared peer-map model: round trips, strict validation, YAML input."""
+
+import base64
+import copy
+import ipaddress
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipsec_mesh.meshapi import (
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, ProposalError,
+    PskKey, load_peer_map_file, parse_esp, parse_ike, pod_fqdn, service_account_uri,
+)
+from ipsec_mesh.ike.constants import EncrId, KeId, PrfId
+
+
+def sample_map() -> PeerMap:
+    return PeerMap(
+        version=7,
+        local=LocalIdentity("a.prod.pod.cluster.local", "a", "prod", "web", (ipaddress.ip_address("10.0.0.1"),)),
+        policies=(
+            PeeringPolicy(
+                name="prod/web-db",
+                peers=(Peer("db-0", (ipaddress.ip_network("10.0.0.9/32"),), ("db-0.prod.pod.cluster.local",)),),
+            ),
+            PeeringPolicy(
+                name="prod/remote",
+                auth=AuthKind.PSK,
+                psk_keys=(PskKey("k2", b"\x01" * 32, True, None), PskKey("k1", b"\x02" * 32, False, 1_700_000_000)),
+                enforcement=Enforcement.PREFER,
+                tfc_padding=True,
+                peers=(Peer("east", (ipaddress.ip_network("10.8.0.0/16"), ipaddress.ip_network("fd00::/64")),
+                            ("*.east.example",)),),
+            ),
+        ),
+    )
+
+
+def test_json_round_trip_is_lossless():
+    peer_map = sample_map()
+    assert PeerMap.from_json(peer_map.to_json()) == peer_map
+
+
+def test_psk_value_never_shows_in_repr():
+    key = PskKey("k1", b"secret-secret-secret-secret-1234")
+    assert "secret" not in repr(key)
+
+
+@pytest.mark.parametrize("mutate, path", [
+    (lambda d: d.update(extra=1), ""),
+    (lambda d: d["peerings"][0].update(enforcment="prefer"), "peerings[0]"),
+    (lambda d: d["peerings"][0]["peers"][0].update(addresses=["10.0.0.9/8"]), "peerings[0].peers[0].addresses[0]"),
+    (lambda d: d["peerings"][0]["peers"][0].update(addresses=[]), "peerings[0].peers[0].addresses"),
+    (lambda d: d["peerings"][0].update(enforcement="sometimes"), "peerings[0].enforcement"),
+    (lambda d: d["peerings"][0]["proposals"].update(ike=["aes256cbc-sha1-modp1024"]), "peerings[0].proposals.ike[0]"),
+    (lambda d: d["peerings"][1]["psk"][0].update(value="***"), "peerings[1].psk[0].value"),
+    (lambda d: d["peerings"][1]["psk"][0].update(value=base64.b64encode(b"short").decode()), "peerings[1].psk[0]"),
+    (lambda d: d["peerings"][1].update(psk=[]), "peerings[1]"),
+    (lambda d: d["peerings"][1]["psk"][0].update(valueFile="/etc/shadow", value=None) or
+               d["peerings"][1]["psk"][0].pop("value"), "peerings[1].psk[0].valueFile"),
+    (lambda d: d["local"].update(identity="Not A Name"), "local.identity"),
+    (lambda d: d.update(version=True), "version"),
+    (lambda d: d["peerings"].append(copy.deepcopy(d["peerings"][0])), "peerings"),
+])
+def test_invalid_documents_raise_typed_errors_with_the_path(mutate, path):
+    document = sample_map().to_dict()
+    mutate(document)
+    with pytest.raises(PeerMapError) as error:
+        PeerMap.from_dict(document)
+    assert error.value.path == path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=30,
+))
+def test_garbage_only_ever_raises_peer_map_error(document):
+    try:
+        PeerMap.from_dict(document)
+    except PeerMapError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_bytes_raise_peer_map_error(data):
+    with pytest.raises(PeerMapError):
+        PeerMap.from_json(data)
+
+
+def test_mutated_valid_document_fields_are_checked():
+    document = sample_map().to_dict()
+    for key in ("local", "peerings", "trustBundle"):
+        broken = copy.deepcopy(document)
+        broken[key] = 42
+        with pytest.raises(PeerMapError):
+            PeerMap.from_dict(broken)
+
+
+def test_yaml_file_feeds_the_same_structure(tmp_path):
+    key = b"k" * 32
+    (tmp_path / "psk.key").write_text(base64.b64encode(key).decode() + "\n")
+    (tmp_path / "mesh.yaml").write_text(
+        "local: {identity: a.lab.pod.example.org, addresses: [192.0.2.1]}\n"
+        "peerings:\n"
+        "  - name: lab\n"
+        "    authentication: psk\n"
+        "    psk: [{id: one, valueFile: psk.key}]\n"
+        "    lifetimes: {ike: 2h, child: 30m}\n"
+        "    peers:\n"
+        "      - {name: b, addresses: [192.0.2.2], identities: [b.lab.pod.example.org]}\n"
+    )
+    peer_map = load_peer_map_file(tmp_path / "mesh.yaml")
+    policy = peer_map.policies[0]
+    assert policy.psk_keys[0].secret == key
+    assert policy.lifetimes.ike_seconds == 7200 and policy.lifetimes.child_seconds == 1800
+    assert policy.peers[0].addresses == (ipaddress.ip_network("192.0.2.2/32"),)
+    assert policy.ike_proposals == ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",)
+    # The operator's JSON form of the same map reads back identically, without the file.
+    assert PeerMap.from_json(peer_map.to_json()) == peer_map
+
+
+def test_unreadable_or_bad_yaml_files_raise_typed_errors(tmp_path):
+    with pytest.raises(PeerMapError):
+        load_peer_map_file(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("local: [unclosed\n")
+    with pytest.raises(PeerMapError):
+        load_peer_map_file(tmp_path / "bad.yaml")
+
+
+def test_default_proposals_parse_to_the_secure_defaults():
+    ike = parse_ike("aes256gcm16-prfsha256-x25519-ke1_mlkem768")
+    assert ike.ciphers[0].encr is EncrId.AES_GCM_16 and ike.ciphers[0].key_bits == 256
+    assert ike.prfs == (PrfId.HMAC_SHA2_256,)
+    assert ike.groups == (KeId.CURVE25519,)
+    assert ike.additional == ((1, (KeId.ML_KEM_768,)),)
+    esp = parse_esp("aes256gcm16-esn")
+    assert esp.esn == (True,) and esp.groups == ()
+    assert parse_esp("chacha20poly1305-noesn-esn-ecp384").esn == (False, True)
+
+
+@pytest.mark.parametrize("text", [
+    "aes256cbc-prfsha256-x25519",        # CBC is not supported
+    "aes256gcm16-prfsha1-x25519",         # SHA-1
+    "aes256gcm16-prfsha256-modp1024",     # weak group
+    "aes256gcm16-prfsha256",              # no group
+    "aes256gcm16-x25519",                 # no PRF
+    "aes256gcm16-prfsha256-x25519-ke2_mlkem768",  # ke2 without ke1
+    "aes256gcm16-prfsha256-x25519-ke8_mlkem768",
+    "aes256gcm16-aes256gcm16-prfsha256-x25519",
+    "", "-", "x" * 200,
+])
+def test_bad_ike_proposals_are_refused(text):
+    with pytest.raises(ProposalError):
+        parse_ike(text)
+
+
+@pytest.mark.parametrize("text", ["aes256gcm16-prfsha256-esn", "sha256", "esn", None, 5])
+def test_bad_esp_proposals_are_refused(text):
+    with pytest.raises(ProposalError):
+        parse_esp(text)
+
+
+def test_identity_names():
+    assert pod_fqdn("web-0", "prod", "cluster.local") == "web-0.prod.pod.cluster.local"
+    assert service_account_uri("prod", "web", "cluster.local") == "spiffe://cluster.local/ns/prod/sa/web"
+    with pytest.raises(PeerMapError):
+        pod_fqdn("Web_0", "prod", "cluster.local")
