@@ -1,0 +1,107 @@
+"""`ipsec-mesh-sidecar`: run the sidecar from a YAML file, or ask a running one for its SAs.
+
+    ipsec-mesh-sidecar run --config sidecar.yaml [--dataplane none]
+    ipsec-mesh-sidecar status [--url http://127.0.0.1:9741] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .config import ConfigError, load_agent_config
+from .dataplane import NullDataPlane
+from .logs import setup_logging
+from .peers import CredentialError, PeerSet
+
+
+def _load_credentials(config):
+    if config.cert_file is None:
+        return None, ()
+    chain = tuple(x509.load_pem_x509_certificates(config.cert_file.read_bytes()))
+    key = serialization.load_pem_private_key(config.key_file.read_bytes(), password=None)
+    return key, chain
+
+
+def make_dataplane(kind: str, netns: str | None):
+    if kind == "none":
+        return NullDataPlane()
+    from .xfrm_dataplane import XfrmDataPlane
+
+    return XfrmDataPlane(netns=netns)
+
+
+async def run(config, dataplane_kind: str) -> int:
+    from .runtime import Agent
+    from .status_server import StatusServer
+
+    key, chain = _load_credentials(config)
+    peers = PeerSet(config.peer_map, config.ike, private_key=key, chain=chain)
+    agent = Agent(config, make_dataplane(dataplane_kind, config.netns), peers)
+    server = None
+    if config.status_listen is not None:
+        server = StatusServer(agent, *config.status_listen)
+        await server.start()
+    try:
+        await agent.run_forever()
+    finally:
+        if server is not None:
+            await server.stop()
+    return 0
+
+
+def _status(url: str, as_json: bool) -> int:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
+            status = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"cannot reach the sidecar at {url}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"{status['identity']}  ready={status['ready']}  dataplane={status['dataplane']['dataplane']}"
+          f"  peer map v{status['peer_map_version']}")
+    for sa in status["ike_sas"]:
+        print(f"  IKE {sa['ike_sa']} {sa['state']} {sa['local']} <-> {sa['remote']} "
+              f"{sa['remote_id']} {sa['algorithm']}")
+        for child in sa["children"]:
+            print(f"    CHILD {child['name']} {child['state']} {child['inbound_spi']}_i {child['outbound_spi']}_o "
+                  f"{child['algorithm']} {child['mode']}{' UDP-encap' if child['encap'] else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ipsec-mesh-sidecar", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run the sidecar from a YAML configuration")
+    run_p.add_argument("--config", required=True)
+    run_p.add_argument("--dataplane", choices=["xfrm", "none"], help="override the file's data plane")
+    st = sub.add_parser("status", help="show a running sidecar's IKE and CHILD SAs")
+    st.add_argument("--url", default="http://127.0.0.1:9741")
+    st.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        return _status(args.url, args.json)
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_format, config.log_level)
+    try:
+        return asyncio.run(run(config, args.dataplane or config.dataplane))
+    except CredentialError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

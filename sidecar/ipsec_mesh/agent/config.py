@@ -1,0 +1,149 @@
+"""The sidecar's own settings (standalone YAML file), around the peer map it protects.
+
+Example (docs/sidecar.md has the full reference)::
+
+    peerMap:            # inline peer map (see meshapi.model), or peerMapFile: path
+      local: {identity: a.default.pod.mesh.test, addresses: [10.0.0.1]}
+      peerings: [...]
+    certificate: {cert: a.pem, key: a.key}     # for certificate peerings
+    dataplane: xfrm                            # or none: negotiate only, install nothing
+    initiate: [10.0.0.2]                       # peers to connect to at start (besides ACQUIRE)
+    ike: {port: 500, nattPort: 4500, dpd: 30s, fragmentSize: 1280, forceEncap: false}
+    status: {listen: 127.0.0.1:9741}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..meshapi import fields
+from ..meshapi.errors import PeerMapError
+from ..meshapi.model import PeerMap, load_peer_map_file
+
+DATAPLANES = ("xfrm", "none")
+
+
+class ConfigError(ValueError):
+    """The sidecar's configuration is unusable; the message names the field."""
+
+
+@dataclass(frozen=True)
+class IkeSettings:
+    port: int = 500
+    natt_port: int = 4500
+    dpd: int = 30
+    fragment_size: int = 1280
+    force_encap: bool = False
+    childless: str = "allow"
+    retransmit_timeout: float = 2.0
+    retransmit_tries: int = 5
+    cookie_threshold: int = 50
+    half_open_limit: int = 1000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    peer_map: PeerMap
+    dataplane: str = "xfrm"
+    netns: str | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    initiate: tuple[str, ...] = ()
+    ike: IkeSettings = field(default_factory=IkeSettings)
+    status_listen: tuple[str, int] | None = ("127.0.0.1", 9741)
+    log_format: str = "text"
+    log_level: str = "info"
+    base_dir: Path = Path(".")
+
+
+def _host_port(value: Any, path: str) -> tuple[str, int]:
+    text = fields.string(value, path, 300)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise PeerMapError(path, "must be host:port")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise PeerMapError(path, f"{host!r} is not an IP address") from None
+    return host, fields.integer(int(port), path, 0, 65535)
+
+
+def _ike_settings(value: Any, path: str) -> IkeSettings:
+    doc = fields.obj(value, path, set(), {"port", "nattPort", "dpd", "fragmentSize", "forceEncap", "childless",
+                                         "retransmitTimeout", "retransmitTries", "cookieThreshold",
+                                         "halfOpenLimit"})
+    d = IkeSettings()
+    return IkeSettings(
+        port=fields.integer(doc.get("port", d.port), f"{path}.port", 0, 65535),
+        natt_port=fields.integer(doc.get("nattPort", d.natt_port), f"{path}.nattPort", 0, 65535),
+        dpd=fields.duration(doc.get("dpd", d.dpd), f"{path}.dpd"),
+        fragment_size=fields.integer(doc.get("fragmentSize", d.fragment_size), f"{path}.fragmentSize", 576, 65000),
+        force_encap=fields.boolean(doc.get("forceEncap", d.force_encap), f"{path}.forceEncap"),
+        childless=fields.string(doc.get("childless", d.childless), f"{path}.childless", 8),
+        retransmit_timeout=float(fields.integer(int(doc.get("retransmitTimeout", d.retransmit_timeout)),
+                                                f"{path}.retransmitTimeout", 1, 60)),
+        retransmit_tries=fields.integer(doc.get("retransmitTries", d.retransmit_tries), f"{path}.retransmitTries",
+                                        0, 10),
+        cookie_threshold=fields.integer(doc.get("cookieThreshold", d.cookie_threshold), f"{path}.cookieThreshold",
+                                        0, 1_000_000),
+        half_open_limit=fields.integer(doc.get("halfOpenLimit", d.half_open_limit), f"{path}.halfOpenLimit",
+                                       1, 1_000_000),
+    )
+
+
+def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
+    doc = fields.obj(document, "", set(), {"peerMap", "peerMapFile", "certificate", "dataplane", "netns",
+                                           "initiate", "ike", "status", "log"})
+    if ("peerMap" in doc) == ("peerMapFile" in doc):
+        raise PeerMapError("", "needs exactly one of peerMap or peerMapFile")
+    if "peerMap" in doc:
+        peer_map = PeerMap.from_dict(doc["peerMap"], base_dir=base_dir)
+    else:
+        peer_map = load_peer_map_file(base_dir / fields.string(doc["peerMapFile"], "peerMapFile", 4096))
+    cert = key = None
+    if "certificate" in doc:
+        c = fields.obj(doc["certificate"], "certificate", {"cert", "key"})
+        cert = base_dir / fields.string(c["cert"], "certificate.cert", 4096)
+        key = base_dir / fields.string(c["key"], "certificate.key", 4096)
+    dataplane = fields.string(doc.get("dataplane", "xfrm"), "dataplane", 8)
+    if dataplane not in DATAPLANES:
+        raise PeerMapError("dataplane", f"must be one of {', '.join(DATAPLANES)}")
+    status = fields.obj(doc.get("status", {}), "status", set(), {"listen"})
+    listen = status.get("listen", "127.0.0.1:9741")
+    log = fields.obj(doc.get("log", {}), "log", set(), {"format", "level"})
+    log_format = fields.string(log.get("format", "text"), "log.format", 8)
+    if log_format not in ("text", "json"):
+        raise PeerMapError("log.format", "must be text or json")
+    return AgentConfig(
+        peer_map=peer_map,
+        dataplane=dataplane,
+        netns=fields.string(doc["netns"], "netns", 255) if "netns" in doc else None,
+        cert_file=cert,
+        key_file=key,
+        initiate=tuple(str(a) for a in fields.array(doc.get("initiate", []), "initiate", fields.address, 4096)),
+        ike=_ike_settings(doc.get("ike", {}), "ike"),
+        status_listen=None if listen in (None, "", "off") else _host_port(listen, "status.listen"),
+        log_format=log_format,
+        log_level=fields.string(log.get("level", "info"), "log.level", 10),
+        base_dir=base_dir,
+    )
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not YAML: {exc}") from None
+    try:
+        return parse_agent_config(document, path.parent)
+    except PeerMapError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,147 @@
+"""From the peer map to what the IKE core and the data plane need.
+
+`PeerSet` answers, for a remote address: which peering covers it (longest prefix
+wins), and the `PeerConfig` to negotiate with it. Configs are built on first use
+and cached per address, so a peer map with a /16 of remote pods costs nothing until
+a pod there talks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography import x509
+
+from ..ike.auth import CertCredential, PskCredential
+from ..ike.certs import TrustStore
+from ..ike.config import ChildConfig, Lifetime, PeerConfig, Retransmit
+from ..ike.constants import ProtocolId
+from ..ike.identity import Identity
+from ..ike.payloads import TrafficSelector
+from ..ike.proposals import parse_proposal
+from ..meshapi.model import AuthKind, Enforcement, Peer, PeerMap, PeeringPolicy
+from .config import IkeSettings
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CredentialError(ValueError):
+    """A peering needs a credential the sidecar does not have."""
+
+
+@dataclass(frozen=True)
+class PeerEntry:
+    """One peer network of one peering: the unit of policy programming."""
+
+    policy: PeeringPolicy
+    peer: Peer
+    network: IpNetwork
+
+    @property
+    def enforcement(self) -> Enforcement:
+        return self.policy.enforcement
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.policy.name, self.peer.name, str(self.network))
+
+
+def _lifetime(seconds: int) -> Lifetime:
+    # Rekey at 90% of the configured lifetime, minus up to 10% jitter; hard limit at 110%.
+    seconds = max(seconds, 10)
+    return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1)
+
+
+class PeerSet:
+    def __init__(self, peer_map: PeerMap, ike: IkeSettings, *, private_key=None,
+                 chain: tuple[x509.Certificate, ...] = ()):
+        self.peer_map = peer_map
+        self.ike = ike
+        self.local_id = Identity.parse(f"fqdn:{peer_map.local.identity}")
+        self.local_addresses = tuple(str(a) for a in peer_map.local.addresses)
+        self._cert = CertCredential(private_key, list(chain)) if private_key is not None and chain else None
+        self.entries: list[PeerEntry] = [
+            PeerEntry(policy, peer, network)
+            for policy in peer_map.policies for peer in policy.peers for network in peer.addresses
+        ]
+        # Longest prefix first, so the first containing network is the most specific.
+        self._by_prefix = sorted(self.entries, key=lambda e: (e.network.version, -e.network.prefixlen))
+        self._configs: dict[tuple[str, str], PeerConfig | None] = {}
+
+    def entry_for(self, remote: str) -> PeerEntry | None:
+        try:
+            address = ipaddress.ip_address(remote)
+        except ValueError:
+            return None
+        for entry in self._by_prefix:
+            if entry.network.version == address.version and address in entry.network:
+                return entry
+        return None
+
+    def local_address_for(self, remote: str) -> str | None:
+        version = ipaddress.ip_address(remote).version
+        for a in self.local_addresses:
+            if ipaddress.ip_address(a).version == version:
+                return a
+        return None
+
+    def lookup(self, local: str, remote: str) -> PeerConfig | None:
+        """The IKE core's ConfigLookup: None refuses peers outside the peer set."""
+        key = (local, remote)
+        if key not in self._configs:
+            entry = self.entry_for(remote)
+            self._configs[key] = self._build(entry, local, remote) if entry is not None else None
+        return self._configs[key]
+
+    def child_for(self, local: str, remote: str) -> ChildConfig | None:
+        config = self.lookup(local, remote)
+        return config.children[0] if config and config.children else None
+
+    def _credential(self, policy: PeeringPolicy):
+        if policy.auth is AuthKind.PSK:
+            key = next(k for k in policy.psk_keys if k.initiate)
+            return PskCredential(key.secret)
+        if self._cert is None:
+            raise CredentialError(f"peering {policy.name} uses certificates, but the sidecar has none")
+        return self._cert
+
+    def _build(self, entry: PeerEntry, local: str, remote: str) -> PeerConfig:
+        policy, peer = entry.policy, entry.peer
+        ike = self.ike
+        child = ChildConfig(
+            name=policy.name,
+            local_ts=(TrafficSelector.for_address(local),),
+            remote_ts=(TrafficSelector.for_address(remote),),
+            esp_proposals=tuple(parse_proposal(p, ProtocolId.ESP) for p in policy.esp_proposals),
+            mode="transport",
+            lifetime=_lifetime(policy.lifetimes.child_seconds),
+            tfc_padding=1280 if policy.tfc_padding else 0,
+        )
+        trust = None
+        if policy.auth is AuthKind.CERTIFICATE:
+            trust = _trust_store(peer.trust_bundle or self.peer_map.trust_bundle)
+        return PeerConfig(
+            name=f"{policy.name}/{peer.name}",
+            local_id=self.local_id,
+            credential=self._credential(policy),
+            remote_ids=tuple(peer.identities),
+            psks=tuple(k.secret for k in policy.psk_keys),
+            trust=trust,
+            ike_proposals=tuple(parse_proposal(p, ProtocolId.IKE) for p in policy.ike_proposals),
+            children=(child,),
+            ike_lifetime=_lifetime(policy.lifetimes.ike_seconds),
+            dpd_delay=float(ike.dpd),
+            retransmit=Retransmit(timeout=ike.retransmit_timeout, tries=ike.retransmit_tries),
+            fragment_size=ike.fragment_size,
+            force_encap=ike.force_encap,
+            childless=ike.childless,
+        )
+
+
+@lru_cache(maxsize=64)
+def _trust_store(pems: tuple[str, ...]) -> TrustStore | None:
+    if not pems:
+        return None
+    return TrustStore([x509.load_pem_x509_certificate(p.encode()) for p in pems])

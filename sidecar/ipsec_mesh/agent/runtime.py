@@ -1,0 +1,246 @@
+"""The sidecar process: asyncio around the sans-IO IKE endpoint and a data plane.
+
+Order matters for zero loss and fail-closed behaviour:
+- at start the data plane puts its policies in place (blocking under `require`)
+  before any IKE socket opens; readiness is reported only after that;
+- after every call into the endpoint, events (SA installs) are applied BEFORE the
+  datagrams they belong to are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import time
+
+from ..ike.constants import NON_ESP_MARKER
+from ..ike.endpoint import IkeEndpoint
+from ..ike.events import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    IkeSaClosed,
+    IkeSaEstablished,
+    NegotiationFailed,
+)
+from ..ike.message import strip_non_esp_marker
+from .config import AgentConfig
+from .dataplane import Acquire, DataPlane, HardExpire, SoftExpire
+from .metrics import Metrics
+from .peers import PeerSet
+
+log = logging.getLogger("ipsec_mesh.agent")
+
+
+class _IkeSocket(asyncio.DatagramProtocol):
+    def __init__(self, agent: "Agent", local: tuple[str, int], natt: bool):
+        self.agent = agent
+        self.local = local
+        self.natt = natt
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if self.natt:
+            stripped = strip_non_esp_marker(data)
+            if stripped is None:
+                return  # a NAT keepalive (0xff), or ESP the kernel did not take
+            data = stripped
+        self.agent.receive(data, self.local, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("IKE socket %s: %s", self.local, exc)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, dataplane: DataPlane, peers: PeerSet):
+        self.config = config
+        self.dataplane = dataplane
+        self.peers = peers
+        self.metrics = Metrics()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.endpoint = IkeEndpoint(peers.lookup, cookie_threshold=config.ike.cookie_threshold,
+                                    half_open_limit=config.ike.half_open_limit)
+        self.sockets: dict[tuple[str, int], _IkeSocket] = {}
+        self.ready = False
+        self.started_at = time.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+
+    # -- inputs -----------------------------------------------------------------------
+    def now(self) -> float:
+        return self.loop.time()
+
+    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        self.endpoint.receive(data, local, remote, self.now())
+        self.flush()
+
+    def initiate(self, remote: str) -> None:
+        local = self.peers.local_address_for(remote)
+        config = self.peers.lookup(local, remote) if local else None
+        if config is None:
+            log.warning("cannot initiate to %s: not in the peer set", remote)
+            return
+        self.endpoint.acquire(config, (local, self.config.ike.port), (remote, self.config.ike.port),
+                              self.now(), config.children[0])
+        self.flush()
+
+    def _on_dataplane_readable(self) -> None:
+        for event in self.dataplane.read_events():
+            now = self.now()
+            if isinstance(event, Acquire):
+                self.metrics.acquires.inc()
+                local = event.local or self.peers.local_address_for(event.remote)
+                config = self.peers.lookup(local, event.remote) if local else None
+                if config is None:
+                    continue
+                self.endpoint.acquire(config, (local, self.config.ike.port),
+                                      (event.remote, self.config.ike.port), now, config.children[0])
+            elif isinstance(event, SoftExpire):
+                self.endpoint.rekey_child(event.inbound_spi, now)
+            elif isinstance(event, HardExpire):
+                self.endpoint.delete_child(event.inbound_spi, now, "expired")
+        self.flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.endpoint.tick(self.now())
+        self.flush()
+
+    # -- outputs ----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Apply events to the data plane, then send datagrams, then re-arm the timer."""
+        for event in self.endpoint.events():
+            self._apply(event)
+        for d in self.endpoint.datagrams():
+            sock = self.sockets.get(d.local)
+            if sock is None or sock.transport is None:
+                log.warning("no IKE socket bound to %s:%d", *d.local)
+                continue
+            payload = d.data if not sock.natt or d.data == b"\xff" else NON_ESP_MARKER + d.data
+            sock.transport.sendto(payload, d.remote)
+        self._arm_timer()
+
+    def _apply(self, event) -> None:
+        m = self.metrics
+        try:
+            if isinstance(event, ChildSaInstallInbound):
+                self.dataplane.install_inbound(event.child)
+                if event.rekey_of is not None:
+                    m.child_rekeys.inc()
+            elif isinstance(event, ChildSaInstallOutbound):
+                self.dataplane.install_outbound(event.child)
+                m.child_established.inc()
+            elif isinstance(event, ChildSaDeleted):
+                self.dataplane.remove(event)
+            elif isinstance(event, IkeSaEstablished):
+                (m.ike_rekeys if event.rekeyed_from else m.ike_established).inc()
+            elif isinstance(event, IkeSaClosed):
+                m.ike_closed.labels(event.reason).inc()
+            elif isinstance(event, NegotiationFailed):
+                m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
+                log.warning("negotiation with %s failed: %s", event.remote_addr, event.reason)
+            elif isinstance(event, ChildSaFailed):
+                m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
+        except Exception:
+            # A data plane failure must not take the IKE side down; it is counted and logged.
+            m.failures.labels("dataplane").inc()
+            log.exception("data plane failed to apply %s", type(event).__name__)
+
+    def _arm_timer(self) -> None:
+        due = self.endpoint.next_timer()
+        if self._timer is not None:
+            if due is not None and abs(self._timer.when() - due) < 1e-3:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            self._timer = self.loop.call_at(max(due, self.loop.time()), self._on_timer)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        # Policies first: under `require`, nothing leaves in plaintext from here on.
+        self.dataplane.start(self.peers)
+        for address in self.peers.local_addresses:
+            for port, natt in ((self.config.ike.port, False), (self.config.ike.natt_port, True)):
+                await self._open_socket(address, port, natt)
+        fd = self.dataplane.fileno()
+        if fd is not None:
+            self.loop.add_reader(fd, self._on_dataplane_readable)
+        self.ready = True
+        log.info("sidecar ready: %s, %d peer networks, data plane %s", self.peers.local_id,
+                 len(self.peers.entries), self.dataplane.name)
+        for remote in self.config.initiate:
+            self.initiate(remote)
+
+    async def _open_socket(self, address: str, port: int, natt: bool) -> None:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.dataplane.prepare_socket(sock, natt)  # per-socket policy bypass, UDP_ENCAP on 4500
+        sock.bind((address, port))
+        sock.setblocking(False)
+        bound = sock.getsockname()[:2]
+        protocol = _IkeSocket(self, (address, bound[1]), natt)
+        await self.loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        self.sockets[(address, bound[1])] = protocol
+
+    async def stop(self) -> None:
+        """Tell every peer we are going (INFORMATIONAL delete), then remove our SAs."""
+        if self.loop is None:
+            return
+        self.endpoint.shutdown(self.now())
+        self.flush()
+        await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
+        if self._timer is not None:
+            self._timer.cancel()
+        fd = self.dataplane.fileno()
+        if fd is not None:
+            self.loop.remove_reader(fd)
+        for sock in self.sockets.values():
+            if sock.transport is not None:
+                sock.transport.close()
+        self.dataplane.stop()
+        self.ready = False
+
+    async def run_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stopping.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    # -- status -----------------------------------------------------------------------
+    def status(self) -> dict:
+        return {
+            "identity": str(self.peers.local_id),
+            "addresses": list(self.peers.local_addresses),
+            "ready": self.ready,
+            "uptime": round(time.time() - self.started_at, 1),
+            "peer_map_version": self.peers.peer_map.version,
+            "dataplane": self.dataplane.status(),
+            "ike_sas": self.endpoint.status(),
+            "counters": dict(self.endpoint.counters),
+        }
+
+
+def _failure_reason(reason: str, notify: int | None) -> str:
+    from ..ike.constants import notify_name
+
+    if notify is not None:
+        return notify_name(notify).lower()
+    return "timeout" if "no response" in reason else "other"

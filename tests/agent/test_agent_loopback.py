@@ -1,0 +1,115 @@
+"""Two real sidecar agents over loopback UDP (no data plane): IKE, status endpoint, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ipsec_mesh.agent.config import parse_agent_config
+from ipsec_mesh.agent.dataplane import NullDataPlane
+from ipsec_mesh.agent.peers import PeerSet
+from ipsec_mesh.agent.runtime import Agent
+from ipsec_mesh.agent.status_server import StatusServer
+
+PSK = base64.b64encode(b"k" * 32).decode()
+PORT = 20000 + os.getpid() % 10000
+
+
+def agent_document(local: str, remote: str, *, initiate: bool) -> dict:
+    return {
+        "peerMap": {
+            "local": {"identity": f"{local.replace('.', '-')}.default.pod.mesh.test", "addresses": [local]},
+            "peerings": [{
+                "name": "demo",
+                "authentication": "psk",
+                "psk": [{"id": "k1", "value": PSK}],
+                "peers": [{"name": "other", "addresses": [f"{remote}/32"],
+                           "identities": [f"{remote.replace('.', '-')}.default.pod.mesh.test"]}],
+            }],
+        },
+        "dataplane": "none",
+        "initiate": [remote] if initiate else [],
+        "ike": {"port": PORT, "nattPort": PORT + 1},
+        "status": {"listen": f"{local}:0"},
+    }
+
+
+async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(1 << 20), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def make_agent(local: str, remote: str, initiate: bool) -> Agent:
+    config = parse_agent_config(agent_document(local, remote, initiate=initiate), Path("."))
+    return Agent(config, NullDataPlane(), PeerSet(config.peer_map, config.ike))
+
+
+async def test_two_agents_establish_and_report_status():
+    a = make_agent("127.0.0.1", "127.0.0.2", initiate=True)
+    b = make_agent("127.0.0.2", "127.0.0.1", initiate=False)
+    status_a = StatusServer(a, "127.0.0.1", 0)
+    await status_a.start()
+    await b.start()
+    await a.start()
+    try:
+        await wait_for(lambda: a.dataplane.outbound and b.dataplane.outbound)
+        assert set(a.dataplane.outbound) == set(b.dataplane.inbound)
+        assert set(b.dataplane.outbound) == set(a.dataplane.inbound)
+        code, body = await http_get("127.0.0.1", status_a.port, "/status")
+        status = json.loads(body)
+        assert code == 200 and status["ready"] and status["ike_sas"][0]["state"] == "established"
+        assert status["ike_sas"][0]["children"][0]["mode"] == "transport"
+        assert "k" * 8 not in body.decode() and PSK not in body.decode()  # no key material
+        code, metrics = await http_get("127.0.0.1", status_a.port, "/metrics")
+        assert code == 200 and b"ipsec_mesh_ike_sa_established_total 1.0" in metrics
+        assert (await http_get("127.0.0.1", status_a.port, "/readyz"))[0] == 200
+        assert (await http_get("127.0.0.1", status_a.port, "/nope"))[0] == 404
+    finally:
+        await a.stop()
+        await wait_for(lambda: not b.dataplane.inbound, 5)  # a's delete reached b
+        await b.stop()
+        await status_a.stop()
+
+
+async def test_status_server_refuses_garbage():
+    a = make_agent("127.0.0.1", "127.0.0.2", initiate=False)
+    server = StatusServer(a, "127.0.0.1", 0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x00\xff garbage\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(4096), 5)
+        assert data.startswith(b"HTTP/1.0 400")
+        writer.close()
+    finally:
+        await server.stop()
+
+
+def test_config_errors_name_the_field():
+    doc = agent_document("127.0.0.1", "127.0.0.2", initiate=False)
+    doc["dataplane"] = "quantum"
+    with pytest.raises(Exception, match="dataplane"):
+        parse_agent_config(doc, Path("."))
+    doc = agent_document("127.0.0.1", "127.0.0.2", initiate=False)
+    doc["bogus"] = 1
+    with pytest.raises(Exception, match="bogus"):
+        parse_agent_config(doc, Path("."))
