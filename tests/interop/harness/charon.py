@@ -130,6 +130,15 @@ class Charon:
             target.chmod(0o600)
         return filename
 
+    def add_identity(self, name: str, cert_pem: bytes, key_pem: bytes,
+                     ca_pems: tuple[bytes, ...] = ()) -> str:
+        """Own certificate + private key (+ trusted CAs); returns the cert file name
+        for ``Connection.local_certs``."""
+        for index, ca_pem in enumerate(ca_pems):
+            self.add_credential("cacert", f"ca-{index}.pem", ca_pem)
+        self.add_credential("key", f"{name}.pem", key_pem)
+        return self.add_credential("cert", f"{name}.pem", cert_pem)
+
     def strongswan_conf(self) -> str:
         charon: Tree = merge({
             "load": LOAD,
