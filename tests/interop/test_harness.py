@@ -177,10 +177,16 @@ def test_terminate_reaches_peer(topology, charons):
     left, right = charons.pair(*sides(topology.pair()), proposals=IKE_PROPOSAL,
                                childless="force")
     left.initiate(ike="conn")
-    right.wait_established("conn")
-    left.terminate(ike="conn")
-    assert left.list_sas() == []
+    established = right.wait_established("conn")
+    with right.vici() as session:
+        session.subscribe("ike-updown")
+        left.terminate(ike="conn")
+        assert left.list_sas() == []
+        event = next(session.events(timeout=5), None)
     right.wait_gone("conn", timeout=5)
+    assert event is not None and event[0] == "ike-updown"
+    assert "up" not in event[1]   # vici marks only "up" events with up=yes
+    assert event[1]["conn"]["responder-spi"] == established.spi_r
     assert "received DELETE for IKE_SA" in right.log
 
 

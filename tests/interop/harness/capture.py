@@ -70,8 +70,8 @@ class Capture:
         with open(self.stderr_path, "wb") as stderr:
             # Immediate mode and -U: every packet reaches the file before SIGINT.
             self.process = self.ns.popen(
-                ["tcpdump", "-n", "-U", "--immediate-mode", "-s", "0", "-i", self.iface, "-w", str(self.path),
-                 self.bpf], stdout=subprocess.DEVNULL, stderr=stderr)
+                ["tcpdump", "-n", "-U", "--immediate-mode", "-s", "0", "-i", self.iface,
+                 "-w", str(self.path), self.bpf], stdout=subprocess.DEVNULL, stderr=stderr)
         wait_for(self._listening, timeout, 0.05, f"tcpdump on {self.ns.role}/{self.iface}")
         return self
 

@@ -219,10 +219,13 @@ class ViciSession:
             if answer != EVENT:  # events of an earlier registration may still arrive
                 raise ViciError(f"unexpected vici packet type {answer} on (un)register")
 
-    def listen(self, events: list[str], timeout: float) -> Iterator[tuple[str, Message]]:
-        """Yield (event name, message) for the given events until ``timeout`` elapses."""
+    def subscribe(self, *events: str) -> None:
+        """Register for events (ike-updown, child-updown, ike-rekey, child-rekey...)."""
         for event in events:
             self._register(EVENT_REGISTER, event)
+
+    def events(self, timeout: float) -> Iterator[tuple[str, Message]]:
+        """Yield (event name, message) of subscribed events until ``timeout`` elapses."""
         deadline = time.monotonic() + timeout
         try:
             while (left := deadline - time.monotonic()) > 0:
