@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,12 @@ class Capture:
             raise CaptureError(f"tcpdump exited: {text.strip()}")
         return "listening on" in text
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGINT lets tcpdump flush; safe to call twice."""
+    def stop(self, settle: float = 0.3, timeout: float = 5.0) -> None:
+        """Let in-flight packets arrive (``settle`` s), then SIGINT so tcpdump
+        flushes; safe to call twice."""
         if self.process is None or self.process.poll() is not None:
             return
+        time.sleep(settle)
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout)

@@ -267,8 +267,8 @@ class Charon:
 
     def list_sas(self, ike: str | None = None) -> list[IkeSa]:
         with self.vici() as session:
-            _, events = session.streamed("list-sas", "list-sa",
-                                         _drop_none({"ike": ike, "noblock": True}))
+            # Not noblock: that would skip IKE_SAs a worker thread holds right now.
+            _, events = session.streamed("list-sas", "list-sa", _drop_none({"ike": ike}))
         return [IkeSa.from_vici(name, raw)
                 for event in events for name, raw in event.items() if isinstance(raw, dict)]
 
