@@ -250,3 +250,31 @@ def test_trap_policy_acquire_starts_child(topology, charons, shim_path):
     pair.left.call(send_datagram)
     right.wait_established("conn", ("child",))
     assert "acquire" in left.log.lower()
+
+
+def _udp_echo_once(addr: str, port: int) -> str:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.bind((addr, port))
+        _, peer = sock.recvfrom(64)
+        return peer[0]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_namespace_subprocess_and_callable(topology, family):
+    pair = topology.pair(ipv6=True)
+    right_addr, left_addr = pair.right.addrs[family], pair.left.addrs[family]
+    script = ("import socket, sys\n"
+              f"s = socket.socket(socket.{'AF_INET6' if family == 'ipv6' else 'AF_INET'},"
+              " socket.SOCK_DGRAM)\n"
+              "for _ in range(50):\n"
+              f"    s.sendto(b'x', ({right_addr!r}, 9999))\n"
+              "    __import__('time').sleep(0.05)\n")
+    sender = pair.left.popen(pair.left.python_argv("-c", script))
+    try:
+        assert pair.right.call(_udp_echo_once, right_addr, 9999) == left_addr
+    finally:
+        sender.kill()
+    links = pair.left.run(["ip", "-br", "link"]).stdout
+    assert "eth0" in links and len(links.splitlines()) == 2   # lo and eth0 only
