@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .charon import wait_for
-from .netns import Namespace
+from .netns import Namespace, stop_process
 
 IKE_FILTER = "udp port 500 or udp port 4500 or esp"
 # IKEv2 exchange types (RFC 7296 / IANA) as tshark prints them numerically.
@@ -88,12 +88,7 @@ class Capture:
         if self.process is None or self.process.poll() is not None:
             return
         time.sleep(settle)
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, signal.SIGINT, timeout)
 
     def tshark(self, *args: str, timeout: float = 60.0) -> str:
         """Run tshark on the capture file (e.g. ``"-V", "-Y", "isakmp"``)."""

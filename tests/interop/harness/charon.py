@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .netns import Namespace
+from .netns import Namespace, stop_process
 from .swanctl import Connection, IkeSa, Tree, render
 from .vici import ViciError, ViciSession
 
@@ -72,6 +72,12 @@ class Charon:
         self.ns = ns
         self.name = name
         self.dir = Path(workdir) / name
+        self.conf_path = self.dir / "strongswan.conf"
+        self.swanctl_dir = self.dir / "swanctl"
+        self.socket_path = self.dir / "run" / "charon.vici"
+        self.log_path = self.dir / "charon.log"
+        # One line per SA request the fake-ESP shim rewrote (NEWSA->noop...).
+        self.shim_log_path = self.dir / "xfrm_shim.log"
         self.fake_esp = fake_esp
         self.shim_path = shim_path
         if fake_esp and shim_path is None:
@@ -83,28 +89,6 @@ class Charon:
         self.connections: dict[str, Connection] = {}
         self.secrets: Tree = {}
         self.process: subprocess.Popen | None = None
-
-    # --- paths --------------------------------------------------------------
-    @property
-    def conf_path(self) -> Path:
-        return self.dir / "strongswan.conf"
-
-    @property
-    def swanctl_dir(self) -> Path:
-        return self.dir / "swanctl"
-
-    @property
-    def socket_path(self) -> Path:
-        return self.dir / "run" / "charon.vici"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "charon.log"
-
-    @property
-    def shim_log_path(self) -> Path:
-        """One line per SA request the fake-ESP shim rewrote (NEWSA->noop...)."""
-        return self.dir / "xfrm_shim.log"
 
     @property
     def log(self) -> str:
@@ -221,14 +205,7 @@ class Charon:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; safe to call twice."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, signal.SIGTERM, timeout)
 
     def cleanup(self) -> None:
         self.stop()

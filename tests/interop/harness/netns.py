@@ -58,6 +58,19 @@ def remove_stale_namespaces() -> None:
             subprocess.run(["ip", "netns", "del", match.group(1)], capture_output=True)
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
+                 timeout: float = 5.0) -> None:
+    """Send ``sig``, SIGKILL if still alive after ``timeout``; no-op if already gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _enter_netns(name: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
@@ -149,12 +162,7 @@ class Namespace:
     def kill_processes(self) -> None:
         """Stop what we started here: our Popen children, then anything still inside."""
         for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_process(proc, signal.SIGKILL)
         for pid in self.pids():  # only processes living in our own namespace
             try:
                 os.kill(pid, signal.SIGKILL)
