@@ -1,0 +1,1 @@
+"""Interop tests against strongSwan charon (see README.md)."""

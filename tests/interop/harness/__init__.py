@@ -1,0 +1,1 @@
+"""Interop test harness: network namespaces, strongSwan charon over vici, captures."""

@@ -1,0 +1,278 @@
+"""Network namespaces joined by veth pairs, for interop tests on the host kernel.
+
+Every name carries the pytest process id so parallel runs never collide, and a
+``Topology`` removes its namespaces (and kills the processes it started in them)
+when closed, whatever happened in the test.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Callable, Sequence
+
+NAME_PREFIX = "ipsecmesh"
+_CLONE_NEWNET = 0x40000000
+_sequence = count(1)
+
+
+class NetnsError(RuntimeError):
+    """A namespace command failed; the message carries its output."""
+
+
+def _check(cmd: Sequence[str], timeout: float = 15.0) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise NetnsError(f"{' '.join(cmd)} -> {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def netns_supported() -> str | None:
+    """None when namespaces can be created here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "not root: network namespaces need CAP_SYS_ADMIN"
+    probe = f"{NAME_PREFIX}-{os.getpid()}-probe"
+    try:
+        _check(["ip", "netns", "add", probe])
+        _check(["ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up"])
+    except (OSError, NetnsError, subprocess.TimeoutExpired) as exc:
+        return f"'ip netns' does not work here: {exc}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def remove_stale_namespaces() -> None:
+    """Delete namespaces left by earlier runs whose pytest process is gone."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
+        match = re.match(rf"({NAME_PREFIX}-(\d+)-\S+)", line)
+        if match and not os.path.exists(f"/proc/{match.group(2)}"):
+            subprocess.run(["ip", "netns", "del", match.group(1)], capture_output=True)
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
+                 timeout: float = 5.0) -> None:
+    """Send ``sig``, SIGKILL if still alive after ``timeout``; no-op if already gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _enter_netns(name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns({name}) failed")
+    finally:
+        os.close(fd)
+
+
+def _call_in_netns(name: str, func: Callable[..., Any], args: tuple, kwargs: dict,
+                   conn: Any) -> None:
+    try:
+        _enter_netns(name)
+        conn.send((True, func(*args, **kwargs)))
+    except BaseException as exc:  # report every failure to the parent
+        conn.send((False, exc))
+    finally:
+        conn.close()
+
+
+@dataclass
+class Namespace:
+    """One network namespace; commands run in it through ``ip netns exec``."""
+
+    name: str
+    role: str
+    addrs: dict[str, str] = field(default_factory=dict)  # "ipv4"/"ipv6" -> address
+    _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
+
+    @property
+    def ipv4(self) -> str:
+        return self.addrs["ipv4"]
+
+    @property
+    def ipv6(self) -> str:
+        return self.addrs["ipv6"]
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def run(self, cmd: Sequence[str] | str, check: bool = True, timeout: float = 30.0,
+            **kwargs: Any) -> subprocess.CompletedProcess:
+        """Run a command (argv list, or a string for ``sh -c``) and wait for it."""
+        argv = self._argv(cmd)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+        if check and proc.returncode != 0:
+            raise NetnsError(f"[{self.role}] {' '.join(argv)} -> {proc.returncode}: "
+                             f"{proc.stderr.strip()}")
+        return proc
+
+    def popen(self, cmd: Sequence[str] | str, **kwargs: Any) -> subprocess.Popen:
+        """Start a command in the namespace; the topology kills it on close."""
+        kwargs.setdefault("start_new_session", True)
+        proc = subprocess.Popen(self._argv(cmd), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def python_argv(self, *args: str) -> list[str]:
+        """argv running this interpreter in the namespace, e.g. ``("-m", "pkg")``."""
+        return self.exec_prefix() + [sys.executable, *args]
+
+    def call(self, func: Callable[..., Any], *args: Any, timeout: float = 30.0,
+             **kwargs: Any) -> Any:
+        """Run a picklable-result callable in a forked child inside the namespace."""
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe(duplex=False)
+        worker = ctx.Process(target=_call_in_netns,
+                             args=(self.name, func, args, kwargs, child), daemon=True)
+        worker.start()
+        child.close()
+        try:
+            if not parent.poll(timeout):
+                raise TimeoutError(f"[{self.role}] {func!r} did not finish in {timeout}s")
+            ok, value = parent.recv()
+        finally:
+            if worker.is_alive():
+                worker.kill()
+            worker.join(5)
+            parent.close()
+        if not ok:
+            raise value
+        return value
+
+    def pids(self) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill_processes(self) -> None:
+        """Stop what we started here: our Popen children, then anything still inside."""
+        for proc in self._procs:
+            stop_process(proc, signal.SIGKILL)
+        for pid in self.pids():  # only processes living in our own namespace
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _argv(self, cmd: Sequence[str] | str) -> list[str]:
+        if isinstance(cmd, str):
+            return self.exec_prefix() + ["sh", "-c", cmd]
+        return self.exec_prefix() + list(cmd)
+
+
+@dataclass
+class Pair:
+    left: Namespace
+    right: Namespace
+
+
+@dataclass
+class NatTopology:
+    """``left`` sits behind ``router``, which masquerades towards ``right``."""
+
+    left: Namespace
+    router: Namespace
+    right: Namespace
+
+
+class Topology:
+    """Owns namespaces for one test; use as a context manager or call close()."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[Namespace] = []
+        self._id = f"{NAME_PREFIX}-{os.getpid()}-{next(_sequence)}"
+
+    def __enter__(self) -> "Topology":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def namespace(self, role: str) -> Namespace:
+        ns = Namespace(f"{self._id}-{role}", role)
+        _check(["ip", "netns", "add", ns.name])
+        self.namespaces.append(ns)
+        ns.run(["ip", "link", "set", "lo", "up"])
+        # No IPv6 DAD delay: addresses must be usable the moment tests start.
+        ns.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0"])
+        return ns
+
+    def link(self, a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
+        """A veth pair, created straight into both namespaces (no host-side names)."""
+        a.run(["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if,
+               "netns", b.name])
+        a.run(["ip", "link", "set", a_if, "up"])
+        b.run(["ip", "link", "set", b_if, "up"])
+
+    @staticmethod
+    def address(ns: Namespace, ifname: str, cidr: str) -> None:
+        extra = ["nodad"] if ":" in cidr else []
+        ns.run(["ip", "addr", "add", cidr, "dev", ifname, *extra])
+        ns.addrs.setdefault("ipv6" if ":" in cidr else "ipv4", cidr.split("/")[0])
+
+    def pair(self, ipv6: bool = True) -> Pair:
+        """Two namespaces on one link: left 10.0.0.1 / fd00::1, right .2 / ::2."""
+        left, right = self.namespace("left"), self.namespace("right")
+        self.link(left, "eth0", right, "eth0")
+        for host, ns in ((1, left), (2, right)):
+            self.address(ns, "eth0", f"10.0.0.{host}/24")
+            if ipv6:
+                self.address(ns, "eth0", f"fd00::{host}/64")
+        return Pair(left, right)
+
+    def nat(self, ipv6: bool = False) -> NatTopology:
+        """left (192.168.1.2) -> router (masquerade) -> right (203.0.113.2).
+
+        With ipv6, the same with fd01::/64 behind fd02::/64 and NAT66 masquerade.
+        """
+        left, router, right = (self.namespace(r) for r in ("left", "router", "right"))
+        self.link(left, "eth0", router, "inside")
+        self.link(router, "outside", right, "eth0")
+        self.address(left, "eth0", "192.168.1.2/24")
+        self.address(router, "inside", "192.168.1.1/24")
+        self.address(router, "outside", "203.0.113.1/24")
+        self.address(right, "eth0", "203.0.113.2/24")
+        left.run(["ip", "route", "add", "default", "via", "192.168.1.1"])
+        router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if ipv6:
+            self.address(left, "eth0", "fd01::2/64")
+            self.address(router, "inside", "fd01::1/64")
+            self.address(router, "outside", "fd02::1/64")
+            self.address(right, "eth0", "fd02::2/64")
+            left.run(["ip", "-6", "route", "add", "default", "via", "fd01::1"])
+            router.run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        ruleset = ("table inet nat {\n"
+                   " chain postrouting {\n"
+                   "  type nat hook postrouting priority srcnat; policy accept;\n"
+                   '  oifname "outside" masquerade\n'
+                   " }\n}\n")
+        router.run(["nft", "-f", "-"], input=ruleset)
+        return NatTopology(left, router, right)
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            ns.kill_processes()
+        deadline = time.monotonic() + 10
+        for ns in reversed(self.namespaces):
+            while True:
+                gone = subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+                if gone.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        self.namespaces.clear()
