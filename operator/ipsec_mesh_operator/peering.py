@@ -15,7 +15,7 @@ from typing import Any
 from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError
 from ipsec_mesh.meshapi import fields
 from ipsec_mesh.meshapi.identity import check_dns_name
-from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE, parse_esp, parse_ike
+from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
 
 from .selectors import LabelSelector, SelectorError
 
@@ -132,7 +132,7 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
         psk_rotation_interval=duration(auth_spec, "pskRotationInterval", "pskRotationInterval",
                                        "spec.authentication.pskRotationInterval"),
         psk_overlap=duration(auth_spec, "pskOverlap", "pskOverlap", "spec.authentication.pskOverlap"),
-        ike_proposals=c.check(_proposals, proposals.get("ike", [DEFAULT_IKE]), "spec.proposals.ike", parse_ike,
+        ike_proposals=c.check(_proposals, proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), "spec.proposals.ike", parse_ike,
                               default=()),
         esp_proposals=c.check(_proposals, proposals.get("esp", [DEFAULT_ESP]), "spec.proposals.esp", parse_esp,
                               default=()),

@@ -82,7 +82,7 @@ def _ike_settings(value: Any, path: str) -> IkeSettings:
     return IkeSettings(
         port=fields.integer(doc.get("port", d.port), f"{path}.port", 0, 65535),
         natt_port=fields.integer(doc.get("nattPort", d.natt_port), f"{path}.nattPort", 0, 65535),
-        dpd=fields.duration(doc.get("dpd", d.dpd), f"{path}.dpd"),
+        dpd=0 if doc.get("dpd") in (0, "0", "off") else fields.duration(doc.get("dpd", d.dpd), f"{path}.dpd"),
         fragment_size=fields.integer(doc.get("fragmentSize", d.fragment_size), f"{path}.fragmentSize", 576, 65000),
         force_encap=fields.boolean(doc.get("forceEncap", d.force_encap), f"{path}.forceEncap"),
         childless=fields.string(doc.get("childless", d.childless), f"{path}.childless", 8),

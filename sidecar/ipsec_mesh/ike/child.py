@@ -89,10 +89,23 @@ class ChildRequest:
     ts_r: list[TrafficSelector]  # narrowed, responder's side (local for us)
 
 
-def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke: bool) -> ChildRequest:
+def nat_substitute(selectors: list[TrafficSelector], address: str | None) -> list[TrafficSelector]:
+    """RFC 7296 §2.23.1: in transport mode behind a NAT, a host's own selector names an
+    address the other side never sees; replace it with the address actually in use."""
+    if address is None:
+        return selectors
+    return [TrafficSelector.for_address(address, s.ip_protocol, s.start_port, s.end_port)
+            if s.start_addr == s.end_addr and s.start_addr.version == TrafficSelector.for_address(address)
+            .start_addr.version else s for s in selectors]
+
+
+def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke: bool,
+                        nat: tuple[str | None, str | None] = (None, None)) -> ChildRequest:
     """Pick the child config, ESP proposal and narrowed selectors for a request we answer.
 
-    Raises NoProposalChosen / TsUnacceptable with a message naming what was offered.
+    `nat` = (initiator's address, responder's address) to substitute in transport mode
+    when that side is behind a NAT. Raises NoProposalChosen / TsUnacceptable with a
+    message naming what was offered.
     """
     sa = msg.first(SaPayload)
     tsi = msg.first(TsiPayload)
@@ -108,8 +121,11 @@ def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke:
             last_error = NoProposalChosen(
                 f"peer asked for {'transport' if transport else 'tunnel'} mode, {config.name} uses {config.mode}")
             continue
-        ts_i = narrow(tsi.selectors, config.remote_ts)
-        ts_r = narrow(tsr.selectors, config.local_ts)
+        offered_i, offered_r = tsi.selectors, tsr.selectors
+        if transport:
+            offered_i, offered_r = nat_substitute(offered_i, nat[0]), nat_substitute(offered_r, nat[1])
+        ts_i = narrow(offered_i, config.remote_ts)
+        ts_r = narrow(offered_r, config.local_ts)
         if not ts_i or not ts_r:
             last_error = TsUnacceptable(f"traffic selectors do not match {config.name}")
             continue

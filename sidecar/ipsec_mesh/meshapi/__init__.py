@@ -19,10 +19,10 @@ from .model import (
     PskKey,
     load_peer_map_file,
 )
-from .proposals import DEFAULT_ESP, DEFAULT_IKE, EspProposal, IkeProposal, parse_esp, parse_ike
+from .proposals import DEFAULT_ESP, DEFAULT_IKE, DEFAULT_IKE_PROPOSALS, EspProposal, IkeProposal, parse_esp, parse_ike
 
 __all__ = [
-    "AuthKind", "DEFAULT_ESP", "DEFAULT_IKE", "Enforcement", "EspProposal", "IkeProposal",
+    "AuthKind", "DEFAULT_ESP", "DEFAULT_IKE", "DEFAULT_IKE_PROPOSALS", "Enforcement", "EspProposal", "IkeProposal",
     "Lifetimes", "LocalIdentity", "MeshApiError", "MeshApiRequestError", "Peer", "PeerMap",
     "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",
     "pod_fqdn", "service_account_uri",

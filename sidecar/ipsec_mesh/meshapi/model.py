@@ -24,7 +24,7 @@ import yaml
 from . import fields
 from .errors import PeerMapError
 from .identity import check_dns_name
-from .proposals import DEFAULT_ESP, DEFAULT_IKE, parse_esp, parse_ike
+from .proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
 
 API_VERSION = "ipsec-mesh.io/peermap/v1"
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -91,7 +91,7 @@ class PeeringPolicy:
     peers: tuple[Peer, ...]
     auth: AuthKind = AuthKind.CERTIFICATE
     psk_keys: tuple[PskKey, ...] = ()
-    ike_proposals: tuple[str, ...] = (DEFAULT_IKE,)
+    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
     esp_proposals: tuple[str, ...] = (DEFAULT_ESP,)
     lifetimes: Lifetimes = Lifetimes()
     enforcement: Enforcement = Enforcement.REQUIRE
@@ -253,7 +253,7 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
             peers=fields.array(doc["peers"], f"{path}.peers", _peer_from_dict, MAX_PEERS),
             auth=fields.choice(doc.get("authentication", "certificate"), f"{path}.authentication", AuthKind),
             psk_keys=psk_keys,
-            ike_proposals=_proposals(proposals.get("ike", [DEFAULT_IKE]), f"{path}.proposals.ike", parse_ike),
+            ike_proposals=_proposals(proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), f"{path}.proposals.ike", parse_ike),
             esp_proposals=_proposals(proposals.get("esp", [DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
             lifetimes=Lifetimes(
                 ike_seconds=fields.duration(lifetimes.get("ike", defaults.ike_seconds), f"{path}.lifetimes.ike"),

@@ -17,6 +17,10 @@ from ipsec_mesh.ike.constants import EncrId, KeId, PrfId
 from .errors import ProposalError
 
 DEFAULT_IKE = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
+# Offered after the hybrid one: a peer without RFC 9370 must refuse a proposal whose
+# transform types it does not know, so the classic proposal is what lets it agree.
+DEFAULT_IKE_CLASSIC = "aes256gcm16-prfsha256-x25519"
+DEFAULT_IKE_PROPOSALS = (DEFAULT_IKE, DEFAULT_IKE_CLASSIC)
 DEFAULT_ESP = "aes256gcm16-esn"
 
 MAX_PROPOSAL_LENGTH = 128

@@ -404,7 +404,8 @@ def test_nat_between_peers_is_detected_and_keepalives_flow():
     net = Network()
     net.nat[A] = ("192.0.2.7", 10000)
     a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test", child_config(A, B), keepalive_interval=5.0)
-    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
+    # b knows a by the address it sees: the NAT's (RFC 7296 §2.23.1 substitution in transport mode).
+    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, "192.0.2.7"))
     from ipsec_mesh.ike.config import single_peer_lookup as lookup
     a = net.add("a", A, lookup(a_cfg))
     b = net.add("b", B, lookup(b_cfg))
@@ -413,6 +414,9 @@ def test_nat_between_peers_is_detected_and_keepalives_flow():
     sa_a, sa_b = a.established[0], b.established[0]
     assert sa_a.nat_local and not sa_a.nat_remote and sa_b.nat_remote
     assert next(iter(b.inbound.values())).encap.remote_port == 14500
+    # Each side installs its own view: a its private address, b the NAT's public one.
+    assert str(next(iter(a.inbound.values())).local_ts[0].start_addr) == A
+    assert str(next(iter(b.inbound.values())).remote_ts[0].start_addr) == "192.0.2.7"
     net.run(30)
     assert any(d.data == b"\xff" for d in net.delivered)
 

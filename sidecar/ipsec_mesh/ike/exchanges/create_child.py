@@ -20,8 +20,7 @@ from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
 from ..proposals import check_answer
 from ..sa import IkeSa, IkeState, Reply
-from ..selectors import check_subset
-from .ike_auth import add_child
+from .ike_auth import add_child, check_answered_selectors
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -97,8 +96,8 @@ class ChildCreateTask:
                 if ke is None or ke.group != selected.ke:
                     raise ParseError("CREATE_CHILD_SA response lacks the KE payload")
                 shared = (self.ke.finish(ke.data),)
-            check_subset(tsi.selectors, self.local_ts, "TSi")
-            check_subset(tsr.selectors, self.remote_ts, "TSr")
+            local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, self.local_ts, self.remote_ts,
+                                                           self.config.mode)
             if (self.config.mode == "transport") != transport_mode_requested(msg):
                 raise IkeError(f"peer did not agree to {self.config.mode} mode")
         except IkeError as exc:
@@ -107,7 +106,7 @@ class ChildCreateTask:
         keys = child_keys(sa.prf, sa.keys.sk_d, self.ni, nonce.data, selected, True, shared)
         old = self.rekey_of
         child = add_child(sa, self.config, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
-                          tsi.selectors, tsr.selectors, (self.ni, nonce.data), True, now,
+                          local_ts, remote_ts, (self.ni, nonce.data), True, now,
                           replaces=old.inbound_spi if old else None)
         if old is not None:
             self._finish_rekey(sa, old, child, now)
@@ -191,7 +190,7 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
             raise IkeError("CHILD_SA is already being replaced or deleted", notify=NotifyType.TEMPORARY_FAILURE)
     configs = (old.config,) if old is not None else sa.config.children
     try:
-        request = match_child_request(msg, configs, with_ke=True)
+        request = match_child_request(msg, configs, with_ke=True, nat=_nat_for_request(sa))
     except IkeError as exc:
         sa.emit(ChildSaFailed(sa.label, old.name if old else "", str(exc), exc.notify))
         raise
@@ -221,6 +220,11 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         payloads.append(our_ke)
     payloads += [TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config)
     return Reply(payloads)
+
+
+def _nat_for_request(sa: IkeSa) -> tuple[str | None, str | None]:
+    # In CREATE_CHILD_SA the peer (exchange initiator) may be either IKE role.
+    return (sa.remote[0] if sa.nat_remote else None, sa.local[0] if sa.nat_local else None)
 
 
 def activate_successor(sa: IkeSa, old: ChildSa) -> None:

@@ -51,6 +51,25 @@ from .ike_init import intermediate_auth_data
 log = logging.getLogger("ipsec_mesh.ike")
 
 
+def nat_addresses(sa: IkeSa) -> tuple[str | None, str | None]:
+    """(initiator's, responder's) real addresses where that side of the exchange is behind a NAT."""
+    peer = sa.remote[0] if sa.nat_remote else None
+    ours = sa.local[0] if sa.nat_local else None
+    return (peer, ours)  # as responder: the initiator is the peer
+
+
+def check_answered_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts, mode: str):
+    """Initiator side: the responder may only narrow; behind a NAT in transport mode it
+    names the addresses it sees instead of ours (RFC 7296 §2.23.1), and we install our own."""
+    nat_transport = mode == "transport" and (sa.nat_local or sa.nat_remote)
+    if nat_transport:
+        return (tuple(local_ts) if sa.nat_local else tsi.selectors,
+                tuple(remote_ts) if sa.nat_remote else tsr.selectors)
+    check_subset(tsi.selectors, local_ts, "TSi")
+    check_subset(tsr.selectors, remote_ts, "TSr")
+    return tsi.selectors, tsr.selectors
+
+
 def encap_of(sa: IkeSa) -> UdpEncap | None:
     """ESP goes in UDP when either side is behind a NAT (or encapsulation is forced)."""
     if sa.nat_local or sa.nat_remote:
@@ -204,8 +223,8 @@ class IkeAuthTask:
             selected = check_answer(sa_payload.proposals[0], list(self.child_proposals))
             if len(selected.spi) != 4:
                 raise ParseError("ESP SPI must be 4 bytes")
-            check_subset(tsi.selectors, self.child.local_ts, "TSi")
-            check_subset(tsr.selectors, self.child.remote_ts, "TSr")
+            local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, self.child.local_ts,
+                                                           self.child.remote_ts, self.child.mode)
             if (self.child.mode == "transport") != transport_mode_requested(msg):
                 raise IkeError(f"peer did not agree to {self.child.mode} mode")
         except IkeError as exc:
@@ -215,7 +234,7 @@ class IkeAuthTask:
             return
         keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=True)
         add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
-                  tsi.selectors, tsr.selectors, (sa.ni, sa.nr), True, now)
+                  local_ts, remote_ts, (sa.ni, sa.nr), True, now)
 
     def _release(self, sa: IkeSa) -> None:
         if self.inbound_spi is not None:
@@ -255,7 +274,7 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
 
 def _respond_child(sa: IkeSa, msg: Message, now: float) -> list:
     try:
-        request = match_child_request(msg, sa.config.children, with_ke=False)
+        request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
         log.warning("CHILD_SA from %s refused: %s", sa.remote[0], exc)
         sa.emit(ChildSaFailed(sa.label, "", str(exc), exc.notify))
