@@ -11,8 +11,6 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .constants import (
-    CertEncoding,
-    IdType,
     NotifyType,
     PayloadType,
     ProtocolId,

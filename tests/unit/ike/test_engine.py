@@ -10,7 +10,6 @@ from ipsec_mesh.ike.events import (
     ChildSaDeleted,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
-    IkeSaClosed,
     IkeSaEstablished,
     NegotiationFailed,
 )

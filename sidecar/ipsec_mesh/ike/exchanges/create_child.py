@@ -19,6 +19,7 @@ from ..events import ChildSaFailed, ChildSaInstallOutbound
 from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
 from ..proposals import check_answer
+from .common import first_error, retry_with_wanted_group
 from ..sa import IkeSa, IkeState, Reply
 from .ike_auth import add_child, check_answered_selectors
 
@@ -76,9 +77,9 @@ class ChildCreateTask:
         sa.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
-        errors = [n for n in msg.all(NotifyPayload) if n.is_error]
-        if errors:
-            self._refused(sa, errors[0], now)
+        error = first_error(msg)
+        if error is not None:
+            self._refused(sa, error, now)
             return
         sa_payload, nonce = msg.first(SaPayload), msg.first(NoncePayload)
         tsi, tsr = msg.first(TsiPayload), msg.first(TsrPayload)
@@ -133,13 +134,8 @@ class ChildCreateTask:
         sa.queue(DeleteChildTask(old, "rekeyed"), now)
 
     def _refused(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
-        if notify.type == NotifyType.INVALID_KE_PAYLOAD and len(notify.data) >= 2 and self.ke_retries < 2:
-            wanted = int.from_bytes(notify.data[:2], "big")
-            if any(wanted in p.ke for p in self.config.esp_proposals):
-                self.ke_retries += 1
-                self.group = wanted
-                sa.tasks.appendleft(self)
-                return
+        if retry_with_wanted_group(self, sa, notify, self.config.esp_proposals):
+            return
         old = self.rekey_of
         if notify.type == NotifyType.TEMPORARY_FAILURE and old is not None:
             # The peer is busy (often: it is rekeying this SA itself); try again shortly.

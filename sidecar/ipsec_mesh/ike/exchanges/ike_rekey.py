@@ -18,6 +18,7 @@ from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ..proposals import ProposalSpec, check_answer, select
+from .common import first_error, retry_with_wanted_group
 from ..sa import IkeSa, IkeState, Reply
 
 log = logging.getLogger("ipsec_mesh.ike")
@@ -101,9 +102,9 @@ class IkeRekeyTask:
         sa.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
-        errors = [n for n in msg.all(NotifyPayload) if n.is_error]
-        if errors:
-            self._refused(sa, errors[0], now)
+        error = first_error(msg)
+        if error is not None:
+            self._refused(sa, error, now)
             return
         sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
         if sa_payload is None or nonce is None or ke is None or len(sa_payload.proposals) != 1:
@@ -134,13 +135,8 @@ class IkeRekeyTask:
         sa.queue(IkeDeleteTask("rekeyed"), now)
 
     def _refused(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
-        if notify.type == NotifyType.INVALID_KE_PAYLOAD and len(notify.data) >= 2 and self.ke_retries < 2:
-            wanted = int.from_bytes(notify.data[:2], "big")
-            if any(wanted in p.ke for p in self.proposals):
-                self.ke_retries += 1
-                self.group = wanted
-                sa.tasks.appendleft(self)
-                return
+        if retry_with_wanted_group(self, sa, notify, self.proposals):
+            return
         # TEMPORARY_FAILURE (peer busy or rekeying itself) or a refusal: try again later;
         # the SA lives on until its hard lifetime.
         delay = 2.0 + 8.0 * sa.random_bytes(1)[0] / 255.0
