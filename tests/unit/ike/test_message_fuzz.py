@@ -10,32 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.ike import message
+from ipsec_mesh.ike import payloads as pl
 from ipsec_mesh.ike.constants import ExchangeType, PayloadType, ProtocolId, TsType
 from ipsec_mesh.ike.errors import IkeError, IntegrityError
 from ipsec_mesh.ike.fragment import Reassembler, encode_fragments
-from ipsec_mesh.ike.payloads import (
-    AuthPayload,
-    CertPayload,
-    CertReqPayload,
-    ConfigAttribute,
-    CpPayload,
-    DeletePayload,
-    EapPayload,
-    IdiPayload,
-    IdrPayload,
-    KePayload,
-    Message,
-    NoncePayload,
-    NotifyPayload,
-    Proposal,
-    SaPayload,
-    TrafficSelector,
-    Transform,
-    TsiPayload,
-    TsrPayload,
-    UnknownPayload,
-    VendorIdPayload,
-)
 
 # Fixed budgets keep this file near 5 s on an idle machine; IKE_FUZZ_SCALE=50 runs a long campaign.
 _SCALE = int(os.environ.get("IKE_FUZZ_SCALE", "1"))
@@ -47,14 +25,14 @@ u8, u16 = st.integers(0, 0xFF), st.integers(0, 0xFFFF)
 small_bytes = st.binary(max_size=40)
 KNOWN_TYPES = sorted(int(t) for t in PayloadType if t != PayloadType.NONE)
 
-transforms = st.builds(Transform, st.integers(1, 255), u16, st.none() | u16)
+transforms = st.builds(pl.Transform, st.integers(1, 255), u16, st.none() | u16)
 
 
 @st.composite
 def proposals(draw, number: int):
     protocol = draw(st.sampled_from([ProtocolId.IKE, ProtocolId.ESP, ProtocolId.AH]))
     spi_len = draw(st.sampled_from([0, 8])) if protocol == ProtocolId.IKE else 4
-    return Proposal(number, protocol, draw(st.binary(min_size=spi_len, max_size=spi_len)),
+    return pl.Proposal(number, protocol, draw(st.binary(min_size=spi_len, max_size=spi_len)),
                     tuple(draw(st.lists(transforms, min_size=1, max_size=6))))
 
 
@@ -62,7 +40,7 @@ def proposals(draw, number: int):
 def sa_payloads(draw):
     count = draw(st.integers(1, 4))
     numbers = range(1, count + 1) if count > 1 else [draw(st.integers(1, 255))]
-    return SaPayload([draw(proposals(n)) for n in numbers])
+    return pl.SaPayload([draw(proposals(n)) for n in numbers])
 
 
 @st.composite
@@ -71,41 +49,41 @@ def selectors(draw):
     size = 16 if v6 else 4
     start, end = (ipaddress.ip_address(draw(st.binary(min_size=size, max_size=size))) for _ in range(2))
     ts_type = TsType.TS_IPV6_ADDR_RANGE if v6 else TsType.TS_IPV4_ADDR_RANGE
-    return TrafficSelector(ts_type, draw(u8), draw(u16), draw(u16), start, end)
+    return pl.TrafficSelector(ts_type, draw(u8), draw(u16), draw(u16), start, end)
 
 
 @st.composite
 def delete_payloads(draw):
     protocol = draw(st.sampled_from([ProtocolId.IKE, ProtocolId.ESP, ProtocolId.AH]))
     if protocol == ProtocolId.IKE:
-        return DeletePayload(protocol, [])
-    return DeletePayload(protocol, draw(st.lists(st.binary(min_size=4, max_size=4), max_size=8)))
+        return pl.DeletePayload(protocol, [])
+    return pl.DeletePayload(protocol, draw(st.lists(st.binary(min_size=4, max_size=4), max_size=8)))
 
 
 unknown_types = st.integers(1, 255).filter(lambda t: t not in KNOWN_TYPES)
 
 payload_strategy = st.one_of(
     sa_payloads(),
-    st.builds(KePayload, u16, small_bytes),
-    st.builds(IdiPayload, u8, small_bytes),
-    st.builds(IdrPayload, u8, small_bytes),
-    st.builds(CertPayload, u8, small_bytes),
-    st.builds(CertReqPayload, u8, small_bytes),
-    st.builds(AuthPayload, u8, small_bytes),
-    st.builds(NoncePayload, st.binary(min_size=16, max_size=256)),
-    st.builds(NotifyPayload, u16, u8, st.binary(max_size=16), small_bytes),
+    st.builds(pl.KePayload, u16, small_bytes),
+    st.builds(pl.IdiPayload, u8, small_bytes),
+    st.builds(pl.IdrPayload, u8, small_bytes),
+    st.builds(pl.CertPayload, u8, small_bytes),
+    st.builds(pl.CertReqPayload, u8, small_bytes),
+    st.builds(pl.AuthPayload, u8, small_bytes),
+    st.builds(pl.NoncePayload, st.binary(min_size=16, max_size=256)),
+    st.builds(pl.NotifyPayload, u16, u8, st.binary(max_size=16), small_bytes),
     delete_payloads(),
-    st.builds(VendorIdPayload, small_bytes),
-    st.builds(TsiPayload, st.lists(selectors(), max_size=4)),
-    st.builds(TsrPayload, st.lists(selectors(), max_size=4)),
-    st.builds(CpPayload, u8, st.lists(st.builds(ConfigAttribute, st.integers(0, 0x7FFF), small_bytes),
+    st.builds(pl.VendorIdPayload, small_bytes),
+    st.builds(pl.TsiPayload, st.lists(selectors(), max_size=4)),
+    st.builds(pl.TsrPayload, st.lists(selectors(), max_size=4)),
+    st.builds(pl.CpPayload, u8, st.lists(st.builds(pl.ConfigAttribute, st.integers(0, 0x7FFF), small_bytes),
                                       max_size=4)),
-    st.builds(EapPayload, small_bytes),
-    st.builds(UnknownPayload, unknown_types, st.just(False), small_bytes),
+    st.builds(pl.EapPayload, small_bytes),
+    st.builds(pl.UnknownPayload, unknown_types, st.just(False), small_bytes),
 )
 
 messages = st.builds(
-    Message,
+    pl.Message,
     st.binary(min_size=8, max_size=8), st.binary(min_size=8, max_size=8),
     st.sampled_from(list(ExchangeType)) | u8, st.booleans(), st.booleans(),
     st.integers(0, 0xFFFFFFFF), st.lists(payload_strategy, max_size=8),
@@ -134,7 +112,7 @@ def only_ike_errors(call) -> None:
 
 def decode_and_decrypt(data: bytes) -> None:
     msg = message.decode(data)
-    if msg.payloads and type(msg.payloads[-1]).__name__ == "EncryptedPayload":
+    if msg.payloads and isinstance(msg.payloads[-1], pl.EncryptedPayload):
         message.decrypt(data, msg, protector())
 
 
@@ -176,7 +154,7 @@ def test_arbitrary_bytes_raise_only_ike_errors(data):
 @FUZZ
 @given(st.sampled_from(KNOWN_TYPES + [7, 200]), st.binary(max_size=300))
 def test_valid_header_with_arbitrary_chain_raises_only_ike_errors(first_type, chain):
-    data = message.header_for(Message(b"i" * 8, b"r" * 8, 35, True, False, 1), first_type,
+    data = message.header_for(pl.Message(b"i" * 8, b"r" * 8, 35, True, False, 1), first_type,
                               28 + len(chain)) + chain
     only_ike_errors(lambda: decode_and_decrypt(data))
 
@@ -192,7 +170,7 @@ def test_mutated_messages_raise_only_ike_errors(msg, protect, data):
 @given(st.sampled_from(KNOWN_TYPES + [0, 150]), st.binary(max_size=300))
 def test_authenticated_garbage_raises_only_parse_errors(first_inner, plaintext):
     """The parser behind the ICV check: a peer with the keys can send anything."""
-    msg = Message(b"i" * 8, b"r" * 8, 35, True, False, 1)
+    msg = pl.Message(b"i" * 8, b"r" * 8, 35, True, False, 1)
     sealer = protector()
     payload_len = 4 + sealer.iv_len + len(plaintext) + sealer.icv_len
     aad = (message.header_for(msg, PayloadType.SK, 28 + payload_len)
