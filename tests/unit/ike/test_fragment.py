@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from codec_helpers import AesGcmProtector, flip, load_capture, protector
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType

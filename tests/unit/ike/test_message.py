@@ -8,7 +8,7 @@ import struct
 import subprocess
 
 import pytest
-from codec_helpers import AesGcmProtector, flip, load_capture, protector
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from codec_helpers import protector
+from tests.unit.ike.codec_helpers import protector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
