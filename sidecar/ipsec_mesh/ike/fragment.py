@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import payloads as p
 from .constants import IKE_HEADER_LEN, PayloadType
 from .errors import FragmentError, ParseError
-from .message import Protector, encode_chain, open_payload, seal_payload, with_inner
+from .message import Protector, encode, encode_chain, open_payload, seal_payload, with_inner
 from .wire import u16
 
 SKF_HEADER_LEN = 8  # generic header + fragment number + total fragments
@@ -41,6 +41,17 @@ def encode_fragments(msg: p.Message, protector: Protector, max_datagram: int) ->
                      u16(number) + u16(total), piece, protector)
         for number, piece in enumerate(pieces, start=1)
     ]
+
+
+def encode_protected(msg: p.Message, protector: Protector, max_datagram: int,
+                     fragmentation: bool) -> list[bytes]:
+    """The datagrams of a protected message: one SK datagram when it fits in `max_datagram`
+    or when the peer did not announce IKEV2_FRAGMENTATION_SUPPORTED, else SKF fragments."""
+    _, chain = encode_chain(msg.payloads)
+    sk_size = IKE_HEADER_LEN + 4 + protector.iv_len + len(chain) + 1 + protector.icv_len
+    if sk_size <= max_datagram or not fragmentation:
+        return [encode(msg, protector)]
+    return encode_fragments(msg, protector, max_datagram)
 
 
 @dataclass

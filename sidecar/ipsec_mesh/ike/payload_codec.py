@@ -13,7 +13,7 @@ import ipaddress
 from typing import Callable
 
 from . import payloads as p
-from .constants import PayloadType, ProtocolId, TransformAttr, TransformType, TsType, NotifyType
+from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 from .errors import ParseError
 from .wire import Reader, u16
 
@@ -31,6 +31,9 @@ _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
 _CHILD_SPI_SIZE = 4
 _IKE_SPI_SIZE = 8
+# Proposal SPI sizes (3.3.1): none in IKE_SA_INIT, 8 when rekeying the IKE SA, 4 for ESP/AH.
+_PROPOSAL_SPI_SIZES = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHILD_SPI_SIZE,),
+                       ProtocolId.AH: (_CHILD_SPI_SIZE,)}
 
 
 def known(enum_cls: type[enum.IntEnum], value: int) -> int:
@@ -97,8 +100,7 @@ def _decode_sa(body: bytes) -> p.SaPayload:
 
 def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
     number, protocol, spi_size, count = r.u8(), known(ProtocolId, r.u8()), r.u8(), r.u8()
-    expected_spi = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHILD_SPI_SIZE,),
-                    ProtocolId.AH: (_CHILD_SPI_SIZE,)}.get(protocol)
+    expected_spi = _PROPOSAL_SPI_SIZES.get(protocol)
     if expected_spi is not None and spi_size not in expected_spi:
         raise ParseError(f"proposal: SPI size {spi_size} invalid for protocol {protocol}")
     if not 1 <= count <= MAX_TRANSFORMS:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from .codec_helpers import AesGcmProtector, flip, load_capture, protector
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
 from ipsec_mesh.ike.errors import FragmentError, IntegrityError, ParseError
-from ipsec_mesh.ike.fragment import Reassembler, encode_fragments, fragment_overhead
+from ipsec_mesh.ike.fragment import Reassembler, encode_fragments, encode_protected, fragment_overhead
 from ipsec_mesh.ike.payloads import (
     AuthPayload,
     CertPayload,
@@ -92,6 +92,16 @@ def test_small_message_is_one_fragment_and_empty_message_works():
         fragments = encode_fragments(msg, protector(), 1280)
         assert len(fragments) == 1
         assert feed(Reassembler(), fragments) == [msg]
+
+
+def test_encode_protected_fragments_only_when_needed_and_allowed():
+    msg = big_message()
+    whole = message.encode(msg, protector())
+    assert encode_protected(msg, protector(), len(whole), True) == [whole]
+    assert encode_protected(msg, protector(), 500, False) == [whole]
+    fragments = encode_protected(msg, protector(), len(whole) - 1, True)
+    assert len(fragments) == 2 and all(len(f) < len(whole) for f in fragments)
+    assert feed(Reassembler(), fragments)[-1] == msg
 
 
 def test_too_small_max_datagram_is_refused():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import struct
+import subprocess
 
 import pytest
-from .codec_helpers import AesGcmProtector, flip, load_capture, protector
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import (
@@ -53,6 +56,7 @@ from ipsec_mesh.ike.payloads import (
     TsrPayload,
     UnknownPayload,
     VendorIdPayload,
+    payload_type_of,
 )
 
 SPI_I, SPI_R = bytes.fromhex("0102030405060708"), bytes.fromhex("1112131415161718")
@@ -516,3 +520,37 @@ def test_strongswan_ike_auth_response_decrypts_on_port_4500():
     with pytest.raises(IkeError):
         message.decrypt(flip(data, len(data) - 20), message.decode(flip(data, len(data) - 20)),
                         AesGcmProtector(keys["Sk_er"]))
+
+
+# -- independent check of our encoder: Wireshark's IKEv2 dissector ------------------
+
+def pcap_of(datagrams: list[bytes]) -> bytes:
+    """A pcap (LINKTYPE_IPV4) with each datagram as UDP 500 -> 500."""
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 228)
+    for datagram in datagrams:
+        udp = struct.pack("!HHHH", 500, 500, 8 + len(datagram), 0) + datagram
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])) + udp
+        out += struct.pack("<IIII", 0, 0, len(ip), len(ip)) + ip
+    return out
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_tshark_dissects_our_encoding_without_errors(tmp_path):
+    well_formed = [pl for pl in EVERY_PAYLOAD if not isinstance(pl, (CertPayload, AuthPayload, EapPayload))]
+    well_formed += [AuthPayload(AuthMethod.SHARED_KEY_MIC, b"m" * 32),
+                    EapPayload(b"\x02\x07\x00\x09\x01user")]
+    msg = make_message(well_formed)
+    (tmp_path / "ours.pcap").write_bytes(pcap_of([message.encode(msg)]))
+    result = subprocess.run(
+        ["tshark", "-r", str(tmp_path / "ours.pcap"), "-T", "fields", "-E", "separator=|",
+         "-e", "isakmp.typepayload", "-e", "_ws.expert", "-e", "isakmp.ts.type",
+         "-e", "isakmp.notify.msgtype"],
+        capture_output=True, text=True, timeout=120, check=True)
+    types, expert, ts_types, notify_types = result.stdout.strip().split("|")
+    substructures = {2, 3}  # proposals and transforms are listed too
+    assert [int(t) for t in types.split(",") if int(t) not in substructures] == \
+        [p_type for p_type in map(payload_type_of, well_formed)]
+    assert expert == ""
+    assert ts_types.split(",") == ["7", "7", "8", "8", "7"]
+    assert notify_types.split(",") == [str(int(NotifyType.COOKIE)), str(int(NotifyType.REKEY_SA)), "60000"]
