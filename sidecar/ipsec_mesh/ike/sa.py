@@ -251,6 +251,7 @@ class IkeSa:
             return codec.decrypt(data, msg, self.protect_in)
         if isinstance(last, EncryptedFragment):
             key = (msg.message_id, msg.is_response)
+            self._forget_stale_fragments()
             reassembler = self.reassembly.get(key)
             if reassembler is None:
                 if len(self.reassembly) >= 4:
@@ -261,6 +262,13 @@ class IkeSa:
                 del self.reassembly[key]
             return whole
         raise ParseError("protected exchange without an Encrypted payload")
+
+    def _forget_stale_fragments(self) -> None:
+        """Drop half-reassembled messages that can no longer be processed."""
+        current = self.outstanding.message_id if self.outstanding else None
+        for mid, is_response in list(self.reassembly):
+            if (is_response and mid != current) or (not is_response and mid < self.peer_mid):
+                del self.reassembly[(mid, is_response)]
 
     def _receive_response(self, data, msg, local, remote, now) -> None:
         out = self.outstanding

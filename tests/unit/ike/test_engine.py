@@ -474,3 +474,14 @@ def test_certificates_with_fragmentation():
     assert a.established and b.established
     auth = [d for d in net.delivered if codec.peek_header(d.data).exchange == ExchangeType.IKE_AUTH]
     assert len(auth) > 2
+
+
+def test_stale_partial_reassemblies_are_forgotten():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    sa = b.established[0]
+    sa.reassembly = {(0, False): object(), (sa.peer_mid, False): object(), (7, True): object()}
+    sa._forget_stale_fragments()
+    # Requests below the next expected ID can never be processed; responses to nothing neither.
+    assert list(sa.reassembly) == [(sa.peer_mid, False)]
