@@ -118,7 +118,7 @@ def test_yaml_file_feeds_the_same_structure(tmp_path):
     assert policy.psk_keys[0].secret == key
     assert policy.lifetimes.ike_seconds == 7200 and policy.lifetimes.child_seconds == 1800
     assert policy.peers[0].addresses == (ipaddress.ip_network("192.0.2.2/32"),)
-    assert policy.ike_proposals == ("aes256gcm16-prfsha256-x25519-ke1_mlkem768",)
+    assert policy.ike_proposals == ("aes256gcm16-prfsha256-x25519-ke1_mlkem768", "aes256gcm16-prfsha256-x25519")
     # The operator's JSON form of the same map reads back identically, without the file.
     assert PeerMap.from_json(peer_map.to_json()) == peer_map
 
