@@ -1,0 +1,282 @@
+"""The kernel data plane: transport-mode ESP in the sidecar's network namespace via XFRM.
+
+What it keeps true (docs/xfrm.md has the kernel side):
+- Policies follow the peer set: per peer network and local address, an `out` and an
+  `in` policy with a transport-mode ESP template; level `required` under `require`
+  (fail closed: no plaintext leaves or is accepted), `use` under `prefer`.
+- At start, policies are reconciled (added, updated, removed) before anything else and
+  every SA a previous instance left behind is removed: IKE state died with it, and the
+  policies keep traffic blocked, never in plaintext, until new SAs exist.
+- Inbound SA before outbound; after a rekey the old outbound goes at once and the old
+  inbound after a grace period (packets in flight).
+- Only objects carrying our ownership tags are ever touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..ike.constants import EncrId
+from ..ike.events import ChildSaDeleted, ChildSaInfo
+from ..meshapi.model import Enforcement
+from ..xfrm import (
+    Acquire as KernelAcquire,
+    Aead,
+    Direction,
+    EventsLost,
+    Expire,
+    Level,
+    Lifetime,
+    PolicySpec,
+    SaSpec,
+    Selector,
+    Template,
+    UdpEncap,
+    Xfrm,
+    XfrmError,
+    owned_reqid,
+    set_udp_encap,
+    socket_bypass,
+)
+from ..xfrm.constants import IPPROTO_ESP
+from .dataplane import Acquire, HardExpire, SoftExpire
+
+log = logging.getLogger("ipsec_mesh.dataplane")
+
+REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
+HARD_LIFETIME_MARGIN = 60  # seconds past the IKE core's own hard limit: a safety net if we die
+LARVAL_DROP = "net/core/xfrm_larval_drop"
+POLICY_PRIORITY_BASE = 10000  # more specific peer networks get lower numbers (win)
+
+
+def kernel_aead(info: ChildSaInfo, key: bytes) -> Aead:
+    if info.encr == EncrId.AES_GCM_16:
+        return Aead("rfc4106(gcm(aes))", key, 128)
+    if info.encr == EncrId.CHACHA20_POLY1305:
+        return Aead("rfc7539esp(chacha20,poly1305)", key, 128)
+    raise XfrmError(f"no kernel AEAD for IKE transform {info.encr}", 0, "install")
+
+
+@dataclass(frozen=True)
+class DesiredPolicy:
+    spec: PolicySpec
+
+    @property
+    def key(self) -> tuple:
+        sel = self.spec.selector
+        return (str(sel.src), str(sel.dst), int(self.spec.direction))
+
+
+def _inf_if_zero(value: int) -> int:
+    return value if value else Lifetime().soft_bytes
+
+
+class XfrmDataPlane:
+    name = "xfrm"
+
+    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE):
+        self.netns = netns
+        self.rekey_grace = rekey_grace
+        self.xfrm = Xfrm(netns)
+        self.events_channel: Xfrm | None = None
+        self.peers = None
+        self._reqids: dict[tuple, int] = {}
+        self._policies: dict[tuple, PolicySpec] = {}
+        self.inbound: dict[int, SaSpec] = {}
+        self.outbound: dict[int, SaSpec] = {}
+        self._acquire_seq: dict[str, int] = {}
+        self._inbound_of: dict[int, int] = {}  # outbound SPI -> inbound SPI of the same CHILD_SA
+        self.errors = 0
+
+    # -- policies ---------------------------------------------------------------------
+    def _reqid(self, entry_key: tuple) -> int:
+        if entry_key not in self._reqids:
+            self._reqids[entry_key] = owned_reqid(len(self._reqids) + 1)
+        return self._reqids[entry_key]
+
+    def reqid_for(self, remote: str) -> int:
+        entry = self.peers.entry_for(remote) if self.peers is not None else None
+        return self._reqid(entry.key) if entry is not None else owned_reqid(0xFFFF)
+
+    def desired_policies(self, peers) -> dict[tuple, PolicySpec]:
+        desired: dict[tuple, PolicySpec] = {}
+        for entry in peers.entries:
+            level = Level.REQUIRED if entry.enforcement == Enforcement.REQUIRE else Level.USE
+            template = (Template(self._reqid(entry.key), level=level),)
+            priority = POLICY_PRIORITY_BASE + (entry.network.max_prefixlen - entry.network.prefixlen)
+            for local in peers.local_addresses:
+                local_net = ipaddress.ip_network(local)
+                if local_net.version != entry.network.version:
+                    continue
+                for direction, sel in ((Direction.OUT, Selector(local_net, entry.network)),
+                                       (Direction.IN, Selector(entry.network, local_net))):
+                    spec = PolicySpec(sel, direction, priority=priority, templates=template)
+                    desired[DesiredPolicy(spec).key] = spec
+        return desired
+
+    def _reconcile_policies(self, desired: dict[tuple, PolicySpec]) -> None:
+        current = {}
+        for info in self.xfrm.dump_policies():
+            if not info.owned:
+                continue
+            current[(str(info.selector.src), str(info.selector.dst), int(info.direction))] = info
+        adds = [spec for key, spec in desired.items() if key not in current]
+        updates = [spec for key, spec in desired.items() if key in current and not self._same(current[key], spec)]
+        for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
+            if result is not None:
+                self.errors += 1
+                log.error("policy install failed: %s", result)
+        for key, info in current.items():
+            if key not in desired:
+                self.xfrm.delete_policy(info.selector, info.direction)
+        self._policies = desired
+
+    @staticmethod
+    def _same(info, spec: PolicySpec) -> bool:
+        return (info.priority == spec.priority and tuple(info.templates) == tuple(spec.templates)
+                and info.action == spec.action)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self, peers) -> None:
+        self.peers = peers
+        # 1. Policies first, so nothing to a `require` peer leaves in plaintext from now on.
+        self._reconcile_policies(self.desired_policies(peers))
+        # 2. SAs of an earlier instance are useless (their IKE SAs are gone): remove them.
+        stale = 0
+        for sa in self.xfrm.dump_sas():
+            if sa.owned and not sa.larval:
+                try:
+                    self.xfrm.delete_sa(sa.dst, sa.spi, sa.proto)
+                    stale += 1
+                except XfrmError as exc:
+                    log.warning("could not remove stale SA %08x: %s", sa.spi, exc)
+        if stale:
+            log.info("removed %d SAs left by an earlier instance", stale)
+        # 3. Hold, rather than drop, packets that wait for an SA (per-namespace sysctl).
+        self._set_larval_drop(0)
+        self.events_channel = Xfrm(self.netns)
+        self.events_channel.subscribe()
+
+    def _set_larval_drop(self, value: int) -> None:
+        path = Path("/proc/sys") / LARVAL_DROP
+        try:
+            path.write_text(str(value))
+        except OSError as exc:
+            log.debug("cannot set %s: %s", LARVAL_DROP, exc)
+
+    def update_peers(self, old, new) -> None:
+        """Apply a new peer set incrementally: only changed policies are touched."""
+        desired = self.desired_policies(new)
+        adds = [s for k, s in desired.items() if k not in self._policies]
+        updates = [s for k, s in desired.items() if k in self._policies and self._policies[k] != s]
+        for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
+            if result is not None:
+                self.errors += 1
+                log.error("policy update failed: %s", result)
+        for key, spec in self._policies.items():
+            if key not in desired:
+                try:
+                    self.xfrm.delete_policy(spec.selector, spec.direction)
+                except XfrmError as exc:
+                    log.warning("policy delete failed: %s", exc)
+        self._policies = desired
+        self.peers = new
+
+    def prepare_socket(self, sock: socket.socket, natt: bool) -> None:
+        socket_bypass(sock)
+        if natt:
+            set_udp_encap(sock)
+
+    def stop(self) -> None:
+        """Remove our SAs. Policies stay: a pod that is going away stays fail-closed."""
+        for sa in list(self.inbound.values()) + list(self.outbound.values()):
+            try:
+                self.xfrm.delete_sa(sa.dst, sa.spi, sa.proto)
+            except XfrmError:
+                pass
+        self.inbound.clear()
+        self.outbound.clear()
+        if self.events_channel is not None:
+            self.events_channel.close()
+            self.events_channel = None
+        self.xfrm.close()
+
+    # -- SAs --------------------------------------------------------------------------
+    def _spec(self, info: ChildSaInfo, inbound: bool) -> SaSpec:
+        src, dst = (info.remote_addr, info.local_addr) if inbound else (info.local_addr, info.remote_addr)
+        key = info.keys.inbound if inbound else info.keys.outbound
+        encap = None
+        if info.encap is not None:
+            encap = (UdpEncap(info.encap.remote_port, info.encap.local_port) if inbound
+                     else UdpEncap(info.encap.local_port, info.encap.remote_port))
+        hard = int(info.life_time) + HARD_LIFETIME_MARGIN if info.life_time else 0
+        lifetime = Lifetime(soft_bytes=_inf_if_zero(info.rekey_bytes), hard_bytes=_inf_if_zero(info.life_bytes),
+                            soft_packets=_inf_if_zero(info.rekey_packets),
+                            hard_packets=_inf_if_zero(info.life_packets), hard_add_seconds=hard)
+        return SaSpec(src=src, dst=dst, spi=info.inbound_spi if inbound else info.outbound_spi,
+                      reqid=self.reqid_for(info.remote_addr), aead=kernel_aead(info, key), esn=info.esn,
+                      replay_window=128 if inbound else 0, lifetime=lifetime, encap=encap,
+                      tfc_pad=info.tfc_padding if not inbound else 0,
+                      acquire_seq=0 if inbound else self._acquire_seq.pop(info.remote_addr, 0))
+
+    def install_inbound(self, child: ChildSaInfo) -> None:
+        spec = self._spec(child, inbound=True)
+        self.xfrm.add_sa(spec)
+        self.inbound[spec.spi] = spec
+
+    def install_outbound(self, child: ChildSaInfo) -> None:
+        spec = self._spec(child, inbound=False)
+        self.xfrm.add_sa(spec)
+        self.outbound[spec.spi] = spec
+        self._inbound_of[spec.spi] = child.inbound_spi
+
+    def remove(self, deleted: ChildSaDeleted) -> None:
+        out = self.outbound.pop(deleted.outbound_spi, None)
+        self._inbound_of.pop(deleted.outbound_spi, None)
+        if out is not None:
+            self._delete(out)
+        inbound = self.inbound.pop(deleted.inbound_spi, None)
+        if inbound is None:
+            return
+        if deleted.reason == "rekeyed" and self.rekey_grace:
+            asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
+        else:
+            self._delete(inbound)
+
+    def _delete(self, spec: SaSpec) -> None:
+        try:
+            self.xfrm.delete_sa(spec.dst, spec.spi, spec.proto)
+        except XfrmError as exc:
+            log.debug("SA %08x already gone: %s", spec.spi, exc)
+
+    # -- kernel events ------------------------------------------------------------------
+    def fileno(self) -> int | None:
+        return self.events_channel.fileno() if self.events_channel is not None else None
+
+    def read_events(self) -> list:
+        out: list = []
+        for event in self.events_channel.read_events():
+            if isinstance(event, EventsLost):
+                log.warning("kernel XFRM events were lost (socket overflow)")
+                continue
+            if not event.owned:
+                continue  # another program's policy or SA
+            if isinstance(event, KernelAcquire):
+                self._acquire_seq[str(event.dst)] = event.seq
+                out.append(Acquire(str(event.src), str(event.dst)))
+            elif isinstance(event, Expire) and event.sa.proto == IPPROTO_ESP:
+                # Byte/packet limits may trip on either half; the IKE core knows the CHILD_SA
+                # by its inbound SPI.
+                spi = event.sa.spi if event.sa.spi in self.inbound else self._inbound_of.get(event.sa.spi)
+                if spi is not None:
+                    out.append(HardExpire(spi) if event.hard else SoftExpire(spi))
+        return out
+
+    def status(self) -> dict:
+        return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),
+                "outbound_sas": len(self.outbound), "errors": self.errors}
