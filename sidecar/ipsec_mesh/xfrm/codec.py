@@ -119,7 +119,7 @@ def put_lifetime(message, prefix: str, lifetime: Lifetime) -> None:
 
 
 def mark_attrs(mark: Mark | None) -> list:
-    return [] if mark is None else [("XFRMA_MARK", {"value": mark.value, "mask": mark.mask})]
+    return [] if mark is None else [("XFRMA_MARK", {"v": mark.value, "m": mark.mask})]
 
 
 def aead_attr(aead: Aead) -> tuple:
@@ -345,7 +345,7 @@ def get_lifetimes(message, prefix: str, current_prefix: str) -> tuple[Lifetime, 
 
 def get_mark(message) -> Mark | None:
     mark = message.get_attr("XFRMA_MARK")
-    return None if mark is None else Mark(mark["value"], mark["mask"])
+    return None if mark is None else Mark(mark["v"], mark["m"])
 
 
 def get_templates(message, family: int) -> tuple[Template, ...]:

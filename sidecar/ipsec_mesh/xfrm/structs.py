@@ -140,7 +140,7 @@ USER_MAPPING: Fields = (
     )
 )
 USERSA_FLUSH: Fields = (("proto", "B"), ("_pad_flush", "3x"))
-MARK: Fields = (("value", "I"), ("mask", "I"))
+MARK: Fields = (("v", "I"), ("m", "I"))  # kernel names; pyroute2 treats a "value" field specially
 REPLAY_ESN: Fields = (
     ("bmp_len", "I"),
     ("oseq", "I"),
