@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class Xfrm:
         self._lock = threading.Lock()
         self._requests = NetlinkChannel(netns)
         self._events: NetlinkChannel | None = None
+        self._pending: deque[XfrmEvent] = deque()
 
     def close(self) -> None:
         close_quietly(self._requests)
@@ -224,19 +226,30 @@ class Xfrm:
 
     def read_events(self) -> list[XfrmEvent]:
         """Every event queued now, without blocking; EventsLost first if some were dropped."""
-        replies, overflowed = self._subscribed().read_pending()
-        events: list[XfrmEvent] = [EventsLost()] if overflowed else []
-        for reply in replies:
-            event = decode_event(reply.msg_type, reply.data)
-            if event is not None:
-                events.append(event)
+        self._fill_pending()
+        events = list(self._pending)
+        self._pending.clear()
         return events
 
     def iter_events(self, timeout: float | None = None) -> Iterator[XfrmEvent]:
-        """Yield events as they come; stop after `timeout` seconds without any."""
+        """Yield events as they come; stop after `timeout` seconds without any.
+
+        Leaving the loop early loses nothing: unread events stay queued.
+        """
         channel = self._subscribed()
-        while channel.wait_readable(timeout):
-            yield from self.read_events()
+        while self._pending or channel.wait_readable(timeout):
+            self._fill_pending()
+            while self._pending:
+                yield self._pending.popleft()
+
+    def _fill_pending(self) -> None:
+        replies, overflowed = self._subscribed().read_pending()
+        if overflowed:
+            self._pending.append(EventsLost())
+        for reply in replies:
+            event = decode_event(reply.msg_type, reply.data)
+            if event is not None:
+                self._pending.append(event)
 
     def _subscribed(self) -> NetlinkChannel:
         if self._events is None:
