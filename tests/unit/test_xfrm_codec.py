@@ -204,14 +204,16 @@ def policy_body(user=POLICY_TAG, direction=1, action=0):
 
 
 def test_decode_policy_reply_and_ownership():
-    raw = L.nlmsg(MsgType.NEWPOLICY, policy_body() + L.nla(5, L.user_tmpl(reqid=REQID, optional=1)))
+    attrs = L.nla(5, L.user_tmpl(reqid=REQID, optional=1)) + L.nla(21, struct.pack("=II", 5, 0xF))
+    raw = L.nlmsg(MsgType.NEWPOLICY, policy_body() + attrs)
     info = codec.policy_from(codec.decode_message(structs.UserPolicyInfoMsg, raw, "test"))
+    assert info.mark == Mark(5, 0xF)
     assert info.owned and info.direction == Direction.OUT and info.action == Action.ALLOW
     assert info.selector == Selector("10.1.0.0/24", "10.2.0.0/16", proto=17, dport=53)
     assert info.templates == (Template(REQID, level=Level.USE),)
     foreign = L.nlmsg(MsgType.NEWPOLICY, policy_body(user=0, action=1))
     info = codec.policy_from(codec.decode_message(structs.UserPolicyInfoMsg, foreign, "test"))
-    assert not info.owned and info.action == Action.BLOCK and info.templates == ()
+    assert not info.owned and info.action == Action.BLOCK and info.templates == () and info.mark is None
 
 
 def test_decode_acquire_event():
