@@ -44,6 +44,8 @@ def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
 class NetnsPair:
     a: str
     b: str
+    veth_a: str = ""  # interface names inside a and b
+    veth_b: str = ""
 
     def close(self) -> None:
         for name in (self.a, self.b):
@@ -54,8 +56,8 @@ def make_pair(tag: str) -> NetnsPair:
     """Namespaces A (10.99.0.1, fd99::1) and B (.2, ::2) on one veth link."""
     number = next(_counter)
     base = f"{tag}{os.getpid()}x{number}"
-    pair = NetnsPair(base + "a", base + "b")
     veth_a, veth_b = f"v{os.getpid() % 100000}x{number}a", f"v{os.getpid() % 100000}x{number}b"
+    pair = NetnsPair(base + "a", base + "b", veth_a, veth_b)
     try:
         ip("netns", "add", pair.a)
         ip("netns", "add", pair.b)
