@@ -295,7 +295,7 @@ def check_attributes(data: bytes, offset: int, operation: str) -> None:
 
 def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
     """Bounds-check one netlink message of `message_class`, then decode it."""
-    fixed = structs.size_of(message_class.fields)
+    fixed = message_class.layout().struct.size
     if len(data) < NLMSG_HDRLEN + fixed:
         raise XfrmParseError(operation, f"{message_class.__name__} of {len(data)} bytes is truncated")
     (length,) = struct.unpack_from("I", data, 0)
@@ -324,9 +324,10 @@ def get_selector(message, prefix: str, fallback_family: int) -> tuple[Selector, 
         raise XfrmParseError("decode", f"selector prefix length {max(lengths)} > {bits}")
     src = unpack_address(message[prefix + "saddr"], family)
     dst = unpack_address(message[prefix + "daddr"], family)
+    network = ipaddress.IPv4Network if family == socket.AF_INET else ipaddress.IPv6Network
     selector = Selector(
-        ipaddress.ip_network((src, lengths[0]), strict=False),
-        ipaddress.ip_network((dst, lengths[1]), strict=False),
+        network((int(src), lengths[0]), strict=False),  # an int address is not re-parsed
+        network((int(dst), lengths[1]), strict=False),
         proto=message[prefix + "proto"],
         sport=message[prefix + "sport"] & message[prefix + "sport_mask"],
         dport=message[prefix + "dport"] & message[prefix + "dport_mask"],

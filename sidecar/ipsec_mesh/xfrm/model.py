@@ -249,6 +249,15 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "templates", tuple(self.templates))
+        try:
+            object.__setattr__(self, "direction", Direction(self.direction))
+            object.__setattr__(self, "action", Action(self.action))
+        except (ValueError, TypeError) as exc:
+            raise XfrmSpecError("PolicySpec", str(exc)) from None
+        if not isinstance(self.priority, int) or not 0 <= self.priority <= 0xFFFFFFFF:
+            raise XfrmSpecError("PolicySpec", f"priority {self.priority!r} is not a u32")
+        if not all(isinstance(template, Template) for template in self.templates):
+            raise XfrmSpecError("PolicySpec", "templates must be Template objects")
         if self.index and self.index & 7 != self.direction:
             raise XfrmSpecError("PolicySpec", "a policy index encodes its direction in the low 3 bits")
 

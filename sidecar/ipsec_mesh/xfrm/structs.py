@@ -186,7 +186,88 @@ STRUCT_SIZES = {
 }
 
 
-class XfrmStruct(nlmsg_base, nlmsg_encoder_generic, nlmsg_decoder_generic):
+def _swap16(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+def _swap32(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, "big"), "little")
+
+
+class CompiledLayout:
+    """All fixed fields of a struct as one precompiled `struct.Struct`.
+
+    Big-endian fields are byte-swapped into host order so a single native
+    format covers the whole struct.
+    """
+
+    def __init__(self, fields: Fields):
+        native, self.names, self.swaps = [], [], []
+        for name, fmt in fields:
+            if fmt.endswith("x"):
+                native.append(fmt)
+                continue
+            swap = None
+            if fmt.startswith(">"):
+                fmt = fmt[1:]
+                swap = _swap16 if fmt == "H" else _swap32
+            native.append(fmt)
+            self.names.append(name)
+            self.swaps.append(swap)
+        self.struct = struct.Struct("=" + "".join(native))
+        self.defaults = [b"" if fmt.endswith("s") else 0 for name, fmt in fields if not fmt.endswith("x")]
+
+
+class CompiledFields:
+    """Mixin replacing pyroute2's per-field codec for fixed-layout structs.
+
+    pyroute2 packs field by field through its generic `get()`, about 0.5 ms
+    for an xfrm_userpolicy_info; one `Struct.pack_into` is ~50x faster, which
+    matters for thousands of peers. Header and NLA handling stay pyroute2's.
+    """
+
+    __slots__ = ()
+    _layouts: dict = {}
+
+    @classmethod
+    def layout(cls) -> CompiledLayout:
+        compiled = CompiledFields._layouts.get(cls)
+        if compiled is None:
+            compiled = CompiledFields._layouts[cls] = CompiledLayout(cls.fields)
+        return compiled
+
+    def __getitem__(self, key):
+        try:  # decoded fields are plain dict entries: skip pyroute2's lookup logic
+            return dict.__getitem__(self, key)
+        except KeyError:
+            return super().__getitem__(key)
+
+    def ft_encode(self, offset):
+        layout = self.layout()
+        values = []
+        for name, swap, default in zip(layout.names, layout.swaps, layout.defaults):
+            value = dict.get(self, name)
+            value = default if value is None else value
+            values.append(swap(value) if swap else value)
+        self.data.extend(bytes(layout.struct.size))
+        layout.struct.pack_into(self.data, offset, *values)
+        offset += layout.struct.size
+        diff = -offset % self.align if self.align else 0
+        self.data.extend(bytes(diff))
+        return offset + diff, diff
+
+    def ft_decode(self, offset):
+        layout = self.layout()
+        values = layout.struct.unpack_from(self.data, offset)
+        for name, swap, value in zip(layout.names, layout.swaps, values):
+            dict.__setitem__(self, name, swap(value) if swap else value)
+        if self.nla_map:
+            self.decode_nlas((offset + layout.struct.size + 3) & ~3)
+        else:
+            dict.pop(self, "attrs", None)
+
+
+class XfrmStruct(CompiledFields, nlmsg_base, nlmsg_encoder_generic, nlmsg_decoder_generic):
     """A bare struct (no netlink header): an element of XFRMA_TMPL, or the
     xfrm_userpolicy_info passed to setsockopt(IP_XFRM_POLICY)."""
 
@@ -262,7 +343,7 @@ class xfrm_attrs:
 
 
 def _message(name: str, fields: Fields) -> type[nlmsg]:
-    return type(name, (xfrm_attrs, nlmsg), {"__slots__": (), "fields": fields})
+    return type(name, (CompiledFields, xfrm_attrs, nlmsg), {"__slots__": (), "fields": fields})
 
 
 UserSaInfoMsg = _message("UserSaInfoMsg", USERSA_INFO)  # NEWSA, UPDSA, dump replies
