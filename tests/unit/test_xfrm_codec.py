@@ -79,12 +79,13 @@ def test_newsa_bytes_match_hand_layout():
         replay_window=128, esn=True,
         lifetime=Lifetime(soft_bytes=1000, hard_bytes=2000, soft_add_seconds=30, hard_add_seconds=60),
         encap=UdpEncap(4500, 4501), mark=Mark(0x10, 0xF0), output_mark=Mark(0x20, 0xFF), tfc_pad=64,
+        acquire_seq=33,
     )
     got = encoded(codec.sa_message(spec, "add_sa"), MsgType.NEWSA, flags=5, seq=9)
 
     sel = L.selector("10.1.0.2", "10.1.0.1", plen_d=32, plen_s=32)
     lft = L.lifetime_cfg((1000, 2000, L.INF, L.INF, 30, 60, 0, 0))
-    body = L.usersa_info(sel, "10.1.0.2", 0xC0FFEE01, 50, "10.1.0.1", lft, REQID, 2, 0, 0, 128)
+    body = L.usersa_info(sel, "10.1.0.2", 0xC0FFEE01, 50, "10.1.0.1", lft, REQID, 2, 0, 0, 128, seq=33)
     aead = b"rfc4106(gcm(aes))".ljust(64, b"\0") + struct.pack("=II", 160, 128) + KEY
     esn = struct.pack("=6I", 4, 0, 0, 0, 0, 128) + bytes(16)
     encap = struct.pack("=H", 2) + struct.pack(">HH", 4500, 4501) + bytes(2) + bytes(16)

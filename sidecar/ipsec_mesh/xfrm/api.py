@@ -87,14 +87,8 @@ class Xfrm:
         self, dst: IPAddress | str, spi: int, proto: int = IPPROTO_ESP, mark: Mark | None = None
     ) -> SaInfo | None:
         message = codec.sa_id_message(ip_address(dst), spi, proto, mark)
-        try:
-            with self._lock:
-                reply = self._requests.query(message, MsgType.GETSA, "get_sa")
-        except XfrmError as exc:
-            if exc.errno in NOT_FOUND:
-                return None
-            raise
-        return decode_sa_reply(reply, "get_sa")
+        reply = self._query_if_exists(message, MsgType.GETSA, "get_sa")
+        return None if reply is None else decode_sa_reply(reply, "get_sa")
 
     def delete_sa(
         self, dst: IPAddress | str, spi: int, proto: int = IPPROTO_ESP, mark: Mark | None = None
@@ -163,14 +157,8 @@ class Xfrm:
     ) -> PolicyInfo | None:
         """Our policy with this selector, direction and mark, if installed."""
         message = codec.policy_id_message(selector, direction, mark)
-        try:
-            with self._lock:
-                reply = self._requests.query(message, MsgType.GETPOLICY, "get_policy")
-        except XfrmError as exc:
-            if exc.errno in NOT_FOUND:
-                return None
-            raise
-        return decode_policy_reply(reply, "get_policy")
+        reply = self._query_if_exists(message, MsgType.GETPOLICY, "get_policy")
+        return None if reply is None else decode_policy_reply(reply, "get_policy")
 
     def delete_policy(
         self, selector: Selector, direction: Direction, mark: Mark | None = None
@@ -188,6 +176,15 @@ class Xfrm:
                 codec.dump_request(structs.UserPolicyInfoMsg), MsgType.GETPOLICY, "dump_policies"
             )
         return [decode_policy_reply(reply, "dump_policies") for reply in replies]
+
+    def _query_if_exists(self, message, msg_type: MsgType, operation: str) -> Reply | None:
+        try:
+            with self._lock:
+                return self._requests.query(message, msg_type, operation)
+        except XfrmError as exc:
+            if exc.errno in NOT_FOUND:
+                return None
+            raise
 
     def _delete(self, message, msg_type: MsgType, operation: str) -> bool:
         try:
@@ -216,8 +213,11 @@ class Xfrm:
 
         Asyncio callers ignore the iterator and use fileno() + read_events().
         """
+        wanted = [int(group) for group in groups]
         if self._events is None:
-            self._events = NetlinkChannel(self.netns, groups=[int(group) for group in groups])
+            self._events = NetlinkChannel(self.netns, groups=wanted)
+        else:
+            self._events.join(wanted)
         return self.iter_events()
 
     def fileno(self) -> int:

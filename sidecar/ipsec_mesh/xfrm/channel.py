@@ -147,12 +147,16 @@ class NetlinkChannel:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.bind((0, 0))
-        for group in groups:
-            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        self.join(groups)
         if groups:
             self.sock.setblocking(False)
         else:
             self.sock.settimeout(REPLY_TIMEOUT)
+
+    def join(self, groups: Iterable[int]) -> None:
+        """Add multicast group memberships (joining one twice is harmless)."""
+        for group in groups:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -171,6 +171,7 @@ def sa_message(spec: SaSpec, operation: str) -> nlmsg:
     message["saddr"] = pack_address(spec.src)
     put_lifetime(message, "lft_", spec.lifetime)
     message["reqid"] = spec.reqid
+    message["seq"] = spec.acquire_seq
     message["family"] = spec.family
     message["mode"] = spec.mode
     message["flags"] = spec.flags | (XFRM_STATE_ESN if spec.esn else 0)

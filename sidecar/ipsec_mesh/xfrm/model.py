@@ -163,6 +163,7 @@ class SaSpec:
     tfc_pad: int = 0  # XFRMA_TFCPAD, pad ESP payload up to this size (RFC 4303 TFC)
     flags: int = 0  # extra XFRM_STATE_* bits (ESN is set from `esn`)
     extra_flags: int = 0  # XFRMA_SA_EXTRA_FLAGS
+    acquire_seq: int = 0  # Acquire.seq this SA answers: the kernel retires that placeholder
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "src", ip_address(self.src))
