@@ -232,6 +232,8 @@ async def test_events_through_asyncio_reader(xfrm, pair):
         await asyncio.to_thread(send_without_sa, pair.a, B4)
         event = await asyncio.wait_for(queue.get(), DEADLINE)
         assert isinstance(event, Acquire) and event.owned
+        with Xfrm(pair.a) as inside_the_loop:  # pyroute2's sync NetlinkSocket cannot do this
+            assert len(inside_the_loop.dump_policies()) == 1
     finally:
         loop.remove_reader(xfrm.fileno())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import socket
 import subprocess
@@ -144,7 +145,9 @@ def assert_esp_only(lines: list[str], local: str, remote: str, minimum: int = 3)
     Software-emulated captures may miss a packet, so `minimum` is the ping count,
     not twice it.
     """
-    between = [line for line in lines if f" {local}" in line and f" {remote}" in line]
+    hosts = "|".join(re.escape(address) for address in (local, remote))
+    unicast = re.compile(rf"IP6? ({hosts})(\.\d+)? > ({hosts})(\.\d+)?: ")
+    between = [line for line in lines if unicast.search(line)]
     esp = [line for line in between if "ESP(" in line]
     assert len(esp) >= minimum, lines
     assert [line for line in between if "ESP(" not in line] == [], between
