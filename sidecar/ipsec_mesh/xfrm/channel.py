@@ -1,0 +1,289 @@
+"""A NETLINK_XFRM socket in a chosen network namespace, and request/reply on it.
+
+Why not pyroute2's `NetlinkSocket` transport: in pyroute2 0.9 its sync API
+drives a private asyncio loop with `run_until_complete`, which fails when
+called from a coroutine of the agent's running loop, and it keeps one socket
+per thread. We keep pyroute2's message classes (structs.py) and its netns
+code, and drive one plain socket ourselves: blocking with a timeout for
+requests, non-blocking for events, so an asyncio loop can `add_reader()` it.
+
+Namespace entry: `setns(2)` changes the calling *thread's* namespace only, so
+a short-lived helper thread enters the target namespace, creates the socket
+and exits. A socket stays bound to the namespace it was created in. No fork,
+nothing for the asyncio loop to notice.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pyroute2 import netns as pyroute2_netns
+from pyroute2.netlink import nlmsg
+
+from .constants import (
+    NETLINK_ADD_MEMBERSHIP,
+    NETLINK_CAP_ACK,
+    NETLINK_EXT_ACK,
+    NETLINK_XFRM,
+    NLM_F_ACK,
+    NLM_F_ACK_TLVS,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_HDRLEN,
+    NLMSGERR_ATTR_MSG,
+    SOL_NETLINK,
+)
+from .errors import XfrmError, XfrmParseError
+
+NetnsRef = str | int | None  # name under /run/netns, a path, an open fd, or None
+RECV_BUFFER = 1 << 17  # dumps come in skbs of at most 32 KiB; room to spare
+SOCKET_BUFFER = 4 << 20  # so bursts of acks/events do not overflow
+BATCH_BYTES = 64 << 10  # requests per sendmsg: well under the 200 KiB default sndbuf
+SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python does not export it
+REPLY_TIMEOUT = 5.0  # seconds; the kernel answers in microseconds, this only bounds bugs
+
+
+@dataclass(frozen=True)
+class Reply:
+    msg_type: int
+    flags: int
+    seq: int
+    data: bytes  # the whole netlink message, header included
+
+
+def open_netlink_socket(netns: NetnsRef) -> socket.socket:
+    """A NETLINK_XFRM socket created inside `netns` (None: the caller's namespace)."""
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+    result: list = []
+
+    def enter_and_create() -> None:
+        try:
+            pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a namespace
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM))
+        except Exception as exc:  # handed to the caller's thread below
+            result.append(exc)
+
+    helper = threading.Thread(target=enter_and_create, name="xfrm-setns", daemon=True)
+    helper.start()
+    helper.join()
+    outcome = result[0] if result else RuntimeError("setns helper died")
+    if isinstance(outcome, socket.socket):
+        return outcome
+    code = getattr(outcome, "errno", None) or errno.ENOENT
+    raise XfrmError("open", code, f"cannot enter network namespace {netns!r}: {outcome}")
+
+
+def split_messages(datagram: bytes, operation: str) -> Iterator[Reply]:
+    """The netlink messages in one datagram, each length checked against the buffer."""
+    offset = 0
+    while offset < len(datagram):
+        if len(datagram) - offset < NLMSG_HDRLEN:
+            raise XfrmParseError(operation, "truncated netlink header")
+        length, msg_type, flags, seq, _pid = struct.unpack_from("IHHII", datagram, offset)
+        if length < NLMSG_HDRLEN or offset + length > len(datagram):
+            raise XfrmParseError(operation, f"netlink length {length} overruns the datagram")
+        yield Reply(msg_type, flags, seq, bytes(datagram[offset : offset + length]))
+        offset += (length + 3) & ~3
+
+
+def error_of(reply: Reply, operation: str) -> XfrmError | None:
+    """None for a positive ack, else the XfrmError an NLMSG_ERROR carries."""
+    if len(reply.data) < NLMSG_HDRLEN + 4:
+        raise XfrmParseError(operation, "truncated NLMSG_ERROR")
+    (code,) = struct.unpack_from("i", reply.data, NLMSG_HDRLEN)
+    if code == 0:
+        return None
+    return XfrmError(operation, -code, extended_ack_text(reply))
+
+
+def extended_ack_text(reply: Reply) -> str:
+    """NLMSGERR_ATTR_MSG from an error ack, if the kernel sent one."""
+    if not reply.flags & NLM_F_ACK_TLVS:
+        return ""
+    # error code, then the request's header (payload capped by NETLINK_CAP_ACK)
+    offset = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN
+    data = reply.data
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("HH", data, offset)
+        if length < 4 or offset + length > len(data):
+            return ""
+        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
+            return data[offset + 4 : offset + length].split(b"\0", 1)[0].decode(errors="replace")
+        offset += (length + 3) & ~3
+    return ""
+
+
+class NetlinkChannel:
+    """One NETLINK_XFRM socket. Not thread-safe on its own; `Xfrm` holds a lock."""
+
+    def __init__(self, netns: NetnsRef = None, groups: Iterable[int] = ()):
+        self.sock = open_netlink_socket(netns)
+        try:
+            self._configure(list(groups))
+        except OSError as exc:
+            self.sock.close()
+            raise XfrmError("open", exc.errno or errno.EIO, str(exc)) from exc
+        self._seq = itertools.count(int(time.time()) & 0xFFFF)
+        self._buffer = bytearray(RECV_BUFFER)
+
+    def _configure(self, groups: list[int]) -> None:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        try:  # as root, go past net.core.rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+        except PermissionError:
+            pass
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        self.sock.bind((0, 0))
+        self.join(groups)
+        if groups:
+            self.sock.setblocking(False)
+        else:
+            self.sock.settimeout(REPLY_TIMEOUT)
+
+    def join(self, groups: Iterable[int]) -> None:
+        """Add multicast group memberships (joining one twice is harmless)."""
+        for group in groups:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # ------------------------------------------------------------ sending
+
+    def _stamp(self, message: nlmsg, msg_type: int, flags: int) -> tuple[int, bytes]:
+        seq = next(self._seq) & 0xFFFFFFFF
+        message["header"] = {"type": msg_type, "flags": flags, "sequence_number": seq, "pid": 0}
+        message.encode()
+        return seq, bytes(message.data)
+
+    def _send(self, data: bytes, operation: str) -> None:
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            raise XfrmError(operation, exc.errno or errno.EIO, "netlink send failed") from exc
+
+    def _receive(self, operation: str) -> Iterator[Reply]:
+        try:
+            size = self.sock.recv_into(self._buffer, len(self._buffer), socket.MSG_TRUNC)
+        except TimeoutError as exc:
+            raise XfrmError(operation, errno.ETIMEDOUT, "no reply from the kernel") from exc
+        except OSError as exc:
+            raise XfrmError(operation, exc.errno or errno.EIO, "netlink receive failed") from exc
+        if size > len(self._buffer):
+            raise XfrmParseError(operation, f"netlink datagram of {size} bytes truncated")
+        yield from split_messages(bytes(self._buffer[:size]), operation)
+
+    # ------------------------------------------------------------ request kinds
+
+    def request(self, message: nlmsg, msg_type: int, operation: str, flags: int = 0) -> None:
+        """Send one request and wait for its ack; raise XfrmError on a negative one."""
+        errors = self.batch([(message, msg_type, flags)], operation)
+        if errors[0] is not None:
+            raise errors[0]
+
+    def batch(
+        self, requests: Iterable[tuple[nlmsg, int, int]], operation: str
+    ) -> list[XfrmError | None]:
+        """Send many acked requests, several per datagram; one result per request."""
+        results: dict[int, XfrmError | None] = {}
+        order: list[int] = []
+        chunk: list[bytes] = []
+        chunk_bytes = 0
+        pending: set[int] = set()
+        for message, msg_type, flags in requests:
+            seq, data = self._stamp(message, msg_type, NLM_F_REQUEST | NLM_F_ACK | flags)
+            order.append(seq)
+            if chunk and chunk_bytes + len(data) > BATCH_BYTES:
+                self._flush(chunk, pending, results, operation)
+                chunk_bytes = 0
+            chunk.append(data)
+            chunk_bytes += len(data)
+            pending.add(seq)
+        self._flush(chunk, pending, results, operation)
+        return [results[seq] for seq in order]
+
+    def _flush(self, chunk: list[bytes], pending: set[int], results: dict, operation: str) -> None:
+        if not chunk:
+            return
+        self._send(b"".join(chunk), operation)
+        chunk.clear()
+        while pending:
+            for reply in self._receive(operation):
+                if reply.msg_type == NLMSG_ERROR and reply.seq in pending:
+                    pending.discard(reply.seq)
+                    results[reply.seq] = error_of(reply, operation)
+
+    def query(self, message: nlmsg, msg_type: int, operation: str) -> Reply:
+        """Send a request answered by exactly one message (GETSA, ALLOCSPI)."""
+        seq, data = self._stamp(message, msg_type, NLM_F_REQUEST)
+        self._send(data, operation)
+        while True:
+            for reply in self._receive(operation):
+                if reply.seq != seq:
+                    continue  # a late answer to an earlier, timed-out request
+                if reply.msg_type == NLMSG_ERROR:
+                    raise error_of(reply, operation) or XfrmParseError(operation, "ack, no reply")
+                return reply
+
+    def dump(self, message: nlmsg, msg_type: int, operation: str) -> list[Reply]:
+        """Send a dump request; collect the multipart answer up to NLMSG_DONE."""
+        seq, data = self._stamp(message, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
+        self._send(data, operation)
+        replies: list[Reply] = []
+        while True:
+            for reply in self._receive(operation):
+                if reply.seq != seq:
+                    continue
+                if reply.msg_type == NLMSG_DONE:
+                    return replies
+                if reply.msg_type == NLMSG_ERROR:
+                    raise error_of(reply, operation) or XfrmParseError(operation, "ack in a dump")
+                replies.append(reply)
+
+    # ------------------------------------------------------------ events
+
+    def read_pending(self, operation: str = "read_events") -> tuple[list[Reply], bool]:
+        """Drain queued multicast messages without blocking.
+
+        Returns the messages and whether the kernel dropped some (ENOBUFS).
+        """
+        replies: list[Reply] = []
+        overflowed = False
+        while True:
+            try:
+                replies.extend(self._receive(operation))
+            except XfrmError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    return replies, overflowed
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                overflowed = True
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        return bool(readable)
+
+
+def close_quietly(channel: NetlinkChannel | None) -> None:
+    if channel is not None:
+        try:
+            channel.close()
+        except OSError:
+            pass
+
