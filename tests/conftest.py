@@ -4,4 +4,4 @@
 kernel has ESP, booted once per session; see tests/vm/README.md.
 """
 
-pytest_plugins = ["vm.plugin"]
+pytest_plugins = ["tests.vm.plugin"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from _pytest.reports import TestReport
 
-from vm.runner import (
+from tests.vm.runner import (
     IN_VM_ENV,
     NODEIDS_ENV,
     RESULTS_ENV,
