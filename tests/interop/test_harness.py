@@ -219,7 +219,9 @@ def test_cookie_forced(topology, charons, capture_factory):
     capture.stop()
     assert capture.cookie_exchange()
     init = [m for m in capture.ike_messages() if m.exchange == "IKE_SA_INIT"]
-    assert [m.response for m in init if NOTIFY_COOKIE in m.notifies] == [True, False]
+    with_cookie = [m.response for m in init if NOTIFY_COOKIE in m.notifies]
+    # The responder asks first; retransmits may repeat the request with the cookie.
+    assert with_cookie[:2] == [True, False] and with_cookie.count(True) == 1, init
 
 
 def test_dpd_keeps_sa_alive(topology, charons, capture_factory):
