@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import replace
 
 import pytest
 
+from .harness import netns
 from .harness.capture import NOTIFY_COOKIE, PAYLOAD_SKF
 from .harness.charon import Charon
-from .harness.peers import DEFAULT_PSK, Side
+from .harness.half_open import send_half_open
+from .harness.peers import Side
 from .harness.pki import CertificateAuthority
 from .harness.swanctl import Child, IkeSa
 
@@ -191,30 +192,19 @@ def test_terminate_reaches_peer(topology, charons):
 
 
 def test_cookie_forced(topology, charons, capture_factory):
-    """charon sends COOKIE once ``cookie_threshold`` half-open IKE_SAs exist.
-
-    A first IKE_SA is held half-open by delaying IKE_AUTH processing on the
-    responder (``receive_delay``); the second IKE_SA_INIT then gets a COOKIE.
-    """
+    """charon demands a COOKIE once ``cookie_threshold`` half-open IKE_SAs exist;
+    a hand-made IKE_SA_INIT that is never followed by IKE_AUTH provides one."""
     pair = topology.pair()
     left_side, right_side = sides(pair)
-    right_side.settings = {"cookie_threshold": 1, "receive_delay": 1500,
-                           "receive_delay_type": 35, "receive_delay_response": False}
-    left_side.settings = {"retransmit_timeout": 3.0}
+    right_side.settings = {"cookie_threshold": 1}
     left, right = charons.pair(left_side, right_side, proposals=IKE_PROPOSAL,
                                childless="force")
-    # A second connection (another identity, so charon does not reuse the IKE_SA).
-    left.connections["held"] = replace(left.connections["conn"], local_id="held.test")
-    right.connections["held"] = replace(right.connections["conn"], remote_id="held.test")
-    for charon in (left, right):
-        charon.add_psk(DEFAULT_PSK, "held.test", "right.test")
-        charon.load()
     capture = capture_factory(pair.left)
-    with left.vici() as session:   # asynchronous initiate: does not wait for IKE_AUTH
-        session.request("initiate", {"ike": "held", "timeout": -1})
+    held = pair.left.call(send_half_open, right_side.addr)
+    assert NOTIFY_COOKIE not in held.notifies and held.spi_r != bytes(8)
     right.wait_for(lambda sas: any(sa.state == "CONNECTING" for sa in sas),
-                   what="a half-open IKE_SA")
-    left.initiate(ike="conn", timeout=10)
+                   what="the half-open IKE_SA")
+    left.initiate(ike="conn")
     right.wait_established("conn")
     capture.stop()
     assert capture.cookie_exchange()
@@ -278,5 +268,8 @@ def test_namespace_subprocess_and_callable(topology, family):
         assert pair.right.call(_udp_echo_once, right_addr, 9999) == left_addr
     finally:
         sender.kill()
+    imported = pair.left.run(pair.left.python_argv(
+        "-c", "import interop.harness.netns as m; print(m.__file__)")).stdout.strip()
+    assert imported == netns.__file__   # the subprocess runs the code under test
     links = pair.left.run(["ip", "-br", "link"]).stdout
     assert "eth0" in links and len(links.splitlines()) == 2   # lo and eth0 only
