@@ -110,10 +110,13 @@ def test_forced_fragmentation_in_capture(topology, charons, capture_factory):
     assert total > 1 and requests == [(n, total) for n in range(1, total + 1)]
 
 
-def test_forced_encap_through_nat(topology, charons, capture_factory, shim_path):
-    nat = topology.nat()
-    left_side = Side(nat.left, nat.left.ipv4, "left.test")
-    right_side = Side(nat.right, nat.right.ipv4, "right.test")
+@pytest.mark.parametrize("family,router_outside", [("ipv4", "203.0.113.1"),
+                                                   ("ipv6", "fd02::1")])
+def test_forced_encap_through_nat(topology, charons, capture_factory, shim_path, family,
+                                  router_outside):
+    nat = topology.nat(ipv6=family == "ipv6")
+    left_side = Side(nat.left, nat.left.addrs[family], "left.test")
+    right_side = Side(nat.right, nat.right.addrs[family], "right.test")
     left, right = charons.pair(left_side, right_side, fake_esp=True, shim_path=shim_path,
                                proposals=IKE_PROPOSAL, encap=True,
                                children={"child": Child(mode="transport")})
@@ -123,7 +126,7 @@ def test_forced_encap_through_nat(topology, charons, capture_factory, shim_path)
     on_left = left.wait_established("conn", ("child",))
     capture.stop()
     assert on_left.nat_local and on_right.nat_remote
-    assert on_right.remote_host == "203.0.113.1" and on_right.remote_port != 500
+    assert on_right.remote_host == router_outside and on_right.remote_port != 500
     assert on_left.remote_port == 4500 and on_left.child("child").encap
     assert on_right.child("child").encap
     messages = capture.ike_messages()
@@ -131,7 +134,7 @@ def test_forced_encap_through_nat(topology, charons, capture_factory, shim_path)
     later = [m for m in messages if m.exchange != "IKE_SA_INIT"]
     assert init and all(m.dport == 500 or m.sport == 500 for m in init)
     assert later and all(m.non_esp_marker for m in later)
-    assert {m.src for m in messages if not m.response} == {"203.0.113.1"}
+    assert {m.src for m in messages if not m.response} == {router_outside}
 
 
 def test_forced_encap_without_nat(topology, charons):
