@@ -220,10 +220,11 @@ class Charon:
             return session.request(name, message)
 
     def initiate(self, child: str | None = None, ike: str | None = None,
-                 timeout: float = 10.0) -> Tree:
-        """Initiate and wait for the result (raises ViciError on failure)."""
-        message = _drop_none({"child": child, "ike": ike, "timeout": int(timeout * 1000),
-                              "init-limits": False})
+                 timeout: float = 10.0, wait: bool = True) -> Tree:
+        """Initiate; with ``wait`` return once it succeeded (ViciError if it failed),
+        otherwise return at once (vici timeout -1) and let the test poll."""
+        message = _drop_none({"child": child, "ike": ike, "init-limits": False,
+                              "timeout": int(timeout * 1000) if wait else -1})
         return self.command("initiate", message, timeout + 5)
 
     def terminate(self, ike: str | None = None, child: str | None = None,
