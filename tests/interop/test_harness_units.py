@@ -1,12 +1,15 @@
 """In-memory tests of the harness pieces that need neither root nor charon."""
 from __future__ import annotations
 
+import ctypes
+import shutil
 import struct
 
 import pytest
 
 from .harness.capture import NOTIFY_COOKIE, summarize
 from .harness.charon import merge
+from .harness.shim import build_shim
 from .harness.half_open import FLAG_RESPONSE, HalfOpenError, build_ike_sa_init, parse_response
 from .harness.swanctl import Child, Connection, IkeSa, render
 from .harness.vici import (KEY_VALUE, LIST_ITEM, SECTION_END, SECTION_START, ViciError,
@@ -127,3 +130,15 @@ def test_half_open_rejects_bad_responses(mangle):
     spi = bytes(range(8))
     with pytest.raises(HalfOpenError):
         parse_response(mangle(_as_response(build_ike_sa_init(spi))), spi)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_shim_builds_once_and_exports_the_wrappers(tmp_path):
+    first = build_shim(tmp_path)
+    built_at = first.stat().st_mtime_ns
+    assert build_shim(tmp_path) == first and first.stat().st_mtime_ns == built_at
+    library = ctypes.CDLL(str(first))   # its own wrappers, not glibc's
+    for name in ("sendto", "sendmsg", "send", "write"):
+        assert ctypes.cast(getattr(library, name), ctypes.c_void_p).value != ctypes.cast(
+            getattr(ctypes.CDLL(None), name), ctypes.c_void_p).value
+    assert [p.name for p in tmp_path.iterdir()] == ["xfrm_shim.so"]
