@@ -1,12 +1,16 @@
 """In-memory tests of the harness pieces that need neither root nor charon."""
 from __future__ import annotations
 
+import ctypes
+import shutil
 import struct
 
 import pytest
 
 from .harness.capture import NOTIFY_COOKIE, summarize
 from .harness.charon import merge
+from .harness.shim import build_shim
+from .harness.half_open import FLAG_RESPONSE, HalfOpenError, build_ike_sa_init, parse_response
 from .harness.swanctl import Child, Connection, IkeSa, render
 from .harness.vici import (KEY_VALUE, LIST_ITEM, SECTION_END, SECTION_START, ViciError,
                            decode, encode)
@@ -102,3 +106,39 @@ def test_summarize_tshark_layers():
     assert (message.frame, message.spi_i, message.payloads) == (7, "aabb", [41])
     assert message.notifies == [NOTIFY_COOKIE] and not message.non_esp_marker
     assert summarize({"frame": {}}) is None
+
+
+def _as_response(message: bytes) -> bytes:
+    return message[:19] + bytes([FLAG_RESPONSE]) + message[20:]
+
+
+def test_half_open_init_is_well_formed():
+    spi = bytes(range(8))
+    message = build_ike_sa_init(spi)
+    assert struct.unpack_from("!I", message, 24)[0] == len(message)
+    parsed = parse_response(_as_response(message), spi)
+    assert parsed.payloads == [33, 34, 40] and parsed.notifies == []
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda m: m[:20],                                   # shorter than a header
+    lambda m: bytes(8) + m[8:],                         # someone else's SPI
+    lambda m: m[:28] + b"\x22\x00\x00\x02" + m[32:],    # payload length below 4
+    lambda m: m[:28] + b"\x22\x00\xff\xff" + m[32:],    # payload past the end
+])
+def test_half_open_rejects_bad_responses(mangle):
+    spi = bytes(range(8))
+    with pytest.raises(HalfOpenError):
+        parse_response(mangle(_as_response(build_ike_sa_init(spi))), spi)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+def test_shim_builds_once_and_exports_the_wrappers(tmp_path):
+    first = build_shim(tmp_path)
+    built_at = first.stat().st_mtime_ns
+    assert build_shim(tmp_path) == first and first.stat().st_mtime_ns == built_at
+    library = ctypes.CDLL(str(first))   # its own wrappers, not glibc's
+    for name in ("sendto", "sendmsg", "send", "write"):
+        assert ctypes.cast(getattr(library, name), ctypes.c_void_p).value != ctypes.cast(
+            getattr(ctypes.CDLL(None), name), ctypes.c_void_p).value
+    assert [p.name for p in tmp_path.iterdir()] == ["xfrm_shim.so"]

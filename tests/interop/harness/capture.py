@@ -59,6 +59,7 @@ class Capture:
         self.ns, self.path, self.iface, self.bpf = ns, Path(path), iface, bpf
         self.stderr_path = self.path.with_suffix(".tcpdump.log")
         self.process: subprocess.Popen | None = None
+        self._decoded: dict[str, list[dict[str, Any]]] = {}   # tshark takes ~1 s a run
 
     def __enter__(self) -> "Capture":
         return self.start()
@@ -99,13 +100,20 @@ class Capture:
         return proc.stdout
 
     def packets(self, display_filter: str = "isakmp") -> list[dict[str, Any]]:
-        """tshark's JSON ``_source.layers`` of each matching frame."""
+        """tshark's JSON ``_source.layers`` of each matching frame (cached once the
+        capture is stopped)."""
+        stopped = self.process is not None and self.process.poll() is not None
+        if stopped and display_filter in self._decoded:
+            return self._decoded[display_filter]
         out = self.tshark("-T", "json", "--no-duplicate-keys", "-Y", display_filter)
         try:
             frames = json.loads(out or "[]")
         except json.JSONDecodeError as exc:
             raise CaptureError(f"tshark JSON unreadable: {exc}") from None
-        return [frame["_source"]["layers"] for frame in frames]
+        layers = [frame["_source"]["layers"] for frame in frames]
+        if stopped:
+            self._decoded[display_filter] = layers
+        return layers
 
     def ike_messages(self) -> list[IkeMessage]:
         return [message for layers in self.packets() if (message := summarize(layers))]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .netns import Namespace, stop_process
+from .shim import build_shim
 from .swanctl import Connection, IkeSa, Tree, render
 from .vici import ViciError, ViciSession
 
@@ -33,7 +34,7 @@ T = TypeVar("T")
 
 
 class CharonError(RuntimeError):
-    """charon failed to start, load its config, or reach an expected state."""
+    """charon failed to start or to load its configuration."""
 
 
 def missing_requirements() -> str | None:
@@ -79,9 +80,8 @@ class Charon:
         # One line per SA request the fake-ESP shim rewrote (NEWSA->noop...).
         self.shim_log_path = self.dir / "xfrm_shim.log"
         self.fake_esp = fake_esp
-        self.shim_path = shim_path
-        if fake_esp and shim_path is None:
-            raise ValueError("fake_esp=True needs shim_path (see harness.shim.build_shim)")
+        # Built (once, cached by mtime) on first use when the caller brings none.
+        self.shim_path = build_shim() if fake_esp and shim_path is None else shim_path
         # Quick retransmits keep failing tests short; tests may override any of these.
         self.settings: Tree = merge({"install_routes": False, "retransmit_timeout": 1.0,
                                      "retransmit_tries": 3}, settings or {})
@@ -220,10 +220,11 @@ class Charon:
             return session.request(name, message)
 
     def initiate(self, child: str | None = None, ike: str | None = None,
-                 timeout: float = 10.0) -> Tree:
-        """Initiate and wait for the result (raises ViciError on failure)."""
-        message = _drop_none({"child": child, "ike": ike, "timeout": int(timeout * 1000),
-                              "init-limits": False})
+                 timeout: float = 10.0, wait: bool = True) -> Tree:
+        """Initiate; with ``wait`` return once it succeeded (ViciError if it failed),
+        otherwise return at once (vici timeout -1) and let the test poll."""
+        message = _drop_none({"child": child, "ike": ike, "init-limits": False,
+                              "timeout": int(timeout * 1000) if wait else -1})
         return self.command("initiate", message, timeout + 5)
 
     def terminate(self, ike: str | None = None, child: str | None = None,

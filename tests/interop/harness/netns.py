@@ -130,8 +130,13 @@ class Namespace:
         return proc
 
     def python_argv(self, *args: str) -> list[str]:
-        """argv running this interpreter in the namespace, e.g. ``("-m", "pkg")``."""
-        return self.exec_prefix() + [sys.executable, *args]
+        """argv running this interpreter in the namespace, e.g. ``("-m", "pkg")``.
+
+        The child gets this process's sys.path as PYTHONPATH, so it imports the code
+        under test (the worktree), not the venv's editable install of another checkout.
+        """
+        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        return self.exec_prefix() + ["env", f"PYTHONPATH={path}", sys.executable, *args]
 
     def call(self, func: Callable[..., Any], *args: Any, timeout: float = 30.0,
              **kwargs: Any) -> Any:
