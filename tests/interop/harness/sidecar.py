@@ -32,7 +32,10 @@ class Sidecar:
                  peer_identity: str, psk: str | None = None, cert_pem: bytes | None = None,
                  key_pem: bytes | None = None, ca_pem: bytes | None = None, ike: str | None = None,
                  esp: str | None = None, lifetimes: dict | None = None, initiate: bool = False,
-                 ike_settings: dict | None = None, name: str = "sidecar"):
+                 ike_settings: dict | None = None, name: str = "sidecar", dataplane: str = "none",
+                 enforcement: str | None = None, addresses: tuple[str, ...] = ()):
+        """`peer_address` is a CIDR (or several, comma-separated); `addresses` adds local
+        addresses (e.g. IPv6 beside IPv4) to the one in `address`."""
         self.ns = ns
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -40,8 +43,10 @@ class Sidecar:
         self.process: subprocess.Popen | None = None
         peering: dict[str, Any] = {
             "name": "interop",
-            "peers": [{"name": "charon", "addresses": [peer_address], "identities": [peer_identity]}],
+            "peers": [{"name": "charon", "addresses": peer_address.split(","), "identities": [peer_identity]}],
         }
+        if enforcement:
+            peering["enforcement"] = enforcement
         if psk is not None:
             peering["authentication"] = "psk"
             peering["psk"] = [{"id": "k1", "value": base64.b64encode(psk.encode()).decode()}]
@@ -54,10 +59,11 @@ class Sidecar:
             peering["proposals"] = proposals
         if lifetimes:
             peering["lifetimes"] = lifetimes
-        peer_map: dict[str, Any] = {"local": {"identity": identity, "addresses": [address]}, "peerings": [peering]}
+        peer_map: dict[str, Any] = {"local": {"identity": identity, "addresses": [address, *addresses]},
+                                    "peerings": [peering]}
         document: dict[str, Any] = {
             "peerMap": peer_map,
-            "dataplane": "none",
+            "dataplane": dataplane,
             "initiate": [peer_address.split("/")[0]] if initiate else [],
             "status": {"listen": f"127.0.0.1:{STATUS_PORT}"},
             "ike": {"retransmitTimeout": 1, "retransmitTries": 3, **(ike_settings or {})},
@@ -117,6 +123,10 @@ class Sidecar:
                     return sa
             return None
         return self.wait_for(ready, what=f"an IKE SA with {children} CHILD_SA(s)")
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to peers, no cleanup of kernel state."""
+        self.stop(signal.SIGKILL)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
