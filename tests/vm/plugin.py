@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _pytest.reports import TestReport
+from _pytest.reports import BaseReport, TestReport
 
 from vm.runner import (
     IN_VM_ENV,
@@ -144,19 +144,22 @@ class HostVMTier:
     def _reports_for(self, item: pytest.Item) -> list[TestReport]:
         guest_reports = self.batch.reports.get(item.nodeid) if self.batch else None
         if guest_reports:
-            hook = self.config.hook
-            return [hook.pytest_report_from_serializable(config=self.config, data=d) for d in guest_reports]
+            return [self._deserialize(data) for data in guest_reports]  # type: ignore[misc]
         return self._missing_result_reports(item, self._missing_result_message())
+
+    def _deserialize(self, data: dict) -> BaseReport:
+        report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if isinstance(report.longrepr, list):
+            # A skip's (path, line, reason) came back from JSON as a list; pytest's
+            # summary wants the tuple.
+            report.longrepr = tuple(report.longrepr)
+        return report
 
     def _missing_result_message(self) -> str:
         if self.batch_error is not None:
             return f"VM tier failed: {self.batch_error}"
         assert self.batch is not None
-        hook = self.config.hook
-        collect_errors = [
-            hook.pytest_report_from_serializable(config=self.config, data=d).longreprtext
-            for d in self.batch.collect_errors
-        ]
+        collect_errors = [self._deserialize(data).longreprtext for data in self.batch.collect_errors]
         if collect_errors:
             return "the guest could not collect this test:\n" + "\n".join(collect_errors)
         return (

@@ -297,6 +297,9 @@ def _boot_and_wait(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult
                 f"VM batch exceeded {config.timeout:.0f}s ({TIMEOUT_ENV}); "
                 f"console log: {config.console_log}"
             ) from None
+        except BaseException:  # Ctrl-C on the host must not leave qemu running
+            _kill_group(proc)
+            raise
         copier.join(timeout=10)
     result.total_seconds = time.monotonic() - started
     if not boot_seen.is_set():
