@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from _pytest.reports import BaseReport, TestReport
-
 from vm.runner import (
     IN_VM_ENV,
     NODEIDS_ENV,
@@ -50,7 +49,9 @@ class GuestReporter:
         self.out = open(results, "a", encoding="utf-8")
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         # The host passes whole files (so an unknown id cannot abort the run); keep only
         # what the host selected. A test not collected here is reported missing there.
         keep = [item for item in items if item.nodeid in self.nodeids]
@@ -89,7 +90,9 @@ class HostVMTier:
         self.batch_size = 0
 
     @pytest.hookimpl(trylast=True)  # after -m/-k deselection
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         vm_items = [item for item in items if _is_vm_test(item)]
         if not vm_items:
             return
@@ -115,7 +118,9 @@ class HostVMTier:
         return None
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
         if self.mode != "vm" or not _is_vm_test(item):
             return None
         if self.batch is None and self.batch_error is None:
@@ -159,7 +164,7 @@ class HostVMTier:
         if self.batch_error is not None:
             return f"VM tier failed: {self.batch_error}"
         assert self.batch is not None
-        collect_errors = [self._deserialize(data).longreprtext for data in self.batch.collect_errors]
+        collect_errors = [self._deserialize(d).longreprtext for d in self.batch.collect_errors]
         if collect_errors:
             return "the guest could not collect this test:\n" + "\n".join(collect_errors)
         return (

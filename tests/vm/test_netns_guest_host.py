@@ -9,9 +9,15 @@ import os
 import socket
 
 import pytest
-
 from netns_guest import (
-    Capture, NetnsError, PeerPair, missing_requirements, peer_pair, ping, run, tcp_transfer,
+    Capture,
+    NetnsError,
+    PeerPair,
+    missing_requirements,
+    peer_pair,
+    ping,
+    run,
+    tcp_transfer,
 )
 
 FAMILIES = [pytest.param(socket.AF_INET, id="ipv4"), pytest.param(socket.AF_INET6, id="ipv6")]
@@ -24,7 +30,9 @@ def test_plaintext_ping_and_tcp_are_captured_as_plaintext(peers: PeerPair, famil
 
     with Capture(peers.left.netns, peers.left.ifname, tmp_path / "plain.pcap") as capture:
         assert ping(peers.left, right, count=2)
-        assert tcp_transfer(peers.right, peers.left, family, payload) == hashlib.sha256(payload).digest()
+        digest = tcp_transfer(peers.right, peers.left, family, payload)
+
+    assert digest == hashlib.sha256(payload).digest()
 
     traffic = capture.traffic(left, right)
     icmp = "icmp" if family == socket.AF_INET else "icmpv6"

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import vm.plugin
 import vm.runner
 from vm.runner import BatchResult, VMConfig, VMRunError, VMUnavailable
@@ -142,7 +141,9 @@ def test_unbootable_vm_skips_with_what_is_missing(project: pytest.Pytester, boot
     result = project.runpytest_inprocess("-rs")
 
     result.assert_outcomes(passed=1, skipped=5)
-    result.stdout.fnmatch_lines(["*VM tier unavailable*qemu-system-x86_64 (apt install qemu-system-x86)*"])
+    result.stdout.fnmatch_lines(
+        ["*VM tier unavailable*qemu-system-x86_64 (apt install qemu-system-x86)*"]
+    )
     assert boots == []
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from vm.runner import (
     KERNEL_ENV,
     VMConfig,
@@ -31,7 +30,8 @@ def fake_kernel(boot: Path, modules: Path, version: str, *, esp: str | None) -> 
         (moddir / "kernel/net/ipv4/esp4.ko.xz").write_bytes(b"")
         (moddir / "kernel/net/ipv6/esp6.ko.xz").write_bytes(b"")
     elif esp == "builtin":
-        (moddir / "modules.builtin").write_text("kernel/net/ipv4/esp4.ko\nkernel/net/ipv6/esp6.ko\n")
+        builtin = "kernel/net/ipv4/esp4.ko\nkernel/net/ipv6/esp6.ko\n"
+        (moddir / "modules.builtin").write_text(builtin)
     return kernel
 
 
@@ -74,7 +74,8 @@ def test_vng_command_and_guest_script(tmp_path):
     assert argv[argv.index("--memory") + 1] == "2G" and argv[argv.index("--cpus") + 1] == "2"
     assert argv[-1] == f"sh '{rundir}/guest.sh'"
 
-    script = guest_script(config, rundir, rootdir, ["tests/vm/test_kernel_esp.py"], "/venv/bin/python")
+    files = ["tests/vm/test_kernel_esp.py"]
+    script = guest_script(config, rundir, rootdir, files, "/venv/bin/python")
     assert "export IPSEC_MESH_IN_VM=1" in script
     assert "modprobe -a esp4 esp6" in script
     assert "cd /work/wt/vm || exit 90" in script
