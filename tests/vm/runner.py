@@ -225,8 +225,10 @@ def guest_script(
     return "\n".join([
         *lines,
         f"cd {q(str(rootdir))} || exit 90",
+        'echo "@@ipsec-mesh-vm: pytest starts at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
         " ".join(q(arg) for arg in pytest_argv),
         "status=$?",
+        'echo "@@ipsec-mesh-vm: pytest ended at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
         f"echo $status > {q(str(rundir / 'exit_status'))}",
         "sync",
         "exit $status",
