@@ -116,7 +116,9 @@ class Netns:
         in a process list or in an error message."""
         run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(commands) + "\n")
 
-    def call(self, function: Callable[..., T], *args: object, timeout: float = DEFAULT_TIMEOUT) -> T:
+    def call(
+        self, function: Callable[..., T], *args: object, timeout: float = DEFAULT_TIMEOUT
+    ) -> T:
         """Call `function(*args)` in a short-lived thread that has entered this namespace.
 
         A network namespace belongs to a thread, and a socket to the namespace it was
@@ -235,14 +237,15 @@ def install_transport_esp(
     keys, SAs in both namespaces and `required` policies in and out on both sides."""
     plen = 32 if family == socket.AF_INET else 128
     sas = []
-    for (src, dst), spi in zip(((pair.left, pair.right), (pair.right, pair.left)), spis):
+    directions = ((pair.left, pair.right), (pair.right, pair.left))
+    for (src, dst), spi in zip(directions, spis, strict=True):
         key = os.urandom(aead.key_bytes).hex()
         sas.append(
             f"xfrm state add src {src.address(family)} dst {dst.address(family)} proto esp"
             f" spi {spi:#x} reqid {reqid} mode transport replay-window 32"
             f" aead '{aead.kernel_name}' 0x{key} {aead.icv_bits}"
         )
-    for local, remote in ((pair.left, pair.right), (pair.right, pair.left)):
+    for local, remote in directions:
         here, there = local.address(family), remote.address(family)
         local.netns.ip_batch([
             *sas,
@@ -291,9 +294,11 @@ def tcp_transfer(
         accepter = threading.Thread(target=_hash_one_connection, args=(listener, timeout, received))
         accepter.start()
         try:
-            answer = _send_and_read_digest(client, family, (server.address(family), port), payload, timeout)
+            target = (server.address(family), port)
+            answer = _send_and_read_digest(client, family, target, payload, timeout)
         except OSError as exc:
-            raise NetnsError(f"TCP transfer {client.netns.name} -> {server.netns.name} failed: {exc!r}") from None
+            route = f"{client.netns.name} -> {server.netns.name}"
+            raise NetnsError(f"TCP transfer {route} failed: {exc!r}") from None
         finally:
             listener.shutdown(socket.SHUT_RDWR)  # wakes accept() if the client never came
             accepter.join(timeout + 5)

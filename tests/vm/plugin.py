@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _pytest.reports import TestReport
-
+from _pytest.reports import BaseReport, TestReport
 from tests.vm.runner import (
     IN_VM_ENV,
     NODEIDS_ENV,
@@ -50,7 +49,9 @@ class GuestReporter:
         self.out = open(results, "a", encoding="utf-8")
 
     @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         # The host passes whole files (so an unknown id cannot abort the run); keep only
         # what the host selected. A test not collected here is reported missing there.
         keep = [item for item in items if item.nodeid in self.nodeids]
@@ -89,7 +90,9 @@ class HostVMTier:
         self.batch_size = 0
 
     @pytest.hookimpl(trylast=True)  # after -m/-k deselection
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         vm_items = [item for item in items if _is_vm_test(item)]
         if not vm_items:
             return
@@ -115,7 +118,9 @@ class HostVMTier:
         return None
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
         if self.mode != "vm" or not _is_vm_test(item):
             return None
         if self.batch is None and self.batch_error is None:
@@ -144,19 +149,22 @@ class HostVMTier:
     def _reports_for(self, item: pytest.Item) -> list[TestReport]:
         guest_reports = self.batch.reports.get(item.nodeid) if self.batch else None
         if guest_reports:
-            hook = self.config.hook
-            return [hook.pytest_report_from_serializable(config=self.config, data=d) for d in guest_reports]
+            return [self._deserialize(data) for data in guest_reports]  # type: ignore[misc]
         return self._missing_result_reports(item, self._missing_result_message())
+
+    def _deserialize(self, data: dict) -> BaseReport:
+        report = self.config.hook.pytest_report_from_serializable(config=self.config, data=data)
+        if isinstance(report.longrepr, list):
+            # A skip's (path, line, reason) came back from JSON as a list; pytest's
+            # summary wants the tuple.
+            report.longrepr = tuple(report.longrepr)
+        return report
 
     def _missing_result_message(self) -> str:
         if self.batch_error is not None:
             return f"VM tier failed: {self.batch_error}"
         assert self.batch is not None
-        hook = self.config.hook
-        collect_errors = [
-            hook.pytest_report_from_serializable(config=self.config, data=d).longreprtext
-            for d in self.batch.collect_errors
-        ]
+        collect_errors = [self._deserialize(d).longreprtext for d in self.batch.collect_errors]
         if collect_errors:
             return "the guest could not collect this test:\n" + "\n".join(collect_errors)
         return (

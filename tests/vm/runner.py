@@ -19,8 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 IN_VM_ENV = "IPSEC_MESH_IN_VM"
 RESULTS_ENV = "IPSEC_MESH_VM_RESULTS"
@@ -120,7 +122,7 @@ def _find_program(name: str, extra_dirs: list[Path]) -> Path | None:
     return Path(found) if found else None
 
 
-def locate(env: os._Environ[str] | dict[str, str] = os.environ, *, rootdir: Path) -> VMConfig:
+def locate(env: Mapping[str, str] = os.environ, *, rootdir: Path) -> VMConfig:
     """Find vng, qemu and a kernel; raise VMUnavailable listing everything missing."""
     venv_bin = Path(sys.executable).parent
     missing: list[str] = []
@@ -152,11 +154,11 @@ def locate(env: os._Environ[str] | dict[str, str] = os.environ, *, rootdir: Path
         timeout=float(env.get(TIMEOUT_ENV, DEFAULT_TIMEOUT)),
         console_log=Path(env.get(LOG_ENV, default_log)),
         verbose=env.get(VERBOSE_ENV, "") not in ("", "0"),
-        guest_plugins=tuple(p for p in env.get(PLUGINS_ENV, ",".join(GUEST_PLUGINS)).split(",") if p),
+        guest_plugins=tuple(filter(None, env.get(PLUGINS_ENV, ",".join(GUEST_PLUGINS)).split(","))),
     )
 
 
-def _kernel_from_env(env: os._Environ[str] | dict[str, str]) -> Path | None:
+def _kernel_from_env(env: Mapping[str, str]) -> Path | None:
     value = env.get(KERNEL_ENV)
     if not value:
         return None
@@ -223,8 +225,10 @@ def guest_script(
     return "\n".join([
         *lines,
         f"cd {q(str(rootdir))} || exit 90",
+        'echo "@@ipsec-mesh-vm: pytest starts at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
         " ".join(q(arg) for arg in pytest_argv),
         "status=$?",
+        'echo "@@ipsec-mesh-vm: pytest ended at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
         f"echo $status > {q(str(rundir / 'exit_status'))}",
         "sync",
         "exit $status",
@@ -297,6 +301,9 @@ def _boot_and_wait(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult
                 f"VM batch exceeded {config.timeout:.0f}s ({TIMEOUT_ENV}); "
                 f"console log: {config.console_log}"
             ) from None
+        except BaseException:  # Ctrl-C on the host must not leave qemu running
+            _kill_group(proc)
+            raise
         copier.join(timeout=10)
     result.total_seconds = time.monotonic() - started
     if not boot_seen.is_set():
@@ -308,7 +315,7 @@ def _boot_and_wait(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult
 
 
 def _copy_console(
-    proc: subprocess.Popen[bytes], log, boot_seen: threading.Event,
+    proc: subprocess.Popen[bytes], log: TextIO, boot_seen: threading.Event,
     started: float, result: BatchResult,
 ) -> None:
     assert proc.stdout is not None

@@ -12,18 +12,17 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from netns_guest import (
     AES_GCM_128,
     CHACHA20_POLY1305,
     Capture,
+    NetnsError,
     PeerPair,
     flush_states,
     flush_xfrm,
     install_transport_esp,
     ping,
     tcp_transfer,
-    NetnsError,
 )
 
 pytestmark = pytest.mark.vm
@@ -75,7 +74,8 @@ def test_required_policy_without_sa_lets_nothing_through(peers: PeerPair, family
             tcp_transfer(peers.right, peers.left, family, b"must not leave", timeout=3)
 
     traffic = capture.traffic(left, right)
-    assert traffic.total == 0, f"packets left without an SA: esp={traffic.esp} {dict(traffic.plaintext)}"
+    leaked = f"esp={traffic.esp} {dict(traffic.plaintext)}"
+    assert traffic.total == 0, f"packets left without an SA: {leaked}"
     assert peers.left.netns.xfrm_stat()["XfrmOutNoStates"] > no_state_before
 
 
