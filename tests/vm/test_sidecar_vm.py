@@ -24,6 +24,9 @@ pytestmark = pytest.mark.vm
 PSK = "vm-tier-psk-0123456789abcdef-0123"
 LEFT_ID, RIGHT_ID = "left.default.pod.mesh.test", "right.default.pod.mesh.test"
 IKE_PORTS = {500, 4500}
+# Under software emulation a Python process takes many seconds to start and to answer.
+START = 180.0
+WAIT = 90.0
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def sidecars(pair, tmp_path, *, esp=None, lifetimes=None, enforcement=None, ipv6
         made.append(Sidecar(me, tmp_path, address=me.ipv4, addresses=(me.ipv6,) if ipv6 else (),
                             identity=my_id, peer_address=peers, peer_identity=peer_id, psk=PSK,
                             esp=esp, lifetimes=lifetimes, enforcement=enforcement, dataplane="xfrm",
-                            name=f"{me.role}{name}", **kwargs).start())
+                            name=f"{me.role}{name}", **kwargs).start(START))
     return made
 
 
@@ -81,8 +84,8 @@ def test_acquire_then_only_esp_between_peers(topology, tmp_path, family, esp):
     src = pair.left.ipv4 if family == "ipv4" else pair.left.ipv6
     with Capture(Netns(pair.left.name), "eth0", tmp_path / "wire.pcap") as capture:
         started = time.monotonic()
-        assert ping(pair.left, dst, count=5), "ping over ESP failed"
-        left.wait_for(lambda s: installed_children_of(s) >= 1, 20, "a CHILD_SA after ACQUIRE")
+        assert ping(pair.left, dst, count=5, deadline=40), "ping over ESP failed"
+        left.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "a CHILD_SA after ACQUIRE")
         setup = time.monotonic() - started
         payload = os.urandom(128 * 1024)
         digest = tcp_transfer(_guest_endpoint(pair.right, family), _guest_endpoint(pair.left, family),
@@ -122,7 +125,7 @@ def test_rekeys_lose_no_packet(topology, tmp_path):
     pair = topology.pair(ipv6=False)
     left, right = sidecars(pair, tmp_path, lifetimes={"child": "3s", "ike": "1h"}, ipv6=False)
     assert ping(pair.left, pair.right.ipv4, count=2)
-    left.wait_for(lambda s: installed_children_of(s) >= 1, 20, "first CHILD_SA")
+    left.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "first CHILD_SA")
     rekeys_before = _child_rekeys(left) + _child_rekeys(right)
     lost = _stream_both_ways(pair, seconds=62, rate=40)
     rekeys = _child_rekeys(left) + _child_rekeys(right) - rekeys_before
@@ -136,7 +139,7 @@ def test_ike_rekeys_lose_no_packet(topology, tmp_path):
     pair = topology.pair(ipv6=False)
     left, right = sidecars(pair, tmp_path, lifetimes={"child": "1h", "ike": "3s"}, ipv6=False)
     assert ping(pair.left, pair.right.ipv4, count=2)
-    left.wait_for(lambda s: installed_children_of(s) >= 1, 20, "first CHILD_SA")
+    left.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "first CHILD_SA")
     before = _ike_rekeys(left) + _ike_rekeys(right)
     lost = _stream_both_ways(pair, seconds=62, rate=40)
     rekeys = _ike_rekeys(left) + _ike_rekeys(right) - before
@@ -233,15 +236,15 @@ def test_kill_9_and_restart_never_leaks_plaintext(topology, tmp_path):
     a, b = pair.left.ipv4, pair.right.ipv4
     with Capture(Netns(pair.left.name), "eth0", tmp_path / "restart.pcap") as capture:
         assert ping(pair.left, b, count=3)
-        left.wait_for(lambda s: installed_children_of(s) >= 1, 20, "first CHILD_SA")
+        left.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "first CHILD_SA")
         left.kill()
         # While no sidecar runs, the policies stay: traffic is blocked, never in plaintext.
         assert not ping(pair.left, b, count=3, deadline=3)
         restarted = Sidecar(pair.left, tmp_path, address=a, identity=LEFT_ID, peer_address=f"{b}/32",
-                            peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", name="left-restarted").start()
+                            peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", name="left-restarted").start(START)
         # Traffic resumes on its own (ACQUIRE, INITIAL_CONTACT clears the peer's stale SAs).
         assert ping(pair.left, b, count=5, deadline=20)
-        restarted.wait_for(lambda s: installed_children_of(s) >= 1, 20, "CHILD_SA after restart")
+        restarted.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "CHILD_SA after restart")
     assert not plaintext_between(capture.packets(), a, b)
     time.sleep(3)  # the peer's replaced SAs leave after their grace period
     assert kernel_sas(pair.left) == 2, pair.left.run(["ip", "xfrm", "state"]).stdout
@@ -254,11 +257,11 @@ def test_kill_9_and_restart_never_leaks_plaintext(topology, tmp_path):
 def test_nat_between_sidecars_uses_udp_encapsulation(topology, tmp_path):
     nat = topology.nat()
     left = Sidecar(nat.left, tmp_path, address="192.168.1.2", identity=LEFT_ID, peer_address="203.0.113.2/32",
-                   peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", initiate=True, name="natleft").start()
+                   peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", initiate=True, name="natleft").start(START)
     # Behind the NAT the right side sees the router's address.
     Sidecar(nat.right, tmp_path, address="203.0.113.2", identity=RIGHT_ID, peer_address="203.0.113.1/32",
-            peer_identity=LEFT_ID, psk=PSK, dataplane="xfrm", name="natright").start()
-    left.wait_for(lambda s: installed_children_of(s) >= 1, 30, "CHILD_SA through the NAT")
+            peer_identity=LEFT_ID, psk=PSK, dataplane="xfrm", name="natright").start(START)
+    left.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "CHILD_SA through the NAT")
     with Capture(Netns(nat.right.name), "eth0", tmp_path / "nat.pcap") as capture:
         assert ping(nat.left, "203.0.113.2", count=3)
     packets = capture.packets()
@@ -272,7 +275,7 @@ def test_prefer_allows_plaintext_to_a_peer_without_sidecar(topology, tmp_path, e
     pair = topology.pair(ipv6=False)
     Sidecar(pair.left, tmp_path, address=pair.left.ipv4, identity=LEFT_ID, peer_address=f"{pair.right.ipv4}/32",
             peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", enforcement=enforcement,
-            ike_settings={"retransmitTimeout": 1, "retransmitTries": 1}).start()
+            ike_settings={"retransmitTimeout": 1, "retransmitTries": 1}).start(START)
     with Capture(Netns(pair.left.name), "eth0", tmp_path / "prefer.pcap") as capture:
         answered = ping(pair.left, pair.right.ipv4, count=3, deadline=4)
     plain = plaintext_between(capture.packets(), pair.left.ipv4, pair.right.ipv4)
@@ -303,17 +306,17 @@ def test_charon_peer_with_real_esp(topology, tmp_path, we_initiate):
     try:
         ours = Sidecar(pair.left, tmp_path, address=a, identity=LEFT_ID, peer_address=f"{b}/32",
                        peer_identity=RIGHT_ID, psk=PSK, dataplane="xfrm", initiate=we_initiate,
-                       ike="aes256gcm16-prfsha256-x25519").start()
+                       ike="aes256gcm16-prfsha256-x25519").start(START)
         if not we_initiate:
             charon.initiate(child="child", ike="conn")
-        charon.wait_established("conn", ("child",), timeout=30)
-        ours.wait_for(lambda s: installed_children_of(s) >= 1, 30, "our CHILD_SA")
+        charon.wait_established("conn", ("child",), timeout=WAIT)
+        ours.wait_for(lambda s: installed_children_of(s) >= 1, WAIT, "our CHILD_SA")
         with Capture(Netns(pair.left.name), "eth0", tmp_path / "charon.pcap") as capture:
             assert ping(pair.left, b, count=3)
             old = charon.list_sas()[0].child("child").spi_in
             charon.rekey(child="child")
             charon.wait_for(lambda sas: sas and sas[0].child("child").spi_in != old
-                            and sas[0].child("child").state == "INSTALLED", timeout=30)
+                            and sas[0].child("child").state == "INSTALLED", timeout=WAIT)
             assert ping(pair.left, b, count=3)
         packets = capture.packets()
         assert not plaintext_between(packets, a, b)

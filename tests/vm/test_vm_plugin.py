@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import vm.plugin
-import vm.runner
-from vm.runner import BatchResult, VMConfig, VMRunError, VMUnavailable
+import tests.vm.plugin as vm_plugin
+import tests.vm.runner as vm_runner
+from tests.vm.runner import BatchResult, VMConfig, VMRunError, VMUnavailable
 
 pytest_plugins = ["pytester"]
 
@@ -59,17 +59,17 @@ def test_runs_on_host():
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A tiny project using the plugin, on a host that has no ESP but can 'boot'."""
     pytester.makeini("[pytest]\nmarkers =\n    vm: runs in the VM\n")
-    pytester.makeconftest('pytest_plugins = ["vm.plugin"]\n')
+    pytester.makeconftest('pytest_plugins = ["tests.vm.plugin"]\n')
     pytester.makepyfile(test_guest=GUEST_TESTS, test_host=HOST_TESTS)
     for name in ("IPSEC_MESH_SKIP_VM", "IPSEC_MESH_IN_VM"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(vm.plugin, "host_kernel_has_esp", lambda: False)
+    monkeypatch.setattr(vm_plugin, "host_kernel_has_esp", lambda: False)
     config = VMConfig(
         vng=Path("/nonexistent/vng"), qemu=Path("/nonexistent/qemu"),
         kernel=Path("/boot/vmlinuz-fake"), console_log=pytester.path / "console.log",
         guest_modules=(),  # never load modules on the host
     )
-    monkeypatch.setattr(vm.plugin, "locate", lambda rootdir: config)
+    monkeypatch.setattr(vm_plugin, "locate", lambda rootdir: config)
     return pytester
 
 
@@ -80,7 +80,7 @@ def boots(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     def run_guest_script(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult:
         calls.append(rundir)
-        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+        env = {**os.environ, "PYTHONPATH": str(TESTS_DIR.parent)}  # the repository root: tests.vm.plugin
         proc = subprocess.run(
             ["sh", str(rundir / "guest.sh")], cwd=rootdir, env=env,
             capture_output=True, text=True, timeout=120,
@@ -88,7 +88,7 @@ def boots(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         config.console_log.write_text(proc.stdout + proc.stderr)
         return BatchResult(console_log=config.console_log, boot_seconds=0.1, total_seconds=1.0)
 
-    monkeypatch.setattr(vm.runner, "_boot_and_wait", run_guest_script)
+    monkeypatch.setattr(vm_runner, "_boot_and_wait", run_guest_script)
     return calls
 
 
@@ -137,7 +137,7 @@ def test_unbootable_vm_skips_with_what_is_missing(project: pytest.Pytester, boot
     def missing_qemu(rootdir: Path) -> VMConfig:
         raise VMUnavailable("qemu-system-x86_64 (apt install qemu-system-x86)")
 
-    monkeypatch.setattr(vm.plugin, "locate", missing_qemu)
+    monkeypatch.setattr(vm_plugin, "locate", missing_qemu)
     result = project.runpytest_inprocess("-rs")
 
     result.assert_outcomes(passed=1, skipped=5)
@@ -148,7 +148,7 @@ def test_unbootable_vm_skips_with_what_is_missing(project: pytest.Pytester, boot
 
 
 def test_host_kernel_with_esp_runs_vm_tests_directly(project: pytest.Pytester, boots, monkeypatch):
-    monkeypatch.setattr(vm.plugin, "host_kernel_has_esp", lambda: True)
+    monkeypatch.setattr(vm_plugin, "host_kernel_has_esp", lambda: True)
     project.makepyfile(test_guest="""
 import os, pytest
 @pytest.mark.vm
@@ -163,7 +163,7 @@ def test_vm_failure_fails_every_vm_test(project: pytest.Pytester, monkeypatch):
     def crash(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult:
         raise VMRunError("VM batch exceeded 480s; console log: /tmp/x.log")
 
-    monkeypatch.setattr(vm.runner, "_boot_and_wait", crash)
+    monkeypatch.setattr(vm_runner, "_boot_and_wait", crash)
     result = project.runpytest_inprocess()
 
     result.assert_outcomes(passed=1, failed=5)
@@ -175,7 +175,7 @@ def test_missing_guest_result_fails_with_console_tail(project: pytest.Pytester, 
         config.console_log.write_text("Kernel panic - not syncing: test\n")
         return BatchResult(console_log=config.console_log)
 
-    monkeypatch.setattr(vm.runner, "_boot_and_wait", guest_ran_nothing)
+    monkeypatch.setattr(vm_runner, "_boot_and_wait", guest_ran_nothing)
     result = project.runpytest_inprocess("-k", "sees_guest_env")
 
     result.assert_outcomes(failed=1, deselected=5)

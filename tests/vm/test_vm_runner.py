@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vm.runner import (
+from tests.vm.runner import (
     KERNEL_ENV,
     VMConfig,
     VMUnavailable,

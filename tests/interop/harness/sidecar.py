@@ -98,7 +98,7 @@ class Sidecar:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"sidecar exited with {self.process.returncode}:\n{self.log[-3000:]}")
         try:
-            return self.ns.call(_get_status, STATUS_PORT, timeout=5)
+            return self.ns.call(_get_status, STATUS_PORT, timeout=20)
         except OSError:
             return None
 
