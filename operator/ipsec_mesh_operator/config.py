@@ -41,6 +41,8 @@ class OperatorConfig:
     status_ttl: int = 120
     sidecar_image: str = "ghcr.io/ipsec-mesh/ipsec-mesh:0.1.0"
     webhook_configs: tuple[str, ...] = field(default=("ipsec-mesh",))
+    #: Directory with tls.crt/tls.key for the webhook server (cert-manager); empty: the mesh CA issues it.
+    webhook_tls_dir: str = ""
     #: Namespace labels feed namespaceSelector peers; off only where namespaces cannot be listed.
     watch_namespaces: bool = True
 
@@ -76,5 +78,6 @@ class OperatorConfig:
             status_ttl=_duration("STATUS_TTL", "120s"),
             sidecar_image=_env("SIDECAR_IMAGE", cls.sidecar_image),
             webhook_configs=names("WEBHOOK_CONFIGS") or ("ipsec-mesh",),
+            webhook_tls_dir=_env("WEBHOOK_TLS_DIR", ""),
             watch_namespaces=_env("WATCH_NAMESPACES", "true").lower() == "true",
         )

@@ -113,6 +113,8 @@ class OperatorRuntime:
     async def publish_webhook_ca_bundle(self) -> None:
         """Put the mesh trust bundle into our webhook configurations' caBundle (they trust our serving cert)."""
         assert self.ca is not None
+        if self.config.webhook_tls_dir:
+            return  # cert-manager injects the CA bundle of its own certificate
         bundle = base64.b64encode("".join(self.ca.trust_bundle(self.clock())).encode()).decode()
         for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
             for name in self.config.webhook_configs:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +27,10 @@ class Servers:
         self.runtime = runtime
         self.tls = ServingCertificate(runtime.config.server_names)
         self.webhook_app = webhook_app
+        self.webhook_context: ssl.SSLContext | None = None
+        if runtime.config.webhook_tls_dir:
+            self.webhook_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.webhook_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._runners: list[web.AppRunner] = []
         self.ports: dict[str, int] = {}
         runtime.ca_listeners.append(self._refresh_certificate)
@@ -32,6 +38,10 @@ class Servers:
     def _refresh_certificate(self) -> None:
         if self.runtime.ca is not None and self.tls.refresh(self.runtime.ca, self.runtime.clock()):
             logger.info("serving certificate (re)issued for %s", ", ".join(self.tls.names))
+        if self.webhook_context is not None:
+            # cert-manager renews the files in place; pick up the current pair for new connections.
+            directory = Path(self.runtime.config.webhook_tls_dir)
+            self.webhook_context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
 
     async def start(self) -> None:
         self._refresh_certificate()
@@ -43,7 +53,7 @@ class Servers:
         metrics_app.router.add_get("/healthz", api.healthz)
         plan = [("api", api_app, config.api_port, self.tls.context), ("metrics", metrics_app, config.metrics_port, None)]
         if self.webhook_app is not None:
-            plan.append(("webhook", self.webhook_app, config.webhook_port, self.tls.context))
+            plan.append(("webhook", self.webhook_app, config.webhook_port, self.webhook_context or self.tls.context))
         for name, app, port, ssl_context in plan:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

@@ -23,9 +23,9 @@ class _Request:
 
 
 @contextlib.asynccontextmanager
-async def running_servers(pods: list[PodInfo] = ()) -> AsyncIterator[tuple[OperatorRuntime, Servers]]:
+async def running_servers(pods: list[PodInfo] = (), **overrides: Any) -> AsyncIterator[tuple[OperatorRuntime, Servers]]:
     config = OperatorConfig(api_host="127.0.0.1", api_port=0, webhook_port=0, metrics_port=0,
-                            extra_server_names=("localhost", "127.0.0.1"))
+                            extra_server_names=("localhost", "127.0.0.1"), **overrides)
     runtime = OperatorRuntime(config, KubeClient(Connection(server="http://127.0.0.1:9")))
 
     async def review(body: dict[str, Any]) -> dict[str, Any]:

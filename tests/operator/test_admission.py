@@ -114,3 +114,30 @@ async def test_sensible_peering_is_allowed_and_garbage_reviews_get_400():
         assert status == 200 and answer["response"]["allowed"] is True
         status, answer = await post(servers, runtime, "/validate-ipsecpeerings", {"request": "nope"})
         assert status == 400
+
+
+async def test_webhook_serves_a_cert_manager_certificate_when_configured(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "tls.crt").write_bytes(pem)
+    (tmp_path / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    async with running_servers(webhook_tls_dir=str(tmp_path)) as (runtime, servers):
+        context = ssl.create_default_context(cadata=pem.decode())
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"https://localhost:{servers.ports['webhook']}/validate-ipsecpeerings",
+                                    json=review("IPsecPeering", PEERING), ssl=context) as response:
+                assert (await response.json())["response"]["allowed"] is True
