@@ -207,3 +207,26 @@ def test_sidecar_gets_a_certificate_and_follows_its_peer_map_over_https(kube):
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).read().decode()
         assert "ipsec_mesh_certificates_issued_total 1.0" in metrics
         assert 'ipsec_mesh_api_requests_refused_total{reason="unauthenticated"}' in metrics
+
+
+def test_psk_rotates_on_schedule_with_an_overlap(kube):
+    kube.create(PODS, pod_body("web-0", "10.0.0.1", "web"))
+    kube.create(PODS, pod_body("db-0", "10.0.0.2", "db"))
+    body = peering_body("fast", auth="psk")
+    body["spec"]["authentication"].update(pskRotationInterval="4s", pskOverlap="2s")
+    with operator() as (runner, ports, runtime):
+        kube.create(PEERINGS, body)
+        first = wait_for(lambda: status_of(kube, "fast").get("pskKeyId"), what="first key")
+        # The next key is generated, accepted first, then used; the Secret holds both meanwhile.
+        wait_for(lambda: len(runtime.index.peer_map(("prod", "web-0")).policies[0].psk_keys) == 2,
+                 timeout=20, what="two keys accepted")
+        keys = runtime.index.peer_map(("prod", "web-0")).policies[0].psk_keys
+        assert {k.id for k in keys if k.initiate} == {first}
+        secret = kube.get(SECRETS.format(ns="prod", name="fast-psk"))
+        assert len([k for k in secret["data"] if k.startswith("psk-")]) == 2
+        second = wait_for(lambda: (status_of(kube, "fast").get("pskKeyId") or first) != first
+                          and status_of(kube, "fast")["pskKeyId"], timeout=20, what="rotation")
+        assert second != first
+        # The db side holds the same keys (both ends of the peering).
+        db_keys = runtime.index.peer_map(("prod", "db-0")).policies[0].psk_keys
+        assert second in {k.id for k in db_keys}
