@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, PeerMap, PskKey, service_account_uri
+from ipsec_mesh.meshapi import AuthKind, IssuedCertificate, PeerMap, PskKey, service_account_uri
 from ipsec_mesh.meshapi.status import StatusReport
 
 from . import metrics
@@ -34,14 +34,6 @@ class NotAllowed(Exception):
 
 class NotReady(Exception):
     """The operator does not know the caller's pod yet (HTTP 503, retry)."""
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    certificate: str
-    chain: tuple[str, ...]
-    trust_bundle: tuple[str, ...]
-    not_after: int
 
 
 @dataclass(frozen=True)

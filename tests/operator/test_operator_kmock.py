@@ -1,35 +1,21 @@
 """The running operator (KopfRunner) against kmock: peerings, keys, pods, restarts, and the real HTTPS mesh API."""
 
-import os
+import asyncio
+import base64
+import contextlib
+import urllib.request
 
-# kopf reads timer intervals when the handlers module is imported: configure before that.
-os.environ.update({
-    "IPSEC_MESH_NAMESPACE": "mesh-system",
-    "IPSEC_MESH_API_HOST": "127.0.0.1",
-    "IPSEC_MESH_API_PORT": "0",
-    "IPSEC_MESH_WEBHOOK_PORT": "0",
-    "IPSEC_MESH_METRICS_PORT": "0",
-    "IPSEC_MESH_EXTRA_SERVER_NAMES": "localhost,127.0.0.1",
-    "IPSEC_MESH_KEY_CHECK_INTERVAL": "1s",
-    # kmock 0.8 cannot parse /api/v1/namespaces (it takes "namespaces" for a namespace prefix).
-    "IPSEC_MESH_WATCH_NAMESPACES": "false",
-})
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kopf.testing import KopfRunner
 
-import asyncio  # noqa: E402
-import base64  # noqa: E402
-import contextlib  # noqa: E402
-import urllib.request  # noqa: E402
-
-import pytest  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from kopf.testing import KopfRunner  # noqa: E402
-
-import fake_tokens  # noqa: E402
-from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport  # noqa: E402
-from kube_harness import running_kube, wait_for  # noqa: E402
+import fake_tokens
+from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
+from ipsec_mesh_operator.metrics import REGISTRY
+from kube_harness import running_kube, wait_for
 
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"
 PODS = "/api/v1/namespaces/prod/pods"
@@ -153,6 +139,7 @@ def test_sidecar_gets_a_certificate_and_follows_its_peer_map_over_https(kube):
         bundle = "".join(runtime.index.trust_bundle)
         url = f"https://localhost:{ports['api']}"
         token = fake_tokens.issue("prod", "web", "web-0", "uid-web-0")
+        issued_before = REGISTRY.get_sample_value("ipsec_mesh_certificates_issued_total")
 
         async def sidecar():
             async with MeshApiClient(url, ca_bundle=bundle, token=lambda: token) as client:
@@ -203,9 +190,9 @@ def test_sidecar_gets_a_certificate_and_follows_its_peer_map_over_https(kube):
         # A token for a previous pod of the same name (other uid) is refused.
         stale = fake_tokens.issue("prod", "web", "web-0", "uid-old")
         assert asyncio.run(refused(stale, lambda c: c.fetch_peer_map())) == 403
-        # Metrics count what happened.
+        # Metrics count what happened (the registry is per process: compare with the count before).
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports['metrics']}/metrics", timeout=5).read().decode()
-        assert "ipsec_mesh_certificates_issued_total 1.0" in metrics
+        assert f"ipsec_mesh_certificates_issued_total {issued_before + 1}" in metrics
         assert 'ipsec_mesh_api_requests_refused_total{reason="unauthenticated"}' in metrics
 
 

@@ -48,3 +48,11 @@ def identity_matches(pattern: str, identity: str) -> bool:
     if pattern.startswith("*."):
         return identity.endswith(pattern[1:]) and len(identity) > len(pattern) - 1
     return identity == pattern
+
+
+def check_identity_pattern(value: object, path: str) -> str:
+    """An allowed peer identity: a DNS name, or ``*.`` and a domain."""
+    if not isinstance(value, str):
+        raise PeerMapError(path, "must be a string")
+    check_dns_name(value[2:] if value.startswith("*.") else value, path)
+    return value
