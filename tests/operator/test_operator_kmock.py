@@ -93,10 +93,21 @@ def kube(tmp_path, monkeypatch):
         yield harness
 
 
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/{kind}"
+
+
 def test_peering_gets_keys_and_status_and_keys_survive_a_restart(kube):
     kube.create(PODS, pod_body("web-0", "10.0.0.1", "web"))
     kube.create(PODS, pod_body("db-0", "10.0.0.2", "db"))
-    with operator():
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        kube.create(WEBHOOKS.format(kind=kind), {"metadata": {"name": "ipsec-mesh", "resourceVersion": "1"},
+                                                 "webhooks": [{"name": "a.ipsec-mesh.io", "clientConfig": {}}]})
+    with operator() as (runner, ports, runtime):
+        # The operator put the mesh CA into its webhook configurations.
+        bundle = base64.b64encode("".join(runtime.index.trust_bundle).encode()).decode()
+        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+            config = wait_for(lambda: kube.get(WEBHOOKS.format(kind=kind) + "/ipsec-mesh"), what=kind)
+            assert config["webhooks"][0]["clientConfig"]["caBundle"] == bundle
         kube.create(PEERINGS, peering_body("secure", auth="psk"))
         ready = wait_for(lambda: (condition(kube, "secure", "Ready") or {}).get("status") == "True",
                          what="Ready=True")
