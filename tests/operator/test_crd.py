@@ -11,7 +11,8 @@ from ipsec_mesh_operator import crd
 from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
+EXAMPLES = sorted(p for p in (ROOT / "docs" / "examples").glob("*.yaml")
+                  if yaml.safe_load(p.read_text()).get("kind") == "IPsecPeering")
 
 
 def spec_schema():
