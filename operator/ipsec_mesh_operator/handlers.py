@@ -17,6 +17,7 @@ import kopf
 
 from ipsec_mesh.meshapi import AuthKind
 
+from .admission import make_webhook_app
 from .config import FINALIZER, INJECTED_ANNOTATION, OperatorConfig
 from .index import PodInfo
 from .kube import KubeClient, load_connection
@@ -71,8 +72,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     config = OperatorConfig.from_env()
     rt = OperatorRuntime(config, KubeClient(load_connection()))
     await rt.load_or_create_ca()
-    from .admission import make_webhook_app  # the webhooks need the runtime's config only
-
     servers = Servers(rt, make_webhook_app(rt))
     await servers.start()
     await rt.publish_webhook_ca_bundle()

@@ -354,10 +354,8 @@ class MeshIndex:
             for pod in peers - old_peers:
                 self._peer_of[pod].add(key)
             self._members[key], self._peer_pods[key] = members, peers
-            if settings_changed:
-                changed |= old_members | members | old_peers | peers
-            elif old_members != members or old_peers != peers:
-                # Every pod in the peering sees a different set of counterparts.
+            if settings_changed or old_members != members or old_peers != peers:
+                # New settings, or a different set of counterparts: every pod of the peering is touched.
                 changed |= old_members | members | old_peers | peers
         return self._mark(changed)
 

@@ -3,7 +3,6 @@
 import base64
 import copy
 import ipaddress
-import json
 
 import pytest
 from hypothesis import given, settings

@@ -106,7 +106,7 @@ def test_peering_gets_keys_and_status_and_keys_survive_a_restart(kube):
         # The operator put the mesh CA into its webhook configurations.
         bundle = base64.b64encode("".join(runtime.index.trust_bundle).encode()).decode()
         for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-            config = wait_for(lambda: kube.get(WEBHOOKS.format(kind=kind) + "/ipsec-mesh"), what=kind)
+            config = wait_for(lambda k=kind: kube.get(WEBHOOKS.format(kind=k) + "/ipsec-mesh"), what=kind)
             assert config["webhooks"][0]["clientConfig"]["caBundle"] == bundle
         kube.create(PEERINGS, peering_body("secure", auth="psk"))
         ready = wait_for(lambda: (condition(kube, "secure", "Ready") or {}).get("status") == "True",

@@ -14,7 +14,6 @@ import binascii
 import enum
 import ipaddress
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
