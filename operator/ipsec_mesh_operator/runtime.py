@@ -126,6 +126,9 @@ class OperatorRuntime:
 
     async def ensure_psk(self, spec: PeeringSpec, owner: dict[str, Any]) -> PskRing:
         """Load the peering's PSK Secret, creating it (owned by the peering) the first time."""
+        if spec.key in self.psk:  # loaded already: periodic checks need no API call
+            await self.rotate_psk_if_due(spec)
+            return self.psk[spec.key]
         name = secret_name(spec.name)
         ring = None
         for _ in range(3):
