@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PskKey
+from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
@@ -33,7 +32,6 @@ PeeringKey = tuple[str, str]
 Listener = Callable[[set[PodKey]], None]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _parse_ip(text: str) -> IpAddress:
@@ -71,11 +69,11 @@ class PodInfo:
         )
 
     def identity(self, trust_domain: str) -> str | None:
-        """The pod's ID_FQDN, or None if its names cannot form one."""
-        if not _DNS_LABEL.match(self.name) or not _DNS_LABEL.match(self.namespace):
+        """The pod's ID_FQDN (see meshapi.identity.pod_fqdn), or None if its names cannot form one."""
+        try:
+            return pod_fqdn(self.name, self.namespace, trust_domain, self.uid)
+        except PeerMapError:
             return None
-        name = f"{self.name}.{self.namespace}.pod.{trust_domain}"
-        return name if len(name) <= 253 else None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
