@@ -47,6 +47,8 @@ class LeafIdentity:
     dns_name: str
     uri: str | None = None
     ip_addresses: tuple[str, ...] = ()
+    #: More DNS names (server certificates only: a Service has several).
+    extra_dns_names: tuple[str, ...] = ()
 
 
 def _utc(timestamp: float) -> datetime.datetime:
@@ -188,7 +190,7 @@ class CertificateAuthority:
         gid = self._active_id(now)
         ca_cert, ca_key = self.certs[gid], self.keys[gid]
         not_after = min(_utc(now + min(lifetime, self.max_leaf_lifetime)), ca_cert.not_valid_after_utc)
-        names: list[x509.GeneralName] = [x509.DNSName(identity.dns_name)]
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in (identity.dns_name, *identity.extra_dns_names)]
         if identity.uri:
             names.append(x509.UniformResourceIdentifier(identity.uri))
         names.extend(x509.IPAddress(ipaddress.ip_address(ip)) for ip in identity.ip_addresses)

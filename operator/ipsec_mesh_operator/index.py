@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import re
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PskKey
+from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
@@ -33,7 +32,6 @@ PeeringKey = tuple[str, str]
 Listener = Callable[[set[PodKey]], None]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _parse_ip(text: str) -> IpAddress:
@@ -71,11 +69,11 @@ class PodInfo:
         )
 
     def identity(self, trust_domain: str) -> str | None:
-        """The pod's ID_FQDN, or None if its names cannot form one."""
-        if not _DNS_LABEL.match(self.name) or not _DNS_LABEL.match(self.namespace):
+        """The pod's ID_FQDN (see meshapi.identity.pod_fqdn), or None if its names cannot form one."""
+        try:
+            return pod_fqdn(self.name, self.namespace, trust_domain, self.uid)
+        except PeerMapError:
             return None
-        name = f"{self.name}.{self.namespace}.pod.{trust_domain}"
-        return name if len(name) <= 253 else None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodInfo:
@@ -127,6 +125,8 @@ class MeshIndex:
         self._versions: dict[PodKey, int] = {}
         self._maps: dict[PodKey, PeerMap] = {}
         self._peer_entries: dict[PodKey, Peer | None] = {}
+        #: (peering, member side?) -> the policies all pods on that side get.
+        self._views: dict[tuple[PeeringKey, bool], list[PeeringPolicy]] = {}
 
     # ---- queries -----------------------------------------------------------
 
@@ -161,7 +161,10 @@ class MeshIndex:
         if cached is not None:
             return cached
         info = self._pods.get(pod)
-        identity = info.identity(self.trust_domain) if info is not None else None
+        if info is None:
+            return None
+        entry = self._peer_entry(pod)
+        identity = entry.identities[0] if entry is not None else info.identity(self.trust_domain)
         if identity is None:
             return None
         local = LocalIdentity(
@@ -300,6 +303,7 @@ class MeshIndex:
         if self._peerings.get(key) == spec:
             return set()
         self._drop_peering_from_indexes(key)
+        self._drop_views(key)
         self._peerings[key] = spec
         self._peerings_by_namespace[spec.namespace].add(key)
         if any(peers.namespaces is not None for peers in spec.pod_peers):
@@ -317,6 +321,7 @@ class MeshIndex:
         for pod in self._peer_pods.pop(key, set()):
             self._peer_of[pod].discard(key)
         self._drop_peering_from_indexes(key)
+        self._drop_views(key)
         del self._peerings[key]
         self._psk_keys.pop(key, None)
         for store in (self._remote_psk_keys, self._remote_bundles):
@@ -347,10 +352,8 @@ class MeshIndex:
             for pod in peers - old_peers:
                 self._peer_of[pod].add(key)
             self._members[key], self._peer_pods[key] = members, peers
-            if settings_changed:
-                changed |= old_members | members | old_peers | peers
-            elif old_members != members or old_peers != peers:
-                # Every pod in the peering sees a different set of counterparts.
+            if settings_changed or old_members != members or old_peers != peers:
+                # New settings, or a different set of counterparts: every pod of the peering is touched.
                 changed |= old_members | members | old_peers | peers
         return self._mark(changed)
 
@@ -389,6 +392,7 @@ class MeshIndex:
         if store.get(store_key) == value:
             return set()
         store[store_key] = value
+        self._drop_views(peering)
         return self._mark(set(self._members.get(peering, ())) | self._peer_pods.get(peering, set()))
 
     def set_trust_bundle(self, pems: tuple[str, ...]) -> set[PodKey]:
@@ -399,6 +403,10 @@ class MeshIndex:
 
     # ---- building ----------------------------------------------------------
 
+    def _drop_views(self, peering_key: PeeringKey) -> None:
+        self._views.pop((peering_key, True), None)
+        self._views.pop((peering_key, False), None)
+
     def _mark(self, pods: set[PodKey]) -> set[PodKey]:
         if not pods:
             return pods
@@ -406,6 +414,11 @@ class MeshIndex:
         for pod in pods:
             self._versions[pod] = self._generation
             self._maps.pop(pod, None)
+            # A pod's map changed: whatever peering views it sees may be stale too.
+            for peering_key in self._member_of.get(pod, ()):
+                self._drop_views(peering_key)
+            for peering_key in self._peer_of.get(pod, ()):
+                self._drop_views(peering_key)
         for listener in list(self.listeners):
             listener(pods)
         return pods
@@ -423,14 +436,22 @@ class MeshIndex:
         return entry
 
     def _policies_for(self, pod: PodKey, peering_key: PeeringKey) -> list[PeeringPolicy]:
-        spec = self._peerings[peering_key]
-        counterparts: set[PodKey] = set()
         is_member = pod in self._members[peering_key]
-        if is_member:
-            counterparts |= self._peer_pods[peering_key]
-        if pod in self._peer_pods[peering_key]:
-            counterparts |= self._members[peering_key]
-        counterparts.discard(pod)
+        is_peer = pod in self._peer_pods[peering_key]
+        if is_member and is_peer:  # sees everyone but itself
+            counterparts = (self._members[peering_key] | self._peer_pods[peering_key]) - {pod}
+            return self._build_policies(peering_key, counterparts, is_member)
+        # Every member (or every peer pod) sees the same thing: build it once per peering side.
+        view_key = (peering_key, is_member)
+        view = self._views.get(view_key)
+        if view is None:
+            side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
+            view = self._views[view_key] = self._build_policies(peering_key, side, is_member)
+        return view
+
+    def _build_policies(self, peering_key: PeeringKey, counterparts: set[PodKey],
+                        is_member: bool) -> list[PeeringPolicy]:
+        spec = self._peerings[peering_key]
         peers = tuple(entry for other in sorted(counterparts) if (entry := self._peer_entry(other)) is not None)
         name = f"{spec.namespace}/{spec.name}"
         policies = []

@@ -14,8 +14,8 @@ from typing import Any
 
 from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError
 from ipsec_mesh.meshapi import fields
-from ipsec_mesh.meshapi.identity import check_dns_name
-from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
+from ipsec_mesh.meshapi.identity import check_identity_pattern
+from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
 from .selectors import LabelSelector, SelectorError
 
@@ -132,9 +132,9 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
         psk_rotation_interval=duration(auth_spec, "pskRotationInterval", "pskRotationInterval",
                                        "spec.authentication.pskRotationInterval"),
         psk_overlap=duration(auth_spec, "pskOverlap", "pskOverlap", "spec.authentication.pskOverlap"),
-        ike_proposals=c.check(_proposals, proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), "spec.proposals.ike", parse_ike,
+        ike_proposals=c.check(proposal_list, proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), "spec.proposals.ike", parse_ike,
                               default=()),
-        esp_proposals=c.check(_proposals, proposals.get("esp", [DEFAULT_ESP]), "spec.proposals.esp", parse_esp,
+        esp_proposals=c.check(proposal_list, proposals.get("esp", [DEFAULT_ESP]), "spec.proposals.esp", parse_esp,
                               default=()),
         lifetimes=Lifetimes(
             ike_seconds=duration(lifetimes, "ike", "ikeLifetime", "spec.lifetimes.ike"),
@@ -150,16 +150,6 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
     if c.messages:
         raise InvalidPeering(c.messages)
     return parsed
-
-
-def _proposals(value: Any, path: str, parse: Any) -> tuple[str, ...]:
-    def one(item: Any, item_path: str) -> str:
-        try:
-            return parse(item).text
-        except PeerMapError as exc:
-            raise PeerMapError(item_path, str(exc)) from None
-
-    return fields.array(value, path, one, 8, 1)
 
 
 def _parse_peers(c: _Collector, value: Any) -> tuple[tuple[PodPeers, ...], tuple[RemoteCluster, ...]]:
@@ -192,12 +182,6 @@ def _parse_peers(c: _Collector, value: Any) -> tuple[tuple[PodPeers, ...], tuple
     return tuple(pod_peers), tuple(remotes)
 
 
-def _identity_pattern(value: Any, path: str) -> str:
-    text = fields.string(value, path)
-    check_dns_name(text[2:] if text.startswith("*.") else text, path)
-    return text
-
-
 def _parse_remote(value: Any, path: str) -> RemoteCluster:
     doc = fields.obj(value, path, {"name", "cidrs"}, {"identities", "trustBundle", "pskSecretRef"})
     bundle = None
@@ -216,7 +200,7 @@ def _parse_remote(value: Any, path: str) -> RemoteCluster:
     return RemoteCluster(
         name=fields.string(doc["name"], f"{path}.name", 63),
         cidrs=fields.array(doc["cidrs"], f"{path}.cidrs", fields.network, 32, 1),
-        identities=fields.array(doc.get("identities", []), f"{path}.identities", _identity_pattern, 256),
+        identities=fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, 256),
         trust_bundle_ref=bundle,
         psk_secret_ref=psk,
     )

@@ -204,7 +204,7 @@ def build_large(pods=10_000, peerings=1_000):
 
 def test_ten_thousand_pods_and_a_thousand_peerings_under_a_second():
     elapsed = float("inf")
-    for _ in range(2):  # best of two, in CPU time: the machine is shared with other test runs
+    for _ in range(3):  # best of three, in CPU time: the machine is shared with other test runs
         start = time.process_time()
         index = build_large()
         maps = [index.peer_map(info.key) for info in list(index.pods())]

@@ -169,3 +169,25 @@ def test_identity_names():
     assert service_account_uri("prod", "web", "cluster.local") == "spiffe://cluster.local/ns/prod/sa/web"
     with pytest.raises(PeerMapError):
         pod_fqdn("Web_0", "prod", "cluster.local")
+
+
+def test_standalone_example_in_docs_loads(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "standalone-peer-map.yaml"
+    shutil.copy(example, tmp_path / "mesh.yaml")
+    (tmp_path / "legacy.psk").write_bytes(b"L" * 32)
+    peer_map = load_peer_map_file(tmp_path / "mesh.yaml")
+    assert [p.name for p in peer_map.policies] == ["lab/web-db", "lab/legacy"]
+    assert peer_map.policies[1].psk_keys[0].secret == b"L" * 32
+    assert str(peer_map.policies[1].peers[0].addresses[0]) == "198.51.100.0/24"
+
+
+def test_dotted_and_very_long_pod_names_follow_docs_identity():
+    assert pod_fqdn("web.v2", "prod", "cluster.local") == "web.v2.prod.pod.cluster.local"
+    long_name = ".".join(["a" * 60] * 4)
+    uid = "0f9a6c4e-1b2d-4e5f-8a9b-0c1d2e3f4a5b"
+    assert pod_fqdn(long_name, "prod", "cluster.local", uid) == f"{uid}.prod.pod.cluster.local"
+    with pytest.raises(PeerMapError):
+        pod_fqdn(long_name, "prod", "cluster.local")

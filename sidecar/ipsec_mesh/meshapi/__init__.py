@@ -6,6 +6,7 @@ YAML file (`load_peer_map_file`). Both paths end in the same validated
 `PeerMap` structure.
 """
 
+from .client import IssuedCertificate, MeshApiClient
 from .errors import MeshApiError, MeshApiRequestError, PeerMapError, ProposalError
 from .identity import pod_fqdn, service_account_uri
 from .model import (
@@ -19,9 +20,11 @@ from .model import (
     PskKey,
     load_peer_map_file,
 )
+from .status import PeeringStatus, StatusReport
 from .proposals import DEFAULT_ESP, DEFAULT_IKE, DEFAULT_IKE_PROPOSALS, EspProposal, IkeProposal, parse_esp, parse_ike
 
 __all__ = [
+    "IssuedCertificate", "MeshApiClient", "PeeringStatus", "StatusReport",
     "AuthKind", "DEFAULT_ESP", "DEFAULT_IKE", "DEFAULT_IKE_PROPOSALS", "Enforcement", "EspProposal", "IkeProposal",
     "Lifetimes", "LocalIdentity", "MeshApiError", "MeshApiRequestError", "Peer", "PeerMap",
     "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",

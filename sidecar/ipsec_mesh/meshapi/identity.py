@@ -27,12 +27,20 @@ def check_dns_name(value: object, what: str) -> str:
     return value
 
 
-def pod_fqdn(pod: str, namespace: str, trust_domain: str) -> str:
-    """The pod's IKE identity (ID_FQDN) and certificate dNSName."""
-    check_label(pod, "pod")
+def pod_fqdn(pod: str, namespace: str, trust_domain: str, pod_uid: str | None = None) -> str:
+    """The pod's IKE identity (ID_FQDN) and certificate dNSName.
+
+    Pod names are DNS subdomains (dots allowed; the label before ``pod`` is always
+    the namespace). When the name would exceed 253 octets, the pod's UID stands in
+    for its name, as docs/identity.md says.
+    """
+    check_dns_name(pod, "pod")
     check_label(namespace, "namespace")
     check_dns_name(trust_domain, "trustDomain")
-    return check_dns_name(f"{pod}.{namespace}.pod.{trust_domain}", "identity")
+    name = f"{pod}.{namespace}.pod.{trust_domain}"
+    if len(name) > 253 and pod_uid:
+        name = f"{check_label(pod_uid.lower(), 'pod uid')}.{namespace}.pod.{trust_domain}"
+    return check_dns_name(name, "identity")
 
 
 def service_account_uri(namespace: str, service_account: str, trust_domain: str) -> str:
@@ -48,3 +56,11 @@ def identity_matches(pattern: str, identity: str) -> bool:
     if pattern.startswith("*."):
         return identity.endswith(pattern[1:]) and len(identity) > len(pattern) - 1
     return identity == pattern
+
+
+def check_identity_pattern(value: object, path: str) -> str:
+    """An allowed peer identity: a DNS name, or ``*.`` and a domain."""
+    if not isinstance(value, str):
+        raise PeerMapError(path, "must be a string")
+    check_dns_name(value[2:] if value.startswith("*.") else value, path)
+    return value

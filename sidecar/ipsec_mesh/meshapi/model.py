@@ -14,7 +14,6 @@ import binascii
 import enum
 import ipaddress
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ import yaml
 
 from . import fields
 from .errors import PeerMapError
-from .identity import check_dns_name
-from .proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
+from .identity import check_dns_name, check_identity_pattern
+from .proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
 API_VERSION = "ipsec-mesh.io/peermap/v1"
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -253,8 +252,8 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
             peers=fields.array(doc["peers"], f"{path}.peers", _peer_from_dict, MAX_PEERS),
             auth=fields.choice(doc.get("authentication", "certificate"), f"{path}.authentication", AuthKind),
             psk_keys=psk_keys,
-            ike_proposals=_proposals(proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), f"{path}.proposals.ike", parse_ike),
-            esp_proposals=_proposals(proposals.get("esp", [DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
+            ike_proposals=proposal_list(proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), f"{path}.proposals.ike", parse_ike),
+            esp_proposals=proposal_list(proposals.get("esp", [DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
             lifetimes=Lifetimes(
                 ike_seconds=fields.duration(lifetimes.get("ike", defaults.ike_seconds), f"{path}.lifetimes.ike"),
                 child_seconds=fields.duration(lifetimes.get("child", defaults.child_seconds), f"{path}.lifetimes.child"),
@@ -266,16 +265,6 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
         if exc.path.startswith(path):
             raise
         raise PeerMapError(path, str(exc)) from None
-
-
-def _proposals(value: Any, path: str, parse: Any) -> tuple[str, ...]:
-    def one(item: Any, item_path: str) -> str:
-        try:
-            return parse(item).text
-        except PeerMapError as exc:
-            raise PeerMapError(item_path, str(exc)) from None
-
-    return fields.array(value, path, one, 8, 1)
 
 
 def _psk_from_dict(value: Any, path: str, base_dir: Path | None) -> PskKey:
@@ -327,17 +316,11 @@ def _peer_to_dict(peer: Peer) -> dict[str, Any]:
     }
 
 
-def _identity_pattern(value: Any, path: str) -> str:
-    text = fields.string(value, path)
-    check_dns_name(text[2:] if text.startswith("*.") else text, path)
-    return text
-
-
 def _peer_from_dict(value: Any, path: str) -> Peer:
     doc = fields.obj(value, path, {"name", "addresses"}, {"identities", "trustBundle"})
     return Peer(
         name=fields.string(doc["name"], f"{path}.name"),
         addresses=fields.array(doc["addresses"], f"{path}.addresses", fields.network, MAX_ADDRESSES, 1),
-        identities=fields.array(doc.get("identities", []), f"{path}.identities", _identity_pattern, MAX_IDENTITIES),
+        identities=fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, MAX_IDENTITIES),
         trust_bundle=fields.array(doc.get("trustBundle", []), f"{path}.trustBundle", fields.pem_certificate, MAX_CA_CERTS),
     )

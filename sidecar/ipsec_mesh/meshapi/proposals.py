@@ -10,10 +10,12 @@ refused: no CBC, no SHA-1, no MODP below 2048.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipsec_mesh.ike.constants import EncrId, KeId, PrfId
 
+from . import fields
 from .errors import ProposalError
 
 DEFAULT_IKE = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
@@ -170,6 +172,17 @@ def _parse_esp(text: object) -> EspProposal:
         groups=tuple(groups),
         esn=tuple(esn) or (False,),
     )
+
+
+def proposal_list(value: object, path: str, parse: Callable[[object], IkeProposal | EspProposal]) -> tuple[str, ...]:
+    """A list of 1..8 proposal strings, each checked by `parse`, errors naming the item's path."""
+    def one(item: object, item_path: str) -> str:
+        try:
+            return parse(item).text
+        except ProposalError as exc:
+            raise ProposalError(item_path, str(exc)) from None
+
+    return fields.array(value, path, one, 8, 1)
 
 
 # Peer maps repeat the same few strings thousands of times; parse each once.

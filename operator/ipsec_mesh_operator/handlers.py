@@ -1,0 +1,211 @@
+"""kopf handlers: the operator's entry point (`kopf run -m ipsec_mesh_operator.handlers`).
+
+IPsecPeerings are reconciled on create/update/resume and checked on a timer
+(key rotation, remote references, sidecar reports into the status). Injected
+pods and namespace labels feed the mesh index; the mesh API, webhooks and
+metrics run in the same process, started at startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from ipsec_mesh.meshapi import AuthKind
+
+from .admission import make_webhook_app
+from .config import FINALIZER, INJECTED_ANNOTATION, OperatorConfig
+from .index import PodInfo
+from .kube import KubeClient, load_connection
+from .peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
+from .peering_status import desired_status, status_patch
+from .psk import secret_name
+from .runtime import OperatorRuntime
+from .servers import Servers
+
+logger = logging.getLogger("ipsec_mesh_operator")
+
+# Read once at import: kopf takes timer intervals at decoration time.
+_IMPORT_CONFIG = OperatorConfig.from_env()
+
+
+class _State:
+    runtime: OperatorRuntime | None = None
+    servers: Servers | None = None
+    maintenance: asyncio.Task | None = None
+
+
+STATE = _State()
+
+
+def runtime() -> OperatorRuntime:
+    if STATE.runtime is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return STATE.runtime
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    connection = load_connection()
+    return kopf.ConnectionInfo(
+        server=connection.server,
+        token=connection.token,
+        scheme="Bearer" if connection.token else None,
+        ca_path=connection.ca_path,
+        certificate_path=connection.cert_path,
+        private_key_path=connection.key_path,
+        insecure=connection.insecure,
+    )
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ipsec-mesh.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="ipsec-mesh.io", key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    config = OperatorConfig.from_env()
+    rt = OperatorRuntime(config, KubeClient(load_connection()))
+    await rt.load_or_create_ca()
+    servers = Servers(rt, make_webhook_app(rt))
+    await servers.start()
+    await rt.publish_webhook_ca_bundle()
+    STATE.runtime, STATE.servers = rt, servers
+    STATE.maintenance = asyncio.create_task(_maintain_ca(rt))
+
+
+async def _maintain_ca(rt: OperatorRuntime) -> None:
+    while True:
+        await asyncio.sleep(rt.config.key_check_interval)
+        try:
+            if await rt.rotate_ca_if_due():
+                await rt.publish_webhook_ca_bundle()
+        except Exception:  # keep the loop alive; the next round retries
+            logger.exception("mesh CA maintenance failed")
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    if STATE.maintenance is not None:
+        STATE.maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await STATE.maintenance
+    if STATE.servers is not None:
+        await STATE.servers.stop()
+    if STATE.runtime is not None:
+        await STATE.runtime.kube.close()
+    STATE.runtime = STATE.servers = STATE.maintenance = None
+
+
+# ---- peerings ---------------------------------------------------------------
+
+
+async def _reconcile(name: str, namespace: str, spec: Any, body: kopf.Body, patch: kopf.Patch,
+                     announce: bool) -> None:
+    rt = runtime()
+    key = (namespace, name)
+    generation = body.metadata.get("generation") or 0
+    try:
+        parsed = parse_peering(namespace, name, dict(spec))
+    except InvalidPeering as exc:
+        # Keep the last valid version in the index: a bad edit must not drop working SAs.
+        kopf.warn(body, reason="InvalidSpec", message=str(exc)[:1000])
+        desired = desired_status(body.get("status"), generation, rt.health(key) if rt.index.peering(key) else None,
+                                 exc.messages, _keys_state(rt, key, None), [])
+        patch.status.update(status_patch(body.get("status"), desired))
+        return
+    before = rt.index.peering(key)
+    rt.index.upsert_peering(parsed)
+    extra: dict[str, Any] = {}
+    if parsed.auth is AuthKind.PSK:
+        ring = await rt.ensure_psk(parsed, kopf.build_owner_reference(body))
+        extra = {"pskSecretName": secret_name(name), "pskKeyId": ring.active_id(rt.clock()) or ""}
+    problems = await rt.refresh_remotes(parsed)
+    health = rt.health(key)
+    desired = desired_status(body.get("status"), generation, health, [], _keys_state(rt, key, parsed.auth),
+                             problems, extra)
+    patch.status.update(status_patch(body.get("status"), desired))
+    for problem in problems:
+        kopf.warn(body, reason="ReferenceProblem", message=problem)
+    if announce or before != parsed:
+        kopf.info(body, reason="Reconciled",
+                  message=f"{health.members} member pod(s), {health.peers} peer pod(s), {len(parsed.remotes)} remote(s)")
+
+
+def _keys_state(rt: OperatorRuntime, key: tuple[str, str], auth: AuthKind | None) -> tuple[bool, str, str]:
+    if auth is None:
+        return False, "InvalidSpec", "no keys for an invalid spec"
+    if auth is AuthKind.CERTIFICATE:
+        ok = rt.ca is not None
+        return ok, "MeshCA", "per-pod certificates from the mesh CA" if ok else "mesh CA not loaded"
+    ring = rt.psk.get(key)
+    if ring is None:
+        return False, "PskPending", "the pre-shared key is not generated yet"
+    return True, "PskIssued", f"pre-shared key {ring.active_id(rt.clock())} in Secret {secret_name(key[1])}"
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile_peering(name: str, namespace: str, spec: Any, body: kopf.Body, patch: kopf.Patch,
+                            reason: str, **_: Any) -> None:
+    await _reconcile(name, namespace, spec, body, patch, announce=reason != "resume")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=_IMPORT_CONFIG.key_check_interval, idle=0)
+async def maintain_peering(name: str, namespace: str, spec: Any, body: kopf.Body, patch: kopf.Patch,
+                           **_: Any) -> None:
+    rt = runtime()
+    key = (namespace, name)
+    parsed = rt.index.peering(key)
+    if parsed is None:
+        return  # invalid or not reconciled yet; the reconcile handler reports it
+    if parsed.auth is AuthKind.PSK and key in rt.psk:
+        before = rt.psk[key].active_id(rt.clock())
+        await rt.rotate_psk_if_due(parsed)
+        after = rt.psk[key].active_id(rt.clock())
+        if before != after:
+            kopf.info(body, reason="PskRotated", message=f"now initiating with key {after}")
+    await _reconcile(name, namespace, spec, body, patch, announce=False)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete_peering(name: str, namespace: str, **_: Any) -> None:
+    # The PSK Secret is owned by the peering: Kubernetes garbage-collects it.
+    runtime().forget_peering((namespace, name))
+
+
+# ---- pods and namespaces ------------------------------------------------------
+
+
+@kopf.index("pods", annotations={INJECTED_ANNOTATION: "true"})
+def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
+    """kopf index of injected pods; feeds the mesh index incrementally on every change."""
+    info = PodInfo.from_body(body)
+    runtime().index.upsert_pod(info)
+    return {(namespace, name): info}
+
+
+@kopf.on.event("pods", annotations={INJECTED_ANNOTATION: "true"})
+def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
+    if type == "DELETED":
+        rt = runtime()
+        rt.index.remove_pod((namespace, name))
+        rt.forget_pod((namespace, name))
+
+
+def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
+    rt = runtime()
+    if type == "DELETED":
+        rt.index.remove_namespace(name)
+    else:
+        rt.index.set_namespace_labels(name, dict(labels))
+
+
+if _IMPORT_CONFIG.watch_namespaces:
+    kopf.on.event("namespaces")(namespace_event)

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the operator (served on the metrics port at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+CERTIFICATES_ISSUED = Counter("ipsec_mesh_certificates_issued", "Leaf certificates signed", registry=REGISTRY)
+REQUESTS_REFUSED = Counter(
+    "ipsec_mesh_api_requests_refused", "Mesh API requests refused", ["reason"], registry=REGISTRY
+)
+PEER_MAP_WATCHERS = Gauge("ipsec_mesh_peer_map_watchers", "Sidecars waiting on a peer-map long-poll",
+                          registry=REGISTRY)
+PEER_MAP_UPDATES = Counter("ipsec_mesh_peer_map_updates", "Pod peer maps invalidated by a change",
+                           registry=REGISTRY)
+INDEXED_PODS = Gauge("ipsec_mesh_indexed_pods", "Injected pods in the mesh index", registry=REGISTRY)
+PEERINGS = Gauge("ipsec_mesh_peerings", "IPsecPeerings in the mesh index", registry=REGISTRY)
+KEY_ROTATIONS = Counter("ipsec_mesh_key_rotations", "CA and PSK rotations", ["kind"], registry=REGISTRY)
+SIGNING_SECONDS = Histogram("ipsec_mesh_signing_seconds", "Time to check and sign one CSR", registry=REGISTRY)

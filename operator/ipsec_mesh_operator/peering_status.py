@@ -1,0 +1,78 @@
+"""The IPsecPeering status: counts, conditions (Ready, KeysIssued, Degraded) with reasons."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from .runtime import PeeringHealth
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(old: Mapping[str, Any] | None, type_: str, ok: bool, reason: str, message: str,
+               generation: int) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    changed = old is None or old.get("status") != status
+    return {
+        "type": type_, "status": status, "reason": reason, "message": message, "observedGeneration": generation,
+        "lastTransitionTime": _now_iso() if changed else old.get("lastTransitionTime", _now_iso()),
+    }
+
+
+def desired_status(
+    current: Mapping[str, Any] | None,
+    generation: int,
+    health: PeeringHealth | None,
+    spec_errors: list[str],
+    keys: tuple[bool, str, str],
+    problems: list[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The full status to have; `keys` is (issued, reason, message)."""
+    current = current or {}
+    old = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)}
+    issued, key_reason, key_message = keys
+    degraded_reasons = list(spec_errors) + list(problems) + list(health.errors if health else ())
+    if spec_errors:
+        degraded = ("InvalidSpec", "; ".join(spec_errors))
+    elif problems:
+        degraded = ("ReferenceProblem", "; ".join(problems))
+    elif health and health.errors:
+        degraded = ("SidecarErrors", "; ".join(health.errors))
+    else:
+        degraded = ("AsExpected", "no problems reported")
+    members = health.members if health else 0
+    if spec_errors:
+        ready = (False, "InvalidSpec", "fix the spec; see the Degraded condition")
+    elif not issued:
+        ready = (False, "KeysPending", key_message)
+    elif degraded_reasons:
+        ready = (False, degraded[0], degraded[1])
+    elif members == 0:
+        ready = (False, "NoMembers", "no injected pod matches spec.selector")
+    else:
+        ready = (True, "Ready", f"{members} member pod(s), {health.peers if health else 0} peer pod(s)")
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "members": members,
+        "peers": health.peers if health else 0,
+        "establishedSAs": health.established_sas if health else 0,
+        "conditions": [
+            _condition(old.get("Ready"), "Ready", ready[0], ready[1], ready[2], generation),
+            _condition(old.get("KeysIssued"), "KeysIssued", issued, key_reason, key_message, generation),
+            _condition(old.get("Degraded"), "Degraded", bool(degraded_reasons), degraded[0], degraded[1][:1000],
+                       generation),
+        ],
+    }
+    status.update(extra or {})
+    return status
+
+
+def status_patch(current: Mapping[str, Any] | None, desired: dict[str, Any]) -> dict[str, Any]:
+    """Only the keys that differ (so periodic checks do not rewrite an unchanged status)."""
+    current = current or {}
+    return {key: value for key, value in desired.items() if current.get(key) != value}

@@ -1,0 +1,298 @@
+"""The operator's state in one place: index, CA, PSKs, sidecar reports, and the Kubernetes calls behind them.
+
+kopf handlers (handlers.py) feed it; the mesh API (api.py) reads from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ipsec_mesh.meshapi import AuthKind, IssuedCertificate, PeerMap, PskKey, service_account_uri
+from ipsec_mesh.meshapi.status import StatusReport
+
+from . import metrics
+from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
+from .config import OperatorConfig
+from .index import MeshIndex, PeeringKey, PodKey
+from .kube import Conflict, KubeClient, decode_secret_data
+from .peering import PeeringSpec
+from .psk import PskRing, secret_name
+from .tokens import Caller, TokenAuthenticator
+
+logger = logging.getLogger("ipsec_mesh_operator")
+
+
+class NotAllowed(Exception):
+    """An authenticated caller asked for something that is not its own (HTTP 403)."""
+
+
+class NotReady(Exception):
+    """The operator does not know the caller's pod yet (HTTP 503, retry)."""
+
+
+@dataclass(frozen=True)
+class PeeringHealth:
+    members: int
+    peers: int
+    established_sas: int
+    reporting: int
+    errors: tuple[str, ...]
+
+
+class OperatorRuntime:
+    def __init__(self, config: OperatorConfig, kube: KubeClient, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.kube = kube
+        self.clock = clock
+        self.index = MeshIndex(config.trust_domain)
+        self.ca: CertificateAuthority | None = None
+        self.psk: dict[PeeringKey, PskRing] = {}
+        self.reports: dict[PodKey, tuple[float, StatusReport]] = {}
+        self.authenticator = TokenAuthenticator(self._token_review, config.token_audience)
+        self._watch_events: dict[PodKey, asyncio.Event] = {}
+        self.index.listeners.append(self._on_maps_changed)
+        self.ca_listeners: list[Callable[[], None]] = []
+
+    # ---- mesh CA -----------------------------------------------------------
+
+    async def load_or_create_ca(self) -> CertificateAuthority:
+        ns, name = self.config.namespace, self.config.ca_secret
+        for _ in range(3):
+            secret = await self.kube.read_secret(ns, name)
+            now = self.clock()
+            if secret is not None:
+                self.ca = CertificateAuthority.from_secret_data(decode_secret_data(secret), self.config.max_cert_lifetime)
+                logger.info("mesh CA loaded from Secret %s/%s", ns, name)
+                break
+            ca = CertificateAuthority.create(now, self.config.max_cert_lifetime, self.config.ca_lifetime)
+            try:
+                await self.kube.create_secret(ns, name, ca.to_secret_data(now),
+                                              labels={"app.kubernetes.io/part-of": "ipsec-mesh"})
+            except Conflict:
+                continue  # another replica won the race: load theirs
+            self.ca = ca
+            logger.info("mesh CA created in Secret %s/%s", ns, name)
+            break
+        else:
+            raise CAStateError("could not load or create the mesh CA Secret")
+        await self.rotate_ca_if_due()
+        self.index.set_trust_bundle(self.ca.trust_bundle(self.clock()))
+        return self.ca
+
+    async def rotate_ca_if_due(self) -> bool:
+        assert self.ca is not None
+        now = self.clock()
+        bundle_before = self.ca.trust_bundle(now)
+        changed = self.ca.rotate_if_due(now, self.config.ca_rotation_interval, self.config.ca_propagation,
+                                        self.config.ca_lifetime)
+        if changed:
+            metrics.KEY_ROTATIONS.labels("ca").inc()
+            await self.kube.update_secret_data(self.config.namespace, self.config.ca_secret,
+                                               self.ca.to_secret_data(now))
+        bundle = self.ca.trust_bundle(now)
+        if bundle != bundle_before or changed:
+            self.index.set_trust_bundle(bundle)
+        for listener in self.ca_listeners:
+            listener()
+        return changed
+
+    async def publish_webhook_ca_bundle(self) -> None:
+        """Put the mesh trust bundle into our webhook configurations' caBundle (they trust our serving cert)."""
+        assert self.ca is not None
+        if self.config.webhook_tls_dir:
+            return  # cert-manager injects the CA bundle of its own certificate
+        bundle = base64.b64encode("".join(self.ca.trust_bundle(self.clock())).encode()).decode()
+        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+            for name in self.config.webhook_configs:
+                path = f"/apis/admissionregistration.k8s.io/v1/{kind}/{name}"
+                current = await self.kube.get(path)
+                if current is None:
+                    continue
+                webhooks = current.get("webhooks") or []
+                if all((w.get("clientConfig") or {}).get("caBundle") == bundle for w in webhooks):
+                    continue
+                for webhook in webhooks:
+                    webhook.setdefault("clientConfig", {})["caBundle"] = bundle
+                await self.kube.merge_patch(path, {"webhooks": webhooks})
+                logger.info("caBundle of %s %s updated", kind, name)
+
+    # ---- pre-shared keys ---------------------------------------------------
+
+    async def ensure_psk(self, spec: PeeringSpec, owner: dict[str, Any]) -> PskRing:
+        """Load the peering's PSK Secret, creating it (owned by the peering) the first time."""
+        if spec.key in self.psk:  # loaded already: periodic checks need no API call
+            await self.rotate_psk_if_due(spec)
+            return self.psk[spec.key]
+        name = secret_name(spec.name)
+        ring = None
+        for _ in range(3):
+            secret = await self.kube.read_secret(spec.namespace, name)
+            if secret is not None:
+                ring = PskRing.from_secret_data(decode_secret_data(secret))
+                break
+            candidate = PskRing.create(self.clock())
+            try:
+                await self.kube.create_secret(spec.namespace, name, candidate.to_secret_data(),
+                                              labels={"app.kubernetes.io/part-of": "ipsec-mesh",
+                                                      "ipsec-mesh.io/peering": spec.name},
+                                              owner=owner)
+            except Conflict:
+                continue
+            ring = candidate
+            break
+        if ring is None:
+            raise RuntimeError(f"could not load or create Secret {spec.namespace}/{name}")
+        self.psk[spec.key] = ring
+        await self.rotate_psk_if_due(spec)
+        return ring
+
+    async def rotate_psk_if_due(self, spec: PeeringSpec) -> None:
+        ring = self.psk.get(spec.key)
+        if ring is None:
+            return
+        now = self.clock()
+        newest_before = ring.ring.newest()
+        if ring.rotate_if_due(now, spec.psk_rotation_interval, spec.psk_overlap):
+            if ring.ring.newest() != newest_before:
+                metrics.KEY_ROTATIONS.labels("psk").inc()
+            await self.kube.update_secret_data(spec.namespace, secret_name(spec.name), ring.to_secret_data())
+        self.index.set_psk_keys(spec.key, ring.keys(now))
+
+    async def refresh_remotes(self, spec: PeeringSpec) -> list[str]:
+        """Load remote clusters' trust bundles / PSKs into the index; returns problems to report."""
+        problems = []
+        for remote in spec.remotes:
+            if spec.auth is AuthKind.PSK and remote.psk_secret_ref is not None:
+                ref_name, ref_key = remote.psk_secret_ref
+                value = await self.kube.read_config_data("Secret", spec.namespace, ref_name, ref_key)
+                if value is None or len(value) < 32:
+                    problems.append(f"remote {remote.name}: Secret {ref_name} key {ref_key} missing or < 32 bytes")
+                    continue
+                self.index.set_remote_psk_keys(spec.key, remote.name, (PskKey(f"{ref_name}", value),))
+            elif remote.trust_bundle_ref is not None:
+                kind, ref_name, ref_key = remote.trust_bundle_ref
+                value = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key)
+                pems = _split_pem(value.decode(errors="replace")) if value else ()
+                if not pems:
+                    problems.append(f"remote {remote.name}: {kind} {ref_name} key {ref_key} holds no certificate")
+                    continue
+                self.index.set_remote_trust_bundle(spec.key, remote.name, pems)
+        return problems
+
+    def forget_peering(self, key: PeeringKey) -> None:
+        self.index.remove_peering(key)
+        self.psk.pop(key, None)
+
+    # ---- mesh API operations ----------------------------------------------
+
+    async def _token_review(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        return await self.kube.create("/apis/authentication.k8s.io/v1/tokenreviews", body)
+
+    def pod_of(self, caller: Caller) -> PodKey:
+        key = (caller.namespace, caller.pod)
+        info = self.index.pod(key)
+        if info is None:
+            raise NotReady(f"pod {caller.namespace}/{caller.pod} is not in the mesh (yet)")
+        if info.uid != caller.pod_uid:
+            raise NotAllowed("the token belongs to an earlier pod of the same name")
+        if info.service_account != caller.service_account:
+            raise NotAllowed("the token's ServiceAccount is not the pod's")
+        return key
+
+    def certificate_lifetime(self, pod: PodKey) -> int:
+        lifetimes = [
+            spec.certificate_lifetime for key in self.index.peerings_of(pod)
+            if (spec := self.index.peering(key)) is not None
+        ]
+        return min(lifetimes, default=self.config.max_cert_lifetime)
+
+    def sign(self, caller: Caller, csr_pem: bytes) -> IssuedCertificate:
+        pod = self.pod_of(caller)
+        assert self.ca is not None
+        info = self.index.pod(pod)
+        identity = LeafIdentity(
+            dns_name=info.identity(self.config.trust_domain) or "",
+            uri=service_account_uri(info.namespace, info.service_account, self.config.trust_domain),
+        )
+        if not identity.dns_name:
+            raise NotAllowed(f"pod name {info.name!r} cannot form an identity")
+        now = self.clock()
+        started = time.perf_counter()
+        cert = self.ca.sign_csr(csr_pem, identity, self.certificate_lifetime(pod), now)
+        metrics.SIGNING_SECONDS.observe(time.perf_counter() - started)
+        metrics.CERTIFICATES_ISSUED.inc()
+        return IssuedCertificate(
+            certificate=certificate_pem(cert),
+            chain=(certificate_pem(self.ca.active_certificate(now)),),
+            trust_bundle=self.ca.trust_bundle(now),
+            not_after=int(cert.not_valid_after_utc.timestamp()),
+        )
+
+    def peer_map(self, pod: PodKey) -> PeerMap | None:
+        return self.index.peer_map(pod)
+
+    async def wait_for_peer_map(self, pod: PodKey, since: int, timeout: float) -> PeerMap | None:
+        """The pod's map once its version is above `since`, or None after `timeout`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        metrics.PEER_MAP_WATCHERS.inc()
+        try:
+            while True:
+                if self.index.version(pod) > since or since == 0:
+                    return self.index.peer_map(pod)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return None
+                event = self._watch_events.setdefault(pod, asyncio.Event())
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return None
+        finally:
+            metrics.PEER_MAP_WATCHERS.dec()
+
+    def _on_maps_changed(self, pods: set[PodKey]) -> None:
+        metrics.PEER_MAP_UPDATES.inc(len(pods))
+        for pod in pods:
+            event = self._watch_events.pop(pod, None)
+            if event is not None:
+                event.set()
+
+    def record_status(self, pod: PodKey, report: StatusReport) -> None:
+        self.reports[pod] = (self.clock(), report)
+
+    def forget_pod(self, pod: PodKey) -> None:
+        self.reports.pop(pod, None)
+
+    # ---- status aggregation -----------------------------------------------
+
+    def health(self, key: PeeringKey) -> PeeringHealth:
+        """What the sidecars of the peering's members report, for its status."""
+        name = f"{key[0]}/{key[1]}"
+        now = self.clock()
+        members = self.index.members(key)
+        established, reporting, errors = 0, 0, []
+        for pod in members | self.index.peer_pods(key):
+            entry = self.reports.get(pod)
+            if entry is None or now - entry[0] > self.config.status_ttl:
+                continue
+            reporting += 1
+            for status in entry[1].peerings:
+                if status.name == name or status.name.startswith(name + "/"):
+                    if pod in members:
+                        established += status.established_sas
+                    if status.last_error:
+                        errors.append(f"{pod[0]}/{pod[1]}: {status.last_error}")
+        return PeeringHealth(len(members), len(self.index.peer_pods(key)), established, reporting,
+                             tuple(sorted(errors)[:5]))
+
+
+def _split_pem(text: str) -> tuple[str, ...]:
+    marker = "-----END CERTIFICATE-----"
+    parts = [part.strip() + "\n" + marker + "\n" for part in text.split(marker) if "BEGIN CERTIFICATE" in part]
+    return tuple(part.lstrip() for part in parts)

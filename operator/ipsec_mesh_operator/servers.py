@@ -1,0 +1,69 @@
+"""The HTTP(S) servers inside the operator process: mesh API, admission webhooks, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import api, metrics
+from .runtime import OperatorRuntime
+from .tls import ServingCertificate
+
+logger = logging.getLogger("ipsec_mesh_operator.servers")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    metrics.INDEXED_PODS.set(len(list(request.app[api.RUNTIME_KEY].index.pods())))
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class Servers:
+    def __init__(self, runtime: OperatorRuntime, webhook_app: web.Application | None = None):
+        self.runtime = runtime
+        self.tls = ServingCertificate(runtime.config.server_names)
+        self.webhook_app = webhook_app
+        self.webhook_context: ssl.SSLContext | None = None
+        if runtime.config.webhook_tls_dir:
+            self.webhook_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.webhook_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._runners: list[web.AppRunner] = []
+        self.ports: dict[str, int] = {}
+        runtime.ca_listeners.append(self._refresh_certificate)
+
+    def _refresh_certificate(self) -> None:
+        if self.runtime.ca is not None and self.tls.refresh(self.runtime.ca, self.runtime.clock()):
+            logger.info("serving certificate (re)issued for %s", ", ".join(self.tls.names))
+        if self.webhook_context is not None:
+            # cert-manager renews the files in place; pick up the current pair for new connections.
+            directory = Path(self.runtime.config.webhook_tls_dir)
+            self.webhook_context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
+
+    async def start(self) -> None:
+        self._refresh_certificate()
+        config = self.runtime.config
+        api_app = api.make_app(self.runtime)
+        metrics_app = web.Application()
+        metrics_app[api.RUNTIME_KEY] = self.runtime
+        metrics_app.router.add_get("/metrics", _metrics)
+        metrics_app.router.add_get("/healthz", api.healthz)
+        plan = [("api", api_app, config.api_port, self.tls.context), ("metrics", metrics_app, config.metrics_port, None)]
+        if self.webhook_app is not None:
+            plan.append(("webhook", self.webhook_app, config.webhook_port, self.webhook_context or self.tls.context))
+        for name, app, port, ssl_context in plan:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, config.api_host, port, ssl_context=ssl_context)
+            await site.start()
+            self._runners.append(runner)
+            self.ports[name] = runner.addresses[0][1]
+            logger.info("%s server listening on %s:%d", name, config.api_host, self.ports[name])
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await asyncio.shield(runner.cleanup())
+        self._runners.clear()

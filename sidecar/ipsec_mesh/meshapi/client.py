@@ -1,0 +1,161 @@
+"""The sidecar's client of the operator's mesh API (HTTPS, token-authenticated).
+
+    async with MeshApiClient(url, token_file=..., ca_bundle=pem) as api:
+        issued = await api.sign_csr(csr_pem)
+        async for peer_map in api.watch_peer_maps():
+            ...
+        await api.post_status(report)
+
+The private key never leaves the pod: only the CSR is sent. The token is
+re-read from its file for every request (kubelet rotates projected tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import fields
+from .errors import MeshApiRequestError, PeerMapError
+from .model import MAX_DOCUMENT_BYTES, PeerMap
+from .status import StatusReport
+
+DEFAULT_WAIT = 30.0
+MAX_RESPONSE = MAX_DOCUMENT_BYTES
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate: str
+    chain: tuple[str, ...]
+    trust_bundle: tuple[str, ...]
+    not_after: int
+
+
+class MeshApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca_bundle: str,
+        token: Callable[[], str] | None = None,
+        token_file: str | Path | None = None,
+        request_timeout: float = 10.0,
+    ):
+        if (token is None) == (token_file is None):
+            raise ValueError("give exactly one of token or token_file")
+        self.base_url = base_url.rstrip("/")
+        self._token = token if token is not None else (lambda: Path(token_file).read_text().strip())
+        self._request_timeout = request_timeout
+        self._ssl = self._context(ca_bundle)
+        self._session: aiohttp.ClientSession | None = None
+
+    @staticmethod
+    def _context(ca_bundle: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=ca_bundle)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def update_trust_bundle(self, pems: tuple[str, ...]) -> None:
+        """Trust the CAs of a newer peer map (CA rotation) for later connections."""
+        if pems:
+            self._ssl = self._context("".join(pems))
+            if self._session is not None:
+                session, self._session = self._session, None
+                asyncio.get_running_loop().create_task(session.close())
+
+    async def __aenter__(self) -> MeshApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+        return self._session
+
+    async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
+                       timeout: float | None = None) -> tuple[int, bytes]:
+        try:
+            token = self._token()
+        except OSError as exc:
+            raise MeshApiRequestError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
+        try:
+            async with self._session_().request(
+                method, self.base_url + path, json=body, params=params,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=timeout or self._request_timeout),
+            ) as response:
+                body = await response.content.read(MAX_RESPONSE + 1)
+                if len(body) > MAX_RESPONSE:
+                    raise MeshApiRequestError("response too large", response.status)
+                if response.status >= 400:
+                    raise MeshApiRequestError(f"{method} {path}: HTTP {response.status}: {_error_text(body)}",
+                                              response.status)
+                return response.status, body
+        except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise MeshApiRequestError(f"{method} {path}: {exc!r}") from None
+
+    async def sign_csr(self, csr_pem: bytes) -> IssuedCertificate:
+        _, raw = await self._request("POST", "/v1/certificates", body={"csr": csr_pem.decode()})
+        try:
+            doc = fields.obj(json.loads(raw), "", {"certificate", "chain", "trustBundle", "notAfter"})
+            return IssuedCertificate(
+                certificate=fields.pem_certificate(doc["certificate"], "certificate"),
+                chain=fields.array(doc["chain"], "chain", fields.pem_certificate, 4),
+                trust_bundle=fields.array(doc["trustBundle"], "trustBundle", fields.pem_certificate, 16, 1),
+                not_after=fields.integer(doc["notAfter"], "notAfter", 0, 2**63 - 1),
+            )
+        except (ValueError, PeerMapError) as exc:
+            raise MeshApiRequestError(f"bad certificate response: {exc}") from None
+
+    async def fetch_peer_map(self, since_version: int = 0, wait: float = 0.0) -> PeerMap | None:
+        """The pod's peer map if newer than `since_version` (waiting up to `wait` s), else None."""
+        status, body = await self._request(
+            "GET", "/v1/peermap", params={"version": str(since_version), "wait": str(wait)},
+            timeout=wait + self._request_timeout,
+        )
+        if status == 304:
+            return None
+        return PeerMap.from_json(body)
+
+    async def watch_peer_maps(self, since_version: int = 0, wait: float = DEFAULT_WAIT,
+                              retry_delay: float = 1.0, max_retry_delay: float = 30.0) -> AsyncIterator[PeerMap]:
+        """Yield each newer peer map, forever; transient errors back off (bounded), bad maps raise."""
+        version, delay = since_version, retry_delay
+        while True:
+            try:
+                peer_map = await self.fetch_peer_map(version, wait)
+            except MeshApiRequestError as exc:
+                if exc.status in (400, 401, 403):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry_delay)
+                continue
+            delay = retry_delay
+            if peer_map is not None and peer_map.version > version:
+                version = peer_map.version
+                yield peer_map
+
+    async def post_status(self, report: StatusReport) -> None:
+        await self._request("POST", "/v1/status", body=report.to_dict())
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("error", ""))[:500]
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")

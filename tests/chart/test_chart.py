@@ -1,0 +1,149 @@
+"""The Helm chart, rendered and linted by the real Helm engine, manifests checked with kubernetes-validate --strict."""
+
+import filecmp
+import json
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "ipsec-mesh"
+KUBE_VERSION = "1.30.0"
+NAMESPACE = "ipsec-mesh-system"
+
+OPTIONS = {
+    "defaults": {},
+    "no-webhooks": {"webhook": {"enabled": False}},
+    "webhook-ignore": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5}},
+    "cert-manager": {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
+    "ha": {"replicaCount": 2, "peering": {"enabled": True, "name": "mesh"}},
+    "pinned-digest": {"image": {"repository": "registry.example/ipsec-mesh", "digest": "sha256:" + "a" * 64}},
+    "no-metrics": {"metrics": {"enabled": False}},
+    "custom": {"trustDomain": "mesh.example.org", "tokenAudience": "mesh", "logFormat": "plain",
+               "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
+               "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"},
+               "imagePullSecrets": [{"name": "regcred"}]},
+}
+# Kinds whose schemas are CRDs outside Kubernetes itself (kubernetes-validate cannot check them).
+THIRD_PARTY_KINDS = {"Certificate"}
+
+
+def render(values):
+    chart = helm.Chart.load(str(CHART))
+    rendered = chart.render(values, name="mesh", namespace=NAMESPACE, is_install=True)
+    documents = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return documents, rendered
+
+
+def by_kind(documents, kind):
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def test_chart_crds_are_the_single_source():
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["ipsecpeerings.yaml"]
+    assert filecmp.cmp(CHART / "crds" / "ipsecpeerings.yaml", ROOT / "crds" / "ipsecpeerings.yaml", shallow=False)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_chart_renders_lints_and_validates_strictly(option):
+    values = OPTIONS[option]
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert not problems, problems
+    documents, _ = render(values)
+    assert documents
+    for document in documents:
+        if document["kind"] in THIRD_PARTY_KINDS:
+            continue
+        kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+
+
+def test_crd_validates_as_a_kubernetes_object():
+    kubernetes_validate.validate(yaml.safe_load((ROOT / "crds" / "ipsecpeerings.yaml").read_text()), KUBE_VERSION,
+                                 strict=True)
+
+
+def test_default_deployment_is_locked_down():
+    documents, _ = render({})
+    deployment = by_kind(documents, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert "--standalone" in container["args"] and "ipsec_mesh_operator.handlers" in container["args"]
+    assert container["image"] == "ghcr.io/ipsec-mesh/ipsec-mesh:0.1.0"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["IPSEC_MESH_SERVICE_NAME"] == "mesh-ipsec-mesh-operator"
+    assert env["IPSEC_MESH_WEBHOOK_CONFIGS"] == "mesh-ipsec-mesh"
+    # The operator's names in the chart match what the webhook configurations and Service use.
+    service = by_kind(documents, "Service")[0]
+    assert service["metadata"]["name"] == env["IPSEC_MESH_SERVICE_NAME"]
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        config = by_kind(documents, kind)[0]
+        assert config["metadata"]["name"] == env["IPSEC_MESH_WEBHOOK_CONFIGS"]
+        for webhook in config["webhooks"]:
+            assert webhook["clientConfig"]["service"]["name"] == service["metadata"]["name"]
+            assert webhook["failurePolicy"] == "Fail"
+
+
+def test_rbac_is_least_privilege():
+    documents, _ = render({})
+    rules = by_kind(documents, "ClusterRole")[0]["rules"]
+    verbs = {(group, resource): set(rule["verbs"])
+             for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert verbs[("", "secrets")] == {"get", "create", "patch"}
+    assert verbs[("", "pods")] == {"get", "list", "watch"}
+    assert verbs[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    assert all("*" not in v for v in verbs.values()) and all("delete" not in v for v in verbs.values())
+    webhook_rule = next(r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"])
+    assert webhook_rule["resourceNames"] == ["mesh-ipsec-mesh"]
+
+
+def test_cert_manager_option_swaps_ca_management():
+    documents, _ = render(OPTIONS["cert-manager"])
+    certificate = by_kind(documents, "Certificate")[0]
+    webhook = by_kind(documents, "MutatingWebhookConfiguration")[0]
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
+        f"{NAMESPACE}/{certificate['metadata']['name']}"
+    container = by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert any(e["name"] == "IPSEC_MESH_WEBHOOK_TLS_DIR" for e in container["env"])
+    rules = by_kind(documents, "ClusterRole")[0]["rules"]
+    assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in rules)
+
+
+def test_ha_option_uses_kopf_peering_and_no_webhooks_leaves_them_out():
+    documents, rendered = render(OPTIONS["ha"])
+    deployment = by_kind(documents, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    assert "--peering=mesh" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "kopf peering" in rendered["ipsec-mesh/templates/NOTES.txt"]
+    documents, rendered = render(OPTIONS["no-webhooks"])
+    assert not by_kind(documents, "MutatingWebhookConfiguration")
+    assert "WARNING" in rendered["ipsec-mesh/templates/NOTES.txt"]
+
+
+@pytest.mark.parametrize("values", [
+    {"replicaCount": 2},                                         # several replicas without peering
+    {"webhook": {"failurePolicy": "Sometimes"}},
+    {"image": {"repository": "x", "digest": "latest"}},
+    {"ca": {"rotationInterval": "a year"}},
+    {"webhook": {"certManager": {"enabled": True}}},            # no issuer
+    {"unknownKey": 1},
+])
+def test_values_schema_rejects_nonsense(values):
+    with pytest.raises(helm.HelmError):
+        render(values)
+
+
+def test_values_schema_is_json_and_documents_every_default_key():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(defaults) <= set(schema["properties"])

@@ -1,0 +1,134 @@
+"""A kmock Kubernetes emulator running in its own thread, for operator tests.
+
+KopfRunner runs the operator in a thread with its own event loop; the test body
+is synchronous. The emulator gets a third thread so neither can block it. The
+test talks to it over HTTP (as kubectl would) and reads `objects` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kmock
+
+PEERINGS = "ipsec-mesh.io/v1alpha1/ipsecpeerings"
+
+
+class KubeHarness:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.emulator: kmock.KubernetesEmulator | None = None
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._setup: list[Callable[[kmock.KubernetesEmulator], None]] = []
+        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
+
+    def start(self, setup: Callable[[kmock.KubernetesEmulator], None] | None = None) -> None:
+        if setup is not None:
+            self._setup.append(setup)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("kmock did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+            emulator.resources.load_bundled()
+            emulator.resources[PEERINGS] = kmock.ResourceInfo(
+                kind="IPsecPeering", singular="ipsecpeering", shortnames={"ipp"},
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                subresources={"status"}, namespaced=True,
+            )
+            for setup in self._setup:
+                setup(emulator)
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """Run `function` in the emulator's loop (for anything that touches its state)."""
+        async def wrapper() -> Any:
+            return function()
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    # ---- kubectl-like helpers ---------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def create(self, path: str, body: dict) -> Any:
+        return self.request("POST", path, body)
+
+    def patch(self, path: str, body: dict) -> Any:
+        return self.request("PATCH", path, body, "application/merge-patch+json")
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def write_kubeconfig(self, directory: Path) -> Path:
+        path = directory / "kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "operator", "user": {"token": "operator-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "operator", "namespace": "default"}}],
+        }))
+        return path
+
+
+@contextlib.contextmanager
+def running_kube(setup: Callable[[kmock.KubernetesEmulator], None] | None = None) -> Iterator[KubeHarness]:
+    harness = KubeHarness()
+    harness.start(setup)
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until `predicate` returns something truthy; bounded in time."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (KeyError, TypeError, IndexError):
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")

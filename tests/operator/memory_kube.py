@@ -1,0 +1,39 @@
+"""An in-memory stand-in for the few KubeClient calls the operator runtime makes."""
+
+from ipsec_mesh_operator.kube import Conflict, decode_secret_data, encode_secret_data
+
+
+class MemoryKube:
+    """The few KubeClient calls the runtime makes, over dicts."""
+
+    def __init__(self):
+        self.secrets = {}
+        self.configmaps = {}
+
+    async def read_secret(self, namespace, name):
+        return self.secrets.get((namespace, name))
+
+    async def create_secret(self, namespace, name, data, labels=None, owner=None):
+        if (namespace, name) in self.secrets:
+            raise Conflict(409, "exists")
+        meta = {"name": name, "namespace": namespace, "labels": labels or {}}
+        if owner:
+            meta["ownerReferences"] = [owner]
+        self.secrets[(namespace, name)] = {"metadata": meta, "data": encode_secret_data(data)}
+        return self.secrets[(namespace, name)]
+
+    async def update_secret_data(self, namespace, name, data):
+        self.secrets[(namespace, name)]["data"] = encode_secret_data(data)
+
+    async def read_config_data(self, kind, namespace, name, key):
+        if kind == "Secret":
+            secret = self.secrets.get((namespace, name))
+            return None if secret is None else decode_secret_data(secret).get(key)
+        value = self.configmaps.get((namespace, name), {}).get(key)
+        return None if value is None else value.encode()
+
+    async def get(self, path):
+        return None
+
+    async def close(self):
+        pass

@@ -1,0 +1,143 @@
+"""Admission webhooks over real HTTPS: sidecar injection and peering validation with AdmissionReviews."""
+
+import base64
+import copy
+import json
+import ssl
+import uuid
+
+import aiohttp
+import jsonpatch
+import pytest
+
+from api_fixture import running_servers
+from ipsec_mesh_operator.admission import injection_patch
+from ipsec_mesh_operator.config import OperatorConfig
+
+
+def review(kind, obj, operation="CREATE"):
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": kind},
+        "operation": operation, "object": obj, "namespace": obj["metadata"].get("namespace"),
+    }}
+
+
+POD = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "web-0", "namespace": "prod", "labels": {"app": "web"}},
+    "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+}
+
+
+async def post(servers, runtime, path, body):
+    context = ssl.create_default_context(cadata="".join(runtime.index.trust_bundle))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"https://localhost:{servers.ports['webhook']}{path}", json=body,
+                                ssl=context) as response:
+            return response.status, await response.json()
+
+
+async def test_pod_injection_over_https_adds_a_locked_down_native_sidecar():
+    async with running_servers() as (runtime, servers):
+        request = review("Pod", POD)
+        status, answer = await post(servers, runtime, "/mutate-pods", request)
+    assert status == 200
+    response = answer["response"]
+    assert response["uid"] == request["request"]["uid"] and response["allowed"]
+    assert response["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(copy.deepcopy(POD), json.loads(base64.b64decode(response["patch"])))
+    sidecar = patched["spec"]["initContainers"][0]
+    assert sidecar["name"] == "ipsec-mesh" and sidecar["restartPolicy"] == "Always"
+    security = sidecar["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/ready"
+    token = next(v for v in patched["spec"]["volumes"] if v["name"] == "ipsec-mesh-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "ipsec-mesh"
+    assert patched["metadata"]["annotations"]["ipsec-mesh.io/injected"] == "true"
+    assert patched["spec"]["containers"] == POD["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["IPSEC_MESH_CA_BUNDLE"].startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_injection_keeps_existing_init_containers_volumes_and_sysctls_and_is_idempotent():
+    config = OperatorConfig()
+    pod = copy.deepcopy(POD)
+    pod["metadata"]["annotations"] = {"keep": "me"}
+    pod["spec"]["initContainers"] = [{"name": "setup", "image": "busybox"}]
+    pod["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    pod["spec"]["securityContext"] = {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}
+    patched = jsonpatch.apply_patch(pod, injection_patch(pod, config, "PEM"))
+    assert [c["name"] for c in patched["spec"]["initContainers"]] == ["ipsec-mesh", "setup"]
+    assert [v["name"] for v in patched["spec"]["volumes"]] == ["data", "ipsec-mesh-token", "ipsec-mesh-run"]
+    assert len(patched["spec"]["securityContext"]["sysctls"]) == 2
+    assert patched["metadata"]["annotations"]["keep"] == "me"
+    assert injection_patch(patched, config, "PEM") == []
+    opted_out = copy.deepcopy(POD)
+    opted_out["metadata"]["labels"]["ipsec-mesh.io/inject"] = "false"
+    assert injection_patch(opted_out, config, "PEM") == []
+
+
+PEERING = {
+    "apiVersion": "ipsec-mesh.io/v1alpha1", "kind": "IPsecPeering",
+    "metadata": {"name": "web-db", "namespace": "prod"},
+    "spec": {"selector": {"matchLabels": {"app": "web"}}, "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}]},
+}
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda s: s.update(peers=[]), "list at least one peer"),
+    (lambda s: s["peers"][0].update(remote={"name": "x", "cidrs": ["10.0.0.0/8"]}), "exactly one of podSelector"),
+    (lambda s: s.update(proposals={"esp": ["3des-sha1"]}), "unsupported ESP algorithm '3des'"),
+    (lambda s: s.update(lifetimes={"ike": "30m", "child": "1h"}), "must not be shorter"),
+    (lambda s: s.update(authentication={"type": "psk", "pskRotationInterval": "1h", "pskOverlap": "2h"}),
+     "pskRotationInterval must be longer"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"]}}]),
+     "needs remote.trustBundle"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.1/16"]}}]), "host bits"),
+    (lambda s: s.update(selector={"matchExpressions": [{"key": "a", "operator": "In"}]}), "needs at least one value"),
+])
+async def test_nonsense_peerings_are_rejected_with_an_actionable_message(mutate, expected):
+    peering = copy.deepcopy(PEERING)
+    mutate(peering["spec"])
+    async with running_servers() as (runtime, servers):
+        status, answer = await post(servers, runtime, "/validate-ipsecpeerings", review("IPsecPeering", peering))
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert expected in answer["response"]["status"]["message"]
+
+
+async def test_sensible_peering_is_allowed_and_garbage_reviews_get_400():
+    async with running_servers() as (runtime, servers):
+        status, answer = await post(servers, runtime, "/validate-ipsecpeerings",
+                                    review("IPsecPeering", PEERING, "UPDATE"))
+        assert status == 200 and answer["response"]["allowed"] is True
+        status, answer = await post(servers, runtime, "/validate-ipsecpeerings", {"request": "nope"})
+        assert status == 400
+
+
+async def test_webhook_serves_a_cert_manager_certificate_when_configured(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "webhook")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "tls.crt").write_bytes(pem)
+    (tmp_path / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    async with running_servers(webhook_tls_dir=str(tmp_path)) as (runtime, servers):
+        context = ssl.create_default_context(cadata=pem.decode())
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"https://localhost:{servers.ports['webhook']}/validate-ipsecpeerings",
+                                    json=review("IPsecPeering", PEERING), ssl=context) as response:
+                assert (await response.json())["response"]["allowed"] is True

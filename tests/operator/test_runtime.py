@@ -1,0 +1,118 @@
+"""The operator runtime: CA creation and rotation through Secrets, token caching, status aggregation."""
+
+import time
+
+from cryptography import x509
+
+from fake_tokens import issue, review
+from ipsec_mesh.meshapi.status import PeeringStatus, StatusReport
+from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.peering_status import desired_status
+from ipsec_mesh_operator.runtime import OperatorRuntime
+from ipsec_mesh_operator.tls import ServingCertificate
+from ipsec_mesh_operator.tokens import TokenAuthenticator, Unauthenticated
+from memory_kube import MemoryKube
+from test_keys import IDENTITY, make_csr
+
+import pytest
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+CONFIG = OperatorConfig(ca_rotation_interval=1000, ca_propagation=10, max_cert_lifetime=50)
+
+
+async def test_ca_is_created_once_and_rotation_reaches_peer_maps_before_signing():
+    kube, clock = MemoryKube(), Clock(time.time())
+    runtime = OperatorRuntime(CONFIG, kube, clock)
+    await runtime.load_or_create_ca()
+    stored = dict(kube.secrets[(CONFIG.namespace, CONFIG.ca_secret)]["data"])
+    again = OperatorRuntime(CONFIG, kube, clock)
+    await again.load_or_create_ca()
+    assert kube.secrets[(CONFIG.namespace, CONFIG.ca_secret)]["data"] == stored  # restart: same CA
+    runtime.index.upsert_pod(PodInfo("prod", "web-0", "u", "web", {"app": "web"}, ("10.0.0.1",)))
+    old_ca = runtime.ca.active_certificate(clock.now)
+    version = runtime.index.version(("prod", "web-0"))
+    tls = ServingCertificate(("localhost",))
+    runtime.ca_listeners.append(lambda: tls.refresh(runtime.ca, clock.now))
+
+    clock.now += 1000
+    assert await runtime.rotate_ca_if_due()
+    assert len(runtime.peer_map(("prod", "web-0")).trust_bundle) == 2
+    assert runtime.index.version(("prod", "web-0")) > version
+    assert kube.secrets[(CONFIG.namespace, CONFIG.ca_secret)]["data"] != stored
+    assert runtime.ca.sign_csr(make_csr()[0], IDENTITY, 50, clock.now).issuer == old_ca.subject
+    clock.now += 10
+    new_ca = runtime.ca.active_certificate(clock.now)
+    assert new_ca != old_ca
+    assert runtime.ca.sign_csr(make_csr()[0], IDENTITY, 50, clock.now).issuer == new_ca.subject
+    assert tls._issuer_id != runtime.ca.ring.active(clock.now).id
+    await runtime.rotate_ca_if_due()  # the listener re-issues the serving certificate from the new CA
+    assert tls._issuer_id == runtime.ca.ring.active(clock.now).id
+    clock.now += 50
+    await runtime.rotate_ca_if_due()
+    bundle = runtime.peer_map(("prod", "web-0")).trust_bundle
+    assert [x509.load_pem_x509_certificate(p.encode()) for p in bundle] == [new_ca]
+
+
+async def test_token_reviews_are_cached_and_refusals_briefly():
+    calls = []
+
+    class Request:
+        def __init__(self, data):
+            self.data = data
+
+    async def counting_review(body):
+        calls.append(body)
+        return review(Request(body))
+
+    clock = Clock(0.0)
+    authenticator = TokenAuthenticator(counting_review, "ipsec-mesh", clock)
+    token = issue("prod", "web", "web-0", "u")
+    for _ in range(3):
+        caller = await authenticator.authenticate(f"Bearer {token}")
+    assert caller.pod == "web-0" and caller.service_account == "web" and len(calls) == 1
+    forged = token + "x"
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(f"Bearer {forged}")
+    assert len(calls) == 2
+    clock.now += 61
+    await authenticator.authenticate(f"Bearer {token}")
+    assert len(calls) == 3
+    for header in (None, "Basic abc", "Bearer ", "Bearer " + "a" * 20000):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(header)
+
+
+async def test_sidecar_reports_roll_up_into_counts_and_degraded():
+    clock = Clock(1000.0)
+    runtime = OperatorRuntime(OperatorConfig(status_ttl=60), MemoryKube(), clock)
+    for name, app in (("web-0", "web"), ("web-1", "web"), ("db-0", "db")):
+        runtime.index.upsert_pod(PodInfo("prod", name, "u", "default", {"app": app}, ("10.0.0.1",)))
+    runtime.index.upsert_peering(parse_peering("prod", "p", {
+        "selector": {"matchLabels": {"app": "web"}}, "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}]}))
+    runtime.record_status(("prod", "web-0"), StatusReport(1, (PeeringStatus("prod/p", 1),)))
+    runtime.record_status(("prod", "web-1"), StatusReport(1, (PeeringStatus("prod/p", 0, 1, "AUTHENTICATION_FAILED"),)))
+    runtime.record_status(("prod", "db-0"), StatusReport(1, (PeeringStatus("prod/other", 7),)))
+    health = runtime.health(("prod", "p"))
+    assert (health.members, health.peers, health.established_sas, health.reporting) == (2, 1, 1, 3)
+    status = desired_status(None, 4, health, [], (True, "MeshCA", "ok"), [])
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Degraded"]["reason"] == "SidecarErrors"
+    assert "prod/web-1: AUTHENTICATION_FAILED" in conditions["Degraded"]["message"]
+    assert conditions["Ready"]["status"] == "False"
+    clock.now += 61  # reports go stale
+    health = runtime.health(("prod", "p"))
+    assert health.reporting == 0 and health.errors == ()
+    status = desired_status(status, 4, health, [], (True, "MeshCA", "ok"), [])
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True", "KeysIssued": "True", "Degraded": "False"}
