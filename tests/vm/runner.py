@@ -250,6 +250,15 @@ def vng_argv(config: VMConfig, rundir: Path, rootdir: Path) -> list[str]:
     return argv
 
 
+def precompile(rootdir: Path, python: str) -> None:
+    """Byte-compile the project on the host: the guest would otherwise compile every module
+    at every process start under software emulation (tens of seconds each time)."""
+    dirs = [str(rootdir / d) for d in ("sidecar", "operator", "tests") if (rootdir / d).is_dir()]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([python, "-m", "compileall", "-q", *dirs], env=env, check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
 def run_batch(
     nodeids: list[str], rootdir: Path, config: VMConfig, python: str = sys.executable
 ) -> BatchResult:
@@ -261,6 +270,7 @@ def run_batch(
     if not nodeids:
         return BatchResult()
     rundir = Path(tempfile.mkdtemp(prefix="ipsec-mesh-vm-"))
+    precompile(rootdir, python)
     try:
         (rundir / "nodeids.txt").write_text("".join(f"{n}\n" for n in nodeids))
         test_files = sorted({n.split("::", 1)[0] for n in nodeids})

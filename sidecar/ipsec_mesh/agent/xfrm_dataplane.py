@@ -220,7 +220,8 @@ class XfrmDataPlane:
                             hard_packets=_inf_if_zero(info.life_packets), hard_add_seconds=hard)
         return SaSpec(src=src, dst=dst, spi=info.inbound_spi if inbound else info.outbound_spi,
                       reqid=self.reqid_for(info.remote_addr), aead=kernel_aead(info, key), esn=info.esn,
-                      replay_window=128 if inbound else 0, lifetime=lifetime, encap=encap,
+                      # Outbound SAs ignore the window, but kernels before 6.10 refuse ESN without one.
+                      replay_window=128, lifetime=lifetime, encap=encap,
                       tfc_pad=info.tfc_padding if not inbound else 0,
                       acquire_seq=0 if inbound else self._acquire_seq.pop(info.remote_addr, 0))
 

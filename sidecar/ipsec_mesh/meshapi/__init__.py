@@ -6,7 +6,6 @@ YAML file (`load_peer_map_file`). Both paths end in the same validated
 `PeerMap` structure.
 """
 
-from .client import IssuedCertificate, MeshApiClient
 from .errors import MeshApiError, MeshApiRequestError, PeerMapError, ProposalError
 from .identity import pod_fqdn, service_account_uri
 from .model import (
@@ -30,3 +29,13 @@ __all__ = [
     "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",
     "pod_fqdn", "service_account_uri",
 ]
+
+
+def __getattr__(name: str):
+    # The HTTPS client pulls in aiohttp: only load it for the code that talks to the API
+    # (a standalone sidecar never does, and its start-up time matters).
+    if name in ("IssuedCertificate", "MeshApiClient"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(name)

@@ -52,6 +52,9 @@ def test_psk_establishes_ike_and_child_sa():
     assert keys_match(a, b)
     info = next(iter(a.inbound.values()))
     assert info.mode == "transport" and info.esn and info.encap is None
+    # No NAT between them, and neither side may believe there is one.
+    assert next(iter(b.inbound.values())).encap is None
+    assert not any(sa.nat_local or sa.nat_remote for n in (a, b) for sa in n.established)
     assert exchanges(net) == [ExchangeType.IKE_SA_INIT] * 2 + [ExchangeType.IKE_INTERMEDIATE] * 2 \
         + [ExchangeType.IKE_AUTH] * 2
 

@@ -62,7 +62,8 @@ def _common_flags(sa: IkeSa, msg: Message) -> None:
 def _detect_nat(sa: IkeSa, msg: Message, local, remote) -> None:
     sources = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
     dest = msg.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
-    result = detect(sa.spi_i, sa.spi_r, sources, dest.data if dest else None, local, remote)
+    # The sender hashed the SPIs of its own header: in an IKE_SA_INIT request SPIr is zero.
+    result = detect(msg.spi_i, msg.spi_r, sources, dest.data if dest else None, local, remote)
     if result is not None:
         sa.nat_local, sa.nat_remote = result
     if sa.config.force_encap:
