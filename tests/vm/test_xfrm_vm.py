@@ -11,10 +11,10 @@ import errno
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +39,9 @@ from ipsec_mesh.xfrm import (  # noqa: E402
     UdpEncap,
     Xfrm,
     XfrmError,
+    neighbor_discovery_bypass,
     owned_reqid,
+    peer_priority,
 )
 
 pytestmark = [
@@ -108,8 +110,14 @@ def install_policies(peers: Peers, local: str, remote: str, reqid: int) -> None:
     """Both ends: out and in policies for the host pair, ESP required."""
     template = (Template(reqid),)
     for handle, mine, theirs in ((peers.a, local, remote), (peers.b, remote, local)):
-        handle.add_policy(PolicySpec(Selector.host_pair(mine, theirs), Direction.OUT, templates=template))
-        handle.add_policy(PolicySpec(Selector.host_pair(theirs, mine), Direction.IN, templates=template))
+        if ":" in mine:
+            handle.add_policies(neighbor_discovery_bypass())
+        for selector, direction in (
+            (Selector.host_pair(mine, theirs), Direction.OUT),
+            (Selector.host_pair(theirs, mine), Direction.IN),
+        ):
+            priority = peer_priority(selector)
+            handle.add_policy(PolicySpec(selector, direction, priority=priority, templates=template))
 
 
 def ping(netns: str, address: str, count: int = 3, interval: float = 0.2) -> subprocess.CompletedProcess:
@@ -118,25 +126,43 @@ def ping(netns: str, address: str, count: int = 3, interval: float = 0.2) -> sub
 
 
 @contextmanager
-def capture(netns: str, device: str):
-    """tcpdump on `device`; yields a list filled with the decoded lines on exit."""
+def capture(netns: str, device: str, local: str, remote: str, packets: int = 6):
+    """tcpdump of traffic between two hosts on `device`; yields a list of lines filled on exit.
+
+    tcpdump stops by itself after `packets` packets; if the emulated capture
+    missed some, it is interrupted after a grace period.
+    """
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        pcap = os.path.join(scratch, "wire.pcap")
-        dump = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "tcpdump", "-n", "-U", "-i", device, "-w", pcap, "ip or ip6"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+    command = ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-i", device, "-c", str(packets),
+               f"(ip or ip6) and host {local} and host {remote}"]
+    dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_listening(dump)
+        yield lines
         try:
-            ready, _, _ = select.select([dump.stderr], [], [], 20)
-            assert ready and "listening" in dump.stderr.readline(), "tcpdump did not start"
-            yield lines
-            time.sleep(0.5)  # let the last packets reach the file
-        finally:
-            dump.terminate()
-            dump.wait(timeout=10)
-        shown = subprocess.run(["tcpdump", "-n", "-r", pcap], capture_output=True, text=True, timeout=30)
-        lines.extend(line for line in shown.stdout.splitlines() if line.strip())
+            output, _ = dump.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            dump.send_signal(signal.SIGINT)
+            output, _ = dump.communicate(timeout=10)
+        lines.extend(line for line in output.splitlines() if line.strip())
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+
+
+def wait_until_listening(dump: subprocess.Popen, seconds: float = 20.0) -> None:
+    end = time.monotonic() + seconds
+    said = []
+    while time.monotonic() < end:
+        ready, _, _ = select.select([dump.stderr], [], [], max(0.0, end - time.monotonic()))
+        line = dump.stderr.readline() if ready else ""
+        if "listening" in line:
+            return
+        if not line:
+            break
+        said.append(line.strip())
+    raise AssertionError(f"tcpdump did not start listening: {said}")
 
 
 def assert_esp_only(lines: list[str], local: str, remote: str, minimum: int = 3) -> None:
@@ -157,7 +183,7 @@ def test_gcm_transport_ipv4_carries_ping_as_esp_only(peers):
     reqid = owned_reqid(10)
     install_sas(peers, A4, B4, Generation(0x1001, 0x1002), reqid)
     install_policies(peers, A4, B4, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b) as lines:
+    with capture(peers.pair.b, peers.pair.veth_b, A4, B4) as lines:
         result = ping(peers.pair.a, B4)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A4, B4)
@@ -170,7 +196,7 @@ def test_chacha_transport_ipv6(peers):
     reqid = owned_reqid(11)
     install_sas(peers, A6, B6, Generation(0x2001, 0x2002), reqid, aead=CHACHA, key_len=36)
     install_policies(peers, A6, B6, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b) as lines:
+    with capture(peers.pair.b, peers.pair.veth_b, A6, B6) as lines:
         result = ping(peers.pair.a, B6)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A6, B6)
@@ -189,7 +215,7 @@ def test_udp_encapsulated_esp(peers):
     try:
         install_sas(peers, A4, B4, Generation(0x3001, 0x3002), reqid, encap=UdpEncap(4500, 4500))
         install_policies(peers, A4, B4, reqid)
-        with capture(peers.pair.b, peers.pair.veth_b) as lines:
+        with capture(peers.pair.b, peers.pair.veth_b, A4, B4) as lines:
             result = ping(peers.pair.a, B4)
         assert result.returncode == 0, result.stdout + result.stderr
         assert_esp_only(lines, A4, B4)
