@@ -135,7 +135,7 @@ def capture(netns: str, device: str, local: str, remote: str, packets: int = 6):
     lines: list[str] = []
     command = ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-i", device, "-c", str(packets),
                f"(ip or ip6) and host {local} and host {remote}"]
-    dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
         wait_until_listening(dump)
         yield lines
@@ -144,7 +144,7 @@ def capture(netns: str, device: str, local: str, remote: str, packets: int = 6):
         except subprocess.TimeoutExpired:
             dump.send_signal(signal.SIGINT)
             output, _ = dump.communicate(timeout=10)
-        lines.extend(line for line in output.splitlines() if line.strip())
+        lines.extend(line for line in output.decode(errors="replace").splitlines() if line.strip())
     finally:
         if dump.poll() is None:
             dump.kill()
@@ -152,17 +152,17 @@ def capture(netns: str, device: str, local: str, remote: str, packets: int = 6):
 
 
 def wait_until_listening(dump: subprocess.Popen, seconds: float = 20.0) -> None:
+    """Read tcpdump's stderr (unbuffered, so select() sees all of it) until it listens."""
     end = time.monotonic() + seconds
-    said = []
-    while time.monotonic() < end:
+    said = b""
+    while b"listening" not in said and time.monotonic() < end:
         ready, _, _ = select.select([dump.stderr], [], [], max(0.0, end - time.monotonic()))
-        line = dump.stderr.readline() if ready else ""
-        if "listening" in line:
-            return
-        if not line:
-            break
-        said.append(line.strip())
-    raise AssertionError(f"tcpdump did not start listening: {said}")
+        chunk = os.read(dump.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            raise AssertionError(f"tcpdump did not start listening: {said!r}")
+        said += chunk
+    if b"listening" not in said:
+        raise AssertionError(f"tcpdump did not start listening: {said!r}")
 
 
 def assert_esp_only(lines: list[str], local: str, remote: str, minimum: int = 3) -> None:
