@@ -62,7 +62,7 @@ class Peers:
 
 
 @pytest.fixture
-def peers():
+def esp_peers():
     pair = make_pair("xfv")
     a, b = Xfrm(pair.a), Xfrm(pair.b)
     try:
@@ -89,27 +89,27 @@ class Generation:
     spi_ba: int
 
 
-def install_sas(peers: Peers, local: str, remote: str, generation: Generation, reqid: int,
+def install_sas(esp_peers: Peers, local: str, remote: str, generation: Generation, reqid: int,
                 aead: str = GCM, key_len: int = 20, outbound: bool = True, **extra) -> None:
     """Inbound SAs on both ends first; outbound ones only when `outbound`."""
     key_ab, key_ba = os.urandom(key_len), os.urandom(key_len)
     ab = SaSpec(local, remote, generation.spi_ab, reqid, Aead(aead, key_ab), **extra)
     ba = SaSpec(remote, local, generation.spi_ba, reqid, Aead(aead, key_ba), **extra)
-    peers.b.add_sa(ab)  # inbound at b
-    peers.a.add_sa(ba)  # inbound at a
+    esp_peers.b.add_sa(ab)  # inbound at b
+    esp_peers.a.add_sa(ba)  # inbound at a
     if outbound:
-        install_outbound(peers, ab, ba)
+        install_outbound(esp_peers, ab, ba)
 
 
-def install_outbound(peers: Peers, ab: SaSpec, ba: SaSpec) -> None:
-    peers.a.add_sa(ab)
-    peers.b.add_sa(ba)
+def install_outbound(esp_peers: Peers, ab: SaSpec, ba: SaSpec) -> None:
+    esp_peers.a.add_sa(ab)
+    esp_peers.b.add_sa(ba)
 
 
-def install_policies(peers: Peers, local: str, remote: str, reqid: int) -> None:
+def install_policies(esp_peers: Peers, local: str, remote: str, reqid: int) -> None:
     """Both ends: out and in policies for the host pair, ESP required."""
     template = (Template(reqid),)
-    for handle, mine, theirs in ((peers.a, local, remote), (peers.b, remote, local)):
+    for handle, mine, theirs in ((esp_peers.a, local, remote), (esp_peers.b, remote, local)):
         if ":" in mine:
             handle.add_policies(neighbor_discovery_bypass())
         for selector, direction in (
@@ -179,104 +179,104 @@ def assert_esp_only(lines: list[str], local: str, remote: str, minimum: int = 3)
     assert [line for line in between if "ESP(" not in line] == [], between
 
 
-def test_gcm_transport_ipv4_carries_ping_as_esp_only(peers):
+def test_gcm_transport_ipv4_carries_ping_as_esp_only(esp_peers):
     reqid = owned_reqid(10)
-    install_sas(peers, A4, B4, Generation(0x1001, 0x1002), reqid)
-    install_policies(peers, A4, B4, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b, A4, B4) as lines:
-        result = ping(peers.pair.a, B4)
+    install_sas(esp_peers, A4, B4, Generation(0x1001, 0x1002), reqid)
+    install_policies(esp_peers, A4, B4, reqid)
+    with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A4, B4) as lines:
+        result = ping(esp_peers.pair.a, B4)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A4, B4)
-    outbound = peers.a.get_sa(B4, 0x1001)
+    outbound = esp_peers.a.get_sa(B4, 0x1001)
     assert outbound.current.packets >= 3
     assert outbound.aead_name == GCM and outbound.esn and outbound.owned and not outbound.larval
 
 
-def test_chacha_transport_ipv6(peers):
+def test_chacha_transport_ipv6(esp_peers):
     reqid = owned_reqid(11)
-    install_sas(peers, A6, B6, Generation(0x2001, 0x2002), reqid, aead=CHACHA, key_len=36)
-    install_policies(peers, A6, B6, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b, A6, B6) as lines:
-        result = ping(peers.pair.a, B6)
+    install_sas(esp_peers, A6, B6, Generation(0x2001, 0x2002), reqid, aead=CHACHA, key_len=36)
+    install_policies(esp_peers, A6, B6, reqid)
+    with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A6, B6) as lines:
+        result = ping(esp_peers.pair.a, B6)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A6, B6)
-    assert {sa.aead_name for sa in peers.b.dump_sas()} == {CHACHA}
+    assert {sa.aead_name for sa in esp_peers.b.dump_sas()} == {CHACHA}
 
 
-def test_udp_encapsulated_esp(peers):
+def test_udp_encapsulated_esp(esp_peers):
     reqid = owned_reqid(12)
     sockets = []
-    for netns, address in ((peers.pair.a, A4), (peers.pair.b, B4)):
+    for netns, address in ((esp_peers.pair.a, A4), (esp_peers.pair.b, B4)):
         natt = socket_in(netns, socket.AF_INET)
         natt.bind((address, 4500))
         Xfrm.socket_bypass(natt)
         Xfrm.set_udp_encap(natt)
         sockets.append(natt)
     try:
-        install_sas(peers, A4, B4, Generation(0x3001, 0x3002), reqid, encap=UdpEncap(4500, 4500))
-        install_policies(peers, A4, B4, reqid)
-        with capture(peers.pair.b, peers.pair.veth_b, A4, B4) as lines:
-            result = ping(peers.pair.a, B4)
+        install_sas(esp_peers, A4, B4, Generation(0x3001, 0x3002), reqid, encap=UdpEncap(4500, 4500))
+        install_policies(esp_peers, A4, B4, reqid)
+        with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A4, B4) as lines:
+            result = ping(esp_peers.pair.a, B4)
         assert result.returncode == 0, result.stdout + result.stderr
         assert_esp_only(lines, A4, B4)
         assert any("4500" in line and "UDP-encap" in line for line in lines), lines
-        assert peers.a.get_sa(B4, 0x3001).encap == UdpEncap(4500, 4500)
+        assert esp_peers.a.get_sa(B4, 0x3001).encap == UdpEncap(4500, 4500)
     finally:
         for natt in sockets:
             natt.close()
 
 
-def test_rekey_make_before_break_loses_nothing(peers):
+def test_rekey_make_before_break_loses_nothing(esp_peers):
     reqid = owned_reqid(13)
     old, new = Generation(0x4001, 0x4002), Generation(0x4101, 0x4102)
-    install_sas(peers, A4, B4, old, reqid)
-    install_policies(peers, A4, B4, reqid)
-    command = ["ip", "netns", "exec", peers.pair.a, "ping", "-c", "40", "-i", "0.05", "-W", "2", B4]
+    install_sas(esp_peers, A4, B4, old, reqid)
+    install_policies(esp_peers, A4, B4, reqid)
+    command = ["ip", "netns", "exec", esp_peers.pair.a, "ping", "-c", "40", "-i", "0.05", "-W", "2", B4]
     pinger = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(0.5)
         key_ab, key_ba = os.urandom(20), os.urandom(20)
         ab = SaSpec(A4, B4, new.spi_ab, reqid, Aead(GCM, key_ab))
         ba = SaSpec(B4, A4, new.spi_ba, reqid, Aead(GCM, key_ba))
-        peers.b.add_sa(ab)  # 1. new inbound SAs on both ends
-        peers.a.add_sa(ba)
-        install_outbound(peers, ab, ba)  # 2. new outbound SAs (newest wins)
+        esp_peers.b.add_sa(ab)  # 1. new inbound SAs on both ends
+        esp_peers.a.add_sa(ba)
+        install_outbound(esp_peers, ab, ba)  # 2. new outbound SAs (newest wins)
         time.sleep(0.3)
-        assert peers.a.delete_sa(B4, old.spi_ab)  # 3. old outbound, then old inbound
-        assert peers.b.delete_sa(A4, old.spi_ba)
+        assert esp_peers.a.delete_sa(B4, old.spi_ab)  # 3. old outbound, then old inbound
+        assert esp_peers.b.delete_sa(A4, old.spi_ba)
         time.sleep(0.3)
-        assert peers.b.delete_sa(B4, old.spi_ab)
-        assert peers.a.delete_sa(A4, old.spi_ba)
+        assert esp_peers.b.delete_sa(B4, old.spi_ab)
+        assert esp_peers.a.delete_sa(A4, old.spi_ba)
         output, _ = pinger.communicate(timeout=60)
     finally:
         if pinger.poll() is None:
             pinger.kill()
             pinger.wait()
     assert " 0% packet loss" in output, output
-    assert peers.a.get_sa(B4, new.spi_ab).current.packets > 0
+    assert esp_peers.a.get_sa(B4, new.spi_ab).current.packets > 0
 
 
-def test_soft_expire_event_on_packet_limit(peers):
+def test_soft_expire_event_on_packet_limit(esp_peers):
     reqid = owned_reqid(14)
-    peers.a.subscribe([Group.EXPIRE])
-    install_sas(peers, A4, B4, Generation(0x5001, 0x5002), reqid, lifetime=Lifetime(soft_packets=3))
-    install_policies(peers, A4, B4, reqid)
-    assert ping(peers.pair.a, B4, count=5).returncode == 0
-    expiries = [event for event in peers.a.iter_events(timeout=3) if isinstance(event, Expire)]
+    esp_peers.a.subscribe([Group.EXPIRE])
+    install_sas(esp_peers, A4, B4, Generation(0x5001, 0x5002), reqid, lifetime=Lifetime(soft_packets=3))
+    install_policies(esp_peers, A4, B4, reqid)
+    assert ping(esp_peers.pair.a, B4, count=5).returncode == 0
+    expiries = [event for event in esp_peers.a.iter_events(timeout=3) if isinstance(event, Expire)]
     assert any(e.sa.spi == 0x5001 and not e.hard and e.owned for e in expiries), expiries
 
 
-def test_allocated_spi_is_completed_by_update_sa(peers):
+def test_allocated_spi_is_completed_by_update_sa(esp_peers):
     reqid = owned_reqid(15)
-    spi_ab = peers.b.alloc_spi(A4, B4)  # b reserves its inbound SPI, as a responder would
-    assert peers.b.get_sa(B4, spi_ab).larval
+    spi_ab = esp_peers.b.alloc_spi(A4, B4)  # b reserves its inbound SPI, as a responder would
+    assert esp_peers.b.get_sa(B4, spi_ab).larval
     key_ab, key_ba = os.urandom(20), os.urandom(20)
-    peers.b.update_sa(SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)))
-    peers.a.add_sa(SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
-    install_outbound(peers, SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)),
+    esp_peers.b.update_sa(SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)))
+    esp_peers.a.add_sa(SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
+    install_outbound(esp_peers, SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)),
                      SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
-    install_policies(peers, A4, B4, reqid)
-    assert not peers.b.get_sa(B4, spi_ab).larval
-    assert ping(peers.pair.a, B4).returncode == 0
-    result = peers.a.flush_owned()
+    install_policies(esp_peers, A4, B4, reqid)
+    assert not esp_peers.b.get_sa(B4, spi_ab).larval
+    assert ping(esp_peers.pair.a, B4).returncode == 0
+    result = esp_peers.a.flush_owned()
     assert (result.policies, result.sas) == (2, 2)
