@@ -31,7 +31,9 @@ from ipsec_mesh.xfrm import (
     Template,
     Xfrm,
     XfrmError,
+    neighbor_discovery_bypass,
     owned_reqid,
+    peer_priority,
 )
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None, reason=str(missing_prerequisite()))
@@ -322,3 +324,23 @@ def test_namespace_selection_by_name_path_and_fd(pair):
     with pytest.raises(XfrmError) as no_such:
         Xfrm(missing)
     assert no_such.value.errno == errno.ENOENT and not os.path.exists(f"/run/netns/{missing}")
+
+
+def test_ipv6_neighbour_discovery_needs_the_bypass_policies(xfrm, pair):
+    template = (Template(REQID),)
+    for selector, direction in ((host(A6, B6), Direction.OUT), (host(B6, A6), Direction.IN)):
+        xfrm.add_policy(PolicySpec(selector, direction, priority=peer_priority(selector), templates=template))
+    receiver_b = socket_in(pair.b, socket.AF_INET6)
+    receiver_b.bind((B6, 500))
+    receiver_b.settimeout(0.4)
+    ike = socket_in(pair.a, socket.AF_INET6)
+    ike.bind((A6, 500))
+    xfrm.socket_bypass(ike)
+    try:
+        # b's neighbour advertisement arrives in clear and the inbound policy drops it
+        assert exchange(ike, receiver_b, (B6, 500), attempts=3) is None
+        assert xfrm.add_policies(neighbor_discovery_bypass()) == [None] * 4
+        assert exchange(ike, receiver_b, (B6, 500)) == b"prefer"
+    finally:
+        receiver_b.close()
+        ike.close()

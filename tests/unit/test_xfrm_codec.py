@@ -311,3 +311,16 @@ def test_garbage_only_raises_typed_errors(msg_type, payload):
             codec.sa_from(codec.decode_message(structs.UserSaInfoMsg, reply.data, "fuzz"))
     except XfrmError:
         pass
+
+
+def test_priorities_prefer_specific_selectors_and_bypasses():
+    from ipsec_mesh.xfrm import BYPASS_PRIORITY, neighbor_discovery_bypass, peer_priority
+
+    host = peer_priority(Selector("10.0.0.1/32", "10.0.0.2/32"))
+    port = peer_priority(Selector("10.0.0.1/32", "10.0.0.2/32", proto=17, dport=53))
+    cidr = peer_priority(Selector("10.0.0.1/32", "10.2.0.0/16"))
+    assert BYPASS_PRIORITY < port < host < cidr
+    bypass = neighbor_discovery_bypass()
+    assert {(p.selector.sport, p.direction) for p in bypass} == {
+        (135, Direction.IN), (135, Direction.OUT), (136, Direction.IN), (136, Direction.OUT)}
+    assert all(p.action == Action.ALLOW and p.selector.proto == 58 and not p.templates for p in bypass)

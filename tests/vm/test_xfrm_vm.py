@@ -11,10 +11,10 @@ import errno
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +39,9 @@ from ipsec_mesh.xfrm import (  # noqa: E402
     UdpEncap,
     Xfrm,
     XfrmError,
+    neighbor_discovery_bypass,
     owned_reqid,
+    peer_priority,
 )
 
 pytestmark = [
@@ -60,7 +62,7 @@ class Peers:
 
 
 @pytest.fixture
-def peers():
+def esp_peers():
     pair = make_pair("xfv")
     a, b = Xfrm(pair.a), Xfrm(pair.b)
     try:
@@ -87,29 +89,35 @@ class Generation:
     spi_ba: int
 
 
-def install_sas(peers: Peers, local: str, remote: str, generation: Generation, reqid: int,
+def install_sas(esp_peers: Peers, local: str, remote: str, generation: Generation, reqid: int,
                 aead: str = GCM, key_len: int = 20, outbound: bool = True, **extra) -> None:
     """Inbound SAs on both ends first; outbound ones only when `outbound`."""
     key_ab, key_ba = os.urandom(key_len), os.urandom(key_len)
     ab = SaSpec(local, remote, generation.spi_ab, reqid, Aead(aead, key_ab), **extra)
     ba = SaSpec(remote, local, generation.spi_ba, reqid, Aead(aead, key_ba), **extra)
-    peers.b.add_sa(ab)  # inbound at b
-    peers.a.add_sa(ba)  # inbound at a
+    esp_peers.b.add_sa(ab)  # inbound at b
+    esp_peers.a.add_sa(ba)  # inbound at a
     if outbound:
-        install_outbound(peers, ab, ba)
+        install_outbound(esp_peers, ab, ba)
 
 
-def install_outbound(peers: Peers, ab: SaSpec, ba: SaSpec) -> None:
-    peers.a.add_sa(ab)
-    peers.b.add_sa(ba)
+def install_outbound(esp_peers: Peers, ab: SaSpec, ba: SaSpec) -> None:
+    esp_peers.a.add_sa(ab)
+    esp_peers.b.add_sa(ba)
 
 
-def install_policies(peers: Peers, local: str, remote: str, reqid: int) -> None:
+def install_policies(esp_peers: Peers, local: str, remote: str, reqid: int) -> None:
     """Both ends: out and in policies for the host pair, ESP required."""
     template = (Template(reqid),)
-    for handle, mine, theirs in ((peers.a, local, remote), (peers.b, remote, local)):
-        handle.add_policy(PolicySpec(Selector.host_pair(mine, theirs), Direction.OUT, templates=template))
-        handle.add_policy(PolicySpec(Selector.host_pair(theirs, mine), Direction.IN, templates=template))
+    for handle, mine, theirs in ((esp_peers.a, local, remote), (esp_peers.b, remote, local)):
+        if ":" in mine:
+            handle.add_policies(neighbor_discovery_bypass())
+        for selector, direction in (
+            (Selector.host_pair(mine, theirs), Direction.OUT),
+            (Selector.host_pair(theirs, mine), Direction.IN),
+        ):
+            priority = peer_priority(selector)
+            handle.add_policy(PolicySpec(selector, direction, priority=priority, templates=template))
 
 
 def ping(netns: str, address: str, count: int = 3, interval: float = 0.2) -> subprocess.CompletedProcess:
@@ -118,139 +126,158 @@ def ping(netns: str, address: str, count: int = 3, interval: float = 0.2) -> sub
 
 
 @contextmanager
-def capture(netns: str, device: str):
-    """tcpdump on `device`; yields a list filled with the decoded lines on exit."""
+def capture(netns: str, device: str, local: str, remote: str, packets: int = 6):
+    """tcpdump of traffic between two hosts on `device`; yields a list of lines filled on exit.
+
+    tcpdump stops by itself after `packets` packets; if the emulated capture
+    missed some, it is interrupted after a grace period.
+    """
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        pcap = os.path.join(scratch, "wire.pcap")
-        dump = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "tcpdump", "-n", "-U", "-i", device, "-w", pcap, "ip or ip6"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+    command = ["ip", "netns", "exec", netns, "tcpdump", "-n", "-l", "-i", device, "-c", str(packets),
+               f"(ip or ip6) and host {local} and host {remote}"]
+    dump = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    try:
+        wait_until_listening(dump)
+        yield lines
         try:
-            ready, _, _ = select.select([dump.stderr], [], [], 20)
-            assert ready and "listening" in dump.stderr.readline(), "tcpdump did not start"
-            yield lines
-            time.sleep(0.5)  # let the last packets reach the file
-        finally:
-            dump.terminate()
-            dump.wait(timeout=10)
-        shown = subprocess.run(["tcpdump", "-n", "-r", pcap], capture_output=True, text=True, timeout=30)
-        lines.extend(line for line in shown.stdout.splitlines() if line.strip())
+            output, _ = dump.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            dump.send_signal(signal.SIGINT)
+            output, _ = dump.communicate(timeout=10)
+        lines.extend(line for line in output.decode(errors="replace").splitlines() if line.strip())
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+
+
+def wait_until_listening(dump: subprocess.Popen, seconds: float = 20.0) -> None:
+    """Read tcpdump's stderr (unbuffered, so select() sees all of it) until it listens."""
+    end = time.monotonic() + seconds
+    said = b""
+    while b"listening" not in said and time.monotonic() < end:
+        ready, _, _ = select.select([dump.stderr], [], [], max(0.0, end - time.monotonic()))
+        chunk = os.read(dump.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            raise AssertionError(f"tcpdump did not start listening: {said!r}")
+        said += chunk
+    if b"listening" not in said:
+        raise AssertionError(f"tcpdump did not start listening: {said!r}")
 
 
 def assert_esp_only(lines: list[str], local: str, remote: str, minimum: int = 3) -> None:
-    """Between the two hosts only ESP (link-local ND/MLD noise is not our traffic).
+    """Between the two hosts only ESP, apart from the ND that the bypass policies exempt.
 
     Software-emulated captures may miss a packet, so `minimum` is the ping count,
     not twice it.
     """
     hosts = "|".join(re.escape(address) for address in (local, remote))
     unicast = re.compile(rf"IP6? ({hosts})(\.\d+)? > ({hosts})(\.\d+)?: ")
-    between = [line for line in lines if unicast.search(line)]
+    exempt = ("neighbor solicitation", "neighbor advertisement")  # neighbor_discovery_bypass()
+    between = [line for line in lines if unicast.search(line) and not any(e in line for e in exempt)]
     esp = [line for line in between if "ESP(" in line]
     assert len(esp) >= minimum, lines
     assert [line for line in between if "ESP(" not in line] == [], between
 
 
-def test_gcm_transport_ipv4_carries_ping_as_esp_only(peers):
+def test_gcm_transport_ipv4_carries_ping_as_esp_only(esp_peers):
     reqid = owned_reqid(10)
-    install_sas(peers, A4, B4, Generation(0x1001, 0x1002), reqid)
-    install_policies(peers, A4, B4, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b) as lines:
-        result = ping(peers.pair.a, B4)
+    install_sas(esp_peers, A4, B4, Generation(0x1001, 0x1002), reqid)
+    install_policies(esp_peers, A4, B4, reqid)
+    with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A4, B4) as lines:
+        result = ping(esp_peers.pair.a, B4)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A4, B4)
-    outbound = peers.a.get_sa(B4, 0x1001)
+    outbound = esp_peers.a.get_sa(B4, 0x1001)
     assert outbound.current.packets >= 3
     assert outbound.aead_name == GCM and outbound.esn and outbound.owned and not outbound.larval
 
 
-def test_chacha_transport_ipv6(peers):
+def test_chacha_transport_ipv6(esp_peers):
     reqid = owned_reqid(11)
-    install_sas(peers, A6, B6, Generation(0x2001, 0x2002), reqid, aead=CHACHA, key_len=36)
-    install_policies(peers, A6, B6, reqid)
-    with capture(peers.pair.b, peers.pair.veth_b) as lines:
-        result = ping(peers.pair.a, B6)
+    install_sas(esp_peers, A6, B6, Generation(0x2001, 0x2002), reqid, aead=CHACHA, key_len=36)
+    install_policies(esp_peers, A6, B6, reqid)
+    with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A6, B6) as lines:
+        result = ping(esp_peers.pair.a, B6)
     assert result.returncode == 0, result.stdout + result.stderr
     assert_esp_only(lines, A6, B6)
-    assert {sa.aead_name for sa in peers.b.dump_sas()} == {CHACHA}
+    assert {sa.aead_name for sa in esp_peers.b.dump_sas()} == {CHACHA}
 
 
-def test_udp_encapsulated_esp(peers):
+def test_udp_encapsulated_esp(esp_peers):
     reqid = owned_reqid(12)
     sockets = []
-    for netns, address in ((peers.pair.a, A4), (peers.pair.b, B4)):
+    for netns, address in ((esp_peers.pair.a, A4), (esp_peers.pair.b, B4)):
         natt = socket_in(netns, socket.AF_INET)
         natt.bind((address, 4500))
         Xfrm.socket_bypass(natt)
         Xfrm.set_udp_encap(natt)
         sockets.append(natt)
     try:
-        install_sas(peers, A4, B4, Generation(0x3001, 0x3002), reqid, encap=UdpEncap(4500, 4500))
-        install_policies(peers, A4, B4, reqid)
-        with capture(peers.pair.b, peers.pair.veth_b) as lines:
-            result = ping(peers.pair.a, B4)
+        install_sas(esp_peers, A4, B4, Generation(0x3001, 0x3002), reqid, encap=UdpEncap(4500, 4500))
+        install_policies(esp_peers, A4, B4, reqid)
+        with capture(esp_peers.pair.b, esp_peers.pair.veth_b, A4, B4) as lines:
+            result = ping(esp_peers.pair.a, B4)
         assert result.returncode == 0, result.stdout + result.stderr
         assert_esp_only(lines, A4, B4)
         assert any("4500" in line and "UDP-encap" in line for line in lines), lines
-        assert peers.a.get_sa(B4, 0x3001).encap == UdpEncap(4500, 4500)
+        assert esp_peers.a.get_sa(B4, 0x3001).encap == UdpEncap(4500, 4500)
     finally:
         for natt in sockets:
             natt.close()
 
 
-def test_rekey_make_before_break_loses_nothing(peers):
+def test_rekey_make_before_break_loses_nothing(esp_peers):
     reqid = owned_reqid(13)
     old, new = Generation(0x4001, 0x4002), Generation(0x4101, 0x4102)
-    install_sas(peers, A4, B4, old, reqid)
-    install_policies(peers, A4, B4, reqid)
-    command = ["ip", "netns", "exec", peers.pair.a, "ping", "-c", "40", "-i", "0.05", "-W", "2", B4]
+    install_sas(esp_peers, A4, B4, old, reqid)
+    install_policies(esp_peers, A4, B4, reqid)
+    command = ["ip", "netns", "exec", esp_peers.pair.a, "ping", "-c", "40", "-i", "0.05", "-W", "2", B4]
     pinger = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(0.5)
         key_ab, key_ba = os.urandom(20), os.urandom(20)
         ab = SaSpec(A4, B4, new.spi_ab, reqid, Aead(GCM, key_ab))
         ba = SaSpec(B4, A4, new.spi_ba, reqid, Aead(GCM, key_ba))
-        peers.b.add_sa(ab)  # 1. new inbound SAs on both ends
-        peers.a.add_sa(ba)
-        install_outbound(peers, ab, ba)  # 2. new outbound SAs (newest wins)
+        esp_peers.b.add_sa(ab)  # 1. new inbound SAs on both ends
+        esp_peers.a.add_sa(ba)
+        install_outbound(esp_peers, ab, ba)  # 2. new outbound SAs (newest wins)
         time.sleep(0.3)
-        assert peers.a.delete_sa(B4, old.spi_ab)  # 3. old outbound, then old inbound
-        assert peers.b.delete_sa(A4, old.spi_ba)
+        assert esp_peers.a.delete_sa(B4, old.spi_ab)  # 3. old outbound, then old inbound
+        assert esp_peers.b.delete_sa(A4, old.spi_ba)
         time.sleep(0.3)
-        assert peers.b.delete_sa(B4, old.spi_ab)
-        assert peers.a.delete_sa(A4, old.spi_ba)
+        assert esp_peers.b.delete_sa(B4, old.spi_ab)
+        assert esp_peers.a.delete_sa(A4, old.spi_ba)
         output, _ = pinger.communicate(timeout=60)
     finally:
         if pinger.poll() is None:
             pinger.kill()
             pinger.wait()
     assert " 0% packet loss" in output, output
-    assert peers.a.get_sa(B4, new.spi_ab).current.packets > 0
+    assert esp_peers.a.get_sa(B4, new.spi_ab).current.packets > 0
 
 
-def test_soft_expire_event_on_packet_limit(peers):
+def test_soft_expire_event_on_packet_limit(esp_peers):
     reqid = owned_reqid(14)
-    peers.a.subscribe([Group.EXPIRE])
-    install_sas(peers, A4, B4, Generation(0x5001, 0x5002), reqid, lifetime=Lifetime(soft_packets=3))
-    install_policies(peers, A4, B4, reqid)
-    assert ping(peers.pair.a, B4, count=5).returncode == 0
-    expiries = [event for event in peers.a.iter_events(timeout=3) if isinstance(event, Expire)]
+    esp_peers.a.subscribe([Group.EXPIRE])
+    install_sas(esp_peers, A4, B4, Generation(0x5001, 0x5002), reqid, lifetime=Lifetime(soft_packets=3))
+    install_policies(esp_peers, A4, B4, reqid)
+    assert ping(esp_peers.pair.a, B4, count=5).returncode == 0
+    expiries = [event for event in esp_peers.a.iter_events(timeout=3) if isinstance(event, Expire)]
     assert any(e.sa.spi == 0x5001 and not e.hard and e.owned for e in expiries), expiries
 
 
-def test_allocated_spi_is_completed_by_update_sa(peers):
+def test_allocated_spi_is_completed_by_update_sa(esp_peers):
     reqid = owned_reqid(15)
-    spi_ab = peers.b.alloc_spi(A4, B4)  # b reserves its inbound SPI, as a responder would
-    assert peers.b.get_sa(B4, spi_ab).larval
+    spi_ab = esp_peers.b.alloc_spi(A4, B4)  # b reserves its inbound SPI, as a responder would
+    assert esp_peers.b.get_sa(B4, spi_ab).larval
     key_ab, key_ba = os.urandom(20), os.urandom(20)
-    peers.b.update_sa(SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)))
-    peers.a.add_sa(SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
-    install_outbound(peers, SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)),
+    esp_peers.b.update_sa(SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)))
+    esp_peers.a.add_sa(SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
+    install_outbound(esp_peers, SaSpec(A4, B4, spi_ab, reqid, Aead(GCM, key_ab)),
                      SaSpec(B4, A4, 0x6002, reqid, Aead(GCM, key_ba)))
-    install_policies(peers, A4, B4, reqid)
-    assert not peers.b.get_sa(B4, spi_ab).larval
-    assert ping(peers.pair.a, B4).returncode == 0
-    result = peers.a.flush_owned()
+    install_policies(esp_peers, A4, B4, reqid)
+    assert not esp_peers.b.get_sa(B4, spi_ab).larval
+    assert ping(esp_peers.pair.a, B4).returncode == 0
+    result = esp_peers.a.flush_owned()
     assert (result.policies, result.sas) == (2, 2)

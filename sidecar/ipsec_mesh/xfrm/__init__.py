@@ -21,6 +21,7 @@ from .model import (
     UdpEncap,
 )
 from .ownership import LARVAL_REQID, POLICY_TAG, is_owned_reqid, owned_reqid
+from .policies import BYPASS_PRIORITY, PEER_PRIORITY, neighbor_discovery_bypass, peer_priority
 from .sockopts import set_udp_encap, socket_bypass
 
 __all__ = [
@@ -57,6 +58,10 @@ __all__ = [
     "POLICY_TAG",
     "is_owned_reqid",
     "owned_reqid",
+    "BYPASS_PRIORITY",
+    "PEER_PRIORITY",
+    "neighbor_discovery_bypass",
+    "peer_priority",
     "set_udp_encap",
     "socket_bypass",
 ]

@@ -290,8 +290,6 @@ def check_attributes(data: bytes, offset: int, operation: str) -> None:
         if kind == Attr.TMPL and payload % TMPL_SIZE:
             raise XfrmParseError(operation, f"XFRMA_TMPL of {payload} bytes is not whole templates")
         offset += (length + 3) & ~3
-    if offset < len(data) and len(data) - offset >= NLA_HDRLEN:
-        raise XfrmParseError(operation, "trailing garbage after attributes")
 
 
 def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
