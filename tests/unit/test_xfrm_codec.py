@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import xfrm_layouts as L
+from tests.unit import xfrm_layouts as L
 from ipsec_mesh.xfrm import (
     Action,
     Aead,

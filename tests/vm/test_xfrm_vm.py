@@ -14,17 +14,14 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "host"))
 
-from netns_helpers import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite, socket_in  # noqa: E402
+from tests.host.netns_helpers import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite, socket_in  # noqa: E402
 
 from ipsec_mesh.xfrm import (  # noqa: E402
     Aead,

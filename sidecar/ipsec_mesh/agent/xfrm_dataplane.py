@@ -18,7 +18,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..ike.constants import EncrId
@@ -44,6 +43,7 @@ from ..xfrm import (
     socket_bypass,
 )
 from ..xfrm.constants import IPPROTO_ESP
+from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
 from .dataplane import Acquire, HardExpire, SoftExpire
 
 log = logging.getLogger("ipsec_mesh.dataplane")
@@ -51,7 +51,6 @@ log = logging.getLogger("ipsec_mesh.dataplane")
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
 HARD_LIFETIME_MARGIN = 60  # seconds past the IKE core's own hard limit: a safety net if we die
 LARVAL_DROP = "net/core/xfrm_larval_drop"
-POLICY_PRIORITY_BASE = 10000  # more specific peer networks get lower numbers (win)
 
 
 def kernel_aead(info: ChildSaInfo, key: bytes) -> Aead:
@@ -62,14 +61,9 @@ def kernel_aead(info: ChildSaInfo, key: bytes) -> Aead:
     raise XfrmError(f"no kernel AEAD for IKE transform {info.encr}", 0, "install")
 
 
-@dataclass(frozen=True)
-class DesiredPolicy:
-    spec: PolicySpec
-
-    @property
-    def key(self) -> tuple:
-        sel = self.spec.selector
-        return (str(sel.src), str(sel.dst), int(self.spec.direction))
+def policy_key(selector: Selector, direction) -> tuple:
+    """How the kernel tells policies apart (besides the tag, mark and type we keep fixed)."""
+    return (str(selector.src), str(selector.dst), selector.proto, selector.sport, selector.dport, int(direction))
 
 
 def _inf_if_zero(value: int) -> int:
@@ -108,15 +102,18 @@ class XfrmDataPlane:
         for entry in peers.entries:
             level = Level.REQUIRED if entry.enforcement == Enforcement.REQUIRE else Level.USE
             template = (Template(self._reqid(entry.key), level=level),)
-            priority = POLICY_PRIORITY_BASE + (entry.network.max_prefixlen - entry.network.prefixlen)
             for local in peers.local_addresses:
                 local_net = ipaddress.ip_network(local)
                 if local_net.version != entry.network.version:
                     continue
                 for direction, sel in ((Direction.OUT, Selector(local_net, entry.network)),
                                        (Direction.IN, Selector(entry.network, local_net))):
-                    spec = PolicySpec(sel, direction, priority=priority, templates=template)
-                    desired[DesiredPolicy(spec).key] = spec
+                    spec = PolicySpec(sel, direction, priority=peer_priority(sel), templates=template)
+                    desired[policy_key(sel, direction)] = spec
+        if any(ipaddress.ip_address(a).version == 6 for a in peers.local_addresses):
+            # IPv6 neighbour discovery must pass in clear, or on-link peers are unreachable.
+            for spec in neighbor_discovery_bypass():
+                desired[policy_key(spec.selector, spec.direction)] = spec
         return desired
 
     def _reconcile_policies(self, desired: dict[tuple, PolicySpec]) -> None:
@@ -124,7 +121,7 @@ class XfrmDataPlane:
         for info in self.xfrm.dump_policies():
             if not info.owned:
                 continue
-            current[(str(info.selector.src), str(info.selector.dst), int(info.direction))] = info
+            current[policy_key(info.selector, info.direction)] = info
         adds = [spec for key, spec in desired.items() if key not in current]
         updates = [spec for key, spec in desired.items() if key in current and not self._same(current[key], spec)]
         for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
