@@ -33,7 +33,8 @@ class Sidecar:
                  key_pem: bytes | None = None, ca_pem: bytes | None = None, ike: str | None = None,
                  esp: str | None = None, lifetimes: dict | None = None, initiate: bool = False,
                  ike_settings: dict | None = None, name: str = "sidecar", dataplane: str = "none",
-                 enforcement: str | None = None, addresses: tuple[str, ...] = ()):
+                 enforcement: str | None = None, addresses: tuple[str, ...] = (),
+                 more_peerings: tuple[dict, ...] = ()):
         """`peer_address` is a CIDR (or several, comma-separated); `addresses` adds local
         addresses (e.g. IPv6 beside IPv4) to the one in `address`."""
         self.ns = ns
@@ -60,7 +61,7 @@ class Sidecar:
         if lifetimes:
             peering["lifetimes"] = lifetimes
         peer_map: dict[str, Any] = {"local": {"identity": identity, "addresses": [address, *addresses]},
-                                    "peerings": [peering]}
+                                    "peerings": [peering, *more_peerings]}
         document: dict[str, Any] = {
             "peerMap": peer_map,
             "dataplane": dataplane,
@@ -83,6 +84,12 @@ class Sidecar:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, timeout: float = 15.0) -> "Sidecar":
+        self.launch()
+        self.wait_for(lambda s: s["ready"], timeout, "the sidecar to be ready")
+        return self
+
+    def launch(self) -> "Sidecar":
+        """Start the process without waiting for it (start several, then `wait_ready` each)."""
         out = open(self.log_path, "wb")
         env = {"PYTHONPATH": f"{REPO / 'sidecar'}:{REPO / 'operator'}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         try:
@@ -91,6 +98,9 @@ class Sidecar:
                                          stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
         finally:
             out.close()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> "Sidecar":
         self.wait_for(lambda s: s["ready"], timeout, "the sidecar to be ready")
         return self
 
