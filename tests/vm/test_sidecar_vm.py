@@ -117,7 +117,7 @@ def test_only_esp_between_sidecars_for_both_ciphers_and_families(topology, tmp_p
         assert not plaintext_between(packets, src, dst), f"plaintext between {src} and {dst}"
         assert len(esp_between(packets, src, dst)) >= 20
         assert installed(status, dst)[0]["algorithm"].startswith(cipher)
-    print(f"\n[measure] first packet to answered ping (IKE via ACQUIRE, emulated VM): "
+    print("\n[measure] first packet to answered ping (IKE via ACQUIRE, emulated VM): "
           + ", ".join(f"{dst}: {t:.1f}s" for dst, t in setup.items()))
 
 
