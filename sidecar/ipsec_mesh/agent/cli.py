@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -20,6 +21,9 @@ from .config import ConfigError, load_agent_config
 from .dataplane import NullDataPlane
 from .logs import setup_logging
 from .peers import CredentialError, PeerSet
+
+# Set to a file path to run the sidecar under cProfile and dump the statistics there at exit.
+PROFILE_ENV = "IPSEC_MESH_PROFILE"
 
 
 def _load_credentials(config):
@@ -96,11 +100,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
-    try:
+    profile_path = os.environ.get(PROFILE_ENV)
+
+    def serve() -> int:
         return asyncio.run(run(config, args.dataplane or config.dataplane))
+
+    try:
+        return _profiled(profile_path, serve) if profile_path else serve()
     except CredentialError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _profiled(path: str, body) -> int:
+    """Run `body` under cProfile and write the statistics to `path` when it returns (benchmarks)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(body)
+    finally:
+        profiler.dump_stats(path)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,14 @@ class Sidecar:
                  peer_identity: str, psk: str | None = None, cert_pem: bytes | None = None,
                  key_pem: bytes | None = None, ca_pem: bytes | None = None, ike: str | None = None,
                  esp: str | None = None, lifetimes: dict | None = None, initiate: bool = False,
-                 ike_settings: dict | None = None, name: str = "sidecar"):
+                 ike_settings: dict | None = None, name: str = "sidecar", log_level: str = "debug",
+                 env: dict[str, str] | None = None):
         self.ns = ns
         self.dir = Path(workdir) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "sidecar.log"
         self.process: subprocess.Popen | None = None
+        self.extra_env = dict(env or {})
         peering: dict[str, Any] = {
             "name": "interop",
             "peers": [{"name": "charon", "addresses": [peer_address], "identities": [peer_identity]}],
@@ -61,7 +63,7 @@ class Sidecar:
             "initiate": [peer_address.split("/")[0]] if initiate else [],
             "status": {"listen": f"127.0.0.1:{STATUS_PORT}"},
             "ike": {"retransmitTimeout": 1, "retransmitTries": 3, **(ike_settings or {})},
-            "log": {"level": "debug"},
+            "log": {"level": log_level},
         }
         if cert_pem is not None:
             (self.dir / "cert.pem").write_bytes(cert_pem)
@@ -78,7 +80,8 @@ class Sidecar:
 
     def start(self, timeout: float = 15.0) -> "Sidecar":
         out = open(self.log_path, "wb")
-        env = {"PYTHONPATH": f"{REPO / 'sidecar'}:{REPO / 'operator'}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        env = {"PYTHONPATH": f"{REPO / 'sidecar'}:{REPO / 'operator'}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               **self.extra_env}
         try:
             self.process = self.ns.popen(self.ns.python_argv("-m", "ipsec_mesh.agent.cli", "run", "--config",
                                                              str(self.config_path)),
