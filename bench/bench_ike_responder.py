@@ -218,7 +218,10 @@ def report(results: list[Result], info: dict) -> str:
     for auth in dict.fromkeys(r.auth for r in results):
         by_impl = {r.implementation: r for r in results if r.auth == auth}
         if {"ours", "charon"} <= by_impl.keys():
-            lines.append(f"ratio ours/charon ({auth}): {by_impl['ours'].ms_per_sa / by_impl['charon'].ms_per_sa:.2f}")
+            theirs = by_impl["charon"].ms_per_sa
+            ratio = f"{by_impl['ours'].ms_per_sa / theirs:.2f}" if theirs > 0 else \
+                f"n/a (charon's CPU time is below the {1000 / CLOCK_TICKS:.0f} ms clock tick; use more SAs)"
+            lines.append(f"ratio ours/charon ({auth}): {ratio}")
     return "\n".join(lines)
 
 
