@@ -62,7 +62,9 @@ def _common_flags(sa: IkeSa, msg: Message) -> None:
 def _detect_nat(sa: IkeSa, msg: Message, local, remote) -> None:
     sources = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
     dest = msg.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
-    result = detect(sa.spi_i, sa.spi_r, sources, dest.data if dest else None, local, remote)
+    # The hashes cover the SPIs of the message's own header: SPIr is zero in the request
+    # (RFC 7296 §2.23), although the responder has already chosen its SPI.
+    result = detect(msg.spi_i, msg.spi_r, sources, dest.data if dest else None, local, remote)
     if result is not None:
         sa.nat_local, sa.nat_remote = result
     if sa.config.force_encap:
