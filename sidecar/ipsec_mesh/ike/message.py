@@ -28,6 +28,8 @@ MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever par
 MAX_PAYLOADS = 64  # per message, clear and inner together
 _CRITICAL = 0x80
 _ENCRYPTED_TYPES = (PayloadType.SK, PayloadType.SKF)
+# Plain ints: IntFlag arithmetic builds enum objects on every header.
+_FLAG_I, _FLAG_R = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
 
 
 class Protector(Protocol):
@@ -58,11 +60,11 @@ class Header:
 
     @property
     def is_initiator(self) -> bool:
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(self.flags & _FLAG_I)
 
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(self.flags & _FLAG_R)
 
     def pack(self) -> bytes:
         return (self.spi_i + self.spi_r
@@ -169,8 +171,7 @@ def encode_chain(payloads: list) -> tuple[int, bytes]:
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:
     if length > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
-    flags = ((HeaderFlag.INITIATOR if msg.is_initiator else 0)
-             | (HeaderFlag.RESPONSE if msg.is_response else 0))
+    flags = (_FLAG_I if msg.is_initiator else 0) | (_FLAG_R if msg.is_response else 0)
     return Header(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
                   msg.message_id, length).pack()
 

@@ -35,10 +35,13 @@ _IKE_SPI_SIZE = 8
 
 def known(enum_cls: type[enum.IntEnum], value: int) -> int:
     """The enum member for a known wire value, else the bare int (kept, not rejected)."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        return value
+    members = _MEMBERS.get(enum_cls)
+    if members is None:
+        members = _MEMBERS[enum_cls] = {int(m): m for m in enum_cls}
+    return members.get(value, value)
+
+
+_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
 
 
 # -- SA (3.3) -----------------------------------------------------------------
