@@ -6,6 +6,8 @@ IndexError or struct.error can escape a parser built on this reader.
 
 from __future__ import annotations
 
+import struct
+
 from .errors import ParseError
 
 
@@ -54,6 +56,15 @@ class Reader:
         self._pos = pos + 2
         data = self._data
         return data[pos] << 8 | data[pos + 1]
+
+    def unpack(self, layout: struct.Struct) -> tuple:
+        """Several fixed-size fields at once (one bounds check instead of one per field)."""
+        pos = self._pos
+        end = pos + layout.size
+        if end > self._end:
+            raise ParseError(f"{self.what}: needs {layout.size} bytes, {self.remaining} left")
+        self._pos = end
+        return layout.unpack_from(self._data, pos)
 
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "big")
