@@ -10,7 +10,7 @@ after startup and after the run; the count of established SAs comes from the res
 limits per source) is off on both, so every IKE SA costs exactly two exchanges.
 
     sudo python bench/bench_ike_responder.py [--sas N] [--auth psk|ecdsa|both]
-        [--window 50] [--profile FILE.prof] [--json FILE]
+        [--window 50] [--rounds R] [--profile FILE.prof] [--json FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -206,6 +207,11 @@ def profile_summary(path: Path, limit: int = 20) -> str:
     return out.getvalue()
 
 
+def median_ms(results: list[Result], auth: str, implementation: str) -> float | None:
+    values = [r.ms_per_sa for r in results if r.auth == auth and r.implementation == implementation]
+    return statistics.median(values) if values else None
+
+
 def report(results: list[Result], info: dict) -> str:
     lines = [f"machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, kernel {info['machine']['kernel']}",
              f"versions: strongSwan {info['versions']['strongswan']}, Python {info['versions']['python']}, "
@@ -216,12 +222,14 @@ def report(results: list[Result], info: dict) -> str:
         lines.append(f"{r.auth:6} {r.implementation:9} {r.sas:6d} {r.established:6d} {r.cpu_seconds:7.2f} "
                      f"{r.wall_seconds:7.2f} {r.ms_per_sa:7.3f}")
     for auth in dict.fromkeys(r.auth for r in results):
-        by_impl = {r.implementation: r for r in results if r.auth == auth}
-        if {"ours", "charon"} <= by_impl.keys():
-            theirs = by_impl["charon"].ms_per_sa
-            ratio = f"{by_impl['ours'].ms_per_sa / theirs:.2f}" if theirs > 0 else \
+        medians = {impl: median_ms(results, auth, impl) for impl in ("ours", "charon")}
+        if None not in medians.values():
+            rounds = sum(1 for r in results if r.auth == auth and r.implementation == "ours")
+            theirs = medians["charon"]
+            ratio = f"{medians['ours'] / theirs:.2f}" if theirs > 0 else \
                 f"n/a (charon's CPU time is below the {1000 / CLOCK_TICKS:.0f} ms clock tick; use more SAs)"
-            lines.append(f"ratio ours/charon ({auth}): {ratio}")
+            lines.append(f"ratio ours/charon ({auth}, median ms/SA of {rounds} round(s): ours {medians['ours']:.3f}, "
+                         f"charon {theirs:.3f}): {ratio}")
     return "\n".join(lines)
 
 
@@ -230,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sas", type=int, default=1000, help="IKE SAs per measurement")
     parser.add_argument("--window", type=int, default=50, help="IKE SAs in flight at once")
     parser.add_argument("--auth", choices=["psk", "ecdsa", "both"], default="both")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each responder this many times, alternating; the ratio uses medians")
     parser.add_argument("--only", choices=["ours", "charon"], help="measure one responder only")
     parser.add_argument("--profile", type=Path, help="also run ours under cProfile, dump the stats here")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -246,12 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ike-") as tmp:
         workdir = Path(tmp)
         shim = build_shim(workdir / "shim")
-        for auth in auths:
-            for implementation in implementations:
-                with Topology() as topology:
-                    results.append(measure(topology, implementation, auth, args.sas, args.window,
-                                           workdir / f"{auth}-{implementation}", shim))
-                print(report(results[-1:], info).splitlines()[-1], file=sys.stderr, flush=True)
+        for round_ in range(args.rounds):
+            for auth in auths:
+                for implementation in implementations:
+                    with Topology() as topology:
+                        results.append(measure(topology, implementation, auth, args.sas, args.window,
+                                               workdir / f"{round_}-{auth}-{implementation}", shim))
+                    print(report(results[-1:], info).splitlines()[-1], file=sys.stderr, flush=True)
         if args.profile:
             with Topology() as topology:
                 measure(topology, "ours", auths[0], args.sas, args.window, workdir / "profile", shim,
@@ -262,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nprofile of our responder ({auths[0]}, {args.sas} SAs, under cProfile):")
         print(profile_summary(args.profile))
     if args.json:
-        args.json.write_text(json.dumps({**info, "results": [asdict(r) | {"ms_per_sa": r.ms_per_sa}
-                                                             for r in results]}, indent=1))
+        medians = {auth: {impl: median_ms(results, auth, impl) for impl in implementations} for auth in auths}
+        args.json.write_text(json.dumps({**info, "medians": medians,
+                                         "results": [asdict(r) | {"ms_per_sa": r.ms_per_sa} for r in results]},
+                                        indent=1))
     return 0
 
 

@@ -46,4 +46,5 @@ def test_benchmark_reports_both_responders(bench, tmp_path, capsys, auth):
         assert result["loadgen"]["established"] == 5 and result["loadgen"]["failed"] == 0
         assert result["cpu_seconds"] >= 0 and not math.isnan(result["ms_per_sa"])
     assert report["versions"]["strongswan"] and report["machine"]["cores"] >= 1
-    assert f"ratio ours/charon ({auth})" in capsys.readouterr().out
+    assert f"ratio ours/charon ({auth}, median" in capsys.readouterr().out
+    assert set(report["medians"][auth]) == {"ours", "charon"}
