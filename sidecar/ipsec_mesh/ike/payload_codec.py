@@ -198,11 +198,14 @@ def _encode_nonce(nonce: p.NoncePayload) -> bytes:
 # -- NOTIFY (3.10) and DELETE (3.11) ------------------------------------------
 
 def _decode_notify(body: bytes) -> p.NotifyPayload:
-    r = Reader(body, "NOTIFY")
-    protocol, spi_size, ntype = r.unpack(_BBH)
-    protocol, ntype = known(ProtocolId, protocol), known(NotifyType, ntype)
-    spi = r.take(spi_size)
-    return p.NotifyPayload(ntype, protocol, spi, r.rest())
+    # Sliced directly (no Reader): a message carries many notifies.
+    if len(body) < 4:
+        raise ParseError(f"NOTIFY: needs 4 bytes, {len(body)} left")
+    protocol, spi_size, ntype = _BBH.unpack_from(body)
+    if 4 + spi_size > len(body):
+        raise ParseError(f"NOTIFY: needs {spi_size} bytes, {len(body) - 4} left")
+    return p.NotifyPayload(known(NotifyType, ntype), known(ProtocolId, protocol), body[4:4 + spi_size],
+                           body[4 + spi_size:])
 
 
 def _encode_notify(n: p.NotifyPayload) -> bytes:
