@@ -113,3 +113,15 @@ def test_config_errors_name_the_field():
     doc["bogus"] = 1
     with pytest.raises(Exception, match="bogus"):
         parse_agent_config(doc, Path("."))
+
+
+def test_per_source_dos_thresholds_reach_the_endpoint():
+    doc = agent_document("127.0.0.1", "127.0.0.2", initiate=False)
+    doc["ike"].update(cookieThresholdPerSource=40, halfOpenLimitPerSource=60)
+    config = parse_agent_config(doc, Path("."))
+    agent = Agent(config, NullDataPlane(), PeerSet(config.peer_map, config.ike))
+    assert agent.endpoint.cookie_threshold_per_source == 40
+    assert agent.endpoint.half_open_limit_per_source == 60
+    doc["ike"]["halfOpenLimitPerSource"] = 0
+    with pytest.raises(Exception, match="halfOpenLimitPerSource"):
+        parse_agent_config(doc, Path("."))

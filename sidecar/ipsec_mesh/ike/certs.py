@@ -18,6 +18,7 @@ Revocation (CRL/OCSP) is not checked: mesh certificates are short-lived.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -134,27 +135,27 @@ class _PathSearch:
             self.reasons.append("too many candidate paths")
             return False
         self.signature_budget -= 1
-        subject = cert.subject.rfc4514_string()
         try:
             if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
-                self.reasons.append(f"{subject!r} is signed with a weak hash")
+                self.reasons.append(f"{_name(cert)!r} is signed with a weak hash")
                 return False
-            cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-            self.reasons.append(f"bad signature on {subject!r}")
+        except UnsupportedAlgorithm:
+            self.reasons.append(f"bad signature on {_name(cert)!r}")
+            return False
+        if not _signed_by(cert, issuer):
+            self.reasons.append(f"bad signature on {_name(cert)!r}")
             return False
         return True
 
     def may_issue(self, issuer: x509.Certificate, below: int) -> bool:
         """`issuer` is a CA, valid now, allowed `below` intermediate CAs beneath it."""
-        name = issuer.subject.rfc4514_string()
         try:
             _check_certificate(issuer, self.now, as_issuer=True)
             constraints = _extension(issuer, x509.BasicConstraints)
             if constraints is None or not constraints.ca:
-                raise CertificateError(f"{name!r} is not a CA")
+                raise CertificateError(f"{_name(issuer)!r} is not a CA")
             if constraints.path_length is not None and below > constraints.path_length:
-                raise CertificateError(f"path length constraint of {name!r} exceeded")
+                raise CertificateError(f"path length constraint of {_name(issuer)!r} exceeded")
         except CertificateError as exc:
             self.reasons.append(str(exc))
             return False
@@ -163,7 +164,7 @@ class _PathSearch:
 
 def _check_certificate(cert: x509.Certificate, now: datetime, as_issuer: bool) -> None:
     """Validity period, critical extensions, key usage and key size of one certificate."""
-    name = cert.subject.rfc4514_string()
+    name = _LazyName(cert)  # formatted only when an error message needs it
     if now < cert.not_valid_before_utc:
         raise CertificateError(f"{name!r} is not valid before {cert.not_valid_before_utc}")
     if now > cert.not_valid_after_utc:
@@ -187,6 +188,38 @@ def _check_certificate(cert: x509.Certificate, now: datetime, as_issuer: bool) -
         raise CertificateError(f"{name!r} has an unusable public key: {exc}") from None
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise CertificateError(f"{name!r} has a {key.key_size}-bit RSA key")
+
+
+def _name(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
+class _LazyName:
+    """A certificate's subject for error messages, formatted only if one is raised."""
+
+    __slots__ = ("cert",)
+
+    def __init__(self, cert: x509.Certificate):
+        self.cert = cert
+
+    def __repr__(self) -> str:
+        return repr(_name(self.cert))
+
+
+@lru_cache(maxsize=256)
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s key made `cert`'s signature.
+
+    Cached (certificates hash and compare by their DER bytes, so a hit means the very
+    same two certificates): every IKE SA of a peer presents the same chain, and
+    re-checking the CA's signature on it each time would only repeat the same answer.
+    Validity periods, usage and constraints are still checked on every validation.
+    """
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _extension(cert: x509.Certificate, ext_type):

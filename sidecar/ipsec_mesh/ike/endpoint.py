@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from itertools import count
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -25,6 +26,7 @@ from .cookies import CookieJar
 from .errors import IkeError
 from .events import Event
 from .payloads import Message, NoncePayload, NotifyPayload
+from .registry import HalfOpenCount, PeerIndex, TimerQueue
 from .sa import Datagram, IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
@@ -48,6 +50,14 @@ class IkeEndpoint:
         self.cookies = CookieJar(random_bytes=random_bytes)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         self._init_requests: dict[tuple[str, bytes], IkeSa] = {}  # (peer address, SPIi) -> responder SA
+        self._init_keys: dict[bytes, tuple[str, bytes]] = {}  # our SPI -> its key in _init_requests
+        # Work per call is proportional to the SAs it touched, not to all SAs (registry.py).
+        self._touched: dict[bytes, IkeSa] = {}
+        self._rank: dict[bytes, int] = {}  # creation order: events leave in the order SAs were made
+        self._ranks = count()
+        self._by_peer = PeerIndex()
+        self._half_open = HalfOpenCount()
+        self._timers = TimerQueue()
         self._child_spis: set[int] = set()
         self._outbox: list[Datagram] = []
         self._events: list[Event] = []
@@ -77,11 +87,23 @@ class IkeEndpoint:
                 return spi
 
     def adopt(self, sa: IkeSa) -> None:
-        self.sas[sa.our_spi] = sa
+        self._register(sa)
+
+    def _register(self, sa: IkeSa) -> None:
+        spi = sa.our_spi
+        self.sas[spi] = sa
+        self._rank[spi] = next(self._ranks)
+        self._by_peer.put(spi, sa, sa.remote[0], sa.initiator)
+        if not sa.initiator and sa.state == IkeState.CONNECTING:
+            self._half_open.add(spi, sa.remote[0])
+        self._touch(sa)
+
+    def _touch(self, sa: IkeSa) -> None:
+        self._touched[sa.our_spi] = sa
 
     def has_other_sa(self, sa: IkeSa) -> bool:
         return any(o is not sa and o.remote[0] == sa.remote[0] and o.state != IkeState.CLOSED
-                   for o in self.sas.values())
+                   for o in self._by_peer.all(sa.remote[0]))
 
     def established(self, sa: IkeSa, now: float) -> None:
         """Two IKE SAs with one peer (both sides initiated at once): keep one, deterministically.
@@ -91,20 +113,27 @@ class IkeEndpoint:
         """
         from .exchanges.informational import IkeDeleteTask
 
-        for other in list(self.sas.values()):
-            if other is sa or other.state != IkeState.ESTABLISHED or other.remote[0] != sa.remote[0]:
+        if sa.rekeyed_from:
+            return
+        # Only an SA we initiated can be closed here (by us, its initiator): two SAs that
+        # the peer both initiated are its own business (it may want many, RFC 7296 §2.4).
+        peer = sa.remote[0]
+        candidates = self._by_peer.all(peer) if sa.initiator else self._by_peer.initiated_by_us(peer)
+        for other in candidates:
+            if other is sa or other.state != IkeState.ESTABLISHED or other.remote[0] != peer:
                 continue
-            if other.remote_id != sa.remote_id or other.rekeyed_from or sa.rekeyed_from:
+            if other.remote_id != sa.remote_id or other.rekeyed_from:
                 continue
             loser = sa if min(sa.ni, sa.nr) < min(other.ni, other.nr) else other
             winner = other if loser is sa else sa
-            log.info("duplicate IKE SAs with %s: keeping %s, %s goes", sa.remote[0], winner.label, loser.label)
+            log.info("duplicate IKE SAs with %s: keeping %s, %s goes", peer, winner.label, loser.label)
             if loser.initiator:
                 loser.queue(IkeDeleteTask("superseded"), now)
+                self._touch(loser)
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """The peer says it has no other SA with us (it restarted): forget older ones, silently."""
-        for other in list(self.sas.values()):
+        for other in self._by_peer.all(sa.remote[0]):
             if other is sa or other.remote_id != sa.remote_id or other.remote[0] != sa.remote[0]:
                 continue
             # Only SAs that were up before this one began: a simultaneous one is resolved
@@ -112,6 +141,7 @@ class IkeEndpoint:
             if other.established_at is not None and other.established_at <= sa.created_at:
                 log.info("INITIAL_CONTACT from %s: dropping stale IKE SA %s", sa.remote[0], other.label)
                 other.close("stale", now)
+                self._touch(other)
 
     # -- Inputs --------------------------------------------------------------------------
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
@@ -121,7 +151,7 @@ class IkeEndpoint:
 
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
-        self.sas[sa.our_spi] = sa
+        self._register(sa)
         sa.queue(IkeInitTask(child), now)
         self._collect()
         return sa
@@ -131,7 +161,7 @@ class IkeEndpoint:
         """A packet wants protection (kernel ACQUIRE): reuse the peer's IKE SA or start one."""
         from .exchanges.create_child import ChildCreateTask
 
-        for sa in self.sas.values():
+        for sa in sorted(self._by_peer.all(remote[0]), key=lambda s: self._rank[s.our_spi]):
             if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
                 continue
             if sa.state == IkeState.CONNECTING:
@@ -140,6 +170,7 @@ class IkeEndpoint:
                 return sa
             if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks):
                 sa.queue(ChildCreateTask(child, local_ts=local_ts, remote_ts=remote_ts), now)
+                self._touch(sa)
                 self._collect()
             return sa
         return self.initiate(config, local, remote, now, child)
@@ -162,6 +193,7 @@ class IkeEndpoint:
                 if sa is None:
                     self.counters["unknown_spi"] += 1
                     return
+                self._touch(sa)
                 sa.receive(data, msg, local, remote, now)
         except IkeError as exc:
             # Anything typed that escaped an SA: drop the datagram, keep every SA.
@@ -169,18 +201,10 @@ class IkeEndpoint:
             log.info("dropped datagram from %s: %s", remote[0], exc)
         self._collect()
 
-    def _half_open(self) -> tuple[int, Counter]:
-        per_source: Counter = Counter()
-        total = 0
-        for sa in self.sas.values():
-            if not sa.initiator and sa.state == IkeState.CONNECTING:
-                total += 1
-                per_source[sa.remote[0]] += 1
-        return total, per_source
-
     def _receive_init_request(self, data: bytes, msg: Message, local, remote, now: float) -> None:
         existing = self._init_requests.get((remote[0], msg.spi_i))
         if existing is not None and existing.state != IkeState.CLOSED:
+            self._touch(existing)
             existing.receive(data, msg, local, remote, now)  # a retransmission: answered from cache
             return
         config = self.lookup(local[0], remote[0])
@@ -188,7 +212,7 @@ class IkeEndpoint:
             self.counters["refused_unknown_peer"] += 1
             log.info("IKE_SA_INIT from %s refused: not a configured peer", remote[0])
             return
-        total, per_source = self._half_open()
+        total, per_source = self._half_open.total, self._half_open.per_source
         if total >= self.half_open_limit or per_source[remote[0]] >= self.half_open_limit_per_source:
             self.counters["refused_half_open_limit"] += 1
             return
@@ -198,8 +222,9 @@ class IkeEndpoint:
                 return
         sa = IkeSa(self, config, initiator=False, local=local, remote=remote,
                    spi_i=msg.spi_i, spi_r=self.allocate_ike_spi(), now=now)
-        self.sas[sa.our_spi] = sa
+        self._register(sa)
         self._init_requests[(remote[0], msg.spi_i)] = sa
+        self._init_keys[sa.our_spi] = (remote[0], msg.spi_i)
         sa.receive(data, msg, local, remote, now)
 
     def _cookie_ok(self, msg: Message, remote, now: float) -> bool:
@@ -222,13 +247,15 @@ class IkeEndpoint:
         self._outbox.append(Datagram(codec.encode(reply), local, remote))
 
     def tick(self, now: float) -> None:
-        for sa in list(self.sas.values()):
+        """Run the timers that are due (an SA's `tick` does nothing before its `next_timer`)."""
+        due = [self.sas[spi] for spi in self._timers.pop_due(now) if spi in self.sas]
+        for sa in sorted(due, key=lambda s: self._rank[s.our_spi]):
+            self._touch(sa)
             sa.tick(now)
         self._collect()
 
     def next_timer(self) -> float | None:
-        times = [t for t in (sa.next_timer() for sa in self.sas.values()) if t is not None]
-        return min(times) if times else None
+        return self._timers.earliest()
 
     # -- Commands from the layer above -----------------------------------------------------
     def _find_child(self, inbound_spi: int):
@@ -247,6 +274,7 @@ class IkeEndpoint:
         if child is None or child.state != ChildState.INSTALLED or sa.state != IkeState.ESTABLISHED:
             return False
         child.rekey_at = None
+        self._touch(sa)
         sa.queue(ChildCreateTask(child.config, rekey_of=child), now)
         self._collect()
         return True
@@ -257,6 +285,7 @@ class IkeEndpoint:
         sa, child = self._find_child(inbound_spi)
         if child is None:
             return False
+        self._touch(sa)
         if sa.state == IkeState.ESTABLISHED:
             sa.queue(DeleteChildTask(child, reason), now)
         else:
@@ -270,29 +299,35 @@ class IkeEndpoint:
         sa = self._by_label(label)
         if sa is None or sa.state != IkeState.ESTABLISHED:
             return False
+        self._touch(sa)
         sa.rekey_at = None
         sa.queue(IkeRekeyTask(), now)
         self._collect()
         return True
 
     def delete_ike(self, label: str, now: float, reason: str = "deleted") -> bool:
-        from .exchanges.informational import IkeDeleteTask
-
         sa = self._by_label(label)
         if sa is None:
             return False
+        self._delete(sa, now, reason)
+        self._collect()
+        return True
+
+    def _delete(self, sa: IkeSa, now: float, reason: str) -> None:
+        from .exchanges.informational import IkeDeleteTask
+
+        self._touch(sa)
         if sa.state == IkeState.ESTABLISHED:
             sa.tasks.clear()
             sa.queue(IkeDeleteTask(reason), now)
         else:
             sa.close(reason, now)
-        self._collect()
-        return True
 
     def shutdown(self, now: float) -> None:
         """Delete every IKE SA, telling the peers (one attempt each; the caller need not wait)."""
         for sa in list(self.sas.values()):
-            self.delete_ike(sa.label, now, "shutdown")
+            self._delete(sa, now, "shutdown")
+        self._collect()
 
     def _by_label(self, label: str) -> IkeSa | None:
         for sa in self.sas.values():
@@ -302,20 +337,40 @@ class IkeEndpoint:
 
     # -- Outputs -------------------------------------------------------------------------
     def _collect(self) -> None:
-        for spi, sa in list(self.sas.items()):
+        """Outputs of the SAs this call touched; their indexes and timers brought up to date."""
+        touched = self._touched
+        for sa in list(touched.values()):  # a rekey links SAs: what one did may change the other
+            for linked in (sa.successor, sa.peer_rekey):
+                if linked is not None and self.sas.get(linked.our_spi) is linked:
+                    touched.setdefault(linked.our_spi, linked)
+        self._touched = {}
+        for sa in sorted(touched.values(), key=lambda s: self._rank.get(s.our_spi, -1)):
+            spi = sa.our_spi
             if sa.events:
                 self._events.extend(sa.events)
                 sa.events.clear()
             if sa.outbox:
                 self._outbox.extend(sa.outbox)
                 sa.outbox.clear()
+            if self.sas.get(spi) is not sa:
+                continue
+            if sa.state != IkeState.CONNECTING:
+                self._half_open.discard(spi)
             if sa.state == IkeState.CLOSED:
-                del self.sas[spi]
-                if not sa.initiator:
-                    self._init_requests.pop((sa.remote[0], sa.spi_i), None)
-        for key, sa in list(self._init_requests.items()):
-            if sa.state == IkeState.CLOSED:
-                del self._init_requests[key]
+                self._forget(sa)
+            else:
+                self._by_peer.put(spi, sa, sa.remote[0], sa.initiator)
+                self._timers.set(spi, sa.next_timer())
+
+    def _forget(self, sa: IkeSa) -> None:
+        spi = sa.our_spi
+        del self.sas[spi]
+        del self._rank[spi]
+        self._by_peer.remove(spi)
+        self._timers.set(spi, None)
+        key = self._init_keys.pop(spi, None)
+        if key is not None and self._init_requests.get(key) is sa:
+            del self._init_requests[key]
 
     def datagrams(self) -> list[Datagram]:
         out, self._outbox = self._outbox, []

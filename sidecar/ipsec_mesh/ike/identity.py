@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 
@@ -183,16 +184,12 @@ class Identity:
         value. FQDNs and email domains compare case-insensitively.
         """
         if isinstance(pattern, str):
-            text = pattern.strip()
-            if text in ("*", "%any"):
-                return True
-            network = _parse_network(text)
-            if network is not None:
-                return self.id_type in _IP_LENGTH and ipaddress.ip_address(self.data) in network
-            try:
-                pattern = Identity.parse(text)
-            except IdentityError:
-                return False
+            compiled = _compiled_pattern(pattern)
+            if compiled is None or compiled is True:
+                return bool(compiled)
+            if not isinstance(compiled, Identity):
+                return self.id_type in _IP_LENGTH and ipaddress.ip_address(self.data) in compiled
+            pattern = compiled
         if pattern.id_type != self.id_type:
             return False
         if self.id_type == IdType.ID_FQDN:
@@ -260,6 +257,22 @@ def _ascii(data: bytes, what: str) -> str:
         return data.decode("ascii")
     except UnicodeDecodeError:
         raise IdentityError(f"{what} must be ASCII") from None
+
+
+@lru_cache(maxsize=1024)
+def _compiled_pattern(pattern: str) -> "bool | None | Identity | ipaddress.IPv4Network | ipaddress.IPv6Network":
+    """A configured pattern parsed once (it is checked on every IKE_AUTH): True for
+    "*"/"%any", a network, an Identity, or None when it is not a valid identity."""
+    text = pattern.strip()
+    if text in ("*", "%any"):
+        return True
+    network = _parse_network(text)
+    if network is not None:
+        return network
+    try:
+        return Identity.parse(text)
+    except IdentityError:
+        return None
 
 
 def _parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:

@@ -8,6 +8,8 @@ Fragmentation (RFC 7383) is in `fragment.py`, built on the helpers here.
 
 from __future__ import annotations
 
+import struct
+
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +30,10 @@ MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever par
 MAX_PAYLOADS = 64  # per message, clear and inner together
 _CRITICAL = 0x80
 _ENCRYPTED_TYPES = (PayloadType.SK, PayloadType.SKF)
+_HEADER = struct.Struct("!8s8sBBBBII")  # peek_header has checked the length first
+_GENERIC_HEADER = struct.Struct("!BBH")  # next payload, flags, payload length
+# Plain ints: IntFlag arithmetic builds enum objects on every header.
+_FLAG_I, _FLAG_R = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
 
 
 class Protector(Protocol):
@@ -58,11 +64,11 @@ class Header:
 
     @property
     def is_initiator(self) -> bool:
-        return bool(self.flags & HeaderFlag.INITIATOR)
+        return bool(self.flags & _FLAG_I)
 
     @property
     def is_response(self) -> bool:
-        return bool(self.flags & HeaderFlag.RESPONSE)
+        return bool(self.flags & _FLAG_R)
 
     def pack(self) -> bytes:
         return (self.spi_i + self.spi_r
@@ -76,10 +82,7 @@ def peek_header(data: bytes) -> Header:
         raise ParseError(f"datagram of {len(data)} bytes is shorter than an IKE header")
     if len(data) > MAX_MESSAGE_SIZE:
         raise ParseError(f"datagram of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
-    r = Reader(data, "IKE header")
-    spi_i, spi_r = r.take(8), r.take(8)
-    next_payload, version, exchange, flags = r.u8(), r.u8(), r.u8(), r.u8()
-    message_id, length = r.u32(), r.u32()
+    spi_i, spi_r, next_payload, version, exchange, flags, message_id, length = _HEADER.unpack_from(data)
     if version >> 4 != IKE_VERSION >> 4:  # the minor version is ignored on receipt
         raise InvalidMajorVersion(f"IKE major version {version >> 4}", version)
     if length != len(data):
@@ -108,7 +111,7 @@ def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list
     while ptype != PayloadType.NONE:
         if len(payloads) >= limit:
             raise ParseError(f"more than {limit} payloads")
-        next_type, flags, length = r.u8(), r.u8(), r.u16()
+        next_type, flags, length = r.unpack(_GENERIC_HEADER)
         if length < 4:
             raise ParseError(f"payload {ptype}: length {length} < 4")
         body = r.take(length - 4)
@@ -169,8 +172,7 @@ def encode_chain(payloads: list) -> tuple[int, bytes]:
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:
     if length > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
-    flags = ((HeaderFlag.INITIATOR if msg.is_initiator else 0)
-             | (HeaderFlag.RESPONSE if msg.is_response else 0))
+    flags = (_FLAG_I if msg.is_initiator else 0) | (_FLAG_R if msg.is_response else 0)
     return Header(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
                   msg.message_id, length).pack()
 

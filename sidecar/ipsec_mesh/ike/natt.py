@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from functools import lru_cache
 
 from .constants import NotifyType
 from .payloads import NotifyPayload
@@ -12,8 +13,12 @@ from .payloads import NotifyPayload
 
 def nat_hash(spi_i: bytes, spi_r: bytes, address: str, port: int) -> bytes:
     # SHA-1 is what the RFC specifies here; it is an address fingerprint, not a MAC.
-    packed = ipaddress.ip_address(address).packed
-    return hashlib.sha1(spi_i + spi_r + packed + port.to_bytes(2, "big")).digest()
+    return hashlib.sha1(spi_i + spi_r + _packed(address) + port.to_bytes(2, "big")).digest()
+
+
+@lru_cache(maxsize=1024)
+def _packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
 
 
 def nat_notifies(spi_i: bytes, spi_r: bytes, local: tuple[str, int], remote: tuple[str, int],

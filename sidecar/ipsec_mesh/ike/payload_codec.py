@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import struct
 from typing import Callable
 
 from . import payloads as p
@@ -29,6 +30,7 @@ NONCE_MIN, NONCE_MAX = 16, 256
 _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
 _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
+_BBH, _BBBB = struct.Struct("!BBH"), struct.Struct("!BBBB")
 _CHILD_SPI_SIZE = 4
 _IKE_SPI_SIZE = 8
 # Proposal SPI sizes (3.3.1): none in IKE_SA_INIT, 8 when rekeying the IKE SA, 4 for ESP/AH.
@@ -38,10 +40,13 @@ _PROPOSAL_SPI_SIZES = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHI
 
 def known(enum_cls: type[enum.IntEnum], value: int) -> int:
     """The enum member for a known wire value, else the bare int (kept, not rejected)."""
-    try:
-        return enum_cls(value)
-    except ValueError:
-        return value
+    members = _MEMBERS.get(enum_cls)
+    if members is None:
+        members = _MEMBERS[enum_cls] = {int(m): m for m in enum_cls}
+    return members.get(value, value)
+
+
+_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
 
 
 # -- SA (3.3) -----------------------------------------------------------------
@@ -99,7 +104,8 @@ def _decode_sa(body: bytes) -> p.SaPayload:
 
 
 def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
-    number, protocol, spi_size, count = r.u8(), known(ProtocolId, r.u8()), r.u8(), r.u8()
+    number, protocol, spi_size, count = r.unpack(_BBBB)
+    protocol = known(ProtocolId, protocol)
     expected_spi = _PROPOSAL_SPI_SIZES.get(protocol)
     if expected_spi is not None and spi_size not in expected_spi:
         raise ParseError(f"proposal: SPI size {spi_size} invalid for protocol {protocol}")
@@ -108,11 +114,9 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
     spi = r.take(spi_size)
     transforms, acceptable = [], True
     for i in range(count):
-        more = r.u8()
+        more, _, length = r.unpack(_BBH)
         if more != (_LAST if i == count - 1 else _MORE_TRANSFORMS):
             raise ParseError(f"proposal: last-substructure {more} disagrees with count {count}")
-        r.skip(1)
-        length = r.u16()
         if length < 8:
             raise ParseError(f"transform length {length} < 8")
         transform, understood = _decode_transform(r.sub(length - 4, "transform"))
@@ -123,9 +127,8 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
 
 
 def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
-    ttype = known(TransformType, r.u8())
-    r.skip(1)
-    tid = r.u16()
+    ttype, _, tid = r.unpack(_BBH)
+    ttype = known(TransformType, ttype)
     key_length, understood, count = None, True, 0
     while r.remaining:
         count += 1
@@ -197,10 +200,14 @@ def _encode_nonce(nonce: p.NoncePayload) -> bytes:
 # -- NOTIFY (3.10) and DELETE (3.11) ------------------------------------------
 
 def _decode_notify(body: bytes) -> p.NotifyPayload:
-    r = Reader(body, "NOTIFY")
-    protocol, spi_size, ntype = known(ProtocolId, r.u8()), r.u8(), known(NotifyType, r.u16())
-    spi = r.take(spi_size)
-    return p.NotifyPayload(ntype, protocol, spi, r.rest())
+    # Sliced directly (no Reader): a message carries many notifies.
+    if len(body) < 4:
+        raise ParseError(f"NOTIFY: needs 4 bytes, {len(body)} left")
+    protocol, spi_size, ntype = _BBH.unpack_from(body)
+    if 4 + spi_size > len(body):
+        raise ParseError(f"NOTIFY: needs {spi_size} bytes, {len(body) - 4} left")
+    return p.NotifyPayload(known(NotifyType, ntype), known(ProtocolId, protocol), body[4:4 + spi_size],
+                           body[4 + spi_size:])
 
 
 def _encode_notify(n: p.NotifyPayload) -> bytes:
@@ -254,7 +261,7 @@ def _decode_ts(cls: type) -> Callable[[bytes], p.TsPayload]:
 
 
 def _decode_selector(r: Reader) -> p.TrafficSelector:
-    ts_type, ip_protocol, length = r.u8(), r.u8(), r.u16()
+    ts_type, ip_protocol, length = r.unpack(_BBH)
     if ts_type not in _TS_LAYOUT:
         raise ParseError(f"TS: unsupported selector type {ts_type}")
     expected_length, addr_len = _TS_LAYOUT[TsType(ts_type)]

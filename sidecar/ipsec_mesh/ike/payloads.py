@@ -128,8 +128,11 @@ class TrafficSelector:
     def for_address(cls, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
                     ip_protocol: int = 0, start_port: int = 0, end_port: int = 65535
                     ) -> "TrafficSelector":
-        addr = ipaddress.ip_address(address)
-        return cls.for_network(ipaddress.ip_network(addr), ip_protocol, start_port, end_port)
+        addr = address if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)) \
+            else ipaddress.ip_address(address)
+        # The one-address range, built directly (this runs for every CHILD_SA negotiated).
+        ts_type = TsType.TS_IPV4_ADDR_RANGE if addr.version == 4 else TsType.TS_IPV6_ADDR_RANGE
+        return cls(ts_type, ip_protocol, start_port, end_port, addr, addr)
 
 
 @dataclass

@@ -6,42 +6,65 @@ IndexError or struct.error can escape a parser built on this reader.
 
 from __future__ import annotations
 
+import struct
+
 from .errors import ParseError
 
 
 class Reader:
     """A cursor over bytes; `what` names the structure in error messages."""
 
-    __slots__ = ("_data", "_pos", "what")
+    __slots__ = ("_data", "_pos", "_end", "what")
 
     def __init__(self, data: bytes, what: str):
         self._data = bytes(data)
         self._pos = 0
+        self._end = len(self._data)
         self.what = what
 
     @property
     def remaining(self) -> int:
-        return len(self._data) - self._pos
+        return self._end - self._pos
 
     @property
     def position(self) -> int:
         return self._pos
 
+    # The readers below inline the bounds check: they run hundreds of times per message.
     def take(self, n: int) -> bytes:
-        if n < 0 or n > self.remaining:
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > self._end:
             raise ParseError(f"{self.what}: needs {n} bytes, {self.remaining} left")
-        chunk = self._data[self._pos:self._pos + n]
-        self._pos += n
-        return chunk
+        self._pos = end
+        return self._data[pos:end]
 
     def skip(self, n: int) -> None:
         self.take(n)
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        pos = self._pos
+        if pos >= self._end:
+            raise ParseError(f"{self.what}: needs 1 bytes, 0 left")
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise ParseError(f"{self.what}: needs 2 bytes, {self.remaining} left")
+        self._pos = pos + 2
+        data = self._data
+        return data[pos] << 8 | data[pos + 1]
+
+    def unpack(self, layout: struct.Struct) -> tuple:
+        """Several fixed-size fields at once (one bounds check instead of one per field)."""
+        pos = self._pos
+        end = pos + layout.size
+        if end > self._end:
+            raise ParseError(f"{self.what}: needs {layout.size} bytes, {self.remaining} left")
+        self._pos = end
+        return layout.unpack_from(self._data, pos)
 
     def u32(self) -> int:
         return int.from_bytes(self.take(4), "big")

@@ -34,7 +34,8 @@ class Sidecar:
                  esp: str | None = None, lifetimes: dict | None = None, initiate: bool = False,
                  ike_settings: dict | None = None, name: str = "sidecar", dataplane: str = "none",
                  enforcement: str | None = None, addresses: tuple[str, ...] = (),
-                 more_peerings: tuple[dict, ...] = ()):
+                 more_peerings: tuple[dict, ...] = (), log_level: str = "debug",
+                 env: dict[str, str] | None = None):
         """`peer_address` is a CIDR (or several, comma-separated); `addresses` adds local
         addresses (e.g. IPv6 beside IPv4) to the one in `address`."""
         self.ns = ns
@@ -42,6 +43,7 @@ class Sidecar:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "sidecar.log"
         self.process: subprocess.Popen | None = None
+        self.extra_env = dict(env or {})
         peering: dict[str, Any] = {
             "name": "interop",
             "peers": [{"name": "charon", "addresses": peer_address.split(","), "identities": [peer_identity]}],
@@ -68,7 +70,7 @@ class Sidecar:
             "initiate": [peer_address.split("/")[0]] if initiate else [],
             "status": {"listen": f"127.0.0.1:{STATUS_PORT}"},
             "ike": {"retransmitTimeout": 1, "retransmitTries": 3, **(ike_settings or {})},
-            "log": {"level": "debug"},
+            "log": {"level": log_level},
         }
         if cert_pem is not None:
             (self.dir / "cert.pem").write_bytes(cert_pem)
@@ -91,7 +93,8 @@ class Sidecar:
     def launch(self) -> "Sidecar":
         """Start the process without waiting for it (start several, then `wait_ready` each)."""
         out = open(self.log_path, "wb")
-        env = {"PYTHONPATH": f"{REPO / 'sidecar'}:{REPO / 'operator'}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        env = {"PYTHONPATH": f"{REPO / 'sidecar'}:{REPO / 'operator'}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+               **self.extra_env}
         try:
             self.process = self.ns.popen(self.ns.python_argv("-m", "ipsec_mesh.agent.cli", "run", "--config",
                                                              str(self.config_path)),

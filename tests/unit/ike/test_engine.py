@@ -402,6 +402,17 @@ def test_forced_udp_encapsulation_moves_to_4500():
     assert all(d.local[1] == 4500 and d.remote[1] == 4500 for d in auth)
 
 
+def test_no_nat_is_seen_by_either_side_without_one():
+    # RFC 7296 §2.23: the hashes in the IKE_SA_INIT request cover SPIr = 0, as in its header.
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    for node in (a, b):
+        sa = node.established[0]
+        assert not sa.nat_local and not sa.nat_remote
+        assert next(iter(node.inbound.values())).encap is None
+
+
 def test_nat_between_peers_is_detected_and_keepalives_flow():
     net = Network()
     net.nat[A] = ("192.0.2.7", 10000)

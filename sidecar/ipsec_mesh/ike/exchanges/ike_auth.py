@@ -127,11 +127,12 @@ def _establish(sa: IkeSa, identity: Identity, now: float) -> None:
     sa.schedule_rekey(now)
     if sa.nat_local and sa.config.keepalive_interval:
         sa.keepalive_at = now + sa.config.keepalive_interval
-    log.info("IKE SA %s established with %s (%s) as %s, %s%s", sa.label, identity, sa.remote[0],
-             "initiator" if sa.initiator else "responder", sa.selected.describe(),
+    label, algorithm = sa.label, sa.selected.describe()
+    log.info("IKE SA %s established with %s (%s) as %s, %s%s", label, identity, sa.remote[0],
+             "initiator" if sa.initiator else "responder", algorithm,
              ", NAT-T" if (sa.nat_local or sa.nat_remote) else "")
-    sa.emit(IkeSaEstablished(sa.label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
-                             sa.selected.describe(), sa.initiator, sa.nat_local, sa.nat_remote))
+    sa.emit(IkeSaEstablished(label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
+                             algorithm, sa.initiator, sa.nat_local, sa.nat_remote))
     sa.services.established(sa, now)
 
 

@@ -62,7 +62,8 @@ def _common_flags(sa: IkeSa, msg: Message) -> None:
 def _detect_nat(sa: IkeSa, msg: Message, local, remote) -> None:
     sources = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
     dest = msg.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
-    # The sender hashed the SPIs of its own header: in an IKE_SA_INIT request SPIr is zero.
+    # The hashes cover the SPIs of the message's own header: SPIr is zero in the request
+    # (RFC 7296 §2.23), although the responder has already chosen its SPI.
     result = detect(msg.spi_i, msg.spi_r, sources, dest.data if dest else None, local, remote)
     if result is not None:
         sa.nat_local, sa.nat_remote = result

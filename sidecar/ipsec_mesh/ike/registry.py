@@ -1,0 +1,123 @@
+"""Indexes that keep the endpoint's work per datagram independent of how many IKE SAs exist.
+
+A sidecar may hold thousands of IKE SAs (and a peer may open many of them from one
+address). Scanning all of them on every datagram made the responder's cost per IKE
+SA grow with the number of SAs; these structures answer the endpoint's questions
+(which SAs does this peer have, how many are half-open, which timer is next) from
+indexes that are updated only for the SAs a call touched.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from typing import Hashable, Iterable
+
+
+class TimerQueue:
+    """Earliest deadline among many keys; a key's deadline may be replaced or cleared at any time.
+
+    A heap with lazy invalidation: replaced deadlines stay in the heap until they
+    surface, and are skipped because they no longer match the key's current one.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[Hashable, float] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._pushes = 0
+
+    def set(self, key: Hashable, due: float | None) -> None:
+        if due is None:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        self._pushes += 1
+        heapq.heappush(self._heap, (due, self._pushes, key))
+        if len(self._heap) > 4 * len(self._due) + 64:
+            self._compact()
+
+    def earliest(self) -> float | None:
+        heap = self._heap
+        while heap:
+            due, _, key = heap[0]
+            if self._due.get(key) == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[Hashable]:
+        """Keys whose deadline is at or before `now`, earliest first; their deadlines are cleared."""
+        keys = []
+        while (due := self.earliest()) is not None and due <= now:
+            _, _, key = heapq.heappop(self._heap)
+            del self._due[key]
+            keys.append(key)
+        return keys
+
+    def _compact(self) -> None:
+        self._heap = [(due, n, key) for n, (key, due) in enumerate(self._due.items())]
+        heapq.heapify(self._heap)
+        self._pushes = len(self._heap)
+
+
+class PeerIndex:
+    """Items by peer address, split into those we initiated and those the peer initiated."""
+
+    def __init__(self) -> None:
+        self._by_address: dict[str, tuple[dict, dict]] = {}
+        self._address_of: dict[Hashable, str] = {}
+
+    def put(self, key: Hashable, item, address: str, initiated_by_us: bool) -> None:
+        """Add `item`, or move it when its peer address changed."""
+        old = self._address_of.get(key)
+        if old == address:
+            return
+        if old is not None:
+            self.remove(key)
+        self._address_of[key] = address
+        ours, theirs = self._by_address.setdefault(address, ({}, {}))
+        (ours if initiated_by_us else theirs)[key] = item
+
+    def remove(self, key: Hashable) -> None:
+        address = self._address_of.pop(key, None)
+        if address is None:
+            return
+        ours, theirs = self._by_address[address]
+        ours.pop(key, None)
+        theirs.pop(key, None)
+        if not ours and not theirs:
+            del self._by_address[address]
+
+    def initiated_by_us(self, address: str) -> Iterable:
+        entry = self._by_address.get(address)
+        return list(entry[0].values()) if entry else []
+
+    def all(self, address: str) -> list:
+        entry = self._by_address.get(address)
+        return [*entry[0].values(), *entry[1].values()] if entry else []
+
+
+class HalfOpenCount:
+    """Responder IKE SAs still negotiating, in total and per source address."""
+
+    def __init__(self) -> None:
+        self._source: dict[Hashable, str] = {}
+        self.per_source: Counter = Counter()
+
+    @property
+    def total(self) -> int:
+        return len(self._source)
+
+    def add(self, key: Hashable, source: str) -> None:
+        if key not in self._source:
+            self._source[key] = source
+            self.per_source[source] += 1
+
+    def discard(self, key: Hashable) -> None:
+        source = self._source.pop(key, None)
+        if source is not None:
+            self.per_source[source] -= 1
+            if not self.per_source[source]:
+                del self.per_source[source]

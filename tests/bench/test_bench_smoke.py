@@ -1,0 +1,50 @@
+"""Smoke test of the responder CPU benchmark: it runs end to end with a handful of IKE SAs.
+
+No timing assertions (CPU figures from 5 SAs mean nothing); only that both responders
+established every IKE SA and that a figure was reported for each.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness.charon import missing_requirements
+from tests.interop.harness.netns import netns_supported, remove_stale_namespaces
+
+pytestmark = pytest.mark.interop
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_ike_responder.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    reason = netns_supported() or missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    remove_stale_namespaces()
+    spec = importlib.util.spec_from_file_location("bench_ike_responder", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("auth", ["psk", "ecdsa"])
+def test_benchmark_reports_both_responders(bench, tmp_path, capsys, auth):
+    out = tmp_path / "results.json"
+    assert bench.main(["--sas", "5", "--window", "5", "--auth", auth, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = {r["implementation"]: r for r in report["results"]}
+    assert set(results) == {"ours", "charon"}
+    for result in results.values():
+        assert result["auth"] == auth and result["established"] == 5
+        assert result["loadgen"]["established"] == 5 and result["loadgen"]["failed"] == 0
+        assert result["cpu_seconds"] >= 0 and not math.isnan(result["ms_per_sa"])
+    assert report["versions"]["strongswan"] and report["machine"]["cores"] >= 1
+    assert f"ratio ours/charon ({auth}, median" in capsys.readouterr().out
+    assert set(report["medians"][auth]) == {"ours", "charon"}
