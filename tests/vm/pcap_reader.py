@@ -186,6 +186,9 @@ def _transport(src: str, dst: str, protocol: int, payload: bytes) -> Packet:
             candidate = _u32(payload[8:])
             spi = candidate if candidate else None
         return Packet(src, dst, protocol, sport, dport, spi)
+    if protocol in (PROTO_ICMP, PROTO_ICMPV6) and len(payload) >= 2:
+        # As XFRM selectors do: the ICMP type in sport, the code in dport.
+        return Packet(src, dst, protocol, payload[0], payload[1])
     return Packet(src, dst, protocol)
 
 

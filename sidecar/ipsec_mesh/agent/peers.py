@@ -50,7 +50,7 @@ class PeerEntry:
 
 def _lifetime(seconds: int) -> Lifetime:
     # Rekey at 90% of the configured lifetime, minus up to 10% jitter; hard limit at 110%.
-    seconds = max(seconds, 10)
+    seconds = max(seconds, 2)  # below that, rekeys would overlap their own exchanges
     return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1)
 
 
