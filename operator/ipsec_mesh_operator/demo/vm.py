@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -72,9 +73,19 @@ def run_in_vm(argv: list[str], *, memory: str = "2G", cpus: int = 2, timeout: fl
         command = [vng, "--disable-kvm", "--force-9p", "--run", str(kernel), "--user", "root",
                    "--memory", memory, "--cpus", str(cpus), "--rwdir", rundir, "--cwd", os.getcwd(),
                    "--exec", f"sh {shlex.quote(str(script))}"]
+        # Relay through a pipe: QEMU opens our stdout by path, which would truncate a file.
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
         try:
-            subprocess.run(command, env=env, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
+            for line in proc.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+            proc.wait()
+        finally:
+            timer.cancel()
+        if proc.returncode == -9:
             print(f"the VM did not finish within {timeout:.0f} s", file=sys.stderr)
             return 124
         try:
