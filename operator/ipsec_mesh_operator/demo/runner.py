@@ -347,9 +347,9 @@ class Demo:
         self.say("\n[2/6] mesh CA issues each pod a certificate (its key stays in the pod); peer maps from the peerings")
         self.write_configs()
         for peering in cfg.peerings:
-            peers = peering.peers or peering.members
-            self.say(f"  ✔ peering {peering.name}: {', '.join(peering.members)} -> {', '.join(peers)}"
-                     f" ({peering.enforcement})")
+            link = (" <-> ".join(peering.members) if not peering.peers
+                    else f"{', '.join(peering.members)} -> {', '.join(peering.peers)} (one-sided)")
+            self.say(f"  ✔ peering {peering.name}: {link}, {peering.enforcement}")
         self.say("\n[3/6] a sidecar in every pod (policies first, then IKE on UDP 500/4500)")
         self.start_sidecars()
         web, db = cfg.pod("web"), cfg.pod("db")
@@ -379,6 +379,8 @@ class Demo:
             self.say(f"  {'✔' if not answered else '✘'} intruder -> web: no answer")
             self.say(f"  ✔ web refused {refused} IKE_SA_INIT from {intruder.address}: not a peer")
         lines = self.stop_capture(pcap)
+        # IP packets only: ARP (who-has db tell web) names both addresses but is not IP traffic.
+        lines = [line for line in lines if " ARP," not in line]
         between = [line for line in lines if web.address in line and db.address in line]
         esp = [line for line in between if " ESP(" in line]
         ike = [line for line in between if ".500:" in line or ".4500:" in line or "isakmp" in line.lower()]
@@ -387,6 +389,8 @@ class Demo:
                   and "ICMP" in line and " ESP(" not in line]
         self.say(f"  on the wire next to web: {len(esp)} ESP packets and {len(ike)} IKE packets between web and db,"
                  f" {len(plain)} in plaintext; {len(leaked)} plaintext packets between intruder and web")
+        for line in (plain + leaked)[:5]:
+            self.say(f"    plaintext: {line}")
         self.say("\n[6/6] a rekey, live: the CHILD_SA lifetime is short; pings keep flowing")
         ok_rekey = self.watch_rekey(web, db)
         ok = ok_ping and ok_tcp and ok_intruder and not plain and not leaked and ok_rekey
