@@ -67,7 +67,7 @@ def move_children(source: IkeSa, target: IkeSa) -> None:
     source.children.clear()
 
 
-def _retire(old: IkeSa, new: IkeSa, now: float) -> None:
+def retire(old: IkeSa, new: IkeSa, now: float) -> None:
     old.state = IkeState.REKEYED
     old.successor = new
     old.rekey_at = None
@@ -87,7 +87,7 @@ def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
         # Our own rekey settles the collision when it completes, or already has (§2.8.2).
         return
     move_children(sa, new)
-    _retire(sa, new, now)
+    retire(sa, new, now)
 
 
 class IkeRekeyTask:
@@ -151,7 +151,7 @@ class IkeRekeyTask:
             new.queue(IkeDeleteTask("superseded", children_reason="rekeyed"), now)
             if theirs is not None and theirs.state == IkeState.ESTABLISHED:
                 move_children(sa, theirs)
-                _retire(sa, theirs, now)
+                retire(sa, theirs, now)
             else:
                 # Their follow-ups are still running: the children move once theirs is complete.
                 sa.rekey_at = now + OLD_SA_GRACE  # in case the peer never completes it
@@ -160,7 +160,7 @@ class IkeRekeyTask:
             # Collision won: the children move to our successor; the peer closes its own.
             move_children(theirs, new)
         move_children(sa, new)
-        _retire(sa, new, now)
+        retire(sa, new, now)
         sa.tasks.clear()
         sa.queue(IkeDeleteTask("rekeyed"), now)
 
@@ -220,4 +220,4 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads)
 
 
-__all__ = ["IkeRekeyTask", "respond", "move_children"]
+__all__ = ["IkeRekeyTask", "respond", "move_children", "retire"]
