@@ -268,3 +268,44 @@ def test_rekey_collision_with_pending_followups_resolves_by_create_child_sa_nonc
         else:
             winners.add("a" if next(iter(new_a.children.values())).initiated_by_us else "b")
     assert winners == {"a", "b"}
+
+
+TWO_EXTRA_IKE = "aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_ecp384"
+TWO_EXTRA_ESP = "aes256gcm16-x25519-ke1_mlkem768-ke2_ecp384-esn"
+
+
+def test_two_additional_key_exchanges_chain_their_links_and_feed_the_kdf(monkeypatch):
+    from ipsec_mesh.ike import child as child_module
+    from ipsec_mesh.ike.exchanges import ike_rekey
+
+    seeds, keymats = [], []
+    real_seed, real_keymat = ike_rekey.rekey_skeyseed, child_module.derive_child_keys
+
+    def record_seed(prf, sk_d, shared, ni, nr, additional=()):
+        seeds.append(tuple(len(s) for s in (shared,) + tuple(additional)))
+        return real_seed(prf, sk_d, shared, ni, nr, additional)
+
+    def record_keymat(prf, sk_d, ni, nr, encr_len, integ_len=0, secrets=()):
+        keymats.append(tuple(len(s) for s in secrets))
+        return real_keymat(prf, sk_d, ni, nr, encr_len, integ_len, secrets)
+
+    monkeypatch.setattr(ike_rekey, "rekey_skeyseed", record_seed)
+    monkeypatch.setattr(child_module, "derive_child_keys", record_keymat)
+    net = Network()
+    a, b, a_cfg, _ = pair(net, a_child=child_config(A, B, esp=TWO_EXTRA_ESP),
+                          b_child=child_config(B, A, esp=TWO_EXTRA_ESP),
+                          a_kwargs={"ike_proposals": _ike(TWO_EXTRA_IKE)},
+                          b_kwargs={"ike_proposals": _ike(TWO_EXTRA_IKE)})
+    establish(net, a, a_cfg)
+    net.delivered.clear()
+    b.endpoint.rekey_ike(the_sa(b).label, net.now)
+    net.settle()
+    assert len(followup_messages(net)) == 4  # two exchanges, the second linked by the first's response
+    assert the_sa(a).label == the_sa(b).label and keys_match(a, b)
+    # Both ends: SK(0) from X25519, then the ML-KEM-768 and ECP-384 secrets, in that order.
+    assert seeds == [(32, 32, 48)] * 2
+    net.delivered.clear()
+    a.endpoint.rekey_child(next(iter(a.inbound)), net.now)
+    net.settle()
+    assert len(followup_messages(net)) == 4 and keys_match(a, b) and len(a.inbound) == 1
+    assert keymats[-2:] == [(32, 32, 48)] * 2
