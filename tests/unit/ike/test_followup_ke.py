@@ -309,3 +309,22 @@ def test_two_additional_key_exchanges_chain_their_links_and_feed_the_kdf(monkeyp
     net.settle()
     assert len(followup_messages(net)) == 4 and keys_match(a, b) and len(a.inbound) == 1
     assert keymats[-2:] == [(32, 32, 48)] * 2
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_new_child_sa_with_pfs_over_an_existing_ike_sa_runs_ike_followup_ke(initiator):
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net, a_child=child_config(A, B, esp=HYBRID_ESP),
+                              b_child=child_config(B, A, esp=HYBRID_ESP))
+    establish(net, a, a_cfg, child=False)
+    assert a.established and b.established and not a.inbound and not b.inbound
+    net.delivered.clear()
+    if initiator == "a":
+        a.endpoint.acquire(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])
+    else:
+        b.endpoint.acquire(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.settle()
+    assert exchanges(net)[:3] == [ExchangeType.CREATE_CHILD_SA] * 2 + [ExchangeType.IKE_FOLLOWUP_KE]
+    assert len(followup_messages(net)) == 2
+    assert len(a.inbound) == len(b.inbound) == len(a.outbound) == len(b.outbound) == 1 and keys_match(a, b)
+    assert "mlkem768" in next(iter(a.inbound.values())).algorithm
