@@ -87,9 +87,10 @@ def rekey_skeyseed(
     """SKEYSEED = prf(SK_d(old), g^ir(new) | Ni | Nr)  (RFC 7296 section 2.18).
 
     `prf` is the OLD IKE SA's PRF. When the rekey also ran additional key
-    exchanges (RFC 9370 section 2.2.4) their secrets SK(1)..SK(n) follow g^ir.
+    exchanges (RFC 9370 section 2.2.4), their secrets SK(1)..SK(n) come AFTER
+    the nonces: prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
     """
-    return prf(old_sk_d, shared + b"".join(additional_shared) + ni + nr)
+    return prf(old_sk_d, shared + ni + nr + b"".join(additional_shared))
 
 
 def addke_skeyseed(prf: Prf, sk_d: bytes, shared: bytes, ni: bytes, nr: bytes) -> bytes:
@@ -146,15 +147,17 @@ def derive_child_keys(
     integ_key_len: int = 0,
     shared_secrets: tuple[bytes, ...] = (),
 ) -> ChildKeys:
-    """KEYMAT = prf+(SK_d, [g^ir(new) | SK(1) .. SK(n) |] Ni | Nr).
+    """KEYMAT = prf+(SK_d, [g^ir(new) |] Ni | Nr [| SK(1) | ... | SK(n)]).
 
     RFC 7296 section 2.17, with RFC 9370 section 2.2.4 for additional key
-    exchanges: `shared_secrets` is empty without PFS, else the secret of the
-    CREATE_CHILD_SA KE payload followed by those of each IKE_FOLLOWUP_KE.
+    exchanges: `shared_secrets` is empty without PFS, else SK(0), the secret of
+    the CREATE_CHILD_SA KE payload (before the nonces), followed by SK(1)..SK(n)
+    of each IKE_FOLLOWUP_KE (after them).
     For the first Child SA (in IKE_AUTH) it is always empty and Ni/Nr are the
     IKE_SA_INIT nonces.
     """
     _check_lengths(encr_keymat_len, integ_key_len)
     lengths = [encr_keymat_len, integ_key_len, encr_keymat_len, integ_key_len]
-    material = prf.plus(sk_d, b"".join(shared_secrets) + ni + nr, sum(lengths))
+    first, rest = shared_secrets[:1], shared_secrets[1:]
+    material = prf.plus(sk_d, b"".join(first) + ni + nr + b"".join(rest), sum(lengths))
     return ChildKeys(*_split(material, lengths))

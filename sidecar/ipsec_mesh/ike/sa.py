@@ -133,6 +133,8 @@ class IkeSa:
         self.rekeyed_from: str | None = None
         self.peer_rekey: "IkeSa | None" = None  # successor created by the peer (collisions)
         self.rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the exchange that made this SA
+        self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
+        self.followups: dict[bytes, object] = {}  # responder: RFC 9370 follow-up key exchanges by link data
         self.close_reason: str | None = None
         # Outputs
         self.outbox: list[Datagram] = []
@@ -356,6 +358,7 @@ class IkeSa:
             times.append(self.outstanding.next_at)
         if self.state == IkeState.CONNECTING and not self.initiator:
             times.append(self.created_at + self.config.half_open_timeout)
+        times += [pending.expires_at for pending in self.followups.values()]
         if self.state == IkeState.REKEYED and self.expire_at is not None:
             times.append(self.expire_at)
         if self.state == IkeState.ESTABLISHED:
@@ -411,6 +414,7 @@ class IkeSa:
         self.close_reason = reason
         self.outstanding = None
         self.tasks.clear()
+        self.followups.clear()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
 
     def drop_child(self, child, reason: str) -> None:

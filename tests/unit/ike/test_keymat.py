@@ -114,18 +114,22 @@ SPI_I, SPI_R = b"\x0a" * 8, b"\x0b" * 8
 
 
 def test_child_keymat_with_additional_key_exchanges_concatenates_in_order():
-    sk_d, dh_secret, kem_secret = b"d" * 32, b"g" * 32, b"k" * 32
+    # RFC 9370 2.2.4: KEYMAT = prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
+    sk_d, dh_secret, kem_secret, third = b"d" * 32, b"g" * 32, b"k" * 32, b"t" * 32
     keys = derive_child_keys(PRF, sk_d, NI, NR, 36, 0, (dh_secret, kem_secret))
-    expected = PRF.plus(sk_d, dh_secret + kem_secret + NI + NR, 72)
+    expected = PRF.plus(sk_d, dh_secret + NI + NR + kem_secret, 72)
     assert keys.encr_i + keys.encr_r == expected
     swapped = derive_child_keys(PRF, sk_d, NI, NR, 36, 0, (kem_secret, dh_secret))
     assert swapped != keys
+    two = derive_child_keys(PRF, sk_d, NI, NR, 36, 0, (dh_secret, kem_secret, third))
+    assert two.encr_i + two.encr_r == PRF.plus(sk_d, dh_secret + NI + NR + kem_secret + third, 72)
 
 
 def test_rekey_skeyseed_with_additional_key_exchanges():
     sk_d, dh_secret, kem_secret = b"d" * 32, b"g" * 32, b"k" * 32
+    # RFC 9370 2.2.4: SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)).
     seed = rekey_skeyseed(PRF, sk_d, dh_secret, NI, NR, (kem_secret,))
-    assert seed == PRF(sk_d, dh_secret + kem_secret + NI + NR)
+    assert seed == PRF(sk_d, dh_secret + NI + NR + kem_secret)
     assert seed != rekey_skeyseed(PRF, sk_d, dh_secret, NI, NR)
 
 

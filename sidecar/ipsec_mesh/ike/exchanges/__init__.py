@@ -11,7 +11,7 @@ from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
 from ..payloads import SaPayload
 from ..sa import IkeSa, IkeState, Reply
-from . import create_child, ike_auth, ike_init, ike_rekey, informational
+from . import create_child, followup_ke, ike_auth, ike_init, ike_rekey, informational
 
 
 def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
@@ -37,6 +37,10 @@ def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
         if sa_payload is not None and sa_payload.proposals and sa_payload.proposals[0].protocol == ProtocolId.IKE:
             return ike_rekey.respond(sa, msg, now)
         return create_child.respond(sa, msg, now)
+    if exchange == ExchangeType.IKE_FOLLOWUP_KE:
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+            raise IkeError("IKE SA is being deleted", notify=NotifyType.STATE_NOT_FOUND)
+        return followup_ke.respond(sa, msg, now)
     if exchange == ExchangeType.INFORMATIONAL:
         return informational.respond(sa, msg, now)
     raise IkeError(f"unsupported exchange type {exchange}", notify=NotifyType.INVALID_SYNTAX)
@@ -44,6 +48,7 @@ def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
 
 def on_timers(sa: IkeSa, now: float) -> None:
     """Rekeys, expiries, liveness checks and NAT keepalives that are due."""
+    followup_ke.expire(sa, now)
     if sa.state == IkeState.REKEYED:
         if sa.expire_at is not None and now >= sa.expire_at:
             # The peer never deleted the old SA; nothing depends on it any more.

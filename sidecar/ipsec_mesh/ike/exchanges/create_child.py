@@ -1,4 +1,9 @@
-"""CREATE_CHILD_SA for CHILD_SAs: new ones and rekeys, with RFC 7296 §2.8.1 collisions."""
+"""CREATE_CHILD_SA for CHILD_SAs: new ones and rekeys, with RFC 7296 §2.8.1 collisions.
+
+With PFS and ADDKE transforms selected, the CHILD_SA exists only after the RFC 9370
+IKE_FOLLOWUP_KE exchanges that follow (followup_ke.py); collisions are still decided
+with the nonces of the CREATE_CHILD_SA exchanges.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from ..events import ChildSaFailed, ChildSaInstallOutbound
 from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
 from ..proposals import check_answer
+from . import followup_ke
 from .common import first_error, retry_with_wanted_group
 from ..sa import IkeSa, IkeState, Reply
 from .ike_auth import add_child, check_answered_selectors
@@ -26,6 +32,7 @@ from .ike_auth import add_child, check_answered_selectors
 log = logging.getLogger("ipsec_mesh.ike")
 
 NONCE_LEN = 32
+PEER_REKEY_NONCES = "peer_rekey_nonces"  # ChildSa.extra: (Ni, Nr) of the peer's rekey of it that we answered
 RETRY_AFTER_TEMPORARY_FAILURE = (2.0, 6.0)  # seconds, random within
 
 
@@ -101,31 +108,48 @@ class ChildCreateTask:
                                                            self.config.mode)
             if (self.config.mode == "transport") != transport_mode_requested(msg):
                 raise IkeError(f"peer did not agree to {self.config.mode} mode")
+            link = followup_ke.link_of(msg) if selected.additional_kes else b""
+            if link and not shared:
+                raise IkeError("additional key exchanges without a KE payload")
         except IkeError as exc:
             self._failed(sa, str(exc), exc.notify, now)
             return
-        keys = child_keys(sa.prf, sa.keys.sk_d, self.ni, nonce.data, selected, True, shared)
+        self.answer = (selected, nonce.data, local_ts, remote_ts)
+        if link:
+            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, shared, link))
+            return
+        self.followups_done(sa, shared, now)
+
+    def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None:
+        """Every key exchange is done: derive the keys and install the CHILD_SA."""
+        selected, nr, local_ts, remote_ts = self.answer
+        keys = child_keys(sa.prf, sa.keys.sk_d, self.ni, nr, selected, True, secrets)
         old = self.rekey_of
         child = add_child(sa, self.config, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
-                          local_ts, remote_ts, (self.ni, nonce.data), True, now,
+                          local_ts, remote_ts, (self.ni, nr), True, now,
                           replaces=old.inbound_spi if old else None)
         if old is not None:
             self._finish_rekey(sa, old, child, now)
+
+    def followup_failed(self, sa: IkeSa, reason: str, notify: int | None, now: float) -> None:
+        self._failed(sa, reason, notify, now)
 
     def _finish_rekey(self, sa: IkeSa, old: ChildSa, ours: ChildSa, now: float) -> None:
         from .informational import DeleteChildTask
 
         theirs = sa.children.get(old.peer_rekey) if old.peer_rekey is not None else None
-        if theirs is not None and min(ours.nonces) < min(theirs.nonces):
+        their_nonces = old.extra.get(PEER_REKEY_NONCES)
+        if their_nonces is not None and min(ours.nonces) < min(their_nonces):
             # Collision, and our exchange had the lowest nonce: ours is redundant and we close
-            # it; the peer deletes the old SA, which then hands the outbound to theirs.
+            # it; the peer deletes the old SA, which then hands the outbound to theirs (which
+            # may still be waiting for its follow-up key exchanges).
             log.info("CHILD_SA rekey collision with %s: closing our redundant %08x", sa.remote[0], ours.inbound_spi)
             old.state = ChildState.REKEYED
-            old.replaced_by = theirs.inbound_spi
+            old.replaced_by = theirs.inbound_spi if theirs is not None else None
             ours.state = ChildState.REKEYED
             sa.queue(DeleteChildTask(ours, "rekeyed"), now)
             return
-        if theirs is not None:
+        if their_nonces is not None:
             # Collision won: the peer closes its redundant SA; ours replaces the old one.
             log.info("CHILD_SA rekey collision with %s: keeping ours %08x", sa.remote[0], ours.inbound_spi)
             old.peer_rekey = None
@@ -200,21 +224,38 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         our_data, secret = respond_key_exchange(selected.ke, ke.data)
         our_ke = KePayload(selected.ke, our_data)
         shared = (secret,)
+    elif selected.additional_kes:
+        raise IkeError("additional key exchanges need a KE in CREATE_CHILD_SA", notify=NotifyType.NO_PROPOSAL_CHOSEN)
     nr = sa.random_bytes(NONCE_LEN)
     inbound = sa.services.allocate_child_spi()
-    keys = child_keys(sa.prf, sa.keys.sk_d, nonce.data, nr, selected, False, shared)
-    # A rekey we answer: receive on the new SA at once, but keep sending on the old one until
-    # the initiator deletes it (RFC 7296 §2.8): by then it surely has the new inbound SA.
-    child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
-                      request.ts_r, request.ts_i, (nonce.data, nr), False, now,
-                      state=ChildState.INBOUND_ONLY if old else ChildState.INSTALLED,
-                      replaces=old.inbound_spi if old else None)
+    nonces = (nonce.data, nr)
     if old is not None:
-        old.peer_rekey = child.inbound_spi
+        old.extra[PEER_REKEY_NONCES] = nonces  # a collision resolves even while follow-ups are pending
+
+    def finish(secrets: tuple[bytes, ...], now: float) -> None:
+        keys = child_keys(sa.prf, sa.keys.sk_d, nonce.data, nr, selected, False, secrets)
+        # A rekey we answer: receive on the new SA at once, but keep sending on the old one until
+        # the initiator deletes it (RFC 7296 §2.8): by then it surely has the new inbound SA.
+        child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
+                          request.ts_r, request.ts_i, nonces, False, now,
+                          state=ChildState.INBOUND_ONLY if old else ChildState.INSTALLED,
+                          replaces=old.inbound_spi if old else None)
+        if old is not None:
+            old.peer_rekey = child.inbound_spi
+
+    def abandon(now: float) -> None:
+        sa.services.release_child_spi(inbound)
+        if old is not None and old.extra.get(PEER_REKEY_NONCES) == nonces:
+            del old.extra[PEER_REKEY_NONCES]
+
     payloads: list = [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]), NoncePayload(nr)]
     if our_ke is not None:
         payloads.append(our_ke)
     payloads += [TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config)
+    if selected.additional_kes:
+        payloads.append(followup_ke.hold(sa, selected.additional_kes, shared[0], finish, abandon, now))
+    else:
+        finish(shared, now)
     return Reply(payloads)
 
 

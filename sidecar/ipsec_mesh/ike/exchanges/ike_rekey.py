@@ -1,8 +1,10 @@
 """CREATE_CHILD_SA rekeying the IKE SA itself (RFC 7296 §1.3.2, §2.18), with collisions (§2.8.2).
 
-Additional key exchanges (RFC 9370 IKE_FOLLOWUP_KE) are not run on rekey: the new
-SKEYSEED is derived from the old SK_d, which already carries the ML-KEM secret of the
-initial exchange, plus a fresh classic key exchange.
+The rekey proposals keep their ADDKE transforms: when the responder selects some, the
+initiator runs one IKE_FOLLOWUP_KE per additional key exchange (RFC 9370 §2.2.3, see
+followup_ke.py) and the new IKE SA exists, on both ends, only once they are all done.
+Collisions are decided with the nonces of the CREATE_CHILD_SA exchanges, which both
+ends know as soon as those are answered, even while follow-ups are still under way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ..proposals import ProposalSpec, check_answer, select
+from . import followup_ke
 from .common import first_error, retry_with_wanted_group
 from ..sa import IkeSa, IkeState, Reply
 
@@ -28,20 +31,16 @@ OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete befo
 
 
 def _rekey_proposals(sa: IkeSa) -> list[ProposalSpec]:
-    specs = []
-    for spec in sa.config.ike_proposals:
-        plain = ProposalSpec(spec.protocol, spec.encr, spec.prf, spec.ke, spec.esn, ())
-        if plain not in specs:
-            specs.append(plain)
-    return specs
+    return list(dict.fromkeys(sa.config.ike_proposals))
 
 
-def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selected, shared: bytes,
+def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selected, secrets: tuple[bytes, ...],
                ni: bytes, nr: bytes, now: float) -> IkeSa:
+    """The new IKE SA, from SK(0) of the CREATE_CHILD_SA and SK(1)..SK(n) of its follow-ups."""
     new = IkeSa(old.services, old.config, initiator=initiator, local=old.local, remote=old.remote,
                 spi_i=spi_i, spi_r=spi_r, now=now)
     new.selected = selected
-    seed = rekey_skeyseed(old.prf, old.keys.sk_d, shared, ni, nr)
+    seed = rekey_skeyseed(old.prf, old.keys.sk_d, secrets[0], ni, nr, secrets[1:])
     new.prf = prf_for(selected.prf)
     new.ni, new.nr = ni, nr
     new.install_keys(derive_ike_keys(new.prf, seed, ni, nr, spi_i, spi_r,
@@ -68,11 +67,27 @@ def move_children(source: IkeSa, target: IkeSa) -> None:
     source.children.clear()
 
 
-def _retire(old: IkeSa, new: IkeSa, now: float) -> None:
+def retire(old: IkeSa, new: IkeSa, now: float) -> None:
     old.state = IkeState.REKEYED
     old.successor = new
     old.rekey_at = None
     old.expire_at = now + OLD_SA_GRACE
+
+
+def _own_rekey_running(sa: IkeSa) -> bool:
+    """Our rekey of this IKE SA is in flight (its CREATE_CHILD_SA or one of its follow-ups)."""
+    task = getattr(sa.outstanding, "task", None)
+    return isinstance(task, IkeRekeyTask) or isinstance(getattr(task, "owner", None), IkeRekeyTask)
+
+
+def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
+    """The peer's rekey of `sa` is complete (we answered it)."""
+    sa.peer_rekey = new
+    if sa.state != IkeState.ESTABLISHED or _own_rekey_running(sa):
+        # Our own rekey settles the collision when it completes, or already has (§2.8.2).
+        return
+    move_children(sa, new)
+    retire(sa, new, now)
 
 
 class IkeRekeyTask:
@@ -81,9 +96,11 @@ class IkeRekeyTask:
     def __init__(self):
         self.spi = b""
         self.ni = b""
+        self.nr = b""
         self.ke = None
         self.group: int | None = None
         self.ke_retries = 0
+        self.selected = None
 
     def obsolete(self, sa: IkeSa) -> bool:
         return sa.state != IkeState.ESTABLISHED
@@ -112,27 +129,44 @@ class IkeRekeyTask:
         selected = check_answer(sa_payload.proposals[0], self.proposals)
         if len(selected.spi) != 8 or selected.ke != self.group or ke.group != self.group:
             raise ParseError("IKE rekey response has a bad SPI or key exchange")
+        self.selected, self.nr = selected, nonce.data
         shared = self.ke.finish(ke.data)
-        new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=selected.spi, selected=selected,
-                         shared=shared, ni=self.ni, nr=nonce.data, now=now)
+        if selected.additional_kes:
+            link = followup_ke.link_of(msg)
+            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, (shared,), link))
+            return
+        self.followups_done(sa, (shared,), now)
+
+    def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None:
+        """Every key exchange is done: the new IKE SA exists; settle a collision (§2.8.2)."""
+        new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=self.selected.spi, selected=self.selected,
+                         secrets=secrets, ni=self.ni, nr=self.nr, now=now)
         from .informational import IkeDeleteTask
 
         theirs = sa.peer_rekey
-        if theirs is not None and theirs.state == IkeState.ESTABLISHED and \
-                min(self.ni, nonce.data) < min(theirs.rekey_nonces):
+        their_nonces = sa.peer_rekey_nonces
+        if their_nonces is not None and min(self.ni, self.nr) < min(their_nonces):
             # Collision lost (lowest nonce is ours): close our redundant SA; the peer deletes the old.
             log.info("IKE rekey collision with %s: closing our redundant %s", sa.remote[0], new.label)
-            _retire(sa, theirs, now)
             new.queue(IkeDeleteTask("superseded", children_reason="rekeyed"), now)
+            if theirs is not None and theirs.state == IkeState.ESTABLISHED:
+                move_children(sa, theirs)
+                retire(sa, theirs, now)
+            else:
+                # Their follow-ups are still running: the children move once theirs is complete.
+                sa.rekey_at = now + OLD_SA_GRACE  # in case the peer never completes it
             return
         if theirs is not None:
             # Collision won: the children move to our successor; the peer closes its own.
             move_children(theirs, new)
-        else:
-            move_children(sa, new)
-        _retire(sa, new, now)
+        move_children(sa, new)
+        retire(sa, new, now)
         sa.tasks.clear()
         sa.queue(IkeDeleteTask("rekeyed"), now)
+
+    def followup_failed(self, sa: IkeSa, reason: str, notify: int | None, now: float) -> None:
+        log.warning("IKE rekey with %s failed in its additional key exchanges: %s", sa.remote[0], reason)
+        sa.rekey_at = now + 30.0
 
     def _refused(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
         if retry_with_wanted_group(self, sa, notify, self.proposals):
@@ -151,7 +185,7 @@ class IkeRekeyTask:
 
 
 def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
-    own_rekey = isinstance(getattr(sa.outstanding, "task", None), IkeRekeyTask)
+    own_rekey = _own_rekey_running(sa)
     if sa.outstanding is not None and not own_rekey:
         raise IkeError("an exchange is under way; rekey the IKE SA later", notify=NotifyType.TEMPORARY_FAILURE)
     sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
@@ -165,14 +199,25 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     our_data, shared = respond_key_exchange(selected.ke, ke.data)
     nr = sa.random_bytes(NONCE_LEN)
     spi = sa.services.allocate_ike_spi()
-    new = _successor(sa, initiator=False, spi_i=selected.spi, spi_r=spi, selected=selected, shared=shared,
-                     ni=nonce.data, nr=nr, now=now)
-    move_children(sa, new)
-    sa.peer_rekey = new
-    if not own_rekey:
-        _retire(sa, new, now)
-    # else: our own rekey is in flight, and its response settles the collision (§2.8.2).
-    return Reply([SaPayload([selected.to_payload(spi)]), NoncePayload(nr), KePayload(selected.ke, our_data)])
+    nonces = (nonce.data, nr)
+    # Known now, so that a collision resolves even while follow-ups are pending.
+    sa.peer_rekey_nonces = nonces
+
+    def finish(secrets: tuple[bytes, ...], now: float) -> None:
+        new = _successor(sa, initiator=False, spi_i=selected.spi, spi_r=spi, selected=selected,
+                         secrets=secrets, ni=nonce.data, nr=nr, now=now)
+        _adopt_peer_rekey(sa, new, now)
+
+    def abandon(now: float) -> None:
+        if sa.peer_rekey_nonces == nonces:
+            sa.peer_rekey_nonces = None
+
+    payloads = [SaPayload([selected.to_payload(spi)]), NoncePayload(nr), KePayload(selected.ke, our_data)]
+    if selected.additional_kes:
+        payloads.append(followup_ke.hold(sa, selected.additional_kes, shared, finish, abandon, now))
+    else:
+        finish((shared,), now)
+    return Reply(payloads)
 
 
-__all__ = ["IkeRekeyTask", "respond", "move_children"]
+__all__ = ["IkeRekeyTask", "respond", "move_children", "retire"]

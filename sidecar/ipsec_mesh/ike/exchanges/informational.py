@@ -100,6 +100,14 @@ class NotifyTask:
 def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     deletes = msg.all(DeletePayload)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
+        successor = sa.peer_rekey
+        if successor is not None and successor.state == IkeState.ESTABLISHED and sa.children:
+            # The peer won a rekey collision that our own (unfinished) rekey was still to settle:
+            # the children live on in the successor it created.
+            from .ike_rekey import move_children, retire
+
+            move_children(sa, successor)
+            retire(sa, successor, now)
         reason = "rekeyed" if sa.state == IkeState.REKEYED else "deleted-by-peer"
         log.info("IKE SA %s deleted by %s", sa.label, sa.remote[0])
         return Reply([], close=reason)
