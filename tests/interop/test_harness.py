@@ -273,7 +273,7 @@ def test_namespace_subprocess_and_callable(topology, family):
     finally:
         sender.kill()
     imported = pair.left.run(pair.left.python_argv(
-        "-c", "import interop.harness.netns as m; print(m.__file__)")).stdout.strip()
+        "-c", "import tests.interop.harness.netns as m; print(m.__file__)")).stdout.strip()
     assert imported == netns.__file__   # the subprocess runs the code under test
     links = pair.left.run(["ip", "-br", "link"]).stdout
     assert "eth0" in links and len(links.splitlines()) == 2   # lo and eth0 only
