@@ -193,15 +193,21 @@ def test_cookies_from_our_side(pair, charons, shim_path, tmp_path, capture_facto
     assert capture.cookie_exchange()
 
 
-def test_cookies_from_charon(pair, charons, shim_path, tmp_path):
-    # charon answers with a COOKIE while `cookie_threshold` IKE SAs are half-open; a
-    # receive_delay on IKE_AUTH keeps our first SA half-open while the second starts.
+def test_cookies_from_charon(pair, charons, shim_path, tmp_path, capture_factory):
+    """charon demands a COOKIE once `cookie_threshold` IKE_SAs are half-open; a hand-made
+    IKE_SA_INIT never followed by IKE_AUTH holds one open. We must answer with the cookie."""
+    from .harness.half_open import send_half_open
+
+    capture = capture_factory(pair.left)
     charon = charon_for(charons, pair.right, shim_path, peer_addr="10.0.0.1", local_addr="10.0.0.2",
-                        settings={"cookie_threshold": 1, "receive_delay": 3000, "receive_delay_type": 35,
-                                  "receive_delay_response": False, "receive_delay_request": True})
+                        settings={"cookie_threshold": 1})
+    pair.left.call(send_half_open, "10.0.0.2")
+    charon.wait_for(lambda sas: any(sa.state == "CONNECTING" for sa in sas), what="the half-open IKE_SA")
     ours = our_sidecar(pair.left, tmp_path, address="10.0.0.1", peer="10.0.0.2", initiate=True)
     theirs = charon.wait_established("conn", ("child",), timeout=20)
     assert_same_child(ours.established(), theirs)
+    capture.stop()
+    assert capture.cookie_exchange(), "charon asked for a cookie and we sent it back"
 
 
 @pytest.mark.parametrize("who", ["charon", "ours"])
