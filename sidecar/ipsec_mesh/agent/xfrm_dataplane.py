@@ -160,6 +160,8 @@ class XfrmDataPlane:
         self.events_channel.subscribe()
 
     def _set_larval_drop(self, value: int) -> None:
+        if self.netns is not None:
+            return  # /proc/sys/net is the caller's namespace; the sidecar runs inside its own
         path = Path("/proc/sys") / LARVAL_DROP
         try:
             path.write_text(str(value))

@@ -1,0 +1,107 @@
+"""The agent's XFRM data plane on the host kernel (policies and events; SAs need the VM)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ipsec_mesh.agent.config import IkeSettings, parse_agent_config
+from ipsec_mesh.agent.dataplane import Acquire
+from ipsec_mesh.agent.peers import PeerSet
+from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
+from tests.host.netns_helpers import A4, A6, B4, B6, ip, make_pair, missing_prerequisite
+
+PSK = base64.b64encode(b"p" * 32).decode()
+
+
+@pytest.fixture
+def pair():
+    reason = missing_prerequisite()
+    if reason:
+        pytest.skip(reason)
+    p = make_pair("dp")
+    yield p
+    p.close()
+
+
+def peer_set(peers: dict[str, str], *, enforcement: str = "require", v6: bool = True) -> PeerSet:
+    document = {
+        "peerMap": {
+            "local": {"identity": "a.default.pod.mesh.test", "addresses": [A4, A6] if v6 else [A4]},
+            "peerings": [{"name": "p", "authentication": "psk", "psk": [{"id": "k", "value": PSK}],
+                          "enforcement": enforcement,
+                          "peers": [{"name": n, "addresses": [a], "identities": [f"{n}.mesh.test"]}
+                                    for n, a in peers.items()]}],
+        },
+        "dataplane": "xfrm",
+    }
+    config = parse_agent_config(document, Path("."))
+    return PeerSet(config.peer_map, IkeSettings())
+
+
+def policies(netns: str) -> str:
+    return ip("xfrm", "policy", "list", netns=netns)
+
+
+def test_policies_follow_the_peer_set_incrementally_and_spare_foreign_ones(pair):
+    foreign = ["xfrm", "policy", "add", "src", "192.0.2.1/32", "dst", "192.0.2.2/32", "dir", "out", "action", "block"]
+    ip(*foreign, netns=pair.a)
+    plane = XfrmDataPlane(netns=pair.a)
+    first = peer_set({"b": f"{B4}/32", "b6": f"{B6}/128"})
+    plane.start(first)
+    try:
+        text = policies(pair.a)
+        for sel in (f"src {A4}/32 dst {B4}/32", f"src {B4}/32 dst {A4}/32", f"src {A6}/128 dst {B6}/128"):
+            assert sel in text
+        assert "level use" not in text and "192.0.2.1/32" in text  # required; the foreign one untouched
+        assert "proto ipv6-icmp type 135" in text  # neighbour discovery passes in clear
+        index_of_b = {line for line in text.splitlines() if "index" in line}
+        # Add one peer network: only its policies are new, the others keep their kernel index.
+        second = peer_set({"b": f"{B4}/32", "b6": f"{B6}/128", "c": "10.99.0.0/28"})
+        plane.update_peers(first, second)
+        after = policies(pair.a)
+        assert f"src {A4}/32 dst 10.99.0.0/28" in after
+        assert index_of_b <= {line for line in after.splitlines() if "index" in line}
+        # Remove it again, and switch the rest to prefer: templates become optional.
+        third = peer_set({"b": f"{B4}/32", "b6": f"{B6}/128"}, enforcement="prefer")
+        plane.update_peers(second, third)
+        final = policies(pair.a)
+        assert "10.99.0.0/28" not in final and "level use" in final and "192.0.2.1/32" in final
+    finally:
+        plane.stop()
+    # Stopping keeps the policies: a pod that goes away stays fail-closed.
+    assert f"src {A4}/32 dst {B4}/32" in policies(pair.a)
+
+
+def test_restart_reconciles_instead_of_flushing(pair):
+    peers = peer_set({"b": f"{B4}/32"}, v6=False)
+    first = XfrmDataPlane(netns=pair.a)
+    first.start(peers)
+    before = [line for line in policies(pair.a).splitlines() if "index" in line]
+    first.stop()
+    second = XfrmDataPlane(netns=pair.a)
+    second.start(peers)
+    try:
+        # Same desired state: the policies are the very same kernel objects (never a gap).
+        assert [line for line in policies(pair.a).splitlines() if "index" in line] == before
+    finally:
+        second.stop()
+
+
+def test_a_packet_to_a_peer_becomes_an_acquire(pair):
+    plane = XfrmDataPlane(netns=pair.a)
+    plane.start(peer_set({"b": f"{B4}/32"}, v6=False))
+    try:
+        subprocess.run(["ip", "netns", "exec", pair.a, "ping", "-c", "1", "-W", "1", B4], capture_output=True)
+        deadline = time.monotonic() + 5
+        events: list = []
+        while time.monotonic() < deadline and not events:
+            events = [e for e in plane.read_events() if isinstance(e, Acquire)]
+            time.sleep(0.1)
+        assert events and events[0].remote == B4 and events[0].local == A4
+    finally:
+        plane.stop()
