@@ -376,5 +376,5 @@ def encode_body(payload) -> bytes:
         raise ValueError(f"cannot encode {type(payload).__name__} as a plain payload") from None
     try:
         return encoder(payload)
-    except (OverflowError, TypeError) as exc:  # a field out of range for its wire width
+    except (OverflowError, TypeError, struct.error) as exc:  # a field out of range for its wire width
         raise ValueError(f"{type(payload).__name__}: {exc}") from None
