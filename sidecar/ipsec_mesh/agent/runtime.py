@@ -64,23 +64,25 @@ class _IkeSocket:
 
     def _read_ready(self) -> None:
         received = False
-        for _ in range(self.READ_BATCH):
-            try:
-                data, addr = self.sock.recvfrom(self.RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                log.debug("IKE socket %s: %s", self.local, exc)
-                continue
-            if self.natt:
-                stripped = strip_non_esp_marker(data)
-                if stripped is None:
-                    continue  # a NAT keepalive (0xff), or ESP the kernel did not take
-                data = stripped
-            self.agent.receive_only(data, self.local, (addr[0], addr[1]))
-            received = True
-        if received:
-            self.agent.flush()
+        try:
+            for _ in range(self.READ_BATCH):
+                try:
+                    data, addr = self.sock.recvfrom(self.RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                    log.debug("IKE socket %s: %s", self.local, exc)
+                    continue
+                if self.natt:
+                    stripped = strip_non_esp_marker(data)
+                    if stripped is None:
+                        continue  # a NAT keepalive (0xff), or ESP the kernel did not take
+                    data = stripped
+                received = True
+                self.agent.receive_only(data, self.local, (addr[0], addr[1]))
+        finally:
+            if received:  # even if one datagram raised: what the others produced goes out
+                self.agent.flush()
 
     def sendto(self, data: bytes, remote: tuple) -> None:
         if not self._unsent:
