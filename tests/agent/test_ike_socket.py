@@ -135,3 +135,14 @@ def test_sends_wait_in_order_while_the_socket_is_full():
     assert 99 not in loop.writers
     ike.sendto(b"three", ("127.0.0.2", 500))
     assert sock.sent == [b"one", b"two", b"three"]
+
+
+def test_send_queue_is_bounded():
+    sock, loop = FullThenFreeSocket(full_for=10**6), RecordingLoop()
+    ike = _IkeSocket(RecordingAgent(), loop, sock, ("127.0.0.1", 500), natt=False)
+    for i in range(_IkeSocket.MAX_UNSENT + 10):
+        ike.sendto(i.to_bytes(4, "big"), ("127.0.0.2", 500))
+    assert len(ike._unsent) == _IkeSocket.MAX_UNSENT
+    sock.full_for = 0
+    loop.writers[99]()
+    assert sock.sent[0] == (0).to_bytes(4, "big") and len(sock.sent) == _IkeSocket.MAX_UNSENT

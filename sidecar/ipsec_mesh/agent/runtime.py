@@ -48,6 +48,7 @@ class _IkeSocket:
 
     READ_BATCH = 64  # bounds the time spent on one socket before others get a turn
     RECV_SIZE = 65535
+    MAX_UNSENT = 1024  # beyond this a full socket drops datagrams (IKE retransmits) rather than grow
 
     def __init__(self, agent: "Agent", loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  local: tuple[str, int], natt: bool):
@@ -94,6 +95,9 @@ class _IkeSocket:
             except OSError as exc:
                 log.debug("IKE socket %s: sending to %s: %s", self.local, remote[0], exc)
                 return
+        if len(self._unsent) >= self.MAX_UNSENT:
+            log.debug("IKE socket %s: send queue full, dropped a datagram to %s", self.local, remote[0])
+            return
         self._unsent.append((data, remote))
 
     def _write_ready(self) -> None:
@@ -140,10 +144,6 @@ class Agent:
     # -- inputs -----------------------------------------------------------------------
     def now(self) -> float:
         return self.loop.time()
-
-    def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        self.receive_only(data, local, remote)
-        self.flush()
 
     def receive_only(self, data: bytes, local: tuple[str, int], remote: tuple[str, int]) -> None:
         """Hand a datagram to the endpoint without flushing (the caller flushes a batch)."""
