@@ -165,7 +165,9 @@ def encode_chain(payloads: list) -> tuple[int, bytes]:
         else:
             body = encode_body(payload)
         flags = _CRITICAL if isinstance(payload, p.UnknownPayload) and payload.critical else 0
-        out += bytes([following, flags]) + u16(4 + len(body)) + body
+        if len(body) > 0xFFFF - 4:
+            raise ValueError(f"payload {types[i]}: {len(body)} bytes do not fit its 16-bit length")
+        out += _GENERIC_HEADER.pack(following, flags, 4 + len(body)) + body
     return (types[0] if types else PayloadType.NONE), bytes(out)
 
 

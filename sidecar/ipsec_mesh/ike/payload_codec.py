@@ -31,6 +31,11 @@ _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
 _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
 _BBH, _BBBB = struct.Struct("!BBH"), struct.Struct("!BBBB")
+# Encoding packs each fixed-size header in one call (these run for every payload sent).
+_TRANSFORM_HEADER = struct.Struct("!BxHBxH")  # last/more, length, transform type, transform ID
+_TV_ATTRIBUTE = struct.Struct("!HH")  # attribute type with the AF bit, value
+_NOTIFY_HEADER = struct.Struct("!BBH")  # protocol, SPI size, notify type
+_SELECTOR_HEADER = struct.Struct("!BBHHH")  # type, IP protocol, length, start port, end port
 _CHILD_SPI_SIZE = 4
 _IKE_SPI_SIZE = 8
 # Proposal SPI sizes (3.3.1): none in IKE_SA_INIT, 8 when rekeying the IKE SA, 4 for ESP/AH.
@@ -58,7 +63,7 @@ def _encode_sa(sa: p.SaPayload) -> bytes:
     for i, prop in enumerate(sa.proposals):
         body = _encode_proposal(prop)
         more = _LAST if i == len(sa.proposals) - 1 else _MORE_PROPOSALS
-        out += bytes([more, 0]) + u16(4 + len(body)) + body
+        out += _BBH.pack(more, 0, 4 + len(body)) + body
     return bytes(out)
 
 
@@ -70,9 +75,9 @@ def _encode_proposal(prop: p.Proposal) -> bytes:
     for i, tr in enumerate(prop.transforms):
         attrs = b""
         if tr.key_length is not None:
-            attrs = u16(_ATTR_TV | TransformAttr.KEY_LENGTH) + u16(tr.key_length)
+            attrs = _TV_ATTRIBUTE.pack(_ATTR_TV | TransformAttr.KEY_LENGTH, tr.key_length)
         more = _LAST if i == len(prop.transforms) - 1 else _MORE_TRANSFORMS
-        out += bytes([more, 0]) + u16(8 + len(attrs)) + bytes([tr.type, 0]) + u16(tr.id) + attrs
+        out += _TRANSFORM_HEADER.pack(more, 8 + len(attrs), tr.type, tr.id) + attrs
     return bytes(out)
 
 
@@ -211,7 +216,7 @@ def _decode_notify(body: bytes) -> p.NotifyPayload:
 
 
 def _encode_notify(n: p.NotifyPayload) -> bytes:
-    return bytes([n.protocol, len(n.spi)]) + u16(n.type) + n.spi + n.data
+    return _NOTIFY_HEADER.pack(n.protocol, len(n.spi), n.type) + n.spi + n.data
 
 
 def _delete_spi_size(protocol: int) -> int:
@@ -264,12 +269,12 @@ def _decode_selector(r: Reader) -> p.TrafficSelector:
     ts_type, ip_protocol, length = r.unpack(_BBH)
     if ts_type not in _TS_LAYOUT:
         raise ParseError(f"TS: unsupported selector type {ts_type}")
-    expected_length, addr_len = _TS_LAYOUT[TsType(ts_type)]
+    expected_length, addr_len = _TS_LAYOUT[ts_type]
     if length != expected_length:
         raise ParseError(f"TS: type {ts_type} selector of length {length}, expected {expected_length}")
     start_port, end_port = r.u16(), r.u16()
     start, end = (ipaddress.ip_address(r.take(addr_len)) for _ in range(2))
-    return p.TrafficSelector(TsType(ts_type), ip_protocol, start_port, end_port, start, end)
+    return p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
 
 
 def _encode_ts(ts: p.TsPayload) -> bytes:
@@ -277,12 +282,12 @@ def _encode_ts(ts: p.TsPayload) -> bytes:
         raise ValueError(f"TS: at most {MAX_TRAFFIC_SELECTORS} selectors")
     out = bytearray([len(ts.selectors), 0, 0, 0])
     for sel in ts.selectors:
-        length, addr_len = _TS_LAYOUT[TsType(sel.ts_type)]
+        length, addr_len = _TS_LAYOUT[sel.ts_type]
         start, end = sel.start_addr.packed, sel.end_addr.packed
         if len(start) != addr_len or len(end) != addr_len:
             raise ValueError(f"TS type {sel.ts_type} with addresses {sel.start_addr}-{sel.end_addr}")
-        out += bytes([sel.ts_type, sel.ip_protocol]) + u16(length)
-        out += u16(sel.start_port) + u16(sel.end_port) + start + end
+        out += _SELECTOR_HEADER.pack(sel.ts_type, sel.ip_protocol, length, sel.start_port, sel.end_port)
+        out += start + end
     return bytes(out)
 
 
@@ -371,5 +376,5 @@ def encode_body(payload) -> bytes:
         raise ValueError(f"cannot encode {type(payload).__name__} as a plain payload") from None
     try:
         return encoder(payload)
-    except (OverflowError, TypeError) as exc:  # a field out of range for its wire width
+    except (OverflowError, TypeError, struct.error) as exc:  # a field out of range for its wire width
         raise ValueError(f"{type(payload).__name__}: {exc}") from None

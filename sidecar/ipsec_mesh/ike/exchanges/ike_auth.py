@@ -120,26 +120,43 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
     return identity
 
 
-def _establish(sa: IkeSa, identity: Identity, now: float) -> None:
+def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
+    """Mark the IKE SA established; the caller logs it (with its first CHILD_SA, if any)."""
     sa.remote_id = identity
     sa.state = IkeState.ESTABLISHED
     sa.established_at = now
     sa.schedule_rekey(now)
     if sa.nat_local and sa.config.keepalive_interval:
         sa.keepalive_at = now + sa.config.keepalive_interval
-    label, algorithm = sa.label, sa.selected.describe()
-    log.info("IKE SA %s established with %s (%s) as %s, %s%s", label, identity, sa.remote[0],
-             "initiator" if sa.initiator else "responder", algorithm,
-             ", NAT-T" if (sa.nat_local or sa.nat_remote) else "")
-    sa.emit(IkeSaEstablished(label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
-                             algorithm, sa.initiator, sa.nat_local, sa.nat_remote))
+    event = IkeSaEstablished(sa.label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
+                             sa.selected.describe(), sa.initiator, sa.nat_local, sa.nat_remote)
+    sa.emit(event)
     sa.services.established(sa, now)
+    return event
+
+
+def _log_established(event: IkeSaEstablished, child: ChildSa | None) -> None:
+    """One info line per IKE SA, naming the CHILD_SA negotiated with it (if there is one)."""
+    role = "initiator" if event.initiator else "responder"
+    nat = ", NAT-T" if event.nat_local or event.nat_remote else ""
+    if child is None:
+        log.info("IKE SA %s established with %s (%s) as %s, %s%s", event.ike_sa, event.remote_id,
+                 event.remote_addr, role, event.algorithm, nat)
+        return
+    info = child.info
+    log.info("IKE SA %s established with %s (%s) as %s, %s%s; CHILD_SA %s %08x_i %08x_o: %s", event.ike_sa,
+             event.remote_id, event.remote_addr, role, event.algorithm, nat, info.name, info.inbound_spi,
+             info.outbound_spi, info.algorithm)
 
 
 def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi: int, local_ts, remote_ts,
               nonces: tuple[bytes, bytes], initiated_by_us: bool, now: float, *,
-              state: ChildState = ChildState.INSTALLED, replaces: int | None = None) -> ChildSa:
-    """Record a new CHILD_SA and tell the data plane (inbound first; outbound unless told to wait)."""
+              state: ChildState = ChildState.INSTALLED, replaces: int | None = None,
+              log_line: bool = True) -> ChildSa:
+    """Record a new CHILD_SA and tell the data plane (inbound first; outbound unless told to wait).
+
+    `log_line=False` when the caller logs the CHILD_SA with its IKE SA (IKE_AUTH).
+    """
     lt = config.lifetime
     jitter = sa.services.random_bytes(2)
     rekey_time = lt.rekey_time - (int.from_bytes(jitter, "big") / 65535.0) * lt.jitter if lt.rekey_time else 0
@@ -155,8 +172,9 @@ def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi:
     sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
     if state == ChildState.INSTALLED:
         sa.emit(ChildSaInstallOutbound(info))
-    log.info("CHILD_SA %s %08x_i %08x_o with %s: %s%s", config.name, inbound_spi, outbound_spi,
-             sa.remote[0], info.algorithm, " (rekey)" if replaces else "")
+    if log_line:
+        log.info("CHILD_SA %s %08x_i %08x_o with %s: %s%s", config.name, inbound_spi, outbound_spi,
+                 sa.remote[0], info.algorithm, " (rekey)" if replaces else "")
     return child
 
 
@@ -209,11 +227,11 @@ class IkeAuthTask:
             sa.tasks.clear()
             sa.queue(NotifyTask(NotifyType.AUTHENTICATION_FAILED, then_close="auth-failed"), now)
             return
-        _establish(sa, identity, now)
-        if self.inbound_spi is not None:
-            self._child_from_response(sa, msg, now)
+        established = _establish(sa, identity, now)
+        child = self._child_from_response(sa, msg, now) if self.inbound_spi is not None else None
+        _log_established(established, child)
 
-    def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> None:
+    def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> ChildSa | None:
         errors = [n for n in msg.all(NotifyPayload) if n.is_error]
         sa_payload, tsi, tsr = msg.first(SaPayload), msg.first(TsiPayload), msg.first(TsrPayload)
         try:
@@ -232,10 +250,10 @@ class IkeAuthTask:
             self._release(sa)
             log.warning("CHILD_SA with %s failed: %s", sa.remote[0], exc)
             sa.emit(ChildSaFailed(sa.label, self.child.name, str(exc), exc.notify))
-            return
+            return None
         keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=True)
-        add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
-                  local_ts, remote_ts, (sa.ni, sa.nr), True, now)
+        return add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
+                         local_ts, remote_ts, (sa.ni, sa.nr), True, now, log_line=False)
 
     def _release(self, sa: IkeSa) -> None:
         if self.inbound_spi is not None:
@@ -265,28 +283,32 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     payloads, auth = _our_auth_payloads(sa, id_payload, sa.ni, sa.init_response, msg.message_id)
     payloads.append(auth)
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
-    _establish(sa, identity, now)
+    established = _establish(sa, identity, now)
     if initial_contact:
         sa.services.initial_contact(sa, now)
+    child = None
     if msg.first(SaPayload) is not None:
-        payloads += _respond_child(sa, msg, now)
+        child_payloads, child = _respond_child(sa, msg, now)
+        payloads += child_payloads
+    _log_established(established, child)
     return Reply(payloads)
 
 
-def _respond_child(sa: IkeSa, msg: Message, now: float) -> list:
+def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa | None]:
+    """The CHILD_SA answer payloads, and the CHILD_SA (None if refused)."""
     try:
         request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
         log.warning("CHILD_SA from %s refused: %s", sa.remote[0], exc)
         sa.emit(ChildSaFailed(sa.label, "", str(exc), exc.notify))
-        return [NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN)]
+        return [NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN)], None
     selected = request.selected
     inbound = sa.services.allocate_child_spi()
     keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
-    add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
-              request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now)
+    child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
+                      request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False)
     return [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
-            TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config)
+            TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
 
 
 __all__ = ["IkeAuthTask", "respond", "add_child", "encap_of"]

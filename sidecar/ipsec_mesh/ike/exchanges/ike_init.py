@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 
@@ -40,10 +41,15 @@ MAX_KE_RETRIES = 2
 
 
 def _hash_algorithms_notify() -> NotifyPayload:
+    return NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=_hash_algorithms_data())
+
+
+@functools.cache
+def _hash_algorithms_data() -> bytes:
+    """Built once: what we announce does not change while the process runs."""
     from ..auth import our_hash_algorithms
 
-    data = b"".join(int(h).to_bytes(2, "big") for h in sorted(our_hash_algorithms()))
-    return NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=data)
+    return b"".join(int(h).to_bytes(2, "big") for h in sorted(our_hash_algorithms()))
 
 
 def _parse_hash_algorithms(msg: Message) -> frozenset[int]:
