@@ -125,3 +125,15 @@ def test_per_source_dos_thresholds_reach_the_endpoint():
     doc["ike"]["halfOpenLimitPerSource"] = 0
     with pytest.raises(Exception, match="halfOpenLimitPerSource"):
         parse_agent_config(doc, Path("."))
+
+
+def test_a_peering_the_sidecar_cannot_serve_is_refused_at_start():
+    from ipsec_mesh.agent.peers import CredentialError, PeerSet
+
+    doc = agent_document("127.0.0.1", "127.0.0.2", initiate=False)
+    peering = doc["peerMap"]["peerings"][0]
+    del peering["psk"]
+    peering["authentication"] = "certificate"
+    config = parse_agent_config(doc, Path("."))
+    with pytest.raises(CredentialError, match="peering demo uses certificates"):
+        PeerSet(config.peer_map, config.ike)  # no certificate given

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from .config import ConfigError, load_agent_config
 from .dataplane import NullDataPlane
 from .logs import setup_logging
-from .peers import CredentialError, PeerSet
+from .peers import PeerSet, PeerSetError
 
 # Set to a file path to run the sidecar under cProfile and dump the statistics there at exit.
 PROFILE_ENV = "IPSEC_MESH_PROFILE"
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _profiled(profile_path, serve) if profile_path else serve()
-    except CredentialError as exc:
+    except PeerSetError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,14 +20,18 @@ from ..ike.config import ChildConfig, Lifetime, PeerConfig, Retransmit
 from ..ike.constants import ProtocolId
 from ..ike.identity import Identity
 from ..ike.payloads import TrafficSelector
-from ..ike.proposals import parse_proposal
+from ..ike.proposals import ProposalSyntaxError, parse_proposal
 from ..meshapi.model import AuthKind, Enforcement, Peer, PeerMap, PeeringPolicy
 from .config import IkeSettings
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class CredentialError(ValueError):
+class PeerSetError(ValueError):
+    """The peer map cannot be used by this sidecar; the message names the peering."""
+
+
+class CredentialError(PeerSetError):
     """A peering needs a credential the sidecar does not have."""
 
 
@@ -69,6 +73,11 @@ class PeerSet:
         # Longest prefix first, so the first containing network is the most specific.
         self._by_prefix = sorted(self.entries, key=lambda e: (e.network.version, -e.network.prefixlen))
         self._configs: dict[tuple[str, str], PeerConfig | None] = {}
+        # Checked once, at start: a peering this sidecar cannot serve is refused now, not
+        # when its first peer talks.
+        self._proposals = {policy.name: _parse_proposals(policy) for policy in peer_map.policies}
+        for policy in peer_map.policies:
+            self._credential(policy)
 
     def entry_for(self, remote: str) -> PeerEntry | None:
         try:
@@ -114,7 +123,7 @@ class PeerSet:
             name=policy.name,
             local_ts=(TrafficSelector.for_address(local),),
             remote_ts=(TrafficSelector.for_address(remote),),
-            esp_proposals=tuple(parse_proposal(p, ProtocolId.ESP) for p in policy.esp_proposals),
+            esp_proposals=self._proposals[policy.name][1],
             mode="transport",
             lifetime=_lifetime(policy.lifetimes.child_seconds),
             tfc_padding=1280 if policy.tfc_padding else 0,
@@ -129,7 +138,7 @@ class PeerSet:
             remote_ids=tuple(peer.identities),
             psks=tuple(k.secret for k in policy.psk_keys),
             trust=trust,
-            ike_proposals=tuple(parse_proposal(p, ProtocolId.IKE) for p in policy.ike_proposals),
+            ike_proposals=self._proposals[policy.name][0],
             children=(child,),
             ike_lifetime=_lifetime(policy.lifetimes.ike_seconds),
             dpd_delay=float(ike.dpd),
@@ -138,6 +147,14 @@ class PeerSet:
             force_encap=ike.force_encap,
             childless=ike.childless,
         )
+
+
+def _parse_proposals(policy: PeeringPolicy):
+    try:
+        return (tuple(parse_proposal(p, ProtocolId.IKE) for p in policy.ike_proposals),
+                tuple(parse_proposal(p, ProtocolId.ESP) for p in policy.esp_proposals))
+    except ProposalSyntaxError as exc:
+        raise PeerSetError(f"peering {policy.name}: {exc}") from None
 
 
 @lru_cache(maxsize=64)
