@@ -212,8 +212,9 @@ def test_rekeys_lose_no_packet(topology, tmp_path):
     assert done["ipsec_mesh_child_sa_rekeys_total"] >= 20
     assert done["ipsec_mesh_ike_sa_rekeys_total"] >= 20
     assert lost == {"left->right": 0, "right->left": 0}
-    # Nothing piles up: one CHILD_SA (two SAs) per side, plus replaced inbound SAs in their grace period.
-    assert kernel_sas(pair.left) <= 4 and kernel_sas(pair.right) <= 4
+    # Nothing piles up: one CHILD_SA (two SAs) per side, plus the inbound SAs still in their
+    # 2 s grace period (rekeys go on every ~1.5 s per side here, so up to two or three of those).
+    assert kernel_sas(pair.left) <= 6 and kernel_sas(pair.right) <= 6
 
 
 def test_kill_9_and_restart_never_leaks_plaintext(topology, tmp_path):

@@ -243,7 +243,11 @@ class XfrmDataPlane:
         inbound = self.inbound.pop(deleted.inbound_spi, None)
         if inbound is None:
             return
-        if deleted.reason == "rekeyed" and self.rekey_grace:
+        # The peer may still have packets on their way to us on this SA: it keeps sending on
+        # it until our answer to its Delete arrives (seen in the VM tier as one lost packet
+        # when a peer deleted its redundant SA after a rekey collision). Keep receiving on it
+        # for a grace period whatever the reason; only the IKE SA going away ends it at once.
+        if self.rekey_grace and deleted.reason != "ike-closed":
             asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:
             self._delete(inbound)
