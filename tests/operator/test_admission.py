@@ -88,7 +88,7 @@ PEERING = {
 @pytest.mark.parametrize("mutate, expected", [
     (lambda s: s.update(peers=[]), "list at least one peer"),
     (lambda s: s["peers"][0].update(remote={"name": "x", "cidrs": ["10.0.0.0/8"]}), "exactly one of podSelector"),
-    (lambda s: s.update(proposals={"esp": ["3des-sha1"]}), "unsupported ESP algorithm '3des'"),
+    (lambda s: s.update(proposals={"esp": ["3des-sha1"]}), "unsupported algorithm '3des'"),
     (lambda s: s.update(lifetimes={"ike": "30m", "child": "1h"}), "must not be shorter"),
     (lambda s: s.update(authentication={"type": "psk", "pskRotationInterval": "1h", "pskOverlap": "2h"}),
      "pskRotationInterval must be longer"),
