@@ -173,6 +173,16 @@ def test_bad_esp_proposals_are_refused(text):
         parse_esp(text)
 
 
+def test_pod_identity_falls_back_to_uid_when_too_long():
+    long_name = ".".join(["a" * 60] * 4)  # a valid 243-character pod name
+    uid = "0f8f2a4e-3b0c-4bd6-9a55-2f1f7d3c9e10"
+    assert pod_fqdn(long_name, "shop", "mesh.test", uid) == f"{uid}.shop.pod.mesh.test"
+    assert pod_fqdn("web.v2", "shop", "mesh.test") == "web.v2.shop.pod.mesh.test"  # names are DNS subdomains
+    for args in ((long_name, "shop", "mesh.test"), ("*", "shop", "mesh.test"), ("web-0", "sh.op", "mesh.test")):
+        with pytest.raises(PeerMapError):
+            pod_fqdn(*args)
+
+
 def test_identity_names():
     assert pod_fqdn("web-0", "prod", "cluster.local") == "web-0.prod.pod.cluster.local"
     assert service_account_uri("prod", "web", "cluster.local") == "spiffe://cluster.local/ns/prod/sa/web"
