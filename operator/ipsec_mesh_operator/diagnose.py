@@ -117,6 +117,8 @@ def parsed_peerings(facts: Facts) -> tuple[dict[str, PeeringSpec], dict[str, str
     specs: dict[str, PeeringSpec] = {}
     invalid: dict[str, str] = {}
     for peering in facts.peerings:
+        if not peering.spec:
+            continue  # known from the operator's lists only
         try:
             specs[peering.ref] = parse_peering(peering.namespace, peering.name, peering.spec)
         except InvalidPeering as exc:
@@ -125,10 +127,18 @@ def parsed_peerings(facts: Facts) -> tuple[dict[str, PeeringSpec], dict[str, str
 
 
 def roles_of(pod: PodFacts, specs: Mapping[str, PeeringSpec], facts: Facts) -> Roles:
-    """The same rules as the operator's MeshIndex (selector in the own namespace; peers by namespace)."""
+    """The operator's lists where the facts have them, else the MeshIndex's rules over the specs
+    (selector in the own namespace; peers in the own namespace or those namespaceSelector picks)."""
     member, peer = set(), set()
     namespace_labels = facts.namespace_labels(pod.namespace)
-    for ref, spec in specs.items():
+    for peering in facts.peerings:
+        ref, spec = peering.ref, specs.get(peering.ref)
+        if peering.members is not None:
+            member.update([ref] if pod.ref in peering.members else [])
+            peer.update([ref] if pod.ref in (peering.peers or ()) else [])
+            continue
+        if spec is None:
+            continue
         if spec.namespace == pod.namespace and spec.selector.matches(pod.labels):
             member.add(ref)
         for peers in spec.pod_peers:
@@ -297,7 +307,15 @@ class _Explainer:
         policy = peer_map.policy_for(b.ips[0]) if peer_map is not None else None
         if policy is not None:
             return policy.enforcement
-        return specs[peerings[0]].enforcement.value  # the sidecar's tie-break: map order, by name
+        return self._setting(peerings[0], specs, "enforcement")  # the sidecar's tie-break: map order, by name
+
+    def _setting(self, ref: str, specs: Mapping[str, PeeringSpec], name: str) -> str:
+        """`auth` or `enforcement` of a peering: from its spec, else as the operator reported it."""
+        spec = specs.get(ref)
+        if spec is not None:
+            return (spec.auth if name == "auth" else spec.enforcement).value
+        reported = getattr(next(p for p in self.facts.peerings if p.ref == ref), name)
+        return reported or ("certificate" if name == "auth" else "require")
 
     def _unusable(self, peerings: tuple[str, ...]) -> tuple[str, str] | None:
         """A peering that selects the pair but cannot give them keys yet."""
@@ -315,12 +333,12 @@ class _Explainer:
     def _one_sided(self, a: PodFacts, b: PodFacts) -> tuple[str, str, tuple[str, ...]] | None:
         maps = self.facts.peer_maps
         if maps is None:
-            return None
+            return self._stale_map(a) or self._stale_map(b)
         map_a, map_b = maps.get(a.key), maps.get(b.key)
         lists_b = map_a is not None and map_a.policy_for(b.ips[0]) is not None
         lists_a = map_b is not None and map_b.policy_for(a.ips[0]) is not None
         if lists_a and lists_b:
-            return self._stale_map(a, map_a) or self._stale_map(b, map_b)
+            return self._stale_map(a) or self._stale_map(b)
         if not lists_a and not lists_b:
             summary = f"the operator gives neither {a.ref} nor {b.ref} a policy for the other"
         else:
@@ -333,11 +351,12 @@ class _Explainer:
                         for pod, m in ((a, map_a), (b, map_b)) if m is not None)
         return summary, action, details
 
-    @staticmethod
-    def _stale_map(pod: PodFacts, peer_map: Any) -> tuple[str, str, tuple[str, ...]] | None:
+    def _stale_map(self, pod: PodFacts) -> tuple[str, str, tuple[str, ...]] | None:
+        peer_map = (self.facts.peer_maps or {}).get(pod.key)
+        current = peer_map.version if peer_map is not None else self.facts.map_versions.get(pod.key)
         applied = (pod.status or {}).get("peer_map_version")
-        if isinstance(applied, int) and applied < peer_map.version:
-            return (f"{pod.ref}'s sidecar runs peer map v{applied}; the operator has v{peer_map.version} for it",
+        if isinstance(applied, int) and current is not None and applied < current:
+            return (f"{pod.ref}'s sidecar runs peer map v{applied}; the operator has v{current} for it",
                     f"wait for the sidecar to fetch it, else kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh",
                     ())
         return None
@@ -362,18 +381,17 @@ class _Explainer:
         reason = FAILURE_REASONS.get(str(record.get("reason")), Reason.NEGOTIATION_FAILED)
         details = tuple(f"{who}: {r.get('reason')} x{r.get('count', 1)}: {r.get('message', '')}"
                         for who, r in failures)
-        spec = specs[peerings[0]]
         if reason is Reason.AUTH_FAILED:
             action = ("psk: both sides must hold the same key (the peering's <name>-psk Secret; a remote's "
                       "pskSecretRef); certificate: the peer's identity must match and its CA be in the trust "
                       "bundle (after a CA rotation, check both sidecars have the new bundle)"
-                      if spec.auth.value == "psk" else
+                      if self._setting(peerings[0], specs, "auth") == "psk" else
                       "certificate: the peer's identity must match and its CA be in the trust bundle (after a CA "
                       "rotation, check both sidecars fetched the new bundle); restarting a sidecar renews its "
                       "certificate")
         elif reason is Reason.NO_PROPOSAL_CHOSEN:
             proposals = sorted({f"{ref}: ike {list(specs[ref].ike_proposals)} esp {list(specs[ref].esp_proposals)}"
-                                for ref in peerings})
+                                for ref in peerings if ref in specs})
             details += tuple(proposals)
             action = "make spec.proposals of the peerings on both sides share at least one IKE and one ESP proposal"
         elif reason is Reason.TIMEOUT:
@@ -417,6 +435,8 @@ class PeeringOverview:
     ready: str
     conditions: tuple[tuple[str, str, str, str], ...]
     invalid: str = ""
+    #: Errors the members' sidecars reported (standalone operator's health).
+    errors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -449,5 +469,6 @@ def overview(facts: Facts) -> list[PeeringOverview]:
             established_sas=int(peering.status.get("establishedSAs") or 0),
             ready=str(ready.get("status")) if ready else "Unknown",
             conditions=conditions, invalid=invalid.get(ref, ""),
+            errors=tuple(str(e) for e in peering.status.get("sidecarErrors") or ()),
         ))
     return out

@@ -78,6 +78,13 @@ class PeeringFacts:
     name: str
     spec: Mapping[str, Any]
     status: Mapping[str, Any] = field(default_factory=dict)
+    #: The operator's own lists ("ns/pod") where the source has them (standalone admin API);
+    #: None: work them out from the spec's selectors.
+    members: tuple[str, ...] | None = None
+    peers: tuple[str, ...] | None = None
+    #: Settings as the operator reports them, where there is no spec to read them from.
+    auth: str | None = None
+    enforcement: str | None = None
 
     @property
     def ref(self) -> str:
@@ -156,8 +163,10 @@ class Facts:
     peerings: tuple[PeeringFacts, ...] = ()
     #: Labels per namespace; a namespace missing here counts as labelled with its name only.
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    #: The operator's peer map per pod, where the source can see them (standalone admin API).
+    #: The operator's peer map per pod, where the source can see them.
     peer_maps: Mapping[PodKey, PeerMapView] | None = None
+    #: The operator's current peer-map version per pod, where the source can see them.
+    map_versions: Mapping[PodKey, int] = field(default_factory=dict)
     #: Unix time the facts were collected.
     collected_at: float = 0.0
 

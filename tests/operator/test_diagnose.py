@@ -41,8 +41,9 @@ def facts(statuses=None, *, spec=WEB_DB, peering_status=READY_STATUS, pods=None,
     pods = pods or [PodFacts.from_pod(pod_body("web-0", scenarios.A_IP, "web"), a_status),
                     PodFacts.from_pod(pod_body("db-0", scenarios.B_IP, "db"), b_status)]
     peerings = (PeeringFacts("prod", "web-db", spec, peering_status),) if spec is not None else ()
-    return Facts({p.key: p for p in pods}, peerings, namespaces or {"prod": {"ipsec-mesh.io/inject": "enabled"}},
-                 peer_maps, collected_at)
+    return Facts({p.key: p for p in pods}, peerings,
+                 namespaces=namespaces or {"prod": {"ipsec-mesh.io/inject": "enabled"}}, peer_maps=peer_maps,
+                 collected_at=collected_at)
 
 
 def operator_peer_maps(*specs):
@@ -243,3 +244,16 @@ def test_overview_lists_members_peers_and_uninjected_pods(statuses):
     assert entry.ref == "prod/web-db" and entry.members == ("prod/web-0",) and entry.peers == ("prod/db-0",)
     assert entry.not_injected == ("prod/db-1",) and entry.ready == "True" and entry.established_sas == 1
     assert entry.to_dict()["conditions"][0]["type"] == "Ready"
+
+
+def test_operator_lists_and_settings_stand_in_for_a_spec(statuses):
+    """The standalone admin API gives members/peers/auth/enforcement and map versions, not specs."""
+    listed = PeeringFacts("prod", "web-db", {}, {"establishedSAs": 0}, members=("prod/web-0",),
+                          peers=("prod/db-0",), auth="psk", enforcement="prefer")
+    base = facts(statuses["auth_failed"])
+    verdict = explain(dataclasses.replace(base, peerings=(listed,)), A, B)
+    assert verdict.reason is Reason.AUTH_FAILED and verdict.enforcement == "prefer" and "-psk Secret" in verdict.action
+    unlisted = dataclasses.replace(listed, peers=())
+    assert explain(dataclasses.replace(base, peerings=(unlisted,)), A, B).reason is Reason.NO_PEERING
+    behind = dataclasses.replace(base, peerings=(listed,), map_versions={B: 9})
+    assert "runs peer map v3; the operator has v9" in explain(behind, A, B).summary
