@@ -13,8 +13,11 @@ errors, 3 when the facts cannot be collected.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+#: Commands that parse their own arguments: the module (in this package) whose main() runs them.
+DELEGATED = {"demo": "demo"}
 EXIT_ENCRYPTED, EXIT_NOT_ENCRYPTED, EXIT_USAGE, EXIT_NO_FACTS = 0, 1, 2, 3
 
 
@@ -56,10 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else EXIT_USAGE
-    if argv[0] == "demo":
-        from .demo import main as demo_main
-
-        return demo_main(argv[1:])
+    if argv[0] in DELEGATED:
+        return importlib.import_module(f".{DELEGATED[argv[0]]}", __package__).main(argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:

@@ -150,3 +150,65 @@ def test_standalone_overview_feeds_the_diagnosis(established):
     assert explain(facts, a, b).encrypted and sorted(asked) == [scenarios.A_IP, scenarios.B_IP]
     overview["peerings"][0]["peers"] = []
     assert explain(facts_from_overview(overview, {a, b}, None, False, read_status), a, b).reason is Reason.NO_PEERING
+
+
+async def test_standalone_source_over_https_with_the_admin_token(tmp_path, established):
+    """The admin overview over real HTTPS (mesh-CA certificate, bearer token) and real sidecar status servers."""
+    import os
+    import time
+
+    from aiohttp import web
+
+    from ipsec_mesh.agent.status_server import StatusServer
+    from ipsec_mesh_operator.ca import CertificateAuthority
+    from ipsec_mesh_operator.sources import SourceError, StandaloneSource
+    from ipsec_mesh_operator.tls import ServingCertificate
+
+    now = time.time()
+    ca = CertificateAuthority.create(now, 86400, 3 * 86400)
+    tls = ServingCertificate(("127.0.0.1",))
+    tls.refresh(ca, now)
+    net = f"127.77.{os.getpid() % 200}"
+    ips = (f"{net}.1", f"{net}.2")
+    overview = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7}
+                         for name, ip in zip(("web-0", "db-0"), ips)],
+                "peerings": [{"namespace": "prod", "name": "web-db", "auth": "certificate", "enforcement": "require",
+                              "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}]}
+
+    async def handle(request):
+        if request.headers.get("Authorization") != "Bearer admin-secret":
+            return web.json_response({"error": "no"}, status=401)
+        return web.json_response(overview)
+
+    app = web.Application()
+    app.router.add_get("/v1/admin/overview", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    sidecars = []
+    for ip, remote in zip(ips, reversed(ips)):
+        agent = scenarios.make_agent(ip, remote)
+        agent.ready = True  # its status as served once started; no IKE needed here
+        server = StatusServer(agent, ip, 15021)
+        await server.start()
+        sidecars.append(server)
+    try:
+        (tmp_path / "api-url").write_text(f"https://127.0.0.1:{port}\n")
+        (tmp_path / "admin-token").write_text("admin-secret\n")
+        (tmp_path / "ca-bundle.pem").write_text("".join(ca.trust_bundle(now)))
+        source = StandaloneSource(tmp_path)
+        facts = await asyncio.to_thread(source.facts, [("prod", "web-0"), ("prod", "db-0")])
+        assert facts.map_versions == {("prod", "web-0"): 7, ("prod", "db-0"): 7}
+        assert facts.pods[("prod", "db-0")].status["addresses"] == [ips[1]]
+        verdict = explain(facts, ("prod", "web-0"), ("prod", "db-0"))
+        # The sidecars run map v3 where the operator has v7: the most specific reason.
+        assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3; the operator has v7" in verdict.summary
+        (tmp_path / "admin-token").write_text("wrong\n")
+        with pytest.raises(SourceError, match="answered 401"):
+            await asyncio.to_thread(StandaloneSource(tmp_path).overview)
+    finally:
+        for server in sidecars:
+            await server.stop()
+        await runner.cleanup()
