@@ -352,13 +352,17 @@ class _Explainer:
         return summary, action, details
 
     def _stale_map(self, pod: PodFacts) -> tuple[str, str, tuple[str, ...]] | None:
+        logs = f"kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh"
+        refused = ((pod.status or {}).get("mesh") or {}).get("refused")  # mesh mode: a map it could not use
+        if isinstance(refused, Mapping):
+            return (f"{pod.ref}'s sidecar refused peer map v{refused.get('version')}: {refused.get('error')}",
+                    f"fix what the error names (usually the peering's spec or keys); {logs}", ())
         peer_map = (self.facts.peer_maps or {}).get(pod.key)
         current = peer_map.version if peer_map is not None else self.facts.map_versions.get(pod.key)
         applied = (pod.status or {}).get("peer_map_version")
         if isinstance(applied, int) and current is not None and applied < current:
             return (f"{pod.ref}'s sidecar runs peer map v{applied}; the operator has v{current} for it",
-                    f"wait for the sidecar to fetch it, else kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh",
-                    ())
+                    f"wait for the sidecar to fetch it, else {logs}", ())
         return None
 
     def _encrypted(self, a: PodFacts, b: PodFacts, sas: list[SaInfo], common: dict[str, Any]) -> Verdict:

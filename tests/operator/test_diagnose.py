@@ -178,6 +178,13 @@ def test_sidecar_behind_the_operator_map_is_one_sided(statuses):
     assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3" in verdict.summary
 
 
+def test_sidecar_that_refused_its_peer_map_says_why(statuses):
+    a_status, b_status = statuses["idle"]
+    refused = dict(b_status, mesh={"applied_version": 3, "refused": {"version": 4, "error": "peering prod/x: bad"}})
+    verdict = explain(facts((a_status, refused)), A, B)
+    assert verdict.reason is Reason.ONE_SIDED and "refused peer map v4: peering prod/x: bad" in verdict.summary
+
+
 def test_auth_failure(statuses):
     verdict = explain(facts(statuses["auth_failed"]), A, B)
     assert verdict.reason is Reason.AUTH_FAILED and verdict.traffic is Traffic.BLOCKED
