@@ -149,9 +149,22 @@ def roles_of(pod: PodFacts, specs: Mapping[str, PeeringSpec], facts: Facts) -> R
     return Roles(frozenset(member), frozenset(peer))
 
 
-def pair_peerings(a: Roles, b: Roles) -> tuple[str, ...]:
-    """Peerings that give a and b a policy for each other (one a member, the other a peer)."""
-    return tuple(sorted((a.member_of & b.peer_of) | (b.member_of & a.peer_of)))
+def listing_peerings(x: PodFacts, x_roles: Roles, y_roles: Roles) -> frozenset[str]:
+    """Peerings through which x's peer map lists y, under the consent rule: a peering gives
+    its members a policy for its peer pods anywhere, but gives a peer pod a policy for the
+    members only in the peering's own namespace (other namespaces consent with a peering of
+    their own that selects their pod and lists the member)."""
+    as_member = x_roles.member_of & y_roles.peer_of
+    as_peer = {ref for ref in x_roles.peer_of & y_roles.member_of if ref.split("/", 1)[0] == x.namespace}
+    return frozenset(as_member | as_peer)
+
+
+def strictness(spec: PeeringSpec | None, ref: str) -> tuple:
+    """The operator's precedence when several peerings cover a pair: require, certificate,
+    TFC padding first, then namespace/name (the first governs at both ends)."""
+    if spec is None:
+        return (1, 1, 1, ref)
+    return (spec.enforcement.value != "require", spec.auth.value != "certificate", not spec.tfc_padding, ref)
 
 
 # ---- what the sidecars report ------------------------------------------------------
@@ -261,14 +274,27 @@ class _Explainer:
     def _with_sidecars(self, a: PodFacts, b: PodFacts) -> Verdict:
         specs, invalid = parsed_peerings(self.facts)
         roles_a, roles_b = roles_of(a, specs, self.facts), roles_of(b, specs, self.facts)
-        peerings = pair_peerings(roles_a, roles_b)
-        if not peerings:
+        a_lists_b, b_lists_a = listing_peerings(a, roles_a, roles_b), listing_peerings(b, roles_b, roles_a)
+        if not a_lists_b and not b_lists_a:
             details = (f"{a.ref}: {_describe_roles(roles_a)}", f"{b.ref}: {_describe_roles(roles_b)}")
             details += tuple(f"{ref} is invalid and ignored: {problem}" for ref, problem in sorted(invalid.items()))
             return self.verdict(
                 Reason.NO_PEERING, f"no IPsecPeering selects {a.ref} and {b.ref} as each other's peers",
                 f"create an IPsecPeering in {a.namespace} whose selector picks {a.ref} and whose peers pick "
                 f"{b.ref} (docs/ipsecpeering.md)", Traffic.PLAINTEXT, details=details)
+        peerings = tuple(sorted(a_lists_b | b_lists_a, key=lambda ref: strictness(specs.get(ref), ref)))
+        if not a_lists_b or not b_lists_a:
+            has, lacks = (a, b) if a_lists_b else (b, a)
+            return self.verdict(
+                Reason.ONE_SIDED,
+                f"one-sided: {', '.join(peerings)} gives {has.ref} a policy for {lacks.ref}, but nothing in namespace "
+                f"{lacks.namespace} consents: {lacks.ref} has no policy for {has.ref} and refuses its IKE requests",
+                f"in namespace {lacks.namespace}, create an IPsecPeering whose selector picks {lacks.ref} and whose "
+                f"peers pick {has.ref} (with a namespaceSelector for {has.namespace}); the peering's status says "
+                "AwaitingConsent until then", Traffic.BLOCKED if self._setting(peerings[0], specs, "enforcement")
+                == "require" else Traffic.PLAINTEXT,
+                details=(f"{a.ref}: {_describe_roles(roles_a)}", f"{b.ref}: {_describe_roles(roles_b)}"),
+                peerings=peerings, enforcement=self._setting(peerings[0], specs, "enforcement"))
         enforcement = self._enforcement(a, b, peerings, specs)
         blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
         common = {"enforcement": enforcement, "peerings": peerings}

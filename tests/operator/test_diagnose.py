@@ -135,19 +135,41 @@ def test_invalid_peering_is_reported_as_ignored(statuses):
     assert any("invalid and ignored" in d and "aes128cbc" in d for d in verdict.details)
 
 
-def test_namespace_selector_peers_count_across_namespaces(statuses):
+def test_cross_namespace_pairs_need_the_other_namespace_s_consent(statuses):
     a_status, b_status = statuses["established"]
     spec = {"selector": {"matchLabels": {"app": "web"}},
             "peers": [{"podSelector": {"matchLabels": {"app": "db"}},
                        "namespaceSelector": {"matchLabels": {"team": "data"}}}]}
+    consent = {"selector": {"matchLabels": {"app": "db"}},
+               "peers": [{"podSelector": {"matchLabels": {"app": "web"}},
+                          "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prod"}}}]}
     db = pod_body("db-0", scenarios.B_IP, "db")
     db["metadata"]["namespace"] = "data"
     pods = [PodFacts.from_pod(pod_body("web-0", scenarios.A_IP, "web"), a_status), PodFacts.from_pod(db, b_status)]
-    labelled = {"prod": {"ipsec-mesh.io/inject": "enabled"}, "data": {"ipsec-mesh.io/inject": "enabled", "team": "data"}}
-    assert explain(facts(spec=spec, pods=pods, namespaces=labelled), A, ("data", "db-0")).encrypted
-    labelled["data"] = {"ipsec-mesh.io/inject": "enabled"}
-    verdict = explain(facts(spec=spec, pods=pods, namespaces=labelled), A, ("data", "db-0"))
-    assert verdict.reason is Reason.NO_PEERING
+    labelled = {"prod": {"ipsec-mesh.io/inject": "enabled", "kubernetes.io/metadata.name": "prod"},
+                "data": {"ipsec-mesh.io/inject": "enabled", "team": "data"}}
+    one_side = facts(spec=spec, pods=pods, namespaces=labelled)
+    verdict = explain(one_side, A, ("data", "db-0"))
+    assert verdict.reason is Reason.ONE_SIDED and "nothing in namespace data consents" in verdict.summary
+    assert "in namespace data, create an IPsecPeering" in verdict.action and verdict.traffic is Traffic.BLOCKED
+    both = dataclasses.replace(one_side, peerings=one_side.peerings + (PeeringFacts("data", "db-web", consent),))
+    verdict = explain(both, A, ("data", "db-0"))
+    assert verdict.encrypted and verdict.peerings == ("data/db-web", "prod/web-db")  # equal strictness: by name
+    # The prod side stops selecting data: now data's peering is the one-sided one.
+    relabelled = dataclasses.replace(both, namespaces={**labelled, "data": {"ipsec-mesh.io/inject": "enabled"}})
+    verdict = explain(relabelled, ("data", "db-0"), A)
+    assert verdict.reason is Reason.ONE_SIDED and "nothing in namespace prod consents" in verdict.summary
+
+
+def test_the_strictest_covering_peering_governs_enforcement(statuses):
+    prefer = dict(WEB_DB, enforcement="prefer")
+    require = dict(WEB_DB, authentication={"type": "certificate"})
+    base = facts(statuses["idle"])
+    both = dataclasses.replace(base, peerings=(PeeringFacts("prod", "a-prefer", prefer),
+                                               PeeringFacts("prod", "z-require", require)))
+    verdict = explain(both, A, B)
+    assert verdict.enforcement == "require" and verdict.peerings == ("prod/z-require", "prod/a-prefer")
+    assert verdict.reason is Reason.NO_SA_YET
 
 
 def test_psk_peering_without_keys_is_not_ready(statuses):
