@@ -64,3 +64,29 @@ def test_the_reference_lists_every_spec_field_of_the_crd():
     assert missing == []
     status = crd.openapi_schema()["properties"]["status"]["properties"]
     assert [name for name in status if f"`{name}`" not in text and f"`{name}[]`" not in text] == []
+
+
+def test_install_guide_lists_every_chart_value_with_its_default():
+    values = yaml.safe_load((DOCS.parent / "charts" / "ipsec-mesh" / "values.yaml").read_text())
+    rows = {}
+    for line in (DOCS / "install.md").read_text().splitlines():
+        match = re.match(r"^\| `([A-Za-z.]+)` \| (.*?) \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+
+    def leaves(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value and key != "resources":
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    problems = []
+    for path, default in leaves(values):
+        if path not in rows:
+            problems.append(f"{path}: not documented")
+        elif isinstance(default, (bool, int, str)) and not isinstance(default, dict):
+            shown = {True: "true", False: "false"}.get(default, default) if isinstance(default, bool) else default
+            if f"`{shown}`" not in rows[path] and not (default == "" and '`""`' in rows[path]):
+                problems.append(f"{path}: default {default!r} not shown as `{shown}`")
+    assert problems == []
