@@ -117,7 +117,8 @@ class ClusterSource:
             return None, f"pod proxy: {exc}"
 
     def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False) -> Facts:
-        """Facts about the given pods (with their sidecars' status), or all pods (without)."""
+        """The given pods with their sidecars' status; with `all_pods` also every other pod (without);
+        the peerings of `namespace` (every namespace if None)."""
         bodies: dict[PodKey, dict[str, Any] | None] = {key: self.pod(key) for key in pods}
         found = {}
         for key, body in bodies.items():
@@ -127,8 +128,8 @@ class ClusterSource:
             if facts.has_sidecar:  # only a sidecar has a status endpoint to ask
                 facts = PodFacts.from_pod(body, *self.sidecar_status(body))
             found[key] = facts
-        if all_pods:
-            for body in self.pods(namespace):
+        if all_pods:  # every namespace: peers of a namespace's peerings may live anywhere
+            for body in self.pods():
                 facts = PodFacts.from_pod(body)
                 found.setdefault(facts.key, facts)
         namespaces = {key[0] for key in found} | {key[0] for key in bodies}
@@ -187,7 +188,7 @@ def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: 
     versions = {}
     for entry in doc.get("pods") or []:
         key = (str(entry.get("namespace", "")), str(entry.get("name", "")))
-        if key not in wanted and not (all_pods and namespace in (None, key[0])):
+        if key not in wanted and not all_pods:
             continue
         ips = tuple(str(ip) for ip in entry.get("ips") or [])
         status, error = read_status(ips) if key in wanted else (None, "not asked")
