@@ -7,7 +7,6 @@ documents as the status endpoint would serve them (through JSON).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -17,6 +16,7 @@ from ipsec_mesh.agent.config import parse_agent_config
 from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
+from tests.agent.test_agent_loopback import wait_for
 
 A_IP, B_IP, NOBODY_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 PORT = 30000 + os.getpid() % 10000
@@ -54,21 +54,13 @@ def served(agent: Agent) -> dict:
     return json.loads(json.dumps(agent.status()))
 
 
-async def _until(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("scenario did not reach its state in time")
-        await asyncio.sleep(0.02)
-
-
 async def _pair(a_options: dict, b_options: dict, reached) -> tuple[dict, dict]:
     a = make_agent(A_IP, a_options.pop("remote", B_IP), **a_options)
     b = make_agent(B_IP, b_options.pop("remote", A_IP), **b_options)
     await b.start()
     await a.start()
     try:
-        await _until(lambda: reached(a, b))
+        await wait_for(lambda: reached(a, b))
         return served(a), served(b)
     finally:
         await a.stop()
