@@ -88,7 +88,7 @@ def _explain(source, args: argparse.Namespace) -> int:
 
 def _peerings(source, args: argparse.Namespace) -> int:
     from . import render
-    from .diagnose import overview
+    from .overview import overview
 
     entries = overview(source.facts([], args.namespace, all_pods=True))
     print(render.overview_json(entries) if args.json else render.overview_text(entries))

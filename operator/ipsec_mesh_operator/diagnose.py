@@ -15,7 +15,8 @@ from typing import Any
 
 from .config import INJECT_LABEL
 from .facts import Facts, PeeringFacts, PodFacts, PodKey
-from .peering import InvalidPeering, PeeringSpec, parse_peering
+from .pairing import describe_roles, listing_peerings, parsed_peerings, roles_of, strictness
+from .peering import PeeringSpec
 
 INJECT_ENABLED = "enabled"
 #: CHILD_SA states in which packets are protected both ways.
@@ -45,6 +46,16 @@ FAILURE_REASONS = {
     "authentication_failed": Reason.AUTH_FAILED,
     "no_proposal_chosen": Reason.NO_PROPOSAL_CHOSEN,
     "timeout": Reason.TIMEOUT,
+}
+
+
+AUTH_ACTIONS = {
+    "psk": ("both sides must hold the same key: in the cluster the operator hands it out with the peer map, so a "
+            "sidecar still on an old map after a rotation fails (compare the sidecars' peer_map_version); with a "
+            "remote cluster, the Secrets named by pskSecretRef on both sides must hold the same bytes"),
+    "certificate": ("the peer's certificate must name an identity the other side expects and chain to a CA in its "
+                    "trust bundle: after a CA rotation, check both sidecars have the new bundle (peer_map_version); "
+                    "for a remote cluster, that its trust bundle copy and identities are current"),
 }
 
 
@@ -97,76 +108,6 @@ class Verdict:
         return out
 
 
-# ---- which peerings pick which pods ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Roles:
-    """How the peerings see one pod: as a member (selector) and/or as a peer (podSelector)."""
-
-    member_of: frozenset[str]
-    peer_of: frozenset[str]
-
-    @property
-    def all(self) -> frozenset[str]:
-        return self.member_of | self.peer_of
-
-
-def parsed_peerings(facts: Facts) -> tuple[dict[str, PeeringSpec], dict[str, str]]:
-    """Every peering's parsed spec by `ns/name`, and the problems of those that do not parse."""
-    specs: dict[str, PeeringSpec] = {}
-    invalid: dict[str, str] = {}
-    for peering in facts.peerings:
-        if not peering.spec:
-            continue  # known from the operator's lists only
-        try:
-            specs[peering.ref] = parse_peering(peering.namespace, peering.name, peering.spec)
-        except InvalidPeering as exc:
-            invalid[peering.ref] = str(exc)
-    return specs, invalid
-
-
-def roles_of(pod: PodFacts, specs: Mapping[str, PeeringSpec], facts: Facts) -> Roles:
-    """The operator's lists where the facts have them, else the MeshIndex's rules over the specs
-    (selector in the own namespace; peers in the own namespace or those namespaceSelector picks)."""
-    member, peer = set(), set()
-    namespace_labels = facts.namespace_labels(pod.namespace)
-    for peering in facts.peerings:
-        ref, spec = peering.ref, specs.get(peering.ref)
-        if peering.members is not None:
-            member.update([ref] if pod.ref in peering.members else [])
-            peer.update([ref] if pod.ref in (peering.peers or ()) else [])
-            continue
-        if spec is None:
-            continue
-        if spec.namespace == pod.namespace and spec.selector.matches(pod.labels):
-            member.add(ref)
-        for peers in spec.pod_peers:
-            in_namespace = (pod.namespace == spec.namespace if peers.namespaces is None
-                            else peers.namespaces.matches(namespace_labels))
-            if in_namespace and peers.pods.matches(pod.labels):
-                peer.add(ref)
-    return Roles(frozenset(member), frozenset(peer))
-
-
-def listing_peerings(x: PodFacts, x_roles: Roles, y_roles: Roles) -> frozenset[str]:
-    """Peerings through which x's peer map lists y, under the consent rule: a peering gives
-    its members a policy for its peer pods anywhere, but gives a peer pod a policy for the
-    members only in the peering's own namespace (other namespaces consent with a peering of
-    their own that selects their pod and lists the member)."""
-    as_member = x_roles.member_of & y_roles.peer_of
-    as_peer = {ref for ref in x_roles.peer_of & y_roles.member_of if ref.split("/", 1)[0] == x.namespace}
-    return frozenset(as_member | as_peer)
-
-
-def strictness(spec: PeeringSpec | None, ref: str) -> tuple:
-    """The operator's precedence when several peerings cover a pair: require, certificate,
-    TFC padding first, then namespace/name (the first governs at both ends)."""
-    if spec is None:
-        return (1, 1, 1, ref)
-    return (spec.enforcement.value != "require", spec.auth.value != "certificate", not spec.tfc_padding, ref)
-
-
 # ---- what the sidecars report ------------------------------------------------------
 
 
@@ -211,7 +152,9 @@ def _status_problem(pod: PodFacts) -> str | None:
     if pod.status is None:
         return f"the status of {pod.ref}'s sidecar could not be read: {pod.status_error or 'no answer'}"
     if not pod.status.get("ready"):
-        return f"{pod.ref}'s sidecar reports ready=false (its data plane is not in place yet)"
+        phase = pod.status.get("phase")  # mesh mode, before its first peer map and certificate
+        why = f"phase {phase}" if phase else "its data plane is not in place yet"
+        return f"{pod.ref}'s sidecar reports ready=false ({why})"
     return None
 
 
@@ -276,7 +219,7 @@ class _Explainer:
         roles_a, roles_b = roles_of(a, specs, self.facts), roles_of(b, specs, self.facts)
         a_lists_b, b_lists_a = listing_peerings(a, roles_a, roles_b), listing_peerings(b, roles_b, roles_a)
         if not a_lists_b and not b_lists_a:
-            details = (f"{a.ref}: {_describe_roles(roles_a)}", f"{b.ref}: {_describe_roles(roles_b)}")
+            details = (f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}")
             details += tuple(f"{ref} is invalid and ignored: {problem}" for ref, problem in sorted(invalid.items()))
             return self.verdict(
                 Reason.NO_PEERING, f"no IPsecPeering selects {a.ref} and {b.ref} as each other's peers",
@@ -293,7 +236,7 @@ class _Explainer:
                 f"peers pick {has.ref} (with a namespaceSelector for {has.namespace}); the peering's status says "
                 "AwaitingConsent until then", Traffic.BLOCKED if self._setting(peerings[0], specs, "enforcement")
                 == "require" else Traffic.PLAINTEXT,
-                details=(f"{a.ref}: {_describe_roles(roles_a)}", f"{b.ref}: {_describe_roles(roles_b)}"),
+                details=(f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}"),
                 peerings=peerings, enforcement=self._setting(peerings[0], specs, "enforcement"))
         enforcement = self._enforcement(a, b, peerings, specs)
         blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
@@ -412,22 +355,17 @@ class _Explainer:
         details = tuple(f"{who}: {r.get('reason')} x{r.get('count', 1)}: {r.get('message', '')}"
                         for who, r in failures)
         if reason is Reason.AUTH_FAILED:
-            action = ("psk: both sides must hold the same key (the peering's <name>-psk Secret; a remote's "
-                      "pskSecretRef); certificate: the peer's identity must match and its CA be in the trust "
-                      "bundle (after a CA rotation, check both sidecars have the new bundle)"
-                      if self._setting(peerings[0], specs, "auth") == "psk" else
-                      "certificate: the peer's identity must match and its CA be in the trust bundle (after a CA "
-                      "rotation, check both sidecars fetched the new bundle); restarting a sidecar renews its "
-                      "certificate")
+            action = AUTH_ACTIONS[self._setting(peerings[0], specs, "auth")]
         elif reason is Reason.NO_PROPOSAL_CHOSEN:
             proposals = sorted({f"{ref}: ike {list(specs[ref].ike_proposals)} esp {list(specs[ref].esp_proposals)}"
                                 for ref in peerings if ref in specs})
             details += tuple(proposals)
             action = "make spec.proposals of the peerings on both sides share at least one IKE and one ESP proposal"
         elif reason is Reason.TIMEOUT:
-            refused = (b.status or {}).get("counters", {}).get("refused_unknown_peer", 0)
+            silent = b if reporter == a.ref else a  # the side that did not answer
+            refused = (silent.status or {}).get("counters", {}).get("refused_unknown_peer", 0)
             if refused:
-                details += (f"{b.ref}'s sidecar refused {refused} IKE request(s) from peers not in its map",)
+                details += (f"{silent.ref}'s sidecar refused {refused} IKE request(s) from peers not in its map",)
             action = ("IKE (UDP 500 and 4500) does not get through between the pods: check NetworkPolicies and "
                       "that the other sidecar's peer map lists this pod")
         else:
@@ -436,69 +374,6 @@ class _Explainer:
         return self.verdict(reason, summary, action, traffic, details=details, **common)
 
 
-def _describe_roles(roles: Roles) -> str:
-    if not roles.all:
-        return "selected by no peering"
-    parts = []
-    if roles.member_of:
-        parts.append("member of " + ", ".join(sorted(roles.member_of)))
-    if roles.peer_of:
-        parts.append("peer in " + ", ".join(sorted(roles.peer_of)))
-    return "; ".join(parts)
-
-
 def explain(facts: Facts, a: PodKey, b: PodKey) -> Verdict:
     """Is traffic between pods a and b encrypted, and if not, why (the most specific reason)."""
     return _Explainer(facts, a, b).run()
-
-
-
-@dataclass(frozen=True)
-class PeeringOverview:
-    ref: str
-    members: tuple[str, ...]
-    peers: tuple[str, ...]
-    #: Pods the selectors match that have no sidecar (the operator ignores them).
-    not_injected: tuple[str, ...]
-    remotes: tuple[str, ...]
-    established_sas: int
-    ready: str
-    conditions: tuple[tuple[str, str, str, str], ...]
-    invalid: str = ""
-    #: Errors the members' sidecars reported (standalone operator's health).
-    errors: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["conditions"] = [dict(zip(("type", "status", "reason", "message"), c)) for c in self.conditions]
-        return out
-
-
-def overview(facts: Facts) -> list[PeeringOverview]:
-    """Every peering with the pods on each side (as the operator's index would pick them) and its status."""
-    specs, invalid = parsed_peerings(facts)
-    roles = {pod.key: roles_of(pod, specs, facts) for pod in facts.pods.values()}
-    out = []
-    for peering in sorted(facts.peerings, key=lambda p: (p.namespace, p.name)):
-        ref = peering.ref
-        injected = {key for key, pod in facts.pods.items() if pod.injected}
-
-        def picked(side: str, inject: bool) -> tuple[str, ...]:
-            return tuple(sorted("/".join(key) for key, r in roles.items()
-                                if ref in getattr(r, side) and (key in injected) == inject))
-
-        spec = specs.get(ref)
-        conditions = tuple(
-            (str(c.get("type", "")), str(c.get("status", "")), str(c.get("reason", "")), str(c.get("message", "")))
-            for c in peering.status.get("conditions") or [] if isinstance(c, Mapping))
-        ready = peering.condition("Ready")
-        out.append(PeeringOverview(
-            ref=ref, members=picked("member_of", True), peers=picked("peer_of", True),
-            not_injected=tuple(sorted(set(picked("member_of", False)) | set(picked("peer_of", False)))),
-            remotes=tuple(f"{r.name} ({', '.join(str(c) for c in r.cidrs)})" for r in spec.remotes) if spec else (),
-            established_sas=int(peering.status.get("establishedSAs") or 0),
-            ready=str(ready.get("status")) if ready else "Unknown",
-            conditions=conditions, invalid=invalid.get(ref, ""),
-            errors=tuple(str(e) for e in peering.status.get("sidecarErrors") or ()),
-        ))
-    return out

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 
-from .diagnose import PeeringOverview, Verdict
+from .diagnose import Verdict
+from .overview import PeeringOverview
 
 
 def _time(unix: float) -> str:

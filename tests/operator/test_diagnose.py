@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 import sidecar_statuses as scenarios
-from ipsec_mesh_operator.diagnose import Reason, Traffic, explain, overview
+from ipsec_mesh_operator.diagnose import Reason, Traffic, explain
+from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
 from ipsec_mesh_operator.peering import parse_peering
@@ -117,6 +118,8 @@ def test_sidecar_not_ready_or_unreachable(statuses):
     not_ready = dict(a_status, ready=False)
     verdict = explain(facts((not_ready, a_status)), A, B)
     assert verdict.reason is Reason.SIDECAR_NOT_READY and "ready=false" in verdict.summary
+    bootstrapping = {"ready": False, "phase": "bootstrapping"}  # the mesh-mode sidecar before its first map
+    assert "phase bootstrapping" in explain(facts((a_status, bootstrapping)), A, B).summary
 
 
 def test_no_peering_lists_what_selects_each_side(statuses):
@@ -211,7 +214,7 @@ def test_auth_failure(statuses):
     verdict = explain(facts(statuses["auth_failed"]), A, B)
     assert verdict.reason is Reason.AUTH_FAILED and verdict.traffic is Traffic.BLOCKED
     assert any("PSK AUTH does not match" in d for d in verdict.details)
-    assert "psk" in verdict.action and "-psk Secret" in verdict.action
+    assert "same key" in verdict.action and "peer_map_version" in verdict.action
 
 
 def test_no_proposal_chosen_shows_the_proposals(statuses):
@@ -221,10 +224,12 @@ def test_no_proposal_chosen_shows_the_proposals(statuses):
     assert "proposals" in verdict.action
 
 
-def test_timeout_mentions_refusals(statuses):
+def test_timeout_mentions_refusals_of_the_silent_side(statuses):
     verdict = explain(facts(statuses["timed_out"]), A, B)
     assert verdict.reason is Reason.TIMEOUT and "no response to IKE_SA_INIT" in verdict.summary
-    assert any("refused 1 IKE request" in d for d in verdict.details)
+    assert "prod/db-0's sidecar refused 1 IKE request(s)" in verdict.details[-1]
+    # The same, asked from the other end: still the silent side's counter.
+    assert "prod/db-0's sidecar refused" in explain(facts(statuses["timed_out"]), B, A).details[-1]
     assert "UDP 500 and 4500" in verdict.action
 
 
@@ -281,7 +286,7 @@ def test_operator_lists_and_settings_stand_in_for_a_spec(statuses):
                           peers=("prod/db-0",), auth="psk", enforcement="prefer")
     base = facts(statuses["auth_failed"])
     verdict = explain(dataclasses.replace(base, peerings=(listed,)), A, B)
-    assert verdict.reason is Reason.AUTH_FAILED and verdict.enforcement == "prefer" and "-psk Secret" in verdict.action
+    assert verdict.reason is Reason.AUTH_FAILED and verdict.enforcement == "prefer" and "same key" in verdict.action
     unlisted = dataclasses.replace(listed, peers=())
     assert explain(dataclasses.replace(base, peerings=(unlisted,)), A, B).reason is Reason.NO_PEERING
     behind = dataclasses.replace(base, peerings=(listed,), map_versions={B: 9})
