@@ -226,6 +226,9 @@ class _Explainer:
                 f"create an IPsecPeering in {a.namespace} whose selector picks {a.ref} and whose peers pick "
                 f"{b.ref} (docs/ipsecpeering.md)", Traffic.PLAINTEXT, details=details)
         peerings = tuple(sorted(a_lists_b | b_lists_a, key=lambda ref: strictness(specs.get(ref), ref)))
+        enforcement = self._enforcement(a, b, peerings, specs)
+        blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
+        common = {"enforcement": enforcement, "peerings": peerings}
         if not a_lists_b or not b_lists_a:
             has, lacks = (a, b) if a_lists_b else (b, a)
             return self.verdict(
@@ -234,13 +237,8 @@ class _Explainer:
                 f"{lacks.namespace} consents: {lacks.ref} has no policy for {has.ref} and refuses its IKE requests",
                 f"in namespace {lacks.namespace}, create an IPsecPeering whose selector picks {lacks.ref} and whose "
                 f"peers pick {has.ref} (with a namespaceSelector for {has.namespace}); the peering's status says "
-                "AwaitingConsent until then", Traffic.BLOCKED if self._setting(peerings[0], specs, "enforcement")
-                == "require" else Traffic.PLAINTEXT,
-                details=(f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}"),
-                peerings=peerings, enforcement=self._setting(peerings[0], specs, "enforcement"))
-        enforcement = self._enforcement(a, b, peerings, specs)
-        blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
-        common = {"enforcement": enforcement, "peerings": peerings}
+                "AwaitingConsent until then", blocked,
+                details=(f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}"), **common)
         unusable = self._unusable(peerings)
         if unusable is not None:
             return self.verdict(Reason.PEERING_NOT_READY, unusable[0], unusable[1], blocked, **common)
