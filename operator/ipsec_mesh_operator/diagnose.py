@@ -225,7 +225,8 @@ class _Explainer:
                 Reason.NO_PEERING, f"no IPsecPeering selects {a.ref} and {b.ref} as each other's peers",
                 f"create an IPsecPeering in {a.namespace} whose selector picks {a.ref} and whose peers pick "
                 f"{b.ref} (docs/ipsecpeering.md)", Traffic.PLAINTEXT, details=details)
-        peerings = tuple(sorted(a_lists_b | b_lists_a, key=lambda ref: strictness(specs.get(ref), ref)))
+        by_ref = {p.ref: p for p in self.facts.peerings}
+        peerings = tuple(sorted(a_lists_b | b_lists_a, key=lambda ref: strictness(by_ref[ref], specs.get(ref))))
         enforcement = self._enforcement(a, b, peerings, specs)
         blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
         common = {"enforcement": enforcement, "peerings": peerings}

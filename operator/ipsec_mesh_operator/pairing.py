@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .facts import Facts, PodFacts
+from .facts import Facts, PeeringFacts, PodFacts
 from .peering import InvalidPeering, PeeringSpec, parse_peering
 
 
@@ -74,12 +74,12 @@ def listing_peerings(x: PodFacts, x_roles: Roles, y_roles: Roles) -> frozenset[s
     return frozenset(as_member | as_peer)
 
 
-def strictness(spec: PeeringSpec | None, ref: str) -> tuple:
+def strictness(peering: PeeringFacts, spec: PeeringSpec | None) -> tuple:
     """The operator's precedence when several peerings cover a pair: require, certificate,
     TFC padding first, then namespace/name (the first governs at both ends)."""
-    if spec is None:
-        return (1, 1, 1, ref)
-    return (spec.enforcement.value != "require", spec.auth.value != "certificate", not spec.tfc_padding, ref)
+    if spec is None:  # as the standalone operator reports it (no TFC setting there)
+        return (peering.enforcement == "prefer", peering.auth == "psk", True, peering.ref)
+    return (spec.enforcement.value != "require", spec.auth.value != "certificate", not spec.tfc_padding, peering.ref)
 
 
 def describe_roles(roles: Roles) -> str:

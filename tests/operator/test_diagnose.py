@@ -289,5 +289,9 @@ def test_operator_lists_and_settings_stand_in_for_a_spec(statuses):
     assert verdict.reason is Reason.AUTH_FAILED and verdict.enforcement == "prefer" and "same key" in verdict.action
     unlisted = dataclasses.replace(listed, peers=())
     assert explain(dataclasses.replace(base, peerings=(unlisted,)), A, B).reason is Reason.NO_PEERING
+    # Two listed peerings: the reported settings decide which governs (require before prefer).
+    stricter = dataclasses.replace(listed, name="z-strict", enforcement="require")
+    verdict = explain(dataclasses.replace(base, peerings=(listed, stricter)), A, B)
+    assert verdict.peerings == ("prod/z-strict", "prod/web-db") and verdict.enforcement == "require"
     behind = dataclasses.replace(base, peerings=(listed,), map_versions={B: 9})
     assert "runs peer map v3; the operator has v9" in explain(behind, A, B).summary
