@@ -1,7 +1,7 @@
 """`ipsec-mesh`: the project's command line.
 
     ipsec-mesh demo [--config FILE] [--no-vm]          a small mesh on this machine (as root)
-    ipsec-mesh peerings [-n NS | -A] [--json]          peerings: members, peers, SAs, conditions
+    ipsec-mesh peerings [-n NS | -A] [--sas] [--json]  peerings: members, peers, SAs, conditions
     ipsec-mesh explain NS/POD NS/POD [--json]          is traffic between two pods encrypted? if not, why
 
 peerings and explain read the cluster of the current kubeconfig (--kubeconfig,
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     scope = peerings.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", help="only this namespace")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    peerings.add_argument("--sas", action="store_true", help="also ask the sidecars in scope for their SAs")
     explain = commands.add_parser("explain", parents=[common], help="why two pods' traffic is (not) encrypted")
     explain.add_argument("a", type=_pod_ref, metavar="NS/POD")
     explain.add_argument("b", type=_pod_ref, metavar="NS/POD")
@@ -90,7 +91,7 @@ def _peerings(source, args: argparse.Namespace) -> int:
     from . import render
     from .overview import overview
 
-    entries = overview(source.facts([], args.namespace, all_pods=True))
+    entries = overview(source.facts([], args.namespace, all_pods=True, statuses=args.sas))
     print(render.overview_json(entries) if args.json else render.overview_text(entries))
     return 0
 

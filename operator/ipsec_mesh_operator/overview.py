@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .facts import Facts
+from .diagnose import LIVE_CHILD_STATES
 from .pairing import parsed_peerings, roles_of
 
 
@@ -24,6 +25,8 @@ class PeeringOverview:
     invalid: str = ""
     #: Errors the members' sidecars reported (standalone operator's health).
     errors: tuple[str, ...] = ()
+    #: The members' CHILD_SAs of this peering, one line each, where their sidecars' status was read.
+    sas: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -57,5 +60,20 @@ def overview(facts: Facts) -> list[PeeringOverview]:
             ready=str(ready.get("status")) if ready else "Unknown",
             conditions=conditions, invalid=invalid.get(ref, ""),
             errors=tuple(str(e) for e in peering.status.get("sidecarErrors") or ()),
+            sas=tuple(line for member in picked("member_of", True) for line in _child_sas(facts, member, ref)),
         ))
     return out
+
+
+def _child_sas(facts: Facts, member: str, ref: str) -> list[str]:
+    """The member's live CHILD_SAs of peering `ref` (its policies are named `ref` or `ref/<remote>`)."""
+    pod = facts.pods.get(tuple(member.split("/", 1)))
+    lines = []
+    for ike_sa in ((pod.status or {}).get("ike_sas") or []) if pod is not None else []:
+        for child in ike_sa.get("children") or []:
+            name = str(child.get("name", ""))
+            if (name == ref or name.startswith(ref + "/")) and child.get("state") in LIVE_CHILD_STATES:
+                lines.append(f"{member} <-> {', '.join(child.get('remote_ts') or [])}: ESP {child.get('algorithm')} "
+                             f"in {child.get('inbound_spi')} out {child.get('outbound_spi')}, IKE "
+                             f"{ike_sa.get('algorithm')}")
+    return lines

@@ -52,6 +52,7 @@ def overview_text(entries: list[PeeringOverview]) -> str:
         for kind, status, reason, message in entry.conditions:
             lines.append(f"  {kind}={status} {reason}: {message}")
         lines += [f"  sidecar error: {error}" for error in entry.errors]
+        lines += [f"  SA {sa}" for sa in entry.sas]
     return "\n".join(lines)
 
 

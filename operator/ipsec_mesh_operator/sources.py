@@ -116,9 +116,10 @@ class ClusterSource:
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             return None, f"pod proxy: {exc}"
 
-    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False) -> Facts:
-        """The given pods with their sidecars' status; with `all_pods` also every other pod (without);
-        the peerings of `namespace` (every namespace if None)."""
+    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
+              statuses: bool = False) -> Facts:
+        """The given pods with their sidecars' status; with `all_pods` also every other pod (with
+        `statuses`, the status of those in `namespace` too); the peerings of `namespace` (all if None)."""
         bodies: dict[PodKey, dict[str, Any] | None] = {key: self.pod(key) for key in pods}
         found = {}
         for key, body in bodies.items():
@@ -131,7 +132,11 @@ class ClusterSource:
         if all_pods:  # every namespace: peers of a namespace's peerings may live anywhere
             for body in self.pods():
                 facts = PodFacts.from_pod(body)
-                found.setdefault(facts.key, facts)
+                if facts.key in found:
+                    continue
+                if statuses and facts.has_sidecar and namespace in (None, facts.namespace):
+                    facts = PodFacts.from_pod(body, *self.sidecar_status(body))
+                found[facts.key] = facts
         namespaces = {key[0] for key in found} | {key[0] for key in bodies}
         return Facts(found, tuple(self.peerings(namespace)), self.namespace_labels(namespaces),
                      collected_at=time.time())
@@ -177,13 +182,15 @@ class StandaloneSource:
                 error = f"http://{host}:{HEALTH_PORT}/status: {exc}"
         return None, error
 
-    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False) -> Facts:
-        return facts_from_overview(self.overview(), set(pods), namespace, all_pods, self.sidecar_status)
+    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
+              statuses: bool = False) -> Facts:
+        return facts_from_overview(self.overview(), set(pods), namespace, all_pods, self.sidecar_status, statuses)
 
 
 def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: str | None, all_pods: bool,
-                        read_status) -> Facts:
-    """Facts from the standalone operator's overview; only `wanted` pods' sidecars are asked."""
+                        read_status, statuses: bool = False) -> Facts:
+    """Facts from the standalone operator's overview; the sidecars of `wanted` pods are asked for
+    their status (with `statuses`, those of every pod in `namespace` too)."""
     pods = {}
     versions = {}
     for entry in doc.get("pods") or []:
@@ -191,7 +198,8 @@ def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: 
         if key not in wanted and not all_pods:
             continue
         ips = tuple(str(ip) for ip in entry.get("ips") or [])
-        status, error = read_status(ips) if key in wanted else (None, "not asked")
+        asked = key in wanted or (statuses and namespace in (None, key[0]))
+        status, error = read_status(ips) if asked else (None, "not asked")
         # Every pod the standalone operator knows runs a sidecar: it is listed because it has one.
         pods[key] = PodFacts(key[0], key[1], ips=ips, injected=True, has_sidecar=True, status=status,
                              status_error=error)
@@ -199,7 +207,7 @@ def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: 
             versions[key] = entry["peerMapVersion"]
     peerings = []
     for entry in doc.get("peerings") or []:
-        if namespace is not None and entry.get("namespace") != namespace and not wanted:
+        if namespace is not None and entry.get("namespace") != namespace:
             continue
         health = entry.get("health") or {}
         peerings.append(PeeringFacts(

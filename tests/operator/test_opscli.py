@@ -95,9 +95,18 @@ def test_peerings_lists_members_peers_and_conditions(kubeconfig, capsys):
     assert code == 0
     assert "prod/web-db" in out and "members: prod/web-0" in out and "peers:   prod/db-0, prod/db-1" in out
     assert "without sidecar (not in the mesh): prod/legacy-0" in out and "Ready=True Ready" in out
+    assert " SA " not in out  # the sidecars were not asked
     code, out, _ = run(capsys, "peerings", "-A", "--kubeconfig", kubeconfig, "--json")
     (entry,) = json.loads(out)
     assert code == 0 and entry["members"] == ["prod/web-0"] and entry["established_sas"] == 1
+
+
+def test_peerings_with_sas_asks_the_members_sidecars(kubeconfig, capsys, established):
+    code, out, _ = run(capsys, "peerings", "-n", "prod", "--sas", "--kubeconfig", kubeconfig)
+    child = established[0]["ike_sas"][0]["children"][0]
+    assert code == 0
+    assert (f"  SA prod/web-0 <-> {scenarios.B_IP}: ESP aes256gcm16-esn in {child['inbound_spi']} "
+            f"out {child['outbound_spi']}") in out
 
 
 @pytest.mark.parametrize("argv", [
