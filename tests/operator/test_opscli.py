@@ -8,6 +8,7 @@ import pytest
 import sidecar_statuses as scenarios
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.diagnose import Reason, explain
+from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.sources import facts_from_overview
 from kube_harness import running_kube
 
@@ -212,6 +213,8 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
         assert facts.map_versions == {("prod", "web-0"): 7, ("prod", "db-0"): 7}
         assert facts.pods[("prod", "db-0")].status["addresses"] == [ips[1]]
         verdict = explain(facts, ("prod", "web-0"), ("prod", "db-0"))
+        (entry,) = overview(facts)
+        assert (entry.ref, entry.members, entry.peers) == ("prod/web-db", ("prod/web-0",), ("prod/db-0",))
         # The sidecars run map v3 where the operator has v7: the most specific reason.
         assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3; the operator has v7" in verdict.summary
         (tmp_path / "admin-token").write_text("wrong\n")
