@@ -136,7 +136,7 @@ def test_unreachable_sources_exit_3(tmp_path, capsys):
 
 def test_standalone_overview_feeds_the_diagnosis(established):
     """A document shaped as the standalone operator's GET /v1/admin/overview."""
-    overview = {
+    document = {
         "trustDomain": "mesh.test", "ca": None,
         "pods": [
             {"namespace": "prod", "name": "web-0", "serviceAccount": "default", "identity": "x", "ips": [scenarios.A_IP],
@@ -156,10 +156,10 @@ def test_standalone_overview_feeds_the_diagnosis(established):
         return statuses[ips[0]], ""
 
     a, b = ("prod", "web-0"), ("prod", "db-0")
-    facts = facts_from_overview(overview, {a, b}, None, False, read_status)
+    facts = facts_from_overview(document, {a, b}, None, False, read_status)
     assert explain(facts, a, b).encrypted and sorted(asked) == [scenarios.A_IP, scenarios.B_IP]
-    overview["peerings"][0]["peers"] = []
-    assert explain(facts_from_overview(overview, {a, b}, None, False, read_status), a, b).reason is Reason.NO_PEERING
+    document["peerings"][0]["peers"] = []
+    assert explain(facts_from_overview(document, {a, b}, None, False, read_status), a, b).reason is Reason.NO_PEERING
 
 
 async def test_standalone_source_over_https_with_the_admin_token(tmp_path, established):
@@ -180,7 +180,7 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     tls.refresh(ca, now)
     net = f"127.77.{os.getpid() % 200}"
     ips = (f"{net}.1", f"{net}.2")
-    overview = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7}
+    document = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7}
                          for name, ip in zip(("web-0", "db-0"), ips)],
                 "peerings": [{"namespace": "prod", "name": "web-db", "auth": "certificate", "enforcement": "require",
                               "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}]}
@@ -188,7 +188,7 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     async def handle(request):
         if request.headers.get("Authorization") != "Bearer admin-secret":
             return web.json_response({"error": "no"}, status=401)
-        return web.json_response(overview)
+        return web.json_response(document)
 
     app = web.Application()
     app.router.add_get("/v1/admin/overview", handle)
