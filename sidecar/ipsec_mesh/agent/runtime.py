@@ -36,6 +36,10 @@ from .peers import PeerSet
 
 log = logging.getLogger("ipsec_mesh.agent")
 
+#: Peers whose last failed negotiation the status keeps (oldest forgotten first).
+MAX_FAILURE_RECORDS = 256
+MAX_FAILURE_MESSAGE = 200
+
 
 class _IkeSocket:
     """One non-blocking UDP socket, read straight from the event loop.
@@ -140,6 +144,8 @@ class Agent:
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
+        #: remote address -> its last failed negotiation since the last success (for `ipsec-mesh explain`).
+        self.last_failures: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     # -- inputs -----------------------------------------------------------------------
     def now(self) -> float:
@@ -209,17 +215,39 @@ class Agent:
                 self.dataplane.remove(event)
             elif isinstance(event, IkeSaEstablished):
                 (m.ike_rekeys if event.rekeyed_from else m.ike_established).inc()
+                self.last_failures.pop(event.remote_addr, None)
             elif isinstance(event, IkeSaClosed):
                 m.ike_closed.labels(event.reason).inc()
             elif isinstance(event, NegotiationFailed):
                 m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
                 log.warning("negotiation with %s failed: %s", event.remote_addr, event.reason)
+                self._record_failure(event.remote_addr, event.reason, event.notify)
             elif isinstance(event, ChildSaFailed):
                 m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
+                remote = self._remote_of(event.ike_sa)
+                if remote is not None:
+                    self._record_failure(remote, event.reason, event.notify)
         except Exception:
             # A data plane failure must not take the IKE side down; it is counted and logged.
             m.failures.labels("dataplane").inc()
             log.exception("data plane failed to apply %s", type(event).__name__)
+
+    def _record_failure(self, remote: str, reason: str, notify: int | None) -> None:
+        previous = self.last_failures.pop(remote, None)
+        self.last_failures[remote] = {
+            "reason": _failure_reason(reason, notify),
+            "message": reason[:MAX_FAILURE_MESSAGE],
+            "at": round(time.time(), 1),
+            "count": (previous["count"] if previous else 0) + 1,
+        }
+        while len(self.last_failures) > MAX_FAILURE_RECORDS:
+            self.last_failures.popitem(last=False)
+
+    def _remote_of(self, ike_sa: str) -> str | None:
+        for sa in self.endpoint.sas.values():
+            if sa.label == ike_sa:
+                return sa.remote[0]
+        return None
 
     def _arm_timer(self) -> None:
         due = self.endpoint.next_timer()
@@ -302,6 +330,9 @@ class Agent:
             "dataplane": self.dataplane.status(),
             "ike_sas": self.endpoint.status(),
             "counters": dict(self.endpoint.counters),
+            # The clock of ike_sas[].established_at (the event loop's), to tell how long ago that was.
+            "clock": round(self.now(), 3) if self.loop is not None else None,
+            "last_failures": dict(self.last_failures),
         }
 
 
