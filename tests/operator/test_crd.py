@@ -72,6 +72,6 @@ def test_there_are_doc_examples():
     lambda s: s.pop("selector"),
 ])
 def test_schema_refuses_bad_specs(mutate):
-    obj = yaml.safe_load(EXAMPLES[0].read_text())
+    obj = next(yaml.safe_load_all(EXAMPLES[0].read_text()))
     mutate(obj["spec"])
     assert crd.validate(copy.deepcopy(obj))
