@@ -129,6 +129,10 @@ class MeshIndex:
         self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)
         #: Peerings with a namespaceSelector: any pod anywhere may be their peer.
         self._cross_namespace: set[PeeringKey] = set()
+        #: The same, by one label their cross-namespace pod selector requires (or unkeyed if none):
+        #: a new pod only checks those it could match.
+        self._cross_by_label: dict[tuple[str, str], set[PeeringKey]] = defaultdict(set)
+        self._cross_unkeyed: set[PeeringKey] = set()
         self._members: dict[PeeringKey, set[PodKey]] = {}
         self._peer_pods: dict[PeeringKey, set[PodKey]] = {}
         self._member_of: dict[PodKey, set[PeeringKey]] = defaultdict(set)
@@ -256,9 +260,11 @@ class MeshIndex:
         if info is None:
             return set()
         self._unindex_pod(info)
-        changed = self._counterparts(key, self._member_of.pop(key, set()), self._peer_of.pop(key, set()))
-        for peering_key in self._peerings:
+        member_of, peer_of = self._member_of.pop(key, set()), self._peer_of.pop(key, set())
+        changed = self._counterparts(key, member_of, peer_of)
+        for peering_key in member_of:
             self._members[peering_key].discard(key)
+        for peering_key in peer_of:
             self._peer_pods[peering_key].discard(key)
         self._versions.pop(key, None)
         self._maps.pop(key, None)
@@ -281,7 +287,10 @@ class MeshIndex:
             spec = self._peerings[peering_key]
             if spec.selector.matches(info.labels):
                 member.add(peering_key)
-        for peering_key in self._peerings_by_namespace.get(info.namespace, set()) | self._cross_namespace:
+        candidates = self._peerings_by_namespace.get(info.namespace, set()) | self._cross_unkeyed
+        for label in info.labels.items():
+            candidates |= self._cross_by_label.get(label, set())
+        for peering_key in candidates:
             spec = self._peerings[peering_key]
             if any(self._pod_matches(spec, peers, info) for peers in spec.pod_peers):
                 peer.add(peering_key)
@@ -345,8 +354,11 @@ class MeshIndex:
         self._drop_views(key)
         self._peerings[key] = spec
         self._peerings_by_namespace[spec.namespace].add(key)
-        if any(peers.namespaces is not None for peers in spec.pod_peers):
-            self._cross_namespace.add(key)
+        for peers in spec.pod_peers:
+            if peers.namespaces is not None:
+                self._cross_namespace.add(key)
+                bucket = self._cross_by_label[peers.pods.match_labels[0]] if peers.pods.match_labels else self._cross_unkeyed
+                bucket.add(key)
         self._members.setdefault(key, set())
         self._peer_pods.setdefault(key, set())
         return self._reselect({key}, settings_changed=True)
@@ -371,6 +383,15 @@ class MeshIndex:
     def _drop_peering_from_indexes(self, key: PeeringKey) -> None:
         self._peerings_by_namespace[key[0]].discard(key)
         self._cross_namespace.discard(key)
+        self._cross_unkeyed.discard(key)
+        old = self._peerings.get(key)
+        for peers in old.pod_peers if old is not None else ():
+            if peers.namespaces is not None and peers.pods.match_labels:
+                bucket = self._cross_by_label.get(peers.pods.match_labels[0])
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self._cross_by_label[peers.pods.match_labels[0]]
 
     def _reselect(self, peering_keys: Iterable[PeeringKey], settings_changed: bool = False) -> set[PodKey]:
         """Recompute members and peer pods of the given peerings; mark the pods that changed."""
@@ -489,9 +510,9 @@ class MeshIndex:
     def _consented(self, pod: PodKey, members: set[PodKey]) -> set[PodKey]:
         """The members of another namespace's peering that `pod` accepts: the peers of its own peerings."""
         accepted = [self._peer_pods[key] for key in self._member_of.get(pod, ())]
-        if not accepted:
-            return set()
-        return {member for member in members if any(member in peers for peers in accepted)}
+        if len(accepted) == 1:
+            return members & accepted[0]
+        return members & set().union(*accepted)
 
     def _policies_for(self, pod: PodKey, peering_key: PeeringKey, claimed: list[set[PodKey]]) -> list[PeeringPolicy]:
         """The peering's policies for `pod`, listing the counterparts no earlier peering claimed."""
@@ -502,7 +523,7 @@ class MeshIndex:
         else:
             counterparts = self._counterparts_via(pod, peering_key)
         if not all(earlier.isdisjoint(counterparts) for earlier in claimed):
-            counterparts = {c for c in counterparts if not any(c in earlier for earlier in claimed)}
+            counterparts = counterparts.difference(*claimed)
         claimed.append(counterparts)
         side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
         if pod in side or len(counterparts) != len(side):
