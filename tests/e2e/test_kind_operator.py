@@ -90,8 +90,12 @@ class Cluster:
         return kh.condition(self.get_json("-n", namespace, "ipsecpeering", name), kind)
 
 
+def cluster_name(role: str) -> str:
+    return f"ipsec-mesh-{role}-{os.getpid()}"
+
+
 def create_cluster(tmp_path_factory, role: str, pod_subnet: str, service_subnet: str) -> Cluster:
-    name = f"ipsec-mesh-{role}-{os.getpid()}"
+    name = cluster_name(role)
     workdir = tmp_path_factory.mktemp(role)
     config = workdir / "kind.yaml"
     config.write_text(kh.kind_config(pod_subnet, service_subnet))
@@ -125,24 +129,22 @@ def image():
     return IMAGE
 
 
+def cluster_while_testing(tmp_path_factory, role: str, pod_subnet: str, service_subnet: str):
+    """Yield a ready cluster; delete it afterwards, also when creating it failed half-way."""
+    try:
+        yield create_cluster(tmp_path_factory, role, pod_subnet, service_subnet)
+    finally:
+        delete_cluster(cluster_name(role))
+
+
 @pytest.fixture(scope="module")
 def east(image, tmp_path_factory):
-    cluster = None
-    try:
-        cluster = create_cluster(tmp_path_factory, "east", "10.244.0.0/16", "10.96.0.0/16")
-        yield cluster
-    finally:
-        delete_cluster(cluster.name if cluster else f"ipsec-mesh-east-{os.getpid()}")
+    yield from cluster_while_testing(tmp_path_factory, "east", "10.244.0.0/16", "10.96.0.0/16")
 
 
 @pytest.fixture(scope="module")
 def west(image, tmp_path_factory):
-    cluster = None
-    try:
-        cluster = create_cluster(tmp_path_factory, "west", "10.245.0.0/16", "10.97.0.0/16")
-        yield cluster
-    finally:
-        delete_cluster(cluster.name if cluster else f"ipsec-mesh-west-{os.getpid()}")
+    yield from cluster_while_testing(tmp_path_factory, "west", "10.245.0.0/16", "10.97.0.0/16")
 
 
 def opt_in(cluster: Cluster, namespace: str) -> None:
