@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn
+from ipsec_mesh.meshapi import (
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn,
+)
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
@@ -357,8 +359,8 @@ class MeshIndex:
         for peers in spec.pod_peers:
             if peers.namespaces is not None:
                 self._cross_namespace.add(key)
-                bucket = self._cross_by_label[peers.pods.match_labels[0]] if peers.pods.match_labels else self._cross_unkeyed
-                bucket.add(key)
+                labels = peers.pods.match_labels
+                (self._cross_by_label[labels[0]] if labels else self._cross_unkeyed).add(key)
         self._members.setdefault(key, set())
         self._peer_pods.setdefault(key, set())
         return self._reselect({key}, settings_changed=True)

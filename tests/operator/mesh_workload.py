@@ -46,4 +46,5 @@ def build_large(pods: int = 10_000, peerings: int = 1_000, cross_namespace: bool
 
 def new_member(i: int) -> PodInfo:
     """The i-th extra pod for group 7 on the member side (role a, namespace ns7 in both layouts)."""
-    return PodInfo("ns7", f"new-{i}", f"new-u{i}", "default", {"app": "app7", "role": "a"}, (f"10.200.{i // 256}.{i % 256}",))
+    return PodInfo("ns7", f"new-{i}", f"new-u{i}", "default", {"app": "app7", "role": "a"},
+                   (f"10.200.{i // 256}.{i % 256}",))

@@ -125,7 +125,8 @@ def test_one_sided_cross_namespace_peering_is_degraded_awaiting_consent_and_sets
     runtime.index.upsert_pod(PodInfo("team-b", "api-0", "u", "default", {"app": "api"}, ("10.1.0.1",)))
     runtime.index.upsert_peering(parse_peering("prod", "p", {
         "selector": {"matchLabels": {"app": "web"}}, "authentication": {"certificateLifetime": "10m"},
-        "peers": [{"podSelector": {"matchLabels": {"app": "api"}}, "namespaceSelector": {"matchLabels": {"team": "b"}}}]}))
+        "peers": [{"podSelector": {"matchLabels": {"app": "api"}},
+                   "namespaceSelector": {"matchLabels": {"team": "b"}}}]}))
     health = runtime.health(("prod", "p"))
     assert health.awaiting_consent == ("team-b",)
     conditions = {c["type"]: c for c in desired_status(None, 1, health, [], (True, "MeshCA", "ok"), [])["conditions"]}
