@@ -330,9 +330,11 @@ class MeshIndex:
     # ---- namespaces --------------------------------------------------------
 
     def set_namespace_labels(self, namespace: str, labels: Mapping[str, str]) -> set[PodKey]:
+        # The API server labels every namespace with its own name; the index relies on it.
+        labels = {**labels, NAMESPACE_NAME_LABEL: namespace}
         if self._namespace_labels.get(namespace) == labels:
             return set()
-        self._namespace_labels[namespace] = dict(labels)
+        self._namespace_labels[namespace] = labels
         return self._reselect(self._cross_namespace)
 
     def remove_namespace(self, namespace: str) -> set[PodKey]:
@@ -425,7 +427,11 @@ class MeshIndex:
     def _namespaces_for(self, spec: PeeringSpec, peers: PodPeers) -> set[str] | None:
         if peers.namespaces is None:
             return {spec.namespace}
-        known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
+        named = dict(peers.namespaces.match_labels).get(NAMESPACE_NAME_LABEL)
+        if named is not None:  # one namespace by name: no need to look at the others
+            known = {named} if named in self._namespace_labels or self._pods_by_namespace.get(named) else set()
+        else:
+            known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
         return {ns for ns in known if peers.namespaces.matches(self._labels_of_namespace(ns))}
 
     def _select(self, selector: LabelSelector, namespaces: set[str] | None) -> set[PodKey]:
