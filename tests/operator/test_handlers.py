@@ -138,7 +138,7 @@ def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
     assert runtime.index.pod(("prod", "web-0")) is None
     handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
-    assert runtime.index._labels_of_namespace("prod") == {"team": "a"}
+    assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
 
 
 def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():
