@@ -1,6 +1,8 @@
 """`ipsec-mesh`: the project's command line.
 
     ipsec-mesh demo [--config FILE] [--no-vm]    a small mesh on this machine (as root)
+    ipsec-mesh standalone --config FILE --state-dir DIR --listen IP:PORT
+                                                 the operator without Kubernetes (docs/standalone.md)
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(rest)
+    if command == "standalone":
+        from .standalone.cli import main as standalone_main
+
+        return standalone_main(rest)
     print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
     return 2
 
