@@ -60,11 +60,12 @@ def client_for(operator: StandaloneOperator, namespace: str, pod: str) -> MeshAp
 
 
 @contextlib.asynccontextmanager
-async def running(tmp_path: Path, document: dict[str, Any] = MESH, **kwargs: Any) -> AsyncIterator[StandaloneOperator]:
+async def running(tmp_path: Path, document: dict[str, Any] = MESH, base: OperatorConfig | None = None,
+                  **kwargs: Any) -> AsyncIterator[StandaloneOperator]:
     config = tmp_path / "mesh.yaml"
     if not config.exists():
         write_mesh(config, document)
-    base = OperatorConfig(key_check_interval=3600)
+    base = base or OperatorConfig(key_check_interval=3600)
     operator = StandaloneOperator(config, tmp_path / "state", "127.0.0.1", 0, base_config=base, **kwargs)
     stop = asyncio.Event()
     task = asyncio.create_task(operator.run(stop))

@@ -185,3 +185,27 @@ async def test_admin_overview_needs_the_admin_token(tmp_path):
     assert peerings["web-db"]["members"] == ["shop/web"] and peerings["web-db"]["peers"] == ["shop/db"]
     assert peerings["web-cache"]["pskKeyId"]
     assert "psk-" not in json.dumps(body) and "PRIVATE" not in json.dumps(body)
+
+
+async def test_maintenance_rotates_psk_and_ca_on_schedule_and_renews_tokens(tmp_path):
+    from ipsec_mesh_operator.config import OperatorConfig
+    now = [__import__("time").time()]
+    document = json.loads(json.dumps(MESH))
+    document["peerings"][1]["spec"]["authentication"].update(pskRotationInterval="2h", pskOverlap="1h")
+    base = OperatorConfig(key_check_interval=3600, ca_rotation_interval=3 * 3600, ca_propagation=600)
+    async with running(tmp_path, document, base=base, clock=lambda: now[0]) as operator:
+        async with client_for(operator, "shop", "web") as client:
+            first = next(p for p in (await client.fetch_peer_map()).policies if p.name == "shop/web-cache")
+            token_before = operator.token_path("shop", "web").read_text()
+            bundle_before = (operator.state_dir / "ca-bundle.pem").read_text()
+            await operator.maintain()  # nothing is due yet
+            assert operator.token_path("shop", "web").read_text() == token_before
+            now[0] += 3 * 3600 + 1
+            await operator.maintain()
+            second = next(p for p in (await client.fetch_peer_map()).policies if p.name == "shop/web-cache")
+        assert {k.id for k in first.psk_keys} < {k.id for k in second.psk_keys}
+        assert operator.token_path("shop", "web").read_text() != token_before
+        bundle_after = (operator.state_dir / "ca-bundle.pem").read_text()
+        assert bundle_after.count("BEGIN CERTIFICATE") == 2 and bundle_before in bundle_after
+        stored = json.loads((operator.state_dir / "secrets" / "shop" / "web-cache-psk.json").read_text())
+        assert len([key for key in stored["data"] if key.startswith("psk-")]) == 2
