@@ -26,6 +26,17 @@ STATUS_PORT = 9741
 START_TIMEOUT = 600.0  # under software emulation a Python process starts slowly
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment, with the packages this demo was imported from first on the path:
+    the operator and sidecars it starts run the same code as the demo itself."""
+    import ipsec_mesh
+    import ipsec_mesh_operator
+
+    roots = [str(Path(m.__file__).resolve().parent.parent) for m in (ipsec_mesh, ipsec_mesh_operator)]
+    path = os.pathsep.join(dict.fromkeys(roots + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
 class Process:
     def __init__(self, name: str, log_path: Path):
         self.name = name
@@ -34,7 +45,7 @@ class Process:
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(env),
                                             start_new_session=True)
 
     def check_alive(self) -> None:
@@ -103,8 +114,6 @@ class Sidecar(Process):
         # Only what a cluster's sidecar would get from its settings: the data plane and quick IKE retries.
         settings.write_text(yaml.safe_dump({"dataplane": "xfrm", "ike": {"retransmitTimeout": 1, "retransmitTries": 3}}))
         env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
             "IPSEC_MESH_API_URL": operator.url,
             "IPSEC_MESH_TOKEN_FILE": str(operator.token_file(self.pod)),
             "IPSEC_MESH_CA_BUNDLE": operator.ca_bundle,
