@@ -44,7 +44,7 @@ def _with(mutate):
     (lambda d: d["pods"][2].update(ips=["10.0.0.1"]), "pods[2].ips", "also an address of pods[0]"),
     (lambda d: d["peerings"][0].pop("spec"), "peerings[0]", "missing field(s) spec"),
     (lambda d: d["peerings"][0]["spec"].update(enforcement="sometimes"), "peerings[0].spec",
-     "peerings[0].spec.enforcement"),
+     "peerings[0].spec: enforcement: unknown value"),
     (lambda d: d["peerings"][0]["spec"].update(lifetimes={"child": "10s"}), "peerings[0].spec", "at least 60s"),
     (lambda d: d["peerings"].append(copy.deepcopy(d["peerings"][0])), "peerings[2]", "listed twice"),
     (lambda d: d.update(namespaces={"shop": {"team": 1}}), "namespaces.shop.team", "must be a string"),

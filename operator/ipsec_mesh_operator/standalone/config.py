@@ -177,9 +177,9 @@ def _peerings(value: Any) -> tuple[PeeringSpec, ...]:
         try:
             spec = parse_peering(namespace, name, doc["spec"])
         except InvalidPeering as exc:
-            # parse_peering's messages start with "spec...": prefix them with where the spec is.
+            # parse_peering's messages name "spec.<field>": the error's field is this spec.
             raise StandaloneConfigError(f"{path}.spec", "; ".join(
-                f"{path}.{message}" if message.startswith("spec") else message for message in exc.messages)) from None
+                message.removeprefix("spec.") for message in exc.messages)) from None
         if spec.key in seen:
             raise StandaloneConfigError(path, f"peering {namespace}/{name} is listed twice")
         seen.add(spec.key)
