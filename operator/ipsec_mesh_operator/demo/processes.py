@@ -112,7 +112,8 @@ class Sidecar(Process):
     def start(self, operator: StandaloneOperatorProcess) -> None:
         settings = self.dir / "settings.yaml"
         # Only what a cluster's sidecar would get from its settings: the data plane and quick IKE retries.
-        settings.write_text(yaml.safe_dump({"dataplane": "xfrm", "ike": {"retransmitTimeout": 1, "retransmitTries": 3}}))
+        settings.write_text(yaml.safe_dump({"dataplane": "xfrm",
+                                            "ike": {"retransmitTimeout": 1, "retransmitTries": 3}}))
         env = {
             "IPSEC_MESH_API_URL": operator.url,
             "IPSEC_MESH_TOKEN_FILE": str(operator.token_file(self.pod)),

@@ -252,7 +252,8 @@ class Demo:
         left = [ns for ns in sh("ip", "netns", "list", check=False).stdout.split() if ns.startswith(self.prefix)]
         shutil.rmtree(self.workdir, ignore_errors=True)
         operator = " and the standalone operator" if self.operator is not None else ""
-        self.say(f"\ncleaned up: {len(self.sidecars)} sidecars{operator} stopped, {len(self.namespaces)} namespaces removed"
+        self.say(f"\ncleaned up: {len(self.sidecars)} sidecars{operator} stopped,"
+                 f" {len(self.namespaces)} namespaces removed"
                  + (f" ({len(left)} left: {left})" if left else ", nothing left behind"))
 
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True,
                         help="mesh CA, PSKs, token key, pod tokens, ca-bundle.pem (created 0700)")
     parser.add_argument("--listen", type=parse_listen, required=True, help="IP:PORT of the mesh API")
-    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on the same IP (0: any free port)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="Prometheus metrics on the same IP (0: any free port)")
     parser.add_argument("--token-lifetime", type=_duration, default=int(DEFAULT_TOKEN_LIFETIME),
                         help="lifetime of the pods' tokens, renewed at half of it (default 1h)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
