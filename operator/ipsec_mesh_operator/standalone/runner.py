@@ -143,7 +143,11 @@ class StandaloneOperator:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; SIGHUP reloads, SIGTERM/SIGINT set `stop` (when in the main thread)."""
         loop = asyncio.get_running_loop()
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # e.g. the port is taken: release what did start
+            raise
         installed = []
         with contextlib.suppress(ValueError, RuntimeError):  # not the main thread: the caller handles signals
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
