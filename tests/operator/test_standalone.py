@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import signal
+import ssl
 import stat
+import time
+
+import aiohttp
 
 import pytest
 import yaml
 from cryptography import x509
 
-from ipsec_mesh.meshapi import MeshApiRequestError
+from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
+from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.standalone import TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import PREFIX
@@ -61,12 +68,10 @@ def _tampered(token: str) -> str:
 
 
 def _b64(data: bytes) -> str:
-    import base64
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
-    import base64
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -90,7 +95,6 @@ async def test_tampered_expired_wrong_audience_and_foreign_tokens_are_refused(tm
         }
         url = (operator.state_dir / "api-url").read_text().strip()
         bundle = (operator.state_dir / "ca-bundle.pem").read_text()
-        from ipsec_mesh.meshapi import MeshApiClient
         for what, token in cases.items():
             async with MeshApiClient(url, ca_bundle=bundle, token=lambda t=token: t) as client:
                 with pytest.raises(MeshApiRequestError) as error:
@@ -110,7 +114,6 @@ async def test_restart_keeps_the_ca_the_psks_and_the_tokens(tmp_path):
         assert (operator.state_dir / "token-signing.key").read_bytes() == key
         # A token issued before the restart still works (kubelet would not have renewed it yet).
         url = (operator.state_dir / "api-url").read_text().strip()
-        from ipsec_mesh.meshapi import MeshApiClient
         async with MeshApiClient(url, ca_bundle=bundle, token=lambda: token) as client:
             assert (await client.fetch_peer_map()).local.identity == WEB_ID
 
@@ -127,7 +130,7 @@ async def test_reload_adds_and_removes_a_pod_and_the_watch_sees_it(tmp_path):
             document["pods"].append({"name": "db-2", "namespace": "shop", "labels": {"app": "db"},
                                      "ips": ["10.0.0.4"]})
             write_mesh(operator.config_path, document)
-            os.kill(os.getpid(), __import__("signal").SIGHUP)
+            os.kill(os.getpid(), signal.SIGHUP)
             second = await asyncio.wait_for(watch.__anext__(), 10)
             await watch.aclose()
         assert second.version > first.version
@@ -161,8 +164,6 @@ async def test_removing_a_psk_peering_deletes_its_secret(tmp_path):
 
 
 async def test_admin_overview_needs_the_admin_token(tmp_path):
-    import aiohttp
-    import ssl
     async with running(tmp_path) as operator:
         async with client_for(operator, "shop", "web") as client:
             await client.sign_csr(make_csr(WEB_ID))
@@ -188,8 +189,7 @@ async def test_admin_overview_needs_the_admin_token(tmp_path):
 
 
 async def test_maintenance_rotates_psk_and_ca_on_schedule_and_renews_tokens(tmp_path):
-    from ipsec_mesh_operator.config import OperatorConfig
-    now = [__import__("time").time()]
+    now = [time.time()]
     document = json.loads(json.dumps(MESH))
     document["peerings"][1]["spec"]["authentication"].update(pskRotationInterval="2h", pskOverlap="1h")
     base = OperatorConfig(key_check_interval=3600, ca_rotation_interval=3 * 3600, ca_propagation=600)
@@ -209,3 +209,21 @@ async def test_maintenance_rotates_psk_and_ca_on_schedule_and_renews_tokens(tmp_
         assert bundle_after.count("BEGIN CERTIFICATE") == 2 and bundle_before in bundle_after
         stored = json.loads((operator.state_dir / "secrets" / "shop" / "web-cache-psk.json").read_text())
         assert len([key for key in stored["data"] if key.startswith("psk-")]) == 2
+
+
+async def test_a_new_service_account_on_reload_means_a_new_token(tmp_path):
+    async with running(tmp_path) as operator:
+        unchanged = operator.token_path("shop", "db").read_text()
+        old = operator.token_path("shop", "web").read_text()
+        document = json.loads(json.dumps(MESH))
+        document["pods"][0]["serviceAccount"] = "frontend"
+        write_mesh(operator.config_path, document)
+        assert await operator.reload() is True
+        assert operator.token_path("shop", "db").read_text() == unchanged
+        assert operator.token_path("shop", "web").read_text() != old
+        async with client_for(operator, "shop", "web") as client:
+            issued = await client.sign_csr(make_csr(WEB_ID))
+        cert = x509.load_pem_x509_certificate(issued.certificate.encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+            f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"]

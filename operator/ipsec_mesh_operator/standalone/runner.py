@@ -223,8 +223,10 @@ class StandaloneOperator:
                 self._tokens_issued.pop(pod.key, None)
                 shutil.rmtree(self.token_path(*pod.key).parent, ignore_errors=True)
         for pod in new.pods:
-            if index.upsert_pod(pod) or pod.key not in self._tokens_issued:
-                self._tokens_issued.pop(pod.key, None)  # a changed pod (ServiceAccount) needs a new token
+            previous = index.pod(pod.key)
+            index.upsert_pod(pod)
+            if previous is not None and previous.service_account != pod.service_account:
+                self._tokens_issued.pop(pod.key, None)  # the old token names the old ServiceAccount
             self._write_token(pod)
         for name in set(old_namespaces) - set(new_namespaces):
             index.remove_namespace(name)
