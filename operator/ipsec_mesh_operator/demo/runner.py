@@ -110,7 +110,7 @@ class Demo:
             agrees = held.get("serial") and held.get("serial") == issued.get("serial")
             until = datetime.datetime.fromtimestamp(issued.get("notAfter", 0), datetime.timezone.utc)
             self.say(f"  {'✔' if agrees else '✘'} {pod.name:9} serial {held.get('serial', '?')} signed by "
-                     f"{issued.get('issuer', '?')} through {self.operator.url}, valid until {until:%H:%M} UTC"
+                     f"{issued.get('issuer', '?')} through {self.operator.url}, valid until {until:%Y-%m-%d %H:%M} UTC"
                      f"{'; the operator recorded the same serial' if agrees else '; the operator has no such record'}")
 
     # traffic
@@ -187,8 +187,7 @@ class Demo:
         ok_intruder = True
         if intruder is not None:
             answered = self.ping("intruder", web, count=2, deadline=6)
-            web_counters = (self.sidecars["web"].status() or {}).get("counters", {})
-            refused = web_counters.get("refused_unknown_peer", 0)
+            refused = self.wait_refused("web")
             ok_intruder = not answered
             self.say(f"  {'✔' if not answered else '✘'} intruder -> web: no answer")
             self.say(f"  {'✔' if refused else '✘'} web refused {refused} IKE_SA_INIT from {intruder.ips[0]}:"
@@ -213,6 +212,17 @@ class Demo:
                          if ok else "✘ something did not go as expected (see above)"))
         return 0 if ok else 1
 
+    def wait_refused(self, pod: str, timeout: float = 30) -> int:
+        """How many IKE_SA_INIT `pod` refused as not from a peer; waits (bounded) for the first, as
+        under emulation the intruder's IKE may still be on its way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counters = (self.sidecars[pod].status() or {}).get("counters", {})
+            refused = counters.get("refused_unknown_peer", 0)
+            if refused or time.monotonic() > deadline:
+                return refused
+            time.sleep(1)
+
     def watch_rekey(self, db: PodInfo, timeout: float = 150) -> bool:
         def spis() -> tuple[str, ...]:
             status = self.sidecars["web"].status() or {"ike_sas": []}
@@ -231,7 +241,12 @@ class Demo:
                          f" {lost} pings lost meanwhile")
                 return lost == 0
             time.sleep(1)
-        self.say("  ✘ no rekey within the time allowed")
+        self.say("  ✘ no rekey within the time allowed; web's CHILD_SAs now:")
+        status = self.sidecars["web"].status() or {"ike_sas": []}
+        for child in (c for sa in status["ike_sas"] for c in sa["children"]):
+            self.say(f"    {child['name']} {child['state']} in {child['inbound_spi']} out {child['outbound_spi']}")
+        for line in [line for line in self.sidecars["web"].log().splitlines() if "rekey" in line.lower()][-8:]:
+            self.say(f"    log: {line}")
         return False
 
     def cleanup(self) -> None:
