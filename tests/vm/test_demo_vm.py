@@ -30,6 +30,8 @@ def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
     assert "256 KiB over TCP from web to db arrived intact" in out
     assert "ESP SA  in " in out and "aes256gcm16-esn" in out and "transport" in out
     assert "✔ intruder -> web: no answer" in out
+    # web has no policy for intruder (shop never consented to shady's peering): it refuses the IKE.
+    assert "✔ web refused" in out
     wire = next(line for line in out.splitlines() if "on the wire next to web" in line)
     # e.g. "... 42 ESP packets and 4 IKE packets between web and db, 0 in plaintext; 0 plaintext ..."
     assert ", 0 in plaintext; 0 plaintext packets between intruder and web" in wire
