@@ -3,6 +3,8 @@
     ipsec-mesh demo [--config FILE] [--no-vm]          a small mesh on this machine (as root)
     ipsec-mesh peerings [-n NS | -A] [--sas] [--json]  peerings: members, peers, SAs, conditions
     ipsec-mesh explain NS/POD NS/POD [--json]          is traffic between two pods encrypted? if not, why
+    ipsec-mesh standalone --config FILE --state-dir DIR --listen IP:PORT
+                                                       the operator without Kubernetes (docs/standalone.md)
 
 peerings and explain read the cluster of the current kubeconfig (--kubeconfig,
 --context), or a standalone operator with --standalone STATE_DIR.
@@ -17,7 +19,7 @@ import importlib
 import sys
 
 #: Commands that parse their own arguments: the module (in this package) whose main() runs them.
-DELEGATED = {"demo": "demo"}
+DELEGATED = {"demo": "demo", "standalone": "standalone.cli"}
 EXIT_ENCRYPTED, EXIT_NOT_ENCRYPTED, EXIT_USAGE, EXIT_NO_FACTS = 0, 1, 2, 3
 
 

@@ -78,7 +78,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await servers.start()
     await rt.publish_webhook_ca_bundle()
     STATE.runtime, STATE.servers = rt, servers
-    STATE.maintenance = asyncio.create_task(_maintain_ca(rt))
+    STATE.maintenance = asyncio.create_task(rt.maintain_ca(rt.publish_webhook_ca_bundle))
 
 
 def draw_peering_priority(settings: kopf.OperatorSettings) -> None:
@@ -90,15 +90,6 @@ def draw_peering_priority(settings: kopf.OperatorSettings) -> None:
     if settings.peering.mandatory and not settings.peering.priority:
         settings.peering.priority = secrets.randbelow(2**31 - 1) + 1
 
-
-async def _maintain_ca(rt: OperatorRuntime) -> None:
-    while True:
-        await asyncio.sleep(rt.config.key_check_interval)
-        try:
-            if await rt.rotate_ca_if_due():
-                await rt.publish_webhook_ca_bundle()
-        except Exception:  # keep the loop alive; the next round retries
-            logger.exception("mesh CA maintenance failed")
 
 
 @kopf.on.cleanup()
@@ -132,12 +123,7 @@ async def _reconcile(name: str, namespace: str, spec: Any, body: kopf.Body, patc
         patch.status.update(status_patch(body.get("status"), desired))
         return
     before = rt.index.peering(key)
-    rt.index.upsert_peering(parsed)
-    extra: dict[str, Any] = {}
-    if parsed.auth is AuthKind.PSK:
-        ring = await rt.ensure_psk(parsed, kopf.build_owner_reference(body))
-        extra = {"pskSecretName": secret_name(name), "pskKeyId": ring.active_id(rt.clock()) or ""}
-    problems = await rt.refresh_remotes(parsed)
+    problems, extra = await rt.apply_peering(parsed, kopf.build_owner_reference(body))
     health = rt.health(key)
     desired = desired_status(body.get("status"), generation, health, [], _keys_state(rt, key, parsed.auth),
                              problems, extra)
@@ -206,9 +192,7 @@ def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 @kopf.on.event("pods", annotations={INJECTED_ANNOTATION: "true"})
 def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
-        rt = runtime()
-        rt.index.remove_pod((namespace, name))
-        rt.forget_pod((namespace, name))
+        runtime().remove_pod((namespace, name))
 
 
 def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:

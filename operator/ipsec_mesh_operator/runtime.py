@@ -9,11 +9,17 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, IssuedCertificate, PeerMap, PskKey, service_account_uri
+from ipsec_mesh.meshapi import (
+    AuthKind,
+    IssuedCertificate,
+    PeerMap,
+    PskKey,
+    service_account_uri,
+)
 from ipsec_mesh.meshapi.status import StatusReport
 
 from . import metrics
@@ -187,6 +193,30 @@ class OperatorRuntime:
                 self.index.set_remote_trust_bundle(spec.key, remote.name, pems)
         return problems
 
+    async def apply_peering(self, spec: PeeringSpec, owner: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        """Index a valid peering, load (or create, or rotate) its PSK, load its remote references.
+
+        What both the kopf handlers and the standalone operator do for each peering, on every
+        change and on every maintenance round. Returns the problems to report and the extra
+        status fields (PSK Secret and key id).
+        """
+        self.index.upsert_peering(spec)
+        extra: dict[str, str] = {}
+        if spec.auth is AuthKind.PSK:
+            ring = await self.ensure_psk(spec, owner)
+            extra = {"pskSecretName": secret_name(spec.name), "pskKeyId": ring.active_id(self.clock()) or ""}
+        return await self.refresh_remotes(spec), extra
+
+    async def maintain_ca(self, on_rotated: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Forever: check the mesh CA's rotation every key_check_interval."""
+        while True:
+            await asyncio.sleep(self.config.key_check_interval)
+            try:
+                if await self.rotate_ca_if_due() and on_rotated is not None:
+                    await on_rotated()
+            except Exception:  # keep the loop alive; the next round retries
+                logger.exception("mesh CA maintenance failed")
+
     def forget_peering(self, key: PeeringKey) -> None:
         self.index.remove_peering(key)
         self.psk.pop(key, None)
@@ -253,7 +283,7 @@ class OperatorRuntime:
                 event = self._watch_events.setdefault(pod, asyncio.Event())
                 try:
                     await asyncio.wait_for(event.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return None
         finally:
             metrics.PEER_MAP_WATCHERS.dec()
@@ -270,6 +300,11 @@ class OperatorRuntime:
 
     def forget_pod(self, pod: PodKey) -> None:
         self.reports.pop(pod, None)
+
+    def remove_pod(self, pod: PodKey) -> None:
+        """The pod is gone: out of the index (its counterparts' maps change) and its reports dropped."""
+        self.index.remove_pod(pod)
+        self.forget_pod(pod)
 
     # ---- status aggregation -----------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -23,8 +24,11 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 class Servers:
-    def __init__(self, runtime: OperatorRuntime, webhook_app: web.Application | None = None):
+    def __init__(self, runtime: OperatorRuntime, webhook_app: web.Application | None = None,
+                 api_routes: Callable[[web.Application], None] | None = None):
         self.runtime = runtime
+        #: Adds routes to the mesh API's app (the standalone operator's admin endpoint).
+        self.api_routes = api_routes
         self.tls = ServingCertificate(runtime.config.server_names)
         self.webhook_app = webhook_app
         self.webhook_context: ssl.SSLContext | None = None
@@ -47,6 +51,8 @@ class Servers:
         self._refresh_certificate()
         config = self.runtime.config
         api_app = api.make_app(self.runtime)
+        if self.api_routes is not None:
+            self.api_routes(api_app)
         metrics_app = web.Application()
         metrics_app[api.RUNTIME_KEY] = self.runtime
         metrics_app.router.add_get("/metrics", _metrics)

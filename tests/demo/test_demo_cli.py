@@ -6,27 +6,61 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+
+from ipsec_mesh.meshapi import Enforcement
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.demo import runner, vm
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, load_config
+from ipsec_mesh_operator.index import MeshIndex
+from ipsec_mesh_operator.standalone import StandaloneConfigError, parse_config
 
 
-def test_embedded_default_describes_a_peering_and_an_outsider():
+def test_embedded_default_is_a_standalone_mesh_with_a_peering_and_an_outsider():
     config = load_config(DEFAULT_CONFIG)
-    assert [p.name for p in config.pods] == ["web", "db", "intruder"]
-    (peering, peers), = config.peers_of("web")
-    assert peering.name == "web-db" and [p.name for p in peers] == ["db"]
-    assert [p.name for _, ps in config.peers_of("intruder") for p in ps] == ["web", "db"]
-    assert config.identity("web") == "web.default.pod.demo.mesh.local"
+    assert [p.key for p in config.pods] == [("shop", "web"), ("shop", "db"), ("shady", "intruder")]
+    assert config.node_address == "10.42.0.1"
+    # The operator's part of the file is exactly what `ipsec-mesh standalone` reads.
+    mesh = parse_config(config.operator_document)
+    assert "network" not in config.operator_document and mesh == config.mesh
+    index = MeshIndex(mesh.trust_domain)
+    for spec in mesh.peerings:
+        index.upsert_peering(spec)
+    for name, labels in mesh.namespace_labels().items():
+        index.set_namespace_labels(name, labels)
+    for pod in mesh.pods:
+        index.upsert_pod(pod)
+    web_db = index.peering(("shop", "web-db"))
+    assert web_db.enforcement is Enforcement.REQUIRE and web_db.lifetimes.child_seconds == 60
+    assert any("mlkem768" in proposal for proposal in web_db.ike_proposals)
+    assert index.members(("shop", "web-db")) == {("shop", "web"), ("shop", "db")}
+    # The intruder's own peering names web: the intruder holds a policy for web.
+    intruder_map = index.peer_map(("shady", "intruder"))
+    assert [peer.name for policy in intruder_map.policies for peer in policy.peers] == ["shop/web"]
+    web_map = index.peer_map(("shop", "web"))
+    assert web_map.local.identity == "web.shop.pod.demo.mesh.local"
+    assert "shop/db" in [peer.name for policy in web_map.policies for peer in policy.peers]
 
 
-def test_bad_config_is_refused_with_the_field(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("mutation, field", [
+    (lambda d: d["pods"][0].update(ips=["10.9.9.9"]), "pods[0].ips"),
+    (lambda d: d["pods"][1].update(ips=["10.42.0.1"]), "pods[1].ips"),
+    (lambda d: d["pods"][0].update(ips=["10.42.0.20", "10.42.0.21"]), "pods[0].ips"),
+    (lambda d: d["pods"][2].update(namespace="shop", name="db"), "pods[2]"),
+    (lambda d: d.update(network="not-a-network"), "network"),
+    (lambda d: d["peerings"][0]["spec"].update(enforcement="maybe"), "peerings[0].spec"),
+])
+def test_bad_config_is_refused_with_the_field(tmp_path, monkeypatch, capsys, mutation, field):
     monkeypatch.setattr(runner.os, "geteuid", lambda: 0)
+    document = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    mutation(document)
     bad = tmp_path / "demo.yaml"
-    bad.write_text("network: 10.42.0.0/24\npods: [{name: a, address: 10.9.9.9}, {name: b, address: 10.42.0.2}]\n"
-                   "peerings: [{name: p, members: [a, b]}]\n")
+    bad.write_text(yaml.safe_dump(document))
+    with pytest.raises(StandaloneConfigError) as error:
+        load_config(bad)
+    assert error.value.field == field
     assert cli.main(["demo", "--config", str(bad)]) == 2
-    assert "pods[0].address" in capsys.readouterr().err
+    assert f"demo configuration: {field}" in capsys.readouterr().err
 
 
 def test_without_esp_the_demo_reruns_itself_in_the_vm(monkeypatch, capsys):
@@ -62,5 +96,6 @@ def test_a_kernel_with_esp_is_found_when_installed():
 
 
 def test_cli_help_and_unknown_command(capsys):
-    assert cli.main(["--help"]) == 0 and "demo" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0
+    assert "demo" in (out := capsys.readouterr().out) and "standalone" in out
     assert cli.main(["frobnicate"]) == 2

@@ -21,10 +21,17 @@ def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
                             capture_output=True, text=True, timeout=1500)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
+    # The operator runs standalone on the node's address; each sidecar's certificate came from its API.
+    assert "mesh API at https://10.42.0.1:8443" in out
+    for pod in ("web", "db", "intruder"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"✔ {pod} ") and "serial" in line)
+        assert "through https://10.42.0.1:8443" in line and "the operator recorded the same serial" in line
     assert "✔ ping web -> db answered" in out
     assert "256 KiB over TCP from web to db arrived intact" in out
     assert "ESP SA  in " in out and "aes256gcm16-esn" in out and "transport" in out
     assert "✔ intruder -> web: no answer" in out
+    # web has no policy for intruder (shop never consented to shady's peering): it refuses the IKE.
+    assert "✔ web refused" in out
     wire = next(line for line in out.splitlines() if "on the wire next to web" in line)
     # e.g. "... 42 ESP packets and 4 IKE packets between web and db, 0 in plaintext; 0 plaintext ..."
     assert ", 0 in plaintext; 0 plaintext packets between intruder and web" in wire
@@ -32,5 +39,6 @@ def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
     assert "✔ rekeyed: inbound SPI" in out and "0 pings lost" in out
     assert "nothing left behind" in out
     assert _namespaces() == before
-    leftovers = subprocess.run(["pgrep", "-f", "ipsec_mesh.agent.cli run"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
+    for command in ("ipsec_mesh.agent.cli mesh", "ipsec_mesh_operator.cli standalone"):
+        leftovers = subprocess.run(["pgrep", "-f", command], capture_output=True, text=True)
+        assert leftovers.stdout.strip() == "", command

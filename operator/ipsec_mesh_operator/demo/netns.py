@@ -1,0 +1,98 @@
+"""Network namespaces for the demo: commands, calls inside a namespace, the ESP probe, traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import urllib.request
+
+from pyroute2 import netns as pyroute2_netns
+
+from .config import DemoError
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise DemoError(f"{' '.join(argv)}: {result.stderr.strip()}")
+    return result
+
+
+def in_netns(netns: str, function, *args, timeout: float = 60):
+    """Call `function` in a thread that has entered `netns` (the caller's namespace is untouched)."""
+    outcome: dict = {}
+
+    def body():
+        try:
+            pyroute2_netns.setns(netns, flags=0)  # this thread only; flags=0: never create one
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # handed back to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise DemoError(f"a call in {netns} did not finish in {timeout:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def kernel_has_esp() -> bool:
+    """Try to add an ESP SA in a throw-away namespace."""
+    name = f"ipsec-mesh-probe-{os.getpid()}"
+    try:
+        sh("ip", "netns", "add", name)
+    except (DemoError, FileNotFoundError):
+        return False
+    try:
+        key = "0x" + "11" * 36
+        result = sh("ip", "-n", name, "xfrm", "state", "add", "src", "10.255.0.1", "dst", "10.255.0.2",
+                    "proto", "esp", "spi", "0x1000", "mode", "transport", "aead", "rfc4106(gcm(aes))", key,
+                    "128", check=False)
+        return result.returncode == 0
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def get_json(url: str, ca_bundle: str | None = None, token: str | None = None) -> dict:
+    """GET a JSON document; over HTTPS, trusting only `ca_bundle`."""
+    context = ssl.create_default_context(cadata=ca_bundle) if ca_bundle else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        return json.loads(response.read())
+
+
+def listen(address: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, port))
+    s.listen(1)
+    s.settimeout(60)
+    return s
+
+
+def accept_all(listener: socket.socket, out: dict) -> None:
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(60)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+        out["data"] = b"".join(chunks)
+        conn.close()
+    except OSError:
+        pass
+    finally:
+        listener.close()
+
+
+def send(address: str, port: int, payload: bytes) -> None:
+    with socket.create_connection((address, port), timeout=60) as s:
+        s.sendall(payload)

@@ -1,0 +1,75 @@
+"""The standalone operator's admin endpoint: what it knows, at a glance, for the admin token only.
+
+    GET /v1/admin/overview   (Authorization: Bearer <admin-token>)  -> JSON
+
+Pods with their identity, peer-map version, peerings and the certificate the
+mesh API issued them; peerings with members, peers and sidecar health; the CA.
+Never any key material.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .. import metrics
+from ..runtime import OperatorRuntime
+from .tokens import AdminToken
+
+OVERVIEW_PATH = "/v1/admin/overview"
+
+
+def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
+             issued: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    now = runtime.clock()
+    index = runtime.index
+    pods = []
+    for info in sorted(index.pods(), key=lambda p: p.key):
+        report = runtime.reports.get(info.key)
+        pods.append({
+            "namespace": info.namespace, "name": info.name, "serviceAccount": info.service_account,
+            "identity": info.identity(runtime.config.trust_domain), "ips": list(info.ips),
+            "peerMapVersion": index.version(info.key),
+            "peerings": [f"{ns}/{name}" for ns, name in sorted(index.peerings_of(info.key))],
+            "certificate": issued.get(info.key),
+            "lastReport": None if report is None else {"at": int(report[0]),
+                                                       "appliedVersion": report[1].applied_version},
+        })
+    peerings = []
+    for key in sorted(peering_keys):
+        spec = index.peering(key)
+        if spec is None:
+            continue
+        ring = runtime.psk.get(key)
+        peerings.append({
+            "namespace": key[0], "name": key[1], "auth": spec.auth.value, "enforcement": spec.enforcement.value,
+            "members": [f"{ns}/{name}" for ns, name in sorted(index.members(key))],
+            "peers": [f"{ns}/{name}" for ns, name in sorted(index.peer_pods(key))],
+            "pskKeyId": None if ring is None else ring.active_id(now),
+            "health": dataclasses.asdict(runtime.health(key)),
+        })
+    ca = runtime.ca
+    active = None if ca is None else ca.ring.active(now)
+    return {
+        "trustDomain": runtime.config.trust_domain,
+        "ca": None if ca is None or active is None else {
+            "active": active.id,
+            "notAfter": int(ca.active_certificate(now).not_valid_after_utc.timestamp()),
+            "trustBundleSize": len(ca.trust_bundle(now)),
+        },
+        "pods": pods,
+        "peerings": peerings,
+    }
+
+
+def add_admin_routes(app: web.Application, token: AdminToken, build: Callable[[], dict[str, Any]]) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not token.allows(request.headers.get("Authorization")):
+            metrics.REQUESTS_REFUSED.labels("unauthenticated").inc()
+            return web.json_response({"error": "the admin endpoint needs the admin token"}, status=401)
+        return web.json_response(build())
+
+    app.router.add_get(OVERVIEW_PATH, handle)

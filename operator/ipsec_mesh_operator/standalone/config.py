@@ -1,0 +1,187 @@
+"""The standalone operator's YAML: pods and peerings that Kubernetes would otherwise hold.
+
+    trustDomain: demo.mesh.local        # optional, default cluster.local
+    namespaces:                         # optional: labels for namespaceSelector peers
+      shop: {team: shop}
+    pods:
+      - {name: web, namespace: shop, serviceAccount: web, labels: {app: web}, ips: [10.42.0.10]}
+    peerings:
+      - name: web-db
+        namespace: shop
+        spec: {selector: {}, peers: [{podSelector: {}}]}   # an IPsecPeering's spec
+    configMaps:                         # optional: remote trust bundles referenced by peerings
+      - {name: east-ca, namespace: shop, data: {ca.crt: "-----BEGIN CERTIFICATE-----..."}}
+
+Peering specs go through the same `parse_peering` as the webhook and the kopf
+handlers; pods become `PodInfo` through `PodInfo.from_body`, as the handlers
+build them from the API server's objects. A pod's uid is a UUIDv5 of
+``namespace/name``, stable across restarts so that its tokens stay valid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ipsec_mesh.meshapi import PeerMapError, fields
+from ipsec_mesh.meshapi.identity import check_dns_name, check_label
+
+from ..index import NAMESPACE_NAME_LABEL, PodInfo
+from ..peering import InvalidPeering, PeeringSpec, parse_peering
+
+MAX_PODS = 10_000
+MAX_PEERINGS = 1_000
+MAX_FILE_BYTES = 16 * 1024 * 1024
+#: Namespace for names in the uuid5 of a pod's uid: fixed, so uids survive restarts.
+POD_UID_NAMESPACE = uuid.UUID("6f0d3c1e-2a57-5b8e-9c43-1d0e8a6b7f21")
+TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps"}
+
+
+class StandaloneConfigError(Exception):
+    """The standalone YAML is unusable; `field` names the offending part."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+    @classmethod
+    def wrap(cls, error: PeerMapError) -> StandaloneConfigError:
+        text = str(error)
+        prefix = f"{error.path}: "
+        return cls(error.path, text[len(prefix):] if error.path and text.startswith(prefix) else text)
+
+
+@dataclass(frozen=True)
+class StandaloneConfig:
+    trust_domain: str
+    namespaces: Mapping[str, Mapping[str, str]]
+    pods: tuple[PodInfo, ...]
+    peerings: tuple[PeeringSpec, ...]
+    #: (namespace, name) -> key -> value
+    config_maps: Mapping[tuple[str, str], Mapping[str, str]]
+
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Labels of every namespace a pod or peering lives in (the name label always set, as Kubernetes does)."""
+        names = set(self.namespaces) | {p.namespace for p in self.pods} | {p.namespace for p in self.peerings}
+        return {name: {**self.namespaces.get(name, {}), NAMESPACE_NAME_LABEL: name} for name in sorted(names)}
+
+
+def pod_uid(namespace: str, name: str) -> str:
+    return str(uuid.uuid5(POD_UID_NAMESPACE, f"{namespace}/{name}"))
+
+
+def load_config(path: str | Path) -> StandaloneConfig:
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise StandaloneConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise StandaloneConfigError("", f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        document = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise StandaloneConfigError("", f"{path} is not YAML: {exc}") from None
+    return parse_config(document)
+
+
+def parse_config(document: Any) -> StandaloneConfig:
+    try:
+        doc = fields.obj(document, "", {"pods", "peerings"}, TOP_LEVEL - {"pods", "peerings"})
+        trust_domain = check_dns_name(doc.get("trustDomain", "cluster.local"), "trustDomain")
+        namespaces = _namespaces(doc.get("namespaces", {}))
+        pods = fields.array(doc["pods"], "pods", _pod, MAX_PODS)
+        config_maps = dict(fields.array(doc.get("configMaps", []), "configMaps", _config_map, MAX_PEERINGS))
+    except PeerMapError as exc:
+        raise StandaloneConfigError.wrap(exc) from None
+    _check_unique(pods)
+    peerings = _peerings(doc["peerings"])
+    return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps)
+
+
+def _labels(value: Any, path: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise PeerMapError(path, "must map label names to strings")
+    for key, label in value.items():
+        fields.string(key, f"{path} key", 317)
+        fields.string(label, f"{path}.{key}", 63, 0)
+    return dict(value)
+
+
+def _namespaces(value: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping):
+        raise PeerMapError("namespaces", "must map namespace names to their labels")
+    out = {}
+    for name, labels in value.items():
+        check_label(name, "namespaces key")
+        out[name] = _labels(labels or {}, f"namespaces.{name}")
+    return out
+
+
+def _pod(value: Any, path: str) -> PodInfo:
+    doc = fields.obj(value, path, {"name", "ips"}, {"namespace", "serviceAccount", "labels"})
+    name = check_dns_name(doc["name"], f"{path}.name")
+    namespace = check_label(doc.get("namespace", "default"), f"{path}.namespace")
+    service_account = check_dns_name(doc.get("serviceAccount", "default"), f"{path}.serviceAccount")
+    ips = fields.array(doc["ips"], f"{path}.ips", fields.address, 2, 1)
+    body = {  # what the API server would hold; the handlers build PodInfo from this shape
+        "metadata": {"namespace": namespace, "name": name, "uid": pod_uid(namespace, name),
+                     "labels": _labels(doc.get("labels", {}), f"{path}.labels")},
+        "spec": {"serviceAccountName": service_account},
+        "status": {"phase": "Running", "podIPs": [{"ip": str(ip)} for ip in ips]},
+    }
+    return PodInfo.from_body(body)
+
+
+def _check_unique(pods: tuple[PodInfo, ...]) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    owners: dict[str, int] = {}
+    for index, pod in enumerate(pods):
+        if pod.key in seen:
+            raise StandaloneConfigError(f"pods[{index}]", f"{pod.namespace}/{pod.name} is also pods[{seen[pod.key]}]")
+        seen[pod.key] = index
+        for ip in pod.ips:
+            if ip in owners:
+                raise StandaloneConfigError(f"pods[{index}].ips", f"{ip} is also an address of pods[{owners[ip]}]")
+            owners[ip] = index
+
+
+def _config_map(value: Any, path: str) -> tuple[tuple[str, str], dict[str, str]]:
+    doc = fields.obj(value, path, {"name", "data"}, {"namespace"})
+    data = doc["data"]
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise PeerMapError(f"{path}.data", "must map keys to strings")
+    key = (check_label(doc.get("namespace", "default"), f"{path}.namespace"),
+           check_dns_name(doc["name"], f"{path}.name"))
+    return key, dict(data)
+
+
+def _peerings(value: Any) -> tuple[PeeringSpec, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PEERINGS:
+        raise StandaloneConfigError("peerings", f"must be a list of at most {MAX_PEERINGS} peerings")
+    out: list[PeeringSpec] = []
+    seen: set[tuple[str, str]] = set()
+    for index, item in enumerate(value):
+        path = f"peerings[{index}]"
+        try:
+            doc = fields.obj(item, path, {"name", "spec"}, {"namespace"})
+            name = check_dns_name(doc["name"], f"{path}.name")
+            namespace = check_label(doc.get("namespace", "default"), f"{path}.namespace")
+        except PeerMapError as exc:
+            raise StandaloneConfigError.wrap(exc) from None
+        try:
+            spec = parse_peering(namespace, name, doc["spec"])
+        except InvalidPeering as exc:
+            # parse_peering's messages name "spec.<field>": the error's field is this spec.
+            raise StandaloneConfigError(f"{path}.spec", "; ".join(
+                message.removeprefix("spec.") for message in exc.messages)) from None
+        if spec.key in seen:
+            raise StandaloneConfigError(path, f"peering {namespace}/{name} is listed twice")
+        seen.add(spec.key)
+        out.append(spec)
+    return tuple(out)

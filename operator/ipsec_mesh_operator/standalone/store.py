@@ -1,0 +1,120 @@
+"""Secrets in files: the KubeClient calls OperatorRuntime makes, backed by a state directory.
+
+Each Secret is ``<dir>/secrets/<namespace>/<name>.json`` holding what the API
+server would (metadata, base64 data), written atomically with mode 0600 in
+0700 directories, so the mesh CA and the PSKs survive a restart. ConfigMaps
+(remote trust bundles) come from the standalone YAML instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ipsec_mesh.meshapi import PeerMapError
+from ipsec_mesh.meshapi.identity import check_dns_name, check_label
+
+from ..kube import Conflict, decode_secret_data, encode_secret_data
+
+MAX_SECRET_BYTES = 1024 * 1024
+
+
+class SecretStoreError(Exception):
+    """A Secret file is unreadable or malformed, or a name cannot be a file name."""
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` atomically (temporary file, fsync, rename), created with `mode`."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)  # the umask may have narrowed (or an old file widened) it
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class FileSecretStore:
+    def __init__(self, directory: str | Path, config_maps: Mapping[tuple[str, str], Mapping[str, str]] | None = None):
+        self.directory = Path(directory) / "secrets"
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        self.config_maps = dict(config_maps or {})
+
+    def _path(self, namespace: str, name: str) -> Path:
+        try:  # DNS names cannot hold "/" or start with ".": safe as path components
+            return self.directory / check_label(namespace, "namespace") / f"{check_dns_name(name, 'name')}.json"
+        except PeerMapError as exc:
+            raise SecretStoreError(str(exc)) from None
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = self._path(namespace, name)
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_SECRET_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SecretStoreError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            secret = json.loads(raw)
+            if len(raw) > MAX_SECRET_BYTES or not isinstance(secret, dict) or not isinstance(secret.get("data"), dict):
+                raise ValueError("not a Secret document")
+            decode_secret_data(secret)
+        except (ValueError, TypeError) as exc:
+            raise SecretStoreError(f"{path} is not a usable Secret: {exc}") from None
+        return secret
+
+    async def create_secret(self, namespace: str, name: str, data: dict[str, bytes],
+                            labels: dict[str, str] | None = None,
+                            owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        if await self.read_secret(namespace, name) is not None:
+            raise Conflict(409, f"Secret {namespace}/{name} exists")
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels or {}}
+        if owner is not None:
+            metadata["ownerReferences"] = [owner]
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata,
+                  "data": encode_secret_data(data)}
+        self._write(namespace, name, secret)
+        return secret
+
+    async def update_secret_data(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+        secret = await self.read_secret(namespace, name)
+        if secret is None:
+            raise SecretStoreError(f"Secret {namespace}/{name} does not exist")
+        secret["data"] = encode_secret_data(data)
+        self._write(namespace, name, secret)
+
+    def delete_secret(self, namespace: str, name: str) -> bool:
+        """What Kubernetes' garbage collector does for a PSK Secret once its peering is gone."""
+        path = self._path(namespace, name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _write(self, namespace: str, name: str, secret: dict[str, Any]) -> None:
+        write_private(self._path(namespace, name), json.dumps(secret, sort_keys=True).encode())
+
+    async def read_config_data(self, kind: str, namespace: str, name: str, key: str) -> bytes | None:
+        if kind == "Secret":
+            secret = await self.read_secret(namespace, name)
+            return None if secret is None else decode_secret_data(secret).get(key)
+        value = self.config_maps.get((namespace, name), {}).get(key)
+        return None if value is None else value.encode()
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return None  # no webhook configurations (or anything else) to read without Kubernetes
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,57 @@
+"""The demo's first half on the host kernel (no ESP needed): the standalone operator in the node
+namespace serves the mesh API on the bridge address, and a pod reaches it with its token."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+
+import pytest
+from cryptography import x509
+
+from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
+from ipsec_mesh_operator.demo.netns import in_netns
+from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, Demo, load_config
+from tests.operator.standalone_fixture import make_csr
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                                reason="needs root and iproute2 to create network namespaces")
+
+
+def _bootstrap(url: str, bundle: str, token_file: str, identity: str):
+    async def run():
+        async with MeshApiClient(url, ca_bundle=bundle, token_file=token_file) as client:
+            issued = await client.sign_csr(make_csr(identity))
+            return issued, await client.fetch_peer_map()
+    return asyncio.run(run())
+
+
+def test_pods_bootstrap_from_the_standalone_operator_over_the_bridge():
+    config = load_config(DEFAULT_CONFIG)
+    out = io.StringIO()
+    demo = Demo(config, out=out)
+    try:
+        demo.build_network()
+        overview = demo.start_operator()
+        operator = demo.operator
+        assert operator.url == "https://10.42.0.1:8443"
+        assert {p["name"] for p in overview["peerings"]} == {"web-db", "intruder-wants-in"}
+        web = config.pod("web")
+        issued, peer_map = in_netns(demo.netns("web"), _bootstrap, operator.url, operator.ca_bundle,
+                                    str(operator.token_file(web)), "web.shop.pod.demo.mesh.local")
+        cert = x509.load_pem_x509_certificate(issued.certificate.encode())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == ["web.shop.pod.demo.mesh.local"]
+        assert "shop/db" in [peer.name for policy in peer_map.policies for peer in policy.peers]
+        # The intruder's token cannot buy web's certificate, even from inside the mesh.
+        with pytest.raises(MeshApiRequestError):
+            in_netns(demo.netns("intruder"), _bootstrap, operator.url, operator.ca_bundle,
+                     str(operator.token_file(config.pod("intruder"))), "web.shop.pod.demo.mesh.local")
+        records = {p["name"]: p["certificate"] for p in operator.overview()["pods"]}
+        assert records["web"]["serial"] == f"{cert.serial_number:x}" and records["intruder"] is None
+    finally:
+        demo.cleanup()
+    assert "nothing left behind" in out.getvalue()
+    assert demo.operator.process.poll() is not None

@@ -1,0 +1,69 @@
+"""The standalone YAML loader: what it builds, and typed errors that name the field."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config, pod_uid
+from standalone_fixture import MESH
+
+
+def test_pods_become_pod_infos_as_the_handlers_build_them():
+    config = parse_config(MESH)
+    web = config.pods[0]
+    assert web == PodInfo.from_body({
+        "metadata": {"namespace": "shop", "name": "web", "uid": pod_uid("shop", "web"), "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "web"}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}})
+    assert config.pods[2].service_account == "default"
+    assert pod_uid("shop", "web") == pod_uid("shop", "web") != pod_uid("shop", "db")
+    assert config.peerings[0] == parse_peering("shop", "web-db", MESH["peerings"][0]["spec"])
+    assert config.namespace_labels() == {"shop": {"kubernetes.io/metadata.name": "shop"}}
+
+
+def _with(mutate):
+    document = copy.deepcopy(MESH)
+    mutate(document)
+    return document
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda d: d.update(extra=1), "", "unknown field(s) extra"),
+    (lambda d: d.pop("pods"), "", "missing field(s) pods"),
+    (lambda d: d.update(trustDomain="Not A Domain"), "trustDomain", "not a DNS name"),
+    (lambda d: d["pods"][1].update(ips=["10.0.0.300"]), "pods[1].ips[0]", "not an IP address"),
+    (lambda d: d["pods"][1].update(ips=[]), "pods[1].ips", "1..2 items"),
+    (lambda d: d["pods"][0].update(name="Web_0"), "pods[0].name", "not a DNS name"),
+    (lambda d: d["pods"][0].update(namespace="a.b"), "pods[0].namespace", "not a DNS label"),
+    (lambda d: d["pods"][0].update(labels={"app": 3}), "pods[0].labels.app", "must be a string"),
+    (lambda d: d["pods"][0].update(colour="red"), "pods[0]", "unknown field(s) colour"),
+    (lambda d: d["pods"].append(dict(d["pods"][0])), "pods[3]", "also pods[0]"),
+    (lambda d: d["pods"][2].update(ips=["10.0.0.1"]), "pods[2].ips", "also an address of pods[0]"),
+    (lambda d: d["peerings"][0].pop("spec"), "peerings[0]", "missing field(s) spec"),
+    (lambda d: d["peerings"][0]["spec"].update(enforcement="sometimes"), "peerings[0].spec",
+     "peerings[0].spec: enforcement: unknown value"),
+    (lambda d: d["peerings"][0]["spec"].update(lifetimes={"child": "10s"}), "peerings[0].spec", "at least 60s"),
+    (lambda d: d["peerings"].append(copy.deepcopy(d["peerings"][0])), "peerings[2]", "listed twice"),
+    (lambda d: d.update(namespaces={"shop": {"team": 1}}), "namespaces.shop.team", "must be a string"),
+    (lambda d: d.update(configMaps=[{"name": "x", "data": {"k": 1}}]), "configMaps[0].data", "map keys"),
+])
+def test_errors_name_the_field(mutate, field, words):
+    with pytest.raises(StandaloneConfigError) as error:
+        parse_config(_with(mutate))
+    assert error.value.field == field
+    assert words in str(error.value)
+
+
+def test_unreadable_and_non_yaml_files(tmp_path):
+    with pytest.raises(StandaloneConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pods: [\n")
+    with pytest.raises(StandaloneConfigError, match="not YAML"):
+        load_config(bad)
+    bad.write_text("- just a list\n")
+    with pytest.raises(StandaloneConfigError, match="must be an object"):
+        load_config(bad)
