@@ -9,33 +9,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # api_fixture, fake_tokens
 
 from api_fixture import running_servers  # noqa: E402
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
 from ipsec_mesh_operator.peering import parse_peering  # noqa: E402
 from mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for  # noqa: E402
-from tests.host.netns_helpers import ip, make_pair, missing_prerequisite  # noqa: E402
+from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: E402,F401  (fixture)
 
 WEB, DB, CACHE = pod("web-0", "web", 12), pod("db-0", "db", 13), pod("cache-0", "db", 14)
 PEERING = parse_peering("prod", "p", {"selector": {"matchLabels": {"app": "web"}},
                                       "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}]})
-
-
-@pytest.fixture
-def pair():
-    reason = missing_prerequisite()
-    if reason:
-        pytest.skip(reason)
-    p = make_pair("mesh")
-    yield p
-    p.close()
-
-
-def policies(netns: str) -> str:
-    return ip("xfrm", "policy", "list", netns=netns)
 
 
 def selector(src: str, dst: str) -> str:

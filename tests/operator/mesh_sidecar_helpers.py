@@ -15,6 +15,7 @@ from ipsec_mesh.agent.mesh_mode import MeshSidecar
 from ipsec_mesh.agent.mesh_settings import MeshSettings
 from ipsec_mesh.meshapi.client import MeshApiClient
 from ipsec_mesh_operator.index import PodInfo
+from tests.agent.test_agent_loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 
 # Per-process loopback addresses and IKE port, so parallel runs by others do not collide.
 _OCTET = 20 + os.getpid() % 200
@@ -79,13 +80,3 @@ async def wait_for(predicate, timeout: float = 15.0, what: str = "condition") ->
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(0.05)
-
-
-async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(1 << 20), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
