@@ -45,7 +45,7 @@ def write_token(directory: Path, info: PodInfo, **kwargs) -> Path:
 
 
 def settings_for(runtime, servers, info: PodInfo, directory: Path, *, initiate: tuple[str, ...] = (),
-                 status_interval: float = 30) -> MeshSettings:
+                 status_interval: float = 30, retransmit_tries: int = 2) -> MeshSettings:
     return MeshSettings(
         api_url=api_url(servers),
         token_file=write_token(directory, info),
@@ -59,7 +59,7 @@ def settings_for(runtime, servers, info: PodInfo, directory: Path, *, initiate: 
         pod_ips=info.ips,
         sidecar=SidecarSettings(dataplane="none", initiate=initiate,
                                 ike=IkeSettings(port=IKE_PORT, natt_port=IKE_PORT + 1, retransmit_timeout=1.0,
-                                                retransmit_tries=2)),
+                                                retransmit_tries=retransmit_tries)),
     )
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cryptography import x509
 import fake_tokens
 from api_fixture import running_servers
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
+from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.peering import parse_peering
 from mesh_sidecar_helpers import (
     api_url, ca_bundle, http_get, loopback, mesh_sidecar, pod, settings_for, wait_for, write_token,
@@ -131,6 +133,38 @@ async def test_an_unusable_peer_map_is_reported_and_the_old_one_stays(tmp_path):
             await wait_for(lambda: "not applied" in last_error(), what="refusal reported")
             assert "POD_NAME" in last_error()
             assert runtime.reports[WEB.key][1].applied_version == applied.version
+
+
+async def test_failed_peers_and_the_last_error_are_reported_until_the_peer_comes_up(tmp_path):
+    async with running_servers([WEB, DB]) as (runtime, servers):
+        runtime.index.upsert_peering(PEERING)
+        # One IKE_SA_INIT, no retransmission: DB's sidecar is not running yet, so it times out in 1 s.
+        settings = settings_for(runtime, servers, WEB, tmp_path, initiate=DB.ips, retransmit_tries=0)
+        async with mesh_sidecar(settings) as web:
+
+            def peering():
+                entry = runtime.reports.get(WEB.key)
+                return entry[1].peerings[0] if entry and entry[1].peerings else None
+
+            await wait_for(lambda: peering() is not None and peering().failed_peers == 1, what="failure reported")
+            assert peering().last_error == "no response to IKE_SA_INIT" and peering().established_sas == 0
+            async with mesh_sidecar(settings_for(runtime, servers, DB, tmp_path)):
+                web.agent.initiate(DB.ips[0])
+                await wait_for(lambda: peering().established_sas == 1, what="SA reported")
+                assert peering().failed_peers == 0 and peering().last_error == ""
+
+
+async def test_a_new_trust_bundle_reaches_the_api_client(tmp_path):
+    async with running_servers([WEB, DB]) as (runtime, servers):
+        async with mesh_sidecar(settings_for(runtime, servers, WEB, tmp_path)) as sidecar:
+            context = sidecar.client._ssl
+            extra = CertificateAuthority.create(time.time(), 3600, 86400).trust_bundle(time.time())
+            runtime.index.set_trust_bundle(runtime.index.trust_bundle + extra)  # a CA rotation begins
+            await wait_for(lambda: sidecar.client._ssl is not context, what="TLS trust updated")
+            assert len(sidecar.agent.peers.peer_map.trust_bundle) == 2
+            runtime.index.upsert_peering(PEERING)  # the API is still trusted over the new context
+            await wait_for(lambda: sidecar.agent.peers.entry_for(DB.ips[0]) is not None, what="later map")
+            assert sidecar.mesh_status()["last_error"] == ""
 
 
 async def run_cli(env: dict[str, str]) -> tuple[int, str]:

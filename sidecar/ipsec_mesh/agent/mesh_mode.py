@@ -42,6 +42,7 @@ class MeshSidecar:
         self.seen_version = 0
         self.refused: tuple[PeerMap, str] | None = None
         self.reports_sent = 0
+        self.last_error = ""  # the latest mesh API trouble after start (watch, renewal)
         self._report_due = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -71,6 +72,7 @@ class MeshSidecar:
             "certificate": {"serial": f"{cred.serial:x}", "not_after": cred.not_after,
                             "renew_at": round(cred.renew_at, 1)} if cred else None,
             "reports_sent": self.reports_sent,
+            "last_error": self.last_error,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -162,7 +164,8 @@ class MeshSidecar:
                     self.apply_peer_map(peer_map)
                     delay = 1.0
             except MeshApiError as exc:  # a refusal, or a map that does not even parse
-                log.error("peer-map watch: %s; retrying in %.0fs", exc, delay)
+                self.last_error = f"peer-map watch: {exc}"
+                log.error("%s; retrying in %.0fs", self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
 
