@@ -167,6 +167,24 @@ async def test_a_new_trust_bundle_reaches_the_api_client(tmp_path):
             assert sidecar.mesh_status()["last_error"] == ""
 
 
+async def test_a_busy_health_port_is_a_configuration_error(tmp_path):
+    import dataclasses
+    import socket
+
+    from ipsec_mesh.agent.bootstrap import BootstrapError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        async with running_servers([WEB]) as (runtime, servers):
+            settings = dataclasses.replace(settings_for(runtime, servers, WEB, tmp_path),
+                                           health_port=busy.getsockname()[1])
+            with pytest.raises(BootstrapError) as error:
+                async with mesh_sidecar(settings):
+                    pass
+    assert error.value.exit_code == 2 and "IPSEC_MESH_HEALTH_PORT" in str(error.value)
+
+
 async def run_cli(env: dict[str, str]) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh", "--dataplane", "none",

@@ -27,12 +27,15 @@ T = TypeVar("T")
 
 EXIT_CONFIG = 2  # settings or peer map unusable
 EXIT_REFUSED = 3  # the mesh API refused us (token, identity)
+EXIT_CRASHED = 1  # a mesh-mode loop failed (a bug): let the kubelet restart us
 REFUSALS = frozenset({400, 401, 403, 404})
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 
 
 class BootstrapError(Exception):
+    """Mesh mode cannot go on; the CLI prints the message and exits with `exit_code`."""
+
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code

@@ -20,7 +20,9 @@ import time
 from ..meshapi.errors import MeshApiError, MeshApiRequestError
 from ..meshapi.model import PeerMap
 from ..meshapi.status import PeeringStatus, StatusReport
-from .bootstrap import EXIT_CONFIG, BootstrapError, issue_credential, localized, peer_set, with_backoff
+from .bootstrap import (
+    EXIT_CONFIG, EXIT_CRASHED, MAX_DELAY, BootstrapError, issue_credential, localized, peer_set, with_backoff,
+)
 from .mesh_settings import MeshSettings
 from .peers import PeerSetError
 from .runtime import Agent
@@ -43,6 +45,7 @@ class MeshSidecar:
         self.refused: tuple[PeerMap, str] | None = None
         self.reports_sent = 0
         self.last_error = ""  # the latest mesh API trouble after start (watch, renewal)
+        self.crashed: BaseException | None = None
         self._report_due = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -94,12 +97,26 @@ class MeshSidecar:
                  peer_map.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.credential.not_after)))
 
     async def start(self) -> None:
-        await self.health.start()
+        try:
+            await self.health.start()
+        except OSError as exc:
+            raise BootstrapError(f"IPSEC_MESH_HEALTH_PORT: cannot listen on {self.settings.health_host}:"
+                                 f"{self.settings.health_port}: {exc.strerror}", EXIT_CONFIG) from None
         await self.bootstrap()
         await self.agent.start()
         for loop in (self._watch, self._renew, self._report):
-            self._tasks.append(asyncio.create_task(loop(), name=f"mesh-{loop.__name__.strip('_')}"))
+            task = asyncio.create_task(loop(), name=f"mesh-{loop.__name__.strip('_')}")
+            task.add_done_callback(self._loop_ended)
+            self._tasks.append(task)
         self.request_report()
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """The loops run until cancelled: one that ends otherwise is a bug; stop (and get restarted)."""
+        if task.cancelled():
+            return
+        self.crashed = task.exception() or RuntimeError("ended")
+        log.error("%s ended unexpectedly: %r; stopping", task.get_name(), self.crashed, exc_info=self.crashed)
+        self._stopping.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -129,6 +146,8 @@ class MeshSidecar:
                 stopping.cancel()
         finally:
             await self.stop()
+        if self.crashed is not None:
+            raise BootstrapError(f"stopped after an internal error: {self.crashed!r}", EXIT_CRASHED)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -170,20 +189,28 @@ class MeshSidecar:
                 delay = min(delay * 2, 60.0)
 
     # -- certificate -------------------------------------------------------------------------
-    async def renew_certificate(self) -> None:
+    async def renew_certificate(self) -> bool:
         identity = self.agent.peers.peer_map.local.identity
         credential = await with_backoff(lambda: issue_credential(self.client, identity),
                                         "renewing our certificate", give_up_on_refusal=False)
+        try:
+            peers = peer_set(self.agent.peers.peer_map, self.settings.sidecar.ike, credential)
+        except PeerSetError as exc:  # not expected: the map in force took the previous certificate
+            self.last_error = f"renewed certificate not usable: {exc}"
+            log.error("%s", self.last_error)
+            return False
         self.credential = credential
         # Same map, new credential: policies and SAs stay; new IKE SAs use the new certificate.
-        self.agent.replace_peers(peer_set(self.agent.peers.peer_map, self.settings.sidecar.ike, credential))
+        self.agent.replace_peers(peers)
         log.info("certificate renewed (serial %x), valid until %s", credential.serial,
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(credential.not_after)))
+        return True
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(max(self.credential.renew_at - time.time(), 0.0))
-            await self.renew_certificate()
+            if not await self.renew_certificate():
+                await asyncio.sleep(MAX_DELAY)  # the old certificate serves meanwhile
 
     # -- status reports ---------------------------------------------------------------------
     def request_report(self) -> None:
