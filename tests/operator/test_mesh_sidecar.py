@@ -19,7 +19,7 @@ from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.peering import parse_peering
 from mesh_sidecar_helpers import (
-    api_url, ca_bundle, http_get, loopback, mesh_sidecar, pod, settings_for, wait_for, write_token,
+    IKE_PORT, api_url, ca_bundle, http_get, mesh_sidecar, pod, settings_for, wait_for, write_token,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,11 +185,21 @@ async def test_a_busy_health_port_is_a_configuration_error(tmp_path):
     assert error.value.exit_code == 2 and "IPSEC_MESH_HEALTH_PORT" in str(error.value)
 
 
-async def run_cli(env: dict[str, str]) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh", "--dataplane", "none",
+def cli_env(runtime, servers, token_file: Path, health_port: int = 0) -> dict[str, str]:
+    return {"IPSEC_MESH_API_URL": api_url(servers), "IPSEC_MESH_TOKEN_FILE": str(token_file),
+            "IPSEC_MESH_CA_BUNDLE": ca_bundle(runtime), "IPSEC_MESH_HEALTH_PORT": str(health_port),
+            "IPSEC_MESH_HEALTH_HOST": "127.0.0.1", "IPSEC_MESH_WATCH_WAIT": "1", "POD_NAME": WEB.name,
+            "POD_NAMESPACE": WEB.namespace, "POD_IPS": ",".join(WEB.ips)}
+
+
+async def start_cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh", "--dataplane", "none", *args,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{ROOT / 'sidecar'}:{ROOT / 'operator'}", **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def finish(process: asyncio.subprocess.Process) -> tuple[int, str]:
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     finally:
@@ -199,6 +209,39 @@ async def run_cli(env: dict[str, str]) -> tuple[int, str]:
     return process.returncode, stderr.decode()
 
 
+async def test_the_cli_command_gets_ready_and_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import socket
+
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(f"ike: {{port: {IKE_PORT}, nattPort: {IKE_PORT + 1}}}\nlog: {{format: json}}\n")
+    with socket.socket() as probe:  # a free port for the health server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with running_servers([WEB, DB]) as (runtime, servers):
+        runtime.index.upsert_peering(PEERING)
+        process = await start_cli(cli_env(runtime, servers, write_token(tmp_path, WEB), port),
+                                  "--settings", str(settings_file))
+        try:
+            async def ready() -> bool:
+                try:
+                    return (await http_get("127.0.0.1", port, "/ready"))[0] == 200
+                except OSError:
+                    return False
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while not await ready():
+                assert process.returncode is None and asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.1)
+            await wait_for(lambda: WEB.key in runtime.reports, what="report from the CLI sidecar")
+            process.send_signal(signal.SIGTERM)
+        finally:
+            code, stderr = await finish(process)
+    assert code == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]  # log.format json from the settings file
+    assert any("bootstrapped from the mesh API" in line["message"] for line in lines)
+
+
 @pytest.mark.parametrize("token", ["wrong-audience", "forged"])
 async def test_a_refused_token_fails_clearly_with_exit_code_3(tmp_path, token):
     async with running_servers([WEB]) as (runtime, servers):
@@ -206,11 +249,7 @@ async def test_a_refused_token_fails_clearly_with_exit_code_3(tmp_path, token):
             path = write_token(tmp_path, WEB, audience="kubernetes")
         else:
             path = write_token(tmp_path, WEB, key=b"not the signing key")
-        code, stderr = await run_cli({
-            "IPSEC_MESH_API_URL": api_url(servers), "IPSEC_MESH_TOKEN_FILE": str(path),
-            "IPSEC_MESH_CA_BUNDLE": ca_bundle(runtime), "IPSEC_MESH_HEALTH_PORT": "0",
-            "IPSEC_MESH_HEALTH_HOST": "127.0.0.1", "POD_NAME": WEB.name, "POD_NAMESPACE": WEB.namespace,
-            "POD_IPS": ",".join(WEB.ips)})
+        code, stderr = await finish(await start_cli(cli_env(runtime, servers, path)))
         assert code == 3, stderr
         assert "mesh API refused fetching the first peer map" in stderr and "HTTP 401" in stderr
         assert "Traceback" not in stderr
