@@ -26,7 +26,7 @@ def selector(src: str, dst: str) -> str:
     return f"src {src}/32 dst {dst}/32"
 
 
-async def test_xfrm_policies_follow_peer_map_updates(pair, tmp_path):
+async def test_xfrm_policies_follow_peer_map_updates(pair, tmp_path):  # noqa: F811  (the fixture)
     web, db, cache = WEB.ips[0], DB.ips[0], CACHE.ips[0]
     async with running_servers([WEB, DB]) as (runtime, servers):
         runtime.index.upsert_peering(PEERING)

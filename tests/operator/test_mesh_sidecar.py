@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-import fake_tokens
 from api_fixture import running_servers
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
 from ipsec_mesh_operator.ca import CertificateAuthority
@@ -99,7 +98,7 @@ async def test_two_mesh_sidecars_establish_with_issued_certificates_and_report(t
 async def test_certificate_renewal_keeps_the_sas(tmp_path):
     async with running_servers([WEB, DB], max_cert_lifetime=4) as (runtime, servers):
         runtime.index.upsert_peering(PEERING)
-        async with mesh_sidecar(settings_for(runtime, servers, DB, tmp_path)) as db, \
+        async with mesh_sidecar(settings_for(runtime, servers, DB, tmp_path)), \
                 mesh_sidecar(settings_for(runtime, servers, WEB, tmp_path, initiate=DB.ips)) as web:
             await wait_for(lambda: web.agent.dataplane.outbound, what="CHILD SA")
             label = web.agent.endpoint.status()[0]["ike_sa"]
