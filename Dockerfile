@@ -9,8 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/ipsec-mesh
 ENV PATH=/opt/ipsec-mesh/bin:$PATH
 WORKDIR /src
-COPY docker/requirements.txt docker/requirements.txt
-RUN pip install --only-binary=:all: -r docker/requirements.txt
+COPY docker/requirements.txt docker/constraints.txt docker/
+# Wheels only, every package pinned (constraints.txt holds the transitive ones too).
+RUN pip install --only-binary=:all: -c docker/constraints.txt -r docker/requirements.txt
 COPY pyproject.toml README.md ./
 COPY sidecar sidecar
 COPY operator operator

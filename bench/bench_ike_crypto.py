@@ -27,6 +27,7 @@ from ipsec_mesh.ike.constants import EncrId, KeId, PrfId  # noqa: E402
 from ipsec_mesh.ike.crypto import SUPPORTED_PRF, AeadProtector, aead_keymat_len, prf_for  # noqa: E402
 from ipsec_mesh.ike.keyexchange import SUPPORTED_KE, respond_key_exchange, start_key_exchange  # noqa: E402
 from ipsec_mesh.ike.keymat import derive_child_keys, derive_ike_keys, skeyseed  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 
 
 def ops_per_second(operation: Callable[[], object], seconds: float) -> float:
@@ -39,16 +40,6 @@ def ops_per_second(operation: Callable[[], object], seconds: float) -> float:
         now = time.perf_counter()
         if now >= deadline or count >= 1_000_000:
             return count / (now - start)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def full_exchange(method: KeId) -> Callable[[], bytes]:

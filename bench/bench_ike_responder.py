@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "sidecar")]
 
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 from tests.interop.harness.charon import Charon, missing_requirements  # noqa: E402
 from tests.interop.harness.netns import Namespace, Topology, netns_supported  # noqa: E402
 from tests.interop.harness.shim import build_shim  # noqa: E402
@@ -184,9 +185,7 @@ def measure(topology: Topology, implementation: str, auth: str, sas: int, window
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()}
 
 
 def versions() -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sidecar"))
 
 import pyroute2  # noqa: E402
+from machine import describe  # noqa: E402  (bench/, the script's own directory)
 
 from ipsec_mesh.xfrm import Direction, PolicySpec, Selector, Template, Xfrm, owned_reqid  # noqa: E402
 
@@ -54,16 +54,7 @@ def one_by_one(xfrm: Xfrm, policies: list[PolicySpec]) -> list:
 
 
 def machine_info() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs; kernel {platform.release()}; "
-        f"Python {platform.python_version()}; pyroute2 {pyroute2.__version__}"
-    )
+    return f"{describe()}; pyroute2 {pyroute2.__version__}"
 
 
 def report(label: str, peers: int, seconds: float) -> None:

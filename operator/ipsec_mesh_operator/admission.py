@@ -21,6 +21,7 @@ from aiohttp import web
 from .api import RUNTIME_KEY
 from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
 from .peering import InvalidPeering, parse_peering
+from .peering_status import awaiting_consent_message
 from .psk import secret_name
 
 logger = logging.getLogger("ipsec_mesh_operator.admission")
@@ -144,8 +145,16 @@ def peering_problems(obj: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def review_response(review: Any, config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
-    """Answer one AdmissionReview (admission.k8s.io/v1)."""
+def consent_warnings(obj: Mapping[str, Any], index: Any) -> list[str]:
+    """kubectl warnings for a valid peering that is one-sided in other namespaces (see index.py)."""
+    meta = obj.get("metadata") or {}
+    spec = parse_peering(meta.get("namespace") or "", meta.get("name") or "", obj.get("spec"))
+    waiting = index.one_sided_namespaces(spec)
+    return [awaiting_consent_message(waiting)] if waiting else []
+
+
+def review_response(review: Any, config: OperatorConfig, ca_bundle: str, index: Any = None) -> dict[str, Any]:
+    """Answer one AdmissionReview (admission.k8s.io/v1); `index` (the MeshIndex) adds consent warnings."""
     if not isinstance(review, Mapping) or not isinstance(review.get("request"), Mapping):
         raise ValueError("not an AdmissionReview")
     request = review["request"]
@@ -166,6 +175,8 @@ def review_response(review: Any, config: OperatorConfig, ca_bundle: str) -> dict
             response["allowed"] = False
             response["status"] = {"code": 422, "reason": "Invalid",
                                   "message": "IPsecPeering rejected: " + "; ".join(problems)}
+        elif index is not None and (warnings := consent_warnings(obj, index)):
+            response["warnings"] = warnings
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
@@ -177,7 +188,7 @@ async def _handle(request: web.Request) -> web.Response:
             raise ValueError("AdmissionReview too large")
         review = json.loads(raw)
         bundle = "".join(runtime.index.trust_bundle)
-        return web.json_response(review_response(review, runtime.config, bundle))
+        return web.json_response(review_response(review, runtime.config, bundle, runtime.index))
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
 

@@ -151,7 +151,12 @@ class CertificateAuthority:
         self._ski[gid] = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
     def rotate_if_due(self, now: float, interval: float, propagation: float, lifetime: float) -> bool:
-        """Rotate a managed CA on schedule and prune retired ones; True if anything changed."""
+        """Rotate a managed CA on schedule, or early if it is running out; prune retired ones.
+
+        True if anything changed. "Running out": the newest CA expires before it could
+        be replaced in time (propagation, then a full leaf lifetime before it ends),
+        as when the rotation interval was raised after that CA was made for a shorter one.
+        """
         changed = False
         pruned = self.ring.prune(now)
         if pruned != self.ring:
@@ -161,10 +166,17 @@ class CertificateAuthority:
                 for gid in [gid for gid in store if gid not in live]:
                     del store[gid]
             changed = True
-        if self.managed and self.ring.due(now, interval):
+        if self.managed and (self.ring.due(now, interval) or self._running_out(now, propagation)):
             self._add_generation(now, lifetime, propagation)
             changed = True
         return changed
+
+    def _running_out(self, now: float, propagation: float) -> bool:
+        newest = self.ring.newest()
+        if newest is None:
+            return True
+        ends = self.certs[newest.id].not_valid_after_utc.timestamp()
+        return ends <= now + propagation + self.max_leaf_lifetime
 
     def _active_id(self, now: float) -> str:
         active = self.ring.active(now)

@@ -1,25 +1,99 @@
 """`ipsec-mesh`: the project's command line.
 
-    ipsec-mesh demo [--config FILE] [--no-vm]    a small mesh on this machine (as root)
+    ipsec-mesh demo [--config FILE] [--no-vm]          a small mesh on this machine (as root)
+    ipsec-mesh peerings [-n NS | -A] [--sas] [--json]  peerings: members, peers, SAs, conditions
+    ipsec-mesh explain NS/POD NS/POD [--json]          is traffic between two pods encrypted? if not, why
+
+peerings and explain read the cluster of the current kubeconfig (--kubeconfig,
+--context), or a standalone operator with --standalone STATE_DIR.
+explain exits 0 when the pair is encrypted, 1 when it is not, 2 on usage
+errors, 3 when the facts cannot be collected.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
+
+#: Commands that parse their own arguments: the module (in this package) whose main() runs them.
+DELEGATED = {"demo": "demo"}
+EXIT_ENCRYPTED, EXIT_NOT_ENCRYPTED, EXIT_USAGE, EXIT_NO_FACTS = 0, 1, 2, 3
+
+
+def _pod_ref(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a pod as NAMESPACE/NAME")
+    return namespace, name
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipsec-mesh", description="ipsec-mesh operations")
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--standalone", metavar="STATE_DIR", help="a standalone operator's state directory")
+    common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    common.add_argument("--context", help="kubeconfig context")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    peerings = commands.add_parser("peerings", parents=[common], help="peerings, members, peers, SAs")
+    scope = peerings.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="only this namespace")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace (the default)")
+    peerings.add_argument("--sas", action="store_true", help="also ask the sidecars in scope for their SAs")
+    explain = commands.add_parser("explain", parents=[common], help="why two pods' traffic is (not) encrypted")
+    explain.add_argument("a", type=_pod_ref, metavar="NS/POD")
+    explain.add_argument("b", type=_pod_ref, metavar="NS/POD")
+    return parser
+
+
+def _source(args: argparse.Namespace):
+    from .sources import ClusterSource, StandaloneSource
+
+    if args.standalone:
+        return StandaloneSource(args.standalone)
+    return ClusterSource(args.kubeconfig, args.context)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "demo":
-        from .demo import main as demo_main
+        return 0 if argv else EXIT_USAGE
+    if argv[0] in DELEGATED:
+        return importlib.import_module(f".{DELEGATED[argv[0]]}", __package__).main(argv[1:])
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code else 0
+    from .sources import SourceError
 
-        return demo_main(rest)
-    print(f"unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
-    return 2
+    try:
+        source = _source(args)
+        if args.command == "explain":
+            return _explain(source, args)
+        return _peerings(source, args)
+    except SourceError as exc:
+        print(f"ipsec-mesh: {exc}", file=sys.stderr)
+        return EXIT_NO_FACTS
+
+
+def _explain(source, args: argparse.Namespace) -> int:
+    from . import render
+    from .diagnose import explain
+
+    verdict = explain(source.facts([args.a, args.b]), args.a, args.b)
+    print(render.verdict_json(verdict) if args.json else render.verdict_text(verdict))
+    return EXIT_ENCRYPTED if verdict.encrypted else EXIT_NOT_ENCRYPTED
+
+
+def _peerings(source, args: argparse.Namespace) -> int:
+    from . import render
+    from .overview import overview
+
+    entries = overview(source.facts([], args.namespace, all_pods=True, statuses=args.sas))
+    print(render.overview_json(entries) if args.json else render.overview_text(entries))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 import kopf
@@ -69,6 +70,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="ipsec-mesh.io", key="last-handled-configuration")
     settings.posting.level = logging.INFO
+    draw_peering_priority(settings)
     config = OperatorConfig.from_env()
     rt = OperatorRuntime(config, KubeClient(load_connection()))
     await rt.load_or_create_ca()
@@ -77,6 +79,16 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     await rt.publish_webhook_ca_bundle()
     STATE.runtime, STATE.servers = rt, servers
     STATE.maintenance = asyncio.create_task(_maintain_ca(rt))
+
+
+def draw_peering_priority(settings: kopf.OperatorSettings) -> None:
+    """With kopf peering, give this replica a priority of its own (unless --priority set one).
+
+    Replicas of a Deployment share their arguments, and kopf pauses every operator that
+    sees another with the same priority: with distinct ones, exactly the highest runs.
+    """
+    if settings.peering.mandatory and not settings.peering.priority:
+        settings.peering.priority = secrets.randbelow(2**31 - 1) + 1
 
 
 async def _maintain_ca(rt: OperatorRuntime) -> None:

@@ -5,9 +5,15 @@ peering, a key) works out which pods' peer maps it touches, bumps their
 versions and tells the listeners (the mesh API's watchers). Peer maps are
 built lazily on request and cached until the next change that touches them.
 
-Symmetry: a pod selected by a peering's `selector` gets the peering's peers,
-and a pod matched by one of its peer selectors gets the peering's members, so
-both ends hold a policy for each other.
+Symmetry and consent: a pod selected by a peering's `selector` gets the
+peering's peers, and a peer pod of the peering's own namespace gets its members,
+so both ends hold a policy for each other. A peer pod of another namespace gets
+a member only with that namespace's consent: one of its own peerings selects it
+and lists the member as a peer. Without it the peering is one-sided there (its
+members hold a policy, the peer pods none), and `one_sided_namespaces` says so.
+
+A pair of pods covered by several peerings is listed once in each map, under
+the peering that comes first by `precedence`: the same choice at both ends.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn
+from ipsec_mesh.meshapi import (
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn,
+)
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
@@ -32,6 +40,16 @@ PeeringKey = tuple[str, str]
 Listener = Callable[[set[PodKey]], None]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def precedence(spec: PeeringSpec) -> tuple:
+    """Sort key of the peering whose settings govern a pair of pods covered by several.
+
+    The strictest first (require, certificates, TFC padding), so that no peering can
+    weaken another's protection by its name; then namespace and name, for a total order.
+    """
+    return (spec.enforcement is not Enforcement.REQUIRE, spec.auth is not AuthKind.CERTIFICATE,
+            not spec.tfc_padding, spec.namespace, spec.name)
 
 
 def _parse_ip(text: str) -> IpAddress:
@@ -113,6 +131,10 @@ class MeshIndex:
         self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)
         #: Peerings with a namespaceSelector: any pod anywhere may be their peer.
         self._cross_namespace: set[PeeringKey] = set()
+        #: The same, by one label their cross-namespace pod selector requires (or unkeyed if none):
+        #: a new pod only checks those it could match.
+        self._cross_by_label: dict[tuple[str, str], set[PeeringKey]] = defaultdict(set)
+        self._cross_unkeyed: set[PeeringKey] = set()
         self._members: dict[PeeringKey, set[PodKey]] = {}
         self._peer_pods: dict[PeeringKey, set[PodKey]] = {}
         self._member_of: dict[PodKey, set[PeeringKey]] = defaultdict(set)
@@ -148,6 +170,28 @@ class MeshIndex:
     def peerings_of(self, pod: PodKey) -> frozenset[PeeringKey]:
         return frozenset(self._member_of.get(pod, set()) | self._peer_of.get(pod, set()))
 
+    def effective_peerings(self, pod: PodKey) -> frozenset[PeeringKey]:
+        """The peerings that apply to the pod: all it is a member of, and those whose
+        members it accepts (same namespace, or consented)."""
+        return frozenset(self._member_of.get(pod, set())) | frozenset(
+            key for key in self._peer_of.get(pod, ()) if self._counterparts_via(pod, key))
+
+    def one_sided_namespaces(self, spec: PeeringSpec) -> tuple[str, ...]:
+        """Other namespaces whose pods `spec` selects as peers but that do not accept all its members.
+
+        Works for a peering in the index and for one not applied yet (the validating webhook).
+        """
+        if self._peerings.get(spec.key) == spec:
+            members, peers = self._members[spec.key], self._peer_pods[spec.key]
+        else:
+            members, peers = self._selection(spec)
+        waiting: set[str] = set()
+        for pod in peers:
+            if pod[0] != spec.namespace and pod[0] not in waiting and members:
+                if len(self._consented(pod, members)) < len(members):
+                    waiting.add(pod[0])
+        return tuple(sorted(waiting))
+
     def version(self, pod: PodKey) -> int:
         return self._versions.get(pod, 0)
 
@@ -175,8 +219,9 @@ class MeshIndex:
             addresses=info.addresses,
         )
         policies: list[PeeringPolicy] = []
-        for peering_key in sorted(self.peerings_of(pod)):
-            policies.extend(self._policies_for(pod, peering_key))
+        claimed: list[set[PodKey]] = []  # counterparts already listed by a peering of higher precedence
+        for peering_key in sorted(self.peerings_of(pod), key=lambda k: precedence(self._peerings[k])):
+            policies.extend(self._policies_for(pod, peering_key, claimed))
         built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle)
         self._maps[pod] = built
         return built
@@ -217,9 +262,11 @@ class MeshIndex:
         if info is None:
             return set()
         self._unindex_pod(info)
-        changed = self._counterparts(key, self._member_of.pop(key, set()), self._peer_of.pop(key, set()))
-        for peering_key in self._peerings:
+        member_of, peer_of = self._member_of.pop(key, set()), self._peer_of.pop(key, set())
+        changed = self._counterparts(key, member_of, peer_of)
+        for peering_key in member_of:
             self._members[peering_key].discard(key)
+        for peering_key in peer_of:
             self._peer_pods[peering_key].discard(key)
         self._versions.pop(key, None)
         self._maps.pop(key, None)
@@ -242,7 +289,10 @@ class MeshIndex:
             spec = self._peerings[peering_key]
             if spec.selector.matches(info.labels):
                 member.add(peering_key)
-        for peering_key in self._peerings_by_namespace.get(info.namespace, set()) | self._cross_namespace:
+        candidates = self._peerings_by_namespace.get(info.namespace, set()) | self._cross_unkeyed
+        for label in info.labels.items():
+            candidates |= self._cross_by_label.get(label, set())
+        for peering_key in candidates:
             spec = self._peerings[peering_key]
             if any(self._pod_matches(spec, peers, info) for peers in spec.pod_peers):
                 peer.add(peering_key)
@@ -280,9 +330,11 @@ class MeshIndex:
     # ---- namespaces --------------------------------------------------------
 
     def set_namespace_labels(self, namespace: str, labels: Mapping[str, str]) -> set[PodKey]:
+        # The API server labels every namespace with its own name; the index relies on it.
+        labels = {**labels, NAMESPACE_NAME_LABEL: namespace}
         if self._namespace_labels.get(namespace) == labels:
             return set()
-        self._namespace_labels[namespace] = dict(labels)
+        self._namespace_labels[namespace] = labels
         return self._reselect(self._cross_namespace)
 
     def remove_namespace(self, namespace: str) -> set[PodKey]:
@@ -306,8 +358,11 @@ class MeshIndex:
         self._drop_views(key)
         self._peerings[key] = spec
         self._peerings_by_namespace[spec.namespace].add(key)
-        if any(peers.namespaces is not None for peers in spec.pod_peers):
-            self._cross_namespace.add(key)
+        for peers in spec.pod_peers:
+            if peers.namespaces is not None:
+                self._cross_namespace.add(key)
+                labels = peers.pods.match_labels
+                (self._cross_by_label[labels[0]] if labels else self._cross_unkeyed).add(key)
         self._members.setdefault(key, set())
         self._peer_pods.setdefault(key, set())
         return self._reselect({key}, settings_changed=True)
@@ -332,17 +387,22 @@ class MeshIndex:
     def _drop_peering_from_indexes(self, key: PeeringKey) -> None:
         self._peerings_by_namespace[key[0]].discard(key)
         self._cross_namespace.discard(key)
+        self._cross_unkeyed.discard(key)
+        old = self._peerings.get(key)
+        for peers in old.pod_peers if old is not None else ():
+            if peers.namespaces is not None and peers.pods.match_labels:
+                bucket = self._cross_by_label.get(peers.pods.match_labels[0])
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self._cross_by_label[peers.pods.match_labels[0]]
 
     def _reselect(self, peering_keys: Iterable[PeeringKey], settings_changed: bool = False) -> set[PodKey]:
         """Recompute members and peer pods of the given peerings; mark the pods that changed."""
         changed: set[PodKey] = set()
         for key in list(peering_keys):
-            spec = self._peerings[key]
             old_members, old_peers = self._members[key], self._peer_pods[key]
-            members = self._select(spec.selector, {spec.namespace})
-            peers: set[PodKey] = set()
-            for pod_peers in spec.pod_peers:
-                peers |= self._select(pod_peers.pods, self._namespaces_for(spec, pod_peers))
+            members, peers = self._selection(self._peerings[key])
             for pod in old_members - members:
                 self._member_of[pod].discard(key)
             for pod in members - old_members:
@@ -357,10 +417,21 @@ class MeshIndex:
                 changed |= old_members | members | old_peers | peers
         return self._mark(changed)
 
+    def _selection(self, spec: PeeringSpec) -> tuple[set[PodKey], set[PodKey]]:
+        """The peering's members and peer pods (all selected, consented or not)."""
+        peers: set[PodKey] = set()
+        for pod_peers in spec.pod_peers:
+            peers |= self._select(pod_peers.pods, self._namespaces_for(spec, pod_peers))
+        return self._select(spec.selector, {spec.namespace}), peers
+
     def _namespaces_for(self, spec: PeeringSpec, peers: PodPeers) -> set[str] | None:
         if peers.namespaces is None:
             return {spec.namespace}
-        known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
+        named = dict(peers.namespaces.match_labels).get(NAMESPACE_NAME_LABEL)
+        if named is not None:  # one namespace by name: no need to look at the others
+            known = {named} if named in self._namespace_labels or self._pods_by_namespace.get(named) else set()
+        else:
+            known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
         return {ns for ns in known if peers.namespaces.matches(self._labels_of_namespace(ns))}
 
     def _select(self, selector: LabelSelector, namespaces: set[str] | None) -> set[PodKey]:
@@ -435,17 +506,40 @@ class MeshIndex:
         self._peer_entries[pod] = entry
         return entry
 
-    def _policies_for(self, pod: PodKey, peering_key: PeeringKey) -> list[PeeringPolicy]:
+    def _counterparts_via(self, pod: PodKey, peering_key: PeeringKey) -> set[PodKey]:
+        """The pods `pod` lists through the peering (before precedence among peerings)."""
+        members, peers = self._members[peering_key], self._peer_pods[peering_key]
+        if pod in members:
+            return (members | peers) - {pod} if pod in peers else peers
+        if pod[0] == peering_key[0]:
+            return members
+        return self._consented(pod, members)
+
+    def _consented(self, pod: PodKey, members: set[PodKey]) -> set[PodKey]:
+        """The members of another namespace's peering that `pod` accepts: the peers of its own peerings."""
+        accepted = [self._peer_pods[key] for key in self._member_of.get(pod, ())]
+        if len(accepted) == 1:
+            return members & accepted[0]
+        return members & set().union(*accepted)
+
+    def _policies_for(self, pod: PodKey, peering_key: PeeringKey, claimed: list[set[PodKey]]) -> list[PeeringPolicy]:
+        """The peering's policies for `pod`, listing the counterparts no earlier peering claimed."""
+        spec = self._peerings[peering_key]
         is_member = pod in self._members[peering_key]
-        is_peer = pod in self._peer_pods[peering_key]
-        if is_member and is_peer:  # sees everyone but itself
-            counterparts = (self._members[peering_key] | self._peer_pods[peering_key]) - {pod}
+        if spec.auth is AuthKind.PSK and not self._psk_keys.get(peering_key):
+            counterparts: set[PodKey] = set()  # no key yet: it cannot serve them, so it claims none
+        else:
+            counterparts = self._counterparts_via(pod, peering_key)
+        if not all(earlier.isdisjoint(counterparts) for earlier in claimed):
+            counterparts = counterparts.difference(*claimed)
+        claimed.append(counterparts)
+        side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
+        if pod in side or len(counterparts) != len(side):
             return self._build_policies(peering_key, counterparts, is_member)
-        # Every member (or every peer pod) sees the same thing: build it once per peering side.
+        # The whole other side, as for every pod on this side: build it once per peering side.
         view_key = (peering_key, is_member)
         view = self._views.get(view_key)
         if view is None:
-            side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
             view = self._views[view_key] = self._build_policies(peering_key, side, is_member)
         return view
 

@@ -23,6 +23,11 @@ def _condition(old: Mapping[str, Any] | None, type_: str, ok: bool, reason: str,
     }
 
 
+def awaiting_consent_message(namespaces: tuple[str, ...]) -> str:
+    return (f"one-sided in namespace(s) {', '.join(namespaces)}: their peer pods accept these members only "
+            "once a peering there selects them and lists this namespace's members as peers")
+
+
 def desired_status(
     current: Mapping[str, Any] | None,
     generation: int,
@@ -36,11 +41,14 @@ def desired_status(
     current = current or {}
     old = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)}
     issued, key_reason, key_message = keys
-    degraded_reasons = list(spec_errors) + list(problems) + list(health.errors if health else ())
+    waiting = health.awaiting_consent if health else ()
+    degraded_reasons = list(spec_errors) + list(problems) + list(waiting) + list(health.errors if health else ())
     if spec_errors:
         degraded = ("InvalidSpec", "; ".join(spec_errors))
     elif problems:
         degraded = ("ReferenceProblem", "; ".join(problems))
+    elif waiting:
+        degraded = ("AwaitingConsent", awaiting_consent_message(waiting))
     elif health and health.errors:
         degraded = ("SidecarErrors", "; ".join(health.errors))
     else:

@@ -43,6 +43,8 @@ class PeeringHealth:
     established_sas: int
     reporting: int
     errors: tuple[str, ...]
+    #: Other namespaces whose selected peer pods do not accept all members (no peering of theirs consents).
+    awaiting_consent: tuple[str, ...] = ()
 
 
 class OperatorRuntime:
@@ -207,7 +209,7 @@ class OperatorRuntime:
 
     def certificate_lifetime(self, pod: PodKey) -> int:
         lifetimes = [
-            spec.certificate_lifetime for key in self.index.peerings_of(pod)
+            spec.certificate_lifetime for key in self.index.effective_peerings(pod)
             if (spec := self.index.peering(key)) is not None
         ]
         return min(lifetimes, default=self.config.max_cert_lifetime)
@@ -288,8 +290,10 @@ class OperatorRuntime:
                         established += status.established_sas
                     if status.last_error:
                         errors.append(f"{pod[0]}/{pod[1]}: {status.last_error}")
+        spec = self.index.peering(key)
         return PeeringHealth(len(members), len(self.index.peer_pods(key)), established, reporting,
-                             tuple(sorted(errors)[:5]))
+                             tuple(sorted(errors)[:5]),
+                             self.index.one_sided_namespaces(spec) if spec is not None else ())
 
 
 def _split_pem(text: str) -> tuple[str, ...]:

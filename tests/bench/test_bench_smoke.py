@@ -27,6 +27,7 @@ def bench():
     if reason:
         pytest.skip(reason)
     remove_stale_namespaces()
+    sys.path.insert(0, str(BENCH.parent))  # as when run as a script: bench/ helpers import by name
     spec = importlib.util.spec_from_file_location("bench_ike_responder", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there

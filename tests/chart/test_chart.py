@@ -28,7 +28,7 @@ OPTIONS = {
                "imagePullSecrets": [{"name": "regcred"}]},
 }
 # Kinds whose schemas are CRDs outside Kubernetes itself (kubernetes-validate cannot check them).
-THIRD_PARTY_KINDS = {"Certificate"}
+THIRD_PARTY_KINDS = {"Certificate", "ClusterKopfPeering"}
 
 
 def render(values):
@@ -47,7 +47,8 @@ def by_kind(documents, kind):
 
 
 def test_chart_crds_are_the_single_source():
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["ipsecpeerings.yaml"]
+    # Ours is kept in one place; kopf's peering CRD is kopf's (see test_ha_option_...).
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["ipsecpeerings.yaml", "kopf-peering.yaml"]
     assert filecmp.cmp(CHART / "crds" / "ipsecpeerings.yaml", ROOT / "crds" / "ipsecpeerings.yaml", shallow=False)
 
 
@@ -65,9 +66,10 @@ def test_chart_renders_lints_and_validates_strictly(option):
         kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 
 
-def test_crd_validates_as_a_kubernetes_object():
-    kubernetes_validate.validate(yaml.safe_load((ROOT / "crds" / "ipsecpeerings.yaml").read_text()), KUBE_VERSION,
-                                 strict=True)
+@pytest.mark.parametrize("path", [ROOT / "crds" / "ipsecpeerings.yaml", CHART / "crds" / "kopf-peering.yaml"],
+                         ids=["ipsecpeerings", "kopf-peering"])
+def test_crd_validates_as_a_kubernetes_object(path):
+    kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBE_VERSION, strict=True)
 
 
 def test_default_deployment_is_locked_down():
@@ -119,12 +121,46 @@ def test_cert_manager_option_swaps_ca_management():
     assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in rules)
 
 
-def test_ha_option_uses_kopf_peering_and_no_webhooks_leaves_them_out():
+def test_ha_option_ships_what_kopf_peering_needs():
     documents, rendered = render(OPTIONS["ha"])
     deployment = by_kind(documents, "Deployment")[0]
     assert deployment["spec"]["replicas"] == 2
-    assert "--peering=mesh" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--peering=mesh" in args and "--all-namespaces" in args and "--standalone" not in args
     assert "kopf peering" in rendered["ipsec-mesh/templates/NOTES.txt"]
+    # --all-namespaces makes kopf use the cluster-scoped kind: its CRD (crds/) and the named object.
+    crd = yaml.safe_load((CHART / "crds" / "kopf-peering.yaml").read_text())
+    names, version = crd["spec"]["names"], crd["spec"]["versions"][0]
+    assert (crd["spec"]["group"], version["name"], crd["spec"]["scope"]) == ("kopf.dev", "v1", "Cluster")
+    assert (names["kind"], names["plural"]) == ("ClusterKopfPeering", "clusterkopfpeerings")
+    assert crd["metadata"]["name"] == f"{names['plural']}.{crd['spec']['group']}"
+    [peering] = by_kind(documents, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "mesh"
+    assert "namespace" not in peering["metadata"]
+    # kopf writes keep-alives into the object's status: the schema must keep what it writes.
+    keepalive = {"status": {"op-1": {"priority": 5, "lifetime": 60, "lastseen": "2026-11-27T14:00:00"}}}
+    assert _schema_errors(version["schema"]["openAPIV3Schema"], {**peering, **keepalive}) == []
+    assert _schema_errors(version["schema"]["openAPIV3Schema"], {**peering, "spec": {}})  # a closed schema
+    # RBAC: list/watch all peering objects, get/patch only ours.
+    rules = [r for r in by_kind(documents, "ClusterRole")[0]["rules"] if "kopf.dev" in r["apiGroups"]]
+    assert {(tuple(r.get("resourceNames", ())), tuple(sorted(r["verbs"]))) for r in rules} == {
+        ((), ("list", "watch")), (("mesh",), ("get", "patch"))}
+    assert all(r["resources"] == ["clusterkopfpeerings"] for r in rules)
+    # Without peering: none of it.
+    documents, _ = render({})
+    assert not by_kind(documents, "ClusterKopfPeering")
+    assert not any("kopf.dev" in r["apiGroups"] for r in by_kind(documents, "ClusterRole")[0]["rules"])
+
+
+def _schema_errors(schema, obj):
+    """The object checked against a CRD's structural schema (apiVersion/kind/metadata are the API server's)."""
+    import jsonschema
+    from ipsec_mesh_operator.crd import _json_schema  # OpenAPI to JSON Schema, as for our own CRs
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    return [e.message for e in jsonschema.Draft7Validator(_json_schema(schema)).iter_errors(body)]
+
+
+def test_no_webhooks_option_leaves_them_out():
     documents, rendered = render(OPTIONS["no-webhooks"])
     assert not by_kind(documents, "MutatingWebhookConfiguration")
     assert "WARNING" in rendered["ipsec-mesh/templates/NOTES.txt"]

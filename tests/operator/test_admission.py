@@ -88,7 +88,7 @@ PEERING = {
 @pytest.mark.parametrize("mutate, expected", [
     (lambda s: s.update(peers=[]), "list at least one peer"),
     (lambda s: s["peers"][0].update(remote={"name": "x", "cidrs": ["10.0.0.0/8"]}), "exactly one of podSelector"),
-    (lambda s: s.update(proposals={"esp": ["3des-sha1"]}), "unsupported ESP algorithm '3des'"),
+    (lambda s: s.update(proposals={"esp": ["3des-sha1"]}), "unsupported algorithm '3des'"),
     (lambda s: s.update(lifetimes={"ike": "30m", "child": "1h"}), "must not be shorter"),
     (lambda s: s.update(authentication={"type": "psk", "pskRotationInterval": "1h", "pskOverlap": "2h"}),
      "pskRotationInterval must be longer"),
@@ -141,6 +141,21 @@ async def test_webhook_serves_a_cert_manager_certificate_when_configured(tmp_pat
             async with session.post(f"https://localhost:{servers.ports['webhook']}/validate-ipsecpeerings",
                                     json=review("IPsecPeering", PEERING), ssl=context) as response:
                 assert (await response.json())["response"]["allowed"] is True
+
+
+async def test_one_sided_cross_namespace_peering_is_allowed_with_a_warning_naming_the_namespace():
+    from ipsec_mesh_operator.index import PodInfo
+    peering = copy.deepcopy(PEERING)
+    peering["spec"]["peers"] = [{"podSelector": {"matchLabels": {"app": "api"}},
+                                 "namespaceSelector": {"matchLabels": {"team": "b"}}}]
+    members = [PodInfo(peering["metadata"]["namespace"], "m-0", "u0", "default",
+                       peering["spec"]["selector"].get("matchLabels", {}), ("10.0.0.1",)),
+               PodInfo("team-b", "api-0", "u1", "default", {"app": "api"}, ("10.1.0.1",))]
+    async with running_servers(members) as (runtime, servers):
+        runtime.index.set_namespace_labels("team-b", {"team": "b"})
+        status, answer = await post(servers, runtime, "/validate-ipsecpeerings", review("IPsecPeering", peering))
+    assert status == 200 and answer["response"]["allowed"] is True
+    assert "team-b" in answer["response"]["warnings"][0]
 
 
 async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():

@@ -12,7 +12,7 @@ from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "docs" / "examples").glob("*.yaml")
-                  if yaml.safe_load(p.read_text()).get("kind") == "IPsecPeering")
+                  if any(doc.get("kind") == "IPsecPeering" for doc in yaml.safe_load_all(p.read_text())))
 
 
 def spec_schema():
@@ -51,10 +51,10 @@ def test_printer_columns_point_at_status_fields():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_doc_examples_validate_against_the_crd_and_the_operator(path):
-    obj = yaml.safe_load(path.read_text())
-    assert crd.validate(obj) == []
-    meta = obj["metadata"]
-    parse_peering(meta["namespace"], meta["name"], crd.apply_defaults(obj)["spec"])
+    for obj in yaml.safe_load_all(path.read_text()):
+        assert crd.validate(obj) == []
+        meta = obj["metadata"]
+        parse_peering(meta["namespace"], meta["name"], crd.apply_defaults(obj)["spec"])
 
 
 def test_there_are_doc_examples():
@@ -72,6 +72,6 @@ def test_there_are_doc_examples():
     lambda s: s.pop("selector"),
 ])
 def test_schema_refuses_bad_specs(mutate):
-    obj = yaml.safe_load(EXAMPLES[0].read_text())
+    obj = next(yaml.safe_load_all(EXAMPLES[0].read_text()))
     mutate(obj["spec"])
     assert crd.validate(copy.deepcopy(obj))

@@ -138,4 +138,21 @@ def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
     assert runtime.index.pod(("prod", "web-0")) is None
     handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
-    assert runtime.index._labels_of_namespace("prod") == {"team": "a"}
+    assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
+
+
+def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():
+    drawn = set()
+    for _ in range(20):
+        settings = kopf.OperatorSettings()
+        settings.peering.mandatory = True  # what `kopf run --peering=NAME` sets
+        handlers.draw_peering_priority(settings)
+        drawn.add(settings.peering.priority)
+    assert len(drawn) == 20 and min(drawn) > 0
+    settings = kopf.OperatorSettings()
+    settings.peering.mandatory, settings.peering.priority = True, 7  # an explicit --priority wins
+    handlers.draw_peering_priority(settings)
+    assert settings.peering.priority == 7
+    settings = kopf.OperatorSettings()
+    handlers.draw_peering_priority(settings)
+    assert settings.peering.priority == 0

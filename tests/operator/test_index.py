@@ -3,12 +3,15 @@
 import dataclasses
 import time
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi import AuthKind, PskKey
-from ipsec_mesh_operator.index import MeshIndex, PodInfo
+from ipsec_mesh_operator.index import MeshIndex, PodInfo, precedence
 from ipsec_mesh_operator.peering import parse_peering
+from mesh_workload import build_large, new_member
 
 
 def pod(name, ns="prod", ip="10.0.0.1", sa="default", **labels):
@@ -61,18 +64,80 @@ def test_pod_change_bumps_exactly_the_affected_versions():
     assert index.peer_map(("prod", "db-1")) is None
 
 
+CROSS_TO_API = [{"podSelector": {"matchLabels": {"app": "api"}}, "namespaceSelector": {"matchLabels": {"mesh": "on"}}}]
+
+
 def test_namespace_selector_follows_namespace_labels():
     index = MeshIndex()
     index.upsert_pod(pod("web-0", app="web"))
     index.upsert_pod(pod("api-0", ns="team-b", ip="10.1.0.1", app="api"))
-    index.upsert_peering(peering("cross", selector={"app": "web"}, peers=[{
-        "podSelector": {"matchLabels": {"app": "api"}},
-        "namespaceSelector": {"matchLabels": {"mesh": "on"}},
-    }]))
+    index.upsert_peering(peering("cross", selector={"app": "web"}, peers=CROSS_TO_API))
     assert peer_names(index, ("prod", "web-0")) == {}
     changed = index.set_namespace_labels("team-b", {"mesh": "on"})
     assert changed == {("prod", "web-0"), ("team-b", "api-0")}
-    assert peer_names(index, ("team-b", "api-0")) == {"prod/cross": ["prod/web-0"]}
+    assert peer_names(index, ("prod", "web-0")) == {"prod/cross": ["team-b/api-0"]}
+
+
+def test_a_peering_cannot_make_another_namespace_accept_its_pods():
+    """The attack: prod lists team-b's pods as peers, under require; team-b never agreed."""
+    index = MeshIndex()
+    index.set_namespace_labels("team-b", {"mesh": "on"})
+    index.upsert_pod(pod("web-0", app="web"))
+    index.upsert_pod(pod("api-0", ns="team-b", ip="10.1.0.1", app="api"))
+    index.upsert_peering(peering("grab", selector={"app": "web"}, peers=CROSS_TO_API))
+    # prod's own pod holds the policy prod asked for; team-b's pod gets nothing from it.
+    assert peer_names(index, ("prod", "web-0")) == {"prod/grab": ["team-b/api-0"]}
+    assert peer_names(index, ("team-b", "api-0")) == {}
+    assert index.effective_peerings(("team-b", "api-0")) == frozenset()
+    assert index.one_sided_namespaces(index.peering(("prod", "grab"))) == ("team-b",)
+    # A team-b peering for other prod pods does not consent for web-0 either.
+    index.upsert_peering(peering("to-batch", ns="team-b", selector={"app": "api"}, peers=[
+        {"podSelector": {"matchLabels": {"app": "batch"}}, "namespaceSelector": {}}]))
+    assert peer_names(index, ("team-b", "api-0")) == {}
+    assert index.one_sided_namespaces(index.peering(("prod", "grab"))) == ("team-b",)
+
+
+def test_consent_from_the_other_namespace_completes_the_pair():
+    index = MeshIndex()
+    index.set_namespace_labels("team-b", {"mesh": "on"})
+    index.set_namespace_labels("prod", {"kubernetes.io/metadata.name": "prod"})
+    index.upsert_pod(pod("web-0", app="web"))
+    index.upsert_pod(pod("web-1", ip="10.0.0.7", app="web"))
+    index.upsert_pod(pod("api-0", ns="team-b", ip="10.1.0.1", app="api"))
+    index.upsert_peering(peering("to-api", selector={"app": "web"}, peers=CROSS_TO_API))
+    changed = index.upsert_peering(peering("from-web", ns="team-b", selector={"app": "api"}, peers=[{
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prod"}}}]))
+    assert changed == {("prod", "web-0"), ("prod", "web-1"), ("team-b", "api-0")}
+    # Both require, both certificates: the first namespace by name governs the pair, at both ends.
+    assert peer_names(index, ("team-b", "api-0")) == {"prod/to-api": ["prod/web-0", "prod/web-1"]}
+    assert peer_names(index, ("prod", "web-0")) == {"prod/to-api": ["team-b/api-0"]}
+    assert index.one_sided_namespaces(index.peering(("prod", "to-api"))) == ()
+    assert index.effective_peerings(("team-b", "api-0")) == {("prod", "to-api"), ("team-b", "from-web")}
+    # Withdrawing consent for one pod (a label change in team-b's own peering) is incremental too.
+    index.upsert_pod(pod("web-1", ip="10.0.0.7", app="web", tier="x"))
+    assert index.upsert_peering(peering("from-web", ns="team-b", selector={"app": "api"}, peers=[{
+        "podSelector": {"matchLabels": {"app": "web", "tier": "x"}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prod"}}}])) >= {("team-b", "api-0")}
+    assert peer_names(index, ("team-b", "api-0")) == {"prod/to-api": ["prod/web-1"]}
+    assert peer_names(index, ("prod", "web-0")) == {"prod/to-api": ["team-b/api-0"]}  # one-sided again
+    assert index.one_sided_namespaces(index.peering(("prod", "to-api"))) == ("team-b",)
+
+
+def test_the_strictest_peering_governs_a_pair_whatever_its_name():
+    index = MeshIndex()
+    index.upsert_pod(pod("web-0", ip="10.0.0.1", app="web"))
+    index.upsert_pod(pod("db-0", ip="10.0.0.2", app="db"))
+    web_db = [{"podSelector": {"matchLabels": {"app": "db"}}}]
+    index.upsert_peering(peering("a-loose", selector={"app": "web"}, peers=web_db, enforcement="prefer"))
+    index.upsert_peering(peering("z-strict", selector={"app": "db"},
+                                 peers=[{"podSelector": {"matchLabels": {"app": "web"}}}]))
+    for key in (("prod", "web-0"), ("prod", "db-0")):
+        policies = index.peer_map(key).policies
+        assert [(p.name, p.enforcement.value) for p in policies] == [("prod/z-strict", "require")]
+    index.upsert_peering(peering("b-padded", selector={"app": "web"}, peers=web_db, tfcPadding=True))
+    assert peer_names(index, ("prod", "db-0")) == {"prod/b-padded": ["prod/web-0"]}
+    assert peer_names(index, ("prod", "web-0")) == {"prod/b-padded": ["prod/db-0"]}
 
 
 def test_psk_policy_appears_once_keys_exist_and_remote_clusters_get_their_own_policy():
@@ -183,49 +248,88 @@ def test_incremental_updates_equal_a_rebuild(ops):
         for op in state[group].values():
             apply(rebuilt, op)
     assert maps_without_versions(rebuilt) == maps_without_versions(index)
+    assert {info.key: governors(index, info.key) for info in index.pods()} == reference_governors(index)
+
+
+def governors(index, key):
+    """{counterpart: peering name} as the pod's peer map lists them."""
+    out = {}
+    for policy in index.peer_map(key).policies:
+        for peer in policy.peers:
+            assert peer.name not in out, f"{peer.name} listed twice in the map of {key}"
+            out[peer.name] = policy.name
+    return out
+
+
+def reference_governors(index):
+    """The consent and precedence rules, pair by pair, the slow and obvious way."""
+    pods = {info.key: info for info in index.pods()}
+    specs = [index.peering(key) for key in sorted(index._peerings)]
+
+    def ns_labels(ns):
+        return index._namespace_labels.get(ns, {"kubernetes.io/metadata.name": ns})
+
+    def member(spec, p):
+        return p.namespace == spec.namespace and spec.selector.matches(p.labels)
+
+    def peer(spec, p):
+        return any(p.labels is not None and pp.pods.matches(p.labels) and (
+            p.namespace == spec.namespace if pp.namespaces is None else pp.namespaces.matches(ns_labels(p.namespace))
+        ) for pp in spec.pod_peers)
+
+    def covers(spec, me, other):
+        if member(spec, me) and peer(spec, other):
+            return True
+        if not (peer(spec, me) and member(spec, other)):
+            return False
+        # The reverse direction: own namespace, or consent from my namespace.
+        return me.namespace == spec.namespace or any(member(s, me) and peer(s, other) for s in specs)
+
+    out = {}
+    for key, me in pods.items():
+        listed = {}
+        for other_key, other in pods.items():
+            if other_key == key or not other.ips:
+                continue
+            covering = [s for s in specs if covers(s, me, other)]
+            if covering:
+                best = min(covering, key=precedence)
+                listed[f"{other.namespace}/{other.name}"] = f"{best.namespace}/{best.name}"
+        out[key] = listed
+    return out
 
 
 # ---- speed -----------------------------------------------------------------
 
-def build_large(pods=10_000, peerings=1_000):
-    index = MeshIndex()
-    for i in range(pods):
-        group = i % peerings
-        index.upsert_pod(PodInfo(f"ns{group % 50}", f"pod-{i}", f"u{i}", "default",
-                                 {"app": f"app{group}", "role": "a" if (i // peerings) % 2 else "b"},
-                                 (f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}",)))
-    for g in range(peerings):
-        index.upsert_peering(parse_peering(f"ns{g % 50}", f"peering-{g}", {
-            "selector": {"matchLabels": {"app": f"app{g}", "role": "a"}},
-            "peers": [{"podSelector": {"matchLabels": {"app": f"app{g}", "role": "b"}}}],
-        }))
-    return index
+# Same namespace: five peers per map; cross-namespace (two consenting peerings per group): ten.
+LAYOUTS = pytest.mark.parametrize("cross, peers", [(False, 5), (True, 10)], ids=["same-namespace", "cross-namespace"])
 
 
-def test_ten_thousand_pods_and_a_thousand_peerings_under_a_second():
+@LAYOUTS
+def test_ten_thousand_pods_and_a_thousand_peerings_under_a_second(cross, peers):
     elapsed = float("inf")
     for _ in range(3):  # best of three, in CPU time: the machine is shared with other test runs
         start = time.process_time()
-        index = build_large()
+        index = build_large(cross_namespace=cross)
         maps = [index.peer_map(info.key) for info in list(index.pods())]
         elapsed = min(elapsed, time.process_time() - start)
-    assert all(len(m.policies) == 1 and len(m.policies[0].peers) == 5 for m in maps)
+    assert all(len(m.policies) == 1 and len(m.policies[0].peers) == peers for m in maps)
     assert elapsed < 1.0, f"{elapsed:.3f}s"
 
 
-def test_one_pod_change_updates_affected_maps_under_ten_ms():
-    index = build_large()
+@LAYOUTS
+def test_one_pod_change_updates_affected_maps_under_ten_ms(cross, peers):
+    index = build_large(cross_namespace=cross)
     for info in list(index.pods()):
         index.peer_map(info.key)
     timings = []
     for i in range(20):
         start = time.process_time()
-        changed = index.upsert_pod(PodInfo("ns7", f"new-{i}", "u", "default", {"app": "app7", "role": "a"},
-                                           (f"10.200.0.{i}",)))
+        changed = index.upsert_pod(new_member(i))
         for key in changed:
             index.peer_map(key)
         timings.append(time.process_time() - start)
-        assert len(changed) == 6  # the new pod and the five peers it joins
+        assert len(changed) == peers + 1  # the new pod and the peers it joins
     # 95th percentile: a full garbage-collector pass over 10k maps may land in any one sample.
     p95 = sorted(timings)[18]
     assert p95 < 0.010, f"{p95 * 1000:.2f} ms"

@@ -115,6 +115,19 @@ def test_ca_rotation_publishes_first_signs_later_and_keeps_old_until_leaves_expi
     assert ca.trust_bundle(now + HOUR + DAY) == (certificate_pem(new),)
 
 
+def test_a_ca_that_would_expire_before_its_scheduled_rotation_is_replaced_in_time():
+    # Made for a 10-day rotation, then the interval was raised to a year.
+    ca = CertificateAuthority.create(T0, max_leaf_lifetime=DAY, lifetime=21 * DAY)
+    ends = ca.active_certificate(T0).not_valid_after_utc.timestamp()
+    latest = ends - HOUR - DAY  # propagation and a full leaf lifetime before the end
+    assert not ca.rotate_if_due(latest - 1, 365 * DAY, HOUR, 2 * 365 * DAY)
+    assert ca.rotate_if_due(latest, 365 * DAY, HOUR, 2 * 365 * DAY)
+    successor = x509.load_pem_x509_certificate(ca.trust_bundle(latest)[0].encode())
+    assert ca.active_certificate(latest + HOUR) == successor
+    leaf = ca.sign_csr(make_csr()[0], IDENTITY, DAY, latest + HOUR)
+    assert leaf.not_valid_after_utc.timestamp() == latest + HOUR + DAY  # a full lifetime, not cut short
+
+
 def test_ca_round_trips_through_secret_data_and_supplied_ca_is_used_as_is():
     ca = CertificateAuthority.create(T0, DAY, 365 * DAY)
     data = ca.to_secret_data(T0)

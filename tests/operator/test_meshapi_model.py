@@ -12,7 +12,7 @@ from ipsec_mesh.meshapi import (
     AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, ProposalError,
     PskKey, load_peer_map_file, parse_esp, parse_ike, pod_fqdn, service_account_uri,
 )
-from ipsec_mesh.ike.constants import EncrId, KeId, PrfId
+from ipsec_mesh.ike.constants import EncrId, EsnId, KeId, PrfId
 
 
 def sample_map() -> PeerMap:
@@ -133,13 +133,21 @@ def test_unreadable_or_bad_yaml_files_raise_typed_errors(tmp_path):
 
 def test_default_proposals_parse_to_the_secure_defaults():
     ike = parse_ike("aes256gcm16-prfsha256-x25519-ke1_mlkem768")
-    assert ike.ciphers[0].encr is EncrId.AES_GCM_16 and ike.ciphers[0].key_bits == 256
-    assert ike.prfs == (PrfId.HMAC_SHA2_256,)
-    assert ike.groups == (KeId.CURVE25519,)
-    assert ike.additional == ((1, (KeId.ML_KEM_768,)),)
+    assert ike.encr == ((EncrId.AES_GCM_16, 256),)
+    assert ike.prf == (PrfId.HMAC_SHA2_256,)
+    assert ike.ke == (KeId.CURVE25519,)
+    assert ike.addke == ((KeId.ML_KEM_768,),)
     esp = parse_esp("aes256gcm16-esn")
-    assert esp.esn == (True,) and esp.groups == ()
-    assert parse_esp("chacha20poly1305-noesn-esn-ecp384").esn == (False, True)
+    assert esp.esn == (EsnId.ESN,) and esp.ke == ()
+    # As the engine reads it: ESN unnamed means either, ESN preferred.
+    assert parse_esp("chacha20poly1305").esn == (EsnId.ESN, EsnId.NO_ESN)
+    assert parse_esp("chacha20poly1305-noesn-esn-ecp384").esn == (EsnId.NO_ESN, EsnId.ESN)
+
+
+def test_the_engine_speaks_more_than_the_mesh_allows():
+    for text in ("aes256gcm16-prfsha256-modp3072", "aes256gcm16-prfsha256-x25519-ke1_mlkem512"):
+        with pytest.raises(ProposalError, match="supported: aes128gcm16"):
+            parse_ike(text)
 
 
 @pytest.mark.parametrize("text", [
@@ -151,6 +159,7 @@ def test_default_proposals_parse_to_the_secure_defaults():
     "aes256gcm16-prfsha256-x25519-ke2_mlkem768",  # ke2 without ke1
     "aes256gcm16-prfsha256-x25519-ke8_mlkem768",
     "aes256gcm16-aes256gcm16-prfsha256-x25519",
+    "aes256gcm16-prfsha256-x25519-curve25519",  # the same group twice, under its alias
     "", "-", "x" * 200,
 ])
 def test_bad_ike_proposals_are_refused(text):
@@ -162,6 +171,16 @@ def test_bad_ike_proposals_are_refused(text):
 def test_bad_esp_proposals_are_refused(text):
     with pytest.raises(ProposalError):
         parse_esp(text)
+
+
+def test_pod_identity_falls_back_to_uid_when_too_long():
+    long_name = ".".join(["a" * 60] * 4)  # a valid 243-character pod name
+    uid = "0f8f2a4e-3b0c-4bd6-9a55-2f1f7d3c9e10"
+    assert pod_fqdn(long_name, "shop", "mesh.test", uid) == f"{uid}.shop.pod.mesh.test"
+    assert pod_fqdn("web.v2", "shop", "mesh.test") == "web.v2.shop.pod.mesh.test"  # names are DNS subdomains
+    for args in ((long_name, "shop", "mesh.test"), ("*", "shop", "mesh.test"), ("web-0", "sh.op", "mesh.test")):
+        with pytest.raises(PeerMapError):
+            pod_fqdn(*args)
 
 
 def test_identity_names():

@@ -116,3 +116,22 @@ async def test_sidecar_reports_roll_up_into_counts_and_degraded():
     status = desired_status(status, 4, health, [], (True, "MeshCA", "ok"), [])
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "True", "KeysIssued": "True", "Degraded": "False"}
+
+
+def test_one_sided_cross_namespace_peering_is_degraded_awaiting_consent_and_sets_no_certificate_lifetime():
+    runtime = OperatorRuntime(OperatorConfig(max_cert_lifetime=86400), MemoryKube())
+    runtime.index.set_namespace_labels("team-b", {"team": "b"})
+    runtime.index.upsert_pod(PodInfo("prod", "web-0", "u", "default", {"app": "web"}, ("10.0.0.1",)))
+    runtime.index.upsert_pod(PodInfo("team-b", "api-0", "u", "default", {"app": "api"}, ("10.1.0.1",)))
+    runtime.index.upsert_peering(parse_peering("prod", "p", {
+        "selector": {"matchLabels": {"app": "web"}}, "authentication": {"certificateLifetime": "10m"},
+        "peers": [{"podSelector": {"matchLabels": {"app": "api"}},
+                   "namespaceSelector": {"matchLabels": {"team": "b"}}}]}))
+    health = runtime.health(("prod", "p"))
+    assert health.awaiting_consent == ("team-b",)
+    conditions = {c["type"]: c for c in desired_status(None, 1, health, [], (True, "MeshCA", "ok"), [])["conditions"]}
+    assert conditions["Degraded"]["reason"] == "AwaitingConsent" and "team-b" in conditions["Degraded"]["message"]
+    assert conditions["Ready"]["status"] == "False"
+    # prod cannot shorten team-b's certificates either; its own pod follows its peering.
+    assert runtime.certificate_lifetime(("team-b", "api-0")) == 86400
+    assert runtime.certificate_lifetime(("prod", "web-0")) == 600

@@ -35,9 +35,12 @@ from .config import SidecarSettings
 from .dataplane import Acquire, DataPlane, HardExpire, SoftExpire
 from .metrics import Metrics
 from .peers import PeerSet
-from .status_report import PeerFailures
 
 log = logging.getLogger("ipsec_mesh.agent")
+
+#: Peers whose last failed negotiation the status keeps (oldest forgotten first).
+MAX_FAILURE_RECORDS = 256
+MAX_FAILURE_MESSAGE = 200
 
 
 class _IkeSocket:
@@ -132,7 +135,6 @@ class Agent:
         self.dataplane = dataplane
         self.peers = peers
         self.metrics = Metrics()
-        self.failures = PeerFailures()
         #: Called after a flush that changed SAs or recorded a failure (mesh mode reports status).
         self.on_change: Callable[[], None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -146,6 +148,8 @@ class Agent:
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
+        #: remote address -> its last failed negotiation since the last success (for `ipsec-mesh explain`).
+        self.last_failures: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     # -- inputs -----------------------------------------------------------------------
     def now(self) -> float:
@@ -214,27 +218,43 @@ class Agent:
             elif isinstance(event, ChildSaInstallOutbound):
                 self.dataplane.install_outbound(event.child)
                 m.child_established.inc()
-                self.failures.child_succeeded(event.child.name)
             elif isinstance(event, ChildSaDeleted):
                 self.dataplane.remove(event)
             elif isinstance(event, IkeSaEstablished):
                 (m.ike_rekeys if event.rekeyed_from else m.ike_established).inc()
-                self.failures.peer_succeeded(event.remote_addr)
+                self.last_failures.pop(event.remote_addr, None)
             elif isinstance(event, IkeSaClosed):
                 m.ike_closed.labels(event.reason).inc()
             elif isinstance(event, NegotiationFailed):
                 m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
                 log.warning("negotiation with %s failed: %s", event.remote_addr, event.reason)
-                entry = self.peers.entry_for(event.remote_addr)
-                if entry is not None:
-                    self.failures.peer_failed(event.remote_addr, entry.policy.name, event.reason)
+                self._record_failure(event.remote_addr, event.reason, event.notify)
             elif isinstance(event, ChildSaFailed):
                 m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
-                self.failures.child_failed(event.name, event.reason)
+                remote = self._remote_of(event.ike_sa)
+                if remote is not None:
+                    self._record_failure(remote, event.reason, event.notify)
         except Exception:
             # A data plane failure must not take the IKE side down; it is counted and logged.
             m.failures.labels("dataplane").inc()
             log.exception("data plane failed to apply %s", type(event).__name__)
+
+    def _record_failure(self, remote: str, reason: str, notify: int | None) -> None:
+        previous = self.last_failures.pop(remote, None)
+        self.last_failures[remote] = {
+            "reason": _failure_reason(reason, notify),
+            "message": reason[:MAX_FAILURE_MESSAGE],
+            "at": round(time.time(), 1),
+            "count": (previous["count"] if previous else 0) + 1,
+        }
+        while len(self.last_failures) > MAX_FAILURE_RECORDS:
+            self.last_failures.popitem(last=False)
+
+    def _remote_of(self, ike_sa: str) -> str | None:
+        for sa in self.endpoint.sas.values():
+            if sa.label == ike_sa:
+                return sa.remote[0]
+        return None
 
     def _arm_timer(self) -> None:
         due = self.endpoint.next_timer()
@@ -272,7 +292,8 @@ class Agent:
                 ended += 1
             self.flush()
         self.dataplane.update_peers(old, new)
-        self.failures.forget_others({policy.name for policy in new.peer_map.policies})
+        for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
+            del self.last_failures[remote]  # no longer a peer: its failures are no one's business
         return ended
 
     # -- lifecycle --------------------------------------------------------------------
@@ -346,6 +367,9 @@ class Agent:
             "dataplane": self.dataplane.status(),
             "ike_sas": self.endpoint.status(),
             "counters": dict(self.endpoint.counters),
+            # The clock of ike_sas[].established_at (the event loop's), to tell how long ago that was.
+            "clock": round(self.now(), 3) if self.loop is not None else None,
+            "last_failures": dict(self.last_failures),
         }
 
 

@@ -1,14 +1,12 @@
 """What the sidecar tells the operator: per peering policy, established CHILD SAs and failures.
 
-`PeerFailures` keeps the last failure per remote address until an IKE SA with it comes
-up (and per policy, the last CHILD_SA failure until one installs); `status_report`
-turns that and the endpoint's SAs into the mesh API's `StatusReport`.
+The failures are the agent's `last_failures` (per remote address, the last failed
+negotiation since the last success), attributed to the policy that covers the address.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from itertools import count
 
 from ..meshapi.model import PeerMap
 from ..meshapi.status import PeeringStatus, StatusReport
@@ -18,39 +16,19 @@ IN_USE = frozenset({"installed", "rekeying"})
 MAX_ERROR = 1024
 
 
-class PeerFailures:
-    def __init__(self) -> None:
-        self._order = count()
-        self.by_remote: dict[str, tuple[int, str, str]] = {}  # remote -> (order, policy, reason)
-        self.by_policy: dict[str, tuple[int, str]] = {}  # CHILD_SA failures: policy -> (order, reason)
-
-    def peer_failed(self, remote: str, policy: str, reason: str) -> None:
-        self.by_remote[remote] = (next(self._order), policy, reason)
-
-    def peer_succeeded(self, remote: str) -> None:
-        self.by_remote.pop(remote, None)
-
-    def child_failed(self, policy: str, reason: str) -> None:
-        self.by_policy[policy] = (next(self._order), reason)
-
-    def child_succeeded(self, policy: str) -> None:
-        self.by_policy.pop(policy, None)
-
-    def forget_others(self, policies: set[str]) -> None:
-        """Drop what belongs to policies no longer in the peer map."""
-        self.by_remote = {r: f for r, f in self.by_remote.items() if f[1] in policies}
-        self.by_policy = {p: f for p, f in self.by_policy.items() if p in policies}
-
-    def summary(self) -> dict[str, tuple[int, str]]:
-        """Per policy: failed peers and the most recent error."""
-        failed: Counter = Counter()
-        latest: dict[str, tuple[int, str]] = dict(self.by_policy)
-        for order, policy, reason in self.by_remote.values():
-            failed[policy] += 1
-            if order > latest.get(policy, (-1, ""))[0]:
-                latest[policy] = (order, reason)
-        return {policy: (failed[policy], latest.get(policy, (0, ""))[1])
-                for policy in set(failed) | set(latest)}
+def failures_by_policy(agent) -> dict[str, tuple[int, str]]:
+    """Per policy: how many of its peers failed last time, and the most recent error."""
+    failed: Counter = Counter()
+    latest: dict[str, tuple[float, str]] = {}
+    for remote, record in agent.last_failures.items():
+        entry = agent.peers.entry_for(remote)
+        if entry is None:
+            continue
+        name = entry.policy.name
+        failed[name] += 1
+        if record["at"] >= latest.get(name, (-1.0, ""))[0]:
+            latest[name] = (record["at"], record["message"])
+    return {name: (count, latest[name][1]) for name, count in failed.items()}
 
 
 def refusal_error(peer_map: PeerMap, error: str) -> str:
@@ -64,7 +42,7 @@ def status_report(agent, refused: tuple[PeerMap, str] | None = None) -> StatusRe
         for child in ike_sa["children"]:
             if child["state"] in IN_USE:
                 established[child["name"]] += 1
-    failures = agent.failures.summary()
+    failures = failures_by_policy(agent)
     names = [policy.name for policy in agent.peers.peer_map.policies]
     refused_names: set[str] = set()
     if refused is not None:

@@ -383,38 +383,3 @@ def dn_matches(data: bytes, pattern: bytes) -> bool:
         if not exact <= have_rdn:
             return False
     return True
-
-
-# -- pod identities (docs/identity.md) ----------------------------------------------------------
-POD_LABEL = "pod"
-
-
-def pod_identity(pod_name: str, namespace: str, trust_domain: str, pod_uid: str | None = None) -> Identity:
-    """ID_FQDN `<pod-name>.<namespace>.pod.<trust-domain>`.
-
-    When that name would not be a valid FQDN (over 253 octets), the pod UID takes
-    the place of the pod name; `pod_uid` is then required.
-    """
-    identity = _try_fqdn(f"{pod_name}.{namespace}.{POD_LABEL}.{trust_domain}")
-    if identity is None and pod_uid:
-        identity = _try_fqdn(f"{pod_uid}.{namespace}.{POD_LABEL}.{trust_domain}")
-    if identity is None or identity.is_pattern() or "." in namespace:
-        raise IdentityError(f"no valid pod identity for {namespace}/{pod_name} in {trust_domain!r}")
-    return identity
-
-
-def namespace_pattern(namespace: str, trust_domain: str) -> str:
-    """The pattern that matches every pod identity of a namespace."""
-    return f"fqdn:*.{namespace}.{POD_LABEL}.{trust_domain}"
-
-
-def _try_fqdn(text: str) -> Identity | None:
-    try:
-        return Identity.validated(IdType.ID_FQDN, text.encode("ascii"))
-    except (IdentityError, UnicodeEncodeError):
-        return None
-
-
-def service_account_uri(namespace: str, service_account: str, trust_domain: str) -> str:
-    """The SPIFFE-style URI SAN naming a pod's ServiceAccount: spiffe://<td>/ns/<ns>/sa/<sa>."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ipsec_mesh.ike.constants import IdType
 from ipsec_mesh.ike.errors import IdentityError
-from ipsec_mesh.ike.identity import Identity, namespace_pattern, pod_identity, service_account_uri
+from ipsec_mesh.ike.identity import Identity
 from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
 
 
@@ -152,29 +152,3 @@ def test_parse_never_leaks_untyped_errors(text):
     except IdentityError:
         return
     assert identity.matches(identity) or identity.is_pattern()
-
-
-def test_pod_identity():
-    identity = pod_identity("web-0", "shop", "mesh.test")
-    assert str(identity) == "fqdn:web-0.shop.pod.mesh.test"
-    assert identity.matches(namespace_pattern("shop", "mesh.test"))
-    assert not identity.matches(namespace_pattern("other", "mesh.test"))
-    dotted = pod_identity("web.v2", "shop", "mesh.test")  # pod names are DNS subdomains
-    assert dotted.matches(namespace_pattern("shop", "mesh.test"))
-
-
-def test_pod_identity_falls_back_to_uid_when_too_long():
-    long_name = ".".join(["a" * 60] * 4)  # a valid 243-character pod name
-    uid = "0f8f2a4e-3b0c-4bd6-9a55-2f1f7d3c9e10"
-    identity = pod_identity(long_name, "shop", "mesh.test", pod_uid=uid)
-    assert str(identity) == f"fqdn:{uid}.shop.pod.mesh.test"
-    with pytest.raises(IdentityError):
-        pod_identity(long_name, "shop", "mesh.test")
-    with pytest.raises(IdentityError):
-        pod_identity("*", "shop", "mesh.test")
-    with pytest.raises(IdentityError):
-        pod_identity("web-0", "sh.op", "mesh.test")
-
-
-def test_service_account_uri():
-    assert service_account_uri("shop", "web", "mesh.test") == "spiffe://mesh.test/ns/shop/sa/web"

@@ -1,0 +1,93 @@
+"""Benchmark: the operator's mesh index with 10,000 pods and 1,000 peerings.
+
+Full computation: index every pod and peering and build every pod's peer map
+(target < 1 s). One pod added, then removed: the index update plus rebuilding
+the peer maps it marks as changed (target < 10 ms). Both for the same-namespace
+layout and for a cross-namespace one where every pair is consented by two
+peerings (tests/operator/mesh_workload.py). Times are CPU seconds of this
+process (the machine is shared), best of --rounds for the full computation,
+median / 95th percentile / max over --changes for one pod.
+
+    .venv/bin/python bench/bench_peer_maps.py [--pods 10000] [--peerings 1000] [--rounds 3] [--changes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT / "tests" / "operator")]
+
+from machine import describe  # noqa: E402
+from mesh_workload import build_large, new_member  # noqa: E402
+
+FULL_TARGET = 1.0
+CHANGE_TARGET = 0.010
+
+
+def full_computation(pods: int, peerings: int, cross: bool, rounds: int) -> tuple[float, object]:
+    best, index = float("inf"), None
+    for _ in range(rounds):
+        start = time.process_time()
+        index = build_large(pods, peerings, cross)
+        for info in list(index.pods()):
+            index.peer_map(info.key)
+        best = min(best, time.process_time() - start)
+    return best, index
+
+
+def one_pod_changes(index, changes: int) -> tuple[list[float], list[float], int]:
+    added, removed, touched = [], [], 0
+    for i in range(changes):
+        pod = new_member(i)
+        start = time.process_time()
+        changed = index.upsert_pod(pod)
+        for key in changed:
+            index.peer_map(key)
+        added.append(time.process_time() - start)
+        touched = len(changed)
+        start = time.process_time()
+        for key in index.remove_pod(pod.key):
+            index.peer_map(key)
+        removed.append(time.process_time() - start)
+    return added, removed, touched
+
+
+def summary(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    return (f"median {statistics.median(ordered) * 1e3:6.2f} ms, p95 {p95 * 1e3:6.2f} ms, "
+            f"max {ordered[-1] * 1e3:6.2f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=10_000)
+    parser.add_argument("--peerings", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--changes", type=int, default=200)
+    args = parser.parse_args()
+    print(f"machine: {describe()}")
+    print(f"{args.pods} pods, {args.peerings} peerings; CPU time of this process")
+    missed = False
+    for cross in (False, True):
+        layout = "cross-namespace, consented" if cross else "same namespace"
+        full, index = full_computation(args.pods, args.peerings, cross, args.rounds)
+        added, removed, touched = one_pod_changes(index, args.changes)
+        p95_worst = max(sorted(s)[int(len(s) * 0.95)] for s in (added, removed))
+        print(f"[{layout}]")
+        print(f"  full computation (index + every peer map), best of {args.rounds}: {full:.3f} s"
+              f"  (target < {FULL_TARGET:.0f} s)")
+        print(f"  one pod added   ({touched} maps rebuilt): {summary(added)}")
+        print(f"  one pod removed: {summary(removed)}  (target p95 < {CHANGE_TARGET * 1e3:.0f} ms)")
+        missed |= full >= FULL_TARGET or p95_worst >= CHANGE_TARGET
+    print("targets " + ("MISSED" if missed else "met"))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

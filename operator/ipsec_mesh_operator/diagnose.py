@@ -1,0 +1,378 @@
+"""Why is traffic between two pods encrypted, or why not: pure functions over `Facts`.
+
+`explain(facts, a, b)` walks from the coarsest cause to the finest and stops at the
+first that holds (pod missing, no sidecar, sidecar not ready, no peering, peering
+not usable, one-sided peer maps, failed negotiation, nothing tried yet), so the
+answer names the most specific reason and one thing a person can do about it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .config import INJECT_LABEL
+from .facts import Facts, PeeringFacts, PodFacts, PodKey
+from .pairing import describe_roles, listing_peerings, parsed_peerings, roles_of, strictness
+from .peering import PeeringSpec
+
+INJECT_ENABLED = "enabled"
+#: CHILD_SA states in which packets are protected both ways.
+LIVE_CHILD_STATES = ("installed", "rekeying", "inbound-only")
+
+
+class Reason(str, enum.Enum):
+    ENCRYPTED = "encrypted"
+    POD_NOT_FOUND = "pod-not-found"
+    POD_NOT_RUNNING = "pod-not-running"
+    NO_SIDECAR = "no-sidecar"
+    SIDECAR_NOT_READY = "sidecar-not-ready"
+    NO_PEERING = "no-peering"
+    PEERING_NOT_READY = "peering-not-ready"
+    ONE_SIDED = "one-sided"
+    AUTH_FAILED = "auth-failed"
+    NO_PROPOSAL_CHOSEN = "no-proposal-chosen"
+    TIMEOUT = "timeout"
+    NEGOTIATION_FAILED = "negotiation-failed"
+    NEGOTIATING = "negotiating"
+    NO_SA_YET = "no-sa-yet"
+    PLAINTEXT_FALLBACK = "plaintext-fallback"
+
+
+#: The sidecar's failure labels (agent.runtime._failure_reason) mapped to reasons.
+FAILURE_REASONS = {
+    "authentication_failed": Reason.AUTH_FAILED,
+    "no_proposal_chosen": Reason.NO_PROPOSAL_CHOSEN,
+    "timeout": Reason.TIMEOUT,
+}
+
+
+AUTH_ACTIONS = {
+    "psk": ("both sides must hold the same key: in the cluster the operator hands it out with the peer map, so a "
+            "sidecar still on an old map after a rotation fails (compare the sidecars' peer_map_version); with a "
+            "remote cluster, the Secrets named by pskSecretRef on both sides must hold the same bytes"),
+    "certificate": ("the peer's certificate must name an identity the other side expects and chain to a CA in its "
+                    "trust bundle: after a CA rotation, check both sidecars have the new bundle (peer_map_version); "
+                    "for a remote cluster, that its trust bundle copy and identities are current"),
+}
+
+
+class Traffic(str, enum.Enum):
+    """What happens to a packet between the two pods right now."""
+
+    ENCRYPTED = "encrypted"
+    BLOCKED = "blocked"
+    PLAINTEXT = "plaintext"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class SaInfo:
+    reported_by: str
+    ike_sa: str
+    ike_algorithm: str | None
+    esp_algorithm: str | None
+    inbound_spi: str
+    outbound_spi: str
+    encap: bool
+    #: Seconds since the IKE SA was established, when the sidecar's clock is known.
+    age: float | None
+    #: Unix time it was established (collection time minus age).
+    since: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    a: str
+    b: str
+    reason: Reason
+    summary: str
+    action: str
+    traffic: Traffic
+    details: tuple[str, ...] = ()
+    enforcement: str | None = None
+    peerings: tuple[str, ...] = ()
+    sas: tuple[SaInfo, ...] = ()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.reason is Reason.ENCRYPTED
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(reason=self.reason.value, traffic=self.traffic.value, encrypted=self.encrypted,
+                   details=list(self.details), peerings=list(self.peerings))
+        out["sas"] = [asdict(sa) for sa in self.sas]
+        return out
+
+
+# ---- what the sidecars report ------------------------------------------------------
+
+
+def _sas_between(pod: PodFacts, other: PodFacts, collected_at: float) -> list[SaInfo]:
+    status = pod.status or {}
+    clock = status.get("clock")
+    found = []
+    for sa in status.get("ike_sas") or []:
+        if sa.get("state") != "established":
+            continue
+        for child in sa.get("children") or []:
+            if child.get("state") not in LIVE_CHILD_STATES:
+                continue
+            if not set(child.get("remote_ts") or ()) & set(other.ips):
+                continue
+            established = sa.get("established_at")
+            age = round(clock - established, 1) if isinstance(clock, (int, float)) and isinstance(
+                established, (int, float)) else None
+            found.append(SaInfo(
+                reported_by=pod.ref, ike_sa=str(sa.get("ike_sa", "")), ike_algorithm=sa.get("algorithm"),
+                esp_algorithm=child.get("algorithm"), inbound_spi=str(child.get("inbound_spi", "")),
+                outbound_spi=str(child.get("outbound_spi", "")), encap=bool(child.get("encap")), age=age,
+                since=round(collected_at - age, 1) if age is not None and collected_at else None,
+            ))
+    return found
+
+
+def _connecting(pod: PodFacts, other: PodFacts) -> bool:
+    for sa in (pod.status or {}).get("ike_sas") or []:
+        remote = str(sa.get("remote", "")).split("[", 1)[0]
+        if sa.get("state") == "connecting" and remote in other.ips:
+            return True
+    return False
+
+
+def _failures(pod: PodFacts, other: PodFacts) -> list[tuple[str, Mapping[str, Any]]]:
+    records = (pod.status or {}).get("last_failures") or {}
+    return [(pod.ref, records[ip]) for ip in other.ips if isinstance(records.get(ip), Mapping)]
+
+
+def _status_problem(pod: PodFacts) -> str | None:
+    if pod.status is None:
+        return f"the status of {pod.ref}'s sidecar could not be read: {pod.status_error or 'no answer'}"
+    if not pod.status.get("ready"):
+        phase = pod.status.get("phase")  # mesh mode, before its first peer map and certificate
+        why = f"phase {phase}" if phase else "its data plane is not in place yet"
+        return f"{pod.ref}'s sidecar reports ready=false ({why})"
+    return None
+
+
+# ---- the verdict -------------------------------------------------------------------
+
+
+class _Explainer:
+    def __init__(self, facts: Facts, a: PodKey, b: PodKey):
+        self.facts = facts
+        self.a_key, self.b_key = a, b
+        self.a_ref, self.b_ref = "/".join(a), "/".join(b)
+
+    def verdict(self, reason: Reason, summary: str, action: str, traffic: Traffic, **extra: Any) -> Verdict:
+        return Verdict(self.a_ref, self.b_ref, reason, summary, action, traffic, **extra)
+
+    def run(self) -> Verdict:
+        pods = [self.facts.pods.get(self.a_key), self.facts.pods.get(self.b_key)]
+        for key, pod in zip((self.a_key, self.b_key), pods):
+            if pod is None:
+                ref = "/".join(key)
+                return self.verdict(Reason.POD_NOT_FOUND, f"pod {ref} does not exist",
+                                    f"check the name: kubectl get pods -n {key[0]}", Traffic.UNKNOWN)
+        a, b = pods
+        for pod in (a, b):
+            if not pod.ips or pod.phase not in ("Running", "Pending"):
+                return self.verdict(Reason.POD_NOT_RUNNING, f"pod {pod.ref} has no IP address (phase {pod.phase})",
+                                    f"kubectl describe pod -n {pod.namespace} {pod.name}", Traffic.UNKNOWN)
+        for pod in (a, b):
+            if not (pod.injected and pod.has_sidecar):
+                return self._no_sidecar(pod)
+        for pod in (a, b):
+            problem = _status_problem(pod)
+            if problem is not None:
+                return self.verdict(
+                    Reason.SIDECAR_NOT_READY, problem,
+                    f"kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh; kubectl describe pod -n "
+                    f"{pod.namespace} {pod.name} (startup probe)", Traffic.UNKNOWN)
+        return self._with_sidecars(a, b)
+
+    def _no_sidecar(self, pod: PodFacts) -> Verdict:
+        ns_opted_in = self.facts.namespace_labels(pod.namespace).get(INJECT_LABEL) == INJECT_ENABLED
+        pod_opted_in = pod.labels.get(INJECT_LABEL) == "true"
+        restart = f"kubectl delete pod -n {pod.namespace} {pod.name} (or kubectl rollout restart its workload)"
+        if pod.opted_out:
+            why = f"pod {pod.ref} opts out with the label {INJECT_LABEL}=false"
+            action = f"remove the label from the pod template, then {restart}"
+        elif not ns_opted_in and not pod_opted_in:
+            why = f"namespace {pod.namespace} is not opted in (no label {INJECT_LABEL}={INJECT_ENABLED})"
+            action = f"kubectl label namespace {pod.namespace} {INJECT_LABEL}={INJECT_ENABLED}, then {restart}"
+        elif pod.injected:
+            why = f"pod {pod.ref} is marked injected but has no ipsec-mesh container (its spec was changed)"
+            action = restart
+        else:
+            why = (f"pod {pod.ref} was created before its namespace opted in, or while the injection "
+                   f"webhook was unavailable")
+            action = f"{restart}; the webhook injects the sidecar at pod creation"
+        return self.verdict(Reason.NO_SIDECAR, f"no ipsec-mesh sidecar in {pod.ref}: {why}", action,
+                            Traffic.PLAINTEXT)
+
+    def _with_sidecars(self, a: PodFacts, b: PodFacts) -> Verdict:
+        specs, invalid = parsed_peerings(self.facts)
+        roles_a, roles_b = roles_of(a, specs, self.facts), roles_of(b, specs, self.facts)
+        a_lists_b, b_lists_a = listing_peerings(a, roles_a, roles_b), listing_peerings(b, roles_b, roles_a)
+        if not a_lists_b and not b_lists_a:
+            details = (f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}")
+            details += tuple(f"{ref} is invalid and ignored: {problem}" for ref, problem in sorted(invalid.items()))
+            return self.verdict(
+                Reason.NO_PEERING, f"no IPsecPeering selects {a.ref} and {b.ref} as each other's peers",
+                f"create an IPsecPeering in {a.namespace} whose selector picks {a.ref} and whose peers pick "
+                f"{b.ref} (docs/ipsecpeering.md)", Traffic.PLAINTEXT, details=details)
+        by_ref = {p.ref: p for p in self.facts.peerings}
+        peerings = tuple(sorted(a_lists_b | b_lists_a, key=lambda ref: strictness(by_ref[ref], specs.get(ref))))
+        enforcement = self._enforcement(a, b, peerings, specs)
+        blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
+        common = {"enforcement": enforcement, "peerings": peerings}
+        if not a_lists_b or not b_lists_a:
+            has, lacks = (a, b) if a_lists_b else (b, a)
+            return self.verdict(
+                Reason.ONE_SIDED,
+                f"one-sided: {', '.join(peerings)} gives {has.ref} a policy for {lacks.ref}, but nothing in namespace "
+                f"{lacks.namespace} consents: {lacks.ref} has no policy for {has.ref} and refuses its IKE requests",
+                f"in namespace {lacks.namespace}, create an IPsecPeering whose selector picks {lacks.ref} and whose "
+                f"peers pick {has.ref} (with a namespaceSelector for {has.namespace}); the peering's status says "
+                "AwaitingConsent until then", blocked,
+                details=(f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}"), **common)
+        unusable = self._unusable(peerings)
+        if unusable is not None:
+            return self.verdict(Reason.PEERING_NOT_READY, unusable[0], unusable[1], blocked, **common)
+        sas = _sas_between(a, b, self.facts.collected_at) + _sas_between(b, a, self.facts.collected_at)
+        if sas:
+            return self._encrypted(a, b, sas, common)
+        one_sided = self._one_sided(a, b)
+        if one_sided is not None:
+            return self.verdict(Reason.ONE_SIDED, one_sided[0], one_sided[1], blocked, details=one_sided[2],
+                                **common)
+        failures = _failures(a, b) + _failures(b, a)
+        if failures:
+            return self._failed(a, b, failures, specs, peerings, blocked, common)
+        if _connecting(a, b) or _connecting(b, a):
+            return self.verdict(Reason.NEGOTIATING, f"IKE between {a.ref} and {b.ref} is under way",
+                                "ask again in a few seconds", blocked, **common)
+        if enforcement == "prefer":
+            return self.verdict(
+                Reason.PLAINTEXT_FALLBACK,
+                f"no SA between {a.ref} and {b.ref}, and enforcement is prefer: packets go in plaintext "
+                "until IKE (started by the first packet) completes",
+                "send traffic and ask again; set spec.enforcement: require to fail closed instead",
+                Traffic.PLAINTEXT, **common)
+        return self.verdict(
+            Reason.NO_SA_YET, f"no SA between {a.ref} and {b.ref} yet: none has been tried (IKE starts on the "
+            "first packet between them)",
+            f"send traffic, e.g. kubectl exec -n {a.namespace} {a.name} -- ping -c1 {b.ips[0]}, and ask again",
+            blocked, **common)
+
+    def _enforcement(self, a: PodFacts, b: PodFacts, peerings: tuple[str, ...],
+                     specs: Mapping[str, PeeringSpec]) -> str:
+        peer_map = (self.facts.peer_maps or {}).get(a.key)
+        policy = peer_map.policy_for(b.ips[0]) if peer_map is not None else None
+        if policy is not None:
+            return policy.enforcement
+        return self._setting(peerings[0], specs, "enforcement")  # the sidecar's tie-break: map order, by name
+
+    def _setting(self, ref: str, specs: Mapping[str, PeeringSpec], name: str) -> str:
+        """`auth` or `enforcement` of a peering: from its spec, else as the operator reported it."""
+        spec = specs.get(ref)
+        if spec is not None:
+            return (spec.auth if name == "auth" else spec.enforcement).value
+        reported = getattr(next(p for p in self.facts.peerings if p.ref == ref), name)
+        return reported or ("certificate" if name == "auth" else "require")
+
+    def _unusable(self, peerings: tuple[str, ...]) -> tuple[str, str] | None:
+        """A peering that selects the pair but cannot give them keys yet."""
+        by_ref: dict[str, PeeringFacts] = {p.ref: p for p in self.facts.peerings}
+        problems = []
+        for ref in peerings:
+            keys = by_ref[ref].condition("KeysIssued")
+            if keys is not None and keys.get("status") == "False":
+                problems.append(f"{ref}: keys not issued ({keys.get('reason')}: {keys.get('message')})")
+        if len(problems) < len(peerings) or not problems:
+            return None  # another peering covers the pair
+        return ("; ".join(problems), f"kubectl describe ipsecpeering -n {peerings[0].split('/')[0]} "
+                f"{peerings[0].split('/')[1]} (events and conditions); the operator's log says more")
+
+    def _one_sided(self, a: PodFacts, b: PodFacts) -> tuple[str, str, tuple[str, ...]] | None:
+        maps = self.facts.peer_maps
+        if maps is None:
+            return self._stale_map(a) or self._stale_map(b)
+        map_a, map_b = maps.get(a.key), maps.get(b.key)
+        lists_b = map_a is not None and map_a.policy_for(b.ips[0]) is not None
+        lists_a = map_b is not None and map_b.policy_for(a.ips[0]) is not None
+        if lists_a and lists_b:
+            return self._stale_map(a) or self._stale_map(b)
+        if not lists_a and not lists_b:
+            summary = f"the operator gives neither {a.ref} nor {b.ref} a policy for the other"
+        else:
+            has, lacks = (a, b) if lists_b else (b, a)
+            summary = (f"one-sided: {has.ref}'s peer map lists {lacks.ref}, but {lacks.ref}'s does not list "
+                       f"{has.ref}, so {lacks.ref} refuses its IKE requests")
+        action = ("if the peering crosses namespaces, the peer namespace must consent to it; see the peering's "
+                  "Ready/Degraded conditions (kubectl describe ipsecpeering) and the operator's log")
+        details = tuple(f"{pod.ref}: peer map v{m.version}, policies: {', '.join(p.name for p in m.policies) or 'none'}"
+                        for pod, m in ((a, map_a), (b, map_b)) if m is not None)
+        return summary, action, details
+
+    def _stale_map(self, pod: PodFacts) -> tuple[str, str, tuple[str, ...]] | None:
+        logs = f"kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh"
+        refused = ((pod.status or {}).get("mesh") or {}).get("refused")  # mesh mode: a map it could not use
+        if isinstance(refused, Mapping):
+            return (f"{pod.ref}'s sidecar refused peer map v{refused.get('version')}: {refused.get('error')}",
+                    f"fix what the error names (usually the peering's spec or keys); {logs}", ())
+        peer_map = (self.facts.peer_maps or {}).get(pod.key)
+        current = peer_map.version if peer_map is not None else self.facts.map_versions.get(pod.key)
+        applied = (pod.status or {}).get("peer_map_version")
+        if isinstance(applied, int) and current is not None and applied < current:
+            return (f"{pod.ref}'s sidecar runs peer map v{applied}; the operator has v{current} for it",
+                    f"wait for the sidecar to fetch it, else {logs}", ())
+        return None
+
+    def _encrypted(self, a: PodFacts, b: PodFacts, sas: list[SaInfo], common: dict[str, Any]) -> Verdict:
+        first = sas[0]
+        reporters = {sa.reported_by for sa in sas}
+        details = tuple(
+            f"{sa.reported_by}: IKE {sa.ike_sa} {sa.ike_algorithm}; ESP {sa.esp_algorithm} SPIs in "
+            f"{sa.inbound_spi} out {sa.outbound_spi}{' (UDP-encapsulated)' if sa.encap else ''}"
+            f"{f', up {sa.age:.0f}s' if sa.age is not None else ''}" for sa in sas)
+        if len(reporters) == 1:
+            other = b.ref if first.reported_by == a.ref else a.ref
+            details += (f"{other}'s sidecar does not list this SA (yet)",)
+        return self.verdict(Reason.ENCRYPTED, f"encrypted: ESP {first.esp_algorithm}, IKE {first.ike_algorithm}",
+                            "nothing to do", Traffic.ENCRYPTED, details=details, sas=tuple(sas), **common)
+
+    def _failed(self, a: PodFacts, b: PodFacts, failures: list[tuple[str, Mapping[str, Any]]],
+                specs: Mapping[str, PeeringSpec], peerings: tuple[str, ...], traffic: Traffic,
+                common: dict[str, Any]) -> Verdict:
+        reporter, record = max(failures, key=lambda f: f[1].get("at") or 0)
+        reason = FAILURE_REASONS.get(str(record.get("reason")), Reason.NEGOTIATION_FAILED)
+        details = tuple(f"{who}: {r.get('reason')} x{r.get('count', 1)}: {r.get('message', '')}"
+                        for who, r in failures)
+        if reason is Reason.AUTH_FAILED:
+            action = AUTH_ACTIONS[self._setting(peerings[0], specs, "auth")]
+        elif reason is Reason.NO_PROPOSAL_CHOSEN:
+            proposals = sorted({f"{ref}: ike {list(specs[ref].ike_proposals)} esp {list(specs[ref].esp_proposals)}"
+                                for ref in peerings if ref in specs})
+            details += tuple(proposals)
+            action = "make spec.proposals of the peerings on both sides share at least one IKE and one ESP proposal"
+        elif reason is Reason.TIMEOUT:
+            silent = b if reporter == a.ref else a  # the side that did not answer
+            refused = (silent.status or {}).get("counters", {}).get("refused_unknown_peer", 0)
+            if refused:
+                details += (f"{silent.ref}'s sidecar refused {refused} IKE request(s) from peers not in its map",)
+            action = ("IKE (UDP 500 and 4500) does not get through between the pods: check NetworkPolicies and "
+                      "that the other sidecar's peer map lists this pod")
+        else:
+            action = f"read the sidecars' logs: kubectl logs -n {a.namespace} {a.name} -c ipsec-mesh"
+        summary = f"the last negotiation between {a.ref} and {b.ref} failed ({reporter}): {record.get('message', '')}"
+        return self.verdict(reason, summary, action, traffic, details=details, **common)
+
+
+def explain(facts: Facts, a: PodKey, b: PodKey) -> Verdict:
+    """Is traffic between pods a and b encrypted, and if not, why (the most specific reason)."""
+    return _Explainer(facts, a, b).run()

@@ -1,0 +1,175 @@
+"""What `ipsec-mesh explain` and `ipsec-mesh peerings` know about a cluster, as plain data.
+
+The sources (sources.py) fill these from the API server or the operator's admin API
+and the sidecars' /status endpoints; diagnose.py reasons over them without any IO.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .admission import SIDECAR_NAME
+from .config import INJECT_LABEL, INJECTED_ANNOTATION
+from .index import NAMESPACE_NAME_LABEL
+
+PodKey = tuple[str, str]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class PodFacts:
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ips: tuple[str, ...] = ()
+    phase: str = "Running"
+    #: The injection webhook's annotation is on the pod.
+    injected: bool = False
+    #: A container named like the sidecar is in the pod spec.
+    has_sidecar: bool = False
+    #: The sidecar's /status document; None when it could not be read (see status_error).
+    status: Mapping[str, Any] | None = None
+    status_error: str = ""
+
+    @property
+    def key(self) -> PodKey:
+        return self.namespace, self.name
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_pod(cls, body: Mapping[str, Any], status: Mapping[str, Any] | None = None,
+                 status_error: str = "") -> PodFacts:
+        """From a Pod object as the API server returns it (a dict)."""
+        meta, spec, pod_status = _mapping(body.get("metadata")), _mapping(body.get("spec")), _mapping(body.get("status"))
+        ips = [entry.get("ip") for entry in pod_status.get("podIPs") or [] if isinstance(entry, Mapping)]
+        if not ips and pod_status.get("podIP"):
+            ips = [pod_status["podIP"]]
+        containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            labels=dict(_mapping(meta.get("labels"))),
+            ips=tuple(str(ip) for ip in ips if ip),
+            phase=str(pod_status.get("phase", "Unknown")),
+            injected=_mapping(meta.get("annotations")).get(INJECTED_ANNOTATION) == "true",
+            has_sidecar=any(_mapping(c).get("name") == SIDECAR_NAME for c in containers),
+            status=status,
+            status_error=status_error,
+        )
+
+    @property
+    def opted_out(self) -> bool:
+        return self.labels.get(INJECT_LABEL) == "false"
+
+
+@dataclass(frozen=True)
+class PeeringFacts:
+    namespace: str
+    name: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+    #: The operator's own lists ("ns/pod") where the source has them (standalone admin API);
+    #: None: work them out from the spec's selectors.
+    members: tuple[str, ...] | None = None
+    peers: tuple[str, ...] | None = None
+    #: Settings as the operator reports them, where there is no spec to read them from.
+    auth: str | None = None
+    enforcement: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_object(cls, body: Mapping[str, Any]) -> PeeringFacts:
+        meta = _mapping(body.get("metadata"))
+        return cls(str(meta.get("namespace", "")), str(meta.get("name", "")),
+                   _mapping(body.get("spec")), _mapping(body.get("status")))
+
+    def condition(self, kind: str) -> Mapping[str, Any] | None:
+        for entry in self.status.get("conditions") or []:
+            if isinstance(entry, Mapping) and entry.get("type") == kind:
+                return entry
+        return None
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """One policy of a pod's peer map: which peers it covers (no key material)."""
+
+    name: str
+    enforcement: str
+    peers: tuple[tuple[str, tuple[IpNetwork, ...]], ...]
+
+    def peer_for(self, ip: str) -> str | None:
+        address = ipaddress.ip_address(ip)
+        for name, networks in self.peers:
+            if any(n.version == address.version and address in n for n in networks):
+                return name
+        return None
+
+
+@dataclass(frozen=True)
+class PeerMapView:
+    version: int
+    policies: tuple[PolicyView, ...]
+
+    def policy_for(self, ip: str) -> PolicyView | None:
+        """The policy the sidecar would use for `ip`: longest prefix, then map order (as PeerSet)."""
+        best: tuple[int, PolicyView] | None = None
+        address = ipaddress.ip_address(ip)
+        for policy in self.policies:
+            for _, networks in policy.peers:
+                for network in networks:
+                    if network.version == address.version and address in network:
+                        if best is None or network.prefixlen > best[0]:
+                            best = (network.prefixlen, policy)
+        return best[1] if best else None
+
+    @classmethod
+    def from_peer_map(cls, peer_map: Any) -> PeerMapView:
+        """From an `ipsec_mesh.meshapi.PeerMap`."""
+        return cls(peer_map.version, tuple(
+            PolicyView(p.name, p.enforcement.value, tuple((peer.name, tuple(peer.addresses)) for peer in p.peers))
+            for p in peer_map.policies))
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> PeerMapView:
+        """From a peer map's JSON form; PSK values, if any, are ignored."""
+        policies = []
+        for policy in doc.get("peerings") or []:
+            policy = _mapping(policy)
+            peers = tuple(
+                (str(_mapping(peer).get("name", "")),
+                 tuple(ipaddress.ip_network(a, strict=False) for a in _mapping(peer).get("addresses") or []))
+                for peer in policy.get("peers") or [])
+            policies.append(PolicyView(str(policy.get("name", "")), str(policy.get("enforcement", "require")), peers))
+        return cls(int(doc.get("version", 0)), tuple(policies))
+
+
+@dataclass(frozen=True)
+class Facts:
+    pods: Mapping[PodKey, PodFacts]
+    peerings: tuple[PeeringFacts, ...] = ()
+    #: Labels per namespace; a namespace missing here counts as labelled with its name only.
+    namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: The operator's peer map per pod, where the source can see them.
+    peer_maps: Mapping[PodKey, PeerMapView] | None = None
+    #: The operator's current peer-map version per pod, where the source can see them.
+    map_versions: Mapping[PodKey, int] = field(default_factory=dict)
+    #: Unix time the facts were collected.
+    collected_at: float = 0.0
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        labels = self.namespaces.get(namespace)
+        return labels if labels is not None else {NAMESPACE_NAME_LABEL: namespace}

@@ -1,0 +1,220 @@
+"""Where `ipsec-mesh explain` and `peerings` get their facts: the API server, or a standalone operator.
+
+- `ClusterSource`: the `kubernetes` client with the kubeconfig (or in-cluster
+  credentials): IPsecPeerings with their status, pods, namespaces, and each
+  sidecar's /status through the API server's pod proxy
+  (GET /api/v1/namespaces/{ns}/pods/{pod}:15021/proxy/status).
+- `StandaloneSource`: the standalone operator's GET /v1/admin/overview over HTTPS
+  (URL, admin token and CA bundle from its state directory), and each sidecar's
+  http://<pod-ip>:15021/status.
+
+Both stay thin: they fetch documents and hand them to facts.py; diagnose.py decides.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from .admission import HEALTH_PORT
+from .facts import Facts, PeeringFacts, PodFacts, PodKey
+from .peering import GROUP, PLURAL, VERSION
+
+STATUS_TIMEOUT = 5.0
+MAX_STATUS_BYTES = 4 * 1024 * 1024
+OVERVIEW_PATH = "/v1/admin/overview"
+
+
+class SourceError(Exception):
+    """The facts cannot be collected at all (no cluster, no operator); the message says why."""
+
+
+def _status_document(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    if len(raw) > MAX_STATUS_BYTES:
+        return None, "status document too large"
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        return None, f"not JSON: {exc}"
+    return (doc, "") if isinstance(doc, dict) else (None, "status is not a JSON object")
+
+
+class ClusterSource:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, api_client: Any = None):
+        import kubernetes
+
+        if api_client is None:
+            try:
+                api_client = kubernetes.config.new_client_from_config(config_file=kubeconfig, context=context)
+            except (kubernetes.config.ConfigException, OSError) as exc:
+                try:
+                    kubernetes.config.load_incluster_config()
+                    api_client = kubernetes.client.ApiClient()
+                except kubernetes.config.ConfigException:
+                    raise SourceError(f"no kubeconfig and not in a cluster: {exc}") from None
+        self.kubernetes = kubernetes
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.api_client = api_client
+
+    def _call(self, function, *args, **kwargs) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except self.kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise SourceError(f"the API server answered {exc.status} {exc.reason}") from None
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            raise SourceError(f"cannot reach the API server: {exc}") from None
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.api_client.sanitize_for_serialization(obj)
+
+    def peerings(self, namespace: str | None = None) -> list[PeeringFacts]:
+        if namespace is None:
+            answer = self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        else:
+            answer = self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        return [PeeringFacts.from_object(item) for item in (answer or {}).get("items") or []]
+
+    def pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace is None:
+            answer = self._call(self.core.list_pod_for_all_namespaces)
+        else:
+            answer = self._call(self.core.list_namespaced_pod, namespace)
+        return [self._plain(pod) for pod in (answer.items if answer is not None else [])]
+
+    def pod(self, key: PodKey) -> dict[str, Any] | None:
+        answer = self._call(self.core.read_namespaced_pod, key[1], key[0])
+        return None if answer is None else self._plain(answer)
+
+    def namespace_labels(self, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        labels = {}
+        for name in sorted(set(names)):
+            answer = self._call(self.core.read_namespace, name)
+            if answer is not None:
+                labels[name] = dict(answer.metadata.labels or {})
+        return labels
+
+    def sidecar_status(self, pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        meta = pod.get("metadata") or {}
+        try:
+            response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{meta.get('name')}:{HEALTH_PORT}", meta.get("namespace"), "status",
+                _preload_content=False, _request_timeout=STATUS_TIMEOUT)
+            return _status_document(response.data)
+        except self.kubernetes.client.ApiException as exc:
+            return None, f"pod proxy answered {exc.status} {exc.reason}"
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            return None, f"pod proxy: {exc}"
+
+    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
+              statuses: bool = False) -> Facts:
+        """The given pods with their sidecars' status; with `all_pods` also every other pod (with
+        `statuses`, the status of those in `namespace` too); the peerings of `namespace` (all if None)."""
+        bodies: dict[PodKey, dict[str, Any] | None] = {key: self.pod(key) for key in pods}
+        found = {}
+        for key, body in bodies.items():
+            if body is None:
+                continue
+            facts = PodFacts.from_pod(body)
+            if facts.has_sidecar:  # only a sidecar has a status endpoint to ask
+                facts = PodFacts.from_pod(body, *self.sidecar_status(body))
+            found[key] = facts
+        if all_pods:  # every namespace: peers of a namespace's peerings may live anywhere
+            for body in self.pods():
+                facts = PodFacts.from_pod(body)
+                if facts.key in found:
+                    continue
+                if statuses and facts.has_sidecar and namespace in (None, facts.namespace):
+                    facts = PodFacts.from_pod(body, *self.sidecar_status(body))
+                found[facts.key] = facts
+        namespaces = {key[0] for key in found} | {key[0] for key in bodies}
+        return Facts(found, tuple(self.peerings(namespace)), self.namespace_labels(namespaces),
+                     collected_at=time.time())
+
+
+class StandaloneSource:
+    """The standalone operator's admin overview plus the sidecars' status endpoints."""
+
+    def __init__(self, state_dir: str | Path, url: str | None = None):
+        state = Path(state_dir)
+        try:
+            self.url = (url or (state / "api-url").read_text().strip()).rstrip("/")
+            self.token = (state / "admin-token").read_text().strip()
+        except OSError as exc:
+            raise SourceError(f"{state} is not a running standalone operator's state directory: {exc}") from None
+        bundle = state / "ca-bundle.pem"
+        self.context = ssl.create_default_context(cafile=str(bundle)) if bundle.exists() else None
+        if self.context is None:
+            raise SourceError(f"{bundle} is missing: cannot verify the operator's certificate")
+
+    def overview(self) -> dict[str, Any]:
+        request = urllib.request.Request(self.url + OVERVIEW_PATH, headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=STATUS_TIMEOUT, context=self.context) as response:
+                doc = json.loads(response.read(MAX_STATUS_BYTES))
+        except urllib.error.HTTPError as exc:
+            raise SourceError(f"{self.url}{OVERVIEW_PATH} answered {exc.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise SourceError(f"cannot read {self.url}{OVERVIEW_PATH}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise SourceError("the overview is not a JSON object")
+        return doc
+
+    @staticmethod
+    def sidecar_status(ips: Iterable[str]) -> tuple[dict[str, Any] | None, str]:
+        error = "the pod has no IP address"
+        for ip in ips:
+            host = f"[{ip}]" if ":" in ip else ip
+            try:
+                with urllib.request.urlopen(f"http://{host}:{HEALTH_PORT}/status", timeout=STATUS_TIMEOUT) as response:
+                    return _status_document(response.read(MAX_STATUS_BYTES + 1))
+            except (urllib.error.URLError, OSError) as exc:
+                error = f"http://{host}:{HEALTH_PORT}/status: {exc}"
+        return None, error
+
+    def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
+              statuses: bool = False) -> Facts:
+        return facts_from_overview(self.overview(), set(pods), namespace, all_pods, self.sidecar_status, statuses)
+
+
+def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: str | None, all_pods: bool,
+                        read_status, statuses: bool = False) -> Facts:
+    """Facts from the standalone operator's overview; the sidecars of `wanted` pods are asked for
+    their status (with `statuses`, those of every pod in `namespace` too)."""
+    pods = {}
+    versions = {}
+    for entry in doc.get("pods") or []:
+        key = (str(entry.get("namespace", "")), str(entry.get("name", "")))
+        if key not in wanted and not all_pods:
+            continue
+        ips = tuple(str(ip) for ip in entry.get("ips") or [])
+        asked = key in wanted or (statuses and namespace in (None, key[0]))
+        status, error = read_status(ips) if asked else (None, "not asked")
+        # Every pod the standalone operator knows runs a sidecar: it is listed because it has one.
+        pods[key] = PodFacts(key[0], key[1], ips=ips, injected=True, has_sidecar=True, status=status,
+                             status_error=error)
+        if isinstance(entry.get("peerMapVersion"), int):
+            versions[key] = entry["peerMapVersion"]
+    peerings = []
+    for entry in doc.get("peerings") or []:
+        if namespace is not None and entry.get("namespace") != namespace:
+            continue
+        health = entry.get("health") or {}
+        peerings.append(PeeringFacts(
+            str(entry.get("namespace", "")), str(entry.get("name", "")), {},
+            {"members": len(entry.get("members") or []), "peers": len(entry.get("peers") or []),
+             "establishedSAs": int(health.get("established_sas") or 0),
+             "sidecarErrors": list(health.get("errors") or [])},
+            members=tuple(entry.get("members") or ()), peers=tuple(entry.get("peers") or ()),
+            auth=entry.get("auth"), enforcement=entry.get("enforcement")))
+    return Facts(pods, tuple(peerings), map_versions=versions, collected_at=time.time())

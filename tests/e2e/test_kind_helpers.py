@@ -1,0 +1,115 @@
+"""The kind suite's helpers, checked here (the suite itself needs Docker and kind)."""
+
+import base64
+import ipaddress
+import json
+import socket
+import struct
+
+import pytest
+import yaml
+
+import kind_helpers as kh
+from ipsec_mesh_operator import crd
+from ipsec_mesh_operator.peering import parse_peering
+
+
+def test_kind_config_sets_both_subnets():
+    config = yaml.safe_load(kh.kind_config("10.245.0.0/16", "10.97.0.0/16"))
+    assert config["apiVersion"] == "kind.x-k8s.io/v1alpha4" and config["kind"] == "Cluster"
+    assert config["networking"] == {"podSubnet": "10.245.0.0/16", "serviceSubnet": "10.97.0.0/16"}
+
+
+def test_node_ip_reads_the_kind_network_of_docker_inspect():
+    inspect = json.dumps([{"NetworkSettings": {"Networks": {
+        "bridge": {"IPAddress": "172.17.0.2"}, "kind": {"IPAddress": "172.18.0.3", "GlobalIPv6Address": "fc00::3"}}}}])
+    assert kh.node_ip(inspect) == "172.18.0.3"
+    for bad in ("[]", "not json", json.dumps([{"NetworkSettings": {"Networks": {"kind": {"IPAddress": ""}}}}])):
+        with pytest.raises(kh.OutputError):
+            kh.node_ip(bad)
+
+
+def test_route_commands_exempt_remote_pods_from_masquerading():
+    commands = kh.cross_cluster_route_commands("10.244.0.0/16", "10.245.0.0/16", "172.18.0.3")
+    assert commands[0] == ["ip", "route", "replace", "10.245.0.0/16", "via", "172.18.0.3"]
+    nat = commands[1]
+    assert nat[:6] == ["iptables", "-t", "nat", "-I", "POSTROUTING", "1"]  # before kindnet's masquerade jump
+    assert nat[nat.index("-s") + 1] == "10.244.0.0/16" and nat[nat.index("-d") + 1] == "10.245.0.0/16"
+    assert nat[-2:] == ["-j", "RETURN"]
+
+
+def test_pod_ip_prefers_ipv4_and_fails_clearly_without_one():
+    dual = {"status": {"podIP": "fd00::5", "podIPs": [{"ip": "fd00::5"}, {"ip": "10.244.0.7"}]}}
+    assert kh.pod_ip(json.dumps(dual)) == "10.244.0.7"
+    assert kh.pod_ip(json.dumps({"status": {"podIP": "10.244.0.9"}})) == "10.244.0.9"
+    for bad in ({"status": {}}, {"status": {"podIPs": [{"ip": "fd00::5"}]}}):
+        with pytest.raises(kh.OutputError):
+            kh.pod_ip(json.dumps(bad))
+
+
+def test_condition_and_secret_value_and_injected_sidecar():
+    peering = {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "AwaitingConsent", "message": "one-sided in namespace(s) shop"},
+        {"type": "Degraded", "status": "True", "reason": "AwaitingConsent", "message": "m"}]}}
+    assert kh.condition(json.dumps(peering), "Ready") == ("False", "AwaitingConsent", "one-sided in namespace(s) shop")
+    assert kh.condition(json.dumps({"status": {}}), "Ready") is None
+    secret = {"data": {"trust-bundle.pem": base64.b64encode(b"-----BEGIN CERTIFICATE-----").decode()}}
+    assert kh.secret_value(json.dumps(secret), "trust-bundle.pem") == b"-----BEGIN CERTIFICATE-----"
+    with pytest.raises(kh.OutputError):
+        kh.secret_value(json.dumps(secret), "ca.key")
+    pod = {"spec": {"initContainers": [{"name": "ipsec-mesh"}], "containers": [{"name": "app"}]}}
+    assert kh.first_init_container(json.dumps(pod))["name"] == "ipsec-mesh"
+    with pytest.raises(kh.OutputError):
+        kh.first_init_container(json.dumps({"spec": {"containers": []}}))
+
+
+def test_packets_captured_reads_the_tcpdump_summary_or_counts_lines():
+    stderr = ("tcpdump: data link type LINUX_SLL2\nlistening on any, link-type LINUX_SLL2\n"
+              "12 packets captured\n14 packets received by filter\n0 packets dropped by kernel\n")
+    assert kh.packets_captured("", stderr) == 12
+    assert kh.packets_captured("", "1 packet captured\n") == 1
+    lines = "14:00:00.1 eth0 Out IP 10.244.0.5 > 10.244.0.6: ESP(spi=0x1,seq=0x1), length 88\n" * 3
+    assert kh.packets_captured(lines, "tcpdump: listening on any\n") == 3
+    assert kh.packets_captured("", "") == 0
+
+
+def test_xfrm_stat_parses_counters():
+    text = "XfrmInError             \t0\nXfrmInTmplMismatch      \t20\nXfrmOutNoStates         \t3\n"
+    assert kh.xfrm_stat(text) == {"XfrmInError": 0, "XfrmInTmplMismatch": 20, "XfrmOutNoStates": 3}
+    assert kh.xfrm_stat("cat: can't open '/proc/net/xfrm_stat'") == {}
+
+
+def test_manifests_are_valid_peerings_and_pods():
+    peerings = [
+        kh.pod_peering("grab", "outside", "intruder", "db", peer_namespace="shop"),
+        kh.remote_peering("web-to-west", "shop", "web", "west", ["10.245.0.0/16"], ["*.shop.pod.west.example"],
+                          "west-mesh-ca"),
+    ]
+    for obj in peerings:
+        assert crd.validate(obj) == []
+        meta = obj["metadata"]
+        parse_peering(meta["namespace"], meta["name"], crd.apply_defaults(obj)["spec"])
+    grab = parse_peering("outside", "grab", peerings[0]["spec"])
+    assert grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "shop"})
+    assert not grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "outside"})
+    server = kh.http_server_pod("db", "shop", "db")
+    assert server["spec"]["containers"][0]["name"] == "db"  # `kubectl exec POD -c POD` relies on it
+    assert [doc["kind"] for doc in yaml.safe_load_all(kh.to_yaml(server, peerings[0]))] == ["Pod", "IPsecPeering"]
+
+
+def _ones_complement_ok(data: bytes) -> bool:
+    return kh._checksum(data) == 0
+
+
+def test_spoofed_udp_carries_the_claimed_source_and_valid_checksums():
+    packet = kh.spoofed_udp("10.244.0.5", "10.244.0.6", payload=b"abc")
+    header, udp = packet[:20], packet[20:]
+    version_ihl, _, total, _, _, ttl, proto, _, src, dst = struct.unpack("!BBHHHBBH4s4s", header)
+    assert (version_ihl, total, proto) == (0x45, len(packet), socket.IPPROTO_UDP)
+    assert ipaddress.IPv4Address(src) == ipaddress.IPv4Address("10.244.0.5")
+    assert ipaddress.IPv4Address(dst) == ipaddress.IPv4Address("10.244.0.6")
+    assert _ones_complement_ok(header)
+    sport, dport, length, _ = struct.unpack("!HHHH", udp[:8])
+    assert (dport, length, udp[8:]) == (kh.SPOOF_PORT, 11, b"abc")
+    pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
+    assert _ones_complement_ok(pseudo + udp)

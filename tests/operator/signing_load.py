@@ -1,0 +1,81 @@
+"""Load for the mesh API's certificate signing: CSRs, tokens, and a load-generator process.
+
+Shared by tests/operator/test_api_speed.py and bench/bench_mesh_api_signing.py. The
+load runs in a separate (spawned) process so that the client's own crypto and HTTP
+work is not billed to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import fake_tokens
+from api_fixture import running_servers
+from ipsec_mesh.meshapi import MeshApiClient
+from ipsec_mesh_operator.index import PodInfo
+
+
+def csr_for(identity: str) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
+def load_generator(url, bundle, tokens, requests, concurrency, results) -> None:
+    """Sign every (pod, csr) of `requests` with `concurrency` requests in flight; put ("ready"), then (done, wall)."""
+    async def run():
+        clients = [MeshApiClient(url, ca_bundle=bundle, token=lambda t=token: t) for token in tokens]
+        for pod, client in enumerate(clients):  # TLS handshakes and token reviews before the clock starts
+            await client.sign_csr(requests[pod][1])
+        results.put("ready")
+        queue = list(requests)
+
+        async def worker():
+            done = 0
+            while queue:
+                pod, csr = queue.pop()
+                await clients[pod].sign_csr(csr)
+                done += 1
+            return done
+
+        start = time.perf_counter()
+        done = sum(await asyncio.gather(*(worker() for _ in range(concurrency))))
+        results.put((done, time.perf_counter() - start))
+        for client in clients:
+            await client.close()
+
+    asyncio.run(run())
+
+
+async def measure_signing(requests: int, pods: int, concurrency: int) -> tuple[int, float, float]:
+    """Run the load against a fresh operator runtime; returns (signed, server CPU seconds, wall seconds)."""
+    infos = [PodInfo("prod", f"web-{i}", f"uid-{i}", "web", {}, (f"10.0.{i // 256}.{i % 256}",)) for i in range(pods)]
+    work = [(i % pods, csr_for(f"web-{i % pods}.prod.pod.cluster.local")) for i in range(requests)]
+    tokens = [fake_tokens.issue("prod", "web", f"web-{i}", f"uid-{i}") for i in range(pods)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    async with running_servers(infos) as (runtime, servers):
+        url = f"https://localhost:{servers.ports['api']}"
+        process = context.Process(target=load_generator, args=(
+            url, "".join(runtime.index.trust_bundle), tokens, work, concurrency, results))
+        process.start()
+        try:
+            ready = await asyncio.to_thread(results.get, True, 60)
+            if ready != "ready":
+                raise RuntimeError(f"load generator: {ready!r}")
+            cpu_start = time.process_time()
+            done, wall = await asyncio.to_thread(results.get, True, 120)
+            cpu = time.process_time() - cpu_start
+        finally:
+            await asyncio.to_thread(process.join, 30)
+            if process.is_alive():
+                process.kill()
+    return done, cpu, wall

@@ -1,0 +1,226 @@
+"""`ipsec-mesh explain` / `peerings` against kmock (kubeconfig source) and a standalone operator's overview."""
+
+import asyncio
+import json
+
+import pytest
+
+import sidecar_statuses as scenarios
+from ipsec_mesh_operator import cli
+from ipsec_mesh_operator.diagnose import Reason, explain
+from ipsec_mesh_operator.overview import overview
+from ipsec_mesh_operator.sources import facts_from_overview
+from kube_harness import running_kube
+
+PODS = "/api/v1/namespaces/prod/pods"
+PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"
+PROXY = "get /api/v1/namespaces/prod/pods/{name}:15021/proxy/status"
+
+
+@pytest.fixture(scope="module")
+def established():
+    return asyncio.run(scenarios.established())
+
+
+def pod(name, ip, app, injected=True):
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "prod", "labels": {"app": app}, "annotations": {}},
+            "spec": {"containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
+    if injected:
+        body["metadata"]["annotations"]["ipsec-mesh.io/injected"] = "true"
+        body["spec"]["initContainers"] = [{"name": "ipsec-mesh", "image": "mesh", "restartPolicy": "Always"}]
+    return body
+
+
+PEERING = {
+    "apiVersion": "ipsec-mesh.io/v1alpha1", "kind": "IPsecPeering",
+    "metadata": {"name": "web-db", "namespace": "prod"},
+    "spec": {"selector": {"matchLabels": {"app": "web"}}, "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}]},
+    "status": {"members": 1, "peers": 1, "establishedSAs": 1, "conditions": [
+        {"type": "Ready", "status": "True", "reason": "Ready", "message": "1 member pod(s), 1 peer pod(s)"}]},
+}
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, established):
+    a_status, b_status = established
+
+    def setup(emulator):
+        emulator["get /api/v1/namespaces/prod"] << {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "prod", "labels": {"ipsec-mesh.io/inject": "enabled"}}}
+        emulator[PROXY.format(name="web-0")] << a_status
+        emulator[PROXY.format(name="db-0")] << b_status
+
+    with running_kube(setup) as kube:
+        kube.create(PODS, pod("web-0", scenarios.A_IP, "web"))
+        kube.create(PODS, pod("db-0", scenarios.B_IP, "db"))
+        kube.create(PODS, pod("db-1", "10.1.1.1", "db"))  # no status endpoint answers for it
+        kube.create(PODS, pod("legacy-0", "10.1.1.2", "db", injected=False))
+        kube.create(PEERINGS, PEERING)
+        yield str(kube.write_kubeconfig(tmp_path))
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_explain_encrypted_pair_through_the_pod_proxy(kubeconfig, capsys, established):
+    code, out, _ = run(capsys, "explain", "prod/web-0", "prod/db-0", "--kubeconfig", kubeconfig)
+    assert code == 0, out
+    assert out.startswith("prod/web-0 <-> prod/db-0: ENCRYPTED")
+    assert "ESP aes256gcm16-esn" in out and "traffic now: encrypted (enforcement require)" in out
+    spi = established[0]["ike_sas"][0]["children"][0]["inbound_spi"]
+    assert spi in out and "since 20" in out
+    code, out, _ = run(capsys, "explain", "prod/web-0", "prod/db-0", "--kubeconfig", kubeconfig, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["encrypted"] and doc["sas"][0]["inbound_spi"] == spi
+
+
+@pytest.mark.parametrize("other, reason, words", [
+    ("prod/legacy-0", "no-sidecar", "created before its namespace opted in"),
+    ("prod/db-1", "sidecar-not-ready", "pod proxy answered 404"),
+    ("prod/ghost", "pod-not-found", "does not exist"),
+])
+def test_explain_not_encrypted_exits_1_with_the_reason(kubeconfig, capsys, other, reason, words):
+    code, out, _ = run(capsys, "explain", "prod/web-0", other, "--kubeconfig", kubeconfig)
+    assert code == 1
+    assert f"NOT ENCRYPTED ({reason})" in out and words in out and "what to do: " in out
+
+
+def test_peerings_lists_members_peers_and_conditions(kubeconfig, capsys):
+    code, out, _ = run(capsys, "peerings", "-n", "prod", "--kubeconfig", kubeconfig)
+    assert code == 0
+    assert "prod/web-db" in out and "members: prod/web-0" in out and "peers:   prod/db-0, prod/db-1" in out
+    assert "without sidecar (not in the mesh): prod/legacy-0" in out and "Ready=True Ready" in out
+    assert " SA " not in out  # the sidecars were not asked
+    code, out, _ = run(capsys, "peerings", "-A", "--kubeconfig", kubeconfig, "--json")
+    (entry,) = json.loads(out)
+    assert code == 0 and entry["members"] == ["prod/web-0"] and entry["established_sas"] == 1
+
+
+def test_peerings_with_sas_asks_the_members_sidecars(kubeconfig, capsys, established):
+    code, out, _ = run(capsys, "peerings", "-n", "prod", "--sas", "--kubeconfig", kubeconfig)
+    child = established[0]["ike_sas"][0]["children"][0]
+    assert code == 0
+    assert (f"  SA prod/web-0 <-> {scenarios.B_IP}: ESP aes256gcm16-esn in {child['inbound_spi']} "
+            f"out {child['outbound_spi']}") in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["explain", "web-0", "prod/db-0"],
+    ["explain", "prod/web-0"],
+    ["peerings", "-n", "prod", "-A"],
+    ["frobnicate"],
+    [],
+])
+def test_usage_errors_exit_2(capsys, argv):
+    assert cli.main(argv) == 2
+
+
+def test_unreachable_sources_exit_3(tmp_path, capsys):
+    code, _, err = run(capsys, "explain", "a/b", "c/d", "--standalone", str(tmp_path))
+    assert code == 3 and "state directory" in err
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "u"}}]}))
+    code, _, err = run(capsys, "peerings", "--kubeconfig", str(config))
+    assert code == 3 and "cannot reach the API server" in err
+
+
+def test_standalone_overview_feeds_the_diagnosis(established):
+    """A document shaped as the standalone operator's GET /v1/admin/overview."""
+    document = {
+        "trustDomain": "mesh.test", "ca": None,
+        "pods": [
+            {"namespace": "prod", "name": "web-0", "serviceAccount": "default", "identity": "x", "ips": [scenarios.A_IP],
+             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None},
+            {"namespace": "prod", "name": "db-0", "serviceAccount": "default", "identity": "y", "ips": [scenarios.B_IP],
+             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None},
+        ],
+        "peerings": [{"namespace": "prod", "name": "web-db", "auth": "psk", "enforcement": "require",
+                      "members": ["prod/web-0"], "peers": ["prod/db-0"], "pskKeyId": "k1",
+                      "health": {"members": 1, "peers": 1, "established_sas": 1, "reporting": 2, "errors": []}}],
+    }
+    statuses = {scenarios.A_IP: established[0], scenarios.B_IP: established[1]}
+    asked = []
+
+    def read_status(ips):
+        asked.extend(ips)
+        return statuses[ips[0]], ""
+
+    a, b = ("prod", "web-0"), ("prod", "db-0")
+    facts = facts_from_overview(document, {a, b}, None, False, read_status)
+    assert explain(facts, a, b).encrypted and sorted(asked) == [scenarios.A_IP, scenarios.B_IP]
+    document["peerings"][0]["peers"] = []
+    assert explain(facts_from_overview(document, {a, b}, None, False, read_status), a, b).reason is Reason.NO_PEERING
+
+
+async def test_standalone_source_over_https_with_the_admin_token(tmp_path, established):
+    """The admin overview over real HTTPS (mesh-CA certificate, bearer token) and real sidecar status servers."""
+    import os
+    import time
+
+    from aiohttp import web
+
+    from ipsec_mesh.agent.status_server import StatusServer
+    from ipsec_mesh_operator.ca import CertificateAuthority
+    from ipsec_mesh_operator.sources import SourceError, StandaloneSource
+    from ipsec_mesh_operator.tls import ServingCertificate
+
+    now = time.time()
+    ca = CertificateAuthority.create(now, 86400, 3 * 86400)
+    tls = ServingCertificate(("127.0.0.1",))
+    tls.refresh(ca, now)
+    net = f"127.77.{os.getpid() % 200}"
+    ips = (f"{net}.1", f"{net}.2")
+    document = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7}
+                         for name, ip in zip(("web-0", "db-0"), ips)],
+                "peerings": [{"namespace": "prod", "name": "web-db", "auth": "certificate", "enforcement": "require",
+                              "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}]}
+
+    async def handle(request):
+        if request.headers.get("Authorization") != "Bearer admin-secret":
+            return web.json_response({"error": "no"}, status=401)
+        return web.json_response(document)
+
+    app = web.Application()
+    app.router.add_get("/v1/admin/overview", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    sidecars = []
+    for ip, remote in zip(ips, reversed(ips)):
+        agent = scenarios.make_agent(ip, remote)
+        agent.ready = True  # its status as served once started; no IKE needed here
+        server = StatusServer(agent, ip, 15021)
+        await server.start()
+        sidecars.append(server)
+    try:
+        (tmp_path / "api-url").write_text(f"https://127.0.0.1:{port}\n")
+        (tmp_path / "admin-token").write_text("admin-secret\n")
+        (tmp_path / "ca-bundle.pem").write_text("".join(ca.trust_bundle(now)))
+        source = StandaloneSource(tmp_path)
+        facts = await asyncio.to_thread(source.facts, [("prod", "web-0"), ("prod", "db-0")])
+        assert facts.map_versions == {("prod", "web-0"): 7, ("prod", "db-0"): 7}
+        assert facts.pods[("prod", "db-0")].status["addresses"] == [ips[1]]
+        verdict = explain(facts, ("prod", "web-0"), ("prod", "db-0"))
+        (entry,) = overview(facts)
+        assert (entry.ref, entry.members, entry.peers) == ("prod/web-db", ("prod/web-0",), ("prod/db-0",))
+        # The sidecars run map v3 where the operator has v7: the most specific reason.
+        assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3; the operator has v7" in verdict.summary
+        (tmp_path / "admin-token").write_text("wrong\n")
+        with pytest.raises(SourceError, match="answered 401"):
+            await asyncio.to_thread(StandaloneSource(tmp_path).overview)
+    finally:
+        for server in sidecars:
+            await server.stop()
+        await runner.cleanup()
