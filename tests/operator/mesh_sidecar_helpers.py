@@ -52,6 +52,7 @@ def settings_for(runtime, servers, info: PodInfo, directory: Path, *, initiate: 
         ca_bundle=ca_bundle(runtime),
         health_host="127.0.0.1",
         health_port=0,
+        status_listen=("127.0.0.1", 0),
         status_interval=status_interval,
         watch_wait=1,  # the operator's server waits for open long polls when it stops
         pod_name=info.name,

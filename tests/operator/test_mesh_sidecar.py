@@ -47,6 +47,10 @@ async def test_bootstrap_to_ready_with_an_issued_certificate(tmp_path, caplog):
             status = json.loads(body)
             assert code == 200 and status["mesh"]["applied_version"] == agent.peers.peer_map.version
             assert status["mesh"]["certificate"]["serial"] == f"{leaf.serial_number:x}"
+            assert status["last_failures"] == {} and status["clock"] is not None  # contract C
+            local = sidecar.local_status.port  # IPSEC_MESH_STATUS_LISTEN: the same routes, plus /readyz
+            assert (await http_get("127.0.0.1", local, "/readyz"))[0] == 200
+            assert json.loads((await http_get("127.0.0.1", local, "/status"))[1])["identity"] == status["identity"]
             await wait_for(lambda: ("prod", "web-0") in runtime.reports, what="first status report")
             report = runtime.reports[("prod", "web-0")][1]
             assert report.applied_version == agent.peers.peer_map.version
@@ -188,12 +192,13 @@ def cli_env(runtime, servers, token_file: Path, health_port: int = 0) -> dict[st
     return {"IPSEC_MESH_API_URL": api_url(servers), "IPSEC_MESH_TOKEN_FILE": str(token_file),
             "IPSEC_MESH_CA_BUNDLE": ca_bundle(runtime), "IPSEC_MESH_HEALTH_PORT": str(health_port),
             "IPSEC_MESH_HEALTH_HOST": "127.0.0.1", "IPSEC_MESH_WATCH_WAIT": "1", "POD_NAME": WEB.name,
+            "IPSEC_MESH_STATUS_LISTEN": "off", "IPSEC_MESH_DATAPLANE": "none",
             "POD_NAMESPACE": WEB.namespace, "POD_IPS": ",".join(WEB.ips)}
 
 
 async def start_cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh", "--dataplane", "none", *args,
+        sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh", *args,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{ROOT / 'sidecar'}:{ROOT / 'operator'}", **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
@@ -255,16 +260,26 @@ async def test_a_refused_token_fails_clearly_with_exit_code_3(tmp_path, token):
 
 
 def test_settings_errors_name_the_variable(tmp_path):
-    env = {"IPSEC_MESH_API_URL": "https://op:8443", "IPSEC_MESH_TOKEN_FILE": "/t",
-           "IPSEC_MESH_CA_BUNDLE": "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"}
-    assert mesh_settings_from_env(env).health_port == 15021
+    pem = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+    env = {"IPSEC_MESH_API_URL": "https://op:8443", "IPSEC_MESH_TOKEN_FILE": "/t", "IPSEC_MESH_CA_BUNDLE": pem}
+    defaults = mesh_settings_from_env(env)
+    assert (defaults.health_port, defaults.status_listen, defaults.sidecar.dataplane) == (
+        15021, ("127.0.0.1", 9741), "xfrm")
+    (tmp_path / "ca.pem").write_text(pem)
+    from_file = {**env, "IPSEC_MESH_CA_BUNDLE": "", "IPSEC_MESH_CA_BUNDLE_FILE": str(tmp_path / "ca.pem")}
+    assert mesh_settings_from_env(from_file).ca_bundle == pem
+    changed = mesh_settings_from_env({**env, "IPSEC_MESH_STATUS_LISTEN": "off", "IPSEC_MESH_DATAPLANE": "none"})
+    assert changed.status_listen is None and changed.sidecar.dataplane == "none"
     for name, value in (("IPSEC_MESH_API_URL", ""), ("IPSEC_MESH_API_URL", "http://op"),
-                        ("IPSEC_MESH_CA_BUNDLE", "junk"), ("IPSEC_MESH_HEALTH_PORT", "http"),
-                        ("IPSEC_MESH_HEALTH_PORT", "70000"), ("POD_IPS", "10.0.0.1,nope"),
-                        ("IPSEC_MESH_STATUS_INTERVAL", "soon")):
+                        ("IPSEC_MESH_CA_BUNDLE", "junk"), ("IPSEC_MESH_CA_BUNDLE", ""),
+                        ("IPSEC_MESH_HEALTH_PORT", "http"), ("IPSEC_MESH_HEALTH_PORT", "70000"),
+                        ("POD_IPS", "10.0.0.1,nope"), ("IPSEC_MESH_STATUS_INTERVAL", "soon"),
+                        ("IPSEC_MESH_STATUS_LISTEN", "localhost:9741"), ("IPSEC_MESH_DATAPLANE", "dpdk")):
         with pytest.raises(MeshSettingsError) as error:
             mesh_settings_from_env({**env, name: value})
         assert error.value.variable == name and name in str(error.value)
+    with pytest.raises(MeshSettingsError, match="IPSEC_MESH_CA_BUNDLE_FILE: cannot read"):
+        mesh_settings_from_env({**from_file, "IPSEC_MESH_CA_BUNDLE_FILE": str(tmp_path / "absent.pem")})
     settings_file = tmp_path / "settings.yaml"
     settings_file.write_text("dataplane: none\nike: {port: 1500}\nlog: {format: json}\n")
     settings = mesh_settings_from_env({**env, "IPSEC_MESH_STATUS_INTERVAL": "5"}, str(settings_file))

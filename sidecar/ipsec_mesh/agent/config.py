@@ -80,7 +80,7 @@ class AgentConfig(SidecarSettings):
     base_dir: Path = Path(".")
 
 
-def _host_port(value: Any, path: str) -> tuple[str, int]:
+def host_port(value: Any, path: str) -> tuple[str, int]:
     text = fields.string(value, path, 300)
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -162,7 +162,7 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
         peer_map=peer_map,
         cert_file=cert,
         key_file=key,
-        status_listen=None if listen in (None, "", "off") else _host_port(listen, "status.listen"),
+        status_listen=None if listen in (None, "", "off") else host_port(listen, "status.listen"),
         base_dir=base_dir,
     )
 

@@ -49,7 +49,11 @@ class MeshSidecar:
         self._report_due = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self.health = StatusServer(None, settings.health_host, settings.health_port, routes=self._routes())
+        routes = self._routes()
+        self.health = StatusServer(None, settings.health_host, settings.health_port, routes=routes)
+        # The same routes on the standalone sidecar's local address, where `ipsec-mesh-sidecar status` looks.
+        self.local_status = StatusServer(None, *settings.status_listen, routes=routes) \
+            if settings.status_listen else None
 
     # -- health port ----------------------------------------------------------------------
     def _routes(self):
@@ -64,7 +68,8 @@ class MeshSidecar:
         def metrics():
             return agent_routes(self.agent)["/metrics"]() if self.agent is not None else text(503, "not ready\n")
 
-        return {"/healthz": lambda: text(200, "ok\n"), "/ready": ready, "/status": status, "/metrics": metrics}
+        return {"/healthz": lambda: text(200, "ok\n"), "/ready": ready, "/readyz": ready, "/status": status,
+                "/metrics": metrics}
 
     def mesh_status(self) -> dict:
         cred = self.credential
@@ -97,11 +102,15 @@ class MeshSidecar:
                  peer_map.version, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.credential.not_after)))
 
     async def start(self) -> None:
-        try:
-            await self.health.start()
-        except OSError as exc:
-            raise BootstrapError(f"IPSEC_MESH_HEALTH_PORT: cannot listen on {self.settings.health_host}:"
-                                 f"{self.settings.health_port}: {exc.strerror}", EXIT_CONFIG) from None
+        servers = ((self.health, "IPSEC_MESH_HEALTH_PORT"), (self.local_status, "IPSEC_MESH_STATUS_LISTEN"))
+        for server, variable in servers:
+            if server is None:
+                continue
+            try:
+                await server.start()
+            except OSError as exc:
+                raise BootstrapError(f"{variable}: cannot listen on {server.host}:{server.port}: {exc.strerror}",
+                                     EXIT_CONFIG) from None
         await self.bootstrap()
         await self.agent.start()
         for loop in (self._watch, self._renew, self._report):
@@ -127,7 +136,9 @@ class MeshSidecar:
         self._tasks.clear()
         if self.agent is not None:
             await self.agent.stop()
-        await self.health.stop()
+        for server in (self.health, self.local_status):
+            if server is not None:
+                await server.stop()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
