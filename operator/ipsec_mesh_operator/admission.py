@@ -47,7 +47,8 @@ def sidecar_container(config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
         "name": SIDECAR_NAME,
         "image": config.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["ipsec-mesh-sidecar"],
+        # command, not args: whatever the image's ENTRYPOINT/CMD (the operator's kopf), run mesh mode.
+        "command": ["ipsec-mesh-sidecar", "mesh"],
         "restartPolicy": "Always",
         "env": [
             field_env("POD_NAME", "metadata.name"),

@@ -156,3 +156,33 @@ async def test_one_sided_cross_namespace_peering_is_allowed_with_a_warning_namin
         status, answer = await post(servers, runtime, "/validate-ipsecpeerings", review("IPsecPeering", peering))
     assert status == 200 and answer["response"]["allowed"] is True
     assert "team-b" in answer["response"]["warnings"][0]
+
+
+async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
+    """The container's command is the sidecar's mesh mode, and its environment parses as mesh settings."""
+    import tomllib
+    from pathlib import Path
+
+    from ipsec_mesh.agent.cli import main
+    from ipsec_mesh.agent.mesh_settings import mesh_settings_from_env
+
+    async with running_servers() as (runtime, servers):
+        request = review("Pod", POD)
+        _, answer = await post(servers, runtime, "/mutate-pods", request)
+    patched = jsonpatch.apply_patch(copy.deepcopy(POD), json.loads(base64.b64decode(answer["response"]["patch"])))
+    sidecar = patched["spec"]["initContainers"][0]
+    assert sidecar["command"] == ["ipsec-mesh-sidecar", "mesh"] and "args" not in sidecar
+    scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["ipsec-mesh-sidecar"] == "ipsec_mesh.agent.cli:main"
+    with pytest.raises(SystemExit) as usage:
+        main([*sidecar["command"][1:], "--help"])  # the CLI knows the subcommand
+    assert usage.value.code == 0
+    downward = {"metadata.name": "web-0", "metadata.namespace": "prod", "status.podIPs": "10.0.0.1,fd00::1"}
+    env = {e["name"]: e["value"] if "value" in e else downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
+           for e in sidecar["env"]}
+    settings = mesh_settings_from_env(env)
+    assert settings.health_port == sidecar["startupProbe"]["httpGet"]["port"]
+    assert settings.health_port == sidecar["livenessProbe"]["httpGet"]["port"]
+    assert settings.pod_ips == ("10.0.0.1", "fd00::1")
+    assert settings.api_url.startswith("https://") and str(settings.token_file).startswith(
+        next(m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "ipsec-mesh-token"))

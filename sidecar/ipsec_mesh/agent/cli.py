@@ -1,6 +1,7 @@
-"""`ipsec-mesh-sidecar`: run the sidecar from a YAML file, or ask a running one for its SAs.
+"""`ipsec-mesh-sidecar`: run the sidecar from a YAML file or the mesh API, or ask a running one for its SAs.
 
     ipsec-mesh-sidecar run --config sidecar.yaml [--dataplane none]
+    ipsec-mesh-sidecar mesh [--settings settings.yaml] [--dataplane none]   (environment: mesh_settings.py)
     ipsec-mesh-sidecar status [--url http://127.0.0.1:9741] [--json]
 """
 
@@ -64,6 +65,35 @@ async def run(config, dataplane_kind: str) -> int:
     return 0
 
 
+async def run_mesh(settings, dataplane_kind: str) -> int:
+    from ..meshapi.client import MeshApiClient
+    from .mesh_mode import MeshSidecar
+
+    async with MeshApiClient(settings.api_url, ca_bundle=settings.ca_bundle,
+                             token_file=settings.token_file) as client:
+        sidecar = MeshSidecar(settings, client, make_dataplane(dataplane_kind, settings.sidecar.netns))
+        _tune_gc()
+        await sidecar.run()
+    return 0
+
+
+def mesh_main(settings_file: str | None, dataplane: str | None, environ=os.environ) -> int:
+    from .bootstrap import BootstrapError
+    from .mesh_settings import mesh_settings_from_env
+
+    try:
+        settings = mesh_settings_from_env(environ, settings_file)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.sidecar.log_format, settings.sidecar.log_level)
+    try:
+        return asyncio.run(run_mesh(settings, dataplane or settings.sidecar.dataplane))
+    except BootstrapError as exc:
+        print(f"ipsec-mesh-sidecar: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 def _status(url: str, as_json: bool) -> int:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
@@ -91,12 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     run_p = sub.add_parser("run", help="run the sidecar from a YAML configuration")
     run_p.add_argument("--config", required=True)
     run_p.add_argument("--dataplane", choices=["xfrm", "none"], help="override the file's data plane")
+    mesh_p = sub.add_parser("mesh", help="run in a cluster: identity and peer maps from the operator's mesh API")
+    mesh_p.add_argument("--settings", help="YAML with dataplane, netns, initiate, ike, log (optional)")
+    mesh_p.add_argument("--dataplane", choices=["xfrm", "none"], help="override the settings' data plane")
     st = sub.add_parser("status", help="show a running sidecar's IKE and CHILD SAs")
     st.add_argument("--url", default="http://127.0.0.1:9741")
     st.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "status":
         return _status(args.url, args.json)
+    if args.command == "mesh":
+        return mesh_main(args.settings, args.dataplane)
     try:
         config = load_agent_config(args.config)
     except ConfigError as exc:

@@ -1,4 +1,8 @@
-"""The sidecar's own settings (standalone YAML file), around the peer map it protects.
+"""The sidecar's own settings, around the peer map it protects.
+
+`SidecarSettings` (data plane, netns, initiate, ike, log) is shared by both modes: the
+standalone file below adds the peer map and credentials (`AgentConfig`); mesh mode
+(mesh_settings.py) reads the same keys from its optional settings file.
 
 Example (docs/sidecar.md has the full reference)::
 
@@ -15,6 +19,7 @@ Example (docs/sidecar.md has the full reference)::
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +54,33 @@ class IkeSettings:
 
 
 @dataclass(frozen=True)
-class AgentConfig:
-    peer_map: PeerMap
+class SidecarSettings:
+    """What both modes (standalone file, mesh API) configure the same way."""
+
     dataplane: str = "xfrm"
     netns: str | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
     initiate: tuple[str, ...] = ()
     ike: IkeSettings = field(default_factory=IkeSettings)
-    status_listen: tuple[str, int] | None = ("127.0.0.1", 9741)
     log_format: str = "text"
     log_level: str = "info"
+
+
+#: The YAML keys `parse_sidecar_settings` reads.
+SIDECAR_SETTINGS_KEYS = frozenset({"dataplane", "netns", "initiate", "ike", "log"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig(SidecarSettings):
+    """The standalone mode: the shared settings plus the peer map and credentials from files."""
+
+    peer_map: PeerMap
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    status_listen: tuple[str, int] | None = ("127.0.0.1", 9741)
     base_dir: Path = Path(".")
 
 
-def _host_port(value: Any, path: str) -> tuple[str, int]:
+def host_port(value: Any, path: str) -> tuple[str, int]:
     text = fields.string(value, path, 300)
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -106,9 +123,27 @@ def _ike_settings(value: Any, path: str) -> IkeSettings:
     )
 
 
+def parse_sidecar_settings(doc: Mapping[str, Any]) -> SidecarSettings:
+    """The shared settings from an already key-checked document (unknown keys refused by the caller)."""
+    dataplane = fields.string(doc.get("dataplane", "xfrm"), "dataplane", 8)
+    if dataplane not in DATAPLANES:
+        raise PeerMapError("dataplane", f"must be one of {', '.join(DATAPLANES)}")
+    log = fields.obj(doc.get("log", {}), "log", set(), {"format", "level"})
+    log_format = fields.string(log.get("format", "text"), "log.format", 8)
+    if log_format not in ("text", "json"):
+        raise PeerMapError("log.format", "must be text or json")
+    return SidecarSettings(
+        dataplane=dataplane,
+        netns=fields.string(doc["netns"], "netns", 255) if doc.get("netns") is not None else None,
+        initiate=tuple(str(a) for a in fields.array(doc.get("initiate", []), "initiate", fields.address, 4096)),
+        ike=_ike_settings(doc.get("ike", {}), "ike"),
+        log_format=log_format,
+        log_level=fields.string(log.get("level", "info"), "log.level", 10),
+    )
+
+
 def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
-    doc = fields.obj(document, "", set(), {"peerMap", "peerMapFile", "certificate", "dataplane", "netns",
-                                           "initiate", "ike", "status", "log"})
+    doc = fields.obj(document, "", set(), {"peerMap", "peerMapFile", "certificate", "status"} | SIDECAR_SETTINGS_KEYS)
     if ("peerMap" in doc) == ("peerMapFile" in doc):
         raise PeerMapError("", "needs exactly one of peerMap or peerMapFile")
     if "peerMap" in doc:
@@ -120,38 +155,30 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
         c = fields.obj(doc["certificate"], "certificate", {"cert", "key"})
         cert = base_dir / fields.string(c["cert"], "certificate.cert", 4096)
         key = base_dir / fields.string(c["key"], "certificate.key", 4096)
-    dataplane = fields.string(doc.get("dataplane", "xfrm"), "dataplane", 8)
-    if dataplane not in DATAPLANES:
-        raise PeerMapError("dataplane", f"must be one of {', '.join(DATAPLANES)}")
     status = fields.obj(doc.get("status", {}), "status", set(), {"listen"})
     listen = status.get("listen", "127.0.0.1:9741")
-    log = fields.obj(doc.get("log", {}), "log", set(), {"format", "level"})
-    log_format = fields.string(log.get("format", "text"), "log.format", 8)
-    if log_format not in ("text", "json"):
-        raise PeerMapError("log.format", "must be text or json")
     return AgentConfig(
+        **vars(parse_sidecar_settings(doc)),
         peer_map=peer_map,
-        dataplane=dataplane,
-        netns=fields.string(doc["netns"], "netns", 255) if "netns" in doc else None,
         cert_file=cert,
         key_file=key,
-        initiate=tuple(str(a) for a in fields.array(doc.get("initiate", []), "initiate", fields.address, 4096)),
-        ike=_ike_settings(doc.get("ike", {}), "ike"),
-        status_listen=None if listen in (None, "", "off") else _host_port(listen, "status.listen"),
-        log_format=log_format,
-        log_level=fields.string(log.get("level", "info"), "log.level", 10),
+        status_listen=None if listen in (None, "", "off") else host_port(listen, "status.listen"),
         base_dir=base_dir,
     )
 
 
-def load_agent_config(path: str | Path) -> AgentConfig:
-    path = Path(path)
+def load_yaml_document(path: Path) -> Any:
     try:
-        document = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not YAML: {exc}") from None
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    document = load_yaml_document(path)
     try:
         return parse_agent_config(document, path.parent)
     except PeerMapError as exc:

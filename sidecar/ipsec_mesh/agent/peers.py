@@ -48,6 +48,11 @@ class PeerEntry:
         return self.policy.enforcement
 
     @property
+    def config_name(self) -> str:
+        """The name of the PeerConfig (and so of the IKE SAs) built for this entry."""
+        return f"{self.policy.name}/{self.peer.name}"
+
+    @property
     def key(self) -> tuple[str, str, str]:
         return (self.policy.name, self.peer.name, str(self.network))
 
@@ -88,6 +93,18 @@ class PeerSet:
             if entry.network.version == address.version and address in entry.network:
                 return entry
         return None
+
+    def still_allows(self, remote: str, config_name: str, remote_id) -> bool:
+        """Whether an IKE SA set up under `config_name` with `remote` may live on under this set.
+
+        The covering peer must be the same (a reused pod IP belongs to someone else now)
+        and must still accept the identity the SA authenticated.
+        """
+        entry = self.entry_for(remote)
+        if entry is None or entry.config_name != config_name:
+            return False
+        identities = entry.peer.identities
+        return remote_id is None or not identities or any(remote_id.matches(p) for p in identities)
 
     def local_address_for(self, remote: str) -> str | None:
         version = ipaddress.ip_address(remote).version
@@ -132,7 +149,7 @@ class PeerSet:
         if policy.auth is AuthKind.CERTIFICATE:
             trust = _trust_store(peer.trust_bundle or self.peer_map.trust_bundle)
         return PeerConfig(
-            name=f"{policy.name}/{peer.name}",
+            name=entry.config_name,
             local_id=self.local_id,
             credential=self._credential(policy),
             remote_ids=tuple(peer.identities),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 import ipaddress
 import logging
 import signal
@@ -29,7 +30,8 @@ from ..ike.events import (
     NegotiationFailed,
 )
 from ..ike.message import strip_non_esp_marker
-from .config import AgentConfig
+from ..ike.sa import IkeState
+from .config import SidecarSettings
 from .dataplane import Acquire, DataPlane, HardExpire, SoftExpire
 from .metrics import Metrics
 from .peers import PeerSet
@@ -128,11 +130,13 @@ class _IkeSocket:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, dataplane: DataPlane, peers: PeerSet):
+    def __init__(self, config: SidecarSettings, dataplane: DataPlane, peers: PeerSet):
         self.config = config
         self.dataplane = dataplane
         self.peers = peers
         self.metrics = Metrics()
+        #: Called after a flush that changed SAs or recorded a failure (mesh mode reports status).
+        self.on_change: Callable[[], None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         ike = config.ike
         self.endpoint = IkeEndpoint(peers.lookup, cookie_threshold=ike.cookie_threshold,
@@ -190,7 +194,8 @@ class Agent:
     # -- outputs ----------------------------------------------------------------------
     def flush(self) -> None:
         """Apply events to the data plane, then send datagrams, then re-arm the timer."""
-        for event in self.endpoint.events():
+        events = self.endpoint.events()
+        for event in events:
             self._apply(event)
         for d in self.endpoint.datagrams():
             sock = self.sockets.get(d.local)
@@ -200,6 +205,8 @@ class Agent:
             payload = d.data if not sock.natt or d.data == b"\xff" else NON_ESP_MARKER + d.data
             sock.sendto(payload, d.remote)
         self._arm_timer()
+        if events and self.on_change is not None:
+            self.on_change()
 
     def _apply(self, event) -> None:
         m = self.metrics
@@ -258,6 +265,36 @@ class Agent:
             self._timer = None
         if due is not None:
             self._timer = self.loop.call_at(max(due, self.loop.time()), self._on_timer)
+
+    # -- peer set changes (mesh mode: new peer maps, renewed certificates) -------------------
+    def replace_peers(self, new: PeerSet) -> int:
+        """Swap in a new peer set; returns how many IKE SAs it ended.
+
+        IKE SAs with peers the new set no longer allows are deleted (an INFORMATIONAL
+        to the peer) and their CHILD_SAs removed at once, not when the peer answers: it
+        may be gone. Then the data plane's policies follow, changing only what changed.
+        IKE SAs that remain keep their configuration (and the certificate they were
+        authenticated with); new ones are set up from the new set.
+        """
+        old, self.peers = self.peers, new
+        self.endpoint.lookup = new.lookup
+        ended = 0
+        if self.loop is not None:
+            now = self.now()
+            for sa in list(self.endpoint.sas.values()):
+                if sa.state == IkeState.CLOSED or new.still_allows(sa.remote[0], sa.config.name, sa.remote_id):
+                    continue
+                log.info("peer map: %s (%s) is no longer a peer, deleting IKE SA %s", sa.remote[0],
+                         sa.config.name, sa.label)
+                for child in list(sa.children.values()):
+                    sa.drop_child(child, "deleted")
+                self.endpoint.delete_ike(sa.label, now, "peer-removed")
+                ended += 1
+            self.flush()
+        self.dataplane.update_peers(old, new)
+        for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
+            del self.last_failures[remote]  # no longer a peer: its failures are no one's business
+        return ended
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:

@@ -1,6 +1,6 @@
 """Health, readiness, status and metrics over plain HTTP on a local address.
 
-A deliberately small HTTP/1.0 responder on asyncio streams: four GET routes, no
+A deliberately small HTTP/1.0 responder on asyncio streams: a few GET routes, no
 request bodies, bounded reads and a timeout, so the sidecar stays lean (no web
 framework in a process that lives in every pod).
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("ipsec_mesh.agent")
 
@@ -18,9 +20,39 @@ MAX_HEADERS = 64
 READ_TIMEOUT = 5.0
 
 
+Response = tuple[int, str, bytes]
+Route = Callable[[], Response]
+
+
+def text(status: int, body: str) -> Response:
+    return status, "text/plain", body.encode()
+
+
+def json_response(document: Any, status: int = 200) -> Response:
+    return status, "application/json", json.dumps(document, indent=1).encode() + b"\n"
+
+
+def agent_routes(agent, ready_path: str = "/readyz") -> dict[str, Route]:
+    """The routes of a running agent (standalone mode; mesh mode adds its own around them)."""
+
+    def metrics() -> Response:
+        sas = agent.endpoint.status()
+        body = agent.metrics.render(len(sas), sum(len(s["children"]) for s in sas))
+        return 200, "text/plain; version=0.0.4", body
+
+    return {
+        "/healthz": lambda: text(200, "ok\n"),
+        ready_path: lambda: text(200, "ready\n") if agent.ready else text(503, "not ready\n"),
+        "/status": lambda: json_response(agent.status()),
+        "/metrics": metrics,
+    }
+
+
 class StatusServer:
-    def __init__(self, agent, host: str, port: int):
-        self.agent = agent
+    """GET routes on host:port; `routes` maps a path to what answers it (default: `agent_routes`)."""
+
+    def __init__(self, agent, host: str, port: int, *, routes: Mapping[str, Route] | None = None):
+        self.routes = routes if routes is not None else agent_routes(agent)
         self.host = host
         self.port = port
         self.server: asyncio.AbstractServer | None = None
@@ -34,19 +66,9 @@ class StatusServer:
             self.server.close()
             await self.server.wait_closed()
 
-    def route(self, path: str) -> tuple[int, str, bytes]:
-        agent = self.agent
-        if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
-        if path == "/readyz":
-            return (200, "text/plain", b"ready\n") if agent.ready else (503, "text/plain", b"not ready\n")
-        if path == "/status":
-            return 200, "application/json", json.dumps(agent.status(), indent=1).encode() + b"\n"
-        if path == "/metrics":
-            sas = agent.endpoint.status()
-            body = agent.metrics.render(len(sas), sum(len(s["children"]) for s in sas))
-            return 200, "text/plain; version=0.0.4", body
-        return 404, "text/plain", b"not found\n"
+    def route(self, path: str) -> Response:
+        handler = self.routes.get(path)
+        return handler() if handler is not None else text(404, "not found\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

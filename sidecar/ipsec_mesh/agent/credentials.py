@@ -1,0 +1,70 @@
+"""The pod's certificate in mesh mode: a fresh key in memory, a CSR, the operator's answer.
+
+The private key is generated here and never written anywhere nor logged (the
+objects below have no repr that shows it); only the CSR leaves the process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ..meshapi.client import IssuedCertificate
+
+#: Renew when this share of the certificate's lifetime (from when we received it) has passed.
+RENEW_FRACTION = 2 / 3
+MIN_RENEW_DELAY = 1.0  # seconds: a certificate too short-lived must not make us spin
+
+
+class CredentialError(Exception):
+    """The operator's answer to our CSR cannot be used (wrong key, garbage PEM)."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    #: Leaf first, then intermediates (self-signed roots left out: the peer must hold them anyway).
+    chain: tuple[x509.Certificate, ...]
+    received_at: float
+    not_after: float
+
+    @property
+    def renew_at(self) -> float:
+        lifetime = max(self.not_after - self.received_at, 0.0)
+        return self.received_at + max(lifetime * RENEW_FRACTION, MIN_RENEW_DELAY)
+
+    @property
+    def serial(self) -> int:
+        return self.chain[0].serial_number
+
+
+def new_key_and_csr(identity: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """An ECDSA P-256 key and a CSR naming only the pod's identity (the CA adds the rest)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def credential_from(key: ec.EllipticCurvePrivateKey, issued: IssuedCertificate,
+                    now: float | None = None) -> Credential:
+    try:
+        leaf = x509.load_pem_x509_certificate(issued.certificate.encode())
+        intermediates = [x509.load_pem_x509_certificate(pem.encode()) for pem in issued.chain]
+    except ValueError as exc:
+        raise CredentialError(f"the issued certificate is not PEM: {exc}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (leaf.public_key().public_bytes(serialization.Encoding.DER, public)
+            != key.public_key().public_bytes(serialization.Encoding.DER, public)):
+        raise CredentialError("the issued certificate is not for the key we sent")
+    chain = (leaf, *(c for c in intermediates if c.issuer != c.subject))
+    return Credential(key, chain, time.time() if now is None else now, float(issued.not_after))
