@@ -118,8 +118,6 @@ class Sidecar(Process):
             "IPSEC_MESH_API_URL": operator.url,
             "IPSEC_MESH_TOKEN_FILE": str(operator.token_file(self.pod)),
             "IPSEC_MESH_CA_BUNDLE": operator.ca_bundle,
-            "IPSEC_MESH_HEALTH_HOST": "127.0.0.1",
-            "IPSEC_MESH_HEALTH_PORT": str(STATUS_PORT),
             "IPSEC_MESH_STATUS_INTERVAL": "5s",
             "POD_NAME": self.pod.name,
             "POD_NAMESPACE": self.pod.namespace,
