@@ -9,6 +9,8 @@ a pod there talks.
 from __future__ import annotations
 
 import ipaddress
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,6 +27,7 @@ from ..meshapi.model import AuthKind, Enforcement, Peer, PeerMap, PeeringPolicy
 from .config import IkeSettings
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger("ipsec_mesh.agent")
 
 
 class PeerSetError(ValueError):
@@ -71,10 +74,10 @@ class PeerSet:
         self.local_id = Identity.parse(f"fqdn:{peer_map.local.identity}")
         self.local_addresses = tuple(str(a) for a in peer_map.local.addresses)
         self._cert = CertCredential(private_key, list(chain)) if private_key is not None and chain else None
-        self.entries: list[PeerEntry] = [
+        self.entries: list[PeerEntry] = _one_entry_per_network(
             PeerEntry(policy, peer, network)
             for policy in peer_map.policies for peer in policy.peers for network in peer.addresses
-        ]
+        )
         # Longest prefix first, so the first containing network is the most specific.
         self._by_prefix = sorted(self.entries, key=lambda e: (e.network.version, -e.network.prefixlen))
         self._configs: dict[tuple[str, str], PeerConfig | None] = {}
@@ -164,6 +167,26 @@ class PeerSet:
             force_encap=ike.force_encap,
             childless=ike.childless,
         )
+
+
+def _one_entry_per_network(entries: Iterable[PeerEntry]) -> list[PeerEntry]:
+    """One entry per peer network, so that IKE and the kernel policies agree on who governs it.
+
+    Two peerings may name the same network (two remote peerings with one CIDR). The one
+    that requires ESP wins over one that only prefers it, then the first in the map.
+    """
+    chosen: dict[IpNetwork, PeerEntry] = {}
+    for entry in entries:
+        other = chosen.get(entry.network)
+        if other is None:
+            chosen[entry.network] = entry
+            continue
+        keep = entry if (entry.enforcement == Enforcement.REQUIRE and other.enforcement != Enforcement.REQUIRE) \
+            else other
+        log.warning("peer network %s is in peerings %s and %s: %s governs it", entry.network,
+                    other.policy.name, entry.policy.name, keep.policy.name)
+        chosen[entry.network] = keep
+    return list(chosen.values())
 
 
 def _parse_proposals(policy: PeeringPolicy):
