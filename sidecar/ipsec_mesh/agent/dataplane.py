@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..ike.events import ChildSaDeleted, ChildSaInfo
+from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class DataPlane(Protocol):
     def prepare_socket(self, sock: socket.socket, natt: bool) -> None: ...
     def install_inbound(self, child: ChildSaInfo) -> None: ...
     def install_outbound(self, child: ChildSaInfo) -> None: ...
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None: ...
     def remove(self, deleted: ChildSaDeleted) -> None: ...
     def fileno(self) -> int | None: ...
     def read_events(self) -> list: ...
@@ -73,6 +74,9 @@ class NullDataPlane:
 
     def install_outbound(self, child: ChildSaInfo) -> None:
         self.outbound[child.outbound_spi] = child
+
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
+        self.outbound.pop(retired.outbound_spi, None)
 
     def remove(self, deleted: ChildSaDeleted) -> None:
         self.inbound.pop(deleted.inbound_spi, None)

@@ -24,6 +24,7 @@ from ..ike.events import (
     ChildSaFailed,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
+    ChildSaOutboundRetired,
     IkeSaClosed,
     IkeSaEstablished,
     NegotiationFailed,
@@ -205,6 +206,8 @@ class Agent:
             elif isinstance(event, ChildSaInstallOutbound):
                 self.dataplane.install_outbound(event.child)
                 m.child_established.inc()
+            elif isinstance(event, ChildSaOutboundRetired):
+                self.dataplane.retire_outbound(event)
             elif isinstance(event, ChildSaDeleted):
                 self.dataplane.remove(event)
             elif isinstance(event, IkeSaEstablished):

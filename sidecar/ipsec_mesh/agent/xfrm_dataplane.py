@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 
 from ..ike.constants import EncrId
-from ..ike.events import ChildSaDeleted, ChildSaInfo
+from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 from ..meshapi.model import Enforcement
 from ..xfrm import (
     Acquire as KernelAcquire,
@@ -117,20 +117,32 @@ class XfrmDataPlane:
         return desired
 
     def _reconcile_policies(self, desired: dict[tuple, PolicySpec]) -> None:
-        current = {}
-        for info in self.xfrm.dump_policies():
-            if not info.owned:
-                continue
-            current[policy_key(info.selector, info.direction)] = info
+        """At start: make the kernel's policies (ours only) the desired ones."""
+        current = {policy_key(info.selector, info.direction): info
+                   for info in self.xfrm.dump_policies() if info.owned}
+        # A delete that fails here raises: the start fails rather than run on kernel state
+        # that is not what we believe (e.g. a stale `require` policy for a removed peer).
+        self._sync_policies(desired, current, self._same, tolerate_delete_errors=False)
+
+    def _sync_policies(self, desired: dict[tuple, PolicySpec], current: dict, same, *,
+                       tolerate_delete_errors: bool) -> None:
+        """Add what is missing, update what differs (`same(current, desired)`), delete the rest."""
         adds = [spec for key, spec in desired.items() if key not in current]
-        updates = [spec for key, spec in desired.items() if key in current and not self._same(current[key], spec)]
+        updates = [spec for key, spec in desired.items() if key in current and not same(current[key], spec)]
         for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
             if result is not None:
                 self.errors += 1
                 log.error("policy install failed: %s", result)
-        for key, info in current.items():
-            if key not in desired:
-                self.xfrm.delete_policy(info.selector, info.direction)
+        for key, have in current.items():
+            if key in desired:
+                continue
+            try:
+                self.xfrm.delete_policy(have.selector, have.direction)
+            except XfrmError as exc:
+                if not tolerate_delete_errors:
+                    raise
+                self.errors += 1
+                log.warning("policy delete failed: %s", exc)
         self._policies = desired
 
     @staticmethod
@@ -169,21 +181,14 @@ class XfrmDataPlane:
             log.debug("cannot set %s: %s", LARVAL_DROP, exc)
 
     def update_peers(self, old, new) -> None:
-        """Apply a new peer set incrementally: only changed policies are touched."""
-        desired = self.desired_policies(new)
-        adds = [s for k, s in desired.items() if k not in self._policies]
-        updates = [s for k, s in desired.items() if k in self._policies and self._policies[k] != s]
-        for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
-            if result is not None:
-                self.errors += 1
-                log.error("policy update failed: %s", result)
-        for key, spec in self._policies.items():
-            if key not in desired:
-                try:
-                    self.xfrm.delete_policy(spec.selector, spec.direction)
-                except XfrmError as exc:
-                    log.warning("policy delete failed: %s", exc)
-        self._policies = desired
+        """Apply a new peer set incrementally: only changed policies are touched.
+
+        Compared with our own record (no kernel dump per update). A failed delete is
+        logged and counted, not raised: the sidecar is serving its other peers, and
+        stopping half-way would leave the new peer set half applied.
+        """
+        self._sync_policies(self.desired_policies(new), self._policies, lambda have, want: have == want,
+                            tolerate_delete_errors=True)
         self.peers = new
 
     def prepare_socket(self, sock: socket.socket, natt: bool) -> None:
@@ -235,18 +240,27 @@ class XfrmDataPlane:
         self.outbound[spec.spi] = spec
         self._inbound_of[spec.spi] = child.inbound_spi
 
-    def remove(self, deleted: ChildSaDeleted) -> None:
-        out = self.outbound.pop(deleted.outbound_spi, None)
-        self._inbound_of.pop(deleted.outbound_spi, None)
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
+        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now."""
+        self._remove_outbound(retired.outbound_spi)
+
+    def _remove_outbound(self, spi: int) -> None:
+        out = self.outbound.pop(spi, None)
+        self._inbound_of.pop(spi, None)
         if out is not None:
             self._delete(out)
+
+    def remove(self, deleted: ChildSaDeleted) -> None:
+        self._remove_outbound(deleted.outbound_spi)
         inbound = self.inbound.pop(deleted.inbound_spi, None)
         if inbound is None:
             return
-        # The peer may still have packets on their way to us on this SA: it keeps sending on
-        # it until our answer to its Delete arrives (seen in the VM tier as one lost packet
-        # when a peer deleted its redundant SA after a rekey collision). Keep receiving on it
-        # for a grace period whatever the reason; only the IKE SA going away ends it at once.
+        # A peer that deletes a CHILD_SA stops sending on it before its Delete leaves (ours
+        # do: ChildSaOutboundRetired), so with in-order delivery nothing arrives on it after
+        # the Delete. The grace is defence in depth: peers that keep sending until our answer
+        # arrives (seen in the VM tier as one lost packet after a rekey collision, before
+        # ours retired first), and ESP reordered behind the IKE datagram (another 5-tuple,
+        # so another NIC queue or ECMP path). Only the IKE SA going away ends it at once.
         if self.rekey_grace and deleted.reason != "ike-closed":
             asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:

@@ -102,8 +102,27 @@ class ChildSaInstallOutbound(Event):
 
 
 @dataclass(frozen=True)
+class ChildSaOutboundRetired(Event):
+    """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
+
+    Emitted just before our Delete leaves. The peer removes its inbound half when the
+    Delete arrives, so anything we still sent on it afterwards would be lost; with the
+    outbound half gone first, our traffic moves to the successor (or the SA being
+    replaced, after a lost rekey collision) and every packet on this SA precedes the
+    Delete on the wire. The inbound half stays until ChildSaDeleted.
+    """
+
+    ike_sa: str
+    name: str
+    inbound_spi: int
+    outbound_spi: int
+    local_addr: str
+    remote_addr: str
+
+
+@dataclass(frozen=True)
 class ChildSaDeleted(Event):
-    """Remove both halves. After a rekey the data plane may keep the inbound half for a grace period."""
+    """Remove both halves. The data plane may keep the inbound half for a short grace period."""
 
     ike_sa: str
     name: str

@@ -6,7 +6,7 @@ import logging
 
 from ..child import ChildSa, ChildState
 from ..constants import ExchangeType, NotifyType, ProtocolId
-from ..events import NegotiationFailed
+from ..events import ChildSaOutboundRetired, NegotiationFailed
 from ..payloads import DeletePayload, Message, NotifyPayload
 from ..sa import Datagram, IkeSa, IkeState, Reply
 from .create_child import activate_successor
@@ -50,6 +50,11 @@ class DeleteChildTask:
     def start(self, sa: IkeSa, now: float) -> None:
         if self.child.state != ChildState.REKEYED:
             self.child.state = ChildState.DELETING
+        # Stop sending on it before the Delete leaves: the peer drops its inbound half on
+        # receipt, and our packets sent after the Delete would arrive after that.
+        info = self.child.info
+        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                       info.local_addr, info.remote_addr))
         spi = self.child.inbound_spi.to_bytes(4, "big")
         sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
 
