@@ -17,6 +17,7 @@ from ipsec_mesh.ike.constants import ProtocolId
 from ipsec_mesh.ike.endpoint import IkeEndpoint
 from ipsec_mesh.ike.events import (
     ChildSaDeleted,
+    ChildSaEncapChanged,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaOutboundRetired,
@@ -79,6 +80,10 @@ class Node:
             self.inbound[event.child.inbound_spi] = event.child
         elif isinstance(event, ChildSaInstallOutbound):
             self.outbound[event.child.outbound_spi] = event.child
+        elif isinstance(event, ChildSaEncapChanged):
+            for table, spi in ((self.inbound, event.child.inbound_spi), (self.outbound, event.child.outbound_spi)):
+                if spi in table:
+                    table[spi] = event.child
         elif isinstance(event, ChildSaOutboundRetired) and self.honour_retire:
             self.outbound.pop(event.outbound_spi, None)
         elif isinstance(event, ChildSaDeleted):

@@ -15,6 +15,7 @@ What it keeps true (docs/xfrm.md has the kernel side):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -31,6 +32,8 @@ from ..xfrm import (
     Expire,
     Level,
     Lifetime,
+    Mapping as KernelMapping,
+    PolExpire,
     PolicySpec,
     SaSpec,
     Selector,
@@ -44,7 +47,7 @@ from ..xfrm import (
 )
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
-from .dataplane import Acquire, HardExpire, SoftExpire
+from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
 
 log = logging.getLogger("ipsec_mesh.dataplane")
 
@@ -73,10 +76,11 @@ def _inf_if_zero(value: int) -> int:
 class XfrmDataPlane:
     name = "xfrm"
 
-    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE):
+    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None):
+        """`xfrm`: the kernel interface to use (tests pass a recording stand-in)."""
         self.netns = netns
         self.rekey_grace = rekey_grace
-        self.xfrm = Xfrm(netns)
+        self.xfrm = xfrm if xfrm is not None else Xfrm(netns)
         self.events_channel: Xfrm | None = None
         self.peers = None
         self._reqids: dict[tuple, int] = {}
@@ -85,6 +89,7 @@ class XfrmDataPlane:
         self.outbound: dict[int, SaSpec] = {}
         self._acquire_seq: dict[str, int] = {}
         self._inbound_of: dict[int, int] = {}  # outbound SPI -> inbound SPI of the same CHILD_SA
+        self._mapped: dict[int, tuple[str, int]] = {}  # inbound SPI -> last NAT mapping passed on
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -240,6 +245,18 @@ class XfrmDataPlane:
         self.outbound[spec.spi] = spec
         self._inbound_of[spec.spi] = child.inbound_spi
 
+    def update_encap(self, child: ChildSaInfo) -> None:
+        """The peer's NAT rebound: both halves' UDP encapsulation follow (XFRM_MSG_UPDSA)."""
+        encap = child.encap
+        for table, spi, ports in ((self.inbound, child.inbound_spi, (encap.remote_port, encap.local_port)),
+                                  (self.outbound, child.outbound_spi, (encap.local_port, encap.remote_port))):
+            spec = table.get(spi)
+            if spec is None:
+                continue
+            updated = dataclasses.replace(spec, encap=UdpEncap(*ports), acquire_seq=0)
+            self.xfrm.update_sa(updated)
+            table[spi] = updated
+
     def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
         """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now."""
         self._remove_outbound(retired.outbound_spi)
@@ -253,6 +270,7 @@ class XfrmDataPlane:
     def remove(self, deleted: ChildSaDeleted) -> None:
         self._remove_outbound(deleted.outbound_spi)
         inbound = self.inbound.pop(deleted.inbound_spi, None)
+        self._mapped.pop(deleted.inbound_spi, None)
         if inbound is None:
             return
         # A peer that deletes a CHILD_SA stops sending on it before its Delete leaves (ours
@@ -293,7 +311,37 @@ class XfrmDataPlane:
                 spi = event.sa.spi if event.sa.spi in self.inbound else self._inbound_of.get(event.sa.spi)
                 if spi is not None:
                     out.append(HardExpire(spi) if event.hard else SoftExpire(spi))
+            elif isinstance(event, KernelMapping):
+                mapping = self._nat_mapping(event)
+                if mapping is not None:
+                    out.append(mapping)
+            elif isinstance(event, PolExpire):
+                out.append(self._policy_expired(event))
         return out
+
+    def _nat_mapping(self, event: KernelMapping) -> NatMapping | None:
+        """Pass a mapping on once per new source: the kernel reports every packet from it
+        until the SA is updated, and forever if the IKE core declines to follow."""
+        source = (str(event.new_src), event.new_sport)
+        if event.spi not in self.inbound or self._mapped.get(event.spi) == source:
+            return None
+        self._mapped[event.spi] = source
+        return NatMapping(event.spi, *source)
+
+    def _policy_expired(self, event: PolExpire) -> PolicyExpired:
+        """Ours have no lifetimes: someone changed one. After a hard expire the kernel has
+        removed it, which under `require` would let plaintext through: put it back."""
+        info = event.policy
+        label = f"{info.selector.src} -> {info.selector.dst} {info.direction.name.lower()}"
+        self.errors += 1
+        log.error("kernel %s-expired our policy %s: our policies have no lifetimes; "
+                  "something else changed it", "hard" if event.hard else "soft", label)
+        desired = self._policies.get(policy_key(info.selector, info.direction))
+        if event.hard and desired is not None:
+            for result in self.xfrm.add_policies([desired]):
+                if result is not None:
+                    log.error("could not put policy %s back: %s", label, result)
+        return PolicyExpired(label, event.hard)
 
     def status(self) -> dict:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),

@@ -102,6 +102,14 @@ class ChildSaInstallOutbound(Event):
 
 
 @dataclass(frozen=True)
+class ChildSaEncapChanged(Event):
+    """The NAT in front of the peer rebound its port: re-point both halves' UDP
+    encapsulation to `child.encap` (keys, SPIs and selectors are unchanged)."""
+
+    child: ChildSaInfo
+
+
+@dataclass(frozen=True)
 class ChildSaOutboundRetired(Event):
     """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
 

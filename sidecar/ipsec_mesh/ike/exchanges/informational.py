@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState
+from ..child import ChildSa, ChildState, moved
 from ..constants import ExchangeType, NotifyType, ProtocolId
-from ..events import ChildSaOutboundRetired, NegotiationFailed
+from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
 from ..sa import Datagram, IkeSa, IkeState, Reply
 from .create_child import activate_successor
@@ -152,3 +152,35 @@ def keepalive(sa: IkeSa, now: float) -> None:
         if now - sa.last_sent >= interval:
             sa.outbox.append(Datagram(NAT_KEEPALIVE, sa.local, sa.remote))
         sa.keepalive_at = now + interval
+
+
+def follow_nat_mapping(sa: IkeSa, new_remote: tuple[str, int], now: float) -> str:
+    """The kernel decrypted ESP-in-UDP of this IKE SA's CHILD_SA from a new source (XFRM
+    MAPPING): the NAT in front of the peer rebound. IKE and ESP share the peer's port
+    4500 mapping, so both move: the IKE SA's remote port, then every CHILD_SA's UDP
+    encapsulation, then a liveness check over the new mapping. Returns what was done.
+
+    Only port changes of a peer known to be behind a NAT are followed (the ESP packet
+    that revealed it was authenticated by the kernel). A new address is not: in
+    transport mode the policies and traffic selectors name the peer's address, so
+    that peer must negotiate again.
+    """
+    if sa.state != IkeState.ESTABLISHED:
+        return "not-established"
+    if not sa.nat_remote:
+        log.warning("%s: ESP from %s:%d, but %s is not behind a NAT: ignored", sa.label, *new_remote, sa.remote[0])
+        return "not-natted"
+    if new_remote[0] != sa.remote[0]:
+        log.warning("%s: the NAT moved %s to address %s: not followed (selectors name the address)",
+                    sa.label, sa.remote[0], new_remote[0])
+        return "address-changed"
+    if new_remote[1] == sa.remote[1]:
+        return "unchanged"
+    log.info("%s: NAT mapping of %s moved from port %d to %d", sa.label, sa.remote[0], sa.remote[1], new_remote[1])
+    sa.remote = new_remote
+    for child in sa.children.values():
+        if child.info.encap is not None:
+            child.info = moved(child.info, encap=UdpEncap(child.info.encap.local_port, new_remote[1]))
+            sa.emit(ChildSaEncapChanged(child.info))
+    sa.queue(DpdTask(), now)
+    return "followed"
