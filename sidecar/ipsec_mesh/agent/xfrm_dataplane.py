@@ -7,8 +7,9 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - At start, policies are reconciled (added, updated, removed) before anything else and
   every SA a previous instance left behind is removed: IKE state died with it, and the
   policies keep traffic blocked, never in plaintext, until new SAs exist.
-- Inbound SA before outbound; after a rekey the old outbound goes at once and the old
-  inbound after a grace period (packets in flight).
+- Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
+  (before its Delete leaves); the inbound half stays a short grace period after the
+  CHILD_SA is deleted (defence in depth, see `remove`).
 - Only objects carrying our ownership tags are ever touched.
 """
 
