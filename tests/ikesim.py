@@ -133,6 +133,7 @@ class Network:
         self.esp_probes = False
         self.esp_delivered = 0
         self.esp_lost: list[tuple[str, int]] = []  # (receiver address, SPI)
+        self.esp_gaps: list[tuple[float, str]] = []  # (time, node) with a CHILD_SA but nothing to send on
 
     def add(self, name: str, address: str, lookup, **endpoint_kwargs) -> Node:
         rng = random.Random(f"{name}-{len(self.nodes)}")
@@ -206,6 +207,8 @@ class Network:
             return
         for node in self.nodes.values():
             spi = node.sending_spi()
+            if spi is None and node.inbound:
+                self.esp_gaps.append((self.now, node.name))
             if spi is not None:
                 self.in_flight.append((self.now + self.latency, EspProbe(spi, node.outbound[spi].remote_addr),
                                        node.address))

@@ -62,7 +62,67 @@ def test_rekey_and_delete_lose_no_esp(initiator):
     assert len(retired) == 3 and retired == deleted
     order = [type(e) for e in node.events if type(e) in (ChildSaOutboundRetired, ChildSaDeleted)]
     assert order == [ChildSaOutboundRetired, ChildSaDeleted] * 3
-    # A plain delete: after the retire nothing is sent, so nothing can be lost either.
-    node.endpoint.delete_child(next(iter(node.inbound)), net.now, "deleted")
+    # Deleting the only CHILD_SA: nothing to fall back to, so it is not retired (that would
+    # only start the outage early); what is in flight during the exchange relies on the
+    # peer's grace period (none in the simulator: only that SA's packets may be lost).
+    last = next(iter(node.inbound))
+    last_out = node.inbound[last].outbound_spi
+    node.endpoint.delete_child(last, net.now, "deleted")
     net.settle()
-    assert net.esp_lost == [] and not a.outbound and not b.outbound and not a.inbound and not b.inbound
+    assert len(node.of(ChildSaOutboundRetired)) == 3
+    assert {spi for _, spi in net.esp_lost} <= {last, last_out}
+    assert not a.outbound and not b.outbound and not a.inbound and not b.inbound
+
+
+def test_the_last_sending_sa_is_never_retired():
+    """Lost collision, then the replaced SA is deleted (e.g. it expired) while the peer's
+    successor still waits for the peer's Delete: retiring it would leave no SA to send on."""
+    from ipsec_mesh.ike.constants import ExchangeType
+    from ipsec_mesh.ike import message as codec
+
+    for first in ("a", "b"):
+        net = _collision(True, first)
+        a, b = net.nodes.values()
+        assert net.esp_gaps == []
+    # Build the exact case: a loses, and its old SA is deleted before b's Delete of it arrives.
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    net.esp_probes = True
+    hold = {"from": "everyone"}  # whose INFORMATIONAL requests (Deletes) the network drops
+
+    def held(d) -> bool:
+        header = codec.peek_header(d.data)
+        if header.exchange != ExchangeType.INFORMATIONAL or header.is_response:
+            return False
+        return hold["from"] == "everyone" or d.local[0] == hold["from"]
+
+    net.drop = held  # dropped requests are retransmitted by their sender
+    a.endpoint.rekey_child(next(iter(a.inbound)), net.now)
+    b.endpoint.rekey_child(next(iter(b.inbound)), net.now)
+
+    def waiting(node):
+        """The replaced SA (still sending) while the peer's successor waits for its Delete."""
+        for sa in node.endpoint.sas.values():
+            states = {c.state.value: spi for spi, c in sa.children.items() if not c.outbound_retired}
+            if "rekeyed" in states and "inbound-only" in states:
+                return states["rekeyed"]
+        return None
+
+    found = None
+    for _ in range(500):
+        net.step()
+        found = next(((n, spi) for n in (a, b) if (spi := waiting(n)) is not None), None)
+        if found:
+            break
+    assert found, "the collision did not leave a side waiting for the peer's Delete"
+    loser, old = found
+    winner = b if loser is a else a
+    loser.endpoint.delete_child(old, net.now, "expired")  # e.g. its lifetime ran out
+    hold["from"] = winner.address  # the loser's Deletes go through; the winner's Delete of `old` waits
+    net.run(2.5)
+    hold["from"] = None
+    net.settle()
+    net.run(10)
+    assert net.esp_gaps == [], "a node had a CHILD_SA but no outbound SA to send on"
+    assert len(a.inbound) == len(b.inbound) == len(a.outbound) == len(b.outbound) == 1

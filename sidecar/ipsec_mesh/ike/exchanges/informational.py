@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState, moved
+from ..child import ChildSa, ChildState, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
@@ -48,15 +48,29 @@ class DeleteChildTask:
         return sa.state not in (IkeState.ESTABLISHED,) or self.child.inbound_spi not in sa.children
 
     def start(self, sa: IkeSa, now: float) -> None:
+        self._retire_outbound(sa)
         if self.child.state != ChildState.REKEYED:
             self.child.state = ChildState.DELETING
-        # Stop sending on it before the Delete leaves: the peer drops its inbound half on
-        # receipt, and our packets sent after the Delete would arrive after that.
-        info = self.child.info
-        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
-                                       info.local_addr, info.remote_addr))
         spi = self.child.inbound_spi.to_bytes(4, "big")
         sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
+
+    def _retire_outbound(self, sa: IkeSa) -> None:
+        """Stop sending on it before the Delete leaves: the peer drops its inbound half on
+        receipt, and what we sent after the Delete would arrive after that. Only if another
+        CHILD_SA for the same traffic still sends (the kernel falls back to it): retiring
+        the last one would leave the traffic with no SA at all (a kernel ACQUIRE the
+        existing CHILD_SAs would not answer) until the exchange completes, e.g. when the
+        SA replaced after a lost rekey collision expires while the peer's successor still
+        waits for its Delete. Then it keeps sending, and the peer's grace period covers it."""
+        child = self.child
+        others = [c for c in sa.children.values() if c is not child and sends(c)
+                  and c.info.local_ts == child.info.local_ts and c.info.remote_ts == child.info.remote_ts]
+        if not sends(child) or not others:
+            return
+        child.outbound_retired = True
+        info = child.info
+        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                       info.local_addr, info.remote_addr))
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         activate_successor(sa, self.child)  # new outbound first: never a moment without one
