@@ -274,12 +274,13 @@ class XfrmDataPlane:
         self._mapped.pop(deleted.inbound_spi, None)
         if inbound is None:
             return
-        # A peer that deletes a CHILD_SA stops sending on it before its Delete leaves (ours
-        # do: ChildSaOutboundRetired), so with in-order delivery nothing arrives on it after
-        # the Delete. The grace is defence in depth: peers that keep sending until our answer
-        # arrives (seen in the VM tier as one lost packet after a rekey collision, before
-        # ours retired first), and ESP reordered behind the IKE datagram (another 5-tuple,
-        # so another NIC queue or ECMP path). Only the IKE SA going away ends it at once.
+        # A peer that deletes a CHILD_SA stops sending on it before its Delete leaves when
+        # another SA can carry the traffic (ours do: ChildSaOutboundRetired), so then nothing
+        # arrives on it after the Delete. The grace covers the rest: the last SA for the
+        # traffic (it keeps sending until the exchange ends), peers that keep sending until
+        # our answer arrives (seen in the VM tier as one lost packet after a rekey
+        # collision), and ESP reordered behind the IKE datagram (another 5-tuple, so another
+        # NIC queue or ECMP path). Only the IKE SA going away ends it at once.
         if self.rekey_grace and deleted.reason != "ike-closed":
             asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:
