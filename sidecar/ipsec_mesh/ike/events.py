@@ -110,15 +110,8 @@ class ChildSaEncapChanged(Event):
 
 
 @dataclass(frozen=True)
-class ChildSaOutboundRetired(Event):
-    """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
-
-    Emitted just before our Delete leaves. The peer removes its inbound half when the
-    Delete arrives, so anything we still sent on it afterwards would be lost; with the
-    outbound half gone first, our traffic moves to the successor (or the SA being
-    replaced, after a lost rekey collision) and every packet on this SA precedes the
-    Delete on the wire. The inbound half stays until ChildSaDeleted.
-    """
+class ChildSaRef(Event):
+    """Which CHILD_SA an event is about (both SPIs, for the data plane)."""
 
     ike_sa: str
     name: str
@@ -129,15 +122,22 @@ class ChildSaOutboundRetired(Event):
 
 
 @dataclass(frozen=True)
-class ChildSaDeleted(Event):
+class ChildSaOutboundRetired(ChildSaRef):
+    """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
+
+    Emitted just before our Delete leaves, when another CHILD_SA for the same traffic
+    still sends. The peer removes its inbound half when the Delete arrives, so anything
+    we still sent on it afterwards would be lost; with the outbound half gone first, our
+    traffic moves to that other SA (the successor, or the SA being replaced after a lost
+    rekey collision) and every packet on this SA precedes the Delete on the wire. The
+    inbound half stays until ChildSaDeleted.
+    """
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted(ChildSaRef):
     """Remove both halves. The data plane may keep the inbound half for a short grace period."""
 
-    ike_sa: str
-    name: str
-    inbound_spi: int
-    outbound_spi: int
-    local_addr: str
-    remote_addr: str
     reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired
 
 
