@@ -17,8 +17,10 @@ from ipsec_mesh.ike.constants import ProtocolId
 from ipsec_mesh.ike.endpoint import IkeEndpoint
 from ipsec_mesh.ike.events import (
     ChildSaDeleted,
+    ChildSaEncapChanged,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
+    ChildSaOutboundRetired,
     IkeSaClosed,
     IkeSaEstablished,
 )
@@ -66,7 +68,8 @@ class Node:
     events: list = field(default_factory=list)
     # The data plane as the events describe it: inbound/outbound SPI -> ChildSaInfo
     inbound: dict = field(default_factory=dict)
-    outbound: dict = field(default_factory=dict)
+    outbound: dict = field(default_factory=dict)  # in install order: the kernel sends on the newest
+    honour_retire: bool = True  # False: behave like a data plane that ignores ChildSaOutboundRetired
 
     def of(self, cls) -> list:
         return [e for e in self.events if isinstance(e, cls)]
@@ -77,9 +80,20 @@ class Node:
             self.inbound[event.child.inbound_spi] = event.child
         elif isinstance(event, ChildSaInstallOutbound):
             self.outbound[event.child.outbound_spi] = event.child
+        elif isinstance(event, ChildSaEncapChanged):
+            for table, spi in ((self.inbound, event.child.inbound_spi), (self.outbound, event.child.outbound_spi)):
+                if spi in table:
+                    table[spi] = event.child
+        elif isinstance(event, ChildSaOutboundRetired) and self.honour_retire:
+            self.outbound.pop(event.outbound_spi, None)
         elif isinstance(event, ChildSaDeleted):
+            # No grace period: the inbound half goes at once, so late ESP shows up as lost.
             self.inbound.pop(event.inbound_spi, None)
             self.outbound.pop(event.outbound_spi, None)
+
+    def sending_spi(self) -> int | None:
+        """The outbound SA the kernel would pick: the newest one installed (same policy, same reqid)."""
+        return next(reversed(self.outbound), None)
 
     @property
     def established(self) -> list:
@@ -90,6 +104,14 @@ class Node:
 
     def up_count(self) -> int:
         return len(self.of(IkeSaEstablished))
+
+
+@dataclass(frozen=True)
+class EspProbe:
+    """One ESP packet on `spi`, in flight to `remote` (in order with the IKE datagrams)."""
+
+    spi: int
+    remote: str
 
 
 class Network:
@@ -106,6 +128,12 @@ class Network:
         self.nat: dict[str, tuple[str, int]] = {}  # private address -> public (address, port base)
         self.delivered: list[Datagram] = []
         self.latency = 0.01
+        # With esp_probes on, after every IKE delivery or timer each node sends one ESP packet
+        # on the SA it would use; a packet that arrives where no inbound SA has its SPI is lost.
+        self.esp_probes = False
+        self.esp_delivered = 0
+        self.esp_lost: list[tuple[str, int]] = []  # (receiver address, SPI)
+        self.esp_gaps: list[tuple[float, str]] = []  # (time, node) with a CHILD_SA but nothing to send on
 
     def add(self, name: str, address: str, lookup, **endpoint_kwargs) -> Node:
         rng = random.Random(f"{name}-{len(self.nodes)}")
@@ -153,6 +181,9 @@ class Network:
             self.in_flight.sort(key=lambda f: f[0])
             at, d, sender = self.in_flight.pop(0)
             self.now = max(self.now, at)
+            if isinstance(d, EspProbe):
+                self._receive_esp(d)
+                return True
             sent = self._translate(d)
             target = self._node_for(d.remote[0])
             if target is not None:
@@ -163,11 +194,31 @@ class Network:
                     local = (target.address, d.remote[1] - self.nat[target.address][1])
                 target.endpoint.receive(sent.data, local, sent.local, self.now)
                 self.collect(target)
+            self._send_esp()
             return True
         self.now = max(self.now, next_timer[0])
         next_timer[1].endpoint.tick(self.now)
         self.collect(next_timer[1])
+        self._send_esp()
         return True
+
+    def _send_esp(self) -> None:
+        if not self.esp_probes:
+            return
+        for node in self.nodes.values():
+            spi = node.sending_spi()
+            if spi is None and node.inbound:
+                self.esp_gaps.append((self.now, node.name))
+            if spi is not None:
+                self.in_flight.append((self.now + self.latency, EspProbe(spi, node.outbound[spi].remote_addr),
+                                       node.address))
+
+    def _receive_esp(self, probe: EspProbe) -> None:
+        target = self._node_for(probe.remote)
+        if target is not None and probe.spi in target.inbound:
+            self.esp_delivered += 1
+        else:
+            self.esp_lost.append((probe.remote, probe.spi))
 
     def run(self, seconds: float = 60.0, max_steps: int = 20000) -> None:
         """Run until nothing is pending, or `seconds` of simulated time, bounded in steps."""

@@ -105,3 +105,32 @@ def test_a_packet_to_a_peer_becomes_an_acquire(pair):
         assert events and events[0].remote == B4 and events[0].local == A4
     finally:
         plane.stop()
+
+
+def test_a_hard_policy_expire_puts_our_policy_back(pair):
+    """Our policies have no lifetimes; if something gives one a lifetime and the kernel
+    removes it, the data plane reinstalls it (under `require` a gap would be plaintext)."""
+    import dataclasses
+
+    from ipsec_mesh.agent.dataplane import PolicyExpired
+    from ipsec_mesh.xfrm import Direction, Lifetime
+
+    plane = XfrmDataPlane(netns=pair.a)
+    plane.start(peer_set({"b": f"{B4}/32"}, v6=False))
+    try:
+        out = next(s for s in plane._policies.values()
+                   if s.direction == Direction.OUT and str(s.selector.dst) == f"{B4}/32")
+        plane.xfrm.update_policy(dataclasses.replace(out, lifetime=Lifetime(hard_add_seconds=1)))
+        assert "expire add: soft 0(sec), hard 1(sec)" in ip("-s", "xfrm", "policy", "list", netns=pair.a)
+        deadline = time.monotonic() + 10
+        expired: list = []
+        while time.monotonic() < deadline and not expired:
+            expired = [e for e in plane.read_events() if isinstance(e, PolicyExpired)]
+            time.sleep(0.1)
+        assert expired and expired[0].hard and f"{B4}/32" in expired[0].policy
+        assert plane.errors == 1
+        text = ip("-s", "xfrm", "policy", "list", netns=pair.a)
+        block = text.split(f"src {A4}/32 dst {B4}/32")[1].split("src ")[0]
+        assert "dir out" in block and "hard 0(sec)" in block  # back, without the lifetime
+    finally:
+        plane.stop()

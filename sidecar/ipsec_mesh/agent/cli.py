@@ -14,8 +14,6 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -95,6 +93,11 @@ def mesh_main(settings_file: str | None, dataplane: str | None, environ=os.envir
 
 
 def _status(url: str, as_json: bool) -> int:
+    # Imported here: urllib.request brings http.client, email and ssl (1.5 MB resident)
+    # into a daemon that never needs them.
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/status", timeout=5) as response:
             status = json.loads(response.read())

@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..ike.events import ChildSaDeleted, ChildSaInfo
+from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,23 @@ class HardExpire:
     inbound_spi: int
 
 
+@dataclass(frozen=True)
+class NatMapping:
+    """Authenticated ESP-in-UDP for this inbound SA arrived from a new source (XFRM MAPPING)."""
+
+    inbound_spi: int
+    remote: str
+    port: int
+
+
+@dataclass(frozen=True)
+class PolicyExpired:
+    """One of our policies reached a lifetime it should not have (ours have none)."""
+
+    policy: str  # selector and direction, for the log
+    hard: bool
+
+
 class DataPlane(Protocol):
     name: str
 
@@ -42,6 +59,8 @@ class DataPlane(Protocol):
     def prepare_socket(self, sock: socket.socket, natt: bool) -> None: ...
     def install_inbound(self, child: ChildSaInfo) -> None: ...
     def install_outbound(self, child: ChildSaInfo) -> None: ...
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None: ...
+    def update_encap(self, child: ChildSaInfo) -> None: ...
     def remove(self, deleted: ChildSaDeleted) -> None: ...
     def fileno(self) -> int | None: ...
     def read_events(self) -> list: ...
@@ -73,6 +92,14 @@ class NullDataPlane:
 
     def install_outbound(self, child: ChildSaInfo) -> None:
         self.outbound[child.outbound_spi] = child
+
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
+        self.outbound.pop(retired.outbound_spi, None)
+
+    def update_encap(self, child: ChildSaInfo) -> None:
+        for table, spi in ((self.inbound, child.inbound_spi), (self.outbound, child.outbound_spi)):
+            if spi in table:
+                table[spi] = child
 
     def remove(self, deleted: ChildSaDeleted) -> None:
         self.inbound.pop(deleted.inbound_spi, None)

@@ -22,9 +22,11 @@ from ..ike.constants import NON_ESP_MARKER
 from ..ike.endpoint import IkeEndpoint
 from ..ike.events import (
     ChildSaDeleted,
+    ChildSaEncapChanged,
     ChildSaFailed,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
+    ChildSaOutboundRetired,
     IkeSaClosed,
     IkeSaEstablished,
     NegotiationFailed,
@@ -32,7 +34,7 @@ from ..ike.events import (
 from ..ike.message import strip_non_esp_marker
 from ..ike.sa import IkeState
 from .config import SidecarSettings
-from .dataplane import Acquire, DataPlane, HardExpire, SoftExpire
+from .dataplane import Acquire, DataPlane, HardExpire, NatMapping, PolicyExpired, SoftExpire
 from .metrics import Metrics
 from .peers import PeerSet
 
@@ -184,6 +186,11 @@ class Agent:
                 self.endpoint.rekey_child(event.inbound_spi, now)
             elif isinstance(event, HardExpire):
                 self.endpoint.delete_child(event.inbound_spi, now, "expired")
+            elif isinstance(event, NatMapping):
+                result = self.endpoint.nat_mapping_changed(event.inbound_spi, (event.remote, event.port), now)
+                self.metrics.nat_mappings.labels(result).inc()
+            elif isinstance(event, PolicyExpired):
+                self.metrics.policy_expires.labels("hard" if event.hard else "soft").inc()
         self.flush()
 
     def _on_timer(self) -> None:
@@ -218,6 +225,10 @@ class Agent:
             elif isinstance(event, ChildSaInstallOutbound):
                 self.dataplane.install_outbound(event.child)
                 m.child_established.inc()
+            elif isinstance(event, ChildSaEncapChanged):
+                self.dataplane.update_encap(event.child)
+            elif isinstance(event, ChildSaOutboundRetired):
+                self.dataplane.retire_outbound(event)
             elif isinstance(event, ChildSaDeleted):
                 self.dataplane.remove(event)
             elif isinstance(event, IkeSaEstablished):

@@ -7,21 +7,23 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - At start, policies are reconciled (added, updated, removed) before anything else and
   every SA a previous instance left behind is removed: IKE state died with it, and the
   policies keep traffic blocked, never in plaintext, until new SAs exist.
-- Inbound SA before outbound; after a rekey the old outbound goes at once and the old
-  inbound after a grace period (packets in flight).
+- Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
+  (before its Delete leaves); the inbound half stays a short grace period after the
+  CHILD_SA is deleted (defence in depth, see `remove`).
 - Only objects carrying our ownership tags are ever touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import socket
 from pathlib import Path
 
 from ..ike.constants import EncrId
-from ..ike.events import ChildSaDeleted, ChildSaInfo
+from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 from ..meshapi.model import Enforcement
 from ..xfrm import (
     Acquire as KernelAcquire,
@@ -31,6 +33,8 @@ from ..xfrm import (
     Expire,
     Level,
     Lifetime,
+    Mapping as KernelMapping,
+    PolExpire,
     PolicySpec,
     SaSpec,
     Selector,
@@ -44,7 +48,7 @@ from ..xfrm import (
 )
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
-from .dataplane import Acquire, HardExpire, SoftExpire
+from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
 
 log = logging.getLogger("ipsec_mesh.dataplane")
 
@@ -73,10 +77,11 @@ def _inf_if_zero(value: int) -> int:
 class XfrmDataPlane:
     name = "xfrm"
 
-    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE):
+    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None):
+        """`xfrm`: the kernel interface to use (tests pass a recording stand-in)."""
         self.netns = netns
         self.rekey_grace = rekey_grace
-        self.xfrm = Xfrm(netns)
+        self.xfrm = xfrm if xfrm is not None else Xfrm(netns)
         self.events_channel: Xfrm | None = None
         self.peers = None
         self._reqids: dict[tuple, int] = {}
@@ -85,6 +90,7 @@ class XfrmDataPlane:
         self.outbound: dict[int, SaSpec] = {}
         self._acquire_seq: dict[str, int] = {}
         self._inbound_of: dict[int, int] = {}  # outbound SPI -> inbound SPI of the same CHILD_SA
+        self._mapped: dict[int, tuple[str, int]] = {}  # inbound SPI -> last NAT mapping passed on
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -117,20 +123,32 @@ class XfrmDataPlane:
         return desired
 
     def _reconcile_policies(self, desired: dict[tuple, PolicySpec]) -> None:
-        current = {}
-        for info in self.xfrm.dump_policies():
-            if not info.owned:
-                continue
-            current[policy_key(info.selector, info.direction)] = info
+        """At start: make the kernel's policies (ours only) the desired ones."""
+        current = {policy_key(info.selector, info.direction): info
+                   for info in self.xfrm.dump_policies() if info.owned}
+        # A delete that fails here raises: the start fails rather than run on kernel state
+        # that is not what we believe (e.g. a stale `require` policy for a removed peer).
+        self._sync_policies(desired, current, self._same, tolerate_delete_errors=False)
+
+    def _sync_policies(self, desired: dict[tuple, PolicySpec], current: dict, same, *,
+                       tolerate_delete_errors: bool) -> None:
+        """Add what is missing, update what differs (`same(current, desired)`), delete the rest."""
         adds = [spec for key, spec in desired.items() if key not in current]
-        updates = [spec for key, spec in desired.items() if key in current and not self._same(current[key], spec)]
+        updates = [spec for key, spec in desired.items() if key in current and not same(current[key], spec)]
         for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
             if result is not None:
                 self.errors += 1
                 log.error("policy install failed: %s", result)
-        for key, info in current.items():
-            if key not in desired:
-                self.xfrm.delete_policy(info.selector, info.direction)
+        for key, have in current.items():
+            if key in desired:
+                continue
+            try:
+                self.xfrm.delete_policy(have.selector, have.direction)
+            except XfrmError as exc:
+                if not tolerate_delete_errors:
+                    raise
+                self.errors += 1
+                log.warning("policy delete failed: %s", exc)
         self._policies = desired
 
     @staticmethod
@@ -169,21 +187,14 @@ class XfrmDataPlane:
             log.debug("cannot set %s: %s", LARVAL_DROP, exc)
 
     def update_peers(self, old, new) -> None:
-        """Apply a new peer set incrementally: only changed policies are touched."""
-        desired = self.desired_policies(new)
-        adds = [s for k, s in desired.items() if k not in self._policies]
-        updates = [s for k, s in desired.items() if k in self._policies and self._policies[k] != s]
-        for result in self.xfrm.add_policies(adds) + self.xfrm.update_policies(updates):
-            if result is not None:
-                self.errors += 1
-                log.error("policy update failed: %s", result)
-        for key, spec in self._policies.items():
-            if key not in desired:
-                try:
-                    self.xfrm.delete_policy(spec.selector, spec.direction)
-                except XfrmError as exc:
-                    log.warning("policy delete failed: %s", exc)
-        self._policies = desired
+        """Apply a new peer set incrementally: only changed policies are touched.
+
+        Compared with our own record (no kernel dump per update). A failed delete is
+        logged and counted, not raised: the sidecar is serving its other peers, and
+        stopping half-way would leave the new peer set half applied.
+        """
+        self._sync_policies(self.desired_policies(new), self._policies, lambda have, want: have == want,
+                            tolerate_delete_errors=True)
         self.peers = new
 
     def prepare_socket(self, sock: socket.socket, natt: bool) -> None:
@@ -235,18 +246,41 @@ class XfrmDataPlane:
         self.outbound[spec.spi] = spec
         self._inbound_of[spec.spi] = child.inbound_spi
 
-    def remove(self, deleted: ChildSaDeleted) -> None:
-        out = self.outbound.pop(deleted.outbound_spi, None)
-        self._inbound_of.pop(deleted.outbound_spi, None)
+    def update_encap(self, child: ChildSaInfo) -> None:
+        """The peer's NAT rebound: both halves' UDP encapsulation follow (XFRM_MSG_UPDSA)."""
+        encap = child.encap
+        for table, spi, ports in ((self.inbound, child.inbound_spi, (encap.remote_port, encap.local_port)),
+                                  (self.outbound, child.outbound_spi, (encap.local_port, encap.remote_port))):
+            spec = table.get(spi)
+            if spec is None:
+                continue
+            updated = dataclasses.replace(spec, encap=UdpEncap(*ports), acquire_seq=0)
+            self.xfrm.update_sa(updated)
+            table[spi] = updated
+
+    def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
+        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now."""
+        self._remove_outbound(retired.outbound_spi)
+
+    def _remove_outbound(self, spi: int) -> None:
+        out = self.outbound.pop(spi, None)
+        self._inbound_of.pop(spi, None)
         if out is not None:
             self._delete(out)
+
+    def remove(self, deleted: ChildSaDeleted) -> None:
+        self._remove_outbound(deleted.outbound_spi)
         inbound = self.inbound.pop(deleted.inbound_spi, None)
+        self._mapped.pop(deleted.inbound_spi, None)
         if inbound is None:
             return
-        # The peer may still have packets on their way to us on this SA: it keeps sending on
-        # it until our answer to its Delete arrives (seen in the VM tier as one lost packet
-        # when a peer deleted its redundant SA after a rekey collision). Keep receiving on it
-        # for a grace period whatever the reason; only the IKE SA going away ends it at once.
+        # A peer that deletes a CHILD_SA stops sending on it before its Delete leaves when
+        # another SA can carry the traffic (ours do: ChildSaOutboundRetired), so then nothing
+        # arrives on it after the Delete. The grace covers the rest: the last SA for the
+        # traffic (it keeps sending until the exchange ends), peers that keep sending until
+        # our answer arrives (seen in the VM tier as one lost packet after a rekey
+        # collision), and ESP reordered behind the IKE datagram (another 5-tuple, so another
+        # NIC queue or ECMP path). Only the IKE SA going away ends it at once.
         if self.rekey_grace and deleted.reason != "ike-closed":
             asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:
@@ -279,7 +313,37 @@ class XfrmDataPlane:
                 spi = event.sa.spi if event.sa.spi in self.inbound else self._inbound_of.get(event.sa.spi)
                 if spi is not None:
                     out.append(HardExpire(spi) if event.hard else SoftExpire(spi))
+            elif isinstance(event, KernelMapping):
+                mapping = self._nat_mapping(event)
+                if mapping is not None:
+                    out.append(mapping)
+            elif isinstance(event, PolExpire):
+                out.append(self._policy_expired(event))
         return out
+
+    def _nat_mapping(self, event: KernelMapping) -> NatMapping | None:
+        """Pass a mapping on once per new source: the kernel reports every packet from it
+        until the SA is updated, and forever if the IKE core declines to follow."""
+        source = (str(event.new_src), event.new_sport)
+        if event.spi not in self.inbound or self._mapped.get(event.spi) == source:
+            return None
+        self._mapped[event.spi] = source
+        return NatMapping(event.spi, *source)
+
+    def _policy_expired(self, event: PolExpire) -> PolicyExpired:
+        """Ours have no lifetimes: someone changed one. After a hard expire the kernel has
+        removed it, which under `require` would let plaintext through: put it back."""
+        info = event.policy
+        label = f"{info.selector.src} -> {info.selector.dst} {info.direction.name.lower()}"
+        self.errors += 1
+        log.error("kernel %s-expired our policy %s: our policies have no lifetimes; "
+                  "something else changed it", "hard" if event.hard else "soft", label)
+        desired = self._policies.get(policy_key(info.selector, info.direction))
+        if event.hard and desired is not None:
+            for result in self.xfrm.add_policies([desired]):
+                if result is not None:
+                    log.error("could not put policy %s back: %s", label, result)
+        return PolicyExpired(label, event.hard)
 
     def status(self) -> dict:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),

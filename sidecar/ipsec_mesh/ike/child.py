@@ -46,6 +46,7 @@ class ChildSa:
     replaces: int | None = None  # inbound SPI of the SA this one replaces
     replaced_by: int | None = None  # inbound SPI of its successor
     peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
+    outbound_retired: bool = False  # we stopped sending on it (our Delete of it is under way)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -59,6 +60,14 @@ class ChildSa:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+SENDING_STATES = (ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED)
+
+
+def sends(child: ChildSa) -> bool:
+    """Its outbound half is installed and still in use."""
+    return child.state in SENDING_STATES and not child.outbound_retired
 
 
 def transport_mode_requested(msg: Message) -> bool:

@@ -293,6 +293,23 @@ class IkeEndpoint:
         self._collect()
         return True
 
+    def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
+        """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).
+
+        Follows a NAT port rebind (exchanges.informational.follow_nat_mapping); returns
+        what was done: followed, unchanged, not-natted, address-changed, not-established
+        or unknown-sa.
+        """
+        from .exchanges.informational import follow_nat_mapping
+
+        sa, child = self._find_child(inbound_spi)
+        if child is None:
+            return "unknown-sa"
+        self._touch(sa)
+        result = follow_nat_mapping(sa, new_remote, now)
+        self._collect()
+        return result
+
     def rekey_ike(self, label: str, now: float) -> bool:
         from .exchanges.ike_rekey import IkeRekeyTask
 

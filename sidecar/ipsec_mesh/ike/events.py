@@ -102,8 +102,16 @@ class ChildSaInstallOutbound(Event):
 
 
 @dataclass(frozen=True)
-class ChildSaDeleted(Event):
-    """Remove both halves. After a rekey the data plane may keep the inbound half for a grace period."""
+class ChildSaEncapChanged(Event):
+    """The NAT in front of the peer rebound its port: re-point both halves' UDP
+    encapsulation to `child.encap` (keys, SPIs and selectors are unchanged)."""
+
+    child: ChildSaInfo
+
+
+@dataclass(frozen=True)
+class ChildSaRef(Event):
+    """Which CHILD_SA an event is about (both SPIs, for the data plane)."""
 
     ike_sa: str
     name: str
@@ -111,6 +119,25 @@ class ChildSaDeleted(Event):
     outbound_spi: int
     local_addr: str
     remote_addr: str
+
+
+@dataclass(frozen=True)
+class ChildSaOutboundRetired(ChildSaRef):
+    """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
+
+    Emitted just before our Delete leaves, when another CHILD_SA for the same traffic
+    still sends. The peer removes its inbound half when the Delete arrives, so anything
+    we still sent on it afterwards would be lost; with the outbound half gone first, our
+    traffic moves to that other SA (the successor, or the SA being replaced after a lost
+    rekey collision) and every packet on this SA precedes the Delete on the wire. The
+    inbound half stays until ChildSaDeleted.
+    """
+
+
+@dataclass(frozen=True)
+class ChildSaDeleted(ChildSaRef):
+    """Remove both halves. The data plane may keep the inbound half for a short grace period."""
+
     reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired
 
 

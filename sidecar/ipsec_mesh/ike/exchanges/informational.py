@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState
+from ..child import ChildSa, ChildState, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
-from ..events import NegotiationFailed
+from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
 from ..sa import Datagram, IkeSa, IkeState, Reply
 from .create_child import activate_successor
@@ -48,10 +48,29 @@ class DeleteChildTask:
         return sa.state not in (IkeState.ESTABLISHED,) or self.child.inbound_spi not in sa.children
 
     def start(self, sa: IkeSa, now: float) -> None:
+        self._retire_outbound(sa)
         if self.child.state != ChildState.REKEYED:
             self.child.state = ChildState.DELETING
         spi = self.child.inbound_spi.to_bytes(4, "big")
         sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
+
+    def _retire_outbound(self, sa: IkeSa) -> None:
+        """Stop sending on it before the Delete leaves: the peer drops its inbound half on
+        receipt, and what we sent after the Delete would arrive after that. Only if another
+        CHILD_SA for the same traffic still sends (the kernel falls back to it): retiring
+        the last one would leave the traffic with no SA at all (a kernel ACQUIRE the
+        existing CHILD_SAs would not answer) until the exchange completes, e.g. when the
+        SA replaced after a lost rekey collision expires while the peer's successor still
+        waits for its Delete. Then it keeps sending, and the peer's grace period covers it."""
+        child = self.child
+        others = [c for c in sa.children.values() if c is not child and sends(c)
+                  and c.info.local_ts == child.info.local_ts and c.info.remote_ts == child.info.remote_ts]
+        if not sends(child) or not others:
+            return
+        child.outbound_retired = True
+        info = child.info
+        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                       info.local_addr, info.remote_addr))
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         activate_successor(sa, self.child)  # new outbound first: never a moment without one
@@ -147,3 +166,35 @@ def keepalive(sa: IkeSa, now: float) -> None:
         if now - sa.last_sent >= interval:
             sa.outbox.append(Datagram(NAT_KEEPALIVE, sa.local, sa.remote))
         sa.keepalive_at = now + interval
+
+
+def follow_nat_mapping(sa: IkeSa, new_remote: tuple[str, int], now: float) -> str:
+    """The kernel decrypted ESP-in-UDP of this IKE SA's CHILD_SA from a new source (XFRM
+    MAPPING): the NAT in front of the peer rebound. IKE and ESP share the peer's port
+    4500 mapping, so both move: the IKE SA's remote port, then every CHILD_SA's UDP
+    encapsulation, then a liveness check over the new mapping. Returns what was done.
+
+    Only port changes of a peer known to be behind a NAT are followed (the ESP packet
+    that revealed it was authenticated by the kernel). A new address is not: in
+    transport mode the policies and traffic selectors name the peer's address, so
+    that peer must negotiate again.
+    """
+    if sa.state != IkeState.ESTABLISHED:
+        return "not-established"
+    if not sa.nat_remote:
+        log.warning("%s: ESP from %s:%d, but %s is not behind a NAT: ignored", sa.label, *new_remote, sa.remote[0])
+        return "not-natted"
+    if new_remote[0] != sa.remote[0]:
+        log.warning("%s: the NAT moved %s to address %s: not followed (selectors name the address)",
+                    sa.label, sa.remote[0], new_remote[0])
+        return "address-changed"
+    if new_remote[1] == sa.remote[1]:
+        return "unchanged"
+    log.info("%s: NAT mapping of %s moved from port %d to %d", sa.label, sa.remote[0], sa.remote[1], new_remote[1])
+    sa.remote = new_remote
+    for child in sa.children.values():
+        if child.info.encap is not None:
+            child.info = moved(child.info, encap=UdpEncap(child.info.encap.local_port, new_remote[1]))
+            sa.emit(ChildSaEncapChanged(child.info))
+    sa.queue(DpdTask(), now)
+    return "followed"
