@@ -32,6 +32,9 @@ def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
     assert "✔ intruder -> web: no answer" in out
     # web has no policy for intruder (shop never consented to shady's peering): it refuses the IKE.
     assert "✔ web refused" in out
+    # The operators' view of both pairs, from `ipsec-mesh explain` against the standalone operator.
+    assert "shop/web <-> shop/db: ENCRYPTED" in out
+    assert "shady/intruder <-> shop/web: NOT ENCRYPTED (one-sided)" in out
     wire = next(line for line in out.splitlines() if "on the wire next to web" in line)
     # e.g. "... 42 ESP packets and 4 IKE packets between web and db, 0 in plaintext; 0 plaintext ..."
     assert ", 0 in plaintext; 0 plaintext packets between intruder and web" in wire

@@ -149,24 +149,24 @@ class Demo:
     def run(self) -> int:
         cfg = self.config
         self.say("ipsec-mesh demo: per-pod IKEv2 and transport-mode ESP, on this machine\n")
-        self.say(f"[1/7] pods on the pod network {cfg.network} (network namespaces on a bridge)")
+        self.say(f"[1/8] pods on the pod network {cfg.network} (network namespaces on a bridge)")
         self.build_network()
         for pod in cfg.pods:
             self.say(f"  ✔ {pod.name:9} {pod.ips[0]:15} namespace {pod.namespace}")
-        self.say(f"\n[2/7] the operator, standalone: pods and peerings from a YAML file instead of the Kubernetes API,"
+        self.say(f"\n[2/8] the operator, standalone: pods and peerings from a YAML file instead of the Kubernetes API,"
                  f"\n      the same mesh CA and mesh API over HTTPS, on the node's address {cfg.node_address}")
         overview = self.start_operator()
         self.say(f"  ✔ mesh API at {self.operator.url}; mesh CA {overview['ca']['active']}")
         for peering in overview["peerings"]:
             self.say(f"  ✔ peering {peering['namespace']}/{peering['name']}: members {', '.join(peering['members'])};"
                      f" peers {', '.join(peering['peers'])}; {peering['enforcement']}")
-        self.say("\n[3/7] a sidecar in every pod bootstraps from the mesh API: its own key, a CSR and the pod's"
+        self.say("\n[3/8] a sidecar in every pod bootstraps from the mesh API: its own key, a CSR and the pod's"
                  "\n      token for a certificate, then the peer map; policies first, then IKE on UDP 500/4500")
         self.start_sidecars()
-        self.say("\n[4/7] where each pod's certificate came from (the key never left the pod)")
+        self.say("\n[4/8] where each pod's certificate came from (the key never left the pod)")
         self.show_certificates()
         web, db = cfg.pod("web"), cfg.pod("db")
-        self.say("\n[5/7] web talks to db: the first packet makes the kernel ask for an SA (ACQUIRE)")
+        self.say("\n[5/8] web talks to db: the first packet makes the kernel ask for an SA (ACQUIRE)")
         pcap = self.start_capture("web")
         started = time.monotonic()
         ok_ping = self.ping("web", db, count=3, deadline=60)
@@ -182,7 +182,7 @@ class Demo:
                 self.say(f"  ESP SA  in {child['inbound_spi']} / out {child['outbound_spi']}  {child['algorithm']}"
                          f"  {child['mode']}")
         intruder = cfg.pod("intruder") if cfg.has_pod("intruder") else None
-        self.say("\n[6/7] the intruder (valid mesh certificate, its own peering names web; shop never agreed)"
+        self.say("\n[6/8] the intruder (valid mesh certificate, its own peering names web; shop never agreed)"
                  " tries web")
         ok_intruder = True
         if intruder is not None:
@@ -205,12 +205,30 @@ class Demo:
                  f" {len(plain)} in plaintext; {len(leaked)} plaintext packets between intruder and web")
         for line in (plain + leaked)[:5]:
             self.say(f"    plaintext: {line}")
-        self.say("\n[7/7] a rekey, live: the CHILD_SA lifetime is short; pings keep flowing")
+        self.say("\n[7/8] what an operator asks: `ipsec-mesh explain` (operator overview + sidecar status ports)")
+        ok_explain = self.explain(web, db, expect_encrypted=True)
+        if intruder is not None:
+            ok_explain = self.explain(intruder, web, expect_encrypted=False) and ok_explain
+        self.say("\n[8/8] a rekey, live: the CHILD_SA lifetime is short; pings keep flowing")
         ok_rekey = self.watch_rekey(db)
-        ok = ok_ping and ok_tcp and ok_intruder and not plain and not leaked and ok_rekey
+        ok = ok_ping and ok_tcp and ok_intruder and not plain and not leaked and ok_explain and ok_rekey
         self.say("\n" + ("✔ done: only ESP between the peered pods, the outsider refused, a rekey seen"
                          if ok else "✘ something did not go as expected (see above)"))
         return 0 if ok else 1
+
+    def explain(self, a: PodInfo, b: PodInfo, expect_encrypted: bool) -> bool:
+        """`ipsec-mesh explain A B --standalone STATE_DIR`, run where an operator would: on the node."""
+        from ..diagnose import explain
+        from ..render import verdict_text
+        from ..sources import StandaloneSource
+
+        pair = ((a.namespace, a.name), (b.namespace, b.name))
+        source = StandaloneSource(self.operator.state_dir)
+        verdict = in_netns(self.node, lambda: explain(source.facts(pair), *pair))
+        self.say(f"  $ ipsec-mesh explain {a.namespace}/{a.name} {b.namespace}/{b.name} --standalone <state>")
+        for line in verdict_text(verdict).splitlines():
+            self.say(f"    {line}")
+        return verdict.encrypted == expect_encrypted
 
     def wait_refused(self, pod: str, timeout: float = 30) -> int:
         """How many IKE_SA_INIT `pod` refused as not from a peer; waits (bounded) for the first, as
