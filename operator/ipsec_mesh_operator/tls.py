@@ -34,7 +34,6 @@ class ServingCertificate:
         self.names = names
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._dir = Path(tempfile.mkdtemp(prefix="ipsec-mesh-tls-"))
         self._renew_at = 0.0
         self._issuer_id: str | None = None
 
@@ -49,15 +48,20 @@ class ServingCertificate:
         dns = dns or ["localhost"]
         identity = LeafIdentity(dns[0], None, tuple(ips), tuple(dns[1:]))
         cert = ca.issue(key.public_key(), identity, SERVER_CERT_LIFETIME, now, server=True)
-        cert_path, key_path = self._dir / "tls.crt", self._dir / "tls.key"
         chain = certificate_pem(cert) + certificate_pem(ca.active_certificate(now))
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        cert_path.write_text(chain)
-        self.context.load_cert_chain(cert_path, key_path)
+        self._load(chain, key)
         lifetime = cert.not_valid_after_utc.timestamp() - now
         self._renew_at = now + lifetime * RENEW_FRACTION
         self._issuer_id = issuer
         return True
+
+    def _load(self, chain: str, key) -> None:
+        """Hand the pair to OpenSSL, which only reads files; the key is on disk only meanwhile."""
+        with tempfile.TemporaryDirectory(prefix="ipsec-mesh-tls-") as directory:
+            cert_path, key_path = Path(directory) / "tls.crt", Path(directory) / "tls.key"
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+            cert_path.write_text(chain)
+            self.context.load_cert_chain(cert_path, key_path)

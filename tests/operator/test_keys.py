@@ -164,3 +164,17 @@ def test_psk_rotation_overlaps_and_survives_persistence():
     assert len(again.keys(switch + overlap)) == 1
     with pytest.raises(PskStateError):
         PskRing.from_secret_data({"generations.json": b"[{\"id\": 1}]"})
+
+
+def test_the_serving_key_is_on_disk_only_while_openssl_loads_it(tmp_path, monkeypatch):
+    import tempfile
+
+    from ipsec_mesh_operator.tls import ServingCertificate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ca = CertificateAuthority.create(T0, DAY, 365 * DAY)
+    serving = ServingCertificate(("ipsec-mesh-operator.mesh.svc", "10.0.0.1"))
+    assert serving.refresh(ca, T0)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind, the key least of all
+    assert serving.refresh(ca, T0 + 4 * DAY)  # renewed at half its lifetime, same cleanup
+    assert list(tmp_path.iterdir()) == []
