@@ -64,6 +64,7 @@ class OperatorRuntime:
         self.reports: dict[PodKey, tuple[float, StatusReport]] = {}
         self.authenticator = TokenAuthenticator(self._token_review, config.token_audience)
         self._watch_events: dict[PodKey, asyncio.Event] = {}
+        self.releasing_watchers = False
         self.index.listeners.append(self._on_maps_changed)
         self.ca_listeners: list[Callable[[], None]] = []
 
@@ -278,6 +279,8 @@ class OperatorRuntime:
                 if self.index.version(pod) > since or since == 0:
                     return self.index.peer_map(pod)
                 remaining = deadline - asyncio.get_running_loop().time()
+                if self.releasing_watchers:
+                    return None  # shutting down: "no change yet"; the sidecar asks the next replica
                 if remaining <= 0:
                     return None
                 event = self._watch_events.setdefault(pod, asyncio.Event())
@@ -287,6 +290,13 @@ class OperatorRuntime:
                     return None
         finally:
             metrics.PEER_MAP_WATCHERS.dec()
+
+    def release_watchers(self) -> None:
+        """Answer every pending long poll now (shutdown): the HTTP server waits for open requests."""
+        self.releasing_watchers = True
+        events, self._watch_events = self._watch_events, {}
+        for event in events.values():
+            event.set()
 
     def _on_maps_changed(self, pods: set[PodKey]) -> None:
         metrics.PEER_MAP_UPDATES.inc(len(pods))

@@ -70,6 +70,7 @@ class Servers:
             logger.info("%s server listening on %s:%d", name, config.api_host, self.ports[name])
 
     async def stop(self) -> None:
+        self.runtime.release_watchers()
         for runner in reversed(self._runners):
             await asyncio.shield(runner.cleanup())
         self._runners.clear()

@@ -38,6 +38,22 @@ async def test_watch_yields_each_new_version():
             await client.post_status(StatusReport(second.version))
 
 
+async def test_stopping_the_servers_answers_open_long_polls_at_once():
+    async with running_servers([WEB]) as (runtime, servers):
+        url = f"https://localhost:{servers.ports['api']}"
+        token = fake_tokens.issue("prod", "web", "web-0", "uid-web")
+        async with MeshApiClient(url, ca_bundle="".join(runtime.index.trust_bundle), token=lambda: token) as client:
+            current = await client.fetch_peer_map()
+            poll = asyncio.ensure_future(client.fetch_peer_map(current.version, wait=30))
+            await asyncio.sleep(0.5)
+            assert not poll.done()
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await servers.stop()
+            assert await asyncio.wait_for(poll, 5) is None  # "no change": the sidecar simply asks again
+            assert loop.time() - began < 5
+
+
 async def test_client_refuses_a_server_it_does_not_trust_and_unknown_pods_get_503():
     async with running_servers([WEB]) as (runtime, servers):
         url = f"https://localhost:{servers.ports['api']}"
