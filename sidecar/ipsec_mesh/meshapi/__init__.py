@@ -32,7 +32,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The HTTPS client pulls in aiohttp: only load it for the code that talks to the API
+    # The HTTPS client pulls in ssl and the HTTP code: only load it for the code that talks to the API
     # (a standalone sidecar never does, and its start-up time matters).
     if name in ("IssuedCertificate", "MeshApiClient"):
         from . import client

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from . import fields
 from .errors import MeshApiRequestError, PeerMapError
+from .http import Endpoint, https_request
 from .model import MAX_DOCUMENT_BYTES, PeerMap
 from .status import StatusReport
 
@@ -40,6 +39,8 @@ class IssuedCertificate:
 
 
 class MeshApiClient:
+    """One HTTPS connection per request (`http.https_request`); nothing is held between calls."""
+
     def __init__(
         self,
         base_url: str,
@@ -52,14 +53,14 @@ class MeshApiClient:
         if (token is None) == (token_file is None):
             raise ValueError("give exactly one of token or token_file")
         self.base_url = base_url.rstrip("/")
+        self._endpoint = Endpoint.parse(self.base_url)
         self._token = token if token is not None else (lambda: Path(token_file).read_text().strip())
         self._request_timeout = request_timeout
         self._ssl = self._context(ca_bundle)
-        self._session: aiohttp.ClientSession | None = None
 
     @staticmethod
     def _context(ca_bundle: str) -> ssl.SSLContext:
-        context = ssl.create_default_context(cadata=ca_bundle)
+        context = ssl.create_default_context(cadata=ca_bundle)  # verifies the chain and the host name (or IP)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
@@ -67,9 +68,6 @@ class MeshApiClient:
         """Trust the CAs of a newer peer map (CA rotation) for later connections."""
         if pems:
             self._ssl = self._context("".join(pems))
-            if self._session is not None:
-                session, self._session = self._session, None
-                asyncio.get_running_loop().create_task(session.close())
 
     async def __aenter__(self) -> MeshApiClient:
         return self
@@ -78,14 +76,7 @@ class MeshApiClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
-        return self._session
+        """Nothing to release: every request closes its own connection. Kept for the context manager."""
 
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
                        timeout: float | None = None) -> tuple[int, bytes]:
@@ -93,21 +84,23 @@ class MeshApiClient:
             token = self._token()
         except OSError as exc:
             raise MeshApiRequestError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
+                   "User-Agent": "ipsec-mesh-sidecar"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            async with self._session_().request(
-                method, self.base_url + path, json=body, params=params,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=aiohttp.ClientTimeout(total=timeout or self._request_timeout),
-            ) as response:
-                body = await response.content.read(MAX_RESPONSE + 1)
-                if len(body) > MAX_RESPONSE:
-                    raise MeshApiRequestError("response too large", response.status)
-                if response.status >= 400:
-                    raise MeshApiRequestError(f"{method} {path}: HTTP {response.status}: {_error_text(body)}",
-                                              response.status)
-                return response.status, body
-        except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            raise MeshApiRequestError(f"{method} {path}: {exc!r}") from None
+            response = await https_request(
+                self._endpoint, method, self._endpoint.target(path, params), headers, payload, self._ssl,
+                max_body=MAX_RESPONSE, timeout=timeout or self._request_timeout)
+        except MeshApiRequestError as exc:
+            raise MeshApiRequestError(f"{method} {path}: {exc}", exc.status) from None
+        if response.status >= 400 or (300 <= response.status < 400 and response.status != 304):
+            # The mesh API never redirects: a 3xx is refused, not followed.
+            raise MeshApiRequestError(f"{method} {path}: HTTP {response.status}: {_error_text(response.body)}",
+                                      response.status)
+        return response.status, response.body
 
     async def sign_csr(self, csr_pem: bytes) -> IssuedCertificate:
         _, raw = await self._request("POST", "/v1/certificates", body={"csr": csr_pem.decode()})
