@@ -9,17 +9,29 @@ code, shareable), Pss; and the same for a bare interpreter that imports what eve
 sidecar needs (cryptography, asyncio), the floor no change to our code can go below.
 
     sudo .venv/bin/python bench/bench_sidecar_memory.py [--sas 100]
+
+`--mesh` measures mesh mode instead (no root needed): `ipsec-mesh standalone` on
+127.0.0.1 and two `ipsec-mesh-sidecar mesh` (data plane none, one peering between them)
+on loopback addresses; each sidecar's figures once it is ready and has talked to the
+mesh API for a few seconds (certificate, peer-map long polls, status reports every
+second). `--source DIR` runs another checkout's code (e.g. main, for a before figure).
+
+    .venv/bin/python bench/bench_sidecar_memory.py --mesh [--source /tmp/main-export]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +109,88 @@ def loaded(sas: int, workdir: Path, bench) -> tuple[dict[str, int], int]:
             responder.stop()
 
 
+MESH = {
+    "trustDomain": "bench.mesh.local",
+    "pods": [{"name": "web", "namespace": "shop", "serviceAccount": "web", "labels": {"app": "web"},
+              "ips": ["127.77.0.10"]},
+             {"name": "db", "namespace": "shop", "serviceAccount": "db", "labels": {"app": "db"},
+              "ips": ["127.77.0.11"]}],
+    "peerings": [{"name": "web-db", "namespace": "shop",
+                  "spec": {"selector": {"matchLabels": {"app": "web"}},
+                           "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}]}}],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait(what: str, check, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s (exit code {process.poll()})")
+        time.sleep(0.2)
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def mesh_mode(source: Path, workdir: Path) -> dict[str, dict[str, int]]:
+    """Figures of each of two ready mesh-mode sidecars fed by a standalone operator."""
+    env = {**os.environ, "PYTHONPATH": f"{source / 'sidecar'}{os.pathsep}{source / 'operator'}"}
+    (workdir / "mesh.yaml").write_text(json.dumps(MESH))  # JSON is YAML
+    ike_port = _free_port()
+    (workdir / "sidecar.yaml").write_text(json.dumps({"ike": {"port": ike_port, "nattPort": ike_port + 1},
+                                                      "log": {"level": "info"}}))
+    state = workdir / "state"
+    with contextlib.ExitStack() as stack:
+        def start(args: list[str], extra: dict[str, str], log: str) -> subprocess.Popen:
+            with open(workdir / log, "wb") as out:
+                process = subprocess.Popen([sys.executable, "-m", *args], env={**env, **extra}, stdout=out,
+                                           stderr=subprocess.STDOUT)
+            stack.callback(_terminate, process)
+            return process
+
+        operator = start(["ipsec_mesh_operator.cli", "standalone", "--config", str(workdir / "mesh.yaml"),
+                          "--state-dir", str(state), "--listen", "127.0.0.1:0"], {}, "operator.log")
+        _wait("the standalone operator", (state / "api-url").exists, operator)
+        sidecars = {}
+        for pod in MESH["pods"]:
+            port = _free_port()
+            process = start(["ipsec_mesh.agent.cli", "mesh"], {
+                "IPSEC_MESH_API_URL": (state / "api-url").read_text().strip(),
+                "IPSEC_MESH_TOKEN_FILE": str(state / "pods" / pod["namespace"] / pod["name"] / "token"),
+                "IPSEC_MESH_CA_BUNDLE_FILE": str(state / "ca-bundle.pem"), "IPSEC_MESH_SETTINGS": str(workdir / "sidecar.yaml"),
+                "IPSEC_MESH_DATAPLANE": "none", "IPSEC_MESH_HEALTH_HOST": "127.0.0.1",
+                "IPSEC_MESH_HEALTH_PORT": str(port), "IPSEC_MESH_STATUS_LISTEN": "off",
+                "IPSEC_MESH_STATUS_INTERVAL": "1", "IPSEC_MESH_WATCH_WAIT": "2",
+                "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IPS": pod["ips"][0],
+            }, f"sidecar-{pod['name']}.log")
+            sidecars[pod["name"]] = (process, port)
+        for name, (process, port) in sidecars.items():
+            _wait(f"sidecar {name} ready", lambda port=port: _ready(port), process)
+        time.sleep(SETTLE + 3)  # a few status reports and long polls
+        return {name: memory(process.pid) for name, (process, _) in sidecars.items()}
+
+
+def _terminate(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def line(label: str, figures: dict[str, int]) -> str:
     return f"{label:40} " + "  ".join(f"{name} {figures.get(name, 0) / 1024:5.1f} MB" for name in (*FIELDS, "Pss"))
 
@@ -104,7 +198,14 @@ def line(label: str, figures: dict[str, int]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sas", type=int, default=100)
+    parser.add_argument("--mesh", action="store_true", help="mesh mode against a standalone operator")
+    parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code runs (--mesh)")
     args = parser.parse_args()
+    if args.mesh:
+        with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
+            for name, figures in mesh_mode(args.source.resolve(), Path(workdir)).items():
+                print(line(f"mesh-mode sidecar {name}, data plane none", figures))
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
