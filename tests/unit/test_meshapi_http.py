@@ -234,6 +234,22 @@ async def test_request_over_tls_verifies_the_ip_address_and_sends_a_closed_reque
                                     '{"k": 1}').encode()]
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_large_bodies_arrive_whole_past_the_line_limit(pki, chunked):
+    authority, files = pki
+    body = bytes(range(256)) * 1200  # 300 kB: many times the reader's buffer limit
+    if chunked:
+        answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(
+            b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:100], body[100:])) + b"0\r\n\r\n"
+    else:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    async with Server(files["ip"], answer) as server:
+        endpoint = Endpoint.parse(f"https://127.0.0.1:{server.port}")
+        response = await https_request(endpoint, "GET", "/", {}, None, client_context(authority),
+                                       max_body=len(body), timeout=10)
+        assert response.body == body
+
+
 async def test_a_certificate_for_another_name_or_ca_is_refused_before_sending_anything(pki):
     authority, files = pki
     async with Server(files["named"], b"HTTP/1.1 200 OK\r\n\r\n") as server:
