@@ -27,6 +27,7 @@ from .errors import IkeError
 from .events import Event
 from .payloads import Message, NoncePayload, NotifyPayload
 from .registry import HalfOpenCount, PeerIndex, TimerQueue
+from .child import ChildState, sends
 from .sa import Datagram, IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
@@ -166,7 +167,10 @@ class IkeEndpoint:
                 continue
             if sa.state == IkeState.CONNECTING:
                 return sa  # its IKE_AUTH (or the peer's) brings the CHILD_SA
-            if any(c.name == child.name for c in sa.children.values()):
+            # A CHILD_SA that sends (or whose outbound half is about to) covers the packet. One
+            # that no longer sends does not: the kernel asked because it has nothing to send on.
+            if any(c.name == child.name and (sends(c) or c.state == ChildState.INBOUND_ONLY)
+                   for c in sa.children.values()):
                 return sa
             if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks):
                 sa.queue(ChildCreateTask(child, local_ts=local_ts, remote_ts=remote_ts), now)

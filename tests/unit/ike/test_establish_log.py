@@ -55,3 +55,19 @@ def test_childless_ike_sa_and_later_child_log_separately(caplog):
     assert len(a.inbound) == 1 and len(b.inbound) == 1
     child_lines = [line for line in _info_lines(caplog) if line.startswith("CHILD_SA mesh")]
     assert len(child_lines) == 2, _info_lines(caplog)
+
+
+def test_an_acquire_while_no_child_sa_of_its_name_sends_brings_a_new_one():
+    net, a, b, a_cfg = _pair(child=True)
+    net.settle()
+    (sa,) = a.established
+    (child,) = sa.children.values()
+    # As if its outbound half were gone (retired, or lost by the kernel): the kernel asks again.
+    child.outbound_retired = True
+    a.endpoint.acquire(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])
+    net.settle()
+    assert len(sa.children) == 2 and len(a.inbound) == 2 and len(b.inbound) == 2
+    # While a CHILD_SA of that name sends, an ACQUIRE changes nothing.
+    a.endpoint.acquire(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])
+    net.settle()
+    assert len(sa.children) == 2
