@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import ssl
 import subprocess
 import threading
 import urllib.request
@@ -60,12 +59,9 @@ def kernel_has_esp() -> bool:
         sh("ip", "netns", "del", name, check=False)
 
 
-def get_json(url: str, ca_bundle: str | None = None, token: str | None = None) -> dict:
-    """GET a JSON document; over HTTPS, trusting only `ca_bundle`."""
-    context = ssl.create_default_context(cadata=ca_bundle) if ca_bundle else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+def get_json(url: str) -> dict:
+    """GET a JSON document over plain HTTP (a sidecar's local status port)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
 
 

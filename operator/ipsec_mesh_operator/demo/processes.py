@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..index import PodInfo
+from ..sources import StandaloneSource
 from .config import DemoError
 from .netns import get_json, in_netns
 
@@ -95,10 +96,13 @@ class StandaloneOperatorProcess(Process):
     def token_file(self, pod: PodInfo) -> Path:
         return self.state_dir / "pods" / pod.namespace / pod.name / "token"
 
+    def source(self) -> StandaloneSource:
+        """What `ipsec-mesh explain --standalone` reads: the admin overview and the sidecars' status ports."""
+        return StandaloneSource(self.state_dir)
+
     def overview(self) -> dict:
         """The admin endpoint, over HTTPS from the node namespace, trusting only the mesh CA."""
-        token = (self.state_dir / "admin-token").read_text().strip()
-        return in_netns(self.netns, get_json, f"{self.url}/v1/admin/overview", self.ca_bundle, token)
+        return in_netns(self.netns, self.source().overview)
 
 
 class Sidecar(Process):

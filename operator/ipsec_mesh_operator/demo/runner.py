@@ -220,10 +220,9 @@ class Demo:
         """`ipsec-mesh explain A B --standalone STATE_DIR`, run where an operator would: on the node."""
         from ..diagnose import explain
         from ..render import verdict_text
-        from ..sources import StandaloneSource
 
         pair = ((a.namespace, a.name), (b.namespace, b.name))
-        source = StandaloneSource(self.operator.state_dir)
+        source = self.operator.source()
         verdict = in_netns(self.node, lambda: explain(source.facts(pair), *pair))
         self.say(f"  $ ipsec-mesh explain {a.namespace}/{a.name} {b.namespace}/{b.name} --standalone <state>")
         for line in verdict_text(verdict).splitlines():
