@@ -20,14 +20,12 @@ from .tokens import InvalidToken
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``IP:PORT`` or ``[IPv6]:PORT``; the serving certificate names that IP."""
-    host, colon, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        address = ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
+        host, number = fields.host_port(text, "--listen")
+    except PeerMapError:
         raise argparse.ArgumentTypeError(f"{text!r} is not IP:PORT (the certificate names the IP)") from None
-    if not colon or not 0 <= number <= 65535 or address.is_unspecified:
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
         raise argparse.ArgumentTypeError(f"{text!r}: give a specific IP and a port 0..65535")
     return str(address), number
 

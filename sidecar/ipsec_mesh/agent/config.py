@@ -18,7 +18,6 @@ Example (docs/sidecar.md has the full reference)::
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,19 +77,6 @@ class AgentConfig(SidecarSettings):
     key_file: Path | None = None
     status_listen: tuple[str, int] | None = ("127.0.0.1", 9741)
     base_dir: Path = Path(".")
-
-
-def host_port(value: Any, path: str) -> tuple[str, int]:
-    text = fields.string(value, path, 300)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise PeerMapError(path, "must be host:port")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise PeerMapError(path, f"{host!r} is not an IP address") from None
-    return host, fields.integer(int(port), path, 0, 65535)
 
 
 def _ike_settings(value: Any, path: str) -> IkeSettings:
@@ -162,7 +148,7 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
         peer_map=peer_map,
         cert_file=cert,
         key_file=key,
-        status_listen=None if listen in (None, "", "off") else host_port(listen, "status.listen"),
+        status_listen=None if listen in (None, "", "off") else fields.host_port(listen, "status.listen"),
         base_dir=base_dir,
     )
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
 from .config import (
-    DATAPLANES, SIDECAR_SETTINGS_KEYS, ConfigError, SidecarSettings, host_port, load_yaml_document,
+    DATAPLANES, SIDECAR_SETTINGS_KEYS, ConfigError, SidecarSettings, load_yaml_document,
     parse_sidecar_settings,
 )
 
@@ -112,7 +112,7 @@ def _status_listen(env: Mapping[str, str]) -> tuple[str, int] | None:
     value = env.get("IPSEC_MESH_STATUS_LISTEN", DEFAULT_STATUS_LISTEN).strip()
     if value in ("", "off"):
         return None
-    return _checked("IPSEC_MESH_STATUS_LISTEN", lambda v: host_port(v, "IPSEC_MESH_STATUS_LISTEN"), value)
+    return _checked("IPSEC_MESH_STATUS_LISTEN", lambda v: fields.host_port(v, "IPSEC_MESH_STATUS_LISTEN"), value)
 
 
 def _sidecar_settings(env: Mapping[str, str], settings_file: str | None) -> SidecarSettings:

@@ -89,6 +89,20 @@ def address(value: Any, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Addr
         raise PeerMapError(path, f"{text!r} is not an IP address") from None
 
 
+def host_port(value: Any, path: str) -> tuple[str, int]:
+    """``IP:PORT`` or ``[IPv6]:PORT``: the IP as written (brackets removed) and the port."""
+    text = string(value, path, 300)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise PeerMapError(path, "must be host:port")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise PeerMapError(path, f"{host!r} is not an IP address") from None
+    return host, integer(int(port), path, 0, 65535)
+
+
 def duration(value: Any, path: str) -> int:
     """Seconds, given as an integer or a Go-style duration such as ``1h30m``."""
     if isinstance(value, str):
