@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar")]
 
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 from tests.interop.harness.netns import Namespace, Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 
@@ -224,15 +225,7 @@ def esp_bytes(ns: Namespace) -> int:
 
 # -- the run ---------------------------------------------------------------------------------
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, kernel {platform.release()}, Python {platform.python_version()}"
 
 
 def run(rounds: int, seconds: float, max_mb: int, workdir: Path, log=print) -> list[Result]:

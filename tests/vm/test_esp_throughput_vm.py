@@ -21,6 +21,7 @@ GROSS = 0.5  # ours/hand below this is a configuration problem, not emulation no
 
 
 def load_bench():
+    sys.path.insert(0, str(BENCH.parent))  # as when run as a script: bench/ helpers import by name
     spec = importlib.util.spec_from_file_location("bench_esp_throughput", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
