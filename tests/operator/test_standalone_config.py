@@ -47,6 +47,22 @@ def _with(mutate):
      "peerings[0].spec: enforcement: unknown value"),
     (lambda d: d["peerings"][0]["spec"].update(lifetimes={"child": "10s"}), "peerings[0].spec", "at least 60s"),
     (lambda d: d["peerings"].append(copy.deepcopy(d["peerings"][0])), "peerings[2]", "listed twice"),
+    # Misspelt fields are refused, never silently ignored (tfcpadding would leave TFC padding off).
+    (lambda d: d["peerings"][0]["spec"].update(tfcpadding=True), "peerings[0].spec",
+     "tfcpadding: unknown field (did you mean tfcPadding?)"),
+    (lambda d: d["peerings"][1]["spec"]["authentication"].update(pskRotation="1h"), "peerings[1].spec",
+     "authentication.pskRotation: unknown field (did you mean pskRotationInterval?)"),
+    (lambda d: d["peerings"][0]["spec"].update(lifetimes={"childe": "2h"}), "peerings[0].spec",
+     "lifetimes.childe: unknown field (did you mean child?)"),
+    (lambda d: d["peerings"][0]["spec"].update(proposals={"ah": ["x"]}), "peerings[0].spec",
+     "proposals.ah: unknown field"),
+    (lambda d: d["peerings"][0]["spec"]["peers"][0].update(podselector={}), "peerings[0].spec",
+     "peers[0].podselector: unknown field (did you mean podSelector?)"),
+    (lambda d: d["peerings"][0]["spec"]["selector"].update(matchlabels={"app": "x"}), "peerings[0].spec",
+     "selector.matchlabels: unknown field (did you mean matchLabels?)"),
+    (lambda d: d["peerings"][0]["spec"].update(selector={"matchExpressions": [
+        {"key": "a", "operator": "Exists", "value": ["b"]}]}), "peerings[0].spec",
+     "selector.matchExpressions[0].value: unknown field (did you mean values?)"),
     (lambda d: d.update(namespaces={"shop": {"team": 1}}), "namespaces.shop.team", "must be a string"),
     (lambda d: d.update(configMaps=[{"name": "x", "data": {"k": 1}}]), "configMaps[0].data", "map keys"),
 ])
