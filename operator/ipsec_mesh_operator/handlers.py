@@ -181,8 +181,10 @@ async def delete_peering(name: str, namespace: str, **_: Any) -> None:
 # ---- pods and namespaces ------------------------------------------------------
 
 
+# async on purpose: kopf runs plain `def` handlers in worker threads, and the mesh index and the
+# watchers' asyncio.Events it sets belong to the event loop's thread alone.
 @kopf.index("pods", annotations={INJECTED_ANNOTATION: "true"})
-def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
+async def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
     """kopf index of injected pods; feeds the mesh index incrementally on every change."""
     info = PodInfo.from_body(body)
     runtime().index.upsert_pod(info)
@@ -190,12 +192,12 @@ def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 
 
 @kopf.on.event("pods", annotations={INJECTED_ANNOTATION: "true"})
-def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
+async def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().remove_pod((namespace, name))
 
 
-def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
+async def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
     rt = runtime()
     if type == "DELETED":
         rt.index.remove_namespace(name)
