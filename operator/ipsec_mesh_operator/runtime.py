@@ -10,14 +10,16 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ipsec_mesh.meshapi import (
     AuthKind,
     IssuedCertificate,
+    PeeringPolicy,
     PeerMap,
     PskKey,
+    fields,
     service_account_uri,
 )
 from ipsec_mesh.meshapi.status import StatusReport
@@ -32,6 +34,11 @@ from .psk import PskRing, secret_name
 from .tokens import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
+
+#: CHILD_SAs a pod may claim per peer address of a policy (rekey overlap, per-Service selectors).
+MAX_SAS_PER_PEER_ADDRESS = 8
+#: Addresses of a remote cluster's CIDRs counted towards that bound.
+MAX_REMOTE_ADDRESSES = 1024
 
 
 class NotAllowed(Exception):
@@ -306,7 +313,15 @@ class OperatorRuntime:
                 event.set()
 
     def record_status(self, pod: PodKey, report: StatusReport) -> None:
-        self.reports[pod] = (self.clock(), report)
+        """Keep what the pod says about the policies of its own peer map, within what they allow."""
+        peer_map = self.index.peer_map(pod)
+        governing = {policy.name: policy for policy in peer_map.policies} if peer_map is not None else {}
+        kept = tuple(
+            replace(status, last_error=fields.printable(status.last_error),
+                    established_sas=min(status.established_sas, _max_sas(governing[status.name])))
+            for status in report.peerings if status.name in governing
+        )
+        self.reports[pod] = (self.clock(), replace(report, peerings=kept))
 
     def forget_pod(self, pod: PodKey) -> None:
         self.reports.pop(pod, None)
@@ -328,6 +343,8 @@ class OperatorRuntime:
             entry = self.reports.get(pod)
             if entry is None or now - entry[0] > self.config.status_ttl:
                 continue
+            if key not in self.index.effective_peerings(pod):
+                continue  # e.g. its namespace never consented (any more): it has no say on this peering
             reporting += 1
             for status in entry[1].peerings:
                 if status.name == name or status.name.startswith(name + "/"):
@@ -339,6 +356,12 @@ class OperatorRuntime:
         return PeeringHealth(len(members), len(self.index.peer_pods(key)), established, reporting,
                              tuple(sorted(errors)[:5]),
                              self.index.one_sided_namespaces(spec) if spec is not None else ())
+
+
+def _max_sas(policy: PeeringPolicy) -> int:
+    addresses = sum(min(sum(net.num_addresses for net in peer.addresses), MAX_REMOTE_ADDRESSES)
+                    for peer in policy.peers)
+    return MAX_SAS_PER_PEER_ADDRESS * addresses
 
 
 def _split_pem(text: str) -> tuple[str, ...]:

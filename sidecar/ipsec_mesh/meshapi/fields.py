@@ -47,6 +47,14 @@ def unknown_fields(value: Mapping[str, Any], path: str, known: set[str] | frozen
     return messages
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character (controls, line breaks, bidi overrides) escaped as
+    ``\\uXXXX``: what another party wrote can then never move a terminal's cursor or fake a line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
+
+
 def string(value: Any, path: str, max_length: int = 253, min_length: int = 1) -> str:
     if not isinstance(value, str):
         raise PeerMapError(path, "must be a string")
