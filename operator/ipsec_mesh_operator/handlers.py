@@ -18,7 +18,7 @@ import kopf
 
 from ipsec_mesh.meshapi import AuthKind
 
-from .admission import make_webhook_app
+from .admission import has_injected_sidecar, make_webhook_app
 from .config import FINALIZER, INJECTED_ANNOTATION, OperatorConfig
 from .index import PodInfo
 from .kube import KubeClient, load_connection
@@ -185,9 +185,16 @@ async def delete_peering(name: str, namespace: str, **_: Any) -> None:
 # watchers' asyncio.Events it sets belong to the event loop's thread alone.
 @kopf.index("pods", annotations={INJECTED_ANNOTATION: "true"})
 async def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
-    """kopf index of injected pods; feeds the mesh index incrementally on every change."""
+    """kopf index of injected pods; feeds the mesh index incrementally on every change.
+
+    The annotation alone proves nothing (a pod that never met the webhook may set it): only a
+    pod that runs the injected sidecar is in the mesh."""
+    rt = runtime()
+    if not has_injected_sidecar(body.get("spec") or {}, rt.config):
+        rt.remove_pod((namespace, name))
+        return {}
     info = PodInfo.from_body(body)
-    runtime().index.upsert_pod(info)
+    rt.index.upsert_pod(info)
     return {(namespace, name): info}
 
 

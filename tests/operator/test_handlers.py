@@ -10,6 +10,7 @@ from kopf._core.actions import invocation
 from kopf._core.engines import posting
 
 from ipsec_mesh_operator import handlers
+from ipsec_mesh_operator.admission import sidecar_container
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
@@ -133,7 +134,8 @@ async def test_unchanged_status_is_not_rewritten(runtime):
 
 async def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     pod = kopf.Body({"metadata": {"name": "web-0", "namespace": "prod", "uid": "u", "labels": {"app": "web"}},
-                     "spec": {"serviceAccountName": "web"}, "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
+                     "spec": {"serviceAccountName": "web", "initContainers": [sidecar_container(OperatorConfig(), "")]},
+                     "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
     indexed = await handlers.injected_pods(body=pod, namespace="prod", name="web-0")
     assert indexed[("prod", "web-0")].ips == ("10.0.0.7",)
     assert runtime.index.pod(("prod", "web-0")).service_account == "web"
@@ -143,10 +145,14 @@ async def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
 
 
-def pod_body(name, app, ip, namespace="prod"):
+def pod_body(name, app, ip, namespace="prod", sidecar=True):
+    from ipsec_mesh_operator.admission import sidecar_container
+    spec = {"serviceAccountName": "default"}
+    if sidecar:
+        spec["initContainers"] = [sidecar_container(OperatorConfig(), "PEM")]
     return kopf.Body({"metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": {"app": app},
                                    "annotations": {"ipsec-mesh.io/injected": "true"}},
-                      "spec": {"serviceAccountName": "default"}, "status": {"podIPs": [{"ip": ip}]}})
+                      "spec": spec, "status": {"podIPs": [{"ip": ip}]}})
 
 
 async def test_concurrent_pod_and_namespace_events_change_the_index_on_the_loop_thread_only(runtime):
@@ -196,3 +202,23 @@ def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keep
     settings = kopf.OperatorSettings()
     handlers.draw_peering_priority(settings)
     assert settings.peering.priority == 0
+
+
+async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime):
+    from ipsec_mesh_operator.admission import injection_patch
+    import jsonpatch
+    forged = pod_body("fake-0", "web", "10.3.0.1", sidecar=False)  # the annotation, but no sidecar
+    await handlers.injected_pods(body=forged, namespace="prod", name="fake-0")
+    assert runtime.index.pod(("prod", "fake-0")) is None
+    lookalike = dict(pod_body("fake-1", "web", "10.3.0.2"))
+    lookalike["spec"] = dict(lookalike["spec"])
+    lookalike["spec"]["initContainers"] = [{"name": "ipsec-mesh", "image": "busybox", "command": ["sleep", "inf"],
+                                            "restartPolicy": "Always"}]
+    await handlers.injected_pods(body=kopf.Body(lookalike), namespace="prod", name="fake-1")
+    assert runtime.index.pod(("prod", "fake-1")) is None
+    plain = {"metadata": {"name": "web-1", "namespace": "prod", "uid": "u1", "labels": {"app": "web"}},
+             "spec": {"containers": [{"name": "app", "image": "app"}]},
+             "status": {"podIPs": [{"ip": "10.3.0.3"}]}}
+    injected = jsonpatch.apply_patch(plain, injection_patch(plain, runtime.config, "PEM"))
+    await handlers.injected_pods(body=kopf.Body(injected), namespace="prod", name="web-1")
+    assert runtime.index.pod(("prod", "web-1")) is not None
