@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from .api import RUNTIME_KEY
 from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
-from .peering import InvalidPeering, parse_peering
+from .peering import InvalidPeering, PeeringSpec, parse_peering
 from .peering_status import awaiting_consent_message
 from .psk import secret_name
 
@@ -44,6 +45,7 @@ PORT_START_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 IKE_PORT = 500
 TOKEN_SECONDS = 3600
 MAX_REVIEW_BYTES = 3 * 1024 * 1024
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def _escape(key: str) -> str:
@@ -237,6 +239,49 @@ def review_response(review: Any, config: OperatorConfig, ca_bundle: str, index: 
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
+def _secret_refs(obj: Any) -> set[str]:
+    """Names of the Secrets a peering's remotes reference (none for an unparsable one)."""
+    meta = _mapping(_mapping(obj).get("metadata"))
+    try:
+        spec: PeeringSpec = parse_peering(meta.get("namespace") or "", meta.get("name") or "", _mapping(obj).get("spec"))
+    except InvalidPeering:
+        return set()
+    refs = {remote.psk_secret_ref[0] for remote in spec.remotes if remote.psk_secret_ref is not None}
+    return refs | {remote.trust_bundle_ref[1] for remote in spec.remotes
+                   if remote.trust_bundle_ref is not None and remote.trust_bundle_ref[0] == "Secret"}
+
+
+async def secret_access_problems(request: Mapping[str, Any], kube: Any) -> list[str]:
+    """The Secrets a created or updated peering newly references that its author may not `get`.
+
+    The operator reads them for the peering: without this SubjectAccessReview, a peering would
+    let its author read, through the pods, Secrets their RBAC does not give them.
+    """
+    obj = _mapping(request.get("object"))
+    namespace = _mapping(obj.get("metadata")).get("namespace") or request.get("namespace") or ""
+    refs = _secret_refs(obj) - (_secret_refs(request.get("oldObject")) if request.get("operation") == "UPDATE" else set())
+    user = _mapping(request.get("userInfo"))
+    problems = []
+    for name in sorted(refs):
+        sar = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               # Reviews are not stored; a unique name keeps strict API emulators happy.
+               "metadata": {"name": f"ipsec-mesh-{uuid.uuid4().hex}"}, "spec": {
+            "user": user.get("username") or "", "uid": user.get("uid") or "",
+            "groups": list(user.get("groups") or []), "extra": dict(_mapping(user.get("extra"))),
+            "resourceAttributes": {"namespace": namespace, "verb": "get", "resource": "secrets", "name": name},
+        }}
+        try:
+            answer = await kube.create(SAR_PATH, sar)
+        except Exception as exc:  # fail closed: an unchecked reference is a refused one
+            logger.warning("SubjectAccessReview for Secret %s/%s failed: %s", namespace, name, exc)
+            problems.append(f"could not check access to Secret {namespace}/{name}; try again")
+            continue
+        if not _mapping(_mapping(answer).get("status")).get("allowed"):
+            problems.append(f"{user.get('username') or 'the requester'} may not get Secret {namespace}/{name}; "
+                            "a peering can only reference Secrets its author may read")
+    return problems
+
+
 async def _handle(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     raw = await request.content.read(MAX_REVIEW_BYTES + 1)
@@ -245,9 +290,16 @@ async def _handle(request: web.Request) -> web.Response:
             raise ValueError("AdmissionReview too large")
         review = json.loads(raw)
         bundle = "".join(runtime.index.trust_bundle)
-        return web.json_response(review_response(review, runtime.config, bundle, runtime.index))
+        answer = review_response(review, runtime.config, bundle, runtime.index)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
+    response, kind = answer["response"], _mapping(review["request"].get("kind")).get("kind")
+    if kind == "IPsecPeering" and response["allowed"] and review["request"].get("operation") in ("CREATE", "UPDATE"):
+        if problems := await secret_access_problems(review["request"], runtime.kube):
+            response["allowed"] = False
+            response["status"] = {"code": 403, "reason": "Forbidden",
+                                  "message": "IPsecPeering rejected: " + "; ".join(problems)}
+    return web.json_response(answer)
 
 
 def make_webhook_app(runtime: Any) -> web.Application:

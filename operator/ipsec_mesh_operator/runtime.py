@@ -26,7 +26,7 @@ from ipsec_mesh.meshapi.status import StatusReport
 
 from . import metrics
 from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
-from .config import OperatorConfig
+from .config import REMOTE_SECRET_LABEL, OperatorConfig
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
@@ -186,20 +186,44 @@ class OperatorRuntime:
         for remote in spec.remotes:
             if spec.auth is AuthKind.PSK and remote.psk_secret_ref is not None:
                 ref_name, ref_key = remote.psk_secret_ref
-                value = await self.kube.read_config_data("Secret", spec.namespace, ref_name, ref_key)
-                if value is None or len(value) < 32:
-                    problems.append(f"remote {remote.name}: Secret {ref_name} key {ref_key} missing or < 32 bytes")
+                value, problem = await self._remote_secret(spec.namespace, ref_name, ref_key)
+                if problem is None and (value is None or len(value) < 32):
+                    problem = f"Secret {ref_name} key {ref_key} missing or < 32 bytes"
+                if problem is not None:
+                    self.index.set_remote_psk_keys(spec.key, remote.name, ())
+                    problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_psk_keys(spec.key, remote.name, (PskKey(f"{ref_name}", value),))
             elif remote.trust_bundle_ref is not None:
                 kind, ref_name, ref_key = remote.trust_bundle_ref
-                value = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key)
+                if kind == "Secret":
+                    value, problem = await self._remote_secret(spec.namespace, ref_name, ref_key)
+                else:
+                    value, problem = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key), None
                 pems = _split_pem(value.decode(errors="replace")) if value else ()
-                if not pems:
-                    problems.append(f"remote {remote.name}: {kind} {ref_name} key {ref_key} holds no certificate")
+                if problem is None and not pems:
+                    problem = f"{kind} {ref_name} key {ref_key} holds no certificate"
+                if problem is not None:
+                    self.index.set_remote_trust_bundle(spec.key, remote.name, ())
+                    problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_trust_bundle(spec.key, remote.name, pems)
         return problems
+
+    async def _remote_secret(self, namespace: str, name: str, key: str) -> tuple[bytes | None, str | None]:
+        """A key of a Secret that opted in to being named by peerings (else a problem to report).
+
+        Without the opt-in, whoever may create a peering could have any Secret of the namespace
+        (a database password, another peering's PSK) served to pods as a key: the operator
+        reads Secrets its users may not.
+        """
+        secret = await self.kube.read_secret(namespace, name)
+        if secret is None:
+            return None, None
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if labels.get(REMOTE_SECRET_LABEL) != "true":
+            return None, f"Secret {name} is not labelled {REMOTE_SECRET_LABEL}=true; it is not used"
+        return decode_secret_data(secret).get(key), None
 
     async def apply_peering(self, spec: PeeringSpec, owner: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         """Index a valid peering, load (or create, or rotate) its PSK, load its remote references.

@@ -236,3 +236,56 @@ async def test_a_low_unprivileged_port_start_is_kept_and_an_injected_pod_is_not_
     patched = jsonpatch.apply_patch(pod, injection_patch(pod, config, "PEM"))
     assert patched["spec"]["securityContext"]["sysctls"] == pod["spec"]["securityContext"]["sysctls"]
     assert injection_patch(patched, config, "PEM") == []  # what the webhook injected is not a forgery
+
+
+REMOTE_PSK_PEERING = {
+    "apiVersion": "ipsec-mesh.io/v1alpha1", "kind": "IPsecPeering",
+    "metadata": {"name": "east", "namespace": "prod"},
+    "spec": {"selector": {}, "authentication": {"type": "psk"},
+             "peers": [{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"],
+                                   "pskSecretRef": {"name": "db-credentials", "key": "password"}}}]},
+}
+
+
+def _as(user, peering, operation="CREATE", old=None):
+    request = review("IPsecPeering", peering, operation)
+    request["request"]["userInfo"] = {"username": user, "uid": f"uid-{user}", "groups": ["system:authenticated"]}
+    if old is not None:
+        request["request"]["oldObject"] = old
+    return request
+
+
+async def test_a_peering_may_only_reference_secrets_its_author_may_read():
+    from kube_harness import running_kube
+    from ipsec_mesh_operator.kube import Connection, KubeClient
+    asked = []
+
+    def subject_access_review(request):
+        spec = request.data["spec"]
+        asked.append((spec["user"], spec["groups"], spec["resourceAttributes"]))
+        allowed = spec["user"] == "alice" and spec["resourceAttributes"]["name"] == "db-credentials"
+        return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec,
+                "status": {"allowed": allowed}}
+
+    def setup(emulator):
+        emulator["post /apis/authorization.k8s.io/v1/subjectaccessreviews"] << subject_access_review
+
+    with running_kube(setup) as kube:
+        async with running_servers() as (runtime, servers):
+            await runtime.kube.close()
+            runtime.kube = KubeClient(Connection(server=kube.url))
+            _, mallory = await post(servers, runtime, "/validate-ipsecpeerings", _as("mallory", REMOTE_PSK_PEERING))
+            _, alice = await post(servers, runtime, "/validate-ipsecpeerings", _as("alice", REMOTE_PSK_PEERING))
+            # An update that references no new Secret needs no new check (e.g. the operator's own patches).
+            _, unchanged = await post(servers, runtime, "/validate-ipsecpeerings",
+                                      _as("mallory", REMOTE_PSK_PEERING, "UPDATE", REMOTE_PSK_PEERING))
+            runtime.kube = KubeClient(Connection(server="http://127.0.0.1:9"))  # the API server is unreachable
+            _, unreachable = await post(servers, runtime, "/validate-ipsecpeerings", _as("alice", REMOTE_PSK_PEERING))
+    assert mallory["response"]["allowed"] is False
+    assert "mallory may not get Secret prod/db-credentials" in mallory["response"]["status"]["message"]
+    assert alice["response"]["allowed"] is True
+    assert unchanged["response"]["allowed"] is True
+    assert unreachable["response"]["allowed"] is False  # fails closed
+    assert asked[0] == ("mallory", ["system:authenticated"],
+                        {"namespace": "prod", "verb": "get", "resource": "secrets", "name": "db-credentials"})
+    assert len(asked) == 2

@@ -222,3 +222,29 @@ async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime
     injected = jsonpatch.apply_patch(plain, injection_patch(plain, runtime.config, "PEM"))
     await handlers.injected_pods(body=kopf.Body(injected), namespace="prod", name="web-1")
     assert runtime.index.pod(("prod", "web-1")) is not None
+
+
+async def test_a_remote_secret_reference_reaches_only_secrets_that_opted_in(runtime):
+    """The confused deputy: a peering naming any Secret of its namespace must not get it served as a PSK."""
+    from ipsec_mesh_operator.kube import encode_secret_data
+    await started_loop_queue(runtime)
+    runtime.index.upsert_pod(PodInfo("prod", "web-0", "u1", "default", {"app": "web"}, ("10.0.0.1",)))
+    password = b"hunter2-hunter2-hunter2-hunter2-hunter2"
+    runtime.kube.secrets[("prod", "db-credentials")] = {
+        "metadata": {"name": "db-credentials", "namespace": "prod", "labels": {}},
+        "data": encode_secret_data({"password": password})}
+    spec = {"selector": {}, "authentication": {"type": "psk"},
+            "peers": [{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"],
+                                  "pskSecretRef": {"name": "db-credentials", "key": "password"}}}]}
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="east", namespace="prod", spec=spec, body=body_of("east", spec),
+                                     patch=patch, reason="create")
+    peer_map = runtime.index.peer_map(("prod", "web-0"))
+    assert all(key.secret != password for policy in peer_map.policies for key in policy.psk_keys)
+    degraded = conditions(patch)["Degraded"]
+    assert degraded["reason"] == "ReferenceProblem" and "ipsec-mesh.io/remote-credentials" in degraded["message"]
+    runtime.kube.secrets[("prod", "db-credentials")]["metadata"]["labels"]["ipsec-mesh.io/remote-credentials"] = "true"
+    await handlers.reconcile_peering(name="east", namespace="prod", spec=spec, body=body_of("east", spec),
+                                     patch=kopf.Patch(), reason="update")
+    peer_map = runtime.index.peer_map(("prod", "web-0"))
+    assert [key.secret for policy in peer_map.policies for key in policy.psk_keys] == [password]
