@@ -6,6 +6,14 @@ the webhook configuration's namespaceSelector) or the pod the label
 sidecar is a native sidecar (an init container with restartPolicy Always, so
 it starts first and its startup probe holds the app containers back until the
 data plane is in place), with NET_ADMIN as its only capability.
+
+Refused, so that no pod is ever counted as meshed without a working sidecar:
+a pod that sets the ``injected`` annotation itself or names a container like
+the sidecar, an explicitly opted-in ``hostNetwork`` pod (the sidecar would
+program the node's namespace), and a pod whose ``ip_unprivileged_port_start``
+sysctl keeps IKE off UDP 500. A ``hostNetwork`` pod of an opted-in namespace is
+left alone, with a warning. The operator, for its part, only counts pods that
+carry the sidecar this webhook injects (`has_injected_sidecar`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +29,7 @@ from aiohttp import web
 
 from .api import RUNTIME_KEY
 from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
-from .peering import InvalidPeering, parse_peering
+from .peering import InvalidPeering, PeeringSpec, parse_peering
 from .peering_status import awaiting_consent_message
 from .psk import secret_name
 
@@ -31,8 +40,12 @@ TOKEN_VOLUME = "ipsec-mesh-token"
 RUN_VOLUME = "ipsec-mesh-run"
 TOKEN_DIR = "/var/run/secrets/ipsec-mesh"
 HEALTH_PORT = 15021
+SIDECAR_COMMAND = ["ipsec-mesh-sidecar", "mesh"]
+PORT_START_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
+IKE_PORT = 500
 TOKEN_SECONDS = 3600
 MAX_REVIEW_BYTES = 3 * 1024 * 1024
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 
 
 def _escape(key: str) -> str:
@@ -48,7 +61,7 @@ def sidecar_container(config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
         "image": config.sidecar_image,
         "imagePullPolicy": "IfNotPresent",
         # command, not args: whatever the image's ENTRYPOINT/CMD (the operator's kopf), run mesh mode.
-        "command": ["ipsec-mesh-sidecar", "mesh"],
+        "command": list(SIDECAR_COMMAND),
         "restartPolicy": "Always",
         "env": [
             field_env("POD_NAME", "metadata.name"),
@@ -93,17 +106,55 @@ def _volumes(config: OperatorConfig) -> list[dict[str, Any]]:
     ]
 
 
+class InjectionRefused(Exception):
+    """The pod cannot get a working sidecar, or pretends to have one: the message says what to change."""
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def has_injected_sidecar(spec: Mapping[str, Any], config: OperatorConfig) -> bool:
+    """The pod runs the sidecar this operator injects (its image, mesh mode, as a native sidecar)."""
+    return any(
+        isinstance(c, Mapping) and c.get("name") == SIDECAR_NAME and c.get("image") == config.sidecar_image
+        and c.get("command") == SIDECAR_COMMAND and c.get("restartPolicy") == "Always"
+        for c in spec.get("initContainers") or []
+    )
+
+
+def _check_injectable(meta: Mapping[str, Any], spec: Mapping[str, Any], config: OperatorConfig) -> None:
+    if _mapping(meta.get("annotations")).get(INJECTED_ANNOTATION) is not None:
+        raise InjectionRefused(f"the annotation {INJECTED_ANNOTATION} is set by the injection webhook only; "
+                               "remove it from the pod template")
+    containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+    if any(_mapping(c).get("name") == SIDECAR_NAME for c in containers):
+        raise InjectionRefused(f"container name {SIDECAR_NAME} is reserved for the injected sidecar; rename yours")
+    if spec.get("hostNetwork") is True:
+        raise InjectionRefused("hostNetwork pods cannot get the sidecar (it would program the node's network "
+                               f"namespace); remove the label {INJECT_LABEL}=true or hostNetwork")
+    for sysctl in _mapping(spec.get("securityContext")).get("sysctls") or []:
+        if _mapping(sysctl).get("name") != PORT_START_SYSCTL:
+            continue
+        value = str(_mapping(sysctl).get("value"))
+        if not value.isdigit() or int(value) > IKE_PORT:
+            raise InjectionRefused(f"{PORT_START_SYSCTL}={value} keeps the sidecar from binding UDP {IKE_PORT} "
+                                   f"for IKE; set it to {IKE_PORT} or less, or leave it out (the webhook sets 0)")
+
+
 def injection_patch(pod: Mapping[str, Any], config: OperatorConfig, ca_bundle: str) -> list[dict[str, Any]]:
-    """JSON Patch operations that inject the sidecar; empty if the pod opts out or already has it."""
+    """JSON Patch operations that inject the sidecar; empty if the pod opts out, is a hostNetwork pod of
+    an opted-in namespace, or already has what this webhook injected. Raises InjectionRefused."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
-    if (meta.get("labels") or {}).get(INJECT_LABEL) == "false":
+    labels = _mapping(meta.get("labels"))
+    if labels.get(INJECT_LABEL) == "false":
         return []
-    if (meta.get("annotations") or {}).get(INJECTED_ANNOTATION) == "true":
+    if _mapping(meta.get("annotations")).get(INJECTED_ANNOTATION) == "true" and has_injected_sidecar(spec, config):
         return []
-    containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
-    if any(c.get("name") == SIDECAR_NAME for c in containers if isinstance(c, Mapping)):
+    if spec.get("hostNetwork") is True and labels.get(INJECT_LABEL) != "true":
         return []
+    _check_injectable(meta, spec, config)
     ops: list[dict[str, Any]] = []
     sidecar = sidecar_container(config, ca_bundle)
     if spec.get("initContainers"):
@@ -117,8 +168,8 @@ def injection_patch(pod: Mapping[str, Any], config: OperatorConfig, ca_bundle: s
     # IKE listens on UDP 500: allow binding it without CAP_NET_BIND_SERVICE (a namespaced, safe sysctl).
     security = spec.get("securityContext") or {}
     sysctls = security.get("sysctls") or []
-    if not any(s.get("name") == "net.ipv4.ip_unprivileged_port_start" for s in sysctls if isinstance(s, Mapping)):
-        sysctl = {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}
+    if not any(s.get("name") == PORT_START_SYSCTL for s in sysctls if isinstance(s, Mapping)):
+        sysctl = {"name": PORT_START_SYSCTL, "value": "0"}
         if "securityContext" not in spec:
             ops.append({"op": "add", "path": "/spec/securityContext", "value": {"sysctls": [sysctl]}})
         elif not sysctls:
@@ -165,10 +216,18 @@ def review_response(review: Any, config: OperatorConfig, ca_bundle: str, index: 
     kind = (request.get("kind") or {}).get("kind")
     obj = request.get("object") or {}
     if kind == "Pod" and request.get("operation") == "CREATE":
-        ops = injection_patch(obj, config, ca_bundle)
+        try:
+            ops = injection_patch(obj, config, ca_bundle)
+        except InjectionRefused as exc:
+            response["allowed"] = False
+            response["status"] = {"code": 403, "reason": "Forbidden", "message": f"ipsec-mesh: {exc}"}
+            ops = []
         if ops:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(ops).encode()).decode()
+        elif response["allowed"] and (obj.get("spec") or {}).get("hostNetwork") is True:
+            response["warnings"] = ["ipsec-mesh: hostNetwork pod not injected (the sidecar would program the "
+                                    "node's network namespace); its traffic is not encrypted"]
     elif kind == "IPsecPeering" and request.get("operation") in ("CREATE", "UPDATE"):
         problems = peering_problems(obj)
         if problems:
@@ -180,6 +239,49 @@ def review_response(review: Any, config: OperatorConfig, ca_bundle: str, index: 
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
+def _secret_refs(obj: Any) -> set[str]:
+    """Names of the Secrets a peering's remotes reference (none for an unparsable one)."""
+    meta = _mapping(_mapping(obj).get("metadata"))
+    try:
+        spec: PeeringSpec = parse_peering(meta.get("namespace") or "", meta.get("name") or "", _mapping(obj).get("spec"))
+    except InvalidPeering:
+        return set()
+    refs = {remote.psk_secret_ref[0] for remote in spec.remotes if remote.psk_secret_ref is not None}
+    return refs | {remote.trust_bundle_ref[1] for remote in spec.remotes
+                   if remote.trust_bundle_ref is not None and remote.trust_bundle_ref[0] == "Secret"}
+
+
+async def secret_access_problems(request: Mapping[str, Any], kube: Any) -> list[str]:
+    """The Secrets a created or updated peering newly references that its author may not `get`.
+
+    The operator reads them for the peering: without this SubjectAccessReview, a peering would
+    let its author read, through the pods, Secrets their RBAC does not give them.
+    """
+    obj = _mapping(request.get("object"))
+    namespace = _mapping(obj.get("metadata")).get("namespace") or request.get("namespace") or ""
+    refs = _secret_refs(obj) - (_secret_refs(request.get("oldObject")) if request.get("operation") == "UPDATE" else set())
+    user = _mapping(request.get("userInfo"))
+    problems = []
+    for name in sorted(refs):
+        sar = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               # Reviews are not stored; a unique name keeps strict API emulators happy.
+               "metadata": {"name": f"ipsec-mesh-{uuid.uuid4().hex}"}, "spec": {
+            "user": user.get("username") or "", "uid": user.get("uid") or "",
+            "groups": list(user.get("groups") or []), "extra": dict(_mapping(user.get("extra"))),
+            "resourceAttributes": {"namespace": namespace, "verb": "get", "resource": "secrets", "name": name},
+        }}
+        try:
+            answer = await kube.create(SAR_PATH, sar)
+        except Exception as exc:  # fail closed: an unchecked reference is a refused one
+            logger.warning("SubjectAccessReview for Secret %s/%s failed: %s", namespace, name, exc)
+            problems.append(f"could not check access to Secret {namespace}/{name}; try again")
+            continue
+        if not _mapping(_mapping(answer).get("status")).get("allowed"):
+            problems.append(f"{user.get('username') or 'the requester'} may not get Secret {namespace}/{name}; "
+                            "a peering can only reference Secrets its author may read")
+    return problems
+
+
 async def _handle(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
     raw = await request.content.read(MAX_REVIEW_BYTES + 1)
@@ -188,9 +290,16 @@ async def _handle(request: web.Request) -> web.Response:
             raise ValueError("AdmissionReview too large")
         review = json.loads(raw)
         bundle = "".join(runtime.index.trust_bundle)
-        return web.json_response(review_response(review, runtime.config, bundle, runtime.index))
+        answer = review_response(review, runtime.config, bundle, runtime.index)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400)
+    response, kind = answer["response"], _mapping(review["request"].get("kind")).get("kind")
+    if kind == "IPsecPeering" and response["allowed"] and review["request"].get("operation") in ("CREATE", "UPDATE"):
+        if problems := await secret_access_problems(review["request"], runtime.kube):
+            response["allowed"] = False
+            response["status"] = {"code": 403, "reason": "Forbidden",
+                                  "message": "IPsecPeering rejected: " + "; ".join(problems)}
+    return web.json_response(answer)
 
 
 def make_webhook_app(runtime: Any) -> web.Application:

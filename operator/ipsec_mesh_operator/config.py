@@ -10,6 +10,8 @@ from ipsec_mesh.meshapi import fields
 INJECT_LABEL = "ipsec-mesh.io/inject"
 INJECTED_ANNOTATION = "ipsec-mesh.io/injected"
 FINALIZER = "ipsec-mesh.io/finalizer"
+#: A Secret a peering's remote (pskSecretRef, trustBundle of kind Secret) may name must carry this label set to "true".
+REMOTE_SECRET_LABEL = "ipsec-mesh.io/remote-credentials"
 
 
 def _env(name: str, default: str) -> str:

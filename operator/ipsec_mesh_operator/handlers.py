@@ -18,7 +18,7 @@ import kopf
 
 from ipsec_mesh.meshapi import AuthKind
 
-from .admission import make_webhook_app
+from .admission import has_injected_sidecar, make_webhook_app
 from .config import FINALIZER, INJECTED_ANNOTATION, OperatorConfig
 from .index import PodInfo
 from .kube import KubeClient, load_connection
@@ -181,21 +181,30 @@ async def delete_peering(name: str, namespace: str, **_: Any) -> None:
 # ---- pods and namespaces ------------------------------------------------------
 
 
+# async on purpose: kopf runs plain `def` handlers in worker threads, and the mesh index and the
+# watchers' asyncio.Events it sets belong to the event loop's thread alone.
 @kopf.index("pods", annotations={INJECTED_ANNOTATION: "true"})
-def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
-    """kopf index of injected pods; feeds the mesh index incrementally on every change."""
+async def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
+    """kopf index of injected pods; feeds the mesh index incrementally on every change.
+
+    The annotation alone proves nothing (a pod that never met the webhook may set it): only a
+    pod that runs the injected sidecar is in the mesh."""
+    rt = runtime()
+    if not has_injected_sidecar(body.get("spec") or {}, rt.config):
+        rt.remove_pod((namespace, name))
+        return {}
     info = PodInfo.from_body(body)
-    runtime().index.upsert_pod(info)
+    rt.index.upsert_pod(info)
     return {(namespace, name): info}
 
 
 @kopf.on.event("pods", annotations={INJECTED_ANNOTATION: "true"})
-def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
+async def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().remove_pod((namespace, name))
 
 
-def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
+async def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
     rt = runtime()
     if type == "DELETED":
         rt.index.remove_namespace(name)

@@ -32,6 +32,12 @@ DEFAULTS = {
     "ikeLifetime": "4h",
     "childLifetime": "1h",
 }
+# The CRD's fields (crds/ipsecpeerings.yaml; a test keeps them equal): anything else is a typo.
+SPEC_FIELDS = frozenset({"selector", "peers", "authentication", "proposals", "lifetimes", "enforcement", "tfcPadding"})
+AUTH_FIELDS = frozenset({"type", "certificateLifetime", "pskRotationInterval", "pskOverlap"})
+PROPOSAL_FIELDS = frozenset({"ike", "esp"})
+LIFETIME_FIELDS = frozenset({"ike", "child"})
+PEER_FIELDS = frozenset({"name", "podSelector", "namespaceSelector", "remote"})
 MIN_CHILD_LIFETIME = 60
 MIN_CERTIFICATE_LIFETIME = 600
 
@@ -113,6 +119,12 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
     auth_spec = _section(spec, "authentication")
     proposals = _section(spec, "proposals")
     lifetimes = _section(spec, "lifetimes")
+    # The API server prunes unknown fields; the standalone YAML reaches us unpruned.
+    c.messages.extend(fields.unknown_fields(spec, "spec", SPEC_FIELDS))
+    for section, path, known in ((auth_spec, "spec.authentication", AUTH_FIELDS),
+                                 (proposals, "spec.proposals", PROPOSAL_FIELDS),
+                                 (lifetimes, "spec.lifetimes", LIFETIME_FIELDS)):
+        c.messages.extend(fields.unknown_fields(section, path, known))
     auth = c.check(fields.choice, auth_spec.get("type", "certificate"), "spec.authentication.type", AuthKind,
                    default=AuthKind.CERTIFICATE)
     pod_peers, remotes = _parse_peers(c, spec.get("peers"))
@@ -163,6 +175,7 @@ def _parse_peers(c: _Collector, value: Any) -> tuple[tuple[PodPeers, ...], tuple
         if not isinstance(item, Mapping) or ("podSelector" in item) == ("remote" in item):
             c.messages.append(f"{path}: give exactly one of podSelector (pods here) or remote (another cluster)")
             continue
+        c.messages.extend(fields.unknown_fields(item, path, PEER_FIELDS))
         if "podSelector" in item:
             pods = c.check(LabelSelector.parse, item["podSelector"], f"{path}.podSelector", default=LabelSelector())
             namespaces = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 
+from ipsec_mesh.meshapi import fields
+
 from .diagnose import Verdict
 from .overview import PeeringOverview
 
@@ -27,7 +29,12 @@ def verdict_text(verdict: Verdict) -> str:
     lines += [f"  - {detail}" for detail in verdict.details]
     if not verdict.encrypted:
         lines.append(f"  what to do: {verdict.action}")
-    return "\n".join(lines)
+    return _text(lines)
+
+
+def _text(lines: list[str]) -> str:
+    # Statuses, conditions and names come from the cluster and its sidecars: no control characters.
+    return "\n".join(fields.printable(line) for line in lines)
 
 
 def verdict_json(verdict: Verdict) -> str:
@@ -53,7 +60,7 @@ def overview_text(entries: list[PeeringOverview]) -> str:
             lines.append(f"  {kind}={status} {reason}: {message}")
         lines += [f"  sidecar error: {error}" for error in entry.errors]
         lines += [f"  SA {sa}" for sa in entry.sas]
-    return "\n".join(lines)
+    return _text(lines)
 
 
 def overview_json(entries: list[PeeringOverview]) -> str:

@@ -10,21 +10,23 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ipsec_mesh.meshapi import (
     AuthKind,
     IssuedCertificate,
+    PeeringPolicy,
     PeerMap,
     PskKey,
+    fields,
     service_account_uri,
 )
 from ipsec_mesh.meshapi.status import StatusReport
 
 from . import metrics
 from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
-from .config import OperatorConfig
+from .config import REMOTE_SECRET_LABEL, OperatorConfig
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
@@ -32,6 +34,11 @@ from .psk import PskRing, secret_name
 from .tokens import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
+
+#: CHILD_SAs a pod may claim per peer address of a policy (rekey overlap, per-Service selectors).
+MAX_SAS_PER_PEER_ADDRESS = 8
+#: Addresses of a remote cluster's CIDRs counted towards that bound.
+MAX_REMOTE_ADDRESSES = 1024
 
 
 class NotAllowed(Exception):
@@ -179,20 +186,44 @@ class OperatorRuntime:
         for remote in spec.remotes:
             if spec.auth is AuthKind.PSK and remote.psk_secret_ref is not None:
                 ref_name, ref_key = remote.psk_secret_ref
-                value = await self.kube.read_config_data("Secret", spec.namespace, ref_name, ref_key)
-                if value is None or len(value) < 32:
-                    problems.append(f"remote {remote.name}: Secret {ref_name} key {ref_key} missing or < 32 bytes")
+                value, problem = await self._remote_secret(spec.namespace, ref_name, ref_key)
+                if problem is None and (value is None or len(value) < 32):
+                    problem = f"Secret {ref_name} key {ref_key} missing or < 32 bytes"
+                if problem is not None:
+                    self.index.set_remote_psk_keys(spec.key, remote.name, ())
+                    problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_psk_keys(spec.key, remote.name, (PskKey(f"{ref_name}", value),))
             elif remote.trust_bundle_ref is not None:
                 kind, ref_name, ref_key = remote.trust_bundle_ref
-                value = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key)
+                if kind == "Secret":
+                    value, problem = await self._remote_secret(spec.namespace, ref_name, ref_key)
+                else:
+                    value, problem = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key), None
                 pems = _split_pem(value.decode(errors="replace")) if value else ()
-                if not pems:
-                    problems.append(f"remote {remote.name}: {kind} {ref_name} key {ref_key} holds no certificate")
+                if problem is None and not pems:
+                    problem = f"{kind} {ref_name} key {ref_key} holds no certificate"
+                if problem is not None:
+                    self.index.set_remote_trust_bundle(spec.key, remote.name, ())
+                    problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_trust_bundle(spec.key, remote.name, pems)
         return problems
+
+    async def _remote_secret(self, namespace: str, name: str, key: str) -> tuple[bytes | None, str | None]:
+        """A key of a Secret that opted in to being named by peerings (else a problem to report).
+
+        Without the opt-in, whoever may create a peering could have any Secret of the namespace
+        (a database password, another peering's PSK) served to pods as a key: the operator
+        reads Secrets its users may not.
+        """
+        secret = await self.kube.read_secret(namespace, name)
+        if secret is None:
+            return None, None
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if labels.get(REMOTE_SECRET_LABEL) != "true":
+            return None, f"Secret {name} is not labelled {REMOTE_SECRET_LABEL}=true; it is not used"
+        return decode_secret_data(secret).get(key), None
 
     async def apply_peering(self, spec: PeeringSpec, owner: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         """Index a valid peering, load (or create, or rotate) its PSK, load its remote references.
@@ -306,7 +337,15 @@ class OperatorRuntime:
                 event.set()
 
     def record_status(self, pod: PodKey, report: StatusReport) -> None:
-        self.reports[pod] = (self.clock(), report)
+        """Keep what the pod says about the policies of its own peer map, within what they allow."""
+        peer_map = self.index.peer_map(pod)
+        governing = {policy.name: policy for policy in peer_map.policies} if peer_map is not None else {}
+        kept = tuple(
+            replace(status, last_error=fields.printable(status.last_error),
+                    established_sas=min(status.established_sas, _max_sas(governing[status.name])))
+            for status in report.peerings if status.name in governing
+        )
+        self.reports[pod] = (self.clock(), replace(report, peerings=kept))
 
     def forget_pod(self, pod: PodKey) -> None:
         self.reports.pop(pod, None)
@@ -328,6 +367,8 @@ class OperatorRuntime:
             entry = self.reports.get(pod)
             if entry is None or now - entry[0] > self.config.status_ttl:
                 continue
+            if key not in self.index.effective_peerings(pod):
+                continue  # e.g. its namespace never consented (any more): it has no say on this peering
             reporting += 1
             for status in entry[1].peerings:
                 if status.name == name or status.name.startswith(name + "/"):
@@ -339,6 +380,12 @@ class OperatorRuntime:
         return PeeringHealth(len(members), len(self.index.peer_pods(key)), established, reporting,
                              tuple(sorted(errors)[:5]),
                              self.index.one_sided_namespaces(spec) if spec is not None else ())
+
+
+def _max_sas(policy: PeeringPolicy) -> int:
+    addresses = sum(min(sum(net.num_addresses for net in peer.addresses), MAX_REMOTE_ADDRESSES)
+                    for peer in policy.peers)
+    return MAX_SAS_PER_PEER_ADDRESS * addresses
 
 
 def _split_pem(text: str) -> tuple[str, ...]:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ipsec_mesh.meshapi import fields
+
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -40,6 +42,8 @@ class LabelSelector:
             return cls()
         if not isinstance(value, Mapping):
             raise SelectorError(f"{path} must be an object")
+        if unknown := fields.unknown_fields(value, path, {"matchLabels", "matchExpressions"}):
+            raise SelectorError("; ".join(unknown))
         labels = value.get("matchLabels") or {}
         expressions = value.get("matchExpressions") or []
         if not isinstance(labels, Mapping) or not all(
@@ -66,6 +70,8 @@ class LabelSelector:
 def _requirement(item: Any, path: str) -> Requirement:
     if not isinstance(item, Mapping) or not isinstance(item.get("key"), str):
         raise SelectorError(f"{path} needs a key")
+    if unknown := fields.unknown_fields(item, path, {"key", "operator", "values"}):
+        raise SelectorError("; ".join(unknown))
     operator = item.get("operator")
     if operator not in OPERATORS:
         raise SelectorError(f"{path}.operator must be one of {', '.join(OPERATORS)}")

@@ -8,6 +8,7 @@ the token's hash so that a burst of calls costs one review.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,16 @@ MAX_TOKEN_BYTES = 16 * 1024
 POSITIVE_TTL = 60.0
 NEGATIVE_TTL = 5.0
 MAX_CACHE = 50_000
+#: RFC 6750 section 2.1: "Bearer", one space, a b64token; nothing else (no folding, no trailing junk).
+_BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header exactly as sent, or None if it is not one."""
+    if not authorization or len(authorization) > MAX_TOKEN_BYTES + len("Bearer "):
+        return None
+    match = _BEARER.fullmatch(authorization)
+    return match.group(1) if match else None
 
 
 class Unauthenticated(Exception):
@@ -48,8 +59,8 @@ class TokenAuthenticator:
     async def authenticate(self, authorization: str | None) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("missing bearer token")
-        token = authorization[len("Bearer "):].strip()
-        if not token or len(token) > MAX_TOKEN_BYTES:
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthenticated("malformed bearer token")
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()

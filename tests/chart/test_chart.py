@@ -104,6 +104,7 @@ def test_rbac_is_least_privilege():
     assert verbs[("", "secrets")] == {"get", "create", "patch"}
     assert verbs[("", "pods")] == {"get", "list", "watch"}
     assert verbs[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    assert verbs[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}  # the webhook's Secret check
     assert all("*" not in v for v in verbs.values()) and all("delete" not in v for v in verbs.values())
     webhook_rule = next(r for r in rules if "admissionregistration.k8s.io" in r["apiGroups"])
     assert webhook_rule["resourceNames"] == ["mesh-ipsec-mesh"]

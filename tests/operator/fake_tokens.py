@@ -22,9 +22,12 @@ def issue(namespace: str, service_account: str, pod: str, pod_uid: str, audience
           lifetime: float = 3600, key: bytes = SIGNING_KEY) -> str:
     claims = {"ns": namespace, "sa": service_account, "pod": pod, "uid": pod_uid, "aud": [audience],
               "exp": time.time() + lifetime}
-    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode()
-    signature = base64.urlsafe_b64encode(hmac.new(key, payload.encode(), hashlib.sha256).digest()).decode()
-    return f"{payload}.{signature}"
+    payload = _b64(json.dumps(claims).encode())
+    return f"{payload}.{_b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # unpadded, as in a JWT
 
 
 def review(request: Any) -> dict[str, Any]:
@@ -33,10 +36,10 @@ def review(request: Any) -> dict[str, Any]:
     token, audiences = spec.get("token", ""), spec.get("audiences") or []
     answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
     payload, _, signature = token.partition(".")
-    expected = base64.urlsafe_b64encode(hmac.new(SIGNING_KEY, payload.encode(), hashlib.sha256).digest()).decode()
+    expected = _b64(hmac.new(SIGNING_KEY, payload.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(signature, expected):
         return {**answer, "status": {"authenticated": False, "error": "invalid bearer token"}}
-    claims = json.loads(base64.urlsafe_b64decode(payload))
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     if claims["exp"] < time.time():
         return {**answer, "status": {"authenticated": False, "error": "token expired"}}
     matching = [a for a in claims["aud"] if a in audiences] if audiences else claims["aud"]

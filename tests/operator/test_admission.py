@@ -186,3 +186,106 @@ async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
     assert settings.pod_ips == ("10.0.0.1", "fd00::1")
     assert settings.api_url.startswith("https://") and str(settings.token_file).startswith(
         next(m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "ipsec-mesh-token"))
+
+
+def _pod(mutate):
+    pod = copy.deepcopy(POD)
+    mutate(pod)
+    return pod
+
+
+@pytest.mark.parametrize("mutate, words", [
+    # Claiming to be meshed without the sidecar: the operator would count it, peers would require ESP from it.
+    (lambda p: p["metadata"].update(annotations={"ipsec-mesh.io/injected": "true"}),
+     "ipsec-mesh.io/injected is set by the injection webhook only"),
+    (lambda p: p["spec"]["containers"].append({"name": "ipsec-mesh", "image": "busybox"}),
+     "container name ipsec-mesh is reserved"),
+    (lambda p: p["spec"].update(initContainers=[{"name": "ipsec-mesh", "image": "busybox"}]),
+     "container name ipsec-mesh is reserved"),
+    (lambda p: p["spec"].update(securityContext={"sysctls": [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "1024"}]}),
+     "net.ipv4.ip_unprivileged_port_start=1024 keeps the sidecar from binding UDP 500"),
+    (lambda p: p["spec"].update(securityContext={"sysctls": [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "low"}]}),
+     "net.ipv4.ip_unprivileged_port_start"),
+    (lambda p: (p["spec"].update(hostNetwork=True), p["metadata"]["labels"].update({"ipsec-mesh.io/inject": "true"})),
+     "hostNetwork"),
+])
+async def test_pods_that_would_be_counted_as_meshed_without_a_working_sidecar_are_refused(mutate, words):
+    async with running_servers() as (runtime, servers):
+        status, answer = await post(servers, runtime, "/mutate-pods", review("Pod", _pod(mutate)))
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is False and "patch" not in response
+    assert words in response["status"]["message"]
+
+
+async def test_host_network_pods_of_an_opted_in_namespace_are_left_alone_with_a_warning():
+    pod = _pod(lambda p: p["spec"].update(hostNetwork=True))
+    async with running_servers() as (runtime, servers):
+        status, answer = await post(servers, runtime, "/mutate-pods", review("Pod", pod))
+    response = answer["response"]
+    assert status == 200 and response["allowed"] is True and "patch" not in response
+    assert "hostNetwork" in response["warnings"][0] and "not injected" in response["warnings"][0]
+
+
+async def test_a_low_unprivileged_port_start_is_kept_and_an_injected_pod_is_not_refused_again():
+    config = OperatorConfig()
+    pod = _pod(lambda p: p["spec"].update(securityContext={"sysctls": [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "500"}]}))
+    patched = jsonpatch.apply_patch(pod, injection_patch(pod, config, "PEM"))
+    assert patched["spec"]["securityContext"]["sysctls"] == pod["spec"]["securityContext"]["sysctls"]
+    assert injection_patch(patched, config, "PEM") == []  # what the webhook injected is not a forgery
+
+
+REMOTE_PSK_PEERING = {
+    "apiVersion": "ipsec-mesh.io/v1alpha1", "kind": "IPsecPeering",
+    "metadata": {"name": "east", "namespace": "prod"},
+    "spec": {"selector": {}, "authentication": {"type": "psk"},
+             "peers": [{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"],
+                                   "pskSecretRef": {"name": "db-credentials", "key": "password"}}}]},
+}
+
+
+def _as(user, peering, operation="CREATE", old=None):
+    request = review("IPsecPeering", peering, operation)
+    request["request"]["userInfo"] = {"username": user, "uid": f"uid-{user}", "groups": ["system:authenticated"]}
+    if old is not None:
+        request["request"]["oldObject"] = old
+    return request
+
+
+async def test_a_peering_may_only_reference_secrets_its_author_may_read():
+    from kube_harness import running_kube
+    from ipsec_mesh_operator.kube import Connection, KubeClient
+    asked = []
+
+    def subject_access_review(request):
+        spec = request.data["spec"]
+        asked.append((spec["user"], spec["groups"], spec["resourceAttributes"]))
+        allowed = spec["user"] == "alice" and spec["resourceAttributes"]["name"] == "db-credentials"
+        return {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec,
+                "status": {"allowed": allowed}}
+
+    def setup(emulator):
+        emulator["post /apis/authorization.k8s.io/v1/subjectaccessreviews"] << subject_access_review
+
+    with running_kube(setup) as kube:
+        async with running_servers() as (runtime, servers):
+            await runtime.kube.close()
+            runtime.kube = KubeClient(Connection(server=kube.url))
+            _, mallory = await post(servers, runtime, "/validate-ipsecpeerings", _as("mallory", REMOTE_PSK_PEERING))
+            _, alice = await post(servers, runtime, "/validate-ipsecpeerings", _as("alice", REMOTE_PSK_PEERING))
+            # An update that references no new Secret needs no new check (e.g. the operator's own patches).
+            _, unchanged = await post(servers, runtime, "/validate-ipsecpeerings",
+                                      _as("mallory", REMOTE_PSK_PEERING, "UPDATE", REMOTE_PSK_PEERING))
+            runtime.kube = KubeClient(Connection(server="http://127.0.0.1:9"))  # the API server is unreachable
+            _, unreachable = await post(servers, runtime, "/validate-ipsecpeerings", _as("alice", REMOTE_PSK_PEERING))
+    assert mallory["response"]["allowed"] is False
+    assert "mallory may not get Secret prod/db-credentials" in mallory["response"]["status"]["message"]
+    assert alice["response"]["allowed"] is True
+    assert unchanged["response"]["allowed"] is True
+    assert unreachable["response"]["allowed"] is False  # fails closed
+    assert asked[0] == ("mallory", ["system:authenticated"],
+                        {"namespace": "prod", "verb": "get", "resource": "secrets", "name": "db-credentials"})
+    assert len(asked) == 2

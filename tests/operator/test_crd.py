@@ -8,6 +8,7 @@ import yaml
 
 from ipsec_mesh.meshapi import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS
 from ipsec_mesh_operator import crd
+from ipsec_mesh_operator import peering
 from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,15 @@ def test_crd_defaults_are_the_operator_defaults():
                "spec": {"selector": {}, "peers": [{"podSelector": {}}]}}
     defaulted = crd.apply_defaults(minimal)
     assert parse_peering("ns", "p", defaulted["spec"]) == parse_peering("ns", "p", minimal["spec"])
+
+
+def test_the_fields_the_parser_knows_are_the_crds():
+    spec = spec_schema()
+    assert set(spec) == peering.SPEC_FIELDS
+    assert set(spec["authentication"]["properties"]) == peering.AUTH_FIELDS
+    assert set(spec["proposals"]["properties"]) == peering.PROPOSAL_FIELDS
+    assert set(spec["lifetimes"]["properties"]) == peering.LIFETIME_FIELDS
+    assert set(spec["peers"]["items"]["properties"]) == peering.PEER_FIELDS
 
 
 def test_printer_columns_point_at_status_fields():

@@ -1,13 +1,16 @@
 """kopf handlers as functions: kopf.Body in, kopf.Patch and events out, with an in-memory Kubernetes."""
 
 import asyncio
+import threading
 import time
 
 import kopf
 import pytest
+from kopf._core.actions import invocation
 from kopf._core.engines import posting
 
 from ipsec_mesh_operator import handlers
+from ipsec_mesh_operator.admission import sidecar_container
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
@@ -129,16 +132,59 @@ async def test_unchanged_status_is_not_rewritten(runtime):
     assert not again.get("status")
 
 
-def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
+async def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     pod = kopf.Body({"metadata": {"name": "web-0", "namespace": "prod", "uid": "u", "labels": {"app": "web"}},
-                     "spec": {"serviceAccountName": "web"}, "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
-    indexed = handlers.injected_pods(body=pod, namespace="prod", name="web-0")
+                     "spec": {"serviceAccountName": "web", "initContainers": [sidecar_container(OperatorConfig(), "")]},
+                     "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
+    indexed = await handlers.injected_pods(body=pod, namespace="prod", name="web-0")
     assert indexed[("prod", "web-0")].ips == ("10.0.0.7",)
     assert runtime.index.pod(("prod", "web-0")).service_account == "web"
-    handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
+    await handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
     assert runtime.index.pod(("prod", "web-0")) is None
-    handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
+    await handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
     assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
+
+
+def pod_body(name, app, ip, namespace="prod", sidecar=True):
+    from ipsec_mesh_operator.admission import sidecar_container
+    spec = {"serviceAccountName": "default"}
+    if sidecar:
+        spec["initContainers"] = [sidecar_container(OperatorConfig(), "PEM")]
+    return kopf.Body({"metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": {"app": app},
+                                   "annotations": {"ipsec-mesh.io/injected": "true"}},
+                      "spec": spec, "status": {"podIPs": [{"ip": ip}]}})
+
+
+async def test_concurrent_pod_and_namespace_events_change_the_index_on_the_loop_thread_only(runtime):
+    """kopf runs plain `def` handlers in worker threads: the index and the watchers' asyncio.Events
+    must only ever be touched by the event loop's thread, however many events arrive at once."""
+    await started_loop_queue(runtime)
+    spec = {"selector": {"matchLabels": {"app": "web"}},
+            "peers": [{"podSelector": {"matchLabels": {"app": "db"}}, "namespaceSelector": {"matchLabels": {"t": "x"}}}]}
+    await handlers.reconcile_peering(name="p", namespace="prod", spec=spec, body=body_of("p", spec),
+                                     patch=kopf.Patch(), reason="create")
+    settings = kopf.OperatorSettings()
+
+    def call(fn, **kwargs):
+        return invocation.invoke(fn, settings=settings, kwargs=kwargs)  # as kopf calls handlers
+
+    await call(handlers.injected_pods, body=pod_body("web-w", "web", "10.1.0.1"), namespace="prod", name="web-w")
+    loop_thread, threads = threading.get_ident(), set()
+    runtime.index.listeners.append(lambda pods: threads.add(threading.get_ident()))
+    watched = ("prod", "web-w")
+    watcher = asyncio.create_task(runtime.wait_for_peer_map(watched, runtime.index.version(watched), 30))
+    await asyncio.sleep(0)
+    count = 60
+    calls = [call(handlers.namespace_event, type="ADDED", name=f"db{i}", labels={"t": "x"}) for i in range(count)]
+    calls += [call(handlers.injected_pods, body=pod_body(f"db-{i}", "db", f"10.2.{i}.1", f"db{i}"),
+                   namespace=f"db{i}", name=f"db-{i}") for i in range(count)]
+    calls += [call(handlers.pod_event, type="DELETED", namespace=f"db{i}", name=f"db-{i}")
+              for i in range(0, count, 2)]
+    await asyncio.gather(*calls)
+    assert threads == {loop_thread}
+    assert runtime.index.peer_pods(("prod", "p")) == {(f"db{i}", f"db-{i}") for i in range(1, count, 2)}
+    changed = await asyncio.wait_for(watcher, 5)
+    assert changed is not None and changed.version > 0
 
 
 def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():
@@ -156,3 +202,49 @@ def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keep
     settings = kopf.OperatorSettings()
     handlers.draw_peering_priority(settings)
     assert settings.peering.priority == 0
+
+
+async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime):
+    from ipsec_mesh_operator.admission import injection_patch
+    import jsonpatch
+    forged = pod_body("fake-0", "web", "10.3.0.1", sidecar=False)  # the annotation, but no sidecar
+    await handlers.injected_pods(body=forged, namespace="prod", name="fake-0")
+    assert runtime.index.pod(("prod", "fake-0")) is None
+    lookalike = dict(pod_body("fake-1", "web", "10.3.0.2"))
+    lookalike["spec"] = dict(lookalike["spec"])
+    lookalike["spec"]["initContainers"] = [{"name": "ipsec-mesh", "image": "busybox", "command": ["sleep", "inf"],
+                                            "restartPolicy": "Always"}]
+    await handlers.injected_pods(body=kopf.Body(lookalike), namespace="prod", name="fake-1")
+    assert runtime.index.pod(("prod", "fake-1")) is None
+    plain = {"metadata": {"name": "web-1", "namespace": "prod", "uid": "u1", "labels": {"app": "web"}},
+             "spec": {"containers": [{"name": "app", "image": "app"}]},
+             "status": {"podIPs": [{"ip": "10.3.0.3"}]}}
+    injected = jsonpatch.apply_patch(plain, injection_patch(plain, runtime.config, "PEM"))
+    await handlers.injected_pods(body=kopf.Body(injected), namespace="prod", name="web-1")
+    assert runtime.index.pod(("prod", "web-1")) is not None
+
+
+async def test_a_remote_secret_reference_reaches_only_secrets_that_opted_in(runtime):
+    """The confused deputy: a peering naming any Secret of its namespace must not get it served as a PSK."""
+    from ipsec_mesh_operator.kube import encode_secret_data
+    await started_loop_queue(runtime)
+    runtime.index.upsert_pod(PodInfo("prod", "web-0", "u1", "default", {"app": "web"}, ("10.0.0.1",)))
+    password = b"hunter2-hunter2-hunter2-hunter2-hunter2"
+    runtime.kube.secrets[("prod", "db-credentials")] = {
+        "metadata": {"name": "db-credentials", "namespace": "prod", "labels": {}},
+        "data": encode_secret_data({"password": password})}
+    spec = {"selector": {}, "authentication": {"type": "psk"},
+            "peers": [{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"],
+                                  "pskSecretRef": {"name": "db-credentials", "key": "password"}}}]}
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="east", namespace="prod", spec=spec, body=body_of("east", spec),
+                                     patch=patch, reason="create")
+    peer_map = runtime.index.peer_map(("prod", "web-0"))
+    assert all(key.secret != password for policy in peer_map.policies for key in policy.psk_keys)
+    degraded = conditions(patch)["Degraded"]
+    assert degraded["reason"] == "ReferenceProblem" and "ipsec-mesh.io/remote-credentials" in degraded["message"]
+    runtime.kube.secrets[("prod", "db-credentials")]["metadata"]["labels"]["ipsec-mesh.io/remote-credentials"] = "true"
+    await handlers.reconcile_peering(name="east", namespace="prod", spec=spec, body=body_of("east", spec),
+                                     patch=kopf.Patch(), reason="update")
+    peer_map = runtime.index.peer_map(("prod", "web-0"))
+    assert [key.secret for policy in peer_map.policies for key in policy.psk_keys] == [password]

@@ -14,6 +14,8 @@ from kopf.testing import KopfRunner
 
 import fake_tokens
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
+from ipsec_mesh_operator.admission import sidecar_container
+from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.metrics import REGISTRY
 from kube_harness import running_kube, wait_for
 
@@ -28,7 +30,8 @@ def pod_body(name, ip, app, sa="web", uid=None):
         "metadata": {"name": name, "namespace": "prod", "uid": uid or f"uid-{name}", "labels": {"app": app},
                      "resourceVersion": "1",
                      "annotations": {"ipsec-mesh.io/injected": "true"}},
-        "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app"}]},
+        "spec": {"serviceAccountName": sa, "containers": [{"name": "app", "image": "app"}],
+                 "initContainers": [sidecar_container(OperatorConfig(), "")]},  # as the webhook injects it
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
     }
 

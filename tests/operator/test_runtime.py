@@ -135,3 +135,60 @@ def test_one_sided_cross_namespace_peering_is_degraded_awaiting_consent_and_sets
     # prod cannot shorten team-b's certificates either; its own pod follows its peering.
     assert runtime.certificate_lifetime(("team-b", "api-0")) == 86400
     assert runtime.certificate_lifetime(("prod", "web-0")) == 600
+
+
+def _cross_namespace_runtime():
+    runtime = OperatorRuntime(OperatorConfig(), MemoryKube())
+    runtime.index.set_namespace_labels("team-b", {"team": "b"})
+    runtime.index.upsert_pod(PodInfo("prod", "web-0", "u", "default", {"app": "web"}, ("10.0.0.1",)))
+    runtime.index.upsert_pod(PodInfo("prod", "db-0", "u", "default", {"app": "db"}, ("10.0.0.2",)))
+    runtime.index.upsert_pod(PodInfo("team-b", "api-0", "u", "default", {"app": "api"}, ("10.1.0.1",)))
+    runtime.index.upsert_peering(parse_peering("prod", "p", {
+        "selector": {"matchLabels": {"app": "web"}},
+        "peers": [{"podSelector": {"matchLabels": {"app": "db"}}},
+                  {"podSelector": {"matchLabels": {"app": "api"}}, "namespaceSelector": {"matchLabels": {"team": "b"}}}]}))
+    return runtime
+
+
+def test_a_pod_reports_only_on_peerings_that_govern_it():
+    runtime = _cross_namespace_runtime()
+    # team-b never consented: prod/p does not govern api-0, so what it says about prod/p is not heard.
+    runtime.record_status(("team-b", "api-0"), StatusReport.from_dict({"appliedVersion": 1, "peerings": [
+        {"name": "prod/p", "establishedSAs": 5, "failedPeers": 1, "lastError": "forged outage"}]}))
+    runtime.record_status(("prod", "db-0"), StatusReport.from_dict({"appliedVersion": 1, "peerings": [
+        {"name": "prod/p", "failedPeers": 1, "lastError": "real trouble"},
+        {"name": "prod/elsewhere", "failedPeers": 1, "lastError": "not its peering"}]}))
+    health = runtime.health(("prod", "p"))
+    assert health.errors == ("prod/db-0: real trouble",)
+    assert health.reporting == 1
+    assert [s.name for s in runtime.reports[("prod", "db-0")][1].peerings] == ["prod/p"]
+
+
+def test_reported_sa_counts_are_bounded_by_the_pods_peers():
+    runtime = _cross_namespace_runtime()
+    runtime.record_status(("prod", "web-0"), StatusReport.from_dict({"appliedVersion": 1, "peerings": [
+        {"name": "prod/p", "establishedSAs": 1_000_000}]}))
+    health = runtime.health(("prod", "p"))
+    # web-0 lists one peer (db-0; api-0 has not consented): a handful of CHILD_SAs at most, never a million.
+    assert 1 <= health.established_sas <= 16
+
+
+def test_reported_errors_reach_status_without_control_characters():
+    runtime = _cross_namespace_runtime()
+    runtime.record_status(("prod", "db-0"), StatusReport.from_dict({"appliedVersion": 1, "peerings": [
+        {"name": "prod/p", "failedPeers": 1, "lastError": "bad\n\x1b[2J\rReady=True\u202e\x00"}]}))
+    (error,) = runtime.health(("prod", "p")).errors
+    assert error.isprintable() and "\x1b" not in error and "\n" not in error
+    assert error.startswith("prod/db-0: bad") and "Ready=True" in error
+
+
+def test_the_peerings_listing_escapes_what_the_cluster_wrote():
+    from ipsec_mesh_operator.overview import PeeringOverview
+    from ipsec_mesh_operator.render import overview_text
+    entry = PeeringOverview(
+        ref="prod/p", members=("prod/web-0",), peers=(), not_injected=(), remotes=(), established_sas=1,
+        ready="True", conditions=(("Degraded", "True", "SidecarErrors", "x\x1b]0;owned\x07\nReady=True ok"),),
+        errors=("prod/web-0: \x1b[31mred\x1b[0m\r\nforged line",))
+    text = overview_text([entry])
+    assert all(line.isprintable() for line in text.split("\n"))
+    assert not any(line.startswith(("Ready=True", "forged")) for line in text.split("\n"))

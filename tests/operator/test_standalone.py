@@ -227,3 +227,59 @@ async def test_a_new_service_account_on_reload_means_a_new_token(tmp_path):
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
             f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/frontend"]
+
+
+async def _status_with(operator, token):
+    url = (operator.state_dir / "api-url").read_text().strip()
+    bundle = (operator.state_dir / "ca-bundle.pem").read_text()
+    async with MeshApiClient(url, ca_bundle=bundle, token=lambda: token) as client:
+        try:
+            await client.fetch_peer_map()
+        except MeshApiRequestError as error:
+            return error.status
+        return 200
+
+
+def _mesh_with_db(ip=None, labels=None):
+    document = json.loads(json.dumps(MESH))
+    db = next(p for p in document["pods"] if p["name"] == "db")
+    if ip is None:
+        document["pods"].remove(db)
+    else:
+        db.update(ips=[ip], labels=labels or db["labels"])
+    return document
+
+
+async def test_a_removed_pods_token_never_works_for_a_new_pod_of_the_same_name(tmp_path):
+    async with running(tmp_path) as operator:
+        stolen = operator.token_path("shop", "db").read_text()
+        assert await _status_with(operator, stolen) == 200
+        write_mesh(operator.config_path, _mesh_with_db())
+        assert await operator.reload() is True
+        assert await _status_with(operator, stolen) == 503  # its pod is not in the mesh
+        write_mesh(operator.config_path, _mesh_with_db("10.0.0.9", {"app": "db", "tier": "new"}))
+        assert await operator.reload() is True
+        # 403 while the authenticator still caches the review (the uid is not the new pod's), 401 after.
+        assert await _status_with(operator, stolen) in (401, 403)
+        assert await _status_with(operator, operator.token_path("shop", "db").read_text()) == 200
+        # The same pod through reloads that do not touch it keeps its uid, so its token keeps working.
+        current = operator.token_path("shop", "db").read_text()
+        assert await operator.reload() is True
+        assert await _status_with(operator, current) == 200
+
+
+async def test_a_removed_pods_token_stays_dead_across_restarts(tmp_path):
+    async with running(tmp_path) as operator:
+        stolen = operator.token_path("shop", "db").read_text()
+    write_mesh(tmp_path / "mesh.yaml", _mesh_with_db())
+    async with running(tmp_path) as operator:
+        assert await _status_with(operator, stolen) == 401
+    write_mesh(tmp_path / "mesh.yaml", _mesh_with_db("10.0.0.2"))  # back, even at the same address
+    async with running(tmp_path) as operator:
+        assert await _status_with(operator, stolen) == 401
+        kept = operator.token_path("shop", "db").read_text()
+    async with running(tmp_path) as operator:  # an unchanged pod keeps its incarnation across a restart
+        assert await _status_with(operator, kept) == 200
+    write_mesh(tmp_path / "mesh.yaml", _mesh_with_db("10.0.0.7"))  # edited while stopped: a new pod
+    async with running(tmp_path) as operator:
+        assert await _status_with(operator, kept) == 401

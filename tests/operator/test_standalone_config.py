@@ -8,7 +8,7 @@ import pytest
 
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config, pod_uid
+from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config
 from standalone_fixture import MESH
 
 
@@ -16,10 +16,9 @@ def test_pods_become_pod_infos_as_the_handlers_build_them():
     config = parse_config(MESH)
     web = config.pods[0]
     assert web == PodInfo.from_body({
-        "metadata": {"namespace": "shop", "name": "web", "uid": pod_uid("shop", "web"), "labels": {"app": "web"}},
+        "metadata": {"namespace": "shop", "name": "web", "uid": "", "labels": {"app": "web"}},
         "spec": {"serviceAccountName": "web"}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}})
     assert config.pods[2].service_account == "default"
-    assert pod_uid("shop", "web") == pod_uid("shop", "web") != pod_uid("shop", "db")
     assert config.peerings[0] == parse_peering("shop", "web-db", MESH["peerings"][0]["spec"])
     assert config.namespace_labels() == {"shop": {"kubernetes.io/metadata.name": "shop"}}
 
@@ -47,6 +46,22 @@ def _with(mutate):
      "peerings[0].spec: enforcement: unknown value"),
     (lambda d: d["peerings"][0]["spec"].update(lifetimes={"child": "10s"}), "peerings[0].spec", "at least 60s"),
     (lambda d: d["peerings"].append(copy.deepcopy(d["peerings"][0])), "peerings[2]", "listed twice"),
+    # Misspelt fields are refused, never silently ignored (tfcpadding would leave TFC padding off).
+    (lambda d: d["peerings"][0]["spec"].update(tfcpadding=True), "peerings[0].spec",
+     "tfcpadding: unknown field (did you mean tfcPadding?)"),
+    (lambda d: d["peerings"][1]["spec"]["authentication"].update(pskRotation="1h"), "peerings[1].spec",
+     "authentication.pskRotation: unknown field (did you mean pskRotationInterval?)"),
+    (lambda d: d["peerings"][0]["spec"].update(lifetimes={"childe": "2h"}), "peerings[0].spec",
+     "lifetimes.childe: unknown field (did you mean child?)"),
+    (lambda d: d["peerings"][0]["spec"].update(proposals={"ah": ["x"]}), "peerings[0].spec",
+     "proposals.ah: unknown field"),
+    (lambda d: d["peerings"][0]["spec"]["peers"][0].update(podselector={}), "peerings[0].spec",
+     "peers[0].podselector: unknown field (did you mean podSelector?)"),
+    (lambda d: d["peerings"][0]["spec"]["selector"].update(matchlabels={"app": "x"}), "peerings[0].spec",
+     "selector.matchlabels: unknown field (did you mean matchLabels?)"),
+    (lambda d: d["peerings"][0]["spec"].update(selector={"matchExpressions": [
+        {"key": "a", "operator": "Exists", "value": ["b"]}]}), "peerings[0].spec",
+     "selector.matchExpressions[0].value: unknown field (did you mean values?)"),
     (lambda d: d.update(namespaces={"shop": {"team": 1}}), "namespaces.shop.team", "must be a string"),
     (lambda d: d.update(configMaps=[{"name": "x", "data": {"k": 1}}]), "configMaps[0].data", "map keys"),
 ])

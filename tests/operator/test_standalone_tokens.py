@@ -72,3 +72,48 @@ def test_key_and_admin_token_persist_with_mode_0600(tmp_path):
     (tmp_path / "short").write_bytes(b"123")
     with pytest.raises(InvalidToken):
         load_or_create_key(tmp_path / "short")
+
+
+def _variants(token):
+    """Spellings of `token` that a non-strict base64url decoder reads as the same bytes."""
+    prefix, payload, signature = token[:5], *token[5:].split(".")
+    return [
+        f"{prefix}{payload}.{signature}=",                      # padding
+        f"{prefix}{payload}.{signature}==",
+        f"{prefix}{payload}=.{signature}" if len(payload) % 4 == 3 else f"{prefix}{payload}==.{signature}",
+        f"{prefix}{payload}.{signature[:5]}*{signature[5:]}",   # junk characters are skipped
+        f"{prefix}{payload}.{signature[:5]}\n{signature[5:]}",
+        f"{prefix}{payload[:4]}!{payload[4:]}.{signature}",
+        f"{prefix}{payload}.{signature[:-1]}{chr(ord(signature[-1]) + 1)}",  # non-canonical trailing bits
+    ]
+
+
+def test_only_the_exact_token_text_verifies():
+    now = [1_000_000.0]
+    authority = _authority(now)
+    token = authority.issue(WEB, "ipsec-mesh", 600)
+    assert authority.verify(token, ["ipsec-mesh"])["pod"] == "web"
+    for variant in _variants(token):
+        assert variant != token
+        with pytest.raises(InvalidToken, match="malformed"):
+            authority.verify(variant, ["ipsec-mesh"])
+
+
+async def test_bearer_headers_are_parsed_strictly():
+    now = [1_000_000.0]
+    authority = _authority(now)
+    authenticator = TokenAuthenticator(authority.review, "ipsec-mesh")
+    token = authority.issue(WEB, "ipsec-mesh", 600)
+    assert await authenticator.authenticate(f"Bearer {token}")
+    for header in (f"Bearer  {token}", f"Bearer {token} ", f"Bearer {token}\t",
+                   f"Bearer {token}\x00", f"Bearer \t{token}"):
+        with pytest.raises(Unauthenticated, match="malformed"):
+            await authenticator.authenticate(header)
+
+
+def test_the_admin_token_is_compared_as_sent(tmp_path):
+    admin = AdminToken(tmp_path / "admin")
+    value = (tmp_path / "admin").read_text().strip()
+    assert admin.allows(f"Bearer {value}")
+    for header in (f"Bearer {value} ", f"Bearer  {value}", f"Bearer {value}\n"):
+        assert not admin.allows(header)

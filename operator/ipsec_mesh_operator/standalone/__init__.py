@@ -5,11 +5,11 @@ runs `StandaloneOperator`, which drives the operator's own `OperatorRuntime` wit
 a file-backed Secret store and a local token authority. See docs/standalone.md.
 """
 
-from .config import StandaloneConfig, StandaloneConfigError, load_config, parse_config, pod_uid
+from .config import StandaloneConfig, StandaloneConfigError, load_config, parse_config
 from .runner import StandaloneOperator
 from .tokens import AdminToken, InvalidToken, TokenAuthority
 
 __all__ = [
     "AdminToken", "InvalidToken", "StandaloneConfig", "StandaloneConfigError", "StandaloneOperator",
-    "TokenAuthority", "load_config", "parse_config", "pod_uid",
+    "TokenAuthority", "load_config", "parse_config",
 ]

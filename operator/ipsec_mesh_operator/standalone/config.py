@@ -14,13 +14,12 @@
 
 Peering specs go through the same `parse_peering` as the webhook and the kopf
 handlers; pods become `PodInfo` through `PodInfo.from_body`, as the handlers
-build them from the API server's objects. A pod's uid is a UUIDv5 of
-``namespace/name``, stable across restarts so that its tokens stay valid.
+build them from the API server's objects. Pods have no uid here: the operator
+gives each incarnation one (store.PodIncarnations), as the API server would.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +35,6 @@ from ..peering import InvalidPeering, PeeringSpec, parse_peering
 MAX_PODS = 10_000
 MAX_PEERINGS = 1_000
 MAX_FILE_BYTES = 16 * 1024 * 1024
-#: Namespace for names in the uuid5 of a pod's uid: fixed, so uids survive restarts.
-POD_UID_NAMESPACE = uuid.UUID("6f0d3c1e-2a57-5b8e-9c43-1d0e8a6b7f21")
 TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps"}
 
 
@@ -68,10 +65,6 @@ class StandaloneConfig:
         """Labels of every namespace a pod or peering lives in (the name label always set, as Kubernetes does)."""
         names = set(self.namespaces) | {p.namespace for p in self.pods} | {p.namespace for p in self.peerings}
         return {name: {**self.namespaces.get(name, {}), NAMESPACE_NAME_LABEL: name} for name in sorted(names)}
-
-
-def pod_uid(namespace: str, name: str) -> str:
-    return str(uuid.uuid5(POD_UID_NAMESPACE, f"{namespace}/{name}"))
 
 
 def load_config(path: str | Path) -> StandaloneConfig:
@@ -130,7 +123,7 @@ def _pod(value: Any, path: str) -> PodInfo:
     service_account = check_dns_name(doc.get("serviceAccount", "default"), f"{path}.serviceAccount")
     ips = fields.array(doc["ips"], f"{path}.ips", fields.address, 2, 1)
     body = {  # what the API server would hold; the handlers build PodInfo from this shape
-        "metadata": {"namespace": namespace, "name": name, "uid": pod_uid(namespace, name),
+        "metadata": {"namespace": namespace, "name": name, "uid": "",
                      "labels": _labels(doc.get("labels", {}), f"{path}.labels")},
         "spec": {"serviceAccountName": service_account},
         "status": {"phase": "Running", "podIPs": [{"ip": str(ip)} for ip in ips]},

@@ -9,6 +9,7 @@ the differences. Files it writes under the state directory:
 
     secrets/<namespace>/<name>.json   mesh CA and PSK Secrets (0600)
     token-signing.key                 the token authority's HMAC key (0600)
+    pods.json                         each pod's uid, one per incarnation (0600): see PodIncarnations
     admin-token                       bearer token of /v1/admin/overview (0600)
     pods/<namespace>/<pod>/token      each pod's token, renewed at half its lifetime (0600)
     ca-bundle.pem                     the mesh trust bundle (what sidecars trust for the API)
@@ -41,7 +42,7 @@ from ..servers import Servers
 from ..tokens import Caller, TokenAuthenticator
 from .admin import add_admin_routes, overview
 from .config import StandaloneConfig, StandaloneConfigError, load_config
-from .store import FileSecretStore, write_private
+from .store import FileSecretStore, PodIncarnations, write_private
 from .tokens import AdminToken, TokenAuthority, load_or_create_key
 
 logger = logging.getLogger("ipsec_mesh_operator.standalone")
@@ -83,7 +84,8 @@ class StandaloneOperator:
         self.config_path = Path(config_path)
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.mesh = load_config(self.config_path)
+        self.incarnations = PodIncarnations(self.state_dir / "pods.json")
+        self.mesh = self._with_uids(load_config(self.config_path))
         self.config = replace(base_config or OperatorConfig.from_env(), trust_domain=self.mesh.trust_domain,
                               api_host=host, api_port=port, metrics_port=metrics_port,
                               extra_server_names=(host,), webhook_configs=())
@@ -180,10 +182,14 @@ class StandaloneOperator:
             logger.error("reload refused: changing trustDomain needs a restart (every identity changes)")
             return False
         async with self._lock:
+            new = self._with_uids(new)
             await self._apply(self.mesh, new)
             self.mesh = new
         logger.info("reloaded %s: %d pod(s), %d peering(s)", self.config_path, len(new.pods), len(new.peerings))
         return True
+
+    def _with_uids(self, config: StandaloneConfig) -> StandaloneConfig:
+        return replace(config, pods=self.incarnations.assign(config.pods))
 
     async def maintain(self) -> None:
         """One round of what the kopf timers do: CA and PSK rotation, remote references; plus token renewal."""
@@ -225,8 +231,8 @@ class StandaloneOperator:
         for pod in new.pods:
             previous = index.pod(pod.key)
             index.upsert_pod(pod)
-            if previous is not None and previous.service_account != pod.service_account:
-                self._tokens_issued.pop(pod.key, None)  # the old token names the old ServiceAccount
+            if previous is not None and previous.uid != pod.uid:
+                self._tokens_issued.pop(pod.key, None)  # a new pod of that name: the old token names the old uid
             self._write_token(pod)
         for name in set(old_namespaces) - set(new_namespaces):
             index.remove_namespace(name)

@@ -8,8 +8,10 @@ server would (metadata, base64 data), written atomically with mode 0600 in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 from ipsec_mesh.meshapi import PeerMapError
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
+from ..index import PodInfo, PodKey
 from ..kube import Conflict, decode_secret_data, encode_secret_data
 
 MAX_SECRET_BYTES = 1024 * 1024
+MAX_INCARNATIONS_BYTES = 16 * 1024 * 1024
 
 
 class SecretStoreError(Exception):
@@ -118,3 +122,53 @@ class FileSecretStore:
 
     async def close(self) -> None:
         pass
+
+
+class PodIncarnations:
+    """Each pod's uid, one per incarnation, kept in ``<dir>/pods.json`` (0600) across restarts.
+
+    Tokens are bound to the uid, so a new uid is what ends every token of an earlier pod
+    of the same name. A pod keeps its uid while it stays in the YAML with the same
+    addresses and ServiceAccount (what cannot change during a Kubernetes pod's life);
+    removing it from the YAML (on a reload, or while the operator is stopped) or
+    changing either gives the next pod of that name a fresh random uid.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._records: dict[str, dict[str, Any]] = {}
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_INCARNATIONS_BYTES + 1)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SecretStoreError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            records = json.loads(raw)
+            if len(raw) > MAX_INCARNATIONS_BYTES or not isinstance(records, dict) or not all(
+                    isinstance(r, dict) and isinstance(r.get("uid"), str) for r in records.values()):
+                raise ValueError("not a map of pod records")
+        except ValueError as exc:
+            raise SecretStoreError(f"{path} is unusable ({exc}); remove it to give every pod a new uid") from None
+        self._records = records
+
+    def assign(self, pods: tuple[PodInfo, ...]) -> tuple[PodInfo, ...]:
+        """`pods` with their uids; forgets every pod not among them (its tokens never work again)."""
+        records: dict[str, dict[str, Any]] = {}
+        out = []
+        for pod in pods:
+            name = _record_key(pod.key)
+            record = {"sa": pod.service_account, "ips": list(pod.ips)}
+            known = self._records.get(name)
+            same = known is not None and known.get("sa") == record["sa"] and known.get("ips") == record["ips"]
+            records[name] = {**record, "uid": known["uid"] if same else str(uuid.uuid4())}
+            out.append(dataclasses.replace(pod, uid=records[name]["uid"]))
+        if records != self._records:
+            write_private(self.path, json.dumps(records, sort_keys=True).encode())
+            self._records = records
+        return tuple(out)
+
+
+def _record_key(key: PodKey) -> str:
+    return f"{key[0]}/{key[1]}"

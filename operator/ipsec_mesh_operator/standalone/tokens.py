@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..index import PodInfo
-from ..tokens import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX
+from ..tokens import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX, bearer_token
 from .store import write_private
 
 PREFIX = "ims1."
@@ -29,6 +30,7 @@ KEY_BYTES = 32
 MAX_TOKEN_CHARS = 8 * 1024
 #: A token issued "in the future" by more than this is refused (clock steps).
 CLOCK_SKEW = 60.0
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 PodLookup = Callable[[str, str], PodInfo | None]
 
@@ -42,7 +44,13 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict unpadded base64url: one spelling per byte string (no padding, junk or stray trailing bits)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -83,8 +91,9 @@ class TokenAuthority:
         payload, dot, signature = token[len(PREFIX):].partition(".")
         try:
             given = _unb64(signature)
+            _unb64(payload)
         except (binascii.Error, ValueError):
-            raise InvalidToken("malformed signature") from None
+            raise InvalidToken("malformed token") from None
         if not dot or not hmac.compare_digest(given, self._mac(payload)):
             raise InvalidToken("invalid signature")
         claims = _claims(payload)
@@ -147,7 +156,8 @@ class AdminToken:
         self._digest = hashlib.sha256(value.encode()).digest()
 
     def allows(self, authorization: str | None) -> bool:
-        if not authorization or not authorization.startswith("Bearer "):
+        token = bearer_token(authorization)
+        if token is None:
             return False
-        given = hashlib.sha256(authorization[len("Bearer "):].strip().encode()).digest()
+        given = hashlib.sha256(token.encode()).digest()
         return hmac.compare_digest(given, self._digest)

@@ -7,6 +7,7 @@ refused so that a typo never silently weakens a policy.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +34,25 @@ def obj(value: Any, path: str, required: set[str], optional: set[str] = frozense
     if missing:
         raise PeerMapError(path, f"missing field(s) {', '.join(sorted(missing))}")
     return value
+
+
+def unknown_fields(value: Mapping[str, Any], path: str, known: set[str] | frozenset[str]) -> list[str]:
+    """One message per key of `value` not in `known`, naming the field and the likely intended one."""
+    messages = []
+    lowered = {name.lower(): name for name in known}
+    for key in sorted(str(k) for k in value if k not in known):
+        guess = lowered.get(key.lower()) or next(iter(difflib.get_close_matches(key, sorted(known), 1, 0.6)), None)
+        hint = f" (did you mean {guess}?)" if guess else f"; known fields: {', '.join(sorted(known))}"
+        messages.append(f"{path}.{key}: unknown field{hint}")
+    return messages
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character (controls, line breaks, bidi overrides) escaped as
+    ``\\uXXXX``: what another party wrote can then never move a terminal's cursor or fake a line."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\u{ord(ch):04x}" for ch in text)
 
 
 def string(value: Any, path: str, max_length: int = 253, min_length: int = 1) -> str:

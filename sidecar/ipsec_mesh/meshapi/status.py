@@ -50,5 +50,5 @@ def _peering(value: Any, path: str) -> PeeringStatus:
         name=fields.string(doc["name"], f"{path}.name", 253),
         established_sas=fields.integer(doc.get("establishedSAs", 0), f"{path}.establishedSAs", 0, 1_000_000),
         failed_peers=fields.integer(doc.get("failedPeers", 0), f"{path}.failedPeers", 0, 1_000_000),
-        last_error=fields.string(doc.get("lastError", ""), f"{path}.lastError", 1024, 0),
+        last_error=fields.printable(fields.string(doc.get("lastError", ""), f"{path}.lastError", 1024, 0)),
     )
