@@ -19,7 +19,7 @@ import socket
 import time
 
 from ..ike.constants import NON_ESP_MARKER
-from ..ike.endpoint import IkeEndpoint
+from ..ike.endpoint import DROP_COUNTERS, IkeEndpoint
 from ..ike.events import (
     ChildSaDeleted,
     ChildSaEncapChanged,
@@ -35,6 +35,7 @@ from ..ike.message import strip_non_esp_marker
 from ..ike.sa import IkeState
 from .config import SidecarSettings
 from .dataplane import Acquire, DataPlane, HardExpire, NatMapping, PolicyExpired, SoftExpire
+from .logs import LOG_WINDOW, flush_rate_limited
 from .metrics import Metrics
 from .peers import PeerSet
 
@@ -149,6 +150,8 @@ class Agent:
         self.ready = False
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._summary_timer: asyncio.TimerHandle | None = None
+        self._drops_logged: dict[str, int] = {}
         self._stopping = asyncio.Event()
         #: remote address -> its last failed negotiation since the last success (for `ipsec-mesh explain`).
         self.last_failures: collections.OrderedDict[str, dict] = collections.OrderedDict()
@@ -267,6 +270,22 @@ class Agent:
                 return sa.remote[0]
         return None
 
+    def summarise_logs(self) -> None:
+        """One line for the datagrams the IKE core dropped since the last one (it logs none
+        of them at info: anyone can send them), and the rate limiter's pending summaries."""
+        counters = self.endpoint.counters
+        grown = {name: counters[name] - self._drops_logged.get(name, 0) for name in DROP_COUNTERS
+                 if counters[name] > self._drops_logged.get(name, 0)}
+        if grown:
+            log.info("IKE datagrams dropped in the last %.0fs: %s", LOG_WINDOW,
+                     ", ".join(f"{name} {n}" for name, n in grown.items()))
+            self._drops_logged.update((name, counters[name]) for name in grown)
+        flush_rate_limited()
+
+    def _on_summary_timer(self) -> None:
+        self.summarise_logs()
+        self._summary_timer = self.loop.call_later(LOG_WINDOW, self._on_summary_timer)
+
     def _arm_timer(self) -> None:
         due = self.endpoint.next_timer()
         if self._timer is not None:
@@ -318,6 +337,7 @@ class Agent:
         fd = self.dataplane.fileno()
         if fd is not None:
             self.loop.add_reader(fd, self._on_dataplane_readable)
+        self._summary_timer = self.loop.call_later(LOG_WINDOW, self._on_summary_timer)
         self.ready = True
         log.info("sidecar ready: %s, %d peer networks, data plane %s", self.peers.local_id,
                  len(self.peers.entries), self.dataplane.name)
@@ -343,8 +363,10 @@ class Agent:
         self.endpoint.shutdown(self.now())
         self.flush()
         await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._summary_timer):
+            if timer is not None:
+                timer.cancel()
+        self.summarise_logs()
         fd = self.dataplane.fileno()
         if fd is not None:
             self.loop.remove_reader(fd)
