@@ -34,7 +34,7 @@ log = logging.getLogger("ipsec_mesh.ike")
 
 #: Counters of datagrams dropped without a log line each (anyone can make them grow).
 DROP_COUNTERS = ("malformed", "unknown_spi", "refused_unknown_peer", "refused_half_open_limit",
-                 "cookies_sent", "cookie_invalid", "dropped")
+                 "cookies_sent", "cookie_invalid", "evicted_half_open", "dropped")
 
 
 class IkeEndpoint:
@@ -236,20 +236,42 @@ class IkeEndpoint:
         config = self.lookup(local[0], remote[0])
         if config is None:  # `receive` checked; a retransmission's SA closed since
             return
-        total, per_source = self._half_open.total, self._half_open.per_source
-        if total >= self.half_open_limit or per_source[remote[0]] >= self.half_open_limit_per_source:
+        total, mine = self._half_open.total, self._half_open.count(remote[0])
+        if mine >= self.half_open_limit_per_source:
             self.counters["refused_half_open_limit"] += 1
             return
-        if total >= self.cookie_threshold or per_source[remote[0]] >= self.cookie_threshold_per_source:
+        if total >= self.cookie_threshold or mine >= self.cookie_threshold_per_source:
             if not self._cookie_ok(msg, remote, now):
                 self._send_cookie(data, msg, local, remote, now)
                 return
+        if total >= self.half_open_limit and not self._evict_half_open(mine, now):
+            self.counters["refused_half_open_limit"] += 1
+            return
         sa = IkeSa(self, config, initiator=False, local=local, remote=remote,
                    spi_i=msg.spi_i, spi_r=self.allocate_ike_spi(), now=now)
         self._register(sa)
         self._init_requests[(remote[0], msg.spi_i)] = sa
         self._init_keys[sa.our_spi] = (remote[0], msg.spi_i)
         sa.receive(data, msg, local, remote, now)
+
+    def _evict_half_open(self, mine: int, now: float) -> bool:
+        """The table is full: a source that holds fewer half-open SAs than the heaviest
+        one takes that one's oldest slot (issue 10: many configured addresses answering
+        COOKIEs filled it, and legitimate peers waited for the flood's SAs to time out).
+
+        Only a source that answered a COOKIE gets here, so it is reachable at its address.
+        Among equals (every source holding one) this is first in, first out: a flood then
+        has to open a whole table's worth of SAs within one round trip to starve anyone.
+        """
+        key, held = self._half_open.oldest_of_heaviest()
+        if held <= mine:
+            return False
+        victim = self.sas[key]
+        self._half_open.discard(key)
+        victim.close("evicted", now)
+        self._touch(victim)
+        self.counters["evicted_half_open"] += 1
+        return True
 
     def _cookie_ok(self, msg: Message, remote, now: float) -> bool:
         first = msg.payloads[0] if msg.payloads else None
