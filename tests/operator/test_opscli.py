@@ -200,7 +200,7 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     sidecars = []
     for ip, remote in zip(ips, reversed(ips)):
         agent = scenarios.make_agent(ip, remote)
-        agent.ready = True  # its status as served once started; no IKE needed here
+        agent.policies_ready = True  # its status as served once started; no IKE needed here
         server = StatusServer(agent, ip, 15021)
         await server.start()
         sidecars.append(server)
