@@ -2,8 +2,11 @@
 
 - `ClusterSource`: the `kubernetes` client with the kubeconfig (or in-cluster
   credentials): IPsecPeerings with their status, pods, namespaces, and each
-  sidecar's /status through the API server's pod proxy
-  (GET /api/v1/namespaces/{ns}/pods/{pod}:15021/proxy/status).
+  sidecar's status: `ipsec-mesh-sidecar status --json` run in its container through
+  the API server (pods/exec), which reads the sidecar's local listener
+  (127.0.0.1:9741). The pod-facing health port 15021 serves no /status: identities,
+  peers, SPIs and certificates are not for the pod network (issue 10), and exec is
+  authorised by the API server per user and pod.
 - `StandaloneSource`: the standalone operator's GET /v1/admin/overview over HTTPS
   (URL, admin token and CA bundle from its state directory), and each sidecar's
   http://<pod-ip>:15021/status.
@@ -24,11 +27,12 @@ from typing import Any
 
 import urllib3
 
-from .admission import HEALTH_PORT
+from .admission import HEALTH_PORT, SIDECAR_NAME
 from .facts import Facts, PeeringFacts, PodFacts, PodKey
 from .peering import GROUP, PLURAL, VERSION
 
 STATUS_TIMEOUT = 5.0
+STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]
 MAX_STATUS_BYTES = 4 * 1024 * 1024
 OVERVIEW_PATH = "/v1/admin/overview"
 
@@ -104,17 +108,31 @@ class ClusterSource:
                 labels[name] = dict(answer.metadata.labels or {})
         return labels
 
+    def exec_in_sidecar(self, namespace: str, name: str, command: list[str]) -> tuple[bytes, str]:
+        """Run `command` in the pod's sidecar container through the API server: (stdout, error)."""
+        from kubernetes.stream import stream
+
+        client = stream(self.core.connect_get_namespaced_pod_exec, name, namespace, container=SIDECAR_NAME,
+                        command=command, stdin=False, stdout=True, stderr=True, tty=False,
+                        _preload_content=False, _request_timeout=STATUS_TIMEOUT)
+        try:
+            client.run_forever(timeout=STATUS_TIMEOUT)
+            out, err = client.read_stdout() or "", client.read_stderr() or ""
+            if client.returncode not in (0, None):
+                return b"", f"exit {client.returncode}: {err.strip()[:200]}"
+            return out.encode(), ""
+        finally:
+            client.close()
+
     def sidecar_status(self, pod: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
         meta = pod.get("metadata") or {}
         try:
-            response = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{meta.get('name')}:{HEALTH_PORT}", meta.get("namespace"), "status",
-                _preload_content=False, _request_timeout=STATUS_TIMEOUT)
-            return _status_document(response.data)
+            out, error = self.exec_in_sidecar(meta.get("namespace"), meta.get("name"), STATUS_COMMAND)
         except self.kubernetes.client.ApiException as exc:
-            return None, f"pod proxy answered {exc.status} {exc.reason}"
-        except (OSError, urllib3.exceptions.HTTPError) as exc:
-            return None, f"pod proxy: {exc}"
+            return None, f"exec in the sidecar answered {exc.status} {exc.reason}"
+        except Exception as exc:  # the websocket client raises its own types
+            return None, f"exec in the sidecar: {exc}"
+        return (None, f"ipsec-mesh-sidecar status: {error}") if error else _status_document(out)
 
     def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
               statuses: bool = False) -> Facts:

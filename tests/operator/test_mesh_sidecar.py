@@ -43,14 +43,20 @@ async def test_bootstrap_to_ready_with_an_issued_certificate(tmp_path, caplog):
             assert leaf.public_key() == sidecar.credential.private_key.public_key()
             assert (await http_get("127.0.0.1", port, "/ready"))[0] == 200
             assert (await http_get("127.0.0.1", port, "/healthz"))[0] == 200
-            code, body = await http_get("127.0.0.1", port, "/status")
+            # The pod-facing health port tells the pod network nothing about identities, peers,
+            # SPIs or certificates (issue 10): /status is only on the local listener.
+            assert (await http_get("127.0.0.1", port, "/status"))[0] == 404
+            code, metrics = await http_get("127.0.0.1", port, "/metrics")
+            assert code == 200 and b"ipsec_mesh_ike_sas" in metrics
+            assert not any(ip.encode() in metrics for ip in WEB.ips + DB.ips)
+            local = sidecar.local_status.port  # IPSEC_MESH_STATUS_LISTEN: everything, plus /readyz
+            assert (await http_get("127.0.0.1", local, "/readyz"))[0] == 200
+            code, body = await http_get("127.0.0.1", local, "/status")
             status = json.loads(body)
             assert code == 200 and status["mesh"]["applied_version"] == agent.peers.peer_map.version
+            assert status["identity"] == str(agent.peers.local_id)
             assert status["mesh"]["certificate"]["serial"] == f"{leaf.serial_number:x}"
             assert status["last_failures"] == {} and status["clock"] is not None  # contract C
-            local = sidecar.local_status.port  # IPSEC_MESH_STATUS_LISTEN: the same routes, plus /readyz
-            assert (await http_get("127.0.0.1", local, "/readyz"))[0] == 200
-            assert json.loads((await http_get("127.0.0.1", local, "/status"))[1])["identity"] == status["identity"]
             await wait_for(lambda: ("prod", "web-0") in runtime.reports, what="first status report")
             report = runtime.reports[("prod", "web-0")][1]
             assert report.applied_version == agent.peers.peer_map.version

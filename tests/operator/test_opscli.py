@@ -9,12 +9,11 @@ import sidecar_statuses as scenarios
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.diagnose import Reason, explain
 from ipsec_mesh_operator.overview import overview
-from ipsec_mesh_operator.sources import facts_from_overview
+from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview
 from kube_harness import running_kube
 
 PODS = "/api/v1/namespaces/prod/pods"
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"
-PROXY = "get /api/v1/namespaces/prod/pods/{name}:15021/proxy/status"
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +42,24 @@ PEERING = {
 
 
 @pytest.fixture
-def kubeconfig(tmp_path, established):
+def kubeconfig(tmp_path, established, monkeypatch):
     a_status, b_status = established
+    statuses = {("prod", "web-0"): a_status, ("prod", "db-0"): b_status}
+
+    def exec_in_sidecar(self, namespace, name, command):
+        """What the API server's exec would run: the sidecar's own status command, locally."""
+        assert command == STATUS_COMMAND
+        document = statuses.get((namespace, name))
+        if document is None:
+            return b"", "exit 1: cannot reach the sidecar at http://127.0.0.1:9741"
+        return json.dumps(document).encode(), ""
+
+    monkeypatch.setattr(ClusterSource, "exec_in_sidecar", exec_in_sidecar)
 
     def setup(emulator):
         emulator["get /api/v1/namespaces/prod"] << {
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "prod", "labels": {"ipsec-mesh.io/inject": "enabled"}}}
-        emulator[PROXY.format(name="web-0")] << a_status
-        emulator[PROXY.format(name="db-0")] << b_status
 
     with running_kube(setup) as kube:
         kube.create(PODS, pod("web-0", scenarios.A_IP, "web"))
@@ -68,7 +76,7 @@ def run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_explain_encrypted_pair_through_the_pod_proxy(kubeconfig, capsys, established):
+def test_explain_encrypted_pair_through_exec_in_the_sidecar(kubeconfig, capsys, established):
     code, out, _ = run(capsys, "explain", "prod/web-0", "prod/db-0", "--kubeconfig", kubeconfig)
     assert code == 0, out
     assert out.startswith("prod/web-0 <-> prod/db-0: ENCRYPTED")
@@ -82,7 +90,7 @@ def test_explain_encrypted_pair_through_the_pod_proxy(kubeconfig, capsys, establ
 
 @pytest.mark.parametrize("other, reason, words", [
     ("prod/legacy-0", "no-sidecar", "created before its namespace opted in"),
-    ("prod/db-1", "sidecar-not-ready", "pod proxy answered 404"),
+    ("prod/db-1", "sidecar-not-ready", "ipsec-mesh-sidecar status: exit 1: cannot reach the sidecar"),
     ("prod/ghost", "pod-not-found", "does not exist"),
 ])
 def test_explain_not_encrypted_exits_1_with_the_reason(kubeconfig, capsys, other, reason, words):
@@ -200,7 +208,7 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     sidecars = []
     for ip, remote in zip(ips, reversed(ips)):
         agent = scenarios.make_agent(ip, remote)
-        agent.ready = True  # its status as served once started; no IKE needed here
+        agent.policies_ready = True  # its status as served once started; no IKE needed here
         server = StatusServer(agent, ip, 15021)
         await server.start()
         sidecars.append(server)

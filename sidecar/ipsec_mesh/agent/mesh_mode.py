@@ -32,6 +32,7 @@ from .status_server import StatusServer, agent_routes, json_response, text
 log = logging.getLogger("ipsec_mesh.agent")
 
 REPORT_GAP = 0.5  # seconds: a burst of changes makes one report, not one per change
+POD_NETWORK_ROUTES = ("/healthz", "/ready", "/readyz", "/metrics")
 
 
 class MeshSidecar:
@@ -50,8 +51,11 @@ class MeshSidecar:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         routes = self._routes()
-        self.health = StatusServer(None, settings.health_host, settings.health_port, routes=routes)
-        # The same routes on the standalone sidecar's local address, where `ipsec-mesh-sidecar status` looks.
+        # The health port faces the pod network: probes and metrics (counts and reasons, no
+        # addresses or identities) only. Identities, peers, SPIs and the certificate are for
+        # the pod itself (issue 10), on the local listener where `ipsec-mesh-sidecar status` looks.
+        self.health = StatusServer(None, settings.health_host, settings.health_port,
+                                   routes={path: routes[path] for path in POD_NETWORK_ROUTES})
         self.local_status = StatusServer(None, *settings.status_listen, routes=routes) \
             if settings.status_listen else None
 

@@ -5,10 +5,10 @@ optional settings file with the keys both modes share (see config.SidecarSetting
     IPSEC_MESH_TOKEN_FILE     projected ServiceAccount token (re-read per request)  required
     IPSEC_MESH_CA_BUNDLE      PEM of the CA(s) that sign the mesh API's certificate  required, or
     IPSEC_MESH_CA_BUNDLE_FILE   a file holding it
-    IPSEC_MESH_HEALTH_PORT    /ready, /healthz, /status, /metrics on 0.0.0.0  (15021)
+    IPSEC_MESH_HEALTH_PORT    /ready, /readyz, /healthz, /metrics on 0.0.0.0 (15021); no /status
     IPSEC_MESH_HEALTH_HOST    the address the health port binds             (0.0.0.0)
-    IPSEC_MESH_STATUS_LISTEN  the same routes (and /readyz) locally, for `ipsec-mesh-sidecar status`
-                              (127.0.0.1:9741; off to disable)
+    IPSEC_MESH_STATUS_LISTEN  those and /status locally, for `ipsec-mesh-sidecar status` and
+                              `ipsec-mesh explain` (127.0.0.1:9741; off to disable)
     IPSEC_MESH_DATAPLANE      xfrm or none; overrides the settings file     (xfrm)
     IPSEC_MESH_STATUS_INTERVAL  seconds between status reports              (30s)
     IPSEC_MESH_WATCH_WAIT     how long one peer-map long poll waits         (30s)

@@ -80,7 +80,7 @@ class PeerSet:
         )
         # Longest prefix first, so the first containing network is the most specific.
         self._by_prefix = sorted(self.entries, key=lambda e: (e.network.version, -e.network.prefixlen))
-        self._configs: dict[tuple[str, str], PeerConfig | None] = {}
+        self._configs: dict[tuple[str, str], PeerConfig] = {}
         # Checked once, at start: a peering this sidecar cannot serve is refused now, not
         # when its first peer talks.
         self._proposals = {policy.name: _parse_proposals(policy) for policy in peer_map.policies}
@@ -119,10 +119,13 @@ class PeerSet:
     def lookup(self, local: str, remote: str) -> PeerConfig | None:
         """The IKE core's ConfigLookup: None refuses peers outside the peer set."""
         key = (local, remote)
-        if key not in self._configs:
+        config = self._configs.get(key)
+        if config is None:
             entry = self.entry_for(remote)
-            self._configs[key] = self._build(entry, local, remote) if entry is not None else None
-        return self._configs[key]
+            if entry is None:
+                return None  # not remembered: spoofed sources would grow the cache without bound
+            config = self._configs[key] = self._build(entry, local, remote)
+        return config
 
     def child_for(self, local: str, remote: str) -> ChildConfig | None:
         config = self.lookup(local, remote)

@@ -19,7 +19,7 @@ import socket
 import time
 
 from ..ike.constants import NON_ESP_MARKER
-from ..ike.endpoint import IkeEndpoint
+from ..ike.endpoint import DROP_COUNTERS, IkeEndpoint
 from ..ike.events import (
     ChildSaDeleted,
     ChildSaEncapChanged,
@@ -35,6 +35,7 @@ from ..ike.message import strip_non_esp_marker
 from ..ike.sa import IkeState
 from .config import SidecarSettings
 from .dataplane import Acquire, DataPlane, HardExpire, NatMapping, PolicyExpired, SoftExpire
+from .logs import LOG_WINDOW, flush_rate_limited
 from .metrics import Metrics
 from .peers import PeerSet
 
@@ -43,6 +44,10 @@ log = logging.getLogger("ipsec_mesh.agent")
 #: Peers whose last failed negotiation the status keeps (oldest forgotten first).
 MAX_FAILURE_RECORDS = 256
 MAX_FAILURE_MESSAGE = 200
+#: After the kernel refuses a CHILD_SA's SAs: seconds before a new CHILD_SA is tried,
+#: doubled per consecutive failure with that peer, up to the maximum.
+INSTALL_RETRY_BASE = 5.0
+INSTALL_RETRY_MAX = 300.0
 
 
 class _IkeSocket:
@@ -146,12 +151,26 @@ class Agent:
                                     half_open_limit=ike.half_open_limit,
                                     half_open_limit_per_source=ike.half_open_limit_per_source)
         self.sockets: dict[tuple[str, int], _IkeSocket] = {}
-        self.ready = False
+        self.policies_ready = False
+        #: remote address -> the kernel's refusal of the last CHILD_SA with it, until one installs.
+        self.install_failures: dict[str, dict] = {}
+        self.install_retry_base = INSTALL_RETRY_BASE
+        self.install_retry_max = INSTALL_RETRY_MAX
+        self._not_installed: dict[int, str] = {}  # inbound SPI of a refused CHILD_SA -> kernel error
+        self._install_retries: dict[str, asyncio.TimerHandle] = {}
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._summary_timer: asyncio.TimerHandle | None = None
+        self._drops_logged: dict[str, int] = {}
         self._stopping = asyncio.Event()
         #: remote address -> its last failed negotiation since the last success (for `ipsec-mesh explain`).
         self.last_failures: collections.OrderedDict[str, dict] = collections.OrderedDict()
+
+    @property
+    def ready(self) -> bool:
+        """Policies in place, and no peer whose latest CHILD_SA the kernel refused: readiness
+        never claims that traffic is protected when the kernel could not install the SAs."""
+        return self.policies_ready and not self.install_failures
 
     # -- inputs -----------------------------------------------------------------------
     def now(self) -> float:
@@ -176,6 +195,8 @@ class Agent:
             now = self.now()
             if isinstance(event, Acquire):
                 self.metrics.acquires.inc()
+                if event.remote in self._install_retries:
+                    continue  # the kernel refused the last SAs: the retry timer tries again
                 local = event.local or self.peers.local_address_for(event.remote)
                 config = self.peers.lookup(local, event.remote) if local else None
                 if config is None:
@@ -201,9 +222,16 @@ class Agent:
     # -- outputs ----------------------------------------------------------------------
     def flush(self) -> None:
         """Apply events to the data plane, then send datagrams, then re-arm the timer."""
-        events = self.endpoint.events()
-        for event in events:
-            self._apply(event)
+        changed = False
+        # Applying may make more (a refused install deletes its CHILD_SA); each round handles
+        # the events the previous one made, and those end it (a delete installs nothing).
+        for _ in range(4):
+            events = self.endpoint.events()
+            if not events:
+                break
+            changed = True
+            for event in events:
+                self._apply(event)
         for d in self.endpoint.datagrams():
             sock = self.sockets.get(d.local)
             if sock is None or sock.closed:
@@ -212,24 +240,20 @@ class Agent:
             payload = d.data if not sock.natt or d.data == b"\xff" else NON_ESP_MARKER + d.data
             sock.sendto(payload, d.remote)
         self._arm_timer()
-        if events and self.on_change is not None:
+        if changed and self.on_change is not None:
             self.on_change()
 
     def _apply(self, event) -> None:
         m = self.metrics
         try:
-            if isinstance(event, ChildSaInstallInbound):
-                self.dataplane.install_inbound(event.child)
-                if event.rekey_of is not None:
-                    m.child_rekeys.inc()
-            elif isinstance(event, ChildSaInstallOutbound):
-                self.dataplane.install_outbound(event.child)
-                m.child_established.inc()
+            if isinstance(event, (ChildSaInstallInbound, ChildSaInstallOutbound)):
+                self._install(event)
             elif isinstance(event, ChildSaEncapChanged):
                 self.dataplane.update_encap(event.child)
             elif isinstance(event, ChildSaOutboundRetired):
                 self.dataplane.retire_outbound(event)
             elif isinstance(event, ChildSaDeleted):
+                self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)
             elif isinstance(event, IkeSaEstablished):
                 (m.ike_rekeys if event.rekeyed_from else m.ike_established).inc()
@@ -250,11 +274,59 @@ class Agent:
             m.failures.labels("dataplane").inc()
             log.exception("data plane failed to apply %s", type(event).__name__)
 
-    def _record_failure(self, remote: str, reason: str, notify: int | None) -> None:
+    def _install(self, event) -> None:
+        """Put a CHILD_SA's half into the kernel; if the kernel refuses, say so everywhere."""
+        child = event.child
+        if child.inbound_spi in self._not_installed:
+            return  # its inbound half was refused: sending on it would only reach a dead end
+        inbound = isinstance(event, ChildSaInstallInbound)
+        try:
+            (self.dataplane.install_inbound if inbound else self.dataplane.install_outbound)(child)
+        except Exception as exc:
+            self._install_refused(child, exc)
+            return
+        if inbound:
+            if event.rekey_of is not None:
+                self.metrics.child_rekeys.inc()
+            return
+        self.metrics.child_established.inc()
+        if self.install_failures.pop(child.remote_addr, None) is not None:
+            log.info("CHILD_SA %s with %s installed after earlier refusals", child.name, child.remote_addr)
+        timer = self._install_retries.pop(child.remote_addr, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _install_refused(self, child, exc: Exception) -> None:
+        """The kernel refused an SA: the CHILD_SA is deleted (the peer must not send into a
+        black hole), shown as not installed until its delete ends, kept out of readiness, and
+        a new one is tried after a delay that doubles per consecutive refusal."""
+        remote, error = child.remote_addr, str(exc)[:MAX_FAILURE_MESSAGE]
+        self.metrics.failures.labels("dataplane").inc()
+        self._not_installed[child.inbound_spi] = error
+        count = self.install_failures.get(remote, {}).get("count", 0) + 1
+        delay = min(self.install_retry_base * 2 ** (count - 1), self.install_retry_max)
+        self.install_failures[remote] = {"child": child.name, "error": error, "at": round(time.time(), 1),
+                                         "count": count, "retry_in": delay}
+        self._record_failure(remote, f"CHILD_SA {child.name} not installed: {error}", None, reason="dataplane")
+        log.error("CHILD_SA %s with %s not installed (%s): deleting it, next try in %.0fs", child.name, remote,
+                  error, delay)
+        now = self.now()
+        self.endpoint.delete_child(child.inbound_spi, now, "install-failed")
+        previous = self._install_retries.pop(remote, None)
+        if previous is not None:
+            previous.cancel()
+        self._install_retries[remote] = self.loop.call_later(delay, self._retry_install, remote)
+
+    def _retry_install(self, remote: str) -> None:
+        self._install_retries.pop(remote, None)
+        if remote in self.install_failures and self.peers.entry_for(remote) is not None:
+            self.initiate(remote)
+
+    def _record_failure(self, remote: str, message: str, notify: int | None, *, reason: str | None = None) -> None:
         previous = self.last_failures.pop(remote, None)
         self.last_failures[remote] = {
-            "reason": _failure_reason(reason, notify),
-            "message": reason[:MAX_FAILURE_MESSAGE],
+            "reason": reason or _failure_reason(message, notify),
+            "message": message[:MAX_FAILURE_MESSAGE],
             "at": round(time.time(), 1),
             "count": (previous["count"] if previous else 0) + 1,
         }
@@ -266,6 +338,22 @@ class Agent:
             if sa.label == ike_sa:
                 return sa.remote[0]
         return None
+
+    def summarise_logs(self) -> None:
+        """One line for the datagrams the IKE core dropped since the last one (it logs none
+        of them at info: anyone can send them), and the rate limiter's pending summaries."""
+        counters = self.endpoint.counters
+        grown = {name: counters[name] - self._drops_logged.get(name, 0) for name in DROP_COUNTERS
+                 if counters[name] > self._drops_logged.get(name, 0)}
+        if grown:
+            log.info("IKE datagrams dropped in the last %.0fs: %s", LOG_WINDOW,
+                     ", ".join(f"{name} {n}" for name, n in grown.items()))
+            self._drops_logged.update((name, counters[name]) for name in grown)
+        flush_rate_limited()
+
+    def _on_summary_timer(self) -> None:
+        self.summarise_logs()
+        self._summary_timer = self.loop.call_later(LOG_WINDOW, self._on_summary_timer)
 
     def _arm_timer(self) -> None:
         due = self.endpoint.next_timer()
@@ -305,6 +393,11 @@ class Agent:
         self.dataplane.update_peers(old, new)
         for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
             del self.last_failures[remote]  # no longer a peer: its failures are no one's business
+        for remote in [r for r in self.install_failures if new.entry_for(r) is None]:
+            del self.install_failures[remote]
+            timer = self._install_retries.pop(remote, None)
+            if timer is not None:
+                timer.cancel()
         return ended
 
     # -- lifecycle --------------------------------------------------------------------
@@ -318,7 +411,8 @@ class Agent:
         fd = self.dataplane.fileno()
         if fd is not None:
             self.loop.add_reader(fd, self._on_dataplane_readable)
-        self.ready = True
+        self._summary_timer = self.loop.call_later(LOG_WINDOW, self._on_summary_timer)
+        self.policies_ready = True
         log.info("sidecar ready: %s, %d peer networks, data plane %s", self.peers.local_id,
                  len(self.peers.entries), self.dataplane.name)
         for remote in self.config.initiate:
@@ -343,15 +437,18 @@ class Agent:
         self.endpoint.shutdown(self.now())
         self.flush()
         await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._summary_timer, *self._install_retries.values()):
+            if timer is not None:
+                timer.cancel()
+        self._install_retries.clear()
+        self.summarise_logs()
         fd = self.dataplane.fileno()
         if fd is not None:
             self.loop.remove_reader(fd)
         for sock in self.sockets.values():
             sock.close()
         self.dataplane.stop()
-        self.ready = False
+        self.policies_ready = False
 
     async def run_forever(self) -> None:
         await self.start()
@@ -376,12 +473,23 @@ class Agent:
             "uptime": round(time.time() - self.started_at, 1),
             "peer_map_version": self.peers.peer_map.version,
             "dataplane": self.dataplane.status(),
-            "ike_sas": self.endpoint.status(),
+            "ike_sas": self.ike_status(),
+            "install_failures": dict(self.install_failures),
             "counters": dict(self.endpoint.counters),
             # The clock of ike_sas[].established_at (the event loop's), to tell how long ago that was.
             "clock": round(self.now(), 3) if self.loop is not None else None,
             "last_failures": dict(self.last_failures),
         }
+
+    def ike_status(self) -> list[dict]:
+        """The IKE core's view, corrected by the kernel's: a refused CHILD_SA is not installed."""
+        sas = self.endpoint.status()
+        for sa in sas:
+            for child in sa["children"]:
+                error = self._not_installed.get(int(child["inbound_spi"], 16))
+                if error is not None:
+                    child["state"], child["kernel_error"] = "not-installed", error
+        return sas
 
 
 def _failure_reason(reason: str, notify: int | None) -> str:

@@ -38,7 +38,7 @@ def refusal_error(peer_map: PeerMap, error: str) -> str:
 def status_report(agent, refused: tuple[PeerMap, str] | None = None) -> StatusReport:
     """The report for the applied peer map; a `refused` newer map (and why) is reported on its peerings."""
     established: Counter = Counter()
-    for ike_sa in agent.endpoint.status():
+    for ike_sa in agent.ike_status():  # corrected by the kernel: a refused CHILD_SA is not in use
         for child in ike_sa["children"]:
             if child["state"] in IN_USE:
                 established[child["name"]] += 1

@@ -236,15 +236,22 @@ class XfrmDataPlane:
                       acquire_seq=0 if inbound else self._acquire_seq.pop(info.remote_addr, 0))
 
     def install_inbound(self, child: ChildSaInfo) -> None:
-        spec = self._spec(child, inbound=True)
-        self.xfrm.add_sa(spec)
+        spec = self._add_sa(self._spec(child, inbound=True))
         self.inbound[spec.spi] = spec
 
     def install_outbound(self, child: ChildSaInfo) -> None:
-        spec = self._spec(child, inbound=False)
-        self.xfrm.add_sa(spec)
+        spec = self._add_sa(self._spec(child, inbound=False))
         self.outbound[spec.spi] = spec
         self._inbound_of[spec.spi] = child.inbound_spi
+
+    def _add_sa(self, spec: SaSpec) -> SaSpec:
+        """The kernel's refusal (say, no ESP in it) is counted and raised to the agent."""
+        try:
+            self.xfrm.add_sa(spec)
+        except XfrmError:
+            self.errors += 1
+            raise
+        return spec
 
     def update_encap(self, child: ChildSaInfo) -> None:
         """The peer's NAT rebound: both halves' UDP encapsulation follow (XFRM_MSG_UPDSA)."""

@@ -1,6 +1,11 @@
 """Stateless COOKIEs against IKE_SA_INIT floods (RFC 7296 §2.6).
 
-cookie = version(1 byte) | SHA-256(Ni | IPi | SPIi | secret[version])
+cookie = version(1 byte) | SHA-256(len(Ni) | Ni | family | IPi | SPIi | secret[version])
+
+Every variable-size field is framed (a 2-byte length before the nonce, the IP version
+before the address), so no two (nonce, address) pairs hash the same bytes: unframed,
+Ni | IPv6 and Ni | IPv6[:12] | IPv4 were one input, and a cookie handed to an IPv6
+source verified for an IPv4 one.
 
 The secret rotates; the previous one stays valid for one period so a cookie handed
 out just before a rotation still works. No clock inside: the caller passes `now`.
@@ -34,8 +39,10 @@ class CookieJar:
 
     @staticmethod
     def _digest(secret: bytes, nonce: bytes, address: str, spi_i: bytes) -> bytes:
-        packed = ipaddress.ip_address(address).packed
-        return hashlib.sha256(nonce + packed + spi_i + secret).digest()
+        ip = ipaddress.ip_address(address)
+        # A nonce fits its payload's 16-bit length, and the SPI is the header's fixed 8 bytes.
+        framed = len(nonce).to_bytes(2, "big") + nonce + bytes([ip.version]) + ip.packed + spi_i
+        return hashlib.sha256(framed + secret).digest()
 
     def make(self, nonce: bytes, address: str, spi_i: bytes, now: float) -> bytes:
         self._maybe_rotate(now)

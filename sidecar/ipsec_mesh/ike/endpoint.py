@@ -32,6 +32,10 @@ from .sa import Datagram, IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
 
+#: Counters of datagrams dropped without a log line each (anyone can make them grow).
+DROP_COUNTERS = ("malformed", "unknown_spi", "refused_unknown_peer", "refused_half_open_limit",
+                 "cookies_sent", "cookie_invalid", "evicted_half_open", "dropped")
+
 
 class IkeEndpoint:
     def __init__(self, lookup: ConfigLookup, *,
@@ -182,28 +186,46 @@ class IkeEndpoint:
     def receive(self, data: bytes, local: tuple[str, int], remote: tuple[str, int], now: float) -> None:
         """One IKE datagram (the non-ESP marker already stripped by the caller)."""
         self.counters["datagrams_in"] += 1
+        # The header alone (fixed size) decides whether anyone here wants the datagram:
+        # one that no SA and no peering wants is dropped before its payloads are parsed,
+        # so a flood from strangers costs less than one from configured peers (issue 10).
         try:
+            header = codec.peek_header(data)
+            init_request = (header.exchange == ExchangeType.IKE_SA_INIT and not header.is_response
+                            and header.spi_r == bytes(8))
+            if not self._wanted(header, init_request, local, remote):
+                return
             msg = codec.decode(data)
         except IkeError as exc:
             self.counters["malformed"] += 1
             log.debug("malformed datagram from %s: %s", remote[0], exc)
             return
         try:
-            if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.is_response and msg.spi_r == bytes(8):
+            if init_request:
                 self._receive_init_request(data, msg, local, remote, now)
             else:
-                our_spi = msg.spi_r if msg.is_initiator else msg.spi_i
-                sa = self.sas.get(our_spi)
-                if sa is None:
-                    self.counters["unknown_spi"] += 1
-                    return
+                sa = self.sas[msg.spi_r if msg.is_initiator else msg.spi_i]
                 self._touch(sa)
                 sa.receive(data, msg, local, remote, now)
         except IkeError as exc:
             # Anything typed that escaped an SA: drop the datagram, keep every SA.
             self.counters["dropped"] += 1
-            log.info("dropped datagram from %s: %s", remote[0], exc)
+            log.debug("dropped datagram from %s: %s", remote[0], exc)
         self._collect()
+
+    def _wanted(self, header: codec.Header, init_request: bool, local, remote) -> bool:
+        """Whether an SA or a peering wants the datagram; counts the ones nobody wants."""
+        if init_request:
+            if (remote[0], header.spi_i) in self._init_requests or self.lookup(local[0], remote[0]) is not None:
+                return True
+            self.counters["refused_unknown_peer"] += 1
+            # Per datagram only at debug: the agent logs these counters in summary (DROP_COUNTERS).
+            log.debug("IKE_SA_INIT from %s refused: not a configured peer", remote[0])
+            return False
+        if (header.spi_r if header.is_initiator else header.spi_i) in self.sas:
+            return True
+        self.counters["unknown_spi"] += 1
+        return False
 
     def _receive_init_request(self, data: bytes, msg: Message, local, remote, now: float) -> None:
         existing = self._init_requests.get((remote[0], msg.spi_i))
@@ -212,24 +234,44 @@ class IkeEndpoint:
             existing.receive(data, msg, local, remote, now)  # a retransmission: answered from cache
             return
         config = self.lookup(local[0], remote[0])
-        if config is None:
-            self.counters["refused_unknown_peer"] += 1
-            log.info("IKE_SA_INIT from %s refused: not a configured peer", remote[0])
+        if config is None:  # `receive` checked; a retransmission's SA closed since
             return
-        total, per_source = self._half_open.total, self._half_open.per_source
-        if total >= self.half_open_limit or per_source[remote[0]] >= self.half_open_limit_per_source:
+        total, mine = self._half_open.total, self._half_open.count(remote[0])
+        if mine >= self.half_open_limit_per_source:
             self.counters["refused_half_open_limit"] += 1
             return
-        if total >= self.cookie_threshold or per_source[remote[0]] >= self.cookie_threshold_per_source:
+        if total >= self.cookie_threshold or mine >= self.cookie_threshold_per_source:
             if not self._cookie_ok(msg, remote, now):
                 self._send_cookie(data, msg, local, remote, now)
                 return
+        if total >= self.half_open_limit and not self._evict_half_open(mine, now):
+            self.counters["refused_half_open_limit"] += 1
+            return
         sa = IkeSa(self, config, initiator=False, local=local, remote=remote,
                    spi_i=msg.spi_i, spi_r=self.allocate_ike_spi(), now=now)
         self._register(sa)
         self._init_requests[(remote[0], msg.spi_i)] = sa
         self._init_keys[sa.our_spi] = (remote[0], msg.spi_i)
         sa.receive(data, msg, local, remote, now)
+
+    def _evict_half_open(self, mine: int, now: float) -> bool:
+        """The table is full: a source that holds fewer half-open SAs than the heaviest
+        one takes that one's oldest slot (issue 10: many configured addresses answering
+        COOKIEs filled it, and legitimate peers waited for the flood's SAs to time out).
+
+        Only a source that answered a COOKIE gets here, so it is reachable at its address.
+        Among equals (every source holding one) this is first in, first out: a flood then
+        has to open a whole table's worth of SAs within one round trip to starve anyone.
+        """
+        key, held = self._half_open.oldest_of_heaviest()
+        if held <= mine:
+            return False
+        victim = self.sas[key]
+        self._half_open.discard(key)
+        victim.close("evicted", now)
+        self._touch(victim)
+        self.counters["evicted_half_open"] += 1
+        return True
 
     def _cookie_ok(self, msg: Message, remote, now: float) -> bool:
         first = msg.payloads[0] if msg.payloads else None

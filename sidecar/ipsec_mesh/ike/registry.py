@@ -10,7 +10,6 @@ indexes that are updated only for the SAs a call touched.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 from typing import Hashable, Iterable
 
 
@@ -100,24 +99,36 @@ class PeerIndex:
 
 
 class HalfOpenCount:
-    """Responder IKE SAs still negotiating, in total and per source address."""
+    """Responder IKE SAs still negotiating, in total and per source address, oldest first."""
 
     def __init__(self) -> None:
         self._source: dict[Hashable, str] = {}
-        self.per_source: Counter = Counter()
+        self._keys: dict[str, dict[Hashable, None]] = {}  # source -> its keys in the order added
 
     @property
     def total(self) -> int:
         return len(self._source)
 
+    def count(self, source: str) -> int:
+        return len(self._keys.get(source, ()))
+
     def add(self, key: Hashable, source: str) -> None:
         if key not in self._source:
             self._source[key] = source
-            self.per_source[source] += 1
+            self._keys.setdefault(source, {})[key] = None
 
     def discard(self, key: Hashable) -> None:
         source = self._source.pop(key, None)
         if source is not None:
-            self.per_source[source] -= 1
-            if not self.per_source[source]:
-                del self.per_source[source]
+            keys = self._keys[source]
+            del keys[key]
+            if not keys:
+                del self._keys[source]
+
+    def oldest_of_heaviest(self) -> tuple[Hashable, int] | None:
+        """The oldest key of the source holding the most (ties: the source that started
+        holding first), and how many that source holds. O(sources), for a full table only."""
+        if not self._keys:
+            return None
+        keys = max(self._keys.values(), key=len)
+        return next(iter(keys)), len(keys)

@@ -26,3 +26,19 @@ def test_rotation_keeps_the_previous_secret_for_one_period():
     jar.check(b"", NONCE, ADDR, SPI, now=130)  # second rotation: the first secret is gone
     assert not jar.check(cookie, NONCE, ADDR, SPI, now=131)
     assert jar.check(newer, NONCE, ADDR, SPI, now=131)
+
+
+def test_a_cookie_for_an_ipv6_source_does_not_verify_for_an_ipv4_source():
+    """Unframed, Ni | IPv6 | SPIi and Ni' | IPv4 | SPIi hash the same bytes when Ni' = Ni | IPv6[:12]
+    and the IPv4 address is IPv6[12:] (issue 10): every field must be framed."""
+    import ipaddress
+
+    jar = CookieJar(rotate_every=60)
+    v6 = ipaddress.ip_address("2001:db8::c000:201")
+    cookie = jar.make(NONCE, str(v6), SPI, now=0)
+    shifted_nonce = NONCE + v6.packed[:12]
+    v4 = str(ipaddress.ip_address(v6.packed[12:]))
+    assert not jar.check(cookie, shifted_nonce, v4, SPI, now=1)
+    # And the other way round: a longer nonce cannot absorb an address's bytes either.
+    cookie4 = jar.make(shifted_nonce, v4, SPI, now=0)
+    assert not jar.check(cookie4, NONCE, str(v6), SPI, now=1)

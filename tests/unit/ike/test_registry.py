@@ -46,8 +46,13 @@ def test_half_open_count_per_source():
     count.add(1, "10.0.0.1")  # counted once
     count.add(2, "10.0.0.1")
     count.add(3, "10.0.0.2")
-    assert count.total == 3 and count.per_source["10.0.0.1"] == 2
+    assert count.total == 3 and count.count("10.0.0.1") == 2
+    assert count.oldest_of_heaviest() == (1, 2)
     count.discard(1)
+    assert count.oldest_of_heaviest() == (2, 1)  # a tie: the source that held first
     count.discard(2)
     count.discard(9)  # unknown: ignored
-    assert count.total == 1 and "10.0.0.1" not in count.per_source
+    assert count.total == 1 and count.count("10.0.0.1") == 0
+    assert count.oldest_of_heaviest() == (3, 1)
+    count.discard(3)
+    assert count.oldest_of_heaviest() is None
