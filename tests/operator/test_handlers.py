@@ -129,18 +129,6 @@ async def test_unchanged_status_is_not_rewritten(runtime):
     assert not again.get("status")
 
 
-def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
-    pod = kopf.Body({"metadata": {"name": "web-0", "namespace": "prod", "uid": "u", "labels": {"app": "web"}},
-                     "spec": {"serviceAccountName": "web"}, "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
-    indexed = handlers.injected_pods(body=pod, namespace="prod", name="web-0")
-    assert indexed[("prod", "web-0")].ips == ("10.0.0.7",)
-    assert runtime.index.pod(("prod", "web-0")).service_account == "web"
-    handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
-    assert runtime.index.pod(("prod", "web-0")) is None
-    handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
-    assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
-
-
 def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():
     drawn = set()
     for _ in range(20):
