@@ -80,7 +80,7 @@ def sidecar_container(config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
             "periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 1,
         },
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "resources": config.sidecar_resources,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "privileged": False,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ipsec_mesh.meshapi import fields
 
@@ -47,6 +49,14 @@ class OperatorConfig:
     webhook_tls_dir: str = ""
     #: Namespace labels feed namespaceSelector peers; off only where namespaces cannot be listed.
     watch_namespaces: bool = True
+    #: Off (chart webhook.enabled=false): no webhook server, webhook configurations never read or patched.
+    webhook_enabled: bool = True
+    #: The injected sidecar's container resources (chart sidecar.resources).
+    sidecar_resources: dict[str, Any] = field(default_factory=lambda: {
+        "requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+    #: Port of the liveness endpoint (served by a thread; 0: none) and how long the loop may stall.
+    liveness_port: int = 0
+    liveness_max_stall: int = 30
 
     @property
     def ca_lifetime(self) -> int:
@@ -81,5 +91,28 @@ class OperatorConfig:
             sidecar_image=_env("SIDECAR_IMAGE", cls.sidecar_image),
             webhook_configs=names("WEBHOOK_CONFIGS") or ("ipsec-mesh",),
             webhook_tls_dir=_env("WEBHOOK_TLS_DIR", ""),
-            watch_namespaces=_env("WATCH_NAMESPACES", "true").lower() == "true",
+            watch_namespaces=_flag("WATCH_NAMESPACES"),
+            webhook_enabled=_flag("WEBHOOK_ENABLED"),
+            sidecar_resources=_resources(_env("SIDECAR_RESOURCES", "")) or cls().sidecar_resources,
+            liveness_port=int(_env("LIVENESS_PORT", "0")),
+            liveness_max_stall=_duration("LIVENESS_MAX_STALL", "30s"),
         )
+
+
+def _flag(name: str) -> bool:
+    value = _env(name, "true").lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"IPSEC_MESH_{name} must be true or false, not {value!r}")
+    return value == "true"
+
+
+def _resources(text: str) -> dict[str, Any] | None:
+    """Container resources as JSON ({"requests": {...}, "limits": {...}}); None when unset."""
+    if not text.strip():
+        return None
+    value = json.loads(text)
+    if not isinstance(value, dict) or set(value) - {"requests", "limits", "claims"} or not all(
+            isinstance(v, dict) and all(isinstance(q, (str, int)) for q in v.values())
+            for k, v in value.items() if k != "claims"):
+        raise ValueError("IPSEC_MESH_SIDECAR_RESOURCES must be a JSON object with requests/limits maps")
+    return value

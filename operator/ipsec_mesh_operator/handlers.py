@@ -1,9 +1,11 @@
 """kopf handlers: the operator's entry point (`kopf run -m ipsec_mesh_operator.handlers`).
 
 IPsecPeerings are reconciled on create/update/resume and checked on a timer
-(key rotation, remote references, sidecar reports into the status). Injected
-pods and namespace labels feed the mesh index; the mesh API, webhooks and
-metrics run in the same process, started at startup.
+(key rotation, remote references, sidecar reports into the status): these are the
+writers, which kopf peering runs on one replica only. The mesh index is fed by the
+IndexFeeder's own watches (injected pods, namespace labels, peerings), which keep
+running on every replica, paused or not; the mesh API, webhooks and metrics run in
+the same process, started at startup.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import kopf
 
 from ipsec_mesh.meshapi import AuthKind
 
-from .admission import has_injected_sidecar, make_webhook_app
-from .config import FINALIZER, INJECTED_ANNOTATION, OperatorConfig
-from .index import PodInfo
+from .admission import make_webhook_app
+from .config import FINALIZER, OperatorConfig
+from .feeder import IndexFeeder
+from .health import Liveness
 from .kube import KubeClient, load_connection
 from .peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
 from .peering_status import desired_status, status_patch
@@ -38,6 +41,8 @@ class _State:
     runtime: OperatorRuntime | None = None
     servers: Servers | None = None
     maintenance: asyncio.Task | None = None
+    feeder: asyncio.Task | None = None
+    liveness: Liveness | None = None
 
 
 STATE = _State()
@@ -72,12 +77,21 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     draw_peering_priority(settings)
     config = OperatorConfig.from_env()
+    if config.liveness_port:
+        STATE.liveness = Liveness(config.liveness_max_stall)
+        STATE.liveness.start(config.api_host, config.liveness_port)
     rt = OperatorRuntime(config, KubeClient(load_connection()))
     await rt.load_or_create_ca()
-    servers = Servers(rt, make_webhook_app(rt))
+    servers = Servers(rt, make_webhook_app(rt) if config.webhook_enabled else None)
+    feeder = IndexFeeder(rt, servers.readiness.synced)
+    servers.readiness.require((), feeder.names)
+    STATE.runtime = rt
+    STATE.feeder = asyncio.create_task(feeder.run())
+    # kopf's handlers start after this: with the index complete, no status says "no members" for a moment.
+    await feeder.synced.wait()
     await servers.start()
     await rt.publish_webhook_ca_bundle()
-    STATE.runtime, STATE.servers = rt, servers
+    STATE.servers = servers
     STATE.maintenance = asyncio.create_task(rt.maintain_ca(rt.publish_webhook_ca_bundle))
 
 
@@ -94,15 +108,18 @@ def draw_peering_priority(settings: kopf.OperatorSettings) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
-    if STATE.maintenance is not None:
-        STATE.maintenance.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await STATE.maintenance
+    for task in (STATE.maintenance, STATE.feeder):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if STATE.liveness is not None:
+        await STATE.liveness.stop()
     if STATE.servers is not None:
         await STATE.servers.stop()
     if STATE.runtime is not None:
         await STATE.runtime.kube.close()
-    STATE.runtime = STATE.servers = STATE.maintenance = None
+    STATE.runtime = STATE.servers = STATE.maintenance = STATE.feeder = STATE.liveness = None
 
 
 # ---- peerings ---------------------------------------------------------------
@@ -176,41 +193,3 @@ async def maintain_peering(name: str, namespace: str, spec: Any, body: kopf.Body
 async def delete_peering(name: str, namespace: str, **_: Any) -> None:
     # The PSK Secret is owned by the peering: Kubernetes garbage-collects it.
     runtime().forget_peering((namespace, name))
-
-
-# ---- pods and namespaces ------------------------------------------------------
-
-
-# async on purpose: kopf runs plain `def` handlers in worker threads, and the mesh index and the
-# watchers' asyncio.Events it sets belong to the event loop's thread alone.
-@kopf.index("pods", annotations={INJECTED_ANNOTATION: "true"})
-async def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], PodInfo]:
-    """kopf index of injected pods; feeds the mesh index incrementally on every change.
-
-    The annotation alone proves nothing (a pod that never met the webhook may set it): only a
-    pod that runs the injected sidecar is in the mesh."""
-    rt = runtime()
-    if not has_injected_sidecar(body.get("spec") or {}, rt.config):
-        rt.remove_pod((namespace, name))
-        return {}
-    info = PodInfo.from_body(body)
-    rt.index.upsert_pod(info)
-    return {(namespace, name): info}
-
-
-@kopf.on.event("pods", annotations={INJECTED_ANNOTATION: "true"})
-async def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
-    if type == "DELETED":
-        runtime().remove_pod((namespace, name))
-
-
-async def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:
-    rt = runtime()
-    if type == "DELETED":
-        rt.index.remove_namespace(name)
-    else:
-        rt.index.set_namespace_labels(name, dict(labels))
-
-
-if _IMPORT_CONFIG.watch_namespaces:
-    kopf.on.event("namespaces")(namespace_event)

@@ -9,12 +9,19 @@ $KUBECONFIG (read at call time, not import time).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+#: Server-side end of one watch request; the client then resumes from the last resourceVersion.
+WATCH_SECONDS = 300
+#: Largest watch event line read; a bigger object ends the watch (and is re-read by the next list).
+MAX_EVENT_BYTES = 1 << 20
 
 
 class KubeError(Exception):
@@ -124,6 +131,23 @@ class KubeClient:
 
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         return await self._call("PATCH", path, body, "application/merge-patch+json")
+
+    async def watch(self, path: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of a collection from `resource_version` until the server ends the stream."""
+        session = await self._session_()
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(WATCH_SECONDS)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_SECONDS + 30)
+        async with session.get(path.lstrip("/"), params=params, timeout=timeout,
+                               read_bufsize=MAX_EVENT_BYTES // 2) as response:
+            if response.status >= 400:
+                raise KubeError(response.status, (await response.text())[:200])
+            async for line in response.content:
+                if line.strip():
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise KubeError(500, "watch event is not an object")
+                    yield event
 
     # ---- typed helpers ------------------------------------------------------
 

@@ -30,7 +30,7 @@ from .config import REMOTE_SECRET_LABEL, OperatorConfig
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
-from .psk import PskRing, secret_name
+from .psk import PskRing, PskStateError, secret_name
 from .tokens import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
@@ -101,6 +101,22 @@ class OperatorRuntime:
         self.index.set_trust_bundle(self.ca.trust_bundle(self.clock()))
         return self.ca
 
+    async def reload_ca(self) -> None:
+        """Adopt the CA Secret as stored: another replica may have rotated it.
+
+        Replicas rotate leaderlessly: a rotation publishes the new CA `propagation` before it
+        signs, so a replica whose simultaneous rotation lost the write adopts the winner's
+        on its next round, long before its own could have signed anything.
+        """
+        secret = await self.kube.read_secret(self.config.namespace, self.config.ca_secret)
+        if secret is None or self.ca is None:
+            return
+        stored = CertificateAuthority.from_secret_data(decode_secret_data(secret), self.config.max_cert_lifetime)
+        if stored.ring != self.ca.ring:
+            self.ca = stored
+            self.index.set_trust_bundle(stored.trust_bundle(self.clock()))
+            logger.info("mesh CA reloaded from Secret %s/%s", self.config.namespace, self.config.ca_secret)
+
     async def rotate_ca_if_due(self) -> bool:
         assert self.ca is not None
         now = self.clock()
@@ -121,8 +137,8 @@ class OperatorRuntime:
     async def publish_webhook_ca_bundle(self) -> None:
         """Put the mesh trust bundle into our webhook configurations' caBundle (they trust our serving cert)."""
         assert self.ca is not None
-        if self.config.webhook_tls_dir:
-            return  # cert-manager injects the CA bundle of its own certificate
+        if self.config.webhook_tls_dir or not self.config.webhook_enabled:
+            return  # cert-manager injects the CA bundle of its own certificate; or no webhooks at all
         bundle = base64.b64encode("".join(self.ca.trust_bundle(self.clock())).encode()).decode()
         for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
             for name in self.config.webhook_configs:
@@ -244,10 +260,30 @@ class OperatorRuntime:
         while True:
             await asyncio.sleep(self.config.key_check_interval)
             try:
+                await self.reload_ca()
                 if await self.rotate_ca_if_due() and on_rotated is not None:
                     await on_rotated()
             except Exception:  # keep the loop alive; the next round retries
                 logger.exception("mesh CA maintenance failed")
+
+    async def follow_keys(self, spec: PeeringSpec) -> None:
+        """Read side (every replica): adopt the PSK the writer stored, never create or rotate one here."""
+        if spec.auth is AuthKind.PSK:
+            secret = await self.kube.read_secret(spec.namespace, secret_name(spec.name))
+            if secret is not None:
+                try:
+                    stored = PskRing.from_secret_data(decode_secret_data(secret))
+                except PskStateError as exc:
+                    logger.warning("PSK Secret of %s/%s unusable: %s", spec.namespace, spec.name, exc)
+                else:
+                    current = self.psk.get(spec.key)
+                    # Never step back: the writer changes its ring before it stores it.
+                    if current is None or _newest_created(stored) >= _newest_created(current):
+                        self.psk[spec.key] = stored
+            ring = self.psk.get(spec.key)
+            if ring is not None:
+                self.index.set_psk_keys(spec.key, ring.keys(self.clock()))
+        await self.refresh_remotes(spec)
 
     def forget_peering(self, key: PeeringKey) -> None:
         self.index.remove_peering(key)
@@ -386,6 +422,11 @@ def _max_sas(policy: PeeringPolicy) -> int:
     addresses = sum(min(sum(net.num_addresses for net in peer.addresses), MAX_REMOTE_ADDRESSES)
                     for peer in policy.peers)
     return MAX_SAS_PER_PEER_ADDRESS * addresses
+
+
+def _newest_created(ring: PskRing) -> float:
+    newest = ring.ring.newest()
+    return float("-inf") if newest is None else newest.created_at
 
 
 def _split_pem(text: str) -> tuple[str, ...]:

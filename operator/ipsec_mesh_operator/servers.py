@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import api, metrics
+from .health import Readiness
 from .runtime import OperatorRuntime
 from .tls import ServingCertificate
 
@@ -36,6 +37,8 @@ class Servers:
             self.webhook_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.webhook_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._runners: list[web.AppRunner] = []
+        #: /readyz on the metrics port; whoever feeds the index adds its listings.
+        self.readiness = Readiness()
         self.ports: dict[str, int] = {}
         runtime.ca_listeners.append(self._refresh_certificate)
 
@@ -57,9 +60,11 @@ class Servers:
         metrics_app[api.RUNTIME_KEY] = self.runtime
         metrics_app.router.add_get("/metrics", _metrics)
         metrics_app.router.add_get("/healthz", api.healthz)
+        metrics_app.router.add_get("/readyz", self.readiness.handle)
         plan = [("api", api_app, config.api_port, self.tls.context), ("metrics", metrics_app, config.metrics_port, None)]
         if self.webhook_app is not None:
             plan.append(("webhook", self.webhook_app, config.webhook_port, self.webhook_context or self.tls.context))
+        self.readiness.require([name for name, *_ in plan if name != "metrics"], ())
         for name, app, port, ssl_context in plan:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -67,9 +72,11 @@ class Servers:
             await site.start()
             self._runners.append(runner)
             self.ports[name] = runner.addresses[0][1]
+            self.readiness.listening.add(name)
             logger.info("%s server listening on %s:%d", name, config.api_host, self.ports[name])
 
     async def stop(self) -> None:
+        self.readiness.listening.clear()
         self.runtime.release_watchers()
         for runner in reversed(self._runners):
             await asyncio.shield(runner.cleanup())

@@ -20,6 +20,15 @@ OPTIONS = {
     "webhook-ignore": {"webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5}},
     "cert-manager": {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}},
     "ha": {"replicaCount": 2, "peering": {"enabled": True, "name": "mesh"}},
+    "ha-mode": {"ha": {"enabled": True}},
+    "ha-strict": {"replicaCount": 3, "ha": {"antiAffinity": "required", "pdb": {"minAvailable": 2}},
+                  "priorityClassName": "system-cluster-critical"},
+    "webhook-per-policy": {"webhook": {"inject": {"failurePolicy": "Ignore"}, "validate": {"failurePolicy": "Fail"},
+                                       "excludeNamespaces": ["kube-system", "monitoring"]}},
+    "names": {"nameOverride": "mesh-ipsec", "fullnameOverride": "ipsec"},
+    "knobs": {"podLabels": {"team": "net"}, "serviceAccount": {"annotations": {"iam/role": "x"}},
+              "sidecar": {"resources": {"limits": {"memory": "64Mi"}}},
+              "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}},
     "pinned-digest": {"image": {"repository": "registry.example/ipsec-mesh", "digest": "sha256:" + "a" * 64}},
     "no-metrics": {"metrics": {"enabled": False}},
     "custom": {"trustDomain": "mesh.example.org", "tokenAudience": "mesh", "logFormat": "plain",
@@ -28,7 +37,7 @@ OPTIONS = {
                "imagePullSecrets": [{"name": "regcred"}]},
 }
 # Kinds whose schemas are CRDs outside Kubernetes itself (kubernetes-validate cannot check them).
-THIRD_PARTY_KINDS = {"Certificate", "ClusterKopfPeering"}
+THIRD_PARTY_KINDS = {"Certificate", "ClusterKopfPeering", "ServiceMonitor"}
 
 
 def render(values):
@@ -168,7 +177,8 @@ def test_no_webhooks_option_leaves_them_out():
 
 
 @pytest.mark.parametrize("values", [
-    {"replicaCount": 2},                                         # several replicas without peering
+    {"ha": {"antiAffinity": "sometimes"}},
+    {"webhook": {"inject": {"failurePolicy": "Maybe"}}},
     {"webhook": {"failurePolicy": "Sometimes"}},
     {"image": {"repository": "x", "digest": "latest"}},
     {"ca": {"rotationInterval": "a year"}},
@@ -184,3 +194,115 @@ def test_values_schema_is_json_and_documents_every_default_key():
     schema = json.loads((CHART / "values.schema.json").read_text())
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(defaults) <= set(schema["properties"])
+
+
+def _pod_spec(documents):
+    return by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]
+
+
+def _env(documents):
+    return {e["name"]: e.get("value") for e in _pod_spec(documents)["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize("values", [{"replicaCount": 2}, {"ha": {"enabled": True}}], ids=["replicas", "ha-enabled"])
+def test_ha_mode_keeps_a_serving_replica_through_upgrades_and_drains(values):
+    documents, rendered = render(values)
+    deployment = by_kind(documents, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    [pdb] = by_kind(documents, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    pod = _pod_spec(documents)
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
+    [priority] = by_kind(documents, "PriorityClass")
+    assert pod["priorityClassName"] == priority["metadata"]["name"] and priority["value"] > 0
+    # kopf peering elects the writer; without it two replicas would both write.
+    assert "--peering=ipsec-mesh" in pod["containers"][0]["args"]
+    assert by_kind(documents, "ClusterKopfPeering")
+    assert "HA mode" in rendered["ipsec-mesh/templates/NOTES.txt"]
+
+
+def test_ha_mode_knobs_and_single_replica_has_none_of_it():
+    documents, _ = render(OPTIONS["ha-strict"])
+    pod = _pod_spec(documents)
+    assert by_kind(documents, "Deployment")[0]["spec"]["replicas"] == 3
+    assert pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert pod["priorityClassName"] == "system-cluster-critical" and not by_kind(documents, "PriorityClass")
+    assert by_kind(documents, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 2
+    documents, _ = render({})
+    assert not by_kind(documents, "PodDisruptionBudget") and not by_kind(documents, "PriorityClass")
+    assert "affinity" not in _pod_spec(documents) and "priorityClassName" not in _pod_spec(documents)
+    assert by_kind(documents, "Deployment")[0]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_name_override_renames_every_object_and_keeps_them_consistent():
+    documents, _ = render({"nameOverride": "ipsec"})
+    names = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    assert ("Deployment", "mesh-ipsec-operator") in names and ("MutatingWebhookConfiguration", "mesh-ipsec") in names
+    assert not [n for n in names if "ipsec-mesh" in n[1]], names
+    env = _env(documents)
+    assert env["IPSEC_MESH_SERVICE_NAME"] == "mesh-ipsec-operator" and env["IPSEC_MESH_WEBHOOK_CONFIGS"] == "mesh-ipsec"
+    assert by_kind(documents, "Deployment")[0]["metadata"]["labels"]["app.kubernetes.io/name"] == "ipsec"
+    documents, _ = render(OPTIONS["names"])
+    assert {d["metadata"]["name"] for d in documents if d["kind"] != "ClusterKopfPeering"} == {"ipsec", "ipsec-operator"}
+
+
+def test_injection_never_reaches_system_or_excluded_namespaces():
+    for values, expected in [({}, {"kube-system", "kube-public", "kube-node-lease", "cert-manager", NAMESPACE}),
+                             (OPTIONS["webhook-per-policy"], {"kube-system", "monitoring", NAMESPACE})]:
+        documents, _ = render(values)
+        [mutating] = by_kind(documents, "MutatingWebhookConfiguration")
+        assert len(mutating["webhooks"]) == 2
+        for webhook in mutating["webhooks"]:
+            expressions = webhook["namespaceSelector"]["matchExpressions"]
+            excluded = next(e for e in expressions if e["key"] == "kubernetes.io/metadata.name")
+            assert excluded["operator"] == "NotIn" and set(excluded["values"]) == expected
+        # The pod-label path also skips namespaces labelled ipsec-mesh.io/inject=disabled.
+        by_label = next(e for e in mutating["webhooks"][1]["namespaceSelector"]["matchExpressions"]
+                        if e["key"] == "ipsec-mesh.io/inject")
+        assert by_label == {"key": "ipsec-mesh.io/inject", "operator": "NotIn", "values": ["enabled", "disabled"]}
+
+
+def test_each_webhook_has_its_own_failure_policy():
+    documents, _ = render(OPTIONS["webhook-per-policy"])
+    assert {w["failurePolicy"] for w in by_kind(documents, "MutatingWebhookConfiguration")[0]["webhooks"]} == {"Ignore"}
+    assert by_kind(documents, "ValidatingWebhookConfiguration")[0]["webhooks"][0]["failurePolicy"] == "Fail"
+    documents, _ = render({"webhook": {"failurePolicy": "Ignore"}})
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert {w["failurePolicy"] for w in by_kind(documents, kind)[0]["webhooks"]} == {"Ignore"}
+
+
+def test_probes_ask_whether_the_operator_can_serve():
+    container = _pod_spec(render({})[0])["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 60
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "liveness"}
+    assert str(ports["liveness"]) == _env(render({})[0])["IPSEC_MESH_LIVENESS_PORT"]
+    assert not any(a.startswith("--liveness") for a in container["args"])  # kopf's answers from the event loop
+
+
+def test_webhooks_disabled_is_told_to_the_operator():
+    documents, _ = render(OPTIONS["no-webhooks"])
+    assert _env(documents)["IPSEC_MESH_WEBHOOK_ENABLED"] == "false"
+    assert not any("admissionregistration.k8s.io" in r["apiGroups"] for r in by_kind(documents, "ClusterRole")[0]["rules"])
+    assert _env(render({})[0])["IPSEC_MESH_WEBHOOK_ENABLED"] == "true"
+
+
+def test_common_knobs_reach_their_objects():
+    documents, _ = render(OPTIONS["knobs"])
+    deployment = by_kind(documents, "Deployment")[0]
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "net"
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"]  # the selector is immutable
+    assert by_kind(documents, "ServiceAccount")[0]["metadata"]["annotations"] == {"iam/role": "x"}
+    assert json.loads(_env(documents)["IPSEC_MESH_SIDECAR_RESOURCES"])["limits"] == {"memory": "64Mi"}
+    [monitor] = by_kind(documents, "ServiceMonitor")
+    service = by_kind(documents, "Service")[0]
+    assert monitor["metadata"]["labels"]["release"] == "prom" and monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert not by_kind(render({})[0], "ServiceMonitor")

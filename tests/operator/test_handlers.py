@@ -6,13 +6,13 @@ import time
 
 import kopf
 import pytest
-from kopf._core.actions import invocation
 from kopf._core.engines import posting
 
 from ipsec_mesh_operator import handlers
 from ipsec_mesh_operator.admission import sidecar_container
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.feeder import IndexFeeder
 from ipsec_mesh_operator.index import PodInfo
 from memory_kube import MemoryKube
 from ipsec_mesh_operator.runtime import OperatorRuntime
@@ -132,21 +132,18 @@ async def test_unchanged_status_is_not_rewritten(runtime):
     assert not again.get("status")
 
 
-async def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
-    pod = kopf.Body({"metadata": {"name": "web-0", "namespace": "prod", "uid": "u", "labels": {"app": "web"}},
-                     "spec": {"serviceAccountName": "web", "initContainers": [sidecar_container(OperatorConfig(), "")]},
-                     "status": {"podIPs": [{"ip": "10.0.0.7"}]}})
-    indexed = await handlers.injected_pods(body=pod, namespace="prod", name="web-0")
-    assert indexed[("prod", "web-0")].ips == ("10.0.0.7",)
-    assert runtime.index.pod(("prod", "web-0")).service_account == "web"
-    await handlers.pod_event(type="DELETED", namespace="prod", name="web-0")
+async def test_pod_and_namespace_listings_feed_the_mesh_index(runtime):
+    feeder = IndexFeeder(runtime)
+    pod = pod_body("web-0", "web", "10.0.0.7")
+    await feeder._apply_pod(("prod", "web-0"), dict(pod))
+    assert runtime.index.pod(("prod", "web-0")).ips == ("10.0.0.7",)
+    await feeder._remove_pod(("prod", "web-0"))
     assert runtime.index.pod(("prod", "web-0")) is None
-    await handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
+    await feeder._apply_namespace(("", "prod"), {"metadata": {"name": "prod", "labels": {"team": "a"}}})
     assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
 
 
 def pod_body(name, app, ip, namespace="prod", sidecar=True):
-    from ipsec_mesh_operator.admission import sidecar_container
     spec = {"serviceAccountName": "default"}
     if sidecar:
         spec["initContainers"] = [sidecar_container(OperatorConfig(), "PEM")]
@@ -156,30 +153,27 @@ def pod_body(name, app, ip, namespace="prod", sidecar=True):
 
 
 async def test_concurrent_pod_and_namespace_events_change_the_index_on_the_loop_thread_only(runtime):
-    """kopf runs plain `def` handlers in worker threads: the index and the watchers' asyncio.Events
-    must only ever be touched by the event loop's thread, however many events arrive at once."""
+    """The index and the watchers' asyncio.Events belong to the event loop's thread alone
+    (kopf ran plain `def` index handlers in worker threads): however many events arrive at
+    once, the feeder applies them there."""
     await started_loop_queue(runtime)
     spec = {"selector": {"matchLabels": {"app": "web"}},
             "peers": [{"podSelector": {"matchLabels": {"app": "db"}}, "namespaceSelector": {"matchLabels": {"t": "x"}}}]}
     await handlers.reconcile_peering(name="p", namespace="prod", spec=spec, body=body_of("p", spec),
                                      patch=kopf.Patch(), reason="create")
-    settings = kopf.OperatorSettings()
-
-    def call(fn, **kwargs):
-        return invocation.invoke(fn, settings=settings, kwargs=kwargs)  # as kopf calls handlers
-
-    await call(handlers.injected_pods, body=pod_body("web-w", "web", "10.1.0.1"), namespace="prod", name="web-w")
+    feeder = IndexFeeder(runtime)
+    await feeder._apply_pod(("prod", "web-w"), dict(pod_body("web-w", "web", "10.1.0.1")))
     loop_thread, threads = threading.get_ident(), set()
     runtime.index.listeners.append(lambda pods: threads.add(threading.get_ident()))
     watched = ("prod", "web-w")
     watcher = asyncio.create_task(runtime.wait_for_peer_map(watched, runtime.index.version(watched), 30))
     await asyncio.sleep(0)
     count = 60
-    calls = [call(handlers.namespace_event, type="ADDED", name=f"db{i}", labels={"t": "x"}) for i in range(count)]
-    calls += [call(handlers.injected_pods, body=pod_body(f"db-{i}", "db", f"10.2.{i}.1", f"db{i}"),
-                   namespace=f"db{i}", name=f"db-{i}") for i in range(count)]
-    calls += [call(handlers.pod_event, type="DELETED", namespace=f"db{i}", name=f"db-{i}")
-              for i in range(0, count, 2)]
+    calls = [feeder._apply_namespace(("", f"db{i}"), {"metadata": {"name": f"db{i}", "labels": {"t": "x"}}})
+             for i in range(count)]
+    calls += [feeder._apply_pod((f"db{i}", f"db-{i}"), dict(pod_body(f"db-{i}", "db", f"10.2.{i}.1", f"db{i}")))
+              for i in range(count)]
+    calls += [feeder._remove_pod((f"db{i}", f"db-{i}")) for i in range(0, count, 2)]
     await asyncio.gather(*calls)
     assert threads == {loop_thread}
     assert runtime.index.peer_pods(("prod", "p")) == {(f"db{i}", f"db-{i}") for i in range(1, count, 2)}
@@ -207,20 +201,21 @@ def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keep
 async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime):
     from ipsec_mesh_operator.admission import injection_patch
     import jsonpatch
+    feeder = IndexFeeder(runtime)
     forged = pod_body("fake-0", "web", "10.3.0.1", sidecar=False)  # the annotation, but no sidecar
-    await handlers.injected_pods(body=forged, namespace="prod", name="fake-0")
+    await feeder._apply_pod(("prod", "fake-0"), dict(forged))
     assert runtime.index.pod(("prod", "fake-0")) is None
     lookalike = dict(pod_body("fake-1", "web", "10.3.0.2"))
     lookalike["spec"] = dict(lookalike["spec"])
     lookalike["spec"]["initContainers"] = [{"name": "ipsec-mesh", "image": "busybox", "command": ["sleep", "inf"],
                                             "restartPolicy": "Always"}]
-    await handlers.injected_pods(body=kopf.Body(lookalike), namespace="prod", name="fake-1")
+    await feeder._apply_pod(("prod", "fake-1"), lookalike)
     assert runtime.index.pod(("prod", "fake-1")) is None
     plain = {"metadata": {"name": "web-1", "namespace": "prod", "uid": "u1", "labels": {"app": "web"}},
              "spec": {"containers": [{"name": "app", "image": "app"}]},
              "status": {"podIPs": [{"ip": "10.3.0.3"}]}}
     injected = jsonpatch.apply_patch(plain, injection_patch(plain, runtime.config, "PEM"))
-    await handlers.injected_pods(body=kopf.Body(injected), namespace="prod", name="web-1")
+    await feeder._apply_pod(("prod", "web-1"), injected)
     assert runtime.index.pod(("prod", "web-1")) is not None
 
 

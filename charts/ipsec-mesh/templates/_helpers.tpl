@@ -2,11 +2,17 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- /* As helm create's: fullnameOverride, else <release>-<name> unless the release already contains the name. */ -}}
 {{- define "ipsec-mesh.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -39,4 +45,32 @@ app.kubernetes.io/component: operator
 
 {{- define "ipsec-mesh.webhookName" -}}
 {{- include "ipsec-mesh.fullname" . -}}
+{{- end -}}
+
+{{- /* HA mode: ha.enabled or two replicas or more; kopf peering then elects the writer. */ -}}
+{{- define "ipsec-mesh.ha" -}}
+{{- if or .Values.ha.enabled (ge (int .Values.replicaCount) 2) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "ipsec-mesh.replicas" -}}
+{{- if include "ipsec-mesh.ha" . -}}{{ max 2 (int .Values.replicaCount) }}{{- else -}}{{ .Values.replicaCount }}{{- end -}}
+{{- end -}}
+
+{{- define "ipsec-mesh.peering" -}}
+{{- if or .Values.peering.enabled (include "ipsec-mesh.ha" .) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "ipsec-mesh.priorityClassName" -}}
+{{- if .Values.priorityClassName -}}
+{{- .Values.priorityClassName -}}
+{{- else if include "ipsec-mesh.ha" . -}}
+{{- include "ipsec-mesh.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Namespaces no webhook ever sees: the release's own, the listed ones, and those labelled <namespaceLabel>=<namespaceExcludeValue>. */ -}}
+{{- define "ipsec-mesh.webhookNamespaceExclusions" -}}
+- key: kubernetes.io/metadata.name
+  operator: NotIn
+  values: {{ append .Values.webhook.excludeNamespaces .Release.Namespace | uniq | toJson }}
 {{- end -}}
