@@ -305,10 +305,10 @@ def reference_governors(index):
 LAYOUTS = pytest.mark.parametrize("cross, peers", [(False, 5), (True, 10)], ids=["same-namespace", "cross-namespace"])
 
 
-def full_computation_seconds(pods: int, peerings: int, cross: bool) -> tuple[float, list]:
-    """CPU seconds to index everything and build every map, best of three (shared machine)."""
+def full_computation_seconds(pods: int, peerings: int, cross: bool, rounds: int = 3) -> tuple[float, list]:
+    """CPU seconds to index everything and build every map, best of `rounds` (shared machine)."""
     best, maps = float("inf"), []
-    for _ in range(3):
+    for _ in range(rounds):
         start = time.process_time()
         index = build_large(pods, peerings, cross_namespace=cross)
         maps = [index.peer_map(info.key) for info in list(index.pods())]
@@ -323,12 +323,13 @@ def full_computation_seconds(pods: int, peerings: int, cross: bool) -> tuple[flo
 
 @LAYOUTS
 def test_full_computation_grows_linearly_with_the_mesh(cross, peers):
-    small, _ = full_computation_seconds(2_000, 200, cross)
+    small, _ = full_computation_seconds(1_000, 100, cross, rounds=5)
     large, maps = full_computation_seconds(10_000, 1_000, cross)
     assert all(len(m.policies) == 1 and len(m.policies[0].peers) == peers for m in maps)
-    # Five times the pods and peerings: linear is 5x (6-8x seen: the garbage collector's
-    # older generations grow too), quadratic would be 25x.
-    assert large / small < 12, f"5x the mesh cost {large / small:.1f}x ({small:.3f}s -> {large:.3f}s)"
+    # Ten times the pods and peerings: linear is 10x (13-15x seen on a quiet machine: the
+    # garbage collector's older generations grow too, and a loaded machine's caches hurt
+    # the large run more), quadratic would be 100x.
+    assert large / small < 40, f"10x the mesh cost {large / small:.1f}x ({small:.3f}s -> {large:.3f}s)"
 
 
 @LAYOUTS

@@ -195,8 +195,11 @@ class Charon:
         if result.returncode != 0 or "failed" in result.stdout:
             raise CharonError(f"swanctl --load-all failed: {result.stdout}{result.stderr}")
 
-    def swanctl(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    def swanctl(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run swanctl against this instance (its socket and config dir)."""
+        if timeout is None:
+            # Under the VM tier's software emulation on a busy machine, --load-all took over 30 s.
+            timeout = 120.0 if os.environ.get("IPSEC_MESH_IN_VM") else 30.0
         argv = [str(SWANCTL_BIN), *args, "--uri", f"unix://{self.socket_path}"]
         if args and args[0] in ("--load-all", "--load-conns", "--load-creds"):
             argv += ["--file", str(self.swanctl_dir / "swanctl.conf")]
