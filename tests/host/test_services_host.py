@@ -250,7 +250,9 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
     assert counter(cluster.node, "inet kubeproxy", "dnat4") == 0
     # The last state is in force, with exactly its chains (restarts left nothing behind).
     table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
-    assert table.count("chain ep_") == 2 * len(states[(updates - 1) % 3]) + 2  # TCP+UDP per v4 endpoint, + v6
+    last = states[(updates - 1) % 3]
+    assert table.count("chain svc_") == 4 and all(a in table for a in last)  # TCP, UDP x v4, v6
+    assert not [a for a in SERVERS4 if a not in last and a in table]
 
 
 SERVE = """

@@ -50,11 +50,16 @@ def test_each_family_translates_to_its_own_endpoints_and_protocol():
     assert "fd00:96::a . sctp . 9 : goto" not in script and "fd00:96::a . sctp . 9" in script
 
 
+def sticky_script(endpoints):
+    return render((service(endpoints=endpoints, affinity=SessionAffinity.CLIENT_IP),), Objects()).script
+
+
 def test_load_balancing_and_client_ip_affinity():
     three = [ep(f"10.0.0.{n}") for n in (1, 2, 3)]
     plain = render((service(endpoints=three),), Objects())
-    assert "numgen random mod 3 vmap { 0 : goto ep_" in plain.script
-    assert not plain.objects.sets and "update @" not in plain.script
+    assert "meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.0.0.1 . 8080, 1 : 10.0.0.2 . 8080" in plain.script
+    assert "numgen random mod 3 vmap { 0 : goto ep_" in sticky_script(three)
+    assert not plain.objects.sets and "update @" not in plain.script and "chain ep_" not in plain.script
     sticky = render((service(endpoints=three, affinity=SessionAffinity.CLIENT_IP, timeout=600),), Objects())
     assert len(sticky.objects.sets) == 3
     assert sticky.script.count("flags dynamic,timeout; timeout 600s;") == 3
@@ -131,11 +136,11 @@ def test_refused_updates_are_reported_and_block_readiness_only_when_services_are
 
 
 def test_a_restart_reads_the_kernel_table_before_its_first_batch():
-    left = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")]),), Objects())
+    left = render((service(endpoints=[ep("10.0.0.1")]), service("old", endpoints=[ep("10.0.0.2")])), Objects())
     fake = FakeNft(existing=left.objects)
     translation = ServiceTranslation(nft_factory=lambda netns: fake)
     translation.apply((service(endpoints=[ep("10.0.0.1")]),))
-    assert "delete chain inet ipsec_mesh_svc ep_" in fake.scripts[0]
+    assert fake.scripts[0].count("delete chain inet ipsec_mesh_svc svc_") == 1
     # An empty map still clears what an earlier instance left.
     fake2 = FakeNft(existing=left.objects)
     ServiceTranslation(nft_factory=lambda netns: fake2).apply(())

@@ -9,8 +9,9 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md):
     chain filter_output type filter hook output priority 0: a packet still addressed to a
                       service port here had no usable endpoint: counted and rejected, so it
                       never leaves towards the node unencrypted
-    chain svc_<h>     one per service port and family: affinity lookups, then numgen
-    chain ep_<h>      one per endpoint: affinity update, then DNAT
+    chain svc_<h>     one per service port and family: one DNAT rule that picks an endpoint
+                      with numgen; with ClientIP affinity: set lookups, then numgen over ...
+    chain ep_<h>      ... one chain per endpoint (ClientIP only): affinity update, then DNAT
     set aff_<h>       one per endpoint of a ClientIP service (dynamic, with timeout)
 
 Names are hashes of what they stand for, so an unchanged endpoint keeps its chain and its
@@ -70,6 +71,14 @@ def _endpoint_text(ep: ServiceEndpoint) -> str:
     return f"{ep.address}:{ep.port}" if ep.address.version == 4 else f"[{ep.address}]:{ep.port}"
 
 
+def _dnat(proto: str, version: int, endpoints: tuple[ServiceEndpoint, ...]) -> str:
+    head = f"meta l4proto {proto} dnat {_ADDR[version][0]} to"
+    if len(endpoints) == 1:
+        return f"{head} {_endpoint_text(endpoints[0])}"
+    choices = ", ".join(f"{i} : {ep.address} . {ep.port}" for i, ep in enumerate(endpoints))
+    return f"{head} numgen random mod {len(endpoints)} map {{ {choices} }}"
+
+
 def _table_header() -> list[str]:
     """Declarations that must exist before the flushes (idempotent when they do)."""
     return [
@@ -111,25 +120,28 @@ def render(services: tuple[ServiceEntry, ...], have: Objects) -> Batch:
                 svc_chain = _name("svc", service.key, cluster_ip, proto, port.port)
                 chains.add(svc_chain)
                 elements[v].append(f"{key} : goto {svc_chain}")
+                if not affinity:
+                    # One rule picks the endpoint (per new connection; conntrack keeps the rest).
+                    body.append(f"  chain {svc_chain} {{ comment \"{label}\"")
+                    body.append(f"    {_dnat(proto, v, endpoints)}")
+                    body.append("  }")
+                    continue
                 targets = []
                 for ep in endpoints:
                     ep_chain = _name("ep", service.key, cluster_ip, proto, port.port, ep.address, ep.port)
                     chains.add(ep_chain)
                     targets.append(ep_chain)
-                    rules = [f"meta l4proto {proto} dnat {_ADDR[v][0]} to {_endpoint_text(ep)}"]
-                    if affinity:
-                        aff = _name("aff", ep_chain, service.affinity_timeout_seconds)
-                        sets.add(aff)
-                        body.append(f"  set {aff} {{ type {_ADDR[v][1]}; size {AFFINITY_SET_SIZE}; "
-                                    f"flags dynamic,timeout; timeout {service.affinity_timeout_seconds}s; }}")
-                        rules.insert(0, f"update @{aff} {{ {saddr} }}")
+                    aff = _name("aff", ep_chain, service.affinity_timeout_seconds)
+                    sets.add(aff)
+                    body.append(f"  set {aff} {{ type {_ADDR[v][1]}; size {AFFINITY_SET_SIZE}; "
+                                f"flags dynamic,timeout; timeout {service.affinity_timeout_seconds}s; }}")
                     body.append(f"  chain {ep_chain} {{ comment \"{label} -> {_endpoint_text(ep)}\"")
-                    body.extend(f"    {rule}" for rule in rules)
+                    body.append(f"    update @{aff} {{ {saddr} }}")
+                    body.append(f"    {_dnat(proto, v, (ep,))}")
                     body.append("  }")
-                svc_rules = []
-                if affinity:
-                    svc_rules += [f"{saddr} @{_name('aff', t, service.affinity_timeout_seconds)} goto {t}"
-                                  for t in targets]
+                # The client's address in an endpoint's set sends it there again; else a random pick.
+                svc_rules = [f"{saddr} @{_name('aff', t, service.affinity_timeout_seconds)} goto {t}"
+                             for t in targets]
                 if len(targets) == 1:
                     svc_rules.append(f"goto {targets[0]}")
                 else:
