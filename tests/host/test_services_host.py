@@ -212,9 +212,9 @@ for i in range(count):
     if time.monotonic() > deadline:
         break
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a new source port: a new conntrack entry
+    sent += 1  # an attempt: one rejected in the pod fails with an error
     try:
         s.sendto(b"x", ("%s", 80))
-        sent += 1
     except OSError:
         pass
     s.close()
