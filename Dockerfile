@@ -23,6 +23,16 @@ LABEL org.opencontainers.image.title="ipsec-mesh" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/ipsec-mesh /opt/ipsec-mesh
 COPY crds /opt/ipsec-mesh/share/crds
+# The sidecar's Service translation (docs/services.md): libnftables and netfilter's own Python
+# binding. The binding is pure Python (ctypes); take it out of Debian's python3-nftables without
+# the Debian interpreter that package depends on.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnftables1 \
+ && cd /tmp && apt-get download python3-nftables \
+ && dpkg-deb -x python3-nftables_*.deb /tmp/nft \
+ && cp -r /tmp/nft/usr/lib/python3/dist-packages/nftables \
+      "$(/opt/ipsec-mesh/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/" \
+ && rm -rf /tmp/nft /tmp/*.deb /var/lib/apt/lists/*
 ENV PATH=/opt/ipsec-mesh/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

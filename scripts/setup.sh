@@ -10,6 +10,7 @@ APT_PACKAGES=(
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins
   strongswan-pki  # `pki`: tests cross-check our AlgorithmIdentifiers and certificates with strongSwan
   linux-image-amd64 qemu-system-x86 busybox-static
+  libnftables1 python3-nftables  # the sidecar's Service translation: libnftables and netfilter's binding
 )
 
 missing=()
@@ -27,6 +28,10 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# netfilter's `nftables` binding is not on PyPI; Debian's is pure Python (ctypes over libnftables1):
+# link that one package, not all of Debian's dist-packages, into the venv.
+ln -sfn /usr/lib/python3/dist-packages/nftables \
+  "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
 stamp=.venv/.ipsec-mesh-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip

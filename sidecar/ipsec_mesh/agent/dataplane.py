@@ -66,6 +66,7 @@ class DataPlane(Protocol):
     def read_events(self) -> list: ...
     def stop(self) -> None: ...
     def status(self) -> dict: ...
+    def not_ready_reason(self) -> str | None: ...
 
 
 class NullDataPlane:
@@ -114,6 +115,9 @@ class NullDataPlane:
     def stop(self) -> None:
         self.inbound.clear()
         self.outbound.clear()
+
+    def not_ready_reason(self) -> str | None:
+        return None  # installs nothing, Service translation included: nothing to fail
 
     def status(self) -> dict:
         return {"dataplane": self.name, "inbound_sas": len(self.inbound), "outbound_sas": len(self.outbound)}

@@ -27,7 +27,7 @@ from .mesh_settings import MeshSettings
 from .peers import PeerSetError
 from .runtime import Agent
 from .status_report import refusal_error, status_report
-from .status_server import StatusServer, agent_routes, json_response, text
+from .status_server import StatusServer, agent_routes, json_response, readiness, text
 
 log = logging.getLogger("ipsec_mesh.agent")
 
@@ -62,7 +62,7 @@ class MeshSidecar:
     # -- health port ----------------------------------------------------------------------
     def _routes(self):
         def ready():
-            return text(200, "ready\n") if self.agent is not None and self.agent.ready else text(503, "not ready\n")
+            return readiness(self.agent)
 
         def status():
             if self.agent is None:

@@ -109,8 +109,34 @@ class Metrics:
                          self.child_rekeys, self.failures, self.acquires, self.nat_mappings,
                          self.policy_expires, self.ike_sas, self.child_sas]
 
-    def render(self, ike_sas: int, child_sas: int) -> bytes:
+    def render(self, ike_sas: int, child_sas: int, services: dict | None = None) -> bytes:
+        """`services`: the data plane's Service translation status, if it has one."""
         self.ike_sas.set(ike_sas)
         self.child_sas.set(child_sas)
-        lines = [line for family in self.families + [xfrm_stat_family(self.xfrm_stat)] for line in family.lines()]
+        extra = [xfrm_stat_family(self.xfrm_stat)] + (service_families(services) if services else [])
+        lines = [line for family in self.families + extra for line in family.lines()]
         return ("\n".join(lines) + "\n").encode()
+
+
+def service_families(status: dict) -> list[Family]:
+    """The Service translation's figures (kept by svcnat and the kernel) as metric families."""
+    families = []
+    for name, help_text, kind, value in (
+        ("ipsec_mesh_services_translated", "Services the pod translates to endpoints itself", "gauge",
+         status["services"]),
+        ("ipsec_mesh_service_endpoints_translated", "Endpoint translations (per service port and family)", "gauge",
+         status["endpoints"]),
+        ("ipsec_mesh_service_translation_last_update_ok", "1 if the latest translation update was applied",
+         "gauge", 0 if status["last_error"] else 1),
+        ("ipsec_mesh_service_translation_failures", "Translation updates the kernel refused", "counter",
+         status["failures"]),
+        ("ipsec_mesh_service_untranslated_packets",
+         "Packets to a service port with no usable endpoint, rejected in the pod", "counter",
+         status["untranslated_packets"]),
+    ):
+        if value is None:
+            continue
+        family = Family(name, help_text, kind)
+        family.values[()] = float(value)
+        families.append(family)
+    return families

@@ -465,11 +465,19 @@ class Agent:
         self._stopping.set()
 
     # -- status -----------------------------------------------------------------------
+    def not_ready_reason(self) -> str | None:
+        """None when the pod may receive traffic: started, and the data plane does all the map asks."""
+        if not self.ready:
+            return "starting"
+        return self.dataplane.not_ready_reason()
+
     def status(self) -> dict:
+        reason = self.not_ready_reason()
         return {
             "identity": str(self.peers.local_id),
             "addresses": list(self.peers.local_addresses),
-            "ready": self.ready,
+            "ready": reason is None,
+            "not_ready_reason": reason,
             "uptime": round(time.time() - self.started_at, 1),
             "peer_map_version": self.peers.peer_map.version,
             "dataplane": self.dataplane.status(),

@@ -32,17 +32,24 @@ def json_response(document: Any, status: int = 200) -> Response:
     return status, "application/json", json.dumps(document, indent=1).encode() + b"\n"
 
 
+def readiness(agent) -> Response:
+    """200 only when the agent is started and its data plane does all the peer map asks."""
+    reason = agent.not_ready_reason() if agent is not None else "bootstrapping"
+    return text(200, "ready\n") if reason is None else text(503, f"not ready: {reason}\n")
+
+
 def agent_routes(agent, ready_path: str = "/readyz") -> dict[str, Route]:
     """The routes of a running agent (standalone mode; mesh mode adds its own around them)."""
 
     def metrics() -> Response:
         sas = agent.endpoint.status()
-        body = agent.metrics.render(len(sas), sum(len(s["children"]) for s in sas))
+        body = agent.metrics.render(len(sas), sum(len(s["children"]) for s in sas),
+                                    agent.dataplane.status().get("services"))
         return 200, "text/plain; version=0.0.4", body
 
     return {
         "/healthz": lambda: text(200, "ok\n"),
-        ready_path: lambda: text(200, "ready\n") if agent.ready else text(503, "not ready\n"),
+        ready_path: lambda: readiness(agent),
         "/status": lambda: json_response(agent.status()),
         "/metrics": metrics,
     }

@@ -25,6 +25,7 @@ from pathlib import Path
 from ..ike.constants import EncrId
 from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 from ..meshapi.model import Enforcement
+from ..svcnat import ServiceTranslation
 from ..xfrm import (
     Acquire as KernelAcquire,
     Aead,
@@ -77,9 +78,11 @@ def _inf_if_zero(value: int) -> int:
 class XfrmDataPlane:
     name = "xfrm"
 
-    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None):
-        """`xfrm`: the kernel interface to use (tests pass a recording stand-in)."""
+    def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None,
+                 services: ServiceTranslation | None = None):
+        """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins)."""
         self.netns = netns
+        self.services = services if services is not None else ServiceTranslation(netns)
         self.rekey_grace = rekey_grace
         self.xfrm = xfrm if xfrm is not None else Xfrm(netns)
         self.events_channel: Xfrm | None = None
@@ -161,6 +164,9 @@ class XfrmDataPlane:
         self.peers = peers
         # 1. Policies first, so nothing to a `require` peer leaves in plaintext from now on.
         self._reconcile_policies(self.desired_policies(peers))
+        # 1b. Then ClusterIPs rewritten to endpoints in the pod, so Service calls meet those policies;
+        #     one transaction replaces whatever an earlier instance left.
+        self.services.apply(peers.peer_map.services)
         # 2. SAs of an earlier instance are useless (their IKE SAs are gone): remove them.
         stale = 0
         for sa in self.xfrm.dump_sas():
@@ -195,7 +201,12 @@ class XfrmDataPlane:
         """
         self._sync_policies(self.desired_policies(new), self._policies, lambda have, want: have == want,
                             tolerate_delete_errors=True)
+        if new.peer_map.services != (old.peer_map.services if old is not None else None):
+            self.services.apply(new.peer_map.services)
         self.peers = new
+
+    def not_ready_reason(self) -> str | None:
+        return self.services.problem()
 
     def prepare_socket(self, sock: socket.socket, natt: bool) -> None:
         socket_bypass(sock)
@@ -203,7 +214,7 @@ class XfrmDataPlane:
             set_udp_encap(sock)
 
     def stop(self) -> None:
-        """Remove our SAs. Policies stay: a pod that is going away stays fail-closed."""
+        """Remove our SAs. Policies and the Service translation stay: a pod that is going away stays fail-closed."""
         for sa in list(self.inbound.values()) + list(self.outbound.values()):
             try:
                 self.xfrm.delete_sa(sa.dst, sa.spi, sa.proto)
@@ -215,6 +226,7 @@ class XfrmDataPlane:
             self.events_channel.close()
             self.events_channel = None
         self.xfrm.close()
+        self.services.close()
 
     # -- SAs --------------------------------------------------------------------------
     def _spec(self, info: ChildSaInfo, inbound: bool) -> SaSpec:
@@ -354,4 +366,4 @@ class XfrmDataPlane:
 
     def status(self) -> dict:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),
-                "outbound_sas": len(self.outbound), "errors": self.errors}
+                "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status()}

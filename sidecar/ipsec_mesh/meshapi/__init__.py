@@ -9,6 +9,9 @@ YAML file (`load_peer_map_file`). Both paths end in the same validated
 from .errors import MeshApiError, MeshApiRequestError, PeerMapError, ProposalError
 from .identity import pod_fqdn, service_account_uri
 from .model import (
+    MAX_SERVICE_ENDPOINTS,
+    MAX_SERVICE_PORTS,
+    MAX_SERVICES,
     AuthKind,
     Enforcement,
     Lifetimes,
@@ -17,6 +20,11 @@ from .model import (
     PeeringPolicy,
     PeerMap,
     PskKey,
+    ServiceEndpoint,
+    ServiceEntry,
+    ServicePort,
+    ServiceProtocol,
+    SessionAffinity,
     load_peer_map_file,
 )
 from .status import PeeringStatus, StatusReport
@@ -28,6 +36,8 @@ __all__ = [
     "Lifetimes", "LocalIdentity", "MeshApiError", "MeshApiRequestError", "Peer", "PeerMap",
     "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",
     "pod_fqdn", "service_account_uri",
+    "MAX_SERVICES", "MAX_SERVICE_ENDPOINTS", "MAX_SERVICE_PORTS", "ServiceEndpoint", "ServiceEntry", "ServicePort",
+    "ServiceProtocol", "SessionAffinity",
 ]
 
 

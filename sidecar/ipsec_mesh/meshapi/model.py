@@ -22,7 +22,7 @@ import yaml
 
 from . import fields
 from .errors import PeerMapError
-from .identity import check_dns_name, check_identity_pattern
+from .identity import check_dns_name, check_identity_pattern, check_label
 from .proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
 API_VERSION = "ipsec-mesh.io/peermap/v1"
@@ -35,6 +35,11 @@ MAX_CA_CERTS = 16
 MAX_PSK_KEYS = 4
 MIN_PSK_BYTES = 32
 MAX_PSK_BYTES = 256
+MAX_SERVICES = 20000
+MAX_SERVICE_PORTS = 100
+MAX_SERVICE_ENDPOINTS = 5000
+MAX_AFFINITY_TIMEOUT_SECONDS = 86400
+DEFAULT_AFFINITY_TIMEOUT_SECONDS = 10800
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -119,6 +124,96 @@ class LocalIdentity:
     addresses: tuple[IpAddress, ...] = ()
 
 
+class ServiceProtocol(str, enum.Enum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+class SessionAffinity(str, enum.Enum):
+    NONE = "None"
+    CLIENT_IP = "ClientIP"
+
+
+@dataclass(frozen=True)
+class ServiceEndpoint:
+    """One backend of a service port, with its EndpointSlice conditions."""
+
+    address: IpAddress
+    #: The target port, resolved per EndpointSlice (named targetPorts included).
+    port: int
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    #: The endpoint is a peer of this pod under one of the map's peerings.
+    peer: bool = False
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    #: "" only for the single port of a service.
+    name: str
+    protocol: ServiceProtocol
+    port: int
+    endpoints: tuple[ServiceEndpoint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.endpoints) > MAX_SERVICE_ENDPOINTS:
+            raise PeerMapError("endpoints", f"at most {MAX_SERVICE_ENDPOINTS} endpoints per port")
+        # A duplicate would get twice the share of new connections.
+        if len({(ep.address, ep.port) for ep in self.endpoints}) != len(self.endpoints):
+            raise PeerMapError("endpoints", "(address, port) must be unique")
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """A Service with a ClusterIP that at least one of this pod's peers serves."""
+
+    namespace: str
+    name: str
+    cluster_ips: tuple[IpAddress, ...]
+    ports: tuple[ServicePort, ...]
+    session_affinity: SessionAffinity = SessionAffinity.NONE
+    affinity_timeout_seconds: int = DEFAULT_AFFINITY_TIMEOUT_SECONDS
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def __post_init__(self) -> None:
+        check_label(self.namespace, "namespace")
+        check_label(self.name, "name")
+        if not 1 <= len(self.cluster_ips) <= 2:
+            raise PeerMapError("clusterIPs", "must have 1..2 items")
+        families = [ip.version for ip in self.cluster_ips]
+        if len(set(families)) != len(families):
+            raise PeerMapError("clusterIPs", "at most one address per IP family")
+        for index, ip in enumerate(self.cluster_ips):
+            _check_unicast(ip, f"clusterIPs[{index}]")
+        if not 1 <= len(self.ports) <= MAX_SERVICE_PORTS:
+            raise PeerMapError("ports", f"must have 1..{MAX_SERVICE_PORTS} items")
+        names = [port.name for port in self.ports]
+        if len(set(names)) != len(names) or (len(names) > 1 and "" in names):
+            raise PeerMapError("ports", "names must be unique, and only a single port may be unnamed")
+        if len({(port.protocol, port.port) for port in self.ports}) != len(self.ports):
+            raise PeerMapError("ports", "(protocol, port) must be unique")
+        for index, port in enumerate(self.ports):
+            if port.name:
+                check_label(port.name, f"ports[{index}].name")
+            if not 1 <= port.port <= 65535:
+                raise PeerMapError(f"ports[{index}].port", "must be within 1..65535")
+            for ep_index, endpoint in enumerate(port.endpoints):
+                path = f"ports[{index}].endpoints[{ep_index}]"
+                _check_unicast(endpoint.address, f"{path}.address")
+                # EndpointSlices are per family: an endpoint only serves the cluster IP of its own.
+                if endpoint.address.version not in families:
+                    raise PeerMapError(f"{path}.address", "no cluster IP of its address family")
+                if not 1 <= endpoint.port <= 65535:
+                    raise PeerMapError(f"{path}.port", "must be within 1..65535")
+        if not 1 <= self.affinity_timeout_seconds <= MAX_AFFINITY_TIMEOUT_SECONDS:
+            raise PeerMapError("sessionAffinityTimeoutSeconds", f"must be within 1..{MAX_AFFINITY_TIMEOUT_SECONDS}")
+
+
 @dataclass(frozen=True)
 class PeerMap:
     version: int
@@ -126,6 +221,14 @@ class PeerMap:
     policies: tuple[PeeringPolicy, ...]
     #: The mesh CA certificates (PEM), newest first, during a CA rotation more than one.
     trust_bundle: tuple[str, ...] = ()
+    #: Services this pod translates itself (docs/services.md), sorted by key.
+    services: tuple[ServiceEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.services) > MAX_SERVICES:
+            raise PeerMapError("services", f"at most {MAX_SERVICES} services")
+        if len({service.key for service in self.services}) != len(self.services):
+            raise PeerMapError("services", "(namespace, name) must be unique")
 
     # ---- JSON / dict form -------------------------------------------------
 
@@ -136,6 +239,7 @@ class PeerMap:
             "local": _local_to_dict(self.local),
             "trustBundle": list(self.trust_bundle),
             "peerings": [_policy_to_dict(policy) for policy in self.policies],
+            "services": [_service_to_dict(service) for service in self.services],
         }
 
     def to_json(self) -> bytes:
@@ -159,7 +263,7 @@ class PeerMap:
         `base_dir` allows ``valueFile`` for pre-shared keys (standalone YAML
         files only); without it, file references are refused.
         """
-        doc = fields.obj(document, "", {"local", "peerings"}, {"apiVersion", "version", "trustBundle"})
+        doc = fields.obj(document, "", {"local", "peerings"}, {"apiVersion", "version", "trustBundle", "services"})
         if doc.get("apiVersion", API_VERSION) != API_VERSION:
             raise PeerMapError("apiVersion", f"expected {API_VERSION}")
         peerings = fields.array(
@@ -173,6 +277,7 @@ class PeerMap:
             local=_local_from_dict(doc["local"], "local"),
             policies=peerings,
             trust_bundle=fields.array(doc.get("trustBundle", []), "trustBundle", fields.pem_certificate, MAX_CA_CERTS),
+            services=fields.array(doc.get("services", []), "services", _service_from_dict, MAX_SERVICES),
         )
 
 
@@ -323,4 +428,96 @@ def _peer_from_dict(value: Any, path: str) -> Peer:
         addresses=fields.array(doc["addresses"], f"{path}.addresses", fields.network, MAX_ADDRESSES, 1),
         identities=fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, MAX_IDENTITIES),
         trust_bundle=fields.array(doc.get("trustBundle", []), f"{path}.trustBundle", fields.pem_certificate, MAX_CA_CERTS),
+    )
+
+
+def _check_unicast(address: IpAddress, path: str) -> None:
+    # A loopback or link-local "service" would redirect the pod's own local traffic.
+    if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_link_local:
+        raise PeerMapError(path, f"{address} is not a unicast host address")
+
+
+def _service_to_dict(service: ServiceEntry) -> dict[str, Any]:
+    return {
+        "namespace": service.namespace,
+        "name": service.name,
+        "clusterIPs": [str(ip) for ip in service.cluster_ips],
+        "sessionAffinity": service.session_affinity.value,
+        "sessionAffinityTimeoutSeconds": service.affinity_timeout_seconds,
+        "ports": [
+            {
+                "name": port.name,
+                "protocol": port.protocol.value,
+                "port": port.port,
+                "endpoints": [
+                    {
+                        "address": str(ep.address),
+                        "port": ep.port,
+                        "ready": ep.ready,
+                        "serving": ep.serving,
+                        "terminating": ep.terminating,
+                        "peer": ep.peer,
+                    }
+                    for ep in port.endpoints
+                ],
+            }
+            for port in service.ports
+        ],
+    }
+
+
+def _under(path: str, exc: PeerMapError) -> PeerMapError:
+    """The dataclass checks name paths relative to the object: prefix the document path."""
+    if exc.path.startswith(path):
+        return exc
+    return PeerMapError(f"{path}.{exc.path}", str(exc).removeprefix(f"{exc.path}: "))
+
+
+def _service_from_dict(value: Any, path: str) -> ServiceEntry:
+    doc = fields.obj(
+        value, path, {"namespace", "name", "clusterIPs", "ports"},
+        {"sessionAffinity", "sessionAffinityTimeoutSeconds"},
+    )
+    try:
+        return ServiceEntry(
+            namespace=fields.string(doc["namespace"], f"{path}.namespace", 63),
+            name=fields.string(doc["name"], f"{path}.name", 63),
+            cluster_ips=fields.array(doc["clusterIPs"], f"{path}.clusterIPs", fields.address, 2, 1),
+            ports=fields.array(doc["ports"], f"{path}.ports", _service_port_from_dict, MAX_SERVICE_PORTS, 1),
+            session_affinity=fields.choice(
+                doc.get("sessionAffinity", SessionAffinity.NONE.value), f"{path}.sessionAffinity", SessionAffinity
+            ),
+            affinity_timeout_seconds=fields.integer(
+                doc.get("sessionAffinityTimeoutSeconds", DEFAULT_AFFINITY_TIMEOUT_SECONDS),
+                f"{path}.sessionAffinityTimeoutSeconds", 1, MAX_AFFINITY_TIMEOUT_SECONDS,
+            ),
+        )
+    except PeerMapError as exc:
+        raise _under(path, exc) from None
+
+
+def _service_port_from_dict(value: Any, path: str) -> ServicePort:
+    doc = fields.obj(value, path, {"protocol", "port"}, {"name", "endpoints"})
+    try:
+        return ServicePort(
+            name=fields.string(doc.get("name", ""), f"{path}.name", 63, 0),
+            protocol=fields.choice(doc["protocol"], f"{path}.protocol", ServiceProtocol),
+            port=fields.integer(doc["port"], f"{path}.port", 1, 65535),
+            endpoints=fields.array(
+                doc.get("endpoints", []), f"{path}.endpoints", _service_endpoint_from_dict, MAX_SERVICE_ENDPOINTS
+            ),
+        )
+    except PeerMapError as exc:
+        raise _under(path, exc) from None
+
+
+def _service_endpoint_from_dict(value: Any, path: str) -> ServiceEndpoint:
+    doc = fields.obj(value, path, {"address", "port"}, {"ready", "serving", "terminating", "peer"})
+    return ServiceEndpoint(
+        address=fields.address(doc["address"], f"{path}.address"),
+        port=fields.integer(doc["port"], f"{path}.port", 1, 65535),
+        ready=fields.boolean(doc.get("ready", True), f"{path}.ready"),
+        serving=fields.boolean(doc.get("serving", True), f"{path}.serving"),
+        terminating=fields.boolean(doc.get("terminating", False), f"{path}.terminating"),
+        peer=fields.boolean(doc.get("peer", False), f"{path}.peer"),
     )

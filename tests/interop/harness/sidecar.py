@@ -35,7 +35,7 @@ class Sidecar:
                  ike_settings: dict | None = None, name: str = "sidecar", dataplane: str = "none",
                  enforcement: str | None = None, addresses: tuple[str, ...] = (),
                  more_peerings: tuple[dict, ...] = (), log_level: str = "debug",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, services: tuple[dict, ...] = ()):
         """`peer_address` is a CIDR (or several, comma-separated); `addresses` adds local
         addresses (e.g. IPv6 beside IPv4) to the one in `address`."""
         self.ns = ns
@@ -63,7 +63,7 @@ class Sidecar:
         if lifetimes:
             peering["lifetimes"] = lifetimes
         peer_map: dict[str, Any] = {"local": {"identity": identity, "addresses": [address, *addresses]},
-                                    "peerings": [peering, *more_peerings]}
+                                    "peerings": [peering, *more_peerings], "services": list(services)}
         document: dict[str, Any] = {
             "peerMap": peer_map,
             "dataplane": dataplane,

@@ -1,0 +1,134 @@
+"""Benchmark: the pod's Service translation update beside the XFRM policy update it goes with.
+
+A peer map with N Services (one TCP and one UDP port, 3 peer endpoints each, so 3N peers);
+then an update in which every Service replaces one endpoint (a rolling restart of everything):
+N peers leave, N new ones arrive. Measured in a throw-away network namespace, alternating:
+- translation: `ServiceTranslation.apply` (render + one libnftables batch), with and without
+  ClientIP affinity (which adds a dynamic set per endpoint);
+- policies: `XfrmDataPlane.update_peers` for the same two peer sets, translation left out.
+
+    sudo .venv/bin/python bench/bench_service_translation.py [--services 500] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sidecar"))
+
+from machine import describe  # noqa: E402  (bench/, the script's own directory)
+
+from ipsec_mesh.agent.config import IkeSettings  # noqa: E402
+from ipsec_mesh.agent.peers import PeerSet  # noqa: E402
+from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
+from ipsec_mesh.meshapi import PeerMap  # noqa: E402
+from ipsec_mesh.svcnat import ServiceTranslation, render, Objects  # noqa: E402
+
+LOCAL = "10.0.0.1"
+ENDPOINT_BASE = int(ipaddress.ip_address("10.64.0.0"))
+CLUSTER_BASE = int(ipaddress.ip_address("10.96.0.0"))
+
+
+def peer_map(services: int, generation: int, affinity: str) -> PeerMap:
+    """Service s has endpoints 3s+1..3s+3; in generation 1 the first is replaced by a new address."""
+    def endpoint(s: int, k: int) -> str:
+        number = 3 * s + k + 1 if not (generation and k == 0) else 3 * services + s + 1
+        return str(ipaddress.ip_address(ENDPOINT_BASE + number))
+
+    entries, peers = [], []
+    for s in range(services):
+        addresses = sorted((endpoint(s, k) for k in range(3)), key=ipaddress.ip_address)
+        peers += [{"name": f"p{a}", "addresses": [a], "identities": ["x.mesh.test"]} for a in addresses]
+        eps = [{"address": a, "port": 8080, "peer": True} for a in addresses]
+        entries.append({"namespace": "bench", "name": f"svc-{s}",
+                        "clusterIPs": [str(ipaddress.ip_address(CLUSTER_BASE + s + 1))],
+                        "sessionAffinity": affinity,
+                        "ports": [{"name": p.lower(), "protocol": p, "port": 80, "endpoints": eps}
+                                  for p in ("TCP", "UDP")]})
+    return PeerMap.from_dict({
+        "local": {"identity": "bench.mesh.test", "addresses": [LOCAL]},
+        "peerings": [{"name": "p", "authentication": "psk", "psk": [{"id": "k", "value": "cA" * 22}],
+                      "peers": peers}],
+        "services": entries,
+    })
+
+
+class NoTranslation:
+    """Leaves the translation out of the policy timing."""
+
+    def apply(self, services) -> bool:
+        return True
+
+    def problem(self):
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def status(self) -> dict:
+        return {}
+
+
+def timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def bench(services: int, rounds: int) -> None:
+    namespace = f"svcbench{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        results: dict[str, list[float]] = {}
+        for affinity in ("None", "ClientIP"):
+            maps = [peer_map(services, g, affinity) for g in (0, 1)]
+            sets = [PeerSet(m, IkeSettings()) for m in maps]
+            translation = ServiceTranslation(namespace)
+            plane = XfrmDataPlane(namespace, services=NoTranslation())
+            plane.start(sets[0])
+            assert translation.apply(maps[0].services), translation.last_error
+            try:
+                for round_number in range(rounds):
+                    for old, new in ((0, 1), (1, 0)):
+                        results.setdefault(f"render only ({affinity})", []).append(
+                            timed(lambda: render(maps[new].services, Objects())))
+                        seconds = timed(lambda: translation.apply(maps[new].services))
+                        assert not translation.last_error, translation.last_error
+                        results.setdefault(f"translation update ({affinity})", []).append(seconds)
+                        results.setdefault(f"XFRM policy update ({affinity} run)", []).append(
+                            timed(lambda: plane.update_peers(sets[old], sets[new])))
+                assert plane.errors == 0
+            finally:
+                plane.stop()
+                translation.close()
+        status = subprocess.run(["ip", "netns", "exec", namespace, "nft", "list", "table", "inet", "ipsec_mesh_svc"],
+                                capture_output=True, text=True).stdout
+        chains = status.count("\tchain ")
+        print(f"{services} services x 2 ports x 3 endpoints, {services} of {3 * services} peers replaced per update; "
+              f"{chains} chains in the final table; medians of {2 * rounds} updates:")
+        for label, values in results.items():
+            print(f"  {label:<36} {statistics.median(values) * 1000:8.1f} ms   (min {min(values) * 1000:.1f})")
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root: it creates a network namespace")
+    print(describe())
+    bench(args.services, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Pod-local Service translation (nftables DNAT in the pod's own namespace), see docs/services.md.
+
+A ClusterIP is rewritten to an endpoint inside the pod, before the kernel's XFRM lookup,
+so the peer's policy (and its IPsec SA) applies to Service calls too.
+"""
+
+from .nft import Nft, NftError
+from .ruleset import FAMILY, TABLE, Batch, Objects, render, usable_endpoints
+from .translation import ServiceTranslation
+
+__all__ = ["FAMILY", "TABLE", "Batch", "Nft", "NftError", "Objects", "ServiceTranslation", "render",
+           "usable_endpoints"]

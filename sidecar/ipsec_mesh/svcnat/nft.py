@@ -1,0 +1,96 @@
+"""libnftables in one network namespace, through the netfilter project's Python binding.
+
+`nftables.Nftables` (Debian's python3-nftables, a thin ctypes layer over libnftables1)
+parses nft syntax and sends a whole script as one netlink batch, which the kernel
+commits or refuses as a unit. libnftables opens its netlink socket in the namespace of
+the thread that calls it, so a sidecar driving another namespace (tests, `netns:` in
+the settings) runs every call on one worker thread that entered that namespace first.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
+
+
+class NftError(Exception):
+    """libnftables is missing, or refused a command (the kernel's message included)."""
+
+
+def _enter(netns: str) -> None:
+    from pyroute2 import netns as pyroute2_netns
+
+    pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a namespace
+
+
+class Nft:
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+        self._executor = ThreadPoolExecutor(1, "nft-setns", _enter, (netns,)) if netns is not None else None
+        self._nft = self._call(self._load)
+
+    @staticmethod
+    def _load():
+        try:
+            import nftables
+        except ImportError as exc:
+            raise NftError(f"the nftables Python binding is not installed: {exc}") from None
+        try:
+            nft = nftables.Nftables()
+        except OSError as exc:
+            raise NftError(f"libnftables cannot be loaded: {exc}") from None
+        nft.set_json_output(False)
+        return nft
+
+    def _call(self, function, *args):
+        if self._executor is None:
+            return function(*args)
+        try:
+            return self._executor.submit(function, *args).result()
+        except NftError:
+            raise
+        except Exception as exc:  # setns failed in the worker (BrokenThreadPool carries no errno)
+            raise NftError(f"cannot work in network namespace {self.netns!r}: {exc!r}") from None
+
+    def run(self, script: str) -> str:
+        """Run a script as one transaction; NftError with libnftables' message if refused."""
+        rc, output, error = self._call(self._nft.cmd, script)
+        if rc != 0:
+            raise NftError(error.strip() or f"nft failed (rc {rc})")
+        return output
+
+    def _json(self, command: str):
+        rc, output, error = self._call(self._nft.json_cmd, {"nftables": [{"list": command}]})
+        if rc != 0:
+            raise NftError(error.strip() or f"nft failed (rc {rc})")
+        return output.get("nftables", []) if isinstance(output, dict) else []
+
+    def objects(self) -> Objects | None:
+        """The translation's chains and sets in the kernel now; None if the table does not exist."""
+        try:
+            items = self._json({"table": {"family": FAMILY, "name": TABLE}})
+        except NftError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+        chains = {item["chain"]["name"] for item in items if "chain" in item}
+        sets = {item["set"]["name"] for item in items if "set" in item}
+        return Objects(frozenset(c for c in chains if c.startswith(("svc_", "ep_"))),
+                       frozenset(s for s in sets if s.startswith("aff_")))
+
+    def untranslated_packets(self) -> int | None:
+        try:
+            items = self._json({"counter": {"family": FAMILY, "table": TABLE, "name": UNTRANSLATED_COUNTER}})
+        except NftError:
+            return None
+        for item in items:
+            if "counter" in item:
+                return int(item["counter"].get("packets", 0))
+        return None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None

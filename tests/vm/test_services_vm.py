@@ -1,0 +1,138 @@
+"""Service calls through the mesh with real ESP (VM tier): the pod translates the ClusterIP.
+
+client pod -- node (routes; kube-proxy-style DNAT of the ClusterIP) -- server pod, each pod with
+a real sidecar (`ipsec-mesh-sidecar run`, XFRM data plane). The client's peer map lists the
+Service; TCP and UDP calls to the ClusterIP, IPv4 and IPv6, must be answered, the answers must
+reach the client's socket from the ClusterIP (the pod's conntrack undoes the DNAT after ESP
+decapsulation), and the wire between the pods must carry only ESP (and IKE).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.interop.harness.netns import Topology
+from tests.interop.harness.sidecar import Sidecar
+from tests.vm.netns_guest import Capture, Netns
+from tests.vm.test_sidecar_vm import PSK, START, plaintext_between
+
+pytestmark = pytest.mark.vm
+
+CLUSTER4, CLUSTER6 = "10.96.0.10", "fd00:96::a"
+CLIENT4, CLIENT6 = "10.98.1.2", "fd98:1::2"
+SERVER4, SERVER6 = "10.98.2.2", "fd98:2::2"
+CLIENT_ID, SERVER_ID = "client.shop.pod.mesh.test", "server.shop.pod.mesh.test"
+
+
+def routed(topo: Topology):
+    client, node, server = (topo.namespace(role) for role in ("client", "node", "server"))
+    topo.link(client, "eth0", node, "toclient")
+    topo.link(node, "toserver", server, "eth0")
+    for ns, dev, cidrs in ((client, "eth0", (f"{CLIENT4}/24", f"{CLIENT6}/64")),
+                           (node, "toclient", ("10.98.1.1/24", "fd98:1::1/64")),
+                           (node, "toserver", ("10.98.2.1/24", "fd98:2::1/64")),
+                           (server, "eth0", (f"{SERVER4}/24", f"{SERVER6}/64"))):
+        for cidr in cidrs:
+            topo.address(ns, dev, cidr)
+    for ns, gw4, gw6 in ((client, "10.98.1.1", "fd98:1::1"), (server, "10.98.2.1", "fd98:2::1")):
+        ns.run(["ip", "route", "add", "default", "via", gw4])
+        ns.run(["ip", "-6", "route", "add", "default", "via", gw6])
+    node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+    node.run(["nft", "-f", "-"], input=f"""
+table inet kubeproxy {{
+  counter kp_dnat {{ }}
+  chain pre {{ type nat hook prerouting priority -100;
+    ip daddr {CLUSTER4} meta l4proto {{ tcp, udp }} th dport 80 counter name kp_dnat dnat ip to {SERVER4}:8080
+    ip6 daddr {CLUSTER6} meta l4proto {{ tcp, udp }} th dport 80 counter name kp_dnat dnat ip6 to [{SERVER6}]:8080
+  }}
+}}
+""")
+    return client, node, server
+
+
+SERVICE = {
+    "namespace": "shop", "name": "echo", "clusterIPs": [CLUSTER4, CLUSTER6],
+    "ports": [{"name": proto.lower(), "protocol": proto, "port": 80,
+               "endpoints": [{"address": SERVER4, "port": 8080, "peer": True},
+                             {"address": SERVER6, "port": 8080, "peer": True}]}
+              for proto in ("TCP", "UDP")],
+}
+
+ECHO = """
+import socket, threading, time
+def tcp(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, 8080)); s.listen(16)
+    while True:
+        c, peer = s.accept(); data = c.recv(100); c.sendall(data + f" via {address} from {peer[0]}".encode()); c.close()
+def udp(family, address):
+    s = socket.socket(family, socket.SOCK_DGRAM); s.bind((address, 8080))
+    while True:
+        data, peer = s.recvfrom(100); s.sendto(data + f" via {address} from {peer[0]}".encode(), peer)
+for family, address in ((socket.AF_INET, "%s"), (socket.AF_INET6, "%s")):
+    for serve in (tcp, udp):
+        threading.Thread(target=serve, args=(family, address), daemon=True).start()
+print("up", flush=True)
+time.sleep(900)
+""" % (SERVER4, SERVER6)
+
+CALL = """
+import socket, sys
+kind, address = sys.argv[1], sys.argv[2]
+family = socket.AF_INET6 if ":" in address else socket.AF_INET
+if kind == "tcp":
+    s = socket.create_connection((address, 80), timeout=60)
+    s.sendall(b"hello"); answer = s.recv(200); peer = s.getpeername()[0]
+else:
+    s = socket.socket(family, socket.SOCK_DGRAM); s.settimeout(3)
+    for attempt in range(20):  # the first datagrams wait for IKE (held, or dropped while larval)
+        s.sendto(b"hello", (address, 80))
+        try:
+            answer, source = s.recvfrom(200); peer = source[0]; break
+        except socket.timeout:
+            continue
+    else:
+        raise SystemExit("no UDP answer")
+print(peer, answer.decode())
+"""
+
+
+def test_service_calls_through_the_cluster_ip_are_answered_and_only_esp_crosses(tmp_path):
+    with Topology() as topo:
+        client, node, server = routed(topo)
+        sidecars = [
+            Sidecar(client, tmp_path, address=CLIENT4, addresses=(CLIENT6,), identity=CLIENT_ID,
+                    peer_address=f"{SERVER4}/32,{SERVER6}/128", peer_identity=SERVER_ID, psk=PSK,
+                    dataplane="xfrm", name="client", services=(SERVICE,)),
+            Sidecar(server, tmp_path, address=SERVER4, addresses=(SERVER6,), identity=SERVER_ID,
+                    peer_address=f"{CLIENT4}/32,{CLIENT6}/128", peer_identity=CLIENT_ID, psk=PSK,
+                    dataplane="xfrm", name="server"),
+        ]
+        for sidecar in sidecars:
+            sidecar.launch()
+        for sidecar in sidecars:
+            sidecar.wait_ready(START)
+        assert sidecars[0].status()["dataplane"]["services"]["services"] == 1
+        echo = server.popen(server.python_argv("-c", ECHO), stdout=__import__("subprocess").PIPE, text=True)
+        assert echo.stdout.readline().strip() == "up"
+        answers = {}
+        with Capture(Netns(client.name), "eth0", tmp_path / "wire.pcap") as capture:
+            for kind in ("tcp", "udp"):
+                for cluster_ip in (CLUSTER4, CLUSTER6):
+                    done = client.run(client.python_argv("-c", CALL, kind, cluster_ip), timeout=240)
+                    answers[(kind, cluster_ip)] = done.stdout.split()
+        packets = capture.packets()
+        for (kind, cluster_ip), words in answers.items():
+            server_ip, client_ip = (SERVER4, CLIENT4) if ":" not in cluster_ip else (SERVER6, CLIENT6)
+            # The answer reached the socket from the ClusterIP it called; the server saw the pod's address.
+            assert words == [cluster_ip, "hello", "via", server_ip, "from", client_ip], (kind, words)
+        for client_ip, server_ip in ((CLIENT4, SERVER4), (CLIENT6, SERVER6)):
+            assert not plaintext_between(packets, client_ip, server_ip)
+            assert any(p.is_esp for p in packets if {p.src, p.dst} == {client_ip, server_ip})
+        assert not [p for p in packets if p.dst in (CLUSTER4, CLUSTER6) or p.src in (CLUSTER4, CLUSTER6)]
+        dnat = node.run(["nft", "list", "counter", "inet", "kubeproxy", "kp_dnat"]).stdout
+        assert "packets 0 " in dnat  # kube-proxy's rule never saw a ClusterIP: the pod translated all
+        untranslated = client.run(["nft", "list", "counter", "inet", "ipsec_mesh_svc", "untranslated"]).stdout
+        assert "packets 0 " in untranslated
