@@ -2,8 +2,8 @@
 
 IPsecPeerings are reconciled on create/update/resume and checked on a timer
 (key rotation, remote references, sidecar reports into the status). Injected
-pods and namespace labels feed the mesh index; the mesh API, webhooks and
-metrics run in the same process, started at startup.
+pods, namespace labels, Services and EndpointSlices feed the mesh index; the
+mesh API, webhooks and metrics run in the same process, started at startup.
 """
 
 from __future__ import annotations
@@ -193,6 +193,20 @@ def injected_pods(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[
 def pod_event(type: str, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
         runtime().remove_pod((namespace, name))
+
+
+# ---- Services and EndpointSlices (docs/services.md) ---------------------------------
+# Watched, never written: list/watch is all the chart's ClusterRole grants.
+
+
+@kopf.on.event("services")
+def service_event(type: str, body: kopf.Body, **_: Any) -> None:
+    runtime().apply_service_event("Service", type, body)
+
+
+@kopf.on.event("discovery.k8s.io", "v1", "endpointslices")
+def endpoint_slice_event(type: str, body: kopf.Body, **_: Any) -> None:
+    runtime().apply_service_event("EndpointSlice", type, body)
 
 
 def namespace_event(type: str, name: str, labels: Any, **_: Any) -> None:

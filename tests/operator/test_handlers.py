@@ -11,6 +11,7 @@ from ipsec_mesh_operator import handlers
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.peering import parse_peering
 from memory_kube import MemoryKube
 from ipsec_mesh_operator.runtime import OperatorRuntime
 
@@ -139,6 +140,44 @@ def test_pod_index_and_deletion_events_feed_the_mesh_index(runtime):
     assert runtime.index.pod(("prod", "web-0")) is None
     handlers.namespace_event(type="ADDED", name="prod", labels={"team": "a"})
     assert runtime.index._labels_of_namespace("prod") == {"team": "a", "kubernetes.io/metadata.name": "prod"}
+
+
+def _service(ports, name="db"):
+    return kopf.Body({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "prod"},
+                      "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": ports}})
+
+
+def test_service_and_endpoint_slice_events_feed_the_peer_maps_and_bad_objects_are_logged_once(runtime, caplog):
+    for name, app, ip in (("web-0", "web", "10.0.0.1"), ("db-0", "db", "10.0.0.2")):
+        runtime.index.upsert_pod(PodInfo("prod", name, f"u-{name}", "default", {"app": app}, (ip,)))
+    runtime.index.upsert_peering(parse_peering("prod", "p", SPEC))
+    slice_ = kopf.Body({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                        "metadata": {"name": "db-x1", "namespace": "prod",
+                                     "labels": {"kubernetes.io/service-name": "db"}},
+                        "ports": [{"name": "pg", "port": 5433, "protocol": "TCP"}],
+                        "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}]})
+    handlers.service_event(type=None, body=_service([{"name": "pg", "port": 5432, "targetPort": "pg"}]))
+    handlers.endpoint_slice_event(type="ADDED", body=slice_)
+
+    def listed():
+        return [(s.key, [(str(e.address), e.port, e.peer) for p in s.ports for e in p.endpoints])
+                for s in runtime.index.peer_map(("prod", "web-0")).services]
+
+    assert listed() == [("prod/db", [("10.0.0.2", 5433, True)])]
+    # A malformed edit: left out (and the earlier version with it), one warning however often it is seen.
+    bad = _service([{"name": "pg", "port": 70000}])
+    with caplog.at_level("WARNING", logger="ipsec_mesh_operator"):
+        for _ in range(3):
+            handlers.service_event(type="MODIFIED", body=bad)
+    assert listed() == []
+    assert [r.getMessage() for r in caplog.records if "left out" in r.getMessage()] == [
+        "Service prod/db left out of the peer maps: spec.ports[0].port: must be within 1..65535"]
+    handlers.service_event(type="MODIFIED", body=_service([{"name": "pg", "port": 5432}]))
+    assert listed() == [("prod/db", [("10.0.0.2", 5433, True)])]
+    handlers.endpoint_slice_event(type="DELETED", body=slice_)
+    assert listed() == []
+    handlers.service_event(type="DELETED", body=_service([]))
+    assert runtime.index.services.service(("prod", "db")) is None
 
 
 def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():
