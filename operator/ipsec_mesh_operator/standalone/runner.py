@@ -182,7 +182,8 @@ class StandaloneOperator:
         async with self._lock:
             await self._apply(self.mesh, new)
             self.mesh = new
-        logger.info("reloaded %s: %d pod(s), %d peering(s)", self.config_path, len(new.pods), len(new.peerings))
+        logger.info("reloaded %s: %d pod(s), %d peering(s), %d Service object(s)", self.config_path, len(new.pods),
+                    len(new.peerings), len(new.services))
         return True
 
     async def maintain(self) -> None:
@@ -228,6 +229,13 @@ class StandaloneOperator:
             if previous is not None and previous.service_account != pod.service_account:
                 self._tokens_issued.pop(pod.key, None)  # the old token names the old ServiceAccount
             self._write_token(pod)
+        old_services, new_services = old.service_objects(), new.service_objects()
+        for key in old_services.keys() - new_services.keys():
+            kind, body = old_services[key]
+            self.runtime.apply_service_event(kind, "DELETED", body)
+        for key, (kind, body) in new_services.items():
+            if old_services.get(key) != (kind, body):
+                self.runtime.apply_service_event(kind, "MODIFIED", body)
         for name in set(old_namespaces) - set(new_namespaces):
             index.remove_namespace(name)
 
