@@ -20,6 +20,7 @@ from cryptography import x509
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.sources import StandaloneSource
 from ipsec_mesh_operator.standalone import TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import PREFIX
 from standalone_fixture import MESH, TRUST_DOMAIN, client_for, make_csr, running, write_mesh
@@ -164,6 +165,10 @@ async def test_services_in_the_yaml_reach_the_maps_and_follow_a_reload(tmp_path)
                                     "shop/both": [("10.0.0.2", 8080, True, True), ("10.0.0.3", 8080, False, True)]}
         async with client_for(operator, "shop", "web") as client:  # what the sidecar gets, over HTTPS
             assert [s.key for s in (await client.fetch_peer_map()).services] == ["shop/both", "shop/db"]
+        # The admin overview carries the objects, for `ipsec-mesh explain POD svc/NS/NAME --standalone`.
+        doc = await asyncio.to_thread(StandaloneSource(operator.state_dir).overview)
+        assert sorted((e["kind"], e["object"]["metadata"]["name"]) for e in doc["services"]) == [
+            ("EndpointSlice", "both-1"), ("EndpointSlice", "db-ipv4"), ("Service", "both"), ("Service", "db")]
         document["services"] = document["services"][:1]
         write_mesh(operator.config_path, document)
         assert await operator.reload() is True
