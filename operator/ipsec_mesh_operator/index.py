@@ -133,7 +133,7 @@ class MeshIndex:
         self._pods: dict[PodKey, PodInfo] = {}
         self._pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_label: dict[tuple[str, str], set[PodKey]] = defaultdict(set)
-        self._pods_by_address: dict[IpAddress, set[PodKey]] = defaultdict(set)
+        self._pods_by_address: dict[str, set[PodKey]] = defaultdict(set)
         self.services = ServiceTable()
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._peerings: dict[PeeringKey, PeeringSpec] = {}
@@ -250,7 +250,7 @@ class MeshIndex:
         self._pods_by_namespace[info.namespace].add(key)
         for label in info.labels.items():
             self._pods_by_label[label].add(key)
-        for address in info.addresses:
+        for address in info.ips:
             self._pods_by_address[address].add(key)
         self._peer_entries.pop(key, None)
         new_member, new_peer = self._memberships(info)
@@ -293,7 +293,7 @@ class MeshIndex:
                 bucket.discard(info.key)
                 if not bucket:
                     del self._pods_by_label[label]
-        for address in info.addresses:
+        for address in info.ips:
             owners = self._pods_by_address.get(address)
             if owners is not None:
                 owners.discard(info.key)
@@ -360,7 +360,7 @@ class MeshIndex:
     def remove_endpoint_slice(self, key: SliceKey) -> set[PodKey]:
         return self._mark(self._listing(self.services.remove_slice(key)))
 
-    def _listing(self, addresses: set[IpAddress]) -> set[PodKey]:
+    def _listing(self, addresses: set[str]) -> set[PodKey]:
         """Pods whose maps may list a pod at one of `addresses` (a superset: before consent and precedence)."""
         out: set[PodKey] = set()
         for address in addresses:
@@ -375,9 +375,10 @@ class MeshIndex:
             for peer in policy.peers:
                 namespace, _, name = peer.name.partition("/")
                 info = self._pods.get((namespace, name))
-                # A remote cluster's peer is named remote/<name>: it counts only if it is exactly that pod.
-                if info is not None and peer.addresses == info.host_networks:
-                    addresses.extend(info.addresses)
+                # A remote cluster's peer is named remote/<name>: it counts only if it is exactly that pod
+                # (usually the very tuple its Peer entry was built from).
+                if info is not None and (peer.addresses is info.host_networks or peer.addresses == info.host_networks):
+                    addresses.extend(info.ips)
         found = self.services.services_at(addresses)
         return tuple(self.services.entry(key, frozenset(found[key])) for key in sorted(found))
 

@@ -14,6 +14,7 @@ peering see the same peers, so they share one entry object).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -104,6 +105,11 @@ class SliceEndpoint:
     serving: bool = True
     terminating: bool = False
 
+    @functools.cached_property
+    def text(self) -> str:
+        """The address as pods' `ips` hold it: the reverse index's key (str hashes are cached, addresses' are not)."""
+        return str(self.address)
+
     @property
     def rank(self) -> tuple[bool, bool, bool]:
         """Of two listings of one address, the better one wins (a slice in transition lists it twice)."""
@@ -172,22 +178,25 @@ def _slice_port(value: Any, path: str) -> ServicePort | None:
     return _port(value, path)
 
 
-#: A Service's endpoints per port before peer flags: ((port, ((address, target port, endpoint), ...)), ...)
-Merged = tuple[tuple[ServicePort, tuple[tuple[IpAddress, int, SliceEndpoint], ...]], ...]
+#: A Service's endpoints per port before peer flags: ((port, ((target port, endpoint), ...)), ...)
+Merged = tuple[tuple[ServicePort, tuple[tuple[int, SliceEndpoint], ...]], ...]
 
 
 class ServiceTable:
-    """Services and their slices, with the reverse index endpoint address -> Services."""
+    """Services and their slices, with the reverse index endpoint address -> Services.
+
+    Addresses in and out are text, as `PodInfo.ips` holds them (canonical form).
+    """
 
     def __init__(self, max_services: int = MAX_SERVICES, max_slices: int = MAX_ENDPOINT_SLICES):
         self.max_services, self.max_slices = max_services, max_slices
         self._services: dict[ServiceKey, ServiceEntry] = {}
         self._slices: dict[SliceKey, SliceInfo] = {}
         self._slices_of: dict[ServiceKey, set[SliceKey]] = defaultdict(set)
-        self._by_address: dict[IpAddress, set[ServiceKey]] = defaultdict(set)
+        self._by_address: dict[str, set[ServiceKey]] = defaultdict(set)
         self._merged: dict[ServiceKey, Merged] = {}
-        self._merged_addresses: dict[ServiceKey, frozenset[IpAddress]] = {}
-        self._entries: dict[ServiceKey, dict[frozenset[IpAddress], ServiceEntry]] = {}
+        self._merged_addresses: dict[ServiceKey, frozenset[str]] = {}
+        self._entries: dict[ServiceKey, dict[frozenset[str], ServiceEntry]] = {}
         self._problems: dict[tuple[str, str, str], str] = {}
 
     def __len__(self) -> int:
@@ -218,7 +227,7 @@ class ServiceTable:
 
     # ---- changes: each returns the endpoint addresses whose Services' entries changed ----
 
-    def upsert_service(self, service: ServiceEntry) -> set[IpAddress]:
+    def upsert_service(self, service: ServiceEntry) -> set[str]:
         """Add or replace a Service (as `parse_service` gives it, without endpoints)."""
         key = service.namespace, service.name
         old = self._services.get(key)
@@ -230,7 +239,7 @@ class ServiceTable:
         self._services[key] = service
         return before | self._changed(key)
 
-    def remove_service(self, key: ServiceKey) -> set[IpAddress]:
+    def remove_service(self, key: ServiceKey) -> set[str]:
         if key not in self._services:
             return set()
         addresses = self._addresses(key)
@@ -238,7 +247,7 @@ class ServiceTable:
         self._changed(key)
         return addresses
 
-    def upsert_slice(self, info: SliceInfo) -> set[IpAddress]:
+    def upsert_slice(self, info: SliceInfo) -> set[str]:
         old = self._slices.get(info.key)
         if old == info:
             return set()
@@ -249,12 +258,12 @@ class ServiceTable:
         self._slices[info.key] = info
         self._slices_of[info.service_key].add(info.key)
         for endpoint in info.endpoints:
-            self._by_address[endpoint.address].add(info.service_key)
+            self._by_address[endpoint.text].add(info.service_key)
         if old is not None and old.service_key != info.service_key:
             before |= self._changed(old.service_key)
         return before | self._changed(info.service_key)
 
-    def remove_slice(self, key: SliceKey) -> set[IpAddress]:
+    def remove_slice(self, key: SliceKey) -> set[str]:
         old = self._slices.get(key)
         if old is None:
             return set()
@@ -262,50 +271,50 @@ class ServiceTable:
         del self._slices[key]
         return before | self._changed(old.service_key)
 
-    def _unindex_slice(self, old: SliceInfo) -> set[IpAddress]:
+    def _unindex_slice(self, old: SliceInfo) -> set[str]:
         """Take the slice out of the reverse indexes; returns the addresses it served (before the change)."""
         addresses = self._addresses(old.service_key)
         siblings = self._slices_of[old.service_key]
         siblings.discard(old.key)
         if not siblings:
             del self._slices_of[old.service_key]
-        still = {e.address for k in siblings for e in self._slices[k].endpoints}
+        still = {e.text for k in siblings for e in self._slices[k].endpoints}
         for endpoint in old.endpoints:
-            if endpoint.address not in still:
-                bucket = self._by_address.get(endpoint.address)
+            if endpoint.text not in still:
+                bucket = self._by_address.get(endpoint.text)
                 if bucket is not None:
                     bucket.discard(old.service_key)
                     if not bucket:
-                        del self._by_address[endpoint.address]
+                        del self._by_address[endpoint.text]
         return addresses
 
-    def _changed(self, key: ServiceKey) -> set[IpAddress]:
+    def _changed(self, key: ServiceKey) -> set[str]:
         """Drop the Service's cached entries; the addresses of its endpoints (if it is a mesh Service)."""
         self._merged.pop(key, None)
         self._merged_addresses.pop(key, None)
         self._entries.pop(key, None)
         return self._addresses(key)
 
-    def _addresses(self, key: ServiceKey) -> set[IpAddress]:
+    def _addresses(self, key: ServiceKey) -> set[str]:
         return set(self.endpoint_addresses(key)) if key in self._services else set()
 
     # ---- queries -------------------------------------------------------------
 
-    def services_at(self, addresses: Iterable[IpAddress]) -> dict[ServiceKey, set[IpAddress]]:
+    def services_at(self, addresses: Iterable[str]) -> dict[ServiceKey, set[str]]:
         """The mesh Services with an endpoint at any of `addresses`, with those addresses."""
-        found: dict[ServiceKey, set[IpAddress]] = {}
+        found: dict[ServiceKey, set[str]] = {}
         for address in addresses:
             for key in self._by_address.get(address, ()):
                 if key in self._services and address in self.endpoint_addresses(key):
                     found.setdefault(key, set()).add(address)
         return found
 
-    def endpoint_addresses(self, key: ServiceKey) -> frozenset[IpAddress]:
+    def endpoint_addresses(self, key: ServiceKey) -> frozenset[str]:
         """Every endpoint address the Service's entry lists (some slice endpoints may not make it)."""
         cached = self._merged_addresses.get(key)
         if cached is None:
             cached = self._merged_addresses[key] = frozenset(
-                address for _, endpoints in self.merged(key) for address, _, _ in endpoints)
+                endpoint.text for _, endpoints in self.merged(key) for _, endpoint in endpoints)
         return cached
 
     def merged(self, key: ServiceKey) -> Merged:
@@ -337,20 +346,20 @@ class ServiceTable:
                     logger.warning("Service %s/%s port %s has more than %d endpoints; the rest are left out",
                                    *key, port.name or port.port, MAX_SERVICE_ENDPOINTS)
                 ordered = ordered[:MAX_SERVICE_ENDPOINTS]
-            out.append((port, tuple((address, target, endpoint) for (address, target), endpoint in ordered)))
+            out.append((port, tuple((target, endpoint) for (_, target), endpoint in ordered)))
         merged = self._merged[key] = tuple(out)
         return merged
 
-    def entry(self, key: ServiceKey, peers: frozenset[IpAddress]) -> ServiceEntry:
+    def entry(self, key: ServiceKey, peers: frozenset[str]) -> ServiceEntry:
         """The Service's peer-map entry for a pod whose peers include the endpoints at `peers`."""
         by_peers = self._entries.setdefault(key, {})
         entry = by_peers.get(peers)
         if entry is None:
             ports = tuple(
                 replace(port, endpoints=tuple(
-                    ServiceEndpoint(address=address, port=target, ready=e.ready, serving=e.serving,
-                                    terminating=e.terminating, peer=address in peers)
-                    for address, target, e in endpoints))
+                    ServiceEndpoint(address=e.address, port=target, ready=e.ready, serving=e.serving,
+                                    terminating=e.terminating, peer=e.text in peers)
+                    for target, e in endpoints))
                 for port, endpoints in self.merged(key))
             entry = by_peers[peers] = replace(self._services[key], ports=ports)
         return entry
