@@ -3,12 +3,14 @@
     ipsec-mesh demo [--config FILE] [--no-vm]          a small mesh on this machine (as root)
     ipsec-mesh peerings [-n NS | -A] [--sas] [--json]  peerings: members, peers, SAs, conditions
     ipsec-mesh explain NS/POD NS/POD [--json]          is traffic between two pods encrypted? if not, why
+    ipsec-mesh explain NS/POD svc/NS/NAME [--json]     the same for a pod's calls to a Service, per endpoint
     ipsec-mesh standalone --config FILE --state-dir DIR --listen IP:PORT
                                                        the operator without Kubernetes (docs/standalone.md)
 
 peerings and explain read the cluster of the current kubeconfig (--kubeconfig,
 --context), or a standalone operator with --standalone STATE_DIR.
-explain exits 0 when the pair is encrypted, 1 when it is not, 2 on usage
+explain exits 0 when the pair (or every serving endpoint of the Service) is
+encrypted, 1 when it is not, 2 on usage
 errors, 3 when the facts cannot be collected.
 """
 
@@ -30,6 +32,16 @@ def _pod_ref(text: str) -> tuple[str, str]:
     return namespace, name
 
 
+def _target(text: str) -> tuple[str, str] | tuple[str, str, str]:
+    """NS/POD, or svc/NS/NAME for a Service."""
+    if text.startswith("svc/"):
+        namespace, _, name = text[4:].partition("/")
+        if not namespace or not name or "/" in name:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a Service as svc/NAMESPACE/NAME")
+        return "svc", namespace, name
+    return _pod_ref(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipsec-mesh", description="ipsec-mesh operations")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     peerings.add_argument("--sas", action="store_true", help="also ask the sidecars in scope for their SAs")
     explain = commands.add_parser("explain", parents=[common], help="why two pods' traffic is (not) encrypted")
     explain.add_argument("a", type=_pod_ref, metavar="NS/POD")
-    explain.add_argument("b", type=_pod_ref, metavar="NS/POD")
+    explain.add_argument("b", type=_target, metavar="NS/POD|svc/NS/NAME")
     return parser
 
 
@@ -82,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _explain(source, args: argparse.Namespace) -> int:
     from . import render
-    from .diagnose import explain
+    from .diagnose import explain, explain_service
 
-    verdict = explain(source.facts([args.a, args.b]), args.a, args.b)
-    print(render.verdict_json(verdict) if args.json else render.verdict_text(verdict))
+    if len(args.b) == 3:
+        key = args.b[1:]
+        verdict = explain_service(source.service_facts(args.a, key), args.a, key)
+        print(render.service_verdict_json(verdict) if args.json else render.service_verdict_text(verdict))
+    else:
+        verdict = explain(source.facts([args.a, args.b]), args.a, args.b)
+        print(render.verdict_json(verdict) if args.json else render.verdict_text(verdict))
     return EXIT_ENCRYPTED if verdict.encrypted else EXIT_NOT_ENCRYPTED
 
 

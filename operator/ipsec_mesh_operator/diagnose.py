@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import INJECT_LABEL
-from .facts import Facts, PeeringFacts, PodFacts, PodKey
+from .facts import Facts, PeeringFacts, PodFacts, PodKey, ServiceFacts
 from .pairing import describe_roles, listing_peerings, parsed_peerings, roles_of, strictness
 from .peering import PeeringSpec
 
@@ -39,6 +39,13 @@ class Reason(str, enum.Enum):
     NEGOTIATING = "negotiating"
     NO_SA_YET = "no-sa-yet"
     PLAINTEXT_FALLBACK = "plaintext-fallback"
+    # A pod and a Service (explain_service).
+    SERVICE_NOT_FOUND = "service-not-found"
+    NOT_A_MESH_SERVICE = "not-a-mesh-service"
+    NO_ENDPOINTS = "no-endpoints"
+    NO_PEER_ENDPOINTS = "no-peer-endpoints"
+    ENDPOINTS_NOT_PEERS = "endpoints-not-peers"
+    ENDPOINT_NOT_ENCRYPTED = "endpoint-not-encrypted"
 
 
 #: The sidecar's failure labels (agent.runtime._failure_reason) mapped to reasons.
@@ -376,3 +383,128 @@ class _Explainer:
 def explain(facts: Facts, a: PodKey, b: PodKey) -> Verdict:
     """Is traffic between pods a and b encrypted, and if not, why (the most specific reason)."""
     return _Explainer(facts, a, b).run()
+
+
+# ---- a pod and a Service -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointVerdict:
+    address: str
+    #: (service port, target port) pairs this address serves.
+    ports: tuple[tuple[int, int], ...]
+    ready: bool
+    serving: bool
+    terminating: bool
+    #: The pod at the address, if the facts know one.
+    pod: str | None
+    #: The client's peer map lists the pod (the operator's rule): the sidecar translates to it.
+    peer: bool
+    #: The pair verdict client <-> pod; None where the address is no known pod.
+    verdict: Verdict | None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.verdict is not None and self.verdict.encrypted
+
+
+@dataclass(frozen=True)
+class ServiceVerdict:
+    pod: str
+    service: str
+    reason: Reason
+    summary: str
+    action: str
+    traffic: Traffic
+    cluster_ips: tuple[str, ...] = ()
+    endpoints: tuple[EndpointVerdict, ...] = ()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.reason is Reason.ENCRYPTED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pod": self.pod, "service": self.service, "reason": self.reason.value, "encrypted": self.encrypted,
+            "summary": self.summary, "action": self.action, "traffic": self.traffic.value,
+            "clusterIPs": list(self.cluster_ips),
+            "endpoints": [{
+                "address": e.address, "ports": [{"port": p, "targetPort": t} for p, t in e.ports],
+                "ready": e.ready, "serving": e.serving, "terminating": e.terminating, "pod": e.pod, "peer": e.peer,
+                "encrypted": e.encrypted, "verdict": None if e.verdict is None else e.verdict.to_dict(),
+            } for e in self.endpoints],
+        }
+
+
+def _endpoints(facts: Facts, client: PodKey, service: ServiceFacts) -> tuple[EndpointVerdict, ...]:
+    by_ip = {ip: pod for pod in facts.pods.values() for ip in pod.ips}
+    specs, _ = parsed_peerings(facts)
+    me = facts.pods.get(client)
+    served: dict[str, list] = {}
+    for port in service.entry.ports:
+        for endpoint in port.endpoints:
+            served.setdefault(str(endpoint.address), [endpoint, []])[1].append((port.port, endpoint.port))
+    out = []
+    for address, (endpoint, ports) in served.items():  # in the entry's order: by address
+        pod = by_ip.get(address)
+        peer = False
+        if pod is not None and me is not None and pod.injected and pod.has_sidecar and pod.key != client:
+            peer = bool(listing_peerings(me, roles_of(me, specs, facts), roles_of(pod, specs, facts)))
+        verdict = explain(facts, client, pod.key) if pod is not None and pod.key != client else None
+        out.append(EndpointVerdict(address, tuple(ports), endpoint.ready, endpoint.serving, endpoint.terminating,
+                                   pod.ref if pod is not None else None, peer, verdict))
+    return tuple(out)
+
+
+def explain_service(facts: Facts, client: PodKey, key: PodKey) -> ServiceVerdict:
+    """Are the pod's calls to the Service encrypted, and if not, why: to which endpoints, and what each pair says."""
+    pod_ref, ref = "/".join(client), "/".join(key)
+    service = facts.services.get(key)
+
+    def verdict(reason: Reason, summary: str, action: str, traffic: Traffic, **extra: Any) -> ServiceVerdict:
+        return ServiceVerdict(pod_ref, ref, reason, summary, action, traffic, **extra)
+
+    if service is None:
+        return verdict(Reason.SERVICE_NOT_FOUND, f"Service {ref} does not exist",
+                       f"check the name: kubectl get services -n {key[0]}", Traffic.UNKNOWN)
+    if service.entry is None:
+        if service.skipped == "headless":
+            return verdict(Reason.NOT_A_MESH_SERVICE, f"Service {ref} is headless: DNS answers with the pods' own "
+                           "addresses, so calls go to pod IPs and nothing needs translating",
+                           f"ask about the pods: ipsec-mesh explain {pod_ref} NS/POD", Traffic.UNKNOWN)
+        return verdict(Reason.NOT_A_MESH_SERVICE, f"Service {ref} is {service.skipped}: the mesh does not translate "
+                       "it, and calls to it leave in plaintext", "see docs/services.md (what the mesh covers)",
+                       Traffic.PLAINTEXT)
+    cluster_ips = tuple(str(ip) for ip in service.entry.cluster_ips)
+    endpoints = _endpoints(facts, client, service)
+    common = {"cluster_ips": cluster_ips, "endpoints": endpoints}
+    if not endpoints:
+        return verdict(Reason.NO_ENDPOINTS, f"Service {ref} has no endpoints: its selector matches no ready pod",
+                       f"kubectl get endpointslices -n {key[0]} -l kubernetes.io/service-name={key[1]}",
+                       Traffic.UNKNOWN, **common)
+    peers = [e for e in endpoints if e.peer]
+    if not peers:
+        return verdict(
+            Reason.NO_PEER_ENDPOINTS,
+            f"no endpoint of {ref} is a peer of {pod_ref}: its peer map does not list the Service, so calls go "
+            "through kube-proxy to a pod address the pod has no policy for",
+            f"create an IPsecPeering whose selector picks {pod_ref} and whose peers pick the Service's pods "
+            "(docs/ipsecpeering.md); ipsec-mesh explain for one endpoint pod says more", Traffic.PLAINTEXT, **common)
+    # kube-proxy and the sidecar send new connections to serving endpoints only.
+    used = [e for e in endpoints if e.serving] or endpoints
+    strangers = [e for e in used if not e.peer]
+    if strangers:
+        return verdict(
+            Reason.ENDPOINTS_NOT_PEERS,
+            f"{len(strangers)} of {len(used)} serving endpoint(s) of {ref} are not peers of {pod_ref}: calls the "
+            f"sidecar sends to them ({', '.join(e.pod or e.address for e in strangers)}) get what any non-peer gets",
+            f"make every pod behind {ref} a peer of {pod_ref}, or the Service's selector pick peers only",
+            Traffic.PLAINTEXT, **common)
+    unencrypted = [e for e in used if not e.encrypted]
+    if unencrypted:
+        first = unencrypted[0].verdict
+        return verdict(Reason.ENDPOINT_NOT_ENCRYPTED,
+                       f"{len(unencrypted)} of {len(used)} serving endpoint(s) of {ref} not encrypted; "
+                       f"{first.b}: {first.summary}", first.action, first.traffic, **common)
+    return verdict(Reason.ENCRYPTED, f"encrypted: {pod_ref}'s map lists {ref}, and every serving endpoint "
+                   f"({len(used)}) is a peer with a live SA", "nothing to do", Traffic.ENCRYPTED, **common)

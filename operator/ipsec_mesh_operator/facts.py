@@ -7,13 +7,16 @@ and the sidecars' /status endpoints; diagnose.py reasons over them without any I
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ipsec_mesh.meshapi import PeerMapError, ServiceEntry
 
 from .admission import SIDECAR_NAME
 from .config import INJECT_LABEL, INJECTED_ANNOTATION
 from .index import NAMESPACE_NAME_LABEL
+from .services import ServiceTable, SliceInfo, parse_service
 
 PodKey = tuple[str, str]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -158,6 +161,45 @@ class PeerMapView:
 
 
 @dataclass(frozen=True)
+class ServiceFacts:
+    namespace: str
+    name: str
+    #: The Service with every endpoint of its slices, merged as the operator merges them (`peer` unset);
+    #: None when the mesh does not translate it (see `skipped`).
+    entry: ServiceEntry | None = None
+    skipped: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def from_objects(cls, service: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) -> ServiceFacts:
+        """From the Service and EndpointSlice objects (dicts, as the API server returns them)."""
+        meta = _mapping(service.get("metadata"))
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        try:
+            parsed = parse_service(service)
+        except PeerMapError as exc:
+            return cls(namespace, name, skipped=f"the operator cannot use it: {exc}")
+        if parsed is None:
+            spec = _mapping(service.get("spec"))
+            kind = "ExternalName" if spec.get("type") == "ExternalName" else (
+                "headless" if spec.get("clusterIP") == "None" else "without a ClusterIP")
+            return cls(namespace, name, skipped=kind)
+        table = ServiceTable()
+        table.upsert_service(parsed)
+        for body in slices:
+            try:
+                info = SliceInfo.from_body(body)
+            except PeerMapError:
+                continue  # the operator leaves it out too
+            if info is not None and info.service_key == (namespace, name):
+                table.upsert_slice(info)
+        return cls(namespace, name, table.entry((namespace, name), frozenset()))
+
+
+@dataclass(frozen=True)
 class Facts:
     pods: Mapping[PodKey, PodFacts]
     peerings: tuple[PeeringFacts, ...] = ()
@@ -169,6 +211,8 @@ class Facts:
     map_versions: Mapping[PodKey, int] = field(default_factory=dict)
     #: Unix time the facts were collected.
     collected_at: float = 0.0
+    #: Services asked about, by (namespace, name); a missing one does not exist.
+    services: Mapping[PodKey, ServiceFacts] = field(default_factory=dict)
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         labels = self.namespaces.get(namespace)

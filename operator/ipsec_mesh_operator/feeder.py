@@ -49,6 +49,11 @@ class IndexFeeder:
             Listing("pods", "/api/v1/pods", self._apply_pod, self._remove_pod),
             Listing("peerings", f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._apply_peering, self._remove_peering),
         ]
+        # Watched, never written: list/watch is all the chart's ClusterRole grants (docs/services.md).
+        for kind, path in (("Service", "/api/v1/services"),
+                           ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices")):
+            self.listings.append(Listing(path.rsplit("/", 1)[1], path, self._service_applier(kind),
+                                         self._service_remover(kind)))
         if runtime.config.watch_namespaces:
             self.listings.append(Listing("namespaces", "/api/v1/namespaces", self._apply_namespace,
                                          self._remove_namespace))
@@ -130,6 +135,16 @@ class IndexFeeder:
 
     async def _remove_namespace(self, key: Key) -> None:
         self.runtime.index.remove_namespace(key[1])
+
+    def _service_applier(self, kind: str) -> Callable[[Key, dict[str, Any]], Awaitable[None]]:
+        async def apply(key: Key, body: dict[str, Any]) -> None:
+            self.runtime.apply_service_event(kind, "MODIFIED", body)
+        return apply
+
+    def _service_remover(self, kind: str) -> Callable[[Key], Awaitable[None]]:
+        async def remove(key: Key) -> None:
+            self.runtime.apply_service_event(kind, "DELETED", {"metadata": {"namespace": key[0], "name": key[1]}})
+        return remove
 
     async def _apply_peering(self, key: Key, body: dict[str, Any]) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):

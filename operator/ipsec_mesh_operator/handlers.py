@@ -3,9 +3,9 @@
 IPsecPeerings are reconciled on create/update/resume and checked on a timer
 (key rotation, remote references, sidecar reports into the status): these are the
 writers, which kopf peering runs on one replica only. The mesh index is fed by the
-IndexFeeder's own watches (injected pods, namespace labels, peerings), which keep
-running on every replica, paused or not; the mesh API, webhooks and metrics run in
-the same process, started at startup.
+IndexFeeder's own watches (injected pods, namespace labels, peerings, Services and
+EndpointSlices), which keep running on every replica, paused or not; the mesh API,
+webhooks and metrics run in the same process, started at startup.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ members hold a policy, the peer pods none), and `one_sided_namespaces` says so.
 
 A pair of pods covered by several peerings is listed once in each map, under
 the peering that comes first by `precedence`: the same choice at both ends.
+
+Services (services.py): a pod's map lists every Service with an endpoint at the
+address of a pod its map lists as a peer, with all that Service's endpoints
+(`peer` set on those of its peers). A Service or EndpointSlice change marks the
+pods whose maps list a pod at one of the Service's endpoint addresses, before or
+after the change.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, pod_fqdn,
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, pod_fqdn,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
 from .peering import PeeringSpec, PodPeers
 from .selectors import LabelSelector
+from .services import ServiceKey, ServiceTable, SliceInfo, SliceKey
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
@@ -126,6 +133,8 @@ class MeshIndex:
         self._pods: dict[PodKey, PodInfo] = {}
         self._pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_label: dict[tuple[str, str], set[PodKey]] = defaultdict(set)
+        self._pods_by_address: dict[str, set[PodKey]] = defaultdict(set)
+        self.services = ServiceTable()
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._peerings: dict[PeeringKey, PeeringSpec] = {}
         self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)
@@ -222,7 +231,8 @@ class MeshIndex:
         claimed: list[set[PodKey]] = []  # counterparts already listed by a peering of higher precedence
         for peering_key in sorted(self.peerings_of(pod), key=lambda k: precedence(self._peerings[k])):
             policies.extend(self._policies_for(pod, peering_key, claimed))
-        built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle)
+        built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle,
+                        services=self._services_for(policies) if len(self.services) else ())
         self._maps[pod] = built
         return built
 
@@ -240,6 +250,8 @@ class MeshIndex:
         self._pods_by_namespace[info.namespace].add(key)
         for label in info.labels.items():
             self._pods_by_label[label].add(key)
+        for address in info.ips:
+            self._pods_by_address[address].add(key)
         self._peer_entries.pop(key, None)
         new_member, new_peer = self._memberships(info)
         self._set_memberships(key, new_member, new_peer)
@@ -281,6 +293,12 @@ class MeshIndex:
                 bucket.discard(info.key)
                 if not bucket:
                     del self._pods_by_label[label]
+        for address in info.ips:
+            owners = self._pods_by_address.get(address)
+            if owners is not None:
+                owners.discard(info.key)
+                if not owners:
+                    del self._pods_by_address[address]
 
     def _memberships(self, info: PodInfo) -> tuple[set[PeeringKey], set[PeeringKey]]:
         member: set[PeeringKey] = set()
@@ -326,6 +344,43 @@ class MeshIndex:
             out |= self._members.get(peering_key, set())
         out.discard(key)
         return out
+
+    # ---- Services ----------------------------------------------------------
+    # The ServiceTable raises PeerMapError past its bounds; the caller logs and skips the object.
+
+    def upsert_service(self, info: ServiceEntry) -> set[PodKey]:
+        return self._mark(self._listing(self.services.upsert_service(info)))
+
+    def remove_service(self, key: ServiceKey) -> set[PodKey]:
+        return self._mark(self._listing(self.services.remove_service(key)))
+
+    def upsert_endpoint_slice(self, info: SliceInfo) -> set[PodKey]:
+        return self._mark(self._listing(self.services.upsert_slice(info)))
+
+    def remove_endpoint_slice(self, key: SliceKey) -> set[PodKey]:
+        return self._mark(self._listing(self.services.remove_slice(key)))
+
+    def _listing(self, addresses: set[str]) -> set[PodKey]:
+        """Pods whose maps may list a pod at one of `addresses` (a superset: before consent and precedence)."""
+        out: set[PodKey] = set()
+        for address in addresses:
+            for pod in self._pods_by_address.get(address, ()):
+                out |= self._counterparts(pod, self._member_of.get(pod, ()), self._peer_of.get(pod, ()))
+        return out
+
+    def _services_for(self, policies: list[PeeringPolicy]) -> tuple:
+        """The Services with an endpoint at one of the pod peers' addresses (remote networks do not count)."""
+        addresses = []
+        for policy in policies:
+            for peer in policy.peers:
+                namespace, _, name = peer.name.partition("/")
+                info = self._pods.get((namespace, name))
+                # A remote cluster's peer is named remote/<name>: it counts only if it is exactly that pod
+                # (usually the very tuple its Peer entry was built from).
+                if info is not None and (peer.addresses is info.host_networks or peer.addresses == info.host_networks):
+                    addresses.extend(info.ips)
+        found = self.services.services_at(addresses)
+        return tuple(self.services.entry(key, frozenset(found[key])) for key in sorted(found))
 
     # ---- namespaces --------------------------------------------------------
 

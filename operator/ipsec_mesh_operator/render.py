@@ -7,7 +7,7 @@ import json
 
 from ipsec_mesh.meshapi import fields
 
-from .diagnose import Verdict
+from .diagnose import ServiceVerdict, Verdict
 from .overview import PeeringOverview
 
 
@@ -38,6 +38,28 @@ def _text(lines: list[str]) -> str:
 
 
 def verdict_json(verdict: Verdict) -> str:
+    return json.dumps(verdict.to_dict(), indent=2)
+
+
+def service_verdict_text(verdict: ServiceVerdict) -> str:
+    head = "ENCRYPTED" if verdict.encrypted else f"NOT ENCRYPTED ({verdict.reason.value})"
+    lines = [f"{verdict.pod} -> svc/{verdict.service}: {head}", f"  {verdict.summary}",
+             f"  traffic now: {verdict.traffic.value}"]
+    if verdict.cluster_ips:
+        lines.append(f"  cluster IPs: {', '.join(verdict.cluster_ips)}")
+    for e in verdict.endpoints:
+        ports = ", ".join(f"{p}->{t}" for p, t in e.ports)
+        state = "ready" if e.ready else ("serving" if e.serving else "not ready")
+        state += ", terminating" if e.terminating else ""
+        pair = e.verdict.reason.value if e.verdict is not None else "not a known pod"
+        lines.append(f"  - {e.address} ({e.pod or '?'}) ports {ports}: {state}; "
+                     f"{'peer' if e.peer else 'not a peer'}; {pair}")
+    if not verdict.encrypted:
+        lines.append(f"  what to do: {verdict.action}")
+    return "\n".join(lines)
+
+
+def service_verdict_json(verdict: ServiceVerdict) -> str:
     return json.dumps(verdict.to_dict(), indent=2)
 
 

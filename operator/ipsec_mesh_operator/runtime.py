@@ -9,7 +9,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,6 +18,7 @@ from ipsec_mesh.meshapi import (
     IssuedCertificate,
     PeeringPolicy,
     PeerMap,
+    PeerMapError,
     PskKey,
     fields,
     service_account_uri,
@@ -31,6 +32,7 @@ from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
 from .psk import PskRing, PskStateError, secret_name
+from .services import SliceInfo, parse_service
 from .tokens import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
@@ -288,6 +290,38 @@ class OperatorRuntime:
     def forget_peering(self, key: PeeringKey) -> None:
         self.index.remove_peering(key)
         self.psk.pop(key, None)
+
+    # ---- Services ------------------------------------------------------------
+
+    def apply_service_event(self, kind: str, event_type: str | None, body: Any) -> None:
+        """A watch event of a Service or an EndpointSlice (`kind`) into the index.
+
+        What the kopf handlers and the standalone operator both call. An object the mesh
+        cannot use (malformed, past a bound) is logged once and left out, and so is any
+        earlier version of it: a map never lists what the API server no longer says.
+        """
+        meta = body.get("metadata") if isinstance(body, Mapping) else None
+        key = (str((meta or {}).get("namespace", "")), str((meta or {}).get("name", "")))
+        index = self.index
+        remove = index.remove_service if kind == "Service" else index.remove_endpoint_slice
+        if event_type == "DELETED":
+            remove(key)
+            index.services.clear_problem(kind, key)
+            return
+        try:
+            parsed = parse_service(body) if kind == "Service" else SliceInfo.from_body(body)
+            if parsed is None:
+                remove(key)  # headless, ExternalName, FQDN, no Service: nothing for the mesh
+            elif kind == "Service":
+                index.upsert_service(parsed)
+            else:
+                index.upsert_endpoint_slice(parsed)
+        except PeerMapError as exc:
+            remove(key)
+            if index.services.note_problem(kind, key, str(exc)):
+                logger.warning("%s %s/%s left out of the peer maps: %s", kind, *key, exc)
+            return
+        index.services.clear_problem(kind, key)
 
     # ---- mesh API operations ----------------------------------------------
 

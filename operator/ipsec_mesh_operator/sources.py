@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import dataclasses
 import time
 import urllib.error
 import urllib.request
@@ -28,8 +29,9 @@ from typing import Any
 import urllib3
 
 from .admission import HEALTH_PORT, SIDECAR_NAME
-from .facts import Facts, PeeringFacts, PodFacts, PodKey
+from .facts import Facts, PeeringFacts, PodFacts, PodKey, ServiceFacts
 from .peering import GROUP, PLURAL, VERSION
+from .services import SERVICE_NAME_LABEL
 
 STATUS_TIMEOUT = 5.0
 STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]
@@ -49,6 +51,14 @@ def _status_document(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     return (doc, "") if isinstance(doc, dict) else (None, "status is not a JSON object")
+
+
+def endpoint_pods(service: ServiceFacts | None, pods: Iterable[tuple[PodKey, Iterable[str]]]) -> set[PodKey]:
+    """The pods (of `pods`: key and IPs) at the Service's endpoint addresses."""
+    if service is None or service.entry is None:
+        return set()
+    addresses = {str(e.address) for port in service.entry.ports for e in port.endpoints}
+    return {key for key, ips in pods if addresses & set(ips)}
 
 
 class ClusterSource:
@@ -134,6 +144,20 @@ class ClusterSource:
             return None, f"exec in the sidecar: {exc}"
         return (None, f"ipsec-mesh-sidecar status: {error}") if error else _status_document(out)
 
+    def service_facts(self, client: PodKey, key: PodKey) -> Facts:
+        """`client` and the pods behind Service `key` with their sidecars' status, and the Service."""
+        service = self._call(self.core.read_namespaced_service, key[1], key[0])
+        services = {}
+        if service is not None:
+            discovery = self.kubernetes.client.DiscoveryV1Api(self.api_client)
+            slices = self._call(discovery.list_namespaced_endpoint_slice, key[0],
+                                label_selector=f"{SERVICE_NAME_LABEL}={key[1]}")
+            services[key] = ServiceFacts.from_objects(
+                self._plain(service), [self._plain(s) for s in (slices.items if slices is not None else [])])
+        behind = endpoint_pods(services.get(key), (((p["metadata"]["namespace"], p["metadata"]["name"]),
+                                                     PodFacts.from_pod(p).ips) for p in self.pods(key[0])))
+        return dataclasses.replace(self.facts([client, *sorted(behind)]), services=services)
+
     def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
               statuses: bool = False) -> Facts:
         """The given pods with their sidecars' status; with `all_pods` also every other pod (with
@@ -203,6 +227,31 @@ class StandaloneSource:
     def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
               statuses: bool = False) -> Facts:
         return facts_from_overview(self.overview(), set(pods), namespace, all_pods, self.sidecar_status, statuses)
+
+    def service_facts(self, client: PodKey, key: PodKey) -> Facts:
+        return service_facts_from_overview(self.overview(), client, key, self.sidecar_status)
+
+
+def service_facts_from_overview(doc: Mapping[str, Any], client: PodKey, key: PodKey, read_status) -> Facts:
+    """Facts for `explain POD svc/NS/NAME` from the standalone operator's overview (its `services` objects)."""
+    objects = [entry for entry in doc.get("services") or [] if isinstance(entry, Mapping)]
+    bodies = [entry.get("object") for entry in objects if isinstance(entry.get("object"), Mapping)]
+
+    def named(body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        return meta.get("namespace", "default") == key[0] and (
+            meta.get("name") == key[1] if body.get("kind") == "Service"
+            else (meta.get("labels") or {}).get(SERVICE_NAME_LABEL) == key[1])
+
+    mine = [body for body in bodies if named(body)]
+    service = next((body for body in mine if body.get("kind") == "Service"), None)
+    services = {} if service is None else {key: ServiceFacts.from_objects(
+        service, [body for body in mine if body.get("kind") == "EndpointSlice"])}
+    behind = endpoint_pods(services.get(key), (
+        ((str(p.get("namespace", "")), str(p.get("name", ""))), [str(ip) for ip in p.get("ips") or []])
+        for p in doc.get("pods") or []))
+    facts = facts_from_overview(doc, {client, *behind}, None, False, read_status)
+    return dataclasses.replace(facts, services=services)
 
 
 def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: str | None, all_pods: bool,

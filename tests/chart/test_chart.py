@@ -112,6 +112,7 @@ def test_rbac_is_least_privilege():
              for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
     assert verbs[("", "secrets")] == {"get", "create", "patch"}
     assert verbs[("", "pods")] == {"get", "list", "watch"}
+    assert verbs[("", "services")] == verbs[("discovery.k8s.io", "endpointslices")] == {"list", "watch"}
     assert verbs[("authentication.k8s.io", "tokenreviews")] == {"create"}
     assert verbs[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}  # the webhook's Secret check
     assert all("*" not in v for v in verbs.values()) and all("delete" not in v for v in verbs.values())

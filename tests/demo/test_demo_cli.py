@@ -13,6 +13,7 @@ from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.demo import runner, vm
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, load_config
 from ipsec_mesh_operator.index import MeshIndex
+from ipsec_mesh_operator.services import SliceInfo, parse_service
 from ipsec_mesh_operator.standalone import StandaloneConfigError, parse_config
 
 
@@ -30,6 +31,11 @@ def test_embedded_default_is_a_standalone_mesh_with_a_peering_and_an_outsider():
         index.set_namespace_labels(name, labels)
     for pod in mesh.pods:
         index.upsert_pod(pod)
+    for kind, body in mesh.services:
+        if kind == "Service":
+            index.upsert_service(parse_service(body))
+        else:
+            index.upsert_endpoint_slice(SliceInfo.from_body(body))
     web_db = index.peering(("shop", "web-db"))
     assert web_db.enforcement is Enforcement.REQUIRE and web_db.lifetimes.child_seconds == 60
     assert any("mlkem768" in proposal for proposal in web_db.ike_proposals)
@@ -40,6 +46,12 @@ def test_embedded_default_is_a_standalone_mesh_with_a_peering_and_an_outsider():
     web_map = index.peer_map(("shop", "web"))
     assert web_map.local.identity == "web.shop.pod.demo.mesh.local"
     assert "shop/db" in [peer.name for policy in web_map.policies for peer in policy.peers]
+    # The db Service: in web's map (db is web's peer), not in the intruder's.
+    [service] = web_map.services
+    assert (service.key, [str(ip) for ip in service.cluster_ips], service.ports[0].port) == \
+        ("shop/db", ["10.96.0.10"], 80)
+    assert [(str(e.address), e.port, e.peer) for e in service.ports[0].endpoints] == [("10.42.0.11", 7000, True)]
+    assert intruder_map.services == ()
 
 
 @pytest.mark.parametrize("mutation, field", [

@@ -4,12 +4,17 @@ Same-namespace layout (the issue's): pod i belongs to group i % M in namespace
 ns<group % 50>, half with role a (members), half role b (peers), so every map lists
 five peers. Cross-namespace layout: M/2 groups, each with its a pods in one namespace
 and its b pods in the next, and two peerings that consent to each other.
+Services (`add_services`): one per side of a group in turn, in front of that side's pods,
+with a named target port; each client's map then lists the Service of its peers' side.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
 from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.services import SERVICE_NAME_LABEL, SliceInfo, parse_service
 
 NAMESPACES = 50
 
@@ -48,3 +53,31 @@ def new_member(i: int) -> PodInfo:
     """The i-th extra pod for group 7 on the member side (role a, namespace ns7 in both layouts)."""
     return PodInfo("ns7", f"new-{i}", f"new-u{i}", "default", {"app": "app7", "role": "a"},
                    (f"10.200.{i // 256}.{i % 256}",))
+
+
+def service_bodies(index: MeshIndex, count: int) -> list[tuple[dict, dict]]:
+    """(Service, EndpointSlice) bodies, as the API server would send them, for `count` Services."""
+    sides = defaultdict(list)
+    for info in index.pods():
+        sides[(info.namespace, info.labels["app"], info.labels["role"])].append(info)
+    keys = sorted(sides)
+    out = []
+    for j in range(count):
+        namespace, app, role = keys[j % len(keys)]
+        name = f"svc-{j}"
+        service = {"metadata": {"name": name, "namespace": namespace},
+                   "spec": {"clusterIP": _address(j).replace("10.", "172.", 1), "selector": {"app": app, "role": role},
+                            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"}]}}
+        endpoints = [{"addresses": [ip], "conditions": {"ready": True}, "targetRef": {"kind": "Pod", "name": p.name}}
+                     for p in sides[keys[j % len(keys)]] for ip in p.ips]
+        endpoint_slice = {"addressType": "IPv4", "metadata": {"name": f"{name}-abcde", "namespace": namespace,
+                                                              "labels": {SERVICE_NAME_LABEL: name}},
+                          "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": endpoints}
+        out.append((service, endpoint_slice))
+    return out
+
+
+def add_services(index: MeshIndex, bodies: list[tuple[dict, dict]]) -> None:
+    for service, endpoint_slice in bodies:
+        index.upsert_service(parse_service(service))
+        index.upsert_endpoint_slice(SliceInfo.from_body(endpoint_slice))

@@ -2,13 +2,14 @@
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 
 import sidecar_statuses as scenarios
-from ipsec_mesh_operator.diagnose import Reason, Traffic, explain
+from ipsec_mesh_operator.diagnose import Reason, Traffic, explain, explain_service
 from ipsec_mesh_operator.overview import overview
-from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts
+from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
 from ipsec_mesh_operator.peering import parse_peering
 
@@ -295,3 +296,91 @@ def test_operator_lists_and_settings_stand_in_for_a_spec(statuses):
     assert verdict.peerings == ("prod/z-strict", "prod/web-db") and verdict.enforcement == "require"
     behind = dataclasses.replace(base, peerings=(listed,), map_versions={B: 9})
     assert "runs peer map v3; the operator has v9" in explain(behind, A, B).summary
+
+
+# ---- a pod and a Service ---------------------------------------------------------------
+
+SVC = ("prod", "db")
+
+
+def db_service(endpoints, spec=None):
+    service = {"metadata": {"name": "db", "namespace": "prod"},
+               "spec": spec or {"clusterIP": "10.96.0.10", "ports": [{"name": "pg", "port": 5432}]}}
+    slices = [{"addressType": "IPv4", "metadata": {"name": "db-1", "namespace": "prod",
+                                                   "labels": {"kubernetes.io/service-name": "db"}},
+               "ports": [{"name": "pg", "port": 5433}], "endpoints": endpoints}]
+    return ServiceFacts.from_objects(service, slices)
+
+
+# The sidecar scenarios run on loopback, which no EndpointSlice may list: the same documents, moved.
+A_SVC_IP, B_SVC_IP = "10.1.0.1", "10.1.0.2"
+
+
+def moved(pair):
+    text = json.dumps(pair).replace(f'"{scenarios.A_IP}', f'"{A_SVC_IP}').replace(f'"{B_SVC_IP}', f'"{B_SVC_IP}')
+    return tuple(json.loads(text))
+
+
+def service_facts(pair=None, **kwargs):
+    a_status, b_status = moved(pair) if pair else ({"ready": True}, {"ready": True})
+    pods = [PodFacts.from_pod(pod_body("web-0", A_SVC_IP, "web"), a_status),
+            PodFacts.from_pod(pod_body("db-0", B_SVC_IP, "db"), b_status)]
+    return facts(pods=pods, **kwargs)
+
+
+def with_service(base, service):
+    return dataclasses.replace(base, services={SVC: service})
+
+
+def test_service_whose_only_endpoint_is_an_encrypted_peer(statuses):
+    verdict = explain_service(with_service(service_facts(statuses["established"]), db_service(
+        [{"addresses": [B_SVC_IP]}])), A, SVC)
+    assert verdict.encrypted and verdict.traffic is Traffic.ENCRYPTED
+    [endpoint] = verdict.endpoints
+    assert (endpoint.pod, endpoint.peer, endpoint.ports, endpoint.verdict.reason) == (
+        "prod/db-0", True, ((5432, 5433),), Reason.ENCRYPTED)
+    assert verdict.to_dict()["endpoints"][0]["encrypted"] is True
+
+
+def test_service_with_an_endpoint_that_is_no_peer_is_partly_plaintext(statuses):
+    base = service_facts(statuses["established"])
+    other = PodFacts.from_pod(pod_body("other-0", "10.9.9.9", "other"), {"ready": True})
+    base = dataclasses.replace(base, pods={**base.pods, other.key: other})
+    verdict = explain_service(with_service(base, db_service(
+        [{"addresses": [B_SVC_IP]}, {"addresses": ["10.9.9.9"]}, {"addresses": ["10.9.9.8"]}])), A, SVC)
+    assert verdict.reason is Reason.ENDPOINTS_NOT_PEERS and verdict.traffic is Traffic.PLAINTEXT
+    assert [(e.address, e.pod, e.peer) for e in verdict.endpoints] == [
+        (B_SVC_IP, "prod/db-0", True), ("10.9.9.8", None, False), ("10.9.9.9", "prod/other-0", False)]
+    assert "2 of 3 serving endpoint(s)" in verdict.summary
+    # A not-serving stranger does not count: new connections never go there.
+    verdict = explain_service(with_service(base, db_service(
+        [{"addresses": [B_SVC_IP]}, {"addresses": ["10.9.9.9"], "conditions": {"ready": False}}])), A, SVC)
+    assert verdict.encrypted
+
+
+def test_service_without_peer_endpoints_is_not_in_the_map(statuses):
+    verdict = explain_service(with_service(service_facts(statuses["established"], spec=None), db_service(
+        [{"addresses": [B_SVC_IP]}])), A, SVC)
+    assert verdict.reason is Reason.NO_PEER_ENDPOINTS and verdict.traffic is Traffic.PLAINTEXT
+    assert verdict.endpoints[0].verdict.reason is Reason.NO_PEERING
+
+
+def test_service_whose_peer_endpoint_is_not_encrypted_yet_says_why(statuses):
+    verdict = explain_service(with_service(service_facts(), db_service([{"addresses": [B_SVC_IP]}])), A, SVC)
+    assert verdict.reason is Reason.ENDPOINT_NOT_ENCRYPTED and "no SA between" in verdict.summary
+    assert verdict.traffic is Traffic.BLOCKED and "send traffic" in verdict.action
+
+
+@pytest.mark.parametrize("spec, reason, words", [
+    ({"clusterIP": "None", "ports": [{"port": 80}]}, Reason.NOT_A_MESH_SERVICE, "headless"),
+    ({"type": "ExternalName", "externalName": "x.example"}, Reason.NOT_A_MESH_SERVICE, "ExternalName"),
+    ({"clusterIP": "10.96.0.10", "ports": [{"port": 0}]}, Reason.NOT_A_MESH_SERVICE, "cannot use it"),
+])
+def test_services_the_mesh_does_not_translate(spec, reason, words):
+    verdict = explain_service(with_service(service_facts(), db_service([], spec)), A, SVC)
+    assert verdict.reason is reason and words in verdict.summary and not verdict.encrypted
+
+
+def test_missing_service_and_service_without_endpoints():
+    assert explain_service(service_facts(), A, SVC).reason is Reason.SERVICE_NOT_FOUND
+    assert explain_service(with_service(service_facts(), db_service([])), A, SVC).reason is Reason.NO_ENDPOINTS

@@ -14,6 +14,7 @@ from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.feeder import IndexFeeder
 from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.peering import parse_peering
 from memory_kube import MemoryKube
 from ipsec_mesh_operator.runtime import OperatorRuntime
 
@@ -179,6 +180,42 @@ async def test_concurrent_pod_and_namespace_events_change_the_index_on_the_loop_
     assert runtime.index.peer_pods(("prod", "p")) == {(f"db{i}", f"db-{i}") for i in range(1, count, 2)}
     changed = await asyncio.wait_for(watcher, 5)
     assert changed is not None and changed.version > 0
+def _service(ports, name="db"):
+    return kopf.Body({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "prod"},
+                      "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": ports}})
+
+
+def test_service_and_endpoint_slice_events_feed_the_peer_maps_and_bad_objects_are_logged_once(runtime, caplog):
+    for name, app, ip in (("web-0", "web", "10.0.0.1"), ("db-0", "db", "10.0.0.2")):
+        runtime.index.upsert_pod(PodInfo("prod", name, f"u-{name}", "default", {"app": app}, (ip,)))
+    runtime.index.upsert_peering(parse_peering("prod", "p", SPEC))
+    slice_ = kopf.Body({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                        "metadata": {"name": "db-x1", "namespace": "prod",
+                                     "labels": {"kubernetes.io/service-name": "db"}},
+                        "ports": [{"name": "pg", "port": 5433, "protocol": "TCP"}],
+                        "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}]})
+    runtime.apply_service_event("Service", None, _service([{"name": "pg", "port": 5432, "targetPort": "pg"}]))
+    runtime.apply_service_event("EndpointSlice", "ADDED", slice_)
+
+    def listed():
+        return [(s.key, [(str(e.address), e.port, e.peer) for p in s.ports for e in p.endpoints])
+                for s in runtime.index.peer_map(("prod", "web-0")).services]
+
+    assert listed() == [("prod/db", [("10.0.0.2", 5433, True)])]
+    # A malformed edit: left out (and the earlier version with it), one warning however often it is seen.
+    bad = _service([{"name": "pg", "port": 70000}])
+    with caplog.at_level("WARNING", logger="ipsec_mesh_operator"):
+        for _ in range(3):
+            runtime.apply_service_event("Service", "MODIFIED", bad)
+    assert listed() == []
+    assert [r.getMessage() for r in caplog.records if "left out" in r.getMessage()] == [
+        "Service prod/db left out of the peer maps: spec.ports[0].port: must be within 1..65535"]
+    runtime.apply_service_event("Service", "MODIFIED", _service([{"name": "pg", "port": 5432}]))
+    assert listed() == [("prod/db", [("10.0.0.2", 5433, True)])]
+    runtime.apply_service_event("EndpointSlice", "DELETED", slice_)
+    assert listed() == []
+    runtime.apply_service_event("Service", "DELETED", _service([]))
+    assert runtime.index.services.service(("prod", "db")) is None
 
 
 def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keeps_zero():

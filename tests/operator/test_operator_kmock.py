@@ -231,3 +231,30 @@ def test_psk_rotates_on_schedule_with_an_overlap(kube):
         # The db side holds the same keys (both ends of the peering).
         db_keys = runtime.index.peer_map(("prod", "db-0")).policies[0].psk_keys
         assert second in {k.id for k in db_keys}
+
+
+def test_services_and_endpoint_slices_reach_the_peer_maps(kube):
+    kube.create(PODS, pod_body("web-0", "10.0.0.1", "web"))
+    kube.create(PODS, pod_body("db-0", "10.0.0.2", "db"))
+    kube.create(PEERINGS, peering_body("web-db"))
+    kube.create("/api/v1/namespaces/prod/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "prod", "resourceVersion": "1"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                 "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "targetPort": "pg"}]}})
+    slices = "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"
+    kube.create(slices, {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "db-abc", "namespace": "prod", "resourceVersion": "1",
+                     "labels": {"kubernetes.io/service-name": "db"}},
+        "ports": [{"name": "pg", "port": 5433, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}]})
+    with operator() as (_, _, runtime):
+        def listed():
+            peer_map = runtime.index.peer_map(("prod", "web-0"))
+            return [] if peer_map is None else [
+                (s.key, [(str(e.address), e.port, e.ready, e.peer) for p in s.ports for e in p.endpoints])
+                for s in peer_map.services]
+
+        wait_for(lambda: listed() == [("prod/db", [("10.0.0.2", 5433, True, True)])], what="db Service in the map")
+        kube.delete(f"{slices}/db-abc")
+        wait_for(lambda: listed() == [], what="the slice's endpoints gone from the map")

@@ -7,9 +7,9 @@ import pytest
 
 import sidecar_statuses as scenarios
 from ipsec_mesh_operator import cli
-from ipsec_mesh_operator.diagnose import Reason, explain
+from ipsec_mesh_operator.diagnose import Reason, explain, explain_service
 from ipsec_mesh_operator.overview import overview
-from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview
+from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview, service_facts_from_overview
 from kube_harness import running_kube
 
 PODS = "/api/v1/namespaces/prod/pods"
@@ -232,3 +232,46 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
         for server in sidecars:
             await server.stop()
         await runner.cleanup()
+
+
+def test_explain_a_service_from_the_standalone_overview(established):
+    """`explain POD svc/NS/NAME` on a document shaped as the standalone operator's overview (its `services`)."""
+    moved = {scenarios.A_IP: "10.1.0.1", scenarios.B_IP: "10.1.0.2"}  # no EndpointSlice may list loopback
+    statuses = {}
+    for old, status in zip((scenarios.A_IP, scenarios.B_IP), established):
+        text = json.dumps(status)
+        for before, after in moved.items():
+            text = text.replace(f'"{before}', f'"{after}')
+        statuses[moved[old]] = json.loads(text)
+    document = {
+        "pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 3}
+                 for name, ip in (("web-0", "10.1.0.1"), ("db-0", "10.1.0.2"), ("cache-0", "10.1.0.3"))],
+        "peerings": [{"namespace": "prod", "name": "web-db", "auth": "psk", "enforcement": "require",
+                      "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}],
+        "services": [
+            {"kind": "Service", "object": {"kind": "Service", "metadata": {"name": "db", "namespace": "prod"},
+                                           "spec": {"clusterIPs": ["10.96.0.10"], "ports": [{"port": 5432}]}}},
+            {"kind": "EndpointSlice", "object": {
+                "kind": "EndpointSlice", "addressType": "IPv4", "ports": [{"port": 5433}],
+                "metadata": {"name": "db-ipv4", "namespace": "prod", "labels": {"kubernetes.io/service-name": "db"}},
+                "endpoints": [{"addresses": ["10.1.0.2"]}]}},
+        ],
+    }
+    asked = []
+
+    def read_status(ips):
+        asked.extend(ips)
+        return statuses.get(ips[0]), "" if ips[0] in statuses else "no answer"
+
+    facts = service_facts_from_overview(document, ("prod", "web-0"), ("prod", "db"), read_status)
+    verdict = explain_service(facts, ("prod", "web-0"), ("prod", "db"))
+    assert verdict.encrypted and [(e.pod, e.peer) for e in verdict.endpoints] == [("prod/db-0", True)]
+    assert sorted(asked) == ["10.1.0.1", "10.1.0.2"]  # the client and the pod behind the Service, nobody else
+    missing = service_facts_from_overview(document, ("prod", "web-0"), ("prod", "nope"), read_status)
+    assert explain_service(missing, ("prod", "web-0"), ("prod", "nope")).reason is Reason.SERVICE_NOT_FOUND
+
+
+@pytest.mark.parametrize("target", ["svc/prod", "svc//db", "svc/prod/db/x"])
+def test_a_service_target_must_be_svc_namespace_name(capsys, target):
+    code, _, err = run(capsys, "explain", "prod/web-0", target)
+    assert code == 2 and "svc/NAMESPACE/NAME" in err

@@ -20,6 +20,7 @@ from cryptography import x509
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.sources import StandaloneSource
 from ipsec_mesh_operator.standalone import TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import PREFIX
 from standalone_fixture import MESH, TRUST_DOMAIN, client_for, make_csr, running, write_mesh
@@ -140,6 +141,38 @@ async def test_reload_adds_and_removes_a_pod_and_the_watch_sees_it(tmp_path):
         assert not operator.token_path("shop", "db").exists()
         # The removed pod's old token no longer authenticates (its pod is gone).
         assert operator.runtime.index.pod(("shop", "db")) is None
+
+
+async def test_services_in_the_yaml_reach_the_maps_and_follow_a_reload(tmp_path):
+    document = json.loads(json.dumps(MESH))
+    document["services"] = [
+        {"name": "db", "namespace": "shop", "clusterIPs": ["10.96.0.10"], "selector": {"app": "db"},
+         "ports": [{"name": "pg", "port": 5432, "targetPort": 5433}]},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "both", "namespace": "shop"},
+         "spec": {"clusterIP": "10.96.0.11", "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+         "metadata": {"name": "both-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "both"}},
+         "ports": [{"name": "http", "port": 8080}],
+         "endpoints": [{"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3"], "conditions": {"ready": False}}]},
+    ]
+
+    def listed(operator):
+        return {s.key: [(str(e.address), e.port, e.ready, e.peer) for p in s.ports for e in p.endpoints]
+                for s in operator.runtime.index.peer_map(("shop", "web")).services}
+
+    async with running(tmp_path, document) as operator:
+        assert listed(operator) == {"shop/db": [("10.0.0.2", 5433, True, True)],
+                                    "shop/both": [("10.0.0.2", 8080, True, True), ("10.0.0.3", 8080, False, True)]}
+        async with client_for(operator, "shop", "web") as client:  # what the sidecar gets, over HTTPS
+            assert [s.key for s in (await client.fetch_peer_map()).services] == ["shop/both", "shop/db"]
+        # The admin overview carries the objects, for `ipsec-mesh explain POD svc/NS/NAME --standalone`.
+        doc = await asyncio.to_thread(StandaloneSource(operator.state_dir).overview)
+        assert sorted((e["kind"], e["object"]["metadata"]["name"]) for e in doc["services"]) == [
+            ("EndpointSlice", "both-1"), ("EndpointSlice", "db-ipv4"), ("Service", "both"), ("Service", "db")]
+        document["services"] = document["services"][:1]
+        write_mesh(operator.config_path, document)
+        assert await operator.reload() is True
+        assert listed(operator) == {"shop/db": [("10.0.0.2", 5433, True, True)]}
 
 
 async def test_a_bad_reload_changes_nothing(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.services import SliceInfo, parse_service
 from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config
 from standalone_fixture import MESH
 
@@ -64,12 +65,46 @@ def _with(mutate):
      "selector.matchExpressions[0].value: unknown field (did you mean values?)"),
     (lambda d: d.update(namespaces={"shop": {"team": 1}}), "namespaces.shop.team", "must be a string"),
     (lambda d: d.update(configMaps=[{"name": "x", "data": {"k": 1}}]), "configMaps[0].data", "map keys"),
+    (lambda d: d.update(services={"db": 1}), "services", "must be a list"),
+    (lambda d: d.update(services=[dict(DB_SERVICE, colour="red")]), "services[0]", "unknown field(s) colour"),
+    (lambda d: d.update(services=[dict(DB_SERVICE, clusterIPs=["10.96.0.1", "10.96.0.2"])]),
+     "services[0].clusterIPs", "one address per IP family"),
+    (lambda d: d.update(services=[dict(DB_SERVICE, ports=[{"port": 5432, "targetPort": 0}])]),
+     "services[0].ports[0].targetPort", "1..65535"),
+    (lambda d: d.update(services=[DB_SERVICE, DB_SERVICE]), "services[1]", "also made by services[0]"),
+    (lambda d: d.update(services=[{"kind": "Pod", "metadata": {"name": "x"}}]), "services[0].kind", "must be one of"),
+    (lambda d: d.update(services=[{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+                                   "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 99999}]}}]),
+     "services[0].spec.ports[0].port", "1..65535"),
+    (lambda d: d.update(services=[{"kind": "EndpointSlice", "addressType": "IPv4", "metadata": {
+        "name": "db-1", "labels": {"kubernetes.io/service-name": "db"}}, "endpoints": [{"addresses": ["fd00::1"]}]}]),
+     "services[0].endpoints[0].addresses", "not an IPv4 address"),
 ])
 def test_errors_name_the_field(mutate, field, words):
     with pytest.raises(StandaloneConfigError) as error:
         parse_config(_with(mutate))
     assert error.value.field == field
     assert words in str(error.value)
+
+
+DB_SERVICE = {"name": "db", "namespace": "shop", "clusterIPs": ["10.96.0.10"], "selector": {"app": "db"},
+              "ports": [{"name": "pg", "port": 5432, "targetPort": 5433}]}
+
+
+def test_a_compact_service_becomes_the_service_and_slices_the_api_server_would_hold():
+    document = _with(lambda d: d.update(services=[DB_SERVICE]))
+    document["pods"][1]["ips"] = ["10.0.0.2", "fd00::2"]
+    objects = parse_config(document).service_objects()
+    assert sorted(objects) == [("EndpointSlice", "shop", "db-ipv4"), ("EndpointSlice", "shop", "db-ipv6"),
+                               ("Service", "shop", "db")]
+    service = parse_service(objects[("Service", "shop", "db")][1])
+    assert [str(ip) for ip in service.cluster_ips] == ["10.96.0.10"] and service.ports[0].port == 5432
+    v4 = SliceInfo.from_body(objects[("EndpointSlice", "shop", "db-ipv4")][1])
+    assert v4.service == "db" and [p.port for p in v4.ports] == [5433]
+    assert [(str(e.address), e.ready) for e in v4.endpoints] == [("10.0.0.2", True)]
+    # Without a selector (or with one nothing matches), a Service has no slices: manifests can add them.
+    assert list(parse_config(_with(lambda d: d.update(services=[dict(DB_SERVICE, selector={})]))).service_objects()) \
+        == [("Service", "shop", "db")]
 
 
 def test_unreadable_and_non_yaml_files(tmp_path):

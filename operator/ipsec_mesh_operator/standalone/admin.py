@@ -3,7 +3,8 @@
     GET /v1/admin/overview   (Authorization: Bearer <admin-token>)  -> JSON
 
 Pods with their identity, peer-map version, peerings and the certificate the
-mesh API issued them; peerings with members, peers and sidecar health; the CA.
+mesh API issued them; peerings with members, peers and sidecar health; the CA;
+the Service and EndpointSlice objects.
 Never any key material.
 """
 
@@ -23,7 +24,8 @@ OVERVIEW_PATH = "/v1/admin/overview"
 
 
 def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
-             issued: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+             issued: dict[tuple[str, str], dict[str, Any]],
+             services: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
     now = runtime.clock()
     index = runtime.index
     pods = []
@@ -62,6 +64,8 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
         },
         "pods": pods,
         "peerings": peerings,
+        # The Service and EndpointSlice objects of the YAML (what `explain POD svc/NS/NAME` reads).
+        "services": [{"kind": kind, "object": body} for kind, body in services],
     }
 
 

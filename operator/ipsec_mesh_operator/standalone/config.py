@@ -11,11 +11,20 @@
         spec: {selector: {}, peers: [{podSelector: {}}]}   # an IPsecPeering's spec
     configMaps:                         # optional: remote trust bundles referenced by peerings
       - {name: east-ca, namespace: shop, data: {ca.crt: "-----BEGIN CERTIFICATE-----..."}}
+    services:                           # optional: Services, in a compact form or as manifests
+      - {name: db, namespace: shop, clusterIPs: [10.96.0.10], selector: {app: db},
+         ports: [{name: pg, port: 5432, targetPort: 5432}]}
+      - {apiVersion: v1, kind: Service, metadata: {...}, spec: {...}}
+      - {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {...}, ...}
 
 Peering specs go through the same `parse_peering` as the webhook and the kopf
 handlers; pods become `PodInfo` through `PodInfo.from_body`, as the handlers
 build them from the API server's objects. Pods have no uid here: the operator
 gives each incarnation one (store.PodIncarnations), as the API server would.
+Services end up as the Service and EndpointSlice objects the API server would
+hold (a compact entry becomes both, its endpoints the file's pods its selector
+matches, as the EndpointSlice controller would pick them), and go through the
+same `OperatorRuntime.apply_service_event` as the kopf watches.
 """
 
 from __future__ import annotations
@@ -31,11 +40,16 @@ from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
 from ..index import NAMESPACE_NAME_LABEL, PodInfo
 from ..peering import InvalidPeering, PeeringSpec, parse_peering
+from ..services import DEFAULT_AFFINITY_TIMEOUT, SERVICE_NAME_LABEL, SliceInfo, parse_service
 
 MAX_PODS = 10_000
 MAX_PEERINGS = 1_000
+#: Entries of `services` (compact Services, Service and EndpointSlice manifests).
+MAX_SERVICE_ITEMS = 20_000
 MAX_FILE_BYTES = 16 * 1024 * 1024
-TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps"}
+TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps", "services"}
+#: What the kopf handlers watch, by the manifest's kind.
+SERVICE_KINDS = {"Service": parse_service, "EndpointSlice": SliceInfo.from_body}
 
 
 class StandaloneConfigError(Exception):
@@ -60,6 +74,13 @@ class StandaloneConfig:
     peerings: tuple[PeeringSpec, ...]
     #: (namespace, name) -> key -> value
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
+    #: (kind, body): Service and EndpointSlice objects as the API server would hold them.
+    services: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+
+    def service_objects(self) -> dict[tuple[str, str, str], tuple[str, Mapping[str, Any]]]:
+        """(kind, namespace, name) -> (kind, body)."""
+        return {(kind, body["metadata"]["namespace"], body["metadata"]["name"]): (kind, body)
+                for kind, body in self.services}
 
     def namespace_labels(self) -> dict[str, dict[str, str]]:
         """Labels of every namespace a pod or peering lives in (the name label always set, as Kubernetes does)."""
@@ -94,7 +115,8 @@ def parse_config(document: Any) -> StandaloneConfig:
         raise StandaloneConfigError.wrap(exc) from None
     _check_unique(pods)
     peerings = _peerings(doc["peerings"])
-    return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps)
+    return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps,
+                            _services(doc.get("services", []), pods))
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
@@ -178,3 +200,84 @@ def _peerings(value: Any) -> tuple[PeeringSpec, ...]:
         seen.add(spec.key)
         out.append(spec)
     return tuple(out)
+
+
+def _services(value: Any, pods: tuple[PodInfo, ...]) -> tuple[tuple[str, dict[str, Any]], ...]:
+    if not isinstance(value, list) or len(value) > MAX_SERVICE_ITEMS:
+        raise StandaloneConfigError("services", f"must be a list of at most {MAX_SERVICE_ITEMS} entries")
+    out: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for index, item in enumerate(value):
+        path = f"services[{index}]"
+        try:
+            objects = [_manifest(item, path)] if isinstance(item, Mapping) and "kind" in item \
+                else _compact_service(item, path, pods)
+        except PeerMapError as exc:
+            raise StandaloneConfigError.wrap(exc) from None
+        for kind, body in objects:
+            key = (kind, body["metadata"]["namespace"], body["metadata"]["name"])
+            if key in seen:
+                raise StandaloneConfigError(path, f"{kind} {key[1]}/{key[2]} is also made by services[{seen[key]}]")
+            seen[key] = index
+            out.append((kind, body))
+    return tuple(out)
+
+
+def _manifest(item: Mapping[str, Any], path: str) -> tuple[str, dict[str, Any]]:
+    """A Service or EndpointSlice manifest, checked as the kopf handlers would take it."""
+    kind = item["kind"]
+    if kind not in SERVICE_KINDS:
+        raise PeerMapError(f"{path}.kind", f"must be one of {', '.join(sorted(SERVICE_KINDS))}")
+    body = dict(item)
+    meta = body["metadata"] = dict(fields.obj(body.get("metadata"), f"{path}.metadata", {"name"},
+                                              {"namespace", "labels", "annotations"}))
+    meta.setdefault("namespace", "default")
+    try:
+        SERVICE_KINDS[kind](body)
+    except PeerMapError as exc:
+        raise PeerMapError(f"{path}.{exc.path}", str(exc).removeprefix(f"{exc.path}: ")) from None
+    return kind, body
+
+
+def _compact_service(item: Any, path: str, pods: tuple[PodInfo, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """A Service plus one EndpointSlice per address family of the pods its selector matches."""
+    doc = fields.obj(item, path, {"name", "clusterIPs", "ports"},
+                     {"namespace", "selector", "sessionAffinity", "sessionAffinityTimeoutSeconds"})
+    namespace = check_label(doc.get("namespace", "default"), f"{path}.namespace")
+    name = check_label(doc["name"], f"{path}.name")
+    selector = _labels(doc.get("selector", {}), f"{path}.selector")
+    ports = fields.array(doc["ports"], f"{path}.ports", _compact_port, 100, 1)
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"clusterIPs": doc["clusterIPs"], "selector": selector,
+                 "ports": list(ports), "sessionAffinity": doc.get("sessionAffinity", "None"),
+                 "sessionAffinityConfig": {"clientIP": {
+                     "timeoutSeconds": doc.get("sessionAffinityTimeoutSeconds", DEFAULT_AFFINITY_TIMEOUT)}}},
+    }
+    try:
+        parse_service(service)
+    except PeerMapError as exc:
+        raise PeerMapError(f"{path}.{exc.path.removeprefix('spec.')}", str(exc).removeprefix(f"{exc.path}: ")) \
+            from None
+    objects: list[tuple[str, dict[str, Any]]] = [("Service", service)]
+    selected = [pod for pod in pods if selector and pod.namespace == namespace
+                and all(pod.labels.get(k) == v for k, v in selector.items())]
+    for family, version in (("IPv4", 4), ("IPv6", 6)):
+        endpoints = [{"addresses": [str(address)], "conditions": {"ready": True, "serving": True, "terminating": False},
+                      "targetRef": {"kind": "Pod", "namespace": pod.namespace, "name": pod.name}}
+                     for pod in selected for address in pod.addresses if address.version == version]
+        if endpoints:
+            objects.append(("EndpointSlice", {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
+                "metadata": {"name": f"{name}-{family.lower()}", "namespace": namespace,
+                             "labels": {SERVICE_NAME_LABEL: name}},
+                "ports": [{"name": p["name"], "protocol": p["protocol"], "port": p["targetPort"]} for p in ports],
+                "endpoints": endpoints}))
+    return objects
+
+
+def _compact_port(value: Any, path: str) -> dict[str, Any]:
+    doc = fields.obj(value, path, {"port"}, {"name", "protocol", "targetPort"})
+    port = fields.integer(doc["port"], f"{path}.port", 1, 65535)
+    return {"name": doc.get("name", ""), "protocol": doc.get("protocol", "TCP"), "port": port,
+            "targetPort": fields.integer(doc.get("targetPort", port), f"{path}.targetPort", 1, 65535)}

@@ -98,7 +98,7 @@ class StandaloneOperator:
         self.admin_token = AdminToken(self.state_dir / "admin-token")
         self.servers = Servers(self.runtime, api_routes=lambda app: add_admin_routes(
             app, self.admin_token, lambda: overview(self.runtime, [p.key for p in self.mesh.peerings],
-                                                    self.runtime.issued)))
+                                                    self.runtime.issued, self.mesh.services)))
         self._tokens_issued: dict[PodKey, float] = {}
         self._bundle_written: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
@@ -185,7 +185,8 @@ class StandaloneOperator:
             new = self._with_uids(new)
             await self._apply(self.mesh, new)
             self.mesh = new
-        logger.info("reloaded %s: %d pod(s), %d peering(s)", self.config_path, len(new.pods), len(new.peerings))
+        logger.info("reloaded %s: %d pod(s), %d peering(s), %d Service object(s)", self.config_path, len(new.pods),
+                    len(new.peerings), len(new.services))
         return True
 
     def _with_uids(self, config: StandaloneConfig) -> StandaloneConfig:
@@ -234,6 +235,13 @@ class StandaloneOperator:
             if previous is not None and previous.uid != pod.uid:
                 self._tokens_issued.pop(pod.key, None)  # a new pod of that name: the old token names the old uid
             self._write_token(pod)
+        old_services, new_services = old.service_objects(), new.service_objects()
+        for key in old_services.keys() - new_services.keys():
+            kind, body = old_services[key]
+            self.runtime.apply_service_event(kind, "DELETED", body)
+        for key, (kind, body) in new_services.items():
+            if old_services.get(key) != (kind, body):
+                self.runtime.apply_service_event(kind, "MODIFIED", body)
         for name in set(old_namespaces) - set(new_namespaces):
             index.remove_namespace(name)
 
