@@ -9,13 +9,16 @@
   authorised by the API server per user and pod.
 - `StandaloneSource`: the standalone operator's GET /v1/admin/overview over HTTPS
   (URL, admin token and CA bundle from its state directory), and each sidecar's
-  http://<pod-ip>:15021/status.
+  status from its local listener 127.0.0.1:9741, read inside the pod's network
+  namespace on this node (the overview names it, from the YAML's `netns`): the
+  standalone analogue of exec, for root on the pod's node. Never over the pod network.
 
 Both stay thin: they fetch documents and hand them to facts.py; diagnose.py decides.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import dataclasses
@@ -27,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
-from .admission import HEALTH_PORT, SIDECAR_NAME
+from .admission import SIDECAR_NAME
 from .facts import Facts, PeeringFacts, PodFacts, PodKey, ServiceFacts
+from .netns import NetnsUnavailable, check_netns_name, in_netns
 from .peering import GROUP, PLURAL, VERSION
 from .services import SERVICE_NAME_LABEL
 
@@ -37,6 +42,11 @@ STATUS_TIMEOUT = 5.0
 STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]
 MAX_STATUS_BYTES = 4 * 1024 * 1024
 OVERVIEW_PATH = "/v1/admin/overview"
+LOCAL_STATUS_HOST, LOCAL_STATUS_PORT = DEFAULT_STATUS_LISTEN.rsplit(":", 1)
+LOCAL_STATUS_TIMEOUT = 10.0  # under the VM's software emulation a busy sidecar takes seconds to answer
+NO_NETNS = (f"no network namespace known for the pod (its sidecar serves /status only on {DEFAULT_STATUS_LISTEN} "
+            "inside the pod): name the pod's network namespace (`netns:`) in the standalone YAML and run explain "
+            "as root on the pod's node")
 
 
 class SourceError(Exception):
@@ -213,16 +223,14 @@ class StandaloneSource:
         return doc
 
     @staticmethod
-    def sidecar_status(ips: Iterable[str]) -> tuple[dict[str, Any] | None, str]:
-        error = "the pod has no IP address"
-        for ip in ips:
-            host = f"[{ip}]" if ":" in ip else ip
-            try:
-                with urllib.request.urlopen(f"http://{host}:{HEALTH_PORT}/status", timeout=STATUS_TIMEOUT) as response:
-                    return _status_document(response.read(MAX_STATUS_BYTES + 1))
-            except (urllib.error.URLError, OSError) as exc:
-                error = f"http://{host}:{HEALTH_PORT}/status: {exc}"
-        return None, error
+    def sidecar_status(netns: Any) -> tuple[dict[str, Any] | None, str]:
+        """The sidecar's /status inside `netns` (as the overview names it; None: not known)."""
+        if netns is None:
+            return None, NO_NETNS
+        try:
+            return read_local_status(check_netns_name(netns))
+        except ValueError as exc:
+            return None, f"the overview's netns: {exc}"
 
     def facts(self, pods: Iterable[PodKey], namespace: str | None = None, *, all_pods: bool = False,
               statuses: bool = False) -> Facts:
@@ -254,6 +262,30 @@ def service_facts_from_overview(doc: Mapping[str, Any], client: PodKey, key: Pod
     return dataclasses.replace(facts, services=services)
 
 
+def _get_local_status() -> bytes:
+    connection = http.client.HTTPConnection(LOCAL_STATUS_HOST, int(LOCAL_STATUS_PORT), timeout=LOCAL_STATUS_TIMEOUT)
+    try:
+        connection.request("GET", "/status")
+        response = connection.getresponse()
+        if response.status != 200:
+            raise http.client.HTTPException(f"answered {response.status} {response.reason}")
+        return response.read(MAX_STATUS_BYTES + 1)
+    finally:
+        connection.close()
+
+
+def read_local_status(netns: str) -> tuple[dict[str, Any] | None, str]:
+    """/status from the sidecar's local listener, read inside the pod's network namespace `netns`
+    (root on the pod's node): (document, "") or (None, why not)."""
+    try:
+        raw = in_netns(netns, _get_local_status, timeout=2 * LOCAL_STATUS_TIMEOUT)
+    except NetnsUnavailable as exc:
+        return None, f"{exc.strerror} (run explain as root on the pod's node)"
+    except (OSError, http.client.HTTPException) as exc:
+        return None, f"http://{DEFAULT_STATUS_LISTEN}/status in network namespace {netns}: {exc}"
+    return _status_document(raw)
+
+
 def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: str | None, all_pods: bool,
                         read_status, statuses: bool = False) -> Facts:
     """Facts from the standalone operator's overview; the sidecars of `wanted` pods are asked for
@@ -266,7 +298,7 @@ def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: 
             continue
         ips = tuple(str(ip) for ip in entry.get("ips") or [])
         asked = key in wanted or (statuses and namespace in (None, key[0]))
-        status, error = read_status(ips) if asked else (None, "not asked")
+        status, error = read_status(entry.get("netns")) if asked else (None, "not asked")
         # Every pod the standalone operator knows runs a sidecar: it is listed because it has one.
         pods[key] = PodFacts(key[0], key[1], ips=ips, injected=True, has_sidecar=True, status=status,
                              status_error=error)

@@ -60,6 +60,7 @@ def test_embedded_default_is_a_standalone_mesh_with_a_peering_and_an_outsider():
     (lambda d: d["pods"][0].update(ips=["10.42.0.20", "10.42.0.21"]), "pods[0].ips"),
     (lambda d: d["pods"][2].update(namespace="shop", name="db"), "pods[2]"),
     (lambda d: d.update(network="not-a-network"), "network"),
+    (lambda d: d["pods"][0].update(netns="web"), "pods[0].netns"),  # the demo names them itself
     (lambda d: d["peerings"][0]["spec"].update(enforcement="maybe"), "peerings[0].spec"),
 ])
 def test_bad_config_is_refused_with_the_field(tmp_path, monkeypatch, capsys, mutation, field):

@@ -51,7 +51,30 @@ def test_pods_bootstrap_from_the_standalone_operator_over_the_bridge():
                      str(operator.token_file(config.pod("intruder"))), "web.shop.pod.demo.mesh.local")
         records = {p["name"]: p["certificate"] for p in operator.overview()["pods"]}
         assert records["web"]["serial"] == f"{cert.serial_number:x}" and records["intruder"] is None
+        # The operator passes on each pod's namespace, where explain reads the sidecar's local /status.
+        assert {p["name"]: p["netns"] for p in overview["pods"]} == {p.name: demo.netns(p.name) for p in config.pods}
     finally:
         demo.cleanup()
     assert "nothing left behind" in out.getvalue()
     assert demo.operator.process.poll() is not None
+
+
+def test_explain_on_the_node_reads_each_sidecars_status_inside_its_pod():
+    """Step 7 of the demo on the host kernel: mesh-mode sidecars serve /status only on 127.0.0.1:9741
+    in their pod; explain, run in the node namespace, reads it there (no ESP here, so no SA yet)."""
+    config = load_config(DEFAULT_CONFIG)
+    out = io.StringIO()
+    demo = Demo(config, out=out)
+    try:
+        demo.build_network()
+        demo.start_operator()
+        demo.start_sidecars()
+        demo.explain(config.pod("web"), config.pod("db"), expect_encrypted=True)
+        demo.explain(config.pod("intruder"), config.pod("web"), expect_encrypted=False)
+    finally:
+        demo.cleanup()
+    text = out.getvalue()
+    assert "could not be read" not in text and "sidecar-not-ready" not in text, text
+    assert "shop/web <-> shop/db: NOT ENCRYPTED" in text
+    assert "shady/intruder <-> shop/web: NOT ENCRYPTED (one-sided)" in text, text
+    assert "nothing left behind" in text

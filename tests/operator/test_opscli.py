@@ -1,7 +1,10 @@
 """`ipsec-mesh explain` / `peerings` against kmock (kubeconfig source) and a standalone operator's overview."""
 
 import asyncio
+import contextlib
 import json
+import os
+import threading
 
 import pytest
 
@@ -11,6 +14,7 @@ from ipsec_mesh_operator.diagnose import Reason, explain, explain_service
 from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview, service_facts_from_overview
 from kube_harness import running_kube
+from tests.host.netns_helpers import A4, B4, make_pair, missing_prerequisite
 
 PODS = "/api/v1/namespaces/prod/pods"
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"
@@ -148,31 +152,75 @@ def test_standalone_overview_feeds_the_diagnosis(established):
         "trustDomain": "mesh.test", "ca": None,
         "pods": [
             {"namespace": "prod", "name": "web-0", "serviceAccount": "default", "identity": "x", "ips": [scenarios.A_IP],
-             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None},
+             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None,
+             "netns": "ns-web"},
             {"namespace": "prod", "name": "db-0", "serviceAccount": "default", "identity": "y", "ips": [scenarios.B_IP],
-             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None},
+             "peerMapVersion": 3, "peerings": ["prod/web-db"], "certificate": None, "lastReport": None,
+             "netns": "ns-db"},
         ],
         "peerings": [{"namespace": "prod", "name": "web-db", "auth": "psk", "enforcement": "require",
                       "members": ["prod/web-0"], "peers": ["prod/db-0"], "pskKeyId": "k1",
                       "health": {"members": 1, "peers": 1, "established_sas": 1, "reporting": 2, "errors": []}}],
     }
-    statuses = {scenarios.A_IP: established[0], scenarios.B_IP: established[1]}
+    statuses = {"ns-web": established[0], "ns-db": established[1]}
     asked = []
 
-    def read_status(ips):
-        asked.extend(ips)
-        return statuses[ips[0]], ""
+    def read_status(netns):
+        asked.append(netns)
+        return statuses[netns], ""
 
     a, b = ("prod", "web-0"), ("prod", "db-0")
     facts = facts_from_overview(document, {a, b}, None, False, read_status)
-    assert explain(facts, a, b).encrypted and sorted(asked) == [scenarios.A_IP, scenarios.B_IP]
+    assert explain(facts, a, b).encrypted and sorted(asked) == ["ns-db", "ns-web"]
     document["peerings"][0]["peers"] = []
     assert explain(facts_from_overview(document, {a, b}, None, False, read_status), a, b).reason is Reason.NO_PEERING
 
 
-async def test_standalone_source_over_https_with_the_admin_token(tmp_path, established):
-    """The admin overview over real HTTPS (mesh-CA certificate, bearer token) and real sidecar status servers."""
-    import os
+@contextlib.contextmanager
+def mesh_sidecar_listeners(netns: str, agent, pod_ip: str):
+    """A mesh-mode sidecar's two listeners inside `netns`, on a loop of their own: everything on
+    127.0.0.1:9741, and only the pod-network routes on the pod address's 15021."""
+    from pyroute2 import netns as pyroute2_netns
+
+    from ipsec_mesh.agent.mesh_mode import POD_NETWORK_ROUTES
+    from ipsec_mesh.agent.status_server import StatusServer, agent_routes
+
+    started, stop, failed = threading.Event(), threading.Event(), []
+
+    async def serve():
+        routes = agent_routes(agent, ready_path="/ready")
+        servers = [StatusServer(None, "127.0.0.1", 9741, routes=routes),
+                   StatusServer(None, pod_ip, 15021, routes={p: routes[p] for p in POD_NETWORK_ROUTES if p in routes})]
+        for server in servers:
+            await server.start()
+        started.set()
+        await asyncio.to_thread(stop.wait, 60)
+        for server in servers:
+            await server.stop()
+
+    def run():
+        try:
+            pyroute2_netns.setns(netns, flags=0)
+            asyncio.run(serve())
+        except BaseException as exc:
+            failed.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(30)
+    try:
+        assert not failed, failed
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+@pytest.mark.skipif(missing_prerequisite() is not None, reason=str(missing_prerequisite()))
+async def test_standalone_source_reads_status_inside_the_pods_netns_never_over_the_pod_network(tmp_path):
+    """The admin overview over real HTTPS (mesh-CA certificate, bearer token); each sidecar's /status from
+    127.0.0.1:9741 inside the network namespace the overview names, as exec does in a cluster."""
     import time
 
     from aiohttp import web
@@ -186,10 +234,13 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     ca = CertificateAuthority.create(now, 86400, 3 * 86400)
     tls = ServingCertificate(("127.0.0.1",))
     tls.refresh(ca, now)
-    net = f"127.77.{os.getpid() % 200}"
-    ips = (f"{net}.1", f"{net}.2")
-    document = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7}
-                         for name, ip in zip(("web-0", "db-0"), ips)],
+    pair = make_pair("imsrc")
+    ips = (A4, B4)
+    # cache-0 serves its full /status on its pod address, as sidecars did before: never asked there.
+    cache_ip = f"127.77.{os.getpid() % 200}.3"
+    document = {"pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 7, "netns": netns}
+                         for name, ip, netns in (("web-0", A4, pair.a), ("db-0", B4, pair.b), ("cache-0", cache_ip, None),
+                                                 ("evil-0", "10.99.0.9", "../../proc/1/ns/net"))],
                 "peerings": [{"namespace": "prod", "name": "web-db", "auth": "certificate", "enforcement": "require",
                               "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}]}
 
@@ -205,32 +256,43 @@ async def test_standalone_source_over_https_with_the_admin_token(tmp_path, estab
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    sidecars = []
-    for ip, remote in zip(ips, reversed(ips)):
-        agent = scenarios.make_agent(ip, remote)
+    agents = [scenarios.make_agent(ip, remote) for ip, remote in zip(ips, reversed(ips))]
+    for agent in agents:
         agent.policies_ready = True  # its status as served once started; no IKE needed here
-        server = StatusServer(agent, ip, 15021)
-        await server.start()
-        sidecars.append(server)
+    cache = StatusServer(scenarios.make_agent(cache_ip, A4), cache_ip, 15021)
+    await cache.start()
     try:
-        (tmp_path / "api-url").write_text(f"https://127.0.0.1:{port}\n")
-        (tmp_path / "admin-token").write_text("admin-secret\n")
-        (tmp_path / "ca-bundle.pem").write_text("".join(ca.trust_bundle(now)))
-        source = StandaloneSource(tmp_path)
-        facts = await asyncio.to_thread(source.facts, [("prod", "web-0"), ("prod", "db-0")])
-        assert facts.map_versions == {("prod", "web-0"): 7, ("prod", "db-0"): 7}
-        assert facts.pods[("prod", "db-0")].status["addresses"] == [ips[1]]
-        verdict = explain(facts, ("prod", "web-0"), ("prod", "db-0"))
-        (entry,) = overview(facts)
-        assert (entry.ref, entry.members, entry.peers) == ("prod/web-db", ("prod/web-0",), ("prod/db-0",))
-        # The sidecars run map v3 where the operator has v7: the most specific reason.
-        assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3; the operator has v7" in verdict.summary
+        with mesh_sidecar_listeners(pair.a, agents[0], A4), mesh_sidecar_listeners(pair.b, agents[1], B4):
+            (tmp_path / "api-url").write_text(f"https://127.0.0.1:{port}\n")
+            (tmp_path / "admin-token").write_text("admin-secret\n")
+            (tmp_path / "ca-bundle.pem").write_text("".join(ca.trust_bundle(now)))
+            source = StandaloneSource(tmp_path)
+            keys = [("prod", name) for name in ("web-0", "db-0", "cache-0", "evil-0")]
+            facts = await asyncio.to_thread(source.facts, keys)
+            assert facts.map_versions[("prod", "web-0")] == 7
+            assert facts.pods[("prod", "web-0")].status["addresses"] == [A4]
+            assert facts.pods[("prod", "db-0")].status["addresses"] == [B4]
+            verdict = explain(facts, ("prod", "web-0"), ("prod", "db-0"))
+            (entry,) = overview(facts)
+            assert (entry.ref, entry.members, entry.peers) == ("prod/web-db", ("prod/web-0",), ("prod/db-0",))
+            # The sidecars run map v3 where the operator has v7: the most specific reason.
+            assert verdict.reason is Reason.ONE_SIDED and "runs peer map v3; the operator has v7" in verdict.summary
+            cache_facts = facts.pods[("prod", "cache-0")]
+            assert cache_facts.status is None and "no network namespace known" in cache_facts.status_error
+            evil = facts.pods[("prod", "evil-0")]
+            assert evil.status is None and "not a network namespace name" in evil.status_error
+            verdict = explain(facts, ("prod", "web-0"), ("prod", "cache-0"))
+            assert verdict.reason is Reason.SIDECAR_NOT_READY and "no network namespace known" in verdict.summary
+        # A namespace that is gone (or not on this node) is named in the reason.
+        pair.close()
+        facts = await asyncio.to_thread(source.facts, keys[:1])
+        assert "cannot enter network namespace" in facts.pods[("prod", "web-0")].status_error
         (tmp_path / "admin-token").write_text("wrong\n")
         with pytest.raises(SourceError, match="answered 401"):
             await asyncio.to_thread(StandaloneSource(tmp_path).overview)
     finally:
-        for server in sidecars:
-            await server.stop()
+        pair.close()
+        await cache.stop()
         await runner.cleanup()
 
 

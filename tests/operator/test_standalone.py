@@ -197,7 +197,9 @@ async def test_removing_a_psk_peering_deletes_its_secret(tmp_path):
 
 
 async def test_admin_overview_needs_the_admin_token(tmp_path):
-    async with running(tmp_path) as operator:
+    document = json.loads(json.dumps(MESH))
+    document["pods"][0]["netns"] = "ns-web"  # passed on for explain, which reads /status inside it
+    async with running(tmp_path, document) as operator:
         async with client_for(operator, "shop", "web") as client:
             await client.sign_csr(make_csr(WEB_ID))
         url = (operator.state_dir / "api-url").read_text().strip() + "/v1/admin/overview"
@@ -215,6 +217,7 @@ async def test_admin_overview_needs_the_admin_token(tmp_path):
     assert pods["shop/web"]["identity"] == WEB_ID
     assert pods["shop/web"]["certificate"]["issuer"].startswith("ipsec-mesh CA")
     assert pods["shop/db"]["certificate"] is None
+    assert pods["shop/web"]["netns"] == "ns-web" and pods["shop/db"]["netns"] is None
     peerings = {p["name"]: p for p in body["peerings"]}
     assert peerings["web-db"]["members"] == ["shop/web"] and peerings["web-db"]["peers"] == ["shop/db"]
     assert peerings["web-cache"]["pskKeyId"]

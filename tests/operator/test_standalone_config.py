@@ -24,6 +24,16 @@ def test_pods_become_pod_infos_as_the_handlers_build_them():
     assert config.namespace_labels() == {"shop": {"kubernetes.io/metadata.name": "shop"}}
 
 
+def test_a_pod_may_name_its_network_namespace():
+    document = copy.deepcopy(MESH)
+    document["pods"][0]["netns"] = "imd1-web"
+    document["pods"][1]["netns"] = "cni-1f0e.db_2"
+    config = parse_config(document)
+    assert config.pod_netns == {("shop", "web"): "imd1-web", ("shop", "db"): "cni-1f0e.db_2"}
+    assert config.pods == parse_config(MESH).pods  # where a pod runs is not part of what it is
+    assert parse_config(MESH).pod_netns == {}
+
+
 def _with(mutate):
     document = copy.deepcopy(MESH)
     mutate(document)
@@ -42,6 +52,13 @@ def _with(mutate):
     (lambda d: d["pods"][0].update(colour="red"), "pods[0]", "unknown field(s) colour"),
     (lambda d: d["pods"].append(dict(d["pods"][0])), "pods[3]", "also pods[0]"),
     (lambda d: d["pods"][2].update(ips=["10.0.0.1"]), "pods[2].ips", "also an address of pods[0]"),
+    # The name is opened under /run/netns by explain: a path would enter any namespace on the node.
+    (lambda d: d["pods"][0].update(netns="../../proc/1/ns/net"), "pods[0].netns", "not a network namespace name"),
+    (lambda d: d["pods"][0].update(netns=".."), "pods[0].netns", "not a network namespace name"),
+    (lambda d: d["pods"][0].update(netns="x" * 64), "pods[0].netns", "not a network namespace name"),
+    (lambda d: d["pods"][0].update(netns=7), "pods[0].netns", "not a network namespace name"),
+    (lambda d: [p.update(netns="pod-ns") for p in d["pods"][:2]], "pods[1].netns",
+     "also the network namespace of pods[0]"),
     (lambda d: d["peerings"][0].pop("spec"), "peerings[0]", "missing field(s) spec"),
     (lambda d: d["peerings"][0]["spec"].update(enforcement="sometimes"), "peerings[0].spec",
      "peerings[0].spec: enforcement: unknown value"),

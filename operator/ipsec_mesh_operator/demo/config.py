@@ -62,6 +62,9 @@ def load_config(path: Path) -> DemoConfig:
     except ValueError as exc:
         raise StandaloneConfigError("network", f"not an IPv4 network: {exc}") from None
     mesh = parse_config(document)
+    if mesh.pod_netns:
+        index = next(i for i, pod in enumerate(mesh.pods) if pod.key in mesh.pod_netns)
+        raise StandaloneConfigError(f"pods[{index}].netns", "the demo creates and names the pods' namespaces itself")
     if not 2 <= len(mesh.pods) <= MAX_DEMO_PODS:
         raise StandaloneConfigError("pods", f"the demo runs 2..{MAX_DEMO_PODS} pods")
     names = [pod.name for pod in mesh.pods]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
-import threading
-import urllib.request
 
-from pyroute2 import netns as pyroute2_netns
-
+from ..netns import in_netns
 from .config import DemoError
+
+__all__ = ["accept_all", "in_netns", "kernel_has_esp", "listen", "send", "sh"]
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -19,27 +17,6 @@ def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
     if check and result.returncode != 0:
         raise DemoError(f"{' '.join(argv)}: {result.stderr.strip()}")
     return result
-
-
-def in_netns(netns: str, function, *args, timeout: float = 60):
-    """Call `function` in a thread that has entered `netns` (the caller's namespace is untouched)."""
-    outcome: dict = {}
-
-    def body():
-        try:
-            pyroute2_netns.setns(netns, flags=0)  # this thread only; flags=0: never create one
-            outcome["value"] = function(*args)
-        except BaseException as exc:  # handed back to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise DemoError(f"a call in {netns} did not finish in {timeout:.0f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 def kernel_has_esp() -> bool:
@@ -57,12 +34,6 @@ def kernel_has_esp() -> bool:
         return result.returncode == 0
     finally:
         sh("ip", "netns", "del", name, check=False)
-
-
-def get_json(url: str) -> dict:
-    """GET a JSON document over plain HTTP (a sidecar's local status port)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def listen(address: str, port: int) -> socket.socket:

@@ -18,12 +18,11 @@ from pathlib import Path
 import yaml
 
 from ..index import PodInfo
-from ..sources import StandaloneSource
+from ..sources import StandaloneSource, read_local_status
 from .config import DemoError
-from .netns import get_json, in_netns
+from .netns import in_netns
 
 API_PORT = 8443
-STATUS_PORT = 9741
 START_TIMEOUT = 600.0  # under software emulation a Python process starts slowly
 
 
@@ -97,7 +96,8 @@ class StandaloneOperatorProcess(Process):
         return self.state_dir / "pods" / pod.namespace / pod.name / "token"
 
     def source(self) -> StandaloneSource:
-        """What `ipsec-mesh explain --standalone` reads: the admin overview and the sidecars' status ports."""
+        """What `ipsec-mesh explain --standalone` reads: the admin overview, and each sidecar's local
+        /status inside the network namespace the overview names for its pod."""
         return StandaloneSource(self.state_dir)
 
     def overview(self) -> dict:
@@ -131,8 +131,6 @@ class Sidecar(Process):
                     "--settings", str(settings)], env=env)
 
     def status(self) -> dict | None:
+        """The sidecar's /status from its local listener (127.0.0.1:9741 in the pod); None until it answers."""
         self.check_alive()
-        try:
-            return in_netns(self.netns, get_json, f"http://127.0.0.1:{STATUS_PORT}/status")
-        except OSError:
-            return None
+        return read_local_status(self.netns)[0]

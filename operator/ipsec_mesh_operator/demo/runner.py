@@ -74,7 +74,10 @@ class Demo:
     # the operator
     def start_operator(self) -> dict:
         config_path = self.workdir / "mesh.yaml"
-        config_path.write_text(yaml.safe_dump(self.config.operator_document, sort_keys=False))
+        document = dict(self.config.operator_document)
+        # Each pod's namespace, so that explain (on this node, as root) reads its sidecar's local /status.
+        document["pods"] = [{**pod, "netns": self.netns(pod["name"])} for pod in document["pods"]]
+        config_path.write_text(yaml.safe_dump(document, sort_keys=False))
         self.operator = StandaloneOperatorProcess(self.node, self.config.node_address, config_path,
                                                   self.workdir / "operator")
         self.operator.start()
@@ -205,7 +208,8 @@ class Demo:
                  f" {len(plain)} in plaintext; {len(leaked)} plaintext packets between intruder and web")
         for line in (plain + leaked)[:5]:
             self.say(f"    plaintext: {line}")
-        self.say("\n[7/8] what an operator asks: `ipsec-mesh explain` (operator overview + sidecar status ports)")
+        self.say("\n[7/8] what an operator asks: `ipsec-mesh explain` (the operator's overview, and each sidecar's"
+                 "\n      /status read inside its pod's namespace: it is not served on the pod network)")
         ok_explain = self.explain(web, db, expect_encrypted=True)
         if intruder is not None:
             ok_explain = self.explain(intruder, web, expect_encrypted=False) and ok_explain
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         demo.say("\ninterrupted")
         return 130
-    except DemoError as exc:
+    except (DemoError, TimeoutError) as exc:
         demo.say(f"\n✘ {exc}")
         return 1
     finally:

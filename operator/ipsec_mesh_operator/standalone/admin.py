@@ -2,16 +2,17 @@
 
     GET /v1/admin/overview   (Authorization: Bearer <admin-token>)  -> JSON
 
-Pods with their identity, peer-map version, peerings and the certificate the
-mesh API issued them; peerings with members, peers and sidecar health; the CA;
-the Service and EndpointSlice objects.
+Pods with their identity, peer-map version, peerings, the certificate the
+mesh API issued them and their network namespace on this node where the YAML names
+one (where `ipsec-mesh explain` reads the sidecar's local /status); peerings with members,
+peers and sidecar health; the CA; the Service and EndpointSlice objects.
 Never any key material.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ OVERVIEW_PATH = "/v1/admin/overview"
 
 def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
              issued: dict[tuple[str, str], dict[str, Any]],
+             pod_netns: Mapping[tuple[str, str], str],
              services: Iterable[tuple[str, Any]] = ()) -> dict[str, Any]:
     now = runtime.clock()
     index = runtime.index
@@ -37,6 +39,7 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
             "peerMapVersion": index.version(info.key),
             "peerings": [f"{ns}/{name}" for ns, name in sorted(index.peerings_of(info.key))],
             "certificate": issued.get(info.key),
+            "netns": pod_netns.get(info.key),
             "lastReport": None if report is None else {"at": int(report[0]),
                                                        "appliedVersion": report[1].applied_version},
         })

@@ -4,7 +4,8 @@
     namespaces:                         # optional: labels for namespaceSelector peers
       shop: {team: shop}
     pods:
-      - {name: web, namespace: shop, serviceAccount: web, labels: {app: web}, ips: [10.42.0.10]}
+      - {name: web, namespace: shop, serviceAccount: web, labels: {app: web}, ips: [10.42.0.10],
+         netns: web}                    # optional: its network namespace on this node, for explain
     peerings:
       - name: web-db
         namespace: shop
@@ -30,7 +31,7 @@ same `OperatorRuntime.apply_service_event` as the kopf watches.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from ipsec_mesh.meshapi import PeerMapError, fields
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
 from ..index import NAMESPACE_NAME_LABEL, PodInfo
+from ..netns import check_netns_name
 from ..peering import InvalidPeering, PeeringSpec, parse_peering
 from ..services import DEFAULT_AFFINITY_TIMEOUT, SERVICE_NAME_LABEL, SliceInfo, parse_service
 
@@ -76,6 +78,9 @@ class StandaloneConfig:
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     #: (kind, body): Service and EndpointSlice objects as the API server would hold them.
     services: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    #: (namespace, name) -> the pod's network namespace on this node, where one is named:
+    #: where `ipsec-mesh explain` reads the sidecar's local /status (what exec does in a cluster).
+    pod_netns: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def service_objects(self) -> dict[tuple[str, str, str], tuple[str, Mapping[str, Any]]]:
         """(kind, namespace, name) -> (kind, body)."""
@@ -109,14 +114,16 @@ def parse_config(document: Any) -> StandaloneConfig:
         doc = fields.obj(document, "", {"pods", "peerings"}, TOP_LEVEL - {"pods", "peerings"})
         trust_domain = check_dns_name(doc.get("trustDomain", "cluster.local"), "trustDomain")
         namespaces = _namespaces(doc.get("namespaces", {}))
-        pods = fields.array(doc["pods"], "pods", _pod, MAX_PODS)
+        entries = fields.array(doc["pods"], "pods", _pod, MAX_PODS)
         config_maps = dict(fields.array(doc.get("configMaps", []), "configMaps", _config_map, MAX_PEERINGS))
     except PeerMapError as exc:
         raise StandaloneConfigError.wrap(exc) from None
+    pods = tuple(pod for pod, _ in entries)
     _check_unique(pods)
+    pod_netns = _check_netns_unique(entries)
     peerings = _peerings(doc["peerings"])
     return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps,
-                            _services(doc.get("services", []), pods))
+                            _services(doc.get("services", []), pods), pod_netns)
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
@@ -138,8 +145,8 @@ def _namespaces(value: Any) -> dict[str, dict[str, str]]:
     return out
 
 
-def _pod(value: Any, path: str) -> PodInfo:
-    doc = fields.obj(value, path, {"name", "ips"}, {"namespace", "serviceAccount", "labels"})
+def _pod(value: Any, path: str) -> tuple[PodInfo, str | None]:
+    doc = fields.obj(value, path, {"name", "ips"}, {"namespace", "serviceAccount", "labels", "netns"})
     name = check_dns_name(doc["name"], f"{path}.name")
     namespace = check_label(doc.get("namespace", "default"), f"{path}.namespace")
     service_account = check_dns_name(doc.get("serviceAccount", "default"), f"{path}.serviceAccount")
@@ -150,7 +157,13 @@ def _pod(value: Any, path: str) -> PodInfo:
         "spec": {"serviceAccountName": service_account},
         "status": {"phase": "Running", "podIPs": [{"ip": str(ip)} for ip in ips]},
     }
-    return PodInfo.from_body(body)
+    netns = None
+    if "netns" in doc:
+        try:
+            netns = check_netns_name(doc["netns"])
+        except ValueError as exc:
+            raise PeerMapError(f"{path}.netns", str(exc)) from None
+    return PodInfo.from_body(body), netns
 
 
 def _check_unique(pods: tuple[PodInfo, ...]) -> None:
@@ -164,6 +177,19 @@ def _check_unique(pods: tuple[PodInfo, ...]) -> None:
             if ip in owners:
                 raise StandaloneConfigError(f"pods[{index}].ips", f"{ip} is also an address of pods[{owners[ip]}]")
             owners[ip] = index
+
+
+def _check_netns_unique(entries: tuple[tuple[PodInfo, str | None], ...]) -> dict[tuple[str, str], str]:
+    """No two pods share a network namespace (explain would read one sidecar's status for both)."""
+    owners: dict[str, int] = {}
+    for index, (_, netns) in enumerate(entries):
+        if netns is None:
+            continue
+        if netns in owners:
+            raise StandaloneConfigError(f"pods[{index}].netns",
+                                        f"{netns} is also the network namespace of pods[{owners[netns]}]")
+        owners[netns] = index
+    return {pod.key: netns for pod, netns in entries if netns is not None}
 
 
 def _config_map(value: Any, path: str) -> tuple[tuple[str, str], dict[str, str]]:

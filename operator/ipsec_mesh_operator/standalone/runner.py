@@ -98,7 +98,8 @@ class StandaloneOperator:
         self.admin_token = AdminToken(self.state_dir / "admin-token")
         self.servers = Servers(self.runtime, api_routes=lambda app: add_admin_routes(
             app, self.admin_token, lambda: overview(self.runtime, [p.key for p in self.mesh.peerings],
-                                                    self.runtime.issued, self.mesh.services)))
+                                                    self.runtime.issued, self.mesh.pod_netns,
+                                                    self.mesh.services)))
         self._tokens_issued: dict[PodKey, float] = {}
         self._bundle_written: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
