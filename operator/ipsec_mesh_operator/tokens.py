@@ -8,6 +8,7 @@ the token's hash so that a burst of calls costs one review.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,19 @@ MAX_TOKEN_BYTES = 16 * 1024
 POSITIVE_TTL = 60.0
 NEGATIVE_TTL = 5.0
 MAX_CACHE = 50_000
+# Printable ASCII without spaces: what JWTs and our own tokens are made of. Anything else
+# (non-ASCII, or bytes aiohttp could only decode with surrogate escapes) is refused before use.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer` header, or None if there is none or it is malformed."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    token = authorization[len("Bearer "):].strip()
+    if len(token) > MAX_TOKEN_BYTES or not _TOKEN.fullmatch(token):
+        return None
+    return token
 
 
 class Unauthenticated(Exception):
@@ -48,8 +62,8 @@ class TokenAuthenticator:
     async def authenticate(self, authorization: str | None) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("missing bearer token")
-        token = authorization[len("Bearer "):].strip()
-        if not token or len(token) > MAX_TOKEN_BYTES:
+        token = bearer_token(authorization)
+        if token is None:
             raise Unauthenticated("malformed bearer token")
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()

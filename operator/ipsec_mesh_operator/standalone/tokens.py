@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..index import PodInfo
-from ..tokens import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX
+from ..tokens import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX, bearer_token
 from .store import write_private
 
 PREFIX = "ims1."
@@ -147,7 +147,8 @@ class AdminToken:
         self._digest = hashlib.sha256(value.encode()).digest()
 
     def allows(self, authorization: str | None) -> bool:
-        if not authorization or not authorization.startswith("Bearer "):
+        token = bearer_token(authorization)
+        if token is None:
             return False
-        given = hashlib.sha256(authorization[len("Bearer "):].strip().encode()).digest()
+        given = hashlib.sha256(token.encode()).digest()
         return hmac.compare_digest(given, self._digest)
