@@ -27,7 +27,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .api import RUNTIME_KEY
+from ipsec_mesh.meshapi import MeshApiError
+
+from .api import RUNTIME_KEY, contain_errors, read_json
 from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
 from .peering import InvalidPeering, PeeringSpec, parse_peering
 from .peering_status import awaiting_consent_message
@@ -284,14 +286,11 @@ async def secret_access_problems(request: Mapping[str, Any], kube: Any) -> list[
 
 async def _handle(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME_KEY]
-    raw = await request.content.read(MAX_REVIEW_BYTES + 1)
     try:
-        if len(raw) > MAX_REVIEW_BYTES:
-            raise ValueError("AdmissionReview too large")
-        review = json.loads(raw)
+        review = await read_json(request, MAX_REVIEW_BYTES)
         bundle = "".join(runtime.index.trust_bundle)
         answer = review_response(review, runtime.config, bundle, runtime.index)
-    except ValueError as exc:
+    except (ValueError, MeshApiError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
     response, kind = answer["response"], _mapping(review["request"].get("kind")).get("kind")
     if kind == "IPsecPeering" and response["allowed"] and review["request"].get("operation") in ("CREATE", "UPDATE"):
@@ -303,7 +302,7 @@ async def _handle(request: web.Request) -> web.Response:
 
 
 def make_webhook_app(runtime: Any) -> web.Application:
-    app = web.Application(client_max_size=MAX_REVIEW_BYTES)
+    app = web.Application(client_max_size=MAX_REVIEW_BYTES, middlewares=[contain_errors])
     app[RUNTIME_KEY] = runtime
     app.router.add_post("/mutate-pods", _handle)
     app.router.add_post("/validate-ipsecpeerings", _handle)

@@ -10,8 +10,10 @@ the caller only ever gets or affects its own pod's certificate and map.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -21,13 +23,22 @@ from ipsec_mesh.meshapi.status import StatusReport
 
 from . import metrics
 from .ca import CertificateRequestError
-from .runtime import NotAllowed, NotReady, OperatorRuntime
+from .ratelog import RateLimitedLog
+from .runtime import NotAllowed, NotReady, OperatorRuntime, TooManyRequests
 from .tokens import Caller, Unauthenticated
 
 logger = logging.getLogger("ipsec_mesh_operator.api")
+#: Lines about what clients did wrong: a client must not be able to fill the disk.
+client_log = RateLimitedLog(logger)
 
 MAX_BODY = 64 * 1024
 MAX_WAIT = 60.0
+#: Seconds a client has to send a request body once its headers are in.
+BODY_TIMEOUT = 10.0
+# ASCII digits only (int() and float() also take "nan", "1e400", " 1", "1_0", Arabic digits...);
+# the lengths keep both finite. A wait has a fraction because the sidecar sends str(float).
+VERSION_PATTERN = re.compile(r"[0-9]{1,18}")
+WAIT_PATTERN = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,17})?")
 RUNTIME_KEY = web.AppKey("runtime", OperatorRuntime)
 
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -43,29 +54,64 @@ def authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Str
         runtime = request.app[RUNTIME_KEY]
         try:
             caller = await runtime.authenticator.authenticate(request.headers.get("Authorization"))
-            return await handler(request, caller)
+            with runtime.request_slot(caller):
+                return await handler(request, caller)
         except Unauthenticated as exc:
-            logger.info("mesh API: unauthenticated request from %s: %s", request.remote, exc)
+            client_log.log(logging.INFO, "unauthenticated", "mesh API: unauthenticated request from %s: %s",
+                           request.remote, exc)
             return _error(401, str(exc), "unauthenticated")
         except NotAllowed as exc:
             return _error(403, str(exc), "forbidden")
+        except TooManyRequests as exc:
+            client_log.log(logging.INFO, "too_many", "mesh API: %s", exc)
+            return _error(429, str(exc), "too_many_requests")
         except NotReady as exc:
             return _error(503, str(exc), "not_ready")
         except (CertificateRequestError, MeshApiError) as exc:
+            client_log.log(logging.INFO, "bad_request", "mesh API: bad request from %s: %s", request.remote, exc)
             return _error(400, str(exc), "bad_request")
     return wrapper
 
 
-async def _json_body(request: web.Request) -> object:
-    if request.content_length is not None and request.content_length > MAX_BODY:
+async def read_json(request: web.Request, limit: int) -> object:
+    """The request's JSON body, at most `limit` bytes, in BODY_TIMEOUT; MeshApiError for anything else."""
+    if request.content_length is not None and request.content_length > limit:
         raise MeshApiError("request body too large")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
+    try:
+        raw = await asyncio.wait_for(request.content.read(limit + 1), BODY_TIMEOUT)
+    except TimeoutError:
+        raise MeshApiError(f"request body not received within {BODY_TIMEOUT:g} s") from None
+    if len(raw) > limit:
         raise MeshApiError("request body too large")
     try:
         return json.loads(raw)
-    except ValueError:
-        raise MeshApiError("request body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise MeshApiError("request body is not JSON (or nested too deeply)") from None
+
+
+async def _json_body(request: web.Request) -> object:
+    return await read_json(request, MAX_BODY)
+
+
+def _query_number(request: web.Request, name: str, pattern: re.Pattern[str]) -> str:
+    text = request.query.get(name, "0")
+    if not pattern.fullmatch(text):
+        raise MeshApiError(f"{name} must be a plain decimal number")
+    return text
+
+
+@web.middleware
+async def contain_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """A bug must not cost a traceback per request: one rate-limited line and a bare 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        client_log.log(logging.ERROR, "internal", "%s %s failed: %s", request.method, request.path,
+                       type(exc).__name__)
+        return _error(500, "internal error", "internal")
 
 
 @authenticated
@@ -87,13 +133,8 @@ async def sign_certificate(request: web.Request, caller: Caller) -> web.StreamRe
 @authenticated
 async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
     runtime = request.app[RUNTIME_KEY]
-    try:
-        since = int(request.query.get("version", "0"))
-        wait = min(float(request.query.get("wait", "0")), MAX_WAIT)
-    except ValueError:
-        raise MeshApiError("version and wait must be numbers") from None
-    if since < 0 or wait < 0:
-        raise MeshApiError("version and wait must not be negative")
+    since = int(_query_number(request, "version", VERSION_PATTERN))
+    wait = min(float(_query_number(request, "wait", WAIT_PATTERN)), MAX_WAIT)
     pod = runtime.pod_of(caller)
     current = await runtime.wait_for_peer_map(pod, since, wait)
     if current is None:
@@ -116,7 +157,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(runtime: OperatorRuntime) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[contain_errors])
     app[RUNTIME_KEY] = runtime
     app.router.add_post("/v1/certificates", sign_certificate)
     app.router.add_get("/v1/peermap", peer_map)

@@ -241,20 +241,26 @@ def load_and_check_csr(csr_pem: bytes, identity: LeafIdentity) -> x509.Certifica
     _check_key(key)
     allowed_dns, allowed_uris = {identity.dns_name}, {identity.uri} if identity.uri else set()
     try:
-        requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = set(requested.get_values_for_type(x509.DNSName))
-        uris = set(requested.get_values_for_type(x509.UniformResourceIdentifier))
-        others = len(requested) - len(dns) - len(uris)
-    except x509.ExtensionNotFound:
-        dns, uris, others = set(), set(), 0
-    except ValueError as exc:
-        raise CertificateRequestError(f"unreadable CSR extensions: {exc}") from None
-    common_names = {a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+        dns, uris, others = _requested_names(csr)
+        common_names = {a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CertificateRequestError(f"unreadable CSR extensions or subject: {exc}") from None
     if dns - allowed_dns or uris - allowed_uris or others or common_names - allowed_dns:
         raise CertificateRequestError(
             f"the CSR asks for names other than this pod's identity {identity.dns_name!r}"
         )
     return csr
+
+
+def _requested_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str], int]:
+    """DNS names, URIs and the count of other names in the CSR's SAN extension."""
+    try:
+        requested = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set(), set(), 0
+    dns = set(requested.get_values_for_type(x509.DNSName))
+    uris = set(requested.get_values_for_type(x509.UniformResourceIdentifier))
+    return dns, uris, len(requested) - len(dns) - len(uris)
 
 
 def _check_key(key: Any) -> None:

@@ -24,6 +24,13 @@ def _duration(name: str, default: str) -> int:
     return fields.duration(_env(name, default), f"IPSEC_MESH_{name}")
 
 
+def _count(name: str, default: int) -> int:
+    text = _env(name, str(default))
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise ValueError(f"IPSEC_MESH_{name} must be a whole number 1..1000000, not {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     namespace: str = "ipsec-mesh-system"
@@ -57,6 +64,13 @@ class OperatorConfig:
     #: Port of the liveness endpoint (served by a thread; 0: none) and how long the loop may stall.
     liveness_port: int = 0
     liveness_max_stall: int = 30
+    #: Open connections per HTTPS server (mesh API, webhooks); see docs/security-model.md for the memory.
+    max_connections: int = 2048
+    #: Seconds for a TLS handshake; then for request headers, and idle between requests.
+    handshake_timeout: float = 5.0
+    idle_timeout: float = 15.0
+    #: Mesh API requests one pod may have open at once (long polls included); 429 beyond.
+    max_requests_per_pod: int = 8
 
     @property
     def ca_lifetime(self) -> int:
@@ -96,6 +110,10 @@ class OperatorConfig:
             sidecar_resources=_resources(_env("SIDECAR_RESOURCES", "")) or cls().sidecar_resources,
             liveness_port=int(_env("LIVENESS_PORT", "0")),
             liveness_max_stall=_duration("LIVENESS_MAX_STALL", "30s"),
+            max_connections=_count("MAX_CONNECTIONS", cls.max_connections),
+            handshake_timeout=_duration("HANDSHAKE_TIMEOUT", "5s") or 1,
+            idle_timeout=_duration("IDLE_TIMEOUT", "15s") or 1,
+            max_requests_per_pod=_count("MAX_REQUESTS_PER_POD", cls.max_requests_per_pod),
         )
 
 

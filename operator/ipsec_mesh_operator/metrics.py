@@ -18,3 +18,8 @@ INDEXED_PODS = Gauge("ipsec_mesh_indexed_pods", "Injected pods in the mesh index
 PEERINGS = Gauge("ipsec_mesh_peerings", "IPsecPeerings in the mesh index", registry=REGISTRY)
 KEY_ROTATIONS = Counter("ipsec_mesh_key_rotations", "CA and PSK rotations", ["kind"], registry=REGISTRY)
 SIGNING_SECONDS = Histogram("ipsec_mesh_signing_seconds", "Time to check and sign one CSR", registry=REGISTRY)
+CONNECTIONS = Gauge("ipsec_mesh_server_connections", "Open connections of an HTTPS server", ["server"],
+                    registry=REGISTRY)
+CONNECTIONS_DROPPED = Counter("ipsec_mesh_server_connections_dropped",
+                              "Connections refused (every slot busy) or evicted (longest idle) at the cap",
+                              ["server", "reason"], registry=REGISTRY)

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,6 +53,10 @@ class NotReady(Exception):
     """The operator does not know the caller's pod yet (HTTP 503, retry)."""
 
 
+class TooManyRequests(Exception):
+    """The caller's pod has max_requests_per_pod requests open already (HTTP 429)."""
+
+
 @dataclass(frozen=True)
 class PeeringHealth:
     members: int
@@ -73,6 +79,8 @@ class OperatorRuntime:
         self.reports: dict[PodKey, tuple[float, StatusReport]] = {}
         self.authenticator = TokenAuthenticator(self._token_review, config.token_audience)
         self._watch_events: dict[PodKey, asyncio.Event] = {}
+        #: Open mesh API requests per calling pod (only pods with one open are in it).
+        self.requests_in_flight: dict[PodKey, int] = {}
         self.releasing_watchers = False
         self.index.listeners.append(self._on_maps_changed)
         self.ca_listeners: list[Callable[[], None]] = []
@@ -328,6 +336,23 @@ class OperatorRuntime:
     async def _token_review(self, body: dict[str, Any]) -> dict[str, Any] | None:
         return await self.kube.create("/apis/authentication.k8s.io/v1/tokenreviews", body)
 
+    @contextlib.contextmanager
+    def request_slot(self, caller: Caller) -> Iterator[None]:
+        """Hold one of the caller's max_requests_per_pod slots while its request runs (long polls included)."""
+        key = (caller.namespace, caller.pod)
+        open_now = self.requests_in_flight.get(key, 0)
+        if open_now >= self.config.max_requests_per_pod:
+            raise TooManyRequests(f"pod {key[0]}/{key[1]} has {open_now} requests open already")
+        self.requests_in_flight[key] = open_now + 1
+        try:
+            yield
+        finally:
+            left = self.requests_in_flight[key] - 1
+            if left:
+                self.requests_in_flight[key] = left
+            else:
+                del self.requests_in_flight[key]
+
     def pod_of(self, caller: Caller) -> PodKey:
         key = (caller.namespace, caller.pod)
         info = self.index.pod(key)
@@ -373,6 +398,9 @@ class OperatorRuntime:
 
     async def wait_for_peer_map(self, pod: PodKey, since: int, timeout: float) -> PeerMap | None:
         """The pod's map once its version is above `since`, or None after `timeout`."""
+        if not (math.isfinite(timeout) and timeout >= 0):
+            # A NaN deadline breaks the ordering of the event loop's timer heap: every timer stalls.
+            raise ValueError(f"timeout must be a finite number of seconds, not {timeout!r}")
         deadline = asyncio.get_running_loop().time() + timeout
         metrics.PEER_MAP_WATCHERS.inc()
         try:

@@ -12,11 +12,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import api, metrics
+from .connections import ConnectionPool, GuardedSite, guard
 from .health import Readiness
+from .ratelog import QuietServerLogger
 from .runtime import OperatorRuntime
 from .tls import ServingCertificate
 
 logger = logging.getLogger("ipsec_mesh_operator.servers")
+#: aiohttp's per-request error lines (malformed requests, aborted connections), without tracebacks.
+server_logger = QuietServerLogger(logging.getLogger("ipsec_mesh_operator.http"))
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -40,6 +44,7 @@ class Servers:
         #: /readyz on the metrics port; whoever feeds the index adds its listings.
         self.readiness = Readiness()
         self.ports: dict[str, int] = {}
+        self.pools: dict[str, ConnectionPool] = {}
         runtime.ca_listeners.append(self._refresh_certificate)
 
     def _refresh_certificate(self) -> None:
@@ -66,9 +71,18 @@ class Servers:
             plan.append(("webhook", self.webhook_app, config.webhook_port, self.webhook_context or self.tls.context))
         self.readiness.require([name for name, *_ in plan if name != "metrics"], ())
         for name, app, port, ssl_context in plan:
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, config.api_host, port, ssl_context=ssl_context)
+            if ssl_context is None:
+                runner = web.AppRunner(app, access_log=None)
+                await runner.setup()
+                site = web.TCPSite(runner, config.api_host, port)
+            else:
+                pool = ConnectionPool(name, config.max_connections, ssl_context, config.handshake_timeout)
+                guard(app, pool)
+                self.pools[name] = pool
+                runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout,
+                                       logger=server_logger)
+                await runner.setup()
+                site = GuardedSite(runner, config.api_host, port, pool)
             await site.start()
             self._runners.append(runner)
             self.ports[name] = runner.addresses[0][1]

@@ -31,6 +31,10 @@ OPTIONS = {
               "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}},
     "pinned-digest": {"image": {"repository": "registry.example/ipsec-mesh", "digest": "sha256:" + "a" * 64}},
     "no-metrics": {"metrics": {"enabled": False}},
+    "network-policy-cidrs": {"networkPolicy": {"apiServerCIDRs": ["172.18.0.0/16", "fd00::/64"],
+                                               "metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                                                   "kubernetes.io/metadata.name": "monitoring"}}}]}},
+    "no-network-policy": {"networkPolicy": {"enabled": False}},
     "custom": {"trustDomain": "mesh.example.org", "tokenAudience": "mesh", "logFormat": "plain",
                "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
                "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"},
@@ -171,6 +175,44 @@ def _schema_errors(schema, obj):
     return [e.message for e in jsonschema.Draft7Validator(_json_schema(schema)).iter_errors(body)]
 
 
+def _policy_rules(values):
+    documents, _ = render(values)
+    policies = by_kind(documents, "NetworkPolicy")
+    if not policies:
+        return None, documents
+    [policy] = policies
+    return {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}, documents
+
+
+def test_network_policy_lets_meshed_pods_reach_the_api_and_the_api_server_the_webhooks():
+    rules, documents = _policy_rules({})
+    policy = by_kind(documents, "NetworkPolicy")[0]
+    deployment = by_kind(documents, "Deployment")[0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert set(rules) <= ports
+    assert rules["mesh-api"] == [
+        {"namespaceSelector": {"matchLabels": {"ipsec-mesh.io/inject": "enabled"}}},
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"ipsec-mesh.io/inject": "true"}}}]
+    assert rules["webhook"] is None  # the API server's address is the cluster's: open unless told
+    rules, _ = _policy_rules(OPTIONS["network-policy-cidrs"])
+    cidrs = [{"ipBlock": {"cidr": "172.18.0.0/16"}}, {"ipBlock": {"cidr": "fd00::/64"}}]
+    assert rules["webhook"] == cidrs and rules["mesh-api"][2:] == cidrs
+    assert rules["liveness"] == OPTIONS["network-policy-cidrs"]["networkPolicy"]["metricsFrom"]
+    assert "webhook" not in _policy_rules(OPTIONS["no-webhooks"])[0]
+    assert _policy_rules(OPTIONS["no-network-policy"])[0] is None
+
+
+def test_connection_bounds_reach_the_operator():
+    documents, _ = render({"api": {"maxConnections": 10000, "idleTimeout": "30s"}})
+    container = by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["IPSEC_MESH_MAX_CONNECTIONS"] == "10000" and env["IPSEC_MESH_IDLE_TIMEOUT"] == "30s"
+    assert env["IPSEC_MESH_HANDSHAKE_TIMEOUT"] == "5s" and env["IPSEC_MESH_MAX_REQUESTS_PER_POD"] == "8"
+
+
 def test_no_webhooks_option_leaves_them_out():
     documents, rendered = render(OPTIONS["no-webhooks"])
     assert not by_kind(documents, "MutatingWebhookConfiguration")
@@ -185,6 +227,8 @@ def test_no_webhooks_option_leaves_them_out():
     {"ca": {"rotationInterval": "a year"}},
     {"webhook": {"certManager": {"enabled": True}}},            # no issuer
     {"unknownKey": 1},
+    {"networkPolicy": {"apiServerCIDRs": ["the api server"]}},
+    {"api": {"maxConnections": 0}},
 ])
 def test_values_schema_rejects_nonsense(values):
     with pytest.raises(helm.HelmError):

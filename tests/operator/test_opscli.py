@@ -304,9 +304,9 @@ def test_explain_a_service_from_the_standalone_overview(established):
         text = json.dumps(status)
         for before, after in moved.items():
             text = text.replace(f'"{before}', f'"{after}')
-        statuses[moved[old]] = json.loads(text)
+        statuses[f"ns-{moved[old]}"] = json.loads(text)
     document = {
-        "pods": [{"namespace": "prod", "name": name, "ips": [ip], "peerMapVersion": 3}
+        "pods": [{"namespace": "prod", "name": name, "ips": [ip], "netns": f"ns-{ip}", "peerMapVersion": 3}
                  for name, ip in (("web-0", "10.1.0.1"), ("db-0", "10.1.0.2"), ("cache-0", "10.1.0.3"))],
         "peerings": [{"namespace": "prod", "name": "web-db", "auth": "psk", "enforcement": "require",
                       "members": ["prod/web-0"], "peers": ["prod/db-0"], "health": {}}],
@@ -321,14 +321,14 @@ def test_explain_a_service_from_the_standalone_overview(established):
     }
     asked = []
 
-    def read_status(ips):
-        asked.extend(ips)
-        return statuses.get(ips[0]), "" if ips[0] in statuses else "no answer"
+    def read_status(netns):  # the standalone source reads /status inside the pod's netns
+        asked.append(netns)
+        return statuses.get(netns), "" if netns in statuses else "no answer"
 
     facts = service_facts_from_overview(document, ("prod", "web-0"), ("prod", "db"), read_status)
     verdict = explain_service(facts, ("prod", "web-0"), ("prod", "db"))
     assert verdict.encrypted and [(e.pod, e.peer) for e in verdict.endpoints] == [("prod/db-0", True)]
-    assert sorted(asked) == ["10.1.0.1", "10.1.0.2"]  # the client and the pod behind the Service, nobody else
+    assert sorted(asked) == ["ns-10.1.0.1", "ns-10.1.0.2"]  # the client and the pod behind the Service, nobody else
     missing = service_facts_from_overview(document, ("prod", "web-0"), ("prod", "nope"), read_status)
     assert explain_service(missing, ("prod", "web-0"), ("prod", "nope")).reason is Reason.SERVICE_NOT_FOUND
 

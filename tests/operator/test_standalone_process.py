@@ -17,14 +17,14 @@ from standalone_fixture import MESH, TRUST_DOMAIN, make_csr, write_mesh
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(tmp_path: Path) -> subprocess.Popen:
+def start_standalone(tmp_path: Path, preexec_fn=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'sidecar'}{os.pathsep}{ROOT / 'operator'}",
            "IPSEC_MESH_KEY_CHECK_INTERVAL": "1h"}
     log = open(tmp_path / "operator.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "ipsec_mesh_operator.cli", "standalone", "--config", str(tmp_path / "mesh.yaml"),
          "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+        stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
     log.close()
     deadline = time.monotonic() + 60
     while not (tmp_path / "state" / "api-url").exists():
@@ -34,7 +34,7 @@ def _start(tmp_path: Path) -> subprocess.Popen:
     return process
 
 
-def _stop(process: subprocess.Popen) -> int:
+def stop_standalone(process: subprocess.Popen) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
@@ -47,7 +47,7 @@ def _stop(process: subprocess.Popen) -> int:
 
 async def test_the_process_reloads_on_sighup_and_keeps_its_ca_across_restarts(tmp_path):
     write_mesh(tmp_path / "mesh.yaml", MESH)
-    process = _start(tmp_path)
+    process = start_standalone(tmp_path)
     try:
         state = tmp_path / "state"
         url = (state / "api-url").read_text().strip()
@@ -68,14 +68,14 @@ async def test_the_process_reloads_on_sighup_and_keeps_its_ca_across_restarts(tm
         assert peers == ["shop/db", "shop/db-2"]
         assert (state / "pods/shop/db-2/token").exists()
     finally:
-        assert _stop(process) == 0
+        assert stop_standalone(process) == 0
     assert not (tmp_path / "state" / "api-url").exists()
-    process = _start(tmp_path)
+    process = start_standalone(tmp_path)
     try:
         assert (tmp_path / "state" / "ca-bundle.pem").read_text() == bundle
         assert issued.trust_bundle[0] in bundle
     finally:
-        assert _stop(process) == 0
+        assert stop_standalone(process) == 0
 
 
 def test_a_bad_file_fails_the_start_naming_the_field(tmp_path):
