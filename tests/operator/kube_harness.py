@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -23,7 +24,12 @@ PEERINGS = "ipsec-mesh.io/v1alpha1/ipsecpeerings"
 
 
 class KubeHarness:
-    def __init__(self) -> None:
+    """`host`/`server_cls`: where kmock listens and its aiohttp test server class (tests/deploy serves
+    it over TLS in a network namespace); `client_context`: how request() verifies that TLS."""
+
+    def __init__(self, host: str = "127.0.0.1", server_cls: type | None = None,
+                 client_context: ssl.SSLContext | None = None) -> None:
+        self.host, self.server_cls, self.client_context = host, server_cls, client_context
         self.loop = asyncio.new_event_loop()
         self.emulator: kmock.KubernetesEmulator | None = None
         self.url = ""
@@ -45,7 +51,8 @@ class KubeHarness:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        options = {"server_cls": self.server_cls} if self.server_cls is not None else {}
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host=self.host, **options) as server:
             emulator.resources.load_bundled()
             emulator.resources[PEERINGS] = kmock.ResourceInfo(
                 kind="IPsecPeering", singular="ipsecpeering", shortnames={"ipp"},
@@ -77,7 +84,7 @@ class KubeHarness:
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers={"Content-Type": content_type})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.client_context) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             if error.code == 404:
