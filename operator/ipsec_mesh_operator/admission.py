@@ -67,7 +67,7 @@ def sidecar_container(config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
             "periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 1,
         },
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10},
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        "resources": {kind: dict(amounts) for kind, amounts in config.sidecar_resources.items()},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "privileged": False,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ipsec_mesh.meshapi import fields
 
@@ -18,6 +22,32 @@ def _env(name: str, default: str) -> str:
 
 def _duration(name: str, default: str) -> int:
     return fields.duration(_env(name, default), f"IPSEC_MESH_{name}")
+
+
+#: The injected sidecar's resources unless the chart says otherwise (values.yaml: sidecar.resources).
+DEFAULT_SIDECAR_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+
+
+def sidecar_resources(text: str) -> dict[str, dict[str, str]]:
+    """IPSEC_MESH_SIDECAR_RESOURCES: a container `resources` object as JSON (requests/limits of cpu, memory)."""
+    name = "IPSEC_MESH_SIDECAR_RESOURCES"
+    try:
+        value: Any = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict) or not set(value) <= {"requests", "limits"}:
+        raise ValueError(f"{name}: an object with requests and/or limits")
+    out: dict[str, dict[str, str]] = {}
+    for kind, amounts in value.items():
+        if not isinstance(amounts, dict) or not set(amounts) <= {"cpu", "memory"}:
+            raise ValueError(f"{name}.{kind}: an object with cpu and/or memory")
+        for resource, amount in amounts.items():
+            if not isinstance(amount, str) or not _QUANTITY.fullmatch(amount):
+                raise ValueError(f"{name}.{kind}.{resource}: {amount!r} is not a quantity")
+        out[kind] = dict(amounts)
+    return out
 
 
 @dataclass(frozen=True)
@@ -39,7 +69,9 @@ class OperatorConfig:
     key_check_interval: int = 60
     #: Seconds a sidecar's status report counts as current.
     status_ttl: int = 120
-    sidecar_image: str = "ghcr.io/ipsec-mesh/ipsec-mesh:0.1.0"
+    sidecar_image: str = "ghcr.io/ipsec-mesh/ipsec-mesh-sidecar:0.1.0"
+    sidecar_resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {kind: dict(amounts) for kind, amounts in DEFAULT_SIDECAR_RESOURCES.items()}, hash=False)
     webhook_configs: tuple[str, ...] = field(default=("ipsec-mesh",))
     #: Directory with tls.crt/tls.key for the webhook server (cert-manager); empty: the mesh CA issues it.
     webhook_tls_dir: str = ""
@@ -77,6 +109,7 @@ class OperatorConfig:
             key_check_interval=_duration("KEY_CHECK_INTERVAL", "60s"),
             status_ttl=_duration("STATUS_TTL", "120s"),
             sidecar_image=_env("SIDECAR_IMAGE", cls.sidecar_image),
+            sidecar_resources=sidecar_resources(_env("SIDECAR_RESOURCES", json.dumps(DEFAULT_SIDECAR_RESOURCES))),
             webhook_configs=names("WEBHOOK_CONFIGS") or ("ipsec-mesh",),
             webhook_tls_dir=_env("WEBHOOK_TLS_DIR", ""),
             watch_namespaces=_env("WATCH_NAMESPACES", "true").lower() == "true",

@@ -186,3 +186,12 @@ async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
     assert settings.pod_ips == ("10.0.0.1", "fd00::1")
     assert settings.api_url.startswith("https://") and str(settings.token_file).startswith(
         next(m["mountPath"] for m in sidecar["volumeMounts"] if m["name"] == "ipsec-mesh-token"))
+
+
+@pytest.mark.parametrize("text", ['{"requests": {"memory": "lots"}}', '{"requests": {"gpu": "1"}}', "[]",
+                                  '{"requests": {"memory": 64}}', "not json", '{"claims": {}}'])
+def test_sidecar_resources_setting_refuses_what_is_not_a_resources_object(text):
+    from ipsec_mesh_operator.config import sidecar_resources
+
+    with pytest.raises(ValueError, match="IPSEC_MESH_SIDECAR_RESOURCES"):
+        sidecar_resources(text)
