@@ -55,14 +55,15 @@ def sh(*argv: str, timeout: float = 60) -> str:
 
 def build_image_venvs(directory: Path) -> dict[str, Path]:
     """Both roles' venvs, built in parallel by docker/build-venv.sh; world-readable (uids without passwd)."""
-    context = directory / "context"
-    context.mkdir(parents=True)
-    for name in BUILD_CONTEXT:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(source, context / name)
+    contexts = {role: directory / f"context-{role}" for role in ("operator", "sidecar")}  # a stage each, as in the Dockerfile
+    for context in contexts.values():
+        context.mkdir(parents=True)
+        for name in BUILD_CONTEXT:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy2(source, context / name)
     env = {**os.environ, "PYTHON": sys.base_prefix + "/bin/python3", "PIP_NO_CACHE_DIR": "1",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("VIRTUAL_ENV", None)
@@ -71,7 +72,7 @@ def build_image_venvs(directory: Path) -> dict[str, Path]:
         running = []
         for role, dest in venvs.items():
             log = open(directory / f"{role}-{step}.log", "wb")
-            running.append((role, log, subprocess.Popen(["docker/build-venv.sh", step, role, str(dest)], cwd=context,
+            running.append((role, log, subprocess.Popen(["docker/build-venv.sh", step, role, str(dest)], cwd=contexts[role],
                                                         env=env, stdout=log, stderr=subprocess.STDOUT)))
         for role, log, process in running:
             code = process.wait(600)

@@ -23,7 +23,7 @@ def mount(*args: str) -> None:
 def bind(source: str, target: Path, read_only: bool = True) -> None:
     if Path(source).is_dir():
         target.mkdir(parents=True, exist_ok=True)
-    else:
+    elif not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
     mount("--rbind", source, str(target))
