@@ -198,7 +198,9 @@ def security(pod: dict[str, Any], container: dict[str, Any], image: Image) -> Se
     pod_sc, sc = pod["spec"].get("securityContext") or {}, container.get("securityContext") or {}
     image_uid, _, image_gid = image.user.partition(":")
     uid = sc.get("runAsUser", pod_sc.get("runAsUser", int(image_uid)))
-    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", int(image_gid or 0)))
+    # A runAsUser without runAsGroup takes the uid's group from the image's /etc/passwd: none here, so 0.
+    overridden = "runAsUser" in sc or "runAsUser" in pod_sc
+    gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", 0 if overridden else int(image_gid or 0)))
     if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) and uid == 0:
         raise KubeletError("container has runAsNonRoot and image will run as root")
     if sc.get("privileged"):
