@@ -74,9 +74,11 @@ def build_image_venvs(directory: Path) -> dict[str, Path]:
             log = open(directory / f"{role}-{step}.log", "wb")
             running.append((role, log, subprocess.Popen(["docker/build-venv.sh", step, role, str(dest)], cwd=contexts[role],
                                                         env=env, stdout=log, stderr=subprocess.STDOUT)))
-        for role, log, process in running:
-            code = process.wait(600)
+        codes = {}
+        for role, log, process in running:  # all of them, before anything is reported or removed
+            codes[role] = process.wait(600)
             log.close()
+        for role, code in codes.items():
             if code:
                 raise RuntimeError(f"build-venv.sh {step} {role} failed:\n"
                                    + (directory / f"{role}-{step}.log").read_text()[-4000:])
