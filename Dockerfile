@@ -1,31 +1,56 @@
-# syntax=docker/dockerfile:1
-# One image for both roles: the operator (kopf, runs as 65532) and the sidecar
-# (injected with runAsUser 0 and only CAP_NET_ADMIN, see the admission webhook).
+# Two images from one file (no `# syntax=` line: BuildKit would pull a frontend image, which
+# fails offline; the default frontend reads this file):
+#   --target sidecar   the injected sidecar: cryptography, pyyaml, pyroute2 and ipsec_mesh only
+#   (default) operator the kopf operator (runs as 65532), with kopf, kubernetes and aiohttp
+# Build with the OCI labels filled in:
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t ipsec-mesh .
+#   docker build --target sidecar --build-arg VERSION=0.1.0 --build-arg REVISION=... -t ipsec-mesh-sidecar .
 # Pin the base further by digest in CI: --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:...
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+# Both venvs are built by docker/build-venv.sh (tests/deploy runs the same script): wheels only,
+# every package pinned and hash-checked (docker/*.lock.txt), the build backend pinned too.
+FROM ${PYTHON_IMAGE} AS build-sidecar
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/ipsec-mesh
-ENV PATH=/opt/ipsec-mesh/bin:$PATH
 WORKDIR /src
-COPY docker/requirements.txt docker/constraints.txt docker/
-# Wheels only, every package pinned (constraints.txt holds the transitive ones too).
-RUN pip install --only-binary=:all: -c docker/constraints.txt -r docker/requirements.txt
+COPY docker docker
+RUN docker/build-venv.sh deps sidecar /opt/ipsec-mesh
 COPY pyproject.toml README.md ./
 COPY sidecar sidecar
 COPY operator operator
-RUN pip install --no-deps .
+RUN docker/build-venv.sh project sidecar /opt/ipsec-mesh
 
-FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.title="ipsec-mesh" \
-      org.opencontainers.image.description="Per-pod IKEv2 and transport-mode ESP for Kubernetes" \
+FROM ${PYTHON_IMAGE} AS build-operator
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY docker docker
+RUN docker/build-venv.sh deps operator /opt/ipsec-mesh
+COPY pyproject.toml README.md ./
+COPY sidecar sidecar
+COPY operator operator
+RUN docker/build-venv.sh project operator /opt/ipsec-mesh
+
+# The runtime base: the interpreter without pip, setuptools and wheel (nothing installs at run time).
+FROM ${PYTHON_IMAGE} AS runtime
+RUN python -m pip uninstall --yes --no-cache-dir pip setuptools wheel
+ENV PATH=/opt/ipsec-mesh/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/ipsec-mesh/ipsec-mesh
+LABEL org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /opt/ipsec-mesh /opt/ipsec-mesh
-COPY crds /opt/ipsec-mesh/share/crds
-# The sidecar's Service translation (docs/services.md): libnftables and netfilter's own Python
-# binding. The binding is pure Python (ctypes); take it out of Debian's python3-nftables without
-# the Debian interpreter that package depends on.
+
+FROM runtime AS sidecar
+LABEL org.opencontainers.image.title="ipsec-mesh-sidecar" \
+      org.opencontainers.image.description="ipsec-mesh sidecar: per-pod IKEv2 and transport-mode ESP"
+COPY --from=build-sidecar /opt/ipsec-mesh /opt/ipsec-mesh
+# The Service translation (docs/services.md): libnftables and netfilter's own Python binding.
+# The binding is pure Python (ctypes); take it out of Debian's python3-nftables without the
+# Debian interpreter that package depends on.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libnftables1 \
  && cd /tmp && apt-get download python3-nftables \
@@ -33,9 +58,15 @@ RUN apt-get update \
  && cp -r /tmp/nft/usr/lib/python3/dist-packages/nftables \
       "$(/opt/ipsec-mesh/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/" \
  && rm -rf /tmp/nft /tmp/*.deb /var/lib/apt/lists/*
-ENV PATH=/opt/ipsec-mesh/bin:$PATH \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    IPSEC_MESH_CRD=/opt/ipsec-mesh/share/crds/ipsecpeerings.yaml
+# The admission webhook sets the user (see docs/install.md, "What injected pods need").
+USER 65532:65532
+CMD ["ipsec-mesh-sidecar", "mesh"]
+
+FROM runtime AS operator
+LABEL org.opencontainers.image.title="ipsec-mesh" \
+      org.opencontainers.image.description="Per-pod IKEv2 and transport-mode ESP for Kubernetes"
+COPY --from=build-operator /opt/ipsec-mesh /opt/ipsec-mesh
+COPY crds /opt/ipsec-mesh/share/crds
+ENV IPSEC_MESH_CRD=/opt/ipsec-mesh/share/crds/ipsecpeerings.yaml
 USER 65532:65532
 CMD ["kopf", "run", "--all-namespaces", "--standalone", "--log-format=json", "-m", "ipsec_mesh_operator.handlers"]

@@ -82,7 +82,7 @@ def sidecar_container(config: OperatorConfig, ca_bundle: str) -> dict[str, Any]:
             "periodSeconds": 1, "failureThreshold": 120, "timeoutSeconds": 1,
         },
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": HEALTH_PORT}, "periodSeconds": 10},
-        "resources": config.sidecar_resources,
+        "resources": {kind: dict(amounts) for kind, amounts in config.sidecar_resources.items()},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "privileged": False,

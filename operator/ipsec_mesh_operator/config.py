@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,30 @@ def _count(name: str, default: int) -> int:
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
         raise ValueError(f"IPSEC_MESH_{name} must be a whole number 1..1000000, not {text!r}")
     return int(text)
+#: The injected sidecar's resources unless the chart says otherwise (values.yaml: sidecar.resources).
+DEFAULT_SIDECAR_RESOURCES: Mapping[str, Mapping[str, str]] = {
+    "requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?")
+
+
+def sidecar_resources(text: str) -> dict[str, dict[str, str]]:
+    """IPSEC_MESH_SIDECAR_RESOURCES: a container `resources` object as JSON (requests/limits of cpu, memory)."""
+    name = "IPSEC_MESH_SIDECAR_RESOURCES"
+    try:
+        value: Any = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict) or not set(value) <= {"requests", "limits"}:
+        raise ValueError(f"{name}: an object with requests and/or limits")
+    out: dict[str, dict[str, str]] = {}
+    for kind, amounts in value.items():
+        if not isinstance(amounts, dict) or not set(amounts) <= {"cpu", "memory"}:
+            raise ValueError(f"{name}.{kind}: an object with cpu and/or memory")
+        for resource, amount in amounts.items():
+            if not isinstance(amount, str) or not _QUANTITY.fullmatch(amount):
+                raise ValueError(f"{name}.{kind}.{resource}: {amount!r} is not a quantity")
+        out[kind] = dict(amounts)
+    return out
 
 
 @dataclass(frozen=True)
@@ -50,7 +76,9 @@ class OperatorConfig:
     key_check_interval: int = 60
     #: Seconds a sidecar's status report counts as current.
     status_ttl: int = 120
-    sidecar_image: str = "ghcr.io/ipsec-mesh/ipsec-mesh:0.1.0"
+    sidecar_image: str = "ghcr.io/ipsec-mesh/ipsec-mesh-sidecar:0.1.0"
+    sidecar_resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {kind: dict(amounts) for kind, amounts in DEFAULT_SIDECAR_RESOURCES.items()}, hash=False)
     webhook_configs: tuple[str, ...] = field(default=("ipsec-mesh",))
     #: Directory with tls.crt/tls.key for the webhook server (cert-manager); empty: the mesh CA issues it.
     webhook_tls_dir: str = ""
@@ -58,9 +86,6 @@ class OperatorConfig:
     watch_namespaces: bool = True
     #: Off (chart webhook.enabled=false): no webhook server, webhook configurations never read or patched.
     webhook_enabled: bool = True
-    #: The injected sidecar's container resources (chart sidecar.resources).
-    sidecar_resources: dict[str, Any] = field(default_factory=lambda: {
-        "requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
     #: Port of the liveness endpoint (served by a thread; 0: none) and how long the loop may stall.
     liveness_port: int = 0
     liveness_max_stall: int = 30
@@ -103,11 +128,11 @@ class OperatorConfig:
             key_check_interval=_duration("KEY_CHECK_INTERVAL", "60s"),
             status_ttl=_duration("STATUS_TTL", "120s"),
             sidecar_image=_env("SIDECAR_IMAGE", cls.sidecar_image),
+            sidecar_resources=sidecar_resources(_env("SIDECAR_RESOURCES", json.dumps(DEFAULT_SIDECAR_RESOURCES))),
             webhook_configs=names("WEBHOOK_CONFIGS") or ("ipsec-mesh",),
             webhook_tls_dir=_env("WEBHOOK_TLS_DIR", ""),
             watch_namespaces=_flag("WATCH_NAMESPACES"),
             webhook_enabled=_flag("WEBHOOK_ENABLED"),
-            sidecar_resources=_resources(_env("SIDECAR_RESOURCES", "")) or cls().sidecar_resources,
             liveness_port=int(_env("LIVENESS_PORT", "0")),
             liveness_max_stall=_duration("LIVENESS_MAX_STALL", "30s"),
             max_connections=_count("MAX_CONNECTIONS", cls.max_connections),
@@ -122,15 +147,3 @@ def _flag(name: str) -> bool:
     if value not in ("true", "false"):
         raise ValueError(f"IPSEC_MESH_{name} must be true or false, not {value!r}")
     return value == "true"
-
-
-def _resources(text: str) -> dict[str, Any] | None:
-    """Container resources as JSON ({"requests": {...}, "limits": {...}}); None when unset."""
-    if not text.strip():
-        return None
-    value = json.loads(text)
-    if not isinstance(value, dict) or set(value) - {"requests", "limits", "claims"} or not all(
-            isinstance(v, dict) and all(isinstance(q, (str, int)) for q in v.values())
-            for k, v in value.items() if k != "claims"):
-        raise ValueError("IPSEC_MESH_SIDECAR_RESOURCES must be a JSON object with requests/limits maps")
-    return value

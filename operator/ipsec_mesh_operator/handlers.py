@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
+import os
 import secrets
+import socket
 from typing import Any
 
 import kopf
@@ -35,6 +38,24 @@ logger = logging.getLogger("ipsec_mesh_operator")
 
 # Read once at import: kopf takes timer intervals at decoration time.
 _IMPORT_CONFIG = OperatorConfig.from_env()
+
+
+def ensure_peering_identity() -> None:
+    """Give kopf an identity where it cannot make one itself.
+
+    kopf names itself after `getpass.getuser()` unless POD_ID is set (the chart sets it), and
+    that raises for a uid without a passwd entry, like the image's 65532: the operator would
+    die before its first handler. kopf reads POD_ID after importing this module.
+    """
+    if os.environ.get("POD_ID"):
+        return
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):  # KeyError up to Python 3.12, OSError after
+        os.environ["POD_ID"] = f"uid-{os.getuid()}@{socket.gethostname()}/{os.getpid()}"
+
+
+ensure_peering_identity()
 
 
 class _State:

@@ -35,6 +35,8 @@ OPTIONS = {
                                                "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                                                    "kubernetes.io/metadata.name": "monitoring"}}}]}},
     "no-network-policy": {"networkPolicy": {"enabled": False}},
+    "sidecar": {"sidecar": {"image": {"repository": "registry.example/sidecar", "digest": "sha256:" + "b" * 64},
+                            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}}},
     "custom": {"trustDomain": "mesh.example.org", "tokenAudience": "mesh", "logFormat": "plain",
                "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
                "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"},
@@ -224,6 +226,8 @@ def test_no_webhooks_option_leaves_them_out():
     {"webhook": {"inject": {"failurePolicy": "Maybe"}}},
     {"webhook": {"failurePolicy": "Sometimes"}},
     {"image": {"repository": "x", "digest": "latest"}},
+    {"sidecar": {"image": {"repository": "x"}, "resources": {"requests": {"memory": "lots"}}}},
+    {"sidecar": {"image": {"repository": "x"}, "resources": {"requests": {"gpu": "1"}}}},
     {"ca": {"rotationInterval": "a year"}},
     {"webhook": {"certManager": {"enabled": True}}},            # no issuer
     {"unknownKey": 1},
@@ -233,6 +237,25 @@ def test_no_webhooks_option_leaves_them_out():
 def test_values_schema_rejects_nonsense(values):
     with pytest.raises(helm.HelmError):
         render(values)
+
+
+def test_sidecar_image_and_resources_reach_the_injected_sidecar(monkeypatch):
+    from ipsec_mesh_operator.admission import sidecar_container
+    from ipsec_mesh_operator.config import OperatorConfig
+
+    for values, image, resources in (
+        ({}, "ghcr.io/ipsec-mesh/ipsec-mesh-sidecar:0.1.0",
+         {"requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}),
+        (OPTIONS["sidecar"], "registry.example/sidecar@sha256:" + "b" * 64, OPTIONS["sidecar"]["sidecar"]["resources"]),
+    ):
+        documents, _ = render(values)
+        container = by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "ghcr.io/ipsec-mesh/ipsec-mesh:0.1.0"  # the operator's own stays
+        for item in container["env"]:
+            if "value" in item:
+                monkeypatch.setenv(item["name"], item["value"])
+        sidecar = sidecar_container(OperatorConfig.from_env(), "")
+        assert sidecar["image"] == image and sidecar["resources"] == resources
 
 
 def test_values_schema_is_json_and_documents_every_default_key():

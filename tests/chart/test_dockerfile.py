@@ -1,7 +1,8 @@
-"""The Dockerfile: multi-stage, pinned base and dependencies, non-root by default."""
+"""The Dockerfile: multi-stage, pinned base and dependencies (hash-checked), non-root by default, two images."""
 
 import importlib.metadata
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -58,5 +59,70 @@ def test_image_requirements_pin_every_runtime_dependency_and_what_they_pull_in()
     assert all(constraints[name] == version for name, version in direct.items())
     missing = _installed_closure(wanted) - set(constraints)
     assert not missing, f"add to docker/constraints.txt: {sorted(missing)}"
+
+
+def _lock(role):
+    """name -> (version, hashes) of docker/<role>.lock.txt."""
+    pins = {}
+    text = (ROOT / "docker" / f"{role}.lock.txt").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            spec, *options = line.split()
+            package, _, version = spec.partition("==")
+            hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:")]
+            assert version and hashes and len(hashes) == len(options), f"{role}.lock.txt: {line}"
+            assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), line
+            pins[_canonical(package)] = (version, hashes)
+    return pins
+
+
+def test_lock_files_pin_and_hash_what_the_requirements_pull_in():
+    # scripts/lock-image-requirements.py writes them; after a pin changes, run it again.
+    constraints = _pins("constraints.txt")
+    for role, source in (("operator", "requirements.txt"), ("sidecar", "sidecar-requirements.txt")):
+        lock = _lock(role)
+        direct = _pins(source)
+        assert all(lock[name][0] == version for name, version in direct.items()), role
+        assert all(constraints[name] == version for name, (version, _) in lock.items()), role
+        assert _installed_closure(direct) == set(lock), f"{role}: run scripts/lock-image-requirements.py"
+    operator = _lock("operator")
+    assert set(_lock("sidecar")) < set(operator)
+    assert not {"kopf", "kubernetes", "aiohttp", "prometheus-client"} & set(_lock("sidecar"))
+    # The build backend is pinned and satisfies the project's build requirements.
+    build = _lock("build")
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert set(build) == {_canonical(Requirement(r).name) for r in requires}
+    assert all(Requirement(r).specifier.contains(build[_canonical(Requirement(r).name)][0]) for r in requires)
+
+
+def test_sidecar_image_requirements_cover_what_the_sidecar_imports():
+    third_party = set()
+    for path in (ROOT / "sidecar" / "ipsec_mesh").rglob("*.py"):
+        for match in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", path.read_text(), re.M):
+            third_party.add(match.group(1))
+    third_party -= set(sys.stdlib_module_names) | {"ipsec_mesh", "__future__"}
+    provided = {"cryptography": "cryptography", "pyroute2": "pyroute2", "yaml": "pyyaml"}
+    assert third_party <= set(provided), sorted(third_party - set(provided))
+    assert set(_pins("sidecar-requirements.txt")) == {provided[m] for m in third_party}
+
+
+def test_builds_are_offline_capable_hash_checked_and_labelled():
     text = (ROOT / "Dockerfile").read_text()
-    assert "-c docker/constraints.txt -r docker/requirements.txt" in text and "--only-binary=:all:" in text
+    # A `# syntax=` directive makes BuildKit pull a frontend image: offline builds fail.
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I)
+    assert {"sidecar", "operator"} <= set(stages)
+    script = (ROOT / "docker" / "build-venv.sh").read_text()
+    assert "--require-hashes --only-binary=:all: -r docker/build.lock.txt" in script
+    assert '--require-hashes --only-binary=:all: -r "docker/$role.lock.txt"' in script
+    assert "--no-build-isolation" in script and "uninstall --yes setuptools pip" in script
+    for role in ("sidecar", "operator"):
+        assert f"RUN docker/build-venv.sh deps {role} /opt/ipsec-mesh" in text
+        assert f"RUN docker/build-venv.sh project {role} /opt/ipsec-mesh" in text
+    assert "python -m pip uninstall --yes --no-cache-dir pip setuptools wheel" in text
+    for label, arg in (("source", "SOURCE"), ("version", "VERSION"), ("revision", "REVISION")):
+        assert re.search(rf"^ARG {arg}=", text, re.M)
+        assert f'org.opencontainers.image.{label}="${{{arg}}}"' in text
+    # The default target (the last stage) is the operator, as the chart's default image expects.
+    assert stages[-1] == "operator"

@@ -43,6 +43,7 @@ pytestmark = [
 ]
 
 IMAGE = "ipsec-mesh:e2e"
+SIDECAR_IMAGE = "ipsec-mesh-sidecar:e2e"
 NETSHOOT = "nicolaka/netshoot:v0.13"
 MESH_NS = "ipsec-mesh-system"
 RELEASE = "mesh"
@@ -104,9 +105,10 @@ def create_cluster(tmp_path_factory, role: str, pod_subnet: str, service_subnet:
         "--wait", "180s")
     cluster = Cluster(name, {**os.environ, "KUBECONFIG": str(kubeconfig)}, f"{name}-control-plane", pod_subnet,
                       f"{role}.example")
-    run("kind", "load", "docker-image", IMAGE, "--name", name)
+    run("kind", "load", "docker-image", IMAGE, SIDECAR_IMAGE, "--name", name)
     run("helm", "install", RELEASE, str(ROOT / "charts" / "ipsec-mesh"), "-n", MESH_NS, "--create-namespace",
         "--set", "image.repository=ipsec-mesh", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
+        "--set", "sidecar.image.repository=ipsec-mesh-sidecar", "--set", "sidecar.image.tag=e2e",
         "--set", f"trustDomain={cluster.trust_domain}", "--wait", "--timeout", "300s", env=cluster.env)
 
     def webhook_trusted():  # the operator patches the caBundle after it starts
@@ -125,6 +127,7 @@ def delete_cluster(name: str) -> None:
 @pytest.fixture(scope="module")
 def image():
     run("docker", "build", "-t", IMAGE, str(ROOT), timeout=1800)
+    run("docker", "build", "--target", "sidecar", "-t", SIDECAR_IMAGE, str(ROOT), timeout=1800)
     run("docker", "pull", NETSHOOT, timeout=600)  # captures must start listening quickly
     return IMAGE
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -18,12 +19,31 @@ from pathlib import Path
 from typing import Any
 
 import kmock
+from kmock._internal import parsing as kmock_parsing
 
 PEERINGS = "ipsec-mesh.io/v1alpha1/ipsecpeerings"
 
 
+def _parse_path_with_namespaces(path: str, _parse=kmock_parsing.parse_path) -> kmock_parsing.ParsedPath:
+    """kmock 0.8 reads `/api/v1/namespaces[/NAME]` as a namespace prefix with nothing after it
+    (ValueError, answered 500), so the Namespace resource itself cannot be listed, watched or
+    fetched; the operator lists and watches it. Parse those two paths as the resource."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (3, 4):
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _parse(path)
+
+
+kmock_parsing.parse_path = _parse_path_with_namespaces
+
+
 class KubeHarness:
-    def __init__(self) -> None:
+    """`host`/`server_cls`: where kmock listens and its aiohttp test server class (tests/deploy serves
+    it over TLS in a network namespace); `client_context`: how request() verifies that TLS."""
+
+    def __init__(self, host: str = "127.0.0.1", server_cls: type | None = None,
+                 client_context: ssl.SSLContext | None = None) -> None:
+        self.host, self.server_cls, self.client_context = host, server_cls, client_context
         self.loop = asyncio.new_event_loop()
         self.emulator: kmock.KubernetesEmulator | None = None
         self.url = ""
@@ -45,7 +65,8 @@ class KubeHarness:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        options = {"server_cls": self.server_cls} if self.server_cls is not None else {}
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host=self.host, **options) as server:
             emulator.resources.load_bundled()
             emulator.resources[PEERINGS] = kmock.ResourceInfo(
                 kind="IPsecPeering", singular="ipsecpeering", shortnames={"ipp"},
@@ -77,7 +98,7 @@ class KubeHarness:
         request = urllib.request.Request(self.url + path, data=data, method=method,
                                          headers={"Content-Type": content_type})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.client_context) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             if error.code == 404:

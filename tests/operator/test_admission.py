@@ -289,3 +289,10 @@ async def test_a_peering_may_only_reference_secrets_its_author_may_read():
     assert asked[0] == ("mallory", ["system:authenticated"],
                         {"namespace": "prod", "verb": "get", "resource": "secrets", "name": "db-credentials"})
     assert len(asked) == 2
+@pytest.mark.parametrize("text", ['{"requests": {"memory": "lots"}}', '{"requests": {"gpu": "1"}}', "[]",
+                                  '{"requests": {"memory": 64}}', "not json", '{"claims": {}}'])
+def test_sidecar_resources_setting_refuses_what_is_not_a_resources_object(text):
+    from ipsec_mesh_operator.config import sidecar_resources
+
+    with pytest.raises(ValueError, match="IPSEC_MESH_SIDECAR_RESOURCES"):
+        sidecar_resources(text)

@@ -1,6 +1,7 @@
 """kopf handlers as functions: kopf.Body in, kopf.Patch and events out, with an in-memory Kubernetes."""
 
 import asyncio
+import os
 import threading
 import time
 
@@ -280,3 +281,26 @@ async def test_a_remote_secret_reference_reaches_only_secrets_that_opted_in(runt
                                      patch=kopf.Patch(), reason="update")
     peer_map = runtime.index.peer_map(("prod", "web-0"))
     assert [key.secret for policy in peer_map.policies for key in policy.psk_keys] == [password]
+def _no_passwd_entry():
+    raise KeyError("getpwuid(): uid not found: 65532")
+
+
+def test_a_uid_without_passwd_entry_still_gives_kopf_an_identity(monkeypatch):
+    from kopf._core.engines import peering
+
+    monkeypatch.delenv("POD_ID", raising=False)
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # getpass reads these before the passwd file
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("getpass.getuser", _no_passwd_entry)
+    with pytest.raises(KeyError):
+        peering.detect_own_id(manual=False)  # what `kopf run` does after importing the handlers
+    handlers.ensure_peering_identity()
+    identity = peering.detect_own_id(manual=False)
+    assert identity.startswith("uid-") and str(os.getpid()) in identity
+
+
+def test_pod_id_set_by_the_chart_is_kept(monkeypatch):
+    monkeypatch.setenv("POD_ID", "ipsec-mesh-operator-5d9c7b-x7k2p")
+    monkeypatch.setattr("getpass.getuser", _no_passwd_entry)
+    handlers.ensure_peering_identity()
+    assert os.environ["POD_ID"] == "ipsec-mesh-operator-5d9c7b-x7k2p"

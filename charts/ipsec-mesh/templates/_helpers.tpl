@@ -43,6 +43,15 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{- define "ipsec-mesh.sidecarImage" -}}
+{{- $image := .Values.sidecar.image -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "ipsec-mesh.webhookName" -}}
 {{- include "ipsec-mesh.fullname" . -}}
 {{- end -}}
