@@ -216,3 +216,24 @@ def test_ready_endpoint_names_the_reason():
     assert readiness(StubAgent(None))[0] == 200
     status, _, body = readiness(StubAgent("service translation failed: no nf_nat"))
     assert status == 503 and b"no nf_nat" in body
+
+
+def test_status_says_per_service_whether_the_kernel_translates_what_the_map_says():
+    fake = FakeNft()
+    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    db, idle = service(endpoints=[ep("10.0.0.1")]), service("idle", [ep("10.0.0.2", ready=False, serving=False)],
+                                                           ips=("10.96.0.11",))
+    assert translation.apply((db, idle))
+    assert translation.status()["per_service"] == {
+        "shop/db": {"translated": True, "current": True, "error": ""},
+        "shop/idle": {"translated": False, "current": True, "error": "no ready or serving endpoint: calls are "
+                                                                       "rejected in the pod"}}
+    # The kernel refuses the next map: db stays translated to its old endpoint, new is not translated.
+    fake.fail = "Could not process rule: No such file or directory"
+    moved, new = service(endpoints=[ep("10.0.0.3")]), service("new", [ep("10.0.0.4")], ips=("10.96.0.12",))
+    assert not translation.apply((moved, new))
+    per_service = translation.status()["per_service"]
+    assert per_service["shop/db"] == {"translated": True, "current": False, "error": fake.fail}
+    assert per_service["shop/new"] == {"translated": False, "current": False, "error": fake.fail}
+    assert set(per_service) == {"shop/db", "shop/new"}  # only the Services of the map in force
+    assert translation.status()["services"] == 1  # the table in force: db (idle has no usable endpoint)
