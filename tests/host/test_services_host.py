@@ -317,3 +317,24 @@ def test_replies_come_from_the_cluster_ip_and_client_ip_affinity_sticks(cluster)
         translation.close()
         server.kill()
         server.wait()
+
+
+def test_a_restarted_sidecar_reads_back_the_lookup_elements_and_leaves_them_alone(cluster):
+    from ipsec_mesh.svcnat import Nft, changes, render
+
+    services = tuple(peer_set([service_doc(SERVERS4[:2], peer=False)]).peer_map.services)
+    first = ServiceTranslation(netns=cluster.client)
+    assert first.apply(services)
+    first.close()
+    nft = Nft(cluster.client)
+    try:
+        kernel = nft.objects()
+    finally:
+        nft.close()
+    want = render(services)
+    # Both families, both protocols, as the kernel lists them: equal to what the translation wrote ...
+    assert kernel.elements == want.elements and len(kernel.elements) == 4
+    assert kernel.ports == want.ports and kernel.chains == frozenset(want.chains)
+    # ... so the next instance's first batch replaces the rules and touches no element.
+    script = changes(want, kernel)
+    assert "flush table" in script and "element" not in script
