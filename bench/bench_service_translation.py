@@ -1,13 +1,17 @@
 """Benchmark: the pod's Service translation update beside the XFRM policy update it goes with.
 
 A peer map with N Services (one TCP and one UDP port, 3 peer endpoints each, so 3N peers);
-then an update in which every Service replaces one endpoint (a rolling restart of everything):
-N peers leave, N new ones arrive. Measured in a throw-away network namespace, alternating:
-- translation: `ServiceTranslation.apply` (render + one libnftables batch), with and without
-  ClientIP affinity (which adds a dynamic set per endpoint);
+then updates in which some Services replace one endpoint: all N (a rolling restart of
+everything: N peers leave, N new ones arrive) or a few (the usual peer-map change).
+Measured in a throw-away network namespace, alternating back and forth, in the same run:
+- render: the whole desired table from scratch (no reuse of unchanged Services);
+- translation: `ServiceTranslation.apply` (render reusing unchanged Services + one incremental
+  libnftables batch), with and without ClientIP affinity (a dynamic set per endpoint);
+- first batch after a restart: a new `ServiceTranslation` over the table left in the kernel
+  (every rule replaced, the lookup elements diffed against the kernel's);
 - policies: `XfrmDataPlane.update_peers` for the same two peer sets, translation left out.
 
-    sudo .venv/bin/python bench/bench_service_translation.py [--services 500] [--rounds 5]
+    sudo .venv/bin/python bench/bench_service_translation.py [--services 500] [--few 5] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -29,17 +33,17 @@ from ipsec_mesh.agent.config import IkeSettings  # noqa: E402
 from ipsec_mesh.agent.peers import PeerSet  # noqa: E402
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
 from ipsec_mesh.meshapi import PeerMap  # noqa: E402
-from ipsec_mesh.svcnat import ServiceTranslation, render, Objects  # noqa: E402
+from ipsec_mesh.svcnat import ServiceTranslation, render  # noqa: E402
 
 LOCAL = "10.0.0.1"
 ENDPOINT_BASE = int(ipaddress.ip_address("10.64.0.0"))
 CLUSTER_BASE = int(ipaddress.ip_address("10.96.0.0"))
 
 
-def peer_map(services: int, generation: int, affinity: str) -> PeerMap:
-    """Service s has endpoints 3s+1..3s+3; in generation 1 the first is replaced by a new address."""
+def peer_map(services: int, changed: int, affinity: str) -> PeerMap:
+    """Service s has endpoints 3s+1..3s+3; the first `changed` have their first replaced by a new address."""
     def endpoint(s: int, k: int) -> str:
-        number = 3 * s + k + 1 if not (generation and k == 0) else 3 * services + s + 1
+        number = 3 * s + k + 1 if not (s < changed and k == 0) else 3 * services + s + 1
         return str(ipaddress.ip_address(ENDPOINT_BASE + number))
 
     entries, peers = [], []
@@ -82,39 +86,48 @@ def timed(action) -> float:
     return time.perf_counter() - start
 
 
-def bench(services: int, rounds: int) -> None:
+def bench(services: int, few: int, rounds: int) -> None:
     namespace = f"svcbench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
         results: dict[str, list[float]] = {}
+
+        def record(label: str, seconds: float) -> None:
+            results.setdefault(label, []).append(seconds)
+
         for affinity in ("None", "ClientIP"):
-            maps = [peer_map(services, g, affinity) for g in (0, 1)]
-            sets = [PeerSet(m, IkeSettings()) for m in maps]
-            translation = ServiceTranslation(namespace)
-            plane = XfrmDataPlane(namespace, services=NoTranslation())
-            plane.start(sets[0])
-            assert translation.apply(maps[0].services), translation.last_error
-            try:
-                for round_number in range(rounds):
-                    for old, new in ((0, 1), (1, 0)):
-                        results.setdefault(f"render only ({affinity})", []).append(
-                            timed(lambda: render(maps[new].services, Objects())))
-                        seconds = timed(lambda: translation.apply(maps[new].services))
-                        assert not translation.last_error, translation.last_error
-                        results.setdefault(f"translation update ({affinity})", []).append(seconds)
-                        results.setdefault(f"XFRM policy update ({affinity} run)", []).append(
-                            timed(lambda: plane.update_peers(sets[old], sets[new])))
-                assert plane.errors == 0
-            finally:
-                plane.stop()
-                translation.close()
+            for changed in (services, few):
+                maps = [peer_map(services, c, affinity) for c in (0, changed)]
+                sets = [PeerSet(m, IkeSettings()) for m in maps]
+                what = f"{affinity}, {changed} of {services} change"
+                translation = ServiceTranslation(namespace)
+                plane = XfrmDataPlane(namespace, services=NoTranslation())
+                plane.start(sets[0])
+                assert translation.apply(maps[0].services), translation.last_error
+                try:
+                    for round_number in range(rounds):
+                        for old, new in ((0, 1), (1, 0)):
+                            record(f"render from scratch ({what})", timed(lambda: render(maps[new].services)))
+                            record(f"translation update ({what})", timed(lambda: translation.apply(maps[new].services)))
+                            assert not translation.last_error, translation.last_error
+                            record(f"XFRM policy update ({what})", timed(lambda: plane.update_peers(sets[old], sets[new])))
+                    assert plane.errors == 0
+                finally:
+                    plane.stop()
+                    translation.close()
+            for round_number in range(rounds):
+                restarted = ServiceTranslation(namespace)
+                record(f"first batch after a restart ({affinity})",
+                       timed(lambda: restarted.apply(maps[round_number % 2].services)))
+                assert not restarted.last_error, restarted.last_error
+                restarted.close()
         status = subprocess.run(["ip", "netns", "exec", namespace, "nft", "list", "table", "inet", "ipsec_mesh_svc"],
                                 capture_output=True, text=True).stdout
         chains = status.count("\tchain ")
-        print(f"{services} services x 2 ports x 3 endpoints, {services} of {3 * services} peers replaced per update; "
-              f"{chains} chains in the final table; medians of {2 * rounds} updates:")
+        print(f"{services} services x 2 ports x 3 endpoints; {chains} chains in the final table; medians:")
         for label, values in results.items():
-            print(f"  {label:<36} {statistics.median(values) * 1000:8.1f} ms   (min {min(values) * 1000:.1f})")
+            print(f"  {label:<58} {statistics.median(values) * 1000:8.1f} ms   (min {min(values) * 1000:.1f}, "
+                  f"n {len(values)})")
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
 
@@ -122,12 +135,13 @@ def bench(services: int, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=500)
+    parser.add_argument("--few", type=int, default=5, help="Services changed in the usual update")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: it creates a network namespace")
     print(describe())
-    bench(args.services, args.rounds)
+    bench(args.services, args.few, args.rounds)
 
 
 if __name__ == "__main__":

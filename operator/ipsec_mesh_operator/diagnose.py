@@ -46,6 +46,7 @@ class Reason(str, enum.Enum):
     NO_PEER_ENDPOINTS = "no-peer-endpoints"
     ENDPOINTS_NOT_PEERS = "endpoints-not-peers"
     ENDPOINT_NOT_ENCRYPTED = "endpoint-not-encrypted"
+    SERVICE_NOT_TRANSLATED = "service-not-translated"
 
 
 #: The sidecar's failure labels (agent.runtime._failure_reason) mapped to reasons.
@@ -456,6 +457,30 @@ def _endpoints(facts: Facts, client: PodKey, service: ServiceFacts) -> tuple[End
     return tuple(out)
 
 
+MAX_ERROR_TEXT = 300  # a sidecar's error is its own text: bounded before it reaches a verdict
+
+
+def _untranslated(facts: Facts, client: PodKey, ref: str) -> tuple[str, Traffic] | None:
+    """Why the client's sidecar does not translate the Service as its map says, from its /status;
+    None when it does, or when its status does not say (an older sidecar, no status)."""
+    pod = facts.pods.get(client)
+    services = ((pod.status if pod is not None else None) or {}).get("dataplane") or {}
+    services = services.get("services") if isinstance(services, Mapping) else None
+    listed = services.get("per_service") if isinstance(services, Mapping) else None
+    if not isinstance(listed, Mapping):
+        return None
+    entry = listed.get(ref)
+    if not isinstance(entry, Mapping):
+        # Not in the map the sidecar runs: its calls go to the node's kube-proxy, unencrypted.
+        return "its peer map does not list the Service (yet)", Traffic.PLAINTEXT
+    if entry.get("translated") is True and entry.get("current") is True:
+        return None
+    error = str(entry.get("error") or services.get("last_error") or "no reason given")[:MAX_ERROR_TEXT]
+    if entry.get("current") is True:
+        return error, Traffic.BLOCKED  # the map in force has no usable endpoint: rejected in the pod
+    return error, Traffic.UNKNOWN  # an earlier translation (or none) is still in force
+
+
 def explain_service(facts: Facts, client: PodKey, key: PodKey) -> ServiceVerdict:
     """Are the pod's calls to the Service encrypted, and if not, why: to which endpoints, and what each pair says."""
     pod_ref, ref = "/".join(client), "/".join(key)
@@ -490,6 +515,14 @@ def explain_service(facts: Facts, client: PodKey, key: PodKey) -> ServiceVerdict
             "through kube-proxy to a pod address the pod has no policy for",
             f"create an IPsecPeering whose selector picks {pod_ref} and whose peers pick the Service's pods "
             "(docs/ipsecpeering.md); ipsec-mesh explain for one endpoint pod says more", Traffic.PLAINTEXT, **common)
+    untranslated = _untranslated(facts, client, ref)
+    if untranslated is not None:
+        error, traffic = untranslated
+        return verdict(Reason.SERVICE_NOT_TRANSLATED,
+                       f"the sidecar has not installed the translation: {error}",
+                       f"check the sidecar of {pod_ref}: its /status dataplane.services and its log; a kernel "
+                       "refusal names the missing nf_tables/nf_nat module (docs/services.md, Troubleshooting); "
+                       "compare its peer_map_version with the operator's", traffic, **common)
     # kube-proxy and the sidecar send new connections to serving endpoints only.
     used = [e for e in endpoints if e.serving] or endpoints
     strangers = [e for e in used if not e.peer]

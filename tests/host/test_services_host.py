@@ -243,13 +243,15 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
             hammer.kill()
         translation.close()
     assert updates >= 20 and sent > 0
-    # No datagram reached the node addressed to the ClusterIP. Every one reached an endpoint, except
-    # (rarely: 1 of about 24000 seen) one that missed the lookup map during a commit, which the pod
-    # itself rejected (fail closed); a split flush/add instead lets most escape (docs/services.md).
+    # No datagram reached the node addressed to the ClusterIP. Every one reached an endpoint, except,
+    # rarely, one the pod itself rejected (fail closed) because it found no DNAT during a commit. Batches
+    # that flushed and refilled the lookup map rejected about 1 in 24000; these touch no element here
+    # (an endpoint change only rewrites the service port's chain), and still about 1 in 50000-70000 is
+    # rejected (cause not found yet: docs/services.md). A split flush/add let most escape.
     assert counter(cluster.node, "inet probe", "to_cluster_ip") == 0
     rejected = counter(cluster.client, "inet ipsec_mesh_svc", "untranslated")
     assert counter(cluster.node, "inet probe", "to_endpoint") + rejected == sent
-    assert rejected * 1000 <= sent
+    assert rejected * 3000 <= sent
     assert counter(cluster.node, "inet kubeproxy", "dnat4") == 0
     # The last state is in force, with exactly its chains (restarts left nothing behind).
     table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
@@ -318,3 +320,24 @@ def test_replies_come_from_the_cluster_ip_and_client_ip_affinity_sticks(cluster)
         translation.close()
         server.kill()
         server.wait()
+
+
+def test_a_restarted_sidecar_reads_back_the_lookup_elements_and_leaves_them_alone(cluster):
+    from ipsec_mesh.svcnat import Nft, changes, render
+
+    services = tuple(peer_set([service_doc(SERVERS4[:2], peer=False)]).peer_map.services)
+    first = ServiceTranslation(netns=cluster.client)
+    assert first.apply(services)
+    first.close()
+    nft = Nft(cluster.client)
+    try:
+        kernel = nft.objects()
+    finally:
+        nft.close()
+    want = render(services)
+    # Both families, both protocols, as the kernel lists them: equal to what the translation wrote ...
+    assert kernel.elements == want.elements and len(kernel.elements) == 4
+    assert kernel.ports == want.ports and kernel.chains == frozenset(want.chains)
+    # ... so the next instance's first batch replaces the rules and touches no element.
+    script = changes(want, kernel)
+    assert "flush table" in script and "element" not in script

@@ -384,3 +384,45 @@ def test_services_the_mesh_does_not_translate(spec, reason, words):
 def test_missing_service_and_service_without_endpoints():
     assert explain_service(service_facts(), A, SVC).reason is Reason.SERVICE_NOT_FOUND
     assert explain_service(with_service(service_facts(), db_service([])), A, SVC).reason is Reason.NO_ENDPOINTS
+
+
+def with_translation(base, per_service, last_error=""):
+    """The client's (web-0's) sidecar status with the translation figures it reports under dataplane.services."""
+    web = base.pods[A]
+    status = {**(web.status or {}), "dataplane": {"services": {"last_error": last_error, "per_service": per_service}}}
+    return dataclasses.replace(base, pods={**base.pods, A: dataclasses.replace(web, status=status)})
+
+
+KERNEL_REFUSED = "Could not process rule: No such file or directory"
+
+
+@pytest.mark.parametrize("per_service, last_error, traffic, words", [
+    # The kernel refused the table: the map in force was never installed.
+    ({"prod/db": {"translated": False, "current": False, "error": KERNEL_REFUSED}}, KERNEL_REFUSED,
+     Traffic.UNKNOWN, KERNEL_REFUSED),
+    # Installed, but an older version of it: the last update was refused.
+    ({"prod/db": {"translated": True, "current": False, "error": KERNEL_REFUSED}}, KERNEL_REFUSED,
+     Traffic.UNKNOWN, KERNEL_REFUSED),
+    # The sidecar's map has it, with no usable endpoint: rejected in the pod.
+    ({"prod/db": {"translated": False, "current": True, "error": "no ready or serving endpoint"}}, "",
+     Traffic.BLOCKED, "no ready or serving endpoint"),
+    # The sidecar's map does not list it (yet): its calls go to kube-proxy.
+    ({"prod/other": {"translated": True, "current": True, "error": ""}}, "", Traffic.PLAINTEXT,
+     "does not list the Service"),
+])
+def test_service_the_clients_sidecar_does_not_translate_says_so(statuses, per_service, last_error, traffic, words):
+    base = with_service(service_facts(statuses["established"]), db_service([{"addresses": [B_SVC_IP]}]))
+    verdict = explain_service(with_translation(base, per_service, last_error), A, SVC)
+    assert verdict.reason is Reason.SERVICE_NOT_TRANSLATED and not verdict.encrypted
+    assert words in verdict.summary and verdict.summary.startswith("the sidecar has not installed the translation: ")
+    assert verdict.traffic is traffic and "dataplane.services" in verdict.action
+
+
+def test_service_translated_by_the_clients_sidecar_and_older_sidecars_are_judged_as_before(statuses):
+    base = with_service(service_facts(statuses["established"]), db_service([{"addresses": [B_SVC_IP]}]))
+    translated = with_translation(base, {"prod/db": {"translated": True, "current": True, "error": ""}})
+    assert explain_service(translated, A, SVC).reason is Reason.ENCRYPTED
+    assert explain_service(base, A, SVC).reason is Reason.ENCRYPTED  # no per-Service figures: not judged
+    # A hostile or broken status cannot make the verdict carry an unbounded text.
+    huge = with_translation(base, {"prod/db": {"translated": False, "current": False, "error": "x" * 100000}})
+    assert len(explain_service(huge, A, SVC).summary) < 400

@@ -16,7 +16,7 @@ import pytest
 from tests.interop.harness.netns import Topology
 from tests.interop.harness.sidecar import Sidecar
 from tests.vm.netns_guest import Capture, Netns
-from tests.vm.test_sidecar_vm import PSK, START, plaintext_between
+from tests.vm.test_sidecar_vm import PSK, START, WAIT, plaintext_between
 
 pytestmark = pytest.mark.vm
 
@@ -134,5 +134,155 @@ def test_service_calls_through_the_cluster_ip_are_answered_and_only_esp_crosses(
         assert not [p for p in packets if p.dst in (CLUSTER4, CLUSTER6) or p.src in (CLUSTER4, CLUSTER6)]
         dnat = node.run(["nft", "list", "counter", "inet", "kubeproxy", "kp_dnat"]).stdout
         assert "packets 0 " in dnat  # kube-proxy's rule never saw a ClusterIP: the pod translated all
+        untranslated = client.run(["nft", "list", "counter", "inet", "ipsec_mesh_svc", "untranslated"]).stdout
+        assert "packets 0 " in untranslated
+
+
+# Endpoint scaling and a CHILD_SA rekey under a stream of Service calls. Three server pods (each its
+# own sidecar and link to the node), all peers of the client. The sidecars run from their standalone
+# config, which a running sidecar does not re-read; so the test drives the client pod's translation
+# itself, with the sidecar's own class (svcnat.ServiceTranslation), as the data plane does on each
+# new peer map. IKE, the policies and the SAs are the real sidecars' (ESP in the VM's kernel).
+SERVERS4 = [SERVER4, "10.98.3.2", "10.98.4.2"]
+
+PERSISTENT_ECHO = """
+import socket, sys, threading, time
+address = sys.argv[1]
+def conversation(c):
+    with c:
+        while True:
+            data = c.recv(100)
+            if not data:
+                return
+            c.sendall(data + f" via {address}".encode())
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((address, 8080)); s.listen(64)
+print("up", flush=True)
+deadline = time.monotonic() + 900
+while time.monotonic() < deadline:
+    c, _ = s.accept()
+    threading.Thread(target=conversation, args=(c,), daemon=True).start()
+"""
+
+STREAM = """
+import socket, sys, time
+count, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+ok, failed, served = 0, [], set()
+for n in range(count):
+    if time.monotonic() > deadline:
+        break
+    try:  # a new connection each time: a new translation
+        with socket.create_connection((%r, 80), timeout=60) as s:
+            s.sendall(b"call%%d" %% n)
+            words = s.recv(200).decode().split()
+        assert words[0] == "call%%d" %% n, words
+        ok += 1
+        served.add(words[-1])
+    except (OSError, AssertionError) as exc:
+        failed.append(f"{n}: {exc!r}")
+    time.sleep(0.05)
+print(ok, len(failed), ",".join(sorted(served)), "|", "; ".join(failed[:5]), flush=True)
+""" % CLUSTER4
+
+HELD = """
+import socket, sys
+s = socket.create_connection((%r, 80), timeout=120)
+s.sendall(b"first"); print(s.recv(200).decode(), flush=True)
+line = sys.stdin.readline().strip()
+s.sendall(line.encode()); print(s.recv(200).decode(), flush=True)
+s.close()
+""" % CLUSTER4
+
+
+def service_entries(addresses: list[str]):
+    """The client's peer map entry for the Service with these endpoints."""
+    import ipaddress
+
+    from ipsec_mesh.meshapi.model import ServiceEndpoint, ServiceEntry, ServicePort, ServiceProtocol
+
+    endpoints = tuple(ServiceEndpoint(ipaddress.ip_address(a), 8080, peer=True) for a in addresses)
+    return (ServiceEntry("shop", "echo", (ipaddress.ip_address(CLUSTER4),),
+                         (ServicePort("tcp", ServiceProtocol.TCP, 80, endpoints),)),)
+
+
+def test_endpoint_scaling_and_a_child_sa_rekey_lose_no_service_call_and_leak_nothing(tmp_path, capsys):
+    import subprocess
+    import time
+
+    from ipsec_mesh.svcnat import ServiceTranslation
+    from tests.vm.test_sidecar_vm import metric
+
+    with Topology() as topo:
+        client, node, first = routed(topo)
+        servers = [first]
+        for n, address in enumerate(SERVERS4[1:], start=3):
+            server = topo.namespace(f"server{n}")
+            topo.link(node, f"toserver{n}", server, "eth0")
+            topo.address(node, f"toserver{n}", f"10.98.{n}.1/24")
+            topo.address(server, "eth0", f"{address}/24")
+            server.run(["ip", "route", "add", "default", "via", f"10.98.{n}.1"])
+            servers.append(server)
+        lifetimes = {"child": "20s"}
+        sidecars = [Sidecar(client, tmp_path, address=CLIENT4, identity=CLIENT_ID,
+                            peer_address=",".join(f"{a}/32" for a in SERVERS4), peer_identity=SERVER_ID, psk=PSK,
+                            dataplane="xfrm", name="client", lifetimes=lifetimes)]
+        sidecars += [Sidecar(server, tmp_path, address=address, identity=SERVER_ID, peer_address=f"{CLIENT4}/32",
+                             peer_identity=CLIENT_ID, psk=PSK, dataplane="xfrm", name=f"server-{address}",
+                             lifetimes=lifetimes)
+                     for server, address in zip(servers, SERVERS4)]
+        for sidecar in sidecars:
+            sidecar.launch()
+        for sidecar in sidecars:
+            sidecar.wait_ready(START)
+        echoes = [server.popen(server.python_argv("-c", PERSISTENT_ECHO, address), stdout=subprocess.PIPE, text=True)
+                  for server, address in zip(servers, SERVERS4)]
+        for echo in echoes:
+            assert echo.stdout.readline().strip() == "up"
+        translation = ServiceTranslation(netns=client.name)
+        try:
+            with Capture(Netns(client.name), "eth0", tmp_path / "scale.pcap") as capture:
+                # A long-lived connection through the ClusterIP, opened before any rekey ...
+                assert translation.apply(service_entries(SERVERS4[:1])), translation.last_error
+                held = client.popen(client.python_argv("-c", HELD), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+                assert held.stdout.readline().split()[:2] == ["first", "via"]
+                rekeys = metric(sidecars[0], "ipsec_mesh_child_sa_rekeys_total")
+                # ... then new connections while the Service scales 2 -> 1 -> 3 endpoints, again and again.
+                stream = client.popen(client.python_argv("-c", STREAM, "400", "240"), stdout=subprocess.PIPE,
+                                      text=True)
+                states, updates = [SERVERS4[:2], SERVERS4[:1], SERVERS4], 0
+                while stream.poll() is None and updates < 600:
+                    assert translation.apply(service_entries(states[updates % 3])), translation.last_error
+                    updates += 1
+                    time.sleep(0.3)
+                ok, failed, served, _, errors = (stream.communicate(timeout=300)[0].split(" ", 4) + [""])[:5]
+                # ... and the connection opened before the rekeys still answers.
+                deadline = time.monotonic() + WAIT
+                while metric(sidecars[0], "ipsec_mesh_child_sa_rekeys_total") <= rekeys:
+                    assert time.monotonic() < deadline, "no CHILD_SA rekey"
+                    time.sleep(2)
+                child_rekeys = metric(sidecars[0], "ipsec_mesh_child_sa_rekeys_total") - rekeys
+                held.stdin.write("second\n")
+                held.stdin.flush()
+                after_rekey = held.stdout.readline().split()
+                held.stdin.close()
+                held.wait(timeout=60)
+                packets = capture.packets()
+        finally:
+            translation.close()
+            for echo in echoes:
+                echo.kill()
+        with capsys.disabled():  # the figures reach the VM's console log
+            print(f"\n[measure] {ok} calls answered, {failed} failed during {updates} translation updates; "
+                  f"served by {served}; {child_rekeys:.0f} CHILD_SA rekeys at the client while the held connection lived")
+        assert int(ok) > 0 and int(failed) == 0, errors
+        assert set(served.split(",")) == set(SERVERS4)  # every endpoint took calls
+        assert updates >= 9
+        assert after_rekey[:2] == ["second", "via"], after_rekey
+        for server_ip in SERVERS4:
+            assert not plaintext_between(packets, CLIENT4, server_ip), server_ip
+            assert any(p.is_esp for p in packets if {p.src, p.dst} == {CLIENT4, server_ip}), server_ip
+        assert not [p for p in packets if CLUSTER4 in (p.src, p.dst)]
+        assert "packets 0 " in node.run(["nft", "list", "counter", "inet", "kubeproxy", "kp_dnat"]).stdout
         untranslated = client.run(["nft", "list", "counter", "inet", "ipsec_mesh_svc", "untranslated"]).stdout
         assert "packets 0 " in untranslated

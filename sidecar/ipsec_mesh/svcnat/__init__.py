@@ -5,8 +5,8 @@ so the peer's policy (and its IPsec SA) applies to Service calls too.
 """
 
 from .nft import Nft, NftError
-from .ruleset import FAMILY, TABLE, Batch, Objects, render, usable_endpoints
+from .ruleset import FAMILY, TABLE, Objects, Table, changes, render, usable_endpoints
 from .translation import ServiceTranslation
 
-__all__ = ["FAMILY", "TABLE", "Batch", "Nft", "NftError", "Objects", "ServiceTranslation", "render",
+__all__ = ["FAMILY", "TABLE", "Nft", "NftError", "Objects", "ServiceTranslation", "Table", "changes", "render",
            "usable_endpoints"]

@@ -9,10 +9,12 @@ the settings) runs every call on one worker thread that entered that namespace f
 
 from __future__ import annotations
 
-import json
+import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
-from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
+from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Key, Objects, lookup_key
+
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 class NftError(Exception):
@@ -68,7 +70,7 @@ class Nft:
         return output.get("nftables", []) if isinstance(output, dict) else []
 
     def objects(self) -> Objects | None:
-        """The translation's chains and sets in the kernel now; None if the table does not exist."""
+        """The translation's chains, sets and lookup elements in the kernel now; None: no table."""
         try:
             items = self._json({"table": {"family": FAMILY, "name": TABLE}})
         except NftError as exc:
@@ -76,9 +78,18 @@ class Nft:
                 return None
             raise
         chains = {item["chain"]["name"] for item in items if "chain" in item}
-        sets = {item["set"]["name"] for item in items if "set" in item}
+        sets = {item["set"]["name"]: item["set"] for item in items if "set" in item}
+        maps = {item["map"]["name"]: item["map"] for item in items if "map" in item}
+        elements: dict[Key, str] = {}
+        ports: set[Key] = set()
+        for v in (4, 6):
+            for element in maps.get(f"svc{v}", {}).get("elem", ()):
+                key, verdict = element
+                target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
+                elements[_key(key)] = target  # "" (not ours): differs from every wanted chain, so replaced
+            ports.update(_key(key) for key in sets.get(f"ports{v}", {}).get("elem", ()))
         return Objects(frozenset(c for c in chains if c.startswith(("svc_", "ep_"))),
-                       frozenset(s for s in sets if s.startswith("aff_")))
+                       frozenset(s for s in sets if s.startswith("aff_")), elements, frozenset(ports))
 
     def untranslated_packets(self) -> int | None:
         try:
@@ -94,3 +105,12 @@ class Nft:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+
+def _key(element) -> Key:
+    """A lookup key as libnftables' JSON lists it: {"concat": [address, protocol, port]}."""
+    try:
+        address, protocol, port = element["concat"]
+        return lookup_key(ipaddress.ip_address(address), _PROTOCOLS.get(protocol, str(protocol)), int(port))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NftError(f"unexpected element in the table: {element!r}") from exc

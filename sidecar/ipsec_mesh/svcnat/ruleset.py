@@ -1,4 +1,4 @@
-"""The pod's Service translation as one nftables batch (pure: no kernel, no I/O).
+"""The pod's Service translation as nftables batches (pure: no kernel, no I/O).
 
 Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md):
 
@@ -9,23 +9,32 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md):
     chain filter_output type filter hook output priority 0: a packet still addressed to a
                       service port here had no usable endpoint: counted and rejected, so it
                       never leaves towards the node unencrypted
-    chain svc_<h>     one per service port and family: one DNAT rule that picks an endpoint
+    chain svc_<h>     one per (cluster IP, protocol, port): one DNAT rule that picks an endpoint
                       with numgen; with ClientIP affinity: set lookups, then numgen over ...
     chain ep_<h>      ... one chain per endpoint (ClientIP only): affinity update, then DNAT
     set aff_<h>       one per endpoint of a ClientIP service (dynamic, with timeout)
 
-Names are hashes of what they stand for, so an unchanged endpoint keeps its chain and its
-affinity set (and the clients stuck to it) across updates. Each batch first flushes the
-table's rules and the lookup maps, deletes the objects the new state no longer has, then
-adds everything: the kernel commits it as one transaction, so a new connection sees either
-the old rule set or the new one. The script is built only from validated, typed values
-(DNS labels, `ipaddress` objects, integers), so nothing from the peer map can inject syntax.
+Names are hashes of what they stand for: a service port's chain of its lookup key, so the
+key's map element never changes while the key stays, and an endpoint's chain and affinity
+set of the endpoint, so an unchanged endpoint keeps its set (and the clients stuck to it).
+
+`render` computes the whole `Table` the services want; `changes` turns the table in force
+into it with one batch that touches only what differs: new chains and sets, the rules of
+changed chains (flushed and re-added), the map and set elements added or gone, the chains
+and sets gone. The lookup maps are never flushed: a key that stays is never touched, so a
+new connection cannot miss it while the kernel commits. The kernel commits the batch as
+one transaction, so a new connection sees either the old rule set or the new one. After a
+start the rules in force are unknown: the first batch replaces every rule (`flush table`)
+and still changes only the map elements that differ from the kernel's. The script is built
+only from validated, typed values (DNS labels, `ipaddress` objects, integers), so nothing
+from the peer map can inject syntax.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..meshapi.model import ServiceEndpoint, ServiceEntry, ServicePort, SessionAffinity
 
@@ -37,22 +46,53 @@ UNTRANSLATED_COUNTER = "untranslated"
 AFFINITY_SET_SIZE = 65535
 
 _ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
+COMMENT_MAX = 128  # libnftnl's limit for a rule comment
+
+#: A lookup key: (IP version, "cluster IP . protocol . port" in nft syntax).
+Key = tuple[int, str]
 
 
 @dataclass(frozen=True)
 class Objects:
-    """The dynamic objects (chains, sets) a rendered state has in the table."""
+    """What the kernel's table holds, as read back at a start (its rules are not read)."""
 
     chains: frozenset[str] = frozenset()
     sets: frozenset[str] = frozenset()
+    #: The lookup maps' elements: key -> the chain it jumps to.
+    elements: Mapping[Key, str] = field(default_factory=dict)
+    ports: frozenset[Key] = frozenset()
 
 
 @dataclass(frozen=True)
-class Batch:
-    script: str
-    objects: Objects
-    services: int  # services with at least one translated port
+class Fragment:
+    """One Service's part of the table."""
+
+    chains: tuple[tuple[str, tuple[str, ...]], ...]  # endpoint chains before the service chain using them
+    sets: tuple[tuple[str, str], ...]  # name, declaration
+    elements: tuple[tuple[Key, str], ...]
+    ports: tuple[Key, ...]
     endpoints: int  # endpoint translations (per port and family)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Everything the translation puts into the table for a list of Services, by name."""
+
+    chains: Mapping[str, tuple[str, ...]]
+    sets: Mapping[str, str]
+    elements: Mapping[Key, str]
+    ports: frozenset[Key]
+    #: Per service ("namespace/name"): the entry it was rendered from, and its part.
+    parts: Mapping[str, tuple[ServiceEntry, Fragment]]
+
+    @property
+    def services(self) -> int:
+        """Services with at least one translated port."""
+        return sum(1 for _, part in self.parts.values() if part.elements)
+
+    @property
+    def endpoints(self) -> int:
+        return sum(part.endpoints for _, part in self.parts.values())
 
 
 def usable_endpoints(port: ServicePort, version: int) -> tuple[ServiceEndpoint, ...]:
@@ -71,6 +111,10 @@ def _endpoint_text(ep: ServiceEndpoint) -> str:
     return f"{ep.address}:{ep.port}" if ep.address.version == 4 else f"[{ep.address}]:{ep.port}"
 
 
+def _comment(text: str) -> str:
+    return f"comment \"{text[:COMMENT_MAX]}\""
+
+
 def _dnat(proto: str, version: int, endpoints: tuple[ServiceEndpoint, ...]) -> str:
     head = f"meta l4proto {proto} dnat {_ADDR[version][0]} to"
     if len(endpoints) == 1:
@@ -79,8 +123,12 @@ def _dnat(proto: str, version: int, endpoints: tuple[ServiceEndpoint, ...]) -> s
     return f"{head} numgen random mod {len(endpoints)} map {{ {choices} }}"
 
 
+def lookup_key(address, protocol: str, port: int) -> Key:
+    return address.version, f"{address} . {protocol} . {port}"
+
+
 def _table_header() -> list[str]:
-    """Declarations that must exist before the flushes (idempotent when they do)."""
+    """Declarations that must exist before anything else (idempotent when they do)."""
     return [
         f"table {FAMILY} {TABLE} {{",
         f"  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
@@ -93,87 +141,121 @@ def _table_header() -> list[str]:
     ]
 
 
-def render(services: tuple[ServiceEntry, ...], have: Objects) -> Batch:
-    """The batch that turns a table holding `have` into the translation of `services`."""
-    body: list[str] = []
-    chains: set[str] = set()
-    sets: set[str] = set()
-    elements: dict[int, list[str]] = {4: [], 6: []}
-    ports: dict[int, list[str]] = {4: [], 6: []}
-    translated_services = endpoint_count = 0
-    for service in services:
-        affinity = service.session_affinity is SessionAffinity.CLIENT_IP
-        any_port = False
-        for cluster_ip in service.cluster_ips:
-            v = cluster_ip.version
-            saddr = f"{_ADDR[v][0]} saddr"
-            for port in service.ports:
-                proto = port.protocol.value.lower()
-                key = f"{cluster_ip} . {proto} . {port.port}"
-                ports[v].append(key)
-                endpoints = usable_endpoints(port, v)
-                if not endpoints:
-                    continue  # left to filter_output: counted and rejected
-                any_port = True
-                endpoint_count += len(endpoints)
-                label = f"{service.key} {port.protocol.value} {cluster_ip} {port.port}"
-                svc_chain = _name("svc", service.key, cluster_ip, proto, port.port)
-                chains.add(svc_chain)
-                elements[v].append(f"{key} : goto {svc_chain}")
-                if not affinity:
-                    # One rule picks the endpoint (per new connection; conntrack keeps the rest).
-                    body.append(f"  chain {svc_chain} {{ comment \"{label}\"")
-                    body.append(f"    {_dnat(proto, v, endpoints)}")
-                    body.append("  }")
-                    continue
-                targets = []
-                for ep in endpoints:
-                    ep_chain = _name("ep", service.key, cluster_ip, proto, port.port, ep.address, ep.port)
-                    chains.add(ep_chain)
-                    targets.append(ep_chain)
-                    aff = _name("aff", ep_chain, service.affinity_timeout_seconds)
-                    sets.add(aff)
-                    body.append(f"  set {aff} {{ type {_ADDR[v][1]}; size {AFFINITY_SET_SIZE}; "
-                                f"flags dynamic,timeout; timeout {service.affinity_timeout_seconds}s; }}")
-                    body.append(f"  chain {ep_chain} {{ comment \"{label} -> {_endpoint_text(ep)}\"")
-                    body.append(f"    update @{aff} {{ {saddr} }}")
-                    body.append(f"    {_dnat(proto, v, (ep,))}")
-                    body.append("  }")
-                # The client's address in an endpoint's set sends it there again; else a random pick.
-                svc_rules = [f"{saddr} @{_name('aff', t, service.affinity_timeout_seconds)} goto {t}"
-                             for t in targets]
-                if len(targets) == 1:
-                    svc_rules.append(f"goto {targets[0]}")
-                else:
-                    choices = ", ".join(f"{i} : goto {t}" for i, t in enumerate(targets))
-                    svc_rules.append(f"numgen random mod {len(targets)} vmap {{ {choices} }}")
-                body.append(f"  chain {svc_chain} {{ comment \"{label}\"")
-                body.extend(f"    {rule}" for rule in svc_rules)
-                body.append("  }")
-        translated_services += any_port
-    objects = Objects(frozenset(chains), frozenset(sets))
+#: The base chains' rules (re-added only after a `flush table`).
+_BASE_CHAINS = (
+    ("nat_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport vmap @svc{v}" for v in (4, 6))),
+    ("filter_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name "
+                            f"{UNTRANSLATED_COUNTER} reject" for v in (4, 6))),
+)
 
-    script = _table_header()
-    script.append(f"flush table {FAMILY} {TABLE}")
+
+def _fragment(service: ServiceEntry) -> Fragment:
+    affinity = service.session_affinity is SessionAffinity.CLIENT_IP
+    timeout = service.affinity_timeout_seconds
+    chains: list[tuple[str, tuple[str, ...]]] = []
+    sets: list[tuple[str, str]] = []
+    elements: list[tuple[Key, str]] = []
+    ports: list[Key] = []
+    endpoint_count = 0
+    for cluster_ip in service.cluster_ips:
+        v = cluster_ip.version
+        saddr = f"{_ADDR[v][0]} saddr"
+        for port in service.ports:
+            proto = port.protocol.value.lower()
+            key = lookup_key(cluster_ip, proto, port.port)
+            ports.append(key)
+            endpoints = usable_endpoints(port, v)
+            if not endpoints:
+                continue  # left to filter_output: counted and rejected
+            endpoint_count += len(endpoints)
+            label = f"{service.key} {port.protocol.value} {cluster_ip} {port.port}"
+            svc_chain = _name("svc", *key)
+            elements.append((key, svc_chain))
+            if not affinity:
+                # One rule picks the endpoint (per new connection; conntrack keeps the rest).
+                chains.append((svc_chain, (f"{_dnat(proto, v, endpoints)} {_comment(label)}",)))
+                continue
+            targets = []
+            for ep in endpoints:
+                ep_chain = _name("ep", service.key, cluster_ip, proto, port.port, ep.address, ep.port)
+                aff = _name("aff", ep_chain, timeout)
+                sets.append((aff, f"type {_ADDR[v][1]}; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; "
+                                  f"timeout {timeout}s;"))
+                chains.append((ep_chain, (f"update @{aff} {{ {saddr} }}",
+                                          f"{_dnat(proto, v, (ep,))} {_comment(f'{label} -> {_endpoint_text(ep)}')}")))
+                targets.append((ep_chain, aff))
+            # The client's address in an endpoint's set sends it there again; else a random pick.
+            rules = [f"{saddr} @{aff} goto {target}" for target, aff in targets]
+            if len(targets) == 1:
+                rules.append(f"goto {targets[0][0]} {_comment(label)}")
+            else:
+                choices = ", ".join(f"{i} : goto {target}" for i, (target, _) in enumerate(targets))
+                rules.append(f"numgen random mod {len(targets)} vmap {{ {choices} }} {_comment(label)}")
+            chains.append((svc_chain, tuple(rules)))
+    return Fragment(tuple(chains), tuple(sets), tuple(elements), tuple(ports), endpoint_count)
+
+
+def render(services: tuple[ServiceEntry, ...], previous: Table | None = None) -> Table:
+    """The table that translates `services`; parts of `previous` whose Service is unchanged are reused."""
+    chains: dict[str, tuple[str, ...]] = {}
+    sets: dict[str, str] = {}
+    elements: dict[Key, str] = {}
+    ports: set[Key] = set()
+    parts: dict[str, tuple[ServiceEntry, Fragment]] = {}
+    earlier = previous.parts if previous is not None else {}
+    for service in services:
+        known = earlier.get(service.key)
+        part = known[1] if known is not None and known[0] == service else _fragment(service)
+        parts[service.key] = (service, part)
+        chains.update(part.chains)
+        sets.update(part.sets)
+        elements.update(part.elements)
+        ports.update(part.ports)
+    return Table(chains, sets, elements, frozenset(ports), parts)
+
+
+def _elements(command: str, name: str, keys: list[Key], data: Mapping[Key, str] | None = None) -> list[str]:
+    """`add element`/`delete element` lines for the sets `name`4/`name`6 (maps: with `data`)."""
+    lines = []
     for v in (4, 6):
-        script.append(f"flush map {FAMILY} {TABLE} svc{v}")
-        script.append(f"flush set {FAMILY} {TABLE} ports{v}")
-    # Unreferenced now (rules and map elements flushed above, in the same transaction).
-    script += [f"delete chain {FAMILY} {TABLE} {chain}" for chain in sorted(have.chains - objects.chains)]
-    script += [f"delete set {FAMILY} {TABLE} {name}" for name in sorted(have.sets - objects.sets)]
-    script.append(f"table {FAMILY} {TABLE} {{")
-    script += body
-    script.append("  chain nat_output {")
-    script += [f"    {_ADDR[v][0]} daddr . meta l4proto . th dport vmap @svc{v}" for v in (4, 6)]
-    script.append("  }")
-    script.append("  chain filter_output {")
-    script += [f"    {_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name {UNTRANSLATED_COUNTER} reject"
-               for v in (4, 6)]
-    script.append("  }")
-    script.append("}")
-    for v in (4, 6):
-        if elements[v]:
-            script.append(f"add element {FAMILY} {TABLE} svc{v} {{ {', '.join(elements[v])} }}")
-        if ports[v]:
-            script.append(f"add element {FAMILY} {TABLE} ports{v} {{ {', '.join(ports[v])} }}")
-    return Batch("\n".join(script) + "\n", objects, translated_services, endpoint_count)
+        items = [key if data is None else f"{key} : goto {data[(kv, key)]}" for kv, key in keys if kv == v]
+        if items:
+            lines.append(f"{command} element {FAMILY} {TABLE} {name}{v} {{ {', '.join(items)} }}")
+    return lines
+
+
+def changes(want: Table, have: Table | Objects) -> str:
+    """One batch that turns the table holding `have` into `want`, touching only what differs.
+
+    `have` a Table: what our last batch installed (its rules known). `have` Objects: what the
+    kernel has after a start: every rule is replaced, the elements are still only diffed.
+    """
+    known = isinstance(have, Table)
+    have_chains: Mapping[str, tuple[str, ...] | None] = have.chains if known else dict.fromkeys(have.chains)
+    gone_chains = sorted(set(have_chains) - set(want.chains))
+    gone_sets = sorted(set(have.sets) - set(want.sets))
+    if known:
+        script = [f"flush chain {FAMILY} {TABLE} {name}" for name, rules in want.chains.items()
+                  if name in have_chains and have_chains[name] != rules]
+        script += [f"flush chain {FAMILY} {TABLE} {name}" for name in gone_chains]
+    else:
+        script = _table_header() + [f"flush table {FAMILY} {TABLE}"]
+    # A key's element changes only when it goes (or, after a start, when it points elsewhere).
+    script += _elements("delete", "svc", [key for key, chain in have.elements.items()
+                                          if want.elements.get(key) != chain])
+    block = [f"  set {name} {{ {declaration} }}" for name, declaration in want.sets.items() if name not in have.sets]
+    new_rules = [(name, rules) for name, rules in want.chains.items() if have_chains.get(name) != rules]
+    if not known:
+        new_rules += _BASE_CHAINS
+    for name, rules in new_rules:
+        block += [f"  chain {name} {{", *(f"    {rule}" for rule in rules), "  }"]
+    if block:
+        script += [f"table {FAMILY} {TABLE} {{", *block, "}"]
+    script += _elements("add", "svc", [key for key, chain in want.elements.items()
+                                      if have.elements.get(key) != chain], want.elements)
+    script += _elements("delete", "ports", sorted(have.ports - want.ports))
+    script += _elements("add", "ports", sorted(want.ports - have.ports))
+    # Unreferenced now: their rules were flushed and the elements pointing to them deleted above.
+    script += [f"delete chain {FAMILY} {TABLE} {name}" for name in gone_chains]
+    script += [f"delete set {FAMILY} {TABLE} {name}" for name in gone_sets]
+    return "\n".join(script) + "\n" if script else ""

@@ -2,7 +2,8 @@
 
 Applied by the data plane after the XFRM policies, before the sidecar reports ready, and
 on every new peer map. Never removed by the sidecar: on SIGTERM the table stays (fail
-closed, like the policies), and the next instance replaces it in one transaction.
+closed, like the policies), and the next instance takes it over: its first batch replaces
+every rule, later ones change only what differs (ruleset.changes).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import logging
 
 from ..meshapi.model import ServiceEntry
 from .nft import Nft, NftError
-from .ruleset import FAMILY, TABLE, Objects, render
+from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
 log = logging.getLogger("ipsec_mesh.services")
+
+NO_ENDPOINT = "no ready or serving endpoint: calls are rejected in the pod"
 
 
 class ServiceTranslation:
@@ -21,47 +24,62 @@ class ServiceTranslation:
         self.netns = netns
         self._nft_factory = nft_factory
         self._nft: Nft | None = None
-        #: What the table holds after our last successful batch; None: ask the kernel first.
-        self._objects: Objects | None = None
-        self.wanted = 0  # services in the map in force
-        self.services = 0
-        self.endpoints = 0
+        #: What the table holds after our last successful batch (rules included); None: ask the kernel first.
+        self._installed: Table | None = None
+        #: The Services in force in the kernel (last successful batch), whatever the kernel held before.
+        self._in_force = render(())
+        self._wanted: tuple[ServiceEntry, ...] = ()
         self.updates = 0
         self.failures = 0
         self.last_error = ""
 
+    @property
+    def wanted(self) -> int:
+        """Services in the map in force."""
+        return len(self._wanted)
+
+    @property
+    def services(self) -> int:
+        return self._in_force.services
+
+    @property
+    def endpoints(self) -> int:
+        return self._in_force.endpoints
+
     def apply(self, services: tuple[ServiceEntry, ...]) -> bool:
         """Make the table translate exactly `services`; False (table unchanged) if refused."""
-        self.wanted = len(services)
+        self._wanted = tuple(services)
+        want = render(self._wanted, self._in_force)
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
-            if self._objects is None:
-                current = self._nft.objects()
-                if current is None and not services:
+            have: Table | Objects | None = self._installed
+            if have is None:
+                have = self._nft.objects()
+                if have is None and not services:
                     # Nothing to translate and no table left by an earlier instance: no table at all.
-                    self.services = self.endpoints = 0
+                    self._in_force = want
                     self.last_error = ""
                     return True
-                self._objects = current or Objects()
-            batch = render(services, self._objects)
-            self._nft.run(batch.script)
+                have = have or Objects()
+            script = changes(want, have)
+            if script:
+                self._nft.run(script)
         except NftError as exc:
             self.failures += 1
             self.last_error = str(exc)
-            self._objects = None  # the kernel may differ from what we believed: re-read next time
+            self._installed = None  # the kernel may differ from what we believed: re-read next time
             log.error("service translation not updated (%d services): %s", len(services), exc)
             return False
-        self._objects = batch.objects
-        self.services, self.endpoints = batch.services, batch.endpoints
+        self._installed = self._in_force = want
         self.updates += 1
         self.last_error = ""
-        log.info("service translation: %d services, %d endpoints", batch.services, batch.endpoints)
+        log.info("service translation: %d services, %d endpoints", want.services, want.endpoints)
         return True
 
     def problem(self) -> str | None:
         """Why the pod must not report ready: Services it is asked to translate and cannot."""
-        if self.wanted and self.last_error:
+        if self._wanted and self.last_error:
             return f"service translation failed: {self.last_error}"
         return None
 
@@ -70,6 +88,19 @@ class ServiceTranslation:
         if self._nft is not None:
             self._nft.close()
             self._nft = None
+
+    def per_service(self) -> dict[str, dict]:
+        """Per Service of the map: does the kernel translate it, as the map now says, and if not why."""
+        result = {}
+        for service in self._wanted:
+            installed = self._in_force.parts.get(service.key)
+            translated = installed is not None and bool(installed[1].elements)
+            current = installed is not None and installed[0] == service
+            error = "" if current else (self.last_error or "not installed yet")
+            if current and not translated:
+                error = NO_ENDPOINT
+            result[service.key] = {"translated": translated, "current": current, "error": error}
+        return result
 
     def status(self) -> dict:
         return {
@@ -80,4 +111,5 @@ class ServiceTranslation:
             "failures": self.failures,
             "last_error": self.last_error,
             "untranslated_packets": self._nft.untranslated_packets() if self._nft is not None else None,
+            "per_service": self.per_service(),
         }
