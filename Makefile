@@ -1,5 +1,5 @@
 # The two quick-start commands are `make demo` and `make test` (see README.md).
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	./scripts/setup.sh
 
@@ -8,3 +8,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The in-memory and loopback tiers (no namespaces, no charon, no VM): minutes, for the edit loop.
+test-fast: setup
+	.venv/bin/python -m pytest -q tests/unit tests/agent tests/operator tests/chart
