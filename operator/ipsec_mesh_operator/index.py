@@ -255,14 +255,16 @@ class MeshIndex:
         self._peer_entries.pop(key, None)
         new_member, new_peer = self._memberships(info)
         self._set_memberships(key, new_member, new_peer)
-        addresses_changed = old is None or old.ips != info.ips
-        if addresses_changed:
+        # How the others see it: its addresses, and its identity (the uid stands in for a long name).
+        seen_changed = old is None or old.ips != info.ips or (
+            old.uid != info.uid and old.identity(self.trust_domain) != info.identity(self.trust_domain))
+        if seen_changed:
             touched_peerings = (old_member | new_member, old_peer | new_peer)
         else:
             touched_peerings = (old_member ^ new_member, old_peer ^ new_peer)
         changed = self._counterparts(key, *touched_peerings)
         self_changed = (
-            addresses_changed or old.service_account != info.service_account
+            seen_changed or old.service_account != info.service_account
             or old_member != new_member or old_peer != new_peer
         )
         if self_changed:
