@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, pod_fqdn,
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, fields,
+    pod_fqdn,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
@@ -44,6 +44,7 @@ from .services import ServiceKey, ServiceTable, SliceInfo, SliceKey
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
+ViewKey = tuple[PeeringKey, bool, bool]
 Listener = Callable[[set[PodKey]], None]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -57,16 +58,6 @@ def precedence(spec: PeeringSpec) -> tuple:
     """
     return (spec.enforcement is not Enforcement.REQUIRE, spec.auth is not AuthKind.CERTIFICATE,
             not spec.tfc_padding, spec.namespace, spec.name)
-
-
-def _parse_ip(text: str) -> IpAddress:
-    """ipaddress.ip_address, but through inet_pton: peer maps parse thousands of these."""
-    for family, cls in ((socket.AF_INET, ipaddress.IPv4Address), (socket.AF_INET6, ipaddress.IPv6Address)):
-        try:
-            return cls(int.from_bytes(socket.inet_pton(family, text), "big"))
-        except OSError:
-            continue
-    raise ValueError(f"{text!r} is not an IP address")
 
 
 @dataclass(frozen=True)
@@ -84,7 +75,7 @@ class PodInfo:
 
     @functools.cached_property
     def addresses(self) -> tuple[IpAddress, ...]:
-        return tuple(_parse_ip(ip) for ip in self.ips)
+        return tuple(fields.ip_address(ip) for ip in self.ips)
 
     @functools.cached_property
     def host_networks(self) -> tuple[IpNetwork, ...]:
@@ -113,7 +104,7 @@ class PodInfo:
         valid = []
         for ip in ips:
             try:
-                valid.append(str(_parse_ip(ip)))
+                valid.append(str(fields.ip_address(ip)))
             except (ValueError, TypeError):
                 continue
         return cls(
@@ -156,8 +147,11 @@ class MeshIndex:
         self._versions: dict[PodKey, int] = {}
         self._maps: dict[PodKey, PeerMap] = {}
         self._peer_entries: dict[PodKey, Peer | None] = {}
-        #: (peering, member side?) -> the policies all pods on that side get.
-        self._views: dict[tuple[PeeringKey, bool], list[PeeringPolicy]] = {}
+        #: (peering, member side?, whole other side? else none of it) -> the policies of the pods on
+        #: that side that list all of the other side, or none of it (an earlier peering claimed it).
+        self._views: dict[ViewKey, list[PeeringPolicy]] = {}
+        #: The views a map is made of (in precedence order) -> its Services; valid until the next change.
+        self._services_by_views: dict[tuple[ViewKey, ...], tuple[ServiceEntry, ...]] = {}
 
     # ---- queries -----------------------------------------------------------
 
@@ -229,10 +223,22 @@ class MeshIndex:
         )
         policies: list[PeeringPolicy] = []
         claimed: list[set[PodKey]] = []  # counterparts already listed by a peering of higher precedence
+        views: list[ViewKey | None] = []
         for peering_key in sorted(self.peerings_of(pod), key=lambda k: precedence(self._peerings[k])):
-            policies.extend(self._policies_for(pod, peering_key, claimed))
+            built_policies, view = self._policies_for(pod, peering_key, claimed)
+            policies.extend(built_policies)
+            views.append(view)
+        services: tuple[ServiceEntry, ...] = ()
+        if len(self.services):
+            # Pods that see the same peering views list the same peers, so the same Services.
+            shared = tuple(views) if None not in views else None
+            services = self._services_by_views.get(shared) if shared is not None else None
+            if services is None:
+                services = self._services_for(policies)
+                if shared is not None:
+                    self._services_by_views[shared] = services
         built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle,
-                        services=self._services_for(policies) if len(self.services) else ())
+                        services=services)
         self._maps[pod] = built
         return built
 
@@ -532,10 +538,13 @@ class MeshIndex:
     # ---- building ----------------------------------------------------------
 
     def _drop_views(self, peering_key: PeeringKey) -> None:
-        self._views.pop((peering_key, True), None)
-        self._views.pop((peering_key, False), None)
+        for is_member in (True, False):
+            for whole in (True, False):
+                self._views.pop((peering_key, is_member, whole), None)
+        self._services_by_views.clear()
 
     def _mark(self, pods: set[PodKey]) -> set[PodKey]:
+        self._services_by_views.clear()  # every change may move a Service or a peer
         if not pods:
             return pods
         self._generation += 1
@@ -579,8 +588,10 @@ class MeshIndex:
             return members & accepted[0]
         return members & set().union(*accepted)
 
-    def _policies_for(self, pod: PodKey, peering_key: PeeringKey, claimed: list[set[PodKey]]) -> list[PeeringPolicy]:
-        """The peering's policies for `pod`, listing the counterparts no earlier peering claimed."""
+    def _policies_for(self, pod: PodKey, peering_key: PeeringKey,
+                      claimed: list[set[PodKey]]) -> tuple[list[PeeringPolicy], ViewKey | None]:
+        """The peering's policies for `pod`, listing the counterparts no earlier peering claimed; and the
+        key of the view they are, if they are the one all pods on its side share."""
         spec = self._peerings[peering_key]
         is_member = pod in self._members[peering_key]
         if spec.auth is AuthKind.PSK and not self._psk_keys.get(peering_key):
@@ -591,14 +602,16 @@ class MeshIndex:
             counterparts = counterparts.difference(*claimed)
         claimed.append(counterparts)
         side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
-        if pod in side or len(counterparts) != len(side):
-            return self._build_policies(peering_key, counterparts, is_member)
-        # The whole other side, as for every pod on this side: build it once per peering side.
-        view_key = (peering_key, is_member)
+        # Counterparts are a subset of the other side. All of it or none of it, as for most pods on
+        # this side: build it once per peering side.
+        whole = pod not in side and len(counterparts) == len(side)
+        if counterparts and not whole:
+            return self._build_policies(peering_key, counterparts, is_member), None
+        view_key = (peering_key, is_member, whole)
         view = self._views.get(view_key)
         if view is None:
-            view = self._views[view_key] = self._build_policies(peering_key, side, is_member)
-        return view
+            view = self._views[view_key] = self._build_policies(peering_key, counterparts, is_member)
+        return view, view_key
 
     def _build_policies(self, peering_key: PeeringKey, counterparts: set[PodKey],
                         is_member: bool) -> list[PeeringPolicy]:

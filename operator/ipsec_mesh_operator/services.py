@@ -14,11 +14,10 @@ peering see the same peers, so they share one entry object).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipsec_mesh.meshapi import (
@@ -56,7 +55,7 @@ def _protocol(value: Any, path: str) -> ServiceProtocol:
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow; JSON gives dicts
         raise PeerMapError(path, "must be an object")
     return value
 
@@ -98,17 +97,17 @@ def _port(value: Any, path: str) -> ServicePort:
                        fields.integer(doc.get("port"), f"{path}.port", 1, 65535))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # tens of thousands live in the table: no instance dicts
 class SliceEndpoint:
     address: IpAddress
     ready: bool = True
     serving: bool = True
     terminating: bool = False
+    #: The address as pods' `ips` hold it: the reverse index's key (str hashes are cached, addresses' are not).
+    text: str = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def text(self) -> str:
-        """The address as pods' `ips` hold it: the reverse index's key (str hashes are cached, addresses' are not)."""
-        return str(self.address)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", str(self.address))
 
     @property
     def rank(self) -> tuple[bool, bool, bool]:
@@ -166,8 +165,7 @@ class SliceInfo:
                                         MAX_SLICE_ADDRESSES, 1):
                 if address.version != version:
                     raise PeerMapError(f"{path}.addresses", f"{address} is not an {family} address")
-                if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_link_local:
-                    raise PeerMapError(f"{path}.addresses", f"{address} cannot be an endpoint")
+                fields.check_unicast(address, f"{path}.addresses")
                 endpoints.append(SliceEndpoint(address, ready, serving, terminating))
         return cls(namespace, name, service, ports, tuple(endpoints))
 
@@ -178,8 +176,9 @@ def _slice_port(value: Any, path: str) -> ServicePort | None:
     return _port(value, path)
 
 
-#: A Service's endpoints per port before peer flags: ((port, ((target port, endpoint), ...)), ...)
-Merged = tuple[tuple[ServicePort, tuple[tuple[int, SliceEndpoint], ...]], ...]
+#: A Service's endpoints per port before peer flags: ((port, (target port, ...), (endpoint, ...)), ...),
+#: two parallel tuples rather than a pair per endpoint (fewer objects for the garbage collector to scan).
+Merged = tuple[tuple[ServicePort, tuple[int, ...], tuple[SliceEndpoint, ...]], ...]
 
 
 class ServiceTable:
@@ -256,9 +255,10 @@ class ServiceTable:
                                f"{info.namespace}/{info.name} is ignored")
         before = self._unindex_slice(old) if old is not None else set()
         self._slices[info.key] = info
-        self._slices_of[info.service_key].add(info.key)
+        service_key = info.service_key  # one tuple shared by every address's set
+        self._slices_of[service_key].add(info.key)
         for endpoint in info.endpoints:
-            self._by_address[endpoint.text].add(info.service_key)
+            self._by_address[endpoint.text].add(service_key)
         if old is not None and old.service_key != info.service_key:
             before |= self._changed(old.service_key)
         return before | self._changed(info.service_key)
@@ -314,7 +314,7 @@ class ServiceTable:
         cached = self._merged_addresses.get(key)
         if cached is None:
             cached = self._merged_addresses[key] = frozenset(
-                endpoint.text for _, endpoints in self.merged(key) for _, endpoint in endpoints)
+                endpoint.text for _, _, endpoints in self.merged(key) for endpoint in endpoints)
         return cached
 
     def merged(self, key: ServiceKey) -> Merged:
@@ -328,7 +328,7 @@ class ServiceTable:
         slices = [self._slices[k] for k in sorted(self._slices_of.get(key, ()))]
         out = []
         for port in service.ports:
-            found: dict[tuple[IpAddress, int], SliceEndpoint] = {}
+            found: dict[tuple[str, int], SliceEndpoint] = {}  # by address text: str hashes are cached
             for piece in slices:
                 for target in piece.ports:
                     if target.name != port.name or target.protocol is not port.protocol:
@@ -336,17 +336,17 @@ class ServiceTable:
                     for endpoint in piece.endpoints:
                         if endpoint.address.version not in families:
                             continue
-                        current = found.get((endpoint.address, target.port))
+                        current = found.get((endpoint.text, target.port))
                         if current is None or endpoint.rank > current.rank:
-                            found[(endpoint.address, target.port)] = endpoint
-            ordered = sorted(found.items(), key=lambda item: (item[0][0].version, item[0][0], item[0][1]))
+                            found[(endpoint.text, target.port)] = endpoint
+            ordered = sorted(found.items(), key=lambda item: (item[1].address.version, item[1].address, item[0][1]))
             if len(ordered) > MAX_SERVICE_ENDPOINTS:
                 if self.note_problem("Service", key, f"port {port.name or port.port}: more than "
                                      f"{MAX_SERVICE_ENDPOINTS} endpoints, the rest left out"):
                     logger.warning("Service %s/%s port %s has more than %d endpoints; the rest are left out",
                                    *key, port.name or port.port, MAX_SERVICE_ENDPOINTS)
                 ordered = ordered[:MAX_SERVICE_ENDPOINTS]
-            out.append((port, tuple((target, endpoint) for (_, target), endpoint in ordered)))
+            out.append((port, tuple(target for (_, target), _ in ordered), tuple(endpoint for _, endpoint in ordered)))
         merged = self._merged[key] = tuple(out)
         return merged
 
@@ -356,11 +356,14 @@ class ServiceTable:
         entry = by_peers.get(peers)
         if entry is None:
             ports = tuple(
-                replace(port, endpoints=tuple(
+                ServicePort(name=port.name, protocol=port.protocol, port=port.port, endpoints=tuple(
                     ServiceEndpoint(address=e.address, port=target, ready=e.ready, serving=e.serving,
                                     terminating=e.terminating, peer=e.text in peers)
-                    for target, e in endpoints))
-                for port, endpoints in self.merged(key))
-            entry = by_peers[peers] = replace(self._services[key], ports=ports)
+                    for target, e in zip(targets, endpoints)))
+                for port, targets, endpoints in self.merged(key))
+            service = self._services[key]  # dataclasses.replace would look up the fields on every call
+            entry = by_peers[peers] = ServiceEntry(
+                namespace=service.namespace, name=service.name, cluster_ips=service.cluster_ips, ports=ports,
+                session_affinity=service.session_affinity, affinity_timeout_seconds=service.affinity_timeout_seconds)
         return entry
 

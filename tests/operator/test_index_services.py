@@ -12,6 +12,7 @@ from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import (
     MAX_SLICE_ENDPOINTS, ServiceTable, SliceInfo, parse_service,
 )
+from mesh_workload import add_services, build_large, service_bodies
 from test_index import apply as apply_mesh_op, maps_without_versions, operations as mesh_operations
 
 
@@ -225,6 +226,30 @@ def test_clients_with_the_same_peers_share_one_entry_object():
     index.upsert_service(parse_service(service_body("db")))
     index.upsert_endpoint_slice(SliceInfo.from_body(slice_body("db-a", "db", [ep("10.0.1.1"), ep("10.0.1.2")])))
     assert services_of(index, ("shop", "web-0"))["shop/db"] is services_of(index, ("shop", "web-1"))["shop/db"]
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["same-namespace", "cross-namespace"])
+def test_the_service_lookup_runs_once_per_set_of_peering_views_not_once_per_pod(cross, monkeypatch):
+    """Pods on the same sides of the same peerings list the same peers, so the same Services (the
+    full computation's cost, docs/benchmarks.md): counted, and the result equals a lookup per pod."""
+    index = build_large(400, 40, cross)
+    add_services(index, service_bodies(index, 80))
+    lookups = []
+    original = ServiceTable.services_at
+    monkeypatch.setattr(ServiceTable, "services_at", lambda self, addresses: lookups.append(1) or original(
+        self, addresses))
+    maps = {info.key: index.peer_map(info.key) for info in index.pods()}
+    sides = {(info.namespace, info.labels["app"], info.labels["role"]) for info in index.pods()}
+    assert len(lookups) == len(sides) <= 80  # not one per pod (400)
+    # Every map lists its peers' Services, and exactly what a lookup of its own would give.
+    for key, peer_map in maps.items():
+        assert peer_map.services and peer_map.services == index._services_for(list(peer_map.policies))
+    # A change starts over: the next maps do their lookups again.
+    index.upsert_endpoint_slice(SliceInfo.from_body(service_bodies(index, 1)[0][1] | {"endpoints": []}))
+    lookups.clear()
+    for info in index.pods():
+        index.peer_map(info.key)
+    assert 0 < len(lookups) <= len(sides)
 
 
 # ---- bounds ------------------------------------------------------------------------
