@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipsec_mesh.meshapi import fields
+from ipsec_mesh.meshapi import MAX_SERVICES, fields
+
+from .services import MAX_ENDPOINT_SLICES, MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE
 
 INJECT_LABEL = "ipsec-mesh.io/inject"
 INJECTED_ANNOTATION = "ipsec-mesh.io/injected"
@@ -57,6 +59,9 @@ class OperatorConfig:
     #: Port of the liveness endpoint (served by a thread; 0: none) and how long the loop may stall.
     liveness_port: int = 0
     liveness_max_stall: int = 30
+    #: Services and EndpointSlices indexed from any one namespace (docs/services.md, "Hostile input").
+    max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE
+    max_endpoint_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE
 
     @property
     def ca_lifetime(self) -> int:
@@ -96,7 +101,18 @@ class OperatorConfig:
             sidecar_resources=_resources(_env("SIDECAR_RESOURCES", "")) or cls().sidecar_resources,
             liveness_port=int(_env("LIVENESS_PORT", "0")),
             liveness_max_stall=_duration("LIVENESS_MAX_STALL", "30s"),
+            max_services_per_namespace=_count("MAX_SERVICES_PER_NAMESPACE", MAX_SERVICES_PER_NAMESPACE, MAX_SERVICES),
+            max_endpoint_slices_per_namespace=_count("MAX_ENDPOINT_SLICES_PER_NAMESPACE",
+                                                     MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_ENDPOINT_SLICES),
         )
+
+
+def _count(name: str, default: int, high: int) -> int:
+    """A whole number 1..high (up to the cluster-wide bound it divides up)."""
+    text = _env(name, str(default))
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
+        raise ValueError(f"IPSEC_MESH_{name} must be a whole number within 1..{high}, not {text!r}")
+    return int(text)
 
 
 def _flag(name: str) -> bool:

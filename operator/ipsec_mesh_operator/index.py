@@ -118,14 +118,14 @@ class PodInfo:
 
 
 class MeshIndex:
-    def __init__(self, trust_domain: str = "cluster.local"):
+    def __init__(self, trust_domain: str = "cluster.local", services: ServiceTable | None = None):
         self.trust_domain = check_dns_name(trust_domain, "trust domain")
         self.listeners: list[Listener] = []
         self._pods: dict[PodKey, PodInfo] = {}
         self._pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_label: dict[tuple[str, str], set[PodKey]] = defaultdict(set)
         self._pods_by_address: dict[str, set[PodKey]] = defaultdict(set)
-        self.services = ServiceTable()
+        self.services = services if services is not None else ServiceTable()
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._peerings: dict[PeeringKey, PeeringSpec] = {}
         self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)

@@ -15,7 +15,7 @@ peering see the same peers, so they share one entry object).
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,10 @@ SliceKey = tuple[str, str]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: Slices held at once, cluster-wide; the API server's own limits per slice below.
 MAX_ENDPOINT_SLICES = 100_000
+#: Held at once from any one namespace (configurable, docs/services.md): whoever may create Services in
+#: one namespace cannot fill the cluster-wide table for every other namespace.
+MAX_SERVICES_PER_NAMESPACE = 2_000
+MAX_ENDPOINT_SLICES_PER_NAMESPACE = 10_000
 MAX_SLICE_ENDPOINTS = 1000
 MAX_SLICE_PORTS = 100
 MAX_SLICE_ADDRESSES = 100
@@ -170,6 +174,23 @@ class SliceInfo:
         return cls(namespace, name, service, ports, tuple(endpoints))
 
 
+def _admit(path: str, what: str, key: tuple[str, str], held: int, limit: int, held_in: Counter[str],
+           namespace_limit: int) -> None:
+    """Count a new object of namespace key[0] in, or refuse it past the cluster-wide or the namespace's bound."""
+    if held >= limit:
+        raise PeerMapError(path, f"more than {limit} {what}: {'/'.join(key)} is ignored")
+    if held_in[key[0]] >= namespace_limit:
+        raise PeerMapError(path, f"more than {namespace_limit} {what} in namespace {key[0]}: "
+                                 f"{'/'.join(key)} is ignored")
+    held_in[key[0]] += 1
+
+
+def _release(held_in: Counter[str], namespace: str) -> None:
+    held_in[namespace] -= 1
+    if not held_in[namespace]:
+        del held_in[namespace]
+
+
 def _slice_port(value: Any, path: str) -> ServicePort | None:
     if _mapping(value, path).get("port") is None:
         return None  # "all ports": nothing to translate to (kube-proxy skips it as well)
@@ -187,10 +208,17 @@ class ServiceTable:
     Addresses in and out are text, as `PodInfo.ips` holds them (canonical form).
     """
 
-    def __init__(self, max_services: int = MAX_SERVICES, max_slices: int = MAX_ENDPOINT_SLICES):
+    def __init__(self, max_services: int = MAX_SERVICES, max_slices: int = MAX_ENDPOINT_SLICES,
+                 max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE,
+                 max_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE):
         self.max_services, self.max_slices = max_services, max_slices
+        self.max_services_per_namespace, self.max_slices_per_namespace = max_services_per_namespace, \
+            max_slices_per_namespace
         self._services: dict[ServiceKey, ServiceEntry] = {}
         self._slices: dict[SliceKey, SliceInfo] = {}
+        #: How many of each the table holds per namespace.
+        self._services_in: Counter[str] = Counter()
+        self._slices_in: Counter[str] = Counter()
         self._slices_of: dict[ServiceKey, set[SliceKey]] = defaultdict(set)
         self._by_address: dict[str, set[ServiceKey]] = defaultdict(set)
         self._merged: dict[ServiceKey, Merged] = {}
@@ -232,8 +260,9 @@ class ServiceTable:
         old = self._services.get(key)
         if old == service:
             return set()
-        if old is None and len(self._services) >= self.max_services:
-            raise PeerMapError("services", f"more than {self.max_services} Services: {service.key} is ignored")
+        if old is None:
+            _admit("services", "Services", key, len(self._services), self.max_services, self._services_in,
+                   self.max_services_per_namespace)
         before = self._addresses(key)
         self._services[key] = service
         return before | self._changed(key)
@@ -243,6 +272,7 @@ class ServiceTable:
             return set()
         addresses = self._addresses(key)
         del self._services[key]
+        _release(self._services_in, key[0])
         self._changed(key)
         return addresses
 
@@ -250,9 +280,9 @@ class ServiceTable:
         old = self._slices.get(info.key)
         if old == info:
             return set()
-        if old is None and len(self._slices) >= self.max_slices:
-            raise PeerMapError("endpointslices", f"more than {self.max_slices} EndpointSlices: "
-                               f"{info.namespace}/{info.name} is ignored")
+        if old is None:
+            _admit("endpointslices", "EndpointSlices", info.key, len(self._slices), self.max_slices, self._slices_in,
+                   self.max_slices_per_namespace)
         before = self._unindex_slice(old) if old is not None else set()
         self._slices[info.key] = info
         service_key = info.service_key  # one tuple shared by every address's set
@@ -269,6 +299,7 @@ class ServiceTable:
             return set()
         before = self._unindex_slice(old)
         del self._slices[key]
+        _release(self._slices_in, key[0])
         return before | self._changed(old.service_key)
 
     def _unindex_slice(self, old: SliceInfo) -> set[str]:
