@@ -105,6 +105,7 @@ def main() -> int:
     missed = False
     for cross in (False, True):
         layout = "cross-namespace, consented" if cross else "same namespace"
+        index = bodies = None  # the previous layout's mesh is not scanned by the collector during this one
         full, index, bodies = full_computation(args.pods, args.peerings, args.services, cross, args.rounds)
         listed = sum(len(index.peer_map(info.key).services) for info in index.pods())
         added, removed, touched = one_pod_changes(index, args.changes)

@@ -548,14 +548,15 @@ class MeshIndex:
         if not pods:
             return pods
         self._generation += 1
+        stale: set[PeeringKey] = set()  # pods of one side share their peerings: drop each view once
         for pod in pods:
             self._versions[pod] = self._generation
             self._maps.pop(pod, None)
             # A pod's map changed: whatever peering views it sees may be stale too.
-            for peering_key in self._member_of.get(pod, ()):
-                self._drop_views(peering_key)
-            for peering_key in self._peer_of.get(pod, ()):
-                self._drop_views(peering_key)
+            stale.update(self._member_of.get(pod, ()))
+            stale.update(self._peer_of.get(pod, ()))
+        for peering_key in stale:
+            self._drop_views(peering_key)
         for listener in list(self.listeners):
             listener(pods)
         return pods
