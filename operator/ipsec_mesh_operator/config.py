@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipsec_mesh.meshapi import fields
+from ipsec_mesh.meshapi import MAX_SERVICES, fields
+
+from .services import MAX_ENDPOINT_SLICES, MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE
 
 INJECT_LABEL = "ipsec-mesh.io/inject"
 INJECTED_ANNOTATION = "ipsec-mesh.io/injected"
@@ -26,11 +28,6 @@ def _duration(name: str, default: str) -> int:
     return fields.duration(_env(name, default), f"IPSEC_MESH_{name}")
 
 
-def _count(name: str, default: int) -> int:
-    text = _env(name, str(default))
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
-        raise ValueError(f"IPSEC_MESH_{name} must be a whole number 1..1000000, not {text!r}")
-    return int(text)
 #: The injected sidecar's resources unless the chart says otherwise (values.yaml: sidecar.resources).
 DEFAULT_SIDECAR_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
@@ -96,6 +93,9 @@ class OperatorConfig:
     idle_timeout: float = 15.0
     #: Mesh API requests one pod may have open at once (long polls included); 429 beyond.
     max_requests_per_pod: int = 8
+    #: Services and EndpointSlices indexed from any one namespace (docs/services.md, "Hostile input").
+    max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE
+    max_endpoint_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE
 
     @property
     def ca_lifetime(self) -> int:
@@ -128,7 +128,8 @@ class OperatorConfig:
             key_check_interval=_duration("KEY_CHECK_INTERVAL", "60s"),
             status_ttl=_duration("STATUS_TTL", "120s"),
             sidecar_image=_env("SIDECAR_IMAGE", cls.sidecar_image),
-            sidecar_resources=sidecar_resources(_env("SIDECAR_RESOURCES", json.dumps(DEFAULT_SIDECAR_RESOURCES))),
+            # Unset or empty: the measured defaults.
+            sidecar_resources=sidecar_resources(_env("SIDECAR_RESOURCES", "") or json.dumps(DEFAULT_SIDECAR_RESOURCES)),
             webhook_configs=names("WEBHOOK_CONFIGS") or ("ipsec-mesh",),
             webhook_tls_dir=_env("WEBHOOK_TLS_DIR", ""),
             watch_namespaces=_flag("WATCH_NAMESPACES"),
@@ -139,7 +140,18 @@ class OperatorConfig:
             handshake_timeout=_duration("HANDSHAKE_TIMEOUT", "5s") or 1,
             idle_timeout=_duration("IDLE_TIMEOUT", "15s") or 1,
             max_requests_per_pod=_count("MAX_REQUESTS_PER_POD", cls.max_requests_per_pod),
+            max_services_per_namespace=_count("MAX_SERVICES_PER_NAMESPACE", MAX_SERVICES_PER_NAMESPACE, MAX_SERVICES),
+            max_endpoint_slices_per_namespace=_count("MAX_ENDPOINT_SLICES_PER_NAMESPACE",
+                                                     MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_ENDPOINT_SLICES),
         )
+
+
+def _count(name: str, default: int, high: int = 1_000_000) -> int:
+    """A whole number 1..high (for a share, up to the cluster-wide bound it divides up)."""
+    text = _env(name, str(default))
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
+        raise ValueError(f"IPSEC_MESH_{name} must be a whole number within 1..{high}, not {text!r}")
+    return int(text)
 
 
 def _flag(name: str) -> bool:

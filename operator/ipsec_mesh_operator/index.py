@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, pod_fqdn,
+    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, fields,
+    pod_fqdn,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
@@ -44,6 +44,7 @@ from .services import ServiceKey, ServiceTable, SliceInfo, SliceKey
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
+ViewKey = tuple[PeeringKey, bool, bool]
 Listener = Callable[[set[PodKey]], None]
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -57,16 +58,6 @@ def precedence(spec: PeeringSpec) -> tuple:
     """
     return (spec.enforcement is not Enforcement.REQUIRE, spec.auth is not AuthKind.CERTIFICATE,
             not spec.tfc_padding, spec.namespace, spec.name)
-
-
-def _parse_ip(text: str) -> IpAddress:
-    """ipaddress.ip_address, but through inet_pton: peer maps parse thousands of these."""
-    for family, cls in ((socket.AF_INET, ipaddress.IPv4Address), (socket.AF_INET6, ipaddress.IPv6Address)):
-        try:
-            return cls(int.from_bytes(socket.inet_pton(family, text), "big"))
-        except OSError:
-            continue
-    raise ValueError(f"{text!r} is not an IP address")
 
 
 @dataclass(frozen=True)
@@ -84,7 +75,7 @@ class PodInfo:
 
     @functools.cached_property
     def addresses(self) -> tuple[IpAddress, ...]:
-        return tuple(_parse_ip(ip) for ip in self.ips)
+        return tuple(fields.ip_address(ip) for ip in self.ips)
 
     @functools.cached_property
     def host_networks(self) -> tuple[IpNetwork, ...]:
@@ -113,7 +104,7 @@ class PodInfo:
         valid = []
         for ip in ips:
             try:
-                valid.append(str(_parse_ip(ip)))
+                valid.append(str(fields.ip_address(ip)))
             except (ValueError, TypeError):
                 continue
         return cls(
@@ -127,14 +118,14 @@ class PodInfo:
 
 
 class MeshIndex:
-    def __init__(self, trust_domain: str = "cluster.local"):
+    def __init__(self, trust_domain: str = "cluster.local", services: ServiceTable | None = None):
         self.trust_domain = check_dns_name(trust_domain, "trust domain")
         self.listeners: list[Listener] = []
         self._pods: dict[PodKey, PodInfo] = {}
         self._pods_by_namespace: dict[str, set[PodKey]] = defaultdict(set)
         self._pods_by_label: dict[tuple[str, str], set[PodKey]] = defaultdict(set)
         self._pods_by_address: dict[str, set[PodKey]] = defaultdict(set)
-        self.services = ServiceTable()
+        self.services = services if services is not None else ServiceTable()
         self._namespace_labels: dict[str, Mapping[str, str]] = {}
         self._peerings: dict[PeeringKey, PeeringSpec] = {}
         self._peerings_by_namespace: dict[str, set[PeeringKey]] = defaultdict(set)
@@ -156,8 +147,11 @@ class MeshIndex:
         self._versions: dict[PodKey, int] = {}
         self._maps: dict[PodKey, PeerMap] = {}
         self._peer_entries: dict[PodKey, Peer | None] = {}
-        #: (peering, member side?) -> the policies all pods on that side get.
-        self._views: dict[tuple[PeeringKey, bool], list[PeeringPolicy]] = {}
+        #: (peering, member side?, whole other side? else none of it) -> the policies of the pods on
+        #: that side that list all of the other side, or none of it (an earlier peering claimed it).
+        self._views: dict[ViewKey, list[PeeringPolicy]] = {}
+        #: The views a map is made of (in precedence order) -> its Services; valid until the next change.
+        self._services_by_views: dict[tuple[ViewKey, ...], tuple[ServiceEntry, ...]] = {}
 
     # ---- queries -----------------------------------------------------------
 
@@ -229,10 +223,22 @@ class MeshIndex:
         )
         policies: list[PeeringPolicy] = []
         claimed: list[set[PodKey]] = []  # counterparts already listed by a peering of higher precedence
+        views: list[ViewKey | None] = []
         for peering_key in sorted(self.peerings_of(pod), key=lambda k: precedence(self._peerings[k])):
-            policies.extend(self._policies_for(pod, peering_key, claimed))
+            built_policies, view = self._policies_for(pod, peering_key, claimed)
+            policies.extend(built_policies)
+            views.append(view)
+        services: tuple[ServiceEntry, ...] = ()
+        if len(self.services):
+            # Pods that see the same peering views list the same peers, so the same Services.
+            shared = tuple(views) if None not in views else None
+            services = self._services_by_views.get(shared) if shared is not None else None
+            if services is None:
+                services = self._services_for(policies)
+                if shared is not None:
+                    self._services_by_views[shared] = services
         built = PeerMap(self._versions.setdefault(pod, self._generation), local, tuple(policies), self._trust_bundle,
-                        services=self._services_for(policies) if len(self.services) else ())
+                        services=services)
         self._maps[pod] = built
         return built
 
@@ -255,14 +261,16 @@ class MeshIndex:
         self._peer_entries.pop(key, None)
         new_member, new_peer = self._memberships(info)
         self._set_memberships(key, new_member, new_peer)
-        addresses_changed = old is None or old.ips != info.ips
-        if addresses_changed:
+        # How the others see it: its addresses, and its identity (the uid stands in for a long name).
+        seen_changed = old is None or old.ips != info.ips or (
+            old.uid != info.uid and old.identity(self.trust_domain) != info.identity(self.trust_domain))
+        if seen_changed:
             touched_peerings = (old_member | new_member, old_peer | new_peer)
         else:
             touched_peerings = (old_member ^ new_member, old_peer ^ new_peer)
         changed = self._counterparts(key, *touched_peerings)
         self_changed = (
-            addresses_changed or old.service_account != info.service_account
+            seen_changed or old.service_account != info.service_account
             or old_member != new_member or old_peer != new_peer
         )
         if self_changed:
@@ -530,21 +538,25 @@ class MeshIndex:
     # ---- building ----------------------------------------------------------
 
     def _drop_views(self, peering_key: PeeringKey) -> None:
-        self._views.pop((peering_key, True), None)
-        self._views.pop((peering_key, False), None)
+        for is_member in (True, False):
+            for whole in (True, False):
+                self._views.pop((peering_key, is_member, whole), None)
+        self._services_by_views.clear()
 
     def _mark(self, pods: set[PodKey]) -> set[PodKey]:
+        self._services_by_views.clear()  # every change may move a Service or a peer
         if not pods:
             return pods
         self._generation += 1
+        stale: set[PeeringKey] = set()  # pods of one side share their peerings: drop each view once
         for pod in pods:
             self._versions[pod] = self._generation
             self._maps.pop(pod, None)
             # A pod's map changed: whatever peering views it sees may be stale too.
-            for peering_key in self._member_of.get(pod, ()):
-                self._drop_views(peering_key)
-            for peering_key in self._peer_of.get(pod, ()):
-                self._drop_views(peering_key)
+            stale.update(self._member_of.get(pod, ()))
+            stale.update(self._peer_of.get(pod, ()))
+        for peering_key in stale:
+            self._drop_views(peering_key)
         for listener in list(self.listeners):
             listener(pods)
         return pods
@@ -577,8 +589,10 @@ class MeshIndex:
             return members & accepted[0]
         return members & set().union(*accepted)
 
-    def _policies_for(self, pod: PodKey, peering_key: PeeringKey, claimed: list[set[PodKey]]) -> list[PeeringPolicy]:
-        """The peering's policies for `pod`, listing the counterparts no earlier peering claimed."""
+    def _policies_for(self, pod: PodKey, peering_key: PeeringKey,
+                      claimed: list[set[PodKey]]) -> tuple[list[PeeringPolicy], ViewKey | None]:
+        """The peering's policies for `pod`, listing the counterparts no earlier peering claimed; and the
+        key of the view they are, if they are the one all pods on its side share."""
         spec = self._peerings[peering_key]
         is_member = pod in self._members[peering_key]
         if spec.auth is AuthKind.PSK and not self._psk_keys.get(peering_key):
@@ -589,14 +603,16 @@ class MeshIndex:
             counterparts = counterparts.difference(*claimed)
         claimed.append(counterparts)
         side = self._peer_pods[peering_key] if is_member else self._members[peering_key]
-        if pod in side or len(counterparts) != len(side):
-            return self._build_policies(peering_key, counterparts, is_member)
-        # The whole other side, as for every pod on this side: build it once per peering side.
-        view_key = (peering_key, is_member)
+        # Counterparts are a subset of the other side. All of it or none of it, as for most pods on
+        # this side: build it once per peering side.
+        whole = pod not in side and len(counterparts) == len(side)
+        if counterparts and not whole:
+            return self._build_policies(peering_key, counterparts, is_member), None
+        view_key = (peering_key, is_member, whole)
         view = self._views.get(view_key)
         if view is None:
-            view = self._views[view_key] = self._build_policies(peering_key, side, is_member)
-        return view
+            view = self._views[view_key] = self._build_policies(peering_key, counterparts, is_member)
+        return view, view_key
 
     def _build_policies(self, peering_key: PeeringKey, counterparts: set[PodKey],
                         is_member: bool) -> list[PeeringPolicy]:

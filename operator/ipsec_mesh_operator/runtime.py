@@ -34,7 +34,7 @@ from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
 from .psk import PskRing, PskStateError, secret_name
-from .services import SliceInfo, parse_service
+from .services import ServiceTable, SliceInfo, parse_service
 from .tokens import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
@@ -73,7 +73,9 @@ class OperatorRuntime:
         self.config = config
         self.kube = kube
         self.clock = clock
-        self.index = MeshIndex(config.trust_domain)
+        self.index = MeshIndex(config.trust_domain, ServiceTable(
+            max_services_per_namespace=config.max_services_per_namespace,
+            max_slices_per_namespace=config.max_endpoint_slices_per_namespace))
         self.ca: CertificateAuthority | None = None
         self.psk: dict[PeeringKey, PskRing] = {}
         self.reports: dict[PodKey, tuple[float, StatusReport]] = {}

@@ -14,11 +14,10 @@ peering see the same peers, so they share one entry object).
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipsec_mesh.meshapi import (
@@ -35,6 +34,10 @@ SliceKey = tuple[str, str]
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 #: Slices held at once, cluster-wide; the API server's own limits per slice below.
 MAX_ENDPOINT_SLICES = 100_000
+#: Held at once from any one namespace (configurable, docs/services.md): whoever may create Services in
+#: one namespace cannot fill the cluster-wide table for every other namespace.
+MAX_SERVICES_PER_NAMESPACE = 2_000
+MAX_ENDPOINT_SLICES_PER_NAMESPACE = 10_000
 MAX_SLICE_ENDPOINTS = 1000
 MAX_SLICE_PORTS = 100
 MAX_SLICE_ADDRESSES = 100
@@ -56,7 +59,7 @@ def _protocol(value: Any, path: str) -> ServiceProtocol:
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # the ABC check is slow; JSON gives dicts
         raise PeerMapError(path, "must be an object")
     return value
 
@@ -98,17 +101,17 @@ def _port(value: Any, path: str) -> ServicePort:
                        fields.integer(doc.get("port"), f"{path}.port", 1, 65535))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # tens of thousands live in the table: no instance dicts
 class SliceEndpoint:
     address: IpAddress
     ready: bool = True
     serving: bool = True
     terminating: bool = False
+    #: The address as pods' `ips` hold it: the reverse index's key (str hashes are cached, addresses' are not).
+    text: str = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def text(self) -> str:
-        """The address as pods' `ips` hold it: the reverse index's key (str hashes are cached, addresses' are not)."""
-        return str(self.address)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", str(self.address))
 
     @property
     def rank(self) -> tuple[bool, bool, bool]:
@@ -166,10 +169,26 @@ class SliceInfo:
                                         MAX_SLICE_ADDRESSES, 1):
                 if address.version != version:
                     raise PeerMapError(f"{path}.addresses", f"{address} is not an {family} address")
-                if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_link_local:
-                    raise PeerMapError(f"{path}.addresses", f"{address} cannot be an endpoint")
+                fields.check_unicast(address, f"{path}.addresses")
                 endpoints.append(SliceEndpoint(address, ready, serving, terminating))
         return cls(namespace, name, service, ports, tuple(endpoints))
+
+
+def _admit(path: str, what: str, key: tuple[str, str], held: int, limit: int, held_in: Counter[str],
+           namespace_limit: int) -> None:
+    """Count a new object of namespace key[0] in, or refuse it past the cluster-wide or the namespace's bound."""
+    if held >= limit:
+        raise PeerMapError(path, f"more than {limit} {what}: {'/'.join(key)} is ignored")
+    if held_in[key[0]] >= namespace_limit:
+        raise PeerMapError(path, f"more than {namespace_limit} {what} in namespace {key[0]}: "
+                                 f"{'/'.join(key)} is ignored")
+    held_in[key[0]] += 1
+
+
+def _release(held_in: Counter[str], namespace: str) -> None:
+    held_in[namespace] -= 1
+    if not held_in[namespace]:
+        del held_in[namespace]
 
 
 def _slice_port(value: Any, path: str) -> ServicePort | None:
@@ -178,8 +197,9 @@ def _slice_port(value: Any, path: str) -> ServicePort | None:
     return _port(value, path)
 
 
-#: A Service's endpoints per port before peer flags: ((port, ((target port, endpoint), ...)), ...)
-Merged = tuple[tuple[ServicePort, tuple[tuple[int, SliceEndpoint], ...]], ...]
+#: A Service's endpoints per port before peer flags: ((port, (target port, ...), (endpoint, ...)), ...),
+#: two parallel tuples rather than a pair per endpoint (fewer objects for the garbage collector to scan).
+Merged = tuple[tuple[ServicePort, tuple[int, ...], tuple[SliceEndpoint, ...]], ...]
 
 
 class ServiceTable:
@@ -188,10 +208,17 @@ class ServiceTable:
     Addresses in and out are text, as `PodInfo.ips` holds them (canonical form).
     """
 
-    def __init__(self, max_services: int = MAX_SERVICES, max_slices: int = MAX_ENDPOINT_SLICES):
+    def __init__(self, max_services: int = MAX_SERVICES, max_slices: int = MAX_ENDPOINT_SLICES,
+                 max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE,
+                 max_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE):
         self.max_services, self.max_slices = max_services, max_slices
+        self.max_services_per_namespace, self.max_slices_per_namespace = max_services_per_namespace, \
+            max_slices_per_namespace
         self._services: dict[ServiceKey, ServiceEntry] = {}
         self._slices: dict[SliceKey, SliceInfo] = {}
+        #: How many of each the table holds per namespace.
+        self._services_in: Counter[str] = Counter()
+        self._slices_in: Counter[str] = Counter()
         self._slices_of: dict[ServiceKey, set[SliceKey]] = defaultdict(set)
         self._by_address: dict[str, set[ServiceKey]] = defaultdict(set)
         self._merged: dict[ServiceKey, Merged] = {}
@@ -233,8 +260,9 @@ class ServiceTable:
         old = self._services.get(key)
         if old == service:
             return set()
-        if old is None and len(self._services) >= self.max_services:
-            raise PeerMapError("services", f"more than {self.max_services} Services: {service.key} is ignored")
+        if old is None:
+            _admit("services", "Services", key, len(self._services), self.max_services, self._services_in,
+                   self.max_services_per_namespace)
         before = self._addresses(key)
         self._services[key] = service
         return before | self._changed(key)
@@ -244,6 +272,7 @@ class ServiceTable:
             return set()
         addresses = self._addresses(key)
         del self._services[key]
+        _release(self._services_in, key[0])
         self._changed(key)
         return addresses
 
@@ -251,14 +280,15 @@ class ServiceTable:
         old = self._slices.get(info.key)
         if old == info:
             return set()
-        if old is None and len(self._slices) >= self.max_slices:
-            raise PeerMapError("endpointslices", f"more than {self.max_slices} EndpointSlices: "
-                               f"{info.namespace}/{info.name} is ignored")
+        if old is None:
+            _admit("endpointslices", "EndpointSlices", info.key, len(self._slices), self.max_slices, self._slices_in,
+                   self.max_slices_per_namespace)
         before = self._unindex_slice(old) if old is not None else set()
         self._slices[info.key] = info
-        self._slices_of[info.service_key].add(info.key)
+        service_key = info.service_key  # one tuple shared by every address's set
+        self._slices_of[service_key].add(info.key)
         for endpoint in info.endpoints:
-            self._by_address[endpoint.text].add(info.service_key)
+            self._by_address[endpoint.text].add(service_key)
         if old is not None and old.service_key != info.service_key:
             before |= self._changed(old.service_key)
         return before | self._changed(info.service_key)
@@ -269,6 +299,7 @@ class ServiceTable:
             return set()
         before = self._unindex_slice(old)
         del self._slices[key]
+        _release(self._slices_in, key[0])
         return before | self._changed(old.service_key)
 
     def _unindex_slice(self, old: SliceInfo) -> set[str]:
@@ -314,7 +345,7 @@ class ServiceTable:
         cached = self._merged_addresses.get(key)
         if cached is None:
             cached = self._merged_addresses[key] = frozenset(
-                endpoint.text for _, endpoints in self.merged(key) for _, endpoint in endpoints)
+                endpoint.text for _, _, endpoints in self.merged(key) for endpoint in endpoints)
         return cached
 
     def merged(self, key: ServiceKey) -> Merged:
@@ -328,7 +359,7 @@ class ServiceTable:
         slices = [self._slices[k] for k in sorted(self._slices_of.get(key, ()))]
         out = []
         for port in service.ports:
-            found: dict[tuple[IpAddress, int], SliceEndpoint] = {}
+            found: dict[tuple[str, int], SliceEndpoint] = {}  # by address text: str hashes are cached
             for piece in slices:
                 for target in piece.ports:
                     if target.name != port.name or target.protocol is not port.protocol:
@@ -336,17 +367,17 @@ class ServiceTable:
                     for endpoint in piece.endpoints:
                         if endpoint.address.version not in families:
                             continue
-                        current = found.get((endpoint.address, target.port))
+                        current = found.get((endpoint.text, target.port))
                         if current is None or endpoint.rank > current.rank:
-                            found[(endpoint.address, target.port)] = endpoint
-            ordered = sorted(found.items(), key=lambda item: (item[0][0].version, item[0][0], item[0][1]))
+                            found[(endpoint.text, target.port)] = endpoint
+            ordered = sorted(found.items(), key=lambda item: (item[1].address.version, item[1].address, item[0][1]))
             if len(ordered) > MAX_SERVICE_ENDPOINTS:
                 if self.note_problem("Service", key, f"port {port.name or port.port}: more than "
                                      f"{MAX_SERVICE_ENDPOINTS} endpoints, the rest left out"):
                     logger.warning("Service %s/%s port %s has more than %d endpoints; the rest are left out",
                                    *key, port.name or port.port, MAX_SERVICE_ENDPOINTS)
                 ordered = ordered[:MAX_SERVICE_ENDPOINTS]
-            out.append((port, tuple((target, endpoint) for (_, target), endpoint in ordered)))
+            out.append((port, tuple(target for (_, target), _ in ordered), tuple(endpoint for _, endpoint in ordered)))
         merged = self._merged[key] = tuple(out)
         return merged
 
@@ -356,11 +387,14 @@ class ServiceTable:
         entry = by_peers.get(peers)
         if entry is None:
             ports = tuple(
-                replace(port, endpoints=tuple(
+                ServicePort(name=port.name, protocol=port.protocol, port=port.port, endpoints=tuple(
                     ServiceEndpoint(address=e.address, port=target, ready=e.ready, serving=e.serving,
                                     terminating=e.terminating, peer=e.text in peers)
-                    for target, e in endpoints))
-                for port, endpoints in self.merged(key))
-            entry = by_peers[peers] = replace(self._services[key], ports=ports)
+                    for target, e in zip(targets, endpoints)))
+                for port, targets, endpoints in self.merged(key))
+            service = self._services[key]  # dataclasses.replace would look up the fields on every call
+            entry = by_peers[peers] = ServiceEntry(
+                namespace=service.namespace, name=service.name, cluster_ips=service.cluster_ips, ports=ports,
+                session_affinity=service.session_affinity, affinity_timeout_seconds=service.affinity_timeout_seconds)
         return entry
 

@@ -9,6 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ipsec_mesh_operator.services import MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ipsec-mesh"
 KUBE_VERSION = "1.30.0"
@@ -28,6 +30,7 @@ OPTIONS = {
     "names": {"nameOverride": "mesh-ipsec", "fullnameOverride": "ipsec"},
     "knobs": {"podLabels": {"team": "net"}, "serviceAccount": {"annotations": {"iam/role": "x"}},
               "sidecar": {"resources": {"limits": {"memory": "64Mi"}}},
+              "services": {"maxPerNamespace": 150, "maxEndpointSlicesPerNamespace": 600},
               "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}},
     "pinned-digest": {"image": {"repository": "registry.example/ipsec-mesh", "digest": "sha256:" + "a" * 64}},
     "no-metrics": {"metrics": {"enabled": False}},
@@ -233,6 +236,7 @@ def test_no_webhooks_option_leaves_them_out():
     {"unknownKey": 1},
     {"networkPolicy": {"apiServerCIDRs": ["the api server"]}},
     {"api": {"maxConnections": 0}},
+    {"services": {"maxPerNamespace": 0}},
 ])
 def test_values_schema_rejects_nonsense(values):
     with pytest.raises(helm.HelmError):
@@ -368,6 +372,12 @@ def test_common_knobs_reach_their_objects():
     assert "team" not in deployment["spec"]["selector"]["matchLabels"]  # the selector is immutable
     assert by_kind(documents, "ServiceAccount")[0]["metadata"]["annotations"] == {"iam/role": "x"}
     assert json.loads(_env(documents)["IPSEC_MESH_SIDECAR_RESOURCES"])["limits"] == {"memory": "64Mi"}
+    env = _env(documents)
+    assert (env["IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE"], env["IPSEC_MESH_MAX_ENDPOINT_SLICES_PER_NAMESPACE"]) == (
+        "150", "600")
+    defaults = _env(render({})[0])  # the chart's defaults are the operator's
+    assert int(defaults["IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE"]) == MAX_SERVICES_PER_NAMESPACE
+    assert int(defaults["IPSEC_MESH_MAX_ENDPOINT_SLICES_PER_NAMESPACE"]) == MAX_ENDPOINT_SLICES_PER_NAMESPACE
     [monitor] = by_kind(documents, "ServiceMonitor")
     service = by_kind(documents, "Service")[0]
     assert monitor["metadata"]["labels"]["release"] == "prom" and monitor["spec"]["endpoints"][0]["interval"] == "15s"

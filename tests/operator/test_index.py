@@ -351,3 +351,23 @@ def test_one_pod_change_costs_a_sliver_of_a_full_computation(cross, peers):
     # Incremental: a change touches its peers' maps only. Rebuilding all 10,000 would
     # cost about as much as the full computation; the benchmark sees ~1/1000 of it.
     assert p95 / full < 0.02, f"one change {p95 * 1000:.2f} ms vs full {full * 1000:.0f} ms"
+
+
+def test_a_new_uid_that_changes_the_identity_reaches_the_counterparts():
+    """A pod name too long for its FQDN identity is identified by its uid (docs/identity.md): a new
+    incarnation with the same name, addresses and memberships is another identity."""
+    long_name = ".".join(["d" * 60] * 4)
+    index = MeshIndex()
+    index.upsert_pod(pod("web-0", ip="10.0.0.1", app="web"))
+    index.upsert_pod(dataclasses.replace(pod(long_name, ip="10.0.0.2", app="db"), uid="uid-first"))
+    index.upsert_peering(peering("p", selector={"app": "web"}, peers=[{"podSelector": {"matchLabels": {"app": "db"}}}]))
+    seen_by_web = index.peer_map(("prod", "web-0")).policies[0].peers[0]
+    assert seen_by_web.identities == ("uid-first.prod.pod.cluster.local",)
+    before = index.version(("prod", "web-0"))
+    changed = index.upsert_pod(dataclasses.replace(pod(long_name, ip="10.0.0.2", app="db"), uid="uid-second"))
+    assert changed == {("prod", "web-0"), ("prod", long_name)}
+    assert index.version(("prod", "web-0")) > before
+    assert index.peer_map(("prod", "web-0")).policies[0].peers[0].identities == ("uid-second.prod.pod.cluster.local",)
+    assert index.peer_map(("prod", long_name)).local.identity == "uid-second.prod.pod.cluster.local"
+    # A short name is its own identity: a new uid changes nobody's map.
+    assert index.upsert_pod(dataclasses.replace(pod("web-0", ip="10.0.0.1", app="web"), uid="uid-other")) == set()

@@ -10,8 +10,10 @@ from ipsec_mesh.meshapi import PeerMap, PeerMapError, ServiceProtocol, SessionAf
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
 from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import (
-    MAX_SLICE_ENDPOINTS, ServiceTable, SliceInfo, parse_service,
+    MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE, MAX_SLICE_ENDPOINTS, ServiceTable, SliceInfo,
+    parse_service,
 )
+from mesh_workload import add_services, build_large, service_bodies
 from test_index import apply as apply_mesh_op, maps_without_versions, operations as mesh_operations
 
 
@@ -227,6 +229,30 @@ def test_clients_with_the_same_peers_share_one_entry_object():
     assert services_of(index, ("shop", "web-0"))["shop/db"] is services_of(index, ("shop", "web-1"))["shop/db"]
 
 
+@pytest.mark.parametrize("cross", [False, True], ids=["same-namespace", "cross-namespace"])
+def test_the_service_lookup_runs_once_per_set_of_peering_views_not_once_per_pod(cross, monkeypatch):
+    """Pods on the same sides of the same peerings list the same peers, so the same Services (the
+    full computation's cost, docs/benchmarks.md): counted, and the result equals a lookup per pod."""
+    index = build_large(400, 40, cross)
+    add_services(index, service_bodies(index, 80))
+    lookups = []
+    original = ServiceTable.services_at
+    monkeypatch.setattr(ServiceTable, "services_at", lambda self, addresses: lookups.append(1) or original(
+        self, addresses))
+    maps = {info.key: index.peer_map(info.key) for info in index.pods()}
+    sides = {(info.namespace, info.labels["app"], info.labels["role"]) for info in index.pods()}
+    assert len(lookups) == len(sides) <= 80  # not one per pod (400)
+    # Every map lists its peers' Services, and exactly what a lookup of its own would give.
+    for key, peer_map in maps.items():
+        assert peer_map.services and peer_map.services == index._services_for(list(peer_map.policies))
+    # A change starts over: the next maps do their lookups again.
+    index.upsert_endpoint_slice(SliceInfo.from_body(service_bodies(index, 1)[0][1] | {"endpoints": []}))
+    lookups.clear()
+    for info in index.pods():
+        index.peer_map(info.key)
+    assert 0 < len(lookups) <= len(sides)
+
+
 # ---- bounds ------------------------------------------------------------------------
 
 
@@ -243,6 +269,56 @@ def test_the_table_refuses_services_and_slices_past_its_bounds_and_keeps_what_it
     table.upsert_service(parse_service(service_body("a", cluster_ips=("10.96.0.11",))))
     table.upsert_slice(SliceInfo.from_body(slice_body("a", "a", [ep("10.0.1.2")])))
     assert len(table) == 2 and table.service(("shop", "c")) is None
+
+
+def test_one_namespace_cannot_use_up_the_table_for_the_others():
+    table = ServiceTable(max_services=10, max_slices=10, max_services_per_namespace=3, max_slices_per_namespace=3)
+
+    def fill(ns, count):
+        for i in range(count):
+            table.upsert_service(parse_service(service_body(f"s{i}", ns)))
+            table.upsert_slice(SliceInfo.from_body(slice_body(f"s{i}-x", f"s{i}", [ep("10.0.1.1")], ns)))
+
+    fill("noisy", 3)
+    with pytest.raises(PeerMapError, match="more than 3 Services in namespace noisy: noisy/s3 is ignored"):
+        table.upsert_service(parse_service(service_body("s3", "noisy")))
+    with pytest.raises(PeerMapError, match="more than 3 EndpointSlices in namespace noisy: noisy/s0-y is ignored"):
+        table.upsert_slice(SliceInfo.from_body(slice_body("s0-y", "s0", [ep("10.0.1.2")], "noisy")))
+    fill("quiet", 3)  # the other namespaces still get their share
+    assert len(table) == 6
+    # Updates of what the namespace holds pass; a removal frees a place.
+    table.upsert_service(parse_service(service_body("s0", "noisy", cluster_ips=("10.96.0.99",))))
+    table.upsert_slice(SliceInfo.from_body(slice_body("s0-x", "s1", [ep("10.0.1.3")], "noisy")))
+    table.remove_service(("noisy", "s0"))
+    table.remove_slice(("noisy", "s0-x"))
+    table.upsert_service(parse_service(service_body("s3", "noisy")))
+    table.upsert_slice(SliceInfo.from_body(slice_body("s3-x", "s3", [ep("10.0.1.1")], "noisy")))
+    # The cluster-wide bound still holds across namespaces.
+    fill("third", 3)
+    with pytest.raises(PeerMapError, match="more than 10 Services: fourth/s1 is ignored"):
+        fill("fourth", 2)  # the 10th fits, the 11th does not
+
+
+def test_the_per_namespace_bounds_come_from_the_operator_config(monkeypatch):
+    from ipsec_mesh_operator.config import OperatorConfig
+    from ipsec_mesh_operator.runtime import OperatorRuntime
+
+    monkeypatch.setenv("IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE", "7")
+    monkeypatch.setenv("IPSEC_MESH_MAX_ENDPOINT_SLICES_PER_NAMESPACE", "9")
+    config = OperatorConfig.from_env()
+    assert (config.max_services_per_namespace, config.max_endpoint_slices_per_namespace) == (7, 9)
+    table = OperatorRuntime(config, kube=None).index.services
+    assert (table.max_services_per_namespace, table.max_slices_per_namespace) == (7, 9)
+    for bad in ("0", "x", "20001"):
+        monkeypatch.setenv("IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE", bad)
+        with pytest.raises(ValueError, match="IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE"):
+            OperatorConfig.from_env()
+    # Unset: the defaults, a fraction of the cluster-wide table.
+    monkeypatch.delenv("IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE")
+    monkeypatch.delenv("IPSEC_MESH_MAX_ENDPOINT_SLICES_PER_NAMESPACE")
+    config = OperatorConfig.from_env()
+    assert (config.max_services_per_namespace, config.max_endpoint_slices_per_namespace) == (
+        MAX_SERVICES_PER_NAMESPACE, MAX_ENDPOINT_SLICES_PER_NAMESPACE)
 
 
 def test_a_port_lists_at_most_the_map_s_bound_of_endpoints():

@@ -45,27 +45,46 @@ PEERING = {
 }
 
 
-@pytest.fixture
-def kubeconfig(tmp_path, established, monkeypatch):
-    a_status, b_status = established
-    statuses = {("prod", "web-0"): a_status, ("prod", "db-0"): b_status}
+def serve_statuses(monkeypatch, statuses):
+    """ClusterSource's exec in a sidecar answers from `statuses` (by pod); returns the pods asked."""
+    asked = []
 
     def exec_in_sidecar(self, namespace, name, command):
         """What the API server's exec would run: the sidecar's own status command, locally."""
         assert command == STATUS_COMMAND
+        asked.append((namespace, name))
         document = statuses.get((namespace, name))
         if document is None:
             return b"", "exit 1: cannot reach the sidecar at http://127.0.0.1:9741"
         return json.dumps(document).encode(), ""
 
     monkeypatch.setattr(ClusterSource, "exec_in_sidecar", exec_in_sidecar)
+    return asked
 
-    def setup(emulator):
-        emulator["get /api/v1/namespaces/prod"] << {
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "prod", "labels": {"ipsec-mesh.io/inject": "enabled"}}}
 
-    with running_kube(setup) as kube:
+def prod_namespace(emulator):
+    emulator["get /api/v1/namespaces/prod"] << {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "prod", "labels": {"ipsec-mesh.io/inject": "enabled"}}}
+
+
+def moved(established, addresses):
+    """The established pair's status documents with their loopback addresses replaced (an EndpointSlice
+    may not list loopback), in the order of `established`."""
+    out = []
+    for status in established:
+        text = json.dumps(status)
+        for before, after in addresses.items():
+            text = text.replace(f'"{before}', f'"{after}')
+        out.append(json.loads(text))
+    return out
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, established, monkeypatch):
+    a_status, b_status = established
+    serve_statuses(monkeypatch, {("prod", "web-0"): a_status, ("prod", "db-0"): b_status})
+    with running_kube(prod_namespace) as kube:
         kube.create(PODS, pod("web-0", scenarios.A_IP, "web"))
         kube.create(PODS, pod("db-0", scenarios.B_IP, "db"))
         kube.create(PODS, pod("db-1", "10.1.1.1", "db"))  # no status endpoint answers for it
@@ -296,15 +315,55 @@ async def test_standalone_source_reads_status_inside_the_pods_netns_never_over_t
         await runner.cleanup()
 
 
+MOVED = {scenarios.A_IP: "10.1.0.1", scenarios.B_IP: "10.1.0.2"}
+SERVICES = "/api/v1/namespaces/prod/services"
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices"
+
+
+def endpoint_slice(name, service, *addresses):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": name, "namespace": "prod", "labels": {"kubernetes.io/service-name": service}},
+            "ports": [{"name": "pg", "port": 5433, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address]} for address in addresses]}
+
+
+def test_cluster_source_reads_a_service_its_slices_and_the_pods_behind_it(tmp_path, established, monkeypatch):
+    """ClusterSource.service_facts against kmock: the Service, its EndpointSlices by the service-name label
+    (DiscoveryV1Api), and the client and the pods behind the Service asked for their sidecars' status."""
+    a_status, b_status = moved(established, MOVED)
+    asked = serve_statuses(monkeypatch, {("prod", "web-0"): a_status, ("prod", "db-0"): b_status})
+    with running_kube(prod_namespace) as kube:
+        for name, ip, app in (("web-0", "10.1.0.1", "web"), ("db-0", "10.1.0.2", "db"), ("cache-0", "10.1.0.3", "cache")):
+            kube.create(PODS, pod(name, ip, app))
+        kube.create(PEERINGS, PEERING)
+        kube.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "prod"},
+                               "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                                        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}})
+        kube.create(SLICES, endpoint_slice("db-abcde", "db", "10.1.0.2"))
+        # Another Service's slice in the same namespace: listed by kmock too (it ignores labelSelector),
+        # left out by its label.
+        kube.create(SLICES, endpoint_slice("cache-abcde", "cache", "10.1.0.3"))
+        source = ClusterSource(str(kube.write_kubeconfig(tmp_path)))
+
+        facts = source.service_facts(("prod", "web-0"), ("prod", "db"))
+        entry = facts.services[("prod", "db")].entry
+        assert [str(ip) for ip in entry.cluster_ips] == ["10.96.0.10"]
+        assert [(str(e.address), e.port) for e in entry.ports[0].endpoints] == [("10.1.0.2", 5433)]
+        assert set(facts.pods) == {("prod", "web-0"), ("prod", "db-0")}  # cache-0 is behind no endpoint of db
+        assert sorted(asked) == [("prod", "db-0"), ("prod", "web-0")]
+        requests = [str(r.url) for r in kube.call(lambda: list(kube.emulator))]
+        assert any(url.endswith("/endpointslices?labelSelector=kubernetes.io/service-name%3Ddb") for url in requests)
+        verdict = explain_service(facts, ("prod", "web-0"), ("prod", "db"))
+        assert verdict.encrypted and [(e.pod, e.peer) for e in verdict.endpoints] == [("prod/db-0", True)]
+
+        missing = source.service_facts(("prod", "web-0"), ("prod", "nope"))
+        assert missing.services == {} and set(missing.pods) == {("prod", "web-0")}
+        assert explain_service(missing, ("prod", "web-0"), ("prod", "nope")).reason is Reason.SERVICE_NOT_FOUND
+
+
 def test_explain_a_service_from_the_standalone_overview(established):
     """`explain POD svc/NS/NAME` on a document shaped as the standalone operator's overview (its `services`)."""
-    moved = {scenarios.A_IP: "10.1.0.1", scenarios.B_IP: "10.1.0.2"}  # no EndpointSlice may list loopback
-    statuses = {}
-    for old, status in zip((scenarios.A_IP, scenarios.B_IP), established):
-        text = json.dumps(status)
-        for before, after in moved.items():
-            text = text.replace(f'"{before}', f'"{after}')
-        statuses[f"ns-{moved[old]}"] = json.loads(text)
+    statuses = {f"ns-{ip}": status for ip, status in zip(("10.1.0.1", "10.1.0.2"), moved(established, MOVED))}
     document = {
         "pods": [{"namespace": "prod", "name": name, "ips": [ip], "netns": f"ns-{ip}", "peerMapVersion": 3}
                  for name, ip in (("web-0", "10.1.0.1"), ("db-0", "10.1.0.2"), ("cache-0", "10.1.0.3"))],

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi import (
     MAX_SERVICE_ENDPOINTS, MAX_SERVICE_PORTS, MAX_SERVICES, LocalIdentity, PeerMap, PeerMapError,
-    ServiceEndpoint, ServiceEntry, ServicePort, ServiceProtocol, SessionAffinity, load_peer_map_file,
+    ServiceEndpoint, ServiceEntry, ServicePort, ServiceProtocol, SessionAffinity, fields, load_peer_map_file,
 )
 
 ip = ipaddress.ip_address
@@ -209,3 +209,38 @@ def test_garbage_services_only_ever_raise_peer_map_error(services):
         PeerMap.from_dict(document)
     except PeerMapError:
         pass
+
+
+# ---- the fast address readers agree with ipaddress ------------------------------------------
+
+addresses = st.one_of(st.ip_addresses(), st.sampled_from([
+    ipaddress.ip_address(text) for text in ("0.0.0.0", "127.0.0.1", "169.254.1.1", "224.0.0.1", "255.255.255.255",
+                                            "::", "::1", "fe80::1", "febf::1", "fec0::1", "ff02::1", "10.0.0.1")]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(addresses)
+def test_check_unicast_refuses_what_the_ipaddress_properties_call_special(address):
+    special = address.is_unspecified or address.is_multicast or address.is_loopback or address.is_link_local
+    try:
+        fields.check_unicast(address, "x")
+        refused = False
+    except PeerMapError:
+        refused = True
+    assert refused == special
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(addresses.map(str), addresses.map(lambda a: a.exploded.upper()), st.text(max_size=45)))
+def test_ip_address_reads_what_ipaddress_reads(text):
+    try:
+        expected = ipaddress.ip_address(text)
+    except ValueError:
+        expected = None
+    try:
+        got = fields.ip_address(text)
+    except ValueError:
+        got = None
+    if expected is not None and "%" in text:
+        expected = None  # an IPv6 zone is refused on purpose
+    assert got == expected and type(got) is type(expected)

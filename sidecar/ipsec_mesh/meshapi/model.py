@@ -161,7 +161,8 @@ class ServicePort:
         if len(self.endpoints) > MAX_SERVICE_ENDPOINTS:
             raise PeerMapError("endpoints", f"at most {MAX_SERVICE_ENDPOINTS} endpoints per port")
         # A duplicate would get twice the share of new connections.
-        if len({(ep.address, ep.port) for ep in self.endpoints}) != len(self.endpoints):
+        # By version and integer: an address object's own hash formats it as hex first.
+        if len({(ep.address.version, int(ep.address), ep.port) for ep in self.endpoints}) != len(self.endpoints):
             raise PeerMapError("endpoints", "(address, port) must be unique")
 
 
@@ -189,7 +190,7 @@ class ServiceEntry:
         if len(set(families)) != len(families):
             raise PeerMapError("clusterIPs", "at most one address per IP family")
         for index, ip in enumerate(self.cluster_ips):
-            _check_unicast(ip, f"clusterIPs[{index}]")
+            fields.check_unicast(ip, f"clusterIPs[{index}]")
         if not 1 <= len(self.ports) <= MAX_SERVICE_PORTS:
             raise PeerMapError("ports", f"must have 1..{MAX_SERVICE_PORTS} items")
         names = [port.name for port in self.ports]
@@ -204,7 +205,7 @@ class ServiceEntry:
                 raise PeerMapError(f"ports[{index}].port", "must be within 1..65535")
             for ep_index, endpoint in enumerate(port.endpoints):
                 path = f"ports[{index}].endpoints[{ep_index}]"
-                _check_unicast(endpoint.address, f"{path}.address")
+                fields.check_unicast(endpoint.address, f"{path}.address")
                 # EndpointSlices are per family: an endpoint only serves the cluster IP of its own.
                 if endpoint.address.version not in families:
                     raise PeerMapError(f"{path}.address", "no cluster IP of its address family")
@@ -227,7 +228,7 @@ class PeerMap:
     def __post_init__(self) -> None:
         if len(self.services) > MAX_SERVICES:
             raise PeerMapError("services", f"at most {MAX_SERVICES} services")
-        if len({service.key for service in self.services}) != len(self.services):
+        if len({(service.namespace, service.name) for service in self.services}) != len(self.services):
             raise PeerMapError("services", "(namespace, name) must be unique")
 
     # ---- JSON / dict form -------------------------------------------------
@@ -429,12 +430,6 @@ def _peer_from_dict(value: Any, path: str) -> Peer:
         identities=fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, MAX_IDENTITIES),
         trust_bundle=fields.array(doc.get("trustBundle", []), f"{path}.trustBundle", fields.pem_certificate, MAX_CA_CERTS),
     )
-
-
-def _check_unicast(address: IpAddress, path: str) -> None:
-    # A loopback or link-local "service" would redirect the pod's own local traffic.
-    if address.is_unspecified or address.is_multicast or address.is_loopback or address.is_link_local:
-        raise PeerMapError(path, f"{address} is not a unicast host address")
 
 
 def _service_to_dict(service: ServiceEntry) -> dict[str, Any]:
