@@ -12,7 +12,7 @@ import enum
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from . import message as codec
@@ -30,6 +30,7 @@ log = logging.getLogger("ipsec_mesh.ike")
 
 IPV4_UDP_OVERHEAD = 28
 IPV6_UDP_OVERHEAD = 48
+OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
 
 
 class IkeState(enum.Enum):
@@ -56,6 +57,17 @@ class Reply:
     close: str | None = None  # close the IKE SA after sending, with this reason
 
 
+class Exchanges(Protocol):
+    """The exchanges package as the IKE SA sees it: routing of requests and timers, and the
+    tasks one exchange queues for another (libcharon's task_manager queue_* calls), so that
+    exchanges never import each other."""
+
+    def respond(self, sa: "IkeSa", msg: Message, raw: bytes, now: float) -> "Reply | None": ...
+    def on_timers(self, sa: "IkeSa", now: float) -> None: ...
+    def delete_child(self, child, reason: str): ...
+    def delete_ike(self, reason: str, *, children_reason: str = "ike-closed"): ...
+
+
 class Services(Protocol):
     """What an IKE SA needs from its endpoint."""
 
@@ -68,6 +80,7 @@ class Services(Protocol):
     def initial_contact(self, sa: "IkeSa", now: float) -> None: ...  # peer restarted: drop stale SAs
     def wall_time(self): ...  # datetime (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
+    exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
 
 @dataclass
@@ -83,6 +96,7 @@ class IkeSa:
     def __init__(self, services: Services, config: PeerConfig, *, initiator: bool,
                  local: tuple[str, int], remote: tuple[str, int], spi_i: bytes, spi_r: bytes, now: float):
         self.services = services
+        self.exchanges = services.exchanges
         self.config = config
         self.initiator = initiator  # original initiator of THIS IKE SA (the I flag)
         self.local = local
@@ -314,10 +328,8 @@ class IkeSa:
         # 4500 after NAT detection, and a NAT may rebind the peer's address or port.
         self.remote = remote
         self.local = local
-        from .exchanges import dispatch_request  # exchanges import this module
-
         try:
-            reply = dispatch_request(self, whole, data, now)
+            reply = self.exchanges.respond(self, whole, data, now)
         except IkeError as exc:
             reply = self.error_reply(exc, whole)
         if reply is None:
@@ -374,8 +386,6 @@ class IkeSa:
     def tick(self, now: float) -> None:
         if self.state == IkeState.CLOSED:
             return
-        from .exchanges import on_timers
-
         out = self.outstanding
         if out is not None and now >= out.next_at:
             delays = self.config.retransmit.delays()
@@ -396,7 +406,7 @@ class IkeSa:
                 and now >= self.created_at + self.config.half_open_timeout:
             self.close("timeout", now)
             return
-        on_timers(self, now)
+        self.exchanges.on_timers(self, now)
 
     # -- lifecycle --------------------------------------------------------------------
     def schedule_rekey(self, now: float) -> None:
@@ -416,6 +426,29 @@ class IkeSa:
         self.tasks.clear()
         self.followups.clear()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
+
+    def notify_and_close(self, notify: int, reason: str, now: float) -> None:
+        """Send one INFORMATIONAL with an error notify, then forget the SA without waiting
+        for its answer (RFC 7296 §2.21.2, e.g. AUTHENTICATION_FAILED)."""
+        self.tasks.clear()
+        msg = Message(self.spi_i, self.spi_r, ExchangeType.INFORMATIONAL, self.initiator, False, self.next_mid,
+                      [NotifyPayload(notify)])
+        self._transmit(self.encode(msg), now)
+        self.close(reason, now)
+
+    def hand_children_to(self, target: "IkeSa") -> None:
+        """Move every CHILD_SA to `target` (the IKE SA that replaces this one)."""
+        for spi, child in list(self.children.items()):
+            child.info = replace(child.info, ike_sa=target.label)
+            target.children[spi] = child
+        self.children.clear()
+
+    def retire(self, successor: "IkeSa", now: float) -> None:
+        """Replaced by `successor`: wait a little for the peer's delete, then go."""
+        self.state = IkeState.REKEYED
+        self.successor = successor
+        self.rekey_at = None
+        self.expire_at = now + OLD_SA_GRACE
 
     def drop_child(self, child, reason: str) -> None:
         """Forget a CHILD_SA and tell the data plane to remove it."""

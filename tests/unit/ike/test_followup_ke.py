@@ -203,7 +203,7 @@ def test_state_not_found_fails_the_rekey_cleanly_and_it_is_retried(what):
 
 
 def test_unknown_link_is_answered_with_state_not_found():
-    from ipsec_mesh.ike.exchanges import followup_ke
+    from ipsec_mesh.ike import followup_ke
     from ipsec_mesh.ike.errors import IkeError
     from ipsec_mesh.ike.payloads import KePayload, Message, NotifyPayload
 

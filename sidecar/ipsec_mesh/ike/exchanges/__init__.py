@@ -3,18 +3,39 @@
 Initiator side: task objects queued on an IkeSa (`start`, `on_response`, and
 optionally `on_error`, `on_timeout`, `obsolete`). Responder side: `respond_*`
 functions returning a `Reply`.
+
+The exchange modules never import each other: what one needs of another (IKE_AUTH
+after IKE_SA_INIT, a delete after a rekey) goes through this module, which the IKE SA
+reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 """
 
 from __future__ import annotations
 
+from .. import followup_ke
+from ..child import ChildSa, ChildState
+from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
-from ..payloads import SaPayload
+from ..events import ChildSaInstallOutbound
+from ..payloads import Message, SaPayload
 from ..sa import IkeSa, IkeState, Reply
-from . import create_child, followup_ke, ike_auth, ike_init, ike_rekey, informational
+from . import create_child, ike_auth, ike_init, ike_rekey, informational
 
 
-def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
+def initiate(child: ChildConfig | None) -> list:
+    """The tasks that set up an IKE SA (and its first CHILD_SA unless `child` is None)."""
+    return [ike_init.IkeInitTask(), ike_auth.IkeAuthTask(child)]
+
+
+def delete_child(child: ChildSa, reason: str):
+    return informational.DeleteChildTask(child, reason)
+
+
+def delete_ike(reason: str, *, children_reason: str = "ike-closed"):
+    return informational.IkeDeleteTask(reason, children_reason=children_reason)
+
+
+def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
     exchange = msg.exchange
     if exchange == ExchangeType.IKE_SA_INIT:
         if sa.initiator or sa.keys is not None:
@@ -64,8 +85,25 @@ def on_timers(sa: IkeSa, now: float) -> None:
         sa.rekey_at = None
         sa.queue(ike_rekey.IkeRekeyTask(), now)
     for child in list(sa.children.values()):
-        create_child.child_timers(sa, child, now)
+        _child_timers(sa, child, now)
     if sa.config.dpd_delay and now - sa.last_received >= sa.config.dpd_delay \
             and sa.outstanding is None and not sa.tasks:
         sa.queue(informational.DpdTask(), now)
     informational.keepalive(sa, now)
+
+
+def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
+    if child.expire_at is not None and now >= child.expire_at:
+        child.expire_at = None
+        child.rekey_at = None
+        if child.state in (ChildState.INSTALLED, ChildState.INBOUND_ONLY, ChildState.REKEYED):
+            sa.queue(informational.DeleteChildTask(child, "expired"), now)
+        return
+    if child.rekey_at is not None and now >= child.rekey_at:
+        child.rekey_at = None
+        if child.state == ChildState.INSTALLED:
+            sa.queue(create_child.ChildCreateTask(child.config, rekey_of=child), now)
+    if child.state == ChildState.INBOUND_ONLY and now - child.created_at > sum(sa.config.retransmit.delays()):
+        # The peer never deleted the SA it replaced: switch anyway, it has our inbound SA.
+        child.state = ChildState.INSTALLED
+        sa.emit(ChildSaInstallOutbound(child.info))

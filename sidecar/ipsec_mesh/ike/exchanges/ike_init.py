@@ -95,8 +95,7 @@ def _our_ke_groups(sa: IkeSa) -> list[int]:
 class IkeInitTask:
     exchange = ExchangeType.IKE_SA_INIT
 
-    def __init__(self, child=None, *, first_group: int | None = None):
-        self.child = child  # ChildConfig to create with IKE_AUTH, or None (childless)
+    def __init__(self, *, first_group: int | None = None):
         self.group = first_group
         self.cookie: bytes | None = None
         self.cookie_retries = 0
@@ -169,14 +168,12 @@ class IkeInitTask:
             # RFC 7296 §2.23: move to port 4500 once a NAT is detected (or encapsulation is forced).
             sa.local = (sa.local[0], NATT_PORT)
             sa.remote = (sa.remote[0], NATT_PORT)
-        from .ike_auth import IkeAuthTask
-
         extra = sa.selected.additional_kes
         if extra and msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             raise NoProposalChosen("responder chose additional key exchanges without IKE_INTERMEDIATE")
-        for index, method in enumerate(extra):
-            sa.tasks.append(IntermediateTask(index, method))
-        sa.tasks.append(IkeAuthTask(self.child))
+        # Before the IKE_AUTH task queued with this one (RFC 9242: intermediates come first).
+        for index, method in reversed(list(enumerate(extra))):
+            sa.tasks.appendleft(IntermediateTask(index, method))
 
     def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
         log.warning("IKE_SA_INIT to %s failed: %s", sa.remote[0], exc)
@@ -311,11 +308,4 @@ def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads, after=rekey_after_send)
 
 
-def intermediate_auth_data(sa: IkeSa, auth_mid: int) -> bytes:
-    """IntAuth = IntAuth_iN | IntAuth_rN | IKE_AUTH_MID, or nothing without IKE_INTERMEDIATE."""
-    if not sa.intermediate_done:
-        return b""
-    return sa.int_auth_i + sa.int_auth_r + auth_mid.to_bytes(4, "big")
-
-
-__all__ = ["IkeInitTask", "IntermediateTask", "respond", "respond_intermediate", "intermediate_auth_data"]
+__all__ = ["IkeInitTask", "IntermediateTask", "respond", "respond_intermediate"]

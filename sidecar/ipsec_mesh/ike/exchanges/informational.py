@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState, moved, sends
+from ..child import ChildSa, ChildState, activate_successor, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
 from ..sa import Datagram, IkeSa, IkeState, Reply
-from .create_child import activate_successor
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -99,23 +98,6 @@ class DpdTask:
         sa.close("dead-peer", now)
 
 
-class NotifyTask:
-    """Send one error notify and forget the SA without waiting (e.g. AUTHENTICATION_FAILED)."""
-
-    exchange = ExchangeType.INFORMATIONAL
-
-    def __init__(self, notify: int, then_close: str):
-        self.notify = notify
-        self.then_close = then_close
-
-    def start(self, sa: IkeSa, now: float) -> None:
-        sa.send_request(self, self.exchange, [NotifyPayload(self.notify)], now)
-        sa.close(self.then_close, now)
-
-    def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
-        pass
-
-
 def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     deletes = msg.all(DeletePayload)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
@@ -123,10 +105,8 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         if successor is not None and successor.state == IkeState.ESTABLISHED and sa.children:
             # The peer won a rekey collision that our own (unfinished) rekey was still to settle:
             # the children live on in the successor it created.
-            from .ike_rekey import move_children, retire
-
-            move_children(sa, successor)
-            retire(sa, successor, now)
+            sa.hand_children_to(successor)
+            sa.retire(successor, now)
         reason = "rekeyed" if sa.state == IkeState.REKEYED else "deleted-by-peer"
         log.info("IKE SA %s deleted by %s", sa.label, sa.remote[0])
         return Reply([], close=reason)

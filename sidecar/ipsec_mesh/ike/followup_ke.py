@@ -1,5 +1,8 @@
 """IKE_FOLLOWUP_KE (RFC 9370 §2.2.3): additional key exchanges after a CREATE_CHILD_SA.
 
+Not in `exchanges/`: the follow-ups are part of the CHILD_SA and IKE SA rekey tasks that
+start them (libcharon runs them inside child_create and ike_rekey), so both use this module.
+
 When the CREATE_CHILD_SA that rekeys the IKE SA or creates (rekeys) a CHILD_SA with PFS
 selects ADDKE transforms, the responder answers with N(ADDITIONAL_KEY_EXCHANGE)(link)
 and keeps the exchange's state; the initiator then runs one IKE_FOLLOWUP_KE per
@@ -15,12 +18,12 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from ..constants import ExchangeType, NotifyType, notify_name
-from ..errors import IkeError, ParseError
-from ..keyexchange import respond_key_exchange, start_key_exchange
-from ..payloads import KePayload, Message, NotifyPayload
-from ..sa import IkeSa, Reply
-from .common import first_error
+from .constants import ExchangeType, NotifyType, notify_name
+from .errors import IkeError, ParseError
+from .keyexchange import respond_key_exchange, start_key_exchange
+from .payloads import KePayload, Message, NotifyPayload
+from .sa import IkeSa, Reply
+from .task import first_error
 
 log = logging.getLogger("ipsec_mesh.ike")
 
