@@ -22,8 +22,8 @@ from .constants import ExchangeType, NotifyType, notify_name
 from .errors import IkeError, ParseError
 from .keyexchange import respond_key_exchange, start_key_exchange
 from .payloads import KePayload, Message, NotifyPayload
-from .sa import IkeSa, Reply
-from .task import first_error
+from .sa import IkeSa, IkeState
+from .task import Reply, Responder, Task, first_error
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -45,14 +45,9 @@ class PendingKeyExchanges:
 
 def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes, finish, abandon, now: float) -> NotifyPayload:
     """Keep a CREATE_CHILD_SA's state for its follow-ups; the notify to answer with."""
-    return _park(sa, PendingKeyExchanges(list(methods), [first_secret], finish, abandon, 0.0), now)
-
-
-def _park(sa: IkeSa, pending: PendingKeyExchanges, now: float) -> NotifyPayload:
-    link = sa.random_bytes(LINK_LEN)
-    pending.expires_at = now + max(MIN_STATE_LIFETIME, sum(sa.config.retransmit.delays()))
-    sa.followups[link] = pending
-    return NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=link)
+    responder = sa.responders[ExchangeType.IKE_FOLLOWUP_KE]
+    assert isinstance(responder, FollowupKeResponder)
+    return responder.park(sa, PendingKeyExchanges(list(methods), [first_secret], finish, abandon, 0.0), now)
 
 
 def link_of(msg: Message) -> bytes:
@@ -63,16 +58,7 @@ def link_of(msg: Message) -> bytes:
     return notify.data
 
 
-def expire(sa: IkeSa, now: float) -> None:
-    """Forget follow-up state the initiator stopped using (RFC 9370 §2.2.3)."""
-    for link, pending in list(sa.followups.items()):
-        if now >= pending.expires_at:
-            del sa.followups[link]
-            log.info("%s: %s never finished its additional key exchanges", sa.label, sa.remote[0])
-            pending.abandon(now)
-
-
-class FollowupKeTask:
+class FollowupKeTask(Task):
     """One IKE_FOLLOWUP_KE request: the next additional key exchange of `owner`."""
 
     exchange = ExchangeType.IKE_FOLLOWUP_KE
@@ -114,29 +100,61 @@ class FollowupKeTask:
         self.owner.followup_failed(sa, str(exc), exc.notify, now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
-    link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
-    pending = sa.followups.pop(link.data, None) if link is not None else None
-    if pending is None:
-        raise IkeError("no additional key exchange is pending for this link", notify=NotifyType.STATE_NOT_FOUND)
-    method = pending.methods[0]
-    ke = msg.first(KePayload)
-    try:
-        if ke is None or ke.group != method:
-            raise ParseError(f"IKE_FOLLOWUP_KE must carry KE for {method}")
-        our_data, secret = respond_key_exchange(method, ke.data)
-    except IkeError:
-        pending.abandon(now)
-        raise
-    pending.methods.pop(0)
-    pending.secrets.append(secret)
-    payloads: list = [KePayload(method, our_data)]
-    if pending.methods:
-        payloads.append(_park(sa, pending, now))
-    else:
-        # The last one: keys now exist (inbound SAs are installed before this response leaves).
-        pending.finish(tuple(pending.secrets), now)
-    return Reply(payloads)
+class FollowupKeResponder(Responder):
+    """Answers IKE_FOLLOWUP_KE; keeps each pending CREATE_CHILD_SA's state by its link data."""
+
+    exchanges = (ExchangeType.IKE_FOLLOWUP_KE,)
+
+    def __init__(self) -> None:
+        self.pending: dict[bytes, PendingKeyExchanges] = {}
+
+    def park(self, sa: IkeSa, pending: PendingKeyExchanges, now: float) -> NotifyPayload:
+        link = sa.random_bytes(LINK_LEN)
+        pending.expires_at = now + max(MIN_STATE_LIFETIME, sum(sa.config.retransmit.delays()))
+        self.pending[link] = pending
+        return NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=link)
+
+    def next_timer(self) -> float | None:
+        return min((p.expires_at for p in self.pending.values()), default=None)
+
+    def on_timers(self, sa: IkeSa, now: float) -> None:
+        """Forget follow-up state the initiator stopped using (RFC 9370 §2.2.3)."""
+        for link, pending in list(self.pending.items()):
+            if now >= pending.expires_at:
+                del self.pending[link]
+                log.info("%s: %s never finished its additional key exchanges", sa.label, sa.remote[0])
+                pending.abandon(now)
+
+    def close(self) -> None:
+        self.pending.clear()
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.state == IkeState.CONNECTING:
+            return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+            raise IkeError("IKE SA is being deleted", notify=NotifyType.STATE_NOT_FOUND)
+        link = msg.notify(NotifyType.ADDITIONAL_KEY_EXCHANGE)
+        pending = self.pending.pop(link.data, None) if link is not None else None
+        if pending is None:
+            raise IkeError("no additional key exchange is pending for this link", notify=NotifyType.STATE_NOT_FOUND)
+        method = pending.methods[0]
+        ke = msg.first(KePayload)
+        try:
+            if ke is None or ke.group != method:
+                raise ParseError(f"IKE_FOLLOWUP_KE must carry KE for {method}")
+            our_data, secret = respond_key_exchange(method, ke.data)
+        except IkeError:
+            pending.abandon(now)
+            raise
+        pending.methods.pop(0)
+        pending.secrets.append(secret)
+        payloads: list = [KePayload(method, our_data)]
+        if pending.methods:
+            payloads.append(self.park(sa, pending, now))
+        else:
+            # The last one: keys now exist (inbound SAs are installed before this response leaves).
+            pending.finish(tuple(pending.secrets), now)
+        return Reply(payloads)
 
 
-__all__ = ["FollowupKeTask", "PendingKeyExchanges", "hold", "link_of", "expire", "respond"]
+__all__ = ["FollowupKeTask", "FollowupKeResponder", "PendingKeyExchanges", "hold", "link_of"]

@@ -25,6 +25,7 @@ from .fragment import Reassembler, encode_fragments
 from .keymat import IkeKeys
 from .payloads import EncryptedFragment, EncryptedPayload, Message, NotifyPayload
 from .proposals import Selected
+from .task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -48,24 +49,16 @@ class Datagram:
     remote: tuple[str, int]
 
 
-@dataclass
-class Reply:
-    """A responder handler's answer: payloads to send, and what to do once they are sent."""
-
-    payloads: list
-    after: object = None  # callable(now) or None
-    close: str | None = None  # close the IKE SA after sending, with this reason
-
-
 class Exchanges(Protocol):
     """The exchanges package as the IKE SA sees it: routing of requests and timers, and the
     tasks one exchange queues for another (libcharon's task_manager queue_* calls), so that
     exchanges never import each other."""
 
+    def responders(self) -> dict[int, Responder]: ...  # a fresh set for one IKE SA, by exchange type
     def respond(self, sa: "IkeSa", msg: Message, raw: bytes, now: float) -> "Reply | None": ...
     def on_timers(self, sa: "IkeSa", now: float) -> None: ...
-    def delete_child(self, child, reason: str): ...
-    def delete_ike(self, reason: str, *, children_reason: str = "ike-closed"): ...
+    def delete_child(self, child, reason: str) -> Task: ...
+    def delete_ike(self, reason: str, *, children_reason: str = "ike-closed") -> Task: ...
 
 
 class Services(Protocol):
@@ -85,7 +78,7 @@ class Services(Protocol):
 
 @dataclass
 class Outstanding:
-    task: object  # an exchange task with build/on_response/on_failure
+    task: Task
     message_id: int
     datagrams: list[Datagram]
     tries: int
@@ -121,7 +114,6 @@ class IkeSa:
         self.int_auth_i = b""  # RFC 9242 running IntAuth values
         self.int_auth_r = b""
         self.intermediate_done = False
-        self.pending_addke: list[int] = []  # responder: additional key exchanges still to run
         self.peer_fragmentation = False
         self.peer_hash_algs: frozenset[int] = frozenset()
         self.peer_childless = False
@@ -148,7 +140,7 @@ class IkeSa:
         self.peer_rekey: "IkeSa | None" = None  # successor created by the peer (collisions)
         self.rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the exchange that made this SA
         self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
-        self.followups: dict[bytes, object] = {}  # responder: RFC 9370 follow-up key exchanges by link data
+        self.responders = self.exchanges.responders()
         self.close_reason: str | None = None
         # Outputs
         self.outbox: list[Datagram] = []
@@ -218,7 +210,7 @@ class IkeSa:
 
     @property
     def outstanding_exchange(self) -> int:
-        return getattr(self.outstanding.task, "exchange")
+        return self.outstanding.task.exchange
 
     def _send_response(self, request: Message, payloads: list, now: float) -> bytes:
         msg = Message(self.spi_i, self.spi_r, request.exchange, self.initiator, True, request.message_id, payloads)
@@ -238,7 +230,7 @@ class IkeSa:
     def start_next(self, now: float) -> None:
         while self.outstanding is None and self.tasks and self.state not in (IkeState.CLOSED,):
             task = self.tasks.popleft()
-            if getattr(task, "obsolete", lambda sa: False)(self):
+            if task.obsolete(self):
                 continue
             task.start(self, now)
 
@@ -303,7 +295,7 @@ class IkeSa:
         try:
             out.task.on_response(self, whole, data, now)
         except IkeError as exc:
-            self.on_task_error(out.task, exc, now)
+            out.task.on_error(self, exc, now)
         self.start_next(now)
 
     def _receive_request(self, data, msg, local, remote, now) -> None:
@@ -354,14 +346,6 @@ class IkeSa:
             close = "auth-failed" if isinstance(exc, AuthenticationFailed) else "failed"
         return Reply(payloads, close=close)
 
-    def on_task_error(self, task, exc: IkeError, now: float) -> None:
-        handler = getattr(task, "on_error", None)
-        if handler is not None:
-            handler(self, exc, now)
-        else:
-            log.warning("%s: %s failed: %s", self.label, type(task).__name__, exc)
-            self.close("failed", now)
-
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When `tick` next has something to do; every time listed here is consumed by it."""
@@ -370,7 +354,7 @@ class IkeSa:
             times.append(self.outstanding.next_at)
         if self.state == IkeState.CONNECTING and not self.initiator:
             times.append(self.created_at + self.config.half_open_timeout)
-        times += [pending.expires_at for pending in self.followups.values()]
+        times += [t for t in (r.next_timer() for r in self.responders.values()) if t is not None]
         if self.state == IkeState.REKEYED and self.expire_at is not None:
             times.append(self.expire_at)
         if self.state == IkeState.ESTABLISHED:
@@ -393,11 +377,7 @@ class IkeSa:
                 log.warning("%s: no answer from %s after %d retransmissions", self.label,
                             self.remote[0], out.tries)
                 self.outstanding = None
-                handler = getattr(out.task, "on_timeout", None)
-                if handler is not None:
-                    handler(self, now)
-                else:
-                    self.close("timeout", now)
+                out.task.on_timeout(self, now)
                 return
             out.tries += 1
             out.next_at = now + delays[out.tries]
@@ -424,7 +404,8 @@ class IkeSa:
         self.close_reason = reason
         self.outstanding = None
         self.tasks.clear()
-        self.followups.clear()
+        for responder in self.responders.values():
+            responder.close()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
 
     def notify_and_close(self, notify: int, reason: str, now: float) -> None:

@@ -1,16 +1,83 @@
-"""What every exchange task shares (libcharon's task.h): small steps used by several tasks."""
+"""The contract between an IKE SA and its exchanges (libcharon's task.h), for both roles.
+
+An exchange we initiate is a `Task` queued on the IKE SA: the task manager starts it
+when no other request is outstanding (`start` sends exactly one request), hands it the
+response (`on_response`), and calls `on_error` when handling the response raised an
+IkeError or `on_timeout` when retransmissions ran out. A task that returns True from
+`obsolete` when its turn comes is dropped unstarted.
+
+An exchange the peer initiates is answered by a `Responder`: one object per IKE SA and
+exchange type (so that what a responder keeps between requests lives on it, not on the
+SA); `respond` returns the `Reply`, or None to ignore the request.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .constants import NotifyType
-from .payloads import Message, NotifyPayload
+from .errors import IkeError
+from .payloads import Message, NotifyPayload, Payload
 
 if TYPE_CHECKING:
     from .sa import IkeSa
 
+log = logging.getLogger("ipsec_mesh.ike")
+
 MAX_KE_RETRIES = 2
+
+
+class Task:
+    """One exchange we initiate (subclasses set `exchange` and implement start/on_response)."""
+
+    exchange: int
+
+    def obsolete(self, sa: IkeSa) -> bool:
+        return False
+
+    def start(self, sa: IkeSa, now: float) -> None:
+        raise NotImplementedError
+
+    def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        log.warning("%s: %s failed: %s", sa.label, type(self).__name__, exc)
+        sa.close("failed", now)
+
+    def on_timeout(self, sa: IkeSa, now: float) -> None:
+        sa.close("timeout", now)
+
+
+@dataclass
+class Reply:
+    """A responder's answer: payloads to send, and what to do once they are sent."""
+
+    payloads: list[Payload]
+    after: Callable[[float], None] | None = None
+    close: str | None = None  # close the IKE SA after sending, with this reason
+
+
+class Responder:
+    """Answers the peer's requests of the exchange types in `exchanges`, for one IKE SA."""
+
+    exchanges: tuple[int, ...]
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        raise NotImplementedError
+
+    def next_timer(self) -> float | None:
+        """When `on_timers` next has something to do, if ever."""
+        return None
+
+    def on_timers(self, sa: IkeSa, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        """The IKE SA is closed: forget what is kept between requests."""
 
 
 def first_error(msg: Message) -> NotifyPayload | None:
@@ -18,7 +85,7 @@ def first_error(msg: Message) -> NotifyPayload | None:
     return next((n for n in msg.all(NotifyPayload) if n.is_error), None)
 
 
-def retry_with_wanted_group(task, sa: IkeSa, notify: NotifyPayload, proposals) -> bool:
+def retry_with_wanted_group(task: Task, sa: IkeSa, notify: NotifyPayload, proposals) -> bool:
     """INVALID_KE_PAYLOAD naming a group we also offer: queue `task` again with that group."""
     if notify.type != NotifyType.INVALID_KE_PAYLOAD or len(notify.data) < 2 or task.ke_retries >= MAX_KE_RETRIES:
         return False

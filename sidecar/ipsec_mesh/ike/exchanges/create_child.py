@@ -27,8 +27,8 @@ from ..events import ChildSaFailed
 from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
 from ..proposals import check_answer
-from ..sa import IkeSa, IkeState, Reply
-from ..task import first_error, retry_with_wanted_group
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -42,7 +42,7 @@ def _retry_delay(sa: IkeSa) -> float:
     return low + (high - low) * sa.random_bytes(1)[0] / 255.0
 
 
-class ChildCreateTask:
+class ChildCreateTask(Task):
     """Initiate a new CHILD_SA, or rekey `rekey_of`."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -193,7 +193,16 @@ class ChildCreateTask:
         self._failed(sa, str(exc), exc.notify, now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class ChildCreateResponder(Responder):
+    """CREATE_CHILD_SA for a CHILD_SA (the exchanges package routes IKE SA rekeys elsewhere)."""
+
+    exchanges = (ExchangeType.CREATE_CHILD_SA,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     nonce = msg.first(NoncePayload)
     if nonce is None:
         raise ParseError("CREATE_CHILD_SA request lacks a Nonce")

@@ -38,7 +38,8 @@ from ..payloads import (
     TsrPayload,
 )
 from ..proposals import check_answer
-from ..sa import IkeSa, IkeState, Reply
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -129,7 +130,7 @@ def _log_established(event: IkeSaEstablished, child: ChildSa | None) -> None:
              info.outbound_spi, info.algorithm)
 
 
-class IkeAuthTask:
+class IkeAuthTask(Task):
     exchange = ExchangeType.IKE_AUTH
 
     def __init__(self, child=None):
@@ -219,7 +220,16 @@ class IkeAuthTask:
         sa.close("timeout", now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class IkeAuthResponder(Responder):
+    exchanges = (ExchangeType.IKE_AUTH,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.initiator or sa.state != IkeState.CONNECTING:
+            return None
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     try:
         identity = _authenticate_peer(sa, msg, msg.first(IdiPayload), sa.init_request, sa.nr, now)
     except AuthenticationFailed as exc:
@@ -259,4 +269,4 @@ def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa |
             TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
 
 
-__all__ = ["IkeAuthTask", "respond"]
+__all__ = ["IkeAuthTask", "IkeAuthResponder"]

@@ -31,7 +31,8 @@ from ..payloads import (
     SaPayload,
 )
 from ..proposals import check_answer, select
-from ..sa import IkeSa, Reply
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -92,7 +93,7 @@ def _our_ke_groups(sa: IkeSa) -> list[int]:
     return groups
 
 
-class IkeInitTask:
+class IkeInitTask(Task):
     exchange = ExchangeType.IKE_SA_INIT
 
     def __init__(self, *, first_group: int | None = None):
@@ -185,7 +186,28 @@ class IkeInitTask:
         sa.close("timeout", now)
 
 
-def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
+class IkeInitResponder(Responder):
+    """Answers IKE_SA_INIT and the IKE_INTERMEDIATE exchanges that follow it (as libcharon's
+    ike_init does); keeps the additional key exchanges still to run."""
+
+    exchanges = (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE)
+
+    def __init__(self) -> None:
+        self.pending_addke: list[int] = []
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            if sa.initiator or sa.keys is not None:
+                return None
+            reply = _respond_init(sa, msg, raw, now)
+            self.pending_addke = list(sa.selected.additional_kes)
+            return reply
+        if sa.initiator or sa.state != IkeState.CONNECTING:
+            return None
+        return _respond_intermediate(sa, self.pending_addke, msg, now)
+
+
+def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
     """Answer an IKE_SA_INIT request (the endpoint has already checked cookies and limits)."""
     sa_payload, ke, nonce = msg.first(SaPayload), msg.first(KePayload), msg.first(NoncePayload)
     if sa_payload is None or ke is None or nonce is None:
@@ -218,8 +240,6 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
         payloads.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
     if cfg.childless != "never":
         payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
-    sa.pending_addke = list(selected.additional_kes)
-
     def remember_response(now: float) -> None:
         sa.init_response = sa.cached_response[1][0].data
 
@@ -253,7 +273,7 @@ def _update_keys(sa: IkeSa, shared: bytes) -> None:
                                     aead_keymat_len(sel.encr, sel.key_bits)))
 
 
-class IntermediateTask:
+class IntermediateTask(Task):
     exchange = ExchangeType.IKE_INTERMEDIATE
 
     def __init__(self, index: int, method: int):
@@ -285,8 +305,7 @@ class IntermediateTask:
     on_timeout = IkeInitTask.on_timeout
 
 
-def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
-    pending = getattr(sa, "pending_addke", [])
+def _respond_intermediate(sa: IkeSa, pending: list[int], msg: Message, now: float) -> Reply:
     ke = msg.first(KePayload)
     if not pending:
         raise IkeError("unexpected IKE_INTERMEDIATE", notify=NotifyType.INVALID_SYNTAX)
@@ -308,4 +327,4 @@ def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads, after=rekey_after_send)
 
 
-__all__ = ["IkeInitTask", "IntermediateTask", "respond", "respond_intermediate"]
+__all__ = ["IkeInitTask", "IntermediateTask", "IkeInitResponder"]

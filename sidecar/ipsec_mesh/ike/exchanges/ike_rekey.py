@@ -20,8 +20,8 @@ from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ..proposals import ProposalSpec, check_answer, select
-from ..sa import OLD_SA_GRACE, IkeSa, IkeState, Reply
-from ..task import first_error, retry_with_wanted_group
+from ..sa import OLD_SA_GRACE, IkeSa, IkeState
+from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -60,8 +60,9 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
 
 def _own_rekey_running(sa: IkeSa) -> bool:
     """Our rekey of this IKE SA is in flight (its CREATE_CHILD_SA or one of its follow-ups)."""
-    task = getattr(sa.outstanding, "task", None)
-    return isinstance(task, IkeRekeyTask) or isinstance(getattr(task, "owner", None), IkeRekeyTask)
+    task = sa.outstanding.task if sa.outstanding is not None else None
+    return isinstance(task, IkeRekeyTask) or (isinstance(task, followup_ke.FollowupKeTask)
+                                              and isinstance(task.owner, IkeRekeyTask))
 
 
 def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
@@ -74,7 +75,7 @@ def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
     sa.retire(new, now)
 
 
-class IkeRekeyTask:
+class IkeRekeyTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
 
     def __init__(self):
@@ -166,7 +167,16 @@ class IkeRekeyTask:
         sa.rekey_at = now + 30.0
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class IkeRekeyResponder(Responder):
+    """CREATE_CHILD_SA rekeying the IKE SA (the exchanges package routes it here)."""
+
+    exchanges = (ExchangeType.CREATE_CHILD_SA,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     own_rekey = _own_rekey_running(sa)
     if sa.outstanding is not None and not own_rekey:
         raise IkeError("an exchange is under way; rekey the IKE SA later", notify=NotifyType.TEMPORARY_FAILURE)
@@ -202,4 +212,4 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads)
 
 
-__all__ = ["IkeRekeyTask", "respond"]
+__all__ = ["IkeRekeyTask", "IkeRekeyResponder"]

@@ -6,16 +6,18 @@ import logging
 
 from ..child import ChildSa, ChildState, activate_successor, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
+from ..errors import IkeError
 from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
-from ..sa import Datagram, IkeSa, IkeState, Reply
+from ..sa import Datagram, IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 
 
-class IkeDeleteTask:
+class IkeDeleteTask(Task):
     exchange = ExchangeType.INFORMATIONAL
 
     def __init__(self, reason: str = "deleted", *, children_reason: str = "ike-closed"):
@@ -33,10 +35,11 @@ class IkeDeleteTask:
     def on_timeout(self, sa: IkeSa, now: float) -> None:
         sa.close(self.reason, now, children_reason=self.children_reason)
 
-    on_error = on_response
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        sa.close(self.reason, now, children_reason=self.children_reason)
 
 
-class DeleteChildTask:
+class DeleteChildTask(Task):
     exchange = ExchangeType.INFORMATIONAL
 
     def __init__(self, child: ChildSa, reason: str = "deleted"):
@@ -72,14 +75,17 @@ class DeleteChildTask:
                                        info.local_addr, info.remote_addr))
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        self._done(sa)
+
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        self._done(sa)
+
+    def _done(self, sa: IkeSa) -> None:
         activate_successor(sa, self.child)  # new outbound first: never a moment without one
         sa.drop_child(self.child, self.reason)
 
-    def on_error(self, sa: IkeSa, exc, now: float) -> None:
-        self.on_response(sa, None, b"", now)
 
-
-class DpdTask:
+class DpdTask(Task):
     """An empty INFORMATIONAL request: the peer must answer if it is alive (RFC 7296 §2.4)."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -98,7 +104,16 @@ class DpdTask:
         sa.close("dead-peer", now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class InformationalResponder(Responder):
+    exchanges = (ExchangeType.INFORMATIONAL,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.state == IkeState.CONNECTING:
+            return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     deletes = msg.all(DeletePayload)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
         successor = sa.peer_rekey
