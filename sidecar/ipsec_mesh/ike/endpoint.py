@@ -176,7 +176,7 @@ class IkeEndpoint:
             if any(c.name == child.name and (sends(c) or c.state == ChildState.INBOUND_ONLY)
                    for c in sa.children.values()):
                 return sa
-            if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks):
+            if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks.queued):
                 sa.queue(ChildCreateTask(child, local_ts=local_ts, remote_ts=remote_ts), now)
                 self._touch(sa)
                 self._collect()

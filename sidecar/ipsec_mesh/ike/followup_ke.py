@@ -45,7 +45,7 @@ class PendingKeyExchanges:
 
 def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes, finish, abandon, now: float) -> NotifyPayload:
     """Keep a CREATE_CHILD_SA's state for its follow-ups; the notify to answer with."""
-    responder = sa.responders[ExchangeType.IKE_FOLLOWUP_KE]
+    responder = sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE]
     assert isinstance(responder, FollowupKeResponder)
     return responder.park(sa, PendingKeyExchanges(list(methods), [first_secret], finish, abandon, 0.0), now)
 
@@ -78,7 +78,7 @@ class FollowupKeTask(Task):
         self.ke = start_key_exchange(self.method)
         payloads = [KePayload(self.method, self.ke.public_data),
                     NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=self.link)]
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         error = first_error(msg)
@@ -92,7 +92,7 @@ class FollowupKeTask(Task):
         secrets = self.secrets + (self.ke.finish(ke.data),)
         if len(self.methods) > 1:
             # Run the next one at once, before anything else queued on this SA.
-            sa.tasks.appendleft(FollowupKeTask(self.owner, self.methods[1:], secrets, link_of(msg)))
+            sa.tasks.queue_first(FollowupKeTask(self.owner, self.methods[1:], secrets, link_of(msg)))
             return
         self.owner.followups_done(sa, secrets, now)
 

@@ -1,45 +1,38 @@
-"""One IKE SA: message IDs, retransmission, protection, fragments, timers, children.
+"""One IKE SA: its state, keys, protection and fragmentation, timers and children.
 
-The exchanges themselves live in `exchanges/` (one module per exchange, as libcharon
-has one task per exchange); this class is the machinery they share. Sans-IO: the
-owner (`endpoint.IkeEndpoint`) feeds it datagrams and ticks with `now`, and drains
-`outbox` and `events`.
+The exchanges live in `exchanges/` (one module per exchange, as libcharon has one task
+per exchange); message IDs, the outstanding request, the task queue, retransmission and
+dispatch are the task manager's (`manager.TaskManager`, `sa.tasks`). Sans-IO: the owner
+(`endpoint.IkeEndpoint`) feeds it datagrams and ticks with `now`, and drains `outbox`
+and `events`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from . import message as codec
 from .config import PeerConfig
-from .constants import ExchangeType, NotifyType, ProtocolId
+from .constants import ExchangeType, ProtocolId
 from .crypto import AeadProtector, Prf
-from .errors import AuthenticationFailed, FragmentError, IkeError, IntegrityError, ParseError
+from .errors import IntegrityError
 from .events import ChildSaDeleted, Event, IkeSaClosed
-from .fragment import Reassembler, encode_fragments
+from .fragment import encode_fragments
 from .keymat import IkeKeys
-from .payloads import EncryptedFragment, EncryptedPayload, Message, NotifyPayload
+from .manager import TaskManager
+from .payloads import Message, NotifyPayload
 from .proposals import Selected
-from .task import Reply, Responder, Task
+from .state import IkeState
+from .task import Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
 IPV4_UDP_OVERHEAD = 28
 IPV6_UDP_OVERHEAD = 48
 OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
-
-
-class IkeState(enum.Enum):
-    CONNECTING = "connecting"  # IKE_SA_INIT / IKE_INTERMEDIATE / IKE_AUTH under way
-    ESTABLISHED = "established"
-    REKEYED = "rekeyed"  # a successor exists; waiting for the old SA's delete
-    DELETING = "deleting"
-    CLOSED = "closed"
 
 
 @dataclass
@@ -55,7 +48,6 @@ class Exchanges(Protocol):
     exchanges never import each other."""
 
     def responders(self) -> dict[int, Responder]: ...  # a fresh set for one IKE SA, by exchange type
-    def respond(self, sa: "IkeSa", msg: Message, raw: bytes, now: float) -> "Reply | None": ...
     def on_timers(self, sa: "IkeSa", now: float) -> None: ...
     def delete_child(self, child, reason: str) -> Task: ...
     def delete_ike(self, reason: str, *, children_reason: str = "ike-closed") -> Task: ...
@@ -74,15 +66,6 @@ class Services(Protocol):
     def wall_time(self): ...  # datetime (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
-
-
-@dataclass
-class Outstanding:
-    task: Task
-    message_id: int
-    datagrams: list[Datagram]
-    tries: int
-    next_at: float
 
 
 class IkeSa:
@@ -122,13 +105,8 @@ class IkeSa:
         self.local_id = config.local_id
         self.remote_id = None  # identity.Identity once authenticated
         self.peer_chain: list = []
-        # Messages
-        self.next_mid = 0  # our next request
-        self.peer_mid = 0  # the peer's next request we expect
-        self.outstanding: Outstanding | None = None
-        self.cached_response: tuple[int, list[Datagram]] | None = None
-        self.tasks: deque = deque()
-        self.reassembly: dict[tuple[int, bool], Reassembler] = {}
+        # Message IDs, the outstanding request, the queue, retransmission, dispatch
+        self.tasks = TaskManager(self)
         # Children by our inbound SPI
         self.children: dict[int, object] = {}
         # Timers
@@ -140,7 +118,6 @@ class IkeSa:
         self.peer_rekey: "IkeSa | None" = None  # successor created by the peer (collisions)
         self.rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the exchange that made this SA
         self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
-        self.responders = self.exchanges.responders()
         self.close_reason: str | None = None
         # Outputs
         self.outbox: list[Datagram] = []
@@ -200,39 +177,13 @@ class IkeSa:
                 data = [whole]
         return [Datagram(d, self.local, self.remote) for d in data]
 
-    def send_request(self, task, exchange: int, payloads: list, now: float) -> bytes:
-        msg = Message(self.spi_i, self.spi_r, exchange, self.initiator, False, self.next_mid, payloads)
-        datagrams = self.encode(msg)
-        delays = self.config.retransmit.delays()
-        self.outstanding = Outstanding(task, self.next_mid, datagrams, 0, now + delays[0])
-        self._transmit(datagrams, now)
-        return datagrams[0].data if len(datagrams) == 1 else b""
-
-    @property
-    def outstanding_exchange(self) -> int:
-        return self.outstanding.task.exchange
-
-    def _send_response(self, request: Message, payloads: list, now: float) -> bytes:
-        msg = Message(self.spi_i, self.spi_r, request.exchange, self.initiator, True, request.message_id, payloads)
-        datagrams = self.encode(msg)
-        self.cached_response = (request.message_id, datagrams)
-        self._transmit(datagrams, now)
-        return datagrams[0].data if len(datagrams) == 1 else b""
-
-    def _transmit(self, datagrams: list[Datagram], now: float) -> None:
+    def transmit(self, datagrams: list[Datagram], now: float) -> None:
         self.outbox.extend(datagrams)
         self.last_sent = now
 
-    def queue(self, task, now: float) -> None:
-        self.tasks.append(task)
-        self.start_next(now)
-
-    def start_next(self, now: float) -> None:
-        while self.outstanding is None and self.tasks and self.state not in (IkeState.CLOSED,):
-            task = self.tasks.popleft()
-            if task.obsolete(self):
-                continue
-            task.start(self, now)
+    def queue(self, task: Task, now: float) -> None:
+        """Run `task` once the exchanges queued before it are done (libcharon's queue_task)."""
+        self.tasks.queue(task, now)
 
     # -- receiving --------------------------------------------------------------------
     def receive(self, data: bytes, msg: Message, local: tuple[str, int], remote: tuple[str, int],
@@ -242,124 +193,26 @@ class IkeSa:
             return
         try:
             if msg.is_response:
-                self._receive_response(data, msg, local, remote, now)
+                self.tasks.receive_response(data, msg, now)
             else:
-                self._receive_request(data, msg, local, remote, now)
+                self.tasks.receive_request(data, msg, local, remote, now)
         except IntegrityError:
             log.debug("%s: dropped a message that failed integrity", self.label)
-
-    def _unprotect(self, data: bytes, msg: Message) -> Message | None:
-        """Decrypt, or add to reassembly; None while fragments are missing."""
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            return msg
-        if self.protect_in is None:
-            raise ParseError("protected message before keys exist")
-        last = msg.payloads[-1] if msg.payloads else None
-        if isinstance(last, EncryptedPayload):
-            return codec.decrypt(data, msg, self.protect_in)
-        if isinstance(last, EncryptedFragment):
-            key = (msg.message_id, msg.is_response)
-            self._forget_stale_fragments()
-            reassembler = self.reassembly.get(key)
-            if reassembler is None:
-                if len(self.reassembly) >= 4:
-                    raise FragmentError("too many messages in reassembly")
-                reassembler = self.reassembly[key] = Reassembler()
-            whole = reassembler.add(data, msg, self.protect_in)
-            if whole is not None:
-                del self.reassembly[key]
-            return whole
-        raise ParseError("protected exchange without an Encrypted payload")
-
-    def _forget_stale_fragments(self) -> None:
-        """Drop half-reassembled messages that can no longer be processed."""
-        current = self.outstanding.message_id if self.outstanding else None
-        for mid, is_response in list(self.reassembly):
-            if (is_response and mid != current) or (not is_response and mid < self.peer_mid):
-                del self.reassembly[(mid, is_response)]
-
-    def _receive_response(self, data, msg, local, remote, now) -> None:
-        out = self.outstanding
-        if out is None or msg.message_id != out.message_id or msg.exchange != self.outstanding_exchange:
-            return
-        try:
-            whole = self._unprotect(data, msg)
-        except (ParseError, FragmentError) as exc:
-            log.info("%s: malformed response dropped: %s", self.label, exc)
-            return
-        if whole is None:
-            return
-        self.last_received = now
-        self.outstanding = None
-        self.next_mid += 1
-        try:
-            out.task.on_response(self, whole, data, now)
-        except IkeError as exc:
-            out.task.on_error(self, exc, now)
-        self.start_next(now)
-
-    def _receive_request(self, data, msg, local, remote, now) -> None:
-        if self.cached_response and msg.message_id == self.cached_response[0]:
-            # A retransmitted request: answer from the cache (only once per fragmented request).
-            first = msg.payloads[-1] if msg.payloads else None
-            if not isinstance(first, EncryptedFragment) or first.number == 1:
-                self._transmit(self.cached_response[1], now)
-            return
-        if msg.message_id != self.peer_mid:
-            return
-        try:
-            whole = self._unprotect(data, msg)
-        except (ParseError, FragmentError) as exc:
-            if isinstance(exc, ParseError) and msg.exchange != ExchangeType.IKE_SA_INIT and self.keys:
-                log.info("%s: malformed request: %s", self.label, exc)
-            return
-        if whole is None:
-            return
-        self.last_received = now
-        # Answer where the (authenticated) request came from: the initiator moves to port
-        # 4500 after NAT detection, and a NAT may rebind the peer's address or port.
-        self.remote = remote
-        self.local = local
-        try:
-            reply = self.exchanges.respond(self, whole, data, now)
-        except IkeError as exc:
-            reply = self.error_reply(exc, whole)
-        if reply is None:
-            return
-        self.peer_mid = msg.message_id + 1
-        self._send_response(whole, reply.payloads, now)
-        if reply.after is not None:
-            reply.after(now)
-        if reply.close:
-            self.close(reply.close, now)
-        self.start_next(now)
-
-    def error_reply(self, exc: IkeError, request: Message) -> Reply:
-        notify = exc.notify or NotifyType.INVALID_SYNTAX
-        log.warning("%s: %s request from %s refused (%s): %s", self.label,
-                    _exchange_name(request.exchange), self.remote[0], NotifyType(notify).name, exc)
-        payloads = [NotifyPayload(notify)]
-        if notify == NotifyType.INVALID_KE_PAYLOAD:
-            payloads = [NotifyPayload(notify, data=int(exc.wanted_group).to_bytes(2, "big"))]
-        close = None
-        if isinstance(exc, AuthenticationFailed) or self.state == IkeState.CONNECTING:
-            close = "auth-failed" if isinstance(exc, AuthenticationFailed) else "failed"
-        return Reply(payloads, close=close)
 
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When `tick` next has something to do; every time listed here is consumed by it."""
         times = []
-        if self.outstanding is not None:
-            times.append(self.outstanding.next_at)
+        tasks_at = self.tasks.next_timer()
+        if tasks_at is not None:
+            times.append(tasks_at)
         if self.state == IkeState.CONNECTING and not self.initiator:
             times.append(self.created_at + self.config.half_open_timeout)
-        times += [t for t in (r.next_timer() for r in self.responders.values()) if t is not None]
         if self.state == IkeState.REKEYED and self.expire_at is not None:
             times.append(self.expire_at)
         if self.state == IkeState.ESTABLISHED:
             times += [t for t in (self.rekey_at, self.expire_at, self.keepalive_at) if t is not None]
-            if self.config.dpd_delay and self.outstanding is None and not self.tasks:
+            if self.config.dpd_delay and self.tasks.outstanding is None and not self.tasks.queued:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
@@ -370,22 +223,13 @@ class IkeSa:
     def tick(self, now: float) -> None:
         if self.state == IkeState.CLOSED:
             return
-        out = self.outstanding
-        if out is not None and now >= out.next_at:
-            delays = self.config.retransmit.delays()
-            if out.tries + 1 >= len(delays):
-                log.warning("%s: no answer from %s after %d retransmissions", self.label,
-                            self.remote[0], out.tries)
-                self.outstanding = None
-                out.task.on_timeout(self, now)
-                return
-            out.tries += 1
-            out.next_at = now + delays[out.tries]
-            self._transmit(out.datagrams, now)
+        if not self.tasks.retransmit(now):
+            return
         if self.state == IkeState.CONNECTING and not self.initiator \
                 and now >= self.created_at + self.config.half_open_timeout:
             self.close("timeout", now)
             return
+        self.tasks.on_timers(now)
         self.exchanges.on_timers(self, now)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -402,19 +246,14 @@ class IkeSa:
             self.drop_child(child, children_reason)
         self.state = IkeState.CLOSED
         self.close_reason = reason
-        self.outstanding = None
-        self.tasks.clear()
-        for responder in self.responders.values():
-            responder.close()
+        self.tasks.close()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
 
     def notify_and_close(self, notify: int, reason: str, now: float) -> None:
         """Send one INFORMATIONAL with an error notify, then forget the SA without waiting
         for its answer (RFC 7296 §2.21.2, e.g. AUTHENTICATION_FAILED)."""
         self.tasks.clear()
-        msg = Message(self.spi_i, self.spi_r, ExchangeType.INFORMATIONAL, self.initiator, False, self.next_mid,
-                      [NotifyPayload(notify)])
-        self._transmit(self.encode(msg), now)
+        self.tasks.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(notify)], now)
         self.close(reason, now)
 
     def hand_children_to(self, target: "IkeSa") -> None:
@@ -482,11 +321,5 @@ class IkeSa:
         }
 
 
-def _exchange_name(value: int) -> str:
-    try:
-        return ExchangeType(value).name
-    except ValueError:
-        return f"exchange {value}"
 
-
-__all__ = ["IkeSa", "IkeState", "Datagram", "Reply", "Services", "ProtocolId"]
+__all__ = ["IkeSa", "IkeState", "Datagram", "Services"]

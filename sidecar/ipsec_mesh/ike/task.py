@@ -94,5 +94,5 @@ def retry_with_wanted_group(task: Task, sa: IkeSa, notify: NotifyPayload, propos
         return False
     task.ke_retries += 1
     task.group = wanted
-    sa.tasks.appendleft(task)
+    sa.tasks.queue_first(task)
     return True

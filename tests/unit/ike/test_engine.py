@@ -495,7 +495,7 @@ def test_stale_partial_reassemblies_are_forgotten():
     a, b, a_cfg, _ = pair(net)
     establish(net, a, a_cfg)
     sa = b.established[0]
-    sa.reassembly = {(0, False): object(), (sa.peer_mid, False): object(), (7, True): object()}
-    sa._forget_stale_fragments()
+    sa.tasks.reassembly = {(0, False): object(), (sa.tasks.peer_mid, False): object(), (7, True): object()}
+    sa.tasks.forget_stale_fragments()
     # Requests below the next expected ID can never be processed; responses to nothing neither.
-    assert list(sa.reassembly) == [(sa.peer_mid, False)]
+    assert list(sa.tasks.reassembly) == [(sa.tasks.peer_mid, False)]

@@ -19,7 +19,7 @@ RESPONSE_FLAG = 0x20
 
 def followups(sa):
     """The responder's pending follow-up state of an IKE SA, by link data."""
-    return sa.responders[ExchangeType.IKE_FOLLOWUP_KE].pending
+    return sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].pending
 
 def hybrid_pair(net: Network, *, b_ike: str | None = None, b_esp: str = HYBRID_ESP):
     a, b, a_cfg, b_cfg = pair(net, a_child=child_config(A, B, esp=f"{HYBRID_ESP},{CLASSIC_ESP}"),
@@ -214,11 +214,11 @@ def test_unknown_link_is_answered_with_state_not_found():
     net = Network()
     a, b = hybrid_pair(net)
     sa = the_sa(b)
-    request = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_FOLLOWUP_KE, True, False, sa.peer_mid,
+    request = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_FOLLOWUP_KE, True, False, sa.tasks.peer_mid,
                       [KePayload(35, b"\x00" * 1184),
                        NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=b"no such link")])
     with pytest.raises(IkeError) as refused:
-        sa.responders[ExchangeType.IKE_FOLLOWUP_KE].respond(sa, request, b"", net.now)
+        sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].respond(sa, request, b"", net.now)
     assert refused.value.notify == NotifyType.STATE_NOT_FOUND
 
 

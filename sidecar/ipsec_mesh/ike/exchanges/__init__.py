@@ -75,19 +75,8 @@ def responders() -> dict[int, Responder]:
     return table
 
 
-def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
-    responder = sa.responders.get(msg.exchange)
-    if responder is not None:
-        return responder.respond(sa, msg, raw, now)
-    if sa.state == IkeState.CONNECTING:
-        return None
-    raise IkeError(f"unsupported exchange type {msg.exchange}", notify=NotifyType.INVALID_SYNTAX)
-
-
 def on_timers(sa: IkeSa, now: float) -> None:
     """Rekeys, expiries, liveness checks and NAT keepalives that are due."""
-    for responder in dict.fromkeys(sa.responders.values()):
-        responder.on_timers(sa, now)
     if sa.state == IkeState.REKEYED:
         if sa.expire_at is not None and now >= sa.expire_at:
             # The peer never deleted the old SA; nothing depends on it any more.
@@ -105,7 +94,7 @@ def on_timers(sa: IkeSa, now: float) -> None:
     for child in list(sa.children.values()):
         _child_timers(sa, child, now)
     if sa.config.dpd_delay and now - sa.last_received >= sa.config.dpd_delay \
-            and sa.outstanding is None and not sa.tasks:
+            and sa.tasks.outstanding is None and not sa.tasks.queued:
         sa.queue(informational.DpdTask(), now)
     informational.keepalive(sa, now)
 

@@ -82,7 +82,7 @@ class ChildCreateTask(Task):
             payloads.append(KePayload(self.group, self.ke.public_data))
         payloads += [TsiPayload(list(self.local_ts)), TsrPayload(list(self.remote_ts))]
         payloads += child_notifies(self.config)
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         error = first_error(msg)
@@ -117,7 +117,7 @@ class ChildCreateTask(Task):
             return
         self.answer = (selected, nonce.data, local_ts, remote_ts)
         if link:
-            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, shared, link))
+            sa.tasks.queue_first(followup_ke.FollowupKeTask(self, selected.additional_kes, shared, link))
             return
         self.followups_done(sa, shared, now)
 

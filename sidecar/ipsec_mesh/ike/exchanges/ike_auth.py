@@ -141,7 +141,7 @@ class IkeAuthTask(Task):
     def start(self, sa: IkeSa, now: float) -> None:
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
-        payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.next_mid)
+        payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
         if cfg.initial_contact and not sa.services.has_other_sa(sa):
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
         if cfg.trust is not None and cfg.send_certreq:
@@ -155,7 +155,7 @@ class IkeAuthTask(Task):
             payloads.append(SaPayload([p.to_payload(i + 1, spi) for i, p in enumerate(self.child_proposals)]))
             payloads += [TsiPayload(list(self.child.local_ts)), TsrPayload(list(self.child.remote_ts))]
             payloads += child_notifies(self.child)
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         for n in msg.all(NotifyPayload):

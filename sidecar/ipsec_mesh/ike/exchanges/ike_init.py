@@ -110,8 +110,8 @@ class IkeInitTask(Task):
             self.group = _our_ke_groups(sa)[0]
         if self.ke is None or self.ke.method != self.group:
             self.ke = start_key_exchange(self.group)
-        sa.next_mid = 0
-        sa.init_request = sa.send_request(self, self.exchange, self._payloads(sa), now)
+        sa.tasks.next_mid = 0
+        sa.init_request = sa.tasks.send_request(self, self.exchange, self._payloads(sa), now)
 
     def _payloads(self, sa: IkeSa) -> list:
         cfg = sa.config
@@ -174,7 +174,7 @@ class IkeInitTask(Task):
             raise NoProposalChosen("responder chose additional key exchanges without IKE_INTERMEDIATE")
         # Before the IKE_AUTH task queued with this one (RFC 9242: intermediates come first).
         for index, method in reversed(list(enumerate(extra))):
-            sa.tasks.appendleft(IntermediateTask(index, method))
+            sa.tasks.queue_first(IntermediateTask(index, method))
 
     def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
         log.warning("IKE_SA_INIT to %s failed: %s", sa.remote[0], exc)
@@ -241,7 +241,7 @@ def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
     if cfg.childless != "never":
         payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
     def remember_response(now: float) -> None:
-        sa.init_response = sa.cached_response[1][0].data
+        sa.init_response = sa.tasks.cached_response[1][0].data
 
     return Reply(payloads, after=remember_response)
 
@@ -286,8 +286,8 @@ class IntermediateTask(Task):
         self.ke = start_key_exchange(self.method)
         payloads = [KePayload(self.method, self.ke.public_data)]
         first, plain = encode_chain(payloads)
-        self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.next_mid, first, plain)
-        sa.send_request(self, self.exchange, payloads, now)
+        self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.tasks.next_mid, first, plain)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         for n in msg.all(NotifyPayload):

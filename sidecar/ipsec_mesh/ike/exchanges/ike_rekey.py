@@ -60,7 +60,7 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
 
 def _own_rekey_running(sa: IkeSa) -> bool:
     """Our rekey of this IKE SA is in flight (its CREATE_CHILD_SA or one of its follow-ups)."""
-    task = sa.outstanding.task if sa.outstanding is not None else None
+    task = sa.tasks.outstanding.task if sa.tasks.outstanding is not None else None
     return isinstance(task, IkeRekeyTask) or (isinstance(task, followup_ke.FollowupKeTask)
                                               and isinstance(task.owner, IkeRekeyTask))
 
@@ -101,7 +101,7 @@ class IkeRekeyTask(Task):
         self.ke = start_key_exchange(self.group)
         payloads = [SaPayload([p.to_payload(i + 1, self.spi) for i, p in enumerate(self.proposals)]),
                     NoncePayload(self.ni), KePayload(self.group, self.ke.public_data)]
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         error = first_error(msg)
@@ -118,7 +118,7 @@ class IkeRekeyTask(Task):
         shared = self.ke.finish(ke.data)
         if selected.additional_kes:
             link = followup_ke.link_of(msg)
-            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, (shared,), link))
+            sa.tasks.queue_first(followup_ke.FollowupKeTask(self, selected.additional_kes, (shared,), link))
             return
         self.followups_done(sa, (shared,), now)
 
@@ -178,7 +178,7 @@ class IkeRekeyResponder(Responder):
 
 def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     own_rekey = _own_rekey_running(sa)
-    if sa.outstanding is not None and not own_rekey:
+    if sa.tasks.outstanding is not None and not own_rekey:
         raise IkeError("an exchange is under way; rekey the IKE SA later", notify=NotifyType.TEMPORARY_FAILURE)
     sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
     if sa_payload is None or nonce is None or ke is None:

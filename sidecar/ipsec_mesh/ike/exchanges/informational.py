@@ -27,7 +27,7 @@ class IkeDeleteTask(Task):
     def start(self, sa: IkeSa, now: float) -> None:
         if sa.state == IkeState.ESTABLISHED:
             sa.state = IkeState.DELETING
-        sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.IKE, [])], now)
+        sa.tasks.send_request(self, self.exchange, [DeletePayload(ProtocolId.IKE, [])], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         sa.close(self.reason, now, children_reason=self.children_reason)
@@ -54,7 +54,7 @@ class DeleteChildTask(Task):
         if self.child.state != ChildState.REKEYED:
             self.child.state = ChildState.DELETING
         spi = self.child.inbound_spi.to_bytes(4, "big")
-        sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
+        sa.tasks.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
 
     def _retire_outbound(self, sa: IkeSa) -> None:
         """Stop sending on it before the Delete leaves: the peer drops its inbound half on
@@ -94,7 +94,7 @@ class DpdTask(Task):
         return sa.state != IkeState.ESTABLISHED
 
     def start(self, sa: IkeSa, now: float) -> None:
-        sa.send_request(self, self.exchange, [], now)
+        sa.tasks.send_request(self, self.exchange, [], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         pass
