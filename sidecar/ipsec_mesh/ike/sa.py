@@ -25,7 +25,7 @@ from .keymat import IkeKeys
 from .manager import TaskManager
 from .payloads import Message, NotifyPayload
 from .proposals import Selected
-from .state import IkeState
+from .state import IkeState, check_transition
 from .task import Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
@@ -79,7 +79,7 @@ class IkeSa:
         self.remote = remote
         self.spi_i = spi_i
         self.spi_r = spi_r
-        self.state = IkeState.CONNECTING
+        self._state = IkeState.CONNECTING
         self.created_at = now
         self.established_at: float | None = None
         self.last_received = now
@@ -135,6 +135,15 @@ class IkeSa:
     @property
     def remote_addr(self) -> str:
         return self.remote[0]
+
+    @property
+    def state(self) -> IkeState:
+        return self._state
+
+    def transition(self, new: IkeState) -> None:
+        """The one way to change the state: only changes state.TRANSITIONS lists."""
+        check_transition(self._state, new)
+        self._state = new
 
     @property
     def is_established(self) -> bool:
@@ -244,7 +253,7 @@ class IkeSa:
             return
         for child in list(self.children.values()):
             self.drop_child(child, children_reason)
-        self.state = IkeState.CLOSED
+        self.transition(IkeState.CLOSED)
         self.close_reason = reason
         self.tasks.close()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
@@ -265,7 +274,7 @@ class IkeSa:
 
     def retire(self, successor: "IkeSa", now: float) -> None:
         """Replaced by `successor`: wait a little for the peer's delete, then go."""
-        self.state = IkeState.REKEYED
+        self.transition(IkeState.REKEYED)
         self.successor = successor
         self.rekey_at = None
         self.expire_at = now + OLD_SA_GRACE

@@ -104,7 +104,7 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
 def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
     """Mark the IKE SA established; the caller logs it (with its first CHILD_SA, if any)."""
     sa.remote_id = identity
-    sa.state = IkeState.ESTABLISHED
+    sa.transition(IkeState.ESTABLISHED)
     sa.established_at = now
     sa.schedule_rekey(now)
     if sa.nat_local and sa.config.keepalive_interval:

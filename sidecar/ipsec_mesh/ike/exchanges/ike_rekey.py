@@ -46,7 +46,7 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
     for attr in ("peer_fragmentation", "peer_hash_algs", "peer_childless", "nat_local", "nat_remote",
                  "local_id", "remote_id", "peer_chain", "last_received", "keepalive_at"):
         setattr(new, attr, getattr(old, attr))
-    new.state = IkeState.ESTABLISHED
+    new.transition(IkeState.ESTABLISHED)
     new.established_at = now
     new.rekeyed_from = old.label
     new.rekey_nonces = (ni, nr)

@@ -26,7 +26,7 @@ class IkeDeleteTask(Task):
 
     def start(self, sa: IkeSa, now: float) -> None:
         if sa.state == IkeState.ESTABLISHED:
-            sa.state = IkeState.DELETING
+            sa.transition(IkeState.DELETING)
         sa.tasks.send_request(self, self.exchange, [DeletePayload(ProtocolId.IKE, [])], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
