@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.config import single_peer_lookup
+from ipsec_mesh.ike import single_peer_lookup
 from ipsec_mesh.ike.constants import ExchangeType, ProtocolId, TransformType, TsType
 from ipsec_mesh.ike.payloads import (
     DeletePayload,

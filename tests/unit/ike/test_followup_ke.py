@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.constants import ExchangeType, NotifyType
-from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaFailed, ChildSaInstallInbound, ChildSaInstallOutbound
-from ipsec_mesh.ike.sa import Datagram
+from ipsec_mesh.ike import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    Datagram,
+    ExchangeType,
+    NotifyType,
+)
 from tests.ikesim import Network, child_config, keys_match
 from tests.unit.ike.test_engine import A, B, establish, exchanges, pair
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipsec_mesh.ike.sa import IkeSa
+from ipsec_mesh.ike import IkeSa
 from ipsec_mesh.ike.state import TRANSITIONS, IkeState, InvalidTransition
 from tests.ikesim import Network
 from tests.unit.ike.test_engine import A, B, establish, pair
