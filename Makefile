@@ -1,5 +1,5 @@
 # The two quick-start commands are `make demo` and `make test` (see README.md).
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 setup:
 	./scripts/setup.sh
 
@@ -8,3 +8,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# Type checking: strict for the IKE core (configuration in pyproject.toml).
+lint: setup
+	.venv/bin/python -m mypy

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import ChildConfig
 from .constants import NotifyType, ProtocolId
-from .crypto import aead_keymat_len
+from .crypto import Prf, aead_keymat_len
 from .errors import IkeError, NoProposalChosen, TsUnacceptable
 from .events import ChildSaInfo, ChildSaInstallInbound, ChildSaInstallOutbound, ChildSaKeys, UdpEncap
 from .keymat import derive_child_keys
@@ -54,7 +54,7 @@ class ChildSa:
     replaced_by: int | None = None  # inbound SPI of its successor
     peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
     outbound_retired: bool = False  # we stopped sending on it (our Delete of it is under way)
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def inbound_spi(self) -> int:
@@ -81,7 +81,7 @@ def transport_mode_requested(msg: Message) -> bool:
     return msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
 
 
-def child_keys(prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
+def child_keys(prf: Prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
                shared_secrets: tuple[bytes, ...] = ()) -> ChildSaKeys:
     """ESP keys for one CHILD_SA, oriented inbound/outbound for our side.
 
@@ -160,7 +160,8 @@ def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke:
 
 def build_info(*, ike_label: str, config: ChildConfig, selected: Selected, keys: ChildSaKeys,
                inbound_spi: int, outbound_spi: int, local_addr: str, remote_addr: str,
-               local_ts, remote_ts, encap: UdpEncap | None, rekey_time: float) -> ChildSaInfo:
+               local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector],
+               encap: UdpEncap | None, rekey_time: float) -> ChildSaInfo:
     lt = config.lifetime
     return ChildSaInfo(
         ike_sa=ike_label,
@@ -202,7 +203,7 @@ def rekey_notify(inbound_spi: int) -> NotifyPayload:
     return NotifyPayload(NotifyType.REKEY_SA, ProtocolId.ESP, inbound_spi.to_bytes(4, "big"))
 
 
-def moved(info: ChildSaInfo, **changes) -> ChildSaInfo:
+def moved(info: ChildSaInfo, **changes: Any) -> ChildSaInfo:
     return replace(info, **changes)
 
 
@@ -213,7 +214,11 @@ def encap_of(sa: IkeSa) -> UdpEncap | None:
     return None
 
 
-def check_answered_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts, mode: str):
+Selectors = Sequence[TrafficSelector]
+
+
+def check_answered_selectors(sa: IkeSa, tsi: TsiPayload, tsr: TsrPayload, local_ts: Selectors,
+                             remote_ts: Selectors, mode: str) -> tuple[Selectors, Selectors]:
     """Initiator side: the responder may only narrow; behind a NAT in transport mode it
     names the addresses it sees instead of ours (RFC 7296 §2.23.1), and we install our own."""
     nat_transport = mode == "transport" and (sa.nat_local or sa.nat_remote)
@@ -225,7 +230,8 @@ def check_answered_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts, mode: str
     return tsi.selectors, tsr.selectors
 
 
-def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi: int, local_ts, remote_ts,
+def add_child(sa: IkeSa, config: ChildConfig, selected: Selected, keys: ChildSaKeys, inbound_spi: int,
+              outbound_spi: int, local_ts: Selectors, remote_ts: Selectors,
               nonces: tuple[bytes, bytes], initiated_by_us: bool, now: float, *,
               state: ChildState = ChildState.INSTALLED, replaces: int | None = None,
               log_line: bool = True) -> ChildSa:

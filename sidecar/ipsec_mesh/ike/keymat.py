@@ -22,7 +22,8 @@ class _SecretRepr:
     """repr that names each key and its length, never its bytes."""
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{f.name}=<{len(getattr(self, f.name))} bytes>" for f in fields(self))
+        parts = ", ".join(f"{f.name}=<{len(getattr(self, f.name))} bytes>"
+                          for f in fields(self))  # type: ignore[arg-type]  # subclasses are dataclasses
         return f"{type(self).__name__}({parts})"
 
 

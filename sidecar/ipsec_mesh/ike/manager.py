@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import message as codec
 from .constants import ExchangeType, NotifyType
-from .errors import AuthenticationFailed, FragmentError, IkeError, ParseError
+from .errors import AuthenticationFailed, FragmentError, IkeError, InvalidKePayload, ParseError
 from .fragment import Reassembler
 from .payloads import EncryptedFragment, EncryptedPayload, Message, NotifyPayload, Payload
 from .state import IkeState
@@ -231,7 +231,7 @@ class TaskManager:
         log.warning("%s: %s request from %s refused (%s): %s", sa.label,
                     _exchange_name(request.exchange), sa.remote[0], NotifyType(notify).name, exc)
         payloads: list[Payload] = [NotifyPayload(notify)]
-        if notify == NotifyType.INVALID_KE_PAYLOAD:
+        if isinstance(exc, InvalidKePayload):
             payloads = [NotifyPayload(notify, data=int(exc.wanted_group).to_bytes(2, "big"))]
         close = None
         if isinstance(exc, AuthenticationFailed) or sa.state == IkeState.CONNECTING:

@@ -12,14 +12,19 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, replace
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
+
+from cryptography import x509
 
 from . import message as codec
+from .child import ChildSa, ChildState
 from .config import PeerConfig
 from .constants import ExchangeType, ProtocolId
 from .crypto import AeadProtector, Prf
 from .errors import IntegrityError
 from .events import ChildSaDeleted, Event, IkeSaClosed
+from .identity import Identity
 from .fragment import encode_fragments
 from .keymat import IkeKeys
 from .manager import TaskManager
@@ -49,7 +54,7 @@ class Exchanges(Protocol):
 
     def responders(self) -> dict[int, Responder]: ...  # a fresh set for one IKE SA, by exchange type
     def on_timers(self, sa: "IkeSa", now: float) -> None: ...
-    def delete_child(self, child, reason: str) -> Task: ...
+    def delete_child(self, child: ChildSa, reason: str) -> Task: ...
     def delete_ike(self, reason: str, *, children_reason: str = "ike-closed") -> Task: ...
 
 
@@ -63,7 +68,7 @@ class Services(Protocol):
     def adopt(self, sa: "IkeSa") -> None: ...  # register a new IKE SA (from an IKE rekey)
     def established(self, sa: "IkeSa", now: float) -> None: ...  # duplicate-SA resolution
     def initial_contact(self, sa: "IkeSa", now: float) -> None: ...  # peer restarted: drop stale SAs
-    def wall_time(self): ...  # datetime (UTC) for certificate validity checks
+    def wall_time(self) -> datetime: ...  # (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
@@ -103,12 +108,12 @@ class IkeSa:
         self.nat_local = False
         self.nat_remote = False
         self.local_id = config.local_id
-        self.remote_id = None  # identity.Identity once authenticated
-        self.peer_chain: list = []
+        self.remote_id: Identity | None = None  # once authenticated
+        self.peer_chain: list[x509.Certificate] = []
         # Message IDs, the outstanding request, the queue, retransmission, dispatch
         self.tasks = TaskManager(self)
         # Children by our inbound SPI
-        self.children: dict[int, object] = {}
+        self.children: dict[int, ChildSa] = {}
         # Timers
         self.rekey_at: float | None = None
         self.expire_at: float | None = None
@@ -162,10 +167,12 @@ class IkeSa:
 
     @property
     def sk_p_own(self) -> bytes:
+        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
         return self.keys.sk_pi if self.initiator else self.keys.sk_pr
 
     @property
     def sk_p_peer(self) -> bytes:
+        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
         return self.keys.sk_pr if self.initiator else self.keys.sk_pi
 
     # -- sending ----------------------------------------------------------------------
@@ -181,6 +188,7 @@ class IkeSa:
             whole = codec.encode(msg, self.protect_out)
             limit = self._max_datagram()
             if self.peer_fragmentation and self.config.fragmentation and len(whole) > limit:
+                assert self.protect_out is not None, "fragmentation is negotiated after the keys exist"
                 data = encode_fragments(msg, self.protect_out, limit)
             else:
                 data = [whole]
@@ -211,7 +219,7 @@ class IkeSa:
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When `tick` next has something to do; every time listed here is consumed by it."""
-        times = []
+        times: list[float] = []
         tasks_at = self.tasks.next_timer()
         if tasks_at is not None:
             times.append(tasks_at)
@@ -279,10 +287,8 @@ class IkeSa:
         self.rekey_at = None
         self.expire_at = now + OLD_SA_GRACE
 
-    def drop_child(self, child, reason: str) -> None:
+    def drop_child(self, child: ChildSa, reason: str) -> None:
         """Forget a CHILD_SA and tell the data plane to remove it."""
-        from .child import ChildState
-
         if self.children.pop(child.inbound_spi, None) is None:
             return
         if child.state != ChildState.DELETED:
@@ -291,7 +297,7 @@ class IkeSa:
                                      self.local[0], self.remote[0], reason))
         self.services.release_child_spi(child.inbound_spi)
 
-    def find_child_by_outbound(self, spi: int):
+    def find_child_by_outbound(self, spi: int) -> ChildSa | None:
         for child in self.children.values():
             if child.outbound_spi == spi:
                 return child
@@ -300,7 +306,7 @@ class IkeSa:
     def random_bytes(self, n: int) -> bytes:
         return self.services.random_bytes(n)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "ike_sa": self.label,
             "state": self.state.value,

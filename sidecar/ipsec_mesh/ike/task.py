@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from .constants import NotifyType
 from .errors import IkeError
 from .payloads import Message, NotifyPayload, Payload
+from .proposals import ProposalSpec
 
 if TYPE_CHECKING:
     from .sa import IkeSa
@@ -85,7 +86,15 @@ def first_error(msg: Message) -> NotifyPayload | None:
     return next((n for n in msg.all(NotifyPayload) if n.is_error), None)
 
 
-def retry_with_wanted_group(task: Task, sa: IkeSa, notify: NotifyPayload, proposals) -> bool:
+class KeTask(Task):
+    """A CREATE_CHILD_SA task with a key exchange that INVALID_KE_PAYLOAD can redirect."""
+
+    group: int | None
+    ke_retries: int
+
+
+def retry_with_wanted_group(task: KeTask, sa: IkeSa, notify: NotifyPayload,
+                            proposals: Iterable[ProposalSpec]) -> bool:
     """INVALID_KE_PAYLOAD naming a group we also offer: queue `task` again with that group."""
     if notify.type != NotifyType.INVALID_KE_PAYLOAD or len(notify.data) < 2 or task.ke_retries >= MAX_KE_RETRIES:
         return False

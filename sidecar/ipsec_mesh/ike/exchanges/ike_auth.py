@@ -20,6 +20,7 @@ from ..child import (
     match_child_request,
     transport_mode_requested,
 )
+from ..config import ChildConfig
 from ..constants import AuthMethod, ExchangeType, NotifyType, notify_name
 from ..errors import AuthenticationFailed, CertificateError, IkeError, ParseError
 from ..events import ChildSaFailed, IkeSaEstablished, NegotiationFailed
@@ -133,7 +134,7 @@ def _log_established(event: IkeSaEstablished, child: ChildSa | None) -> None:
 class IkeAuthTask(Task):
     exchange = ExchangeType.IKE_AUTH
 
-    def __init__(self, child=None):
+    def __init__(self, child: ChildConfig | None = None) -> None:
         self.child = child
         self.inbound_spi: int | None = None
         self.child_proposals = ()

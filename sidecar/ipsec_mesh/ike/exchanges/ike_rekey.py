@@ -78,7 +78,7 @@ def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
 class IkeRekeyTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.spi = b""
         self.ni = b""
         self.nr = b""
