@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from .constants import ExchangeType, NotifyType, notify_name
 from .errors import IkeError, ParseError
-from .keyexchange import respond_key_exchange, start_key_exchange
-from .payloads import KePayload, Message, NotifyPayload
+from .keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
+from .payloads import KePayload, Message, NotifyPayload, Payload
 from .sa import IkeSa, IkeState
 from .task import Reply, Responder, Task, first_error
 
@@ -43,7 +43,16 @@ class PendingKeyExchanges:
     expires_at: float
 
 
-def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes, finish, abandon, now: float) -> NotifyPayload:
+class FollowupOwner(Protocol):
+    """The task whose CREATE_CHILD_SA the follow-ups complete."""
+
+    def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None: ...
+    def followup_failed(self, sa: IkeSa, reason: str, notify: int | None, now: float) -> None: ...
+
+
+def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes,
+         finish: Callable[[tuple[bytes, ...], float], None], abandon: Callable[[float], None],
+         now: float) -> NotifyPayload:
     """Keep a CREATE_CHILD_SA's state for its follow-ups; the notify to answer with."""
     responder = sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE]
     assert isinstance(responder, FollowupKeResponder)
@@ -63,12 +72,13 @@ class FollowupKeTask(Task):
 
     exchange = ExchangeType.IKE_FOLLOWUP_KE
 
-    def __init__(self, owner, methods: tuple[int, ...], secrets: tuple[bytes, ...], link: bytes):
+    def __init__(self, owner: FollowupOwner, methods: tuple[int, ...], secrets: tuple[bytes, ...],
+                 link: bytes) -> None:
         self.owner = owner
         self.methods = methods
         self.secrets = secrets
         self.link = link
-        self.ke = None
+        self.ke: KeInitiator | None = None
 
     @property
     def method(self) -> int:
@@ -76,7 +86,7 @@ class FollowupKeTask(Task):
 
     def start(self, sa: IkeSa, now: float) -> None:
         self.ke = start_key_exchange(self.method)
-        payloads = [KePayload(self.method, self.ke.public_data),
+        payloads: list[Payload] = [KePayload(self.method, self.ke.public_data),
                     NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=self.link)]
         sa.tasks.send_request(self, self.exchange, payloads, now)
 
@@ -89,6 +99,7 @@ class FollowupKeTask(Task):
         ke = msg.first(KePayload)
         if ke is None or ke.group != self.method:
             raise ParseError(f"IKE_FOLLOWUP_KE response lacks the KE payload for {self.method}")
+        assert self.ke is not None, "started before any response"
         secrets = self.secrets + (self.ke.finish(ke.data),)
         if len(self.methods) > 1:
             # Run the next one at once, before anything else queued on this SA.
@@ -148,7 +159,7 @@ class FollowupKeResponder(Responder):
             raise
         pending.methods.pop(0)
         pending.secrets.append(secret)
-        payloads: list = [KePayload(method, our_data)]
+        payloads: list[Payload] = [KePayload(method, our_data)]
         if pending.methods:
             payloads.append(self.park(sa, pending, now))
         else:
