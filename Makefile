@@ -1,5 +1,5 @@
 # The two quick-start commands are `make demo` and `make test` (see README.md).
-.PHONY: setup demo test test-fast
+.PHONY: setup demo test test-fast lint
 setup:
 	./scripts/setup.sh
 
@@ -12,3 +12,6 @@ test: setup
 # The in-memory and loopback tiers (no namespaces, no charon, no VM): minutes, for the edit loop.
 test-fast: setup
 	.venv/bin/python -m pytest -q tests/unit tests/agent tests/operator tests/chart
+# Type checking: strict for the IKE core (configuration in pyproject.toml).
+lint: setup
+	.venv/bin/python -m mypy

@@ -10,24 +10,28 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ipsec_mesh.ike.auth import CertCredential, PskCredential
-from ipsec_mesh.ike.certs import TrustStore
-from ipsec_mesh.ike.config import ChildConfig, Lifetime, PeerConfig, Retransmit
-from ipsec_mesh.ike.constants import ProtocolId
-from ipsec_mesh.ike.endpoint import IkeEndpoint
-from ipsec_mesh.ike.events import (
+from ipsec_mesh.ike import (
+    CertCredential,
+    ChildConfig,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaOutboundRetired,
+    Datagram,
+    Identity,
+    IkeEndpoint,
     IkeSaClosed,
     IkeSaEstablished,
+    Lifetime,
+    PeerConfig,
+    ProtocolId,
+    PskCredential,
+    Retransmit,
+    TrafficSelector,
+    TrustStore,
+    parse_proposal,
 )
-from ipsec_mesh.ike.identity import Identity
-from ipsec_mesh.ike.payloads import TrafficSelector
-from ipsec_mesh.ike.proposals import parse_proposal
-from ipsec_mesh.ike.sa import Datagram
 
 PSK = b"correct horse battery staple, 32b"
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ipsec_mesh.agent import runtime
-from ipsec_mesh.ike.constants import NotifyType
-from ipsec_mesh.ike.events import IkeSaEstablished, NegotiationFailed
+from ipsec_mesh.ike import IkeSaEstablished, NegotiationFailed, NotifyType
 
 from .test_agent_loopback import make_agent
 

@@ -19,9 +19,7 @@ from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.logs import LOG_BURST, LogRateLimiter, make_handler
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.config import single_peer_lookup
-from ipsec_mesh.ike.constants import ExchangeType
-from ipsec_mesh.ike.endpoint import IkeEndpoint
+from ipsec_mesh.ike import ExchangeType, IkeEndpoint, single_peer_lookup
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, SaPayload
 from ipsec_mesh.ike.proposals import default_ike_proposals

@@ -8,8 +8,7 @@ import pytest
 
 from ipsec_mesh.agent.dataplane import NatMapping
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
-from ipsec_mesh.ike.constants import EncrId
-from ipsec_mesh.ike.events import ChildSaInfo, ChildSaKeys, UdpEncap
+from ipsec_mesh.ike import ChildSaInfo, ChildSaKeys, EncrId, UdpEncap
 from ipsec_mesh.xfrm import Mapping, owned_reqid
 
 LOCAL, PEER = "10.0.0.2", "192.0.2.7"

@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
+from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,20 @@ from functools import lru_cache
 
 from cryptography import x509
 
-from ..ike.auth import CertCredential, PskCredential
-from ..ike.certs import TrustStore
-from ..ike.config import ChildConfig, Lifetime, PeerConfig, Retransmit
-from ..ike.constants import ProtocolId
-from ..ike.identity import Identity
-from ..ike.payloads import TrafficSelector
-from ..ike.proposals import ProposalSyntaxError, parse_proposal
+from ..ike import (
+    CertCredential,
+    ChildConfig,
+    Identity,
+    Lifetime,
+    PeerConfig,
+    ProposalSyntaxError,
+    ProtocolId,
+    PskCredential,
+    Retransmit,
+    TrafficSelector,
+    TrustStore,
+    parse_proposal,
+)
 from ..meshapi.model import AuthKind, Enforcement, Peer, PeerMap, PeeringPolicy
 from .config import IkeSettings
 

@@ -18,21 +18,23 @@ import signal
 import socket
 import time
 
-from ..ike.constants import NON_ESP_MARKER
-from ..ike.endpoint import DROP_COUNTERS, IkeEndpoint
-from ..ike.events import (
+from ..ike import (
+    DROP_COUNTERS,
+    NON_ESP_MARKER,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaOutboundRetired,
+    IkeEndpoint,
     IkeSaClosed,
     IkeSaEstablished,
+    IkeState,
     NegotiationFailed,
+    notify_name,
+    strip_non_esp_marker,
 )
-from ..ike.message import strip_non_esp_marker
-from ..ike.sa import IkeState
 from .config import SidecarSettings
 from .dataplane import Acquire, DataPlane, HardExpire, NatMapping, PolicyExpired, SoftExpire
 from .logs import LOG_WINDOW, flush_rate_limited
@@ -501,8 +503,6 @@ class Agent:
 
 
 def _failure_reason(reason: str, notify: int | None) -> str:
-    from ..ike.constants import notify_name
-
     if notify is not None:
         return notify_name(notify).lower()
     return "timeout" if "no response" in reason else "other"

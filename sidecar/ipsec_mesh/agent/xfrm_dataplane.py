@@ -22,8 +22,7 @@ import logging
 import socket
 from pathlib import Path
 
-from ..ike.constants import EncrId
-from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
+from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, EncrId
 from ..meshapi.model import Enforcement
 from ..svcnat import ServiceTranslation
 from ..xfrm import (

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -78,7 +78,7 @@ class PskCredential:
 class CertCredential:
     """Our private key and certificate chain (leaf first, then intermediates)."""
 
-    def __init__(self, private_key, chain: list[x509.Certificate]):
+    def __init__(self, private_key: Any, chain: list[x509.Certificate]):
         if not chain:
             raise ValueError("a certificate credential needs at least the leaf certificate")
         try:
@@ -98,8 +98,9 @@ class CertCredential:
         return f"CertCredential(leaf={self.leaf.subject.rfc4514_string()!r})"
 
 
-def _spki(public_key) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+def _spki(public_key: Any) -> bytes:
+    spki: bytes = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return spki
 
 
 def our_hash_algorithms() -> frozenset[int]:
@@ -127,7 +128,7 @@ def make_auth(credential: PskCredential | CertCredential, octets: bytes, prf: Pr
 
 
 def verify_auth(auth: AuthPayload, octets: bytes, prf: Prf, *, psks: Sequence[bytes] = (),
-                peer_public_key=None) -> None:
+                peer_public_key: Any = None) -> None:
     """Raise AuthenticationFailed unless `auth` proves the peer signed/MACed `octets`.
 
     `psks`: the PSKs configured for this peer (several during a rotation); each must

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from typing import Any
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -222,7 +223,7 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _extension(cert: x509.Certificate, ext_type):
+def _extension(cert: x509.Certificate, ext_type: type[x509.ExtensionType]) -> Any:
     try:
         return cert.extensions.get_extension_for_class(ext_type).value
     except x509.ExtensionNotFound:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import ChildConfig
 from .constants import NotifyType, ProtocolId
-from .crypto import aead_keymat_len
+from .crypto import Prf, aead_keymat_len
 from .errors import IkeError, NoProposalChosen, TsUnacceptable
-from .events import ChildSaInfo, ChildSaKeys, UdpEncap
+from .events import ChildSaInfo, ChildSaInstallInbound, ChildSaInstallOutbound, ChildSaKeys, UdpEncap
 from .keymat import derive_child_keys
 from .payloads import (
     Message,
@@ -20,7 +22,12 @@ from .payloads import (
     TsrPayload,
 )
 from .proposals import Selected, select
-from .selectors import narrow
+from .selectors import check_subset, narrow
+
+if TYPE_CHECKING:
+    from .sa import IkeSa
+
+log = logging.getLogger("ipsec_mesh.ike")
 
 
 class ChildState(enum.Enum):
@@ -47,7 +54,7 @@ class ChildSa:
     replaced_by: int | None = None  # inbound SPI of its successor
     peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
     outbound_retired: bool = False  # we stopped sending on it (our Delete of it is under way)
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def inbound_spi(self) -> int:
@@ -74,7 +81,7 @@ def transport_mode_requested(msg: Message) -> bool:
     return msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
 
 
-def child_keys(prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
+def child_keys(prf: Prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
                shared_secrets: tuple[bytes, ...] = ()) -> ChildSaKeys:
     """ESP keys for one CHILD_SA, oriented inbound/outbound for our side.
 
@@ -153,7 +160,8 @@ def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke:
 
 def build_info(*, ike_label: str, config: ChildConfig, selected: Selected, keys: ChildSaKeys,
                inbound_spi: int, outbound_spi: int, local_addr: str, remote_addr: str,
-               local_ts, remote_ts, encap: UdpEncap | None, rekey_time: float) -> ChildSaInfo:
+               local_ts: Sequence[TrafficSelector], remote_ts: Sequence[TrafficSelector],
+               encap: UdpEncap | None, rekey_time: float) -> ChildSaInfo:
     lt = config.lifetime
     return ChildSaInfo(
         ike_sa=ike_label,
@@ -195,5 +203,68 @@ def rekey_notify(inbound_spi: int) -> NotifyPayload:
     return NotifyPayload(NotifyType.REKEY_SA, ProtocolId.ESP, inbound_spi.to_bytes(4, "big"))
 
 
-def moved(info: ChildSaInfo, **changes) -> ChildSaInfo:
+def moved(info: ChildSaInfo, **changes: Any) -> ChildSaInfo:
     return replace(info, **changes)
+
+
+def encap_of(sa: IkeSa) -> UdpEncap | None:
+    """ESP goes in UDP when either side is behind a NAT (or encapsulation is forced)."""
+    if sa.nat_local or sa.nat_remote:
+        return UdpEncap(sa.local[1], sa.remote[1])
+    return None
+
+
+Selectors = Sequence[TrafficSelector]
+
+
+def check_answered_selectors(sa: IkeSa, tsi: TsiPayload, tsr: TsrPayload, local_ts: Selectors,
+                             remote_ts: Selectors, mode: str) -> tuple[Selectors, Selectors]:
+    """Initiator side: the responder may only narrow; behind a NAT in transport mode it
+    names the addresses it sees instead of ours (RFC 7296 §2.23.1), and we install our own."""
+    nat_transport = mode == "transport" and (sa.nat_local or sa.nat_remote)
+    if nat_transport:
+        return (tuple(local_ts) if sa.nat_local else tsi.selectors,
+                tuple(remote_ts) if sa.nat_remote else tsr.selectors)
+    check_subset(tsi.selectors, local_ts, "TSi")
+    check_subset(tsr.selectors, remote_ts, "TSr")
+    return tsi.selectors, tsr.selectors
+
+
+def add_child(sa: IkeSa, config: ChildConfig, selected: Selected, keys: ChildSaKeys, inbound_spi: int,
+              outbound_spi: int, local_ts: Selectors, remote_ts: Selectors,
+              nonces: tuple[bytes, bytes], initiated_by_us: bool, now: float, *,
+              state: ChildState = ChildState.INSTALLED, replaces: int | None = None,
+              log_line: bool = True) -> ChildSa:
+    """Record a new CHILD_SA and tell the data plane (inbound first; outbound unless told to wait).
+
+    `log_line=False` when the caller logs the CHILD_SA with its IKE SA (IKE_AUTH).
+    """
+    lt = config.lifetime
+    jitter = sa.services.random_bytes(2)
+    rekey_time = lt.rekey_time - (int.from_bytes(jitter, "big") / 65535.0) * lt.jitter if lt.rekey_time else 0
+    info = build_info(ike_label=sa.label, config=config, selected=selected, keys=keys,
+                      inbound_spi=inbound_spi, outbound_spi=outbound_spi,
+                      local_addr=sa.local[0], remote_addr=sa.remote[0], local_ts=local_ts,
+                      remote_ts=remote_ts, encap=encap_of(sa), rekey_time=rekey_time)
+    child = ChildSa(config=config, info=info, state=state, created_at=now,
+                    rekey_at=now + rekey_time if rekey_time else None,
+                    expire_at=now + lt.life_time if lt.life_time else None,
+                    nonces=nonces, initiated_by_us=initiated_by_us, replaces=replaces)
+    sa.children[inbound_spi] = child
+    sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
+    if state == ChildState.INSTALLED:
+        sa.emit(ChildSaInstallOutbound(info))
+    if log_line:
+        log.info("CHILD_SA %s %08x_i %08x_o with %s: %s%s", config.name, inbound_spi, outbound_spi,
+                 sa.remote[0], info.algorithm, " (rekey)" if replaces else "")
+    return child
+
+
+def activate_successor(sa: IkeSa, old: ChildSa) -> None:
+    """The old SA is gone: the successor the peer created may now carry our outbound traffic."""
+    if old.peer_rekey is None:
+        return
+    successor = sa.children.get(old.peer_rekey)
+    if successor is not None and successor.state == ChildState.INBOUND_ONLY:
+        successor.state = ChildState.INSTALLED
+        sa.emit(ChildSaInstallOutbound(successor.info))

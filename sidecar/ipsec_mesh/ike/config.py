@@ -7,10 +7,15 @@ never reads files or the network for configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .payloads import TrafficSelector
 from .proposals import ProposalSpec, default_esp_proposals, default_ike_proposals
+
+if TYPE_CHECKING:
+    from .auth import CertCredential, PskCredential
+    from .certs import TrustStore
+    from .identity import Identity
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,7 @@ class Lifetime:
     rekey_packets: int = 0
     life_packets: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.life_time and self.rekey_time and self.life_time < self.rekey_time:
             raise ValueError("life_time must not be shorter than rekey_time")
         if self.jitter < 0 or (self.rekey_time and self.jitter >= self.rekey_time):
@@ -54,7 +59,7 @@ class ChildConfig:
     lifetime: Lifetime = Lifetime(rekey_time=3600, life_time=3960, jitter=360)
     tfc_padding: int = 0  # pad ESP payloads up to this size (RFC 4303 TFC); 0 = off
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mode not in ("transport", "tunnel"):
             raise ValueError(f"mode must be transport or tunnel, not {self.mode!r}")
 
@@ -71,11 +76,11 @@ class PeerConfig:
     """
 
     name: str
-    local_id: object  # identity.Identity
-    credential: object  # auth.PskCredential | auth.CertCredential
-    remote_ids: tuple = ()
+    local_id: Identity
+    credential: PskCredential | CertCredential
+    remote_ids: tuple[Identity, ...] = ()
     psks: tuple[bytes, ...] = ()
-    trust: object | None = None  # certs.TrustStore
+    trust: TrustStore | None = None
     ike_proposals: tuple[ProposalSpec, ...] = field(default_factory=lambda: tuple(default_ike_proposals()))
     children: tuple[ChildConfig, ...] = ()
     ike_lifetime: Lifetime = Lifetime(rekey_time=14400, life_time=15840, jitter=1440)
@@ -90,7 +95,7 @@ class PeerConfig:
     initial_contact: bool = True
     half_open_timeout: float = 30.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.childless not in ("allow", "force", "never"):
             raise ValueError("childless must be allow, force or never")
         if not self.ike_proposals:

@@ -9,6 +9,8 @@ named as such in the message.
 
 from __future__ import annotations
 
+import enum
+
 import hmac as stdlib_hmac
 from dataclasses import dataclass
 
@@ -21,10 +23,10 @@ from .errors import CryptoError, IntegrityError
 
 PRF_PLUS_MAX_BLOCKS = 255  # RFC 7296 section 2.13: the counter octet goes from 1 to 255
 
-_PRF_HASHES: dict[PrfId, type[hashes.HashAlgorithm]] = {
-    PrfId.HMAC_SHA2_256: hashes.SHA256,
-    PrfId.HMAC_SHA2_384: hashes.SHA384,
-    PrfId.HMAC_SHA2_512: hashes.SHA512,
+_PRF_HASHES: dict[PrfId, hashes.HashAlgorithm] = {
+    PrfId.HMAC_SHA2_256: hashes.SHA256(),
+    PrfId.HMAC_SHA2_384: hashes.SHA384(),
+    PrfId.HMAC_SHA2_512: hashes.SHA512(),
 }
 
 SUPPORTED_PRF: frozenset[PrfId] = frozenset(_PRF_HASHES)
@@ -37,7 +39,7 @@ AES_GCM_KEY_BITS = frozenset({128, 192, 256})
 CHACHA20_KEY_LEN = 32
 
 
-def _algorithm_name(enum_type: type, value: int) -> str:
+def _algorithm_name(enum_type: type[enum.IntEnum], value: int) -> str:
     try:
         return enum_type(value).name
     except ValueError:

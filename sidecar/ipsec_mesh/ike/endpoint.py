@@ -29,6 +29,10 @@ from .payloads import Message, NoncePayload, NotifyPayload
 from .registry import HalfOpenCount, PeerIndex, TimerQueue
 from .child import ChildState, sends
 from .sa import Datagram, IkeSa, IkeState
+from . import exchanges
+from .exchanges.create_child import ChildCreateTask
+from .exchanges.ike_rekey import IkeRekeyTask
+from .exchanges.informational import DeleteChildTask, IkeDeleteTask, follow_nat_mapping
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -67,6 +71,7 @@ class IkeEndpoint:
         self._outbox: list[Datagram] = []
         self._events: list[Event] = []
         self.counters: Counter = Counter()
+        self.exchanges = exchanges  # Services.exchanges: what each IkeSa dispatches to
 
     # -- Services for IkeSa -------------------------------------------------------------
     def random_bytes(self, n: int) -> bytes:
@@ -116,8 +121,6 @@ class IkeEndpoint:
         Both ends know all four nonces; the SA whose IKE_SA_INIT had the lowest nonce is
         closed by its initiator (the rule RFC 7296 §2.8.1 uses for rekey collisions).
         """
-        from .exchanges.informational import IkeDeleteTask
-
         if sa.rekeyed_from:
             return
         # Only an SA we initiated can be closed here (by us, its initiator): two SAs that
@@ -152,20 +155,17 @@ class IkeEndpoint:
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
                  child: ChildConfig | None = None) -> IkeSa:
         """Start a new IKE SA (and its first CHILD_SA unless `child` is None)."""
-        from .exchanges.ike_init import IkeInitTask
-
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
         self._register(sa)
-        sa.queue(IkeInitTask(child), now)
+        for task in exchanges.initiate(child):
+            sa.queue(task, now)
         self._collect()
         return sa
 
     def acquire(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
                 child: ChildConfig, local_ts=None, remote_ts=None) -> IkeSa:
         """A packet wants protection (kernel ACQUIRE): reuse the peer's IKE SA or start one."""
-        from .exchanges.create_child import ChildCreateTask
-
         for sa in sorted(self._by_peer.all(remote[0]), key=lambda s: self._rank[s.our_spi]):
             if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
                 continue
@@ -176,7 +176,7 @@ class IkeEndpoint:
             if any(c.name == child.name and (sends(c) or c.state == ChildState.INBOUND_ONLY)
                    for c in sa.children.values()):
                 return sa
-            if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks):
+            if not any(isinstance(t, ChildCreateTask) and t.config.name == child.name for t in sa.tasks.queued):
                 sa.queue(ChildCreateTask(child, local_ts=local_ts, remote_ts=remote_ts), now)
                 self._touch(sa)
                 self._collect()
@@ -313,9 +313,6 @@ class IkeEndpoint:
 
     def rekey_child(self, inbound_spi: int, now: float) -> bool:
         """Rekey a CHILD_SA now (e.g. the kernel's soft EXPIRE); False if unknown."""
-        from .child import ChildState
-        from .exchanges.create_child import ChildCreateTask
-
         sa, child = self._find_child(inbound_spi)
         if child is None or child.state != ChildState.INSTALLED or sa.state != IkeState.ESTABLISHED:
             return False
@@ -326,8 +323,6 @@ class IkeEndpoint:
         return True
 
     def delete_child(self, inbound_spi: int, now: float, reason: str = "deleted") -> bool:
-        from .exchanges.informational import DeleteChildTask
-
         sa, child = self._find_child(inbound_spi)
         if child is None:
             return False
@@ -346,8 +341,6 @@ class IkeEndpoint:
         what was done: followed, unchanged, not-natted, address-changed, not-established
         or unknown-sa.
         """
-        from .exchanges.informational import follow_nat_mapping
-
         sa, child = self._find_child(inbound_spi)
         if child is None:
             return "unknown-sa"
@@ -357,8 +350,6 @@ class IkeEndpoint:
         return result
 
     def rekey_ike(self, label: str, now: float) -> bool:
-        from .exchanges.ike_rekey import IkeRekeyTask
-
         sa = self._by_label(label)
         if sa is None or sa.state != IkeState.ESTABLISHED:
             return False
@@ -377,8 +368,6 @@ class IkeEndpoint:
         return True
 
     def _delete(self, sa: IkeSa, now: float, reason: str) -> None:
-        from .exchanges.informational import IkeDeleteTask
-
         self._touch(sa)
         if sa.state == IkeState.ESTABLISHED:
             sa.tasks.clear()

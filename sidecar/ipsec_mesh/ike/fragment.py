@@ -63,7 +63,7 @@ class _Pending:
     pieces: dict[int, bytes] = field(default_factory=dict)
     size: int = 0
     first_inner: int = PayloadType.NONE
-    clear: list = field(default_factory=list)  # clear payloads before SKF in fragment 1
+    clear: list[p.Payload] = field(default_factory=list)  # clear payloads before SKF in fragment 1
 
 
 class Reassembler:
@@ -79,7 +79,7 @@ class Reassembler:
         self.max_fragments = max_fragments
         self.max_total_bytes = max_total_bytes
         self.max_pending = max_pending
-        self._pending: dict[tuple, _Pending] = {}
+        self._pending: dict[tuple[bytes, bytes, int, bool], _Pending] = {}
 
     @property
     def pending(self) -> int:
@@ -115,7 +115,7 @@ class Reassembler:
         content = b"".join(state.pieces[n] for n in range(1, state.total + 1))
         return with_inner(msg, state.clear, state.first_inner, content)
 
-    def _state_for(self, key: tuple, msg: p.Message, total: int) -> _Pending:
+    def _state_for(self, key: tuple[bytes, bytes, int, bool], msg: p.Message, total: int) -> _Pending:
         state = self._pending.get(key)
         if state is not None and total < state.total:
             # RFC 7383 2.6.2: fewer fragments = left over from an older transmission.

@@ -188,7 +188,7 @@ class Identity:
             if compiled is None or compiled is True:
                 return bool(compiled)
             if not isinstance(compiled, Identity):
-                return self.id_type in _IP_LENGTH and ipaddress.ip_address(self.data) in compiled
+                return self.id_type in _IP_LENGTH and ipaddress.ip_address(self.data) in compiled  # type: ignore[operator]
             pattern = compiled
         if pattern.id_type != self.id_type:
             return False

@@ -22,7 +22,8 @@ class _SecretRepr:
     """repr that names each key and its length, never its bytes."""
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{f.name}=<{len(getattr(self, f.name))} bytes>" for f in fields(self))
+        parts = ", ".join(f"{f.name}=<{len(getattr(self, f.name))} bytes>"
+                          for f in fields(self))  # type: ignore[arg-type]  # subclasses are dataclasses
         return f"{type(self).__name__}({parts})"
 
 
@@ -161,3 +162,9 @@ def derive_child_keys(
     first, rest = shared_secrets[:1], shared_secrets[1:]
     material = prf.plus(sk_d, b"".join(first) + ni + nr + b"".join(rest), sum(lengths))
     return ChildKeys(*_split(material, lengths))
+
+
+def intermediate_auth(int_auth_i: bytes, int_auth_r: bytes, auth_mid: int) -> bytes:
+    """IntAuth = IntAuth_iN | IntAuth_rN | IKE_AUTH_MID, what AUTH signs after IKE_INTERMEDIATE
+    exchanges (RFC 9242 section 3.3.2)."""
+    return int_auth_i + int_auth_r + auth_mid.to_bytes(4, "big")

@@ -99,14 +99,14 @@ def decode(data: bytes) -> p.Message:
     return _message_like(header, payloads)
 
 
-def _message_like(header: Header, payloads: list) -> p.Message:
+def _message_like(header: Header, payloads: list[p.Payload]) -> p.Message:
     return p.Message(header.spi_i, header.spi_r, known(ExchangeType, header.exchange),
                      header.is_initiator, header.is_response, header.message_id, payloads)
 
 
-def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list:
+def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list[p.Payload]:
     """A payload chain filling all of `r`. Only an outer chain may end in SK/SKF."""
-    payloads: list = []
+    payloads: list[p.Payload] = []
     ptype = first_type
     while ptype != PayloadType.NONE:
         if len(payloads) >= limit:
@@ -128,7 +128,7 @@ def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list
     return payloads
 
 
-def _decode_plain(ptype: int, critical: bool, body: bytes):
+def _decode_plain(ptype: int, critical: bool, body: bytes) -> p.Payload:
     if has_body_decoder(ptype):
         return decode_body(ptype, body)  # known payloads ignore the critical bit
     if critical:
@@ -136,7 +136,7 @@ def _decode_plain(ptype: int, critical: bool, body: bytes):
     return p.UnknownPayload(ptype, critical, body)
 
 
-def _decode_encrypted(ptype: int, first_inner: int, body: bytes):
+def _decode_encrypted(ptype: int, first_inner: int, body: bytes) -> p.EncryptedPayload | p.EncryptedFragment:
     if ptype == PayloadType.SK:
         return p.EncryptedPayload(first_inner, body)
     r = Reader(body, "SKF")
@@ -148,7 +148,7 @@ def _decode_encrypted(ptype: int, first_inner: int, body: bytes):
 
 # -- encoding -----------------------------------------------------------------
 
-def encode_chain(payloads: list) -> tuple[int, bytes]:
+def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
     """(type of the first payload, the chain's bytes). SK/SKF objects go out as received."""
     if len(payloads) > MAX_PAYLOADS:
         raise ValueError(f"{len(payloads)} payloads, at most {MAX_PAYLOADS}")
@@ -156,11 +156,11 @@ def encode_chain(payloads: list) -> tuple[int, bytes]:
     types = [p.payload_type_of(payload) for payload in payloads]
     for i, payload in enumerate(payloads):
         following = types[i + 1] if i + 1 < len(types) else PayloadType.NONE
-        if types[i] in _ENCRYPTED_TYPES:
+        if isinstance(payload, (p.EncryptedPayload, p.EncryptedFragment)):
             if i != len(payloads) - 1:
                 raise ValueError("SK/SKF must be the last payload")
             following = payload.first_inner
-            body = payload.raw if types[i] == PayloadType.SK else (
+            body = payload.raw if isinstance(payload, p.EncryptedPayload) else (
                 u16(payload.number) + u16(payload.total) + payload.raw)
         else:
             body = encode_body(payload)
@@ -238,7 +238,7 @@ def decrypt(data: bytes, msg: p.Message, protector: Protector) -> p.Message:
     return with_inner(msg, clear, sk.first_inner, inner)
 
 
-def with_inner(msg: p.Message, clear: list, first_inner: int, inner: bytes) -> p.Message:
+def with_inner(msg: p.Message, clear: list[p.Payload], first_inner: int, inner: bytes) -> p.Message:
     """A copy of `msg` whose payloads are `clear` followed by the chain parsed from `inner`."""
     payloads = decode_chain(first_inner, Reader(inner, "inner payloads"),
                             MAX_PAYLOADS - len(clear), outer=False)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import ipaddress
 from functools import lru_cache
+from typing import Callable
 
 from .constants import NotifyType
 from .payloads import NotifyPayload
@@ -22,13 +23,15 @@ def _packed(address: str) -> bytes:
 
 
 def nat_notifies(spi_i: bytes, spi_r: bytes, local: tuple[str, int], remote: tuple[str, int],
-                 fake_source: bool = False, random_bytes=None) -> list[NotifyPayload]:
+                 fake_source: bool = False,
+                 random_bytes: Callable[[int], bytes] | None = None) -> list[NotifyPayload]:
     """NAT_DETECTION_SOURCE_IP and _DESTINATION_IP for a message from `local` to `remote`.
 
     `fake_source` sends a source hash that cannot match, so the peer believes we are
     behind a NAT and both sides encapsulate ESP in UDP (forced encapsulation).
     """
     if fake_source:
+        assert random_bytes is not None, "a fake source hash needs random bytes"
         source = random_bytes(20)
     else:
         source = nat_hash(spi_i, spi_r, *local)

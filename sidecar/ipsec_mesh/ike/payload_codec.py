@@ -363,7 +363,7 @@ def has_body_decoder(ptype: int) -> bool:
     return ptype in _DECODERS
 
 
-def decode_body(ptype: int, body: bytes):
+def decode_body(ptype: int, body: bytes) -> p.Payload:
     """The payload object for a known plain (not SK/SKF) payload type."""
     return _DECODERS[ptype](body)
 

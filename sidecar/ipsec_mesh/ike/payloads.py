@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .constants import (
     NotifyType,
@@ -17,6 +18,8 @@ from .constants import (
     TransformType,
     TsType,
 )
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -198,19 +201,19 @@ class Message:
     is_initiator: bool  # the I flag: sender is the original initiator of the IKE SA
     is_response: bool  # the R flag
     message_id: int
-    payloads: list = field(default_factory=list)
+    payloads: list[Payload] = field(default_factory=list)
     # The decrypted inner payload chain as received (RFC 9242 IntAuth needs the exact bytes).
     inner_plain: bytes = field(default=b"", repr=False, compare=False)
     inner_first: int = field(default=0, repr=False, compare=False)
 
     # -- small lookup helpers used everywhere by the state machine ---------------
-    def first(self, cls):  # exact class or subclass
+    def first(self, cls: type[P]) -> P | None:  # exact class or subclass
         for p in self.payloads:
             if isinstance(p, cls):
                 return p
         return None
 
-    def all(self, cls) -> list:
+    def all(self, cls: type[P]) -> list[P]:
         return [p for p in self.payloads if isinstance(p, cls)]
 
     def notify(self, ntype: NotifyType) -> NotifyPayload | None:
@@ -268,7 +271,7 @@ _TYPE_OF_CLASS = {
 }
 
 
-def payload_type_of(payload) -> int:
+def payload_type_of(payload: object) -> int:
     """The wire payload type of a payload object."""
     if isinstance(payload, UnknownPayload):
         return payload.type

@@ -10,7 +10,7 @@ indexes that are updated only for the SAs a call touched.
 from __future__ import annotations
 
 import heapq
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable
 
 
 class TimerQueue:
@@ -65,10 +65,10 @@ class PeerIndex:
     """Items by peer address, split into those we initiated and those the peer initiated."""
 
     def __init__(self) -> None:
-        self._by_address: dict[str, tuple[dict, dict]] = {}
+        self._by_address: dict[str, tuple[dict[Hashable, Any], dict[Hashable, Any]]] = {}
         self._address_of: dict[Hashable, str] = {}
 
-    def put(self, key: Hashable, item, address: str, initiated_by_us: bool) -> None:
+    def put(self, key: Hashable, item: Any, address: str, initiated_by_us: bool) -> None:
         """Add `item`, or move it when its peer address changed."""
         old = self._address_of.get(key)
         if old == address:
@@ -89,11 +89,11 @@ class PeerIndex:
         if not ours and not theirs:
             del self._by_address[address]
 
-    def initiated_by_us(self, address: str) -> Iterable:
+    def initiated_by_us(self, address: str) -> list[Any]:
         entry = self._by_address.get(address)
         return list(entry[0].values()) if entry else []
 
-    def all(self, address: str) -> list:
+    def all(self, address: str) -> list[Any]:
         entry = self._by_address.get(address)
         return [*entry[0].values(), *entry[1].values()] if entry else []
 

@@ -1,43 +1,43 @@
-"""One IKE SA: message IDs, retransmission, protection, fragments, timers, children.
+"""One IKE SA: its state, keys, protection and fragmentation, timers and children.
 
-The exchanges themselves live in `exchanges/` (one module per exchange, as libcharon
-has one task per exchange); this class is the machinery they share. Sans-IO: the
-owner (`endpoint.IkeEndpoint`) feeds it datagrams and ticks with `now`, and drains
-`outbox` and `events`.
+The exchanges live in `exchanges/` (one module per exchange, as libcharon has one task
+per exchange); message IDs, the outstanding request, the task queue, retransmission and
+dispatch are the task manager's (`manager.TaskManager`, `sa.tasks`). Sans-IO: the owner
+(`endpoint.IkeEndpoint`) feeds it datagrams and ticks with `now`, and drains `outbox`
+and `events`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
-from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from cryptography import x509
 
 from . import message as codec
+from .child import ChildSa, ChildState
 from .config import PeerConfig
-from .constants import ExchangeType, NotifyType, ProtocolId
+from .constants import ExchangeType, ProtocolId
 from .crypto import AeadProtector, Prf
-from .errors import AuthenticationFailed, FragmentError, IkeError, IntegrityError, ParseError
+from .errors import IntegrityError
 from .events import ChildSaDeleted, Event, IkeSaClosed
-from .fragment import Reassembler, encode_fragments
+from .identity import Identity
+from .fragment import encode_fragments
 from .keymat import IkeKeys
-from .payloads import EncryptedFragment, EncryptedPayload, Message, NotifyPayload
+from .manager import TaskManager
+from .payloads import Message, NotifyPayload
 from .proposals import Selected
+from .state import IkeState, check_transition
+from .task import Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
 IPV4_UDP_OVERHEAD = 28
 IPV6_UDP_OVERHEAD = 48
-
-
-class IkeState(enum.Enum):
-    CONNECTING = "connecting"  # IKE_SA_INIT / IKE_INTERMEDIATE / IKE_AUTH under way
-    ESTABLISHED = "established"
-    REKEYED = "rekeyed"  # a successor exists; waiting for the old SA's delete
-    DELETING = "deleting"
-    CLOSED = "closed"
+OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
 
 
 @dataclass
@@ -47,13 +47,15 @@ class Datagram:
     remote: tuple[str, int]
 
 
-@dataclass
-class Reply:
-    """A responder handler's answer: payloads to send, and what to do once they are sent."""
+class Exchanges(Protocol):
+    """The exchanges package as the IKE SA sees it: routing of requests and timers, and the
+    tasks one exchange queues for another (libcharon's task_manager queue_* calls), so that
+    exchanges never import each other."""
 
-    payloads: list
-    after: object = None  # callable(now) or None
-    close: str | None = None  # close the IKE SA after sending, with this reason
+    def responders(self) -> dict[int, Responder]: ...  # a fresh set for one IKE SA, by exchange type
+    def on_timers(self, sa: "IkeSa", now: float) -> None: ...
+    def delete_child(self, child: ChildSa, reason: str) -> Task: ...
+    def delete_ike(self, reason: str, *, children_reason: str = "ike-closed") -> Task: ...
 
 
 class Services(Protocol):
@@ -66,30 +68,23 @@ class Services(Protocol):
     def adopt(self, sa: "IkeSa") -> None: ...  # register a new IKE SA (from an IKE rekey)
     def established(self, sa: "IkeSa", now: float) -> None: ...  # duplicate-SA resolution
     def initial_contact(self, sa: "IkeSa", now: float) -> None: ...  # peer restarted: drop stale SAs
-    def wall_time(self): ...  # datetime (UTC) for certificate validity checks
+    def wall_time(self) -> datetime: ...  # (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
-
-
-@dataclass
-class Outstanding:
-    task: object  # an exchange task with build/on_response/on_failure
-    message_id: int
-    datagrams: list[Datagram]
-    tries: int
-    next_at: float
+    exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
 
 class IkeSa:
     def __init__(self, services: Services, config: PeerConfig, *, initiator: bool,
                  local: tuple[str, int], remote: tuple[str, int], spi_i: bytes, spi_r: bytes, now: float):
         self.services = services
+        self.exchanges = services.exchanges
         self.config = config
         self.initiator = initiator  # original initiator of THIS IKE SA (the I flag)
         self.local = local
         self.remote = remote
         self.spi_i = spi_i
         self.spi_r = spi_r
-        self.state = IkeState.CONNECTING
+        self._state = IkeState.CONNECTING
         self.created_at = now
         self.established_at: float | None = None
         self.last_received = now
@@ -107,24 +102,18 @@ class IkeSa:
         self.int_auth_i = b""  # RFC 9242 running IntAuth values
         self.int_auth_r = b""
         self.intermediate_done = False
-        self.pending_addke: list[int] = []  # responder: additional key exchanges still to run
         self.peer_fragmentation = False
         self.peer_hash_algs: frozenset[int] = frozenset()
         self.peer_childless = False
         self.nat_local = False
         self.nat_remote = False
         self.local_id = config.local_id
-        self.remote_id = None  # identity.Identity once authenticated
-        self.peer_chain: list = []
-        # Messages
-        self.next_mid = 0  # our next request
-        self.peer_mid = 0  # the peer's next request we expect
-        self.outstanding: Outstanding | None = None
-        self.cached_response: tuple[int, list[Datagram]] | None = None
-        self.tasks: deque = deque()
-        self.reassembly: dict[tuple[int, bool], Reassembler] = {}
+        self.remote_id: Identity | None = None  # once authenticated
+        self.peer_chain: list[x509.Certificate] = []
+        # Message IDs, the outstanding request, the queue, retransmission, dispatch
+        self.tasks = TaskManager(self)
         # Children by our inbound SPI
-        self.children: dict[int, object] = {}
+        self.children: dict[int, ChildSa] = {}
         # Timers
         self.rekey_at: float | None = None
         self.expire_at: float | None = None
@@ -134,7 +123,6 @@ class IkeSa:
         self.peer_rekey: "IkeSa | None" = None  # successor created by the peer (collisions)
         self.rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the exchange that made this SA
         self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
-        self.followups: dict[bytes, object] = {}  # responder: RFC 9370 follow-up key exchanges by link data
         self.close_reason: str | None = None
         # Outputs
         self.outbox: list[Datagram] = []
@@ -154,6 +142,15 @@ class IkeSa:
         return self.remote[0]
 
     @property
+    def state(self) -> IkeState:
+        return self._state
+
+    def transition(self, new: IkeState) -> None:
+        """The one way to change the state: only changes state.TRANSITIONS lists."""
+        check_transition(self._state, new)
+        self._state = new
+
+    @property
     def is_established(self) -> bool:
         return self.state == IkeState.ESTABLISHED
 
@@ -170,10 +167,12 @@ class IkeSa:
 
     @property
     def sk_p_own(self) -> bytes:
+        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
         return self.keys.sk_pi if self.initiator else self.keys.sk_pr
 
     @property
     def sk_p_peer(self) -> bytes:
+        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
         return self.keys.sk_pr if self.initiator else self.keys.sk_pi
 
     # -- sending ----------------------------------------------------------------------
@@ -189,44 +188,19 @@ class IkeSa:
             whole = codec.encode(msg, self.protect_out)
             limit = self._max_datagram()
             if self.peer_fragmentation and self.config.fragmentation and len(whole) > limit:
+                assert self.protect_out is not None, "fragmentation is negotiated after the keys exist"
                 data = encode_fragments(msg, self.protect_out, limit)
             else:
                 data = [whole]
         return [Datagram(d, self.local, self.remote) for d in data]
 
-    def send_request(self, task, exchange: int, payloads: list, now: float) -> bytes:
-        msg = Message(self.spi_i, self.spi_r, exchange, self.initiator, False, self.next_mid, payloads)
-        datagrams = self.encode(msg)
-        delays = self.config.retransmit.delays()
-        self.outstanding = Outstanding(task, self.next_mid, datagrams, 0, now + delays[0])
-        self._transmit(datagrams, now)
-        return datagrams[0].data if len(datagrams) == 1 else b""
-
-    @property
-    def outstanding_exchange(self) -> int:
-        return getattr(self.outstanding.task, "exchange")
-
-    def _send_response(self, request: Message, payloads: list, now: float) -> bytes:
-        msg = Message(self.spi_i, self.spi_r, request.exchange, self.initiator, True, request.message_id, payloads)
-        datagrams = self.encode(msg)
-        self.cached_response = (request.message_id, datagrams)
-        self._transmit(datagrams, now)
-        return datagrams[0].data if len(datagrams) == 1 else b""
-
-    def _transmit(self, datagrams: list[Datagram], now: float) -> None:
+    def transmit(self, datagrams: list[Datagram], now: float) -> None:
         self.outbox.extend(datagrams)
         self.last_sent = now
 
-    def queue(self, task, now: float) -> None:
-        self.tasks.append(task)
-        self.start_next(now)
-
-    def start_next(self, now: float) -> None:
-        while self.outstanding is None and self.tasks and self.state not in (IkeState.CLOSED,):
-            task = self.tasks.popleft()
-            if getattr(task, "obsolete", lambda sa: False)(self):
-                continue
-            task.start(self, now)
+    def queue(self, task: Task, now: float) -> None:
+        """Run `task` once the exchanges queued before it are done (libcharon's queue_task)."""
+        self.tasks.queue(task, now)
 
     # -- receiving --------------------------------------------------------------------
     def receive(self, data: bytes, msg: Message, local: tuple[str, int], remote: tuple[str, int],
@@ -236,134 +210,26 @@ class IkeSa:
             return
         try:
             if msg.is_response:
-                self._receive_response(data, msg, local, remote, now)
+                self.tasks.receive_response(data, msg, now)
             else:
-                self._receive_request(data, msg, local, remote, now)
+                self.tasks.receive_request(data, msg, local, remote, now)
         except IntegrityError:
             log.debug("%s: dropped a message that failed integrity", self.label)
-
-    def _unprotect(self, data: bytes, msg: Message) -> Message | None:
-        """Decrypt, or add to reassembly; None while fragments are missing."""
-        if msg.exchange == ExchangeType.IKE_SA_INIT:
-            return msg
-        if self.protect_in is None:
-            raise ParseError("protected message before keys exist")
-        last = msg.payloads[-1] if msg.payloads else None
-        if isinstance(last, EncryptedPayload):
-            return codec.decrypt(data, msg, self.protect_in)
-        if isinstance(last, EncryptedFragment):
-            key = (msg.message_id, msg.is_response)
-            self._forget_stale_fragments()
-            reassembler = self.reassembly.get(key)
-            if reassembler is None:
-                if len(self.reassembly) >= 4:
-                    raise FragmentError("too many messages in reassembly")
-                reassembler = self.reassembly[key] = Reassembler()
-            whole = reassembler.add(data, msg, self.protect_in)
-            if whole is not None:
-                del self.reassembly[key]
-            return whole
-        raise ParseError("protected exchange without an Encrypted payload")
-
-    def _forget_stale_fragments(self) -> None:
-        """Drop half-reassembled messages that can no longer be processed."""
-        current = self.outstanding.message_id if self.outstanding else None
-        for mid, is_response in list(self.reassembly):
-            if (is_response and mid != current) or (not is_response and mid < self.peer_mid):
-                del self.reassembly[(mid, is_response)]
-
-    def _receive_response(self, data, msg, local, remote, now) -> None:
-        out = self.outstanding
-        if out is None or msg.message_id != out.message_id or msg.exchange != self.outstanding_exchange:
-            return
-        try:
-            whole = self._unprotect(data, msg)
-        except (ParseError, FragmentError) as exc:
-            log.info("%s: malformed response dropped: %s", self.label, exc)
-            return
-        if whole is None:
-            return
-        self.last_received = now
-        self.outstanding = None
-        self.next_mid += 1
-        try:
-            out.task.on_response(self, whole, data, now)
-        except IkeError as exc:
-            self.on_task_error(out.task, exc, now)
-        self.start_next(now)
-
-    def _receive_request(self, data, msg, local, remote, now) -> None:
-        if self.cached_response and msg.message_id == self.cached_response[0]:
-            # A retransmitted request: answer from the cache (only once per fragmented request).
-            first = msg.payloads[-1] if msg.payloads else None
-            if not isinstance(first, EncryptedFragment) or first.number == 1:
-                self._transmit(self.cached_response[1], now)
-            return
-        if msg.message_id != self.peer_mid:
-            return
-        try:
-            whole = self._unprotect(data, msg)
-        except (ParseError, FragmentError) as exc:
-            if isinstance(exc, ParseError) and msg.exchange != ExchangeType.IKE_SA_INIT and self.keys:
-                log.info("%s: malformed request: %s", self.label, exc)
-            return
-        if whole is None:
-            return
-        self.last_received = now
-        # Answer where the (authenticated) request came from: the initiator moves to port
-        # 4500 after NAT detection, and a NAT may rebind the peer's address or port.
-        self.remote = remote
-        self.local = local
-        from .exchanges import dispatch_request  # exchanges import this module
-
-        try:
-            reply = dispatch_request(self, whole, data, now)
-        except IkeError as exc:
-            reply = self.error_reply(exc, whole)
-        if reply is None:
-            return
-        self.peer_mid = msg.message_id + 1
-        self._send_response(whole, reply.payloads, now)
-        if reply.after is not None:
-            reply.after(now)
-        if reply.close:
-            self.close(reply.close, now)
-        self.start_next(now)
-
-    def error_reply(self, exc: IkeError, request: Message) -> Reply:
-        notify = exc.notify or NotifyType.INVALID_SYNTAX
-        log.warning("%s: %s request from %s refused (%s): %s", self.label,
-                    _exchange_name(request.exchange), self.remote[0], NotifyType(notify).name, exc)
-        payloads = [NotifyPayload(notify)]
-        if notify == NotifyType.INVALID_KE_PAYLOAD:
-            payloads = [NotifyPayload(notify, data=int(exc.wanted_group).to_bytes(2, "big"))]
-        close = None
-        if isinstance(exc, AuthenticationFailed) or self.state == IkeState.CONNECTING:
-            close = "auth-failed" if isinstance(exc, AuthenticationFailed) else "failed"
-        return Reply(payloads, close=close)
-
-    def on_task_error(self, task, exc: IkeError, now: float) -> None:
-        handler = getattr(task, "on_error", None)
-        if handler is not None:
-            handler(self, exc, now)
-        else:
-            log.warning("%s: %s failed: %s", self.label, type(task).__name__, exc)
-            self.close("failed", now)
 
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When `tick` next has something to do; every time listed here is consumed by it."""
-        times = []
-        if self.outstanding is not None:
-            times.append(self.outstanding.next_at)
+        times: list[float] = []
+        tasks_at = self.tasks.next_timer()
+        if tasks_at is not None:
+            times.append(tasks_at)
         if self.state == IkeState.CONNECTING and not self.initiator:
             times.append(self.created_at + self.config.half_open_timeout)
-        times += [pending.expires_at for pending in self.followups.values()]
         if self.state == IkeState.REKEYED and self.expire_at is not None:
             times.append(self.expire_at)
         if self.state == IkeState.ESTABLISHED:
             times += [t for t in (self.rekey_at, self.expire_at, self.keepalive_at) if t is not None]
-            if self.config.dpd_delay and self.outstanding is None and not self.tasks:
+            if self.config.dpd_delay and self.tasks.outstanding is None and not self.tasks.queued:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
@@ -374,29 +240,14 @@ class IkeSa:
     def tick(self, now: float) -> None:
         if self.state == IkeState.CLOSED:
             return
-        from .exchanges import on_timers
-
-        out = self.outstanding
-        if out is not None and now >= out.next_at:
-            delays = self.config.retransmit.delays()
-            if out.tries + 1 >= len(delays):
-                log.warning("%s: no answer from %s after %d retransmissions", self.label,
-                            self.remote[0], out.tries)
-                self.outstanding = None
-                handler = getattr(out.task, "on_timeout", None)
-                if handler is not None:
-                    handler(self, now)
-                else:
-                    self.close("timeout", now)
-                return
-            out.tries += 1
-            out.next_at = now + delays[out.tries]
-            self._transmit(out.datagrams, now)
+        if not self.tasks.retransmit(now):
+            return
         if self.state == IkeState.CONNECTING and not self.initiator \
                 and now >= self.created_at + self.config.half_open_timeout:
             self.close("timeout", now)
             return
-        on_timers(self, now)
+        self.tasks.on_timers(now)
+        self.exchanges.on_timers(self, now)
 
     # -- lifecycle --------------------------------------------------------------------
     def schedule_rekey(self, now: float) -> None:
@@ -410,17 +261,34 @@ class IkeSa:
             return
         for child in list(self.children.values()):
             self.drop_child(child, children_reason)
-        self.state = IkeState.CLOSED
+        self.transition(IkeState.CLOSED)
         self.close_reason = reason
-        self.outstanding = None
-        self.tasks.clear()
-        self.followups.clear()
+        self.tasks.close()
         self.emit(IkeSaClosed(self.label, self.remote[0], reason))
 
-    def drop_child(self, child, reason: str) -> None:
-        """Forget a CHILD_SA and tell the data plane to remove it."""
-        from .child import ChildState
+    def notify_and_close(self, notify: int, reason: str, now: float) -> None:
+        """Send one INFORMATIONAL with an error notify, then forget the SA without waiting
+        for its answer (RFC 7296 §2.21.2, e.g. AUTHENTICATION_FAILED)."""
+        self.tasks.clear()
+        self.tasks.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(notify)], now)
+        self.close(reason, now)
 
+    def hand_children_to(self, target: "IkeSa") -> None:
+        """Move every CHILD_SA to `target` (the IKE SA that replaces this one)."""
+        for spi, child in list(self.children.items()):
+            child.info = replace(child.info, ike_sa=target.label)
+            target.children[spi] = child
+        self.children.clear()
+
+    def retire(self, successor: "IkeSa", now: float) -> None:
+        """Replaced by `successor`: wait a little for the peer's delete, then go."""
+        self.transition(IkeState.REKEYED)
+        self.successor = successor
+        self.rekey_at = None
+        self.expire_at = now + OLD_SA_GRACE
+
+    def drop_child(self, child: ChildSa, reason: str) -> None:
+        """Forget a CHILD_SA and tell the data plane to remove it."""
         if self.children.pop(child.inbound_spi, None) is None:
             return
         if child.state != ChildState.DELETED:
@@ -429,7 +297,7 @@ class IkeSa:
                                      self.local[0], self.remote[0], reason))
         self.services.release_child_spi(child.inbound_spi)
 
-    def find_child_by_outbound(self, spi: int):
+    def find_child_by_outbound(self, spi: int) -> ChildSa | None:
         for child in self.children.values():
             if child.outbound_spi == spi:
                 return child
@@ -438,7 +306,7 @@ class IkeSa:
     def random_bytes(self, n: int) -> bytes:
         return self.services.random_bytes(n)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "ike_sa": self.label,
             "state": self.state.value,
@@ -468,11 +336,5 @@ class IkeSa:
         }
 
 
-def _exchange_name(value: int) -> str:
-    try:
-        return ExchangeType(value).name
-    except ValueError:
-        return f"exchange {value}"
 
-
-__all__ = ["IkeSa", "IkeState", "Datagram", "Reply", "Services", "ProtocolId"]
+__all__ = ["IkeSa", "IkeState", "Datagram", "Services"]

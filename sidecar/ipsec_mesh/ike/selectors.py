@@ -19,7 +19,7 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     end = min(a.end_addr, b.end_addr)
     start_port = max(a.start_port, b.start_port)
     end_port = min(a.end_port, b.end_port)
-    if start > end or start_port > end_port:
+    if start > end or start_port > end_port:  # type: ignore[operator]  # same ts_type: same IP version
         return None
     return TrafficSelector(a.ts_type, a.ip_protocol or b.ip_protocol, start_port, end_port, start, end)
 

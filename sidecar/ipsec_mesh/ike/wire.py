@@ -7,6 +7,7 @@ IndexError or struct.error can escape a parser built on this reader.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .errors import ParseError
 
@@ -57,7 +58,7 @@ class Reader:
         data = self._data
         return data[pos] << 8 | data[pos + 1]
 
-    def unpack(self, layout: struct.Struct) -> tuple:
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
         """Several fixed-size fields at once (one bounds check instead of one per field)."""
         pos = self._pos
         end = pos + layout.size

@@ -13,8 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from ipsec_mesh.ike.constants import KeId, ProtocolId
-from ipsec_mesh.ike.proposals import ENCR_NAMES, KE_NAMES, PRF_NAMES, ProposalSpec, ProposalSyntaxError, parse_proposal
+from ipsec_mesh.ike import ENCR_NAMES, KE_NAMES, PRF_NAMES, KeId, ProposalSpec, ProposalSyntaxError, ProtocolId, parse_proposal
 
 from . import fields
 from .errors import ProposalError

@@ -21,7 +21,7 @@ from ipsec_mesh.ike.certs import (
 )
 from ipsec_mesh.ike.constants import CertEncoding
 from ipsec_mesh.ike.errors import CertificateError
-from ipsec_mesh.ike.identity import Identity
+from ipsec_mesh.ike import Identity
 from ipsec_mesh.meshapi.identity import service_account_uri
 from ipsec_mesh.ike.payloads import CertPayload
 from tests.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ipsec_mesh.ike.config import single_peer_lookup
-from ipsec_mesh.ike.constants import ExchangeType, NotifyType
-from ipsec_mesh.ike.events import (
+from ipsec_mesh.ike import (
     ChildSaDeleted,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
+    ExchangeType,
     IkeSaEstablished,
     NegotiationFailed,
+    NotifyType,
+    single_peer_lookup,
 )
 from ipsec_mesh.ike import message as codec
 from tests.ikesim import PSK, Network, child_config, keys_match, psk_config
@@ -171,7 +172,7 @@ def test_child_proposal_mismatch_keeps_the_ike_sa():
                           b_child=child_config(B, A, esp="chacha20poly1305-esn"))
     establish(net, a, a_cfg)
     assert a.established and b.established and not a.inbound and not b.inbound
-    from ipsec_mesh.ike.events import ChildSaFailed
+    from ipsec_mesh.ike import ChildSaFailed
     assert a.of(ChildSaFailed)[0].notify == NotifyType.NO_PROPOSAL_CHOSEN
 
 
@@ -179,7 +180,7 @@ def test_traffic_selectors_outside_the_config_are_refused():
     net = Network()
     a, b, a_cfg, _ = pair(net, a_child=child_config(A, "10.0.0.99"))
     establish(net, a, a_cfg)
-    from ipsec_mesh.ike.events import ChildSaFailed
+    from ipsec_mesh.ike import ChildSaFailed
     assert a.established and a.of(ChildSaFailed)[0].notify == NotifyType.TS_UNACCEPTABLE
 
 
@@ -495,7 +496,7 @@ def test_stale_partial_reassemblies_are_forgotten():
     a, b, a_cfg, _ = pair(net)
     establish(net, a, a_cfg)
     sa = b.established[0]
-    sa.reassembly = {(0, False): object(), (sa.peer_mid, False): object(), (7, True): object()}
-    sa._forget_stale_fragments()
+    sa.tasks.reassembly = {(0, False): object(), (sa.tasks.peer_mid, False): object(), (7, True): object()}
+    sa.tasks.forget_stale_fragments()
     # Requests below the next expected ID can never be processed; responses to nothing neither.
-    assert list(sa.reassembly) == [(sa.peer_mid, False)]
+    assert list(sa.tasks.reassembly) == [(sa.tasks.peer_mid, False)]

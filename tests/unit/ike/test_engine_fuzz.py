@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.config import single_peer_lookup
+from ipsec_mesh.ike import single_peer_lookup
 from ipsec_mesh.ike.constants import ExchangeType, ProtocolId, TransformType, TsType
 from ipsec_mesh.ike.payloads import (
     DeletePayload,
@@ -108,7 +108,7 @@ payload = st.one_of(
 def test_authenticated_hostile_requests_never_cost_the_sa(exchange, payloads, response, mid_offset):
     net, a, b = world()
     sa_a, sa_b = a.established[0], b.established[0]
-    mid = (sa_b.peer_mid if not response else sa_b.next_mid) + mid_offset
+    mid = (sa_b.tasks.peer_mid if not response else sa_b.tasks.next_mid) + mid_offset
     msg = Message(sa_a.spi_i, sa_a.spi_r, exchange, True, response, max(mid, 0), payloads)
     try:
         data = codec.encode(msg, sa_a.protect_out)
@@ -133,7 +133,7 @@ def test_after_the_fuzzing_the_sa_still_rekeys():
     # The hostile requests reached the state machine (b answered many of them).
     assert _state.get("answered", 0) > 20  # of 300 examples; typically 40-80
     sa_a, sa_b = a.established[0], b.established[0]
-    sa_a.next_mid = sa_b.peer_mid  # the fuzzer spoke for a; a resumes after the last ID b took
+    sa_a.tasks.next_mid = sa_b.tasks.peer_mid  # the fuzzer spoke for a; a resumes after the last ID b took
     spi = next(iter(a.inbound))
     assert a.endpoint.rekey_child(spi, net.now)
     net.run(30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from ipsec_mesh.ike.config import single_peer_lookup
+from ipsec_mesh.ike import single_peer_lookup
 from tests.ikesim import Network, child_config, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.constants import ExchangeType, NotifyType
-from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaFailed, ChildSaInstallInbound, ChildSaInstallOutbound
-from ipsec_mesh.ike.sa import Datagram
+from ipsec_mesh.ike import (
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    Datagram,
+    ExchangeType,
+    NotifyType,
+)
 from tests.ikesim import Network, child_config, keys_match
 from tests.unit.ike.test_engine import A, B, establish, exchanges, pair
 
@@ -15,6 +21,11 @@ HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768-esn"
 CLASSIC_ESP = "aes256gcm16-x25519-esn"
 RESPONSE_FLAG = 0x20
 
+
+
+def followups(sa):
+    """The responder's pending follow-up state of an IKE SA, by link data."""
+    return sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].pending
 
 def hybrid_pair(net: Network, *, b_ike: str | None = None, b_esp: str = HYBRID_ESP):
     a, b, a_cfg, b_cfg = pair(net, a_child=child_config(A, B, esp=f"{HYBRID_ESP},{CLASSIC_ESP}"),
@@ -74,7 +85,7 @@ def test_ike_rekey_runs_the_mlkem_exchange_in_ike_followup_ke(initiator):
     assert new_a.keys.sk_d == new_b.keys.sk_d and new_a.keys.sk_ei == new_b.keys.sk_ei
     assert set(a.inbound) == children and keys_match(a, b)
     assert len(new_a.children) == len(new_b.children) == 1
-    assert not new_a.followups and not new_b.followups
+    assert not followups(new_a) and not followups(new_b)
     # The new IKE SA works, and its children rekey over it (with their own follow-up).
     assert node(a, b, initiator).endpoint.rekey_child(next(iter(node(a, b, initiator).inbound)), net.now)
     net.settle()
@@ -112,11 +123,11 @@ def test_keys_exist_only_after_the_last_followup():
     net.settle()
     # The CREATE_CHILD_SA is answered, the follow-up was lost: nobody has installed anything yet.
     assert held and len(a.inbound) == 1 and len(b.inbound) == 1
-    assert len(the_sa(b).followups) == 1
+    assert len(followups(the_sa(b))) == 1
     net.drop = lambda d: False
     net.run(10)  # the initiator retransmits the follow-up
     assert len(a.inbound) == 1 and len(b.inbound) == 1 and keys_match(a, b)
-    assert not the_sa(b).followups
+    assert not followups(the_sa(b))
 
 
 @pytest.mark.parametrize("response", [False, True])
@@ -174,8 +185,8 @@ def test_state_not_found_fails_the_rekey_cleanly_and_it_is_retried(what):
     def forget_state(d):
         # The responder loses its follow-up state (e.g. it expired) just before the request arrives.
         if is_followup(d, response=False) and not forgotten:
-            forgotten.append(dict(responder.followups))
-            responder.followups.clear()
+            forgotten.append(dict(followups(responder)))
+            followups(responder).clear()
         return False
 
     net.drop = forget_state
@@ -203,18 +214,17 @@ def test_state_not_found_fails_the_rekey_cleanly_and_it_is_retried(what):
 
 
 def test_unknown_link_is_answered_with_state_not_found():
-    from ipsec_mesh.ike.exchanges import followup_ke
     from ipsec_mesh.ike.errors import IkeError
     from ipsec_mesh.ike.payloads import KePayload, Message, NotifyPayload
 
     net = Network()
     a, b = hybrid_pair(net)
     sa = the_sa(b)
-    request = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_FOLLOWUP_KE, True, False, sa.peer_mid,
+    request = Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_FOLLOWUP_KE, True, False, sa.tasks.peer_mid,
                       [KePayload(35, b"\x00" * 1184),
                        NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=b"no such link")])
     with pytest.raises(IkeError) as refused:
-        followup_ke.respond(sa, request, net.now)
+        sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].respond(sa, request, b"", net.now)
     assert refused.value.notify == NotifyType.STATE_NOT_FOUND
 
 
@@ -225,10 +235,10 @@ def test_responder_forgets_state_the_initiator_never_uses():
     a.endpoint.rekey_child(next(iter(a.inbound)), net.now)
     net.settle()
     responder = the_sa(b)
-    assert len(responder.followups) == 1
+    assert len(followups(responder)) == 1
     b_children = set(b.inbound)
     net.run(30)  # the initiator gives up (and closes its SA); the responder's state expires
-    assert not responder.followups
+    assert not followups(responder)
     assert set(b.inbound) == b_children  # the abandoned CHILD_SA was never installed
 
 
@@ -262,7 +272,7 @@ def test_rekey_collision_with_pending_followups_resolves_by_create_child_sa_nonc
         assert keys_match(a, b)
         new_a, new_b = the_sa(a), the_sa(b)
         assert new_a.label == new_b.label and len(new_a.children) == len(new_b.children) == 1
-        assert not new_a.followups and not new_b.followups
+        assert not followups(new_a) and not followups(new_b)
         if what == "ike":
             winners.add("a" if new_a.initiator else "b")
         else:

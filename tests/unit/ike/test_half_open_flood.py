@@ -10,8 +10,7 @@ while the flood goes on.
 from __future__ import annotations
 
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.config import single_peer_lookup
-from ipsec_mesh.ike.constants import ExchangeType, NotifyType
+from ipsec_mesh.ike import ExchangeType, NotifyType, single_peer_lookup
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ipsec_mesh.ike.proposals import default_ike_proposals

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ipsec_mesh.ike.constants import IdType
 from ipsec_mesh.ike.errors import IdentityError
-from ipsec_mesh.ike.identity import Identity
+from ipsec_mesh.ike import Identity
 from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from ipsec_mesh.ike.config import single_peer_lookup
-from ipsec_mesh.ike.constants import ExchangeType
-from ipsec_mesh.ike.events import ChildSaEncapChanged, IkeSaClosed
+from ipsec_mesh.ike import ChildSaEncapChanged, ExchangeType, IkeSaClosed, single_peer_lookup
 from ipsec_mesh.ike import message as codec
 from tests.ikesim import Network, child_config, psk_config
 from tests.unit.ike.test_engine import A, B, establish

@@ -1,54 +1,82 @@
 """The IKEv2 exchanges, one module each; this module routes requests and timers to them.
 
-Initiator side: task objects queued on an IkeSa (`start`, `on_response`, and
-optionally `on_error`, `on_timeout`, `obsolete`). Responder side: `respond_*`
-functions returning a `Reply`.
+Both roles implement the contract of `task.py`: an exchange we initiate is a `Task`
+queued on the IKE SA; one the peer initiates is answered by that SA's `Responder` for
+the exchange type (`responders()` makes the set for each new IKE SA).
+
+The exchange modules never import each other: what one needs of another (IKE_AUTH
+after IKE_SA_INIT, a delete after a rekey) goes through this module, which the IKE SA
+reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 """
 
 from __future__ import annotations
 
+from .. import followup_ke
+from ..child import ChildSa, ChildState
+from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
-from ..payloads import SaPayload
-from ..sa import IkeSa, IkeState, Reply
-from . import create_child, followup_ke, ike_auth, ike_init, ike_rekey, informational
+from ..events import ChildSaInstallOutbound
+from ..payloads import Message, SaPayload
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task
+from . import create_child, ike_auth, ike_init, ike_rekey, informational
 
 
-def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
-    exchange = msg.exchange
-    if exchange == ExchangeType.IKE_SA_INIT:
-        if sa.initiator or sa.keys is not None:
-            return None
-        return ike_init.respond(sa, msg, raw, now)
-    if exchange == ExchangeType.IKE_INTERMEDIATE:
-        if sa.initiator or sa.state != IkeState.CONNECTING:
-            return None
-        return ike_init.respond_intermediate(sa, msg, now)
-    if exchange == ExchangeType.IKE_AUTH:
-        if sa.initiator or sa.state != IkeState.CONNECTING:
-            return None
-        return ike_auth.respond(sa, msg, now)
-    if sa.state == IkeState.CONNECTING:
-        return None  # nothing else is allowed before IKE_AUTH completes
-    if exchange == ExchangeType.CREATE_CHILD_SA:
+def initiate(child: ChildConfig | None) -> list[Task]:
+    """The tasks that set up an IKE SA (and its first CHILD_SA unless `child` is None)."""
+    return [ike_init.IkeInitTask(), ike_auth.IkeAuthTask(child)]
+
+
+def delete_child(child: ChildSa, reason: str) -> Task:
+    return informational.DeleteChildTask(child, reason)
+
+
+def delete_ike(reason: str, *, children_reason: str = "ike-closed") -> Task:
+    return informational.IkeDeleteTask(reason, children_reason=children_reason)
+
+
+class CreateChildSaResponder(Responder):
+    """CREATE_CHILD_SA is two exchanges: rekeying the IKE SA (an IKE proposal) or a CHILD_SA."""
+
+    exchanges = (ExchangeType.CREATE_CHILD_SA,)
+
+    def __init__(self) -> None:
+        self.ike = ike_rekey.IkeRekeyResponder()
+        self.child = create_child.ChildCreateResponder()
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.state == IkeState.CONNECTING:
+            return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
         if sa.state != IkeState.ESTABLISHED:
             raise IkeError("IKE SA is being rekeyed or deleted", notify=NotifyType.TEMPORARY_FAILURE)
         sa_payload = msg.first(SaPayload)
         if sa_payload is not None and sa_payload.proposals and sa_payload.proposals[0].protocol == ProtocolId.IKE:
-            return ike_rekey.respond(sa, msg, now)
-        return create_child.respond(sa, msg, now)
-    if exchange == ExchangeType.IKE_FOLLOWUP_KE:
-        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
-            raise IkeError("IKE SA is being deleted", notify=NotifyType.STATE_NOT_FOUND)
-        return followup_ke.respond(sa, msg, now)
-    if exchange == ExchangeType.INFORMATIONAL:
-        return informational.respond(sa, msg, now)
-    raise IkeError(f"unsupported exchange type {exchange}", notify=NotifyType.INVALID_SYNTAX)
+            return self.ike.respond(sa, msg, raw, now)
+        return self.child.respond(sa, msg, raw, now)
+
+
+RESPONDERS: tuple[type[Responder], ...] = (
+    ike_init.IkeInitResponder,
+    ike_auth.IkeAuthResponder,
+    CreateChildSaResponder,
+    followup_ke.FollowupKeResponder,
+    informational.InformationalResponder,
+)
+
+
+def responders() -> dict[int, Responder]:
+    """One responder of each kind for a new IKE SA, by the exchange types it answers."""
+    table: dict[int, Responder] = {}
+    for cls in RESPONDERS:
+        responder = cls()
+        for exchange in cls.exchanges:
+            table[exchange] = responder
+    return table
 
 
 def on_timers(sa: IkeSa, now: float) -> None:
     """Rekeys, expiries, liveness checks and NAT keepalives that are due."""
-    followup_ke.expire(sa, now)
     if sa.state == IkeState.REKEYED:
         if sa.expire_at is not None and now >= sa.expire_at:
             # The peer never deleted the old SA; nothing depends on it any more.
@@ -64,8 +92,25 @@ def on_timers(sa: IkeSa, now: float) -> None:
         sa.rekey_at = None
         sa.queue(ike_rekey.IkeRekeyTask(), now)
     for child in list(sa.children.values()):
-        create_child.child_timers(sa, child, now)
+        _child_timers(sa, child, now)
     if sa.config.dpd_delay and now - sa.last_received >= sa.config.dpd_delay \
-            and sa.outstanding is None and not sa.tasks:
+            and sa.tasks.outstanding is None and not sa.tasks.queued:
         sa.queue(informational.DpdTask(), now)
     informational.keepalive(sa, now)
+
+
+def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
+    if child.expire_at is not None and now >= child.expire_at:
+        child.expire_at = None
+        child.rekey_at = None
+        if child.state in (ChildState.INSTALLED, ChildState.INBOUND_ONLY, ChildState.REKEYED):
+            sa.queue(informational.DeleteChildTask(child, "expired"), now)
+        return
+    if child.rekey_at is not None and now >= child.rekey_at:
+        child.rekey_at = None
+        if child.state == ChildState.INSTALLED:
+            sa.queue(create_child.ChildCreateTask(child.config, rekey_of=child), now)
+    if child.state == ChildState.INBOUND_ONLY and now - child.created_at > sum(sa.config.retransmit.delays()):
+        # The peer never deleted the SA it replaced: switch anyway, it has our inbound SA.
+        child.state = ChildState.INSTALLED
+        sa.emit(ChildSaInstallOutbound(child.info))

@@ -1,7 +1,7 @@
 """CREATE_CHILD_SA for CHILD_SAs: new ones and rekeys, with RFC 7296 §2.8.1 collisions.
 
 With PFS and ADDKE transforms selected, the CHILD_SA exists only after the RFC 9370
-IKE_FOLLOWUP_KE exchanges that follow (followup_ke.py); collisions are still decided
+IKE_FOLLOWUP_KE exchanges that follow (../followup_ke.py); collisions are still decided
 with the nonces of the CREATE_CHILD_SA exchanges.
 """
 
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from .. import followup_ke
 from ..child import (
     ChildSa,
     ChildState,
+    add_child,
+    check_answered_selectors,
     child_keys,
     child_notifies,
     match_child_request,
@@ -20,14 +23,12 @@ from ..child import (
 )
 from ..constants import ExchangeType, KeId, NotifyType, ProtocolId, notify_name
 from ..errors import IkeError, InvalidKePayload, ParseError
-from ..events import ChildSaFailed, ChildSaInstallOutbound
+from ..events import ChildSaFailed
 from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
 from ..proposals import check_answer
-from . import followup_ke
-from .common import first_error, retry_with_wanted_group
-from ..sa import IkeSa, IkeState, Reply
-from .ike_auth import add_child, check_answered_selectors
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -41,7 +42,7 @@ def _retry_delay(sa: IkeSa) -> float:
     return low + (high - low) * sa.random_bytes(1)[0] / 255.0
 
 
-class ChildCreateTask:
+class ChildCreateTask(Task):
     """Initiate a new CHILD_SA, or rekey `rekey_of`."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
@@ -81,7 +82,7 @@ class ChildCreateTask:
             payloads.append(KePayload(self.group, self.ke.public_data))
         payloads += [TsiPayload(list(self.local_ts)), TsrPayload(list(self.remote_ts))]
         payloads += child_notifies(self.config)
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         error = first_error(msg)
@@ -116,7 +117,7 @@ class ChildCreateTask:
             return
         self.answer = (selected, nonce.data, local_ts, remote_ts)
         if link:
-            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, shared, link))
+            sa.tasks.queue_first(followup_ke.FollowupKeTask(self, selected.additional_kes, shared, link))
             return
         self.followups_done(sa, shared, now)
 
@@ -135,8 +136,6 @@ class ChildCreateTask:
         self._failed(sa, reason, notify, now)
 
     def _finish_rekey(self, sa: IkeSa, old: ChildSa, ours: ChildSa, now: float) -> None:
-        from .informational import DeleteChildTask
-
         theirs = sa.children.get(old.peer_rekey) if old.peer_rekey is not None else None
         their_nonces = old.extra.get(PEER_REKEY_NONCES)
         if their_nonces is not None and min(ours.nonces) < min(their_nonces):
@@ -147,7 +146,7 @@ class ChildCreateTask:
             old.state = ChildState.REKEYED
             old.replaced_by = theirs.inbound_spi if theirs is not None else None
             ours.state = ChildState.REKEYED
-            sa.queue(DeleteChildTask(ours, "rekeyed"), now)
+            sa.queue(sa.exchanges.delete_child(ours, "rekeyed"), now)
             return
         if their_nonces is not None:
             # Collision won: the peer closes its redundant SA; ours replaces the old one.
@@ -155,7 +154,7 @@ class ChildCreateTask:
             old.peer_rekey = None
         old.state = ChildState.REKEYED
         old.replaced_by = ours.inbound_spi
-        sa.queue(DeleteChildTask(old, "rekeyed"), now)
+        sa.queue(sa.exchanges.delete_child(old, "rekeyed"), now)
 
     def _refused(self, sa: IkeSa, notify: NotifyPayload, now: float) -> None:
         if retry_with_wanted_group(self, sa, notify, self.config.esp_proposals):
@@ -194,7 +193,16 @@ class ChildCreateTask:
         self._failed(sa, str(exc), exc.notify, now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class ChildCreateResponder(Responder):
+    """CREATE_CHILD_SA for a CHILD_SA (the exchanges package routes IKE SA rekeys elsewhere)."""
+
+    exchanges = (ExchangeType.CREATE_CHILD_SA,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     nonce = msg.first(NoncePayload)
     if nonce is None:
         raise ParseError("CREATE_CHILD_SA request lacks a Nonce")
@@ -262,36 +270,3 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
 def _nat_for_request(sa: IkeSa) -> tuple[str | None, str | None]:
     # In CREATE_CHILD_SA the peer (exchange initiator) may be either IKE role.
     return (sa.remote[0] if sa.nat_remote else None, sa.local[0] if sa.nat_local else None)
-
-
-def activate_successor(sa: IkeSa, old: ChildSa) -> None:
-    """The old SA is gone: the successor the peer created may now carry our outbound traffic."""
-    if old.peer_rekey is None:
-        return
-    successor = sa.children.get(old.peer_rekey)
-    if successor is not None and successor.state == ChildState.INBOUND_ONLY:
-        successor.state = ChildState.INSTALLED
-        sa.emit(ChildSaInstallOutbound(successor.info))
-
-
-def child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
-    from .informational import DeleteChildTask
-
-    if child.expire_at is not None and now >= child.expire_at:
-        child.expire_at = None
-        child.rekey_at = None
-        if child.state in (ChildState.INSTALLED, ChildState.INBOUND_ONLY, ChildState.REKEYED):
-            sa.queue(DeleteChildTask(child, "expired"), now)
-        return
-    if child.rekey_at is not None and now >= child.rekey_at:
-        child.rekey_at = None
-        if child.state == ChildState.INSTALLED:
-            sa.queue(ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at > _inbound_only_limit(sa):
-        # The peer never deleted the SA it replaced: switch anyway, it has our inbound SA.
-        child.state = ChildState.INSTALLED
-        sa.emit(ChildSaInstallOutbound(child.info))
-
-
-def _inbound_only_limit(sa: IkeSa) -> float:
-    return sum(sa.config.retransmit.delays())

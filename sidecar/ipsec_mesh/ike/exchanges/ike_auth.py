@@ -13,24 +13,19 @@ from ..auth import (
 from ..certs import certificate_payloads, identity_matches_certificate, parse_cert_payloads
 from ..child import (
     ChildSa,
-    ChildState,
-    build_info,
+    add_child,
+    check_answered_selectors,
     child_keys,
     child_notifies,
     match_child_request,
     transport_mode_requested,
 )
+from ..config import ChildConfig
 from ..constants import AuthMethod, ExchangeType, NotifyType, notify_name
 from ..errors import AuthenticationFailed, CertificateError, IkeError, ParseError
-from ..events import (
-    ChildSaFailed,
-    ChildSaInstallInbound,
-    ChildSaInstallOutbound,
-    IkeSaEstablished,
-    NegotiationFailed,
-    UdpEncap,
-)
+from ..events import ChildSaFailed, IkeSaEstablished, NegotiationFailed
 from ..identity import Identity
+from ..keymat import intermediate_auth
 from ..payloads import (
     AuthPayload,
     CertPayload,
@@ -44,9 +39,8 @@ from ..payloads import (
     TsrPayload,
 )
 from ..proposals import check_answer
-from ..sa import IkeSa, IkeState, Reply
-from ..selectors import check_subset
-from .ike_init import intermediate_auth_data
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -58,23 +52,11 @@ def nat_addresses(sa: IkeSa) -> tuple[str | None, str | None]:
     return (peer, ours)  # as responder: the initiator is the peer
 
 
-def check_answered_selectors(sa: IkeSa, tsi, tsr, local_ts, remote_ts, mode: str):
-    """Initiator side: the responder may only narrow; behind a NAT in transport mode it
-    names the addresses it sees instead of ours (RFC 7296 §2.23.1), and we install our own."""
-    nat_transport = mode == "transport" and (sa.nat_local or sa.nat_remote)
-    if nat_transport:
-        return (tuple(local_ts) if sa.nat_local else tsi.selectors,
-                tuple(remote_ts) if sa.nat_remote else tsr.selectors)
-    check_subset(tsi.selectors, local_ts, "TSi")
-    check_subset(tsr.selectors, remote_ts, "TSr")
-    return tsi.selectors, tsr.selectors
-
-
-def encap_of(sa: IkeSa) -> UdpEncap | None:
-    """ESP goes in UDP when either side is behind a NAT (or encapsulation is forced)."""
-    if sa.nat_local or sa.nat_remote:
-        return UdpEncap(sa.local[1], sa.remote[1])
-    return None
+def intermediate_auth_data(sa: IkeSa, auth_mid: int) -> bytes:
+    """What AUTH covers of the IKE_INTERMEDIATE exchanges, or nothing without them."""
+    if not sa.intermediate_done:
+        return b""
+    return intermediate_auth(sa.int_auth_i, sa.int_auth_r, auth_mid)
 
 
 def _our_auth_payloads(sa: IkeSa, id_payload, peer_nonce: bytes, init_message: bytes, mid: int) -> list:
@@ -123,7 +105,7 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
 def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
     """Mark the IKE SA established; the caller logs it (with its first CHILD_SA, if any)."""
     sa.remote_id = identity
-    sa.state = IkeState.ESTABLISHED
+    sa.transition(IkeState.ESTABLISHED)
     sa.established_at = now
     sa.schedule_rekey(now)
     if sa.nat_local and sa.config.keepalive_interval:
@@ -149,39 +131,10 @@ def _log_established(event: IkeSaEstablished, child: ChildSa | None) -> None:
              info.outbound_spi, info.algorithm)
 
 
-def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi: int, local_ts, remote_ts,
-              nonces: tuple[bytes, bytes], initiated_by_us: bool, now: float, *,
-              state: ChildState = ChildState.INSTALLED, replaces: int | None = None,
-              log_line: bool = True) -> ChildSa:
-    """Record a new CHILD_SA and tell the data plane (inbound first; outbound unless told to wait).
-
-    `log_line=False` when the caller logs the CHILD_SA with its IKE SA (IKE_AUTH).
-    """
-    lt = config.lifetime
-    jitter = sa.services.random_bytes(2)
-    rekey_time = lt.rekey_time - (int.from_bytes(jitter, "big") / 65535.0) * lt.jitter if lt.rekey_time else 0
-    info = build_info(ike_label=sa.label, config=config, selected=selected, keys=keys,
-                      inbound_spi=inbound_spi, outbound_spi=outbound_spi,
-                      local_addr=sa.local[0], remote_addr=sa.remote[0], local_ts=local_ts,
-                      remote_ts=remote_ts, encap=encap_of(sa), rekey_time=rekey_time)
-    child = ChildSa(config=config, info=info, state=state, created_at=now,
-                    rekey_at=now + rekey_time if rekey_time else None,
-                    expire_at=now + lt.life_time if lt.life_time else None,
-                    nonces=nonces, initiated_by_us=initiated_by_us, replaces=replaces)
-    sa.children[inbound_spi] = child
-    sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
-    if state == ChildState.INSTALLED:
-        sa.emit(ChildSaInstallOutbound(info))
-    if log_line:
-        log.info("CHILD_SA %s %08x_i %08x_o with %s: %s%s", config.name, inbound_spi, outbound_spi,
-                 sa.remote[0], info.algorithm, " (rekey)" if replaces else "")
-    return child
-
-
-class IkeAuthTask:
+class IkeAuthTask(Task):
     exchange = ExchangeType.IKE_AUTH
 
-    def __init__(self, child=None):
+    def __init__(self, child: ChildConfig | None = None) -> None:
         self.child = child
         self.inbound_spi: int | None = None
         self.child_proposals = ()
@@ -189,7 +142,7 @@ class IkeAuthTask:
     def start(self, sa: IkeSa, now: float) -> None:
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
-        payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.next_mid)
+        payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
         if cfg.initial_contact and not sa.services.has_other_sa(sa):
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
         if cfg.trust is not None and cfg.send_certreq:
@@ -203,7 +156,7 @@ class IkeAuthTask:
             payloads.append(SaPayload([p.to_payload(i + 1, spi) for i, p in enumerate(self.child_proposals)]))
             payloads += [TsiPayload(list(self.child.local_ts)), TsrPayload(list(self.child.remote_ts))]
             payloads += child_notifies(self.child)
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         for n in msg.all(NotifyPayload):
@@ -222,10 +175,7 @@ class IkeAuthTask:
             sa.emit(NegotiationFailed(sa.remote[0], f"peer authentication failed: {exc}",
                                       NotifyType.AUTHENTICATION_FAILED, sa.label))
             # RFC 7296 §2.21.2: tell the responder, then forget the SA.
-            from .informational import NotifyTask
-
-            sa.tasks.clear()
-            sa.queue(NotifyTask(NotifyType.AUTHENTICATION_FAILED, then_close="auth-failed"), now)
+            sa.notify_and_close(NotifyType.AUTHENTICATION_FAILED, "auth-failed", now)
             return
         established = _establish(sa, identity, now)
         child = self._child_from_response(sa, msg, now) if self.inbound_spi is not None else None
@@ -271,7 +221,16 @@ class IkeAuthTask:
         sa.close("timeout", now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class IkeAuthResponder(Responder):
+    exchanges = (ExchangeType.IKE_AUTH,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.initiator or sa.state != IkeState.CONNECTING:
+            return None
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     try:
         identity = _authenticate_peer(sa, msg, msg.first(IdiPayload), sa.init_request, sa.nr, now)
     except AuthenticationFailed as exc:
@@ -311,4 +270,4 @@ def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa |
             TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
 
 
-__all__ = ["IkeAuthTask", "respond", "add_child", "encap_of"]
+__all__ = ["IkeAuthTask", "IkeAuthResponder"]

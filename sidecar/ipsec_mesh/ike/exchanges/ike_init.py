@@ -31,7 +31,8 @@ from ..payloads import (
     SaPayload,
 )
 from ..proposals import check_answer, select
-from ..sa import IkeSa, Reply
+from ..sa import IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -92,11 +93,10 @@ def _our_ke_groups(sa: IkeSa) -> list[int]:
     return groups
 
 
-class IkeInitTask:
+class IkeInitTask(Task):
     exchange = ExchangeType.IKE_SA_INIT
 
-    def __init__(self, child=None, *, first_group: int | None = None):
-        self.child = child  # ChildConfig to create with IKE_AUTH, or None (childless)
+    def __init__(self, *, first_group: int | None = None):
         self.group = first_group
         self.cookie: bytes | None = None
         self.cookie_retries = 0
@@ -110,8 +110,8 @@ class IkeInitTask:
             self.group = _our_ke_groups(sa)[0]
         if self.ke is None or self.ke.method != self.group:
             self.ke = start_key_exchange(self.group)
-        sa.next_mid = 0
-        sa.init_request = sa.send_request(self, self.exchange, self._payloads(sa), now)
+        sa.tasks.next_mid = 0
+        sa.init_request = sa.tasks.send_request(self, self.exchange, self._payloads(sa), now)
 
     def _payloads(self, sa: IkeSa) -> list:
         cfg = sa.config
@@ -169,14 +169,12 @@ class IkeInitTask:
             # RFC 7296 §2.23: move to port 4500 once a NAT is detected (or encapsulation is forced).
             sa.local = (sa.local[0], NATT_PORT)
             sa.remote = (sa.remote[0], NATT_PORT)
-        from .ike_auth import IkeAuthTask
-
         extra = sa.selected.additional_kes
         if extra and msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             raise NoProposalChosen("responder chose additional key exchanges without IKE_INTERMEDIATE")
-        for index, method in enumerate(extra):
-            sa.tasks.append(IntermediateTask(index, method))
-        sa.tasks.append(IkeAuthTask(self.child))
+        # Before the IKE_AUTH task queued with this one (RFC 9242: intermediates come first).
+        for index, method in reversed(list(enumerate(extra))):
+            sa.tasks.queue_first(IntermediateTask(index, method))
 
     def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
         log.warning("IKE_SA_INIT to %s failed: %s", sa.remote[0], exc)
@@ -188,7 +186,28 @@ class IkeInitTask:
         sa.close("timeout", now)
 
 
-def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
+class IkeInitResponder(Responder):
+    """Answers IKE_SA_INIT and the IKE_INTERMEDIATE exchanges that follow it (as libcharon's
+    ike_init does); keeps the additional key exchanges still to run."""
+
+    exchanges = (ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE)
+
+    def __init__(self) -> None:
+        self.pending_addke: list[int] = []
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            if sa.initiator or sa.keys is not None:
+                return None
+            reply = _respond_init(sa, msg, raw, now)
+            self.pending_addke = list(sa.selected.additional_kes)
+            return reply
+        if sa.initiator or sa.state != IkeState.CONNECTING:
+            return None
+        return _respond_intermediate(sa, self.pending_addke, msg, now)
+
+
+def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
     """Answer an IKE_SA_INIT request (the endpoint has already checked cookies and limits)."""
     sa_payload, ke, nonce = msg.first(SaPayload), msg.first(KePayload), msg.first(NoncePayload)
     if sa_payload is None or ke is None or nonce is None:
@@ -221,10 +240,8 @@ def respond(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
         payloads.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
     if cfg.childless != "never":
         payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
-    sa.pending_addke = list(selected.additional_kes)
-
     def remember_response(now: float) -> None:
-        sa.init_response = sa.cached_response[1][0].data
+        sa.init_response = sa.tasks.cached_response[1][0].data
 
     return Reply(payloads, after=remember_response)
 
@@ -256,7 +273,7 @@ def _update_keys(sa: IkeSa, shared: bytes) -> None:
                                     aead_keymat_len(sel.encr, sel.key_bits)))
 
 
-class IntermediateTask:
+class IntermediateTask(Task):
     exchange = ExchangeType.IKE_INTERMEDIATE
 
     def __init__(self, index: int, method: int):
@@ -269,8 +286,8 @@ class IntermediateTask:
         self.ke = start_key_exchange(self.method)
         payloads = [KePayload(self.method, self.ke.public_data)]
         first, plain = encode_chain(payloads)
-        self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.next_mid, first, plain)
-        sa.send_request(self, self.exchange, payloads, now)
+        self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.tasks.next_mid, first, plain)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         for n in msg.all(NotifyPayload):
@@ -288,8 +305,7 @@ class IntermediateTask:
     on_timeout = IkeInitTask.on_timeout
 
 
-def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
-    pending = getattr(sa, "pending_addke", [])
+def _respond_intermediate(sa: IkeSa, pending: list[int], msg: Message, now: float) -> Reply:
     ke = msg.first(KePayload)
     if not pending:
         raise IkeError("unexpected IKE_INTERMEDIATE", notify=NotifyType.INVALID_SYNTAX)
@@ -311,11 +327,4 @@ def respond_intermediate(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads, after=rekey_after_send)
 
 
-def intermediate_auth_data(sa: IkeSa, auth_mid: int) -> bytes:
-    """IntAuth = IntAuth_iN | IntAuth_rN | IKE_AUTH_MID, or nothing without IKE_INTERMEDIATE."""
-    if not sa.intermediate_done:
-        return b""
-    return sa.int_auth_i + sa.int_auth_r + auth_mid.to_bytes(4, "big")
-
-
-__all__ = ["IkeInitTask", "IntermediateTask", "respond", "respond_intermediate", "intermediate_auth_data"]
+__all__ = ["IkeInitTask", "IntermediateTask", "IkeInitResponder"]

@@ -2,7 +2,7 @@
 
 The rekey proposals keep their ADDKE transforms: when the responder selects some, the
 initiator runs one IKE_FOLLOWUP_KE per additional key exchange (RFC 9370 §2.2.3, see
-followup_ke.py) and the new IKE SA exists, on both ends, only once they are all done.
+../followup_ke.py) and the new IKE SA exists, on both ends, only once they are all done.
 Collisions are decided with the nonces of the CREATE_CHILD_SA exchanges, which both
 ends know as soon as those are answered, even while follow-ups are still under way.
 """
@@ -10,8 +10,8 @@ ends know as soon as those are answered, even while follow-ups are still under w
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
+from .. import followup_ke
 from ..constants import ExchangeType, NotifyType
 from ..crypto import aead_keymat_len, prf_for
 from ..errors import IkeError, InvalidKePayload, ParseError
@@ -20,14 +20,12 @@ from ..keyexchange import respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
 from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ..proposals import ProposalSpec, check_answer, select
-from . import followup_ke
-from .common import first_error, retry_with_wanted_group
-from ..sa import IkeSa, IkeState, Reply
+from ..sa import OLD_SA_GRACE, IkeSa, IkeState
+from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
 NONCE_LEN = 32
-OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
 
 
 def _rekey_proposals(sa: IkeSa) -> list[ProposalSpec]:
@@ -48,7 +46,7 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
     for attr in ("peer_fragmentation", "peer_hash_algs", "peer_childless", "nat_local", "nat_remote",
                  "local_id", "remote_id", "peer_chain", "last_received", "keepalive_at"):
         setattr(new, attr, getattr(old, attr))
-    new.state = IkeState.ESTABLISHED
+    new.transition(IkeState.ESTABLISHED)
     new.established_at = now
     new.rekeyed_from = old.label
     new.rekey_nonces = (ni, nr)
@@ -60,24 +58,11 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
     return new
 
 
-def move_children(source: IkeSa, target: IkeSa) -> None:
-    for spi, child in list(source.children.items()):
-        child.info = replace(child.info, ike_sa=target.label)
-        target.children[spi] = child
-    source.children.clear()
-
-
-def retire(old: IkeSa, new: IkeSa, now: float) -> None:
-    old.state = IkeState.REKEYED
-    old.successor = new
-    old.rekey_at = None
-    old.expire_at = now + OLD_SA_GRACE
-
-
 def _own_rekey_running(sa: IkeSa) -> bool:
     """Our rekey of this IKE SA is in flight (its CREATE_CHILD_SA or one of its follow-ups)."""
-    task = getattr(sa.outstanding, "task", None)
-    return isinstance(task, IkeRekeyTask) or isinstance(getattr(task, "owner", None), IkeRekeyTask)
+    task = sa.tasks.outstanding.task if sa.tasks.outstanding is not None else None
+    return isinstance(task, IkeRekeyTask) or (isinstance(task, followup_ke.FollowupKeTask)
+                                              and isinstance(task.owner, IkeRekeyTask))
 
 
 def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
@@ -86,14 +71,14 @@ def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
     if sa.state != IkeState.ESTABLISHED or _own_rekey_running(sa):
         # Our own rekey settles the collision when it completes, or already has (§2.8.2).
         return
-    move_children(sa, new)
-    retire(sa, new, now)
+    sa.hand_children_to(new)
+    sa.retire(new, now)
 
 
-class IkeRekeyTask:
+class IkeRekeyTask(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.spi = b""
         self.ni = b""
         self.nr = b""
@@ -116,7 +101,7 @@ class IkeRekeyTask:
         self.ke = start_key_exchange(self.group)
         payloads = [SaPayload([p.to_payload(i + 1, self.spi) for i, p in enumerate(self.proposals)]),
                     NoncePayload(self.ni), KePayload(self.group, self.ke.public_data)]
-        sa.send_request(self, self.exchange, payloads, now)
+        sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         error = first_error(msg)
@@ -133,7 +118,7 @@ class IkeRekeyTask:
         shared = self.ke.finish(ke.data)
         if selected.additional_kes:
             link = followup_ke.link_of(msg)
-            sa.tasks.appendleft(followup_ke.FollowupKeTask(self, selected.additional_kes, (shared,), link))
+            sa.tasks.queue_first(followup_ke.FollowupKeTask(self, selected.additional_kes, (shared,), link))
             return
         self.followups_done(sa, (shared,), now)
 
@@ -141,28 +126,26 @@ class IkeRekeyTask:
         """Every key exchange is done: the new IKE SA exists; settle a collision (§2.8.2)."""
         new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=self.selected.spi, selected=self.selected,
                          secrets=secrets, ni=self.ni, nr=self.nr, now=now)
-        from .informational import IkeDeleteTask
-
         theirs = sa.peer_rekey
         their_nonces = sa.peer_rekey_nonces
         if their_nonces is not None and min(self.ni, self.nr) < min(their_nonces):
             # Collision lost (lowest nonce is ours): close our redundant SA; the peer deletes the old.
             log.info("IKE rekey collision with %s: closing our redundant %s", sa.remote[0], new.label)
-            new.queue(IkeDeleteTask("superseded", children_reason="rekeyed"), now)
+            new.queue(sa.exchanges.delete_ike("superseded", children_reason="rekeyed"), now)
             if theirs is not None and theirs.state == IkeState.ESTABLISHED:
-                move_children(sa, theirs)
-                retire(sa, theirs, now)
+                sa.hand_children_to(theirs)
+                sa.retire(theirs, now)
             else:
                 # Their follow-ups are still running: the children move once theirs is complete.
                 sa.rekey_at = now + OLD_SA_GRACE  # in case the peer never completes it
             return
         if theirs is not None:
             # Collision won: the children move to our successor; the peer closes its own.
-            move_children(theirs, new)
-        move_children(sa, new)
-        retire(sa, new, now)
+            theirs.hand_children_to(new)
+        sa.hand_children_to(new)
+        sa.retire(new, now)
         sa.tasks.clear()
-        sa.queue(IkeDeleteTask("rekeyed"), now)
+        sa.queue(sa.exchanges.delete_ike("rekeyed"), now)
 
     def followup_failed(self, sa: IkeSa, reason: str, notify: int | None, now: float) -> None:
         log.warning("IKE rekey with %s failed in its additional key exchanges: %s", sa.remote[0], reason)
@@ -184,9 +167,18 @@ class IkeRekeyTask:
         sa.rekey_at = now + 30.0
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+class IkeRekeyResponder(Responder):
+    """CREATE_CHILD_SA rekeying the IKE SA (the exchanges package routes it here)."""
+
+    exchanges = (ExchangeType.CREATE_CHILD_SA,)
+
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        return _respond(sa, msg, now)
+
+
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     own_rekey = _own_rekey_running(sa)
-    if sa.outstanding is not None and not own_rekey:
+    if sa.tasks.outstanding is not None and not own_rekey:
         raise IkeError("an exchange is under way; rekey the IKE SA later", notify=NotifyType.TEMPORARY_FAILURE)
     sa_payload, nonce, ke = msg.first(SaPayload), msg.first(NoncePayload), msg.first(KePayload)
     if sa_payload is None or nonce is None or ke is None:
@@ -220,4 +212,4 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads)
 
 
-__all__ = ["IkeRekeyTask", "respond", "move_children", "retire"]
+__all__ = ["IkeRekeyTask", "IkeRekeyResponder"]

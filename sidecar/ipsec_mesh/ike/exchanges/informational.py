@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState, moved, sends
+from ..child import ChildSa, ChildState, activate_successor, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
+from ..errors import IkeError
 from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
-from ..sa import Datagram, IkeSa, IkeState, Reply
-from .create_child import activate_successor
+from ..sa import Datagram, IkeSa, IkeState
+from ..task import Reply, Responder, Task
 
 log = logging.getLogger("ipsec_mesh.ike")
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3
 
 
-class IkeDeleteTask:
+class IkeDeleteTask(Task):
     exchange = ExchangeType.INFORMATIONAL
 
     def __init__(self, reason: str = "deleted", *, children_reason: str = "ike-closed"):
@@ -25,8 +26,8 @@ class IkeDeleteTask:
 
     def start(self, sa: IkeSa, now: float) -> None:
         if sa.state == IkeState.ESTABLISHED:
-            sa.state = IkeState.DELETING
-        sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.IKE, [])], now)
+            sa.transition(IkeState.DELETING)
+        sa.tasks.send_request(self, self.exchange, [DeletePayload(ProtocolId.IKE, [])], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         sa.close(self.reason, now, children_reason=self.children_reason)
@@ -34,10 +35,11 @@ class IkeDeleteTask:
     def on_timeout(self, sa: IkeSa, now: float) -> None:
         sa.close(self.reason, now, children_reason=self.children_reason)
 
-    on_error = on_response
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        sa.close(self.reason, now, children_reason=self.children_reason)
 
 
-class DeleteChildTask:
+class DeleteChildTask(Task):
     exchange = ExchangeType.INFORMATIONAL
 
     def __init__(self, child: ChildSa, reason: str = "deleted"):
@@ -52,7 +54,7 @@ class DeleteChildTask:
         if self.child.state != ChildState.REKEYED:
             self.child.state = ChildState.DELETING
         spi = self.child.inbound_spi.to_bytes(4, "big")
-        sa.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
+        sa.tasks.send_request(self, self.exchange, [DeletePayload(ProtocolId.ESP, [spi])], now)
 
     def _retire_outbound(self, sa: IkeSa) -> None:
         """Stop sending on it before the Delete leaves: the peer drops its inbound half on
@@ -73,14 +75,17 @@ class DeleteChildTask:
                                        info.local_addr, info.remote_addr))
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
+        self._done(sa)
+
+    def on_error(self, sa: IkeSa, exc: IkeError, now: float) -> None:
+        self._done(sa)
+
+    def _done(self, sa: IkeSa) -> None:
         activate_successor(sa, self.child)  # new outbound first: never a moment without one
         sa.drop_child(self.child, self.reason)
 
-    def on_error(self, sa: IkeSa, exc, now: float) -> None:
-        self.on_response(sa, None, b"", now)
 
-
-class DpdTask:
+class DpdTask(Task):
     """An empty INFORMATIONAL request: the peer must answer if it is alive (RFC 7296 §2.4)."""
 
     exchange = ExchangeType.INFORMATIONAL
@@ -89,7 +94,7 @@ class DpdTask:
         return sa.state != IkeState.ESTABLISHED
 
     def start(self, sa: IkeSa, now: float) -> None:
-        sa.send_request(self, self.exchange, [], now)
+        sa.tasks.send_request(self, self.exchange, [], now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         pass
@@ -99,34 +104,24 @@ class DpdTask:
         sa.close("dead-peer", now)
 
 
-class NotifyTask:
-    """Send one error notify and forget the SA without waiting (e.g. AUTHENTICATION_FAILED)."""
+class InformationalResponder(Responder):
+    exchanges = (ExchangeType.INFORMATIONAL,)
 
-    exchange = ExchangeType.INFORMATIONAL
-
-    def __init__(self, notify: int, then_close: str):
-        self.notify = notify
-        self.then_close = then_close
-
-    def start(self, sa: IkeSa, now: float) -> None:
-        sa.send_request(self, self.exchange, [NotifyPayload(self.notify)], now)
-        sa.close(self.then_close, now)
-
-    def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
-        pass
+    def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
+        if sa.state == IkeState.CONNECTING:
+            return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
+        return _respond(sa, msg, now)
 
 
-def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
+def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     deletes = msg.all(DeletePayload)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
         successor = sa.peer_rekey
         if successor is not None and successor.state == IkeState.ESTABLISHED and sa.children:
             # The peer won a rekey collision that our own (unfinished) rekey was still to settle:
             # the children live on in the successor it created.
-            from .ike_rekey import move_children, retire
-
-            move_children(sa, successor)
-            retire(sa, successor, now)
+            sa.hand_children_to(successor)
+            sa.retire(successor, now)
         reason = "rekeyed" if sa.state == IkeState.REKEYED else "deleted-by-peer"
         log.info("IKE SA %s deleted by %s", sa.label, sa.remote[0])
         return Reply([], close=reason)
