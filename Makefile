@@ -12,6 +12,7 @@ test: setup
 # The in-memory and loopback tiers (no namespaces, no charon, no VM): minutes, for the edit loop.
 test-fast: setup
 	.venv/bin/python -m pytest -q tests/unit tests/agent tests/operator tests/chart
+
 # Type checking: strict for the IKE core (configuration in pyproject.toml).
 lint: setup
 	.venv/bin/python -m mypy
