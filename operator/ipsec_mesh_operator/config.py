@@ -57,6 +57,10 @@ class OperatorConfig:
     #: Port of the liveness endpoint (served by a thread; 0: none) and how long the loop may stall.
     liveness_port: int = 0
     liveness_max_stall: int = 30
+    #: Port of the SPIFFE bundle endpoint (federation.py); None: not served.
+    bundle_port: int | None = None
+    #: The spiffe_refresh_hint it publishes, seconds.
+    bundle_refresh_hint: int = 300
 
     @property
     def ca_lifetime(self) -> int:
@@ -96,6 +100,8 @@ class OperatorConfig:
             sidecar_resources=_resources(_env("SIDECAR_RESOURCES", "")) or cls().sidecar_resources,
             liveness_port=int(_env("LIVENESS_PORT", "0")),
             liveness_max_stall=_duration("LIVENESS_MAX_STALL", "30s"),
+            bundle_port=int(_env("BUNDLE_PORT", "")) if _env("BUNDLE_PORT", "") else None,
+            bundle_refresh_hint=_duration("BUNDLE_REFRESH_HINT", "5m"),
         )
 
 

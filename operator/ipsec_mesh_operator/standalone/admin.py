@@ -52,6 +52,7 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
             "peers": [f"{ns}/{name}" for ns, name in sorted(index.peer_pods(key))],
             "pskKeyId": None if ring is None else ring.active_id(now),
             "health": dataclasses.asdict(runtime.health(key)),
+            "federation": [state.to_status(remote) for remote, state in sorted(runtime.federation.of(key).items())],
         })
     ca = runtime.ca
     active = None if ca is None else ca.ring.active(now)

@@ -9,6 +9,7 @@
       - name: web-db
         namespace: shop
         spec: {selector: {}, peers: [{podSelector: {}}]}   # an IPsecPeering's spec
+    bundleEndpoint: {port: 8444}        # optional: serve the SPIFFE bundle endpoint (federation.py) on the API's host
     configMaps:                         # optional: remote trust bundles referenced by peerings
       - {name: east-ca, namespace: shop, data: {ca.crt: "-----BEGIN CERTIFICATE-----..."}}
     services:                           # optional: Services, in a compact form or as manifests
@@ -47,7 +48,7 @@ MAX_PEERINGS = 1_000
 #: Entries of `services` (compact Services, Service and EndpointSlice manifests).
 MAX_SERVICE_ITEMS = 20_000
 MAX_FILE_BYTES = 16 * 1024 * 1024
-TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps", "services"}
+TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps", "services", "bundleEndpoint"}
 #: What the kopf handlers watch, by the manifest's kind.
 SERVICE_KINDS = {"Service": parse_service, "EndpointSlice": SliceInfo.from_body}
 
@@ -76,6 +77,8 @@ class StandaloneConfig:
     config_maps: Mapping[tuple[str, str], Mapping[str, str]]
     #: (kind, body): Service and EndpointSlice objects as the API server would hold them.
     services: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    #: Port of the bundle endpoint (0: any free port); None: not served.
+    bundle_port: int | None = None
 
     def service_objects(self) -> dict[tuple[str, str, str], tuple[str, Mapping[str, Any]]]:
         """(kind, namespace, name) -> (kind, body)."""
@@ -111,12 +114,16 @@ def parse_config(document: Any) -> StandaloneConfig:
         namespaces = _namespaces(doc.get("namespaces", {}))
         pods = fields.array(doc["pods"], "pods", _pod, MAX_PODS)
         config_maps = dict(fields.array(doc.get("configMaps", []), "configMaps", _config_map, MAX_PEERINGS))
+        bundle_port = None
+        if "bundleEndpoint" in doc:
+            endpoint = fields.obj(doc["bundleEndpoint"], "bundleEndpoint", {"port"})
+            bundle_port = fields.integer(endpoint["port"], "bundleEndpoint.port", 0, 65535)
     except PeerMapError as exc:
         raise StandaloneConfigError.wrap(exc) from None
     _check_unique(pods)
     peerings = _peerings(doc["peerings"])
     return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps,
-                            _services(doc.get("services", []), pods))
+                            _services(doc.get("services", []), pods), bundle_port)
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:
