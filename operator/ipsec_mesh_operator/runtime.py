@@ -121,12 +121,13 @@ class OperatorRuntime:
             self.index.set_trust_bundle(stored.trust_bundle(self.clock()))
             logger.info("mesh CA reloaded from Secret %s/%s", self.config.namespace, self.config.ca_secret)
 
-    async def rotate_ca_if_due(self) -> bool:
+    async def rotate_ca_if_due(self, now_please: bool = False) -> bool:
+        """Rotate the mesh CA on schedule (or at once with `now_please`: the standalone admin's request)."""
         assert self.ca is not None
         now = self.clock()
         bundle_before = self.ca.trust_bundle(now)
-        changed = self.ca.rotate_if_due(now, self.config.ca_rotation_interval, self.config.ca_propagation,
-                                        self.config.ca_lifetime)
+        interval = 0 if now_please else self.config.ca_rotation_interval
+        changed = self.ca.rotate_if_due(now, interval, self.config.ca_propagation, self.config.ca_lifetime)
         if changed:
             metrics.KEY_ROTATIONS.labels("ca").inc()
             await self.kube.update_secret_data(self.config.namespace, self.config.ca_secret,

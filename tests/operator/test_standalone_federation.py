@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import ssl
 from dataclasses import replace
 
 from ipsec_mesh_operator.config import OperatorConfig
@@ -10,6 +11,7 @@ from ipsec_mesh_operator.standalone.admin import overview
 from ipsec_mesh_operator.standalone.config import StandaloneConfigError, parse_config
 from standalone_fixture import client_for, running
 
+import aiohttp
 import pytest
 
 EAST = {
@@ -18,6 +20,15 @@ EAST = {
     "pods": [{"name": "api", "namespace": "batch", "labels": {"app": "api"}, "ips": ["10.48.0.10"]}],
     "peerings": [],
 }
+
+
+async def admin_post(operator, path: str, token: str | None = None) -> tuple[int, dict]:
+    url = (operator.state_dir / "api-url").read_text().strip() + path
+    token = token or (operator.state_dir / "admin-token").read_text().strip()
+    context = ssl.create_default_context(cafile=str(operator.state_dir / "ca-bundle.pem"))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, ssl=context, headers={"Authorization": f"Bearer {token}"}) as response:
+            return response.status, await response.json()
 
 
 def west(bundle_url: str, bootstrap: str) -> dict:
@@ -48,10 +59,12 @@ async def test_west_fetches_easts_bundle_and_follows_its_rotation(tmp_path):
             assert "".join(remote.trust_bundle) == bootstrap
             [state] = west_op.runtime.federation.of(("batch", "to-east")).values()
             assert state.fresh and state.sequence is not None
-            # East rotates its CA: the successor is published at once (signs after 600 s).
+            # East's admin starts a CA rotation: the successor is published at once (signs after 600 s).
             clock = east.runtime.clock
-            east.runtime.ca.rotate_if_due(clock(), 0, 600, east.config.ca_lifetime)
-            east.runtime.index.set_trust_bundle(east.runtime.ca.trust_bundle(clock()))
+            status, answer = await admin_post(east, "/v1/admin/rotate-ca")
+            assert status == 200 and answer["trustBundleSize"] == 2 and len(answer["generations"]) == 2
+            assert (await admin_post(east, "/v1/admin/rotate-ca"))[0] == 409  # one at a time
+            assert (await admin_post(east, "/v1/admin/rotate-ca", token="wrong"))[0] == 401
             # Due now (rather than in 5 s): the next maintenance round fetches.
             west_op.runtime.federation.states[(("batch", "to-east"), "east")] = replace(state, next_attempt=0.0)
             await west_op.maintain()

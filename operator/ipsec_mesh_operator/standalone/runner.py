@@ -100,7 +100,7 @@ class StandaloneOperator:
         self.admin_token = AdminToken(self.state_dir / "admin-token")
         self.servers = Servers(self.runtime, api_routes=lambda app: add_admin_routes(
             app, self.admin_token, lambda: overview(self.runtime, [p.key for p in self.mesh.peerings],
-                                                    self.runtime.issued, self.mesh.services)))
+                                                    self.runtime.issued, self.mesh.services), self.rotate_ca))
         self._tokens_issued: dict[PodKey, float] = {}
         self._bundle_written: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
@@ -202,6 +202,21 @@ class StandaloneOperator:
         logger.info("reloaded %s: %d pod(s), %d peering(s), %d Service object(s)", self.config_path, len(new.pods),
                     len(new.peerings), len(new.services))
         return True
+
+    async def rotate_ca(self) -> str | None:
+        """Start a mesh CA rotation now: the successor is published at once and signs after
+        ca.propagation. Refused (a reason) while a successor is still propagating, or for a
+        CA supplied by the administrator."""
+        async with self._lock:
+            ca, now = self.runtime.ca, self.runtime.clock()
+            if ca is None or not ca.managed:
+                return "the mesh CA was supplied by the administrator: it is never rotated here"
+            newest = ca.ring.newest()
+            if newest is not None and newest.activate_at > now:
+                return f"a rotation is under way: {newest.id} signs from {int(newest.activate_at)}"
+            await self.runtime.rotate_ca_if_due(now_please=True)
+        logger.info("mesh CA rotation started on request: %s", self.runtime.ca.ring.newest().id)
+        return None
 
     def _with_uids(self, config: StandaloneConfig) -> StandaloneConfig:
         return replace(config, pods=self.incarnations.assign(config.pods))
