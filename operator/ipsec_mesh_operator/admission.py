@@ -249,8 +249,9 @@ def _secret_refs(obj: Any) -> set[str]:
     except InvalidPeering:
         return set()
     refs = {remote.psk_secret_ref[0] for remote in spec.remotes if remote.psk_secret_ref is not None}
-    return refs | {remote.trust_bundle_ref[1] for remote in spec.remotes
-                   if remote.trust_bundle_ref is not None and remote.trust_bundle_ref[0] == "Secret"}
+    bundles = [remote.trust_bundle_ref or (remote.federation.bootstrap_ref if remote.federation else None)
+               for remote in spec.remotes]
+    return refs | {ref[1] for ref in bundles if ref is not None and ref[0] == "Secret"}
 
 
 async def secret_access_problems(request: Mapping[str, Any], kube: Any) -> list[str]:

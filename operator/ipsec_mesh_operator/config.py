@@ -96,6 +96,10 @@ class OperatorConfig:
     #: Services and EndpointSlices indexed from any one namespace (docs/services.md, "Hostile input").
     max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE
     max_endpoint_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE
+    #: Port of the SPIFFE bundle endpoint (federation.py); None: not served.
+    bundle_port: int | None = None
+    #: The spiffe_refresh_hint it publishes, seconds.
+    bundle_refresh_hint: int = 300
 
     @property
     def ca_lifetime(self) -> int:
@@ -143,6 +147,8 @@ class OperatorConfig:
             max_services_per_namespace=_count("MAX_SERVICES_PER_NAMESPACE", MAX_SERVICES_PER_NAMESPACE, MAX_SERVICES),
             max_endpoint_slices_per_namespace=_count("MAX_ENDPOINT_SLICES_PER_NAMESPACE",
                                                      MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_ENDPOINT_SLICES),
+            bundle_port=int(_env("BUNDLE_PORT", "")) if _env("BUNDLE_PORT", "") else None,
+            bundle_refresh_hint=_duration("BUNDLE_REFRESH_HINT", "5m"),
         )
 
 

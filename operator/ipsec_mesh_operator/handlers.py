@@ -25,6 +25,7 @@ from ipsec_mesh.meshapi import AuthKind
 
 from .admission import make_webhook_app
 from .config import FINALIZER, OperatorConfig
+from .federation import fresh_condition
 from .feeder import IndexFeeder
 from .health import Liveness
 from .kube import KubeClient, load_connection
@@ -163,8 +164,11 @@ async def _reconcile(name: str, namespace: str, spec: Any, body: kopf.Body, patc
     before = rt.index.peering(key)
     problems, extra = await rt.apply_peering(parsed, kopf.build_owner_reference(body))
     health = rt.health(key)
+    federated = rt.federation.of(key)
+    if federated:
+        extra = {**extra, "federation": [state.to_status(remote) for remote, state in sorted(federated.items())]}
     desired = desired_status(body.get("status"), generation, health, [], _keys_state(rt, key, parsed.auth),
-                             problems, extra)
+                             problems, extra, fresh_condition(federated, rt.clock()))
     patch.status.update(status_patch(body.get("status"), desired))
     for problem in problems:
         kopf.warn(body, reason="ReferenceProblem", message=problem)

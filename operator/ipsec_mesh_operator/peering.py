@@ -17,6 +17,7 @@ from ipsec_mesh.meshapi import fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
 from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
+from .federation import FederationSpec, parse_federation
 from .selectors import LabelSelector, SelectorError
 
 GROUP = "ipsec-mesh.io"
@@ -68,6 +69,8 @@ class RemoteCluster:
     trust_bundle_ref: tuple[str, str, str] | None
     #: (name, key) of the Secret holding the PSK agreed with the remote cluster.
     psk_secret_ref: tuple[str, str] | None
+    #: The remote operator's bundle endpoint (in place of a copied trust bundle).
+    federation: FederationSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -195,27 +198,39 @@ def _parse_peers(c: _Collector, value: Any) -> tuple[tuple[PodPeers, ...], tuple
     return tuple(pod_peers), tuple(remotes)
 
 
+def _bundle_ref(value: Any, path: str, default_key: str) -> tuple[str, str, str]:
+    ref = fields.obj(value, path, {"name"}, {"kind", "key"})
+    kind = ref.get("kind", "ConfigMap")
+    if kind not in ("ConfigMap", "Secret"):
+        raise PeerMapError(f"{path}.kind", "must be ConfigMap or Secret")
+    return kind, fields.string(ref["name"], f"{path}.name"), fields.string(ref.get("key", default_key), f"{path}.key")
+
+
 def _parse_remote(value: Any, path: str) -> RemoteCluster:
-    doc = fields.obj(value, path, {"name", "cidrs"}, {"identities", "trustBundle", "pskSecretRef"})
-    bundle = None
-    if "trustBundle" in doc:
-        ref = fields.obj(doc["trustBundle"], f"{path}.trustBundle", {"name"}, {"kind", "key"})
-        kind = ref.get("kind", "ConfigMap")
-        if kind not in ("ConfigMap", "Secret"):
-            raise PeerMapError(f"{path}.trustBundle.kind", "must be ConfigMap or Secret")
-        bundle = (kind, fields.string(ref["name"], f"{path}.trustBundle.name"),
-                  fields.string(ref.get("key", "ca.crt"), f"{path}.trustBundle.key"))
+    doc = fields.obj(value, path, {"name", "cidrs"}, {"identities", "trustBundle", "pskSecretRef", "federation"})
+    bundle = _bundle_ref(doc["trustBundle"], f"{path}.trustBundle", "ca.crt") if "trustBundle" in doc else None
+    federation = parse_federation(doc["federation"], f"{path}.federation", _bundle_ref) \
+        if "federation" in doc else None
+    if bundle is not None and federation is not None:
+        raise PeerMapError(path, "give trustBundle (a copied bundle) or federation (fetched), not both")
     psk = None
     if "pskSecretRef" in doc:
         ref = fields.obj(doc["pskSecretRef"], f"{path}.pskSecretRef", {"name"}, {"key"})
         psk = (fields.string(ref["name"], f"{path}.pskSecretRef.name"),
                fields.string(ref.get("key", "psk"), f"{path}.pskSecretRef.key"))
+    identities = fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, 256)
+    if federation is not None:
+        domain = federation.trust_domain
+        outside = [i for i in identities if i != domain and not i.endswith("." + domain)]
+        if outside:  # the fetched bundle vouches for its own trust domain only
+            raise PeerMapError(f"{path}.identities", f"{', '.join(outside)} outside the federated trust domain {domain}")
     return RemoteCluster(
         name=fields.string(doc["name"], f"{path}.name", 63),
         cidrs=fields.array(doc["cidrs"], f"{path}.cidrs", fields.network, 32, 1),
-        identities=fields.array(doc.get("identities", []), f"{path}.identities", check_identity_pattern, 256),
+        identities=identities,
         trust_bundle_ref=bundle,
         psk_secret_ref=psk,
+        federation=federation,
     )
 
 
@@ -233,8 +248,9 @@ def _consistency_problems(spec: PeeringSpec) -> list[str]:
         where = f"spec.peers (remote {remote.name})"
         if spec.auth is AuthKind.PSK and remote.psk_secret_ref is None:
             problems.append(f"{where}: psk authentication with a remote cluster needs remote.pskSecretRef")
-        if spec.auth is AuthKind.CERTIFICATE and remote.trust_bundle_ref is None:
-            problems.append(f"{where}: certificate authentication needs remote.trustBundle (the remote mesh CA)")
+        if spec.auth is AuthKind.CERTIFICATE and remote.trust_bundle_ref is None and remote.federation is None:
+            problems.append(f"{where}: certificate authentication needs remote.federation (the remote operator's "
+                            "bundle endpoint) or remote.trustBundle (a copy of the remote mesh CA)")
         if spec.auth is AuthKind.CERTIFICATE and not remote.identities:
             problems.append(f"{where}: list the identities the remote peers may use (e.g. '*.pod.east.example')")
     return problems

@@ -36,8 +36,14 @@ def desired_status(
     keys: tuple[bool, str, str],
     problems: list[str],
     extra: Mapping[str, Any] | None = None,
+    bundles_fresh: tuple[bool, str, str] | None = None,
 ) -> dict[str, Any]:
-    """The full status to have; `keys` is (issued, reason, message)."""
+    """The full status to have; `keys` is (issued, reason, message); `bundles_fresh` the
+    TrustBundlesFresh condition (peerings with federated remotes only).
+
+    A stale federated bundle does not make the peering Degraded: the last good bundle is
+    still what the remote's pods prove, until the remote rotates its CA past it.
+    """
     current = current or {}
     old = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)}
     issued, key_reason, key_message = keys
@@ -76,6 +82,10 @@ def desired_status(
                        generation),
         ],
     }
+    if bundles_fresh is not None:
+        ok, reason, message = bundles_fresh
+        status["conditions"].append(_condition(old.get("TrustBundlesFresh"), "TrustBundlesFresh", ok, reason,
+                                               message[:1000], generation))
     status.update(extra or {})
     return status
 

@@ -30,6 +30,7 @@ from ipsec_mesh.meshapi.status import StatusReport
 from . import metrics
 from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
 from .config import REMOTE_SECRET_LABEL, OperatorConfig
+from .federation import Federation
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from .peering import PeeringSpec
@@ -86,6 +87,7 @@ class OperatorRuntime:
         self.releasing_watchers = False
         self.index.listeners.append(self._on_maps_changed)
         self.ca_listeners: list[Callable[[], None]] = []
+        self.federation = Federation(clock)
 
     # ---- mesh CA -----------------------------------------------------------
 
@@ -129,12 +131,13 @@ class OperatorRuntime:
             self.index.set_trust_bundle(stored.trust_bundle(self.clock()))
             logger.info("mesh CA reloaded from Secret %s/%s", self.config.namespace, self.config.ca_secret)
 
-    async def rotate_ca_if_due(self) -> bool:
+    async def rotate_ca_if_due(self, now_please: bool = False) -> bool:
+        """Rotate the mesh CA on schedule (or at once with `now_please`: the standalone admin's request)."""
         assert self.ca is not None
         now = self.clock()
         bundle_before = self.ca.trust_bundle(now)
-        changed = self.ca.rotate_if_due(now, self.config.ca_rotation_interval, self.config.ca_propagation,
-                                        self.config.ca_lifetime)
+        interval = 0 if now_please else self.config.ca_rotation_interval
+        changed = self.ca.rotate_if_due(now, interval, self.config.ca_propagation, self.config.ca_lifetime)
         if changed:
             metrics.KEY_ROTATIONS.labels("ca").inc()
             await self.kube.update_secret_data(self.config.namespace, self.config.ca_secret,
@@ -222,21 +225,38 @@ class OperatorRuntime:
                     problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_psk_keys(spec.key, remote.name, (PskKey(f"{ref_name}", value),))
+            elif remote.federation is not None:
+                bootstrap, problem = await self._read_bundle(spec.namespace, remote.federation.bootstrap_ref)
+                if problem is not None and remote.name not in self.federation.of(spec.key):
+                    self.index.set_remote_trust_bundle(spec.key, remote.name, ())
+                    problems.append(f"remote {remote.name}: bootstrap bundle: {problem}")
+                    continue
+                # A bootstrap reference gone bad later changes nothing: the fetched bundle stands on its own.
+                held = self.federation.of(spec.key).get(remote.name)
+                state = await self.federation.refresh(
+                    spec.key, remote.name, remote.federation, bootstrap if problem is None else held.bootstrap)
+                self.index.set_remote_trust_bundle(spec.key, remote.name, state.bundle)
             elif remote.trust_bundle_ref is not None:
-                kind, ref_name, ref_key = remote.trust_bundle_ref
-                if kind == "Secret":
-                    value, problem = await self._remote_secret(spec.namespace, ref_name, ref_key)
-                else:
-                    value, problem = await self.kube.read_config_data(kind, spec.namespace, ref_name, ref_key), None
-                pems = _split_pem(value.decode(errors="replace")) if value else ()
-                if problem is None and not pems:
-                    problem = f"{kind} {ref_name} key {ref_key} holds no certificate"
+                pems, problem = await self._read_bundle(spec.namespace, remote.trust_bundle_ref)
                 if problem is not None:
                     self.index.set_remote_trust_bundle(spec.key, remote.name, ())
                     problems.append(f"remote {remote.name}: {problem}")
                     continue
                 self.index.set_remote_trust_bundle(spec.key, remote.name, pems)
+        self.federation.forget(spec.key, frozenset(r.name for r in spec.remotes if r.federation is not None))
         return problems
+
+    async def _read_bundle(self, namespace: str, ref: tuple[str, str, str]) -> tuple[tuple[str, ...], str | None]:
+        """The PEM certificates of a ConfigMap/Secret key (else a problem to report)."""
+        kind, ref_name, ref_key = ref
+        if kind == "Secret":
+            value, problem = await self._remote_secret(namespace, ref_name, ref_key)
+        else:
+            value, problem = await self.kube.read_config_data(kind, namespace, ref_name, ref_key), None
+        pems = _split_pem(value.decode(errors="replace")) if value else ()
+        if problem is None and not pems:
+            problem = f"{kind} {ref_name} key {ref_key} holds no certificate"
+        return pems, problem
 
     async def _remote_secret(self, namespace: str, name: str, key: str) -> tuple[bytes | None, str | None]:
         """A key of a Secret that opted in to being named by peerings (else a problem to report).
@@ -300,6 +320,14 @@ class OperatorRuntime:
     def forget_peering(self, key: PeeringKey) -> None:
         self.index.remove_peering(key)
         self.psk.pop(key, None)
+        self.federation.forget(key)
+
+    def published_bundle(self) -> tuple[tuple[str, ...], int]:
+        """What the bundle endpoint serves: the mesh trust bundle and its sequence (newest CA's creation)."""
+        if self.ca is None:
+            return (), 0
+        newest = self.ca.ring.newest()
+        return self.ca.trust_bundle(self.clock()), int(newest.created_at) if newest else 0
 
     # ---- Services ------------------------------------------------------------
 

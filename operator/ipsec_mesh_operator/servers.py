@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import api, metrics
 from .connections import ConnectionPool, GuardedSite, guard
+from .federation import bundle_app, endpoint_id
 from .health import Readiness
 from .ratelog import QuietServerLogger
 from .runtime import OperatorRuntime
@@ -35,6 +36,9 @@ class Servers:
         #: Adds routes to the mesh API's app (the standalone operator's admin endpoint).
         self.api_routes = api_routes
         self.tls = ServingCertificate(runtime.config.server_names)
+        #: The bundle endpoint proves the trust domain's endpoint SPIFFE ID (https_spiffe), with its own certificate.
+        self.bundle_tls = ServingCertificate(runtime.config.server_names, endpoint_id(runtime.config.trust_domain)) \
+            if runtime.config.bundle_port is not None else None
         self.webhook_app = webhook_app
         self.webhook_context: ssl.SSLContext | None = None
         if runtime.config.webhook_tls_dir:
@@ -48,8 +52,9 @@ class Servers:
         runtime.ca_listeners.append(self._refresh_certificate)
 
     def _refresh_certificate(self) -> None:
-        if self.runtime.ca is not None and self.tls.refresh(self.runtime.ca, self.runtime.clock()):
-            logger.info("serving certificate (re)issued for %s", ", ".join(self.tls.names))
+        for tls in (self.tls, self.bundle_tls):
+            if tls is not None and self.runtime.ca is not None and tls.refresh(self.runtime.ca, self.runtime.clock()):
+                logger.info("serving certificate (re)issued for %s", ", ".join((*tls.names, tls.uri or "")).rstrip(", "))
         if self.webhook_context is not None:
             # cert-manager renews the files in place; pick up the current pair for new connections.
             directory = Path(self.runtime.config.webhook_tls_dir)
@@ -69,6 +74,9 @@ class Servers:
         plan = [("api", api_app, config.api_port, self.tls.context), ("metrics", metrics_app, config.metrics_port, None)]
         if self.webhook_app is not None:
             plan.append(("webhook", self.webhook_app, config.webhook_port, self.webhook_context or self.tls.context))
+        if self.bundle_tls is not None:
+            plan.append(("bundle", bundle_app(self.runtime.published_bundle, config.bundle_refresh_hint),
+                         config.bundle_port, self.bundle_tls.context))
         self.readiness.require([name for name, *_ in plan if name != "metrics"], ())
         for name, app, port, ssl_context in plan:
             if ssl_context is None:

@@ -30,8 +30,10 @@ def _split_names(names: tuple[str, ...]) -> tuple[list[str], list[str]]:
 class ServingCertificate:
     """Keeps an SSLContext whose certificate is renewed from the mesh CA when due."""
 
-    def __init__(self, names: tuple[str, ...]):
+    def __init__(self, names: tuple[str, ...], uri: str | None = None):
         self.names = names
+        #: A SPIFFE ID for the certificate (the bundle endpoint's).
+        self.uri = uri
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._renew_at = 0.0
@@ -46,7 +48,7 @@ class ServingCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
         dns, ips = _split_names(self.names)
         dns = dns or ["localhost"]
-        identity = LeafIdentity(dns[0], None, tuple(ips), tuple(dns[1:]))
+        identity = LeafIdentity(dns[0], self.uri, tuple(ips), tuple(dns[1:]))
         cert = ca.issue(key.public_key(), identity, SERVER_CERT_LIFETIME, now, server=True)
         chain = certificate_pem(cert) + certificate_pem(ca.active_certificate(now))
         self._load(chain, key)

@@ -40,6 +40,8 @@ OPTIONS = {
     "no-network-policy": {"networkPolicy": {"enabled": False}},
     "sidecar": {"sidecar": {"image": {"repository": "registry.example/sidecar", "digest": "sha256:" + "b" * 64},
                             "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}}},
+    "bundle-endpoint": {"bundleEndpoint": {"enabled": True, "port": 9444, "refreshHint": "2m", "service": {
+        "type": "LoadBalancer", "annotations": {"lb/internal": "true"}, "loadBalancerSourceRanges": ["198.51.100.0/24"]}}},
     "custom": {"trustDomain": "mesh.example.org", "tokenAudience": "mesh", "logFormat": "plain",
                "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
                "priorityClassName": "system-cluster-critical", "podAnnotations": {"a": "b"},
@@ -237,6 +239,8 @@ def test_no_webhooks_option_leaves_them_out():
     {"networkPolicy": {"apiServerCIDRs": ["the api server"]}},
     {"api": {"maxConnections": 0}},
     {"services": {"maxPerNamespace": 0}},
+    {"bundleEndpoint": {"service": {"type": "ExternalName"}}},
+    {"bundleEndpoint": {"port": 0}},
 ])
 def test_values_schema_rejects_nonsense(values):
     with pytest.raises(helm.HelmError):
@@ -384,3 +388,24 @@ def test_common_knobs_reach_their_objects():
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert not by_kind(render({})[0], "ServiceMonitor")
+
+
+def test_bundle_endpoint_is_off_by_default_and_when_on_has_its_own_service_port_and_env():
+    documents, _ = render({})
+    assert "IPSEC_MESH_BUNDLE_PORT" not in _env(documents)
+    assert [s["metadata"]["name"] for s in by_kind(documents, "Service")] == ["mesh-ipsec-mesh-operator"]
+    assert "bundle" not in {p["name"] for p in _pod_spec(documents)["containers"][0]["ports"]}
+    documents, _ = render(OPTIONS["bundle-endpoint"])
+    env = _env(documents)
+    assert env["IPSEC_MESH_BUNDLE_PORT"] == "9444" and env["IPSEC_MESH_BUNDLE_REFRESH_HINT"] == "2m"
+    ports = {p["name"]: p["containerPort"] for p in _pod_spec(documents)["containers"][0]["ports"]}
+    assert ports["bundle"] == 9444
+    services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
+    bundle = services["mesh-ipsec-mesh-operator-bundle"]
+    assert bundle["spec"]["type"] == "LoadBalancer"
+    assert bundle["spec"]["ports"] == [{"name": "bundle", "port": 9444, "targetPort": "bundle", "protocol": "TCP"}]
+    assert bundle["spec"]["loadBalancerSourceRanges"] == ["198.51.100.0/24"]
+    assert bundle["metadata"]["annotations"] == {"lb/internal": "true"}
+    # Only the bundle endpoint is exposed there: never the mesh API or the webhook.
+    assert bundle["spec"]["selector"] == services["mesh-ipsec-mesh-operator"]["spec"]["selector"]
+    assert "bundle" not in {p["name"] for p in services["mesh-ipsec-mesh-operator"]["spec"]["ports"]}

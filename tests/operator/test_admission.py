@@ -93,7 +93,25 @@ PEERING = {
     (lambda s: s.update(authentication={"type": "psk", "pskRotationInterval": "1h", "pskOverlap": "2h"}),
      "pskRotationInterval must be longer"),
     (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"]}}]),
-     "needs remote.trustBundle"),
+     "needs remote.federation"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],
+                                           "federation": {"endpoint": "http://east:8444/", "trustDomain": "east.example",
+                                                          "bootstrapBundle": {"name": "east-ca"}}}}]),
+     "must be an https:// URL"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.west.example"],
+                                           "federation": {"endpoint": "https://east:8444/", "trustDomain": "east.example",
+                                                          "bootstrapBundle": {"name": "east-ca"}}}}]),
+     "outside the federated trust domain east.example"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],
+                                           "trustBundle": {"name": "east-ca"},
+                                           "federation": {"endpoint": "https://east:8444/", "trustDomain": "east.example",
+                                                          "bootstrapBundle": {"name": "east-ca"}}}}]),
+     "not both"),
+    (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],
+                                           "federation": {"endpoint": "https://east:8444/", "trustDomain": "east.example",
+                                                          "bootstrapBundle": {"name": "east-ca"},
+                                                          "refreshInterval": "1s"}}}]),
+     "refreshInterval: at least"),
     (lambda s: s.update(peers=[{"remote": {"name": "east", "cidrs": ["10.8.0.1/16"]}}]), "host bits"),
     (lambda s: s.update(selector={"matchExpressions": [{"key": "a", "operator": "In"}]}), "needs at least one value"),
 ])
@@ -296,3 +314,13 @@ def test_sidecar_resources_setting_refuses_what_is_not_a_resources_object(text):
 
     with pytest.raises(ValueError, match="IPSEC_MESH_SIDECAR_RESOURCES"):
         sidecar_resources(text)
+
+
+def test_a_federation_bootstrap_secret_is_a_secret_reference_the_author_must_be_allowed_to_read():
+    from ipsec_mesh_operator.admission import _secret_refs
+    peering = copy.deepcopy(PEERING)
+    peering["spec"]["peers"] = [{"remote": {
+        "name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],
+        "federation": {"endpoint": "https://east:8444/spiffe/v1/bundle", "trustDomain": "east.example",
+                       "bootstrapBundle": {"kind": "Secret", "name": "db-credentials"}}}}]
+    assert _secret_refs(peering) == {"db-credentials"}

@@ -1,6 +1,7 @@
 """kopf handlers as functions: kopf.Body in, kopf.Patch and events out, with an in-memory Kubernetes."""
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -304,3 +305,45 @@ def test_pod_id_set_by_the_chart_is_kept(monkeypatch):
     monkeypatch.setattr("getpass.getuser", _no_passwd_entry)
     handlers.ensure_peering_identity()
     assert os.environ["POD_ID"] == "ipsec-mesh-operator-5d9c7b-x7k2p"
+
+
+async def test_a_federated_remote_reports_its_bundle_and_staleness_in_the_status(runtime):
+    from ipsec_mesh_operator.federation import Bundle, BundleError
+
+    await started_loop_queue(runtime)
+    bootstrap = runtime.ca.trust_bundle(time.time())
+    fetched = CertificateAuthority.create(time.time(), 86400, 86400 * 365).trust_bundle(time.time())
+    answers = [Bundle(fetched, 4, None), BundleError("unreachable", "cannot connect: refused")]
+    trusted_by_call = []
+
+    async def fetch(url, trusted, trust_domain, now, timeout):
+        trusted_by_call.append(trusted)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    runtime.federation.fetch = fetch
+    runtime.kube.configmaps[("prod", "east-bootstrap")] = {"ca.crt": bootstrap[0]}
+    spec = {"selector": {}, "peers": [{"remote": {
+        "name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],
+        "federation": {"endpoint": "https://192.0.2.1:8444/spiffe/v1/bundle", "trustDomain": "east.example",
+                       "bootstrapBundle": {"name": "east-bootstrap"}, "refreshInterval": "5s"}}}]}
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="r", namespace="prod", spec=spec, body=body_of("r", spec), patch=patch,
+                                     reason="create")
+    assert conditions(patch)["TrustBundlesFresh"]["status"] == "True"
+    [state] = patch.status["federation"]
+    assert state["fresh"] and state["sequence"] == 4 and state["authorities"] == 1
+    assert runtime.index._remote_bundles[(("prod", "r"), "east")] == fetched
+    key = (("prod", "r"), "east")
+    runtime.federation.states[key] = dataclasses.replace(runtime.federation.states[key], next_attempt=0.0)
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="r", namespace="prod", spec=spec, body=body_of("r", spec), patch=patch,
+                                     reason="update")
+    assert conditions(patch)["TrustBundlesFresh"]["reason"] == "Stale"
+    assert patch.status["federation"][0]["lastError"].startswith("unreachable")
+    assert runtime.index._remote_bundles[(("prod", "r"), "east")] == fetched  # the last good bundle stays
+    assert conditions(patch)["Degraded"]["status"] == "False"
+    # The first fetch was authenticated by the bootstrap, the next by the bundle fetched before it.
+    assert trusted_by_call == [bootstrap, fetched]

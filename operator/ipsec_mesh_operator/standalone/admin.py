@@ -1,6 +1,7 @@
 """The standalone operator's admin endpoint: what it knows, at a glance, for the admin token only.
 
     GET /v1/admin/overview   (Authorization: Bearer <admin-token>)  -> JSON
+    POST /v1/admin/rotate-ca (the same token) -> the overview's "ca" after starting a CA rotation now
 
 Pods with their identity, peer-map version, peerings, the certificate the
 mesh API issued them and their network namespace on this node where the YAML names
@@ -12,7 +13,7 @@ Never any key material.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from ..runtime import OperatorRuntime
 from .tokens import AdminToken
 
 OVERVIEW_PATH = "/v1/admin/overview"
+ROTATE_CA_PATH = "/v1/admin/rotate-ca"
 
 
 def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
@@ -55,6 +57,7 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
             "peers": [f"{ns}/{name}" for ns, name in sorted(index.peer_pods(key))],
             "pskKeyId": None if ring is None else ring.active_id(now),
             "health": dataclasses.asdict(runtime.health(key)),
+            "federation": [state.to_status(remote) for remote, state in sorted(runtime.federation.of(key).items())],
         })
     ca = runtime.ca
     active = None if ca is None else ca.ring.active(now)
@@ -64,6 +67,9 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
             "active": active.id,
             "notAfter": int(ca.active_certificate(now).not_valid_after_utc.timestamp()),
             "trustBundleSize": len(ca.trust_bundle(now)),
+            "generations": [{"id": g.id, "activateAt": int(g.activate_at),
+                             "retireAt": None if g.retire_at is None else int(g.retire_at)}
+                            for g in ca.ring.accepted(now)],
         },
         "pods": pods,
         "peerings": peerings,
@@ -72,11 +78,27 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
     }
 
 
-def add_admin_routes(app: web.Application, token: AdminToken, build: Callable[[], dict[str, Any]]) -> None:
+def add_admin_routes(app: web.Application, token: AdminToken, build: Callable[[], dict[str, Any]],
+                     rotate_ca: Callable[[], Awaitable[str | None]] | None = None) -> None:
+    """The overview; with `rotate_ca` (returns a reason to refuse, or None) the rotation request too."""
+
+    def refused(request: web.Request) -> web.Response | None:
+        if token.allows(request.headers.get("Authorization")):
+            return None
+        metrics.REQUESTS_REFUSED.labels("unauthenticated").inc()
+        return web.json_response({"error": "the admin endpoint needs the admin token"}, status=401)
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        if not token.allows(request.headers.get("Authorization")):
-            metrics.REQUESTS_REFUSED.labels("unauthenticated").inc()
-            return web.json_response({"error": "the admin endpoint needs the admin token"}, status=401)
-        return web.json_response(build())
+        return refused(request) or web.json_response(build())
+
+    async def rotate(request: web.Request) -> web.StreamResponse:
+        if (answer := refused(request)) is not None:
+            return answer
+        problem = await rotate_ca()
+        if problem is not None:
+            return web.json_response({"error": problem}, status=409)
+        return web.json_response(build()["ca"])
 
     app.router.add_get(OVERVIEW_PATH, handle)
+    if rotate_ca is not None:
+        app.router.add_post(ROTATE_CA_PATH, rotate)

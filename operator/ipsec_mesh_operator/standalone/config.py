@@ -10,6 +10,7 @@
       - name: web-db
         namespace: shop
         spec: {selector: {}, peers: [{podSelector: {}}]}   # an IPsecPeering's spec
+    bundleEndpoint: {port: 8444}        # optional: serve the SPIFFE bundle endpoint (federation.py) on the API's host
     configMaps:                         # optional: remote trust bundles referenced by peerings
       - {name: east-ca, namespace: shop, data: {ca.crt: "-----BEGIN CERTIFICATE-----..."}}
     services:                           # optional: Services, in a compact form or as manifests
@@ -49,7 +50,7 @@ MAX_PEERINGS = 1_000
 #: Entries of `services` (compact Services, Service and EndpointSlice manifests).
 MAX_SERVICE_ITEMS = 20_000
 MAX_FILE_BYTES = 16 * 1024 * 1024
-TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps", "services"}
+TOP_LEVEL = {"trustDomain", "namespaces", "pods", "peerings", "configMaps", "services", "bundleEndpoint"}
 #: What the kopf handlers watch, by the manifest's kind.
 SERVICE_KINDS = {"Service": parse_service, "EndpointSlice": SliceInfo.from_body}
 
@@ -81,6 +82,8 @@ class StandaloneConfig:
     #: (namespace, name) -> the pod's network namespace on this node, where one is named:
     #: where `ipsec-mesh explain` reads the sidecar's local /status (what exec does in a cluster).
     pod_netns: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    #: Port of the bundle endpoint (0: any free port); None: not served.
+    bundle_port: int | None = None
 
     def service_objects(self) -> dict[tuple[str, str, str], tuple[str, Mapping[str, Any]]]:
         """(kind, namespace, name) -> (kind, body)."""
@@ -116,6 +119,10 @@ def parse_config(document: Any) -> StandaloneConfig:
         namespaces = _namespaces(doc.get("namespaces", {}))
         entries = fields.array(doc["pods"], "pods", _pod, MAX_PODS)
         config_maps = dict(fields.array(doc.get("configMaps", []), "configMaps", _config_map, MAX_PEERINGS))
+        bundle_port = None
+        if "bundleEndpoint" in doc:
+            endpoint = fields.obj(doc["bundleEndpoint"], "bundleEndpoint", {"port"})
+            bundle_port = fields.integer(endpoint["port"], "bundleEndpoint.port", 0, 65535)
     except PeerMapError as exc:
         raise StandaloneConfigError.wrap(exc) from None
     pods = tuple(pod for pod, _ in entries)
@@ -123,7 +130,7 @@ def parse_config(document: Any) -> StandaloneConfig:
     pod_netns = _check_netns_unique(entries)
     peerings = _peerings(doc["peerings"])
     return StandaloneConfig(trust_domain, namespaces, pods, peerings, config_maps,
-                            _services(doc.get("services", []), pods), pod_netns)
+                            _services(doc.get("services", []), pods), pod_netns, bundle_port)
 
 
 def _labels(value: Any, path: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ the differences. Files it writes under the state directory:
     pods/<namespace>/<pod>/token      each pod's token, renewed at half its lifetime (0600)
     ca-bundle.pem                     the mesh trust bundle (what sidecars trust for the API)
     api-url                           https://<listen>, written once the API serves, removed at stop
+    bundle-url                        the bundle endpoint's URL (with bundleEndpoint), same lifetime
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cryptography import x509
 from ipsec_mesh.meshapi import AuthKind, IssuedCertificate
 
 from ..config import OperatorConfig
+from ..federation import BUNDLE_PATH
 from ..index import PodInfo, PodKey
 from ..peering import KIND, PeeringSpec
 from ..psk import secret_name
@@ -88,7 +90,7 @@ class StandaloneOperator:
         self.mesh = self._with_uids(load_config(self.config_path))
         self.config = replace(base_config or OperatorConfig.from_env(), trust_domain=self.mesh.trust_domain,
                               api_host=host, api_port=port, metrics_port=metrics_port,
-                              extra_server_names=(host,), webhook_configs=())
+                              extra_server_names=(host,), webhook_configs=(), bundle_port=self.mesh.bundle_port)
         self.token_lifetime = token_lifetime
         self.store = FileSecretStore(self.state_dir, self.mesh.config_maps)
         self.runtime = StandaloneRuntime(self.config, self.store, clock)
@@ -99,7 +101,7 @@ class StandaloneOperator:
         self.servers = Servers(self.runtime, api_routes=lambda app: add_admin_routes(
             app, self.admin_token, lambda: overview(self.runtime, [p.key for p in self.mesh.peerings],
                                                     self.runtime.issued, self.mesh.pod_netns,
-                                                    self.mesh.services)))
+                                                    self.mesh.services), self.rotate_ca))
         self._tokens_issued: dict[PodKey, float] = {}
         self._bundle_written: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
@@ -112,6 +114,12 @@ class StandaloneOperator:
         host = self.config.api_host
         shown = f"[{host}]" if ":" in host else host
         return f"https://{shown}:{self.servers.ports.get('api', self.config.api_port)}"
+
+    @property
+    def bundle_url(self) -> str | None:
+        if "bundle" not in self.servers.ports:
+            return None
+        return self.url.rsplit(":", 1)[0] + f":{self.servers.ports['bundle']}{BUNDLE_PATH}"
 
     def token_path(self, namespace: str, name: str) -> Path:
         return self.state_dir / "pods" / namespace / name / "token"
@@ -130,6 +138,8 @@ class StandaloneOperator:
             await self._apply(StandaloneConfig(self.mesh.trust_domain, {}, (), (), {}), self.mesh)
         await self.servers.start()
         write_private(self.state_dir / "api-url", (self.url + "\n").encode(), 0o644)
+        if self.bundle_url is not None:
+            write_private(self.state_dir / "bundle-url", (self.bundle_url + "\n").encode(), 0o644)
         logger.info("standalone operator serving the mesh API at %s: %d pod(s), %d peering(s)",
                     self.url, len(self.mesh.pods), len(self.mesh.peerings))
 
@@ -141,6 +151,7 @@ class StandaloneOperator:
                 await task
         self._tasks.clear()
         (self.state_dir / "api-url").unlink(missing_ok=True)
+        (self.state_dir / "bundle-url").unlink(missing_ok=True)
         await self.servers.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -182,6 +193,9 @@ class StandaloneOperator:
         if new.trust_domain != self.mesh.trust_domain:
             logger.error("reload refused: changing trustDomain needs a restart (every identity changes)")
             return False
+        if new.bundle_port != self.mesh.bundle_port:
+            logger.error("reload refused: changing bundleEndpoint needs a restart (it is a listening port)")
+            return False
         async with self._lock:
             new = self._with_uids(new)
             await self._apply(self.mesh, new)
@@ -189,6 +203,21 @@ class StandaloneOperator:
         logger.info("reloaded %s: %d pod(s), %d peering(s), %d Service object(s)", self.config_path, len(new.pods),
                     len(new.peerings), len(new.services))
         return True
+
+    async def rotate_ca(self) -> str | None:
+        """Start a mesh CA rotation now: the successor is published at once and signs after
+        ca.propagation. Refused (a reason) while a successor is still propagating, or for a
+        CA supplied by the administrator."""
+        async with self._lock:
+            ca, now = self.runtime.ca, self.runtime.clock()
+            if ca is None or not ca.managed:
+                return "the mesh CA was supplied by the administrator: it is never rotated here"
+            newest = ca.ring.newest()
+            if newest is not None and newest.activate_at > now:
+                return f"a rotation is under way: {newest.id} signs from {int(newest.activate_at)}"
+            await self.runtime.rotate_ca_if_due(now_please=True)
+        logger.info("mesh CA rotation started on request: %s", self.runtime.ca.ring.newest().id)
+        return None
 
     def _with_uids(self, config: StandaloneConfig) -> StandaloneConfig:
         return replace(config, pods=self.incarnations.assign(config.pods))
