@@ -18,8 +18,8 @@ from ..meshapi.errors import MeshApiRequestError
 from ..meshapi.model import PeerMap
 from ..meshapi.retry import retry
 from .config import IkeSettings
-from .credentials import Credential, CredentialError, credential_from, new_key_and_csr
-from .peers import PeerSet, PeerSetError
+from .credentials import Credential, credential_from, new_key_and_csr
+from .peers import CredentialError, PeerSet, PeerSetError
 
 log = logging.getLogger("ipsec_mesh.agent")
 
