@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from ipsec_mesh.meshapi import MeshApiError
+from ipsec_mesh.meshapi.ports import HEALTH_PORT
 
 from .api import RUNTIME_KEY, contain_errors, read_json
 from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
@@ -41,7 +42,6 @@ SIDECAR_NAME = "ipsec-mesh"
 TOKEN_VOLUME = "ipsec-mesh-token"
 RUN_VOLUME = "ipsec-mesh-run"
 TOKEN_DIR = "/var/run/secrets/ipsec-mesh"
-HEALTH_PORT = 15021
 SIDECAR_COMMAND = ["ipsec-mesh-sidecar", "mesh"]
 PORT_START_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 IKE_PORT = 500

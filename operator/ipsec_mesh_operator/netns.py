@@ -1,15 +1,20 @@
-"""Calls inside another network namespace of this node (root only), without forking.
+"""Calls inside another network namespace of this node (root only), without forking,
+and stopping the processes we started there.
 
 `setns(2)` changes the calling thread's namespace only, so a helper thread enters the
 namespace, runs the call and ends; the caller's namespace is untouched. Used where the
 standalone tools do what `kubectl exec` does in a cluster (reading a sidecar's local
-/status), and by the demo.
+/status), by the demo, and by the host and interop tests (the VM guest's helpers run
+inside the VM with their own copy: see tests/vm/netns_guest.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
+import subprocess
 import threading
 from typing import Any
 
@@ -55,3 +60,20 @@ def in_netns(netns: str, function, *args, timeout: float = 60):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def socket_in(netns: str, family: int, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket made inside `netns`: it stays there whatever thread uses it later."""
+    return in_netns(netns, socket.socket, family, kind)
+
+
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+    """Send `sig`, then SIGKILL if it has not exited within `grace` seconds; nothing if already gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -15,7 +15,7 @@ from typing import Any
 from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError
 from ipsec_mesh.meshapi import fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
-from ipsec_mesh.meshapi.proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
+from ipsec_mesh.meshapi.proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
 from .federation import FederationSpec, parse_federation
 from .selectors import LabelSelector, SelectorError
@@ -147,9 +147,9 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
         psk_rotation_interval=duration(auth_spec, "pskRotationInterval", "pskRotationInterval",
                                        "spec.authentication.pskRotationInterval"),
         psk_overlap=duration(auth_spec, "pskOverlap", "pskOverlap", "spec.authentication.pskOverlap"),
-        ike_proposals=c.check(proposal_list, proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), "spec.proposals.ike", parse_ike,
+        ike_proposals=c.check(proposal_list, proposals.get("ike", list(MESH_DEFAULT_IKE_PROPOSALS)), "spec.proposals.ike", parse_ike,
                               default=()),
-        esp_proposals=c.check(proposal_list, proposals.get("esp", [DEFAULT_ESP]), "spec.proposals.esp", parse_esp,
+        esp_proposals=c.check(proposal_list, proposals.get("esp", [MESH_DEFAULT_ESP]), "spec.proposals.esp", parse_esp,
                               default=()),
         lifetimes=Lifetimes(
             ike_seconds=duration(lifetimes, "ike", "ikeLifetime", "spec.lifetimes.ike"),

@@ -22,7 +22,7 @@ from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike import ExchangeType, IkeEndpoint, single_peer_lookup
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, SaPayload
-from ipsec_mesh.ike.proposals import default_ike_proposals
+from ipsec_mesh.ike.proposals import engine_default_ike_proposals
 from tests.agent.test_peer_set import peering, peer_set
 from tests.ikesim import child_config, psk_config
 
@@ -31,7 +31,7 @@ FLOOD = 3000
 
 
 def init_request(i: int) -> bytes:
-    proposal = default_ike_proposals()[1].to_payload(1)
+    proposal = engine_default_ike_proposals()[1].to_payload(1)
     ke = start_key_exchange(31).public_data
     return codec.encode(Message(i.to_bytes(8, "big"), bytes(8), ExchangeType.IKE_SA_INIT, True, False, 0,
                                 [SaPayload([proposal]), KePayload(31, ke), NoncePayload(bytes(32))]))

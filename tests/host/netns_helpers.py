@@ -1,8 +1,7 @@
 """Throw-away network namespaces for host-kernel tests (root only).
 
 Two namespaces joined by a veth pair, with IPv4 and IPv6 addresses; sockets
-can be created inside a namespace from the test process (setns in a helper
-thread, the same trick the XFRM channel uses).
+are made inside a namespace with the product's `ipsec_mesh_operator.netns.socket_in`.
 """
 
 from __future__ import annotations
@@ -10,12 +9,12 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
 import subprocess
-import threading
 from dataclasses import dataclass
 
-from pyroute2 import netns as pyroute2_netns
+from ipsec_mesh_operator.netns import socket_in
+
+__all__ = ["A4", "A6", "B4", "B6", "NetnsPair", "ip", "make_pair", "missing_prerequisite", "socket_in"]
 
 _counter = itertools.count()
 
@@ -71,22 +70,3 @@ def make_pair(tag: str) -> NetnsPair:
         pair.close()
         raise
     return pair
-
-
-def socket_in(netns: str, family: int, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-    """A socket created inside `netns`."""
-    result: list = []
-
-    def create() -> None:
-        try:
-            pyroute2_netns.setns(netns, flags=0)
-            result.append(socket.socket(family, kind))
-        except Exception as exc:
-            result.append(exc)
-
-    helper = threading.Thread(target=create)
-    helper.start()
-    helper.join()
-    if isinstance(result[0], Exception):
-        raise result[0]
-    return result[0]

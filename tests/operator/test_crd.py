@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ipsec_mesh.meshapi import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS
+from ipsec_mesh.meshapi import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS
 from ipsec_mesh_operator import crd
 from ipsec_mesh_operator import peering
 from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
@@ -29,8 +29,8 @@ def test_crd_defaults_are_the_operator_defaults():
     assert auth["pskOverlap"]["default"] == DEFAULTS["pskOverlap"]
     assert spec["lifetimes"]["properties"]["ike"]["default"] == DEFAULTS["ikeLifetime"]
     assert spec["lifetimes"]["properties"]["child"]["default"] == DEFAULTS["childLifetime"]
-    assert spec["proposals"]["properties"]["ike"]["default"] == list(DEFAULT_IKE_PROPOSALS)
-    assert spec["proposals"]["properties"]["esp"]["default"] == [DEFAULT_ESP]
+    assert spec["proposals"]["properties"]["ike"]["default"] == list(MESH_DEFAULT_IKE_PROPOSALS)
+    assert spec["proposals"]["properties"]["esp"]["default"] == [MESH_DEFAULT_ESP]
     assert spec["enforcement"]["default"] == "require"
     assert spec["tfcPadding"]["default"] is False
     # Parsing a minimal spec with defaults applied by the schema equals parsing it bare.

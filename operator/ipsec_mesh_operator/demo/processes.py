@@ -9,7 +9,6 @@ the standalone operator and the token files it writes.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..index import PodInfo
+from ..netns import stop_process
 from ..sources import StandaloneSource, read_local_status
 from .config import DemoError
 from .netns import in_netns
@@ -56,14 +56,7 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, grace=15)
 
 
 class StandaloneOperatorProcess(Process):

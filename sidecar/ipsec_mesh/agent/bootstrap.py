@@ -1,14 +1,13 @@
 """Mesh mode's first steps: the first peer map, a certificate for a key made here, a PeerSet.
 
 Transient trouble (the operator not up yet, or not knowing the pod yet: HTTP 503,
-connection errors, timeouts) is retried with exponential backoff capped at
-`MAX_DELAY`; a refusal (400/401/403: wrong token audience, forged or foreign token)
+connection errors, timeouts) is retried with `meshapi.retry`'s backoff; a refusal
+(`meshapi.retry.REFUSALS`: wrong token audience, forged or foreign token, wrong API URL)
 fails at once with `BootstrapError`, whose `exit_code` the CLI returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -17,9 +16,10 @@ from typing import TypeVar
 
 from ..meshapi.errors import MeshApiRequestError
 from ..meshapi.model import PeerMap
+from ..meshapi.retry import retry
 from .config import IkeSettings
-from .credentials import Credential, CredentialError, credential_from, new_key_and_csr
-from .peers import PeerSet, PeerSetError
+from .credentials import Credential, credential_from, new_key_and_csr
+from .peers import CredentialError, PeerSet, PeerSetError
 
 log = logging.getLogger("ipsec_mesh.agent")
 
@@ -28,9 +28,6 @@ T = TypeVar("T")
 EXIT_CONFIG = 2  # settings or peer map unusable
 EXIT_REFUSED = 3  # the mesh API refused us (token, identity)
 EXIT_CRASHED = 1  # a mesh-mode loop failed (a bug): let the kubelet restart us
-REFUSALS = frozenset({400, 401, 403, 404})
-FIRST_DELAY = 0.5
-MAX_DELAY = 30.0
 
 
 class BootstrapError(Exception):
@@ -41,25 +38,14 @@ class BootstrapError(Exception):
         self.exit_code = exit_code
 
 
-def is_refusal(exc: MeshApiRequestError) -> bool:
-    return exc.status in REFUSALS
-
-
-async def with_backoff(call: Callable[[], Awaitable[T]], what: str, *, give_up_on_refusal: bool = True,
-                       first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY) -> T:
-    """`call()` until it succeeds; delays double up to `max_delay`. Refusals raise (if asked)."""
-    delay = first_delay
-    while True:
-        try:
-            return await call()
-        except MeshApiRequestError as exc:
-            if give_up_on_refusal and is_refusal(exc):
-                hint = " (is the token's audience the operator's, and the pod in the mesh?)" \
-                    if exc.status in (401, 403) else ""
-                raise BootstrapError(f"mesh API refused {what}: {exc}{hint}", EXIT_REFUSED) from None
-            log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, max_delay)
+async def with_backoff(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call()` until it succeeds (`meshapi.retry`); a refusal ends mesh mode with EXIT_REFUSED."""
+    try:
+        return await retry(call, what)
+    except MeshApiRequestError as exc:  # only a refusal gets out of retry
+        hint = " (is the token's audience the operator's, and the pod in the mesh?)" \
+            if exc.status in (401, 403) else ""
+        raise BootstrapError(f"mesh API refused {what}: {exc}{hint}", EXIT_REFUSED) from None
 
 
 def localized(peer_map: PeerMap, pod_name: str, pod_namespace: str, pod_ips: tuple[str, ...]) -> PeerMap:

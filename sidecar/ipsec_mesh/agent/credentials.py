@@ -15,14 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..meshapi.client import IssuedCertificate
+from .peers import CredentialError
 
 #: Renew when this share of the certificate's lifetime (from when we received it) has passed.
 RENEW_FRACTION = 2 / 3
 MIN_RENEW_DELAY = 1.0  # seconds: a certificate too short-lived must not make us spin
-
-
-class CredentialError(Exception):
-    """The operator's answer to our CSR cannot be used (wrong key, garbage PEM)."""
 
 
 @dataclass(frozen=True)

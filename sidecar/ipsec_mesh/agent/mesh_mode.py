@@ -19,9 +19,10 @@ import time
 
 from ..meshapi.errors import MeshApiError, MeshApiRequestError
 from ..meshapi.model import PeerMap
+from ..meshapi.retry import MAX_DELAY, Backoff, retry
 from ..meshapi.status import PeeringStatus, StatusReport
 from .bootstrap import (
-    EXIT_CONFIG, EXIT_CRASHED, MAX_DELAY, BootstrapError, issue_credential, localized, peer_set, with_backoff,
+    EXIT_CONFIG, EXIT_CRASHED, BootstrapError, issue_credential, localized, peer_set, with_backoff,
 )
 from .mesh_settings import MeshSettings
 from .peers import PeerSetError
@@ -190,24 +191,31 @@ class MeshSidecar:
         self.request_report()
         return True
 
+    def _mesh_api_trouble(self, what: str, exc: MeshApiError) -> None:
+        self.last_error = f"{what}: {exc}"
+
     async def _watch(self) -> None:
-        delay = 1.0
+        """Refusals and unusable maps come out of the watch: recorded, then the same backoff; the map in force stays."""
+        backoff = Backoff()
         while True:
             try:
-                async for peer_map in self.client.watch_peer_maps(self.seen_version, self.settings.watch_wait):
+                async for peer_map in self.client.watch_peer_maps(
+                        self.seen_version, self.settings.watch_wait,
+                        on_error=lambda exc: self._mesh_api_trouble("peer-map watch", exc)):
                     self.apply_peer_map(peer_map)
-                    delay = 1.0
-            except MeshApiError as exc:  # a refusal, or a map that does not even parse
-                self.last_error = f"peer-map watch: {exc}"
-                log.error("%s; retrying in %.0fs", self.last_error, delay)
+                    backoff.reset()
+            except MeshApiError as exc:
+                self._mesh_api_trouble("peer-map watch", exc)
+                delay = backoff.next()
+                log.error("%s; retrying in %.1fs", self.last_error, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
 
     # -- certificate -------------------------------------------------------------------------
     async def renew_certificate(self) -> bool:
         identity = self.agent.peers.peer_map.local.identity
-        credential = await with_backoff(lambda: issue_credential(self.client, identity),
-                                        "renewing our certificate", give_up_on_refusal=False)
+        credential = await retry(lambda: issue_credential(self.client, identity), "renewing our certificate",
+                                 refusal_ends=False,
+                                 on_error=lambda exc: self._mesh_api_trouble("certificate renewal", exc))
         try:
             peers = peer_set(self.agent.peers.peer_map, self.settings.sidecar.ike, credential)
         except PeerSetError as exc:  # not expected: the map in force took the previous certificate

@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 
 from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
+from ..meshapi.ports import HEALTH_PORT
 from .config import (
     DATAPLANES, SIDECAR_SETTINGS_KEYS, ConfigError, SidecarSettings, load_yaml_document,
     parse_sidecar_settings,
 )
 
-DEFAULT_HEALTH_PORT = 15021
 DEFAULT_STATUS_INTERVAL = 30
 DEFAULT_WATCH_WAIT = 30
 DEFAULT_STATUS_LISTEN = "127.0.0.1:9741"
@@ -54,7 +54,7 @@ class MeshSettings:
     token_file: Path
     ca_bundle: str
     health_host: str = "0.0.0.0"
-    health_port: int = DEFAULT_HEALTH_PORT
+    health_port: int = HEALTH_PORT
     status_listen: tuple[str, int] | None = None
     status_interval: float = DEFAULT_STATUS_INTERVAL
     watch_wait: float = DEFAULT_WATCH_WAIT
@@ -149,7 +149,7 @@ def load_sidecar_settings(path: str | Path | None) -> SidecarSettings:
 
 def mesh_settings_from_env(env: Mapping[str, str], settings_file: str | None = None) -> MeshSettings:
     """Everything mesh mode needs before it talks to the API; raises MeshSettingsError/ConfigError."""
-    health_port = env.get("IPSEC_MESH_HEALTH_PORT", str(DEFAULT_HEALTH_PORT)).strip()
+    health_port = env.get("IPSEC_MESH_HEALTH_PORT", str(HEALTH_PORT)).strip()
     if not health_port.isdigit():
         raise MeshSettingsError("IPSEC_MESH_HEALTH_PORT", f"{health_port!r} is not a port number")
     return MeshSettings(

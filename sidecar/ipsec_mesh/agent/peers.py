@@ -42,7 +42,8 @@ class PeerSetError(ValueError):
 
 
 class CredentialError(PeerSetError):
-    """A peering needs a credential the sidecar does not have."""
+    """No usable credential: a peering needs one the sidecar lacks, or the operator's
+    answer to our CSR cannot be used (garbage PEM, a certificate for another key)."""
 
 
 @dataclass(frozen=True)

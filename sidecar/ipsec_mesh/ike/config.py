@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .payloads import TrafficSelector
-from .proposals import ProposalSpec, default_esp_proposals, default_ike_proposals
+from .proposals import ProposalSpec, engine_default_esp_proposals, engine_default_ike_proposals
 
 if TYPE_CHECKING:
     from .auth import CertCredential, PskCredential
@@ -54,7 +54,7 @@ class ChildConfig:
     name: str
     local_ts: tuple[TrafficSelector, ...]
     remote_ts: tuple[TrafficSelector, ...]
-    esp_proposals: tuple[ProposalSpec, ...] = field(default_factory=lambda: tuple(default_esp_proposals()))
+    esp_proposals: tuple[ProposalSpec, ...] = field(default_factory=lambda: tuple(engine_default_esp_proposals()))
     mode: str = "transport"  # or "tunnel"
     lifetime: Lifetime = Lifetime(rekey_time=3600, life_time=3960, jitter=360)
     tfc_padding: int = 0  # pad ESP payloads up to this size (RFC 4303 TFC); 0 = off
@@ -81,7 +81,7 @@ class PeerConfig:
     remote_ids: tuple[Identity, ...] = ()
     psks: tuple[bytes, ...] = ()
     trust: TrustStore | None = None
-    ike_proposals: tuple[ProposalSpec, ...] = field(default_factory=lambda: tuple(default_ike_proposals()))
+    ike_proposals: tuple[ProposalSpec, ...] = field(default_factory=lambda: tuple(engine_default_ike_proposals()))
     children: tuple[ChildConfig, ...] = ()
     ike_lifetime: Lifetime = Lifetime(rekey_time=14400, life_time=15840, jitter=1440)
     dpd_delay: float = 30.0  # seconds of silence before a liveness check; 0 = off

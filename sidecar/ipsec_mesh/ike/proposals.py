@@ -166,16 +166,21 @@ def parse_proposal(text: str, protocol: ProtocolId) -> ProposalSpec:
                         tuple(tuple(a) for a in addke))
 
 
-def default_ike_proposals() -> list[ProposalSpec]:
-    """Secure defaults: the ML-KEM-768 hybrid first, then classic X25519 for peers without RFC 9370."""
+#: X25519 plus ML-KEM-768 (RFC 9370 ADDKE1): the first proposal of the engine and of the mesh.
+HYBRID_IKE = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
+
+
+def engine_default_ike_proposals() -> list[ProposalSpec]:
+    """The engine's own defaults (broad; the mesh's narrower ones are `meshapi.proposals`):
+    the ML-KEM-768 hybrid first, then classic choices for peers without RFC 9370."""
     return [
-        parse_proposal("aes256gcm16-prfsha256-x25519-ke1_mlkem768", ProtocolId.IKE),
+        parse_proposal(HYBRID_IKE, ProtocolId.IKE),
         parse_proposal("aes256gcm16-aes128gcm16-chacha20poly1305-prfsha256-prfsha384-prfsha512"
                        "-x25519-ecp256-ecp384-modp2048", ProtocolId.IKE),
     ]
 
 
-def default_esp_proposals() -> list[ProposalSpec]:
+def engine_default_esp_proposals() -> list[ProposalSpec]:
     return [parse_proposal("aes256gcm16-aes128gcm16-chacha20poly1305-esn-noesn", ProtocolId.ESP)]
 
 
@@ -323,6 +328,6 @@ def describe_offer(p: Proposal) -> str:
 
 __all__ = [
     "ProposalSpec", "ProposalSyntaxError", "Selected", "parse_proposal", "select",
-    "check_answer", "describe_offer", "default_ike_proposals", "default_esp_proposals",
+    "check_answer", "describe_offer", "engine_default_ike_proposals", "engine_default_esp_proposals", "HYBRID_IKE",
     "ENCR_NAMES", "PRF_NAMES", "KE_NAMES",
 ]

@@ -28,11 +28,11 @@ from .model import (
     load_peer_map_file,
 )
 from .status import PeeringStatus, StatusReport
-from .proposals import DEFAULT_ESP, DEFAULT_IKE, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
+from .proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
 
 __all__ = [
     "IssuedCertificate", "MeshApiClient", "PeeringStatus", "StatusReport",
-    "AuthKind", "DEFAULT_ESP", "DEFAULT_IKE", "DEFAULT_IKE_PROPOSALS", "Enforcement",
+    "AuthKind", "MESH_DEFAULT_ESP", "MESH_DEFAULT_IKE", "MESH_DEFAULT_IKE_PROPOSALS", "Enforcement",
     "Lifetimes", "LocalIdentity", "MeshApiError", "MeshApiRequestError", "Peer", "PeerMap",
     "PeerMapError", "PeeringPolicy", "ProposalError", "PskKey", "load_peer_map_file", "parse_esp", "parse_ike",
     "pod_fqdn", "service_account_uri",

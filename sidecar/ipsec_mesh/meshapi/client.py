@@ -12,7 +12,7 @@ re-read from its file for every request (kubelet rotates projected tokens).
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +24,7 @@ from . import fields
 from .errors import MeshApiRequestError, PeerMapError
 from .http import Endpoint, https_request
 from .model import MAX_DOCUMENT_BYTES, PeerMap
+from .retry import Backoff, retry
 from .status import StatusReport
 
 DEFAULT_WAIT = 30.0
@@ -125,20 +126,15 @@ class MeshApiClient:
             return None
         return PeerMap.from_json(body)
 
-    async def watch_peer_maps(self, since_version: int = 0, wait: float = DEFAULT_WAIT,
-                              retry_delay: float = 1.0, max_retry_delay: float = 30.0) -> AsyncIterator[PeerMap]:
-        """Yield each newer peer map, forever; transient errors back off (bounded), bad maps raise."""
-        version, delay = since_version, retry_delay
+    async def watch_peer_maps(self, since_version: int = 0, wait: float = DEFAULT_WAIT, *,
+                              on_error: Callable[[MeshApiRequestError], None] | None = None
+                              ) -> AsyncIterator[PeerMap]:
+        """Yield each newer peer map, forever; transient errors back off (`retry`), refusals and bad maps raise."""
+        version, backoff = since_version, Backoff()
         while True:
-            try:
-                peer_map = await self.fetch_peer_map(version, wait)
-            except MeshApiRequestError as exc:
-                if exc.status in (400, 401, 403):
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_retry_delay)
-                continue
-            delay = retry_delay
+            peer_map = await retry(functools.partial(self.fetch_peer_map, version, wait), "peer-map watch",
+                                   backoff=backoff, on_error=on_error)
+            backoff.reset()
             if peer_map is not None and peer_map.version > version:
                 version = peer_map.version
                 yield peer_map

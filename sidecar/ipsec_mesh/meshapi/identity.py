@@ -51,13 +51,6 @@ def service_account_uri(namespace: str, service_account: str, trust_domain: str)
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
-def identity_matches(pattern: str, identity: str) -> bool:
-    """True if `identity` is `pattern`, or `pattern` is ``*.<domain>`` and identity lies under it."""
-    if pattern.startswith("*."):
-        return identity.endswith(pattern[1:]) and len(identity) > len(pattern) - 1
-    return identity == pattern
-
-
 def check_identity_pattern(value: object, path: str) -> str:
     """An allowed peer identity: a DNS name, or ``*.`` and a domain."""
     if not isinstance(value, str):

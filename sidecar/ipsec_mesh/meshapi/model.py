@@ -23,7 +23,7 @@ import yaml
 from . import fields
 from .errors import PeerMapError
 from .identity import check_dns_name, check_identity_pattern, check_label
-from .proposals import DEFAULT_ESP, DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
+from .proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
 API_VERSION = "ipsec-mesh.io/peermap/v1"
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -95,8 +95,8 @@ class PeeringPolicy:
     peers: tuple[Peer, ...]
     auth: AuthKind = AuthKind.CERTIFICATE
     psk_keys: tuple[PskKey, ...] = ()
-    ike_proposals: tuple[str, ...] = DEFAULT_IKE_PROPOSALS
-    esp_proposals: tuple[str, ...] = (DEFAULT_ESP,)
+    ike_proposals: tuple[str, ...] = MESH_DEFAULT_IKE_PROPOSALS
+    esp_proposals: tuple[str, ...] = (MESH_DEFAULT_ESP,)
     lifetimes: Lifetimes = Lifetimes()
     enforcement: Enforcement = Enforcement.REQUIRE
     tfc_padding: bool = False
@@ -358,8 +358,8 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
             peers=fields.array(doc["peers"], f"{path}.peers", _peer_from_dict, MAX_PEERS),
             auth=fields.choice(doc.get("authentication", "certificate"), f"{path}.authentication", AuthKind),
             psk_keys=psk_keys,
-            ike_proposals=proposal_list(proposals.get("ike", list(DEFAULT_IKE_PROPOSALS)), f"{path}.proposals.ike", parse_ike),
-            esp_proposals=proposal_list(proposals.get("esp", [DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
+            ike_proposals=proposal_list(proposals.get("ike", list(MESH_DEFAULT_IKE_PROPOSALS)), f"{path}.proposals.ike", parse_ike),
+            esp_proposals=proposal_list(proposals.get("esp", [MESH_DEFAULT_ESP]), f"{path}.proposals.esp", parse_esp),
             lifetimes=Lifetimes(
                 ike_seconds=fields.duration(lifetimes.get("ike", defaults.ike_seconds), f"{path}.lifetimes.ike"),
                 child_seconds=fields.duration(lifetimes.get("child", defaults.child_seconds), f"{path}.lifetimes.child"),

@@ -14,16 +14,19 @@ import functools
 from collections.abc import Callable
 
 from ipsec_mesh.ike import ENCR_NAMES, KE_NAMES, PRF_NAMES, KeId, ProposalSpec, ProposalSyntaxError, ProtocolId, parse_proposal
+from ipsec_mesh.ike.proposals import HYBRID_IKE
 
 from . import fields
 from .errors import ProposalError
 
-DEFAULT_IKE = "aes256gcm16-prfsha256-x25519-ke1_mlkem768"
+# What a peering offers unless it names its own (the engine's broader defaults are
+# `ike.proposals.engine_default_*`).
+MESH_DEFAULT_IKE = HYBRID_IKE
 # Offered after the hybrid one: a peer without RFC 9370 must refuse a proposal whose
 # transform types it does not know, so the classic proposal is what lets it agree.
-DEFAULT_IKE_CLASSIC = "aes256gcm16-prfsha256-x25519"
-DEFAULT_IKE_PROPOSALS = (DEFAULT_IKE, DEFAULT_IKE_CLASSIC)
-DEFAULT_ESP = "aes256gcm16-esn"
+MESH_DEFAULT_IKE_CLASSIC = "aes256gcm16-prfsha256-x25519"
+MESH_DEFAULT_IKE_PROPOSALS = (MESH_DEFAULT_IKE, MESH_DEFAULT_IKE_CLASSIC)
+MESH_DEFAULT_ESP = "aes256gcm16-esn"
 
 MAX_PROPOSAL_LENGTH = 128
 

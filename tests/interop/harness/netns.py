@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any, Callable, Sequence
 
+from ipsec_mesh_operator.netns import stop_process
+
 NAME_PREFIX = "ipsecmesh"
 _CLONE_NEWNET = 0x40000000
 _sequence = count(1)
@@ -56,19 +58,6 @@ def remove_stale_namespaces() -> None:
         match = re.match(rf"({NAME_PREFIX}-(\d+)-\S+)", line)
         if match and not os.path.exists(f"/proc/{match.group(2)}"):
             subprocess.run(["ip", "netns", "del", match.group(1)], capture_output=True)
-
-
-def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
-                 timeout: float = 5.0) -> None:
-    """Send ``sig``, SIGKILL if still alive after ``timeout``; no-op if already gone."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _enter_netns(name: str) -> None:

@@ -363,11 +363,11 @@ def test_cookies_when_forced():
 def test_flood_of_ike_sa_init_is_bounded_and_legit_peer_still_connects():
     from ipsec_mesh.ike.constants import ProtocolId
     from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, SaPayload
-    from ipsec_mesh.ike.proposals import default_ike_proposals
+    from ipsec_mesh.ike.proposals import engine_default_ike_proposals
     net = Network()
     a, b, a_cfg, _ = pair(net, endpoint_kwargs={"cookie_threshold": 5, "cookie_threshold_per_source": 100,
                                                 "half_open_limit": 20})
-    proposal = default_ike_proposals()[1].to_payload(1)
+    proposal = engine_default_ike_proposals()[1].to_payload(1)
     from ipsec_mesh.ike.keyexchange import start_key_exchange
     ke = start_key_exchange(31).public_data
     for i in range(200):

@@ -13,7 +13,7 @@ from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike import ExchangeType, NotifyType, single_peer_lookup
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
-from ipsec_mesh.ike.proposals import default_ike_proposals
+from ipsec_mesh.ike.proposals import engine_default_ike_proposals
 from tests.ikesim import Network, child_config, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"
@@ -25,7 +25,7 @@ class CookieAnsweringFlood:
 
     def __init__(self, node):
         self.node = node
-        self.proposal = default_ike_proposals()[1].to_payload(1)
+        self.proposal = engine_default_ike_proposals()[1].to_payload(1)
         self.ke = start_key_exchange(31).public_data
         self.sent = 0
 
