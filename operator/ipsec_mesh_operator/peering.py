@@ -31,12 +31,13 @@ DEFAULTS = {
     "pskOverlap": "1h",
     "ikeLifetime": "4h",
     "childLifetime": "1h",
+    "inactivity": "15m",
 }
 # The CRD's fields (crds/ipsecpeerings.yaml; a test keeps them equal): anything else is a typo.
 SPEC_FIELDS = frozenset({"selector", "peers", "authentication", "proposals", "lifetimes", "enforcement", "tfcPadding"})
 AUTH_FIELDS = frozenset({"type", "certificateLifetime", "pskRotationInterval", "pskOverlap"})
 PROPOSAL_FIELDS = frozenset({"ike", "esp"})
-LIFETIME_FIELDS = frozenset({"ike", "child"})
+LIFETIME_FIELDS = frozenset({"ike", "child", "inactivity"})
 PEER_FIELDS = frozenset({"name", "podSelector", "namespaceSelector", "remote"})
 MIN_CHILD_LIFETIME = 60
 MIN_CERTIFICATE_LIFETIME = 600
@@ -129,8 +130,8 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
                    default=AuthKind.CERTIFICATE)
     pod_peers, remotes = _parse_peers(c, spec.get("peers"))
 
-    def duration(section: Mapping[str, Any], key: str, default_key: str, path: str) -> int:
-        return c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, default=1)
+    def duration(section: Mapping[str, Any], key: str, default_key: str, path: str, minimum: int = 1) -> int:
+        return c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, minimum, default=1)
 
     parsed = PeeringSpec(
         namespace=namespace,
@@ -151,6 +152,7 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
         lifetimes=Lifetimes(
             ike_seconds=duration(lifetimes, "ike", "ikeLifetime", "spec.lifetimes.ike"),
             child_seconds=duration(lifetimes, "child", "childLifetime", "spec.lifetimes.child"),
+            inactivity_seconds=duration(lifetimes, "inactivity", "inactivity", "spec.lifetimes.inactivity", 0),
         ),
         enforcement=c.check(fields.choice, spec.get("enforcement", "require"), "spec.enforcement", Enforcement,
                             default=Enforcement.REQUIRE),
@@ -227,6 +229,10 @@ def _consistency_problems(spec: PeeringSpec) -> list[str]:
         problems.append(f"spec.authentication.certificateLifetime: at least {MIN_CERTIFICATE_LIFETIME}s")
     if spec.lifetimes.child_seconds < MIN_CHILD_LIFETIME:
         problems.append(f"spec.lifetimes.child: at least {MIN_CHILD_LIFETIME}s, or rekeying never rests")
+    if spec.lifetimes.inactivity_seconds >= spec.lifetimes.child_seconds * 0.8:
+        # A rekey (from 80% of the lifetime) starts a fresh CHILD_SA, whose count starts at zero.
+        problems.append("spec.lifetimes.inactivity: must be shorter than 80% of the CHILD_SA lifetime "
+                        "(0 turns it off)")
     if spec.lifetimes.ike_seconds < spec.lifetimes.child_seconds:
         problems.append("spec.lifetimes: the IKE SA lifetime must not be shorter than the CHILD_SA lifetime")
     for remote in spec.remotes:

@@ -60,10 +60,11 @@ class PeerEntry:
         return (self.policy.name, self.peer.name, str(self.network))
 
 
-def _lifetime(seconds: int) -> Lifetime:
+def _lifetime(seconds: int, inactivity: int = 0) -> Lifetime:
     # Rekey at 90% of the configured lifetime, minus up to 10% jitter; hard limit at 110%.
     seconds = max(seconds, 2)  # below that, rekeys would overlap their own exchanges
-    return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1)
+    return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1,
+                    inactivity=float(inactivity))
 
 
 class PeerSet:
@@ -148,7 +149,7 @@ class PeerSet:
             remote_ts=(TrafficSelector.for_address(remote),),
             esp_proposals=self._proposals[policy.name][1],
             mode="transport",
-            lifetime=_lifetime(policy.lifetimes.child_seconds),
+            lifetime=_lifetime(policy.lifetimes.child_seconds, policy.lifetimes.inactivity_seconds),
             tfc_padding=1280 if policy.tfc_padding else 0,
         )
         trust = None

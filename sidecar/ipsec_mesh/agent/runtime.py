@@ -21,6 +21,7 @@ import time
 from ..ike.constants import NON_ESP_MARKER
 from ..ike.endpoint import DROP_COUNTERS, IkeEndpoint
 from ..ike.events import (
+    ChildSaActivityQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
@@ -252,6 +253,11 @@ class Agent:
                 self.dataplane.update_encap(event.child)
             elif isinstance(event, ChildSaOutboundRetired):
                 self.dataplane.retire_outbound(event)
+            elif isinstance(event, ChildSaActivityQuery):
+                packets = self.dataplane.packets(event)
+                if packets is not None:  # None: no kernel to ask (data plane `none`)
+                    m.inactivity_checks.labels(self.endpoint.child_activity(event.inbound_spi, packets,
+                                                                            self.now())).inc()
             elif isinstance(event, ChildSaDeleted):
                 self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)

@@ -23,7 +23,7 @@ import socket
 from pathlib import Path
 
 from ..ike.constants import EncrId
-from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
+from ..ike.events import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef
 from ..meshapi.model import Enforcement
 from ..svcnat import ServiceTranslation
 from ..xfrm import (
@@ -304,6 +304,24 @@ class XfrmDataPlane:
             asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:
             self._delete(inbound)
+
+    def packets(self, child: ChildSaRef) -> int | None:
+        """Packets both halves carried, from the kernel's current lifetime (XFRM_MSG_GETSA);
+        None if neither is in the kernel. A retired outbound half no longer counts: its
+        traffic went elsewhere, and the inbound half still shows what the peer sends."""
+        total, found = 0, False
+        for table, spi in ((self.inbound, child.inbound_spi), (self.outbound, child.outbound_spi)):
+            spec = table.get(spi)
+            if spec is None:
+                continue
+            try:
+                info = self.xfrm.get_sa(spec.dst, spec.spi, spec.proto)
+            except XfrmError as exc:
+                log.warning("cannot read SA %08x counters: %s", spi, exc)
+                continue
+            if info is not None:
+                total, found = total + info.current.packets, True
+        return total if found else None
 
     def _delete(self, spec: SaSpec) -> None:
         try:

@@ -47,6 +47,10 @@ class ChildSa:
     replaced_by: int | None = None  # inbound SPI of its successor
     peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
     outbound_retired: bool = False  # we stopped sending on it (our Delete of it is under way)
+    # Inactivity (config.lifetime.inactivity): when to ask the layer above for the kernel's
+    # packet count, and (count last reported, when it was first seen at that value).
+    activity_check_at: float | None = None
+    activity: tuple[int, float] | None = None
     extra: dict = field(default_factory=dict)
 
     @property

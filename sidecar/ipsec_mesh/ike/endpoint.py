@@ -339,6 +339,22 @@ class IkeEndpoint:
         self._collect()
         return True
 
+    def child_activity(self, inbound_spi: int, packets: int, now: float) -> str:
+        """The kernel's packet count for a CHILD_SA, answering a ChildSaActivityQuery.
+
+        Returns active, idle (it is being deleted, with its IKE SA if it was the last),
+        busy or unknown-sa (exchanges.inactivity).
+        """
+        from .exchanges import inactivity
+
+        sa, child = self._find_child(inbound_spi)
+        if child is None:
+            return "unknown-sa"
+        self._touch(sa)
+        result = inactivity.report(sa, child, packets, now)
+        self._collect()
+        return result
+
     def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
         """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).
 

@@ -366,7 +366,7 @@ class IkeSa:
             if self.config.dpd_delay and self.outstanding is None and not self.tasks:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
-                times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
+                times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
                 if child.state.value == "inbound-only":
                     times.append(child.created_at + sum(self.config.retransmit.delays()))
         return min(times) if times else None

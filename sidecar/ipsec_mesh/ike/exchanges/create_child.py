@@ -275,8 +275,10 @@ def activate_successor(sa: IkeSa, old: ChildSa) -> None:
 
 
 def child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
+    from . import inactivity
     from .informational import DeleteChildTask
 
+    inactivity.query_if_due(sa, child, now)
     if child.expire_at is not None and now >= child.expire_at:
         child.expire_at = None
         child.rekey_at = None

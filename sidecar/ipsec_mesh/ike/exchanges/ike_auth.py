@@ -47,6 +47,7 @@ from ..proposals import check_answer
 from ..sa import IkeSa, IkeState, Reply
 from ..selectors import check_subset
 from .ike_init import intermediate_auth_data
+from . import inactivity
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -168,6 +169,7 @@ def add_child(sa: IkeSa, config, selected, keys, inbound_spi: int, outbound_spi:
                     rekey_at=now + rekey_time if rekey_time else None,
                     expire_at=now + lt.life_time if lt.life_time else None,
                     nonces=nonces, initiated_by_us=initiated_by_us, replaces=replaces)
+    inactivity.schedule(child, now)
     sa.children[inbound_spi] = child
     sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
     if state == ChildState.INSTALLED:

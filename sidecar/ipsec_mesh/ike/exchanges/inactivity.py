@@ -1,0 +1,65 @@
+"""Retiring CHILD_SAs that carry no traffic (strongSwan's `inactivity`).
+
+The core has no kernel: it asks the layer above for a CHILD_SA's packet count
+(`ChildSaActivityQuery`, every half of the inactivity time) and decides from the
+answers (`report`). A count that has not changed since an answer at least the
+inactivity time ago means no packet went either way since then: the CHILD_SA is
+deleted, and the IKE SA with it when no other CHILD_SA is left. Because the time a
+count was first seen is an upper bound on the last packet, a CHILD_SA is never
+deleted sooner than the inactivity time after its last packet, and at most half that
+time later. Unanswered queries (no kernel to ask) leave the CHILD_SA alone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..child import ChildSa, ChildState
+from ..events import ChildSaActivityQuery
+from ..sa import IkeSa, IkeState
+
+log = logging.getLogger("ipsec_mesh.ike")
+
+
+def interval(child: ChildSa) -> float:
+    return child.config.lifetime.inactivity / 2
+
+
+def schedule(child: ChildSa, now: float) -> None:
+    """A new CHILD_SA: first query half the inactivity time from now (0 = never)."""
+    child.activity_check_at = now + interval(child) if child.config.lifetime.inactivity else None
+
+
+def query_if_due(sa: IkeSa, child: ChildSa, now: float) -> None:
+    if child.activity_check_at is None or now < child.activity_check_at:
+        return
+    child.activity_check_at = now + interval(child)
+    if child.state == ChildState.INSTALLED:
+        info = child.info
+        sa.emit(ChildSaActivityQuery(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                     info.local_addr, info.remote_addr))
+
+
+def report(sa: IkeSa, child: ChildSa, packets: int, now: float) -> str:
+    """The kernel's packet count for `child` (both halves): active, idle (deleted) or busy."""
+    from .informational import DeleteChildTask, IkeDeleteTask
+
+    seen = child.activity
+    if seen is None or seen[0] != packets:
+        # Never used: idle since it was made. Otherwise the packets came at most now.
+        since = child.created_at if seen is None and packets == 0 else now
+        child.activity = seen = (packets, since)
+    if now - seen[1] < child.config.lifetime.inactivity:
+        return "active"
+    if sa.state != IkeState.ESTABLISHED or child.state != ChildState.INSTALLED:
+        return "busy"  # a rekey or delete is under way; asked again later
+    others = [c for c in sa.children.values() if c is not child and c.state != ChildState.DELETED]
+    log.info("CHILD_SA %s %08x_i with %s carried no traffic for %.0fs: deleting %s", child.name,
+             child.inbound_spi, sa.remote[0], now - seen[1], "it" if others else "the IKE SA")
+    child.activity_check_at = None
+    if others:
+        sa.queue(DeleteChildTask(child, "inactive"), now)
+    else:
+        sa.tasks.clear()
+        sa.queue(IkeDeleteTask("inactive"), now)
+    return "idle"
