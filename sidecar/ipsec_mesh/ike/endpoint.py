@@ -136,8 +136,13 @@ class IkeEndpoint:
                 loser.queue(IkeDeleteTask("superseded"), now)
                 self._touch(loser)
 
-    def initial_contact(self, sa: IkeSa, now: float) -> None:
-        """The peer says it has no other SA with us (it restarted): forget older ones, silently."""
+    def initial_contact(self, sa: IkeSa, now: float) -> bool:
+        """The peer says it has no other SA with us (it restarted): forget older ones, silently.
+
+        Their CHILD_SAs are reported `replaced`: a restarted peer of ours kept the kernel's
+        SAs carrying traffic while it negotiated this SA, so the data plane keeps them until
+        the new CHILD_SA sends. True if a CHILD_SA was replaced so."""
+        replaced = False
         for other in self._by_peer.all(sa.remote[0]):
             if other is sa or other.remote_id != sa.remote_id or other.remote[0] != sa.remote[0]:
                 continue
@@ -145,17 +150,23 @@ class IkeEndpoint:
             # by `established`, not thrown away here.
             if other.established_at is not None and other.established_at <= sa.created_at:
                 log.info("INITIAL_CONTACT from %s: dropping stale IKE SA %s", sa.remote[0], other.label)
-                other.close("stale", now)
+                replaced = replaced or bool(other.children)
+                other.close("stale", now, children_reason="replaced")
                 self._touch(other)
+        return replaced
 
     # -- Inputs --------------------------------------------------------------------------
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
-                 child: ChildConfig | None = None) -> IkeSa:
-        """Start a new IKE SA (and its first CHILD_SA unless `child` is None)."""
+                 child: ChildConfig | None = None, *, replaces_kernel_sas: bool = False) -> IkeSa:
+        """Start a new IKE SA (and its first CHILD_SA unless `child` is None).
+
+        `replaces_kernel_sas`: SAs of an earlier instance of ours still carry traffic with
+        this peer (a restart): the peer learns when it may send on the new CHILD_SA."""
         from .exchanges.ike_init import IkeInitTask
 
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
+        sa.confirm_install = replaces_kernel_sas
         self._register(sa)
         sa.queue(IkeInitTask(child), now)
         self._collect()

@@ -65,7 +65,7 @@ class Services(Protocol):
     def allocate_ike_spi(self) -> bytes: ...
     def adopt(self, sa: "IkeSa") -> None: ...  # register a new IKE SA (from an IKE rekey)
     def established(self, sa: "IkeSa", now: float) -> None: ...  # duplicate-SA resolution
-    def initial_contact(self, sa: "IkeSa", now: float) -> None: ...  # peer restarted: drop stale SAs
+    def initial_contact(self, sa: "IkeSa", now: float) -> bool: ...  # peer restarted: drop stale SAs
     def wall_time(self): ...  # datetime (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
 
@@ -136,6 +136,9 @@ class IkeSa:
         self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
         self.followups: dict[bytes, object] = {}  # responder: RFC 9370 follow-up key exchanges by link data
         self.close_reason: str | None = None
+        #: Initiator replacing SAs that outlived an earlier instance: after IKE_AUTH, an empty
+        #: INFORMATIONAL tells the peer our CHILD_SA is installed (exchanges.ike_auth).
+        self.confirm_install = False
         # Outputs
         self.outbox: list[Datagram] = []
         self.events: list[Event] = []
@@ -368,7 +371,9 @@ class IkeSa:
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
                 if child.state.value == "inbound-only":
-                    times.append(child.created_at + sum(self.config.retransmit.delays()))
+                    from .exchanges.create_child import inbound_only_limit
+
+                    times.append(child.created_at + inbound_only_limit(self, child))
         return min(times) if times else None
 
     def tick(self, now: float) -> None:

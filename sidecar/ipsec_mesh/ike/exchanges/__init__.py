@@ -30,6 +30,7 @@ def dispatch_request(sa: IkeSa, msg, raw: bytes, now: float) -> Reply | None:
         return ike_auth.respond(sa, msg, now)
     if sa.state == IkeState.CONNECTING:
         return None  # nothing else is allowed before IKE_AUTH completes
+    create_child.handover_done(sa)
     if exchange == ExchangeType.CREATE_CHILD_SA:
         if sa.state != IkeState.ESTABLISHED:
             raise IkeError("IKE SA is being rekeyed or deleted", notify=NotifyType.TEMPORARY_FAILURE)

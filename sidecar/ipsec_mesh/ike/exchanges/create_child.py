@@ -289,11 +289,26 @@ def child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
         child.rekey_at = None
         if child.state == ChildState.INSTALLED:
             sa.queue(ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at > _inbound_only_limit(sa):
-        # The peer never deleted the SA it replaced: switch anyway, it has our inbound SA.
+    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= inbound_only_limit(sa, child):
+        # The peer never deleted the SA it replaced (or, after a handover, never sent the
+        # request that shows it installed its half): switch anyway, it has our inbound SA.
         child.state = ChildState.INSTALLED
         sa.emit(ChildSaInstallOutbound(child.info))
 
 
-def _inbound_only_limit(sa: IkeSa) -> float:
-    return sum(sa.config.retransmit.delays())
+#: Seconds a handover CHILD_SA waits for the peer's first request before it sends anyway
+#: (the peer answers IKE_AUTH within a round trip; the data plane keeps the old SAs 2 s).
+HANDOVER_WAIT = 1.0
+
+
+def inbound_only_limit(sa: IkeSa, child: ChildSa) -> float:
+    return HANDOVER_WAIT if child.extra.get("handover") else sum(sa.config.retransmit.delays())
+
+
+def handover_done(sa: IkeSa) -> None:
+    """A request from the peer after IKE_AUTH: it has installed the CHILD_SAs of IKE_AUTH
+    (events are applied before datagrams leave), so ours may send now."""
+    for child in sa.children.values():
+        if child.extra.pop("handover", False) and child.state == ChildState.INBOUND_ONLY:
+            child.state = ChildState.INSTALLED
+            sa.emit(ChildSaInstallOutbound(child.info))

@@ -187,12 +187,14 @@ class IkeAuthTask:
         self.child = child
         self.inbound_spi: int | None = None
         self.child_proposals = ()
+        self.initial_contact = False
 
     def start(self, sa: IkeSa, now: float) -> None:
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
         payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.next_mid)
-        if cfg.initial_contact and not sa.services.has_other_sa(sa):
+        self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
+        if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
         if cfg.trust is not None and cfg.send_certreq:
             payloads.append(CertReqPayload(4, cfg.trust.certreq_data()))
@@ -232,6 +234,13 @@ class IkeAuthTask:
         established = _establish(sa, identity, now)
         child = self._child_from_response(sa, msg, now) if self.inbound_spi is not None else None
         _log_established(established, child)
+        if child is not None and self.initial_contact and sa.confirm_install:
+            # Our events (the CHILD_SA's install) are applied before this request leaves: a
+            # peer that keeps its new outbound half back until we can receive on it
+            # (`_respond_child`, handover) may use it once this arrives.
+            from .informational import DpdTask
+
+            sa.queue(DpdTask(), now)
 
     def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> ChildSa | None:
         errors = [n for n in msg.all(NotifyPayload) if n.is_error]
@@ -286,18 +295,22 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     payloads.append(auth)
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
-    if initial_contact:
-        sa.services.initial_contact(sa, now)
+    replaced = initial_contact and sa.services.initial_contact(sa, now)
     child = None
     if msg.first(SaPayload) is not None:
-        child_payloads, child = _respond_child(sa, msg, now)
+        child_payloads, child = _respond_child(sa, msg, now, handover=replaced)
         payloads += child_payloads
     _log_established(established, child)
     return Reply(payloads)
 
 
-def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa | None]:
-    """The CHILD_SA answer payloads, and the CHILD_SA (None if refused)."""
+def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = False) -> tuple[list, ChildSa | None]:
+    """The CHILD_SA answer payloads, and the CHILD_SA (None if refused).
+
+    `handover`: it replaces the CHILD_SA of a stale IKE SA whose SAs still carry traffic
+    (the peer restarted and kept them). Only its inbound half goes in now: the peer
+    installs its own inbound half when our answer arrives, and until then it would drop
+    what we sent on the new SA; the old SAs carry our traffic meanwhile (`handover_done`)."""
     try:
         request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
@@ -308,7 +321,9 @@ def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa |
     inbound = sa.services.allocate_child_spi()
     keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
     child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
-                      request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False)
+                      request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False,
+                      state=ChildState.INBOUND_ONLY if handover else ChildState.INSTALLED)
+    child.extra["handover"] = handover
     return [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
             TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
 

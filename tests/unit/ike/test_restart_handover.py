@@ -1,0 +1,55 @@
+"""A restarted peer keeps the kernel's SAs until new ones exist (issue 14): the IKE side."""
+
+from __future__ import annotations
+
+from ipsec_mesh.ike.config import single_peer_lookup
+from ipsec_mesh.ike.constants import ExchangeType
+from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaInstallOutbound
+from ipsec_mesh.ike import message as codec
+from tests.ikesim import Network, child_config, psk_config
+from tests.unit.ike.test_engine import A, B, establish
+
+
+def test_the_peer_sends_on_the_new_child_only_once_the_restarted_side_can_receive_on_it():
+    net = Network()
+    a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test", child_config(A, B))
+    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
+    a = net.add("a", A, single_peer_lookup(a_cfg))
+    b = net.add("b", B, single_peer_lookup(b_cfg))
+    establish(net, a, a_cfg)
+    old_in_b = set(b.inbound)
+    # kill -9 and a new instance at the same address: no IKE state, the kernel's SAs remain.
+    restarted = net.add("a2", A, single_peer_lookup(a_cfg))
+    restarted.inbound, restarted.outbound = dict(a.inbound), dict(a.outbound)
+    seen_when_b_sends: list[bool] = []
+    apply = b.apply
+
+    def record(event):
+        if isinstance(event, ChildSaInstallOutbound):
+            seen_when_b_sends.append(event.child.outbound_spi in restarted.inbound)
+        apply(event)
+
+    b.apply = record
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    net.settle()
+    assert seen_when_b_sends == [True], "b sent on the new CHILD_SA before a could receive on it"
+    assert [e.reason for e in b.of(ChildSaDeleted) if e.inbound_spi in old_in_b] == ["replaced"]
+    sent = [codec.peek_header(d.data).exchange for d in net.delivered if d.local[0] == A]
+    assert sent[-1] == ExchangeType.INFORMATIONAL  # the restarted side's "installed"
+    assert len(b.established) == 1 and len(restarted.established) == 1
+
+
+def test_without_the_confirmation_the_peer_sends_after_a_bounded_wait():
+    net = Network()
+    a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test", child_config(A, B))
+    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
+    a = net.add("a", A, single_peer_lookup(a_cfg))
+    b = net.add("b", B, single_peer_lookup(b_cfg))
+    establish(net, a, a_cfg)
+    restarted = net.add("a2", A, single_peer_lookup(a_cfg))
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])  # e.g. another IKE stack
+    net.settle()
+    installed_at = net.now
+    assert len(b.of(ChildSaInstallOutbound)) == 1  # only the first CHILD_SA's
+    net.run(2.0)
+    assert len(b.of(ChildSaInstallOutbound)) == 2 and net.now - installed_at <= 2.0
