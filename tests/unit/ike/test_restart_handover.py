@@ -10,13 +10,18 @@ from tests.ikesim import Network, child_config, psk_config
 from tests.unit.ike.test_engine import A, B, establish
 
 
-def test_the_peer_sends_on_the_new_child_only_once_the_restarted_side_can_receive_on_it():
+def established_pair():
     net = Network()
     a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test", child_config(A, B))
     b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
     a = net.add("a", A, single_peer_lookup(a_cfg))
     b = net.add("b", B, single_peer_lookup(b_cfg))
     establish(net, a, a_cfg)
+    return net, a, b, a_cfg
+
+
+def test_the_peer_sends_on_the_new_child_only_once_the_restarted_side_can_receive_on_it():
+    net, a, b, a_cfg = established_pair()
     old_in_b = set(b.inbound)
     # kill -9 and a new instance at the same address: no IKE state, the kernel's SAs remain.
     restarted = net.add("a2", A, single_peer_lookup(a_cfg))
@@ -40,12 +45,7 @@ def test_the_peer_sends_on_the_new_child_only_once_the_restarted_side_can_receiv
 
 
 def test_without_the_confirmation_the_peer_sends_after_a_bounded_wait():
-    net = Network()
-    a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test", child_config(A, B))
-    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
-    a = net.add("a", A, single_peer_lookup(a_cfg))
-    b = net.add("b", B, single_peer_lookup(b_cfg))
-    establish(net, a, a_cfg)
+    net, a, b, a_cfg = established_pair()
     restarted = net.add("a2", A, single_peer_lookup(a_cfg))
     restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])  # e.g. another IKE stack
     net.settle()
