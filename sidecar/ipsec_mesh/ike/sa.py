@@ -371,9 +371,7 @@ class IkeSa:
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
                 if child.state.value == "inbound-only":
-                    from .exchanges.create_child import inbound_only_limit
-
-                    times.append(child.created_at + inbound_only_limit(self, child))
+                    times.append(child.created_at + sum(self.config.retransmit.delays()))
         return min(times) if times else None
 
     def tick(self, now: float) -> None:

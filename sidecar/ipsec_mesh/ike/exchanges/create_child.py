@@ -289,20 +289,19 @@ def child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
         child.rekey_at = None
         if child.state == ChildState.INSTALLED:
             sa.queue(ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= inbound_only_limit(sa, child):
+    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= _inbound_only_limit(sa):
         # The peer never deleted the SA it replaced (or, after a handover, never sent the
         # request that shows it installed its half): switch anyway, it has our inbound SA.
         child.state = ChildState.INSTALLED
         sa.emit(ChildSaInstallOutbound(child.info))
 
 
-#: Seconds a handover CHILD_SA waits for the peer's first request before it sends anyway
-#: (the peer answers IKE_AUTH within a round trip; the data plane keeps the old SAs 2 s).
-HANDOVER_WAIT = 1.0
-
-
-def inbound_only_limit(sa: IkeSa, child: ChildSa) -> float:
-    return HANDOVER_WAIT if child.extra.get("handover") else sum(sa.config.retransmit.delays())
+def _inbound_only_limit(sa: IkeSa) -> float:
+    """How long a CHILD_SA waits for the peer's signal before it sends anyway: as long as
+    the peer retransmits the request that would bring it (its Delete, or after a handover
+    its confirmation). A restarted peer can be slow to process our IKE_AUTH answer (over a
+    second was seen in the VM tier); sending sooner would lose what it cannot decrypt."""
+    return sum(sa.config.retransmit.delays())
 
 
 def handover_done(sa: IkeSa) -> None:

@@ -196,6 +196,8 @@ class IkeAuthTask:
         self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
         if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
+            if sa.confirm_install:
+                payloads.insert(1, NotifyPayload(NotifyType.IPSEC_MESH_KEPT_SAS))
         if cfg.trust is not None and cfg.send_certreq:
             payloads.append(CertReqPayload(4, cfg.trust.certreq_data()))
         payloads.append(auth)
@@ -296,9 +298,12 @@ def respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
     replaced = initial_contact and sa.services.initial_contact(sa, now)
+    # Only a peer that says it kept its SAs (and will confirm) makes us wait; another one
+    # that restarted has none left to receive on, so ours had better send at once.
+    handover = replaced and msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None
     child = None
     if msg.first(SaPayload) is not None:
-        child_payloads, child = _respond_child(sa, msg, now, handover=replaced)
+        child_payloads, child = _respond_child(sa, msg, now, handover=handover)
         payloads += child_payloads
     _log_established(established, child)
     return Reply(payloads)
@@ -308,9 +313,10 @@ def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = Fals
     """The CHILD_SA answer payloads, and the CHILD_SA (None if refused).
 
     `handover`: it replaces the CHILD_SA of a stale IKE SA whose SAs still carry traffic
-    (the peer restarted and kept them). Only its inbound half goes in now: the peer
-    installs its own inbound half when our answer arrives, and until then it would drop
-    what we sent on the new SA; the old SAs carry our traffic meanwhile (`handover_done`)."""
+    (the peer restarted and kept them, IPSEC_MESH_KEPT_SAS). Only its inbound half goes in
+    now: the peer installs its own inbound half when our answer arrives, and until then it
+    would drop what we sent on the new SA; the old SAs carry our traffic meanwhile, until
+    the peer's next request (`create_child.handover_done`)."""
     try:
         request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
