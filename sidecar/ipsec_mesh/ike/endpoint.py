@@ -176,10 +176,13 @@ class IkeEndpoint:
                 child: ChildConfig, local_ts=None, remote_ts=None) -> IkeSa:
         """A packet wants protection (kernel ACQUIRE): reuse the peer's IKE SA or start one."""
         from .exchanges.create_child import ChildCreateTask
+        from .exchanges.informational import IkeDeleteTask
 
         for sa in sorted(self._by_peer.all(remote[0]), key=lambda s: self._rank[s.our_spi]):
             if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
                 continue
+            if any(isinstance(t, IkeDeleteTask) for t in sa.tasks):
+                continue  # its delete waits for another exchange: a CHILD_SA queued after it would die with it
             if sa.state == IkeState.CONNECTING:
                 return sa  # its IKE_AUTH (or the peer's) brings the CHILD_SA
             # A CHILD_SA that sends (or whose outbound half is about to) covers the packet. One

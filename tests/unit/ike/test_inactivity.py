@@ -103,3 +103,25 @@ def test_the_next_packet_after_retirement_negotiates_again():
     a.endpoint.acquire(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])  # the kernel's ACQUIRE
     net.settle()
     assert a.established and b.established and len(a.inbound) == 1 and len(b.inbound) == 1
+
+
+def test_a_packet_during_the_retirement_gets_new_sas_and_never_an_sa_being_deleted():
+    """The outbound halves go before the Delete leaves: a packet in that round trip meets
+    the policy (the kernel holds it and raises an ACQUIRE), not an SA the peer removes."""
+    from ipsec_mesh.ike.events import ChildSaOutboundRetired
+
+    net, a, b, a_cfg = idle_pair(b_inactivity=0)  # only a retires
+    a.packets = Counter()
+    establish(net, a, a_cfg)
+    old = next(iter(a.outbound))
+    for _ in range(200):
+        net.step()
+        if a.of(ChildSaOutboundRetired):
+            break
+    assert a.sending_spi() is None and old not in a.outbound  # nothing to send on: ACQUIRE
+    assert b.established  # the Delete has not arrived yet
+    a.endpoint.acquire(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0])
+    net.settle()
+    assert len(a.established) == 1 and len(b.established) == 1
+    assert a.sending_spi() is not None and a.sending_spi() != old
+    assert a.sending_spi() in b.inbound

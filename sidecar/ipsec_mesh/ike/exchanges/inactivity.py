@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState
-from ..events import ChildSaActivityQuery
+from ..child import ChildSa, ChildState, sends
+from ..events import ChildSaActivityQuery, ChildSaOutboundRetired
 from ..sa import IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
@@ -57,6 +57,15 @@ def report(sa: IkeSa, child: ChildSa, packets: int, now: float) -> str:
     log.info("CHILD_SA %s %08x_i with %s carried no traffic for %.0fs: deleting %s", child.name,
              child.inbound_spi, sa.remote[0], now - seen[1], "it" if others else "the IKE SA")
     child.activity_check_at = None
+    # Outbound halves first: a packet sent while the Delete is under way then meets the
+    # policy instead of an SA the peer is removing; the kernel holds it and asks for a new
+    # SA (ACQUIRE), which a new exchange brings. The inbound halves stay until it ends.
+    for retiring in [child] if others else list(sa.children.values()):
+        if sends(retiring):
+            retiring.outbound_retired = True
+            info = retiring.info
+            sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                           info.local_addr, info.remote_addr))
     if others:
         sa.queue(DeleteChildTask(child, "inactive"), now)
     else:
