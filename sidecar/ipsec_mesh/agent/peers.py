@@ -63,8 +63,11 @@ class PeerEntry:
 def _lifetime(seconds: int, inactivity: int = 0) -> Lifetime:
     # Rekey at 90% of the configured lifetime, minus up to 10% jitter; hard limit at 110%.
     seconds = max(seconds, 2)  # below that, rekeys would overlap their own exchanges
+    # A rekey starts a fresh CHILD_SA whose count starts again: an inactivity time that
+    # reaches the earliest rekey could never be met, so it is not applied.
+    rekey_earliest = seconds * 0.8
     return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1,
-                    inactivity=float(inactivity))
+                    inactivity=float(inactivity) if inactivity < rekey_earliest else 0.0)
 
 
 class PeerSet:
