@@ -454,6 +454,9 @@ class Agent:
         peer map no longer lists it (or by DPD)."""
         if self.loop is None:
             return
+        # Only a data plane whose SAs outlive us can hand over; without one (`none`), the
+        # peers had better hear that we are going.
+        hand_over = hand_over and hasattr(self.dataplane, "hand_over")
         if not hand_over:
             self.endpoint.shutdown(self.now())
             self.flush()
@@ -468,7 +471,7 @@ class Agent:
             self.loop.remove_reader(fd)
         for sock in self.sockets.values():
             sock.close()
-        if hand_over and hasattr(self.dataplane, "hand_over"):
+        if hand_over:
             self.dataplane.hand_over()
         else:
             self.dataplane.stop()
