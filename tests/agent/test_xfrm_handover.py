@@ -42,6 +42,9 @@ class NoServices:
     def close(self):
         pass
 
+    def status(self):
+        return {}
+
 
 def sa(src, dst, spi, *, owned=True, larval=False):
     ip = ipaddress.ip_address
@@ -69,6 +72,7 @@ async def test_sas_of_an_earlier_instance_stay_until_the_new_child_sends(monkeyp
             sa(PEER, LOCAL, 0xF0, owned=False), sa(PEER, LOCAL, 0xF1, larval=True)]
     plane, kernel = start(monkeypatch, left, rekey_grace=0.05)
     assert deleted(kernel) == [] and sorted(plane.inherited_peers()) == sorted([PEER, OTHER])
+    assert plane.status()["kept_sas"] == {PEER: 2, OTHER: 2}  # the status shows them
     info = child()
     plane.install_inbound(info)
     assert deleted(kernel) == []  # the peer cannot send on the new SA yet: the old ones carry on

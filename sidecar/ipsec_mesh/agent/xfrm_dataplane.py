@@ -441,4 +441,6 @@ class XfrmDataPlane:
 
     def status(self) -> dict:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),
-                "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status()}
+                "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status(),
+                # SAs without IKE state still carrying traffic until new ones replace them.
+                "kept_sas": {remote: len(halves) for remote, halves in self.superseded.items()}}
