@@ -13,6 +13,7 @@ from typing import Callable
 from ipsec_mesh.ike import (
     CertCredential,
     ChildConfig,
+    ChildSaActivityQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaInstallInbound,
@@ -37,12 +38,13 @@ PSK = b"correct horse battery staple, 32b"
 
 
 def child_config(local: str, remote: str, *, name: str = "mesh", esp: str | None = None,
-                 rekey: float = 3600, life: float = 3960, jitter: float = 0.0, mode: str = "transport") -> ChildConfig:
+                 rekey: float = 3600, life: float = 3960, jitter: float = 0.0, mode: str = "transport",
+                 inactivity: float = 0.0) -> ChildConfig:
     kwargs = {}
     if esp:
         kwargs["esp_proposals"] = tuple(parse_proposal(p, ProtocolId.ESP) for p in esp.split(","))
     return ChildConfig(name, (TrafficSelector.for_address(local),), (TrafficSelector.for_address(remote),),
-                       mode=mode, lifetime=Lifetime(rekey, life, jitter), **kwargs)
+                       mode=mode, lifetime=Lifetime(rekey, life, jitter, inactivity=inactivity), **kwargs)
 
 
 def psk_config(name: str, local_id: str, remote_id: str, child: ChildConfig | None, *,
@@ -74,6 +76,9 @@ class Node:
     inbound: dict = field(default_factory=dict)
     outbound: dict = field(default_factory=dict)  # in install order: the kernel sends on the newest
     honour_retire: bool = True  # False: behave like a data plane that ignores ChildSaOutboundRetired
+    # The kernel's packet count of a CHILD_SA (inbound SPI -> count), answering ChildSaActivityQuery;
+    # None: a data plane without a kernel, which never answers.
+    packets: Callable[[int], int] | None = None
 
     def of(self, cls) -> list:
         return [e for e in self.events if isinstance(e, cls)]
@@ -162,8 +167,14 @@ class Network:
         return Datagram(d.data, (public[0], public[1] + d.local[1]), d.remote)
 
     def collect(self, node: Node) -> None:
-        for event in node.endpoint.events():
-            node.apply(event)
+        for _ in range(4):  # an answered query may make more events (a delete)
+            events = node.endpoint.events()
+            for event in events:
+                node.apply(event)
+                if isinstance(event, ChildSaActivityQuery) and node.packets is not None:
+                    node.endpoint.child_activity(event.inbound_spi, node.packets(event.inbound_spi), self.now)
+            if not events:
+                break
         for d in node.endpoint.datagrams():
             if self.drop(d):
                 continue

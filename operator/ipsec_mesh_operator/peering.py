@@ -32,12 +32,13 @@ DEFAULTS = {
     "pskOverlap": "1h",
     "ikeLifetime": "4h",
     "childLifetime": "1h",
+    "inactivity": "15m",
 }
 # The CRD's fields (crds/ipsecpeerings.yaml; a test keeps them equal): anything else is a typo.
 SPEC_FIELDS = frozenset({"selector", "peers", "authentication", "proposals", "lifetimes", "enforcement", "tfcPadding"})
 AUTH_FIELDS = frozenset({"type", "certificateLifetime", "pskRotationInterval", "pskOverlap"})
 PROPOSAL_FIELDS = frozenset({"ike", "esp"})
-LIFETIME_FIELDS = frozenset({"ike", "child"})
+LIFETIME_FIELDS = frozenset({"ike", "child", "inactivity"})
 PEER_FIELDS = frozenset({"name", "podSelector", "namespaceSelector", "remote"})
 MIN_CHILD_LIFETIME = 60
 MIN_CERTIFICATE_LIFETIME = 600
@@ -132,8 +133,8 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
                    default=AuthKind.CERTIFICATE)
     pod_peers, remotes = _parse_peers(c, spec.get("peers"))
 
-    def duration(section: Mapping[str, Any], key: str, default_key: str, path: str) -> int:
-        return c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, default=1)
+    def duration(section: Mapping[str, Any], key: str, default_key: str, path: str, minimum: int = 1) -> int:
+        return c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, minimum, default=1)
 
     parsed = PeeringSpec(
         namespace=namespace,
@@ -154,6 +155,7 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
         lifetimes=Lifetimes(
             ike_seconds=duration(lifetimes, "ike", "ikeLifetime", "spec.lifetimes.ike"),
             child_seconds=duration(lifetimes, "child", "childLifetime", "spec.lifetimes.child"),
+            inactivity_seconds=duration(lifetimes, "inactivity", "inactivity", "spec.lifetimes.inactivity", 0),
         ),
         enforcement=c.check(fields.choice, spec.get("enforcement", "require"), "spec.enforcement", Enforcement,
                             default=Enforcement.REQUIRE),

@@ -137,3 +137,35 @@ def test_a_peering_the_sidecar_cannot_serve_is_refused_at_start():
     config = parse_agent_config(doc, Path("."))
     with pytest.raises(CredentialError, match="peering demo uses certificates"):
         PeerSet(config.peer_map, config.ike)  # no certificate given
+
+
+class KeepingDataPlane(NullDataPlane):
+    """Stands for a kernel data plane whose SAs outlive the process."""
+
+    def __init__(self):
+        super().__init__()
+        self.handed_over = False
+
+    def hand_over(self) -> None:
+        self.handed_over = True
+
+
+@pytest.mark.parametrize("keeps", [True, False], ids=["kernel-sas-stay", "no-kernel"])
+async def test_a_hand_over_stop_tells_no_one_when_the_sas_stay(keeps):
+    """SIGTERM (a restart): with SAs that outlive us, no Delete and nothing removed; without
+    a kernel data plane there is nothing to keep, and the peer hears that we are going."""
+    a = make_agent("127.0.0.1", "127.0.0.2", initiate=True)
+    if keeps:
+        a.dataplane = KeepingDataPlane()
+    b = make_agent("127.0.0.2", "127.0.0.1", initiate=False)
+    await b.start()
+    await a.start()
+    try:
+        await wait_for(lambda: a.dataplane.outbound and b.dataplane.outbound)
+        await a.stop(hand_over=True)
+        await asyncio.sleep(0.3)
+        assert bool(b.endpoint.status()) is keeps  # the peer's IKE SA stays only without a Delete
+        if keeps:
+            assert a.dataplane.handed_over and a.dataplane.outbound  # nothing removed
+    finally:
+        await b.stop()

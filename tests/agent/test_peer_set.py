@@ -33,3 +33,17 @@ def test_between_equals_the_first_in_the_map_governs():
     peers = peer_set(peering("first", "require", "10.9.0.0/16"), peering("second", "require", "10.9.0.0/16"))
     assert [e.policy.name for e in peers.entries] == ["first"]
     assert peers.entry_for("10.9.1.1").policy.name == "first"
+
+
+def test_inactivity_reaches_the_child_config_unless_a_rekey_would_always_come_first():
+    def inactivity(lifetimes: dict | None) -> float:
+        p = peering("p", "require", "10.9.0.0/16")
+        if lifetimes is not None:
+            p["lifetimes"] = lifetimes
+        return peer_set(p).lookup("10.0.0.1", "10.9.1.1").children[0].lifetime.inactivity
+
+    assert inactivity(None) == 900  # the default, 15 minutes
+    assert inactivity({"inactivity": "30s"}) == 30
+    assert inactivity({"inactivity": "0s"}) == 0  # off
+    assert inactivity({"child": "60s"}) == 0  # 15 minutes could never pass between rekeys: not applied
+    assert inactivity({"child": "60s", "inactivity": "47s"}) == 47  # rekeys begin at 48 s

@@ -134,3 +134,27 @@ def test_a_hard_policy_expire_puts_our_policy_back(pair):
         assert "dir out" in block and "hard 0(sec)" in block  # back, without the lifetime
     finally:
         plane.stop()
+
+
+def test_packet_counts_come_from_the_kernel_with_getsa(pair):
+    """Inactivity reads both halves' counters (XFRM_MSG_GETSA). The host kernel has no ESP,
+    so the SA here is the larval one SPI allocation makes; its current lifetime is real
+    kernel data (0 packets). The VM tier proves counts that move (test_sa_lifecycle_vm)."""
+    from types import SimpleNamespace
+
+    from ipsec_mesh.ike.events import ChildSaRef
+    from ipsec_mesh.xfrm import Xfrm
+
+    plane = XfrmDataPlane(netns=pair.a)
+    plane.start(peer_set({"b": f"{B4}/32"}, v6=False))
+    xfrm = Xfrm(pair.a)
+    try:
+        spi = xfrm.alloc_spi(B4, A4, reqid=plane.reqid_for(B4))
+        plane.inbound[spi] = SimpleNamespace(dst=A4, spi=spi, proto=50)
+        ref = ChildSaRef("ike", "p", spi, 0x1234, A4, B4)
+        assert plane.packets(ref) == 0
+        xfrm.delete_sa(A4, spi)
+        assert plane.packets(ref) is None  # gone from the kernel: nothing to say
+    finally:
+        xfrm.close()
+        plane.stop()

@@ -140,7 +140,7 @@ def metric(sidecar: Sidecar, name: str) -> float:
 
 
 def _udp_receiver(address: str, port: int, expected: int, seconds: float) -> list[int]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((address, port))
     s.settimeout(1.0)
     seen: set[int] = set()
@@ -156,7 +156,7 @@ def _udp_receiver(address: str, port: int, expected: int, seconds: float) -> lis
 
 
 def _udp_sender(address: str, port: int, count: int, interval: float) -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
     start = time.monotonic()
     for n in range(count):
         delay = start + n * interval - time.monotonic()  # paced by the clock
@@ -167,21 +167,24 @@ def _udp_sender(address: str, port: int, count: int, interval: float) -> int:
     return count
 
 
-def stream_both_ways(pair, seconds: float, rate: float) -> dict[str, int]:
+def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_INET) -> dict[str, int]:
     """Numbered UDP both ways at `rate` packets/s; how many were lost per direction."""
     count = int(seconds * rate)
+    six = family == socket.AF_INET6
+    left, right = (pair.left.ipv6, pair.right.ipv6) if six else (pair.left.ipv4, pair.right.ipv4)
+    to_right, to_left = (7003, 7004) if six else (7001, 7002)
     results: dict[str, object] = {}
 
     def run(name, fn, ns, *args):
         results[name] = ns.call(fn, *args, timeout=seconds + 120)
 
-    receivers = [threading.Thread(target=run, args=("rx-right", _udp_receiver, pair.right, pair.right.ipv4, 7001,
+    receivers = [threading.Thread(target=run, args=("rx-right", _udp_receiver, pair.right, right, to_right,
                                                     count, seconds + 30)),
-                 threading.Thread(target=run, args=("rx-left", _udp_receiver, pair.left, pair.left.ipv4, 7002,
+                 threading.Thread(target=run, args=("rx-left", _udp_receiver, pair.left, left, to_left,
                                                     count, seconds + 30))]
-    senders = [threading.Thread(target=run, args=("tx-left", _udp_sender, pair.left, pair.right.ipv4, 7001, count,
+    senders = [threading.Thread(target=run, args=("tx-left", _udp_sender, pair.left, right, to_right, count,
                                                   1.0 / rate)),
-               threading.Thread(target=run, args=("tx-right", _udp_sender, pair.right, pair.left.ipv4, 7002, count,
+               threading.Thread(target=run, args=("tx-right", _udp_sender, pair.right, left, to_left, count,
                                                   1.0 / rate))]
     for t in receivers:
         t.start()
@@ -234,7 +237,8 @@ def test_kill_9_and_restart_never_leaks_plaintext(topology, tmp_path):
         # ESP or is blocked, but never leaves in plaintext (checked on the capture below).
         ping(pair.left, b, count=3, deadline=3)
         restarted = sidecar(pair.left, LEFT_ID, b, RIGHT_ID, "left-restarted").start(START)
-        # Traffic resumes on its own: ACQUIRE starts IKE, INITIAL_CONTACT clears the peer's stale SAs.
+        # The kept SAs carry the pings; the restarted sidecar replaces them with new ones
+        # (docs/sidecar.md, "Stopping and restarting"; tests/vm/test_sa_lifecycle_vm.py).
         assert ping(pair.left, b, count=3, deadline=60)
     assert not plaintext_between(capture.packets(), a, b)
     time.sleep(4)  # replaced SAs leave after their grace period

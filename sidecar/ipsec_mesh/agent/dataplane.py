@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired
+from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class DataPlane(Protocol):
     def retire_outbound(self, retired: ChildSaOutboundRetired) -> None: ...
     def update_encap(self, child: ChildSaInfo) -> None: ...
     def remove(self, deleted: ChildSaDeleted) -> None: ...
+    def packets(self, child: ChildSaRef) -> int | None: ...
     def fileno(self) -> int | None: ...
     def read_events(self) -> list: ...
     def stop(self) -> None: ...
@@ -105,6 +106,9 @@ class NullDataPlane:
     def remove(self, deleted: ChildSaDeleted) -> None:
         self.inbound.pop(deleted.inbound_spi, None)
         self.outbound.pop(deleted.outbound_spi, None)
+
+    def packets(self, child: ChildSaRef) -> int | None:
+        return None  # no kernel, no counters: CHILD_SAs are never found idle
 
     def fileno(self) -> int | None:
         return None

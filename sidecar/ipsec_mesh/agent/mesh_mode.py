@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
 from ..meshapi.errors import MeshApiError, MeshApiRequestError
@@ -26,7 +25,7 @@ from .bootstrap import (
 )
 from .mesh_settings import MeshSettings
 from .peers import PeerSetError
-from .runtime import Agent
+from .runtime import Agent, StopSignals
 from .status_report import refusal_error, status_report
 from .status_server import StatusServer, agent_routes, json_response, readiness, text
 
@@ -140,16 +139,14 @@ class MeshSidecar:
                 await task
         self._tasks.clear()
         if self.agent is not None:
-            await self.agent.stop()
+            signals = getattr(self, "_signals", None)
+            await self.agent.stop(hand_over=signals is not None and signals.hand_over)
         for server in (self.health, self.local_status):
             if server is not None:
                 await server.stop()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopping.set)
+        self._signals = StopSignals(asyncio.get_running_loop(), self._stopping)
         try:
             starting = asyncio.ensure_future(self.start())
             stopping = asyncio.ensure_future(self._stopping.wait())

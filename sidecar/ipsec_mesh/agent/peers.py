@@ -68,10 +68,14 @@ class PeerEntry:
         return (self.policy.name, self.peer.name, str(self.network))
 
 
-def _lifetime(seconds: int) -> Lifetime:
+def _lifetime(seconds: int, inactivity: int = 0) -> Lifetime:
     # Rekey at 90% of the configured lifetime, minus up to 10% jitter; hard limit at 110%.
     seconds = max(seconds, 2)  # below that, rekeys would overlap their own exchanges
-    return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1)
+    # A rekey starts a fresh CHILD_SA whose count starts again: an inactivity time that
+    # reaches the earliest rekey could never be met, so it is not applied.
+    rekey_earliest = seconds * 0.8
+    return Lifetime(rekey_time=seconds * 0.9, life_time=seconds * 1.1, jitter=seconds * 0.1,
+                    inactivity=float(inactivity) if inactivity < rekey_earliest else 0.0)
 
 
 class PeerSet:
@@ -156,7 +160,7 @@ class PeerSet:
             remote_ts=(TrafficSelector.for_address(remote),),
             esp_proposals=self._proposals[policy.name][1],
             mode="transport",
-            lifetime=_lifetime(policy.lifetimes.child_seconds),
+            lifetime=_lifetime(policy.lifetimes.child_seconds, policy.lifetimes.inactivity_seconds),
             tfc_padding=1280 if policy.tfc_padding else 0,
         )
         trust = None

@@ -21,6 +21,7 @@ import time
 from ..ike import (
     DROP_COUNTERS,
     NON_ESP_MARKER,
+    ChildSaActivityQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
@@ -182,14 +183,17 @@ class Agent:
         """Hand a datagram to the endpoint without flushing (the caller flushes a batch)."""
         self.endpoint.receive(data, local, remote, self.now())
 
-    def initiate(self, remote: str) -> None:
+    def initiate(self, remote: str, *, replaces_kernel_sas: bool = False) -> None:
         local = self.peers.local_address_for(remote)
         config = self.peers.lookup(local, remote) if local else None
         if config is None:
             log.warning("cannot initiate to %s: not in the peer set", remote)
             return
-        self.endpoint.acquire(config, (local, self.config.ike.port), (remote, self.config.ike.port),
-                              self.now(), config.children[0])
+        ends = (local, self.config.ike.port), (remote, self.config.ike.port)
+        if replaces_kernel_sas:
+            self.endpoint.initiate(config, *ends, self.now(), config.children[0], replaces_kernel_sas=True)
+        else:
+            self.endpoint.acquire(config, *ends, self.now(), config.children[0])
         self.flush()
 
     def _on_dataplane_readable(self) -> None:
@@ -254,6 +258,11 @@ class Agent:
                 self.dataplane.update_encap(event.child)
             elif isinstance(event, ChildSaOutboundRetired):
                 self.dataplane.retire_outbound(event)
+            elif isinstance(event, ChildSaActivityQuery):
+                packets = self.dataplane.packets(event)
+                if packets is not None:  # None: no kernel to ask (data plane `none`)
+                    m.inactivity_checks.labels(self.endpoint.child_activity(event.inbound_spi, packets,
+                                                                            self.now())).inc()
             elif isinstance(event, ChildSaDeleted):
                 self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)
@@ -417,8 +426,14 @@ class Agent:
         self.policies_ready = True
         log.info("sidecar ready: %s, %d peer networks, data plane %s", self.peers.local_id,
                  len(self.peers.entries), self.dataplane.name)
+        # SAs an earlier instance left carry traffic until new ones replace them: negotiate
+        # those now, as no ACQUIRE will ask (the kernel has SAs).
+        inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
+        for remote in inherited:
+            self.initiate(remote, replaces_kernel_sas=True)
         for remote in self.config.initiate:
-            self.initiate(remote)
+            if remote not in inherited:
+                self.initiate(remote)
 
     async def _open_socket(self, address: str, port: int, natt: bool) -> None:
         family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
@@ -432,13 +447,22 @@ class Agent:
         ike_socket.start()
         self.sockets[(address, bound[1])] = ike_socket
 
-    async def stop(self) -> None:
-        """Tell every peer we are going (INFORMATIONAL delete), then remove our SAs."""
+    async def stop(self, *, hand_over: bool = False) -> None:
+        """Tell every peer we are going (INFORMATIONAL delete), then remove our SAs.
+
+        `hand_over` (SIGTERM: a restart or an image upgrade): tell no one and leave every SA
+        in the kernel, carrying traffic until the next instance replaces them. A pod that is
+        being deleted takes its namespace and SAs with it; its peers drop theirs when the
+        peer map no longer lists it (or by DPD)."""
         if self.loop is None:
             return
-        self.endpoint.shutdown(self.now())
-        self.flush()
-        await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
+        # Only a data plane whose SAs outlive us can hand over; without one (`none`), the
+        # peers had better hear that we are going.
+        hand_over = hand_over and hasattr(self.dataplane, "hand_over")
+        if not hand_over:
+            self.endpoint.shutdown(self.now())
+            self.flush()
+            await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
         for timer in (self._timer, self._summary_timer, *self._install_retries.values()):
             if timer is not None:
                 timer.cancel()
@@ -449,19 +473,18 @@ class Agent:
             self.loop.remove_reader(fd)
         for sock in self.sockets.values():
             sock.close()
-        self.dataplane.stop()
+        if hand_over:
+            self.dataplane.hand_over()
+        else:
+            self.dataplane.stop()
         self.policies_ready = False
 
     async def run_forever(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._stopping.set)
-            except (NotImplementedError, RuntimeError):
-                pass
+        signals = StopSignals(loop, self._stopping)
         await self._stopping.wait()
-        await self.stop()
+        await self.stop(hand_over=signals.hand_over)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -500,6 +523,25 @@ class Agent:
                 if error is not None:
                     child["state"], child["kernel_error"] = "not-installed", error
         return sas
+
+
+class StopSignals:
+    """SIGTERM and SIGINT set `stopping`; `hand_over` says whether the SAs stay for the next
+    instance (SIGTERM: Kubernetes restarting or upgrading the container) or are removed
+    (SIGINT: someone at a terminal)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event):
+        self.hand_over = False
+        self._stopping = stopping
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        self.hand_over = sig == signal.SIGTERM
+        self._stopping.set()
 
 
 def _failure_reason(reason: str, notify: int | None) -> str:

@@ -4,9 +4,12 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - Policies follow the peer set: per peer network and local address, an `out` and an
   `in` policy with a transport-mode ESP template; level `required` under `require`
   (fail closed: no plaintext leaves or is accepted), `use` under `prefer`.
-- At start, policies are reconciled (added, updated, removed) before anything else and
-  every SA a previous instance left behind is removed: IKE state died with it, and the
-  policies keep traffic blocked, never in plaintext, until new SAs exist.
+- At start, policies are reconciled (added, updated, removed) before anything else. The
+  SAs a previous instance left behind (kill -9, or a SIGTERM for a restart) keep carrying
+  traffic: the agent negotiates with each of their peers at once, and they go when a new
+  CHILD_SA with that peer sends (outbound at once, inbound after the grace period), or
+  after HANDOVER_LIMIT. So do the SAs of a peer's stale IKE SA (it restarted and kept
+  them: ChildSaDeleted reason `replaced`). Under `require` nothing is ever in plaintext.
 - Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
   (before its Delete leaves); the inbound half stays a short grace period after the
   CHILD_SA is deleted (defence in depth, see `remove`).
@@ -22,7 +25,7 @@ import logging
 import socket
 from pathlib import Path
 
-from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, EncrId
+from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
 from ..meshapi.model import Enforcement
 from ..svcnat import ServiceTranslation
 from ..xfrm import (
@@ -53,6 +56,7 @@ from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpir
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
+HANDOVER_LIMIT = 60.0  # seconds SAs without IKE state are kept at most while new ones are negotiated
 HARD_LIFETIME_MARGIN = 60  # seconds past the IKE core's own hard limit: a safety net if we die
 LARVAL_DROP = "net/core/xfrm_larval_drop"
 
@@ -93,6 +97,10 @@ class XfrmDataPlane:
         self._acquire_seq: dict[str, int] = {}
         self._inbound_of: dict[int, int] = {}  # outbound SPI -> inbound SPI of the same CHILD_SA
         self._mapped: dict[int, tuple[str, int]] = {}  # inbound SPI -> last NAT mapping passed on
+        #: remote address -> SAs with no IKE state (an earlier instance's, a restarted peer's
+        #: stale ones) that carry traffic until a new CHILD_SA with that peer sends.
+        self.superseded: dict[str, list[tuple[bool, SaSpec | object]]] = {}
+        self._handover_timers: dict[str, asyncio.TimerHandle] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -166,21 +174,47 @@ class XfrmDataPlane:
         # 1b. Then ClusterIPs rewritten to endpoints in the pod, so Service calls meet those policies;
         #     one transaction replaces whatever an earlier instance left.
         self.services.apply(peers.peer_map.services)
-        # 2. SAs of an earlier instance are useless (their IKE SAs are gone): remove them.
-        stale = 0
+        # 2. SAs of an earlier instance keep carrying traffic until new ones replace them.
+        local = {str(ipaddress.ip_address(a)) for a in peers.local_addresses}
+        kept = 0
         for sa in self.xfrm.dump_sas():
-            if sa.owned and not sa.larval:
-                try:
-                    self.xfrm.delete_sa(sa.dst, sa.spi, sa.proto)
-                    stale += 1
-                except XfrmError as exc:
-                    log.warning("could not remove stale SA %08x: %s", sa.spi, exc)
-        if stale:
-            log.info("removed %d SAs left by an earlier instance", stale)
+            if not sa.owned or sa.larval:
+                continue
+            inbound = str(sa.dst) in local
+            self._supersede(str(sa.src if inbound else sa.dst), [(inbound, sa)])
+            kept += 1
+        if kept:
+            log.info("kept %d SAs left by an earlier instance until new ones with %d peers replace them",
+                     kept, len(self.superseded))
         # 3. Hold, rather than drop, packets that wait for an SA (per-namespace sysctl).
         self._set_larval_drop(0)
         self.events_channel = Xfrm(self.netns)
         self.events_channel.subscribe()
+
+    def inherited_peers(self) -> list[str]:
+        """Peers whose SAs an earlier instance left: the agent negotiates with them at once."""
+        return list(self.superseded)
+
+    def _supersede(self, remote: str, halves: list) -> None:
+        self.superseded.setdefault(remote, []).extend(halves)
+        if remote not in self._handover_timers:
+            self._handover_timers[remote] = asyncio.get_running_loop().call_later(
+                HANDOVER_LIMIT, self._end_handover, remote)
+
+    def _end_handover(self, remote: str) -> None:
+        log.warning("SAs with %s not replaced within %.0fs: removing them", remote, HANDOVER_LIMIT)
+        self._retire_superseded(remote, grace=False)
+
+    def _retire_superseded(self, remote: str, *, grace: bool) -> None:
+        """Outbound halves at once (the new one sends), inbound ones after the grace period."""
+        timer = self._handover_timers.pop(remote, None)
+        if timer is not None:
+            timer.cancel()
+        for inbound, sa in self.superseded.pop(remote, []):
+            if inbound and grace and self.rekey_grace:
+                asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, sa)
+            else:
+                self._delete(sa)
 
     def _set_larval_drop(self, value: int) -> None:
         if self.netns is not None:
@@ -221,6 +255,19 @@ class XfrmDataPlane:
                 pass
         self.inbound.clear()
         self.outbound.clear()
+        for remote in list(self.superseded):
+            self._retire_superseded(remote, grace=False)
+        self._close()
+
+    def hand_over(self) -> None:
+        """Stop for a restart: every SA stays in the kernel and keeps carrying traffic for
+        the next instance (which replaces them); policies and translation stay too."""
+        self._close()
+
+    def _close(self) -> None:
+        for timer in self._handover_timers.values():
+            timer.cancel()
+        self._handover_timers.clear()
         if self.events_channel is not None:
             self.events_channel.close()
             self.events_channel = None
@@ -254,6 +301,8 @@ class XfrmDataPlane:
         spec = self._add_sa(self._spec(child, inbound=False))
         self.outbound[spec.spi] = spec
         self._inbound_of[spec.spi] = child.inbound_spi
+        if child.remote_addr in self.superseded:
+            self._retire_superseded(child.remote_addr, grace=True)
 
     def _add_sa(self, spec: SaSpec) -> SaSpec:
         """The kernel's refusal (say, no ESP in it) is counted and raised to the agent."""
@@ -287,6 +336,14 @@ class XfrmDataPlane:
             self._delete(out)
 
     def remove(self, deleted: ChildSaDeleted) -> None:
+        if deleted.reason == "replaced":
+            # The peer restarted and keeps sending on these until our new CHILD_SA sends.
+            halves = [(False, self.outbound.pop(deleted.outbound_spi, None)),
+                      (True, self.inbound.pop(deleted.inbound_spi, None))]
+            self._inbound_of.pop(deleted.outbound_spi, None)
+            self._mapped.pop(deleted.inbound_spi, None)
+            self._supersede(deleted.remote_addr, [(i, s) for i, s in halves if s is not None])
+            return
         self._remove_outbound(deleted.outbound_spi)
         inbound = self.inbound.pop(deleted.inbound_spi, None)
         self._mapped.pop(deleted.inbound_spi, None)
@@ -304,7 +361,25 @@ class XfrmDataPlane:
         else:
             self._delete(inbound)
 
-    def _delete(self, spec: SaSpec) -> None:
+    def packets(self, child: ChildSaRef) -> int | None:
+        """Packets both halves carried, from the kernel's current lifetime (XFRM_MSG_GETSA);
+        None if neither is in the kernel. A retired outbound half no longer counts: its
+        traffic went elsewhere, and the inbound half still shows what the peer sends."""
+        total, found = 0, False
+        for table, spi in ((self.inbound, child.inbound_spi), (self.outbound, child.outbound_spi)):
+            spec = table.get(spi)
+            if spec is None:
+                continue
+            try:
+                info = self.xfrm.get_sa(spec.dst, spec.spi, spec.proto)
+            except XfrmError as exc:
+                log.warning("cannot read SA %08x counters: %s", spi, exc)
+                continue
+            if info is not None:
+                total, found = total + info.current.packets, True
+        return total if found else None
+
+    def _delete(self, spec) -> None:
         try:
             self.xfrm.delete_sa(spec.dst, spec.spi, spec.proto)
         except XfrmError as exc:
@@ -365,4 +440,6 @@ class XfrmDataPlane:
 
     def status(self) -> dict:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),
-                "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status()}
+                "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status(),
+                # SAs without IKE state still carrying traffic until new ones replace them.
+                "kept_sas": {remote: len(halves) for remote, halves in self.superseded.items()}}

@@ -13,6 +13,7 @@ from .constants import NON_ESP_MARKER, EncrId, ExchangeType, KeId, NotifyType, P
 from .endpoint import DROP_COUNTERS, IkeEndpoint
 from .errors import IkeError
 from .events import (
+    ChildSaActivityQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
@@ -21,6 +22,7 @@ from .events import (
     ChildSaInstallOutbound,
     ChildSaKeys,
     ChildSaOutboundRetired,
+    ChildSaRef,
     Event,
     IkeSaClosed,
     IkeSaEstablished,
@@ -40,8 +42,8 @@ __all__ = [
     "ChildConfig", "ConfigLookup", "Lifetime", "PeerConfig", "Retransmit", "single_peer_lookup",
     "NON_ESP_MARKER", "EncrId", "ExchangeType", "KeId", "NotifyType", "ProtocolId", "notify_name",
     "DROP_COUNTERS", "IkeEndpoint", "IkeError",
-    "ChildSaDeleted", "ChildSaEncapChanged", "ChildSaFailed", "ChildSaInfo", "ChildSaInstallInbound",
-    "ChildSaInstallOutbound", "ChildSaKeys", "ChildSaOutboundRetired", "Event", "IkeSaClosed",
+    "ChildSaActivityQuery", "ChildSaDeleted", "ChildSaEncapChanged", "ChildSaFailed", "ChildSaInfo", "ChildSaInstallInbound",
+    "ChildSaInstallOutbound", "ChildSaKeys", "ChildSaOutboundRetired", "ChildSaRef", "Event", "IkeSaClosed",
     "IkeSaEstablished", "NegotiationFailed", "PeerIdentityMismatch", "UdpEncap",
     "Identity", "strip_non_esp_marker", "TrafficSelector",
     "ENCR_NAMES", "KE_NAMES", "PRF_NAMES", "ProposalSpec", "ProposalSyntaxError", "parse_proposal",

@@ -54,6 +54,10 @@ class ChildSa:
     replaced_by: int | None = None  # inbound SPI of its successor
     peer_rekey: int | None = None  # inbound SPI of the successor the PEER created (collisions)
     outbound_retired: bool = False  # we stopped sending on it (our Delete of it is under way)
+    # Inactivity (config.lifetime.inactivity): when to ask the layer above for the kernel's
+    # packet count, and (count last reported, when it was first seen at that value).
+    activity_check_at: float | None = None
+    activity: tuple[int, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,6 +72,13 @@ class ChildSa:
     def name(self) -> str:
         return self.config.name
 
+    def schedule_activity_check(self, now: float) -> None:
+        """Inactivity: next ask for the kernel's packet count half the inactivity time from now."""
+        idle = self.config.lifetime.inactivity
+        self.activity_check_at = now + idle / 2 if idle else None
+
+
+HANDOVER = "handover"  # ChildSa.extra: its outbound half waits for the restarted peer's next request
 
 SENDING_STATES = (ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED)
 
@@ -250,6 +261,7 @@ def add_child(sa: IkeSa, config: ChildConfig, selected: Selected, keys: ChildSaK
                     rekey_at=now + rekey_time if rekey_time else None,
                     expire_at=now + lt.life_time if lt.life_time else None,
                     nonces=nonces, initiated_by_us=initiated_by_us, replaces=replaces)
+    child.schedule_activity_check(now)
     sa.children[inbound_spi] = child
     sa.emit(ChildSaInstallInbound(info, rekey_of=replaces))
     if state == ChildState.INSTALLED:
@@ -268,3 +280,13 @@ def activate_successor(sa: IkeSa, old: ChildSa) -> None:
     if successor is not None and successor.state == ChildState.INBOUND_ONLY:
         successor.state = ChildState.INSTALLED
         sa.emit(ChildSaInstallOutbound(successor.info))
+
+
+def handover_done(sa: IkeSa) -> None:
+    """A request from the peer after IKE_AUTH: it has installed the CHILD_SAs of IKE_AUTH
+    (events are applied before datagrams leave), so ours may send now (exchanges.ike_auth,
+    handover)."""
+    for child in sa.children.values():
+        if child.extra.pop(HANDOVER, False) and child.state == ChildState.INBOUND_ONLY:
+            child.state = ChildState.INSTALLED
+            sa.emit(ChildSaInstallOutbound(child.info))

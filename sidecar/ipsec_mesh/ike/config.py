@@ -29,8 +29,12 @@ class Lifetime:
     life_bytes: int = 0
     rekey_packets: int = 0
     life_packets: int = 0
+    #: CHILD_SAs only: delete one that carried no packet either way for this long; 0 = never.
+    inactivity: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.inactivity < 0:
+            raise ValueError("inactivity must be >= 0")
         if self.life_time and self.rekey_time and self.life_time < self.rekey_time:
             raise ValueError("life_time must not be shorter than rekey_time")
         if self.jitter < 0 or (self.rekey_time and self.jitter >= self.rekey_time):

@@ -225,6 +225,10 @@ class NotifyType(enum.IntEnum):
     CHILDLESS_IKEV2_SUPPORTED = 16418  # RFC 6023
     INTERMEDIATE_EXCHANGE_SUPPORTED = 16438  # RFC 9242
     ADDITIONAL_KEY_EXCHANGE = 16441  # RFC 9370
+    # Private use (RFC 7296 §3.10.1: status types 40960-65535); peers that do not know it ignore it.
+    # In IKE_AUTH: the initiator restarted and its kernel SAs with us still carry traffic; it
+    # confirms with an INFORMATIONAL once the new CHILD_SA is installed (exchanges.ike_auth).
+    IPSEC_MESH_KEPT_SAS = 51001
 
     @property
     def is_error(self) -> bool:

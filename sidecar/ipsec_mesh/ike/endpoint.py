@@ -29,7 +29,7 @@ from .payloads import Message, NoncePayload, NotifyPayload
 from .registry import HalfOpenCount, PeerIndex, TimerQueue
 from .child import ChildState, sends
 from .sa import Datagram, IkeSa, IkeState
-from . import exchanges
+from . import exchanges, inactivity
 from .exchanges.create_child import ChildCreateTask
 from .exchanges.ike_rekey import IkeRekeyTask
 from .exchanges.informational import DeleteChildTask, IkeDeleteTask, follow_nat_mapping
@@ -139,8 +139,13 @@ class IkeEndpoint:
                 loser.queue(IkeDeleteTask("superseded"), now)
                 self._touch(loser)
 
-    def initial_contact(self, sa: IkeSa, now: float) -> None:
-        """The peer says it has no other SA with us (it restarted): forget older ones, silently."""
+    def initial_contact(self, sa: IkeSa, now: float) -> bool:
+        """The peer says it has no other SA with us (it restarted): forget older ones, silently.
+
+        Their CHILD_SAs are reported `replaced`: a restarted peer of ours kept the kernel's
+        SAs carrying traffic while it negotiated this SA, so the data plane keeps them until
+        the new CHILD_SA sends. True if a CHILD_SA was replaced so."""
+        replaced = False
         for other in self._by_peer.all(sa.remote[0]):
             if other is sa or other.remote_id != sa.remote_id or other.remote[0] != sa.remote[0]:
                 continue
@@ -148,15 +153,21 @@ class IkeEndpoint:
             # by `established`, not thrown away here.
             if other.established_at is not None and other.established_at <= sa.created_at:
                 log.info("INITIAL_CONTACT from %s: dropping stale IKE SA %s", sa.remote[0], other.label)
-                other.close("stale", now)
+                replaced = replaced or bool(other.children)
+                other.close("stale", now, children_reason="replaced")
                 self._touch(other)
+        return replaced
 
     # -- Inputs --------------------------------------------------------------------------
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
-                 child: ChildConfig | None = None) -> IkeSa:
-        """Start a new IKE SA (and its first CHILD_SA unless `child` is None)."""
+                 child: ChildConfig | None = None, *, replaces_kernel_sas: bool = False) -> IkeSa:
+        """Start a new IKE SA (and its first CHILD_SA unless `child` is None).
+
+        `replaces_kernel_sas`: SAs of an earlier instance of ours still carry traffic with
+        this peer (a restart): the peer learns when it may send on the new CHILD_SA."""
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
+        sa.confirm_install = replaces_kernel_sas
         self._register(sa)
         for task in exchanges.initiate(child):
             sa.queue(task, now)
@@ -169,6 +180,8 @@ class IkeEndpoint:
         for sa in sorted(self._by_peer.all(remote[0]), key=lambda s: self._rank[s.our_spi]):
             if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
                 continue
+            if any(isinstance(t, IkeDeleteTask) for t in sa.tasks.queued):
+                continue  # its delete waits for another exchange: a CHILD_SA queued after it would die with it
             if sa.state == IkeState.CONNECTING:
                 return sa  # its IKE_AUTH (or the peer's) brings the CHILD_SA
             # A CHILD_SA that sends (or whose outbound half is about to) covers the packet. One
@@ -333,6 +346,20 @@ class IkeEndpoint:
             sa.drop_child(child, reason)
         self._collect()
         return True
+
+    def child_activity(self, inbound_spi: int, packets: int, now: float) -> str:
+        """The kernel's packet count for a CHILD_SA, answering a ChildSaActivityQuery.
+
+        Returns active, idle (it is being deleted, with its IKE SA if it was the last),
+        busy or unknown-sa (inactivity.py).
+        """
+        sa, child = self._find_child(inbound_spi)
+        if child is None:
+            return "unknown-sa"
+        self._touch(sa)
+        result = inactivity.report(sa, child, packets, now)
+        self._collect()
+        return result
 
     def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
         """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).

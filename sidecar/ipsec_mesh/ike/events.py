@@ -138,7 +138,13 @@ class ChildSaOutboundRetired(ChildSaRef):
 class ChildSaDeleted(ChildSaRef):
     """Remove both halves. The data plane may keep the inbound half for a short grace period."""
 
-    reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired
+    reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired | inactive
+
+
+@dataclass(frozen=True)
+class ChildSaActivityQuery(ChildSaRef):
+    """How many packets has this CHILD_SA carried (both halves together)? The answer goes
+    back through `IkeEndpoint.child_activity`; without one the CHILD_SA is never found idle."""
 
 
 @dataclass(frozen=True)

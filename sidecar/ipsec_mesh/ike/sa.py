@@ -56,6 +56,7 @@ class Exchanges(Protocol):
     def on_timers(self, sa: "IkeSa", now: float) -> None: ...
     def delete_child(self, child: ChildSa, reason: str) -> Task: ...
     def delete_ike(self, reason: str, *, children_reason: str = "ike-closed") -> Task: ...
+    def liveness_check(self) -> Task: ...
 
 
 class Services(Protocol):
@@ -67,7 +68,7 @@ class Services(Protocol):
     def allocate_ike_spi(self) -> bytes: ...
     def adopt(self, sa: "IkeSa") -> None: ...  # register a new IKE SA (from an IKE rekey)
     def established(self, sa: "IkeSa", now: float) -> None: ...  # duplicate-SA resolution
-    def initial_contact(self, sa: "IkeSa", now: float) -> None: ...  # peer restarted: drop stale SAs
+    def initial_contact(self, sa: "IkeSa", now: float) -> bool: ...  # peer restarted: drop stale SAs
     def wall_time(self) -> datetime: ...  # (UTC) for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
@@ -124,6 +125,9 @@ class IkeSa:
         self.rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the exchange that made this SA
         self.peer_rekey_nonces: tuple[bytes, bytes] | None = None  # (Ni, Nr) of the peer's IKE rekey we answered
         self.close_reason: str | None = None
+        #: Initiator replacing SAs that outlived an earlier instance: after IKE_AUTH, an empty
+        #: INFORMATIONAL tells the peer our CHILD_SA is installed (exchanges.ike_auth).
+        self.confirm_install = False
         # Outputs
         self.outbox: list[Datagram] = []
         self.events: list[Event] = []
@@ -232,10 +236,17 @@ class IkeSa:
             if self.config.dpd_delay and self.tasks.outstanding is None and not self.tasks.queued:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
-                times += [t for t in (child.rekey_at, child.expire_at) if t is not None]
+                times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
                 if child.state.value == "inbound-only":
-                    times.append(child.created_at + sum(self.config.retransmit.delays()))
+                    times.append(child.created_at + self.inbound_only_limit())
         return min(times) if times else None
+
+    def inbound_only_limit(self) -> float:
+        """How long a CHILD_SA waits for the peer's signal before it sends anyway: as long as
+        the peer retransmits the request that would bring it (its Delete, or after a handover
+        its confirmation). A restarted peer can be slow to process our IKE_AUTH answer (over a
+        second was seen in the VM tier); sending sooner would lose what it cannot decrypt."""
+        return sum(self.config.retransmit.delays())
 
     def tick(self, now: float) -> None:
         if self.state == IkeState.CLOSED:

@@ -160,7 +160,7 @@ def host_port(value: Any, path: str) -> tuple[str, int]:
     return host, integer(int(port), path, 0, 65535)
 
 
-def duration(value: Any, path: str) -> int:
+def duration(value: Any, path: str, minimum: int = 1) -> int:
     """Seconds, given as an integer or a Go-style duration such as ``1h30m``."""
     if isinstance(value, str):
         match = _DURATION.match(value)
@@ -168,7 +168,7 @@ def duration(value: Any, path: str) -> int:
             raise PeerMapError(path, f"{value!r} is not a duration like 1h30m or 90s")
         hours, minutes, seconds = (int(group or 0) for group in match.groups())
         value = hours * 3600 + minutes * 60 + seconds
-    return integer(value, path, 1, MAX_DURATION_SECONDS)
+    return integer(value, path, minimum, MAX_DURATION_SECONDS)
 
 
 def pem_certificate(value: Any, path: str) -> str:

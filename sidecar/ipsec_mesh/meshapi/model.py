@@ -73,6 +73,9 @@ class PskKey:
 class Lifetimes:
     ike_seconds: int = 4 * 3600
     child_seconds: int = 3600
+    #: A CHILD_SA that carried no packet either way this long is deleted (its IKE SA too
+    #: when it was the last); 0 = never. docs/ipsecpeering.md explains the default.
+    inactivity_seconds: int = 15 * 60
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,8 @@ def _policy_to_dict(policy: PeeringPolicy) -> dict[str, Any]:
             for key in policy.psk_keys
         ],
         "proposals": {"ike": list(policy.ike_proposals), "esp": list(policy.esp_proposals)},
-        "lifetimes": {"ike": policy.lifetimes.ike_seconds, "child": policy.lifetimes.child_seconds},
+        "lifetimes": {"ike": policy.lifetimes.ike_seconds, "child": policy.lifetimes.child_seconds,
+                      "inactivity": policy.lifetimes.inactivity_seconds},
         "enforcement": policy.enforcement.value,
         "tfcPadding": policy.tfc_padding,
         "peers": [_peer_to_dict(peer) for peer in policy.peers],
@@ -347,7 +351,7 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
         {"authentication", "psk", "proposals", "lifetimes", "enforcement", "tfcPadding"},
     )
     proposals = fields.obj(doc.get("proposals", {}), f"{path}.proposals", set(), {"ike", "esp"})
-    lifetimes = fields.obj(doc.get("lifetimes", {}), f"{path}.lifetimes", set(), {"ike", "child"})
+    lifetimes = fields.obj(doc.get("lifetimes", {}), f"{path}.lifetimes", set(), {"ike", "child", "inactivity"})
     defaults = Lifetimes()
     psk_keys = fields.array(doc.get("psk", []), f"{path}.psk", lambda v, p: _psk_from_dict(v, p, base_dir), MAX_PSK_KEYS)
     if len({key.id for key in psk_keys}) != len(psk_keys):
@@ -363,6 +367,8 @@ def _policy_from_dict(value: Any, path: str, base_dir: Path | None) -> PeeringPo
             lifetimes=Lifetimes(
                 ike_seconds=fields.duration(lifetimes.get("ike", defaults.ike_seconds), f"{path}.lifetimes.ike"),
                 child_seconds=fields.duration(lifetimes.get("child", defaults.child_seconds), f"{path}.lifetimes.child"),
+                inactivity_seconds=fields.duration(lifetimes.get("inactivity", defaults.inactivity_seconds),
+                                                   f"{path}.lifetimes.inactivity", minimum=0),
             ),
             enforcement=fields.choice(doc.get("enforcement", "require"), f"{path}.enforcement", Enforcement),
             tfc_padding=fields.boolean(doc.get("tfcPadding", False), f"{path}.tfcPadding"),

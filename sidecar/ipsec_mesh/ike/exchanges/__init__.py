@@ -11,8 +11,8 @@ reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 
 from __future__ import annotations
 
-from .. import followup_ke
-from ..child import ChildSa, ChildState
+from .. import followup_ke, inactivity
+from ..child import ChildSa, ChildState, handover_done
 from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
@@ -36,6 +36,11 @@ def delete_ike(reason: str, *, children_reason: str = "ike-closed") -> Task:
     return informational.IkeDeleteTask(reason, children_reason=children_reason)
 
 
+def liveness_check() -> Task:
+    """An empty INFORMATIONAL request (DPD; after a handover, our confirmation of install)."""
+    return informational.DpdTask()
+
+
 class CreateChildSaResponder(Responder):
     """CREATE_CHILD_SA is two exchanges: rekeying the IKE SA (an IKE proposal) or a CHILD_SA."""
 
@@ -48,6 +53,7 @@ class CreateChildSaResponder(Responder):
     def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
         if sa.state == IkeState.CONNECTING:
             return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
+        handover_done(sa)
         if sa.state != IkeState.ESTABLISHED:
             raise IkeError("IKE SA is being rekeyed or deleted", notify=NotifyType.TEMPORARY_FAILURE)
         sa_payload = msg.first(SaPayload)
@@ -100,6 +106,7 @@ def on_timers(sa: IkeSa, now: float) -> None:
 
 
 def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
+    inactivity.query_if_due(sa, child, now)
     if child.expire_at is not None and now >= child.expire_at:
         child.expire_at = None
         child.rekey_at = None
@@ -110,7 +117,8 @@ def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
         child.rekey_at = None
         if child.state == ChildState.INSTALLED:
             sa.queue(create_child.ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at > sum(sa.config.retransmit.delays()):
-        # The peer never deleted the SA it replaced: switch anyway, it has our inbound SA.
+    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= sa.inbound_only_limit():
+        # The peer never deleted the SA it replaced (or, after a handover, never sent the
+        # request that shows it installed its half): switch anyway, it has our inbound SA.
         child.state = ChildState.INSTALLED
         sa.emit(ChildSaInstallOutbound(child.info))

@@ -12,7 +12,9 @@ from ..auth import (
 )
 from ..certs import certificate_payloads, identity_matches_certificate, parse_cert_payloads
 from ..child import (
+    HANDOVER,
     ChildSa,
+    ChildState,
     add_child,
     check_answered_selectors,
     child_keys,
@@ -138,13 +140,17 @@ class IkeAuthTask(Task):
         self.child = child
         self.inbound_spi: int | None = None
         self.child_proposals = ()
+        self.initial_contact = False
 
     def start(self, sa: IkeSa, now: float) -> None:
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
         payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
-        if cfg.initial_contact and not sa.services.has_other_sa(sa):
+        self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
+        if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
+            if sa.confirm_install:
+                payloads.insert(1, NotifyPayload(NotifyType.IPSEC_MESH_KEPT_SAS))
         if cfg.trust is not None and cfg.send_certreq:
             payloads.append(CertReqPayload(4, cfg.trust.certreq_data()))
         payloads.append(auth)
@@ -180,6 +186,11 @@ class IkeAuthTask(Task):
         established = _establish(sa, identity, now)
         child = self._child_from_response(sa, msg, now) if self.inbound_spi is not None else None
         _log_established(established, child)
+        if child is not None and self.initial_contact and sa.confirm_install:
+            # Our events (the CHILD_SA's install) are applied before this request leaves: a
+            # peer that keeps its new outbound half back until we can receive on it
+            # (`_respond_child`, handover) may use it once this arrives.
+            sa.queue(sa.exchanges.liveness_check(), now)
 
     def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> ChildSa | None:
         errors = [n for n in msg.all(NotifyPayload) if n.is_error]
@@ -243,18 +254,26 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     payloads.append(auth)
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
-    if initial_contact:
-        sa.services.initial_contact(sa, now)
+    replaced = initial_contact and sa.services.initial_contact(sa, now)
+    # Only a peer that says it kept its SAs (and will confirm) makes us wait; another one
+    # that restarted has none left to receive on, so ours had better send at once.
+    handover = replaced and msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None
     child = None
     if msg.first(SaPayload) is not None:
-        child_payloads, child = _respond_child(sa, msg, now)
+        child_payloads, child = _respond_child(sa, msg, now, handover=handover)
         payloads += child_payloads
     _log_established(established, child)
     return Reply(payloads)
 
 
-def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa | None]:
-    """The CHILD_SA answer payloads, and the CHILD_SA (None if refused)."""
+def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = False) -> tuple[list, ChildSa | None]:
+    """The CHILD_SA answer payloads, and the CHILD_SA (None if refused).
+
+    `handover`: it replaces the CHILD_SA of a stale IKE SA whose SAs still carry traffic
+    (the peer restarted and kept them, IPSEC_MESH_KEPT_SAS). Only its inbound half goes in
+    now: the peer installs its own inbound half when our answer arrives, and until then it
+    would drop what we sent on the new SA; the old SAs carry our traffic meanwhile, until
+    the peer's next request (`child.handover_done`)."""
     try:
         request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
@@ -265,7 +284,10 @@ def _respond_child(sa: IkeSa, msg: Message, now: float) -> tuple[list, ChildSa |
     inbound = sa.services.allocate_child_spi()
     keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
     child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
-                      request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False)
+                      request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False,
+                      state=ChildState.INBOUND_ONLY if handover else ChildState.INSTALLED)
+    if handover:
+        child.extra[HANDOVER] = True
     return [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
             TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
 

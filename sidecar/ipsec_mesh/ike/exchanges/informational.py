@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState, activate_successor, moved, sends
+from ..child import ChildSa, ChildState, activate_successor, handover_done, moved, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
 from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
@@ -110,6 +110,7 @@ class InformationalResponder(Responder):
     def respond(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply | None:
         if sa.state == IkeState.CONNECTING:
             return None  # nothing but IKE_SA_INIT, IKE_INTERMEDIATE and IKE_AUTH before IKE_AUTH completes
+        handover_done(sa)  # a restarted peer's confirmation that it installed its CHILD_SA
         return _respond(sa, msg, now)
 
 

@@ -1,0 +1,109 @@
+"""XfrmDataPlane at a restart (issue 14): SAs without IKE state keep carrying traffic
+until a new CHILD_SA with their peer sends, then go (outbound at once, inbound after the
+grace), or go after a bounded time. Against a recording stand-in for the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+from types import SimpleNamespace
+
+from ipsec_mesh.agent import xfrm_dataplane
+from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
+from ipsec_mesh.ike import ChildSaDeleted
+from ipsec_mesh.xfrm import owned_reqid
+from tests.agent.test_xfrm_dataplane_events import LOCAL, PEER, RecordingXfrm, child
+
+OTHER = "192.0.2.99"
+
+
+class KernelWithSas(RecordingXfrm):
+    def __init__(self, sas):
+        super().__init__()
+        self.sas = sas
+
+    def dump_sas(self):
+        return self.sas
+
+    def dump_policies(self):
+        return []
+
+    def add_policies(self, specs):
+        return [None] * len(specs)
+
+    update_policies = add_policies
+
+
+class NoServices:
+    def apply(self, services):
+        return True
+
+    def close(self):
+        pass
+
+    def status(self):
+        return {}
+
+
+def sa(src, dst, spi, *, owned=True, larval=False):
+    ip = ipaddress.ip_address
+    return SimpleNamespace(src=ip(src), dst=ip(dst), spi=spi, proto=50, owned=owned, larval=larval,
+                           reqid=owned_reqid(1) if owned else 7)
+
+
+def start(monkeypatch, sas, **kwargs) -> tuple[XfrmDataPlane, KernelWithSas]:
+    monkeypatch.setattr(xfrm_dataplane, "Xfrm", lambda netns: SimpleNamespace(subscribe=lambda: None,
+                                                                             close=lambda: None))
+    kernel = KernelWithSas(sas)
+    plane = XfrmDataPlane(xfrm=kernel, services=NoServices(), **kwargs)
+    peers = SimpleNamespace(local_addresses=(LOCAL,), entries=(), peer_map=SimpleNamespace(services=()),
+                            entry_for=lambda remote: None)
+    plane.start(peers)
+    return plane, kernel
+
+
+def deleted(kernel) -> list[int]:
+    return [spi for call, spi in kernel.calls if call == "delete_sa"]
+
+
+async def test_sas_of_an_earlier_instance_stay_until_the_new_child_sends(monkeypatch):
+    left = [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1), sa(OTHER, LOCAL, 0xA2), sa(LOCAL, OTHER, 0xB2),
+            sa(PEER, LOCAL, 0xF0, owned=False), sa(PEER, LOCAL, 0xF1, larval=True)]
+    plane, kernel = start(monkeypatch, left, rekey_grace=0.05)
+    assert deleted(kernel) == [] and sorted(plane.inherited_peers()) == sorted([PEER, OTHER])
+    assert plane.status()["kept_sas"] == {PEER: 2, OTHER: 2}  # the status shows them
+    info = child()
+    plane.install_inbound(info)
+    assert deleted(kernel) == []  # the peer cannot send on the new SA yet: the old ones carry on
+    plane.install_outbound(info)
+    assert deleted(kernel) == [0xB1]  # we send on the new one now
+    await asyncio.sleep(0.1)
+    assert deleted(kernel) == [0xB1, 0xA1]  # the inbound half after the grace; OTHER's untouched
+    assert plane.inherited_peers() == [OTHER]
+    plane.stop()
+    assert {0xA2, 0xB2} <= set(deleted(kernel)[2:])  # a full stop (SIGINT) removes them too
+
+
+async def test_sas_never_replaced_go_after_the_handover_limit(monkeypatch):
+    monkeypatch.setattr(xfrm_dataplane, "HANDOVER_LIMIT", 0.05)
+    plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)])
+    await asyncio.sleep(0.1)
+    assert sorted(deleted(kernel)) == [0xA1, 0xB1] and plane.inherited_peers() == []
+    plane.stop()
+
+
+async def test_a_restarted_peers_replaced_child_stays_until_ours_sends(monkeypatch):
+    plane, kernel = start(monkeypatch, [], rekey_grace=0.05)
+    old = child()
+    plane.install_inbound(old)
+    plane.install_outbound(old)
+    plane.remove(ChildSaDeleted("x", "mesh", old.inbound_spi, old.outbound_spi, LOCAL, PEER, "replaced"))
+    assert deleted(kernel) == [] and plane.inbound == {} and plane.outbound == {}
+    new = dataclasses.replace(child(), inbound_spi=0xC0000011, outbound_spi=0xD0000012)
+    plane.install_inbound(new)
+    plane.install_outbound(new)
+    assert deleted(kernel) == [old.outbound_spi]
+    await asyncio.sleep(0.1)
+    assert deleted(kernel) == [old.outbound_spi, old.inbound_spi]
+    plane.stop()

@@ -1,0 +1,154 @@
+"""SA lifecycle with real ESP (issue 14): idle pairs are retired and come back on the next
+packet; a sidecar restart (kill -9, SIGTERM) keeps the kernel's SAs carrying traffic.
+
+One module so that one VM boot runs them all: `pytest -m vm -k sa_lifecycle`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.interop.harness.sidecar import Sidecar
+from tests.vm.netns_guest import Capture, Netns
+from tests.vm.test_sidecar_vm import (
+    LEFT_ID,
+    PSK,
+    RIGHT_ID,
+    START,
+    _udp_receiver,
+    _udp_sender,
+    kernel_sas,
+    ping,
+    plaintext_between,
+    start_all,
+    topology,  # noqa: F401 - the fixture
+)
+
+pytestmark = pytest.mark.vm
+
+IDLE = 6  # seconds of inactivity before a pair is retired
+
+
+def pair_of_sidecars(pair, tmp_path, **lifetimes):
+    return start_all(*(
+        Sidecar(me, tmp_path, address=me.ipv4, identity=mine, peer_address=f"{peer.ipv4}/32",
+                peer_identity=theirs, psk=PSK, dataplane="xfrm", name=me.role, lifetimes=lifetimes or None)
+        for me, peer, mine, theirs in ((pair.left, pair.right, LEFT_ID, RIGHT_ID),
+                                       (pair.right, pair.left, RIGHT_ID, LEFT_ID))))
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sa_lifecycle_idle_pair_is_retired_and_the_next_packet_brings_new_sas(topology, tmp_path):
+    pair = topology.pair(ipv6=False)
+    a, b = pair.left.ipv4, pair.right.ipv4
+    left, right = pair_of_sidecars(pair, tmp_path, inactivity=f"{IDLE}s")
+    with Capture(Netns(pair.left.name), "eth0", tmp_path / "idle.pcap") as capture:
+        assert ping(pair.left, b, count=2, deadline=60)
+        first = left.status()["ike_sas"][0]["ike_sa"]
+        started = time.monotonic()
+        # Idle: both sides' IKE SAs go, and with them every SA in both kernels (after the grace).
+        wait_until(lambda: not left.status()["ike_sas"] and not right.status()["ike_sas"], 120, "retirement")
+        idle_for = time.monotonic() - started
+        wait_until(lambda: kernel_sas(pair.left) == 0 and kernel_sas(pair.right) == 0, 30, "SAs removed")
+        # The policies stayed: the next datagrams are held while IKE runs again, then delivered.
+        count = 5
+        received: dict[str, list[int]] = {}
+        rx = threading.Thread(target=lambda: received.setdefault(
+            "rx", pair.right.call(_udp_receiver, b, 7101, count, 90, timeout=150)))
+        rx.start()
+        time.sleep(2.0)
+        pair.left.call(_udp_sender, b, 7101, count, 0.05, timeout=60)
+        rx.join(160)
+        status = left.status()
+    assert received.get("rx") == list(range(count)), f"lost after retirement: {received}"
+    assert status["ike_sas"] and status["ike_sas"][0]["ike_sa"] != first
+    assert not plaintext_between(capture.packets(), a, b)
+    closed = [line for line in (left.log + right.log).splitlines() if "carried no traffic" in line]
+    assert closed, "no side logged the retirement"
+    print(f"\n[measure] idle pair retired {idle_for:.1f}s after its last ping (inactivity {IDLE}s); "
+          f"{count}/{count} datagrams delivered through the new SAs")
+    left.stop()
+    right.stop()
+
+
+def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
+    """Numbered UDP at 100/s each way, IPv4 and IPv6, while the left sidecar is stopped
+    (`how`: kill -9 or SIGTERM) and started again: nothing lost, nothing in plaintext,
+    and the old SAs gone (only one CHILD_SA per family and side) while traffic still flows."""
+    import signal
+    import socket
+
+    from tests.vm.test_sidecar_vm import peering, stream_both_ways
+
+    pair = topology.pair(ipv6=True)
+    seconds = 240  # the restart (~115 s under emulation with this load) and the switch fall inside
+
+    def sidecar(me, peer, mine, theirs, name):
+        # DPD above the time a restart takes under emulation (tens of seconds): a peer
+        # that declares us dead drops its SAs, and that is not what is measured here.
+        return Sidecar(me, tmp_path, address=me.ipv4, addresses=(me.ipv6,), identity=mine,
+                       peer_address=f"{peer.ipv4}/32", peer_identity=theirs, psk=PSK, dataplane="xfrm", name=name,
+                       ike_settings={"dpd": "600s"},
+                       more_peerings=(peering("v6", f"{peer.ipv6}/128", theirs, "aes256gcm16-esn"),))
+
+    left, right = start_all(sidecar(pair.left, pair.right, LEFT_ID, RIGHT_ID, "left"),
+                            sidecar(pair.right, pair.left, RIGHT_ID, LEFT_ID, "right"))
+    for dst in (pair.right.ipv4, pair.right.ipv6):
+        assert ping(pair.left, dst, count=2, deadline=60)
+    result: dict[int, dict] = {}
+    with Capture(Netns(pair.left.name), "eth0", tmp_path / f"{how}.pcap") as capture:
+        streams = [threading.Thread(target=lambda f=f: result.__setitem__(f, stream_both_ways(pair, seconds, 100, f)))
+                   for f in (socket.AF_INET, socket.AF_INET6)]
+        began = time.monotonic()
+        for t in streams:
+            t.start()
+        time.sleep(8)
+        if how == "kill":
+            left.kill()
+        else:
+            left.stop(signal.SIGTERM)
+        stopped = time.monotonic()
+        assert kernel_sas(pair.left) == 4, "the stopped sidecar's SAs must stay in the kernel"
+        restarted = sidecar(pair.left, pair.right, LEFT_ID, RIGHT_ID, f"left-{how}").start(START)
+        ready = time.monotonic()
+        wait_until(lambda: all(len(installed_children(s)) == 2 for s in (restarted, right))
+                   and kernel_sas(pair.left) == 4 and kernel_sas(pair.right) == 4, 60, "old SAs replaced")
+        switched = time.monotonic()
+        for t in streams:
+            t.join(seconds + 400)
+        ended = time.monotonic()
+    packets = capture.packets()
+    logs = "\n".join(line for s in (left, restarted, right) for line in s.log.splitlines()
+                     if any(k in line for k in ("INITIAL_CONTACT", "dead", "kept", "replac", "CHILD_SA", "IKE SA")))
+    for src, dst in ((pair.left.ipv4, pair.right.ipv4), (pair.left.ipv6, pair.right.ipv6)):
+        assert not plaintext_between(packets, src, dst)
+    print(f"\n[measure] {how} + restart under 100 pps each way, IPv4 and IPv6: lost {result}; "
+          f"restarted sidecar ready {ready - stopped:.1f}s after the stop, old SAs gone "
+          f"{switched - ready:.1f}s later, streams ended {ended - switched:.1f}s after that")
+    assert switched < began + seconds, "the switch came after the streams: nothing measured"
+    assert result == {f: {"left->right": 0, "right->left": 0} for f in (socket.AF_INET, socket.AF_INET6)}, logs
+    restarted.stop(signal.SIGINT)
+    right.stop(signal.SIGINT)
+
+
+def installed_children(sidecar) -> list:
+    return [c for sa in sidecar.status()["ike_sas"] for c in sa["children"] if c["state"] == "installed"]
+
+
+def test_sa_lifecycle_kill_9_and_restart_loses_nothing(topology, tmp_path):
+    _restart_loses_nothing(topology, tmp_path, "kill")
+
+
+def test_sa_lifecycle_sigterm_and_restart_loses_nothing(topology, tmp_path):
+    _restart_loses_nothing(topology, tmp_path, "term")
