@@ -47,7 +47,8 @@ def listen(address: str, port: int) -> socket.socket:
 
 def accept_all(listener: socket.socket, out: dict) -> None:
     try:
-        conn, _ = listener.accept()
+        conn, peer = listener.accept()
+        out["local"], out["peer"] = conn.getsockname()[:2], peer[:2]
         conn.settimeout(60)
         chunks = []
         while chunk := conn.recv(65536):
@@ -60,6 +61,8 @@ def accept_all(listener: socket.socket, out: dict) -> None:
         listener.close()
 
 
-def send(address: str, port: int, payload: bytes) -> None:
+def send(address: str, port: int, payload: bytes) -> tuple[str, int]:
+    """Send `payload`; the address the socket was connected to, as the kernel reports it."""
     with socket.create_connection((address, port), timeout=60) as s:
         s.sendall(payload)
+        return s.getpeername()[:2]
