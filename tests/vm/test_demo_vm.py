@@ -32,8 +32,8 @@ def test_demo_shows_esp_only_also_through_the_service_outsider_refused_and_a_rek
     # web calls db through its Service: the ClusterIP is translated inside web, the call lands on db's pod
     # IP and target port, web's socket still sees the ClusterIP, and only ESP crosses the wire for it.
     assert "✔ web's sidecar translates shop/db in web's pod" in out
-    assert ("✔ 256 KiB from web to the Service shop/db at 10.96.0.10:80 arrived intact at db 10.42.0.11:7000"
-            " from 10.42.0.10; web's socket was connected to 10.96.0.10:80") in out
+    assert ("✔ web asked the Service shop/db at 10.96.0.10:80; db accepted at 10.42.0.11:7000 from 10.42.0.10"
+            " and its 256 KiB answer arrived intact; web's socket was connected to 10.96.0.10:80") in out
     service_wire = next(line for line in out.splitlines() if "on the wire next to web during the Service call" in line)
     # e.g. "... : 14 ESP packets between web and db, 0 in plaintext, 0 to or from the ClusterIP 10.96.0.10"
     assert service_wire.endswith(", 0 in plaintext, 0 to or from the ClusterIP 10.96.0.10"), service_wire

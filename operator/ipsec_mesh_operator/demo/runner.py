@@ -21,7 +21,7 @@ import yaml
 from ..index import PodInfo
 from ..standalone.config import StandaloneConfigError
 from .config import DemoConfig, DemoError, DemoService, load_config
-from .netns import accept_all, in_netns, kernel_has_esp, listen, send, sh
+from .netns import accept_all, answer_once, ask, in_netns, kernel_has_esp, listen, send, sh
 from .processes import START_TIMEOUT, Sidecar, StandaloneOperatorProcess
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -66,7 +66,7 @@ def read_wire(lines: list[str], a: str, b: str, cluster_ip: str | None = None) -
 
 @dataclass
 class Call:
-    """A TCP transfer as both ends' kernels saw it."""
+    """A request and its answer over TCP, as both ends' kernels saw them."""
 
     intact: bool
     #: Where the client's socket was connected to, and where the server accepted it (address, port).
@@ -172,23 +172,31 @@ class Demo:
                     "-i", "0.3", dst.ips[0], check=False, timeout=deadline + 10)
         return result.returncode == 0
 
-    def tcp(self, client: str, server: PodInfo, port: int = 7000, to: tuple[str, int] | None = None,
-            size: int = 256 * 1024) -> Call:
-        """`size` bytes from `client` to `server` listening on its pod IP and `port`, sent to `to`
-        (default: that same address; a Service's ClusterIP and port for the Service step)."""
+    def tcp(self, client: str, server: PodInfo, size: int = 256 * 1024) -> bool:
         payload = os.urandom(size)
-        listener = in_netns(self.netns(server.name), listen, server.ips[0], port)
+        listener = in_netns(self.netns(server.name), listen, server.ips[0], 7000)
         received: dict = {}
         thread = threading.Thread(target=accept_all, args=(listener, received), daemon=True)
         thread.start()
-        address, to_port = to or (server.ips[0], port)
-        try:
-            client_peer = in_netns(self.netns(client), send, address, to_port, payload)
-        except OSError as exc:
-            self.say(f"  ✘ {client} -> {address}:{to_port}: {exc}")
-            client_peer = None
+        in_netns(self.netns(client), send, server.ips[0], 7000, payload)
         thread.join(60)
-        return Call(received.get("data") == payload, client_peer, received.get("local"), received.get("peer"))
+        return received.get("data") == payload
+
+    def request(self, client: str, server: PodInfo, port: int, to: tuple[str, int], size: int = 256 * 1024) -> Call:
+        """`client` sends a one-line request to `to`; `server`, listening on its pod IP and `port`,
+        answers `size` bytes."""
+        reply = os.urandom(size)
+        listener = in_netns(self.netns(server.name), listen, server.ips[0], port)
+        served: dict = {}
+        thread = threading.Thread(target=answer_once, args=(listener, reply, served), daemon=True)
+        thread.start()
+        try:
+            client_peer, answer = in_netns(self.netns(client), ask, *to, b"GET /\n")
+        except OSError as exc:
+            self.say(f"  ✘ {client} -> {to[0]}:{to[1]}: {exc}")
+            client_peer, answer = None, b""
+        thread.join(60)
+        return Call(answer == reply, client_peer, served.get("local"), served.get("peer"))
 
     def service_translation(self, pod: str, key: str) -> dict | None:
         """What `pod`'s sidecar reports (its /status) about translating Service `key`; None if not asked to."""
@@ -237,7 +245,7 @@ class Demo:
         started = time.monotonic()
         ok_ping = self.ping("web", db, count=3, deadline=60)
         elapsed = time.monotonic() - started
-        ok_tcp = self.tcp("web", db).intact
+        ok_tcp = self.tcp("web", db)
         self.say(f"  {'✔' if ok_ping else '✘'} ping web -> db answered ({elapsed:.1f} s including IKE)")
         self.say(f"  {'✔' if ok_tcp else '✘'} 256 KiB over TCP from web to db arrived intact")
         status = self.sidecars["web"].status() or {"ike_sas": []}
@@ -289,7 +297,7 @@ class Demo:
                  f" {service.cluster_ip}:{service.port}\n      (web's sidecar translates the ClusterIP inside web's pod,"
                  " so the call leaves web addressed to db's pod IP and its policy applies)")
         pcap = self.start_capture("web", "service.pcap")
-        call = self.tcp(web.name, db, port=service.target_port, to=(service.cluster_ip, service.port))
+        call = self.request(web.name, db, service.target_port, (service.cluster_ip, service.port))
         wire = read_wire(self.stop_capture(pcap), web.ips[0], db.ips[0], cluster_ip=service.cluster_ip)
         translation = self.service_translation(web.name, service.key) or {}
         untranslated = ((self.sidecars[web.name].status() or {}).get("dataplane") or {}).get(
@@ -305,9 +313,9 @@ class Demo:
         at = f"{call.server_local[0]}:{call.server_local[1]}" if call.server_local else "nowhere"
         source = call.server_peer[0] if call.server_peer else "?"
         peer = f"{call.client_peer[0]}:{call.client_peer[1]}" if call.client_peer else "nothing"
-        self.say(f"  {'✔' if ok_call else '✘'} 256 KiB from web to the Service {service.key} at"
-                 f" {service.cluster_ip}:{service.port} {'arrived intact' if call.intact else 'did not arrive intact'}"
-                 f" at db {at} from {source}; web's socket was connected to {peer}")
+        self.say(f"  {'✔' if ok_call else '✘'} web asked the Service {service.key} at {service.cluster_ip}:{service.port};"
+                 f" db accepted at {at} from {source} and its 256 KiB answer"
+                 f" {'arrived intact' if call.intact else 'did not arrive intact'}; web's socket was connected to {peer}")
         self.say(f"  on the wire next to web during the Service call: {len(wire.esp)} ESP packets between web and db,"
                  f" {len(wire.plain)} in plaintext, {len(wire.cluster_ip)} to or from the ClusterIP"
                  f" {service.cluster_ip}")
