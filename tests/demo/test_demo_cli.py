@@ -11,6 +11,7 @@ import yaml
 from ipsec_mesh.meshapi import Enforcement
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.demo import runner, vm
+from ipsec_mesh_operator.demo.config import DemoService
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, load_config
 from ipsec_mesh_operator.index import MeshIndex
 from ipsec_mesh_operator.services import SliceInfo, parse_service
@@ -74,6 +75,33 @@ def test_bad_config_is_refused_with_the_field(tmp_path, monkeypatch, capsys, mut
     assert error.value.field == field
     assert cli.main(["demo", "--config", str(bad)]) == 2
     assert f"demo configuration: {field}" in capsys.readouterr().err
+
+
+def test_the_service_web_calls_is_the_db_service_with_its_target_port():
+    config = load_config(DEFAULT_CONFIG)
+    service = config.service_in_front_of(config.pod("db"))
+    assert service == DemoService("shop/db", "10.96.0.10", 80, 7000)
+    # No Service has web or the intruder behind it.
+    assert config.service_in_front_of(config.pod("web")) is None
+    assert config.service_in_front_of(config.pod("intruder")) is None
+
+
+def test_the_wire_is_read_by_whole_addresses():
+    lines = [
+        "12:00:00.1 IP 10.42.0.10 > 10.42.0.11: ESP(spi=0x0000abcd,seq=0x1), length 120",
+        "12:00:00.2 IP 10.42.0.11 > 10.42.0.10: ESP(spi=0x0000dcba,seq=0x1), length 120",
+        "12:00:00.3 IP 10.42.0.10.500 > 10.42.0.11.500: isakmp: parent_sa ikev2_init[I]",
+        "12:00:00.4 IP 10.42.0.10.41000 > 10.96.0.10.80: Flags [S], seq 1, length 0",
+        "12:00:00.5 IP 10.42.0.10.41001 > 10.96.0.100.80: Flags [S], seq 1, length 0",  # another address
+        "12:00:00.6 IP 10.42.0.10.41002 > 10.42.0.11.7000: Flags [S], seq 1, length 0",
+        "12:00:00.7 ARP, Request who-has 10.42.0.11 tell 10.42.0.10, length 28",
+        "12:00:00.8 IP 10.42.0.100 > 10.42.0.11: ICMP echo request, id 1, seq 1, length 64",  # not web
+    ]
+    wire = runner.read_wire(lines, "10.42.0.10", "10.42.0.11", cluster_ip="10.96.0.10")
+    assert (len(wire.esp), len(wire.ike)) == (2, 1)
+    assert wire.plain == [lines[5]]
+    assert wire.cluster_ip == [lines[3]]
+    assert runner.read_wire(lines[:3], "10.42.0.10", "10.42.0.11").clean
 
 
 def test_without_esp_the_demo_reruns_itself_in_the_vm(monkeypatch, capsys):

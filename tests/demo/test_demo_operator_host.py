@@ -4,16 +4,18 @@ namespace serves the mesh API on the bridge address, and a pod reaches it with i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
+import socket
 
 import pytest
 from cryptography import x509
 
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
 from ipsec_mesh_operator.demo.netns import in_netns
-from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, Demo, load_config
+from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, Demo, load_config, read_wire
 from tests.operator.standalone_fixture import make_csr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
@@ -59,22 +61,63 @@ def test_pods_bootstrap_from_the_standalone_operator_over_the_bridge():
     assert demo.operator.process.poll() is not None
 
 
-def test_explain_on_the_node_reads_each_sidecars_status_inside_its_pod():
-    """Step 7 of the demo on the host kernel: mesh-mode sidecars serve /status only on 127.0.0.1:9741
-    in their pod; explain, run in the node namespace, reads it there (no ESP here, so no SA yet)."""
-    config = load_config(DEFAULT_CONFIG)
-    out = io.StringIO()
+@contextlib.contextmanager
+def pods_with_sidecars(config, out: io.StringIO):
+    """The demo's steps 1 to 3 (pods, the standalone operator, a ready sidecar in each pod); cleaned up after."""
     demo = Demo(config, out=out)
     try:
         demo.build_network()
         demo.start_operator()
         demo.start_sidecars()
-        demo.explain(config.pod("web"), config.pod("db"), expect_encrypted=True)
-        demo.explain(config.pod("intruder"), config.pod("web"), expect_encrypted=False)
+        yield demo
     finally:
         demo.cleanup()
+
+
+def test_explain_on_the_node_reads_each_sidecars_status_inside_its_pod():
+    """Step 8 of the demo on the host kernel: mesh-mode sidecars serve /status only on 127.0.0.1:9741
+    in their pod; explain, run in the node namespace, reads it there (no ESP here, so no SA yet)."""
+    config = load_config(DEFAULT_CONFIG)
+    out = io.StringIO()
+    with pods_with_sidecars(config, out) as demo:
+        demo.explain(config.pod("web"), config.pod("db"), expect_encrypted=True)
+        demo.explain(config.pod("intruder"), config.pod("web"), expect_encrypted=False)
     text = out.getvalue()
     assert "could not be read" not in text and "sidecar-not-ready" not in text, text
     assert "shop/web <-> shop/db: NOT ENCRYPTED" in text
     assert "shady/intruder <-> shop/web: NOT ENCRYPTED (one-sided)" in text, text
     assert "nothing left behind" in text
+
+
+def _connect(address: str, port: int) -> None:
+    """A TCP connection attempt that cannot complete here: the SYN is held for an SA this kernel cannot
+    install, or goes to the node, which answers nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect((address, port))
+        except OSError:
+            pass
+
+
+def test_the_service_step_on_the_host_kernel_nothing_leaves_web_for_the_cluster_ip():
+    """The Service step's wire claim without ESP: web's sidecar translates the db Service (TCP 80)
+    inside web, so a call to its ClusterIP leaves web addressed to db's pod IP (where the require
+    policy holds it for an SA this kernel cannot install), never to the ClusterIP; a call to a port
+    the Service does not have, made the same way, does cross the wire (the pod's default route leads
+    to the node, as in a cluster, and kube-proxy's business is left to it)."""
+    config = load_config(DEFAULT_CONFIG)
+    web, db = config.pod("web"), config.pod("db")
+    service = config.service_in_front_of(db)
+    out = io.StringIO()
+    with pods_with_sidecars(config, out) as demo:
+        assert demo.service_translation("web", service.key) == {"translated": True, "current": True, "error": ""}
+        assert demo.service_translation("intruder", service.key) is None
+        pcap = demo.start_capture("web", "service.pcap")
+        in_netns(demo.netns("web"), _connect, service.cluster_ip, service.port)
+        in_netns(demo.netns("web"), _connect, service.cluster_ip, 81)
+        lines = demo.stop_capture(pcap)
+    wire = read_wire(lines, web.ips[0], db.ips[0], cluster_ip=service.cluster_ip)
+    assert wire.plain == [], lines
+    assert wire.cluster_ip and all(f"{service.cluster_ip}.81:" in line for line in wire.cluster_ip), lines
+    assert "nothing left behind" in out.getvalue()

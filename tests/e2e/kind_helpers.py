@@ -78,6 +78,16 @@ def pod_ip(pod_json: str) -> str:
     raise OutputError(f"no IPv4 address among {ips}")
 
 
+def cluster_ip(service_json: str) -> str:
+    """The IPv4 ClusterIP of a Service from `kubectl get service -o json` (not headless, allocated)."""
+    try:
+        spec = json.loads(service_json)["spec"]
+        ips = spec.get("clusterIPs") or [spec["clusterIP"]]
+        return next(ip for ip in ips if ipaddress.ip_address(ip).version == 4)
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise OutputError("the Service has no IPv4 ClusterIP") from exc
+
+
 def condition(peering_json: str, kind: str) -> tuple[str, str, str] | None:
     """(status, reason, message) of one condition of an IPsecPeering, or None if absent."""
     conditions = json.loads(peering_json).get("status", {}).get("conditions") or []
@@ -116,6 +126,14 @@ def packets_captured(stdout: str, stderr: str) -> int:
     return sum(1 for line in stdout.splitlines() if line.strip())
 
 
+def wire_filters(client: str, server: str, cluster_ip: str | None = None) -> tuple[str, str]:
+    """tcpdump filters for a call from `client` to `server` (directly, or through a Service at
+    `cluster_ip`): ESP between the two pods, and plaintext TCP between them or to the ClusterIP,
+    which a pod that translates the Service itself never puts on the wire."""
+    plain = f"host {server}" if cluster_ip is None else f"(host {server} or host {cluster_ip})"
+    return f"esp and host {client} and host {server}", f"tcp and host {client} and {plain}"
+
+
 def xfrm_stat(text: str) -> dict[str, int]:
     """/proc/net/xfrm_stat of a network namespace: counter name -> value."""
     counters = {}
@@ -145,6 +163,16 @@ def http_server_pod(name: str, namespace: str, app: str) -> dict[str, Any]:
 
 def client_pod(name: str, namespace: str, app: str) -> dict[str, Any]:
     return busybox_pod(name, namespace, app, ["sleep", "86400"])
+
+
+def service(name: str, namespace: str, app: str, port: int, target_port: int) -> dict[str, Any]:
+    """A ClusterIP Service in front of the pods labelled `app`, TCP `port` to their `target_port`."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"type": "ClusterIP", "selector": {"app": app},
+                 "ports": [{"name": "http", "protocol": "TCP", "port": port, "targetPort": target_port}]},
+    }
 
 
 def pod_peering(name: str, namespace: str, app: str, peer_app: str, peer_namespace: str | None = None,

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import socket
 import struct
+import subprocess
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import yaml
 import kind_helpers as kh
 from ipsec_mesh_operator import crd
 from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.services import parse_service
 
 
 def test_kind_config_sets_both_subnets():
@@ -45,6 +47,27 @@ def test_pod_ip_prefers_ipv4_and_fails_clearly_without_one():
     for bad in ({"status": {}}, {"status": {"podIPs": [{"ip": "fd00::5"}]}}):
         with pytest.raises(kh.OutputError):
             kh.pod_ip(json.dumps(bad))
+
+
+def test_cluster_ip_reads_the_ipv4_cluster_ip_and_fails_clearly_without_one():
+    dual = {"spec": {"clusterIP": "fd00:96::a", "clusterIPs": ["fd00:96::a", "10.96.12.7"]}}
+    assert kh.cluster_ip(json.dumps(dual)) == "10.96.12.7"
+    assert kh.cluster_ip(json.dumps({"spec": {"clusterIP": "10.96.0.20"}})) == "10.96.0.20"
+    for bad in ({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}}, {"spec": {}},
+                {"spec": {"clusterIPs": ["fd00:96::a"]}}, {"metadata": {}}):
+        with pytest.raises(kh.OutputError):
+            kh.cluster_ip(json.dumps(bad))
+
+
+def test_wire_filters_name_both_pods_and_the_cluster_ip_and_compile():
+    esp, plain = kh.wire_filters("10.244.0.5", "10.244.0.6", "10.96.12.7")
+    assert esp == "esp and host 10.244.0.5 and host 10.244.0.6"
+    assert plain == "tcp and host 10.244.0.5 and (host 10.244.0.6 or host 10.96.12.7)"
+    assert kh.wire_filters("10.244.0.5", "10.244.0.6")[1] == "tcp and host 10.244.0.5 and host 10.244.0.6"
+    # tcpdump (scripts/setup.sh installs it) compiles them, as the node's tcpdump will.
+    for bpf in (esp, plain, "tcp and hots 10.244.0.5"):
+        compiled = subprocess.run(["tcpdump", "-d", "-y", "EN10MB", bpf], capture_output=True, text=True, timeout=30)
+        assert (compiled.returncode == 0) == ("hots" not in bpf), compiled.stderr
 
 
 def test_condition_and_secret_value_and_injected_sidecar():
@@ -92,6 +115,11 @@ def test_manifests_are_valid_peerings_and_pods():
     grab = parse_peering("outside", "grab", peerings[0]["spec"])
     assert grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "shop"})
     assert not grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "outside"})
+    # The Service, as the operator parses it; its port is named, so its EndpointSlices' ports match it.
+    manifest = kh.service("db", "shop", "db", 80, 8080)
+    assert "clusterIP" not in manifest["spec"]  # the API server allocates it; parse it as it comes back
+    entry = parse_service({**manifest, "spec": {**manifest["spec"], "clusterIP": "10.96.12.7"}})
+    assert (entry.key, [(p.name, p.protocol.value, p.port) for p in entry.ports]) == ("shop/db", [("http", "TCP", 80)])
     server = kh.http_server_pod("db", "shop", "db")
     assert server["spec"]["containers"][0]["name"] == "db"  # `kubectl exec POD -c POD` relies on it
     assert [doc["kind"] for doc in yaml.safe_load_all(kh.to_yaml(server, peerings[0]))] == ["Pod", "IPsecPeering"]

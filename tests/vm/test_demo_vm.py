@@ -15,7 +15,7 @@ def _namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
+def test_demo_shows_esp_only_also_through_the_service_outsider_refused_and_a_rekey():
     before = _namespaces()
     result = subprocess.run([sys.executable, "-m", "ipsec_mesh_operator.cli", "demo", "--no-vm"],
                             capture_output=True, text=True, timeout=1500)
@@ -29,6 +29,16 @@ def test_demo_shows_esp_only_outsider_refused_and_a_rekey():
     assert "✔ ping web -> db answered" in out
     assert "256 KiB over TCP from web to db arrived intact" in out
     assert "ESP SA  in " in out and "aes256gcm16-esn" in out and "transport" in out
+    # web calls db through its Service: the ClusterIP is translated inside web, the call lands on db's pod
+    # IP and target port, web's socket still sees the ClusterIP, and only ESP crosses the wire for it.
+    assert "✔ web's sidecar translates shop/db in web's pod" in out
+    assert ("✔ web asked the Service shop/db at 10.96.0.10:80; db accepted at 10.42.0.11:7000 from 10.42.0.10"
+            " and its 256 KiB answer arrived intact; web's socket was connected to 10.96.0.10:80") in out
+    service_wire = next(line for line in out.splitlines() if "on the wire next to web during the Service call" in line)
+    # e.g. "... : 14 ESP packets between web and db, 0 in plaintext, 0 to or from the ClusterIP 10.96.0.10"
+    assert service_wire.endswith(", 0 in plaintext, 0 to or from the ClusterIP 10.96.0.10"), service_wire
+    assert int(service_wire.split("call:")[1].split("ESP")[0]) > 0
+    assert "0 packets left untranslated" in out
     assert "✔ intruder -> web: no answer" in out
     # web has no policy for intruder (shop never consented to shady's peering): it refuses the IKE.
     assert "✔ web refused" in out

@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 
-from ipsec_mesh.meshapi import PeerMapError, fields
+from ipsec_mesh.meshapi import PeerMapError, ServiceProtocol, fields
 
 from ..index import PodInfo
+from ..services import SliceInfo, parse_service
 from ..standalone.config import MAX_FILE_BYTES, StandaloneConfig, StandaloneConfigError, parse_config
 
 MAX_DEMO_PODS = 16
@@ -19,6 +20,17 @@ MAX_DEMO_PODS = 16
 
 class DemoError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class DemoService:
+    """A TCP port of a Service in front of a pod: what the demo calls instead of the pod's own address."""
+
+    key: str
+    cluster_ip: str
+    port: int
+    #: The pod's port behind it (the EndpointSlice's, so a named targetPort comes out resolved).
+    target_port: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,24 @@ class DemoConfig:
 
     def has_pod(self, name: str) -> bool:
         return any(pod.name == name for pod in self.mesh.pods)
+
+    def service_in_front_of(self, pod: PodInfo) -> DemoService | None:
+        """The first IPv4 TCP Service port of the YAML with `pod` behind it, or None."""
+        entries = {}
+        for kind, body in self.mesh.services:
+            if kind == "Service" and (entry := parse_service(body)) is not None:
+                entries[(entry.namespace, entry.name)] = entry
+        for kind, body in self.mesh.services:
+            piece = SliceInfo.from_body(body) if kind == "EndpointSlice" else None
+            entry = entries.get(piece.service_key) if piece is not None else None
+            if entry is None or pod.ips[0] not in {endpoint.text for endpoint in piece.endpoints}:
+                continue
+            cluster_ip = next((str(ip) for ip in entry.cluster_ips if ip.version == 4), None)
+            for port in entry.ports:
+                target = next((p.port for p in piece.ports if (p.name, p.protocol) == (port.name, port.protocol)), None)
+                if cluster_ip and target and port.protocol is ServiceProtocol.TCP:
+                    return DemoService(entry.key, cluster_ip, port.port, target)
+        return None
 
 
 def load_config(path: Path) -> DemoConfig:

@@ -9,7 +9,7 @@ import subprocess
 from ..netns import in_netns
 from .config import DemoError
 
-__all__ = ["accept_all", "in_netns", "kernel_has_esp", "listen", "send", "sh"]
+__all__ = ["accept_all", "answer_once", "ask", "in_netns", "kernel_has_esp", "listen", "send", "sh"]
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -63,3 +63,31 @@ def accept_all(listener: socket.socket, out: dict) -> None:
 def send(address: str, port: int, payload: bytes) -> None:
     with socket.create_connection((address, port), timeout=60) as s:
         s.sendall(payload)
+
+
+def answer_once(listener: socket.socket, reply: bytes, out: dict) -> None:
+    """Accept one connection, read its one-line request, send `reply`, close; what the kernel said into `out`."""
+    try:
+        conn, peer = listener.accept()
+        out["local"], out["peer"] = conn.getsockname()[:2], peer[:2]
+        with conn:
+            conn.settimeout(60)
+            request = b""
+            while not request.endswith(b"\n") and len(request) < 1024 and (chunk := conn.recv(1024)):
+                request += chunk
+            out["request"] = request
+            conn.sendall(reply)
+    except OSError:
+        pass
+    finally:
+        listener.close()
+
+
+def ask(address: str, port: int, request: bytes) -> tuple[tuple[str, int], bytes]:
+    """Send a one-line request, read the answer to its end; the address the socket was connected to, and the answer."""
+    with socket.create_connection((address, port), timeout=60) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return s.getpeername()[:2], b"".join(chunks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,19 +13,66 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..index import PodInfo
 from ..standalone.config import StandaloneConfigError
-from .config import DemoConfig, DemoError, load_config
-from .netns import accept_all, in_netns, kernel_has_esp, listen, send, sh
+from .config import DemoConfig, DemoError, DemoService, load_config
+from .netns import accept_all, answer_once, ask, in_netns, kernel_has_esp, listen, send, sh
 from .processes import START_TIMEOUT, Sidecar, StandaloneOperatorProcess
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
 
-__all__ = ["DEFAULT_CONFIG", "Demo", "DemoError", "kernel_has_esp", "load_config", "main"]
+__all__ = ["DEFAULT_CONFIG", "Demo", "DemoError", "Wire", "kernel_has_esp", "load_config", "main", "read_wire"]
+
+
+def _mentions(line: str, address: str) -> bool:
+    """Whether a tcpdump line names `address` as a whole (tcpdump writes ADDRESS or ADDRESS.PORT)."""
+    return re.search(rf"(?<![\d.]){re.escape(address)}(?:\.\d+)?(?=[ :,])", line) is not None
+
+
+@dataclass
+class Wire:
+    """What tcpdump saw between two pods, and to or from a ClusterIP (which must never be on the wire)."""
+
+    esp: list[str] = field(default_factory=list)
+    ike: list[str] = field(default_factory=list)
+    plain: list[str] = field(default_factory=list)
+    cluster_ip: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.plain and not self.cluster_ip
+
+
+def read_wire(lines: list[str], a: str, b: str, cluster_ip: str | None = None) -> Wire:
+    wire = Wire()
+    # IP packets only: ARP (who-has db tell web) names both addresses but is not IP traffic.
+    for line in (line for line in lines if " ARP," not in line):
+        if cluster_ip is not None and _mentions(line, cluster_ip):
+            wire.cluster_ip.append(line)
+        elif _mentions(line, a) and _mentions(line, b):
+            if " ESP(" in line:
+                wire.esp.append(line)
+            elif ".500:" in line or ".4500:" in line or "isakmp" in line.lower():
+                wire.ike.append(line)
+            else:
+                wire.plain.append(line)
+    return wire
+
+
+@dataclass
+class Call:
+    """A request and its answer over TCP, as both ends' kernels saw them."""
+
+    intact: bool
+    #: Where the client's socket was connected to, and where the server accepted it (address, port).
+    client_peer: tuple[str, int] | None
+    server_local: tuple[str, int] | None
+    server_peer: tuple[str, int] | None
 
 
 class Demo:
@@ -70,6 +118,8 @@ class Demo:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
             sh("ip", "-n", ns, "addr", "add", f"{pod.ips[0]}/{prefix}", "dev", "eth0")
+            # As in a cluster: all else (a ClusterIP the pod does not translate) goes to the node.
+            sh("ip", "-n", ns, "route", "add", "default", "via", self.config.node_address)
 
     # the operator
     def start_operator(self) -> dict:
@@ -132,8 +182,29 @@ class Demo:
         thread.join(60)
         return received.get("data") == payload
 
-    def start_capture(self, pod: str) -> Path:
-        pcap = self.workdir / "wire.pcap"
+    def request(self, client: str, server: PodInfo, port: int, to: tuple[str, int], size: int = 256 * 1024) -> Call:
+        """`client` sends a one-line request to `to`; `server`, listening on its pod IP and `port`,
+        answers `size` bytes."""
+        reply = os.urandom(size)
+        listener = in_netns(self.netns(server.name), listen, server.ips[0], port)
+        served: dict = {}
+        thread = threading.Thread(target=answer_once, args=(listener, reply, served), daemon=True)
+        thread.start()
+        try:
+            client_peer, answer = in_netns(self.netns(client), ask, *to, b"GET /\n")
+        except OSError as exc:
+            self.say(f"  ✘ {client} -> {to[0]}:{to[1]}: {exc}")
+            client_peer, answer = None, b""
+        thread.join(60)
+        return Call(answer == reply, client_peer, served.get("local"), served.get("peer"))
+
+    def service_translation(self, pod: str, key: str) -> dict | None:
+        """What `pod`'s sidecar reports (its /status) about translating Service `key`; None if not asked to."""
+        services = ((self.sidecars[pod].status() or {}).get("dataplane") or {}).get("services") or {}
+        return (services.get("per_service") or {}).get(key)
+
+    def start_capture(self, pod: str, name: str = "wire.pcap") -> Path:
+        pcap = self.workdir / name
         self.capture = subprocess.Popen(
             ["ip", "netns", "exec", self.node, "tcpdump", "-i", self.veth(pod), "-n", "-U",
              "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,24 +223,24 @@ class Demo:
     def run(self) -> int:
         cfg = self.config
         self.say("ipsec-mesh demo: per-pod IKEv2 and transport-mode ESP, on this machine\n")
-        self.say(f"[1/8] pods on the pod network {cfg.network} (network namespaces on a bridge)")
+        self.say(f"[1/9] pods on the pod network {cfg.network} (network namespaces on a bridge)")
         self.build_network()
         for pod in cfg.pods:
             self.say(f"  ✔ {pod.name:9} {pod.ips[0]:15} namespace {pod.namespace}")
-        self.say(f"\n[2/8] the operator, standalone: pods and peerings from a YAML file instead of the Kubernetes API,"
+        self.say(f"\n[2/9] the operator, standalone: pods and peerings from a YAML file instead of the Kubernetes API,"
                  f"\n      the same mesh CA and mesh API over HTTPS, on the node's address {cfg.node_address}")
         overview = self.start_operator()
         self.say(f"  ✔ mesh API at {self.operator.url}; mesh CA {overview['ca']['active']}")
         for peering in overview["peerings"]:
             self.say(f"  ✔ peering {peering['namespace']}/{peering['name']}: members {', '.join(peering['members'])};"
                      f" peers {', '.join(peering['peers'])}; {peering['enforcement']}")
-        self.say("\n[3/8] a sidecar in every pod bootstraps from the mesh API: its own key, a CSR and the pod's"
+        self.say("\n[3/9] a sidecar in every pod bootstraps from the mesh API: its own key, a CSR and the pod's"
                  "\n      token for a certificate, then the peer map; policies first, then IKE on UDP 500/4500")
         self.start_sidecars()
-        self.say("\n[4/8] where each pod's certificate came from (the key never left the pod)")
+        self.say("\n[4/9] where each pod's certificate came from (the key never left the pod)")
         self.show_certificates()
         web, db = cfg.pod("web"), cfg.pod("db")
-        self.say("\n[5/8] web talks to db: the first packet makes the kernel ask for an SA (ACQUIRE)")
+        self.say("\n[5/9] web talks to db: the first packet makes the kernel ask for an SA (ACQUIRE)")
         pcap = self.start_capture("web")
         started = time.monotonic()
         ok_ping = self.ping("web", db, count=3, deadline=60)
@@ -185,7 +256,7 @@ class Demo:
                 self.say(f"  ESP SA  in {child['inbound_spi']} / out {child['outbound_spi']}  {child['algorithm']}"
                          f"  {child['mode']}")
         intruder = cfg.pod("intruder") if cfg.has_pod("intruder") else None
-        self.say("\n[6/8] the intruder (valid mesh certificate, its own peering names web; shop never agreed)"
+        self.say("\n[6/9] the intruder (valid mesh certificate, its own peering names web; shop never agreed)"
                  " tries web")
         ok_intruder = True
         if intruder is not None:
@@ -196,29 +267,61 @@ class Demo:
             self.say(f"  {'✔' if refused else '✘'} web refused {refused} IKE_SA_INIT from {intruder.ips[0]}:"
                      " not a peer")
         lines = self.stop_capture(pcap)
-        # IP packets only: ARP (who-has db tell web) names both addresses but is not IP traffic.
-        lines = [line for line in lines if " ARP," not in line]
-        between = [line for line in lines if web.ips[0] in line and db.ips[0] in line]
-        esp = [line for line in between if " ESP(" in line]
-        ike = [line for line in between if ".500:" in line or ".4500:" in line or "isakmp" in line.lower()]
-        plain = [line for line in between if line not in esp and line not in ike]
-        leaked = [line for line in lines if intruder and intruder.ips[0] in line and web.ips[0] in line
-                  and "ICMP" in line and " ESP(" not in line]
-        self.say(f"  on the wire next to web: {len(esp)} ESP packets and {len(ike)} IKE packets between web and db,"
-                 f" {len(plain)} in plaintext; {len(leaked)} plaintext packets between intruder and web")
-        for line in (plain + leaked)[:5]:
+        wire = read_wire(lines, web.ips[0], db.ips[0])
+        leaked = read_wire(lines, intruder.ips[0], web.ips[0]).plain if intruder else []
+        leaked = [line for line in leaked if "ICMP" in line]
+        self.say(f"  on the wire next to web: {len(wire.esp)} ESP packets and {len(wire.ike)} IKE packets between web"
+                 f" and db, {len(wire.plain)} in plaintext; {len(leaked)} plaintext packets between intruder and web")
+        for line in (wire.plain + leaked)[:5]:
             self.say(f"    plaintext: {line}")
-        self.say("\n[7/8] what an operator asks: `ipsec-mesh explain` (the operator's overview, and each sidecar's"
+        service = cfg.service_in_front_of(db)
+        ok_service = service is None or self.call_service(web, db, service)
+        self.say("\n[8/9] what an operator asks: `ipsec-mesh explain` (the operator's overview, and each sidecar's"
                  "\n      /status read inside its pod's namespace: it is not served on the pod network)")
         ok_explain = self.explain(web, db, expect_encrypted=True)
         if intruder is not None:
             ok_explain = self.explain(intruder, web, expect_encrypted=False) and ok_explain
-        self.say("\n[8/8] a rekey, live: the CHILD_SA lifetime is short; pings keep flowing")
+        self.say("\n[9/9] a rekey, live: the CHILD_SA lifetime is short; pings keep flowing")
         ok_rekey = self.watch_rekey(db)
-        ok = ok_ping and ok_tcp and ok_intruder and not plain and not leaked and ok_explain and ok_rekey
-        self.say("\n" + ("✔ done: only ESP between the peered pods, the outsider refused, a rekey seen"
+        ok = ok_ping and ok_tcp and ok_intruder and wire.clean and not leaked and ok_service and ok_explain \
+            and ok_rekey
+        self.say("\n" + ("✔ done: only ESP between the peered pods, also through the Service; the outsider refused;"
+                          " a rekey seen"
                          if ok else "✘ something did not go as expected (see above)"))
         return 0 if ok else 1
+
+    def call_service(self, web: PodInfo, db: PodInfo, service: DemoService) -> bool:
+        """web calls db as applications do, through its Service's ClusterIP: web's sidecar translates it
+        inside web's pod (nftables), so the call leaves web addressed to db's pod IP and is encrypted."""
+        self.say(f"\n[7/9] web calls db through its Service, as applications do: {service.key} at"
+                 f" {service.cluster_ip}:{service.port}\n      (web's sidecar translates the ClusterIP inside web's pod,"
+                 " so the call leaves web addressed to db's pod IP and its policy applies)")
+        pcap = self.start_capture("web", "service.pcap")
+        call = self.request(web.name, db, service.target_port, (service.cluster_ip, service.port))
+        wire = read_wire(self.stop_capture(pcap), web.ips[0], db.ips[0], cluster_ip=service.cluster_ip)
+        translation = self.service_translation(web.name, service.key) or {}
+        untranslated = ((self.sidecars[web.name].status() or {}).get("dataplane") or {}).get(
+            "services", {}).get("untranslated_packets")
+        translated = bool(translation.get("translated") and translation.get("current"))
+        self.say(f"  {'✔' if translated else '✘'} web's sidecar translates {service.key} in web's pod"
+                 f" (nftables table inet ipsec_mesh_svc; {untranslated} packets left untranslated)"
+                 + (f": {translation.get('error') or 'not in its peer map'}" if not translated else ""))
+        landed = call.server_local == (db.ips[0], service.target_port) and call.server_peer is not None \
+            and call.server_peer[0] == web.ips[0]
+        seen = call.client_peer == (service.cluster_ip, service.port)
+        ok_call = call.intact and landed and seen
+        at = f"{call.server_local[0]}:{call.server_local[1]}" if call.server_local else "nowhere"
+        source = call.server_peer[0] if call.server_peer else "?"
+        peer = f"{call.client_peer[0]}:{call.client_peer[1]}" if call.client_peer else "nothing"
+        self.say(f"  {'✔' if ok_call else '✘'} web asked the Service {service.key} at {service.cluster_ip}:{service.port};"
+                 f" db accepted at {at} from {source} and its 256 KiB answer"
+                 f" {'arrived intact' if call.intact else 'did not arrive intact'}; web's socket was connected to {peer}")
+        self.say(f"  on the wire next to web during the Service call: {len(wire.esp)} ESP packets between web and db,"
+                 f" {len(wire.plain)} in plaintext, {len(wire.cluster_ip)} to or from the ClusterIP"
+                 f" {service.cluster_ip}")
+        for line in (wire.plain + wire.cluster_ip)[:5]:
+            self.say(f"    plaintext: {line}")
+        return translated and untranslated == 0 and ok_call and wire.clean and bool(wire.esp)
 
     def explain(self, a: PodInfo, b: PodInfo, expect_encrypted: bool) -> bool:
         """`ipsec-mesh explain A B --standalone STATE_DIR`, run where an operator would: on the node."""
