@@ -4,12 +4,15 @@
     ipsec-mesh peerings [-n NS | -A] [--sas] [--json]  peerings: members, peers, SAs, conditions
     ipsec-mesh explain NS/POD NS/POD [--json]          is traffic between two pods encrypted? if not, why
     ipsec-mesh explain NS/POD svc/NS/NAME [--json]     the same for a pod's calls to a Service, per endpoint
+    ipsec-mesh explain NS/POD remote/NS/PEERING/REMOTE[/ADDRESS] [--json]
+    ipsec-mesh explain NS/POD ADDRESS [--json]         the same with a peer in another cluster (by the
+                                                       peering's remote, or an address in a remote's CIDRs)
     ipsec-mesh standalone --config FILE --state-dir DIR --listen IP:PORT
                                                        the operator without Kubernetes (docs/standalone.md)
 
 peerings and explain read the cluster of the current kubeconfig (--kubeconfig,
 --context), or a standalone operator with --standalone STATE_DIR.
-explain exits 0 when the pair (or every serving endpoint of the Service) is
+explain exits 0 when the pair (or every serving endpoint of the Service, or the remote) is
 encrypted, 1 when it is not, 2 on usage
 errors, 3 when the facts cannot be collected.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import sys
 
 #: Commands that parse their own arguments: the module (in this package) whose main() runs them.
@@ -32,8 +36,24 @@ def _pod_ref(text: str) -> tuple[str, str]:
     return namespace, name
 
 
-def _target(text: str) -> tuple[str, str] | tuple[str, str, str]:
-    """NS/POD, or svc/NS/NAME for a Service."""
+def _target(text: str) -> tuple[str, ...]:
+    """NS/POD, svc/NS/NAME for a Service, remote/NS/PEERING/REMOTE[/ADDRESS] or an address for a remote peer."""
+    try:
+        return "remote", "", "", str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text.startswith("remote/"):
+        parts = text[len("remote/"):].split("/")
+        address = ""
+        if len(parts) == 4:
+            try:
+                address = str(ipaddress.ip_address(parts.pop()))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r}: {parts[-1]!r} is not an IP address") from None
+        if len(parts) != 3 or not all(parts):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a remote peer as remote/NAMESPACE/PEERING/REMOTE"
+                                             "[/ADDRESS]")
+        return "remote", f"{parts[0]}/{parts[1]}", parts[2], address
     if text.startswith("svc/"):
         namespace, _, name = text[4:].partition("/")
         if not namespace or not name or "/" in name:
@@ -57,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     peerings.add_argument("--sas", action="store_true", help="also ask the sidecars in scope for their SAs")
     explain = commands.add_parser("explain", parents=[common], help="why two pods' traffic is (not) encrypted")
     explain.add_argument("a", type=_pod_ref, metavar="NS/POD")
-    explain.add_argument("b", type=_target, metavar="NS/POD|svc/NS/NAME")
+    explain.add_argument("b", type=_target, metavar="NS/POD|svc/NS/NAME|remote/NS/PEERING/REMOTE[/ADDRESS]|ADDRESS")
     return parser
 
 
@@ -94,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _explain(source, args: argparse.Namespace) -> int:
     from . import render
-    from .diagnose import explain, explain_service
+    from .diagnose import RemoteTarget, explain, explain_remote, explain_service
 
-    if len(args.b) == 3:
+    if len(args.b) == 4:  # ("remote", peering or "", remote or "", address or "")
+        target = RemoteTarget(*(part or None for part in args.b[1:]))
+        verdict = explain_remote(source.facts([args.a]), args.a, target)
+        print(render.verdict_json(verdict) if args.json else render.verdict_text(verdict))
+    elif len(args.b) == 3:
         key = args.b[1:]
         verdict = explain_service(source.service_facts(args.a, key), args.a, key)
         print(render.service_verdict_json(verdict) if args.json else render.service_verdict_text(verdict))

@@ -9,18 +9,20 @@ answer names the most specific reason and one thing a person can do about it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .config import INJECT_LABEL
-from .facts import Facts, PeeringFacts, PodFacts, PodKey, ServiceFacts
+from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
 from .pairing import describe_roles, listing_peerings, parsed_peerings, roles_of, strictness
 from .peering import PeeringSpec
 
 INJECT_ENABLED = "enabled"
 #: CHILD_SA states in which packets are protected both ways.
 LIVE_CHILD_STATES = ("installed", "rekeying", "inbound-only")
+MAX_ERROR_TEXT = 300  # a sidecar's error is its own text: bounded before it reaches a verdict
 
 
 class Reason(str, enum.Enum):
@@ -47,6 +49,8 @@ class Reason(str, enum.Enum):
     ENDPOINTS_NOT_PEERS = "endpoints-not-peers"
     ENDPOINT_NOT_ENCRYPTED = "endpoint-not-encrypted"
     SERVICE_NOT_TRANSLATED = "service-not-translated"
+    # A pod and a remote cluster's peer (explain_remote).
+    REMOTE_NOT_FOUND = "remote-not-found"
 
 
 #: The sidecar's failure labels (agent.runtime._failure_reason) mapped to reasons.
@@ -89,6 +93,8 @@ class SaInfo:
     age: float | None
     #: Unix time it was established (collection time minus age).
     since: float | None
+    #: The identity the peer proved.
+    remote_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,15 @@ class Verdict:
 # ---- what the sidecars report ------------------------------------------------------
 
 
-def _sas_between(pod: PodFacts, other: PodFacts, collected_at: float) -> list[SaInfo]:
+AddressTest = Callable[[str], bool]
+
+
+def _any_of(ips: tuple[str, ...]) -> AddressTest:
+    return set(ips).__contains__
+
+
+def _sas_with(pod: PodFacts, wanted: AddressTest, collected_at: float) -> list[SaInfo]:
+    """Live SAs in `pod`'s sidecar whose remote traffic selector is an address `wanted` accepts."""
     status = pod.status or {}
     clock = status.get("clock")
     found = []
@@ -129,7 +143,7 @@ def _sas_between(pod: PodFacts, other: PodFacts, collected_at: float) -> list[Sa
         for child in sa.get("children") or []:
             if child.get("state") not in LIVE_CHILD_STATES:
                 continue
-            if not set(child.get("remote_ts") or ()) & set(other.ips):
+            if not any(wanted(str(ts)) for ts in child.get("remote_ts") or ()):
                 continue
             established = sa.get("established_at")
             age = round(clock - established, 1) if isinstance(clock, (int, float)) and isinstance(
@@ -139,21 +153,24 @@ def _sas_between(pod: PodFacts, other: PodFacts, collected_at: float) -> list[Sa
                 esp_algorithm=child.get("algorithm"), inbound_spi=str(child.get("inbound_spi", "")),
                 outbound_spi=str(child.get("outbound_spi", "")), encap=bool(child.get("encap")), age=age,
                 since=round(collected_at - age, 1) if age is not None and collected_at else None,
+                remote_id=sa.get("remote_id"),
             ))
     return found
 
 
-def _connecting(pod: PodFacts, other: PodFacts) -> bool:
+def _connecting(pod: PodFacts, wanted: AddressTest) -> bool:
     for sa in (pod.status or {}).get("ike_sas") or []:
         remote = str(sa.get("remote", "")).split("[", 1)[0]
-        if sa.get("state") == "connecting" and remote in other.ips:
+        if sa.get("state") == "connecting" and wanted(remote):
             return True
     return False
 
 
-def _failures(pod: PodFacts, other: PodFacts) -> list[tuple[str, Mapping[str, Any]]]:
+def _failures(pod: PodFacts, wanted: AddressTest) -> list[tuple[str, Mapping[str, Any]]]:
     records = (pod.status or {}).get("last_failures") or {}
-    return [(pod.ref, records[ip]) for ip in other.ips if isinstance(records.get(ip), Mapping)]
+    if not isinstance(records, Mapping):
+        return []
+    return [(pod.ref, record) for ip, record in records.items() if isinstance(record, Mapping) and wanted(str(ip))]
 
 
 def _status_problem(pod: PodFacts) -> str | None:
@@ -179,28 +196,34 @@ class _Explainer:
         return Verdict(self.a_ref, self.b_ref, reason, summary, action, traffic, **extra)
 
     def run(self) -> Verdict:
-        pods = [self.facts.pods.get(self.a_key), self.facts.pods.get(self.b_key)]
-        for key, pod in zip((self.a_key, self.b_key), pods):
+        problem = self._pods_problem((self.a_key, self.b_key))
+        if problem is not None:
+            return problem
+        return self._with_sidecars(self.facts.pods[self.a_key], self.facts.pods[self.b_key])
+
+    def _pods_problem(self, keys: tuple[PodKey, ...]) -> Verdict | None:
+        """Why the pods cannot be asked yet: missing, no address, no sidecar, sidecar not ready."""
+        pods = [self.facts.pods.get(key) for key in keys]
+        for key, pod in zip(keys, pods):
             if pod is None:
                 ref = "/".join(key)
                 return self.verdict(Reason.POD_NOT_FOUND, f"pod {ref} does not exist",
                                     f"check the name: kubectl get pods -n {key[0]}", Traffic.UNKNOWN)
-        a, b = pods
-        for pod in (a, b):
+        for pod in pods:
             if not pod.ips or pod.phase not in ("Running", "Pending"):
                 return self.verdict(Reason.POD_NOT_RUNNING, f"pod {pod.ref} has no IP address (phase {pod.phase})",
                                     f"kubectl describe pod -n {pod.namespace} {pod.name}", Traffic.UNKNOWN)
-        for pod in (a, b):
+        for pod in pods:
             if not (pod.injected and pod.has_sidecar):
                 return self._no_sidecar(pod)
-        for pod in (a, b):
+        for pod in pods:
             problem = _status_problem(pod)
             if problem is not None:
                 return self.verdict(
                     Reason.SIDECAR_NOT_READY, problem,
                     f"kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh; kubectl describe pod -n "
                     f"{pod.namespace} {pod.name} (startup probe)", Traffic.UNKNOWN)
-        return self._with_sidecars(a, b)
+        return None
 
     def _no_sidecar(self, pod: PodFacts) -> Verdict:
         ns_opted_in = self.facts.namespace_labels(pod.namespace).get(INJECT_LABEL) == INJECT_ENABLED
@@ -251,17 +274,18 @@ class _Explainer:
         unusable = self._unusable(peerings)
         if unusable is not None:
             return self.verdict(Reason.PEERING_NOT_READY, unusable[0], unusable[1], blocked, **common)
-        sas = _sas_between(a, b, self.facts.collected_at) + _sas_between(b, a, self.facts.collected_at)
+        sas = _sas_with(a, _any_of(b.ips), self.facts.collected_at) + _sas_with(b, _any_of(a.ips),
+                                                                                 self.facts.collected_at)
         if sas:
             return self._encrypted(a, b, sas, common)
         one_sided = self._one_sided(a, b)
         if one_sided is not None:
             return self.verdict(Reason.ONE_SIDED, one_sided[0], one_sided[1], blocked, details=one_sided[2],
                                 **common)
-        failures = _failures(a, b) + _failures(b, a)
+        failures = _failures(a, _any_of(b.ips)) + _failures(b, _any_of(a.ips))
         if failures:
             return self._failed(a, b, failures, specs, peerings, blocked, common)
-        if _connecting(a, b) or _connecting(b, a):
+        if _connecting(a, _any_of(b.ips)) or _connecting(b, _any_of(a.ips)):
             return self.verdict(Reason.NEGOTIATING, f"IKE between {a.ref} and {b.ref} is under way",
                                 "ask again in a few seconds", blocked, **common)
         if enforcement == "prefer":
@@ -386,6 +410,209 @@ def explain(facts: Facts, a: PodKey, b: PodKey) -> Verdict:
     return _Explainer(facts, a, b).run()
 
 
+# ---- a pod and a remote cluster's peer ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteTarget:
+    """`remote/NS/PEERING/NAME[/ADDRESS]` (a named remote), or a bare address in some remote's CIDRs."""
+
+    peering: str | None = None
+    remote: str | None = None
+    address: str | None = None
+
+    @property
+    def ref(self) -> str:
+        if self.peering is None:
+            return str(self.address)
+        return "/".join(["remote", self.peering, str(self.remote)] + ([self.address] if self.address else []))
+
+
+def remotes_of(peering: PeeringFacts, spec: PeeringSpec | None) -> tuple[RemoteFacts, ...]:
+    """The remote clusters a peering names: as the operator reported them, else from its spec."""
+    if peering.remotes is not None:
+        return peering.remotes
+    if spec is None:
+        return ()
+    return tuple(RemoteFacts(r.name, r.cidrs, r.identities, r.trust) for r in spec.remotes)
+
+
+def bundle_state(peering: PeeringFacts, remote: RemoteFacts, now: float) -> tuple[bool | None, str]:
+    """(fresh?, what the operator says) about the trust bundle it holds for `remote`; None: not federated."""
+    if remote.trust == "trustBundle":
+        return None, (f"remote {remote.name}: trust bundle copied by hand (remote.trustBundle): nobody can tell "
+                      "whether it is current; it must hold the remote mesh CA now in use")
+    if remote.trust != "federation":
+        return None, f"remote {remote.name}: pre-shared key (remote.pskSecretRef)"
+    entry = peering.federation(remote.name)
+    if entry is None:
+        return False, (f"remote {remote.name}: federated, but the operator reports nothing about its bundle yet "
+                       f"(TrustBundlesFresh unknown)")
+    where = f"{entry.get('trustDomain')} from {entry.get('endpoint')}"
+    fetched = entry.get("fetchedAt")
+    ago = f"{now - fetched:.0f}s ago" if isinstance(fetched, (int, float)) and now else "never"
+    if entry.get("fresh") is True:
+        return True, f"remote {remote.name}: bundle of {where} fresh, fetched {ago} ({entry.get('authorities')} CA(s))"
+    error = str(entry.get("lastError") or "no reason given")[:MAX_ERROR_TEXT]
+    state = "never fetched, the members use the bootstrap bundle" if fetched is None else f"stale, fetched {ago}"
+    return False, (f"remote {remote.name}: bundle of {where} {state}; {entry.get('failures', 0)} failed "
+                   f"attempt(s), last: {error}")
+
+
+class _RemoteExplainer(_Explainer):
+    def __init__(self, facts: Facts, pod: PodKey, target: RemoteTarget):
+        super().__init__(facts, pod, pod)
+        self.target = target
+        self.b_ref = target.ref
+
+    def run(self) -> Verdict:
+        problem = self._pods_problem((self.a_key,))
+        if problem is not None:
+            return problem
+        pod = self.facts.pods[self.a_key]
+        specs, _ = parsed_peerings(self.facts)
+        found = self._governing(pod, specs)
+        if isinstance(found, Verdict):
+            return found
+        peering, remote = found
+        member_of = roles_of(pod, specs, self.facts).member_of
+        if peering.ref not in member_of:
+            return self.verdict(
+                Reason.NO_PEERING,
+                f"{pod.ref} is not a member of {peering.ref}: only the pods its selector picks get a policy for "
+                f"remote {remote.name} ({', '.join(map(str, remote.cidrs))})",
+                f"make {peering.ref}'s selector pick {pod.ref}, or create a peering that does", Traffic.PLAINTEXT,
+                peerings=(peering.ref,))
+        unusable = self._unusable((peering.ref,))
+        enforcement = self._remote_enforcement(peering, specs)
+        blocked = Traffic.BLOCKED if enforcement == "require" else Traffic.PLAINTEXT
+        common = {"enforcement": enforcement, "peerings": (peering.ref,)}
+        if unusable is not None:
+            return self.verdict(Reason.PEERING_NOT_READY, unusable[0], unusable[1], blocked, **common)
+        fresh, bundle = bundle_state(peering, remote, self.facts.collected_at)
+        address = self.target.address
+        wanted: AddressTest = (lambda ip: ip == address) if address else (lambda ip: _covers(remote, ip))
+        towards = address or f"remote {remote.name} ({', '.join(map(str, remote.cidrs))})"
+        details = (bundle,)
+        sas = _sas_with(pod, wanted, self.facts.collected_at)
+        if sas:
+            first = sas[0]
+            details = tuple(
+                f"{sa.reported_by}: IKE {sa.ike_sa} with {sa.remote_id} {sa.ike_algorithm}; ESP {sa.esp_algorithm} "
+                f"SPIs in {sa.inbound_spi} out {sa.outbound_spi}{' (UDP-encapsulated)' if sa.encap else ''}"
+                for sa in sas) + details
+            return self.verdict(Reason.ENCRYPTED, f"encrypted: ESP {first.esp_algorithm}, IKE {first.ike_algorithm}, "
+                                f"peer {first.remote_id}", "nothing to do", Traffic.ENCRYPTED, details=details,
+                                sas=tuple(sas), **common)
+        stale = self._stale_map(pod)
+        if stale is not None:
+            details += (stale[0],)
+        failures = _failures(pod, wanted)
+        if failures:
+            return self._remote_failed(pod, remote, failures, fresh, peering, specs, blocked, details, common)
+        if _connecting(pod, wanted):
+            return self.verdict(Reason.NEGOTIATING, f"IKE between {pod.ref} and {towards} is under way",
+                                "ask again in a few seconds", blocked, details=details, **common)
+        probe = address or "an address in the remote's CIDRs"
+        if enforcement == "prefer":
+            return self.verdict(
+                Reason.PLAINTEXT_FALLBACK, f"no SA between {pod.ref} and {towards}, and enforcement is prefer: "
+                "packets go in plaintext until IKE (started by the first packet) completes",
+                "send traffic and ask again; set spec.enforcement: require to fail closed instead",
+                Traffic.PLAINTEXT, details=details, **common)
+        return self.verdict(
+            Reason.NO_SA_YET, f"no SA between {pod.ref} and {towards} yet: none has been tried (IKE starts on the "
+            "first packet)", f"send traffic, e.g. kubectl exec -n {pod.namespace} {pod.name} -- ping -c1 {probe}, "
+            "and ask again", blocked, details=details, **common)
+
+    def _governing(self, pod: PodFacts, specs: Mapping[str, PeeringSpec]
+                   ) -> tuple[PeeringFacts, RemoteFacts] | Verdict:
+        """The peering and remote that decide about the target, or why there is none."""
+        target = self.target
+        if target.peering is not None:
+            peering = next((p for p in self.facts.peerings if p.ref == target.peering), None)
+            if peering is None:
+                return self.verdict(Reason.REMOTE_NOT_FOUND, f"IPsecPeering {target.peering} does not exist",
+                                    f"check the name: kubectl get ipsecpeerings -n {target.peering.split('/')[0]}",
+                                    Traffic.UNKNOWN)
+            remotes = remotes_of(peering, specs.get(peering.ref))
+            remote = next((r for r in remotes if r.name == target.remote), None)
+            if remote is None:
+                names = ", ".join(r.name for r in remotes) or "none"
+                return self.verdict(Reason.REMOTE_NOT_FOUND,
+                                    f"{peering.ref} names no remote {target.remote} (its remotes: {names})",
+                                    f"kubectl get ipsecpeering -n {peering.namespace} {peering.name} -o yaml",
+                                    Traffic.UNKNOWN, peerings=(peering.ref,))
+            if target.address is not None and _covers(remote, target.address) is None:
+                return self.verdict(
+                    Reason.REMOTE_NOT_FOUND, f"{target.address} is outside remote {remote.name}'s CIDRs "
+                    f"({', '.join(map(str, remote.cidrs))}): no policy of {peering.ref} covers it",
+                    f"add the remote cluster's pod CIDR to remote.cidrs of {peering.ref}", Traffic.UNKNOWN,
+                    peerings=(peering.ref,))
+            return peering, remote
+        member_of = roles_of(pod, specs, self.facts).member_of
+        covering = sorted(((p, r, _covers(r, target.address)) for p in self.facts.peerings
+                           for r in remotes_of(p, specs.get(p.ref)) if _covers(r, target.address) is not None),
+                          key=lambda c: (c[0].ref not in member_of, -c[2], strictness(c[0], specs.get(c[0].ref))))
+        if not covering:
+            return self.verdict(
+                Reason.NO_PEERING, f"no IPsecPeering names a remote cluster whose CIDRs hold {target.address}",
+                f"to encrypt with a pod of another cluster, create a peering in {pod.namespace} whose selector picks "
+                f"{pod.ref} and whose remote lists that cluster's pod CIDR (docs/cross-cluster.md)", Traffic.PLAINTEXT)
+        return covering[0][0], covering[0][1]  # a member's peering first, then longest prefix, then precedence
+
+    def _remote_enforcement(self, peering: PeeringFacts, specs: Mapping[str, PeeringSpec]) -> str:
+        peer_map = (self.facts.peer_maps or {}).get(self.a_key)
+        policy = peer_map.policy_for(self.target.address) if peer_map is not None and self.target.address else None
+        return policy.enforcement if policy is not None else self._setting(peering.ref, specs, "enforcement")
+
+    def _remote_failed(self, pod: PodFacts, remote: RemoteFacts, failures: list[tuple[str, Mapping[str, Any]]],
+                       fresh: bool | None, peering: PeeringFacts, specs: Mapping[str, PeeringSpec],
+                       traffic: Traffic, details: tuple[str, ...], common: dict[str, Any]) -> Verdict:
+        _, record = max(failures, key=lambda f: f[1].get("at") or 0)
+        reason = FAILURE_REASONS.get(str(record.get("reason")), Reason.NEGOTIATION_FAILED)
+        details = tuple(f"{who}: {r.get('reason')} x{r.get('count', 1)}: {str(r.get('message', ''))[:MAX_ERROR_TEXT]}"
+                        for who, r in failures) + details
+        identities = ", ".join(remote.identities) or "none listed"
+        other_side = ("the remote cluster's own peering must pick that pod and list this cluster's CIDRs and "
+                      "identities (ask ipsec-mesh explain there, about this pod's address)")
+        if reason is Reason.AUTH_FAILED and remote.trust == "federation" and not fresh:
+            action = (f"the bundle of remote {remote.name} is not current: make its bundle endpoint reachable from "
+                      "this operator and check the trust domain and bootstrap bundle (TrustBundlesFresh in "
+                      f"kubectl describe ipsecpeering -n {peering.namespace} {peering.name}); then {other_side}")
+        elif reason is Reason.AUTH_FAILED and remote.trust == "psk":
+            action = AUTH_ACTIONS["psk"]
+        elif reason is Reason.AUTH_FAILED:
+            held = "the fetched bundle is fresh" if remote.trust == "federation" else "the copied trust bundle must be current"
+            action = (f"{held}: the peer's certificate must chain to it and name one of remote.identities "
+                      f"({identities}); {other_side}")
+        elif reason is Reason.TIMEOUT:
+            action = ("IKE (UDP 500 and 4500) gets no answer from the remote address: check the routes and "
+                      f"firewalls between the clusters (no NAT of pod addresses), and that {other_side}")
+        elif reason is Reason.NO_PROPOSAL_CHOSEN:
+            action = "make spec.proposals of the peerings in both clusters share at least one IKE and one ESP proposal"
+        else:
+            action = f"read the sidecar's log: kubectl logs -n {pod.namespace} {pod.name} -c ipsec-mesh"
+        summary = (f"the last negotiation between {pod.ref} and {self.target.ref} failed: "
+                   f"{str(record.get('message', ''))[:MAX_ERROR_TEXT]}")
+        return self.verdict(reason, summary, action, traffic, details=details, **common)
+
+
+def _covers(remote: RemoteFacts, ip: str) -> int | None:
+    try:
+        return remote.covers(ip)
+    except ValueError:
+        return None  # not an address (a sidecar's record key, say): covered by nothing
+
+
+def explain_remote(facts: Facts, pod: PodKey, target: RemoteTarget) -> Verdict:
+    """Is traffic between a pod and a remote cluster's peer encrypted, and if not, why: which peering and
+    remote govern it, whether that remote's trust bundle is fresh, what the pod's sidecar reports."""
+    if target.address is not None:
+        ipaddress.ip_address(target.address)  # the caller validated it; a bad one is a programming error
+    return _RemoteExplainer(facts, pod, target).run()
+
+
 # ---- a pod and a Service -------------------------------------------------------------
 
 
@@ -455,9 +682,6 @@ def _endpoints(facts: Facts, client: PodKey, service: ServiceFacts) -> tuple[End
         out.append(EndpointVerdict(address, tuple(ports), endpoint.ready, endpoint.serving, endpoint.terminating,
                                    pod.ref if pod is not None else None, peer, verdict))
     return tuple(out)
-
-
-MAX_ERROR_TEXT = 300  # a sidecar's error is its own text: bounded before it reaches a verdict
 
 
 def _untranslated(facts: Facts, client: PodKey, ref: str) -> tuple[str, Traffic] | None:

@@ -76,6 +76,35 @@ class PodFacts:
 
 
 @dataclass(frozen=True)
+class RemoteFacts:
+    """A remote cluster a peering names: where its pods are, what they may claim, how they are trusted."""
+
+    name: str
+    cidrs: tuple[IpNetwork, ...]
+    identities: tuple[str, ...] = ()
+    #: "federation" (fetched bundle), "trustBundle" (copied) or "psk".
+    trust: str = "psk"
+
+    def covers(self, ip: str) -> int | None:
+        """The longest prefix of this remote's CIDRs holding `ip`, None when none does."""
+        address = ipaddress.ip_address(ip)
+        lengths = [n.prefixlen for n in self.cidrs if n.version == address.version and address in n]
+        return max(lengths) if lengths else None
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> RemoteFacts:
+        """From an entry of the standalone overview's `remotes`."""
+        cidrs = []
+        for cidr in doc.get("cidrs") or []:
+            try:
+                cidrs.append(ipaddress.ip_network(str(cidr), strict=False))
+            except ValueError:
+                continue  # the operator validated them; a garbled one covers nothing
+        return cls(str(doc.get("name", "")), tuple(cidrs), tuple(str(i) for i in doc.get("identities") or []),
+                   str(doc.get("trust", "psk")))
+
+
+@dataclass(frozen=True)
 class PeeringFacts:
     namespace: str
     name: str
@@ -88,6 +117,8 @@ class PeeringFacts:
     #: Settings as the operator reports them, where there is no spec to read them from.
     auth: str | None = None
     enforcement: str | None = None
+    #: Remote clusters as the operator reports them; None: read them from the spec.
+    remotes: tuple[RemoteFacts, ...] | None = None
 
     @property
     def ref(self) -> str:
@@ -98,6 +129,13 @@ class PeeringFacts:
         meta = _mapping(body.get("metadata"))
         return cls(str(meta.get("namespace", "")), str(meta.get("name", "")),
                    _mapping(body.get("spec")), _mapping(body.get("status")))
+
+    def federation(self, remote: str) -> Mapping[str, Any] | None:
+        """The operator's report on a federated remote's bundle (status.federation), if any."""
+        for entry in self.status.get("federation") or []:
+            if isinstance(entry, Mapping) and entry.get("remote") == remote:
+                return entry
+        return None
 
     def condition(self, kind: str) -> Mapping[str, Any] | None:
         for entry in self.status.get("conditions") or []:

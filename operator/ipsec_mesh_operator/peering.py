@@ -73,6 +73,13 @@ class RemoteCluster:
     #: The remote operator's bundle endpoint (in place of a copied trust bundle).
     federation: FederationSpec | None = None
 
+    @property
+    def trust(self) -> str:
+        """How the remote's certificates are checked: a fetched bundle, a copied one, or a PSK."""
+        if self.federation is not None:
+            return "federation"
+        return "trustBundle" if self.trust_bundle_ref is not None else "psk"
+
 
 @dataclass(frozen=True)
 class PeeringSpec:

@@ -33,7 +33,7 @@ import urllib3
 from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
 from .admission import SIDECAR_NAME
-from .facts import Facts, PeeringFacts, PodFacts, PodKey, ServiceFacts
+from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
 from .netns import NetnsUnavailable, check_netns_name, in_netns
 from .peering import GROUP, PLURAL, VERSION
 from .services import SERVICE_NAME_LABEL
@@ -313,7 +313,9 @@ def facts_from_overview(doc: Mapping[str, Any], wanted: set[PodKey], namespace: 
             str(entry.get("namespace", "")), str(entry.get("name", "")), {},
             {"members": len(entry.get("members") or []), "peers": len(entry.get("peers") or []),
              "establishedSAs": int(health.get("established_sas") or 0),
-             "sidecarErrors": list(health.get("errors") or [])},
+             "sidecarErrors": list(health.get("errors") or []),
+             "federation": [f for f in entry.get("federation") or [] if isinstance(f, Mapping)]},
             members=tuple(entry.get("members") or ()), peers=tuple(entry.get("peers") or ()),
-            auth=entry.get("auth"), enforcement=entry.get("enforcement")))
+            auth=entry.get("auth"), enforcement=entry.get("enforcement"),
+            remotes=tuple(RemoteFacts.from_dict(r) for r in entry.get("remotes") or [] if isinstance(r, Mapping))))
     return Facts(pods, tuple(peerings), map_versions=versions, collected_at=time.time())

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import sidecar_statuses as scenarios
-from ipsec_mesh_operator.diagnose import Reason, Traffic, explain, explain_service
+from ipsec_mesh_operator.diagnose import Reason, RemoteTarget, Traffic, explain, explain_remote, explain_service
 from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
@@ -426,3 +426,117 @@ def test_service_translated_by_the_clients_sidecar_and_older_sidecars_are_judged
     # A hostile or broken status cannot make the verdict carry an unbounded text.
     huge = with_translation(base, {"prod/db": {"translated": False, "current": False, "error": "x" * 100000}})
     assert len(explain_service(huge, A, SVC).summary) < 400
+
+
+# ---- a pod and a remote cluster's peer (explain_remote) --------------------------------
+
+REMOTE_CIDR = scenarios.B_IP + "/32"  # db-0's address stands for a pod of cluster west
+FEDERATION = {"endpoint": "https://192.0.2.10:8444", "trustDomain": "west.example",
+              "bootstrapBundle": {"name": "west-bootstrap"}}
+TO_WEST = {"selector": {"matchLabels": {"app": "web"}}, "authentication": {"type": "certificate"},
+           "peers": [{"remote": {"name": "west", "cidrs": ["127.0.0.0/30", REMOTE_CIDR],
+                                 "identities": ["*.prod.pod.west.example"], "federation": FEDERATION}}]}
+WEST = ("prod/to-west", "west")
+
+
+def federation_report(*, fetched_at=None, error=None):
+    """status.federation as the operator writes it (RemoteState.to_status of the real Federation)."""
+    from ipsec_mesh_operator.federation import FederationSpec, RemoteState
+
+    spec = FederationSpec(FEDERATION["endpoint"], "west.example", ("ConfigMap", "west-bootstrap", "ca.crt"))
+    return [RemoteState(spec, ("pem",), ("pem", "pem2"), fetched_at=fetched_at, last_error=error,
+                        failures=0 if error is None else 3).to_status("west")]
+
+
+def remote_facts(status, *, spec=TO_WEST, report=None, peering_status=None, labels=("web",)):
+    pods = [PodFacts.from_pod(pod_body("web-0", scenarios.A_IP, labels[0]), status)]
+    status_doc = dict(peering_status or READY_STATUS, federation=report if report is not None
+                      else federation_report(fetched_at=990))
+    peerings = (PeeringFacts("prod", "to-west", spec, status_doc),)
+    return Facts({p.key: p for p in pods}, peerings, namespaces={"prod": {"ipsec-mesh.io/inject": "enabled"}},
+                 collected_at=1000.0)
+
+
+def explain_west(facts_, address=scenarios.B_IP, named=True):
+    target = RemoteTarget(*WEST, address) if named else RemoteTarget(address=address)
+    return explain_remote(facts_, A, target)
+
+
+def test_remote_encrypted_names_the_peering_the_peer_identity_and_a_fresh_bundle(statuses):
+    a_status, _ = statuses["established"]
+    for named in (True, False):
+        verdict = explain_west(remote_facts(a_status), named=named)
+        assert verdict.encrypted and verdict.peerings == ("prod/to-west",) and verdict.enforcement == "require"
+        assert verdict.sas[0].remote_id == a_status["ike_sas"][0]["remote_id"]
+        assert verdict.sas[0].remote_id in verdict.summary
+        assert any("bundle of west.example" in d and "fresh, fetched 10s ago (2 CA(s))" in d for d in verdict.details)
+    assert verdict.b == scenarios.B_IP
+    assert explain_west(remote_facts(a_status)).b == f"remote/prod/to-west/west/{scenarios.B_IP}"
+    # The whole remote: any SA with an address in its CIDRs.
+    assert explain_remote(remote_facts(a_status), A, RemoteTarget(*WEST)).encrypted
+    # Another address of the remote: this SA is not with it.
+    verdict = explain_west(remote_facts(a_status), address=scenarios.NOBODY_IP)
+    assert verdict.reason is Reason.NO_SA_YET and "ping -c1 127.0.0.3" in verdict.action
+
+
+def test_remote_auth_failure_with_a_stale_bundle_points_at_the_bundle_endpoint(statuses):
+    a_status, _ = statuses["auth_failed"]
+    stale = federation_report(fetched_at=400, error="unreachable: cannot connect: Connection refused")
+    verdict = explain_west(remote_facts(a_status, report=stale))
+    assert verdict.reason is Reason.AUTH_FAILED and verdict.traffic is Traffic.BLOCKED
+    assert "bundle of remote west is not current" in verdict.action and "TrustBundlesFresh" in verdict.action
+    assert any("stale, fetched 600s ago; 3 failed attempt(s), last: unreachable" in d for d in verdict.details)
+    never = federation_report(error="untrusted: TLS with the endpoint failed")
+    verdict = explain_west(remote_facts(a_status, report=never))
+    assert any("never fetched, the members use the bootstrap bundle" in d for d in verdict.details)
+    # With a fresh bundle, the hint is the peer's identity and the other side's peering.
+    verdict = explain_west(remote_facts(a_status))
+    assert verdict.reason is Reason.AUTH_FAILED and "fetched bundle is fresh" in verdict.action
+    assert "*.prod.pod.west.example" in verdict.action and "ask ipsec-mesh explain there" in verdict.action
+
+
+def test_remote_timeout_connecting_idle_and_prefer(statuses):
+    verdict = explain_west(remote_facts(statuses["timed_out"][0]))
+    assert verdict.reason is Reason.TIMEOUT and "routes and firewalls between the clusters" in verdict.action
+    assert explain_west(remote_facts(statuses["connecting"][0])).reason is Reason.NEGOTIATING
+    idle = explain_west(remote_facts(statuses["idle"][0]))
+    assert idle.reason is Reason.NO_SA_YET and idle.traffic is Traffic.BLOCKED
+    prefer = dict(TO_WEST, enforcement="prefer")
+    verdict = explain_west(remote_facts(statuses["idle_prefer"][0], spec=prefer))
+    assert verdict.reason is Reason.PLAINTEXT_FALLBACK and verdict.traffic is Traffic.PLAINTEXT
+
+
+def test_remote_not_governed_not_a_member_or_not_usable(statuses):
+    a_status, _ = statuses["established"]
+    facts_ = remote_facts(a_status)
+    missing = explain_remote(facts_, A, RemoteTarget("prod/nope", "west", None))
+    assert missing.reason is Reason.REMOTE_NOT_FOUND and "does not exist" in missing.summary
+    wrong = explain_remote(facts_, A, RemoteTarget("prod/to-west", "east", None))
+    assert wrong.reason is Reason.REMOTE_NOT_FOUND and "its remotes: west" in wrong.summary
+    outside = explain_west(facts_, address="10.9.9.9")
+    assert outside.reason is Reason.REMOTE_NOT_FOUND and "outside remote west's CIDRs" in outside.summary
+    nobody = explain_west(facts_, address="10.9.9.9", named=False)
+    assert nobody.reason is Reason.NO_PEERING and nobody.traffic is Traffic.PLAINTEXT
+    # The SA is there, but the pod is not a member: the verdict says so before reading SAs.
+    outsider = explain_west(remote_facts(a_status, labels=("batch",)), named=False)
+    assert outsider.reason is Reason.NO_PEERING and "not a member of prod/to-west" in outsider.summary
+    unusable = dict(READY_STATUS, conditions=[{"type": "KeysIssued", "status": "False", "reason": "NoCA",
+                                               "message": "mesh CA not loaded"}])
+    verdict = explain_west(remote_facts(a_status, peering_status=unusable))
+    assert verdict.reason is Reason.PEERING_NOT_READY and "mesh CA not loaded" in verdict.summary
+    not_ready = explain_west(remote_facts(dict(a_status, ready=False)))
+    assert not_ready.reason is Reason.SIDECAR_NOT_READY
+
+
+def test_remote_copied_bundle_and_psk_say_what_nobody_can_check(statuses):
+    a_status, _ = statuses["auth_failed"]
+    copied = {**TO_WEST, "peers": [{"remote": {"name": "west", "cidrs": [REMOTE_CIDR],
+                                               "identities": ["*.prod.pod.west.example"],
+                                               "trustBundle": {"name": "west-ca"}}}]}
+    verdict = explain_west(remote_facts(a_status, spec=copied, report=[]))
+    assert verdict.reason is Reason.AUTH_FAILED and "copied trust bundle must be current" in verdict.action
+    assert any("copied by hand" in d for d in verdict.details)
+    psk = {**TO_WEST, "authentication": {"type": "psk"},
+           "peers": [{"remote": {"name": "west", "cidrs": [REMOTE_CIDR], "pskSecretRef": {"name": "west-psk"}}}]}
+    verdict = explain_west(remote_facts(a_status, spec=psk, report=[]))
+    assert verdict.reason is Reason.AUTH_FAILED and "pskSecretRef" in verdict.action

@@ -396,3 +396,37 @@ def test_explain_a_service_from_the_standalone_overview(established):
 def test_a_service_target_must_be_svc_namespace_name(capsys, target):
     code, _, err = run(capsys, "explain", "prod/web-0", target)
     assert code == 2 and "svc/NAMESPACE/NAME" in err
+
+
+@pytest.mark.parametrize("target", ["remote/prod/to-west", "remote/prod//west", "remote/prod/to-west/west/not-an-ip",
+                                    "remote/prod/to-west/west/10.0.0.1/x"])
+def test_a_remote_target_must_be_remote_namespace_peering_remote_address(capsys, target):
+    code, _, err = run(capsys, "explain", "prod/web-0", target)
+    assert code == 2 and ("remote/NAMESPACE/PEERING/REMOTE" in err or "not an IP address" in err)
+
+
+def test_remote_peer_from_the_standalone_overview(established):
+    """The overview's `remotes` and `federation` entries reach explain_remote; only the local sidecar is asked."""
+    from ipsec_mesh_operator.diagnose import RemoteTarget, explain_remote
+
+    document = {
+        "pods": [{"namespace": "prod", "name": "web-0", "ips": [scenarios.A_IP], "netns": "ns-web"}],
+        "peerings": [{"namespace": "prod", "name": "to-west", "auth": "certificate", "enforcement": "require",
+                      "members": ["prod/web-0"], "peers": [], "health": {},
+                      "remotes": [{"name": "west", "cidrs": [f"{scenarios.B_IP}/32", "garbage"], "trust": "federation",
+                                   "identities": ["*.prod.pod.west.example"]}],
+                      "federation": [{"remote": "west", "endpoint": "https://192.0.2.10:8444",
+                                      "trustDomain": "west.example", "fresh": False, "authorities": 1,
+                                      "failures": 2, "fetchedAt": None, "sequence": None,
+                                      "lastError": "unreachable: cannot connect"}]}],
+    }
+    asked = []
+
+    def read_status(netns):
+        asked.append(netns)
+        return established[0], ""
+
+    facts = facts_from_overview(document, {("prod", "web-0")}, None, False, read_status)
+    verdict = explain_remote(facts, ("prod", "web-0"), RemoteTarget(address=scenarios.B_IP))
+    assert verdict.encrypted and verdict.peerings == ("prod/to-west",) and asked == ["ns-web"]
+    assert any("never fetched" in d and "unreachable: cannot connect" in d for d in verdict.details)

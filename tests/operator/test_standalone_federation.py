@@ -45,7 +45,7 @@ def west(bundle_url: str, bootstrap: str) -> dict:
     }
 
 
-async def test_west_fetches_easts_bundle_and_follows_its_rotation(tmp_path):
+async def test_west_fetches_easts_bundle_and_follows_its_rotation(tmp_path, monkeypatch):
     (tmp_path / "east").mkdir()
     (tmp_path / "west").mkdir()
     async with running(tmp_path / "east", EAST, OperatorConfig(key_check_interval=3600, ca_propagation=600)) as east:
@@ -76,6 +76,43 @@ async def test_west_fetches_easts_bundle_and_follows_its_rotation(tmp_path):
             [overview_entry] = overview(west_op.runtime, [("batch", "to-east")], {}, {})["peerings"]
             assert overview_entry["federation"][0]["fresh"] is True
             assert overview_entry["federation"][0]["authorities"] == 2
+            assert overview_entry["remotes"] == [{"name": "east", "cidrs": ["10.48.0.0/16"], "trust": "federation",
+                                                  "identities": ["*.batch.pod.east.example"]}]
+            await explain_through_the_standalone_source(west_op.state_dir, monkeypatch)
+
+
+async def explain_through_the_standalone_source(state_dir, monkeypatch) -> None:
+    """`ipsec-mesh explain batch/worker 10.48.0.10 --standalone DIR`: the overview over HTTPS names the remote
+    and its fresh bundle; worker's sidecar (its /status, no netns here) has no SA with east yet."""
+    import asyncio
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from ipsec_mesh_operator import cli
+    from ipsec_mesh_operator.sources import StandaloneSource
+
+    asked = []
+
+    def sidecar_status(netns):
+        asked.append(netns)
+        return {"ready": True, "ike_sas": [], "last_failures": {}}, ""
+
+    def explain(target):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = cli.main(["explain", "batch/worker", target, "--standalone", str(state_dir), "--json"])
+        return code, json.loads(out.getvalue())
+
+    monkeypatch.setattr(StandaloneSource, "sidecar_status", staticmethod(sidecar_status))
+    for target in ("10.48.0.10", "remote/batch/to-east/east/10.48.0.10"):
+        code, verdict = await asyncio.to_thread(explain, target)
+        assert code == 1 and verdict["reason"] == "no-sa-yet" and verdict["peerings"] == ["batch/to-east"]
+        assert verdict["b"] == target and verdict["enforcement"] == "require"
+        assert any("bundle of east.example" in d and "fresh" in d and "(2 CA(s))" in d for d in verdict["details"])
+    code, verdict = await asyncio.to_thread(explain, "10.99.0.1")
+    assert code == 1 and verdict["reason"] == "no-peering"
+    assert asked == [None, None, None]  # worker's sidecar only, once per call
 
 
 def test_bundle_endpoint_yaml_is_checked():

@@ -58,6 +58,9 @@ def overview(runtime: OperatorRuntime, peering_keys: Iterable[tuple[str, str]],
             "pskKeyId": None if ring is None else ring.active_id(now),
             "health": dataclasses.asdict(runtime.health(key)),
             "federation": [state.to_status(remote) for remote, state in sorted(runtime.federation.of(key).items())],
+            # What `explain POD remote/...` (or a remote address) needs; the bundles themselves stay here.
+            "remotes": [{"name": r.name, "cidrs": [str(c) for c in r.cidrs], "identities": list(r.identities),
+                         "trust": r.trust} for r in spec.remotes],
         })
     ca = runtime.ca
     active = None if ca is None else ca.ring.active(now)
