@@ -23,6 +23,8 @@ import yaml
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 #: A port no workload listens on: spoofed datagrams must die in XFRM, not in a socket.
 SPOOF_PORT = 9999
+#: federation.BUNDLE_PATH, spelt here: this file also runs where the operator package is not installed.
+BUNDLE_PATH = "/spiffe/v1/bundle"
 
 
 class OutputError(Exception):
@@ -95,6 +97,24 @@ def condition(peering_json: str, kind: str) -> tuple[str, str, str] | None:
         if entry.get("type") == kind:
             return entry.get("status", ""), entry.get("reason", ""), entry.get("message", "")
     return None
+
+
+def node_port(service_json: str, port_name: str) -> int:
+    """The nodePort the API server allocated to the named port of a Service (`kubectl get service -o json`)."""
+    try:
+        ports = json.loads(service_json)["spec"]["ports"]
+        port = next(p for p in ports if p.get("name") == port_name)["nodePort"]
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise OutputError(f"the Service has no nodePort named {port_name}") from exc
+    if not isinstance(port, int):
+        raise OutputError(f"nodePort {port!r} is not a number")
+    return port
+
+
+def bundle_url(host: str, port: int) -> str:
+    """Where another cluster's operator fetches this one's SPIFFE bundle (its endpoint's node port)."""
+    shown = f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    return f"https://{shown}:{port}{BUNDLE_PATH}"
 
 
 def secret_value(secret_json: str, key: str) -> bytes:
@@ -184,11 +204,13 @@ def pod_peering(name: str, namespace: str, app: str, peer_app: str, peer_namespa
 
 
 def remote_peering(name: str, namespace: str, app: str, remote: str, cidrs: list[str], identities: list[str],
-                   bundle_configmap: str) -> dict[str, Any]:
-    """Members `app` peer with another cluster's pods in `cidrs`, certified by its mesh CA (a ConfigMap here)."""
+                   endpoint: str, trust_domain: str, bootstrap_configmap: str) -> dict[str, Any]:
+    """Members `app` peer with another cluster's pods in `cidrs`, certified by its mesh CA: the bundle fetched
+    from the other operator's endpoint, the first fetch authenticated by a bootstrap copy (a ConfigMap here)."""
     return _peering(name, namespace, app, [{"remote": {
         "name": remote, "cidrs": cidrs, "identities": identities,
-        "trustBundle": {"kind": "ConfigMap", "name": bundle_configmap, "key": "ca.crt"},
+        "federation": {"endpoint": endpoint, "trustDomain": trust_domain, "refreshInterval": "30s",
+                       "bootstrapBundle": {"kind": "ConfigMap", "name": bootstrap_configmap, "key": "ca.crt"}},
     }}], "require")
 
 

@@ -12,6 +12,7 @@ import yaml
 
 import kind_helpers as kh
 from ipsec_mesh_operator import crd
+from ipsec_mesh_operator.federation import BUNDLE_PATH
 from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import parse_service
 
@@ -106,12 +107,16 @@ def test_manifests_are_valid_peerings_and_pods():
     peerings = [
         kh.pod_peering("grab", "outside", "intruder", "db", peer_namespace="shop"),
         kh.remote_peering("web-to-west", "shop", "web", "west", ["10.245.0.0/16"], ["*.shop.pod.west.example"],
-                          "west-mesh-ca"),
+                          kh.bundle_url("172.18.0.3", 31444), "west.example", "west-bootstrap"),
     ]
     for obj in peerings:
         assert crd.validate(obj) == []
         meta = obj["metadata"]
         parse_peering(meta["namespace"], meta["name"], crd.apply_defaults(obj)["spec"])
+    west = parse_peering("shop", "web-to-west", peerings[1]["spec"]).remotes[0]
+    assert west.trust == "federation" and west.federation.trust_domain == "west.example"
+    assert west.federation.endpoint == "https://172.18.0.3:31444/spiffe/v1/bundle"
+    assert west.federation.bootstrap_ref == ("ConfigMap", "west-bootstrap", "ca.crt")
     grab = parse_peering("outside", "grab", peerings[0]["spec"])
     assert grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "shop"})
     assert not grab.pod_peers[0].namespaces.matches({"kubernetes.io/metadata.name": "outside"})
@@ -141,3 +146,16 @@ def test_spoofed_udp_carries_the_claimed_source_and_valid_checksums():
     assert (dport, length, udp[8:]) == (kh.SPOOF_PORT, 11, b"abc")
     pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
     assert _ones_complement_ok(pseudo + udp)
+
+
+def test_node_port_of_the_bundle_service():
+    service = {"spec": {"type": "NodePort", "ports": [{"name": "bundle", "port": 8444, "nodePort": 31444}]}}
+    assert kh.node_port(json.dumps(service), "bundle") == 31444
+    for broken in ({"spec": {"type": "ClusterIP", "ports": [{"name": "bundle", "port": 8444}]}},
+                   {"spec": {"ports": [{"name": "api", "port": 443, "nodePort": 30443}]}}, {}):
+        with pytest.raises(kh.OutputError):
+            kh.node_port(json.dumps(broken), "bundle")
+    with pytest.raises(kh.OutputError):
+        kh.node_port("not json", "bundle")
+    assert kh.bundle_url("fd00::3", 31444) == "https://[fd00::3]:31444/spiffe/v1/bundle"
+    assert kh.BUNDLE_PATH == BUNDLE_PATH  # the path the operator serves

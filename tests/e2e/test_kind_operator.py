@@ -18,8 +18,11 @@ What is asserted, given the consent model (docs/operator.md):
   one-sided model db would have accepted it and the fetch would succeed.
   A pod without a sidecar and without any peering is outside ipsec-mesh's scope
   (network policy's), so nothing is asserted about it.
-- a second cluster (west) with its own mesh CA and pod CIDR: web (east) fetches from
-  db-west over ESP, after each cluster's mesh CA bundle is published in the other.
+- a second cluster (west) with its own mesh CA, trust domain and pod CIDR, federated:
+  each chart serves its bundle endpoint (a NodePort here), each side's peering names
+  the other's endpoint and trust domain in `remote.federation` (a bootstrap bundle copied
+  once, as an administrator would); both peerings report TrustBundlesFresh=True, and web
+  (east) fetches from db-west with only ESP on the wire.
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ def create_cluster(tmp_path_factory, role: str, pod_subnet: str, service_subnet:
     run("helm", "install", RELEASE, str(ROOT / "charts" / "ipsec-mesh"), "-n", MESH_NS, "--create-namespace",
         "--set", "image.repository=ipsec-mesh", "--set", "image.tag=e2e", "--set", "image.pullPolicy=Never",
         "--set", "sidecar.image.repository=ipsec-mesh-sidecar", "--set", "sidecar.image.tag=e2e",
-        "--set", f"trustDomain={cluster.trust_domain}", "--wait", "--timeout", "300s", env=cluster.env)
+        "--set", f"trustDomain={cluster.trust_domain}", "--set", "bundleEndpoint.enabled=true",
+        # Reachable from the other cluster's operator at this node's address (docker network "kind").
+        "--set", "bundleEndpoint.service.type=NodePort", "--wait", "--timeout", "300s", env=cluster.env)
 
     def webhook_trusted():  # the operator patches the caBundle after it starts
         out = cluster.kubectl("get", "mutatingwebhookconfiguration", f"{RELEASE}-ipsec-mesh", "-o",
@@ -273,14 +278,20 @@ def test_a_pod_outside_the_peering_cannot_reach_the_members(east, shop):
 
 
 def publish_trust_bundle(source: Cluster, target: Cluster, namespace: str, configmap: str, workdir: Path) -> None:
-    """The source cluster's mesh CA bundle, as a ConfigMap in the target cluster (what an admin would copy)."""
+    """The source cluster's mesh CA bundle, as a ConfigMap in the target cluster: the bootstrap an admin copies
+    once; every later bundle is fetched from the source's endpoint."""
     bundle = kh.secret_value(source.get_json("-n", MESH_NS, "secret", "ipsec-mesh-ca"), "trust-bundle.pem")
     path = workdir / f"{source.name}-ca.crt"
     path.write_bytes(bundle)
     target.kubectl("-n", namespace, "create", "configmap", configmap, f"--from-file=ca.crt={path}")
 
 
-def test_cross_cluster_peering_with_exchanged_trust_bundles(east, west, shop, tmp_path):
+def bundle_endpoint(cluster: Cluster, node_ip: str) -> str:
+    service = cluster.get_json("-n", MESH_NS, "service", f"{RELEASE}-ipsec-mesh-operator-bundle")
+    return kh.bundle_url(node_ip, kh.node_port(service, "bundle"))
+
+
+def test_cross_cluster_peering_with_federated_trust_bundles(east, west, shop, tmp_path):
     east_ip = kh.node_ip(run("docker", "inspect", east.node).stdout)
     west_ip = kh.node_ip(run("docker", "inspect", west.node).stdout)
     for here, there, there_ip in ((east, west, west_ip), (west, east, east_ip)):
@@ -288,14 +299,23 @@ def test_cross_cluster_peering_with_exchanged_trust_bundles(east, west, shop, tm
             run("docker", "exec", here.node, *command)
     opt_in(west, "shop")
     start_pods(west, "shop", kh.http_server_pod("db-west", "shop", "db"))
-    publish_trust_bundle(west, east, "shop", "west-mesh-ca", tmp_path)
-    publish_trust_bundle(east, west, "shop", "east-mesh-ca", tmp_path)
+    publish_trust_bundle(west, east, "shop", "west-bootstrap", tmp_path)
+    publish_trust_bundle(east, west, "shop", "east-bootstrap", tmp_path)
     east.apply(kh.remote_peering("web-to-west", "shop", "web", "west", [west.pod_subnet],
-                                 [f"*.shop.pod.{west.trust_domain}"], "west-mesh-ca"))
+                                 [f"*.shop.pod.{west.trust_domain}"], bundle_endpoint(west, west_ip),
+                                 west.trust_domain, "west-bootstrap"))
     west.apply(kh.remote_peering("db-from-east", "shop", "db", "east", [east.pod_subnet],
-                                 [f"*.shop.pod.{east.trust_domain}"], "east-mesh-ca"))
+                                 [f"*.shop.pod.{east.trust_domain}"], bundle_endpoint(east, east_ip),
+                                 east.trust_domain, "east-bootstrap"))
     wait_ready(east, "shop", "web-to-west")
     wait_ready(west, "shop", "db-from-east")
+    for cluster, peering in ((east, "web-to-west"), (west, "db-from-east")):
+        def fresh():
+            return (cluster.peering_condition("shop", peering, "TrustBundlesFresh") or ("",))[0] == "True"
+
+        assert wait_until(fresh, 120), cluster.peering_condition("shop", peering, "TrustBundlesFresh")
+        [report] = json.loads(cluster.get_json("-n", "shop", "ipsecpeering", peering))["status"]["federation"]
+        assert report["fresh"] and report["authorities"] >= 1 and report["fetchedAt"], report
     db_west = west.pod_ip("shop", "db-west")
     (esp, plaintext), fetches = fetch_while_capturing(
         east, "shop", "web", f"http://{db_west}:8080/hostname",
