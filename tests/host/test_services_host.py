@@ -341,3 +341,37 @@ def test_a_restarted_sidecar_reads_back_the_lookup_elements_and_leaves_them_alon
     # ... so the next instance's first batch replaces the rules and touches no element.
     script = changes(want, kernel)
     assert "flush table" in script and "element" not in script
+
+
+MAXSEG = """
+import socket, sys
+for address, port in zip(sys.argv[1::2], sys.argv[2::2]):
+    s = socket.create_connection((address, int(port)), timeout=5)
+    s.recv(200)
+    print(address, s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+    s.close()
+"""
+
+
+def test_the_client_socket_of_a_translated_connection_leaves_room_for_esp(cluster):
+    """The SYN-ACK's MSS option is rewritten in the pod: the socket's segments fit the ESP packet."""
+    from ipsec_mesh.svcnat.mtu import mss_clamp
+
+    server = subprocess.Popen(["ip", "netns", "exec", cluster.server, sys.executable, "-c", SERVE, "30",
+                               SERVERS4[0], SERVER6], stdout=subprocess.PIPE, text=True)
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        assert server.stdout.readline().strip() == "up"
+        services = peer_set([service_doc(SERVERS4[:1], peer=False)]).peer_map.services
+        assert translation.apply(tuple(services))
+        seen = dict(line.split() for line in run_in(cluster.client, MAXSEG, CLUSTER4, "80", CLUSTER6, "80",
+                                                    SERVERS4[0], "8080", SERVER6, "8080").splitlines())
+        # The veths' MTU is 1500; timestamps take 12 bytes of each segment's MSS.
+        assert int(seen[SERVERS4[0]]) == 1500 - 40 - 12 and int(seen[SERVER6]) == 1500 - 60 - 12  # untouched
+        assert int(seen[CLUSTER4]) == mss_clamp(1500, 4) - 12 == 1406
+        assert int(seen[CLUSTER6]) == mss_clamp(1500, 6) - 12 == 1386
+        assert translation.status()["mss_clamp"] == {"ipv4": 1418, "ipv6": 1398}
+    finally:
+        translation.close()
+        server.kill()
+        server.wait()

@@ -156,6 +156,10 @@ class FakeNft:
         self.scripts = []
         self.fail = fail
         self.existing = existing
+        self.mtus = {}
+
+    def route_mtus(self, addresses):
+        return {a: self.mtus.get(str(a), 1500) for a in addresses}
 
     def objects(self):
         return self.existing
@@ -237,3 +241,42 @@ def test_status_says_per_service_whether_the_kernel_translates_what_the_map_says
     assert per_service["shop/new"] == {"translated": False, "current": False, "error": fake.fail}
     assert set(per_service) == {"shop/db", "shop/new"}  # only the Services of the map in force
     assert translation.status()["services"] == 1  # the table in force: db (idle has no usable endpoint)
+
+
+def test_esp_reduced_mss_matches_the_kernels_esp_mtu_for_both_families():
+    from ipsec_mesh.svcnat.mtu import esp_inner_mtu, mss_clamp
+    # esp4_get_mtu/esp6_get_mtu for a 1500-byte path, AES-GCM-16 (8-byte IV, 16-byte ICV), UDP encapsulation.
+    assert esp_inner_mtu(1500, 4) == 1458 and esp_inner_mtu(1500, 6) == 1458
+    assert mss_clamp(1500, 4) == 1418 and mss_clamp(1500, 6) == 1398
+    assert mss_clamp(1400, 4) == 1318  # follows the route's MTU
+    assert esp_inner_mtu(1501, 4) == esp_inner_mtu(1500, 4)  # ESP pads to 4 bytes
+
+
+def test_syn_acks_of_translated_connections_get_their_mss_clamped_per_family():
+    services = (service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),)
+    script = changes(render(services, mss={4: 1418, 6: 1398}), Objects())
+    assert "chain filter_input { type filter hook input priority 0; policy accept; }" in script
+    clamp4 = [line for line in script.splitlines() if "@ports4" in line and "maxseg" in line]
+    clamp6 = [line for line in script.splitlines() if "@ports6" in line and "maxseg" in line]
+    assert len(clamp4) == len(clamp6) == 1
+    assert "ct original ip daddr . meta l4proto . ct original proto-dst @ports4" in clamp4[0]
+    assert "tcp flags & (syn | ack) == syn | ack" in clamp4[0]
+    assert clamp4[0].endswith("tcp option maxseg size > 1418 tcp option maxseg size set 1418")
+    assert clamp6[0].endswith("tcp option maxseg size > 1398 tcp option maxseg size set 1398")
+    # A family without a known path MTU gets no clamp; a changed MTU rewrites only that chain.
+    assert "@ports6" not in "".join(l for l in changes(render(services, mss={4: 1418}), Objects()).splitlines()
+                                    if "maxseg" in l)
+    before = render(services, mss={4: 1418, 6: 1398})
+    after = render(services, previous=before, mss={4: 1318, 6: 1398})
+    update = changes(after, before)
+    assert "flush chain inet ipsec_mesh_svc filter_input" in update and "set 1318" in update
+    assert "svc_" not in update and changes(render(services, previous=before, mss={4: 1418, 6: 1398}), before) == ""
+
+
+def test_the_translation_clamps_to_the_smallest_route_mtu_of_its_cluster_ips_and_endpoints():
+    fake = FakeNft()
+    fake.mtus = {"10.96.0.10": 1500, "10.0.0.1": 1400, "fd00:96::a": 1500, "fd00::1": None}
+    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    assert translation.apply((service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),))
+    assert "size set 1318" in fake.scripts[0] and "size set 1398" in fake.scripts[0]
+    assert translation.status()["mss_clamp"] == {"ipv4": 1318, "ipv6": 1398}

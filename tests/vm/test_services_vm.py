@@ -133,9 +133,6 @@ with socket.create_connection((sys.argv[1], 80), timeout=30) as s:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="known problem (docs/services.md, Troubleshooting): the client socket's "
-                   "route is the ClusterIP's, without ESP overhead; its full-size segments fail IP fragmentation "
-                   "(DF) after the DNAT and ESP, and the kernel never tells that socket")
 def test_a_large_upload_through_the_cluster_ip_arrives(tmp_path):
     with Topology() as topo:
         client, node, server = routed(topo)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
+from .mtu import route_mtu
 from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Key, Objects, lookup_key
 
 _PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -62,6 +63,10 @@ class Nft:
         if rc != 0:
             raise NftError(error.strip() or f"nft failed (rc {rc})")
         return output
+
+    def route_mtus(self, addresses) -> dict:
+        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu."""
+        return self._call(lambda: {address: route_mtu(address) for address in addresses})
 
     def _json(self, command: str):
         rc, output, error = self._call(self._nft.json_cmd, {"nftables": [{"list": command}]})

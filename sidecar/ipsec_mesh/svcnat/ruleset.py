@@ -9,6 +9,8 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md):
     chain filter_output type filter hook output priority 0: a packet still addressed to a
                       service port here had no usable endpoint: counted and rejected, so it
                       never leaves towards the node unencrypted
+    chain filter_input type filter hook input priority 0: the MSS option of SYN-ACKs of
+                      connections to a service port is clamped to what fits inside ESP
     chain svc_<h>     one per (cluster IP, protocol, port): one DNAT rule that picks an endpoint
                       with numgen; with ClientIP affinity: set lookups, then numgen over ...
     chain ep_<h>      ... one chain per endpoint (ClientIP only): affinity update, then DNAT
@@ -43,6 +45,7 @@ TABLE = "ipsec_mesh_svc"
 NAT_PRIORITY = -100  # dstnat: before the re-route that makes the XFRM lookup see the endpoint
 FILTER_PRIORITY = 0
 UNTRANSLATED_COUNTER = "untranslated"
+MSS_CHAIN = "filter_input"
 AFFINITY_SET_SIZE = 65535
 
 _ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
@@ -84,6 +87,8 @@ class Table:
     ports: frozenset[Key]
     #: Per service ("namespace/name"): the entry it was rendered from, and its part.
     parts: Mapping[str, tuple[ServiceEntry, Fragment]]
+    #: IP version -> the MSS that SYN-ACKs of translated connections are clamped to.
+    mss: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def services(self) -> int:
@@ -137,6 +142,7 @@ def _table_header() -> list[str]:
         *(f"  set ports{v} {{ type {_ADDR[v][1]} . inet_proto . inet_service; }}" for v in (4, 6)),
         f"  chain nat_output {{ type nat hook output priority {NAT_PRIORITY}; policy accept; }}",
         f"  chain filter_output {{ type filter hook output priority {FILTER_PRIORITY}; policy accept; }}",
+        f"  chain {MSS_CHAIN} {{ type filter hook input priority {FILTER_PRIORITY}; policy accept; }}",
         "}",
     ]
 
@@ -147,6 +153,19 @@ _BASE_CHAINS = (
     ("filter_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name "
                             f"{UNTRANSLATED_COUNTER} reject" for v in (4, 6))),
 )
+
+
+def _mss_rules(mss: Mapping[int, int]) -> tuple[str, ...]:
+    """Clamp the MSS a SYN-ACK offers on a connection the pod opened to a service port.
+
+    The client socket's route is the ClusterIP's (no ESP in its MTU): its segment size comes
+    from this option, so a smaller value makes its segments fit after the DNAT and ESP.
+    `ct original` still holds the ClusterIP, whatever the NAT did to the packet.
+    """
+    return tuple(f"tcp flags & (syn | ack) == syn | ack ct direction reply ct original {_ADDR[v][0]} daddr . "
+                 f"meta l4proto . ct original proto-dst @ports{v} "
+                 f"tcp option maxseg size > {int(mss[v])} tcp option maxseg size set {int(mss[v])}"
+                 for v in (4, 6) if v in mss)
 
 
 def _fragment(service: ServiceEntry) -> Fragment:
@@ -195,8 +214,13 @@ def _fragment(service: ServiceEntry) -> Fragment:
     return Fragment(tuple(chains), tuple(sets), tuple(elements), tuple(ports), endpoint_count)
 
 
-def render(services: tuple[ServiceEntry, ...], previous: Table | None = None) -> Table:
-    """The table that translates `services`; parts of `previous` whose Service is unchanged are reused."""
+def render(services: tuple[ServiceEntry, ...], previous: Table | None = None,
+           mss: Mapping[int, int] | None = None) -> Table:
+    """The table that translates `services`; parts of `previous` whose Service is unchanged are reused.
+
+    `mss`: IP version -> MSS clamp for SYN-ACKs of translated connections (none for a version left out).
+    """
+    mss = dict(mss or {})
     chains: dict[str, tuple[str, ...]] = {}
     sets: dict[str, str] = {}
     elements: dict[Key, str] = {}
@@ -211,7 +235,7 @@ def render(services: tuple[ServiceEntry, ...], previous: Table | None = None) ->
         sets.update(part.sets)
         elements.update(part.elements)
         ports.update(part.ports)
-    return Table(chains, sets, elements, frozenset(ports), parts)
+    return Table(chains, sets, elements, frozenset(ports), parts, mss)
 
 
 def _elements(command: str, name: str, keys: list[Key], data: Mapping[Key, str] | None = None) -> list[str]:
@@ -234,9 +258,11 @@ def changes(want: Table, have: Table | Objects) -> str:
     have_chains: Mapping[str, tuple[str, ...] | None] = have.chains if known else dict.fromkeys(have.chains)
     gone_chains = sorted(set(have_chains) - set(want.chains))
     gone_sets = sorted(set(have.sets) - set(want.sets))
+    mss_changed = not known or have.mss != want.mss
     if known:
         script = [f"flush chain {FAMILY} {TABLE} {name}" for name, rules in want.chains.items()
                   if name in have_chains and have_chains[name] != rules]
+        script += [f"flush chain {FAMILY} {TABLE} {MSS_CHAIN}"] if mss_changed else []
         script += [f"flush chain {FAMILY} {TABLE} {name}" for name in gone_chains]
     else:
         script = _table_header() + [f"flush table {FAMILY} {TABLE}"]
@@ -247,6 +273,8 @@ def changes(want: Table, have: Table | Objects) -> str:
     new_rules = [(name, rules) for name, rules in want.chains.items() if have_chains.get(name) != rules]
     if not known:
         new_rules += _BASE_CHAINS
+    if mss_changed:
+        new_rules.append((MSS_CHAIN, _mss_rules(want.mss)))
     for name, rules in new_rules:
         block += [f"  chain {name} {{", *(f"    {rule}" for rule in rules), "  }"]
     if block:

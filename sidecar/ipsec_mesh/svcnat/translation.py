@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from ..meshapi.model import ServiceEntry
+from .mtu import MIN_PATH_MTU, mss_clamp
 from .nft import Nft, NftError
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
@@ -49,10 +50,10 @@ class ServiceTranslation:
     def apply(self, services: tuple[ServiceEntry, ...]) -> bool:
         """Make the table translate exactly `services`; False (table unchanged) if refused."""
         self._wanted = tuple(services)
-        want = render(self._wanted, self._in_force)
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
+            want = render(self._wanted, self._in_force, self._mss())
             have: Table | Objects | None = self._installed
             if have is None:
                 have = self._nft.objects()
@@ -76,6 +77,21 @@ class ServiceTranslation:
         self.last_error = ""
         log.info("service translation: %d services, %d endpoints", want.services, want.endpoints)
         return True
+
+    def _mss(self) -> dict[int, int]:
+        """Per IP version, the MSS clamp for the smallest route MTU to a ClusterIP or an endpoint.
+
+        The socket's segment size must fit the path to the endpoint once ESP is added; the
+        ClusterIP's route is taken too, in case it is the smaller one.
+        """
+        addresses = {address for service in self._wanted for address in service.cluster_ips}
+        addresses |= {ep.address for service in self._wanted for port in service.ports for ep in port.endpoints}
+        mtus = self._nft.route_mtus(addresses) if addresses else {}
+        smallest: dict[int, int] = {}
+        for address, mtu in mtus.items():
+            if mtu and mtu >= MIN_PATH_MTU[address.version]:
+                smallest[address.version] = min(mtu, smallest.get(address.version, mtu))
+        return {version: mss_clamp(mtu, version) for version, mtu in smallest.items()}
 
     def problem(self) -> str | None:
         """Why the pod must not report ready: Services it is asked to translate and cannot."""
@@ -112,4 +128,5 @@ class ServiceTranslation:
             "last_error": self.last_error,
             "untranslated_packets": self._nft.untranslated_packets() if self._nft is not None else None,
             "per_service": self.per_service(),
+            "mss_clamp": {f"ipv{version}": mss for version, mss in sorted(self._in_force.mss.items())},
         }
