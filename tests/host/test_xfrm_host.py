@@ -59,15 +59,15 @@ def host(a: str, b: str, **kwargs) -> Selector:
     return Selector.host_pair(a, b, **kwargs)
 
 
-def wait_for(handle: Xfrm, kind: type, predicate=lambda event: True):
-    """The first matching event within DEADLINE (later ones stay queued)."""
-    end = time.monotonic() + DEADLINE
-    for event in handle.iter_events(timeout=DEADLINE):
+def wait_for(handle: Xfrm, kind: type, predicate=lambda event: True, deadline: float = DEADLINE):
+    """The first matching event within `deadline` seconds (later ones stay queued)."""
+    end = time.monotonic() + deadline
+    for event in handle.iter_events(timeout=deadline):
         if isinstance(event, kind) and predicate(event):
             return event
         if time.monotonic() > end:
             break
-    pytest.fail(f"no {kind.__name__} event within {DEADLINE} s")
+    pytest.fail(f"no {kind.__name__} event within {deadline} s")
 
 
 def send_without_sa(netns: str, dst: str) -> None:
@@ -244,8 +244,10 @@ def test_policy_expire_events(xfrm):
     xfrm.subscribe([Group.EXPIRE])
     lifetime = Lifetime(soft_add_seconds=1, hard_add_seconds=2)
     xfrm.add_policy(PolicySpec(host(A4, "10.99.0.77"), Direction.OUT, action=Action.BLOCK, lifetime=lifetime))
-    soft = wait_for(xfrm, PolExpire, lambda e: not e.hard)
-    hard = wait_for(xfrm, PolExpire, lambda e: e.hard)
+    # The kernel's policy timer runs in softirq context: on a machine busy with VMs and other
+    # suites it was seen to miss 5 s. A bound on waiting, not a timing claim.
+    soft = wait_for(xfrm, PolExpire, lambda e: not e.hard, deadline=30)
+    hard = wait_for(xfrm, PolExpire, lambda e: e.hard, deadline=30)
     assert soft.owned and hard.owned and str(hard.policy.selector.dst.network_address) == "10.99.0.77"
     assert xfrm.dump_policies() == []
 
