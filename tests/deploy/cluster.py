@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pyroute2 import netns as pyroute2_netns
 
-from ipsec_mesh_operator.demo.netns import in_netns
+from ipsec_mesh_operator.netns import in_netns, stop_process
 from tests import pki
 from tests.operator import fake_tokens
 from tests.operator.kube_harness import KubeHarness
@@ -178,13 +178,8 @@ def wait_until(what: str, check, process: subprocess.Popen, log: Path, timeout: 
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+    """SIGTERM, then SIGKILL after 20 s (the operator answers open long polls first)."""
+    stop_process(process, grace=20)
 
 
 def proc_status(pid: int) -> dict[str, str]:
