@@ -13,6 +13,8 @@ test: setup
 test-fast: setup
 	.venv/bin/python -m pytest -q tests/unit tests/agent tests/operator tests/chart
 
-# Type checking: strict for the IKE core (configuration in pyproject.toml).
+# Lint (ruff: pyflakes, import order, bugbear) and types (mypy, strict for the IKE core);
+# configuration in pyproject.toml. `.ci/run` runs this before the tests.
 lint: setup
+	.venv/bin/python -m ruff check operator sidecar tests bench scripts
 	.venv/bin/python -m mypy

@@ -75,7 +75,7 @@ class Result:
 
     @property
     def round_ratios(self) -> list[float]:
-        return [o / h for o, h in zip(self.mbps["ours"], self.mbps["hand"]) if h]
+        return [o / h for o, h in zip(self.mbps["ours"], self.mbps["hand"], strict=True) if h]
 
     @property
     def ratio(self) -> float:
@@ -246,7 +246,7 @@ def run(rounds: int, seconds: float, max_mb: int, workdir: Path, log=print) -> l
             results = [Result(c.label) for c in CIPHERS]
             for number in range(rounds):
                 order = ("ours", "hand", "plain") if number % 2 == 0 else ("hand", "ours", "plain")
-                for cipher, result in zip(CIPHERS, results):  # ours and hand back to back
+                for cipher, result in zip(CIPHERS, results, strict=True):  # ours and hand back to back
                     for kind in order:
                         sender, receiver = setups[kind]
                         before = esp_bytes(receiver)

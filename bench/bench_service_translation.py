@@ -105,7 +105,7 @@ def bench(services: int, few: int, rounds: int) -> None:
                 plane.start(sets[0])
                 assert translation.apply(maps[0].services), translation.last_error
                 try:
-                    for round_number in range(rounds):
+                    for _ in range(rounds):
                         for old, new in ((0, 1), (1, 0)):
                             record(f"render from scratch ({what})", timed(lambda: render(maps[new].services)))
                             record(f"translation update ({what})", timed(lambda: translation.apply(maps[new].services)))

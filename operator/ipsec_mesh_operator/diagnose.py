@@ -204,7 +204,7 @@ class _Explainer:
     def _pods_problem(self, keys: tuple[PodKey, ...]) -> Verdict | None:
         """Why the pods cannot be asked yet: missing, no address, no sidecar, sidecar not ready."""
         pods = [self.facts.pods.get(key) for key in keys]
-        for key, pod in zip(keys, pods):
+        for key, pod in zip(keys, pods, strict=True):
             if pod is None:
                 ref = "/".join(key)
                 return self.verdict(Reason.POD_NOT_FOUND, f"pod {ref} does not exist",

@@ -30,7 +30,7 @@ class PeeringOverview:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["conditions"] = [dict(zip(("type", "status", "reason", "message"), c)) for c in self.conditions]
+        out["conditions"] = [dict(zip(("type", "status", "reason", "message"), c, strict=True)) for c in self.conditions]
         return out
 
 
@@ -38,12 +38,12 @@ def overview(facts: Facts) -> list[PeeringOverview]:
     """Every peering with the pods on each side (as the operator's index would pick them) and its status."""
     specs, invalid = parsed_peerings(facts)
     roles = {pod.key: roles_of(pod, specs, facts) for pod in facts.pods.values()}
+    injected = {key for key, pod in facts.pods.items() if pod.injected}
     out = []
     for peering in sorted(facts.peerings, key=lambda p: (p.namespace, p.name)):
         ref = peering.ref
-        injected = {key for key, pod in facts.pods.items() if pod.injected}
 
-        def picked(side: str, inject: bool) -> tuple[str, ...]:
+        def picked(side: str, inject: bool, ref: str = ref) -> tuple[str, ...]:
             return tuple(sorted("/".join(key) for key, r in roles.items()
                                 if ref in getattr(r, side) and (key in injected) == inject))
 

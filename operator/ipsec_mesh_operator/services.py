@@ -390,7 +390,7 @@ class ServiceTable:
                 ServicePort(name=port.name, protocol=port.protocol, port=port.port, endpoints=tuple(
                     ServiceEndpoint(address=e.address, port=target, ready=e.ready, serving=e.serving,
                                     terminating=e.terminating, peer=e.text in peers)
-                    for target, e in zip(targets, endpoints)))
+                    for target, e in zip(targets, endpoints, strict=True)))
                 for port, targets, endpoints in self.merged(key))
             service = self._services[key]  # dataclasses.replace would look up the fields on every call
             entry = by_peers[peers] = ServiceEntry(

@@ -112,7 +112,7 @@ def test_an_unknown_source_flood_costs_less_than_a_configured_peer_flood(capture
     def cpu(sources) -> float:
         endpoint = responder(cookie_threshold=0)
         start = time.process_time()
-        for i, source in enumerate(sources):
+        for source in sources:
             endpoint.receive(datagram, (LOCAL, 500), (source, 500), 1.0)
             endpoint.datagrams()
         return time.process_time() - start

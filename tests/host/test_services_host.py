@@ -302,7 +302,7 @@ def test_replies_come_from_the_cluster_ip_and_client_ip_affinity_sticks(cluster)
             services = peer_set([service_doc(SERVERS4, peer=False, affinity=affinity)]).peer_map.services
             assert translation.apply(tuple(services))
             lines = run_in(cluster.client, CALLS, "30", CLUSTER4, CLUSTER6).split()
-            rows = list(zip(lines[0::3], lines[1::3], lines[2::3]))
+            rows = list(zip(lines[0::3], lines[1::3], lines[2::3], strict=True))
             assert len(rows) == 60
             # The socket talks to the ClusterIP; the server saw the pod's own address (no SNAT anywhere).
             assert {peer for peer, _, _ in rows} == {CLUSTER4, CLUSTER6}

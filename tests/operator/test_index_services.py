@@ -243,7 +243,7 @@ def test_the_service_lookup_runs_once_per_set_of_peering_views_not_once_per_pod(
     sides = {(info.namespace, info.labels["app"], info.labels["role"]) for info in index.pods()}
     assert len(lookups) == len(sides) <= 80  # not one per pod (400)
     # Every map lists its peers' Services, and exactly what a lookup of its own would give.
-    for key, peer_map in maps.items():
+    for peer_map in maps.values():
         assert peer_map.services and peer_map.services == index._services_for(list(peer_map.policies))
     # A change starts over: the next maps do their lookups again.
     index.upsert_endpoint_slice(SliceInfo.from_body(service_bodies(index, 1)[0][1] | {"endpoints": []}))

@@ -275,7 +275,7 @@ async def test_standalone_source_reads_status_inside_the_pods_netns_never_over_t
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    agents = [scenarios.make_agent(ip, remote) for ip, remote in zip(ips, reversed(ips))]
+    agents = [scenarios.make_agent(ip, remote) for ip, remote in zip(ips, reversed(ips), strict=True)]
     for agent in agents:
         agent.policies_ready = True  # its status as served once started; no IKE needed here
     cache = StatusServer(scenarios.make_agent(cache_ip, A4), cache_ip, 15021)
@@ -363,7 +363,7 @@ def test_cluster_source_reads_a_service_its_slices_and_the_pods_behind_it(tmp_pa
 
 def test_explain_a_service_from_the_standalone_overview(established):
     """`explain POD svc/NS/NAME` on a document shaped as the standalone operator's overview (its `services`)."""
-    statuses = {f"ns-{ip}": status for ip, status in zip(("10.1.0.1", "10.1.0.2"), moved(established, MOVED))}
+    statuses = {f"ns-{ip}": status for ip, status in zip(("10.1.0.1", "10.1.0.2"), moved(established, MOVED), strict=False)}
     document = {
         "pods": [{"namespace": "prod", "name": name, "ips": [ip], "netns": f"ns-{ip}", "peerMapVersion": 3}
                  for name, ip in (("web-0", "10.1.0.1"), ("db-0", "10.1.0.2"), ("cache-0", "10.1.0.3"))],

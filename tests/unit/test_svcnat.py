@@ -17,9 +17,9 @@ def ep(address, port=8080, **conditions):
     return ServiceEndpoint(ip(address), port, **conditions)
 
 
-def first_batch(services, have=Objects()):
+def first_batch(services, have=None):
     """The script of a batch after a start, against what the kernel holds."""
-    return changes(render(tuple(services)), have)
+    return changes(render(tuple(services)), Objects() if have is None else have)
 
 
 def service(name="db", endpoints=(), affinity=SessionAffinity.NONE, timeout=10800, ips=("10.96.0.10",),

@@ -263,13 +263,13 @@ def test_endpoint_scaling_and_a_child_sa_rekey_lose_no_service_call_and_leak_not
         sidecars += [Sidecar(server, tmp_path, address=address, identity=SERVER_ID, peer_address=f"{CLIENT4}/32",
                              peer_identity=CLIENT_ID, psk=PSK, dataplane="xfrm", name=f"server-{address}",
                              lifetimes=lifetimes)
-                     for server, address in zip(servers, SERVERS4)]
+                     for server, address in zip(servers, SERVERS4, strict=True)]
         for sidecar in sidecars:
             sidecar.launch()
         for sidecar in sidecars:
             sidecar.wait_ready(START)
         echoes = [server.popen(server.python_argv("-c", PERSISTENT_ECHO, address), stdout=subprocess.PIPE, text=True)
-                  for server, address in zip(servers, SERVERS4)]
+                  for server, address in zip(servers, SERVERS4, strict=True)]
         for echo in echoes:
             assert echo.stdout.readline().strip() == "up"
         translation = ServiceTranslation(netns=client.name)

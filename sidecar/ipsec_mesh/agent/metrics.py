@@ -62,7 +62,7 @@ class Family:
     def lines(self) -> list[str]:
         out = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.type_name} {self.kind}"]
         for key, value in self.values.items():
-            labels = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(self.labelnames, key))
+            labels = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(self.labelnames, key, strict=True))
             out.append(f"{self.name}{{{labels}}} {_number(value)}" if labels else f"{self.name} {_number(value)}")
         return out
 

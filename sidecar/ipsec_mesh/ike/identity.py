@@ -373,7 +373,7 @@ def dn_matches(data: bytes, pattern: bytes) -> bool:
         return False
     if len(have) != len(want):
         return False
-    for have_rdn, want_rdn in zip(have, want):
+    for have_rdn, want_rdn in zip(have, want, strict=True):
         if have_rdn == want_rdn:
             continue
         wild = {oid for oid, value in want_rdn if value == "*"}

@@ -245,7 +245,7 @@ class CompiledFields:
     def ft_encode(self, offset):
         layout = self.layout()
         values = []
-        for name, swap, default in zip(layout.names, layout.swaps, layout.defaults):
+        for name, swap, default in zip(layout.names, layout.swaps, layout.defaults, strict=True):
             value = dict.get(self, name)
             value = default if value is None else value
             values.append(swap(value) if swap else value)
@@ -259,7 +259,7 @@ class CompiledFields:
     def ft_decode(self, offset):
         layout = self.layout()
         values = layout.struct.unpack_from(self.data, offset)
-        for name, swap, value in zip(layout.names, layout.swaps, values):
+        for name, swap, value in zip(layout.names, layout.swaps, values, strict=True):
             dict.__setitem__(self, name, swap(value) if swap else value)
         if self.nla_map:
             self.decode_nlas((offset + layout.struct.size + 3) & ~3)

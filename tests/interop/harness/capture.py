@@ -155,7 +155,7 @@ def summarize(layers: dict[str, Any]) -> IkeMessage | None:
         spi_r=isakmp.get("isakmp.rspi", "").replace(":", ""))
     types = _as_list(isakmp.get("isakmp.typepayload"))
     trees = _as_list(isakmp.get("isakmp.typepayload_tree"))
-    for ptype, tree in zip(types, trees):  # top level only: SA nests proposals
+    for ptype, tree in zip(types, trees, strict=False):  # top level only: SA nests proposals
         message.payloads.append(_int(ptype))
         if "isakmp.notify.msgtype" in tree:
             message.notifies.append(_int(tree["isakmp.notify.msgtype"]))

@@ -92,7 +92,7 @@ def send_half_open(responder: str, port: int = 500, timeout: float = 5.0) -> Ini
         try:
             data, _ = sock.recvfrom(65535)
         except socket.timeout:
-            raise HalfOpenError(f"no IKE_SA_INIT response from {responder} in {timeout}s")
+            raise HalfOpenError(f"no IKE_SA_INIT response from {responder} in {timeout}s") from None
     response = parse_response(data, spi_i)
     if PAYLOAD_SA not in response.payloads:
         raise HalfOpenError(f"responder did not accept the IKE_SA_INIT "

@@ -153,7 +153,7 @@ def test_interleaved_messages_and_pending_limit():
     a = encode_fragments(first, protector(), 300)
     b = encode_fragments(second, protector(), 300)
     reassembler = Reassembler(max_pending=2)
-    interleaved = [f for pair in zip(a, b) for f in pair] + a[len(b):] + b[len(a):]
+    interleaved = [f for pair in zip(a, b, strict=False) for f in pair] + a[len(b):] + b[len(a):]
     done = [r for r in feed(reassembler, interleaved) if r is not None]
     assert sorted(done, key=lambda m: m.message_id) == [first, second]
     # a third message evicts the oldest partial one
