@@ -44,3 +44,19 @@ def pytest_runtest_logreport(report: pytest.TestReport):
             "this machine kind runs every other tier, so an install step is missing"
         )
     yield
+
+
+#: Tests that need root, network namespaces and this machine's kernel (XFRM, nftables) but no
+#: charon and no VM: the `host` tier. Marked by place so `-m host` / `-m "not host"` select it.
+HOST_TIER = ("tests/host/", "tests/deploy/")
+
+
+def _is_host_tier(nodeid: str) -> bool:
+    path = nodeid.split("::", 1)[0]
+    return path.startswith(HOST_TIER) or path.endswith("_host.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_host_tier(item.nodeid) and not item.get_closest_marker("vm"):
+            item.add_marker(pytest.mark.host)
