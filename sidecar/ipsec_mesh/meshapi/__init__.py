@@ -6,6 +6,8 @@ YAML file (`load_peer_map_file`). Both paths end in the same validated
 `PeerMap` structure.
 """
 
+from typing import Any
+
 from .errors import MeshApiError, MeshApiRequestError, PeerMapError, ProposalError
 from .identity import pod_fqdn, service_account_uri
 from .model import (
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # The HTTPS client pulls in ssl and the HTTP code: only load it for the code that talks to the API
     # (a standalone sidecar never does, and its start-up time matters).
     if name in ("IssuedCertificate", "MeshApiClient"):

@@ -55,7 +55,12 @@ class MeshApiClient:
             raise ValueError("give exactly one of token or token_file")
         self.base_url = base_url.rstrip("/")
         self._endpoint = Endpoint.parse(self.base_url)
-        self._token = token if token is not None else (lambda: Path(token_file).read_text().strip())
+        if token is None:
+            path = Path(str(token_file))
+
+            def token() -> str:  # read at every request: the kubelet rotates the file
+                return path.read_text().strip()
+        self._token = token
         self._request_timeout = request_timeout
         self._ssl = self._context(ca_bundle)
 

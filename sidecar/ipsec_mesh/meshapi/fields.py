@@ -12,7 +12,7 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any, TypeVar
 
 from .errors import PeerMapError
@@ -23,7 +23,7 @@ _DURATION = re.compile(r"^(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?$")
 MAX_DURATION_SECONDS = 10 * 365 * 86400
 
 
-def obj(value: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> Mapping[str, Any]:
+def obj(value: Any, path: str, required: set[str], optional: Set[str] = frozenset()) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise PeerMapError(path, "must be an object")
     for key in value:
