@@ -37,7 +37,7 @@ from tests.interop.harness.netns import Namespace, Topology, netns_supported  # 
 from tests.interop.harness.shim import build_shim  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 from tests.interop.harness.swanctl import Child, Connection  # noqa: E402
-from tests.pki import MeshPki  # noqa: E402
+from tests.support.pki import MeshPki  # noqa: E402
 
 IKE = "aes256gcm16-prfsha256-x25519"
 ESP = "aes256gcm16-esn"

@@ -5,7 +5,7 @@ loopback) and a load generator in a separate process: P-256 CSRs from --pods pod
 --concurrency requests in flight over keep-alive connections, --requests in all. The
 rate is given per server CPU second (what the operator spends, whatever the shared
 machine's neighbours do) and per wall-clock second (client and server on these cores).
-The load is tests/operator/signing_load.py, as in tests/operator/test_api_speed.py.
+The load is tests/support/signing_load.py, as in tests/operator/test_api_speed.py.
 
     .venv/bin/python bench/bench_mesh_api_signing.py [--requests 3000] [--pods 64] [--concurrency 16] [--rounds 3]
 """
@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT / "tests" / "operator")]
+sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT)]
 
 from machine import describe  # noqa: E402
-from signing_load import measure_signing  # noqa: E402
+from tests.support.signing_load import measure_signing  # noqa: E402
 
 TARGET = 500
 

@@ -6,7 +6,7 @@ then removed: the index update plus rebuilding the peer maps it marks as changed
 (target < 10 ms). One EndpointSlice change (an endpoint turns not ready, then ready
 again): parsing the slice, the index update and the maps it marks (target < 10 ms).
 Both for the same-namespace layout and for a cross-namespace one where every pair
-is consented by two peerings (tests/operator/mesh_workload.py). Times are CPU
+is consented by two peerings (tests/support/mesh_workload.py). Times are CPU
 seconds of this process (the machine is shared), best of --rounds for the full
 computation, median / 95th percentile / max over --changes for one change.
 
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT / "tests" / "operator")]
+sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT)]
 
 from machine import describe  # noqa: E402
 from ipsec_mesh_operator.services import SliceInfo  # noqa: E402
-from mesh_workload import add_services, build_large, new_member, service_bodies  # noqa: E402
+from tests.support.mesh_workload import add_services, build_large, new_member, service_bodies  # noqa: E402
 
 FULL_TARGET = 1.0
 CHANGE_TARGET = 0.010

@@ -26,7 +26,7 @@ from ike_loadgen import Spec, peer_config  # noqa: E402
 from ipsec_mesh.ike.config import single_peer_lookup  # noqa: E402
 from ipsec_mesh.ike.endpoint import IkeEndpoint  # noqa: E402
 from ipsec_mesh.ike.events import ChildSaInstallOutbound  # noqa: E402
-from tests.pki import MeshPki  # noqa: E402
+from tests.support.pki import MeshPki  # noqa: E402
 
 LOADGEN, RESPONDER = ("10.0.0.1", 500), ("10.0.0.2", 500)
 IKE, ESP, PSK = "aes256gcm16-prfsha256-x25519", "aes256gcm16-esn", "bench-psk-0123456789abcdef0123456789"

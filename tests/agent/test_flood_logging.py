@@ -24,7 +24,7 @@ from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, SaPayload
 from ipsec_mesh.ike.proposals import engine_default_ike_proposals
 from tests.agent.test_peer_set import peering, peer_set
-from tests.ikesim import child_config, psk_config
+from tests.support.ikesim import child_config, psk_config
 
 LOCAL, PEER = "10.0.0.2", "10.0.0.1"
 FLOOD = 3000

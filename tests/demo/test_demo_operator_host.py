@@ -16,7 +16,7 @@ from cryptography import x509
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
 from ipsec_mesh_operator.demo.netns import in_netns
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, Demo, load_config, read_wire
-from tests.operator.standalone_fixture import make_csr
+from tests.support.standalone_fixture import make_csr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 to create network namespaces")

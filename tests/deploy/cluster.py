@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pyroute2 import netns as pyroute2_netns
 
 from ipsec_mesh_operator.netns import in_netns, stop_process
-from tests import pki
-from tests.operator import fake_tokens
-from tests.operator.kube_harness import KubeHarness
+from tests.support import pki
+from tests.support import fake_tokens
+from tests.support.kube_harness import KubeHarness
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_IP = "10.244.0.1"

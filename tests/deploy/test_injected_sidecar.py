@@ -30,7 +30,7 @@ from ipsec_mesh_operator.demo.netns import in_netns
 from tests.deploy.cluster import probe, proc_status, stop, wait_until
 from tests.deploy.conftest import the
 from tests.deploy.kubelet import PodRuntime, Security, image_config, launch, port_number, resolve_env, security
-from tests.operator import fake_tokens
+from tests.support import fake_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 DB_IP = "10.244.0.250"  # a peer pod that only exists in the API server: policies for it are what we look for

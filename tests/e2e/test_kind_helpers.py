@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-import kind_helpers as kh
+from tests.e2e import kind_helpers as kh
 from ipsec_mesh_operator import crd
 from ipsec_mesh_operator.federation import BUNDLE_PATH
 from ipsec_mesh_operator.peering import parse_peering

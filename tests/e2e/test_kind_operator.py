@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-import kind_helpers as kh
+from tests.e2e import kind_helpers as kh
 
 ROOT = Path(__file__).resolve().parents[2]
 MISSING = [tool for tool in ("docker", "kind", "kubectl", "helm") if shutil.which(tool) is None]

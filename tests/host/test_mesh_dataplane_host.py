@@ -6,16 +6,11 @@ data plane programs a throw-away namespace, where the policies are checked.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # api_fixture, fake_tokens
-
-from api_fixture import running_servers  # noqa: E402
-from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
-from ipsec_mesh_operator.peering import parse_peering  # noqa: E402
-from mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for  # noqa: E402
-from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: E402,F401  (fixture)
+from tests.support.api_fixture import running_servers
+from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
+from ipsec_mesh_operator.peering import parse_peering
+from tests.support.mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for
+from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: F401  (fixture)
 
 WEB, DB, CACHE = pod("web-0", "web", 12), pod("db-0", "db", 13), pod("cache-0", "db", 14)
 PEERING = parse_peering("prod", "p", {"selector": {"matchLabels": {"app": "web"}},

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ipsec_mesh_operator import netns
-from tests.host.netns_helpers import A4, make_pair, missing_prerequisite
+from tests.support.netns import A4, make_pair, missing_prerequisite
 
 pytestmark = pytest.mark.skipif(bool(missing_prerequisite()), reason=missing_prerequisite() or "")
 

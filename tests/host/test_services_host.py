@@ -23,7 +23,7 @@ from ipsec_mesh.agent.dataplane import Acquire
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from ipsec_mesh.svcnat import ServiceTranslation
-from tests.host.netns_helpers import ip, missing_prerequisite
+from tests.support.netns import ip, missing_prerequisite
 
 CLUSTER4, CLUSTER6 = "10.96.0.10", "fd00:96::a"
 CLIENT4, CLIENT6 = "10.98.1.2", "fd98:1::2"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.host.netns_helpers import A4, A6, B4, B6, ip, make_pair, missing_prerequisite, socket_in
+from tests.support.netns import A4, A6, B4, B6, ip, make_pair, missing_prerequisite, socket_in
 from ipsec_mesh.xfrm import (
     Acquire,
     Action,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.pki import MeshPki
+from tests.support.pki import MeshPki
 
 from .harness.sidecar import Sidecar
 from .harness.swanctl import Child, Connection

@@ -10,7 +10,7 @@ import aiohttp
 import jsonpatch
 import pytest
 
-from api_fixture import running_servers
+from tests.support.api_fixture import running_servers
 from ipsec_mesh_operator.admission import injection_patch
 from ipsec_mesh_operator.config import OperatorConfig
 
@@ -274,7 +274,7 @@ def _as(user, peering, operation="CREATE", old=None):
 
 
 async def test_a_peering_may_only_reference_secrets_its_author_may_read():
-    from kube_harness import running_kube
+    from tests.support.kube_harness import running_kube
     from ipsec_mesh_operator.kube import Connection, KubeClient
     asked = []
 

@@ -19,9 +19,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from api_fixture import running_servers
+from tests.support.api_fixture import running_servers
 from ipsec_mesh_operator.config import OperatorConfig
-from standalone_fixture import TRUST_DOMAIN, running
+from tests.support.standalone_fixture import TRUST_DOMAIN, running
 
 WEB_ID = f"web.shop.pod.{TRUST_DOMAIN}"
 NESTED = ("[" * 100_000 + "]" * 100_000).encode()

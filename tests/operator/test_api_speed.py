@@ -6,7 +6,7 @@ certificate whatever the neighbours do. bench/bench_mesh_api_signing.py runs
 the same load with more requests and prints the figures.
 """
 
-from signing_load import measure_signing
+from tests.support.signing_load import measure_signing
 
 REQUESTS = 600
 PODS = 32

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-import fake_tokens
-from api_fixture import running_servers
+from tests.support import fake_tokens
+from tests.support.api_fixture import running_servers
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, StatusReport
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import sidecar_statuses as scenarios
+from tests.support import sidecar_statuses as scenarios
 from ipsec_mesh_operator.diagnose import Reason, RemoteTarget, Traffic, explain, explain_remote, explain_service
 from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts

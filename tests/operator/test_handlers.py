@@ -17,7 +17,7 @@ from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.feeder import IndexFeeder
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
-from memory_kube import MemoryKube
+from tests.support.memory_kube import MemoryKube
 from ipsec_mesh_operator.runtime import OperatorRuntime
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ipsec_mesh.meshapi import AuthKind, PskKey
 from ipsec_mesh_operator.index import MeshIndex, PodInfo, precedence
 from ipsec_mesh_operator.peering import parse_peering
-from mesh_workload import build_large, new_member
+from tests.support.mesh_workload import build_large, new_member
 
 
 def pod(name, ns="prod", ip="10.0.0.1", sa="default", **labels):

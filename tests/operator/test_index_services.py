@@ -13,8 +13,8 @@ from ipsec_mesh_operator.services import (
     MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE, MAX_SLICE_ENDPOINTS, ServiceTable, SliceInfo,
     parse_service,
 )
-from mesh_workload import add_services, build_large, service_bodies
-from test_index import apply as apply_mesh_op, maps_without_versions, operations as mesh_operations
+from tests.support.mesh_workload import add_services, build_large, service_bodies
+from tests.operator.test_index import apply as apply_mesh_op, maps_without_versions, operations as mesh_operations
 
 
 def pod(name, ip, ns="shop", **labels):

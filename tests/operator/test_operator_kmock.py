@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kopf.testing import KopfRunner
 
-import fake_tokens
+from tests.support import fake_tokens
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
 from ipsec_mesh_operator.admission import sidecar_container
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.metrics import REGISTRY
-from kube_harness import running_kube, wait_for
+from tests.support.kube_harness import running_kube, wait_for
 
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"
 PODS = "/api/v1/namespaces/prod/pods"

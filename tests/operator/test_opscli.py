@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-import sidecar_statuses as scenarios
+from tests.support import sidecar_statuses as scenarios
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.diagnose import Reason, explain, explain_service
 from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview, service_facts_from_overview
-from kube_harness import running_kube
-from tests.host.netns_helpers import A4, B4, make_pair, missing_prerequisite
+from tests.support.kube_harness import running_kube
+from tests.support.netns import A4, B4, make_pair, missing_prerequisite
 
 PODS = "/api/v1/namespaces/prod/pods"
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"

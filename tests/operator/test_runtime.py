@@ -4,7 +4,7 @@ import time
 
 from cryptography import x509
 
-from fake_tokens import issue, review
+from tests.support.fake_tokens import issue, review
 from ipsec_mesh.meshapi.status import PeeringStatus, StatusReport
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
@@ -13,8 +13,8 @@ from ipsec_mesh_operator.peering_status import desired_status
 from ipsec_mesh_operator.runtime import OperatorRuntime
 from ipsec_mesh_operator.tls import ServingCertificate
 from ipsec_mesh_operator.tokens import TokenAuthenticator, Unauthenticated
-from memory_kube import MemoryKube
-from test_keys import IDENTITY, make_csr
+from tests.support.memory_kube import MemoryKube
+from tests.operator.test_keys import IDENTITY, make_csr
 
 import pytest
 

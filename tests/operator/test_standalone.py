@@ -23,7 +23,7 @@ from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.sources import StandaloneSource
 from ipsec_mesh_operator.standalone import TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import PREFIX
-from standalone_fixture import MESH, TRUST_DOMAIN, client_for, make_csr, running, write_mesh
+from tests.support.standalone_fixture import MESH, TRUST_DOMAIN, client_for, make_csr, running, write_mesh
 
 WEB_ID = f"web.shop.pod.{TRUST_DOMAIN}"
 

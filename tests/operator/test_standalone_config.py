@@ -10,7 +10,7 @@ from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import SliceInfo, parse_service
 from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config
-from standalone_fixture import MESH
+from tests.support.standalone_fixture import MESH
 
 
 def test_pods_become_pod_infos_as_the_handlers_build_them():

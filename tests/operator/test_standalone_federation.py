@@ -9,7 +9,7 @@ from dataclasses import replace
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.standalone.admin import overview
 from ipsec_mesh_operator.standalone.config import StandaloneConfigError, parse_config
-from standalone_fixture import client_for, running
+from tests.support.standalone_fixture import client_for, running
 
 import aiohttp
 import pytest

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ipsec_mesh.meshapi import MeshApiClient
-from standalone_fixture import MESH, TRUST_DOMAIN, make_csr, write_mesh
+from tests.support.standalone_fixture import MESH, TRUST_DOMAIN, make_csr, write_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from ipsec_mesh.meshapi.errors import MeshApiRequestError
 from ipsec_mesh.meshapi.http import (
     MAX_HEADERS, MAX_LINE, Endpoint, HttpProtocolError, Response, https_request, read_response,
 )
-from tests.pki import MeshPki
+from tests.support.pki import MeshPki
 
 MAX_BODY = 1000
 

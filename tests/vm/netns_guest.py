@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pcap_reader import Packet, TrafficCounts, count_traffic, read_pcap
+from tests.vm.pcap_reader import Packet, TrafficCounts, count_traffic, read_pcap
 
 DEFAULT_TIMEOUT = 20.0
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from netns_guest import (
+from tests.vm.netns_guest import (
     AES_GCM_128,
     CHACHA20_POLY1305,
     Capture,

@@ -9,7 +9,7 @@ import os
 import socket
 
 import pytest
-from netns_guest import (
+from tests.vm.netns_guest import (
     Capture,
     NetnsError,
     PeerPair,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 
-from tests.host.netns_helpers import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite, socket_in  # noqa: E402
+from tests.support.netns import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite, socket_in  # noqa: E402
 
 from ipsec_mesh.xfrm import (  # noqa: E402
     Aead,

@@ -24,7 +24,7 @@ from ipsec_mesh.ike.constants import AuthMethod, HashAlgorithm
 from ipsec_mesh.ike.errors import AuthenticationFailed
 from ipsec_mesh.ike.payloads import AuthPayload, IdiPayload
 from ipsec_mesh.ike.signatures import Family, SignatureAlgorithm
-from tests.pki import KEY_TYPES, MeshPki, name, new_key
+from tests.support.pki import KEY_TYPES, MeshPki, name, new_key
 
 
 def prf(key: bytes, data: bytes) -> bytes:

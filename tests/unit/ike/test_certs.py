@@ -24,7 +24,7 @@ from ipsec_mesh.ike.errors import CertificateError
 from ipsec_mesh.ike import Identity
 from ipsec_mesh.meshapi.identity import service_account_uri
 from ipsec_mesh.ike.payloads import CertPayload
-from tests.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key
+from tests.support.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 UNKNOWN_EXTENSION = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ipsec_mesh.ike import ChildSaDeleted, ChildSaOutboundRetired
-from tests.ikesim import Network
+from tests.support.ikesim import Network
 from tests.unit.ike.test_engine import establish, pair
 
 

@@ -15,7 +15,7 @@ from ipsec_mesh.ike import (
     single_peer_lookup,
 )
 from ipsec_mesh.ike import message as codec
-from tests.ikesim import PSK, Network, child_config, keys_match, psk_config
+from tests.support.ikesim import PSK, Network, child_config, keys_match, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"
 
@@ -438,8 +438,8 @@ def test_nat_between_peers_is_detected_and_keepalives_flow():
 # -- certificates ---------------------------------------------------------------------
 
 def cert_pair(net, key_type="p256", *, b_pki=None, b_dns=None, **kwargs):
-    from tests.ikesim import cert_config
-    from tests.pki import MeshPki
+    from tests.support.ikesim import cert_config
+    from tests.support.pki import MeshPki
     pki = MeshPki()
     leaf_a = pki.issue("a", key_type=key_type, dns=["a.pod.mesh.test"])
     other = b_pki or pki
@@ -463,7 +463,7 @@ def test_certificate_auth_every_key_type(key_type):
 
 
 def test_untrusted_certificate_is_refused():
-    from tests.pki import MeshPki
+    from tests.support.pki import MeshPki
     net = Network()
     a, b, a_cfg = cert_pair(net, b_pki=MeshPki(trust_domain="evil.test"))
     establish(net, a, a_cfg)

@@ -31,7 +31,7 @@ from ipsec_mesh.ike.payloads import (
     UnknownPayload,
     VendorIdPayload,
 )
-from tests.ikesim import Network, child_config, keys_match, psk_config
+from tests.support.ikesim import Network, child_config, keys_match, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"
 _state: dict = {}

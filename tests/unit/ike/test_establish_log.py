@@ -6,7 +6,7 @@ import logging
 import re
 
 from ipsec_mesh.ike import single_peer_lookup
-from tests.ikesim import Network, child_config, psk_config
+from tests.support.ikesim import Network, child_config, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"
 

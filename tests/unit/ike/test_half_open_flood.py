@@ -14,7 +14,7 @@ from ipsec_mesh.ike import ExchangeType, NotifyType, single_peer_lookup
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ipsec_mesh.ike.proposals import engine_default_ike_proposals
-from tests.ikesim import Network, child_config, psk_config
+from tests.support.ikesim import Network, child_config, psk_config
 
 A, B = "10.0.0.1", "10.0.0.2"
 ATTACKERS = [f"10.0.1.{i}" for i in range(1, 51)]

@@ -7,7 +7,7 @@ import pytest
 
 from ipsec_mesh.ike import IkeSa
 from ipsec_mesh.ike.state import TRANSITIONS, IkeState, InvalidTransition
-from tests.ikesim import Network
+from tests.support.ikesim import Network
 from tests.unit.ike.test_engine import A, B, establish, pair
 
 

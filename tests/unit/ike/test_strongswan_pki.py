@@ -4,7 +4,7 @@
   RFC 7427 AUTH payload with the same function (signature_params_build), so the
   signatureAlgorithm of a certificate `pki --self` makes is the encoding charon
   puts in AUTH: ours must be byte-for-byte equal.
-- strongSwan must trust the certificates tests/pki.py makes (`pki --verify`).
+- strongSwan must trust the certificates tests/support/pki.py makes (`pki --verify`).
 - We must trust a PKI that strongSwan makes (an Ed25519 CA, as in its examples).
 """
 
@@ -21,7 +21,7 @@ from ipsec_mesh.ike.certs import TrustStore, identity_matches_certificate
 from ipsec_mesh.ike.constants import HashAlgorithm
 from ipsec_mesh.ike import Identity
 from ipsec_mesh.ike.signatures import Family, SignatureAlgorithm
-from tests.pki import KEY_TYPES, MeshPki, key_pem, new_key
+from tests.support.pki import KEY_TYPES, MeshPki, key_pem, new_key
 
 PKI = shutil.which("pki")
 pytestmark = pytest.mark.skipif(PKI is None, reason="strongSwan's pki tool is missing (apt strongswan-pki)")

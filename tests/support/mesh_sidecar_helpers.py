@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import fake_tokens
+from tests.support import fake_tokens
 from ipsec_mesh.agent.config import IkeSettings, SidecarSettings
 from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.mesh_mode import MeshSidecar

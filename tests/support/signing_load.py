@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import fake_tokens
-from api_fixture import running_servers
+from tests.support import fake_tokens
+from tests.support.api_fixture import running_servers
 from ipsec_mesh_operator.index import PodInfo
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import fake_tokens
+from tests.support import fake_tokens
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.kube import Connection, KubeClient
