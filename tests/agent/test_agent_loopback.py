@@ -15,6 +15,7 @@ from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.status_server import StatusServer
+from tests.support.loopback import http_get, wait_for
 
 PSK = base64.b64encode(b"k" * 32).decode()
 PORT = 20000 + os.getpid() % 10000
@@ -37,24 +38,6 @@ def agent_document(local: str, remote: str, *, initiate: bool) -> dict:
         "ike": {"port": PORT, "nattPort": PORT + 1},
         "status": {"listen": f"{local}:0"},
     }
-
-
-async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(1 << 20), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 def make_agent(local: str, remote: str, initiate: bool) -> Agent:

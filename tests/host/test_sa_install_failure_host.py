@@ -21,7 +21,8 @@ from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.status_server import StatusServer
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
-from tests.agent.test_agent_loopback import agent_document, http_get, wait_for
+from tests.agent.test_agent_loopback import agent_document
+from tests.support.loopback import http_get, wait_for
 from tests.host.test_xfrm_dataplane_host import pair  # noqa: F401  (fixture)
 
 PORT = 30000 + os.getpid() % 10000

@@ -32,7 +32,9 @@ from ipsec_mesh.ike import (
     TrafficSelector,
     TrustStore,
     parse_proposal,
+    single_peer_lookup,
 )
+from ipsec_mesh.ike import message as codec
 
 PSK = b"correct horse battery staple, 32b"
 
@@ -272,3 +274,28 @@ def keys_match(a: Node, b: Node) -> bool:
         if peer is None or peer.keys.inbound != info.keys.outbound:
             return False
     return True
+
+
+# Two nodes with matching PSK configurations: what most exchange tests start from.
+A, B = "10.0.0.1", "10.0.0.2"
+
+
+def pair(net: Network, *, a_kwargs=None, b_kwargs=None, child=True, a_child=None, b_child=None,
+         endpoint_kwargs=None):
+    a_cfg = psk_config("to-b", "a.mesh.test", "b.mesh.test",
+                       a_child if a_child is not None else (child_config(A, B) if child else None),
+                       **(a_kwargs or {}))
+    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test",
+                       b_child if b_child is not None else child_config(B, A), **(b_kwargs or {}))
+    a = net.add("a", A, single_peer_lookup(a_cfg), **(endpoint_kwargs or {}))
+    b = net.add("b", B, single_peer_lookup(b_cfg), **(endpoint_kwargs or {}))
+    return a, b, a_cfg, b_cfg
+
+
+def establish(net, a, a_cfg, *, child=True):
+    a.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0] if child and a_cfg.children else None)
+    net.settle()
+
+
+def exchanges(net: Network) -> list[int]:
+    return [codec.peek_header(d.data).exchange for d in net.delivered if d.data != b"\xff"]

@@ -15,7 +15,7 @@ from ipsec_mesh.agent.mesh_mode import MeshSidecar
 from ipsec_mesh.agent.mesh_settings import MeshSettings
 from ipsec_mesh.meshapi.client import MeshApiClient
 from ipsec_mesh_operator.index import PodInfo
-from tests.agent.test_agent_loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
+from tests.support.loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 
 # Per-process loopback addresses and IKE port, so parallel runs by others do not collide.
 _OCTET = 20 + os.getpid() % 200

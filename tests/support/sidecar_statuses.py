@@ -16,7 +16,7 @@ from ipsec_mesh.agent.config import parse_agent_config
 from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
-from tests.agent.test_agent_loopback import wait_for
+from tests.support.loopback import wait_for
 
 A_IP, B_IP, NOBODY_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 PORT = 30000 + os.getpid() % 10000

@@ -11,7 +11,7 @@ import pytest
 
 from ipsec_mesh.ike import ChildSaDeleted, ChildSaOutboundRetired
 from tests.support.ikesim import Network
-from tests.unit.ike.test_engine import establish, pair
+from tests.support.ikesim import establish, pair
 
 
 def _collision(honour_retire: bool, first: str) -> Network:

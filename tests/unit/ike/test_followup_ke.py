@@ -15,7 +15,7 @@ from ipsec_mesh.ike import (
     NotifyType,
 )
 from tests.support.ikesim import Network, child_config, keys_match
-from tests.unit.ike.test_engine import A, B, establish, exchanges, pair
+from tests.support.ikesim import A, B, establish, exchanges, pair
 
 HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768-esn"
 CLASSIC_ESP = "aes256gcm16-x25519-esn"

@@ -7,7 +7,7 @@ from ipsec_mesh.ike.constants import ExchangeType
 from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaInstallOutbound
 from ipsec_mesh.ike import message as codec
 from tests.support.ikesim import Network
-from tests.unit.ike.test_engine import A, B, establish, pair
+from tests.support.ikesim import A, B, establish, pair
 
 
 def established_pair():
