@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar")]
 
 from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
+
 from tests.interop.harness.netns import Namespace, Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 

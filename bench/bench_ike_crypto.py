@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
 
 import cryptography  # noqa: E402
 from cryptography.hazmat.backends.openssl import backend  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 
 from ipsec_mesh.ike.constants import EncrId, KeId, PrfId  # noqa: E402
 from ipsec_mesh.ike.crypto import SUPPORTED_PRF, AeadProtector, aead_keymat_len, prf_for  # noqa: E402
 from ipsec_mesh.ike.keyexchange import SUPPORTED_KE, respond_key_exchange, start_key_exchange  # noqa: E402
 from ipsec_mesh.ike.keymat import derive_child_keys, derive_ike_keys, skeyseed  # noqa: E402
-from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
 
 
 def ops_per_second(operation: Callable[[], object], seconds: float) -> float:

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "sidecar")]
 
 from machine import cpu_model  # noqa: E402  (bench/, the script's own directory)
+
 from tests.interop.harness.charon import Charon, missing_requirements  # noqa: E402
 from tests.interop.harness.netns import Namespace, Topology, netns_supported  # noqa: E402
 from tests.interop.harness.shim import build_shim  # noqa: E402

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT)]
 
 from machine import describe  # noqa: E402
+
 from tests.support.signing_load import measure_signing  # noqa: E402
 
 TARGET = 500

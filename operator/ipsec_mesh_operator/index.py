@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, fields,
+    AuthKind,
+    Enforcement,
+    LocalIdentity,
+    Peer,
+    PeeringPolicy,
+    PeerMap,
+    PeerMapError,
+    PskKey,
+    ServiceEntry,
+    fields,
     pod_fqdn,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .facts import Facts
 from .diagnose import LIVE_CHILD_STATES
+from .facts import Facts
 from .pairing import parsed_peerings, roles_of
 
 

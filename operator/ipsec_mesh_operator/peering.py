@@ -12,10 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError
-from ipsec_mesh.meshapi import fields
+from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError, fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
-from ipsec_mesh.meshapi.proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
+from ipsec_mesh.meshapi.proposals import (
+    MESH_DEFAULT_ESP,
+    MESH_DEFAULT_IKE_PROPOSALS,
+    parse_esp,
+    parse_ike,
+    proposal_list,
+)
 
 from .federation import FederationSpec, parse_federation
 from .selectors import LabelSelector, SelectorError

@@ -21,8 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    MAX_SERVICE_ENDPOINTS, MAX_SERVICE_PORTS, MAX_SERVICES, PeerMapError, ServiceEndpoint, ServiceEntry,
-    ServicePort, ServiceProtocol, SessionAffinity, fields,
+    MAX_SERVICE_ENDPOINTS,
+    MAX_SERVICE_PORTS,
+    MAX_SERVICES,
+    PeerMapError,
+    ServiceEndpoint,
+    ServiceEntry,
+    ServicePort,
+    ServiceProtocol,
+    SessionAffinity,
+    fields,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 from ipsec_mesh.meshapi.model import IpAddress

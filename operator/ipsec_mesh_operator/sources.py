@@ -18,10 +18,10 @@ Both stay thin: they fetch documents and hand them to facts.py; diagnose.py deci
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import ssl
-import dataclasses
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+
 from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
 from .admission import SIDECAR_NAME

@@ -16,14 +16,14 @@ import pytest
 
 from ipsec_mesh.agent.config import SidecarSettings
 from ipsec_mesh.agent.dataplane import NullDataPlane
-from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.logs import LOG_BURST, LogRateLimiter, make_handler
-from ipsec_mesh.ike import message as codec
+from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.ike import ExchangeType, IkeEndpoint, single_peer_lookup
+from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, SaPayload
 from ipsec_mesh.ike.proposals import engine_default_ike_proposals
-from tests.agent.test_peer_set import peering, peer_set
+from tests.agent.test_peer_set import peer_set, peering
 from tests.support.ikesim import child_config, psk_config
 
 LOCAL, PEER = "10.0.0.2", "10.0.0.1"

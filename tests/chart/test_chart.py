@@ -177,6 +177,7 @@ def test_ha_option_ships_what_kopf_peering_needs():
 def _schema_errors(schema, obj):
     """The object checked against a CRD's structural schema (apiVersion/kind/metadata are the API server's)."""
     import jsonschema
+
     from ipsec_mesh_operator.crd import _json_schema  # OpenAPI to JSON Schema, as for our own CRs
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     return [e.message for e in jsonschema.Draft7Validator(_json_schema(schema)).iter_errors(body)]

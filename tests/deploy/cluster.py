@@ -31,8 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pyroute2 import netns as pyroute2_netns
 
 from ipsec_mesh_operator.netns import in_netns, stop_process
-from tests.support import pki
-from tests.support import fake_tokens
+from tests.support import fake_tokens, pki
 from tests.support.kube_harness import KubeHarness
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,14 @@ import yaml
 
 from tests.deploy import kubelet
 from tests.deploy.cluster import (
-    ApiServer, Node, build_image_venvs, probe, stop, tokenreviews, wait_until, world_readable_tempdir,
+    ApiServer,
+    Node,
+    build_image_venvs,
+    probe,
+    stop,
+    tokenreviews,
+    wait_until,
+    world_readable_tempdir,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

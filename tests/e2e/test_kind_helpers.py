@@ -10,11 +10,11 @@ import subprocess
 import pytest
 import yaml
 
-from tests.e2e import kind_helpers as kh
 from ipsec_mesh_operator import crd
 from ipsec_mesh_operator.federation import BUNDLE_PATH
 from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import parse_service
+from tests.e2e import kind_helpers as kh
 
 
 def test_kind_config_sets_both_subnets():

@@ -6,11 +6,11 @@ data plane programs a throw-away namespace, where the policies are checked.
 
 from __future__ import annotations
 
-from tests.support.api_fixture import running_servers
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from ipsec_mesh_operator.peering import parse_peering
-from tests.support.mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for
 from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: F401  (fixture)
+from tests.support.api_fixture import running_servers
+from tests.support.mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for
 
 WEB, DB, CACHE = pod("web-0", "web", 12), pod("db-0", "db", 13), pod("cache-0", "db", 14)
 PEERING = parse_peering("prod", "p", {"selector": {"matchLabels": {"app": "web"}},

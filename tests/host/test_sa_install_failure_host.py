@@ -22,8 +22,8 @@ from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.status_server import StatusServer
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from tests.agent.test_agent_loopback import agent_document
-from tests.support.loopback import http_get, wait_for
 from tests.host.test_xfrm_dataplane_host import pair  # noqa: F401  (fixture)
+from tests.support.loopback import http_get, wait_for
 
 PORT = 30000 + os.getpid() % 10000
 A, B = "127.0.0.1", "127.0.0.2"

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from tests.support.netns import A4, A6, B4, B6, ip, make_pair, missing_prerequisite, socket_in
 from ipsec_mesh.xfrm import (
     Acquire,
     Action,
@@ -35,6 +34,7 @@ from ipsec_mesh.xfrm import (
     owned_reqid,
     peer_priority,
 )
+from tests.support.netns import A4, A6, B4, B6, ip, make_pair, missing_prerequisite, socket_in
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None, reason=str(missing_prerequisite()))
 

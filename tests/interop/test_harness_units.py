@@ -9,11 +9,10 @@ import pytest
 
 from .harness.capture import NOTIFY_COOKIE, summarize
 from .harness.charon import merge
-from .harness.shim import build_shim
 from .harness.half_open import FLAG_RESPONSE, HalfOpenError, build_ike_sa_init, parse_response
+from .harness.shim import build_shim
 from .harness.swanctl import Child, Connection, IkeSa, render
-from .harness.vici import (KEY_VALUE, LIST_ITEM, SECTION_END, SECTION_START, ViciError,
-                           decode, encode)
+from .harness.vici import KEY_VALUE, LIST_ITEM, SECTION_END, SECTION_START, ViciError, decode, encode
 
 
 def test_vici_round_trip_nested_sections_and_lists():

@@ -10,9 +10,9 @@ import aiohttp
 import jsonpatch
 import pytest
 
-from tests.support.api_fixture import running_servers
 from ipsec_mesh_operator.admission import injection_patch
 from ipsec_mesh_operator.config import OperatorConfig
+from tests.support.api_fixture import running_servers
 
 
 def review(kind, obj, operation="CREATE"):
@@ -274,8 +274,8 @@ def _as(user, peering, operation="CREATE", old=None):
 
 
 async def test_a_peering_may_only_reference_secrets_its_author_may_read():
-    from tests.support.kube_harness import running_kube
     from ipsec_mesh_operator.kube import Connection, KubeClient
+    from tests.support.kube_harness import running_kube
     asked = []
 
     def subject_access_review(request):

@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.api_fixture import running_servers
 from ipsec_mesh_operator.config import OperatorConfig
+from tests.support.api_fixture import running_servers
 from tests.support.standalone_fixture import TRUST_DOMAIN, running
 
 WEB_ID = f"web.shop.pod.{TRUST_DOMAIN}"

@@ -4,11 +4,11 @@ import asyncio
 
 import pytest
 
-from tests.support import fake_tokens
-from tests.support.api_fixture import running_servers
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, StatusReport
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
+from tests.support import fake_tokens
+from tests.support.api_fixture import running_servers
 
 WEB = PodInfo("prod", "web-0", "uid-web", "web", {"app": "web"}, ("10.0.0.1",))
 DB = PodInfo("prod", "db-0", "uid-db", "db", {"app": "db"}, ("10.0.0.2",))

@@ -13,8 +13,8 @@ import pytest
 
 from ipsec_mesh.meshapi import MeshApiRequestError
 from ipsec_mesh_operator.config import OperatorConfig
-from tests.support.standalone_fixture import client_for, running
 from tests.operator.test_api_hostile import current_version, get, raw_request, token_of
+from tests.support.standalone_fixture import client_for, running
 
 SHORT = OperatorConfig(key_check_interval=3600, handshake_timeout=0.5, idle_timeout=0.5)
 

@@ -7,8 +7,7 @@ import pytest
 import yaml
 
 from ipsec_mesh.meshapi import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS
-from ipsec_mesh_operator import crd
-from ipsec_mesh_operator import peering
+from ipsec_mesh_operator import crd, peering
 from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from tests.support import sidecar_statuses as scenarios
 from ipsec_mesh_operator.diagnose import Reason, RemoteTarget, Traffic, explain, explain_remote, explain_service
-from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
+from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.peering import parse_peering
+from tests.support import sidecar_statuses as scenarios
 
 A, B = ("prod", "web-0"), ("prod", "db-0")
 WEB_DB = {"selector": {"matchLabels": {"app": "web"}}, "peers": [{"podSelector": {"matchLabels": {"app": "db"}}}],

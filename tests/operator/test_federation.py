@@ -10,12 +10,10 @@ import asyncio
 import base64
 import contextlib
 import json
-import ssl
 import time
 
 import pytest
 from aiohttp import web
-from cryptography import x509
 
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.federation import (

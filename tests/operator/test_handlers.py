@@ -17,8 +17,8 @@ from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.feeder import IndexFeeder
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.peering import parse_peering
-from tests.support.memory_kube import MemoryKube
 from ipsec_mesh_operator.runtime import OperatorRuntime
+from tests.support.memory_kube import MemoryKube
 
 
 @pytest.fixture
@@ -238,8 +238,9 @@ def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keep
 
 
 async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime):
-    from ipsec_mesh_operator.admission import injection_patch
     import jsonpatch
+
+    from ipsec_mesh_operator.admission import injection_patch
     feeder = IndexFeeder(runtime)
     forged = pod_body("fake-0", "web", "10.3.0.1", sidecar=False)  # the annotation, but no sidecar
     await feeder._apply_pod(("prod", "fake-0"), dict(forged))

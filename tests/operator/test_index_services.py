@@ -10,11 +10,17 @@ from ipsec_mesh.meshapi import PeerMap, PeerMapError, ServiceProtocol, SessionAf
 from ipsec_mesh_operator.index import MeshIndex, PodInfo
 from ipsec_mesh_operator.peering import parse_peering
 from ipsec_mesh_operator.services import (
-    MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE, MAX_SLICE_ENDPOINTS, ServiceTable, SliceInfo,
+    MAX_ENDPOINT_SLICES_PER_NAMESPACE,
+    MAX_SERVICES_PER_NAMESPACE,
+    MAX_SLICE_ENDPOINTS,
+    ServiceTable,
+    SliceInfo,
     parse_service,
 )
+from tests.operator.test_index import apply as apply_mesh_op
+from tests.operator.test_index import maps_without_versions
+from tests.operator.test_index import operations as mesh_operations
 from tests.support.mesh_workload import add_services, build_large, service_bodies
-from tests.operator.test_index import apply as apply_mesh_op, maps_without_versions, operations as mesh_operations
 
 
 def pod(name, ip, ns="shop", **labels):

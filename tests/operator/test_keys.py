@@ -7,7 +7,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from ipsec_mesh_operator.ca import (
-    CAStateError, CertificateAuthority, CertificateRequestError, LeafIdentity, certificate_pem,
+    CAStateError,
+    CertificateAuthority,
+    CertificateRequestError,
+    LeafIdentity,
+    certificate_pem,
 )
 from ipsec_mesh_operator.psk import PskRing, PskStateError, propagation_for
 from ipsec_mesh_operator.rotation import KeyRing

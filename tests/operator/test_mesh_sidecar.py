@@ -13,12 +13,20 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.support.api_fixture import running_servers
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
 from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.peering import parse_peering
+from tests.support.api_fixture import running_servers
 from tests.support.mesh_sidecar_helpers import (
-    IKE_PORT, api_url, ca_bundle, http_get, mesh_sidecar, pod, settings_for, wait_for, write_token,
+    IKE_PORT,
+    api_url,
+    ca_bundle,
+    http_get,
+    mesh_sidecar,
+    pod,
+    settings_for,
+    wait_for,
+    write_token,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

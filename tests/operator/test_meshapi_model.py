@@ -8,11 +8,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, ProposalError,
-    PskKey, load_peer_map_file, parse_esp, parse_ike, pod_fqdn, service_account_uri,
-)
 from ipsec_mesh.ike.constants import EncrId, EsnId, KeId, PrfId
+from ipsec_mesh.meshapi import (
+    AuthKind,
+    Enforcement,
+    LocalIdentity,
+    Peer,
+    PeeringPolicy,
+    PeerMap,
+    PeerMapError,
+    ProposalError,
+    PskKey,
+    load_peer_map_file,
+    parse_esp,
+    parse_ike,
+    pod_fqdn,
+    service_account_uri,
+)
 
 
 def sample_map() -> PeerMap:

@@ -13,10 +13,17 @@ import kmock
 import pytest
 from kopf.testing import KopfRunner
 
-from ipsec_mesh_operator.psk import PskRing
 from ipsec_mesh_operator.kube import encode_secret_data
+from ipsec_mesh_operator.psk import PskRing
+from tests.operator.test_operator_kmock import (
+    PEERINGS,
+    PODS,
+    peering_body,
+    pod_body,
+    status_of,
+    tokenreview_setup,
+)
 from tests.support.kube_harness import running_kube, wait_for
-from tests.operator.test_operator_kmock import PEERINGS, PODS, SECRETS, peering_body, pod_body, status_of, tokenreview_setup
 
 PEERING_OBJECTS = "kopf.dev/v1/clusterkopfpeerings"
 WEBHOOK_PATHS = ("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",

@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kopf.testing import KopfRunner
 
-from tests.support import fake_tokens
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
 from ipsec_mesh_operator.admission import sidecar_container
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.metrics import REGISTRY
+from tests.support import fake_tokens
 from tests.support.kube_harness import running_kube, wait_for
 
 PEERINGS = "/apis/ipsec-mesh.io/v1alpha1/namespaces/prod/ipsecpeerings"

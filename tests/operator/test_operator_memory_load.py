@@ -13,12 +13,10 @@ import resource
 import ssl
 import time
 
-import pytest
-
 from ipsec_mesh.meshapi import MeshApiClient
+from tests.operator.test_standalone_process import start_standalone, stop_standalone
 from tests.support.memcg import MemoryCgroup
 from tests.support.standalone_fixture import MESH, TRUST_DOMAIN, make_csr, write_mesh
-from tests.operator.test_standalone_process import start_standalone, stop_standalone
 
 CHART_LIMIT = 512 * 1024 * 1024
 SLOW = 5000

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from tests.support import sidecar_statuses as scenarios
 from ipsec_mesh_operator import cli
 from ipsec_mesh_operator.diagnose import Reason, explain, explain_service
 from ipsec_mesh_operator.overview import overview
 from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview, service_facts_from_overview
+from tests.support import sidecar_statuses as scenarios
 from tests.support.kube_harness import running_kube
 from tests.support.netns import A4, B4, make_pair, missing_prerequisite
 

@@ -2,9 +2,9 @@
 
 import time
 
+import pytest
 from cryptography import x509
 
-from tests.support.fake_tokens import issue, review
 from ipsec_mesh.meshapi.status import PeeringStatus, StatusReport
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
@@ -13,10 +13,9 @@ from ipsec_mesh_operator.peering_status import desired_status
 from ipsec_mesh_operator.runtime import OperatorRuntime
 from ipsec_mesh_operator.tls import ServingCertificate
 from ipsec_mesh_operator.tokens import TokenAuthenticator, Unauthenticated
-from tests.support.memory_kube import MemoryKube
 from tests.operator.test_keys import IDENTITY, make_csr
-
-import pytest
+from tests.support.fake_tokens import issue, review
+from tests.support.memory_kube import MemoryKube
 
 
 class Clock:

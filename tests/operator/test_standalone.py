@@ -12,7 +12,6 @@ import stat
 import time
 
 import aiohttp
-
 import pytest
 import yaml
 from cryptography import x509

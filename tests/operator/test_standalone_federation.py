@@ -6,13 +6,13 @@ import copy
 import ssl
 from dataclasses import replace
 
+import aiohttp
+import pytest
+
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.standalone.admin import overview
 from ipsec_mesh_operator.standalone.config import StandaloneConfigError, parse_config
 from tests.support.standalone_fixture import client_for, running
-
-import aiohttp
-import pytest
 
 EAST = {
     "trustDomain": "east.example",

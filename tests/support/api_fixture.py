@@ -7,14 +7,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.support import fake_tokens
+from ipsec_mesh_operator.admission import make_webhook_app
+from ipsec_mesh_operator.ca import CertificateAuthority
 from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.index import PodInfo
 from ipsec_mesh_operator.kube import Connection, KubeClient
 from ipsec_mesh_operator.runtime import OperatorRuntime
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.admission import make_webhook_app
 from ipsec_mesh_operator.servers import Servers
+from tests.support import fake_tokens
 
 
 class _Request:

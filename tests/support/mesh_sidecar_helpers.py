@@ -8,13 +8,13 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.support import fake_tokens
 from ipsec_mesh.agent.config import IkeSettings, SidecarSettings
 from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.mesh_mode import MeshSidecar
 from ipsec_mesh.agent.mesh_settings import MeshSettings
 from ipsec_mesh.meshapi.client import MeshApiClient
 from ipsec_mesh_operator.index import PodInfo
+from tests.support import fake_tokens
 from tests.support.loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 
 # Per-process loopback addresses and IKE port, so parallel runs by others do not collide.

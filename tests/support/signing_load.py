@@ -15,15 +15,14 @@ import ssl
 import time
 
 import aiohttp
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ipsec_mesh_operator.index import PodInfo
 from tests.support import fake_tokens
 from tests.support.api_fixture import running_servers
-from ipsec_mesh_operator.index import PodInfo
 
 
 def csr_for(identity: str) -> bytes:

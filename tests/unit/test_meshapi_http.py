@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi.errors import MeshApiRequestError
 from ipsec_mesh.meshapi.http import (
-    MAX_HEADERS, MAX_LINE, Endpoint, HttpProtocolError, Response, https_request, read_response,
+    MAX_HEADERS,
+    MAX_LINE,
+    Endpoint,
+    HttpProtocolError,
+    Response,
+    https_request,
+    read_response,
 )
 from tests.support.pki import MeshPki
 

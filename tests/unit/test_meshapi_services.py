@@ -8,8 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi import (
-    MAX_SERVICE_ENDPOINTS, MAX_SERVICE_PORTS, MAX_SERVICES, LocalIdentity, PeerMap, PeerMapError,
-    ServiceEndpoint, ServiceEntry, ServicePort, ServiceProtocol, SessionAffinity, fields, load_peer_map_file,
+    MAX_SERVICE_ENDPOINTS,
+    MAX_SERVICE_PORTS,
+    MAX_SERVICES,
+    LocalIdentity,
+    PeerMap,
+    PeerMapError,
+    ServiceEndpoint,
+    ServiceEntry,
+    ServicePort,
+    ServiceProtocol,
+    SessionAffinity,
+    fields,
+    load_peer_map_file,
 )
 
 ip = ipaddress.ip_address

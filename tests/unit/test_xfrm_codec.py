@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit import xfrm_layouts as L
 from ipsec_mesh.xfrm import (
     Action,
     Aead,
@@ -26,13 +25,15 @@ from ipsec_mesh.xfrm import (
     XfrmError,
     XfrmParseError,
     XfrmSpecError,
+    codec,
     owned_reqid,
+    structs,
 )
-from ipsec_mesh.xfrm import codec, structs
 from ipsec_mesh.xfrm.channel import Reply, error_of, split_messages
 from ipsec_mesh.xfrm.constants import MsgType
 from ipsec_mesh.xfrm.events import Acquire, Expire, Mapping, PolExpire, decode_event
 from ipsec_mesh.xfrm.ownership import LARVAL_REQID, POLICY_TAG, REQID_BASE
+from tests.unit import xfrm_layouts as L
 
 KEY = bytes(range(1, 21))  # AES-128 key || salt
 REQID = owned_reqid(7)

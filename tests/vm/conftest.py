@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from tests.vm.netns_guest import PeerPair, missing_requirements, peer_pair
 
 

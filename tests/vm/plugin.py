@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _pytest.reports import BaseReport, TestReport
+
 from tests.vm.runner import (
     IN_VM_ENV,
     NODEIDS_ENV,

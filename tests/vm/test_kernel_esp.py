@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from tests.vm.netns_guest import (
     AES_GCM_128,
     CHACHA20_POLY1305,

@@ -9,6 +9,7 @@ import os
 import socket
 
 import pytest
+
 from tests.vm.netns_guest import (
     Capture,
     NetnsError,

@@ -6,6 +6,7 @@ import ipaddress
 import struct
 
 import pytest
+
 from tests.vm.pcap_reader import PcapError, count_traffic, read_pcap
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

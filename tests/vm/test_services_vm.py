@@ -9,8 +9,6 @@ decapsulation), and the wire between the pods must carry only ESP (and IKE).
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests.interop.harness.netns import Topology

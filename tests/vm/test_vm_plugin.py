@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 import tests.vm.plugin as vm_plugin
 import tests.vm.runner as vm_runner
 from tests.vm.runner import BatchResult, VMConfig, VMRunError, VMUnavailable

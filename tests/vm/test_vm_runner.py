@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.vm.runner import (
     KERNEL_ENV,
     VMConfig,

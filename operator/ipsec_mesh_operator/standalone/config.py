@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from ipsec_mesh.meshapi import PeerMapError, fields
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 

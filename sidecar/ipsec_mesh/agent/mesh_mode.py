@@ -21,7 +21,13 @@ from ..meshapi.model import PeerMap
 from ..meshapi.retry import MAX_DELAY, Backoff, retry
 from ..meshapi.status import PeeringStatus, StatusReport
 from .bootstrap import (
-    EXIT_CONFIG, EXIT_CRASHED, BootstrapError, issue_credential, localized, peer_set, with_backoff,
+    EXIT_CONFIG,
+    EXIT_CRASHED,
+    BootstrapError,
+    issue_credential,
+    localized,
+    peer_set,
+    with_backoff,
 )
 from .mesh_settings import MeshSettings
 from .peers import PeerSetError

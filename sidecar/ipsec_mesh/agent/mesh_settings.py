@@ -31,7 +31,11 @@ from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
 from ..meshapi.ports import HEALTH_PORT
 from .config import (
-    DATAPLANES, SIDECAR_SETTINGS_KEYS, ConfigError, SidecarSettings, load_yaml_document,
+    DATAPLANES,
+    SIDECAR_SETTINGS_KEYS,
+    ConfigError,
+    SidecarSettings,
+    load_yaml_document,
     parse_sidecar_settings,
 )
 

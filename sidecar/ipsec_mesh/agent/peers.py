@@ -30,7 +30,7 @@ from ..ike import (
     TrustStore,
     parse_proposal,
 )
-from ..meshapi.model import AuthKind, Enforcement, Peer, PeerMap, PeeringPolicy
+from ..meshapi.model import AuthKind, Enforcement, Peer, PeeringPolicy, PeerMap
 from .config import IkeSettings
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
 import ipaddress
 import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 from ..ike import (
     DROP_COUNTERS,

@@ -30,13 +30,14 @@ from ..meshapi.model import Enforcement
 from ..svcnat import ServiceTranslation
 from ..xfrm import (
     Acquire as KernelAcquire,
+)
+from ..xfrm import (
     Aead,
     Direction,
     EventsLost,
     Expire,
     Level,
     Lifetime,
-    Mapping as KernelMapping,
     PolExpire,
     PolicySpec,
     SaSpec,
@@ -48,6 +49,9 @@ from ..xfrm import (
     owned_reqid,
     set_udp_encap,
     socket_bypass,
+)
+from ..xfrm import (
+    Mapping as KernelMapping,
 )
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority

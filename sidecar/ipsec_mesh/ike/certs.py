@@ -18,9 +18,9 @@ Revocation (CRL/OCSP) is not checked: mesh certificates are short-lived.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
-from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm

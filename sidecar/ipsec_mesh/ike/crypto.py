@@ -10,7 +10,6 @@ named as such in the message.
 from __future__ import annotations
 
 import enum
-
 import hmac as stdlib_hmac
 from dataclasses import dataclass
 

@@ -15,24 +15,24 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from itertools import count
 from datetime import datetime, timezone
+from itertools import count
 from typing import Callable
 
+from . import exchanges, inactivity
 from . import message as codec
+from .child import ChildState, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
 from .constants import ExchangeType, NotifyType
 from .cookies import CookieJar
 from .errors import IkeError
 from .events import Event
-from .payloads import Message, NoncePayload, NotifyPayload
-from .registry import HalfOpenCount, PeerIndex, TimerQueue
-from .child import ChildState, sends
-from .sa import Datagram, IkeSa, IkeState
-from . import exchanges, inactivity
 from .exchanges.create_child import ChildCreateTask
 from .exchanges.ike_rekey import IkeRekeyTask
 from .exchanges.informational import DeleteChildTask, IkeDeleteTask, follow_nat_mapping
+from .payloads import Message, NoncePayload, NotifyPayload
+from .registry import HalfOpenCount, PeerIndex, TimerQueue
+from .sa import Datagram, IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable, Iterator
 
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
+from cryptography.utils import CryptographyDeprecationWarning
 
 from .constants import FORBIDDEN_KE, KeId
 from .errors import CryptoError

@@ -9,7 +9,6 @@ Fragmentation (RFC 7383) is in `fragment.py`, built on the helpers here.
 from __future__ import annotations
 
 import struct
-
 from dataclasses import dataclass
 from typing import Protocol
 

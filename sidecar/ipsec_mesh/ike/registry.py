@@ -10,7 +10,7 @@ indexes that are updated only for the SAs a call touched.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable
 
 
 class TimerQueue:

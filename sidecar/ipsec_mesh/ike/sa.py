@@ -20,12 +20,12 @@ from cryptography import x509
 from . import message as codec
 from .child import ChildSa, ChildState
 from .config import PeerConfig
-from .constants import ExchangeType, ProtocolId
+from .constants import ExchangeType
 from .crypto import AeadProtector, Prf
 from .errors import IntegrityError
 from .events import ChildSaDeleted, Event, IkeSaClosed
-from .identity import Identity
 from .fragment import encode_fragments
+from .identity import Identity
 from .keymat import IkeKeys
 from .manager import TaskManager
 from .payloads import Message, NotifyPayload

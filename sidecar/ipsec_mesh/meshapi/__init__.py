@@ -29,8 +29,8 @@ from .model import (
     SessionAffinity,
     load_peer_map_file,
 )
-from .status import PeeringStatus, StatusReport
 from .proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike
+from .status import PeeringStatus, StatusReport
 
 __all__ = [
     "IssuedCertificate", "MeshApiClient", "PeeringStatus", "StatusReport",

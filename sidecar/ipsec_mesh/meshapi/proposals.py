@@ -13,7 +13,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from ipsec_mesh.ike import ENCR_NAMES, KE_NAMES, PRF_NAMES, KeId, ProposalSpec, ProposalSyntaxError, ProtocolId, parse_proposal
+from ipsec_mesh.ike import (
+    ENCR_NAMES,
+    KE_NAMES,
+    PRF_NAMES,
+    KeId,
+    ProposalSpec,
+    ProposalSyntaxError,
+    ProtocolId,
+    parse_proposal,
+)
 from ipsec_mesh.ike.proposals import HYBRID_IKE
 
 from . import fields

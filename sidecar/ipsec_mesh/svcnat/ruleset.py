@@ -136,7 +136,7 @@ def _table_header() -> list[str]:
     """Declarations that must exist before anything else (idempotent when they do)."""
     return [
         f"table {FAMILY} {TABLE} {{",
-        f"  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
+        "  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
         f"  counter {UNTRANSLATED_COUNTER} {{ }}",
         *(f"  map svc{v} {{ type {_ADDR[v][1]} . inet_proto . inet_service : verdict; }}" for v in (4, 6)),
         *(f"  set ports{v} {{ type {_ADDR[v][1]} . inet_proto . inet_service; }}" for v in (4, 6)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+
 from pyroute2.netlink import nlmsg
 
 from . import structs

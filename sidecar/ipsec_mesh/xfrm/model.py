@@ -10,7 +10,6 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from .errors import XfrmSpecError
 from .constants import (
     IPPROTO_ESP,
     XFRM_INF,
@@ -20,6 +19,7 @@ from .constants import (
     Level,
     Mode,
 )
+from .errors import XfrmSpecError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsec_mesh.ike import der
+from ipsec_mesh.ike import Identity, der
 from ipsec_mesh.ike.certs import (
     MAX_CERT_PAYLOADS,
     TrustStore,
@@ -21,9 +21,8 @@ from ipsec_mesh.ike.certs import (
 )
 from ipsec_mesh.ike.constants import CertEncoding
 from ipsec_mesh.ike.errors import CertificateError
-from ipsec_mesh.ike import Identity
-from ipsec_mesh.meshapi.identity import service_account_uri
 from ipsec_mesh.ike.payloads import CertPayload
+from ipsec_mesh.meshapi.identity import service_account_uri
 from tests.support.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 
 from ipsec_mesh.ike import ChildSaDeleted, ChildSaOutboundRetired
-from tests.support.ikesim import Network
-from tests.support.ikesim import establish, pair
+from tests.support.ikesim import Network, establish, pair
 
 
 def _collision(honour_retire: bool, first: str) -> Network:
@@ -77,8 +76,8 @@ def test_rekey_and_delete_lose_no_esp(initiator):
 def test_the_last_sending_sa_is_never_retired():
     """Lost collision, then the replaced SA is deleted (e.g. it expired) while the peer's
     successor still waits for the peer's Delete: retiring it would leave no SA to send on."""
-    from ipsec_mesh.ike.constants import ExchangeType
     from ipsec_mesh.ike import message as codec
+    from ipsec_mesh.ike.constants import ExchangeType
 
     for first in ("a", "b"):
         net = _collision(True, first)

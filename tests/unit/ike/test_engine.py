@@ -15,7 +15,7 @@ from ipsec_mesh.ike import (
     single_peer_lookup,
 )
 from ipsec_mesh.ike import message as codec
-from tests.support.ikesim import A, B, PSK, Network, child_config, establish, exchanges, keys_match, pair, psk_config
+from tests.support.ikesim import PSK, A, B, Network, child_config, establish, exchanges, keys_match, pair, psk_config
 
 
 def test_psk_establishes_ike_and_child_sa():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike import (
     ChildSaDeleted,
     ChildSaFailed,
@@ -14,8 +13,8 @@ from ipsec_mesh.ike import (
     ExchangeType,
     NotifyType,
 )
-from tests.support.ikesim import Network, child_config, keys_match
-from tests.support.ikesim import A, B, establish, exchanges, pair
+from ipsec_mesh.ike import message as codec
+from tests.support.ikesim import A, B, Network, child_config, establish, exchanges, keys_match, pair
 
 HYBRID_ESP = "aes256gcm16-x25519-ke1_mlkem768-esn"
 CLASSIC_ESP = "aes256gcm16-x25519-esn"

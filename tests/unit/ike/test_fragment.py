@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import AuthMethod, ExchangeType, IdType, NotifyType, PayloadType
@@ -20,6 +19,7 @@ from ipsec_mesh.ike.payloads import (
     Message,
     NotifyPayload,
 )
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 SPI_I, SPI_R = b"I" * 8, b"R" * 8
 

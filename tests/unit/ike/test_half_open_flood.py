@@ -9,8 +9,8 @@ while the flood goes on.
 
 from __future__ import annotations
 
-from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike import ExchangeType, NotifyType, single_peer_lookup
+from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ipsec_mesh.ike.proposals import engine_default_ike_proposals

@@ -6,9 +6,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipsec_mesh.ike import Identity
 from ipsec_mesh.ike.constants import IdType
 from ipsec_mesh.ike.errors import IdentityError
-from ipsec_mesh.ike import Identity
 from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ipsec_mesh.ike.config import single_peer_lookup
 from ipsec_mesh.ike.events import ChildSaActivityQuery, ChildSaDeleted, IkeSaClosed
-from tests.support.ikesim import Network, child_config, psk_config
-from tests.support.ikesim import A, B, establish
+from tests.support.ikesim import A, B, Network, child_config, establish, psk_config
 
 IDLE = 60.0
 

@@ -8,7 +8,6 @@ import struct
 import subprocess
 
 import pytest
-from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 from ipsec_mesh.ike import message
 from ipsec_mesh.ike.constants import (
@@ -58,6 +57,7 @@ from ipsec_mesh.ike.payloads import (
     VendorIdPayload,
     payload_type_of,
 )
+from tests.unit.ike.codec_helpers import AesGcmProtector, flip, load_capture, protector
 
 SPI_I, SPI_R = bytes.fromhex("0102030405060708"), bytes.fromhex("1112131415161718")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from tests.unit.ike.codec_helpers import protector
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +13,7 @@ from ipsec_mesh.ike import payloads as pl
 from ipsec_mesh.ike.constants import ExchangeType, PayloadType, ProtocolId, TsType
 from ipsec_mesh.ike.errors import IkeError, IntegrityError
 from ipsec_mesh.ike.fragment import Reassembler, encode_fragments
+from tests.unit.ike.codec_helpers import protector
 
 # Fixed budgets keep this file near 5 s on an idle machine; IKE_FUZZ_SCALE=50 runs a long campaign.
 _SCALE = int(os.environ.get("IKE_FUZZ_SCALE", "1"))

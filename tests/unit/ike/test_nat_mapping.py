@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ipsec_mesh.ike import ChildSaEncapChanged, ExchangeType, IkeSaClosed, single_peer_lookup
 from ipsec_mesh.ike import message as codec
-from tests.support.ikesim import Network, child_config, psk_config
-from tests.support.ikesim import A, B, establish
+from tests.support.ikesim import A, B, Network, child_config, establish, psk_config
 
 PUBLIC = "192.0.2.7"
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.config import single_peer_lookup
 from ipsec_mesh.ike.constants import ExchangeType
 from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaInstallOutbound
-from ipsec_mesh.ike import message as codec
-from tests.support.ikesim import Network
-from tests.support.ikesim import A, B, establish, pair
+from tests.support.ikesim import A, B, Network, establish, pair
 
 
 def established_pair():

@@ -7,8 +7,7 @@ import pytest
 
 from ipsec_mesh.ike import IkeSa
 from ipsec_mesh.ike.state import TRANSITIONS, IkeState, InvalidTransition
-from tests.support.ikesim import Network
-from tests.support.ikesim import A, B, establish, pair
+from tests.support.ikesim import Network, establish, pair
 
 
 def test_every_state_has_a_row_and_closed_is_final():

@@ -16,10 +16,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ipsec_mesh.ike import der
+from ipsec_mesh.ike import Identity, der
 from ipsec_mesh.ike.certs import TrustStore, identity_matches_certificate
 from ipsec_mesh.ike.constants import HashAlgorithm
-from ipsec_mesh.ike import Identity
 from ipsec_mesh.ike.signatures import Family, SignatureAlgorithm
 from tests.support.pki import KEY_TYPES, MeshPki, key_pem, new_key
 

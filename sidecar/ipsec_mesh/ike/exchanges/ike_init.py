@@ -7,10 +7,10 @@ import logging
 import struct
 
 from ..constants import (
-    ExchangeType,
     IKE_HEADER_LEN,
     IKE_VERSION,
     NATT_PORT,
+    ExchangeType,
     NotifyType,
     PayloadType,
     notify_name,
