@@ -13,9 +13,7 @@ import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
 from .mtu import route_mtu
-from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Key, Objects, lookup_key
-
-_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
 
 
 class NftError(Exception):
@@ -75,26 +73,20 @@ class Nft:
         return output.get("nftables", []) if isinstance(output, dict) else []
 
     def objects(self) -> Objects | None:
-        """The translation's chains, sets and lookup elements in the kernel now; None: no table."""
+        """The translation's chains, sets and elements in the kernel now; None: no table."""
         try:
             items = self._json({"table": {"family": FAMILY, "name": TABLE}})
         except NftError as exc:
             if "No such file or directory" in str(exc):
                 return None
             raise
-        chains = {item["chain"]["name"] for item in items if "chain" in item}
-        sets = {item["set"]["name"]: item["set"] for item in items if "set" in item}
-        maps = {item["map"]["name"]: item["map"] for item in items if "map" in item}
-        elements: dict[Key, str] = {}
-        ports: set[Key] = set()
-        for v in (4, 6):
-            for element in maps.get(f"svc{v}", {}).get("elem", ()):
-                key, verdict = element
-                target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
-                elements[_key(key)] = target  # "" (not ours): differs from every wanted chain, so replaced
-            ports.update(_key(key) for key in sets.get(f"ports{v}", {}).get("elem", ()))
-        return Objects(frozenset(c for c in chains if c.startswith(("svc_", "ep_"))),
-                       frozenset(s for s in sets if s.startswith("aff_")), elements, frozenset(ports))
+        chains = frozenset(item["chain"]["name"] for item in items
+                           if "chain" in item and item["chain"]["name"] not in BASE_CHAINS)
+        listed = {item[kind]["name"]: item[kind] for item in items for kind in ("set", "map") if kind in item}
+        elements = {name: dict(_element(element) for element in listed.get(name, {}).get("elem", ()))
+                    for name in ELEMENT_SETS}
+        sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
+        return Objects(chains, sets, elements)
 
     def untranslated_packets(self) -> int | None:
         try:
@@ -112,10 +104,28 @@ class Nft:
             self._executor = None
 
 
-def _key(element) -> Key:
-    """A lookup key as libnftables' JSON lists it: {"concat": [address, protocol, port]}."""
+def _element(element) -> tuple[str, str]:
+    """An element as libnftables' JSON lists it, in the syntax `ruleset` writes: (key, data or "")."""
     try:
-        address, protocol, port = element["concat"]
-        return lookup_key(ipaddress.ip_address(address), _PROTOCOLS.get(protocol, str(protocol)), int(port))
+        if isinstance(element, list):
+            key, data = element
+            return _text(key), _text(data)
+        return _text(element), ""
     except (KeyError, TypeError, ValueError) as exc:
         raise NftError(f"unexpected element in the table: {element!r}") from exc
+
+
+def _text(value) -> str:
+    if isinstance(value, dict) and "elem" in value:
+        return _text(value["elem"]["val"])
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(_text(part) for part in value["concat"])
+    if isinstance(value, dict):
+        (verdict, target), = value.items()  # {"goto": {"target": name}}
+        return f"{verdict} {target['target']}"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return str(value)  # a protocol: libnftables names tcp, udp and sctp

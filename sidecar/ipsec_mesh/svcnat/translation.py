@@ -53,18 +53,17 @@ class ServiceTranslation:
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
-            want = render(self._wanted, self._in_force, self._mss())
             have: Table | Objects | None = self._installed
             if have is None:
                 have = self._nft.objects()
                 if have is None and not services:
                     # Nothing to translate and no table left by an earlier instance: no table at all.
-                    self._in_force = want
+                    self._in_force = render(())
                     self.last_error = ""
                     return True
                 have = have or Objects()
-            script = changes(want, have)
-            if script:
+            want = render(self._wanted, have, self._mss())
+            for script in changes(want, have):
                 self._nft.run(script)
         except NftError as exc:
             self.failures += 1
@@ -110,12 +109,14 @@ class ServiceTranslation:
         result = {}
         for service in self._wanted:
             installed = self._in_force.parts.get(service.key)
-            translated = installed is not None and bool(installed[1].elements)
+            translated = installed is not None and bool(installed[1].states)
             current = installed is not None and installed[0] == service
             error = "" if current else (self.last_error or "not installed yet")
             if current and not translated:
                 error = NO_ENDPOINT
             result[service.key] = {"translated": translated, "current": current, "error": error}
+            if installed is not None and installed[1].notes:
+                result[service.key]["note"] = "; ".join(installed[1].notes)
         return result
 
     def status(self) -> dict:
