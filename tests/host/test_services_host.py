@@ -8,6 +8,7 @@ addressed to the ClusterIP, is seen there. ESP itself needs the VM (tests/vm/tes
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import subprocess
@@ -417,3 +418,23 @@ def test_the_client_socket_of_a_translated_connection_leaves_room_for_esp(cluste
         translation.close()
         server.kill()
         server.wait()
+
+
+def test_route_mtus_are_read_again_only_for_new_addresses_or_after_a_route_change(cluster, monkeypatch):
+    """The MSS clamp's route MTU reads do not grow with unchanged endpoints, and follow a link's MTU."""
+    from ipsec_mesh.svcnat import nft as nft_module
+    from ipsec_mesh.svcnat.mtu import mss_clamp, route_mtu
+
+    reads = []
+    monkeypatch.setattr(nft_module, "route_mtu", lambda address: reads.append(address) or route_mtu(address))
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        apply = lambda endpoints: translation.apply(tuple(peer_set([service_doc(endpoints, peer=False)]).peer_map.services))
+        assert apply(SERVERS4[:2]) and len(reads) == 5  # 2 cluster IPs, 2 + 1 endpoints
+        assert apply(SERVERS4[1:]) and reads[5:] == [ipaddress.ip_address(SERVERS4[2])]  # only the new one
+        assert apply(SERVERS4[1:]) and len(reads) == 6
+        ip("link", "set", "dev", f"c{cluster.client[4:]}", "mtu", "1400", netns=cluster.client)
+        assert apply(SERVERS4[1:]) and len(reads) == 11  # the route changed: all read again
+        assert translation.status()["mss_clamp"]["ipv4"] == mss_clamp(1400, 4)
+    finally:
+        translation.close()

@@ -10,10 +10,15 @@ the settings) runs every call on one worker thread that entered that namespace f
 from __future__ import annotations
 
 import ipaddress
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .mtu import route_mtu
+from .routewatch import RouteWatch
 from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
+
+
+MTU_MAX_AGE = 60.0  # seconds a route MTU read is trusted without a route notification
 
 
 class NftError(Exception):
@@ -30,6 +35,9 @@ class Nft:
     def __init__(self, netns: str | None = None):
         self.netns = netns
         self._executor = ThreadPoolExecutor(1, "nft-setns", _enter, (netns,)) if netns is not None else None
+        self._routes: RouteWatch | None = None
+        self._mtus: dict = {}
+        self._mtus_since = 0.0
         self._nft = self._call(self._load)
 
     @staticmethod
@@ -63,8 +71,23 @@ class Nft:
         return output
 
     def route_mtus(self, addresses) -> dict:
-        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu."""
-        return self._call(lambda: {address: route_mtu(address) for address in addresses})
+        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu.
+
+        Kept from one call to the next until the namespace's routes, links or addresses change
+        (or MTU_MAX_AGE passes, for path MTUs learned from ICMP, which send no notification), so
+        an update reads only the addresses it has not read before.
+        """
+        return self._call(self._route_mtus, frozenset(addresses))
+
+    def _route_mtus(self, addresses: frozenset) -> dict:
+        now = time.monotonic()
+        if self._routes is None:
+            self._routes = RouteWatch()  # subscribed before the first read: no change is missed
+        if self._routes.changed() or now - self._mtus_since > MTU_MAX_AGE:
+            self._mtus, self._mtus_since = {}, now
+        self._mtus = {address: self._mtus[address] if address in self._mtus else route_mtu(address)
+                      for address in addresses}  # only the addresses asked for: bounded by the map
+        return dict(self._mtus)
 
     def _json(self, command: str):
         rc, output, error = self._call(self._nft.json_cmd, {"nftables": [{"list": command}]})
@@ -73,20 +96,21 @@ class Nft:
         return output.get("nftables", []) if isinstance(output, dict) else []
 
     def objects(self) -> Objects | None:
-        """The translation's chains, sets and elements in the kernel now; None: no table."""
-        try:
-            items = self._json({"table": {"family": FAMILY, "name": TABLE}})
-        except NftError as exc:
-            if "No such file or directory" in str(exc):
-                return None
-            raise
-        chains = frozenset(item["chain"]["name"] for item in items
-                           if "chain" in item and item["chain"]["name"] not in BASE_CHAINS)
+        """The translation's chains, sets and elements in the kernel now; None: no table.
+
+        Chains are listed without their rules (our chains are named after them; reading rules
+        back also makes libnftables warn about every `dnat ... map`).
+        """
+        items = [item for kind in ("chains", "sets", "maps") for item in self._json({kind: {"family": FAMILY}})
+                 if isinstance(item, dict) and next(iter(item.values()), {}).get("table") == TABLE]
+        names = {item["chain"]["name"] for item in items if "chain" in item}
+        if not names:
+            return None
         listed = {item[kind]["name"]: item[kind] for item in items for kind in ("set", "map") if kind in item}
         elements = {name: dict(_element(element) for element in listed.get(name, {}).get("elem", ()))
                     for name in ELEMENT_SETS}
         sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
-        return Objects(chains, sets, elements)
+        return Objects(frozenset(names - set(BASE_CHAINS)), sets, elements)
 
     def untranslated_packets(self) -> int | None:
         try:
@@ -99,6 +123,9 @@ class Nft:
         return None
 
     def close(self) -> None:
+        if self._routes is not None:
+            self._call(self._routes.close)
+            self._routes = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None

@@ -55,7 +55,9 @@ FILTER_PRIORITY = 0
 UNTRANSLATED_COUNTER = "untranslated"
 MSS_CHAIN = "filter_input"
 BASE_CHAINS = ("nat_output", "filter_output", MSS_CHAIN)
-AFFINITY_SET_SIZE = 65535
+#: Entries per affinity map: the clients are this pod's own addresses (a larger size makes the kernel
+#: allocate its hash table for that many up front, which made every batch dear).
+AFFINITY_SET_SIZE = 64
 #: The element maps and sets of the header, per family (never deleted; their elements are diffed).
 PROTOCOLS = ("tcp", "udp", "sctp")
 ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "rec", "live", "ports") for v in (4, 6))
