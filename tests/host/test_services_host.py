@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,18 @@ def make_cluster() -> Cluster:
             if gw4:
                 ip("route", "add", "default", "via", gw4, netns=name)
                 ip("-6", "route", "add", "default", "via", gw6, netns=name)
+        # Permanent neighbour entries: the kernel's ARP/ND tables are shared by all namespaces
+        # (gc_thresh3, 1024 by default) and other test runs on the machine can fill them.
+        macs = {(name, dev): json.loads(ip("-j", "link", "show", "dev", dev, netns=name))[0]["address"]
+                for name, dev, *_ in links}
+        for (name, dev), (peer, peer_dev), addresses in (
+                ((c.client, f"c{tag}"), (c.node, f"nc{tag}"), ["10.98.1.1", "fd98:1::1"]),
+                ((c.node, f"nc{tag}"), (c.client, f"c{tag}"), [CLIENT4, CLIENT6]),
+                ((c.server, f"s{tag}"), (c.node, f"ns{tag}"), ["10.98.2.1", "fd98:2::1"]),
+                ((c.node, f"ns{tag}"), (c.server, f"s{tag}"), [*SERVERS4, SERVER6])):
+            for address in addresses:
+                ip("neigh", "replace", address, "lladdr", macs[(peer, peer_dev)], "dev", dev, "nud", "permanent",
+                   netns=name)
         for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
             subprocess.run(["ip", "netns", "exec", c.node, "sysctl", "-qw", key], check=True, timeout=10)
         # kube-proxy's part on the node, and probes of what arrives from the client pod.

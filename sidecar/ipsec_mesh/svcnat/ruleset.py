@@ -25,7 +25,8 @@ its affinity map, switches its svc<v> element to another pick chain (delete and 
 batch, which the kernel commits at once). Chains are named after their rules and never
 modified, so no packet ever meets a rule (or its anonymous set) that the batch replaces: a
 rule flushed in the batch whose commit a packet straddles made its lookup miss (the packet
-was then rejected in the pod, about 1 new flow in 50000 during updates). For the same reason
+was then rejected in the pod, about 1 new flow in 50000 during updates). New chains come in
+a batch of their own before the elements that lead to them (`changes`). For the same reason
 what a batch stops using lingers one batch: index elements beyond a shrunk endpoint count
 point to endpoints in force, and chains and affinity maps no longer referred to are deleted
 by the next batch. An affinity map is kept while its port only gains endpoints; when one is
