@@ -451,3 +451,16 @@ def test_route_mtus_are_read_again_only_for_new_addresses_or_after_a_route_chang
         assert translation.status()["mss_clamp"]["ipv4"] == mss_clamp(1400, 4)
     finally:
         translation.close()
+
+
+def test_per_service_status_is_read_back_from_the_kernel(cluster):
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        assert translation.apply(tuple(peer_set([service_doc(SERVERS4[:2], peer=False)]).peer_map.services))
+        assert translation.status()["per_service"]["shop/db"] == {"translated": True, "current": True, "error": ""}
+        # Behind the sidecar's back: the Service's lookup elements go; its status says so.
+        nft(cluster.client, "flush map inet ipsec_mesh_svc svc4\nflush map inet ipsec_mesh_svc svc6\n")
+        status = translation.status()
+        assert status["services"] == 0 and not status["per_service"]["shop/db"]["translated"]
+    finally:
+        translation.close()

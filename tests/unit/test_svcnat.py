@@ -191,6 +191,7 @@ def test_the_script_only_touches_the_mesh_table():
 class FakeNft:
     def __init__(self, netns=None, fail=None, existing=None):
         self.scripts = []
+        self.kernel = {}
         self.fail = fail
         self.existing = existing
         self.mtus = {}
@@ -205,6 +206,19 @@ class FakeNft:
         if self.fail:
             raise NftError(self.fail)
         self.scripts.append(script)
+        for line in script.splitlines():  # what the kernel's lookup maps hold after it
+            words = line.split(" ", 5)
+            if len(words) == 6 and words[1] == "element" and words[4] in ("svc4", "svc6"):
+                items = self.kernel.setdefault(words[4], {})
+                for element in words[5].strip("{ }").split(", "):
+                    key, _, data = element.partition(" : ")
+                    if words[0] == "add":
+                        items[key] = data
+                    else:
+                        items.pop(key, None)
+
+    def lookup_elements(self):
+        return self.kernel
 
     def untranslated_packets(self):
         return 0
@@ -319,3 +333,14 @@ def test_the_translation_clamps_to_the_smallest_route_mtu_of_its_cluster_ips_and
     assert translation.apply((service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),))
     assert "size set 1318" in "".join(fake.scripts) and "size set 1398" in "".join(fake.scripts)
     assert translation.status()["mss_clamp"] == {"ipv4": 1318, "ipv6": 1398}
+
+
+def test_status_reads_back_from_the_kernel_whether_a_service_is_translated():
+    fake = FakeNft()
+    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    assert translation.apply((service(endpoints=[ep("10.0.0.1")]),))
+    assert translation.status()["per_service"]["shop/db"]["translated"]
+    fake.kernel["svc4"].clear()  # someone else deleted the lookup element
+    status = translation.status()
+    assert status["services"] == 0 and not status["per_service"]["shop/db"]["translated"]
+    assert "not in the kernel's table" in status["per_service"]["shop/db"]["error"]

@@ -112,6 +112,20 @@ class Nft:
         sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
         return Objects(frozenset(names - set(BASE_CHAINS)), sets, elements)
 
+    def lookup_elements(self) -> dict[str, dict[str, str]]:
+        """The lookup maps' elements in the kernel now (svc4, svc6: key -> verdict); empty: no table."""
+        elements = {}
+        for name in ("svc4", "svc6"):
+            try:
+                items = self._json({"map": {"family": FAMILY, "table": TABLE, "name": name}})
+            except NftError as exc:
+                if "No such file or directory" in str(exc):
+                    return {}
+                raise
+            listed = next((item["map"] for item in items if "map" in item), {})
+            elements[name] = dict(_element(element) for element in listed.get("elem", ()))
+        return elements
+
     def untranslated_packets(self) -> int | None:
         try:
             items = self._json({"counter": {"family": FAMILY, "table": TABLE, "name": UNTRANSLATED_COUNTER}})
