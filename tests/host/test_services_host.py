@@ -464,3 +464,32 @@ def test_per_service_status_is_read_back_from_the_kernel(cluster):
         assert status["services"] == 0 and not status["per_service"]["shop/db"]["translated"]
     finally:
         translation.close()
+
+
+def test_a_table_of_the_earlier_layout_is_taken_over_and_cleared(cluster):
+    """An upgraded sidecar finds the per-endpoint chains and affinity sets of the earlier layout."""
+    nft(cluster.client, f"""
+table inet ipsec_mesh_svc {{
+  map svc4 {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  set aff_0123456789abcdef {{ type ipv4_addr; size 65535; flags dynamic,timeout; timeout 600s; }}
+  chain ep_0123456789abcdef {{
+    update @aff_0123456789abcdef {{ ip saddr }}
+    meta l4proto tcp dnat ip to {SERVERS4[0]}:8080
+  }}
+  chain svc_0123456789abcdef {{
+    ip saddr @aff_0123456789abcdef goto ep_0123456789abcdef
+    numgen random mod 1 vmap {{ 0 : goto ep_0123456789abcdef }}
+  }}
+  chain nat_output {{ type nat hook output priority -100; policy accept; ip daddr . meta l4proto . th dport vmap @svc4; }}
+}}
+add element inet ipsec_mesh_svc svc4 {{ {CLUSTER4} . tcp . 80 : goto svc_0123456789abcdef }}
+""")
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        for endpoints in (SERVERS4[1:], SERVERS4[:1]):  # the first batch takes over, the next clears
+            doc = service_doc(endpoints, peer=False, affinity="ClientIP")
+            assert translation.apply(tuple(peer_set([doc]).peer_map.services)), translation.last_error
+    finally:
+        translation.close()
+    table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
+    assert "0123456789abcdef" not in table and f"{CLUSTER4} . tcp . 80 : goto pick_" in table

@@ -394,8 +394,11 @@ def changes(want: Table, have: Table | Objects) -> list[str]:
         script += _element_lines("delete", name, [(key, "") for key, data in old.items() if new.get(key) != data])
         adds += _element_lines("add", name, [(key, data) for key, data in new.items() if old.get(key) != data])
     script += adds
-    # Unreferenced since the last batch (they lingered one): chains first, then the maps they used.
-    script += [f"delete chain {FAMILY} {TABLE} {name}" for name in sorted(set(have.chains) - set(want.chains))]
+    # Unreferenced since the last batch (they lingered one): their rules first (a chain left by an
+    # earlier layout may jump to another one going too), then the chains, then the maps they used.
+    gone = sorted(set(have.chains) - set(want.chains))
+    script += [f"flush chain {FAMILY} {TABLE} {name}" for name in gone]
+    script += [f"delete chain {FAMILY} {TABLE} {name}" for name in gone]
     script += [f"delete set {FAMILY} {TABLE} {name}" for name in sorted(set(have.sets) - set(want.sets))]
     if not any(line.lstrip().startswith("chain ") for line in block):
         script, prepare = prepare + script, []
