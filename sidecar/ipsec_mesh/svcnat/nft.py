@@ -99,16 +99,29 @@ class Nft:
         """The translation's chains, sets and elements in the kernel now; None: no table.
 
         Chains are listed without their rules (our chains are named after them; reading rules
-        back also makes libnftables warn about every `dnat ... map`).
+        back also makes libnftables warn about every `dnat ... map`), the sets and maps tersely
+        (names and timeouts: listing every affinity map's elements took seconds with 2000 of
+        them), then the elements of the header's sets one by one.
         """
-        items = [item for kind in ("chains", "sets", "maps") for item in self._json({kind: {"family": FAMILY}})
-                 if isinstance(item, dict) and next(iter(item.values()), {}).get("table") == TABLE]
-        names = {item["chain"]["name"] for item in items if "chain" in item}
+        ours = lambda items: [item for item in items  # noqa: E731
+                              if isinstance(item, dict) and next(iter(item.values()), {}).get("table") == TABLE]
+        names = {item["chain"]["name"] for item in ours(self._json({"chains": {"family": FAMILY}}))}
         if not names:
             return None
-        listed = {item[kind]["name"]: item[kind] for item in items for kind in ("set", "map") if kind in item}
-        elements = {name: dict(_element(element) for element in listed.get(name, {}).get("elem", ()))
-                    for name in ELEMENT_SETS}
+        self._call(self._nft.set_terse_output, True)
+        try:
+            listed = {}
+            for plural, kind in (("sets", "set"), ("maps", "map")):
+                listed.update((item[kind]["name"], item[kind]) for item in ours(self._json({plural: {"family": FAMILY}}))
+                              if kind in item)
+        finally:
+            self._call(self._nft.set_terse_output, False)
+        elements = {}
+        for name in ELEMENT_SETS:
+            kind = "set" if name.startswith(("live", "ports")) else "map"
+            items = self._json({kind: {"family": FAMILY, "table": TABLE, "name": name}}) if name in listed else []
+            listing = next((item[kind] for item in items if kind in item), {})
+            elements[name] = dict(_element(element) for element in listing.get("elem", ()))
         sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
         return Objects(frozenset(names - set(BASE_CHAINS)), sets, elements)
 
