@@ -344,3 +344,18 @@ def test_status_reads_back_from_the_kernel_whether_a_service_is_translated():
     status = translation.status()
     assert status["services"] == 0 and not status["per_service"]["shop/db"]["translated"]
     assert "not in the kernel's table" in status["per_service"]["shop/db"]["error"]
+
+
+def test_a_restart_keeps_the_affinity_maps_it_finds_and_their_clients():
+    sticky = service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=SessionAffinity.CLIENT_IP, timeout=600)
+    left = render((sticky,))
+    kernel = Objects(frozenset(left.chains), dict.fromkeys(left.sets, 600), left.elements)
+    want = render((sticky,), kernel)
+    assert set(want.active_sets) == set(left.sets) and want.states == left.states
+    (script,) = changes(want, kernel)
+    assert "element" not in script and " map aff_" not in script
+    # The Service's timeout changed meanwhile: a new map, with the new timeout.
+    shorter = render((service(endpoints=sticky.ports[0].endpoints, affinity=SessionAffinity.CLIENT_IP, timeout=60),),
+                     kernel)
+    (new_map,) = shorter.active_sets
+    assert new_map not in left.sets and shorter.sets[new_map].endswith("timeout 60s;")
