@@ -124,7 +124,6 @@ class Fragment:
     chains: Mapping[str, tuple[str, ...]]
     sets: Mapping[str, str]  # name, declaration
     elements: Elements
-    ports: tuple[Key, ...]
     states: Mapping[Key, PortState]
     endpoints: int  # endpoint translations (per port and family)
     #: Index elements kept for one batch after a shrink: the next batch renders the Service again.
@@ -149,10 +148,6 @@ class Table:
     active_chains: frozenset[str] = frozenset()
     active_sets: frozenset[str] = frozenset()
     states: Mapping[Key, PortState] = field(default_factory=dict)
-
-    @property
-    def ports(self) -> frozenset[Key]:
-        return frozenset((v, key) for v in (4, 6) for key in self.elements.get(f"ports{v}", {}))
 
     @property
     def services(self) -> int:
@@ -240,7 +235,6 @@ def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragmen
     chains: dict[str, tuple[str, ...]] = {}
     sets: dict[str, str] = {}
     elements: dict[str, dict[str, str]] = {}
-    ports: list[Key] = []
     states: dict[Key, PortState] = {}
     endpoint_count, tail = 0, False
     notes: list[str] = []
@@ -250,7 +244,6 @@ def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragmen
         for port in service.ports:
             proto = port.protocol.value.lower()
             key = lookup_key(cluster_ip, proto, port.port)
-            ports.append(key)
             elements.setdefault(f"ports{v}", {})[key[1]] = ""
             endpoints = usable_endpoints(port, v)
             if not endpoints:
@@ -298,7 +291,7 @@ def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragmen
             for target in targets:
                 live[f"{key[1]} . {target}"] = ""
             states[key] = PortState(len(targets), aff, timeout, frozenset(targets))
-    return Fragment(chains, sets, elements, tuple(ports), states, endpoint_count, tail, tuple(notes))
+    return Fragment(chains, sets, elements, states, endpoint_count, tail, tuple(notes))
 
 
 def render(services: tuple[ServiceEntry, ...], previous: Table | Objects | None = None,
