@@ -5,8 +5,11 @@ then updates in which some Services replace one endpoint: all N (a rolling resta
 everything: N peers leave, N new ones arrive) or a few (the usual peer-map change).
 Measured in a throw-away network namespace, alternating back and forth, in the same run:
 - render: the whole desired table from scratch (no reuse of unchanged Services);
-- translation: `ServiceTranslation.apply` (render reusing unchanged Services + one incremental
-  libnftables batch), with and without ClientIP affinity (a dynamic set per endpoint);
+- translation: `ServiceTranslation.apply` (render reusing unchanged Services + the incremental
+  libnftables batches, route MTUs from its cache), with and without ClientIP affinity (a dynamic
+  map per service port);
+- route MTU reads: what the MSS clamp would cost without the cache (every ClusterIP and endpoint
+  of the new map read again, as before the cache);
 - first batch after a restart: a new `ServiceTranslation` over the table left in the kernel
   (every rule replaced, the lookup elements diffed against the kernel's);
 - policies: `XfrmDataPlane.update_peers` for the same two peer sets, translation left out.
@@ -34,6 +37,7 @@ from ipsec_mesh.agent.peers import PeerSet  # noqa: E402
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
 from ipsec_mesh.meshapi import PeerMap  # noqa: E402
 from ipsec_mesh.svcnat import ServiceTranslation, render  # noqa: E402
+from ipsec_mesh.svcnat.mtu import route_mtu  # noqa: E402
 
 LOCAL = "10.0.0.1"
 ENDPOINT_BASE = int(ipaddress.ip_address("10.64.0.0"))
@@ -109,6 +113,10 @@ def bench(services: int, few: int, rounds: int) -> None:
                         for old, new in ((0, 1), (1, 0)):
                             record(f"render from scratch ({what})", timed(lambda: render(maps[new].services)))
                             record(f"translation update ({what})", timed(lambda: translation.apply(maps[new].services)))
+                            addresses = {a for svc in maps[new].services for a in svc.cluster_ips}
+                            addresses |= {e.address for svc in maps[new].services for p in svc.ports for e in p.endpoints}
+                            record(f"route MTU reads, uncached ({len(addresses)} addresses)",
+                                   timed(lambda: translation._nft._call(lambda: [route_mtu(a) for a in addresses])))
                             assert not translation.last_error, translation.last_error
                             record(f"XFRM policy update ({what})", timed(lambda: plane.update_peers(sets[old], sets[new])))
                     assert plane.errors == 0

@@ -17,9 +17,15 @@ def ep(address, port=8080, **conditions):
     return ServiceEndpoint(ip(address), port, **conditions)
 
 
+def text(want, have):
+    """The batches that turn `have` into `want`, as one text."""
+    return "".join(changes(want, have))
+
+
 def first_batch(services, have=None):
-    """The script of a batch after a start, against what the kernel holds."""
-    return changes(render(tuple(services)), Objects() if have is None else have)
+    """The script of the batches after a start, against what the kernel holds."""
+    have = Objects() if have is None else have
+    return text(render(tuple(services), have), have)
 
 
 def service(name="db", endpoints=(), affinity=SessionAffinity.NONE, timeout=10800, ips=("10.96.0.10",),
@@ -47,70 +53,100 @@ def test_each_family_translates_to_its_own_endpoints_and_protocol():
         ServicePort("b", ServiceProtocol.SCTP, 9, (ep("10.0.0.1", 99),)),
     ))
     script = first_batch((svc,))
-    assert "meta l4proto udp dnat ip to 10.0.0.1:5353" in script
-    assert "meta l4proto udp dnat ip6 to [fd00::1]:5353" in script
-    assert "meta l4proto sctp dnat ip to 10.0.0.1:99" in script
-    assert "10.96.0.10 . udp . 53 : goto svc_" in script and "fd00:96::a . udp . 53 : goto svc_" in script
+    assert "meta l4proto udp dnat ip to ip daddr . udp dport . numgen random mod 1 map @ep4udp" in script
+    assert "meta l4proto udp dnat ip6 to ip6 daddr . udp dport . numgen random mod 1 map @ep6udp" in script
+    assert "meta l4proto sctp dnat ip to ip daddr . sctp dport . numgen random mod 1 map @ep4sctp" in script
+    assert "add element inet ipsec_mesh_svc ep4udp { 10.96.0.10 . 53 . 0 : 10.0.0.1 . 5353 }" in script
+    assert "add element inet ipsec_mesh_svc ep6udp { fd00:96::a . 53 . 0 : fd00::1 . 5353 }" in script
+    assert "10.96.0.10 . udp . 53 : goto pick_" in script and "fd00:96::a . udp . 53 : goto pick_" in script
     # SCTP has no IPv6 endpoint: its IPv6 key is only in ports6, where untranslated packets are rejected.
     assert "fd00:96::a . sctp . 9 : goto" not in script and "fd00:96::a . sctp . 9" in script
 
 
-def sticky_script(endpoints):
-    return first_batch((service(endpoints=endpoints, affinity=SessionAffinity.CLIENT_IP),))
-
-
-def test_load_balancing_and_client_ip_affinity():
+def test_load_balancing_and_client_ip_affinity_need_no_object_per_endpoint():
     three = [ep(f"10.0.0.{n}") for n in (1, 2, 3)]
     plain = render((service(endpoints=three),))
-    plain_script = changes(plain, Objects())
-    assert "meta l4proto tcp dnat ip to numgen random mod 3 map { 0 : 10.0.0.1 . 8080, 1 : 10.0.0.2 . 8080" in plain_script
-    assert "numgen random mod 3 vmap { 0 : goto ep_" in sticky_script(three)
-    assert not plain.sets and "update @" not in plain_script and "chain ep_" not in plain_script
-    sticky = render((service(endpoints=three, affinity=SessionAffinity.CLIENT_IP, timeout=600),))
-    sticky_text = changes(sticky, Objects())
-    assert len(sticky.sets) == 3
-    assert sticky_text.count("flags dynamic,timeout; timeout 600s;") == 3
-    assert sticky_text.count("update @aff_") == 3
-    assert len(re.findall(r"ip saddr @aff_\w+ goto ep_\w+", sticky_text)) == 3
+    plain_script = text(plain, Objects())
+    assert "ep4tcp { 10.96.0.10 . 80 . 0 : 10.0.0.1 . 8080, 10.96.0.10 . 80 . 1 : 10.0.0.2 . 8080, " in plain_script
+    assert "numgen random mod 3 map @ep4tcp" in plain_script
+    assert not plain.sets and "update @" not in plain_script
+    many = [ep(f"10.0.{n // 250}.{n % 250 + 1}") for n in range(300)]
+    lines = []
+    for endpoints in (three, many):
+        sticky = render((service(endpoints=endpoints, affinity=SessionAffinity.CLIENT_IP, timeout=600),))
+        sticky_text = text(sticky, Objects())
+        # One affinity map, one pick chain and one record chain per service port, whatever its endpoints.
+        assert len(sticky.sets) == 1 and len(sticky.chains) == 2
+        assert sticky_text.count("flags dynamic,timeout; timeout 600s;") == 1
+        (aff,) = sticky.sets
+        assert f"meta l4proto tcp dnat ip to ip saddr map @{aff}" in sticky_text
+        assert f"update @{aff} {{ ip saddr : ip daddr . tcp dport }}" in sticky_text
+        lines.append(sticky_text.count("\n"))
+    assert lines[0] == lines[1]  # 3 or 300 endpoints: the same commands (one per element map)
     assert (plain.services, plain.endpoints) == (1, 3)
+
+
+def test_ipv6_affinity_maps_hold_the_address_and_dnat_to_the_common_port():
+    v6 = service(endpoints=[ep("fd00::1"), ep("fd00::2")], affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",))
+    script = first_batch((v6,))
+    (aff,) = render((v6,)).sets
+    assert f"map {aff} {{ type ipv6_addr : ipv6_addr;" in script
+    assert f"dnat ip6 to ip6 saddr map @{aff} : 8080" in script and "{ ip6 saddr : ip6 daddr }" in script
+    mixed = service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP,
+                    ips=("fd00:96::a",))
+    table = render((mixed,))
+    assert not table.sets and "no ClientIP affinity" in table.parts["shop/db"][1].notes[0]
 
 
 def test_a_service_without_usable_endpoints_is_rejected_not_passed_through():
     table = render((service(endpoints=[ep("10.0.0.1", ready=False, serving=False)]),))
-    script = changes(table, Objects())
-    assert "goto svc_" not in script and "10.96.0.10 . tcp . 80" in script
+    script = text(table, Objects())
+    assert "goto pick_" not in script and "10.96.0.10 . tcp . 80" in script
     assert "@ports4 counter name untranslated reject" in script
     assert (table.services, table.endpoints) == (0, 0)
 
 
-def test_updates_keep_unchanged_objects_and_delete_only_the_gone_ones_in_the_same_batch():
-    two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=SessionAffinity.CLIENT_IP),))
-    one = render((service(endpoints=[ep("10.0.0.1")], affinity=SessionAffinity.CLIENT_IP),), two)
-    assert set(one.chains) < set(two.chains) and set(one.sets) < set(two.sets)
-    (gone_chain,) = set(two.chains) - set(one.chains)
-    (gone_set,) = set(two.sets) - set(one.sets)
-    lines = changes(one, two).splitlines()
-    # Emptied first (in the same batch), deleted last, once nothing refers to them.
-    assert lines.index(f"flush chain inet ipsec_mesh_svc {gone_chain}") < lines.index(
-        f"delete chain inet ipsec_mesh_svc {gone_chain}") == len(lines) - 2
-    assert lines[-1] == f"delete set inet ipsec_mesh_svc {gone_set}"
-    assert f"delete chain inet ipsec_mesh_svc {gone_chain}" not in changes(two, Objects())
-    # Same input, same names: a restart finds its objects again.
-    assert set(render((service(endpoints=[ep("10.0.0.1")]),)).chains) <= set(one.chains)
-
-
-def test_an_endpoint_change_rewrites_that_chain_only_and_never_touches_the_lookup_maps():
+def test_an_endpoint_change_switches_elements_and_modifies_no_rule():
     others = tuple(service(f"s{n}", [ep(f"10.1.0.{n}")], ips=(f"10.96.1.{n}", f"fd00:96::{n}")) for n in range(1, 20))
     before = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")]), *others))
     after = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3")]), *others), before)
-    script = changes(after, before)
-    (chain,) = [name for name in after.chains if after.chains[name] != before.chains[name]]
-    assert script.splitlines()[0] == f"flush chain inet ipsec_mesh_svc {chain}"
-    # The service port keeps its chain, so its lookup element stays: no element, map or set is
-    # flushed, added or deleted (a new connection cannot miss the map during the commit).
-    assert "element" not in script and "flush table" not in script and "flush map" not in script
-    assert "flush set" not in script and script.count("chain svc_") == 1 and "10.0.0.3 . 8080" in script
-    assert changes(after, after) == ""  # nothing changed: no batch at all
+    (script,) = changes(after, before)
+    assert script.splitlines() == [
+        "delete element inet ipsec_mesh_svc ep4tcp { 10.96.0.10 . 80 . 1 }",
+        "add element inet ipsec_mesh_svc ep4tcp { 10.96.0.10 . 80 . 1 : 10.0.0.3 . 8080 }"]
+    assert changes(after, after) == []  # nothing changed: no batch at all
+
+
+def test_a_new_chain_comes_one_batch_before_the_element_that_uses_it_and_goes_one_batch_after():
+    two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")]),))
+    three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")]),), two)
+    prepare, switch = changes(three, two)
+    assert "numgen random mod 3" in prepare and "element" not in prepare
+    assert "delete element inet ipsec_mesh_svc svc4 { 10.96.0.10 . tcp . 80 }" in switch
+    assert "add element inet ipsec_mesh_svc svc4 { 10.96.0.10 . tcp . 80 : goto pick_" in switch
+    assert "delete chain" not in switch  # the mod-2 chain lingers one batch ...
+    (old,) = set(two.chains)
+    one = render((service(endpoints=[ep("10.0.0.3")]),), three)
+    prepare, switch = changes(one, three)
+    assert f"delete chain inet ipsec_mesh_svc {old}" in switch  # ... and goes with the next one.
+    # Shrunk from three to one: indexes 1 and 2 stay one batch, on the endpoint in force.
+    assert one.elements["ep4tcp"] == {f"10.96.0.10 . 80 . {i}": "10.0.0.3 . 8080" for i in range(3)}
+    again = render(one.parts["shop/db"][0:1], one)
+    assert again.elements["ep4tcp"] == {"10.96.0.10 . 80 . 0": "10.0.0.3 . 8080"}
+
+
+def test_affinity_keeps_its_map_while_endpoints_are_added_and_takes_a_new_one_when_one_goes():
+    sticky = SessionAffinity.CLIENT_IP
+    two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=sticky),))
+    three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")], affinity=sticky),), two)
+    assert set(three.active_sets) == set(two.sets)
+    assert "10.96.0.10 . tcp . 80 . 10.0.0.3 . 8080" in text(three, two)  # live: the new endpoint may be recorded
+    fewer = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3")], affinity=sticky),), three)
+    assert not set(fewer.active_sets) & set(three.active_sets)
+    script = text(fewer, three)
+    assert "delete element inet ipsec_mesh_svc live4 { 10.96.0.10 . tcp . 80 . 10.0.0.2 . 8080 }" in script
+    assert "delete set" not in script  # the old map lingers one batch
+    assert f"delete set inet ipsec_mesh_svc {next(iter(two.sets))}" in text(render(fewer.parts["shop/db"][0:1], fewer), fewer)
 
 
 def test_services_that_come_and_go_change_only_their_own_elements():
@@ -118,31 +154,33 @@ def test_services_that_come_and_go_change_only_their_own_elements():
     gone = service("gone", [ep("10.0.0.2")], ips=("10.96.0.2",))
     new = service("new", [ep("10.0.0.3")], ips=("10.96.0.3",), protocol=ServiceProtocol.UDP)
     before = render((kept, gone))
-    script = changes(render((kept, new), before), before)
+    script = text(render((kept, new), before), before)
     assert "delete element inet ipsec_mesh_svc svc4 { 10.96.0.2 . tcp . 80 }" in script
     assert "delete element inet ipsec_mesh_svc ports4 { 10.96.0.2 . tcp . 80 }" in script
     assert "add element inet ipsec_mesh_svc ports4 { 10.96.0.3 . udp . 80 }" in script
-    assert re.search(r"add element inet ipsec_mesh_svc svc4 \{ 10\.96\.0\.3 \. udp \. 80 : goto svc_\w+ \}", script)
-    assert "10.96.0.1" not in script and "fd00:96::1" not in script and "svc6" not in script
+    assert re.search(r"add element inet ipsec_mesh_svc svc4 \{ 10\.96\.0\.3 \. udp \. 80 : goto pick_\w+ \}", script)
+    assert "10.96.0.1 " not in script and "fd00:96::1" not in script and "svc6" not in script
+    assert "ep4tcp { 10.96.0.2" not in script  # the gone port's index stays one batch
 
 
-def test_a_restart_replaces_every_rule_and_only_the_elements_that_differ():
+def test_a_restart_keeps_the_kernels_chains_and_changes_only_the_elements_that_differ():
     kept = service("kept", [ep("10.0.0.1")], ips=("10.96.0.1",))
     left = render((kept, service("gone", [ep("10.0.0.2")], ips=("10.96.0.2",))))
-    kernel = Objects(frozenset(left.chains) | {"svc_0123456789abcdef"}, frozenset(left.sets),
-                     {**left.elements, (4, "10.96.0.9 . tcp . 80"): "svc_0123456789abcdef"}, left.ports)
-    script = changes(render((kept,)), kernel)
+    elements = {**left.elements, "svc4": {**left.elements["svc4"], "10.96.0.9 . tcp . 80": "goto svc_0123456789abcdef"}}
+    kernel = Objects(frozenset(left.chains) | {"svc_0123456789abcdef"}, {}, elements)
+    want = render((kept,), kernel)
+    (script,) = changes(want, kernel)
     lines = script.splitlines()
-    assert "flush table inet ipsec_mesh_svc" in lines  # rules unknown after a start: all replaced
+    assert "flush table inet ipsec_mesh_svc" not in lines and "flush chain inet ipsec_mesh_svc nat_output" in lines
     assert "vmap @svc4" in script and "@ports4 counter name untranslated reject" in script
     assert "delete element inet ipsec_mesh_svc svc4 { 10.96.0.2 . tcp . 80, 10.96.0.9 . tcp . 80 }" in lines
     assert "add element inet ipsec_mesh_svc svc4" not in script  # the kept key already points at its chain
-    assert "delete chain inet ipsec_mesh_svc svc_0123456789abcdef" in lines
-    assert "flush map" not in script and "flush set" not in script
+    assert "chain pick_" not in script and "delete chain" not in script  # left chains linger one batch
+    assert "delete chain inet ipsec_mesh_svc svc_0123456789abcdef" in text(render((kept,), want), want)
 
 
 def test_the_script_only_touches_the_mesh_table():
-    script = first_batch((service(endpoints=[ep("10.0.0.1")]),), Objects(frozenset({"svc_old"}), frozenset({"aff_x"})))
+    script = first_batch((service(endpoints=[ep("10.0.0.1")]),), Objects(frozenset({"svc_old"}), {"aff_x": None}))
     for line in script.splitlines():
         words = line.split()
         if words and words[0] in ("flush", "delete", "add", "table"):
@@ -154,6 +192,7 @@ def test_the_script_only_touches_the_mesh_table():
 class FakeNft:
     def __init__(self, netns=None, fail=None, existing=None):
         self.scripts = []
+        self.kernel = {}
         self.fail = fail
         self.existing = existing
         self.mtus = {}
@@ -168,6 +207,19 @@ class FakeNft:
         if self.fail:
             raise NftError(self.fail)
         self.scripts.append(script)
+        for line in script.splitlines():  # what the kernel's lookup maps hold after it
+            words = line.split(" ", 5)
+            if len(words) == 6 and words[1] == "element" and words[4] in ("svc4", "svc6"):
+                items = self.kernel.setdefault(words[4], {})
+                for element in words[5].strip("{ }").split(", "):
+                    key, _, data = element.partition(" : ")
+                    if words[0] == "add":
+                        items[key] = data
+                    else:
+                        items.pop(key, None)
+
+    def lookup_elements(self):
+        return self.kernel
 
     def untranslated_packets(self):
         return 0
@@ -191,15 +243,17 @@ def test_refused_updates_are_reported_and_block_readiness_only_when_services_are
 
 def test_a_restart_reads_the_kernel_table_before_its_first_batch():
     left = render((service(endpoints=[ep("10.0.0.1")]), service("old", endpoints=[ep("10.0.0.2")], ips=("10.96.0.11",))))
-    left = Objects(frozenset(left.chains), frozenset(left.sets), left.elements, left.ports)
+    left = Objects(frozenset(left.chains) | {"svc_0123456789abcdef"}, {}, left.elements)
     fake = FakeNft(existing=left)
     translation = ServiceTranslation(nft_factory=lambda netns: fake)
     translation.apply((service(endpoints=[ep("10.0.0.1")]),))
-    assert fake.scripts[0].count("delete chain inet ipsec_mesh_svc svc_") == 1
+    assert "delete element inet ipsec_mesh_svc svc4 { 10.96.0.11 . tcp . 80 }" in fake.scripts[0]
+    translation.apply((service(endpoints=[ep("10.0.0.1")]),))  # the next update retires the old chain
+    assert "delete chain inet ipsec_mesh_svc svc_0123456789abcdef\n" in fake.scripts[-1]
     # An empty map still clears what an earlier instance left.
     fake2 = FakeNft(existing=left)
     ServiceTranslation(nft_factory=lambda netns: fake2).apply(())
-    assert "delete chain" in fake2.scripts[0] and "goto" not in fake2.scripts[0].split("flush table")[1]
+    assert "delete element inet ipsec_mesh_svc svc4" in fake2.scripts[0] and "add element" not in fake2.scripts[0]
 
 
 def test_without_the_binding_the_error_says_so(monkeypatch):
@@ -254,7 +308,7 @@ def test_esp_reduced_mss_matches_the_kernels_esp_mtu_for_both_families():
 
 def test_syn_acks_of_translated_connections_get_their_mss_clamped_per_family():
     services = (service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),)
-    script = changes(render(services, mss={4: 1418, 6: 1398}), Objects())
+    script = text(render(services, mss={4: 1418, 6: 1398}), Objects())
     assert "chain filter_input { type filter hook input priority 0; policy accept; }" in script
     clamp4 = [line for line in script.splitlines() if "@ports4" in line and "maxseg" in line]
     clamp6 = [line for line in script.splitlines() if "@ports6" in line and "maxseg" in line]
@@ -264,13 +318,13 @@ def test_syn_acks_of_translated_connections_get_their_mss_clamped_per_family():
     assert clamp4[0].endswith("tcp option maxseg size > 1418 tcp option maxseg size set 1418")
     assert clamp6[0].endswith("tcp option maxseg size > 1398 tcp option maxseg size set 1398")
     # A family without a known path MTU gets no clamp; a changed MTU rewrites only that chain.
-    assert "@ports6" not in "".join(l for l in changes(render(services, mss={4: 1418}), Objects()).splitlines()
+    assert "@ports6" not in "".join(l for l in text(render(services, mss={4: 1418}), Objects()).splitlines()
                                     if "maxseg" in l)
     before = render(services, mss={4: 1418, 6: 1398})
     after = render(services, previous=before, mss={4: 1318, 6: 1398})
-    update = changes(after, before)
+    update = text(after, before)
     assert "flush chain inet ipsec_mesh_svc filter_input" in update and "set 1318" in update
-    assert "svc_" not in update and changes(render(services, previous=before, mss={4: 1418, 6: 1398}), before) == ""
+    assert "pick_" not in update and changes(render(services, previous=before, mss={4: 1418, 6: 1398}), before) == []
 
 
 def test_the_translation_clamps_to_the_smallest_route_mtu_of_its_cluster_ips_and_endpoints():
@@ -278,5 +332,31 @@ def test_the_translation_clamps_to_the_smallest_route_mtu_of_its_cluster_ips_and
     fake.mtus = {"10.96.0.10": 1500, "10.0.0.1": 1400, "fd00:96::a": 1500, "fd00::1": None}
     translation = ServiceTranslation(nft_factory=lambda netns: fake)
     assert translation.apply((service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),))
-    assert "size set 1318" in fake.scripts[0] and "size set 1398" in fake.scripts[0]
+    assert "size set 1318" in "".join(fake.scripts) and "size set 1398" in "".join(fake.scripts)
     assert translation.status()["mss_clamp"] == {"ipv4": 1318, "ipv6": 1398}
+
+
+def test_status_reads_back_from_the_kernel_whether_a_service_is_translated():
+    fake = FakeNft()
+    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    assert translation.apply((service(endpoints=[ep("10.0.0.1")]),))
+    assert translation.status()["per_service"]["shop/db"]["translated"]
+    fake.kernel["svc4"].clear()  # someone else deleted the lookup element
+    status = translation.status()
+    assert status["services"] == 0 and not status["per_service"]["shop/db"]["translated"]
+    assert "not in the kernel's table" in status["per_service"]["shop/db"]["error"]
+
+
+def test_a_restart_keeps_the_affinity_maps_it_finds_and_their_clients():
+    sticky = service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=SessionAffinity.CLIENT_IP, timeout=600)
+    left = render((sticky,))
+    kernel = Objects(frozenset(left.chains), dict.fromkeys(left.sets, 600), left.elements)
+    want = render((sticky,), kernel)
+    assert set(want.active_sets) == set(left.sets) and want.states == left.states
+    (script,) = changes(want, kernel)
+    assert "element" not in script and " map aff_" not in script
+    # The Service's timeout changed meanwhile: a new map, with the new timeout.
+    shorter = render((service(endpoints=sticky.ports[0].endpoints, affinity=SessionAffinity.CLIENT_IP, timeout=60),),
+                     kernel)
+    (new_map,) = shorter.active_sets
+    assert new_map not in left.sets and shorter.sets[new_map].endswith("timeout 60s;")

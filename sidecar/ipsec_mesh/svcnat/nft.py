@@ -10,12 +10,14 @@ the settings) runs every call on one worker thread that entered that namespace f
 from __future__ import annotations
 
 import ipaddress
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .mtu import route_mtu
-from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Key, Objects, lookup_key
+from .routewatch import RouteWatch
+from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
 
-_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+MTU_MAX_AGE = 60.0  # seconds a route MTU read is trusted without a route notification
 
 
 class NftError(Exception):
@@ -32,6 +34,9 @@ class Nft:
     def __init__(self, netns: str | None = None):
         self.netns = netns
         self._executor = ThreadPoolExecutor(1, "nft-setns", _enter, (netns,)) if netns is not None else None
+        self._routes: RouteWatch | None = None
+        self._mtus: dict = {}
+        self._mtus_since = 0.0
         self._nft = self._call(self._load)
 
     @staticmethod
@@ -65,8 +70,23 @@ class Nft:
         return output
 
     def route_mtus(self, addresses) -> dict:
-        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu."""
-        return self._call(lambda: {address: route_mtu(address) for address in addresses})
+        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu.
+
+        Kept from one call to the next until the namespace's routes, links or addresses change
+        (or MTU_MAX_AGE passes, for path MTUs learned from ICMP, which send no notification), so
+        an update reads only the addresses it has not read before.
+        """
+        return self._call(self._route_mtus, frozenset(addresses))
+
+    def _route_mtus(self, addresses: frozenset) -> dict:
+        now = time.monotonic()
+        if self._routes is None:
+            self._routes = RouteWatch()  # subscribed before the first read: no change is missed
+        if self._routes.changed() or now - self._mtus_since > MTU_MAX_AGE:
+            self._mtus, self._mtus_since = {}, now
+        self._mtus = {address: self._mtus[address] if address in self._mtus else route_mtu(address)
+                      for address in addresses}  # only the addresses asked for: bounded by the map
+        return dict(self._mtus)
 
     def _json(self, command: str):
         rc, output, error = self._call(self._nft.json_cmd, {"nftables": [{"list": command}]})
@@ -75,26 +95,48 @@ class Nft:
         return output.get("nftables", []) if isinstance(output, dict) else []
 
     def objects(self) -> Objects | None:
-        """The translation's chains, sets and lookup elements in the kernel now; None: no table."""
+        """The translation's chains, sets and elements in the kernel now; None: no table.
+
+        Chains are listed without their rules (our chains are named after them; reading rules
+        back also makes libnftables warn about every `dnat ... map`), the sets and maps tersely
+        (names and timeouts: listing every affinity map's elements took seconds with 2000 of
+        them), then the elements of the header's sets one by one.
+        """
+        ours = lambda items: [item for item in items  # noqa: E731
+                              if isinstance(item, dict) and next(iter(item.values()), {}).get("table") == TABLE]
+        names = {item["chain"]["name"] for item in ours(self._json({"chains": {"family": FAMILY}}))}
+        if not names:
+            return None
+        self._call(self._nft.set_terse_output, True)
         try:
-            items = self._json({"table": {"family": FAMILY, "name": TABLE}})
-        except NftError as exc:
-            if "No such file or directory" in str(exc):
-                return None
-            raise
-        chains = {item["chain"]["name"] for item in items if "chain" in item}
-        sets = {item["set"]["name"]: item["set"] for item in items if "set" in item}
-        maps = {item["map"]["name"]: item["map"] for item in items if "map" in item}
-        elements: dict[Key, str] = {}
-        ports: set[Key] = set()
-        for v in (4, 6):
-            for element in maps.get(f"svc{v}", {}).get("elem", ()):
-                key, verdict = element
-                target = verdict.get("goto", {}).get("target", "") if isinstance(verdict, dict) else ""
-                elements[_key(key)] = target  # "" (not ours): differs from every wanted chain, so replaced
-            ports.update(_key(key) for key in sets.get(f"ports{v}", {}).get("elem", ()))
-        return Objects(frozenset(c for c in chains if c.startswith(("svc_", "ep_"))),
-                       frozenset(s for s in sets if s.startswith("aff_")), elements, frozenset(ports))
+            listed = {}
+            for plural, kind in (("sets", "set"), ("maps", "map")):
+                listed.update((item[kind]["name"], item[kind]) for item in ours(self._json({plural: {"family": FAMILY}}))
+                              if kind in item)
+        finally:
+            self._call(self._nft.set_terse_output, False)
+        elements = {}
+        for name in ELEMENT_SETS:
+            kind = "set" if name.startswith(("live", "ports")) else "map"
+            items = self._json({kind: {"family": FAMILY, "table": TABLE, "name": name}}) if name in listed else []
+            listing = next((item[kind] for item in items if kind in item), {})
+            elements[name] = dict(_element(element) for element in listing.get("elem", ()))
+        sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
+        return Objects(frozenset(names - set(BASE_CHAINS)), sets, elements)
+
+    def lookup_elements(self) -> dict[str, dict[str, str]]:
+        """The lookup maps' elements in the kernel now (svc4, svc6: key -> verdict); empty: no table."""
+        elements = {}
+        for name in ("svc4", "svc6"):
+            try:
+                items = self._json({"map": {"family": FAMILY, "table": TABLE, "name": name}})
+            except NftError as exc:
+                if "No such file or directory" in str(exc):
+                    return {}
+                raise
+            listed = next((item["map"] for item in items if "map" in item), {})
+            elements[name] = dict(_element(element) for element in listed.get("elem", ()))
+        return elements
 
     def untranslated_packets(self) -> int | None:
         try:
@@ -107,15 +149,36 @@ class Nft:
         return None
 
     def close(self) -> None:
+        if self._routes is not None:
+            self._call(self._routes.close)
+            self._routes = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
 
-def _key(element) -> Key:
-    """A lookup key as libnftables' JSON lists it: {"concat": [address, protocol, port]}."""
+def _element(element) -> tuple[str, str]:
+    """An element as libnftables' JSON lists it, in the syntax `ruleset` writes: (key, data or "")."""
     try:
-        address, protocol, port = element["concat"]
-        return lookup_key(ipaddress.ip_address(address), _PROTOCOLS.get(protocol, str(protocol)), int(port))
+        if isinstance(element, list):
+            key, data = element
+            return _text(key), _text(data)
+        return _text(element), ""
     except (KeyError, TypeError, ValueError) as exc:
         raise NftError(f"unexpected element in the table: {element!r}") from exc
+
+
+def _text(value) -> str:
+    if isinstance(value, dict) and "elem" in value:
+        return _text(value["elem"]["val"])
+    if isinstance(value, dict) and "concat" in value:
+        return " . ".join(_text(part) for part in value["concat"])
+    if isinstance(value, dict):
+        (verdict, target), = value.items()  # {"goto": {"target": name}}
+        return f"{verdict} {target['target']}"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return str(value)  # a protocol: libnftables names tcp, udp and sctp

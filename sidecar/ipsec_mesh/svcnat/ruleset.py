@@ -1,35 +1,44 @@
 """The pod's Service translation as nftables batches (pure: no kernel, no I/O).
 
-Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md):
+Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md), per family v:
 
-    map svc4/svc6     (cluster IP . protocol . port) -> goto the service port's chain
-    set ports4/ports6 every translated (cluster IP . protocol . port)
+    map svc<v>    (cluster IP . protocol . port) -> goto the pick chain that chooses an endpoint
+    map ep<v><p>  per protocol p: (cluster IP . port . index) -> endpoint address . port
+    set ports<v>  every translated (cluster IP . protocol . port)
     counter untranslated
-    chain nat_output  type nat hook output priority -100: looks up svc4/svc6
-    chain filter_output type filter hook output priority 0: a packet still addressed to a
-                      service port here had no usable endpoint: counted and rejected, so it
-                      never leaves towards the node unencrypted
-    chain filter_input type filter hook input priority 0: the MSS option of SYN-ACKs of
-                      connections to a service port is clamped to what fits inside ESP
-    chain svc_<h>     one per (cluster IP, protocol, port): one DNAT rule that picks an endpoint
-                      with numgen; with ClientIP affinity: set lookups, then numgen over ...
-    chain ep_<h>      ... one chain per endpoint (ClientIP only): affinity update, then DNAT
-    set aff_<h>       one per endpoint of a ClientIP service (dynamic, with timeout)
+    chain nat_output    type nat hook output priority -100: looks up svc<v>
+    chain filter_output type filter hook output priority 0: a packet still addressed to a service
+                        port here had no usable endpoint: counted and rejected (never sent to the
+                        node unencrypted); new connections of ClientIP ports are recorded (rec<v>)
+    chain filter_input  type filter hook input priority 0: the MSS option of SYN-ACKs of
+                        connections to a service port is clamped to what fits inside ESP
+    chain pick_<h>      one per (family, protocol, endpoint count): DNAT to
+                        ep<v><p>[daddr . dport . numgen random mod N]; with ClientIP
+                        affinity one per service port, looking up its affinity map first
+    map aff_<h>         per ClientIP service port: client address -> endpoint (dynamic, timeout)
+    map rec<v>, set live<v>, chain rec_<h>: per ClientIP service port, after the DNAT, a new
+                        connection to an endpoint in force (live<v>) refreshes its client's entry
 
-Names are hashes of what they stand for: a service port's chain of its lookup key, so the
-key's map element never changes while the key stays, and an endpoint's chain and affinity
-set of the endpoint, so an unchanged endpoint keeps its set (and the clients stuck to it).
+An update is a handful of element commands whatever the number of Services it changes: the
+endpoints of a service port are elements of ep<v>, and a change of its endpoint count, or of
+its affinity map, switches its svc<v> element to another pick chain (delete and add in one
+batch, which the kernel commits at once). Chains are named after their rules and never
+modified, so no packet ever meets a rule (or its anonymous set) that the batch replaces: a
+rule flushed in the batch whose commit a packet straddles made its lookup miss (the packet
+was then rejected in the pod, about 1 new flow in 50000 during updates). New chains come in
+a batch of their own before the elements that lead to them (`changes`). For the same reason
+what a batch stops using lingers one batch: index elements beyond a shrunk endpoint count
+point to endpoints in force, and chains and affinity maps no longer referred to are deleted
+by the next batch. An affinity map is kept while its port only gains endpoints; when one is
+removed the port gets a new, empty map, so the removed endpoint is never chosen again by
+affinity (live<v> keeps a straddling connection from recording it in the new one).
 
 `render` computes the whole `Table` the services want; `changes` turns the table in force
-into it with one batch that touches only what differs: new chains and sets, the rules of
-changed chains (flushed and re-added), the map and set elements added or gone, the chains
-and sets gone. The lookup maps are never flushed: a key that stays is never touched, so a
-new connection cannot miss it while the kernel commits. The kernel commits the batch as
-one transaction, so a new connection sees either the old rule set or the new one. After a
-start the rules in force are unknown: the first batch replaces every rule (`flush table`)
-and still changes only the map elements that differ from the kernel's. The script is built
-only from validated, typed values (DNS labels, `ipaddress` objects, integers), so nothing
-from the peer map can inject syntax.
+into it with one batch. After a start the kernel's objects are read back (`Objects`): chains
+already there are kept (their names say their rules), only the base chains are rewritten, and
+the elements are diffed like any update. The script is built only from validated, typed
+values (DNS labels, `ipaddress` objects, integers), so nothing from the peer map can inject
+syntax.
 """
 
 from __future__ import annotations
@@ -46,13 +55,32 @@ NAT_PRIORITY = -100  # dstnat: before the re-route that makes the XFRM lookup se
 FILTER_PRIORITY = 0
 UNTRANSLATED_COUNTER = "untranslated"
 MSS_CHAIN = "filter_input"
-AFFINITY_SET_SIZE = 65535
+BASE_CHAINS = ("nat_output", "filter_output", MSS_CHAIN)
+#: Entries per affinity map: the clients are this pod's own addresses (a larger size makes the kernel
+#: allocate its hash table for that many up front, which made every batch dear).
+AFFINITY_SET_SIZE = 64
+#: The element maps and sets of the header, per family (never deleted; their elements are diffed).
+PROTOCOLS = ("tcp", "udp", "sctp")
+ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "rec", "live", "ports") for v in (4, 6))
+                + tuple(f"ep{v}{proto}" for v in (4, 6) for proto in PROTOCOLS))
 
 _ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
-COMMENT_MAX = 128  # libnftnl's limit for a rule comment
+COMMENT_MAX = 128  # libnftnl's limit for a comment
 
 #: A lookup key: (IP version, "cluster IP . protocol . port" in nft syntax).
 Key = tuple[int, str]
+#: Element set name -> element (nft syntax) -> its data ("" in a set).
+Elements = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class PortState:
+    """What one service port's elements say: the choice among `count`, its affinity map."""
+
+    count: int
+    affinity: str | None = None
+    timeout: int | None = None
+    endpoints: frozenset[str] = frozenset()  # "address . port" of the endpoints in force
 
 
 @dataclass(frozen=True)
@@ -60,40 +88,71 @@ class Objects:
     """What the kernel's table holds, as read back at a start (its rules are not read)."""
 
     chains: frozenset[str] = frozenset()
-    sets: frozenset[str] = frozenset()
-    #: The lookup maps' elements: key -> the chain it jumps to.
-    elements: Mapping[Key, str] = field(default_factory=dict)
-    ports: frozenset[Key] = frozenset()
+    #: Sets and maps other than the header's: name -> their timeout (None: none).
+    sets: Mapping[str, int | None] = field(default_factory=dict)
+    elements: Elements = field(default_factory=dict)
+
+    def port_states(self) -> dict[Key, PortState]:
+        """Per lookup key, the state its elements describe (as `Table.states`)."""
+        states = {}
+        for v in (4, 6):
+            counts: dict[str, int] = {}
+            for proto in PROTOCOLS:
+                for element in self.elements.get(f"ep{v}{proto}", {}):
+                    address, port, index = element.split(" . ")
+                    key = f"{address} . {proto} . {port}"
+                    counts[key] = max(counts.get(key, 0), int(index) + 1)
+            live: dict[str, set[str]] = {}
+            for element in self.elements.get(f"live{v}", {}):
+                parts = element.split(" . ")
+                live.setdefault(" . ".join(parts[:3]), set()).add(" . ".join(parts[3:]))
+            for key in self.elements.get(f"svc{v}", {}):
+                rec = self.elements.get(f"rec{v}", {}).get(key, "")
+                affinity = "aff_" + rec.removeprefix("goto rec_") if rec.startswith("goto rec_") else None
+                if affinity not in self.sets:
+                    affinity = None
+                states[(v, key)] = PortState(counts.get(key, 0), affinity,
+                                             self.sets.get(affinity) if affinity else None,
+                                             frozenset(live.get(key, ())) if affinity else frozenset())
+        return states
 
 
 @dataclass(frozen=True)
 class Fragment:
     """One Service's part of the table."""
 
-    chains: tuple[tuple[str, tuple[str, ...]], ...]  # endpoint chains before the service chain using them
-    sets: tuple[tuple[str, str], ...]  # name, declaration
-    elements: tuple[tuple[Key, str], ...]
-    ports: tuple[Key, ...]
+    chains: Mapping[str, tuple[str, ...]]
+    sets: Mapping[str, str]  # name, declaration
+    elements: Elements
+    states: Mapping[Key, PortState]
     endpoints: int  # endpoint translations (per port and family)
+    #: Index elements kept for one batch after a shrink: the next batch renders the Service again.
+    tail: bool = False
+    #: What the kernel does differently from what the Service asks (said in its status).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Table:
     """Everything the translation puts into the table for a list of Services, by name."""
 
-    chains: Mapping[str, tuple[str, ...]]
-    sets: Mapping[str, str]
-    elements: Mapping[Key, str]
-    ports: frozenset[Key]
+    #: Chains (name -> rules; None: left by an earlier instance, rules unknown), lingering ones included.
+    chains: Mapping[str, tuple[str, ...] | None]
+    sets: Mapping[str, str | None]
+    elements: Elements
     #: Per service ("namespace/name"): the entry it was rendered from, and its part.
     parts: Mapping[str, tuple[ServiceEntry, Fragment]]
     #: IP version -> the MSS that SYN-ACKs of translated connections are clamped to.
     mss: Mapping[int, int] = field(default_factory=dict)
+    #: The chains and sets the elements refer to now (the others linger until the next batch).
+    active_chains: frozenset[str] = frozenset()
+    active_sets: frozenset[str] = frozenset()
+    states: Mapping[Key, PortState] = field(default_factory=dict)
 
     @property
     def services(self) -> int:
         """Services with at least one translated port."""
-        return sum(1 for _, part in self.parts.values() if part.elements)
+        return sum(1 for _, part in self.parts.values() if part.states)
 
     @property
     def endpoints(self) -> int:
@@ -112,34 +171,26 @@ def _name(prefix: str, *parts: object) -> str:
     return f"{prefix}_{digest}"
 
 
-def _endpoint_text(ep: ServiceEndpoint) -> str:
-    return f"{ep.address}:{ep.port}" if ep.address.version == 4 else f"[{ep.address}]:{ep.port}"
-
-
-def _comment(text: str) -> str:
-    return f"comment \"{text[:COMMENT_MAX]}\""
-
-
-def _dnat(proto: str, version: int, endpoints: tuple[ServiceEndpoint, ...]) -> str:
-    head = f"meta l4proto {proto} dnat {_ADDR[version][0]} to"
-    if len(endpoints) == 1:
-        return f"{head} {_endpoint_text(endpoints[0])}"
-    choices = ", ".join(f"{i} : {ep.address} . {ep.port}" for i, ep in enumerate(endpoints))
-    return f"{head} numgen random mod {len(endpoints)} map {{ {choices} }}"
-
-
 def lookup_key(address, protocol: str, port: int) -> Key:
     return address.version, f"{address} . {protocol} . {port}"
 
 
 def _table_header() -> list[str]:
     """Declarations that must exist before anything else (idempotent when they do)."""
-    return [
-        f"table {FAMILY} {TABLE} {{",
-        "  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
-        f"  counter {UNTRANSLATED_COUNTER} {{ }}",
-        *(f"  map svc{v} {{ type {_ADDR[v][1]} . inet_proto . inet_service : verdict; }}" for v in (4, 6)),
-        *(f"  set ports{v} {{ type {_ADDR[v][1]} . inet_proto . inet_service; }}" for v in (4, 6)),
+    lines = [f"table {FAMILY} {TABLE} {{",
+             "  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
+             f"  counter {UNTRANSLATED_COUNTER} {{ }}"]
+    for v in (4, 6):
+        fam, addr = _ADDR[v]
+        key = f"{addr} . inet_proto . inet_service"
+        # One index map per protocol: `typeof` with `th dport` cannot be read back by libnftables.
+        lines += [f"  map ep{v}{proto} {{ typeof {fam} daddr . {proto} dport . numgen random mod 1 : "
+                  f"{fam} daddr . {proto} dport; }}" for proto in PROTOCOLS]
+        lines += [f"  map svc{v} {{ type {key} : verdict; }}",
+                  f"  map rec{v} {{ type {key} : verdict; }}",
+                  f"  set live{v} {{ type {key} . {addr} . inet_service; }}",
+                  f"  set ports{v} {{ type {key}; }}"]
+    return lines + [
         f"  chain nat_output {{ type nat hook output priority {NAT_PRIORITY}; policy accept; }}",
         f"  chain filter_output {{ type filter hook output priority {FILTER_PRIORITY}; policy accept; }}",
         f"  chain {MSS_CHAIN} {{ type filter hook input priority {FILTER_PRIORITY}; policy accept; }}",
@@ -147,11 +198,14 @@ def _table_header() -> list[str]:
     ]
 
 
-#: The base chains' rules (re-added only after a `flush table`).
-_BASE_CHAINS = (
+#: The base chains' rules (re-added only after a start; they hold no anonymous set a miss would matter in).
+_BASE_RULES = (
     ("nat_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport vmap @svc{v}" for v in (4, 6))),
-    ("filter_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name "
-                            f"{UNTRANSLATED_COUNTER} reject" for v in (4, 6))),
+    ("filter_output",
+     tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name {UNTRANSLATED_COUNTER} reject"
+           for v in (4, 6))
+     + tuple(f"ct state new meta l4proto {{ tcp, udp, sctp }} ct original {_ADDR[v][0]} daddr . meta l4proto . "
+             f"ct original proto-dst vmap @rec{v}" for v in (4, 6))),
 )
 
 
@@ -168,122 +222,177 @@ def _mss_rules(mss: Mapping[int, int]) -> tuple[str, ...]:
                  for v in (4, 6) if v in mss)
 
 
-def _fragment(service: ServiceEntry) -> Fragment:
+def _chain(chains: dict, rules: tuple[str, ...]) -> str:
+    """A chain named after its rules (so never modified: other rules get another chain)."""
+    name = _name("pick", *rules)
+    chains[name] = rules
+    return name
+
+
+def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragment:
     affinity = service.session_affinity is SessionAffinity.CLIENT_IP
     timeout = service.affinity_timeout_seconds
-    chains: list[tuple[str, tuple[str, ...]]] = []
-    sets: list[tuple[str, str]] = []
-    elements: list[tuple[Key, str]] = []
-    ports: list[Key] = []
-    endpoint_count = 0
+    chains: dict[str, tuple[str, ...]] = {}
+    sets: dict[str, str] = {}
+    elements: dict[str, dict[str, str]] = {}
+    states: dict[Key, PortState] = {}
+    endpoint_count, tail = 0, False
+    notes: list[str] = []
     for cluster_ip in service.cluster_ips:
         v = cluster_ip.version
-        saddr = f"{_ADDR[v][0]} saddr"
+        fam, addr = _ADDR[v]
         for port in service.ports:
             proto = port.protocol.value.lower()
             key = lookup_key(cluster_ip, proto, port.port)
-            ports.append(key)
+            elements.setdefault(f"ports{v}", {})[key[1]] = ""
             endpoints = usable_endpoints(port, v)
             if not endpoints:
                 continue  # left to filter_output: counted and rejected
             endpoint_count += len(endpoints)
-            label = f"{service.key} {port.protocol.value} {cluster_ip} {port.port}"
-            svc_chain = _name("svc", *key)
-            elements.append((key, svc_chain))
-            if not affinity:
-                # One rule picks the endpoint (per new connection; conntrack keeps the rest).
-                chains.append((svc_chain, (f"{_dnat(proto, v, endpoints)} {_comment(label)}",)))
+            targets = [f"{ep.address} . {ep.port}" for ep in endpoints]
+            previous = before.get(key)
+            # A shrunk choice keeps its higher indexes one batch, on endpoints in force: a packet
+            # that took the old pick chain before the commit still finds its element after it.
+            indexes = max(len(targets), previous.count if previous is not None else 0)
+            tail |= indexes > len(targets)
+            ep_map = elements.setdefault(f"ep{v}{proto}", {})
+            for i in range(indexes):
+                ep_map[f"{cluster_ip} . {port.port} . {i}"] = targets[i % len(targets)]
+            pick = (f"meta l4proto {proto} dnat {fam} to {fam} daddr . {proto} dport . "
+                    f"numgen random mod {len(targets)} map @ep{v}{proto}")
+            # libnftables 1.0.6 cannot store an IPv6 address and a port from the packet in one
+            # map element (its register allocation asserts): IPv6 affinity maps hold the address
+            # and DNAT to the port, which must then be the same for all the port's endpoints.
+            same_port = len({ep.port for ep in endpoints}) == 1
+            if affinity and v == 6 and not same_port:
+                notes.append(f"{key[1]}: no ClientIP affinity over IPv6 endpoints with different target ports")
+            if not affinity or (v == 6 and not same_port):
+                elements.setdefault(f"svc{v}", {})[key[1]] = f"goto {_chain(chains, (pick,))}"
+                states[key] = PortState(len(targets))
                 continue
-            targets = []
-            for ep in endpoints:
-                ep_chain = _name("ep", service.key, cluster_ip, proto, port.port, ep.address, ep.port)
-                aff = _name("aff", ep_chain, timeout)
-                sets.append((aff, f"type {_ADDR[v][1]}; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; "
-                                  f"timeout {timeout}s;"))
-                chains.append((ep_chain, (f"update @{aff} {{ {saddr} }}",
-                                          f"{_dnat(proto, v, (ep,))} {_comment(f'{label} -> {_endpoint_text(ep)}')}")))
-                targets.append((ep_chain, aff))
-            # The client's address in an endpoint's set sends it there again; else a random pick.
-            rules = [f"{saddr} @{aff} goto {target}" for target, aff in targets]
-            if len(targets) == 1:
-                rules.append(f"goto {targets[0][0]} {_comment(label)}")
-            else:
-                choices = ", ".join(f"{i} : goto {target}" for i, (target, _) in enumerate(targets))
-                rules.append(f"numgen random mod {len(targets)} vmap {{ {choices} }} {_comment(label)}")
-            chains.append((svc_chain, tuple(rules)))
-    return Fragment(tuple(chains), tuple(sets), tuple(elements), tuple(ports), endpoint_count)
+            # The port's affinity map stays while the port only gains endpoints; a removed endpoint
+            # (or a new timeout) gives it a new map, so affinity never leads to a removed endpoint.
+            keep = (previous is not None and previous.affinity is not None and previous.timeout == timeout
+                    and previous.endpoints <= set(targets))
+            aff = previous.affinity if keep else _name("aff", key, timeout, *sorted(targets))
+            data, recorded, to = ((f"{addr} . inet_service", f"{fam} daddr . {proto} dport", f"{fam} saddr map @{aff}")
+                                  if v == 4 else (addr, f"{fam} daddr", f"{fam} saddr map @{aff} : {endpoints[0].port}"))
+            sets[aff] = (f"type {addr} : {data}; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; "
+                         f"timeout {timeout}s;")
+            elements.setdefault(f"svc{v}", {})[key[1]] = "goto " + _chain(
+                chains, (f"meta l4proto {proto} dnat {fam} to {to}", pick))
+            # After the DNAT: a new connection to an endpoint in force refreshes (or sets) its client's entry.
+            rec = "rec_" + aff.removeprefix("aff_")
+            chains[rec] = (f"meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst . "
+                           f"{fam} daddr . {proto} dport != @live{v} return",
+                           f"update @{aff} {{ {fam} saddr : {recorded} }}")
+            elements.setdefault(f"rec{v}", {})[key[1]] = f"goto {rec}"
+            live = elements.setdefault(f"live{v}", {})
+            for target in targets:
+                live[f"{key[1]} . {target}"] = ""
+            states[key] = PortState(len(targets), aff, timeout, frozenset(targets))
+    return Fragment(chains, sets, elements, states, endpoint_count, tail, tuple(notes))
 
 
-def render(services: tuple[ServiceEntry, ...], previous: Table | None = None,
+def render(services: tuple[ServiceEntry, ...], previous: Table | Objects | None = None,
            mss: Mapping[int, int] | None = None) -> Table:
-    """The table that translates `services`; parts of `previous` whose Service is unchanged are reused.
+    """The table that translates `services`, following `previous` (our last batch, or the kernel's objects).
 
-    `mss`: IP version -> MSS clamp for SYN-ACKs of translated connections (none for a version left out).
+    Parts of a previous Table whose Service is unchanged are reused. `mss`: IP version -> MSS
+    clamp for SYN-ACKs of translated connections (none for a version left out).
     """
     mss = dict(mss or {})
-    chains: dict[str, tuple[str, ...]] = {}
-    sets: dict[str, str] = {}
-    elements: dict[Key, str] = {}
-    ports: set[Key] = set()
+    chains: dict[str, tuple[str, ...] | None] = {}
+    sets: dict[str, str | None] = {}
+    elements: dict[str, dict[str, str]] = {}
     parts: dict[str, tuple[ServiceEntry, Fragment]] = {}
-    earlier = previous.parts if previous is not None else {}
+    states: dict[Key, PortState] = {}
+    if isinstance(previous, Table):
+        earlier, before = previous.parts, previous.states
+        lingering_chains = {name: previous.chains[name] for name in previous.active_chains}
+        lingering_sets = {name: previous.sets[name] for name in previous.active_sets}
+    else:
+        earlier, before = {}, previous.port_states() if previous is not None else {}
+        lingering_chains = dict.fromkeys(previous.chains if previous is not None else ())
+        lingering_sets = dict.fromkeys(previous.sets if previous is not None else ())
     for service in services:
         known = earlier.get(service.key)
-        part = known[1] if known is not None and known[0] == service else _fragment(service)
+        reuse = known is not None and known[0] == service and not known[1].tail
+        part = known[1] if reuse else _fragment(service, before)
         parts[service.key] = (service, part)
         chains.update(part.chains)
         sets.update(part.sets)
-        elements.update(part.elements)
-        ports.update(part.ports)
-    return Table(chains, sets, elements, frozenset(ports), parts, mss)
+        for name, items in part.elements.items():
+            elements.setdefault(name, {}).update(items)
+        states.update(part.states)
+    # A port that goes keeps its index elements one batch too, for a packet that took its pick chain.
+    for (v, key), state in before.items():
+        if (v, key) not in states:
+            address, proto, port = key.split(" . ")
+            old = previous.elements.get(f"ep{v}{proto}", {})
+            ep_map = elements.setdefault(f"ep{v}{proto}", {})
+            for index in (f"{address} . {port} . {i}" for i in range(state.count)):
+                if index in old:
+                    ep_map[index] = old[index]
+    active_chains, active_sets = frozenset(chains), frozenset(sets)
+    # What the last batch used and this one does not lingers until the next one (module docstring).
+    for name, rules in lingering_chains.items():
+        chains.setdefault(name, rules)
+    for name, declaration in lingering_sets.items():
+        sets.setdefault(name, declaration)
+    return Table(chains, sets, elements, parts, mss, active_chains, active_sets, states)
 
 
-def _elements(command: str, name: str, keys: list[Key], data: Mapping[Key, str] | None = None) -> list[str]:
-    """`add element`/`delete element` lines for the sets `name`4/`name`6 (maps: with `data`)."""
-    lines = []
-    for v in (4, 6):
-        items = [key if data is None else f"{key} : goto {data[(kv, key)]}" for kv, key in keys if kv == v]
-        if items:
-            lines.append(f"{command} element {FAMILY} {TABLE} {name}{v} {{ {', '.join(items)} }}")
-    return lines
+def _element_lines(command: str, name: str, items: list[tuple[str, str]]) -> list[str]:
+    if not items:
+        return []
+    text = ", ".join(f"{key} : {data}" if data else key for key, data in items)
+    return [f"{command} element {FAMILY} {TABLE} {name} {{ {text} }}"]
 
 
-def changes(want: Table, have: Table | Objects) -> str:
-    """One batch that turns the table holding `have` into `want`, touching only what differs.
+def changes(want: Table, have: Table | Objects) -> list[str]:
+    """The batches that turn the table holding `have` into `want`, touching only what differs.
 
-    `have` a Table: what our last batch installed (its rules known). `have` Objects: what the
-    kernel has after a start: every rule is replaced, the elements are still only diffed.
+    `have` a Table: what our last batch installed. `have` Objects: what the kernel has after a
+    start: the base chains' rules are replaced, every other object is diffed by name. New chains
+    come in a batch of their own, before the one whose elements refer to them: a packet that
+    straddles a commit runs the rules of the generation it started in, so a chain created by
+    the batch that also switches an element to it would be empty for that packet (and the
+    packet, untranslated, rejected).
     """
     known = isinstance(have, Table)
-    have_chains: Mapping[str, tuple[str, ...] | None] = have.chains if known else dict.fromkeys(have.chains)
-    gone_chains = sorted(set(have_chains) - set(want.chains))
-    gone_sets = sorted(set(have.sets) - set(want.sets))
     mss_changed = not known or have.mss != want.mss
-    if known:
-        script = [f"flush chain {FAMILY} {TABLE} {name}" for name, rules in want.chains.items()
-                  if name in have_chains and have_chains[name] != rules]
-        script += [f"flush chain {FAMILY} {TABLE} {MSS_CHAIN}"] if mss_changed else []
-        script += [f"flush chain {FAMILY} {TABLE} {name}" for name in gone_chains]
-    else:
-        script = _table_header() + [f"flush table {FAMILY} {TABLE}"]
-    # A key's element changes only when it goes (or, after a start, when it points elsewhere).
-    script += _elements("delete", "svc", [key for key, chain in have.elements.items()
-                                          if want.elements.get(key) != chain])
-    block = [f"  set {name} {{ {declaration} }}" for name, declaration in want.sets.items() if name not in have.sets]
-    new_rules = [(name, rules) for name, rules in want.chains.items() if have_chains.get(name) != rules]
-    if not known:
-        new_rules += _BASE_CHAINS
+    header = [] if known else _table_header()
+    block = [f"  map {name} {{ {declaration} }}" for name, declaration in want.sets.items()
+             if name not in have.sets and declaration is not None]
+    for name, rules in want.chains.items():
+        if name not in have.chains and rules is not None:
+            block += [f"  chain {name} {{", *(f"    {rule}" for rule in rules), "  }"]
+    prepare = header + ([f"table {FAMILY} {TABLE} {{", *block, "}"] if block else [])
+    script = [] if known else [f"flush chain {FAMILY} {TABLE} {name}" for name in BASE_CHAINS]
+    if known and mss_changed:
+        script.append(f"flush chain {FAMILY} {TABLE} {MSS_CHAIN}")
+    base = [] if known else list(_BASE_RULES)
     if mss_changed:
-        new_rules.append((MSS_CHAIN, _mss_rules(want.mss)))
-    for name, rules in new_rules:
-        block += [f"  chain {name} {{", *(f"    {rule}" for rule in rules), "  }"]
-    if block:
-        script += [f"table {FAMILY} {TABLE} {{", *block, "}"]
-    script += _elements("add", "svc", [key for key, chain in want.elements.items()
-                                      if have.elements.get(key) != chain], want.elements)
-    script += _elements("delete", "ports", sorted(have.ports - want.ports))
-    script += _elements("add", "ports", sorted(want.ports - have.ports))
-    # Unreferenced now: their rules were flushed and the elements pointing to them deleted above.
-    script += [f"delete chain {FAMILY} {TABLE} {name}" for name in gone_chains]
-    script += [f"delete set {FAMILY} {TABLE} {name}" for name in gone_sets]
-    return "\n".join(script) + "\n" if script else ""
+        base.append((MSS_CHAIN, _mss_rules(want.mss)))
+    if base:
+        script += [f"table {FAMILY} {TABLE} {{"]
+        for name, rules in base:
+            script += [f"  chain {name} {{", *(f"    {rule}" for rule in rules), "  }"]
+        script += ["}"]
+    # An element whose data changes is deleted and added in this batch: the commit switches it at once.
+    adds = []
+    for name in ELEMENT_SETS:
+        old, new = have.elements.get(name, {}), want.elements.get(name, {})
+        script += _element_lines("delete", name, [(key, "") for key, data in old.items() if new.get(key) != data])
+        adds += _element_lines("add", name, [(key, data) for key, data in new.items() if old.get(key) != data])
+    script += adds
+    # Unreferenced since the last batch (they lingered one): their rules first (a chain left by an
+    # earlier layout may jump to another one going too), then the chains, then the maps they used.
+    gone = sorted(set(have.chains) - set(want.chains))
+    script += [f"flush chain {FAMILY} {TABLE} {name}" for name in gone]
+    script += [f"delete chain {FAMILY} {TABLE} {name}" for name in gone]
+    script += [f"delete set {FAMILY} {TABLE} {name}" for name in sorted(set(have.sets) - set(want.sets))]
+    if not any(line.lstrip().startswith("chain ") for line in block):
+        script, prepare = prepare + script, []
+    return ["\n".join(lines) + "\n" for lines in (prepare, script) if lines]

@@ -53,18 +53,17 @@ class ServiceTranslation:
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
-            want = render(self._wanted, self._in_force, self._mss())
             have: Table | Objects | None = self._installed
             if have is None:
                 have = self._nft.objects()
                 if have is None and not services:
                     # Nothing to translate and no table left by an earlier instance: no table at all.
-                    self._in_force = want
+                    self._in_force = render(())
                     self.last_error = ""
                     return True
                 have = have or Objects()
-            script = changes(want, have)
-            if script:
+            want = render(self._wanted, have, self._mss())
+            for script in changes(want, have):
                 self._nft.run(script)
         except NftError as exc:
             self.failures += 1
@@ -106,27 +105,45 @@ class ServiceTranslation:
             self._nft = None
 
     def per_service(self) -> dict[str, dict]:
-        """Per Service of the map: does the kernel translate it, as the map now says, and if not why."""
+        """Per Service of the map: does the kernel translate it, as the map now says, and if not why.
+
+        `translated` is read back from the kernel: at least one of the Service's lookup elements
+        is in the table, pointing where the last batch put it.
+        """
+        try:
+            kernel = self._nft.lookup_elements() if self._nft is not None else {}
+            unread = ""
+        except NftError as exc:
+            kernel, unread = {}, f"cannot read the table: {exc}"
         result = {}
         for service in self._wanted:
             installed = self._in_force.parts.get(service.key)
-            translated = installed is not None and bool(installed[1].elements)
+            part = installed[1] if installed is not None else None
+            wanted = bool(part is not None and part.states)
+            translated = wanted and any(kernel.get(name, {}).get(key) == data
+                                        for name, items in part.elements.items() if name.startswith("svc")
+                                        for key, data in items.items())
             current = installed is not None and installed[0] == service
             error = "" if current else (self.last_error or "not installed yet")
-            if current and not translated:
+            if current and not wanted:
                 error = NO_ENDPOINT
+            elif wanted and not translated:
+                error = unread or "its lookup elements are not in the kernel's table (changed by someone else?)"
             result[service.key] = {"translated": translated, "current": current, "error": error}
+            if part is not None and part.notes:
+                result[service.key]["note"] = "; ".join(part.notes)
         return result
 
     def status(self) -> dict:
+        per_service = self.per_service()
         return {
             "table": f"{FAMILY} {TABLE}",
-            "services": self.services,
+            "services": sum(1 for entry in per_service.values() if entry["translated"]),
             "endpoints": self.endpoints,
             "updates": self.updates,
             "failures": self.failures,
             "last_error": self.last_error,
             "untranslated_packets": self._nft.untranslated_packets() if self._nft is not None else None,
-            "per_service": self.per_service(),
+            "per_service": per_service,
             "mss_clamp": {f"ipv{version}": mss for version, mss in sorted(self._in_force.mss.items())},
         }
