@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
 from ..meshapi.model import PeerMap, load_peer_map_file
@@ -154,6 +152,8 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
 
 
 def load_yaml_document(path: Path) -> Any:
+    import yaml  # here: an injected mesh-mode sidecar has no settings file, and PyYAML costs ~0.8 MB
+
     try:
         return yaml.safe_load(path.read_text())
     except OSError as exc:

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import fields
 from .errors import PeerMapError
 from .identity import check_dns_name, check_identity_pattern, check_label
@@ -292,6 +290,8 @@ def load_peer_map_file(path: str | Path) -> PeerMap:
         text = path.read_text()
     except OSError as exc:
         raise PeerMapError(str(path), f"cannot read: {exc.strerror}") from None
+    import yaml  # here: mesh mode never reads a file peer map, and PyYAML costs ~0.8 MB per pod
+
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
+from ..xfrm.netns import setns
 from .mtu import route_mtu
 from .ruleset import FAMILY, TABLE, UNTRANSLATED_COUNTER, Key, Objects, lookup_key
 
@@ -23,9 +24,7 @@ class NftError(Exception):
 
 
 def _enter(netns: str) -> None:
-    from pyroute2 import netns as pyroute2_netns
-
-    pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a namespace
+    setns(netns)  # never creates a namespace: a missing one is an error
 
 
 class Nft:
