@@ -26,12 +26,14 @@ print(json.dumps(sorted(sys.modules)))
 
 # Never needed by mesh mode: YAML (the `run` configuration and optional settings files),
 # libnftables (loaded when a Service needs translating), and pyroute2's namespace and process
-# helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform).
+# helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
+# difflib (wording of configuration errors only).
 NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
-                    "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform")
-# Modules loaded in all (stdlib, cryptography, ours) after the cuts in this change: 336.
+                    "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
+                    "difflib")
+# Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after.
 # A new dependency of mesh mode has to raise this bound on purpose.
-MAX_MODULES = 345
+MAX_MODULES = 325
 
 
 def _mesh_mode_modules() -> list[str]:
