@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..meshapi import fields
+from ..meshapi.documents import NotYaml, load_yaml
 from ..meshapi.errors import PeerMapError
 from ..meshapi.model import PeerMap, load_peer_map_file
 
@@ -152,13 +153,11 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
 
 
 def load_yaml_document(path: Path) -> Any:
-    import yaml  # here: an injected mesh-mode sidecar has no settings file, and PyYAML costs ~0.8 MB
-
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except NotYaml as exc:
         raise ConfigError(f"{path}: not YAML: {exc}") from None
 
 
