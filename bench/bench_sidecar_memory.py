@@ -232,7 +232,7 @@ def main() -> int:
                 with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
                     for name, figures in mesh_mode(source.resolve(), Path(workdir), one_sa).items():
                         setup = "one SA, settings file" if one_sa else "as injected, no SA"
-                        print(line(f"{source.name[:14]} {name}: {setup}", figures))
+                        print(line(f"{source.resolve().name[:14]} {name}: {setup}", figures))
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
