@@ -14,7 +14,10 @@ sidecar needs (cryptography, asyncio), the floor no change to our code can go be
 127.0.0.1 and two `ipsec-mesh-sidecar mesh` (data plane none, one peering between them)
 on loopback addresses; each sidecar's figures once it is ready and has talked to the
 mesh API for a few seconds (certificate, peer-map long polls, status reports every
-second). `--source DIR` runs another checkout's code (e.g. main, for a before figure).
+second). Two set-ups: as the webhook injects it (environment only, no settings file,
+IKE on port 500 of each pod address, no SA yet), and with one IKE SA + CHILD_SA (a
+settings file makes `web` initiate to `db`; reading it loads PyYAML). `--source DIR`
+runs another checkout's code (e.g. main, for a before figure in the same run).
 
     .venv/bin/python bench/bench_sidecar_memory.py --mesh [--source /tmp/main-export]
 """
@@ -143,13 +146,19 @@ def _ready(port: int) -> bool:
         return False
 
 
-def mesh_mode(source: Path, workdir: Path) -> dict[str, dict[str, int]]:
-    """Figures of each of two ready mesh-mode sidecars fed by a standalone operator."""
+def mesh_mode(source: Path, workdir: Path, one_sa: bool) -> dict[str, dict[str, int]]:
+    """Figures of each of two ready mesh-mode sidecars fed by a standalone operator.
+
+    one_sa: a settings file (other IKE ports, `web` initiates to `db`), figures read once
+    the SA is up; else environment only, as injected, on IKE port 500 of each address.
+    """
     env = {**os.environ, "PYTHONPATH": f"{source / 'sidecar'}{os.pathsep}{source / 'operator'}"}
     (workdir / "mesh.yaml").write_text(json.dumps(MESH))  # JSON is YAML
     ike_port = _free_port()
-    (workdir / "sidecar.yaml").write_text(json.dumps({"ike": {"port": ike_port, "nattPort": ike_port + 1},
-                                                      "log": {"level": "info"}}))
+    settings = {"ike": {"port": ike_port, "nattPort": ike_port + 1}, "log": {"level": "info"}}
+    for pod in MESH["pods"]:
+        initiate = [p["ips"][0] for p in MESH["pods"] if p is not pod] if pod["name"] == "web" else []
+        (workdir / f"sidecar-{pod['name']}.yaml").write_text(json.dumps({**settings, "initiate": initiate}))
     state = workdir / "state"
     with contextlib.ExitStack() as stack:
         def start(args: list[str], extra: dict[str, str], log: str) -> subprocess.Popen:
@@ -165,10 +174,11 @@ def mesh_mode(source: Path, workdir: Path) -> dict[str, dict[str, int]]:
         sidecars = {}
         for pod in MESH["pods"]:
             port = _free_port()
+            extra = {"IPSEC_MESH_SETTINGS": str(workdir / f"sidecar-{pod['name']}.yaml")} if one_sa else {}
             process = start(["ipsec_mesh.agent.cli", "mesh"], {
                 "IPSEC_MESH_API_URL": (state / "api-url").read_text().strip(),
                 "IPSEC_MESH_TOKEN_FILE": str(state / "pods" / pod["namespace"] / pod["name"] / "token"),
-                "IPSEC_MESH_CA_BUNDLE_FILE": str(state / "ca-bundle.pem"), "IPSEC_MESH_SETTINGS": str(workdir / "sidecar.yaml"),
+                "IPSEC_MESH_CA_BUNDLE_FILE": str(state / "ca-bundle.pem"), **extra,
                 "IPSEC_MESH_DATAPLANE": "none", "IPSEC_MESH_HEALTH_HOST": "127.0.0.1",
                 "IPSEC_MESH_HEALTH_PORT": str(port), "IPSEC_MESH_STATUS_LISTEN": "off",
                 "IPSEC_MESH_STATUS_INTERVAL": "1", "IPSEC_MESH_WATCH_WAIT": "2",
@@ -177,8 +187,21 @@ def mesh_mode(source: Path, workdir: Path) -> dict[str, dict[str, int]]:
             sidecars[pod["name"]] = (process, port)
         for name, (process, port) in sidecars.items():
             _wait(f"sidecar {name} ready", lambda port=port: _ready(port), process)
+        if one_sa:
+            _, web_port = sidecars["web"]
+            _wait("web's CHILD_SA with db", lambda: _child_sas(web_port) == 1, sidecars["web"][0])
         time.sleep(SETTLE + 3)  # a few status reports and long polls
         return {name: memory(process.pid) for name, (process, _) in sidecars.items()}
+
+
+def _child_sas(port: int) -> int:
+    """CHILD_SAs the sidecar's /metrics reports."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    return sum(int(float(line.split()[1])) for line in text.splitlines() if line.startswith("ipsec_mesh_child_sas "))
 
 
 def _terminate(process: subprocess.Popen) -> None:
@@ -199,12 +222,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sas", type=int, default=100)
     parser.add_argument("--mesh", action="store_true", help="mesh mode against a standalone operator")
-    parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code runs (--mesh)")
+    parser.add_argument("--source", type=Path, action="append",
+                        help="checkout whose code runs (--mesh; repeat to compare, e.g. main then this one)")
     args = parser.parse_args()
     if args.mesh:
-        with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
-            for name, figures in mesh_mode(args.source.resolve(), Path(workdir)).items():
-                print(line(f"mesh-mode sidecar {name}, data plane none", figures))
+        print(line("python + cryptography + asyncio", baseline()))
+        for source in args.source or [ROOT]:
+            for one_sa in (False, True):
+                with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
+                    for name, figures in mesh_mode(source.resolve(), Path(workdir), one_sa).items():
+                        setup = "one SA, settings file" if one_sa else "as injected, no SA"
+                        print(line(f"{source.resolve().name[:14]} {name}: {setup}", figures))
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

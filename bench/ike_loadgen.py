@@ -6,7 +6,9 @@ the generator plays many independent initiators sharing one UDP socket, so our o
 initiator-side duplicate resolution (which would close all but one IKE SA per peer)
 and INITIAL_CONTACT (disabled here) never interfere. Datagrams are routed to their
 endpoint by the initiator SPI. Nothing is deleted at the end: the responder's SAs stay
-up, so its CPU time is spent only on establishing them.
+up, so its CPU time is spent only on establishing them. With `hold` > 0 the generator
+then keeps answering on every established IKE SA for that many seconds (the responder's
+CHILD_SA rekeys and liveness checks: a steady state to measure).
 
     python bench/ike_loadgen.py --spec spec.json
 """
@@ -55,6 +57,7 @@ class Spec:
     cert: str | None = None  # PEM paths for certificate authentication
     key: str | None = None
     ca: str | None = None
+    hold: float = 0.0  # seconds to keep serving established SAs after the last one is up
 
 
 def peer_config(spec: Spec) -> PeerConfig:
@@ -88,7 +91,8 @@ class LoadGenerator:
         self.sock.bind(self.local)
         self.sock.setblocking(False)
         self.in_flight: dict[bytes, IkeEndpoint] = {}  # by initiator SPI
-        self.started = self.established = self.failed = 0
+        self.up: dict[bytes, IkeEndpoint] = {}  # established, served while holding
+        self.started = self.established = self.failed = self.rekeys = 0
         self.failures: dict[str, int] = {}
 
     def _start_one(self, now: float) -> None:
@@ -100,9 +104,11 @@ class LoadGenerator:
 
     def _drain(self, spi: bytes, endpoint: IkeEndpoint) -> None:
         for event in endpoint.events():
-            if isinstance(event, ChildSaInstallOutbound):
+            if isinstance(event, ChildSaInstallOutbound) and spi in self.up:
+                self.rekeys += 1
+            elif isinstance(event, ChildSaInstallOutbound):
                 self.established += 1
-                self.in_flight.pop(spi, None)
+                self.up[spi] = self.in_flight.pop(spi)
             elif isinstance(event, (NegotiationFailed, ChildSaFailed, IkeSaClosed)) and spi in self.in_flight:
                 reason = getattr(event, "reason", type(event).__name__)
                 self.failures[reason] = self.failures.get(reason, 0) + 1
@@ -121,18 +127,30 @@ class LoadGenerator:
                 self._start_one(now)
             if not self.in_flight:
                 break
-            readable, _, _ = select.select([self.sock], [], [], 0.05)
-            if readable:
-                self._read_all()
-            now = time.monotonic()
-            for spi, endpoint in list(self.in_flight.items()):
-                due = endpoint.next_timer()
-                if due is not None and due <= now:
-                    endpoint.tick(now)
-                    self._drain(spi, endpoint)
+            self._serve(self.in_flight)
+        seconds = time.monotonic() - begin
+        if spec.hold > 0:
+            self._hold(spec.hold)
         return {"started": self.started, "established": self.established, "failed": self.failed,
                 "unfinished": len(self.in_flight), "failures": self.failures,
-                "seconds": round(time.monotonic() - begin, 3)}
+                "seconds": round(seconds, 3), "held": spec.hold, "rekeys_answered": self.rekeys}
+
+    def _hold(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._serve(self.up)
+
+    def _serve(self, endpoints: dict[bytes, IkeEndpoint]) -> None:
+        """Read what arrived (up to 50 ms), then run the timers that are due in `endpoints`."""
+        readable, _, _ = select.select([self.sock], [], [], 0.05)
+        if readable:
+            self._read_all()
+        now = time.monotonic()
+        for spi, endpoint in list(endpoints.items()):
+            due = endpoint.next_timer()
+            if due is not None and due <= now:
+                endpoint.tick(now)
+                self._drain(spi, endpoint)
 
     def _read_all(self) -> None:
         for _ in range(1000):  # bounded: back to timers and new SAs now and then
@@ -140,7 +158,7 @@ class LoadGenerator:
                 data, addr = self.sock.recvfrom(65535)
             except BlockingIOError:
                 return
-            endpoint = self.in_flight.get(data[:8])
+            endpoint = self.in_flight.get(data[:8]) or self.up.get(data[:8])
             if endpoint is None:
                 continue  # an SA we are done with (or garbage)
             endpoint.receive(data, self.local, (addr[0], addr[1]), time.monotonic())

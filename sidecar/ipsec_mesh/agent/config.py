@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..meshapi import fields
+from ..meshapi.documents import NotYaml, load_yaml
 from ..meshapi.errors import PeerMapError
 from ..meshapi.model import PeerMap, load_peer_map_file
 
@@ -155,10 +154,10 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
 
 def load_yaml_document(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except NotYaml as exc:
         raise ConfigError(f"{path}: not YAML: {exc}") from None
 
 

@@ -7,7 +7,6 @@ refused so that a typo never silently weakens a policy.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import re
@@ -40,6 +39,8 @@ def obj(value: Any, path: str, required: set[str], optional: Set[str] = frozense
 
 def unknown_fields(value: Mapping[str, Any], path: str, known: set[str] | frozenset[str]) -> list[str]:
     """One message per key of `value` not in `known`, naming the field and the likely intended one."""
+    import difflib  # only to word an error: not loaded by a sidecar that never sees one
+
     messages = []
     lowered = {name.lower(): name for name in known}
     for key in sorted(str(k) for k in value if k not in known):

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import fields
+from .documents import NotYaml, load_yaml
 from .errors import PeerMapError
 from .identity import check_dns_name, check_identity_pattern, check_label
 from .proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
@@ -293,8 +292,8 @@ def load_peer_map_file(path: str | Path) -> PeerMap:
     except OSError as exc:
         raise PeerMapError(str(path), f"cannot read: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        document = load_yaml(text)
+    except NotYaml as exc:
         raise PeerMapError(str(path), f"not YAML: {exc}") from None
     return PeerMap.from_dict(document, base_dir=path.parent)
 

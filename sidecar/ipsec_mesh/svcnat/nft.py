@@ -13,6 +13,7 @@ import ipaddress
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..xfrm.netns import setns
 from .mtu import route_mtu
 from .routewatch import RouteWatch
 from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
@@ -25,9 +26,7 @@ class NftError(Exception):
 
 
 def _enter(netns: str) -> None:
-    from pyroute2 import netns as pyroute2_netns
-
-    pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a namespace
+    setns(netns)  # never creates a namespace: a missing one is an error
 
 
 class Nft:

@@ -3,8 +3,8 @@
 Why not pyroute2's `NetlinkSocket` transport: in pyroute2 0.9 its sync API
 drives a private asyncio loop with `run_until_complete`, which fails when
 called from a coroutine of the agent's running loop, and it keeps one socket
-per thread. We keep pyroute2's message classes (structs.py) and its netns
-code, and drive one plain socket ourselves: blocking with a timeout for
+per thread. We keep pyroute2's message classes (structs.py), enter namespaces
+with netns.py, and drive one plain socket ourselves: blocking with a timeout for
 requests, non-blocking for events, so an asyncio loop can `add_reader()` it.
 
 Namespace entry: `setns(2)` changes the calling *thread's* namespace only, so
@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import nlmsg
 
 from .constants import (
@@ -44,6 +43,7 @@ from .constants import (
     SOL_NETLINK,
 )
 from .errors import XfrmError, XfrmParseError
+from .netns import setns
 
 NetnsRef = str | int | None  # name under /run/netns, a path, an open fd, or None
 RECV_BUFFER = 1 << 17  # dumps come in skbs of at most 32 KiB; room to spare
@@ -69,7 +69,7 @@ def open_netlink_socket(netns: NetnsRef) -> socket.socket:
 
     def enter_and_create() -> None:
         try:
-            pyroute2_netns.setns(netns, flags=0)  # flags=0: never create a namespace
+            setns(netns)  # never creates a namespace: a missing one is an error
             result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM))
         except Exception as exc:  # handed to the caller's thread below
             result.append(exc)

@@ -1,0 +1,50 @@
+"""Mesh-mode start-up imports only what mesh mode needs: each module costs every pod memory.
+
+Counted in a fresh interpreter (what `ipsec-mesh-sidecar mesh` with the XFRM data plane
+imports before and during start-up), so a regression shows as a name or a count, not a
+timing. The figures behind the list are in docs/benchmarks.md (Sidecar memory).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
+
+# What `ipsec-mesh-sidecar mesh` imports: the CLI module, then (inside mesh_main/run_mesh and
+# MeshSidecar) settings, bootstrap, the mesh API client, mesh mode and the XFRM data plane.
+PROBE = """
+import json, sys
+import ipsec_mesh.agent.cli
+import ipsec_mesh.agent.mesh_settings, ipsec_mesh.agent.bootstrap, ipsec_mesh.meshapi.client
+import ipsec_mesh.agent.mesh_mode, ipsec_mesh.agent.xfrm_dataplane
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# Never needed by mesh mode: YAML (the `run` configuration and optional settings files),
+# libnftables (loaded when a Service needs translating), and pyroute2's namespace and process
+# helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
+# difflib (wording of configuration errors only).
+NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
+                    "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
+                    "difflib")
+# Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after.
+# A new dependency of mesh mode has to raise this bound on purpose.
+MAX_MODULES = 325
+
+
+def _mesh_mode_modules() -> list[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(SIDECAR), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_mesh_mode_startup_imports_nothing_it_does_not_need():
+    modules = _mesh_mode_modules()
+    unneeded = sorted(m for m in modules if m.split(".")[0] in NOT_IN_MESH_MODE or m in NOT_IN_MESH_MODE)
+    assert unneeded == []
+    assert len(modules) <= MAX_MODULES, len(modules)
