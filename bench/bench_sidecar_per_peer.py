@@ -34,6 +34,7 @@ sys.path[:0] = [str(REPO), str(REPO / "sidecar"), str(REPO / "bench")]
 
 import bench_ike_responder as ike  # noqa: E402
 from bench_sidecar_memory import memory  # noqa: E402
+
 from tests.interop.harness.netns import Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 

@@ -12,7 +12,7 @@ import pytest
 from ipsec_mesh.xfrm.channel import open_netlink_socket
 from ipsec_mesh.xfrm.errors import XfrmError
 from ipsec_mesh.xfrm.netns import netns_path, setns
-from tests.host.netns_helpers import A4, make_pair, missing_prerequisite
+from tests.support.netns import A4, make_pair, missing_prerequisite
 
 pytestmark = pytest.mark.skipif(bool(missing_prerequisite()), reason=missing_prerequisite() or "")
 
