@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # api
 
 from api_fixture import running_servers  # noqa: E402
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
-from ipsec_mesh_operator.peering import parse_peering  # noqa: E402
+from ipsec_mesh_operator.model.peering import parse_peering  # noqa: E402
 from mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for  # noqa: E402
 from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: E402,F401  (fixture)
 

@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 import fake_tokens
 from api_fixture import running_servers
-from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.controller.index import PodInfo
 
 
 def csr_for(identity: str) -> bytes:

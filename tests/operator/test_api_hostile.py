@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from api_fixture import running_servers
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from standalone_fixture import TRUST_DOMAIN, running
 
 WEB_ID = f"web.shop.pod.{TRUST_DOMAIN}"

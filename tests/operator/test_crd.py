@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from ipsec_mesh.meshapi import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS
-from ipsec_mesh_operator import crd
-from ipsec_mesh_operator import peering
-from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
+from ipsec_mesh_operator.model import crd
+from ipsec_mesh_operator.model import peering
+from ipsec_mesh_operator.model.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "docs" / "examples").glob("*.yaml")

@@ -15,8 +15,8 @@ from cryptography import x509
 
 from api_fixture import running_servers
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.pki.ca import CertificateAuthority
+from ipsec_mesh_operator.model.peering import parse_peering
 from mesh_sidecar_helpers import (
     IKE_PORT, api_url, ca_bundle, http_get, mesh_sidecar, pod, settings_for, wait_for, write_token,
 )

@@ -14,8 +14,8 @@ from kopf.testing import KopfRunner
 
 import fake_tokens
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
-from ipsec_mesh_operator.admission import sidecar_container
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.server.admission import sidecar_container
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.metrics import REGISTRY
 from kube_harness import running_kube, wait_for
 

@@ -30,7 +30,7 @@ import yaml
 
 from ipsec_mesh_operator.demo.netns import in_netns, sh
 from ipsec_mesh_operator.demo.processes import Sidecar, StandaloneOperatorProcess
-from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.controller.index import PodInfo
 from netns_guest import Capture, Netns
 
 pytestmark = pytest.mark.vm

@@ -31,10 +31,10 @@ from ipsec_mesh.meshapi import MeshApiError
 from ipsec_mesh.meshapi.ports import HEALTH_PORT
 
 from .api import RUNTIME_KEY, contain_errors, read_json
-from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
-from .peering import InvalidPeering, PeeringSpec, parse_peering
-from .peering_status import awaiting_consent_message
-from .psk import secret_name
+from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
+from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
+from ..model.peering_status import awaiting_consent_message
+from ..pki.psk import secret_name
 
 logger = logging.getLogger("ipsec_mesh_operator.admission")
 

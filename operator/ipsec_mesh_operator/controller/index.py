@@ -38,9 +38,9 @@ from ipsec_mesh.meshapi import (
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
-from .peering import PeeringSpec, PodPeers
-from .selectors import LabelSelector
-from .services import ServiceKey, ServiceTable, SliceInfo, SliceKey
+from ..model.peering import PeeringSpec, PodPeers
+from ..model.label_selectors import LabelSelector
+from ..model.services import ServiceKey, ServiceTable, SliceInfo, SliceKey
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]

@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from .runtime import PeeringHealth
+from ..controller.runtime import PeeringHealth
 
 
 def _now_iso() -> str:

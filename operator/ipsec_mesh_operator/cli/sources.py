@@ -32,11 +32,11 @@ from typing import Any
 import urllib3
 from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
-from .admission import SIDECAR_NAME
+from ..server.admission import SIDECAR_NAME
 from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
-from .netns import NetnsUnavailable, check_netns_name, in_netns
-from .peering import GROUP, PLURAL, VERSION
-from .services import SERVICE_NAME_LABEL
+from ..netns import NetnsUnavailable, check_netns_name, in_netns
+from ..model.peering import GROUP, PLURAL, VERSION
+from ..model.services import SERVICE_NAME_LABEL
 
 STATUS_TIMEOUT = 5.0
 STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]

@@ -27,16 +27,16 @@ from ipsec_mesh.meshapi import (
 )
 from ipsec_mesh.meshapi.status import StatusReport
 
-from . import metrics
-from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
-from .config import REMOTE_SECRET_LABEL, OperatorConfig
+from .. import metrics
+from ..pki.ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
+from ..model.settings import REMOTE_SECRET_LABEL, OperatorConfig
 from .federation import Federation
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
-from .peering import PeeringSpec
-from .psk import PskRing, PskStateError, secret_name
-from .services import ServiceTable, SliceInfo, parse_service
-from .tokens import Caller, TokenAuthenticator
+from ..model.peering import PeeringSpec
+from ..pki.psk import PskRing, PskStateError, secret_name
+from ..model.services import ServiceTable, SliceInfo, parse_service
+from .token_review import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
 

@@ -17,8 +17,8 @@ from ipsec_mesh.meshapi import fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
 from ipsec_mesh.meshapi.proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
-from .federation import FederationSpec, parse_federation
-from .selectors import LabelSelector, SelectorError
+from ..controller.federation import FederationSpec, parse_federation
+from .label_selectors import LabelSelector, SelectorError
 
 GROUP = "ipsec-mesh.io"
 VERSION = "v1alpha1"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .facts import Facts, PeeringFacts, PodFacts
-from .peering import InvalidPeering, PeeringSpec, parse_peering
+from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
 
 
 @dataclass(frozen=True)
