@@ -441,7 +441,8 @@ WEST = ("prod/to-west", "west")
 
 def federation_report(*, fetched_at=None, error=None):
     """status.federation as the operator writes it (RemoteState.to_status of the real Federation)."""
-    from ipsec_mesh_operator.controller.federation import FederationSpec, RemoteState
+    from ipsec_mesh_operator.controller.federation import RemoteState
+    from ipsec_mesh_operator.model.federation_spec import FederationSpec
 
     spec = FederationSpec(FEDERATION["endpoint"], "west.example", ("ConfigMap", "west-bootstrap", "ca.crt"))
     return [RemoteState(spec, ("pem",), ("pem", "pem2"), fetched_at=fetched_at, last_error=error,

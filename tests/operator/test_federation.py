@@ -23,7 +23,6 @@ from ipsec_mesh_operator.controller.federation import (
     MAX_BUNDLE_BYTES,
     BundleError,
     Federation,
-    FederationSpec,
     bundle_app,
     decode_bundle,
     encode_bundle,
@@ -31,6 +30,7 @@ from ipsec_mesh_operator.controller.federation import (
     fetch_bundle,
     fresh_condition,
 )
+from ipsec_mesh_operator.model.federation_spec import FederationSpec
 from ipsec_mesh_operator.pki.tls import ServingCertificate
 
 DAY = 86400.0
@@ -293,7 +293,7 @@ async def test_a_new_bootstrap_re_pins():
 
 def test_the_peering_status_reports_staleness_without_calling_the_peering_degraded():
     from ipsec_mesh_operator.model.peering_status import desired_status
-    from ipsec_mesh_operator.controller.runtime import PeeringHealth
+    from ipsec_mesh_operator.model.peering_status import PeeringHealth
 
     health = PeeringHealth(members=1, peers=0, established_sas=0, reporting=1, errors=())
     stale = (False, "Stale", "east: keeping the bundle fetched 600s ago")

@@ -13,9 +13,8 @@ from typing import Any
 
 from ipsec_mesh.meshapi import PeerMapError, ServiceEntry
 
-from ..server.admission import SIDECAR_NAME
-from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION
-from ..controller.index import NAMESPACE_NAME_LABEL
+from ..model.sidecar import SIDECAR_NAME
+from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION, NAMESPACE_NAME_LABEL
 from ..model.services import ServiceTable, SliceInfo, parse_service
 
 PodKey = tuple[str, str]

@@ -32,7 +32,7 @@ from typing import Any
 import urllib3
 from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
-from ..server.admission import SIDECAR_NAME
+from ..model.sidecar import SIDECAR_NAME
 from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
 from ..netns import NetnsUnavailable, check_netns_name, in_netns
 from ..model.peering import GROUP, PLURAL, VERSION

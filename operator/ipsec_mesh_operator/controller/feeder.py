@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..server.admission import has_injected_sidecar
+from ..model.sidecar import has_injected_sidecar
 from ..model.settings import INJECTED_ANNOTATION
 from .index import PodInfo
 from .kube import KubeError

@@ -41,13 +41,12 @@ from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 from ..model.peering import PeeringSpec, PodPeers
 from ..model.label_selectors import LabelSelector
 from ..model.services import ServiceKey, ServiceTable, SliceInfo, SliceKey
+from ..model.settings import NAMESPACE_NAME_LABEL
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
 ViewKey = tuple[PeeringKey, bool, bool]
 Listener = Callable[[set[PodKey]], None]
-
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def precedence(spec: PeeringSpec) -> tuple:

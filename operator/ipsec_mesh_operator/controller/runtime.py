@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ipsec_mesh.meshapi import (
@@ -34,6 +34,7 @@ from .federation import Federation
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
 from ..model.peering import PeeringSpec
+from ..model.peering_status import PeeringHealth
 from ..pki.psk import PskRing, PskStateError, secret_name
 from ..model.services import ServiceTable, SliceInfo, parse_service
 from .token_review import Caller, TokenAuthenticator
@@ -56,17 +57,6 @@ class NotReady(Exception):
 
 class TooManyRequests(Exception):
     """The caller's pod has max_requests_per_pod requests open already (HTTP 429)."""
-
-
-@dataclass(frozen=True)
-class PeeringHealth:
-    members: int
-    peers: int
-    established_sas: int
-    reporting: int
-    errors: tuple[str, ...]
-    #: Other namespaces whose selected peer pods do not accept all members (no peering of theirs consents).
-    awaiting_consent: tuple[str, ...] = ()
 
 
 class OperatorRuntime:

@@ -17,7 +17,7 @@ from ipsec_mesh.meshapi import fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
 from ipsec_mesh.meshapi.proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
 
-from ..controller.federation import FederationSpec, parse_federation
+from .federation_spec import FederationSpec, parse_federation
 from .label_selectors import LabelSelector, SelectorError
 
 GROUP = "ipsec-mesh.io"
