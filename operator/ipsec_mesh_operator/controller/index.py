@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipsec_mesh.meshapi import (
-    AuthKind, Enforcement, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, fields,
+    AuthKind, LocalIdentity, Peer, PeeringPolicy, PeerMap, PeerMapError, PskKey, ServiceEntry, fields,
     pod_fqdn,
 )
 from ipsec_mesh.meshapi.identity import check_dns_name
@@ -41,22 +41,13 @@ from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 from ..model.peering import PeeringSpec, PodPeers
 from ..model.label_selectors import LabelSelector
 from ..model.services import ServiceKey, ServiceTable, SliceInfo, SliceKey
+from ..model.rules import precedence
 from ..model.settings import NAMESPACE_NAME_LABEL
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
 ViewKey = tuple[PeeringKey, bool, bool]
 Listener = Callable[[set[PodKey]], None]
-
-
-def precedence(spec: PeeringSpec) -> tuple:
-    """Sort key of the peering whose settings govern a pair of pods covered by several.
-
-    The strictest first (require, certificates, TFC padding), so that no peering can
-    weaken another's protection by its name; then namespace and name, for a total order.
-    """
-    return (spec.enforcement is not Enforcement.REQUIRE, spec.auth is not AuthKind.CERTIFICATE,
-            not spec.tfc_padding, spec.namespace, spec.name)
 
 
 @dataclass(frozen=True)
