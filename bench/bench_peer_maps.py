@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT)]
 
 from machine import describe  # noqa: E402
 
-from ipsec_mesh_operator.services import SliceInfo  # noqa: E402
+from ipsec_mesh_operator.model.services import SliceInfo  # noqa: E402
 from tests.support.mesh_workload import add_services, build_large, new_member, service_bodies  # noqa: E402
 
 FULL_TARGET = 1.0

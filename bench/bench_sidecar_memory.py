@@ -168,7 +168,7 @@ def mesh_mode(source: Path, workdir: Path, one_sa: bool) -> dict[str, dict[str, 
             stack.callback(_terminate, process)
             return process
 
-        operator = start(["ipsec_mesh_operator.cli", "standalone", "--config", str(workdir / "mesh.yaml"),
+        operator = start(["ipsec_mesh_operator.main", "standalone", "--config", str(workdir / "mesh.yaml"),
                           "--state-dir", str(state), "--listen", "127.0.0.1:0"], {}, "operator.log")
         _wait("the standalone operator", (state / "api-url").exists, operator)
         sidecars = {}

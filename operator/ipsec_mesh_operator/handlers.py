@@ -23,17 +23,17 @@ import kopf
 
 from ipsec_mesh.meshapi import AuthKind
 
-from .admission import make_webhook_app
-from .config import FINALIZER, OperatorConfig
-from .federation import fresh_condition
-from .feeder import IndexFeeder
-from .health import Liveness
-from .kube import KubeClient, load_connection
-from .peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
-from .peering_status import desired_status, status_patch
-from .psk import secret_name
-from .runtime import OperatorRuntime
-from .servers import Servers
+from .controller.federation import fresh_condition
+from .controller.feeder import IndexFeeder
+from .controller.kube import KubeClient, load_connection
+from .controller.runtime import OperatorRuntime
+from .model.peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
+from .model.peering_status import desired_status, status_patch
+from .model.settings import FINALIZER, OperatorConfig
+from .pki.psk import secret_name
+from .server.admission import make_webhook_app
+from .server.health import Liveness
+from .server.servers import Servers
 
 logger = logging.getLogger("ipsec_mesh_operator")
 

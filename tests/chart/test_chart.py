@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ipsec_mesh_operator.services import MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE
+from ipsec_mesh_operator.model.services import MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_SERVICES_PER_NAMESPACE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ipsec-mesh"
@@ -178,7 +178,9 @@ def _schema_errors(schema, obj):
     """The object checked against a CRD's structural schema (apiVersion/kind/metadata are the API server's)."""
     import jsonschema
 
-    from ipsec_mesh_operator.crd import _json_schema  # OpenAPI to JSON Schema, as for our own CRs
+    from ipsec_mesh_operator.model.crd import (
+        _json_schema,  # OpenAPI to JSON Schema, as for our own CRs  # OpenAPI to JSON Schema, as for our own CRs
+    )
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     return [e.message for e in jsonschema.Draft7Validator(_json_schema(schema)).iter_errors(body)]
 
@@ -249,8 +251,8 @@ def test_values_schema_rejects_nonsense(values):
 
 
 def test_sidecar_image_and_resources_reach_the_injected_sidecar(monkeypatch):
-    from ipsec_mesh_operator.admission import sidecar_container
-    from ipsec_mesh_operator.config import OperatorConfig
+    from ipsec_mesh_operator.model.settings import OperatorConfig
+    from ipsec_mesh_operator.server.admission import sidecar_container
 
     for values, image, resources in (
         ({}, "ghcr.io/ipsec-mesh/ipsec-mesh-sidecar:0.1.0",

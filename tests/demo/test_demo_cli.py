@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from ipsec_mesh.meshapi import Enforcement
-from ipsec_mesh_operator import cli
+from ipsec_mesh_operator import main as cli
+from ipsec_mesh_operator.controller.index import MeshIndex
 from ipsec_mesh_operator.demo import runner, vm
 from ipsec_mesh_operator.demo.config import DemoService
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, load_config
-from ipsec_mesh_operator.index import MeshIndex
-from ipsec_mesh_operator.services import SliceInfo, parse_service
+from ipsec_mesh_operator.model.services import SliceInfo, parse_service
 from ipsec_mesh_operator.standalone import StandaloneConfigError, parse_config
 
 
@@ -112,7 +112,7 @@ def test_without_esp_the_demo_reruns_itself_in_the_vm(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "has XFRM but no ESP" in out and "inside a VM" in out
     (argv,) = calls
-    assert argv[1:5] == ["-m", "ipsec_mesh_operator.cli", "demo", "--no-vm"]
+    assert argv[1:5] == ["-m", "ipsec_mesh_operator.main", "demo", "--no-vm"]
     assert Path(argv[-1]) == DEFAULT_CONFIG.resolve()
 
 

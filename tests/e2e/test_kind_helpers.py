@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import yaml
 
-from ipsec_mesh_operator import crd
-from ipsec_mesh_operator.federation import BUNDLE_PATH
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.services import parse_service
+from ipsec_mesh_operator.controller.federation import BUNDLE_PATH
+from ipsec_mesh_operator.model import crd
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.services import parse_service
 from tests.e2e import kind_helpers as kh
 
 

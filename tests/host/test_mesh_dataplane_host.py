@@ -7,7 +7,7 @@ data plane programs a throw-away namespace, where the policies are checked.
 from __future__ import annotations
 
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.model.peering import parse_peering
 from tests.host.test_xfrm_dataplane_host import pair, policies  # noqa: F401  (fixture)
 from tests.support.api_fixture import running_servers
 from tests.support.mesh_sidecar_helpers import mesh_sidecar, pod, settings_for, wait_for

@@ -10,8 +10,8 @@ import aiohttp
 import jsonpatch
 import pytest
 
-from ipsec_mesh_operator.admission import injection_patch
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.server.admission import injection_patch
 from tests.support.api_fixture import running_servers
 
 
@@ -162,7 +162,7 @@ async def test_webhook_serves_a_cert_manager_certificate_when_configured(tmp_pat
 
 
 async def test_one_sided_cross_namespace_peering_is_allowed_with_a_warning_naming_the_namespace():
-    from ipsec_mesh_operator.index import PodInfo
+    from ipsec_mesh_operator.controller.index import PodInfo
     peering = copy.deepcopy(PEERING)
     peering["spec"]["peers"] = [{"podSelector": {"matchLabels": {"app": "api"}},
                                  "namespaceSelector": {"matchLabels": {"team": "b"}}}]
@@ -274,7 +274,7 @@ def _as(user, peering, operation="CREATE", old=None):
 
 
 async def test_a_peering_may_only_reference_secrets_its_author_may_read():
-    from ipsec_mesh_operator.kube import Connection, KubeClient
+    from ipsec_mesh_operator.controller.kube import Connection, KubeClient
     from tests.support.kube_harness import running_kube
     asked = []
 
@@ -310,14 +310,14 @@ async def test_a_peering_may_only_reference_secrets_its_author_may_read():
 @pytest.mark.parametrize("text", ['{"requests": {"memory": "lots"}}', '{"requests": {"gpu": "1"}}', "[]",
                                   '{"requests": {"memory": 64}}', "not json", '{"claims": {}}'])
 def test_sidecar_resources_setting_refuses_what_is_not_a_resources_object(text):
-    from ipsec_mesh_operator.config import sidecar_resources
+    from ipsec_mesh_operator.model.settings import sidecar_resources
 
     with pytest.raises(ValueError, match="IPSEC_MESH_SIDECAR_RESOURCES"):
         sidecar_resources(text)
 
 
 def test_a_federation_bootstrap_secret_is_a_secret_reference_the_author_must_be_allowed_to_read():
-    from ipsec_mesh_operator.admission import _secret_refs
+    from ipsec_mesh_operator.server.admission import _secret_refs
     peering = copy.deepcopy(PEERING)
     peering["spec"]["peers"] = [{"remote": {
         "name": "east", "cidrs": ["10.8.0.0/16"], "identities": ["*.east.example"],

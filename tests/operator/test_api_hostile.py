@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from tests.support.api_fixture import running_servers
 from tests.support.standalone_fixture import TRUST_DOMAIN, running
 

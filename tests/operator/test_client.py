@@ -5,8 +5,8 @@ import asyncio
 import pytest
 
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, StatusReport
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.model.peering import parse_peering
 from tests.support import fake_tokens
 from tests.support.api_fixture import running_servers
 
@@ -77,7 +77,7 @@ def test_client_needs_exactly_one_token_source():
 def fake_ca_bundle():
     import time
 
-    from ipsec_mesh_operator.ca import CertificateAuthority
+    from ipsec_mesh_operator.pki.ca import CertificateAuthority
 
     ca = CertificateAuthority.create(time.time(), 3600, 86400)
     return ca.trust_bundle(time.time())[0]

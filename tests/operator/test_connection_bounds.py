@@ -12,7 +12,7 @@ import ssl
 import pytest
 
 from ipsec_mesh.meshapi import MeshApiRequestError
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from tests.operator.test_api_hostile import current_version, get, raw_request, token_of
 from tests.support.standalone_fixture import client_for, running
 

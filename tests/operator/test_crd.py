@@ -8,7 +8,8 @@ import yaml
 
 from ipsec_mesh.meshapi import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS
 from ipsec_mesh_operator import crd, peering
-from ipsec_mesh_operator.peering import DEFAULTS, parse_peering
+from ipsec_mesh_operator.model import crd, peering
+from ipsec_mesh_operator.model.peering import DEFAULTS, parse_peering
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "docs" / "examples").glob("*.yaml")

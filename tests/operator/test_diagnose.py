@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from ipsec_mesh_operator.diagnose import Reason, RemoteTarget, Traffic, explain, explain_remote, explain_service
-from ipsec_mesh_operator.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts
-from ipsec_mesh_operator.index import MeshIndex, PodInfo
-from ipsec_mesh_operator.overview import overview
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.cli.diagnose import Reason, RemoteTarget, Traffic, explain, explain_remote, explain_service
+from ipsec_mesh_operator.cli.facts import Facts, PeeringFacts, PeerMapView, PodFacts, ServiceFacts
+from ipsec_mesh_operator.cli.overview import overview
+from ipsec_mesh_operator.controller.index import MeshIndex, PodInfo
+from ipsec_mesh_operator.model.peering import parse_peering
 from tests.support import sidecar_statuses as scenarios
 
 A, B = ("prod", "web-0"), ("prod", "db-0")
@@ -441,7 +441,8 @@ WEST = ("prod/to-west", "west")
 
 def federation_report(*, fetched_at=None, error=None):
     """status.federation as the operator writes it (RemoteState.to_status of the real Federation)."""
-    from ipsec_mesh_operator.federation import FederationSpec, RemoteState
+    from ipsec_mesh_operator.controller.federation import RemoteState
+    from ipsec_mesh_operator.model.federation_spec import FederationSpec
 
     spec = FederationSpec(FEDERATION["endpoint"], "west.example", ("ConfigMap", "west-bootstrap", "ca.crt"))
     return [RemoteState(spec, ("pem",), ("pem", "pem2"), fetched_at=fetched_at, last_error=error,

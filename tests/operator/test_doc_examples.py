@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ipsec_mesh_operator import crd
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.model import crd
+from ipsec_mesh_operator.model.peering import parse_peering
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCUMENTED = ["ipsecpeering.md", "cross-cluster.md", "key-rotation.md", "install.md", "cli.md"]

@@ -15,13 +15,11 @@ import time
 import pytest
 from aiohttp import web
 
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.federation import (
+from ipsec_mesh_operator.controller.federation import (
     BUNDLE_PATH,
     MAX_BUNDLE_BYTES,
     BundleError,
     Federation,
-    FederationSpec,
     bundle_app,
     decode_bundle,
     encode_bundle,
@@ -29,7 +27,9 @@ from ipsec_mesh_operator.federation import (
     fetch_bundle,
     fresh_condition,
 )
-from ipsec_mesh_operator.tls import ServingCertificate
+from ipsec_mesh_operator.model.federation_spec import FederationSpec
+from ipsec_mesh_operator.pki.ca import CertificateAuthority
+from ipsec_mesh_operator.pki.tls import ServingCertificate
 
 DAY = 86400.0
 NAMES = ("localhost", "127.0.0.1")
@@ -151,7 +151,7 @@ def test_a_jwk_that_disagrees_with_its_certificate_or_a_leaf_is_refused():
 
 
 def _leaf_identity():
-    from ipsec_mesh_operator.ca import LeafIdentity
+    from ipsec_mesh_operator.pki.ca import LeafIdentity
     return LeafIdentity("leaf.example")
 
 
@@ -290,8 +290,7 @@ async def test_a_new_bootstrap_re_pins():
 
 
 def test_the_peering_status_reports_staleness_without_calling_the_peering_degraded():
-    from ipsec_mesh_operator.peering_status import desired_status
-    from ipsec_mesh_operator.runtime import PeeringHealth
+    from ipsec_mesh_operator.model.peering_status import PeeringHealth, desired_status
 
     health = PeeringHealth(members=1, peers=0, established_sas=0, reporting=1, errors=())
     stale = (False, "Stale", "east: keeping the bundle fetched 600s ago")

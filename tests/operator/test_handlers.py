@@ -11,13 +11,13 @@ import pytest
 from kopf._core.engines import posting
 
 from ipsec_mesh_operator import handlers
-from ipsec_mesh_operator.admission import sidecar_container
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.config import OperatorConfig
-from ipsec_mesh_operator.feeder import IndexFeeder
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.runtime import OperatorRuntime
+from ipsec_mesh_operator.controller.feeder import IndexFeeder
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.controller.runtime import OperatorRuntime
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.pki.ca import CertificateAuthority
+from ipsec_mesh_operator.server.admission import sidecar_container
 from tests.support.memory_kube import MemoryKube
 
 
@@ -240,7 +240,7 @@ def test_replicas_with_kopf_peering_draw_distinct_priorities_and_standalone_keep
 async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime):
     import jsonpatch
 
-    from ipsec_mesh_operator.admission import injection_patch
+    from ipsec_mesh_operator.server.admission import injection_patch
     feeder = IndexFeeder(runtime)
     forged = pod_body("fake-0", "web", "10.3.0.1", sidecar=False)  # the annotation, but no sidecar
     await feeder._apply_pod(("prod", "fake-0"), dict(forged))
@@ -261,7 +261,7 @@ async def test_only_pods_with_the_injected_sidecar_are_counted_as_meshed(runtime
 
 async def test_a_remote_secret_reference_reaches_only_secrets_that_opted_in(runtime):
     """The confused deputy: a peering naming any Secret of its namespace must not get it served as a PSK."""
-    from ipsec_mesh_operator.kube import encode_secret_data
+    from ipsec_mesh_operator.controller.kube import encode_secret_data
     await started_loop_queue(runtime)
     runtime.index.upsert_pod(PodInfo("prod", "web-0", "u1", "default", {"app": "web"}, ("10.0.0.1",)))
     password = b"hunter2-hunter2-hunter2-hunter2-hunter2"
@@ -309,7 +309,7 @@ def test_pod_id_set_by_the_chart_is_kept(monkeypatch):
 
 
 async def test_a_federated_remote_reports_its_bundle_and_staleness_in_the_status(runtime):
-    from ipsec_mesh_operator.federation import Bundle, BundleError
+    from ipsec_mesh_operator.controller.federation import Bundle, BundleError
 
     await started_loop_queue(runtime)
     bootstrap = runtime.ca.trust_bundle(time.time())

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from ipsec_mesh_operator.admission import sidecar_container
-from ipsec_mesh_operator.config import OperatorConfig
-from ipsec_mesh_operator.health import Liveness
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.server.admission import sidecar_container
+from ipsec_mesh_operator.server.health import Liveness
 
 
 def probe(port):

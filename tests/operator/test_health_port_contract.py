@@ -5,8 +5,8 @@ import inspect
 
 from ipsec_mesh.agent import mesh_settings
 from ipsec_mesh.meshapi import ports
-from ipsec_mesh_operator import admission
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.server import admission
 
 
 def test_injected_probes_and_the_sidecar_default_use_the_one_health_port():

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi import AuthKind, PskKey
-from ipsec_mesh_operator.index import MeshIndex, PodInfo, precedence
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.controller.index import MeshIndex, PodInfo, precedence
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.rules import precedence
 from tests.support.mesh_workload import build_large, new_member
 
 

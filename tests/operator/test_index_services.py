@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_mesh.meshapi import PeerMap, PeerMapError, ServiceProtocol, SessionAffinity
-from ipsec_mesh_operator.index import MeshIndex, PodInfo
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.services import (
+from ipsec_mesh_operator.controller.index import MeshIndex, PodInfo
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.services import (
     MAX_ENDPOINT_SLICES_PER_NAMESPACE,
     MAX_SERVICES_PER_NAMESPACE,
     MAX_SLICE_ENDPOINTS,
@@ -306,8 +306,8 @@ def test_one_namespace_cannot_use_up_the_table_for_the_others():
 
 
 def test_the_per_namespace_bounds_come_from_the_operator_config(monkeypatch):
-    from ipsec_mesh_operator.config import OperatorConfig
-    from ipsec_mesh_operator.runtime import OperatorRuntime
+    from ipsec_mesh_operator.controller.runtime import OperatorRuntime
+    from ipsec_mesh_operator.model.settings import OperatorConfig
 
     monkeypatch.setenv("IPSEC_MESH_MAX_SERVICES_PER_NAMESPACE", "7")
     monkeypatch.setenv("IPSEC_MESH_MAX_ENDPOINT_SLICES_PER_NAMESPACE", "9")

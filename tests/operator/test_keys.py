@@ -6,15 +6,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from ipsec_mesh_operator.ca import (
+from ipsec_mesh_operator.pki.ca import (
     CAStateError,
     CertificateAuthority,
     CertificateRequestError,
     LeafIdentity,
     certificate_pem,
 )
-from ipsec_mesh_operator.psk import PskRing, PskStateError, propagation_for
-from ipsec_mesh_operator.rotation import KeyRing
+from ipsec_mesh_operator.pki.psk import PskRing, PskStateError, propagation_for
+from ipsec_mesh_operator.pki.rotation import KeyRing
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -173,7 +173,7 @@ def test_psk_rotation_overlaps_and_survives_persistence():
 def test_the_serving_key_is_on_disk_only_while_openssl_loads_it(tmp_path, monkeypatch):
     import tempfile
 
-    from ipsec_mesh_operator.tls import ServingCertificate
+    from ipsec_mesh_operator.pki.tls import ServingCertificate
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     ca = CertificateAuthority.create(T0, DAY, 365 * DAY)

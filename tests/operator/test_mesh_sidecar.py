@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.peering import parse_peering
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.pki.ca import CertificateAuthority
 from tests.support.api_fixture import running_servers
 from tests.support.mesh_sidecar_helpers import (
     IKE_PORT,

@@ -13,8 +13,8 @@ import kmock
 import pytest
 from kopf.testing import KopfRunner
 
-from ipsec_mesh_operator.kube import encode_secret_data
-from ipsec_mesh_operator.psk import PskRing
+from ipsec_mesh_operator.controller.kube import encode_secret_data
+from ipsec_mesh_operator.pki.psk import PskRing
 from tests.operator.test_operator_kmock import (
     PEERINGS,
     PODS,

@@ -13,9 +13,9 @@ from cryptography.x509.oid import NameOID
 from kopf.testing import KopfRunner
 
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError, PeeringStatus, StatusReport
-from ipsec_mesh_operator.admission import sidecar_container
-from ipsec_mesh_operator.config import OperatorConfig
 from ipsec_mesh_operator.metrics import REGISTRY
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.server.admission import sidecar_container
 from tests.support import fake_tokens
 from tests.support.kube_harness import running_kube, wait_for
 

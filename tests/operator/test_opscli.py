@@ -8,10 +8,15 @@ import threading
 
 import pytest
 
-from ipsec_mesh_operator import cli
-from ipsec_mesh_operator.diagnose import Reason, explain, explain_service
-from ipsec_mesh_operator.overview import overview
-from ipsec_mesh_operator.sources import STATUS_COMMAND, ClusterSource, facts_from_overview, service_facts_from_overview
+from ipsec_mesh_operator import main as cli
+from ipsec_mesh_operator.cli.diagnose import Reason, explain, explain_service
+from ipsec_mesh_operator.cli.overview import overview
+from ipsec_mesh_operator.cli.sources import (
+    STATUS_COMMAND,
+    ClusterSource,
+    facts_from_overview,
+    service_facts_from_overview,
+)
 from tests.support import sidecar_statuses as scenarios
 from tests.support.kube_harness import running_kube
 from tests.support.netns import A4, B4, make_pair, missing_prerequisite
@@ -245,9 +250,9 @@ async def test_standalone_source_reads_status_inside_the_pods_netns_never_over_t
     from aiohttp import web
 
     from ipsec_mesh.agent.status_server import StatusServer
-    from ipsec_mesh_operator.ca import CertificateAuthority
-    from ipsec_mesh_operator.sources import SourceError, StandaloneSource
-    from ipsec_mesh_operator.tls import ServingCertificate
+    from ipsec_mesh_operator.cli.sources import SourceError, StandaloneSource
+    from ipsec_mesh_operator.pki.ca import CertificateAuthority
+    from ipsec_mesh_operator.pki.tls import ServingCertificate
 
     now = time.time()
     ca = CertificateAuthority.create(now, 86400, 3 * 86400)
@@ -407,7 +412,7 @@ def test_a_remote_target_must_be_remote_namespace_peering_remote_address(capsys,
 
 def test_remote_peer_from_the_standalone_overview(established):
     """The overview's `remotes` and `federation` entries reach explain_remote; only the local sidecar is asked."""
-    from ipsec_mesh_operator.diagnose import RemoteTarget, explain_remote
+    from ipsec_mesh_operator.cli.diagnose import RemoteTarget, explain_remote
 
     document = {
         "pods": [{"namespace": "prod", "name": "web-0", "ips": [scenarios.A_IP], "netns": "ns-web"}],

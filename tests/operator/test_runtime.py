@@ -6,13 +6,13 @@ import pytest
 from cryptography import x509
 
 from ipsec_mesh.meshapi.status import PeeringStatus, StatusReport
-from ipsec_mesh_operator.config import OperatorConfig
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.peering_status import desired_status
-from ipsec_mesh_operator.runtime import OperatorRuntime
-from ipsec_mesh_operator.tls import ServingCertificate
-from ipsec_mesh_operator.tokens import TokenAuthenticator, Unauthenticated
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.controller.runtime import OperatorRuntime
+from ipsec_mesh_operator.controller.token_review import TokenAuthenticator, Unauthenticated
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.peering_status import desired_status
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.pki.tls import ServingCertificate
 from tests.operator.test_keys import IDENTITY, make_csr
 from tests.support.fake_tokens import issue, review
 from tests.support.memory_kube import MemoryKube
@@ -182,8 +182,8 @@ def test_reported_errors_reach_status_without_control_characters():
 
 
 def test_the_peerings_listing_escapes_what_the_cluster_wrote():
-    from ipsec_mesh_operator.overview import PeeringOverview
-    from ipsec_mesh_operator.render import overview_text
+    from ipsec_mesh_operator.cli.overview import PeeringOverview
+    from ipsec_mesh_operator.cli.render import overview_text
     entry = PeeringOverview(
         ref="prod/p", members=("prod/web-0",), peers=(), not_injected=(), remotes=(), established_sas=1,
         ready="True", conditions=(("Degraded", "True", "SidecarErrors", "x\x1b]0;owned\x07\nReady=True ok"),),

@@ -17,9 +17,9 @@ import yaml
 from cryptography import x509
 
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
-from ipsec_mesh_operator.config import OperatorConfig
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.sources import StandaloneSource
+from ipsec_mesh_operator.cli.sources import StandaloneSource
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.standalone import TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import PREFIX
 from tests.support.standalone_fixture import MESH, TRUST_DOMAIN, client_for, make_csr, running, write_mesh

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.services import SliceInfo, parse_service
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.services import SliceInfo, parse_service
 from ipsec_mesh_operator.standalone import StandaloneConfigError, load_config, parse_config
 from tests.support.standalone_fixture import MESH
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.standalone.admin import overview
 from ipsec_mesh_operator.standalone.config import StandaloneConfigError, parse_config
 from tests.support.standalone_fixture import client_for, running
@@ -89,8 +89,8 @@ async def explain_through_the_standalone_source(state_dir, monkeypatch) -> None:
     import json
     from contextlib import redirect_stdout
 
-    from ipsec_mesh_operator import cli
-    from ipsec_mesh_operator.sources import StandaloneSource
+    from ipsec_mesh_operator import main as cli
+    from ipsec_mesh_operator.cli.sources import StandaloneSource
 
     asked = []
 

@@ -22,7 +22,7 @@ def start_standalone(tmp_path: Path, preexec_fn=None) -> subprocess.Popen:
            "IPSEC_MESH_KEY_CHECK_INTERVAL": "1h"}
     log = open(tmp_path / "operator.log", "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipsec_mesh_operator.cli", "standalone", "--config", str(tmp_path / "mesh.yaml"),
+        [sys.executable, "-m", "ipsec_mesh_operator.main", "standalone", "--config", str(tmp_path / "mesh.yaml"),
          "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
         stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
     log.close()
@@ -84,13 +84,13 @@ def test_a_bad_file_fails_the_start_naming_the_field(tmp_path):
     write_mesh(tmp_path / "mesh.yaml", document)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'sidecar'}{os.pathsep}{ROOT / 'operator'}"}
     result = subprocess.run(
-        [sys.executable, "-m", "ipsec_mesh_operator.cli", "standalone", "--config", str(tmp_path / "mesh.yaml"),
+        [sys.executable, "-m", "ipsec_mesh_operator.main", "standalone", "--config", str(tmp_path / "mesh.yaml"),
          "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "pods[0].ips[0]" in result.stderr
     for listen in ("0.0.0.0:8443", "localhost:8443", "127.0.0.1"):
-        result = subprocess.run([sys.executable, "-m", "ipsec_mesh_operator.cli", "standalone", "--config", "x",
+        result = subprocess.run([sys.executable, "-m", "ipsec_mesh_operator.main", "standalone", "--config", "x",
                                  "--state-dir", "y", "--listen", listen], capture_output=True, text=True, env=env,
                                 timeout=60)
         assert result.returncode == 2 and "--listen" in result.stderr, listen

@@ -6,10 +6,10 @@ import stat
 
 import pytest
 
-from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.controller.token_review import Caller, TokenAuthenticator, Unauthenticated
 from ipsec_mesh_operator.standalone import AdminToken, InvalidToken, TokenAuthority
 from ipsec_mesh_operator.standalone.tokens import load_or_create_key
-from ipsec_mesh_operator.tokens import Caller, TokenAuthenticator, Unauthenticated
 
 WEB = PodInfo("shop", "web", "uid-web", "web", {}, ("10.0.0.1",))
 

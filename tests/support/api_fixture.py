@@ -7,13 +7,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ipsec_mesh_operator.admission import make_webhook_app
-from ipsec_mesh_operator.ca import CertificateAuthority
-from ipsec_mesh_operator.config import OperatorConfig
-from ipsec_mesh_operator.index import PodInfo
-from ipsec_mesh_operator.kube import Connection, KubeClient
-from ipsec_mesh_operator.runtime import OperatorRuntime
-from ipsec_mesh_operator.servers import Servers
+from ipsec_mesh_operator.controller.index import PodInfo
+from ipsec_mesh_operator.controller.kube import Connection, KubeClient
+from ipsec_mesh_operator.controller.runtime import OperatorRuntime
+from ipsec_mesh_operator.model.settings import OperatorConfig
+from ipsec_mesh_operator.pki.ca import CertificateAuthority
+from ipsec_mesh_operator.server.admission import make_webhook_app
+from ipsec_mesh_operator.server.servers import Servers
 from tests.support import fake_tokens
 
 

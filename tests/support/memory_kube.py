@@ -1,6 +1,6 @@
 """An in-memory stand-in for the few KubeClient calls the operator runtime makes."""
 
-from ipsec_mesh_operator.kube import Conflict, decode_secret_data, encode_secret_data
+from ipsec_mesh_operator.controller.kube import Conflict, decode_secret_data, encode_secret_data
 
 
 class MemoryKube:

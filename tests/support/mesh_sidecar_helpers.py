@@ -13,7 +13,8 @@ from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.mesh_mode import MeshSidecar
 from ipsec_mesh.agent.mesh_settings import MeshSettings
 from ipsec_mesh.meshapi.client import MeshApiClient
-from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.controller.index import PodInfo
+from tests.agent.test_agent_loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 from tests.support import fake_tokens
 from tests.support.loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 

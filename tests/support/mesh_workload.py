@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ipsec_mesh_operator.index import MeshIndex, PodInfo
-from ipsec_mesh_operator.peering import parse_peering
-from ipsec_mesh_operator.services import SERVICE_NAME_LABEL, SliceInfo, parse_service
+from ipsec_mesh_operator.controller.index import MeshIndex, PodInfo
+from ipsec_mesh_operator.model.peering import parse_peering
+from ipsec_mesh_operator.model.services import SERVICE_NAME_LABEL, SliceInfo, parse_service
 
 NAMESPACES = 50
 

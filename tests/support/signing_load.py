@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ipsec_mesh_operator.index import PodInfo
+from ipsec_mesh_operator.controller.index import PodInfo
 from tests.support import fake_tokens
 from tests.support.api_fixture import running_servers
 

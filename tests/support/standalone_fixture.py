@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ipsec_mesh.meshapi import MeshApiClient
-from ipsec_mesh_operator.config import OperatorConfig
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.standalone import StandaloneOperator
 
 TRUST_DOMAIN = "mesh.test"

@@ -1,5 +1,6 @@
-"""Import rules of the IKE core, read from the source (ast), so a violation fails here
-whether or not the import is ever executed (imports inside functions count too)."""
+"""Import rules of the IKE core and of the operator's sub-packages (CONTRIBUTING.md), read
+from the source (ast), so a violation fails here whether or not the import is ever executed
+(imports inside functions count too)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, root: Path) -> set[str]:
+def imports(path: Path, root: Path, name: str | None = None) -> set[str]:
     """Every module `path` imports, absolute, including `from X import name` as X.name."""
-    name = module_name(path, root)
+    name = name or module_name(path, root)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -69,4 +70,64 @@ def test_the_rule_sees_imports_inside_functions(tmp_path):
         "ipsec_mesh.ike.sa imports ipsec_mesh.agent (a layer above the IKE core)",
         "ipsec_mesh.ike.sa imports ipsec_mesh.ike.exchanges (only the endpoint sits above the exchanges)",
         "ipsec_mesh.ike.sa imports ipsec_mesh.ike.exchanges.a (only the endpoint sits above the exchanges)",
+    ]
+
+
+OPERATOR = Path(__file__).resolve().parents[2] / "operator" / "ipsec_mesh_operator"
+# What each part of the operator may import of the operator (itself included). Parts not
+# listed (the entry points main and handlers, standalone/, demo/) sit on top and may import all.
+OPERATOR_LEAVES = {"metrics", "netns"}
+OPERATOR_ALLOWED = {
+    "model": {"model"},
+    "pki": {"model", "pki"},
+    "controller": {"model", "pki", "controller", *OPERATOR_LEAVES},
+    "server": {"model", "pki", "controller", "server", *OPERATOR_LEAVES},
+    "cli": {"model", "cli", *OPERATOR_LEAVES},
+    **{leaf: set() for leaf in OPERATOR_LEAVES},
+}
+
+
+def operator_part(module: str) -> str | None:
+    """The sub-package (or leaf module at the root) a module of the operator belongs to."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "ipsec_mesh_operator" and len(parts) > 1 else None
+
+
+def operator_violations(root: Path = OPERATOR) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("").parts
+        name = ".".join(["ipsec_mesh_operator", *(rel[:-1] if rel[-1] == "__init__" else rel)])
+        part = operator_part(name)
+        if part not in OPERATOR_ALLOWED:
+            continue
+        for target in sorted(imports(path, root, name)):
+            used = operator_part(target)
+            # `from .. import x` names the package itself first, then x: judge x
+            if target == "ipsec_mesh_operator" or used is None or used in OPERATOR_ALLOWED[part]:
+                continue
+            out.append(f"{name} imports {target} ({part} may import {sorted(OPERATOR_ALLOWED[part]) or 'nothing'})")
+    return out
+
+
+def test_operator_parts_import_only_what_their_rule_allows():
+    assert operator_violations() == []
+
+
+def test_the_operator_rule_sees_upward_imports(tmp_path):
+    for package in ("model", "cli", "server"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "model" / "peering.py").write_text("def f():\n    from ..controller.index import PodInfo\n")
+    (tmp_path / "cli" / "facts.py").write_text("from ..server import admission\nfrom ..model.peering import f\n")
+    (tmp_path / "server" / "api.py").write_text("from .. import metrics, handlers\n")
+    assert operator_violations(tmp_path) == [
+        "ipsec_mesh_operator.cli.facts imports ipsec_mesh_operator.server (cli may import ['cli', 'metrics', 'model', 'netns'])",
+        "ipsec_mesh_operator.cli.facts imports ipsec_mesh_operator.server.admission"
+        " (cli may import ['cli', 'metrics', 'model', 'netns'])",
+        "ipsec_mesh_operator.model.peering imports ipsec_mesh_operator.controller.index (model may import ['model'])",
+        "ipsec_mesh_operator.model.peering imports ipsec_mesh_operator.controller.index.PodInfo"
+        " (model may import ['model'])",
+        "ipsec_mesh_operator.server.api imports ipsec_mesh_operator.handlers"
+        " (server may import ['controller', 'metrics', 'model', 'netns', 'pki', 'server'])",
     ]

@@ -17,7 +17,7 @@ def _namespaces() -> set[str]:
 
 def test_demo_shows_esp_only_also_through_the_service_outsider_refused_and_a_rekey():
     before = _namespaces()
-    result = subprocess.run([sys.executable, "-m", "ipsec_mesh_operator.cli", "demo", "--no-vm"],
+    result = subprocess.run([sys.executable, "-m", "ipsec_mesh_operator.main", "demo", "--no-vm"],
                             capture_output=True, text=True, timeout=1500)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -52,6 +52,6 @@ def test_demo_shows_esp_only_also_through_the_service_outsider_refused_and_a_rek
     assert "✔ rekeyed: inbound SPI" in out and "0 pings lost" in out
     assert "nothing left behind" in out
     assert _namespaces() == before
-    for command in ("ipsec_mesh.agent.cli mesh", "ipsec_mesh_operator.cli standalone"):
+    for command in ("ipsec_mesh.agent.cli mesh", "ipsec_mesh_operator.main standalone"):
         leftovers = subprocess.run(["pgrep", "-f", command], capture_output=True, text=True)
         assert leftovers.stdout.strip() == "", command

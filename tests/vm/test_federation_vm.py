@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ipsec_mesh_operator.controller.index import PodInfo
 from ipsec_mesh_operator.demo.netns import in_netns, sh
 from ipsec_mesh_operator.demo.processes import Sidecar, StandaloneOperatorProcess
-from ipsec_mesh_operator.index import PodInfo
 from tests.vm.netns_guest import Capture, Netns
 
 pytestmark = pytest.mark.vm

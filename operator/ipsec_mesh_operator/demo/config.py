@@ -11,8 +11,8 @@ import yaml
 
 from ipsec_mesh.meshapi import PeerMapError, ServiceProtocol, fields
 
-from ..index import PodInfo
-from ..services import SliceInfo, parse_service
+from ..controller.index import PodInfo
+from ..model.services import SliceInfo, parse_service
 from ..standalone.config import MAX_FILE_BYTES, StandaloneConfig, StandaloneConfigError, parse_config
 
 MAX_DEMO_PODS = 16

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from ..index import PodInfo
+from ..cli.sources import StandaloneSource, read_local_status
+from ..controller.index import PodInfo
 from ..netns import stop_process
-from ..sources import StandaloneSource, read_local_status
 from .config import DemoError
 from .netns import in_netns
 
@@ -69,7 +69,7 @@ class StandaloneOperatorProcess(Process):
         self.url = f"https://{address}:{API_PORT}"
 
     def start(self) -> None:
-        self.spawn(["ip", "netns", "exec", self.netns, sys.executable, "-m", "ipsec_mesh_operator.cli", "standalone",
+        self.spawn(["ip", "netns", "exec", self.netns, sys.executable, "-m", "ipsec_mesh_operator.main", "standalone",
                     "--config", str(self.config_path), "--state-dir", str(self.state_dir),
                     "--listen", f"{self.address}:{API_PORT}"])
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..index import PodInfo
+from ..controller.index import PodInfo
 from ..standalone.config import StandaloneConfigError
 from .config import DemoConfig, DemoError, DemoService, load_config
 from .netns import accept_all, answer_once, ask, in_netns, kernel_has_esp, listen, send, sh
@@ -325,8 +325,8 @@ class Demo:
 
     def explain(self, a: PodInfo, b: PodInfo, expect_encrypted: bool) -> bool:
         """`ipsec-mesh explain A B --standalone STATE_DIR`, run where an operator would: on the node."""
-        from ..diagnose import explain
-        from ..render import verdict_text
+        from ..cli.diagnose import explain
+        from ..cli.render import verdict_text
 
         pair = ((a.namespace, a.name), (b.namespace, b.name))
         source = self.operator.source()
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
               "Running the same demo inside a VM with Debian's kernel (virtme-ng, software emulation:\n"
               "it takes a few minutes, most of it Python starting up under emulation).\n", flush=True)
         try:
-            return run_in_vm([sys.executable, "-m", "ipsec_mesh_operator.cli", "demo", "--no-vm",
+            return run_in_vm([sys.executable, "-m", "ipsec_mesh_operator.main", "demo", "--no-vm",
                               "--config", str(args.config.resolve())])
         except VmUnavailable as exc:
             print(f"cannot run the VM: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import metrics
-from ..runtime import OperatorRuntime
+from ..controller.runtime import OperatorRuntime
 from .tokens import AdminToken
 
 OVERVIEW_PATH = "/v1/admin/overview"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ipsec_mesh.meshapi import PeerMapError, fields
 
-from ..ca import CAStateError
+from ..pki.ca import CAStateError
 from .config import StandaloneConfigError
 from .runner import DEFAULT_TOKEN_LIFETIME, StandaloneOperator
 from .store import SecretStoreError

@@ -41,10 +41,11 @@ import yaml
 from ipsec_mesh.meshapi import PeerMapError, fields
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
-from ..index import NAMESPACE_NAME_LABEL, PodInfo
+from ..controller.index import PodInfo
+from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
+from ..model.services import DEFAULT_AFFINITY_TIMEOUT, SERVICE_NAME_LABEL, SliceInfo, parse_service
+from ..model.settings import NAMESPACE_NAME_LABEL
 from ..netns import check_netns_name
-from ..peering import InvalidPeering, PeeringSpec, parse_peering
-from ..services import DEFAULT_AFFINITY_TIMEOUT, SERVICE_NAME_LABEL, SliceInfo, parse_service
 
 MAX_PODS = 10_000
 MAX_PEERINGS = 1_000

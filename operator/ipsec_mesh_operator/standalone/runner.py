@@ -34,14 +34,14 @@ from cryptography import x509
 
 from ipsec_mesh.meshapi import AuthKind, IssuedCertificate
 
-from ..config import OperatorConfig
-from ..federation import BUNDLE_PATH
-from ..index import PodInfo, PodKey
-from ..peering import KIND, PeeringSpec
-from ..psk import secret_name
-from ..runtime import OperatorRuntime
-from ..servers import Servers
-from ..tokens import Caller, TokenAuthenticator
+from ..controller.federation import BUNDLE_PATH
+from ..controller.index import PodInfo, PodKey
+from ..controller.runtime import OperatorRuntime
+from ..controller.token_review import Caller, TokenAuthenticator
+from ..model.peering import KIND, PeeringSpec
+from ..model.settings import OperatorConfig
+from ..pki.psk import secret_name
+from ..server.servers import Servers
 from .admin import add_admin_routes, overview
 from .config import StandaloneConfig, StandaloneConfigError, load_config
 from .store import FileSecretStore, PodIncarnations, write_private

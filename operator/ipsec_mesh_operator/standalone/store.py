@@ -19,8 +19,8 @@ from typing import Any
 from ipsec_mesh.meshapi import PeerMapError
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
-from ..index import PodInfo, PodKey
-from ..kube import Conflict, decode_secret_data, encode_secret_data
+from ..controller.index import PodInfo, PodKey
+from ..controller.kube import Conflict, decode_secret_data, encode_secret_data
 
 MAX_SECRET_BYTES = 1024 * 1024
 MAX_INCARNATIONS_BYTES = 16 * 1024 * 1024

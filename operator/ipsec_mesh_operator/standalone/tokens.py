@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..index import PodInfo
-from ..tokens import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX, bearer_token
+from ..controller.index import PodInfo
+from ..controller.token_review import POD_NAME_EXTRA, POD_UID_EXTRA, SA_PREFIX, bearer_token
 from .store import write_private
 
 PREFIX = "ims1."

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .admission import has_injected_sidecar
-from .config import INJECTED_ANNOTATION
+from ..model.peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
+from ..model.settings import INJECTED_ANNOTATION
+from ..model.sidecar import has_injected_sidecar
 from .index import PodInfo
 from .kube import KubeError
-from .peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
 from .runtime import OperatorRuntime
 
 logger = logging.getLogger("ipsec_mesh_operator.feeder")

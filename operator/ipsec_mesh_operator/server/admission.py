@@ -30,19 +30,18 @@ from aiohttp import web
 from ipsec_mesh.meshapi import MeshApiError
 from ipsec_mesh.meshapi.ports import HEALTH_PORT
 
+from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
+from ..model.peering_status import awaiting_consent_message
+from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
+from ..model.sidecar import SIDECAR_COMMAND, SIDECAR_NAME, has_injected_sidecar
+from ..pki.psk import secret_name
 from .api import RUNTIME_KEY, contain_errors, read_json
-from .config import INJECT_LABEL, INJECTED_ANNOTATION, OperatorConfig
-from .peering import InvalidPeering, PeeringSpec, parse_peering
-from .peering_status import awaiting_consent_message
-from .psk import secret_name
 
 logger = logging.getLogger("ipsec_mesh_operator.admission")
 
-SIDECAR_NAME = "ipsec-mesh"
 TOKEN_VOLUME = "ipsec-mesh-token"
 RUN_VOLUME = "ipsec-mesh-run"
 TOKEN_DIR = "/var/run/secrets/ipsec-mesh"
-SIDECAR_COMMAND = ["ipsec-mesh-sidecar", "mesh"]
 PORT_START_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 IKE_PORT = 500
 TOKEN_SECONDS = 3600
@@ -114,15 +113,6 @@ class InjectionRefused(Exception):
 
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def has_injected_sidecar(spec: Mapping[str, Any], config: OperatorConfig) -> bool:
-    """The pod runs the sidecar this operator injects (its image, mesh mode, as a native sidecar)."""
-    return any(
-        isinstance(c, Mapping) and c.get("name") == SIDECAR_NAME and c.get("image") == config.sidecar_image
-        and c.get("command") == SIDECAR_COMMAND and c.get("restartPolicy") == "Always"
-        for c in spec.get("initContainers") or []
-    )
 
 
 def _check_injectable(meta: Mapping[str, Any], spec: Mapping[str, Any], config: OperatorConfig) -> None:

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .runtime import PeeringHealth
+
+@dataclass(frozen=True)
+class PeeringHealth:
+    """What the kernel and the sidecars report for one peering, as counted by the runtime."""
+
+    members: int
+    peers: int
+    established_sas: int
+    reporting: int
+    errors: tuple[str, ...]
+    #: Other namespaces whose selected peer pods do not accept all members (no peering of theirs consents).
+    awaiting_consent: tuple[str, ...] = ()
 
 
 def _now_iso() -> str:

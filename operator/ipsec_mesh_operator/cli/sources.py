@@ -33,11 +33,11 @@ import urllib3
 
 from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
 
-from .admission import SIDECAR_NAME
+from ..model.peering import GROUP, PLURAL, VERSION
+from ..model.services import SERVICE_NAME_LABEL
+from ..model.sidecar import SIDECAR_NAME
+from ..netns import NetnsUnavailable, check_netns_name, in_netns
 from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
-from .netns import NetnsUnavailable, check_netns_name, in_netns
-from .peering import GROUP, PLURAL, VERSION
-from .services import SERVICE_NAME_LABEL
 
 STATUS_TIMEOUT = 5.0
 STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]

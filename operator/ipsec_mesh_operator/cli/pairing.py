@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
+from ..model.rules import precedence
 from .facts import Facts, PeeringFacts, PodFacts
-from .peering import InvalidPeering, PeeringSpec, parse_peering
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,10 @@ def listing_peerings(x: PodFacts, x_roles: Roles, y_roles: Roles) -> frozenset[s
 
 
 def strictness(peering: PeeringFacts, spec: PeeringSpec | None) -> tuple:
-    """The operator's precedence when several peerings cover a pair: require, certificate,
-    TFC padding first, then namespace/name (the first governs at both ends)."""
+    """The operator's precedence when several peerings cover a pair (model/rules.py)."""
     if spec is None:  # as the standalone operator reports it (no TFC setting there)
-        return (peering.enforcement == "prefer", peering.auth == "psk", True, peering.ref)
-    return (spec.enforcement.value != "require", spec.auth.value != "certificate", not spec.tfc_padding, peering.ref)
+        return (peering.enforcement == "prefer", peering.auth == "psk", True, peering.namespace, peering.name)
+    return precedence(spec)
 
 
 def describe_roles(roles: Roles) -> str:

@@ -13,10 +13,9 @@ from typing import Any
 
 from ipsec_mesh.meshapi import PeerMapError, ServiceEntry
 
-from .admission import SIDECAR_NAME
-from .config import INJECT_LABEL, INJECTED_ANNOTATION
-from .index import NAMESPACE_NAME_LABEL
-from .services import ServiceTable, SliceInfo, parse_service
+from ..model.services import ServiceTable, SliceInfo, parse_service
+from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION, NAMESPACE_NAME_LABEL
+from ..model.sidecar import SIDECAR_NAME
 
 PodKey = tuple[str, str]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-CRD_PATH = Path(os.environ.get("IPSEC_MESH_CRD", Path(__file__).resolve().parents[2] / "crds" / "ipsecpeerings.yaml"))
+CRD_PATH = Path(os.environ.get("IPSEC_MESH_CRD", Path(__file__).resolve().parents[3] / "crds" / "ipsecpeerings.yaml"))
 
 
 @functools.lru_cache(maxsize=None)

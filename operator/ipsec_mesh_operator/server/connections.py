@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import metrics
+from .. import metrics
 
 #: A TLS record is at most 16 KiB of plaintext plus its header and tag.
 TLS_READ_BUFFER = 17 * 1024

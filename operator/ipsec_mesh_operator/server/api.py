@@ -21,11 +21,11 @@ from aiohttp import web
 from ipsec_mesh.meshapi import MeshApiError
 from ipsec_mesh.meshapi.status import StatusReport
 
-from . import metrics
-from .ca import CertificateRequestError
+from .. import metrics
+from ..controller.runtime import NotAllowed, NotReady, OperatorRuntime, TooManyRequests
+from ..controller.token_review import Caller, Unauthenticated
+from ..pki.ca import CertificateRequestError
 from .ratelog import RateLimitedLog
-from .runtime import NotAllowed, NotReady, OperatorRuntime, TooManyRequests
-from .tokens import Caller, Unauthenticated
 
 logger = logging.getLogger("ipsec_mesh_operator.api")
 #: Lines about what clients did wrong: a client must not be able to fill the disk.

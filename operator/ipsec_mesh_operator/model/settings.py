@@ -18,6 +18,8 @@ INJECTED_ANNOTATION = "ipsec-mesh.io/injected"
 FINALIZER = "ipsec-mesh.io/finalizer"
 #: A Secret a peering's remote (pskSecretRef, trustBundle of kind Secret) may name must carry this label set to "true".
 REMOTE_SECRET_LABEL = "ipsec-mesh.io/remote-credentials"
+#: Set by Kubernetes on every namespace: what `namespaceSelector` matches a namespace by name with.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def _env(name: str, default: str) -> str:

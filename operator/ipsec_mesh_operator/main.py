@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _source(args: argparse.Namespace):
-    from .sources import ClusterSource, StandaloneSource
+    from .cli.sources import ClusterSource, StandaloneSource
 
     if args.standalone:
         return StandaloneSource(args.standalone)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else 0
-    from .sources import SourceError
+    from .cli.sources import SourceError
 
     try:
         source = _source(args)
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _explain(source, args: argparse.Namespace) -> int:
-    from . import render
-    from .diagnose import RemoteTarget, explain, explain_remote, explain_service
+    from .cli import render
+    from .cli.diagnose import RemoteTarget, explain, explain_remote, explain_service
 
     if len(args.b) == 4:  # ("remote", peering or "", remote or "", address or "")
         target = RemoteTarget(*(part or None for part in args.b[1:]))
@@ -131,8 +131,8 @@ def _explain(source, args: argparse.Namespace) -> int:
 
 
 def _peerings(source, args: argparse.Namespace) -> int:
-    from . import render
-    from .overview import overview
+    from .cli import render
+    from .cli.overview import overview
 
     entries = overview(source.facts([], args.namespace, all_pods=True, statuses=args.sas))
     print(render.overview_json(entries) if args.json else render.overview_text(entries))

@@ -33,7 +33,6 @@ from typing import Any
 
 from ipsec_mesh.meshapi import (
     AuthKind,
-    Enforcement,
     LocalIdentity,
     Peer,
     PeeringPolicy,
@@ -47,26 +46,16 @@ from ipsec_mesh.meshapi import (
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
-from .peering import PeeringSpec, PodPeers
-from .selectors import LabelSelector
-from .services import ServiceKey, ServiceTable, SliceInfo, SliceKey
+from ..model.label_selectors import LabelSelector
+from ..model.peering import PeeringSpec, PodPeers
+from ..model.rules import precedence
+from ..model.services import ServiceKey, ServiceTable, SliceInfo, SliceKey
+from ..model.settings import NAMESPACE_NAME_LABEL
 
 PodKey = tuple[str, str]  # (namespace, name)
 PeeringKey = tuple[str, str]
 ViewKey = tuple[PeeringKey, bool, bool]
 Listener = Callable[[set[PodKey]], None]
-
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-
-
-def precedence(spec: PeeringSpec) -> tuple:
-    """Sort key of the peering whose settings govern a pair of pods covered by several.
-
-    The strictest first (require, certificates, TFC padding), so that no peering can
-    weaken another's protection by its name; then namespace and name, for a total order.
-    """
-    return (spec.enforcement is not Enforcement.REQUIRE, spec.auth is not AuthKind.CERTIFICATE,
-            not spec.tfc_padding, spec.namespace, spec.name)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import api, metrics
+from .. import metrics
+from ..controller.federation import bundle_app, endpoint_id
+from ..controller.runtime import OperatorRuntime
+from ..pki.tls import ServingCertificate
+from . import api
 from .connections import ConnectionPool, GuardedSite, guard
-from .federation import bundle_app, endpoint_id
 from .health import Readiness
 from .ratelog import QuietServerLogger
-from .runtime import OperatorRuntime
-from .tls import ServingCertificate
 
 logger = logging.getLogger("ipsec_mesh_operator.servers")
 #: aiohttp's per-request error lines (malformed requests, aborted connections), without tracebacks.

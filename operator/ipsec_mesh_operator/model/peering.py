@@ -22,8 +22,8 @@ from ipsec_mesh.meshapi.proposals import (
     proposal_list,
 )
 
-from .federation import FederationSpec, parse_federation
-from .selectors import LabelSelector, SelectorError
+from .federation_spec import FederationSpec, parse_federation
+from .label_selectors import LabelSelector, SelectorError
 
 GROUP = "ipsec-mesh.io"
 VERSION = "v1alpha1"

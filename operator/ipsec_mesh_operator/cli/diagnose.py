@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .config import INJECT_LABEL
+from ..model.peering import PeeringSpec
+from ..model.settings import INJECT_LABEL
 from .facts import Facts, PeeringFacts, PodFacts, PodKey, RemoteFacts, ServiceFacts
 from .pairing import describe_roles, listing_peerings, parsed_peerings, roles_of, strictness
-from .peering import PeeringSpec
 
 INJECT_ENABLED = "enabled"
 #: CHILD_SA states in which packets are protected both ways.

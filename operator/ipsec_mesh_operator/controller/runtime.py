@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ipsec_mesh.meshapi import (
@@ -27,16 +27,17 @@ from ipsec_mesh.meshapi import (
 )
 from ipsec_mesh.meshapi.status import StatusReport
 
-from . import metrics
-from .ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
-from .config import REMOTE_SECRET_LABEL, OperatorConfig
+from .. import metrics
+from ..model.peering import PeeringSpec
+from ..model.peering_status import PeeringHealth
+from ..model.services import ServiceTable, SliceInfo, parse_service
+from ..model.settings import REMOTE_SECRET_LABEL, OperatorConfig
+from ..pki.ca import CAStateError, CertificateAuthority, LeafIdentity, certificate_pem
+from ..pki.psk import PskRing, PskStateError, secret_name
 from .federation import Federation
 from .index import MeshIndex, PeeringKey, PodKey
 from .kube import Conflict, KubeClient, decode_secret_data
-from .peering import PeeringSpec
-from .psk import PskRing, PskStateError, secret_name
-from .services import ServiceTable, SliceInfo, parse_service
-from .tokens import Caller, TokenAuthenticator
+from .token_review import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
 
@@ -56,17 +57,6 @@ class NotReady(Exception):
 
 class TooManyRequests(Exception):
     """The caller's pod has max_requests_per_pod requests open already (HTTP 429)."""
-
-
-@dataclass(frozen=True)
-class PeeringHealth:
-    members: int
-    peers: int
-    established_sas: int
-    reporting: int
-    errors: tuple[str, ...]
-    #: Other namespaces whose selected peer pods do not accept all members (no peering of theirs consents).
-    awaiting_consent: tuple[str, ...] = ()
 
 
 class OperatorRuntime:

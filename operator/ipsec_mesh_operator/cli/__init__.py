@@ -1,0 +1,1 @@
+"""Read-only commands (`ipsec-mesh explain`, `peerings`): facts from a cluster or a standalone operator, and what they mean."""
