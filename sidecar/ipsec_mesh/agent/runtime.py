@@ -402,6 +402,11 @@ class Agent:
                 ended += 1
             self.flush()
         self.dataplane.update_peers(old, new)
+        if self.loop is not None and self.config.initiate_peers:
+            known = set(old.pod_peers())
+            for remote in new.pod_peers():
+                if remote not in known:
+                    self.initiate(remote)  # an SA that is already up (the peer connected first) is reused
         for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
             del self.last_failures[remote]  # no longer a peer: its failures are no one's business
         for remote in [r for r in self.install_failures if new.entry_for(r) is None]:
@@ -431,7 +436,8 @@ class Agent:
         inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
         for remote in inherited:
             self.initiate(remote, replaces_kernel_sas=True)
-        for remote in self.config.initiate:
+        wanted = self.peers.pod_peers() if self.config.initiate_peers else self.config.initiate
+        for remote in wanted:
             if remote not in inherited:
                 self.initiate(remote)
 
