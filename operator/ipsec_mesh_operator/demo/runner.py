@@ -122,23 +122,32 @@ class Demo:
             sh("ip", "-n", ns, "route", "add", "default", "via", self.config.node_address)
 
     # the operator
-    def start_operator(self) -> dict:
+    def write_operator_config(self, pods: list[str] | None = None) -> Path:
+        """The standalone operator's YAML with the config's pods (only those named in `pods`, if given)."""
         config_path = self.workdir / "mesh.yaml"
         document = dict(self.config.operator_document)
         # Each pod's namespace, so that explain (on this node, as root) reads its sidecar's local /status.
-        document["pods"] = [{**pod, "netns": self.netns(pod["name"])} for pod in document["pods"]]
+        document["pods"] = [{**pod, "netns": self.netns(pod["name"])} for pod in document["pods"]
+                            if pods is None or pod["name"] in pods]
         config_path.write_text(yaml.safe_dump(document, sort_keys=False))
-        self.operator = StandaloneOperatorProcess(self.node, self.config.node_address, config_path,
-                                                  self.workdir / "operator")
+        return config_path
+
+    def start_operator(self, pods: list[str] | None = None, metrics_port: int = 0) -> dict:
+        self.operator = StandaloneOperatorProcess(self.node, self.config.node_address,
+                                                  self.write_operator_config(pods), self.workdir / "operator",
+                                                  metrics_port=metrics_port)
         self.operator.start()
         self.operator.wait_serving()
         return self.operator.overview()
 
     # sidecars
-    def start_sidecars(self) -> None:
+    def start_sidecars(self, pods: list[str] | None = None, settings: dict | None = None) -> None:
+        """A sidecar in each pod (those named in `pods`, if given), then wait until each is ready."""
         assert self.operator is not None
         for pod in self.config.pods:
-            sidecar = Sidecar(pod, self.netns(pod.name), self.workdir / "pods" / pod.name)
+            if pods is not None and pod.name not in pods:
+                continue
+            sidecar = Sidecar(pod, self.netns(pod.name), self.workdir / "pods" / pod.name, settings)
             sidecar.start(self.operator)
             self.sidecars[pod.name] = sidecar
         deadline = time.monotonic() + START_TIMEOUT
