@@ -83,3 +83,22 @@ async def test_without_initiate_peers_a_new_map_connects_to_no_one():
     finally:
         for agent in (a, b):
             await agent.stop()
+
+
+async def test_a_pod_peer_that_did_not_answer_is_tried_again_until_it_does():
+    """Under load (a whole mesh starting at once) both ends' first tries can time out; each
+    end of the pair tries again after a backoff instead of leaving the pair down for good."""
+    doc = _document("127.0.0.1", ["127.0.0.2"], "peers")
+    doc["ike"].update({"retransmitTimeout": 1, "retransmitTries": 0})
+    config = parse_agent_config(doc, Path("."))
+    a = Agent(config, NullDataPlane(), PeerSet(config.peer_map, config.ike))
+    a.connect_retry_base = 0.2
+    b = _agent("127.0.0.2", ["127.0.0.1"], initiate=[])
+    await a.start()
+    try:
+        await wait_for(lambda: a.metrics.ike_closed.values.get(("timeout",), 0) >= 1, 5)
+        await b.start()  # only now: a's first try is gone
+        await wait_for(lambda: _established_with(a) == {"127.0.0.2"}, 10)
+    finally:
+        await a.stop()
+        await b.stop()
