@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar"), str(ROOT / "operator")]
 
 from machine import describe  # noqa: E402  (bench/, the script's own directory)
-from tests.scale.harness import PUSHBACK_COUNTERS, SIDECAR_SETTINGS, MeshOnOneMachine  # noqa: E402
+from tests.scale.harness import PUSHBACK_COUNTERS, MeshOnOneMachine  # noqa: E402
 
 PHASE_LIMIT = 900.0  # seconds: give up on a phase (the figure says what was missing)
 REFUSALS = ("ipsec_mesh_api_requests_refused_total", "ipsec_mesh_server_connections_dropped_total")
@@ -51,7 +51,7 @@ def run(sidecars: int, say) -> dict:
         mesh.start_operator(mesh.members, metrics_port=9464)
         cpu0 = mesh.operator_usage()["cpu_s"]
         since = time.monotonic()
-        mesh.start_sidecars(mesh.members, SIDECAR_SETTINGS)
+        mesh.start_sidecars(mesh.members, mesh.settings)
         figures["all_ready_s"] = round(time.monotonic() - since, 1)
         up = mesh.wait_all_pairs(since, PHASE_LIMIT)
         usage = mesh.operator_usage()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsec_mesh_operator.demo.config import DemoConfig
-from ipsec_mesh_operator.demo.netns import in_netns
+from ipsec_mesh_operator.demo.netns import in_netns, sh
 from ipsec_mesh_operator.demo.runner import Demo
 from ipsec_mesh_operator.standalone.config import parse_config
 
@@ -38,6 +38,9 @@ METRICS_PORT = 9464  # in the harness's own node namespace
 #: The product's IKE defaults (retransmissions, DPD, cookie and half-open limits): what is measured
 #: is what a mesh would run.
 SIDECAR_SETTINGS = {"dataplane": "none", "initiate": "peers", "log": {"format": "json"}}
+#: Policies only: the XFRM data plane with no one initiating, for a mesh whose pairs do not talk
+#: (the kernel here has XFRM but no ESP, so an SA could not be installed).
+POLICY_ONLY_SETTINGS = {"dataplane": "xfrm", "log": {"format": "json"}}
 #: /status counters that say the IKE responders pushed back (COOKIE challenges, half-open limits).
 PUSHBACK_COUNTERS = ("cookies_sent", "cookie_invalid", "refused_half_open_limit", "evicted_half_open")
 _APPLIED = re.compile(r"peer map version (\d+) applied")
@@ -110,10 +113,11 @@ class MeshOnOneMachine(Demo):
     """`sidecars` pods with sidecars, plus `spare` pods whose namespaces exist but that the
     operator learns of only when `add_pod` is called."""
 
-    def __init__(self, sidecars: int, spare: int = 1, out=None):
+    def __init__(self, sidecars: int, spare: int = 1, out=None, settings: dict = SIDECAR_SETTINGS):
         document = mesh_document(sidecars + spare)
         config = DemoConfig(NETWORK, parse_config(document), document)
         super().__init__(config, out=out if out is not None else open(os.devnull, "w"))
+        self.settings = settings
         self.members = [pod_name(i) for i in range(sidecars)]
         self.spares = [pod_name(i) for i in range(sidecars, sidecars + spare)]
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
@@ -124,7 +128,7 @@ class MeshOnOneMachine(Demo):
         self.build_network()
         self.start_operator(self.members, metrics_port=METRICS_PORT)
         started = time.monotonic()
-        self.start_sidecars(self.members, SIDECAR_SETTINGS)
+        self.start_sidecars(self.members, self.settings)
         return started
 
     def close(self) -> None:
@@ -167,6 +171,16 @@ class MeshOnOneMachine(Demo):
             if not result.missing or time.monotonic() > deadline:
                 return result
             time.sleep(1.0)
+
+    def kernel_policy_peers(self, name: str) -> dict[str, set[str]]:
+        """What the kernel in `name`'s namespace holds: per direction (out, in), the peer addresses
+        that our transport policies cover."""
+        listing = sh("ip", "-n", self.netns(name), "xfrm", "policy", "list").stdout
+        peers: dict[str, set[str]] = {"out": set(), "in": set()}
+        for src, dst, direction in re.findall(r"src (\S+)/\d+ dst (\S+)/\d+.*?\n\s*dir (\w+)", listing):
+            if direction in peers:
+                peers[direction].add(dst if direction == "out" else src)
+        return peers
 
     def counters(self, statuses: dict[str, dict | None] | None = None) -> dict[str, int]:
         """The IKE cores' counters summed over every sidecar."""
@@ -257,7 +271,7 @@ class MeshOnOneMachine(Demo):
         watchers = list(self.members)
         self.members.append(name)
         change = self._apply(f"add {name}", watchers, timeout)
-        self.start_sidecars([name], SIDECAR_SETTINGS)
+        self.start_sidecars([name], self.settings)
         return name, change
 
     def remove_pod(self, name: str, timeout: float = 60) -> Change:
@@ -276,5 +290,5 @@ class MeshOnOneMachine(Demo):
             sidecar.process.wait(30)
         self.sidecars.clear()
         started = time.monotonic()
-        self.start_sidecars(self.members, SIDECAR_SETTINGS)
+        self.start_sidecars(self.members, self.settings)
         return started

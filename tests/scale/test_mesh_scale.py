@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.scale.harness import PUSHBACK_COUNTERS, MeshOnOneMachine
+from tests.scale.harness import POLICY_ONLY_SETTINGS, PUSHBACK_COUNTERS, MeshOnOneMachine
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                                 reason="needs root and iproute2 to create network namespaces")
@@ -61,5 +61,36 @@ def test_twenty_sidecars_every_pair_add_remove_and_restart_all():
         assert not any(refused.values()), refused
         issued = after["ipsec_mesh_certificates_issued_total"] - before["ipsec_mesh_certificates_issued_total"]
         assert issued == SIDECARS  # one bootstrap each, no retries forced by the operator
+    finally:
+        mesh.close()
+
+
+def test_twenty_sidecars_policies_in_every_kernel_follow_add_and_remove():
+    """The XFRM data plane where no SA is needed (no one talks): each pod's kernel holds
+    transport policies both ways for every other pod, and a pod added or removed is in or out
+    of every kernel's policies once each sidecar says it applied the map."""
+    mesh = MeshOnOneMachine(SIDECARS, settings=POLICY_ONLY_SETTINGS)
+
+    def check_kernels() -> None:
+        addresses = {name: mesh.config.pod(name).ips[0] for name in mesh.members}
+        wrong = {}
+        for name in mesh.members:
+            others = {a for n, a in addresses.items() if n != name}
+            held = mesh.kernel_policy_peers(name)
+            if held != {"out": others, "in": others}:
+                wrong[name] = {d: sorted(held[d] ^ others) for d in held}
+        assert wrong == {}, wrong
+
+    try:
+        mesh.start()
+        check_kernels()
+        _, change = mesh.add_pod()
+        assert change.missing == [] and len(change.latencies) == SIDECARS, change.summary()
+        check_kernels()
+        change = mesh.remove_pod("p000")
+        assert change.missing == [] and len(change.latencies) == SIDECARS, change.summary()
+        check_kernels()
+        statuses = mesh.statuses()
+        assert all(s["ready"] for s in statuses.values()) and mesh.failures(statuses) == {}
     finally:
         mesh.close()
