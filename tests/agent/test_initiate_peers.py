@@ -3,7 +3,7 @@ map adds, without listing addresses (what a mesh wants when no first packet shou
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.meshapi.errors import PeerMapError
-from ipsec_mesh.meshapi.model import PeerMap
 from tests.agent.test_agent_loopback import agent_document, wait_for
 
 
@@ -102,3 +101,35 @@ async def test_a_pod_peer_that_did_not_answer_is_tried_again_until_it_does():
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_two_ends_with_initiate_peers_negotiate_one_ike_sa_not_two():
+    """The lower address connects at once; the higher one waits, finds the SA the lower one
+    set up and starts nothing: half the handshakes of both initiating (a mesh of N pods
+    starting at once does N(N-1)/2, not N(N-1))."""
+    low, high = _agent("127.0.0.1", ["127.0.0.2"]), _agent("127.0.0.2", ["127.0.0.1"])
+    high.connect_retry_base = 0.5
+    await high.start()
+    await low.start()
+    try:
+        await wait_for(lambda: _established_with(low) == {"127.0.0.2"} and _established_with(high) == {"127.0.0.1"})
+        await asyncio.sleep(1.0)  # past the higher end's wait
+        assert low.metrics.ike_established.values[()] == 1 and high.metrics.ike_established.values[()] == 1
+        assert [sa.initiator for sa in high.endpoint.sas.values()] == [False]
+    finally:
+        await low.stop()
+        await high.stop()
+
+
+async def test_the_higher_address_connects_when_the_lower_one_does_not():
+    low = _agent("127.0.0.1", ["127.0.0.2"], initiate=[])
+    high = _agent("127.0.0.2", ["127.0.0.1"])
+    high.connect_retry_base = 0.2
+    await low.start()
+    await high.start()
+    try:
+        await wait_for(lambda: _established_with(high) == {"127.0.0.1"}, 10)
+        assert [sa.initiator for sa in high.endpoint.sas.values()] == [True]
+    finally:
+        await low.stop()
+        await high.stop()

@@ -341,6 +341,18 @@ class Agent:
         if remote in self.install_failures and self.peers.entry_for(remote) is not None:
             self.initiate(remote)
 
+    def _connect_pod_peers(self, remotes: list[str]) -> None:
+        """`initiate: peers`: the lower address of a pair connects at once, the higher one after
+        `connect_retry_base` unless an SA (the lower one's) is there by then. Where both ends
+        use it, that halves the handshakes of a mesh starting at once; where the lower end
+        does not, the higher one still connects."""
+        for remote in remotes:
+            local = self.peers.local_address_for(remote)
+            if local is not None and ipaddress.ip_address(local) < ipaddress.ip_address(remote):
+                self.initiate(remote)
+            else:
+                self._schedule_reconnect(remote)
+
     def _schedule_reconnect(self, remote: str) -> None:
         """`initiate: peers` keeps every pod peer connected: a pod peer that did not answer (or
         stopped answering) is tried again after 5 s, 10 s, 20 s ... up to 5 min, until it answers
@@ -435,9 +447,7 @@ class Agent:
             known, wanted = set(old.pod_peers()), new.pod_peers()
             for remote in [r for r in self._connect_retries if r not in wanted]:
                 self._cancel_reconnect(remote)
-            for remote in wanted:
-                if remote not in known:
-                    self.initiate(remote)  # an SA that is already up (the peer connected first) is reused
+            self._connect_pod_peers([r for r in wanted if r not in known])
         for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
             del self.last_failures[remote]  # no longer a peer: its failures are no one's business
         for remote in [r for r in self.install_failures if new.entry_for(r) is None]:
@@ -467,8 +477,9 @@ class Agent:
         inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
         for remote in inherited:
             self.initiate(remote, replaces_kernel_sas=True)
-        wanted = self.peers.pod_peers() if self.config.initiate_peers else self.config.initiate
-        for remote in wanted:
+        if self.config.initiate_peers:
+            self._connect_pod_peers([r for r in self.peers.pod_peers() if r not in inherited])
+        for remote in self.config.initiate:
             if remote not in inherited:
                 self.initiate(remote)
 
