@@ -47,7 +47,7 @@ def run(sidecars: int, say) -> dict:
     figures: dict = {"sidecars": sidecars, "pairs": sidecars * (sidecars - 1) // 2}
     try:
         say(f"[{sidecars}] starting {sidecars} sidecars")
-        mesh.build_network()
+        mesh.build_network(routed=True)
         mesh.start_operator(mesh.members, metrics_port=9464)
         cpu0 = mesh.operator_usage()["cpu_s"]
         since = time.monotonic()

@@ -1,7 +1,8 @@
 """The whole mesh on one machine: N real sidecars in mesh mode against the standalone operator.
 
 Built on the demo's pieces (`ipsec_mesh_operator.demo`: network namespaces on one bridge in a
-node namespace, `ipsec-mesh standalone` serving the mesh API there, `ipsec-mesh-sidecar mesh`
+node namespace, routed through it (one neighbour entry per pod: the kernel's ARP table is
+shared by all namespaces and 100 pods on a plain bridge overflow it), `ipsec-mesh standalone` serving the mesh API there, `ipsec-mesh-sidecar mesh`
 in each pod with the environment a cluster's injection gives it), scaled out: one
 namespace-wide certificate peering, data plane `none` (this kernel has XFRM but no ESP, and
 every pair should hold SAs) and `initiate: peers`, so each sidecar connects to every pod of
@@ -125,7 +126,7 @@ class MeshOnOneMachine(Demo):
     # -- building ----------------------------------------------------------------------
     def start(self) -> float:
         """Network, operator, sidecars; returns when every sidecar is ready (monotonic start time)."""
-        self.build_network()
+        self.build_network(routed=True)
         self.start_operator(self.members, metrics_port=METRICS_PORT)
         started = time.monotonic()
         self.start_sidecars(self.members, self.settings)
