@@ -38,8 +38,9 @@ PHASE_LIMIT = 900.0  # seconds: give up on a phase (the figure says what was mis
 REFUSALS = ("ipsec_mesh_api_requests_refused_total", "ipsec_mesh_server_connections_dropped_total")
 
 
-def refusals(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith(REFUSALS))
+def refusals(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The operator's refusals (by metric and label) that grew between two scrapes."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(REFUSALS) and v > before.get(k, 0.0)}
 
 
 def run(sidecars: int, say) -> dict:
@@ -86,7 +87,7 @@ def run(sidecars: int, say) -> dict:
             "failures": mesh.failures(statuses),
             "operator_cpu_s": round(mesh.operator_usage()["cpu_s"] - cpu0, 2),
             "operator_rss_mib": mesh.operator_usage()["rss_mib"],
-            "operator_refusals": refusals(after_metrics) - refusals(before_metrics),
+            "operator_refusals": refusals(before_metrics, after_metrics),
             "certificates_issued": after_metrics["ipsec_mesh_certificates_issued_total"]
             - before_metrics["ipsec_mesh_certificates_issued_total"],
         }
@@ -116,7 +117,7 @@ def main() -> int:
               f"{r['memory']['pss_per_pod_mib']:11}  {r['memory']['pss_total_mib']:13}  "
               f"{worst(adds, 'p50')}/{worst(adds, 'p99')}  {worst(removes, 'p50')}/{worst(removes, 'p99')}  "
               f"{r['restart']['seconds']!s:>9}  {sum(r['restart']['pushback'].values()):8}  "
-              f"{r['restart']['operator_refusals']}")
+              f"{sum(r['restart']['operator_refusals'].values()):g}")
     if len(results) == 2 and all(r["establish"]["seconds"] for r in results):
         small, big = results
         print(f"\nratios {big['sidecars']} vs {small['sidecars']} sidecars ({big['pairs'] / small['pairs']:.1f}x pairs):"
