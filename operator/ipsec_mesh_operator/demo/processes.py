@@ -62,16 +62,18 @@ class Process:
 class StandaloneOperatorProcess(Process):
     """`ipsec-mesh standalone` in the node namespace, serving the mesh API on the bridge address."""
 
-    def __init__(self, netns: str, address: str, config_path: Path, state_dir: Path):
+    def __init__(self, netns: str, address: str, config_path: Path, state_dir: Path, metrics_port: int = 0):
         super().__init__("the standalone operator", state_dir.parent / "operator.log")
         self.netns, self.address = netns, address
         self.config_path, self.state_dir = config_path, state_dir
         self.url = f"https://{address}:{API_PORT}"
+        #: 0: any free port (nobody scrapes the demo's operator).
+        self.metrics_port = metrics_port
 
     def start(self) -> None:
         self.spawn(["ip", "netns", "exec", self.netns, sys.executable, "-m", "ipsec_mesh_operator.main", "standalone",
                     "--config", str(self.config_path), "--state-dir", str(self.state_dir),
-                    "--listen", f"{self.address}:{API_PORT}"])
+                    "--listen", f"{self.address}:{API_PORT}", "--metrics-port", str(self.metrics_port)])
 
     def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -98,19 +100,22 @@ class StandaloneOperatorProcess(Process):
         return in_netns(self.netns, self.source().overview)
 
 
+#: Only what a cluster's sidecar would get from its settings file: the data plane and quick IKE retries.
+DEMO_SIDECAR_SETTINGS = {"dataplane": "xfrm", "ike": {"retransmitTimeout": 1, "retransmitTries": 3}}
+
+
 class Sidecar(Process):
     """`ipsec-mesh-sidecar mesh` in the pod's namespace, bootstrapping from the operator's mesh API."""
 
-    def __init__(self, pod: PodInfo, netns: str, workdir: Path):
+    def __init__(self, pod: PodInfo, netns: str, workdir: Path, settings: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(f"the sidecar of {pod.name}", workdir / "sidecar.log")
         self.pod, self.netns, self.dir = pod, netns, workdir
+        self.settings = DEMO_SIDECAR_SETTINGS if settings is None else settings
 
     def start(self, operator: StandaloneOperatorProcess) -> None:
         settings = self.dir / "settings.yaml"
-        # Only what a cluster's sidecar would get from its settings: the data plane and quick IKE retries.
-        settings.write_text(yaml.safe_dump({"dataplane": "xfrm",
-                                            "ike": {"retransmitTimeout": 1, "retransmitTries": 3}}))
+        settings.write_text(yaml.safe_dump(self.settings))
         env = {
             "IPSEC_MESH_API_URL": operator.url,
             "IPSEC_MESH_TOKEN_FILE": str(operator.token_file(self.pod)),

@@ -100,11 +100,19 @@ class Demo:
         return f"v{[p.name for p in self.config.pods].index(pod)}-{pod}"[:15]
 
     # topology
-    def build_network(self) -> None:
+    def build_network(self, routed: bool = False) -> None:
+        """Pods on one bridge in the node namespace. `routed`: each pod holds its address as a /32
+        and sends everything through the node (as Calico's routed pod network does), so a pod keeps
+        one neighbour entry instead of one per peer: the kernel's ARP table (1,024 entries by
+        default) is shared by every namespace, and 100 pods that all talk overflow it on a bridge."""
         sh("ip", "netns", "add", self.node)
         self.namespaces.append(self.node)
         prefix = self.config.network.prefixlen
         sh("ip", "-n", self.node, "link", "set", "lo", "up")
+        if routed:
+            for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                        "net.ipv4.conf.default.send_redirects=0"):
+                sh("ip", "netns", "exec", self.node, "sysctl", "-qw", key)
         sh("ip", "-n", self.node, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.node, "addr", "add", f"{self.config.node_address}/{prefix}", "dev", "br0")
         sh("ip", "-n", self.node, "link", "set", "br0", "up")
@@ -117,28 +125,39 @@ class Demo:
             sh("ip", "-n", self.node, "link", "set", host_side, "master", "br0", "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{pod.ips[0]}/{prefix}", "dev", "eth0")
+            sh("ip", "-n", ns, "addr", "add", f"{pod.ips[0]}/{32 if routed else prefix}", "dev", "eth0")
+            if routed:
+                sh("ip", "-n", ns, "route", "add", self.config.node_address, "dev", "eth0")
             # As in a cluster: all else (a ClusterIP the pod does not translate) goes to the node.
             sh("ip", "-n", ns, "route", "add", "default", "via", self.config.node_address)
 
     # the operator
-    def start_operator(self) -> dict:
+    def write_operator_config(self, pods: list[str] | None = None) -> Path:
+        """The standalone operator's YAML with the config's pods (only those named in `pods`, if given)."""
         config_path = self.workdir / "mesh.yaml"
         document = dict(self.config.operator_document)
         # Each pod's namespace, so that explain (on this node, as root) reads its sidecar's local /status.
-        document["pods"] = [{**pod, "netns": self.netns(pod["name"])} for pod in document["pods"]]
+        document["pods"] = [{**pod, "netns": self.netns(pod["name"])} for pod in document["pods"]
+                            if pods is None or pod["name"] in pods]
         config_path.write_text(yaml.safe_dump(document, sort_keys=False))
-        self.operator = StandaloneOperatorProcess(self.node, self.config.node_address, config_path,
-                                                  self.workdir / "operator")
+        return config_path
+
+    def start_operator(self, pods: list[str] | None = None, metrics_port: int = 0) -> dict:
+        self.operator = StandaloneOperatorProcess(self.node, self.config.node_address,
+                                                  self.write_operator_config(pods), self.workdir / "operator",
+                                                  metrics_port=metrics_port)
         self.operator.start()
         self.operator.wait_serving()
         return self.operator.overview()
 
     # sidecars
-    def start_sidecars(self) -> None:
+    def start_sidecars(self, pods: list[str] | None = None, settings: dict | None = None) -> None:
+        """A sidecar in each pod (those named in `pods`, if given), then wait until each is ready."""
         assert self.operator is not None
         for pod in self.config.pods:
-            sidecar = Sidecar(pod, self.netns(pod.name), self.workdir / "pods" / pod.name)
+            if pods is not None and pod.name not in pods:
+                continue
+            sidecar = Sidecar(pod, self.netns(pod.name), self.workdir / "pods" / pod.name, settings)
             sidecar.start(self.operator)
             self.sidecars[pod.name] = sidecar
         deadline = time.monotonic() + START_TIMEOUT

@@ -11,7 +11,8 @@ Example (docs/sidecar.md has the full reference)::
       peerings: [...]
     certificate: {cert: a.pem, key: a.key}     # for certificate peerings
     dataplane: xfrm                            # or none: negotiate only, install nothing
-    initiate: [10.0.0.2]                       # peers to connect to at start (besides ACQUIRE)
+    initiate: [10.0.0.2]                       # peers to connect to at start (besides ACQUIRE),
+                                               # or `peers`: every pod peer of the map, also new ones
     ike: {port: 500, nattPort: 4500, dpd: 30s, fragmentSize: 1280, forceEncap: false}
     status: {listen: 127.0.0.1:9741}
 """
@@ -58,6 +59,8 @@ class SidecarSettings:
     dataplane: str = "xfrm"
     netns: str | None = None
     initiate: tuple[str, ...] = ()
+    #: `initiate: peers`: connect to every single-address peer of the map, at start and when a map adds one.
+    initiate_peers: bool = False
     ike: IkeSettings = field(default_factory=IkeSettings)
     log_format: str = "text"
     log_level: str = "info"
@@ -117,10 +120,16 @@ def parse_sidecar_settings(doc: Mapping[str, Any]) -> SidecarSettings:
     log_format = fields.string(log.get("format", "text"), "log.format", 8)
     if log_format not in ("text", "json"):
         raise PeerMapError("log.format", "must be text or json")
+    initiate = doc.get("initiate", [])
+    initiate_peers = isinstance(initiate, str)
+    if initiate_peers and initiate != "peers":
+        raise PeerMapError("initiate", "must be a list of addresses or the word peers")
     return SidecarSettings(
         dataplane=dataplane,
         netns=fields.string(doc["netns"], "netns", 255) if doc.get("netns") is not None else None,
-        initiate=tuple(str(a) for a in fields.array(doc.get("initiate", []), "initiate", fields.address, 4096)),
+        initiate=() if initiate_peers else tuple(str(a) for a in fields.array(initiate, "initiate",
+                                                                               fields.address, 4096)),
+        initiate_peers=initiate_peers,
         ike=_ike_settings(doc.get("ike", {}), "ike"),
         log_format=log_format,
         log_level=fields.string(log.get("level", "info"), "log.level", 10),

@@ -121,6 +121,14 @@ class PeerSet:
         identities = entry.peer.identities
         return remote_id is None or not identities or any(remote_id.matches(p) for p in identities)
 
+    def pod_peers(self) -> tuple[str, ...]:
+        """The peers that are one address (a pod, a host), in a family we have an address of:
+        whom `initiate: peers` connects to. A network (a remote cluster's pod CIDR) names no one."""
+        families = {ipaddress.ip_address(a).version for a in self.local_addresses}
+        return tuple(dict.fromkeys(
+            str(e.network.network_address) for e in self.entries
+            if e.network.prefixlen == e.network.max_prefixlen and e.network.version in families))
+
     def local_address_for(self, remote: str) -> str | None:
         version = ipaddress.ip_address(remote).version
         for a in self.local_addresses:

@@ -51,6 +51,8 @@ MAX_FAILURE_MESSAGE = 200
 #: doubled per consecutive failure with that peer, up to the maximum.
 INSTALL_RETRY_BASE = 5.0
 INSTALL_RETRY_MAX = 300.0
+#: `initiate: peers`: IKE SA ends after which a pod peer is connected again (with the same backoff).
+RECONNECT_REASONS = frozenset({"timeout", "dead-peer"})
 
 
 class _IkeSocket:
@@ -161,6 +163,9 @@ class Agent:
         self.install_retry_max = INSTALL_RETRY_MAX
         self._not_installed: dict[int, str] = {}  # inbound SPI of a refused CHILD_SA -> kernel error
         self._install_retries: dict[str, asyncio.TimerHandle] = {}
+        #: `initiate: peers`: remote -> (consecutive failed connects, the timer of the next).
+        self.connect_retry_base = INSTALL_RETRY_BASE
+        self._connect_retries: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._summary_timer: asyncio.TimerHandle | None = None
@@ -269,8 +274,11 @@ class Agent:
             elif isinstance(event, IkeSaEstablished):
                 (m.ike_rekeys if event.rekeyed_from else m.ike_established).inc()
                 self.last_failures.pop(event.remote_addr, None)
+                self._cancel_reconnect(event.remote_addr)
             elif isinstance(event, IkeSaClosed):
                 m.ike_closed.labels(event.reason).inc()
+                if event.reason in RECONNECT_REASONS and self.config.initiate_peers:
+                    self._schedule_reconnect(event.remote_addr)
             elif isinstance(event, NegotiationFailed):
                 m.failures.labels(_failure_reason(event.reason, event.notify)).inc()
                 log.warning("negotiation with %s failed: %s", event.remote_addr, event.reason)
@@ -332,6 +340,39 @@ class Agent:
         self._install_retries.pop(remote, None)
         if remote in self.install_failures and self.peers.entry_for(remote) is not None:
             self.initiate(remote)
+
+    def _connect_pod_peers(self, remotes: list[str]) -> None:
+        """`initiate: peers`: the lower address of a pair connects at once, the higher one after
+        `connect_retry_base` unless an SA (the lower one's) is there by then. Where both ends
+        use it, that halves the handshakes of a mesh starting at once; where the lower end
+        does not, the higher one still connects."""
+        for remote in remotes:
+            local = self.peers.local_address_for(remote)
+            if local is not None and ipaddress.ip_address(local) < ipaddress.ip_address(remote):
+                self.initiate(remote)
+            else:
+                self._schedule_reconnect(remote)
+
+    def _schedule_reconnect(self, remote: str) -> None:
+        """`initiate: peers` keeps every pod peer connected: a pod peer that did not answer (or
+        stopped answering) is tried again after 5 s, 10 s, 20 s ... up to 5 min, until it answers
+        or leaves the map. A whole mesh starting at once can time out both ends of a pair."""
+        count, timer = self._connect_retries.get(remote, (0, None))
+        if timer is not None or self.loop is None or remote not in self.peers.pod_peers():
+            return
+        delay = min(self.connect_retry_base * 2 ** count, self.install_retry_max)
+        self._connect_retries[remote] = (count + 1, self.loop.call_later(delay, self._reconnect, remote))
+
+    def _reconnect(self, remote: str) -> None:
+        count, _ = self._connect_retries.get(remote, (0, None))
+        self._connect_retries[remote] = (count, None)
+        if remote in self.peers.pod_peers():
+            self.initiate(remote)  # reuses an SA the peer set up meanwhile
+
+    def _cancel_reconnect(self, remote: str) -> None:
+        _, timer = self._connect_retries.pop(remote, (0, None))
+        if timer is not None:
+            timer.cancel()
 
     def _record_failure(self, remote: str, message: str, notify: int | None, *, reason: str | None = None) -> None:
         previous = self.last_failures.pop(remote, None)
@@ -402,6 +443,11 @@ class Agent:
                 ended += 1
             self.flush()
         self.dataplane.update_peers(old, new)
+        if self.loop is not None and self.config.initiate_peers:
+            known, wanted = set(old.pod_peers()), new.pod_peers()
+            for remote in [r for r in self._connect_retries if r not in wanted]:
+                self._cancel_reconnect(remote)
+            self._connect_pod_peers([r for r in wanted if r not in known])
         for remote in [r for r in self.last_failures if new.entry_for(r) is None]:
             del self.last_failures[remote]  # no longer a peer: its failures are no one's business
         for remote in [r for r in self.install_failures if new.entry_for(r) is None]:
@@ -431,6 +477,8 @@ class Agent:
         inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
         for remote in inherited:
             self.initiate(remote, replaces_kernel_sas=True)
+        if self.config.initiate_peers:
+            self._connect_pod_peers([r for r in self.peers.pod_peers() if r not in inherited])
         for remote in self.config.initiate:
             if remote not in inherited:
                 self.initiate(remote)
@@ -463,10 +511,12 @@ class Agent:
             self.endpoint.shutdown(self.now())
             self.flush()
             await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
-        for timer in (self._timer, self._summary_timer, *self._install_retries.values()):
+        reconnects = (timer for _, timer in self._connect_retries.values())
+        for timer in (self._timer, self._summary_timer, *self._install_retries.values(), *reconnects):
             if timer is not None:
                 timer.cancel()
         self._install_retries.clear()
+        self._connect_retries.clear()
         self.summarise_logs()
         fd = self.dataplane.fileno()
         if fd is not None:
