@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar"), str(ROOT / "operator")]
 
 from machine import describe  # noqa: E402  (bench/, the script's own directory)
+
 from tests.scale.harness import PUSHBACK_COUNTERS, MeshOnOneMachine  # noqa: E402
 
 PHASE_LIMIT = 900.0  # seconds: give up on a phase (the figure says what was missing)

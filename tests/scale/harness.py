@@ -139,7 +139,7 @@ class MeshOnOneMachine(Demo):
     # -- reading -----------------------------------------------------------------------
     def statuses(self) -> dict[str, dict | None]:
         names = list(self.sidecars)
-        return dict(zip(names, self.pool.map(lambda n: self.sidecars[n].status(), names)))
+        return dict(zip(names, self.pool.map(lambda n: self.sidecars[n].status(), names), strict=True))
 
     def establishment(self, since: float, statuses: dict[str, dict | None] | None = None) -> Establishment:
         """Every unordered pair of running sidecars counts once both ends report an established
