@@ -136,12 +136,12 @@ async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
     since = int(_query_number(request, "version", VERSION_PATTERN))
     wait = min(float(_query_number(request, "wait", WAIT_PATTERN)), MAX_WAIT)
     pod = runtime.pod_of(caller)
-    current = await runtime.wait_for_peer_map(pod, since, wait)
-    if current is None:
+    document = await runtime.wait_for_peer_map_json(pod, since, wait)
+    if document is None:
         if runtime.peer_map(pod) is None:
             raise NotReady("no peer map for this pod yet")
         return web.Response(status=304)
-    return web.Response(body=current.to_json(), content_type="application/json")
+    return web.Response(body=document, content_type="application/json")
 
 
 @authenticated
