@@ -141,7 +141,17 @@ async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
         if runtime.peer_map(pod) is None:
             raise NotReady("no peer map for this pod yet")
         return web.Response(status=304)
-    return web.Response(body=document, content_type="application/json")
+    # Written, not returned as a Response body: aiohttp's connection loop keeps the last response
+    # until the next request ends, which for a long poll would hold every connection's last map.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(document)
+    try:
+        await response.prepare(request)
+        await response.write(document)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the sidecar left: it asks again with its last version
+    return response
 
 
 @authenticated
