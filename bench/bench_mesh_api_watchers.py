@@ -82,6 +82,7 @@ def main() -> int:
             return 1
         everyone = {pod_name(i, args.group) for i in range(args.pods)}
         for round_number in range(args.rotations):
+            load.settle(args.pods)  # every watcher back in its long poll: each is counted as woken
             before = load.ask("stats")
             change = load.ask("rotate-ca")
             if change["refused"]:
@@ -99,6 +100,7 @@ def main() -> int:
         woken, affected = 0, 0
         for n in range(args.pod_changes):
             pod = pod_name((n * 7919) % args.pods, args.group)
+            load.settle(args.pods)
             change = load.ask("move-pod", pod)
             latencies = load.delivery(change, set(map(tuple, change["affected_pods"])))
             pod_latencies.extend(latencies.values())
