@@ -12,6 +12,9 @@ REQUESTS_REFUSED = Counter(
 )
 PEER_MAP_WATCHERS = Gauge("ipsec_mesh_peer_map_watchers", "Sidecars waiting on a peer-map long-poll",
                           registry=REGISTRY)
+PEER_MAP_WATCHERS_WOKEN = Counter("ipsec_mesh_peer_map_watchers_woken",
+                                  "Peer-map long polls answered because their pod's map changed",
+                                  registry=REGISTRY)
 PEER_MAP_UPDATES = Counter("ipsec_mesh_peer_map_updates", "Pod peer maps invalidated by a change",
                            registry=REGISTRY)
 INDEXED_PODS = Gauge("ipsec_mesh_indexed_pods", "Injected pods in the mesh index", registry=REGISTRY)

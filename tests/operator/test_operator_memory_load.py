@@ -14,6 +14,7 @@ import ssl
 import time
 
 from ipsec_mesh.meshapi import MeshApiClient
+from ipsec_mesh_operator.model.settings import OperatorConfig
 from tests.operator.test_standalone_process import start_standalone, stop_standalone
 from tests.support.memcg import MemoryCgroup
 from tests.support.standalone_fixture import MESH, TRUST_DOMAIN, make_csr, write_mesh
@@ -89,7 +90,7 @@ async def test_the_operator_survives_slow_connections_and_long_polls_under_the_c
         peak = cgroup.peak()
         print(f"\nbaseline {baseline / 2**20:.1f} MiB; with {SLOW} slow connections held "
               f"{held / 2**20:.1f} MiB; peak {peak / 2**20:.1f} MiB of {CHART_LIMIT / 2**20:.0f} MiB; "
-              f"per connection at the cap (2048) {(held - baseline) / 2048 / 1024:.1f} KiB; "
+              f"per connection {(held - baseline) / min(SLOW, OperatorConfig.max_connections) / 1024:.1f} KiB; "
               f"polls: {sorted((s, statuses.count(s)) for s in set(statuses) if s is not None)}, "
               f"{statuses.count(None)} dropped")
         assert process.poll() is None, (tmp_path / "operator.log").read_text()[-2000:]

@@ -71,7 +71,8 @@ class OperatorRuntime:
         self.psk: dict[PeeringKey, PskRing] = {}
         self.reports: dict[PodKey, tuple[float, StatusReport]] = {}
         self.authenticator = TokenAuthenticator(self._token_review, config.token_audience)
-        self._watch_events: dict[PodKey, asyncio.Event] = {}
+        #: The pending long polls of each pod: resolved by the next change of its map, or by their timers.
+        self._watchers: dict[PodKey, set[asyncio.Future]] = {}
         #: Open mesh API requests per calling pod (only pods with one open are in it).
         self.requests_in_flight: dict[PodKey, int] = {}
         self.releasing_watchers = False
@@ -418,41 +419,65 @@ class OperatorRuntime:
 
     async def wait_for_peer_map(self, pod: PodKey, since: int, timeout: float) -> PeerMap | None:
         """The pod's map once its version is above `since`, or None after `timeout`."""
+        delivery = await self._wait_for_change(pod, since, timeout)
+        return None if delivery is None else delivery.peer_map
+
+    async def wait_for_peer_map_json(self, pod: PodKey, since: int, timeout: float) -> bytes | None:
+        """The same as JSON: the watchers of a pod woken by one change share one serialisation."""
+        delivery = await self._wait_for_change(pod, since, timeout)
+        return None if delivery is None else delivery.document()
+
+    async def _wait_for_change(self, pod: PodKey, since: int, timeout: float) -> _Delivery | None:
         if not (math.isfinite(timeout) and timeout >= 0):
             # A NaN deadline breaks the ordering of the event loop's timer heap: every timer stalls.
             raise ValueError(f"timeout must be a finite number of seconds, not {timeout!r}")
-        deadline = asyncio.get_running_loop().time() + timeout
         metrics.PEER_MAP_WATCHERS.inc()
         try:
-            while True:
-                if self.index.version(pod) > since or since == 0:
-                    return self.index.peer_map(pod)
-                remaining = deadline - asyncio.get_running_loop().time()
-                if self.releasing_watchers:
-                    return None  # shutting down: "no change yet"; the sidecar asks the next replica
-                if remaining <= 0:
-                    return None
-                event = self._watch_events.setdefault(pod, asyncio.Event())
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                except TimeoutError:
-                    return None
+            if self.index.version(pod) > since or since == 0:
+                return _Delivery.of(self.index.peer_map(pod))
+            if self.releasing_watchers or timeout <= 0:
+                return None  # shutting down: "no change yet"; the sidecar asks the next replica
+            # A bare future and a timer per long poll (no task, no Event): at 10,000 watchers the
+            # cost per waiting connection is what bounds a replica.
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[list[_Delivery | None]] = loop.create_future()
+            waiting = self._watchers.setdefault(pod, set())
+            waiting.add(woken)
+            timer = loop.call_later(timeout, _settle, woken, None)
+            try:
+                shared = await woken
+            finally:
+                timer.cancel()
+                waiting.discard(woken)
+                if not waiting and self._watchers.get(pod) is waiting:
+                    del self._watchers[pod]
+            if shared is None or self.index.version(pod) <= since:
+                return None  # timed out, or released at shutdown
+            if not shared:  # the first of this change's watchers to run builds what they all send
+                shared.append(_Delivery.of(self.index.peer_map(pod)))
+            return shared[0]
         finally:
             metrics.PEER_MAP_WATCHERS.dec()
 
     def release_watchers(self) -> None:
         """Answer every pending long poll now (shutdown): the HTTP server waits for open requests."""
         self.releasing_watchers = True
-        events, self._watch_events = self._watch_events, {}
-        for event in events.values():
-            event.set()
+        watchers, self._watchers = self._watchers, {}
+        for waiting in watchers.values():
+            for woken in list(waiting):
+                _settle(woken, None)
 
     def _on_maps_changed(self, pods: set[PodKey]) -> None:
         metrics.PEER_MAP_UPDATES.inc(len(pods))
+        count = 0
         for pod in pods:
-            event = self._watch_events.pop(pod, None)
-            if event is not None:
-                event.set()
+            waiting = self._watchers.pop(pod, None)
+            if waiting:
+                shared: list[_Delivery | None] = []
+                for woken in list(waiting):
+                    _settle(woken, shared)
+                count += len(waiting)
+        metrics.PEER_MAP_WATCHERS_WOKEN.inc(count)
 
     def record_status(self, pod: PodKey, report: StatusReport) -> None:
         """Keep what the pod says about the policies of its own peer map, within what they allow."""
@@ -498,6 +523,30 @@ class OperatorRuntime:
         return PeeringHealth(len(members), len(self.index.peer_pods(key)), established, reporting,
                              tuple(sorted(errors)[:5]),
                              self.index.one_sided_namespaces(spec) if spec is not None else ())
+
+
+class _Delivery:
+    """A pod's map as the watchers woken by one change send it: serialised once, by the first."""
+
+    __slots__ = ("peer_map", "_json")
+
+    def __init__(self, peer_map: PeerMap):
+        self.peer_map = peer_map
+        self._json: bytes | None = None
+
+    @classmethod
+    def of(cls, peer_map: PeerMap | None) -> _Delivery | None:
+        return None if peer_map is None else cls(peer_map)
+
+    def document(self) -> bytes:
+        if self._json is None:
+            self._json = self.peer_map.to_json()
+        return self._json
+
+
+def _settle(future: asyncio.Future, result: object) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _max_sas(policy: PeeringPolicy) -> int:

@@ -89,7 +89,7 @@ class OperatorConfig:
     liveness_port: int = 0
     liveness_max_stall: int = 30
     #: Open connections per HTTPS server (mesh API, webhooks); see docs/security-model.md for the memory.
-    max_connections: int = 2048
+    max_connections: int = 4096
     #: Seconds for a TLS handshake; then for request headers, and idle between requests.
     handshake_timeout: float = 5.0
     idle_timeout: float = 15.0

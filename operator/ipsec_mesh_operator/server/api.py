@@ -136,12 +136,22 @@ async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
     since = int(_query_number(request, "version", VERSION_PATTERN))
     wait = min(float(_query_number(request, "wait", WAIT_PATTERN)), MAX_WAIT)
     pod = runtime.pod_of(caller)
-    current = await runtime.wait_for_peer_map(pod, since, wait)
-    if current is None:
+    document = await runtime.wait_for_peer_map_json(pod, since, wait)
+    if document is None:
         if runtime.peer_map(pod) is None:
             raise NotReady("no peer map for this pod yet")
         return web.Response(status=304)
-    return web.Response(body=current.to_json(), content_type="application/json")
+    # Written, not returned as a Response body: aiohttp's connection loop keeps the last response
+    # until the next request ends, which for a long poll would hold every connection's last map.
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(document)
+    try:
+        await response.prepare(request)
+        await response.write(document)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the sidecar left: it asks again with its last version
+    return response
 
 
 @authenticated
