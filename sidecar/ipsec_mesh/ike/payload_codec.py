@@ -16,7 +16,7 @@ from typing import Callable
 from . import payloads as p
 from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 from .errors import ParseError
-from .wire import Reader, u16
+from .wire import Reader, remember, u16
 
 # Limits against hostile input (far above anything a sane peer sends).
 MAX_PROPOSALS = 64
@@ -31,6 +31,7 @@ _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
 _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
 _BBH, _BBBB = struct.Struct("!BBH"), struct.Struct("!BBBB")
+_PORTS = struct.Struct("!HH")
 # Encoding packs each fixed-size header in one call (these run for every payload sent).
 _TRANSFORM_HEADER = struct.Struct("!BxHBxH")  # last/more, length, transform type, transform ID
 _TV_ATTRIBUTE = struct.Struct("!HH")  # attribute type with the AF bit, value
@@ -117,6 +118,19 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
     if not 1 <= count <= MAX_TRANSFORMS:
         raise ParseError(f"proposal: {count} transforms, allowed 1..{MAX_TRANSFORMS}")
     spi = r.take(spi_size)
+    raw = r.rest()
+    # A peer offers the same transforms in every IKE SA (only the SPI changes): the bytes
+    # of a list decoded before map to its (immutable) result, which is all the parse yields.
+    key = (count, raw)
+    decoded = _TRANSFORM_LISTS.get(key)
+    if decoded is None:
+        decoded = _decode_transforms(Reader(raw, "proposal"), count)
+        remember(_TRANSFORM_LISTS, key, decoded)
+    transforms, acceptable = decoded
+    return p.Proposal(number, protocol, spi, transforms), acceptable
+
+
+def _decode_transforms(r: Reader, count: int) -> tuple[tuple[p.Transform, ...], bool]:
     transforms, acceptable = [], True
     for i in range(count):
         more, _, length = r.unpack(_BBH)
@@ -128,7 +142,12 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
         transforms.append(transform)
         acceptable = acceptable and understood
     r.expect_end()
-    return p.Proposal(number, protocol, spi, tuple(transforms)), acceptable
+    return tuple(transforms), acceptable
+
+
+# Results of pure parses, by the bytes parsed (`wire.remember` bounds them).
+_TRANSFORM_LISTS: dict[tuple[int, bytes], tuple[tuple[p.Transform, ...], bool]] = {}
+_SELECTORS: dict[tuple[int, int, bytes], p.TrafficSelector] = {}
 
 
 def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
@@ -272,9 +291,15 @@ def _decode_selector(r: Reader) -> p.TrafficSelector:
     expected_length, addr_len = _TS_LAYOUT[ts_type]
     if length != expected_length:
         raise ParseError(f"TS: type {ts_type} selector of length {length}, expected {expected_length}")
-    start_port, end_port = r.u16(), r.u16()
-    start, end = (ipaddress.ip_address(r.take(addr_len)) for _ in range(2))
-    return p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
+    key = (ts_type, ip_protocol, r.take(length - 4))
+    selector = _SELECTORS.get(key)
+    if selector is None:
+        raw = key[2]
+        start_port, end_port = _PORTS.unpack_from(raw)
+        start, end = ipaddress.ip_address(raw[4:4 + addr_len]), ipaddress.ip_address(raw[4 + addr_len:])
+        selector = p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
+        remember(_SELECTORS, key, selector)
+    return selector
 
 
 def _encode_ts(ts: p.TsPayload) -> bytes:

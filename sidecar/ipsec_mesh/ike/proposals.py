@@ -9,6 +9,7 @@ ciphers only (so no INTEG transform is ever offered or accepted).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .constants import (
@@ -22,6 +23,7 @@ from .constants import (
 )
 from .errors import NoProposalChosen
 from .payloads import Proposal, Transform
+from .wire import remember
 
 ENCR_NAMES: dict[str, tuple[EncrId, int | None]] = {
     "aes128gcm16": (EncrId.AES_GCM_16, 128),
@@ -245,6 +247,23 @@ def _offered_values(proposal: Proposal) -> dict[int, set] | None:
 def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     if offer.protocol != ours.protocol:
         return None
+    # The choice depends only on our spec and the offered transforms (both immutable):
+    # peers offer the same ones in every IKE SA, so it is computed once per combination.
+    key = (ours, offer.transforms)
+    choice = _CHOICES.get(key, _UNSEEN)
+    if choice is _UNSEEN:
+        choice = _choose(ours, offer)
+        remember(_CHOICES, key, choice)
+    if choice is None:
+        return None
+    return dataclasses.replace(choice, number=offer.number, spi=offer.spi)
+
+
+_CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
+_UNSEEN = object()
+
+
+def _choose(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     offered = _offered_values(offer)
     if offered is None:
         return None
