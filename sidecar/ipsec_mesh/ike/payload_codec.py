@@ -346,7 +346,8 @@ def _data_of(payload) -> bytes:
 
 # -- dispatch -----------------------------------------------------------------
 
-_DECODERS: dict[int, Callable[[bytes], object]] = {
+# By payload type; message.py's chain decoder looks them up directly.
+DECODERS: dict[int, Callable[[bytes], p.Payload]] = {
     PayloadType.SA: _decode_sa,
     PayloadType.KE: _decode_ke,
     PayloadType.IDi: _typed_decoder(p.IdiPayload, "IDi", 3),
@@ -384,13 +385,9 @@ _ENCODERS: dict[type, Callable] = {
 }
 
 
-def has_body_decoder(ptype: int) -> bool:
-    return ptype in _DECODERS
-
-
 def decode_body(ptype: int, body: bytes) -> p.Payload:
     """The payload object for a known plain (not SK/SKF) payload type."""
-    return _DECODERS[ptype](body)
+    return DECODERS[ptype](body)
 
 
 def encode_body(payload) -> bytes:
