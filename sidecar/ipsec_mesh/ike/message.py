@@ -162,17 +162,12 @@ def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
     last = count - 1
     for i, payload in enumerate(payloads):
         types.append(p.payload_type_of(payload))
-        if isinstance(payload, p.EncryptedPayload):
-            if i != last:
-                raise ValueError("SK/SKF must be the last payload")
-            bodies.append(payload.raw)
-        elif isinstance(payload, p.EncryptedFragment):
-            if i != last:
-                raise ValueError("SK/SKF must be the last payload")
-            bodies.append(u16(payload.number) + u16(payload.total) + payload.raw)
+        if payload.__class__ in _AS_RECEIVED:
+            body, flag = _as_received(payload, i == last)
         else:
-            bodies.append(encode_body(payload))
-        flags.append(_CRITICAL if isinstance(payload, p.UnknownPayload) and payload.critical else 0)
+            body, flag = encode_body(payload), 0
+        bodies.append(body)
+        flags.append(flag)
     final = payloads[last]
     types.append(final.first_inner if isinstance(final, (p.EncryptedPayload, p.EncryptedFragment))
                  else PayloadType.NONE)
@@ -184,6 +179,21 @@ def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
         parts.append(pack(types[i + 1], flags[i], 4 + len(body)))
         parts.append(body)
     return types[0], b"".join(parts)
+
+
+_AS_RECEIVED = frozenset({p.EncryptedPayload, p.EncryptedFragment, p.UnknownPayload})
+
+
+def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
+    """(body, flags) of a payload kept as it came: SK/SKF (last only) or an unknown payload."""
+    if isinstance(payload, p.UnknownPayload):
+        return payload.data, _CRITICAL if payload.critical else 0
+    if not is_last:
+        raise ValueError("SK/SKF must be the last payload")
+    if isinstance(payload, p.EncryptedPayload):
+        return payload.raw, 0
+    assert isinstance(payload, p.EncryptedFragment)
+    return u16(payload.number) + u16(payload.total) + payload.raw, 0
 
 
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:

@@ -9,8 +9,8 @@ ciphers only (so no INTEG transform is ever offered or accepted).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 from .constants import (
     AEAD_ENCR,
@@ -113,6 +113,12 @@ class ProposalSpec:
         """The ESP proposal as sent in IKE_AUTH, where no key exchange happens."""
         return ProposalSpec(self.protocol, self.encr, self.prf, (), self.esn, ())
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)  # keyed by our own configuration's proposals
+    def all_without_ke(specs: tuple["ProposalSpec", ...]) -> tuple["ProposalSpec", ...]:
+        """`without_ke` of each, computed once per configured tuple (every IKE_AUTH asks)."""
+        return tuple(spec.without_ke() for spec in specs)
+
     def __str__(self) -> str:
         parts = [ENCR_LABEL.get(e, f"encr{e[0]}") for e in self.encr]
         parts += [PRF_LABEL.get(p, f"prf{p}") for p in self.prf]
@@ -207,6 +213,15 @@ class Selected:
 
     def to_payload(self, spi: bytes) -> Proposal:
         """The single-transform-per-type proposal to answer with."""
+        return Proposal(self.number, self.protocol, spi, _answer_transforms(self.shape))
+
+    @property
+    def shape(self) -> "Selected":
+        """This selection without the per-message fields (proposal number, SPI)."""
+        return replace(self, number=1, spi=b"") if self.number != 1 or self.spi else self
+
+    def transforms(self) -> tuple[Transform, ...]:
+        """One transform per negotiated type (to_payload's, without the memo)."""
         ts = [Transform(TransformType.ENCR, self.encr, self.key_bits)]
         if self.prf is not None:
             ts.append(Transform(TransformType.PRF, self.prf))
@@ -216,9 +231,13 @@ class Selected:
             ts.append(Transform(TransformType.ESN, EsnId.ESN if self.esn else EsnId.NO_ESN))
         for i, k in enumerate(self.addke):
             ts.append(Transform(ADDKE_TYPES[i], k))
-        return Proposal(self.number, self.protocol, spi, tuple(ts))
+        return tuple(ts)
 
     def describe(self) -> str:
+        return _label(self.shape)
+
+    def label(self) -> str:
+        """describe() without the memo."""
         parts = [ENCR_LABEL.get((self.encr, self.key_bits), f"encr{self.encr}")]
         if self.prf is not None:
             parts.append(PRF_LABEL.get(self.prf, f"prf{self.prf}"))
@@ -229,6 +248,10 @@ class Selected:
             parts.append("esn" if self.esn else "noesn")
         return "-".join(parts)
 
+
+# Selections come from our own proposals: a handful of shapes per configuration.
+_answer_transforms = functools.lru_cache(maxsize=64)(Selected.transforms)
+_label = functools.lru_cache(maxsize=64)(Selected.label)
 
 _KNOWN_TYPES = frozenset(TransformType)
 
@@ -256,7 +279,7 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
         remember(_CHOICES, key, choice)
     if choice is None:
         return None
-    return dataclasses.replace(choice, number=offer.number, spi=offer.spi)
+    return replace(choice, number=offer.number, spi=offer.spi)
 
 
 _CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
