@@ -40,6 +40,7 @@ from bench_ike_responder import (  # noqa: E402  (bench/, the script's own direc
     build_shim,
     cannot_run,
     cpu_times,
+    link_up,
     load_arguments,
     machine,
     run_loadgen,
@@ -106,6 +107,7 @@ def measure(initiator: str, responder: str, auth: str, sas: int, window: int, wo
     deadline = max(30.0, sas * 0.05)
     with Topology() as topology:
         pair = topology.pair(ipv6=False)
+        link_up(pair)
         creds = Credentials.make(auth)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "responder").mkdir()

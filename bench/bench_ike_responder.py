@@ -171,9 +171,19 @@ def run_loadgen(ns: Namespace, workdir: Path, creds: Credentials, sas: int, wind
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def link_up(pair) -> None:
+    """Wait (bounded) until the new link carries traffic: on a loaded machine a fresh veth
+    pair took seconds, and the load generator's IKE_SA_INITs timed out meanwhile."""
+    for _ in range(20):
+        if pair.left.run(["ping", "-c1", "-W1", RESPONDER_ADDR], check=False).returncode == 0:
+            return
+    raise RuntimeError(f"no ping reply from {RESPONDER_ADDR} in 20 tries")
+
+
 def measure(topology: Topology, implementation: str, auth: str, sas: int, window: int, workdir: Path,
             shim: Path, profile: Path | None = None) -> Result:
     pair = topology.pair(ipv6=False)
+    link_up(pair)
     creds = Credentials.make(auth)
     workdir.mkdir(parents=True, exist_ok=True)
     if implementation == "charon":
