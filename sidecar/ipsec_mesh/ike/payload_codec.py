@@ -89,11 +89,9 @@ def _decode_sa(body: bytes) -> p.SaPayload:
     while more != _LAST:
         if len(proposals) == MAX_PROPOSALS:
             raise ParseError(f"SA: more than {MAX_PROPOSALS} proposals")
-        more = r.u8()
+        more, _, length = r.unpack(_BBH)
         if more not in (_LAST, _MORE_PROPOSALS):
             raise ParseError(f"SA: bad last-substructure value {more}")
-        r.skip(1)
-        length = r.u16()
         if length < 8:
             raise ParseError(f"SA: proposal length {length} < 8")
         proposals.append(_decode_proposal(r.sub(length - 4, "proposal")))
@@ -174,11 +172,12 @@ def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
 
 # -- simple "type + reserved + data" payloads ---------------------------------
 
+# The payloads below have a short fixed header and are sliced directly (no Reader):
+# every IKE SA carries several of them.
 def _decode_ke(body: bytes) -> p.KePayload:
-    r = Reader(body, "KE")
-    group = r.u16()
-    r.skip(2)
-    return p.KePayload(group, r.rest())
+    if len(body) < 4:
+        raise ParseError(f"KE: needs 4 bytes, {len(body)} left")
+    return p.KePayload(body[0] << 8 | body[1], body[4:])
 
 
 def _encode_ke(ke: p.KePayload) -> bytes:
@@ -188,11 +187,12 @@ def _encode_ke(ke: p.KePayload) -> bytes:
 def _typed_decoder(cls: type, what: str, reserved: int) -> Callable[[bytes], object]:
     """Decoder for payloads made of a 1-byte type, `reserved` zero bytes, then data."""
 
+    header = 1 + reserved
+
     def decode(body: bytes):
-        r = Reader(body, what)
-        kind = r.u8()
-        r.skip(reserved)
-        return cls(kind, r.rest())
+        if len(body) < header:
+            raise ParseError(f"{what}: needs {header} bytes, {len(body)} left")
+        return cls(body[0], body[header:])
 
     return decode
 
