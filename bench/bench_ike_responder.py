@@ -45,6 +45,7 @@ PSK = "bench-psk-0123456789abcdef0123456789"
 LOADGEN_ADDR, RESPONDER_ADDR = "10.0.0.1", "10.0.0.2"
 LOADGEN_ID, RESPONDER_ID = "loadgen.bench.pod.mesh.test", "responder.bench.pod.mesh.test"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LINK_TRIES = 90  # pings of at most 1 s each
 # charon as deployed: log level 1 for every subsystem (its default), like our sidecar at info.
 CHARON_LOG = {"default": 1, "ike": 1, "cfg": 1, "net": 1, "enc": 1, "knl": 1}
 OUR_IKE_SETTINGS = {"dpd": 0, "retransmitTimeout": 2, "cookieThreshold": 1_000_000,
@@ -172,12 +173,13 @@ def run_loadgen(ns: Namespace, workdir: Path, creds: Credentials, sas: int, wind
 
 
 def link_up(pair) -> None:
-    """Wait (bounded) until the new link carries traffic: on a loaded machine a fresh veth
-    pair took seconds, and the load generator's IKE_SA_INITs timed out meanwhile."""
-    for _ in range(20):
+    """Wait (bounded) until the new link carries traffic: on a loaded machine (other runs
+    creating and deleting namespaces) a fresh veth pair took up to 20 s, and the load
+    generator's IKE_SA_INITs timed out meanwhile."""
+    for _ in range(LINK_TRIES):
         if pair.left.run(["ping", "-c1", "-W1", RESPONDER_ADDR], check=False).returncode == 0:
             return
-    raise RuntimeError(f"no ping reply from {RESPONDER_ADDR} in 20 tries")
+    raise RuntimeError(f"no ping reply from {RESPONDER_ADDR} in {LINK_TRIES} tries")
 
 
 def measure(topology: Topology, implementation: str, auth: str, sas: int, window: int, workdir: Path,
