@@ -46,6 +46,7 @@ PSK = "bench-psk-0123456789abcdef0123456789"
 LOADGEN_ADDR, RESPONDER_ADDR = "10.0.0.1", "10.0.0.2"
 LOADGEN_ID, RESPONDER_ID = "loadgen.bench.pod.mesh.test", "responder.bench.pod.mesh.test"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LINK_TRIES = 90  # pings of at most 1 s each
 # charon as deployed: log level 1 for every subsystem (its default), like our sidecar at info.
 CHARON_LOG = {"default": 1, "ike": 1, "cfg": 1, "net": 1, "enc": 1, "knl": 1}
 OUR_IKE_SETTINGS = {"dpd": 0, "retransmitTimeout": 2, "cookieThreshold": 1_000_000,
@@ -89,22 +90,32 @@ class Result:
 
 
 class CharonResponder:
+    """charon as the responder (10.0.0.2), or with `initiator=True` as the initiator (10.0.0.1)
+    that bench_ike_initiator.py drives over vici."""
+
     name = "charon"
 
-    def __init__(self, ns: Namespace, workdir: Path, creds: Credentials, shim: Path):
+    def __init__(self, ns: Namespace, workdir: Path, creds: Credentials, shim: Path, initiator: bool = False):
+        settings = {"dos_protection": False, "retransmit_timeout": 2.0}
+        local, remote, local_id, remote_id = RESPONDER_ADDR, LOADGEN_ADDR, RESPONDER_ID, LOADGEN_ID
+        if initiator:
+            local, remote, local_id, remote_id = LOADGEN_ADDR, RESPONDER_ADDR, LOADGEN_ID, RESPONDER_ID
+            # Every `initiate` makes a new IKE SA, as the load generator does (charon would
+            # otherwise add each CHILD_SA to the first IKE SA with CREATE_CHILD_SA).
+            settings["reuse_ikesa"] = False
         self.charon = Charon(ns, workdir, "charon", fake_esp=True, shim_path=shim, log_levels=CHARON_LOG,
-                             settings={"dos_protection": False, "retransmit_timeout": 2.0})
-        child = Child(mode="transport", esp_proposals=ESP, local_ts=f"{RESPONDER_ADDR}/32",
-                      remote_ts=f"{LOADGEN_ADDR}/32", options={"policies": False})
-        conn = Connection(local_addrs=RESPONDER_ADDR, remote_addrs=LOADGEN_ADDR, local_id=RESPONDER_ID,
-                          remote_id=LOADGEN_ID, proposals=IKE, children={"bench": child},
+                             settings=settings)
+        child = Child(mode="transport", esp_proposals=ESP, local_ts=f"{local}/32",
+                      remote_ts=f"{remote}/32", options={"policies": False})
+        conn = Connection(local_addrs=local, remote_addrs=remote, local_id=local_id,
+                          remote_id=remote_id, proposals=IKE, children={"bench": child},
                           options={"unique": "never"})
         if creds.psk is not None:
             self.charon.add_psk(creds.psk, RESPONDER_ID, LOADGEN_ID)
         else:
-            issued = creds.issue("charon", RESPONDER_ID)
+            issued = creds.issue("charon-initiator" if initiator else "charon", local_id)
             conn.auth = "pubkey"
-            conn.local_certs = self.charon.add_identity("responder", issued.cert_pem(), issued.key_pem(),
+            conn.local_certs = self.charon.add_identity("local", issued.cert_pem(), issued.key_pem(),
                                                         (creds.pki.root.cert_pem(),))
         self.charon.add_connection("bench", conn)
 
@@ -162,9 +173,20 @@ def run_loadgen(ns: Namespace, workdir: Path, creds: Credentials, sas: int, wind
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def link_up(pair) -> None:
+    """Wait (bounded) until the new link carries traffic: on a loaded machine (other runs
+    creating and deleting namespaces) a fresh veth pair took up to 20 s, and the load
+    generator's IKE_SA_INITs timed out meanwhile."""
+    for _ in range(LINK_TRIES):
+        if pair.left.run(["ping", "-c1", "-W1", RESPONDER_ADDR], check=False).returncode == 0:
+            return
+    raise RuntimeError(f"no ping reply from {RESPONDER_ADDR} in {LINK_TRIES} tries")
+
+
 def measure(topology: Topology, implementation: str, auth: str, sas: int, window: int, workdir: Path,
             shim: Path, profile: Path | None = None) -> Result:
     pair = topology.pair(ipv6=False)
+    link_up(pair)
     creds = Credentials.make(auth)
     workdir.mkdir(parents=True, exist_ok=True)
     if implementation == "charon":
@@ -235,20 +257,30 @@ def report(results: list[Result], info: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_arguments(parser: argparse.ArgumentParser, rounds: int) -> None:
+    """The options this benchmark shares with bench_ike_initiator.py."""
     parser.add_argument("--sas", type=int, default=1000, help="IKE SAs per measurement")
     parser.add_argument("--window", type=int, default=50, help="IKE SAs in flight at once")
     parser.add_argument("--auth", choices=["psk", "ecdsa", "both"], default="both")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure each responder this many times, alternating; the ratio uses medians")
-    parser.add_argument("--only", choices=["ours", "charon"], help="measure one responder only")
-    parser.add_argument("--profile", type=Path, help="also run ours under cProfile, dump the stats here")
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help="measure each side this many times, alternating; the ratios use medians")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    args = parser.parse_args(argv)
+
+
+def cannot_run() -> bool:
     reason = netns_supported() or missing_requirements()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
+    return bool(reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    load_arguments(parser, rounds=1)
+    parser.add_argument("--only", choices=["ours", "charon"], help="measure one responder only")
+    parser.add_argument("--profile", type=Path, help="also run ours under cProfile, dump the stats here")
+    args = parser.parse_args(argv)
+    if cannot_run():
         return 2
     auths = ["psk", "ecdsa"] if args.auth == "both" else [args.auth]
     implementations = [args.only] if args.only else ["charon", "ours"]

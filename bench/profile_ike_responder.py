@@ -1,4 +1,4 @@
-"""Where our responder's CPU time goes, without namespaces or sockets: quick to iterate on.
+"""Where our responder's (or initiator's) CPU time goes, without namespaces or sockets: quick to iterate on.
 
 Runs N IKE SAs (one CHILD_SA each, the same proposals and credentials as
 bench_ike_responder.py) between load-generator endpoints and ONE responder
@@ -7,6 +7,7 @@ the responder are profiled (cProfile on CPU time); prints the CPU time per IKE S
 those calls and the hottest functions.
 
     python bench/profile_ike_responder.py [--sas 1000] [--auth psk|ecdsa] [--window 50] [--top 30]
+        [--side responder|initiator] [--no-profile]
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def specs(auth: str, workdir: Path, sas: int, window: int) -> tuple[Spec, Spec]:
     return spec(0, files[0]), spec(1, files[1])
 
 
-def run(auth: str, sas: int, window: int, profiler: cProfile.Profile) -> tuple[float, int]:
-    """CPU seconds spent inside the responder, and IKE SAs established."""
+def run(auth: str, sas: int, window: int, profiler: cProfile.Profile, side: str = "responder") -> tuple[float, int]:
+    """CPU seconds spent inside the responder (or the initiators), and IKE SAs established."""
     with tempfile.TemporaryDirectory() as tmp:
         generator_spec, responder_spec = specs(auth, Path(tmp), sas, window)
         generator_config, responder_config = peer_config(generator_spec), peer_config(responder_spec)
@@ -63,10 +64,15 @@ def run(auth: str, sas: int, window: int, profiler: cProfile.Profile) -> tuple[f
                             half_open_limit_per_source=10**9)
     cpu, established, started, now = 0.0, 0, 0, 0.0
     in_flight: dict[bytes, IkeEndpoint] = {}
+    ours = side == "responder"  # which side's calls are timed and profiled
     while (started < sas or in_flight) and now < 10_000:
         while len(in_flight) < window and started < sas:
+            began = time.process_time()
+            profiler.enable() if not ours else None
             endpoint = IkeEndpoint(lambda local, remote: None)
             sa = endpoint.initiate(generator_config, LOADGEN, RESPONDER, now, generator_config.children[0])
+            profiler.disable() if not ours else None
+            cpu += 0.0 if ours else time.process_time() - began
             in_flight[sa.spi_i] = endpoint
             started += 1
         requests = [(spi, d) for spi, e in in_flight.items() for d in e.datagrams()]
@@ -74,16 +80,21 @@ def run(auth: str, sas: int, window: int, profiler: cProfile.Profile) -> tuple[f
             break
         for spi, request in requests:
             began = time.process_time()
-            profiler.enable()
+            profiler.enable() if ours else None
             responder.receive(request.data, RESPONDER, LOADGEN, now)
             responder.events()
             replies = responder.datagrams()
-            profiler.disable()
-            cpu += time.process_time() - began
+            profiler.disable() if ours else None
+            cpu += time.process_time() - began if ours else 0.0
             for reply in replies:
                 endpoint = in_flight[reply.data[:8]]
+                began = time.process_time()
+                profiler.enable() if not ours else None
                 endpoint.receive(reply.data, LOADGEN, RESPONDER, now)
-                if any(isinstance(e, ChildSaInstallOutbound) for e in endpoint.events()):
+                events = endpoint.events()
+                profiler.disable() if not ours else None
+                cpu += 0.0 if ours else time.process_time() - began
+                if any(isinstance(e, ChildSaInstallOutbound) for e in events):
                     established += 1
                     del in_flight[spi]
         now += 0.001
@@ -107,11 +118,14 @@ def main() -> int:
     parser.add_argument("--auth", choices=["psk", "ecdsa"], default="psk")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--no-profile", action="store_true", help="time only (cProfile triples the cost)")
+    parser.add_argument("--side", choices=["responder", "initiator"], default="responder",
+                        help="whose calls to time: the responder's or the initiators' (theirs include "
+                             "creating an endpoint per IKE SA, as the load generator does)")
     args = parser.parse_args()
     profiler = _NoProfiler() if args.no_profile else cProfile.Profile(time.process_time)
-    cpu, established = run(args.auth, args.sas, args.window, profiler)
+    cpu, established = run(args.auth, args.sas, args.window, profiler, args.side)
     under = "" if args.no_profile else " (under cProfile)"
-    print(f"{args.auth}: {established}/{args.sas} IKE SAs, responder CPU {1000 * cpu / max(established, 1):.3f} ms "
+    print(f"{args.auth}: {established}/{args.sas} IKE SAs, {args.side} CPU {1000 * cpu / max(established, 1):.3f} ms "
           f"per IKE SA{under}")
     if not args.no_profile:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)

@@ -21,7 +21,7 @@ from .payloads import (
     TsiPayload,
     TsrPayload,
 )
-from .proposals import Selected, select
+from .proposals import ProposalSpec, Selected, select
 from .selectors import check_subset, narrow
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke:
         if not ts_i or not ts_r:
             last_error = TsUnacceptable(f"traffic selectors do not match {config.name}")
             continue
-        proposals = config.esp_proposals if with_ke else tuple(p.without_ke() for p in config.esp_proposals)
+        proposals = config.esp_proposals if with_ke else ProposalSpec.all_without_ke(config.esp_proposals)
         try:
             selected = select(sa.proposals, list(proposals))
         except NoProposalChosen as exc:

@@ -48,6 +48,9 @@ class TaskManager:
         self.queued: deque[Task] = deque()
         self.reassembly: dict[tuple[int, bool], Reassembler] = {}
         self.responders: dict[int, Responder] = sa.exchanges.responders()
+        # The responders with timers of their own (most have none): asked on every datagram.
+        self._timed = [r for r in dict.fromkeys(self.responders.values())
+                       if type(r).next_timer is not Responder.next_timer]
 
     # -- the queue ----------------------------------------------------------------------
     def queue(self, task: Task, now: float) -> None:
@@ -100,7 +103,7 @@ class TaskManager:
 
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
-        times = [t for t in (r.next_timer() for r in self.responders.values()) if t is not None]
+        times = [t for t in (r.next_timer() for r in self._timed) if t is not None]
         if self.outstanding is not None:
             times.append(self.outstanding.next_at)
         return min(times) if times else None

@@ -22,7 +22,8 @@ from .constants import (
     PayloadType,
 )
 from .errors import IntegrityError, InvalidMajorVersion, ParseError, UnsupportedCriticalPayload
-from .payload_codec import decode_body, encode_body, has_body_decoder, known
+from .payload_codec import DECODERS as _DECODERS
+from .payload_codec import encode_body, known
 from .wire import Reader, u16, u32
 
 MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever parsed or built
@@ -121,15 +122,15 @@ def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list
                 raise ParseError(f"payload {ptype} is not the last payload")
             payloads.append(_decode_encrypted(ptype, next_type, body))
             return payloads
-        payloads.append(_decode_plain(ptype, bool(flags & _CRITICAL), body))
+        decoder = _DECODERS.get(ptype)
+        # Known payloads ignore the critical bit.
+        payloads.append(decoder(body) if decoder is not None else _decode_unknown(ptype, bool(flags & _CRITICAL), body))
         ptype = next_type
     r.expect_end()
     return payloads
 
 
-def _decode_plain(ptype: int, critical: bool, body: bytes) -> p.Payload:
-    if has_body_decoder(ptype):
-        return decode_body(ptype, body)  # known payloads ignore the critical bit
+def _decode_unknown(ptype: int, critical: bool, body: bytes) -> p.Payload:
     if critical:
         raise UnsupportedCriticalPayload(f"unsupported critical payload {ptype}", ptype)
     return p.UnknownPayload(ptype, critical, body)
@@ -149,25 +150,50 @@ def _decode_encrypted(ptype: int, first_inner: int, body: bytes) -> p.EncryptedP
 
 def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
     """(type of the first payload, the chain's bytes). SK/SKF objects go out as received."""
-    if len(payloads) > MAX_PAYLOADS:
-        raise ValueError(f"{len(payloads)} payloads, at most {MAX_PAYLOADS}")
-    out = bytearray()
-    types = [p.payload_type_of(payload) for payload in payloads]
+    count = len(payloads)
+    if count > MAX_PAYLOADS:
+        raise ValueError(f"{count} payloads, at most {MAX_PAYLOADS}")
+    if not count:
+        return PayloadType.NONE, b""
+    # Bodies first (each payload's generic header names the type of the one after it).
+    types: list[int] = []
+    flags: list[int] = []
+    bodies: list[bytes] = []
+    last = count - 1
     for i, payload in enumerate(payloads):
-        following = types[i + 1] if i + 1 < len(types) else PayloadType.NONE
-        if isinstance(payload, (p.EncryptedPayload, p.EncryptedFragment)):
-            if i != len(payloads) - 1:
-                raise ValueError("SK/SKF must be the last payload")
-            following = payload.first_inner
-            body = payload.raw if isinstance(payload, p.EncryptedPayload) else (
-                u16(payload.number) + u16(payload.total) + payload.raw)
+        types.append(p.payload_type_of(payload))
+        if payload.__class__ in _AS_RECEIVED:
+            body, flag = _as_received(payload, i == last)
         else:
-            body = encode_body(payload)
-        flags = _CRITICAL if isinstance(payload, p.UnknownPayload) and payload.critical else 0
+            body, flag = encode_body(payload), 0
+        bodies.append(body)
+        flags.append(flag)
+    final = payloads[last]
+    types.append(final.first_inner if isinstance(final, (p.EncryptedPayload, p.EncryptedFragment))
+                 else PayloadType.NONE)
+    parts = []
+    pack = _GENERIC_HEADER.pack
+    for i, body in enumerate(bodies):
         if len(body) > 0xFFFF - 4:
             raise ValueError(f"payload {types[i]}: {len(body)} bytes do not fit its 16-bit length")
-        out += _GENERIC_HEADER.pack(following, flags, 4 + len(body)) + body
-    return (types[0] if types else PayloadType.NONE), bytes(out)
+        parts.append(pack(types[i + 1], flags[i], 4 + len(body)))
+        parts.append(body)
+    return types[0], b"".join(parts)
+
+
+_AS_RECEIVED = frozenset({p.EncryptedPayload, p.EncryptedFragment, p.UnknownPayload})
+
+
+def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
+    """(body, flags) of a payload kept as it came: SK/SKF (last only) or an unknown payload."""
+    if isinstance(payload, p.UnknownPayload):
+        return payload.data, _CRITICAL if payload.critical else 0
+    if not is_last:
+        raise ValueError("SK/SKF must be the last payload")
+    if isinstance(payload, p.EncryptedPayload):
+        return payload.raw, 0
+    assert isinstance(payload, p.EncryptedFragment)
+    return u16(payload.number) + u16(payload.total) + payload.raw, 0
 
 
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:

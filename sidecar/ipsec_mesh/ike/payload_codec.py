@@ -16,7 +16,7 @@ from typing import Callable
 from . import payloads as p
 from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 from .errors import ParseError
-from .wire import Reader, u16
+from .wire import Reader, remember, u16
 
 # Limits against hostile input (far above anything a sane peer sends).
 MAX_PROPOSALS = 64
@@ -31,6 +31,7 @@ _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
 _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
 _BBH, _BBBB = struct.Struct("!BBH"), struct.Struct("!BBBB")
+_PORTS = struct.Struct("!HH")
 # Encoding packs each fixed-size header in one call (these run for every payload sent).
 _TRANSFORM_HEADER = struct.Struct("!BxHBxH")  # last/more, length, transform type, transform ID
 _TV_ATTRIBUTE = struct.Struct("!HH")  # attribute type with the AF bit, value
@@ -88,11 +89,9 @@ def _decode_sa(body: bytes) -> p.SaPayload:
     while more != _LAST:
         if len(proposals) == MAX_PROPOSALS:
             raise ParseError(f"SA: more than {MAX_PROPOSALS} proposals")
-        more = r.u8()
+        more, _, length = r.unpack(_BBH)
         if more not in (_LAST, _MORE_PROPOSALS):
             raise ParseError(f"SA: bad last-substructure value {more}")
-        r.skip(1)
-        length = r.u16()
         if length < 8:
             raise ParseError(f"SA: proposal length {length} < 8")
         proposals.append(_decode_proposal(r.sub(length - 4, "proposal")))
@@ -117,6 +116,19 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
     if not 1 <= count <= MAX_TRANSFORMS:
         raise ParseError(f"proposal: {count} transforms, allowed 1..{MAX_TRANSFORMS}")
     spi = r.take(spi_size)
+    raw = r.rest()
+    # A peer offers the same transforms in every IKE SA (only the SPI changes): the bytes
+    # of a list decoded before map to its (immutable) result, which is all the parse yields.
+    key = (count, raw)
+    decoded = _TRANSFORM_LISTS.get(key)
+    if decoded is None:
+        decoded = _decode_transforms(Reader(raw, "proposal"), count)
+        remember(_TRANSFORM_LISTS, key, decoded)
+    transforms, acceptable = decoded
+    return p.Proposal(number, protocol, spi, transforms), acceptable
+
+
+def _decode_transforms(r: Reader, count: int) -> tuple[tuple[p.Transform, ...], bool]:
     transforms, acceptable = [], True
     for i in range(count):
         more, _, length = r.unpack(_BBH)
@@ -128,7 +140,12 @@ def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
         transforms.append(transform)
         acceptable = acceptable and understood
     r.expect_end()
-    return p.Proposal(number, protocol, spi, tuple(transforms)), acceptable
+    return tuple(transforms), acceptable
+
+
+# Results of pure parses, by the bytes parsed (`wire.remember` bounds them).
+_TRANSFORM_LISTS: dict[tuple[int, bytes], tuple[tuple[p.Transform, ...], bool]] = {}
+_SELECTORS: dict[tuple[int, int, bytes], p.TrafficSelector] = {}
 
 
 def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
@@ -155,11 +172,12 @@ def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
 
 # -- simple "type + reserved + data" payloads ---------------------------------
 
+# The payloads below have a short fixed header and are sliced directly (no Reader):
+# every IKE SA carries several of them.
 def _decode_ke(body: bytes) -> p.KePayload:
-    r = Reader(body, "KE")
-    group = r.u16()
-    r.skip(2)
-    return p.KePayload(group, r.rest())
+    if len(body) < 4:
+        raise ParseError(f"KE: needs 4 bytes, {len(body)} left")
+    return p.KePayload(body[0] << 8 | body[1], body[4:])
 
 
 def _encode_ke(ke: p.KePayload) -> bytes:
@@ -169,11 +187,12 @@ def _encode_ke(ke: p.KePayload) -> bytes:
 def _typed_decoder(cls: type, what: str, reserved: int) -> Callable[[bytes], object]:
     """Decoder for payloads made of a 1-byte type, `reserved` zero bytes, then data."""
 
+    header = 1 + reserved
+
     def decode(body: bytes):
-        r = Reader(body, what)
-        kind = r.u8()
-        r.skip(reserved)
-        return cls(kind, r.rest())
+        if len(body) < header:
+            raise ParseError(f"{what}: needs {header} bytes, {len(body)} left")
+        return cls(body[0], body[header:])
 
     return decode
 
@@ -272,9 +291,15 @@ def _decode_selector(r: Reader) -> p.TrafficSelector:
     expected_length, addr_len = _TS_LAYOUT[ts_type]
     if length != expected_length:
         raise ParseError(f"TS: type {ts_type} selector of length {length}, expected {expected_length}")
-    start_port, end_port = r.u16(), r.u16()
-    start, end = (ipaddress.ip_address(r.take(addr_len)) for _ in range(2))
-    return p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
+    key = (ts_type, ip_protocol, r.take(length - 4))
+    selector = _SELECTORS.get(key)
+    if selector is None:
+        raw = key[2]
+        start_port, end_port = _PORTS.unpack_from(raw)
+        start, end = ipaddress.ip_address(raw[4:4 + addr_len]), ipaddress.ip_address(raw[4 + addr_len:])
+        selector = p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
+        remember(_SELECTORS, key, selector)
+    return selector
 
 
 def _encode_ts(ts: p.TsPayload) -> bytes:
@@ -321,7 +346,8 @@ def _data_of(payload) -> bytes:
 
 # -- dispatch -----------------------------------------------------------------
 
-_DECODERS: dict[int, Callable[[bytes], object]] = {
+# By payload type; message.py's chain decoder looks them up directly.
+DECODERS: dict[int, Callable[[bytes], p.Payload]] = {
     PayloadType.SA: _decode_sa,
     PayloadType.KE: _decode_ke,
     PayloadType.IDi: _typed_decoder(p.IdiPayload, "IDi", 3),
@@ -359,13 +385,9 @@ _ENCODERS: dict[type, Callable] = {
 }
 
 
-def has_body_decoder(ptype: int) -> bool:
-    return ptype in _DECODERS
-
-
 def decode_body(ptype: int, body: bytes) -> p.Payload:
     """The payload object for a known plain (not SK/SKF) payload type."""
-    return _DECODERS[ptype](body)
+    return DECODERS[ptype](body)
 
 
 def encode_body(payload) -> bytes:

@@ -216,14 +216,16 @@ class Message:
     def all(self, cls: type[P]) -> list[P]:
         return [p for p in self.payloads if isinstance(p, cls)]
 
+    # NotifyPayload has no subclasses: a class identity test (the exchanges look up several
+    # notifies in every message) instead of isinstance.
     def notify(self, ntype: NotifyType) -> NotifyPayload | None:
         for p in self.payloads:
-            if isinstance(p, NotifyPayload) and p.type == ntype:
+            if p.__class__ is NotifyPayload and p.type == ntype:
                 return p
         return None
 
     def notifies(self, ntype: NotifyType) -> list[NotifyPayload]:
-        return [p for p in self.payloads if isinstance(p, NotifyPayload) and p.type == ntype]
+        return [p for p in self.payloads if p.__class__ is NotifyPayload and p.type == ntype]
 
 
 

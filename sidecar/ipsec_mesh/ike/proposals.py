@@ -9,7 +9,8 @@ ciphers only (so no INTEG transform is ever offered or accepted).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 from .constants import (
     AEAD_ENCR,
@@ -22,6 +23,7 @@ from .constants import (
 )
 from .errors import NoProposalChosen
 from .payloads import Proposal, Transform
+from .wire import remember
 
 ENCR_NAMES: dict[str, tuple[EncrId, int | None]] = {
     "aes128gcm16": (EncrId.AES_GCM_16, 128),
@@ -110,6 +112,12 @@ class ProposalSpec:
     def without_ke(self) -> "ProposalSpec":
         """The ESP proposal as sent in IKE_AUTH, where no key exchange happens."""
         return ProposalSpec(self.protocol, self.encr, self.prf, (), self.esn, ())
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)  # keyed by our own configuration's proposals
+    def all_without_ke(specs: tuple["ProposalSpec", ...]) -> tuple["ProposalSpec", ...]:
+        """`without_ke` of each, computed once per configured tuple (every IKE_AUTH asks)."""
+        return tuple(spec.without_ke() for spec in specs)
 
     def __str__(self) -> str:
         parts = [ENCR_LABEL.get(e, f"encr{e[0]}") for e in self.encr]
@@ -205,6 +213,15 @@ class Selected:
 
     def to_payload(self, spi: bytes) -> Proposal:
         """The single-transform-per-type proposal to answer with."""
+        return Proposal(self.number, self.protocol, spi, _answer_transforms(self.shape))
+
+    @property
+    def shape(self) -> "Selected":
+        """This selection without the per-message fields (proposal number, SPI)."""
+        return replace(self, number=1, spi=b"") if self.number != 1 or self.spi else self
+
+    def transforms(self) -> tuple[Transform, ...]:
+        """One transform per negotiated type (to_payload's, without the memo)."""
         ts = [Transform(TransformType.ENCR, self.encr, self.key_bits)]
         if self.prf is not None:
             ts.append(Transform(TransformType.PRF, self.prf))
@@ -214,9 +231,13 @@ class Selected:
             ts.append(Transform(TransformType.ESN, EsnId.ESN if self.esn else EsnId.NO_ESN))
         for i, k in enumerate(self.addke):
             ts.append(Transform(ADDKE_TYPES[i], k))
-        return Proposal(self.number, self.protocol, spi, tuple(ts))
+        return tuple(ts)
 
     def describe(self) -> str:
+        return _label(self.shape)
+
+    def label(self) -> str:
+        """describe() without the memo."""
         parts = [ENCR_LABEL.get((self.encr, self.key_bits), f"encr{self.encr}")]
         if self.prf is not None:
             parts.append(PRF_LABEL.get(self.prf, f"prf{self.prf}"))
@@ -227,6 +248,10 @@ class Selected:
             parts.append("esn" if self.esn else "noesn")
         return "-".join(parts)
 
+
+# Selections come from our own proposals: a handful of shapes per configuration.
+_answer_transforms = functools.lru_cache(maxsize=64)(Selected.transforms)
+_label = functools.lru_cache(maxsize=64)(Selected.label)
 
 _KNOWN_TYPES = frozenset(TransformType)
 
@@ -245,6 +270,23 @@ def _offered_values(proposal: Proposal) -> dict[int, set] | None:
 def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     if offer.protocol != ours.protocol:
         return None
+    # The choice depends only on our spec and the offered transforms (both immutable):
+    # peers offer the same ones in every IKE SA, so it is computed once per combination.
+    key = (ours, offer.transforms)
+    choice = _CHOICES.get(key, _UNSEEN)
+    if choice is _UNSEEN:
+        choice = _choose(ours, offer)
+        remember(_CHOICES, key, choice)
+    if choice is None:
+        return None
+    return replace(choice, number=offer.number, spi=offer.spi)
+
+
+_CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
+_UNSEEN = object()
+
+
+def _choose(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     offered = _offered_values(offer)
     if offered is None:
         return None

@@ -82,6 +82,20 @@ class Reader:
             raise ParseError(f"{self.what}: {self.remaining} unexpected trailing bytes")
 
 
+MEMO_SIZE = 256
+
+
+def remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    """Store a result computed from network input in a memo of at most MEMO_SIZE entries.
+
+    Emptied when full: a peer that varies what it sends costs the work it would have
+    cost without the memo, never memory.
+    """
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 def u16(value: int) -> bytes:
     return value.to_bytes(2, "big")
 

@@ -40,7 +40,7 @@ from ..payloads import (
     TsiPayload,
     TsrPayload,
 )
-from ..proposals import check_answer
+from ..proposals import ProposalSpec, check_answer
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
 
@@ -157,7 +157,7 @@ class IkeAuthTask(Task):
         wants_child = self.child is not None and not (cfg.childless == "force" and sa.peer_childless)
         if wants_child:
             self.inbound_spi = sa.services.allocate_child_spi()
-            self.child_proposals = tuple(p.without_ke() for p in self.child.esp_proposals)
+            self.child_proposals = ProposalSpec.all_without_ke(self.child.esp_proposals)
             spi = self.inbound_spi.to_bytes(4, "big")
             payloads.append(SaPayload([p.to_payload(i + 1, spi) for i, p in enumerate(self.child_proposals)]))
             payloads += [TsiPayload(list(self.child.local_ts)), TsrPayload(list(self.child.remote_ts))]

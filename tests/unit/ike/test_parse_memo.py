@@ -1,0 +1,87 @@
+"""The memos of parse and proposal-matching results: exact, bounded against a peer that varies
+its input, and never holding on to an error or to a field that changes per message."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ipsec_mesh.ike import payload_codec, proposals, wire
+from ipsec_mesh.ike.constants import EncrId, EsnId, KeId, PayloadType, PrfId, ProtocolId, TransformType, TsType
+from ipsec_mesh.ike.errors import ParseError
+from ipsec_mesh.ike.payloads import Proposal, SaPayload, TrafficSelector, Transform, TsiPayload
+from ipsec_mesh.ike.proposals import parse_proposal, select
+
+
+def _ike_offer(number: int = 1, key_bits: int = 256, spi: bytes = b"", group: int = KeId.CURVE25519) -> Proposal:
+    return Proposal(number, ProtocolId.IKE, spi, (
+        Transform(TransformType.ENCR, EncrId.AES_GCM_16, key_bits),
+        Transform(TransformType.PRF, PrfId.HMAC_SHA2_256),
+        Transform(TransformType.KE, group)))
+
+
+def _esp_offer(spi: bytes) -> Proposal:
+    return Proposal(1, ProtocolId.ESP, spi, (Transform(TransformType.ENCR, EncrId.AES_GCM_16, 256),
+                                             Transform(TransformType.ESN, EsnId.ESN)))
+
+
+def _decode_sa(sa: SaPayload) -> SaPayload:
+    return payload_codec.decode_body(PayloadType.SA, payload_codec.encode_body(sa))
+
+
+def test_same_transforms_keep_each_messages_own_spi():
+    spis = [bytes([i, 1, 2, 3]) for i in range(1, 6)]
+    decoded = [_decode_sa(SaPayload([_esp_offer(spi)])).proposals[0] for spi in spis]
+    assert [p.spi for p in decoded] == spis
+    assert {p.transforms for p in decoded} == {_esp_offer(b"").transforms}
+
+
+def test_a_peer_varying_its_offers_is_decoded_exactly_and_the_memo_stays_bounded():
+    for i in range(3 * wire.MEMO_SIZE):
+        offer = _ike_offer(key_bits=i + 1)
+        assert _decode_sa(SaPayload([offer])).proposals == [offer]
+        assert len(payload_codec._TRANSFORM_LISTS) <= wire.MEMO_SIZE
+
+
+def test_a_malformed_transform_list_fails_every_time():
+    good = bytearray(payload_codec.encode_body(SaPayload([_ike_offer()])))
+    good[8] = 0  # the first transform claims to be the last while the proposal counts three
+    for _ in range(2):
+        with pytest.raises(ParseError, match="last-substructure"):
+            payload_codec.decode_body(PayloadType.SA, bytes(good))
+
+
+def test_selectors_are_decoded_exactly_and_the_memo_stays_bounded():
+    base = ipaddress.ip_address("10.1.0.0")
+    for i in range(3 * wire.MEMO_SIZE):
+        ts = TrafficSelector.for_address(base + i, ip_protocol=i % 3, start_port=i, end_port=i)
+        body = payload_codec.encode_body(TsiPayload([ts]))
+        assert payload_codec.decode_body(PayloadType.TSi, body).selectors == [ts]
+        assert len(payload_codec._SELECTORS) <= wire.MEMO_SIZE
+
+
+def test_same_selector_bytes_under_another_protocol_are_not_confused():
+    a = TrafficSelector.for_address("10.0.0.1", ip_protocol=6)
+    b = TrafficSelector.for_address("10.0.0.1", ip_protocol=17)
+    for ts in (a, b, a):
+        assert payload_codec.decode_body(PayloadType.TSi, payload_codec.encode_body(TsiPayload([ts]))).selectors == [ts]
+    assert a.ts_type == TsType.TS_IPV4_ADDR_RANGE
+
+
+def test_selection_takes_number_and_spi_from_the_offer_it_answers():
+    ours = [parse_proposal("aes256gcm16-prfsha256-x25519", ProtocolId.IKE)]
+    first = select([_ike_offer(number=1)], ours)
+    second = select([_ike_offer(number=1, group=KeId.ECP_256), _ike_offer(number=2, spi=b"\x01" * 8)], ours)
+    assert (first.number, first.spi) == (1, b"")
+    assert (second.number, second.spi) == (2, b"\x01" * 8)
+    assert second == select([_ike_offer(number=2, spi=b"\x01" * 8)], ours)
+
+
+def test_an_unacceptable_offer_stays_refused_and_the_choice_memo_stays_bounded():
+    ours = [parse_proposal("aes256gcm16-prfsha256-x25519", ProtocolId.IKE)]
+    for i in range(3 * wire.MEMO_SIZE):
+        with pytest.raises(proposals.NoProposalChosen):
+            select([_ike_offer(key_bits=i + 1000)], ours)
+        assert len(proposals._CHOICES) <= wire.MEMO_SIZE
+    assert select([_ike_offer()], ours).key_bits == 256
