@@ -49,6 +49,7 @@ from ..xfrm import (
     set_udp_encap,
     socket_bypass,
 )
+from ..xfrm.api import NOT_FOUND
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
 from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
@@ -149,16 +150,14 @@ class XfrmDataPlane:
             if result is not None:
                 self.errors += 1
                 log.error("policy install failed: %s", result)
-        for key, have in current.items():
-            if key in desired:
-                continue
-            try:
-                self.xfrm.delete_policy(have.selector, have.direction)
-            except XfrmError as exc:
-                if not tolerate_delete_errors:
-                    raise
-                self.errors += 1
-                log.warning("policy delete failed: %s", exc)
+        stale = [(have.selector, have.direction, None) for key, have in current.items() if key not in desired]
+        for result in self.xfrm.delete_policies(stale):
+            if result is None or result.errno in NOT_FOUND:
+                continue  # gone already: what we want
+            if not tolerate_delete_errors:
+                raise result
+            self.errors += 1
+            log.warning("policy delete failed: %s", result)
         self._policies = desired
 
     @staticmethod
