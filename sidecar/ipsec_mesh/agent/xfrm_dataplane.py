@@ -378,6 +378,19 @@ class XfrmDataPlane:
                 total, found = total + info.current.packets, True
         return total if found else None
 
+    def inbound_bytes(self, child: ChildSaRef) -> int | None:
+        """Bytes the inbound half received (XFRM_MSG_GETSA), for liveness; None if it is not
+        in the kernel or cannot be read."""
+        spec = self.inbound.get(child.inbound_spi)
+        if spec is None:
+            return None
+        try:
+            info = self.xfrm.get_sa(spec.dst, spec.spi, spec.proto)
+        except XfrmError as exc:
+            log.warning("cannot read SA %08x counters: %s", spec.spi, exc)
+            return None
+        return None if info is None else info.current.bytes
+
     def _delete(self, spec) -> None:
         try:
             self.xfrm.delete_sa(spec.dst, spec.spi, spec.proto)

@@ -14,6 +14,7 @@ from .endpoint import DROP_COUNTERS, IkeEndpoint
 from .errors import IkeError
 from .events import (
     ChildSaActivityQuery,
+    ChildSaInboundQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
@@ -42,7 +43,7 @@ __all__ = [
     "ChildConfig", "ConfigLookup", "Lifetime", "PeerConfig", "Retransmit", "single_peer_lookup",
     "NON_ESP_MARKER", "EncrId", "ExchangeType", "KeId", "NotifyType", "ProtocolId", "notify_name",
     "DROP_COUNTERS", "IkeEndpoint", "IkeError",
-    "ChildSaActivityQuery", "ChildSaDeleted", "ChildSaEncapChanged", "ChildSaFailed", "ChildSaInfo", "ChildSaInstallInbound",
+    "ChildSaActivityQuery", "ChildSaInboundQuery", "ChildSaDeleted", "ChildSaEncapChanged", "ChildSaFailed", "ChildSaInfo", "ChildSaInstallInbound",
     "ChildSaInstallOutbound", "ChildSaKeys", "ChildSaOutboundRetired", "ChildSaRef", "Event", "IkeSaClosed",
     "IkeSaEstablished", "NegotiationFailed", "PeerIdentityMismatch", "UdpEncap",
     "Identity", "strip_non_esp_marker", "TrafficSelector",

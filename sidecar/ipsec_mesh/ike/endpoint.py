@@ -29,7 +29,7 @@ from .payloads import Message, NoncePayload, NotifyPayload
 from .registry import HalfOpenCount, PeerIndex, TimerQueue
 from .child import ChildState, sends
 from .sa import Datagram, IkeSa, IkeState
-from . import exchanges, inactivity
+from . import exchanges, inactivity, liveness
 from .exchanges.create_child import ChildCreateTask
 from .exchanges.ike_rekey import IkeRekeyTask
 from .exchanges.informational import DeleteChildTask, IkeDeleteTask, follow_nat_mapping
@@ -358,6 +358,20 @@ class IkeEndpoint:
             return "unknown-sa"
         self._touch(sa)
         result = inactivity.report(sa, child, packets, now)
+        self._collect()
+        return result
+
+    def child_inbound_bytes(self, inbound_spi: int, inbound_bytes: int, now: float) -> str:
+        """The kernel's inbound byte count for a CHILD_SA, answering a ChildSaInboundQuery.
+
+        Returns alive (it grew: the peer counts as heard from now), silent or unknown-sa
+        (liveness.py).
+        """
+        sa, child = self._find_child(inbound_spi)
+        if child is None:
+            return "unknown-sa"
+        self._touch(sa)
+        result = liveness.report(sa, child, inbound_bytes, now)
         self._collect()
         return result
 
