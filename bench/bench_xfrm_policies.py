@@ -100,7 +100,7 @@ def run_ip_batch(namespace: str, text: str, directory: str, name: str) -> float:
     return time.perf_counter() - start
 
 
-def ip_round(peers: int, texts: dict[str, str], directory: str) -> dict[str, float]:
+def ip_round(texts: dict[str, str], directory: str) -> dict[str, float]:
     with Namespace("ip") as namespace:
         return {step: run_ip_batch(namespace, text, directory, step) for step, text in texts.items()}
 
@@ -118,8 +118,8 @@ def our_round(install: list[PolicySpec], update: list[PolicySpec]) -> dict[str, 
         return seconds
 
 
-def bench(peers: int, rounds: int, single: bool) -> None:
-    print(f"{peers} peers ({2 * peers} policies), median of {rounds} rounds, ours and ip -batch alternating:")
+def side_by_side(peers: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Per step (install, update, delete): median seconds of ours and of `ip -batch`."""
     install, update = peer_policies(peers, priority=1000), peer_policies(peers, priority=900)
     texts = {"install": ip_batch_lines("add", install), "update": ip_batch_lines("update", update),
              "delete": ip_batch_lines("delete", install)}
@@ -129,12 +129,17 @@ def bench(peers: int, rounds: int, single: bool) -> None:
         for _ in range(rounds):
             for step, seconds in our_round(install, update).items():
                 ours[step].append(seconds)
-            for step, seconds in ip_round(peers, texts, directory).items():
+            for step, seconds in ip_round(texts, directory).items():
                 theirs[step].append(seconds)
-    for step in texts:
-        mine, ip_s = statistics.median(ours[step]), statistics.median(theirs[step])
+    return {step: (statistics.median(ours[step]), statistics.median(theirs[step])) for step in texts}
+
+
+def bench(peers: int, rounds: int, single: bool) -> None:
+    print(f"{peers} peers ({2 * peers} policies), median of {rounds} rounds, ours and ip -batch alternating:")
+    for step, (mine, ip_s) in side_by_side(peers, rounds).items():
         print(f"  {step:<8} ours {mine:7.3f} s ({mine / peers * 1e6:6.1f} us/peer)"
               f"   ip -batch {ip_s:7.3f} s   ratio {mine / ip_s:5.2f}")
+    install = peer_policies(peers, priority=1000)
     with Namespace("misc") as namespace, Xfrm(namespace) as xfrm:
         xfrm.add_policies(install)
         seconds, dumped = timed(xfrm.dump_policies)
