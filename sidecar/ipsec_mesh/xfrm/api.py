@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from . import codec, sockopts, structs
+from . import codec, packed, sockopts, structs
 from .channel import NetlinkChannel, NetnsRef, Reply, close_quietly
 from .constants import IPPROTO_ESP, Direction, Group, MsgType
 from .errors import XfrmError, XfrmSpecError, esp_unavailable_hint
@@ -148,7 +148,7 @@ class Xfrm:
         for policy in policies:
             for template in policy.templates:
                 require_owned_reqid(template.reqid, operation)
-        requests = [(codec.policy_message(policy), msg_type, 0) for policy in policies]
+        requests = [(packed.policy_body(policy), msg_type, 0) for policy in policies]
         with self._lock:
             return self._requests.batch(requests, operation)
 
@@ -156,7 +156,7 @@ class Xfrm:
         self, selector: Selector, direction: Direction, mark: Mark | None = None
     ) -> PolicyInfo | None:
         """Our policy with this selector, direction and mark, if installed."""
-        message = codec.policy_id_message(selector, direction, mark)
+        message = packed.policy_id_body(selector, direction, mark)
         reply = self._query_if_exists(message, MsgType.GETPOLICY, "get_policy")
         return None if reply is None else decode_policy_reply(reply, "get_policy")
 
@@ -167,8 +167,20 @@ class Xfrm:
 
         Returns False if there was none.
         """
-        message = codec.policy_id_message(selector, direction, mark)
+        message = packed.policy_id_body(selector, direction, mark)
         return self._delete(message, MsgType.DELPOLICY, "delete_policy")
+
+    def delete_policies(
+        self, policies: Sequence[tuple[Selector, Direction, Mark | None]]
+    ) -> list[XfrmError | None]:
+        """Batched delete_policy by (selector, direction, mark): one result per policy,
+        XfrmError(ENOENT) for one that was not there."""
+        requests = [
+            (packed.policy_id_body(selector, direction, mark), MsgType.DELPOLICY, 0)
+            for selector, direction, mark in policies
+        ]
+        with self._lock:
+            return self._requests.batch(requests, "delete_policy")
 
     def dump_policies(self) -> list[PolicyInfo]:
         with self._lock:
@@ -262,7 +274,7 @@ class Xfrm:
         """Delete every policy and SA that carries our tags, and nothing else."""
         ours = [policy for policy in self.dump_policies() if policy.owned]
         deletions = [
-            (codec.policy_id_message(None, p.direction, p.mark, index=p.index), MsgType.DELPOLICY, 0)
+            (packed.policy_id_body(None, p.direction, p.mark, index=p.index), MsgType.DELPOLICY, 0)
             for p in ours
         ]
         sas = [sa for sa in self.dump_sas() if sa.owned]

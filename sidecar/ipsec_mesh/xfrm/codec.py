@@ -1,7 +1,8 @@
 """Model <-> kernel message conversion, on the pyroute2 classes of `structs`.
 
-Requests: `sa_message`, `policy_message`, ... return an unencoded pyroute2
-message; the channel stamps the header and encodes it.
+Requests: `sa_message`, `sa_id_message`, ... return an unencoded pyroute2
+message; the channel stamps the header and encodes it. Policy requests, sent by
+the thousand, are packed without pyroute2 (packed.py).
 Replies: `decode_*` take the bytes of one netlink message, check every length
 against the buffer first (pyroute2's decoder trusts lengths and would read
 into the next attribute or raise struct.error), then decode.
@@ -35,7 +36,6 @@ from .model import (
     LifetimeCurrent,
     Mark,
     PolicyInfo,
-    PolicySpec,
     SaInfo,
     SaSpec,
     Selector,
@@ -43,9 +43,8 @@ from .model import (
     UdpEncap,
     family_of,
 )
-from .ownership import POLICY_TAG, is_owned_policy_tag, is_owned_reqid
+from .ownership import is_owned_policy_tag, is_owned_reqid
 
-ALL_ALGORITHMS = 0xFFFFFFFF  # xfrm_user_tmpl aalgos/ealgos/calgos: any
 CLASSIC_REPLAY_MAX = 32  # the u8 replay_window field's bitmap is 32 bits wide
 
 # Smallest payload the kernel may send for each attribute we decode.
@@ -142,21 +141,6 @@ def replay_esn_attr(window: int) -> tuple:
     return ("XFRMA_REPLAY_ESN_VAL", value)
 
 
-def template_bytes(template: Template, family: int) -> bytes:
-    element = blank(structs.UserTmpl)
-    element["id_daddr"] = pack_address(template.dst)
-    element["id_spi"] = template.spi
-    element["id_proto"] = template.proto
-    element["family"] = family_of(template.dst) if template.dst is not None else family
-    element["saddr"] = pack_address(template.src)
-    element["reqid"] = template.reqid
-    element["mode"] = template.mode
-    element["optional"] = int(template.level == Level.USE)
-    element["aalgos"] = element["ealgos"] = element["calgos"] = ALL_ALGORITHMS
-    element.encode()
-    return bytes(element.data)
-
-
 # ---------------------------------------------------------------- requests
 
 
@@ -222,36 +206,6 @@ def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int
     message["mode"] = Mode.TRANSPORT
     message["min"] = low
     message["max"] = high
-    return message
-
-
-def policy_message(spec: PolicySpec) -> nlmsg:
-    """XFRM_MSG_NEWPOLICY / UPDPOLICY body, tagged as ours (see ownership.py)."""
-    message = blank(structs.UserPolicyInfoMsg)
-    put_selector(message, "sel_", spec.selector, user=POLICY_TAG)
-    put_lifetime(message, "lft_", spec.lifetime)
-    message["priority"] = spec.priority
-    message["index"] = spec.index
-    message["dir"] = spec.direction
-    message["action"] = spec.action
-    message["flags"] = spec.flags
-    attrs = []
-    if spec.templates:
-        family = spec.selector.family
-        attrs.append(("XFRMA_TMPL", b"".join(template_bytes(t, family) for t in spec.templates)))
-    message["attrs"] = attrs + mark_attrs(spec.mark)
-    return message
-
-
-def policy_id_message(
-    selector: Selector | None, direction: Direction, mark: Mark | None = None, index: int = 0
-) -> nlmsg:
-    """XFRM_MSG_GETPOLICY / DELPOLICY body: by (tagged selector, dir, mark) or by index."""
-    message = blank(structs.UserPolicyIdMsg)
-    put_selector(message, "sel_", selector, user=POLICY_TAG)
-    message["index"] = index
-    message["dir"] = direction
-    message["attrs"] = mark_attrs(mark)
     return message
 
 
