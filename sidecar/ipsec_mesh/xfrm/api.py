@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import codec, packed, sockopts, structs
 from .channel import NetlinkChannel, NetnsRef, Reply, close_quietly
@@ -22,6 +23,9 @@ from .errors import XfrmError, XfrmSpecError, esp_unavailable_hint
 from .events import EventsLost, XfrmEvent, decode_event
 from .model import IPAddress, Mark, PolicyInfo, PolicySpec, SaInfo, SaSpec, Selector, ip_address
 from .ownership import LARVAL_REQID, is_owned_reqid
+
+if TYPE_CHECKING:
+    from pyroute2.netlink import nlmsg
 
 DEFAULT_EVENT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.MAPPING)  # EXPIRE carries POLEXPIRE
 NOT_FOUND = (errno.ENOENT, errno.ESRCH)
@@ -57,7 +61,7 @@ class Xfrm:
     def __enter__(self) -> Xfrm:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ SAs
@@ -189,7 +193,7 @@ class Xfrm:
             )
         return [decode_policy_reply(reply, "dump_policies") for reply in replies]
 
-    def _query_if_exists(self, message, msg_type: MsgType, operation: str) -> Reply | None:
+    def _query_if_exists(self, message: nlmsg, msg_type: MsgType, operation: str) -> Reply | None:
         try:
             with self._lock:
                 return self._requests.query(message, msg_type, operation)
@@ -198,7 +202,7 @@ class Xfrm:
                 return None
             raise
 
-    def _delete(self, message, msg_type: MsgType, operation: str) -> bool:
+    def _delete(self, message: nlmsg, msg_type: MsgType, operation: str) -> bool:
         try:
             with self._lock:
                 self._requests.request(message, msg_type, operation)

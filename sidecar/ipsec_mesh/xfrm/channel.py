@@ -68,7 +68,7 @@ def open_netlink_socket(netns: NetnsRef) -> socket.socket:
     """A NETLINK_XFRM socket created inside `netns` (None: the caller's namespace)."""
     if netns is None:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
-    result: list = []
+    result: list[socket.socket | BaseException] = []
 
     def enter_and_create() -> None:
         try:

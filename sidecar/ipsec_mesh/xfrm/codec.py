@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from typing import Any
 
 from pyroute2.netlink import nlmsg
 
@@ -78,7 +79,7 @@ def unpack_address(raw: bytes, family: int) -> IPAddress:
     return ipaddress.IPv4Address(raw[:4])
 
 
-def blank(message_class: type) -> nlmsg:
+def blank(message_class: type[nlmsg]) -> nlmsg:
     """A message whose byte-string fields are zero (pyroute2 has no default for them)."""
     message = message_class()
     for name, fmt in message_class.fields:
@@ -90,7 +91,7 @@ def blank(message_class: type) -> nlmsg:
 # ---------------------------------------------------------------- encode pieces
 
 
-def put_selector(message, prefix: str, selector: Selector | None, user: int = 0) -> None:
+def put_selector(message: nlmsg, prefix: str, selector: Selector | None, user: int = 0) -> None:
     if selector is None:
         return  # stays zero: the wildcard selector of per-socket policies
     message[prefix + "daddr"] = pack_address(selector.dst.network_address)
@@ -107,7 +108,7 @@ def put_selector(message, prefix: str, selector: Selector | None, user: int = 0)
     message[prefix + "user"] = user
 
 
-def put_lifetime(message, prefix: str, lifetime: Lifetime) -> None:
+def put_lifetime(message: nlmsg, prefix: str, lifetime: Lifetime) -> None:
     message[prefix + "soft_byte_limit"] = lifetime.soft_bytes
     message[prefix + "hard_byte_limit"] = lifetime.hard_bytes
     message[prefix + "soft_packet_limit"] = lifetime.soft_packets
@@ -118,11 +119,11 @@ def put_lifetime(message, prefix: str, lifetime: Lifetime) -> None:
     message[prefix + "hard_use_expires_seconds"] = lifetime.hard_use_seconds
 
 
-def mark_attrs(mark: Mark | None) -> list:
+def mark_attrs(mark: Mark | None) -> list[tuple[str, dict[str, int]]]:
     return [] if mark is None else [("XFRMA_MARK", {"v": mark.value, "m": mark.mask})]
 
 
-def aead_attr(aead: Aead) -> tuple:
+def aead_attr(aead: Aead) -> tuple[str, dict[str, Any]]:
     return (
         "XFRMA_ALG_AEAD",
         {
@@ -134,7 +135,7 @@ def aead_attr(aead: Aead) -> tuple:
     )
 
 
-def replay_esn_attr(window: int) -> tuple:
+def replay_esn_attr(window: int) -> tuple[str, dict[str, Any]]:
     words = (window + 31) // 32
     value = {"bmp_len": words, "replay_window": window, "bmp": bytes(4 * words)}
     value.update(oseq=0, seq=0, oseq_hi=0, seq_hi=0)
@@ -160,7 +161,7 @@ def sa_message(spec: SaSpec, operation: str) -> nlmsg:
     message["family"] = spec.family
     message["mode"] = spec.mode
     message["flags"] = spec.flags | (XFRM_STATE_ESN if spec.esn else 0)
-    attrs = [aead_attr(spec.aead)]
+    attrs: list[tuple[str, Any]] = [aead_attr(spec.aead)]
     if spec.esn or spec.replay_window > CLASSIC_REPLAY_MAX:
         attrs.append(replay_esn_attr(spec.replay_window))  # then the u8 field must stay 0
     else:
@@ -209,7 +210,7 @@ def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int
     return message
 
 
-def dump_request(message_class: type) -> nlmsg:
+def dump_request(message_class: type[nlmsg]) -> nlmsg:
     """Dumps carry a zeroed body of the reply's struct, as the kernel expects."""
     message = blank(message_class)
     if "lft_soft_byte_limit" in dict(message_class.fields):
@@ -247,7 +248,7 @@ def check_attributes(data: bytes, offset: int, operation: str) -> None:
         offset += (length + 3) & ~3
 
 
-def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
+def decode_message(message_class: type[nlmsg], data: bytes, operation: str) -> nlmsg:
     """Bounds-check one netlink message of `message_class`, then decode it."""
     fixed = message_class.layout().struct.size
     if len(data) < NLMSG_HDRLEN + fixed:
@@ -267,7 +268,7 @@ def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
 # ---------------------------------------------------------------- decode pieces
 
 
-def get_selector(message, prefix: str, fallback_family: int) -> tuple[Selector, int]:
+def get_selector(message: nlmsg, prefix: str, fallback_family: int) -> tuple[Selector, int]:
     """The selector and its `user` field (our ownership tag when it is ours)."""
     family = message[prefix + "family"] or fallback_family
     if family not in (socket.AF_INET, socket.AF_INET6):
@@ -290,7 +291,7 @@ def get_selector(message, prefix: str, fallback_family: int) -> tuple[Selector, 
     return selector, message[prefix + "user"]
 
 
-def get_lifetimes(message, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
+def get_lifetimes(message: nlmsg, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
     lifetime = Lifetime(*(message[prefix + name] for name, _ in structs.LIFETIME_CFG))
     current = LifetimeCurrent(
         *(message[current_prefix + name] for name, _ in structs.LIFETIME_CUR)
@@ -298,13 +299,13 @@ def get_lifetimes(message, prefix: str, current_prefix: str) -> tuple[Lifetime, 
     return lifetime, current
 
 
-def get_mark(message) -> Mark | None:
+def get_mark(message: nlmsg) -> Mark | None:
     mark = message.get_attr("XFRMA_MARK")
     return None if mark is None else Mark(mark["v"], mark["m"])
 
 
-def get_templates(message, family: int) -> tuple[Template, ...]:
-    raw = message.get_attr("XFRMA_TMPL") or b""
+def get_templates(message: nlmsg, family: int) -> tuple[Template, ...]:
+    raw: bytes = message.get_attr("XFRMA_TMPL") or b""
     templates = []
     for offset in range(0, len(raw), TMPL_SIZE):
         element = structs.UserTmpl(raw[offset : offset + TMPL_SIZE])
@@ -326,7 +327,7 @@ def get_templates(message, family: int) -> tuple[Template, ...]:
     return tuple(templates)
 
 
-def policy_from(message, prefix: str = "") -> PolicyInfo:
+def policy_from(message: nlmsg, prefix: str = "") -> PolicyInfo:
     """A PolicyInfo from an xfrm_userpolicy_info (optionally nested under `prefix`)."""
     selector, user = get_selector(message, prefix + "sel_", 0)
     lifetime, current = get_lifetimes(message, prefix + "lft_", prefix + "cur_")
@@ -348,7 +349,7 @@ def policy_from(message, prefix: str = "") -> PolicyInfo:
     )
 
 
-def sa_from(message) -> SaInfo:
+def sa_from(message: nlmsg) -> SaInfo:
     """An SaInfo from an xfrm_usersa_info message. The key is never copied out."""
     family = message["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):

@@ -33,7 +33,7 @@ ALL_ALGORITHMS = 0xFFFFFFFF
 NO_SELECTOR = (b"", b"", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # the wildcard of delete-by-index
 
 
-def selector_fields(selector: Selector | None) -> tuple:
+def selector_fields(selector: Selector | None) -> tuple[bytes | int, ...]:
     """xfrm_selector values in POLICY_INFO/POLICY_ID order, tagged as ours."""
     if selector is None:
         return NO_SELECTOR
