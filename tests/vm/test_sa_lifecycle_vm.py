@@ -92,7 +92,7 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     from tests.vm.test_sidecar_vm import peering, stream_both_ways
 
     pair = topology.pair(ipv6=True)
-    seconds = 240  # the restart (~115 s under emulation with this load) and the switch fall inside
+    seconds = 240  # at most: the restart (~115 s under emulation on a loaded host) and the switch fall inside
 
     def sidecar(me, peer, mine, theirs, name):
         # DPD above the time a restart takes under emulation (tens of seconds): a peer
@@ -107,8 +107,10 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     for dst in (pair.right.ipv4, pair.right.ipv6):
         assert ping(pair.left, dst, count=2, deadline=60)
     result: dict[int, dict] = {}
+    stop = tmp_path / f"stop-{how}"  # the streams end a little after the switch, or after `seconds`
     with Capture(Netns(pair.left.name), "eth0", tmp_path / f"{how}.pcap") as capture:
-        streams = [threading.Thread(target=lambda f=f: result.__setitem__(f, stream_both_ways(pair, seconds, 100, f)))
+        streams = [threading.Thread(target=lambda f=f: result.__setitem__(
+                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop))))
                    for f in (socket.AF_INET, socket.AF_INET6)]
         began = time.monotonic()
         for t in streams:
@@ -125,6 +127,8 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         wait_until(lambda: all(len(installed_children(s)) == 2 for s in (restarted, right))
                    and kernel_sas(pair.left) == 4 and kernel_sas(pair.right) == 4, 60, "old SAs replaced")
         switched = time.monotonic()
+        time.sleep(3)  # traffic on the new SAs only
+        stop.touch()
         for t in streams:
             t.join(seconds + 400)
         ended = time.monotonic()
