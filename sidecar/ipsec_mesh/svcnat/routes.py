@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from dataclasses import dataclass
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE, nlmsg
@@ -26,6 +27,10 @@ from ..xfrm.channel import NetlinkChannel
 
 NETLINK_ROUTE = 0
 RTM_GETLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 18, 24, 25, 26
+NLMSG_HDRLEN, RTMSG_LEN = 16, 12
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 8, 9, 15
+RTAX_MTU = 2
+ADDRESS_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
 RT_PROTO = 229  # ours: not in iproute2's rt_protos; `ip route show proto 229`
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -88,24 +93,46 @@ class _ifinfmsg(nlmsg):
     nla_map = ((3, "IFLA_IFNAME", "asciiz"),)
 
 
-def _parse(data: bytes) -> _KernelRoute | None:
-    message = rtmsg(data)
-    message.decode()
-    if message.get_attr("RTA_TABLE", message["table"]) != MAIN_TABLE:
+def _attributes(data: bytes, offset: int, operation: str) -> dict[int, bytes]:
+    """rtattrs from `offset` to the end of `data` (type -> payload), each length checked."""
+    attrs = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("HH", data, offset)
+        if length < 4 or offset + length > len(data):
+            raise RouteError(f"{operation}: attribute length {length} overruns the message")
+        attrs[kind & 0x3FFF] = data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def _u32(attrs: dict[int, bytes], kind: int) -> int | None:
+    value = attrs.get(kind)
+    if value is None:
         return None
-    family = message["family"]
-    destination = message.get_attr("RTA_DST")
-    length = message["dst_len"]
-    if destination is None:
-        destination = "0.0.0.0" if family == socket.AF_INET else "::"
-    gateway = message.get_attr("RTA_GATEWAY")
-    metrics = message.get_attr("RTA_METRICS")
-    mtu = metrics.get_attr("RTAX_MTU") if metrics is not None else None
+    if len(value) != 4:
+        raise RouteError(f"route attribute {kind} of {len(value)} bytes")
+    return struct.unpack("I", value)[0]
+
+
+def _parse(data: bytes) -> _KernelRoute | None:
+    """One RTM_NEWROUTE message of a dump (struct-level: pyroute2's decoder costs ~0.2 ms a route)."""
+    if len(data) < NLMSG_HDRLEN + RTMSG_LEN:
+        raise RouteError("truncated route message")
+    family, dst_len, _src_len, _tos, table, proto, scope, kind, flags = struct.unpack_from(
+        "BBBBBBBBI", data, NLMSG_HDRLEN)
+    attrs = _attributes(data, NLMSG_HDRLEN + RTMSG_LEN, "list routes")
+    if (_u32(attrs, RTA_TABLE) or table) != MAIN_TABLE or family not in ADDRESS_BYTES:
+        return None
+    size = ADDRESS_BYTES[family]
+    destination, gateway = attrs.get(RTA_DST, bytes(size)), attrs.get(RTA_GATEWAY)
+    if len(destination) != size or (gateway is not None and len(gateway) != size) or dst_len > size * 8:
+        raise RouteError("route address of the wrong length")
+    metrics = _attributes(attrs[RTA_METRICS], 0, "route metrics") if RTA_METRICS in attrs else {}
     return _KernelRoute(
-        network=ipaddress.ip_network(f"{destination}/{length}", strict=False), proto=message["proto"],
-        kind=message["type"], priority=message.get_attr("RTA_PRIORITY") or 0, oif=message.get_attr("RTA_OIF"),
-        gateway=ipaddress.ip_address(gateway) if gateway else None, flags=message["flags"],
-        scope=message["scope"], mtu=mtu or None, multipath=message.get_attr("RTA_MULTIPATH") is not None)
+        network=ipaddress.ip_network((ipaddress.ip_address(destination), dst_len), strict=False), proto=proto,
+        kind=kind, priority=_u32(attrs, RTA_PRIORITY) or 0, oif=_u32(attrs, RTA_OIF),
+        gateway=ipaddress.ip_address(gateway) if gateway else None, flags=flags, scope=scope,
+        mtu=_u32(metrics, RTAX_MTU) or None, multipath=RTA_MULTIPATH in attrs)
 
 
 def _message(route: Route) -> rtmsg:
