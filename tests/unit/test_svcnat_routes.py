@@ -51,3 +51,20 @@ def test_our_route_message_round_trips_through_the_parser():
     parsed = _parse(bytes(message.data))
     assert parsed.ours and parsed.mtu == 1458 and parsed.oif == 7 and str(parsed.gateway) == "fe80::1"
     assert parsed.network == ipaddress.ip_network("fd00:96::a/128")
+
+
+def test_a_malformed_route_message_is_a_typed_error_not_a_crash():
+    import pytest
+
+    from ipsec_mesh.svcnat.routes import RouteError
+
+    message = _message(Route(CIP, 1458, 2, ipaddress.ip_address("10.0.0.1")))
+    message["header"] = {"type": 24, "flags": 0, "sequence_number": 1, "pid": 0}
+    message.encode()
+    data = bytes(message.data)
+    assert _parse(data).mtu == 1458
+    for broken in (data[:20],                                    # truncated header
+                   data[:28] + b"\xff\x00\x01\x00" + data[32:],  # an attribute longer than the message
+                   data[:28] + b"\x06\x00" + data[30:]):          # RTA_DST of 2 bytes
+        with pytest.raises(RouteError):
+            _parse(broken)
