@@ -64,16 +64,16 @@ class Reply:
     data: bytes  # the whole netlink message, header included
 
 
-def open_netlink_socket(netns: NetnsRef) -> socket.socket:
-    """A NETLINK_XFRM socket created inside `netns` (None: the caller's namespace)."""
+def open_netlink_socket(netns: NetnsRef, protocol: int = NETLINK_XFRM) -> socket.socket:
+    """A netlink socket (NETLINK_XFRM unless told) created inside `netns` (None: the caller's namespace)."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     result: list[socket.socket | BaseException] = []
 
     def enter_and_create() -> None:
         try:
             setns(netns)  # never creates a namespace: a missing one is an error
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM))
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
         except Exception as exc:  # handed to the caller's thread below
             result.append(exc)
 
@@ -128,10 +128,10 @@ def extended_ack_text(reply: Reply) -> str:
 
 
 class NetlinkChannel:
-    """One NETLINK_XFRM socket. Not thread-safe on its own; `Xfrm` holds a lock."""
+    """One NETLINK_XFRM socket (or `protocol`: svcnat's routes use NETLINK_ROUTE). Not thread-safe on its own."""
 
-    def __init__(self, netns: NetnsRef = None, groups: Iterable[int] = ()):
-        self.sock = open_netlink_socket(netns)
+    def __init__(self, netns: NetnsRef = None, groups: Iterable[int] = (), protocol: int = NETLINK_XFRM):
+        self.sock = open_netlink_socket(netns, protocol)
         try:
             self._configure(list(groups))
         except OSError as exc:
