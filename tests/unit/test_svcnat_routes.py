@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 from ipsec_mesh.ike.proposals import ENCR_NAMES
 from ipsec_mesh.svcnat.mtu import ESP_CIPHERS, _inner_mtu, esp_inner_mtu
@@ -68,3 +69,19 @@ def test_a_malformed_route_message_is_a_typed_error_not_a_crash():
                    data[:28] + b"\x06\x00" + data[30:]):          # RTA_DST of 2 bytes
         with pytest.raises(RouteError):
             _parse(broken)
+
+
+def test_route_notifications_of_our_own_routes_are_no_change_and_anything_else_is():
+    from ipsec_mesh.svcnat.routes import RT_PROTO
+    from ipsec_mesh.svcnat.routewatch import RTM_NEWROUTE, only_routes_of
+
+    def message(kind, protocol, body=12):
+        rtm = bytes([2, 32, 0, 0, 254, protocol, 0, 1]) + bytes(4) + bytes(body - 12)
+        return struct.pack("=IHHII", 16 + len(rtm), kind, 0, 0, 0) + rtm
+
+    ours, boot = message(RTM_NEWROUTE, RT_PROTO), message(RTM_NEWROUTE, 3)
+    assert only_routes_of(ours + message(RTM_NEWROUTE + 1, RT_PROTO), RT_PROTO)
+    assert not only_routes_of(ours + boot, RT_PROTO)
+    assert not only_routes_of(message(16, RT_PROTO), RT_PROTO)  # RTM_NEWLINK: a link changed
+    assert not only_routes_of(ours[:20], RT_PROTO)  # truncated: counts as a change
+    assert not only_routes_of(b"", RT_PROTO)
