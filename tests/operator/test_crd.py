@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from ipsec_mesh.meshapi import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS
-from ipsec_mesh_operator import crd, peering
 from ipsec_mesh_operator.model import crd, peering
 from ipsec_mesh_operator.model.peering import DEFAULTS, parse_peering
 
