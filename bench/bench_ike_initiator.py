@@ -160,16 +160,26 @@ def report(results: list[PairResult], info: dict) -> str:
             ours = median(results, auth, "ours->charon", lambda r: r.per_sa(r.initiator_cpu))
             theirs = median(results, auth, "charon->charon", lambda r: r.per_sa(r.initiator_cpu))
             lines.append(f"initiator ({auth}, against charon, medians): ours {ours:.3f} ms/SA, charon {theirs:.3f}: "
-                         f"ratio {ours / theirs:.2f}")
+                         f"ratio {ratio(ours, theirs)}")
         if {"ours->ours", "charon->charon"} <= pairings:
             both = {p: median(results, auth, p, lambda r: r.per_sa(r.initiator_cpu + r.responder_cpu))
                     for p in ("ours->ours", "charon->charon")}
             rate = {p: median(results, auth, p, lambda r: r.sas_per_second) for p in both}
             lines.append(f"end to end ({auth}, medians): both sides' CPU ours {both['ours->ours']:.3f} ms/SA, "
-                         f"charon {both['charon->charon']:.3f} (ratio {both['ours->ours'] / both['charon->charon']:.2f}); "
-                         f"{1000 / both['ours->ours']:.0f} vs {1000 / both['charon->charon']:.0f} IKE SAs per CPU second; "
+                         f"charon {both['charon->charon']:.3f} (ratio {ratio(both['ours->ours'], both['charon->charon'])}); "
+                         f"{per_cpu_second(both['ours->ours'])} vs {per_cpu_second(both['charon->charon'])} "
+                         "IKE SAs per CPU second; "
                          f"wall: {rate['ours->ours']:.0f} vs {rate['charon->charon']:.0f} IKE SAs/s")
     return "\n".join(lines)
+
+
+def ratio(ours: float, theirs: float) -> str:
+    # A few SAs can cost less than one 10 ms clock tick: no ratio then, rather than a made-up one.
+    return f"{ours / theirs:.2f}" if ours > 0 and theirs > 0 else "n/a (CPU time below the clock tick; use more SAs)"
+
+
+def per_cpu_second(ms_per_sa: float) -> str:
+    return f"{1000 / ms_per_sa:.0f}" if ms_per_sa > 0 else "n/a"
 
 
 def load_average() -> str:

@@ -67,3 +67,14 @@ def test_initiator_benchmark_reports_every_pairing(tmp_path, capsys, auth):
         assert result["initiator_cpu"] >= 0 and result["responder_cpu"] >= 0 and result["wall_seconds"] > 0
     text = capsys.readouterr().out
     assert f"initiator ({auth}, against charon, medians)" in text and f"end to end ({auth}, medians)" in text
+
+
+def test_initiator_report_has_no_ratio_when_a_side_used_less_than_a_clock_tick():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import bench_ike_initiator as bench
+
+    assert bench.ratio(0.5, 1.0) == "0.50"
+    assert bench.ratio(0.5, 0.0).startswith("n/a") and bench.ratio(0.0, 0.5).startswith("n/a")
+    assert bench.per_cpu_second(0.0) == "n/a"
