@@ -28,3 +28,9 @@ def test_the_strict_exceptions_do_not_grow():
     core = {"ipsec_mesh.ike.task", "ipsec_mesh.ike.manager", "ipsec_mesh.ike.sa", "ipsec_mesh.ike.state",
             "ipsec_mesh.ike.child", "ipsec_mesh.ike.exchanges", "ipsec_mesh.ike.exchanges.informational"}
     assert not core & set(excused)
+
+
+def test_both_packages_ship_their_types():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, folder in (("ipsec_mesh", "sidecar"), ("ipsec_mesh_operator", "operator")):
+        assert (ROOT / folder / package / "py.typed").is_file() and "py.typed" in config[package]
