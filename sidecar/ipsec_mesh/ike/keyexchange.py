@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
@@ -86,8 +86,9 @@ ECP_CURVES: dict[KeId, tuple[type[ec.EllipticCurve], int]] = {
 
 
 MontgomeryPrivateKey = x25519.X25519PrivateKey | x448.X448PrivateKey
-# A DH private key of any supported group; its type says the group's family.
-DhPrivateKey = dh.DHPrivateKey | ec.EllipticCurvePrivateKey | MontgomeryPrivateKey
+# A DH private key of any supported group; its type says the group's family. A string:
+# every runtime access to dh.DHPrivateKey raises cryptography's FFDH deprecation warning.
+DhPrivateKey: TypeAlias = "dh.DHPrivateKey | ec.EllipticCurvePrivateKey | MontgomeryPrivateKey"
 KemPrivateKey = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
 KemPublicKey = mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey
 
@@ -316,20 +317,21 @@ def _generate_dh_key(method: KeId) -> DhPrivateKey:
     return MONTGOMERY_CURVES[method].generate()
 
 
+# Dispatch on the key's type, finite-field DH last (see DhPrivateKey).
 def _dh_public_bytes(method: KeId, private_key: DhPrivateKey) -> bytes:
-    if isinstance(private_key, dh.DHPrivateKey):
-        return _modp_public_bytes(method, private_key.public_key())
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return _ecp_public_bytes(private_key.public_key())
-    return private_key.public_key().public_bytes_raw()
+    if isinstance(private_key, (x25519.X25519PrivateKey, x448.X448PrivateKey)):
+        return private_key.public_key().public_bytes_raw()
+    return _modp_public_bytes(method, private_key.public_key())
 
 
 def _dh_shared(method: KeId, private_key: DhPrivateKey, peer_data: bytes) -> bytes:
-    if isinstance(private_key, dh.DHPrivateKey):
-        return _modp_shared(method, private_key, _load_modp_public(method, peer_data))
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return _ecp_shared(method, private_key, _load_ecp_public(method, peer_data))
-    return _montgomery_shared(method, private_key, peer_data)
+    if isinstance(private_key, (x25519.X25519PrivateKey, x448.X448PrivateKey)):
+        return _montgomery_shared(method, private_key, peer_data)
+    return _modp_shared(method, private_key, _load_modp_public(method, peer_data))
 
 
 def start_key_exchange(method: int) -> KeInitiator:
