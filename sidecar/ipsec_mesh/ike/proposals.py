@@ -375,7 +375,9 @@ def describe_offer(p: Proposal) -> str:
             names.append("esn" if t.id == EsnId.ESN else "noesn")
         else:
             names.append(f"t{int(t.type)}:{t.id}")
-    return f"#{p.number} {p.protocol.name}:" + "-".join(names)
+    # The codec keeps a protocol number it does not know as a bare int.
+    protocol = p.protocol.name if isinstance(p.protocol, ProtocolId) else str(p.protocol)
+    return f"#{p.number} {protocol}:" + "-".join(names)
 
 
 __all__ = [
