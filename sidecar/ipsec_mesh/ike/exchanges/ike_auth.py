@@ -212,7 +212,7 @@ class IkeAuthTask(Task):
             log.warning("CHILD_SA with %s failed: %s", sa.remote[0], exc)
             sa.emit(ChildSaFailed(sa.label, self.child.name, str(exc), exc.notify))
             return None
-        keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=True)
+        keys = child_keys(sa, sa.ni, sa.nr, selected, we_are_initiator=True)
         return add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
                          local_ts, remote_ts, (sa.ni, sa.nr), True, now, log_line=False)
 
@@ -282,7 +282,7 @@ def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = Fals
         return [NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN)], None
     selected = request.selected
     inbound = sa.services.allocate_child_spi()
-    keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
+    keys = child_keys(sa, sa.ni, sa.nr, selected, we_are_initiator=False)
     child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
                       request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False,
                       state=ChildState.INBOUND_ONLY if handover else ChildState.INSTALLED)

@@ -6,6 +6,7 @@ import functools
 import logging
 import struct
 
+from ..child import negotiated
 from ..constants import (
     IKE_HEADER_LEN,
     IKE_VERSION,
@@ -15,11 +16,11 @@ from ..constants import (
     PayloadType,
     notify_name,
 )
-from ..crypto import Prf, aead_keymat_len, prf_for
+from ..crypto import aead_keymat_len, prf_for
 from ..errors import IkeError, InvalidKePayload, NoProposalChosen, ParseError
 from ..events import NegotiationFailed
 from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
-from ..keymat import IkeKeys, addke_skeyseed, derive_ike_keys, skeyseed
+from ..keymat import addke_skeyseed, derive_ike_keys, skeyseed
 from ..message import encode_chain
 from ..natt import detect, nat_notifies
 from ..payloads import (
@@ -87,11 +88,6 @@ def _derive(sa: IkeSa, sel: Selected, shared: bytes) -> None:
     sa.install_keys(derive_ike_keys(prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
                                     aead_keymat_len(sel.encr, sel.key_bits)))
 
-
-def _keyed(sa: IkeSa) -> tuple[Prf, IkeKeys, Selected]:
-    """The PRF, keys and selection that IKE_SA_INIT made (IKE_INTERMEDIATE only follows it)."""
-    assert sa.prf is not None and sa.keys is not None and sa.selected is not None, "IKE_SA_INIT made no keys"
-    return sa.prf, sa.keys, sa.selected
 
 
 def _our_ke_groups(sa: IkeSa) -> list[int]:
@@ -272,14 +268,14 @@ def _int_auth_chunk(sa: IkeSa, exchange: int, response: bool, mid: int, first: i
 
 def _accumulate(sa: IkeSa, request_chunk: bytes, response_chunk: bytes) -> None:
     """IntAuth_iN = prf(SK_piN, IntAuth_iN-1 | A | P), likewise for r, with this exchange's keys."""
-    prf, keys, _ = _keyed(sa)
+    prf, keys, _ = negotiated(sa)
     sa.int_auth_i = prf(keys.sk_pi, sa.int_auth_i + request_chunk)
     sa.int_auth_r = prf(keys.sk_pr, sa.int_auth_r + response_chunk)
     sa.intermediate_done = True
 
 
 def _update_keys(sa: IkeSa, shared: bytes) -> None:
-    prf, keys, sel = _keyed(sa)
+    prf, keys, sel = negotiated(sa)
     seed = addke_skeyseed(prf, keys.sk_d, shared, sa.ni, sa.nr)
     sa.install_keys(derive_ike_keys(prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
                                     aead_keymat_len(sel.encr, sel.key_bits)))
