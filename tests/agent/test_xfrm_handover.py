@@ -32,7 +32,7 @@ class KernelWithSas(RecordingXfrm):
     def add_policies(self, specs):
         return [None] * len(specs)
 
-    update_policies = add_policies
+    update_policies = delete_policies = add_policies
 
 
 class NoServices:

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from ipsec_mesh.meshapi.ports import STATUS_HOST, STATUS_PORT
 from ipsec_mesh_operator import main as cli
 from ipsec_mesh_operator.cli.diagnose import Reason, explain, explain_service
 from ipsec_mesh_operator.cli.overview import overview
@@ -213,7 +214,7 @@ def mesh_sidecar_listeners(netns: str, agent, pod_ip: str):
 
     async def serve():
         routes = agent_routes(agent, ready_path="/ready")
-        servers = [StatusServer(None, "127.0.0.1", 9741, routes=routes),
+        servers = [StatusServer(None, STATUS_HOST, STATUS_PORT, routes=routes),
                    StatusServer(None, pod_ip, 15021, routes={p: routes[p] for p in POD_NETWORK_ROUTES if p in routes})]
         for server in servers:
             await server.start()

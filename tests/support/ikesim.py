@@ -16,6 +16,7 @@ from ipsec_mesh.ike import (
     ChildSaActivityQuery,
     ChildSaDeleted,
     ChildSaEncapChanged,
+    ChildSaInboundQuery,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaOutboundRetired,
@@ -81,6 +82,9 @@ class Node:
     # The kernel's packet count of a CHILD_SA (inbound SPI -> count), answering ChildSaActivityQuery;
     # None: a data plane without a kernel, which never answers.
     packets: Callable[[int], int] | None = None
+    # The kernel's inbound byte count of a CHILD_SA (inbound SPI -> bytes), answering
+    # ChildSaInboundQuery (liveness); None: never answers.
+    inbound_bytes: Callable[[int], int] | None = None
 
     def of(self, cls) -> list:
         return [e for e in self.events if isinstance(e, cls)]
@@ -175,6 +179,9 @@ class Network:
                 node.apply(event)
                 if isinstance(event, ChildSaActivityQuery) and node.packets is not None:
                     node.endpoint.child_activity(event.inbound_spi, node.packets(event.inbound_spi), self.now)
+                if isinstance(event, ChildSaInboundQuery) and node.inbound_bytes is not None:
+                    node.endpoint.child_inbound_bytes(event.inbound_spi, node.inbound_bytes(event.inbound_spi),
+                                                      self.now)
             if not events:
                 break
         for d in node.endpoint.datagrams():

@@ -131,3 +131,15 @@ def test_the_operator_rule_sees_upward_imports(tmp_path):
         "ipsec_mesh_operator.server.api imports ipsec_mesh_operator.handlers"
         " (server may import ['controller', 'metrics', 'model', 'netns', 'pki', 'server'])",
     ]
+
+
+def test_operator_imports_only_the_shared_model_of_the_sidecar():
+    """The operator never imports the agent, `xfrm` or `ike` (CONTRIBUTING.md): what both sides must
+    agree on (ports, the peer map) lives in `ipsec_mesh.meshapi`."""
+    out = []
+    for path in sorted(OPERATOR.rglob("*.py")):
+        rel = path.relative_to(OPERATOR).with_suffix("").parts
+        name = ".".join(["ipsec_mesh_operator", *(rel[:-1] if rel[-1] == "__init__" else rel)])
+        out.extend(f"{name} imports {target}" for target in sorted(imports(path, OPERATOR, name))
+                   if target.split(".")[0] == "ipsec_mesh" and target.split(".")[1:2] not in ([], ["meshapi"]))
+    assert out == []

@@ -189,6 +189,31 @@ def test_the_script_only_touches_the_mesh_table():
             assert "ipsec_mesh_svc" in line
 
 
+class FakeRoutes:
+    """The ClusterIP routes' kernel side, empty: unit tests never touch the host's routing table."""
+
+    def __init__(self, netns=None):
+        self.put_routes, self.deleted = [], []
+
+    def table(self):
+        return []
+
+    def installed(self, table=None):
+        return {}
+
+    def link_names(self):
+        return {}
+
+    def put(self, routes):
+        self.put_routes += routes
+
+    def delete(self, routes):
+        self.deleted += routes
+
+    def close(self):
+        pass
+
+
 class FakeNft:
     def __init__(self, netns=None, fail=None, existing=None):
         self.scripts = []
@@ -230,7 +255,7 @@ class FakeNft:
 
 def test_refused_updates_are_reported_and_block_readiness_only_when_services_are_wanted():
     fake = FakeNft(fail="Could not process rule: No such file or directory")
-    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    translation = ServiceTranslation(nft_factory=lambda netns: fake, routes_factory=FakeRoutes)
     assert translation.apply(()) and translation.problem() is None  # nothing wanted, no table: fine
     assert not translation.apply((service(endpoints=[ep("10.0.0.1")]),))
     assert "No such file or directory" in translation.problem()
@@ -245,14 +270,14 @@ def test_a_restart_reads_the_kernel_table_before_its_first_batch():
     left = render((service(endpoints=[ep("10.0.0.1")]), service("old", endpoints=[ep("10.0.0.2")], ips=("10.96.0.11",))))
     left = Objects(frozenset(left.chains) | {"svc_0123456789abcdef"}, {}, left.elements)
     fake = FakeNft(existing=left)
-    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    translation = ServiceTranslation(nft_factory=lambda netns: fake, routes_factory=FakeRoutes)
     translation.apply((service(endpoints=[ep("10.0.0.1")]),))
     assert "delete element inet ipsec_mesh_svc svc4 { 10.96.0.11 . tcp . 80 }" in fake.scripts[0]
     translation.apply((service(endpoints=[ep("10.0.0.1")]),))  # the next update retires the old chain
     assert "delete chain inet ipsec_mesh_svc svc_0123456789abcdef\n" in fake.scripts[-1]
     # An empty map still clears what an earlier instance left.
     fake2 = FakeNft(existing=left)
-    ServiceTranslation(nft_factory=lambda netns: fake2).apply(())
+    ServiceTranslation(nft_factory=lambda netns: fake2, routes_factory=FakeRoutes).apply(())
     assert "delete element inet ipsec_mesh_svc svc4" in fake2.scripts[0] and "add element" not in fake2.scripts[0]
 
 
@@ -278,7 +303,7 @@ def test_ready_endpoint_names_the_reason():
 
 def test_status_says_per_service_whether_the_kernel_translates_what_the_map_says():
     fake = FakeNft()
-    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    translation = ServiceTranslation(nft_factory=lambda netns: fake, routes_factory=FakeRoutes)
     db, idle = service(endpoints=[ep("10.0.0.1")]), service("idle", [ep("10.0.0.2", ready=False, serving=False)],
                                                            ips=("10.96.0.11",))
     assert translation.apply((db, idle))
@@ -327,18 +352,22 @@ def test_syn_acks_of_translated_connections_get_their_mss_clamped_per_family():
     assert "pick_" not in update and changes(render(services, previous=before, mss={4: 1418, 6: 1398}), before) == []
 
 
-def test_the_translation_clamps_to_the_smallest_route_mtu_of_its_cluster_ips_and_endpoints():
+def test_the_translation_clamps_to_the_smallest_path_mtu_of_its_endpoints_only():
+    # The ClusterIPs' routes are the translation's own (ESP already taken off): never an input.
     fake = FakeNft()
-    fake.mtus = {"10.96.0.10": 1500, "10.0.0.1": 1400, "fd00:96::a": 1500, "fd00::1": None}
-    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    fake.mtus = {"10.96.0.10": 1200, "10.0.0.1": 1400, "fd00:96::a": 1300, "fd00::1": None}
+    translation = ServiceTranslation(nft_factory=lambda netns: fake, routes_factory=FakeRoutes)
     assert translation.apply((service(endpoints=[ep("10.0.0.1"), ep("fd00::1")], ips=("10.96.0.10", "fd00:96::a")),))
-    assert "size set 1318" in "".join(fake.scripts) and "size set 1398" in "".join(fake.scripts)
-    assert translation.status()["mss_clamp"] == {"ipv4": 1318, "ipv6": 1398}
+    assert "size set 1318" in "".join(fake.scripts) and "size set" not in "".join(fake.scripts).replace("size set 1318", "")
+    assert translation.status()["mss_clamp"] == {"ipv4": 1318}
+    # No covering route in the (empty) table, no path MTU to fd00::1: no ClusterIP routes, and the status says why.
+    assert translation.status()["route_problems"] == {"10.96.0.10": "no route to 10.96.0.10",
+                                                      "fd00:96::a": "no path MTU known to any of its endpoints"}
 
 
 def test_status_reads_back_from_the_kernel_whether_a_service_is_translated():
     fake = FakeNft()
-    translation = ServiceTranslation(nft_factory=lambda netns: fake)
+    translation = ServiceTranslation(nft_factory=lambda netns: fake, routes_factory=FakeRoutes)
     assert translation.apply((service(endpoints=[ep("10.0.0.1")]),))
     assert translation.status()["per_service"]["shop/db"]["translated"]
     fake.kernel["svc4"].clear()  # someone else deleted the lookup element

@@ -27,6 +27,7 @@ from ipsec_mesh.xfrm import (
     XfrmSpecError,
     codec,
     owned_reqid,
+    packed,
     structs,
 )
 from ipsec_mesh.xfrm.channel import Reply, error_of, split_messages
@@ -126,7 +127,7 @@ def test_policy_bytes_match_hand_layout_with_tag_template_and_mark():
         Selector("10.1.0.0/24", "10.2.0.0/16", proto=17, dport=53), Direction.OUT,
         priority=1000, templates=(Template(REQID, level=Level.USE),), mark=Mark(1, 3),
     )
-    got = encoded(codec.policy_message(spec), MsgType.NEWPOLICY)
+    got = L.nlmsg(MsgType.NEWPOLICY, packed.policy_body(spec))
     sel = L.selector("10.2.0.0", "10.1.0.0", dport=53, plen_d=16, plen_s=24, proto=17, user=POLICY_TAG)
     body = L.userpolicy_info(sel, L.lifetime_cfg(), 1000, 0, 1, 0)
     attrs = L.nla(5, L.user_tmpl(reqid=REQID, optional=1)) + L.nla(21, struct.pack("=II", 1, 3))
@@ -135,13 +136,13 @@ def test_policy_bytes_match_hand_layout_with_tag_template_and_mark():
 
 def test_tunnel_template_carries_endpoints():
     template = Template(REQID, mode=Mode.TUNNEL, src="fd00::1", dst="fd00::2")
-    raw = codec.template_bytes(template, 10)
+    raw = packed.template_bytes(template, 10)
     assert raw == L.user_tmpl(daddr="fd00::2", saddr="fd00::1", family=10, reqid=REQID, mode=1)
 
 
 def test_policy_id_sa_id_and_spi_messages():
     sel = Selector("10.1.0.1/32", "10.1.0.2/32")
-    got = encoded(codec.policy_id_message(sel, Direction.IN), MsgType.DELPOLICY)
+    got = L.nlmsg(MsgType.DELPOLICY, packed.policy_id_body(sel, Direction.IN))
     tagged = L.selector("10.1.0.2", "10.1.0.1", plen_d=32, plen_s=32, user=POLICY_TAG)
     assert got == L.nlmsg(MsgType.DELPOLICY, tagged + struct.pack("=IB3x", 0, 0))
 

@@ -97,12 +97,12 @@ print(peer, answer.decode())
 """
 
 
-def start_client_and_server(client, server, tmp_path) -> list[Sidecar]:
-    """A ready sidecar in the client pod (its map lists SERVICE) and one in the server pod."""
+def start_client_and_server(client, server, tmp_path, services: tuple[dict, ...] = (SERVICE,)) -> list[Sidecar]:
+    """A ready sidecar in the client pod (its map lists `services`) and one in the server pod."""
     sidecars = [
         Sidecar(client, tmp_path, address=CLIENT4, addresses=(CLIENT6,), identity=CLIENT_ID,
                 peer_address=f"{SERVER4}/32,{SERVER6}/128", peer_identity=SERVER_ID, psk=PSK,
-                dataplane="xfrm", name="client", services=(SERVICE,)),
+                dataplane="xfrm", name="client", services=services),
         Sidecar(server, tmp_path, address=SERVER4, addresses=(SERVER6,), identity=SERVER_ID,
                 peer_address=f"{CLIENT4}/32,{CLIENT6}/128", peer_identity=CLIENT_ID, psk=PSK,
                 dataplane="xfrm", name="server"),

@@ -139,7 +139,8 @@ def metric(sidecar: Sidecar, name: str) -> float:
     return 0.0
 
 
-def _udp_receiver(address: str, port: int, expected: int, seconds: float) -> list[int]:
+def _udp_receiver(address: str, port: int, expected: int, seconds: float, stop: str | None = None) -> list[int]:
+    """The numbers received; `stop`: a file whose existence ends it (after a second of quiet)."""
     s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((address, port))
     s.settimeout(1.0)
@@ -149,16 +150,23 @@ def _udp_receiver(address: str, port: int, expected: int, seconds: float) -> lis
         try:
             data, _ = s.recvfrom(64)
         except socket.timeout:
+            if stop is not None and os.path.exists(stop):
+                break  # the senders stopped, and nothing came for a second since
             continue
         seen.add(int.from_bytes(data[:4], "big"))
     s.close()
     return sorted(seen)
 
 
-def _udp_sender(address: str, port: int, count: int, interval: float) -> int:
+def _udp_sender(address: str, port: int, count: int, interval: float, stop: str | None = None) -> int:
+    """Numbered datagrams, paced; how many were sent (fewer than `count` once the file
+    `stop` exists: these run in a forked process, so the signal goes through the file system)."""
     s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
     start = time.monotonic()
     for n in range(count):
+        if stop is not None and os.path.exists(stop):
+            count = n
+            break
         delay = start + n * interval - time.monotonic()  # paced by the clock
         if delay > 0:
             time.sleep(delay)
@@ -167,8 +175,10 @@ def _udp_sender(address: str, port: int, count: int, interval: float) -> int:
     return count
 
 
-def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_INET) -> dict[str, int]:
-    """Numbered UDP both ways at `rate` packets/s; how many were lost per direction."""
+def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_INET,
+                     stop: str | None = None) -> dict[str, int]:
+    """Numbered UDP both ways at `rate` packets/s for `seconds` or until the file `stop`
+    exists; how many of those sent were lost per direction."""
     count = int(seconds * rate)
     six = family == socket.AF_INET6
     left, right = (pair.left.ipv6, pair.right.ipv6) if six else (pair.left.ipv4, pair.right.ipv4)
@@ -179,13 +189,13 @@ def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_
         results[name] = ns.call(fn, *args, timeout=seconds + 120)
 
     receivers = [threading.Thread(target=run, args=("rx-right", _udp_receiver, pair.right, right, to_right,
-                                                    count, seconds + 30)),
+                                                    count, seconds + 30, stop)),
                  threading.Thread(target=run, args=("rx-left", _udp_receiver, pair.left, left, to_left,
-                                                    count, seconds + 30))]
+                                                    count, seconds + 30, stop))]
     senders = [threading.Thread(target=run, args=("tx-left", _udp_sender, pair.left, right, to_right, count,
-                                                  1.0 / rate)),
+                                                  1.0 / rate, stop)),
                threading.Thread(target=run, args=("tx-right", _udp_sender, pair.right, left, to_left, count,
-                                                  1.0 / rate))]
+                                                  1.0 / rate, stop))]
     for t in receivers:
         t.start()
     time.sleep(2.0)
@@ -193,8 +203,8 @@ def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_
         t.start()
     for t in senders + receivers:
         t.join(seconds + 180)
-    return {"left->right": count - len(results.get("rx-right", [])),
-            "right->left": count - len(results.get("rx-left", []))}
+    return {"left->right": results.get("tx-left", count) - len(results.get("rx-right", [])),
+            "right->left": results.get("tx-right", count) - len(results.get("rx-left", []))}
 
 
 def test_rekeys_lose_no_packet(topology, tmp_path):

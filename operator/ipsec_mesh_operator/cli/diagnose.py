@@ -248,7 +248,7 @@ class _Explainer:
     def _with_sidecars(self, a: PodFacts, b: PodFacts) -> Verdict:
         specs, invalid = parsed_peerings(self.facts)
         roles_a, roles_b = roles_of(a, specs, self.facts), roles_of(b, specs, self.facts)
-        a_lists_b, b_lists_a = listing_peerings(a, roles_a, roles_b), listing_peerings(b, roles_b, roles_a)
+        a_lists_b, b_lists_a = listing_peerings(a, roles_a, b, roles_b), listing_peerings(b, roles_b, a, roles_a)
         if not a_lists_b and not b_lists_a:
             details = (f"{a.ref}: {describe_roles(roles_a)}", f"{b.ref}: {describe_roles(roles_b)}")
             details += tuple(f"{ref} is invalid and ignored: {problem}" for ref, problem in sorted(invalid.items()))
@@ -677,7 +677,7 @@ def _endpoints(facts: Facts, client: PodKey, service: ServiceFacts) -> tuple[End
         pod = by_ip.get(address)
         peer = False
         if pod is not None and me is not None and pod.injected and pod.has_sidecar and pod.key != client:
-            peer = bool(listing_peerings(me, roles_of(me, specs, facts), roles_of(pod, specs, facts)))
+            peer = bool(listing_peerings(me, roles_of(me, specs, facts), pod, roles_of(pod, specs, facts)))
         verdict = explain(facts, client, pod.key) if pod is not None and pod.key != client else None
         out.append(EndpointVerdict(address, tuple(ports), endpoint.ready, endpoint.serving, endpoint.terminating,
                                    pod.ref if pod is not None else None, peer, verdict))

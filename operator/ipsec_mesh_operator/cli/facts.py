@@ -13,8 +13,9 @@ from typing import Any
 
 from ipsec_mesh.meshapi import PeerMapError, ServiceEntry
 
+from ..model import rules
 from ..model.services import ServiceTable, SliceInfo, parse_service
-from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION, NAMESPACE_NAME_LABEL
+from ..model.settings import INJECT_LABEL, INJECTED_ANNOTATION
 from ..model.sidecar import SIDECAR_NAME
 
 PodKey = tuple[str, str]
@@ -240,7 +241,7 @@ class ServiceFacts:
 class Facts:
     pods: Mapping[PodKey, PodFacts]
     peerings: tuple[PeeringFacts, ...] = ()
-    #: Labels per namespace; a namespace missing here counts as labelled with its name only.
+    #: Labels per namespace; each counts as labelled with its name too (model/rules.namespace_labels).
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     #: The operator's peer map per pod, where the source can see them.
     peer_maps: Mapping[PodKey, PeerMapView] | None = None
@@ -252,5 +253,4 @@ class Facts:
     services: Mapping[PodKey, ServiceFacts] = field(default_factory=dict)
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        labels = self.namespaces.get(namespace)
-        return labels if labels is not None else {NAMESPACE_NAME_LABEL: namespace}
+        return rules.namespace_labels(namespace, self.namespaces.get(namespace))

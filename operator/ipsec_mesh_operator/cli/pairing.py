@@ -1,9 +1,9 @@
 """Which peerings give which pods a policy for each other: the operator's rules, over `Facts`.
 
-Mirrors MeshIndex (members by `selector` in the peering's namespace, peer pods by
-`podSelector`/`namespaceSelector`), the consent rule for other namespaces, and the
-precedence among several peerings covering one pair, so that `explain` and `peerings`
-can tell from the specs alone what the operator does.
+The rules are model/rules.py's, the ones MeshIndex applies (members, peer pods, the consent
+rule for other namespaces, the precedence among several peerings covering one pair): here
+asked about one pod or one pair, so that `explain` and `peerings` can tell from the specs
+alone what the operator does.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ipsec_mesh.meshapi import AuthKind, Enforcement
+
+from ..model import rules
 from ..model.peering import InvalidPeering, PeeringSpec, parse_peering
-from ..model.rules import precedence
 from .facts import Facts, PeeringFacts, PodFacts
 
 
@@ -43,10 +45,8 @@ def parsed_peerings(facts: Facts) -> tuple[dict[str, PeeringSpec], dict[str, str
 
 
 def roles_of(pod: PodFacts, specs: Mapping[str, PeeringSpec], facts: Facts) -> Roles:
-    """The operator's lists where the facts have them, else the MeshIndex's rules over the specs
-    (selector in the own namespace; peers in the own namespace or those namespaceSelector picks)."""
+    """The operator's lists where the facts have them, else the rules over the specs."""
     member, peer = set(), set()
-    namespace_labels = facts.namespace_labels(pod.namespace)
     for peering in facts.peerings:
         ref, spec = peering.ref, specs.get(peering.ref)
         if peering.members is not None:
@@ -55,31 +55,35 @@ def roles_of(pod: PodFacts, specs: Mapping[str, PeeringSpec], facts: Facts) -> R
             continue
         if spec is None:
             continue
-        if spec.namespace == pod.namespace and spec.selector.matches(pod.labels):
+        if rules.is_member(spec, pod.namespace, pod.labels):
             member.add(ref)
-        for peers in spec.pod_peers:
-            in_namespace = (pod.namespace == spec.namespace if peers.namespaces is None
-                            else peers.namespaces.matches(namespace_labels))
-            if in_namespace and peers.pods.matches(pod.labels):
-                peer.add(ref)
+        if rules.is_peer(spec, pod.namespace, pod.labels, facts.namespace_labels):
+            peer.add(ref)
     return Roles(frozenset(member), frozenset(peer))
 
 
-def listing_peerings(x: PodFacts, x_roles: Roles, y_roles: Roles) -> frozenset[str]:
-    """Peerings through which x's peer map lists y, under the consent rule: a peering gives
-    its members a policy for its peer pods anywhere, but gives a peer pod a policy for the
-    members only in the peering's own namespace (other namespaces consent with a peering of
-    their own that selects their pod and lists the member)."""
-    as_member = x_roles.member_of & y_roles.peer_of
-    as_peer = {ref for ref in x_roles.peer_of & y_roles.member_of if ref.split("/", 1)[0] == x.namespace}
-    return frozenset(as_member | as_peer)
+def listing_peerings(x: PodFacts, x_roles: Roles, y: PodFacts, y_roles: Roles) -> frozenset[str]:
+    """Peerings through which x's peer map lists y, under the consent rule (rules.counterparts)."""
+    pair = ((x.key, x_roles), (y.key, y_roles))
+    # x's namespace consents to y for it when a peering x is a member of lists y as a peer.
+    accepted = {y.key} if x_roles.member_of & y_roles.peer_of else set()
+    out = set()
+    for ref in x_roles.all & y_roles.all:
+        members = {key for key, roles in pair if ref in roles.member_of}
+        peers = {key for key, roles in pair if ref in roles.peer_of}
+        if y.key in rules.counterparts(x.key, ref.split("/", 1)[0] == x.namespace, members, peers,
+                                       lambda: accepted):
+            out.add(ref)
+    return frozenset(out)
 
 
 def strictness(peering: PeeringFacts, spec: PeeringSpec | None) -> tuple:
     """The operator's precedence when several peerings cover a pair (model/rules.py)."""
     if spec is None:  # as the standalone operator reports it (no TFC setting there)
-        return (peering.enforcement == "prefer", peering.auth == "psk", True, peering.namespace, peering.name)
-    return precedence(spec)
+        return rules.precedence_of(
+            Enforcement.PREFER if peering.enforcement == "prefer" else Enforcement.REQUIRE,
+            AuthKind.PSK if peering.auth == "psk" else AuthKind.CERTIFICATE, False, peering.namespace, peering.name)
+    return rules.precedence(spec)
 
 
 def describe_roles(roles: Roles) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 import urllib3
 
-from ipsec_mesh.agent.mesh_settings import DEFAULT_STATUS_LISTEN
+from ipsec_mesh.meshapi.ports import STATUS_HOST, STATUS_LISTEN, STATUS_PORT
 
 from ..model.peering import GROUP, PLURAL, VERSION
 from ..model.services import SERVICE_NAME_LABEL
@@ -43,9 +43,8 @@ STATUS_TIMEOUT = 5.0
 STATUS_COMMAND = ["ipsec-mesh-sidecar", "status", "--json"]
 MAX_STATUS_BYTES = 4 * 1024 * 1024
 OVERVIEW_PATH = "/v1/admin/overview"
-LOCAL_STATUS_HOST, LOCAL_STATUS_PORT = DEFAULT_STATUS_LISTEN.rsplit(":", 1)
 LOCAL_STATUS_TIMEOUT = 10.0  # under the VM's software emulation a busy sidecar takes seconds to answer
-NO_NETNS = (f"no network namespace known for the pod (its sidecar serves /status only on {DEFAULT_STATUS_LISTEN} "
+NO_NETNS = (f"no network namespace known for the pod (its sidecar serves /status only on {STATUS_LISTEN} "
             "inside the pod): name the pod's network namespace (`netns:`) in the standalone YAML and run explain "
             "as root on the pod's node")
 
@@ -264,7 +263,7 @@ def service_facts_from_overview(doc: Mapping[str, Any], client: PodKey, key: Pod
 
 
 def _get_local_status() -> bytes:
-    connection = http.client.HTTPConnection(LOCAL_STATUS_HOST, int(LOCAL_STATUS_PORT), timeout=LOCAL_STATUS_TIMEOUT)
+    connection = http.client.HTTPConnection(STATUS_HOST, STATUS_PORT, timeout=LOCAL_STATUS_TIMEOUT)
     try:
         connection.request("GET", "/status")
         response = connection.getresponse()
@@ -283,7 +282,7 @@ def read_local_status(netns: str) -> tuple[dict[str, Any] | None, str]:
     except NetnsUnavailable as exc:
         return None, f"{exc.strerror} (run explain as root on the pod's node)"
     except (OSError, http.client.HTTPException) as exc:
-        return None, f"http://{DEFAULT_STATUS_LISTEN}/status in network namespace {netns}: {exc}"
+        return None, f"http://{STATUS_LISTEN}/status in network namespace {netns}: {exc}"
     return _status_document(raw)
 
 

@@ -5,6 +5,9 @@ peering, a key) works out which pods' peer maps it touches, bumps their
 versions and tells the listeners (the mesh API's watchers). Peer maps are
 built lazily on request and cached until the next change that touches them.
 
+The rules (members, peers, consent, precedence) are model/rules.py's, shared with
+`explain`; this module keeps the bookkeeping that applies them incrementally.
+
 Symmetry and consent: a pod selected by a peering's `selector` gets the
 peering's peers, and a peer pod of the peering's own namespace gets its members,
 so both ends hold a policy for each other. A peer pod of another namespace gets
@@ -46,6 +49,7 @@ from ipsec_mesh.meshapi import (
 from ipsec_mesh.meshapi.identity import check_dns_name
 from ipsec_mesh.meshapi.model import IpAddress, IpNetwork
 
+from ..model import rules
 from ..model.label_selectors import LabelSelector
 from ..model.peering import PeeringSpec, PodPeers
 from ..model.rules import precedence
@@ -189,7 +193,7 @@ class MeshIndex:
         waiting: set[str] = set()
         for pod in peers:
             if pod[0] != spec.namespace and pod[0] not in waiting and members:
-                if len(self._consented(pod, members)) < len(members):
+                if len(rules.counterparts(pod, False, members, peers, lambda p=pod: self._accepted(p))) < len(members):
                     waiting.add(pod[0])
         return tuple(sorted(waiting))
 
@@ -310,24 +314,16 @@ class MeshIndex:
         member: set[PeeringKey] = set()
         peer: set[PeeringKey] = set()
         for peering_key in self._peerings_by_namespace.get(info.namespace, ()):
-            spec = self._peerings[peering_key]
-            if spec.selector.matches(info.labels):
+            if rules.is_member(self._peerings[peering_key], info.namespace, info.labels):
                 member.add(peering_key)
+        # Only the peerings that could pick it: its namespace's, and those keyed by one of its labels.
         candidates = self._peerings_by_namespace.get(info.namespace, set()) | self._cross_unkeyed
         for label in info.labels.items():
             candidates |= self._cross_by_label.get(label, set())
         for peering_key in candidates:
-            spec = self._peerings[peering_key]
-            if any(self._pod_matches(spec, peers, info) for peers in spec.pod_peers):
+            if rules.is_peer(self._peerings[peering_key], info.namespace, info.labels, self._labels_of_namespace):
                 peer.add(peering_key)
         return member, peer
-
-    def _pod_matches(self, spec: PeeringSpec, peers: PodPeers, info: PodInfo) -> bool:
-        if peers.namespaces is None:
-            in_namespace = info.namespace == spec.namespace
-        else:
-            in_namespace = peers.namespaces.matches(self._labels_of_namespace(info.namespace))
-        return in_namespace and peers.pods.matches(info.labels)
 
     def _set_memberships(self, key: PodKey, member: set[PeeringKey], peer: set[PeeringKey]) -> None:
         for peering_key in self._member_of.get(key, set()) - member:
@@ -391,8 +387,7 @@ class MeshIndex:
     # ---- namespaces --------------------------------------------------------
 
     def set_namespace_labels(self, namespace: str, labels: Mapping[str, str]) -> set[PodKey]:
-        # The API server labels every namespace with its own name; the index relies on it.
-        labels = {**labels, NAMESPACE_NAME_LABEL: namespace}
+        labels = rules.namespace_labels(namespace, labels)
         if self._namespace_labels.get(namespace) == labels:
             return set()
         self._namespace_labels[namespace] = labels
@@ -405,9 +400,7 @@ class MeshIndex:
 
     def _labels_of_namespace(self, namespace: str) -> Mapping[str, str]:
         labels = self._namespace_labels.get(namespace)
-        if labels is None:
-            return {NAMESPACE_NAME_LABEL: namespace}
-        return labels
+        return labels if labels is not None else rules.namespace_labels(namespace, None)
 
     # ---- peerings ----------------------------------------------------------
 
@@ -493,7 +486,7 @@ class MeshIndex:
             known = {named} if named in self._namespace_labels or self._pods_by_namespace.get(named) else set()
         else:
             known = set(self._namespace_labels) | {ns for ns, pods in self._pods_by_namespace.items() if pods}
-        return {ns for ns in known if peers.namespaces.matches(self._labels_of_namespace(ns))}
+        return {ns for ns in known if rules.namespace_picked(spec, peers, ns, self._labels_of_namespace)}
 
     def _select(self, selector: LabelSelector, namespaces: set[str] | None) -> set[PodKey]:
         if selector.match_labels:
@@ -573,19 +566,13 @@ class MeshIndex:
 
     def _counterparts_via(self, pod: PodKey, peering_key: PeeringKey) -> set[PodKey]:
         """The pods `pod` lists through the peering (before precedence among peerings)."""
-        members, peers = self._members[peering_key], self._peer_pods[peering_key]
-        if pod in members:
-            return (members | peers) - {pod} if pod in peers else peers
-        if pod[0] == peering_key[0]:
-            return members
-        return self._consented(pod, members)
+        return rules.counterparts(pod, pod[0] == peering_key[0], self._members[peering_key],
+                                  self._peer_pods[peering_key], lambda: self._accepted(pod))
 
-    def _consented(self, pod: PodKey, members: set[PodKey]) -> set[PodKey]:
-        """The members of another namespace's peering that `pod` accepts: the peers of its own peerings."""
+    def _accepted(self, pod: PodKey) -> set[PodKey]:
+        """The pods `pod`'s namespace consents to for it: the peers of the peerings it is a member of."""
         accepted = [self._peer_pods[key] for key in self._member_of.get(pod, ())]
-        if len(accepted) == 1:
-            return members & accepted[0]
-        return members & set().union(*accepted)
+        return accepted[0] if len(accepted) == 1 else set().union(*accepted)
 
     def _policies_for(self, pod: PodKey, peering_key: PeeringKey,
                       claimed: list[set[PodKey]]) -> tuple[list[PeeringPolicy], ViewKey | None]:
@@ -593,8 +580,8 @@ class MeshIndex:
         key of the view they are, if they are the one all pods on its side share."""
         spec = self._peerings[peering_key]
         is_member = pod in self._members[peering_key]
-        if spec.auth is AuthKind.PSK and not self._psk_keys.get(peering_key):
-            counterparts: set[PodKey] = set()  # no key yet: it cannot serve them, so it claims none
+        if not rules.serves(spec, bool(self._psk_keys.get(peering_key))):
+            counterparts: set[PodKey] = set()  # it cannot serve them, so it claims none
         else:
             counterparts = self._counterparts_via(pod, peering_key)
         if not all(earlier.isdisjoint(counterparts) for earlier in claimed):
@@ -619,8 +606,7 @@ class MeshIndex:
         name = f"{spec.namespace}/{spec.name}"
         policies = []
         own_keys = self._psk_keys.get(peering_key, ())
-        # A PSK peering without its key yet gets no policy: nothing could authenticate.
-        if peers and (spec.auth is AuthKind.CERTIFICATE or own_keys):
+        if peers and rules.serves(spec, bool(own_keys)):
             policies.append(_policy(spec, name, peers, own_keys if spec.auth is AuthKind.PSK else ()))
         if is_member:
             for remote in spec.remotes:

@@ -18,6 +18,7 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..meshapi.ports import STATUS_LISTEN
 from .config import ConfigError, load_agent_config
 from .dataplane import NullDataPlane
 from .logs import setup_logging
@@ -118,7 +119,7 @@ def _status(url: str, as_json: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipsec-mesh-sidecar", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="run the sidecar from a YAML configuration")
@@ -128,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     mesh_p.add_argument("--settings", help="YAML with dataplane, netns, initiate, ike, log (optional)")
     mesh_p.add_argument("--dataplane", choices=["xfrm", "none"], help="override the settings' data plane")
     st = sub.add_parser("status", help="show a running sidecar's IKE and CHILD SAs")
-    st.add_argument("--url", default="http://127.0.0.1:9741")
+    st.add_argument("--url", default=f"http://{STATUS_LISTEN}")
     st.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "status":
         return _status(args.url, args.json)
     if args.command == "mesh":

@@ -28,6 +28,7 @@ from ..meshapi import fields
 from ..meshapi.documents import NotYaml, load_yaml
 from ..meshapi.errors import PeerMapError
 from ..meshapi.model import PeerMap, load_peer_map_file
+from ..meshapi.ports import STATUS_HOST, STATUS_LISTEN, STATUS_PORT
 
 DATAPLANES = ("xfrm", "none")
 
@@ -77,7 +78,7 @@ class AgentConfig(SidecarSettings):
     peer_map: PeerMap
     cert_file: Path | None = None
     key_file: Path | None = None
-    status_listen: tuple[str, int] | None = ("127.0.0.1", 9741)
+    status_listen: tuple[str, int] | None = (STATUS_HOST, STATUS_PORT)
     base_dir: Path = Path(".")
 
 
@@ -150,7 +151,7 @@ def parse_agent_config(document: Any, base_dir: Path) -> AgentConfig:
         cert = base_dir / fields.string(c["cert"], "certificate.cert", 4096)
         key = base_dir / fields.string(c["key"], "certificate.key", 4096)
     status = fields.obj(doc.get("status", {}), "status", set(), {"listen"})
-    listen = status.get("listen", "127.0.0.1:9741")
+    listen = status.get("listen", STATUS_LISTEN)
     return AgentConfig(
         **vars(parse_sidecar_settings(doc)),
         peer_map=peer_map,

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
-from ..meshapi.ports import HEALTH_PORT
+from ..meshapi.ports import HEALTH_PORT, STATUS_LISTEN
 from .config import (
     DATAPLANES,
     SIDECAR_SETTINGS_KEYS,
@@ -41,7 +41,6 @@ from .config import (
 
 DEFAULT_STATUS_INTERVAL = 30
 DEFAULT_WATCH_WAIT = 30
-DEFAULT_STATUS_LISTEN = "127.0.0.1:9741"
 
 
 class MeshSettingsError(ConfigError):
@@ -113,7 +112,7 @@ def _ca_bundle(env: Mapping[str, str]) -> str:
 
 
 def _status_listen(env: Mapping[str, str]) -> tuple[str, int] | None:
-    value = env.get("IPSEC_MESH_STATUS_LISTEN", DEFAULT_STATUS_LISTEN).strip()
+    value = env.get("IPSEC_MESH_STATUS_LISTEN", STATUS_LISTEN).strip()
     if value in ("", "off"):
         return None
     return _checked("IPSEC_MESH_STATUS_LISTEN", lambda v: fields.host_port(v, "IPSEC_MESH_STATUS_LISTEN"), value)

@@ -104,13 +104,16 @@ class Metrics:
         self.inactivity_checks = counter("ipsec_mesh_child_sa_inactivity_checks",
                                          "CHILD_SA packet counts read from the kernel, by what the core decided "
                                          "(idle: deleted)", ("result",))
+        self.liveness_checks = counter("ipsec_mesh_child_sa_liveness_checks",
+                                       "Inbound byte counts read from the kernel when a liveness check fell due "
+                                       "(alive: ESP arrived, no check needed)", ("result",))
         self.policy_expires = counter("ipsec_mesh_kernel_policy_expires",
                                       "Lifetime expiries of our policies (which have none: always a fault)", ("kind",))
         self.ike_sas = gauge("ipsec_mesh_ike_sas", "IKE SAs")
         self.child_sas = gauge("ipsec_mesh_child_sas", "CHILD_SAs")
         self.families = [self.ike_established, self.ike_rekeys, self.ike_closed, self.child_established,
                          self.child_rekeys, self.failures, self.acquires, self.nat_mappings,
-                         self.inactivity_checks, self.policy_expires, self.ike_sas, self.child_sas]
+                         self.inactivity_checks, self.liveness_checks, self.policy_expires, self.ike_sas, self.child_sas]
 
     def render(self, ike_sas: int, child_sas: int, services: dict | None = None) -> bytes:
         """`services`: the data plane's Service translation status, if it has one."""

@@ -25,6 +25,7 @@ from ..ike import (
     ChildSaDeleted,
     ChildSaEncapChanged,
     ChildSaFailed,
+    ChildSaInboundQuery,
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaOutboundRetired,
@@ -268,6 +269,11 @@ class Agent:
                 if packets is not None:  # None: no kernel to ask (data plane `none`)
                     m.inactivity_checks.labels(self.endpoint.child_activity(event.inbound_spi, packets,
                                                                             self.now())).inc()
+            elif isinstance(event, ChildSaInboundQuery):
+                inbound = self.dataplane.inbound_bytes(event)
+                if inbound is not None:  # None: liveness rests on IKE alone
+                    m.liveness_checks.labels(self.endpoint.child_inbound_bytes(event.inbound_spi, inbound,
+                                                                               self.now())).inc()
             elif isinstance(event, ChildSaDeleted):
                 self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)

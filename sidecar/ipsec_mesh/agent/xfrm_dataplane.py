@@ -53,6 +53,7 @@ from ..xfrm import (
 from ..xfrm import (
     Mapping as KernelMapping,
 )
+from ..xfrm.api import NOT_FOUND
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
 from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
@@ -153,16 +154,14 @@ class XfrmDataPlane:
             if result is not None:
                 self.errors += 1
                 log.error("policy install failed: %s", result)
-        for key, have in current.items():
-            if key in desired:
-                continue
-            try:
-                self.xfrm.delete_policy(have.selector, have.direction)
-            except XfrmError as exc:
-                if not tolerate_delete_errors:
-                    raise
-                self.errors += 1
-                log.warning("policy delete failed: %s", exc)
+        stale = [(have.selector, have.direction, None) for key, have in current.items() if key not in desired]
+        for result in self.xfrm.delete_policies(stale):
+            if result is None or result.errno in NOT_FOUND:
+                continue  # gone already: what we want
+            if not tolerate_delete_errors:
+                raise result
+            self.errors += 1
+            log.warning("policy delete failed: %s", result)
         self._policies = desired
 
     @staticmethod
@@ -382,6 +381,19 @@ class XfrmDataPlane:
             if info is not None:
                 total, found = total + info.current.packets, True
         return total if found else None
+
+    def inbound_bytes(self, child: ChildSaRef) -> int | None:
+        """Bytes the inbound half received (XFRM_MSG_GETSA), for liveness; None if it is not
+        in the kernel or cannot be read."""
+        spec = self.inbound.get(child.inbound_spi)
+        if spec is None:
+            return None
+        try:
+            info = self.xfrm.get_sa(spec.dst, spec.spi, spec.proto)
+        except XfrmError as exc:
+            log.warning("cannot read SA %08x counters: %s", spec.spi, exc)
+            return None
+        return None if info is None else info.current.bytes
 
     def _delete(self, spec) -> None:
         try:

@@ -58,6 +58,7 @@ class ChildSa:
     # packet count, and (count last reported, when it was first seen at that value).
     activity_check_at: float | None = None
     activity: tuple[int, float] | None = None
+    inbound_bytes: int = 0  # liveness.py: the inbound half's byte count at the last answer
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from itertools import count
 from typing import Any, Callable, Sequence
 
-from . import exchanges, inactivity
+from . import exchanges, inactivity, liveness
 from . import message as codec
 from .child import ChildSa, ChildState, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
@@ -358,20 +358,33 @@ class IkeEndpoint:
         self._collect()
         return True
 
+    def _kernel_answer(self, inbound_spi: int, decide: Callable[[IkeSa, ChildSa], str]) -> str:
+        """Apply what the kernel said about a CHILD_SA (`decide(sa, child)`) and collect."""
+        found = self._find_child(inbound_spi)
+        if found is None:
+            return "unknown-sa"
+        sa, child = found
+        self._touch(sa)
+        result = decide(sa, child)
+        self._collect()
+        return result
+
     def child_activity(self, inbound_spi: int, packets: int, now: float) -> str:
         """The kernel's packet count for a CHILD_SA, answering a ChildSaActivityQuery.
 
         Returns active, idle (it is being deleted, with its IKE SA if it was the last),
         busy or unknown-sa (inactivity.py).
         """
-        found = self._find_child(inbound_spi)
-        if found is None:
-            return "unknown-sa"
-        sa, child = found
-        self._touch(sa)
-        result = inactivity.report(sa, child, packets, now)
-        self._collect()
-        return result
+        return self._kernel_answer(inbound_spi, lambda sa, child: inactivity.report(sa, child, packets, now))
+
+    def child_inbound_bytes(self, inbound_spi: int, inbound_bytes: int, now: float) -> str:
+        """The kernel's inbound byte count for a CHILD_SA, answering a ChildSaInboundQuery.
+
+        Returns alive (it grew: the peer counts as heard from now), silent or unknown-sa
+        (liveness.py).
+        """
+        return self._kernel_answer(inbound_spi,
+                                   lambda sa, child: liveness.report(sa, child, inbound_bytes, now))
 
     def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
         """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).
@@ -380,14 +393,7 @@ class IkeEndpoint:
         what was done: followed, unchanged, not-natted, address-changed, not-established
         or unknown-sa.
         """
-        found = self._find_child(inbound_spi)
-        if found is None:
-            return "unknown-sa"
-        sa, _ = found
-        self._touch(sa)
-        result = follow_nat_mapping(sa, new_remote, now)
-        self._collect()
-        return result
+        return self._kernel_answer(inbound_spi, lambda sa, _child: follow_nat_mapping(sa, new_remote, now))
 
     def rekey_ike(self, label: str, now: float) -> bool:
         sa = self._by_label(label)

@@ -148,6 +148,13 @@ class ChildSaActivityQuery(ChildSaRef):
 
 
 @dataclass(frozen=True)
+class ChildSaInboundQuery(ChildSaRef):
+    """How many bytes has this CHILD_SA's inbound half received? A liveness check is due;
+    more than last time means the peer is alive (liveness.py). The answer goes back through
+    `IkeEndpoint.child_inbound_bytes`; without one, liveness rests on IKE alone."""
+
+
+@dataclass(frozen=True)
 class ChildSaFailed(Event):
     ike_sa: str
     name: str

@@ -88,8 +88,9 @@ class IkeSa:
         self._state = IkeState.CONNECTING
         self.created_at = now
         self.established_at: float | None = None
-        self.last_received = now
+        self.last_received = now  # of anything from the peer: IKE, or ESP (liveness.py)
         self.last_sent = now
+        self.inbound_query_for: float | None = None  # liveness.py: the check the last query was for
         # Negotiated state
         self.selected: Selected | None = None
         self.prf: Prf | None = None

@@ -2,9 +2,10 @@
 
 A socket that calls a ClusterIP keeps the ClusterIP's route, which has no XFRM policy and so
 no ESP overhead in its MTU; the DNAT then sends its packets through a peer's SA. Its full-size
-segments no longer fit, fragmentation fails (DF) and the kernel tells the SA's route, not the
-socket: the upload stalls. The translation therefore clamps the MSS that the socket learns from
-the SYN-ACK (ruleset: chain filter_input) to what fits inside transport-mode ESP.
+packets no longer fit, fragmentation fails (DF) and the kernel tells the SA's route, not the
+socket. So each translated ClusterIP gets a route whose MTU is what fits inside transport-mode
+ESP (routes.py), and TCP's MSS is also clamped on SYN-ACKs (ruleset: chain filter_input) for a
+ClusterIP that gets no route.
 """
 
 from __future__ import annotations
@@ -12,26 +13,44 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from ..ike.constants import EncrId
+from ..ike.proposals import ENCR_NAMES
 from ..xfrm import XfrmError, socket_bypass
 
-# The AEADs the sidecar installs (agent.xfrm_dataplane.kernel_aead): AES-GCM-16 (RFC 4106) and
-# ChaCha20-Poly1305 (RFC 7634) both carry an 8-byte IV and a 16-byte ICV and pad to 4 bytes.
-ESP_HEADER, ESP_IV, ESP_ICV, ESP_ALIGN, ESP_TRAILER = 8, 8, 16, 4, 2
-UDP_ENCAP = 8  # NAT-T (RFC 3948): counted always, so the clamp holds whether or not a NAT is found
+# Per ESP cipher the mesh can negotiate (ike.proposals.ENCR_NAMES): IV bytes, ICV bytes and the
+# cipher's block size, which the kernel rounds up to 4 (esp4/esp6: ALIGN(crypto_aead_blocksize, 4)).
+#   AES-GCM-16, 128 or 256-bit key (RFC 4106 §3.1, §6): 8-byte IV, 16-byte ICV, block 1 (counter mode).
+#   ChaCha20-Poly1305 (RFC 7634 §2, §3): 8-byte IV, 16-byte ICV, block 1.
+ESP_CIPHERS: dict[EncrId, tuple[int, int, int]] = {
+    EncrId.AES_GCM_16: (8, 16, 1),
+    EncrId.CHACHA20_POLY1305: (8, 16, 1),
+}
+NEGOTIABLE = frozenset(encr for encr, _bits in ENCR_NAMES.values())
+ESP_HEADER, ESP_TRAILER, ESP_MIN_ALIGN = 8, 2, 4  # SPI + sequence number; pad length + next header
+UDP_ENCAP = 8  # NAT-T (RFC 3948): counted always, so the figure holds whether or not a NAT is found
 IP_HEADER = {4: 20, 6: 40}
 TCP_HEADER = 20
-MIN_PATH_MTU = {4: 576, 6: 1280}  # below these (RFC 791, RFC 8200) no clamp is derived from a route
+MIN_PATH_MTU = {4: 576, 6: 1280}  # below these (RFC 791, RFC 8200) nothing is derived from a route
 IP_MTU, IPV6_MTU = 14, 24  # linux/in.h, linux/in6.h (Python's socket module lacks them)
 
 
-def esp_inner_mtu(path_mtu: int, version: int) -> int:
-    """The largest IP packet that still fits `path_mtu` in transport-mode ESP.
-
-    The kernel's own figure for the SA's route (esp4_get_mtu/esp6_get_mtu).
-    """
+def _inner_mtu(path_mtu: int, version: int, iv: int, icv: int, block: int) -> int:
+    align = max(ESP_MIN_ALIGN, -(-block // 4) * 4)
     ip_header = IP_HEADER[version]
-    room = path_mtu - ESP_HEADER - ESP_IV - UDP_ENCAP - ESP_ICV - ip_header
-    return (room & ~(ESP_ALIGN - 1)) + ip_header - ESP_TRAILER
+    room = path_mtu - ip_header - UDP_ENCAP - ESP_HEADER - iv - icv
+    return room - room % align + ip_header - ESP_TRAILER
+
+
+def esp_inner_mtu(path_mtu: int, version: int) -> int:
+    """The largest IP packet that fits `path_mtu` in transport-mode ESP, whichever cipher is negotiated.
+
+    The kernel's own figure for an SA's route (xfrm_state_mtu, formerly esp4_get_mtu/esp6_get_mtu),
+    taken for every cipher of the proposal set, the smallest wins. For a 1500-byte IPv4 path:
+    1500 - 20 (IP) - 8 (UDP encapsulation) - 8 (ESP header) - 8 (IV) - 16 (ICV) = 1440, rounded down
+    to the 4-byte padding boundary = 1440, + 20 (the IP header is not encrypted) - 2 (pad length and
+    next header) = 1458, so at most 1430 bytes of UDP payload; IPv6: 1420 -> 1458, 1410 bytes of UDP.
+    """
+    return min(_inner_mtu(path_mtu, version, *ESP_CIPHERS[encr]) for encr in NEGOTIABLE)
 
 
 def mss_clamp(path_mtu: int, version: int) -> int:

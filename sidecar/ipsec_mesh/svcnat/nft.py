@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..xfrm.netns import setns
 from .mtu import route_mtu
+from .routes import RT_PROTO
 from .routewatch import RouteWatch
 from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
 
@@ -80,7 +81,8 @@ class Nft:
     def _route_mtus(self, addresses: frozenset) -> dict:
         now = time.monotonic()
         if self._routes is None:
-            self._routes = RouteWatch()  # subscribed before the first read: no change is missed
+            # Subscribed before the first read: no change is missed. Our ClusterIP routes are no change.
+            self._routes = RouteWatch(ignore_protocol=RT_PROTO)
         if self._routes.changed() or now - self._mtus_since > MTU_MAX_AGE:
             self._mtus, self._mtus_since = {}, now
         self._mtus = {address: self._mtus[address] if address in self._mtus else route_mtu(address)

@@ -8,17 +8,43 @@ kernel announces a change that could alter a route's MTU.
 from __future__ import annotations
 
 import socket
+import struct
 
 # linux/rtnetlink.h multicast groups (the legacy bit masks bind() takes).
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTM_PROTOCOL = _NLMSGHDR.size + 5  # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+
+
+def only_routes_of(datagram: bytes, protocol: int) -> bool:
+    """True if every message in `datagram` is a route notification for routes of `protocol`
+    (a malformed or truncated datagram is not: it counts as a change)."""
+    offset, seen = 0, False
+    while offset + _NLMSGHDR.size <= len(datagram):
+        length, kind = _NLMSGHDR.unpack_from(datagram, offset)[:2]
+        if length < _NLMSGHDR.size or offset + length > len(datagram):
+            return False
+        if kind not in (RTM_NEWROUTE, RTM_DELROUTE) or length <= _RTM_PROTOCOL:
+            return False
+        if datagram[offset + _RTM_PROTOCOL] != protocol:
+            return False
+        seen = True
+        offset += (length + 3) & ~3
+    return seen and offset >= len(datagram)
 
 
 class RouteWatch:
-    """Subscribed in the calling thread's namespace; `changed()` says if anything came since the last call."""
+    """Subscribed in the calling thread's namespace; `changed()` says if anything came since the last call.
 
-    def __init__(self) -> None:
+    Notifications about routes of `ignore_protocol` (the translation's own ClusterIP routes, which
+    change no endpoint's path) are not a change.
+    """
+
+    def __init__(self, ignore_protocol: int | None = None) -> None:
+        self._ignore = ignore_protocol
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
         self._sock.bind((0, GROUPS))
 
@@ -26,12 +52,14 @@ class RouteWatch:
         changed = False
         while True:
             try:
-                self._sock.recv(65536)
+                datagram = self._sock.recv(65536)
             except BlockingIOError:
                 return changed
             except OSError:
-                pass  # ENOBUFS: notifications were dropped, so something changed
-            changed = True
+                changed = True  # ENOBUFS: notifications were dropped, so something changed
+                continue
+            if self._ignore is None or not only_routes_of(datagram, self._ignore):
+                changed = True
 
     def close(self) -> None:
         self._sock.close()

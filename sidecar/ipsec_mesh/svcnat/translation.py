@@ -4,27 +4,37 @@ Applied by the data plane after the XFRM policies, before the sidecar reports re
 on every new peer map. Never removed by the sidecar: on SIGTERM the table stays (fail
 closed, like the policies), and the next instance takes it over: its first batch replaces
 every rule, later ones change only what differs (ruleset.changes).
+
+With the table come the ClusterIP routes (routes.py): added or replaced before the batch, so a
+new Service's first call already has room for ESP, and the ones no longer wanted deleted after it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ..meshapi.model import ServiceEntry
-from .mtu import MIN_PATH_MTU, mss_clamp
+from ..meshapi.model import MAX_SERVICES, ServiceEntry
+from .mtu import MIN_PATH_MTU, esp_inner_mtu, mss_clamp
 from .nft import Nft, NftError
+from .routes import Address, Route, RouteError, ServiceRoutes, derive
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
 log = logging.getLogger("ipsec_mesh.services")
 
 NO_ENDPOINT = "no ready or serving endpoint: calls are rejected in the pod"
+#: A Service has one ClusterIP per family, so the map's own bound on Services bounds the routes.
+MAX_ROUTES_PER_FAMILY = MAX_SERVICES
 
 
 class ServiceTranslation:
-    def __init__(self, netns: str | None = None, *, nft_factory=Nft):
+    def __init__(self, netns: str | None = None, *, nft_factory=Nft, routes_factory=ServiceRoutes):
         self.netns = netns
         self._nft_factory = nft_factory
         self._nft: Nft | None = None
+        self._routes = routes_factory(netns)
+        #: ClusterIP -> why it has no route of ours (the last update's plan).
+        self.route_problems: dict[str, str] = {}
+        self.route_error = ""
         #: What the table holds after our last successful batch (rules included); None: ask the kernel first.
         self._installed: Table | None = None
         #: The Services in force in the kernel (last successful batch), whatever the kernel held before.
@@ -53,6 +63,8 @@ class ServiceTranslation:
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
+            path_mtus = self._path_mtus()
+            stale_routes = self._put_routes(path_mtus)
             have: Table | Objects | None = self._installed
             if have is None:
                 have = self._nft.objects()
@@ -60,9 +72,10 @@ class ServiceTranslation:
                     # Nothing to translate and no table left by an earlier instance: no table at all.
                     self._in_force = render(())
                     self.last_error = ""
+                    self._delete_routes(stale_routes)
                     return True
                 have = have or Objects()
-            want = render(self._wanted, have, self._mss())
+            want = render(self._wanted, have, self._mss(path_mtus))
             for script in changes(want, have):
                 self._nft.run(script)
         except NftError as exc:
@@ -74,32 +87,98 @@ class ServiceTranslation:
         self._installed = self._in_force = want
         self.updates += 1
         self.last_error = ""
+        self._delete_routes(stale_routes)
         log.info("service translation: %d services, %d endpoints", want.services, want.endpoints)
         return True
 
-    def _mss(self) -> dict[int, int]:
-        """Per IP version, the MSS clamp for the smallest route MTU to a ClusterIP or an endpoint.
+    def _path_mtus(self) -> dict[Address, int]:
+        """Endpoint address -> the MTU of its path (the route under its SA), where one is known.
 
-        The socket's segment size must fit the path to the endpoint once ESP is added; the
-        ClusterIP's route is taken too, in case it is the smaller one.
+        The ClusterIPs' own routes are ours (their MTU already has ESP taken off), so only the
+        endpoints, where the packets really go, are an input.
         """
-        addresses = {address for service in self._wanted for address in service.cluster_ips}
-        addresses |= {ep.address for service in self._wanted for port in service.ports for ep in port.endpoints}
+        addresses = {ep.address for service in self._wanted for port in service.ports for ep in port.endpoints}
         mtus = self._nft.route_mtus(addresses) if addresses else {}
+        return {a: mtu for a, mtu in mtus.items() if mtu and mtu >= MIN_PATH_MTU[a.version]}
+
+    def _mss(self, path_mtus: dict[Address, int]) -> dict[int, int]:
+        """Per IP version, the MSS clamp for the smallest path MTU to an endpoint (kept as a fallback for
+        ClusterIPs that get no route, see docs/services.md)."""
         smallest: dict[int, int] = {}
-        for address, mtu in mtus.items():
-            if mtu and mtu >= MIN_PATH_MTU[address.version]:
-                smallest[address.version] = min(mtu, smallest.get(address.version, mtu))
+        for address, mtu in path_mtus.items():
+            smallest[address.version] = min(mtu, smallest.get(address.version, mtu))
         return {version: mss_clamp(mtu, version) for version, mtu in smallest.items()}
+
+    def _plan_routes(self, path_mtus: dict[Address, int]) -> tuple[dict[Address, Route], dict[str, str],
+                                                                    dict[Address, Route]]:
+        """The route each translated ClusterIP should have, why the others get none, and ours in the kernel."""
+        endpoints: dict[Address, set[Address]] = {}
+        for service in self._wanted:
+            for cluster_ip in service.cluster_ips:
+                endpoints.setdefault(cluster_ip, set()).update(
+                    ep.address for port in service.ports for ep in port.endpoints
+                    if ep.address.version == cluster_ip.version)
+        table = self._routes.table()
+        plan: dict[Address, Route] = {}
+        problems: dict[str, str] = {}
+        count = {4: 0, 6: 0}
+        for cluster_ip in sorted(endpoints, key=lambda a: (a.version, a)):
+            known = [path_mtus[a] for a in endpoints[cluster_ip] if a in path_mtus]
+            if not endpoints[cluster_ip]:
+                continue  # nothing to translate to: calls are rejected in the pod
+            if not known:
+                problems[str(cluster_ip)] = "no path MTU known to any of its endpoints"
+                continue
+            if count[cluster_ip.version] >= MAX_ROUTES_PER_FAMILY:
+                problems[str(cluster_ip)] = f"more than {MAX_ROUTES_PER_FAMILY} IPv{cluster_ip.version} ClusterIPs"
+                continue
+            route = derive(cluster_ip, esp_inner_mtu(min(known), cluster_ip.version), table)
+            if isinstance(route, str):
+                problems[str(cluster_ip)] = route
+                continue
+            plan[cluster_ip] = route
+            count[cluster_ip.version] += 1
+        return plan, problems, self._routes.installed(table)
+
+    def _put_routes(self, path_mtus: dict[Address, int]) -> list[Route]:
+        """Add or replace the wanted routes; our other routes (to delete after the batch)."""
+        try:
+            plan, self.route_problems, installed = self._plan_routes(path_mtus)
+            self._routes.put([route for address, route in plan.items() if installed.get(address) != route])
+        except RouteError as exc:
+            self.route_error = str(exc)
+            log.error("ClusterIP routes not updated: %s", exc)
+            return []
+        self.route_error = ""
+        return [route for address, route in installed.items() if address not in plan]
+
+    def _delete_routes(self, stale: list[Route]) -> None:
+        try:
+            self._routes.delete(stale)
+        except RouteError as exc:
+            self.route_error = str(exc)
+            log.error("ClusterIP routes not removed: %s", exc)
+
+    def routes(self) -> list[dict] | None:
+        """Our ClusterIP routes as the kernel holds them now (None: it could not be asked)."""
+        try:
+            names = self._routes.link_names()
+            return [route.status(names) for _, route in sorted(self._routes.installed().items(),
+                                                                key=lambda item: (item[0].version, item[0]))]
+        except RouteError:
+            return None  # route_error keeps the last update's outcome; a failed read is not one
 
     def problem(self) -> str | None:
         """Why the pod must not report ready: Services it is asked to translate and cannot."""
         if self._wanted and self.last_error:
             return f"service translation failed: {self.last_error}"
+        if self._wanted and self.route_error:
+            return f"ClusterIP routes failed: {self.route_error}"
         return None
 
     def close(self) -> None:
-        """Release libnftables; the table itself stays (fail closed)."""
+        """Release libnftables and the routing socket; the table and the routes stay (fail closed)."""
+        self._routes.close()
         if self._nft is not None:
             self._nft.close()
             self._nft = None
@@ -146,4 +225,7 @@ class ServiceTranslation:
             "untranslated_packets": self._nft.untranslated_packets() if self._nft is not None else None,
             "per_service": per_service,
             "mss_clamp": {f"ipv{version}": mss for version, mss in sorted(self._in_force.mss.items())},
+            "routes": self.routes(),
+            "route_problems": dict(self.route_problems),
+            "route_error": self.route_error,
         }

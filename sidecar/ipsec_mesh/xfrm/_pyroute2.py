@@ -20,7 +20,9 @@ PACKAGE = "pyroute2"
 
 
 class _DeferredPackage(types.ModuleType):
-    def __getattr__(self, name: str):
+    _deferred_init: str
+
+    def __getattr__(self, name: str) -> object:
         if name.startswith("__"):
             raise AttributeError(name)
         if importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:

@@ -14,14 +14,18 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from . import codec, sockopts, structs
+from . import codec, packed, sockopts, structs
 from .channel import NetlinkChannel, NetnsRef, Reply, close_quietly
 from .constants import IPPROTO_ESP, Direction, Group, MsgType
 from .errors import XfrmError, XfrmSpecError, esp_unavailable_hint
 from .events import EventsLost, XfrmEvent, decode_event
 from .model import IPAddress, Mark, PolicyInfo, PolicySpec, SaInfo, SaSpec, Selector, ip_address
 from .ownership import LARVAL_REQID, is_owned_reqid
+
+if TYPE_CHECKING:
+    from pyroute2.netlink import nlmsg
 
 DEFAULT_EVENT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.MAPPING)  # EXPIRE carries POLEXPIRE
 NOT_FOUND = (errno.ENOENT, errno.ESRCH)
@@ -57,7 +61,7 @@ class Xfrm:
     def __enter__(self) -> Xfrm:
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ SAs
@@ -148,7 +152,7 @@ class Xfrm:
         for policy in policies:
             for template in policy.templates:
                 require_owned_reqid(template.reqid, operation)
-        requests = [(codec.policy_message(policy), msg_type, 0) for policy in policies]
+        requests = [(packed.policy_body(policy), msg_type, 0) for policy in policies]
         with self._lock:
             return self._requests.batch(requests, operation)
 
@@ -156,7 +160,7 @@ class Xfrm:
         self, selector: Selector, direction: Direction, mark: Mark | None = None
     ) -> PolicyInfo | None:
         """Our policy with this selector, direction and mark, if installed."""
-        message = codec.policy_id_message(selector, direction, mark)
+        message = packed.policy_id_body(selector, direction, mark)
         reply = self._query_if_exists(message, MsgType.GETPOLICY, "get_policy")
         return None if reply is None else decode_policy_reply(reply, "get_policy")
 
@@ -167,8 +171,20 @@ class Xfrm:
 
         Returns False if there was none.
         """
-        message = codec.policy_id_message(selector, direction, mark)
+        message = packed.policy_id_body(selector, direction, mark)
         return self._delete(message, MsgType.DELPOLICY, "delete_policy")
+
+    def delete_policies(
+        self, policies: Sequence[tuple[Selector, Direction, Mark | None]]
+    ) -> list[XfrmError | None]:
+        """Batched delete_policy by (selector, direction, mark): one result per policy,
+        XfrmError(ENOENT) for one that was not there."""
+        requests = [
+            (packed.policy_id_body(selector, direction, mark), MsgType.DELPOLICY, 0)
+            for selector, direction, mark in policies
+        ]
+        with self._lock:
+            return self._requests.batch(requests, "delete_policy")
 
     def dump_policies(self) -> list[PolicyInfo]:
         with self._lock:
@@ -177,7 +193,7 @@ class Xfrm:
             )
         return [decode_policy_reply(reply, "dump_policies") for reply in replies]
 
-    def _query_if_exists(self, message, msg_type: MsgType, operation: str) -> Reply | None:
+    def _query_if_exists(self, message: nlmsg, msg_type: MsgType, operation: str) -> Reply | None:
         try:
             with self._lock:
                 return self._requests.query(message, msg_type, operation)
@@ -186,7 +202,7 @@ class Xfrm:
                 return None
             raise
 
-    def _delete(self, message, msg_type: MsgType, operation: str) -> bool:
+    def _delete(self, message: nlmsg, msg_type: MsgType, operation: str) -> bool:
         try:
             with self._lock:
                 self._requests.request(message, msg_type, operation)
@@ -262,7 +278,7 @@ class Xfrm:
         """Delete every policy and SA that carries our tags, and nothing else."""
         ours = [policy for policy in self.dump_policies() if policy.owned]
         deletions = [
-            (codec.policy_id_message(None, p.direction, p.mark, index=p.index), MsgType.DELPOLICY, 0)
+            (packed.policy_id_body(None, p.direction, p.mark, index=p.index), MsgType.DELPOLICY, 0)
             for p in ours
         ]
         sas = [sa for sa in self.dump_sas() if sa.owned]

@@ -50,6 +50,9 @@ RECV_BUFFER = 1 << 17  # dumps come in skbs of at most 32 KiB; room to spare
 SOCKET_BUFFER = 4 << 20  # so bursts of acks/events do not overflow
 BATCH_BYTES = 64 << 10  # requests per sendmsg: well under the 200 KiB default sndbuf
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python does not export it
+NLMSG_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
+FLAGS_FIELD, FLAGS_OFFSET = struct.Struct("=H"), 6
+SEQ_FIELD, SEQ_OFFSET = struct.Struct("=I"), 8
 REPLY_TIMEOUT = 5.0  # seconds; the kernel answers in microseconds, this only bounds bugs
 
 
@@ -61,16 +64,16 @@ class Reply:
     data: bytes  # the whole netlink message, header included
 
 
-def open_netlink_socket(netns: NetnsRef) -> socket.socket:
-    """A NETLINK_XFRM socket created inside `netns` (None: the caller's namespace)."""
+def open_netlink_socket(netns: NetnsRef, protocol: int = NETLINK_XFRM) -> socket.socket:
+    """A netlink socket (NETLINK_XFRM unless told) created inside `netns` (None: the caller's namespace)."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM)
-    result: list = []
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+    result: list[socket.socket | BaseException] = []
 
     def enter_and_create() -> None:
         try:
             setns(netns)  # never creates a namespace: a missing one is an error
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_XFRM))
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
         except Exception as exc:  # handed to the caller's thread below
             result.append(exc)
 
@@ -125,10 +128,10 @@ def extended_ack_text(reply: Reply) -> str:
 
 
 class NetlinkChannel:
-    """One NETLINK_XFRM socket. Not thread-safe on its own; `Xfrm` holds a lock."""
+    """One NETLINK_XFRM socket (or `protocol`: svcnat's routes use NETLINK_ROUTE). Not thread-safe on its own."""
 
-    def __init__(self, netns: NetnsRef = None, groups: Iterable[int] = ()):
-        self.sock = open_netlink_socket(netns)
+    def __init__(self, netns: NetnsRef = None, groups: Iterable[int] = (), protocol: int = NETLINK_XFRM):
+        self.sock = open_netlink_socket(netns, protocol)
         try:
             self._configure(list(groups))
         except OSError as exc:
@@ -166,8 +169,11 @@ class NetlinkChannel:
 
     # ------------------------------------------------------------ sending
 
-    def _stamp(self, message: nlmsg, msg_type: int, flags: int) -> tuple[int, bytes]:
+    def _stamp(self, message: nlmsg | bytes, msg_type: int, flags: int) -> tuple[int, bytes]:
+        """The whole request: `message` is a pyroute2 message or an already packed body."""
         seq = next(self._seq) & 0xFFFFFFFF
+        if isinstance(message, bytes):
+            return seq, NLMSG_HEADER.pack(NLMSG_HDRLEN + len(message), msg_type, flags, seq, 0) + message
         message["header"] = {"type": msg_type, "flags": flags, "sequence_number": seq, "pid": 0}
         message.encode()
         return seq, bytes(message.data)
@@ -198,36 +204,50 @@ class NetlinkChannel:
             raise errors[0]
 
     def batch(
-        self, requests: Iterable[tuple[nlmsg, int, int]], operation: str
+        self, requests: Iterable[tuple[nlmsg | bytes, int, int]], operation: str
     ) -> list[XfrmError | None]:
-        """Send many acked requests, several per datagram; one result per request."""
-        results: dict[int, XfrmError | None] = {}
-        order: list[int] = []
+        """Send many requests, several per datagram; one result per request.
+
+        Only the last request of each datagram asks for an ack: the kernel handles the
+        requests of a datagram in order and acks a failed one whether asked or not, so
+        when the last ack arrives every failure before it has been reported, and a
+        request without an error ack succeeded. An ack the kernel could not queue makes
+        the receive fail with ENOBUFS (raised): the outcome is then unknown, never
+        reported as success.
+        """
+        results: list[XfrmError | None] = []
         chunk: list[bytes] = []
         chunk_bytes = 0
-        pending: set[int] = set()
         for message, msg_type, flags in requests:
-            seq, data = self._stamp(message, msg_type, NLM_F_REQUEST | NLM_F_ACK | flags)
-            order.append(seq)
+            data = self._stamp(message, msg_type, NLM_F_REQUEST | flags)[1]
             if chunk and chunk_bytes + len(data) > BATCH_BYTES:
-                self._flush(chunk, pending, results, operation)
+                results += self._flush(chunk, operation)
                 chunk_bytes = 0
             chunk.append(data)
             chunk_bytes += len(data)
-            pending.add(seq)
-        self._flush(chunk, pending, results, operation)
-        return [results[seq] for seq in order]
+        results += self._flush(chunk, operation)
+        return results
 
-    def _flush(self, chunk: list[bytes], pending: set[int], results: dict, operation: str) -> None:
+    def _flush(self, chunk: list[bytes], operation: str) -> list[XfrmError | None]:
         if not chunk:
-            return
+            return []
+        last = bytearray(chunk[-1])  # ask for an ack on the last request only
+        (flags,) = FLAGS_FIELD.unpack_from(last, FLAGS_OFFSET)
+        FLAGS_FIELD.pack_into(last, FLAGS_OFFSET, flags | NLM_F_ACK)
+        chunk[-1] = bytes(last)
+        seqs = {SEQ_FIELD.unpack_from(data, SEQ_OFFSET)[0]: index for index, data in enumerate(chunk)}
+        final_seq = SEQ_FIELD.unpack_from(last, SEQ_OFFSET)[0]
+        results: list[XfrmError | None] = [None] * len(chunk)
         self._send(b"".join(chunk), operation)
         chunk.clear()
-        while pending:
+        while True:
             for reply in self._receive(operation):
-                if reply.msg_type == NLMSG_ERROR and reply.seq in pending:
-                    pending.discard(reply.seq)
-                    results[reply.seq] = error_of(reply, operation)
+                index = seqs.get(reply.seq)
+                if reply.msg_type != NLMSG_ERROR or index is None:
+                    continue  # a late answer to an earlier, failed call
+                results[index] = error_of(reply, operation)
+                if reply.seq == final_seq:
+                    return results
 
     def query(self, message: nlmsg, msg_type: int, operation: str) -> Reply:
         """Send a request answered by exactly one message (GETSA, ALLOCSPI)."""

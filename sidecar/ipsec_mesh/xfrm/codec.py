@@ -1,7 +1,8 @@
 """Model <-> kernel message conversion, on the pyroute2 classes of `structs`.
 
-Requests: `sa_message`, `policy_message`, ... return an unencoded pyroute2
-message; the channel stamps the header and encodes it.
+Requests: `sa_message`, `sa_id_message`, ... return an unencoded pyroute2
+message; the channel stamps the header and encodes it. Policy requests, sent by
+the thousand, are packed without pyroute2 (packed.py).
 Replies: `decode_*` take the bytes of one netlink message, check every length
 against the buffer first (pyroute2's decoder trusts lengths and would read
 into the next attribute or raise struct.error), then decode.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from typing import Any
 
 from pyroute2.netlink import nlmsg
 
@@ -35,7 +37,6 @@ from .model import (
     LifetimeCurrent,
     Mark,
     PolicyInfo,
-    PolicySpec,
     SaInfo,
     SaSpec,
     Selector,
@@ -43,9 +44,8 @@ from .model import (
     UdpEncap,
     family_of,
 )
-from .ownership import POLICY_TAG, is_owned_policy_tag, is_owned_reqid
+from .ownership import is_owned_policy_tag, is_owned_reqid
 
-ALL_ALGORITHMS = 0xFFFFFFFF  # xfrm_user_tmpl aalgos/ealgos/calgos: any
 CLASSIC_REPLAY_MAX = 32  # the u8 replay_window field's bitmap is 32 bits wide
 
 # Smallest payload the kernel may send for each attribute we decode.
@@ -79,7 +79,7 @@ def unpack_address(raw: bytes, family: int) -> IPAddress:
     return ipaddress.IPv4Address(raw[:4])
 
 
-def blank(message_class: type) -> nlmsg:
+def blank(message_class: type[nlmsg]) -> nlmsg:
     """A message whose byte-string fields are zero (pyroute2 has no default for them)."""
     message = message_class()
     for name, fmt in message_class.fields:
@@ -91,7 +91,7 @@ def blank(message_class: type) -> nlmsg:
 # ---------------------------------------------------------------- encode pieces
 
 
-def put_selector(message, prefix: str, selector: Selector | None, user: int = 0) -> None:
+def put_selector(message: nlmsg, prefix: str, selector: Selector | None, user: int = 0) -> None:
     if selector is None:
         return  # stays zero: the wildcard selector of per-socket policies
     message[prefix + "daddr"] = pack_address(selector.dst.network_address)
@@ -108,7 +108,7 @@ def put_selector(message, prefix: str, selector: Selector | None, user: int = 0)
     message[prefix + "user"] = user
 
 
-def put_lifetime(message, prefix: str, lifetime: Lifetime) -> None:
+def put_lifetime(message: nlmsg, prefix: str, lifetime: Lifetime) -> None:
     message[prefix + "soft_byte_limit"] = lifetime.soft_bytes
     message[prefix + "hard_byte_limit"] = lifetime.hard_bytes
     message[prefix + "soft_packet_limit"] = lifetime.soft_packets
@@ -119,11 +119,11 @@ def put_lifetime(message, prefix: str, lifetime: Lifetime) -> None:
     message[prefix + "hard_use_expires_seconds"] = lifetime.hard_use_seconds
 
 
-def mark_attrs(mark: Mark | None) -> list:
+def mark_attrs(mark: Mark | None) -> list[tuple[str, dict[str, int]]]:
     return [] if mark is None else [("XFRMA_MARK", {"v": mark.value, "m": mark.mask})]
 
 
-def aead_attr(aead: Aead) -> tuple:
+def aead_attr(aead: Aead) -> tuple[str, dict[str, Any]]:
     return (
         "XFRMA_ALG_AEAD",
         {
@@ -135,26 +135,11 @@ def aead_attr(aead: Aead) -> tuple:
     )
 
 
-def replay_esn_attr(window: int) -> tuple:
+def replay_esn_attr(window: int) -> tuple[str, dict[str, Any]]:
     words = (window + 31) // 32
     value = {"bmp_len": words, "replay_window": window, "bmp": bytes(4 * words)}
     value.update(oseq=0, seq=0, oseq_hi=0, seq_hi=0)
     return ("XFRMA_REPLAY_ESN_VAL", value)
-
-
-def template_bytes(template: Template, family: int) -> bytes:
-    element = blank(structs.UserTmpl)
-    element["id_daddr"] = pack_address(template.dst)
-    element["id_spi"] = template.spi
-    element["id_proto"] = template.proto
-    element["family"] = family_of(template.dst) if template.dst is not None else family
-    element["saddr"] = pack_address(template.src)
-    element["reqid"] = template.reqid
-    element["mode"] = template.mode
-    element["optional"] = int(template.level == Level.USE)
-    element["aalgos"] = element["ealgos"] = element["calgos"] = ALL_ALGORITHMS
-    element.encode()
-    return bytes(element.data)
 
 
 # ---------------------------------------------------------------- requests
@@ -176,7 +161,7 @@ def sa_message(spec: SaSpec, operation: str) -> nlmsg:
     message["family"] = spec.family
     message["mode"] = spec.mode
     message["flags"] = spec.flags | (XFRM_STATE_ESN if spec.esn else 0)
-    attrs = [aead_attr(spec.aead)]
+    attrs: list[tuple[str, Any]] = [aead_attr(spec.aead)]
     if spec.esn or spec.replay_window > CLASSIC_REPLAY_MAX:
         attrs.append(replay_esn_attr(spec.replay_window))  # then the u8 field must stay 0
     else:
@@ -225,37 +210,7 @@ def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int
     return message
 
 
-def policy_message(spec: PolicySpec) -> nlmsg:
-    """XFRM_MSG_NEWPOLICY / UPDPOLICY body, tagged as ours (see ownership.py)."""
-    message = blank(structs.UserPolicyInfoMsg)
-    put_selector(message, "sel_", spec.selector, user=POLICY_TAG)
-    put_lifetime(message, "lft_", spec.lifetime)
-    message["priority"] = spec.priority
-    message["index"] = spec.index
-    message["dir"] = spec.direction
-    message["action"] = spec.action
-    message["flags"] = spec.flags
-    attrs = []
-    if spec.templates:
-        family = spec.selector.family
-        attrs.append(("XFRMA_TMPL", b"".join(template_bytes(t, family) for t in spec.templates)))
-    message["attrs"] = attrs + mark_attrs(spec.mark)
-    return message
-
-
-def policy_id_message(
-    selector: Selector | None, direction: Direction, mark: Mark | None = None, index: int = 0
-) -> nlmsg:
-    """XFRM_MSG_GETPOLICY / DELPOLICY body: by (tagged selector, dir, mark) or by index."""
-    message = blank(structs.UserPolicyIdMsg)
-    put_selector(message, "sel_", selector, user=POLICY_TAG)
-    message["index"] = index
-    message["dir"] = direction
-    message["attrs"] = mark_attrs(mark)
-    return message
-
-
-def dump_request(message_class: type) -> nlmsg:
+def dump_request(message_class: type[nlmsg]) -> nlmsg:
     """Dumps carry a zeroed body of the reply's struct, as the kernel expects."""
     message = blank(message_class)
     if "lft_soft_byte_limit" in dict(message_class.fields):
@@ -293,7 +248,7 @@ def check_attributes(data: bytes, offset: int, operation: str) -> None:
         offset += (length + 3) & ~3
 
 
-def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
+def decode_message(message_class: type[nlmsg], data: bytes, operation: str) -> nlmsg:
     """Bounds-check one netlink message of `message_class`, then decode it."""
     fixed = message_class.layout().struct.size
     if len(data) < NLMSG_HDRLEN + fixed:
@@ -313,7 +268,7 @@ def decode_message(message_class: type, data: bytes, operation: str) -> nlmsg:
 # ---------------------------------------------------------------- decode pieces
 
 
-def get_selector(message, prefix: str, fallback_family: int) -> tuple[Selector, int]:
+def get_selector(message: nlmsg, prefix: str, fallback_family: int) -> tuple[Selector, int]:
     """The selector and its `user` field (our ownership tag when it is ours)."""
     family = message[prefix + "family"] or fallback_family
     if family not in (socket.AF_INET, socket.AF_INET6):
@@ -336,7 +291,7 @@ def get_selector(message, prefix: str, fallback_family: int) -> tuple[Selector, 
     return selector, message[prefix + "user"]
 
 
-def get_lifetimes(message, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
+def get_lifetimes(message: nlmsg, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
     lifetime = Lifetime(*(message[prefix + name] for name, _ in structs.LIFETIME_CFG))
     current = LifetimeCurrent(
         *(message[current_prefix + name] for name, _ in structs.LIFETIME_CUR)
@@ -344,13 +299,13 @@ def get_lifetimes(message, prefix: str, current_prefix: str) -> tuple[Lifetime, 
     return lifetime, current
 
 
-def get_mark(message) -> Mark | None:
+def get_mark(message: nlmsg) -> Mark | None:
     mark = message.get_attr("XFRMA_MARK")
     return None if mark is None else Mark(mark["v"], mark["m"])
 
 
-def get_templates(message, family: int) -> tuple[Template, ...]:
-    raw = message.get_attr("XFRMA_TMPL") or b""
+def get_templates(message: nlmsg, family: int) -> tuple[Template, ...]:
+    raw: bytes = message.get_attr("XFRMA_TMPL") or b""
     templates = []
     for offset in range(0, len(raw), TMPL_SIZE):
         element = structs.UserTmpl(raw[offset : offset + TMPL_SIZE])
@@ -372,7 +327,7 @@ def get_templates(message, family: int) -> tuple[Template, ...]:
     return tuple(templates)
 
 
-def policy_from(message, prefix: str = "") -> PolicyInfo:
+def policy_from(message: nlmsg, prefix: str = "") -> PolicyInfo:
     """A PolicyInfo from an xfrm_userpolicy_info (optionally nested under `prefix`)."""
     selector, user = get_selector(message, prefix + "sel_", 0)
     lifetime, current = get_lifetimes(message, prefix + "lft_", prefix + "cur_")
@@ -394,7 +349,7 @@ def policy_from(message, prefix: str = "") -> PolicyInfo:
     )
 
 
-def sa_from(message) -> SaInfo:
+def sa_from(message: nlmsg) -> SaInfo:
     """An SaInfo from an xfrm_usersa_info message. The key is never copied out."""
     family = message["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):

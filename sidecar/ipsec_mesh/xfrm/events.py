@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import structs
 from .codec import decode_message, get_selector, get_templates, policy_from, sa_from, unpack_address
 from .constants import MsgType
 from .model import IPAddress, PolicyInfo, SaInfo, Selector, Template
 from .ownership import is_owned_reqid
+
+if TYPE_CHECKING:
+    from pyroute2.netlink import nlmsg
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ def decode_event(msg_type: int, data: bytes) -> XfrmEvent | None:
     return None
 
 
-def _acquire(message) -> Acquire:
+def _acquire(message: nlmsg) -> Acquire:
     selector, _ = get_selector(message, "sel_", 0)
     policy = policy_from(message, "pol_")
     templates = get_templates(message, selector.family)
@@ -119,7 +123,7 @@ def _acquire(message) -> Acquire:
     )
 
 
-def _mapping(message) -> Mapping:
+def _mapping(message: nlmsg) -> Mapping:
     family = message["id_family"] or socket.AF_INET
     return Mapping(
         dst=unpack_address(message["id_daddr"], family),

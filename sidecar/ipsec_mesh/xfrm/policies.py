@@ -7,6 +7,8 @@ reserved for nobody: a peer policy at 0 could never be overridden.
 
 from __future__ import annotations
 
+from ipaddress import ip_network
+
 from .constants import Action, Direction
 from .model import PolicySpec, Selector
 
@@ -34,7 +36,7 @@ def neighbor_discovery_bypass(priority: int = BYPASS_PRIORITY) -> list[PolicySpe
     dropped, so not even IKE (bypassed per socket) can reach it. XFRM carries
     the ICMPv6 type in the selector's source-port field.
     """
-    any6 = ("::/0", "::/0")
+    any6 = (ip_network("::/0"), ip_network("::/0"))
     return [
         PolicySpec(Selector(*any6, proto=ICMPV6, sport=kind), direction, Action.ALLOW, priority)
         for kind in (NEIGHBOR_SOLICITATION, NEIGHBOR_ADVERTISEMENT)

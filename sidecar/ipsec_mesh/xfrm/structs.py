@@ -12,6 +12,8 @@ Byte order: ports and SPIs are big-endian (`>H`, `>I`), all else host order.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyroute2.netlink import nla, nlmsg, nlmsg_base, nlmsg_decoder_generic, nlmsg_encoder_generic
 
@@ -202,7 +204,9 @@ class CompiledLayout:
     """
 
     def __init__(self, fields: Fields):
-        native, self.names, self.swaps = [], [], []
+        native: list[str] = []
+        self.names: list[str] = []
+        self.swaps: list[Callable[[int], int] | None] = []
         for name, fmt in fields:
             if fmt.endswith("x"):
                 native.append(fmt)
@@ -218,7 +222,13 @@ class CompiledLayout:
         self.defaults = [b"" if fmt.endswith("s") else 0 for name, fmt in fields if not fmt.endswith("x")]
 
 
-class CompiledFields:
+if TYPE_CHECKING:  # to the type checker the mixin is what it mixes into: a dict of fields
+    _FieldDict = dict[str, Any]
+else:
+    _FieldDict = object
+
+
+class CompiledFields(_FieldDict):
     """Mixin replacing pyroute2's per-field codec for fixed-layout structs.
 
     pyroute2 packs field by field through its generic `get()`, about 0.5 ms
@@ -227,7 +237,16 @@ class CompiledFields:
     """
 
     __slots__ = ()
-    _layouts: dict = {}
+    _layouts: dict[type, CompiledLayout] = {}
+    if TYPE_CHECKING:  # provided by the pyroute2 message class this is mixed into
+        fields: ClassVar[Fields]
+        align: ClassVar[int]
+        nla_map: ClassVar[tuple[tuple[int, str, str], ...]]
+        data: bytearray
+
+        def __init__(self, data: bytes | None = None, offset: int = 0, length: int | None = None) -> None: ...
+        def decode(self) -> None: ...
+        def decode_nlas(self, offset: int) -> None: ...
 
     @classmethod
     def layout(cls) -> CompiledLayout:
@@ -236,17 +255,17 @@ class CompiledFields:
             compiled = CompiledFields._layouts[cls] = CompiledLayout(cls.fields)
         return compiled
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         try:  # decoded fields are plain dict entries: skip pyroute2's lookup logic
             return dict.__getitem__(self, key)
         except KeyError:
             return super().__getitem__(key)
 
-    def ft_encode(self, offset):
+    def ft_encode(self, offset: int) -> tuple[int, int]:
         layout = self.layout()
-        values = []
+        values: list[Any] = []
         for name, swap, default in zip(layout.names, layout.swaps, layout.defaults, strict=True):
-            value = dict.get(self, name)
+            value: Any = dict.get(self, name)
             value = default if value is None else value
             values.append(swap(value) if swap else value)
         self.data.extend(bytes(layout.struct.size))
@@ -256,7 +275,7 @@ class CompiledFields:
         self.data.extend(bytes(diff))
         return offset + diff, diff
 
-    def ft_decode(self, offset):
+    def ft_decode(self, offset: int) -> None:
         layout = self.layout()
         values = layout.struct.unpack_from(self.data, offset)
         for name, swap, value in zip(layout.names, layout.swaps, values, strict=True):
@@ -327,7 +346,7 @@ class xfrm_attrs:
         __slots__ = ()
         fields = REPLAY_ESN + (("bmp", "s"),)
 
-        def decode(self):
+        def decode(self) -> None:
             nla.decode(self)
             self.pop("bmp", None)  # the bitmap is kernel bookkeeping we never read
 
@@ -337,7 +356,7 @@ class xfrm_attrs:
         __slots__ = ()
         fields = ALGO_AEAD + (("alg_key", "s"),)
 
-        def decode(self):
+        def decode(self) -> None:
             nla.decode(self)
             self.pop("alg_key", None)
 

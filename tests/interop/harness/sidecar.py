@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import yaml
 
+from ipsec_mesh.meshapi.ports import STATUS_PORT
+
 from .netns import Namespace, stop_process
 
 REPO = Path(__file__).resolve().parents[3]
-STATUS_PORT = 9741
 
 
 def _get_status(port: int) -> dict:

@@ -11,7 +11,7 @@ reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 
 from __future__ import annotations
 
-from .. import followup_ke, inactivity
+from .. import followup_ke, inactivity, liveness
 from ..child import ChildSa, ChildState, handover_done
 from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
@@ -99,8 +99,7 @@ def on_timers(sa: IkeSa, now: float) -> None:
         sa.queue(ike_rekey.IkeRekeyTask(), now)
     for child in list(sa.children.values()):
         _child_timers(sa, child, now)
-    if sa.config.dpd_delay and now - sa.last_received >= sa.config.dpd_delay \
-            and sa.tasks.outstanding is None and not sa.tasks.queued:
+    if liveness.check_due(sa, now):
         sa.queue(informational.DpdTask(), now)
     informational.keepalive(sa, now)
 

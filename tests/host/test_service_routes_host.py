@@ -1,0 +1,154 @@
+"""The ClusterIP routes of the Service translation on the host kernel (issue 11).
+
+Each translated ClusterIP gets a host route (proto 229) through the gateway its traffic used
+before, with an MTU that fits inside ESP; only our routes are ever changed; a restart replaces
+them in place; the status reads them back from the kernel.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from ipsec_mesh.svcnat import ServiceTranslation
+from ipsec_mesh.svcnat.mtu import esp_inner_mtu
+from ipsec_mesh.svcnat.routes import RT_PROTO
+from tests.host.test_services_host import (  # noqa: F401 (cluster is a fixture)
+    CLUSTER4,
+    CLUSTER6,
+    SERVER6,
+    SERVERS4,
+    cluster,
+    peer_set,
+    run_in,
+    service_doc,
+)
+from tests.support.netns import ip
+
+MTU4, MTU6 = esp_inner_mtu(1500, 4), esp_inner_mtu(1500, 6)
+
+
+def ours(netns: str) -> set[str]:
+    return {line.strip() for v in ("-4", "-6") for line in ip(v, "route", "show", "proto", str(RT_PROTO),
+                                                                 netns=netns).splitlines()}
+
+
+def others(netns: str) -> set[str]:
+    """Every route of every table that is not ours, as `ip` prints it (but link-local ones, which the
+    kernel adds whenever a veth's IPv6 link-local address comes up)."""
+    lines = set()
+    for v in ("-4", "-6"):
+        for line in ip(v, "route", "show", "table", "all", netns=netns).splitlines():
+            if f"proto {RT_PROTO}" not in line and "fe80::" not in line:
+                lines.add(line.strip())
+    return lines
+
+
+def services(*docs: dict) -> tuple:
+    return tuple(peer_set(list(docs)).peer_map.services)
+
+
+IP_MTU = """
+import socket, sys
+for address in sys.argv[1:]:
+    v6 = ":" in address
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((address, 80))
+    print(address, s.getsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, 24 if v6 else 14))
+"""
+
+
+def test_a_route_per_cluster_ip_leaves_room_for_esp_and_leaves_other_routes_alone(cluster):
+    before = others(cluster.client)
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        assert translation.apply(services(service_doc(SERVERS4[:1], peer=True)))
+        dev = next(line.split()[4] for line in before if line.startswith("default via 10.98.1.1"))
+        assert ours(cluster.client) == {
+            f"{CLUSTER4} via 10.98.1.1 dev {dev} mtu {MTU4}",
+            f"{CLUSTER6} via fd98:1::1 dev {dev} metric 1024 mtu {MTU6} pref medium"}
+        assert others(cluster.client) == before
+        # What a socket calling the ClusterIP sees (no packet sent): room for ESP, IPv4 and IPv6.
+        seen = dict(line.split() for line in run_in(cluster.client, IP_MTU, CLUSTER4, CLUSTER6).splitlines())
+        assert seen == {CLUSTER4: str(MTU4), CLUSTER6: str(MTU6)} and (MTU4, MTU6) == (1458, 1458)
+        assert translation.status()["routes"] == [
+            {"destination": f"{CLUSTER4}/32", "mtu": MTU4, "via": "10.98.1.1", "dev": translation.status()[
+                "routes"][0]["dev"]},
+            {"destination": f"{CLUSTER6}/128", "mtu": MTU6, "via": "fd98:1::1",
+             "dev": translation.status()["routes"][1]["dev"]}]
+        # The Service leaves: its routes go, nothing else changes.
+        assert translation.apply(())
+        assert ours(cluster.client) == set() and others(cluster.client) == before
+        assert translation.status()["routes"] == []
+    finally:
+        translation.close()
+
+
+def test_a_restart_replaces_the_routes_in_place_and_removes_only_stale_ones_of_ours(cluster):
+    wanted = services(service_doc(SERVERS4[:1], peer=True))
+    first = ServiceTranslation(netns=cluster.client)
+    assert first.apply(wanted)
+    first.close()
+    # Left behind: a stale route of ours (a Service that has gone meanwhile), and routes of others,
+    # among them one for a ClusterIP that the next map lists.
+    ip("route", "add", "10.96.0.99/32", "via", "10.98.1.1", "proto", str(RT_PROTO), "mtu", "1400",
+       netns=cluster.client)
+    ip("route", "add", "10.96.0.77/32", "via", "10.98.1.1", "proto", "static", "mtu", "1300", netns=cluster.client)
+    ip("route", "add", "10.96.0.20/32", "via", "10.98.1.1", "proto", "static", netns=cluster.client)
+    before = others(cluster.client)
+    other = dict(service_doc(SERVERS4[:1], peer=True, v6=False), name="other", clusterIPs=["10.96.0.20"])
+    monitor = subprocess.Popen(["ip", "-n", cluster.client, "monitor", "route"], stdout=subprocess.PIPE, text=True)
+    second = ServiceTranslation(netns=cluster.client)
+    try:
+        time.sleep(0.5)  # the monitor's socket is subscribed
+        assert second.apply(wanted + services(other))
+        time.sleep(0.5)
+    finally:
+        second.close()
+        monitor.terminate()
+    events = monitor.communicate(timeout=10)[0].splitlines()
+    # The kept ClusterIP routes were never deleted (no moment without them); the stale one was.
+    assert [e for e in events if e.startswith("Deleted")] == [e for e in events if e.startswith("Deleted 10.96.0.99")]
+    assert len([e for e in events if e.startswith("Deleted")]) == 1
+    assert {r.split()[0] for r in ours(cluster.client)} == {CLUSTER4, CLUSTER6}
+    assert others(cluster.client) == before  # 10.96.0.20 stays someone else's
+    per_route = second.status()["route_problems"]
+    assert per_route == {"10.96.0.20": "the main table has a host route for 10.96.0.20 already (proto 4)"}
+
+
+def test_the_route_count_is_bounded_like_the_services_of_the_map(cluster, monkeypatch):
+    from ipsec_mesh.svcnat import translation as module
+
+    monkeypatch.setattr(module, "MAX_ROUTES_PER_FAMILY", 3)
+    docs = [dict(service_doc(SERVERS4[:1], peer=True), name=f"s{n}", clusterIPs=[f"10.96.1.{n}", f"fd00:96::1:{n}"])
+            for n in range(1, 6)]
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        assert translation.apply(services(*docs))
+        routes = ours(cluster.client)
+        assert len([r for r in routes if ":" not in r.split()[0]]) == 3
+        assert len([r for r in routes if ":" in r.split()[0]]) == 3
+        problems = translation.status()["route_problems"]
+        assert len(problems) == 4 and all("more than 3" in reason for reason in problems.values())
+    finally:
+        translation.close()
+
+
+@pytest.mark.parametrize("endpoint_mtu", [1400])
+def test_the_route_mtu_follows_the_smallest_path_to_the_endpoints(cluster, endpoint_mtu):
+    # A smaller MTU on the way to the endpoint (a route with its own MTU) lowers the ClusterIP's too.
+    ip("route", "add", f"{SERVERS4[0]}/32", "via", "10.98.1.1", "mtu", str(endpoint_mtu), netns=cluster.client)
+    ip("-6", "route", "add", f"{SERVER6}/128", "via", "fd98:1::1", "mtu", str(endpoint_mtu), netns=cluster.client)
+    translation = ServiceTranslation(netns=cluster.client)
+    try:
+        assert translation.apply(services(service_doc(SERVERS4[:1], peer=True)))
+        mtus = {r["destination"]: r["mtu"] for r in translation.status()["routes"]}
+        assert mtus == {f"{CLUSTER4}/32": esp_inner_mtu(endpoint_mtu, 4),
+                        f"{CLUSTER6}/128": esp_inner_mtu(endpoint_mtu, 6)}
+        # Applying the same map again does not shrink it further (our own route is not an input).
+        assert translation.apply(services(service_doc(SERVERS4[:1], peer=True)))
+        assert {r["destination"]: r["mtu"] for r in translation.status()["routes"]} == mtus
+    finally:
+        translation.close()
