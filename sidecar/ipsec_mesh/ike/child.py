@@ -12,7 +12,7 @@ from .constants import NotifyType, ProtocolId
 from .crypto import Prf, aead_keymat_len
 from .errors import IkeError, NoProposalChosen, TsUnacceptable
 from .events import ChildSaInfo, ChildSaInstallInbound, ChildSaInstallOutbound, ChildSaKeys, UdpEncap
-from .keymat import derive_child_keys
+from .keymat import IkeKeys, derive_child_keys
 from .payloads import (
     Message,
     NotifyPayload,
@@ -93,15 +93,22 @@ def transport_mode_requested(msg: Message) -> bool:
     return msg.notify(NotifyType.USE_TRANSPORT_MODE) is not None
 
 
-def child_keys(prf: Prf, sk_d: bytes, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
+def negotiated(sa: IkeSa) -> tuple[Prf, IkeKeys, Selected]:
+    """The PRF, keys and selection of an IKE SA that IKE_SA_INIT has keyed (every later exchange's)."""
+    assert sa.prf is not None and sa.keys is not None and sa.selected is not None, "IKE_SA_INIT made no keys"
+    return sa.prf, sa.keys, sa.selected
+
+
+def child_keys(sa: IkeSa, ni: bytes, nr: bytes, selected: Selected, we_are_initiator: bool,
                shared_secrets: tuple[bytes, ...] = ()) -> ChildSaKeys:
-    """ESP keys for one CHILD_SA, oriented inbound/outbound for our side.
+    """ESP keys for one CHILD_SA of `sa`, oriented inbound/outbound for our side.
 
     `we_are_initiator` is our role in the exchange that created the CHILD_SA: its
     initiator's outbound key is KEYMAT's first half (RFC 7296 §2.17).
     """
+    prf, ike_keys, _ = negotiated(sa)
     length = aead_keymat_len(selected.encr, selected.key_bits)
-    keys = derive_child_keys(prf, sk_d, ni, nr, length, 0, shared_secrets)
+    keys = derive_child_keys(prf, ike_keys.sk_d, ni, nr, length, 0, shared_secrets)
     if we_are_initiator:
         return ChildSaKeys(inbound=keys.encr_r, outbound=keys.encr_i)
     return ChildSaKeys(inbound=keys.encr_i, outbound=keys.encr_r)

@@ -17,11 +17,11 @@ import os
 from collections import Counter
 from datetime import datetime, timezone
 from itertools import count
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from . import exchanges, inactivity, liveness
 from . import message as codec
-from .child import ChildState, sends
+from .child import ChildSa, ChildState, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
 from .constants import ExchangeType, NotifyType
 from .cookies import CookieJar
@@ -30,9 +30,9 @@ from .events import Event
 from .exchanges.create_child import ChildCreateTask
 from .exchanges.ike_rekey import IkeRekeyTask
 from .exchanges.informational import DeleteChildTask, IkeDeleteTask, follow_nat_mapping
-from .payloads import Message, NoncePayload, NotifyPayload
+from .payloads import Message, NoncePayload, NotifyPayload, TrafficSelector
 from .registry import HalfOpenCount, PeerIndex, TimerQueue
-from .sa import Datagram, IkeSa, IkeState
+from .sa import Datagram, Exchanges, IkeSa, IkeState
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -64,14 +64,14 @@ class IkeEndpoint:
         self._touched: dict[bytes, IkeSa] = {}
         self._rank: dict[bytes, int] = {}  # creation order: events leave in the order SAs were made
         self._ranks = count()
-        self._by_peer = PeerIndex()
-        self._half_open = HalfOpenCount()
-        self._timers = TimerQueue()
+        self._by_peer: PeerIndex[bytes, IkeSa] = PeerIndex()
+        self._half_open: HalfOpenCount[bytes] = HalfOpenCount()
+        self._timers: TimerQueue[bytes] = TimerQueue()
         self._child_spis: set[int] = set()
         self._outbox: list[Datagram] = []
         self._events: list[Event] = []
-        self.counters: Counter = Counter()
-        self.exchanges = exchanges  # Services.exchanges: what each IkeSa dispatches to
+        self.counters: Counter[str] = Counter()
+        self.exchanges: Exchanges = exchanges  # Services.exchanges: what each IkeSa dispatches to
 
     # -- Services for IkeSa -------------------------------------------------------------
     def random_bytes(self, n: int) -> bytes:
@@ -175,7 +175,8 @@ class IkeEndpoint:
         return sa
 
     def acquire(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
-                child: ChildConfig, local_ts=None, remote_ts=None) -> IkeSa:
+                child: ChildConfig, local_ts: Sequence[TrafficSelector] | None = None,
+                remote_ts: Sequence[TrafficSelector] | None = None) -> IkeSa:
         """A packet wants protection (kernel ACQUIRE): reuse the peer's IKE SA or start one."""
         for sa in sorted(self._by_peer.all(remote[0]), key=lambda s: self._rank[s.our_spi]):
             if sa.remote[0] != remote[0] or sa.state in (IkeState.CLOSED, IkeState.DELETING, IkeState.REKEYED):
@@ -226,7 +227,8 @@ class IkeEndpoint:
             log.debug("dropped datagram from %s: %s", remote[0], exc)
         self._collect()
 
-    def _wanted(self, header: codec.Header, init_request: bool, local, remote) -> bool:
+    def _wanted(self, header: codec.Header, init_request: bool, local: tuple[str, int],
+                remote: tuple[str, int]) -> bool:
         """Whether an SA or a peering wants the datagram; counts the ones nobody wants."""
         if init_request:
             if (remote[0], header.spi_i) in self._init_requests or self.lookup(local[0], remote[0]) is not None:
@@ -240,7 +242,8 @@ class IkeEndpoint:
         self.counters["unknown_spi"] += 1
         return False
 
-    def _receive_init_request(self, data: bytes, msg: Message, local, remote, now: float) -> None:
+    def _receive_init_request(self, data: bytes, msg: Message, local: tuple[str, int], remote: tuple[str, int],
+                              now: float) -> None:
         existing = self._init_requests.get((remote[0], msg.spi_i))
         if existing is not None and existing.state != IkeState.CLOSED:
             self._touch(existing)
@@ -276,7 +279,10 @@ class IkeEndpoint:
         Among equals (every source holding one) this is first in, first out: a flood then
         has to open a whole table's worth of SAs within one round trip to starve anyone.
         """
-        key, held = self._half_open.oldest_of_heaviest()
+        heaviest = self._half_open.oldest_of_heaviest()
+        if heaviest is None:  # an empty table is full only with a limit of 0
+            return False
+        key, held = heaviest
         if held <= mine:
             return False
         victim = self.sas[key]
@@ -286,7 +292,7 @@ class IkeEndpoint:
         self.counters["evicted_half_open"] += 1
         return True
 
-    def _cookie_ok(self, msg: Message, remote, now: float) -> bool:
+    def _cookie_ok(self, msg: Message, remote: tuple[str, int], now: float) -> bool:
         first = msg.payloads[0] if msg.payloads else None
         nonce = msg.first(NoncePayload)
         if not isinstance(first, NotifyPayload) or first.type != NotifyType.COOKIE or nonce is None:
@@ -295,7 +301,8 @@ class IkeEndpoint:
         self.counters["cookie_valid" if ok else "cookie_invalid"] += 1
         return ok
 
-    def _send_cookie(self, data: bytes, msg: Message, local, remote, now: float) -> None:
+    def _send_cookie(self, data: bytes, msg: Message, local: tuple[str, int], remote: tuple[str, int],
+                     now: float) -> None:
         nonce = msg.first(NoncePayload)
         if nonce is None:
             return
@@ -317,17 +324,20 @@ class IkeEndpoint:
         return self._timers.earliest()
 
     # -- Commands from the layer above -----------------------------------------------------
-    def _find_child(self, inbound_spi: int):
+    def _find_child(self, inbound_spi: int) -> tuple[IkeSa, ChildSa] | None:
         for sa in self.sas.values():
             child = sa.children.get(inbound_spi)
             if child is not None:
                 return sa, child
-        return None, None
+        return None
 
     def rekey_child(self, inbound_spi: int, now: float) -> bool:
         """Rekey a CHILD_SA now (e.g. the kernel's soft EXPIRE); False if unknown."""
-        sa, child = self._find_child(inbound_spi)
-        if child is None or child.state != ChildState.INSTALLED or sa.state != IkeState.ESTABLISHED:
+        found = self._find_child(inbound_spi)
+        if found is None:
+            return False
+        sa, child = found
+        if child.state != ChildState.INSTALLED or sa.state != IkeState.ESTABLISHED:
             return False
         child.rekey_at = None
         self._touch(sa)
@@ -336,9 +346,10 @@ class IkeEndpoint:
         return True
 
     def delete_child(self, inbound_spi: int, now: float, reason: str = "deleted") -> bool:
-        sa, child = self._find_child(inbound_spi)
-        if child is None:
+        found = self._find_child(inbound_spi)
+        if found is None:
             return False
+        sa, child = found
         self._touch(sa)
         if sa.state == IkeState.ESTABLISHED:
             sa.queue(DeleteChildTask(child, reason), now)
@@ -347,11 +358,12 @@ class IkeEndpoint:
         self._collect()
         return True
 
-    def _kernel_answer(self, inbound_spi: int, decide) -> str:
+    def _kernel_answer(self, inbound_spi: int, decide: Callable[[IkeSa, ChildSa], str]) -> str:
         """Apply what the kernel said about a CHILD_SA (`decide(sa, child)`) and collect."""
-        sa, child = self._find_child(inbound_spi)
-        if child is None:
+        found = self._find_child(inbound_spi)
+        if found is None:
             return "unknown-sa"
+        sa, child = found
         self._touch(sa)
         result = decide(sa, child)
         self._collect()
@@ -466,5 +478,5 @@ class IkeEndpoint:
         out, self._events = self._events, []
         return out
 
-    def status(self) -> list[dict]:
+    def status(self) -> list[dict[str, Any]]:
         return [sa.status() for sa in self.sas.values() if sa.state != IkeState.CLOSED]

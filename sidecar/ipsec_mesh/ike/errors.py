@@ -14,10 +14,11 @@ from .constants import NotifyType
 class IkeError(Exception):
     """Base of every error the IKE core raises on purpose."""
 
-    #: Notify to send back where the protocol says to answer this error.
-    notify: NotifyType | None = None
+    #: Notify to send back where the protocol says to answer this error; on the initiator's
+    #: side also the error notify the peer answered with (any number, hence int).
+    notify: int | None = None
 
-    def __init__(self, message: str, *, notify: NotifyType | None = None):
+    def __init__(self, message: str, *, notify: int | None = None):
         super().__init__(message)
         if notify is not None:
             self.notify = notify

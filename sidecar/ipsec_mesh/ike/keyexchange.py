@@ -18,7 +18,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
@@ -85,22 +85,25 @@ ECP_CURVES: dict[KeId, tuple[type[ec.EllipticCurve], int]] = {
 }
 
 
+MontgomeryPrivateKey = x25519.X25519PrivateKey | x448.X448PrivateKey
+# A DH private key of any supported group; its type says the group's family. A string:
+# every runtime access to dh.DHPrivateKey raises cryptography's FFDH deprecation warning.
+DhPrivateKey: TypeAlias = "dh.DHPrivateKey | ec.EllipticCurvePrivateKey | MontgomeryPrivateKey"
+KemPrivateKey = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
+KemPublicKey = mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey
+
+
 @dataclass(frozen=True)
 class _Montgomery:
-    """X25519 (RFC 8031) / X448: key types and raw key length."""
+    """X25519 (RFC 8031) / X448: key generation and raw key length."""
 
-    generate: Callable[[], Any]
-    load_public: Callable[[bytes], Any]
+    generate: Callable[[], MontgomeryPrivateKey]
     key_len: int
 
 
 MONTGOMERY_CURVES: dict[KeId, _Montgomery] = {
-    KeId.CURVE25519: _Montgomery(
-        x25519.X25519PrivateKey.generate, x25519.X25519PublicKey.from_public_bytes, 32
-    ),
-    KeId.CURVE448: _Montgomery(
-        x448.X448PrivateKey.generate, x448.X448PublicKey.from_public_bytes, 56
-    ),
+    KeId.CURVE25519: _Montgomery(x25519.X25519PrivateKey.generate, 32),
+    KeId.CURVE448: _Montgomery(x448.X448PrivateKey.generate, 56),
 }
 
 
@@ -108,8 +111,8 @@ MONTGOMERY_CURVES: dict[KeId, _Montgomery] = {
 class _MlKem:
     """ML-KEM parameter set (FIPS 203) as used in IKEv2 (draft-ietf-ipsecme-ikev2-mlkem)."""
 
-    generate: Callable[[], Any]
-    load_public: Callable[[bytes], Any]
+    generate: Callable[[], KemPrivateKey]
+    load_public: Callable[[bytes], KemPublicKey]
     encapsulation_key_len: int
     ciphertext_len: int
 
@@ -228,7 +231,7 @@ def _ecp_public_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
     return numbers.x.to_bytes(coord_len, "big") + numbers.y.to_bytes(coord_len, "big")
 
 
-def _ecp_shared(method: KeId, private: ec.EllipticCurvePrivateKey, peer) -> bytes:
+def _ecp_shared(method: KeId, private: ec.EllipticCurvePrivateKey, peer: ec.EllipticCurvePublicKey) -> bytes:
     # RFC 5903 section 7: the shared secret is the x coordinate of the result.
     try:
         return private.exchange(ec.ECDH(), peer)
@@ -236,16 +239,15 @@ def _ecp_shared(method: KeId, private: ec.EllipticCurvePrivateKey, peer) -> byte
         raise CryptoError(f"{method.name} exchange failed") from None
 
 
-def _load_montgomery_public(method: KeId, data: bytes):
-    _check_len(method, data, ke_data_len(method), "public value")
-    return MONTGOMERY_CURVES[method].load_public(data)
-
-
-def _montgomery_shared(method: KeId, private, peer) -> bytes:
+def _montgomery_shared(method: KeId, private: MontgomeryPrivateKey, peer_data: bytes) -> bytes:
+    _check_len(method, peer_data, ke_data_len(method), "public value")
     # RFC 7748 section 6: an all-zero result means the peer sent a small-order
     # point; it must be refused (OpenSSL refuses too; checked here regardless).
     try:
-        secret = private.exchange(peer)
+        if isinstance(private, x25519.X25519PrivateKey):
+            secret = private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_data))
+        else:
+            secret = private.exchange(x448.X448PublicKey.from_public_bytes(peer_data))
     except ValueError:
         raise CryptoError(f"{method.name} peer value gives an all-zero shared secret") from None
     if _hmac.compare_digest(secret, bytes(len(secret))):
@@ -272,12 +274,12 @@ class DhInitiator(KeInitiator):
     `private_key` is for known-answer tests; normally a fresh key is generated.
     """
 
-    def __init__(self, method: int, private_key=None):
+    def __init__(self, method: int, private_key: DhPrivateKey | None = None):
         self.method = _checked_method(method)
         if self.method in ML_KEMS:
             raise CryptoError(f"{self.method.name} is a KEM, not a DH group")
         self._private = private_key if private_key is not None else _generate_dh_key(self.method)
-        self.public_data = _dh_public_bytes(self.method, self._private.public_key())
+        self.public_data = _dh_public_bytes(self.method, self._private)
 
     def finish(self, peer_data: bytes) -> bytes:
         return _dh_shared(self.method, self._private, peer_data)
@@ -286,7 +288,7 @@ class DhInitiator(KeInitiator):
 class KemInitiator(KeInitiator):
     """ML-KEM: send the encapsulation key, decapsulate the responder's ciphertext."""
 
-    def __init__(self, method: int, private_key=None):
+    def __init__(self, method: int, private_key: KemPrivateKey | None = None):
         self.method = _checked_method(method)
         if self.method not in ML_KEMS:
             raise CryptoError(f"{self.method.name} is not a KEM")
@@ -303,7 +305,7 @@ class KemInitiator(KeInitiator):
             raise CryptoError(f"{self.method.name} ciphertext rejected") from None
 
 
-def _generate_dh_key(method: KeId):
+def _generate_dh_key(method: KeId) -> DhPrivateKey:
     if method in MODP_PRIMES:
         # OpenSSL recognises the RFC 3526 groups and draws exponents of about
         # twice their security strength (224/275/324 bits): RFC 3526 section 8
@@ -315,20 +317,21 @@ def _generate_dh_key(method: KeId):
     return MONTGOMERY_CURVES[method].generate()
 
 
-def _dh_public_bytes(method: KeId, public_key) -> bytes:
-    if method in MODP_PRIMES:
-        return _modp_public_bytes(method, public_key)
-    if method in ECP_CURVES:
-        return _ecp_public_bytes(public_key)
-    return public_key.public_bytes_raw()
+# Dispatch on the key's type, finite-field DH last (see DhPrivateKey).
+def _dh_public_bytes(method: KeId, private_key: DhPrivateKey) -> bytes:
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return _ecp_public_bytes(private_key.public_key())
+    if isinstance(private_key, (x25519.X25519PrivateKey, x448.X448PrivateKey)):
+        return private_key.public_key().public_bytes_raw()
+    return _modp_public_bytes(method, private_key.public_key())
 
 
-def _dh_shared(method: KeId, private_key, peer_data: bytes) -> bytes:
-    if method in MODP_PRIMES:
-        return _modp_shared(method, private_key, _load_modp_public(method, peer_data))
-    if method in ECP_CURVES:
+def _dh_shared(method: KeId, private_key: DhPrivateKey, peer_data: bytes) -> bytes:
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return _ecp_shared(method, private_key, _load_ecp_public(method, peer_data))
-    return _montgomery_shared(method, private_key, _load_montgomery_public(method, peer_data))
+    if isinstance(private_key, (x25519.X25519PrivateKey, x448.X448PrivateKey)):
+        return _montgomery_shared(method, private_key, peer_data)
+    return _modp_shared(method, private_key, _load_modp_public(method, peer_data))
 
 
 def start_key_exchange(method: int) -> KeInitiator:

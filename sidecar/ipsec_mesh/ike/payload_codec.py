@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from . import payloads as p
 from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
@@ -30,6 +30,8 @@ NONCE_MIN, NONCE_MAX = 16, 256
 _LAST, _MORE_PROPOSALS, _MORE_TRANSFORMS = 0, 2, 3
 _ATTR_TV = 0x8000  # AF bit: attribute value is the 2 bytes after the type
 _TS_LAYOUT = {TsType.TS_IPV4_ADDR_RANGE: (16, 4), TsType.TS_IPV6_ADDR_RANGE: (40, 16)}
+# For decoding, by wire value: (type, selector length, address length).
+_TS_DECODE: dict[int, tuple[TsType, int, int]] = {t: (t, *layout) for t, layout in _TS_LAYOUT.items()}
 _BBH, _BBBB = struct.Struct("!BBH"), struct.Struct("!BBBB")
 _PORTS = struct.Struct("!HH")
 # Encoding packs each fixed-size header in one call (these run for every payload sent).
@@ -40,7 +42,7 @@ _SELECTOR_HEADER = struct.Struct("!BBHHH")  # type, IP protocol, length, start p
 _CHILD_SPI_SIZE = 4
 _IKE_SPI_SIZE = 8
 # Proposal SPI sizes (3.3.1): none in IKE_SA_INIT, 8 when rekeying the IKE SA, 4 for ESP/AH.
-_PROPOSAL_SPI_SIZES = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHILD_SPI_SIZE,),
+_PROPOSAL_SPI_SIZES: dict[int, tuple[int, ...]] = {ProtocolId.IKE: (0, _IKE_SPI_SIZE), ProtocolId.ESP: (_CHILD_SPI_SIZE,),
                        ProtocolId.AH: (_CHILD_SPI_SIZE,)}
 
 
@@ -52,7 +54,7 @@ def known(enum_cls: type[enum.IntEnum], value: int) -> int:
     return members.get(value, value)
 
 
-_MEMBERS: dict[type, dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
+_MEMBERS: dict[type[enum.IntEnum], dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
 
 
 # -- SA (3.3) -----------------------------------------------------------------
@@ -157,11 +159,15 @@ def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
         if count > MAX_TRANSFORM_ATTRIBUTES:
             raise ParseError(f"transform: more than {MAX_TRANSFORM_ATTRIBUTES} attributes")
         word = r.u16()
-        attr_type, is_tv = word & ~_ATTR_TV, bool(word & _ATTR_TV)
-        value = r.u16() if is_tv else r.take(r.u16())
+        attr_type = word & ~_ATTR_TV
+        value: int | None = None  # a TLV attribute's value is skipped: only KEY_LENGTH is used
+        if word & _ATTR_TV:
+            value = r.u16()
+        else:
+            r.take(r.u16())
         if attr_type != TransformAttr.KEY_LENGTH:
             understood = False
-        elif not is_tv:
+        elif value is None:
             raise ParseError("transform: KEY_LENGTH must use the TV format")
         elif key_length is not None:
             raise ParseError("transform: KEY_LENGTH given twice")
@@ -184,12 +190,16 @@ def _encode_ke(ke: p.KePayload) -> bytes:
     return u16(ke.group) + b"\0\0" + ke.data
 
 
-def _typed_decoder(cls: type, what: str, reserved: int) -> Callable[[bytes], object]:
+_T = TypeVar("_T")
+_Ts = TypeVar("_Ts", bound=p.TsPayload)
+
+
+def _typed_decoder(cls: Callable[[int, bytes], _T], what: str, reserved: int) -> Callable[[bytes], _T]:
     """Decoder for payloads made of a 1-byte type, `reserved` zero bytes, then data."""
 
     header = 1 + reserved
 
-    def decode(body: bytes):
+    def decode(body: bytes) -> _T:
         if len(body) < header:
             raise ParseError(f"{what}: needs {header} bytes, {len(body)} left")
         return cls(body[0], body[header:])
@@ -270,8 +280,8 @@ def _encode_delete(d: p.DeletePayload) -> bytes:
 
 # -- TS (3.13) ----------------------------------------------------------------
 
-def _decode_ts(cls: type) -> Callable[[bytes], p.TsPayload]:
-    def decode(body: bytes) -> p.TsPayload:
+def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
+    def decode(body: bytes) -> _Ts:
         r = Reader(body, "TS")
         count = r.u8()
         r.skip(3)
@@ -286,9 +296,10 @@ def _decode_ts(cls: type) -> Callable[[bytes], p.TsPayload]:
 
 def _decode_selector(r: Reader) -> p.TrafficSelector:
     ts_type, ip_protocol, length = r.unpack(_BBH)
-    if ts_type not in _TS_LAYOUT:
+    layout = _TS_DECODE.get(ts_type)
+    if layout is None:
         raise ParseError(f"TS: unsupported selector type {ts_type}")
-    expected_length, addr_len = _TS_LAYOUT[ts_type]
+    known_type, expected_length, addr_len = layout
     if length != expected_length:
         raise ParseError(f"TS: type {ts_type} selector of length {length}, expected {expected_length}")
     key = (ts_type, ip_protocol, r.take(length - 4))
@@ -297,7 +308,7 @@ def _decode_selector(r: Reader) -> p.TrafficSelector:
         raw = key[2]
         start_port, end_port = _PORTS.unpack_from(raw)
         start, end = ipaddress.ip_address(raw[4:4 + addr_len]), ipaddress.ip_address(raw[4 + addr_len:])
-        selector = p.TrafficSelector(known(TsType, ts_type), ip_protocol, start_port, end_port, start, end)
+        selector = p.TrafficSelector(known_type, ip_protocol, start_port, end_port, start, end)
         remember(_SELECTORS, key, selector)
     return selector
 
@@ -322,7 +333,7 @@ def _decode_cp(body: bytes) -> p.CpPayload:
     r = Reader(body, "CP")
     cfg_type = r.u8()
     r.skip(3)
-    attributes = []
+    attributes: list[p.ConfigAttribute] = []
     while r.remaining:
         if len(attributes) == MAX_CONFIG_ATTRIBUTES:
             raise ParseError(f"CP: more than {MAX_CONFIG_ATTRIBUTES} attributes")
@@ -340,7 +351,7 @@ def _encode_cp(cp: p.CpPayload) -> bytes:
     return bytes(out)
 
 
-def _data_of(payload) -> bytes:
+def _data_of(payload: p.VendorIdPayload | p.EapPayload | p.UnknownPayload) -> bytes:
     return payload.data
 
 
@@ -365,7 +376,8 @@ DECODERS: dict[int, Callable[[bytes], p.Payload]] = {
     PayloadType.EAP: p.EapPayload,
 }
 
-_ENCODERS: dict[type, Callable] = {
+# Each encoder takes exactly the class it is keyed by (a mapping mypy cannot express).
+_ENCODERS: dict[type, Callable[[Any], bytes]] = {
     p.SaPayload: _encode_sa,
     p.KePayload: _encode_ke,
     p.IdiPayload: _encode_id,
@@ -390,7 +402,7 @@ def decode_body(ptype: int, body: bytes) -> p.Payload:
     return DECODERS[ptype](body)
 
 
-def encode_body(payload) -> bytes:
+def encode_body(payload: p.Payload) -> bytes:
     """The wire body of a plain payload object (not SK/SKF)."""
     try:
         encoder = _ENCODERS[type(payload)]

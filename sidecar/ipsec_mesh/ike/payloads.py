@@ -24,7 +24,7 @@ P = TypeVar("P")
 
 @dataclass(frozen=True)
 class Transform:
-    type: TransformType
+    type: int  # a TransformType; unknown values are kept as int
     id: int
     key_length: int | None = None  # the KEY_LENGTH attribute, in bits, when present
 
@@ -32,7 +32,7 @@ class Transform:
 @dataclass(frozen=True)
 class Proposal:
     number: int  # 1-based, as on the wire
-    protocol: ProtocolId
+    protocol: int  # a ProtocolId; unknown values are kept as int
     spi: bytes  # empty for IKE in IKE_SA_INIT, 8 bytes for IKE rekey, 4 for ESP/AH
     transforms: tuple[Transform, ...]
 
@@ -89,7 +89,7 @@ class NoncePayload:
 @dataclass
 class NotifyPayload:
     type: int  # NotifyType; unknown values kept as int
-    protocol: ProtocolId = ProtocolId.NONE
+    protocol: int = ProtocolId.NONE  # a ProtocolId; unknown values kept as int
     spi: bytes = b""
     data: bytes = b""
 
@@ -100,7 +100,7 @@ class NotifyPayload:
 
 @dataclass
 class DeletePayload:
-    protocol: ProtocolId
+    protocol: int  # a ProtocolId; unknown values are refused by the codec
     spis: list[bytes]  # empty for IKE; 4-byte SPIs for ESP/AH
 
 

@@ -56,9 +56,10 @@ ESN_NAMES: dict[str, EsnId] = {"esn": EsnId.ESN, "noesn": EsnId.NO_ESN}
 ADDKE_TYPES = tuple(TransformType(t) for t in range(TransformType.ADDKE1, TransformType.ADDKE7 + 1))
 
 # Names for logs and status output (inverse of the tables above, first name wins).
-ENCR_LABEL = {v: k for k, v in reversed(list(ENCR_NAMES.items()))}
-PRF_LABEL = {v: k for k, v in reversed(list(PRF_NAMES.items()))}
-KE_LABEL = {v: k for k, v in reversed(list(KE_NAMES.items()))}
+# Keyed by plain ints too: peers send numbers, not our enums.
+ENCR_LABEL: dict[tuple[int, int | None], str] = {v: k for k, v in reversed(list(ENCR_NAMES.items()))}
+PRF_LABEL: dict[int, str] = {v: k for k, v in reversed(list(PRF_NAMES.items()))}
+KE_LABEL: dict[int, str] = {v: k for k, v in reversed(list(KE_NAMES.items()))}
 
 
 class ProposalSyntaxError(ValueError):
@@ -84,9 +85,10 @@ class ProposalSpec:
     esn: tuple[int, ...] = ()
     addke: tuple[tuple[int, ...], ...] = ()
 
-    def choices(self) -> dict[TransformType, tuple]:
-        """Per transform type the acceptable values; absent types mean 'must be absent or NONE'."""
-        table: dict[TransformType, tuple] = {TransformType.ENCR: self.encr}
+    def choices(self) -> dict[int, tuple[int, ...]]:
+        """Per transform type but ENCR (see `encr`) the acceptable values; absent types mean
+        'must be absent or NONE'."""
+        table: dict[int, tuple[int, ...]] = {}
         if self.prf:
             table[TransformType.PRF] = self.prf
         if self.ke:
@@ -256,15 +258,19 @@ _label = functools.lru_cache(maxsize=64)(Selected.label)
 _KNOWN_TYPES = frozenset(TransformType)
 
 
-def _offered_values(proposal: Proposal) -> dict[int, set] | None:
-    """Transform values per type in an offer; None if it has a type we do not know (RFC 7296 §3.3.6)."""
-    offered: dict[int, set] = {}
+def _offered_values(proposal: Proposal) -> tuple[set[Encr], dict[int, set[int]]] | None:
+    """The ciphers (id, key bits) of an offer and its other transform ids per type; None if
+    it has a type we do not know (RFC 7296 §3.3.6)."""
+    ciphers: set[Encr] = set()
+    offered: dict[int, set[int]] = {}
     for t in proposal.transforms:
         if t.type not in _KNOWN_TYPES:
             return None
-        value = (t.id, t.key_length) if t.type == TransformType.ENCR else t.id
-        offered.setdefault(t.type, set()).add(value)
-    return offered
+        if t.type == TransformType.ENCR:
+            ciphers.add((t.id, t.key_length))
+        else:
+            offered.setdefault(t.type, set()).add(t.id)
+    return ciphers, offered
 
 
 def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
@@ -273,8 +279,9 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     # The choice depends only on our spec and the offered transforms (both immutable):
     # peers offer the same ones in every IKE SA, so it is computed once per combination.
     key = (ours, offer.transforms)
-    choice = _CHOICES.get(key, _UNSEEN)
-    if choice is _UNSEEN:
+    try:
+        choice = _CHOICES[key]
+    except KeyError:
         choice = _choose(ours, offer)
         remember(_CHOICES, key, choice)
     if choice is None:
@@ -283,27 +290,30 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
 
 
 _CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
-_UNSEEN = object()
 
 
 def _choose(ours: ProposalSpec, offer: Proposal) -> Selected | None:
-    offered = _offered_values(offer)
-    if offered is None:
+    values = _offered_values(offer)
+    if values is None:
         return None
+    ciphers, offered = values
     # An INTEG transform other than NONE cannot go with the AEAD ciphers we use.
     if offered.pop(TransformType.INTEG, {0}) - {0}:
         return None
+    encr = next((e for e in ours.encr if e in ciphers), None)
+    if encr is None:
+        return None
     wanted = ours.choices()
-    chosen: dict[int, object] = {}
+    chosen: dict[int, int] = {}
     for ttype in set(offered) | set(wanted):
-        values = offered.get(ttype, {KeId.NONE} if ttype != TransformType.ENCR else set())
+        ids = offered.get(ttype, {KeId.NONE})
         for candidate in wanted.get(ttype, (KeId.NONE,)):
-            if candidate in values:
+            if candidate in ids:
                 chosen[ttype] = candidate
                 break
         else:
             return None
-    encr_id, bits = chosen[TransformType.ENCR]
+    encr_id, bits = encr
     if encr_id not in AEAD_ENCR:
         return None
     # Keep a slot when it was offered (the answer then names its choice, NONE included).
@@ -365,7 +375,9 @@ def describe_offer(p: Proposal) -> str:
             names.append("esn" if t.id == EsnId.ESN else "noesn")
         else:
             names.append(f"t{int(t.type)}:{t.id}")
-    return f"#{p.number} {p.protocol.name}:" + "-".join(names)
+    # The codec keeps a protocol number it does not know as a bare int.
+    protocol = p.protocol.name if isinstance(p.protocol, ProtocolId) else str(p.protocol)
+    return f"#{p.number} {protocol}:" + "-".join(names)
 
 
 __all__ = [

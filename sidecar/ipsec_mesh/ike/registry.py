@@ -10,10 +10,13 @@ indexes that are updated only for the SAs a call touched.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Hashable
+from typing import Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)  # what identifies an item (the endpoint: our IKE SPI)
+V = TypeVar("V")  # the item itself
 
 
-class TimerQueue:
+class TimerQueue(Generic[K]):
     """Earliest deadline among many keys; a key's deadline may be replaced or cleared at any time.
 
     A heap with lazy invalidation: replaced deadlines stay in the heap until they
@@ -21,11 +24,11 @@ class TimerQueue:
     """
 
     def __init__(self) -> None:
-        self._due: dict[Hashable, float] = {}
-        self._heap: list[tuple[float, int, Hashable]] = []
+        self._due: dict[K, float] = {}
+        self._heap: list[tuple[float, int, K]] = []
         self._pushes = 0
 
-    def set(self, key: Hashable, due: float | None) -> None:
+    def set(self, key: K, due: float | None) -> None:
         if due is None:
             self._due.pop(key, None)
             return
@@ -46,9 +49,9 @@ class TimerQueue:
             heapq.heappop(heap)
         return None
 
-    def pop_due(self, now: float) -> list[Hashable]:
+    def pop_due(self, now: float) -> list[K]:
         """Keys whose deadline is at or before `now`, earliest first; their deadlines are cleared."""
-        keys = []
+        keys: list[K] = []
         while (due := self.earliest()) is not None and due <= now:
             _, _, key = heapq.heappop(self._heap)
             del self._due[key]
@@ -61,14 +64,14 @@ class TimerQueue:
         self._pushes = len(self._heap)
 
 
-class PeerIndex:
+class PeerIndex(Generic[K, V]):
     """Items by peer address, split into those we initiated and those the peer initiated."""
 
     def __init__(self) -> None:
-        self._by_address: dict[str, tuple[dict[Hashable, Any], dict[Hashable, Any]]] = {}
-        self._address_of: dict[Hashable, str] = {}
+        self._by_address: dict[str, tuple[dict[K, V], dict[K, V]]] = {}
+        self._address_of: dict[K, str] = {}
 
-    def put(self, key: Hashable, item: Any, address: str, initiated_by_us: bool) -> None:
+    def put(self, key: K, item: V, address: str, initiated_by_us: bool) -> None:
         """Add `item`, or move it when its peer address changed."""
         old = self._address_of.get(key)
         if old == address:
@@ -79,7 +82,7 @@ class PeerIndex:
         ours, theirs = self._by_address.setdefault(address, ({}, {}))
         (ours if initiated_by_us else theirs)[key] = item
 
-    def remove(self, key: Hashable) -> None:
+    def remove(self, key: K) -> None:
         address = self._address_of.pop(key, None)
         if address is None:
             return
@@ -89,21 +92,21 @@ class PeerIndex:
         if not ours and not theirs:
             del self._by_address[address]
 
-    def initiated_by_us(self, address: str) -> list[Any]:
+    def initiated_by_us(self, address: str) -> list[V]:
         entry = self._by_address.get(address)
         return list(entry[0].values()) if entry else []
 
-    def all(self, address: str) -> list[Any]:
+    def all(self, address: str) -> list[V]:
         entry = self._by_address.get(address)
         return [*entry[0].values(), *entry[1].values()] if entry else []
 
 
-class HalfOpenCount:
+class HalfOpenCount(Generic[K]):
     """Responder IKE SAs still negotiating, in total and per source address, oldest first."""
 
     def __init__(self) -> None:
-        self._source: dict[Hashable, str] = {}
-        self._keys: dict[str, dict[Hashable, None]] = {}  # source -> its keys in the order added
+        self._source: dict[K, str] = {}
+        self._keys: dict[str, dict[K, None]] = {}  # source -> its keys in the order added
 
     @property
     def total(self) -> int:
@@ -112,12 +115,12 @@ class HalfOpenCount:
     def count(self, source: str) -> int:
         return len(self._keys.get(source, ()))
 
-    def add(self, key: Hashable, source: str) -> None:
+    def add(self, key: K, source: str) -> None:
         if key not in self._source:
             self._source[key] = source
             self._keys.setdefault(source, {})[key] = None
 
-    def discard(self, key: Hashable) -> None:
+    def discard(self, key: K) -> None:
         source = self._source.pop(key, None)
         if source is not None:
             keys = self._keys[source]
@@ -125,7 +128,7 @@ class HalfOpenCount:
             if not keys:
                 del self._keys[source]
 
-    def oldest_of_heaviest(self) -> tuple[Hashable, int] | None:
+    def oldest_of_heaviest(self) -> tuple[K, int] | None:
         """The oldest key of the source holding the most (ties: the source that started
         holding first), and how many that source holds. O(sources), for a full table only."""
         if not self._keys:

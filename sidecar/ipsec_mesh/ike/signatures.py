@@ -40,7 +40,11 @@ OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 OID_MGF1 = "1.2.840.113549.1.1.8"
 OID_ED25519 = "1.3.101.112"  # RFC 8410
 
-_HASH_CLASSES = {
+# The keys we sign and verify with (key_family refuses any other kind).
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+VerifyingKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+_HASH_CLASSES: dict[HashAlgorithm, type[hashes.SHA256] | type[hashes.SHA384] | type[hashes.SHA512]] = {
     HashAlgorithm.SHA2_256: hashes.SHA256,
     HashAlgorithm.SHA2_384: hashes.SHA384,
     HashAlgorithm.SHA2_512: hashes.SHA512,
@@ -118,22 +122,23 @@ class SignatureAlgorithm:
         raise AuthenticationFailed(f"unsupported signature algorithm {oid}")
 
     # -- operations -------------------------------------------------------------------
-    def sign(self, private_key, data: bytes) -> bytes:
-        if self.family is Family.ED25519:
+    def sign(self, private_key: SigningKey, data: bytes) -> bytes:
+        if self.family is Family.ED25519 and isinstance(private_key, ed25519.Ed25519PrivateKey):
             return private_key.sign(data)
-        if self.family is Family.ECDSA:
+        if self.family is Family.ECDSA and isinstance(private_key, ec.EllipticCurvePrivateKey):
             return private_key.sign(data, ec.ECDSA(self._hash()))  # DER, as RFC 7427 says
-        if self.family is Family.RSA_PSS:
+        if self.family is Family.RSA_PSS and isinstance(private_key, rsa.RSAPrivateKey):
             return private_key.sign(data, self._pss_padding(), self._hash())
-        raise TypeError(f"we do not produce {self.family.value} signatures")
+        raise TypeError(f"we do not produce {self.family.value} signatures with a {type(private_key).__name__}")
 
-    def verify(self, public_key, signature: bytes, data: bytes) -> None:
+    def verify(self, public_key: VerifyingKey, signature: bytes, data: bytes) -> None:
         """Raise AuthenticationFailed unless `signature` over `data` verifies with `public_key`."""
+        # After this check the key's type says the family (RSA keys: PSS or PKCS#1).
         check_key_matches(self.family, public_key)
         try:
-            if self.family is Family.ED25519:
+            if isinstance(public_key, ed25519.Ed25519PublicKey):
                 public_key.verify(signature, data)
-            elif self.family is Family.ECDSA:
+            elif isinstance(public_key, ec.EllipticCurvePublicKey):
                 public_key.verify(signature, data, ec.ECDSA(self._hash()))
             elif self.family is Family.RSA_PSS:
                 public_key.verify(signature, data, self._pss_padding(), self._hash())
@@ -184,7 +189,7 @@ def _hash_from_identifier(tlv: der.Tlv) -> HashAlgorithm:
     return hash_alg
 
 
-def key_family(key) -> Family:
+def key_family(key: object) -> Family:
     """The family a public or private key signs with (RSA keys sign with PSS)."""
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
         return Family.ED25519
@@ -197,20 +202,20 @@ def key_family(key) -> Family:
     raise AuthenticationFailed(f"unsupported key type {type(key).__name__}")
 
 
-def check_key_matches(family: Family, public_key) -> None:
+def check_key_matches(family: Family, public_key: object) -> None:
     have = key_family(public_key)
     compatible = {have} | ({Family.RSA_PKCS1} if have is Family.RSA_PSS else set())
     if family not in compatible:
         raise AuthenticationFailed(f"{family.value} signature but the peer's key is {have.value}")
 
 
-def hash_preference(key) -> list[HashAlgorithm]:
+def hash_preference(key: SigningKey | VerifyingKey) -> list[HashAlgorithm]:
     """Hashes this key can sign with, best first (the curve's own hash first for ECDSA)."""
     family = key_family(key)
     if family is Family.ED25519:
         return [HashAlgorithm.IDENTITY]
     sha2 = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
-    if family is Family.ECDSA:
+    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         own = {256: HashAlgorithm.SHA2_256, 384: HashAlgorithm.SHA2_384}.get(
             key.curve.key_size, HashAlgorithm.SHA2_512)
         # the curve's own hash, then stronger ones, then weaker ones
@@ -218,7 +223,7 @@ def hash_preference(key) -> list[HashAlgorithm]:
     return sha2
 
 
-def verify_legacy_ecdsa(method: int, public_key, signature: bytes, data: bytes) -> None:
+def verify_legacy_ecdsa(method: int, public_key: object, signature: bytes, data: bytes) -> None:
     """RFC 4754 methods 9/10/11: raw r||s over the curve's fixed hash."""
     curve, hash_alg, size = LEGACY_ECDSA[method]
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, curve):
@@ -230,7 +235,7 @@ def verify_legacy_ecdsa(method: int, public_key, signature: bytes, data: bytes) 
     SignatureAlgorithm(Family.ECDSA, hash_alg).verify(public_key, encode_dss_signature(r, s), data)
 
 
-def sign_legacy_ecdsa(private_key, data: bytes) -> tuple[int, bytes]:
+def sign_legacy_ecdsa(private_key: SigningKey, data: bytes) -> tuple[int, bytes]:
     """RFC 4754 signature for peers that sent no SIGNATURE_HASH_ALGORITHMS: (method, r||s)."""
     for method, (curve, hash_alg, size) in LEGACY_ECDSA.items():
         if isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(private_key.curve, curve):

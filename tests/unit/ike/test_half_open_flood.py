@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ipsec_mesh.ike import ExchangeType, NotifyType, single_peer_lookup
 from ipsec_mesh.ike import message as codec
+from ipsec_mesh.ike.endpoint import IkeEndpoint
 from ipsec_mesh.ike.keyexchange import start_key_exchange
 from ipsec_mesh.ike.payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
 from ipsec_mesh.ike.proposals import engine_default_ike_proposals
@@ -78,3 +79,16 @@ def test_a_legitimate_handshake_needs_no_retransmission_during_a_cookie_answerin
     assert half_open.total <= b.endpoint.half_open_limit
     assert max(half_open.count(s) for s in ATTACKERS) <= b.endpoint.half_open_limit_per_source
     assert b.endpoint.counters["evicted_half_open"] > 0
+
+
+def test_a_half_open_limit_of_zero_refuses_every_ike_sa_init_without_an_exception():
+    """The full-table path once unpacked `oldest_of_heaviest()` of an empty table (None)."""
+    b_cfg = psk_config("to-a", "b.mesh.test", "a.mesh.test", child_config(B, A))
+    endpoint = IkeEndpoint(single_peer_lookup(b_cfg), half_open_limit=0)
+    proposal = engine_default_ike_proposals()[1].to_payload(1)
+    request = Message(b"\x01" * 8, bytes(8), ExchangeType.IKE_SA_INIT, True, False, 0,
+                      [SaPayload([proposal]), KePayload(31, start_key_exchange(31).public_data),
+                       NoncePayload(b"n" * 32)])
+    endpoint.receive(codec.encode(request), (B, 500), (A, 500), 0.0)
+    assert endpoint.counters["refused_half_open_limit"] == 1
+    assert not endpoint.sas and not endpoint.datagrams()

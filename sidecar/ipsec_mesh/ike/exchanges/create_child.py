@@ -8,6 +8,7 @@ with the nonces of the CREATE_CHILD_SA exchanges.
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 from .. import followup_ke
 from ..child import (
@@ -21,14 +22,25 @@ from ..child import (
     rekey_notify,
     transport_mode_requested,
 )
+from ..config import ChildConfig
 from ..constants import ExchangeType, KeId, NotifyType, ProtocolId, notify_name
 from ..errors import IkeError, InvalidKePayload, ParseError
 from ..events import ChildSaFailed
-from ..keyexchange import respond_key_exchange, start_key_exchange
-from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload, TsiPayload, TsrPayload
+from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
+from ..payloads import (
+    KePayload,
+    Message,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TrafficSelector,
+    TsiPayload,
+    TsrPayload,
+)
 from ..proposals import check_answer
 from ..sa import IkeSa, IkeState
-from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
+from ..task import KeTask, Reply, Responder, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -42,19 +54,21 @@ def _retry_delay(sa: IkeSa) -> float:
     return low + (high - low) * sa.random_bytes(1)[0] / 255.0
 
 
-class ChildCreateTask(Task):
+class ChildCreateTask(KeTask):
     """Initiate a new CHILD_SA, or rekey `rekey_of`."""
 
     exchange = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self, config, rekey_of: ChildSa | None = None, *, local_ts=None, remote_ts=None):
+    def __init__(self, config: ChildConfig, rekey_of: ChildSa | None = None, *,
+                 local_ts: Sequence[TrafficSelector] | None = None,
+                 remote_ts: Sequence[TrafficSelector] | None = None):
         self.config = config
         self.rekey_of = rekey_of
         self.local_ts = tuple(local_ts) if local_ts else (rekey_of.info.local_ts if rekey_of else config.local_ts)
         self.remote_ts = tuple(remote_ts) if remote_ts else (rekey_of.info.remote_ts if rekey_of else config.remote_ts)
         self.inbound_spi: int | None = None
         self.ni = b""
-        self.ke = None
+        self.ke: KeInitiator | None = None
         self.group: int | None = None
         self.ke_retries = 0
 
@@ -72,7 +86,7 @@ class ChildCreateTask(Task):
             self.inbound_spi = sa.services.allocate_child_spi()
         self.ni = sa.random_bytes(NONCE_LEN)
         spi = self.inbound_spi.to_bytes(4, "big")
-        payloads: list = []
+        payloads: list[Payload] = []
         if self.rekey_of is not None:
             self.rekey_of.state = ChildState.REKEYING
             payloads.append(rekey_notify(self.rekey_of.inbound_spi))
@@ -104,6 +118,7 @@ class ChildCreateTask(Task):
                 ke = msg.first(KePayload)
                 if ke is None or ke.group != selected.ke:
                     raise ParseError("CREATE_CHILD_SA response lacks the KE payload")
+                assert self.ke is not None, "start() made our key exchange for the group sent"
                 shared = (self.ke.finish(ke.data),)
             local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, self.local_ts, self.remote_ts,
                                                            self.config.mode)
@@ -124,7 +139,8 @@ class ChildCreateTask(Task):
     def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None:
         """Every key exchange is done: derive the keys and install the CHILD_SA."""
         selected, nr, local_ts, remote_ts = self.answer
-        keys = child_keys(sa.prf, sa.keys.sk_d, self.ni, nr, selected, True, secrets)
+        keys = child_keys(sa, self.ni, nr, selected, True, secrets)
+        assert self.inbound_spi is not None, "start() allocated it; only failures release it"
         old = self.rekey_of
         child = add_child(sa, self.config, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
                           local_ts, remote_ts, (self.ni, nr), True, now,
@@ -241,7 +257,7 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         old.extra[PEER_REKEY_NONCES] = nonces  # a collision resolves even while follow-ups are pending
 
     def finish(secrets: tuple[bytes, ...], now: float) -> None:
-        keys = child_keys(sa.prf, sa.keys.sk_d, nonce.data, nr, selected, False, secrets)
+        keys = child_keys(sa, nonce.data, nr, selected, False, secrets)
         # A rekey we answer: receive on the new SA at once, but keep sending on the old one until
         # the initiator deletes it (RFC 7296 §2.8): by then it surely has the new inbound SA.
         child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
@@ -256,10 +272,11 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         if old is not None and old.extra.get(PEER_REKEY_NONCES) == nonces:
             del old.extra[PEER_REKEY_NONCES]
 
-    payloads: list = [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]), NoncePayload(nr)]
+    payloads: list[Payload] = [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]), NoncePayload(nr)]
     if our_ke is not None:
         payloads.append(our_ke)
-    payloads += [TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config)
+    payloads += [TsiPayload(request.ts_i), TsrPayload(request.ts_r)]
+    payloads += child_notifies(request.config)
     if selected.additional_kes:
         payloads.append(followup_ke.hold(sa, selected.additional_kes, shared[0], finish, abandon, now))
     else:

@@ -20,6 +20,7 @@ from ..child import (
     child_keys,
     child_notifies,
     match_child_request,
+    negotiated,
     transport_mode_requested,
 )
 from ..config import ChildConfig
@@ -33,9 +34,11 @@ from ..payloads import (
     CertPayload,
     CertReqPayload,
     IdiPayload,
+    IdPayload,
     IdrPayload,
     Message,
     NotifyPayload,
+    Payload,
     SaPayload,
     TsiPayload,
     TsrPayload,
@@ -61,18 +64,20 @@ def intermediate_auth_data(sa: IkeSa, auth_mid: int) -> bytes:
     return intermediate_auth(sa.int_auth_i, sa.int_auth_r, auth_mid)
 
 
-def _our_auth_payloads(sa: IkeSa, id_payload, peer_nonce: bytes, init_message: bytes, mid: int) -> list:
+def _our_auth_payloads(sa: IkeSa, id_payload: IdiPayload | IdrPayload, peer_nonce: bytes, init_message: bytes,
+                       mid: int) -> tuple[list[Payload], AuthPayload]:
     cred = sa.config.credential
-    octets = signed_octets(init_message, peer_nonce, sa.prf, sa.sk_p_own, id_payload,
+    prf, _, _ = negotiated(sa)
+    octets = signed_octets(init_message, peer_nonce, prf, sa.sk_p_own, id_payload,
                            intermediate_auth_data(sa, mid))
-    payloads: list = [id_payload]
+    payloads: list[Payload] = [id_payload]
     if isinstance(cred, CertCredential):
         payloads += certificate_payloads(cred.chain)
-    return payloads, make_auth(cred, octets, sa.prf, sa.peer_hash_algs)
+    return payloads, make_auth(cred, octets, prf, sa.peer_hash_algs)
 
 
-def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes, our_nonce: bytes,
-                       now: float) -> Identity:
+def _authenticate_peer(sa: IkeSa, msg: Message, id_payload: IdPayload | None, init_message: bytes,
+                       our_nonce: bytes, now: float) -> Identity:
     """Check the peer's identity, certificate chain and AUTH; raise AuthenticationFailed."""
     auth = msg.first(AuthPayload)
     if id_payload is None or auth is None:
@@ -84,12 +89,13 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
     cfg = sa.config
     if cfg.remote_ids and not any(identity.matches(p) for p in cfg.remote_ids):
         raise AuthenticationFailed(f"peer identity {identity} is not one we accept from {sa.remote[0]}")
-    octets = signed_octets(init_message, our_nonce, sa.prf, sa.sk_p_peer, id_payload,
+    prf, _, _ = negotiated(sa)
+    octets = signed_octets(init_message, our_nonce, prf, sa.sk_p_peer, id_payload,
                            intermediate_auth_data(sa, msg.message_id))
     if auth.method == AuthMethod.SHARED_KEY_MIC:
         if not cfg.psks:
             raise AuthenticationFailed(f"peer {identity} used a pre-shared key; we expect certificates")
-        verify_auth(auth, octets, sa.prf, psks=cfg.psks)
+        verify_auth(auth, octets, prf, psks=cfg.psks)
         return identity
     if cfg.trust is None:
         raise AuthenticationFailed(f"peer {identity} used a signature; we expect a pre-shared key")
@@ -99,7 +105,7 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload, init_message: bytes,
     leaf = cfg.trust.validate(chain, sa.services.wall_time())
     if not identity_matches_certificate(identity, leaf):
         raise CertificateError(f"peer identity {identity} does not match its certificate")
-    verify_auth(auth, octets, sa.prf, peer_public_key=leaf.public_key())
+    verify_auth(auth, octets, prf, peer_public_key=leaf.public_key())
     sa.peer_chain = chain
     return identity
 
@@ -113,7 +119,7 @@ def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
     if sa.nat_local and sa.config.keepalive_interval:
         sa.keepalive_at = now + sa.config.keepalive_interval
     event = IkeSaEstablished(sa.label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
-                             sa.selected.describe(), sa.initiator, sa.nat_local, sa.nat_remote)
+                             negotiated(sa)[2].describe(), sa.initiator, sa.nat_local, sa.nat_remote)
     sa.emit(event)
     sa.services.established(sa, now)
     return event
@@ -139,7 +145,7 @@ class IkeAuthTask(Task):
     def __init__(self, child: ChildConfig | None = None) -> None:
         self.child = child
         self.inbound_spi: int | None = None
-        self.child_proposals = ()
+        self.child_proposals: tuple[ProposalSpec, ...] = ()
         self.initial_contact = False
 
     def start(self, sa: IkeSa, now: float) -> None:
@@ -154,14 +160,14 @@ class IkeAuthTask(Task):
         if cfg.trust is not None and cfg.send_certreq:
             payloads.append(CertReqPayload(4, cfg.trust.certreq_data()))
         payloads.append(auth)
-        wants_child = self.child is not None and not (cfg.childless == "force" and sa.peer_childless)
-        if wants_child:
+        child = self.child
+        if child is not None and not (cfg.childless == "force" and sa.peer_childless):
             self.inbound_spi = sa.services.allocate_child_spi()
-            self.child_proposals = ProposalSpec.all_without_ke(self.child.esp_proposals)
+            self.child_proposals = ProposalSpec.all_without_ke(child.esp_proposals)
             spi = self.inbound_spi.to_bytes(4, "big")
             payloads.append(SaPayload([p.to_payload(i + 1, spi) for i, p in enumerate(self.child_proposals)]))
-            payloads += [TsiPayload(list(self.child.local_ts)), TsrPayload(list(self.child.remote_ts))]
-            payloads += child_notifies(self.child)
+            payloads += [TsiPayload(list(child.local_ts)), TsrPayload(list(child.remote_ts))]
+            payloads += child_notifies(child)
         sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
@@ -193,27 +199,29 @@ class IkeAuthTask(Task):
             sa.queue(sa.exchanges.liveness_check(), now)
 
     def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> ChildSa | None:
+        config, inbound_spi = self.child, self.inbound_spi
+        assert config is not None and inbound_spi is not None, "asked only when start() requested a CHILD_SA"
         errors = [n for n in msg.all(NotifyPayload) if n.is_error]
         sa_payload, tsi, tsr = msg.first(SaPayload), msg.first(TsiPayload), msg.first(TsrPayload)
         try:
             if errors or sa_payload is None or tsi is None or tsr is None or len(sa_payload.proposals) != 1:
                 name = notify_name(errors[0].type) if errors else "no CHILD_SA in response"
-                raise IkeError(f"CHILD_SA {self.child.name} refused: {name}",
+                raise IkeError(f"CHILD_SA {config.name} refused: {name}",
                                notify=errors[0].type if errors else None)
             selected = check_answer(sa_payload.proposals[0], list(self.child_proposals))
             if len(selected.spi) != 4:
                 raise ParseError("ESP SPI must be 4 bytes")
-            local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, self.child.local_ts,
-                                                           self.child.remote_ts, self.child.mode)
-            if (self.child.mode == "transport") != transport_mode_requested(msg):
-                raise IkeError(f"peer did not agree to {self.child.mode} mode")
+            local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, config.local_ts,
+                                                           config.remote_ts, config.mode)
+            if (config.mode == "transport") != transport_mode_requested(msg):
+                raise IkeError(f"peer did not agree to {config.mode} mode")
         except IkeError as exc:
             self._release(sa)
             log.warning("CHILD_SA with %s failed: %s", sa.remote[0], exc)
-            sa.emit(ChildSaFailed(sa.label, self.child.name, str(exc), exc.notify))
+            sa.emit(ChildSaFailed(sa.label, config.name, str(exc), exc.notify))
             return None
-        keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=True)
-        return add_child(sa, self.child, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
+        keys = child_keys(sa, sa.ni, sa.nr, selected, we_are_initiator=True)
+        return add_child(sa, config, selected, keys, inbound_spi, int.from_bytes(selected.spi, "big"),
                          local_ts, remote_ts, (sa.ni, sa.nr), True, now, log_line=False)
 
     def _release(self, sa: IkeSa) -> None:
@@ -266,7 +274,8 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     return Reply(payloads)
 
 
-def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = False) -> tuple[list, ChildSa | None]:
+def _respond_child(sa: IkeSa, msg: Message, now: float, *,
+                   handover: bool = False) -> tuple[list[Payload], ChildSa | None]:
     """The CHILD_SA answer payloads, and the CHILD_SA (None if refused).
 
     `handover`: it replaces the CHILD_SA of a stale IKE SA whose SAs still carry traffic
@@ -282,14 +291,16 @@ def _respond_child(sa: IkeSa, msg: Message, now: float, *, handover: bool = Fals
         return [NotifyPayload(exc.notify or NotifyType.NO_PROPOSAL_CHOSEN)], None
     selected = request.selected
     inbound = sa.services.allocate_child_spi()
-    keys = child_keys(sa.prf, sa.keys.sk_d, sa.ni, sa.nr, selected, we_are_initiator=False)
+    keys = child_keys(sa, sa.ni, sa.nr, selected, we_are_initiator=False)
     child = add_child(sa, request.config, selected, keys, inbound, int.from_bytes(selected.spi, "big"),
                       request.ts_r, request.ts_i, (sa.ni, sa.nr), False, now, log_line=False,
                       state=ChildState.INBOUND_ONLY if handover else ChildState.INSTALLED)
     if handover:
         child.extra[HANDOVER] = True
-    return [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
-            TsiPayload(request.ts_i), TsrPayload(request.ts_r)] + child_notifies(request.config), child
+    payloads: list[Payload] = [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
+                               TsiPayload(request.ts_i), TsrPayload(request.ts_r)]
+    payloads += child_notifies(request.config)
+    return payloads, child
 
 
 __all__ = ["IkeAuthTask", "IkeAuthResponder"]

@@ -6,6 +6,7 @@ import functools
 import logging
 import struct
 
+from ..child import negotiated
 from ..constants import (
     IKE_HEADER_LEN,
     IKE_VERSION,
@@ -18,7 +19,7 @@ from ..constants import (
 from ..crypto import aead_keymat_len, prf_for
 from ..errors import IkeError, InvalidKePayload, NoProposalChosen, ParseError
 from ..events import NegotiationFailed
-from ..keyexchange import respond_key_exchange, start_key_exchange
+from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from ..keymat import addke_skeyseed, derive_ike_keys, skeyseed
 from ..message import encode_chain
 from ..natt import detect, nat_notifies
@@ -28,9 +29,10 @@ from ..payloads import (
     Message,
     NoncePayload,
     NotifyPayload,
+    Payload,
     SaPayload,
 )
-from ..proposals import check_answer, select
+from ..proposals import Selected, check_answer, select
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
 
@@ -66,7 +68,7 @@ def _common_flags(sa: IkeSa, msg: Message) -> None:
     sa.peer_childless = msg.notify(NotifyType.CHILDLESS_IKEV2_SUPPORTED) is not None
 
 
-def _detect_nat(sa: IkeSa, msg: Message, local, remote) -> None:
+def _detect_nat(sa: IkeSa, msg: Message, local: tuple[str, int], remote: tuple[str, int]) -> None:
     sources = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
     dest = msg.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
     # The hashes cover the SPIs of the message's own header: SPIr is zero in the request
@@ -78,12 +80,14 @@ def _detect_nat(sa: IkeSa, msg: Message, local, remote) -> None:
         sa.nat_local = True
 
 
-def _derive(sa: IkeSa, shared: bytes) -> None:
-    sel = sa.selected
-    sa.prf = prf_for(sel.prf)
-    seed = skeyseed(sa.prf, sa.ni, sa.nr, shared)
-    sa.install_keys(derive_ike_keys(sa.prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
+def _derive(sa: IkeSa, sel: Selected, shared: bytes) -> None:
+    """The first keys, from IKE_SA_INIT's shared secret (`sel` is the selection just made)."""
+    assert sel.prf is not None, "an IKE proposal always selects a PRF"
+    sa.prf = prf = prf_for(sel.prf)
+    seed = skeyseed(prf, sa.ni, sa.nr, shared)
+    sa.install_keys(derive_ike_keys(prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
                                     aead_keymat_len(sel.encr, sel.key_bits)))
+
 
 
 def _our_ke_groups(sa: IkeSa) -> list[int]:
@@ -101,7 +105,7 @@ class IkeInitTask(Task):
         self.cookie: bytes | None = None
         self.cookie_retries = 0
         self.ke_retries = 0
-        self.ke = None
+        self.ke: KeInitiator | None = None
 
     def start(self, sa: IkeSa, now: float) -> None:
         if not sa.ni:
@@ -111,15 +115,15 @@ class IkeInitTask(Task):
         if self.ke is None or self.ke.method != self.group:
             self.ke = start_key_exchange(self.group)
         sa.tasks.next_mid = 0
-        sa.init_request = sa.tasks.send_request(self, self.exchange, self._payloads(sa), now)
+        sa.init_request = sa.tasks.send_request(self, self.exchange, self._payloads(sa, self.group, self.ke), now)
 
-    def _payloads(self, sa: IkeSa) -> list:
+    def _payloads(self, sa: IkeSa, group: int, ke: KeInitiator) -> list[Payload]:
         cfg = sa.config
         proposals = [spec.to_payload(i + 1) for i, spec in enumerate(cfg.ike_proposals)]
-        payloads: list = []
+        payloads: list[Payload] = []
         if self.cookie is not None:
             payloads.append(NotifyPayload(NotifyType.COOKIE, data=self.cookie))
-        payloads += [SaPayload(proposals), KePayload(self.group, self.ke.public_data), NoncePayload(sa.ni)]
+        payloads += [SaPayload(proposals), KePayload(group, ke.public_data), NoncePayload(sa.ni)]
         payloads += nat_notifies(sa.spi_i, sa.spi_r, sa.local, sa.remote, cfg.force_encap, sa.random_bytes)
         if cfg.fragmentation:
             payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
@@ -156,20 +160,21 @@ class IkeInitTask(Task):
             raise ParseError("IKE_SA_INIT response lacks SA, KE or Nonce")
         if msg.spi_r == bytes(8):
             raise ParseError("IKE_SA_INIT response without responder SPI")
-        sa.selected = check_answer(sa_payload.proposals[0], list(sa.config.ike_proposals))
-        if sa.selected.ke != self.group or ke.group != self.group:
+        sa.selected = selected = check_answer(sa_payload.proposals[0], list(sa.config.ike_proposals))
+        if selected.ke != self.group or ke.group != self.group:
             raise NoProposalChosen("responder chose a key exchange other than the one we sent")
+        assert self.ke is not None, "start() made our key exchange before the request went out"
         sa.spi_r = msg.spi_r
         sa.nr = nonce.data
         sa.init_response = raw
-        _derive(sa, self.ke.finish(ke.data))
+        _derive(sa, selected, self.ke.finish(ke.data))
         _common_flags(sa, msg)
         _detect_nat(sa, msg, sa.local, sa.remote)
         if sa.nat_local or sa.nat_remote:
             # RFC 7296 §2.23: move to port 4500 once a NAT is detected (or encapsulation is forced).
             sa.local = (sa.local[0], NATT_PORT)
             sa.remote = (sa.remote[0], NATT_PORT)
-        extra = sa.selected.additional_kes
+        extra = selected.additional_kes
         if extra and msg.notify(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED) is None:
             raise NoProposalChosen("responder chose additional key exchanges without IKE_INTERMEDIATE")
         # Before the IKE_AUTH task queued with this one (RFC 9242: intermediates come first).
@@ -199,15 +204,15 @@ class IkeInitResponder(Responder):
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             if sa.initiator or sa.keys is not None:
                 return None
-            reply = _respond_init(sa, msg, raw, now)
-            self.pending_addke = list(sa.selected.additional_kes)
+            reply, selected = _respond_init(sa, msg, raw, now)
+            self.pending_addke = list(selected.additional_kes)
             return reply
         if sa.initiator or sa.state != IkeState.CONNECTING:
             return None
         return _respond_intermediate(sa, self.pending_addke, msg, now)
 
 
-def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
+def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> tuple[Reply, Selected]:
     """Answer an IKE_SA_INIT request (the endpoint has already checked cookies and limits)."""
     sa_payload, ke, nonce = msg.first(SaPayload), msg.first(KePayload), msg.first(NoncePayload)
     if sa_payload is None or ke is None or nonce is None:
@@ -224,11 +229,11 @@ def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
     sa.ni = nonce.data
     sa.nr = sa.random_bytes(NONCE_LEN)
     sa.init_request = raw
-    _derive(sa, shared)
+    _derive(sa, selected, shared)
     _common_flags(sa, msg)
     _detect_nat(sa, msg, sa.local, sa.remote)
     cfg = sa.config
-    payloads: list = [SaPayload([selected.to_payload(b"")]), KePayload(selected.ke, our_ke), NoncePayload(sa.nr)]
+    payloads: list[Payload] = [SaPayload([selected.to_payload(b"")]), KePayload(selected.ke, our_ke), NoncePayload(sa.nr)]
     payloads += nat_notifies(sa.spi_i, sa.spi_r, sa.local, sa.remote, cfg.force_encap, sa.random_bytes)
     if cfg.fragmentation:
         payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
@@ -241,9 +246,11 @@ def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> Reply:
     if cfg.childless != "never":
         payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
     def remember_response(now: float) -> None:
-        sa.init_response = sa.tasks.cached_response[1][0].data
+        cached = sa.tasks.cached_response
+        assert cached is not None, "called once the response is sent, so cached"
+        sa.init_response = cached[1][0].data
 
-    return Reply(payloads, after=remember_response)
+    return Reply(payloads, after=remember_response), selected
 
 
 # -- IKE_INTERMEDIATE (RFC 9242) carrying additional key exchanges (RFC 9370) ----------
@@ -261,15 +268,16 @@ def _int_auth_chunk(sa: IkeSa, exchange: int, response: bool, mid: int, first: i
 
 def _accumulate(sa: IkeSa, request_chunk: bytes, response_chunk: bytes) -> None:
     """IntAuth_iN = prf(SK_piN, IntAuth_iN-1 | A | P), likewise for r, with this exchange's keys."""
-    sa.int_auth_i = sa.prf(sa.keys.sk_pi, sa.int_auth_i + request_chunk)
-    sa.int_auth_r = sa.prf(sa.keys.sk_pr, sa.int_auth_r + response_chunk)
+    prf, keys, _ = negotiated(sa)
+    sa.int_auth_i = prf(keys.sk_pi, sa.int_auth_i + request_chunk)
+    sa.int_auth_r = prf(keys.sk_pr, sa.int_auth_r + response_chunk)
     sa.intermediate_done = True
 
 
 def _update_keys(sa: IkeSa, shared: bytes) -> None:
-    sel = sa.selected
-    seed = addke_skeyseed(sa.prf, sa.keys.sk_d, shared, sa.ni, sa.nr)
-    sa.install_keys(derive_ike_keys(sa.prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
+    prf, keys, sel = negotiated(sa)
+    seed = addke_skeyseed(prf, keys.sk_d, shared, sa.ni, sa.nr)
+    sa.install_keys(derive_ike_keys(prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
                                     aead_keymat_len(sel.encr, sel.key_bits)))
 
 
@@ -279,12 +287,12 @@ class IntermediateTask(Task):
     def __init__(self, index: int, method: int):
         self.index = index
         self.method = method
-        self.ke = None
+        self.ke: KeInitiator | None = None
         self.request_chunk = b""
 
     def start(self, sa: IkeSa, now: float) -> None:
         self.ke = start_key_exchange(self.method)
-        payloads = [KePayload(self.method, self.ke.public_data)]
+        payloads: list[Payload] = [KePayload(self.method, self.ke.public_data)]
         first, plain = encode_chain(payloads)
         self.request_chunk = _int_auth_chunk(sa, self.exchange, False, sa.tasks.next_mid, first, plain)
         sa.tasks.send_request(self, self.exchange, payloads, now)
@@ -296,6 +304,7 @@ class IntermediateTask(Task):
         ke = msg.first(KePayload)
         if ke is None or ke.group != self.method:
             raise ParseError(f"IKE_INTERMEDIATE response lacks the KE payload for {self.method}")
+        assert self.ke is not None, "start() made our key exchange before the request went out"
         shared = self.ke.finish(ke.data)
         response_chunk = _int_auth_chunk(sa, self.exchange, True, msg.message_id, msg.inner_first, msg.inner_plain)
         _accumulate(sa, self.request_chunk, response_chunk)
@@ -313,7 +322,7 @@ def _respond_intermediate(sa: IkeSa, pending: list[int], msg: Message, now: floa
     if ke is None or ke.group != method:
         raise InvalidKePayload(f"IKE_INTERMEDIATE must carry KE for {method}", method)
     our_data, shared = respond_key_exchange(method, ke.data)
-    payloads = [KePayload(method, our_data)]
+    payloads: list[Payload] = [KePayload(method, our_data)]
     request_chunk = _int_auth_chunk(sa, msg.exchange, False, msg.message_id, msg.inner_first, msg.inner_plain)
     first, plain = encode_chain(payloads)
     response_chunk = _int_auth_chunk(sa, msg.exchange, True, msg.message_id, first, plain)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 
 from .. import followup_ke
+from ..child import negotiated
 from ..constants import ExchangeType, NotifyType
 from ..crypto import aead_keymat_len, prf_for
 from ..errors import IkeError, InvalidKePayload, ParseError
 from ..events import IkeSaEstablished
-from ..keyexchange import respond_key_exchange, start_key_exchange
+from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
-from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, SaPayload
-from ..proposals import ProposalSpec, check_answer, select
+from ..payloads import KePayload, Message, NoncePayload, NotifyPayload, Payload, SaPayload
+from ..proposals import ProposalSpec, Selected, check_answer, select
 from ..sa import OLD_SA_GRACE, IkeSa, IkeState
-from ..task import Reply, Responder, Task, first_error, retry_with_wanted_group
+from ..task import KeTask, Reply, Responder, first_error, retry_with_wanted_group
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -32,13 +33,15 @@ def _rekey_proposals(sa: IkeSa) -> list[ProposalSpec]:
     return list(dict.fromkeys(sa.config.ike_proposals))
 
 
-def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selected, secrets: tuple[bytes, ...],
+def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selected: Selected, secrets: tuple[bytes, ...],
                ni: bytes, nr: bytes, now: float) -> IkeSa:
     """The new IKE SA, from SK(0) of the CREATE_CHILD_SA and SK(1)..SK(n) of its follow-ups."""
     new = IkeSa(old.services, old.config, initiator=initiator, local=old.local, remote=old.remote,
                 spi_i=spi_i, spi_r=spi_r, now=now)
     new.selected = selected
-    seed = rekey_skeyseed(old.prf, old.keys.sk_d, secrets[0], ni, nr, secrets[1:])
+    old_prf, old_keys, _ = negotiated(old)
+    seed = rekey_skeyseed(old_prf, old_keys.sk_d, secrets[0], ni, nr, secrets[1:])
+    assert selected.prf is not None, "an IKE proposal always selects a PRF"
     new.prf = prf_for(selected.prf)
     new.ni, new.nr = ni, nr
     new.install_keys(derive_ike_keys(new.prf, seed, ni, nr, spi_i, spi_r,
@@ -75,17 +78,17 @@ def _adopt_peer_rekey(sa: IkeSa, new: IkeSa, now: float) -> None:
     sa.retire(new, now)
 
 
-class IkeRekeyTask(Task):
+class IkeRekeyTask(KeTask):
     exchange = ExchangeType.CREATE_CHILD_SA
 
     def __init__(self) -> None:
         self.spi = b""
         self.ni = b""
         self.nr = b""
-        self.ke = None
+        self.ke: KeInitiator | None = None
         self.group: int | None = None
         self.ke_retries = 0
-        self.selected = None
+        self.selected: Selected | None = None
 
     def obsolete(self, sa: IkeSa) -> bool:
         return sa.state != IkeState.ESTABLISHED
@@ -93,14 +96,16 @@ class IkeRekeyTask(Task):
     def start(self, sa: IkeSa, now: float) -> None:
         self.proposals = _rekey_proposals(sa)
         if self.group is None:
-            self.group = sa.selected.ke if any(sa.selected.ke in p.ke for p in self.proposals) \
+            _, _, current = negotiated(sa)
+            self.group = current.ke if any(current.ke in p.ke for p in self.proposals) \
                 else self.proposals[0].ke[0]
         if not self.spi:
             self.spi = sa.services.allocate_ike_spi()
         self.ni = sa.random_bytes(NONCE_LEN)
         self.ke = start_key_exchange(self.group)
-        payloads = [SaPayload([p.to_payload(i + 1, self.spi) for i, p in enumerate(self.proposals)]),
-                    NoncePayload(self.ni), KePayload(self.group, self.ke.public_data)]
+        payloads: list[Payload] = [
+            SaPayload([p.to_payload(i + 1, self.spi) for i, p in enumerate(self.proposals)]),
+            NoncePayload(self.ni), KePayload(self.group, self.ke.public_data)]
         sa.tasks.send_request(self, self.exchange, payloads, now)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
@@ -115,6 +120,7 @@ class IkeRekeyTask(Task):
         if len(selected.spi) != 8 or selected.ke != self.group or ke.group != self.group:
             raise ParseError("IKE rekey response has a bad SPI or key exchange")
         self.selected, self.nr = selected, nonce.data
+        assert self.ke is not None, "start() made our key exchange before the request went out"
         shared = self.ke.finish(ke.data)
         if selected.additional_kes:
             link = followup_ke.link_of(msg)
@@ -124,6 +130,7 @@ class IkeRekeyTask(Task):
 
     def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None:
         """Every key exchange is done: the new IKE SA exists; settle a collision (§2.8.2)."""
+        assert self.selected is not None, "on_response() made the selection"
         new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=self.selected.spi, selected=self.selected,
                          secrets=secrets, ni=self.ni, nr=self.nr, now=now)
         theirs = sa.peer_rekey
@@ -204,7 +211,7 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
         if sa.peer_rekey_nonces == nonces:
             sa.peer_rekey_nonces = None
 
-    payloads = [SaPayload([selected.to_payload(spi)]), NoncePayload(nr), KePayload(selected.ke, our_data)]
+    payloads: list[Payload] = [SaPayload([selected.to_payload(spi)]), NoncePayload(nr), KePayload(selected.ke, our_data)]
     if selected.additional_kes:
         payloads.append(followup_ke.hold(sa, selected.additional_kes, shared, finish, abandon, now))
     else:
