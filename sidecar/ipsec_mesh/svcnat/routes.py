@@ -18,12 +18,15 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE, nlmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ..xfrm import XfrmError
 from ..xfrm.channel import NetlinkChannel
+
+if TYPE_CHECKING:
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 NETLINK_ROUTE = 0
 RTM_GETLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 18, 24, 25, 26
@@ -135,8 +138,16 @@ def _parse(data: bytes) -> _KernelRoute | None:
         mtu=_u32(metrics, RTAX_MTU) or None, multipath=RTA_MULTIPATH in attrs)
 
 
+def _rtmsg() -> rtmsg:
+    # Imported on first use: a pod whose map lists no Service never loads pyroute2's rtnetlink
+    # messages (each module at start-up costs every pod memory).
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return rtmsg()
+
+
 def _message(route: Route) -> rtmsg:
-    message = rtmsg()
+    message = _rtmsg()
     message["family"] = socket.AF_INET if route.destination.version == 4 else socket.AF_INET6
     message["dst_len"] = route.destination.max_prefixlen
     message["table"] = MAIN_TABLE
@@ -191,7 +202,7 @@ class ServiceRoutes:
         channel = self._open()
         routes: list[_KernelRoute] = []
         for family in (socket.AF_INET, socket.AF_INET6):
-            request = rtmsg()
+            request = _rtmsg()
             request["family"] = family
             try:
                 replies = channel.dump(request, RTM_GETROUTE, "list routes")
