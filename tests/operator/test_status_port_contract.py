@@ -7,8 +7,8 @@ import inspect
 from ipsec_mesh.agent import cli as sidecar_cli
 from ipsec_mesh.agent import config, mesh_settings
 from ipsec_mesh.meshapi import ports
+from ipsec_mesh_operator.cli import sources
 from ipsec_mesh_operator.demo import processes
-from ipsec_mesh_operator.main import sources
 from tests.interop.harness import sidecar as interop_sidecar
 
 MODULES = (sidecar_cli, config, mesh_settings, sources, processes, interop_sidecar)
