@@ -163,17 +163,27 @@ def _message(route: Route) -> rtmsg:
     return message
 
 
+def _best(destination: Address, table: list[_KernelRoute]) -> _KernelRoute | None:
+    """The route of `table` the kernel picks for `destination` (longest prefix, then lowest metric)."""
+    covering = [r for r in table if r.network.version == destination.version and destination in r.network]
+    return min(covering, key=lambda r: (-r.network.prefixlen, r.priority)) if covering else None
+
+
+def device_of(destination: Address, table: list[_KernelRoute]) -> int | None:
+    """The device index packets to `destination` leave by (ours included), None if no single one."""
+    best = _best(destination, table)
+    return best.oif if best is not None and not best.multipath else None
+
+
 def derive(destination: Address, mtu: int, table: list[_KernelRoute]) -> Route | str:
     """The route `destination` gets (through what covers it now, not counting ours), or why none."""
     for route in table:
         if not route.ours and route.network.prefixlen == route.network.max_prefixlen \
                 and destination in route.network:
             return f"the main table has a host route for {destination} already (proto {route.proto})"
-    covering = [r for r in table if not r.ours and r.network.version == destination.version
-                and destination in r.network]
-    if not covering:
+    best = _best(destination, [r for r in table if not r.ours])
+    if best is None:
         return f"no route to {destination}"
-    best = min(covering, key=lambda r: (-r.network.prefixlen, r.priority))
     if best.kind != RTN_UNICAST or best.multipath or best.oif is None:
         return f"the route to {destination} ({best.network}) is not a single-path unicast route"
     if best.mtu is not None:

@@ -7,16 +7,20 @@ every rule, later ones change only what differs (ruleset.changes).
 
 With the table come the ClusterIP routes (routes.py): added or replaced before the batch, so a
 new Service's first call already has room for ESP, and the ones no longer wanted deleted after it.
+Also before the batch: while the map lists an SCTP port, `tx-checksum-sctp` is turned off on the
+devices its ClusterIPs leave by (offload.py says why), and turned back on when no SCTP port is left.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 
-from ..meshapi.model import MAX_SERVICES, ServiceEntry
+from ..meshapi.model import MAX_SERVICES, ServiceEntry, ServiceProtocol
 from .mtu import MIN_PATH_MTU, esp_inner_mtu, mss_clamp
 from .nft import Nft, NftError
-from .routes import Address, Route, RouteError, ServiceRoutes, derive
+from .offload import SCTP_CRC, DeviceFeatures, EthtoolError
+from .routes import Address, Route, RouteError, ServiceRoutes, derive, device_of
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
 log = logging.getLogger("ipsec_mesh.services")
@@ -27,11 +31,19 @@ MAX_ROUTES_PER_FAMILY = MAX_SERVICES
 
 
 class ServiceTranslation:
-    def __init__(self, netns: str | None = None, *, nft_factory=Nft, routes_factory=ServiceRoutes):
+    def __init__(self, netns: str | None = None, *, nft_factory=Nft, routes_factory=ServiceRoutes,
+                 features_factory=DeviceFeatures):
         self.netns = netns
         self._nft_factory = nft_factory
         self._nft: Nft | None = None
         self._routes = routes_factory(netns)
+        self._features = features_factory(netns)
+        #: Devices that translated SCTP ClusterIPs leave by (the last update's), and whether any SCTP port is wanted.
+        self._sctp_devices: tuple[str, ...] = ()
+        self._sctp_wanted = False
+        #: Devices on which this instance turned tx-checksum-sctp off (so it turns it back on, and only there).
+        self._turned_off: set[str] = set()
+        self.offload_error = ""
         #: ClusterIP -> why it has no route of ours (the last update's plan).
         self.route_problems: dict[str, str] = {}
         self.route_error = ""
@@ -65,6 +77,7 @@ class ServiceTranslation:
                 self._nft = self._nft_factory(self.netns)
             path_mtus = self._path_mtus()
             stale_routes = self._put_routes(path_mtus)
+            self._sctp_offload()
             have: Table | Objects | None = self._installed
             if have is None:
                 have = self._nft.objects()
@@ -152,6 +165,60 @@ class ServiceTranslation:
         self.route_error = ""
         return [route for address, route in installed.items() if address not in plan]
 
+    def _sctp_offload(self) -> None:
+        """SCTP's CRC32c in software on the devices translated SCTP ClusterIPs leave by, only while there are any."""
+        cluster_ips = {ip for service in self._wanted
+                       if any(port.protocol is ServiceProtocol.SCTP and port.endpoints for port in service.ports)
+                       for ip in service.cluster_ips}
+        self._sctp_wanted = bool(cluster_ips)
+        if not cluster_ips and not self._turned_off:
+            self._sctp_devices, self.offload_error = (), ""
+            return
+        try:
+            table, names = self._routes.table(), self._routes.link_names()
+        except RouteError as exc:
+            self.offload_error = f"cannot find the devices of SCTP ClusterIPs: {exc}"
+            log.error("%s", self.offload_error)
+            return
+        devices = tuple(sorted({names[oif] for ip in cluster_ips if (oif := device_of(ip, table)) in names}))
+        errors = []
+        for device in devices:
+            try:
+                was_on = self._features.state(device, SCTP_CRC).active
+                now = self._features.set(device, SCTP_CRC, False)
+            except EthtoolError as exc:
+                errors.append(str(exc))
+                continue
+            if was_on and not now.active:
+                self._turned_off.add(device)
+                log.info("%s: %s turned off (SCTP to a ClusterIP computes its CRC32c in software)", device, SCTP_CRC)
+            elif now.active:
+                errors.append(f"{device}: {SCTP_CRC} is still {now.text()}")
+        for device in sorted(self._turned_off - set(devices)):
+            try:
+                self._features.set(device, SCTP_CRC, True)
+            except EthtoolError as exc:
+                if exc.code != errno.ENODEV:  # a device that is gone has nothing to restore
+                    errors.append(str(exc))
+                    continue
+            self._turned_off.discard(device)
+        self._sctp_devices = devices
+        self.offload_error = "; ".join(errors)
+        if errors:
+            log.error("SCTP checksum offload: %s", self.offload_error)
+
+    def sctp_checksum(self) -> dict:
+        """The devices that carry translated SCTP, and those we changed, with the feature as the kernel has it now."""
+        devices = []
+        for device in self._sctp_devices + tuple(sorted(self._turned_off - set(self._sctp_devices))):
+            try:
+                state: str | None = self._features.state(device, SCTP_CRC).text()
+            except EthtoolError:
+                state = None  # offload_error keeps the last update's outcome; a failed read is not one
+            devices.append({"dev": device, SCTP_CRC: state, "wanted_off": device in self._sctp_devices,
+                            "turned_off_by_sidecar": device in self._turned_off})
+        return {"devices": devices, "error": self.offload_error}
+
     def _delete_routes(self, stale: list[Route]) -> None:
         try:
             self._routes.delete(stale)
@@ -174,11 +241,14 @@ class ServiceTranslation:
             return f"service translation failed: {self.last_error}"
         if self._wanted and self.route_error:
             return f"ClusterIP routes failed: {self.route_error}"
+        if self._sctp_wanted and self.offload_error:
+            return f"SCTP checksum offload not turned off: {self.offload_error}"
         return None
 
     def close(self) -> None:
         """Release libnftables and the routing socket; the table and the routes stay (fail closed)."""
         self._routes.close()
+        self._features.close()
         if self._nft is not None:
             self._nft.close()
             self._nft = None
@@ -228,4 +298,5 @@ class ServiceTranslation:
             "routes": self.routes(),
             "route_problems": dict(self.route_problems),
             "route_error": self.route_error,
+            "sctp_checksum": self.sctp_checksum(),
         }

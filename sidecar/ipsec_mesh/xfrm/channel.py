@@ -66,14 +66,19 @@ class Reply:
 
 def open_netlink_socket(netns: NetnsRef, protocol: int = NETLINK_XFRM) -> socket.socket:
     """A netlink socket (NETLINK_XFRM unless told) created inside `netns` (None: the caller's namespace)."""
+    return socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+
+
+def socket_in_netns(netns: NetnsRef, family: int, kind: int, protocol: int = 0) -> socket.socket:
+    """A socket created inside `netns` (None: the caller's namespace); XfrmError if it cannot be entered."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        return socket.socket(family, kind, protocol)
     result: list[socket.socket | BaseException] = []
 
     def enter_and_create() -> None:
         try:
             setns(netns)  # never creates a namespace: a missing one is an error
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
+            result.append(socket.socket(family, kind, protocol))
         except Exception as exc:  # handed to the caller's thread below
             result.append(exc)
 
