@@ -31,9 +31,10 @@ print(json.dumps(sorted(sys.modules)))
 NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
                     "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
                     "difflib")
-# Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after.
+# Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after;
+# then ESP-as-liveness, packed XFRM requests, ClusterIP routes and SCTP offload (ours, 326).
 # A new dependency of mesh mode has to raise this bound on purpose.
-MAX_MODULES = 325
+MAX_MODULES = 326
 
 
 def _mesh_mode_modules() -> list[str]:
