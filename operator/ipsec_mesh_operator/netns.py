@@ -23,7 +23,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, Callable
 
 from pyroute2 import netns as pyroute2_netns
@@ -53,11 +52,10 @@ def unique_name(tag: str, limit: int = 63) -> str:
     return name
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60,
-        input: str | None = None) -> subprocess.CompletedProcess:
+def run(*argv: str, check: bool = True, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
     """Run a command (text in and out), bounded by `timeout`; NetnsError if it fails (when `check`) or overruns."""
     try:
-        done = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise NetnsError(f"{' '.join(argv)} did not finish in {timeout:g} s") from None
     if check and done.returncode != 0:
@@ -67,7 +65,7 @@ def run(argv: Sequence[str], *, check: bool = True, timeout: float = 60,
 
 def ip(*args: str, netns: str | None = None, check: bool = True, timeout: float = 60) -> str:
     """`ip [-n netns] args...`; its output."""
-    return run(["ip", *(["-n", netns] if netns else []), *args], check=check, timeout=timeout).stdout
+    return run("ip", *(["-n", netns] if netns else []), *args, check=check, timeout=timeout).stdout
 
 
 def add_netns(name: str) -> str:
@@ -86,7 +84,7 @@ def delete_netns(name: str, retry_for: float = 0.0) -> bool:
     True once it is gone (including when it never existed)."""
     deadline = time.monotonic() + retry_for
     while True:
-        if run(["ip", "netns", "del", check_netns_name(name)], check=False, timeout=15).returncode == 0:
+        if run("ip", "netns", "del", check_netns_name(name), check=False, timeout=15).returncode == 0:
             return True
         if not os.path.exists(f"/run/netns/{name}"):
             return True
@@ -105,7 +103,7 @@ def add_veth(netns: str, ifname: str, peer_netns: str, peer_ifname: str, up: boo
 
 def netns_pids(name: str) -> list[int]:
     """The processes living in namespace `name` (none when it does not exist)."""
-    out = run(["ip", "netns", "pids", check_netns_name(name)], check=False, timeout=15).stdout
+    out = run("ip", "netns", "pids", check_netns_name(name), check=False, timeout=15).stdout
     return [int(pid) for pid in out.split() if pid.isdigit()]
 
 
@@ -122,7 +120,7 @@ def remove_stale_namespaces(tag: str) -> list[str]:
     """Delete namespaces `unique_name(tag)` made in processes that are gone; their names."""
     pattern = re.compile(rf"({re.escape(tag)}-(\d+)-\S+)")
     removed = []
-    for line in run(["ip", "netns", "list"], check=False, timeout=15).stdout.splitlines():
+    for line in run("ip", "netns", "list", check=False, timeout=15).stdout.splitlines():
         match = pattern.match(line)
         if match and not os.path.exists(f"/proc/{match.group(2)}") and delete_netns(match.group(1)):
             removed.append(match.group(1))

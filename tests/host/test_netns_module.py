@@ -59,9 +59,9 @@ def test_unique_names_carry_the_pid_never_repeat_and_respect_the_length_limit():
 def test_a_failed_command_is_a_netns_error_with_the_command_s_own_words():
     with pytest.raises(netns.NetnsError, match="nosuchns"):
         netns.ip("link", "show", netns=f"nosuchns{os.getpid()}")
-    assert netns.run(["ip", "-n", f"nosuchns{os.getpid()}", "link"], check=False).returncode != 0
+    assert netns.run("ip", "-n", f"nosuchns{os.getpid()}", "link", check=False).returncode != 0
     with pytest.raises(netns.NetnsError, match="did not finish"):
-        netns.run(["sleep", "5"], timeout=0.2)
+        netns.run("sleep", "5", timeout=0.2)
 
 
 def test_names_that_are_paths_are_refused_before_anything_runs():
@@ -94,7 +94,7 @@ def test_a_veth_pair_joins_two_namespaces_and_a_child_process_call_runs_inside()
         netns.ip("addr", "add", "10.98.0.2/24", "dev", "eth1", netns=b)
         assert ",UP" in netns.ip("-o", "link", "show", "eth1", netns=b)  # brought up by add_veth
         assert netns.call_in_child(b, _addresses) == ["10.98.0.2"]  # eth1 exists only in b
-        assert netns.run(["ip", "netns", "exec", a, "ping", "-c1", "-W5", "10.98.0.2"]).returncode == 0
+        assert netns.run("ip", "netns", "exec", a, "ping", "-c1", "-W5", "10.98.0.2").returncode == 0
         sleeper = subprocess.Popen(["ip", "netns", "exec", a, "sleep", "60"])
         try:
             for _ in range(100):  # bounded: `ip netns exec` enters the namespace before exec'ing sleep
