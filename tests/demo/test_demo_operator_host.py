@@ -14,8 +14,8 @@ import pytest
 from cryptography import x509
 
 from ipsec_mesh.meshapi import MeshApiClient, MeshApiRequestError
-from ipsec_mesh_operator.demo.netns import in_netns
 from ipsec_mesh_operator.demo.runner import DEFAULT_CONFIG, Demo, load_config, read_wire
+from ipsec_mesh_operator.netns import in_netns
 from tests.support.standalone_fixture import make_csr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,

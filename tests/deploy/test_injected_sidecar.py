@@ -26,7 +26,7 @@ import jsonpatch
 import pytest
 import yaml
 
-from ipsec_mesh_operator.demo.netns import in_netns
+from ipsec_mesh_operator.netns import in_netns
 from tests.deploy.cluster import probe, proc_status, stop, wait_until
 from tests.deploy.conftest import the
 from tests.deploy.kubelet import PodRuntime, Security, image_config, launch, port_number, resolve_env, security

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsec_mesh_operator.demo.config import DemoConfig
-from ipsec_mesh_operator.demo.netns import in_netns, sh
 from ipsec_mesh_operator.demo.runner import Demo
+from ipsec_mesh_operator.netns import in_netns, run
 from ipsec_mesh_operator.standalone.config import parse_config
 
 NAMESPACE = "mesh"
@@ -176,7 +176,7 @@ class MeshOnOneMachine(Demo):
     def kernel_policy_peers(self, name: str) -> dict[str, set[str]]:
         """What the kernel in `name`'s namespace holds: per direction (out, in), the peer addresses
         that our transport policies cover."""
-        listing = sh("ip", "-n", self.netns(name), "xfrm", "policy", "list").stdout
+        listing = run("ip", "-n", self.netns(name), "xfrm", "policy", "list").stdout
         peers: dict[str, set[str]] = {"out": set(), "in": set()}
         for src, dst, direction in re.findall(r"src (\S+)/\d+ dst (\S+)/\d+.*?\n\s*dir (\w+)", listing):
             if direction in peers:

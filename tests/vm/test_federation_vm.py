@@ -29,8 +29,8 @@ import pytest
 import yaml
 
 from ipsec_mesh_operator.controller.index import PodInfo
-from ipsec_mesh_operator.demo.netns import in_netns, sh
 from ipsec_mesh_operator.demo.processes import Sidecar, StandaloneOperatorProcess
+from ipsec_mesh_operator.netns import in_netns, run
 from tests.vm.netns_guest import Capture, Netns
 
 pytestmark = pytest.mark.vm
@@ -91,36 +91,36 @@ class TwoClusters:
         return f"{self.prefix}-{name}"
 
     def _add_ns(self, name: str) -> str:
-        sh("ip", "netns", "add", self.ns(name))
+        run("ip", "netns", "add", self.ns(name))
         self.namespaces.append(self.ns(name))
-        sh("ip", "-n", self.ns(name), "link", "set", "lo", "up")
+        run("ip", "-n", self.ns(name), "link", "set", "lo", "up")
         return self.ns(name)
 
     def build(self) -> None:
         router = self._add_ns("rt")
-        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for index, (cluster, (_, cidr, node_address, (router_side, node_side), pods)) in enumerate(CLUSTERS.items()):
             node = self._add_ns(cluster)
-            sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             link = f"rt{index}"
-            sh("ip", "-n", router, "link", "add", link, "type", "veth", "peer", "name", "uplink", "netns", node)
-            sh("ip", "-n", router, "addr", "add", f"{router_side}/30", "dev", link)
-            sh("ip", "-n", router, "link", "set", link, "up")
-            sh("ip", "-n", router, "route", "add", cidr, "via", node_side)
-            sh("ip", "-n", node, "addr", "add", f"{node_side}/30", "dev", "uplink")
-            sh("ip", "-n", node, "link", "set", "uplink", "up")
-            sh("ip", "-n", node, "route", "add", "default", "via", router_side)
-            sh("ip", "-n", node, "link", "add", "br0", "type", "bridge")
-            sh("ip", "-n", node, "addr", "add", f"{node_address}/24", "dev", "br0")
-            sh("ip", "-n", node, "link", "set", "br0", "up")
+            run("ip", "-n", router, "link", "add", link, "type", "veth", "peer", "name", "uplink", "netns", node)
+            run("ip", "-n", router, "addr", "add", f"{router_side}/30", "dev", link)
+            run("ip", "-n", router, "link", "set", link, "up")
+            run("ip", "-n", router, "route", "add", cidr, "via", node_side)
+            run("ip", "-n", node, "addr", "add", f"{node_side}/30", "dev", "uplink")
+            run("ip", "-n", node, "link", "set", "uplink", "up")
+            run("ip", "-n", node, "route", "add", "default", "via", router_side)
+            run("ip", "-n", node, "link", "add", "br0", "type", "bridge")
+            run("ip", "-n", node, "addr", "add", f"{node_address}/24", "dev", "br0")
+            run("ip", "-n", node, "link", "set", "br0", "up")
             for number, (name, (address, labels)) in enumerate(pods.items()):
                 pod_ns = self._add_ns(name)
-                sh("ip", "-n", node, "link", "add", f"p{number}", "type", "veth", "peer", "name", "eth0",
-                   "netns", pod_ns)
-                sh("ip", "-n", node, "link", "set", f"p{number}", "master", "br0", "up")
-                sh("ip", "-n", pod_ns, "link", "set", "eth0", "up")
-                sh("ip", "-n", pod_ns, "addr", "add", f"{address}/24", "dev", "eth0")
-                sh("ip", "-n", pod_ns, "route", "add", "default", "via", node_address)
+                run("ip", "-n", node, "link", "add", f"p{number}", "type", "veth", "peer", "name", "eth0",
+                    "netns", pod_ns)
+                run("ip", "-n", node, "link", "set", f"p{number}", "master", "br0", "up")
+                run("ip", "-n", pod_ns, "link", "set", "eth0", "up")
+                run("ip", "-n", pod_ns, "addr", "add", f"{address}/24", "dev", "eth0")
+                run("ip", "-n", pod_ns, "route", "add", "default", "via", node_address)
                 self.pods[name] = _pod(name, address, labels)
 
     def start_operators(self) -> None:
@@ -161,8 +161,8 @@ class TwoClusters:
 
     def ping(self, source: str, destination: str, count: int = 3, deadline: int = 90) -> bool:
         """`count` answers within `deadline` s (the first IKE exchanges with ML-KEM take long under emulation)."""
-        result = sh("ip", "netns", "exec", self.ns(source), "ping", "-c", str(count), "-w", str(deadline),
-                    "-i", "0.3", self.pods[destination].ips[0], check=False, timeout=deadline + 10)
+        result = run("ip", "netns", "exec", self.ns(source), "ping", "-c", str(count), "-w", str(deadline),
+                     "-i", "0.3", self.pods[destination].ips[0], check=False, timeout=deadline + 10)
         return result.returncode == 0
 
     def admin(self, cluster: str, method: str, path: str) -> dict:
@@ -186,7 +186,7 @@ class TwoClusters:
         for process in [*self.sidecars.values(), *self.operators.values()]:
             process.stop()
         for name in reversed(self.namespaces):
-            sh("ip", "netns", "del", name, check=False)
+            run("ip", "netns", "del", name, check=False)
 
 
 def _start(clusters: TwoClusters) -> None:

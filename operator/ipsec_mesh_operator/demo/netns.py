@@ -1,39 +1,29 @@
-"""Network namespaces for the demo: commands, calls inside a namespace, the ESP probe, traffic."""
+"""The demo's traffic between pods and its ESP probe; the namespace primitives are `..netns`."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 
-from ..netns import in_netns
-from .config import DemoError
+from ..netns import NetnsError, add_netns, delete_netns, run, unique_name
 
-__all__ = ["accept_all", "answer_once", "ask", "in_netns", "kernel_has_esp", "listen", "send", "sh"]
-
-
-def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise DemoError(f"{' '.join(argv)}: {result.stderr.strip()}")
-    return result
+__all__ = ["accept_all", "answer_once", "ask", "kernel_has_esp", "listen", "send"]
 
 
 def kernel_has_esp() -> bool:
     """Try to add an ESP SA in a throw-away namespace."""
-    name = f"ipsec-mesh-probe-{os.getpid()}"
+    name = unique_name("ipsec-mesh-probe")
     try:
-        sh("ip", "netns", "add", name)
-    except (DemoError, FileNotFoundError):
+        add_netns(name)
+    except (NetnsError, FileNotFoundError):
         return False
     try:
         key = "0x" + "11" * 36
-        result = sh("ip", "-n", name, "xfrm", "state", "add", "src", "10.255.0.1", "dst", "10.255.0.2",
-                    "proto", "esp", "spi", "0x1000", "mode", "transport", "aead", "rfc4106(gcm(aes))", key,
-                    "128", check=False)
+        result = run("ip", "-n", name, "xfrm", "state", "add", "src", "10.255.0.1", "dst", "10.255.0.2",
+                     "proto", "esp", "spi", "0x1000", "mode", "transport", "aead", "rfc4106(gcm(aes))", key,
+                     "128", check=False)
         return result.returncode == 0
     finally:
-        sh("ip", "netns", "del", name, check=False)
+        delete_netns(name)
 
 
 def listen(address: str, port: int) -> socket.socket:

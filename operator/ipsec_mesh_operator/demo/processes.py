@@ -18,9 +18,8 @@ import yaml
 
 from ..cli.sources import StandaloneSource, read_local_status
 from ..controller.index import PodInfo
-from ..netns import stop_process
+from ..netns import in_netns, stop_process
 from .config import DemoError
-from .netns import in_netns
 
 API_PORT = 8443
 START_TIMEOUT = 600.0  # under software emulation a Python process starts slowly

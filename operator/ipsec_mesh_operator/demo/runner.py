@@ -19,9 +19,10 @@ from pathlib import Path
 import yaml
 
 from ..controller.index import PodInfo
+from ..netns import NetnsError, add_netns, add_veth, delete_netns, in_netns, ip, kill_netns_processes, run
 from ..standalone.config import StandaloneConfigError
 from .config import DemoConfig, DemoError, DemoService, load_config
-from .netns import accept_all, answer_once, ask, in_netns, kernel_has_esp, listen, send, sh
+from .netns import accept_all, answer_once, ask, kernel_has_esp, listen, send
 from .processes import START_TIMEOUT, Sidecar, StandaloneOperatorProcess
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
@@ -105,31 +106,29 @@ class Demo:
         and sends everything through the node (as Calico's routed pod network does), so a pod keeps
         one neighbour entry instead of one per peer: the kernel's ARP table (1,024 entries by
         default) is shared by every namespace, and 100 pods that all talk overflow it on a bridge."""
-        sh("ip", "netns", "add", self.node)
+        add_netns(self.node)
         self.namespaces.append(self.node)
         prefix = self.config.network.prefixlen
-        sh("ip", "-n", self.node, "link", "set", "lo", "up")
         if routed:
             for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                         "net.ipv4.conf.default.send_redirects=0"):
-                sh("ip", "netns", "exec", self.node, "sysctl", "-qw", key)
-        sh("ip", "-n", self.node, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.node, "addr", "add", f"{self.config.node_address}/{prefix}", "dev", "br0")
-        sh("ip", "-n", self.node, "link", "set", "br0", "up")
+                run("ip", "netns", "exec", self.node, "sysctl", "-qw", key)
+        run("ip", "-n", self.node, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.node, "addr", "add", f"{self.config.node_address}/{prefix}", "dev", "br0")
+        run("ip", "-n", self.node, "link", "set", "br0", "up")
         for pod in self.config.pods:
             ns = self.netns(pod.name)
-            sh("ip", "netns", "add", ns)
+            add_netns(ns)
             self.namespaces.append(ns)
             host_side = self.veth(pod.name)
-            sh("ip", "-n", self.node, "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            sh("ip", "-n", self.node, "link", "set", host_side, "master", "br0", "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up")
-            sh("ip", "-n", ns, "addr", "add", f"{pod.ips[0]}/{32 if routed else prefix}", "dev", "eth0")
+            add_veth(self.node, host_side, ns, "eth0", up=False)  # the node's end goes up once on the bridge
+            ip("link", "set", host_side, "master", "br0", "up", netns=self.node)
+            ip("link", "set", "eth0", "up", netns=ns)
+            run("ip", "-n", ns, "addr", "add", f"{pod.ips[0]}/{32 if routed else prefix}", "dev", "eth0")
             if routed:
-                sh("ip", "-n", ns, "route", "add", self.config.node_address, "dev", "eth0")
+                run("ip", "-n", ns, "route", "add", self.config.node_address, "dev", "eth0")
             # As in a cluster: all else (a ClusterIP the pod does not translate) goes to the node.
-            sh("ip", "-n", ns, "route", "add", "default", "via", self.config.node_address)
+            run("ip", "-n", ns, "route", "add", "default", "via", self.config.node_address)
 
     # the operator
     def write_operator_config(self, pods: list[str] | None = None) -> Path:
@@ -187,8 +186,8 @@ class Demo:
 
     # traffic
     def ping(self, src: str, dst: PodInfo, count: int = 3, deadline: int = 30) -> bool:
-        result = sh("ip", "netns", "exec", self.netns(src), "ping", "-c", str(count), "-w", str(deadline),
-                    "-i", "0.3", dst.ips[0], check=False, timeout=deadline + 10)
+        result = run("ip", "netns", "exec", self.netns(src), "ping", "-c", str(count), "-w", str(deadline),
+                     "-i", "0.3", dst.ips[0], check=False, timeout=deadline + 10)
         return result.returncode == 0
 
     def tcp(self, client: str, server: PodInfo, size: int = 256 * 1024) -> bool:
@@ -236,7 +235,7 @@ class Demo:
             self.capture.send_signal(signal.SIGINT)
             self.capture.wait(10)
             self.capture = None
-        return sh("tcpdump", "-n", "-r", str(pcap), check=False).stdout.splitlines()
+        return run("tcpdump", "-n", "-r", str(pcap), check=False).stdout.splitlines()
 
     # the story
     def run(self) -> int:
@@ -400,14 +399,9 @@ class Demo:
         if self.operator is not None:
             self.operator.stop()
         for ns in reversed(self.namespaces):
-            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
-        left = [ns for ns in sh("ip", "netns", "list", check=False).stdout.split() if ns.startswith(self.prefix)]
+            kill_netns_processes(ns)
+            delete_netns(ns)
+        left = [ns for ns in ip("netns", "list", check=False).split() if ns.startswith(self.prefix)]
         shutil.rmtree(self.workdir, ignore_errors=True)
         operator = " and the standalone operator" if self.operator is not None else ""
         self.say(f"\ncleaned up: {len(self.sidecars)} sidecars{operator} stopped,"
@@ -450,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         demo.say("\ninterrupted")
         return 130
-    except (DemoError, TimeoutError) as exc:
+    except (DemoError, NetnsError, TimeoutError) as exc:
         demo.say(f"\n✘ {exc}")
         return 1
     finally:
