@@ -15,6 +15,7 @@ import pytest
 from ipsec_mesh.svcnat import ServiceTranslation
 from ipsec_mesh.svcnat.mtu import esp_inner_mtu
 from ipsec_mesh.svcnat.routes import RT_PROTO
+from ipsec_mesh_operator.netns import ip
 from tests.host.test_services_host import (  # noqa: F401 (cluster is a fixture)
     CLUSTER4,
     CLUSTER6,
@@ -25,7 +26,6 @@ from tests.host.test_services_host import (  # noqa: F401 (cluster is a fixture)
     run_in,
     service_doc,
 )
-from tests.support.netns import ip
 
 MTU4, MTU6 = esp_inner_mtu(1500, 4), esp_inner_mtu(1500, 6)
 

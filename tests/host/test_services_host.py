@@ -25,7 +25,8 @@ from ipsec_mesh.agent.dataplane import Acquire
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from ipsec_mesh.svcnat import ServiceTranslation
-from tests.support.netns import ip, missing_prerequisite
+from ipsec_mesh_operator.netns import add_netns, add_veth, delete_netns, ip
+from tests.support.netns import missing_prerequisite
 
 CLUSTER4, CLUSTER6 = "10.96.0.10", "fd00:96::a"
 CLIENT4, CLIENT6 = "10.98.1.2", "fd98:1::2"
@@ -59,7 +60,7 @@ class Cluster:
 
     def close(self) -> None:
         for name in (self.client, self.node, self.server):
-            ip("netns", "del", name, check=False)
+            delete_netns(name)
 
 
 def make_cluster() -> Cluster:
@@ -68,10 +69,9 @@ def make_cluster() -> Cluster:
     c = Cluster(f"svcc{tag}", f"svcn{tag}", f"svcs{tag}")
     try:
         for name in (c.client, c.node, c.server):
-            ip("netns", "add", name)
-            ip("link", "set", "lo", "up", netns=name)
-        ip("link", "add", f"c{tag}", "netns", c.client, "type", "veth", "peer", "name", f"nc{tag}", "netns", c.node)
-        ip("link", "add", f"s{tag}", "netns", c.server, "type", "veth", "peer", "name", f"ns{tag}", "netns", c.node)
+            add_netns(name)
+        add_veth(c.client, f"c{tag}", c.node, f"nc{tag}", up=False)  # up below, with the addresses
+        add_veth(c.server, f"s{tag}", c.node, f"ns{tag}", up=False)
         links = ((c.client, f"c{tag}", [f"{CLIENT4}/24"], [f"{CLIENT6}/64"], "10.98.1.1", "fd98:1::1"),
                  (c.server, f"s{tag}", [f"{a}/24" for a in SERVERS4], [f"{SERVER6}/64"], "10.98.2.1", "fd98:2::1"),
                  (c.node, f"nc{tag}", ["10.98.1.1/24"], ["fd98:1::1/64"], None, None),

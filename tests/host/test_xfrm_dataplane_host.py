@@ -13,7 +13,8 @@ from ipsec_mesh.agent.config import IkeSettings, parse_agent_config
 from ipsec_mesh.agent.dataplane import Acquire
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
-from tests.support.netns import A4, A6, B4, B6, ip, make_pair, missing_prerequisite
+from ipsec_mesh_operator.netns import ip
+from tests.support.netns import A4, A6, B4, B6, make_pair, missing_prerequisite
 
 PSK = base64.b64encode(b"p" * 32).decode()
 

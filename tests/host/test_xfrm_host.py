@@ -34,7 +34,8 @@ from ipsec_mesh.xfrm import (
     owned_reqid,
     peer_priority,
 )
-from tests.support.netns import A4, A6, B4, B6, ip, make_pair, missing_prerequisite, socket_in
+from ipsec_mesh_operator.netns import ip, socket_in
+from tests.support.netns import A4, A6, B4, B6, make_pair, missing_prerequisite
 
 pytestmark = pytest.mark.skipif(missing_prerequisite() is not None, reason=str(missing_prerequisite()))
 

@@ -37,7 +37,8 @@ from ipsec_mesh.xfrm import (  # noqa: E402
     owned_reqid,
     peer_priority,
 )
-from tests.support.netns import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite, socket_in  # noqa: E402
+from ipsec_mesh_operator.netns import socket_in  # noqa: E402
+from tests.support.netns import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite  # noqa: E402
 
 pytestmark = [
     pytest.mark.vm,
