@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipsec_mesh_operator.netns import stop_process
+
 from .charon import wait_for
-from .netns import Namespace, stop_process
+from .netns import Namespace
 
 IKE_FILTER = "udp port 500 or udp port 4500 or esp"
 # IKEv2 exchange types (RFC 7296 / IANA) as tshark prints them numerically.

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .netns import Namespace, stop_process
+from ipsec_mesh_operator.netns import stop_process
+
+from .netns import Namespace
 from .shim import build_shim
 from .swanctl import Connection, IkeSa, Tree, render
 from .vici import ViciError, ViciSession

@@ -1,84 +1,45 @@
 """Network namespaces joined by veth pairs, for interop tests on the host kernel.
 
-Every name carries the pytest process id so parallel runs never collide, and a
-``Topology`` removes its namespaces (and kills the processes it started in them)
-when closed, whatever happened in the test.
+Built on the product's primitives (`ipsec_mesh_operator.netns`). Every name carries the
+pytest process id so parallel runs never collide, and a ``Topology`` removes its namespaces
+(and kills the processes it started in them) when closed, whatever happened in the test.
 """
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from itertools import count
 from typing import Any, Callable, Sequence
 
-from ipsec_mesh_operator.netns import stop_process
+from ipsec_mesh_operator import netns as primitives
+from ipsec_mesh_operator.netns import NetnsError, stop_process
+
+__all__ = ["NAME_PREFIX", "NatTopology", "Namespace", "Pair", "Topology", "netns_supported", "remove_stale_namespaces"]
 
 NAME_PREFIX = "ipsecmesh"
-_CLONE_NEWNET = 0x40000000
-_sequence = count(1)
-
-
-class NetnsError(RuntimeError):
-    """A namespace command failed; the message carries its output."""
-
-
-def _check(cmd: Sequence[str], timeout: float = 15.0) -> str:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise NetnsError(f"{' '.join(cmd)} -> {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
 
 
 def netns_supported() -> str | None:
     """None when namespaces can be created here, else the reason they cannot."""
     if os.geteuid() != 0:
         return "not root: network namespaces need CAP_SYS_ADMIN"
-    probe = f"{NAME_PREFIX}-{os.getpid()}-probe"
+    probe = primitives.unique_name(NAME_PREFIX) + "-probe"  # removable as stale like the rest
     try:
-        _check(["ip", "netns", "add", probe])
-        _check(["ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up"])
-    except (OSError, NetnsError, subprocess.TimeoutExpired) as exc:
+        primitives.add_netns(probe)
+        primitives.run("ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up", timeout=15)
+    except (OSError, NetnsError, ValueError) as exc:
         return f"'ip netns' does not work here: {exc}"
     finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        primitives.delete_netns(probe)
     return None
 
 
 def remove_stale_namespaces() -> None:
     """Delete namespaces left by earlier runs whose pytest process is gone."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    for line in listing.stdout.splitlines():
-        match = re.match(rf"({NAME_PREFIX}-(\d+)-\S+)", line)
-        if match and not os.path.exists(f"/proc/{match.group(2)}"):
-            subprocess.run(["ip", "netns", "del", match.group(1)], capture_output=True)
-
-
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({name}) failed")
-    finally:
-        os.close(fd)
-
-
-def _call_in_netns(name: str, func: Callable[..., Any], args: tuple, kwargs: dict,
-                   conn: Any) -> None:
-    try:
-        _enter_netns(name)
-        conn.send((True, func(*args, **kwargs)))
-    except BaseException as exc:  # report every failure to the parent
-        conn.send((False, exc))
-    finally:
-        conn.close()
+    primitives.remove_stale_namespaces(NAME_PREFIX)
 
 
 @dataclass
@@ -102,14 +63,12 @@ class Namespace:
         return ["ip", "netns", "exec", self.name]
 
     def run(self, cmd: Sequence[str] | str, check: bool = True, timeout: float = 30.0,
-            **kwargs: Any) -> subprocess.CompletedProcess:
+            input: str | None = None) -> subprocess.CompletedProcess:
         """Run a command (argv list, or a string for ``sh -c``) and wait for it."""
-        argv = self._argv(cmd)
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
-        if check and proc.returncode != 0:
-            raise NetnsError(f"[{self.role}] {' '.join(argv)} -> {proc.returncode}: "
-                             f"{proc.stderr.strip()}")
-        return proc
+        try:
+            return primitives.run(*self._argv(cmd), check=check, timeout=timeout, input=input)
+        except NetnsError as exc:
+            raise NetnsError(f"[{self.role}] {exc}") from None
 
     def popen(self, cmd: Sequence[str] | str, **kwargs: Any) -> subprocess.Popen:
         """Start a command in the namespace; the topology kills it on close."""
@@ -130,38 +89,16 @@ class Namespace:
     def call(self, func: Callable[..., Any], *args: Any, timeout: float = 30.0,
              **kwargs: Any) -> Any:
         """Run a picklable-result callable in a forked child inside the namespace."""
-        ctx = multiprocessing.get_context("fork")
-        parent, child = ctx.Pipe(duplex=False)
-        worker = ctx.Process(target=_call_in_netns,
-                             args=(self.name, func, args, kwargs, child), daemon=True)
-        worker.start()
-        child.close()
-        try:
-            if not parent.poll(timeout):
-                raise TimeoutError(f"[{self.role}] {func!r} did not finish in {timeout}s")
-            ok, value = parent.recv()
-        finally:
-            if worker.is_alive():
-                worker.kill()
-            worker.join(5)
-            parent.close()
-        if not ok:
-            raise value
-        return value
+        return primitives.call_in_child(self.name, func, *args, timeout=timeout, **kwargs)
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        return primitives.netns_pids(self.name)
 
     def kill_processes(self) -> None:
         """Stop what we started here: our Popen children, then anything still inside."""
         for proc in self._procs:
             stop_process(proc, signal.SIGKILL)
-        for pid in self.pids():  # only processes living in our own namespace
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        primitives.kill_netns_processes(self.name)  # only processes living in our own namespace
 
     def _argv(self, cmd: Sequence[str] | str) -> list[str]:
         if isinstance(cmd, str):
@@ -189,7 +126,7 @@ class Topology:
 
     def __init__(self) -> None:
         self.namespaces: list[Namespace] = []
-        self._id = f"{NAME_PREFIX}-{os.getpid()}-{next(_sequence)}"
+        self._id = primitives.unique_name(NAME_PREFIX)
 
     def __enter__(self) -> "Topology":
         return self
@@ -198,10 +135,8 @@ class Topology:
         self.close()
 
     def namespace(self, role: str) -> Namespace:
-        ns = Namespace(f"{self._id}-{role}", role)
-        _check(["ip", "netns", "add", ns.name])
+        ns = Namespace(primitives.add_netns(f"{self._id}-{role}"), role)
         self.namespaces.append(ns)
-        ns.run(["ip", "link", "set", "lo", "up"])
         # No IPv6 DAD delay: addresses must be usable the moment tests start.
         ns.run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0"])
@@ -209,10 +144,7 @@ class Topology:
 
     def link(self, a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
         """A veth pair, created straight into both namespaces (no host-side names)."""
-        a.run(["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if,
-               "netns", b.name])
-        a.run(["ip", "link", "set", a_if, "up"])
-        b.run(["ip", "link", "set", b_if, "up"])
+        primitives.add_veth(a.name, a_if, b.name, b_if)
 
     @staticmethod
     def address(ns: Namespace, ifname: str, cidr: str) -> None:
@@ -264,9 +196,5 @@ class Topology:
             ns.kill_processes()
         deadline = time.monotonic() + 10
         for ns in reversed(self.namespaces):
-            while True:
-                gone = subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
-                if gone.returncode == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+            primitives.delete_netns(ns.name, retry_for=max(0.0, deadline - time.monotonic()))
         self.namespaces.clear()

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import yaml
 
 from ipsec_mesh.meshapi.ports import STATUS_PORT
+from ipsec_mesh_operator.netns import stop_process
 
-from .netns import Namespace, stop_process
+from .netns import Namespace
 
 REPO = Path(__file__).resolve().parents[3]
 
