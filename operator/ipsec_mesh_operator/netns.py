@@ -141,7 +141,7 @@ def in_netns(netns: str, function, *args, timeout: float = 60):
 
     def body():
         try:
-            _enter(netns)
+            enter_netns(netns)
         except NetnsUnavailable as exc:
             outcome["error"] = exc
             return
@@ -160,8 +160,8 @@ def in_netns(netns: str, function, *args, timeout: float = 60):
     return outcome.get("value")
 
 
-def _enter(netns: str) -> None:
-    """Move the calling thread into `netns`; NetnsUnavailable if it cannot."""
+def enter_netns(netns: str) -> None:
+    """Move the calling thread into `netns` for the rest of its life; NetnsUnavailable if it cannot."""
     try:
         pyroute2_netns.setns(netns, flags=0)  # flags=0: never create one
     except OSError as exc:
@@ -171,7 +171,7 @@ def _enter(netns: str) -> None:
 
 def _child(netns: str, function: Callable[..., Any], args: tuple, kwargs: dict, conn: Any) -> None:
     try:
-        _enter(netns)
+        enter_netns(netns)
         conn.send((True, function(*args, **kwargs)))
     except BaseException as exc:  # every failure goes back to the parent
         conn.send((False, exc))
