@@ -28,9 +28,18 @@ from typing import Any
 import aiohttp.test_utils
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pyroute2 import netns as pyroute2_netns
 
-from ipsec_mesh_operator.netns import in_netns, stop_process
+from ipsec_mesh_operator.netns import (
+    IFNAME_MAX,
+    add_netns,
+    add_veth,
+    delete_netns,
+    enter_netns,
+    in_netns,
+    ip,
+    stop_process,
+    unique_name,
+)
 from tests.support import fake_tokens, pki
 from tests.support.kube_harness import KubeHarness
 
@@ -40,13 +49,6 @@ API_PORT = 6443
 PREFIX = 24
 # What the Dockerfile copies into its build stages.
 BUILD_CONTEXT = ("docker", "pyproject.toml", "README.md", "sidecar", "operator")
-
-
-def sh(*argv: str, timeout: float = 60) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 # ---- image venvs -------------------------------------------------------------------
@@ -108,32 +110,31 @@ _numbers = itertools.count(2)
 
 @dataclass
 class Node:
-    netns: str = field(default_factory=lambda: f"dn{os.getpid()}")
+    netns: str = field(default_factory=lambda: unique_name("dn"))
     pods: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        sh("ip", "netns", "add", self.netns)
-        sh("ip", "-n", self.netns, "link", "set", "lo", "up")
-        sh("ip", "-n", self.netns, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.netns, "addr", "add", f"{NODE_IP}/{PREFIX}", "dev", "br0")
-        sh("ip", "-n", self.netns, "link", "set", "br0", "up")
+        add_netns(self.netns)
+        ip("link", "add", "br0", "type", "bridge", netns=self.netns)
+        ip("addr", "add", f"{NODE_IP}/{PREFIX}", "dev", "br0", netns=self.netns)
+        ip("link", "set", "br0", "up", netns=self.netns)
 
     def add_pod(self) -> tuple[str, str]:
         """A pod network namespace on the bridge: (netns, pod IP)."""
         number = next(_numbers)
-        name, ip, veth = f"dp{os.getpid()}x{number}", f"10.244.0.{number}", f"dv{os.getpid() % 100000}x{number}"
-        sh("ip", "netns", "add", name)
+        name, address, veth = unique_name("dp"), f"10.244.0.{number}", unique_name("dv", limit=IFNAME_MAX)
+        add_netns(name)
         self.pods.append(name)
-        sh("ip", "-n", self.netns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
-        sh("ip", "-n", self.netns, "link", "set", veth, "master", "br0", "up")
-        for args in (("link", "set", "lo", "up"), ("link", "set", "eth0", "up"),
-                     ("addr", "add", f"{ip}/{PREFIX}", "dev", "eth0"), ("route", "add", "default", "via", NODE_IP)):
-            sh("ip", "-n", name, *args)
-        return name, ip
+        add_veth(self.netns, veth, name, "eth0", up=False)  # the node's end goes up once on the bridge
+        ip("link", "set", veth, "master", "br0", "up", netns=self.netns)
+        for args in (("link", "set", "eth0", "up"), ("addr", "add", f"{address}/{PREFIX}", "dev", "eth0"),
+                     ("route", "add", "default", "via", NODE_IP)):
+            ip(*args, netns=name)
+        return name, address
 
     def close(self) -> None:
         for name in [*self.pods, self.netns]:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_netns(name)
 
 
 def http(netns: str, url: str, *, data: bytes | None = None, context: ssl.SSLContext | None = None,
@@ -228,7 +229,7 @@ class ApiServer(KubeHarness):
                          client_context=ssl.create_default_context(cafile=str(self.ca_path)))
 
     def _run(self) -> None:
-        pyroute2_netns.setns(self.netns, flags=0)  # this thread only: kmock listens in the node
+        enter_netns(self.netns)  # this thread only: kmock listens in the node
         super()._run()
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
