@@ -272,3 +272,8 @@ def test_a_peer_entry_is_serialised_once_whatever_the_maps_that_list_it(monkeypa
     for peer_map in maps:
         assert PeerMap.from_json(peer_map.to_json()) == peer_map
     assert calls == [shared]
+
+
+def test_the_policies_of_one_peering_share_one_serialised_head():
+    first, second = (PeeringPolicy(name="prod/web", peers=(peer,)) for peer in sample_map().policies[1].peers * 2)
+    assert first is not second and first.json_head is second.json_head

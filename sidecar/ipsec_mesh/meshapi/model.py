@@ -15,6 +15,7 @@ import enum
 import functools
 import ipaddress
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,9 @@ class PeeringPolicy:
 
     @functools.cached_property
     def json_head(self) -> str:
-        """Its JSON in the map up to its peers (the last member), once."""
-        return _compact(_policy_settings_to_dict(self))[:-1] + ',"peers":['
+        """Its JSON in the map up to its peers (the last member), once; interned, as the policies a
+        peering gives its pods mostly differ only in their peers (one text, not one per pod)."""
+        return sys.intern(_compact(_policy_settings_to_dict(self))[:-1] + ',"peers":[')
 
     def json_text(self) -> str:
         return self.json_head + ",".join(peer.json_text for peer in self.peers) + "]}"
