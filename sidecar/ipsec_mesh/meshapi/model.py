@@ -127,6 +127,7 @@ class PeeringPolicy:
         return sys.intern(_compact(_policy_settings_to_dict(self))[:-1] + ',"peers":[')
 
     def json_text(self) -> str:
+        """Its JSON in the map, from the cached head and peer texts (not kept: one per pod's map)."""
         return self.json_head + ",".join(peer.json_text for peer in self.peers) + "]}"
 
 
