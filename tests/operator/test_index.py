@@ -191,6 +191,7 @@ operations = st.lists(st.one_of(
     st.tuples(st.just("peering"), st.sampled_from(["p", "q"]), st.sampled_from(["n1", "n2"]), LABELS, LABELS,
               st.booleans(), st.booleans()),
     st.tuples(st.just("unpeering"), st.sampled_from(["p", "q"]), st.sampled_from(["n1", "n2"])),
+    st.tuples(st.just("bundle"), st.sampled_from([(), ("ca-1",), ("ca-2", "ca-1")])),
 ), max_size=25)
 
 
@@ -203,6 +204,8 @@ def apply(index, op):
         return index.remove_pod((op[2], op[1]))
     if kind == "ns":
         return index.set_namespace_labels(op[1], op[2])
+    if kind == "bundle":
+        return index.set_trust_bundle(op[1])
     if kind == "peering":
         _, name, ns, selector, peer_selector, cross, prefer = op
         peer = {"podSelector": {"matchLabels": peer_selector}}
@@ -224,7 +227,7 @@ def maps_without_versions(index):
 @given(operations)
 def test_incremental_updates_equal_a_rebuild(ops):
     index = MeshIndex()
-    state = {"pods": {}, "ns": {}, "peerings": {}}
+    state = {"pods": {}, "ns": {}, "peerings": {}, "bundle": {}}
     for op in ops:
         before = maps_without_versions(index)
         versions = {key: index.version(key) for key in before}
@@ -239,16 +242,33 @@ def test_incremental_updates_equal_a_rebuild(ops):
             state["pods"].pop((op[2], op[1]), None)
         elif op[0] == "ns":
             state["ns"][op[1]] = op
+        elif op[0] == "bundle":
+            state["bundle"]["mesh"] = op
         elif op[0] == "peering":
             state["peerings"][(op[2], op[1])] = op
         else:
             state["peerings"].pop((op[2], op[1]), None)
     rebuilt = MeshIndex()
-    for group in ("ns", "peerings", "pods"):
+    for group in ("ns", "peerings", "pods", "bundle"):
         for op in state[group].values():
             apply(rebuilt, op)
     assert maps_without_versions(rebuilt) == maps_without_versions(index)
     assert {info.key: governors(index, info.key) for info in index.pods()} == reference_governors(index)
+
+
+def test_a_ca_rotation_reuses_every_built_policy_and_sends_the_new_bundle():
+    index = MeshIndex()
+    index.upsert_peering(peering("all", selector={"app": "web"}))
+    for n in range(3):
+        index.upsert_pod(pod(f"web-{n}", ip=f"10.0.0.{n + 1}", app="web"))
+    before = {info.key: index.peer_map(info.key) for info in index.pods()}
+    assert index.set_trust_bundle(("ca-2", "ca-1")) == set(before)
+    for key, old in before.items():
+        rotated = index.peer_map(key)
+        assert rotated.trust_bundle == ("ca-2", "ca-1") and rotated.version > old.version
+        assert rotated.policies is old.policies and rotated.local is old.local  # nothing rebuilt
+    index.upsert_pod(pod("web-0", ip="10.0.0.9", app="web"))  # a real change after it rebuilds
+    assert index.peer_map(("prod", "web-1")).policies is not before[("prod", "web-1")].policies
 
 
 def governors(index, key):

@@ -3,6 +3,7 @@
 import base64
 import copy
 import ipaddress
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -222,3 +223,57 @@ def test_dotted_and_very_long_pod_names_follow_docs_identity():
     assert pod_fqdn(long_name, "prod", "cluster.local", uid) == f"{uid}.prod.pod.cluster.local"
     with pytest.raises(PeerMapError):
         pod_fqdn(long_name, "prod", "cluster.local")
+
+
+# ---- the JSON the operator assembles from cached fragments -------------------
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)  # quotes, escapes, non-ASCII
+NETWORKS = st.one_of(
+    st.builds(lambda a, p: ipaddress.IPv4Network((a, p), strict=False), st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.builds(lambda a, p: ipaddress.IPv6Network((a, p), strict=False), st.integers(0, 2**128 - 1), st.integers(0, 128)),
+)
+PEERS = st.builds(Peer, TEXT, st.lists(NETWORKS, max_size=3).map(tuple), st.lists(TEXT, max_size=2).map(tuple),
+                  st.lists(TEXT, max_size=2).map(tuple))
+PSK = st.lists(st.builds(PskKey, TEXT, st.binary(min_size=32, max_size=40), st.just(True),
+                         st.one_of(st.none(), st.integers(0, 2**63 - 1))), min_size=1, max_size=2).map(tuple)
+
+
+@st.composite
+def policies(draw):
+    keys = draw(st.one_of(st.just(()), PSK))
+    return PeeringPolicy(draw(TEXT), tuple(draw(st.lists(PEERS, max_size=4))),
+                         auth=AuthKind.PSK if keys else AuthKind.CERTIFICATE, psk_keys=keys,
+                         enforcement=draw(st.sampled_from(Enforcement)), tfc_padding=draw(st.booleans()))
+
+
+MAPS = st.builds(
+    PeerMap, st.integers(0, 2**63 - 1),
+    st.builds(LocalIdentity, TEXT, TEXT, TEXT, TEXT,
+              st.lists(NETWORKS.map(lambda n: n.network_address), max_size=2).map(tuple)),
+    st.lists(policies(), max_size=3).map(tuple), st.lists(TEXT, max_size=3).map(tuple))
+
+
+@settings(max_examples=300, deadline=None)
+@given(MAPS)
+def test_assembled_json_is_byte_for_byte_json_dumps_of_the_model(peer_map):
+    expected = json.dumps(peer_map.to_dict(), separators=(",", ":")).encode()
+    assert peer_map.to_json() == expected
+    assert peer_map.to_json() == expected  # again, from the fragments the first call cached
+
+
+def test_a_peer_entry_is_serialised_once_whatever_the_maps_that_list_it(monkeypatch):
+    from ipsec_mesh.meshapi import model
+
+    calls = []
+    original = model._peer_to_dict
+    monkeypatch.setattr(model, "_peer_to_dict", lambda peer: calls.append(peer) or original(peer))
+    shared = sample_map().policies[0].peers[0]
+    maps = [PeerMap(n, sample_map().local, (PeeringPolicy(name=f"p{n}", peers=(shared,)),)) for n in range(5)]
+    for peer_map in maps:
+        assert PeerMap.from_json(peer_map.to_json()) == peer_map
+    assert calls == [shared]
+
+
+def test_the_policies_of_one_peering_share_one_serialised_head():
+    first, second = (PeeringPolicy(name="prod/web", peers=(peer,)) for peer in sample_map().policies[1].peers * 2)
+    assert first is not second and first.json_head is second.json_head

@@ -27,6 +27,7 @@ after the change.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 from collections import defaultdict
@@ -148,6 +149,8 @@ class MeshIndex:
         self._generation = 0
         self._versions: dict[PodKey, int] = {}
         self._maps: dict[PodKey, PeerMap] = {}
+        #: Maps whose only change since they were built is the trust bundle: a CA rotation rebuilds none.
+        self._rebundle: dict[PodKey, PeerMap] = {}
         self._peer_entries: dict[PodKey, Peer | None] = {}
         #: (peering, member side?, whole other side? else none of it) -> the policies of the pods on
         #: that side that list all of the other side, or none of it (an earlier peering claimed it).
@@ -208,6 +211,12 @@ class MeshIndex:
         """The pod's current peer map, or None if the pod is unknown or has no usable identity."""
         cached = self._maps.get(pod)
         if cached is not None:
+            return cached
+        earlier = self._rebundle.pop(pod, None)
+        if earlier is not None:
+            # Its policies, peers and their JSON (meshapi's cached fragments) carry over as they are.
+            cached = self._maps[pod] = dataclasses.replace(
+                earlier, version=self._versions[pod], trust_bundle=self._trust_bundle)
             return cached
         info = self._pods.get(pod)
         if info is None:
@@ -292,6 +301,7 @@ class MeshIndex:
             self._peer_pods[peering_key].discard(key)
         self._versions.pop(key, None)
         self._maps.pop(key, None)
+        self._rebundle.pop(key, None)
         self._peer_entries.pop(key, None)
         return self._mark(changed)
 
@@ -524,7 +534,7 @@ class MeshIndex:
         if pems == self._trust_bundle:
             return set()
         self._trust_bundle = pems
-        return self._mark(set(self._pods))
+        return self._mark(set(self._pods), bundle_only=True)
 
     # ---- building ----------------------------------------------------------
 
@@ -534,7 +544,8 @@ class MeshIndex:
                 self._views.pop((peering_key, is_member, whole), None)
         self._services_by_views.clear()
 
-    def _mark(self, pods: set[PodKey]) -> set[PodKey]:
+    def _mark(self, pods: set[PodKey], bundle_only: bool = False) -> set[PodKey]:
+        """New versions for `pods`; `bundle_only`: all that changed in their maps is the trust bundle."""
         self._services_by_views.clear()  # every change may move a Service or a peer
         if not pods:
             return pods
@@ -542,7 +553,12 @@ class MeshIndex:
         stale: set[PeeringKey] = set()  # pods of one side share their peerings: drop each view once
         for pod in pods:
             self._versions[pod] = self._generation
-            self._maps.pop(pod, None)
+            built = self._maps.pop(pod, None)
+            if bundle_only:
+                if built is not None:
+                    self._rebundle[pod] = built
+                continue
+            self._rebundle.pop(pod, None)
             # A pod's map changed: whatever peering views it sees may be stale too.
             stale.update(self._member_of.get(pod, ()))
             stale.update(self._peer_of.get(pod, ()))

@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import ipaddress
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,11 @@ class Peer:
     #: CA certificates for this peer only (remote clusters); empty: the map's trust bundle.
     trust_bundle: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def json_text(self) -> str:
+        """Its JSON in the map, once: the operator lists one pod's entry in every map that lists the pod."""
+        return _compact(_peer_to_dict(self))
+
 
 @dataclass(frozen=True)
 class PeeringPolicy:
@@ -112,6 +119,16 @@ class PeeringPolicy:
             parse_ike(proposal)
         for proposal in self.esp_proposals:
             parse_esp(proposal)
+
+    @functools.cached_property
+    def json_head(self) -> str:
+        """Its JSON in the map up to its peers (the last member), once; interned, as the policies a
+        peering gives its pods mostly differ only in their peers (one text, not one per pod)."""
+        return sys.intern(_compact(_policy_settings_to_dict(self))[:-1] + ',"peers":[')
+
+    def json_text(self) -> str:
+        """Its JSON in the map, from the cached head and peer texts (not kept: one per pod's map)."""
+        return self.json_head + ",".join(peer.json_text for peer in self.peers) + "]}"
 
 
 @dataclass(frozen=True)
@@ -246,7 +263,13 @@ class PeerMap:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """Byte for byte `_compact(self.to_dict())`, assembled from the JSON its peers and policies
+        keep (a map is mostly other pods' entries, which the operator sends in thousands of maps)."""
+        head = _compact({"apiVersion": API_VERSION, "version": self.version, "local": _local_to_dict(self.local)})
+        return (head[:-1] + ',"trustBundle":' + _bundle_json(self.trust_bundle)
+                + ',"peerings":[' + ",".join(policy.json_text() for policy in self.policies)
+                + '],"services":' + _compact([_service_to_dict(service) for service in self.services])
+                + "}").encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> PeerMap:
@@ -322,7 +345,21 @@ def _local_from_dict(value: Any, path: str) -> LocalIdentity:
     )
 
 
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4)
+def _bundle_json(bundle: tuple[str, ...]) -> str:
+    # Every map of a mesh carries the same bundle: a few KiB of PEM that JSON escapes line by line.
+    return _compact(list(bundle))
+
+
 def _policy_to_dict(policy: PeeringPolicy) -> dict[str, Any]:
+    return {**_policy_settings_to_dict(policy), "peers": [_peer_to_dict(peer) for peer in policy.peers]}
+
+
+def _policy_settings_to_dict(policy: PeeringPolicy) -> dict[str, Any]:
     return {
         "name": policy.name,
         "authentication": policy.auth.value,
@@ -340,7 +377,6 @@ def _policy_to_dict(policy: PeeringPolicy) -> dict[str, Any]:
                       "inactivity": policy.lifetimes.inactivity_seconds},
         "enforcement": policy.enforcement.value,
         "tfcPadding": policy.tfc_padding,
-        "peers": [_peer_to_dict(peer) for peer in policy.peers],
     }
 
 
