@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 iputils-ping nftables iptables tcpdump tshark procps psmisc gcc libc6-dev
+  ethtool  # tests read the pod link's offload features independently of the sidecar (SCTP through a ClusterIP)
   strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libstrongswan-extra-plugins
   strongswan-pki  # `pki`: tests cross-check our AlgorithmIdentifiers and certificates with strongSwan
   linux-image-amd64 qemu-system-x86 busybox-static
