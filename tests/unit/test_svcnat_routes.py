@@ -72,8 +72,8 @@ def test_a_malformed_route_message_is_a_typed_error_not_a_crash():
 
 
 def test_route_notifications_of_our_own_routes_are_no_change_and_anything_else_is():
-    from ipsec_mesh.svcnat.routes import RT_PROTO
-    from ipsec_mesh.svcnat.routewatch import RTM_NEWROUTE, only_routes_of
+    from ipsec_mesh.svcnat.routes import RT_PROTO, RTM_NEWROUTE
+    from ipsec_mesh.svcnat.routewatch import only_routes_of
 
     def message(kind, protocol, body=12):
         rtm = bytes([2, 32, 0, 0, 254, protocol, 0, 1]) + bytes(4) + bytes(body - 12)

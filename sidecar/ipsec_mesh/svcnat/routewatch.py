@@ -1,6 +1,6 @@
 """Whether a namespace's routes, links or addresses changed: rtnetlink notifications, read without blocking.
 
-The MSS clamp needs the route MTU of every ClusterIP and endpoint of the map (svcnat.mtu); one
+The ClusterIP routes and the MSS clamp need the path MTU of every endpoint of the map (svcnat.mtu); one
 read costs a socket and two system calls, so the translation keeps what it read until the
 kernel announces a change that could alter a route's MTU.
 """
@@ -10,22 +10,23 @@ from __future__ import annotations
 import socket
 import struct
 
+from .routes import NLMSG_HDRLEN, RTM_DELROUTE, RTM_NEWROUTE
+
 # linux/rtnetlink.h multicast groups (the legacy bit masks bind() takes).
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
 RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTM_PROTOCOL = _NLMSGHDR.size + 5  # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+_NLMSG_LEN_TYPE = struct.Struct("=IH")  # the start of struct nlmsghdr
+_RTM_PROTOCOL = NLMSG_HDRLEN + 5  # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
 
 
 def only_routes_of(datagram: bytes, protocol: int) -> bool:
     """True if every message in `datagram` is a route notification for routes of `protocol`
     (a malformed or truncated datagram is not: it counts as a change)."""
     offset, seen = 0, False
-    while offset + _NLMSGHDR.size <= len(datagram):
-        length, kind = _NLMSGHDR.unpack_from(datagram, offset)[:2]
-        if length < _NLMSGHDR.size or offset + length > len(datagram):
+    while offset + NLMSG_HDRLEN <= len(datagram):
+        length, kind = _NLMSG_LEN_TYPE.unpack_from(datagram, offset)
+        if length < NLMSG_HDRLEN or offset + length > len(datagram):
             return False
         if kind not in (RTM_NEWROUTE, RTM_DELROUTE) or length <= _RTM_PROTOCOL:
             return False
