@@ -38,6 +38,7 @@ from ..xfrm import (
     Expire,
     Level,
     Lifetime,
+    LifetimeCurrent,
     PolExpire,
     PolicySpec,
     SaSpec,
@@ -370,22 +371,20 @@ class XfrmDataPlane:
         traffic went elsewhere, and the inbound half still shows what the peer sends."""
         total, found = 0, False
         for table, spi in ((self.inbound, child.inbound_spi), (self.outbound, child.outbound_spi)):
-            spec = table.get(spi)
-            if spec is None:
-                continue
-            try:
-                info = self.xfrm.get_sa(spec.dst, spec.spi, spec.proto)
-            except XfrmError as exc:
-                log.warning("cannot read SA %08x counters: %s", spi, exc)
-                continue
-            if info is not None:
-                total, found = total + info.current.packets, True
+            current = self._counters(table.get(spi))
+            if current is not None:
+                total, found = total + current.packets, True
         return total if found else None
 
     def inbound_bytes(self, child: ChildSaRef) -> int | None:
         """Bytes the inbound half received (XFRM_MSG_GETSA), for liveness; None if it is not
         in the kernel or cannot be read."""
-        spec = self.inbound.get(child.inbound_spi)
+        current = self._counters(self.inbound.get(child.inbound_spi))
+        return None if current is None else current.bytes
+
+    def _counters(self, spec: SaSpec | None) -> LifetimeCurrent | None:
+        """The kernel's current lifetime (packet and byte counts) of one of our SAs; None if we
+        hold no such SA, the kernel has none, or it cannot be read (logged)."""
         if spec is None:
             return None
         try:
@@ -393,7 +392,7 @@ class XfrmDataPlane:
         except XfrmError as exc:
             log.warning("cannot read SA %08x counters: %s", spec.spi, exc)
             return None
-        return None if info is None else info.current.bytes
+        return None if info is None else info.current
 
     def _delete(self, spec) -> None:
         try:
