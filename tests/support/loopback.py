@@ -15,9 +15,10 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-async def wait_for(predicate, timeout: float = 10.0) -> None:
+async def wait_for(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> None:
+    """Poll `predicate` on the running loop until it holds; AssertionError after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(interval)

@@ -14,9 +14,9 @@ from ipsec_mesh.agent.mesh_mode import MeshSidecar
 from ipsec_mesh.agent.mesh_settings import MeshSettings
 from ipsec_mesh.meshapi.client import MeshApiClient
 from ipsec_mesh_operator.controller.index import PodInfo
-from tests.agent.test_agent_loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
 from tests.support import fake_tokens
 from tests.support.loopback import http_get  # noqa: F401  (re-exported for the mesh tests)
+from tests.support.loopback import wait_for as poll
 
 # Per-process loopback addresses and IKE port, so parallel runs by others do not collide.
 _OCTET = 20 + os.getpid() % 200
@@ -77,8 +77,5 @@ async def mesh_sidecar(settings: MeshSettings, dataplane=None) -> AsyncIterator[
 
 
 async def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.05)
+    """The loopback poll with the mesh tests' longer default (a sidecar's start and first map)."""
+    await poll(predicate, timeout, what, interval=0.05)
