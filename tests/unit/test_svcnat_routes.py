@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 
 from ipsec_mesh.ike.proposals import ENCR_NAMES
 from ipsec_mesh.svcnat.mtu import ESP_CIPHERS, _inner_mtu, esp_inner_mtu
-from ipsec_mesh.svcnat.routes import RT_PROTO, RTN_UNICAST, Route, _KernelRoute, _message, _parse, derive
+from ipsec_mesh.svcnat.routes import RT_PROTO, RTN_UNICAST, Route, _KernelRoute, _parse, derive, route_body
 
 
 def test_every_negotiable_esp_cipher_has_its_overhead_and_the_worst_one_counts():
@@ -46,10 +47,7 @@ def test_no_route_where_someone_else_routes_the_cluster_ip_or_the_way_is_not_a_s
 
 def test_our_route_message_round_trips_through_the_parser():
     route = Route(ipaddress.ip_address("fd00:96::a"), 1458, 7, ipaddress.ip_address("fe80::1"))
-    message = _message(route)
-    message["header"] = {"type": 24, "flags": 0, "sequence_number": 1, "pid": 0}
-    message.encode()
-    parsed = _parse(bytes(message.data))
+    parsed = _parse(struct.pack("=IHHII", 16 + len(route_body(route)), 24, 0, 1, 0) + route_body(route))
     assert parsed.ours and parsed.mtu == 1458 and parsed.oif == 7 and str(parsed.gateway) == "fe80::1"
     assert parsed.network == ipaddress.ip_network("fd00:96::a/128")
 
@@ -59,10 +57,8 @@ def test_a_malformed_route_message_is_a_typed_error_not_a_crash():
 
     from ipsec_mesh.svcnat.routes import RouteError
 
-    message = _message(Route(CIP, 1458, 2, ipaddress.ip_address("10.0.0.1")))
-    message["header"] = {"type": 24, "flags": 0, "sequence_number": 1, "pid": 0}
-    message.encode()
-    data = bytes(message.data)
+    body = route_body(Route(CIP, 1458, 2, ipaddress.ip_address("10.0.0.1")))
+    data = struct.pack("=IHHII", 16 + len(body), 24, 0, 1, 0) + body
     assert _parse(data).mtu == 1458
     for broken in (data[:20],                                    # truncated header
                    data[:28] + b"\xff\x00\x01\x00" + data[32:],  # an attribute longer than the message
@@ -85,3 +81,34 @@ def test_route_notifications_of_our_own_routes_are_no_change_and_anything_else_i
     assert not only_routes_of(message(16, RT_PROTO), RT_PROTO)  # RTM_NEWLINK: a link changed
     assert not only_routes_of(ours[:20], RT_PROTO)  # truncated: counts as a change
     assert not only_routes_of(b"", RT_PROTO)
+
+
+def test_a_route_the_kernel_refuses_is_named_in_the_status_and_blocks_readiness_the_others_stay():
+    import errno
+
+    from ipsec_mesh.svcnat import ServiceTranslation
+    from ipsec_mesh.svcnat.routes import RoutesRefused
+    from ipsec_mesh.xfrm import XfrmError
+    from tests.unit.test_svcnat import FakeNft, FakeRoutes, ep, service
+
+    class RefusingRoutes(FakeRoutes):
+        """A default route; the kernel refuses the route of 10.96.0.11 and takes the others."""
+
+        def table(self):
+            return [kernel_route("0.0.0.0/0")]
+
+        def put(self, routes):
+            refused = [(r, XfrmError("add routes", errno.ENOBUFS)) for r in routes if str(r.destination) == "10.96.0.11"]
+            self.put_routes += [r for r in routes if not any(r is bad for bad, _ in refused)]
+            if refused:
+                raise RoutesRefused("add routes", refused)
+
+    nft = FakeNft()
+    nft.mtus = {"10.0.0.1": 1500, "10.0.0.2": 1500}
+    translation = ServiceTranslation(nft_factory=lambda netns: nft, routes_factory=RefusingRoutes)
+    services = (service("a", [ep("10.0.0.1")], ips=("10.96.0.10",)), service("b", [ep("10.0.0.2")], ips=("10.96.0.11",)))
+    assert translation.apply(services)  # the translation itself is in place
+    assert [str(r.destination) for r in translation._routes.put_routes] == ["10.96.0.10"]
+    status = translation.status()
+    assert status["route_problems"] == {"10.96.0.11": "the kernel refused its route: " + os.strerror(errno.ENOBUFS)}
+    assert "10.96.0.11/32" in status["route_error"] and "10.96.0.11/32" in translation.problem()

@@ -20,7 +20,7 @@ from ..meshapi.model import MAX_SERVICES, ServiceEntry, ServiceProtocol
 from .mtu import MIN_PATH_MTU, esp_inner_mtu, mss_clamp
 from .nft import Nft, NftError
 from .offload import SCTP_CRC, DeviceFeatures, EthtoolError
-from .routes import Address, Route, RouteError, ServiceRoutes, derive, device_of
+from .routes import Address, Route, RouteError, RoutesRefused, ServiceRoutes, derive, device_of, refusal
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
 log = logging.getLogger("ipsec_mesh.services")
@@ -157,12 +157,17 @@ class ServiceTranslation:
         """Add or replace the wanted routes; our other routes (to delete after the batch)."""
         try:
             plan, self.route_problems, installed = self._plan_routes(path_mtus)
+            self.route_error = ""
             self._routes.put([route for address, route in plan.items() if installed.get(address) != route])
+        except RoutesRefused as exc:  # the others are in place; the stale ones can still go
+            for route, error in exc.refused:
+                self.route_problems[str(route.destination)] = f"the kernel refused its route: {refusal(error)}"
+            self.route_error = str(exc)
+            log.error("ClusterIP routes not all updated: %s", exc)
         except RouteError as exc:
             self.route_error = str(exc)
             log.error("ClusterIP routes not updated: %s", exc)
             return []
-        self.route_error = ""
         return [route for address, route in installed.items() if address not in plan]
 
     def _sctp_offload(self) -> None:

@@ -266,7 +266,7 @@ class NetlinkChannel:
                     raise error_of(reply, operation) or XfrmParseError(operation, "ack, no reply")
                 return reply
 
-    def dump(self, message: nlmsg, msg_type: int, operation: str) -> list[Reply]:
+    def dump(self, message: nlmsg | bytes, msg_type: int, operation: str) -> list[Reply]:
         """Send a dump request; collect the multipart answer up to NLMSG_DONE."""
         seq, data = self._stamp(message, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
         self._send(data, operation)
