@@ -84,3 +84,63 @@ def test_the_ioctl_names_missing_devices_and_fixed_features(cluster):
             device_features.state("lo", "tx-no-such-feature")
     finally:
         device_features.close()
+
+
+def recorded(netns: str) -> str:
+    """The record of devices the mesh turned tx-checksum-sctp off on, as `nft` lists it ("" if there is none)."""
+    done = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "ipsec_mesh_svc",
+                           "sctp_crc_off"], capture_output=True, text=True, timeout=30)
+    return done.stdout if done.returncode == 0 else ""
+
+
+@pytest.mark.parametrize("restart_with", ["sctp", "no sctp"])
+def test_a_restarted_sidecar_turns_back_on_what_an_earlier_one_turned_off(cluster, restart_with):
+    """The fact "we turned it off, it was on" lives in the pod's namespace (an element of a set in the mesh's
+    table), so the next instance over the same namespace restores the feature when the last SCTP port goes,
+    whether that happens in its first update or a later one."""
+    tcp_udp = service_doc(["10.98.2.2"], peer=True)
+    plain = tuple(peer_set([tcp_udp]).peer_map.services)
+    sctp = tuple(peer_set([with_sctp(tcp_udp)]).peer_map.services)
+    first = ServiceTranslation(netns=cluster.client)
+    try:
+        assert first.apply(plain)
+        dev = client_dev(first)
+        before = features(cluster.client, dev)
+        assert first.apply(sctp) and features(cluster.client, dev)[SCTP_CRC] == "off"
+        assert f'"{dev}"' in recorded(cluster.client)
+    finally:
+        first.close()  # the process ends: the namespace, the table and the device's features stay
+
+    second = ServiceTranslation(netns=cluster.client)
+    try:
+        if restart_with == "sctp":
+            assert second.apply(sctp) and features(cluster.client, dev)[SCTP_CRC] == "off"
+            assert second.status()["sctp_checksum"]["devices"] == [
+                {"dev": dev, SCTP_CRC: "off", "wanted_off": True, "turned_off_by_sidecar": True}]
+            assert f'"{dev}"' in recorded(cluster.client)  # the restart's first batch kept the record
+        assert second.apply(plain) and second.problem() is None
+        assert features(cluster.client, dev) == before  # back on, nothing else changed
+        assert f'"{dev}"' not in recorded(cluster.client)
+        assert second.status()["sctp_checksum"] == {"devices": [], "error": ""}
+    finally:
+        second.close()
+
+
+def test_a_feature_that_was_off_before_the_mesh_stays_off_after_a_restart(cluster):
+    tcp_udp = service_doc(["10.98.2.2"], peer=True)
+    plain = tuple(peer_set([tcp_udp]).peer_map.services)
+    first = ServiceTranslation(netns=cluster.client)
+    try:
+        assert first.apply(plain)
+        dev = client_dev(first)
+        subprocess.run(["ip", "netns", "exec", cluster.client, "ethtool", "-K", dev, SCTP_CRC, "off"], check=True,
+                       timeout=30)  # someone else's choice, before any SCTP Service
+        assert first.apply(tuple(peer_set([with_sctp(tcp_udp)]).peer_map.services))
+        assert f'"{dev}"' not in recorded(cluster.client)
+    finally:
+        first.close()
+    second = ServiceTranslation(netns=cluster.client)
+    try:
+        assert second.apply(plain) and features(cluster.client, dev)[SCTP_CRC] == "off"
+    finally:
+        second.close()

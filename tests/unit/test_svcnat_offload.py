@@ -12,6 +12,7 @@ import pytest
 
 from ipsec_mesh.meshapi import ServiceProtocol
 from ipsec_mesh.svcnat import ServiceTranslation
+from ipsec_mesh.svcnat.nft import NftError
 from ipsec_mesh.svcnat.offload import (
     ETH_GSTRING_LEN,
     ETH_SS_FEATURES,
@@ -136,8 +137,32 @@ class RoutedFakeRoutes(FakeRoutes):
         return {2: "eth0", 3: "eth1"}
 
 
-def translation_with(features):
-    return ServiceTranslation(nft_factory=FakeNft, routes_factory=RoutedFakeRoutes, features_factory=lambda n: features)
+class FakeRecord:
+    """The offload record in the pod's table: a set that outlives the translation objects using it."""
+
+    def __init__(self, devices=(), fail=None):
+        self.devices_now, self.fail, self.log = set(devices), fail, []
+
+    def devices(self):
+        if self.fail == "read":
+            raise NftError("Could not process rule: Permission denied")
+        return frozenset(self.devices_now)
+
+    def add(self, device):
+        if self.fail == "write":
+            raise NftError("Could not process rule: Permission denied")
+        self.log.append(("add", device))
+        self.devices_now.add(device)
+
+    def remove(self, device):
+        self.log.append(("remove", device))
+        self.devices_now.discard(device)
+
+
+def translation_with(features, record=None):
+    record = FakeRecord() if record is None else record
+    return ServiceTranslation(nft_factory=FakeNft, routes_factory=RoutedFakeRoutes, features_factory=lambda n: features,
+                              record_factory=lambda nft: record)
 
 
 def test_the_feature_is_off_only_while_an_sctp_port_is_listed_and_only_on_its_devices():
@@ -179,3 +204,39 @@ def test_a_feature_that_cannot_be_turned_off_is_reported_and_blocks_readiness():
     status = translation.status()["sctp_checksum"]
     assert status["devices"][0][SCTP_CRC] == "on [fixed]" and "eth0" in status["error"]
     assert translation.apply(()) and translation.problem() is None
+
+
+def test_a_restart_turns_back_on_what_an_earlier_instance_turned_off_and_only_that():
+    features, record = FakeFeatures(), FakeRecord()
+    sctp = service(endpoints=[ep("10.0.0.1")], protocol=ServiceProtocol.SCTP)
+    assert translation_with(features, record).apply((sctp,))
+    assert record.log == [("add", "eth0")] and features.changes == [("eth0", False)]  # recorded first
+    restarted = translation_with(features, record)
+    assert restarted.apply((sctp,)) and features.changes == [("eth0", False)]  # no moment on
+    assert restarted.status()["sctp_checksum"]["devices"][0]["turned_off_by_sidecar"]
+    assert restarted.apply(()) and features.changes == [("eth0", False), ("eth0", True)]
+    assert record.devices_now == set() and restarted.status()["sctp_checksum"]["devices"] == []
+    # Stopped between the record and the ioctl: the next instance finds a record of a device that is on.
+    record.devices_now.add("eth1")
+    assert translation_with(features, record).apply(()) and record.devices_now == set()
+    assert features.changes == [("eth0", False), ("eth0", True)] and features.on["eth1"]
+
+
+def test_the_feature_is_not_turned_off_without_its_record_and_an_unreadable_record_is_reported():
+    features = FakeFeatures()
+    sctp = service(endpoints=[ep("10.0.0.1")], protocol=ServiceProtocol.SCTP)
+    translation = translation_with(features, FakeRecord(fail="write"))
+    assert translation.apply((sctp,)) and features.changes == []
+    assert "Permission denied" in translation.problem()
+    unreadable = translation_with(features, FakeRecord(fail="read"))
+    assert unreadable.apply((sctp,)) and features.changes == []
+    assert "cannot read which devices an earlier sidecar changed" in unreadable.problem()
+    assert "earlier sidecar" in unreadable.status()["sctp_checksum"]["error"]
+
+
+def test_a_fixed_feature_is_never_recorded():
+    features, record = FakeFeatures(), FakeRecord()
+    features.fixed.add("eth0")
+    assert translation_with(features, record).apply((service(endpoints=[ep("10.0.0.1")],
+                                                             protocol=ServiceProtocol.SCTP),))
+    assert record.log == []

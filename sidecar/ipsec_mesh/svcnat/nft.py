@@ -17,7 +17,7 @@ from ..xfrm.netns import setns
 from .mtu import route_mtu
 from .routes import RT_PROTO
 from .routewatch import RouteWatch
-from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, TABLE, UNTRANSLATED_COUNTER, Objects
+from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, OFFLOAD_SET, TABLE, UNTRANSLATED_COUNTER, Objects
 
 MTU_MAX_AGE = 60.0  # seconds a route MTU read is trusted without a route notification
 
@@ -89,11 +89,15 @@ class Nft:
                       for address in addresses}  # only the addresses asked for: bounded by the map
         return dict(self._mtus)
 
-    def _json(self, command: str):
-        rc, output, error = self._call(self._nft.json_cmd, {"nftables": [{"list": command}]})
+    def run_json(self, commands: list) -> list:
+        """Run libnftables JSON commands as one transaction (values need no quoting); what it lists."""
+        rc, output, error = self._call(self._nft.json_cmd, {"nftables": commands})
         if rc != 0:
             raise NftError(error.strip() or f"nft failed (rc {rc})")
         return output.get("nftables", []) if isinstance(output, dict) else []
+
+    def _json(self, command):
+        return self.run_json([{"list": command}])
 
     def objects(self) -> Objects | None:
         """The translation's chains, sets and elements in the kernel now; None: no table.
@@ -122,7 +126,7 @@ class Nft:
             items = self._json({kind: {"family": FAMILY, "table": TABLE, "name": name}}) if name in listed else []
             listing = next((item[kind] for item in items if kind in item), {})
             elements[name] = dict(_element(element) for element in listing.get("elem", ()))
-        sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS}
+        sets = {name: listed[name].get("timeout") for name in listed if name not in ELEMENT_SETS + (OFFLOAD_SET,)}
         return Objects(frozenset(names - set(BASE_CHAINS)), sets, elements)
 
     def lookup_elements(self) -> dict[str, dict[str, str]]:

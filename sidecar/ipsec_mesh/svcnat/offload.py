@@ -10,6 +10,16 @@ Why the ioctl and not ethtool netlink: the ioctl's feature commands (ETHTOOL_GSS
 ETHTOOL_GSTRINGS, ETHTOOL_GFEATURES, ETHTOOL_SFEATURES) are generic (no driver hook), exist on
 every kernel the mesh runs on, and need neither a generic-netlink family lookup nor nested bitsets.
 Feature names are looked up, never hard-coded as bits: the bit numbers differ between kernels.
+
+OffloadRecord: which devices the sidecar turned `tx-checksum-sctp` off on, kept in the pod's own
+namespace. Why in the kernel: the feature belongs to the pod's device, which outlives the sidecar
+process as the SAs and the translation table do. A restarted sidecar that remembered only in
+memory could not tell its own change from someone else's, and left the feature off after the last
+SCTP port went. So each device whose feature we turn off (it was on) is an element of the set
+OFFLOAD_SET in the mesh's table: added before the ioctl that turns the feature off, removed after
+the ioctl that turns it back on. A sidecar stopped between the two leaves an element for a device
+whose feature is on, which the next instance turns on (no change) and removes; never a device
+turned off without an element. Element values go through libnftables' JSON input (no quoting).
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from dataclasses import dataclass
 
 from ..xfrm import XfrmError
 from ..xfrm.channel import NetnsRef, socket_in_netns
+from .nft import Nft, NftError
+from .ruleset import FAMILY, OFFLOAD_SET, TABLE, TABLE_COMMENT
 
 SIOCETHTOOL = 0x8946  # linux/sockios.h
 ETHTOOL_GSTRINGS, ETHTOOL_GSSET_INFO, ETHTOOL_GFEATURES, ETHTOOL_SFEATURES = 0x1B, 0x37, 0x3A, 0x3B
@@ -40,6 +52,10 @@ GSTRINGS = struct.Struct("=III")  # cmd, string_set, len; then len names of ETH_
 FEATURES_HEADER = struct.Struct("=II")  # cmd, size (in 32-bit words); then blocks
 GET_BLOCK = struct.Struct("=IIII")  # available, requested, active, never_changed
 SET_BLOCK = struct.Struct("=II")  # valid, requested
+#: Devices the record may hold (the kernel refuses more): a pod has a handful; bounds what a read returns.
+MAX_RECORDED = 64
+_RECORD_SET = {"family": FAMILY, "table": TABLE, "name": OFFLOAD_SET}
+_MISSING = "No such file or directory"  # libnftables' text for ENOENT: no table, set or element
 
 
 class EthtoolError(Exception):
@@ -211,3 +227,47 @@ class DeviceFeatures:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class OffloadRecord:
+    """The OFFLOAD_SET of one namespace's translation table."""
+
+    def __init__(self, nft: Nft):
+        self._nft = nft
+
+    def devices(self) -> frozenset[str]:
+        """The devices recorded now (none when there is no table or set); NftError if unreadable or not ours."""
+        try:
+            items = self._nft.run_json([{"list": {"set": dict(_RECORD_SET)}}])
+        except NftError as exc:
+            if _MISSING in str(exc):
+                return frozenset()
+            raise
+        listing = next((item["set"] for item in items if isinstance(item, dict) and "set" in item), {})
+        elements = listing.get("elem", [])
+        if not isinstance(elements, list) or len(elements) > MAX_RECORDED:
+            raise NftError(f"set {OFFLOAD_SET}: not a list of at most {MAX_RECORDED} devices")
+        for name in elements:
+            try:
+                if not isinstance(name, str):
+                    raise EthtoolError(repr(name)[:40], "read the record", "not a device name")
+                check_device_name(name)
+            except EthtoolError as exc:
+                raise NftError(f"set {OFFLOAD_SET}: {exc}") from None
+        return frozenset(elements)
+
+    def add(self, device: str) -> None:
+        check_device_name(device)
+        # The table may not exist yet (the first update runs this before its batch): made with its comment.
+        self._nft.run(f'table {FAMILY} {TABLE} {{\n  comment "{TABLE_COMMENT}"\n'
+                      f"  set {OFFLOAD_SET} {{ type ifname; size {MAX_RECORDED}; }}\n}}\n")
+        self._nft.run_json([{"add": {"element": {**_RECORD_SET, "elem": [device]}}}])
+
+    def remove(self, device: str) -> None:
+        """Remove `device` (one already gone is no error)."""
+        try:
+            self._nft.run_json([{"delete": {"element": {**_RECORD_SET, "elem": [device]}}}])
+        except NftError as exc:
+            if _MISSING not in str(exc):
+                raise
+

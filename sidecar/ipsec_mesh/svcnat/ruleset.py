@@ -64,6 +64,11 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "rec", "live", "ports") for v in (4, 6))
                 + tuple(f"ep{v}{proto}" for v in (4, 6) for proto in PROTOCOLS))
 
+#: Devices on which the sidecar turned `tx-checksum-sctp` off (it was on): a set of this table, so the fact
+#: outlives the sidecar as the table does (offload.OffloadRecord). Not part of the translation: never diffed.
+OFFLOAD_SET = "sctp_crc_off"
+TABLE_COMMENT = "ipsec-mesh: Service translation of this pod (owned by the sidecar)"
+
 _ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
 COMMENT_MAX = 128  # libnftnl's limit for a comment
 
@@ -178,7 +183,7 @@ def lookup_key(address, protocol: str, port: int) -> Key:
 def _table_header() -> list[str]:
     """Declarations that must exist before anything else (idempotent when they do)."""
     lines = [f"table {FAMILY} {TABLE} {{",
-             "  comment \"ipsec-mesh: Service translation of this pod (owned by the sidecar)\"",
+             f"  comment \"{TABLE_COMMENT}\"",
              f"  counter {UNTRANSLATED_COUNTER} {{ }}"]
     for v in (4, 6):
         fam, addr = _ADDR[v]

@@ -8,7 +8,8 @@ every rule, later ones change only what differs (ruleset.changes).
 With the table come the ClusterIP routes (routes.py): added or replaced before the batch, so a
 new Service's first call already has room for ESP, and the ones no longer wanted deleted after it.
 Also before the batch: while the map lists an SCTP port, `tx-checksum-sctp` is turned off on the
-devices its ClusterIPs leave by (offload.py says why), and turned back on when no SCTP port is left.
+devices its ClusterIPs leave by (offload.py says why), and turned back on when no SCTP port is left,
+also by a later instance: which devices we changed is kept in the table (offload.OffloadRecord).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 from ..meshapi.model import MAX_SERVICES, ServiceEntry, ServiceProtocol
 from .mtu import MIN_PATH_MTU, esp_inner_mtu, mss_clamp
 from .nft import Nft, NftError
-from .offload import SCTP_CRC, DeviceFeatures, EthtoolError
+from .offload import SCTP_CRC, DeviceFeatures, EthtoolError, OffloadRecord
 from .routes import Address, Route, RouteError, RoutesRefused, ServiceRoutes, derive, device_of, refusal
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
@@ -32,7 +33,7 @@ MAX_ROUTES_PER_FAMILY = MAX_SERVICES
 
 class ServiceTranslation:
     def __init__(self, netns: str | None = None, *, nft_factory=Nft, routes_factory=ServiceRoutes,
-                 features_factory=DeviceFeatures):
+                 features_factory=DeviceFeatures, record_factory=OffloadRecord):
         self.netns = netns
         self._nft_factory = nft_factory
         self._nft: Nft | None = None
@@ -41,8 +42,12 @@ class ServiceTranslation:
         #: Devices that translated SCTP ClusterIPs leave by (the last update's), and whether any SCTP port is wanted.
         self._sctp_devices: tuple[str, ...] = ()
         self._sctp_wanted = False
-        #: Devices on which this instance turned tx-checksum-sctp off (so it turns it back on, and only there).
+        #: Devices on which we turned tx-checksum-sctp off (so we turn it back on, and only there): this
+        #: instance's changes and, read from the kernel at the first update, those of earlier instances.
         self._turned_off: set[str] = set()
+        self._record_factory = record_factory
+        self._record: OffloadRecord | None = None
+        self._record_read = False
         self.offload_error = ""
         #: ClusterIP -> why it has no route of ours (the last update's plan).
         self.route_problems: dict[str, str] = {}
@@ -75,6 +80,7 @@ class ServiceTranslation:
         try:
             if self._nft is None:
                 self._nft = self._nft_factory(self.netns)
+                self._record = self._record_factory(self._nft)
             path_mtus = self._path_mtus()
             stale_routes = self._put_routes(path_mtus)
             self._sctp_offload()
@@ -176,6 +182,14 @@ class ServiceTranslation:
                        if any(port.protocol is ServiceProtocol.SCTP and port.endpoints for port in service.ports)
                        for ip in service.cluster_ips}
         self._sctp_wanted = bool(cluster_ips)
+        if not self._record_read:  # first update: what earlier instances turned off is ours to turn back on
+            try:
+                self._turned_off |= self._record.devices()
+            except NftError as exc:
+                self.offload_error = f"cannot read which devices an earlier sidecar changed: {exc}"
+                log.error("%s", self.offload_error)
+                return
+            self._record_read = True
         if not cluster_ips and not self._turned_off:
             self._sctp_devices, self.offload_error = (), ""
             return
@@ -188,17 +202,23 @@ class ServiceTranslation:
         devices = tuple(sorted({names[oif] for ip in cluster_ips if (oif := device_of(ip, table)) in names}))
         errors = []
         for device in devices:
+            recorded = False
             try:
-                was_on = self._features.state(device, SCTP_CRC).active
+                state = self._features.state(device, SCTP_CRC)
+                if state.active and not state.fixed and device not in self._turned_off:
+                    self._record.add(device)  # first: never a device turned off without its record
+                    self._turned_off.add(device)
+                    recorded = True
+                    log.info("%s: turning %s off (SCTP to a ClusterIP computes its CRC32c in software)",
+                             device, SCTP_CRC)
                 now = self._features.set(device, SCTP_CRC, False)
-            except EthtoolError as exc:
+            except (EthtoolError, NftError) as exc:
                 errors.append(str(exc))
-                continue
-            if was_on and not now.active:
-                self._turned_off.add(device)
-                log.info("%s: %s turned off (SCTP to a ClusterIP computes its CRC32c in software)", device, SCTP_CRC)
-            elif now.active:
+                now = None
+            if now is not None and now.active:
                 errors.append(f"{device}: {SCTP_CRC} is still {now.text()}")
+            if recorded and (now is None or now.active):
+                self._forget(device, errors)  # not changed after all: not ours to turn on later
         for device in sorted(self._turned_off - set(devices)):
             try:
                 self._features.set(device, SCTP_CRC, True)
@@ -206,22 +226,37 @@ class ServiceTranslation:
                 if exc.code != errno.ENODEV:  # a device that is gone has nothing to restore
                     errors.append(str(exc))
                     continue
-            self._turned_off.discard(device)
+            self._forget(device, errors)
         self._sctp_devices = devices
         self.offload_error = "; ".join(errors)
         if errors:
             log.error("SCTP checksum offload: %s", self.offload_error)
 
+    def _forget(self, device: str, errors: list[str]) -> None:
+        try:
+            self._record.remove(device)
+        except NftError as exc:
+            errors.append(f"{device}: cannot remove its record: {exc}")
+            return
+        self._turned_off.discard(device)
+
     def sctp_checksum(self) -> dict:
-        """The devices that carry translated SCTP, and those we changed, with the feature as the kernel has it now."""
+        """The devices that carry translated SCTP, and those we changed (as the table records them), with the
+        feature as the kernel has it now."""
+        recorded: set[str] | None = set(self._turned_off)
+        try:
+            recorded = set(self._record.devices()) if self._record is not None else recorded
+        except NftError:
+            recorded = None  # offload_error keeps the last update's outcome; a failed read is not one
         devices = []
-        for device in self._sctp_devices + tuple(sorted(self._turned_off - set(self._sctp_devices))):
+        changed = self._turned_off | (recorded or set())
+        for device in self._sctp_devices + tuple(sorted(changed - set(self._sctp_devices))):
             try:
                 state: str | None = self._features.state(device, SCTP_CRC).text()
             except EthtoolError:
                 state = None  # offload_error keeps the last update's outcome; a failed read is not one
             devices.append({"dev": device, SCTP_CRC: state, "wanted_off": device in self._sctp_devices,
-                            "turned_off_by_sidecar": device in self._turned_off})
+                            "turned_off_by_sidecar": device in recorded if recorded is not None else None})
         return {"devices": devices, "error": self.offload_error}
 
     def _delete_routes(self, stale: list[Route]) -> None:
