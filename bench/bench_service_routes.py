@@ -2,13 +2,16 @@
 
 Each ClusterIP gets a host route (proto 229) through a gateway with the ESP-sized MTU, as
 svcnat.routes programs them; half the ClusterIPs are IPv4, half IPv6. Each round, in fresh
-network namespaces (a veth pair, an IPv4 and an IPv6 gateway on its link), alternating:
+network namespaces (a veth pair, default routes through an IPv4 and an IPv6 gateway on its link), alternating:
 - ours: `ServiceRoutes.put` then `.delete` (packed requests, many per datagram, one ack per datagram);
 - pyroute2: the same requests encoded by pyroute2's `rtmsg` (the path before the packed encoder:
   tests/support/route_reference.py) through the same channel and batching;
 - `ip -batch`: `route replace` / `route delete` lines for the same routes (the whole command,
   process start included).
 Every run checks afterwards that the kernel holds exactly the routes (or none).
+Then, with the routes in the table, the plan an update makes for the same ClusterIPs (dump the
+main table, derive each ClusterIP's route): over the indexed table (RouteIndex, ours) and as a
+scan of the whole table per ClusterIP (before).
 
     sudo .venv/bin/python bench/bench_service_routes.py [--routes 500,2000] [--rounds 5]
 """
@@ -38,16 +41,18 @@ from ipsec_mesh.svcnat.routes import (  # noqa: E402
     RTM_DELROUTE,
     RTM_NEWROUTE,
     Route,
+    RouteIndex,
     ServiceRoutes,
+    derive,
 )
 from ipsec_mesh_operator.netns import add_netns, delete_netns, ip, unique_name  # noqa: E402
-from tests.support.route_reference import pyroute2_route_message  # noqa: E402
+from tests.support.route_reference import pyroute2_route_message, reference_derive  # noqa: E402
 
 DEVICE = "svcrt0"
 GATEWAYS = {4: ipaddress.ip_address("10.98.0.2"), 6: ipaddress.ip_address("fd98::2")}
 MTU = 1458
 V4_BASE, V6_BASE = int(ipaddress.ip_address("10.96.0.0")), int(ipaddress.ip_address("fd00:96::"))
-STEPS = ("put", "delete")
+STEPS = ("put", "delete", "plan")
 
 
 def cluster_routes(count: int, oif: int) -> list[Route]:
@@ -82,6 +87,8 @@ class Namespace:
             ip("addr", "add", "fd98::1/64", "dev", DEVICE, "nodad", netns=self.name)
             for device in (DEVICE, DEVICE + "p"):
                 ip("link", "set", device, "up", netns=self.name)
+            for version, gateway in GATEWAYS.items():  # what the ClusterIPs' routes are derived from
+                ip(f"-{version}", "route", "add", "default", "via", str(gateway), netns=self.name)
             return self.name, int(ip("-o", "link", "show", "dev", DEVICE, netns=self.name).split(":")[0])
         except Exception:
             delete_netns(self.name)
@@ -107,6 +114,7 @@ def our_round(count: int) -> dict[str, float]:
         try:
             seconds = {"put": timed(lambda: table.put(routes))}
             assert count_ours(namespace) == count
+            seconds["plan"] = timed(lambda: plan(table, routes, lambda t: RouteIndex(t), derive))
             seconds["delete"] = timed(lambda: table.delete(routes))
             assert count_ours(namespace) == 0
             return seconds
@@ -114,8 +122,16 @@ def our_round(count: int) -> dict[str, float]:
             table.close()
 
 
+def plan(table: ServiceRoutes, routes: list[Route], prepare: Callable, derive_one: Callable) -> None:
+    """What an update does before it puts: dump the main table, derive each ClusterIP's route."""
+    dumped = table.table()
+    prepared = prepare(dumped)
+    for route in routes:
+        assert isinstance(derive_one(route.destination, MTU, prepared), Route)  # derived, not refused
+
+
 def pyroute2_round(count: int) -> dict[str, float]:
-    """The same requests and batching, encoded by pyroute2 (what ServiceRoutes did before)."""
+    """The same requests and batching, encoded by pyroute2, and the plan as a scan (what ServiceRoutes did before)."""
     with Namespace("p2") as (namespace, oif):
         routes, table = cluster_routes(count, oif), ServiceRoutes(namespace)
         try:
@@ -128,6 +144,7 @@ def pyroute2_round(count: int) -> dict[str, float]:
 
             seconds = {"put": timed(lambda: send(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE))}
             assert count_ours(namespace) == count
+            seconds["plan"] = timed(lambda: plan(table, routes, lambda t: t, reference_derive))
             seconds["delete"] = timed(lambda: send(RTM_DELROUTE, 0))
             assert count_ours(namespace) == 0
             return seconds
@@ -138,7 +155,7 @@ def pyroute2_round(count: int) -> dict[str, float]:
 def ip_round(count: int, directory: str) -> dict[str, float]:
     with Namespace("ip") as (namespace, oif):
         routes, seconds = cluster_routes(count, oif), {}
-        for step, verb in (("put", "replace"), ("delete", "delete")):
+        for step, verb in (("put", "replace"), ("delete", "delete")):  # no plan: `ip` has none
             path = Path(directory) / step
             path.write_text(ip_batch_lines(verb, routes))
             seconds[step] = timed(lambda path=path: subprocess.run(["ip", "-n", namespace, "-batch", str(path)],
@@ -157,17 +174,20 @@ def side_by_side(count: int, rounds: int) -> dict[str, dict[str, float]]:
                              ("ip -batch", lambda: ip_round(count, directory))):
                 for step, seconds in run().items():
                     samples[who][step].append(seconds)
-    return {who: {step: statistics.median(values) for step, values in steps.items()}
+    return {who: {step: statistics.median(values) for step, values in steps.items() if values}
             for who, steps in samples.items()}
 
 
 def bench(count: int, rounds: int) -> None:
     medians = side_by_side(count, rounds)
     print(f"{count} ClusterIP routes ({count - count // 2} IPv4, {count // 2} IPv6), median of {rounds} rounds:")
-    for step in STEPS:
+    for step in STEPS[:2]:
         ours, old, theirs = (medians[who][step] for who in ("ours", "pyroute2", "ip -batch"))
         print(f"  {step:<7} ours {ours * 1e3:7.1f} ms   pyroute2 {old * 1e3:7.1f} ms   ip -batch {theirs * 1e3:7.1f} ms"
               f"   ours/ip {ours / theirs:5.2f}   ours/pyroute2 {ours / old:5.2f}")
+    ours, old = medians["ours"]["plan"], medians["pyroute2"]["plan"]
+    print(f"  plan    ours {ours * 1e3:7.1f} ms   scan     {old * 1e3:7.1f} ms   (dump + derive, "
+          f"{count} of ours in the table)   ours/scan {ours / old:5.2f}")
 
 
 def main() -> None:

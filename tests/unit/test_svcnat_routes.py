@@ -9,6 +9,7 @@ import struct
 from ipsec_mesh.ike.proposals import ENCR_NAMES
 from ipsec_mesh.svcnat.mtu import ESP_CIPHERS, _inner_mtu, esp_inner_mtu
 from ipsec_mesh.svcnat.routes import RT_PROTO, RTN_UNICAST, Route, _KernelRoute, _parse, derive, route_body
+from tests.support.route_reference import reference_best, reference_derive
 
 
 def test_every_negotiable_esp_cipher_has_its_overhead_and_the_worst_one_counts():
@@ -112,3 +113,35 @@ def test_a_route_the_kernel_refuses_is_named_in_the_status_and_blocks_readiness_
     status = translation.status()
     assert status["route_problems"] == {"10.96.0.11": "the kernel refused its route: " + os.strerror(errno.ENOBUFS)}
     assert "10.96.0.11/32" in status["route_error"] and "10.96.0.11/32" in translation.problem()
+
+
+NETWORKS = ["0.0.0.0/0", "10.0.0.0/8", "10.96.0.0/16", "10.96.0.0/30", *(f"10.96.0.{n}/32" for n in range(6)),
+            "::/0", "fd00:96::/64", "fd00:96::/126", *(f"fd00:96::{n}/128" for n in range(6))]
+DESTINATIONS = [ipaddress.ip_address(a) for a in
+                [*(f"10.96.0.{n}" for n in range(6)), "11.0.0.1", *(f"fd00:96::{n}" for n in range(6)), "fd01::1"]]
+
+
+def test_the_indexed_table_picks_what_a_scan_of_the_whole_table_picks():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ipsec_mesh.svcnat.routes import RouteIndex, device_of
+
+    one = st.builds(lambda net, proto, kind, prio, oif, mtu, mp, flags: _KernelRoute(
+        ipaddress.ip_network(net), proto, kind, prio, oif,
+        ipaddress.ip_network(net).network_address + 1, flags, 0, mtu, mp),
+        st.sampled_from(NETWORKS), st.sampled_from((3, 4, RT_PROTO)), st.sampled_from((RTN_UNICAST, RTN_UNICAST, 6)),
+        st.sampled_from((0, 100, 1024)), st.sampled_from((None, 2, 3, 3)), st.sampled_from((None, 1400)),
+        st.booleans(), st.sampled_from((0, 4)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(one, max_size=25))
+    def check(table):
+        index = RouteIndex(table)
+        for destination in DESTINATIONS:
+            assert derive(destination, 1458, index) == reference_derive(destination, 1458, table)
+            best = reference_best(destination, table)
+            expected = best.oif if best is not None and not best.multipath else None
+            assert device_of(destination, index) == expected
+
+    check()

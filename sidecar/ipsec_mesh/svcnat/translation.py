@@ -21,7 +21,17 @@ from ..meshapi.model import MAX_SERVICES, ServiceEntry, ServiceProtocol
 from .mtu import MIN_PATH_MTU, esp_inner_mtu, mss_clamp
 from .nft import Nft, NftError
 from .offload import SCTP_CRC, DeviceFeatures, EthtoolError, OffloadRecord
-from .routes import Address, Route, RouteError, RoutesRefused, ServiceRoutes, derive, device_of, refusal
+from .routes import (
+    Address,
+    Route,
+    RouteError,
+    RouteIndex,
+    RoutesRefused,
+    ServiceRoutes,
+    derive,
+    device_of,
+    refusal,
+)
 from .ruleset import FAMILY, TABLE, Objects, Table, changes, render
 
 log = logging.getLogger("ipsec_mesh.services")
@@ -138,6 +148,7 @@ class ServiceTranslation:
                     ep.address for port in service.ports for ep in port.endpoints
                     if ep.address.version == cluster_ip.version)
         table = self._routes.table()
+        index = RouteIndex(table)
         plan: dict[Address, Route] = {}
         problems: dict[str, str] = {}
         count = {4: 0, 6: 0}
@@ -151,7 +162,7 @@ class ServiceTranslation:
             if count[cluster_ip.version] >= MAX_ROUTES_PER_FAMILY:
                 problems[str(cluster_ip)] = f"more than {MAX_ROUTES_PER_FAMILY} IPv{cluster_ip.version} ClusterIPs"
                 continue
-            route = derive(cluster_ip, esp_inner_mtu(min(known), cluster_ip.version), table)
+            route = derive(cluster_ip, esp_inner_mtu(min(known), cluster_ip.version), index)
             if isinstance(route, str):
                 problems[str(cluster_ip)] = route
                 continue
@@ -199,7 +210,8 @@ class ServiceTranslation:
             self.offload_error = f"cannot find the devices of SCTP ClusterIPs: {exc}"
             log.error("%s", self.offload_error)
             return
-        devices = tuple(sorted({names[oif] for ip in cluster_ips if (oif := device_of(ip, table)) in names}))
+        index = RouteIndex(table)
+        devices = tuple(sorted({names[oif] for ip in cluster_ips if (oif := device_of(ip, index)) in names}))
         errors = []
         for device in devices:
             recorded = False
