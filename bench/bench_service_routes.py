@@ -12,8 +12,13 @@ Every run checks afterwards that the kernel holds exactly the routes (or none).
 Then, with the routes in the table, the plan an update makes for the same ClusterIPs (dump the
 main table, derive each ClusterIP's route): over the indexed table (RouteIndex, ours) and as a
 scan of the whole table per ClusterIP (before).
+Last, `ServiceTranslation.apply` for a map of N Services (bench_service_translation's map: TCP and
+UDP, 3 endpoints each, IPv4 ClusterIPs) with its ClusterIP routes, and beside it the same without
+routes (a routing table that routes nothing), each round in a fresh namespace: the first update
+(table and routes), an update in which 5 Services change endpoints (routes kept: the plan only),
+and the update that removes every Service (the routes deleted).
 
-    sudo .venv/bin/python bench/bench_service_routes.py [--routes 500,2000] [--rounds 5]
+    sudo .venv/bin/python bench/bench_service_routes.py [--routes 500,2000] [--rounds 5] [--services 500]
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "sidecar"), str(ROOT / "operator")]
 
 import pyroute2  # noqa: E402
-from machine import describe  # noqa: E402  (bench/, the script's own directory)
+from bench_service_translation import peer_map  # noqa: E402  (bench/, the script's own directory)
+from machine import describe  # noqa: E402
 from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE  # noqa: E402
 
+from ipsec_mesh.svcnat import ServiceTranslation  # noqa: E402
 from ipsec_mesh.svcnat.routes import (  # noqa: E402
     RT_PROTO,
     RTM_DELROUTE,
@@ -178,6 +185,64 @@ def side_by_side(count: int, rounds: int) -> dict[str, dict[str, float]]:
             for who, steps in samples.items()}
 
 
+class NoRoutes:
+    """A routing table that routes nothing: the translation without its ClusterIP routes."""
+
+    def __init__(self, netns: str | None = None):
+        pass
+
+    def table(self) -> list:
+        return []
+
+    def installed(self, table=None) -> dict:
+        return {}
+
+    def link_names(self) -> dict:
+        return {}
+
+    def put(self, routes) -> None:
+        pass
+
+    def delete(self, routes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+TRANSLATION_STEPS = ("first update", "5 Services change", "all Services go")
+
+
+def translation_round(services: int, routed: bool) -> dict[str, float]:
+    maps = [peer_map(services, changed, "None").services for changed in (0, 5)]
+    with Namespace("tr" if routed else "tn") as (namespace, _oif):
+        translation = ServiceTranslation(namespace, routes_factory=ServiceRoutes if routed else NoRoutes)
+        try:
+            seconds = {}
+            for step, services_now in zip(TRANSLATION_STEPS, (maps[0], maps[1], ()), strict=True):
+                seconds[step] = timed(lambda services_now=services_now: translation.apply(services_now))
+                assert not translation.last_error and not translation.route_error, translation.status()
+                if step == "first update":
+                    assert count_ours(namespace) == (services if routed else 0), translation.route_problems
+            assert count_ours(namespace) == 0
+            return seconds
+        finally:
+            translation.close()
+
+
+def bench_translation(services: int, rounds: int) -> None:
+    samples: dict[bool, dict[str, list[float]]] = {True: {}, False: {}}
+    for _ in range(rounds):
+        for routed in (True, False):
+            for step, seconds in translation_round(services, routed).items():
+                samples[routed].setdefault(step, []).append(seconds)
+    print(f"translation update, {services} Services, with and without their ClusterIP routes, median of {rounds}:")
+    for step in TRANSLATION_STEPS:
+        with_routes, without = (statistics.median(samples[routed][step]) for routed in (True, False))
+        print(f"  {step:<18} with routes {with_routes * 1e3:7.1f} ms   without {without * 1e3:7.1f} ms"
+              f"   routes' share {(with_routes - without) * 1e3:6.1f} ms")
+
+
 def bench(count: int, rounds: int) -> None:
     medians = side_by_side(count, rounds)
     print(f"{count} ClusterIP routes ({count - count // 2} IPv4, {count // 2} IPv6), median of {rounds} rounds:")
@@ -194,6 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", default="500,2000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--services", type=int, default=500, help="Services of the translation update")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: it creates network namespaces")
@@ -201,6 +267,7 @@ def main() -> None:
           f"{subprocess.run(['ip', '-V'], capture_output=True, text=True).stdout.strip()}")
     for count in (int(text) for text in args.routes.split(",")):
         bench(count, args.rounds)
+    bench_translation(args.services, args.rounds)
 
 
 if __name__ == "__main__":

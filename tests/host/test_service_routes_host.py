@@ -217,3 +217,28 @@ def test_route_programming_keeps_pace_with_ip_batch(cluster):  # the fixture: ro
     for step in ("put", "delete"):
         assert medians["ours"][step] <= 1.5 * medians["ip -batch"][step], medians
         assert medians["ours"][step] < medians["pyroute2"][step], medians
+
+
+def test_our_own_route_batches_are_no_route_change_and_a_link_change_is(cluster):
+    """The route-MTU cache (svcnat.nft) is kept across updates unless the kernel announces a change; the
+    notifications of a batch of our own routes are not one, even a batch of thousands (their queue must not
+    overflow, which would count as a change and make the next update read every endpoint's MTU again)."""
+    from ipsec_mesh.svcnat.routewatch import RouteWatch
+    from ipsec_mesh_operator.netns import in_netns
+
+    dev = json.loads(ip("-j", "route", "get", GATEWAY4, netns=cluster.client))[0]["dev"]
+    oif = json.loads(ip("-j", "link", "show", "dev", dev, netns=cluster.client))[0]["ifindex"]
+    watch = in_netns(cluster.client, RouteWatch, RT_PROTO)
+    routes = ServiceRoutes(cluster.client)
+    try:
+        assert not watch.changed()
+        batch = cluster_routes(oif, 1000)  # 2,000 routes, IPv4 and IPv6
+        routes.put(batch)
+        assert not watch.changed()
+        routes.delete(batch)
+        assert not watch.changed()
+        ip("link", "set", "dev", dev, "mtu", "1400", netns=cluster.client)
+        assert watch.changed()
+    finally:
+        routes.close()
+        watch.close()

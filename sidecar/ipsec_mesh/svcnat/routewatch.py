@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
+from ..xfrm.channel import SO_RCVBUFFORCE
 from .routes import NLMSG_HDRLEN, RTM_DELROUTE, RTM_NEWROUTE
 
 # linux/rtnetlink.h multicast groups (the legacy bit masks bind() takes).
@@ -18,6 +19,11 @@ RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
 _NLMSG_LEN_TYPE = struct.Struct("=IH")  # the start of struct nlmsghdr
 _RTM_PROTOCOL = NLMSG_HDRLEN + 5  # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+#: Room for the notifications of our own route batches between two updates: the default (rmem_default,
+#: ~200 KiB) overflowed at a few hundred routes, and an overflow counts as a change, so every update after
+#: a large one read every endpoint's MTU again. 12,000 routes' notifications fit (kernel 6.18); only what
+#: is queued uses memory. A larger batch still overflows: the cache is then dropped, never trusted.
+WATCH_BUFFER = 8 << 20
 
 
 def only_routes_of(datagram: bytes, protocol: int) -> bool:
@@ -47,6 +53,10 @@ class RouteWatch:
     def __init__(self, ignore_protocol: int | None = None) -> None:
         self._ignore = ignore_protocol
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+        try:  # CAP_NET_ADMIN (the sidecar has it) goes past net.core.rmem_max
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, WATCH_BUFFER)
+        except PermissionError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WATCH_BUFFER)
         self._sock.bind((0, GROUPS))
 
     def changed(self) -> bool:
