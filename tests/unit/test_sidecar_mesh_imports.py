@@ -19,6 +19,8 @@ SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
 PROBE = """
 import json, sys
 import ipsec_mesh.agent.cli
+ipsec_mesh.agent.cli.mesh_main = lambda settings, dataplane: 0  # what main() decides, not the run
+ipsec_mesh.agent.cli.main(["mesh"])  # the injected command line
 import ipsec_mesh.agent.mesh_settings, ipsec_mesh.agent.bootstrap, ipsec_mesh.meshapi.client
 import ipsec_mesh.agent.mesh_mode, ipsec_mesh.agent.xfrm_dataplane
 print(json.dumps(sorted(sys.modules)))
@@ -27,10 +29,10 @@ print(json.dumps(sorted(sys.modules)))
 # Never needed by mesh mode: YAML (the `run` configuration and optional settings files),
 # libnftables (loaded when a Service needs translating), and pyroute2's namespace and process
 # helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
-# difflib (wording of configuration errors only).
+# difflib (wording of configuration errors only), argparse (the injected command line has no options).
 NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
                     "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
-                    "difflib")
+                    "difflib", "argparse", "gettext")
 # Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after;
 # then ESP-as-liveness, packed XFRM requests, ClusterIP routes and SCTP offload (ours, 326).
 # A new dependency of mesh mode has to raise this bound on purpose.
