@@ -16,7 +16,8 @@ on loopback addresses; each sidecar's figures once it is ready and has talked to
 mesh API for a few seconds (certificate, peer-map long polls, status reports every
 second). Two set-ups: as the webhook injects it (environment only, no settings file,
 IKE on port 500 of each pod address, no SA yet), and with one IKE SA + CHILD_SA (a
-settings file makes `web` initiate to `db`; reading it loads PyYAML). `--source DIR`
+settings file makes `web` initiate to `db`, and reading it loads PyYAML; `db`, the
+responder, is as injected: its row is the issue's "one SA" figure). `--source DIR`
 runs another checkout's code (e.g. main, for a before figure in the same run). The sidecars
 run as the image runs them: the `ipsec-mesh-sidecar` console script beside this interpreter.
 
@@ -25,7 +26,10 @@ settings: PYTHONMALLOC, MALLOC_ARENA_MAX, PYTHONOPTIMIZE...), the floor read aga
 `--no-stdlib-bytecode` adds a run as python's official images start it: no bytecode for the
 standard library (those images delete it and set PYTHONDONTWRITEBYTECODE), bytecode for the
 venv (pip compiles on install); done with a pycache prefix that holds only the venv's and the
-checkout's bytecode.
+checkout's bytecode. `--sidecar-venv DIR` runs the sidecars (and the floor) from another
+venv, e.g. the image's, built as tests/deploy builds it (`docker/build-venv.sh deps sidecar
+DIR`, then `project`): no editable-install finder (about 1 MB in the dev venv) and only the
+sidecar's dependencies; the checkout's code still comes first on the path.
 
     .venv/bin/python bench/bench_sidecar_memory.py --mesh [--source /tmp/main-export]
         [--variant "-OO:PYTHONOPTIMIZE=2"] [--no-stdlib-bytecode]
@@ -79,8 +83,8 @@ def memory(pid: int) -> dict[str, int]:
     return out
 
 
-def baseline(env: dict[str, str] | None = None) -> dict[str, int]:
-    proc = subprocess.Popen([sys.executable, "-c", BASELINE], stdin=subprocess.PIPE,
+def baseline(env: dict[str, str] | None = None, python: str = sys.executable) -> dict[str, int]:
+    proc = subprocess.Popen([python, "-c", BASELINE], stdin=subprocess.PIPE,
                             env=None if env is None else {**os.environ, **env})
     try:
         time.sleep(3.0)  # imports done long before (about 0.2 s here)
@@ -156,20 +160,20 @@ def _ready(port: int) -> bool:
         return False
 
 
-def mesh_mode(source: Path, workdir: Path, one_sa: bool, variant: dict[str, str]) -> dict[str, dict[str, int]]:
+def mesh_mode(source: Path, workdir: Path, one_sa: bool, variant: dict[str, str],
+              bindir: Path = Path(sys.executable).parent) -> dict[str, dict[str, int]]:
     """Figures of each of two ready mesh-mode sidecars fed by a standalone operator.
 
-    one_sa: a settings file (other IKE ports, `web` initiates to `db`), figures read once
-    the SA is up; else environment only, as injected, on IKE port 500 of each address.
-    variant: environment of the sidecars only (the operator runs as usual).
+    Each on IKE port 500 of its address. one_sa: `web` initiates to `db` (a settings file,
+    which loads PyYAML); `db` stays as injected (environment only); figures read once the SA
+    is up. Else both as injected.
+    variant: environment of the sidecars only (the operator runs as usual); bindir: where
+    the sidecar's console script is.
     """
     env = {**os.environ, "PYTHONPATH": f"{source / 'sidecar'}{os.pathsep}{source / 'operator'}"}
     (workdir / "mesh.yaml").write_text(json.dumps(MESH))  # JSON is YAML
-    ike_port = _free_port()
-    settings = {"ike": {"port": ike_port, "nattPort": ike_port + 1}, "log": {"level": "info"}}
-    for pod in MESH["pods"]:
-        initiate = [p["ips"][0] for p in MESH["pods"] if p is not pod] if pod["name"] == "web" else []
-        (workdir / f"sidecar-{pod['name']}.yaml").write_text(json.dumps({**settings, "initiate": initiate}))
+    db = next(p["ips"][0] for p in MESH["pods"] if p["name"] == "db")
+    (workdir / "sidecar-web.yaml").write_text(json.dumps({"log": {"level": "info"}, "initiate": [db]}))
     state = workdir / "state"
     with contextlib.ExitStack() as stack:
         def start(args: list[str], extra: dict[str, str], log: str) -> subprocess.Popen:
@@ -184,8 +188,9 @@ def mesh_mode(source: Path, workdir: Path, one_sa: bool, variant: dict[str, str]
         sidecars = {}
         for pod in MESH["pods"]:
             port = _free_port()
-            extra = {"IPSEC_MESH_SETTINGS": str(workdir / f"sidecar-{pod['name']}.yaml")} if one_sa else {}
-            process = start([str(Path(sys.executable).parent / "ipsec-mesh-sidecar"), "mesh"], {
+            initiator = one_sa and pod["name"] == "web"
+            extra = {"IPSEC_MESH_SETTINGS": str(workdir / "sidecar-web.yaml")} if initiator else {}
+            process = start([str(bindir / "ipsec-mesh-sidecar"), "mesh"], {
                 "IPSEC_MESH_API_URL": (state / "api-url").read_text().strip(),
                 "IPSEC_MESH_TOKEN_FILE": str(state / "pods" / pod["namespace"] / pod["name"] / "token"),
                 "IPSEC_MESH_CA_BUNDLE_FILE": str(state / "ca-bundle.pem"), **extra,
@@ -261,6 +266,7 @@ def main() -> int:
     parser.add_argument("--no-stdlib-bytecode", action="store_true",
                         help="--mesh: also run as python's images do (no stdlib bytecode, venv compiled)")
     parser.add_argument("--setup", choices=["injected", "one-sa", "both"], default="both")
+    parser.add_argument("--sidecar-venv", type=Path, help="--mesh: run the sidecars from this venv (the image's)")
     args = parser.parse_args()
     if args.mesh:
         sources = [source.resolve() for source in args.source or [ROOT]]
@@ -269,12 +275,14 @@ def main() -> int:
             if args.no_stdlib_bytecode:
                 variants.append(("no stdlib .pyc", venv_bytecode_only(sources, Path(pycache))))
             setups = {"injected": (False,), "one-sa": (True,), "both": (False, True)}[args.setup]
+            bindir = (args.sidecar_venv or Path(sys.executable).parent.parent).absolute() / "bin"
             for label, variant in variants:
-                print(line(f"floor {label}".strip(), baseline(variant)))
+                print(line(f"floor {label}".strip(), baseline(variant, str(bindir / "python"))))
                 for source in sources:
                     for one_sa in setups:
                         with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
-                            for name, figures in mesh_mode(source, Path(workdir), one_sa, variant).items():
+                            for name, figures in mesh_mode(source, Path(workdir), one_sa, variant,
+                                                           bindir).items():
                                 setup = "one SA" if one_sa else "injected"
                                 print(line(f"{source.name[:12]} {name} {setup} {label}".rstrip(), figures))
         return 0
