@@ -134,10 +134,12 @@ class CharonResponder:
 class SidecarResponder:
     name = "ours"
 
-    def __init__(self, ns: Namespace, workdir: Path, creds: Credentials, profile: Path | None = None):
+    def __init__(self, ns: Namespace, workdir: Path, creds: Credentials, profile: Path | None = None,
+                 env: dict[str, str] | None = None):
+        env = {**(env or {}), **({"IPSEC_MESH_PROFILE": str(profile)} if profile else {})}
         common = dict(address=RESPONDER_ADDR, identity=RESPONDER_ID, peer_address=f"{LOADGEN_ADDR}/32",
                       peer_identity=LOADGEN_ID, ike=IKE, esp=ESP, ike_settings=OUR_IKE_SETTINGS,
-                      log_level="info", env={"IPSEC_MESH_PROFILE": str(profile)} if profile else None)
+                      log_level="info", env=env)
         if creds.psk is not None:
             self.sidecar = Sidecar(ns, workdir, psk=creds.psk, **common)
         else:
@@ -184,7 +186,7 @@ def link_up(pair) -> None:
 
 
 def measure(topology: Topology, implementation: str, auth: str, sas: int, window: int, workdir: Path,
-            shim: Path, profile: Path | None = None) -> Result:
+            shim: Path, profile: Path | None = None, env: dict[str, str] | None = None) -> Result:
     pair = topology.pair(ipv6=False)
     link_up(pair)
     creds = Credentials.make(auth)
@@ -192,7 +194,7 @@ def measure(topology: Topology, implementation: str, auth: str, sas: int, window
     if implementation == "charon":
         responder = CharonResponder(pair.right, workdir, creds, shim)
     else:
-        responder = SidecarResponder(pair.right, workdir, creds, profile)
+        responder = SidecarResponder(pair.right, workdir, creds, profile, env)
     try:
         pid = responder.start()
         time.sleep(0.5)  # let startup work finish before the first reading
@@ -279,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     load_arguments(parser, rounds=1)
     parser.add_argument("--only", choices=["ours", "charon"], help="measure one responder only")
     parser.add_argument("--profile", type=Path, help="also run ours under cProfile, dump the stats here")
+    parser.add_argument("--sidecar-env", default="", metavar="NAME=VALUE,...",
+                        help="environment of our responder (interpreter or allocator settings)")
     args = parser.parse_args(argv)
+    sidecar_env = dict(item.split("=", 1) for item in args.sidecar_env.split(",") if item)
     if cannot_run():
         return 2
     auths = ["psk", "ecdsa"] if args.auth == "both" else [args.auth]
@@ -295,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 for implementation in implementations:
                     with Topology() as topology:
                         results.append(measure(topology, implementation, auth, args.sas, args.window,
-                                               workdir / f"{round_}-{auth}-{implementation}", shim))
+                                               workdir / f"{round_}-{auth}-{implementation}", shim,
+                                               env=sidecar_env))
                     print(report(results[-1:], info).splitlines()[-1], file=sys.stderr, flush=True)
         if args.profile:
             with Topology() as topology:

@@ -16,10 +16,23 @@ on loopback addresses; each sidecar's figures once it is ready and has talked to
 mesh API for a few seconds (certificate, peer-map long polls, status reports every
 second). Two set-ups: as the webhook injects it (environment only, no settings file,
 IKE on port 500 of each pod address, no SA yet), and with one IKE SA + CHILD_SA (a
-settings file makes `web` initiate to `db`; reading it loads PyYAML). `--source DIR`
-runs another checkout's code (e.g. main, for a before figure in the same run).
+settings file makes `web` initiate to `db`, and reading it loads PyYAML; `db`, the
+responder, is as injected: its row is the issue's "one SA" figure). `--source DIR`
+runs another checkout's code (e.g. main, for a before figure in the same run). The sidecars
+run as the image runs them: the `ipsec-mesh-sidecar` console script beside this interpreter.
+
+`--variant LABEL:NAME=VALUE,...` adds a run with that environment (interpreter and malloc
+settings: PYTHONMALLOC, MALLOC_ARENA_MAX, PYTHONOPTIMIZE...), the floor read again under it;
+`--no-stdlib-bytecode` adds a run as python's official images start it: no bytecode for the
+standard library (those images delete it and set PYTHONDONTWRITEBYTECODE), bytecode for the
+venv (pip compiles on install); done with a pycache prefix that holds only the venv's and the
+checkout's bytecode. `--sidecar-venv DIR` runs the sidecars (and the floor) from another
+venv, e.g. the image's, built as tests/deploy builds it (`docker/build-venv.sh deps sidecar
+DIR`, then `project`): no editable-install finder (about 1 MB in the dev venv) and only the
+sidecar's dependencies; the checkout's code still comes first on the path.
 
     .venv/bin/python bench/bench_sidecar_memory.py --mesh [--source /tmp/main-export]
+        [--variant "-OO:PYTHONOPTIMIZE=2"] [--no-stdlib-bytecode]
 """
 
 from __future__ import annotations
@@ -70,8 +83,9 @@ def memory(pid: int) -> dict[str, int]:
     return out
 
 
-def baseline() -> dict[str, int]:
-    proc = subprocess.Popen([sys.executable, "-c", BASELINE], stdin=subprocess.PIPE)
+def baseline(env: dict[str, str] | None = None, python: str = sys.executable) -> dict[str, int]:
+    proc = subprocess.Popen([python, "-c", BASELINE], stdin=subprocess.PIPE,
+                            env=None if env is None else {**os.environ, **env})
     try:
         time.sleep(3.0)  # imports done long before (about 0.2 s here)
         return memory(proc.pid)
@@ -146,43 +160,44 @@ def _ready(port: int) -> bool:
         return False
 
 
-def mesh_mode(source: Path, workdir: Path, one_sa: bool) -> dict[str, dict[str, int]]:
+def mesh_mode(source: Path, workdir: Path, one_sa: bool, variant: dict[str, str],
+              bindir: Path = Path(sys.executable).parent) -> dict[str, dict[str, int]]:
     """Figures of each of two ready mesh-mode sidecars fed by a standalone operator.
 
-    one_sa: a settings file (other IKE ports, `web` initiates to `db`), figures read once
-    the SA is up; else environment only, as injected, on IKE port 500 of each address.
+    Each on IKE port 500 of its address. one_sa: `web` initiates to `db` (a settings file,
+    which loads PyYAML); `db` stays as injected (environment only); figures read once the SA
+    is up. Else both as injected.
+    variant: environment of the sidecars only (the operator runs as usual); bindir: where
+    the sidecar's console script is.
     """
     env = {**os.environ, "PYTHONPATH": f"{source / 'sidecar'}{os.pathsep}{source / 'operator'}"}
     (workdir / "mesh.yaml").write_text(json.dumps(MESH))  # JSON is YAML
-    ike_port = _free_port()
-    settings = {"ike": {"port": ike_port, "nattPort": ike_port + 1}, "log": {"level": "info"}}
-    for pod in MESH["pods"]:
-        initiate = [p["ips"][0] for p in MESH["pods"] if p is not pod] if pod["name"] == "web" else []
-        (workdir / f"sidecar-{pod['name']}.yaml").write_text(json.dumps({**settings, "initiate": initiate}))
+    db = next(p["ips"][0] for p in MESH["pods"] if p["name"] == "db")
+    (workdir / "sidecar-web.yaml").write_text(json.dumps({"log": {"level": "info"}, "initiate": [db]}))
     state = workdir / "state"
     with contextlib.ExitStack() as stack:
         def start(args: list[str], extra: dict[str, str], log: str) -> subprocess.Popen:
             with open(workdir / log, "wb") as out:
-                process = subprocess.Popen([sys.executable, "-m", *args], env={**env, **extra}, stdout=out,
-                                           stderr=subprocess.STDOUT)
+                process = subprocess.Popen(args, env={**env, **extra}, stdout=out, stderr=subprocess.STDOUT)
             stack.callback(_terminate, process)
             return process
 
-        operator = start(["ipsec_mesh_operator.main", "standalone", "--config", str(workdir / "mesh.yaml"),
+        operator = start([sys.executable, "-m", "ipsec_mesh_operator.main", "standalone", "--config", str(workdir / "mesh.yaml"),
                           "--state-dir", str(state), "--listen", "127.0.0.1:0"], {}, "operator.log")
         _wait("the standalone operator", (state / "api-url").exists, operator)
         sidecars = {}
         for pod in MESH["pods"]:
             port = _free_port()
-            extra = {"IPSEC_MESH_SETTINGS": str(workdir / f"sidecar-{pod['name']}.yaml")} if one_sa else {}
-            process = start(["ipsec_mesh.agent.cli", "mesh"], {
+            initiator = one_sa and pod["name"] == "web"
+            extra = {"IPSEC_MESH_SETTINGS": str(workdir / "sidecar-web.yaml")} if initiator else {}
+            process = start([str(bindir / "ipsec-mesh-sidecar"), "mesh"], {
                 "IPSEC_MESH_API_URL": (state / "api-url").read_text().strip(),
                 "IPSEC_MESH_TOKEN_FILE": str(state / "pods" / pod["namespace"] / pod["name"] / "token"),
                 "IPSEC_MESH_CA_BUNDLE_FILE": str(state / "ca-bundle.pem"), **extra,
                 "IPSEC_MESH_DATAPLANE": "none", "IPSEC_MESH_HEALTH_HOST": "127.0.0.1",
                 "IPSEC_MESH_HEALTH_PORT": str(port), "IPSEC_MESH_STATUS_LISTEN": "off",
                 "IPSEC_MESH_STATUS_INTERVAL": "1", "IPSEC_MESH_WATCH_WAIT": "2",
-                "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IPS": pod["ips"][0],
+                "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IPS": pod["ips"][0], **variant,
             }, f"sidecar-{pod['name']}.log")
             sidecars[pod["name"]] = (process, port)
         for name, (process, port) in sidecars.items():
@@ -192,6 +207,28 @@ def mesh_mode(source: Path, workdir: Path, one_sa: bool) -> dict[str, dict[str, 
             _wait("web's CHILD_SA with db", lambda: _child_sas(web_port) == 1, sidecars["web"][0])
         time.sleep(SETTLE + 3)  # a few status reports and long polls
         return {name: memory(process.pid) for name, (process, _) in sidecars.items()}
+
+
+def venv_bytecode_only(sources: list[Path], prefix: Path) -> dict[str, str]:
+    """Environment for the image's start-up: bytecode for site-packages and `sources`, none for the stdlib.
+
+    compileall writes into `prefix` (PYTHONPYCACHEPREFIX mirrors source paths there), so the
+    interpreter finds bytecode for what is compiled and compiles the standard library from
+    source at every start without writing it (PYTHONDONTWRITEBYTECODE), as in python's images.
+    """
+    import sysconfig
+
+    roots = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+             *(str(source / part) for source in sources for part in ("sidecar", "operator"))]
+    subprocess.run([sys.executable, "-X", f"pycache_prefix={prefix}", "-m", "compileall", "-q", "-j", "0",
+                    *sorted(set(roots))], check=True, stdout=subprocess.DEVNULL)
+    return {"PYTHONPYCACHEPREFIX": str(prefix), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, assignments = text.partition(":")
+    env = dict(item.split("=", 1) for item in assignments.split(",") if item)
+    return label, env
 
 
 def _child_sas(port: int) -> int:
@@ -224,15 +261,30 @@ def main() -> int:
     parser.add_argument("--mesh", action="store_true", help="mesh mode against a standalone operator")
     parser.add_argument("--source", type=Path, action="append",
                         help="checkout whose code runs (--mesh; repeat to compare, e.g. main then this one)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:NAME=VALUE,...",
+                        help="--mesh: also run the sidecars (and the floor) with this environment")
+    parser.add_argument("--no-stdlib-bytecode", action="store_true",
+                        help="--mesh: also run as python's images do (no stdlib bytecode, venv compiled)")
+    parser.add_argument("--setup", choices=["injected", "one-sa", "both"], default="both")
+    parser.add_argument("--sidecar-venv", type=Path, help="--mesh: run the sidecars from this venv (the image's)")
     args = parser.parse_args()
     if args.mesh:
-        print(line("python + cryptography + asyncio", baseline()))
-        for source in args.source or [ROOT]:
-            for one_sa in (False, True):
-                with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
-                    for name, figures in mesh_mode(source.resolve(), Path(workdir), one_sa).items():
-                        setup = "one SA, settings file" if one_sa else "as injected, no SA"
-                        print(line(f"{source.resolve().name[:14]} {name}: {setup}", figures))
+        sources = [source.resolve() for source in args.source or [ROOT]]
+        with tempfile.TemporaryDirectory(prefix="mem-bench-pyc-") as pycache:
+            variants = [("", {}), *map(parse_variant, args.variant)]
+            if args.no_stdlib_bytecode:
+                variants.append(("no stdlib .pyc", venv_bytecode_only(sources, Path(pycache))))
+            setups = {"injected": (False,), "one-sa": (True,), "both": (False, True)}[args.setup]
+            bindir = (args.sidecar_venv or Path(sys.executable).parent.parent).absolute() / "bin"
+            for label, variant in variants:
+                print(line(f"floor {label}".strip(), baseline(variant, str(bindir / "python"))))
+                for source in sources:
+                    for one_sa in setups:
+                        with tempfile.TemporaryDirectory(prefix="mem-bench-mesh-") as workdir:
+                            for name, figures in mesh_mode(source, Path(workdir), one_sa, variant,
+                                                           bindir).items():
+                                setup = "one SA" if one_sa else "injected"
+                                print(line(f"{source.name[:12]} {name} {setup} {label}".rstrip(), figures))
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

@@ -181,7 +181,7 @@ async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
     import tomllib
     from pathlib import Path
 
-    from ipsec_mesh.agent.cli import main
+    from ipsec_mesh.agent.cli import INJECTED_ARGS, main
     from ipsec_mesh.agent.mesh_settings import mesh_settings_from_env
 
     async with running_servers() as (runtime, servers):
@@ -190,6 +190,7 @@ async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
     patched = jsonpatch.apply_patch(copy.deepcopy(POD), json.loads(base64.b64decode(answer["response"]["patch"])))
     sidecar = patched["spec"]["initContainers"][0]
     assert sidecar["command"] == ["ipsec-mesh-sidecar", "mesh"] and "args" not in sidecar
+    assert sidecar["command"][1:] == INJECTED_ARGS  # the CLI's path without argparse is the one taken
     scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["ipsec-mesh-sidecar"] == "ipsec_mesh.agent.cli:main"
     with pytest.raises(SystemExit) as usage:

@@ -24,7 +24,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..meshapi import fields
@@ -38,6 +38,9 @@ from .config import (
     load_yaml_document,
     parse_sidecar_settings,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_STATUS_INTERVAL = 30
 DEFAULT_WATCH_WAIT = 30
@@ -54,7 +57,7 @@ class MeshSettingsError(ConfigError):
 @dataclass(frozen=True)
 class MeshSettings:
     api_url: str
-    token_file: Path
+    token_file: str
     ca_bundle: str
     health_host: str = "0.0.0.0"
     health_port: int = HEALTH_PORT
@@ -103,7 +106,8 @@ def _ca_bundle(env: Mapping[str, str]) -> str:
     if path:
         name = "IPSEC_MESH_CA_BUNDLE_FILE"
         try:
-            value = Path(path).read_text()
+            with open(path) as bundle:
+                value = bundle.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise MeshSettingsError(name, f"cannot read {path}: {exc}") from None
     if "-----BEGIN CERTIFICATE-----" not in value:
@@ -141,6 +145,8 @@ def _pod_ips(value: str) -> tuple[str, ...]:
 def load_sidecar_settings(path: str | Path | None) -> SidecarSettings:
     if path is None:
         return SidecarSettings()
+    from pathlib import Path  # a settings file (which loads PyYAML too); mesh mode as injected has none
+
     path = Path(path)
     document = load_yaml_document(path)
     try:
@@ -157,7 +163,7 @@ def mesh_settings_from_env(env: Mapping[str, str], settings_file: str | None = N
         raise MeshSettingsError("IPSEC_MESH_HEALTH_PORT", f"{health_port!r} is not a port number")
     return MeshSettings(
         api_url=_api_url(_required(env, "IPSEC_MESH_API_URL")),
-        token_file=Path(_required(env, "IPSEC_MESH_TOKEN_FILE")),
+        token_file=_required(env, "IPSEC_MESH_TOKEN_FILE"),
         ca_bundle=_ca_bundle(env),
         health_host=_checked("IPSEC_MESH_HEALTH_HOST",
                              lambda v: str(fields.address(v, "IPSEC_MESH_HEALTH_HOST")),

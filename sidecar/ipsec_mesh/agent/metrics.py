@@ -7,9 +7,9 @@ those prometheus_client gave them: counters end in `_total`.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-XFRM_STAT = Path("/proc/net/xfrm_stat")
+XFRM_STAT = "/proc/net/xfrm_stat"
 
 
 def _escape_label(value: str) -> str:
@@ -75,11 +75,12 @@ def gauge(name: str, help_text: str) -> Family:
     return Family(name, help_text, "gauge")
 
 
-def xfrm_stat_family(path: Path) -> Family:
+def xfrm_stat_family(path: str | os.PathLike[str]) -> Family:
     """The kernel's XFRM error counters (XfrmInNoStates, XfrmOutPolBlock, ...) of our namespace."""
     family = counter("ipsec_mesh_kernel_xfrm_errors", "Kernel XFRM error counters", ("counter",))
     try:
-        lines = path.read_text().splitlines()
+        with open(path) as stat:
+            lines = stat.read().splitlines()
     except OSError:
         lines = []
     for line in lines:
@@ -90,7 +91,7 @@ def xfrm_stat_family(path: Path) -> Family:
 
 
 class Metrics:
-    def __init__(self, xfrm_stat: Path = XFRM_STAT):
+    def __init__(self, xfrm_stat: str | os.PathLike[str] = XFRM_STAT):
         self.xfrm_stat = xfrm_stat
         self.ike_established = counter("ipsec_mesh_ike_sa_established", "IKE SAs established")
         self.ike_rekeys = counter("ipsec_mesh_ike_sa_rekeys", "IKE SA rekeys")

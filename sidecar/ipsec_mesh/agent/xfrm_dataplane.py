@@ -23,7 +23,6 @@ import dataclasses
 import ipaddress
 import logging
 import socket
-from pathlib import Path
 
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
 from ..meshapi.model import Enforcement
@@ -223,9 +222,9 @@ class XfrmDataPlane:
     def _set_larval_drop(self, value: int) -> None:
         if self.netns is not None:
             return  # /proc/sys/net is the caller's namespace; the sidecar runs inside its own
-        path = Path("/proc/sys") / LARVAL_DROP
         try:
-            path.write_text(str(value))
+            with open(f"/proc/sys/{LARVAL_DROP}", "w") as sysctl:
+                sysctl.write(str(value))
         except OSError as exc:
             log.debug("cannot set %s: %s", LARVAL_DROP, exc)
 

@@ -17,8 +17,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import fields
 from .errors import MeshApiRequestError, PeerMapError
@@ -26,6 +25,9 @@ from .http import Endpoint, https_request
 from .model import MAX_DOCUMENT_BYTES, PeerMap
 from .retry import Backoff, retry
 from .status import StatusReport
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_WAIT = 30.0
 MAX_RESPONSE = MAX_DOCUMENT_BYTES
@@ -56,10 +58,11 @@ class MeshApiClient:
         self.base_url = base_url.rstrip("/")
         self._endpoint = Endpoint.parse(self.base_url)
         if token is None:
-            path = Path(str(token_file))
+            path = str(token_file)
 
             def token() -> str:  # read at every request: the kubelet rotates the file
-                return path.read_text().strip()
+                with open(path) as file:
+                    return file.read().strip()
         self._token = token
         self._request_timeout = request_timeout
         self._ssl = self._context(ca_bundle)

@@ -17,14 +17,16 @@ import ipaddress
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import fields
 from .documents import NotYaml, load_yaml
 from .errors import PeerMapError
 from .identity import check_dns_name, check_identity_pattern, check_label
 from .proposals import MESH_DEFAULT_ESP, MESH_DEFAULT_IKE_PROPOSALS, parse_esp, parse_ike, proposal_list
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 API_VERSION = "ipsec-mesh.io/peermap/v1"
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -309,6 +311,8 @@ class PeerMap:
 
 def load_peer_map_file(path: str | Path) -> PeerMap:
     """Read a standalone YAML (or JSON) peer map; PSK ``valueFile`` paths are relative to it."""
+    from pathlib import Path  # files of the `run` configuration; mesh mode never loads pathlib
+
     path = Path(path)
     try:
         text = path.read_text()
