@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -100,3 +101,50 @@ async def test_a_server_that_refuses_every_watch_is_not_hammered():
     assert watch.lists == rounds
     assert len(slept) >= rounds - 2 and slept[:3] == [0.5, 1.0, 2.0]
     assert max(slept) == BACKOFF_MAX and slept == sorted(slept)
+
+
+async def test_the_kube_client_sends_the_field_selector_that_rbac_resource_names_require():
+    """With resourceNames, the API server allows list/watch only with `fieldSelector=metadata.name=<name>`:
+    the real client must send it on both, or every replica's watch is refused with 403."""
+    from aiohttp import web
+
+    from ipsec_mesh_operator.controller.kube import Connection, KubeClient
+
+    seen = []
+
+    async def secrets(request):
+        seen.append((request.query.get("watch"), request.query.get("fieldSelector")))
+        if request.query.get("watch") != "true":
+            return web.json_response({"metadata": {"resourceVersion": "5"}, "items": [secret(1)]})
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b'{"type": "MODIFIED", "object": ' + json.dumps(secret(6)).encode() + b"}\n")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/mesh/secrets", secrets)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = KubeClient(Connection(server=f"http://127.0.0.1:{port}"))
+    applied = []
+
+    async def apply(obj):
+        applied.append(None if obj is None else obj["data"]["v"])
+
+    watch = SecretWatch(client, "mesh", "ipsec-mesh-ca", apply)
+    task = asyncio.create_task(watch.run())
+    try:
+        for _ in range(200):  # bounded in count
+            if len(applied) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.close()
+        await runner.cleanup()
+    assert applied[:2] == [1, 6]
+    assert seen[:2] == [(None, "metadata.name=ipsec-mesh-ca"), ("true", "metadata.name=ipsec-mesh-ca")]
