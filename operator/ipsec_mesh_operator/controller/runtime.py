@@ -298,7 +298,11 @@ class OperatorRuntime:
         extra: dict[str, str] = {}
         if spec.auth is AuthKind.PSK:
             ring = await self.ensure_psk(spec, owner)
-            extra = {"pskSecretName": secret_name(spec.name), "pskKeyId": ring.active_id(self.clock()) or ""}
+            now = self.clock()
+            # Every key accepted now: a new key changes the status before anyone initiates with it,
+            # and that change of the peering is what makes the other replicas read the Secret at once.
+            extra = {"pskSecretName": secret_name(spec.name), "pskKeyId": ring.active_id(now) or "",
+                     "pskKeys": [key.id for key in ring.keys(now)]}
         return await self.refresh_remotes(spec), extra
 
     async def maintain_ca(self, on_rotated: Callable[[], Awaitable[None]] | None = None) -> None:
