@@ -20,6 +20,9 @@ PEER_MAP_UPDATES = Counter("ipsec_mesh_peer_map_updates", "Pod peer maps invalid
 INDEXED_PODS = Gauge("ipsec_mesh_indexed_pods", "Injected pods in the mesh index", registry=REGISTRY)
 PEERINGS = Gauge("ipsec_mesh_peerings", "IPsecPeerings in the mesh index", registry=REGISTRY)
 KEY_ROTATIONS = Counter("ipsec_mesh_key_rotations", "CA and PSK rotations", ["kind"], registry=REGISTRY)
+KEYS_REFUSED = Counter("ipsec_mesh_stored_keys_refused",
+                       "Stored key material (a Secret another replica wrote) refused as unusable; the keys in use kept",
+                       ["kind"], registry=REGISTRY)
 SIGNING_SECONDS = Histogram("ipsec_mesh_signing_seconds", "Time to check and sign one CSR", registry=REGISTRY)
 CONNECTIONS = Gauge("ipsec_mesh_server_connections", "Open connections of an HTTPS server", ["server"],
                     registry=REGISTRY)

@@ -131,6 +131,28 @@ def test_rbac_is_least_privilege():
     assert webhook_rule["resourceNames"] == ["mesh-ipsec-mesh"]
 
 
+@pytest.mark.parametrize("values", [{}, {"ha": {"enabled": True}, "ca": {"secretName": "team-ca"}}])
+def test_every_replica_may_watch_the_ca_secret_and_no_other(values):
+    """The CA Secret's watch (any replica may rotate the CA): list/watch of that one Secret, in the
+    release namespace only, granted to the operator's ServiceAccount; cluster-wide Secrets stay unlisted."""
+    documents, _ = render(values)
+    name = values.get("ca", {}).get("secretName", "ipsec-mesh-ca")
+    [role] = [r for r in by_kind(documents, "Role") if any("secrets" in rule["resources"] for rule in r["rules"])]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name],
+                              "verbs": ["list", "watch"]}]
+    [binding] = [b for b in by_kind(documents, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    account = by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    cluster = by_kind(documents, "ClusterRole")[0]["rules"]
+    assert not any({"list", "watch"} & set(r["verbs"]) for r in cluster if "secrets" in r["resources"])
+    # The operator watches exactly what the Role names: the Secret it is configured with.
+    env = {e["name"]: e.get("value") for e in
+           by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["IPSEC_MESH_CA_SECRET"] == name
+
+
 def test_cert_manager_option_swaps_ca_management():
     documents, _ = render(OPTIONS["cert-manager"])
     certificate = by_kind(documents, "Certificate")[0]

@@ -348,3 +348,37 @@ async def test_a_federated_remote_reports_its_bundle_and_staleness_in_the_status
     assert conditions(patch)["Degraded"]["status"] == "False"
     # The first fetch was authenticated by the bootstrap, the next by the bundle fetched before it.
     assert trusted_by_call == [bootstrap, fetched]
+
+
+async def test_a_new_psk_changes_the_peering_status_so_other_replicas_adopt_it_before_it_is_used(runtime):
+    """Other replicas read a PSK Secret on each change of its peering (they may not watch Secrets
+    cluster-wide). A new key used to change nothing in the peering until it became the one to
+    initiate with: replicas listed it up to a key check late, after sidecars may have used it."""
+    await started_loop_queue(runtime)
+    now = [1_000_000.0]
+    runtime.clock = lambda: now[0]
+    spec = {**SPEC, "authentication": {"type": "psk", "pskRotationInterval": "2h", "pskOverlap": "1h"}}
+    first = kopf.Patch()
+    await handlers.reconcile_peering(name="p", namespace="prod", spec=spec, body=body_of("p", spec), patch=first,
+                                     reason="create")
+    [old] = first.status["pskKeys"]
+    assert first.status["pskKeyId"] == old
+    follower = OperatorRuntime(OperatorConfig(), runtime.kube, clock=runtime.clock)  # the same API server
+    follower.index.upsert_pod(PodInfo("prod", "web-0", "u1", "default", {"app": "web"}, ("10.0.0.1",)))
+    follower.index.upsert_pod(PodInfo("prod", "db-0", "u2", "default", {"app": "db"}, ("10.0.0.2",)))
+    feeder = IndexFeeder(follower)
+    await feeder._apply_peering(("prod", "p"), body_of("p", spec, status=dict(first.status)))
+
+    def follower_keys():
+        return {(k.id, k.initiate) for p in follower.index.peer_map(("prod", "web-0")).policies for k in p.psk_keys}
+
+    assert follower_keys() == {(old, True)}
+    now[0] += 2 * 3600 + 1  # the writer's next round generates a key, accepted before it is initiated with
+    second = kopf.Patch()
+    await handlers.maintain_peering(name="p", namespace="prod", spec=spec, patch=second,
+                                    body=body_of("p", spec, status=dict(first.status)))
+    assert "pskKeyId" not in second.status  # unchanged: not used yet...
+    new = next(k for k in second.status["pskKeys"] if k != old)
+    assert second.status["pskKeys"] == [new, old]  # ...but the peering changed: its watch fires everywhere
+    await feeder._apply_peering(("prod", "p"), body_of("p", spec, status={**first.status, **second.status}))
+    assert follower_keys() == {(new, False), (old, True)}

@@ -21,6 +21,7 @@ from ..model.sidecar import has_injected_sidecar
 from .index import PodInfo
 from .kube import KubeError
 from .runtime import OperatorRuntime
+from .secret_watch import SecretWatch
 
 logger = logging.getLogger("ipsec_mesh_operator.feeder")
 
@@ -57,6 +58,10 @@ class IndexFeeder:
         if runtime.config.watch_namespaces:
             self.listings.append(Listing("namespaces", "/api/v1/namespaces", self._apply_namespace,
                                          self._remove_namespace))
+        config = runtime.config
+        #: The mesh CA Secret: any replica may rotate it, every replica serves its bundle.
+        self.ca_watch = SecretWatch(runtime.kube, config.namespace, config.ca_secret,
+                                    runtime.adopt_ca_secret)
         self._unsynced = set(self.names)
         #: Set once every kind has been listed: the index is complete (later changes come by watch).
         self.synced = asyncio.Event()
@@ -66,7 +71,8 @@ class IndexFeeder:
         return [listing.name for listing in self.listings]
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._follow(listing) for listing in self.listings), self._refresh_keys())
+        await asyncio.gather(*(self._follow(listing) for listing in self.listings), self._refresh_keys(),
+                             self.ca_watch.run())
 
     async def _follow(self, listing: Listing) -> None:
         known: set[Key] = set()

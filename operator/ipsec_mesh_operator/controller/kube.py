@@ -132,11 +132,14 @@ class KubeClient:
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         return await self._call("PATCH", path, body, "application/merge-patch+json")
 
-    async def watch(self, path: str, resource_version: str) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, path: str, resource_version: str,
+                    field_selector: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Watch events of a collection from `resource_version` until the server ends the stream."""
         session = await self._session_()
         params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(WATCH_SECONDS)}
+        if field_selector is not None:
+            params["fieldSelector"] = field_selector
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=WATCH_SECONDS + 30)
         async with session.get(path.lstrip("/"), params=params, timeout=timeout,
                                read_bufsize=MAX_EVENT_BYTES // 2) as response:

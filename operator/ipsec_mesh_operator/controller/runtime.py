@@ -111,16 +111,39 @@ class OperatorRuntime:
 
         Replicas rotate leaderlessly: a rotation publishes the new CA `propagation` before it
         signs, so a replica whose simultaneous rotation lost the write adopts the winner's
-        on its next round, long before its own could have signed anything.
+        on its next round, long before its own could have signed anything. The Secret's
+        watch (`SecretWatch`) calls `adopt_ca_secret` at once; this read is the fallback.
         """
-        secret = await self.kube.read_secret(self.config.namespace, self.config.ca_secret)
+        await self.adopt_ca_secret(await self.kube.read_secret(self.config.namespace, self.config.ca_secret))
+
+    async def adopt_ca_secret(self, secret: Any) -> bool:
+        """Take the CA stored in `secret` if it differs from ours and is usable; True if adopted.
+
+        What is read is hostile until checked: anything unusable (malformed, a key that is
+        not its certificate's, no CA active now) keeps the CA in use, is counted and logged
+        without its content. A Secret gone keeps the CA too (its creator writes it back).
+        """
         if secret is None or self.ca is None:
-            return
-        stored = CertificateAuthority.from_secret_data(decode_secret_data(secret), self.config.max_cert_lifetime)
-        if stored.ring != self.ca.ring:
-            self.ca = stored
-            self.index.set_trust_bundle(stored.trust_bundle(self.clock()))
-            logger.info("mesh CA reloaded from Secret %s/%s", self.config.namespace, self.config.ca_secret)
+            return False
+        now = self.clock()
+        try:
+            stored = CertificateAuthority.from_secret_data(decode_secret_data(secret), self.config.max_cert_lifetime)
+            if stored.ring.active(now) is None or not stored.trust_bundle(now):
+                raise CAStateError("no CA generation of the Secret is active now")
+        except (CAStateError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+            metrics.KEYS_REFUSED.labels("ca").inc()
+            reason = str(exc) if isinstance(exc, CAStateError) else f"malformed ({type(exc).__name__})"
+            logger.warning("mesh CA Secret %s/%s refused, the CA in use is kept: %s",
+                           self.config.namespace, self.config.ca_secret, reason)
+            return False
+        if stored.ring == self.ca.ring:
+            return False
+        self.ca = stored
+        self.index.set_trust_bundle(stored.trust_bundle(now))
+        for listener in self.ca_listeners:  # the serving certificate follows a change of the signing CA
+            listener()
+        logger.info("mesh CA reloaded from Secret %s/%s", self.config.namespace, self.config.ca_secret)
+        return True
 
     async def rotate_ca_if_due(self, now_please: bool = False) -> bool:
         """Rotate the mesh CA on schedule (or at once with `now_please`: the standalone admin's request)."""
@@ -275,7 +298,11 @@ class OperatorRuntime:
         extra: dict[str, str] = {}
         if spec.auth is AuthKind.PSK:
             ring = await self.ensure_psk(spec, owner)
-            extra = {"pskSecretName": secret_name(spec.name), "pskKeyId": ring.active_id(self.clock()) or ""}
+            now = self.clock()
+            # Every key accepted now: a new key changes the status before anyone initiates with it,
+            # and that change of the peering is what makes the other replicas read the Secret at once.
+            extra = {"pskSecretName": secret_name(spec.name), "pskKeyId": ring.active_id(now) or "",
+                     "pskKeys": [key.id for key in ring.keys(now)]}
         return await self.refresh_remotes(spec), extra
 
     async def maintain_ca(self, on_rotated: Callable[[], Awaitable[None]] | None = None) -> None:

@@ -55,6 +55,13 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
 
 
+def _public_der(key: Any) -> bytes:
+    try:
+        return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    except (AttributeError, TypeError, ValueError):
+        raise CAStateError("the CA Secret holds a key of an unsupported type") from None
+
+
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -117,6 +124,10 @@ class CertificateAuthority:
             raise CAStateError(f"the CA Secret is unusable: {exc}") from None
         if {g.id for g in ring.generations} - set(certs) or set(certs) - set(keys):
             raise CAStateError("the CA Secret's state names certificates or keys it does not hold")
+        for gid, cert in certs.items():
+            # A key that is not the certificate's would sign leaves no peer can verify.
+            if _public_der(cert.public_key()) != _public_der(keys[gid].public_key()):
+                raise CAStateError(f"the CA Secret's key for {gid} does not match its certificate")
         return cls(ring, certs, keys, managed, max_leaf_lifetime)
 
     def to_secret_data(self, now: float) -> dict[str, bytes]:
