@@ -239,7 +239,8 @@ print(sent)
 FLOWS, FLOW_SECONDS = 100_000, 120
 
 
-def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(cluster):
+@pytest.mark.parametrize("affinity", ["None", "ClientIP"])
+def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(cluster, affinity):
     # Between these states every service port has two or three endpoints, so each update replaces
     # a random choice among several (the case that rejected a new flow now and then).
     states = [SERVERS4[:2], SERVERS4[:3], SERVERS4[1:], SERVERS4[::2], SERVERS4[:1]]
@@ -247,7 +248,10 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
     for key in ("net.ipv4.ip_local_port_range=1024 65535", "net.netfilter.nf_conntrack_udp_timeout=1"):
         subprocess.run(["ip", "netns", "exec", cluster.client, "sysctl", "-qw", key], check=True, timeout=10)
     translation = ServiceTranslation(netns=cluster.client)
-    assert translation.apply(tuple(peer_set([service_doc(states[0], peer=False)]).peer_map.services))
+    # With ClientIP every flow comes from the pod's one address: each removal empties the port's
+    # affinity map while the flows keep coming (they then stick to the endpoint picked next).
+    doc = lambda state: service_doc(state, peer=False, affinity=affinity)  # noqa: E731
+    assert translation.apply(tuple(peer_set([doc(states[0])]).peer_map.services))
     hammer = subprocess.Popen(["ip", "netns", "exec", cluster.client, sys.executable, "-c", HAMMER, str(FLOWS),
                                str(FLOW_SECONDS)], stdout=subprocess.PIPE, text=True)
     updates = 0
@@ -256,7 +260,7 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
             if updates % 10 == 9:  # now and then a restarted sidecar: a new instance takes over the table
                 translation.close()
                 translation = ServiceTranslation(netns=cluster.client)
-            services = peer_set([service_doc(states[updates % len(states)], peer=False)]).peer_map.services
+            services = peer_set([doc(states[updates % len(states)])]).peer_map.services
             assert translation.apply(tuple(services)), translation.last_error
             updates += 1
         sent = int(hammer.communicate(timeout=FLOW_SECONDS + 30)[0])
@@ -276,6 +280,10 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
     table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
     last = states[(updates - 1) % len(states)]
     assert all(a in table for a in last)
+    if affinity == "ClientIP":  # the client's entry, if any, leads to an endpoint in force
+        maps = [block.split("\n\t}")[0] for block in table.split("\tmap aff_")[1:]]
+        recorded = {a for a in SERVERS4 for block in maps if f": {a} . 8080" in block}
+        assert recorded <= set(last), (recorded, last)
 
 
 SERVE = """

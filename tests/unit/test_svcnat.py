@@ -75,11 +75,14 @@ def test_load_balancing_and_client_ip_affinity_need_no_object_per_endpoint():
     for endpoints in (three, many):
         sticky = render((service(endpoints=endpoints, affinity=SessionAffinity.CLIENT_IP, timeout=600),))
         sticky_text = text(sticky, Objects())
-        # One affinity map, one pick chain and one record chain per service port, whatever its endpoints.
-        assert len(sticky.sets) == 1 and len(sticky.chains) == 2
+        # One affinity map, one affinity chain and one record chain per service port, whatever its
+        # endpoints; the random pick is the chain shared by all ports with as many endpoints.
+        assert len(sticky.sets) == 1 and len(sticky.chains) == 3
         assert sticky_text.count("flags dynamic,timeout; timeout 600s;") == 1
         (aff,) = sticky.sets
         assert f"meta l4proto tcp dnat ip to ip saddr map @{aff}" in sticky_text
+        assert "ip daddr . meta l4proto . th dport vmap @rnd4" in sticky_text
+        assert re.search(r"add element inet ipsec_mesh_svc rnd4 \{ 10\.96\.0\.10 \. tcp \. 80 : goto pick_", sticky_text)
         assert f"update @{aff} {{ ip saddr : ip daddr . tcp dport }}" in sticky_text
         lines.append(sticky_text.count("\n"))
     assert lines[0] == lines[1]  # 3 or 300 endpoints: the same commands (one per element map)
@@ -135,18 +138,41 @@ def test_a_new_chain_comes_one_batch_before_the_element_that_uses_it_and_goes_on
     assert again.elements["ep4tcp"] == {"10.96.0.10 . 80 . 0": "10.0.0.3 . 8080"}
 
 
-def test_affinity_keeps_its_map_while_endpoints_are_added_and_takes_a_new_one_when_one_goes():
+def test_affinity_keeps_its_map_while_endpoints_are_added_and_empties_it_when_one_goes():
     sticky = SessionAffinity.CLIENT_IP
     two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=sticky),))
     three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")], affinity=sticky),), two)
     assert set(three.active_sets) == set(two.sets)
     assert "10.96.0.10 . tcp . 80 . 10.0.0.3 . 8080" in text(three, two)  # live: the new endpoint may be recorded
+    assert "flush" not in "".join(line for line in text(three, two).splitlines() if "chain" not in line)
+    fewer = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.4")], affinity=sticky),), three)
+    # An endpoint replaced: the same map, chains and lookup elements; no object is created.
+    assert fewer.active_sets == three.active_sets and fewer.active_chains == three.active_chains
+    (aff,) = fewer.active_sets
+    unlive, switch = changes(fewer, three)
+    # First its live element goes (nothing records it any more), then, one commit later, the
+    # index elements change and the port's affinity map is emptied in the same batch.
+    assert unlive.splitlines() == [
+        "delete element inet ipsec_mesh_svc live4 { 10.96.0.10 . tcp . 80 . 10.0.0.2 . 8080 }"]
+    assert f"flush map inet ipsec_mesh_svc {aff}" in switch.splitlines()
+    assert "ep4tcp" in switch and not re.search(r"^\s*(map|chain) |svc4|rnd4|rec4|delete set", switch, re.M)
+    # A shrink switches only the port's random pick (rnd4), as svc4 without affinity.
+    two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.4")], affinity=sticky),), fewer)
+    assert two.active_sets == fewer.active_sets and "svc4" not in text(two, fewer) and "rnd4" in text(two, fewer)
+    gone = render((), fewer)
+    assert f"delete set inet ipsec_mesh_svc {aff}" not in text(gone, fewer)  # lingers one batch ...
+    assert f"delete set inet ipsec_mesh_svc {aff}" in text(render((), gone), gone)  # ... then goes
+
+
+def test_the_removal_of_an_affinity_endpoint_is_known_again_after_a_restart_between_its_two_batches():
+    sticky = SessionAffinity.CLIENT_IP
+    three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")], affinity=sticky),))
     fewer = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3")], affinity=sticky),), three)
-    assert not set(fewer.active_sets) & set(three.active_sets)
-    script = text(fewer, three)
-    assert "delete element inet ipsec_mesh_svc live4 { 10.96.0.10 . tcp . 80 . 10.0.0.2 . 8080 }" in script
-    assert "delete set" not in script  # the old map lingers one batch
-    assert f"delete set inet ipsec_mesh_svc {next(iter(two.sets))}" in text(render(fewer.parts["shop/db"][0:1], fewer), fewer)
+    # The sidecar stopped after the live element went, before the index changed and the map was emptied.
+    elements = {**three.elements, "live4": fewer.elements["live4"]}
+    kernel = Objects(frozenset(three.chains), dict.fromkeys(three.sets, 10800), elements)
+    (aff,) = three.sets
+    assert f"flush map inet ipsec_mesh_svc {aff}" in first_batch(fewer.parts["shop/db"][0:1], kernel)
 
 
 def test_services_that_come_and_go_change_only_their_own_elements():
