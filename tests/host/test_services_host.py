@@ -289,17 +289,18 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
 SERVE = """
 import socket, sys, time, threading
 deadline = time.monotonic() + float(sys.argv[1])
-def serve(address):
+def serve(endpoint):
+    address, _, port = endpoint.partition(",")  # "address" (port 8080) or "address,port"
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((address, 8080)); s.listen(64); s.settimeout(0.2)
+    s.bind((address, int(port or 8080))); s.listen(64); s.settimeout(0.2)
     while time.monotonic() < deadline:
         try:
             c, peer = s.accept()
         except OSError:
             continue
-        c.sendall(f"{address} {peer[0]}".encode()); c.close()
+        c.sendall(f"{endpoint} {peer[0]}".encode()); c.close()
 for a in sys.argv[2:]:
     threading.Thread(target=serve, args=(a,), daemon=True).start()
 print("up", flush=True)
@@ -401,6 +402,47 @@ def test_client_ip_affinity_survives_additions_and_never_returns_to_a_removed_en
             chosen |= set(served(SERVERS4, 1, timeout=1))
             time.sleep(1.5)
         assert len(chosen) >= 2
+    finally:
+        translation.close()
+        server.kill()
+        server.wait()
+
+
+def test_ipv6_client_ip_affinity_sticks_across_endpoints_on_different_ports(cluster):
+    """IPv6 endpoints listening on different ports: affinity holds, and a removed endpoint is not chosen again."""
+    tag = cluster.node.removeprefix("svcn")
+    servers = [SERVER6, "fd98:2::3", "fd98:2::4"]
+    mac = json.loads(ip("-j", "link", "show", "dev", f"s{tag}", netns=cluster.server))[0]["address"]
+    for address in servers[1:]:
+        ip("addr", "add", f"{address}/64", "dev", f"s{tag}", "nodad", netns=cluster.server)
+        ip("neigh", "replace", address, "lladdr", mac, "dev", f"ns{tag}", "nud", "permanent", netns=cluster.node)
+    endpoints = [f"{address},{8080 + n}" for n, address in enumerate(servers)]
+    server = subprocess.Popen(["ip", "netns", "exec", cluster.server, sys.executable, "-c", SERVE, "120", *endpoints],
+                              stdout=subprocess.PIPE, text=True)
+    translation = ServiceTranslation(netns=cluster.client)
+
+    def served(chosen: list[str], calls: int, timeout: int = 600) -> list[str]:
+        eps = [{"address": e.split(",")[0], "port": int(e.split(",")[1]), "peer": False} for e in chosen]
+        doc = {"namespace": "shop", "name": "db", "clusterIPs": [CLUSTER6], "sessionAffinity": "ClientIP",
+               "sessionAffinityTimeoutSeconds": timeout,
+               "ports": [{"name": "tcp", "protocol": "TCP", "port": 80, "endpoints": eps}]}
+        assert translation.apply(tuple(peer_set([doc]).peer_map.services)), translation.last_error
+        assert "note" not in translation.status()["per_service"]["shop/db"]  # affinity applied, nothing to say
+        return run_in(cluster.client, CALLS, str(calls), CLUSTER6).split()[1::3]
+
+    try:
+        assert server.stdout.readline().strip() == "up"
+        (first,) = set(served(endpoints, 30))  # 30 new connections, one endpoint (address and its port)
+        rest = [e for e in endpoints if e != first]
+        (second,) = set(served(rest, 30))  # its endpoint removed: picked again, never the removed one
+        assert second != first
+        assert set(served(endpoints, 30)) == {second}  # the removed one back: the client stays
+        chosen = set()
+        for _ in range(8):  # after the timeout passes without a new connection the choice is random again
+            chosen |= set(served(endpoints, 1, timeout=1))
+            time.sleep(1.5)
+        assert len(chosen) >= 2 and chosen <= set(endpoints)
+        assert counter(cluster.node, "inet kubeproxy", "dnat6") == 0
     finally:
         translation.close()
         server.kill()

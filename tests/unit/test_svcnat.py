@@ -89,16 +89,38 @@ def test_load_balancing_and_client_ip_affinity_need_no_object_per_endpoint():
     assert (plain.services, plain.endpoints) == (1, 3)
 
 
-def test_ipv6_affinity_maps_hold_the_address_and_dnat_to_the_common_port():
+def test_ipv6_affinity_maps_hold_the_address_one_map_per_target_port():
     v6 = service(endpoints=[ep("fd00::1"), ep("fd00::2")], affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",))
     script = first_batch((v6,))
     (aff,) = render((v6,)).sets
-    assert f"map {aff} {{ type ipv6_addr : ipv6_addr;" in script
+    assert f"map {aff} {{ type ipv6_addr : ipv6_addr;" in script and aff.endswith("_8080")
     assert f"dnat ip6 to ip6 saddr map @{aff} : 8080" in script and "{ ip6 saddr : ip6 daddr }" in script
-    mixed = service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP,
-                    ips=("fd00:96::a",))
+    # Endpoints on different ports (libnftables 1.0.6 cannot store address . port from the packet):
+    # a map per target port, the record rule of each matching the port the DNAT chose.
+    mixed = service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81), ep("fd00::3", 81)],
+                    affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",))
     table = render((mixed,))
-    assert not table.sets and "no ClientIP affinity" in table.parts["shop/db"][1].notes[0]
+    assert sorted(name.rsplit("_", 1)[1] for name in table.sets) == ["80", "81"]
+    script = first_batch((mixed,))
+    for port in (80, 81):
+        (name,) = [name for name in table.sets if name.endswith(f"_{port}")]
+        assert f"dnat ip6 to ip6 saddr map @{name} : {port}" in script
+        assert f"meta l4proto tcp tcp dport {port} update @{name} {{ ip6 saddr : ip6 daddr }}" in script
+    assert not table.parts["shop/db"][1].notes
+    # An endpoint removed: every map of the port is emptied; read back after a restart, the same.
+    fewer = render((service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP,
+                            ips=("fd00:96::a",)),), table)
+    assert fewer.flush == frozenset(table.sets) and fewer.active_sets == frozenset(table.sets)
+    kernel = Objects(frozenset(table.chains), dict.fromkeys(table.sets, 10800), table.elements)
+    assert render(fewer.parts["shop/db"][0:1], kernel).flush == frozenset(table.sets)
+    # A new target port: a map more and new chains (their rules name it), the maps the clients are in stay.
+    wider = render((service(endpoints=[*mixed.ports[0].endpoints, ep("fd00::4", 82)], affinity=SessionAffinity.CLIENT_IP,
+                            ips=("fd00:96::a",)),), table)
+    assert wider.active_sets > table.active_sets and not wider.flush
+    assert not wider.active_chains & {name for name in table.chains if not name.startswith("pick_")}
+    many = service(endpoints=[ep(f"fd00::{n}", 80 + n) for n in range(1, 10)], affinity=SessionAffinity.CLIENT_IP,
+                   ips=("fd00:96::a",))
+    assert "more than 8 target ports" in render((many,)).parts["shop/db"][1].notes[0] and not render((many,)).sets
 
 
 def test_a_service_without_usable_endpoints_is_rejected_not_passed_through():

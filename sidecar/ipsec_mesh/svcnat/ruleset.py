@@ -15,7 +15,9 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md), p
     chain pick_<h>      one per (family, protocol, endpoint count N): DNAT to
                         ep<v><p>[daddr . dport . numgen random mod N]
     map aff_<h>, chain stick_<h>, chain rec_<h>: per ClientIP service port (and timeout), for as
-                        long as the port exists: client address -> endpoint (dynamic, timeout); svc<v>
+                        long as the port exists: client address -> endpoint (dynamic, timeout; IPv6:
+                        address only, one map aff_<h>_<port> per target port, the chains' names
+                        then also hash the target ports); svc<v>
                         leads to stick_<h>, which DNATs to the client's endpoint if it has one, else
                         goes on through rnd<v> to the port's pick chain; after the DNAT, rec<v> leads
                         a new connection to rec_<h>, which records its endpoint if it is in force (live<v>)
@@ -70,6 +72,8 @@ BASE_CHAINS = ("nat_output", "filter_output", MSS_CHAIN)
 #: Entries per affinity map: the clients are this pod's own addresses (a larger size makes the kernel
 #: allocate its hash table for that many up front, which made every batch dear).
 AFFINITY_SET_SIZE = 64
+#: IPv6 target ports per service port with ClientIP affinity (each one a map and two rules); beyond, no affinity.
+MAX_AFFINITY_TARGET_PORTS = 8
 #: The element maps and sets of the header, per family (never deleted; their elements are diffed).
 PROTOCOLS = ("tcp", "udp", "sctp")
 ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "rnd", "rec", "live", "ports") for v in (4, 6))
@@ -94,6 +98,8 @@ class PortState:
     endpoints: frozenset[str] = frozenset()  # "address . port" of the endpoints in force
     #: The endpoint at each index ("address . port"), so an update keeps the survivors where they are.
     order: tuple[str, ...] = ()
+    #: The port's affinity maps: `affinity` (IPv4), `affinity`_<target port> per target port (IPv6).
+    maps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,9 @@ class Objects:
     def port_states(self) -> dict[Key, PortState]:
         """Per lookup key, the state its elements describe (as `Table.states`)."""
         states = {}
+        stems: dict[str, list[str]] = {}  # aff_<h> -> its maps (aff_<h>, or aff_<h>_<target port> per IPv6 port)
+        for name in sorted(self.sets):
+            stems.setdefault("_".join(name.split("_")[:2]), []).append(name)
         for v in (4, 6):
             counts: dict[str, int] = {}
             targets: dict[str, dict[int, str]] = {}
@@ -119,14 +128,14 @@ class Objects:
                     targets.setdefault(key, {})[int(index)] = target
             for key in self.elements.get(f"svc{v}", {}):
                 rec = self.elements.get(f"rec{v}", {}).get(key, "")
-                affinity = "aff_" + rec.removeprefix("goto rec_") if rec.startswith("goto rec_") else None
-                if affinity not in self.sets:
-                    affinity = None
+                stem = "aff_" + rec.removeprefix("goto rec_").split("_")[0] if rec.startswith("goto rec_") else None
+                maps = tuple(stems.get(stem, ())) if stem else ()
+                affinity = stem if maps else None
                 slots = targets.get(key, {})
                 states[(v, key)] = PortState(counts.get(key, 0), affinity,
-                                             self.sets.get(affinity) if affinity else None,
+                                             self.sets.get(maps[0]) if maps else None,
                                              frozenset(slots.values()) if affinity else frozenset(),
-                                             tuple(slots.get(i, "") for i in range(counts.get(key, 0))))
+                                             tuple(slots.get(i, "") for i in range(counts.get(key, 0))), maps)
         return states
 
 
@@ -198,6 +207,10 @@ def _text(address) -> str:
 
 def lookup_key(address, protocol: str, port: int) -> Key:
     return address.version, f"{_text(address)} . {protocol} . {port}"
+
+
+def _affinity_map(types: str, timeout: int) -> str:
+    return f"type {types}; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; timeout {timeout}s;"
 
 
 def _table_header() -> list[str]:
@@ -299,38 +312,50 @@ def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragmen
             pick = (f"meta l4proto {proto} dnat {fam} to {fam} daddr . {proto} dport . "
                     f"numgen random mod {len(targets)} map @ep{v}{proto}")
             # libnftables 1.0.6 cannot store an IPv6 address and a port from the packet in one
-            # map element (its register allocation asserts): IPv6 affinity maps hold the address
-            # and DNAT to the port, which must then be the same for all the port's endpoints.
-            same_port = len({ep.port for ep in endpoints}) == 1
-            if affinity and v == 6 and not same_port:
-                notes.append(f"{key[1]}: no ClientIP affinity over IPv6 endpoints with different target ports")
-            if not affinity or (v == 6 and not same_port):
+            # map element (its register allocation asserts): IPv6 affinity maps hold the address,
+            # one map per target port of the port's endpoints, each DNATing to its own port.
+            tports = sorted({ep.port for ep in endpoints}) if v == 6 else []
+            if affinity and len(tports) > MAX_AFFINITY_TARGET_PORTS:
+                notes.append(f"{key[1]}: no ClientIP affinity over IPv6 endpoints with more than "
+                             f"{MAX_AFFINITY_TARGET_PORTS} target ports")
+            if not affinity or len(tports) > MAX_AFFINITY_TARGET_PORTS:
                 elements.setdefault(f"svc{v}", {})[key[1]] = f"goto {_chain(chains, (pick,))}"
                 states[key] = PortState(len(targets), order=targets)
                 continue
-            # One affinity map per service port (and timeout), for as long as the port exists: a removed
-            # endpoint empties it (`render`), so affinity never leads to it and no object is made.
+            # One affinity map per service port (and timeout; IPv6: and target port), for as long as the
+            # port exists: a removed endpoint empties it (`render`), so affinity never leads to it.
+            # Its chains hold a rule per IPv6 target port: named after them too, so a new target port
+            # makes new chains but keeps the maps (and their clients).
             suffix = _name("aff", key, timeout).removeprefix("aff_")
-            aff, stick, rec = f"aff_{suffix}", f"stick_{suffix}", f"rec_{suffix}"
-            data, recorded, to = ((f"{addr} . inet_service", f"{fam} daddr . {proto} dport", f"{fam} saddr map @{aff}")
-                                  if v == 4 else (addr, f"{fam} daddr", f"{fam} saddr map @{aff} : {endpoints[0].port}"))
-            sets[aff] = (f"type {addr} : {data}; size {AFFINITY_SET_SIZE}; flags dynamic,timeout; "
-                         f"timeout {timeout}s;")
+            rules = suffix + (_name("", *tports)[:9] if tports else "")
+            stem, stick, rec = f"aff_{suffix}", f"stick_{rules}", f"rec_{rules}"
+            live_check = (f"meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst . "
+                          f"{fam} daddr . {proto} dport != @live{v} return")
+            if v == 4:
+                maps = (stem,)
+                sets[stem] = _affinity_map(f"{addr} : {addr} . inet_service", timeout)
+                dnats = (f"meta l4proto {proto} dnat {fam} to {fam} saddr map @{stem}",)
+                records = (f"update @{stem} {{ {fam} saddr : {fam} daddr . {proto} dport }}",)
+            else:
+                maps = tuple(f"{stem}_{tport}" for tport in tports)
+                for name in maps:
+                    sets[name] = _affinity_map(f"{addr} : {addr}", timeout)
+                dnats = tuple(f"meta l4proto {proto} dnat {fam} to {fam} saddr map @{name} : {tport}"
+                              for name, tport in zip(maps, tports, strict=True))
+                records = tuple(f"meta l4proto {proto} {proto} dport {tport} update @{name} {{ {fam} saddr : {fam} daddr }}"
+                                for name, tport in zip(maps, tports, strict=True))
             # The client's endpoint if it has one, else the random pick, through rnd<v>: a new endpoint
             # count switches that element like svc<v>'s without affinity, the port's chain stays.
-            chains[stick] = (f"meta l4proto {proto} dnat {fam} to {to}",
-                             f"{fam} daddr . meta l4proto . th dport vmap @rnd{v}")
+            chains[stick] = (*dnats, f"{fam} daddr . meta l4proto . th dport vmap @rnd{v}")
             elements.setdefault(f"svc{v}", {})[key[1]] = f"goto {stick}"
             elements.setdefault(f"rnd{v}", {})[key[1]] = f"goto {_chain(chains, (pick,))}"
             # After the DNAT: a new connection to an endpoint in force refreshes (or sets) its client's entry.
-            chains[rec] = (f"meta l4proto {proto} ct original {fam} daddr . meta l4proto . ct original proto-dst . "
-                           f"{fam} daddr . {proto} dport != @live{v} return",
-                           f"update @{aff} {{ {fam} saddr : {recorded} }}")
+            chains[rec] = (live_check, *records)
             elements.setdefault(f"rec{v}", {})[key[1]] = f"goto {rec}"
             live = elements.setdefault(f"live{v}", {})
             for target in targets:
                 live[f"{key[1]} . {target}"] = ""
-            states[key] = PortState(len(targets), aff, timeout, frozenset(targets), targets)
+            states[key] = PortState(len(targets), stem, timeout, frozenset(targets), targets, maps)
     return Fragment(chains, sets, elements, states, endpoint_count, tail, tuple(notes))
 
 
@@ -376,9 +401,10 @@ def render(services: tuple[ServiceEntry, ...], previous: Table | Objects | None 
                     ep_map[index] = old[index]
     # A port that lost an endpoint empties its affinity map (`changes`: in the batch after the one that took the
     # endpoint out of live<v>, so nothing records it again before the map is emptied).
-    flush = frozenset(state.affinity for key, state in states.items()
+    flush = frozenset(name for key, state in states.items()
                       if state.affinity is not None and (old := before.get(key)) is not None
-                      and old.affinity == state.affinity and old.endpoints - state.endpoints)
+                      and old.affinity == state.affinity and old.endpoints - state.endpoints
+                      for name in state.maps)
     active_chains, active_sets = frozenset(chains), frozenset(sets)
     # What the last batch used and this one does not lingers until the next one (module docstring).
     for name, rules in lingering_chains.items():
