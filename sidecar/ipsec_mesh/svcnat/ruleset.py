@@ -6,7 +6,7 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md), p
     map ep<v><p>  per protocol p: (cluster IP . port . index) -> endpoint address . port
     set ports<v>  every translated (cluster IP . protocol . port)
     counter untranslated
-    chain nat_output    type nat hook output priority -100: looks up svc<v>
+    chain nat_output    type nat hook output priority -100: looks up stick<v> (jump), then svc<v>
     chain filter_output type filter hook output priority 0: a packet still addressed to a service
                         port here had no usable endpoint: counted and rejected (never sent to the
                         node unencrypted); new connections of ClientIP ports are recorded (rec<v>)
@@ -17,16 +17,16 @@ Layout of the table the mesh owns, ``inet ipsec_mesh_svc`` (docs/services.md), p
     map aff_<h>, chain stick_<h>, chain rec_<h>: per ClientIP service port (and timeout), for as
                         long as the port exists: client address -> endpoint (dynamic, timeout; IPv6:
                         address only, one map aff_<h>_<port> per target port, the chains' names
-                        then also hash the target ports); svc<v>
-                        leads to stick_<h>, which DNATs to the client's endpoint if it has one, else
-                        goes on through rnd<v> to the port's pick chain; after the DNAT, rec<v> leads
-                        a new connection to rec_<h>, which records its endpoint if it is in force (live<v>)
-    map rnd<v>, map rec<v>, set live<v>: the ClientIP ports' pick chains, record chains and endpoints
+                        then also hash the target ports); stick<v> jumps to stick_<h>, which DNATs
+                        to the client's endpoint if it has one, else returns to svc<v>'s random pick;
+                        after the DNAT, rec<v> leads a new connection to rec_<h>, which records its
+                        endpoint if it is in force (live<v>)
+    map stick<v>, map rec<v>, set live<v>: the ClientIP ports' affinity and record chains, endpoints
 
 An update is a handful of element commands whatever the number of Services it changes: the
 endpoints of a service port are elements of ep<v> (an endpoint that stays keeps its index, so
 a replaced endpoint is one element), and a change of its endpoint count switches its svc<v>
-element (rnd<v> with affinity) to another pick chain (delete and add in one batch, which the
+element to another pick chain (delete and add in one batch, which the
 kernel commits at once). Chains are named after their rules and never modified, so no packet
 ever meets a rule (or its anonymous set) that the batch replaces: a rule flushed in the batch
 whose commit a packet straddles made its lookup miss (the packet was then rejected in the pod,
@@ -76,7 +76,7 @@ AFFINITY_SET_SIZE = 64
 MAX_AFFINITY_TARGET_PORTS = 8
 #: The element maps and sets of the header, per family (never deleted; their elements are diffed).
 PROTOCOLS = ("tcp", "udp", "sctp")
-ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "rnd", "rec", "live", "ports") for v in (4, 6))
+ELEMENT_SETS = (tuple(f"{name}{v}" for name in ("svc", "stick", "rec", "live", "ports") for v in (4, 6))
                 + tuple(f"ep{v}{proto}" for v in (4, 6) for proto in PROTOCOLS))
 
 _ADDR = {4: ("ip", "ipv4_addr"), 6: ("ip6", "ipv6_addr")}
@@ -225,7 +225,7 @@ def _table_header() -> list[str]:
         lines += [f"  map ep{v}{proto} {{ typeof {fam} daddr . {proto} dport . numgen random mod 1 : "
                   f"{fam} daddr . {proto} dport; }}" for proto in PROTOCOLS]
         lines += [f"  map svc{v} {{ type {key} : verdict; }}",
-                  f"  map rnd{v} {{ type {key} : verdict; }}",
+                  f"  map stick{v} {{ type {key} : verdict; }}",
                   f"  map rec{v} {{ type {key} : verdict; }}",
                   f"  set live{v} {{ type {key} . {addr} . inet_service; }}",
                   f"  set ports{v} {{ type {key}; }}"]
@@ -239,7 +239,8 @@ def _table_header() -> list[str]:
 
 #: The base chains' rules (re-added only after a start; they hold no anonymous set a miss would matter in).
 _BASE_RULES = (
-    ("nat_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport vmap @svc{v}" for v in (4, 6))),
+    ("nat_output", tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport vmap @{name}{v}"
+                         for name in ("stick", "svc") for v in (4, 6))),
     ("filter_output",
      tuple(f"{_ADDR[v][0]} daddr . meta l4proto . th dport @ports{v} counter name {UNTRANSLATED_COUNTER} reject"
            for v in (4, 6))
@@ -344,11 +345,12 @@ def _fragment(service: ServiceEntry, before: Mapping[Key, PortState]) -> Fragmen
                               for name, tport in zip(maps, tports, strict=True))
                 records = tuple(f"meta l4proto {proto} {proto} dport {tport} update @{name} {{ {fam} saddr : {fam} daddr }}"
                                 for name, tport in zip(maps, tports, strict=True))
-            # The client's endpoint if it has one, else the random pick, through rnd<v>: a new endpoint
-            # count switches that element like svc<v>'s without affinity, the port's chain stays.
-            chains[stick] = (*dnats, f"{fam} daddr . meta l4proto . th dport vmap @rnd{v}")
-            elements.setdefault(f"svc{v}", {})[key[1]] = f"goto {stick}"
-            elements.setdefault(f"rnd{v}", {})[key[1]] = f"goto {_chain(chains, (pick,))}"
+            # The client's endpoint if it has one (a DNAT accepts), else back in nat_output to svc<v>'s
+            # random pick, as without affinity. No jump out of stick_<h>: the kernel checks every chain a
+            # verdict-map change makes reachable, and a jump per port to a map of all ports made that quadratic.
+            chains[stick] = dnats
+            elements.setdefault(f"stick{v}", {})[key[1]] = f"jump {stick}"
+            elements.setdefault(f"svc{v}", {})[key[1]] = f"goto {_chain(chains, (pick,))}"
             # After the DNAT: a new connection to an endpoint in force refreshes (or sets) its client's entry.
             chains[rec] = (live_check, *records)
             elements.setdefault(f"rec{v}", {})[key[1]] = f"goto {rec}"
@@ -401,10 +403,12 @@ def render(services: tuple[ServiceEntry, ...], previous: Table | Objects | None 
                     ep_map[index] = old[index]
     # A port that lost an endpoint empties its affinity map (`changes`: in the batch after the one that took the
     # endpoint out of live<v>, so nothing records it again before the map is emptied).
+    # An IPv6 port's map of a target port that goes is emptied too: wanted again before it is deleted, it
+    # would otherwise lead its clients back to the removed endpoint.
     flush = frozenset(name for key, state in states.items()
                       if state.affinity is not None and (old := before.get(key)) is not None
                       and old.affinity == state.affinity and old.endpoints - state.endpoints
-                      for name in state.maps)
+                      for name in (*state.maps, *old.maps))
     active_chains, active_sets = frozenset(chains), frozenset(sets)
     # What the last batch used and this one does not lingers until the next one (module docstring).
     for name, rules in lingering_chains.items():
