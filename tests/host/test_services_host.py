@@ -239,7 +239,8 @@ print(sent)
 FLOWS, FLOW_SECONDS = 100_000, 120
 
 
-def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(cluster):
+@pytest.mark.parametrize("affinity", ["None", "ClientIP"])
+def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(cluster, affinity):
     # Between these states every service port has two or three endpoints, so each update replaces
     # a random choice among several (the case that rejected a new flow now and then).
     states = [SERVERS4[:2], SERVERS4[:3], SERVERS4[1:], SERVERS4[::2], SERVERS4[:1]]
@@ -247,7 +248,10 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
     for key in ("net.ipv4.ip_local_port_range=1024 65535", "net.netfilter.nf_conntrack_udp_timeout=1"):
         subprocess.run(["ip", "netns", "exec", cluster.client, "sysctl", "-qw", key], check=True, timeout=10)
     translation = ServiceTranslation(netns=cluster.client)
-    assert translation.apply(tuple(peer_set([service_doc(states[0], peer=False)]).peer_map.services))
+    # With ClientIP every flow comes from the pod's one address: each removal empties the port's
+    # affinity map while the flows keep coming (they then stick to the endpoint picked next).
+    doc = lambda state: service_doc(state, peer=False, affinity=affinity)  # noqa: E731
+    assert translation.apply(tuple(peer_set([doc(states[0])]).peer_map.services))
     hammer = subprocess.Popen(["ip", "netns", "exec", cluster.client, sys.executable, "-c", HAMMER, str(FLOWS),
                                str(FLOW_SECONDS)], stdout=subprocess.PIPE, text=True)
     updates = 0
@@ -256,7 +260,7 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
             if updates % 10 == 9:  # now and then a restarted sidecar: a new instance takes over the table
                 translation.close()
                 translation = ServiceTranslation(netns=cluster.client)
-            services = peer_set([service_doc(states[updates % len(states)], peer=False)]).peer_map.services
+            services = peer_set([doc(states[updates % len(states)])]).peer_map.services
             assert translation.apply(tuple(services)), translation.last_error
             updates += 1
         sent = int(hammer.communicate(timeout=FLOW_SECONDS + 30)[0])
@@ -276,22 +280,27 @@ def test_endpoint_changes_swap_atomically_while_new_connections_keep_coming(clus
     table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
     last = states[(updates - 1) % len(states)]
     assert all(a in table for a in last)
+    if affinity == "ClientIP":  # the client's entry, if any, leads to an endpoint in force
+        maps = [block.split("\n\t}")[0] for block in table.split("\tmap aff_")[1:]]
+        recorded = {a for a in SERVERS4 for block in maps if f": {a} . 8080" in block}
+        assert recorded <= set(last), (recorded, last)
 
 
 SERVE = """
 import socket, sys, time, threading
 deadline = time.monotonic() + float(sys.argv[1])
-def serve(address):
+def serve(endpoint):
+    address, _, port = endpoint.partition(",")  # "address" (port 8080) or "address,port"
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((address, 8080)); s.listen(64); s.settimeout(0.2)
+    s.bind((address, int(port or 8080))); s.listen(64); s.settimeout(0.2)
     while time.monotonic() < deadline:
         try:
             c, peer = s.accept()
         except OSError:
             continue
-        c.sendall(f"{address} {peer[0]}".encode()); c.close()
+        c.sendall(f"{endpoint} {peer[0]}".encode()); c.close()
 for a in sys.argv[2:]:
     threading.Thread(target=serve, args=(a,), daemon=True).start()
 print("up", flush=True)
@@ -393,6 +402,47 @@ def test_client_ip_affinity_survives_additions_and_never_returns_to_a_removed_en
             chosen |= set(served(SERVERS4, 1, timeout=1))
             time.sleep(1.5)
         assert len(chosen) >= 2
+    finally:
+        translation.close()
+        server.kill()
+        server.wait()
+
+
+def test_ipv6_client_ip_affinity_sticks_across_endpoints_on_different_ports(cluster):
+    """IPv6 endpoints listening on different ports: affinity holds, and a removed endpoint is not chosen again."""
+    tag = cluster.node.removeprefix("svcn")
+    servers = [SERVER6, "fd98:2::3", "fd98:2::4"]
+    mac = json.loads(ip("-j", "link", "show", "dev", f"s{tag}", netns=cluster.server))[0]["address"]
+    for address in servers[1:]:
+        ip("addr", "add", f"{address}/64", "dev", f"s{tag}", "nodad", netns=cluster.server)
+        ip("neigh", "replace", address, "lladdr", mac, "dev", f"ns{tag}", "nud", "permanent", netns=cluster.node)
+    endpoints = [f"{address},{8080 + n}" for n, address in enumerate(servers)]
+    server = subprocess.Popen(["ip", "netns", "exec", cluster.server, sys.executable, "-c", SERVE, "120", *endpoints],
+                              stdout=subprocess.PIPE, text=True)
+    translation = ServiceTranslation(netns=cluster.client)
+
+    def served(chosen: list[str], calls: int, timeout: int = 600) -> list[str]:
+        eps = [{"address": e.split(",")[0], "port": int(e.split(",")[1]), "peer": False} for e in chosen]
+        doc = {"namespace": "shop", "name": "db", "clusterIPs": [CLUSTER6], "sessionAffinity": "ClientIP",
+               "sessionAffinityTimeoutSeconds": timeout,
+               "ports": [{"name": "tcp", "protocol": "TCP", "port": 80, "endpoints": eps}]}
+        assert translation.apply(tuple(peer_set([doc]).peer_map.services)), translation.last_error
+        assert "note" not in translation.status()["per_service"]["shop/db"]  # affinity applied, nothing to say
+        return run_in(cluster.client, CALLS, str(calls), CLUSTER6).split()[1::3]
+
+    try:
+        assert server.stdout.readline().strip() == "up"
+        (first,) = set(served(endpoints, 30))  # 30 new connections, one endpoint (address and its port)
+        rest = [e for e in endpoints if e != first]
+        (second,) = set(served(rest, 30))  # its endpoint removed: picked again, never the removed one
+        assert second != first
+        assert set(served(endpoints, 30)) == {second}  # the removed one back: the client stays
+        chosen = set()
+        for _ in range(8):  # after the timeout passes without a new connection the choice is random again
+            chosen |= set(served(endpoints, 1, timeout=1))
+            time.sleep(1.5)
+        assert len(chosen) >= 2 and chosen <= set(endpoints)
+        assert counter(cluster.node, "inet kubeproxy", "dnat6") == 0
     finally:
         translation.close()
         server.kill()

@@ -75,27 +75,59 @@ def test_load_balancing_and_client_ip_affinity_need_no_object_per_endpoint():
     for endpoints in (three, many):
         sticky = render((service(endpoints=endpoints, affinity=SessionAffinity.CLIENT_IP, timeout=600),))
         sticky_text = text(sticky, Objects())
-        # One affinity map, one pick chain and one record chain per service port, whatever its endpoints.
-        assert len(sticky.sets) == 1 and len(sticky.chains) == 2
+        # One affinity map, one affinity chain and one record chain per service port, whatever its
+        # endpoints; the random pick is the chain shared by all ports with as many endpoints.
+        assert len(sticky.sets) == 1 and len(sticky.chains) == 3
         assert sticky_text.count("flags dynamic,timeout; timeout 600s;") == 1
         (aff,) = sticky.sets
         assert f"meta l4proto tcp dnat ip to ip saddr map @{aff}" in sticky_text
+        assert "ip daddr . meta l4proto . th dport vmap @stick4" in sticky_text  # before svc4's random pick
+        assert sticky_text.index("vmap @stick4") < sticky_text.index("vmap @svc4")
+        assert re.search(r"add element inet ipsec_mesh_svc stick4 \{ 10\.96\.0\.10 \. tcp \. 80 : jump stick_", sticky_text)
+        assert re.search(r"add element inet ipsec_mesh_svc svc4 \{ 10\.96\.0\.10 \. tcp \. 80 : goto pick_", sticky_text)
         assert f"update @{aff} {{ ip saddr : ip daddr . tcp dport }}" in sticky_text
         lines.append(sticky_text.count("\n"))
     assert lines[0] == lines[1]  # 3 or 300 endpoints: the same commands (one per element map)
     assert (plain.services, plain.endpoints) == (1, 3)
 
 
-def test_ipv6_affinity_maps_hold_the_address_and_dnat_to_the_common_port():
+def test_ipv6_affinity_maps_hold_the_address_one_map_per_target_port():
     v6 = service(endpoints=[ep("fd00::1"), ep("fd00::2")], affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",))
     script = first_batch((v6,))
     (aff,) = render((v6,)).sets
-    assert f"map {aff} {{ type ipv6_addr : ipv6_addr;" in script
+    assert f"map {aff} {{ type ipv6_addr : ipv6_addr;" in script and aff.endswith("_8080")
     assert f"dnat ip6 to ip6 saddr map @{aff} : 8080" in script and "{ ip6 saddr : ip6 daddr }" in script
-    mixed = service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP,
-                    ips=("fd00:96::a",))
+    # Endpoints on different ports (libnftables 1.0.6 cannot store address . port from the packet):
+    # a map per target port, the record rule of each matching the port the DNAT chose.
+    mixed = service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81), ep("fd00::3", 81)],
+                    affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",))
     table = render((mixed,))
-    assert not table.sets and "no ClientIP affinity" in table.parts["shop/db"][1].notes[0]
+    assert sorted(name.rsplit("_", 1)[1] for name in table.sets) == ["80", "81"]
+    script = first_batch((mixed,))
+    for port in (80, 81):
+        (name,) = [name for name in table.sets if name.endswith(f"_{port}")]
+        assert f"dnat ip6 to ip6 saddr map @{name} : {port}" in script
+        assert f"meta l4proto tcp tcp dport {port} update @{name} {{ ip6 saddr : ip6 daddr }}" in script
+    assert not table.parts["shop/db"][1].notes
+    # An endpoint removed: every map of the port is emptied; read back after a restart, the same.
+    fewer = render((service(endpoints=[ep("fd00::1", 80), ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP,
+                            ips=("fd00:96::a",)),), table)
+    assert fewer.flush == frozenset(table.sets) and fewer.active_sets == frozenset(table.sets)
+    # The only endpoint on port 80 goes: its map goes too, emptied first (it lingers one batch, and its
+    # entries must not come back with an endpoint on port 80 in the meantime).
+    only81 = render((service(endpoints=[ep("fd00::2", 81)], affinity=SessionAffinity.CLIENT_IP, ips=("fd00:96::a",)),),
+                    fewer)
+    assert only81.flush == frozenset(table.sets) and len(only81.active_sets) == 1
+    kernel = Objects(frozenset(table.chains), dict.fromkeys(table.sets, 10800), table.elements)
+    assert render(fewer.parts["shop/db"][0:1], kernel).flush == frozenset(table.sets)
+    # A new target port: a map more and new chains (their rules name it), the maps the clients are in stay.
+    wider = render((service(endpoints=[*mixed.ports[0].endpoints, ep("fd00::4", 82)], affinity=SessionAffinity.CLIENT_IP,
+                            ips=("fd00:96::a",)),), table)
+    assert wider.active_sets > table.active_sets and not wider.flush
+    assert not wider.active_chains & {name for name in table.chains if not name.startswith("pick_")}
+    many = service(endpoints=[ep(f"fd00::{n}", 80 + n) for n in range(1, 10)], affinity=SessionAffinity.CLIENT_IP,
+                   ips=("fd00:96::a",))
+    assert "more than 8 target ports" in render((many,)).parts["shop/db"][1].notes[0] and not render((many,)).sets
 
 
 def test_a_service_without_usable_endpoints_is_rejected_not_passed_through():
@@ -135,18 +167,41 @@ def test_a_new_chain_comes_one_batch_before_the_element_that_uses_it_and_goes_on
     assert again.elements["ep4tcp"] == {"10.96.0.10 . 80 . 0": "10.0.0.3 . 8080"}
 
 
-def test_affinity_keeps_its_map_while_endpoints_are_added_and_takes_a_new_one_when_one_goes():
+def test_affinity_keeps_its_map_while_endpoints_are_added_and_empties_it_when_one_goes():
     sticky = SessionAffinity.CLIENT_IP
     two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2")], affinity=sticky),))
     three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")], affinity=sticky),), two)
     assert set(three.active_sets) == set(two.sets)
     assert "10.96.0.10 . tcp . 80 . 10.0.0.3 . 8080" in text(three, two)  # live: the new endpoint may be recorded
+    assert "flush" not in "".join(line for line in text(three, two).splitlines() if "chain" not in line)
+    fewer = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3"), ep("10.0.0.4")], affinity=sticky),), three)
+    # An endpoint replaced: the same map, chains and lookup elements; no object is created.
+    assert fewer.active_sets == three.active_sets and fewer.active_chains == three.active_chains
+    (aff,) = fewer.active_sets
+    unlive, switch = changes(fewer, three)
+    # First its live element goes (nothing records it any more), then, one commit later, the
+    # index elements change and the port's affinity map is emptied in the same batch.
+    assert unlive.splitlines() == [
+        "delete element inet ipsec_mesh_svc live4 { 10.96.0.10 . tcp . 80 . 10.0.0.2 . 8080 }"]
+    assert f"flush map inet ipsec_mesh_svc {aff}" in switch.splitlines()
+    assert "ep4tcp" in switch and not re.search(r"^\s*(map|chain) |svc4|stick4|rec4|delete set", switch, re.M)
+    # A shrink switches only the port's random pick (svc4), as without affinity.
+    two = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.4")], affinity=sticky),), fewer)
+    assert two.active_sets == fewer.active_sets and "stick4" not in text(two, fewer) and "svc4" in text(two, fewer)
+    gone = render((), fewer)
+    assert f"delete set inet ipsec_mesh_svc {aff}" not in text(gone, fewer)  # lingers one batch ...
+    assert f"delete set inet ipsec_mesh_svc {aff}" in text(render((), gone), gone)  # ... then goes
+
+
+def test_the_removal_of_an_affinity_endpoint_is_known_again_after_a_restart_between_its_two_batches():
+    sticky = SessionAffinity.CLIENT_IP
+    three = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")], affinity=sticky),))
     fewer = render((service(endpoints=[ep("10.0.0.1"), ep("10.0.0.3")], affinity=sticky),), three)
-    assert not set(fewer.active_sets) & set(three.active_sets)
-    script = text(fewer, three)
-    assert "delete element inet ipsec_mesh_svc live4 { 10.96.0.10 . tcp . 80 . 10.0.0.2 . 8080 }" in script
-    assert "delete set" not in script  # the old map lingers one batch
-    assert f"delete set inet ipsec_mesh_svc {next(iter(two.sets))}" in text(render(fewer.parts["shop/db"][0:1], fewer), fewer)
+    # The sidecar stopped after the live element went, before the index changed and the map was emptied.
+    elements = {**three.elements, "live4": fewer.elements["live4"]}
+    kernel = Objects(frozenset(three.chains), dict.fromkeys(three.sets, 10800), elements)
+    (aff,) = three.sets
+    assert f"flush map inet ipsec_mesh_svc {aff}" in first_batch(fewer.parts["shop/db"][0:1], kernel)
 
 
 def test_services_that_come_and_go_change_only_their_own_elements():
