@@ -37,7 +37,7 @@ from ipsec_mesh.agent.peers import PeerSet  # noqa: E402
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane  # noqa: E402
 from ipsec_mesh.meshapi import PeerMap  # noqa: E402
 from ipsec_mesh.svcnat import ServiceTranslation, render  # noqa: E402
-from ipsec_mesh.svcnat.mtu import route_mtu  # noqa: E402
+from ipsec_mesh.svcnat.mtu import route_mtu, route_mtus  # noqa: E402
 
 LOCAL = "10.0.0.1"
 ENDPOINT_BASE = int(ipaddress.ip_address("10.64.0.0"))
@@ -115,8 +115,10 @@ def bench(services: int, few: int, rounds: int) -> None:
                             record(f"translation update ({what})", timed(lambda: translation.apply(maps[new].services)))
                             addresses = {a for svc in maps[new].services for a in svc.cluster_ips}
                             addresses |= {e.address for svc in maps[new].services for p in svc.ports for e in p.endpoints}
-                            record(f"route MTU reads, uncached ({len(addresses)} addresses)",
+                            record(f"route MTU reads, uncached, a socket each ({len(addresses)} addresses)",
                                    timed(lambda: translation._nft._call(lambda: [route_mtu(a) for a in addresses])))
+                            record(f"route MTU reads, uncached, a socket per family ({len(addresses)} addresses)",
+                                   timed(lambda: translation._nft._call(lambda: route_mtus(addresses))))
                             assert not translation.last_error, translation.last_error
                             record(f"XFRM policy update ({what})", timed(lambda: plane.update_peers(sets[old], sets[new])))
                     assert plane.errors == 0

@@ -486,10 +486,16 @@ def test_the_client_socket_of_a_translated_connection_leaves_room_for_esp(cluste
 def test_route_mtus_are_read_again_only_for_new_addresses_or_after_a_route_change(cluster, monkeypatch):
     """The MSS clamp's route MTU reads do not grow with unchanged endpoints, and follow a link's MTU."""
     from ipsec_mesh.svcnat import nft as nft_module
-    from ipsec_mesh.svcnat.mtu import mss_clamp, route_mtu
+    from ipsec_mesh.svcnat.mtu import mss_clamp, route_mtus
 
     reads = []
-    monkeypatch.setattr(nft_module, "route_mtu", lambda address: reads.append(address) or route_mtu(address))
+
+    def counted(addresses):
+        asked = list(addresses)
+        reads.extend(asked)
+        return route_mtus(asked)
+
+    monkeypatch.setattr(nft_module, "route_mtus", counted)
     translation = ServiceTranslation(netns=cluster.client)
     try:
         apply = lambda endpoints: translation.apply(tuple(peer_set([service_doc(endpoints, peer=False)]).peer_map.services))
@@ -545,3 +551,19 @@ add element inet ipsec_mesh_svc svc4 {{ {CLUSTER4} . tcp . 80 : goto svc_0123456
         translation.close()
     table = nft_list(cluster.client, "list", "table", "inet", "ipsec_mesh_svc")
     assert "0123456789abcdef" not in table and f"{CLUSTER4} . tcp . 80 : goto pick_" in table
+
+
+def test_route_mtus_read_every_address_with_one_socket_per_family_and_a_fresh_one_after_no_route(cluster):
+    """Routed and unrouted addresses of both families mixed: each gets its own route's MTU, or None."""
+    ip("link", "set", "dev", f"nc{cluster.client[4:]}", "mtu", "1400", netns=cluster.node)
+    asked = ["10.98.1.7", "203.0.113.7", "10.98.2.7", "fd98:1::7", "2001:db8::7", "fd98:2::7", "10.98.1.8"]
+    script = ("import ipaddress, json, sys\nfrom ipsec_mesh.svcnat.mtu import route_mtu, route_mtus\n"
+              "addresses = [ipaddress.ip_address(a) for a in sys.argv[1:]]\n"
+              "print(json.dumps([[str(a), m] for a, m in route_mtus(addresses).items()]"
+              " + [[str(a), route_mtu(a)] for a in addresses]))\n")
+    out = subprocess.run(["ip", "netns", "exec", cluster.node, sys.executable, "-c", script, *asked],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    together, one_by_one = json.loads(out)[:len(asked)], json.loads(out)[len(asked):]
+    expected = {"10.98.1.7": 1400, "203.0.113.7": None, "10.98.2.7": 1500, "fd98:1::7": 1400,
+                "2001:db8::7": None, "fd98:2::7": 1500, "10.98.1.8": 1400}
+    assert dict(together) == expected and dict(one_by_one) == expected

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Iterable
 
 from ..ike.constants import EncrId
 from ..ike.proposals import ENCR_NAMES
@@ -58,21 +59,38 @@ def mss_clamp(path_mtu: int, version: int) -> int:
     return esp_inner_mtu(path_mtu, version) - IP_HEADER[version] - TCP_HEADER
 
 
-def route_mtu(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
-    """The MTU of the route the calling thread's namespace uses for `address` (None: no route).
+def route_mtus(addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> dict:
+    """address -> the MTU of the route the calling thread's namespace uses for it (None: no route).
 
     A connected UDP socket reads it (IP_MTU); no packet is sent. The socket bypasses IPsec so a
-    peer's address gives the route under its SA, not the SA's (already reduced) one.
+    peer's address gives the route under its SA, not the SA's (already reduced) one. One socket
+    per family is connected to address after address (a socket each cost ten times as much);
+    after a refused connect the next address gets a fresh socket, so no earlier route lingers.
     """
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    level, option = (socket.IPPROTO_IP, IP_MTU) if address.version == 4 else (socket.IPPROTO_IPV6, IPV6_MTU)
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        try:
-            socket_bypass(sock)
-        except XfrmError:
-            pass  # a kernel without XFRM has no SA route to avoid either
-        try:
-            sock.connect((str(address), 9))
-            return sock.getsockopt(level, option)
-        except OSError:
-            return None
+    mtus: dict = {}
+    sockets: dict[int, socket.socket] = {}
+    try:
+        for address in addresses:
+            v = address.version
+            if v not in sockets:
+                sockets[v] = socket.socket(socket.AF_INET if v == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+                try:
+                    socket_bypass(sockets[v])
+                except XfrmError:
+                    pass  # a kernel without XFRM has no SA route to avoid either
+            level, option = (socket.IPPROTO_IP, IP_MTU) if v == 4 else (socket.IPPROTO_IPV6, IPV6_MTU)
+            try:
+                sockets[v].connect((str(address), 9))
+                mtus[address] = sockets[v].getsockopt(level, option)
+            except OSError:
+                mtus[address] = None
+                sockets.pop(v).close()
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    return mtus
+
+
+def route_mtu(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int | None:
+    """The MTU of the route to one address (None: no route); see route_mtus."""
+    return route_mtus((address,))[address]

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..xfrm.netns import setns
-from .mtu import route_mtu
+from .mtu import route_mtus
 from .routes import RT_PROTO
 from .routewatch import RouteWatch
 from .ruleset import BASE_CHAINS, ELEMENT_SETS, FAMILY, OFFLOAD_SET, TABLE, UNTRANSLATED_COUNTER, Objects
@@ -70,7 +70,7 @@ class Nft:
         return output
 
     def route_mtus(self, addresses) -> dict:
-        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtu.
+        """address -> the MTU of its route in this namespace (None: no route); see mtu.route_mtus.
 
         Kept from one call to the next until the namespace's routes, links or addresses change
         (or MTU_MAX_AGE passes, for path MTUs learned from ICMP, which send no notification), so
@@ -85,8 +85,9 @@ class Nft:
             self._routes = RouteWatch(ignore_protocol=RT_PROTO)
         if self._routes.changed() or now - self._mtus_since > MTU_MAX_AGE:
             self._mtus, self._mtus_since = {}, now
-        self._mtus = {address: self._mtus[address] if address in self._mtus else route_mtu(address)
-                      for address in addresses}  # only the addresses asked for: bounded by the map
+        known = {address: self._mtus[address] for address in addresses if address in self._mtus}
+        # Only the addresses asked for are kept: bounded by the map.
+        self._mtus = known | route_mtus(address for address in addresses if address not in known)
         return dict(self._mtus)
 
     def run_json(self, commands: list) -> list:
