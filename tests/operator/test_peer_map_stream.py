@@ -15,6 +15,8 @@ import socket
 import ssl
 import time
 
+import pytest
+
 from ipsec_mesh.meshapi import PeerMap
 from ipsec_mesh_operator import metrics
 from ipsec_mesh_operator.model.settings import OperatorConfig
@@ -138,7 +140,11 @@ async def test_a_change_wakes_only_the_streams_of_the_maps_it_changed(tmp_path):
             cache.close()
 
 
-async def test_a_watcher_that_does_not_read_is_dropped_and_counted_not_buffered(tmp_path):
+@pytest.mark.parametrize("bound", ["unread bytes", "write timeout"])
+async def test_a_watcher_that_does_not_read_is_dropped_and_counted_not_buffered(tmp_path, monkeypatch, bound):
+    if bound == "write timeout":  # the unread-bytes check out of the way: the frame that does not leave ends it
+        monkeypatch.setattr(watch, "STREAM_UNREAD_LIMIT", 1 << 40)
+        monkeypatch.setattr(watch, "STREAM_WRITE_TIMEOUT", 0.5)
     async with running(tmp_path) as operator:
         dropped = counter(metrics.PEER_MAP_STREAMS_DROPPED, "unread")
         stream = await open_stream(operator, receive_buffer=4096)  # and never read again
@@ -150,6 +156,10 @@ async def test_a_watcher_that_does_not_read_is_dropped_and_counted_not_buffered(
                 await asyncio.sleep(0)
                 if counter(metrics.PEER_MAP_STREAMS_DROPPED, "unread") > dropped:
                     break
+            for _ in range(200):  # a write waiting for the client ends at its timeout
+                if counter(metrics.PEER_MAP_STREAMS_DROPPED, "unread") > dropped:
+                    break
+                await asyncio.sleep(0.05)
             assert counter(metrics.PEER_MAP_STREAMS_DROPPED, "unread") == dropped + 1
             for _ in range(100):
                 if ("shop", "web") not in runtime.requests_in_flight:
