@@ -85,8 +85,10 @@ async def stream_peer_maps(request: web.Request, runtime: OperatorRuntime, pod: 
             if delivery is None:
                 await _send(request, response, HEARTBEAT)
             else:
-                version, document = delivery
-                await _send(request, response, document + b"\n")
+                version = delivery[0]
+                await _send(request, response, delivery[1] + b"\n")
+                # Not held while waiting: every waiting stream would keep its last map (~25 MiB at 2,500).
+                delivery = None
             first = False
         await response.write_eof()
     except _Dropped:
