@@ -143,10 +143,9 @@ async def _serve(directory: Path, overrides: dict[str, Any], conn: Connection) -
                 profiler.disable()
                 profiler.dump_stats(args[0])
                 conn.send(args[0])
-        elif command == "gc-freeze":  # what the operator could do once its index is loaded
-            gc.collect()
-            gc.freeze()
-            conn.send(gc.get_freeze_count())
+        elif command == "gc-freeze":  # what the cluster operator does once its listing is in
+            from ipsec_mesh_operator.controller.gcfreeze import freeze_start_up_state
+            conn.send(freeze_start_up_state())
         elif command == "rotate-ca":
             before, applied = woken(), time.monotonic()
             refused = await operator.rotate_ca()
