@@ -62,7 +62,7 @@ class RawStream:
         self.writer.transport.abort()
 
 
-async def open_stream(operator, pod: str = "web", version: int = 0, wait: float = 30,
+async def open_stream(operator, pod: str = "web", version: int = 0, wait: float | str = 30,
                       receive_buffer: int | None = None) -> RawStream:
     url = (operator.state_dir / "api-url").read_text().strip()
     host, port = url.removeprefix("https://").rsplit(":", 1)
@@ -195,10 +195,12 @@ async def test_a_stream_ends_when_its_token_expires(tmp_path):
             stream.close()
 
 
-async def test_every_stream_ends_within_its_lifetime_bound(tmp_path, monkeypatch):
+@pytest.mark.parametrize("wait", ["1", "0", "0.001"])
+async def test_every_stream_ends_within_its_lifetime_bound_and_heartbeats_at_most_once_a_second(
+        tmp_path, monkeypatch, wait):
     monkeypatch.setattr(watch, "MAX_STREAM", 2.0)
     async with running(tmp_path) as operator:
-        stream = await open_stream(operator, wait=1)
+        stream = await open_stream(operator, wait=wait)
         try:
             heartbeats = 0
             while (data := await stream.chunk()) is not None:
