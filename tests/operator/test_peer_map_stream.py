@@ -236,3 +236,13 @@ async def test_watch_takes_only_0_or_1(tmp_path):
         for value in ("2", "true", "", "1%20", "%31%31"):
             status, body = await raw_request(operator, get(f"/v1/peermap?watch={value}&version=0", token_of(operator)))
             assert status == 400 and "watch" in json.loads(body)["error"]
+
+
+async def test_an_operator_that_stops_ends_its_streams_cleanly(tmp_path):
+    async with running(tmp_path) as operator:
+        stream = await open_stream(operator, wait=30)
+        await stream.maps(1)
+    try:  # the fixture's stop returned (within its own bound): the stream got its terminating chunk
+        assert await stream.chunk() is None
+    finally:
+        stream.close()
