@@ -18,9 +18,11 @@ Bounds a client cannot get around:
 - a watcher that leaves more than `STREAM_UNREAD_LIMIT` bytes unread when its next frame
   is due, or does not take a frame within `STREAM_WRITE_TIMEOUT`, is dropped and counted
   (`ipsec_mesh_peer_map_streams_dropped{reason="unread"}`); it reconnects with its version;
-- authentication is rechecked at every wake-up (frame or heartbeat) exactly as a long
-  poll's request is (the authenticator's cache, then a TokenReview): an expired or revoked
-  token, or a pod replaced under the same name, ends the stream;
+- authentication is rechecked as a long poll's request is (the authenticator's cache, then
+  a TokenReview), at the first wake-up (frame or heartbeat) a heartbeat interval after the
+  last check, so a frame is never sent on a check older than `wait` (a long poll's answer
+  is as old as its request): an expired or revoked token, or a pod replaced under the same
+  name, ends the stream;
 - a stream ends after at most `MAX_STREAM` seconds (jittered down to half, so that streams
   opened together do not all come back together): Kubernetes' shortest projected token
   lives 10 minutes and the kubelet replaces it at 80 %, so a client reconnecting at least
@@ -73,15 +75,19 @@ async def stream_peer_maps(request: web.Request, runtime: OperatorRuntime, pod: 
     response = _StreamResponse(headers={"Content-Type": STREAM_TYPE, "Cache-Control": "no-store"})
     response.enable_chunked_encoding()
     await response.prepare(request)  # headers buffered: they go out with the first frame
-    version, first = since, True
+    version, first, checked = since, True, loop.time()
     metrics.PEER_MAP_STREAMS.inc()
     try:
         while (left := deadline - loop.time()) > 0:
             delivery = await runtime.next_peer_map(pod, version, 0.0 if first else min(heartbeat, left))
             if runtime.releasing_watchers:
                 break
-            if not first and not await _still_allowed(runtime, authorization, pod):
-                break
+            # Checked once a heartbeat, on whichever wake-up comes first: a long poll's answer is as old as
+            # its request's check (up to `wait`), and a CA rotation's wave does not pay for 10,000 checks.
+            if loop.time() - checked >= heartbeat:
+                if not await _still_allowed(runtime, authorization, pod):
+                    break
+                checked = loop.time()
             if delivery is None:
                 await _send(request, response, HEARTBEAT)
             else:
