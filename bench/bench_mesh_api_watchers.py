@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--rotations", type=int, default=3)
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--max-requests-per-pod", type=int, default=None)
+    parser.add_argument("--stream", action="store_true", help="streaming watch (watch=1) instead of long polls")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() in the operator once its maps are built, before the watchers come")
     args = parser.parse_args()
     overrides = {}
     if args.max_connections:
@@ -58,12 +61,15 @@ def main() -> int:
     if args.max_requests_per_pod:
         overrides["max_requests_per_pod"] = args.max_requests_per_pod
     print(f"machine: {describe()}")
-    print(f"{args.pods} watchers (one per pod), namespaces of {args.group}, {args.processes} watcher processes, "
-          f"operator settings {overrides or 'default'}")
+    print(f"{args.pods} watchers (one per pod, {'streaming watch' if args.stream else 'long polls'}), "
+          f"namespaces of {args.group}, {args.processes} watcher processes, operator settings {overrides or 'default'}"
+          f"{', gc.freeze() after start' if args.gc_freeze else ''}")
     met = True
     with tempfile.TemporaryDirectory() as directory, \
-            WatcherLoad(Path(directory), args.pods, args.group, args.processes, **overrides) as load:
+            WatcherLoad(Path(directory), args.pods, args.group, args.processes, args.stream, **overrides) as load:
         load.ask("build-maps")
+        if args.gc_freeze:
+            print(f"frozen: {load.ask('gc-freeze')} objects")
         idle = load.ask("stats")
         started = time.monotonic()
         connected = load.connect()
@@ -95,10 +101,12 @@ def main() -> int:
             p99 = percentile(list(latencies.values()), 0.99)
             met &= ok and p99 <= BUNDLE_TARGET
             cpu = after["cpu"] - before["cpu"]
+            collector = [a - b for a, b in zip(after["gc_automatic"], before["gc_automatic"], strict=True)]
             print(f"CA rotation {round_number + 1}: {len(latencies)}/{len(everyone)} read the new map, "
                   f"{change['woken']:.0f} woken; {spread(latencies)}; operator CPU {cpu:.2f} s, "
                   f"{(cpu - after['gc']) / len(everyone) * 1e6:.0f} us per map without the harness's "
-                  f"full gc ({after['gc']:.2f} s)")
+                  f"full gc ({after['gc']:.2f} s); automatic gc by generation "
+                  f"{' / '.join(f'{t * 1000:.0f}' for t in collector)} ms")
             time.sleep(1.5)  # past the successor's propagation: the next rotation is allowed
         pod_latencies: list[float] = []
         woken, affected = 0, 0
@@ -116,7 +124,8 @@ def main() -> int:
         print(f"pod changes: {args.pod_changes}, {affected} maps changed, {woken:.0f} watchers woken; "
               f"{spread(dict(enumerate(pod_latencies)))}")
         final = load.ask("stats")
-        print(f"operator at the end: {final['VmRSS'] / 1024:.1f} MiB RSS, {final['RssAnon'] / 1024:.1f} MiB anon")
+        print(f"operator at the end: {final['VmRSS'] / 1024:.1f} MiB RSS, {final['RssAnon'] / 1024:.1f} MiB anon, "
+              f"{final['gc_objects']} objects tracked by gc, harness's full gc {final['gc'] * 1000:.0f} ms")
     print(f"targets (CA rotation p99 <= {BUNDLE_TARGET:g} s, pod change p99 <= {POD_TARGET * 1000:g} ms): "
           f"{'met' if met else 'MISSED'}")
     return 0 if met else 1

@@ -15,6 +15,12 @@ PEER_MAP_WATCHERS = Gauge("ipsec_mesh_peer_map_watchers", "Sidecars waiting on a
 PEER_MAP_WATCHERS_WOKEN = Counter("ipsec_mesh_peer_map_watchers_woken",
                                   "Peer-map long polls answered because their pod's map changed",
                                   registry=REGISTRY)
+PEER_MAP_STREAMS = Gauge("ipsec_mesh_peer_map_streams", "Sidecars holding a streaming peer-map watch",
+                         registry=REGISTRY)
+PEER_MAP_STREAMS_DROPPED = Counter("ipsec_mesh_peer_map_streams_dropped",
+                                   "Streaming watches ended by the operator: unread (the watcher did not read "
+                                   "its frames) or unauthenticated (its token or pod no longer valid)",
+                                   ["reason"], registry=REGISTRY)
 PEER_MAP_UPDATES = Counter("ipsec_mesh_peer_map_updates", "Pod peer maps invalidated by a change",
                            registry=REGISTRY)
 INDEXED_PODS = Gauge("ipsec_mesh_indexed_pods", "Injected pods in the mesh index", registry=REGISTRY)

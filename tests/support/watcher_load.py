@@ -15,6 +15,7 @@ bounded (`BOUND` seconds) so that a stuck process fails the run instead of hangi
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import dataclasses
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ import re
 import resource
 import ssl
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,18 @@ async def _serve(directory: Path, overrides: dict[str, Any], conn: Connection) -
         counter = getattr(metrics, "PEER_MAP_WATCHERS_WOKEN", None)  # absent before the counter existed
         return counter._value.get() if counter is not None else float("nan")
 
+    # CPU the interpreter's own collector spends, by generation (the harness's gc.collect() left out).
+    automatic, harness, began = [0.0, 0.0, 0.0], [False], [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if harness[0]:
+            return
+        if phase == "start":
+            began[0] = time.process_time()
+        else:
+            automatic[info["generation"]] += time.process_time() - began[0]
+
+    gc.callbacks.append(on_gc)
     conn.send(url_file.read_text().strip())
     while True:
         command, *args = await commands.get()
@@ -112,11 +126,26 @@ async def _serve(directory: Path, overrides: dict[str, Any], conn: Connection) -
             # The full collection (for the memory figures) is the harness's, not the operator's: its
             # CPU is reported apart ("gc"), as it would otherwise count in the change measured before it.
             start = os.times()
+            harness[0] = True
             gc.collect()
+            harness[0] = False
             times = os.times()
             conn.send({**memory(), "cpu": times.user + times.system, "open": operator.servers.pools["api"].open,
                        "gc": times.user + times.system - start.user - start.system,
-                       "woken": woken(), "watching": metrics.PEER_MAP_WATCHERS._value.get()})
+                       "woken": woken(), "watching": metrics.PEER_MAP_WATCHERS._value.get(),
+                       "gc_automatic": list(automatic), "gc_objects": len(gc.get_objects())})
+        elif command == "profile":  # cProfile of the operator's process between "profile", "start" and "profile", PATH
+            if args[0] == "start":
+                profiler = cProfile.Profile()
+                profiler.enable()
+                conn.send(True)
+            else:
+                profiler.disable()
+                profiler.dump_stats(args[0])
+                conn.send(args[0])
+        elif command == "gc-freeze":  # what the cluster operator does once its listing is in
+            from ipsec_mesh_operator.controller.gcfreeze import freeze_start_up_state
+            conn.send(freeze_start_up_state())
         elif command == "rotate-ca":
             before, applied = woken(), time.monotonic()
             refused = await operator.rotate_ca()
@@ -148,27 +177,29 @@ class Watcher:
 
 
 async def _watch(watcher: Watcher, host: str, port: int, context: ssl.SSLContext, handshakes: asyncio.Semaphore,
-                 connected: asyncio.Queue) -> None:
+                 connected: asyncio.Queue, stream: bool) -> None:
     version = 0
     try:
         async with handshakes:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 60)
         try:
             while True:
-                writer.write(f"GET /v1/peermap?version={version}&wait={POLL_WAIT} HTTP/1.1\r\nHost: mesh\r\n"
+                watch = "watch=1&" if stream else ""
+                writer.write(f"GET /v1/peermap?{watch}version={version}&wait={POLL_WAIT} HTTP/1.1\r\nHost: mesh\r\n"
                              f"Authorization: Bearer {watcher.token}\r\n\r\n".encode())
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
+                if stream and status == 200:
+                    async for frame in _chunks(reader):  # until the operator ends the stream: ask again
+                        version = _read(watcher, frame, connected)
+                    continue
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
                 if status == 200:
-                    version = int(_VERSION.search(body).group(1))
-                    watcher.reads.append((version, time.monotonic()))
-                    if len(watcher.reads) == 1:
-                        connected.put_nowait(True)
+                    version = _read(watcher, body, connected)
                 elif status != 304:
                     raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
         finally:
@@ -181,20 +212,42 @@ async def _watch(watcher: Watcher, host: str, port: int, context: ssl.SSLContext
             connected.put_nowait(False)
 
 
-def watcher_process(url: str, bundle: str, watchers: list[tuple[tuple[str, str], str]], conn: Connection) -> None:
+def _read(watcher: Watcher, document: bytes, connected: asyncio.Queue) -> int:
+    """Note the version of a map just read; the first one tells the driver this watcher is in."""
+    match = _VERSION.search(document)
+    assert match is not None, document[:200]
+    version = int(match.group(1))
+    watcher.reads.append((version, time.monotonic()))
+    if len(watcher.reads) == 1:
+        connected.put_nowait(True)
+    return version
+
+
+async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The map frames of a streamed answer (the operator writes one frame per chunk; heartbeats skipped)."""
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        data = (await reader.readexactly(size + 2))[:-2]
+        for frame in data.split(b"\n"):
+            if frame:
+                yield frame
+    await reader.readuntil(b"\r\n")  # no trailers
+
+
+def watcher_process(url: str, bundle: str, watchers: list[tuple[tuple[str, str], str]], conn: Connection,
+                    stream: bool = False) -> None:
     raise_fd_limit()
     # This process only: asyncio's TLS read buffer is 256 KiB per connection (2.5 GB for the load's
     # clients at 10,000); a record is at most 16 KiB. The operator sizes its own (connections.py).
     from asyncio import sslproto
     sslproto.SSLProtocol.max_size = 17 * 1024
-    asyncio.run(_drive(url, bundle, [Watcher(pod, token) for pod, token in watchers], conn))
+    asyncio.run(_drive(url, bundle, [Watcher(pod, token) for pod, token in watchers], conn, stream))
 
 
-async def _drive(url: str, bundle: str, watchers: list[Watcher], conn: Connection) -> None:
+async def _drive(url: str, bundle: str, watchers: list[Watcher], conn: Connection, stream: bool) -> None:
     host, port = url.removeprefix("https://").rsplit(":", 1)
     context = ssl.create_default_context(cadata=bundle)
     handshakes, connected = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT), asyncio.Queue()
-    tasks = [asyncio.create_task(_watch(w, host, int(port), context, handshakes, connected)) for w in watchers]
+    tasks = [asyncio.create_task(_watch(w, host, int(port), context, handshakes, connected, stream)) for w in watchers]
     ok = 0
     for _ in watchers:
         ok += await asyncio.wait_for(connected.get(), BOUND)
@@ -219,8 +272,9 @@ class WatcherLoad:
     what every watcher has read so far.
     """
 
-    def __init__(self, directory: Path, pods: int, group: int, processes: int, **overrides: Any):
+    def __init__(self, directory: Path, pods: int, group: int, processes: int, stream: bool = False, **overrides: Any):
         self.directory, self.pods, self.group, self.processes = directory, pods, group, processes
+        self.stream = stream
         self.overrides = overrides
         self.context = multiprocessing.get_context("spawn")
         self.children: list[Any] = []
@@ -268,7 +322,7 @@ class WatcherLoad:
         for share in range(self.processes):
             mine = [(pod, self.token(pod)) for pod in chosen[share::self.processes]]
             ours, theirs = self.context.Pipe()
-            process = self.context.Process(target=watcher_process, args=(self.url, bundle, mine, theirs))
+            process = self.context.Process(target=watcher_process, args=(self.url, bundle, mine, theirs, self.stream))
             process.start()
             self.children.append(process)
             self.watchers.append(ours)

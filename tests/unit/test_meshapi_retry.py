@@ -93,12 +93,12 @@ async def _first_try_in_watch(status) -> bool:
     client = MeshApiClient("https://127.0.0.1:1", ca_bundle="", token=lambda: "t")
     answers = [MeshApiRequestError(f"HTTP {status}", status)]
 
-    async def fetch_peer_map(version, wait):
+    async def open_watch(stack, version, wait):
         if answers:
             raise answers.pop()
-        await asyncio.Event().wait()  # no newer map: the watch long-polls
+        await asyncio.Event().wait()  # no newer map: the watch waits
 
-    client.fetch_peer_map = fetch_peer_map
+    client._open_watch = open_watch
     watch = client.watch_peer_maps()
     try:
         await asyncio.wait_for(anext(watch), 0.5)

@@ -454,6 +454,11 @@ class OperatorRuntime:
         delivery = await self._wait_for_change(pod, since, timeout)
         return None if delivery is None else delivery.document()
 
+    async def next_peer_map(self, pod: PodKey, since: int, timeout: float) -> tuple[int, bytes] | None:
+        """The version and JSON of the pod's map once above `since` (a streaming watch's next frame)."""
+        delivery = await self._wait_for_change(pod, since, timeout)
+        return None if delivery is None else (delivery.peer_map.version, delivery.document())
+
     async def _wait_for_change(self, pod: PodKey, since: int, timeout: float) -> _Delivery | None:
         if not (math.isfinite(timeout) and timeout >= 0):
             # A NaN deadline breaks the ordering of the event loop's timer heap: every timer stalls.

@@ -5,6 +5,7 @@ the caller only ever gets or affects its own pod's certificate and map.
 
     POST /v1/certificates   {"csr": PEM}          -> {"certificate", "chain", "trustBundle", "notAfter"}
     GET  /v1/peermap?version=N&wait=S               -> peer map JSON, or 304 if still at version N after S s
+    GET  /v1/peermap?watch=1&version=N&wait=S       -> a stream of newer maps, one per line (see watch.py)
     POST /v1/status         StatusReport JSON     -> 204
 """
 
@@ -26,6 +27,7 @@ from ..controller.runtime import NotAllowed, NotReady, OperatorRuntime, TooManyR
 from ..controller.token_review import Caller, Unauthenticated
 from ..pki.ca import CertificateRequestError
 from .ratelog import RateLimitedLog
+from .watch import stream_peer_maps
 
 logger = logging.getLogger("ipsec_mesh_operator.api")
 #: Lines about what clients did wrong: a client must not be able to fill the disk.
@@ -143,6 +145,13 @@ async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
     since = int(_query_number(request, "version", VERSION_PATTERN))
     wait = min(float(_query_number(request, "wait", WAIT_PATTERN)), MAX_WAIT)
     pod = runtime.pod_of(caller)
+    watch = request.query.get("watch", "0")
+    if watch not in ("0", "1"):
+        raise MeshApiError("watch must be 0 or 1")
+    if watch == "1":
+        if runtime.peer_map(pod) is None:
+            raise NotReady("no peer map for this pod yet")
+        return await stream_peer_maps(request, runtime, pod, since, wait)
     document = await runtime.wait_for_peer_map_json(pod, since, wait)
     if document is None:
         if runtime.peer_map(pod) is None:

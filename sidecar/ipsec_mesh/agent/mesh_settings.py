@@ -11,7 +11,7 @@ optional settings file with the keys both modes share (see config.SidecarSetting
                               `ipsec-mesh explain` (127.0.0.1:9741; off to disable)
     IPSEC_MESH_DATAPLANE      xfrm or none; overrides the settings file     (xfrm)
     IPSEC_MESH_STATUS_INTERVAL  seconds between status reports              (30s)
-    IPSEC_MESH_WATCH_WAIT     how long one peer-map long poll waits         (30s)
+    IPSEC_MESH_WATCH_WAIT     peer-map stream heartbeat (long-poll wait)    (30s)
     IPSEC_MESH_SETTINGS       settings file path (same as --settings)
     POD_NAME, POD_NAMESPACE   the pod, to check the peer map is ours        (optional)
     POD_IPS                   the pod's IPs (comma-separated), where IKE listens if the

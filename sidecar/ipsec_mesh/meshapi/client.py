@@ -12,6 +12,8 @@ re-read from its file for every request (kubelet rotates projected tokens).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import ssl
@@ -21,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import fields
 from .errors import MeshApiRequestError, PeerMapError
-from .http import Endpoint, https_request
+from .http import Endpoint, FrameReader, Response, https_request, https_stream
 from .model import MAX_DOCUMENT_BYTES, PeerMap
-from .retry import Backoff, retry
+from .retry import Backoff, log, retry
 from .status import StatusReport
 
 if TYPE_CHECKING:
@@ -87,14 +89,17 @@ class MeshApiClient:
     async def close(self) -> None:
         """Nothing to release: every request closes its own connection. Kept for the context manager."""
 
-    async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
-                       timeout: float | None = None) -> tuple[int, bytes]:
+    def _headers(self) -> dict[str, str]:
         try:
             token = self._token()
         except OSError as exc:
             raise MeshApiRequestError(f"cannot read the ServiceAccount token: {exc.strerror}") from None
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
-                   "User-Agent": "ipsec-mesh-sidecar"}
+        return {"Authorization": f"Bearer {token}", "Accept": "application/json",
+                "User-Agent": "ipsec-mesh-sidecar"}
+
+    async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
+                       timeout: float | None = None) -> tuple[int, bytes]:
+        headers = self._headers()
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -105,10 +110,7 @@ class MeshApiClient:
                 max_body=MAX_RESPONSE, timeout=timeout or self._request_timeout)
         except MeshApiRequestError as exc:
             raise MeshApiRequestError(f"{method} {path}: {exc}", exc.status) from None
-        if response.status >= 400 or (300 <= response.status < 400 and response.status != 304):
-            # The mesh API never redirects: a 3xx is refused, not followed.
-            raise MeshApiRequestError(f"{method} {path}: HTTP {response.status}: {_error_text(response.body)}",
-                                      response.status)
+        _check(method, path, response)
         return response.status, response.body
 
     async def sign_csr(self, csr_pem: bytes) -> IssuedCertificate:
@@ -137,18 +139,69 @@ class MeshApiClient:
     async def watch_peer_maps(self, since_version: int = 0, wait: float = DEFAULT_WAIT, *,
                               on_error: Callable[[MeshApiRequestError], None] | None = None
                               ) -> AsyncIterator[PeerMap]:
-        """Yield each newer peer map, forever; transient errors back off (`retry`), refusals and bad maps raise."""
+        """Yield each newer peer map, forever; transient errors back off (`retry`), refusals and bad maps raise.
+
+        A streaming watch: one connection, one frame per new version, a heartbeat every `wait`
+        seconds; the operator ends a stream after a few minutes and it is opened again with the
+        last version. An operator that does not stream answers the same request as a long poll.
+        """
         version, backoff = since_version, Backoff()
         while True:
-            peer_map = await retry(functools.partial(self.fetch_peer_map, version, wait), "peer-map watch",
-                                   backoff=backoff, on_error=on_error)
-            backoff.reset()
-            if peer_map is not None and peer_map.version > version:
-                version = peer_map.version
-                yield peer_map
+            failed = None
+            async with contextlib.AsyncExitStack() as stack:
+                answer, frames = await retry(functools.partial(self._open_watch, stack, version, wait),
+                                             "peer-map watch", backoff=backoff, on_error=on_error)
+                backoff.reset()
+                documents = _long_poll(answer) if frames is None else _frames(frames, wait + self._request_timeout)
+                try:
+                    async for document in documents:
+                        peer_map = PeerMap.from_json(document)
+                        if peer_map.version > version:
+                            version = peer_map.version
+                            yield peer_map
+                except MeshApiRequestError as exc:
+                    failed = exc
+            if failed is not None:  # the stream broke: like a failed request, after a pause
+                delay = backoff.next()
+                if on_error is not None:
+                    on_error(failed)
+                log.warning("peer-map watch stream broke, reconnecting in %.1fs: %s", delay, failed)
+                await asyncio.sleep(delay)
+
+    async def _open_watch(self, stack: contextlib.AsyncExitStack, version: int, wait: float
+                          ) -> tuple[Response, FrameReader | None]:
+        params = {"watch": "1", "version": str(version), "wait": str(wait)}
+        try:
+            answer, frames = await stack.enter_async_context(https_stream(
+                self._endpoint, self._endpoint.target("/v1/peermap", params), self._headers(), self._ssl,
+                max_body=MAX_RESPONSE, timeout=wait + self._request_timeout))
+        except MeshApiRequestError as exc:
+            raise MeshApiRequestError(f"GET /v1/peermap: {exc}", exc.status) from None
+        _check("GET", "/v1/peermap", answer)
+        return answer, frames
 
     async def post_status(self, report: StatusReport) -> None:
         await self._request("POST", "/v1/status", body=report.to_dict())
+
+
+def _check(method: str, path: str, response: Response) -> None:
+    if response.status >= 400 or (300 <= response.status < 400 and response.status != 304):
+        # The mesh API never redirects: a 3xx is refused, not followed.
+        raise MeshApiRequestError(f"{method} {path}: HTTP {response.status}: {_error_text(response.body)}",
+                                  response.status)
+
+
+async def _frames(frames: FrameReader, timeout: float) -> AsyncIterator[bytes]:
+    """The maps of a stream until its clean end; heartbeats (empty frames) only prove it alive."""
+    while (frame := await frames.next(timeout)) is not None:
+        if frame:
+            yield frame
+
+
+async def _long_poll(answer: Response) -> AsyncIterator[bytes]:
+    """An operator that does not stream answered as a long poll: a map, or 304 (nothing newer)."""
+    if answer.status != 304:
+        yield answer.body
 
 
 def _error_text(body: bytes) -> str:

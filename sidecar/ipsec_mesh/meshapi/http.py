@@ -5,7 +5,8 @@ The sidecar asks the operator for little, and rarely (a CSR, a long poll every
 that matters, while a general HTTP client library costs megabytes of memory in
 every pod. Everything the server sends is bounded: the status line and header
 lines, the number of headers, the body (Content-Length, chunked, or up to EOF).
-Any malformed or oversize answer raises `MeshApiRequestError`.
+Any malformed or oversize answer raises `MeshApiRequestError`. A streamed answer
+(`https_stream`: the peer-map watch) is read frame by frame, each frame bounded.
 
     response = await https_request(endpoint, "GET", "/v1/peermap?version=3", {...}, None,
                                    context, max_body=65536, timeout=40.0)
@@ -14,9 +15,11 @@ Any malformed or oversize answer raises `MeshApiRequestError`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import ssl
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,6 +29,8 @@ MAX_LINE = 8192          # status line, header line, chunk-size line
 MAX_HEADERS = 64         # per header block (and per trailer block)
 MAX_INTERIM = 4          # 1xx answers skipped before the final one
 NO_BODY_STATUSES = frozenset({204, 304})
+#: The media type of a streamed answer: one JSON text per line (the peer-map watch).
+STREAM_TYPE = "application/x-ndjson"
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -106,39 +111,140 @@ async def https_request(endpoint: Endpoint, method: str, target: str, headers: d
     request = _request_bytes(endpoint, method, target, headers, body)
     writer = None
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host, limit=MAX_LINE)
-            writer.write(request)
-            await writer.drain()
-            return await read_response(reader, max_body=max_body, head=method == "HEAD")
-    except TimeoutError:
-        raise MeshApiRequestError(f"no complete answer within {timeout:g} s") from None
-    except (OSError, EOFError, ValueError) as exc:  # SSLError, ConnectionError; UnicodeError from IDNA
-        raise MeshApiRequestError(f"connection failed: {exc!r}") from None
+        with _typed_failures(timeout):
+            async with asyncio.timeout(timeout):
+                reader, writer = await _send(endpoint, request, context)
+                return await read_response(reader, max_body=max_body, head=method == "HEAD")
     finally:
         if writer is not None:
             writer.transport.abort()  # the answer is complete (or abandoned): no TLS goodbye to wait for
 
 
+@contextlib.asynccontextmanager
+async def https_stream(endpoint: Endpoint, target: str, headers: dict[str, str], context: ssl.SSLContext, *,
+                       max_body: int, timeout: float) -> AsyncIterator[tuple[Response, FrameReader | None]]:
+    """GET `target` and, if the answer is a stream (200, chunked `application/x-ndjson`), hand over its
+    frames; any other answer is read whole as `https_request` would and comes with None.
+
+    The headers (and a whole answer) must arrive within `timeout`; each frame's wait is the caller's
+    (`FrameReader.next`). The connection is dropped when the block ends.
+    """
+    request = _request_bytes(endpoint, "GET", target, headers, None)
+    writer = None
+    try:
+        with _typed_failures(timeout):
+            async with asyncio.timeout(timeout):
+                reader, writer = await _send(endpoint, request, context)
+                status, fields = await _read_head(reader)
+                streamed = (status == 200 and fields.get("transfer-encoding", "").strip().lower() == "chunked"
+                            and fields.get("content-type", "").split(";")[0].strip().lower() == STREAM_TYPE)
+                answer = Response(status, fields, b"") if streamed else await _read_rest(reader, status, fields,
+                                                                                            max_body)
+        yield answer, FrameReader(reader, max_body) if streamed else None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
+async def _send(endpoint: Endpoint, request: bytes, context: ssl.SSLContext
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(
+        endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host, limit=MAX_LINE)
+    writer.write(request)
+    await writer.drain()
+    return reader, writer
+
+
+@contextlib.contextmanager
+def _typed_failures(timeout: float) -> Iterator[None]:
+    try:
+        yield
+    except TimeoutError:
+        raise MeshApiRequestError(f"no complete answer within {timeout:g} s") from None
+    except (OSError, EOFError, ValueError) as exc:  # SSLError, ConnectionError; UnicodeError from IDNA
+        raise MeshApiRequestError(f"connection failed: {exc!r}") from None
+
+
 async def read_response(reader: asyncio.StreamReader, *, max_body: int, head: bool = False) -> Response:
     """Read one response (skipping interim 1xx answers) from a stream that closes after it."""
+    status, headers = await _read_head(reader)
+    if head:
+        return Response(status, headers, b"")
+    return await _read_rest(reader, status, headers, max_body)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     for _ in range(MAX_INTERIM + 1):
         status = await _read_status_line(reader)
         headers = await _read_fields(reader, "header")
         if not 100 <= status < 200:
-            break
+            return status, headers
         if status == 101:
             raise HttpProtocolError("unexpected protocol switch (101)", status)
-    else:
-        raise HttpProtocolError("too many interim (1xx) answers")
-    if head or status in NO_BODY_STATUSES:
+    raise HttpProtocolError("too many interim (1xx) answers")
+
+
+async def _read_rest(reader: asyncio.StreamReader, status: int, headers: dict[str, str], max_body: int) -> Response:
+    if status in NO_BODY_STATUSES:
         return Response(status, headers, b"")
     try:
         body = await _read_body(reader, headers, max_body)
     except HttpProtocolError as exc:
         raise HttpProtocolError(str(exc), status) from None
     return Response(status, headers, body)
+
+
+class FrameReader:
+    """The frames of a streamed answer: newline-terminated lines of a chunked body, each at most
+    `max_frame` bytes. Lines, not chunks, delimit frames (a proxy may re-chunk); an empty line is a
+    heartbeat and is returned as b"". Malformed chunking, an oversize frame, or a stream that ends
+    inside a frame raise HttpProtocolError; `next()` returns None at the body's clean end."""
+
+    def __init__(self, reader: asyncio.StreamReader, max_frame: int):
+        self._reader = reader
+        self._max_frame = max_frame
+        self._pending = bytearray()  # received, not yet a whole frame
+        self._chunk_left = 0         # bytes of the current chunk not read yet
+        self._ended = False
+
+    async def next(self, timeout: float) -> bytes | None:
+        """The next frame within `timeout` seconds; MeshApiRequestError for anything but a frame or the end."""
+        with _typed_failures(timeout):
+            async with asyncio.timeout(timeout):
+                return await self._next()
+
+    async def _next(self) -> bytes | None:
+        while True:
+            end = self._pending.find(b"\n")
+            if end >= 0:
+                frame = bytes(self._pending[:end])
+                del self._pending[:end + 1]
+                return frame
+            if len(self._pending) > self._max_frame:
+                raise HttpProtocolError(f"stream frame larger than {self._max_frame} bytes")
+            if self._ended:
+                if self._pending:
+                    raise HttpProtocolError("stream ended inside a frame")
+                return None
+            await self._read_some()
+
+    async def _read_some(self) -> None:
+        if self._chunk_left == 0:
+            size = await _chunk_size(self._reader)
+            if size == 0:
+                await _read_fields(self._reader, "trailer")
+                self._ended = True
+                return
+            self._chunk_left = size
+        # At most what the frame bound still allows (+1 to see it overrun), and never past the chunk.
+        want = min(self._chunk_left, self._max_frame + 1 - len(self._pending), 1 << 16)
+        data = await self._reader.read(max(want, 1))
+        if not data:
+            raise HttpProtocolError("connection closed inside a chunk")
+        self._pending += data
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and await _read_exactly(self._reader, 2) != b"\r\n":
+            raise HttpProtocolError("chunk data not followed by CRLF")
 
 
 async def _read_line(reader: asyncio.StreamReader, what: str) -> bytes:
@@ -221,11 +327,7 @@ async def _read_exactly(reader: asyncio.StreamReader, count: int) -> bytes:
 async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
     body = bytearray()
     while True:
-        line = await _read_line(reader, "chunk size")
-        match = _CHUNK_SIZE.fullmatch(line)
-        if match is None:
-            raise HttpProtocolError(f"bad chunk size line {line[:80]!r}")
-        size = int(match.group(1), 16)
+        size = await _chunk_size(reader)
         if size == 0:
             await _read_fields(reader, "trailer")
             return bytes(body)
@@ -234,3 +336,11 @@ async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
         body += await _read_exactly(reader, size)
         if await _read_exactly(reader, 2) != b"\r\n":
             raise HttpProtocolError("chunk data not followed by CRLF")
+
+
+async def _chunk_size(reader: asyncio.StreamReader) -> int:
+    line = await _read_line(reader, "chunk size")
+    match = _CHUNK_SIZE.fullmatch(line)
+    if match is None:
+        raise HttpProtocolError(f"bad chunk size line {line[:80]!r}")
+    return int(match.group(1), 16)
