@@ -33,6 +33,7 @@ from tests.support.watcher_load import (
     mesh_document,
     pod_name,
     raise_fd_limit,
+    start_standalone,
 )
 
 _receive = WatcherLoad._receive
@@ -54,7 +55,6 @@ def operator_process(directory: str, port: int, overrides: dict[str, Any], conn:
 async def _serve(directory: Path, port: int, overrides: dict[str, Any], conn: Connection) -> None:
     from ipsec_mesh_operator.controller.runtime import OperatorRuntime
     from ipsec_mesh_operator.model.settings import OperatorConfig
-    from ipsec_mesh_operator.standalone import StandaloneOperator
 
     first: dict[tuple[str, str], float] = {}
     serve = OperatorRuntime.wait_for_peer_map_json
@@ -64,16 +64,9 @@ async def _serve(directory: Path, port: int, overrides: dict[str, Any], conn: Co
         return await serve(self, pod, since, timeout)
 
     OperatorRuntime.wait_for_peer_map_json = noted  # type: ignore[method-assign]  # this process only
-    operator = StandaloneOperator(directory / "mesh.yaml", directory / "state", "127.0.0.1", port,
-                                  base_config=OperatorConfig(key_check_interval=3600, **overrides))
-    stop = asyncio.Event()
-    task = asyncio.create_task(operator.run(stop))
-    url_file = operator.state_dir / "api-url"
-    while not url_file.exists():
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    conn.send((url_file.read_text().strip(), time.monotonic()))
+    operator, stop, task = await start_standalone(directory, port, OperatorConfig(key_check_interval=3600,
+                                                                                 **overrides))
+    conn.send(((operator.state_dir / "api-url").read_text().strip(), time.monotonic()))
     commands: asyncio.Queue = asyncio.Queue()
     asyncio.get_running_loop().add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
     while (await commands.get()) != "stop":
