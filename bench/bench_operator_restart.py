@@ -11,6 +11,7 @@ lookup), and the failed requests the watchers retried, by kind. The client proce
 the machine's cores with the operator, so the times include their work.
 
     .venv/bin/python bench/bench_operator_restart.py [--pods 2500] [--processes 4] [--restarts 2]
+    .venv/bin/python bench/bench_operator_restart.py --pods 10000 --max-connections 12000 --restarts 1
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--wait", type=float, default=30.0, help="the sidecars' long-poll wait (s)")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="above the default 4,096 for more pods: every watcher holds one connection")
     args = parser.parse_args()
+    overrides = {"max_connections": args.max_connections} if args.max_connections else {}
     print(f"machine: {describe()}")
     print(f"{args.pods} watching sidecars in {args.processes} processes, long poll {args.wait:g} s")
     worst = 0.0
     with tempfile.TemporaryDirectory() as tmp, RestartLoad(Path(tmp), args.pods, args.group, args.processes,
-                                                           args.wait) as load:
+                                                           args.wait, **overrides) as load:
         began = time.monotonic()
         connected = load.connect()
         print(f"  {connected}/{args.pods} watching after {time.monotonic() - began:.1f} s")
