@@ -13,9 +13,10 @@ Anything else (no answer, a timeout, a malformed answer, 429, 5xx, a redirect we
 follow) is transient: retried after a delay drawn at random ("full jitter") below a
 ceiling of 1 s, 2 s, 4 s ... up to `MAX_DELAY`. Why random: when the operator restarts,
 every sidecar's watch breaks at the same instant; fixed delays bring them all back at the
-same instants too (10,000 TLS handshakes at once, most of which time out and go round
-again). Drawn below the ceiling, a herd arrives spread over each window, at a rate the
-server can take, while a lone sidecar still waits 0.5 s, 1 s, 2 s ... on average.
+same instants too, and an operator short of CPU lets many of those handshakes time out,
+which sends them round again (docs/benchmarks.md). Drawn below the ceiling, a herd arrives
+spread over each window, while a lone sidecar still waits 0.5 s, 1 s, 2 s ... on average.
+The price: a watch cut off for long waits up to one ceiling (30 s) after the operator is back.
 
 What a refusal means is the caller's choice, with `refusal_ends`:
 - at bootstrap (first peer map, first certificate) it ends the sidecar (exit code 3):
