@@ -391,3 +391,20 @@ def test_a_new_uid_that_changes_the_identity_reaches_the_counterparts():
     assert index.peer_map(("prod", long_name)).local.identity == "uid-second.prod.pod.cluster.local"
     # A short name is its own identity: a new uid changes nobody's map.
     assert index.upsert_pod(dataclasses.replace(pod("web-0", ip="10.0.0.1", app="web"), uid="uid-other")) == set()
+
+
+def test_a_restarted_operator_numbers_its_maps_above_what_the_sidecars_hold():
+    """Versions are per process: a sidecar polls the new operator with the version the old one
+    gave it, and is answered only once a map is newer. The old process counted 300 changes;
+    the new one lists the same pods and applies one change: that map must reach the sidecar."""
+    old = MeshIndex()
+    old.upsert_peering(peering("p", selector={"app": "web"}, peers=[{"podSelector": {"matchLabels": {"app": "db"}}}]))
+    old.upsert_pod(pod("web-0", ip="10.0.0.1", app="web"))
+    for n in range(300):
+        old.upsert_pod(pod("db-0", ip=f"10.0.{1 + n // 250}.{n % 250}", app="db"))
+    held = old.version(("prod", "web-0"))
+    new = MeshIndex()
+    new.upsert_peering(peering("p", selector={"app": "web"}, peers=[{"podSelector": {"matchLabels": {"app": "db"}}}]))
+    new.upsert_pod(pod("web-0", ip="10.0.0.1", app="web"))
+    new.upsert_pod(pod("db-0", ip="10.0.9.9", app="db"))
+    assert new.version(("prod", "web-0")) > held

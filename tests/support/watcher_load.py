@@ -70,6 +70,20 @@ def memory() -> dict[str, int]:
 
 # ---- the operator process -------------------------------------------------------------------
 
+async def start_standalone(directory: Path, port: int, config: Any) -> tuple[Any, asyncio.Event, asyncio.Task]:
+    """A StandaloneOperator over `directory`'s mesh.yaml, once it serves (its api-url file written)."""
+    from ipsec_mesh_operator.standalone import StandaloneOperator
+
+    operator = StandaloneOperator(directory / "mesh.yaml", directory / "state", "127.0.0.1", port, base_config=config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(operator.run(stop))
+    while not (operator.state_dir / "api-url").exists():
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    return operator, stop, task
+
+
 def operator_process(directory: str, overrides: dict[str, Any], conn: Connection) -> None:
     raise_fd_limit()
     asyncio.run(_serve(Path(directory), overrides, conn))
@@ -80,18 +94,11 @@ async def _serve(directory: Path, overrides: dict[str, Any], conn: Connection) -
 
     from ipsec_mesh_operator import metrics
     from ipsec_mesh_operator.model.settings import OperatorConfig
-    from ipsec_mesh_operator.standalone import StandaloneOperator
 
     # A CA rotation may follow the last one after `ca_propagation`: 1 s, so that a run can repeat it.
     base = OperatorConfig(key_check_interval=3600, ca_propagation=1, **overrides)
-    operator = StandaloneOperator(directory / "mesh.yaml", directory / "state", "127.0.0.1", 0, base_config=base)
-    stop = asyncio.Event()
-    task = asyncio.create_task(operator.run(stop))
+    operator, stop, task = await start_standalone(directory, 0, base)
     url_file = operator.state_dir / "api-url"
-    while not url_file.exists():
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
     commands: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
     loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -146,7 +147,10 @@ class MeshIndex:
         self._remote_psk_keys: dict[tuple[PeeringKey, str], tuple[PskKey, ...]] = {}
         self._remote_bundles: dict[tuple[PeeringKey, str], tuple[str, ...]] = {}
         self._trust_bundle: tuple[str, ...] = ()
-        self._generation = 0
+        # Versions outlive this process: a sidecar polls a restarted operator (or another replica)
+        # with the version the last one gave it and hears of nothing older. So versions are the
+        # wall clock's microseconds, strictly increasing here (`_mark`), not a count from zero.
+        self._generation = time.time_ns() // 1000
         self._versions: dict[PodKey, int] = {}
         self._maps: dict[PodKey, PeerMap] = {}
         #: Maps whose only change since they were built is the trust bundle: a CA rotation rebuilds none.
@@ -549,7 +553,7 @@ class MeshIndex:
         self._services_by_views.clear()  # every change may move a Service or a peer
         if not pods:
             return pods
-        self._generation += 1
+        self._generation = max(self._generation + 1, time.time_ns() // 1000)
         stale: set[PeeringKey] = set()  # pods of one side share their peerings: drop each view once
         for pod in pods:
             self._versions[pod] = self._generation

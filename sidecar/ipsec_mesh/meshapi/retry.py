@@ -10,7 +10,13 @@ sidecar changes:
   without this API version. A pod the operator does not know (yet) is 503, not 404.
 
 Anything else (no answer, a timeout, a malformed answer, 429, 5xx, a redirect we do not
-follow) is transient: retried after 0.5 s, 1 s, 2 s ... up to `MAX_DELAY`.
+follow) is transient: retried after a delay drawn at random ("full jitter") below a
+ceiling of 1 s, 2 s, 4 s ... up to `MAX_DELAY`. Why random: when the operator restarts,
+every sidecar's watch breaks at the same instant; fixed delays bring them all back at the
+same instants too, and an operator short of CPU lets many of those handshakes time out,
+which sends them round again (docs/benchmarks.md). Drawn below the ceiling, a herd arrives
+spread over each window, while a lone sidecar still waits 0.5 s, 1 s, 2 s ... on average.
+The price: a watch cut off for long waits up to one ceiling (30 s) after the operator is back.
 
 What a refusal means is the caller's choice, with `refusal_ends`:
 - at bootstrap (first peer map, first certificate) it ends the sidecar (exit code 3):
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -36,8 +43,8 @@ log = logging.getLogger("ipsec_mesh.meshapi")
 T = TypeVar("T")
 
 REFUSALS = frozenset({400, 401, 403, 404})
-FIRST_DELAY = 0.5
-MAX_DELAY = 30.0
+FIRST_DELAY = 0.5  # the mean of the first delay; its ceiling is twice that
+MAX_DELAY = 30.0  # no delay is longer
 
 
 def is_refusal(exc: MeshApiRequestError) -> bool:
@@ -45,19 +52,20 @@ def is_refusal(exc: MeshApiRequestError) -> bool:
 
 
 class Backoff:
-    """Exponential delays from `first` doubling up to `cap`; `reset()` after a success."""
+    """Random delays below a ceiling of twice `first`, doubling up to `cap`; `reset()` after a success."""
 
-    def __init__(self, first: float = FIRST_DELAY, cap: float = MAX_DELAY):
+    def __init__(self, first: float = FIRST_DELAY, cap: float = MAX_DELAY, rng: random.Random | None = None):
         self.first, self.cap = first, cap
-        self._next = first
+        self._rng = rng or random.Random()
+        self._ceiling = min(2 * first, cap)
 
     def next(self) -> float:
-        delay = self._next
-        self._next = min(delay * 2, self.cap)
-        return delay
+        ceiling = self._ceiling
+        self._ceiling = min(ceiling * 2, self.cap)
+        return self._rng.uniform(0, ceiling)
 
     def reset(self) -> None:
-        self._next = self.first
+        self._ceiling = min(2 * self.first, self.cap)
 
 
 async def retry(call: Callable[[], Awaitable[T]], what: str, *, refusal_ends: bool = True,
