@@ -48,14 +48,21 @@ def facts(statuses=None, *, spec=WEB_DB, peering_status=READY_STATUS, pods=None,
                  collected_at=collected_at)
 
 
-def operator_peer_maps(*specs):
-    """Peer maps the real MeshIndex builds for web-0 and db-0 under the given peering specs."""
+def operator_peer_maps(*specs, applied=None):
+    """Peer maps the real MeshIndex builds for web-0 and db-0 under the given peering specs.
+
+    `applied` (the two sidecars' statuses): the maps carry the versions those sidecars report,
+    as when they run the operator's current maps (the index numbers maps by the wall clock).
+    """
     index = MeshIndex("mesh.test")
     index.upsert_pod(PodInfo("prod", "web-0", "u1", "default", {"app": "web"}, (scenarios.A_IP,)))
     index.upsert_pod(PodInfo("prod", "db-0", "u2", "default", {"app": "db"}, (scenarios.B_IP,)))
     for name, spec in specs:
         index.upsert_peering(parse_peering("prod", name, {**spec, "authentication": {"type": "certificate"}}))
-    return {key: PeerMapView.from_peer_map(index.peer_map(key)) for key in (A, B)}
+    maps = {key: PeerMapView.from_peer_map(index.peer_map(key)) for key in (A, B)}
+    for key, status in zip((A, B), applied or (), strict=False):
+        maps[key] = dataclasses.replace(maps[key], version=status["peer_map_version"])
+    return maps
 
 
 def test_encrypted_with_algorithms_spis_and_age(statuses):
@@ -185,10 +192,10 @@ def test_psk_peering_without_keys_is_not_ready(statuses):
 
 
 def test_one_sided_peer_maps_from_the_operator_index(statuses):
-    maps = operator_peer_maps(("web-db", WEB_DB))
+    maps = operator_peer_maps(("web-db", WEB_DB), applied=statuses["timed_out"])
     assert explain(facts(statuses["timed_out"], peer_maps=maps), A, B).reason is Reason.TIMEOUT
     # db-0's map lost web-0 (e.g. its namespace withdrew consent): the operator's index without the peering.
-    maps[B] = operator_peer_maps()[B]
+    maps[B] = operator_peer_maps(applied=statuses["timed_out"])[B]
     verdict = explain(facts(statuses["timed_out"], peer_maps=maps), A, B)
     assert verdict.reason is Reason.ONE_SIDED
     assert "prod/web-0's peer map lists prod/db-0, but prod/db-0's does not" in verdict.summary
