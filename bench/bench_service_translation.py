@@ -94,6 +94,15 @@ def bench(services: int, few: int, rounds: int) -> None:
     namespace = f"svcbench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
+        # A pod's link and default routes, as a pod has: route MTUs are read from them and each
+        # translated ClusterIP gets its ESP-sized host route (without them every read failed
+        # and no route was programmed, which measured neither).
+        for command in (["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                        ["link", "set", "eth0", "up"], ["link", "set", "eth1", "up"],
+                        ["link", "set", "lo", "up"], ["addr", "add", f"{LOCAL}/8", "dev", "eth0"],
+                        ["addr", "add", "fd00::1/64", "dev", "eth0", "nodad"],
+                        ["route", "add", "default", "dev", "eth0"], ["-6", "route", "add", "default", "dev", "eth0"]):
+            subprocess.run(["ip", "-n", namespace, *command], check=True)
         results: dict[str, list[float]] = {}
 
         def record(label: str, seconds: float) -> None:
