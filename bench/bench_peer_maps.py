@@ -28,6 +28,7 @@ sys.path[:0] = [str(ROOT / "sidecar"), str(ROOT / "operator"), str(ROOT)]
 
 from machine import describe  # noqa: E402
 
+from ipsec_mesh_operator.controller.gcfreeze import CollectorPause, freeze_start_up_state  # noqa: E402
 from ipsec_mesh_operator.model.services import SliceInfo  # noqa: E402
 from tests.support.mesh_workload import add_services, build_large, new_member, service_bodies  # noqa: E402
 
@@ -36,7 +37,7 @@ CHANGE_TARGET = 0.010
 
 
 def full_computation(pods: int, peerings: int, services: int, cross: bool,
-                     rounds: int) -> tuple[float, object, list]:
+                     rounds: int, collector_paused: bool = True) -> tuple[float, object, list]:
     best, index, bodies = float("inf"), None, []
     for _ in range(rounds):
         # The previous round's index is freed (and the setup's garbage collected) before the clock
@@ -45,11 +46,18 @@ def full_computation(pods: int, peerings: int, services: int, cross: bool,
         bodies = service_bodies(build_large(pods, peerings, cross), services)  # the API objects: not timed
         gc.collect()
         start = time.process_time()
+        # As the operator's start-up does around its initial listing (handlers.startup), the
+        # collector is paused while the index is built and one freeze collection follows (timed).
+        pause = CollectorPause(None) if collector_paused else None
         index = build_large(pods, peerings, cross)
         add_services(index, bodies)
         for info in list(index.pods()):
             index.peer_map(info.key)
+        if pause is not None:
+            pause.end()
+            freeze_start_up_state()
         best = min(best, time.process_time() - start)
+        gc.unfreeze()
     return best, index, bodies
 
 
@@ -107,6 +115,9 @@ def main() -> int:
     for cross in (False, True):
         layout = "cross-namespace, consented" if cross else "same namespace"
         index = bodies = None  # the previous layout's mesh is not scanned by the collector during this one
+        running, index, bodies = full_computation(args.pods, args.peerings, args.services, cross, args.rounds,
+                                                  collector_paused=False)
+        index = bodies = None
         full, index, bodies = full_computation(args.pods, args.peerings, args.services, cross, args.rounds)
         listed = sum(len(index.peer_map(info.key).services) for info in index.pods())
         added, removed, touched = one_pod_changes(index, args.changes)
@@ -115,6 +126,7 @@ def main() -> int:
         print(f"[{layout}]")
         print(f"  full computation (index + every peer map), best of {args.rounds}: {full:.3f} s"
               f"  (target < {FULL_TARGET:.0f} s; {listed} Service entries in all maps)")
+        print(f"  the same with the collector running throughout (as before the start-up pause): {running:.3f} s")
         print(f"  one pod added   ({touched} maps rebuilt): {summary(added)}")
         print(f"  one pod removed: {summary(removed)}  (target p95 < {CHANGE_TARGET * 1e3:.0f} ms)")
         if sliced:

@@ -25,7 +25,7 @@ from ipsec_mesh.meshapi import AuthKind
 
 from .controller.federation import fresh_condition
 from .controller.feeder import IndexFeeder
-from .controller.gcfreeze import freeze_start_up_state
+from .controller.gcfreeze import CollectorPause, freeze_start_up_state
 from .controller.kube import KubeClient, load_connection
 from .controller.runtime import OperatorRuntime
 from .model.peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
@@ -109,9 +109,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     feeder = IndexFeeder(rt, servers.readiness.synced)
     servers.readiness.require((), feeder.names)
     STATE.runtime = rt
+    pause = CollectorPause(asyncio.get_running_loop())  # the listing builds long-lived state only
     STATE.feeder = asyncio.create_task(feeder.run())
     # kopf's handlers start after this: with the index complete, no status says "no members" for a moment.
     await feeder.synced.wait()
+    pause.end()
     logger.info("start-up state frozen for the garbage collector: %d objects", freeze_start_up_state())
     await servers.start()
     await rt.publish_webhook_ca_bundle()
