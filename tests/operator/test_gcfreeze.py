@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import gc
-
 import asyncio
+import gc
 
 from ipsec_mesh_operator.controller.gcfreeze import CollectorPause, freeze_start_up_state
 
