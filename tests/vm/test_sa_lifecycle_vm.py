@@ -107,10 +107,11 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     for dst in (pair.right.ipv4, pair.right.ipv6):
         assert ping(pair.left, dst, count=2, deadline=60)
     result: dict[int, dict] = {}
+    missing: dict[int, dict[str, list[int]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
     stop = tmp_path / f"stop-{how}"  # the streams end a little after the switch, or after `seconds`
     with Capture(Netns(pair.left.name), "eth0", tmp_path / f"{how}.pcap") as capture:
         streams = [threading.Thread(target=lambda f=f: result.__setitem__(
-                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop))))
+                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop), missing=missing[f])))
                    for f in (socket.AF_INET, socket.AF_INET6)]
         began = time.monotonic()
         for t in streams:
@@ -145,11 +146,43 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     print(f"[measure] {how}: restarted sidecar's timeline (s after launch): {startup_timeline(restarted.log, launched)}")
     drops = {side.name: drop_counters(side) for side in (pair.left, pair.right)}
     print(f"[measure] {how}: where datagrams were dropped, per namespace: {drops}")
+    # When (the senders began 2 s after the streams; number n was due n/100 s later) and where
+    # (ESP on the left's wire, per SPI in order: fewer left->right than sent means the left dropped them).
+    moments = {"stop": stopped, "ready": ready, "switch": switched}
+    for f, name, (src, dst) in ((socket.AF_INET, "IPv4", (pair.left.ipv4, pair.right.ipv4)),
+                                (socket.AF_INET6, "IPv6", (pair.left.ipv6, pair.right.ipv6))):
+        for direction, lost in missing[f].items():
+            when = [(first, last, {k: round(began + 2 + first / 100 - at, 1) for k, at in moments.items()})
+                    for first, last in number_ranges(lost)]
+            print(f"[measure] {how}: {name} {direction} lost {when} (first, last, s after each moment)")
+        print(f"[measure] {how}: {name} ESP runs (SPI, packets) on the left's wire: "
+              f"left->right {esp_runs(packets, src, dst)}, right->left {esp_runs(packets, dst, src)}")
     assert switched < began + seconds, "the switch came after the streams: nothing measured"
     assert result == {f: {"left->right": 0, "right->left": 0} for f in (socket.AF_INET, socket.AF_INET6)}, \
         f"{drops}\n{logs}"
     restarted.stop(signal.SIGINT)
     right.stop(signal.SIGINT)
+
+
+def number_ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as (first, last) runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+def esp_runs(packets, src: str, dst: str) -> list[tuple[str, int]]:
+    """ESP from src to dst in capture order, as (SPI, consecutive packets) runs."""
+    runs: list[tuple[str, int]] = []
+    for p in packets:
+        if p.src == src and p.dst == dst and p.is_esp:
+            spi = f"{p.spi:08x}" if p.spi is not None else "?"
+            runs[-1:] = [(spi, runs[-1][1] + 1)] if runs and runs[-1][0] == spi else [*runs[-1:], (spi, 1)]
+    return runs
 
 
 def startup_timeline(log: str, launched: float) -> dict[str, float]:

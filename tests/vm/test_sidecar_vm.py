@@ -176,9 +176,10 @@ def _udp_sender(address: str, port: int, count: int, interval: float, stop: str 
 
 
 def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_INET,
-                     stop: str | None = None) -> dict[str, int]:
+                     stop: str | None = None, missing: dict[str, list[int]] | None = None) -> dict[str, int]:
     """Numbered UDP both ways at `rate` packets/s for `seconds` or until the file `stop`
-    exists; how many of those sent were lost per direction."""
+    exists; how many of those sent were lost per direction (`missing`, if given, gets
+    the lost numbers: number n was due n / rate seconds after the senders began)."""
     count = int(seconds * rate)
     six = family == socket.AF_INET6
     left, right = (pair.left.ipv6, pair.right.ipv6) if six else (pair.left.ipv4, pair.right.ipv4)
@@ -203,6 +204,9 @@ def stream_both_ways(pair, seconds: float, rate: float, family: int = socket.AF_
         t.start()
     for t in senders + receivers:
         t.join(seconds + 180)
+    if missing is not None:
+        for direction, tx, rx in (("left->right", "tx-left", "rx-right"), ("right->left", "tx-right", "rx-left")):
+            missing[direction] = sorted(set(range(results.get(tx, count))) - set(results.get(rx, [])))
     return {"left->right": results.get("tx-left", count) - len(results.get("rx-right", [])),
             "right->left": results.get("tx-right", count) - len(results.get("rx-left", []))}
 
