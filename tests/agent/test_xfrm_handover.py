@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from ipsec_mesh.agent import xfrm_dataplane
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from ipsec_mesh.ike import ChildSaDeleted
-from ipsec_mesh.xfrm import owned_reqid
+from ipsec_mesh.xfrm import LifetimeCurrent, owned_reqid
 from tests.agent.test_xfrm_dataplane_events import LOCAL, PEER, RecordingXfrm, child
 
 OTHER = "192.0.2.99"
@@ -28,6 +28,9 @@ class KernelWithSas(RecordingXfrm):
 
     def dump_policies(self):
         return []
+
+    def get_sa(self, dst, spi, proto):
+        return None  # no counters to read: a kept inbound SA goes after the grace
 
     def add_policies(self, specs):
         return [None] * len(specs)
@@ -52,10 +55,10 @@ def sa(src, dst, spi, *, owned=True, larval=False):
                            reqid=owned_reqid(1) if owned else 7)
 
 
-def start(monkeypatch, sas, **kwargs) -> tuple[XfrmDataPlane, KernelWithSas]:
+def start(monkeypatch, sas, kernel_class=KernelWithSas, **kwargs) -> tuple[XfrmDataPlane, KernelWithSas]:
     monkeypatch.setattr(xfrm_dataplane, "Xfrm", lambda netns: SimpleNamespace(subscribe=lambda: None,
                                                                              close=lambda: None))
-    kernel = KernelWithSas(sas)
+    kernel = kernel_class(sas)
     plane = XfrmDataPlane(xfrm=kernel, services=NoServices(), **kwargs)
     peers = SimpleNamespace(local_addresses=(LOCAL,), entries=(), peer_map=SimpleNamespace(services=()),
                             entry_for=lambda remote: None)
@@ -106,4 +109,51 @@ async def test_a_restarted_peers_replaced_child_stays_until_ours_sends(monkeypat
     assert deleted(kernel) == [old.outbound_spi]
     await asyncio.sleep(0.1)
     assert deleted(kernel) == [old.outbound_spi, old.inbound_spi]
+    plane.stop()
+
+
+class KernelCounting(KernelWithSas):
+    """SAs whose packet counters a test moves, read back by XFRM_MSG_GETSA."""
+
+    def __init__(self, sas):
+        super().__init__(sas)
+        self.packets = {s.spi: 0 for s in sas}
+
+    def get_sa(self, dst, spi, proto):
+        if spi not in self.packets or spi in deleted(self):
+            return None
+        return SimpleNamespace(current=LifetimeCurrent(packets=self.packets[spi]))
+
+
+async def test_a_kept_inbound_sa_stays_while_the_peer_still_sends_on_it(monkeypatch):
+    """The peer switches to the new CHILD_SA only when our confirmation reaches it (a lost
+    one is retransmitted after 4 s; a peer slowed down takes longer): until then it sends
+    on the old SAs, and what its kernel sends there must still be received here. So the
+    kept inbound half goes once the kernel shows it quiet for a grace period, not on a timer."""
+    plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)], KernelCounting,
+                          rekey_grace=0.05)
+    info = child()
+    plane.install_inbound(info)
+    plane.install_outbound(info)
+    assert deleted(kernel) == [0xB1]
+    for _ in range(6):  # the peer has not switched yet: its packets keep arriving on the old SA
+        kernel.packets[0xA1] += 10
+        await asyncio.sleep(0.03)
+    assert deleted(kernel) == [0xB1], "the old inbound SA went while the peer still sent on it"
+    await asyncio.sleep(0.2)  # the peer switched: nothing more on the old SA
+    assert deleted(kernel) == [0xB1, 0xA1]
+    plane.stop()
+
+
+async def test_a_kept_inbound_sa_that_never_goes_quiet_goes_at_the_handover_limit(monkeypatch):
+    monkeypatch.setattr(xfrm_dataplane, "HANDOVER_LIMIT", 0.2)
+    plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)], KernelCounting,
+                          rekey_grace=0.05)
+    info = child()
+    plane.install_inbound(info)
+    plane.install_outbound(info)
+    for _ in range(20):
+        kernel.packets[0xA1] += 1
+        await asyncio.sleep(0.02)
+    assert deleted(kernel) == [0xB1, 0xA1]
     plane.stop()

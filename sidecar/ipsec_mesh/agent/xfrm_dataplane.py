@@ -7,8 +7,8 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - At start, policies are reconciled (added, updated, removed) before anything else. The
   SAs a previous instance left behind (kill -9, or a SIGTERM for a restart) keep carrying
   traffic: the agent negotiates with each of their peers at once, and they go when a new
-  CHILD_SA with that peer sends (outbound at once, inbound after the grace period), or
-  after HANDOVER_LIMIT. So do the SAs of a peer's stale IKE SA (it restarted and kept
+  CHILD_SA with that peer sends (outbound at once, inbound once the kernel's counter shows
+  it quiet for the grace period), or after HANDOVER_LIMIT. So do the SAs of a peer's stale IKE SA (it restarted and kept
   them: ChildSaDeleted reason `replaced`). Under `require` nothing is ever in plaintext.
 - Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
   (before its Delete leaves); the inbound half stays a short grace period after the
@@ -106,6 +106,7 @@ class XfrmDataPlane:
         #: stale ones) that carry traffic until a new CHILD_SA with that peer sends.
         self.superseded: dict[str, list[tuple[bool, SaSpec | object]]] = {}
         self._handover_timers: dict[str, asyncio.TimerHandle] = {}
+        self._quiet_checks: dict[int, asyncio.TimerHandle] = {}  # kept inbound SAs waiting for quiet
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -215,9 +216,23 @@ class XfrmDataPlane:
             timer.cancel()
         for inbound, sa in self.superseded.pop(remote, []):
             if inbound and grace and self.rekey_grace:
-                asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, sa)
+                self._delete_when_quiet(sa, asyncio.get_running_loop().time() + HANDOVER_LIMIT)
             else:
                 self._delete(sa)
+
+    def _delete_when_quiet(self, sa, deadline: float, seen: int | None = None) -> None:
+        """Delete a kept inbound SA once the kernel shows no new packet on it for a grace
+        period (or at `deadline`). The peer sends on the old SAs until our confirmation
+        reaches it; a lost one is retransmitted seconds later and a loaded peer is slow to
+        answer, so a fixed grace after our switch dropped what it still sent there."""
+        loop = asyncio.get_running_loop()
+        current = self._counters(sa)
+        packets = None if current is None else current.packets
+        if id(sa) in self._quiet_checks and (packets is None or packets == seen or loop.time() >= deadline):
+            del self._quiet_checks[id(sa)]
+            self._delete(sa)
+            return
+        self._quiet_checks[id(sa)] = loop.call_later(self.rekey_grace, self._delete_when_quiet, sa, deadline, packets)
 
     def _set_larval_drop(self, value: int) -> None:
         if self.netns is not None:
@@ -268,9 +283,10 @@ class XfrmDataPlane:
         self._close()
 
     def _close(self) -> None:
-        for timer in self._handover_timers.values():
+        for timer in [*self._handover_timers.values(), *self._quiet_checks.values()]:
             timer.cancel()
         self._handover_timers.clear()
+        self._quiet_checks.clear()
         if self.events_channel is not None:
             self.events_channel.close()
             self.events_channel = None
@@ -381,7 +397,7 @@ class XfrmDataPlane:
         current = self._counters(self.inbound.get(child.inbound_spi))
         return None if current is None else current.bytes
 
-    def _counters(self, spec: SaSpec | None) -> LifetimeCurrent | None:
+    def _counters(self, spec) -> LifetimeCurrent | None:
         """The kernel's current lifetime (packet and byte counts) of one of our SAs; None if we
         hold no such SA, the kernel has none, or it cannot be read (logged)."""
         if spec is None:
