@@ -140,8 +140,9 @@ async def test_a_kept_inbound_sa_stays_while_the_peer_still_sends_on_it(monkeypa
         kernel.packets[0xA1] += 10
         await asyncio.sleep(0.03)
     assert deleted(kernel) == [0xB1], "the old inbound SA went while the peer still sent on it"
+    assert plane.status()["kept_sas"] == {PEER: 1}  # still in the kernel, and the status says so
     await asyncio.sleep(0.2)  # the peer switched: nothing more on the old SA
-    assert deleted(kernel) == [0xB1, 0xA1]
+    assert deleted(kernel) == [0xB1, 0xA1] and plane.status()["kept_sas"] == {}
     plane.stop()
 
 
@@ -157,3 +158,16 @@ async def test_a_kept_inbound_sa_that_never_goes_quiet_goes_at_the_handover_limi
         await asyncio.sleep(0.02)
     assert deleted(kernel) == [0xB1, 0xA1]
     plane.stop()
+
+
+async def test_a_full_stop_removes_a_kept_inbound_sa_still_waiting_for_quiet(monkeypatch):
+    plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)], KernelCounting,
+                          rekey_grace=0.05)
+    info = child()
+    plane.install_inbound(info)
+    plane.install_outbound(info)
+    kernel.packets[0xA1] += 1
+    plane.stop()  # SIGINT: our SAs go, the kept one included
+    assert 0xA1 in deleted(kernel)
+    await asyncio.sleep(0.1)  # and no check runs on the closed data plane afterwards
+    assert deleted(kernel).count(0xA1) == 1

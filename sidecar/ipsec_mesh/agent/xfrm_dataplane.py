@@ -106,7 +106,8 @@ class XfrmDataPlane:
         #: stale ones) that carry traffic until a new CHILD_SA with that peer sends.
         self.superseded: dict[str, list[tuple[bool, SaSpec | object]]] = {}
         self._handover_timers: dict[str, asyncio.TimerHandle] = {}
-        self._quiet_checks: dict[int, asyncio.TimerHandle] = {}  # kept inbound SAs waiting for quiet
+        #: kept inbound SAs waiting for quiet: id -> (remote, SA, next check)
+        self._quiet_checks: dict[int, tuple[str, object, asyncio.TimerHandle]] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -210,17 +211,17 @@ class XfrmDataPlane:
         self._retire_superseded(remote, grace=False)
 
     def _retire_superseded(self, remote: str, *, grace: bool) -> None:
-        """Outbound halves at once (the new one sends), inbound ones after the grace period."""
+        """Outbound halves at once (the new one sends), inbound ones once quiet (`_delete_when_quiet`)."""
         timer = self._handover_timers.pop(remote, None)
         if timer is not None:
             timer.cancel()
         for inbound, sa in self.superseded.pop(remote, []):
             if inbound and grace and self.rekey_grace:
-                self._delete_when_quiet(sa, asyncio.get_running_loop().time() + HANDOVER_LIMIT)
+                self._delete_when_quiet(remote, sa, asyncio.get_running_loop().time() + HANDOVER_LIMIT)
             else:
                 self._delete(sa)
 
-    def _delete_when_quiet(self, sa, deadline: float, seen: int | None = None) -> None:
+    def _delete_when_quiet(self, remote: str, sa, deadline: float, seen: int | None = None) -> None:
         """Delete a kept inbound SA once the kernel shows no new packet on it for a grace
         period (or at `deadline`). The peer sends on the old SAs until our confirmation
         reaches it; a lost one is retransmitted seconds later and a loaded peer is slow to
@@ -232,7 +233,8 @@ class XfrmDataPlane:
             del self._quiet_checks[id(sa)]
             self._delete(sa)
             return
-        self._quiet_checks[id(sa)] = loop.call_later(self.rekey_grace, self._delete_when_quiet, sa, deadline, packets)
+        self._quiet_checks[id(sa)] = (remote, sa, loop.call_later(self.rekey_grace, self._delete_when_quiet,
+                                                                  remote, sa, deadline, packets))
 
     def _set_larval_drop(self, value: int) -> None:
         if self.netns is not None:
@@ -275,6 +277,8 @@ class XfrmDataPlane:
         self.outbound.clear()
         for remote in list(self.superseded):
             self._retire_superseded(remote, grace=False)
+        for _, kept, _ in self._quiet_checks.values():
+            self._delete(kept)
         self._close()
 
     def hand_over(self) -> None:
@@ -283,7 +287,7 @@ class XfrmDataPlane:
         self._close()
 
     def _close(self) -> None:
-        for timer in [*self._handover_timers.values(), *self._quiet_checks.values()]:
+        for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values())]:
             timer.cancel()
         self._handover_timers.clear()
         self._quiet_checks.clear()
@@ -472,4 +476,12 @@ class XfrmDataPlane:
         return {"dataplane": self.name, "policies": len(self._policies), "inbound_sas": len(self.inbound),
                 "outbound_sas": len(self.outbound), "errors": self.errors, "services": self.services.status(),
                 # SAs without IKE state still carrying traffic until new ones replace them.
-                "kept_sas": {remote: len(halves) for remote, halves in self.superseded.items()}}
+                "kept_sas": self._kept_sas()}
+
+    def _kept_sas(self) -> dict[str, int]:
+        """Per peer, the SAs without IKE state still in the kernel: those waiting for their
+        replacement and the inbound ones waiting for the peer to stop sending on them."""
+        kept = {remote: len(halves) for remote, halves in self.superseded.items()}
+        for remote, _, _ in self._quiet_checks.values():
+            kept[remote] = kept.get(remote, 0) + 1
+        return kept
