@@ -8,7 +8,7 @@ import struct
 
 from ipsec_mesh.ike.proposals import ENCR_NAMES
 from ipsec_mesh.svcnat.mtu import ESP_CIPHERS, _inner_mtu, esp_inner_mtu
-from ipsec_mesh.svcnat.routes import RT_PROTO, RTN_UNICAST, Route, _KernelRoute, _parse, derive, route_body
+from ipsec_mesh.svcnat.routes import RT_PROTO, RTN_UNICAST, Route, RouteIndex, _KernelRoute, _parse, derive, route_body
 from tests.support.route_reference import reference_best, reference_derive
 
 
@@ -33,17 +33,17 @@ CIP = ipaddress.ip_address("10.96.0.10")
 def test_a_cluster_ip_route_goes_where_its_covering_route_goes_and_ignores_ours():
     table = [kernel_route("0.0.0.0/0"), kernel_route("10.96.0.0/16", gateway="10.0.0.9", oif=3),
              kernel_route("10.96.0.10/32", proto=RT_PROTO, gateway="10.9.9.9")]
-    assert derive(CIP, 1458, table) == Route(CIP, 1458, 3, ipaddress.ip_address("10.0.0.9"))
+    assert derive(CIP, 1458, RouteIndex(table)) == Route(CIP, 1458, 3, ipaddress.ip_address("10.0.0.9"))
     # The covering route's own smaller MTU is kept.
     table[1] = kernel_route("10.96.0.0/16", gateway="10.0.0.9", oif=3, mtu=1400)
-    assert derive(CIP, 1458, table).mtu == 1400
+    assert derive(CIP, 1458, RouteIndex(table)).mtu == 1400
 
 
 def test_no_route_where_someone_else_routes_the_cluster_ip_or_the_way_is_not_a_single_path():
-    assert "host route" in derive(CIP, 1458, [kernel_route("0.0.0.0/0"), kernel_route("10.96.0.10/32", proto=4)])
-    assert "not a single-path" in derive(CIP, 1458, [kernel_route("0.0.0.0/0", multipath=True, oif=None)])
-    assert "not a single-path" in derive(CIP, 1458, [kernel_route("0.0.0.0/0", kind=6)])  # blackhole
-    assert derive(CIP, 1458, [kernel_route("::/0", gateway="fe80::1")]) == "no route to 10.96.0.10"
+    assert "host route" in derive(CIP, 1458, RouteIndex([kernel_route("0.0.0.0/0"), kernel_route("10.96.0.10/32", proto=4)]))
+    assert "not a single-path" in derive(CIP, 1458, RouteIndex([kernel_route("0.0.0.0/0", multipath=True, oif=None)]))
+    assert "not a single-path" in derive(CIP, 1458, RouteIndex([kernel_route("0.0.0.0/0", kind=6)]))  # blackhole
+    assert derive(CIP, 1458, RouteIndex([kernel_route("::/0", gateway="fe80::1")])) == "no route to 10.96.0.10"
 
 
 def test_our_route_message_round_trips_through_the_parser():

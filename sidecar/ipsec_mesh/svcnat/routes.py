@@ -218,19 +218,14 @@ class RouteIndex:
         return min(covering, key=lambda r: (-r.network.prefixlen, r.priority)) if covering else None
 
 
-def _indexed(table: list[_KernelRoute] | RouteIndex) -> RouteIndex:
-    return table if isinstance(table, RouteIndex) else RouteIndex(table)
-
-
-def device_of(destination: Address, table: list[_KernelRoute] | RouteIndex) -> int | None:
+def device_of(destination: Address, index: RouteIndex) -> int | None:
     """The device index packets to `destination` leave by (ours included), None if no single one."""
-    best = _indexed(table).best(destination)
+    best = index.best(destination)
     return best.oif if best is not None and not best.multipath else None
 
 
-def derive(destination: Address, mtu: int, table: list[_KernelRoute] | RouteIndex) -> Route | str:
+def derive(destination: Address, mtu: int, index: RouteIndex) -> Route | str:
     """The route `destination` gets (through what covers it now, not counting ours), or why none."""
-    index = _indexed(table)
     for route in index.hosts.get(destination, ()):
         if not route.ours:
             return f"the main table has a host route for {destination} already (proto {route.proto})"
