@@ -26,7 +26,10 @@ _T = TypeVar("_T", bound=type)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A C-level getter that always returns a tuple (attrgetter of one name returns the bare value)."""
+    """A C-level getter that always returns a tuple (attrgetter of one name returns the bare value).
+
+    Stored on the class as a staticmethod, so that `self.__record_compare__` is the getter itself.
+    """
     if len(names) >= 2:
         return attrgetter(*names)
     if names:
@@ -43,12 +46,12 @@ def _repr(self: Any) -> str:
 def _eq(self: Any, other: Any) -> Any:
     if other.__class__ is not self.__class__:
         return NotImplemented
-    key = type(self).__record_compare__
+    key = self.__record_compare__
     return key(self) == key(other)
 
 
 def _hash(self: Any) -> int:
-    return hash(type(self).__record_hash__(self))
+    return hash(self.__record_hash__(self))
 
 
 @overload
@@ -72,11 +75,11 @@ def record(cls: Any = None, /, *, frozen: bool = False, kw_only: bool = False, r
             target.__record_repr__ = tuple(f.name for f in declared if f.repr)
             target.__repr__ = _repr
         if "__eq__" not in own:
-            target.__record_compare__ = _getter(tuple(f.name for f in declared if f.compare))
+            target.__record_compare__ = staticmethod(_getter(tuple(f.name for f in declared if f.compare)))
             target.__eq__ = _eq
         if frozen and not own_hash:
             hashed = tuple(f.name for f in declared if (f.compare if f.hash is None else f.hash))
-            target.__record_hash__ = _getter(hashed)
+            target.__record_hash__ = staticmethod(_getter(hashed))
             target.__hash__ = _hash
         elif not own_hash:
             target.__hash__ = None  # mutable and compared by value: unhashable, as dataclass makes it
