@@ -12,52 +12,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..model.peering import GROUP, PLURAL, VERSION, InvalidPeering, parse_peering
 from ..model.settings import INJECTED_ANNOTATION
 from ..model.sidecar import has_injected_sidecar
 from .index import PodInfo
-from .kube import KubeError
+from .listwatch import Key, ListWatch, SecretWatch
 from .runtime import OperatorRuntime
-from .secret_watch import SecretWatch
 
 logger = logging.getLogger("ipsec_mesh_operator.feeder")
-
-RETRY_SECONDS = 2.0
-Key = tuple[str, str]
-
-
-@dataclass(frozen=True)
-class Listing:
-    name: str
-    path: str
-    apply: Callable[[Key, dict[str, Any]], Awaitable[None]]
-    remove: Callable[[Key], Awaitable[None]]
-
-
-def _key(obj: dict[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 class IndexFeeder:
     def __init__(self, runtime: OperatorRuntime, on_synced: Callable[[str], None] = lambda _: None):
         self.runtime = runtime
         self.on_synced = on_synced
-        self.listings = [
-            Listing("pods", "/api/v1/pods", self._apply_pod, self._remove_pod),
-            Listing("peerings", f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._apply_peering, self._remove_peering),
+        kinds: list[tuple[str, str, Callable[[Key, dict[str, Any]], Awaitable[None]],
+                          Callable[[Key], Awaitable[None]]]] = [
+            ("pods", "/api/v1/pods", self._apply_pod, self._remove_pod),
+            ("peerings", f"/apis/{GROUP}/{VERSION}/{PLURAL}", self._apply_peering, self._remove_peering),
         ]
         # Watched, never written: list/watch is all the chart's ClusterRole grants (docs/services.md).
         for kind, path in (("Service", "/api/v1/services"),
                            ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices")):
-            self.listings.append(Listing(path.rsplit("/", 1)[1], path, self._service_applier(kind),
-                                         self._service_remover(kind)))
+            kinds.append((path.rsplit("/", 1)[1], path, self._service_applier(kind), self._service_remover(kind)))
         if runtime.config.watch_namespaces:
-            self.listings.append(Listing("namespaces", "/api/v1/namespaces", self._apply_namespace,
-                                         self._remove_namespace))
+            kinds.append(("namespaces", "/api/v1/namespaces", self._apply_namespace, self._remove_namespace))
+        self.listings = [ListWatch(runtime.kube, name, path, apply, remove, on_listed=self._listed(name))
+                         for name, path, apply, remove in kinds]
         config = runtime.config
         #: The mesh CA Secret: any replica may rotate it, every replica serves its bundle.
         self.ca_watch = SecretWatch(runtime.kube, config.namespace, config.ca_secret,
@@ -68,58 +51,19 @@ class IndexFeeder:
 
     @property
     def names(self) -> list[str]:
-        return [listing.name for listing in self.listings]
+        return [listing.kind for listing in self.listings]
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._follow(listing) for listing in self.listings), self._refresh_keys(),
+        await asyncio.gather(*(listing.run() for listing in self.listings), self._refresh_keys(),
                              self.ca_watch.run())
 
-    async def _follow(self, listing: Listing) -> None:
-        known: set[Key] = set()
-        while True:
-            try:
-                listed = await self.runtime.kube.get(listing.path)
-                if listed is None:
-                    raise KubeError(404, f"{listing.path} is not served")
-                present = set()
-                for item in listed.get("items") or []:
-                    key = _key(item)
-                    present.add(key)
-                    await listing.apply(key, item)
-                for key in known - present:  # deleted while we were not watching
-                    await listing.remove(key)
-                known = present
-                self._unsynced.discard(listing.name)
-                self.on_synced(listing.name)
-                if not self._unsynced:
-                    self.synced.set()
-                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                while version:
-                    version = await self._watch(listing, version, known)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the next list starts over; the index keeps what it has
-                logger.warning("listing %s failed, retrying: %r", listing.name, exc)
-            await asyncio.sleep(RETRY_SECONDS)
-
-    async def _watch(self, listing: Listing, version: str, known: set[Key]) -> str:
-        """Apply events from `version`; returns where to resume, or "" to list again (410 Gone)."""
-        async for event in self.runtime.kube.watch(listing.path, version):
-            kind, obj = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                logger.info("watch of %s ended: %s; listing again", listing.name, obj.get("message", obj))
-                return ""
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            if kind == "BOOKMARK":
-                continue
-            key = _key(obj)
-            if kind == "DELETED":
-                known.discard(key)
-                await listing.remove(key)
-            else:
-                known.add(key)
-                await listing.apply(key, obj)
-        return version
+    def _listed(self, name: str) -> Callable[[], None]:
+        def listed() -> None:
+            self._unsynced.discard(name)
+            self.on_synced(name)
+            if not self._unsynced:
+                self.synced.set()
+        return listed
 
     # ---- what each kind does to the index -----------------------------------
 

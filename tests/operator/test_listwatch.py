@@ -1,4 +1,5 @@
-"""SecretWatch: list + watch of one Secret, resync after 410 Gone and dropped connections, bounded backoff."""
+"""ListWatch and SecretWatch: list + watch of a collection or one Secret, resync after 410 Gone and
+dropped connections, what vanished unseen is removed, bounded backoff."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pytest
 
 from ipsec_mesh_operator.controller.kube import KubeError
-from ipsec_mesh_operator.controller.secret_watch import BACKOFF_MAX, SecretWatch
+from ipsec_mesh_operator.controller.listwatch import BACKOFF_MAX, ListWatch, SecretWatch
 
 
 def secret(version, name="ipsec-mesh-ca"):
@@ -148,3 +149,44 @@ async def test_the_kube_client_sends_the_field_selector_that_rbac_resource_names
         await runner.cleanup()
     assert applied[:2] == [1, 6]
     assert seen[:2] == [(None, "metadata.name=ipsec-mesh-ca"), ("true", "metadata.name=ipsec-mesh-ca")]
+
+
+def pod(name, version):
+    return {"metadata": {"namespace": "prod", "name": name, "resourceVersion": str(version)}}
+
+
+async def test_a_collection_relist_removes_what_vanished_unseen_and_failed_lists_back_off():
+    kube = ScriptedKube(
+        lists=[{"metadata": {"resourceVersion": "10"}, "items": [pod("a", 1), pod("b", 2)]},
+               KubeError(500, "etcd"), KubeError(500, "etcd"),
+               {"metadata": {"resourceVersion": "30"}, "items": [pod("b", 2), pod("c", 25)]}],
+        watches=[[{"type": "DELETED", "object": pod("a", 11)}, {"type": "ADDED", "object": pod("d", 12)},
+                  {"type": "MODIFIED", "object": "junk"}, {"type": "ERROR", "object": {"code": 410}}]])
+    seen, slept, listed = [], [], []
+
+    async def apply(key, obj):
+        seen.append(("apply", key[1]))
+
+    async def remove(key):
+        seen.append(("remove", key[1]))
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        await asyncio.sleep(0)
+
+    watch = ListWatch(kube, "pods", "/api/v1/pods", apply, remove, on_listed=lambda: listed.append(watch.lists),
+                      sleep=sleep)
+    task = asyncio.create_task(watch.run())
+    for _ in range(1000):  # bounded in count: the script is finite
+        if len(listed) >= 2:
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # d was added by the watch and is gone from the relist after the 410: removed, as a is by its event.
+    assert seen == [("apply", "a"), ("apply", "b"), ("remove", "a"), ("apply", "d"),
+                    ("apply", "b"), ("apply", "c"), ("remove", "d")]
+    assert watch.known == {("prod", "b"), ("prod", "c")}
+    # The 410 after events lists again at once; the two failed lists wait 0.5 s then 1 s.
+    assert slept == [0.5, 1.0] and listed == [1, 4] and watch.failures == 2
+    assert all("?" not in entry[1] for entry in kube.asked if entry[0] == "list")  # no field selector
