@@ -10,7 +10,7 @@ import copy
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import yaml
@@ -20,13 +20,13 @@ CRD_PATH = Path(os.environ.get("IPSEC_MESH_CRD", Path(__file__).resolve().parent
 
 @functools.lru_cache(maxsize=None)
 def load_crd(path: Path = CRD_PATH) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    return cast(dict[str, Any], yaml.safe_load(path.read_text()))
 
 
 def openapi_schema(version: str = "v1alpha1") -> dict[str, Any]:
     for entry in load_crd()["spec"]["versions"]:
         if entry["name"] == version:
-            return entry["schema"]["openAPIV3Schema"]
+            return cast(dict[str, Any], entry["schema"]["openAPIV3Schema"])
     raise KeyError(version)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ipsec_mesh.meshapi import AuthKind, Enforcement, Lifetimes, PeerMapError, fields
 from ipsec_mesh.meshapi.identity import check_identity_pattern
@@ -146,7 +146,7 @@ def parse_peering(namespace: str, name: str, spec: Any) -> PeeringSpec:
     pod_peers, remotes = _parse_peers(c, spec.get("peers"))
 
     def duration(section: Mapping[str, Any], key: str, default_key: str, path: str, minimum: int = 1) -> int:
-        return c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, minimum, default=1)
+        return cast(int, c.check(fields.duration, section.get(key, DEFAULTS[default_key]), path, minimum, default=1))
 
     parsed = PeeringSpec(
         namespace=namespace,

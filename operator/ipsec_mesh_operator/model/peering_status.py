@@ -28,10 +28,10 @@ def _now_iso() -> str:
 def _condition(old: Mapping[str, Any] | None, type_: str, ok: bool, reason: str, message: str,
                generation: int) -> dict[str, Any]:
     status = "True" if ok else "False"
-    changed = old is None or old.get("status") != status
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
     return {
         "type": type_, "status": status, "reason": reason, "message": message, "observedGeneration": generation,
-        "lastTransitionTime": _now_iso() if changed else old.get("lastTransitionTime", _now_iso()),
+        "lastTransitionTime": _now_iso() if since is None else since,
     }
 
 

@@ -68,7 +68,8 @@ def counterparts(pod: Key, same_namespace: bool, members: set[Key], peers: set[K
     return members & accepted()
 
 
-def precedence_of(enforcement: Enforcement, auth: AuthKind, tfc_padding: bool, namespace: str, name: str) -> tuple:
+def precedence_of(enforcement: Enforcement, auth: AuthKind, tfc_padding: bool, namespace: str,
+                  name: str) -> tuple[bool, bool, bool, str, str]:
     """Sort key of the peering whose settings govern a pair of pods covered by several.
 
     The strictest first (require, certificates, TFC padding), so that no peering can
@@ -78,7 +79,7 @@ def precedence_of(enforcement: Enforcement, auth: AuthKind, tfc_padding: bool, n
             namespace, name)
 
 
-def precedence(spec: PeeringSpec) -> tuple:
+def precedence(spec: PeeringSpec) -> tuple[bool, bool, bool, str, str]:
     """`precedence_of` a parsed peering."""
     return precedence_of(spec.enforcement, spec.auth, spec.tfc_padding, spec.namespace, spec.name)
 

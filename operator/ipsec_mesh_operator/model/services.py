@@ -72,7 +72,8 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def _metadata(body: Any) -> tuple[str, str, Mapping[str, Any]]:
+def _metadata(body: Any) -> tuple[str, Any, Mapping[str, Any]]:
+    """Namespace (checked), name (unchecked: Services and EndpointSlices check it differently), metadata."""
     meta = _mapping(_mapping(body, "").get("metadata"), "metadata")
     namespace = check_label(meta.get("namespace", "default"), "metadata.namespace")
     return namespace, meta.get("name"), meta

@@ -57,7 +57,7 @@ class ServingCertificate:
         self._issuer_id = issuer
         return True
 
-    def _load(self, chain: str, key) -> None:
+    def _load(self, chain: str, key: ec.EllipticCurvePrivateKey) -> None:
         """Hand the pair to OpenSSL, which only reads files; the key is on disk only meanwhile."""
         with tempfile.TemporaryDirectory(prefix="ipsec-mesh-tls-") as directory:
             cert_path, key_path = Path(directory) / "tls.crt", Path(directory) / "tls.key"
