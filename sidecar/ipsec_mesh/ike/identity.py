@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cryptography import x509
-
 from . import der
 from .constants import IdType
 from .errors import IdentityError
@@ -31,6 +29,7 @@ MAX_KEY_ID_LEN = 64
 
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
 _EMAIL_LOCAL = re.compile(r"^[!-~]+$")  # printable ASCII, no space
+_PRINTABLE = re.compile(rb"^[A-Za-z0-9 '()+,\-./:=?]*\Z")  # X.680 PrintableString
 
 _PREFIXES = {
     "fqdn": IdType.ID_FQDN,
@@ -61,6 +60,17 @@ _STRING_CODECS = {
     0x1C: "utf-32-be",  # UniversalString
     0x1E: "utf-16-be",  # BMPString
 }
+
+# Attribute names and length limits as cryptography's x509.Name has them (RFC 4514, X.520),
+# so that DNs print and validate as they did when cryptography.x509 did it.
+_SHORT_NAMES = {
+    "2.5.4.3": "CN", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O", "2.5.4.11": "OU",
+    "2.5.4.6": "C", "2.5.4.9": "STREET", "0.9.2342.19200300.100.1.25": "DC",
+    "0.9.2342.19200300.100.1.1": "UID",
+}
+_LENGTH_LIMITS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1, 64)}
+_RFC4514_SPECIAL = {"\\": "\\\\", '"': '\\"', "+": "\\+", ",": "\\,", ";": "\\;", "<": "\\<", ">": "\\>",
+                    "\0": "\\00"}
 
 DnAttribute = tuple[str, str]  # (dotted OID, normalized value)
 DnKey = tuple[frozenset[DnAttribute], ...]  # one frozenset per RDN, in order
@@ -105,6 +115,9 @@ class Identity:
                 raise IdentityError(f"{text!r} is not an {_PRINT_PREFIX[id_type]} address")
             return identity
         if id_type == IdType.ID_DER_ASN1_DN:
+            # Configuration text only (`run` mode): mesh mode never gets here, so the
+            # sidecar loads cryptography.x509 (~1.9 MB) only for a configured DN.
+            from cryptography import x509
             try:
                 name = x509.Name.from_rfc4514_string(text)
             except ValueError as exc:
@@ -159,7 +172,7 @@ class Identity:
         if self.id_type in _IP_LENGTH:
             return str(ipaddress.ip_address(self.data))
         if self.id_type == IdType.ID_DER_ASN1_DN:
-            return dn_to_name(self.data).rfc4514_string()
+            return dn_text(self.data)
         if self.id_type == IdType.ID_KEY_ID:
             return self.data.hex()
         return self.data.decode("ascii")
@@ -230,7 +243,13 @@ def _check_ip(id_type: IdType, data: bytes) -> None:
 def _check_dn(_: IdType, data: bytes) -> None:
     if len(data) > MAX_DN_LEN:
         raise IdentityError("distinguished name too long")
-    dn_to_name(data)
+    for rdn in _parse_dn(data):
+        if len(set(rdn)) != len(rdn):
+            raise IdentityError("duplicate attribute in an RDN")
+        for oid, value in rdn:
+            least, most = _LENGTH_LIMITS.get(oid, (0, MAX_DN_LEN))
+            if not least <= len(value.encode("utf-8")) <= most:
+                raise IdentityError(f"DN attribute {oid} must be {least}..{most} octets")
 
 
 def _check_key_id(_: IdType, data: bytes) -> None:
@@ -306,6 +325,11 @@ def _email_matches(address: str, pattern: str) -> bool:
     return p_local == "*" or local == p_local
 
 
+def dn_attributes(data: bytes) -> list[list[tuple[str, str]]]:
+    """RDNs of a DER Name as lists of (dotted OID, decoded value); IdentityError if malformed."""
+    return _parse_dn(data)
+
+
 def _parse_dn(data: bytes) -> list[list[tuple[str, str]]]:
     """RDNs of a DER Name as lists of (dotted OID, decoded value). Values must be strings."""
     try:
@@ -331,6 +355,8 @@ def _attribute(tlv: der.Tlv) -> tuple[str, str]:
     codec = _STRING_CODECS.get(parts[1].tag)
     if codec is None:
         raise IdentityError(f"unsupported DN attribute value type 0x{parts[1].tag:02x}")
+    if parts[1].tag == 0x13 and not _PRINTABLE.match(parts[1].value):
+        raise IdentityError("PrintableString with a character outside its set")
     try:
         return der.oid_to_dotted(parts[0].value), parts[1].value.decode(codec)
     except UnicodeDecodeError:
@@ -345,16 +371,34 @@ def dn_key(data: bytes) -> DnKey:
     )
 
 
-def dn_to_name(data: bytes) -> x509.Name:
-    """A cryptography Name for a DER Name (for printing: string types are not kept)."""
+def dn_text(data: bytes) -> str:
+    """The RFC 4514 string of a DER Name (last RDN first), as cryptography's rfc4514_string."""
+    return ",".join(
+        "+".join(f"{_SHORT_NAMES.get(oid, oid)}={_rfc4514_escape(value)}" for oid, value in rdn)
+        for rdn in reversed(_parse_dn(data))
+    )
+
+
+def _rfc4514_escape(value: str) -> str:
+    if not value:
+        return ""
+    value = "".join(_RFC4514_SPECIAL.get(ch, ch) for ch in value)
+    if value[0] == "#" or (value[0] == " " and len(value) > 1):
+        value = "\\" + value
+    if value[-1] == " ":
+        value = value[:-1] + "\\ "
+    return value
+
+
+def name_equal(a: bytes, b: bytes) -> bool:
+    """Certificate name chaining: the same RDNs in order, each the same set of (OID, value)
+    whatever the string types (cryptography's Name equality); malformed names are never equal."""
+    if a == b:
+        return True
     try:
-        return x509.Name([
-            x509.RelativeDistinguishedName(
-                [x509.NameAttribute(x509.ObjectIdentifier(oid), value) for oid, value in rdn])
-            for rdn in _parse_dn(data)
-        ])
-    except ValueError as exc:  # e.g. a countryName that is not 2 letters
-        raise IdentityError(f"bad distinguished name attribute: {exc}") from None
+        return [frozenset(rdn) for rdn in _parse_dn(a)] == [frozenset(rdn) for rdn in _parse_dn(b)]
+    except IdentityError:
+        return False
 
 
 def dn_equal(a: bytes, b: bytes) -> bool:

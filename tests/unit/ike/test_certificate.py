@@ -1,0 +1,314 @@
+"""The sidecar's own X.509 parser (ipsec_mesh.ike.certificate) against cryptography.x509.
+
+Differential: every field we expose equals cryptography's on generated certificates (EC P-256
+and P-384, RSA 2048 and 3072, Ed25519; each extension present or absent, critical or not;
+long SANs; UTCTime and GeneralizedTime; CA and leaf; path lengths). Mutation: 3,000
+deterministic mutants of real certificates either raise DerError or parse to what
+cryptography parses, and none of them validates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from ipsec_mesh.ike import der
+from ipsec_mesh.ike.certificate import Certificate, certificates_from_pem
+from ipsec_mesh.ike.certs import TrustStore
+from ipsec_mesh.ike.der import DerError
+from ipsec_mesh.ike.errors import CertificateError, ParseError
+from ipsec_mesh.ike.identity import dn_text
+
+NOW = datetime(2030, 6, 1, tzinfo=timezone.utc)
+MUTANTS = 3000
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {
+        "p256": ec.generate_private_key(ec.SECP256R1()),
+        "p384": ec.generate_private_key(ec.SECP384R1()),
+        "rsa2048": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "rsa3072": rsa.generate_private_key(public_exponent=65537, key_size=3072),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+
+
+def _hash_for(key):
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA384()
+
+
+def _build(rng: random.Random, keys, issuer_key, subject_key, issuer_name: x509.Name) -> x509.Certificate:
+    ca = rng.random() < 0.4
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, f"node {rng.randrange(10**6)}")]
+    if rng.random() < 0.5:
+        attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ipsec, mesh+test <x>"),
+                  x509.NameAttribute(NameOID.COUNTRY_NAME, "CH")]
+    subject = x509.Name(attrs)
+    start = NOW - timedelta(days=rng.choice([1, 400, 20000]))  # 20000 days back: UTCTime in the 1970s
+    end = NOW + timedelta(days=rng.choice([1, 30, 10000]))  # 10000 days on: GeneralizedTime after 2050
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(subject_key.public_key())
+               .serial_number(rng.choice([1, 2**63, 2**159 - 1, rng.randrange(1, 2**159)]))
+               .not_valid_before(start).not_valid_after(end))
+    if rng.random() < 0.8:
+        path = rng.choice([None, 0, 1, 7]) if ca else None
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=path), critical=rng.random() < 0.7)
+    if rng.random() < 0.7:
+        flags = {f: rng.random() < 0.5 for f in ("digital_signature", "content_commitment", "key_encipherment",
+                                                   "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign")}
+        extra = {"encipher_only": flags["key_agreement"] and rng.random() < 0.5, "decipher_only": False}
+        builder = builder.add_extension(x509.KeyUsage(**flags, **extra), critical=rng.random() < 0.7)
+    if rng.random() < 0.7:
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()),
+                                        critical=False)
+    if rng.random() < 0.8:
+        count = rng.choice([1, 3, 100])
+        names: list[x509.GeneralName] = []
+        for i in range(count):
+            kind = rng.randrange(4)
+            if kind == 0:
+                names.append(x509.DNSName(f"pod-{i}." + "long-label." * rng.choice([1, 20]) + "mesh"))
+            elif kind == 1:
+                names.append(x509.RFC822Name(f"user{i}@mesh.test"))
+            elif kind == 2:
+                names.append(x509.IPAddress(ipaddress.ip_address(rng.choice([f"10.0.0.{i % 250}", f"fd00::{i}"]))))
+            else:
+                names.append(x509.UniformResourceIdentifier(f"spiffe://mesh.test/ns/n{i}/sa/s"))
+        names = list(dict.fromkeys(names))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=rng.random() < 0.3)
+    if rng.random() < 0.3:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier("1.3.6.1.5.5.7.3.17")]),
+                                        critical=rng.random() < 0.5)
+    if rng.random() < 0.3:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"),
+            critical=rng.random() < 0.5)
+    return builder.sign(issuer_key, _hash_for(issuer_key))
+
+
+def _generated(keys, count: int, seed: int) -> list[x509.Certificate]:
+    rng = random.Random(seed)
+    names = list(keys)
+    certs = []
+    for _ in range(count):
+        issuer_key, subject_key = keys[rng.choice(names)], keys[rng.choice(names)]
+        issuer_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")])
+        certs.append(_build(rng, keys, issuer_key, subject_key, issuer_name))
+    return certs
+
+
+def assert_same_fields(ours: Certificate, theirs: x509.Certificate) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours.der == theirs.public_bytes(Encoding.DER)
+        assert ours.tbs == theirs.tbs_certificate_bytes
+        assert ours.signature == theirs.signature
+        assert ours.signature_oid == theirs.signature_algorithm_oid.dotted_string
+        assert ours.version == theirs.version.value
+        assert ours.serial_number == theirs.serial_number
+        assert ours.issuer == theirs.issuer.public_bytes()
+        assert ours.subject == theirs.subject.public_bytes()
+        assert dn_text(ours.subject) == theirs.subject.rfc4514_string()
+        assert ours.not_before == int(theirs.not_valid_before_utc.timestamp())
+        assert ours.not_after == int(theirs.not_valid_after_utc.timestamp())
+        assert _spki(ours) == _spki(theirs)  # both load the key lazily, and fail alike
+        extensions = theirs.extensions
+        assert [(e.oid, e.critical) for e in ours.extensions] == [(e.oid.dotted_string, e.critical) for e in extensions]
+        _same_extensions(ours, extensions)
+
+
+def _spki(cert) -> bytes | str:
+    try:
+        return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return "unloadable"
+
+
+def _value(extensions: x509.Extensions, kind):
+    try:
+        return extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _same_extensions(ours: Certificate, extensions: x509.Extensions) -> None:
+    bc = _value(extensions, x509.BasicConstraints)
+    assert (ours.basic_constraints is None) == (bc is None)
+    if bc is not None:
+        assert (ours.basic_constraints.ca, ours.basic_constraints.path_length) == (bc.ca, bc.path_length)
+    ku = _value(extensions, x509.KeyUsage)
+    assert (ours.key_usage is None) == (ku is None)
+    if ku is not None:
+        for bit, flag in enumerate(("digital_signature", "content_commitment", "key_encipherment",
+                                    "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign")):
+            assert ours.has_key_usage(bit) == getattr(ku, flag)
+        if ku.key_agreement:
+            assert (ours.has_key_usage(7), ours.has_key_usage(8)) == (ku.encipher_only, ku.decipher_only)
+    ski = _value(extensions, x509.SubjectKeyIdentifier)
+    assert ours.subject_key_identifier == (ski.digest if ski is not None else None)
+    san = _value(extensions, x509.SubjectAlternativeName)
+    assert (ours.subject_alt_names is None) == (san is None)
+    if san is not None:
+        mine = ours.subject_alt_names
+        assert list(mine.dns) == san.get_values_for_type(x509.DNSName)
+        assert list(mine.email) == san.get_values_for_type(x509.RFC822Name)
+        assert list(mine.ip) == [a.packed for a in san.get_values_for_type(x509.IPAddress)]
+        assert list(mine.uri) == san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def test_generated_certificates_parse_to_cryptographys_fields(keys):
+    certs = _generated(keys, 120, seed=14)
+    times = set()
+    for cert in certs:
+        ours = Certificate.from_der(cert.public_bytes(Encoding.DER))
+        assert_same_fields(ours, cert)
+        times.add(der.read_single(cert.tbs_certificate_bytes).value.count(b"\x18\x0f"))
+    assert times >= {0, 1}  # both UTCTime-only and GeneralizedTime certificates were made
+
+
+def test_pem_bundle_and_signatures_of_every_key_type(keys):
+    rng = random.Random(5)
+    issuer_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")])
+    for issuer_key in keys.values():
+        cert = _build(rng, keys, issuer_key, keys["p256"], issuer_name)
+        ours = Certificate.from_der(cert.public_bytes(Encoding.DER))
+        assert ours.is_signed_by(issuer_key.public_key())
+        others = [k for k in keys.values() if k is not issuer_key]
+        assert not any(ours.is_signed_by(k.public_key()) for k in others)
+    pem = b"header text\n" + b"".join(c.public_bytes(Encoding.PEM) for c in _generated(keys, 3, seed=1))
+    assert len(certificates_from_pem(pem)) == 3
+    with pytest.raises(DerError):
+        certificates_from_pem(b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n")
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    data = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:  # flip a bit
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+    elif kind == 1:  # truncate
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:  # edit a length octet (the octet after a tag-looking byte)
+        spots = [i + 1 for i in range(len(data) - 1) if data[i] in (0x30, 0x31, 0x02, 0x03, 0x04, 0x06, 0xA0, 0xA3)]
+        data[rng.choice(spots)] = rng.choice([0x00, 0x7F, 0x80, 0x81, 0x84, 0x85, 0xFF, rng.randrange(256)])
+    elif kind == 3:  # nested-length bomb spliced in
+        depth = rng.randrange(1, 200)
+        bomb = b"\x30\x84\xff\xff\xff\xff" * depth if rng.random() < 0.5 else b"\x30\x80" * depth
+        at = rng.randrange(len(data))
+        data[at:at] = bomb
+    elif kind == 4:  # trailing bytes, or a byte inserted
+        at = rng.choice([len(data), rng.randrange(len(data))])
+        data[at:at] = bytes([rng.randrange(256)])
+    else:  # swap a byte with a DER-significant value
+        data[rng.randrange(len(data))] = rng.choice([0x00, 0x80, 0xFF, 0x17, 0x18, 0x01, 0x05])
+    return bytes(data)
+
+
+def test_mutants_raise_only_der_error_or_parse_as_cryptography_does_and_never_validate(keys):
+    root_key = keys["p256"]
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mutation root")])
+    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(root_key.public_key()).serial_number(1)
+            .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    store = TrustStore([Certificate.from_der(root.public_bytes(Encoding.DER))])
+    rng = random.Random(1414)
+    bases = []
+    for cert in _generated(keys, 12, seed=77):
+        leaf = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(root_name)
+                .public_key(cert.public_key()).serial_number(cert.serial_number)
+                .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1)))
+        for ext in cert.extensions:
+            if ext.oid.dotted_string != "1.3.6.1.4.1.99999.1" and not isinstance(ext.value, x509.KeyUsage):
+                leaf = leaf.add_extension(ext.value, critical=ext.critical and not isinstance(ext.value, x509.BasicConstraints))
+        bases.append(leaf.sign(root_key, hashes.SHA256()).public_bytes(Encoding.DER))
+    for base in bases:  # the unmutated leaves do validate: the mutants below fail for their mutation
+        assert store.validate([Certificate.from_der(base)], NOW.timestamp())
+    outcomes = {"refused": 0, "parsed": 0}
+    for _ in range(MUTANTS):
+        base = rng.choice(bases)
+        mutant = _mutate(rng, base)
+        if mutant == base:
+            continue
+        try:
+            ours = Certificate.from_der(mutant)
+        except DerError:
+            outcomes["refused"] += 1
+            continue
+        except Exception as exc:  # anything but the typed error is a bug
+            raise AssertionError(f"{type(exc).__name__} on mutant {mutant.hex()}") from exc
+        outcomes["parsed"] += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = x509.load_der_x509_certificate(mutant)
+        assert_same_fields(ours, theirs)
+        with pytest.raises(CertificateError):
+            store.validate([ours], NOW.timestamp())
+    assert outcomes["refused"] > MUTANTS // 2 and outcomes["parsed"] > 0, outcomes
+
+
+@pytest.mark.parametrize("hex_der, why", [
+    ("3003020100", "not a certificate"),
+    ("30800000", "indefinite length"),
+    ("308100", "non-minimal length"),
+    ("3082000100", "non-minimal long length"),
+    ("0201", "truncated"),
+    ("1f0100", "multi-byte tag"),
+])
+def test_malformed_der_raises_the_typed_error(hex_der, why):
+    with pytest.raises(DerError):
+        Certificate.from_der(bytes.fromhex(hex_der))
+    assert issubclass(DerError, ParseError)
+
+
+@pytest.mark.parametrize("tag, value", [
+    (0x17, b"300101000000+0100"),  # zone offset
+    (0x17, b"3001010000Z"),  # no seconds
+    (0x18, b"20300101000000.5Z"),  # fractional seconds
+    (0x18, b"20300230000000Z"),  # 30 February
+    (0x18, b"2030010124000Z0"),
+    (0x17, b"30 101000000Z"),
+    (0x17, b"3+0101000000Z"),
+])
+def test_times_are_parsed_strictly(tag, value):
+    with pytest.raises(DerError):
+        der.read_time(der.Tlv(tag, value, b""))
+
+
+def test_time_values():
+    assert der.read_time(der.Tlv(0x17, b"700101000000Z", b"")) == 0
+    assert der.read_time(der.Tlv(0x17, b"491231235959Z", b"")) == 2524607999  # YY < 50 is 20YY
+    assert der.read_time(der.Tlv(0x18, b"20000229120000Z", b"")) == 951825600  # leap day
+    assert der.read_time(der.Tlv(0x18, b"99991231235959Z", b"")) == 253402300799
+
+
+@pytest.mark.parametrize("hex_value", ["", "0001", "ff80"])
+def test_integers_must_be_minimal(hex_value):
+    with pytest.raises(DerError):
+        der.read_integer(bytes.fromhex(hex_value))
+
+
+@pytest.mark.parametrize("hex_value", ["", "08", "01", "0101", "0781"])
+def test_bit_strings_are_strict(hex_value):
+    with pytest.raises(DerError):
+        der.read_bit_string(bytes.fromhex(hex_value))
+
+
+def test_oids_are_bounded_and_minimal():
+    with pytest.raises(DerError):
+        der.oid_to_dotted(b"\x2a\x80\x01")
+    with pytest.raises(DerError):
+        der.oid_to_dotted(b"\x2a" + b"\x81" * 70 + b"\x01")
