@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from ipsec_mesh.agent.credentials import credential_from, new_key_and_csr
-from ipsec_mesh.agent.csr import csr_der, csr_pem
+from ipsec_mesh.ike.csr import csr_der, csr_pem
 from ipsec_mesh.meshapi.client import IssuedCertificate
 from ipsec_mesh_operator.pki.ca import (
     CertificateAuthority,

@@ -13,9 +13,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..ike import Certificate, DerError, certificates_from_pem, name_equal
+from ..ike import Certificate, DerError, certificates_from_pem, csr_pem, name_equal
 from ..meshapi.client import IssuedCertificate
-from .csr import csr_pem
 from .peers import CredentialError
 
 #: Renew when this share of the certificate's lifetime (from when we received it) has passed.

@@ -11,6 +11,7 @@ from .certificate import Certificate, certificates_from_pem
 from .certs import TrustStore
 from .config import ChildConfig, ConfigLookup, Lifetime, PeerConfig, Retransmit, single_peer_lookup
 from .constants import NON_ESP_MARKER, EncrId, ExchangeType, KeId, NotifyType, ProtocolId, notify_name
+from .csr import csr_pem
 from .der import DerError
 from .endpoint import DROP_COUNTERS, IkeEndpoint
 from .errors import IkeError
@@ -41,7 +42,7 @@ from .sa import Datagram, IkeSa
 from .state import IkeState
 
 __all__ = [
-    "CertCredential", "PskCredential", "TrustStore", "Certificate", "certificates_from_pem", "DerError", "name_equal",
+    "CertCredential", "PskCredential", "TrustStore", "Certificate", "certificates_from_pem", "DerError", "name_equal", "csr_pem",
     "ChildConfig", "ConfigLookup", "Lifetime", "PeerConfig", "Retransmit", "single_peer_lookup",
     "NON_ESP_MARKER", "EncrId", "ExchangeType", "KeId", "NotifyType", "ProtocolId", "notify_name",
     "DROP_COUNTERS", "IkeEndpoint", "IkeError",

@@ -1,10 +1,10 @@
 """A PKCS#10 certificate signing request (RFC 2986) encoded here, without cryptography.x509.
 
-Mesh mode asks the operator for a certificate once at start and at each renewal; building
+Not IKE, but DER: it lives beside der.py and certificate.py. Mesh mode asks the operator for a certificate once at start and at each renewal; building
 the request with `x509.CertificateSigningRequestBuilder` would load cryptography.x509
 (~1.9 MB in every pod) for one fixed shape: subject CN, one SAN dNSName in an
 extensionRequest attribute, ECDSA P-256 with SHA-256. The CertificationRequestInfo is
-byte for byte what cryptography's builder makes (tests/unit/agent/test_csr.py), and the
+byte for byte what cryptography's builder makes (tests/agent/test_csr.py), and the
 operator's CA accepts it (same test, against pki/ca.py).
 """
 
@@ -15,9 +15,9 @@ import binascii
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..ike import der
-from ..ike.constants import HashAlgorithm
-from ..ike.signatures import Family, SignatureAlgorithm
+from . import der
+from .constants import HashAlgorithm
+from .signatures import Family, SignatureAlgorithm
 
 OID_COMMON_NAME = "2.5.4.3"
 OID_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"  # PKCS#9
