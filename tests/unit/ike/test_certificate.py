@@ -9,6 +9,7 @@ cryptography parses, and none of them validates.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import random
 import warnings
@@ -312,3 +313,80 @@ def test_oids_are_bounded_and_minimal():
         der.oid_to_dotted(b"\x2a\x80\x01")
     with pytest.raises(DerError):
         der.oid_to_dotted(b"\x2a" + b"\x81" * 70 + b"\x01")
+
+
+# -- security review: each strict rule on an otherwise valid certificate ------------------------
+def _rebuilt(cert: x509.Certificate, edit) -> bytes:
+    """`cert` with its TBS fields edited by `edit(list of TLV encodings)`, outer parts as they were."""
+    outer = der.children(der.read_single(cert.public_bytes(Encoding.DER)).value)
+    fields = [t.encoded for t in der.children(outer[0].value)]
+    tbs = der.encode_sequence(*edit(fields))
+    return der.encode_sequence(tbs, outer[1].encoded, outer[2].encoded)
+
+
+def _extensions_field(*extensions: bytes) -> bytes:
+    return der.encode_explicit(3, der.encode_sequence(*extensions))
+
+
+def _extension(oid: str, value: bytes, critical: bytes = b"") -> bytes:
+    return der.encode_sequence(der.encode_oid(oid), critical, der.encode_tlv(der.OCTET_STRING, value))
+
+
+@pytest.fixture(scope="module")
+def plain(keys):
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plain")])
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(keys["p256"].public_key())
+            .serial_number(7).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(keys["p256"], hashes.SHA256()))
+
+
+BC_EMPTY = der.encode_sequence()
+SAN_ONE = der.encode_sequence(der.encode_tlv(0x82, b"a.mesh"))
+
+
+@pytest.mark.parametrize("why, edit", [
+    ("duplicate extension (RFC 5280 4.2)", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.17", SAN_ONE), _extension("2.5.29.17", SAN_ONE))]),
+    ("critical FALSE written out", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.19", BC_EMPTY, b"\x01\x01\x00"))]),
+    ("BOOLEAN neither 00 nor FF", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.19", BC_EMPTY, b"\x01\x01\x01"))]),
+    ("cA FALSE written out", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.19", der.encode_sequence(b"\x01\x01\x00")))]),
+    ("negative pathLenConstraint", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.19", der.encode_sequence(b"\x01\x01\xff", b"\x02\x01\xff")))]),
+    ("empty extensions", lambda f: f[:-1] + [_extensions_field()]),
+    ("negative serial", lambda f: [f[0], der.encode_integer(-7), *f[2:]]),
+    ("zero serial", lambda f: [f[0], der.encode_integer(0), *f[2:]]),
+    ("21-octet serial", lambda f: [f[0], der.encode_integer(2**167), *f[2:]]),
+    ("non-minimal serial", lambda f: [f[0], b"\x02\x02\x00\x07", *f[2:]]),
+    ("version v1 written out", lambda f: [der.encode_explicit(0, der.encode_integer(0)), *f[1:]]),
+    ("version 4", lambda f: [der.encode_explicit(0, der.encode_integer(3)), *f[1:]]),
+    ("TBS signature algorithm other than the outer one",
+     lambda f: [f[0], f[1], der.encode_sequence(der.encode_oid("1.2.840.10045.4.3.3")), *f[3:]]),
+    ("unknown field after the key", lambda f: f + [der.encode_explicit(4, b"")]),
+    ("non-ASCII dNSName", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.17", der.encode_sequence(der.encode_tlv(0x82, "é.mesh".encode()))))]),
+    ("iPAddress of 5 octets", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.17", der.encode_sequence(der.encode_tlv(0x87, b"\x0a\x00\x00\x01\x00"))))]),
+    ("trailing bytes in an extension value", lambda f: f[:-1] + [_extensions_field(
+        _extension("2.5.29.17", SAN_ONE + b"\x00"))]),
+    ("PrintableString with '@'", lambda f: [*f[:5], der.encode_sequence(der.encode_set(der.encode_sequence(
+        der.encode_oid("2.5.4.3"), der.encode_tlv(0x13, b"a@b")))), *f[6:]]),
+])
+def test_strict_rules_refuse(plain, why, edit):
+    with pytest.raises(DerError):
+        Certificate.from_der(_rebuilt(plain, edit))
+
+
+def test_strict_rules_start_from_a_certificate_we_accept(plain):
+    assert Certificate.from_der(_rebuilt(plain, lambda f: f)).der == plain.public_bytes(Encoding.DER)
+
+
+def test_trailing_bytes_after_the_certificate_refused(plain):
+    with pytest.raises(DerError):
+        Certificate.from_der(plain.public_bytes(Encoding.DER) + b"\x00")
+    with pytest.raises(DerError):  # and a PEM block holding them
+        certificates_from_pem(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(
+            plain.public_bytes(Encoding.DER) + b"\x00") + b"-----END CERTIFICATE-----\n")
