@@ -43,7 +43,7 @@ print(json.dumps(sorted(sys.modules)))
 # helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
 # difflib (wording of configuration errors only), argparse (the injected command line has no options),
 # pathlib (file paths of the `run` configuration; mesh mode reads its few files with open()),
-# cryptography.x509 and what it loads (email, calendar, datetime: ~1.9 MB; the sidecar parses
+# cryptography.x509 and what it loads (email, calendar, datetime: ~1.1 MB; the sidecar parses
 # certificates and writes its CSR itself, ike/certificate.py and ike/csr.py).
 NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
                     "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",

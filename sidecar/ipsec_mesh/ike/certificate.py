@@ -1,6 +1,6 @@
 """X.509 certificates (RFC 5280) read by the IKE core itself, without `cryptography.x509`.
 
-`cryptography.x509` costs every sidecar about 1.9 MB of private memory (it loads
+`cryptography.x509` costs every sidecar about 1.1 MB of private memory (it loads
 email, calendar, datetime and its Python classes); the sidecar needs only a few
 fields of a certificate. `Certificate.from_der` parses strict DER (der.py) and
 keeps what chain validation and identity binding use: the raw DER and TBS bytes,

@@ -2,7 +2,7 @@
 
 Not IKE, but DER: it lives beside der.py and certificate.py. Mesh mode asks the operator for a certificate once at start and at each renewal; building
 the request with `x509.CertificateSigningRequestBuilder` would load cryptography.x509
-(~1.9 MB in every pod) for one fixed shape: subject CN, one SAN dNSName in an
+(~1.1 MB in every pod) for one fixed shape: subject CN, one SAN dNSName in an
 extensionRequest attribute, ECDSA P-256 with SHA-256. The CertificationRequestInfo is
 byte for byte what cryptography's builder makes (tests/agent/test_csr.py), and the
 operator's CA accepts it (same test, against pki/ca.py).
