@@ -6,9 +6,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsec_mesh.ike import Identity
+from ipsec_mesh.ike import Identity, der
 from ipsec_mesh.ike.constants import IdType
 from ipsec_mesh.ike.errors import IdentityError
+from ipsec_mesh.ike.identity import dn_text, name_equal
 from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
 
 
@@ -152,3 +153,58 @@ def test_parse_never_leaks_untyped_errors(text):
     except IdentityError:
         return
     assert identity.matches(identity) or identity.is_pattern()
+
+
+# -- DER Names printed, validated and chained without cryptography.x509, as it did ------------
+# attributes whose default string type is UTF8String (any text encodes)
+_DN_OIDS = ["2.5.4.3", "2.5.4.10", "2.5.4.11", "2.5.4.7", "2.5.4.8", "2.5.4.9",
+            "0.9.2342.19200300.100.1.1", "1.3.6.1.4.1.9.9"]
+_DN_VALUE = st.text(alphabet=st.sampled_from(list("ab Z09é,+\\\"<>;#=*\0") + ["字"]), min_size=1, max_size=12)
+
+
+@st.composite
+def _x509_names(draw):
+    rdns = []
+    for _ in range(draw(st.integers(1, 4))):
+        oids = draw(st.lists(st.sampled_from(_DN_OIDS), min_size=1, max_size=3, unique=True))
+        rdns.append(x509.RelativeDistinguishedName(
+            [x509.NameAttribute(x509.ObjectIdentifier(oid), draw(_DN_VALUE)) for oid in oids]))
+    if draw(st.booleans()):
+        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(x509.NameOID.COUNTRY_NAME, "CH")]))
+    return x509.Name(rdns)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_x509_names())
+def test_dn_text_and_validation_are_cryptographys(name):
+    data = name.public_bytes()
+    parsed = x509.Name.from_bytes(data)  # multi-valued RDNs in DER (sorted) order, as we read them
+    assert dn_text(data) == parsed.rfc4514_string()
+    assert Identity.validated(IdType.ID_DER_ASN1_DN, data).value_text() == parsed.rfc4514_string()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_x509_names(), st.booleans())
+def test_name_equal_is_cryptographys_name_equality(name, printable):
+    # the same names with other string types compare equal, as cryptography's Name does
+    retyped = x509.Name([x509.RelativeDistinguishedName([
+        x509.NameAttribute(a.oid, a.value, x509.name._ASN1Type.BMPString if not printable
+                           else x509.name._ASN1Type.UTF8String) for a in rdn]) for rdn in name.rdns])
+    assert name_equal(name.public_bytes(), retyped.public_bytes()) == (name == retyped)
+    shorter = x509.Name(name.rdns[:-1]) if len(name.rdns) > 1 else x509.Name([])
+    assert name_equal(name.public_bytes(), shorter.public_bytes()) == (name == shorter)
+
+
+@pytest.mark.parametrize("attributes", [
+    [("2.5.4.6", "CHE")],  # countryName must be 2 characters
+    [("2.5.4.3", "")],  # commonName 1..64
+    [("2.5.4.3", "x" * 65)],
+    [("2.5.4.3", "a"), ("2.5.4.3", "a")],  # the same attribute twice in one RDN
+])
+def test_dn_validation_refuses_what_cryptographys_name_refused(attributes):
+    with pytest.raises(ValueError):  # what cryptography.x509 said before
+        x509.RelativeDistinguishedName([x509.NameAttribute(x509.ObjectIdentifier(o), v) for o, v in attributes])
+    rdn = der.encode_set(*(der.encode_sequence(der.encode_oid(o), der.encode_tlv(0x0C, v.encode()))
+                           for o, v in attributes))
+    with pytest.raises(IdentityError):
+        Identity.validated(IdType.ID_DER_ASN1_DN, der.encode_sequence(rdn))
