@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import certificate as c
+from . import der
 from .certificate import Certificate, certificates_from_pem
 from .constants import CertEncoding, IdType
 from .der import DerError
@@ -167,9 +168,9 @@ def _check_certificate(cert: Certificate, now: float, as_issuer: bool) -> None:
     """
     name = _LazyName(cert)  # formatted only when an error message needs it
     if now < cert.not_before:
-        raise CertificateError(f"{name!r} is not valid before {_utc(cert.not_before)}")
+        raise CertificateError(f"{name!r} is not valid before {der.time_text(cert.not_before)}")
     if now > cert.not_after:
-        raise CertificateError(f"{name!r} expired at {_utc(cert.not_after)}")
+        raise CertificateError(f"{name!r} expired at {der.time_text(cert.not_after)}")
     for ext in cert.extensions:
         if ext.critical and ext.oid not in PROCESSED_EXTENSIONS:
             raise CertificateError(f"{name!r} has an unsupported critical extension {ext.oid}")
@@ -195,26 +196,6 @@ def _text(name: bytes) -> str:
         return dn_text(name)
     except IdentityError:
         return f"<undecodable name {name.hex()}>"
-
-
-def _utc(seconds: int) -> str:
-    """An instant as ISO 8601 UTC (for error messages), without loading datetime."""
-    days, rest = divmod(seconds, 86400)
-    year, month, day = _civil_from_days(days)
-    return f"{year:04d}-{month:02d}-{day:02d} {rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}+00:00"
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    """(year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm)."""
-    days += 719468
-    era = days // 146097
-    day_of_era = days - era * 146097
-    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524 - day_of_era // 146096) // 365
-    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
-    mp = (5 * day_of_year + 2) // 153
-    day = day_of_year - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    return year_of_era + era * 400 + (month <= 2), month, day
 
 
 class _LazyName:

@@ -296,6 +296,15 @@ def test_time_values():
     assert der.read_time(der.Tlv(0x18, b"99991231235959Z", b"")) == 253402300799
 
 
+def test_time_text_inverts_read_time():
+    rng = random.Random(3)
+    for seconds in [0, 951825600, 2524607999, 253402300799, *(rng.randrange(0, 253402300800) for _ in range(500))]:
+        text = der.time_text(seconds)
+        assert text == datetime.fromtimestamp(seconds, timezone.utc).isoformat(sep=" ")
+        digits = text[:19].replace("-", "").replace(":", "").replace(" ", "")
+        assert der.read_time(der.Tlv(der.GENERALIZED_TIME, digits.encode() + b"Z", b"")) == seconds
+
+
 @pytest.mark.parametrize("hex_value", ["", "0001", "ff80"])
 def test_integers_must_be_minimal(hex_value):
     with pytest.raises(DerError):
