@@ -117,6 +117,10 @@ class Certificate:
         tbs, algorithm, signature = outer
         self.tbs = tbs.encoded
         self.signature_oid, self.signature_params = _algorithm(algorithm)
+        known = _SIGNATURES.get(self.signature_oid)
+        if known is not None and self.signature_params is not None and (
+                known[0] != _SIG_RSA or self.signature_params.encoded != der.NULL_TLV):
+            raise DerError(f"unexpected parameters for signature algorithm {self.signature_oid}")
         self.signature = der.read_octets(_expect(signature, der.BIT_STRING, "signature").value)
         self._public_key: Any = None
         self.extensions: tuple[Extension, ...] = ()
@@ -137,6 +141,8 @@ class Certificate:
             if self.version not in (1, 2):  # v1 (0) is the DEFAULT, which DER leaves out
                 raise DerError(f"unsupported certificate version {self.version}")
             fields = fields[1:]
+        if len(fields) < 6:
+            raise DerError(f"TBSCertificate has {len(fields)} fields after its version")
         serial, algorithm, issuer, validity, subject, spki, *rest = fields
         self.serial_number = der.read_integer(_expect(serial, der.INTEGER, "serialNumber").value)
         if len(serial.value) > 20 and not (len(serial.value) == 21 and serial.value[0] == 0):

@@ -325,12 +325,15 @@ def test_oids_are_bounded_and_minimal():
 
 
 # -- security review: each strict rule on an otherwise valid certificate ------------------------
-def _rebuilt(cert: x509.Certificate, edit) -> bytes:
-    """`cert` with its TBS fields edited by `edit(list of TLV encodings)`, outer parts as they were."""
+def _rebuilt(cert: x509.Certificate, edit, algorithm: bytes | None = None) -> bytes:
+    """`cert` with its TBS fields edited by `edit(list of TLV encodings)`, outer parts as they
+    were (the signature algorithm replaced in both places when `algorithm` is given)."""
     outer = der.children(der.read_single(cert.public_bytes(Encoding.DER)).value)
     fields = [t.encoded for t in der.children(outer[0].value)]
+    if algorithm is not None:
+        fields[2] = algorithm
     tbs = der.encode_sequence(*edit(fields))
-    return der.encode_sequence(tbs, outer[1].encoded, outer[2].encoded)
+    return der.encode_sequence(tbs, algorithm or outer[1].encoded, outer[2].encoded)
 
 
 def _extensions_field(*extensions: bytes) -> bytes:
@@ -375,6 +378,7 @@ SAN_ONE = der.encode_sequence(der.encode_tlv(0x82, b"a.mesh"))
     ("TBS signature algorithm other than the outer one",
      lambda f: [f[0], f[1], der.encode_sequence(der.encode_oid("1.2.840.10045.4.3.3")), *f[3:]]),
     ("unknown field after the key", lambda f: f + [der.encode_explicit(4, b"")]),
+    ("version and only five fields", lambda f: f[:6]),
     ("non-ASCII dNSName", lambda f: f[:-1] + [_extensions_field(
         _extension("2.5.29.17", der.encode_sequence(der.encode_tlv(0x82, "é.mesh".encode()))))]),
     ("iPAddress of 5 octets", lambda f: f[:-1] + [_extensions_field(
@@ -387,6 +391,22 @@ SAN_ONE = der.encode_sequence(der.encode_tlv(0x82, b"a.mesh"))
 def test_strict_rules_refuse(plain, why, edit):
     with pytest.raises(DerError):
         Certificate.from_der(_rebuilt(plain, edit))
+
+
+@pytest.mark.parametrize("algorithm", [
+    der.encode_sequence(der.encode_oid("1.2.840.10045.4.3.2"), der.NULL_TLV),  # ECDSA takes none
+    der.encode_sequence(der.encode_oid("1.3.101.112"), der.NULL_TLV),  # nor does Ed25519
+    der.encode_sequence(der.encode_oid("1.2.840.113549.1.1.11"), der.encode_integer(0)),  # RSA: NULL only
+])
+def test_signature_algorithm_parameters_are_strict(plain, algorithm):
+    with pytest.raises(DerError):
+        Certificate.from_der(_rebuilt(plain, lambda f: f, algorithm))
+
+
+def test_rsa_signature_algorithm_with_or_without_null(plain):
+    for algorithm in (der.encode_sequence(der.encode_oid("1.2.840.113549.1.1.11"), der.NULL_TLV),
+                      der.encode_sequence(der.encode_oid("1.2.840.113549.1.1.11"))):
+        assert Certificate.from_der(_rebuilt(plain, lambda f: f, algorithm)).signature_oid == "1.2.840.113549.1.1.11"
 
 
 def test_strict_rules_start_from_a_certificate_we_accept(plain):
