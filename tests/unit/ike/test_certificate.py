@@ -3,8 +3,8 @@
 Differential: every field we expose equals cryptography's on generated certificates (EC P-256
 and P-384, RSA 2048 and 3072, Ed25519; each extension present or absent, critical or not;
 long SANs; UTCTime and GeneralizedTime; CA and leaf; path lengths). Mutation: 3,000
-deterministic mutants of real certificates either raise DerError or parse to what
-cryptography parses, and none of them validates.
+deterministic mutants of real certificates (byte edits and whole fields deleted, repeated
+or swapped) either raise DerError or parse to what cryptography parses, and none validates.
 """
 
 from __future__ import annotations
@@ -193,7 +193,36 @@ def test_pem_bundle_and_signatures_of_every_key_type(keys):
         certificates_from_pem(b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n")
 
 
+def _restructure(rng: random.Random, data: bytes) -> bytes:
+    """Delete, repeat or swap whole fields of the TBS or of one of its SEQUENCE fields, lengths kept right."""
+    tbs, algorithm, signature = der.children(der.read_single(data).value)
+    fields = [t.encoded for t in der.children(tbs.value)]
+    at = rng.randrange(len(fields))
+    inner = der.read_single(fields[at])
+    if rng.random() < 0.5 and inner.tag in (der.SEQUENCE, 0xA3) and inner.value:
+        parts = [t.encoded for t in der.children(inner.value)]
+        fields[at] = der.encode_tlv(inner.tag, b"".join(_shuffle_one(rng, parts)))
+    else:
+        for _ in range(rng.randint(1, 3)):
+            fields = _shuffle_one(rng, fields) or fields
+    return der.encode_sequence(der.encode_sequence(*fields), algorithm.encoded, signature.encoded)
+
+
+def _shuffle_one(rng: random.Random, items: list[bytes]) -> list[bytes]:
+    i, j = rng.randrange(len(items)), rng.randrange(len(items))
+    operation = rng.randrange(3)
+    if operation == 0:
+        return items[:i] + items[i + 1:]
+    if operation == 1:
+        return items[:i] + [items[i]] + items[i:]
+    items = list(items)
+    items[i], items[j] = items[j], items[i]
+    return items
+
+
 def _mutate(rng: random.Random, data: bytes) -> bytes:
+    if rng.random() < 0.15:
+        return _restructure(rng, data)
     data = bytearray(data)
     kind = rng.randrange(6)
     if kind == 0:  # flip a bit
