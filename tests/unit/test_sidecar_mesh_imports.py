@@ -77,3 +77,16 @@ def test_mesh_mode_startup_imports_nothing_it_does_not_need():
     unneeded = sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_IN_MESH_MODE))
     assert unneeded == []
     assert len(modules) <= MAX_MODULES, len(modules)
+
+
+def test_a_configured_dn_identity_does_not_load_x509_either():
+    """`run` mode's DN identities and patterns are parsed by identity.dn_from_text, not cryptography.x509."""
+    probe = ("import sys; from ipsec_mesh.ike import Identity; "
+             "identity = Identity.parse('dn:CN=moon,O=strongSwan,C=CH'); str(identity); "
+             "assert identity.matches('dn:CN=*,O=strongSwan,C=CH'); "
+             "print(sorted(m for m in sys.modules if m.startswith(('cryptography.x509', 'email', 'datetime'))))")
+    path = [str(SIDECAR), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -115,15 +115,7 @@ class Identity:
                 raise IdentityError(f"{text!r} is not an {_PRINT_PREFIX[id_type]} address")
             return identity
         if id_type == IdType.ID_DER_ASN1_DN:
-            # Configuration text only (`run` mode): mesh mode never gets here, so the
-            # sidecar loads cryptography.x509 (~1.1 MB) only for a configured DN.
-            from cryptography import x509
-            try:
-                name = x509.Name.from_rfc4514_string(text)
-            except ValueError as exc:
-                reason = str(exc) or "not RFC 4514 syntax"
-                raise IdentityError(f"bad distinguished name {text!r}: {reason}") from None
-            return cls.validated(IdType.ID_DER_ASN1_DN, name.public_bytes())
+            return cls.validated(IdType.ID_DER_ASN1_DN, dn_from_text(text))
         if id_type == IdType.ID_KEY_ID:
             try:
                 data = bytes.fromhex(text)
@@ -377,6 +369,82 @@ def dn_text(data: bytes) -> str:
         "+".join(f"{_SHORT_NAMES.get(oid, oid)}={_rfc4514_escape(value)}" for oid, value in rdn)
         for rdn in reversed(_parse_dn(data))
     )
+
+
+# RFC 4514 section 3, character classes of an attribute value (lead, inner, trail octets
+# that need no escaping) and its escape pairs: a special character, or hex octets.
+_RFC4514_LEAD = r"\x01-\x1f\x21\x24-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_INNER = r"\x01-\x21\x23-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_TRAIL = r"\x01-\x1f\x21\x23-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_PAIR = r'\\(?:[\\ #="+,;<>]|[0-9A-Fa-f]{2})'
+_RFC4514_VALUE = re.compile(
+    f"(?:(?:[{_RFC4514_LEAD}]|{_RFC4514_PAIR})(?:(?:[{_RFC4514_INNER}]|{_RFC4514_PAIR})*"
+    f"(?:[{_RFC4514_TRAIL}]|{_RFC4514_PAIR}))?)?")
+_RFC4514_ESCAPES = re.compile(r'\\([\\ #="+,;<>])|((?:\\[0-9A-Fa-f]{2})+)')
+_RFC4514_TYPE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+|[A-Za-z][A-Za-z0-9-]*")
+_RFC4514_HEX = re.compile(r"#((?:[0-9A-Fa-f]{2})+)")
+_OIDS_BY_SHORT_NAME = {name: oid for oid, name in _SHORT_NAMES.items()}
+# The string type each attribute is written with (RFC 5280 appendix A), UTF8String otherwise.
+_PRINTABLE_ATTRIBUTES = frozenset({"2.5.4.6", "1.3.6.1.4.1.311.60.2.1.3", "2.5.4.5", "2.5.4.46"})
+_IA5_ATTRIBUTES = frozenset({"1.2.840.113549.1.9.1", "0.9.2342.19200300.100.1.25"})
+
+
+def dn_from_text(text: str) -> bytes:
+    """The DER Name of an RFC 4514 string (first RDN last), as cryptography's parser made it.
+
+    Attribute types: CN, L, ST, O, OU, C, STREET, DC, UID (case as written) or a dotted
+    OID; values with RFC 4514 escapes or as #hex (UTF-8 octets). IdentityError otherwise.
+    """
+    rdns: list[bytes] = []
+    pos = 0
+    while text:
+        attributes = []
+        while True:
+            oid, value, pos = _rfc4514_attribute(text, pos)
+            tag = 0x13 if oid in _PRINTABLE_ATTRIBUTES else 0x16 if oid in _IA5_ATTRIBUTES else 0x0C
+            attributes.append(der.encode_sequence(der.encode_oid(oid), der.encode_tlv(tag, value.encode("utf-8"))))
+            if text[pos:pos + 1] != "+":
+                break
+            pos += 1
+        rdns.append(der.encode_set(*attributes))
+        if pos == len(text):
+            break
+        if text[pos] != ",":
+            raise IdentityError(f"bad distinguished name {text!r}: unexpected {text[pos]!r} at {pos}")
+        pos += 1
+    return der.encode_sequence(*reversed(rdns))
+
+
+def _rfc4514_attribute(text: str, pos: int) -> tuple[str, str, int]:
+    """(dotted OID, value, position after it) of the attributeTypeAndValue at `pos`."""
+    match = _RFC4514_TYPE.match(text, pos)
+    if match is None or text[match.end():match.end() + 1] != "=":
+        raise IdentityError(f"bad distinguished name {text!r}: no attribute type at {pos}")
+    name = match.group()
+    if name[0].isdigit():
+        arcs = [int(arc) for arc in name.split(".")]
+        if arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+            raise IdentityError(f"bad distinguished name {text!r}: bad OID {name}")
+        oid = name
+    elif name in _OIDS_BY_SHORT_NAME:
+        oid = _OIDS_BY_SHORT_NAME[name]
+    else:
+        raise IdentityError(f"bad distinguished name {text!r}: unknown attribute type {name!r}")
+    pos = match.end() + 1
+    try:
+        hex_value = _RFC4514_HEX.match(text, pos)
+        if hex_value is not None:
+            return oid, bytes.fromhex(hex_value.group(1)).decode("utf-8"), hex_value.end()
+        value = _RFC4514_VALUE.match(text, pos)
+        assert value is not None  # the pattern matches the empty string
+        return oid, _RFC4514_ESCAPES.sub(_rfc4514_unescape, value.group()), value.end()
+    except UnicodeDecodeError:
+        raise IdentityError(f"bad distinguished name {text!r}: escaped octets are not UTF-8") from None
+
+
+def _rfc4514_unescape(match: re.Match[str]) -> str:
+    special, octets = match.groups()
+    return special if special else bytes.fromhex(octets.replace("\\", "")).decode("utf-8")
 
 
 def _rfc4514_escape(value: str) -> str:

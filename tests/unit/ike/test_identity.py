@@ -208,3 +208,55 @@ def test_dn_validation_refuses_what_cryptographys_name_refused(attributes):
                            for o, v in attributes))
     with pytest.raises(IdentityError):
         Identity.validated(IdType.ID_DER_ASN1_DN, der.encode_sequence(rdn))
+
+
+def _cryptographys_dn(text: str) -> bytes | None:
+    """What Identity.parse made of RFC 4514 text when cryptography.x509 parsed it (None: refused)."""
+    try:
+        data = x509.Name.from_rfc4514_string(text.strip()).public_bytes()  # parse strips the text
+        return Identity.validated(IdType.ID_DER_ASN1_DN, data).data
+    except (ValueError, IdentityError):
+        return None
+
+
+def _ours(text: str) -> bytes | None:
+    try:
+        return Identity.parse("dn:" + text).data
+    except IdentityError:
+        return None
+
+
+_RFC4514_PIECES = st.sampled_from(["CN", "O", "OU", "C", "DC", "UID", "STREET", "cn", "2.5.4.3", "1.2.840.113549.1.9.1",
+                                   "3.1", "0.39", "=", ",", "+", "\\", "\\,", "\\+", "\\ ", "\\\\", "\\c3\\a9", "\\zz",
+                                   "\\00", "#", "#61", "#c3", "#6162", " ", "a", "é", "字", '"', "<", ";", "CH", "x" * 65])
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_RFC4514_PIECES, max_size=12).map("".join))
+def test_rfc4514_text_parses_as_cryptography_parsed_it(text):
+    assert _ours(text) == _cryptographys_dn(text)
+
+
+_RFC4514_TYPES = st.sampled_from(["CN", "O", "OU", "C", "DC", "UID", "STREET", "L", "ST", "2.5.4.3", "2.5.4.5",
+                                  "1.2.840.113549.1.9.1", "1.3.6.1.4.1.311.60.2.1.3", "2.5.4.46", "1.2.3.4"])
+_RFC4514_VALUES = st.lists(st.sampled_from(["a", "é", "字", "\\,", "\\+", "\\ ", "\\\\", "\\c3\\a9", "\\00", "#6162",
+                                            "#c3a9", " ", "=", "#", "CH", "x" * 30, '\\"', "\\<", "\\;", "@", "'"]),
+                           max_size=3).map("".join)
+_RFC4514_NAMES = st.lists(st.lists(st.tuples(_RFC4514_TYPES, _RFC4514_VALUES), min_size=1, max_size=2),
+                          min_size=1, max_size=3).map(
+    lambda rdns: ",".join("+".join(f"{t}={v}" for t, v in rdn) for rdn in rdns))
+
+
+@settings(max_examples=800, deadline=None)
+@given(_RFC4514_NAMES)
+def test_well_formed_rfc4514_names_parse_as_cryptography_parsed_them(text):
+    assert _ours(text) == _cryptographys_dn(text)
+
+
+@pytest.mark.parametrize("text", [
+    "CN=moon,O=strongSwan,C=CH", "CN=a\\,b\\+c", "CN=\\ a\\ ,O=b", "CN=#616263", "CN=\\c3\\a9", "O=", "CN=x+O=y",
+    "O=a=b", "2.5.4.3=x", "DC=mesh,DC=test", "UID=7,STREET=Main St",
+])
+def test_rfc4514_examples_parse_as_cryptography_parsed_them(text):
+    assert _ours(text) is not None
+    assert _ours(text) == _cryptographys_dn(text)
