@@ -124,7 +124,7 @@ class _PathSearch:
                     and self.reaches_root(issuer, pool[:i] + pool[i + 1:], depth + 1)):
                 return True
         if not self.reasons:
-            self.reasons.append(f"no issuer found for {_text(cert.issuer)!r}")
+            self.reasons.append(f"no issuer found for {dn_text(cert.issuer)!r}")
         return False
 
     def issued_by(self, cert: Certificate, issuer: Certificate) -> bool:
@@ -179,23 +179,13 @@ def _check_certificate(cert: Certificate, now: float, as_issuer: bool) -> None:
             raise CertificateError(f"{name!r} keyUsage lacks keyCertSign")
         if not as_issuer and not cert.has_key_usage(c.KU_DIGITAL_SIGNATURE):
             raise CertificateError(f"{name!r} keyUsage lacks digitalSignature")
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"{name!r} has an unusable public key: {exc}") from None
+    key = cert.public_key()  # loaded when the certificate was parsed: a key it cannot load is refused there
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise CertificateError(f"{name!r} has a {key.key_size}-bit RSA key")
 
 
 def _name(cert: Certificate) -> str:
-    return _text(cert.subject)
-
-
-def _text(name: bytes) -> str:
-    try:
-        return dn_text(name)
-    except IdentityError:
-        return f"<undecodable name {name.hex()}>"
+    return dn_text(cert.subject)  # names decode: Certificate checked them when it parsed
 
 
 class _LazyName:
