@@ -448,3 +448,31 @@ def test_trailing_bytes_after_the_certificate_refused(plain):
     with pytest.raises(DerError):  # and a PEM block holding them
         certificates_from_pem(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(
             plain.public_bytes(Encoding.DER) + b"\x00") + b"-----END CERTIFICATE-----\n")
+
+
+@pytest.mark.parametrize("signer, sign_hash, pss", [
+    ("ecdsa-sha224", hashes.SHA224(), False),
+    ("ecdsa-sha3-256", hashes.SHA3_256(), False),
+    ("rsa-pkcs1-sha512", hashes.SHA512(), False),
+    ("rsa-pss-sha256", hashes.SHA256(), True),
+    ("rsa-pss-sha384", hashes.SHA384(), True),
+    ("dsa-sha256", hashes.SHA256(), False),
+    ("ed448", None, False),
+])
+def test_every_signature_algorithm_verify_directly_issued_by_took(keys, signer, sign_hash, pss):
+    """What cryptography verified before, through the hazmat keys: and never with another key."""
+    from cryptography.hazmat.primitives.asymmetric import dsa, ed448, padding
+
+    issuer_key = {"ecdsa": keys["p384"], "rsa": keys["rsa2048"],
+                  "dsa": dsa.generate_private_key(1024) if signer.startswith("dsa") else None,
+                  "ed448": ed448.Ed448PrivateKey.generate() if signer == "ed448" else None}[signer.split("-")[0]]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, signer)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(keys["p256"].public_key())
+               .serial_number(3).not_valid_before(NOW).not_valid_after(NOW + timedelta(days=1)))
+    extra = {"rsa_padding": padding.PSS(padding.MGF1(sign_hash), padding.PSS.DIGEST_LENGTH)} if pss else {}
+    theirs = builder.sign(issuer_key, sign_hash, **extra)
+    ours = Certificate.from_der(theirs.public_bytes(Encoding.DER))
+    assert_same_fields(ours, theirs)
+    assert ours.is_signed_by(issuer_key.public_key())
+    assert not ours.is_signed_by(keys["p256"].public_key())
+    assert ours.signature_hash() == (type(sign_hash) if sign_hash else None)
