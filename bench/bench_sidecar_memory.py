@@ -57,7 +57,10 @@ from tests.interop.harness.netns import Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
-BASELINE = "import cryptography.x509, cryptography.hazmat.primitives.ciphers.aead, asyncio; input()"
+# The sidecar no longer loads cryptography.x509 (ike/certificate.py): the floor is the hazmat
+# primitives it keeps (keys, AEADs, serialization) and asyncio.
+BASELINE = ("import cryptography.hazmat.primitives.asymmetric.ec, cryptography.hazmat.primitives.serialization,"
+            " cryptography.hazmat.primitives.ciphers.aead, asyncio; input()")
 SETTLE = 2.0  # seconds after readiness (or the last SA) before reading
 
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from ipsec_mesh.agent.mesh_settings import MeshSettingsError, mesh_settings_from_env
 from ipsec_mesh_operator.model.peering import parse_peering
@@ -46,8 +45,7 @@ async def test_bootstrap_to_ready_with_an_issued_certificate(tmp_path, caplog):
             assert agent.ready and agent.peers.local_addresses == WEB.ips
             assert agent.peers.entry_for(DB.ips[0]).policy.name == "prod/p"
             leaf = sidecar.credential.chain[0]
-            names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            assert names.get_values_for_type(x509.DNSName) == [agent.peers.peer_map.local.identity]
+            assert list(leaf.subject_alt_names.dns) == [agent.peers.peer_map.local.identity]
             assert leaf.public_key() == sidecar.credential.private_key.public_key()
             assert (await http_get("127.0.0.1", port, "/ready"))[0] == 200
             assert (await http_get("127.0.0.1", port, "/healthz"))[0] == 200

@@ -4,13 +4,15 @@ Importable helper (not a test module) shared by unit and interop tests:
 
     pki = MeshPki(intermediate=True)
     alice = pki.issue("alice", key_type="ed25519", dns=["alice.default.pod.mesh.test"])
-    TrustStore([pki.root.cert]).validate(alice.chain, now)
+    TrustStore([pki.root.cert]).validate(alice.chain, now.timestamp())
     pki.write_swanctl(Path(tmp) / "swanctl", alice)   # x509ca/ x509/ private/ for charon
 
 Key types: "p256", "p384" (ECDSA), "ed25519", "rsa" (2048-bit key; it signs
 IKE AUTH with RSASSA-PSS). The CA is ECDSA P-256. Every function takes the
 time it needs as a parameter; the default is the real clock (tests pass a
-fixed `now` when they test validity).
+fixed `now` when they test validity). Certificates are built with cryptography.x509
+(`Issued.x509`); `Issued.cert`/`.chain` are the sidecar's own parse of them
+(ipsec_mesh.ike.certificate), which is what the code under test takes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+
+from ipsec_mesh.ike.certificate import Certificate
 
 KEY_TYPES = ("p256", "p384", "ed25519", "rsa")
 
@@ -57,23 +61,36 @@ def _signing_hash(issuer_key):
     return None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
+def ours(cert: x509.Certificate) -> Certificate:
+    """The sidecar's parse of a certificate cryptography built."""
+    return Certificate.from_der(cert.public_bytes(serialization.Encoding.DER))
+
+
 @dataclass
 class Issued:
     """A key and its certificate, plus the intermediates that lead to the root."""
 
     key: object
-    cert: x509.Certificate
-    intermediates: list[x509.Certificate] = field(default_factory=list)
+    x509: x509.Certificate
+    x509_intermediates: list[x509.Certificate] = field(default_factory=list)
 
     @property
-    def chain(self) -> list[x509.Certificate]:
+    def cert(self) -> Certificate:
+        return ours(self.x509)
+
+    @property
+    def intermediates(self) -> list[Certificate]:
+        return [ours(c) for c in self.x509_intermediates]
+
+    @property
+    def chain(self) -> list[Certificate]:
         return [self.cert, *self.intermediates]
 
     def key_pem(self) -> bytes:
         return key_pem(self.key)
 
     def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
+        return self.x509.public_bytes(serialization.Encoding.PEM)
 
 
 def build_certificate(*, subject: x509.Name, public_key, issuer_name: x509.Name, issuer_key,
@@ -147,7 +164,7 @@ class MeshPki:
                  path_length: int | None = 0) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = build_certificate(
-            subject=name(common_name), public_key=key.public_key(), issuer_name=self.root.cert.subject,
+            subject=name(common_name), public_key=key.public_key(), issuer_name=self.root.x509.subject,
             issuer_key=self.root.key, not_before=not_before, not_after=not_after, ca=True,
             path_length=path_length, key_usage=key_usage(key_cert_sign=True))
         return Issued(key, cert)
@@ -160,12 +177,12 @@ class MeshPki:
         key = key or new_key(key_type)
         issuer = self.issuer
         cert = build_certificate(
-            subject=name(common_name), public_key=key.public_key(), issuer_name=issuer.cert.subject,
+            subject=name(common_name), public_key=key.public_key(), issuer_name=issuer.x509.subject,
             issuer_key=issuer.key, not_before=not_before or self.now - timedelta(minutes=5),
             not_after=not_after or self.now + timedelta(days=1), ca=ca,
             key_usage=key_usage(digital_signature=True) if with_key_usage else None,
             sans=subject_alt_names(dns, emails, ips, uris), extra=extra)
-        intermediates = [self.intermediate.cert] if self.intermediate else []
+        intermediates = [self.intermediate.x509] if self.intermediate else []
         return Issued(key, cert, intermediates)
 
     def write_swanctl(self, swanctl_dir: Path, leaf: Issued, basename: str = "local") -> dict[str, Path]:

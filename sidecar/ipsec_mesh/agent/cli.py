@@ -15,9 +15,9 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ..ike import DerError, certificates_from_pem
 from ..meshapi.ports import STATUS_LISTEN
 from .config import ConfigError, load_agent_config
 from .dataplane import NullDataPlane
@@ -39,7 +39,10 @@ INJECTED_ARGS = ["mesh"]
 def _load_credentials(config):
     if config.cert_file is None:
         return None, ()
-    chain = tuple(x509.load_pem_x509_certificates(config.cert_file.read_bytes()))
+    try:
+        chain = tuple(certificates_from_pem(config.cert_file.read_bytes()))
+    except DerError as exc:
+        raise ConfigError(f"{config.cert_file}: {exc}") from None
     key = serialization.load_pem_private_key(config.key_file.read_bytes(), password=None)
     return key, chain
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from ..ike import Certificate, DerError, certificates_from_pem, csr_pem, name_equal
 from ..meshapi.client import IssuedCertificate
 from .peers import CredentialError
 
@@ -26,7 +26,7 @@ MIN_RENEW_DELAY = 1.0  # seconds: a certificate too short-lived must not make us
 class Credential:
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     #: Leaf first, then intermediates (self-signed roots left out: the peer must hold them anyway).
-    chain: tuple[x509.Certificate, ...]
+    chain: tuple[Certificate, ...]
     received_at: float
     not_after: float
 
@@ -43,25 +43,19 @@ class Credential:
 def new_key_and_csr(identity: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """An ECDSA P-256 key and a CSR naming only the pod's identity (the CA adds the rest)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, csr.public_bytes(serialization.Encoding.PEM)
+    return key, csr_pem(key, identity, (identity,))
 
 
 def credential_from(key: ec.EllipticCurvePrivateKey, issued: IssuedCertificate,
                     now: float | None = None) -> Credential:
     try:
-        leaf = x509.load_pem_x509_certificate(issued.certificate.encode())
-        intermediates = [x509.load_pem_x509_certificate(pem.encode()) for pem in issued.chain]
-    except ValueError as exc:
+        leaf = certificates_from_pem(issued.certificate.encode())[0]
+        intermediates = [certificates_from_pem(pem.encode())[0] for pem in issued.chain]
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        issued_key = leaf.public_key().public_bytes(serialization.Encoding.DER, public)
+    except (DerError, ValueError, UnsupportedAlgorithm) as exc:
         raise CredentialError(f"the issued certificate is not PEM: {exc}") from None
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if (leaf.public_key().public_bytes(serialization.Encoding.DER, public)
-            != key.public_key().public_bytes(serialization.Encoding.DER, public)):
+    if issued_key != key.public_key().public_bytes(serialization.Encoding.DER, public):
         raise CredentialError("the issued certificate is not for the key we sent")
-    chain = (leaf, *(c for c in intermediates if c.issuer != c.subject))
+    chain = (leaf, *(c for c in intermediates if not name_equal(c.issuer, c.subject)))
     return Credential(key, chain, time.time() if now is None else now, float(issued.not_after))

@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cryptography import x509
-
 from ..ike import (
     CertCredential,
+    Certificate,
     ChildConfig,
+    DerError,
     Identity,
     Lifetime,
     PeerConfig,
@@ -28,6 +28,7 @@ from ..ike import (
     Retransmit,
     TrafficSelector,
     TrustStore,
+    certificates_from_pem,
     parse_proposal,
 )
 from ..meshapi.model import AuthKind, Enforcement, Peer, PeeringPolicy, PeerMap
@@ -80,7 +81,7 @@ def _lifetime(seconds: int, inactivity: int = 0) -> Lifetime:
 
 class PeerSet:
     def __init__(self, peer_map: PeerMap, ike: IkeSettings, *, private_key=None,
-                 chain: tuple[x509.Certificate, ...] = ()):
+                 chain: tuple[Certificate, ...] = ()):
         self.peer_map = peer_map
         self.ike = ike
         self.local_id = Identity.parse(f"fqdn:{peer_map.local.identity}")
@@ -224,4 +225,7 @@ def _parse_proposals(policy: PeeringPolicy):
 def _trust_store(pems: tuple[str, ...]) -> TrustStore | None:
     if not pems:
         return None
-    return TrustStore([x509.load_pem_x509_certificate(p.encode()) for p in pems])
+    try:
+        return TrustStore([certificates_from_pem(p.encode())[0] for p in pems])
+    except DerError as exc:
+        raise PeerSetError(f"bad certificate in the trust bundle: {exc}") from None

@@ -7,9 +7,12 @@ package (codec, crypto, exchanges, task manager) is internal and may change.
 """
 
 from .auth import CertCredential, PskCredential
+from .certificate import Certificate, certificates_from_pem
 from .certs import TrustStore
 from .config import ChildConfig, ConfigLookup, Lifetime, PeerConfig, Retransmit, single_peer_lookup
 from .constants import NON_ESP_MARKER, EncrId, ExchangeType, KeId, NotifyType, ProtocolId, notify_name
+from .csr import csr_pem
+from .der import DerError
 from .endpoint import DROP_COUNTERS, IkeEndpoint
 from .errors import IkeError
 from .events import (
@@ -31,7 +34,7 @@ from .events import (
     PeerIdentityMismatch,
     UdpEncap,
 )
-from .identity import Identity
+from .identity import Identity, name_equal
 from .message import strip_non_esp_marker
 from .payloads import TrafficSelector
 from .proposals import ENCR_NAMES, KE_NAMES, PRF_NAMES, ProposalSpec, ProposalSyntaxError, parse_proposal
@@ -39,7 +42,7 @@ from .sa import Datagram, IkeSa
 from .state import IkeState
 
 __all__ = [
-    "CertCredential", "PskCredential", "TrustStore",
+    "CertCredential", "PskCredential", "TrustStore", "Certificate", "certificates_from_pem", "DerError", "name_equal", "csr_pem",
     "ChildConfig", "ConfigLookup", "Lifetime", "PeerConfig", "Retransmit", "single_peer_lookup",
     "NON_ESP_MARKER", "EncrId", "ExchangeType", "KeId", "NotifyType", "ProtocolId", "notify_name",
     "DROP_COUNTERS", "IkeEndpoint", "IkeError",

@@ -22,11 +22,12 @@ import hmac
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .certificate import Certificate
 from .constants import AuthMethod, HashAlgorithm
 from .errors import AuthenticationFailed
+from .identity import dn_text
 from .payloads import AuthPayload, IdPayload
 from .signatures import (
     LEGACY_ECDSA,
@@ -78,7 +79,7 @@ class PskCredential:
 class CertCredential:
     """Our private key and certificate chain (leaf first, then intermediates)."""
 
-    def __init__(self, private_key: Any, chain: list[x509.Certificate]):
+    def __init__(self, private_key: Any, chain: list[Certificate]):
         if not chain:
             raise ValueError("a certificate credential needs at least the leaf certificate")
         try:
@@ -91,11 +92,11 @@ class CertCredential:
         self.chain = list(chain)
 
     @property
-    def leaf(self) -> x509.Certificate:
+    def leaf(self) -> Certificate:
         return self.chain[0]
 
     def __repr__(self) -> str:
-        return f"CertCredential(leaf={self.leaf.subject.rfc4514_string()!r})"
+        return f"CertCredential(leaf={dn_text(self.leaf.subject)!r})"
 
 
 def _spki(public_key: Any) -> bytes:

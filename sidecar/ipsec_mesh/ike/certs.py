@@ -1,10 +1,11 @@
 """Certificates for IKEv2: CERT/CERTREQ payloads, chain validation, identity binding.
 
-Chain validation is our own, not `cryptography.x509.verification`: that module
+Certificates are parsed by the core itself (certificate.py: the sidecar does not load
+`cryptography.x509`), and chain validation is our own, not `cryptography.x509.verification`: that module
 implements the CA/Browser-Forum Web PKI profile (server/client verifiers with
 their EKU, SAN and algorithm rules), and IKE certificates follow RFC 4945
 instead (no EKU requirement, Ed25519 leaf keys, DN identities). What is
-checked here, at the caller's `now`:
+checked here, at the caller's `now` (POSIX seconds):
 
 - a path leaf -> intermediates (from the peer, any order) -> one of our roots,
   each link by issuer name and signature (SHA-1/MD5-signed certificates refused);
@@ -18,20 +19,19 @@ Revocation (CRL/OCSP) is not checked: mesh certificates are short-lived.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ExtensionOID
 
+from . import certificate as c
+from . import der
+from .certificate import Certificate, certificates_from_pem
 from .constants import CertEncoding, IdType
+from .der import DerError
 from .errors import CertificateError, IdentityError
-from .identity import Identity, dn_equal
+from .identity import Identity, dn_equal, dn_text, name_equal
 from .payloads import CertPayload, CertReqPayload
 from .signatures import MIN_RSA_BITS
 
@@ -42,20 +42,19 @@ MAX_SIGNATURE_CHECKS = 32  # per validation, whatever the peer sent
 
 # Extensions we understand well enough to accept when marked critical.
 PROCESSED_EXTENSIONS = frozenset({
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.EXTENDED_KEY_USAGE,  # accepted whatever its content (RFC 4945 5.1.3.12)
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    c.OID_BASIC_CONSTRAINTS,
+    c.OID_KEY_USAGE,
+    c.OID_EXTENDED_KEY_USAGE,  # accepted whatever its content (RFC 4945 5.1.3.12)
+    c.OID_SUBJECT_ALT_NAME,
+    c.OID_SUBJECT_KEY_IDENTIFIER,
+    c.OID_AUTHORITY_KEY_IDENTIFIER,
 })
-WEAK_SIGNATURE_HASHES = (hashes.SHA1, hashes.MD5)
 
 
 class TrustStore:
     """The CA certificates we trust (the mesh CA; others for cross-cluster peerings)."""
 
-    def __init__(self, roots: list[x509.Certificate]):
+    def __init__(self, roots: list[Certificate]):
         if not roots:
             raise ValueError("a trust store needs at least one root certificate")
         self.roots = list(roots)
@@ -63,17 +62,16 @@ class TrustStore:
     @classmethod
     def from_pem(cls, pem: bytes) -> "TrustStore":
         try:
-            return cls(x509.load_pem_x509_certificates(pem))
-        except ValueError as exc:
+            return cls(certificates_from_pem(pem))
+        except DerError as exc:
             raise CertificateError(f"bad PEM trust bundle: {exc}") from None
 
-    def validate(self, chain: list[x509.Certificate], now: datetime) -> x509.Certificate:
-        """Check that `chain` (leaf first) leads to one of our roots; return the leaf."""
+    def validate(self, chain: list[Certificate], now: float) -> Certificate:
+        """Check that `chain` (leaf first) leads to one of our roots at `now` (POSIX seconds); return the leaf."""
         if not chain:
             raise CertificateError("the peer sent no certificate")
         if len(chain) > MAX_CERT_PAYLOADS:
             raise CertificateError(f"more than {MAX_CERT_PAYLOADS} certificates")
-        now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
         leaf = chain[0]
         _check_certificate(leaf, now, as_issuer=False)
         if any(leaf == root for root in self.roots):
@@ -96,7 +94,7 @@ class TrustStore:
         return any(_spki_sha1(root) in wanted for root in self.roots)
 
 
-def _spki_sha1(cert: x509.Certificate) -> bytes:
+def _spki_sha1(cert: Certificate) -> bytes:
     spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha1(spki).digest()  # protocol-mandated hash, not a security use
 
@@ -108,13 +106,13 @@ class _PathSearch:
     certify each other, and trying every ordering must not cost unbounded CPU.
     """
 
-    def __init__(self, roots: list[x509.Certificate], now: datetime):
+    def __init__(self, roots: list[Certificate], now: float):
         self.roots = roots
         self.now = now
         self.reasons: list[str] = []
         self.signature_budget = MAX_SIGNATURE_CHECKS
 
-    def reaches_root(self, cert: x509.Certificate, pool: list[x509.Certificate], depth: int) -> bool:
+    def reaches_root(self, cert: Certificate, pool: list[Certificate], depth: int) -> bool:
         if depth + 2 > MAX_PATH_LENGTH:
             self.reasons.append("path too long")
             return False
@@ -126,18 +124,18 @@ class _PathSearch:
                     and self.reaches_root(issuer, pool[:i] + pool[i + 1:], depth + 1)):
                 return True
         if not self.reasons:
-            self.reasons.append(f"no issuer found for {cert.issuer.rfc4514_string()!r}")
+            self.reasons.append(f"no issuer found for {dn_text(cert.issuer)!r}")
         return False
 
-    def issued_by(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-        if cert.issuer != issuer.subject:
+    def issued_by(self, cert: Certificate, issuer: Certificate) -> bool:
+        if not name_equal(cert.issuer, issuer.subject):
             return False
         if self.signature_budget <= 0:
             self.reasons.append("too many candidate paths")
             return False
         self.signature_budget -= 1
         try:
-            if isinstance(cert.signature_hash_algorithm, WEAK_SIGNATURE_HASHES):
+            if cert.signature_hash() in c.WEAK_HASHES:
                 self.reasons.append(f"{_name(cert)!r} is signed with a weak hash")
                 return False
         except UnsupportedAlgorithm:
@@ -148,11 +146,11 @@ class _PathSearch:
             return False
         return True
 
-    def may_issue(self, issuer: x509.Certificate, below: int) -> bool:
+    def may_issue(self, issuer: Certificate, below: int) -> bool:
         """`issuer` is a CA, valid now, allowed `below` intermediate CAs beneath it."""
         try:
             _check_certificate(issuer, self.now, as_issuer=True)
-            constraints = _extension(issuer, x509.BasicConstraints)
+            constraints = issuer.basic_constraints
             if constraints is None or not constraints.ca:
                 raise CertificateError(f"{_name(issuer)!r} is not a CA")
             if constraints.path_length is not None and below > constraints.path_length:
@@ -163,36 +161,31 @@ class _PathSearch:
         return True
 
 
-def _check_certificate(cert: x509.Certificate, now: datetime, as_issuer: bool) -> None:
-    """Validity period, critical extensions, key usage and key size of one certificate."""
+def _check_certificate(cert: Certificate, now: float, as_issuer: bool) -> None:
+    """Validity period, critical extensions, key usage and key size of one certificate.
+
+    (Malformed or duplicated extensions never get here: Certificate refuses them.)
+    """
     name = _LazyName(cert)  # formatted only when an error message needs it
-    if now < cert.not_valid_before_utc:
-        raise CertificateError(f"{name!r} is not valid before {cert.not_valid_before_utc}")
-    if now > cert.not_valid_after_utc:
-        raise CertificateError(f"{name!r} expired at {cert.not_valid_after_utc}")
-    try:
-        extensions = cert.extensions
-    except ValueError as exc:  # duplicate or malformed extensions
-        raise CertificateError(f"{name!r} has malformed extensions: {exc}") from None
-    for ext in extensions:
+    if now < cert.not_before:
+        raise CertificateError(f"{name!r} is not valid before {der.time_text(cert.not_before)}")
+    if now > cert.not_after:
+        raise CertificateError(f"{name!r} expired at {der.time_text(cert.not_after)}")
+    for ext in cert.extensions:
         if ext.critical and ext.oid not in PROCESSED_EXTENSIONS:
-            raise CertificateError(f"{name!r} has an unsupported critical extension {ext.oid.dotted_string}")
-    usage = _extension(cert, x509.KeyUsage)
-    if usage is not None:
-        if as_issuer and not usage.key_cert_sign:
+            raise CertificateError(f"{name!r} has an unsupported critical extension {ext.oid}")
+    if cert.key_usage is not None:
+        if as_issuer and not cert.has_key_usage(c.KU_KEY_CERT_SIGN):
             raise CertificateError(f"{name!r} keyUsage lacks keyCertSign")
-        if not as_issuer and not usage.digital_signature:
+        if not as_issuer and not cert.has_key_usage(c.KU_DIGITAL_SIGNATURE):
             raise CertificateError(f"{name!r} keyUsage lacks digitalSignature")
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"{name!r} has an unusable public key: {exc}") from None
+    key = cert.public_key()  # loaded when the certificate was parsed: a key it cannot load is refused there
     if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
         raise CertificateError(f"{name!r} has a {key.key_size}-bit RSA key")
 
 
-def _name(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string()
+def _name(cert: Certificate) -> str:
+    return dn_text(cert.subject)  # names decode: Certificate checked them when it parsed
 
 
 class _LazyName:
@@ -200,7 +193,7 @@ class _LazyName:
 
     __slots__ = ("cert",)
 
-    def __init__(self, cert: x509.Certificate):
+    def __init__(self, cert: Certificate):
         self.cert = cert
 
     def __repr__(self) -> str:
@@ -208,7 +201,7 @@ class _LazyName:
 
 
 @lru_cache(maxsize=256)
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def _signed_by(cert: Certificate, issuer: Certificate) -> bool:
     """Whether `issuer`'s key made `cert`'s signature.
 
     Cached (certificates hash and compare by their DER bytes, so a hit means the very
@@ -217,46 +210,33 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     Validity periods, usage and constraints are still checked on every validation.
     """
     try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        key = issuer.public_key()
+    except (ValueError, UnsupportedAlgorithm):
         return False
-    return True
+    return cert.is_signed_by(key)
 
 
-def _extension(cert: x509.Certificate, ext_type: type[x509.ExtensionType]) -> Any:
-    try:
-        return cert.extensions.get_extension_for_class(ext_type).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:
-        raise CertificateError(f"malformed extensions: {exc}") from None
-
-
-def identity_matches_certificate(identity: Identity, cert: x509.Certificate) -> bool:
+def identity_matches_certificate(identity: Identity, cert: Certificate) -> bool:
     """Whether the certificate vouches for `identity` (RFC 4945 section 3.1).
 
     FQDN -> SAN dNSName, RFC822 -> SAN rfc822Name, IPv4/IPv6 -> SAN iPAddress
     (case-insensitive for names; no wildcard SANs); DER_ASN1_DN -> subject DN;
     KEY_ID -> subjectKeyIdentifier.
     """
-    try:
-        if identity.id_type == IdType.ID_DER_ASN1_DN:
-            return dn_equal(cert.subject.public_bytes(), identity.data)
-        if identity.id_type == IdType.ID_KEY_ID:
-            ski = _extension(cert, x509.SubjectKeyIdentifier)
-            return ski is not None and ski.digest == identity.data
-        san = _extension(cert, x509.SubjectAlternativeName)
-    except (CertificateError, ValueError):
-        return False
+    if identity.id_type == IdType.ID_DER_ASN1_DN:
+        return dn_equal(cert.subject, identity.data)
+    if identity.id_type == IdType.ID_KEY_ID:
+        return cert.subject_key_identifier is not None and cert.subject_key_identifier == identity.data
+    san = cert.subject_alt_names
     if san is None:
         return False
     if identity.id_type == IdType.ID_FQDN:
         wanted = identity.value_text().lower()
-        return any(name.lower() == wanted for name in san.get_values_for_type(x509.DNSName))
+        return any(name.lower() == wanted for name in san.dns)
     if identity.id_type == IdType.ID_RFC822_ADDR:
-        return any(_san_email_is(name, identity) for name in san.get_values_for_type(x509.RFC822Name))
+        return any(_san_email_is(name, identity) for name in san.email)
     if identity.id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
-        return any(addr.packed == identity.data for addr in san.get_values_for_type(x509.IPAddress))
+        return any(addr == identity.data for addr in san.ip)
     return False
 
 
@@ -271,12 +251,12 @@ def _san_email_is(name: str, identity: Identity) -> bool:
     return identity.matches(san_identity)
 
 
-def certificate_payloads(chain: list[x509.Certificate]) -> list[CertPayload]:
+def certificate_payloads(chain: list[Certificate]) -> list[CertPayload]:
     """CERT payloads for our chain (leaf first), X.509 DER encoded."""
-    return [CertPayload(CertEncoding.X509_SIGNATURE, cert.public_bytes(Encoding.DER)) for cert in chain]
+    return [CertPayload(CertEncoding.X509_SIGNATURE, cert.der) for cert in chain]
 
 
-def parse_cert_payloads(payloads: list[CertPayload]) -> list[x509.Certificate]:
+def parse_cert_payloads(payloads: list[CertPayload]) -> list[Certificate]:
     """Certificates from received CERT payloads, in order; CertificateError on anything odd."""
     if len(payloads) > MAX_CERT_PAYLOADS:
         raise CertificateError(f"more than {MAX_CERT_PAYLOADS} CERT payloads")
@@ -287,21 +267,18 @@ def parse_cert_payloads(payloads: list[CertPayload]) -> list[x509.Certificate]:
         if not 0 < len(payload.data) <= MAX_CERT_BYTES:
             raise CertificateError(f"certificate of {len(payload.data)} bytes refused")
         try:
-            certs.append(x509.load_der_x509_certificate(payload.data))
-        except ValueError as exc:
+            certs.append(Certificate.from_der(payload.data))
+        except DerError as exc:
             raise CertificateError(f"undecodable certificate: {exc}") from None
     return certs
 
 
-def certificate_service_account(cert: x509.Certificate, trust_domain: str) -> tuple[str, str] | None:
+def certificate_service_account(cert: Certificate, trust_domain: str) -> tuple[str, str] | None:
     """(namespace, service account) from the certificate's spiffe:// URI SAN, if it has exactly one."""
-    try:
-        san = _extension(cert, x509.SubjectAlternativeName)
-    except CertificateError:
-        return None
+    san = cert.subject_alt_names
     prefix = f"spiffe://{trust_domain}/ns/"
     found = set()
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if san else []:
+    for uri in san.uri if san else ():
         if uri.startswith(prefix):
             parts = uri[len(prefix):].split("/")  # <ns>/sa/<sa>
             if len(parts) == 3 and parts[1] == "sa" and parts[0] and parts[2]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
-from datetime import datetime, timezone
 from itertools import count
 from typing import Any, Callable, Sequence
 
@@ -44,7 +44,7 @@ DROP_COUNTERS = ("malformed", "unknown_spi", "refused_unknown_peer", "refused_ha
 class IkeEndpoint:
     def __init__(self, lookup: ConfigLookup, *,
                  random_bytes: Callable[[int], bytes] = os.urandom,
-                 wall_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 wall_clock: Callable[[], float] = time.time,
                  cookie_threshold: int = 50,
                  cookie_threshold_per_source: int = 5,
                  half_open_limit: int = 1000,
@@ -77,7 +77,7 @@ class IkeEndpoint:
     def random_bytes(self, n: int) -> bytes:
         return self._random(n)
 
-    def wall_time(self) -> datetime:
+    def wall_time(self) -> float:
         return self._wall_clock()
 
     def allocate_child_spi(self) -> int:

@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cryptography import x509
-
 from . import der
 from .constants import IdType
 from .errors import IdentityError
@@ -31,6 +29,7 @@ MAX_KEY_ID_LEN = 64
 
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
 _EMAIL_LOCAL = re.compile(r"^[!-~]+$")  # printable ASCII, no space
+_PRINTABLE = re.compile(rb"^[A-Za-z0-9 '()+,\-./:=?]*\Z")  # X.680 PrintableString
 
 _PREFIXES = {
     "fqdn": IdType.ID_FQDN,
@@ -61,6 +60,17 @@ _STRING_CODECS = {
     0x1C: "utf-32-be",  # UniversalString
     0x1E: "utf-16-be",  # BMPString
 }
+
+# Attribute names and length limits as cryptography's x509.Name has them (RFC 4514, X.520),
+# so that DNs print and validate as they did when cryptography.x509 did it.
+_SHORT_NAMES = {
+    "2.5.4.3": "CN", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O", "2.5.4.11": "OU",
+    "2.5.4.6": "C", "2.5.4.9": "STREET", "0.9.2342.19200300.100.1.25": "DC",
+    "0.9.2342.19200300.100.1.1": "UID",
+}
+_LENGTH_LIMITS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1, 64)}
+_RFC4514_SPECIAL = {"\\": "\\\\", '"': '\\"', "+": "\\+", ",": "\\,", ";": "\\;", "<": "\\<", ">": "\\>",
+                    "\0": "\\00"}
 
 DnAttribute = tuple[str, str]  # (dotted OID, normalized value)
 DnKey = tuple[frozenset[DnAttribute], ...]  # one frozenset per RDN, in order
@@ -105,12 +115,7 @@ class Identity:
                 raise IdentityError(f"{text!r} is not an {_PRINT_PREFIX[id_type]} address")
             return identity
         if id_type == IdType.ID_DER_ASN1_DN:
-            try:
-                name = x509.Name.from_rfc4514_string(text)
-            except ValueError as exc:
-                reason = str(exc) or "not RFC 4514 syntax"
-                raise IdentityError(f"bad distinguished name {text!r}: {reason}") from None
-            return cls.validated(IdType.ID_DER_ASN1_DN, name.public_bytes())
+            return cls.validated(IdType.ID_DER_ASN1_DN, dn_from_text(text))
         if id_type == IdType.ID_KEY_ID:
             try:
                 data = bytes.fromhex(text)
@@ -159,7 +164,7 @@ class Identity:
         if self.id_type in _IP_LENGTH:
             return str(ipaddress.ip_address(self.data))
         if self.id_type == IdType.ID_DER_ASN1_DN:
-            return dn_to_name(self.data).rfc4514_string()
+            return dn_text(self.data)
         if self.id_type == IdType.ID_KEY_ID:
             return self.data.hex()
         return self.data.decode("ascii")
@@ -230,7 +235,13 @@ def _check_ip(id_type: IdType, data: bytes) -> None:
 def _check_dn(_: IdType, data: bytes) -> None:
     if len(data) > MAX_DN_LEN:
         raise IdentityError("distinguished name too long")
-    dn_to_name(data)
+    for rdn in _parse_dn(data):
+        if len(set(rdn)) != len(rdn):
+            raise IdentityError("duplicate attribute in an RDN")
+        for oid, value in rdn:
+            least, most = _LENGTH_LIMITS.get(oid, (0, MAX_DN_LEN))
+            if not least <= len(value.encode("utf-8")) <= most:
+                raise IdentityError(f"DN attribute {oid} must be {least}..{most} octets")
 
 
 def _check_key_id(_: IdType, data: bytes) -> None:
@@ -306,6 +317,11 @@ def _email_matches(address: str, pattern: str) -> bool:
     return p_local == "*" or local == p_local
 
 
+def dn_attributes(data: bytes) -> list[list[tuple[str, str]]]:
+    """RDNs of a DER Name as lists of (dotted OID, decoded value); IdentityError if malformed."""
+    return _parse_dn(data)
+
+
 def _parse_dn(data: bytes) -> list[list[tuple[str, str]]]:
     """RDNs of a DER Name as lists of (dotted OID, decoded value). Values must be strings."""
     try:
@@ -331,6 +347,8 @@ def _attribute(tlv: der.Tlv) -> tuple[str, str]:
     codec = _STRING_CODECS.get(parts[1].tag)
     if codec is None:
         raise IdentityError(f"unsupported DN attribute value type 0x{parts[1].tag:02x}")
+    if parts[1].tag == 0x13 and not _PRINTABLE.match(parts[1].value):
+        raise IdentityError("PrintableString with a character outside its set")
     try:
         return der.oid_to_dotted(parts[0].value), parts[1].value.decode(codec)
     except UnicodeDecodeError:
@@ -345,16 +363,110 @@ def dn_key(data: bytes) -> DnKey:
     )
 
 
-def dn_to_name(data: bytes) -> x509.Name:
-    """A cryptography Name for a DER Name (for printing: string types are not kept)."""
+def dn_text(data: bytes) -> str:
+    """The RFC 4514 string of a DER Name (last RDN first), as cryptography's rfc4514_string."""
+    return ",".join(
+        "+".join(f"{_SHORT_NAMES.get(oid, oid)}={_rfc4514_escape(value)}" for oid, value in rdn)
+        for rdn in reversed(_parse_dn(data))
+    )
+
+
+# RFC 4514 section 3, character classes of an attribute value (lead, inner, trail octets
+# that need no escaping) and its escape pairs: a special character, or hex octets.
+_RFC4514_LEAD = r"\x01-\x1f\x21\x24-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_INNER = r"\x01-\x21\x23-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_TRAIL = r"\x01-\x1f\x21\x23-\x2a\x2d-\x3a\x3d\x3f-\x5b\x5d-\x7f\x80-\U0010ffff"
+_RFC4514_PAIR = r'\\(?:[\\ #="+,;<>]|[0-9A-Fa-f]{2})'
+_RFC4514_VALUE = re.compile(
+    f"(?:(?:[{_RFC4514_LEAD}]|{_RFC4514_PAIR})(?:(?:[{_RFC4514_INNER}]|{_RFC4514_PAIR})*"
+    f"(?:[{_RFC4514_TRAIL}]|{_RFC4514_PAIR}))?)?")
+_RFC4514_ESCAPES = re.compile(r'\\([\\ #="+,;<>])|((?:\\[0-9A-Fa-f]{2})+)')
+_RFC4514_TYPE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))+|[A-Za-z][A-Za-z0-9-]*")
+_RFC4514_HEX = re.compile(r"#((?:[0-9A-Fa-f]{2})+)")
+_OIDS_BY_SHORT_NAME = {name: oid for oid, name in _SHORT_NAMES.items()}
+# The string type each attribute is written with (RFC 5280 appendix A), UTF8String otherwise.
+_PRINTABLE_ATTRIBUTES = frozenset({"2.5.4.6", "1.3.6.1.4.1.311.60.2.1.3", "2.5.4.5", "2.5.4.46"})
+_IA5_ATTRIBUTES = frozenset({"1.2.840.113549.1.9.1", "0.9.2342.19200300.100.1.25"})
+
+
+def dn_from_text(text: str) -> bytes:
+    """The DER Name of an RFC 4514 string (first RDN last), as cryptography's parser made it.
+
+    Attribute types: CN, L, ST, O, OU, C, STREET, DC, UID (case as written) or a dotted
+    OID; values with RFC 4514 escapes or as #hex (UTF-8 octets). IdentityError otherwise.
+    """
+    rdns: list[bytes] = []
+    pos = 0
+    while text:
+        attributes = []
+        while True:
+            oid, value, pos = _rfc4514_attribute(text, pos)
+            tag = 0x13 if oid in _PRINTABLE_ATTRIBUTES else 0x16 if oid in _IA5_ATTRIBUTES else 0x0C
+            attributes.append(der.encode_sequence(der.encode_oid(oid), der.encode_tlv(tag, value.encode("utf-8"))))
+            if text[pos:pos + 1] != "+":
+                break
+            pos += 1
+        rdns.append(der.encode_set(*attributes))
+        if pos == len(text):
+            break
+        if text[pos] != ",":
+            raise IdentityError(f"bad distinguished name {text!r}: unexpected {text[pos]!r} at {pos}")
+        pos += 1
+    return der.encode_sequence(*reversed(rdns))
+
+
+def _rfc4514_attribute(text: str, pos: int) -> tuple[str, str, int]:
+    """(dotted OID, value, position after it) of the attributeTypeAndValue at `pos`."""
+    match = _RFC4514_TYPE.match(text, pos)
+    if match is None or text[match.end():match.end() + 1] != "=":
+        raise IdentityError(f"bad distinguished name {text!r}: no attribute type at {pos}")
+    name = match.group()
+    if name[0].isdigit():
+        arcs = [int(arc) for arc in name.split(".")]
+        if arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+            raise IdentityError(f"bad distinguished name {text!r}: bad OID {name}")
+        oid = name
+    elif name in _OIDS_BY_SHORT_NAME:
+        oid = _OIDS_BY_SHORT_NAME[name]
+    else:
+        raise IdentityError(f"bad distinguished name {text!r}: unknown attribute type {name!r}")
+    pos = match.end() + 1
     try:
-        return x509.Name([
-            x509.RelativeDistinguishedName(
-                [x509.NameAttribute(x509.ObjectIdentifier(oid), value) for oid, value in rdn])
-            for rdn in _parse_dn(data)
-        ])
-    except ValueError as exc:  # e.g. a countryName that is not 2 letters
-        raise IdentityError(f"bad distinguished name attribute: {exc}") from None
+        hex_value = _RFC4514_HEX.match(text, pos)
+        if hex_value is not None:
+            return oid, bytes.fromhex(hex_value.group(1)).decode("utf-8"), hex_value.end()
+        value = _RFC4514_VALUE.match(text, pos)
+        assert value is not None  # the pattern matches the empty string
+        return oid, _RFC4514_ESCAPES.sub(_rfc4514_unescape, value.group()), value.end()
+    except UnicodeDecodeError:
+        raise IdentityError(f"bad distinguished name {text!r}: escaped octets are not UTF-8") from None
+
+
+def _rfc4514_unescape(match: re.Match[str]) -> str:
+    special, octets = match.groups()
+    return special if special else bytes.fromhex(octets.replace("\\", "")).decode("utf-8")
+
+
+def _rfc4514_escape(value: str) -> str:
+    if not value:
+        return ""
+    value = "".join(_RFC4514_SPECIAL.get(ch, ch) for ch in value)
+    if value[0] == "#" or (value[0] == " " and len(value) > 1):
+        value = "\\" + value
+    if value[-1] == " ":
+        value = value[:-1] + "\\ "
+    return value
+
+
+def name_equal(a: bytes, b: bytes) -> bool:
+    """Certificate name chaining: the same RDNs in order, each the same set of (OID, value)
+    whatever the string types (cryptography's Name equality); malformed names are never equal."""
+    if a == b:
+        return True
+    try:
+        return [frozenset(rdn) for rdn in _parse_dn(a)] == [frozenset(rdn) for rdn in _parse_dn(b)]
+    except IdentityError:
+        return False
 
 
 def dn_equal(a: bytes, b: bytes) -> bool:

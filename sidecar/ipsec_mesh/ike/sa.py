@@ -12,12 +12,10 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any, Protocol
 
-from cryptography import x509
-
 from . import message as codec
+from .certificate import Certificate
 from .child import ChildSa, ChildState
 from .config import PeerConfig
 from .constants import ExchangeType
@@ -69,7 +67,7 @@ class Services(Protocol):
     def adopt(self, sa: "IkeSa") -> None: ...  # register a new IKE SA (from an IKE rekey)
     def established(self, sa: "IkeSa", now: float) -> None: ...  # duplicate-SA resolution
     def initial_contact(self, sa: "IkeSa", now: float) -> bool: ...  # peer restarted: drop stale SAs
-    def wall_time(self) -> datetime: ...  # (UTC) for certificate validity checks
+    def wall_time(self) -> float: ...  # POSIX seconds, for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
@@ -111,7 +109,7 @@ class IkeSa:
         self.nat_remote = False
         self.local_id = config.local_id
         self.remote_id: Identity | None = None  # once authenticated
-        self.peer_chain: list[x509.Certificate] = []
+        self.peer_chain: list[Certificate] = []
         # Message IDs, the outstanding request, the queue, retransmission, dispatch
         self.tasks = TaskManager(self)
         # Children by our inbound SPI

@@ -126,9 +126,9 @@ class SignatureAlgorithm:
         if self.family is Family.ED25519 and isinstance(private_key, ed25519.Ed25519PrivateKey):
             return private_key.sign(data)
         if self.family is Family.ECDSA and isinstance(private_key, ec.EllipticCurvePrivateKey):
-            return private_key.sign(data, ec.ECDSA(self._hash()))  # DER, as RFC 7427 says
+            return private_key.sign(data, ec.ECDSA(self.hash_function()))  # DER, as RFC 7427 says
         if self.family is Family.RSA_PSS and isinstance(private_key, rsa.RSAPrivateKey):
-            return private_key.sign(data, self._pss_padding(), self._hash())
+            return private_key.sign(data, self.pss_padding(), self.hash_function())
         raise TypeError(f"we do not produce {self.family.value} signatures with a {type(private_key).__name__}")
 
     def verify(self, public_key: VerifyingKey, signature: bytes, data: bytes) -> None:
@@ -139,22 +139,22 @@ class SignatureAlgorithm:
             if isinstance(public_key, ed25519.Ed25519PublicKey):
                 public_key.verify(signature, data)
             elif isinstance(public_key, ec.EllipticCurvePublicKey):
-                public_key.verify(signature, data, ec.ECDSA(self._hash()))
+                public_key.verify(signature, data, ec.ECDSA(self.hash_function()))
             elif self.family is Family.RSA_PSS:
-                public_key.verify(signature, data, self._pss_padding(), self._hash())
+                public_key.verify(signature, data, self.pss_padding(), self.hash_function())
             else:
-                public_key.verify(signature, data, padding.PKCS1v15(), self._hash())
+                public_key.verify(signature, data, padding.PKCS1v15(), self.hash_function())
         except (InvalidSignature, ValueError, UnsupportedAlgorithm):
             raise AuthenticationFailed(f"{self.family.value} signature does not verify") from None
 
-    def _hash(self) -> hashes.HashAlgorithm:
+    def hash_function(self) -> hashes.HashAlgorithm:
         return _HASH_CLASSES[self.hash_alg]()
 
     def _salt(self) -> int:
-        return self.salt_length if self.salt_length is not None else self._hash().digest_size
+        return self.salt_length if self.salt_length is not None else self.hash_function().digest_size
 
-    def _pss_padding(self) -> padding.PSS:
-        return padding.PSS(mgf=padding.MGF1(self._hash()), salt_length=self._salt())
+    def pss_padding(self) -> padding.PSS:
+        return padding.PSS(mgf=padding.MGF1(self.hash_function()), salt_length=self._salt())
 
 
 def _pss_from_params(value: bytes) -> SignatureAlgorithm:

@@ -23,9 +23,10 @@ from ipsec_mesh.ike.constants import CertEncoding
 from ipsec_mesh.ike.errors import CertificateError
 from ipsec_mesh.ike.payloads import CertPayload
 from ipsec_mesh.meshapi.identity import service_account_uri
-from tests.support.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key
+from tests.support.pki import KEY_TYPES, Issued, MeshPki, build_certificate, key_usage, name, new_key, ours
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+T = NOW.timestamp()  # what TrustStore.validate takes: POSIX seconds
 UNKNOWN_EXTENSION = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
 
 
@@ -46,7 +47,7 @@ def store(pki):
 
 def assert_rejected(store, chain, *words, now=NOW):
     with pytest.raises(CertificateError) as info:
-        store.validate(chain, now)
+        store.validate([ours(c) if isinstance(c, x509.Certificate) else c for c in chain], now.timestamp())
     for word in words:
         assert word in str(info.value)
 
@@ -58,7 +59,7 @@ def sign_with(issuer: Issued, common_name: str, **kwargs) -> Issued:
                    key_usage=key_usage(digital_signature=True))
     options.update(kwargs)
     cert = build_certificate(subject=name(common_name), public_key=key.public_key(),
-                             issuer_name=issuer.cert.subject, issuer_key=issuer.key, **options)
+                             issuer_name=issuer.x509.subject, issuer_key=issuer.key, **options)
     return Issued(key, cert)
 
 
@@ -66,28 +67,23 @@ def sign_with(issuer: Issued, common_name: str, **kwargs) -> Issued:
 @pytest.mark.parametrize("key_type", KEY_TYPES)
 def test_valid_chain_through_intermediate(pki, store, key_type):
     leaf = pki.issue("leaf", key_type=key_type, dns=["leaf.ns.pod.mesh.test"])
-    assert store.validate(leaf.chain, NOW) == leaf.cert
+    assert store.validate(leaf.chain, T) == leaf.cert
 
 
 def test_valid_chain_directly_under_root(flat_pki):
     leaf = flat_pki.issue("leaf")
-    assert TrustStore([flat_pki.root.cert]).validate(leaf.chain, NOW) == leaf.cert
+    assert TrustStore([flat_pki.root.cert]).validate(leaf.chain, T) == leaf.cert
 
 
 def test_extra_and_unordered_certificates_are_tolerated(pki, flat_pki, store):
     leaf = pki.issue("leaf")
     stranger = flat_pki.issue("stranger").cert
-    assert store.validate([leaf.cert, stranger, flat_pki.root.cert, *leaf.intermediates], NOW) == leaf.cert
-
-
-def test_naive_now_is_utc(pki, store):
-    leaf = pki.issue("leaf")
-    assert store.validate(leaf.chain, NOW.replace(tzinfo=None)) == leaf.cert
+    assert store.validate([leaf.cert, stranger, flat_pki.root.cert, *leaf.intermediates], T) == leaf.cert
 
 
 def test_trusted_end_entity_certificate(flat_pki):
     leaf = flat_pki.issue("pinned")
-    assert TrustStore([leaf.cert]).validate([leaf.cert], NOW) == leaf.cert
+    assert TrustStore([leaf.cert]).validate([leaf.cert], T) == leaf.cert
 
 
 def test_from_pem(pki):
@@ -128,12 +124,12 @@ def test_wrong_root(pki):
 def test_same_name_other_key_root(pki):
     """A root with the right name but another key: the signature check decides."""
     impostor_key = new_key("p256")
-    impostor = build_certificate(subject=pki.root.cert.subject, public_key=impostor_key.public_key(),
-                                 issuer_name=pki.root.cert.subject, issuer_key=impostor_key,
+    impostor = build_certificate(subject=pki.root.x509.subject, public_key=impostor_key.public_key(),
+                                 issuer_name=pki.root.x509.subject, issuer_key=impostor_key,
                                  not_before=NOW - timedelta(days=1), not_after=NOW + timedelta(days=1),
                                  ca=True, key_usage=key_usage(key_cert_sign=True))
     leaf = pki.issue("leaf")
-    assert_rejected(TrustStore([impostor]), leaf.chain, "bad signature")
+    assert_rejected(TrustStore([ours(impostor)]), leaf.chain, "bad signature")
 
 
 def test_missing_intermediate(pki, store):
@@ -166,25 +162,25 @@ def test_leaf_key_usage_without_digital_signature(pki, store):
 
 def test_leaf_without_key_usage_is_fine(pki, store):
     leaf = pki.issue("leaf", with_key_usage=False)
-    assert store.validate(leaf.chain, NOW) == leaf.cert
+    assert store.validate(leaf.chain, T) == leaf.cert
 
 
 def test_critical_unknown_extension_rejected(pki, store):
     critical = pki.issue("leaf", extra=[(UNKNOWN_EXTENSION, True)])
     assert_rejected(store, critical.chain, "critical extension", "1.3.6.1.4.1.99999.1")
     harmless = pki.issue("leaf", extra=[(UNKNOWN_EXTENSION, False)])
-    assert store.validate(harmless.chain, NOW) == harmless.cert
+    assert store.validate(harmless.chain, T) == harmless.cert
 
 
 def test_eku_is_not_required_nor_refused(pki, store):
     ipsec_ike = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.17")
     leaf = pki.issue("leaf", extra=[(x509.ExtendedKeyUsage([ipsec_ike]), True)])
-    assert store.validate(leaf.chain, NOW) == leaf.cert
+    assert store.validate(leaf.chain, T) == leaf.cert
 
 
 def test_tampered_signature(pki, store):
     leaf = pki.issue("leaf")
-    encoded = bytearray(leaf.cert.public_bytes(Encoding.DER))
+    encoded = bytearray(leaf.cert.der)
     encoded[-5] ^= 0x01  # inside the signature value
     tampered = x509.load_der_x509_certificate(bytes(encoded))
     assert_rejected(store, [tampered, *leaf.intermediates], "bad signature")
@@ -192,7 +188,7 @@ def test_tampered_signature(pki, store):
 
 def test_tampered_body(pki, store):
     leaf = pki.issue("leaf", dns=["a.ns.pod.mesh.test"])
-    encoded = leaf.cert.public_bytes(Encoding.DER).replace(b"a.ns.pod", b"b.ns.pod")
+    encoded = leaf.cert.der.replace(b"a.ns.pod", b"b.ns.pod")
     assert_rejected(store, [x509.load_der_x509_certificate(encoded), *leaf.intermediates], "bad signature")
 
 
@@ -209,7 +205,7 @@ def _resign_with_sha1(cert: x509.Certificate, issuer_key) -> x509.Certificate:
 
 def test_sha1_signed_certificate_refused(pki, store):
     leaf = pki.issue("sha1")
-    sha1_cert = _resign_with_sha1(leaf.cert, pki.intermediate.key)
+    sha1_cert = _resign_with_sha1(leaf.x509, pki.intermediate.key)
     assert isinstance(sha1_cert.signature_hash_algorithm, hashes.SHA1)
     assert_rejected(store, [sha1_cert, pki.intermediate.cert], "weak hash")
 
@@ -217,9 +213,9 @@ def test_sha1_signed_certificate_refused(pki, store):
 def test_chain_bounds(pki, store):
     leaf = pki.issue("leaf")
     with pytest.raises(CertificateError):
-        store.validate([], NOW)
+        store.validate([], T)
     with pytest.raises(CertificateError):
-        store.validate([leaf.cert] * (MAX_CERT_PAYLOADS + 1), NOW)
+        store.validate([leaf.cert] * (MAX_CERT_PAYLOADS + 1), T)
 
 
 def test_loops_between_cross_signed_cas_terminate(pki, store):
@@ -285,7 +281,8 @@ def test_identity_without_san(pki):
 
 
 def test_key_id_matches_subject_key_identifier(bound):
-    ski = bound.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    ski = x509.load_der_x509_certificate(bound.der).extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier).value.digest
     assert identity_matches_certificate(Identity.parse(f"keyid:{ski.hex()}"), bound)
     assert not identity_matches_certificate(Identity.parse("keyid:00"), bound)
 
@@ -325,7 +322,7 @@ def test_random_cert_payload_only_raises_certificate_error(data):
     except CertificateError:
         return
     with pytest.raises(CertificateError):  # whatever parsed, it is not trusted
-        TrustStore([MeshPki(now=NOW).root.cert]).validate(certs, NOW)
+        TrustStore([MeshPki(now=NOW).root.cert]).validate(certs, T)
 
 
 # -- the PEM files for strongSwan -------------------------------------------------------------------
@@ -333,8 +330,8 @@ def test_write_swanctl_layout(tmp_path, pki):
     leaf = pki.issue("moon", key_type="ed25519", dns=["moon.ns.pod.mesh.test"])
     paths = pki.write_swanctl(tmp_path, leaf, "moon")
     assert {p.relative_to(tmp_path).parts[0] for p in paths.values()} == {"x509ca", "x509", "private"}
-    assert x509.load_pem_x509_certificate(paths["cert"].read_bytes()) == leaf.cert
-    assert x509.load_pem_x509_certificate(paths["ca"].read_bytes()) == pki.root.cert
+    assert x509.load_pem_x509_certificate(paths["cert"].read_bytes()) == leaf.x509
+    assert x509.load_pem_x509_certificate(paths["ca"].read_bytes()) == pki.root.x509
     assert paths["key"].stat().st_mode & 0o077 == 0
     assert b"BEGIN PRIVATE KEY" in paths["key"].read_bytes()
 
@@ -360,6 +357,6 @@ def test_mutually_certifying_certificates_cost_bounded_work(store):
                                  ca=True, key_usage=key_usage(key_cert_sign=True)) for _ in range(6)]
     leaf = sign_with(Issued(key, mirrors[0]), "leaf")
     assert_rejected(store, [leaf.cert, *mirrors], "untrusted", "too many candidate paths")
-    search = _PathSearch(store.roots, NOW)
-    assert not search.reaches_root(leaf.cert, mirrors, 0)
+    search = _PathSearch(store.roots, T)
+    assert not search.reaches_root(leaf.cert, [ours(m) for m in mirrors], 0)
     assert search.signature_budget == 0

@@ -6,9 +6,10 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipsec_mesh.ike import Identity
+from ipsec_mesh.ike import Identity, der
 from ipsec_mesh.ike.constants import IdType
 from ipsec_mesh.ike.errors import IdentityError
+from ipsec_mesh.ike.identity import dn_text, name_equal
 from ipsec_mesh.ike.payloads import IdiPayload, IdPayload, IdrPayload
 
 
@@ -152,3 +153,110 @@ def test_parse_never_leaks_untyped_errors(text):
     except IdentityError:
         return
     assert identity.matches(identity) or identity.is_pattern()
+
+
+# -- DER Names printed, validated and chained without cryptography.x509, as it did ------------
+# attributes whose default string type is UTF8String (any text encodes)
+_DN_OIDS = ["2.5.4.3", "2.5.4.10", "2.5.4.11", "2.5.4.7", "2.5.4.8", "2.5.4.9",
+            "0.9.2342.19200300.100.1.1", "1.3.6.1.4.1.9.9"]
+_DN_VALUE = st.text(alphabet=st.sampled_from(list("ab Z09é,+\\\"<>;#=*\0") + ["字"]), min_size=1, max_size=12)
+
+
+@st.composite
+def _x509_names(draw):
+    rdns = []
+    for _ in range(draw(st.integers(1, 4))):
+        oids = draw(st.lists(st.sampled_from(_DN_OIDS), min_size=1, max_size=3, unique=True))
+        rdns.append(x509.RelativeDistinguishedName(
+            [x509.NameAttribute(x509.ObjectIdentifier(oid), draw(_DN_VALUE)) for oid in oids]))
+    if draw(st.booleans()):
+        rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(x509.NameOID.COUNTRY_NAME, "CH")]))
+    return x509.Name(rdns)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_x509_names())
+def test_dn_text_and_validation_are_cryptographys(name):
+    data = name.public_bytes()
+    parsed = x509.Name.from_bytes(data)  # multi-valued RDNs in DER (sorted) order, as we read them
+    assert dn_text(data) == parsed.rfc4514_string()
+    assert Identity.validated(IdType.ID_DER_ASN1_DN, data).value_text() == parsed.rfc4514_string()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_x509_names(), st.booleans())
+def test_name_equal_is_cryptographys_name_equality(name, printable):
+    # the same names with other string types compare equal, as cryptography's Name does
+    retyped = x509.Name([x509.RelativeDistinguishedName([
+        x509.NameAttribute(a.oid, a.value, x509.name._ASN1Type.BMPString if not printable
+                           else x509.name._ASN1Type.UTF8String) for a in rdn]) for rdn in name.rdns])
+    assert name_equal(name.public_bytes(), retyped.public_bytes()) == (name == retyped)
+    shorter = x509.Name(name.rdns[:-1]) if len(name.rdns) > 1 else x509.Name([])
+    assert name_equal(name.public_bytes(), shorter.public_bytes()) == (name == shorter)
+
+
+@pytest.mark.parametrize("attributes", [
+    [("2.5.4.6", "CHE")],  # countryName must be 2 characters
+    [("2.5.4.3", "")],  # commonName 1..64
+    [("2.5.4.3", "x" * 65)],
+    [("2.5.4.3", "a"), ("2.5.4.3", "a")],  # the same attribute twice in one RDN
+])
+def test_dn_validation_refuses_what_cryptographys_name_refused(attributes):
+    with pytest.raises(ValueError):  # what cryptography.x509 said before
+        x509.RelativeDistinguishedName([x509.NameAttribute(x509.ObjectIdentifier(o), v) for o, v in attributes])
+    rdn = der.encode_set(*(der.encode_sequence(der.encode_oid(o), der.encode_tlv(0x0C, v.encode()))
+                           for o, v in attributes))
+    with pytest.raises(IdentityError):
+        Identity.validated(IdType.ID_DER_ASN1_DN, der.encode_sequence(rdn))
+
+
+def _cryptographys_dn(text: str) -> bytes | None:
+    """What Identity.parse made of RFC 4514 text when cryptography.x509 parsed it (None: refused)."""
+    try:
+        data = x509.Name.from_rfc4514_string(text.strip()).public_bytes()  # parse strips the text
+        return Identity.validated(IdType.ID_DER_ASN1_DN, data).data
+    except (ValueError, IdentityError):
+        return None
+
+
+def _ours(text: str) -> bytes | None:
+    try:
+        return Identity.parse("dn:" + text).data
+    except IdentityError:
+        return None
+
+
+_RFC4514_PIECES = st.sampled_from(["CN", "O", "OU", "C", "DC", "UID", "STREET", "cn", "2.5.4.3", "1.2.840.113549.1.9.1",
+                                   "3.1", "0.39", "=", ",", "+", "\\", "\\,", "\\+", "\\ ", "\\\\", "\\c3\\a9", "\\zz",
+                                   "\\00", "#", "#61", "#c3", "#6162", " ", "a", "é", "字", '"', "<", ";", "CH", "x" * 65])
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_RFC4514_PIECES, max_size=12).map("".join))
+def test_rfc4514_text_parses_as_cryptography_parsed_it(text):
+    assert _ours(text) == _cryptographys_dn(text)
+
+
+_RFC4514_TYPES = st.sampled_from(["CN", "O", "OU", "C", "DC", "UID", "STREET", "L", "ST", "2.5.4.3", "2.5.4.5",
+                                  "1.2.840.113549.1.9.1", "1.3.6.1.4.1.311.60.2.1.3", "2.5.4.46", "1.2.3.4"])
+_RFC4514_VALUES = st.lists(st.sampled_from(["a", "é", "字", "\\,", "\\+", "\\ ", "\\\\", "\\c3\\a9", "\\00", "#6162",
+                                            "#c3a9", " ", "=", "#", "CH", "x" * 30, '\\"', "\\<", "\\;", "@", "'"]),
+                           max_size=3).map("".join)
+_RFC4514_NAMES = st.lists(st.lists(st.tuples(_RFC4514_TYPES, _RFC4514_VALUES), min_size=1, max_size=2),
+                          min_size=1, max_size=3).map(
+    lambda rdns: ",".join("+".join(f"{t}={v}" for t, v in rdn) for rdn in rdns))
+
+
+@settings(max_examples=800, deadline=None)
+@given(_RFC4514_NAMES)
+def test_well_formed_rfc4514_names_parse_as_cryptography_parsed_them(text):
+    assert _ours(text) == _cryptographys_dn(text)
+
+
+@pytest.mark.parametrize("text", [
+    "CN=moon,O=strongSwan,C=CH", "CN=a\\,b\\+c", "CN=\\ a\\ ,O=b", "CN=#616263", "CN=\\c3\\a9", "O=", "CN=x+O=y",
+    "O=a=b", "2.5.4.3=x", "DC=mesh,DC=test", "UID=7,STREET=Main St",
+])
+def test_rfc4514_examples_parse_as_cryptography_parsed_them(text):
+    assert _ours(text) is not None
+    assert _ours(text) == _cryptographys_dn(text)
