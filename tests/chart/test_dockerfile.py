@@ -151,9 +151,19 @@ def test_images_ship_bytecode_for_what_they_run():
     text = (ROOT / "Dockerfile").read_text()
     runtime, sidecar = _stage(text, "runtime"), _stage(text, "sidecar")
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime  # nothing is written at run time, so it must be there before
-    assert re.search(r"python -m compileall -q -j 0 .*sysconfig\.get_path\(\"stdlib\"\)", runtime), runtime
-    # Debian's nftables binding is copied in as sources, beside the venv pip compiled.
-    assert re.search(r"compileall -q \\\s*\n\s*\"\$\(.*purelib.*\)/nftables\"", sidecar), sidecar
+    # Both optimisation levels: plain for the operator, -OO for the sidecar (PYTHONOPTIMIZE=2 below).
+    assert re.search(r"python -m compileall -q -j 0 -o 0 -o 2 .*\\\s*\n\s*\"\$\(.*sysconfig\.get_path\(\"stdlib\"\)", runtime), \
+        runtime
+    # The sidecar's venv (pip compiled it without -OO) and Debian's nftables binding, copied in as sources.
+    assert re.search(r"compileall -q -j 0 -o 2 \\\s*\n\s*\"\$\(.*purelib.*\)\"", sidecar), sidecar
+    assert sidecar.index("cp -r /tmp/nft") < sidecar.index("compileall -q -j 0 -o 2")
+
+
+def test_sidecar_image_runs_without_docstrings():
+    """-OO: 0.7 MB RssAnon per sidecar (docs/benchmarks.md); safe because the sidecar has no `assert`
+    (tests/unit/test_sidecar_mesh_imports.py); the operator is not measured and runs plain."""
+    assert image_config("sidecar").env.get("PYTHONOPTIMIZE") == "2"
+    assert "PYTHONOPTIMIZE" not in image_config("operator").env
 
 
 def test_sidecar_image_fixes_glibc_trim_threshold():

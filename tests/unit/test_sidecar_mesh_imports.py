@@ -7,6 +7,7 @@ timing. The figures behind the list are in docs/benchmarks.md (Sidecar memory).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -59,12 +60,12 @@ NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "p
 MAX_MODULES = 301
 
 
-def _mesh_mode_modules() -> list[str]:
+def _mesh_mode_modules(*flags: str) -> list[str]:
     # -S: without site, so the dev venv's editable-install finder (which imports pathlib) is not
     # counted: the image has none. Its packages come from the venv's site-packages directly.
     pki = MeshPki()
     path = [str(SIDECAR), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    result = subprocess.run([sys.executable, "-S", "-c", PROBE], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-S", *flags, "-c", PROBE], capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin",
                                  "PROBE_ROOT_PEM": pki.root.cert_pem().decode(),
                                  "PROBE_LEAF_PEM": pki.issue("web-0", dns=["web-0.shop.pod.mesh"]).cert_pem().decode()})
@@ -90,3 +91,18 @@ def test_a_configured_dn_identity_does_not_load_x509_either():
                             env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_mesh_mode_starts_the_same_under_python_oo_as_the_image_runs_it():
+    """The sidecar image sets PYTHONOPTIMIZE=2: no docstrings (and no `assert`) anywhere."""
+    assert _mesh_mode_modules("-OO") == _mesh_mode_modules()
+
+
+def test_the_sidecar_has_no_assert_statement_that_python_oo_would_drop():
+    """Checks the sidecar relies on are `if ...: raise InvariantError(...)`, which -OO keeps."""
+    found = []
+    for path in sorted((SIDECAR / "ipsec_mesh").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert):
+                found.append(f"{path.relative_to(SIDECAR)}:{node.lineno}")
+    assert found == []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .config import ChildConfig
 from .constants import NotifyType, ProtocolId
 from .crypto import Prf, aead_keymat_len
-from .errors import IkeError, NoProposalChosen, TsUnacceptable
+from .errors import IkeError, InvariantError, NoProposalChosen, TsUnacceptable
 from .events import ChildSaInfo, ChildSaInstallInbound, ChildSaInstallOutbound, ChildSaKeys, UdpEncap
 from .keymat import IkeKeys, derive_child_keys
 from .payloads import (
@@ -95,7 +95,8 @@ def transport_mode_requested(msg: Message) -> bool:
 
 def negotiated(sa: IkeSa) -> tuple[Prf, IkeKeys, Selected]:
     """The PRF, keys and selection of an IKE SA that IKE_SA_INIT has keyed (every later exchange's)."""
-    assert sa.prf is not None and sa.keys is not None and sa.selected is not None, "IKE_SA_INIT made no keys"
+    if sa.prf is None or sa.keys is None or sa.selected is None:
+        raise InvariantError("IKE_SA_INIT made no keys")
     return sa.prf, sa.keys, sa.selected
 
 
@@ -173,7 +174,8 @@ def match_child_request(msg: Message, configs: tuple[ChildConfig, ...], with_ke:
         if len(selected.spi) != 4:
             raise IkeError("ESP proposal SPI must be 4 bytes", notify=NotifyType.INVALID_SYNTAX)
         return ChildRequest(config, selected, ts_i, ts_r)
-    assert last_error is not None
+    if last_error is None:
+        raise InvariantError("expected last_error is not None")
     raise last_error
 
 

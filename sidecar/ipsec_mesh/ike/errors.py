@@ -95,3 +95,12 @@ class TsUnacceptable(IkeError):
 
 class FragmentError(IkeError):
     """Reassembly failed: too many fragments, inconsistent totals, too large."""
+
+
+class InvariantError(AssertionError):
+    """Our own invariant broke: a bug, never the peer's doing.
+
+    Raised explicitly rather than by `assert`, because the sidecar image runs Python with
+    -OO (docstrings dropped: 0.7 MB per sidecar, docs/benchmarks.md), which also drops every
+    `assert`; an AssertionError subclass, so what caught a failed assert still catches it.
+    """

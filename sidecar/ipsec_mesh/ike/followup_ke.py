@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .constants import ExchangeType, NotifyType, notify_name
-from .errors import IkeError, ParseError
+from .errors import IkeError, InvariantError, ParseError
 from .keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from .payloads import KePayload, Message, NotifyPayload, Payload
 from .sa import IkeSa, IkeState
@@ -55,7 +55,8 @@ def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes,
          now: float) -> NotifyPayload:
     """Keep a CREATE_CHILD_SA's state for its follow-ups; the notify to answer with."""
     responder = sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE]
-    assert isinstance(responder, FollowupKeResponder)
+    if not isinstance(responder, FollowupKeResponder):
+        raise InvariantError("expected isinstance(responder, FollowupKeResponder)")
     return responder.park(sa, PendingKeyExchanges(list(methods), [first_secret], finish, abandon, 0.0), now)
 
 
@@ -99,7 +100,8 @@ class FollowupKeTask(Task):
         ke = msg.first(KePayload)
         if ke is None or ke.group != self.method:
             raise ParseError(f"IKE_FOLLOWUP_KE response lacks the KE payload for {self.method}")
-        assert self.ke is not None, "started before any response"
+        if self.ke is None:
+            raise InvariantError("started before any response")
         secrets = self.secrets + (self.ke.finish(ke.data),)
         if len(self.methods) > 1:
             # Run the next one at once, before anything else queued on this SA.

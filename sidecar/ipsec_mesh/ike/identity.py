@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from . import der
 from .constants import IdType
-from .errors import IdentityError
+from .errors import IdentityError, InvariantError
 from .payloads import IdiPayload, IdPayload, IdrPayload
 
 MAX_FQDN_LEN = 253
@@ -436,7 +436,8 @@ def _rfc4514_attribute(text: str, pos: int) -> tuple[str, str, int]:
         if hex_value is not None:
             return oid, bytes.fromhex(hex_value.group(1)).decode("utf-8"), hex_value.end()
         value = _RFC4514_VALUE.match(text, pos)
-        assert value is not None  # the pattern matches the empty string
+        if value is None:
+            raise InvariantError("the RFC 4514 value pattern matches the empty string")
         return oid, _RFC4514_ESCAPES.sub(_rfc4514_unescape, value.group()), value.end()
     except UnicodeDecodeError:
         raise IdentityError(f"bad distinguished name {text!r}: escaped octets are not UTF-8") from None

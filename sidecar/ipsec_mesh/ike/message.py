@@ -21,7 +21,7 @@ from .constants import (
     HeaderFlag,
     PayloadType,
 )
-from .errors import IntegrityError, InvalidMajorVersion, ParseError, UnsupportedCriticalPayload
+from .errors import IntegrityError, InvalidMajorVersion, InvariantError, ParseError, UnsupportedCriticalPayload
 from .payload_codec import DECODERS as _DECODERS
 from .payload_codec import encode_body, known
 from .wire import Reader, u16, u32
@@ -192,7 +192,8 @@ def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
         raise ValueError("SK/SKF must be the last payload")
     if isinstance(payload, p.EncryptedPayload):
         return payload.raw, 0
-    assert isinstance(payload, p.EncryptedFragment)
+    if not isinstance(payload, p.EncryptedFragment):
+        raise InvariantError("expected isinstance(payload, p.EncryptedFragment)")
     return u16(payload.number) + u16(payload.total) + payload.raw, 0
 
 

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Callable
 
 from .constants import NotifyType
+from .errors import InvariantError
 from .payloads import NotifyPayload
 
 
@@ -31,7 +32,8 @@ def nat_notifies(spi_i: bytes, spi_r: bytes, local: tuple[str, int], remote: tup
     behind a NAT and both sides encapsulate ESP in UDP (forced encapsulation).
     """
     if fake_source:
-        assert random_bytes is not None, "a fake source hash needs random bytes"
+        if random_bytes is None:
+            raise InvariantError("a fake source hash needs random bytes")
         source = random_bytes(20)
     else:
         source = nat_hash(spi_i, spi_r, *local)

@@ -20,7 +20,7 @@ from .child import ChildSa, ChildState
 from .config import PeerConfig
 from .constants import ExchangeType
 from .crypto import AeadProtector, Prf
-from .errors import IntegrityError
+from .errors import IntegrityError, InvariantError
 from .events import ChildSaDeleted, Event, IkeSaClosed
 from .fragment import encode_fragments
 from .identity import Identity
@@ -162,7 +162,8 @@ class IkeSa:
 
     # -- keys -------------------------------------------------------------------------
     def install_keys(self, keys: IkeKeys) -> None:
-        assert self.selected is not None
+        if self.selected is None:
+            raise InvariantError("expected self.selected is not None")
         self.keys = keys
         enc_i = AeadProtector(self.selected.encr, self.selected.key_bits, keys.sk_ei)
         enc_r = AeadProtector(self.selected.encr, self.selected.key_bits, keys.sk_er)
@@ -170,12 +171,14 @@ class IkeSa:
 
     @property
     def sk_p_own(self) -> bytes:
-        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
+        if self.keys is None:
+            raise InvariantError("no AUTH before IKE_SA_INIT made the keys")
         return self.keys.sk_pi if self.initiator else self.keys.sk_pr
 
     @property
     def sk_p_peer(self) -> bytes:
-        assert self.keys is not None, "no AUTH before IKE_SA_INIT made the keys"
+        if self.keys is None:
+            raise InvariantError("no AUTH before IKE_SA_INIT made the keys")
         return self.keys.sk_pr if self.initiator else self.keys.sk_pi
 
     # -- sending ----------------------------------------------------------------------
@@ -191,7 +194,8 @@ class IkeSa:
             whole = codec.encode(msg, self.protect_out)
             limit = self._max_datagram()
             if self.peer_fragmentation and self.config.fragmentation and len(whole) > limit:
-                assert self.protect_out is not None, "fragmentation is negotiated after the keys exist"
+                if self.protect_out is None:
+                    raise InvariantError("fragmentation is negotiated after the keys exist")
                 data = encode_fragments(msg, self.protect_out, limit)
             else:
                 data = [whole]

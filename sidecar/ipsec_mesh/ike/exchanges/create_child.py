@@ -24,7 +24,7 @@ from ..child import (
 )
 from ..config import ChildConfig
 from ..constants import ExchangeType, KeId, NotifyType, ProtocolId, notify_name
-from ..errors import IkeError, InvalidKePayload, ParseError
+from ..errors import IkeError, InvalidKePayload, InvariantError, ParseError
 from ..events import ChildSaFailed
 from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from ..payloads import (
@@ -118,7 +118,8 @@ class ChildCreateTask(KeTask):
                 ke = msg.first(KePayload)
                 if ke is None or ke.group != selected.ke:
                     raise ParseError("CREATE_CHILD_SA response lacks the KE payload")
-                assert self.ke is not None, "start() made our key exchange for the group sent"
+                if self.ke is None:
+                    raise InvariantError("start() made our key exchange for the group sent")
                 shared = (self.ke.finish(ke.data),)
             local_ts, remote_ts = check_answered_selectors(sa, tsi, tsr, self.local_ts, self.remote_ts,
                                                            self.config.mode)
@@ -140,7 +141,8 @@ class ChildCreateTask(KeTask):
         """Every key exchange is done: derive the keys and install the CHILD_SA."""
         selected, nr, local_ts, remote_ts = self.answer
         keys = child_keys(sa, self.ni, nr, selected, True, secrets)
-        assert self.inbound_spi is not None, "start() allocated it; only failures release it"
+        if self.inbound_spi is None:
+            raise InvariantError("start() allocated it; only failures release it")
         old = self.rekey_of
         child = add_child(sa, self.config, selected, keys, self.inbound_spi, int.from_bytes(selected.spi, "big"),
                           local_ts, remote_ts, (self.ni, nr), True, now,

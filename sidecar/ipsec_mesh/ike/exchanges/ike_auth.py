@@ -25,7 +25,7 @@ from ..child import (
 )
 from ..config import ChildConfig
 from ..constants import AuthMethod, ExchangeType, NotifyType, notify_name
-from ..errors import AuthenticationFailed, CertificateError, IkeError, ParseError
+from ..errors import AuthenticationFailed, CertificateError, IkeError, InvariantError, ParseError
 from ..events import ChildSaFailed, IkeSaEstablished, NegotiationFailed
 from ..identity import Identity
 from ..keymat import intermediate_auth
@@ -200,7 +200,8 @@ class IkeAuthTask(Task):
 
     def _child_from_response(self, sa: IkeSa, msg: Message, now: float) -> ChildSa | None:
         config, inbound_spi = self.child, self.inbound_spi
-        assert config is not None and inbound_spi is not None, "asked only when start() requested a CHILD_SA"
+        if config is None or inbound_spi is None:
+            raise InvariantError("asked only when start() requested a CHILD_SA")
         errors = [n for n in msg.all(NotifyPayload) if n.is_error]
         sa_payload, tsi, tsr = msg.first(SaPayload), msg.first(TsiPayload), msg.first(TsrPayload)
         try:

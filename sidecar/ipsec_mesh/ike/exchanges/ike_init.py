@@ -17,7 +17,7 @@ from ..constants import (
     notify_name,
 )
 from ..crypto import aead_keymat_len, prf_for
-from ..errors import IkeError, InvalidKePayload, NoProposalChosen, ParseError
+from ..errors import IkeError, InvalidKePayload, InvariantError, NoProposalChosen, ParseError
 from ..events import NegotiationFailed
 from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from ..keymat import addke_skeyseed, derive_ike_keys, skeyseed
@@ -82,7 +82,8 @@ def _detect_nat(sa: IkeSa, msg: Message, local: tuple[str, int], remote: tuple[s
 
 def _derive(sa: IkeSa, sel: Selected, shared: bytes) -> None:
     """The first keys, from IKE_SA_INIT's shared secret (`sel` is the selection just made)."""
-    assert sel.prf is not None, "an IKE proposal always selects a PRF"
+    if sel.prf is None:
+        raise InvariantError("an IKE proposal always selects a PRF")
     sa.prf = prf = prf_for(sel.prf)
     seed = skeyseed(prf, sa.ni, sa.nr, shared)
     sa.install_keys(derive_ike_keys(prf, seed, sa.ni, sa.nr, sa.spi_i, sa.spi_r,
@@ -163,7 +164,8 @@ class IkeInitTask(Task):
         sa.selected = selected = check_answer(sa_payload.proposals[0], list(sa.config.ike_proposals))
         if selected.ke != self.group or ke.group != self.group:
             raise NoProposalChosen("responder chose a key exchange other than the one we sent")
-        assert self.ke is not None, "start() made our key exchange before the request went out"
+        if self.ke is None:
+            raise InvariantError("start() made our key exchange before the request went out")
         sa.spi_r = msg.spi_r
         sa.nr = nonce.data
         sa.init_response = raw
@@ -247,7 +249,8 @@ def _respond_init(sa: IkeSa, msg: Message, raw: bytes, now: float) -> tuple[Repl
         payloads.append(NotifyPayload(NotifyType.CHILDLESS_IKEV2_SUPPORTED))
     def remember_response(now: float) -> None:
         cached = sa.tasks.cached_response
-        assert cached is not None, "called once the response is sent, so cached"
+        if cached is None:
+            raise InvariantError("called once the response is sent, so cached")
         sa.init_response = cached[1][0].data
 
     return Reply(payloads, after=remember_response), selected
@@ -304,7 +307,8 @@ class IntermediateTask(Task):
         ke = msg.first(KePayload)
         if ke is None or ke.group != self.method:
             raise ParseError(f"IKE_INTERMEDIATE response lacks the KE payload for {self.method}")
-        assert self.ke is not None, "start() made our key exchange before the request went out"
+        if self.ke is None:
+            raise InvariantError("start() made our key exchange before the request went out")
         shared = self.ke.finish(ke.data)
         response_chunk = _int_auth_chunk(sa, self.exchange, True, msg.message_id, msg.inner_first, msg.inner_plain)
         _accumulate(sa, self.request_chunk, response_chunk)

@@ -15,7 +15,7 @@ from .. import followup_ke
 from ..child import negotiated
 from ..constants import ExchangeType, NotifyType
 from ..crypto import aead_keymat_len, prf_for
-from ..errors import IkeError, InvalidKePayload, ParseError
+from ..errors import IkeError, InvalidKePayload, InvariantError, ParseError
 from ..events import IkeSaEstablished
 from ..keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
 from ..keymat import derive_ike_keys, rekey_skeyseed
@@ -41,7 +41,8 @@ def _successor(old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, selec
     new.selected = selected
     old_prf, old_keys, _ = negotiated(old)
     seed = rekey_skeyseed(old_prf, old_keys.sk_d, secrets[0], ni, nr, secrets[1:])
-    assert selected.prf is not None, "an IKE proposal always selects a PRF"
+    if selected.prf is None:
+        raise InvariantError("an IKE proposal always selects a PRF")
     new.prf = prf_for(selected.prf)
     new.ni, new.nr = ni, nr
     new.install_keys(derive_ike_keys(new.prf, seed, ni, nr, spi_i, spi_r,
@@ -120,7 +121,8 @@ class IkeRekeyTask(KeTask):
         if len(selected.spi) != 8 or selected.ke != self.group or ke.group != self.group:
             raise ParseError("IKE rekey response has a bad SPI or key exchange")
         self.selected, self.nr = selected, nonce.data
-        assert self.ke is not None, "start() made our key exchange before the request went out"
+        if self.ke is None:
+            raise InvariantError("start() made our key exchange before the request went out")
         shared = self.ke.finish(ke.data)
         if selected.additional_kes:
             link = followup_ke.link_of(msg)
@@ -130,7 +132,8 @@ class IkeRekeyTask(KeTask):
 
     def followups_done(self, sa: IkeSa, secrets: tuple[bytes, ...], now: float) -> None:
         """Every key exchange is done: the new IKE SA exists; settle a collision (§2.8.2)."""
-        assert self.selected is not None, "on_response() made the selection"
+        if self.selected is None:
+            raise InvariantError("on_response() made the selection")
         new = _successor(sa, initiator=True, spi_i=self.spi, spi_r=self.selected.spi, selected=self.selected,
                          secrets=secrets, ni=self.ni, nr=self.nr, now=now)
         theirs = sa.peer_rekey
