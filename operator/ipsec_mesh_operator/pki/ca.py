@@ -130,6 +130,10 @@ class CertificateAuthority:
                 raise CAStateError(f"the CA Secret's key for {gid} does not match its certificate")
         return cls(ring, certs, keys, managed, max_leaf_lifetime)
 
+    def copy(self) -> CertificateAuthority:
+        """An independent CA to rotate: the one in use changes only once the rotation is stored."""
+        return CertificateAuthority(self.ring, dict(self.certs), dict(self.keys), self.managed, self.max_leaf_lifetime)
+
     def to_secret_data(self, now: float) -> dict[str, bytes]:
         active = self._active_id(now)
         key_pem = self.keys[active].private_bytes(
