@@ -202,6 +202,14 @@ class OperatorRuntime:
 
     # ---- pre-shared keys ---------------------------------------------------
 
+    def secrets_granted(self, namespace: str) -> bool:
+        """Whether RBAC lets the operator use Secrets in `namespace` (rbac.secretNamespaces; empty: all)."""
+        return not self.config.secret_namespaces or namespace in self.config.secret_namespaces
+
+    def _not_granted(self, namespace: str) -> str:
+        return (f"the operator is not granted Secrets in namespace {namespace} "
+                f"(chart value rbac.secretNamespaces: {', '.join(self.config.secret_namespaces)})")
+
     async def ensure_psk(self, spec: PeeringSpec, owner: dict[str, Any]) -> PskRing:
         """Load the peering's PSK Secret, creating it (owned by the peering) the first time."""
         if spec.key in self.psk:  # loaded already: periodic checks need no API call
@@ -296,6 +304,8 @@ class OperatorRuntime:
         (a database password, another peering's PSK) served to pods as a key: the operator
         reads Secrets its users may not.
         """
+        if not self.secrets_granted(namespace):
+            return None, self._not_granted(namespace)
         secret = await self.kube.read_secret(namespace, name)
         if secret is None:
             return None, None
@@ -313,6 +323,9 @@ class OperatorRuntime:
         """
         self.index.upsert_peering(spec)
         extra: dict[str, str] = {}
+        if spec.auth is AuthKind.PSK and not self.secrets_granted(spec.namespace):
+            # RBAC would refuse the PSK Secret: say why (the keys condition too) instead of failing on a 403.
+            return [f"no pre-shared key: {self._not_granted(spec.namespace)}", *await self.refresh_remotes(spec)], extra
         if spec.auth is AuthKind.PSK:
             ring = await self.ensure_psk(spec, owner)
             now = self.clock()
@@ -334,7 +347,7 @@ class OperatorRuntime:
 
     async def follow_keys(self, spec: PeeringSpec) -> None:
         """Read side (every replica): adopt the PSK the writer stored, never create or rotate one here."""
-        if spec.auth is AuthKind.PSK:
+        if spec.auth is AuthKind.PSK and self.secrets_granted(spec.namespace):
             secret = await self.kube.read_secret(spec.namespace, secret_name(spec.name))
             if secret is not None:
                 try:
