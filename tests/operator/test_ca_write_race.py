@@ -16,6 +16,7 @@ from ipsec_mesh_operator.controller.runtime import OperatorRuntime
 from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.standalone.store import FileSecretStore
 from tests.support.kube_harness import running_kube
+from tests.support.memory_kube import MemoryKube
 
 NAMESPACE = "mesh-system"
 CA_SECRET = f"/api/v1/namespaces/{NAMESPACE}/secrets/ipsec-mesh-ca"
@@ -90,3 +91,18 @@ async def test_a_write_against_a_stale_resource_version_is_refused_by_the_api_se
 
 async def test_the_standalone_store_keeps_the_same_precondition(tmp_path):
     await check_a_stale_write_is_refused(FileSecretStore(tmp_path))
+
+
+async def test_a_rotation_due_while_the_secret_is_gone_writes_it_back():
+    """Before, the patch of a deleted Secret got 404 and was dropped: the rotated CA lived in memory only."""
+    config = OperatorConfig(namespace=NAMESPACE, webhook_enabled=False, ca_rotation_interval=INTERVAL,
+                            ca_propagation=600, max_cert_lifetime=3600)
+    now = [1_900_000_000.0]
+    kube = MemoryKube()
+    runtime = OperatorRuntime(config, kube, clock=lambda: now[0])
+    await runtime.load_or_create_ca()
+    del kube.secrets[(NAMESPACE, config.ca_secret)]
+    now[0] += INTERVAL + 1
+    assert await runtime.rotate_ca_if_due()
+    stored = await kube.read_secret(NAMESPACE, config.ca_secret)
+    assert stored is not None and not await runtime.adopt_ca_secret(stored)  # what we use is what is stored
