@@ -188,6 +188,9 @@ def _keys_state(rt: OperatorRuntime, key: tuple[str, str], auth: AuthKind | None
         ok = rt.ca is not None
         return ok, "MeshCA", "per-pod certificates from the mesh CA" if ok else "mesh CA not loaded"
     ring = rt.psk.get(key)
+    if ring is None and not rt.secrets_granted(key[0]):
+        return False, "SecretsNotGranted", f"no pre-shared key: Secrets of {key[0]} are not granted " \
+                                           "(chart value rbac.secretNamespaces)"
     if ring is None:
         return False, "PskPending", "the pre-shared key is not generated yet"
     return True, "PskIssued", f"pre-shared key {ring.active_id(rt.clock())} in Secret {secret_name(key[1])}"

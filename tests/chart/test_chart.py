@@ -34,6 +34,7 @@ OPTIONS = {
               "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}}},
     "pinned-digest": {"image": {"repository": "registry.example/ipsec-mesh", "digest": "sha256:" + "a" * 64}},
     "no-metrics": {"metrics": {"enabled": False}},
+    "secret-namespaces": {"rbac": {"secretNamespaces": ["shop", "payments", NAMESPACE]}},
     "network-policy-cidrs": {"networkPolicy": {"apiServerCIDRs": ["172.18.0.0/16", "fd00::/64"],
                                                "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                                                    "kubernetes.io/metadata.name": "monitoring"}}}]}},
@@ -151,6 +152,42 @@ def test_every_replica_may_watch_the_ca_secret_and_no_other(values):
     env = {e["name"]: e.get("value") for e in
            by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["IPSEC_MESH_CA_SECRET"] == name
+
+
+def _secret_rules(role):
+    return [r for r in role["rules"] if "secrets" in r["resources"]]
+
+
+def test_secrets_are_cluster_wide_only_while_no_namespace_is_listed():
+    """Default: get/create/patch on Secrets everywhere, because each PSK Secret (and each Secret a
+    peering names) lives beside its peering, which may be in any namespace. With
+    rbac.secretNamespaces, nothing cluster-wide: a Role in each listed namespace, and in the release
+    namespace only the CA Secret by name (plus create, which RBAC cannot restrict by name)."""
+    documents, _ = render({})
+    [rule] = _secret_rules(by_kind(documents, "ClusterRole")[0])
+    assert set(rule["verbs"]) == {"get", "create", "patch"} and "resourceNames" not in rule
+    assert "IPSEC_MESH_SECRET_NAMESPACES" not in _env(documents)
+
+    listed = ["shop", "payments", NAMESPACE]
+    documents, _ = render({"rbac": {"secretNamespaces": listed}})
+    assert not _secret_rules(by_kind(documents, "ClusterRole")[0])
+    account = _pod_spec(documents)["serviceAccountName"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(documents, "Role")}
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]): b for b in by_kind(documents, "RoleBinding")}
+    for namespace in listed:
+        [role] = [r for (ns, name), r in roles.items() if ns == namespace and name.endswith("-secrets")]
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]}]
+        binding = bindings[(namespace, role["metadata"]["name"])]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    [ca_role] = [r for (ns, name), r in roles.items() if ns == NAMESPACE and not name.endswith("-secrets")]
+    assert _secret_rules(ca_role) == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ipsec-mesh-ca"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ipsec-mesh-ca"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    assert len([r for r in roles.values() if _secret_rules(r)]) == len(listed) + 1  # nothing anywhere else
+    # The operator knows, so that a peering elsewhere is told why instead of failing on a 403.
+    assert _env(documents)["IPSEC_MESH_SECRET_NAMESPACES"] == ",".join(listed)
 
 
 def test_cert_manager_option_swaps_ca_management():

@@ -382,3 +382,35 @@ async def test_a_new_psk_changes_the_peering_status_so_other_replicas_adopt_it_b
     assert second.status["pskKeys"] == [new, old]  # ...but the peering changed: its watch fires everywhere
     await feeder._apply_peering(("prod", "p"), body_of("p", spec, status={**first.status, **second.status}))
     assert follower_keys() == {(new, False), (old, True)}
+
+
+async def test_peerings_outside_the_granted_secret_namespaces_are_told_why_and_no_secret_is_touched(runtime):
+    """Chart value rbac.secretNamespaces: the operator may use Secrets only there. A PSK peering or a
+    Secret reference elsewhere gets a status that says so, and no API call that RBAC would refuse."""
+    await started_loop_queue(runtime)
+    runtime.config = dataclasses.replace(runtime.config, secret_namespaces=("shop",))
+    reads = []
+    read = runtime.kube.read_secret
+
+    async def counted_read(namespace, name):
+        reads.append(namespace)
+        return await read(namespace, name)
+    runtime.kube.read_secret = counted_read
+    spec = {"selector": {}, "authentication": {"type": "psk"},
+            "peers": [{"remote": {"name": "east", "cidrs": ["10.8.0.0/16"],
+                                  "pskSecretRef": {"name": "east-psk", "key": "psk"}}}]}
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="east", namespace="prod", spec=spec, body=body_of("east", spec),
+                                     patch=patch, reason="create")
+    assert reads == [] and runtime.kube.secrets == {}  # nothing asked of the API server in "prod"
+    found = conditions(patch)
+    assert found["KeysIssued"]["status"] == "False" and found["KeysIssued"]["reason"] == "SecretsNotGranted"
+    assert "rbac.secretNamespaces" in found["KeysIssued"]["message"]
+    assert found["Degraded"]["reason"] == "ReferenceProblem" and "not granted" in found["Degraded"]["message"]
+    assert found["Ready"]["status"] == "False"
+    body = body_of("p", {**SPEC, "authentication": {"type": "psk"}})
+    body["metadata"]["namespace"] = "shop"
+    patch = kopf.Patch()
+    await handlers.reconcile_peering(name="p", namespace="shop", spec=body["spec"], body=body, patch=patch,
+                                     reason="create")
+    assert ("shop", "p-psk") in runtime.kube.secrets and conditions(patch)["KeysIssued"]["reason"] == "PskIssued"

@@ -246,3 +246,48 @@ async def test_an_operator_that_stops_ends_its_streams_cleanly(tmp_path):
         assert await stream.chunk() is None
     finally:
         stream.close()
+
+
+async def _open_long_poll(operator, version: int, held: int) -> asyncio.StreamWriter:
+    """A long poll (wait 60 s) whose request the operator is holding: the pod's `held`-th open slot."""
+    url = (operator.state_dir / "api-url").read_text().strip()
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cadata=(operator.state_dir / "ca-bundle.pem").read_text())
+    _, writer = await asyncio.open_connection(host, int(port), ssl=context)
+    writer.write(get(f"/v1/peermap?version={version}&wait=60", token_of(operator)))
+    for _ in range(1000):  # count-bounded: until the operator's handler holds its slot
+        if operator.runtime.requests_in_flight.get(("shop", "web"), 0) >= held:
+            return writer
+        await asyncio.sleep(0.01)
+    raise AssertionError("the long poll never took a slot")
+
+
+@pytest.mark.parametrize("kind", ["stream", "long poll"])
+async def test_dropped_watches_free_their_slots_at_once_not_at_the_next_heartbeat(tmp_path, kind):
+    """A pod that opens its whole quota of 60 s watches and drops them, round after round, is
+    served again right after each round: a dead connection holds no slot until its next write."""
+    limit = 3
+    base = OperatorConfig(key_check_interval=3600, max_requests_per_pod=limit)
+    streams_before = counter(metrics.PEER_MAP_STREAMS)
+    async with running(tmp_path, base=base) as operator:
+        version = operator.runtime.index.version(("shop", "web"))
+        for _ in range(4):
+            if kind == "stream":
+                streams = [await open_stream(operator, version=version, wait=60) for _ in range(limit)]
+                assert [s.status for s in streams] == [200] * limit
+                for stream in streams:
+                    stream.close()
+            else:
+                polls = [await _open_long_poll(operator, version, held) for held in range(1, limit + 1)]
+                for writer in polls:
+                    writer.transport.abort()
+            # Right after the drops (no heartbeat, no timer in between): a new watch is accepted.
+            again = await open_stream(operator, version=version, wait=60)
+            again.close()
+            assert again.status == 200, again.head
+        for _ in range(100):  # the last one's connection_lost comes a loop iteration after its abort
+            if not operator.runtime.requests_in_flight and not operator.runtime._watchers:
+                break
+            await asyncio.sleep(0.01)
+        assert operator.runtime.requests_in_flight == {} and operator.runtime._watchers == {}
+        assert counter(metrics.PEER_MAP_STREAMS) == streams_before  # no handler left for a dead connection

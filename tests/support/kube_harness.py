@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import ssl
 import threading
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import kmock
+from kmock._internal import enums as kmock_enums
+from kmock._internal import k8s as kmock_k8s
 from kmock._internal import parsing as kmock_parsing
+from kmock._internal import rendering as kmock_rendering
 
 PEERINGS = "ipsec-mesh.io/v1alpha1/ipsecpeerings"
 
@@ -35,6 +39,37 @@ def _parse_path_with_namespaces(path: str, _parse=kmock_parsing.parse_path) -> k
 
 
 kmock_parsing.parse_path = _parse_path_with_namespaces
+
+
+class VersionedEmulator(kmock.KubernetesEmulator):
+    """kmock with the API server's optimistic concurrency, which kmock 0.8 leaves out: every
+    create and write stores the next `metadata.resourceVersion`, and a write whose body names
+    another resourceVersion than the stored one is refused with 409 Conflict."""
+
+    _versions = itertools.count(1)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        #: Held from the precondition check to the stored write, so that two writers cannot both pass it.
+        self.write_lock = asyncio.Lock()
+
+    async def _handle(self, request: kmock_rendering.Request) -> Any:
+        if request.resource is None or request.action not in (kmock_enums.action.CREATE, kmock_enums.action.UPDATE) \
+                or not isinstance(request.data, dict):
+            return await super()._handle(request)
+        async with self.write_lock:
+            metadata = request.data.setdefault("metadata", {})
+            if request.action == kmock_enums.action.UPDATE:
+                key = (request.resource, request.namespace, request.name)
+                stored = self._objects[key].get("metadata", {}).get("resourceVersion") \
+                    if key in self._objects and not self._objects[key].deleted else None
+                wanted = metadata.get("resourceVersion")
+                if wanted is not None and wanted != stored:
+                    return await self._render_error(kmock_k8s.KubernetesObjectConflictError(
+                        reason="Conflict", message="the object has been modified; apply your changes to the latest "
+                                                   "version and try again"))
+            metadata["resourceVersion"] = str(next(self._versions))
+            return await super()._handle(request)
 
 
 class KubeHarness:
@@ -66,7 +101,7 @@ class KubeHarness:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         options = {"server_cls": self.server_cls} if self.server_cls is not None else {}
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator, host=self.host, **options) as server:
+        async with VersionedEmulator() as emulator, kmock.Server(emulator, host=self.host, **options) as server:
             emulator.resources.load_bundled()
             emulator.resources[PEERINGS] = kmock.ResourceInfo(
                 kind="IPsecPeering", singular="ipsecpeering", shortnames={"ipp"},

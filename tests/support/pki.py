@@ -18,6 +18,7 @@ fixed `now` when they test validity). Certificates are built with cryptography.x
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -49,6 +50,20 @@ def new_key(key_type: str):
 def _rsa_key():
     # RSA generation is slow (~0.1-1 s); one key per test session is enough for tests.
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def rsa_key_with_exponent(bits: int, exponent: int) -> rsa.RSAPrivateKey:
+    """An RSA key of `bits` with public exponent `exponent` (generators only make 3 and 65537)."""
+    while True:  # the exponent must be prime to the key's lambda (p - 1 is often a multiple of 3)
+        base = rsa.generate_private_key(65537, bits).private_numbers()
+        p, q = base.p, base.q
+        lam = math.lcm(p - 1, q - 1)
+        if math.gcd(exponent, lam) == 1:
+            break
+    d = pow(exponent, -1, lam)
+    public = rsa.RSAPublicNumbers(exponent, p * q)
+    numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), public)
+    return numbers.private_key(unsafe_skip_rsa_key_validation=True)
 
 
 def key_pem(key) -> bytes:

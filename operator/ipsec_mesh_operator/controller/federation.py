@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ..model.federation_spec import DEFAULT_REFRESH, MIN_REFRESH, FederationSpec
+from ..pki.ca import rsa_key_problem
 
 logger = logging.getLogger("ipsec_mesh_operator.federation")
 
@@ -132,7 +133,10 @@ def _ca_from_key(key: Any, index: int, now: float) -> x509.Certificate:
         raise BundleError("expired", f"{where} expired at {cert.not_valid_after_utc.isoformat()}")
     if now < cert.not_valid_before_utc.timestamp():
         raise BundleError("not-yet-valid", f"{where} is valid only from {cert.not_valid_before_utc.isoformat()}")
-    expected = _jwk_members(cert.public_key())
+    key_of_ca = cert.public_key()
+    if isinstance(key_of_ca, rsa.RSAPublicKey) and (problem := rsa_key_problem(key_of_ca)) is not None:
+        raise BundleError("bad-key", f"{where}: {problem}")  # it verifies every endpoint certificate after this
+    expected = _jwk_members(key_of_ca)
     # A JWK whose members disagree with its own certificate is forged or broken.
     if any(key.get(name) != value for name, value in expected.items()):
         raise BundleError("malformed", f"{where}: the JWK members do not match its certificate's key")

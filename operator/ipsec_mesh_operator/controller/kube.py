@@ -71,6 +71,14 @@ def decode_secret_data(secret: dict[str, Any]) -> dict[str, bytes]:
     return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
 
 
+def resource_version(obj: dict[str, Any]) -> str:
+    """The object's metadata.resourceVersion: what a conditional write names as its precondition."""
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    if not isinstance(version, str) or not version:
+        raise KubeError(500, "the object carries no resourceVersion to write against")
+    return version
+
+
 def encode_secret_data(data: dict[str, bytes]) -> dict[str, str]:
     return {key: base64.b64encode(value).decode() for key, value in data.items()}
 
@@ -168,12 +176,21 @@ class KubeClient:
             "metadata": metadata, "data": encode_secret_data(data),
         })
 
-    async def update_secret_data(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+    async def update_secret_data(self, namespace: str, name: str, data: dict[str, bytes],
+                                 expected: dict[str, Any] | None = None) -> None:
+        """Replace the Secret's data. With `expected` (the Secret as read before deciding what to
+        write), only if nobody wrote it since: its resourceVersion is the patch's precondition,
+        and Conflict says the Secret changed (or is gone): read it again and decide again."""
         # Merge patch: keys absent from `data` but present before are removed explicitly.
-        current = await self.read_secret(namespace, name) or {}
+        current = expected if expected is not None else await self.read_secret(namespace, name) or {}
         patch: dict[str, Any] = {key: None for key in (current.get("data") or {}) if key not in data}
         patch.update(encode_secret_data(data))
-        await self.merge_patch(f"/api/v1/namespaces/{namespace}/secrets/{name}", {"data": patch})
+        body: dict[str, Any] = {"data": patch}
+        if expected is not None:
+            body["metadata"] = {"resourceVersion": resource_version(expected)}
+        written = await self.merge_patch(f"/api/v1/namespaces/{namespace}/secrets/{name}", body)
+        if written is None and expected is not None:
+            raise Conflict(404, f"Secret {namespace}/{name} is gone")
 
     async def read_config_data(self, kind: str, namespace: str, name: str, key: str) -> bytes | None:
         plural = "secrets" if kind == "Secret" else "configmaps"

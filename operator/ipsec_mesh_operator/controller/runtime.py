@@ -43,6 +43,8 @@ logger = logging.getLogger("ipsec_mesh_operator")
 
 #: CHILD_SAs a pod may claim per peer address of a policy (rekey overlap, per-Service selectors).
 MAX_SAS_PER_PEER_ADDRESS = 8
+#: CA Secret writes refused in a row (each after a re-read) before a rotation round gives up until the next.
+CA_WRITE_ATTEMPTS = 5
 #: Addresses of a remote cluster's CIDRs counted towards that bound.
 MAX_REMOTE_ADDRESSES = 1024
 
@@ -106,16 +108,6 @@ class OperatorRuntime:
         self.index.set_trust_bundle(self.ca.trust_bundle(self.clock()))
         return self.ca
 
-    async def reload_ca(self) -> None:
-        """Adopt the CA Secret as stored: another replica may have rotated it.
-
-        Replicas rotate leaderlessly: a rotation publishes the new CA `propagation` before it
-        signs, so a replica whose simultaneous rotation lost the write adopts the winner's
-        on its next round, long before its own could have signed anything. The Secret's
-        watch (`SecretWatch`) calls `adopt_ca_secret` at once; this read is the fallback.
-        """
-        await self.adopt_ca_secret(await self.kube.read_secret(self.config.namespace, self.config.ca_secret))
-
     async def adopt_ca_secret(self, secret: Any) -> bool:
         """Take the CA stored in `secret` if it differs from ours and is usable; True if adopted.
 
@@ -146,16 +138,41 @@ class OperatorRuntime:
         return True
 
     async def rotate_ca_if_due(self, now_please: bool = False) -> bool:
-        """Rotate the mesh CA on schedule (or at once with `now_please`: the standalone admin's request)."""
+        """Rotate the mesh CA on schedule (or at once with `now_please`: the standalone admin's request).
+
+        Decided on the Secret as stored and written only if it is still that version (its
+        resourceVersion is the write's precondition): replicas rotate without a leader, and two
+        rotating at once would otherwise each overwrite the other's new CA. The one whose write
+        is refused adopts the winner's CA and decides again (normally: nothing left to do).
+        """
         assert self.ca is not None
+        ns, name = self.config.namespace, self.config.ca_secret
         now = self.clock()
         bundle_before = self.ca.trust_bundle(now)
         interval = 0 if now_please else self.config.ca_rotation_interval
-        changed = self.ca.rotate_if_due(now, interval, self.config.ca_propagation, self.config.ca_lifetime)
-        if changed:
+        for _ in range(CA_WRITE_ATTEMPTS):
+            stored = await self.kube.read_secret(ns, name)
+            await self.adopt_ca_secret(stored)
+            now = self.clock()
+            rotated = self.ca.copy()
+            changed = rotated.rotate_if_due(now, interval, self.config.ca_propagation, self.config.ca_lifetime)
+            if not changed:
+                break
+            try:
+                if stored is None:  # deleted: written back, by whichever replica creates it first
+                    await self.kube.create_secret(ns, name, rotated.to_secret_data(now),
+                                                  labels={"app.kubernetes.io/part-of": "ipsec-mesh"})
+                else:
+                    await self.kube.update_secret_data(ns, name, rotated.to_secret_data(now), expected=stored)
+            except Conflict:
+                metrics.CA_WRITE_CONFLICTS.inc()
+                logger.info("mesh CA Secret %s/%s changed while this replica rotated: reading it again", ns, name)
+                continue
+            self.ca = rotated
             metrics.KEY_ROTATIONS.labels("ca").inc()
-            await self.kube.update_secret_data(self.config.namespace, self.config.ca_secret,
-                                               self.ca.to_secret_data(now))
+            break
+        else:
+            raise CAStateError(f"the mesh CA Secret kept changing: {CA_WRITE_ATTEMPTS} writes refused in a row")
         bundle = self.ca.trust_bundle(now)
         if bundle != bundle_before or changed:
             self.index.set_trust_bundle(bundle)
@@ -184,6 +201,14 @@ class OperatorRuntime:
                 logger.info("caBundle of %s %s updated", kind, name)
 
     # ---- pre-shared keys ---------------------------------------------------
+
+    def secrets_granted(self, namespace: str) -> bool:
+        """Whether RBAC lets the operator use Secrets in `namespace` (rbac.secretNamespaces; empty: all)."""
+        return not self.config.secret_namespaces or namespace in self.config.secret_namespaces
+
+    def _not_granted(self, namespace: str) -> str:
+        return (f"the operator is not granted Secrets in namespace {namespace} "
+                f"(chart value rbac.secretNamespaces: {', '.join(self.config.secret_namespaces)})")
 
     async def ensure_psk(self, spec: PeeringSpec, owner: dict[str, Any]) -> PskRing:
         """Load the peering's PSK Secret, creating it (owned by the peering) the first time."""
@@ -279,6 +304,8 @@ class OperatorRuntime:
         (a database password, another peering's PSK) served to pods as a key: the operator
         reads Secrets its users may not.
         """
+        if not self.secrets_granted(namespace):
+            return None, self._not_granted(namespace)
         secret = await self.kube.read_secret(namespace, name)
         if secret is None:
             return None, None
@@ -296,6 +323,9 @@ class OperatorRuntime:
         """
         self.index.upsert_peering(spec)
         extra: dict[str, str] = {}
+        if spec.auth is AuthKind.PSK and not self.secrets_granted(spec.namespace):
+            # RBAC would refuse the PSK Secret: say why (the keys condition too) instead of failing on a 403.
+            return [f"no pre-shared key: {self._not_granted(spec.namespace)}", *await self.refresh_remotes(spec)], extra
         if spec.auth is AuthKind.PSK:
             ring = await self.ensure_psk(spec, owner)
             now = self.clock()
@@ -309,8 +339,7 @@ class OperatorRuntime:
         """Forever: check the mesh CA's rotation every key_check_interval."""
         while True:
             await asyncio.sleep(self.config.key_check_interval)
-            try:
-                await self.reload_ca()
+            try:  # reads the Secret first: adopts what another replica stored, then rotates if due
                 if await self.rotate_ca_if_due() and on_rotated is not None:
                     await on_rotated()
             except Exception:  # keep the loop alive; the next round retries
@@ -318,7 +347,7 @@ class OperatorRuntime:
 
     async def follow_keys(self, spec: PeeringSpec) -> None:
         """Read side (every replica): adopt the PSK the writer stored, never create or rotate one here."""
-        if spec.auth is AuthKind.PSK:
+        if spec.auth is AuthKind.PSK and self.secrets_granted(spec.namespace):
             secret = await self.kube.read_secret(spec.namespace, secret_name(spec.name))
             if secret is not None:
                 try:

@@ -98,6 +98,9 @@ class OperatorConfig:
     #: Services and EndpointSlices indexed from any one namespace (docs/services.md, "Hostile input").
     max_services_per_namespace: int = MAX_SERVICES_PER_NAMESPACE
     max_endpoint_slices_per_namespace: int = MAX_ENDPOINT_SLICES_PER_NAMESPACE
+    #: Namespaces whose Secrets the operator may use (chart value rbac.secretNamespaces: its RBAC
+    #: grants Secrets there only); empty: every namespace.
+    secret_namespaces: tuple[str, ...] = ()
     #: Port of the SPIFFE bundle endpoint (federation.py); None: not served.
     bundle_port: int | None = None
     #: The spiffe_refresh_hint it publishes, seconds.
@@ -149,6 +152,7 @@ class OperatorConfig:
             max_services_per_namespace=_count("MAX_SERVICES_PER_NAMESPACE", MAX_SERVICES_PER_NAMESPACE, MAX_SERVICES),
             max_endpoint_slices_per_namespace=_count("MAX_ENDPOINT_SLICES_PER_NAMESPACE",
                                                      MAX_ENDPOINT_SLICES_PER_NAMESPACE, MAX_ENDPOINT_SLICES),
+            secret_namespaces=names("SECRET_NAMESPACES"),
             bundle_port=int(_env("BUNDLE_PORT", "")) if _env("BUNDLE_PORT", "") else None,
             bundle_refresh_hint=_duration("BUNDLE_REFRESH_HINT", "5m"),
         )

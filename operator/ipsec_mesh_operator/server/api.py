@@ -26,6 +26,7 @@ from .. import metrics
 from ..controller.runtime import NotAllowed, NotReady, OperatorRuntime, TooManyRequests
 from ..controller.token_review import Caller, Unauthenticated
 from ..pki.ca import CertificateRequestError
+from .connections import ClientGone, ended_by_disconnect
 from .ratelog import RateLimitedLog
 from .watch import stream_peer_maps
 
@@ -152,7 +153,11 @@ async def peer_map(request: web.Request, caller: Caller) -> web.StreamResponse:
         if runtime.peer_map(pod) is None:
             raise NotReady("no peer map for this pod yet")
         return await stream_peer_maps(request, runtime, pod, since, wait)
-    document = await runtime.wait_for_peer_map_json(pod, since, wait)
+    try:
+        with ended_by_disconnect(request):  # a dropped long poll frees its slot now, not when `wait` ends
+            document = await runtime.wait_for_peer_map_json(pod, since, wait)
+    except ClientGone:
+        return web.Response(status=204)  # nobody reads it: aiohttp's write fails quietly
     if document is None:
         if runtime.peer_map(pod) is None:
             raise NotReady("no peer map for this pod yet")

@@ -14,16 +14,22 @@ has even begun. Here each server accepts plain TCP and does TLS itself, so that:
   replica it was a third of what a waiting connection cost.
 
 Requests themselves are bounded elsewhere: body size and time (api.read_json), open
-requests per pod (OperatorRuntime.request_slot).
+requests per pod (OperatorRuntime.request_slot). aiohttp does not end a handler whose
+client has gone (its `handler_cancellation` is off, and on it would cancel every handler
+anywhere, a CA rotation or a TokenReview half done); a handler that waits for a long time
+(a long poll, a stream) does so inside `ended_by_disconnect`, so that the connection's loss
+ends the wait at once and frees the pod's request slot, instead of the next write failing
+up to a heartbeat (60 s) later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from asyncio import sslproto
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -115,6 +121,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.handler: asyncio.Protocol | None = None
         self.inner: sslproto.SSLProtocol | None = None
         self.released = True  # until admitted
+        self.lost = False
+        #: The handler task waiting inside `ended_by_disconnect`, cancelled when the connection is lost.
+        self.waiting: asyncio.Task[object] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -163,11 +172,46 @@ class _Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+        self.lost = True
         if self.inner is not None:
             self.inner.connection_lost(exc)
+        if self.waiting is not None:
+            self.waiting.cancel()
 
 
 POOL_KEY = web.AppKey("connection_pool", ConnectionPool)
+_CONNECTION_KEY = web.RequestKey("connection", _Connection)
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited inside `ended_by_disconnect`."""
+
+
+@contextlib.contextmanager
+def ended_by_disconnect(request: web.Request) -> Iterator[None]:
+    """Inside the block, the loss of the request's connection ends the wait: ClientGone comes out.
+
+    Only for waits whose interruption loses nothing (a long poll, a stream): the handler's
+    task is cancelled where it waits, and a cancellation of ours becomes ClientGone (one from
+    anyone else, a server stopping, still propagates).
+    """
+    connection = request.get(_CONNECTION_KEY)
+    if connection is None:  # a server without a ConnectionPool: nothing follows the connection
+        yield
+        return
+    if connection.lost:
+        raise ClientGone
+    task = asyncio.current_task()
+    assert task is not None
+    connection.waiting = task
+    try:
+        yield
+    except asyncio.CancelledError:
+        if connection.lost and task.uncancel() == 0:
+            raise ClientGone from None
+        raise
+    finally:
+        connection.waiting = None
 
 
 @web.middleware
@@ -176,6 +220,8 @@ async def track_requests(request: web.Request, handler: Callable[[web.Request], 
     """A connection inside a request is never the one evicted."""
     pool = request.app[POOL_KEY]
     connection = pool.request_started(request.protocol)
+    if connection is not None:
+        request[_CONNECTION_KEY] = connection
     try:
         return await handler(request)
     finally:

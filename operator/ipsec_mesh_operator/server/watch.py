@@ -40,6 +40,7 @@ from aiohttp import web
 from .. import metrics
 from ..controller.runtime import NotAllowed, NotReady, OperatorRuntime
 from ..controller.token_review import Unauthenticated
+from .connections import ClientGone, ended_by_disconnect
 
 logger = logging.getLogger("ipsec_mesh_operator.api")
 
@@ -78,30 +79,31 @@ async def stream_peer_maps(request: web.Request, runtime: OperatorRuntime, pod: 
     version, first, checked = since, True, loop.time()
     metrics.PEER_MAP_STREAMS.inc()
     try:
-        while (left := deadline - loop.time()) > 0:
-            delivery = await runtime.next_peer_map(pod, version, 0.0 if first else min(heartbeat, left))
-            if runtime.releasing_watchers:
-                break
-            # Checked once a heartbeat, on whichever wake-up comes first: a long poll's answer is as old as
-            # its request's check (up to `wait`), and a CA rotation's wave does not pay for 10,000 checks.
-            if loop.time() - checked >= heartbeat:
-                if not await _still_allowed(runtime, authorization, pod):
+        with ended_by_disconnect(request):  # a dropped stream frees its slot now, not at its next write
+            while (left := deadline - loop.time()) > 0:
+                delivery = await runtime.next_peer_map(pod, version, 0.0 if first else min(heartbeat, left))
+                if runtime.releasing_watchers:
                     break
-                checked = loop.time()
-            if delivery is None:
-                await _send(request, response, HEARTBEAT)
-            else:
-                version = delivery[0]
-                await _send(request, response, delivery[1] + b"\n")
-                # Not held while waiting: every waiting stream would keep its last map (~25 MiB at 2,500).
-                delivery = None
-            first = False
+                # Checked once a heartbeat, on whichever wake-up comes first: a long poll's answer is as old as
+                # its request's check (up to `wait`), and a CA rotation's wave does not pay for 10,000 checks.
+                if loop.time() - checked >= heartbeat:
+                    if not await _still_allowed(runtime, authorization, pod):
+                        break
+                    checked = loop.time()
+                if delivery is None:
+                    await _send(request, response, HEARTBEAT)
+                else:
+                    version = delivery[0]
+                    await _send(request, response, delivery[1] + b"\n")
+                    # Not held while waiting: every waiting stream would keep its last map (~25 MiB at 2,500).
+                    delivery = None
+                first = False
         await response.write_eof()
     except _Dropped:
         metrics.PEER_MAP_STREAMS_DROPPED.labels("unread").inc()
         if request.transport is not None:
             request.transport.abort()
-    except ConnectionResetError:
+    except (ConnectionResetError, ClientGone):
         pass  # the sidecar left: it reconnects with its last version
     finally:
         metrics.PEER_MAP_STREAMS.dec()

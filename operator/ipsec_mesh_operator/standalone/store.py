@@ -20,7 +20,7 @@ from ipsec_mesh.meshapi import PeerMapError
 from ipsec_mesh.meshapi.identity import check_dns_name, check_label
 
 from ..controller.index import PodInfo, PodKey
-from ..controller.kube import Conflict, decode_secret_data, encode_secret_data
+from ..controller.kube import Conflict, decode_secret_data, encode_secret_data, resource_version
 
 MAX_SECRET_BYTES = 1024 * 1024
 MAX_INCARNATIONS_BYTES = 16 * 1024 * 1024
@@ -74,6 +74,10 @@ class FileSecretStore:
             if len(raw) > MAX_SECRET_BYTES or not isinstance(secret, dict) or not isinstance(secret.get("data"), dict):
                 raise ValueError("not a Secret document")
             decode_secret_data(secret)
+            # Files written before resourceVersions were kept count as version 0.
+            metadata = secret.setdefault("metadata", {})
+            if not isinstance(metadata, dict) or not str(metadata.setdefault("resourceVersion", "0")).isdigit():
+                raise ValueError("bad metadata")
         except (ValueError, TypeError) as exc:
             raise SecretStoreError(f"{path} is not a usable Secret: {exc}") from None
         return secret
@@ -91,10 +95,16 @@ class FileSecretStore:
         self._write(namespace, name, secret)
         return secret
 
-    async def update_secret_data(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+    async def update_secret_data(self, namespace: str, name: str, data: dict[str, bytes],
+                                 expected: dict[str, Any] | None = None) -> None:
+        """As KubeClient's: with `expected`, Conflict unless the file is still the version read."""
         secret = await self.read_secret(namespace, name)
         if secret is None:
+            if expected is not None:
+                raise Conflict(404, f"Secret {namespace}/{name} is gone")
             raise SecretStoreError(f"Secret {namespace}/{name} does not exist")
+        if expected is not None and resource_version(expected) != resource_version(secret):
+            raise Conflict(409, f"Secret {namespace}/{name} changed since it was read")
         secret["data"] = encode_secret_data(data)
         self._write(namespace, name, secret)
 
@@ -108,6 +118,8 @@ class FileSecretStore:
         return True
 
     def _write(self, namespace: str, name: str, secret: dict[str, Any]) -> None:
+        metadata = secret["metadata"]
+        metadata["resourceVersion"] = str(int(metadata.get("resourceVersion", "0")) + 1)
         write_private(self._path(namespace, name), json.dumps(secret, sort_keys=True).encode())
 
     async def read_config_data(self, kind: str, namespace: str, name: str, key: str) -> bytes | None:
