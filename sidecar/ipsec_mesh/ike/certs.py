@@ -33,7 +33,7 @@ from .der import DerError
 from .errors import CertificateError, IdentityError
 from .identity import Identity, dn_equal, dn_text, name_equal
 from .payloads import CertPayload, CertReqPayload
-from .signatures import MIN_RSA_BITS
+from .signatures import rsa_key_problem
 
 MAX_CERT_PAYLOADS = 8  # leaf + intermediates a peer may send
 MAX_CERT_BYTES = 16 * 1024
@@ -134,6 +134,10 @@ class _PathSearch:
             self.reasons.append("too many candidate paths")
             return False
         self.signature_budget -= 1
+        key = issuer.public_key()  # a candidate the peer sent: refuse a costly key before verifying with it
+        if isinstance(key, rsa.RSAPublicKey) and (problem := rsa_key_problem(key)) is not None:
+            self.reasons.append(f"{_name(issuer)!r} has an unacceptable key: {problem}")
+            return False
         try:
             if cert.signature_hash() in c.WEAK_HASHES:
                 self.reasons.append(f"{_name(cert)!r} is signed with a weak hash")
@@ -180,8 +184,8 @@ def _check_certificate(cert: Certificate, now: float, as_issuer: bool) -> None:
         if not as_issuer and not cert.has_key_usage(c.KU_DIGITAL_SIGNATURE):
             raise CertificateError(f"{name!r} keyUsage lacks digitalSignature")
     key = cert.public_key()  # loaded when the certificate was parsed: a key it cannot load is refused there
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise CertificateError(f"{name!r} has a {key.key_size}-bit RSA key")
+    if isinstance(key, rsa.RSAPublicKey) and (problem := rsa_key_problem(key)) is not None:
+        raise CertificateError(f"{name!r} has an unacceptable key: {problem}")
 
 
 def _name(cert: Certificate) -> str:
