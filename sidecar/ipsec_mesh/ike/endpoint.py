@@ -209,7 +209,7 @@ class IkeEndpoint:
                             and header.spi_r == bytes(8))
             if not self._wanted(header, init_request, local, remote):
                 return
-            msg = codec.decode(data)
+            msg = codec.decode(data, header)
         except IkeError as exc:
             self.counters["malformed"] += 1
             log.debug("malformed datagram from %s: %s", remote[0], exc)

@@ -48,13 +48,19 @@ _PROPOSAL_SPI_SIZES: dict[int, tuple[int, ...]] = {ProtocolId.IKE: (0, _IKE_SPI_
 
 def known(enum_cls: type[enum.IntEnum], value: int) -> int:
     """The enum member for a known wire value, else the bare int (kept, not rejected)."""
+    return _members(enum_cls).get(value, value)
+
+
+def _members(enum_cls: type[enum.IntEnum]) -> dict[int, enum.IntEnum]:
     members = _MEMBERS.get(enum_cls)
     if members is None:
         members = _MEMBERS[enum_cls] = {int(m): m for m in enum_cls}
-    return members.get(value, value)
+    return members
 
 
 _MEMBERS: dict[type[enum.IntEnum], dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
+# Looked up directly by the notify decoder (a message carries several notifies).
+_NOTIFY_TYPES, _PROTOCOLS = _members(NotifyType), _members(ProtocolId)
 
 
 # -- SA (3.3) -----------------------------------------------------------------
@@ -240,8 +246,8 @@ def _decode_notify(body: bytes) -> p.NotifyPayload:
     protocol, spi_size, ntype = _BBH.unpack_from(body)
     if 4 + spi_size > len(body):
         raise ParseError(f"NOTIFY: needs {spi_size} bytes, {len(body) - 4} left")
-    return p.NotifyPayload(known(NotifyType, ntype), known(ProtocolId, protocol), body[4:4 + spi_size],
-                           body[4 + spi_size:])
+    return p.NotifyPayload(_NOTIFY_TYPES.get(ntype, ntype), _PROTOCOLS.get(protocol, protocol),
+                           body[4:4 + spi_size], body[4 + spi_size:])
 
 
 def _encode_notify(n: p.NotifyPayload) -> bytes:
@@ -394,6 +400,13 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     p.CpPayload: _encode_cp,
     p.EapPayload: _data_of,
     p.UnknownPayload: _data_of,
+}
+
+
+# By class, with the wire type: message.py's chain encoder looks them up directly (one
+# lookup per payload for both).
+PLAIN_ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    cls: (p.TYPE_OF_CLASS[cls], encoder) for cls, encoder in _ENCODERS.items() if cls is not p.UnknownPayload
 }
 
 
