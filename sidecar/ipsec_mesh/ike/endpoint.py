@@ -442,7 +442,10 @@ class IkeEndpoint:
                 if linked is not None and self.sas.get(linked.our_spi) is linked:
                     touched.setdefault(linked.our_spi, linked)
         self._touched = {}
-        for sa in sorted(touched.values(), key=lambda s: self._rank.get(s.our_spi, -1)):
+        # Most calls touch one SA (a datagram for it): nothing to order then.
+        ordered = touched.values() if len(touched) < 2 else sorted(
+            touched.values(), key=lambda s: self._rank.get(s.our_spi, -1))
+        for sa in ordered:
             spi = sa.our_spi
             if sa.events:
                 self._events.extend(sa.events)

@@ -196,9 +196,10 @@ def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
         else:
             ptype = p.payload_type_of(payload)
             body, flag = _as_received(payload, i == count - 1)
-        if len(body) > 0xFFFF - 4:
-            raise ValueError(f"payload {ptype}: {len(body)} bytes do not fit its 16-bit length")
-        parts[2 * i] = pack(next_type, flag, 4 + len(body))
+        size = len(body)
+        if size > 0xFFFF - 4:
+            raise ValueError(f"payload {ptype}: {size} bytes do not fit its 16-bit length")
+        parts[2 * i] = pack(next_type, flag, 4 + size)
         parts[2 * i + 1] = body
         next_type = ptype
     return next_type, b"".join(parts)

@@ -91,19 +91,27 @@ def _encode_proposal(prop: p.Proposal) -> bytes:
 
 
 def _decode_sa(body: bytes) -> p.SaPayload:
-    r = Reader(body, "SA")
+    # Sliced directly (no Reader): two SA payloads per IKE SA; every length checked first.
+    end = len(body)
+    pos = 0
     proposals: list[tuple[p.Proposal, bool]] = []
     more = _MORE_PROPOSALS
     while more != _LAST:
         if len(proposals) == MAX_PROPOSALS:
             raise ParseError(f"SA: more than {MAX_PROPOSALS} proposals")
-        more, _, length = r.unpack(_BBH)
+        if pos + 4 > end:
+            raise ParseError(f"SA: needs 4 bytes, {end - pos} left")
+        more, _, length = _BBH.unpack_from(body, pos)
         if more not in (_LAST, _MORE_PROPOSALS):
             raise ParseError(f"SA: bad last-substructure value {more}")
         if length < 8:
             raise ParseError(f"SA: proposal length {length} < 8")
-        proposals.append(_decode_proposal(r.sub(length - 4, "proposal")))
-    r.expect_end()
+        if pos + length > end:
+            raise ParseError(f"SA: needs {length - 4} bytes, {end - pos - 4} left")
+        proposals.append(_decode_proposal(body[pos + 4:pos + length]))
+        pos += length
+    if pos != end:
+        raise ParseError(f"SA: {end - pos} unexpected trailing bytes")
     numbers = [prop.number for prop, _ in proposals]
     # RFC 7296 3.3.1: an offer numbers its proposals 1, 2, ...; an answer holds the chosen one.
     if len(numbers) > 1 and numbers != list(range(1, len(numbers) + 1)):
@@ -115,16 +123,18 @@ def _decode_sa(body: bytes) -> p.SaPayload:
     return p.SaPayload([prop for prop, acceptable in proposals if acceptable])
 
 
-def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
-    number, protocol, spi_size, count = r.unpack(_BBBB)
-    protocol = known(ProtocolId, protocol)
+def _decode_proposal(body: bytes) -> tuple[p.Proposal, bool]:
+    number, protocol, spi_size, count = _BBBB.unpack_from(body)  # _decode_sa checked length >= 8
+    protocol = _PROTOCOLS.get(protocol, protocol)
     expected_spi = _PROPOSAL_SPI_SIZES.get(protocol)
     if expected_spi is not None and spi_size not in expected_spi:
         raise ParseError(f"proposal: SPI size {spi_size} invalid for protocol {protocol}")
     if not 1 <= count <= MAX_TRANSFORMS:
         raise ParseError(f"proposal: {count} transforms, allowed 1..{MAX_TRANSFORMS}")
-    spi = r.take(spi_size)
-    raw = r.rest()
+    if 4 + spi_size > len(body):
+        raise ParseError(f"proposal: needs {spi_size} bytes, {len(body) - 4} left")
+    spi = body[4:4 + spi_size]
+    raw = body[4 + spi_size:]
     # A peer offers the same transforms in every IKE SA (only the SPI changes): the bytes
     # of a list decoded before map to its (immutable) result, which is all the parse yields.
     key = (count, raw)

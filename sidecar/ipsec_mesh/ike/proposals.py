@@ -214,6 +214,8 @@ class Selected:
     @property
     def additional_kes(self) -> tuple[int, ...]:
         """The additional key exchanges to run, in order, NONE slots left out."""
+        if not self.addke:  # most selections: no generator to run (asked twice per IKE SA)
+            return ()
         return tuple(k for k in self.addke if k != KeId.NONE)
 
     def to_payload(self, spi: bytes) -> Proposal:
