@@ -24,7 +24,6 @@ from .constants import (
 from .errors import IntegrityError, InvalidMajorVersion, ParseError, UnsupportedCriticalPayload
 from .payload_codec import DECODERS as _DECODERS
 from .payload_codec import PLAIN_ENCODERS as _PLAIN_ENCODERS
-from .payload_codec import known
 from .wire import Reader, u16, u32
 
 MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever parsed or built
@@ -35,6 +34,7 @@ _HEADER = struct.Struct("!8s8sBBBBII")  # peek_header has checked the length fir
 _GENERIC_HEADER = struct.Struct("!BBH")  # next payload, flags, payload length
 _unpack_generic_header = _GENERIC_HEADER.unpack_from
 _NONE = int(PayloadType.NONE)
+_EXCHANGES = {int(e): e for e in ExchangeType}  # known(ExchangeType, ...) without the call
 # Plain ints: IntFlag arithmetic builds enum objects on every header.
 _FLAG_I, _FLAG_R = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
 
@@ -108,8 +108,9 @@ def decode(data: bytes, header: Header | None = None) -> p.Message:
 
 
 def _message_like(header: Header, payloads: list[p.Payload]) -> p.Message:
-    return p.Message(header.spi_i, header.spi_r, known(ExchangeType, header.exchange),
-                     header.is_initiator, header.is_response, header.message_id, payloads)
+    flags = header.flags
+    return p.Message(header.spi_i, header.spi_r, _EXCHANGES.get(header.exchange, header.exchange),
+                     bool(flags & _FLAG_I), bool(flags & _FLAG_R), header.message_id, payloads)
 
 
 def decode_chain(first_type: int, data: bytes, pos: int, limit: int, *, outer: bool) -> list[p.Payload]:
@@ -220,9 +221,15 @@ def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:
     if length > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if len(msg.spi_i) != 8 or len(msg.spi_r) != 8:  # the struct would pad or cut them silently
+        raise ValueError("IKE SPIs must be 8 bytes each")
     flags = (_FLAG_I if msg.is_initiator else 0) | (_FLAG_R if msg.is_response else 0)
-    return Header(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
-                  msg.message_id, length).pack()
+    try:
+        # One pack (two per message sent: the header and, sealed, the AAD).
+        return _HEADER.pack(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
+                            msg.message_id, length)
+    except struct.error as exc:  # a field out of range for its wire width
+        raise ValueError(f"IKE header: {exc}") from None
 
 
 def encode(msg: p.Message, protector: Protector | None = None) -> bytes:
@@ -247,8 +254,7 @@ def seal_payload(msg: p.Message, ptype: int, first_inner: int, fields: bytes, co
     if len(iv) != protector.iv_len:
         raise ValueError(f"protector gave a {len(iv)}-byte IV, expected {protector.iv_len}")
     payload_len = 4 + len(fields) + len(iv) + len(plaintext) + protector.icv_len
-    aad = (header_for(msg, ptype, IKE_HEADER_LEN + payload_len)
-           + bytes([first_inner, 0]) + u16(payload_len) + fields)
+    aad = header_for(msg, ptype, IKE_HEADER_LEN + payload_len) + _GENERIC_HEADER.pack(first_inner, 0, payload_len) + fields
     sealed = protector.seal(iv, aad, plaintext)
     if len(sealed) != len(plaintext) + protector.icv_len:
         raise ValueError("protector output length is not plaintext + ICV")

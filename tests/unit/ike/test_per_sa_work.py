@@ -117,3 +117,14 @@ def test_a_selection_changed_by_replace_does_not_keep_the_old_shape():
     assert changed.shape.key_bits == 128
     assert changed.describe() == "aes128gcm16-esn"
     assert changed.to_payload(b"\x00\x00\x01\x00").transforms[0].key_length == 128
+
+
+def test_the_header_packed_in_one_call_still_refuses_what_does_not_fit():
+    good = Message(b"\x01" * 8, b"\x02" * 8, ExchangeType.IKE_AUTH, True, True, 7, [])
+    header = codec.header_for(good, 46, 28)
+    assert codec.peek_header(header) == codec.Header(b"\x01" * 8, b"\x02" * 8, 46, 0x20, ExchangeType.IKE_AUTH,
+                                                     0x28, 7, 28)
+    for bad in (dataclasses.replace(good, spi_r=b"\x02" * 7), dataclasses.replace(good, message_id=1 << 32),
+                dataclasses.replace(good, exchange=256)):
+        with pytest.raises(ValueError):
+            codec.header_for(bad, 46, 28)
