@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hmac as stdlib_hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -19,6 +20,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .constants import FORBIDDEN_ENCR, FORBIDDEN_PRF, EncrId, PrfId
 from .errors import CryptoError, IntegrityError
+
+# What hmac.digest calls for an OpenSSL digest named by a string, without its wrapper
+# (the PRF runs ~16 times per IKE SA); the wrapper where this interpreter has no OpenSSL.
+_hmac_digest: Callable[[bytes, bytes, str], bytes]
+try:
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - CPython builds without OpenSSL
+    _hmac_digest = stdlib_hmac.digest
 
 PRF_PLUS_MAX_BLOCKS = 255  # RFC 7296 section 2.13: the counter octet goes from 1 to 255
 
@@ -59,7 +68,7 @@ class Prf:
     def __call__(self, key: bytes, data: bytes) -> bytes:
         # The standard library's one-shot HMAC (OpenSSL underneath, like `cryptography`):
         # the same function, without building an HMAC object per call (~16 calls per IKE SA).
-        return stdlib_hmac.digest(key, data, _PRF_HASHES[self.prf_id].name)
+        return _hmac_digest(key, data, _HASH_NAMES[self.prf_id])
 
     def plus(self, key: bytes, seed: bytes, length: int) -> bytes:
         """prf+ (RFC 7296 section 2.13): T1 | T2 | ... truncated to `length` octets."""
@@ -78,14 +87,20 @@ class Prf:
         return b"".join(blocks)[:length]
 
 
+_HASH_NAMES: dict[int, str] = {prf_id: hash_algorithm.name for prf_id, hash_algorithm in _PRF_HASHES.items()}
+# Immutable, so one per supported PRF serves every IKE SA.
+_PRFS: dict[int, Prf] = {prf_id: Prf(prf_id, output_len=h.digest_size, preferred_key_len=h.digest_size)
+                         for prf_id, h in _PRF_HASHES.items()}
+
+
 def prf_for(prf_id: int) -> Prf:
     """The PRF for a negotiated transform ID; CryptoError for anything not supported."""
+    prf = _PRFS.get(prf_id)
+    if prf is not None:
+        return prf
     if prf_id in FORBIDDEN_PRF:
         raise CryptoError(f"PRF {_algorithm_name(PrfId, prf_id)} is MUST NOT (RFC 8247)")
-    if prf_id not in SUPPORTED_PRF:
-        raise CryptoError(f"PRF {_algorithm_name(PrfId, prf_id)} is not supported")
-    digest_size = _PRF_HASHES[PrfId(prf_id)].digest_size
-    return Prf(PrfId(prf_id), output_len=digest_size, preferred_key_len=digest_size)
+    raise CryptoError(f"PRF {_algorithm_name(PrfId, prf_id)} is not supported")
 
 
 def _aead_key_len(encr_id: int, key_bits: int | None) -> int:

@@ -209,7 +209,7 @@ class IkeEndpoint:
                             and header.spi_r == bytes(8))
             if not self._wanted(header, init_request, local, remote):
                 return
-            msg = codec.decode(data)
+            msg = codec.decode(data, header)
         except IkeError as exc:
             self.counters["malformed"] += 1
             log.debug("malformed datagram from %s: %s", remote[0], exc)
@@ -442,7 +442,10 @@ class IkeEndpoint:
                 if linked is not None and self.sas.get(linked.our_spi) is linked:
                     touched.setdefault(linked.our_spi, linked)
         self._touched = {}
-        for sa in sorted(touched.values(), key=lambda s: self._rank.get(s.our_spi, -1)):
+        # Most calls touch one SA (a datagram for it): nothing to order then.
+        ordered = touched.values() if len(touched) < 2 else sorted(
+            touched.values(), key=lambda s: self._rank.get(s.our_spi, -1))
+        for sa in ordered:
             spi = sa.our_spi
             if sa.events:
                 self._events.extend(sa.events)

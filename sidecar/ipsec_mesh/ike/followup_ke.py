@@ -54,7 +54,7 @@ def hold(sa: IkeSa, methods: tuple[int, ...], first_secret: bytes,
          finish: Callable[[tuple[bytes, ...], float], None], abandon: Callable[[float], None],
          now: float) -> NotifyPayload:
     """Keep a CREATE_CHILD_SA's state for its follow-ups; the notify to answer with."""
-    responder = sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE]
+    responder = sa.tasks.responder(ExchangeType.IKE_FOLLOWUP_KE)
     if not isinstance(responder, FollowupKeResponder):
         raise InvariantError("expected isinstance(responder, FollowupKeResponder)")
     return responder.park(sa, PendingKeyExchanges(list(methods), [first_secret], finish, abandon, 0.0), now)

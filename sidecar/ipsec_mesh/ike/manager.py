@@ -47,10 +47,27 @@ class TaskManager:
         self.cached_response: tuple[int, list[Datagram]] | None = None
         self.queued: deque[Task] = deque()
         self.reassembly: dict[tuple[int, bool], Reassembler] = {}
-        self.responders: dict[int, Responder] = sa.exchanges.responders()
+        # By exchange type, made on first use (`responder`): an IKE SA that only ever answers
+        # IKE_SA_INIT and IKE_AUTH builds two, not one of each kind.
+        self.responders: dict[int, Responder] = {}
         # The responders with timers of their own (most have none): asked on every datagram.
-        self._timed = [r for r in dict.fromkeys(self.responders.values())
-                       if type(r).next_timer is not Responder.next_timer]
+        self._timed: list[Responder] = []
+
+    def responder(self, exchange: int) -> Responder | None:
+        """This IKE SA's responder for `exchange` (made the first time), None if no kind answers it.
+
+        One object answers all the exchange types of its kind (`Responder.exchanges`), so
+        what it keeps between them (IKE_SA_INIT for IKE_INTERMEDIATE) stays together."""
+        responder = self.responders.get(exchange)
+        if responder is None:
+            responder = self.sa.exchanges.new_responder(exchange)
+            if responder is None:
+                return None
+            for kind in responder.exchanges:
+                self.responders[kind] = responder
+            if type(responder).next_timer is not Responder.next_timer:
+                self._timed.append(responder)
+        return responder
 
     # -- the queue ----------------------------------------------------------------------
     def queue(self, task: Task, now: float) -> None:
@@ -221,7 +238,7 @@ class TaskManager:
         self.start_next(now)
 
     def _dispatch(self, msg: Message, raw: bytes, now: float) -> Reply | None:
-        responder = self.responders.get(msg.exchange)
+        responder = self.responder(msg.exchange)
         if responder is not None:
             return responder.respond(self.sa, msg, raw, now)
         if self.sa.state == IkeState.CONNECTING:

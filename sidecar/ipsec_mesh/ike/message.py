@@ -23,7 +23,7 @@ from .constants import (
 )
 from .errors import IntegrityError, InvalidMajorVersion, InvariantError, ParseError, UnsupportedCriticalPayload
 from .payload_codec import DECODERS as _DECODERS
-from .payload_codec import encode_body, known
+from .payload_codec import PLAIN_ENCODERS as _PLAIN_ENCODERS
 from .wire import Reader, u16, u32
 
 MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever parsed or built
@@ -32,6 +32,9 @@ _CRITICAL = 0x80
 _ENCRYPTED_TYPES = (PayloadType.SK, PayloadType.SKF)
 _HEADER = struct.Struct("!8s8sBBBBII")  # peek_header has checked the length first
 _GENERIC_HEADER = struct.Struct("!BBH")  # next payload, flags, payload length
+_unpack_generic_header = _GENERIC_HEADER.unpack_from
+_NONE = int(PayloadType.NONE)
+_EXCHANGES = {int(e): e for e in ExchangeType}  # known(ExchangeType, ...) without the call
 # Plain ints: IntFlag arithmetic builds enum objects on every header.
 _FLAG_I, _FLAG_R = int(HeaderFlag.INITIATOR), int(HeaderFlag.RESPONSE)
 
@@ -90,35 +93,53 @@ def peek_header(data: bytes) -> Header:
     return Header(spi_i, spi_r, next_payload, version, exchange, flags, message_id, length)
 
 
-def decode(data: bytes) -> p.Message:
-    """Header and clear payload chain; SK/SKF are kept encrypted (and must come last)."""
-    header = peek_header(data)
-    reader = Reader(data, "IKE message")
-    reader.skip(IKE_HEADER_LEN)
-    payloads = decode_chain(header.next_payload, reader, MAX_PAYLOADS, outer=True)
+def decode(data: bytes, header: Header | None = None) -> p.Message:
+    """Header and clear payload chain; SK/SKF are kept encrypted (and must come last).
+
+    `header`: what `peek_header(data)` returned for these same bytes, when the caller has
+    already checked it (the endpoint does, to drop unwanted datagrams before this parse).
+    """
+    if header is None:
+        header = peek_header(data)
+    if data.__class__ is not bytes:  # payload bodies are slices of it: bytes, not views
+        data = bytes(data)
+    payloads = decode_chain(header.next_payload, data, IKE_HEADER_LEN, MAX_PAYLOADS, outer=True)
     return _message_like(header, payloads)
 
 
 def _message_like(header: Header, payloads: list[p.Payload]) -> p.Message:
-    return p.Message(header.spi_i, header.spi_r, known(ExchangeType, header.exchange),
-                     header.is_initiator, header.is_response, header.message_id, payloads)
+    flags = header.flags
+    return p.Message(header.spi_i, header.spi_r, _EXCHANGES.get(header.exchange, header.exchange),
+                     bool(flags & _FLAG_I), bool(flags & _FLAG_R), header.message_id, payloads)
 
 
-def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list[p.Payload]:
-    """A payload chain filling all of `r`. Only an outer chain may end in SK/SKF."""
+def decode_chain(first_type: int, data: bytes, pos: int, limit: int, *, outer: bool) -> list[p.Payload]:
+    """The payload chain that fills `data` from `pos` on. Only an outer chain may end in SK/SKF.
+
+    Reads the generic headers straight from `data` (a Reader call per field cost more than
+    the rest of the loop); every length is checked against what is left before it is used.
+    """
+    what = "IKE message" if outer else "inner payloads"
+    end = len(data)
     payloads: list[p.Payload] = []
     ptype = first_type
-    while ptype != PayloadType.NONE:
+    while ptype != _NONE:
         if len(payloads) >= limit:
             raise ParseError(f"more than {limit} payloads")
-        next_type, flags, length = r.unpack(_GENERIC_HEADER)
+        if pos + 4 > end:
+            raise ParseError(f"{what}: needs 4 bytes, {end - pos} left")
+        next_type, flags, length = _unpack_generic_header(data, pos)
         if length < 4:
             raise ParseError(f"payload {ptype}: length {length} < 4")
-        body = r.take(length - 4)
+        body_end = pos + length
+        if body_end > end:
+            raise ParseError(f"{what}: needs {length - 4} bytes, {end - pos - 4} left")
+        body = data[pos + 4:body_end]
+        pos = body_end
         if ptype in _ENCRYPTED_TYPES:
             if not outer:
                 raise ParseError(f"payload {ptype} nested inside an encrypted payload")
-            if r.remaining:
+            if pos != end:
                 raise ParseError(f"payload {ptype} is not the last payload")
             payloads.append(_decode_encrypted(ptype, next_type, body))
             return payloads
@@ -126,7 +147,8 @@ def decode_chain(first_type: int, r: Reader, limit: int, *, outer: bool) -> list
         # Known payloads ignore the critical bit.
         payloads.append(decoder(body) if decoder is not None else _decode_unknown(ptype, bool(flags & _CRITICAL), body))
         ptype = next_type
-    r.expect_end()
+    if pos != end:
+        raise ParseError(f"{what}: {end - pos} unexpected trailing bytes")
     return payloads
 
 
@@ -155,33 +177,33 @@ def encode_chain(payloads: list[p.Payload]) -> tuple[int, bytes]:
         raise ValueError(f"{count} payloads, at most {MAX_PAYLOADS}")
     if not count:
         return PayloadType.NONE, b""
-    # Bodies first (each payload's generic header names the type of the one after it).
-    types: list[int] = []
-    flags: list[int] = []
-    bodies: list[bytes] = []
-    last = count - 1
-    for i, payload in enumerate(payloads):
-        types.append(p.payload_type_of(payload))
-        if payload.__class__ in _AS_RECEIVED:
-            body, flag = _as_received(payload, i == last)
-        else:
-            body, flag = encode_body(payload), 0
-        bodies.append(body)
-        flags.append(flag)
-    final = payloads[last]
-    types.append(final.first_inner if isinstance(final, (p.EncryptedPayload, p.EncryptedFragment))
-                 else PayloadType.NONE)
-    parts = []
+    # Last payload first: each generic header names the type of the payload after it.
+    final = payloads[-1]
+    next_type = (final.first_inner if isinstance(final, (p.EncryptedPayload, p.EncryptedFragment))
+                 else _NONE)
+    parts = [b""] * (2 * count)
     pack = _GENERIC_HEADER.pack
-    for i, body in enumerate(bodies):
-        if len(body) > 0xFFFF - 4:
-            raise ValueError(f"payload {types[i]}: {len(body)} bytes do not fit its 16-bit length")
-        parts.append(pack(types[i + 1], flags[i], 4 + len(body)))
-        parts.append(body)
-    return types[0], b"".join(parts)
-
-
-_AS_RECEIVED = frozenset({p.EncryptedPayload, p.EncryptedFragment, p.UnknownPayload})
+    plain = _PLAIN_ENCODERS
+    for i in range(count - 1, -1, -1):
+        payload = payloads[i]
+        entry = plain.get(payload.__class__)
+        if entry is not None:
+            ptype, encoder = entry
+            try:
+                body = encoder(payload)
+            except (OverflowError, TypeError, struct.error) as exc:  # a field out of range for its wire width
+                raise ValueError(f"{type(payload).__name__}: {exc}") from None
+            flag = 0
+        else:
+            ptype = p.payload_type_of(payload)
+            body, flag = _as_received(payload, i == count - 1)
+        size = len(body)
+        if size > 0xFFFF - 4:
+            raise ValueError(f"payload {ptype}: {size} bytes do not fit its 16-bit length")
+        parts[2 * i] = pack(next_type, flag, 4 + size)
+        parts[2 * i + 1] = body
+        next_type = ptype
+    return next_type, b"".join(parts)
 
 
 def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
@@ -200,9 +222,15 @@ def _as_received(payload: p.Payload, is_last: bool) -> tuple[bytes, int]:
 def header_for(msg: p.Message, next_payload: int, length: int) -> bytes:
     if length > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
+    if len(msg.spi_i) != 8 or len(msg.spi_r) != 8:  # the struct would pad or cut them silently
+        raise ValueError("IKE SPIs must be 8 bytes each")
     flags = (_FLAG_I if msg.is_initiator else 0) | (_FLAG_R if msg.is_response else 0)
-    return Header(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
-                  msg.message_id, length).pack()
+    try:
+        # One pack (two per message sent: the header and, sealed, the AAD).
+        return _HEADER.pack(msg.spi_i, msg.spi_r, next_payload, IKE_VERSION, msg.exchange, flags,
+                            msg.message_id, length)
+    except struct.error as exc:  # a field out of range for its wire width
+        raise ValueError(f"IKE header: {exc}") from None
 
 
 def encode(msg: p.Message, protector: Protector | None = None) -> bytes:
@@ -227,8 +255,7 @@ def seal_payload(msg: p.Message, ptype: int, first_inner: int, fields: bytes, co
     if len(iv) != protector.iv_len:
         raise ValueError(f"protector gave a {len(iv)}-byte IV, expected {protector.iv_len}")
     payload_len = 4 + len(fields) + len(iv) + len(plaintext) + protector.icv_len
-    aad = (header_for(msg, ptype, IKE_HEADER_LEN + payload_len)
-           + bytes([first_inner, 0]) + u16(payload_len) + fields)
+    aad = header_for(msg, ptype, IKE_HEADER_LEN + payload_len) + _GENERIC_HEADER.pack(first_inner, 0, payload_len) + fields
     sealed = protector.seal(iv, aad, plaintext)
     if len(sealed) != len(plaintext) + protector.icv_len:
         raise ValueError("protector output length is not plaintext + ICV")
@@ -266,8 +293,7 @@ def decrypt(data: bytes, msg: p.Message, protector: Protector) -> p.Message:
 
 def with_inner(msg: p.Message, clear: list[p.Payload], first_inner: int, inner: bytes) -> p.Message:
     """A copy of `msg` whose payloads are `clear` followed by the chain parsed from `inner`."""
-    payloads = decode_chain(first_inner, Reader(inner, "inner payloads"),
-                            MAX_PAYLOADS - len(clear), outer=False)
+    payloads = decode_chain(first_inner, bytes(inner), 0, MAX_PAYLOADS - len(clear), outer=False)
     return p.Message(msg.spi_i, msg.spi_r, msg.exchange, msg.is_initiator, msg.is_response,
                      msg.message_id, list(clear) + payloads, inner_plain=inner, inner_first=first_inner)
 

@@ -48,13 +48,19 @@ _PROPOSAL_SPI_SIZES: dict[int, tuple[int, ...]] = {ProtocolId.IKE: (0, _IKE_SPI_
 
 def known(enum_cls: type[enum.IntEnum], value: int) -> int:
     """The enum member for a known wire value, else the bare int (kept, not rejected)."""
+    return _members(enum_cls).get(value, value)
+
+
+def _members(enum_cls: type[enum.IntEnum]) -> dict[int, enum.IntEnum]:
     members = _MEMBERS.get(enum_cls)
     if members is None:
         members = _MEMBERS[enum_cls] = {int(m): m for m in enum_cls}
-    return members.get(value, value)
+    return members
 
 
 _MEMBERS: dict[type[enum.IntEnum], dict[int, enum.IntEnum]] = {}  # a dict lookup instead of EnumType.__call__
+# Looked up directly by the notify decoder (a message carries several notifies).
+_NOTIFY_TYPES, _PROTOCOLS = _members(NotifyType), _members(ProtocolId)
 
 
 # -- SA (3.3) -----------------------------------------------------------------
@@ -85,19 +91,27 @@ def _encode_proposal(prop: p.Proposal) -> bytes:
 
 
 def _decode_sa(body: bytes) -> p.SaPayload:
-    r = Reader(body, "SA")
+    # Sliced directly (no Reader): two SA payloads per IKE SA; every length checked first.
+    end = len(body)
+    pos = 0
     proposals: list[tuple[p.Proposal, bool]] = []
     more = _MORE_PROPOSALS
     while more != _LAST:
         if len(proposals) == MAX_PROPOSALS:
             raise ParseError(f"SA: more than {MAX_PROPOSALS} proposals")
-        more, _, length = r.unpack(_BBH)
+        if pos + 4 > end:
+            raise ParseError(f"SA: needs 4 bytes, {end - pos} left")
+        more, _, length = _BBH.unpack_from(body, pos)
         if more not in (_LAST, _MORE_PROPOSALS):
             raise ParseError(f"SA: bad last-substructure value {more}")
         if length < 8:
             raise ParseError(f"SA: proposal length {length} < 8")
-        proposals.append(_decode_proposal(r.sub(length - 4, "proposal")))
-    r.expect_end()
+        if pos + length > end:
+            raise ParseError(f"SA: needs {length - 4} bytes, {end - pos - 4} left")
+        proposals.append(_decode_proposal(body[pos + 4:pos + length]))
+        pos += length
+    if pos != end:
+        raise ParseError(f"SA: {end - pos} unexpected trailing bytes")
     numbers = [prop.number for prop, _ in proposals]
     # RFC 7296 3.3.1: an offer numbers its proposals 1, 2, ...; an answer holds the chosen one.
     if len(numbers) > 1 and numbers != list(range(1, len(numbers) + 1)):
@@ -109,16 +123,18 @@ def _decode_sa(body: bytes) -> p.SaPayload:
     return p.SaPayload([prop for prop, acceptable in proposals if acceptable])
 
 
-def _decode_proposal(r: Reader) -> tuple[p.Proposal, bool]:
-    number, protocol, spi_size, count = r.unpack(_BBBB)
-    protocol = known(ProtocolId, protocol)
+def _decode_proposal(body: bytes) -> tuple[p.Proposal, bool]:
+    number, protocol, spi_size, count = _BBBB.unpack_from(body)  # _decode_sa checked length >= 8
+    protocol = _PROTOCOLS.get(protocol, protocol)
     expected_spi = _PROPOSAL_SPI_SIZES.get(protocol)
     if expected_spi is not None and spi_size not in expected_spi:
         raise ParseError(f"proposal: SPI size {spi_size} invalid for protocol {protocol}")
     if not 1 <= count <= MAX_TRANSFORMS:
         raise ParseError(f"proposal: {count} transforms, allowed 1..{MAX_TRANSFORMS}")
-    spi = r.take(spi_size)
-    raw = r.rest()
+    if 4 + spi_size > len(body):
+        raise ParseError(f"proposal: needs {spi_size} bytes, {len(body) - 4} left")
+    spi = body[4:4 + spi_size]
+    raw = body[4 + spi_size:]
     # A peer offers the same transforms in every IKE SA (only the SPI changes): the bytes
     # of a list decoded before map to its (immutable) result, which is all the parse yields.
     key = (count, raw)
@@ -240,8 +256,8 @@ def _decode_notify(body: bytes) -> p.NotifyPayload:
     protocol, spi_size, ntype = _BBH.unpack_from(body)
     if 4 + spi_size > len(body):
         raise ParseError(f"NOTIFY: needs {spi_size} bytes, {len(body) - 4} left")
-    return p.NotifyPayload(known(NotifyType, ntype), known(ProtocolId, protocol), body[4:4 + spi_size],
-                           body[4 + spi_size:])
+    return p.NotifyPayload(_NOTIFY_TYPES.get(ntype, ntype), _PROTOCOLS.get(protocol, protocol),
+                           body[4:4 + spi_size], body[4 + spi_size:])
 
 
 def _encode_notify(n: p.NotifyPayload) -> bytes:
@@ -394,6 +410,13 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
     p.CpPayload: _encode_cp,
     p.EapPayload: _data_of,
     p.UnknownPayload: _data_of,
+}
+
+
+# By class, with the wire type: message.py's chain encoder looks them up directly (one
+# lookup per payload for both).
+PLAIN_ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    cls: (p.TYPE_OF_CLASS[cls], encoder) for cls, encoder in _ENCODERS.items() if cls is not p.UnknownPayload
 }
 
 

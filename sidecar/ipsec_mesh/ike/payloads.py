@@ -252,7 +252,8 @@ Payload = (
 )
 
 
-_TYPE_OF_CLASS = {
+#: The wire type of each payload class (UnknownPayload carries its own).
+TYPE_OF_CLASS: dict[type, int] = {
     IdiPayload: PayloadType.IDi,
     IdrPayload: PayloadType.IDr,
     TsiPayload: PayloadType.TSi,
@@ -278,7 +279,7 @@ def payload_type_of(payload: object) -> int:
     if isinstance(payload, UnknownPayload):
         return payload.type
     try:
-        return _TYPE_OF_CLASS[type(payload)]
+        return TYPE_OF_CLASS[type(payload)]
     except KeyError:
         raise TypeError(f"not a payload: {type(payload).__name__}") from None
 

@@ -10,7 +10,7 @@ ciphers only (so no INTEG transform is ever offered or accepted).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .constants import (
     AEAD_ENCR,
@@ -207,20 +207,37 @@ class Selected:
     addke: tuple[int, ...] = ()  # per ADDKE slot; NONE where skipped
     number: int = 1  # the proposal number we answer with
     spi: bytes = b""  # the peer's SPI from the chosen proposal
+    # `shape` of a selection that select() placed (set there, never by replace(), which
+    # leaves it None): the shape is then the memoised object, not a copy per call.
+    _shape: "Selected | None" = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def additional_kes(self) -> tuple[int, ...]:
         """The additional key exchanges to run, in order, NONE slots left out."""
+        if not self.addke:  # most selections: no generator to run (asked twice per IKE SA)
+            return ()
         return tuple(k for k in self.addke if k != KeId.NONE)
 
     def to_payload(self, spi: bytes) -> Proposal:
         """The single-transform-per-type proposal to answer with."""
-        return Proposal(self.number, self.protocol, spi, _answer_transforms(self.shape))
+        return Proposal(self.number, self.protocol, spi, self.shape._answer)
 
     @property
     def shape(self) -> "Selected":
         """This selection without the per-message fields (proposal number, SPI)."""
+        if self._shape is not None:
+            return self._shape
         return replace(self, number=1, spi=b"") if self.number != 1 or self.spi else self
+
+    # Computed once per object: a shape is memoised by select() and serves every IKE SA
+    # whose peer makes the same offer (a frozen dataclass keeps these in its __dict__).
+    @functools.cached_property
+    def _answer(self) -> tuple[Transform, ...]:
+        return self.transforms()
+
+    @functools.cached_property
+    def _label(self) -> str:
+        return self.label()
 
     def transforms(self) -> tuple[Transform, ...]:
         """One transform per negotiated type (to_payload's, without the memo)."""
@@ -236,7 +253,7 @@ class Selected:
         return tuple(ts)
 
     def describe(self) -> str:
-        return _label(self.shape)
+        return self.shape._label
 
     def label(self) -> str:
         """describe() without the memo."""
@@ -250,10 +267,6 @@ class Selected:
             parts.append("esn" if self.esn else "noesn")
         return "-".join(parts)
 
-
-# Selections come from our own proposals: a handful of shapes per configuration.
-_answer_transforms = functools.lru_cache(maxsize=64)(Selected.transforms)
-_label = functools.lru_cache(maxsize=64)(Selected.label)
 
 _KNOWN_TYPES = frozenset(TransformType)
 
@@ -286,7 +299,14 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
         remember(_CHOICES, key, choice)
     if choice is None:
         return None
-    return replace(choice, number=offer.number, spi=offer.spi)
+    if offer.number == 1 and not offer.spi:
+        return choice  # already this offer's number and SPI (IKE_SA_INIT)
+    # The memoised choice is a shape; this answer is it with the offer's own number and SPI
+    # (built directly: dataclasses.replace costs twice as much on this path).
+    placed = Selected(choice.protocol, choice.encr, choice.key_bits, choice.prf, choice.ke, choice.esn,
+                      choice.addke, offer.number, offer.spi)
+    object.__setattr__(placed, "_shape", choice)
+    return placed
 
 
 _CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
@@ -327,8 +347,6 @@ def _choose(ours: ProposalSpec, offer: Proposal) -> Selected | None:
         ke=chosen.get(TransformType.KE, KeId.NONE),
         esn=chosen.get(TransformType.ESN, EsnId.NO_ESN) == EsnId.ESN,
         addke=addke,
-        number=offer.number,
-        spi=offer.spi,
     )
 
 

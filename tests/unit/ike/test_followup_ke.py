@@ -24,7 +24,7 @@ RESPONSE_FLAG = 0x20
 
 def followups(sa):
     """The responder's pending follow-up state of an IKE SA, by link data."""
-    return sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].pending
+    return sa.tasks.responder(ExchangeType.IKE_FOLLOWUP_KE).pending
 
 def hybrid_pair(net: Network, *, b_ike: str | None = None, b_esp: str = HYBRID_ESP):
     a, b, a_cfg, b_cfg = pair(net, a_child=child_config(A, B, esp=f"{HYBRID_ESP},{CLASSIC_ESP}"),
@@ -223,7 +223,7 @@ def test_unknown_link_is_answered_with_state_not_found():
                       [KePayload(35, b"\x00" * 1184),
                        NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, data=b"no such link")])
     with pytest.raises(IkeError) as refused:
-        sa.tasks.responders[ExchangeType.IKE_FOLLOWUP_KE].respond(sa, request, b"", net.now)
+        sa.tasks.responder(ExchangeType.IKE_FOLLOWUP_KE).respond(sa, request, b"", net.now)
     assert refused.value.notify == NotifyType.STATE_NOT_FOUND
 
 

@@ -2,7 +2,7 @@
 
 Both roles implement the contract of `task.py`: an exchange we initiate is a `Task`
 queued on the IKE SA; one the peer initiates is answered by that SA's `Responder` for
-the exchange type (`responders()` makes the set for each new IKE SA).
+the exchange type (`new_responder` makes one when the SA first needs that kind).
 
 The exchange modules never import each other: what one needs of another (IKE_AUTH
 after IKE_SA_INIT, a delete after a rekey) goes through this module, which the IKE SA
@@ -71,14 +71,13 @@ RESPONDERS: tuple[type[Responder], ...] = (
 )
 
 
-def responders() -> dict[int, Responder]:
-    """One responder of each kind for a new IKE SA, by the exchange types it answers."""
-    table: dict[int, Responder] = {}
-    for cls in RESPONDERS:
-        responder = cls()
-        for exchange in cls.exchanges:
-            table[exchange] = responder
-    return table
+_RESPONDER_OF: dict[int, type[Responder]] = {exchange: cls for cls in RESPONDERS for exchange in cls.exchanges}
+
+
+def new_responder(exchange: int) -> Responder | None:
+    """A fresh responder of the kind that answers `exchange` (for one IKE SA), None if no kind does."""
+    cls = _RESPONDER_OF.get(exchange)
+    return cls() if cls is not None else None
 
 
 def on_timers(sa: IkeSa, now: float) -> None:

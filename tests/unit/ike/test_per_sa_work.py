@@ -1,0 +1,130 @@
+"""What the hot path builds per IKE SA and per message, and that doing less changed nothing.
+
+The responder's CPU per IKE SA is measured against charon (docs/benchmarks.md); these
+tests pin the shortcuts taken for it: responders made when a kind of exchange first
+arrives, one Prf object per PRF, a header parsed once, selections sharing one shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ipsec_mesh.ike import ExchangeType, NotifyType
+from ipsec_mesh.ike import message as codec
+from ipsec_mesh.ike.constants import EsnId, PrfId, ProtocolId, TransformType
+from ipsec_mesh.ike.crypto import prf_for
+from ipsec_mesh.ike.errors import CryptoError
+from ipsec_mesh.ike.payloads import Message, NotifyPayload, Proposal, Transform
+from ipsec_mesh.ike.proposals import parse_proposal, select
+from tests.support.ikesim import Network, establish, pair
+
+
+def _only_sa(node):
+    assert len(node.established) == 1
+    return node.established[0]
+
+
+def test_an_ike_sa_makes_a_responder_only_for_the_kinds_of_exchange_it_answered():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)  # the default proposals run one IKE_INTERMEDIATE
+    establish(net, a, a_cfg)
+    responder_side = _only_sa(b).tasks.responders
+    assert set(responder_side) == {ExchangeType.IKE_SA_INIT, ExchangeType.IKE_INTERMEDIATE, ExchangeType.IKE_AUTH}
+    # One object per kind: IKE_INTERMEDIATE finds what IKE_SA_INIT left on it.
+    assert responder_side[ExchangeType.IKE_SA_INIT] is responder_side[ExchangeType.IKE_INTERMEDIATE]
+    assert _only_sa(a).tasks.responders == {}  # the initiator answered nothing yet
+
+
+def test_an_unknown_exchange_type_is_refused_and_makes_no_responder():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    sa = _only_sa(b)
+    before = dict(sa.tasks.responders)
+    request = Message(sa.spi_i, sa.spi_r, 99, True, False, sa.tasks.peer_mid, [])
+    a_sa = _only_sa(a)
+    net.delivered.clear()
+    b.endpoint.receive(codec.encode(request, a_sa.protect_out), (b.address, 500), (a.address, 500), net.now)
+    reply = b.endpoint.datagrams()
+    assert len(reply) == 1
+    answer = codec.decrypt(reply[0].data, codec.decode(reply[0].data), a_sa.protect_in)
+    assert [(n.type) for n in answer.all(NotifyPayload)] == [NotifyType.INVALID_SYNTAX]
+    assert sa.tasks.responders == before
+
+
+def test_later_exchanges_get_their_responder_when_they_first_arrive():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    a.endpoint.rekey_child(next(iter(a.inbound)), net.now)
+    net.settle()
+    assert ExchangeType.CREATE_CHILD_SA in _only_sa(b).tasks.responders
+    assert len(b.inbound) == 2 or len(b.inbound) == 1  # the old one may already be gone
+    assert _only_sa(b).is_established
+
+
+def test_one_prf_object_per_prf_and_an_unsupported_one_refused_every_time():
+    assert prf_for(PrfId.HMAC_SHA2_256) is prf_for(int(PrfId.HMAC_SHA2_256))
+    assert prf_for(PrfId.HMAC_SHA2_256) is not prf_for(PrfId.HMAC_SHA2_512)
+    for _ in range(2):
+        with pytest.raises(CryptoError):
+            prf_for(2)  # HMAC-SHA1 as a PRF: MUST NOT
+        with pytest.raises(CryptoError):
+            prf_for(9999)
+
+
+def _some_message() -> bytes:
+    msg = Message(b"\x01" * 8, bytes(8), ExchangeType.IKE_SA_INIT, True, False, 0,
+                  [NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED),
+                   NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, data=b"s" * 20)])
+    return codec.encode(msg)
+
+
+def test_decoding_with_the_header_already_peeked_gives_the_same_message():
+    data = _some_message()
+    assert codec.decode(data, codec.peek_header(data)) == codec.decode(data)
+
+
+def test_a_message_in_a_bytearray_decodes_to_bytes_fields():
+    data = _some_message()
+    msg = codec.decode(bytearray(data))
+    assert msg == codec.decode(data)
+    assert all(type(n.data) is bytes for n in msg.all(NotifyPayload))
+
+
+def _esp_offer(spi: bytes, number: int = 1) -> Proposal:
+    return Proposal(number, ProtocolId.ESP, spi, (Transform(TransformType.ENCR, 20, 256),
+                                                  Transform(TransformType.ESN, EsnId.ESN)))
+
+
+def test_selections_from_the_same_offer_share_one_shape_and_keep_their_own_spi():
+    ours = [parse_proposal("aes256gcm16-esn", ProtocolId.ESP)]
+    first = select([_esp_offer(b"\x00\x00\x01\x00")], ours)
+    second = select([_esp_offer(b"\x00\x00\x02\x00", number=1)], ours)
+    assert (first.spi, second.spi) == (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")
+    assert first.shape is second.shape
+    assert first.shape == dataclasses.replace(first, number=1, spi=b"")
+    assert first.describe() == "aes256gcm16-esn"
+    assert first.to_payload(b"\x00\x00\x09\x00").transforms == first.transforms()
+
+
+def test_a_selection_changed_by_replace_does_not_keep_the_old_shape():
+    ours = [parse_proposal("aes256gcm16-esn", ProtocolId.ESP)]
+    placed = select([_esp_offer(b"\x00\x00\x01\x00")], ours)
+    changed = dataclasses.replace(placed, key_bits=128)
+    assert changed.shape.key_bits == 128
+    assert changed.describe() == "aes128gcm16-esn"
+    assert changed.to_payload(b"\x00\x00\x01\x00").transforms[0].key_length == 128
+
+
+def test_the_header_packed_in_one_call_still_refuses_what_does_not_fit():
+    good = Message(b"\x01" * 8, b"\x02" * 8, ExchangeType.IKE_AUTH, True, True, 7, [])
+    header = codec.header_for(good, 46, 28)
+    assert codec.peek_header(header) == codec.Header(b"\x01" * 8, b"\x02" * 8, 46, 0x20, ExchangeType.IKE_AUTH,
+                                                     0x28, 7, 28)
+    for bad in (dataclasses.replace(good, spi_r=b"\x02" * 7), dataclasses.replace(good, message_id=1 << 32),
+                dataclasses.replace(good, exchange=256)):
+        with pytest.raises(ValueError):
+            codec.header_for(bad, 46, 28)
