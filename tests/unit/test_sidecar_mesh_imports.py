@@ -28,12 +28,12 @@ import ipsec_mesh.agent.mesh_mode, ipsec_mesh.agent.xfrm_dataplane
 print(json.dumps(sorted(sys.modules)))
 """
 
-# Never needed by mesh mode: YAML (the `run` configuration and optional settings files),
+# Never needed by mesh mode: pyroute2 (the XFRM layer frames netlink itself since issue 14: xfrm/netlink.py), YAML (the `run` configuration and optional settings files),
 # libnftables (loaded when a Service needs translating), and pyroute2's namespace and process
 # helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
 # difflib (wording of configuration errors only), argparse (the injected command line has no options),
 # pathlib (file paths of the `run` configuration; mesh mode reads its few files with open()).
-NOT_IN_MESH_MODE = ("yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
+NOT_IN_MESH_MODE = ("pyroute2", "yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
                     "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
                     "difflib", "argparse", "gettext", "pathlib", "fnmatch")
 # Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after;
@@ -59,3 +59,33 @@ def test_mesh_mode_startup_imports_nothing_it_does_not_need():
     unneeded = sorted(m for m in modules if m.split(".")[0] in NOT_IN_MESH_MODE or m in NOT_IN_MESH_MODE)
     assert unneeded == []
     assert len(modules) <= MAX_MODULES, len(modules)
+
+
+# Every module of the sidecar package (mesh mode, `run` mode, svcnat, the CLI) imported with pyroute2
+# made unimportable: the sidecar must not need it anywhere, only the tests and the operator do.
+NO_PYROUTE2 = """
+import importlib, json, pkgutil, sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pyroute2":
+            raise ImportError("pyroute2 refused: " + name)
+        return None
+
+sys.meta_path.insert(0, Refuse())
+import ipsec_mesh
+names = [m.name for m in pkgutil.walk_packages(ipsec_mesh.__path__, "ipsec_mesh.")]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps(names))
+"""
+
+
+def test_no_sidecar_module_needs_pyroute2():
+    path = [str(SIDECAR), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    result = subprocess.run([sys.executable, "-S", "-c", NO_PYROUTE2], capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    names = json.loads(result.stdout)
+    assert {"ipsec_mesh.agent.runtime", "ipsec_mesh.agent.mesh_mode", "ipsec_mesh.svcnat.routes",
+            "ipsec_mesh.xfrm.api"} <= set(names)
