@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from ipsec_mesh.xfrm import XfrmParseError, codec, structs
+from ipsec_mesh.xfrm import XfrmParseError, XfrmSpecError, codec, structs
 from ipsec_mesh.xfrm.channel import Reply, error_of
 from ipsec_mesh.xfrm.constants import NLM_F_ACK_TLVS, NLMSG_ERROR, MsgType
 from ipsec_mesh.xfrm.netlink import (
@@ -185,3 +185,11 @@ def test_nested_attributes_are_parsed_and_bounded():
 def test_malformed_attribute_chains_raise_the_typed_error(data):
     with pytest.raises(XfrmParseError):
         parse_attrs(data, 0, len(data), "t", nested={8})
+
+
+@pytest.mark.parametrize("values", [{"id_spi": 1 << 32}, {"id_spi": -1}, {"sel_dport": 1 << 16}, {"family": "x"}])
+def test_values_outside_their_kernel_field_are_a_spec_error(values):
+    with pytest.raises(XfrmSpecError):
+        structs.UserSaInfoMsg(values).body()
+    with pytest.raises(XfrmSpecError):
+        pack_attr(1, bytes(0x10000))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection, Iterator
 
-from .errors import XfrmParseError
+from .errors import XfrmParseError, XfrmSpecError
 
 NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 NLA_HEADER = struct.Struct("=HH")
@@ -42,7 +42,7 @@ def pack_attr(kind: int, payload: bytes) -> bytes:
     """One attribute, padded so the next one starts aligned."""
     length = NLA_HDRLEN + len(payload)
     if length > 0xFFFF:
-        raise XfrmParseError("encode", f"attribute type {kind} of {len(payload)} bytes does not fit nla_len")
+        raise XfrmSpecError("encode", f"attribute type {kind} of {len(payload)} bytes does not fit nla_len")
     return NLA_HEADER.pack(length, kind) + payload + bytes(-length % 4)
 
 

@@ -190,8 +190,8 @@ STRUCT_SIZES = {
 }
 
 
-def _swap16(value: int) -> int:
-    return ((value & 0xFF) << 8) | (value >> 8)
+def _swap16(value: int) -> int:  # to_bytes: a value outside 0..65535 raises instead of wrapping
+    return int.from_bytes(value.to_bytes(2, "big"), "little")
 
 
 def _swap32(value: int) -> int:
@@ -227,11 +227,11 @@ class CompiledLayout:
     def pack(self, values: Mapping[str, Any]) -> bytes:
         """The struct with `values` by field name; a missing field is zero."""
         packed = []
-        for name, swap, default in zip(self.names, self.swaps, self.defaults, strict=True):
-            value: Any = values.get(name)
-            value = default if value is None else value
-            packed.append(swap(value) if swap else value)
         try:
+            for name, swap, default in zip(self.names, self.swaps, self.defaults, strict=True):
+                value: Any = values.get(name)
+                value = default if value is None else value
+                packed.append(swap(value) if swap else value)
             return self.struct.pack(*packed)
         except (struct.error, OverflowError, TypeError) as exc:  # a value outside its kernel field
             raise XfrmSpecError("encode", f"field out of range: {exc}") from None
