@@ -106,4 +106,27 @@ def decode(message_class: type[structs.Message], data: bytes) -> nlmsg_base:
     return decoded(reference_class(message_class), data)
 
 
-__all__ = ["CLASSES", "UserTmpl", "decode", "decoded", "encode", "ifinfmsg", "nlmsgerr", "reference_class", "rtmsg"]
+def known_attrs(message: nlmsg_base) -> dict:
+    """The attributes structs.ATTRS knows, as structs.Message.get_attr gives them (structs without their
+    variable tail: keys and replay bitmaps are never copied out by ours)."""
+    values = {}
+    for name, attr in structs.ATTRS.items():
+        value = message.get_attr(name)
+        if isinstance(value, dict):
+            value = {field: value[field] for field in attr.layout.names}
+        if value is not None:
+            values[name] = value
+    return values
+
+
+def assert_decoded_alike(message_class: type[structs.Message], data: bytes) -> structs.Message:
+    """`data` (one whole message) decoded by ours and by pyroute2 to the same fields and attributes."""
+    ours, theirs = message_class.parse(data, "reference"), decode(message_class, data)
+    assert dict(ours) == {name: theirs[name] for name in ours}, message_class.__name__
+    mine = {name: ours.get_attr(name) for name in structs.ATTRS if ours.get_attr(name) is not None}
+    assert mine == known_attrs(theirs), message_class.__name__
+    return ours
+
+
+__all__ = ["CLASSES", "UserTmpl", "assert_decoded_alike", "decode", "decoded", "encode", "ifinfmsg", "known_attrs",
+           "nlmsgerr", "reference_class", "rtmsg"]
