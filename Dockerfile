@@ -1,6 +1,6 @@
 # Two images from one file (no `# syntax=` line: BuildKit would pull a frontend image, which
 # fails offline; the default frontend reads this file):
-#   --target sidecar   the injected sidecar: cryptography, pyyaml, pyroute2 and ipsec_mesh only
+#   --target sidecar   the injected sidecar: cryptography, pyyaml and ipsec_mesh only
 #   (default) operator the kopf operator (runs as 65532), with kopf, kubernetes and aiohttp
 # Build with the OCI labels filled in:
 #   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t ipsec-mesh .

@@ -53,7 +53,7 @@ from ipsec_mesh.svcnat.routes import (  # noqa: E402
     derive,
 )
 from ipsec_mesh_operator.netns import add_netns, delete_netns, ip, unique_name  # noqa: E402
-from tests.support.route_reference import pyroute2_route_message, reference_derive  # noqa: E402
+from tests.support.route_reference import pyroute2_body, pyroute2_route_message, reference_derive  # noqa: E402
 
 DEVICE = "svcrt0"
 GATEWAYS = {4: ipaddress.ip_address("10.98.0.2"), 6: ipaddress.ip_address("fd98::2")}
@@ -145,7 +145,7 @@ def pyroute2_round(count: int) -> dict[str, float]:
             channel = table._open()
 
             def send(msg_type: int, flags: int) -> None:
-                requests = [(pyroute2_route_message(route), msg_type, flags) for route in routes]
+                requests = [(pyroute2_body(pyroute2_route_message(route), msg_type), msg_type, flags) for route in routes]
                 errors = channel.batch(requests, "bench")
                 assert not any(errors), [e for e in errors if e][:3]
 

@@ -33,6 +33,7 @@ from ipsec_mesh.xfrm import (
 from ipsec_mesh.xfrm.channel import Reply, error_of, split_messages
 from ipsec_mesh.xfrm.constants import MsgType
 from ipsec_mesh.xfrm.events import Acquire, Expire, Mapping, PolExpire, decode_event
+from ipsec_mesh.xfrm.netlink import pack_message
 from ipsec_mesh.xfrm.ownership import LARVAL_REQID, POLICY_TAG, REQID_BASE
 from tests.unit import xfrm_layouts as L
 
@@ -41,9 +42,7 @@ REQID = owned_reqid(7)
 
 
 def encoded(message, msg_type: int, flags: int = 0, seq: int = 0) -> bytes:
-    message["header"] = {"type": msg_type, "flags": flags, "sequence_number": seq, "pid": 0}
-    message.encode()
-    return bytes(message.data)
+    return pack_message(msg_type, flags, seq, message.body())
 
 
 def test_struct_sizes_match_the_uapi_header():

@@ -1,13 +1,14 @@
 """Policy requests packed by `xfrm.packed` equal pyroute2's encoding, byte for byte (no kernel).
 
 The reference below builds the same request the way the XFRM layer did before
-packed.py existed: pyroute2 message classes (structs.py) filled field by field and
-encoded by pyroute2, NLA chain included.
+packed.py existed: pyroute2 message classes (tests/support/xfrm_reference.py) filled
+field by field and encoded by pyroute2, NLA chain included.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -31,17 +32,14 @@ from ipsec_mesh.xfrm import (
 )
 from ipsec_mesh.xfrm.constants import MsgType
 from ipsec_mesh.xfrm.model import family_of
+from ipsec_mesh.xfrm.netlink import pack_message
 from ipsec_mesh.xfrm.ownership import POLICY_TAG
-
-
-def pyroute2_encoded(message, msg_type: int) -> bytes:
-    message["header"] = {"type": msg_type, "flags": 0, "sequence_number": 0, "pid": 0}
-    message.encode()
-    return bytes(message.data)
+from tests.support import xfrm_reference as reference
+from tests.support.xfrm_reference import UserTmpl
 
 
 def reference_template(template: Template, family: int) -> bytes:
-    element = codec.blank(structs.UserTmpl)
+    element = UserTmpl()
     element["id_daddr"] = codec.pack_address(template.dst)
     element["id_spi"] = template.spi
     element["id_proto"] = template.proto
@@ -60,7 +58,7 @@ def mark_attrs(mark: Mark | None) -> list:
 
 
 def reference_policy(spec: PolicySpec, msg_type: int) -> bytes:
-    message = codec.blank(structs.UserPolicyInfoMsg)
+    message = {}
     codec.put_selector(message, "sel_", spec.selector, user=POLICY_TAG)
     codec.put_lifetime(message, "lft_", spec.lifetime)
     message["priority"] = spec.priority
@@ -73,21 +71,21 @@ def reference_policy(spec: PolicySpec, msg_type: int) -> bytes:
         family = spec.selector.family
         attrs.append(("XFRMA_TMPL", b"".join(reference_template(t, family) for t in spec.templates)))
     message["attrs"] = attrs + mark_attrs(spec.mark)
-    return pyroute2_encoded(message, msg_type)
+    return reference.encode(structs.UserPolicyInfoMsg, message, msg_type)
 
 
 def reference_policy_id(selector, direction, mark, index) -> bytes:
-    message = codec.blank(structs.UserPolicyIdMsg)
+    message = {}
     if selector is not None:
         codec.put_selector(message, "sel_", selector, user=POLICY_TAG)
     message["index"] = index
     message["dir"] = direction
     message["attrs"] = mark_attrs(mark)
-    return pyroute2_encoded(message, MsgType.DELPOLICY)
+    return reference.encode(structs.UserPolicyIdMsg, message, MsgType.DELPOLICY)
 
 
 def with_header(msg_type: int, body: bytes) -> bytes:
-    return codec.struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
+    return pack_message(msg_type, 0, 0, body)
 
 
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -152,7 +150,7 @@ def test_the_usual_peer_policy_is_one_nla_after_the_fixed_part():
                       templates=(Template(owned_reqid(1)),))
     body = packed.policy_body(spec)
     assert len(body) == structs.STRUCT_SIZES["xfrm_userpolicy_info"] + 4 + structs.STRUCT_SIZES["xfrm_user_tmpl"]
-    assert codec.struct.unpack_from("=HH", body, 168) == (68, 5)  # XFRMA_TMPL
+    assert struct.unpack_from("=HH", body, 168) == (68, 5)  # XFRMA_TMPL
 
 
 @pytest.mark.parametrize("bad", [

@@ -26,6 +26,7 @@ from ipsec_mesh.xfrm import (  # noqa: E402
     Expire,
     Group,
     Lifetime,
+    Mark,
     PolicySpec,
     SaSpec,
     Selector,
@@ -33,11 +34,16 @@ from ipsec_mesh.xfrm import (  # noqa: E402
     UdpEncap,
     Xfrm,
     XfrmError,
+    codec,
     neighbor_discovery_bypass,
     owned_reqid,
     peer_priority,
+    structs,
 )
+from ipsec_mesh.xfrm.channel import NetlinkChannel  # noqa: E402
+from ipsec_mesh.xfrm.constants import MsgType  # noqa: E402
 from ipsec_mesh_operator.netns import socket_in  # noqa: E402
+from tests.support import xfrm_reference as reference  # noqa: E402
 from tests.support.netns import A4, A6, B4, B6, NetnsPair, make_pair, missing_prerequisite  # noqa: E402
 
 pytestmark = [
@@ -277,3 +283,42 @@ def test_allocated_spi_is_completed_by_update_sa(esp_peers):
     assert ping(esp_peers.pair.a, B4).returncode == 0
     result = esp_peers.a.flush_owned()
     assert (result.policies, result.sas) == (2, 2)
+
+
+def test_real_sa_dumps_and_expires_decode_as_pyroute2_decodes_them(esp_peers):
+    """Full SAs exist only here (the host kernel has no ESP): the kernel's SA dump (keys included)
+    and an EXPIRE decoded by the XFRM layer's own codec and by pyroute2 (tests/support/xfrm_reference.py)
+    to the same fields, attributes and model; ours never keeps the key."""
+    reqid = owned_reqid(16)
+    events = NetlinkChannel(esp_peers.pair.a, groups=[Group.EXPIRE])
+    try:
+        install_sas(esp_peers, A4, B4, Generation(0x7001, 0x7002), reqid, lifetime=Lifetime(soft_packets=2))
+        install_policies(esp_peers, A4, B4, reqid)
+        unused = (  # the attributes the layer sends (but TFC padding: tunnel mode only), on SAs no policy uses
+            SaSpec(B6, A6, 0x7101, reqid, Aead(CHACHA, os.urandom(36)), esn=True, replay_window=256,
+                   mark=Mark(3, 0xFF), output_mark=Mark(5, 0xFF)),
+            SaSpec(B4, A4, 0x7102, reqid, Aead(GCM, os.urandom(36)), replay_window=32, encap=UdpEncap(4500, 4501)),
+        )
+        for spec in unused:
+            esp_peers.a.add_sa(spec)
+        assert ping(esp_peers.pair.a, B4, count=4).returncode == 0
+        channel = NetlinkChannel(esp_peers.pair.a)
+        try:
+            replies = channel.dump(codec.dump_request(structs.UserSaInfoMsg), MsgType.GETSA, "vm")
+        finally:
+            channel.close()
+        assert events.wait_readable(5.0)
+        expires = [r for r in events.read_pending()[0] if r.msg_type == MsgType.EXPIRE]
+    finally:
+        events.close()
+    assert len(replies) == 4 and expires
+    for reply in replies:
+        ours = reference.assert_decoded_alike(structs.UserSaInfoMsg, reply.data)
+        theirs = reference.decode(structs.UserSaInfoMsg, reply.data)
+        assert codec.sa_from(ours) == codec.sa_from(theirs) and not codec.sa_from(ours).larval
+        assert theirs.get_attr("XFRMA_ALG_AEAD")["alg_key"] and "alg_key" not in ours.get_attr("XFRMA_ALG_AEAD")
+    decoded = {codec.sa_from(reference.assert_decoded_alike(structs.UserSaInfoMsg, r.data)).spi: r for r in replies}
+    assert set(decoded) == {0x7002, 0x7001, 0x7101, 0x7102}
+    for reply in expires:
+        ours = reference.assert_decoded_alike(structs.UserExpireMsg, reply.data)
+        assert codec.sa_from(ours) == codec.sa_from(reference.decode(structs.UserExpireMsg, reply.data))

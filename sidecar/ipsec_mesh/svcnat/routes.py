@@ -26,10 +26,10 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE, nlmsg
-
 from ..xfrm import XfrmError
 from ..xfrm.channel import NetlinkChannel
+from ..xfrm.constants import NLM_F_CREATE, NLM_F_REPLACE
+from ..xfrm.netlink import parse_attrs
 
 NETLINK_ROUTE = 0
 RTM_GETLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 18, 24, 25, 26
@@ -113,12 +113,23 @@ class _KernelRoute:
         return self.proto == RT_PROTO
 
 
-class _ifinfmsg(nlmsg):
-    """struct ifinfomsg (linux/rtnetlink.h) and the one attribute we read: the device's name."""
+IFINFOMSG = struct.Struct("=BxHiII")  # struct ifinfomsg: family, pad, type, index, flags, change
+IFLA_IFNAME = 3
 
-    prefix = "IFLA_"
-    fields = (("family", "B"), ("__pad", "B"), ("ifi_type", "H"), ("index", "i"), ("flags", "I"), ("change", "I"))
-    nla_map = ((3, "IFLA_IFNAME", "asciiz"),)
+
+def _link_name(data: bytes) -> tuple[int, str]:
+    """Device index and name from one RTM_NEWLINK message of a dump."""
+    if len(data) < NLMSG_HDRLEN + IFINFOMSG.size:
+        raise RouteError("truncated link message")
+    index = IFINFOMSG.unpack_from(data, NLMSG_HDRLEN)[2]
+    try:
+        attrs = parse_attrs(data, NLMSG_HDRLEN + IFINFOMSG.size, len(data), "list links")
+    except XfrmError as exc:
+        raise RouteError(str(exc)) from None
+    name = attrs.get(IFLA_IFNAME, b"")
+    if not isinstance(name, bytes):  # IFLA_IFNAME is not a nested type
+        raise RouteError("link name attribute is nested")
+    return index, name.split(b"\0", 1)[0].decode(errors="replace") or str(index)
 
 
 def _attributes(data: bytes, offset: int, operation: str) -> dict[int, bytes]:
@@ -269,18 +280,12 @@ class ServiceRoutes:
 
     def link_names(self) -> dict[int, str]:
         """Device index -> name in the routes' namespace (not the caller's: tests drive another one)."""
-        request = _ifinfmsg()
-        request["family"] = socket.AF_UNSPEC
+        request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         try:
             replies = self._open().dump(request, RTM_GETLINK, "list links")
         except XfrmError as exc:
             raise RouteError(f"cannot list links: {exc}") from None
-        names = {}
-        for reply in replies:
-            link = _ifinfmsg(reply.data)
-            link.decode()
-            names[link["index"]] = link.get_attr("IFLA_IFNAME") or str(link["index"])
-        return names
+        return dict(_link_name(reply.data) for reply in replies)
 
     def installed(self, table: list[_KernelRoute] | None = None) -> dict[Address, Route]:
         """Our routes in the kernel, by ClusterIP."""

@@ -1,11 +1,7 @@
-"""Layer 2: the XFRM data plane (SAs, policies, kernel events) on pyroute2 messages.
+"""Layer 2: the XFRM data plane (SAs, policies, kernel events) over our own netlink codec.
 
 See docs/xfrm.md for what is installed, the ownership scheme and rekey ordering.
 """
-
-from ._pyroute2 import defer_package_init
-
-defer_package_init()  # before any pyroute2 import below: only its netlink modules load
 
 from .api import DEFAULT_EVENT_GROUPS, FlushResult, Xfrm
 from .constants import IPPROTO_ESP, Action, Direction, Group, Level, Mode

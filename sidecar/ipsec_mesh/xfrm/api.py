@@ -25,7 +25,7 @@ from .model import IPAddress, Mark, PolicyInfo, PolicySpec, SaInfo, SaSpec, Sele
 from .ownership import LARVAL_REQID, is_owned_reqid
 
 if TYPE_CHECKING:
-    from pyroute2.netlink import nlmsg
+    from .structs import Message
 
 DEFAULT_EVENT_GROUPS = (Group.ACQUIRE, Group.EXPIRE, Group.MAPPING)  # EXPIRE carries POLEXPIRE
 NOT_FOUND = (errno.ENOENT, errno.ESRCH)
@@ -193,7 +193,7 @@ class Xfrm:
             )
         return [decode_policy_reply(reply, "dump_policies") for reply in replies]
 
-    def _query_if_exists(self, message: nlmsg, msg_type: MsgType, operation: str) -> Reply | None:
+    def _query_if_exists(self, message: Message | bytes, msg_type: MsgType, operation: str) -> Reply | None:
         try:
             with self._lock:
                 return self._requests.query(message, msg_type, operation)
@@ -202,7 +202,7 @@ class Xfrm:
                 return None
             raise
 
-    def _delete(self, message: nlmsg, msg_type: MsgType, operation: str) -> bool:
+    def _delete(self, message: Message | bytes, msg_type: MsgType, operation: str) -> bool:
         try:
             with self._lock:
                 self._requests.request(message, msg_type, operation)
@@ -277,7 +277,7 @@ class Xfrm:
     def flush_owned(self) -> FlushResult:
         """Delete every policy and SA that carries our tags, and nothing else."""
         ours = [policy for policy in self.dump_policies() if policy.owned]
-        deletions = [
+        deletions: list[tuple[Message | bytes, int, int]] = [
             (packed.policy_id_body(None, p.direction, p.mark, index=p.index), MsgType.DELPOLICY, 0)
             for p in ours
         ]

@@ -3,7 +3,7 @@
 Why not pyroute2's `NetlinkSocket` transport: in pyroute2 0.9 its sync API
 drives a private asyncio loop with `run_until_complete`, which fails when
 called from a coroutine of the agent's running loop, and it keeps one socket
-per thread. We keep pyroute2's message classes (structs.py), enter namespaces
+per thread. We frame messages ourselves (netlink.py, structs.py), enter namespaces
 with netns.py, and drive one plain socket ourselves: blocking with a timeout for
 requests, non-blocking for events, so an asyncio loop can `add_reader()` it.
 
@@ -24,8 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-
-from pyroute2.netlink import nlmsg
+from typing import TYPE_CHECKING
 
 from .constants import (
     NETLINK_ADD_MEMBERSHIP,
@@ -43,14 +42,17 @@ from .constants import (
     SOL_NETLINK,
 )
 from .errors import XfrmError, XfrmParseError
+from .netlink import NLMSG_HEADER, iter_messages
 from .netns import setns
+
+if TYPE_CHECKING:
+    from .structs import Message
 
 NetnsRef = str | int | None  # name under /run/netns, a path, an open fd, or None
 RECV_BUFFER = 1 << 17  # dumps come in skbs of at most 32 KiB; room to spare
 SOCKET_BUFFER = 4 << 20  # so bursts of acks/events do not overflow
 BATCH_BYTES = 64 << 10  # requests per sendmsg: well under the 200 KiB default sndbuf
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python does not export it
-NLMSG_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 FLAGS_FIELD, FLAGS_OFFSET = struct.Struct("=H"), 6
 SEQ_FIELD, SEQ_OFFSET = struct.Struct("=I"), 8
 REPLY_TIMEOUT = 5.0  # seconds; the kernel answers in microseconds, this only bounds bugs
@@ -94,15 +96,8 @@ def socket_in_netns(netns: NetnsRef, family: int, kind: int, protocol: int = 0) 
 
 def split_messages(datagram: bytes, operation: str) -> Iterator[Reply]:
     """The netlink messages in one datagram, each length checked against the buffer."""
-    offset = 0
-    while offset < len(datagram):
-        if len(datagram) - offset < NLMSG_HDRLEN:
-            raise XfrmParseError(operation, "truncated netlink header")
-        length, msg_type, flags, seq, _pid = struct.unpack_from("IHHII", datagram, offset)
-        if length < NLMSG_HDRLEN or offset + length > len(datagram):
-            raise XfrmParseError(operation, f"netlink length {length} overruns the datagram")
-        yield Reply(msg_type, flags, seq, bytes(datagram[offset : offset + length]))
-        offset += (length + 3) & ~3
+    for msg_type, flags, seq, data in iter_messages(datagram, operation):
+        yield Reply(msg_type, flags, seq, data)
 
 
 def error_of(reply: Reply, operation: str) -> XfrmError | None:
@@ -174,14 +169,11 @@ class NetlinkChannel:
 
     # ------------------------------------------------------------ sending
 
-    def _stamp(self, message: nlmsg | bytes, msg_type: int, flags: int) -> tuple[int, bytes]:
-        """The whole request: `message` is a pyroute2 message or an already packed body."""
+    def _stamp(self, message: Message | bytes, msg_type: int, flags: int) -> tuple[int, bytes]:
+        """The whole request: `message` is a structs.Message or an already packed body."""
         seq = next(self._seq) & 0xFFFFFFFF
-        if isinstance(message, bytes):
-            return seq, NLMSG_HEADER.pack(NLMSG_HDRLEN + len(message), msg_type, flags, seq, 0) + message
-        message["header"] = {"type": msg_type, "flags": flags, "sequence_number": seq, "pid": 0}
-        message.encode()
-        return seq, bytes(message.data)
+        body = message if isinstance(message, bytes) else message.body()
+        return seq, NLMSG_HEADER.pack(NLMSG_HDRLEN + len(body), msg_type, flags, seq, 0) + body
 
     def _send(self, data: bytes, operation: str) -> None:
         try:
@@ -202,14 +194,14 @@ class NetlinkChannel:
 
     # ------------------------------------------------------------ request kinds
 
-    def request(self, message: nlmsg, msg_type: int, operation: str, flags: int = 0) -> None:
+    def request(self, message: Message | bytes, msg_type: int, operation: str, flags: int = 0) -> None:
         """Send one request and wait for its ack; raise XfrmError on a negative one."""
         errors = self.batch([(message, msg_type, flags)], operation)
         if errors[0] is not None:
             raise errors[0]
 
     def batch(
-        self, requests: Iterable[tuple[nlmsg | bytes, int, int]], operation: str
+        self, requests: Iterable[tuple[Message | bytes, int, int]], operation: str
     ) -> list[XfrmError | None]:
         """Send many requests, several per datagram; one result per request.
 
@@ -254,7 +246,7 @@ class NetlinkChannel:
                 if reply.seq == final_seq:
                     return results
 
-    def query(self, message: nlmsg, msg_type: int, operation: str) -> Reply:
+    def query(self, message: Message | bytes, msg_type: int, operation: str) -> Reply:
         """Send a request answered by exactly one message (GETSA, ALLOCSPI)."""
         seq, data = self._stamp(message, msg_type, NLM_F_REQUEST)
         self._send(data, operation)
@@ -266,7 +258,7 @@ class NetlinkChannel:
                     raise error_of(reply, operation) or XfrmParseError(operation, "ack, no reply")
                 return reply
 
-    def dump(self, message: nlmsg | bytes, msg_type: int, operation: str) -> list[Reply]:
+    def dump(self, message: Message | bytes, msg_type: int, operation: str) -> list[Reply]:
         """Send a dump request; collect the multipart answer up to NLMSG_DONE."""
         seq, data = self._stamp(message, msg_type, NLM_F_REQUEST | NLM_F_DUMP)
         self._send(data, operation)

@@ -1,30 +1,24 @@
-"""Model <-> kernel message conversion, on the pyroute2 classes of `structs`.
+"""Model <-> kernel message conversion, on the message classes of `structs`.
 
-Requests: `sa_message`, `sa_id_message`, ... return an unencoded pyroute2
-message; the channel stamps the header and encodes it. Policy requests, sent by
-the thousand, are packed without pyroute2 (packed.py).
-Replies: `decode_*` take the bytes of one netlink message, check every length
-against the buffer first (pyroute2's decoder trusts lengths and would read
-into the next attribute or raise struct.error), then decode.
+Requests: `sa_message`, `sa_id_message`, ... return an unencoded `structs.Message`;
+the channel stamps the header and packs its body. Policy requests, sent by the
+thousand, are packed straight to bytes (packed.py).
+Replies: `decode_message` takes the bytes of one netlink message and checks every
+length against its parent before reading (netlink.py), then `sa_from`,
+`policy_from` turn the fields into the model.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-import struct
 from typing import Any
-
-from pyroute2.netlink import nlmsg
 
 from . import structs
 from .constants import (
-    NLA_HDRLEN,
-    NLMSG_HDRLEN,
     UDP_ENCAP_ESPINUDP,
     XFRM_STATE_ESN,
     Action,
-    Attr,
     Direction,
     Level,
     Mode,
@@ -48,20 +42,6 @@ from .ownership import is_owned_policy_tag, is_owned_reqid
 
 CLASSIC_REPLAY_MAX = 32  # the u8 replay_window field's bitmap is 32 bits wide
 
-# Smallest payload the kernel may send for each attribute we decode.
-ATTR_MIN_SIZE = {
-    Attr.ENCAP: structs.STRUCT_SIZES["xfrm_encap_tmpl"],
-    Attr.POLICY_TYPE: structs.STRUCT_SIZES["xfrm_userpolicy_type"],
-    Attr.ALG_AEAD: structs.STRUCT_SIZES["xfrm_algo_aead"],
-    Attr.MARK: structs.STRUCT_SIZES["xfrm_mark"],
-    Attr.TFCPAD: 4,
-    Attr.REPLAY_ESN_VAL: structs.STRUCT_SIZES["xfrm_replay_state_esn"],
-    Attr.SA_EXTRA_FLAGS: 4,
-    Attr.SET_MARK: 4,
-    Attr.SET_MARK_MASK: 4,
-    Attr.IF_ID: 4,
-    Attr.LASTUSED: 8,
-}
 TMPL_SIZE = structs.STRUCT_SIZES["xfrm_user_tmpl"]
 ALGORITHM_ATTRS = ("XFRMA_ALG_AEAD", "XFRMA_ALG_CRYPT", "XFRMA_ALG_AUTH", "XFRMA_ALG_AUTH_TRUNC")
 
@@ -79,19 +59,10 @@ def unpack_address(raw: bytes, family: int) -> IPAddress:
     return ipaddress.IPv4Address(raw[:4])
 
 
-def blank(message_class: type[nlmsg]) -> nlmsg:
-    """A message whose byte-string fields are zero (pyroute2 has no default for them)."""
-    message = message_class()
-    for name, fmt in message_class.fields:
-        if fmt.endswith("s"):
-            message[name] = b""
-    return message
-
-
 # ---------------------------------------------------------------- encode pieces
 
 
-def put_selector(message: nlmsg, prefix: str, selector: Selector | None, user: int = 0) -> None:
+def put_selector(message: dict[str, Any], prefix: str, selector: Selector | None, user: int = 0) -> None:
     if selector is None:
         return  # stays zero: the wildcard selector of per-socket policies
     message[prefix + "daddr"] = pack_address(selector.dst.network_address)
@@ -108,7 +79,7 @@ def put_selector(message: nlmsg, prefix: str, selector: Selector | None, user: i
     message[prefix + "user"] = user
 
 
-def put_lifetime(message: nlmsg, prefix: str, lifetime: Lifetime) -> None:
+def put_lifetime(message: dict[str, Any], prefix: str, lifetime: Lifetime) -> None:
     message[prefix + "soft_byte_limit"] = lifetime.soft_bytes
     message[prefix + "hard_byte_limit"] = lifetime.hard_bytes
     message[prefix + "soft_packet_limit"] = lifetime.soft_packets
@@ -145,11 +116,11 @@ def replay_esn_attr(window: int) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------- requests
 
 
-def sa_message(spec: SaSpec, operation: str) -> nlmsg:
+def sa_message(spec: SaSpec, operation: str) -> structs.Message:
     """XFRM_MSG_NEWSA / UPDSA body: xfrm_usersa_info + attributes."""
     if spec.esn and spec.replay_window == 0:
         raise XfrmSpecError(operation, "ESN needs a replay window >= 1 (kernels before 6.10)")
-    message = blank(structs.UserSaInfoMsg)
+    message = structs.UserSaInfoMsg()
     put_selector(message, "sel_", spec.effective_selector())
     message["id_daddr"] = pack_address(spec.dst)
     message["id_spi"] = spec.spi
@@ -182,9 +153,9 @@ def sa_message(spec: SaSpec, operation: str) -> nlmsg:
     return message
 
 
-def sa_id_message(dst: IPAddress, spi: int, proto: int, mark: Mark | None = None) -> nlmsg:
+def sa_id_message(dst: IPAddress, spi: int, proto: int, mark: Mark | None = None) -> structs.Message:
     """XFRM_MSG_GETSA / DELSA body: xfrm_usersa_id."""
-    message = blank(structs.UserSaIdMsg)
+    message = structs.UserSaIdMsg()
     message["daddr"] = pack_address(dst)
     message["spi"] = spi
     message["family"] = family_of(dst)
@@ -193,11 +164,11 @@ def sa_id_message(dst: IPAddress, spi: int, proto: int, mark: Mark | None = None
     return message
 
 
-def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int, high: int) -> nlmsg:
+def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int, high: int) -> structs.Message:
     """XFRM_MSG_ALLOCSPI body: xfrm_userspi_info (a larval SA plus the SPI range)."""
     if not 0 < low <= high <= 0xFFFFFFFF:
         raise XfrmSpecError("alloc_spi", f"bad SPI range {low:#x}..{high:#x}")
-    message = blank(structs.UserSpiInfoMsg)
+    message = structs.UserSpiInfoMsg()
     message["id_daddr"] = pack_address(dst)
     message["id_proto"] = proto
     message["saddr"] = pack_address(src)
@@ -210,9 +181,9 @@ def spi_message(src: IPAddress, dst: IPAddress, proto: int, reqid: int, low: int
     return message
 
 
-def dump_request(message_class: type[nlmsg]) -> nlmsg:
+def dump_request(message_class: type[structs.Message]) -> structs.Message:
     """Dumps carry a zeroed body of the reply's struct, as the kernel expects."""
-    message = blank(message_class)
+    message = message_class()
     if "lft_soft_byte_limit" in dict(message_class.fields):
         put_lifetime(message, "lft_", Lifetime(0, 0, 0, 0))
     message["attrs"] = []
@@ -221,54 +192,27 @@ def dump_request(message_class: type[nlmsg]) -> nlmsg:
 
 def socket_policy_bytes(direction: Direction, family: int) -> bytes:
     """The xfrm_userpolicy_info for setsockopt(IP_XFRM_POLICY): allow everything."""
-    policy = blank(structs.UserPolicyInfo)
-    policy["sel_family"] = family
+    policy = {"sel_family": family, "dir": direction, "action": Action.ALLOW}
     put_lifetime(policy, "lft_", Lifetime())
-    policy["dir"] = direction
-    policy["action"] = Action.ALLOW
-    policy.encode()
-    return bytes(policy.data)
+    return structs.POLICY_INFO.pack(policy)
 
 
-# ---------------------------------------------------------------- reply checks
+# ---------------------------------------------------------------- replies
 
 
-def check_attributes(data: bytes, offset: int, operation: str) -> None:
-    """Walk the NLA chain from `offset` to the end of `data`, checking every length."""
-    while offset + NLA_HDRLEN <= len(data):
-        length, kind = struct.unpack_from("HH", data, offset)
-        if length < NLA_HDRLEN or offset + length > len(data):
-            raise XfrmParseError(operation, f"attribute type {kind} has bad length {length}")
-        kind &= 0x3FFF  # drop NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        payload = length - NLA_HDRLEN
-        if kind in ATTR_MIN_SIZE and payload < ATTR_MIN_SIZE[kind]:
-            raise XfrmParseError(operation, f"attribute {Attr(kind).name} truncated ({payload} bytes)")
-        if kind == Attr.TMPL and payload % TMPL_SIZE:
-            raise XfrmParseError(operation, f"XFRMA_TMPL of {payload} bytes is not whole templates")
-        offset += (length + 3) & ~3
-
-
-def decode_message(message_class: type[nlmsg], data: bytes, operation: str) -> nlmsg:
-    """Bounds-check one netlink message of `message_class`, then decode it."""
-    fixed = message_class.layout().struct.size
-    if len(data) < NLMSG_HDRLEN + fixed:
-        raise XfrmParseError(operation, f"{message_class.__name__} of {len(data)} bytes is truncated")
-    (length,) = struct.unpack_from("I", data, 0)
-    if length != len(data):
-        raise XfrmParseError(operation, f"netlink length {length} != {len(data)} received")
-    check_attributes(data, NLMSG_HDRLEN + ((fixed + 3) & ~3), operation)
-    message = message_class(bytes(data))
-    try:
-        message.decode()
-    except Exception as exc:  # pyroute2 raises a mix of struct.error and its own errors
-        raise XfrmParseError(operation, f"undecodable {message_class.__name__}: {exc}") from exc
+def decode_message(message_class: type[structs.Message], data: bytes, operation: str) -> structs.Message:
+    """Bounds-check one netlink message of `message_class`, then decode it (XfrmParseError if malformed)."""
+    message = message_class.parse(data, operation)
+    raw = message.get_attr("XFRMA_TMPL")
+    if raw is not None and len(raw) % TMPL_SIZE:
+        raise XfrmParseError(operation, f"XFRMA_TMPL of {len(raw)} bytes is not whole templates")
     return message
 
 
 # ---------------------------------------------------------------- decode pieces
 
 
-def get_selector(message: nlmsg, prefix: str, fallback_family: int) -> tuple[Selector, int]:
+def get_selector(message: structs.Message, prefix: str, fallback_family: int) -> tuple[Selector, int]:
     """The selector and its `user` field (our ownership tag when it is ours)."""
     family = message[prefix + "family"] or fallback_family
     if family not in (socket.AF_INET, socket.AF_INET6):
@@ -291,7 +235,7 @@ def get_selector(message: nlmsg, prefix: str, fallback_family: int) -> tuple[Sel
     return selector, message[prefix + "user"]
 
 
-def get_lifetimes(message: nlmsg, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
+def get_lifetimes(message: structs.Message, prefix: str, current_prefix: str) -> tuple[Lifetime, LifetimeCurrent]:
     lifetime = Lifetime(*(message[prefix + name] for name, _ in structs.LIFETIME_CFG))
     current = LifetimeCurrent(
         *(message[current_prefix + name] for name, _ in structs.LIFETIME_CUR)
@@ -299,17 +243,16 @@ def get_lifetimes(message: nlmsg, prefix: str, current_prefix: str) -> tuple[Lif
     return lifetime, current
 
 
-def get_mark(message: nlmsg) -> Mark | None:
+def get_mark(message: structs.Message) -> Mark | None:
     mark = message.get_attr("XFRMA_MARK")
     return None if mark is None else Mark(mark["v"], mark["m"])
 
 
-def get_templates(message: nlmsg, family: int) -> tuple[Template, ...]:
+def get_templates(message: structs.Message, family: int) -> tuple[Template, ...]:
     raw: bytes = message.get_attr("XFRMA_TMPL") or b""
     templates = []
     for offset in range(0, len(raw), TMPL_SIZE):
-        element = structs.UserTmpl(raw[offset : offset + TMPL_SIZE])
-        element.decode()
+        element = structs.TEMPLATE.unpack(raw, offset)
         mode = element["mode"]
         tunnel = mode == Mode.TUNNEL
         tmpl_family = element["family"] or family
@@ -327,7 +270,7 @@ def get_templates(message: nlmsg, family: int) -> tuple[Template, ...]:
     return tuple(templates)
 
 
-def policy_from(message: nlmsg, prefix: str = "") -> PolicyInfo:
+def policy_from(message: structs.Message, prefix: str = "") -> PolicyInfo:
     """A PolicyInfo from an xfrm_userpolicy_info (optionally nested under `prefix`)."""
     selector, user = get_selector(message, prefix + "sel_", 0)
     lifetime, current = get_lifetimes(message, prefix + "lft_", prefix + "cur_")
@@ -349,7 +292,7 @@ def policy_from(message: nlmsg, prefix: str = "") -> PolicyInfo:
     )
 
 
-def sa_from(message: nlmsg) -> SaInfo:
+def sa_from(message: structs.Message) -> SaInfo:
     """An SaInfo from an xfrm_usersa_info message. The key is never copied out."""
     family = message["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):

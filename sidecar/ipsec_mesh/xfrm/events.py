@@ -17,7 +17,7 @@ from .model import IPAddress, PolicyInfo, SaInfo, Selector, Template
 from .ownership import is_owned_reqid
 
 if TYPE_CHECKING:
-    from pyroute2.netlink import nlmsg
+    from .structs import Message
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def decode_event(msg_type: int, data: bytes) -> XfrmEvent | None:
     return None
 
 
-def _acquire(message: nlmsg) -> Acquire:
+def _acquire(message: Message) -> Acquire:
     selector, _ = get_selector(message, "sel_", 0)
     policy = policy_from(message, "pol_")
     templates = get_templates(message, selector.family)
@@ -123,7 +123,7 @@ def _acquire(message: nlmsg) -> Acquire:
     )
 
 
-def _mapping(message: nlmsg) -> Mapping:
+def _mapping(message: Message) -> Mapping:
     family = message["id_family"] or socket.AF_INET
     return Mapping(
         dst=unpack_address(message["id_daddr"], family),

@@ -1,6 +1,6 @@
-"""XFRM kernel structs as pyroute2 `nlmsg`/`nla` classes.
+"""XFRM kernel structs and messages, packed and parsed with precompiled `struct` layouts.
 
-pyroute2 packs `fields` one after another with no implicit alignment, so the C
+`fields` are packed one after another with no implicit alignment, so the C
 padding of include/uapi/linux/xfrm.h is spelled out as `x` pad fields. Nested
 structs are flattened with a name prefix (`sel_daddr`, `lft_soft_byte_limit`).
 `STRUCT_SIZES` is checked against the sizes the header implies (x86-64) by the
@@ -12,10 +12,12 @@ Byte order: ports and SPIs are big-endian (`>H`, `>I`), all else host order.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
 
-from pyroute2.netlink import nla, nlmsg, nlmsg_base, nlmsg_decoder_generic, nlmsg_encoder_generic
+from .constants import Attr
+from .errors import XfrmParseError, XfrmSpecError
+from .netlink import NLMSG_HDRLEN, align, header, iter_attrs, pack_attr
 
 Fields = tuple[tuple[str, str], ...]
 
@@ -142,7 +144,7 @@ USER_MAPPING: Fields = (
     )
 )
 USERSA_FLUSH: Fields = (("proto", "B"), ("_pad_flush", "3x"))
-MARK: Fields = (("v", "I"), ("m", "I"))  # kernel names; pyroute2 treats a "value" field specially
+MARK: Fields = (("v", "I"), ("m", "I"))  # the kernel's names
 REPLAY_ESN: Fields = (
     ("bmp_len", "I"),
     ("oseq", "I"),
@@ -188,8 +190,8 @@ STRUCT_SIZES = {
 }
 
 
-def _swap16(value: int) -> int:
-    return ((value & 0xFF) << 8) | (value >> 8)
+def _swap16(value: int) -> int:  # to_bytes: a value outside 0..65535 raises instead of wrapping
+    return int.from_bytes(value.to_bytes(2, "big"), "little")
 
 
 def _swap32(value: int) -> int:
@@ -219,150 +221,132 @@ class CompiledLayout:
             self.names.append(name)
             self.swaps.append(swap)
         self.struct = struct.Struct("=" + "".join(native))
+        self.size = self.struct.size
         self.defaults = [b"" if fmt.endswith("s") else 0 for name, fmt in fields if not fmt.endswith("x")]
 
+    def pack(self, values: Mapping[str, Any]) -> bytes:
+        """The struct with `values` by field name; a missing field is zero."""
+        packed = []
+        try:
+            for name, swap, default in zip(self.names, self.swaps, self.defaults, strict=True):
+                value: Any = values.get(name)
+                value = default if value is None else value
+                packed.append(swap(value) if swap else value)
+            return self.struct.pack(*packed)
+        except (struct.error, OverflowError, TypeError) as exc:  # a value outside its kernel field
+            raise XfrmSpecError("encode", f"field out of range: {exc}") from None
 
-if TYPE_CHECKING:  # to the type checker the mixin is what it mixes into: a dict of fields
-    _FieldDict = dict[str, Any]
-else:
-    _FieldDict = object
+    def unpack(self, data: bytes, offset: int = 0) -> dict[str, Any]:
+        """Field name -> value; the caller has checked that `size` bytes are there."""
+        values = self.struct.unpack_from(data, offset)
+        return {
+            name: swap(value) if swap else value
+            for name, swap, value in zip(self.names, self.swaps, values, strict=True)
+        }
 
 
-class CompiledFields(_FieldDict):
-    """Mixin replacing pyroute2's per-field codec for fixed-layout structs.
+class AttrCodec:
+    """How one attribute's payload is packed and read: raw bytes, an unsigned integer, or a
+    struct (followed by a variable part we send but never read back: keys, the replay bitmap)."""
 
-    pyroute2 packs field by field through its generic `get()`, about 0.5 ms
-    for an xfrm_userpolicy_info; one `Struct.pack_into` is ~50x faster, which
-    matters for thousands of peers. Header and NLA handling stay pyroute2's.
-    """
+    def __init__(self, kind: int, name: str, fmt: str | Fields, tail: str | None = None):
+        self.kind, self.name, self.tail = kind, name, tail
+        self.integer = struct.Struct("=" + fmt) if isinstance(fmt, str) and fmt != "bytes" else None
+        self.layout = CompiledLayout(fmt) if not isinstance(fmt, str) else None
+        self.min_size = (self.layout or self.integer or struct.Struct("")).size
 
-    __slots__ = ()
-    _layouts: dict[type, CompiledLayout] = {}
-    if TYPE_CHECKING:  # provided by the pyroute2 message class this is mixed into
-        fields: ClassVar[Fields]
-        align: ClassVar[int]
-        nla_map: ClassVar[tuple[tuple[int, str, str], ...]]
-        data: bytearray
+    def pack(self, value: Any) -> bytes:
+        if self.layout is not None:
+            payload = self.layout.pack(value) + ((value.get(self.tail) or b"") if self.tail else b"")
+        elif self.integer is not None:
+            try:
+                payload = self.integer.pack(value)
+            except (struct.error, OverflowError, TypeError) as exc:
+                raise XfrmSpecError("encode", f"{self.name}: {exc}") from None
+        else:
+            payload = bytes(value)
+        return pack_attr(self.kind, payload)
 
-        def __init__(self, data: bytes | None = None, offset: int = 0, length: int | None = None) -> None: ...
-        def decode(self) -> None: ...
-        def decode_nlas(self, offset: int) -> None: ...
+    def unpack(self, data: bytes, first: int, last: int, operation: str) -> Any:
+        if last - first < self.min_size:
+            raise XfrmParseError(operation, f"attribute {self.name} truncated ({last - first} bytes)")
+        if self.layout is not None:
+            return self.layout.unpack(data, first)  # the tail (key, bitmap) is never copied out
+        if self.integer is not None:
+            return self.integer.unpack_from(data, first)[0]
+        return bytes(data[first:last])
+
+
+# The XFRMA_* attributes ipsec-mesh sends or reads; others in a kernel message are skipped.
+ATTRS = {
+    codec.name: codec
+    for codec in (
+        AttrCodec(Attr.ALG_AUTH, "XFRMA_ALG_AUTH", "bytes"),
+        AttrCodec(Attr.ALG_CRYPT, "XFRMA_ALG_CRYPT", "bytes"),
+        AttrCodec(Attr.ENCAP, "XFRMA_ENCAP", ENCAP_TMPL),
+        AttrCodec(Attr.TMPL, "XFRMA_TMPL", "bytes"),  # an array of xfrm_user_tmpl (TEMPLATE)
+        AttrCodec(Attr.SEC_CTX, "XFRMA_SEC_CTX", "bytes"),
+        AttrCodec(Attr.SRCADDR, "XFRMA_SRCADDR", "bytes"),
+        AttrCodec(Attr.LASTUSED, "XFRMA_LASTUSED", "Q"),
+        AttrCodec(Attr.POLICY_TYPE, "XFRMA_POLICY_TYPE", USERPOLICY_TYPE),
+        AttrCodec(Attr.ALG_AEAD, "XFRMA_ALG_AEAD", ALGO_AEAD, tail="alg_key"),
+        AttrCodec(Attr.ALG_AUTH_TRUNC, "XFRMA_ALG_AUTH_TRUNC", "bytes"),
+        AttrCodec(Attr.MARK, "XFRMA_MARK", MARK),
+        AttrCodec(Attr.TFCPAD, "XFRMA_TFCPAD", "I"),
+        AttrCodec(Attr.REPLAY_ESN_VAL, "XFRMA_REPLAY_ESN_VAL", REPLAY_ESN, tail="bmp"),
+        AttrCodec(Attr.SA_EXTRA_FLAGS, "XFRMA_SA_EXTRA_FLAGS", "I"),
+        AttrCodec(Attr.SET_MARK, "XFRMA_SET_MARK", "I"),
+        AttrCodec(Attr.SET_MARK_MASK, "XFRMA_SET_MARK_MASK", "I"),
+        AttrCodec(Attr.IF_ID, "XFRMA_IF_ID", "I"),
+    )
+}
+ATTRS_BY_KIND = {codec.kind: codec for codec in ATTRS.values()}
+TEMPLATE = CompiledLayout(USER_TMPL)
+POLICY_INFO = CompiledLayout(USERPOLICY_INFO)
+
+
+class Message(dict[str, Any]):
+    """One XFRM message body: the fixed struct's fields by name, plus `attrs`, a list of
+    (XFRMA name, value) to send. A parsed message reads its attributes with get_attr()."""
+
+    __slots__ = ("_attrs",)
+    fields: ClassVar[Fields] = ()
+    layout: ClassVar[CompiledLayout]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.layout = CompiledLayout(cls.fields)
+
+    def __init__(self, values: Mapping[str, Any] | None = None):
+        super().__init__(values or {})
+        self._attrs: dict[str, Any] = {}
+
+    def body(self) -> bytes:
+        """The message without its netlink header (the channel stamps that)."""
+        attrs: Iterable[tuple[str, Any]] = self.get("attrs") or ()
+        fixed = self.layout.pack(self)
+        return fixed + bytes(-len(fixed) % 4) + b"".join(ATTRS[name].pack(value) for name, value in attrs)
 
     @classmethod
-    def layout(cls) -> CompiledLayout:
-        compiled = CompiledFields._layouts.get(cls)
-        if compiled is None:
-            compiled = CompiledFields._layouts[cls] = CompiledLayout(cls.fields)
-        return compiled
+    def parse(cls, data: bytes, operation: str) -> Message:
+        """One whole netlink message (header included): every length checked, then read."""
+        header(data, operation)
+        size = cls.layout.size
+        if len(data) < NLMSG_HDRLEN + size:
+            raise XfrmParseError(operation, f"{cls.__name__} of {len(data)} bytes is truncated")
+        message = cls(cls.layout.unpack(data, NLMSG_HDRLEN))
+        for kind, first, last in iter_attrs(data, NLMSG_HDRLEN + align(size), len(data), operation):
+            codec = ATTRS_BY_KIND.get(kind & 0x3FFF)
+            if codec is not None and codec.name not in message._attrs:
+                message._attrs[codec.name] = codec.unpack(data, first, last, operation)
+        return message
 
-    def __getitem__(self, key: str) -> Any:
-        try:  # decoded fields are plain dict entries: skip pyroute2's lookup logic
-            return dict.__getitem__(self, key)
-        except KeyError:
-            return super().__getitem__(key)
-
-    def ft_encode(self, offset: int) -> tuple[int, int]:
-        layout = self.layout()
-        values: list[Any] = []
-        for name, swap, default in zip(layout.names, layout.swaps, layout.defaults, strict=True):
-            value: Any = dict.get(self, name)
-            value = default if value is None else value
-            values.append(swap(value) if swap else value)
-        self.data.extend(bytes(layout.struct.size))
-        layout.struct.pack_into(self.data, offset, *values)
-        offset += layout.struct.size
-        diff = -offset % self.align if self.align else 0
-        self.data.extend(bytes(diff))
-        return offset + diff, diff
-
-    def ft_decode(self, offset: int) -> None:
-        layout = self.layout()
-        values = layout.struct.unpack_from(self.data, offset)
-        for name, swap, value in zip(layout.names, layout.swaps, values, strict=True):
-            dict.__setitem__(self, name, swap(value) if swap else value)
-        if self.nla_map:
-            self.decode_nlas((offset + layout.struct.size + 3) & ~3)
-        else:
-            dict.pop(self, "attrs", None)
+    def get_attr(self, name: str, default: Any = None) -> Any:
+        return self._attrs.get(name, default)
 
 
-class XfrmStruct(CompiledFields, nlmsg_base, nlmsg_encoder_generic, nlmsg_decoder_generic):
-    """A bare struct (no netlink header): an element of XFRMA_TMPL, or the
-    xfrm_userpolicy_info passed to setsockopt(IP_XFRM_POLICY)."""
-
-    __slots__ = ()
-    align = 0
-
-
-class UserTmpl(XfrmStruct):
-    __slots__ = ()
-    fields = USER_TMPL
-
-
-class UserPolicyInfo(XfrmStruct):
-    __slots__ = ()
-    fields = USERPOLICY_INFO
-
-
-class xfrm_attrs:
-    """Mixin: the XFRMA_* attribute map shared by every XFRM message."""
-
-    __slots__ = ()
-    nla_map = (
-        (1, "XFRMA_ALG_AUTH", "cdata"),
-        (2, "XFRMA_ALG_CRYPT", "cdata"),
-        (4, "XFRMA_ENCAP", "xfrm_encap_tmpl"),
-        (5, "XFRMA_TMPL", "cdata"),  # an array of xfrm_user_tmpl, decoded by UserTmpl
-        (8, "XFRMA_SEC_CTX", "cdata"),
-        (13, "XFRMA_SRCADDR", "cdata"),
-        (15, "XFRMA_LASTUSED", "uint64"),
-        (16, "XFRMA_POLICY_TYPE", "xfrm_userpolicy_type"),
-        (18, "XFRMA_ALG_AEAD", "xfrm_algo_aead"),
-        (20, "XFRMA_ALG_AUTH_TRUNC", "cdata"),
-        (21, "XFRMA_MARK", "xfrm_mark"),
-        (22, "XFRMA_TFCPAD", "uint32"),
-        (23, "XFRMA_REPLAY_ESN_VAL", "xfrm_replay_state_esn"),
-        (24, "XFRMA_SA_EXTRA_FLAGS", "uint32"),
-        (29, "XFRMA_SET_MARK", "uint32"),
-        (30, "XFRMA_SET_MARK_MASK", "uint32"),
-        (31, "XFRMA_IF_ID", "uint32"),
-    )
-
-    class xfrm_encap_tmpl(nla):
-        __slots__ = ()
-        fields = ENCAP_TMPL
-
-    class xfrm_userpolicy_type(nla):
-        __slots__ = ()
-        fields = USERPOLICY_TYPE
-
-    class xfrm_mark(nla):
-        __slots__ = ()
-        fields = MARK
-
-    class xfrm_replay_state_esn(nla):
-        """Followed by bmp_len 32-bit words of bitmap (zero when we send it)."""
-
-        __slots__ = ()
-        fields = REPLAY_ESN + (("bmp", "s"),)
-
-        def decode(self) -> None:
-            nla.decode(self)
-            self.pop("bmp", None)  # the bitmap is kernel bookkeeping we never read
-
-    class xfrm_algo_aead(nla):
-        """Followed by the key; on decode the key is dropped, never kept."""
-
-        __slots__ = ()
-        fields = ALGO_AEAD + (("alg_key", "s"),)
-
-        def decode(self) -> None:
-            nla.decode(self)
-            self.pop("alg_key", None)
-
-
-def _message(name: str, fields: Fields) -> type[nlmsg]:
-    return type(name, (CompiledFields, xfrm_attrs, nlmsg), {"__slots__": (), "fields": fields})
+def _message(name: str, fields: Fields) -> type[Message]:
+    return type(name, (Message,), {"__slots__": (), "fields": fields})
 
 
 UserSaInfoMsg = _message("UserSaInfoMsg", USERSA_INFO)  # NEWSA, UPDSA, dump replies

@@ -1,0 +1,80 @@
+"""Benchmark: what mesh mode's start-up imports cost in private memory, data plane `none` and `xfrm`,
+for one or more checkouts side by side (the "What stands in the way of 16 MB" table of
+docs/benchmarks.md, measured the same way: groups imported in a fresh interpreter, RssAnon read after each).
+
+Each round runs every checkout once, alternating, in a fresh interpreter without `site` (no editable-install
+finder, as in the image) with the checkout's `sidecar/` first on the path and this interpreter's
+site-packages after it. Groups, in order: the interpreter; mesh mode's start-up imports except the XFRM
+data plane (what data plane `none` loads); then `ipsec_mesh.agent.xfrm_dataplane` (the XFRM layer, the
+Service translation and, before issue 14's own netlink codec, pyroute2's netlink modules). Medians of
+`--rounds`.
+
+    .venv/bin/python bench/bench_xfrm_import_memory.py --source /tmp/before --source . [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+PROBE = """
+import json, sys
+
+def anon():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+
+rows = [("interpreter", len(sys.modules), anon())]
+import ipsec_mesh.agent.cli
+ipsec_mesh.agent.cli.mesh_main = lambda settings, dataplane: 0
+ipsec_mesh.agent.cli.main(["mesh"])
+import ipsec_mesh.agent.mesh_settings, ipsec_mesh.agent.bootstrap, ipsec_mesh.meshapi.client, ipsec_mesh.agent.mesh_mode
+rows.append(("start-up, data plane none", len(sys.modules), anon()))
+import ipsec_mesh.agent.xfrm_dataplane
+rows.append(("+ data plane xfrm", len(sys.modules), anon()))
+rows.append(("pyroute2 modules", sum(m.split(".")[0] == "pyroute2" for m in sys.modules), 0))
+print(json.dumps(rows))
+"""
+
+
+def measure(source: Path) -> list[tuple[str, int, int]]:
+    path = [str(source / "sidecar"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    result = subprocess.run([sys.executable, "-S", "-c", PROBE], capture_output=True, text=True, timeout=120,
+                            check=True, env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin"})
+    return [tuple(row) for row in json.loads(result.stdout)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", action="append", type=Path, help="checkout to measure (repeat to compare)")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    sources = args.source or [Path(__file__).resolve().parent.parent]
+    runs: dict[Path, list[list[tuple[str, int, int]]]] = {source: [] for source in sources}
+    for _ in range(args.rounds):
+        for source in sources:
+            runs[source].append(measure(source))
+    print(f"python {sys.version.split()[0]}; {args.rounds} rounds, medians; RssAnon in MB (10^6 bytes)")
+    for source, rounds in runs.items():
+        print(f"{source}:")
+        for index, (name, modules, _) in enumerate(rounds[0]):
+            kib = statistics.median(r[index][2] for r in rounds)
+            spread = [r[index][2] * 1024 / 1e6 for r in rounds]
+            print(f"  {name:28} modules {modules:4d}  RssAnon {kib * 1024 / 1e6:6.2f} MB"
+                  f"  (min {min(spread):.2f}, max {max(spread):.2f})")
+        none = statistics.median(r[1][2] for r in rounds)
+        xfrm = statistics.median(r[2][2] for r in rounds)
+        print(f"  xfrm over none: {(xfrm - none) * 1024 / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
