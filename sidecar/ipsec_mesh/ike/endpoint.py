@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import exchanges, inactivity, liveness
 from . import message as codec
-from .child import ChildSa, ChildState, sends
+from .child import ChildSa, ChildState, handover_evidence, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
 from .constants import ExchangeType, NotifyType
 from .cookies import CookieJar
@@ -68,6 +68,8 @@ class IkeEndpoint:
         self._half_open: HalfOpenCount[bytes] = HalfOpenCount()
         self._timers: TimerQueue[bytes] = TimerQueue()
         self._child_spis: set[int] = set()
+        #: peers with whom SAs an earlier instance of ours left in the kernel still carry traffic
+        self._kept_kernel_sas: set[str] = set()
         self._outbox: list[Datagram] = []
         self._events: list[Event] = []
         self.counters: Counter[str] = Counter()
@@ -158,6 +160,19 @@ class IkeEndpoint:
                 self._touch(other)
         return replaced
 
+    def kernel_sas_kept(self, remote: str) -> None:
+        """SAs an earlier instance of ours left in the kernel (a restart) still carry traffic
+        with `remote`, whichever side initiates their replacement."""
+        self._kept_kernel_sas.add(remote)
+
+    def replaces_kernel_sas(self, sa: IkeSa) -> bool:
+        """Whether `sa`'s CHILD_SA replaces such kept SAs: none with that peer sends yet
+        (once one does, the data plane has retired them)."""
+        peer = sa.remote[0]
+        return peer in self._kept_kernel_sas and not any(
+            sends(child) for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer
+            for child in other.children.values())
+
     # -- Inputs --------------------------------------------------------------------------
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
                  child: ChildConfig | None = None, *, replaces_kernel_sas: bool = False) -> IkeSa:
@@ -168,6 +183,8 @@ class IkeEndpoint:
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
         sa.confirm_install = replaces_kernel_sas
+        if replaces_kernel_sas:
+            self._kept_kernel_sas.add(remote[0])
         self._register(sa)
         for task in exchanges.initiate(child):
             sa.queue(task, now)
@@ -383,8 +400,12 @@ class IkeEndpoint:
         Returns alive (it grew: the peer counts as heard from now), silent or unknown-sa
         (liveness.py).
         """
-        return self._kernel_answer(inbound_spi,
-                                   lambda sa, child: liveness.report(sa, child, inbound_bytes, now))
+        return self._kernel_answer(inbound_spi, lambda sa, child: self._inbound_answer(sa, child, inbound_bytes, now))
+
+    @staticmethod
+    def _inbound_answer(sa: IkeSa, child: ChildSa, inbound_bytes: int, now: float) -> str:
+        handover_evidence(sa, child, inbound_bytes)  # a HANDOVER CHILD_SA's query (child.handover_query)
+        return liveness.report(sa, child, inbound_bytes, now)
 
     def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
         """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).
