@@ -15,20 +15,18 @@ from types import SimpleNamespace
 
 from ipsec_mesh.agent import runtime, xfrm_dataplane
 from ipsec_mesh.agent.config import parse_agent_config
-from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
 from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.constants import ExchangeType
-from ipsec_mesh.xfrm import LifetimeCurrent, owned_reqid
+from ipsec_mesh.xfrm import LifetimeCurrent
 from tests.agent.test_xfrm_handover import NoServices
 from tests.support.loopback import wait_for
 
 PSK = base64.b64encode(b"r" * 32).decode()
 PORT = 30000 + os.getpid() % 10000
 R, P = "127.0.0.1", "127.0.0.2"  # the restarted sidecar, its surviving peer
-KEPT_IN, KEPT_OUT = 0x0A000001, 0x0B000001  # the SAs the restarted one's earlier instance left
 
 
 def document(local: str, remote: str, initiate: list[str]) -> dict:
@@ -49,27 +47,30 @@ def document(local: str, remote: str, initiate: list[str]) -> dict:
 
 
 class KernelModel:
-    """The restarted pod's kernel: its SAs in install order, their packet counters, and
-    every install/delete in order with the outbound SA the policy uses after it."""
+    """The restarted pod's kernel, shared by the earlier and the new instance: SAs in install
+    order, their packet counters, and every install/delete in order with the outbound SA the
+    policy uses after it (the newest one to the peer, as the kernel picks among SAs of one
+    template)."""
 
-    def __init__(self):
-        ip = ipaddress.ip_address
-        self.sas: dict[int, object] = {
-            KEPT_IN: SimpleNamespace(src=ip(P), dst=ip(R), spi=KEPT_IN, proto=50, owned=True, larval=False,
-                                     reqid=owned_reqid(1)),
-            KEPT_OUT: SimpleNamespace(src=ip(R), dst=ip(P), spi=KEPT_OUT, proto=50, owned=True, larval=False,
-                                      reqid=owned_reqid(1))}
-        self.packets = dict.fromkeys(self.sas, 0)
-        #: (add | delete, in | out, kept | new, the SA the kernel sends on afterwards)
-        self.steps: list[tuple[str, str, str, int | None]] = []
+    def __init__(self, remote: str):
+        self.remote = remote
+        self.sas: dict[int, object] = {}
+        self.packets: dict[int, int] = {}
+        self.kept: set[int] = set()  # what the earlier instance left
+        #: (add | delete, in | out, kept | new, kept | new: the SA sent on afterwards)
+        self.steps: list[tuple[str, str, str, str | None]] = []
 
     def sending(self) -> int | None:
-        """The outbound SA the kernel picks: the newest one to the peer."""
-        out = [spi for spi, sa in self.sas.items() if str(sa.dst) == P]
+        out = [spi for spi, sa in self.sas.items() if str(sa.dst) == self.remote]
         return out[-1] if out else None
 
+    def restart(self) -> None:
+        self.kept, self.steps = set(self.sas), []
+
     def dump_sas(self):
-        return list(self.sas.values())
+        return [SimpleNamespace(src=ipaddress.ip_address(str(sa.src)), dst=ipaddress.ip_address(str(sa.dst)),
+                                spi=sa.spi, proto=50, owned=True, larval=False, reqid=sa.reqid)
+                for sa in self.sas.values()]
 
     def dump_policies(self):
         return []
@@ -91,8 +92,8 @@ class KernelModel:
 
     def _step(self, kind: str, sa) -> None:
         sending = self.sending()
-        self.steps.append((kind, "out" if str(sa.dst) == P else "in", "kept" if sa.spi in (KEPT_IN, KEPT_OUT) else "new",
-                           None if sending is None else ("kept" if sending == KEPT_OUT else "new")))
+        self.steps.append((kind, "out" if str(sa.dst) == self.remote else "in", "kept" if sa.spi in self.kept else "new",
+                           None if sending is None else ("kept" if sending in self.kept else "new")))
 
     def get_sa(self, dst, spi, proto):
         if spi not in self.sas:
@@ -103,39 +104,48 @@ class KernelModel:
         pass
 
 
-async def exchange_esp(kernel: KernelModel, peer: NullDataPlane, lost: dict[str, list[int]], stop: asyncio.Event):
+async def exchange_esp(kernel: KernelModel, peer: KernelModel, lost: dict[str, list[int]], stop: asyncio.Event):
     """One packet each way every 10 ms on the SA each side's kernel picks; a packet whose SPI
-    the receiver has no inbound SA for is lost."""
+    the receiver has no SA for is lost."""
     while not stop.is_set():
-        spi = kernel.sending()
-        if spi is not None and spi not in peer.inbound:
-            lost["restarted->peer"].append(spi)
-        spi = next(reversed(peer.outbound), None)
-        if spi is not None:
-            if spi in kernel.sas:
-                kernel.packets[spi] += 1
+        for sender, receiver, direction in ((kernel, peer, "restarted->peer"), (peer, kernel, "peer->restarted")):
+            spi = sender.sending()
+            if spi is None:
+                continue
+            if spi in receiver.sas:
+                receiver.packets[spi] += 1
             else:
-                lost["peer->restarted"].append(spi)
+                lost[direction].append(spi)
         await asyncio.sleep(0.01)
+
+
+def agent(local: str, remote: str, plane, initiate: list[str]) -> Agent:
+    config = parse_agent_config(document(local, remote, initiate), Path("."))
+    return Agent(config, plane, PeerSet(config.peer_map, config.ike))
 
 
 async def test_a_restarted_responder_switches_only_once_the_initiating_peer_sends_on_the_new_child(monkeypatch):
     monkeypatch.setattr(xfrm_dataplane, "Xfrm", lambda netns: SimpleNamespace(subscribe=lambda: None,
                                                                              close=lambda: None,
                                                                              fileno=lambda: None))
-    kernel = KernelModel()
-    plane = XfrmDataPlane("restart-responder-test", xfrm=kernel, services=NoServices(), rekey_grace=0.1)
-    config = parse_agent_config(document(R, P, []), Path("."))
-    restarted = Agent(config, plane, PeerSet(config.peer_map, config.ike))
-    peer_config = parse_agent_config(document(P, R, [R]), Path("."))
-    peer_plane = NullDataPlane()
-    # The peer's SAs with the earlier instance: still in its kernel, carrying traffic.
-    peer_plane.inbound[KEPT_OUT] = peer_plane.outbound[KEPT_IN] = None
-    peer = Agent(peer_config, peer_plane, PeerSet(peer_config.peer_map, peer_config.ike))
+    kernel, peer_kernel = KernelModel(P), KernelModel(R)
+
+    def plane(xfrm: KernelModel) -> XfrmDataPlane:
+        return XfrmDataPlane("restart-responder-test", xfrm=xfrm, services=NoServices(), rekey_grace=0.1)
+
+    peer = agent(P, R, plane(peer_kernel), [])
+    earlier = agent(R, P, plane(kernel), [P])
+    await peer.start()
+    await earlier.start()
+    await wait_for(lambda: len(kernel.sas) == 2 and len(peer_kernel.sas) == 2, what="the first SAs")
+    await earlier.stop(hand_over=True)  # SIGTERM: its SAs stay in the kernel; the peer keeps its IKE SA
+    kernel.restart()
+    stale = [sa.label for sa in peer.endpoint.sas.values() if sa.is_established]
 
     # The restarted side's own initiation never arrives, and its first IKE_AUTH answer is
-    # lost (the peer retransmits 1 s later): the peer initiates and installs late.
+    # lost (the peer retransmits 1 s later): the peer's initiation is the one that counts.
     dropped: list[str] = []
+    restarted = agent(R, P, plane(kernel), [])
     sendto = runtime._IkeSocket.sendto
 
     def lossy_sendto(sock, data, remote):
@@ -152,15 +162,18 @@ async def test_a_restarted_responder_switches_only_once_the_initiating_peer_send
     monkeypatch.setattr(runtime._IkeSocket, "sendto", lossy_sendto)
     lost: dict[str, list[int]] = {"restarted->peer": [], "peer->restarted": []}
     stop = asyncio.Event()
-    traffic = asyncio.create_task(exchange_esp(kernel, peer_plane, lost, stop))
+    traffic = asyncio.create_task(exchange_esp(kernel, peer_kernel, lost, stop))
     await restarted.start()
-    assert plane.status()["kept_sas"] == {P: 2}
-    await peer.start()
     try:
-        await wait_for(lambda: KEPT_OUT not in kernel.sas and KEPT_IN not in kernel.sas, timeout=15,
-                       what="the kept SAs replaced")
+        assert restarted.dataplane.status()["kept_sas"] == {P: 2}
+        # The peer initiates a new IKE SA (its own reasons: it restarted too, an ACQUIRE ...).
+        config = peer.peers.lookup(P, R)
+        peer.endpoint.initiate(config, (P, PORT), (R, PORT), peer.now(), config.children[0])
+        peer.flush()
+        await wait_for(lambda: not kernel.kept & set(kernel.sas), timeout=15, what="the kept SAs replaced")
         await asyncio.sleep(0.1)
         steps = list(kernel.steps)  # the stop (SIGINT) below removes the rest
+        peer_sas = [(sa.label, sa.initiator) for sa in peer.endpoint.sas.values() if sa.is_established]
     finally:
         stop.set()
         await traffic
@@ -172,3 +185,7 @@ async def test_a_restarted_responder_switches_only_once_the_initiating_peer_send
     assert steps == [("add", "in", "new", "kept"), ("add", "out", "new", "new"),
                      ("delete", "out", "kept", "new"), ("delete", "in", "kept", "new")], steps
     assert lost == {"restarted->peer": [], "peer->restarted": []}, {k: len(v) for k, v in lost.items()}
+    # Our answer's INITIAL_CONTACT made the peer drop its stale IKE SA, never the new one
+    # (which the duplicate-SA rule could otherwise have chosen to delete).
+    assert len(stale) == 1 and peer_sas == [(label, True) for label, _ in peer_sas] and len(peer_sas) == 1
+    assert stale[0] not in dict(peer_sas)

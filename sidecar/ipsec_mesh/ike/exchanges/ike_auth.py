@@ -158,7 +158,9 @@ class IkeAuthTask(Task):
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
         payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
-        self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
+        # A restarted instance's first IKE SA says so even if the peer's crosses it: the peer
+        # drops only IKE SAs that were up before this one began (our earlier instance's).
+        self.initial_contact = cfg.initial_contact and (sa.confirm_install or not sa.services.has_other_sa(sa))
         if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
             if sa.confirm_install:
@@ -268,20 +270,22 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     payloads, auth = _our_auth_payloads(sa, id_payload, sa.ni, sa.init_response, msg.message_id)
     payloads.append(auth)
     kept = sa.services.replaces_kernel_sas(sa)
-    if kept and not sa.services.has_other_sa(sa):
+    if kept:
         # We restarted and the peer initiated: its IKE SA with our earlier instance is stale.
         # Said here, the peer drops it (keeping its SAs until ours replace them) instead of
-        # maybe keeping it over this one by the duplicate-SA rule.
+        # maybe keeping it over this one by the duplicate-SA rule. It drops only SAs that
+        # were up before this one began, never one of ours crossing this (initial_contact).
         payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
     replaced = initial_contact and sa.services.initial_contact(sa, now)
-    # Only a peer that says it kept its SAs (and will confirm) makes us wait; another one
-    # that restarted has none left to receive on, so ours had better send at once. If WE
-    # restarted and our kernel's SAs with this peer still carry traffic, the peer that
-    # initiated installs its half only once our answer arrives (late if it is lost): until
-    # then ours keep carrying our traffic.
-    handover = (replaced and msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None) or kept
+    # Wait for the peer's sign only where old SAs can carry our traffic meanwhile: in its
+    # kernel too (it says it kept them, or it still has its IKE SA with our earlier instance:
+    # no INITIAL_CONTACT), and in ours (it restarted: stale IKE SA replaced; or we did: kept).
+    # A peer that restarted without them (INITIAL_CONTACT alone) gets our traffic at once.
+    # The initiator installs its half only once our answer arrives (late if it is lost).
+    peer_keeps = msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None or not initial_contact
+    handover = peer_keeps and (replaced or kept)
     child = None
     if msg.first(SaPayload) is not None:
         child_payloads, child = _respond_child(sa, msg, now, handover=handover)
