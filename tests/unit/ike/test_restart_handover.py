@@ -136,6 +136,51 @@ def test_a_restarted_responder_whose_peer_sends_nothing_switches_after_the_inbou
     assert keys_match_for(restarted, b)
 
 
+def test_both_sides_initiating_at_once_after_a_restart_lose_nothing():
+    """The restarted side initiates (as the agent does at start) while the peer initiates too,
+    and our answer to the peer's IKE_AUTH is lost once: two IKE SAs, and the duplicate-SA rule
+    deletes ours only once the peer's CHILD_SA sends here (before: ours was deleted at once
+    while it carried our traffic, and the peer dropped what was in flight)."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    net.esp_probes = True
+    net.drop = first_ike_auth_answer_from(A)
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    b.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.run(10)
+    assert net.esp_lost == [], f"lost: {len(net.esp_lost)}"
+    assert len(restarted.established) == 1 and len(b.established) == 1
+    assert restarted.closed_reasons() == ["superseded"]
+    assert keys_match_for(restarted, b)
+
+
+def test_a_peer_restarted_too_and_initiating_first_loses_nothing():
+    """Both sides restarted with their SAs kept; the peer's new instance initiates while we are
+    still down (retransmitting), then we come up and initiate too: each answers the other's
+    IKE_AUTH as a restarted responder."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    b2 = net.add("b2", B, single_peer_lookup(b_cfg))
+    b2.inbound, b2.outbound = dict(b.inbound), dict(b.outbound)
+    b2.inbound_bytes = lambda spi: 100 * net.esp_received.get((B, spi), 0)
+    b2.endpoint.kernel_sas_kept(A)
+    down = [True]
+    net.drop = lambda d: down[0] and d.remote[0] == A
+    b2.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0], replaces_kernel_sas=True)
+    net.run(1.5)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    down[0] = False
+    net.esp_probes = True
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    net.run(30)
+    assert net.esp_delivered > 10 and net.esp_lost == [], f"lost: {len(net.esp_lost)}"
+    assert len(restarted.established) == 1 and len(b2.established) == 1
+    assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
+
+
 def keys_match_for(restarted, b) -> bool:
     """The restarted side sends on an SA the peer receives on, with the same key."""
     spi = restarted.sending_spi()

@@ -158,9 +158,9 @@ class IkeAuthTask(Task):
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
         payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
-        # A restarted instance's first IKE SA says so even if the peer's crosses it: the peer
-        # drops only IKE SAs that were up before this one began (our earlier instance's).
-        self.initial_contact = cfg.initial_contact and (sa.confirm_install or not sa.services.has_other_sa(sa))
+        # Not while we have another IKE SA with the peer: it drops those that were up before
+        # this one began on its clock, and a retransmitted IKE_SA_INIT begins late there.
+        self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
         if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
             if sa.confirm_install:
@@ -273,8 +273,8 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     if kept:
         # We restarted and the peer initiated: its IKE SA with our earlier instance is stale.
         # Said here, the peer drops it (keeping its SAs until ours replace them) instead of
-        # maybe keeping it over this one by the duplicate-SA rule. It drops only SAs that
-        # were up before this one began, never one of ours crossing this (initial_contact).
+        # maybe keeping it over this one by the duplicate-SA rule. It drops only IKE SAs up
+        # before it began this one, which it initiated, so none of our new ones.
         payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
