@@ -167,7 +167,7 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     if how == "both":
         print(f"[measure] both: the right's timeline (s after launch): {startup_timeline(right.log, launched)}")
     print(f"[measure] {how}: IKE SAs now, (local, initiator): "
-          f"{[(sa['local'], sa['initiator']) for s in (restarted, right) for sa in s.status()['ike_sas']]}; "
+          f"{[(sa['local'], sa['initiator']) for s in (restarted, right) for sa in (s.status() or {}).get('ike_sas', [])]}; "
           f"answered as a restarted responder (kept SAs): "
           f"{[s.dir.name for s in (restarted, right) if ' as responder' in s.log and 'kept ' in s.log]}")
     drops = {side.name: drop_counters(side) for side in (pair.left, pair.right)}
