@@ -173,6 +173,7 @@ async def test_a_restarted_responder_switches_only_once_the_initiating_peer_send
         await wait_for(lambda: not kernel.kept & set(kernel.sas), timeout=15, what="the kept SAs replaced")
         await asyncio.sleep(0.1)
         steps = list(kernel.steps)  # the stop (SIGINT) below removes the rest
+        liveness = dict(restarted.metrics.liveness_checks.values)
         peer_sas = [(sa.label, sa.initiator) for sa in peer.endpoint.sas.values() if sa.is_established]
     finally:
         stop.set()
@@ -185,6 +186,7 @@ async def test_a_restarted_responder_switches_only_once_the_initiating_peer_send
     assert steps == [("add", "in", "new", "kept"), ("add", "out", "new", "new"),
                      ("delete", "out", "kept", "new"), ("delete", "in", "kept", "new")], steps
     assert lost == {"restarted->peer": [], "peer->restarted": []}, {k: len(v) for k, v in lost.items()}
+    assert liveness == {}, "the handover's byte-count queries are not liveness checks (DPD is off)"
     # Our answer's INITIAL_CONTACT made the peer drop its stale IKE SA, never the new one
     # (which the duplicate-SA rule could otherwise have chosen to delete).
     assert len(stale) == 1 and peer_sas == [(label, True) for label, _ in peer_sas] and len(peer_sas) == 1

@@ -272,8 +272,9 @@ class Agent:
             elif isinstance(event, ChildSaInboundQuery):
                 inbound = self.dataplane.inbound_bytes(event)
                 if inbound is not None:  # None: liveness rests on IKE alone
-                    m.liveness_checks.labels(self.endpoint.child_inbound_bytes(event.inbound_spi, inbound,
-                                                                               self.now())).inc()
+                    result = self.endpoint.child_inbound_bytes(event.inbound_spi, inbound, self.now())
+                    if not event.handover:  # the metric counts liveness checks only
+                        m.liveness_checks.labels(result).inc()
             elif isinstance(event, ChildSaDeleted):
                 self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)

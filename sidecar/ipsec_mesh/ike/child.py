@@ -316,7 +316,7 @@ def handover_query(sa: IkeSa, child: ChildSa, now: float) -> None:
     child.handover_query_at = now + HANDOVER_QUERY
     info = child.info
     sa.emit(ChildSaInboundQuery(sa.label, info.name, info.inbound_spi, info.outbound_spi,
-                                info.local_addr, info.remote_addr))
+                                info.local_addr, info.remote_addr, handover=True))
 
 
 def handover_evidence(sa: IkeSa, child: ChildSa, inbound_bytes: int) -> None:
