@@ -68,6 +68,17 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap():
     assert aio.run(main()) <= 2 * aio_loop.MAX_CANCELLED_TIMERS + 2
 
 
+def test_a_nan_deadline_is_refused_rather_than_breaking_the_heap():
+    async def main():
+        loop = aio.get_running_loop()
+        with pytest.raises(ValueError):
+            loop.call_at(float("nan"), lambda: None)
+        with pytest.raises(ValueError):
+            loop.call_later(float("nan"), lambda: None)
+        return len(loop._timers)
+    assert aio.run(main()) == 0
+
+
 def test_an_exception_in_a_callback_is_logged_and_the_loop_goes_on(on, caplog):
     def boom():
         raise ValueError("boom")
@@ -339,7 +350,8 @@ def test_server_accepts_serves_and_bounds_its_connections(on):
 
         server = await aio.start_server(handler, "127.0.0.1", 0, limit=64, max_connections=2)
         port = server.sockets[0].getsockname()[1]
-        clients = [await aio.open_connection("127.0.0.1", port) for _ in range(3)]
+        # The first by name: resolved in a thread (to_thread), ::1 refused, then 127.0.0.1.
+        clients = [await aio.open_connection(host, port) for host in ("localhost", "127.0.0.1", "127.0.0.1")]
         for number, client in enumerate(clients):
             client.write(b"%d\n" % number)
             await client.drain()

@@ -339,6 +339,8 @@ class EventLoop:
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None) -> TimerHandle:
         self._check_closed()
+        if when != when:  # NaN compares false with everything: it would break the heap's order
+            raise ValueError("a timer's time cannot be NaN")
         handle = TimerHandle(when, callback, args, self)
         heapq.heappush(self._timers, (when, next(self._sequence), handle))
         return handle
