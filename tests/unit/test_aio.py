@@ -7,7 +7,6 @@ Bounds are checked by counting buffered bytes, connections and heap entries, nev
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -22,15 +21,10 @@ import pytest
 from ipsec_mesh import aio
 from ipsec_mesh.aio import loop as aio_loop
 from ipsec_mesh.aio.streams import READ_SIZE
+from tests.support.loops import on  # noqa: F401 (a fixture)
 from tests.support.pki import MeshPki
 
 SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
-
-
-@pytest.fixture(params=["aio", "asyncio"])
-def on(request):
-    """Runs a coroutine to completion on our loop or on asyncio's."""
-    return aio.run if request.param == "aio" else asyncio.run
 
 
 # --- timers and callbacks ---
