@@ -6,7 +6,7 @@ host kernel; the IKE and CHILD_SA state in the process is the same). The 100 IKE
 come from `bench/ike_loadgen.py` (our engine as 100 independent initiators), i.e. what
 100 peers cost. Reports, per process: VmRSS, RssAnon (private heap), RssFile (mapped
 code, shareable), Pss; and the same for a bare interpreter that imports what every
-sidecar needs (cryptography, asyncio), the floor no change to our code can go below.
+sidecar needs (cryptography, ssl, selectors, logging), the floor no change to our code can go below.
 
     sudo .venv/bin/python bench/bench_sidecar_memory.py [--sas 100]
 
@@ -57,7 +57,9 @@ from tests.interop.harness.netns import Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
-BASELINE = "import cryptography.x509, cryptography.hazmat.primitives.ciphers.aead, asyncio; input()"
+# What every sidecar needs before a line of ours: its own event loop needs selectors, the mesh API ssl
+# and logging everywhere (asyncio until 2026-12-01; the floor with it was 14.0 MB RssAnon, image venv).
+BASELINE = "import cryptography.x509, cryptography.hazmat.primitives.ciphers.aead, ssl, selectors, logging; input()"
 SETTLE = 2.0  # seconds after readiness (or the last SA) before reading
 
 
