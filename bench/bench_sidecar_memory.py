@@ -6,7 +6,7 @@ host kernel; the IKE and CHILD_SA state in the process is the same). The 100 IKE
 come from `bench/ike_loadgen.py` (our engine as 100 independent initiators), i.e. what
 100 peers cost. Reports, per process: VmRSS, RssAnon (private heap), RssFile (mapped
 code, shareable), Pss; and the same for a bare interpreter that imports what every
-sidecar needs (cryptography, asyncio), the floor no change to our code can go below.
+sidecar needs (cryptography, ssl, selectors, logging), the floor no change to our code can go below.
 
     sudo .venv/bin/python bench/bench_sidecar_memory.py [--sas 100]
 
@@ -57,10 +57,12 @@ from tests.interop.harness.netns import Topology  # noqa: E402
 from tests.interop.harness.sidecar import Sidecar  # noqa: E402
 
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
-# The sidecar no longer loads cryptography.x509 (ike/certificate.py): the floor is the hazmat
-# primitives it keeps (keys, AEADs, serialization) and asyncio.
+# What every sidecar needs before a line of ours: the hazmat primitives it keeps (keys, AEADs,
+# serialization; no cryptography.x509 since ike/certificate.py), its own event loop's selectors,
+# the mesh API's ssl and logging (asyncio until 2026-12-01: the floor with it and x509 was 14.0 MB
+# RssAnon, image venv).
 BASELINE = ("import cryptography.hazmat.primitives.asymmetric.ec, cryptography.hazmat.primitives.serialization,"
-            " cryptography.hazmat.primitives.ciphers.aead, asyncio; input()")
+            " cryptography.hazmat.primitives.ciphers.aead, ssl, selectors, logging; input()")
 SETTLE = 2.0  # seconds after readiness (or the last SA) before reading
 
 

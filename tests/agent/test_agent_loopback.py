@@ -14,7 +14,7 @@ from ipsec_mesh.agent.config import parse_agent_config
 from ipsec_mesh.agent.dataplane import NullDataPlane
 from ipsec_mesh.agent.peers import PeerSet
 from ipsec_mesh.agent.runtime import Agent
-from ipsec_mesh.agent.status_server import StatusServer
+from ipsec_mesh.agent.status_server import MAX_CONNECTIONS, StatusServer, text
 from tests.support.loopback import http_get, wait_for
 
 PSK = base64.b64encode(b"k" * 32).decode()
@@ -84,6 +84,30 @@ async def test_status_server_refuses_garbage():
         assert data.startswith(b"HTTP/1.0 400")
         writer.close()
     finally:
+        await server.stop()
+
+
+async def test_status_server_holds_a_bounded_number_of_connections():
+    """Silent connections (each may hold a line's 5 s timeout) stop at MAX_CONNECTIONS: one more is
+    closed at once, and a connection freed makes room again."""
+    server = StatusServer(None, "127.0.0.1", 0, routes={"/healthz": lambda: text(200, "ok\n")})
+    await server.start()
+    silent = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            silent.append(await asyncio.open_connection("127.0.0.1", server.port))
+        await wait_for(lambda: len(server.server._connections) == MAX_CONNECTIONS)  # all accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(4096), 10) == b""  # closed unanswered
+        writer.close()
+        assert server.server.refused == 1
+        silent.pop()[1].close()
+        await wait_for(lambda: len(server.server._connections) < MAX_CONNECTIONS)
+        code, body = await http_get("127.0.0.1", server.port, "/healthz")
+        assert (code, body) == (200, b"ok\n")
+    finally:
+        for _, writer in silent:
+            writer.close()
         await server.stop()
 
 

@@ -143,3 +143,16 @@ def test_operator_imports_only_the_shared_model_of_the_sidecar():
         out.extend(f"{name} imports {target}" for target in sorted(imports(path, OPERATOR, name))
                    if target.split(".")[0] == "ipsec_mesh" and target.split(".")[1:2] not in ([], ["meshapi"]))
     assert out == []
+
+
+AIO = IKE.parent / "aio"
+
+
+def test_the_event_loop_imports_nothing_of_ours():
+    """aio sits below every layer of the sidecar (CONTRIBUTING.md): all of them may import it."""
+    found = []
+    for path in sorted(AIO.rglob("*.py")):
+        name = "ipsec_mesh.aio" if path.stem == "__init__" else f"ipsec_mesh.aio.{path.stem}"
+        found += [f"{name} imports {target}" for target in sorted(imports(path, AIO, name))
+                  if target.startswith("ipsec_mesh.") and not target.startswith("ipsec_mesh.aio")]
+    assert found == []

@@ -29,7 +29,7 @@ def clocks(monkeypatch) -> dict[int, list[float]]:
         times = tries.setdefault(id(asyncio.current_task()), [])
         times.append((times[-1] if times else 0.0) + delay)
 
-    monkeypatch.setattr(retry_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(retry_module.aio, "sleep", sleep)
     return tries
 
 

@@ -25,7 +25,7 @@ def sleeps(monkeypatch) -> list[float]:
     async def sleep(delay: float) -> None:
         asked.append(delay)
 
-    monkeypatch.setattr(retry_module.asyncio, "sleep", sleep)
+    monkeypatch.setattr(retry_module.aio, "sleep", sleep)
     return asked
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipsec_mesh import aio
 from ipsec_mesh.meshapi.errors import MeshApiRequestError
 from ipsec_mesh.meshapi.http import MAX_LINE, FrameReader, HttpProtocolError
+from tests.support.loops import on  # noqa: F401 (a fixture)
 
 MAX_FRAME = 1000
 
@@ -19,7 +19,7 @@ def chunked(*pieces: bytes, end: bytes = b"0\r\n\r\n") -> bytes:
 
 
 async def frames(body: bytes, max_frame: int = MAX_FRAME) -> list[bytes]:
-    reader = asyncio.StreamReader(limit=MAX_LINE)
+    reader = aio.Stream(limit=MAX_LINE)
     reader.feed_data(body)
     reader.feed_eof()
     stream, found = FrameReader(reader, max_frame), []
@@ -41,11 +41,13 @@ async def test_a_frame_larger_than_the_bound_is_refused_before_it_is_all_buffere
     assert len(await frames(chunked(*[b"y" * 900 + b"\n"] * 20))) == 20
 
 
-async def test_a_frame_is_refused_as_soon_as_it_passes_the_bound_even_if_the_chunk_says_more():
-    reader = asyncio.StreamReader(limit=MAX_LINE)
-    reader.feed_data(b"%x\r\n" % (1 << 40) + b"z" * (MAX_FRAME + 1))  # never fed the rest, never EOF
-    with pytest.raises(HttpProtocolError, match="larger than"):
-        await FrameReader(reader, MAX_FRAME).next(5)
+def test_a_frame_is_refused_as_soon_as_it_passes_the_bound_even_if_the_chunk_says_more(on):
+    async def main():
+        reader = aio.Stream(limit=MAX_LINE)
+        reader.feed_data(b"%x\r\n" % (1 << 40) + b"z" * (MAX_FRAME + 1))  # never fed the rest, never EOF
+        with pytest.raises(HttpProtocolError, match="larger than"):
+            await FrameReader(reader, MAX_FRAME).next(5)
+    on(main())
 
 
 @pytest.mark.parametrize("body", [
@@ -63,10 +65,12 @@ async def test_malformed_framing_raises_a_typed_error(body):
         await frames(body)
 
 
-async def test_a_silent_stream_times_out_as_a_typed_error():
-    reader = asyncio.StreamReader(limit=MAX_LINE)
-    with pytest.raises(MeshApiRequestError, match="within"):
-        await FrameReader(reader, MAX_FRAME).next(0.05)
+def test_a_silent_stream_times_out_as_a_typed_error(on):
+    async def main():
+        reader = aio.Stream(limit=MAX_LINE)
+        with pytest.raises(MeshApiRequestError, match="within"):
+            await FrameReader(reader, MAX_FRAME).next(0.05)
+    on(main())
 
 
 @settings(max_examples=300, deadline=None)
@@ -78,4 +82,4 @@ def test_any_bytes_give_frames_or_a_typed_error(data, prefix):
                 assert len(frame) <= 64 and b"\n" not in frame
         except HttpProtocolError:
             pass
-    asyncio.run(run())
+    aio.run(run())  # the sidecar's own loop

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 
+from .. import aio
 from ..ike import DerError, certificates_from_pem
 from ..meshapi.ports import STATUS_LISTEN
 from .config import ConfigError, IkeSettings, load_agent_config
@@ -98,7 +98,7 @@ def mesh_main(settings_file: str | None, dataplane: str | None, environ=os.envir
         return 2
     setup_logging(settings.sidecar.log_format, settings.sidecar.log_level)
     try:
-        return asyncio.run(run_mesh(settings, dataplane or settings.sidecar.dataplane))
+        return aio.run(run_mesh(settings, dataplane or settings.sidecar.dataplane))
     except BootstrapError as exc:
         print(f"ipsec-mesh-sidecar: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_path = os.environ.get(PROFILE_ENV)
 
     def serve() -> int:
-        return asyncio.run(run(config, args.dataplane or config.dataplane))
+        return aio.run(run(config, args.dataplane or config.dataplane))
 
     try:
         return _profiled(profile_path, serve) if profile_path else serve()

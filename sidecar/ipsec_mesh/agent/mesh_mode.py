@@ -11,11 +11,11 @@ force stays. Mesh API trouble after start never stops the data plane.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 
+from .. import aio
 from ..meshapi.errors import MeshApiError, MeshApiRequestError
 from ..meshapi.model import PeerMap
 from ..meshapi.retry import MAX_DELAY, Backoff, retry
@@ -53,9 +53,9 @@ class MeshSidecar:
         self.reports_sent = 0
         self.last_error = ""  # the latest mesh API trouble after start (watch, renewal)
         self.crashed: BaseException | None = None
-        self._report_due = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._report_due = aio.Event()
+        self._stopping = aio.Event()
+        self._tasks: list[aio.Task] = []
         routes = self._routes()
         # The health port faces the pod network: probes and metrics (counts and reasons, no
         # addresses or identities) only. Identities, peers, SPIs and the certificate are for
@@ -124,12 +124,12 @@ class MeshSidecar:
         await self.bootstrap()
         await self.agent.start()
         for loop in (self._watch, self._renew, self._report):
-            task = asyncio.create_task(loop(), name=f"mesh-{loop.__name__.strip('_')}")
+            task = aio.create_task(loop(), name=f"mesh-{loop.__name__.strip('_')}")
             task.add_done_callback(self._loop_ended)
             self._tasks.append(task)
         self.request_report()
 
-    def _loop_ended(self, task: asyncio.Task) -> None:
+    def _loop_ended(self, task: aio.Task) -> None:
         """The loops run until cancelled: one that ends otherwise is a bug; stop (and get restarted)."""
         if task.cancelled():
             return
@@ -141,7 +141,7 @@ class MeshSidecar:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(aio.CancelledError, Exception):
                 await task
         self._tasks.clear()
         if self.agent is not None:
@@ -152,11 +152,11 @@ class MeshSidecar:
                 await server.stop()
 
     async def run(self) -> None:
-        self._signals = StopSignals(asyncio.get_running_loop(), self._stopping)
+        self._signals = StopSignals(aio.get_running_loop(), self._stopping)
         try:
-            starting = asyncio.ensure_future(self.start())
-            stopping = asyncio.ensure_future(self._stopping.wait())
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            starting = aio.create_task(self.start())
+            stopping = aio.create_task(self._stopping.wait())
+            await aio.wait({starting, stopping}, return_when=aio.FIRST_COMPLETED)
             if starting.done():
                 starting.result()  # a BootstrapError ends the run here
                 await stopping
@@ -211,7 +211,7 @@ class MeshSidecar:
                 self._mesh_api_trouble("peer-map watch", exc)
                 delay = backoff.next()
                 log.error("%s; retrying in %.1fs", self.last_error, delay)
-                await asyncio.sleep(delay)
+                await aio.sleep(delay)
 
     # -- certificate -------------------------------------------------------------------------
     async def renew_certificate(self) -> bool:
@@ -234,9 +234,9 @@ class MeshSidecar:
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(max(self.credential.renew_at - time.time(), 0.0))
+            await aio.sleep(max(self.credential.renew_at - time.time(), 0.0))
             if not await self.renew_certificate():
-                await asyncio.sleep(MAX_DELAY)  # the old certificate serves meanwhile
+                await aio.sleep(MAX_DELAY)  # the old certificate serves meanwhile
 
     # -- status reports ---------------------------------------------------------------------
     def request_report(self) -> None:
@@ -244,12 +244,12 @@ class MeshSidecar:
 
     async def _report(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
-            # that arrives as the event fires, and stop() would wait a whole interval.
+            # A timeout block (asyncio 3.11's wait_for could swallow a cancellation that arrives as
+            # the event fires, and stop() would wait a whole interval).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.status_interval):
+                async with aio.timeout(self.settings.status_interval):
                     await self._report_due.wait()
-            await asyncio.sleep(REPORT_GAP)
+            await aio.sleep(REPORT_GAP)
             self._report_due.clear()
             try:
                 await self.client.post_status(status_report(self.agent, self.refused))

@@ -1,4 +1,4 @@
-"""The sidecar process: asyncio around the sans-IO IKE endpoint and a data plane.
+"""The sidecar process: an event loop (aio) around the sans-IO IKE endpoint and a data plane.
 
 Order matters for zero loss and fail-closed behaviour:
 - at start the data plane puts its policies in place (blocking under `require`)
@@ -9,7 +9,6 @@ Order matters for zero loss and fail-closed behaviour:
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ipaddress
 import logging
@@ -18,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from .. import aio
 from ..ike import (
     DROP_COUNTERS,
     NON_ESP_MARKER,
@@ -59,7 +59,7 @@ RECONNECT_REASONS = frozenset({"timeout", "dead-peer"})
 class _IkeSocket:
     """One non-blocking UDP socket, read straight from the event loop.
 
-    asyncio's datagram transport wakes up once per datagram; under load, draining every
+    A datagram transport (asyncio's) wakes up once per datagram; under load, draining every
     datagram queued at a wake-up (up to READ_BATCH) and flushing the endpoint once for
     the batch saves the per-wake-up overhead. Sends go straight to the socket; if its
     buffer is full they wait in a queue drained when the socket becomes writable.
@@ -69,7 +69,7 @@ class _IkeSocket:
     RECV_SIZE = 65535
     MAX_UNSENT = 1024  # beyond this a full socket drops datagrams (IKE retransmits) rather than grow
 
-    def __init__(self, agent: "Agent", loop: asyncio.AbstractEventLoop, sock: socket.socket,
+    def __init__(self, agent: "Agent", loop: aio.EventLoop, sock: socket.socket,
                  local: tuple[str, int], natt: bool):
         self.agent = agent
         self.loop = loop
@@ -150,7 +150,7 @@ class Agent:
         self.metrics = Metrics()
         #: Called after a flush that changed SAs or recorded a failure (mesh mode reports status).
         self.on_change: Callable[[], None] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: aio.EventLoop | None = None
         ike = config.ike
         self.endpoint = IkeEndpoint(peers.lookup, cookie_threshold=ike.cookie_threshold,
                                     cookie_threshold_per_source=ike.cookie_threshold_per_source,
@@ -163,15 +163,15 @@ class Agent:
         self.install_retry_base = INSTALL_RETRY_BASE
         self.install_retry_max = INSTALL_RETRY_MAX
         self._not_installed: dict[int, str] = {}  # inbound SPI of a refused CHILD_SA -> kernel error
-        self._install_retries: dict[str, asyncio.TimerHandle] = {}
+        self._install_retries: dict[str, aio.TimerHandle] = {}
         #: `initiate: peers`: remote -> (consecutive failed connects, the timer of the next).
         self.connect_retry_base = INSTALL_RETRY_BASE
-        self._connect_retries: dict[str, tuple[int, asyncio.TimerHandle | None]] = {}
+        self._connect_retries: dict[str, tuple[int, aio.TimerHandle | None]] = {}
         self.started_at = time.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._summary_timer: asyncio.TimerHandle | None = None
+        self._timer: aio.TimerHandle | None = None
+        self._summary_timer: aio.TimerHandle | None = None
         self._drops_logged: dict[str, int] = {}
-        self._stopping = asyncio.Event()
+        self._stopping = aio.Event()
         #: remote address -> its last failed negotiation since the last success (for `ipsec-mesh explain`).
         self.last_failures: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
@@ -466,7 +466,7 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = aio.get_running_loop()
         # Policies first: under `require`, nothing leaves in plaintext from here on.
         self.dataplane.start(self.peers)
         # SAs an earlier instance left carry traffic until new ones replace them, whichever
@@ -520,7 +520,7 @@ class Agent:
         if not hand_over:
             self.endpoint.shutdown(self.now())
             self.flush()
-            await asyncio.sleep(0.05)  # let the deletes leave before the sockets close
+            await aio.sleep(0.05)  # let the deletes leave before the sockets close
         reconnects = (timer for _, timer in self._connect_retries.values())
         for timer in (self._timer, self._summary_timer, *self._install_retries.values(), *reconnects):
             if timer is not None:
@@ -541,7 +541,7 @@ class Agent:
 
     async def run_forever(self) -> None:
         await self.start()
-        loop = asyncio.get_running_loop()
+        loop = aio.get_running_loop()
         signals = StopSignals(loop, self._stopping)
         await self._stopping.wait()
         await self.stop(hand_over=signals.hand_over)
@@ -590,7 +590,7 @@ class StopSignals:
     instance (SIGTERM: Kubernetes restarting or upgrading the container) or are removed
     (SIGINT: someone at a terminal)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event):
+    def __init__(self, loop: aio.EventLoop, stopping: aio.Event):
         self.hand_over = False
         self._stopping = stopping
         for sig in (signal.SIGTERM, signal.SIGINT):

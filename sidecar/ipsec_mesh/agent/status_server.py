@@ -1,22 +1,25 @@
 """Health, readiness, status and metrics over plain HTTP on a local address.
 
-A deliberately small HTTP/1.0 responder on asyncio streams: a few GET routes, no
+A deliberately small HTTP/1.0 responder on the sidecar's own streams (aio): a few GET routes, no
 request bodies, bounded reads and a timeout, so the sidecar stays lean (no web
-framework in a process that lives in every pod).
+framework in a process that lives in every pod). At most `MAX_CONNECTIONS` connections
+at a time, each for at most READ_TIMEOUT per line.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import aio
+
 log = logging.getLogger("ipsec_mesh.agent")
 
 MAX_REQUEST_LINE = 2048
 MAX_HEADERS = 64
+MAX_CONNECTIONS = 16  # probes and `status` come one at a time; more is someone else
 READ_TIMEOUT = 5.0
 
 
@@ -62,10 +65,11 @@ class StatusServer:
         self.routes = routes if routes is not None else agent_routes(agent)
         self.host = host
         self.port = port
-        self.server: asyncio.AbstractServer | None = None
+        self.server: aio.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_LINE)
+        self.server = await aio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_LINE,
+                                             max_connections=MAX_CONNECTIONS)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -77,11 +81,11 @@ class StatusServer:
         handler = self.routes.get(path)
         return handler() if handler is not None else text(404, "not found\n")
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, stream: aio.Stream) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            line = await aio.wait_for(stream.readline(), READ_TIMEOUT)
             for _ in range(MAX_HEADERS):  # skip headers, bounded
-                header = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+                header = await aio.wait_for(stream.readline(), READ_TIMEOUT)
                 if header in (b"\r\n", b"\n", b""):
                     break
             parts = line.decode("ascii", "replace").split()
@@ -90,10 +94,10 @@ class StatusServer:
             else:
                 status, ctype, body = self.route(parts[1].split("?", 1)[0])
             reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}[status]
-            writer.write(f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+            stream.write(f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            await stream.drain()
+        except (TimeoutError, aio.LimitOverrunError, ValueError, ConnectionError):
             pass
         finally:
-            writer.close()
+            stream.close()

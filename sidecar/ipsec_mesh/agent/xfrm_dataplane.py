@@ -18,12 +18,12 @@ What it keeps true (docs/xfrm.md has the kernel side):
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
 import socket
 
+from .. import aio
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
 from ..ike.config import Retransmit
 from ..meshapi.model import Enforcement
@@ -121,9 +121,9 @@ class XfrmDataPlane:
         #: remote address -> SAs with no IKE state (an earlier instance's, a restarted peer's
         #: stale ones) that carry traffic until a new CHILD_SA with that peer sends.
         self.superseded: dict[str, list[tuple[bool, SaSpec | object]]] = {}
-        self._handover_timers: dict[str, asyncio.TimerHandle] = {}
+        self._handover_timers: dict[str, aio.TimerHandle] = {}
         #: kept inbound SAs waiting for quiet: id -> (remote, SA, next check)
-        self._quiet_checks: dict[int, tuple[str, object, asyncio.TimerHandle]] = {}
+        self._quiet_checks: dict[int, tuple[str, object, aio.TimerHandle]] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -219,7 +219,7 @@ class XfrmDataPlane:
     def _supersede(self, remote: str, halves: list) -> None:
         self.superseded.setdefault(remote, []).extend(halves)
         if remote not in self._handover_timers:
-            self._handover_timers[remote] = asyncio.get_running_loop().call_later(
+            self._handover_timers[remote] = aio.get_running_loop().call_later(
                 self.handover_limit, self._end_handover, remote)
 
     def _end_handover(self, remote: str) -> None:
@@ -233,7 +233,7 @@ class XfrmDataPlane:
             timer.cancel()
         for inbound, sa in self.superseded.pop(remote, []):
             if inbound and grace and self.rekey_grace:
-                self._delete_when_quiet(remote, sa, asyncio.get_running_loop().time() + self.handover_limit)
+                self._delete_when_quiet(remote, sa, aio.get_running_loop().time() + self.handover_limit)
             else:
                 self._delete(sa)
 
@@ -242,7 +242,7 @@ class XfrmDataPlane:
         period (or at `deadline`). The peer sends on the old SAs until our confirmation
         reaches it; a lost one is retransmitted seconds later and a loaded peer is slow to
         answer, so a fixed grace after our switch dropped what it still sent there."""
-        loop = asyncio.get_running_loop()
+        loop = aio.get_running_loop()
         current = self._counters(sa)
         packets = None if current is None else current.packets
         if id(sa) in self._quiet_checks and (packets is None or packets == seen or loop.time() >= deadline):
@@ -396,7 +396,7 @@ class XfrmDataPlane:
         # collision), and ESP reordered behind the IKE datagram (another 5-tuple, so another
         # NIC queue or ECMP path). Only the IKE SA going away ends it at once.
         if self.rekey_grace and deleted.reason != "ike-closed":
-            asyncio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
+            aio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
         else:
             self._delete(inbound)
 

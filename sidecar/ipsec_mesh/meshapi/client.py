@@ -12,7 +12,6 @@ re-read from its file for every request (kubelet rotates projected tokens).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import aio
 from . import fields
 from .errors import MeshApiRequestError, PeerMapError
 from .http import Endpoint, FrameReader, Response, https_request, https_stream
@@ -166,7 +166,7 @@ class MeshApiClient:
                 if on_error is not None:
                     on_error(failed)
                 log.warning("peer-map watch stream broke, reconnecting in %.1fs: %s", delay, failed)
-                await asyncio.sleep(delay)
+                await aio.sleep(delay)
 
     async def _open_watch(self, stack: contextlib.AsyncExitStack, version: int, wait: float
                           ) -> tuple[Response, FrameReader | None]:

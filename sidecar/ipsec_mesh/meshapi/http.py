@@ -14,7 +14,6 @@ Any malformed or oversize answer raises `MeshApiRequestError`. A streamed answer
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import re
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
+from .. import aio
 from .errors import MeshApiRequestError
 
 MAX_LINE = 8192          # status line, header line, chunk-size line
@@ -109,15 +109,15 @@ async def https_request(endpoint: Endpoint, method: str, target: str, headers: d
     MeshApiRequestError (status None unless the status line was read).
     """
     request = _request_bytes(endpoint, method, target, headers, body)
-    writer = None
+    stream = None
     try:
         with _typed_failures(timeout):
-            async with asyncio.timeout(timeout):
-                reader, writer = await _send(endpoint, request, context)
-                return await read_response(reader, max_body=max_body, head=method == "HEAD")
+            async with aio.timeout(timeout):
+                stream = await _send(endpoint, request, context)
+                return await read_response(stream, max_body=max_body, head=method == "HEAD")
     finally:
-        if writer is not None:
-            writer.transport.abort()  # the answer is complete (or abandoned): no TLS goodbye to wait for
+        if stream is not None:
+            stream.abort()  # the answer is complete (or abandoned): no TLS goodbye to wait for
 
 
 @contextlib.asynccontextmanager
@@ -130,29 +130,32 @@ async def https_stream(endpoint: Endpoint, target: str, headers: dict[str, str],
     (`FrameReader.next`). The connection is dropped when the block ends.
     """
     request = _request_bytes(endpoint, "GET", target, headers, None)
-    writer = None
+    stream = None
     try:
         with _typed_failures(timeout):
-            async with asyncio.timeout(timeout):
-                reader, writer = await _send(endpoint, request, context)
-                status, fields = await _read_head(reader)
+            async with aio.timeout(timeout):
+                stream = await _send(endpoint, request, context)
+                status, fields = await _read_head(stream)
                 streamed = (status == 200 and fields.get("transfer-encoding", "").strip().lower() == "chunked"
                             and fields.get("content-type", "").split(";")[0].strip().lower() == STREAM_TYPE)
-                answer = Response(status, fields, b"") if streamed else await _read_rest(reader, status, fields,
+                answer = Response(status, fields, b"") if streamed else await _read_rest(stream, status, fields,
                                                                                             max_body)
-        yield answer, FrameReader(reader, max_body) if streamed else None
+        yield answer, FrameReader(stream, max_body) if streamed else None
     finally:
-        if writer is not None:
-            writer.transport.abort()
+        if stream is not None:
+            stream.abort()
 
 
-async def _send(endpoint: Endpoint, request: bytes, context: ssl.SSLContext
-                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(
-        endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host, limit=MAX_LINE)
-    writer.write(request)
-    await writer.drain()
-    return reader, writer
+async def _send(endpoint: Endpoint, request: bytes, context: ssl.SSLContext) -> aio.Stream:
+    stream = await aio.open_connection(endpoint.host, endpoint.port, ssl=context, server_hostname=endpoint.host,
+                                       limit=MAX_LINE)
+    try:
+        stream.write(request)
+        await stream.drain()
+    except BaseException:
+        stream.abort()
+        raise
+    return stream
 
 
 @contextlib.contextmanager
@@ -165,7 +168,7 @@ def _typed_failures(timeout: float) -> Iterator[None]:
         raise MeshApiRequestError(f"connection failed: {exc!r}") from None
 
 
-async def read_response(reader: asyncio.StreamReader, *, max_body: int, head: bool = False) -> Response:
+async def read_response(reader: aio.Stream, *, max_body: int, head: bool = False) -> Response:
     """Read one response (skipping interim 1xx answers) from a stream that closes after it."""
     status, headers = await _read_head(reader)
     if head:
@@ -173,7 +176,7 @@ async def read_response(reader: asyncio.StreamReader, *, max_body: int, head: bo
     return await _read_rest(reader, status, headers, max_body)
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+async def _read_head(reader: aio.Stream) -> tuple[int, dict[str, str]]:
     for _ in range(MAX_INTERIM + 1):
         status = await _read_status_line(reader)
         headers = await _read_fields(reader, "header")
@@ -184,7 +187,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
     raise HttpProtocolError("too many interim (1xx) answers")
 
 
-async def _read_rest(reader: asyncio.StreamReader, status: int, headers: dict[str, str], max_body: int) -> Response:
+async def _read_rest(reader: aio.Stream, status: int, headers: dict[str, str], max_body: int) -> Response:
     if status in NO_BODY_STATUSES:
         return Response(status, headers, b"")
     try:
@@ -200,7 +203,7 @@ class FrameReader:
     heartbeat and is returned as b"". Malformed chunking, an oversize frame, or a stream that ends
     inside a frame raise HttpProtocolError; `next()` returns None at the body's clean end."""
 
-    def __init__(self, reader: asyncio.StreamReader, max_frame: int):
+    def __init__(self, reader: aio.Stream, max_frame: int):
         self._reader = reader
         self._max_frame = max_frame
         self._pending = bytearray()  # received, not yet a whole frame
@@ -210,7 +213,7 @@ class FrameReader:
     async def next(self, timeout: float) -> bytes | None:
         """The next frame within `timeout` seconds; MeshApiRequestError for anything but a frame or the end."""
         with _typed_failures(timeout):
-            async with asyncio.timeout(timeout):
+            async with aio.timeout(timeout):
                 return await self._next()
 
     async def _next(self) -> bytes | None:
@@ -247,20 +250,20 @@ class FrameReader:
             raise HttpProtocolError("chunk data not followed by CRLF")
 
 
-async def _read_line(reader: asyncio.StreamReader, what: str) -> bytes:
+async def _read_line(reader: aio.Stream, what: str) -> bytes:
     """One CRLF-terminated line of at most MAX_LINE bytes, without the CRLF."""
     try:
         line = await reader.readuntil(b"\r\n")
-    except asyncio.IncompleteReadError:
+    except aio.IncompleteReadError:
         raise HttpProtocolError(f"connection closed inside the {what}") from None
-    except asyncio.LimitOverrunError:
+    except aio.LimitOverrunError:
         raise HttpProtocolError(f"{what} line longer than {MAX_LINE} bytes") from None
     if len(line) > MAX_LINE:
         raise HttpProtocolError(f"{what} line longer than {MAX_LINE} bytes")
     return line[:-2]
 
 
-async def _read_status_line(reader: asyncio.StreamReader) -> int:
+async def _read_status_line(reader: aio.Stream) -> int:
     line = await _read_line(reader, "status line")
     match = _STATUS_LINE.fullmatch(line)
     if match is None:
@@ -268,7 +271,7 @@ async def _read_status_line(reader: asyncio.StreamReader) -> int:
     return int(match.group(2))
 
 
-async def _read_fields(reader: asyncio.StreamReader, what: str) -> dict[str, str]:
+async def _read_fields(reader: aio.Stream, what: str) -> dict[str, str]:
     """A header (or trailer) block up to its empty line; names lower-cased."""
     fields: dict[str, str] = {}
     for _ in range(MAX_HEADERS + 1):
@@ -296,7 +299,7 @@ def _content_length(headers: dict[str, str]) -> int | None:
     return int(value)
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], max_body: int) -> bytes:
+async def _read_body(reader: aio.Stream, headers: dict[str, str], max_body: int) -> bytes:
     length = _content_length(headers)
     coding = headers.get("transfer-encoding")
     if coding is not None:
@@ -317,14 +320,14 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], max_
     return body
 
 
-async def _read_exactly(reader: asyncio.StreamReader, count: int) -> bytes:
+async def _read_exactly(reader: aio.Stream, count: int) -> bytes:
     try:
         return await reader.readexactly(count)
-    except asyncio.IncompleteReadError as exc:
+    except aio.IncompleteReadError as exc:
         raise HttpProtocolError(f"connection closed after {len(exc.partial)} of {count} body bytes") from None
 
 
-async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
+async def _read_chunked(reader: aio.Stream, max_body: int) -> bytes:
     body = bytearray()
     while True:
         size = await _chunk_size(reader)
@@ -338,7 +341,7 @@ async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
             raise HttpProtocolError("chunk data not followed by CRLF")
 
 
-async def _chunk_size(reader: asyncio.StreamReader) -> int:
+async def _chunk_size(reader: aio.Stream) -> int:
     line = await _read_line(reader, "chunk size")
     match = _CHUNK_SIZE.fullmatch(line)
     if match is None:

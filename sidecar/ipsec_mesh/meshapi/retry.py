@@ -30,12 +30,12 @@ What a refusal means is the caller's choice, with `refusal_ends`:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .. import aio
 from .errors import MeshApiRequestError
 
 log = logging.getLogger("ipsec_mesh.meshapi")
@@ -83,4 +83,4 @@ async def retry(call: Callable[[], Awaitable[T]], what: str, *, refusal_ends: bo
             if on_error is not None:
                 on_error(exc)
             log.warning("%s failed, retrying in %.1fs: %s", what, delay, exc)
-        await asyncio.sleep(delay)
+        await aio.sleep(delay)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ..xfrm.netns import setns
 from .mtu import route_mtus
@@ -33,7 +32,11 @@ def _enter(netns: str) -> None:
 class Nft:
     def __init__(self, netns: str | None = None):
         self.netns = netns
-        self._executor = ThreadPoolExecutor(1, "nft-setns", _enter, (netns,)) if netns is not None else None
+        self._executor = None
+        if netns is not None:  # imported here: a pod's sidecar works in its own namespace and needs no worker
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(1, "nft-setns", _enter, (netns,))
         self._routes: RouteWatch | None = None
         self._mtus: dict = {}
         self._mtus_since = 0.0

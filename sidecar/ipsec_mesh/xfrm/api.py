@@ -1,8 +1,8 @@
 """`Xfrm`: SAs, policies and kernel events of one network namespace.
 
-Thread-safe (one lock per request socket). With asyncio, see docs/xfrm.md:
-requests take microseconds, so the agent may call them inline or through
-`asyncio.to_thread`; events are read with `loop.add_reader(x.fileno(), ...)`
+Thread-safe (one lock per request socket). On an event loop (the sidecar's own,
+ipsec_mesh.aio, or asyncio's), see docs/xfrm.md: requests take microseconds, so the
+agent calls them inline; events are read with `loop.add_reader(x.fileno(), ...)`
 and `read_events()`, which never blocks.
 """
 

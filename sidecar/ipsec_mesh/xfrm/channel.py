@@ -5,12 +5,12 @@ drives a private asyncio loop with `run_until_complete`, which fails when
 called from a coroutine of the agent's running loop, and it keeps one socket
 per thread. We frame messages ourselves (netlink.py, structs.py), enter namespaces
 with netns.py, and drive one plain socket ourselves: blocking with a timeout for
-requests, non-blocking for events, so an asyncio loop can `add_reader()` it.
+requests, non-blocking for events, so an event loop can `add_reader()` it.
 
 Namespace entry: `setns(2)` changes the calling *thread's* namespace only, so
 a short-lived helper thread enters the target namespace, creates the socket
 and exits. A socket stays bound to the namespace it was created in. No fork,
-nothing for the asyncio loop to notice.
+nothing for the event loop to notice.
 """
 
 from __future__ import annotations
