@@ -20,7 +20,7 @@ Example (docs/sidecar.md has the full reference)::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from ..ike.config import Retransmit
@@ -29,6 +29,7 @@ from ..meshapi.documents import NotYaml, load_yaml
 from ..meshapi.errors import PeerMapError
 from ..meshapi.model import PeerMap, load_peer_map_file
 from ..meshapi.ports import STATUS_HOST, STATUS_LISTEN, STATUS_PORT
+from ..records import record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,7 +41,7 @@ class ConfigError(ValueError):
     """The sidecar's configuration is unusable; the message names the field."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IkeSettings:
     port: int = 500
     natt_port: int = 4500
@@ -59,7 +60,7 @@ class IkeSettings:
         return Retransmit(timeout=self.retransmit_timeout, tries=self.retransmit_tries)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SidecarSettings:
     """What both modes (standalone file, mesh API) configure the same way."""
 
@@ -84,7 +85,7 @@ def _current_dir() -> Path:
     return Path(".")
 
 
-@dataclass(frozen=True, kw_only=True)
+@record(frozen=True, kw_only=True)
 class AgentConfig(SidecarSettings):
     """The standalone mode: the shared settings plus the peer map and credentials from files."""
 

@@ -7,7 +7,7 @@ objects below have no repr that shows it); only the CSR leaves the process.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..ike import Certificate, DerError, certificates_from_pem, csr_pem, name_equal
 from ..meshapi.client import IssuedCertificate
+from ..records import record
 from .peers import CredentialError
 
 #: Renew when this share of the certificate's lifetime (from when we received it) has passed.
@@ -22,7 +23,7 @@ RENEW_FRACTION = 2 / 3
 MIN_RENEW_DELAY = 1.0  # seconds: a certificate too short-lived must not make us spin
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Credential:
     private_key: ec.EllipticCurvePrivateKey = field(repr=False)
     #: Leaf first, then intermediates (self-signed roots left out: the peer must hold them anyway).

@@ -8,13 +8,13 @@ be installed. The kernel implementation is `xfrm_dataplane.XfrmDataPlane`.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import Protocol
 
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef
+from ..records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Acquire:
     """The kernel wants an SA for traffic from `local` to `remote`."""
 
@@ -22,19 +22,19 @@ class Acquire:
     remote: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SoftExpire:
     """An SA reached its soft lifetime (bytes or packets): rekey it."""
 
     inbound_spi: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HardExpire:
     inbound_spi: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NatMapping:
     """Authenticated ESP-in-UDP for this inbound SA arrived from a new source (XFRM MAPPING)."""
 
@@ -43,7 +43,7 @@ class NatMapping:
     port: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicyExpired:
     """One of our policies reached a lifetime it should not have (ours have none)."""
 

@@ -14,7 +14,8 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from ..records import record
 
 #: Lines per (logger, level, message template) and window before the rest are summarised.
 LOG_BURST = 5
@@ -38,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-@dataclass
+@record
 class _Window:
     start: float
     passed: int = 0

@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..meshapi import fields
 from ..meshapi.errors import PeerMapError
 from ..meshapi.ports import HEALTH_PORT, STATUS_LISTEN
+from ..records import record
 from .config import (
     DATAPLANES,
     SIDECAR_SETTINGS_KEYS,
@@ -54,7 +55,7 @@ class MeshSettingsError(ConfigError):
         self.variable = variable
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MeshSettings:
     api_url: str
     token_file: str

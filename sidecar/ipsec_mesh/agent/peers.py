@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
 
 from ..ike import (
@@ -31,6 +30,7 @@ from ..ike import (
     parse_proposal,
 )
 from ..meshapi.model import AuthKind, Enforcement, Peer, PeeringPolicy, PeerMap
+from ..records import record
 from .config import IkeSettings
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,7 +46,7 @@ class CredentialError(PeerSetError):
     answer to our CSR cannot be used (garbage PEM, a certificate for another key)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeerEntry:
     """One peer network of one peering: the unit of policy programming."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import binascii
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from ..records import record
 from . import der
 from .der import DerError
 from .errors import AuthenticationFailed, IdentityError
@@ -80,20 +80,20 @@ _SIGNATURES: dict[str, tuple[str, type[hashes.HashAlgorithm] | None]] = {
 WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Extension:
     oid: str
     critical: bool
     value: bytes  # the extnValue OCTET STRING's content
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BasicConstraints:
     ca: bool
     path_length: int | None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SubjectAltNames:
     dns: tuple[str, ...]
     email: tuple[str, ...]

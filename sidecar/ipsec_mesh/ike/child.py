@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..records import record
 from .config import ChildConfig
 from .constants import NotifyType, ProtocolId
 from .crypto import Prf, aead_keymat_len
@@ -46,7 +47,7 @@ class ChildState(enum.Enum):
     DELETED = "deleted"
 
 
-@dataclass
+@record
 class ChildSa:
     config: ChildConfig
     info: ChildSaInfo
@@ -125,7 +126,7 @@ def child_keys(sa: IkeSa, ni: bytes, nr: bytes, selected: Selected, we_are_initi
     return ChildSaKeys(inbound=keys.encr_i, outbound=keys.encr_r)
 
 
-@dataclass
+@record
 class ChildRequest:
     """What a CREATE_CHILD_SA or IKE_AUTH request asks for, after validation (responder side)."""
 

@@ -6,9 +6,10 @@ never reads files or the network for configuration.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ..records import record
 from .payloads import TrafficSelector
 from .proposals import ProposalSpec, engine_default_esp_proposals, engine_default_ike_proposals
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from .identity import Identity
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lifetime:
     """When to rekey (soft) and when the SA must be gone (hard). Seconds; 0 = never."""
 
@@ -41,7 +42,7 @@ class Lifetime:
             raise ValueError("jitter must be >= 0 and below rekey_time")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Retransmit:
     """RFC 7296 §2.4 retransmission: timeout * base**n for n in 0..tries-1, then give up."""
 
@@ -53,7 +54,7 @@ class Retransmit:
         return [self.timeout * self.base ** n for n in range(self.tries + 1)]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildConfig:
     name: str
     local_ts: tuple[TrafficSelector, ...]
@@ -68,7 +69,7 @@ class ChildConfig:
             raise ValueError(f"mode must be transport or tunnel, not {self.mode!r}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeerConfig:
     """One peer (or class of peers): who we are to it, who it must be, and how we talk.
 

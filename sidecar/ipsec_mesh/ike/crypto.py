@@ -12,12 +12,12 @@ from __future__ import annotations
 import enum
 import hmac as stdlib_hmac
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from ..records import record
 from .constants import FORBIDDEN_ENCR, FORBIDDEN_PRF, EncrId, PrfId
 from .errors import CryptoError, IntegrityError
 
@@ -54,7 +54,7 @@ def _algorithm_name(enum_type: type[enum.IntEnum], value: int) -> str:
         return str(value)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Prf:
     """An HMAC-based IKEv2 PRF. Call it as prf(key, data)."""
 

@@ -11,8 +11,7 @@ ValueError. Nesting is bounded by the callers, which descend fixed schemas.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..records import record
 from .errors import ParseError
 
 SEQUENCE = 0x30
@@ -36,7 +35,7 @@ class DerError(ParseError):
     """A DER value is truncated, has a bad length, or has an unexpected tag."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tlv:
     tag: int
     value: bytes

@@ -6,12 +6,13 @@ event's repr is secret, so events can be logged as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ..records import record
 from .payloads import TrafficSelector
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaKeys:
     """ESP keying material for one CHILD_SA: key || salt per direction (AEAD)."""
 
@@ -22,7 +23,7 @@ class ChildSaKeys:
         return f"ChildSaKeys(<{len(self.inbound)}+{len(self.outbound)} bytes hidden>)"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UdpEncap:
     """ESP must travel in UDP (RFC 3948) between these ports."""
 
@@ -30,7 +31,7 @@ class UdpEncap:
     remote_port: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaInfo:
     """Everything the data plane needs to install one CHILD_SA (both directions)."""
 
@@ -58,12 +59,12 @@ class ChildSaInfo:
     algorithm: str = ""  # human label, e.g. aes256gcm16-esn
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Event:
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IkeSaEstablished(Event):
     ike_sa: str
     local_addr: str
@@ -77,14 +78,14 @@ class IkeSaEstablished(Event):
     rekeyed_from: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IkeSaClosed(Event):
     ike_sa: str
     remote_addr: str
     reason: str  # deleted-by-peer | deleted | rekeyed | dead-peer | timeout | auth-failed | failed | expired | superseded
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaInstallInbound(Event):
     """Install the inbound half now; the outbound half follows in ChildSaInstallOutbound.
 
@@ -96,12 +97,12 @@ class ChildSaInstallInbound(Event):
     rekey_of: int | None = None  # inbound SPI of the CHILD_SA this one replaces
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaInstallOutbound(Event):
     child: ChildSaInfo
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaEncapChanged(Event):
     """The NAT in front of the peer rebound its port: re-point both halves' UDP
     encapsulation to `child.encap` (keys, SPIs and selectors are unchanged)."""
@@ -109,7 +110,7 @@ class ChildSaEncapChanged(Event):
     child: ChildSaInfo
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaRef(Event):
     """Which CHILD_SA an event is about (both SPIs, for the data plane)."""
 
@@ -121,7 +122,7 @@ class ChildSaRef(Event):
     remote_addr: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaOutboundRetired(ChildSaRef):
     """Stop sending on this CHILD_SA now: we are about to ask the peer to delete it.
 
@@ -134,20 +135,20 @@ class ChildSaOutboundRetired(ChildSaRef):
     """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaDeleted(ChildSaRef):
     """Remove both halves. The data plane may keep the inbound half for a short grace period."""
 
     reason: str  # rekeyed | deleted-by-peer | deleted | ike-closed | expired | inactive
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaActivityQuery(ChildSaRef):
     """How many packets has this CHILD_SA carried (both halves together)? The answer goes
     back through `IkeEndpoint.child_activity`; without one the CHILD_SA is never found idle."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaInboundQuery(ChildSaRef):
     """How many bytes has this CHILD_SA's inbound half received? A liveness check is due;
     more than last time means the peer is alive (liveness.py). The answer goes back through
@@ -158,7 +159,7 @@ class ChildSaInboundQuery(ChildSaRef):
     handover: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChildSaFailed(Event):
     ike_sa: str
     name: str
@@ -166,7 +167,7 @@ class ChildSaFailed(Event):
     notify: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NegotiationFailed(Event):
     """The IKE SA could not be set up (no proposal, auth failure, timeout)."""
 
@@ -176,7 +177,7 @@ class NegotiationFailed(Event):
     ike_sa: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeerIdentityMismatch(Event):
     remote_addr: str
     remote_id: str

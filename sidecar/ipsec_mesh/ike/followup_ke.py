@@ -15,9 +15,9 @@ with `followups_done(sa, secrets, now)` or `followup_failed(sa, reason, notify, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..records import record
 from .constants import ExchangeType, NotifyType, notify_name
 from .errors import IkeError, InvariantError, ParseError
 from .keyexchange import KeInitiator, respond_key_exchange, start_key_exchange
@@ -32,7 +32,7 @@ MAX_LINK_LEN = 64  # what we accept from a peer: RFC 9370 leaves the size to the
 MIN_STATE_LIFETIME = 20.0  # seconds the responder waits for the next follow-up (RFC 9370: 5-20 s)
 
 
-@dataclass
+@record
 class PendingKeyExchanges:
     """Responder state between a CREATE_CHILD_SA and its last IKE_FOLLOWUP_KE."""
 

@@ -8,8 +8,9 @@ stored. The first inner payload type travels only in fragment 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ..records import record
 from . import payloads as p
 from .constants import IKE_HEADER_LEN, PayloadType
 from .errors import FragmentError, ParseError
@@ -54,7 +55,7 @@ def encode_protected(msg: p.Message, protector: Protector, max_datagram: int,
     return encode_fragments(msg, protector, max_datagram)
 
 
-@dataclass
+@record
 class _Pending:
     """The verified fragments of one message seen so far."""
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
+from ..records import record
 from . import der
 from .constants import IdType
 from .errors import IdentityError, InvariantError
@@ -76,7 +76,7 @@ DnAttribute = tuple[str, str]  # (dotted OID, normalized value)
 DnKey = tuple[frozenset[DnAttribute], ...]  # one frozenset per RDN, in order
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Identity:
     id_type: IdType
     data: bytes

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hmac as _hmac
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cache
 from typing import Callable, Iterator, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric import dh, ec, mlkem, x448, x25519
 from cryptography.utils import CryptographyDeprecationWarning
 
+from ..records import record
 from .constants import FORBIDDEN_KE, KeId
 from .errors import CryptoError
 
@@ -93,7 +93,7 @@ KemPrivateKey = mlkem.MLKEM768PrivateKey | mlkem.MLKEM1024PrivateKey
 KemPublicKey = mlkem.MLKEM768PublicKey | mlkem.MLKEM1024PublicKey
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Montgomery:
     """X25519 (RFC 8031) / X448: key generation and raw key length."""
 
@@ -107,7 +107,7 @@ MONTGOMERY_CURVES: dict[KeId, _Montgomery] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _MlKem:
     """ML-KEM parameter set (FIPS 203) as used in IKEv2 (draft-ietf-ipsecme-ikev2-mlkem)."""
 

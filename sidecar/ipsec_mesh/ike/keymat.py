@@ -8,8 +8,9 @@ Key bytes never appear in a repr.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from ..records import record
 from .crypto import Prf
 from .errors import CryptoError
 
@@ -27,7 +28,7 @@ class _SecretRepr:
         return f"{type(self).__name__}({parts})"
 
 
-@dataclass(frozen=True, repr=False)
+@record(frozen=True, repr=False)
 class IkeKeys(_SecretRepr):
     """The seven IKE SA keys in RFC 7296 order; sk_ai/sk_ar are empty with an AEAD."""
 
@@ -40,7 +41,7 @@ class IkeKeys(_SecretRepr):
     sk_pr: bytes
 
 
-@dataclass(frozen=True, repr=False)
+@record(frozen=True, repr=False)
 class ChildKeys(_SecretRepr):
     """Child SA keys: initiator-to-responder first (RFC 7296 section 2.17).
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..records import record
 from . import message as codec
 from .constants import ExchangeType, NotifyType
 from .errors import AuthenticationFailed, FragmentError, IkeError, InvalidKePayload, ParseError
@@ -29,7 +29,7 @@ log = logging.getLogger("ipsec_mesh.ike")
 MAX_REASSEMBLIES = 4  # messages in reassembly at once, per IKE SA
 
 
-@dataclass
+@record
 class Outstanding:
     task: Task
     message_id: int

@@ -9,9 +9,9 @@ Fragmentation (RFC 7383) is in `fragment.py`, built on the helpers here.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Protocol
 
+from ..records import record
 from . import payloads as p
 from .constants import (
     IKE_HEADER_LEN,
@@ -54,7 +54,7 @@ class Protector(Protocol):
         """Returns the plaintext; raises errors.IntegrityError on a bad ICV."""
 
 
-@dataclass
+@record
 class Header:
     spi_i: bytes
     spi_r: bytes

@@ -8,9 +8,10 @@ no crypto, no behaviour beyond small helpers.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TypeVar
 
+from ..records import record
 from .constants import (
     NotifyType,
     PayloadType,
@@ -22,14 +23,14 @@ from .constants import (
 P = TypeVar("P")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Transform:
     type: int  # a TransformType; unknown values are kept as int
     id: int
     key_length: int | None = None  # the KEY_LENGTH attribute, in bits, when present
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Proposal:
     number: int  # 1-based, as on the wire
     protocol: int  # a ProtocolId; unknown values are kept as int
@@ -40,18 +41,18 @@ class Proposal:
         return tuple(t for t in self.transforms if t.type == ttype)
 
 
-@dataclass
+@record
 class SaPayload:
     proposals: list[Proposal]
 
 
-@dataclass
+@record
 class KePayload:
     group: int  # a KeId value; unknown values are kept as int
     data: bytes
 
 
-@dataclass
+@record
 class IdPayload:
     """IDi or IDr. `data` is the identification data as on the wire."""
 
@@ -63,30 +64,30 @@ class IdPayload:
         return bytes([self.id_type, 0, 0, 0]) + self.data
 
 
-@dataclass
+@record
 class CertPayload:
     encoding: int  # CertEncoding
     data: bytes
 
 
-@dataclass
+@record
 class CertReqPayload:
     encoding: int
     data: bytes  # concatenated SHA-1 hashes of trusted CA SubjectPublicKeyInfo
 
 
-@dataclass
+@record
 class AuthPayload:
     method: int  # AuthMethod
     data: bytes
 
 
-@dataclass
+@record
 class NoncePayload:
     data: bytes  # 16..256 bytes (checked by the codec)
 
 
-@dataclass
+@record
 class NotifyPayload:
     type: int  # NotifyType; unknown values kept as int
     protocol: int = ProtocolId.NONE  # a ProtocolId; unknown values kept as int
@@ -98,18 +99,18 @@ class NotifyPayload:
         return self.type < 16384
 
 
-@dataclass
+@record
 class DeletePayload:
     protocol: int  # a ProtocolId; unknown values are refused by the codec
     spis: list[bytes]  # empty for IKE; 4-byte SPIs for ESP/AH
 
 
-@dataclass
+@record
 class VendorIdPayload:
     data: bytes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TrafficSelector:
     ts_type: TsType
     ip_protocol: int  # 0 = any
@@ -138,31 +139,31 @@ class TrafficSelector:
         return cls(ts_type, ip_protocol, start_port, end_port, addr, addr)
 
 
-@dataclass
+@record
 class TsPayload:
     """TSi or TSr."""
 
     selectors: list[TrafficSelector]
 
 
-@dataclass
+@record
 class ConfigAttribute:
     type: int
     value: bytes
 
 
-@dataclass
+@record
 class CpPayload:
     cfg_type: int  # 1 REQUEST, 2 REPLY, 3 SET, 4 ACK
     attributes: list[ConfigAttribute]
 
 
-@dataclass
+@record
 class EapPayload:
     data: bytes
 
 
-@dataclass
+@record
 class EncryptedPayload:
     """SK as received: still encrypted. `first_inner` is the Next Payload of the SK header."""
 
@@ -170,7 +171,7 @@ class EncryptedPayload:
     raw: bytes  # IV || ciphertext || ICV
 
 
-@dataclass
+@record
 class EncryptedFragment:
     """SKF (RFC 7383) as received: still encrypted."""
 
@@ -180,7 +181,7 @@ class EncryptedFragment:
     raw: bytes  # IV || ciphertext || ICV
 
 
-@dataclass
+@record
 class UnknownPayload:
     """A non-critical payload type we do not understand: kept so it can be skipped."""
 
@@ -189,9 +190,7 @@ class UnknownPayload:
     data: bytes
 
 
-
-
-@dataclass
+@record
 class Message:
     """One IKE message. For a protected message, `payloads` are the inner (decrypted) payloads."""
 
@@ -226,7 +225,6 @@ class Message:
 
     def notifies(self, ntype: NotifyType) -> list[NotifyPayload]:
         return [p for p in self.payloads if p.__class__ is NotifyPayload and p.type == ntype]
-
 
 
 class IdiPayload(IdPayload):

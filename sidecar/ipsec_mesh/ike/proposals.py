@@ -10,8 +10,9 @@ ciphers only (so no INTEG transform is ever offered or accepted).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
+from ..records import record
 from .constants import (
     AEAD_ENCR,
     EncrId,
@@ -69,7 +70,7 @@ class ProposalSyntaxError(ValueError):
 Encr = tuple[int, int | None]  # (EncrId, key bits or None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProposalSpec:
     """One configured proposal: per transform type, the acceptable choices in preference order.
 
@@ -194,7 +195,7 @@ def engine_default_esp_proposals() -> list[ProposalSpec]:
     return [parse_proposal("aes256gcm16-aes128gcm16-chacha20poly1305-esn-noesn", ProtocolId.ESP)]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Selected:
     """The outcome of proposal selection: one value per transform type."""
 

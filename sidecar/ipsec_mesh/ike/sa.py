@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
+from ..records import record
 from . import message as codec
 from .certificate import Certificate
 from .child import ChildSa, ChildState
@@ -38,7 +39,7 @@ IPV6_UDP_OVERHEAD = 48
 OLD_SA_GRACE = 30.0  # seconds a rekeyed IKE SA waits for the peer's delete before going
 
 
-@dataclass
+@record
 class Datagram:
     data: bytes
     local: tuple[str, int]
@@ -351,7 +352,6 @@ class IkeSa:
                 for c in self.children.values()
             ],
         }
-
 
 
 __all__ = ["IkeSa", "IkeState", "Datagram", "Services"]

@@ -8,13 +8,13 @@ Ed25519 "identity" hash are accepted: SHA-1 signatures are refused (RFC 8247).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from ..records import record
 from . import der
 from .constants import HashAlgorithm
 from .errors import AuthenticationFailed
@@ -80,7 +80,7 @@ class Family(enum.Enum):
     RSA_PKCS1 = "rsa-pkcs1"  # verified (strongSwan's default for RSA keys), never produced
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SignatureAlgorithm:
     family: Family
     hash_alg: HashAlgorithm  # IDENTITY for Ed25519

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from ..records import record
 from .constants import NotifyType
 from .errors import IkeError
 from .payloads import Message, NotifyPayload, Payload
@@ -53,7 +53,7 @@ class Task:
         sa.close("timeout", now)
 
 
-@dataclass
+@record
 class Reply:
     """A responder's answer: payloads to send, and what to do once they are sent."""
 

@@ -17,10 +17,10 @@ import functools
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import aio
+from ..records import record
 from . import fields
 from .errors import MeshApiRequestError, PeerMapError
 from .http import Endpoint, FrameReader, Response, https_request, https_stream
@@ -35,7 +35,7 @@ DEFAULT_WAIT = 30.0
 MAX_RESPONSE = MAX_DOCUMENT_BYTES
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IssuedCertificate:
     certificate: str
     chain: tuple[str, ...]

@@ -19,10 +19,10 @@ import ipaddress
 import re
 import ssl
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode, urlsplit
 
 from .. import aio
+from ..records import record
 from .errors import MeshApiRequestError
 
 MAX_LINE = 8192          # status line, header line, chunk-size line
@@ -44,7 +44,7 @@ class HttpProtocolError(MeshApiRequestError):
     """The server's answer is not well-formed HTTP/1.1 within our bounds."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """Where the mesh API lives: an https:// base URL split for connecting."""
 
@@ -81,7 +81,7 @@ class Endpoint:
         return target
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Response:
     status: int
     headers: dict[str, str]  # lower-case names; repeated fields joined with ", "

@@ -16,9 +16,10 @@ import functools
 import ipaddress
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
+from ..records import record
 from . import fields
 from .documents import NotYaml, load_yaml
 from .errors import PeerMapError
@@ -60,7 +61,7 @@ class Enforcement(str, enum.Enum):
     PREFER = "prefer"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PskKey:
     """One generation of a peering's pre-shared key."""
 
@@ -72,7 +73,7 @@ class PskKey:
     expires_at: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lifetimes:
     ike_seconds: int = 4 * 3600
     child_seconds: int = 3600
@@ -81,7 +82,7 @@ class Lifetimes:
     inactivity_seconds: int = 15 * 60
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Peer:
     """One peer: a pod (one address per IP family) or a remote cluster (its pod CIDRs)."""
 
@@ -98,7 +99,7 @@ class Peer:
         return _compact(_peer_to_dict(self))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeeringPolicy:
     """The settings of one IPsecPeering and the peers it gives this pod."""
 
@@ -133,7 +134,7 @@ class PeeringPolicy:
         return self.json_head + ",".join(peer.json_text for peer in self.peers) + "]}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LocalIdentity:
     """The pod the map is for."""
 
@@ -156,7 +157,7 @@ class SessionAffinity(str, enum.Enum):
     CLIENT_IP = "ClientIP"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServiceEndpoint:
     """One backend of a service port, with its EndpointSlice conditions."""
 
@@ -170,7 +171,7 @@ class ServiceEndpoint:
     peer: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServicePort:
     #: "" only for the single port of a service.
     name: str
@@ -187,7 +188,7 @@ class ServicePort:
             raise PeerMapError("endpoints", "(address, port) must be unique")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServiceEntry:
     """A Service with a ClusterIP that at least one of this pod's peers serves."""
 
@@ -236,7 +237,7 @@ class ServiceEntry:
             raise PeerMapError("sessionAffinityTimeoutSeconds", f"must be within 1..{MAX_AFFINITY_TIMEOUT_SECONDS}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeerMap:
     version: int
     local: LocalIdentity

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ..records import record
 from . import fields
 
 MAX_REPORTED_PEERINGS = 4096
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeeringStatus:
     #: The PeeringPolicy name from the peer map (``ns/peering`` or ``ns/peering/remote``).
     name: str
@@ -19,7 +19,7 @@ class PeeringStatus:
     last_error: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StatusReport:
     #: The peer-map version the sidecar has applied.
     applied_version: int

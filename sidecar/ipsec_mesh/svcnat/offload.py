@@ -29,8 +29,8 @@ import errno
 import fcntl
 import socket
 import struct
-from dataclasses import dataclass
 
+from ..records import record
 from ..xfrm import XfrmError
 from ..xfrm.channel import NetnsRef, socket_in_netns
 from .nft import Nft, NftError
@@ -116,7 +116,7 @@ def encode_gfeatures(words: int) -> bytearray:
     return bytearray(FEATURES_HEADER.pack(ETHTOOL_GFEATURES, words) + bytes(words * GET_BLOCK.size))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FeatureState:
     """One feature of one device, as ETHTOOL_GFEATURES reports it."""
 

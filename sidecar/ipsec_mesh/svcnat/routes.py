@@ -24,8 +24,8 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
+from ..records import record
 from ..xfrm import XfrmError
 from ..xfrm.channel import NetlinkChannel
 from ..xfrm.constants import NLM_F_CREATE, NLM_F_REPLACE
@@ -73,7 +73,7 @@ def refusal(error: XfrmError) -> str:
     return os.strerror(error.errno) + (f" ({error.detail})" if error.detail else "")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Route:
     """A host route for one ClusterIP, as we want it or as the kernel holds it."""
 
@@ -93,7 +93,7 @@ class Route:
                 "dev": names.get(self.oif, str(self.oif))}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _KernelRoute:
     """One route of the main table, as much of it as a ClusterIP's route is derived from."""
 

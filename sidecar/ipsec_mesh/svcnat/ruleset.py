@@ -56,11 +56,12 @@ inject syntax.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache
 from typing import Mapping
 
 from ..meshapi.model import ServiceEndpoint, ServiceEntry, ServicePort, SessionAffinity
+from ..records import record
 
 FAMILY = "inet"
 TABLE = "ipsec_mesh_svc"
@@ -93,7 +94,7 @@ Key = tuple[int, str]
 Elements = Mapping[str, Mapping[str, str]]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortState:
     """What one service port's elements say: the choice among `count`, its affinity map."""
 
@@ -107,7 +108,7 @@ class PortState:
     maps: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Objects:
     """What the kernel's table holds, as read back at a start (its rules are not read)."""
 
@@ -144,7 +145,7 @@ class Objects:
         return states
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Fragment:
     """One Service's part of the table."""
 
@@ -159,7 +160,7 @@ class Fragment:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Table:
     """Everything the translation puts into the table for a list of Services, by name."""
 

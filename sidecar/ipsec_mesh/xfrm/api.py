@@ -13,9 +13,9 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..records import record
 from . import codec, packed, sockopts, structs
 from .channel import NetlinkChannel, NetnsRef, Reply, close_quietly
 from .constants import IPPROTO_ESP, Direction, Group, MsgType
@@ -32,7 +32,7 @@ NOT_FOUND = (errno.ENOENT, errno.ESRCH)
 SPI_MIN = 0x100  # 1..255 are reserved by IANA (RFC 4303)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FlushResult:
     policies: int
     sas: int

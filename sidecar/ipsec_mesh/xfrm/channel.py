@@ -23,9 +23,9 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..records import record
 from .constants import (
     NETLINK_ADD_MEMBERSHIP,
     NETLINK_CAP_ACK,
@@ -58,7 +58,7 @@ SEQ_FIELD, SEQ_OFFSET = struct.Struct("=I"), 8
 REPLY_TIMEOUT = 5.0  # seconds; the kernel answers in microseconds, this only bounds bugs
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reply:
     msg_type: int
     flags: int

@@ -7,9 +7,9 @@ other software's traffic in the same namespace.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..records import record
 from . import structs
 from .codec import decode_message, get_selector, get_templates, policy_from, sa_from, unpack_address
 from .constants import MsgType
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .structs import Message
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Acquire:
     """A packet hit a policy whose template has no SA: negotiate one.
 
@@ -42,7 +42,7 @@ class Acquire:
         return self.policy.owned
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Expire:
     """An SA reached a soft limit (rekey now) or a hard one (it is gone)."""
 
@@ -54,7 +54,7 @@ class Expire:
         return self.sa.owned
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolExpire:
     policy: PolicyInfo
     hard: bool
@@ -64,7 +64,7 @@ class PolExpire:
         return self.policy.owned
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mapping:
     """A NAT-T peer's outer address or port changed (XFRM_MSG_MAPPING)."""
 
@@ -82,7 +82,7 @@ class Mapping:
         return is_owned_reqid(self.reqid)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EventsLost:
     """The event socket overflowed (ENOBUFS): resynchronise from dumps."""
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from ..records import record
 from .constants import (
     IPPROTO_ESP,
     XFRM_INF,
@@ -49,7 +50,7 @@ def ip_network(value: str | IPAddress | IPNetwork) -> IPNetwork:
     return ipaddress.ip_network(value, strict=True) if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Selector:
     """Traffic a policy or SA applies to: prefixes, protocol, ports (0 = any)."""
 
@@ -81,7 +82,7 @@ class Selector:
         return cls(ip_network(ip_address(src)), ip_network(ip_address(dst)), proto)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mark:
     """An XFRM mark: matches skb marks where (skb_mark & mask) == value."""
 
@@ -89,7 +90,7 @@ class Mark:
     mask: int = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lifetime:
     """xfrm_lifetime_cfg: soft limits raise EXPIRE(hard=False), hard ones delete.
 
@@ -106,7 +107,7 @@ class Lifetime:
     hard_use_seconds: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LifetimeCurrent:
     bytes: int = 0
     packets: int = 0
@@ -114,7 +115,7 @@ class LifetimeCurrent:
     use_time: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Aead:
     """An AEAD transform by kernel name; `key` is key||salt. Never printed."""
 
@@ -134,7 +135,7 @@ class Aead:
         return f"Aead(name={self.name!r}, key=<{len(self.key)} bytes hidden>, icv_bits={self.icv_bits})"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UdpEncap:
     """ESP-in-UDP (RFC 3948) ports for NAT traversal."""
 
@@ -142,7 +143,7 @@ class UdpEncap:
     dport: int = 4500
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SaSpec:
     """An SA to install. `reqid` must come from `ownership.owned_reqid()`."""
 
@@ -183,7 +184,7 @@ class SaSpec:
         return self.selector or Selector.host_pair(self.src, self.dst)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SaInfo:
     """An SA as the kernel reports it. Key material is deliberately not kept."""
 
@@ -209,7 +210,7 @@ class SaInfo:
     owned: bool
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Template:
     """One transform a policy demands (xfrm_user_tmpl).
 
@@ -234,7 +235,7 @@ class Template:
             raise XfrmSpecError("Template", "a tunnel-mode template needs src and dst")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicySpec:
     """A policy to install. `index` 0 lets the kernel choose one."""
 
@@ -263,7 +264,7 @@ class PolicySpec:
             raise XfrmSpecError("PolicySpec", "a policy index encodes its direction in the low 3 bits")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicyInfo:
     selector: Selector
     direction: Direction
