@@ -45,9 +45,9 @@ print(json.dumps(rows))
 """
 
 
-def measure(source: Path) -> list[tuple[str, int, int]]:
+def measure(source: Path, flags: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
     path = [str(source / "sidecar"), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    result = subprocess.run([sys.executable, "-S", "-c", PROBE], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-S", *flags, "-c", PROBE], capture_output=True, text=True, timeout=120,
                             check=True, env={"PYTHONPATH": os.pathsep.join(path), "PATH": "/usr/bin:/bin"})
     return [tuple(row) for row in json.loads(result.stdout)]
 
@@ -56,12 +56,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", action="append", type=Path, help="checkout to measure (repeat to compare)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--optimize", action="store_true",
+                        help="run the probe with -OO, as the sidecar image does (needs .opt-2.pyc everywhere, "
+                             "or every module compiles from source: python -OO -m compileall)")
     args = parser.parse_args()
     sources = args.source or [Path(__file__).resolve().parent.parent]
     runs: dict[Path, list[list[tuple[str, int, int]]]] = {source: [] for source in sources}
     for _ in range(args.rounds):
         for source in sources:
-            runs[source].append(measure(source))
+            runs[source].append(measure(source, ("-OO",) if args.optimize else ()))
     print(f"python {sys.version.split()[0]}; {args.rounds} rounds, medians; RssAnon in MB (10^6 bytes)")
     for source, rounds in runs.items():
         print(f"{source}:")
