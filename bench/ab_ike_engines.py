@@ -63,7 +63,10 @@ def peer_config(e: dict[str, ModuleType], spec: Spec) -> Any:
         credential, psks, trust = auth.PskCredential(spec.psk.encode()), (spec.psk.encode(),), None
     else:
         assert spec.cert and spec.key and spec.ca
-        chain = x509.load_pem_x509_certificates(Path(spec.cert).read_bytes())
+        pem = Path(spec.cert).read_bytes()
+        # Engines since session 6 parse certificates themselves (ike/certificate.py); older ones take x509's.
+        own = getattr(e["certs"], "certificates_from_pem", None)
+        chain = own(pem) if own is not None else x509.load_pem_x509_certificates(pem)
         key = serialization.load_pem_private_key(Path(spec.key).read_bytes(), password=None)
         credential, psks = auth.CertCredential(key, chain), ()
         trust = e["certs"].TrustStore.from_pem(Path(spec.ca).read_bytes())

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sidecar"))
 
-from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from ipsec_mesh.ike.auth import CertCredential, PskCredential  # noqa: E402
+from ipsec_mesh.ike.certificate import certificates_from_pem  # noqa: E402
 from ipsec_mesh.ike.certs import TrustStore  # noqa: E402
 from ipsec_mesh.ike.config import ChildConfig, PeerConfig, Retransmit  # noqa: E402
 from ipsec_mesh.ike.constants import ProtocolId  # noqa: E402
@@ -64,7 +64,7 @@ def peer_config(spec: Spec) -> PeerConfig:
     if spec.psk is not None:
         credential, psks, trust = PskCredential(spec.psk.encode()), (spec.psk.encode(),), None
     else:
-        chain = x509.load_pem_x509_certificates(Path(spec.cert).read_bytes())
+        chain = certificates_from_pem(Path(spec.cert).read_bytes())
         key = serialization.load_pem_private_key(Path(spec.key).read_bytes(), password=None)
         credential, psks = CertCredential(key, chain), ()
         trust = TrustStore.from_pem(Path(spec.ca).read_bytes())
