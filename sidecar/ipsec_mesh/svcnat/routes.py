@@ -122,26 +122,19 @@ def _link_name(data: bytes) -> tuple[int, str]:
     if len(data) < NLMSG_HDRLEN + IFINFOMSG.size:
         raise RouteError("truncated link message")
     index = IFINFOMSG.unpack_from(data, NLMSG_HDRLEN)[2]
-    try:
-        attrs = parse_attrs(data, NLMSG_HDRLEN + IFINFOMSG.size, len(data), "list links")
-    except XfrmError as exc:
-        raise RouteError(str(exc)) from None
-    name = attrs.get(IFLA_IFNAME, b"")
-    if not isinstance(name, bytes):  # IFLA_IFNAME is not a nested type
-        raise RouteError("link name attribute is nested")
+    name = _attributes(data, NLMSG_HDRLEN + IFINFOMSG.size, "list links").get(IFLA_IFNAME, b"")
     return index, name.split(b"\0", 1)[0].decode(errors="replace") or str(index)
 
 
 def _attributes(data: bytes, offset: int, operation: str) -> dict[int, bytes]:
-    """rtattrs from `offset` to the end of `data` (type -> payload), each length checked."""
-    attrs = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            raise RouteError(f"{operation}: attribute length {length} overruns the message")
-        attrs[kind & 0x3FFF] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return attrs
+    """rtattrs from `offset` to the end of `data` (type -> payload), through the XFRM layer's
+    checked attribute parser (lengths, padding, stray bytes), its errors as RouteError."""
+    try:
+        attrs = parse_attrs(data, offset, len(data), operation)
+    except XfrmError as exc:
+        raise RouteError(str(exc)) from None
+    # No type is asked to be parsed as nested, so every payload is bytes.
+    return {kind: value for kind, value in attrs.items() if isinstance(value, bytes)}
 
 
 def _u32(attrs: dict[int, bytes], kind: int) -> int | None:
