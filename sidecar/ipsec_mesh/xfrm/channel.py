@@ -42,7 +42,7 @@ from .constants import (
     SOL_NETLINK,
 )
 from .errors import XfrmError, XfrmParseError
-from .netlink import NLMSG_HEADER, iter_messages
+from .netlink import NLA_TYPE_MASK, NLMSG_HEADER, iter_attrs, iter_messages
 from .netns import setns
 
 if TYPE_CHECKING:
@@ -115,15 +115,13 @@ def extended_ack_text(reply: Reply) -> str:
     if not reply.flags & NLM_F_ACK_TLVS:
         return ""
     # error code, then the request's header (payload capped by NETLINK_CAP_ACK)
-    offset = NLMSG_HDRLEN + 4 + NLMSG_HDRLEN
     data = reply.data
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            return ""
-        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return data[offset + 4 : offset + length].split(b"\0", 1)[0].decode(errors="replace")
-        offset += (length + 3) & ~3
+    try:  # best effort: a malformed chain only costs the message text
+        for kind, first, last in iter_attrs(data, NLMSG_HDRLEN + 4 + NLMSG_HDRLEN, len(data), "error ack"):
+            if kind & NLA_TYPE_MASK == NLMSGERR_ATTR_MSG:
+                return data[first:last].split(b"\0", 1)[0].decode(errors="replace")
+    except XfrmParseError:
+        pass
     return ""
 
 
