@@ -14,6 +14,7 @@ from ipsec_mesh_operator.model.peering import parse_peering
 from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.pki.psk import PskRing
 from tests.support.kube_harness import first_reads_meet, replicas
+from tests.support.memory_kube import MemoryKube
 
 NAMESPACE = "prod"
 SPEC = parse_peering(NAMESPACE, "p", {"selector": {}, "peers": [{"podSelector": {}}], "authentication": {
@@ -72,3 +73,18 @@ async def test_a_writer_with_a_stale_cache_adopts_the_newer_key_instead_of_overw
         assert stale.psk[SPEC.key].values == newer.values  # converged on what is stored
         assert stale.index._psk_keys[SPEC.key] == newer.keys(now[0])  # and serves its keys to the sidecars
         assert rotations() == before
+
+
+async def test_a_rotation_due_while_the_psk_secret_is_gone_writes_it_back_with_its_owner():
+    """Before, the patch of a deleted Secret got 404 and was dropped: the new key lived in memory only."""
+    now = [1_900_000_000.0]
+    kube = MemoryKube()
+    runtime = OperatorRuntime(OperatorConfig(webhook_enabled=False), kube, clock=lambda: now[0])
+    await runtime.ensure_psk(SPEC, OWNER)
+    del kube.secrets[(NAMESPACE, "p-psk")]
+    now[0] += ROTATION + 1
+    await runtime.rotate_psk_if_due(SPEC, OWNER)
+    stored = await kube.read_secret(NAMESPACE, "p-psk")
+    assert stored["metadata"]["ownerReferences"] == [OWNER]  # garbage-collected with its peering
+    assert PskRing.from_secret_data(decode_secret_data(stored)).values == runtime.psk[SPEC.key].values
+    assert len(runtime.psk[SPEC.key].ring.generations) == 2
