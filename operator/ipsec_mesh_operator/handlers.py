@@ -214,7 +214,7 @@ async def maintain_peering(name: str, namespace: str, spec: Any, body: kopf.Body
         return  # invalid or not reconciled yet; the reconcile handler reports it
     if parsed.auth is AuthKind.PSK and key in rt.psk:
         before = rt.psk[key].active_id(rt.clock())
-        await rt.rotate_psk_if_due(parsed)
+        await rt.rotate_psk_if_due(parsed, kopf.build_owner_reference(body))
         after = rt.psk[key].active_id(rt.clock())
         if before != after:
             kopf.info(body, reason="PskRotated", message=f"now initiating with key {after}")

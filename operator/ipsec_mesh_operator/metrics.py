@@ -29,9 +29,9 @@ KEY_ROTATIONS = Counter("ipsec_mesh_key_rotations", "CA and PSK rotations", ["ki
 KEYS_REFUSED = Counter("ipsec_mesh_stored_keys_refused",
                        "Stored key material (a Secret another replica wrote) refused as unusable; the keys in use kept",
                        ["kind"], registry=REGISTRY)
-CA_WRITE_CONFLICTS = Counter("ipsec_mesh_ca_write_conflicts",
-                             "CA Secret writes refused because another replica wrote it first (then re-read)",
-                             registry=REGISTRY)
+KEY_WRITE_CONFLICTS = Counter("ipsec_mesh_key_write_conflicts",
+                              "CA or PSK Secret writes refused because someone wrote it since it was read (then re-read)",
+                              ["kind"], registry=REGISTRY)
 SIGNING_SECONDS = Histogram("ipsec_mesh_signing_seconds", "Time to check and sign one CSR", registry=REGISTRY)
 CONNECTIONS = Gauge("ipsec_mesh_server_connections", "Open connections of an HTTPS server", ["server"],
                     registry=REGISTRY)

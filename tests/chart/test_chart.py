@@ -280,6 +280,7 @@ def test_connection_bounds_reach_the_operator():
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["IPSEC_MESH_MAX_CONNECTIONS"] == "10000" and env["IPSEC_MESH_IDLE_TIMEOUT"] == "30s"
     assert env["IPSEC_MESH_HANDSHAKE_TIMEOUT"] == "5s" and env["IPSEC_MESH_MAX_REQUESTS_PER_POD"] == "8"
+    assert env["IPSEC_MESH_DEAD_CLIENT_TIMEOUT"] == "30s"
 
 
 def test_no_webhooks_option_leaves_them_out():

@@ -15,7 +15,7 @@ from ipsec_mesh_operator.controller.kube import Conflict, Connection, KubeClient
 from ipsec_mesh_operator.controller.runtime import OperatorRuntime
 from ipsec_mesh_operator.model.settings import OperatorConfig
 from ipsec_mesh_operator.standalone.store import FileSecretStore
-from tests.support.kube_harness import running_kube
+from tests.support.kube_harness import first_reads_meet, replicas, running_kube
 from tests.support.memory_kube import MemoryKube
 
 NAMESPACE = "mesh-system"
@@ -39,36 +39,20 @@ def rotations() -> float:
 
 
 async def test_two_replicas_rotating_at_once_keep_one_ca_and_both_use_it():
-    with running_kube() as kube:
-        now = [1_900_000_000.0]
-        first, second = runtime_at(kube.url, lambda: now[0]), runtime_at(kube.url, lambda: now[0])
-        try:
-            await first.load_or_create_ca()
-            await second.load_or_create_ca()
-            assert first.ca.ring == second.ca.ring and len(stored_generations(kube)) == 1
-            now[0] += INTERVAL + 1  # the rotation is due for both
-            # Both read the Secret before either writes: the race the precondition must settle.
-            both_read, waited = asyncio.Barrier(2), set()
-            for runtime in (first, second):
-                read = runtime.kube.read_secret
-
-                async def read_then_wait(namespace, name, read=read, runtime=runtime):
-                    secret = await read(namespace, name)
-                    if runtime not in waited:  # only each one's first read: a re-read after a conflict goes on
-                        waited.add(runtime)
-                        await asyncio.wait_for(both_read.wait(), 30)
-                    return secret
-                runtime.kube.read_secret = read_then_wait
-            before = rotations()
-            results = await asyncio.gather(first.rotate_ca_if_due(), second.rotate_ca_if_due())
-            generations = stored_generations(kube)
-            assert len(generations) == 2  # one rotation stored, not two written over each other
-            assert first.ca.ring == second.ca.ring  # the loser adopted the winner's CA: both sign with it
-            assert sorted(g.id for g in first.ca.ring.generations) == generations
-            assert sorted(results) == [False, True] and rotations() == before + 1
-        finally:
-            await first.kube.close()
-            await second.kube.close()
+    now = [1_900_000_000.0]
+    async with replicas(lambda url: runtime_at(url, lambda: now[0])) as (kube, (first, second)):
+        await first.load_or_create_ca()
+        await second.load_or_create_ca()
+        assert first.ca.ring == second.ca.ring and len(stored_generations(kube)) == 1
+        now[0] += INTERVAL + 1  # the rotation is due for both
+        first_reads_meet([first.kube, second.kube])  # both read the Secret before either writes
+        before = rotations()
+        results = await asyncio.gather(first.rotate_ca_if_due(), second.rotate_ca_if_due())
+        generations = stored_generations(kube)
+        assert len(generations) == 2  # one rotation stored, not two written over each other
+        assert first.ca.ring == second.ca.ring  # the loser adopted the winner's CA: both sign with it
+        assert sorted(g.id for g in first.ca.ring.generations) == generations
+        assert sorted(results) == [False, True] and rotations() == before + 1
 
 
 async def check_a_stale_write_is_refused(client) -> None:

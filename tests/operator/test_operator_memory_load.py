@@ -1,9 +1,16 @@
 """Issue 10: the standalone operator, as a process in a memory cgroup of the chart's limit, under load.
 
 5,000 slow connections (half never start TLS, half finish it and send nothing) and 1,000
-long polls from one pod, while a legitimate sidecar bootstraps. The operator must stay
+peer-map watches from one pod, while a legitimate sidecar bootstraps. The operator must stay
 alive and under the limit, with the chart's defaults (no setting is lowered for the test).
 Prints the memory it measured (docs/security-model.md quotes it).
+
+What it asserts holds on a loaded machine too (load 12-30 on 2 cores): the watches are
+streams, as the sidecar makes them, so a held one stays held for 150-300 s whatever the
+pace of the others (long polls of 20 s let a late poll take a freed slot); and at most
+WATCH_CONCURRENCY of them are in their TLS handshake at once, so their handshakes end
+within the operator's 5 s handshake timeout even when each process gets a fifteenth of a
+core (1,000 at once were all dropped there: none reached the per-pod bound).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ CHART_LIMIT = 512 * 1024 * 1024
 SLOW = 5000
 POLLS = 1000
 BATCH = 250
+#: Watches opening at once (handshake, request, status line); held ones release their place.
+WATCH_CONCURRENCY = 32
 
 
 async def _open(host: str, port: int, context: ssl.SSLContext | None):
@@ -32,16 +41,22 @@ async def _open(host: str, port: int, context: ssl.SSLContext | None):
         return None  # refused or evicted during the handshake: the bound at work
 
 
-async def _poll(host: str, port: int, context: ssl.SSLContext, token: bytes, version: int) -> int | None:
-    try:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context)
-        writer.write(f"GET /v1/peermap?version={version}&wait=20 HTTP/1.1\r\nHost: mesh\r\n".encode()
-                     + b"Authorization: Bearer " + token + b"\r\n\r\n")
-        status = int((await asyncio.wait_for(reader.readline(), 40)).split(b" ")[1])
+async def _watch(host: str, port: int, context: ssl.SSLContext, token: bytes, version: int,
+                 pace: asyncio.Semaphore, held: list) -> int | None:
+    """Open one peer-map stream as the sidecar does; its status, the connection kept while held (200)."""
+    async with pace:
+        try:
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            writer.write(f"GET /v1/peermap?watch=1&version={version}&wait=60 HTTP/1.1\r\nHost: mesh\r\n".encode()
+                         + b"Authorization: Bearer " + token + b"\r\n\r\n")
+            status = int((await asyncio.wait_for(reader.readline(), 60)).split(b" ")[1])
+        except (OSError, ssl.SSLError, IndexError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+            return None  # evicted or refused
+    if status == 200:
+        held.append(writer)  # a stream: it holds its slot until the test ends
+    else:
         writer.close()
-        return status
-    except (OSError, ssl.SSLError, IndexError, ValueError, asyncio.IncompleteReadError, TimeoutError):
-        return None  # evicted or refused
+    return status
 
 
 async def _bootstrap(url: str, bundle: str, state, pod: str) -> bool:
@@ -83,21 +98,26 @@ async def test_the_operator_survives_slow_connections_and_long_polls_under_the_c
         token = (state / "pods/shop/web/token").read_bytes().strip()
         async with MeshApiClient(url, ca_bundle=bundle, token_file=state / "pods/shop/web/token") as client:
             version = (await client.fetch_peer_map()).version
-        polls = asyncio.gather(*(_poll(host, int(port), context, token, version) for _ in range(POLLS)))
+        pace = asyncio.Semaphore(WATCH_CONCURRENCY)
+        watches = asyncio.gather(*(_watch(host, int(port), context, token, version, pace, writers)
+                                   for _ in range(POLLS)))
         legitimate = await _bootstrap(url, bundle, state, "db")
-        statuses = await polls
+        statuses = await watches
 
         peak = cgroup.peak()
         print(f"\nbaseline {baseline / 2**20:.1f} MiB; with {SLOW} slow connections held "
               f"{held / 2**20:.1f} MiB; peak {peak / 2**20:.1f} MiB of {CHART_LIMIT / 2**20:.0f} MiB; "
               f"per connection {(held - baseline) / min(SLOW, OperatorConfig.max_connections) / 1024:.1f} KiB; "
-              f"polls: {sorted((s, statuses.count(s)) for s in set(statuses) if s is not None)}, "
+              f"watches: {sorted((s, statuses.count(s)) for s in set(statuses) if s is not None)}, "
               f"{statuses.count(None)} dropped")
         assert process.poll() is None, (tmp_path / "operator.log").read_text()[-2000:]
         assert cgroup.oom_kills() == 0 and peak < CHART_LIMIT
         assert legitimate
-        assert statuses.count(304) <= 8  # max_requests_per_pod: the rest got 429 or lost their slot
-        assert statuses.count(429) > 0
+        assert set(statuses) <= {200, 429, None}
+        # max_requests_per_pod: at most 8 held at once (streams never end within the test), every other
+        # answer a 429; most of them answered, not dropped (else the bound was never reached).
+        assert 1 <= statuses.count(200) <= OperatorConfig.max_requests_per_pod
+        assert statuses.count(429) >= POLLS // 2
     finally:
         for writer in writers:
             writer.transport.abort()

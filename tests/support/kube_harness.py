@@ -15,7 +15,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +188,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or predicate}: last={last!r}")
+
+
+def first_reads_meet(clients: list[Any], timeout: float = 30.0) -> None:
+    """Make each client's first `read_secret` wait until every client has made its first: all of them
+    decide on the same version of a Secret before any writes it (the race a write precondition settles).
+    Later reads (a re-read after a conflict) go on at once."""
+    barrier, waited = asyncio.Barrier(len(clients)), set()
+    for client in clients:
+        read = client.read_secret
+
+        async def read_then_wait(namespace: str, name: str, read: Any = read, client: Any = client) -> Any:
+            secret = await read(namespace, name)
+            if id(client) not in waited:
+                waited.add(id(client))
+                await asyncio.wait_for(barrier.wait(), timeout)
+            return secret
+        client.read_secret = read_then_wait
+
+
+@contextlib.asynccontextmanager
+async def replicas(make: Callable[[str], Any], count: int = 2) -> AsyncIterator[tuple[KubeHarness, list[Any]]]:
+    """`count` operator runtimes, each `make(api_url)`, against one kmock API server; their clients closed after."""
+    with running_kube() as kube:
+        runtimes = [make(kube.url) for _ in range(count)]
+        try:
+            yield kube, runtimes
+        finally:
+            for runtime in runtimes:
+                await runtime.kube.close()

@@ -42,8 +42,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from ipsec_mesh.keybounds import rsa_key_problem
+
 from ..model.federation_spec import DEFAULT_REFRESH, MIN_REFRESH, FederationSpec
-from ..pki.ca import rsa_key_problem
 
 logger = logging.getLogger("ipsec_mesh_operator.federation")
 

@@ -36,15 +36,16 @@ from ..pki.ca import CAStateError, CertificateAuthority, LeafIdentity, certifica
 from ..pki.psk import PskRing, PskStateError, secret_name
 from .federation import Federation
 from .index import MeshIndex, PeeringKey, PodKey
-from .kube import Conflict, KubeClient, decode_secret_data
+from .kube import KubeClient, decode_secret_data
+from .secret_writes import SecretKeptChanging, write_decided
 from .token_review import Caller, TokenAuthenticator
 
 logger = logging.getLogger("ipsec_mesh_operator")
 
 #: CHILD_SAs a pod may claim per peer address of a policy (rekey overlap, per-Service selectors).
 MAX_SAS_PER_PEER_ADDRESS = 8
-#: CA Secret writes refused in a row (each after a re-read) before a rotation round gives up until the next.
-CA_WRITE_ATTEMPTS = 5
+#: Labels of every Secret the operator creates.
+PART_OF_MESH = {"app.kubernetes.io/part-of": "ipsec-mesh"}
 #: Addresses of a remote cluster's CIDRs counted towards that bound.
 MAX_REMOTE_ADDRESSES = 1024
 
@@ -86,24 +87,20 @@ class OperatorRuntime:
 
     async def load_or_create_ca(self) -> CertificateAuthority:
         ns, name = self.config.namespace, self.config.ca_secret
-        for _ in range(3):
-            secret = await self.kube.read_secret(ns, name)
+
+        async def load_or_create(stored: dict[str, Any] | None) -> tuple[CertificateAuthority, dict[str, bytes] | None]:
+            if stored is not None:
+                return CertificateAuthority.from_secret_data(decode_secret_data(stored),
+                                                             self.config.max_cert_lifetime), None
             now = self.clock()
-            if secret is not None:
-                self.ca = CertificateAuthority.from_secret_data(decode_secret_data(secret), self.config.max_cert_lifetime)
-                logger.info("mesh CA loaded from Secret %s/%s", ns, name)
-                break
             ca = CertificateAuthority.create(now, self.config.max_cert_lifetime, self.config.ca_lifetime)
-            try:
-                await self.kube.create_secret(ns, name, ca.to_secret_data(now),
-                                              labels={"app.kubernetes.io/part-of": "ipsec-mesh"})
-            except Conflict:
-                continue  # another replica won the race: load theirs
-            self.ca = ca
-            logger.info("mesh CA created in Secret %s/%s", ns, name)
-            break
-        else:
-            raise CAStateError("could not load or create the mesh CA Secret")
+            return ca, ca.to_secret_data(now)  # another replica creating it first: theirs is loaded instead
+
+        try:
+            self.ca, created = await write_decided(self.kube, ns, name, "ca", load_or_create, labels=PART_OF_MESH)
+        except SecretKeptChanging as exc:
+            raise CAStateError(str(exc)) from None
+        logger.info("mesh CA %s Secret %s/%s", "created in" if created else "loaded from", ns, name)
         await self.rotate_ca_if_due()
         self.index.set_trust_bundle(self.ca.trust_bundle(self.clock()))
         return self.ca
@@ -146,33 +143,27 @@ class OperatorRuntime:
         is refused adopts the winner's CA and decides again (normally: nothing left to do).
         """
         assert self.ca is not None
-        ns, name = self.config.namespace, self.config.ca_secret
         now = self.clock()
         bundle_before = self.ca.trust_bundle(now)
         interval = 0 if now_please else self.config.ca_rotation_interval
-        for _ in range(CA_WRITE_ATTEMPTS):
-            stored = await self.kube.read_secret(ns, name)
-            await self.adopt_ca_secret(stored)
+
+        async def rotate(stored: dict[str, Any] | None) -> tuple[tuple[CertificateAuthority, bool, float],
+                                                                   dict[str, bytes] | None]:
+            await self.adopt_ca_secret(stored)  # another replica's rotation first: then nothing may be due
+            assert self.ca is not None
             now = self.clock()
             rotated = self.ca.copy()
             changed = rotated.rotate_if_due(now, interval, self.config.ca_propagation, self.config.ca_lifetime)
-            if not changed:
-                break
-            try:
-                if stored is None:  # deleted: written back, by whichever replica creates it first
-                    await self.kube.create_secret(ns, name, rotated.to_secret_data(now),
-                                                  labels={"app.kubernetes.io/part-of": "ipsec-mesh"})
-                else:
-                    await self.kube.update_secret_data(ns, name, rotated.to_secret_data(now), expected=stored)
-            except Conflict:
-                metrics.CA_WRITE_CONFLICTS.inc()
-                logger.info("mesh CA Secret %s/%s changed while this replica rotated: reading it again", ns, name)
-                continue
+            return (rotated, changed, now), rotated.to_secret_data(now) if changed else None
+
+        try:
+            (rotated, changed, now), written = await write_decided(
+                self.kube, self.config.namespace, self.config.ca_secret, "ca", rotate, labels=PART_OF_MESH)
+        except SecretKeptChanging as exc:
+            raise CAStateError(str(exc)) from None
+        if written:
             self.ca = rotated
             metrics.KEY_ROTATIONS.labels("ca").inc()
-            break
-        else:
-            raise CAStateError(f"the mesh CA Secret kept changing: {CA_WRITE_ATTEMPTS} writes refused in a row")
         bundle = self.ca.trust_bundle(now)
         if bundle != bundle_before or changed:
             self.index.set_trust_bundle(bundle)
@@ -213,42 +204,53 @@ class OperatorRuntime:
     async def ensure_psk(self, spec: PeeringSpec, owner: dict[str, Any]) -> PskRing:
         """Load the peering's PSK Secret, creating it (owned by the peering) the first time."""
         if spec.key in self.psk:  # loaded already: periodic checks need no API call
-            await self.rotate_psk_if_due(spec)
+            await self.rotate_psk_if_due(spec, owner)
             return self.psk[spec.key]
-        name = secret_name(spec.name)
-        ring = None
-        for _ in range(3):
-            secret = await self.kube.read_secret(spec.namespace, name)
-            if secret is not None:
-                ring = PskRing.from_secret_data(decode_secret_data(secret))
-                break
-            candidate = PskRing.create(self.clock())
-            try:
-                await self.kube.create_secret(spec.namespace, name, candidate.to_secret_data(),
-                                              labels={"app.kubernetes.io/part-of": "ipsec-mesh",
-                                                      "ipsec-mesh.io/peering": spec.name},
-                                              owner=owner)
-            except Conflict:
-                continue
-            ring = candidate
-            break
-        if ring is None:
-            raise RuntimeError(f"could not load or create Secret {spec.namespace}/{name}")
-        self.psk[spec.key] = ring
-        await self.rotate_psk_if_due(spec)
-        return ring
 
-    async def rotate_psk_if_due(self, spec: PeeringSpec) -> None:
+        async def load_or_create(stored: dict[str, Any] | None) -> tuple[PskRing, dict[str, bytes] | None]:
+            if stored is not None:
+                return PskRing.from_secret_data(decode_secret_data(stored)), None
+            ring = PskRing.create(self.clock())
+            return ring, ring.to_secret_data()
+
+        self.psk[spec.key], _ = await write_decided(self.kube, spec.namespace, secret_name(spec.name), "psk",
+                                                    load_or_create, labels=_psk_labels(spec), owner=owner)
+        await self.rotate_psk_if_due(spec, owner)
+        return self.psk[spec.key]
+
+    async def rotate_psk_if_due(self, spec: PeeringSpec, owner: dict[str, Any] | None = None) -> None:
+        """Rotate (or prune) the peering's PSKs when due on what this replica holds, decided again on
+        the Secret as stored and written against that version (secret_writes.py): a key another
+        writer stored meanwhile is adopted, never overwritten. `owner`: for writing back a deleted Secret."""
         ring = self.psk.get(spec.key)
         if ring is None:
             return
         now = self.clock()
-        newest_before = ring.ring.newest()
-        if ring.rotate_if_due(now, spec.psk_rotation_interval, spec.psk_overlap):
-            if ring.ring.newest() != newest_before:
+        if ring.copy().rotate_if_due(now, spec.psk_rotation_interval, spec.psk_overlap):
+            async def rotate(stored: dict[str, Any] | None) -> tuple[tuple[PskRing, bool], dict[str, bytes] | None]:
+                rotated = (self._stored_psk(spec, stored) or self.psk[spec.key]).copy()
+                newest_before = rotated.ring.newest()
+                changed = rotated.rotate_if_due(now, spec.psk_rotation_interval, spec.psk_overlap)
+                return (rotated, rotated.ring.newest() != newest_before), rotated.to_secret_data() if changed else None
+
+            (ring, new_key), written = await write_decided(self.kube, spec.namespace, secret_name(spec.name), "psk",
+                                                           rotate, labels=_psk_labels(spec), owner=owner)
+            self.psk[spec.key] = ring
+            if written and new_key:
                 metrics.KEY_ROTATIONS.labels("psk").inc()
-            await self.kube.update_secret_data(spec.namespace, secret_name(spec.name), ring.to_secret_data())
         self.index.set_psk_keys(spec.key, ring.keys(now))
+
+    def _stored_psk(self, spec: PeeringSpec, stored: dict[str, Any] | None) -> PskRing | None:
+        """The ring a PSK Secret holds; None if there is none or it is unusable (counted, logged without content)."""
+        if stored is None:
+            return None
+        try:
+            return PskRing.from_secret_data(decode_secret_data(stored))
+        except (PskStateError, ValueError, TypeError) as exc:
+            metrics.KEYS_REFUSED.labels("psk").inc()
+            logger.warning("PSK Secret of %s/%s refused, the keys in use are kept: %s", spec.namespace, spec.name,
+                           exc if isinstance(exc, PskStateError) else f"malformed ({type(exc).__name__})")
+            return None
 
     async def refresh_remotes(self, spec: PeeringSpec) -> list[str]:
         """Load remote clusters' trust bundles / PSKs into the index; returns problems to report."""
@@ -614,6 +616,10 @@ def _max_sas(policy: PeeringPolicy) -> int:
     addresses = sum(min(sum(net.num_addresses for net in peer.addresses), MAX_REMOTE_ADDRESSES)
                     for peer in policy.peers)
     return MAX_SAS_PER_PEER_ADDRESS * addresses
+
+
+def _psk_labels(spec: PeeringSpec) -> dict[str, str]:
+    return {**PART_OF_MESH, "ipsec-mesh.io/peering": spec.name}
 
 
 def _newest_created(ring: PskRing) -> float:

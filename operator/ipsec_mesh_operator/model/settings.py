@@ -30,6 +30,8 @@ def _duration(name: str, default: str) -> int:
     return fields.duration(_env(name, default), f"IPSEC_MESH_{name}")
 
 
+#: TCP keepalive's idle time (half of it) may not exceed 32,767 s; an hour is plenty.
+MAX_DEAD_CLIENT_TIMEOUT = 3600
 #: The injected sidecar's resources unless the chart says otherwise (values.yaml: sidecar.resources).
 DEFAULT_SIDECAR_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "48Mi"}, "limits": {"memory": "128Mi"}}
@@ -93,6 +95,9 @@ class OperatorConfig:
     #: Seconds for a TLS handshake; then for request headers, and idle between requests.
     handshake_timeout: float = 5.0
     idle_timeout: float = 15.0
+    #: Seconds a client may leave what we sent unacknowledged before its connection is closed (TCP
+    #: keepalive + TCP_USER_TIMEOUT: a client gone without FIN/RST frees its watch's slot); 0: off (tests only).
+    dead_client_timeout: int = 30
     #: Mesh API requests one pod may have open at once (long polls included); 429 beyond.
     max_requests_per_pod: int = 8
     #: Services and EndpointSlices indexed from any one namespace (docs/services.md, "Hostile input").
@@ -148,6 +153,7 @@ class OperatorConfig:
             max_connections=_count("MAX_CONNECTIONS", cls.max_connections),
             handshake_timeout=_duration("HANDSHAKE_TIMEOUT", "5s") or 1,
             idle_timeout=_duration("IDLE_TIMEOUT", "15s") or 1,
+            dead_client_timeout=_at_most("DEAD_CLIENT_TIMEOUT", "30s", MAX_DEAD_CLIENT_TIMEOUT),
             max_requests_per_pod=_count("MAX_REQUESTS_PER_POD", cls.max_requests_per_pod),
             max_services_per_namespace=_count("MAX_SERVICES_PER_NAMESPACE", MAX_SERVICES_PER_NAMESPACE, MAX_SERVICES),
             max_endpoint_slices_per_namespace=_count("MAX_ENDPOINT_SLICES_PER_NAMESPACE",
@@ -156,6 +162,13 @@ class OperatorConfig:
             bundle_port=int(_env("BUNDLE_PORT", "")) if _env("BUNDLE_PORT", "") else None,
             bundle_refresh_hint=_duration("BUNDLE_REFRESH_HINT", "5m"),
         )
+
+
+def _at_most(name: str, default: str, high: int) -> int:
+    seconds = _duration(name, default)
+    if seconds > high:
+        raise ValueError(f"IPSEC_MESH_{name} must be at most {high}s, not {seconds}s")
+    return seconds
 
 
 def _count(name: str, default: int, high: int = 1_000_000) -> int:

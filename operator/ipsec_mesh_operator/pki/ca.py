@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ipsec_mesh.keybounds import rsa_key_problem
+
 from .rotation import KeyRing, RotationStateError
 
 CA_CERT_KEY = "ca.crt"
@@ -30,13 +32,6 @@ CA_KEY_KEY = "ca.key"
 BUNDLE_KEY = "trust-bundle.pem"
 STATE_KEY = "state.json"
 CLOCK_SKEW = datetime.timedelta(minutes=1)
-MIN_RSA_BITS = 2048
-#: A CSR's self-signature is verified with the key its sender chose. OpenSSL goes up to 16,384
-#: bits; 8,192 with e = 65537 costs 23x an RSA-2048 verification here, and the exponent costs
-#: more than the modulus (a 3,072-bit key with a 3,071-bit exponent: 550x), so only 65537 is
-#: taken, as Let's Encrypt does (bench/bench_rsa_key_bounds.py, docs/benchmarks.md).
-MAX_RSA_BITS = 8192
-RSA_EXPONENT = 65537
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 
 
@@ -255,7 +250,7 @@ def load_and_check_csr(csr_pem: bytes, identity: LeafIdentity) -> x509.Certifica
         raise CertificateRequestError("not a PEM certificate signing request") from None
     try:
         key = csr.public_key()
-        _check_key(key)  # before the signature: verifying costs what the sender's key makes it cost
+        _check_key(key)  # before the signature: verifying costs what the sender's key makes it cost (keybounds)
         if not csr.is_signature_valid:
             raise CertificateRequestError("the CSR's signature does not verify")
     except (ValueError, InvalidSignature, x509.UnsupportedGeneralNameType) as exc:
@@ -282,15 +277,6 @@ def _requested_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set
     dns = set(requested.get_values_for_type(x509.DNSName))
     uris = set(requested.get_values_for_type(x509.UniformResourceIdentifier))
     return dns, uris, len(requested) - len(dns) - len(uris)
-
-
-def rsa_key_problem(key: rsa.RSAPublicKey) -> str | None:
-    """Why an RSA key is refused (size or exponent), checked before any operation with it; None if usable."""
-    if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
-        return f"RSA keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, not {key.key_size}"
-    if key.public_numbers().e != RSA_EXPONENT:
-        return f"RSA keys need the public exponent {RSA_EXPONENT}"
-    return None
 
 
 def _check_key(key: Any) -> None:

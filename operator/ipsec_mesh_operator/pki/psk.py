@@ -53,6 +53,9 @@ class PskRing:
             raise PskStateError("a key in the PSK Secret has the wrong length")
         return cls(ring, values)
 
+    def copy(self) -> PskRing:
+        return PskRing(self.ring, dict(self.values))  # KeyRing is immutable: rotations replace it
+
     def to_secret_data(self) -> dict[str, bytes]:
         data = {f"psk-{gid}": value for gid, value in self.values.items()}
         data[GENERATIONS_KEY] = json.dumps(self.ring.to_list()).encode()

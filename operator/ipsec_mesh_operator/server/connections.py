@@ -9,6 +9,8 @@ has even begun. Here each server accepts plain TCP and does TLS itself, so that:
   before any TLS state exists for it;
 - the handshake must end within `handshake_timeout`, request headers then (and the next
   request after a response) within `idle_timeout` (aiohttp's keep-alive timer);
+- a client that vanishes without FIN or RST is found by TCP keepalive and TCP_USER_TIMEOUT
+  within `dead_client_timeout` (dead_clients.py), which ends a watch it left waiting;
 - the TLS read buffer is one record's size, not 256 KiB, and one buffer serves every
   connection of a server (see _SharedBufferSSLProtocol): at 10,000 long polls per
   replica it was a third of what a waiting connection cost.
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from aiohttp import web
 
 from .. import metrics
+from .dead_clients import detect_dead_client
 
 #: A TLS record is at most 16 KiB of plaintext plus its header and tag.
 TLS_READ_BUFFER = 17 * 1024
@@ -62,11 +65,14 @@ class _SharedBufferSSLProtocol(sslproto.SSLProtocol):
 class ConnectionPool:
     """The open connections of one server, at most `limit`, the idle ones in the order they became idle."""
 
-    def __init__(self, name: str, limit: int, ssl_context: ssl.SSLContext, handshake_timeout: float):
+    def __init__(self, name: str, limit: int, ssl_context: ssl.SSLContext, handshake_timeout: float,
+                 dead_client_timeout: int = 0):
         self.name = name
         self.limit = limit
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
+        #: Seconds without an acknowledgement after which a client counts as gone (dead_clients.py); 0: off.
+        self.dead_client_timeout = dead_client_timeout
         #: Makes the HTTP protocol of a new connection (the aiohttp Server, once the runner is set up).
         self.factory: Callable[[], asyncio.Protocol] | None = None
         self.open = 0
@@ -131,6 +137,8 @@ class _Connection(asyncio.BufferedProtocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self.released = False
+        if self.pool.dead_client_timeout:
+            detect_dead_client(transport.get_extra_info("socket"), self.pool.dead_client_timeout)
         assert self.pool.factory is not None
         self.handler = self.pool.factory()
         self.pool.register(self)

@@ -85,7 +85,8 @@ class Servers:
                 await runner.setup()
                 site = web.TCPSite(runner, config.api_host, port)
             else:
-                pool = ConnectionPool(name, config.max_connections, ssl_context, config.handshake_timeout)
+                pool = ConnectionPool(name, config.max_connections, ssl_context, config.handshake_timeout,
+                                      config.dead_client_timeout)
                 guard(app, pool)
                 self.pools[name] = pool
                 runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.idle_timeout,

@@ -25,6 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..keybounds import rsa_key_problem
 from . import certificate as c
 from . import der
 from .certificate import Certificate, certificates_from_pem
@@ -33,7 +34,6 @@ from .der import DerError
 from .errors import CertificateError, IdentityError
 from .identity import Identity, dn_equal, dn_text, name_equal
 from .payloads import CertPayload, CertReqPayload
-from .signatures import rsa_key_problem
 
 MAX_CERT_PAYLOADS = 8  # leaf + intermediates a peer may send
 MAX_CERT_BYTES = 16 * 1024

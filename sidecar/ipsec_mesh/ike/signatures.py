@@ -14,26 +14,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from ..keybounds import rsa_key_problem
 from ..records import record
 from . import der
 from .constants import HashAlgorithm
 from .errors import AuthenticationFailed
-
-MIN_RSA_BITS = 2048  # RFC 8247 section 3.2
-#: Above this, or with another public exponent, a peer's key costs us up to hundreds of times an
-#: RSA-2048 verification (bench/bench_rsa_key_bounds.py); the operator refuses the same keys.
-MAX_RSA_BITS = 8192
-RSA_EXPONENT = 65537
-
-
-def rsa_key_problem(key: rsa.RSAPublicKey | rsa.RSAPrivateKey) -> str | None:
-    """Why an RSA key is refused before anything is verified with it, or None."""
-    if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
-        return f"RSA key of {key.key_size} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
-    public = key if isinstance(key, rsa.RSAPublicKey) else key.public_key()
-    if public.public_numbers().e != RSA_EXPONENT:
-        return f"RSA public exponent other than {RSA_EXPONENT}"
-    return None
 
 OID_ECDSA = {
     HashAlgorithm.SHA2_256: "1.2.840.10045.4.3.2",
