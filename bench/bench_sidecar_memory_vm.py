@@ -126,7 +126,8 @@ def host_main(args: argparse.Namespace) -> int:
 
 
 def row(label: str, figures: dict[str, int]) -> str:
-    return f"  {label:44} " + "  ".join(f"{name} {figures.get(name, 0) * 1024 / 1e6:5.2f} MB"
+    """kB as /proc gives them, and MiB (kB / 1024: what bench_sidecar_memory.py prints as "MB")."""
+    return f"  {label:44} " + "  ".join(f"{name} {figures.get(name, 0):6d} kB = {figures.get(name, 0) / 1024:5.2f} MiB"
                                          for name in (*FIELDS, "Pss"))
 
 
@@ -137,13 +138,14 @@ def report(results: dict, host: str, result) -> None:
     print(f"measured on: kernel {results['kernel']}, {results['cpus']} CPUs, {results['python']}, "
           f"cryptography {results['cryptography']}; {where}")
     setup = "one IKE SA + CHILD_SA (real ESP)" if results["one_sa"] else "no SA"
-    print(f"MB = 10^6 bytes; data plane {results['dataplane']}, {setup}, image venv and environment")
+    print(f"kB = 1024 bytes (/proc), MiB = 1024 kB; data plane {results['dataplane']}, {setup}, image venv and environment")
     print(row("floor (image venv python + what every sidecar imports)", results["floor"]))
     for run in results["runs"]:
         for pod in ("db", "web"):
             figures = run["pods"][pod]
             print(row(f"{Path(run['source']).name[:14]} {pod} (round {run['round']})", figures)
-                  + f"  ESP SAs {figures['esp_sas']}, packets {figures['esp_packets']}")
+                  + f"  IKE SAs {figures['ike_sas']}, CHILD_SAs {figures['child_sas']}, kernel ESP SAs "
+                    f"{figures['esp_sas']} carried {figures['esp_packets']} packets")
 
 
 # ---------------------------------------------------------------- guest side
@@ -156,12 +158,13 @@ def _http_ok(url: str) -> str | None:
         return None
 
 
-def _child_sas(netns: str) -> int:
+def _gauge(netns: str, name: str) -> int:
+    """A gauge of the sidecar's /metrics (ipsec_mesh_child_sas, ipsec_mesh_ike_sas); 0 until it answers."""
     from ipsec_mesh.meshapi.ports import HEALTH_PORT
     from ipsec_mesh_operator.netns import in_netns
 
     text = in_netns(netns, _http_ok, f"http://127.0.0.1:{HEALTH_PORT}/metrics") or ""
-    return sum(int(float(line.split()[1])) for line in text.splitlines() if line.startswith("ipsec_mesh_child_sas "))
+    return sum(int(float(line.split()[1])) for line in text.splitlines() if line.startswith(f"{name} "))
 
 
 def _until(what: str, check, processes: list[subprocess.Popen], timeout: float = READY_TIMEOUT) -> None:
@@ -220,6 +223,8 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
         for name, process in sidecars.items():
             figures[name] = memory(process.pid)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
+            for gauge in ("ike_sas", "child_sas"):  # what the process held when read
+                figures[name][gauge] = _gauge(demo.netns(name), f"ipsec_mesh_{gauge}")
         return figures
     except BaseException:
         for name in sidecars:
@@ -242,7 +247,7 @@ def bring_up_one_sa(demo, processes: list[subprocess.Popen]) -> None:
     if ping.returncode != 0:
         raise RuntimeError(f"web could not ping db through the mesh:\n{ping.stdout}")
     for name in ("web", "db"):
-        _until(f"{name}'s CHILD_SA", lambda name=name: _child_sas(demo.netns(name)) == 1, processes)
+        _until(f"{name}'s CHILD_SA", lambda name=name: _gauge(demo.netns(name), "ipsec_mesh_child_sas") == 1, processes)
 
 
 def floor(env: dict[str, str], python: Path) -> dict[str, int]:
