@@ -11,6 +11,7 @@ A ping from web to db makes the kernel raise an ACQUIRE, the sidecars negotiate 
 one CHILD_SA and the ping crosses as ESP (the kernel's SA counters say how many packets). With
 the status reports every second and peer-map long polls of 2 s as in `--mesh`, each sidecar's
 VmRSS, RssAnon, RssFile (/proc/PID/status) and Pss (/proc/PID/smaps_rollup) are read 5 s later,
+five times a second apart (medians; RssAnon's range too: a request in flight holds a TLS connection),
 and the floor (the image venv's python importing what every sidecar needs) under the same
 environment. Both sidecars are as injected; `db` answered the IKE SA, `web` started it.
 
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,7 @@ peerings:
 """
 READY_TIMEOUT = 600.0  # python starts slowly under emulation
 SETTLE = 5.0  # seconds of status reports and long polls before reading
+SAMPLES = 5  # reads of each sidecar, a second apart: figures are their medians
 ESP_COUNTERS = re.compile(r"(\d+)\(bytes\), (\d+)\(packets\)")
 
 
@@ -144,7 +147,8 @@ def report(results: dict, host: str, result) -> None:
         for pod in ("db", "web"):
             figures = run["pods"][pod]
             print(row(f"{Path(run['source']).name[:14]} {pod} (round {run['round']})", figures)
-                  + f"  IKE SAs {figures['ike_sas']}, CHILD_SAs {figures['child_sas']}, kernel ESP SAs "
+                  + f"  RssAnon {figures['RssAnon_min']}-{figures['RssAnon_max']} kB over {SAMPLES} reads;"
+                  + f" IKE SAs {figures['ike_sas']}, CHILD_SAs {figures['child_sas']}, kernel ESP SAs "
                     f"{figures['esp_sas']} carried {figures['esp_packets']} packets")
 
 
@@ -219,9 +223,17 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
         if one_sa:
             bring_up_one_sa(demo, processes)
         time.sleep(SETTLE)
+        # A report or long poll in flight holds a TLS connection and its buffers: several reads a second apart.
+        samples: dict[str, list[dict[str, int]]] = {name: [] for name in sidecars}
+        for _ in range(SAMPLES):
+            for name, process in sidecars.items():
+                samples[name].append(memory(process.pid))
+            time.sleep(1.0)
         figures = {}
-        for name, process in sidecars.items():
-            figures[name] = memory(process.pid)
+        for name, reads in samples.items():
+            figures[name] = {field: int(statistics.median(read[field] for read in reads)) for field in reads[0]}
+            figures[name]["RssAnon_min"] = min(read["RssAnon"] for read in reads)
+            figures[name]["RssAnon_max"] = max(read["RssAnon"] for read in reads)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
             for gauge in ("ike_sas", "child_sas"):  # what the process held when read
                 figures[name][gauge] = _gauge(demo.netns(name), f"ipsec_mesh_{gauge}")
