@@ -148,7 +148,12 @@ def service_doc(endpoints: list[str], *, peer: bool, affinity: str = "None", v6:
 
 
 def peer_set(services: list[dict]) -> PeerSet:
-    document = {
+    return PeerSet(parse_agent_config(peer_document(services), Path(".")).peer_map, IkeSettings())
+
+
+def peer_document(services: list[dict]) -> dict:
+    """The client's `run` configuration with these Services in its peer map."""
+    return {
         "peerMap": {
             "local": {"identity": "client.shop.pod.mesh.test", "addresses": [CLIENT4, CLIENT6]},
             "peerings": [{"name": "p", "authentication": "psk", "psk": [{"id": "k", "value": "cA" * 22}],
@@ -158,7 +163,6 @@ def peer_set(services: list[dict]) -> PeerSet:
         },
         "dataplane": "xfrm",
     }
-    return PeerSet(parse_agent_config(document, Path(".")).peer_map, IkeSettings())
 
 
 def run_in(netns: str, code: str, *args: str, timeout: float = 60) -> str:
@@ -567,3 +571,88 @@ def test_route_mtus_read_every_address_with_one_socket_per_family_and_a_fresh_on
     expected = {"10.98.1.7": 1400, "203.0.113.7": None, "10.98.2.7": 1500, "fd98:1::7": 1400,
                 "2001:db8::7": None, "fd98:2::7": 1500, "10.98.1.8": 1400}
     assert dict(together) == expected and dict(one_by_one) == expected
+
+
+# A sidecar in its own namespace (a fresh interpreter: the test process has loaded svcnat long ago): started
+# with no Service, then given one. What it loaded at each step, its status, and what it wrote.
+ON_DEMAND = """
+import json, sys
+from pathlib import Path
+from ipsec_mesh.agent.config import IkeSettings, parse_agent_config
+from ipsec_mesh.agent.peers import PeerSet
+from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
+
+def peers(document):
+    return PeerSet(parse_agent_config(json.loads(document), Path(".")).peer_map, IkeSettings())
+
+def translation_modules():
+    return sorted(m for m in sys.modules if m in ("ipsec_mesh.svcnat.translation", "ipsec_mesh.svcnat.nft",
+                                                  "ipsec_mesh.svcnat.ruleset", "nftables", "ctypes"))
+
+without, with_service = peers(sys.argv[1]), peers(sys.argv[2])
+plane = XfrmDataPlane()
+plane.start(without)
+report = {"started": translation_modules(), "idle": plane.status()["services"],
+          "ready": plane.not_ready_reason()}
+import subprocess  # after the modules were read: the sidecar itself never imports it
+report["tables"] = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+plane.update_peers(without, with_service)
+report.update(updated=translation_modules(), status=plane.status()["services"], ready_after=plane.not_ready_reason())
+plane.stop()
+print(json.dumps(report))
+"""
+
+
+def test_a_pod_without_services_loads_no_translation_until_a_service_arrives_which_is_then_translated(cluster):
+    from ipsec_mesh.svcnat.ondemand import idle_status
+
+    service = service_doc([SERVERS4[0]], peer=True)
+    report = json.loads(run_in(cluster.client, ON_DEMAND, json.dumps(peer_document([])),
+                               json.dumps(peer_document([service]))))
+    assert report["started"] == [] and report["ready"] is None
+    assert report["idle"] == idle_status()
+    assert report["tables"] == ""  # it wrote nothing either
+    assert report["updated"] == ["ctypes", "ipsec_mesh.svcnat.nft", "ipsec_mesh.svcnat.ruleset",
+                                 "ipsec_mesh.svcnat.translation", "nftables"]
+    assert report["status"]["services"] == 1 and report["ready_after"] is None
+    # The table the kernel holds translates the ClusterIP (both families) to the endpoint, as before.
+    run_in(cluster.client, CONNECT, CLUSTER4, CLUSTER6)
+    assert counter(cluster.client, "inet ipsec_mesh_svc", "untranslated") == 0
+    assert counter(cluster.node, "inet probe", "to_cluster_ip") == 0
+
+
+def test_the_idle_status_is_what_the_translation_reports_for_a_namespace_without_any(cluster):
+    from ipsec_mesh.svcnat.ondemand import idle_status
+
+    translation = ServiceTranslation(netns=cluster.server)
+    try:
+        assert translation.apply(())
+        assert translation.status() == idle_status()
+    finally:
+        translation.close()
+
+
+@pytest.mark.parametrize("left", ["table", "route"])
+def test_what_an_earlier_instance_left_is_cleared_at_start_even_with_no_service_in_the_map(cluster, left):
+    """The translation loads at start when the kernel holds its table or a ClusterIP route, and clears them."""
+    from ipsec_mesh.svcnat.presence import RT_PROTO
+
+    if left == "table":
+        earlier = ServiceTranslation(netns=cluster.client)
+        assert earlier.apply(tuple(peer_set([service_doc([SERVERS4[0]], peer=True)]).peer_map.services))
+        earlier.close()
+        listed_before = nft_list(cluster.client, "list", "map", "inet", "ipsec_mesh_svc", "svc4")
+        assert "elements" in listed_before
+    else:
+        ip("route", "add", "10.96.0.99/32", "via", "10.98.1.1", "proto", str(RT_PROTO), netns=cluster.client)
+    plane = XfrmDataPlane(netns=cluster.client)
+    plane.start(peer_set([]))
+    try:
+        assert plane.services.translation is not None
+        assert plane.status()["services"]["services"] == 0
+    finally:
+        plane.stop()
+    assert ip("route", "show", "proto", str(RT_PROTO), netns=cluster.client).strip() == ""
+    # Nothing is translated any more: the lookup maps are empty (endpoint indexes retire a batch later).
+    for lookup in ("svc4", "svc6"):
+        assert "elements" not in nft_list(cluster.client, "list", "map", "inet", "ipsec_mesh_svc", lookup)

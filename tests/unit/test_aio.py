@@ -400,3 +400,44 @@ def test_memory_streams_read_exactly_and_report_what_came_before_the_end(on):
             await aio.wait_for(silent.read(1), 0.01)
         return line, short.value.partial
     assert on(main()) == (b"ab\r\n", b"cd")
+
+
+IDNA_PROBE = """
+import os, socket, ssl, sys, threading
+from ipsec_mesh import aio
+
+server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+server_context.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+listener = socket.create_server(("127.0.0.1", 0))
+
+def serve():
+    conn, _ = listener.accept()
+    with server_context.wrap_socket(conn, server_side=True) as tls:
+        tls.sendall(b"hi\\n")
+
+threading.Thread(target=serve, daemon=True).start()
+client = ssl.create_default_context(cadata=os.environ["ROOT"])
+
+async def main():
+    stream = await aio.open_connection("localhost", listener.getsockname()[1], ssl=client)
+    try:
+        return await aio.wait_for(stream.readline(), 10)
+    finally:
+        stream.abort()
+
+print(aio.run(main()), sorted(m for m in sys.modules if m in ("encodings.idna", "stringprep", "unicodedata")))
+"""
+
+
+def test_a_tls_connection_by_host_name_loads_no_idna_codec(tmp_path):
+    """getaddrinfo and ssl encode a str host name with the idna codec (encodings.idna, stringprep, unicodedata:
+    memory every sidecar keeps); an ASCII name goes to them as bytes, and TLS still checks the name."""
+    pki = MeshPki()
+    leaf = pki.issue("api", dns=["localhost"])
+    (tmp_path / "c.pem").write_bytes(leaf.cert_pem())
+    (tmp_path / "k.pem").write_bytes(leaf.key_pem())
+    result = subprocess.run([sys.executable, "-c", IDNA_PROBE], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CERT": str(tmp_path / "c.pem"), "KEY": str(tmp_path / "k.pem"),
+                                 "ROOT": pki.root.cert_pem().decode()})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "b'hi\\n' []"

@@ -54,6 +54,12 @@ print(json.dumps(sorted(sys.modules)))
 # loads, subprocess and concurrent.futures (docs/benchmarks.md). Neither mode may load them.
 NOT_IN_THE_SIDECAR = ("asyncio", "subprocess", "concurrent")
 
+# The Service translation: its modules, and ctypes under libnftables' binding, load when the peer map
+# first lists a Service (or at start if an earlier instance left a table or routes: svcnat/ondemand.py).
+# Mesh mode with the XFRM data plane and no Service loads only the two small modules that ask the kernel.
+SERVICE_TRANSLATION = tuple(f"ipsec_mesh.svcnat.{name}" for name in (
+    "translation", "ruleset", "nft", "routes", "offload", "mtu", "routewatch")) + ("ctypes",)
+
 # Never needed by mesh mode: pyroute2 (the XFRM layer frames netlink itself since issue 14: xfrm/netlink.py), YAML (the `run` configuration and optional settings files),
 # libnftables (loaded when a Service needs translating), and pyroute2's namespace and process
 # helpers with what they drag in (multiprocessing, pickle, ctypes.util, shutil, lzma, bz2, platform),
@@ -65,7 +71,7 @@ NOT_IN_THE_SIDECAR = ("asyncio", "subprocess", "concurrent")
 NOT_IN_MESH_MODE = ("pyroute2", "yaml", "nftables", "pyroute2.netns", "pyroute2.process", "pyroute2.config",
                     "multiprocessing", "pickle", "ctypes.util", "shutil", "lzma", "bz2", "tempfile", "platform",
                     "difflib", "argparse", "gettext", "pathlib", "fnmatch",
-                    "cryptography.x509", "email", "calendar", "datetime", "_datetime")
+                    "cryptography.x509", "email", "calendar", "datetime", "_datetime", *SERVICE_TRANSLATION)
 # Modules loaded in all (stdlib, cryptography, ours): 364 before the cuts of issue 14, 319 after;
 # then ESP-as-liveness, packed XFRM requests, ClusterIP routes and SCTP offload (ours, 326);
 # then the injected command line without argparse and gettext (324); counted without `site` since
@@ -73,10 +79,12 @@ NOT_IN_MESH_MODE = ("pyroute2", "yaml", "nftables", "pyroute2.netns", "pyroute2.
 # Then certificates and the CSR without cryptography.x509, counted with a CSR, a trust store and
 # a chain validation in the probe (301); then the XFRM layer's own netlink framing instead of
 # pyroute2's (295); then our own event loop instead of asyncio (257); then ipsec_mesh.records, whose
-# shared repr/eq/hash replace 0.37 MB of per-class dataclass methods (258); then ipsec_mesh.keybounds,
-# the RSA key bounds the IKE core and the operator share instead of each keeping a copy (259).
+# shared repr/eq/hash replace 0.37 MB of per-class dataclass methods (258); then the Service translation
+# loaded only when a Service needs it (252); then mmap, for netlink receive buffers that hold only the pages a
+# datagram wrote (253: 0.37 MB less with the XFRM data plane's three channels); then ipsec_mesh.keybounds,
+# the RSA key bounds the IKE core and the operator share instead of each keeping a copy (254).
 # A new dependency of mesh mode has to raise this bound on purpose.
-MAX_MODULES = 259
+MAX_MODULES = 254
 
 
 def _mesh_mode_modules(*flags: str, probe: str = PROBE) -> list[str]:

@@ -204,20 +204,30 @@ def guest_script(
     config: VMConfig, rundir: Path, rootdir: Path, test_files: list[str], python: str
 ) -> str:
     """The shell script the guest runs: environment, modules, then pytest."""
-    q = shlex.quote
-    venv_bin = str(Path(python).parent)
     plugin_args = [arg for plugin in config.guest_plugins for arg in ("-p", plugin)]
     pytest_argv = [
         python, "-m", "pytest", "-p", "no:cacheprovider", *plugin_args, f"--rootdir={rootdir}",
         "-v", "--color=no", "--tb=long", "--durations=0", "--", *test_files,
     ]
+    env = {RESULTS_ENV: str(rundir / "reports.jsonl"), NODEIDS_ENV: str(rundir / "nodeids.txt"),
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return command_script(config, rundir, rootdir, pytest_argv, python, env, "pytest")
+
+
+def command_script(
+    config: VMConfig, rundir: Path, rootdir: Path, argv: list[str], python: str,
+    env: Mapping[str, str] | None = None, label: str = "command",
+) -> str:
+    """The shell script the guest runs: environment (`env` added), modules, then `argv` in `rootdir`;
+    its exit status goes to `rundir/exit_status`."""
+    q = shlex.quote
+    venv_bin = str(Path(python).parent)
     lines = [
         "#!/bin/sh",
         f"echo {q(GUEST_UP_MARKER)}",
         f"export {IN_VM_ENV}=1",
-        f"export {RESULTS_ENV}={q(str(rundir / 'reports.jsonl'))}",
-        f"export {NODEIDS_ENV}={q(str(rundir / 'nodeids.txt'))}",
-        "export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        *(f"export {name}={q(value)}" for name, value in (env or {}).items()),
+        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         f"export PATH={q(venv_bin)}:/usr/sbin:/usr/bin:/sbin:/bin",
     ]
     if config.guest_modules:
@@ -225,10 +235,10 @@ def guest_script(
     return "\n".join([
         *lines,
         f"cd {q(str(rootdir))} || exit 90",
-        'echo "@@ipsec-mesh-vm: pytest starts at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
-        " ".join(q(arg) for arg in pytest_argv),
+        f'echo "@@ipsec-mesh-vm: {label} starts at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
+        " ".join(q(arg) for arg in argv),
         "status=$?",
-        'echo "@@ipsec-mesh-vm: pytest ended at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
+        f'echo "@@ipsec-mesh-vm: {label} ended at guest uptime $(cut -d" " -f1 /proc/uptime)s"',
         f"echo $status > {q(str(rundir / 'exit_status'))}",
         "sync",
         "exit $status",
@@ -270,16 +280,22 @@ def run_batch(
     if not nodeids:
         return BatchResult()
     rundir = Path(tempfile.mkdtemp(prefix="ipsec-mesh-vm-"))
-    precompile(rootdir, python)
     try:
         (rundir / "nodeids.txt").write_text("".join(f"{n}\n" for n in nodeids))
         test_files = sorted({n.split("::", 1)[0] for n in nodeids})
-        (rundir / "guest.sh").write_text(guest_script(config, rundir, rootdir, test_files, python))
-        result = _boot_and_wait(config, rundir, rootdir)
-        _load_results(rundir, result)
-        return result
+        return run_script(guest_script(config, rundir, rootdir, test_files, python), rundir, rootdir, config, python)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def run_script(script: str, rundir: Path, rootdir: Path, config: VMConfig, python: str = sys.executable) -> BatchResult:
+    """Boot the VM once to run `script` (command_script or guest_script); `rundir` is the guest's one
+    writable directory of the host's. Benchmarks use it directly (bench/bench_sidecar_memory_vm.py)."""
+    precompile(rootdir, python)
+    (rundir / "guest.sh").write_text(script)
+    result = _boot_and_wait(config, rundir, rootdir)
+    _load_results(rundir, result)
+    return result
 
 
 def _boot_and_wait(config: VMConfig, rundir: Path, rootdir: Path) -> BatchResult:

@@ -11,6 +11,7 @@ from tests.vm.runner import (
     KERNEL_ENV,
     VMConfig,
     VMUnavailable,
+    command_script,
     find_kernel,
     guest_script,
     kernel_has_esp_modules,
@@ -82,3 +83,19 @@ def test_vng_command_and_guest_script(tmp_path):
     assert "cd /work/wt/vm || exit 90" in script
     assert "/venv/bin/python -m pytest -p no:cacheprovider -p pytest_asyncio.plugin" in script
     assert script.rstrip().endswith("exit $status")
+
+
+def test_a_command_script_runs_one_command_with_the_tier_environment_and_records_its_status(tmp_path):
+    """What benchmarks boot the VM for (bench/bench_sidecar_memory_vm.py): one command, not pytest."""
+    config = VMConfig(vng=Path("/venv/bin/vng"), qemu=Path("/usr/bin/qemu-system-x86_64"),
+                      kernel=Path("/boot/vmlinuz-6.1.0-56-amd64"), guest_modules=("esp4", "bridge"))
+    rundir, rootdir = tmp_path / "run", Path("/work/wt/vm")
+    script = command_script(config, rundir, rootdir, ["/venv/bin/python", "bench/x.py", "--guest", str(rundir)],
+                            "/venv/bin/python", {"A": "b c"}, "bench")
+    lines = script.splitlines()
+    assert "export IPSEC_MESH_IN_VM=1" in lines and "export A='b c'" in lines
+    assert "export PATH=/venv/bin:/usr/sbin:/usr/bin:/sbin:/bin" in lines
+    assert "modprobe -a esp4 bridge || echo 'modprobe failed' >&2" in lines
+    command = lines.index(f"/venv/bin/python bench/x.py --guest {rundir}")
+    assert lines[command - 2] == "cd /work/wt/vm || exit 90" and lines[command + 1] == "status=$?"
+    assert f"echo $status > {rundir}/exit_status" in lines and " -m pytest" not in script

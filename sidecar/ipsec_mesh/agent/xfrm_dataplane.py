@@ -22,11 +22,12 @@ import dataclasses
 import ipaddress
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from .. import aio
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
 from ..meshapi.model import Enforcement
-from ..svcnat import ServiceTranslation
+from ..svcnat.ondemand import OnDemandTranslation
 from ..xfrm import (
     Acquire as KernelAcquire,
 )
@@ -58,6 +59,9 @@ from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
 from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
 
+if TYPE_CHECKING:
+    from ..svcnat import ServiceTranslation
+
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
@@ -87,10 +91,12 @@ class XfrmDataPlane:
     name = "xfrm"
 
     def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None,
-                 services: ServiceTranslation | None = None):
-        """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins)."""
+                 services: OnDemandTranslation | ServiceTranslation | None = None):
+        """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins). The Service
+        translation loads when the peer map first lists a Service, or at start if an earlier instance left one."""
         self.netns = netns
-        self.services = services if services is not None else ServiceTranslation(netns)
+        self.services: OnDemandTranslation | ServiceTranslation = (
+            services if services is not None else OnDemandTranslation(netns))
         self.rekey_grace = rekey_grace
         self.xfrm = xfrm if xfrm is not None else Xfrm(netns)
         self.events_channel: Xfrm | None = None

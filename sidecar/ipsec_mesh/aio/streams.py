@@ -219,7 +219,7 @@ class Stream:
 
     async def _handshake(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=False,
-                                     server_hostname=server_hostname)
+                                     server_hostname=None if server_hostname is None else _ascii(server_hostname))
         while True:
             try:
                 self._tls.do_handshake()
@@ -256,11 +256,17 @@ class Stream:
         self._sock.close()
 
 
+def _ascii(host: str) -> str | bytes:
+    """An ASCII host name as bytes: ssl and getaddrinfo encode a str with the idna codec, whose modules
+    (encodings.idna, stringprep, unicodedata) every sidecar would then keep; a non-ASCII one as given."""
+    return host.encode("ascii") if host.isascii() else host
+
+
 async def _addresses(host: str, port: int) -> list[tuple[int, Any]]:
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
-        infos = await to_thread(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+        infos = await to_thread(socket.getaddrinfo, _ascii(host), port, 0, socket.SOCK_STREAM)
         return [(family, address) for family, _, _, _, address in infos]
     family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
     return [(family, (host, port))]

@@ -30,9 +30,10 @@ from ..xfrm import XfrmError
 from ..xfrm.channel import NetlinkChannel
 from ..xfrm.constants import NLM_F_CREATE, NLM_F_REPLACE
 from ..xfrm.netlink import parse_attrs
+from .presence import RT_PROTO, RTM_GETROUTE, RTMSG, dump_request_body
 
 NETLINK_ROUTE = 0
-RTM_GETLINK, RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 18, 24, 25, 26
+RTM_GETLINK, RTM_NEWROUTE, RTM_DELROUTE = 18, 24, 25
 NLMSG_HDRLEN, RTMSG_LEN = 16, 12
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 8, 9, 15
 RTAX_MTU = 2
@@ -41,7 +42,6 @@ ADDRESS_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
 #: object formats it as text and parses that again, 50 us for an IPv6 address: most of a 2,000-route dump).
 _CLASSES = {socket.AF_INET: (ipaddress.IPv4Address, ipaddress.IPv4Network),
             socket.AF_INET6: (ipaddress.IPv6Address, ipaddress.IPv6Network)}
-RT_PROTO = 229  # ours: not in iproute2's rt_protos; `ip route show proto 229`
 MAIN_TABLE = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
@@ -167,7 +167,6 @@ def _parse(data: bytes) -> _KernelRoute | None:
         mtu=_u32(metrics, RTAX_MTU) or None, multipath=RTA_MULTIPATH in attrs)
 
 
-RTMSG = struct.Struct("=BBBBBBBBI")  # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 
 
 def _request_layout(address_bytes: int, gateway: bool) -> struct.Struct:
@@ -193,11 +192,6 @@ def route_body(route: Route) -> bytes:
         return _LAYOUTS[size, route.gateway is not None].pack(*head, *gateway, 12, RTA_METRICS, 8, RTAX_MTU, route.mtu)
     except (struct.error, OverflowError) as exc:  # a value outside its kernel field
         raise RouteError(f"route {route.prefix}: field out of range: {exc}") from None
-
-
-def dump_request_body(family: int) -> bytes:
-    """RTM_GETROUTE dump request for one address family."""
-    return RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 class RouteIndex:

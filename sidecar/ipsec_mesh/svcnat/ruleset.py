@@ -62,9 +62,8 @@ from typing import Mapping
 
 from ..meshapi.model import ServiceEndpoint, ServiceEntry, ServicePort, SessionAffinity
 from ..records import record
+from .presence import FAMILY, TABLE
 
-FAMILY = "inet"
-TABLE = "ipsec_mesh_svc"
 NAT_PRIORITY = -100  # dstnat: before the re-route that makes the XFRM lookup see the endpoint
 FILTER_PRIORITY = 0
 UNTRANSLATED_COUNTER = "untranslated"
