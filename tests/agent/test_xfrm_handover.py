@@ -171,3 +171,27 @@ async def test_a_full_stop_removes_a_kept_inbound_sa_still_waiting_for_quiet(mon
     assert 0xA1 in deleted(kernel)
     await asyncio.sleep(0.1)  # and no check runs on the closed data plane afterwards
     assert deleted(kernel).count(0xA1) == 1
+
+
+def test_kept_sas_outlast_the_longest_the_ike_side_takes_to_replace_them(monkeypatch):
+    """Bounds that agree (issue 14): the restarted side's IKE_SA_INIT and IKE_AUTH may each take
+    the whole retransmission budget, and the peer's new CHILD_SA waits up to one budget for the
+    restarted side's confirmation (`IkeSa.inbound_only_limit`) before it sends. SAs removed
+    sooner leave the traffic with no SA in between (before: a fixed 60 s, while the defaults'
+    budget is 82.5 s)."""
+    from ipsec_mesh.agent.cli import make_dataplane
+    from ipsec_mesh.agent.config import IkeSettings
+    from ipsec_mesh.agent.xfrm_dataplane import handover_limit
+
+    for ike in (IkeSettings(), IkeSettings(retransmit_timeout=1, retransmit_tries=0),
+                IkeSettings(retransmit_timeout=60, retransmit_tries=10)):
+        budget = sum(ike.retransmit().delays())
+        assert handover_limit(ike.retransmit()) > 2 * budget
+    default = IkeSettings()
+    assert XfrmDataPlane(xfrm=KernelWithSas([]), services=NoServices()).handover_limit > \
+        2 * sum(default.retransmit().delays())
+    # The sidecar's data plane gets the bound of its own settings.
+    monkeypatch.setattr(xfrm_dataplane, "Xfrm", lambda netns: KernelWithSas([]))
+    monkeypatch.setattr(xfrm_dataplane, "ServiceTranslation", lambda netns: NoServices())
+    slow = IkeSettings(retransmit_timeout=30, retransmit_tries=6)
+    assert make_dataplane("xfrm", "ns", slow).handover_limit == handover_limit(slow.retransmit())

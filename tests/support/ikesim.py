@@ -101,8 +101,10 @@ class Node:
                     table[spi] = event.child
         elif isinstance(event, ChildSaOutboundRetired) and self.honour_retire:
             self.outbound.pop(event.outbound_spi, None)
-        elif isinstance(event, ChildSaDeleted):
+        elif isinstance(event, ChildSaDeleted) and event.reason != "replaced":
             # No grace period: the inbound half goes at once, so late ESP shows up as lost.
+            # `replaced` ones stay as the data plane keeps them (their peer restarted and
+            # sends on them until new SAs replace them); a newer outbound SA takes over.
             self.inbound.pop(event.inbound_spi, None)
             self.outbound.pop(event.outbound_spi, None)
 
@@ -147,6 +149,7 @@ class Network:
         # on the SA it would use; a packet that arrives where no inbound SA has its SPI is lost.
         self.esp_probes = False
         self.esp_delivered = 0
+        self.esp_received: dict[tuple[str, int], int] = {}  # (receiver address, SPI) -> packets
         self.esp_lost: list[tuple[str, int]] = []  # (receiver address, SPI)
         self.esp_gaps: list[tuple[float, str]] = []  # (time, node) with a CHILD_SA but nothing to send on
 
@@ -241,6 +244,8 @@ class Network:
         target = self._node_for(probe.remote)
         if target is not None and probe.spi in target.inbound:
             self.esp_delivered += 1
+            key = (target.address, probe.spi)
+            self.esp_received[key] = self.esp_received.get(key, 0) + 1
         else:
             self.esp_lost.append((probe.remote, probe.spi))
 

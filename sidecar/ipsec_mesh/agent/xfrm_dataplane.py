@@ -8,7 +8,7 @@ What it keeps true (docs/xfrm.md has the kernel side):
   SAs a previous instance left behind (kill -9, or a SIGTERM for a restart) keep carrying
   traffic: the agent negotiates with each of their peers at once, and they go when a new
   CHILD_SA with that peer sends (outbound at once, inbound once the kernel's counter shows
-  it quiet for the grace period), or after HANDOVER_LIMIT. So do the SAs of a peer's stale IKE SA (it restarted and kept
+  it quiet for the grace period), or after `handover_limit` (175 s by default). So do the SAs of a peer's stale IKE SA (it restarted and kept
   them: ChildSaDeleted reason `replaced`). Under `require` nothing is ever in plaintext.
 - Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
   (before its Delete leaves); the inbound half stays a short grace period after the
@@ -25,6 +25,7 @@ import socket
 
 from .. import aio
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
+from ..ike.config import Retransmit
 from ..meshapi.model import Enforcement
 from ..svcnat import ServiceTranslation
 from ..xfrm import (
@@ -56,12 +57,25 @@ from ..xfrm import (
 from ..xfrm.api import NOT_FOUND
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
+from .config import IkeSettings
 from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
 
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
-HANDOVER_LIMIT = 60.0  # seconds SAs without IKE state are kept at most while new ones are negotiated
+HANDOVER_MARGIN = 10.0  # seconds past the IKE side's longest wait (handover_limit)
+
+
+def handover_limit(retransmit: Retransmit) -> float:
+    """Seconds SAs without IKE state are kept at most while new ones are negotiated: longer
+    than the IKE side can take to replace them, or traffic would have no SA in between. A
+    restarted side's IKE_SA_INIT and IKE_AUTH may each take the whole retransmission budget;
+    a new CHILD_SA that waits for the peer's sign (handover) sends after one budget at most
+    (`IkeSa.inbound_only_limit`). 175 s with the default retransmissions (2 s, x1.8, 5 tries)."""
+    return 2 * sum(retransmit.delays()) + HANDOVER_MARGIN
+
+
+HANDOVER_LIMIT = handover_limit(IkeSettings().retransmit())
 HARD_LIFETIME_MARGIN = 60  # seconds past the IKE core's own hard limit: a safety net if we die
 LARVAL_DROP = "net/core/xfrm_larval_drop"
 
@@ -87,9 +101,11 @@ class XfrmDataPlane:
     name = "xfrm"
 
     def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None,
-                 services: ServiceTranslation | None = None):
-        """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins)."""
+                 services: ServiceTranslation | None = None, handover_limit: float | None = None):
+        """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins).
+        `handover_limit`: see `handover_limit()` (HANDOVER_LIMIT: the default settings')."""
         self.netns = netns
+        self.handover_limit = HANDOVER_LIMIT if handover_limit is None else handover_limit
         self.services = services if services is not None else ServiceTranslation(netns)
         self.rekey_grace = rekey_grace
         self.xfrm = xfrm if xfrm is not None else Xfrm(netns)
@@ -204,10 +220,10 @@ class XfrmDataPlane:
         self.superseded.setdefault(remote, []).extend(halves)
         if remote not in self._handover_timers:
             self._handover_timers[remote] = aio.get_running_loop().call_later(
-                HANDOVER_LIMIT, self._end_handover, remote)
+                self.handover_limit, self._end_handover, remote)
 
     def _end_handover(self, remote: str) -> None:
-        log.warning("SAs with %s not replaced within %.0fs: removing them", remote, HANDOVER_LIMIT)
+        log.warning("SAs with %s not replaced within %.0fs: removing them", remote, self.handover_limit)
         self._retire_superseded(remote, grace=False)
 
     def _retire_superseded(self, remote: str, *, grace: bool) -> None:
@@ -217,7 +233,7 @@ class XfrmDataPlane:
             timer.cancel()
         for inbound, sa in self.superseded.pop(remote, []):
             if inbound and grace and self.rekey_grace:
-                self._delete_when_quiet(remote, sa, aio.get_running_loop().time() + HANDOVER_LIMIT)
+                self._delete_when_quiet(remote, sa, aio.get_running_loop().time() + self.handover_limit)
             else:
                 self._delete(sa)
 

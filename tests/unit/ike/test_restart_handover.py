@@ -65,3 +65,123 @@ def test_an_unconfirmed_handover_sends_after_the_retransmission_budget():
     assert len(b.of(ChildSaInstallOutbound)) == 1
     net.run(1.0)
     assert len(b.of(ChildSaInstallOutbound)) == 2 and net.now - answered <= budget + 0.5
+
+
+def restarted_with_kept_sas(net, a, a_cfg):
+    """`a` killed (-9) and started again at the same address: no IKE state, the kernel's SAs
+    remain and carry traffic; ESP arriving on its inbound SAs is counted (the kernel's
+    counters, which answer the core's inbound-bytes queries)."""
+    restarted = net.add("a2", A, single_peer_lookup(a_cfg))
+    restarted.inbound, restarted.outbound = dict(a.inbound), dict(a.outbound)
+    restarted.inbound_bytes = lambda spi: 100 * net.esp_received.get((A, spi), 0)
+    restarted.endpoint.kernel_sas_kept(B)  # what the agent says at start (data plane's inherited peers)
+    return restarted
+
+
+def first_ike_auth_answer_from(address: str):
+    """Drops the first IKE_AUTH response `address` sends (the peer retransmits its request)."""
+    dropped: list[bytes] = []
+
+    def drop(d) -> bool:
+        header = codec.peek_header(d.data) if d.data != b"\xff" else None
+        if (not dropped and d.local[0] == address and header is not None
+                and header.exchange == ExchangeType.IKE_AUTH and header.is_response):
+            dropped.append(d.data)
+            return True
+        return False
+    return drop
+
+
+def test_a_restarted_responder_sends_on_the_new_child_only_once_the_initiating_peer_can_receive_on_it():
+    """The surviving peer initiates the replacement IKE SA (its own reasons: an ACQUIRE, a
+    reconnect, a restart of its own). As responder, the restarted side kept sending on its
+    kept outbound SA until it has evidence the peer installed the new CHILD_SA: ESP on the new
+    inbound SA. Its first IKE_AUTH answer is lost, so the peer installs 2 s later; before the
+    fix every packet the restarted side sent on the new SA meanwhile was lost at the peer."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    kept_out = set(restarted.outbound)
+    net.esp_probes = True
+    net.drop = first_ike_auth_answer_from(A)
+    b.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.run(10)
+    assert net.esp_lost == [], f"lost at the peer: {len(net.esp_lost)}"
+    assert restarted.sending_spi() not in kept_out, "the restarted side never switched to the new CHILD_SA"
+    assert keys_match_for(restarted, b)
+    # The restarted side answered with INITIAL_CONTACT: the peer dropped its stale IKE SA
+    # (its SAs kept as `replaced`), never the new one by the duplicate-SA rule.
+    assert b.closed_reasons() == ["stale"] and len(b.established) == 1
+    assert [e.reason for e in b.of(ChildSaDeleted)] == ["replaced"]
+
+
+def test_a_restarted_responder_whose_peer_sends_nothing_switches_after_the_inbound_only_limit():
+    """No ESP from the peer on the new CHILD_SA and no request: the restarted side sends on
+    its kept SA until the bound every inbound-only CHILD_SA has, then on the new one."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    kept_out = set(restarted.outbound)
+    b.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.settle()
+    answered = net.now
+    assert restarted.sending_spi() in kept_out and len(restarted.of(ChildSaInstallOutbound)) == 0
+    limit = sum(a_cfg.retransmit.delays())
+    net.run(limit - 1.0)
+    assert restarted.sending_spi() in kept_out
+    net.run(2.0)
+    assert restarted.sending_spi() not in kept_out and net.now - answered <= limit + 1.0
+    assert keys_match_for(restarted, b)
+
+
+def test_both_sides_initiating_at_once_after_a_restart_lose_nothing():
+    """The restarted side initiates (as the agent does at start) while the peer initiates too,
+    and our answer to the peer's IKE_AUTH is lost once: two IKE SAs, and the duplicate-SA rule
+    deletes ours only once the peer's CHILD_SA sends here (before: ours was deleted at once
+    while it carried our traffic, and the peer dropped what was in flight)."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    net.esp_probes = True
+    net.drop = first_ike_auth_answer_from(A)
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    b.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.run(10)
+    assert net.esp_lost == [], f"lost: {len(net.esp_lost)}"
+    assert len(restarted.established) == 1 and len(b.established) == 1
+    assert restarted.closed_reasons() == ["superseded"]
+    assert keys_match_for(restarted, b)
+
+
+def test_a_peer_restarted_too_and_initiating_first_loses_nothing():
+    """Both sides restarted with their SAs kept; the peer's new instance initiates while we are
+    still down (retransmitting), then we come up and initiate too: each answers the other's
+    IKE_AUTH as a restarted responder."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    b2 = net.add("b2", B, single_peer_lookup(b_cfg))
+    b2.inbound, b2.outbound = dict(b.inbound), dict(b.outbound)
+    b2.inbound_bytes = lambda spi: 100 * net.esp_received.get((B, spi), 0)
+    b2.endpoint.kernel_sas_kept(A)
+    down = [True]
+    net.drop = lambda d: down[0] and d.remote[0] == A
+    b2.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0], replaces_kernel_sas=True)
+    net.run(1.5)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    down[0] = False
+    net.esp_probes = True
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    net.run(30)
+    assert net.esp_delivered > 10 and net.esp_lost == [], f"lost: {len(net.esp_lost)}"
+    assert len(restarted.established) == 1 and len(b2.established) == 1
+    assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
+
+
+def keys_match_for(restarted, b) -> bool:
+    """The restarted side sends on an SA the peer receives on, with the same key."""
+    spi = restarted.sending_spi()
+    return spi in b.inbound and b.inbound[spi].keys.inbound == restarted.outbound[spi].keys.outbound

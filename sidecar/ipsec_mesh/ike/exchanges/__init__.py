@@ -12,7 +12,7 @@ reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 from __future__ import annotations
 
 from .. import followup_ke, inactivity, liveness
-from ..child import ChildSa, ChildState, handover_done
+from ..child import ChildSa, ChildState, handover_done, handover_query
 from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
@@ -105,6 +105,7 @@ def on_timers(sa: IkeSa, now: float) -> None:
 
 def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
     inactivity.query_if_due(sa, child, now)
+    handover_query(sa, child, now)
     if child.expire_at is not None and now >= child.expire_at:
         child.expire_at = None
         child.rekey_at = None
