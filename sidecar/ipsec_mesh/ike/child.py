@@ -18,6 +18,7 @@ from .events import (
     ChildSaInstallInbound,
     ChildSaInstallOutbound,
     ChildSaKeys,
+    ChildSaOutboundRetired,
     UdpEncap,
 )
 from .keymat import IkeKeys, derive_child_keys
@@ -98,6 +99,16 @@ SENDING_STATES = (ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED)
 def sends(child: ChildSa) -> bool:
     """Its outbound half is installed and still in use."""
     return child.state in SENDING_STATES and not child.outbound_retired
+
+
+def retire_outbound(sa: IkeSa, child: ChildSa) -> None:
+    """Stop sending on `child` (the kernel falls back to another SA for the traffic, or asks
+    for one): before its Delete leaves, since the peer drops its inbound half on receipt."""
+    if sends(child):
+        child.outbound_retired = True
+        info = child.info
+        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                       info.local_addr, info.remote_addr))
 
 
 def transport_mode_requested(msg: Message) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import exchanges, inactivity, liveness
 from . import message as codec
-from .child import ChildSa, ChildState, awaits_handover, handover_evidence, sends
+from .child import ChildSa, ChildState, handover_evidence, retire_outbound, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
 from .constants import ExchangeType, NotifyType
 from .cookies import CookieJar
@@ -140,20 +140,27 @@ class IkeEndpoint:
             winner = other if loser is sa else sa
             log.info("duplicate IKE SAs with %s: keeping %s, %s goes", peer, winner.label, loser.label)
             if loser.initiator:
-                # Make before break: while the winner's CHILD_SA waits for the peer's sign
-                # (handover, after a restart) the loser's carries our traffic; the peer
-                # removes it as soon as our Delete arrives.
+                # Make before break: until the winner's CHILD_SA sends (it may not exist yet:
+                # the winner is being established; or it waits for the peer's sign after a
+                # restart) the loser's carries our traffic; the peer removes it as soon as our
+                # Delete arrives. Released by `_release_deferred_deletes` once the caller has
+                # added the winner's CHILD_SA, never here.
                 self._deferred_deletes[loser.our_spi] = (loser, winner)
-                self._release_deferred_deletes(now)
 
     def _release_deferred_deletes(self, now: float) -> None:
-        """Delete the duplicates whose winner sends now (or is gone); bounded by the winner's
-        inbound-only limit."""
+        """Delete the duplicates whose winner sends now, has no CHILD_SA to wait for (childless)
+        or is gone; bounded by the winner's inbound-only limit (its CHILD_SA sends after it)."""
         for key, (loser, winner) in list(self._deferred_deletes.items()):
             if loser.state != IkeState.ESTABLISHED:
                 del self._deferred_deletes[key]
-            elif winner.state == IkeState.CLOSED or not any(awaits_handover(c) for c in winner.children.values()):
+            elif (winner.state == IkeState.CLOSED or not winner.children
+                  or any(sends(c) for c in winner.children.values())):
                 del self._deferred_deletes[key]
+                if winner.state != IkeState.CLOSED:
+                    # The winner's CHILD_SAs carry the traffic from now: the peer drops the
+                    # loser's on our Delete, and a lost Delete must not leave us sending there.
+                    for child in loser.children.values():
+                        retire_outbound(loser, child)
                 loser.queue(IkeDeleteTask("superseded"), now)
                 self._touch(loser)
 
@@ -180,6 +187,16 @@ class IkeEndpoint:
         """SAs an earlier instance of ours left in the kernel (a restart) still carry traffic
         with `remote`, whichever side initiates their replacement."""
         self._kept_kernel_sas.add(remote)
+
+    def crosses_ours(self, sa: IkeSa) -> bool:
+        """Whether `sa` (the peer initiated it) crosses an IKE SA we initiated with the same
+        peer after a restart of ours: both sides restarted and each replaces its kept SAs.
+        The duplicate-SA rule keeps one of the two; until the peer shows it installed this
+        one's CHILD_SA, ours (or the kept SAs) carry our traffic."""
+        peer = sa.remote[0]
+        return peer in self._kept_kernel_sas and any(
+            other.initiator and other.state in (IkeState.CONNECTING, IkeState.ESTABLISHED)
+            for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer)
 
     def replaces_kernel_sas(self, sa: IkeSa) -> bool:
         """Whether `sa`'s CHILD_SA replaces such kept SAs: none with that peer sends yet

@@ -67,14 +67,16 @@ def test_an_unconfirmed_handover_sends_after_the_retransmission_budget():
     assert len(b.of(ChildSaInstallOutbound)) == 2 and net.now - answered <= budget + 0.5
 
 
-def restarted_with_kept_sas(net, a, a_cfg):
+def restarted_with_kept_sas(net, a, a_cfg, name="a2"):
     """`a` killed (-9) and started again at the same address: no IKE state, the kernel's SAs
-    remain and carry traffic; ESP arriving on its inbound SAs is counted (the kernel's
-    counters, which answer the core's inbound-bytes queries)."""
-    restarted = net.add("a2", A, single_peer_lookup(a_cfg))
+    remain and carry traffic until a new CHILD_SA sends; ESP arriving on its inbound SAs is
+    counted (the kernel's counters, which answer the core's inbound-bytes queries)."""
+    restarted = net.add(name, a.address, single_peer_lookup(a_cfg))
     restarted.inbound, restarted.outbound = dict(a.inbound), dict(a.outbound)
-    restarted.inbound_bytes = lambda spi: 100 * net.esp_received.get((A, spi), 0)
-    restarted.endpoint.kernel_sas_kept(B)  # what the agent says at start (data plane's inherited peers)
+    restarted.kept_outbound = set(a.outbound)
+    restarted.inbound_bytes = lambda spi: 100 * net.esp_received.get((a.address, spi), 0)
+    # What the agent says at start (the data plane's inherited peers).
+    restarted.endpoint.kernel_sas_kept(B if a.address == A else A)
     return restarted
 
 
@@ -156,27 +158,52 @@ def test_both_sides_initiating_at_once_after_a_restart_lose_nothing():
     assert keys_match_for(restarted, b)
 
 
-def test_a_peer_restarted_too_and_initiating_first_loses_nothing():
-    """Both sides restarted with their SAs kept; the peer's new instance initiates while we are
-    still down (retransmitting), then we come up and initiate too: each answers the other's
-    IKE_AUTH as a restarted responder."""
+def both_restarted(a_after: float, drop=None):
+    """Both sides restarted with their SAs kept (the VM's both-sides test): the peer's new
+    instance initiates while we are still down (its IKE_SA_INIT retransmitted every 1, 2, 4 s),
+    we come up `a_after` s later and initiate too; `drop` may lose datagrams after that.
+    Every node sends ESP every 0.1 s from then on, each on the newest SA its kernel has."""
     net = Network()
     a, b, a_cfg, b_cfg = pair(net)
     establish(net, a, a_cfg)
-    b2 = net.add("b2", B, single_peer_lookup(b_cfg))
-    b2.inbound, b2.outbound = dict(b.inbound), dict(b.outbound)
-    b2.inbound_bytes = lambda spi: 100 * net.esp_received.get((B, spi), 0)
-    b2.endpoint.kernel_sas_kept(A)
+    b2 = restarted_with_kept_sas(net, b, b_cfg, name="b2")
     down = [True]
     net.drop = lambda d: down[0] and d.remote[0] == A
     b2.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0], replaces_kernel_sas=True)
-    net.run(1.5)
+    net.run(a_after)
     restarted = restarted_with_kept_sas(net, a, a_cfg)
     down[0] = False
-    net.esp_probes = True
+    net.drop = drop or (lambda d: False)
     restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
-    net.run(30)
+    net.run_with_traffic(20)
+    return net, restarted, b2
+
+
+def test_a_peer_restarted_too_and_initiating_first_loses_nothing():
+    """Each answers the other's IKE_AUTH as a restarted responder."""
+    net, restarted, b2 = both_restarted(1.5)
     assert net.esp_delivered > 10 and net.esp_lost == [], f"lost: {len(net.esp_lost)}"
+    assert len(restarted.established) == 1 and len(b2.established) == 1
+    assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
+
+
+def test_both_restarted_the_duplicate_goes_only_once_the_winner_sends_on_both_sides():
+    """We come up just after the peer's first retransmission: our IKE SA is up first, then
+    we answer the peer's. Before: the duplicate rule deleted ours at once, before the
+    peer had installed the winner (its IKE_AUTH answer still in flight), and we sent on the
+    winner at once: the peer had no SA to send on and dropped what we sent."""
+    net, restarted, b2 = both_restarted(1.02)
+    assert net.esp_lost == [] and net.esp_gaps == [], f"lost {len(net.esp_lost)}, no SA {len(net.esp_gaps)}"
+    assert len(restarted.established) == 1 and len(b2.established) == 1
+    assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
+
+
+def test_both_restarted_and_our_answer_to_the_crossing_ike_sa_is_lost():
+    """As above with our IKE_AUTH answer to the peer's IKE SA lost once (the peer retransmits
+    1 s later): until it arrives, the IKE SA we initiated carries the traffic both ways.
+    Before: 1 s of traffic lost in each direction."""
+    net, restarted, b2 = both_restarted(2.8, drop=first_ike_auth_answer_from(A))
+    assert net.esp_lost == [] and net.esp_gaps == [], f"lost {len(net.esp_lost)}, no SA {len(net.esp_gaps)}"
     assert len(restarted.established) == 1 and len(b2.established) == 1
     assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
 

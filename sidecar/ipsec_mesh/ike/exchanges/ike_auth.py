@@ -285,8 +285,11 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     # no INITIAL_CONTACT), and in ours (it restarted: stale IKE SA replaced; or we did: kept).
     # A peer that restarted without them (INITIAL_CONTACT alone) gets our traffic at once.
     # The initiator installs its half only once our answer arrives (late if it is lost).
+    # Both restarted, each initiating: the peer installs this CHILD_SA when our answer
+    # arrives, and sent on it sooner ours would be lost; our crossing IKE SA's CHILD_SA (or
+    # the kept SAs) carries our traffic meanwhile, whichever IKE SA the duplicate rule keeps.
     peer_keeps = msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None or not initial_contact
-    handover = peer_keeps and (replaced or kept)
+    handover = (peer_keeps and (replaced or kept)) or sa.services.crosses_ours(sa)
     child = None
     if msg.first(SaPayload) is not None:
         child_payloads, child = _respond_child(sa, msg, now, handover=handover)
