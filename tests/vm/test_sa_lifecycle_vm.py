@@ -147,7 +147,7 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         if how == "both":
             right.wait_ready(2 * START)
         ready = time.monotonic()
-        wait_until(lambda: all(len(installed_children(s)) == 2 for s in (restarted, right))
+        wait_until(lambda: all(settled(s) for s in (restarted, right))
                    and kernel_sas(pair.left) == 4 and kernel_sas(pair.right) == 4, 60, "old SAs replaced")
         switched = time.monotonic()
         time.sleep(3)  # traffic on the new SAs only
@@ -250,6 +250,16 @@ def drop_counters(ns) -> dict[str, int]:
     if len(snmp) == 2:
         counts.update({f"Udp{name}": int(value) for name, value in zip(snmp[0][1:], snmp[1][1:], strict=True)})
     return {name: counts[name] for name in DROP_COUNTERS if counts.get(name)}
+
+
+def settled(sidecar) -> bool:
+    """One IKE SA per family, established, each with its one CHILD_SA installed: none still
+    connecting (both sides restarted: the other's IKE_SA_INIT may still be retransmitted,
+    and the duplicate-SA rule has not run yet)."""
+    status = sidecar.status()  # None: its status endpoint did not answer in time (a loaded guest)
+    sas = [] if status is None else status["ike_sas"]
+    return len(sas) == 2 and all(sa["state"] == "established" and [c["state"] for c in sa["children"]] == ["installed"]
+                                 for sa in sas)
 
 
 def installed_children(sidecar) -> list:
