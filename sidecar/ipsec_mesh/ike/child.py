@@ -341,11 +341,14 @@ def handover_evidence(sa: IkeSa, child: ChildSa, inbound_bytes: int) -> None:
 
 
 def awaits_handover(child: ChildSa) -> bool:
-    return child.state == ChildState.INBOUND_ONLY and bool(child.extra.get(HANDOVER))
+    """Its outbound half waits for the peer's sign; not one of a duplicate IKE SA that goes
+    (`outbound_retired`: the winner's CHILD_SA carries the traffic)."""
+    return child.state == ChildState.INBOUND_ONLY and bool(child.extra.get(HANDOVER)) and not child.outbound_retired
 
 
 def _end_handover(sa: IkeSa, child: ChildSa) -> None:
-    if child.extra.pop(HANDOVER, False) and child.state == ChildState.INBOUND_ONLY:
+    if awaits_handover(child):
+        del child.extra[HANDOVER]
         child.state = ChildState.INSTALLED
         child.handover_query_at = None
         sa.emit(ChildSaInstallOutbound(child.info))

@@ -139,29 +139,32 @@ class IkeEndpoint:
             loser = sa if min(sa.ni, sa.nr) < min(other.ni, other.nr) else other
             winner = other if loser is sa else sa
             log.info("duplicate IKE SAs with %s: keeping %s, %s goes", peer, winner.label, loser.label)
-            if loser.initiator:
-                # Make before break: until the winner's CHILD_SA sends (it may not exist yet:
-                # the winner is being established; or it waits for the peer's sign after a
-                # restart) the loser's carries our traffic; the peer removes it as soon as our
-                # Delete arrives. Released by `_release_deferred_deletes` once the caller has
-                # added the winner's CHILD_SA, never here.
-                self._deferred_deletes[loser.our_spi] = (loser, winner)
+            # Make before break: until the winner's CHILD_SA sends (it may not exist yet: the
+            # winner is being established; or it waits for the peer's sign after a restart)
+            # the loser's carries our traffic. Released by `_release_deferred_deletes` once the
+            # caller has added the winner's CHILD_SA, never here.
+            self._deferred_deletes[loser.our_spi] = (loser, winner)
 
     def _release_deferred_deletes(self, now: float) -> None:
-        """Delete the duplicates whose winner sends now, has no CHILD_SA to wait for (childless)
-        or is gone; bounded by the winner's inbound-only limit (its CHILD_SA sends after it)."""
+        """Duplicates whose winner sends now (or has no CHILD_SA to wait for: childless) stop
+        carrying our traffic, and go if we initiated them; bounded by the winner's
+        inbound-only limit (its CHILD_SA sends after it). A winner that is gone leaves the
+        loser as it is: it is the only IKE SA left."""
         for key, (loser, winner) in list(self._deferred_deletes.items()):
-            if loser.state != IkeState.ESTABLISHED:
+            if loser.state != IkeState.ESTABLISHED or winner.state == IkeState.CLOSED:
                 del self._deferred_deletes[key]
-            elif (winner.state == IkeState.CLOSED or not winner.children
-                  or any(sends(c) for c in winner.children.values())):
+            elif not winner.children or any(sends(c) for c in winner.children.values()):
                 del self._deferred_deletes[key]
-                if winner.state != IkeState.CLOSED:
-                    # The winner's CHILD_SAs carry the traffic from now: the peer drops the
-                    # loser's on our Delete, and a lost Delete must not leave us sending there.
-                    for child in loser.children.values():
-                        retire_outbound(loser, child)
-                loser.queue(IkeDeleteTask("superseded"), now)
+                # Our traffic goes on the winner's CHILD_SAs from now. The peer drops the
+                # loser's inbound halves when our Delete arrives (a lost Delete must not leave
+                # us sending there); and when the peer initiated the loser, it sends on the
+                # winner only once it sees ours there, then deletes the loser.
+                for child in loser.children.values():
+                    retire_outbound(loser, child)
+                    if child.state == ChildState.INBOUND_ONLY:
+                        child.outbound_retired = True  # never switched on (child.awaits_handover)
+                if loser.initiator:
+                    loser.queue(IkeDeleteTask("superseded"), now)
                 self._touch(loser)
 
     def initial_contact(self, sa: IkeSa, now: float) -> bool:

@@ -243,7 +243,7 @@ class IkeSa:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
-                if child.state.value == "inbound-only":
+                if child.state.value == "inbound-only" and not child.outbound_retired:
                     times.append(child.created_at + self.inbound_only_limit())
                     if child.handover_query_at is not None:
                         times.append(child.handover_query_at)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.config import single_peer_lookup
 from ipsec_mesh.ike.constants import ExchangeType
@@ -158,14 +162,16 @@ def test_both_sides_initiating_at_once_after_a_restart_lose_nothing():
     assert keys_match_for(restarted, b)
 
 
-def both_restarted(a_after: float, drop=None):
+def both_restarted(a_after: float, drop=None, latency: float = 0.01):
     """Both sides restarted with their SAs kept (the VM's both-sides test): the peer's new
     instance initiates while we are still down (its IKE_SA_INIT retransmitted every 1, 2, 4 s),
-    we come up `a_after` s later and initiate too; `drop` may lose datagrams after that.
+    we come up `a_after` s later and initiate too; `drop` may lose datagrams after that, and
+    each IKE datagram takes `latency` s (a loaded machine's processing time).
     Every node sends ESP every 0.1 s from then on, each on the newest SA its kernel has."""
     net = Network()
     a, b, a_cfg, b_cfg = pair(net)
     establish(net, a, a_cfg)
+    net.latency = latency
     b2 = restarted_with_kept_sas(net, b, b_cfg, name="b2")
     down = [True]
     net.drop = lambda d: down[0] and d.remote[0] == A
@@ -212,3 +218,30 @@ def keys_match_for(restarted, b) -> bool:
     """The restarted side sends on an SA the peer receives on, with the same key."""
     spi = restarted.sending_spi()
     return spi in b.inbound and b.inbound[spi].keys.inbound == restarted.outbound[spi].keys.outbound
+
+
+def test_both_restarted_the_loser_of_the_peer_is_never_switched_on_once_the_winner_sends():
+    """The duplicate-SA rule deletes the peer's IKE SA (its initiator does, once the winner
+    sends there). Here its CHILD_SA still waited for our ESP on our side when the winner
+    began to send: it stops waiting instead of switching its outbound half on. Before, it
+    switched on after the winner (ESP from the peer on it): the newest SA, so our kernel sent
+    there, not on the winner the peer waits to see ESP on, until the peer's Delete came."""
+    net, restarted, b2 = both_restarted(0.777, latency=0.05)
+    final = set(b2.outbound)
+    switched = ["winner" if e.child.outbound_spi in final else "loser" for e in b2.of(ChildSaInstallOutbound)]
+    assert switched == ["winner"]
+    assert net.esp_lost == [] and net.esp_gaps == []
+    assert len(restarted.established) == 1 and len(b2.established) == 1 and b2.closed_reasons() == ["deleted-by-peer"]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_both_restarted_at_any_moment_lose_nothing(seed):
+    """We come up at a moment drawn from the peer's retransmission schedule, with IKE slow or
+    fast (before the fix of fad8ac3: 4 of these 16 lost ESP or had a moment with no SA to send on)."""
+    rng = random.Random(seed)
+    a_after = rng.choice([rng.uniform(0, 0.05), rng.uniform(0.95, 1.1), rng.uniform(2.9, 3.1), rng.uniform(0, 3)])
+    net, restarted, b2 = both_restarted(a_after, latency=rng.choice([0.01, 0.05, 0.2]))
+    assert net.esp_lost == [] and net.esp_gaps == [], f"lost {len(net.esp_lost)}, no SA {len(net.esp_gaps)}"
+    assert len(restarted.established) == 1 and len(b2.established) == 1
+    assert len(restarted.outbound) == 1 and len(b2.outbound) == 1
+    assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)

@@ -116,7 +116,8 @@ def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
         child.rekey_at = None
         if child.state == ChildState.INSTALLED:
             sa.queue(create_child.ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= sa.inbound_only_limit():
+    if (child.state == ChildState.INBOUND_ONLY and not child.outbound_retired
+            and now - child.created_at >= sa.inbound_only_limit()):
         # The peer never deleted the SA it replaced (or, after a handover, never sent the
         # request that shows it installed its half): switch anyway, it has our inbound SA.
         child.state = ChildState.INSTALLED
