@@ -120,10 +120,12 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         assert ping(pair.left, dst, count=2, deadline=60)
     result: dict[int, dict] = {}
     missing: dict[int, dict[str, list[int]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    refused: dict[int, dict[str, dict[str, list[int]]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
     stop = tmp_path / f"stop-{how}"  # the streams end a little after the switch, or after `seconds`
     with Capture(Netns(pair.left.name), "eth0", tmp_path / f"{how}.pcap") as capture:
         streams = [threading.Thread(target=lambda f=f: result.__setitem__(
-                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop), missing=missing[f])))
+                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop), missing=missing[f],
+                                                           refused=refused[f])))
                    for f in (socket.AF_INET, socket.AF_INET6)]
         began = time.monotonic()
         for t in streams:
@@ -180,7 +182,8 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         for direction, lost in missing[f].items():
             when = [(first, last, {k: round(began + 2 + first / 100 - at, 1) for k, at in moments.items()})
                     for first, last in number_ranges(lost)]
-            print(f"[measure] {how}: {name} {direction} lost {when} (first, last, s after each moment)")
+            print(f"[measure] {how}: {name} {direction} lost {when} (first, last, s after each moment); "
+                  f"refused by the sender's kernel: {refused[f].get(direction)}")
         print(f"[measure] {how}: {name} ESP runs (SPI, packets) on the left's wire: "
               f"left->right {esp_runs(packets, src, dst)}, right->left {esp_runs(packets, dst, src)}")
     assert switched < began + seconds, "the switch came after the streams: nothing measured"
@@ -249,7 +252,8 @@ def drop_counters(ns) -> dict[str, int]:
     snmp = [line.split() for line in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines() if line.startswith("Udp:")]
     if len(snmp) == 2:
         counts.update({f"Udp{name}": int(value) for name, value in zip(snmp[0][1:], snmp[1][1:], strict=True)})
-    return {name: counts[name] for name in DROP_COUNTERS if counts.get(name)}
+    # Every XFRM error counter (XfrmOutStateInvalid: a send met an SA deleted under it, EINVAL).
+    return {name: counts[name] for name in counts if counts[name] and (name in DROP_COUNTERS or name.startswith("Xfrm"))}
 
 
 def settled(sidecar) -> bool:
