@@ -80,9 +80,11 @@ async def test_sas_of_an_earlier_instance_stay_until_the_new_child_sends(monkeyp
     plane.install_inbound(info)
     assert deleted(kernel) == []  # the peer cannot send on the new SA yet: the old ones carry on
     plane.install_outbound(info)
-    assert deleted(kernel) == [0xB1]  # we send on the new one now
+    # We send on the new one now (the kernel picks the newest SA); the old outbound half goes
+    # after the grace, so that a send that looked it up just before does not meet it deleted.
+    assert deleted(kernel) == []
     await asyncio.sleep(0.1)
-    assert deleted(kernel) == [0xB1, 0xA1]  # the inbound half after the grace; OTHER's untouched
+    assert sorted(deleted(kernel)) == [0xA1, 0xB1]  # and the inbound half after the grace; OTHER's untouched
     assert plane.inherited_peers() == [OTHER]
     plane.stop()
     assert {0xA2, 0xB2} <= set(deleted(kernel)[2:])  # a full stop (SIGINT) removes them too
@@ -106,9 +108,9 @@ async def test_a_restarted_peers_replaced_child_stays_until_ours_sends(monkeypat
     new = dataclasses.replace(child(), inbound_spi=0xC0000011, outbound_spi=0xD0000012)
     plane.install_inbound(new)
     plane.install_outbound(new)
-    assert deleted(kernel) == [old.outbound_spi]
+    assert deleted(kernel) == []
     await asyncio.sleep(0.1)
-    assert deleted(kernel) == [old.outbound_spi, old.inbound_spi]
+    assert sorted(deleted(kernel)) == sorted([old.outbound_spi, old.inbound_spi])
     plane.stop()
 
 
@@ -135,7 +137,7 @@ async def test_a_kept_inbound_sa_stays_while_the_peer_still_sends_on_it(monkeypa
     info = child()
     plane.install_inbound(info)
     plane.install_outbound(info)
-    assert deleted(kernel) == [0xB1]
+    assert deleted(kernel) == []
     for _ in range(6):  # the peer has not switched yet: its packets keep arriving on the old SA
         kernel.packets[0xA1] += 10
         await asyncio.sleep(0.03)

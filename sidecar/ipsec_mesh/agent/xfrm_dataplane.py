@@ -7,8 +7,8 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - At start, policies are reconciled (added, updated, removed) before anything else. The
   SAs a previous instance left behind (kill -9, or a SIGTERM for a restart) keep carrying
   traffic: the agent negotiates with each of their peers at once, and they go when a new
-  CHILD_SA with that peer sends (outbound at once, inbound once the kernel's counter shows
-  it quiet for the grace period), or after `handover_limit` (175 s by default). So do the SAs of a peer's stale IKE SA (it restarted and kept
+  CHILD_SA with that peer sends (outbound after the grace, as the kernel picks the new one
+  at once; inbound once the kernel's counter shows it quiet for the grace period), or after `handover_limit` (175 s by default). So do the SAs of a peer's stale IKE SA (it restarted and kept
   them: ChildSaDeleted reason `replaced`). Under `require` nothing is ever in plaintext.
 - Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
   (before its Delete leaves); the inbound half stays a short grace period after the
@@ -227,13 +227,19 @@ class XfrmDataPlane:
         self._retire_superseded(remote, grace=False)
 
     def _retire_superseded(self, remote: str, *, grace: bool) -> None:
-        """Outbound halves at once (the new one sends), inbound ones once quiet (`_delete_when_quiet`)."""
+        """Inbound halves once quiet (`_delete_when_quiet`); outbound ones after the grace too,
+        though the new one sends at once: the kernel picks the newest SA for new packets, but
+        one that looked its SA up just before may meet it deleted and fail (EINVAL to the
+        sender, XfrmOutStateInvalid; seen in the VM when the kept SA went at the switch)."""
         timer = self._handover_timers.pop(remote, None)
         if timer is not None:
             timer.cancel()
+        loop = aio.get_running_loop()
         for inbound, sa in self.superseded.pop(remote, []):
-            if inbound and grace and self.rekey_grace:
-                self._delete_when_quiet(remote, sa, aio.get_running_loop().time() + self.handover_limit)
+            if grace and self.rekey_grace and inbound:
+                self._delete_when_quiet(remote, sa, loop.time() + self.handover_limit)
+            elif grace and self.rekey_grace:
+                loop.call_later(self.rekey_grace, self._delete, sa)
             else:
                 self._delete(sa)
 
