@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from ipsec_mesh.agent import xfrm_dataplane
 from ipsec_mesh.agent.xfrm_dataplane import XfrmDataPlane
-from ipsec_mesh.ike import ChildSaDeleted
+from ipsec_mesh.ike import ChildSaDeleted, ChildSaOutboundRetired
 from ipsec_mesh.xfrm import LifetimeCurrent, owned_reqid
 from tests.agent.test_xfrm_dataplane_events import LOCAL, PEER, RecordingXfrm, child
 
@@ -197,3 +197,37 @@ def test_kept_sas_outlast_the_longest_the_ike_side_takes_to_replace_them(monkeyp
     monkeypatch.setattr(xfrm_dataplane, "ServiceTranslation", lambda netns: NoServices())
     slow = IkeSettings(retransmit_timeout=30, retransmit_tries=6)
     assert make_dataplane("xfrm", "ns", slow).handover_limit == handover_limit(slow.retransmit())
+
+
+def retired(info) -> ChildSaOutboundRetired:
+    return ChildSaOutboundRetired("x", info.name, info.inbound_spi, info.outbound_spi, info.local_addr, info.remote_addr)
+
+
+async def test_a_retired_outbound_sa_goes_after_the_grace_when_a_newer_one_sends(monkeypatch):
+    """The kernel sends on the newest SA to a peer: a retired older one (a rekey's, a duplicate
+    IKE SA's) is no longer picked, but a send that looked it up just before would fail with
+    EINVAL if it met it deleted. The newest one retired goes at once: the kernel would keep
+    sending on it after the peer removed its inbound half."""
+    plane, kernel = start(monkeypatch, [], rekey_grace=0.05)
+    old, new = child(), dataclasses.replace(child(), inbound_spi=0xC0000011, outbound_spi=0xD0000012)
+    for info in (old, new):
+        plane.install_inbound(info)
+        plane.install_outbound(info)
+    plane.retire_outbound(retired(old))
+    assert deleted(kernel) == [] and list(plane.outbound) == [new.outbound_spi]
+    await asyncio.sleep(0.1)
+    assert deleted(kernel) == [old.outbound_spi]
+    plane.retire_outbound(retired(new))  # the newest (and only) one
+    assert deleted(kernel) == [old.outbound_spi, new.outbound_spi]
+    plane.stop()
+
+
+async def test_an_unused_outbound_sa_waiting_for_its_grace_goes_at_a_full_stop_and_stays_at_a_hand_over(monkeypatch):
+    for hand_over in (False, True):
+        plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)], rekey_grace=0.05)
+        info = child()
+        plane.install_inbound(info)
+        plane.install_outbound(info)
+        plane.hand_over() if hand_over else plane.stop()
+        await asyncio.sleep(0.1)  # no timer runs on the closed data plane
+        assert (0xB1 in deleted(kernel)) is not hand_over and deleted(kernel).count(0xB1) <= 1

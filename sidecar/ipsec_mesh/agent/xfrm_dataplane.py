@@ -124,6 +124,8 @@ class XfrmDataPlane:
         self._handover_timers: dict[str, aio.TimerHandle] = {}
         #: kept inbound SAs waiting for quiet: id -> (remote, SA, next check)
         self._quiet_checks: dict[int, tuple[str, object, aio.TimerHandle]] = {}
+        #: outbound SAs no longer used, deleted after the grace (`_delete_later`): id -> (SA, timer)
+        self._unused_outbound: dict[int, tuple[object, aio.TimerHandle]] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -239,9 +241,18 @@ class XfrmDataPlane:
             if grace and self.rekey_grace and inbound:
                 self._delete_when_quiet(remote, sa, loop.time() + self.handover_limit)
             elif grace and self.rekey_grace:
-                loop.call_later(self.rekey_grace, self._delete, sa)
+                self._delete_later(sa)
             else:
                 self._delete(sa)
+
+    def _delete_later(self, sa) -> None:
+        """An outbound SA the kernel no longer picks (a newer one to the same peer sends) goes
+        after the grace: a send that looked it up just before must not meet it deleted."""
+        def delete() -> None:
+            del self._unused_outbound[id(sa)]
+            self._delete(sa)
+
+        self._unused_outbound[id(sa)] = (sa, aio.get_running_loop().call_later(self.rekey_grace, delete))
 
     def _delete_when_quiet(self, remote: str, sa, deadline: float, seen: int | None = None) -> None:
         """Delete a kept inbound SA once the kernel shows no new packet on it for a grace
@@ -301,6 +312,8 @@ class XfrmDataPlane:
             self._retire_superseded(remote, grace=False)
         for _, kept, _ in self._quiet_checks.values():
             self._delete(kept)
+        for unused, _ in self._unused_outbound.values():
+            self._delete(unused)
         self._close()
 
     def hand_over(self) -> None:
@@ -309,10 +322,12 @@ class XfrmDataPlane:
         self._close()
 
     def _close(self) -> None:
-        for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values())]:
+        for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values()),
+                      *(timer for _, timer in self._unused_outbound.values())]:
             timer.cancel()
         self._handover_timers.clear()
         self._quiet_checks.clear()
+        self._unused_outbound.clear()
         if self.events_channel is not None:
             self.events_channel.close()
             self.events_channel = None
@@ -371,8 +386,19 @@ class XfrmDataPlane:
             table[spi] = updated
 
     def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
-        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now."""
-        self._remove_outbound(retired.outbound_spi)
+        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now.
+        If a newer outbound SA to the peer is installed, the kernel picks that one already and
+        this one goes after the grace (`_delete_later`); if not, at once, or the kernel would
+        keep sending on it after the peer removed its inbound half."""
+        spi = retired.outbound_spi
+        spec = self.outbound.get(spi)
+        later = list(self.outbound)[list(self.outbound).index(spi) + 1:] if spec is not None else []
+        if spec is None or not self.rekey_grace or not any(self.outbound[o].dst == spec.dst for o in later):
+            self._remove_outbound(spi)
+            return
+        del self.outbound[spi]
+        self._inbound_of.pop(spi, None)
+        self._delete_later(spec)
 
     def _remove_outbound(self, spi: int) -> None:
         out = self.outbound.pop(spi, None)
