@@ -79,6 +79,9 @@ class Node:
     inbound: dict = field(default_factory=dict)
     outbound: dict = field(default_factory=dict)  # in install order: the kernel sends on the newest
     honour_retire: bool = True  # False: behave like a data plane that ignores ChildSaOutboundRetired
+    # Outbound SPIs an earlier instance left in the kernel (a restart): the data plane removes
+    # them once a new CHILD_SA's outbound half is installed (XfrmDataPlane's kept SAs).
+    kept_outbound: set = field(default_factory=set)
     # The kernel's packet count of a CHILD_SA (inbound SPI -> count), answering ChildSaActivityQuery;
     # None: a data plane without a kernel, which never answers.
     packets: Callable[[int], int] | None = None
@@ -95,14 +98,18 @@ class Node:
             self.inbound[event.child.inbound_spi] = event.child
         elif isinstance(event, ChildSaInstallOutbound):
             self.outbound[event.child.outbound_spi] = event.child
+            for spi in self.kept_outbound & set(self.outbound):
+                del self.outbound[spi]
         elif isinstance(event, ChildSaEncapChanged):
             for table, spi in ((self.inbound, event.child.inbound_spi), (self.outbound, event.child.outbound_spi)):
                 if spi in table:
                     table[spi] = event.child
         elif isinstance(event, ChildSaOutboundRetired) and self.honour_retire:
             self.outbound.pop(event.outbound_spi, None)
-        elif isinstance(event, ChildSaDeleted):
+        elif isinstance(event, ChildSaDeleted) and event.reason != "replaced":
             # No grace period: the inbound half goes at once, so late ESP shows up as lost.
+            # `replaced` ones stay as the data plane keeps them (their peer restarted and
+            # sends on them until new SAs replace them); a newer outbound SA takes over.
             self.inbound.pop(event.inbound_spi, None)
             self.outbound.pop(event.outbound_spi, None)
 
@@ -147,6 +154,7 @@ class Network:
         # on the SA it would use; a packet that arrives where no inbound SA has its SPI is lost.
         self.esp_probes = False
         self.esp_delivered = 0
+        self.esp_received: dict[tuple[str, int], int] = {}  # (receiver address, SPI) -> packets
         self.esp_lost: list[tuple[str, int]] = []  # (receiver address, SPI)
         self.esp_gaps: list[tuple[float, str]] = []  # (time, node) with a CHILD_SA but nothing to send on
 
@@ -241,6 +249,8 @@ class Network:
         target = self._node_for(probe.remote)
         if target is not None and probe.spi in target.inbound:
             self.esp_delivered += 1
+            key = (target.address, probe.spi)
+            self.esp_received[key] = self.esp_received.get(key, 0) + 1
         else:
             self.esp_lost.append((probe.remote, probe.spi))
 
@@ -258,6 +268,14 @@ class Network:
                 return
             self.step()
         raise AssertionError("simulation did not settle within its step bound")
+
+    def run_with_traffic(self, seconds: float, interval: float = 0.1) -> None:
+        """`run`, with every node also sending one ESP packet every `interval` s of simulated
+        time (steps alone may be seconds apart: a gap in between would go unseen)."""
+        self.esp_probes = True
+        for _ in range(round(seconds / interval)):
+            self.run(interval)
+            self._send_esp()
 
     def settle(self, max_steps: int = 5000) -> None:
         """Deliver everything in flight (and timers due before the last delivery)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from ipsec_mesh import aio
+
 
 async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection(host, port)
@@ -16,9 +18,10 @@ async def http_get(host: str, port: int, path: str) -> tuple[int, bytes]:
 
 
 async def wait_for(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> None:
-    """Poll `predicate` on the running loop until it holds; AssertionError after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    """Poll `predicate` on the running loop (ours or asyncio's) until it holds; AssertionError
+    after `timeout` seconds."""
+    deadline = aio.get_running_loop().time() + timeout
     while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
+        if aio.get_running_loop().time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(interval)
+        await aio.sleep(interval)

@@ -85,7 +85,13 @@ def test_sa_lifecycle_idle_pair_is_retired_and_the_next_packet_brings_new_sas(to
 def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     """Numbered UDP at 100/s each way, IPv4 and IPv6, while the left sidecar is stopped
     (`how`: kill -9 or SIGTERM) and started again: nothing lost, nothing in plaintext,
-    and the old SAs gone (only one CHILD_SA per family and side) while traffic still flows."""
+    and the old SAs gone (only one CHILD_SA per family and side) while traffic still flows.
+
+    `how` "both": the left is killed (-9) and the right restarted (SIGTERM) too, the right's
+    new instance launched first: each side keeps its kernel's SAs, each initiates, and each
+    answers the other's IKE_SA_INIT as a responder whose SAs an earlier instance left (the
+    responder path of the handover; a single restart never makes the surviving side initiate:
+    its IKE SA lives on, and DPD counts the kept SAs' ESP)."""
     import signal
     import socket
 
@@ -96,11 +102,17 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
     # a loaded host, nearly all of it Python's start and imports over 9p (startup_timeline below).
     seconds = 600
 
+    # Both restarting: the first one up retransmits its IKE_SA_INIT until the other is up
+    # (115-255 s under emulation), and keeps its SAs twice that budget: the product's
+    # retransmission schedule (2 s, x1.8) with 6 tries gives up after 151 s, not the harness's 12 s.
+    ike = {"retransmitTimeout": 2, "retransmitTries": 6} if how == "both" else None
+
     def sidecar(me, peer, mine, theirs, name, env=None):
         # The product's default DPD: the peer hears the kept SAs' ESP while we restart.
         return Sidecar(me, tmp_path, address=me.ipv4, addresses=(me.ipv6,), identity=mine,
                        peer_address=f"{peer.ipv4}/32", peer_identity=theirs, psk=PSK, dataplane="xfrm", name=name,
-                       more_peerings=(peering("v6", f"{peer.ipv6}/128", theirs, "aes256gcm16-esn"),), env=env)
+                       more_peerings=(peering("v6", f"{peer.ipv6}/128", theirs, "aes256gcm16-esn"),), env=env,
+                       ike_settings=ike)
 
     left, right = start_all(sidecar(pair.left, pair.right, LEFT_ID, RIGHT_ID, "left"),
                             sidecar(pair.right, pair.left, RIGHT_ID, LEFT_ID, "right"))
@@ -108,26 +120,36 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         assert ping(pair.left, dst, count=2, deadline=60)
     result: dict[int, dict] = {}
     missing: dict[int, dict[str, list[int]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+    refused: dict[int, dict[str, dict[str, list[int]]]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
     stop = tmp_path / f"stop-{how}"  # the streams end a little after the switch, or after `seconds`
     with Capture(Netns(pair.left.name), "eth0", tmp_path / f"{how}.pcap") as capture:
         streams = [threading.Thread(target=lambda f=f: result.__setitem__(
-                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop), missing=missing[f])))
+                       f, stream_both_ways(pair, seconds, 100, f, stop=str(stop), missing=missing[f],
+                                                           refused=refused[f])))
                    for f in (socket.AF_INET, socket.AF_INET6)]
         began = time.monotonic()
         for t in streams:
             t.start()
         time.sleep(8)
-        if how == "kill":
-            left.kill()
-        else:
+        if how == "term":
             left.stop(signal.SIGTERM)
+        else:
+            left.kill()
+        earlier_right = right
+        if how == "both":
+            right.stop(signal.SIGTERM)
         stopped = time.monotonic()
         assert kernel_sas(pair.left) == 4, "the stopped sidecar's SAs must stay in the kernel"
+        assert kernel_sas(pair.right) == 4
         launched = time.time()
+        if how == "both":
+            right = sidecar(pair.right, pair.left, RIGHT_ID, LEFT_ID, "right-both").launch()
         restarted = sidecar(pair.left, pair.right, LEFT_ID, RIGHT_ID, f"left-{how}",
                             env={"PYTHONPROFILEIMPORTTIME": "1"}).start(2 * START)
+        if how == "both":
+            right.wait_ready(2 * START)
         ready = time.monotonic()
-        wait_until(lambda: all(len(installed_children(s)) == 2 for s in (restarted, right))
+        wait_until(lambda: all(settled(s) for s in (restarted, right))
                    and kernel_sas(pair.left) == 4 and kernel_sas(pair.right) == 4, 60, "old SAs replaced")
         switched = time.monotonic()
         time.sleep(3)  # traffic on the new SAs only
@@ -136,7 +158,7 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
             t.join(seconds + 400)
         ended = time.monotonic()
     packets = capture.packets()
-    logs = "\n".join(line for s in (left, restarted, right) for line in s.log.splitlines()
+    logs = "\n".join(line for s in (left, earlier_right, restarted, right) for line in s.log.splitlines()
                      if any(k in line for k in ("INITIAL_CONTACT", "dead", "kept", "replac", "CHILD_SA", "IKE SA")))
     for src, dst in ((pair.left.ipv4, pair.right.ipv4), (pair.left.ipv6, pair.right.ipv6)):
         assert not plaintext_between(packets, src, dst)
@@ -144,6 +166,12 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
           f"restarted sidecar ready {ready - stopped:.1f}s after the stop, old SAs gone "
           f"{switched - ready:.1f}s later, streams ended {ended - switched:.1f}s after that")
     print(f"[measure] {how}: restarted sidecar's timeline (s after launch): {startup_timeline(restarted.log, launched)}")
+    if how == "both":
+        print(f"[measure] both: the right's timeline (s after launch): {startup_timeline(right.log, launched)}")
+    print(f"[measure] {how}: IKE SAs now, (local, initiator): "
+          f"{[(sa['local'], sa['initiator']) for s in (restarted, right) for sa in (s.status() or {}).get('ike_sas', [])]}; "
+          f"answered as a restarted responder (kept SAs): "
+          f"{[s.dir.name for s in (restarted, right) if ' as responder' in s.log and 'kept ' in s.log]}")
     drops = {side.name: drop_counters(side) for side in (pair.left, pair.right)}
     print(f"[measure] {how}: where datagrams were dropped, per namespace: {drops}")
     # When (the senders began 2 s after the streams; number n was due n/100 s later) and where
@@ -154,7 +182,8 @@ def _restart_loses_nothing(topology, tmp_path, how: str) -> None:
         for direction, lost in missing[f].items():
             when = [(first, last, {k: round(began + 2 + first / 100 - at, 1) for k, at in moments.items()})
                     for first, last in number_ranges(lost)]
-            print(f"[measure] {how}: {name} {direction} lost {when} (first, last, s after each moment)")
+            print(f"[measure] {how}: {name} {direction} lost {when} (first, last, s after each moment); "
+                  f"refused by the sender's kernel: {refused[f].get(direction)}")
         print(f"[measure] {how}: {name} ESP runs (SPI, packets) on the left's wire: "
               f"left->right {esp_runs(packets, src, dst)}, right->left {esp_runs(packets, dst, src)}")
     assert switched < began + seconds, "the switch came after the streams: nothing measured"
@@ -223,11 +252,24 @@ def drop_counters(ns) -> dict[str, int]:
     snmp = [line.split() for line in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines() if line.startswith("Udp:")]
     if len(snmp) == 2:
         counts.update({f"Udp{name}": int(value) for name, value in zip(snmp[0][1:], snmp[1][1:], strict=True)})
-    return {name: counts[name] for name in DROP_COUNTERS if counts.get(name)}
+    # Every XFRM error counter (XfrmOutStateInvalid: a send met an SA deleted under it, EINVAL).
+    return {name: counts[name] for name in counts if counts[name] and (name in DROP_COUNTERS or name.startswith("Xfrm"))}
+
+
+def settled(sidecar) -> bool:
+    """One IKE SA per family, established, each with its one CHILD_SA installed: none still
+    connecting (both sides restarted: the other's IKE_SA_INIT may still be retransmitted,
+    and the duplicate-SA rule has not run yet)."""
+    status = sidecar.status()  # None: its status endpoint did not answer in time (a loaded guest)
+    sas = [] if status is None else status["ike_sas"]
+    return len(sas) == 2 and all(sa["state"] == "established" and [c["state"] for c in sa["children"]] == ["installed"]
+                                 for sa in sas)
 
 
 def installed_children(sidecar) -> list:
-    return [c for sa in sidecar.status()["ike_sas"] for c in sa["children"] if c["state"] == "installed"]
+    status = sidecar.status()  # None: its status endpoint did not answer in time (a loaded guest)
+    return [] if status is None else [c for sa in status["ike_sas"] for c in sa["children"]
+                                      if c["state"] == "installed"]
 
 
 def test_sa_lifecycle_kill_9_and_restart_loses_nothing(topology, tmp_path):
@@ -236,6 +278,10 @@ def test_sa_lifecycle_kill_9_and_restart_loses_nothing(topology, tmp_path):
 
 def test_sa_lifecycle_sigterm_and_restart_loses_nothing(topology, tmp_path):
     _restart_loses_nothing(topology, tmp_path, "term")
+
+
+def test_sa_lifecycle_both_sides_restart_and_lose_nothing(topology, tmp_path):
+    _restart_loses_nothing(topology, tmp_path, "both")
 
 
 def test_sa_lifecycle_esp_is_liveness_while_a_sidecar_is_down(topology, tmp_path):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from .. import aio
 from ..ike import DerError, certificates_from_pem
 from ..meshapi.ports import STATUS_LISTEN
-from .config import ConfigError, load_agent_config
+from .config import ConfigError, IkeSettings, load_agent_config
 from .dataplane import NullDataPlane
 from .logs import setup_logging
 from .peers import PeerSet, PeerSetError
@@ -47,12 +47,12 @@ def _load_credentials(config):
     return key, chain
 
 
-def make_dataplane(kind: str, netns: str | None):
+def make_dataplane(kind: str, netns: str | None, ike: IkeSettings):
     if kind == "none":
         return NullDataPlane()
-    from .xfrm_dataplane import XfrmDataPlane
+    from .xfrm_dataplane import XfrmDataPlane, handover_limit
 
-    return XfrmDataPlane(netns=netns)
+    return XfrmDataPlane(netns=netns, handover_limit=handover_limit(ike.retransmit()))
 
 
 async def run(config, dataplane_kind: str) -> int:
@@ -61,7 +61,7 @@ async def run(config, dataplane_kind: str) -> int:
 
     key, chain = _load_credentials(config)
     peers = PeerSet(config.peer_map, config.ike, private_key=key, chain=chain)
-    agent = Agent(config, make_dataplane(dataplane_kind, config.netns), peers)
+    agent = Agent(config, make_dataplane(dataplane_kind, config.netns, config.ike), peers)
     _tune_gc()
     server = None
     if config.status_listen is not None:
@@ -81,7 +81,7 @@ async def run_mesh(settings, dataplane_kind: str) -> int:
 
     async with MeshApiClient(settings.api_url, ca_bundle=settings.ca_bundle,
                              token_file=settings.token_file) as client:
-        sidecar = MeshSidecar(settings, client, make_dataplane(dataplane_kind, settings.sidecar.netns))
+        sidecar = MeshSidecar(settings, client, make_dataplane(dataplane_kind, settings.sidecar.netns, settings.sidecar.ike))
         _tune_gc()
         await sidecar.run()
     return 0

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
+from ..ike.config import Retransmit
 from ..meshapi import fields
 from ..meshapi.documents import NotYaml, load_yaml
 from ..meshapi.errors import PeerMapError
@@ -54,6 +55,9 @@ class IkeSettings:
     half_open_limit: int = 1000
     cookie_threshold_per_source: int = 5
     half_open_limit_per_source: int = 20
+
+    def retransmit(self) -> Retransmit:
+        return Retransmit(timeout=self.retransmit_timeout, tries=self.retransmit_tries)
 
 
 @record(frozen=True)

@@ -272,8 +272,9 @@ class Agent:
             elif isinstance(event, ChildSaInboundQuery):
                 inbound = self.dataplane.inbound_bytes(event)
                 if inbound is not None:  # None: liveness rests on IKE alone
-                    m.liveness_checks.labels(self.endpoint.child_inbound_bytes(event.inbound_spi, inbound,
-                                                                               self.now())).inc()
+                    result = self.endpoint.child_inbound_bytes(event.inbound_spi, inbound, self.now())
+                    if not event.handover:  # the metric counts liveness checks only
+                        m.liveness_checks.labels(result).inc()
             elif isinstance(event, ChildSaDeleted):
                 self._not_installed.pop(event.inbound_spi, None)
                 self.dataplane.remove(event)
@@ -468,6 +469,11 @@ class Agent:
         self.loop = aio.get_running_loop()
         # Policies first: under `require`, nothing leaves in plaintext from here on.
         self.dataplane.start(self.peers)
+        # SAs an earlier instance left carry traffic until new ones replace them, whichever
+        # side initiates those: the core must know before the first datagram arrives.
+        inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
+        for remote in inherited:
+            self.endpoint.kernel_sas_kept(remote)
         for address in self.peers.local_addresses:
             for port, natt in ((self.config.ike.port, False), (self.config.ike.natt_port, True)):
                 await self._open_socket(address, port, natt)
@@ -478,9 +484,7 @@ class Agent:
         self.policies_ready = True
         log.info("sidecar ready: %s, %d peer networks, data plane %s", self.peers.local_id,
                  len(self.peers.entries), self.dataplane.name)
-        # SAs an earlier instance left carry traffic until new ones replace them: negotiate
-        # those now, as no ACQUIRE will ask (the kernel has SAs).
-        inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
+        # Negotiate their replacements now, as no ACQUIRE will ask (the kernel has SAs).
         for remote in inherited:
             self.initiate(remote, replaces_kernel_sas=True)
         if self.config.initiate_peers:

@@ -7,8 +7,8 @@ What it keeps true (docs/xfrm.md has the kernel side):
 - At start, policies are reconciled (added, updated, removed) before anything else. The
   SAs a previous instance left behind (kill -9, or a SIGTERM for a restart) keep carrying
   traffic: the agent negotiates with each of their peers at once, and they go when a new
-  CHILD_SA with that peer sends (outbound at once, inbound once the kernel's counter shows
-  it quiet for the grace period), or after HANDOVER_LIMIT. So do the SAs of a peer's stale IKE SA (it restarted and kept
+  CHILD_SA with that peer sends (outbound after the grace, as the kernel picks the new one
+  at once; inbound once the kernel's counter shows it quiet for the grace period), or after `handover_limit` (175 s by default). So do the SAs of a peer's stale IKE SA (it restarted and kept
   them: ChildSaDeleted reason `replaced`). Under `require` nothing is ever in plaintext.
 - Inbound SA before outbound. An outbound SA goes as soon as the IKE core retires it
   (before its Delete leaves); the inbound half stays a short grace period after the
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .. import aio
 from ..ike import ChildSaDeleted, ChildSaInfo, ChildSaOutboundRetired, ChildSaRef, EncrId
+from ..ike.config import Retransmit
 from ..meshapi.model import Enforcement
 from ..svcnat.ondemand import OnDemandTranslation
 from ..xfrm import (
@@ -57,6 +58,7 @@ from ..xfrm import (
 from ..xfrm.api import NOT_FOUND
 from ..xfrm.constants import IPPROTO_ESP
 from ..xfrm.policies import neighbor_discovery_bypass, peer_priority
+from .config import IkeSettings
 from .dataplane import Acquire, HardExpire, NatMapping, PolicyExpired, SoftExpire
 
 if TYPE_CHECKING:
@@ -65,7 +67,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
-HANDOVER_LIMIT = 60.0  # seconds SAs without IKE state are kept at most while new ones are negotiated
+HANDOVER_MARGIN = 10.0  # seconds past the IKE side's longest wait (handover_limit)
+
+
+def handover_limit(retransmit: Retransmit) -> float:
+    """Seconds SAs without IKE state are kept at most while new ones are negotiated: longer
+    than the IKE side can take to replace them, or traffic would have no SA in between. A
+    restarted side's IKE_SA_INIT and IKE_AUTH may each take the whole retransmission budget;
+    a new CHILD_SA that waits for the peer's sign (handover) sends after one budget at most
+    (`IkeSa.inbound_only_limit`). 175 s with the default retransmissions (2 s, x1.8, 5 tries)."""
+    return 2 * sum(retransmit.delays()) + HANDOVER_MARGIN
+
+
+HANDOVER_LIMIT = handover_limit(IkeSettings().retransmit())
 HARD_LIFETIME_MARGIN = 60  # seconds past the IKE core's own hard limit: a safety net if we die
 LARVAL_DROP = "net/core/xfrm_larval_drop"
 
@@ -91,10 +105,13 @@ class XfrmDataPlane:
     name = "xfrm"
 
     def __init__(self, netns: str | None = None, *, rekey_grace: float = REKEY_GRACE, xfrm: Xfrm | None = None,
-                 services: OnDemandTranslation | ServiceTranslation | None = None):
+                 services: OnDemandTranslation | ServiceTranslation | None = None,
+                 handover_limit: float | None = None):
         """`xfrm`, `services`: the kernel interfaces to use (tests pass recording stand-ins). The Service
-        translation loads when the peer map first lists a Service, or at start if an earlier instance left one."""
+        translation loads when the peer map first lists a Service, or at start if an earlier instance left one.
+        `handover_limit`: see `handover_limit()` (HANDOVER_LIMIT: the default settings')."""
         self.netns = netns
+        self.handover_limit = HANDOVER_LIMIT if handover_limit is None else handover_limit
         self.services: OnDemandTranslation | ServiceTranslation = (
             services if services is not None else OnDemandTranslation(netns))
         self.rekey_grace = rekey_grace
@@ -114,6 +131,8 @@ class XfrmDataPlane:
         self._handover_timers: dict[str, aio.TimerHandle] = {}
         #: kept inbound SAs waiting for quiet: id -> (remote, SA, next check)
         self._quiet_checks: dict[int, tuple[str, object, aio.TimerHandle]] = {}
+        #: outbound SAs no longer used, deleted after the grace (`_delete_later`): id -> (SA, timer)
+        self._unused_outbound: dict[int, tuple[object, aio.TimerHandle]] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -210,22 +229,37 @@ class XfrmDataPlane:
         self.superseded.setdefault(remote, []).extend(halves)
         if remote not in self._handover_timers:
             self._handover_timers[remote] = aio.get_running_loop().call_later(
-                HANDOVER_LIMIT, self._end_handover, remote)
+                self.handover_limit, self._end_handover, remote)
 
     def _end_handover(self, remote: str) -> None:
-        log.warning("SAs with %s not replaced within %.0fs: removing them", remote, HANDOVER_LIMIT)
+        log.warning("SAs with %s not replaced within %.0fs: removing them", remote, self.handover_limit)
         self._retire_superseded(remote, grace=False)
 
     def _retire_superseded(self, remote: str, *, grace: bool) -> None:
-        """Outbound halves at once (the new one sends), inbound ones once quiet (`_delete_when_quiet`)."""
+        """Inbound halves once quiet (`_delete_when_quiet`); outbound ones after the grace too,
+        though the new one sends at once: the kernel picks the newest SA for new packets, but
+        one that looked its SA up just before may meet it deleted and fail (EINVAL to the
+        sender, XfrmOutStateInvalid; seen in the VM when the kept SA went at the switch)."""
         timer = self._handover_timers.pop(remote, None)
         if timer is not None:
             timer.cancel()
+        loop = aio.get_running_loop()
         for inbound, sa in self.superseded.pop(remote, []):
-            if inbound and grace and self.rekey_grace:
-                self._delete_when_quiet(remote, sa, aio.get_running_loop().time() + HANDOVER_LIMIT)
+            if grace and self.rekey_grace and inbound:
+                self._delete_when_quiet(remote, sa, loop.time() + self.handover_limit)
+            elif grace and self.rekey_grace:
+                self._delete_later(sa)
             else:
                 self._delete(sa)
+
+    def _delete_later(self, sa) -> None:
+        """An outbound SA the kernel no longer picks (a newer one to the same peer sends) goes
+        after the grace: a send that looked it up just before must not meet it deleted."""
+        def delete() -> None:
+            del self._unused_outbound[id(sa)]
+            self._delete(sa)
+
+        self._unused_outbound[id(sa)] = (sa, aio.get_running_loop().call_later(self.rekey_grace, delete))
 
     def _delete_when_quiet(self, remote: str, sa, deadline: float, seen: int | None = None) -> None:
         """Delete a kept inbound SA once the kernel shows no new packet on it for a grace
@@ -285,6 +319,8 @@ class XfrmDataPlane:
             self._retire_superseded(remote, grace=False)
         for _, kept, _ in self._quiet_checks.values():
             self._delete(kept)
+        for unused, _ in self._unused_outbound.values():
+            self._delete(unused)
         self._close()
 
     def hand_over(self) -> None:
@@ -293,10 +329,12 @@ class XfrmDataPlane:
         self._close()
 
     def _close(self) -> None:
-        for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values())]:
+        for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values()),
+                      *(timer for _, timer in self._unused_outbound.values())]:
             timer.cancel()
         self._handover_timers.clear()
         self._quiet_checks.clear()
+        self._unused_outbound.clear()
         if self.events_channel is not None:
             self.events_channel.close()
             self.events_channel = None
@@ -355,8 +393,19 @@ class XfrmDataPlane:
             table[spi] = updated
 
     def retire_outbound(self, retired: ChildSaOutboundRetired) -> None:
-        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now."""
-        self._remove_outbound(retired.outbound_spi)
+        """Our Delete of this CHILD_SA is about to leave: the kernel sends on another SA from now.
+        If a newer outbound SA to the peer is installed, the kernel picks that one already and
+        this one goes after the grace (`_delete_later`); if not, at once, or the kernel would
+        keep sending on it after the peer removed its inbound half."""
+        spi = retired.outbound_spi
+        spec = self.outbound.get(spi)
+        later = list(self.outbound)[list(self.outbound).index(spi) + 1:] if spec is not None else []
+        if spec is None or not self.rekey_grace or not any(self.outbound[o].dst == spec.dst for o in later):
+            self._remove_outbound(spi)
+            return
+        del self.outbound[spi]
+        self._inbound_of.pop(spi, None)
+        self._delete_later(spec)
 
     def _remove_outbound(self, spi: int) -> None:
         out = self.outbound.pop(spi, None)

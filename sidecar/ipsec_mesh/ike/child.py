@@ -12,7 +12,15 @@ from .config import ChildConfig
 from .constants import NotifyType, ProtocolId
 from .crypto import Prf, aead_keymat_len
 from .errors import IkeError, InvariantError, NoProposalChosen, TsUnacceptable
-from .events import ChildSaInfo, ChildSaInstallInbound, ChildSaInstallOutbound, ChildSaKeys, UdpEncap
+from .events import (
+    ChildSaInboundQuery,
+    ChildSaInfo,
+    ChildSaInstallInbound,
+    ChildSaInstallOutbound,
+    ChildSaKeys,
+    ChildSaOutboundRetired,
+    UdpEncap,
+)
 from .keymat import IkeKeys, derive_child_keys
 from .payloads import (
     Message,
@@ -60,6 +68,7 @@ class ChildSa:
     activity_check_at: float | None = None
     activity: tuple[int, float] | None = None
     inbound_bytes: int = 0  # liveness.py: the inbound half's byte count at the last answer
+    handover_query_at: float | None = None  # HANDOVER: when to ask next whether ESP came on it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,7 +89,9 @@ class ChildSa:
         self.activity_check_at = now + idle / 2 if idle else None
 
 
-HANDOVER = "handover"  # ChildSa.extra: its outbound half waits for the restarted peer's next request
+HANDOVER = "handover"  # ChildSa.extra: its outbound half waits for the peer's sign that it installed its half
+#: seconds between asks for a HANDOVER CHILD_SA's inbound byte count (ESP on it: the peer sends on it)
+HANDOVER_QUERY = 0.5
 
 SENDING_STATES = (ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED)
 
@@ -88,6 +99,16 @@ SENDING_STATES = (ChildState.INSTALLED, ChildState.REKEYING, ChildState.REKEYED)
 def sends(child: ChildSa) -> bool:
     """Its outbound half is installed and still in use."""
     return child.state in SENDING_STATES and not child.outbound_retired
+
+
+def retire_outbound(sa: IkeSa, child: ChildSa) -> None:
+    """Stop sending on `child` (the kernel falls back to another SA for the traffic, or asks
+    for one): before its Delete leaves, since the peer drops its inbound half on receipt."""
+    if sends(child):
+        child.outbound_retired = True
+        info = child.info
+        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                       info.local_addr, info.remote_addr))
 
 
 def transport_mode_requested(msg: Message) -> bool:
@@ -297,7 +318,37 @@ def handover_done(sa: IkeSa) -> None:
     """A request from the peer after IKE_AUTH: it has installed the CHILD_SAs of IKE_AUTH
     (events are applied before datagrams leave), so ours may send now (exchanges.ike_auth,
     handover)."""
-    for child in sa.children.values():
-        if child.extra.pop(HANDOVER, False) and child.state == ChildState.INBOUND_ONLY:
-            child.state = ChildState.INSTALLED
-            sa.emit(ChildSaInstallOutbound(child.info))
+    for child in list(sa.children.values()):
+        _end_handover(sa, child)
+
+
+def handover_query(sa: IkeSa, child: ChildSa, now: float) -> None:
+    """A HANDOVER CHILD_SA waiting for the peer: ask the layer above for its inbound byte
+    count (answered through `IkeEndpoint.child_inbound_bytes`, then `handover_evidence`)."""
+    if child.handover_query_at is None or now < child.handover_query_at or not awaits_handover(child):
+        return
+    child.handover_query_at = now + HANDOVER_QUERY
+    info = child.info
+    sa.emit(ChildSaInboundQuery(sa.label, info.name, info.inbound_spi, info.outbound_spi,
+                                info.local_addr, info.remote_addr, handover=True))
+
+
+def handover_evidence(sa: IkeSa, child: ChildSa, inbound_bytes: int) -> None:
+    """ESP arrived on a HANDOVER CHILD_SA's inbound half: the peer sends on it, so it has
+    installed both its halves (inbound first) and ours may send too."""
+    if inbound_bytes > 0:
+        _end_handover(sa, child)
+
+
+def awaits_handover(child: ChildSa) -> bool:
+    """Its outbound half waits for the peer's sign; not one of a duplicate IKE SA that goes
+    (`outbound_retired`: the winner's CHILD_SA carries the traffic)."""
+    return child.state == ChildState.INBOUND_ONLY and bool(child.extra.get(HANDOVER)) and not child.outbound_retired
+
+
+def _end_handover(sa: IkeSa, child: ChildSa) -> None:
+    if awaits_handover(child):
+        del child.extra[HANDOVER]
+        child.state = ChildState.INSTALLED
+        child.handover_query_at = None
+        sa.emit(ChildSaInstallOutbound(child.info))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from . import exchanges, inactivity, liveness
 from . import message as codec
-from .child import ChildSa, ChildState, sends
+from .child import ChildSa, ChildState, handover_evidence, retire_outbound, sends
 from .config import ChildConfig, ConfigLookup, PeerConfig
 from .constants import ExchangeType, NotifyType
 from .cookies import CookieJar
@@ -68,6 +68,10 @@ class IkeEndpoint:
         self._half_open: HalfOpenCount[bytes] = HalfOpenCount()
         self._timers: TimerQueue[bytes] = TimerQueue()
         self._child_spis: set[int] = set()
+        #: peers with whom SAs an earlier instance of ours left in the kernel still carry traffic
+        self._kept_kernel_sas: set[str] = set()
+        #: duplicate IKE SAs of ours kept until the winner's CHILD_SAs send: loser SPI -> (loser, winner)
+        self._deferred_deletes: dict[bytes, tuple[IkeSa, IkeSa]] = {}
         self._outbox: list[Datagram] = []
         self._events: list[Event] = []
         self.counters: Counter[str] = Counter()
@@ -135,8 +139,32 @@ class IkeEndpoint:
             loser = sa if min(sa.ni, sa.nr) < min(other.ni, other.nr) else other
             winner = other if loser is sa else sa
             log.info("duplicate IKE SAs with %s: keeping %s, %s goes", peer, winner.label, loser.label)
-            if loser.initiator:
-                loser.queue(IkeDeleteTask("superseded"), now)
+            # Make before break: until the winner's CHILD_SA sends (it may not exist yet: the
+            # winner is being established; or it waits for the peer's sign after a restart)
+            # the loser's carries our traffic. Released by `_release_deferred_deletes` once the
+            # caller has added the winner's CHILD_SA, never here.
+            self._deferred_deletes[loser.our_spi] = (loser, winner)
+
+    def _release_deferred_deletes(self, now: float) -> None:
+        """Duplicates whose winner sends now (or has no CHILD_SA to wait for: childless) stop
+        carrying our traffic, and go if we initiated them; bounded by the winner's
+        inbound-only limit (its CHILD_SA sends after it). A winner that is gone leaves the
+        loser as it is: it is the only IKE SA left."""
+        for key, (loser, winner) in list(self._deferred_deletes.items()):
+            if loser.state != IkeState.ESTABLISHED or winner.state == IkeState.CLOSED:
+                del self._deferred_deletes[key]
+            elif not winner.children or any(sends(c) for c in winner.children.values()):
+                del self._deferred_deletes[key]
+                # Our traffic goes on the winner's CHILD_SAs from now. The peer drops the
+                # loser's inbound halves when our Delete arrives (a lost Delete must not leave
+                # us sending there); and when the peer initiated the loser, it sends on the
+                # winner only once it sees ours there, then deletes the loser.
+                for child in loser.children.values():
+                    retire_outbound(loser, child)
+                    if child.state == ChildState.INBOUND_ONLY:
+                        child.outbound_retired = True  # never switched on (child.awaits_handover)
+                if loser.initiator:
+                    loser.queue(IkeDeleteTask("superseded"), now)
                 self._touch(loser)
 
     def initial_contact(self, sa: IkeSa, now: float) -> bool:
@@ -158,6 +186,29 @@ class IkeEndpoint:
                 self._touch(other)
         return replaced
 
+    def kernel_sas_kept(self, remote: str) -> None:
+        """SAs an earlier instance of ours left in the kernel (a restart) still carry traffic
+        with `remote`, whichever side initiates their replacement."""
+        self._kept_kernel_sas.add(remote)
+
+    def crosses_ours(self, sa: IkeSa) -> bool:
+        """Whether `sa` (the peer initiated it) crosses an IKE SA we initiated with the same
+        peer after a restart of ours: both sides restarted and each replaces its kept SAs.
+        The duplicate-SA rule keeps one of the two; until the peer shows it installed this
+        one's CHILD_SA, ours (or the kept SAs) carry our traffic."""
+        peer = sa.remote[0]
+        return peer in self._kept_kernel_sas and any(
+            other.initiator and other.state in (IkeState.CONNECTING, IkeState.ESTABLISHED)
+            for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer)
+
+    def replaces_kernel_sas(self, sa: IkeSa) -> bool:
+        """Whether `sa`'s CHILD_SA replaces such kept SAs: none with that peer sends yet
+        (once one does, the data plane has retired them)."""
+        peer = sa.remote[0]
+        return peer in self._kept_kernel_sas and not any(
+            sends(child) for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer
+            for child in other.children.values())
+
     # -- Inputs --------------------------------------------------------------------------
     def initiate(self, config: PeerConfig, local: tuple[str, int], remote: tuple[str, int], now: float,
                  child: ChildConfig | None = None, *, replaces_kernel_sas: bool = False) -> IkeSa:
@@ -168,6 +219,8 @@ class IkeEndpoint:
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
         sa.confirm_install = replaces_kernel_sas
+        if replaces_kernel_sas:
+            self._kept_kernel_sas.add(remote[0])
         self._register(sa)
         for task in exchanges.initiate(child):
             sa.queue(task, now)
@@ -225,6 +278,7 @@ class IkeEndpoint:
             # Anything typed that escaped an SA: drop the datagram, keep every SA.
             self.counters["dropped"] += 1
             log.debug("dropped datagram from %s: %s", remote[0], exc)
+        self._release_deferred_deletes(now)
         self._collect()
 
     def _wanted(self, header: codec.Header, init_request: bool, local: tuple[str, int],
@@ -318,6 +372,7 @@ class IkeEndpoint:
         for sa in sorted(due, key=lambda s: self._rank[s.our_spi]):
             self._touch(sa)
             sa.tick(now)
+        self._release_deferred_deletes(now)
         self._collect()
 
     def next_timer(self) -> float | None:
@@ -383,8 +438,15 @@ class IkeEndpoint:
         Returns alive (it grew: the peer counts as heard from now), silent or unknown-sa
         (liveness.py).
         """
-        return self._kernel_answer(inbound_spi,
-                                   lambda sa, child: liveness.report(sa, child, inbound_bytes, now))
+        result = self._kernel_answer(inbound_spi, lambda sa, child: self._inbound_answer(sa, child, inbound_bytes, now))
+        self._release_deferred_deletes(now)
+        self._collect()
+        return result
+
+    @staticmethod
+    def _inbound_answer(sa: IkeSa, child: ChildSa, inbound_bytes: int, now: float) -> str:
+        handover_evidence(sa, child, inbound_bytes)  # a HANDOVER CHILD_SA's query (child.handover_query)
+        return liveness.report(sa, child, inbound_bytes, now)
 
     def nat_mapping_changed(self, inbound_spi: int, new_remote: tuple[str, int], now: float) -> str:
         """The kernel saw this CHILD_SA's ESP-in-UDP arrive from `new_remote` (XFRM MAPPING).
@@ -469,6 +531,7 @@ class IkeEndpoint:
         del self._rank[spi]
         self._by_peer.remove(spi)
         self._timers.set(spi, None)
+        self._deferred_deletes.pop(spi, None)
         key = self._init_keys.pop(spi, None)
         if key is not None and self._init_requests.get(key) is sa:
             del self._init_requests[key]

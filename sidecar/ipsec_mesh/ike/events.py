@@ -152,7 +152,11 @@ class ChildSaActivityQuery(ChildSaRef):
 class ChildSaInboundQuery(ChildSaRef):
     """How many bytes has this CHILD_SA's inbound half received? A liveness check is due;
     more than last time means the peer is alive (liveness.py). The answer goes back through
-    `IkeEndpoint.child_inbound_bytes`; without one, liveness rests on IKE alone."""
+    `IkeEndpoint.child_inbound_bytes`; without one, liveness rests on IKE alone.
+    `handover`: asked because the CHILD_SA waits for the peer's first ESP on it (a restart,
+    child.handover_query), not for a liveness check."""
+
+    handover: bool = False
 
 
 @record(frozen=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 
-from .child import ChildSa, ChildState, sends
-from .events import ChildSaActivityQuery, ChildSaOutboundRetired
+from .child import ChildSa, ChildState, retire_outbound
+from .events import ChildSaActivityQuery
 from .sa import IkeSa
 from .state import IkeState
 
@@ -55,11 +55,7 @@ def report(sa: IkeSa, child: ChildSa, packets: int, now: float) -> str:
     # policy instead of an SA the peer is removing; the kernel holds it and asks for a new
     # SA (ACQUIRE), which a new exchange brings. The inbound halves stay until it ends.
     for retiring in [child] if others else list(sa.children.values()):
-        if sends(retiring):
-            retiring.outbound_retired = True
-            info = retiring.info
-            sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
-                                           info.local_addr, info.remote_addr))
+        retire_outbound(sa, retiring)
     if others:
         sa.queue(sa.exchanges.delete_child(child, "inactive"), now)
     else:

@@ -70,6 +70,8 @@ class Services(Protocol):
     def initial_contact(self, sa: "IkeSa", now: float) -> bool: ...  # peer restarted: drop stale SAs
     def wall_time(self) -> float: ...  # POSIX seconds, for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
+    def replaces_kernel_sas(self, sa: "IkeSa") -> bool: ...  # our earlier instance's SAs with its peer carry traffic
+    def crosses_ours(self, sa: "IkeSa") -> bool: ...  # after our restart, an IKE SA we initiated with its peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
 
@@ -241,8 +243,10 @@ class IkeSa:
                 times.append(self.last_received + self.config.dpd_delay)
             for child in self.children.values():
                 times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
-                if child.state.value == "inbound-only":
+                if child.state.value == "inbound-only" and not child.outbound_retired:
                     times.append(child.created_at + self.inbound_only_limit())
+                    if child.handover_query_at is not None:
+                        times.append(child.handover_query_at)
         return min(times) if times else None
 
     def inbound_only_limit(self) -> float:

@@ -12,7 +12,7 @@ reaches as `sa.exchanges` (the `sa.Exchanges` protocol).
 from __future__ import annotations
 
 from .. import followup_ke, inactivity, liveness
-from ..child import ChildSa, ChildState, handover_done
+from ..child import ChildSa, ChildState, handover_done, handover_query
 from ..config import ChildConfig
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
@@ -105,6 +105,7 @@ def on_timers(sa: IkeSa, now: float) -> None:
 
 def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
     inactivity.query_if_due(sa, child, now)
+    handover_query(sa, child, now)
     if child.expire_at is not None and now >= child.expire_at:
         child.expire_at = None
         child.rekey_at = None
@@ -115,7 +116,8 @@ def _child_timers(sa: IkeSa, child: ChildSa, now: float) -> None:
         child.rekey_at = None
         if child.state == ChildState.INSTALLED:
             sa.queue(create_child.ChildCreateTask(child.config, rekey_of=child), now)
-    if child.state == ChildState.INBOUND_ONLY and now - child.created_at >= sa.inbound_only_limit():
+    if (child.state == ChildState.INBOUND_ONLY and not child.outbound_retired
+            and now - child.created_at >= sa.inbound_only_limit()):
         # The peer never deleted the SA it replaced (or, after a handover, never sent the
         # request that shows it installed its half): switch anyway, it has our inbound SA.
         child.state = ChildState.INSTALLED

@@ -13,6 +13,7 @@ from ..auth import (
 from ..certs import certificate_payloads, identity_matches_certificate, parse_cert_payloads
 from ..child import (
     HANDOVER,
+    HANDOVER_QUERY,
     ChildSa,
     ChildState,
     add_child,
@@ -110,8 +111,11 @@ def _authenticate_peer(sa: IkeSa, msg: Message, id_payload: IdPayload | None, in
     return identity
 
 
-def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
-    """Mark the IKE SA established; the caller logs it (with its first CHILD_SA, if any)."""
+def _establish(sa: IkeSa, identity: Identity, now: float, *, initial_contact: bool = False) -> IkeSaEstablished:
+    """Mark the IKE SA established; the caller logs it (with its first CHILD_SA, if any).
+
+    `initial_contact` (initiator: the responder restarted, and answers with INITIAL_CONTACT):
+    its stale IKE SAs go first, so the duplicate-SA rule never keeps one of them over this."""
     sa.remote_id = identity
     sa.transition(IkeState.ESTABLISHED)
     sa.established_at = now
@@ -121,6 +125,8 @@ def _establish(sa: IkeSa, identity: Identity, now: float) -> IkeSaEstablished:
     event = IkeSaEstablished(sa.label, sa.local[0], sa.remote[0], str(sa.local_id), str(identity),
                              negotiated(sa)[2].describe(), sa.initiator, sa.nat_local, sa.nat_remote)
     sa.emit(event)
+    if initial_contact:
+        sa.services.initial_contact(sa, now)
     sa.services.established(sa, now)
     return event
 
@@ -152,6 +158,8 @@ class IkeAuthTask(Task):
         cfg = sa.config
         id_payload = sa.local_id.to_payload(initiator=True)
         payloads, auth = _our_auth_payloads(sa, id_payload, sa.nr, sa.init_request, sa.tasks.next_mid)
+        # Not while we have another IKE SA with the peer: it drops those that were up before
+        # this one began on its clock, and a retransmitted IKE_SA_INIT begins late there.
         self.initial_contact = cfg.initial_contact and not sa.services.has_other_sa(sa)
         if self.initial_contact:
             payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
@@ -189,7 +197,8 @@ class IkeAuthTask(Task):
             # RFC 7296 §2.21.2: tell the responder, then forget the SA.
             sa.notify_and_close(NotifyType.AUTHENTICATION_FAILED, "auth-failed", now)
             return
-        established = _establish(sa, identity, now)
+        established = _establish(sa, identity, now,
+                                 initial_contact=msg.notify(NotifyType.INITIAL_CONTACT) is not None)
         child = self._child_from_response(sa, msg, now) if self.inbound_spi is not None else None
         _log_established(established, child)
         if child is not None and self.initial_contact and sa.confirm_install:
@@ -261,12 +270,26 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     id_payload = sa.local_id.to_payload(initiator=False)
     payloads, auth = _our_auth_payloads(sa, id_payload, sa.ni, sa.init_response, msg.message_id)
     payloads.append(auth)
+    kept = sa.services.replaces_kernel_sas(sa)
+    if kept:
+        # We restarted and the peer initiated: its IKE SA with our earlier instance is stale.
+        # Said here, the peer drops it (keeping its SAs until ours replace them) instead of
+        # maybe keeping it over this one by the duplicate-SA rule. It drops only IKE SAs up
+        # before it began this one, which it initiated, so none of our new ones.
+        payloads.insert(0, NotifyPayload(NotifyType.INITIAL_CONTACT))
     initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
     established = _establish(sa, identity, now)
     replaced = initial_contact and sa.services.initial_contact(sa, now)
-    # Only a peer that says it kept its SAs (and will confirm) makes us wait; another one
-    # that restarted has none left to receive on, so ours had better send at once.
-    handover = replaced and msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None
+    # Wait for the peer's sign only where old SAs can carry our traffic meanwhile: in its
+    # kernel too (it says it kept them, or it still has its IKE SA with our earlier instance:
+    # no INITIAL_CONTACT), and in ours (it restarted: stale IKE SA replaced; or we did: kept).
+    # A peer that restarted without them (INITIAL_CONTACT alone) gets our traffic at once.
+    # The initiator installs its half only once our answer arrives (late if it is lost).
+    # Both restarted, each initiating: the peer installs this CHILD_SA when our answer
+    # arrives, and sent on it sooner ours would be lost; our crossing IKE SA's CHILD_SA (or
+    # the kept SAs) carries our traffic meanwhile, whichever IKE SA the duplicate rule keeps.
+    peer_keeps = msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None or not initial_contact
+    handover = (peer_keeps and (replaced or kept)) or sa.services.crosses_ours(sa)
     child = None
     if msg.first(SaPayload) is not None:
         child_payloads, child = _respond_child(sa, msg, now, handover=handover)
@@ -279,11 +302,12 @@ def _respond_child(sa: IkeSa, msg: Message, now: float, *,
                    handover: bool = False) -> tuple[list[Payload], ChildSa | None]:
     """The CHILD_SA answer payloads, and the CHILD_SA (None if refused).
 
-    `handover`: it replaces the CHILD_SA of a stale IKE SA whose SAs still carry traffic
-    (the peer restarted and kept them, IPSEC_MESH_KEPT_SAS). Only its inbound half goes in
+    `handover`: it replaces SAs that still carry traffic without IKE state (the peer
+    restarted and kept them, IPSEC_MESH_KEPT_SAS; or we did). Only its inbound half goes in
     now: the peer installs its own inbound half when our answer arrives, and until then it
     would drop what we sent on the new SA; the old SAs carry our traffic meanwhile, until
-    the peer's next request (`child.handover_done`)."""
+    the peer's next request (`child.handover_done`) or its first ESP on the new SA
+    (`child.handover_evidence`), at most `IkeSa.inbound_only_limit`."""
     try:
         request = match_child_request(msg, sa.config.children, with_ke=False, nat=nat_addresses(sa))
     except IkeError as exc:
@@ -298,6 +322,7 @@ def _respond_child(sa: IkeSa, msg: Message, now: float, *,
                       state=ChildState.INBOUND_ONLY if handover else ChildState.INSTALLED)
     if handover:
         child.extra[HANDOVER] = True
+        child.handover_query_at = now + HANDOVER_QUERY
     payloads: list[Payload] = [SaPayload([selected.to_payload(inbound.to_bytes(4, "big"))]),
                                TsiPayload(request.ts_i), TsrPayload(request.ts_r)]
     payloads += child_notifies(request.config)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from ..child import ChildSa, ChildState, activate_successor, handover_done, moved, sends
+from ..child import ChildSa, ChildState, activate_successor, handover_done, moved, retire_outbound, sends
 from ..constants import ExchangeType, NotifyType, ProtocolId
 from ..errors import IkeError
-from ..events import ChildSaEncapChanged, ChildSaOutboundRetired, NegotiationFailed, UdpEncap
+from ..events import ChildSaEncapChanged, NegotiationFailed, UdpEncap
 from ..payloads import DeletePayload, Message, NotifyPayload
 from ..sa import Datagram, IkeSa, IkeState
 from ..task import Reply, Responder, Task
@@ -67,12 +67,8 @@ class DeleteChildTask(Task):
         child = self.child
         others = [c for c in sa.children.values() if c is not child and sends(c)
                   and c.info.local_ts == child.info.local_ts and c.info.remote_ts == child.info.remote_ts]
-        if not sends(child) or not others:
-            return
-        child.outbound_retired = True
-        info = child.info
-        sa.emit(ChildSaOutboundRetired(sa.label, info.name, info.inbound_spi, info.outbound_spi,
-                                       info.local_addr, info.remote_addr))
+        if others:
+            retire_outbound(sa, self.child)
 
     def on_response(self, sa: IkeSa, msg: Message, raw: bytes, now: float) -> None:
         self._done(sa)
