@@ -194,7 +194,7 @@ def test_kept_sas_outlast_the_longest_the_ike_side_takes_to_replace_them(monkeyp
         2 * sum(default.retransmit().delays())
     # The sidecar's data plane gets the bound of its own settings.
     monkeypatch.setattr(xfrm_dataplane, "Xfrm", lambda netns: KernelWithSas([]))
-    monkeypatch.setattr(xfrm_dataplane, "ServiceTranslation", lambda netns: NoServices())
+    monkeypatch.setattr(xfrm_dataplane, "OnDemandTranslation", lambda netns: NoServices())
     slow = IkeSettings(retransmit_timeout=30, retransmit_tries=6)
     assert make_dataplane("xfrm", "ns", slow).handover_limit == handover_limit(slow.retransmit())
 
