@@ -231,3 +231,20 @@ async def test_an_unused_outbound_sa_waiting_for_its_grace_goes_at_a_full_stop_a
         plane.hand_over() if hand_over else plane.stop()
         await asyncio.sleep(0.1)  # no timer runs on the closed data plane
         assert (0xB1 in deleted(kernel)) is not hand_over and deleted(kernel).count(0xB1) <= 1
+
+
+async def test_an_inbound_sa_in_its_grace_goes_at_a_full_stop_and_its_timer_never_fires_after(monkeypatch):
+    """A CHILD_SA the peer deleted keeps its inbound half for the grace (in-flight ESP). A
+    full stop within that grace removed every SA it held but not that one (left in the
+    kernel), and the grace's timer then deleted it through the closed channel."""
+    plane, kernel = start(monkeypatch, [], rekey_grace=0.05)
+    info = child()
+    plane.install_inbound(info)
+    plane.install_outbound(info)
+    plane.remove(ChildSaDeleted("x", "mesh", info.inbound_spi, info.outbound_spi, LOCAL, PEER, "deleted"))
+    assert deleted(kernel) == [info.outbound_spi]  # the inbound half waits for the grace
+    plane.stop()
+    assert sorted(deleted(kernel)) == sorted([info.outbound_spi, info.inbound_spi])
+    calls = len(kernel.calls)
+    await asyncio.sleep(0.1)
+    assert len(kernel.calls) == calls  # nothing after the stop

@@ -131,8 +131,9 @@ class XfrmDataPlane:
         self._handover_timers: dict[str, aio.TimerHandle] = {}
         #: kept inbound SAs waiting for quiet: id -> (remote, SA, next check)
         self._quiet_checks: dict[int, tuple[str, object, aio.TimerHandle]] = {}
-        #: outbound SAs no longer used, deleted after the grace (`_delete_later`): id -> (SA, timer)
-        self._unused_outbound: dict[int, tuple[object, aio.TimerHandle]] = {}
+        #: SAs that go after the grace (`_delete_later`): retired outbound halves and the inbound
+        #: halves of deleted CHILD_SAs; id -> (SA, timer)
+        self._retiring: dict[int, tuple[object, aio.TimerHandle]] = {}
         self.errors = 0
 
     # -- policies ---------------------------------------------------------------------
@@ -253,13 +254,15 @@ class XfrmDataPlane:
                 self._delete(sa)
 
     def _delete_later(self, sa) -> None:
-        """An outbound SA the kernel no longer picks (a newer one to the same peer sends) goes
-        after the grace: a send that looked it up just before must not meet it deleted."""
+        """Delete `sa` after the grace (at once at a full stop; never after the close): an
+        outbound SA the kernel no longer picks (a newer one to the same peer sends), so that a
+        send that looked it up just before does not meet it deleted; an inbound SA whose
+        CHILD_SA was deleted, for the ESP still in flight."""
         def delete() -> None:
-            del self._unused_outbound[id(sa)]
+            del self._retiring[id(sa)]
             self._delete(sa)
 
-        self._unused_outbound[id(sa)] = (sa, aio.get_running_loop().call_later(self.rekey_grace, delete))
+        self._retiring[id(sa)] = (sa, aio.get_running_loop().call_later(self.rekey_grace, delete))
 
     def _delete_when_quiet(self, remote: str, sa, deadline: float, seen: int | None = None) -> None:
         """Delete a kept inbound SA once the kernel shows no new packet on it for a grace
@@ -319,8 +322,8 @@ class XfrmDataPlane:
             self._retire_superseded(remote, grace=False)
         for _, kept, _ in self._quiet_checks.values():
             self._delete(kept)
-        for unused, _ in self._unused_outbound.values():
-            self._delete(unused)
+        for retiring, _ in self._retiring.values():
+            self._delete(retiring)
         self._close()
 
     def hand_over(self) -> None:
@@ -330,11 +333,11 @@ class XfrmDataPlane:
 
     def _close(self) -> None:
         for timer in [*self._handover_timers.values(), *(check for _, _, check in self._quiet_checks.values()),
-                      *(timer for _, timer in self._unused_outbound.values())]:
+                      *(timer for _, timer in self._retiring.values())]:
             timer.cancel()
         self._handover_timers.clear()
         self._quiet_checks.clear()
-        self._unused_outbound.clear()
+        self._retiring.clear()
         if self.events_channel is not None:
             self.events_channel.close()
             self.events_channel = None
@@ -435,7 +438,7 @@ class XfrmDataPlane:
         # collision), and ESP reordered behind the IKE datagram (another 5-tuple, so another
         # NIC queue or ECMP path). Only the IKE SA going away ends it at once.
         if self.rekey_grace and deleted.reason != "ike-closed":
-            aio.get_running_loop().call_later(self.rekey_grace, self._delete, inbound)
+            self._delete_later(inbound)
         else:
             self._delete(inbound)
 
