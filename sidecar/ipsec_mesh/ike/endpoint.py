@@ -198,8 +198,8 @@ class IkeEndpoint:
         one's CHILD_SA, ours (or the kept SAs) carry our traffic."""
         peer = sa.remote[0]
         return peer in self._kept_kernel_sas and any(
-            other.initiator and other.state in (IkeState.CONNECTING, IkeState.ESTABLISHED)
-            for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer)
+            other.state in (IkeState.CONNECTING, IkeState.ESTABLISHED)
+            for other in self._by_peer.initiated_by_us(peer) if other is not sa and other.remote[0] == peer)
 
     def replaces_kernel_sas(self, sa: IkeSa) -> bool:
         """Whether `sa`'s CHILD_SA replaces such kept SAs: none with that peer sends yet
