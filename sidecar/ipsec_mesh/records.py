@@ -3,9 +3,11 @@
 `dataclasses.dataclass` compiles source text for every method of every class (exec), and
 the sidecar defines over a hundred of them: their __repr__, __eq__ and __hash__ alone were
 0.47 MB of every mesh-mode sidecar's private memory (docs/benchmarks.md). Here those three
-are one function each, driven by the field names the class records at decoration; __init__
-(and a frozen class's __setattr__/__delattr__) stay dataclass's own, so `fields()`,
-`replace()`, `asdict()`, pattern matching and type checkers see an ordinary dataclass.
+are one function each, driven by the field names the class records at decoration; a frozen
+class's __setattr__/__delattr__ are closures of one shared code (dataclass's are dropped, about
+0.13 MB); __init__ stays dataclass's own (a shared one would cost CPU per object), so `fields()`,
+`replace()`, `asdict()`, pattern matching and type checkers see an ordinary dataclass. A class
+without a docstring keeps `__doc__` None (dataclass would store its signature's text there).
 
 Same behaviour as dataclass's generated methods: repr `Name(a=1, b='x')` over the fields
 with repr=True; equality only between instances of the exact same class, over the fields
@@ -18,7 +20,7 @@ A leaf: it imports nothing of ours, so every layer may use it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import FrozenInstanceError, dataclass, fields
 from operator import attrgetter
 from typing import Any, TypeVar, dataclass_transform, overload
 
@@ -54,6 +56,28 @@ def _hash(self: Any) -> int:
     return hash(self.__record_hash__(self))
 
 
+def _frozen_methods(cls: Any, names: tuple[str, ...]) -> tuple[Callable[..., None], Callable[..., None]]:
+    """A frozen class's __setattr__ and __delattr__ with dataclass's rule, as closures of one shared code.
+
+    dataclass exec's this pair per frozen class (about 2 kB each); the rule is the same: refuse any
+    name on the exact class, a field's name on a subclass that is not itself a dataclass.
+    """
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        super(cls, self).__setattr__(name, value)
+
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        super(cls, self).__delattr__(name)
+
+    __setattr__.__qualname__ = f"{cls.__qualname__}.__setattr__"
+    __delattr__.__qualname__ = f"{cls.__qualname__}.__delattr__"
+    return __setattr__, __delattr__
+
+
 @overload
 def record(cls: _T, /) -> _T: ...
 @overload
@@ -69,8 +93,14 @@ def record(cls: Any = None, /, *, frozen: bool = False, kw_only: bool = False, r
         # that Python added because the body defines __eq__ does not count).
         own = dict(target.__dict__)
         own_hash = "__hash__" in own and not (own["__hash__"] is None and "__eq__" in own)
+        doc = target.__doc__
+        if doc is None:  # (every class under -OO) dataclass would store its signature's text there
+            target.__doc__ = "-"
         target = dataclass(target, frozen=frozen, kw_only=kw_only, repr=False, eq=False)
+        target.__doc__ = doc
         declared = fields(target)
+        if frozen:  # dataclass's own pair is dropped (and freed) here
+            target.__setattr__, target.__delattr__ = _frozen_methods(target, tuple(f.name for f in declared))
         if repr and "__repr__" not in own:
             target.__record_repr__ = tuple(f.name for f in declared if f.repr)
             target.__repr__ = _repr

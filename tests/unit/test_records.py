@@ -104,3 +104,75 @@ def test_repr_false_keeps_objects_repr_and_subclasses_compare_their_own_fields()
     assert Child(a=1, b=2) != Child(a=1, b=3)
     assert Child(a=1, b=2) != Base(a=1)
     assert dataclasses.replace(Child(a=1, b=2), b=5) == Child(a=1, b=5)
+
+
+def _frozen_outcome(action):
+    """The exception type and message an action raised, or None."""
+    try:
+        action()
+    except Exception as error:  # noqa: BLE001 - the outcome is what is compared
+        return type(error), str(error)
+    return None
+
+
+def test_frozen_assignment_and_deletion_match_dataclass_on_the_class_and_a_plain_subclass():
+    plain, ours = _pair(True)
+
+    class PlainChild(plain):  # not a dataclass: may hold attributes that are not fields
+        pass
+
+    class OurChild(ours):
+        pass
+
+    for base in (plain, ours):
+        assert base.__setattr__.__qualname__.endswith("Point.__setattr__")
+        assert base.__delattr__.__qualname__.endswith("Point.__delattr__")
+    cases = [
+        lambda cls: setattr(cls(1), "x", 2),  # a field
+        lambda cls: setattr(cls(1), "other", 2),  # not a field, on the exact class
+        lambda cls: delattr(cls(1), "y"),
+        lambda cls: delattr(cls(1), "other"),
+    ]
+    for case in cases:
+        expected = _frozen_outcome(lambda: case(plain))
+        assert expected is not None and expected[0] is dataclasses.FrozenInstanceError
+        assert _frozen_outcome(lambda: case(ours)) == expected
+        # On a subclass that is not a dataclass, only the fields are refused.
+        ours_child, plain_child = _frozen_outcome(lambda: case(OurChild)), _frozen_outcome(lambda: case(PlainChild))
+        assert (ours_child and ours_child[0]) is (plain_child and plain_child[0])
+    child = OurChild(1)
+    child.other = 5
+    assert child.other == 5
+    del child.other
+    assert not hasattr(child, "other")
+
+
+def test_frozen_methods_are_shared_code_not_compiled_per_class():
+    @record(frozen=True)
+    class A:
+        a: int
+
+    @record(frozen=True)
+    class B:
+        b: int
+
+    assert A.__setattr__.__code__ is B.__setattr__.__code__
+    assert A.__delattr__.__code__ is B.__delattr__.__code__
+    assert dataclasses.fields(A)[0].name == "a" and A.__dataclass_params__.frozen  # still a frozen dataclass
+
+
+def test_a_record_without_docstring_keeps_none_and_one_with_a_docstring_keeps_it():
+    # dataclass stores its signature's text in a class without a docstring (every class under -OO):
+    # a string per class that nothing reads.
+    @record(frozen=True)
+    class Bare:
+        value: int
+
+    @record
+    class Documented:
+        """Said here."""
+
+        value: int
+
+    assert Bare.__doc__ is None
+    assert Documented.__doc__ == "Said here."
