@@ -3,7 +3,8 @@
     health server (not ready) -> first peer map -> key + CSR -> certificate -> PeerSet
     -> Agent.start (policies before sockets) -> ready
     then, concurrently: peer-map watch, certificate renewal at 2/3 of its lifetime,
-    status reports every `status_interval` and shortly after each change.
+    status reports every `status_interval` and shortly after each change, each followed by a
+    trim of the C heap (at most once per interval: agent/heap.py).
 
 A peer map the sidecar cannot use is logged and reported on its peerings; the one in
 force stays. Mesh API trouble after start never stops the data plane.
@@ -29,6 +30,7 @@ from .bootstrap import (
     peer_set,
     with_backoff,
 )
+from .heap import HeapTrim
 from .mesh_settings import MeshSettings
 from .peers import PeerSetError
 from .runtime import Agent, StopSignals
@@ -51,6 +53,7 @@ class MeshSidecar:
         self.seen_version = 0
         self.refused: tuple[PeerMap, str] | None = None
         self.reports_sent = 0
+        self.heap_trim = HeapTrim(settings.status_interval)
         self.last_error = ""  # the latest mesh API trouble after start (watch, renewal)
         self.crashed: BaseException | None = None
         self._report_due = aio.Event()
@@ -256,6 +259,7 @@ class MeshSidecar:
                 self.reports_sent += 1
             except MeshApiRequestError as exc:
                 log.warning("status report not delivered: %s", exc)
+            self.heap_trim()  # what the report's TLS connection (and any exchange since) freed
 
     async def _report_refusal(self, peer_map: PeerMap, error: str) -> None:
         """Before giving up at bootstrap, tell the operator why (best effort)."""
