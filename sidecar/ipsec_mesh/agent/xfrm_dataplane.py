@@ -67,16 +67,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
-HANDOVER_MARGIN = 10.0  # seconds past the IKE side's longest wait (handover_limit)
 
 
 def handover_limit(retransmit: Retransmit) -> float:
-    """Seconds SAs without IKE state are kept at most while new ones are negotiated: longer
-    than the IKE side can take to replace them, or traffic would have no SA in between. A
-    restarted side's IKE_SA_INIT and IKE_AUTH may each take the whole retransmission budget;
-    a new CHILD_SA that waits for the peer's sign (handover) sends after one budget at most
-    (`IkeSa.inbound_only_limit`). 175 s with the default retransmissions (2 s, x1.8, 5 tries)."""
-    return 2 * sum(retransmit.delays()) + HANDOVER_MARGIN
+    """Seconds SAs without IKE state are kept at most (`Retransmit.kept_sas_limit`: the IKE
+    core ends its own record of our kept SAs at the same bound)."""
+    return retransmit.kept_sas_limit()
 
 
 HANDOVER_LIMIT = handover_limit(IkeSettings().retransmit())
