@@ -397,19 +397,25 @@ class XfrmDataPlane:
         this one goes after the grace (`_delete_later`); if not, at once, or the kernel would
         keep sending on it after the peer removed its inbound half."""
         spi = retired.outbound_spi
-        spec = self.outbound.get(spi)
-        later = list(self.outbound)[list(self.outbound).index(spi) + 1:] if spec is not None else []
-        if spec is None or not self.rekey_grace or not any(self.outbound[o].dst == spec.dst for o in later):
-            self._remove_outbound(spi)
-            return
-        del self.outbound[spi]
-        self._inbound_of.pop(spi, None)
-        self._delete_later(spec)
+        self._remove_outbound(spi, after_grace=bool(self.rekey_grace) and self._newer_outbound_installed(spi))
 
-    def _remove_outbound(self, spi: int) -> None:
+    def _newer_outbound_installed(self, spi: int) -> bool:
+        """Whether an outbound SA to the same peer was installed after `spi` (the kernel sends on that one)."""
+        spec = self.outbound.get(spi)
+        if spec is None:
+            return False
+        installed = iter(self.outbound.items())  # in install order
+        for other, _ in installed:
+            if other == spi:
+                break
+        return any(later.dst == spec.dst for _, later in installed)
+
+    def _remove_outbound(self, spi: int, *, after_grace: bool = False) -> None:
         out = self.outbound.pop(spi, None)
         self._inbound_of.pop(spi, None)
-        if out is not None:
+        if out is not None and after_grace:
+            self._delete_later(out)
+        elif out is not None:
             self._delete(out)
 
     def remove(self, deleted: ChildSaDeleted) -> None:
