@@ -222,6 +222,24 @@ async def test_a_retired_outbound_sa_goes_after_the_grace_when_a_newer_one_sends
     plane.stop()
 
 
+async def test_only_a_newer_outbound_sa_to_the_same_peer_delays_a_retired_one(monkeypatch):
+    """The kernel picks the newest SA per peer: one installed earlier, or one to another peer,
+    sends nothing of the retired SA's traffic, so that one goes at once."""
+    plane, kernel = start(monkeypatch, [], rekey_grace=0.05)
+    older = dataclasses.replace(child(), inbound_spi=0xC0000021, outbound_spi=0xD0000022)
+    retiring = child()
+    elsewhere = dataclasses.replace(child(), inbound_spi=0xC0000031, outbound_spi=0xD0000032, remote_addr=OTHER)
+    for info in (older, retiring, elsewhere):
+        plane.install_inbound(info)
+        plane.install_outbound(info)
+    plane.retire_outbound(retired(retiring))
+    assert deleted(kernel) == [retiring.outbound_spi]
+    plane.retire_outbound(retired(older))  # a newer one to PEER was installed after it, then retired
+    assert deleted(kernel) == [retiring.outbound_spi, older.outbound_spi]
+    assert list(plane.outbound) == [elsewhere.outbound_spi]
+    plane.stop()
+
+
 async def test_an_unused_outbound_sa_waiting_for_its_grace_goes_at_a_full_stop_and_stays_at_a_hand_over(monkeypatch):
     for hand_over in (False, True):
         plane, kernel = start(monkeypatch, [sa(PEER, LOCAL, 0xA1), sa(LOCAL, PEER, 0xB1)], rekey_grace=0.05)

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import contextlib
+import time
 import urllib.request
 
 import pytest
@@ -210,27 +211,66 @@ def test_sidecar_gets_a_certificate_and_follows_its_peer_map_over_https(kube):
         assert 'ipsec_mesh_api_requests_refused_total{reason="unauthenticated"}' in metrics
 
 
+class SteppedClock:
+    """The operator's clock, moved only by the test: what is due depends on the steps, not on how fast
+    the operator's timer comes round (its 1 s ticks are late under load)."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_psk_rotates_on_schedule_with_an_overlap(kube):
     kube.create(PODS, pod_body("web-0", "10.0.0.1", "web"))
     kube.create(PODS, pod_body("db-0", "10.0.0.2", "db"))
     body = peering_body("fast", auth="psk")
+    # The new key is accepted at once, initiated with 1 s later (half the overlap), and the old one
+    # retires 2 s after that.
     body["spec"]["authentication"].update(pskRotationInterval="4s", pskOverlap="2s")
+
+    def map_keys(pod):
+        keys = runtime.index.peer_map(("prod", pod)).policies[0].psk_keys
+        return {k.id for k in keys}, {k.id for k in keys if k.initiate}
+
+    def stored_keys():
+        return {k[len("psk-"):] for k in kube.get(SECRETS.format(ns="prod", name="fast-psk"))["data"]
+                if k.startswith("psk-")}
+
     with operator() as (runner, ports, runtime):
+        clock = runtime.clock = SteppedClock(time.time())
+        start = clock.now
         kube.create(PEERINGS, body)
         first = wait_for(lambda: status_of(kube, "fast").get("pskKeyId"), what="first key")
-        # The next key is generated, accepted first, then used; the Secret holds both meanwhile.
-        wait_for(lambda: len(runtime.index.peer_map(("prod", "web-0")).policies[0].psk_keys) == 2,
-                 timeout=20, what="two keys accepted")
-        keys = runtime.index.peer_map(("prod", "web-0")).policies[0].psk_keys
-        assert {k.id for k in keys if k.initiate} == {first}
-        secret = kube.get(SECRETS.format(ns="prod", name="fast-psk"))
-        assert len([k for k in secret["data"] if k.startswith("psk-")]) == 2
-        second = wait_for(lambda: (status_of(kube, "fast").get("pskKeyId") or first) != first
-                          and status_of(kube, "fast")["pskKeyId"], timeout=20, what="rotation")
-        assert second != first
-        # The db side holds the same keys (both ends of the peering).
-        db_keys = runtime.index.peer_map(("prod", "db-0")).policies[0].psk_keys
-        assert second in {k.id for k in db_keys}
+        assert map_keys("web-0") == ({first}, {first})
+
+        # Due: the next key is generated and accepted by both ends, the first still initiates.
+        clock.now = start + 4
+        accepted = wait_for(lambda: len(map_keys("web-0")[0]) == 2 and map_keys("web-0"), timeout=60,
+                            what="two keys accepted")
+        (second,) = accepted[0] - {first}
+        assert accepted == ({first, second}, {first})
+        assert map_keys("db-0") == ({first, second}, {first})
+        assert stored_keys() == {first, second}
+        assert status_of(kube, "fast")["pskKeyId"] == first
+
+        # Activated: the second initiates, the first is still accepted (the overlap).
+        clock.now = start + 5.5
+        wait_for(lambda: status_of(kube, "fast").get("pskKeyId") == second, timeout=60, what="rotation")
+        wait_for(lambda: map_keys("web-0")[1] == {second}, timeout=60, what="web-0 initiates with the new key")
+        wait_for(lambda: map_keys("db-0")[1] == {second}, timeout=60, what="db-0 initiates with the new key")
+        for pod in ("web-0", "db-0"):
+            assert map_keys(pod) == ({first, second}, {second})
+        assert stored_keys() == {first, second}
+
+        # The overlap is over (before the next rotation is due at +8): the first key is gone everywhere.
+        clock.now = start + 7.5
+        wait_for(lambda: map_keys("web-0")[0] == {second} and map_keys("db-0")[0] == {second}, timeout=60,
+                 what="old key retired from the maps")
+        wait_for(lambda: stored_keys() == {second}, timeout=60, what="old key pruned from the Secret")
+        assert map_keys("web-0") == map_keys("db-0") == ({second}, {second})
+        assert status_of(kube, "fast")["pskKeyId"] == second
 
 
 def test_services_and_endpoint_slices_reach_the_peer_maps(kube):

@@ -472,8 +472,9 @@ class Agent:
         # SAs an earlier instance left carry traffic until new ones replace them, whichever
         # side initiates those: the core must know before the first datagram arrives.
         inherited = getattr(self.dataplane, "inherited_peers", lambda: [])()
+        kept_until = self.now() + self.config.ike.retransmit().kept_sas_limit()  # the data plane's bound (cli.py)
         for remote in inherited:
-            self.endpoint.kernel_sas_kept(remote)
+            self.endpoint.kernel_sas_kept(remote, kept_until)
         for address in self.peers.local_addresses:
             for port, natt in ((self.config.ike.port, False), (self.config.ike.natt_port, True)):
                 await self._open_socket(address, port, natt)

@@ -67,16 +67,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipsec_mesh.dataplane")
 
 REKEY_GRACE = 2.0  # seconds the replaced inbound SA keeps accepting in-flight packets
-HANDOVER_MARGIN = 10.0  # seconds past the IKE side's longest wait (handover_limit)
 
 
 def handover_limit(retransmit: Retransmit) -> float:
-    """Seconds SAs without IKE state are kept at most while new ones are negotiated: longer
-    than the IKE side can take to replace them, or traffic would have no SA in between. A
-    restarted side's IKE_SA_INIT and IKE_AUTH may each take the whole retransmission budget;
-    a new CHILD_SA that waits for the peer's sign (handover) sends after one budget at most
-    (`IkeSa.inbound_only_limit`). 175 s with the default retransmissions (2 s, x1.8, 5 tries)."""
-    return 2 * sum(retransmit.delays()) + HANDOVER_MARGIN
+    """Seconds SAs without IKE state are kept at most (`Retransmit.kept_sas_limit`: the IKE
+    core ends its own record of our kept SAs at the same bound)."""
+    return retransmit.kept_sas_limit()
 
 
 HANDOVER_LIMIT = handover_limit(IkeSettings().retransmit())
@@ -401,19 +397,25 @@ class XfrmDataPlane:
         this one goes after the grace (`_delete_later`); if not, at once, or the kernel would
         keep sending on it after the peer removed its inbound half."""
         spi = retired.outbound_spi
-        spec = self.outbound.get(spi)
-        later = list(self.outbound)[list(self.outbound).index(spi) + 1:] if spec is not None else []
-        if spec is None or not self.rekey_grace or not any(self.outbound[o].dst == spec.dst for o in later):
-            self._remove_outbound(spi)
-            return
-        del self.outbound[spi]
-        self._inbound_of.pop(spi, None)
-        self._delete_later(spec)
+        self._remove_outbound(spi, after_grace=bool(self.rekey_grace) and self._newer_outbound_installed(spi))
 
-    def _remove_outbound(self, spi: int) -> None:
+    def _newer_outbound_installed(self, spi: int) -> bool:
+        """Whether an outbound SA to the same peer was installed after `spi` (the kernel sends on that one)."""
+        spec = self.outbound.get(spi)
+        if spec is None:
+            return False
+        installed = iter(self.outbound.items())  # in install order
+        for other, _ in installed:
+            if other == spi:
+                break
+        return any(later.dst == spec.dst for _, later in installed)
+
+    def _remove_outbound(self, spi: int, *, after_grace: bool = False) -> None:
         out = self.outbound.pop(spi, None)
         self._inbound_of.pop(spi, None)
-        if out is not None:
+        if out is not None and after_grace:
+            self._delete_later(out)
+        elif out is not None:
             self._delete(out)
 
     def remove(self, deleted: ChildSaDeleted) -> None:

@@ -42,6 +42,10 @@ class Lifetime:
             raise ValueError("jitter must be >= 0 and below rekey_time")
 
 
+#: Seconds past the IKE side's longest wait that kept SAs stay (Retransmit.kept_sas_limit).
+KEPT_SAS_MARGIN = 10.0
+
+
 @record(frozen=True)
 class Retransmit:
     """RFC 7296 §2.4 retransmission: timeout * base**n for n in 0..tries-1, then give up."""
@@ -52,6 +56,15 @@ class Retransmit:
 
     def delays(self) -> list[float]:
         return [self.timeout * self.base ** n for n in range(self.tries + 1)]
+
+    def kept_sas_limit(self) -> float:
+        """Seconds SAs without IKE state (a restarted side's kept ones) are kept at most while
+        new ones are negotiated: longer than the IKE side can take to replace them, or traffic
+        would have no SA in between. A restarted side's IKE_SA_INIT and IKE_AUTH may each take
+        the whole retransmission budget; a new CHILD_SA that waits for the peer's sign
+        (handover) sends after one budget at most (`IkeSa.inbound_only_limit`). 175 s with
+        the sidecar's default retransmissions (2 s, x1.8, 5 tries)."""
+        return 2 * sum(self.delays()) + KEPT_SAS_MARGIN
 
 
 @record(frozen=True)

@@ -69,7 +69,8 @@ class IkeEndpoint:
         self._timers: TimerQueue[bytes] = TimerQueue()
         self._child_spis: set[int] = set()
         #: peers with whom SAs an earlier instance of ours left in the kernel still carry traffic
-        self._kept_kernel_sas: set[str] = set()
+        #: -> when the record stops mattering (`kernel_sas_kept`)
+        self._kept_kernel_sas: dict[str, float] = {}
         #: duplicate IKE SAs of ours kept until the winner's CHILD_SAs send: loser SPI -> (loser, winner)
         self._deferred_deletes: dict[bytes, tuple[IkeSa, IkeSa]] = {}
         self._outbox: list[Datagram] = []
@@ -186,26 +187,38 @@ class IkeEndpoint:
                 self._touch(other)
         return replaced
 
-    def kernel_sas_kept(self, remote: str) -> None:
+    def kernel_sas_kept(self, remote: str, until: float) -> None:
         """SAs an earlier instance of ours left in the kernel (a restart) still carry traffic
-        with `remote`, whichever side initiates their replacement."""
-        self._kept_kernel_sas.add(remote)
+        with `remote`, whichever side initiates their replacement. `until`: the kept-SA bound
+        (`Retransmit.kept_sas_limit` after the start), when the data plane has removed them in
+        any case; by then the crossing IKE SA of a peer that restarted with us is up or given
+        up (each of its two exchanges takes one retransmission budget at most)."""
+        self._kept_kernel_sas[remote] = until
 
-    def crosses_ours(self, sa: IkeSa) -> bool:
+    def _kept_sas_matter(self, peer: str, now: float) -> bool:
+        until = self._kept_kernel_sas.get(peer)
+        if until is not None and now >= until:
+            del self._kept_kernel_sas[peer]  # past the bound: the kept SAs are gone, nothing crosses ours
+            return False
+        return until is not None
+
+    def crosses_ours(self, sa: IkeSa, now: float) -> bool:
         """Whether `sa` (the peer initiated it) crosses an IKE SA we initiated with the same
         peer after a restart of ours: both sides restarted and each replaces its kept SAs.
         The duplicate-SA rule keeps one of the two; until the peer shows it installed this
-        one's CHILD_SA, ours (or the kept SAs) carry our traffic."""
+        one's CHILD_SA, ours (or the kept SAs) carry our traffic. Asked until the kept-SA
+        bound, not only until our kept SAs are replaced: the peer's crossing IKE_AUTH may
+        arrive after our own CHILD_SA sends (tests/unit/ike/test_restart_handover.py)."""
         peer = sa.remote[0]
-        return peer in self._kept_kernel_sas and any(
+        return self._kept_sas_matter(peer, now) and any(
             other.state in (IkeState.CONNECTING, IkeState.ESTABLISHED)
             for other in self._by_peer.initiated_by_us(peer) if other is not sa and other.remote[0] == peer)
 
-    def replaces_kernel_sas(self, sa: IkeSa) -> bool:
+    def replaces_kernel_sas(self, sa: IkeSa, now: float) -> bool:
         """Whether `sa`'s CHILD_SA replaces such kept SAs: none with that peer sends yet
         (once one does, the data plane has retired them)."""
         peer = sa.remote[0]
-        return peer in self._kept_kernel_sas and not any(
+        return self._kept_sas_matter(peer, now) and not any(
             sends(child) for other in self._by_peer.all(peer) if other is not sa and other.remote[0] == peer
             for child in other.children.values())
 
@@ -219,8 +232,8 @@ class IkeEndpoint:
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote,
                    spi_i=self.allocate_ike_spi(), spi_r=bytes(8), now=now)
         sa.confirm_install = replaces_kernel_sas
-        if replaces_kernel_sas:
-            self._kept_kernel_sas.add(remote[0])
+        if replaces_kernel_sas and remote[0] not in self._kept_kernel_sas:
+            self._kept_kernel_sas[remote[0]] = now + config.retransmit.kept_sas_limit()
         self._register(sa)
         for task in exchanges.initiate(child):
             sa.queue(task, now)

@@ -70,8 +70,8 @@ class Services(Protocol):
     def initial_contact(self, sa: "IkeSa", now: float) -> bool: ...  # peer restarted: drop stale SAs
     def wall_time(self) -> float: ...  # POSIX seconds, for certificate validity checks
     def has_other_sa(self, sa: "IkeSa") -> bool: ...  # another IKE SA with this peer exists
-    def replaces_kernel_sas(self, sa: "IkeSa") -> bool: ...  # our earlier instance's SAs with its peer carry traffic
-    def crosses_ours(self, sa: "IkeSa") -> bool: ...  # after our restart, an IKE SA we initiated with its peer exists
+    def replaces_kernel_sas(self, sa: "IkeSa", now: float) -> bool: ...  # our earlier instance's SAs with its peer carry traffic
+    def crosses_ours(self, sa: "IkeSa", now: float) -> bool: ...  # after our restart, an IKE SA we initiated with its peer exists
     exchanges: Exchanges  # the exchange tasks (exchanges/__init__.py): dispatch, timers, queued deletes
 
 

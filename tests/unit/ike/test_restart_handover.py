@@ -10,7 +10,7 @@ from ipsec_mesh.ike import message as codec
 from ipsec_mesh.ike.config import single_peer_lookup
 from ipsec_mesh.ike.constants import ExchangeType
 from ipsec_mesh.ike.events import ChildSaDeleted, ChildSaInstallOutbound
-from tests.support.ikesim import A, B, Network, establish, pair
+from tests.support.ikesim import A, B, Network, establish, pair, psk_config
 
 
 def established_pair():
@@ -80,7 +80,7 @@ def restarted_with_kept_sas(net, a, a_cfg, name="a2"):
     restarted.kept_outbound = set(a.outbound)
     restarted.inbound_bytes = lambda spi: 100 * net.esp_received.get((a.address, spi), 0)
     # What the agent says at start (the data plane's inherited peers).
-    restarted.endpoint.kernel_sas_kept(B if a.address == A else A)
+    restarted.endpoint.kernel_sas_kept(B if a.address == A else A, net.now + a_cfg.retransmit.kept_sas_limit())
     return restarted
 
 
@@ -245,3 +245,38 @@ def test_both_restarted_at_any_moment_lose_nothing(seed):
     assert len(restarted.established) == 1 and len(b2.established) == 1
     assert len(restarted.outbound) == 1 and len(b2.outbound) == 1
     assert keys_match_for(restarted, b2) and keys_match_for(b2, restarted)
+
+
+def children_sending_at_once_after_our_handover(seconds_later: float) -> int:
+    """We restarted and replaced our kept SAs (our CHILD_SA sends, the kept ones are gone);
+    `seconds_later` the peer initiates another IKE SA with us (say, its liveness check gave
+    ours up). Returns how many CHILD_SAs of ours began to send by the time its IKE_AUTH is answered."""
+    net = Network()
+    a, b, a_cfg, b_cfg = pair(net)
+    establish(net, a, a_cfg)
+    restarted = restarted_with_kept_sas(net, a, a_cfg)
+    kept_out = set(restarted.outbound)
+    restarted.endpoint.initiate(a_cfg, (A, 500), (B, 500), net.now, a_cfg.children[0], replaces_kernel_sas=True)
+    net.settle()
+    assert restarted.sending_spi() not in kept_out and not restarted.outbound.keys() & kept_out
+    net.run(seconds_later)
+    installed, up = len(restarted.of(ChildSaInstallOutbound)), b.up_count()
+    b.endpoint.initiate(b_cfg, (B, 500), (A, 500), net.now, b_cfg.children[0])
+    net.settle()
+    assert b.up_count() == up + 1  # the peer's IKE SA is up (the duplicate rule then keeps one)
+    return len(restarted.of(ChildSaInstallOutbound)) - installed
+
+
+def test_a_peer_initiated_ike_sa_crossing_ours_during_the_kept_sa_bound_waits_for_the_peers_sign():
+    """Within the kept-SA bound the peer's IKE SA may be the crossing one of a peer that
+    restarted too: its CHILD_SA waits for the peer's sign (ours carries the traffic)."""
+    assert children_sending_at_once_after_our_handover(1.0) == 0
+
+
+def test_the_record_of_kept_sas_ends_with_the_kept_sa_bound():
+    """Past the bound our kept SAs are gone and nothing crosses our replacement any more: a
+    later peer-initiated IKE SA's CHILD_SA sends at once, as it would without the restart.
+    Before, the record was never cleared and every such CHILD_SA waited for the peer's sign
+    (up to the inbound-only limit) for the life of our IKE SA."""
+    limit = psk_config("x", "a", "b", None).retransmit.kept_sas_limit()
+    assert children_sending_at_once_after_our_handover(limit + 1.0) == 1

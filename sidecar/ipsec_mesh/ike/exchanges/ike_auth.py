@@ -270,7 +270,7 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     id_payload = sa.local_id.to_payload(initiator=False)
     payloads, auth = _our_auth_payloads(sa, id_payload, sa.ni, sa.init_response, msg.message_id)
     payloads.append(auth)
-    kept = sa.services.replaces_kernel_sas(sa)
+    kept = sa.services.replaces_kernel_sas(sa, now)
     if kept:
         # We restarted and the peer initiated: its IKE SA with our earlier instance is stale.
         # Said here, the peer drops it (keeping its SAs until ours replace them) instead of
@@ -289,7 +289,7 @@ def _respond(sa: IkeSa, msg: Message, now: float) -> Reply:
     # arrives, and sent on it sooner ours would be lost; our crossing IKE SA's CHILD_SA (or
     # the kept SAs) carries our traffic meanwhile, whichever IKE SA the duplicate rule keeps.
     peer_keeps = msg.notify(NotifyType.IPSEC_MESH_KEPT_SAS) is not None or not initial_contact
-    handover = (peer_keeps and (replaced or kept)) or sa.services.crosses_ours(sa)
+    handover = (peer_keeps and (replaced or kept)) or sa.services.crosses_ours(sa, now)
     child = None
     if msg.first(SaPayload) is not None:
         child_payloads, child = _respond_child(sa, msg, now, handover=handover)
