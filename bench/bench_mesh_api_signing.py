@@ -39,13 +39,14 @@ def main() -> int:
     print(f"{args.requests} CSRs (P-256) from {args.pods} pods, {args.concurrency} in flight, {args.rounds} rounds")
     cpu_rates, wall_rates = [], []
     for round_number in range(1, args.rounds + 1):
-        done, cpu, wall = asyncio.run(measure_signing(args.requests, args.pods, args.concurrency))
+        done, cpu, wall, direct = asyncio.run(measure_signing(args.requests, args.pods, args.concurrency))
         if done != args.requests:
             print(f"round {round_number}: only {done} of {args.requests} signed")
             return 1
         cpu_rates.append(done / cpu)
         wall_rates.append(done / wall)
-        print(f"  round {round_number}: {done / cpu:6.0f}/s per server CPU second, {done / wall:6.0f}/s wall clock")
+        print(f"  round {round_number}: {done / cpu:6.0f}/s per server CPU second, {done / wall:6.0f}/s wall clock,"
+              f" {done / direct:6.0f}/s signed directly (HTTPS costs {cpu / direct:.2f} times that)")
     rate = statistics.median(cpu_rates)
     print(f"median: {rate:.0f}/s per server CPU second, {statistics.median(wall_rates):.0f}/s wall clock"
           f"  (target >= {TARGET}/s): {'met' if rate >= TARGET else 'MISSED'}")
