@@ -108,7 +108,9 @@ def test_sidecar_image_requirements_cover_what_the_sidecar_imports():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 third_party.add(node.module.split(".")[0])
     third_party -= set(sys.stdlib_module_names) | {"ipsec_mesh", "__future__"}
-    provided = {"cryptography": "cryptography", "pyroute2": "pyroute2", "yaml": "pyyaml"}
+    # _cffi_backend: cffi's C module, a dependency of cryptography (its OpenSSL bindings load it);
+    # agent/heap.py calls malloc_trim through it.
+    provided = {"cryptography": "cryptography", "pyroute2": "pyroute2", "yaml": "pyyaml", "_cffi_backend": "cffi"}
     # netfilter's own binding is not on the package index: the sidecar stage copies it out of
     # Debian's python3-nftables, beside libnftables1.
     from_debian = {"nftables": "python3-nftables"}
