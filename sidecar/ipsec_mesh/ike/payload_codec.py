@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 from . import payloads as p
@@ -77,17 +78,36 @@ def _encode_sa(sa: p.SaPayload) -> bytes:
 
 
 def _encode_proposal(prop: p.Proposal) -> bytes:
-    if not 1 <= len(prop.transforms) <= min(MAX_TRANSFORMS, 255):
+    transforms = prop.transforms
+    if not 1 <= len(transforms) <= min(MAX_TRANSFORMS, 255):
         raise ValueError(f"proposal needs 1..{MAX_TRANSFORMS} transforms")
-    out = bytearray([prop.number, prop.protocol, len(prop.spi), len(prop.transforms)])
-    out += prop.spi
-    for i, tr in enumerate(prop.transforms):
+    # Every answer of one selection carries the same (memoised, immutable) tuple of frozen
+    # transforms, and every offer of a config the same: their bytes are encoded once. Keyed
+    # by identity (hashing the records costs more than a small encoding); the entry holds
+    # the tuple, so its id stays its own. Lists (mutable) are always encoded afresh.
+    if transforms.__class__ is tuple:
+        entry = _ENCODED_TRANSFORMS.get(id(transforms))
+        if entry is None or entry[0] is not transforms:
+            entry = (transforms, _encode_transforms(transforms))
+            remember(_ENCODED_TRANSFORMS, id(transforms), entry)
+        encoded = entry[1]
+    else:
+        encoded = _encode_transforms(transforms)
+    return bytes((prop.number, prop.protocol, len(prop.spi), len(transforms))) + prop.spi + encoded
+
+
+def _encode_transforms(transforms: Sequence[p.Transform]) -> bytes:
+    out = bytearray()
+    for i, tr in enumerate(transforms):
         attrs = b""
         if tr.key_length is not None:
             attrs = _TV_ATTRIBUTE.pack(_ATTR_TV | TransformAttr.KEY_LENGTH, tr.key_length)
-        more = _LAST if i == len(prop.transforms) - 1 else _MORE_TRANSFORMS
+        more = _LAST if i == len(transforms) - 1 else _MORE_TRANSFORMS
         out += _TRANSFORM_HEADER.pack(more, 8 + len(attrs), tr.type, tr.id) + attrs
     return bytes(out)
+
+
+_ENCODED_TRANSFORMS: dict[int, tuple[tuple[p.Transform, ...], bytes]] = {}
 
 
 def _decode_sa(body: bytes) -> p.SaPayload:

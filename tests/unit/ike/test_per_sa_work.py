@@ -13,7 +13,7 @@ import pytest
 
 from ipsec_mesh.ike import ExchangeType, NotifyType
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.constants import EsnId, PrfId, ProtocolId, TransformType
+from ipsec_mesh.ike.constants import EsnId, PayloadType, PrfId, ProtocolId, TransformType
 from ipsec_mesh.ike.crypto import prf_for
 from ipsec_mesh.ike.errors import CryptoError
 from ipsec_mesh.ike.payloads import Message, NotifyPayload, Proposal, Transform
@@ -128,3 +128,72 @@ def test_the_header_packed_in_one_call_still_refuses_what_does_not_fit():
                 dataclasses.replace(good, exchange=256)):
         with pytest.raises(ValueError):
             codec.header_for(bad, 46, 28)
+
+
+# -- work done once per configuration, not per IKE SA ------------------------------------
+
+def test_the_psk_key_pad_is_computed_once_per_psk_and_prf_and_the_memo_stays_bounded(monkeypatch):
+    from ipsec_mesh.ike import auth
+
+    monkeypatch.setattr(auth, "_PADDED_KEYS", {})
+    prf = prf_for(PrfId.HMAC_SHA2_256)
+    pads = []
+
+    def counting(key: bytes, data: bytes) -> bytes:
+        if data == auth.KEY_PAD:
+            pads.append(key)
+        return prf(key, data)
+
+    psk = b"p" * 32
+    ours = auth.PskCredential(psk).auth_data(counting, b"octets")
+    assert ours == prf(prf(psk, auth.KEY_PAD), b"octets")  # RFC 7296 section 2.15, unchanged
+    auth.verify_auth(auth.AuthPayload(2, ours), b"octets", counting, psks=(psk,))
+    assert auth.PskCredential(psk).auth_data(counting, b"other") == prf(prf(psk, auth.KEY_PAD), b"other")
+    assert pads == [psk]  # three AUTH values, one key pad
+    for i in range(3 * auth._PADDED_KEYS_MAX):
+        auth.PskCredential(bytes([i]) * 16).auth_data(counting, b"octets")
+        assert len(auth._PADDED_KEYS) <= auth._PADDED_KEYS_MAX
+    assert auth.PskCredential(psk).auth_data(prf, b"octets") == ours
+
+
+def test_the_same_transforms_are_encoded_once_and_a_mutable_list_every_time(monkeypatch):
+    from ipsec_mesh.ike import payload_codec
+    from ipsec_mesh.ike.payloads import SaPayload
+
+    encoded = []
+    original = payload_codec._encode_transforms
+
+    def counting(transforms):
+        encoded.append(tuple(transforms))
+        return original(transforms)
+
+    monkeypatch.setattr(payload_codec, "_encode_transforms", counting)
+    monkeypatch.setattr(payload_codec, "_ENCODED_TRANSFORMS", {})
+    transforms = (Transform(TransformType.ENCR, 20, 256), Transform(TransformType.ESN, EsnId.ESN))
+    bodies = [payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, spi, transforms)]))
+              for spi in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")]
+    assert len(encoded) == 1
+    for body, spi in zip(bodies, (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"), strict=True):
+        assert payload_codec.decode_body(PayloadType.SA, body).proposals == [Proposal(1, ProtocolId.ESP, spi, transforms)]
+    as_list = list(transforms)
+    first = payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, b"\x00" * 4, as_list)]))
+    as_list[1] = Transform(TransformType.ESN, EsnId.NO_ESN)
+    second = payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, b"\x00" * 4, as_list)]))
+    assert first != second and len(encoded) == 3
+
+
+def test_a_repeated_decoded_offer_is_matched_without_hashing_its_transforms(monkeypatch):
+    from ipsec_mesh.ike import payload_codec, proposals
+    from ipsec_mesh.ike.payloads import SaPayload
+
+    ours = [parse_proposal("aes256gcm16-esn", ProtocolId.ESP)]
+    offer = SaPayload([Proposal(1, ProtocolId.ESP, b"\x00\x00\x01\x00",
+                                (Transform(TransformType.ENCR, 20, 256), Transform(TransformType.ESN, EsnId.ESN)))])
+    wire_body = payload_codec.encode_body(offer)
+    first = select(payload_codec.decode_body(PayloadType.SA, wire_body).proposals, ours)
+    hashed = []
+    monkeypatch.setattr(Transform, "__hash__", lambda self: hashed.append(self) or 0)
+    again = select(payload_codec.decode_body(PayloadType.SA, wire_body).proposals, ours)
+    assert again == first and again.shape is first.shape
+    assert hashed == []
+    assert len(proposals._CHOICES_BY_ID) <= 256
