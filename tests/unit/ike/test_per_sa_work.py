@@ -197,3 +197,48 @@ def test_a_repeated_decoded_offer_is_matched_without_hashing_its_transforms(monk
     assert again == first and again.shape is first.shape
     assert hashed == []
     assert len(proposals._CHOICES_BY_ID) <= 256
+
+
+def test_the_same_selectors_are_intersected_once_with_the_same_answer(monkeypatch):
+    from ipsec_mesh.ike import selectors
+    from ipsec_mesh.ike.payloads import TrafficSelector
+
+    computed = []
+    original = selectors._intersect
+    monkeypatch.setattr(selectors, "_intersect", lambda a, b: computed.append((a, b)) or original(a, b))
+    host, net = TrafficSelector.for_address("10.0.0.1"), TrafficSelector.for_network("10.0.0.0/24")
+    other, udp = TrafficSelector.for_address("10.0.1.1"), TrafficSelector.for_address("10.0.0.1", 17, 53, 53)
+    pairs = [(host, net), (net, host), (host, other), (udp, net), (net, udp), (host, net), (host, other)]
+    assert [selectors.intersect(a, b) for a, b in pairs] == [original(a, b) for a, b in pairs]
+    assert selectors.intersect(host, net) == host and selectors.intersect(host, other) is None
+    assert len(computed) == 5  # the repeated pairs were answered from the memo
+    equal_copy = TrafficSelector.for_address("10.0.0.1")  # equal, another object: computed again
+    assert selectors.intersect(equal_copy, net) == host and len(computed) == 6
+    for i in range(3 * 256):
+        selectors.intersect(TrafficSelector.for_address(f"10.1.{i // 256}.{i % 256}"), net)
+        assert len(selectors._INTERSECTIONS) <= 256
+
+
+def test_a_received_identity_is_validated_once_per_distinct_payload(monkeypatch):
+    from ipsec_mesh.ike import identity as identity_module
+    from ipsec_mesh.ike.constants import IdType
+    from ipsec_mesh.ike.errors import IdentityError
+    from ipsec_mesh.ike.payloads import IdiPayload
+
+    checked = []
+    original = identity_module._VALIDATORS[IdType.ID_FQDN]
+    monkeypatch.setitem(identity_module._VALIDATORS, IdType.ID_FQDN,
+                        lambda t, data: checked.append(data) or original(t, data))
+    monkeypatch.setattr(identity_module, "_RECEIVED", {})
+    payload = IdiPayload(IdType.ID_FQDN, b"peer.pod.mesh.test")
+    first = identity_module.Identity.from_payload(payload)
+    assert identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, b"peer.pod.mesh.test")) == first
+    assert checked == [b"peer.pod.mesh.test"] and str(first) == "fqdn:peer.pod.mesh.test"
+    for bad in (b"-bad-.test", b"*.mesh.test"):  # refused every time, never memoised
+        for _ in range(2):
+            with pytest.raises(IdentityError):
+                identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, bad))
+    assert checked.count(b"-bad-.test") == 2
+    for i in range(3 * 256):
+        identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, f"p{i}.mesh.test".encode()))
+        assert len(identity_module._RECEIVED) <= 256
