@@ -242,3 +242,23 @@ def test_a_received_identity_is_validated_once_per_distinct_payload(monkeypatch)
     for i in range(3 * 256):
         identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, f"p{i}.mesh.test".encode()))
         assert len(identity_module._RECEIVED) <= 256
+
+
+def test_next_timer_is_the_earliest_of_every_deadline_the_sa_and_its_children_hold():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    sa = _only_sa(b)
+    child = next(iter(sa.children.values()))
+    sa.config = dataclasses.replace(sa.config, dpd_delay=0)
+    deadlines = [(sa, "rekey_at", 50.0), (sa, "expire_at", 60.0), (sa, "keepalive_at", 70.0),
+                 (child, "rekey_at", 40.0), (child, "expire_at", 45.0), (child, "activity_check_at", 55.0)]
+    for absent in range(len(deadlines)):  # each one missing in turn: the earliest of the others
+        for i, (obj, name, at) in enumerate(deadlines):
+            setattr(obj, name, None if i == absent else at)
+        assert sa.next_timer() == min(at for i, (_, _, at) in enumerate(deadlines) if i != absent)
+    for obj, name, _ in deadlines:
+        setattr(obj, name, None)
+    assert sa.next_timer() is None
+    sa.config = dataclasses.replace(sa.config, dpd_delay=30)
+    assert sa.next_timer() == sa.last_received + 30
