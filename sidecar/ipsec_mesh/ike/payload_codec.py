@@ -111,6 +111,18 @@ _ENCODED_TRANSFORMS: dict[int, tuple[tuple[p.Transform, ...], bytes]] = {}
 
 
 def _decode_sa(body: bytes) -> p.SaPayload:
+    # A peer's IKE_SA_INIT offer has the same bytes in every IKE SA (its proposals carry no
+    # SPI): the (frozen) proposals parsed from them are kept, each payload gets its own list.
+    known_offer = _SA_OFFERS.get(body)
+    if known_offer is not None:
+        return p.SaPayload(list(known_offer))
+    payload = _parse_sa(body)
+    if not any(prop.spi for prop in payload.proposals):  # ESP offers and rekeys: an SPI per SA
+        remember(_SA_OFFERS, body, tuple(payload.proposals))
+    return payload
+
+
+def _parse_sa(body: bytes) -> p.SaPayload:
     # Sliced directly (no Reader): two SA payloads per IKE SA; every length checked first.
     end = len(body)
     pos = 0
@@ -184,6 +196,8 @@ def _decode_transforms(r: Reader, count: int) -> tuple[tuple[p.Transform, ...], 
 # Results of pure parses, by the bytes parsed (`wire.remember` bounds them).
 _TRANSFORM_LISTS: dict[tuple[int, bytes], tuple[tuple[p.Transform, ...], bool]] = {}
 _SELECTORS: dict[tuple[int, int, bytes], p.TrafficSelector] = {}
+_SA_OFFERS: dict[bytes, tuple[p.Proposal, ...]] = {}  # SA payload bodies without SPIs
+_TS_LISTS: dict[bytes, tuple[p.TrafficSelector, ...]] = {}  # TS payload bodies
 
 
 def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
@@ -318,6 +332,11 @@ def _encode_delete(d: p.DeletePayload) -> bytes:
 
 def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
     def decode(body: bytes) -> _Ts:
+        # A peer sends the same selectors in every CHILD_SA request: the (frozen) selectors
+        # parsed from the same bytes are kept, each payload gets its own list.
+        known = _TS_LISTS.get(body)
+        if known is not None:
+            return cls(list(known))
         r = Reader(body, "TS")
         count = r.u8()
         r.skip(3)
@@ -325,6 +344,7 @@ def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
             raise ParseError(f"TS: {count} selectors, at most {MAX_TRAFFIC_SELECTORS}")
         selectors = [_decode_selector(r) for _ in range(count)]
         r.expect_end()
+        remember(_TS_LISTS, body, tuple(selectors))
         return cls(selectors)
 
     return decode

@@ -85,3 +85,40 @@ def test_an_unacceptable_offer_stays_refused_and_the_choice_memo_stays_bounded()
             select([_ike_offer(key_bits=i + 1000)], ours)
         assert len(proposals._CHOICES) <= wire.MEMO_SIZE
     assert select([_ike_offer()], ours).key_bits == 256
+
+
+def test_a_repeated_offer_without_spis_is_parsed_once_and_each_payload_has_its_own_list(monkeypatch):
+    parsed = []
+    original = payload_codec._parse_sa
+    monkeypatch.setattr(payload_codec, "_parse_sa", lambda body: parsed.append(body) or original(body))
+    monkeypatch.setattr(payload_codec, "_SA_OFFERS", {})
+    offer = SaPayload([_ike_offer(1), _ike_offer(2, key_bits=128)])
+    first, second = _decode_sa(offer), _decode_sa(offer)
+    assert first == second == offer and len(parsed) == 1
+    first.proposals.clear()  # one message's payload list is its own
+    assert _decode_sa(offer) == offer
+    for spi in (b"\x00\x00\x01\x00", b"\x00\x00\x01\x00"):  # an SPI changes per SA: not kept
+        assert _decode_sa(SaPayload([_esp_offer(spi)])).proposals[0].spi == spi
+    assert len(parsed) == 3 and len(payload_codec._SA_OFFERS) == 1
+    for i in range(3 * wire.MEMO_SIZE):
+        assert _decode_sa(SaPayload([_ike_offer(key_bits=i + 1000)])).proposals[0].transforms[0].key_length == i + 1000
+        assert len(payload_codec._SA_OFFERS) <= wire.MEMO_SIZE
+    with pytest.raises(ParseError):  # an error is never kept
+        payload_codec.decode_body(PayloadType.SA, payload_codec.encode_body(offer)[:-1])
+
+
+def test_repeated_selectors_are_parsed_once_and_each_payload_has_its_own_list(monkeypatch):
+    monkeypatch.setattr(payload_codec, "_TS_LISTS", {})
+    ts = TrafficSelector.for_address("10.0.0.1")
+    body = payload_codec.encode_body(TsiPayload([ts]))
+    first = payload_codec.decode_body(PayloadType.TSi, body)
+    parsed = []
+    original = payload_codec._decode_selector
+    monkeypatch.setattr(payload_codec, "_decode_selector", lambda r: parsed.append(r) or original(r))
+    second = payload_codec.decode_body(PayloadType.TSi, body)
+    assert first == second == TsiPayload([ts]) and first.selectors is not second.selectors
+    assert payload_codec.decode_body(PayloadType.TSr, body).selectors == [ts]  # same bytes, TSr's class
+    assert type(payload_codec.decode_body(PayloadType.TSr, body)).__name__ == "TsrPayload"
+    assert parsed == []
+    with pytest.raises(ParseError):
+        payload_codec.decode_body(PayloadType.TSi, body[:-1])
