@@ -262,3 +262,20 @@ def test_next_timer_is_the_earliest_of_every_deadline_the_sa_and_its_children_ho
     assert sa.next_timer() is None
     sa.config = dataclasses.replace(sa.config, dpd_delay=30)
     assert sa.next_timer() == sa.last_received + 30
+
+
+def test_a_peers_signature_hash_list_is_parsed_once_per_distinct_list():
+    from ipsec_mesh.ike import wire
+    from ipsec_mesh.ike.exchanges import ike_init
+
+    def parse(data: bytes):
+        notify = NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=data)
+        return ike_init._parse_hash_algorithms(Message(b"i" * 8, bytes(8), ExchangeType.IKE_SA_INIT, True, False, 0,
+                                                       [notify]))
+
+    first = parse(b"\x00\x02\x00\x03\x00\x05")
+    assert first == {2, 3, 5} and parse(b"\x00\x02\x00\x03\x00\x05") is first
+    assert parse(b"\x00\x02\x00") == frozenset()  # odd length: none announced
+    for i in range(3 * wire.MEMO_SIZE):
+        assert parse(i.to_bytes(2, "big")) == {i}
+        assert len(ike_init._HASH_ALGORITHM_SETS) <= wire.MEMO_SIZE

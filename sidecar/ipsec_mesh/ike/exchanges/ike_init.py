@@ -35,6 +35,7 @@ from ..payloads import (
 from ..proposals import Selected, check_answer, select
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
+from ..wire import remember
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -59,7 +60,15 @@ def _parse_hash_algorithms(msg: Message) -> frozenset[int]:
     n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if n is None or len(n.data) % 2:
         return frozenset()
-    return frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
+    # A peer announces the same list in every IKE SA: parsed once per distinct list.
+    algorithms = _HASH_ALGORITHM_SETS.get(n.data)
+    if algorithms is None:
+        algorithms = frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
+        remember(_HASH_ALGORITHM_SETS, n.data, algorithms)
+    return algorithms
+
+
+_HASH_ALGORITHM_SETS: dict[bytes, frozenset[int]] = {}
 
 
 def _common_flags(sa: IkeSa, msg: Message) -> None:
