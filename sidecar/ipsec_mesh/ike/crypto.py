@@ -137,6 +137,12 @@ def aead_keymat_len(encr_id: int, key_bits: int | None) -> int:
     return _aead_key_len(encr_id, key_bits) + AEAD_SALT_LEN
 
 
+_AEADS: dict[int, tuple[EncrId, Callable[[bytes], Any]]] = {
+    EncrId.AES_GCM_16: (EncrId.AES_GCM_16, AESGCM),
+    EncrId.CHACHA20_POLY1305: (EncrId.CHACHA20_POLY1305, ChaCha20Poly1305),
+}
+
+
 class AeadProtector:
     """One direction of an AEAD-protected SK payload (RFC 5282 / RFC 7634).
 
@@ -154,12 +160,11 @@ class AeadProtector:
             raise CryptoError(
                 f"AEAD key material must be {key_len + AEAD_SALT_LEN} octets, not {len(keymat)}"
             )
-        self.encr_id = EncrId(encr_id)
+        # Two per IKE SA: the member and the cipher class from a table (_aead_key_len has
+        # accepted `encr_id`, so it is one of them) instead of an enum call and a comparison.
+        self.encr_id, cipher = _AEADS[encr_id]
         self._salt = keymat[key_len:]
-        cipher_key = keymat[:key_len]
-        self._aead = (
-            AESGCM(cipher_key) if encr_id == EncrId.AES_GCM_16 else ChaCha20Poly1305(cipher_key)
-        )
+        self._aead = cipher(keymat[:key_len])
         self._next_counter = 0
 
     def __repr__(self) -> str:
