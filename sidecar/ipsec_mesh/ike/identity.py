@@ -152,7 +152,7 @@ class Identity:
         identity = cls.validated(id_type, data)
         if identity.is_pattern():
             raise IdentityError("a wildcard is not an identity")
-        remember(_RECEIVED, key, identity)
+        remember(_RECEIVED, key, identity)  # validated data is short: at most MAX_DN_LEN bytes
         return identity
 
     @classmethod

@@ -122,3 +122,40 @@ def test_repeated_selectors_are_parsed_once_and_each_payload_has_its_own_list(mo
     assert parsed == []
     with pytest.raises(ParseError):
         payload_codec.decode_body(PayloadType.TSi, body[:-1])
+
+
+def test_long_inputs_are_parsed_but_never_kept(monkeypatch):
+    # A memo of 256 results keyed by 64 KiB inputs would hold tens of MB for a peer that
+    # sends long payloads: only inputs up to wire.MEMO_MAX_INPUT bytes are kept.
+    from ipsec_mesh.ike.constants import NotifyType
+    from ipsec_mesh.ike.exchanges import ike_init
+    from ipsec_mesh.ike.payloads import Message, NotifyPayload
+
+    for name in ("_SA_OFFERS", "_TS_LISTS", "_TRANSFORM_LISTS"):
+        monkeypatch.setattr(payload_codec, name, {})
+    monkeypatch.setattr(ike_init, "_HASH_ALGORITHM_SETS", {})
+    many = tuple(Transform(TransformType.ENCR, EncrId.AES_GCM_16, bits) for bits in range(1, 65))
+    few = many[:8]
+    long_offer = SaPayload([Proposal(1, ProtocolId.IKE, b"", many), Proposal(2, ProtocolId.IKE, b"", few)]
+                           + [Proposal(n, ProtocolId.IKE, b"", many[n:n + 60]) for n in (3, 4)])
+    assert len(payload_codec.encode_body(long_offer)) > wire.MEMO_MAX_INPUT
+    assert _decode_sa(long_offer) == long_offer
+    selectors = [TrafficSelector.for_address(f"2001:db8::{i:x}") for i in range(32)]
+    body = payload_codec.encode_body(TsiPayload(selectors))
+    assert len(body) > wire.MEMO_MAX_INPUT
+    assert payload_codec.decode_body(PayloadType.TSi, body).selectors == selectors
+    data = b"".join(i.to_bytes(2, "big") for i in range(wire.MEMO_MAX_INPUT))
+    notify = NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=data)
+    assert len(ike_init._parse_hash_algorithms(Message(b"i" * 8, bytes(8), 34, True, False, 0, [notify]))) == 1024
+    assert payload_codec._SA_OFFERS == {} and payload_codec._TS_LISTS == {}
+    assert all(len(raw) <= wire.MEMO_MAX_INPUT for _, raw in payload_codec._TRANSFORM_LISTS)
+    assert len(payload_codec._TRANSFORM_LISTS) == 4  # each list of at most 64 transforms is short
+    # A transform with a long (TLV) attribute: parsed (and refused: the attribute is unknown), not kept.
+    attribute = (15).to_bytes(2, "big") + (2000).to_bytes(2, "big") + b"a" * 2000
+    transform = bytes([0, 0]) + (8 + len(attribute)).to_bytes(2, "big") + bytes([1, 0, 0, 20]) + attribute
+    proposal = bytes([1, 1, 0, 1]) + transform
+    body = bytes([0, 0]) + (4 + len(proposal)).to_bytes(2, "big") + proposal
+    assert payload_codec.decode_body(PayloadType.SA, body).proposals == []
+    assert all(len(raw) <= wire.MEMO_MAX_INPUT for _, raw in payload_codec._TRANSFORM_LISTS)
+    assert payload_codec._SA_OFFERS == {}
+    assert ike_init._HASH_ALGORITHM_SETS == {}

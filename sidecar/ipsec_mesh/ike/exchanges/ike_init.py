@@ -35,7 +35,7 @@ from ..payloads import (
 from ..proposals import Selected, check_answer, select
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
-from ..wire import remember
+from ..wire import MEMO_MAX_INPUT, remember
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -64,7 +64,8 @@ def _parse_hash_algorithms(msg: Message) -> frozenset[int]:
     algorithms = _HASH_ALGORITHM_SETS.get(n.data)
     if algorithms is None:
         algorithms = frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
-        remember(_HASH_ALGORITHM_SETS, n.data, algorithms)
+        if len(n.data) <= MEMO_MAX_INPUT:
+            remember(_HASH_ALGORITHM_SETS, n.data, algorithms)
     return algorithms
 
 
