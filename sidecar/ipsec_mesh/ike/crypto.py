@@ -137,7 +137,7 @@ def aead_keymat_len(encr_id: int, key_bits: int | None) -> int:
     return _aead_key_len(encr_id, key_bits) + AEAD_SALT_LEN
 
 
-_AEADS: dict[int, tuple[EncrId, Callable[[bytes], Any]]] = {
+_AEADS: dict[int, tuple[EncrId, type[AESGCM] | type[ChaCha20Poly1305]]] = {
     EncrId.AES_GCM_16: (EncrId.AES_GCM_16, AESGCM),
     EncrId.CHACHA20_POLY1305: (EncrId.CHACHA20_POLY1305, ChaCha20Poly1305),
 }
