@@ -13,12 +13,22 @@ responder (`time.process_time`), so load changes hit both alike.
   import).
 - Proposals and credentials as in bench_ike_responder.py (profile_ike_responder.specs).
 
+- The cyclic garbage collector is off during a round and run between rounds (untimed):
+  a collection the load generator's garbage (its endpoints are cycles) triggered inside a
+  timed call was charged to whichever engine was running, the same for both, so it pulled
+  the ratio towards 1. The figures are then the engines' own CPU, without collection.
+- `--side initiator` times the initiators instead (an endpoint per IKE SA, as the load
+  generator runs them: creating it, `initiate`, and the calls for the responder's answers),
+  with engine A's third import as the responder.
+
     python bench/ab_ike_engines.py A_CHECKOUT [--rounds 20] [--sas 200] [--auth psk|ecdsa]
+        [--side responder|initiator]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import statistics
@@ -79,30 +89,39 @@ def peer_config(e: dict[str, ModuleType], spec: Spec) -> Any:
 
 
 class Bench:
-    def __init__(self, a: Path, auth: str, sas: int, window: int):
-        self.sas, self.window = sas, window
+    def __init__(self, a: Path, auth: str, sas: int, window: int, side: str = "responder"):
+        self.sas, self.window, self.side = sas, window, side
         self.engines = {"A": engine(import_as("ipsec_mesh_a", a)), "B": engine("ipsec_mesh")}
         self.loadgen = engine(import_as("ipsec_mesh_loadgen", a))
         with tempfile.TemporaryDirectory() as tmp:
             generator_spec, responder_spec = specs(auth, Path(tmp), sas, window)
-            self.generator_config = peer_config(self.loadgen, generator_spec)
-            self.configs = {name: peer_config(e, responder_spec) for name, e in self.engines.items()}
+            self.generator_configs = {name: peer_config(e, generator_spec)
+                                      for name, e in (*self.engines.items(), ("loadgen", self.loadgen))}
+            self.configs = {name: peer_config(e, responder_spec)
+                            for name, e in (*self.engines.items(), ("loadgen", self.loadgen))}
 
     def round(self, name: str) -> float:
-        """ms of CPU per IKE SA spent in a fresh responder of engine `name`."""
-        e, lookup = self.engines[name], self.engines[name]["config"].single_peer_lookup
+        """ms of CPU per IKE SA spent in a fresh responder of engine `name` (or in its initiators)."""
+        timed_responder = self.side == "responder"
+        # The engine measured plays the side measured; the load generator's import the other.
+        responding, initiating = (name, "loadgen") if timed_responder else ("loadgen", name)
+        e = self.engines[name] if timed_responder else self.loadgen
         unlimited = 10**9
-        responder = e["endpoint"].IkeEndpoint(lookup(self.configs[name], [LOADGEN[0]]), cookie_threshold=unlimited,
-                                              cookie_threshold_per_source=unlimited, half_open_limit=unlimited,
-                                              half_open_limit_per_source=unlimited)
-        new_endpoint, done = self.loadgen["endpoint"].IkeEndpoint, self.loadgen["events"].ChildSaInstallOutbound
-        config = self.generator_config
+        responder = e["endpoint"].IkeEndpoint(e["config"].single_peer_lookup(self.configs[responding], [LOADGEN[0]]),
+                                              cookie_threshold=unlimited, cookie_threshold_per_source=unlimited,
+                                              half_open_limit=unlimited, half_open_limit_per_source=unlimited)
+        i_engine = self.loadgen if timed_responder else self.engines[name]
+        new_endpoint, done = i_engine["endpoint"].IkeEndpoint, i_engine["events"].ChildSaInstallOutbound
+        config = self.generator_configs[initiating]
         cpu, established, started, now = 0.0, 0, 0, 0.0
         in_flight: dict[bytes, Any] = {}
         while (started < self.sas or in_flight) and now < 10_000:
             while len(in_flight) < self.window and started < self.sas:
+                began = time.process_time()
                 initiator = new_endpoint(lambda local, remote: None)
-                in_flight[initiator.initiate(config, LOADGEN, RESPONDER, now, config.children[0]).spi_i] = initiator
+                spi_i = initiator.initiate(config, LOADGEN, RESPONDER, now, config.children[0]).spi_i
+                cpu += 0.0 if timed_responder else time.process_time() - began
+                in_flight[spi_i] = initiator
                 started += 1
             requests = [(spi, d) for spi, initiator in in_flight.items() for d in initiator.datagrams()]
             if not requests:
@@ -112,11 +131,14 @@ class Bench:
                 responder.receive(request.data, RESPONDER, LOADGEN, now)
                 responder.events()
                 replies = responder.datagrams()
-                cpu += time.process_time() - began
+                cpu += time.process_time() - began if timed_responder else 0.0
                 for reply in replies:
                     initiator = in_flight[reply.data[:8]]
+                    began = time.process_time()
                     initiator.receive(reply.data, LOADGEN, RESPONDER, now)
-                    if any(isinstance(event, done) for event in initiator.events()):
+                    events = initiator.events()
+                    cpu += 0.0 if timed_responder else time.process_time() - began
+                    if any(isinstance(event, done) for event in events):
                         established += 1
                         del in_flight[spi]
             now += 0.001
@@ -132,16 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sas", type=int, default=200, help="IKE SAs per round and engine")
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--auth", choices=["psk", "ecdsa"], default="psk")
+    parser.add_argument("--side", choices=["responder", "initiator"], default="responder",
+                        help="whose calls are timed (the other side is A's third import)")
     args = parser.parse_args(argv)
-    bench = Bench(args.a, args.auth, args.sas, args.window)
+    bench = Bench(args.a, args.auth, args.sas, args.window, args.side)
     bench.round("A"), bench.round("B")  # warm-up: memos and caches of both, not measured
+    gc.collect()
+    gc.freeze()  # what exists now lives through the run (the sidecar freezes after startup too)
+    gc.disable()
     times: dict[str, list[float]] = {"A": [], "B": []}
-    for i in range(args.rounds):
-        for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
-            times[name].append(bench.round(name))
+    try:
+        for i in range(args.rounds):
+            for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                times[name].append(bench.round(name))
+                gc.collect()  # outside the timed calls
+    finally:
+        gc.unfreeze()
+        gc.enable()
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
     per_round = statistics.median(tb / ta for ta, tb in zip(times["A"], times["B"], strict=True))
-    print(f"{args.auth}, {args.rounds} rounds of {args.sas} IKE SAs: A {a:.3f} ms/SA (min {min(times['A']):.3f}), "
+    print(f"{args.auth} {args.side}, {args.rounds} rounds of {args.sas} IKE SAs: A {a:.3f} ms/SA (min {min(times['A']):.3f}), "
           f"B {b:.3f} (min {min(times['B']):.3f}); B/A {b / a:.3f} (medians), {per_round:.3f} (median of rounds)")
     return 0
 

@@ -24,12 +24,13 @@ def load_tool():
     return module
 
 
-@pytest.mark.parametrize("auth", ["psk", "ecdsa"])
-def test_both_engines_establish_and_are_reported(capsys, auth):
+@pytest.mark.parametrize("auth, side", [("psk", "responder"), ("ecdsa", "responder"), ("psk", "initiator")])
+def test_both_engines_establish_and_are_reported(capsys, auth, side):
     tool = load_tool()
-    assert tool.main([str(ROOT), "--rounds", "2", "--sas", "5", "--window", "5", "--auth", auth]) == 0
+    assert tool.main([str(ROOT), "--rounds", "2", "--sas", "5", "--window", "5", "--auth", auth,
+                      "--side", side]) == 0
     out = capsys.readouterr().out
-    assert f"{auth}, 2 rounds of 5 IKE SAs: A " in out and "B/A" in out
+    assert f"{auth} {side}, 2 rounds of 5 IKE SAs: A " in out and "B/A" in out
     # Three separate imports: the two responders and the load generator share no module.
     assert {"ipsec_mesh_a", "ipsec_mesh_loadgen", "ipsec_mesh"} <= set(sys.modules)
     assert sys.modules["ipsec_mesh_a.ike.endpoint"] is not sys.modules["ipsec_mesh.ike.endpoint"]
@@ -41,3 +42,8 @@ def test_an_engine_that_establishes_nothing_is_an_error():
     bench.configs["A"] = dataclasses.replace(bench.configs["A"], psks=(b"another-psk-0123456789abcdef",))
     with pytest.raises(RuntimeError, match="engine A: 0 of 3"):
         bench.round("A")
+    initiating = tool.Bench(ROOT, "psk", 3, 3, "initiator")  # A's initiators, the load generator answering
+    initiating.generator_configs["A"] = dataclasses.replace(initiating.generator_configs["A"],
+                                                            psks=(b"another-psk-0123456789abcdef",))
+    with pytest.raises(RuntimeError, match="engine A: 0 of 3"):
+        initiating.round("A")

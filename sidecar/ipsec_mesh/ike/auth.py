@@ -70,10 +70,34 @@ class PskCredential:
 
     def auth_data(self, prf: Prf, octets: bytes) -> bytes:
         """prf(prf(PSK, "Key Pad for IKEv2"), <octets>) (RFC 7296 section 2.15)."""
-        return prf(prf(self._psk, KEY_PAD), octets)
+        return prf(_padded_key(prf, self._psk), octets)
 
     def __repr__(self) -> str:
         return "PskCredential(<redacted>)"
+
+
+def _padded_key(prf: Prf, psk: bytes) -> bytes:
+    """prf(PSK, "Key Pad for IKEv2"): the same for every IKE SA with this PSK and PRF, and
+    needed twice per IKE SA (our AUTH and the peer's): computed once per pair.
+
+    The memo holds keys as secret as the PSKs themselves (which the configuration holds
+    anyway), at most _PADDED_KEYS_MAX of them: emptied when full, so PSKs rotated out of
+    the configuration do not stay for long. Keyed by the PRF object's identity (one per
+    PRF in ike.crypto; the entry holds it, so its id stays its own) and the PSK.
+    """
+    key = (id(prf), psk)
+    entry = _PADDED_KEYS.get(key)
+    if entry is not None and entry[0] is prf:
+        return entry[1]
+    padded = prf(psk, KEY_PAD)
+    if len(_PADDED_KEYS) >= _PADDED_KEYS_MAX:
+        _PADDED_KEYS.clear()
+    _PADDED_KEYS[key] = (prf, padded)
+    return padded
+
+
+_PADDED_KEYS_MAX = 16
+_PADDED_KEYS: dict[tuple[int, bytes], tuple[Prf, bytes]] = {}
 
 
 class CertCredential:

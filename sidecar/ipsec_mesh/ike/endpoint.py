@@ -512,9 +512,14 @@ class IkeEndpoint:
     def _collect(self) -> None:
         """Outputs of the SAs this call touched; their indexes and timers brought up to date."""
         touched = self._touched
+        if not touched:
+            return
+        sas = self.sas
         for sa in list(touched.values()):  # a rekey links SAs: what one did may change the other
+            if sa.successor is None and sa.peer_rekey is None:  # the usual case: none linked
+                continue
             for linked in (sa.successor, sa.peer_rekey):
-                if linked is not None and self.sas.get(linked.our_spi) is linked:
+                if linked is not None and sas.get(linked.our_spi) is linked:
                     touched.setdefault(linked.our_spi, linked)
         self._touched = {}
         # Most calls touch one SA (a datagram for it): nothing to order then.
@@ -528,11 +533,12 @@ class IkeEndpoint:
             if sa.outbox:
                 self._outbox.extend(sa.outbox)
                 sa.outbox.clear()
-            if self.sas.get(spi) is not sa:
+            if sas.get(spi) is not sa:
                 continue
-            if sa.state != IkeState.CONNECTING:
+            state = sa.state
+            if state != IkeState.CONNECTING:
                 self._half_open.discard(spi)
-            if sa.state == IkeState.CLOSED:
+            if state == IkeState.CLOSED:
                 self._forget(sa)
             else:
                 self._by_peer.put(spi, sa, sa.remote[0], sa.initiator)

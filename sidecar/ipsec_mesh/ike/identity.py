@@ -21,12 +21,14 @@ from . import der
 from .constants import IdType
 from .errors import IdentityError, InvariantError
 from .payloads import IdiPayload, IdPayload, IdrPayload
+from .wire import remember
 
 MAX_FQDN_LEN = 253
 MAX_EMAIL_LEN = 254
 MAX_DN_LEN = 1024
 MAX_KEY_ID_LEN = 64
 
+_RECEIVED: dict[tuple[int, bytes], "Identity"] = {}  # from_payload's validated identities (wire.remember)
 _LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?$")
 _EMAIL_LOCAL = re.compile(r"^[!-~]+$")  # printable ASCII, no space
 _PRINTABLE = re.compile(rb"^[A-Za-z0-9 '()+,\-./:=?]*\Z")  # X.680 PrintableString
@@ -136,13 +138,21 @@ class Identity:
     @classmethod
     def from_payload(cls, p: IdPayload) -> "Identity":
         """Validate a received IDi/IDr payload."""
+        data = bytes(p.data)
+        # A peer sends the same identity in every IKE SA: the checks (a regular expression
+        # per FQDN label) run once per distinct (type, bytes); refusals are not memoised.
+        key = (p.id_type, data)
+        identity = _RECEIVED.get(key)
+        if identity is not None and identity.__class__ is cls:
+            return identity
         try:
             id_type = IdType(p.id_type)
         except ValueError:
             raise IdentityError(f"unsupported ID type {p.id_type}") from None
-        identity = cls.validated(id_type, bytes(p.data))
+        identity = cls.validated(id_type, data)
         if identity.is_pattern():
             raise IdentityError("a wildcard is not an identity")
+        remember(_RECEIVED, key, identity)  # validated data is short: at most MAX_DN_LEN bytes
         return identity
 
     @classmethod

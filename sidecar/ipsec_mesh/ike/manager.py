@@ -120,10 +120,12 @@ class TaskManager:
 
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
-        times = [t for t in (r.next_timer() for r in self._timed) if t is not None]
-        if self.outstanding is not None:
-            times.append(self.outstanding.next_at)
-        return min(times) if times else None
+        earliest = self.outstanding.next_at if self.outstanding is not None else None
+        for responder in self._timed:  # most SAs have none
+            at = responder.next_timer()
+            if at is not None and (earliest is None or at < earliest):
+                earliest = at
+        return earliest
 
     def retransmit(self, now: float) -> bool:
         """Resend the outstanding request if due; False when it was given up (the task was told)."""

@@ -29,7 +29,7 @@ from .wire import Reader, u16, u32
 MAX_MESSAGE_SIZE = 0xFFFF  # the largest UDP payload; nothing bigger is ever parsed or built
 MAX_PAYLOADS = 64  # per message, clear and inner together
 _CRITICAL = 0x80
-_ENCRYPTED_TYPES = (PayloadType.SK, PayloadType.SKF)
+_SK, _SKF = int(PayloadType.SK), int(PayloadType.SKF)
 _HEADER = struct.Struct("!8s8sBBBBII")  # peek_header has checked the length first
 _GENERIC_HEADER = struct.Struct("!BBH")  # next payload, flags, payload length
 _unpack_generic_header = _GENERIC_HEADER.unpack_from
@@ -119,37 +119,44 @@ def decode_chain(first_type: int, data: bytes, pos: int, limit: int, *, outer: b
     Reads the generic headers straight from `data` (a Reader call per field cost more than
     the rest of the loop); every length is checked against what is left before it is used.
     """
-    what = "IKE message" if outer else "inner payloads"
     end = len(data)
     payloads: list[p.Payload] = []
+    append, decoders, unpack = payloads.append, _DECODERS, _unpack_generic_header  # locals: per payload
     ptype = first_type
+    count = 0
     while ptype != _NONE:
-        if len(payloads) >= limit:
+        if count >= limit:
             raise ParseError(f"more than {limit} payloads")
+        count += 1
         if pos + 4 > end:
-            raise ParseError(f"{what}: needs 4 bytes, {end - pos} left")
-        next_type, flags, length = _unpack_generic_header(data, pos)
+            raise ParseError(f"{_chain_name(outer)}: needs 4 bytes, {end - pos} left")
+        next_type, flags, length = unpack(data, pos)
         if length < 4:
             raise ParseError(f"payload {ptype}: length {length} < 4")
         body_end = pos + length
         if body_end > end:
-            raise ParseError(f"{what}: needs {length - 4} bytes, {end - pos - 4} left")
-        body = data[pos + 4:body_end]
-        pos = body_end
-        if ptype in _ENCRYPTED_TYPES:
+            raise ParseError(f"{_chain_name(outer)}: needs {length - 4} bytes, {end - pos - 4} left")
+        decoder = decoders.get(ptype)
+        if decoder is not None:  # known payloads ignore the critical bit
+            append(decoder(data[pos + 4:body_end]))
+        elif ptype == _SK or ptype == _SKF:
             if not outer:
                 raise ParseError(f"payload {ptype} nested inside an encrypted payload")
-            if pos != end:
+            if body_end != end:
                 raise ParseError(f"payload {ptype} is not the last payload")
-            payloads.append(_decode_encrypted(ptype, next_type, body))
+            append(_decode_encrypted(ptype, next_type, data[pos + 4:body_end]))
             return payloads
-        decoder = _DECODERS.get(ptype)
-        # Known payloads ignore the critical bit.
-        payloads.append(decoder(body) if decoder is not None else _decode_unknown(ptype, bool(flags & _CRITICAL), body))
+        else:
+            append(_decode_unknown(ptype, bool(flags & _CRITICAL), data[pos + 4:body_end]))
+        pos = body_end
         ptype = next_type
     if pos != end:
-        raise ParseError(f"{what}: {end - pos} unexpected trailing bytes")
+        raise ParseError(f"{_chain_name(outer)}: {end - pos} unexpected trailing bytes")
     return payloads
+
+
+def _chain_name(outer: bool) -> str:
+    return "IKE message" if outer else "inner payloads"
 
 
 def _decode_unknown(ptype: int, critical: bool, body: bytes) -> p.Payload:

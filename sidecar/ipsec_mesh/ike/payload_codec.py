@@ -11,12 +11,13 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 from . import payloads as p
 from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 from .errors import ParseError
-from .wire import Reader, remember, u16
+from .wire import MEMO_MAX_INPUT, Reader, remember, u16
 
 # Limits against hostile input (far above anything a sane peer sends).
 MAX_PROPOSALS = 64
@@ -77,20 +78,52 @@ def _encode_sa(sa: p.SaPayload) -> bytes:
 
 
 def _encode_proposal(prop: p.Proposal) -> bytes:
-    if not 1 <= len(prop.transforms) <= min(MAX_TRANSFORMS, 255):
+    transforms = prop.transforms
+    if not 1 <= len(transforms) <= min(MAX_TRANSFORMS, 255):
         raise ValueError(f"proposal needs 1..{MAX_TRANSFORMS} transforms")
-    out = bytearray([prop.number, prop.protocol, len(prop.spi), len(prop.transforms)])
-    out += prop.spi
-    for i, tr in enumerate(prop.transforms):
+    # Every answer of one selection carries the same (memoised, immutable) tuple of frozen
+    # transforms, and every offer of a config the same: their bytes are encoded once. Keyed
+    # by identity (hashing the records costs more than a small encoding); the entry holds
+    # the tuple, so its id stays its own. Lists (mutable) are always encoded afresh.
+    if transforms.__class__ is tuple:
+        entry = _ENCODED_TRANSFORMS.get(id(transforms))
+        if entry is None or entry[0] is not transforms:
+            entry = (transforms, _encode_transforms(transforms))
+            remember(_ENCODED_TRANSFORMS, id(transforms), entry)
+        encoded = entry[1]
+    else:
+        encoded = _encode_transforms(transforms)
+    return bytes((prop.number, prop.protocol, len(prop.spi), len(transforms))) + prop.spi + encoded
+
+
+def _encode_transforms(transforms: Sequence[p.Transform]) -> bytes:
+    out = bytearray()
+    for i, tr in enumerate(transforms):
         attrs = b""
         if tr.key_length is not None:
             attrs = _TV_ATTRIBUTE.pack(_ATTR_TV | TransformAttr.KEY_LENGTH, tr.key_length)
-        more = _LAST if i == len(prop.transforms) - 1 else _MORE_TRANSFORMS
+        more = _LAST if i == len(transforms) - 1 else _MORE_TRANSFORMS
         out += _TRANSFORM_HEADER.pack(more, 8 + len(attrs), tr.type, tr.id) + attrs
     return bytes(out)
 
 
+_ENCODED_TRANSFORMS: dict[int, tuple[tuple[p.Transform, ...], bytes]] = {}
+
+
 def _decode_sa(body: bytes) -> p.SaPayload:
+    # A peer's IKE_SA_INIT offer has the same bytes in every IKE SA (its proposals carry no
+    # SPI): the (frozen) proposals parsed from them are kept, each payload gets its own list.
+    known_offer = _SA_OFFERS.get(body)
+    if known_offer is not None:
+        return p.SaPayload(list(known_offer))
+    payload = _parse_sa(body)
+    # ESP offers and rekeys carry an SPI per SA: not kept.
+    if len(body) <= MEMO_MAX_INPUT and not any(prop.spi for prop in payload.proposals):
+        remember(_SA_OFFERS, body, tuple(payload.proposals))
+    return payload
+
+
+def _parse_sa(body: bytes) -> p.SaPayload:
     # Sliced directly (no Reader): two SA payloads per IKE SA; every length checked first.
     end = len(body)
     pos = 0
@@ -141,7 +174,8 @@ def _decode_proposal(body: bytes) -> tuple[p.Proposal, bool]:
     decoded = _TRANSFORM_LISTS.get(key)
     if decoded is None:
         decoded = _decode_transforms(Reader(raw, "proposal"), count)
-        remember(_TRANSFORM_LISTS, key, decoded)
+        if len(raw) <= MEMO_MAX_INPUT:
+            remember(_TRANSFORM_LISTS, key, decoded)
     transforms, acceptable = decoded
     return p.Proposal(number, protocol, spi, transforms), acceptable
 
@@ -164,6 +198,8 @@ def _decode_transforms(r: Reader, count: int) -> tuple[tuple[p.Transform, ...], 
 # Results of pure parses, by the bytes parsed (`wire.remember` bounds them).
 _TRANSFORM_LISTS: dict[tuple[int, bytes], tuple[tuple[p.Transform, ...], bool]] = {}
 _SELECTORS: dict[tuple[int, int, bytes], p.TrafficSelector] = {}
+_SA_OFFERS: dict[bytes, tuple[p.Proposal, ...]] = {}  # SA payload bodies without SPIs
+_TS_LISTS: dict[bytes, tuple[p.TrafficSelector, ...]] = {}  # TS payload bodies
 
 
 def _decode_transform(r: Reader) -> tuple[p.Transform, bool]:
@@ -298,6 +334,11 @@ def _encode_delete(d: p.DeletePayload) -> bytes:
 
 def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
     def decode(body: bytes) -> _Ts:
+        # A peer sends the same selectors in every CHILD_SA request: the (frozen) selectors
+        # parsed from the same bytes are kept, each payload gets its own list.
+        known = _TS_LISTS.get(body)
+        if known is not None:
+            return cls(list(known))
         r = Reader(body, "TS")
         count = r.u8()
         r.skip(3)
@@ -305,6 +346,8 @@ def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
             raise ParseError(f"TS: {count} selectors, at most {MAX_TRAFFIC_SELECTORS}")
         selectors = [_decode_selector(r) for _ in range(count)]
         r.expect_end()
+        if len(body) <= MEMO_MAX_INPUT:
+            remember(_TS_LISTS, body, tuple(selectors))
         return cls(selectors)
 
     return decode

@@ -292,12 +292,23 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
         return None
     # The choice depends only on our spec and the offered transforms (both immutable):
     # peers offer the same ones in every IKE SA, so it is computed once per combination.
-    key = (ours, offer.transforms)
-    try:
-        choice = _CHOICES[key]
-    except KeyError:
-        choice = _choose(ours, offer)
-        remember(_CHOICES, key, choice)
+    # First by identity: hashing the records (a Python-level __hash__ per transform) cost
+    # more than the rest of the lookup. The decoder hands out one tuple per distinct
+    # transform bytes (payload_codec._TRANSFORM_LISTS) and our spec lives in the config, so
+    # a repeated offer finds its entry there; the entry holds both objects, so their ids
+    # stay theirs. An equal offer in other objects finds the same choice by value.
+    transforms = offer.transforms
+    entry = _CHOICES_BY_ID.get((id(ours), id(transforms)))
+    if entry is not None and entry[0] is ours and entry[1] is transforms:
+        choice = entry[2]
+    else:
+        key = (ours, transforms)
+        try:
+            choice = _CHOICES[key]
+        except KeyError:
+            choice = _choose(ours, offer)
+            remember(_CHOICES, key, choice)
+        remember(_CHOICES_BY_ID, (id(ours), id(transforms)), (ours, transforms, choice))
     if choice is None:
         return None
     if offer.number == 1 and not offer.spi:
@@ -311,6 +322,7 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
 
 
 _CHOICES: dict[tuple[ProposalSpec, tuple[Transform, ...]], Selected | None] = {}
+_CHOICES_BY_ID: dict[tuple[int, int], tuple[ProposalSpec, tuple[Transform, ...], Selected | None]] = {}
 
 
 def _choose(ours: ProposalSpec, offer: Proposal) -> Selected | None:

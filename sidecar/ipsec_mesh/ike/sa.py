@@ -229,25 +229,26 @@ class IkeSa:
     # -- timers -----------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When `tick` next has something to do; every time listed here is consumed by it."""
-        times: list[float] = []
-        tasks_at = self.tasks.next_timer()
-        if tasks_at is not None:
-            times.append(tasks_at)
-        if self.state == IkeState.CONNECTING and not self.initiator:
-            times.append(self.created_at + self.config.half_open_timeout)
-        if self.state == IkeState.REKEYED and self.expire_at is not None:
-            times.append(self.expire_at)
-        if self.state == IkeState.ESTABLISHED:
-            times += [t for t in (self.rekey_at, self.expire_at, self.keepalive_at) if t is not None]
+        # Asked after every call that touched the SA (twice per IKE SA set up): the earliest
+        # is kept as it goes, without building a list of candidates each time.
+        earliest = self.tasks.next_timer()
+        state = self._state
+        if state == IkeState.CONNECTING:
+            if not self.initiator:
+                earliest = _earlier(earliest, self.created_at + self.config.half_open_timeout)
+        elif state == IkeState.REKEYED:
+            earliest = _earlier(earliest, self.expire_at)
+        elif state == IkeState.ESTABLISHED:
+            earliest = _earlier(_earlier(_earlier(earliest, self.rekey_at), self.expire_at), self.keepalive_at)
             if self.config.dpd_delay and self.tasks.outstanding is None and not self.tasks.queued:
-                times.append(self.last_received + self.config.dpd_delay)
+                earliest = _earlier(earliest, self.last_received + self.config.dpd_delay)
             for child in self.children.values():
-                times += [t for t in (child.rekey_at, child.expire_at, child.activity_check_at) if t is not None]
+                earliest = _earlier(_earlier(_earlier(earliest, child.rekey_at), child.expire_at),
+                                    child.activity_check_at)
                 if child.state.value == "inbound-only" and not child.outbound_retired:
-                    times.append(child.created_at + self.inbound_only_limit())
-                    if child.handover_query_at is not None:
-                        times.append(child.handover_query_at)
-        return min(times) if times else None
+                    earliest = _earlier(earliest, child.created_at + self.inbound_only_limit())
+                    earliest = _earlier(earliest, child.handover_query_at)
+        return earliest
 
     def inbound_only_limit(self) -> float:
         """How long a CHILD_SA waits for the peer's signal before it sends anyway: as long as
@@ -356,3 +357,12 @@ class IkeSa:
 
 
 __all__ = ["IkeSa", "IkeState", "Datagram", "Services"]
+
+
+def _earlier(a: float | None, b: float | None) -> float | None:
+    """The earlier of two deadlines, None meaning none."""
+    if a is None:
+        return b
+    if b is None or a <= b:
+        return a
+    return b

@@ -83,6 +83,9 @@ class Reader:
 
 
 MEMO_SIZE = 256
+#: The longest input (bytes) whose parse result a memo keyed by those bytes may keep: what
+#: peers really send is far shorter, and 256 kept results of 64 KiB inputs would be tens of MB.
+MEMO_MAX_INPUT = 1024
 
 
 def remember(memo: dict[Any, Any], key: Any, value: Any) -> None:

@@ -47,6 +47,32 @@ def test_prf_plus_chains_blocks_per_rfc7296():
     assert prf.plus(key, seed, 0) == b""
 
 
+@pytest.mark.parametrize("prf_id, digest", [(PrfId.HMAC_SHA2_256, "sha256"), (PrfId.HMAC_SHA2_384, "sha384"),
+                                             (PrfId.HMAC_SHA2_512, "sha512")])
+def test_prf_plus_is_the_rfc_chain_at_every_length(prf_id, digest):
+    prf = prf_for(prf_id)
+    key, seed = bytes(range(40)), b"Ni|Nr|SPIi|SPIr"
+    chain, block = b"", b""
+    for counter in range(1, 6):
+        block = hmac.new(key, block + seed + bytes([counter]), digest).digest()
+        chain += block
+    for length in range(len(chain) + 1):
+        assert prf.plus(key, seed, length) == chain[:length]
+
+
+def test_prf_plus_sets_its_key_up_once_not_per_block(monkeypatch):
+    from ipsec_mesh.ike import crypto
+
+    keyed, one_shot = [], []
+    original_new, original_digest = crypto._hmac_new, crypto._hmac_digest
+    monkeypatch.setattr(crypto, "_hmac_new", lambda *a, **k: keyed.append(a) or original_new(*a, **k))
+    monkeypatch.setattr(crypto, "_hmac_digest", lambda *a: one_shot.append(a) or original_digest(*a))
+    prf = prf_for(PrfId.HMAC_SHA2_256)
+    material = prf.plus(b"s" * 32, b"seed", 168)  # the IKE SA's keys with AES-GCM-256: 6 blocks
+    assert (len(keyed), len(one_shot)) == (1, 0)
+    assert material[:32] == hmac.new(b"s" * 32, b"seed\x01", "sha256").digest()
+
+
 def test_prf_plus_caps_at_255_blocks():
     prf = prf_for(PrfId.HMAC_SHA2_256)
     assert len(prf.plus(b"k", b"s", 255 * 32)) == 255 * 32

@@ -305,3 +305,16 @@ def test_mlkem_ciphertext_checks(method):
 def test_repr_shows_no_key_material():
     initiator = start_key_exchange(KeId.CURVE25519)
     assert repr(initiator) == "DhInitiator(CURVE25519)"
+
+
+def test_a_given_key_must_be_of_the_methods_class():
+    # The public value and the secret are computed by the method's code: a key of another
+    # group (known-answer tests give one) is refused instead of used by the wrong code.
+    with pytest.raises(CryptoError, match="not a CURVE25519 key"):
+        DhInitiator(KeId.CURVE25519, ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(CryptoError, match="not a CURVE448 key"):
+        DhInitiator(KeId.CURVE448, x25519.X25519PrivateKey.generate())
+    with pytest.raises(CryptoError, match="not a ECP_256 key"):
+        DhInitiator(KeId.ECP_256, x25519.X25519PrivateKey.generate())
+    assert len(DhInitiator(31, x25519.X25519PrivateKey.generate()).public_data) == 32
+    assert DhInitiator(31).method is KeId.CURVE25519  # the member, from a bare wire value

@@ -85,3 +85,77 @@ def test_an_unacceptable_offer_stays_refused_and_the_choice_memo_stays_bounded()
             select([_ike_offer(key_bits=i + 1000)], ours)
         assert len(proposals._CHOICES) <= wire.MEMO_SIZE
     assert select([_ike_offer()], ours).key_bits == 256
+
+
+def test_a_repeated_offer_without_spis_is_parsed_once_and_each_payload_has_its_own_list(monkeypatch):
+    parsed = []
+    original = payload_codec._parse_sa
+    monkeypatch.setattr(payload_codec, "_parse_sa", lambda body: parsed.append(body) or original(body))
+    monkeypatch.setattr(payload_codec, "_SA_OFFERS", {})
+    offer = SaPayload([_ike_offer(1), _ike_offer(2, key_bits=128)])
+    first, second = _decode_sa(offer), _decode_sa(offer)
+    assert first == second == offer and len(parsed) == 1
+    first.proposals.clear()  # one message's payload list is its own
+    assert _decode_sa(offer) == offer
+    for spi in (b"\x00\x00\x01\x00", b"\x00\x00\x01\x00"):  # an SPI changes per SA: not kept
+        assert _decode_sa(SaPayload([_esp_offer(spi)])).proposals[0].spi == spi
+    assert len(parsed) == 3 and len(payload_codec._SA_OFFERS) == 1
+    for i in range(3 * wire.MEMO_SIZE):
+        assert _decode_sa(SaPayload([_ike_offer(key_bits=i + 1000)])).proposals[0].transforms[0].key_length == i + 1000
+        assert len(payload_codec._SA_OFFERS) <= wire.MEMO_SIZE
+    with pytest.raises(ParseError):  # an error is never kept
+        payload_codec.decode_body(PayloadType.SA, payload_codec.encode_body(offer)[:-1])
+
+
+def test_repeated_selectors_are_parsed_once_and_each_payload_has_its_own_list(monkeypatch):
+    monkeypatch.setattr(payload_codec, "_TS_LISTS", {})
+    ts = TrafficSelector.for_address("10.0.0.1")
+    body = payload_codec.encode_body(TsiPayload([ts]))
+    first = payload_codec.decode_body(PayloadType.TSi, body)
+    parsed = []
+    original = payload_codec._decode_selector
+    monkeypatch.setattr(payload_codec, "_decode_selector", lambda r: parsed.append(r) or original(r))
+    second = payload_codec.decode_body(PayloadType.TSi, body)
+    assert first == second == TsiPayload([ts]) and first.selectors is not second.selectors
+    assert payload_codec.decode_body(PayloadType.TSr, body).selectors == [ts]  # same bytes, TSr's class
+    assert type(payload_codec.decode_body(PayloadType.TSr, body)).__name__ == "TsrPayload"
+    assert parsed == []
+    with pytest.raises(ParseError):
+        payload_codec.decode_body(PayloadType.TSi, body[:-1])
+
+
+def test_long_inputs_are_parsed_but_never_kept(monkeypatch):
+    # A memo of 256 results keyed by 64 KiB inputs would hold tens of MB for a peer that
+    # sends long payloads: only inputs up to wire.MEMO_MAX_INPUT bytes are kept.
+    from ipsec_mesh.ike.constants import NotifyType
+    from ipsec_mesh.ike.exchanges import ike_init
+    from ipsec_mesh.ike.payloads import Message, NotifyPayload
+
+    for name in ("_SA_OFFERS", "_TS_LISTS", "_TRANSFORM_LISTS"):
+        monkeypatch.setattr(payload_codec, name, {})
+    monkeypatch.setattr(ike_init, "_HASH_ALGORITHM_SETS", {})
+    many = tuple(Transform(TransformType.ENCR, EncrId.AES_GCM_16, bits) for bits in range(1, 65))
+    few = many[:8]
+    long_offer = SaPayload([Proposal(1, ProtocolId.IKE, b"", many), Proposal(2, ProtocolId.IKE, b"", few)]
+                           + [Proposal(n, ProtocolId.IKE, b"", many[n:n + 60]) for n in (3, 4)])
+    assert len(payload_codec.encode_body(long_offer)) > wire.MEMO_MAX_INPUT
+    assert _decode_sa(long_offer) == long_offer
+    selectors = [TrafficSelector.for_address(f"2001:db8::{i:x}") for i in range(32)]
+    body = payload_codec.encode_body(TsiPayload(selectors))
+    assert len(body) > wire.MEMO_MAX_INPUT
+    assert payload_codec.decode_body(PayloadType.TSi, body).selectors == selectors
+    data = b"".join(i.to_bytes(2, "big") for i in range(17))  # 17 algorithms: parsed, not kept
+    notify = NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=data)
+    assert len(ike_init._parse_hash_algorithms(Message(b"i" * 8, bytes(8), 34, True, False, 0, [notify]))) == 17
+    assert payload_codec._SA_OFFERS == {} and payload_codec._TS_LISTS == {}
+    assert all(len(raw) <= wire.MEMO_MAX_INPUT for _, raw in payload_codec._TRANSFORM_LISTS)
+    assert len(payload_codec._TRANSFORM_LISTS) == 4  # each list of at most 64 transforms is short
+    # A transform with a long (TLV) attribute: parsed (and refused: the attribute is unknown), not kept.
+    attribute = (15).to_bytes(2, "big") + (2000).to_bytes(2, "big") + b"a" * 2000
+    transform = bytes([0, 0]) + (8 + len(attribute)).to_bytes(2, "big") + bytes([1, 0, 0, 20]) + attribute
+    proposal = bytes([1, 1, 0, 1]) + transform
+    body = bytes([0, 0]) + (4 + len(proposal)).to_bytes(2, "big") + proposal
+    assert payload_codec.decode_body(PayloadType.SA, body).proposals == []
+    assert all(len(raw) <= wire.MEMO_MAX_INPUT for _, raw in payload_codec._TRANSFORM_LISTS)
+    assert payload_codec._SA_OFFERS == {}
+    assert ike_init._HASH_ALGORITHM_SETS == {}

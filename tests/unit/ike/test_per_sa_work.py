@@ -13,7 +13,7 @@ import pytest
 
 from ipsec_mesh.ike import ExchangeType, NotifyType
 from ipsec_mesh.ike import message as codec
-from ipsec_mesh.ike.constants import EsnId, PrfId, ProtocolId, TransformType
+from ipsec_mesh.ike.constants import EsnId, PayloadType, PrfId, ProtocolId, TransformType
 from ipsec_mesh.ike.crypto import prf_for
 from ipsec_mesh.ike.errors import CryptoError
 from ipsec_mesh.ike.payloads import Message, NotifyPayload, Proposal, Transform
@@ -128,3 +128,154 @@ def test_the_header_packed_in_one_call_still_refuses_what_does_not_fit():
                 dataclasses.replace(good, exchange=256)):
         with pytest.raises(ValueError):
             codec.header_for(bad, 46, 28)
+
+
+# -- work done once per configuration, not per IKE SA ------------------------------------
+
+def test_the_psk_key_pad_is_computed_once_per_psk_and_prf_and_the_memo_stays_bounded(monkeypatch):
+    from ipsec_mesh.ike import auth
+
+    monkeypatch.setattr(auth, "_PADDED_KEYS", {})
+    prf = prf_for(PrfId.HMAC_SHA2_256)
+    pads = []
+
+    def counting(key: bytes, data: bytes) -> bytes:
+        if data == auth.KEY_PAD:
+            pads.append(key)
+        return prf(key, data)
+
+    psk = b"p" * 32
+    ours = auth.PskCredential(psk).auth_data(counting, b"octets")
+    assert ours == prf(prf(psk, auth.KEY_PAD), b"octets")  # RFC 7296 section 2.15, unchanged
+    auth.verify_auth(auth.AuthPayload(2, ours), b"octets", counting, psks=(psk,))
+    assert auth.PskCredential(psk).auth_data(counting, b"other") == prf(prf(psk, auth.KEY_PAD), b"other")
+    assert pads == [psk]  # three AUTH values, one key pad
+    for i in range(3 * auth._PADDED_KEYS_MAX):
+        auth.PskCredential(bytes([i]) * 16).auth_data(counting, b"octets")
+        assert len(auth._PADDED_KEYS) <= auth._PADDED_KEYS_MAX
+    assert auth.PskCredential(psk).auth_data(prf, b"octets") == ours
+
+
+def test_the_same_transforms_are_encoded_once_and_a_mutable_list_every_time(monkeypatch):
+    from ipsec_mesh.ike import payload_codec
+    from ipsec_mesh.ike.payloads import SaPayload
+
+    encoded = []
+    original = payload_codec._encode_transforms
+
+    def counting(transforms):
+        encoded.append(tuple(transforms))
+        return original(transforms)
+
+    monkeypatch.setattr(payload_codec, "_encode_transforms", counting)
+    monkeypatch.setattr(payload_codec, "_ENCODED_TRANSFORMS", {})
+    transforms = (Transform(TransformType.ENCR, 20, 256), Transform(TransformType.ESN, EsnId.ESN))
+    bodies = [payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, spi, transforms)]))
+              for spi in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")]
+    assert len(encoded) == 1
+    for body, spi in zip(bodies, (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"), strict=True):
+        assert payload_codec.decode_body(PayloadType.SA, body).proposals == [Proposal(1, ProtocolId.ESP, spi, transforms)]
+    as_list = list(transforms)
+    first = payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, b"\x00" * 4, as_list)]))
+    as_list[1] = Transform(TransformType.ESN, EsnId.NO_ESN)
+    second = payload_codec.encode_body(SaPayload([Proposal(1, ProtocolId.ESP, b"\x00" * 4, as_list)]))
+    assert first != second and len(encoded) == 3
+
+
+def test_a_repeated_decoded_offer_is_matched_without_hashing_its_transforms(monkeypatch):
+    from ipsec_mesh.ike import payload_codec, proposals
+    from ipsec_mesh.ike.payloads import SaPayload
+
+    ours = [parse_proposal("aes256gcm16-esn", ProtocolId.ESP)]
+    offer = SaPayload([Proposal(1, ProtocolId.ESP, b"\x00\x00\x01\x00",
+                                (Transform(TransformType.ENCR, 20, 256), Transform(TransformType.ESN, EsnId.ESN)))])
+    wire_body = payload_codec.encode_body(offer)
+    first = select(payload_codec.decode_body(PayloadType.SA, wire_body).proposals, ours)
+    hashed = []
+    monkeypatch.setattr(Transform, "__hash__", lambda self: hashed.append(self) or 0)
+    again = select(payload_codec.decode_body(PayloadType.SA, wire_body).proposals, ours)
+    assert again == first and again.shape is first.shape
+    assert hashed == []
+    assert len(proposals._CHOICES_BY_ID) <= 256
+
+
+def test_the_same_selectors_are_intersected_once_with_the_same_answer(monkeypatch):
+    from ipsec_mesh.ike import selectors
+    from ipsec_mesh.ike.payloads import TrafficSelector
+
+    computed = []
+    original = selectors._intersect
+    monkeypatch.setattr(selectors, "_intersect", lambda a, b: computed.append((a, b)) or original(a, b))
+    host, net = TrafficSelector.for_address("10.0.0.1"), TrafficSelector.for_network("10.0.0.0/24")
+    other, udp = TrafficSelector.for_address("10.0.1.1"), TrafficSelector.for_address("10.0.0.1", 17, 53, 53)
+    pairs = [(host, net), (net, host), (host, other), (udp, net), (net, udp), (host, net), (host, other)]
+    assert [selectors.intersect(a, b) for a, b in pairs] == [original(a, b) for a, b in pairs]
+    assert selectors.intersect(host, net) == host and selectors.intersect(host, other) is None
+    assert len(computed) == 5  # the repeated pairs were answered from the memo
+    equal_copy = TrafficSelector.for_address("10.0.0.1")  # equal, another object: computed again
+    assert selectors.intersect(equal_copy, net) == host and len(computed) == 6
+    for i in range(3 * 256):
+        selectors.intersect(TrafficSelector.for_address(f"10.1.{i // 256}.{i % 256}"), net)
+        assert len(selectors._INTERSECTIONS) <= 256
+
+
+def test_a_received_identity_is_validated_once_per_distinct_payload(monkeypatch):
+    from ipsec_mesh.ike import identity as identity_module
+    from ipsec_mesh.ike.constants import IdType
+    from ipsec_mesh.ike.errors import IdentityError
+    from ipsec_mesh.ike.payloads import IdiPayload
+
+    checked = []
+    original = identity_module._VALIDATORS[IdType.ID_FQDN]
+    monkeypatch.setitem(identity_module._VALIDATORS, IdType.ID_FQDN,
+                        lambda t, data: checked.append(data) or original(t, data))
+    monkeypatch.setattr(identity_module, "_RECEIVED", {})
+    payload = IdiPayload(IdType.ID_FQDN, b"peer.pod.mesh.test")
+    first = identity_module.Identity.from_payload(payload)
+    assert identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, b"peer.pod.mesh.test")) == first
+    assert checked == [b"peer.pod.mesh.test"] and str(first) == "fqdn:peer.pod.mesh.test"
+    for bad in (b"-bad-.test", b"*.mesh.test"):  # refused every time, never memoised
+        for _ in range(2):
+            with pytest.raises(IdentityError):
+                identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, bad))
+    assert checked.count(b"-bad-.test") == 2
+    for i in range(3 * 256):
+        identity_module.Identity.from_payload(IdiPayload(IdType.ID_FQDN, f"p{i}.mesh.test".encode()))
+        assert len(identity_module._RECEIVED) <= 256
+
+
+def test_next_timer_is_the_earliest_of_every_deadline_the_sa_and_its_children_hold():
+    net = Network()
+    a, b, a_cfg, _ = pair(net)
+    establish(net, a, a_cfg)
+    sa = _only_sa(b)
+    child = next(iter(sa.children.values()))
+    sa.config = dataclasses.replace(sa.config, dpd_delay=0)
+    deadlines = [(sa, "rekey_at", 50.0), (sa, "expire_at", 60.0), (sa, "keepalive_at", 70.0),
+                 (child, "rekey_at", 40.0), (child, "expire_at", 45.0), (child, "activity_check_at", 55.0)]
+    for absent in range(len(deadlines)):  # each one missing in turn: the earliest of the others
+        for i, (obj, name, at) in enumerate(deadlines):
+            setattr(obj, name, None if i == absent else at)
+        assert sa.next_timer() == min(at for i, (_, _, at) in enumerate(deadlines) if i != absent)
+    for obj, name, _ in deadlines:
+        setattr(obj, name, None)
+    assert sa.next_timer() is None
+    sa.config = dataclasses.replace(sa.config, dpd_delay=30)
+    assert sa.next_timer() == sa.last_received + 30
+
+
+def test_a_peers_signature_hash_list_is_parsed_once_per_distinct_list():
+    from ipsec_mesh.ike import wire
+    from ipsec_mesh.ike.exchanges import ike_init
+
+    def parse(data: bytes):
+        notify = NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, data=data)
+        return ike_init._parse_hash_algorithms(Message(b"i" * 8, bytes(8), ExchangeType.IKE_SA_INIT, True, False, 0,
+                                                       [notify]))
+
+    first = parse(b"\x00\x02\x00\x03\x00\x05")
+    assert first == {2, 3, 5} and parse(b"\x00\x02\x00\x03\x00\x05") is first
+    assert parse(b"\x00\x02\x00") == frozenset()  # odd length: none announced
+    for i in range(3 * wire.MEMO_SIZE):
+        assert parse(i.to_bytes(2, "big")) == {i}
+        assert len(ike_init._HASH_ALGORITHM_SETS) <= wire.MEMO_SIZE

@@ -35,6 +35,7 @@ from ..payloads import (
 from ..proposals import Selected, check_answer, select
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
+from ..wire import remember
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -59,7 +60,19 @@ def _parse_hash_algorithms(msg: Message) -> frozenset[int]:
     n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if n is None or len(n.data) % 2:
         return frozenset()
-    return frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
+    # A peer announces the same list in every IKE SA: parsed once per distinct list.
+    algorithms = _HASH_ALGORITHM_SETS.get(n.data)
+    if algorithms is None:
+        algorithms = frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
+        if len(n.data) <= _HASH_LIST_KEPT:
+            remember(_HASH_ALGORITHM_SETS, n.data, algorithms)
+    return algorithms
+
+
+_HASH_ALGORITHM_SETS: dict[bytes, frozenset[int]] = {}
+# Lists of up to 16 algorithms are kept (the IANA registry has 8): a set of 512 (1 KiB of
+# data) would cost far more memory per entry than the bytes it is keyed by.
+_HASH_LIST_KEPT = 32
 
 
 def _common_flags(sa: IkeSa, msg: Message) -> None:
