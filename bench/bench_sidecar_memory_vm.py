@@ -150,6 +150,8 @@ def report(results: dict, host: str, result) -> None:
                   + f"  RssAnon {figures['RssAnon_min']}-{figures['RssAnon_max']} kB over {SAMPLES} reads;"
                   + f" IKE SAs {figures['ike_sas']}, CHILD_SAs {figures['child_sas']}, kernel ESP SAs "
                     f"{figures['esp_sas']} carried {figures['esp_packets']} packets")
+            biggest = sorted(figures["anonymous"].items(), key=lambda kv: -kv[1])[:8]
+            print("      anonymous kB by mapping: " + ", ".join(f"{kind} {kb}" for kind, kb in biggest))
 
 
 # ---------------------------------------------------------------- guest side
@@ -235,6 +237,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
             figures[name]["RssAnon_min"] = min(read["RssAnon"] for read in reads)
             figures[name]["RssAnon_max"] = max(read["RssAnon"] for read in reads)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
+            figures[name]["anonymous"] = anonymous_by_mapping(sidecars[name].pid)
             for gauge in ("ike_sas", "child_sas"):  # what the process held when read
                 figures[name][gauge] = _gauge(demo.netns(name), f"ipsec_mesh_{gauge}")
         return figures
@@ -247,6 +250,24 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
         for process in sidecars.values():
             stop_process(process, grace=30)
         demo.cleanup()
+
+
+def anonymous_by_mapping(pid: int) -> dict[str, int]:
+    """The process's anonymous kB (/proc/PID/smaps) by where it lies: the brk heap, the stack, written
+    pages of each library (relocated data), and unnamed mappings (mmap: pymalloc's 1 MiB arenas, glibc's
+    large blocks and other threads' arenas, thread stacks) by their size in the address space."""
+    kinds: dict[str, int] = {}
+    name = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header: range perms offset dev inode [path]
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            path = head[5] if len(head) > 5 else ""
+            name = (path if path.startswith("[") else f"lib {Path(path).name}" if path
+                    else f"anon {(end - start) // 1024} kB {head[1]}")
+        elif head[0] == "Anonymous:" and int(head[1]):
+            kinds[name] = kinds.get(name, 0) + int(head[1])
+    return kinds
 
 
 def bring_up_one_sa(demo, processes: list[subprocess.Popen]) -> None:
