@@ -152,6 +152,7 @@ def report(results: dict, host: str, result) -> None:
                     f"{figures['esp_sas']} carried {figures['esp_packets']} packets")
             biggest = sorted(figures["anonymous"].items(), key=lambda kv: -kv[1])[:8]
             print("      anonymous kB by mapping: " + ", ".join(f"{kind} {kb}" for kind, kb in biggest))
+            print(f"      log: {figures['log_lines']} lines" + "".join(f"\n        {line}" for line in figures["log_notable"]))
 
 
 # ---------------------------------------------------------------- guest side
@@ -238,6 +239,10 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
             figures[name]["RssAnon_max"] = max(read["RssAnon"] for read in reads)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
             figures[name]["anonymous"] = anonymous_by_mapping(sidecars[name].pid)
+            logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace").splitlines()
+            figures[name]["log_lines"] = len(logged)
+            figures[name]["log_notable"] = [line[:300] for line in logged
+                                            if any(word in line for word in ("WARNING", "ERROR", "Traceback"))][-5:]
             for gauge in ("ike_sas", "child_sas"):  # what the process held when read
                 figures[name][gauge] = _gauge(demo.netns(name), f"ipsec_mesh_{gauge}")
         return figures
