@@ -105,7 +105,8 @@ def host_main(args: argparse.Namespace) -> int:
     rundir = Path(tempfile.mkdtemp(prefix="ipsec-mesh-memvm-"))
     try:
         plan = {**prepare(rundir, [s.resolve() for s in args.source or [ROOT]]), "rounds": args.rounds,
-                "dataplane": args.dataplane, "one_sa": not args.no_sa}
+                "dataplane": args.dataplane, "one_sa": not args.no_sa, "status_interval": args.status_interval,
+                "settle": args.settle}
         (rundir / "plan.json").write_text(json.dumps(plan))
         if args.here:  # this kernel, no VM: for set-ups without ESP (no SA, or data plane none)
             status = guest_main(rundir)
@@ -191,7 +192,8 @@ def _esp(netns: str) -> tuple[int, int]:
     return text.count("proto esp"), packets
 
 
-def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", one_sa: bool = True) -> dict:
+def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", one_sa: bool = True,
+            status_interval: float = 1.0, settle: float = SETTLE) -> dict:
     """Each sidecar's figures; `one_sa`: after web's ping to db brought up one CHILD_SA (needs ESP in the
     kernel unless `dataplane` is none, where nothing raises an ACQUIRE: then no SA either)."""
     from ipsec_mesh.meshapi.ports import HEALTH_PORT
@@ -214,7 +216,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
                    "IPSEC_MESH_CA_BUNDLE": operator.ca_bundle, "IPSEC_MESH_HEALTH_PORT": str(HEALTH_PORT),
                    "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace, "POD_IPS": ",".join(pod.ips),
                    # As bench_sidecar_memory.py --mesh: a report every second, long polls of 2 s.
-                   "IPSEC_MESH_STATUS_INTERVAL": "1", "IPSEC_MESH_WATCH_WAIT": "2", "IPSEC_MESH_DATAPLANE": dataplane}
+                   "IPSEC_MESH_STATUS_INTERVAL": f"{status_interval:g}", "IPSEC_MESH_WATCH_WAIT": "2", "IPSEC_MESH_DATAPLANE": dataplane}
             with open(workdir / f"sidecar-{pod.name}.log", "wb") as log:
                 sidecars[pod.name] = subprocess.Popen(
                     ["ip", "netns", "exec", demo.netns(pod.name), str(venv / "bin" / "ipsec-mesh-sidecar"), "mesh"],
@@ -225,7 +227,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
                 demo.netns(name), _http_ok, f"http://127.0.0.1:{HEALTH_PORT}/ready") is not None, processes)
         if one_sa:
             bring_up_one_sa(demo, processes)
-        time.sleep(SETTLE)
+        time.sleep(settle)
         # A report or long poll in flight holds a TLS connection and its buffers: several reads a second apart.
         samples: dict[str, list[dict[str, int]]] = {name: [] for name in sidecars}
         for _ in range(SAMPLES):
@@ -313,7 +315,8 @@ def guest_main(rundir: Path) -> int:
     for round_ in range(1, plan["rounds"] + 1):
         for source, label in zip(plan["sources"], plan["labels"], strict=True):
             with tempfile.TemporaryDirectory(prefix="memvm-") as workdir:
-                pods = one_run(Path(source), venv, Path(workdir), plan["dataplane"], plan["one_sa"])
+                pods = one_run(Path(source), venv, Path(workdir), plan["dataplane"], plan["one_sa"],
+                               plan.get("status_interval", 1.0), plan.get("settle", SETTLE))
             results["runs"].append({"source": label, "round": round_, "pods": pods})
             print(f"@@bench {label} round {round_}: {json.dumps(pods)}", flush=True)
             (rundir / "results.json").write_text(json.dumps(results))
@@ -327,6 +330,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (venv, sources, results)")
     parser.add_argument("--dataplane", choices=["xfrm", "none"], default="xfrm")
     parser.add_argument("--no-sa", action="store_true", help="read the sidecars once ready, without an SA")
+    parser.add_argument("--status-interval", type=float, default=1.0,
+                        help="the sidecars' status report interval (the product's default is 30 s; each report trims the heap)")
+    parser.add_argument("--settle", type=float, default=SETTLE, help="seconds after the SA before reading")
     parser.add_argument("--here", action="store_true",
                         help="run on this kernel instead of the VM (with --no-sa: this host's kernel has no ESP)")
     parser.add_argument("--guest", type=Path, help=argparse.SUPPRESS)  # inside the VM: the run directory
