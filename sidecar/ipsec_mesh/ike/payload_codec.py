@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 from . import payloads as p
 from .constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 from .errors import ParseError
-from .wire import MEMO_MAX_INPUT, Reader, remember, u16
+from .wire import Reader, remember, remember_parse, u16
 
 # Limits against hostile input (far above anything a sane peer sends).
 MAX_PROPOSALS = 64
@@ -118,8 +118,8 @@ def _decode_sa(body: bytes) -> p.SaPayload:
         return p.SaPayload(list(known_offer))
     payload = _parse_sa(body)
     # ESP offers and rekeys carry an SPI per SA: not kept.
-    if len(body) <= MEMO_MAX_INPUT and not any(prop.spi for prop in payload.proposals):
-        remember(_SA_OFFERS, body, tuple(payload.proposals))
+    if not any(prop.spi for prop in payload.proposals):
+        remember_parse(_SA_OFFERS, body, tuple(payload.proposals), body)
     return payload
 
 
@@ -174,8 +174,7 @@ def _decode_proposal(body: bytes) -> tuple[p.Proposal, bool]:
     decoded = _TRANSFORM_LISTS.get(key)
     if decoded is None:
         decoded = _decode_transforms(Reader(raw, "proposal"), count)
-        if len(raw) <= MEMO_MAX_INPUT:
-            remember(_TRANSFORM_LISTS, key, decoded)
+        remember_parse(_TRANSFORM_LISTS, key, decoded, raw)
     transforms, acceptable = decoded
     return p.Proposal(number, protocol, spi, transforms), acceptable
 
@@ -346,8 +345,7 @@ def _decode_ts(cls: type[_Ts]) -> Callable[[bytes], _Ts]:
             raise ParseError(f"TS: {count} selectors, at most {MAX_TRAFFIC_SELECTORS}")
         selectors = [_decode_selector(r) for _ in range(count)]
         r.expect_end()
-        if len(body) <= MEMO_MAX_INPUT:
-            remember(_TS_LISTS, body, tuple(selectors))
+        remember_parse(_TS_LISTS, body, tuple(selectors), body)
         return cls(selectors)
 
     return decode

@@ -24,7 +24,7 @@ from .constants import (
 )
 from .errors import NoProposalChosen
 from .payloads import Proposal, Transform
-from .wire import remember
+from .wire import MISSING, recall_pair, remember, remember_pair
 
 ENCR_NAMES: dict[str, tuple[EncrId, int | None]] = {
     "aes128gcm16": (EncrId.AES_GCM_16, 128),
@@ -295,20 +295,17 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     # First by identity: hashing the records (a Python-level __hash__ per transform) cost
     # more than the rest of the lookup. The decoder hands out one tuple per distinct
     # transform bytes (payload_codec._TRANSFORM_LISTS) and our spec lives in the config, so
-    # a repeated offer finds its entry there; the entry holds both objects, so their ids
-    # stay theirs. An equal offer in other objects finds the same choice by value.
+    # a repeated offer finds its entry there (wire.recall_pair). An equal offer in other objects finds the same choice by value.
     transforms = offer.transforms
-    entry = _CHOICES_BY_ID.get((id(ours), id(transforms)))
-    if entry is not None and entry[0] is ours and entry[1] is transforms:
-        choice = entry[2]
-    else:
+    choice: Selected | None = recall_pair(_CHOICES_BY_ID, ours, transforms)
+    if choice is MISSING:
         key = (ours, transforms)
         try:
             choice = _CHOICES[key]
         except KeyError:
             choice = _choose(ours, offer)
             remember(_CHOICES, key, choice)
-        remember(_CHOICES_BY_ID, (id(ours), id(transforms)), (ours, transforms, choice))
+        remember_pair(_CHOICES_BY_ID, ours, transforms, choice)
     if choice is None:
         return None
     if offer.number == 1 and not offer.spi:

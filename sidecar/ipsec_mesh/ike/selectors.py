@@ -7,22 +7,19 @@ from typing import Iterable, Sequence
 
 from .errors import TsUnacceptable
 from .payloads import TrafficSelector
-from .wire import remember
+from .wire import MISSING, recall_pair, remember_pair
 
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     """The selector matching exactly what both match, or None."""
     # Every CHILD_SA of a peer intersects the same decoded selectors (payload_codec memoises
     # them by their bytes) with the same configured ones, and the comparisons of ipaddress
-    # objects cost ~6 us per pair: memoised by identity (the selectors are frozen; the entry
-    # holds both, so their ids stay theirs).
-    key = (id(a), id(b))
-    entry = _INTERSECTIONS.get(key)
-    if entry is not None and entry[0] is a and entry[1] is b:
-        return entry[2]
-    result = _intersect(a, b)
-    remember(_INTERSECTIONS, key, (a, b, result))
-    return result
+    # objects cost ~6 us per pair: memoised by identity (the selectors are frozen).
+    result = recall_pair(_INTERSECTIONS, a, b)
+    if result is MISSING:
+        result = _intersect(a, b)
+        remember_pair(_INTERSECTIONS, a, b, result)
+    return result  # type: ignore[no-any-return]
 
 
 _INTERSECTIONS: dict[tuple[int, int], tuple[TrafficSelector, TrafficSelector, TrafficSelector | None]] = {}

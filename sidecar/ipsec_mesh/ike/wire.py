@@ -99,6 +99,32 @@ def remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
     memo[key] = value
 
 
+def remember_parse(memo: dict[Any, Any], key: Any, value: Any, parsed: bytes, max_input: int = MEMO_MAX_INPUT) -> None:
+    """`remember` the result of parsing `parsed`, unless that input is longer than `max_input`."""
+    if len(parsed) <= max_input:
+        remember(memo, key, value)
+
+
+#: What `recall_pair` returns for a pair it has no result for.
+MISSING: Any = object()
+
+
+def recall_pair(memo: dict[tuple[int, int], Any], a: Any, b: Any) -> Any:
+    """The result `remember_pair` kept for exactly these two objects (by identity), or MISSING.
+
+    For results of pure functions of immutable objects that are cheaper to look up by identity
+    than to hash (records hash field by field in Python)."""
+    entry = memo.get((id(a), id(b)))
+    if entry is not None and entry[0] is a and entry[1] is b:
+        return entry[2]
+    return MISSING
+
+
+def remember_pair(memo: dict[tuple[int, int], Any], a: Any, b: Any, value: Any) -> None:
+    """Keep `value` for the pair (a, b); the entry holds both objects, so their ids stay theirs."""
+    remember(memo, (id(a), id(b)), (a, b, value))
+
+
 def u16(value: int) -> bytes:
     return value.to_bytes(2, "big")
 

@@ -35,7 +35,7 @@ from ..payloads import (
 from ..proposals import Selected, check_answer, select
 from ..sa import IkeSa, IkeState
 from ..task import Reply, Responder, Task
-from ..wire import remember
+from ..wire import remember_parse
 
 log = logging.getLogger("ipsec_mesh.ike")
 
@@ -64,8 +64,7 @@ def _parse_hash_algorithms(msg: Message) -> frozenset[int]:
     algorithms = _HASH_ALGORITHM_SETS.get(n.data)
     if algorithms is None:
         algorithms = frozenset(int.from_bytes(n.data[i:i + 2], "big") for i in range(0, len(n.data), 2))
-        if len(n.data) <= _HASH_LIST_KEPT:
-            remember(_HASH_ALGORITHM_SETS, n.data, algorithms)
+        remember_parse(_HASH_ALGORITHM_SETS, n.data, algorithms, n.data, max_input=_HASH_LIST_KEPT)
     return algorithms
 
 
