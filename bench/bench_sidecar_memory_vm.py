@@ -60,6 +60,20 @@ READY_TIMEOUT = 600.0  # python starts slowly under emulation
 SETTLE = 5.0  # seconds of status reports and long polls before reading
 SAMPLES = 5  # reads of each sidecar, a second apart: figures are their medians
 ESP_COUNTERS = re.compile(r"(\d+)\(bytes\), (\d+)\(packets\)")
+# --trace: a sitecustomize on the sidecars' path (the bench's only, never the product's) that answers SIGUSR2
+# with pymalloc's own account (sys._debugmallocstats) on stderr, between two marker lines.
+TRACE_HOOK = """
+import os, signal, sys, time
+def _ipsec_mesh_bench_dump(signum, frame):
+    os.write(2, b"@@mallocstats %.3f\\n" % time.monotonic())
+    sys._debugmallocstats()
+    os.write(2, b"@@end\\n")
+signal.signal(signal.SIGUSR2, _ipsec_mesh_bench_dump)
+"""
+MALLOC_STATS = {"arenas": re.compile(r"^# arenas allocated current\s*=\s*([\d,]+)", re.M),
+                "allocated": re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", re.M),
+                "available": re.compile(r"^# bytes in available blocks\s*=\s*([\d,]+)", re.M),
+                "unused pools": re.compile(r"^\d+ unused pools \* \d+ bytes\s*=\s*([\d,]+)", re.M)}
 
 
 # ---------------------------------------------------------------- host side
@@ -106,7 +120,7 @@ def host_main(args: argparse.Namespace) -> int:
     try:
         plan = {**prepare(rundir, [s.resolve() for s in args.source or [ROOT]]), "rounds": args.rounds,
                 "dataplane": args.dataplane, "one_sa": not args.no_sa, "status_interval": args.status_interval,
-                "settle": args.settle}
+                "settle": args.settle, "trace": args.trace}
         (rundir / "plan.json").write_text(json.dumps(plan))
         if args.here:  # this kernel, no VM: for set-ups without ESP (no SA, or data plane none)
             status = guest_main(rundir)
@@ -154,6 +168,11 @@ def report(results: dict, host: str, result) -> None:
             biggest = sorted(figures["anonymous"].items(), key=lambda kv: -kv[1])[:8]
             print("      anonymous kB by mapping: " + ", ".join(f"{kind} {kb}" for kind, kb in biggest))
             print(f"      log: {figures['log_lines']} lines" + "".join(f"\n        {line}" for line in figures["log_notable"]))
+            for moment in figures.get("timeline", ()):
+                print(f"      t+{moment['t']:5.1f} s RssAnon {moment['RssAnon']:6d} kB threads {moment['threads']}"
+                      f" log {moment['log_lines']:3d} lines pymalloc "
+                      + " ".join(f"{key} {value}" for key, value in moment["pymalloc"].items())
+                      + "".join(f"; {kind} {delta:+d}" for kind, delta in moment["changed"].items()))
 
 
 # ---------------------------------------------------------------- guest side
@@ -193,15 +212,19 @@ def _esp(netns: str) -> tuple[int, int]:
 
 
 def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", one_sa: bool = True,
-            status_interval: float = 1.0, settle: float = SETTLE) -> dict:
+            status_interval: float = 1.0, settle: float = SETTLE, trace: float = 0.0) -> dict:
     """Each sidecar's figures; `one_sa`: after web's ping to db brought up one CHILD_SA (needs ESP in the
-    kernel unless `dataplane` is none, where nothing raises an ACQUIRE: then no SA either)."""
+    kernel unless `dataplane` is none, where nothing raises an ACQUIRE: then no SA either). With `trace`,
+    each sidecar is also read every second for `trace` seconds from the SA on (`timeline`)."""
     from ipsec_mesh.meshapi.ports import HEALTH_PORT
     from ipsec_mesh_operator.demo.config import load_config
     from ipsec_mesh_operator.demo.runner import Demo
     from ipsec_mesh_operator.netns import in_netns, stop_process
 
     (workdir / "mesh.yaml").write_text(MESH_YAML)
+    if trace:
+        (workdir / "trace").mkdir()
+        (workdir / "trace" / "sitecustomize.py").write_text(TRACE_HOOK)
     demo = Demo(load_config(workdir / "mesh.yaml"), out=sys.stderr)
     sidecars: dict[str, subprocess.Popen] = {}
     try:
@@ -209,7 +232,8 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
         demo.start_operator()
         operator = demo.operator
         for pod in demo.config.pods:
-            env = {"PATH": f"{venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(source / "sidecar"),
+            path = [str(source / "sidecar")] + ([str(workdir / "trace")] if trace else [])
+            env = {"PATH": f"{venv / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": ":".join(path),
                    "PYTHONUNBUFFERED": "1", **IMAGE_ENV,
                    # What the webhook gives a pod (server/admission.py), the mesh API being the node's operator.
                    "IPSEC_MESH_API_URL": operator.url, "IPSEC_MESH_TOKEN_FILE": str(operator.token_file(pod)),
@@ -227,6 +251,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
                 demo.netns(name), _http_ok, f"http://127.0.0.1:{HEALTH_PORT}/ready") is not None, processes)
         if one_sa:
             bring_up_one_sa(demo, processes)
+        timelines = follow({name: p.pid for name, p in sidecars.items()}, workdir, trace) if trace else {}
         time.sleep(settle)
         # A report or long poll in flight holds a TLS connection and its buffers: several reads a second apart.
         samples: dict[str, list[dict[str, int]]] = {name: [] for name in sidecars}
@@ -241,6 +266,8 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
             figures[name]["RssAnon_max"] = max(read["RssAnon"] for read in reads)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
             figures[name]["anonymous"] = anonymous_by_mapping(sidecars[name].pid)
+            if name in timelines:
+                figures[name]["timeline"] = timelines[name]
             logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace").splitlines()
             figures[name]["log_lines"] = len(logged)
             figures[name]["log_notable"] = [line[:300] for line in logged
@@ -275,6 +302,41 @@ def anonymous_by_mapping(pid: int) -> dict[str, int]:
         elif head[0] == "Anonymous:" and int(head[1]):
             kinds[name] = kinds.get(name, 0) + int(head[1])
     return kinds
+
+
+def follow(pids: dict[str, int], workdir: Path, seconds: float) -> dict[str, list[dict]]:
+    """Each sidecar's RssAnon, threads, log length and anonymous kB by mapping every second for `seconds`
+    (bounded: at most `seconds` + 1 reads), with pymalloc's arena count asked for every 5 s (SIGUSR2,
+    answered in the log by the --trace hook): what changed since the previous read, and when."""
+    import signal
+
+    start = time.monotonic()
+    timelines: dict[str, list[dict]] = {name: [] for name in pids}
+    previous: dict[str, dict[str, int]] = {}
+    for tick in range(int(seconds) + 1):
+        if tick % 5 == 0:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGUSR2)
+        time.sleep(max(start + tick + 0.5 - time.monotonic(), 0.0))  # the dumps are in the log by now
+        for name, pid in pids.items():
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            anonymous = anonymous_by_mapping(pid)
+            logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace")
+            dumps = logged.split("@@mallocstats")
+            last = dumps[-1].split("@@end")[0] if len(dumps) > 1 else ""
+            stats = {key: int(found.group(1).replace(",", "")) for key, pattern in MALLOC_STATS.items()
+                     if (found := pattern.search(last))}
+            lines = sum(1 for line in dumps[0].splitlines()) + sum(
+                len(dump.split("@@end", 1)[-1].splitlines()) - 1 for dump in dumps[1:])
+            before = previous.get(name, anonymous)
+            changed = {kind: anonymous.get(kind, 0) - before.get(kind, 0)
+                       for kind in sorted({*anonymous, *before}) if abs(anonymous.get(kind, 0) - before.get(kind, 0)) >= 16}
+            previous[name] = anonymous
+            timelines[name].append({"t": time.monotonic() - start, "RssAnon": int(status["RssAnon"].split()[0]),
+                                    "threads": int(status["Threads"]), "pymalloc": stats, "log_lines": lines,
+                                    "changed": changed})
+        time.sleep(max(start + tick + 1 - time.monotonic(), 0.0))
+    return timelines
 
 
 def bring_up_one_sa(demo, processes: list[subprocess.Popen]) -> None:
@@ -316,7 +378,7 @@ def guest_main(rundir: Path) -> int:
         for source, label in zip(plan["sources"], plan["labels"], strict=True):
             with tempfile.TemporaryDirectory(prefix="memvm-") as workdir:
                 pods = one_run(Path(source), venv, Path(workdir), plan["dataplane"], plan["one_sa"],
-                               plan.get("status_interval", 1.0), plan.get("settle", SETTLE))
+                               plan.get("status_interval", 1.0), plan.get("settle", SETTLE), plan.get("trace", 0.0))
             results["runs"].append({"source": label, "round": round_, "pods": pods})
             print(f"@@bench {label} round {round_}: {json.dumps(pods)}", flush=True)
             (rundir / "results.json").write_text(json.dumps(results))
@@ -333,6 +395,9 @@ def main() -> int:
     parser.add_argument("--status-interval", type=float, default=1.0,
                         help="the sidecars' status report interval (the product's default is 30 s; each report trims the heap)")
     parser.add_argument("--settle", type=float, default=SETTLE, help="seconds after the SA before reading")
+    parser.add_argument("--trace", type=float, default=0.0,
+                        help="also read each sidecar every second for this many seconds from the SA on (with pymalloc's"
+                             " arena count every 5 s, through a bench-only sitecustomize hook)")
     parser.add_argument("--here", action="store_true",
                         help="run on this kernel instead of the VM (with --no-sa: this host's kernel has no ESP)")
     parser.add_argument("--guest", type=Path, help=argparse.SUPPRESS)  # inside the VM: the run directory
