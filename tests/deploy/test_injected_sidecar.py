@@ -145,6 +145,7 @@ def test_webhook_patched_sidecar_runs_as_specified_until_ready(node, operator, a
         status = proc_status(process.pid)
         assert status["Uid"].split()[0] == "0" and status["NoNewPrivs"].strip() == "1"
         assert int(status["CapEff"], 16) == NET_ADMIN and int(status["CapBnd"], 16) == NET_ADMIN
+        assert status["THP_enabled"].strip() == "0"  # no huge pages for a sidecar (agent/heap.py)
         # What the kernel holds, not what was asked: policies for the db peer in the pod's namespace.
         assert DB_IP in xfrm_policies(netns) and ip in xfrm_policies(netns)
         assert open(f"/proc/{process.pid}/cmdline").read().split("\0")[1:3] == [

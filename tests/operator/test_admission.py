@@ -192,7 +192,7 @@ async def test_injected_sidecar_runs_mesh_mode_with_settings_it_can_read():
     assert sidecar["command"] == ["ipsec-mesh-sidecar", "mesh"] and "args" not in sidecar
     assert sidecar["command"][1:] == INJECTED_ARGS  # the CLI's path without argparse is the one taken
     scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["ipsec-mesh-sidecar"] == "ipsec_mesh.agent.cli:main"
+    assert scripts["ipsec-mesh-sidecar"] == "ipsec_mesh.agent.launch:main"
     with pytest.raises(SystemExit) as usage:
         main([*sidecar["command"][1:], "--help"])  # the CLI knows the subcommand
     assert usage.value.code == 0

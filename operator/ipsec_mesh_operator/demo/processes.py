@@ -124,7 +124,7 @@ class Sidecar(Process):
             "POD_NAMESPACE": self.pod.namespace,
             "POD_IPS": ",".join(self.pod.ips),
         }
-        self.spawn(["ip", "netns", "exec", self.netns, sys.executable, "-m", "ipsec_mesh.agent.cli", "mesh",
+        self.spawn(["ip", "netns", "exec", self.netns, sys.executable, "-m", "ipsec_mesh.agent.launch", "mesh",
                     "--settings", str(settings)], env=env)
 
     def status(self) -> dict | None:
