@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def prepare(rundir: Path, sources: list[Path]) -> dict:
         copy = rundir / f"src{index}-{source.resolve().name}"
         for part in ("sidecar", "operator"):
             shutil.copytree(source / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        # The checkout's own `ipsec-mesh-sidecar` (its pyproject's entry point), written as pip writes a
+        # console script: the venv's one is the entry point of this checkout only.
+        module, function = tomllib.loads((source / "pyproject.toml").read_text())["project"]["scripts"][
+            "ipsec-mesh-sidecar"].split(":")
+        script = copy / "bin" / "ipsec-mesh-sidecar"
+        script.parent.mkdir()
+        script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {function}\n"
+                          f"if __name__ == '__main__':\n    sys.exit({function}())\n")
+        script.chmod(0o755)
         copies.append(str(copy))
     for level in ("0", "2"):
         subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", "-j", "0", "-o", level, purelib,
@@ -165,6 +175,8 @@ def report(results: dict, host: str, result) -> None:
                   + f"  RssAnon {figures['RssAnon_min']}-{figures['RssAnon_max']} kB over {SAMPLES} reads;"
                   + f" IKE SAs {figures['ike_sas']}, CHILD_SAs {figures['child_sas']}, kernel ESP SAs "
                     f"{figures['esp_sas']} carried {figures['esp_packets']} packets")
+            huge = figures.get("huge", {})
+            print(f"      transparent huge pages: {huge.get('AnonHugePages', '?')} kB (THP_enabled {huge.get('THP_enabled', '?')})")
             biggest = sorted(figures["anonymous"].items(), key=lambda kv: -kv[1])[:8]
             print("      anonymous kB by mapping: " + ", ".join(f"{kind} {kb}" for kind, kb in biggest))
             print(f"      log: {figures['log_lines']} lines" + "".join(f"\n        {line}" for line in figures["log_notable"]))
@@ -243,7 +255,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
                    "IPSEC_MESH_STATUS_INTERVAL": f"{status_interval:g}", "IPSEC_MESH_WATCH_WAIT": "2", "IPSEC_MESH_DATAPLANE": dataplane}
             with open(workdir / f"sidecar-{pod.name}.log", "wb") as log:
                 sidecars[pod.name] = subprocess.Popen(
-                    ["ip", "netns", "exec", demo.netns(pod.name), str(venv / "bin" / "ipsec-mesh-sidecar"), "mesh"],
+                    ["ip", "netns", "exec", demo.netns(pod.name), str(source / "bin" / "ipsec-mesh-sidecar"), "mesh"],
                     env=env, stdout=log, stderr=subprocess.STDOUT)
         processes = list(sidecars.values())
         for name in sidecars:
@@ -266,6 +278,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
             figures[name]["RssAnon_max"] = max(read["RssAnon"] for read in reads)
             figures[name]["esp_sas"], figures[name]["esp_packets"] = _esp(demo.netns(name))
             figures[name]["anonymous"] = anonymous_by_mapping(sidecars[name].pid)
+            figures[name]["huge"] = huge_pages(sidecars[name].pid)
             if name in timelines:
                 figures[name]["timeline"] = timelines[name]
             logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace").splitlines()
@@ -337,6 +350,15 @@ def follow(pids: dict[str, int], workdir: Path, seconds: float) -> dict[str, lis
                                     "changed": changed})
         time.sleep(max(start + tick + 1 - time.monotonic(), 0.0))
     return timelines
+
+
+def huge_pages(pid: int) -> dict[str, int | str]:
+    """kB of the process's anonymous memory in transparent huge pages (smaps_rollup), and whether the kernel
+    may give it any (THP_enabled in /proc/PID/status: 0 once the process opted out)."""
+    rollup = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"AnonHugePages": int(rollup["AnonHugePages"].split()[0]),
+            "THP_enabled": status.get("THP_enabled", "?").strip()}
 
 
 def bring_up_one_sa(demo, processes: list[subprocess.Popen]) -> None:
