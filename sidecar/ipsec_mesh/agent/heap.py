@@ -11,11 +11,13 @@ default: a fraction of a millisecond each).
 Transparent huge pages: where the node's kernel makes them for every process (Debian's and RHEL's
 kernels default to `always`), khugepaged folds 2 MiB ranges of our heap and pymalloc's arenas that are
 partly resident into one huge page, making the rest resident too. Measured in the VM (Debian's kernel):
-1 of the 2 sidecars of a pair grew by 0.4-0.6 MiB within its first 15 s with an SA, with no allocation
-by Python (pymalloc's arenas and blocks unchanged) and none by the C heap. A sidecar's heap is a few
+3 of 4 sidecars grew by 0.07-0.6 MiB within 15 s of their SA with no allocation by Python (pymalloc's
+arenas and blocks unchanged) nor by the C heap, and every sidecar held 2-6 MiB in huge pages; opted
+out, none (docs/benchmarks.md, "the step was transparent huge pages"). A sidecar's heap is a few
 MiB touched a little at a time and its CPU goes to Python and cryptography, not TLB misses: huge pages
 would cost every pod of the node up to 2 MiB each for little. `no_huge_pages` opts the process out
-(prctl PR_SET_THP_DISABLE, kept across fork and exec); it cannot unmake huge pages made before it.
+(prctl PR_SET_THP_DISABLE, kept across fork and exec); it cannot unmake huge pages made before it, so
+the entry point calls it before anything else loads (agent/launch.py).
 
 Both are called through cryptography's cffi backend, which every sidecar loads anyway (ctypes would
 cost about what the trim frees). Where there is no malloc_trim (not glibc) nothing is trimmed; where the
