@@ -71,6 +71,7 @@ def _ipsec_mesh_bench_dump(signum, frame):
     os.write(2, b"@@end\\n")
 signal.signal(signal.SIGUSR2, _ipsec_mesh_bench_dump)
 """
+TRACE_DUMP = re.compile(r"^@@mallocstats [^\n]*\n(.*?)^@@end\n", re.S | re.M)
 MALLOC_STATS = {"arenas": re.compile(r"^# arenas allocated current\s*=\s*([\d,]+)", re.M),
                 "allocated": re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)", re.M),
                 "available": re.compile(r"^# bytes in available blocks\s*=\s*([\d,]+)", re.M),
@@ -281,7 +282,7 @@ def one_run(source: Path, venv: Path, workdir: Path, dataplane: str = "xfrm", on
             figures[name]["huge"] = huge_pages(sidecars[name].pid)
             if name in timelines:
                 figures[name]["timeline"] = timelines[name]
-            logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace").splitlines()
+            logged = sidecar_log(workdir, name)[0].splitlines()
             figures[name]["log_lines"] = len(logged)
             figures[name]["log_notable"] = [line[:300] for line in logged
                                             if any(word in line for word in ("WARNING", "ERROR", "Traceback"))][-5:]
@@ -332,33 +333,40 @@ def follow(pids: dict[str, int], workdir: Path, seconds: float) -> dict[str, lis
                 os.kill(pid, signal.SIGUSR2)
         time.sleep(max(start + tick + 0.5 - time.monotonic(), 0.0))  # the dumps are in the log by now
         for name, pid in pids.items():
-            status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            status = proc_fields(f"/proc/{pid}/status")
             anonymous = anonymous_by_mapping(pid)
-            logged = (workdir / f"sidecar-{name}.log").read_text(errors="replace")
-            dumps = logged.split("@@mallocstats")
-            last = dumps[-1].split("@@end")[0] if len(dumps) > 1 else ""
+            logged, last = sidecar_log(workdir, name)
             stats = {key: int(found.group(1).replace(",", "")) for key, pattern in MALLOC_STATS.items()
                      if (found := pattern.search(last))}
-            lines = sum(1 for line in dumps[0].splitlines()) + sum(
-                len(dump.split("@@end", 1)[-1].splitlines()) - 1 for dump in dumps[1:])
             before = previous.get(name, anonymous)
             changed = {kind: anonymous.get(kind, 0) - before.get(kind, 0)
                        for kind in sorted({*anonymous, *before}) if abs(anonymous.get(kind, 0) - before.get(kind, 0)) >= 16}
             previous[name] = anonymous
             timelines[name].append({"t": time.monotonic() - start, "RssAnon": int(status["RssAnon"].split()[0]),
-                                    "threads": int(status["Threads"]), "pymalloc": stats, "log_lines": lines,
+                                    "threads": int(status["Threads"]), "pymalloc": stats, "log_lines": len(logged.splitlines()),
                                     "changed": changed})
         time.sleep(max(start + tick + 1 - time.monotonic(), 0.0))
     return timelines
 
 
+def sidecar_log(workdir: Path, name: str) -> tuple[str, str]:
+    """The sidecar's log without the --trace hook's dumps, and the last dump ("" before the first)."""
+    text = (workdir / f"sidecar-{name}.log").read_text(errors="replace")
+    dumps = TRACE_DUMP.findall(text)
+    return TRACE_DUMP.sub("", text), dumps[-1] if dumps else ""
+
+
+def proc_fields(path: str) -> dict[str, str]:
+    """The `Name: value` lines of a /proc file (status, smaps_rollup), values stripped."""
+    return {name: value.strip() for name, colon, value in
+            (line.partition(":") for line in Path(path).read_text().splitlines()) if colon}
+
+
 def huge_pages(pid: int) -> dict[str, int | str]:
     """kB of the process's anonymous memory in transparent huge pages (smaps_rollup), and whether the kernel
     may give it any (THP_enabled in /proc/PID/status: 0 once the process opted out)."""
-    rollup = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return {"AnonHugePages": int(rollup["AnonHugePages"].split()[0]),
-            "THP_enabled": status.get("THP_enabled", "?").strip()}
+    return {"AnonHugePages": int(proc_fields(f"/proc/{pid}/smaps_rollup")["AnonHugePages"].split()[0]),
+            "THP_enabled": proc_fields(f"/proc/{pid}/status").get("THP_enabled", "?")}
 
 
 def bring_up_one_sa(demo, processes: list[subprocess.Popen]) -> None:
