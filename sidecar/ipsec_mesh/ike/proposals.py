@@ -295,7 +295,8 @@ def _match(ours: ProposalSpec, offer: Proposal) -> Selected | None:
     # First by identity: hashing the records (a Python-level __hash__ per transform) cost
     # more than the rest of the lookup. The decoder hands out one tuple per distinct
     # transform bytes (payload_codec._TRANSFORM_LISTS) and our spec lives in the config, so
-    # a repeated offer finds its entry there (wire.recall_pair). An equal offer in other objects finds the same choice by value.
+    # a repeated offer finds its entry there (wire.recall_pair). An equal offer in other
+    # objects finds the same choice by value.
     transforms = offer.transforms
     choice: Selected | None = recall_pair(_CHOICES_BY_ID, ours, transforms)
     if choice is MISSING:
